@@ -1,0 +1,297 @@
+"""Channel analysis: which channel positions of which tensors are the same channel.
+
+Every channel axis of every tensor carries a vector of channel ids. Source ops (Conv, Gemm, ...)
+create fresh ids, rules map them through the graph, and union-find joins the ids that must be
+removed together. Anything a rule cannot map pins the ids it touches, with a reason.
+The result is a frozen ``ChannelAnalysis``; nothing here mutates the model.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ._core import Layout, NotApplicable, UnionFind
+from .graph import Param, ParamResolver, Shape, concrete_input_shapes, infer_static_shapes, model_opset
+from .rules import RuleRegistry, default_registry
+
+__all__ = ["analyze", "ChannelAnalysis", "ChannelGroup", "Source", "Sink", "Balance", "node_label", "import_graph"]
+
+
+def node_label(node: gs.Node, index: int) -> str:
+    """How messages and reports name a node: its name, or ``Op#index`` when it has none."""
+    return node.name or f"{node.op}#{index}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """A layer whose output channels are created here (Conv, ConvTranspose, Gemm, MatMul)."""
+
+    node: str
+    op: str
+    ids: np.ndarray
+
+
+@dataclass(frozen=True)
+class Sink:
+    """A place where channels are read and leave the channel flow (a Conv's input channels...).
+
+    ``fold_blocker`` is None when a known constant channel read here can be folded into the
+    reader's bias, else the reason it cannot (e.g. zero padding over the input).
+    """
+
+    node: str
+    input_index: int
+    tensor: str
+    axis: int
+    fold_blocker: str | None
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Removal must take the same number of channels from every row (grouped Conv groups)."""
+
+    node: str
+    rows: tuple[np.ndarray, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are removed together or not at all."""
+
+    id: int
+    members: tuple[tuple[str, int], ...]  # (source node, output channel)
+    pinned_by: tuple[str, ...]
+
+    @property
+    def pinned(self) -> bool:
+        return bool(self.pinned_by)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "channels": len(self.members),
+            "members": [{"node": n, "channel": c} for n, c in self.members],
+            "pinned_by": list(self.pinned_by),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelAnalysis:
+    """The channel groups of a model and everything surgery and criteria need to use them."""
+
+    groups: tuple[ChannelGroup, ...]
+    layouts: Mapping[str, Layout]
+    sources: tuple[Source, ...]
+    sinks: tuple[Sink, ...]
+    balances: tuple[Balance, ...]
+    root_of: np.ndarray  # channel id -> group id
+    shapes: Mapping[str, Shape]
+    node_labels: tuple[str, ...]
+
+    def group(self, group_id: int) -> ChannelGroup:
+        return self._by_id[group_id]
+
+    @property
+    def _by_id(self) -> dict[int, ChannelGroup]:
+        cached = self.__dict__.get("_by_id_cache")
+        if cached is None:
+            cached = {g.id: g for g in self.groups}
+            object.__setattr__(self, "_by_id_cache", cached)
+        return cached
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        return self.root_of[np.asarray(ids, dtype=np.int64)]
+
+    def summary(self) -> dict:
+        pinned = [g for g in self.groups if g.pinned]
+        return {
+            "groups": len(self.groups),
+            "channels": int(sum(len(s.ids) for s in self.sources)),
+            "pinned_groups": len(pinned),
+            "pinned_channels": int(sum(len(g.members) for g in pinned)),
+        }
+
+
+@dataclass
+class AnalysisContext:
+    """What a rule sees while propagating: layouts, shapes, parameters, ids, pins."""
+
+    graph: gs.Graph
+    shapes: Mapping[str, Shape]
+    opset: int
+    params: ParamResolver = field(default_factory=ParamResolver)
+    uf: UnionFind = field(default_factory=UnionFind)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    pins: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
+    sources: list[Source] = field(default_factory=list)
+    sinks: list[Sink] = field(default_factory=list)
+    balances: list[Balance] = field(default_factory=list)
+    node: gs.Node | None = None
+    label: str = ""
+
+    # -- reading -------------------------------------------------------------------------
+    def layout(self, t: gs.Tensor | None) -> Layout | None:
+        if t is None or not t.name:
+            return None
+        return self.layouts.get(t.name)
+
+    def shape(self, t: gs.Tensor | None) -> Shape | None:
+        if t is None or not t.name:
+            return None
+        if isinstance(t, gs.Constant):
+            return tuple(t.shape)
+        return self.shapes.get(t.name)
+
+    def rank(self, t: gs.Tensor | None) -> int | None:
+        s = self.shape(t)
+        if s is not None:
+            return len(s)
+        lay = self.layout(t)
+        return lay.rank if lay is not None else None
+
+    def param(self, t: gs.Tensor | None) -> Param | None:
+        return self.params(t)
+
+    # -- writing -------------------------------------------------------------------------
+    def set_layout(self, t: gs.Tensor, layout: Layout) -> None:
+        if layout.axes:
+            self.layouts[t.name] = layout
+
+    def fresh(self, n: int) -> np.ndarray:
+        return self.uf.fresh(n)
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.uf.union_arrays(a, b)
+
+    def pin(self, ids: np.ndarray, reason: str) -> None:
+        text = f"{self.label} ({self.node.op}): {reason}" if self.node is not None else reason
+        for i in np.unique(np.asarray(ids, dtype=np.int64)):
+            self.pins[int(i)].append(text)
+
+    def ids_for(self, t: gs.Tensor, axis: int, n: int, why: str) -> np.ndarray:
+        """The ids of ``t`` along ``axis``; for a tensor without channel ids, fresh pinned ids."""
+        lay = self.layout(t)
+        if lay is not None and axis in lay.axes:
+            return lay.axes[axis]
+        ids = self.fresh(n)
+        self.pin(ids, why)
+        return ids
+
+    def add_source(self, node: gs.Node, n: int) -> np.ndarray:
+        ids = self.fresh(n)
+        self.sources.append(Source(self.label, node.op, ids))
+        return ids
+
+    def add_sink(self, node: gs.Node, input_index: int, axis: int, fold_blocker: str | None) -> None:
+        self.sinks.append(Sink(self.label, input_index, node.inputs[input_index].name, axis, fold_blocker))
+
+    def add_balance(self, rows: list[np.ndarray], reason: str) -> None:
+        self.balances.append(Balance(self.label, tuple(np.asarray(r) for r in rows), reason))
+
+    def pin_all_inputs(self, node: gs.Node, reason: str) -> None:
+        for t in node.inputs:
+            lay = self.layout(t)
+            if lay is not None:
+                self.pin(lay.all_ids(), reason)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The model as a graphsurgeon Graph (weights are loaded lazily)."""
+    return gs.import_onnx(model)
+
+
+def _subgraph_attrs(node: gs.Node) -> bool:
+    return any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph)) for v in node.attrs.values())
+
+
+def analyze(
+    model: onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+    registry: RuleRegistry | None = None,
+    source: str = "<model>",
+    graph: gs.Graph | None = None,
+) -> ChannelAnalysis:
+    """Find the channel groups of a loaded model (see ``onnxprune.load`` / ``prune``)."""
+    registry = registry or default_registry()
+    in_shapes = concrete_input_shapes(model, input_shapes or {}, source)
+    shapes = infer_static_shapes(model, in_shapes)
+    graph = graph if graph is not None else import_graph(model)
+    ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model))
+
+    labels = tuple(node_label(n, i) for i, n in enumerate(graph.nodes))
+    visited: set[int] = set()
+    for index, node in enumerate(graph.nodes):
+        visited.add(id(node))
+        ctx.node, ctx.label = node, labels[index]
+        tracked = any(ctx.layout(t) is not None for t in node.inputs)
+        if _subgraph_attrs(node):
+            if tracked:
+                ctx.pin_all_inputs(node, "has a subgraph; channels entering it are never changed")
+            continue
+        rule = registry.lookup(node.op, node.domain or "", ctx.opset)
+        if rule is None:
+            if tracked:
+                domain = f" of domain {node.domain!r}" if node.domain not in (None, "", "ai.onnx") else ""
+                ctx.pin_all_inputs(node, f"op {node.op}{domain} has no rule; unknown ops are never assumed element-wise")
+            continue
+        written_before = {t.name for t in node.outputs if t.name in ctx.layouts}
+        result = rule.propagate(node, ctx)
+        if isinstance(result, NotApplicable):
+            ctx.pin_all_inputs(node, result.reason)
+            for t in node.outputs:
+                if t.name not in written_before:
+                    ctx.layouts.pop(t.name, None)
+    ctx.node = None
+
+    # Channels that reach a graph output or a node we did not visit (inside a subgraph) stay.
+    for out in graph.outputs:
+        lay = ctx.layout(out)
+        if lay is not None:
+            ctx.pin(lay.all_ids(), f"reaches graph output {out.name!r}")
+    tensors = graph.tensors()
+    for name, lay in ctx.layouts.items():
+        t = tensors.get(name)
+        if t is None:
+            continue
+        for consumer in t.outputs:
+            if id(consumer) not in visited:
+                ctx.pin(lay.all_ids(), f"tensor {name!r} is read inside a subgraph ({consumer.op} {consumer.name})")
+
+    return _freeze(ctx, shapes, labels)
+
+
+def _freeze(ctx: AnalysisContext, shapes: Mapping[str, Shape], labels: tuple[str, ...]) -> ChannelAnalysis:
+    n = len(ctx.uf)
+    root_of = ctx.uf.roots(np.arange(n)) if n else np.zeros(0, np.int64)
+    members: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for src in ctx.sources:
+        for ch, i in enumerate(src.ids):
+            members[int(root_of[i])].append((src.node, ch))
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for i, rs in ctx.pins.items():
+        bucket = reasons[int(root_of[i])]
+        for r in rs:
+            if r not in bucket:
+                bucket.append(r)
+    groups = tuple(
+        ChannelGroup(root, tuple(mem), tuple(reasons.get(root, ()))) for root, mem in sorted(members.items())
+    )
+    return ChannelAnalysis(
+        groups=groups,
+        layouts=MappingProxyType(dict(ctx.layouts)),
+        sources=tuple(ctx.sources),
+        sinks=tuple(ctx.sinks),
+        balances=tuple(ctx.balances),
+        root_of=root_of,
+        shapes=MappingProxyType(dict(shapes)),
+        node_labels=labels,
+    )

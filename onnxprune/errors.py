@@ -1,0 +1,40 @@
+"""Typed errors. The library raises these; only the CLI turns them into exit codes."""
+
+from __future__ import annotations
+
+__all__ = [
+    "OnnxPruneError",
+    "LoadError",
+    "UsageError",
+    "UnsupportedModel",
+    "VerificationFailed",
+    "BackendMissing",
+]
+
+
+class OnnxPruneError(Exception):
+    """Base class of every error onnxprune raises on purpose."""
+
+    exit_code = 2
+
+
+class LoadError(OnnxPruneError):
+    """The model file could not be read or is not a valid ONNX model."""
+
+
+class UsageError(OnnxPruneError):
+    """An option or argument is invalid (bad --input-shape, output equal to input, ...)."""
+
+
+class UnsupportedModel(OnnxPruneError):
+    """The model is valid ONNX but something it needs cannot be handled (e.g. unknown shapes)."""
+
+
+class VerificationFailed(OnnxPruneError):
+    """The pruned model does not compute what it must; nothing was written."""
+
+    exit_code = 1
+
+
+class BackendMissing(OnnxPruneError):
+    """An optional backend (onnxruntime, openvino) is not installed."""

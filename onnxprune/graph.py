@@ -1,0 +1,299 @@
+"""Loading models safely and reading what the analysis needs from them.
+
+The model is held as an onnx-graphsurgeon ``Graph``; this module adds what graphsurgeon does
+not know: parameters hidden behind ``Constant``/``Identity``/``DequantizeLinear`` nodes, static
+shapes for the analysis, and safe loading of files with external data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import numpy_helper
+
+from .errors import LoadError, UnsupportedModel, UsageError
+
+__all__ = [
+    "load_model",
+    "Param",
+    "ParamResolver",
+    "infer_static_shapes",
+    "model_opset",
+    "dynamic_batch_inputs",
+]
+
+Shape = tuple[int | None, ...]
+
+
+def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> None:
+    base = base.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx has no public walker
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or base not in target.parents:
+            raise LoadError(
+                f"{source}: tensor {tensor.name!r} has external data at {location!r}, outside the model's folder; refused"
+            )
+        if not target.is_file():
+            raise LoadError(f"{source}: tensor {tensor.name!r}: external data file {location!r} not found")
+
+
+def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
+    """Load and check a model; return it with a name for messages (its path or '<ModelProto>').
+
+    A ModelProto given by the caller is copied, so the caller's object is never modified.
+    """
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        source = "<ModelProto>"
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        source = str(path)
+        if not path.exists():
+            raise LoadError(f"{source}: no such file")
+        if not path.is_file():
+            raise LoadError(f"{source}: not a file")
+        if path.stat().st_size == 0:
+            raise LoadError(f"{source}: empty file")
+        try:
+            proto = onnx.load_model(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises several unrelated types
+            raise LoadError(f"{source}: not an ONNX model ({_first_line(exc)})") from None
+        _check_external_data(proto, path.parent, source)
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        except Exception as exc:
+            raise LoadError(f"{source}: cannot read external data ({_first_line(exc)})") from None
+    else:
+        raise UsageError(f"expected a path or onnx.ModelProto, got {type(model).__name__}")
+    if not proto.HasField("graph") or len(proto.graph.node) == 0:
+        raise LoadError(f"{source}: not an ONNX model (no graph nodes)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:
+        raise LoadError(f"{source}: invalid model: {_first_line(exc)}") from None
+    return proto, source
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # onnx's checker puts the useful sentence first, then a context dump.
+    return lines[0] if lines else type(exc).__name__
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 1
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> Shape | None:
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.tensor_type.shape.dim)
+
+
+def dynamic_batch_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs whose first dimension is symbolic (a dynamic batch)."""
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = _dims(vi)
+        if dims and dims[0] is None:
+            out.append(vi.name)
+    return out
+
+
+def concrete_input_shapes(
+    model: onnx.ModelProto, overrides: Mapping[str, tuple[int, ...]], source: str, batch: int = 1
+) -> dict[str, Shape]:
+    """Input shapes for analysis: the user's --input-shape, a dynamic batch set to ``batch``,
+    other dynamic dimensions left unknown (None)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    for name in overrides:
+        if name not in inputs:
+            raise UsageError(f"{source}: --input-shape names {name!r}, but the model's inputs are {sorted(inputs)}")
+    shapes: dict[str, Shape] = {}
+    for name, vi in inputs.items():
+        dims = _dims(vi)
+        if name in overrides:
+            given = overrides[name]
+            if dims is not None and len(dims) != len(given):
+                raise UsageError(f"{source}: --input-shape {name}: rank {len(given)} but the model's input has rank {len(dims)}")
+            if dims is not None:
+                for i, (have, want) in enumerate(zip(dims, given)):
+                    if have is not None and have != want:
+                        raise UsageError(f"{source}: --input-shape {name}: dimension {i} is fixed to {have} in the model, not {want}")
+            shapes[name] = tuple(given)
+        elif dims is None:
+            shapes[name] = ()
+        else:
+            shapes[name] = tuple((batch if (i == 0 and d is None) else d) for i, d in enumerate(dims))
+    return shapes
+
+
+def infer_static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
+    """Shape of every tensor with the given input shapes (None for unknown dimensions)."""
+    m = onnx.ModelProto()
+    # Shape inference only needs initializer shapes and the values of small (shape-like) tensors;
+    # copying the big weights would double the memory for nothing.
+    m.CopyFrom(_without_big_initializers(model))
+    inits = {i.name for i in m.graph.initializer}
+    for vi in m.graph.input:
+        if vi.name in inits or vi.name not in input_shapes:
+            continue
+        shape = input_shapes[vi.name]
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            continue
+        for d, v in zip(dims, shape):
+            if v is not None:
+                d.Clear()
+                d.dim_value = int(v)
+    del m.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise UnsupportedModel(f"shape inference failed: {_first_line(exc)}") from None
+    shapes: dict[str, Shape] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = _dims(vi)
+        if dims is not None:
+            shapes[vi.name] = dims
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+_SMALL = 64  # elements; initializers this small are kept for data propagation (shapes, axes)
+
+
+def _without_big_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A shallow stand-in of the model whose big initializers are replaced by graph inputs.
+
+    Shape inference sees the same shapes; the weights are not copied.
+    """
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    input_names = {vi.name for vi in model.graph.input}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if len(init.dims) else 1
+        if n <= _SMALL or init.data_type == onnx.TensorProto.INT64:
+            g.initializer.append(init)
+        elif init.name not in input_names:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return m
+
+
+@dataclass(frozen=True)
+class Param:
+    """A constant operand as the analysis sees it: float values, plus the chain it comes from.
+
+    ``chain`` lists the nodes between the consumer and the stored tensor (Identity, DequantizeLinear,
+    QuantizeLinear); ``storage`` is the graphsurgeon Constant (initializer) or the Constant node.
+    """
+
+    values: np.ndarray
+    chain: tuple[gs.Node, ...]
+    storage: object
+
+
+class ParamResolver:
+    """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, Param | None] = {}
+
+    def __call__(self, tensor: gs.Tensor | None) -> Param | None:
+        if tensor is None:
+            return None
+        key = id(tensor)
+        if key not in self._cache:
+            self._cache[key] = self._resolve(tensor)
+        return self._cache[key]
+
+    def _resolve(self, tensor: gs.Tensor) -> Param | None:
+        if isinstance(tensor, gs.Constant):
+            return Param(np.asarray(tensor.values), (), tensor)
+        if len(tensor.inputs) != 1:
+            return None
+        node = tensor.inputs[0]
+        if node.op == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_node_value(node)
+            return None if value is None else Param(value, (), node)
+        if node.op == "Identity":
+            inner = self(node.inputs[0])
+            return None if inner is None else Param(inner.values, (node, *inner.chain), inner.storage)
+        if node.op in ("DequantizeLinear", "QuantizeLinear"):
+            x = self(node.inputs[0])
+            scale = self(node.inputs[1]) if len(node.inputs) > 1 else None
+            zp = self(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
+            if x is None or scale is None or node.attrs.get("block_size", 0):
+                return None
+            axis = int(node.attrs.get("axis", 1))
+            values = _qdq(node.op, x.values, scale.values, None if zp is None else zp.values, axis)
+            return Param(values, (node, *x.chain), x.storage)
+        return None
+
+
+def _constant_node_value(node: gs.Node) -> np.ndarray | None:
+    attrs = node.attrs
+    if "value" in attrs:
+        v = attrs["value"]
+        return np.asarray(v.values if isinstance(v, gs.Constant) else v)
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.asarray(attrs[key], dtype=dtype)
+    return None
+
+
+def _broadcast_axis(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    if v.ndim != 1 or ndim == 0:
+        return v
+    axis = axis % ndim
+    shape = [1] * ndim
+    shape[axis] = v.shape[0]
+    return v.reshape(shape)
+
+
+def _qdq(op: str, x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int) -> np.ndarray:
+    s = _broadcast_axis(scale.astype(np.float64), x.ndim, axis)
+    z = np.zeros(1) if zp is None else _broadcast_axis(zp.astype(np.float64), x.ndim, axis)
+    if op == "DequantizeLinear":
+        return ((x.astype(np.float64) - z) * s).astype(np.float32)
+    if zp is not None:
+        info = np.iinfo(zp.dtype)
+        lo, hi = info.min, info.max
+    else:
+        lo, hi = 0, 255
+    return np.clip(np.rint(x.astype(np.float64) / s) + z, lo, hi).astype(np.float32)
+
+
+def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
+    return numpy_helper.to_array(t)

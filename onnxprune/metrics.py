@@ -1,0 +1,72 @@
+"""Parameter and MAC counts of a model (batch 1), from its static shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import onnx
+
+from .graph import Shape
+
+__all__ = ["ModelCost", "model_cost"]
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    params: int
+    macs: int
+    macs_complete: bool  # False when a layer's shapes were unknown and its MACs were left out
+
+
+def _numel(shape: Shape | None) -> int | None:
+    if shape is None or any(d is None for d in shape):
+        return None
+    return int(np.prod(shape)) if len(shape) else 1
+
+
+def _count_params(model: onnx.ModelProto) -> int:
+    total = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    total += int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+    return total
+
+
+def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> ModelCost:
+    """Parameters (initializer and Constant elements) and multiply-accumulates of Conv,
+    ConvTranspose, Gemm and MatMul layers for one sample."""
+    macs = 0
+    complete = True
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        ins = [shapes.get(n) if n else None for n in node.input]
+        out = shapes.get(node.output[0])
+        w = ins[1] if len(ins) > 1 else None
+        if node.op_type == "Conv":
+            n_out, w_n = _numel(out), _numel(w)
+            if n_out is None or w_n is None or not w:
+                complete = False
+                continue
+            macs += (n_out // max(out[0] or 1, 1)) * (w_n // w[0])
+        elif node.op_type == "ConvTranspose":
+            n_in, w_n = _numel(ins[0]), _numel(w)
+            if n_in is None or w_n is None or not w:
+                complete = False
+                continue
+            # Every input element is multiplied by a [Cout/group, *kernel] slice of the weight.
+            macs += (n_in // max(ins[0][0] or 1, 1)) * (w_n // w[0])
+        else:
+            a, b, n_out = ins[0], w, _numel(out)
+            if a is None or b is None or n_out is None or not a or a[-1] is None:
+                complete = False
+                continue
+            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+            k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
+            batch = out[0] if (out and out[0]) else 1
+            macs += (n_out // batch) * int(k) if len(out) > 1 else n_out * int(k)
+    return ModelCost(params=_count_params(model), macs=int(macs), macs_complete=complete)

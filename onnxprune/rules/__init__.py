@@ -1,0 +1,55 @@
+"""One module per op family; ``default_registry()`` builds the registry of all of them."""
+
+from __future__ import annotations
+
+from .._core import NotApplicable
+from .activation import ClipRule, PReluRule, UnaryRule, unary_rules
+from .base import Rule, RuleRegistry, passthrough
+from .concat_split import ConcatRule, SliceRule, SplitRule
+from .conv import ConvRule, ConvTransposeRule
+from .elementwise import BroadcastRule, broadcast_rules
+from .gemm import GemmRule, MatMulRule
+from .normalization import BatchNormalizationRule, ChannelMixingNormalizationRule, InstanceNormalizationRule
+from .pooling import PadRule, PoolRule, ReduceRule, ResizeRule
+from .quantize import QuantizeRule
+from .reshape import ReshapeRule, ShapeRule, TransposeRule
+
+__all__ = [
+    "Rule",
+    "RuleRegistry",
+    "NotApplicable",
+    "default_registry",
+    "passthrough",
+    "BroadcastRule",
+    "UnaryRule",
+]
+
+
+def default_registry() -> RuleRegistry:
+    """A new registry holding every built-in rule. Each call returns a fresh object, so adding
+    rules to it never affects another caller."""
+    rules: list[Rule] = [
+        ConvRule(),
+        ConvTransposeRule(),
+        GemmRule(),
+        MatMulRule(),
+        BatchNormalizationRule(),
+        InstanceNormalizationRule(),
+        ChannelMixingNormalizationRule(),
+        ClipRule(),
+        PReluRule(),
+        *unary_rules(),
+        *broadcast_rules(),
+        PoolRule(),
+        ResizeRule(),
+        PadRule(),
+        ReduceRule(),
+        ConcatRule(),
+        SplitRule(),
+        SliceRule(),
+        ReshapeRule(),
+        TransposeRule(),
+        ShapeRule(),
+        QuantizeRule(),
+    ]
+    return RuleRegistry(rules)

@@ -1,0 +1,173 @@
+"""Reshape, Flatten, Squeeze, Unsqueeze and Transpose: channel ids follow the index arithmetic.
+
+A reshape is mapped by laying the ids out over the input's full (static, batch 1) shape and
+reading them back in the output's shape. Where the ids of the output vary along one axis, that
+axis carries them (Flatten: each channel's id repeated H*W times). Where they vary along several
+(channel shuffle's N,C,H,W -> N,g,C/g,H,W), the largest axis carries them and the ids along the
+others are merged, so that removal always deletes whole slices of one axis: deleting slices
+keeps the C-order of what remains, so the reshape of the pruned tensor is the pruned reshape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .._core import Layout, NotApplicable
+from .base import data_inputs_tracked
+
+if TYPE_CHECKING:
+    from ..analysis import AnalysisContext
+    from ..surgery import SurgeryContext
+
+__all__ = ["ReshapeRule", "TransposeRule", "ShapeRule", "map_reshape"]
+
+_MAX_GRID = 1 << 26  # positions; beyond this a reshape is pinned rather than mapped
+
+
+def map_reshape(
+    lay: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], ctx: "AnalysisContext"
+) -> Layout | NotApplicable:
+    """Map ``lay`` through a reshape of ``in_shape`` into ``out_shape`` (both static)."""
+    if len(lay.axes) != 1:
+        return NotApplicable("channels on more than one axis cannot be reshaped")
+    (axis, ids), = lay.axes.items()
+    size = int(np.prod(in_shape))
+    if size > _MAX_GRID:
+        return NotApplicable(f"reshape of {size} elements is too large to map")
+    if int(np.prod(out_shape)) != size:
+        return NotApplicable("reshape changes the number of elements")
+    bshape = [1] * len(in_shape)
+    bshape[axis] = len(ids)
+    grid = np.broadcast_to(ids.reshape(bshape), in_shape).reshape(out_shape)
+    cgrid = np.broadcast_to(lay.const(axis).reshape(bshape), in_shape).reshape(out_shape)
+    varying = [k for k in range(len(out_shape)) if out_shape[k] > 1 and not np.all(grid == np.take(grid, [0], axis=k))]
+    if not varying:
+        return NotApplicable("channel ids vanish in the reshape")
+    carrier = max(varying, key=lambda k: (out_shape[k], -k))
+    moved = np.moveaxis(grid, carrier, 0).reshape(out_shape[carrier], -1)
+    cmoved = np.moveaxis(cgrid, carrier, 0).reshape(out_shape[carrier], -1)
+    if len(varying) > 1:
+        for row in moved:
+            ctx.union(np.full(len(row), row[0]), row)
+    out_ids = moved[:, 0]
+    c = cmoved[:, 0]
+    same = np.all(cmoved == cmoved[:, :1], axis=1)
+    consts = np.where(same, c, np.nan)
+    return Layout(len(out_shape), {carrier: out_ids}, {carrier: consts})
+
+
+def _static(shape: tuple[int | None, ...] | None) -> tuple[int, ...] | None:
+    if shape is None or any(d is None for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+class ReshapeRule:
+    """Reshape, Flatten, Squeeze and Unsqueeze."""
+
+    op_types = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+    domain = ""
+
+    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+        bad = data_inputs_tracked(node, ctx, [0])
+        if bad:
+            return bad
+        lay = ctx.layout(node.inputs[0])
+        if lay is None:
+            return None
+        in_shape, out_shape = _static(ctx.shape(node.inputs[0])), _static(ctx.shape(node.outputs[0]))
+        if in_shape is None or out_shape is None:
+            return NotApplicable("needs static shapes to map channels (give --input-shape)")
+        out = map_reshape(lay, in_shape, out_shape, ctx)
+        if isinstance(out, NotApplicable):
+            return out
+        if node.op == "Reshape":
+            target = _shape_entries(node.inputs[1], ctx)
+            (carrier,) = out.axes
+            if target is None:
+                return NotApplicable("target shape is computed at run time and cannot be rewritten")
+            entry = target[carrier] if carrier < len(target) else None
+            if entry not in (-1, out_shape[carrier]) and entry != 0:
+                return NotApplicable("target shape does not match the inferred output shape")
+            if entry == 0 and carrier not in lay.axes:
+                return NotApplicable("target shape copies (0) a dimension that changes")
+            if entry is not None and not isinstance(entry, int):
+                return NotApplicable("target shape entry of the channel axis is computed at run time")
+        ctx.set_layout(node.outputs[0], out)
+        return None
+
+    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+        if node.op != "Reshape":
+            return
+        out_lay = ctx.analysis.layouts.get(node.outputs[0].name)
+        if out_lay is None:
+            return
+        (carrier, ids), = out_lay.axes.items()
+        kept = int(ctx.keep(node.outputs[0], carrier, len(ids)).sum())
+        shape = ctx.param_values(node, 1)
+        if int(shape[carrier]) in (-1, 0) or kept == len(ids):
+            return
+        new = np.array(shape, copy=True)
+        new[carrier] = kept
+        ctx.set_param(node, 1, new)
+
+
+def _shape_entries(t: gs.Tensor, ctx: "AnalysisContext") -> list[int | str] | None:
+    """The target shape of a Reshape: ints where constant, 'dim' where read from a Shape."""
+    p = ctx.param(t)
+    if p is not None:
+        return [int(v) for v in np.asarray(p.values).reshape(-1)]
+    return None
+
+
+class TransposeRule:
+    op_types = ("Transpose",)
+    domain = ""
+
+    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+        lay = ctx.layout(node.inputs[0])
+        if lay is None:
+            return None
+        perm = node.attrs.get("perm")
+        perm = list(range(lay.rank))[::-1] if perm is None else [int(p) for p in perm]
+        inverse = {src: dst for dst, src in enumerate(perm)}
+        ctx.set_layout(
+            node.outputs[0],
+            Layout(lay.rank, {inverse[a]: v for a, v in lay.axes.items()}, {inverse[a]: v for a, v in lay.consts.items()}),
+        )
+        return None
+
+    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+        return None
+
+
+class ShapeRule:
+    """Shape(x) of a tensor with channels: fine while only non-channel dimensions are read
+    (torch's ``x.view(x.size(0), -1)`` reads the batch), else the channels are pinned."""
+
+    op_types = ("Shape",)
+    domain = ""
+
+    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+        lay = ctx.layout(node.inputs[0])
+        if lay is None:
+            return None
+        start = int(node.attrs.get("start", 0))
+        end = node.attrs.get("end")
+        dims = list(range(lay.rank))[start : (None if end is None else int(end))]
+        for consumer in node.outputs[0].outputs:
+            if consumer.op != "Gather":
+                return NotApplicable(f"the shape is read by {consumer.op}, which may use the channel count")
+            p = ctx.param(consumer.inputs[1])
+            if p is None:
+                return NotApplicable("the shape is indexed at run time")
+            read = {dims[int(i)] for i in np.asarray(p.values).reshape(-1)}
+            if read & set(lay.axes):
+                return NotApplicable("the channel count is read from the shape")
+        return None
+
+    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+        return None

@@ -1,0 +1,274 @@
+"""The only code that mutates a model: a PruningPlan applied to a copy of the model.
+
+Rules describe their edits through ``SurgeryContext`` (slice a parameter, set an attribute,
+rewrite a shape constant); the edits are collected and then committed with copy-on-write, so a
+parameter shared by several readers (torch dedups equal tensors) is only changed for the
+readers whose edit it is, and names are kept wherever the original tensor is not needed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .analysis import ChannelAnalysis, import_graph
+from .errors import UnsupportedModel
+from .graph import ParamResolver, model_opset
+from .planning import PruningPlan
+from .rules import RuleRegistry, default_registry
+
+__all__ = ["apply_pruning", "SurgeryContext"]
+
+Op = tuple  # ("slice", axis, mask) | ("set", array) | ("cols", groups, keep_matrix)
+
+
+@dataclass
+class SurgeryContext:
+    """What a rule's ``apply`` uses to describe its edits."""
+
+    graph: gs.Graph
+    analysis: ChannelAnalysis
+    removed_ids: np.ndarray  # bool per channel id
+    fills: dict[str, dict[int, np.ndarray]]
+    opset: int
+    params: ParamResolver = field(default_factory=ParamResolver)
+    edits: dict[tuple[int, int], list[Op]] = field(default_factory=lambda: defaultdict(list))
+    nodes: dict[int, gs.Node] = field(default_factory=dict)
+    _names: set[str] = field(default_factory=set)
+
+    # -- reading ---------------------------------------------------------------------------
+    def keep(self, t: gs.Tensor, axis: int, n: int) -> np.ndarray:
+        """Which positions of ``t`` along ``axis`` stay (all of them if the axis has no ids)."""
+        lay = self.analysis.layouts.get(t.name)
+        if lay is None or axis not in lay.axes:
+            return np.ones(n, dtype=bool)
+        ids = lay.axes[axis]
+        if len(ids) != n:
+            raise UnsupportedModel(f"internal: {t.name} axis {axis} has {len(ids)} ids but {n} positions")
+        return ~self.removed_ids[ids]
+
+    def param(self, t: gs.Tensor | None):  # noqa: ANN201 - mirrors AnalysisContext.param
+        return self.params(t)
+
+    def param_values(self, node: gs.Node, index: int) -> np.ndarray:
+        p = self.params(node.inputs[index])
+        if p is None:
+            raise UnsupportedModel(f"internal: input {index} of {node.name or node.op} is not a constant")
+        return p.values
+
+    def param_values_or_none(self, node: gs.Node, index: int) -> np.ndarray | None:
+        p = self.params(node.inputs[index]) if index < len(node.inputs) else None
+        return None if p is None else p.values
+
+    def fold_delta(self, t: gs.Tensor, axis: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+        """``fn(fill)`` where ``fill`` holds the value each removed position of ``t`` is replaced
+        by (0 for kept positions), or None when every removed position reads as 0."""
+        lay = self.analysis.layouts.get(t.name)
+        if lay is None or axis not in lay.axes:
+            return None
+        removed = self.removed_ids[lay.axes[axis]]
+        if not removed.any():
+            return None
+        fill = self.fills.get(t.name, {}).get(axis)
+        if fill is None:
+            fill = np.nan_to_num(lay.const(axis), nan=0.0)
+        fill = np.where(removed, fill, 0.0)
+        if not np.any(fill):
+            return None
+        return np.asarray(fn(fill), dtype=np.float64)
+
+    # -- edits -----------------------------------------------------------------------------
+    def _edit(self, node: gs.Node, index: int, op: Op) -> None:
+        self.nodes[id(node)] = node
+        self.edits[(id(node), index)].append(op)
+
+    def slice_param(self, node: gs.Node, index: int, axis: int, keep: np.ndarray) -> None:
+        if not np.all(keep):
+            self._edit(node, index, ("slice", axis, np.asarray(keep, dtype=bool)))
+
+    def group_columns(self, node: gs.Node, index: int, groups: int, keep: np.ndarray) -> None:
+        if not np.all(keep):
+            self._edit(node, index, ("cols", groups, np.asarray(keep, dtype=bool)))
+
+    def set_param(self, node: gs.Node, index: int, values: np.ndarray) -> None:
+        if index >= len(node.inputs) or not node.inputs[index].name:
+            self.add_input(node, index, values, "param")
+            return
+        self._edit(node, index, ("set", np.asarray(values)))
+
+    def set_attr(self, node: gs.Node, name: str, value: object) -> None:
+        node.attrs[name] = value
+
+    def drop_attr(self, node: gs.Node, name: str) -> None:
+        node.attrs.pop(name, None)
+
+    def add_input(self, node: gs.Node, index: int, values: np.ndarray, hint: str) -> None:
+        const = gs.Constant(self.unique_name(f"{node.name or node.op}_{hint}"), np.asarray(values))
+        while len(node.inputs) < index:
+            node.inputs.append(gs.Variable.empty())
+        if index < len(node.inputs):
+            node.inputs[index] = const
+        else:
+            node.inputs.append(const)
+
+    def unique_name(self, base: str) -> str:
+        if not self._names:
+            self._names = set(self.graph.tensors().keys()) | {n.name for n in self.graph.nodes}
+        name, k = base, 0
+        while name in self._names:
+            k += 1
+            name = f"{base}_{k}"
+        self._names.add(name)
+        return name
+
+    # -- commit ----------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Materialise the collected parameter edits, copying shared tensors on write."""
+        by_tensor: dict[int, list[tuple[gs.Node, int, tuple]]] = defaultdict(list)
+        tensors: dict[int, gs.Tensor] = {}
+        for (nid, index), ops in self.edits.items():
+            node = self.nodes[nid]
+            t = node.inputs[index]
+            tensors[id(t)] = t
+            by_tensor[id(t)].append((node, index, _signature(ops)))
+        for tid, readers in by_tensor.items():
+            t = tensors[tid]
+            signatures = {sig for _, _, sig in readers}
+            exclusive = len(signatures) == 1 and len(readers) == len(t.outputs) and _chain_exclusive(t)
+            made: dict[tuple, gs.Tensor] = {}
+            for node, index, sig in readers:
+                if sig not in made:
+                    made[sig] = self._materialize(t, self.edits[(id(node), index)], keep_names=exclusive)
+                node.inputs[index] = made[sig]
+
+    def _materialize(self, t: gs.Tensor, ops: list[Op], keep_names: bool) -> gs.Tensor:
+        name = t.name if keep_names else self.unique_name(f"{t.name}_pruned")
+        if ops and ops[0][0] == "set" and all(o[0] != "set" for o in ops[1:]):
+            base = self.params(t)
+            dtype = np.asarray(base.values).dtype if base is not None and not base.chain else np.asarray(ops[0][1]).dtype
+            if base is not None and base.chain:
+                raise UnsupportedModel(f"internal: cannot overwrite {t.name}: it is computed by {base.chain[0].op}")
+            return gs.Constant(name, _apply_ops(np.asarray(ops[0][1]).astype(dtype), ops[1:]))
+        if isinstance(t, gs.Constant):
+            return gs.Constant(name, _apply_ops(np.asarray(t.values), ops))
+        producer = t.inputs[0]
+        if producer.op == "Constant":
+            value = self.params(t).values
+            return gs.Constant(name, _apply_ops(np.asarray(value), ops))
+        if producer.op == "Identity":
+            return self._materialize(producer.inputs[0], ops, keep_names)
+        if producer.op in ("DequantizeLinear", "QuantizeLinear"):
+            x = producer.inputs[0]
+            ndim = len(self.params(x).values.shape)
+            axis = int(producer.attrs.get("axis", 1)) % max(ndim, 1)
+            new_x = self._materialize(x, ops, keep_names)
+            inputs = [new_x]
+            for extra in producer.inputs[1:]:
+                p = self.params(extra) if extra.name else None
+                if p is not None and p.values.ndim == 1 and p.values.size > 1:
+                    sub = [("slice", 0, o[2]) for o in ops if o[0] == "slice" and o[1] == axis]
+                    inputs.append(self._materialize(extra, sub, keep_names) if sub else extra)
+                else:
+                    inputs.append(extra)
+            out = gs.Variable(name, dtype=t.dtype)
+            node_name = producer.name if keep_names else self.unique_name(f"{producer.name or producer.op}_pruned")
+            self.graph.nodes.append(gs.Node(producer.op, name=node_name, attrs=dict(producer.attrs), inputs=inputs, outputs=[out]))
+            if keep_names:
+                producer.outputs.clear()
+            return out
+        raise UnsupportedModel(f"internal: cannot edit {t.name}: produced by {producer.op}")
+
+
+def _signature(ops: list[Op]) -> tuple:
+    sig = []
+    for op in ops:
+        if op[0] == "slice":
+            sig.append(("slice", op[1], op[2].tobytes()))
+        elif op[0] == "cols":
+            sig.append(("cols", op[1], op[2].tobytes(), op[2].shape))
+        else:
+            arr = np.asarray(op[1])
+            sig.append(("set", arr.dtype.str, arr.shape, arr.tobytes()))
+    return tuple(sig)
+
+
+def _chain_exclusive(t: gs.Tensor) -> bool:
+    """True when no tensor upstream in ``t``'s parameter chain is read by anything else."""
+    while not isinstance(t, gs.Constant) and t.inputs:
+        producer = t.inputs[0]
+        if producer.op not in ("Identity", "DequantizeLinear", "QuantizeLinear") or not producer.inputs:
+            return True
+        t = producer.inputs[0]
+        if len(t.outputs) > 1:
+            return False
+    return True
+
+
+def _apply_ops(arr: np.ndarray, ops: list[Op]) -> np.ndarray:
+    for op in ops:
+        if op[0] == "slice":
+            arr = np.compress(op[2], arr, axis=op[1])
+        elif op[0] == "set":
+            arr = np.asarray(op[1]).astype(arr.dtype)
+        else:
+            groups, keep = op[1], op[2]
+            rows = arr.shape[0] // groups
+            arr = np.concatenate([arr[g * rows : (g + 1) * rows][:, keep[g]] for g in range(groups)], axis=0)
+    return np.ascontiguousarray(arr)
+
+
+def apply_pruning(
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: PruningPlan,
+    *,
+    registry: RuleRegistry | None = None,
+) -> onnx.ModelProto:
+    """Return a new model with the plan's channel groups removed. ``model`` is not modified."""
+    registry = registry or default_registry()
+    graph = import_graph(model)
+    removed_ids = np.zeros(len(analysis.root_of), dtype=bool)
+    if plan.removed_groups:
+        removed_ids = np.isin(analysis.root_of, np.asarray(plan.removed_groups, dtype=np.int64))
+    ctx = SurgeryContext(graph=graph, analysis=analysis, removed_ids=removed_ids, fills={}, opset=model_opset(model))
+    layouts = analysis.layouts
+    changed: set[str] = set()
+    for name, lay in layouts.items():
+        if any(removed_ids[ids].any() for ids in lay.axes.values()):
+            changed.add(name)
+    for node in list(graph.nodes):
+        if not any(t.name in changed for t in list(node.inputs) + list(node.outputs)):
+            continue
+        rule = registry.lookup(node.op, node.domain or "", ctx.opset)
+        if rule is not None:
+            rule.apply(node, ctx)
+    ctx.commit()
+    for t in graph.tensors().values():
+        if t.name in changed and isinstance(t, gs.Variable):
+            t.shape = None
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    _restore_model_fields(out, model)
+    return out
+
+
+def _restore_model_fields(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    out.ir_version = original.ir_version
+    del out.opset_import[:]
+    out.opset_import.extend(original.opset_import)
+    out.producer_name = original.producer_name
+    out.producer_version = original.producer_version
+    out.domain = original.domain
+    out.model_version = original.model_version
+    out.doc_string = original.doc_string
+    del out.metadata_props[:]
+    out.metadata_props.extend(original.metadata_props)
+    del out.functions[:]
+    out.functions.extend(original.functions)
+    out.graph.name = original.graph.name
+    out.graph.doc_string = original.graph.doc_string

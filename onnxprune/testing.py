@@ -1,0 +1,128 @@
+"""A small builder of ONNX test graphs (used by the tests and tools/make_fixtures.py).
+
+Public so that users who add rules for their own ops can test them the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["GraphBuilder"]
+
+
+class GraphBuilder:
+    """Builds NCHW graphs layer by layer, tracking each tensor's channel count."""
+
+    def __init__(self, opset: int = 17, seed: int = 0, ir_version: int | None = None) -> None:
+        self.opset = opset
+        self.ir_version = ir_version
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.channels: dict[str, int] = {}
+        self._n = 0
+
+    def name(self, base: str) -> str:
+        self._n += 1
+        return f"{base}_{self._n}"
+
+    # -- tensors ---------------------------------------------------------------------------
+    def input(self, name: str, shape: Sequence[int | str | None], dtype: int = TensorProto.FLOAT) -> str:
+        dims = ["N" if d is None else d for d in shape]
+        self.inputs.append(helper.make_tensor_value_info(name, dtype, dims))
+        if len(shape) > 1 and isinstance(shape[1], int):
+            self.channels[name] = shape[1]
+        return name
+
+    def output(self, name: str, dtype: int = TensorProto.FLOAT) -> str:
+        # The type is filled in by shape inference in build().
+        self.outputs.append(helper.make_tensor_value_info(name, dtype, None))
+        return name
+
+    def const(self, values: np.ndarray, base: str = "c", as_node: bool = False) -> str:
+        name = self.name(base)
+        tensor = numpy_helper.from_array(np.asarray(values), name)
+        if as_node:
+            self.nodes.append(helper.make_node("Constant", [], [name], value=tensor, name=self.name("Constant")))
+        else:
+            self.inits.append(tensor)
+        return name
+
+    def weights(self, shape: Sequence[int], zero_rows: Sequence[int] = (), axis: int = 0) -> np.ndarray:
+        w = self.rng.standard_normal(shape).astype(np.float32) * 0.5
+        if zero_rows:
+            idx = [slice(None)] * len(shape)
+            idx[axis] = list(zero_rows)
+            w[tuple(idx)] = 0
+        return w
+
+    # -- layers ----------------------------------------------------------------------------
+    def op(self, op_type: str, *inputs: str, channels: int | None = None, outputs: int = 1, **attrs: object) -> str:
+        names = [self.name(op_type) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self.name(op_type + "_node"), **attrs))
+        ch = channels if channels is not None else self.channels.get(inputs[0]) if inputs else None
+        for n in names:
+            if ch is not None:
+                self.channels[n] = ch
+        return names[0] if outputs == 1 else names  # type: ignore[return-value]
+
+    def conv(
+        self,
+        x: str,
+        cout: int,
+        k: int = 3,
+        *,
+        group: int = 1,
+        pads: int | None = None,
+        zero: Sequence[int] = (),
+        bias: bool | np.ndarray = True,
+        stride: int = 1,
+        weight: str | None = None,
+    ) -> str:
+        cin = self.channels[x]
+        pads = k // 2 if pads is None else pads
+        if weight is None:
+            weight = self.const(self.weights([cout, cin // group, k, k], zero), "W")
+        inputs = [x, weight]
+        if bias is not False:
+            b = bias if isinstance(bias, np.ndarray) else self.rng.standard_normal(cout).astype(np.float32) * 0.1
+            b = np.asarray(b, np.float32).copy()
+            if not isinstance(bias, np.ndarray):
+                b[list(zero)] = 0
+            inputs.append(self.const(b, "B"))
+        return self.op("Conv", *inputs, channels=cout, kernel_shape=[k, k], pads=[pads] * 4, group=group, strides=[stride, stride])
+
+    def bn(self, x: str, zero: Sequence[int] = ()) -> str:
+        c = self.channels[x]
+        gamma = self.rng.uniform(0.5, 1.5, c).astype(np.float32)
+        beta = (self.rng.standard_normal(c) * 0.1).astype(np.float32)
+        gamma[list(zero)] = 0
+        beta[list(zero)] = 0
+        mean = (self.rng.standard_normal(c) * 0.1).astype(np.float32)
+        var = self.rng.uniform(0.5, 1.5, c).astype(np.float32)
+        params = [self.const(v, n) for v, n in ((gamma, "gamma"), (beta, "beta"), (mean, "mean"), (var, "var"))]
+        return self.op("BatchNormalization", x, *params, epsilon=1e-5)
+
+    def gemm(self, x: str, n_in: int, n_out: int, zero: Sequence[int] = (), trans_b: bool = True) -> str:
+        w = self.weights([n_out, n_in], zero) if trans_b else self.weights([n_in, n_out], zero, axis=1)
+        b = (self.rng.standard_normal(n_out) * 0.1).astype(np.float32)
+        b[list(zero)] = 0
+        return self.op("Gemm", x, self.const(w, "fcW"), self.const(b, "fcB"), channels=n_out, transB=int(trans_b))
+
+    def build(self, name: str = "graph") -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="onnxprune-tests")
+        if self.ir_version is not None:
+            model.ir_version = self.ir_version
+        inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.output}
+        for out in model.graph.output:
+            if inferred.get(out.name) is not None and inferred[out.name].type.tensor_type.HasField("shape"):
+                out.CopyFrom(inferred[out.name])
+        onnx.checker.check_model(model)
+        return model

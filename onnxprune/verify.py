@@ -1,0 +1,174 @@
+"""Verification with onnxruntime: original and pruned model on the same inputs, every output
+compared, graph optimisations off so that the graph itself is what is checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import BackendMissing, UnsupportedModel, UsageError
+
+__all__ = ["OutputComparison", "VerificationResult", "make_inputs", "run_model", "compare_models"]
+
+
+@dataclass(frozen=True)
+class OutputComparison:
+    name: str
+    batch: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    scale: float
+
+    @property
+    def relative(self) -> float:
+        return self.max_abs_diff / self.scale
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "batch": self.batch,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "scale": self.scale,
+        }
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """Outcome of comparing two models: passed when every output's max abs diff is at most
+    ``tolerance`` times that output's scale (its max abs value in the reference, or 1 if 0)."""
+
+    passed: bool
+    tolerance: float
+    outputs: tuple[OutputComparison, ...]
+    inputs: str  # where the inputs came from
+
+    @property
+    def worst(self) -> OutputComparison:
+        return max(self.outputs, key=lambda o: o.relative)
+
+    def to_dict(self) -> dict:
+        w = self.worst
+        return {
+            "passed": self.passed,
+            "tolerance": self.tolerance,
+            "max_abs_diff": w.max_abs_diff,
+            "scale": w.scale,
+            "worst_output": w.name,
+            "inputs": self.inputs,
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+_NP_TYPES = {
+    onnx.TensorProto.FLOAT: np.float32,
+    onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
+    onnx.TensorProto.INT64: np.int64,
+    onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT8: np.int8,
+    onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [vi for vi in model.graph.input if vi.name not in inits]
+
+
+def make_inputs(
+    model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], batch: int | None, seed: int, source: str
+) -> dict[str, np.ndarray]:
+    """Seeded random inputs. A dynamic batch dimension takes ``batch``; any other dynamic
+    dimension must be given in ``input_shapes`` (else UnsupportedModel names the input)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in _graph_inputs(model):
+        tt = vi.type.tensor_type
+        dtype = _NP_TYPES.get(tt.elem_type)
+        if dtype is None:
+            raise UnsupportedModel(f"{source}: input {vi.name!r} has a type verification cannot generate")
+        if vi.name in input_shapes:
+            shape = list(input_shapes[vi.name])
+            if batch is not None and tt.shape.dim and not tt.shape.dim[0].HasField("dim_value"):
+                shape[0] = batch
+        else:
+            shape = []
+            for i, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    shape.append(d.dim_value)
+                elif i == 0 and batch is not None:
+                    shape.append(batch)
+                else:
+                    raise UnsupportedModel(
+                        f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:d0,d1,... to verify"
+                    )
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        else:
+            feeds[vi.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feeds
+
+
+def load_npz_inputs(path: str, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+    """Samples from an .npz keyed by input name (first axis = samples), one feed per sample."""
+    try:
+        data = np.load(path)
+    except Exception as exc:
+        raise UsageError(f"{path}: cannot read inputs ({exc})") from None
+    names = [vi.name for vi in _graph_inputs(model)]
+    missing = [n for n in names if n not in data.files]
+    if missing:
+        raise UsageError(f"{path}: no array for input(s) {missing}; it has {data.files}")
+    n = min(len(data[k]) for k in names)
+    return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, 16))]
+
+
+def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        raise BackendMissing("onnxruntime is not installed; install it or pass --no-verify") from None
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(feeds))
+
+
+def compare_models(
+    reference: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    feeds_list: Sequence[Mapping[str, np.ndarray]],
+    tolerance: float,
+    inputs_desc: str,
+) -> VerificationResult:
+    """Run both models on every feed and compare every output."""
+    names = [o.name for o in reference.graph.output]
+    results: dict[tuple[str, int], list] = {}
+    for feeds in feeds_list:
+        batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
+        ref = run_model(reference, feeds)
+        got = run_model(candidate, feeds)
+        for name, r, g in zip(names, ref, got):
+            r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
+            if r64.shape != g64.shape:
+                results[(name, batch)] = [np.inf, np.inf, 1.0]
+                continue
+            diff = np.abs(r64 - g64)
+            scale = float(np.max(np.abs(r64))) if r64.size else 0.0
+            entry = results.setdefault((name, batch), [0.0, 0.0, 0.0])
+            entry[0] = max(entry[0], float(diff.max()) if diff.size else 0.0)
+            entry[1] = max(entry[1], float(diff.mean()) if diff.size else 0.0)
+            entry[2] = max(entry[2], scale)
+    outs = tuple(
+        OutputComparison(name, batch, v[0], v[1], v[2] if v[2] > 0 else 1.0) for (name, batch), v in results.items()
+    )
+    passed = all(o.max_abs_diff <= tolerance * o.scale for o in outs)
+    return VerificationResult(passed=passed, tolerance=tolerance, outputs=outs, inputs=inputs_desc)

@@ -1,0 +1,457 @@
+#!/usr/bin/env python3
+"""Export a zoo of torchvision models with NNCF-style zeroed conv filters to ONNX.
+
+For every architecture the script
+
+1. builds the model with random init (``weights=None``) under ``torch.manual_seed``;
+2. calibrates BatchNorm running statistics with one seeded random batch (train-mode
+   forward pass, cumulative average) so activations stay well scaled, then perturbs
+   running mean/var and randomises gamma/beta so no BN is an identity;
+3. zeroes 25% (rounded down) of the output filters of every prunable ``nn.Conv2d``,
+   choosing the filters with the lowest L2 norm, the way NNCF filter pruning does:
+   ``weight[f] = 0``, ``bias[f] = 0`` and, when the conv feeds a BatchNorm2d directly,
+   ``gamma[f] = beta[f] = 0`` of that BN;
+4. exports two ONNX files (opset 17, legacy TorchScript exporter, input ``input`` with
+   dynamic batch axis 0, output ``output``):
+   ``<name>.onnx`` keeps BatchNormalization nodes (``training=TrainingMode.PRESERVE``
+   on an eval-mode model: BN is exported with ``training_mode=0``, i.e. inference
+   semantics, and the eval-mode Conv+BN fusion peephole is skipped) and
+   ``<name>_bnfold.onnx`` has the Conv-BN pairs folded with
+   ``torch.nn.utils.fusion.fuse_conv_bn_eval`` before a default (EVAL) export;
+5. checks both files with onnxruntime against the PyTorch output (batch 2, which also
+   exercises the dynamic batch axis) and writes ``manifest.json``.
+
+Which convs are prunable:
+
+* ``groups == 1``: 25% of all filters.
+* ``1 < groups``: 25% of the filters *of each group*, rounded down per group
+  (``--grouped per-group``, default), so every group loses the same number of filters
+  and the conv stays a valid grouped conv after removal.  Depthwise convs
+  (one filter per group) therefore get nothing zeroed.  ``--grouped skip`` leaves
+  all grouped convs untouched instead.
+* Convs whose output is the model's prediction (SqueezeNet's conv classifier, the
+  segmentation heads' final classifiers) are skipped, like the final Linear
+  classifiers of the other models (Linear layers are never touched).
+
+Conv-BN pairs are found with forward hooks: a BN is paired with a conv when the BN's
+input tensor *is* the conv's output tensor (and no other hooked module consumes it).
+
+torch is used only here, never by the onnxprune package.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+SEED = 0
+PRUNE_RATIO = 0.25
+OPSET = 17
+
+
+class _SegOut(nn.Module):
+    """Wrap a torchvision segmentation model and return only ``out``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["out"]
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """How to build one zoo model."""
+
+    build: Callable[[], nn.Module]
+    input_hw: tuple[int, int] = (224, 224)
+    skip_convs: tuple[str, ...] = ()  # module names (as in the built nn.Module)
+    task: str = "classification"
+
+
+def _tv(name: str, **kw: Any) -> Callable[[], nn.Module]:
+    return lambda: getattr(torchvision.models, name)(weights=None, **kw)
+
+
+def _seg(name: str) -> Callable[[], nn.Module]:
+    return lambda: _SegOut(
+        getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
+    )
+
+
+ZOO: dict[str, ZooEntry] = {
+    "resnet18": ZooEntry(_tv("resnet18")),
+    "resnet50": ZooEntry(_tv("resnet50")),
+    "resnext50_32x4d": ZooEntry(_tv("resnext50_32x4d")),
+    "wide_resnet50_2": ZooEntry(_tv("wide_resnet50_2")),
+    "mobilenet_v2": ZooEntry(_tv("mobilenet_v2")),
+    "mobilenet_v3_large": ZooEntry(_tv("mobilenet_v3_large")),
+    "efficientnet_b0": ZooEntry(_tv("efficientnet_b0")),
+    "densenet121": ZooEntry(_tv("densenet121")),
+    "shufflenet_v2_x1_0": ZooEntry(_tv("shufflenet_v2_x1_0")),
+    "squeezenet1_1": ZooEntry(_tv("squeezenet1_1"), skip_convs=("classifier.1",)),
+    "googlenet": ZooEntry(_tv("googlenet", aux_logits=False, init_weights=True)),
+    "inception_v3": ZooEntry(
+        _tv("inception_v3", aux_logits=False, init_weights=True), input_hw=(299, 299)
+    ),
+    "mnasnet1_0": ZooEntry(_tv("mnasnet1_0")),
+    "regnet_y_400mf": ZooEntry(_tv("regnet_y_400mf")),
+    "convnext_tiny": ZooEntry(_tv("convnext_tiny")),
+    "vgg11_bn": ZooEntry(_tv("vgg11_bn")),
+    "lraspp_mobilenet_v3_large": ZooEntry(
+        _seg("lraspp_mobilenet_v3_large"),
+        skip_convs=("model.classifier.low_classifier", "model.classifier.high_classifier"),
+        task="segmentation",
+    ),
+    # deeplabv3_mobilenet_v3_large (~11M params) is much smaller than deeplabv3_resnet50.
+    "deeplabv3_mobilenet_v3_large": ZooEntry(
+        _seg("deeplabv3_mobilenet_v3_large"),
+        skip_convs=("model.classifier.4",),
+        task="segmentation",
+    ),
+}
+
+
+@dataclass
+class PruneStats:
+    """What :func:`zero_filters` did."""
+
+    num_convs: int = 0
+    num_convs_zeroed: int = 0
+    num_grouped_convs: int = 0
+    num_depthwise_convs: int = 0
+    filters_total: int = 0
+    filters_zeroed: int = 0
+    num_bn: int = 0
+    num_conv_bn_pairs: int = 0
+    zeroed: dict[str, list[int]] = field(default_factory=dict)
+
+
+def _seed_all(seed: int = SEED) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def calibrate_and_randomise_bn(model: nn.Module, input_shape: tuple[int, ...], seed: int = SEED) -> None:
+    """Set BN running stats from one random batch, then perturb them and gamma/beta."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return
+    gen = torch.Generator().manual_seed(seed + 1)
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average -> exactly this batch's stats
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, *input_shape[1:], generator=gen))
+    model.eval()
+    with torch.no_grad():
+        for bn in bns:
+            c = bn.num_features
+            std = bn.running_var.sqrt()
+            bn.running_mean += 0.1 * std * torch.randn(c, generator=gen)
+            bn.running_var *= torch.empty(c).uniform_(0.75, 1.33, generator=gen)
+            bn.weight.copy_(torch.empty(c).uniform_(0.5, 1.5, generator=gen))
+            bn.bias.copy_(0.2 * torch.randn(c, generator=gen))
+            bn.momentum = 0.1
+
+
+def find_conv_bn_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, str]:
+    """Map conv module name -> name of the BatchNorm2d that directly consumes its output."""
+    names = {m: n for n, m in model.named_modules()}
+    produced: dict[int, tuple[str, torch.Tensor]] = {}
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    handles = []
+
+    def conv_hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        produced[id(out)] = (names[mod], out)  # keep a reference so ids are not reused
+
+    def pre_hook(mod: nn.Module, inp: tuple[Any, ...]) -> None:
+        for t in inp:
+            if isinstance(t, torch.Tensor) and id(t) in produced and produced[id(t)][1] is t:
+                consumers[produced[id(t)][0]].append(names[mod])
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        if len(list(m.children())) == 0:  # every leaf module counts as a consumer
+            handles.append(m.register_forward_pre_hook(pre_hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    mods = dict(model.named_modules())
+    pairs = {}
+    for conv, users in consumers.items():
+        if len(users) == 1 and isinstance(mods[users[0]], nn.BatchNorm2d):
+            if mods[users[0]].num_features == mods[conv].out_channels:
+                pairs[conv] = users[0]
+    return pairs
+
+
+def zero_filters(
+    model: nn.Module,
+    pairs: dict[str, str],
+    skip: tuple[str, ...] = (),
+    ratio: float = PRUNE_RATIO,
+    grouped: str = "per-group",
+) -> PruneStats:
+    """Zero the lowest-L2 ``ratio`` of filters of each prunable conv (NNCF style)."""
+    stats = PruneStats()
+    mods = dict(model.named_modules())
+    stats.num_bn = sum(isinstance(m, nn.BatchNorm2d) for m in mods.values())
+    stats.num_conv_bn_pairs = len(pairs)
+    with torch.no_grad():
+        for name, conv in mods.items():
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            stats.num_convs += 1
+            stats.filters_total += conv.out_channels
+            g = conv.groups
+            per_group = conv.out_channels // g
+            if g > 1:
+                stats.num_grouped_convs += 1
+                if per_group == 1 or g == conv.in_channels == conv.out_channels:
+                    stats.num_depthwise_convs += 1
+            if name in skip or (g > 1 and grouped == "skip"):
+                continue
+            n = math.floor(ratio * per_group)
+            if n == 0:
+                continue
+            norms = conv.weight.detach().flatten(1).norm(dim=1)
+            chosen: list[int] = []
+            for k in range(g):
+                sl = norms[k * per_group:(k + 1) * per_group]
+                order = torch.argsort(sl, stable=True)[:n]
+                chosen.extend(int(i) + k * per_group for i in order)
+            chosen.sort()
+            idx = torch.tensor(chosen)
+            conv.weight[idx] = 0
+            if conv.bias is not None:
+                conv.bias[idx] = 0
+            if name in pairs:
+                bn = mods[pairs[name]]
+                bn.weight[idx] = 0
+                bn.bias[idx] = 0
+            stats.num_convs_zeroed += 1
+            stats.filters_zeroed += len(chosen)
+            stats.zeroed[name] = chosen
+    return stats
+
+
+def fold_bn(model: nn.Module, pairs: dict[str, str]) -> nn.Module:
+    """Return a copy with every paired BN folded into its conv (BN replaced by Identity)."""
+    model = copy.deepcopy(model).eval()
+    mods = dict(model.named_modules())
+
+    def set_mod(name: str, new: nn.Module) -> None:
+        parent, _, attr = name.rpartition(".")
+        setattr(mods[parent] if parent else model, attr, new)
+
+    for conv_name, bn_name in pairs.items():
+        set_mod(conv_name, fuse_conv_bn_eval(mods[conv_name], mods[bn_name]))
+        set_mod(bn_name, nn.Identity())
+    return model
+
+
+def export_onnx(model: nn.Module, x: torch.Tensor, path: str, keep_bn: bool) -> None:
+    """Legacy TorchScript export, opset 17, dynamic batch."""
+    training = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x,),
+            path,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            training=training,
+            do_constant_folding=True,
+        )
+
+
+def onnx_summary(path: str) -> dict[str, Any]:
+    """Op histogram, zero-filter count and a few facts about an exported file."""
+    m = onnx.load(path)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    ident = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Identity"}
+
+    def weight(name: str) -> np.ndarray | None:
+        while name in ident:
+            name = ident[name]
+        t = inits.get(name)
+        return None if t is None else onnx.numpy_helper.to_array(t)
+
+    ops = collections.Counter(n.op_type for n in g.node)
+    zero_filters_ = conv_nodes_with_zero = 0
+    conv_weight_via_identity = 0
+    for n in g.node:
+        if n.op_type != "Conv":
+            continue
+        if n.input[1] in ident:
+            conv_weight_via_identity += 1
+        w = weight(n.input[1])
+        if w is None:
+            continue
+        z = int((np.abs(w.reshape(w.shape[0], -1)).max(axis=1) == 0).sum())
+        zero_filters_ += z
+        conv_nodes_with_zero += z > 0
+    return {
+        "ops": dict(sorted(ops.items())),
+        "num_nodes": len(g.node),
+        "num_initializers": len(g.initializer),
+        "identity_on_initializer": sum(1 for v in ident.values() if v in inits),
+        "conv_weight_via_identity": conv_weight_via_identity,
+        "zero_filters_in_onnx": zero_filters_,
+        "conv_nodes_with_zero_filters": conv_nodes_with_zero,
+        "opset": [(o.domain, o.version) for o in m.opset_import],
+        "size_bytes": os.path.getsize(path),
+    }
+
+
+def ort_check(path: str, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Run the ONNX file in onnxruntime and compare with PyTorch."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    diff = float(np.abs(got - ref).max())
+    scale = float(np.abs(ref).max()) or 1.0
+    return {
+        "output_shape": list(got.shape),
+        "max_abs_diff_vs_torch": diff,
+        "scale": scale,
+        "ok": bool(np.isfinite(got).all() and diff <= 1e-4 * scale),
+    }
+
+
+def export_model(
+    name: str, out_dir: str, variants: tuple[str, ...], grouped: str = "per-group"
+) -> dict[str, Any]:
+    """Build, zero, export and check one zoo model; return its manifest entry."""
+    entry = ZOO[name]
+    t0 = time.perf_counter()
+    _seed_all()
+    model = entry.build().eval()
+    shape = (1, 3, *entry.input_hw)
+    calibrate_and_randomise_bn(model, shape)
+    pairs = find_conv_bn_pairs(model, shape)
+    stats = zero_filters(model, pairs, entry.skip_convs, grouped=grouped)
+    x = torch.randn(1, *shape[1:], generator=torch.Generator().manual_seed(SEED + 2))
+    x_check = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(SEED + 3))
+    info: dict[str, Any] = {
+        "task": entry.task,
+        "input_name": "input",
+        "input_shape": ["batch", *shape[1:]],
+        "export_input_shape": list(shape),
+        "params": sum(p.numel() for p in model.parameters()),
+        "prune_ratio": PRUNE_RATIO,
+        "grouped_policy": grouped,
+        "skipped_convs": list(entry.skip_convs),
+        "num_convs": stats.num_convs,
+        "num_convs_zeroed": stats.num_convs_zeroed,
+        "num_grouped_convs": stats.num_grouped_convs,
+        "num_depthwise_convs": stats.num_depthwise_convs,
+        "filters_total": stats.filters_total,
+        "filters_zeroed": stats.filters_zeroed,
+        "num_batchnorm": stats.num_bn,
+        "num_conv_bn_pairs": stats.num_conv_bn_pairs,
+        "files": {},
+    }
+    for variant in variants:
+        if variant == "bn":
+            fname, m, keep = f"{name}.onnx", model, True
+        else:
+            fname, m, keep = f"{name}_bnfold.onnx", fold_bn(model, pairs), False
+        path = os.path.join(out_dir, fname)
+        t1 = time.perf_counter()
+        export_onnx(m, x, path, keep_bn=keep)
+        onnx.checker.check_model(path)
+        rec = {"file": fname, "export_seconds": round(time.perf_counter() - t1, 2)}
+        rec.update(onnx_summary(path))
+        rec["ort"] = ort_check(path, m, x_check)
+        info["files"][variant] = rec
+    info["total_seconds"] = round(time.perf_counter() - t0, 2)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="/work/zoo", help="output directory (default /work/zoo)")
+    ap.add_argument("--models", default="all", help="comma-separated names or 'all': " + ",".join(ZOO))
+    ap.add_argument("--bn-fold", dest="bn_fold", action="store_true", default=None,
+                    help="only the *_bnfold.onnx variant")
+    ap.add_argument("--no-bn-fold", dest="bn_fold", action="store_false",
+                    help="only the BN-preserving variant")
+    ap.add_argument("--grouped", choices=("per-group", "skip"), default="per-group",
+                    help="policy for grouped (non-depthwise) convs")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    names = list(ZOO) if args.models == "all" else [s.strip() for s in args.models.split(",") if s.strip()]
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        ap.error(f"unknown models: {unknown}")
+    variants = {None: ("bn", "bnfold"), True: ("bnfold",), False: ("bn",)}[args.bn_fold]
+    os.makedirs(args.out, exist_ok=True)
+    mpath = os.path.join(args.out, "manifest.json")
+    manifest: dict[str, Any] = {}
+    if os.path.exists(mpath):
+        with open(mpath) as f:
+            manifest = json.load(f)
+    manifest.setdefault("meta", {}).update({
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__, "onnxruntime": ort.__version__, "opset": OPSET,
+        "seed": SEED, "exporter": "torch.onnx legacy TorchScript (dynamo=False)",
+    })
+    models = manifest.setdefault("models", {})
+    failed = 0
+    for name in names:
+        print(f"[export] {name} ...", flush=True)
+        try:
+            info = export_model(name, args.out, variants, args.grouped)
+            old = models.get(name, {}).get("files", {})
+            info["files"] = {**old, **info["files"]}
+            models[name] = info
+            for v, rec in info["files"].items():
+                print(f"  {rec['file']}: ort ok={rec['ort']['ok']} diff={rec['ort']['max_abs_diff_vs_torch']:.2e}"
+                      f" zero filters in onnx={rec['zero_filters_in_onnx']} ops={rec['ops']}", flush=True)
+            print(f"  zeroed {info['filters_zeroed']}/{info['filters_total']} filters in "
+                  f"{info['num_convs_zeroed']}/{info['num_convs']} convs, {info['total_seconds']}s", flush=True)
+        except Exception as e:  # keep going with the other models
+            failed += 1
+            models[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
+        with open(mpath, "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=False)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
