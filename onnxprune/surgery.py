@@ -146,8 +146,14 @@ class SurgeryContext:
                     made[sig] = self._materialize(t, self.edits[(id(node), index)], keep_names=exclusive)
                 node.inputs[index] = made[sig]
 
+    def _retire(self, t: gs.Tensor) -> str:
+        """Rename a tensor that is being replaced, so its successor can take its name."""
+        name = t.name
+        t.name = self.unique_name(f"{name}__replaced")
+        return name
+
     def _materialize(self, t: gs.Tensor, ops: list[Op], keep_names: bool) -> gs.Tensor:
-        name = t.name if keep_names else self.unique_name(f"{t.name}_pruned")
+        name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
         if ops and ops[0][0] == "set" and all(o[0] != "set" for o in ops[1:]):
             base = self.params(t)
             dtype = np.asarray(base.values).dtype if base is not None and not base.chain else np.asarray(ops[0][1]).dtype
@@ -176,7 +182,9 @@ class SurgeryContext:
                 else:
                     inputs.append(extra)
             out = gs.Variable(name, dtype=t.dtype)
-            node_name = producer.name if keep_names else self.unique_name(f"{producer.name or producer.op}_pruned")
+            node_name = self.unique_name(f"{producer.name or producer.op}_pruned")
+            if keep_names and producer.name:
+                node_name, producer.name = producer.name, node_name
             self.graph.nodes.append(gs.Node(producer.op, name=node_name, attrs=dict(producer.attrs), inputs=inputs, outputs=[out]))
             if keep_names:
                 producer.outputs.clear()

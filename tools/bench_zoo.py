@@ -29,6 +29,13 @@ MARK = "@@RESULT@@"
 
 
 # --------------------------------------------------------------------------- workers
+def _reason_kind(reason: str) -> str:
+    """Reason text with node/tensor names and numbers replaced, so reasons can be counted."""
+    r = re.sub(r"'[^']*'|\"[^\"]*\"", "<name>", str(reason))
+    r = re.sub(r"(?<![\w<])/\S*[\w\]]", "<node>", r)
+    return re.sub(r"\b\d+(\.\d+)?(e-?\d+)?\b", "<n>", r)
+
+
 def run_onnxprune(path: str) -> dict[str, Any]:
     """Prune ``path`` with onnxprune (criterion ``zero``, verification on)."""
     import onnxprune
@@ -54,12 +61,15 @@ def run_onnxprune(path: str) -> dict[str, Any]:
         out["independent_check"] = {"exact": False, "error": f"{type(e).__name__}: {e}"}
     groups = d.get("kept_groups") or []
     reasons: collections.Counter[str] = collections.Counter()
+    raw: collections.Counter[str] = collections.Counter()
     for g in groups:
         for r in g.get("reasons", []):
-            reasons[r] += 1
+            reasons[_reason_kind(r)] += 1
+            raw[r] += 1
     out["kept_groups"] = len(groups)
     out["kept_channels"] = sum(int(g.get("channels", 0)) for g in groups)
-    out["kept_reasons"] = dict(reasons.most_common())
+    out["kept_reasons"] = dict(reasons.most_common())  # node names replaced by <node>
+    out["kept_reasons_raw_top"] = dict(raw.most_common(25))
     return out
 
 

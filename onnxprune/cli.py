@@ -1,0 +1,187 @@
+"""Command line: argument parsing and printing only. Library errors map to exit codes:
+0 success, 1 verification failed, 2 bad input or usage, 3 internal error (a bug: please report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnxprune",
+        description="Remove convolution filters (output channels) straight from ONNX models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="input .onnx file (never modified)")
+        p.add_argument(
+            "--input-shape",
+            action="append",
+            default=[],
+            metavar="NAME:d0,d1,...",
+            help="static shape for an input with dynamic dimensions (repeatable); a dynamic batch needs none",
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    p = sub.add_parser("prune", help="remove channels and write the pruned model")
+    common(p)
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument("--criterion", default="zero", help="which channels to remove (zero: provably constant ones)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--inputs", metavar="FILE.npz", help="verify on these inputs (arrays keyed by input name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--report", metavar="R.json", help="write the report as JSON")
+
+    a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
+    common(a)
+    a.add_argument("--json", metavar="R.json", help="write the groups as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    from .errors import OnnxPruneError
+
+    try:
+        if args.command == "prune":
+            return _prune(args)
+        return _analyze(args)
+    except OnnxPruneError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line, no traceback unless asked for
+        if os.environ.get("ONNXPRUNE_DEBUG"):
+            raise
+        where = getattr(args, "model", "")
+        print(f"onnxprune: internal error on {where}: {type(exc).__name__}: {exc} (set ONNXPRUNE_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 3
+
+
+def _shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    from .config import parse_input_shape
+
+    return dict(parse_input_shape(s) for s in specs)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .api import prune, save
+    from .config import PruneConfig
+    from .errors import UsageError
+
+    if os.path.abspath(args.output) == os.path.abspath(args.model) or (
+        os.path.exists(args.output) and os.path.exists(args.model) and os.path.samefile(args.output, args.model)
+    ):
+        raise UsageError(f"{args.output}: output must differ from the input model")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"{args.output}: output folder {out_dir} does not exist")
+    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
+        raise UsageError(f"{args.report}: report folder does not exist")
+    config = PruneConfig(
+        criterion=args.criterion,
+        input_shapes=_shapes(args.input_shape),
+        verify=not args.no_verify,
+        verification_inputs=args.inputs,
+        seed=args.seed,
+    )
+    result = prune(args.model, args.criterion, config=config)
+    save(result.model, args.output)
+    data = result.report.to_dict()
+    data["output"] = args.output
+    if args.report:
+        tmp = f"{args.report}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, args.report)
+    if not args.quiet:
+        print(format_report(data))
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .api import analyze
+
+    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
+    data = {"model": args.model, **analysis.summary(), "groups": [g.to_dict() for g in analysis.groups]}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=2)
+    if not args.quiet:
+        s = analysis.summary()
+        print(f"{args.model}: {s['channels']} output channels in {s['groups']} channel groups")
+        print(f"pinned: {s['pinned_groups']} groups ({s['pinned_channels']} channels)")
+        for reason, (groups, channels) in _reason_counts(
+            [(g.pinned_by, len(g.members)) for g in analysis.groups if g.pinned]
+        ).most_common():
+            print(f"  {groups:5d} groups {channels:6d} ch  {reason}")
+    return 0
+
+
+def _reason_counts(items: list[tuple[Sequence[str], int]]) -> Counter:
+    counts: Counter = Counter()
+    agg: dict[str, list[int]] = {}
+    for reasons, channels in items:
+        key = reasons[0] if reasons else "(no reason)"
+        entry = agg.setdefault(key, [0, 0])
+        entry[0] += 1
+        entry[1] += channels
+    for key, (g, c) in agg.items():
+        counts[key] = (g, c)
+    return counts
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}"
+
+
+def format_report(d: dict) -> str:
+    """The human-readable form of a prune report (the JSON dict)."""
+    lines = [f"{d['model']} -> {d.get('output', '')}   criterion: {d['criterion']}", ""]
+    rows = [
+        ("output channels", d["channels_total"], d["channels_total"] - d["channels_removed"]),
+        ("parameters", d["params_before"], d["params_after"]),
+        ("MACs (batch 1)", d["macs_before"], d["macs_after"]),
+        ("file size (bytes)", d["size_before"], d["size_after"]),
+    ]
+    lines.append(f"{'':20s}{'before':>12s}{'after':>12s}{'change':>9s}")
+    for label, before, after in rows:
+        change = f"{(after - before) / before * 100:+.1f}%" if before else ""
+        lines.append(f"{label:20s}{_fmt(before):>12s}{_fmt(after):>12s}{change:>9s}")
+    if d["layers"]:
+        lines += ["", f"layers changed: {len(d['layers'])}"]
+        for layer in d["layers"]:
+            lines.append(f"  {layer['node']:40s} {layer['op']:14s} {layer['channels_before']:5d} -> {layer['channels_after']:5d}")
+    v = d.get("verification")
+    lines.append("")
+    if v is None:
+        lines.append("verification: skipped (--no-verify)")
+    else:
+        lines.append(
+            f"verification: {'PASSED' if v['passed'] else 'FAILED'}  worst output {v['worst_output']!r}: "
+            f"max abs diff {v['max_abs_diff']:.3g} (limit {v['tolerance']:g} x scale {v['scale']:.3g}); {v['inputs']}"
+        )
+    kept = d["kept_groups"]
+    if kept:
+        lines += ["", f"channels kept, by reason ({len(kept)} groups):"]
+        counts = _reason_counts([(g["reasons"], g["channels"]) for g in kept])
+        for reason, (groups, channels) in counts.most_common(25):
+            lines.append(f"  {groups:5d} groups {channels:6d} ch  {reason}")
+        if len(counts) > 25:
+            lines.append(f"  ... {len(counts) - 25} more reasons in the JSON report")
+    for note in d.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
