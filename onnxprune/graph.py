@@ -244,7 +244,7 @@ class ParamResolver:
         if len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
-        if node.op == "Constant" and node.domain in ("", "ai.onnx"):
+        if node.op == "Constant" and (node.domain or "") in ("", "ai.onnx"):
             value = _constant_node_value(node)
             return None if value is None else Param(value, (), node)
         if node.op == "Identity":

@@ -115,9 +115,10 @@ class GraphBuilder:
         b[list(zero)] = 0
         return self.op("Gemm", x, self.const(w, "fcW"), self.const(b, "fcB"), channels=n_out, transB=int(trans_b))
 
-    def build(self, name: str = "graph") -> onnx.ModelProto:
+    def build(self, name: str = "graph", domains: dict[str, int] | None = None) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], producer_name="onnxprune-tests")
+        opsets = [helper.make_opsetid("", self.opset)] + [helper.make_opsetid(d, v) for d, v in (domains or {}).items()]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="onnxprune-tests")
         if self.ir_version is not None:
             model.ir_version = self.ir_version
         inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.output}

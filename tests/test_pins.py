@@ -1,0 +1,92 @@
+"""Unknown means untouched: every channel an op does not understand stays, with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from conftest import channels, kept_reasons, prune_exact
+import onnxprune
+from onnxprune.testing import GraphBuilder
+
+
+def test_custom_domain_op_pins() -> None:
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.conv(x, 6, zero=(1,))
+    b.nodes.append(helper.make_node("MyOp", [y], ["custom"], domain="com.example", name="custom_node"))
+    b.output(b.conv(b.op("Relu", y), 3))
+    b.outputs.append(helper.make_tensor_value_info("custom", TensorProto.FLOAT, [1, 6, 4, 4]))
+    model = b.build(domains={"com.example": 1})
+    a = onnxprune.analyze(model)
+    g = next(g for g in a.groups if (a.sources[0].node, 1) in g.members)
+    assert any("MyOp" in r and "com.example" in r for r in g.pinned_by)
+
+
+def test_softmax_over_channels_pins() -> None:
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.op("Softmax", b.conv(x, 6, zero=(1,)), axis=1)
+    b.output(b.conv(y, 3))
+    r = prune_exact(b.build())
+    assert channels(r)[r.analysis.sources[0].node] == (6, 6)
+    assert any("Softmax has no rule" in reason for reason in kept_reasons(r))
+
+
+def test_graph_output_pins() -> None:
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.conv(x, 6, zero=(1, 2))
+    b.output(y)
+    r = prune_exact(b.build())
+    assert channels(r)[r.analysis.sources[0].node] == (6, 6)
+    assert any("reaches graph output" in reason for reason in kept_reasons(r))
+
+
+def test_subgraph_reading_a_tensor_pins() -> None:
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.op("Relu", b.conv(x, 6, zero=(1, 2)))
+    then_out = helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 6, 4, 4])
+    then_g = helper.make_graph([helper.make_node("Identity", [y], ["then_out"])], "then", [], [then_out])
+    else_out = helper.make_tensor_value_info("else_out", TensorProto.FLOAT, [1, 6, 4, 4])
+    else_g = helper.make_graph([helper.make_node("Neg", [y], ["else_out"])], "else", [], [else_out])
+    cond = b.const(np.array(True), "cond")
+    b.nodes.append(helper.make_node("If", [cond], ["if_out"], then_branch=then_g, else_branch=else_g, name="if"))
+    b.output(b.conv("if_out", 3) if False else "if_out")
+    model = b.build()
+    r = prune_exact(model)
+    assert channels(r)[r.analysis.sources[0].node] == (6, 6)
+
+
+def test_user_rule_for_custom_op_in_registry() -> None:
+    """A user registers a rule for their own element-wise op; without it the channels pin."""
+    from onnxprune.rules import UnaryRule, passthrough
+
+    class Swish2Rule:
+        op_types = ("Swish2",)
+        domain = "com.example"
+
+        def propagate(self, node, ctx):  # noqa: ANN001, ANN201
+            return passthrough(node, ctx, lambda c: c * 2)
+
+        def apply(self, node, ctx):  # noqa: ANN001, ANN201
+            return None
+
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.conv(x, 6, zero=(1,))
+    b.nodes.append(helper.make_node("Swish2", [y], ["sw"], domain="com.example", name="sw"))
+    b.channels["sw"] = 6
+    out = b.conv("sw", 3)
+    b.output(out)
+    graph = helper.make_graph(b.nodes, "g", b.inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 3, 4, 4])], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    default = onnxprune.analyze(model)
+    assert all(g.pinned for g in default.groups if any(m[0] == default.sources[0].node for m in g.members))
+    registry = onnxprune.default_registry().register(Swish2Rule())
+    plan = onnxprune.plan(onnxprune.analyze(model, registry=registry))
+    assert len(plan.removed_groups) == 1
+    del UnaryRule
+    assert onnxprune.default_registry().lookup("Swish2", "com.example") is None  # no global state
