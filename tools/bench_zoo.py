@@ -59,6 +59,10 @@ def run_onnxprune(path: str) -> dict[str, Any]:
         out["independent_check"] = ort_compare(path, result.model)
     except Exception as e:
         out["independent_check"] = {"exact": False, "error": f"{type(e).__name__}: {e}"}
+    try:
+        out["ov_counter"] = ov_count(path, result.model)
+    except Exception as e:
+        out["ov_counter"] = {"error": f"{type(e).__name__}: {e}"}
     groups = d.get("kept_groups") or []
     reasons: collections.Counter[str] = collections.Counter()
     raw: collections.Counter[str] = collections.Counter()
@@ -104,6 +108,35 @@ def ort_compare(path: str, pruned: Any, seed: int = 0, rtol: float = 1e-5) -> di
             ratio, worst = diff / scale, {"exact": worst["exact"], "max_abs_diff": diff, "scale": scale}
         worst["exact"] = worst["exact"] and diff <= rtol * scale
     return worst
+
+
+def ov_count(path: str, pruned: Any) -> dict[str, Any]:
+    """Channels/MACs of the original and the onnxprune-pruned model, counted on the
+    OpenVINO-converted graphs by tools/openvino_pruning.py (same counter as for OpenVINO)."""
+    import tempfile
+
+    import onnx
+    import openvino as ov
+
+    sys.path.insert(0, HERE)
+    from openvino_pruning import _static_inputs, layer_stats
+
+    def count(p: str) -> dict[str, Any]:
+        m = ov.convert_model(p)
+        _static_inputs(m)
+        return layer_stats(m)
+
+    before = count(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        f = os.path.join(tmp, "pruned.onnx")
+        onnx.save(pruned, f)
+        after = count(f)
+    return {
+        "channels_total": before["channels_total"],
+        "channels_removed": before["channels_total"] - after["channels_total"],
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+    }
 
 
 def run_openvino(path: str) -> dict[str, Any]:
@@ -234,14 +267,22 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
         "Exact = pruned outputs match the original within 1e-5 × max|output| (max abs diff in parentheses); "
         "for onnxprune first its own verification, then \"ORT\" = an independent onnxruntime re-check by this script. "
         "OpenVINO MACs/channels are counted by `tools/openvino_pruning.py` on the converted OV model "
-        "(batch 1); onnxprune's come from its own report.",
+        "(batch 1); onnxprune's come from its own report, and \"OV counter\" recounts onnxprune's result with "
+        "the OpenVINO counter so both tools are measured the same way.",
         "",
-        "| model | zeroed filters | onnxprune channels | OpenVINO channels | onnxprune MACs | OpenVINO MACs "
+        "Channel totals differ between the tools: onnxprune's source layers exclude depthwise convs, while the "
+        "OpenVINO counter includes every Convolution/GroupConvolution (so depthwise channels that OpenVINO removes "
+        "along with a pruned filter count twice). Compare MACs across tools, not channel counts. OpenVINO's "
+        "`convert_model` folds BatchNormalization into the convs, so its results for `x` and `x_bnfold` coincide. "
+        "Kept groups = channel groups onnxprune kept, with the most frequent reasons (node names replaced by <node>).",
+        "",
+        "| model | zeroed filters | onnxprune channels | OpenVINO channels | onnxprune MACs | onnxprune MACs (OV counter) | OpenVINO MACs "
         "| onnxprune exact | OpenVINO exact | onnxprune s | OpenVINO s | kept groups (top reasons) | errors |",
-        "|---|---:|---:|---:|---|---|---|---|---:|---:|---|---|",
+        "|---|---:|---:|---:|---|---|---|---|---|---:|---:|---|---|",
     ]
     for r in results:
         op, ov = r.get("onnxprune") or {}, r.get("openvino") or {}
+        ovc = op.get("ov_counter") or {}
         reasons = op.get("kept_reasons") or {}
         top = ", ".join(f"{k}: {v}" for k, v in list(reasons.items())[:3])
         kept = "–" if op.get("kept_groups") is None else f"{op['kept_groups']}" + (f" ({top})" if top else "")
@@ -251,6 +292,7 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
         lines.append(
             f"| {r['model']} | {_fmt_int(r.get('filters_zeroed'))} | {_fmt_ch(op)} | {_fmt_ch(ov)} "
             f"| {_fmt_macs(op.get('macs_before'), op.get('macs_after'))} "
+            f"| {_fmt_macs(ovc.get('macs_before'), ovc.get('macs_after'))} "
             f"| {_fmt_macs(ov.get('macs_before'), ov.get('macs_after'))} "
             f"| {_fmt_exact(op)}{_fmt_recheck(op)} | {_fmt_exact(ov)} "
             f"| {op.get('seconds', '–')} | {ov.get('seconds', '–')} | {_short(kept, 120)} | {errs} |"

@@ -177,8 +177,9 @@ def run_openvino_pruning(path: str, seed: int = 0, check: bool = True) -> dict[s
     t0 = time.perf_counter()
     try:
         apply_pruning_transformation(model)
-    except Exception as e:  # the pass raises on some graphs (e.g. DenseNet, ShuffleNet)
+    except Exception as e:  # the pass raises on some graphs (e.g. DenseNet's Concat masks)
         result["error"] = f"{type(e).__name__}: {e}".strip()
+        result["error_stage"] = "pass"
         result["pass_seconds"] = round(time.perf_counter() - t0, 3)
         result.update(_summary(before, None))
         return result
@@ -188,6 +189,7 @@ def run_openvino_pruning(path: str, seed: int = 0, check: bool = True) -> dict[s
         after = layer_stats(model)
     except Exception as e:
         result["error"] = f"invalid model after pass: {type(e).__name__}: {e}".strip()
+        result["error_stage"] = "validate"
         result.update(_summary(before, None))
         return result
     result.update(_summary(before, after))
@@ -204,6 +206,7 @@ def run_openvino_pruning(path: str, seed: int = 0, check: bool = True) -> dict[s
         except Exception as e:  # e.g. ShuffleNet: the pass leaves a stale Reshape target shape
             msg = f"{type(e).__name__}: {e}".strip()
             result["error"] = f"pruned model fails to compile/run: {msg}"
+            result["error_stage"] = "compile"
             result["verification"] = {"exact": False, "error": msg}
             return result
         result["verification"] = compare_outputs(ref, got)

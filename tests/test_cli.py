@@ -1,0 +1,118 @@
+"""The CLI contract: exit codes, one-line errors without traceback, nothing written on failure."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune import cli
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_prune_writes_model_and_report(tmp_path: Path) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    p = run_cli("prune", str(FIXTURES / "residual.onnx"), "-o", str(out), "--report", str(report))
+    assert p.returncode == 0, p.stderr
+    assert "verification: PASSED" in p.stdout
+    assert "channels kept, by reason" in p.stdout
+    data = json.loads(report.read_text())
+    assert data["channels_removed"] > 0 and data["verification"]["passed"]
+    assert data["macs_after"] < data["macs_before"]
+    assert all(g["reasons"] for g in data["kept_groups"])
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_every_kept_group_has_a_reason() -> None:
+    r = onnxprune.prune(FIXTURES / "yolo_like.onnx")
+    kept = {g.id for g in r.report.kept_groups}
+    all_kept = {g.id for g in r.analysis.groups} - set(r.plan.removed_groups)
+    assert kept == all_kept
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"\x8f\x01\x02garbage\xff" * 50, "not an ONNX model"),
+        (b"hello, this is text\n", "not an ONNX model"),
+    ],
+)
+def test_bad_files_exit_2_one_line(tmp_path: Path, content: bytes, message: str) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    out = tmp_path / "out.onnx"
+    p = run_cli("prune", str(bad), "-o", str(out))
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert message in p.stderr and str(bad) in p.stderr
+    assert not out.exists()
+    assert bad.read_bytes() == content
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = FIXTURES / "residual.onnx"
+    cases = [
+        (["prune", str(tmp_path), "-o", str(tmp_path / "o.onnx")], "not a file"),
+        (["prune", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")], "no such file"),
+        (["prune", str(model), "-o", str(model)], "output must differ"),
+        (["prune", str(model), "-o", str(tmp_path / "nodir" / "o.onnx")], "does not exist"),
+        (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "input:1,x"], "must be integers"),
+        (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nope:1,3,16,16"], "model's inputs are"),
+        (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--criterion", "magic"], "unknown criterion"),
+    ]
+    before = model.read_bytes()
+    for argv, message in cases:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not (tmp_path / "o.onnx").exists()
+    assert model.read_bytes() == before
+
+
+def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    import onnxprune.api as api
+
+    real = api.apply_pruning
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - corrupt one weight after surgery
+        model = real(*args, **kwargs)
+        init = next(i for i in model.graph.initializer if len(i.dims) == 4)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.1), init.name))
+        return model
+
+    monkeypatch.setattr(api, "apply_pruning", broken)
+    out = tmp_path / "o.onnx"
+    assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "verification failed" in err and "output" in err
+    assert not out.exists()
+
+
+def test_no_verify_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o.onnx"
+    assert cli.main(["prune", str(FIXTURES / "shuffle.onnx"), "-o", str(out), "--no-verify", "-q"]) == 0
+    assert capsys.readouterr().out == ""
+    assert out.exists()
+
+
+def test_analyze_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    j = tmp_path / "g.json"
+    assert cli.main(["analyze", str(FIXTURES / "dense_concat.onnx"), "--json", str(j)]) == 0
+    assert "channel groups" in capsys.readouterr().out
+    data = json.loads(j.read_text())
+    assert data["groups"] and all("members" in g for g in data["groups"])

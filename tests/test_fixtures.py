@@ -1,0 +1,36 @@
+"""The shipped fixtures: current with tools/make_fixtures.py, and each pruned exactly."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from conftest import prune_exact
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import make_fixtures  # noqa: E402
+
+FLOAT_FIXTURES = [n for n in make_fixtures.FIXTURES if not n.endswith("_qdq")]
+
+# channels the zero criterion must remove in each fixture (worked out by hand from the zeroed
+# filters in tools/make_fixtures.py; see the comments there)
+EXPECTED_REMOVED = {"residual": 17, "residual_qdq": 17}
+
+
+@pytest.mark.parametrize("name", FLOAT_FIXTURES)
+def test_fixture_is_current(name: str) -> None:
+    assert make_fixtures.FIXTURES[name]().SerializeToString() == (ROOT / "fixtures" / f"{name}.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("name", list(make_fixtures.FIXTURES))
+def test_fixture_pruned_exactly(name: str) -> None:
+    model = onnx.load(ROOT / "fixtures" / f"{name}.onnx")
+    r = prune_exact(model)
+    assert r.report.channels_removed > 0
+    assert r.report.macs_after < r.report.macs_before
+    if name in EXPECTED_REMOVED:
+        assert r.report.channels_removed == EXPECTED_REMOVED[name]
