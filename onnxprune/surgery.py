@@ -116,6 +116,14 @@ class SurgeryContext:
         else:
             node.inputs.append(const)
 
+    def append_bias(self, node: gs.Node, bias: np.ndarray) -> None:
+        """Add ``bias`` to the node's first output with a new Add node; readers keep the name."""
+        out = node.outputs[0]
+        inner = gs.Variable(self.unique_name(f"{out.name}_before_bias"), dtype=out.dtype)
+        node.outputs[0] = inner
+        const = gs.Constant(self.unique_name(f"{node.name or node.op}_folded_bias"), np.asarray(bias))
+        self.graph.nodes.append(gs.Node("Add", name=self.unique_name(f"{node.name or node.op}_bias"), inputs=[inner, const], outputs=[out]))
+
     def unique_name(self, base: str) -> str:
         if not self._names:
             self._names = set(self.graph.tensors().keys()) | {n.name for n in self.graph.nodes}
@@ -153,13 +161,16 @@ class SurgeryContext:
         return name
 
     def _materialize(self, t: gs.Tensor, ops: list[Op], keep_names: bool) -> gs.Tensor:
-        name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
-        if ops and ops[0][0] == "set" and all(o[0] != "set" for o in ops[1:]):
+        if ops and ops[0][0] == "set":
+            # A new value replaces the whole chain; only Identity may stand between (a quantized
+            # value cannot be overwritten exactly, and the analysis never asks for it).
             base = self.params(t)
-            dtype = np.asarray(base.values).dtype if base is not None and not base.chain else np.asarray(ops[0][1]).dtype
-            if base is not None and base.chain:
+            if base is not None and any(n.op != "Identity" for n in base.chain):
                 raise UnsupportedModel(f"internal: cannot overwrite {t.name}: it is computed by {base.chain[0].op}")
+            dtype = np.asarray(base.values).dtype if base is not None else np.asarray(ops[0][1]).dtype
+            name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
             return gs.Constant(name, _apply_ops(np.asarray(ops[0][1]).astype(dtype), ops[1:]))
+        name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
         if isinstance(t, gs.Constant):
             return gs.Constant(name, _apply_ops(np.asarray(t.values), ops))
         producer = t.inputs[0]
@@ -221,7 +232,7 @@ def _apply_ops(arr: np.ndarray, ops: list[Op]) -> np.ndarray:
     for op in ops:
         if op[0] == "slice":
             arr = np.compress(op[2], arr, axis=op[1])
-        elif op[0] == "set":
+        elif op[0] == "set":  # a later set (after slicing) replaces the value outright
             arr = np.asarray(op[1]).astype(arr.dtype)
         else:
             groups, keep = op[1], op[2]

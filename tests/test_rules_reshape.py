@@ -110,3 +110,15 @@ def test_reshape_mixing_channels_into_batch_pins(builder: GraphBuilder) -> None:
     r = prune_exact(builder.build())
     assert channels(r)[r.analysis.sources[0].node] == (6, 6)
     assert any("Softmax" in reason for reason in kept_reasons(r))
+
+
+def test_matmul_reader_gets_bias_for_folded_constant(builder: GraphBuilder) -> None:
+    x = builder.input("x", [None, 4, 8])
+    w1 = builder.weights([8, 6], zero_rows=(1, 3), axis=1)
+    h = builder.op("MatMul", x, builder.const(w1, "w1"))
+    h = builder.op("Add", h, builder.const(np.linspace(-1, 1, 6).astype(np.float32), "b1"))
+    h = builder.op("Gelu", h) if builder.opset >= 20 else builder.op("Sigmoid", h)  # constants 1 and 3 nonzero
+    builder.output(builder.op("MatMul", h, builder.const(builder.weights([6, 3]), "w2")))
+    r = prune_exact(builder.build())
+    assert channels(r)[r.analysis.sources[0].node] == (6, 4)
+    assert any(n.op_type == "Add" and "folded" in "".join(n.input) for n in r.model.graph.node)

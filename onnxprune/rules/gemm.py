@@ -99,14 +99,20 @@ class MatMulRule:
         if lay is not None:
             if set(lay.axes) != {rank - 1}:
                 return NotApplicable("channels of A are not on its last axis")
-            ctx.add_sink(node, 0, rank - 1, "MatMul has no bias to fold a constant into")
+            # A folded constant becomes a bias Add after the MatMul (see apply).
+            ctx.add_sink(node, 0, rank - 1, None)
         out = ctx.add_source(node, n)
         zero = ~np.any(b.values != 0, axis=0)
         ctx.set_layout(y, Layout(rank, {rank - 1: out}, {rank - 1: np.where(zero, 0.0, np.nan)}))
         return None
 
     def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
-        k, n = ctx.param_values(node, 1).shape
+        b = ctx.param_values(node, 1)
+        k, n = b.shape
         rank = len(ctx.analysis.shapes.get(node.inputs[0].name, ())) or 2
+        out_keep = ctx.keep(node.outputs[0], rank - 1, n)
+        delta = ctx.fold_delta(node.inputs[0], rank - 1, lambda fill: fill @ b.astype(np.float64))
+        if delta is not None:
+            ctx.append_bias(node, delta[out_keep].astype(b.dtype))
         ctx.slice_param(node, 1, 0, ctx.keep(node.inputs[0], rank - 1, k))
-        ctx.slice_param(node, 1, 1, ctx.keep(node.outputs[0], rank - 1, n))
+        ctx.slice_param(node, 1, 1, out_keep)
