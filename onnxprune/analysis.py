@@ -20,8 +20,9 @@ import onnx_graphsurgeon as gs
 from ._core import Layout, NotApplicable, UnionFind
 from .graph import Param, ParamResolver, Shape, concrete_input_shapes, infer_static_shapes, model_opset
 from .rules import RuleRegistry, default_registry
+from .shape_values import ShapeEvaluator, is_shape_arithmetic
 
-__all__ = ["analyze", "ChannelAnalysis", "ChannelGroup", "Source", "Sink", "Balance", "node_label", "import_graph"]
+__all__ = ["analyze", "static_shapes", "ChannelAnalysis", "ChannelGroup", "Source", "Sink", "Balance", "node_label", "import_graph"]
 
 
 def node_label(node: gs.Node, index: int) -> str:
@@ -136,6 +137,8 @@ class AnalysisContext:
     balances: list[Balance] = field(default_factory=list)
     node: gs.Node | None = None
     label: str = ""
+    shape_values: ShapeEvaluator | None = None
+    validated_shape_inputs: set[tuple[int, int]] = field(default_factory=set)
 
     # -- reading -------------------------------------------------------------------------
     def layout(self, t: gs.Tensor | None) -> Layout | None:
@@ -193,6 +196,17 @@ class AnalysisContext:
     def add_sink(self, node: gs.Node, input_index: int, axis: int, fold_blocker: str | None) -> None:
         self.sinks.append(Sink(self.label, input_index, node.inputs[input_index].name, axis, fold_blocker))
 
+    def runtime_value(self, t: gs.Tensor, overrides: Mapping[str, tuple[int, ...]] | None = None) -> np.ndarray | None:
+        """Value of a tensor computed at run time from Shape() and constants (see shape_values)."""
+        return None if self.shape_values is None else self.shape_values.value(t, overrides)
+
+    def runtime_sources(self, t: gs.Tensor) -> frozenset[str] | None:
+        return None if self.shape_values is None else self.shape_values.sources(t)
+
+    def validate_shape_input(self, node: gs.Node, index: int) -> None:
+        """Declare that the rule proved this run-time shape input stays right after pruning."""
+        self.validated_shape_inputs.add((id(node), index))
+
     def add_balance(self, rows: list[np.ndarray], reason: str) -> None:
         self.balances.append(Balance(self.label, tuple(np.asarray(r) for r in rows), reason))
 
@@ -223,9 +237,11 @@ def analyze(
     """Find the channel groups of a loaded model (see ``onnxprune.load`` / ``prune``)."""
     registry = registry or default_registry()
     in_shapes = concrete_input_shapes(model, input_shapes or {}, source)
-    shapes = infer_static_shapes(model, in_shapes)
     graph = graph if graph is not None else import_graph(model)
-    ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model))
+    params = ParamResolver()
+    shapes = static_shapes(model, in_shapes, graph, params)
+    ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model), params=params)
+    ctx.shape_values = ShapeEvaluator(shapes, params)
 
     labels = tuple(node_label(n, i) for i, n in enumerate(graph.nodes))
     visited: set[int] = set()
@@ -257,6 +273,7 @@ def analyze(
         lay = ctx.layout(out)
         if lay is not None:
             ctx.pin(lay.all_ids(), f"reaches graph output {out.name!r}")
+    _pin_channel_counts_read_at_run_time(ctx)
     tensors = graph.tensors()
     for name, lay in ctx.layouts.items():
         t = tensors.get(name)
@@ -267,6 +284,68 @@ def analyze(
                 ctx.pin(lay.all_ids(), f"tensor {name!r} is read inside a subgraph ({consumer.op} {consumer.name})")
 
     return _freeze(ctx, shapes, labels)
+
+
+def static_shapes(
+    model: onnx.ModelProto,
+    in_shapes: Mapping[str, Shape],
+    graph: gs.Graph | None = None,
+    params: ParamResolver | None = None,
+) -> dict[str, Shape]:
+    """Shape inference, repeated while run-time shape expressions become computable (each
+    round can unlock the next block of a network that computes its reshapes from shapes)."""
+    graph = graph if graph is not None else import_graph(model)
+    params = params if params is not None else ParamResolver()
+    known: dict[str, np.ndarray] = {}
+    shapes = infer_static_shapes(model, in_shapes)
+    for _ in range(len(graph.nodes)):
+        evaluator = ShapeEvaluator(shapes, params)
+        new = {}
+        for node in graph.nodes:
+            if is_shape_arithmetic(node, evaluator):
+                continue
+            for t in node.inputs:
+                if not t.name or t.name in known or isinstance(t, gs.Constant) or params(t) is not None:
+                    continue
+                if evaluator.sources(t):
+                    value = evaluator.value(t)
+                    if value is not None:
+                        new[t.name] = value
+        if not new:
+            break
+        known.update(new)
+        shapes = infer_static_shapes(model, in_shapes, known)
+    return shapes
+
+
+def _pin_channel_counts_read_at_run_time(ctx: AnalysisContext) -> None:
+    """A run-time shape expression that reads a channel count and reaches an op whose rule did
+    not prove it safe (an Expand, a ConstantOfShape, an unvalidated Reshape...) pins those
+    channels: removing one would change what the expression computes."""
+    assert ctx.shape_values is not None
+    for node in ctx.graph.nodes:
+        if is_shape_arithmetic(node, ctx.shape_values):
+            continue
+        for index, t in enumerate(node.inputs):
+            if not t.name or (id(node), index) in ctx.validated_shape_inputs:
+                continue
+            sources = ctx.runtime_sources(t)
+            if not sources:
+                continue
+            base = ctx.runtime_value(t)
+            for name in sources:
+                lay = ctx.layouts.get(name)
+                shape = ctx.shapes.get(name)
+                if lay is None or shape is None or any(d is None for d in shape):
+                    continue
+                for axis, ids in lay.axes.items():
+                    probe = list(shape)
+                    probe[axis] -= 1
+                    changed = ctx.runtime_value(t, {name: tuple(probe)})
+                    if base is None or changed is None or not np.array_equal(base, changed):
+                        ctx.node, ctx.label = node, node.name or node.op
+                        ctx.pin(ids, f"reads the channel count of {name!r} at run time")
+    ctx.node = None
 
 
 def _freeze(ctx: AnalysisContext, shapes: Mapping[str, Shape], labels: tuple[str, ...]) -> ChannelAnalysis:

@@ -9,11 +9,11 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .analysis import ChannelAnalysis, analyze as _analyze
+from .analysis import ChannelAnalysis, analyze as _analyze, static_shapes
 from .config import PruneConfig
 from .criteria import zero_plan
 from .errors import UsageError, VerificationFailed
-from .graph import concrete_input_shapes, dynamic_batch_inputs, infer_static_shapes, load_model
+from .graph import concrete_input_shapes, dynamic_batch_inputs, load_model
 from .metrics import model_cost
 from .planning import PruningPlan
 from .report import KeptGroup, LayerChange, PruneReport
@@ -162,7 +162,7 @@ def _report(
             layers.append(LayerChange(src.node, src.op, n, n - gone))
     in_shapes = concrete_input_shapes(original, config.input_shapes, source)
     before = model_cost(original, analysis.shapes)
-    after = model_cost(pruned, infer_static_shapes(pruned, in_shapes))
+    after = model_cost(pruned, static_shapes(pruned, in_shapes))
     removed_set = set(pruning_plan.removed_groups)
     kept = tuple(
         KeptGroup(g.id, len(g.members), g.members, pruning_plan.kept_reasons.get(g.id, ()))

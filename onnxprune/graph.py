@@ -148,12 +148,27 @@ def concrete_input_shapes(
     return shapes
 
 
-def infer_static_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Shape]) -> dict[str, Shape]:
-    """Shape of every tensor with the given input shapes (None for unknown dimensions)."""
-    m = onnx.ModelProto()
+def infer_static_shapes(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Shape],
+    known_values: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Shape]:
+    """Shape of every tensor with the given input shapes (None for unknown dimensions).
+
+    ``known_values``: run-time computed tensors (shape expressions) whose value is known for
+    these input shapes; shape inference is told them, so it can see through ``x.chunk()``.
+    """
     # Shape inference only needs initializer shapes and the values of small (shape-like) tensors;
     # copying the big weights would double the memory for nothing.
-    m.CopyFrom(_without_big_initializers(model))
+    m = _without_big_initializers(model)
+    if known_values:
+        renamed = {name: f"{name}__onnxprune_value" for name in known_values}
+        for name, value in known_values.items():
+            m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), renamed[name]))
+        for node in m.graph.node:
+            for i, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[i] = renamed[name]
     inits = {i.name for i in m.graph.initializer}
     for vi in m.graph.input:
         if vi.name in inits or vi.name not in input_shapes:

@@ -40,9 +40,10 @@ class GraphBuilder:
             self.channels[name] = shape[1]
         return name
 
-    def output(self, name: str, dtype: int = TensorProto.FLOAT) -> str:
-        # The type is filled in by shape inference in build().
-        self.outputs.append(helper.make_tensor_value_info(name, dtype, None))
+    def output(self, name: str, dtype: int = TensorProto.FLOAT, shape: Sequence[int | str | None] | None = None) -> str:
+        """Declare a graph output; without ``shape`` it is filled in by shape inference in build()."""
+        dims = None if shape is None else ["N" if d is None else d for d in shape]
+        self.outputs.append(helper.make_tensor_value_info(name, dtype, dims))
         return name
 
     def const(self, values: np.ndarray, base: str = "c", as_node: bool = False) -> str:
@@ -123,6 +124,8 @@ class GraphBuilder:
             model.ir_version = self.ir_version
         inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.output}
         for out in model.graph.output:
+            if out.type.tensor_type.HasField("shape"):
+                continue
             if inferred.get(out.name) is not None and inferred[out.name].type.tensor_type.HasField("shape"):
                 out.CopyFrom(inferred[out.name])
         onnx.checker.check_model(model)

@@ -170,7 +170,7 @@ class SliceRule:
             return None
         params = _slice_params(node, ctx, lay.rank)
         if params is None:
-            return NotApplicable("slice bounds are not constant")
+            return _runtime_slice(node, ctx, lay)
         starts, ends, axes, steps = params
         new_axes = dict(lay.axes)
         consts = dict(lay.consts)
@@ -193,7 +193,10 @@ class SliceRule:
         lay = ctx.analysis.layouts.get(node.inputs[0].name)
         if lay is None:
             return
-        starts, ends, axes, steps = _slice_params(node, ctx, lay.rank)
+        params = _slice_params(node, ctx, lay.rank)
+        if params is None:
+            return  # bounds computed at run time from the pruned tensor (checked by the analysis)
+        starts, ends, axes, steps = params
         new_starts, new_ends = list(starts), list(ends)
         changed = False
         for i, a in enumerate(axes):
@@ -209,3 +212,50 @@ class SliceRule:
         if changed:
             ctx.set_param(node, 1, np.asarray(new_starts, dtype=np.int64))
             ctx.set_param(node, 2, np.asarray(new_ends, dtype=np.int64))
+
+
+def _runtime_slice(node: gs.Node, ctx: "AnalysisContext", lay: Layout) -> NotApplicable | None:
+    """Slice bounds computed from Shape(x) on the channel axis, as torch's ``x.chunk(n, 1)``:
+    allowed when they are fixed fractions i/n of the channel count, with every n-th part of
+    the channels losing the same number (so the fractions still cut where they should)."""
+    values = [ctx.runtime_value(t) if t.name else None for t in node.inputs[1:5]]
+    values += [None] * (4 - len(values))
+    sources = [ctx.runtime_sources(t) for t in node.inputs[1:5] if t.name]
+    x = node.inputs[0]
+    if values[0] is None or values[1] is None or any(s is None for s in sources):
+        return NotApplicable("slice bounds are neither constant nor computed from shapes")
+    if any(name != x.name and name in ctx.layouts for s in sources for name in s):
+        return NotApplicable("slice bounds read the shape of another tensor with channels")
+    starts, ends = [int(v) for v in np.ravel(values[0])], [int(v) for v in np.ravel(values[1])]
+    axes = [int(a) % lay.rank for a in np.ravel(values[2])] if values[2] is not None else list(range(len(starts)))
+    steps = [int(v) for v in np.ravel(values[3])] if values[3] is not None else [1] * len(starts)
+    new_axes, consts = dict(lay.axes), dict(lay.consts)
+    shape = ctx.shape(x)
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if a not in lay.axes:
+            continue
+        ids = lay.axes[a]
+        n = len(ids)
+        b, f = _norm_bound(s, n), _norm_bound(e, n)
+        parts = next((d for d in range(1, 9) if (b * d) % n == 0 and (f * d) % n == 0), None)
+        if st != 1 or parts is None or n % parts or shape is None:
+            return NotApplicable("slice bounds computed at run time are not fixed fractions of the channels")
+        for k in (1, 2):
+            probe = list(shape)
+            probe[a] = n - k * parts
+            got = [ctx.runtime_value(t, {x.name: tuple(probe)}) for t in node.inputs[1:3]]
+            if any(g is None for g in got):
+                return NotApplicable("slice bounds computed at run time could not be evaluated")
+            i = axes.index(a)
+            nb, nf = _norm_bound(int(np.ravel(got[0])[i]), probe[a]), _norm_bound(int(np.ravel(got[1])[i]), probe[a])
+            if (nb, nf) != (b * probe[a] // n, f * probe[a] // n):
+                return NotApplicable("slice bounds computed at run time do not scale with the channels")
+        ctx.add_balance(list(ids.reshape(parts, -1)), f"bounds are computed as fractions (1/{parts}) of the channel count at run time")
+        new_axes[a] = ids[b:f]
+        if a in consts:
+            consts[a] = consts[a][b:f]
+    for i in range(1, min(5, len(node.inputs))):
+        if node.inputs[i].name:
+            ctx.validate_shape_input(node, i)
+    ctx.set_layout(node.outputs[0], Layout(lay.rank, new_axes, consts))
+    return None

@@ -88,7 +88,12 @@ class ReshapeRule:
             target = _shape_entries(node.inputs[1], ctx)
             (carrier,) = out.axes
             if target is None:
-                return NotApplicable("target shape is computed at run time and cannot be rewritten")
+                bad = _check_runtime_shape(node, ctx, out, in_shape, out_shape, carrier)
+                if bad:
+                    return bad
+                ctx.validate_shape_input(node, 1)
+                ctx.set_layout(node.outputs[0], out)
+                return None
             entry = target[carrier] if carrier < len(target) else None
             if entry not in (-1, out_shape[carrier]) and entry != 0:
                 return NotApplicable("target shape does not match the inferred output shape")
@@ -107,12 +112,57 @@ class ReshapeRule:
             return
         (carrier, ids), = out_lay.axes.items()
         kept = int(ctx.keep(node.outputs[0], carrier, len(ids)).sum())
+        if ctx.param(node.inputs[1]) is None:
+            return  # computed at run time from the pruned tensor (checked by the analysis)
         shape = ctx.param_values(node, 1)
         if int(shape[carrier]) in (-1, 0) or kept == len(ids):
             return
         new = np.array(shape, copy=True)
         new[carrier] = kept
         ctx.set_param(node, 1, new)
+
+
+def _check_runtime_shape(
+    node: gs.Node, ctx: "AnalysisContext", out: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], carrier: int
+) -> NotApplicable | None:
+    """A target shape computed from Shape() of tensors with channels must follow the channel
+    count: after removing the first k channel groups of the output (k = 1, 2), evaluating it
+    with the shapes those tensors would then have must give exactly the pruned output shape."""
+    sources = ctx.runtime_sources(node.inputs[1])
+    if sources is None:
+        return NotApplicable("target shape is neither constant nor computed from shapes")
+    x = node.inputs[0]
+    tensors = {name: ctx.layouts[name] for name in sources | {x.name} if name in ctx.layouts}
+    if any(len(lay.axes) != 1 for lay in tensors.values()):
+        return NotApplicable("target shape reads a tensor with channels on several axes")
+    carrier_roots = list(dict.fromkeys(ctx.uf.find(int(i)) for i in out.axes[carrier]))
+    allow_zero = int(node.attrs.get("allowzero", 0))
+    for k in (1, 2):
+        if len(carrier_roots) - k < 1:
+            break
+        gone = set(carrier_roots[:k])
+        probes = {}
+        for name, lay in tensors.items():
+            (axis, ids), = lay.axes.items()
+            shape = list(ctx.shapes.get(name) or ())
+            if len(shape) != lay.rank or any(d is None for d in shape):
+                return NotApplicable(f"shape of {name!r} is unknown")
+            shape[axis] -= sum(1 for i in ids if ctx.uf.find(int(i)) in gone)
+            probes[name] = tuple(shape)
+        expected = list(out_shape)
+        expected[carrier] -= sum(1 for i in out.axes[carrier] if ctx.uf.find(int(i)) in gone)
+        value = ctx.runtime_value(node.inputs[1], probes)
+        if value is None or len(np.ravel(value)) != len(expected):
+            return NotApplicable("target shape computed at run time could not be evaluated")
+        probe_in = probes[x.name]
+        got = [int(v) for v in np.ravel(value)]
+        resolved = [probe_in[i] if (v == 0 and not allow_zero) else v for i, v in enumerate(got)]
+        if -1 in resolved:
+            known = int(np.prod([v for v in resolved if v != -1]))
+            resolved[resolved.index(-1)] = int(np.prod(probe_in)) // max(known, 1)
+        if resolved != expected:
+            return NotApplicable("target shape computed at run time would not follow the removed channels")
+    return None
 
 
 def _shape_entries(t: gs.Tensor, ctx: "AnalysisContext") -> list[int | str] | None:
@@ -145,28 +195,13 @@ class TransposeRule:
 
 
 class ShapeRule:
-    """Shape(x) of a tensor with channels: fine while only non-channel dimensions are read
-    (torch's ``x.view(x.size(0), -1)`` reads the batch), else the channels are pinned."""
+    """Shape(x): its output carries no channels. Whether a channel count read from it matters
+    is decided where the value is used (see analysis._pin_channel_counts_read_at_run_time)."""
 
-    op_types = ("Shape",)
+    op_types = ("Shape", "Size")
     domain = ""
 
     def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
-        lay = ctx.layout(node.inputs[0])
-        if lay is None:
-            return None
-        start = int(node.attrs.get("start", 0))
-        end = node.attrs.get("end")
-        dims = list(range(lay.rank))[start : (None if end is None else int(end))]
-        for consumer in node.outputs[0].outputs:
-            if consumer.op != "Gather":
-                return NotApplicable(f"the shape is read by {consumer.op}, which may use the channel count")
-            p = ctx.param(consumer.inputs[1])
-            if p is None:
-                return NotApplicable("the shape is indexed at run time")
-            read = {dims[int(i)] for i in np.asarray(p.values).reshape(-1)}
-            if read & set(lay.axes):
-                return NotApplicable("the channel count is read from the shape")
         return None
 
     def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
