@@ -76,9 +76,10 @@ def enforce_constraints(
                         break
                     r = int(r)
                     if r in removed:
+                        # Putting a group back frees every position it holds in this row.
                         removed.discard(r)
                         reasons.setdefault(r, []).append(f"{bal.node}: {bal.reason}")
-                        extra -= 1
+                        extra -= int(np.count_nonzero(row == r))
                         changed = True
         if not removed:
             break

@@ -117,3 +117,22 @@ def test_qdq_fixture_per_channel_scales_sliced() -> None:
     float_model = onnx.load(path.with_name("residual.onnx"))
     assert r.report.channels_removed == onnxprune.prune(float_model).report.channels_removed
     assert numpy_helper is not None
+
+
+def test_float_weight_with_quantize_dequantize_pair() -> None:
+    """NNCF's export: float weights behind QuantizeLinear -> DequantizeLinear, per-channel."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [None, 3, 8, 8])
+    w = b.weights([6, 3, 3, 3], zero_rows=(0, 4))
+    scale = b.const((np.abs(w).reshape(6, -1).max(axis=1) / 127 + 1e-3).astype(np.float32), "ws")
+    zp = b.const(np.zeros(6, np.int8), "wzp")
+    q = b.op("QuantizeLinear", b.const(w, "wf"), scale, zp, axis=0)
+    dq = b.op("DequantizeLinear", q, scale, zp, axis=0)
+    a_scale, a_zp = b.const(np.float32(0.05), "as"), b.const(np.uint8(128), "azp")
+    y = b.op("Conv", x, dq, b.const(np.zeros(6, np.float32), "B"), channels=6, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    y = b.op("DequantizeLinear", b.op("QuantizeLinear", b.op("Relu", y), a_scale, a_zp), a_scale, a_zp)
+    b.output(b.conv(y, 3))
+    r = prune_exact(b.build())
+    assert channels(r)[r.analysis.sources[0].node] == (6, 4)
+    dims = {i.name: list(i.dims) for i in r.model.graph.initializer}
+    assert [4, 3, 3, 3] in dims.values() and sum(1 for d in dims.values() if d == [4]) >= 3  # weight, scale, zp, bias

@@ -149,7 +149,129 @@ def quantized() -> onnx.ModelProto:
     return model
 
 
+# -- one small model per rule family ------------------------------------------------------
+
+
+def family_conv() -> onnx.ModelProto:
+    """Conv, depthwise Conv (multiplier 1 and 2), grouped Conv, ConvTranspose."""
+    b = GraphBuilder(opset=17, seed=10)
+    x = b.input("input", [None, 3, 8, 8])
+    y = conv_bn_relu(b, x, 8, zero=(1, 6))
+    d = b.op("Relu", b.conv(y, 8, group=8, zero=(1, 3, 6)))  # NNCF masks the depthwise filters too
+    m = b.op("Relu", b.conv(d, 16, group=8, bias=False))
+    g = b.op("Relu", b.conv(m, 8, group=2, zero=(0, 4)))
+    w = b.weights([8, 4, 2, 2], zero_rows=(2,), axis=1)
+    up = b.op("ConvTranspose", g, b.const(w, "Wt"), channels=4, kernel_shape=[2, 2], strides=[2, 2])
+    b.output(b.conv(b.op("Relu", up), 2, k=1, pads=0))
+    return b.build("family_conv")
+
+
+def family_gemm() -> onnx.ModelProto:
+    """Flatten -> Gemm, Gemm -> Gemm, MatMul with a constant weight."""
+    b = GraphBuilder(opset=13, seed=11)
+    x = b.input("input", [None, 3, 4, 4])
+    y = b.op("Relu", b.conv(x, 6, zero=(2, 5)))
+    f = b.op("Flatten", y, axis=1, channels=96)
+    h = b.op("Relu", b.gemm(f, 96, 12, zero=(0, 7)))
+    mm = b.op("MatMul", h, b.const(b.weights([12, 8], zero_rows=(3,), axis=1), "mm"), channels=8)
+    b.output(b.gemm(b.op("Relu", mm), 8, 4))
+    return b.build("family_gemm")
+
+
+def family_normalization() -> onnx.ModelProto:
+    """BatchNormalization (constant folded into a 1x1 reader), InstanceNormalization."""
+    b = GraphBuilder(opset=17, seed=12)
+    x = b.input("input", [None, 3, 8, 8])
+    y = b.op("Relu", b.bn(b.conv(x, 8, zero=(1, 4))))  # nonzero beta: constant channels
+    y = b.conv(y, 8, k=1, pads=0, zero=(2,))
+    n = b.op("InstanceNormalization", y, b.const(np.ones(8, np.float32), "s"), b.const(np.linspace(-1, 1, 8).astype(np.float32), "b"))
+    b.output(b.conv(b.op("Relu", n), 2, k=1, pads=0))
+    return b.build("family_normalization")
+
+
+def family_activation() -> onnx.ModelProto:
+    """A chain of unary ops: zeros survive Relu/LeakyRelu/HardSwish/Tanh; Sigmoid makes 0.5."""
+    b = GraphBuilder(opset=18, seed=13)
+    x = b.input("input", [None, 3, 8, 8])
+    y = b.conv(x, 8, zero=(0, 3, 6))
+    for op, attrs in (("LeakyRelu", {"alpha": 0.1}), ("HardSwish", {}), ("Tanh", {}), ("Mish", {}), ("Elu", {})):
+        y = b.op(op, y, **attrs)
+    y = b.op("Clip", y, b.const(np.float32(-2.0), "lo"), b.const(np.float32(2.0), "hi"))
+    y = b.op("PRelu", y, b.const(np.linspace(0.1, 0.4, 8).astype(np.float32).reshape(8, 1, 1), "slope"))
+    y = b.op("Sigmoid", b.conv(y, 8, zero=(2,)))
+    b.output(b.conv(y, 2, k=1, pads=0))
+    return b.build("family_activation")
+
+
+def family_elementwise() -> onnx.ModelProto:
+    """Add/Sub/Mul/Div/Max/Where with broadcasting and per-channel constant operands."""
+    b = GraphBuilder(opset=17, seed=14)
+    x = b.input("input", [None, 3, 8, 8])
+    a = b.op("Relu", b.conv(x, 8, zero=(1, 2, 5)))
+    c = b.conv(x, 8, zero=(2, 5, 7))
+    y = b.op("Add", a, c)
+    y = b.op("Mul", y, b.const(np.linspace(0.5, 1.5, 8).astype(np.float32).reshape(1, 8, 1, 1), "scale"))
+    y = b.op("Sub", y, b.const(np.float32(0.0), "zero"))
+    y = b.op("Div", y, b.const(np.full((8, 1, 1), 2.0, np.float32), "two"))
+    y = b.op("Max", y, b.op("Neg", y))
+    y = b.op("Where", b.op("Greater", y, b.const(np.float32(1.0), "one")), y, b.op("Mul", y, y))
+    b.output(b.conv(y, 2))
+    return b.build("family_elementwise")
+
+
+def family_concat_split() -> onnx.ModelProto:
+    """Concat, Split (sizes input) and Slice on the channel axis."""
+    b = GraphBuilder(opset=13, seed=15)
+    x = b.input("input", [None, 3, 8, 8])
+    a = b.op("Relu", b.conv(x, 6, zero=(1,)))
+    c = b.op("Relu", b.conv(x, 6, zero=(0, 4)))
+    cat = b.op("Concat", a, c, axis=1, channels=12)
+    p, q = b.op("Split", cat, b.const(np.array([5, 7], np.int64), "split"), axis=1, outputs=2, channels=5)
+    b.channels[q] = 7
+    s = b.op("Slice", q, b.const(np.array([1], np.int64), "st"), b.const(np.array([6], np.int64), "en"),
+             b.const(np.array([1], np.int64), "ax"), channels=5)
+    b.output(b.op("Add", b.conv(p, 2), b.conv(s, 2)))
+    return b.build("family_concat_split")
+
+
+def family_reshape() -> onnx.ModelProto:
+    """Transpose, Reshape with a constant shape, Squeeze/Unsqueeze."""
+    b = GraphBuilder(opset=13, seed=16)
+    x = b.input("input", [1, 3, 4, 4])
+    y = b.op("Relu", b.conv(x, 6, zero=(2, 3)))
+    t = b.op("Transpose", y, perm=[0, 2, 3, 1])
+    t = b.op("Transpose", t, perm=[0, 3, 1, 2])
+    g = b.op("GlobalAveragePool", t)
+    s = b.op("Squeeze", g, b.const(np.array([2, 3], np.int64), "ax"))
+    u = b.op("Unsqueeze", s, b.const(np.array([2, 3], np.int64), "ax"))
+    r = b.op("Reshape", b.op("Relu", b.conv(t, 4, zero=(0,))), b.const(np.array([1, 64], np.int64), "shape"), channels=64)
+    b.output(b.op("Add", b.gemm(r, 64, 3), b.op("Flatten", b.conv(u, 3, k=1, pads=0), axis=1)))
+    return b.build("family_reshape")
+
+
+def family_pooling() -> onnx.ModelProto:
+    """MaxPool, AveragePool, Pad (spatial), Resize, ReduceMean over space."""
+    b = GraphBuilder(opset=18, seed=17)
+    x = b.input("input", [1, 3, 8, 8])
+    y = b.op("Relu", b.conv(x, 8, zero=(1, 6)))
+    y = b.op("MaxPool", y, kernel_shape=[2, 2], strides=[2, 2])
+    y = b.op("Pad", y, b.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"), mode="reflect")
+    y = b.op("AveragePool", y, kernel_shape=[3, 3])
+    y = b.op("Resize", y, "", b.const(np.array([1, 1, 2, 2], np.float32), "scales"), mode="nearest")
+    m = b.op("ReduceMean", y, b.const(np.array([2, 3], np.int64), "axes"), keepdims=1)
+    b.output(b.op("Add", b.conv(y, 2, k=1, pads=0), b.conv(m, 2, k=1, pads=0)))
+    return b.build("family_pooling")
+
+
 FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {
+    "family_conv": family_conv,
+    "family_gemm": family_gemm,
+    "family_normalization": family_normalization,
+    "family_activation": family_activation,
+    "family_elementwise": family_elementwise,
+    "family_concat_split": family_concat_split,
+    "family_reshape": family_reshape,
+    "family_pooling": family_pooling,
     "residual": residual,
     "dense_concat": dense_concat,
     "shuffle": shuffle,

@@ -1,0 +1,136 @@
+"""Zero filters of an ONNX model the way NNCF's filter pruning leaves them (for benchmarks).
+
+NNCF prunes *clusters* of convolutions whose output channels are tied (by Add, Mul, Concat...)
+with the same filter indices in every member, ranked by the cluster's summed filter norm, and
+zeroes the filter weights, the bias and the following BatchNormalization's gamma and beta.
+Here the clusters come from onnxprune's channel groups (computed whether or not a group is
+pinned, so pinned channels are zeroed too and show up as kept-with-a-reason). Depthwise
+convolutions follow their input channels, as in NNCF.
+
+    python tools/zero_filters.py IN.onnx OUT.onnx [--ratio 0.25] [--skip-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+import onnxprune
+
+
+def zero_filters(model: onnx.ModelProto, ratio: float = 0.25, skip_gemm: bool = True) -> tuple[onnx.ModelProto, int, int]:
+    """Return (model with zeroed filters, channels zeroed, channels considered)."""
+    analysis = onnxprune.analyze(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+
+    def weight(node: onnx.NodeProto) -> np.ndarray | None:
+        init = inits.get(node.input[1]) if len(node.input) > 1 else None
+        return None if init is None else numpy_helper.to_array(init)
+
+    sources = [s for s in analysis.sources if s.op == "Conv" or (not skip_gemm and s.op in ("Gemm", "MatMul"))]
+    # clusters: source layers joined by a shared channel group
+    parent = {s.node: s.node for s in sources}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    by_group: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for s in sources:
+        for ch, root in enumerate(analysis.roots(s.ids)):
+            by_group[int(root)].append((s.node, ch))
+    for members in by_group.values():
+        for (a, _), (b, _) in zip(members, members[1:]):
+            parent[find(a)] = find(b)
+    clusters: dict[str, list[int]] = defaultdict(list)
+    for root, members in by_group.items():
+        clusters[find(members[0][0])].append(root)
+
+    zeroed_rows: dict[str, set[int]] = defaultdict(set)
+    considered = 0
+    for roots in clusters.values():
+        scores = []
+        for root in roots:
+            total = 0.0
+            for node_name, ch in by_group[root]:
+                w = weight(nodes[node_name])
+                if w is not None:
+                    total += float(np.square(w[ch].astype(np.float64)).sum())
+            scores.append((total, root))
+        considered += sum(len(by_group[r]) for r in roots)
+        k = int(len(roots) * ratio)
+        if len(roots) - k < 1:
+            continue
+        for _, root in sorted(scores)[:k]:
+            for node_name, ch in by_group[root]:
+                zeroed_rows[node_name].add(ch)
+
+    # NNCF masks a pruned channel everywhere it flows: also the depthwise convs and the
+    # BatchNormalizations that carry it (not only the BN right after the pruned conv).
+    zeroed_groups = np.asarray(sorted({int(r) for n, rows in zeroed_rows.items() for r in analysis.roots(next(s.ids for s in sources if s.node == n)[sorted(rows)])}), dtype=np.int64)
+    for node in model.graph.node:
+        if node.op_type not in ("BatchNormalization", "Conv") or node.name in zeroed_rows:
+            continue
+        tensor = node.input[0] if node.op_type == "BatchNormalization" else node.output[0]
+        lay = analysis.layouts.get(tensor)
+        if lay is None or 1 not in lay.axes:
+            continue
+        rows = np.flatnonzero(np.isin(analysis.roots(lay.axes[1]), zeroed_groups))
+        if len(rows) == 0:
+            continue
+        if node.op_type == "Conv":
+            if int(next((a.i for a in node.attribute if a.name == "group"), 1)) == 1:
+                continue  # a plain conv reading the channel is a sink, not a member
+            positions = (1, 2)
+        else:
+            positions = (1, 2)  # gamma, beta
+        for pos in positions:
+            if len(node.input) > pos and node.input[pos] in inits:
+                arr = numpy_helper.to_array(inits[node.input[pos]]).copy()
+                arr[rows] = 0
+                inits[node.input[pos]].CopyFrom(numpy_helper.from_array(arr, node.input[pos]))
+
+    count = 0
+    for node_name, rows in zeroed_rows.items():
+        node = nodes[node_name]
+        idx = sorted(rows)
+        for pos in (1, 2):
+            if len(node.input) > pos and node.input[pos] in inits:
+                arr = numpy_helper.to_array(inits[node.input[pos]]).copy()
+                arr[idx] = 0
+                inits[node.input[pos]].CopyFrom(numpy_helper.from_array(arr, node.input[pos]))
+        count += len(idx)
+        for reader in consumers[node.output[0]]:
+            if reader.op_type == "BatchNormalization":
+                for pos in (1, 2):  # gamma, beta
+                    arr = numpy_helper.to_array(inits[reader.input[pos]]).copy()
+                    arr[idx] = 0
+                    inits[reader.input[pos]].CopyFrom(numpy_helper.from_array(arr, reader.input[pos]))
+    return model, count, considered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("output")
+    parser.add_argument("--ratio", type=float, default=0.25)
+    args = parser.parse_args()
+    model = onnx.load(args.model)
+    model, count, considered = zero_filters(model, args.ratio)
+    onnx.save(model, args.output)
+    print(f"{args.output}: zeroed {count} of {considered} conv filters")
+
+
+if __name__ == "__main__":
+    main()
