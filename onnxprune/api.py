@@ -9,26 +9,27 @@ from typing import Mapping
 import numpy as np
 import onnx
 
-from .analysis import ChannelAnalysis, analyze as _analyze, static_shapes
+from .analysis import ChannelAnalysis, analyze as _analyze, import_graph, static_shapes
+from .budget import macs_saving_per_group, layer_budgets, plan_with_budget
+from .compensation import data_free_values, removed_id_mask, sink_fills
 from .config import PruneConfig
-from .criteria import zero_plan
+from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
+from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
 from .graph import concrete_input_shapes, dynamic_batch_inputs, load_model
-from .metrics import model_cost
+from .metrics import model_cost, node_macs
 from .planning import PruningPlan
 from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning
-from .verify import VerificationResult, compare_models, load_npz_inputs, make_inputs
+from .verify import OutputFidelity, VerificationResult, compare_models, fidelity, load_npz_inputs, make_inputs, masked_reference
 
 __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save"]
-
-CRITERIA = ("zero",)
 
 
 @dataclass(frozen=True)
 class PruneResult:
-    """A pruned model and its report."""
+    """A pruned model, its report, the plan that made it and the analysis it stands on."""
 
     model: onnx.ModelProto
     report: PruneReport
@@ -71,18 +72,73 @@ def analyze(
     return _analyze(proto, input_shapes=input_shapes, registry=registry, source=source)
 
 
-def plan(analysis: ChannelAnalysis, criterion: str = "zero") -> PruningPlan:
-    """Decide which groups to remove."""
-    if criterion != "zero":
-        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
-    return zero_plan(analysis)
+def plan(
+    analysis: ChannelAnalysis,
+    criterion: str = "zero",
+    *,
+    model: onnx.ModelProto | None = None,
+    config: PruneConfig | None = None,
+    criteria: CriterionRegistry | None = None,
+    stats: ActivationStats | None = None,
+    **options: object,
+) -> PruningPlan:
+    """Decide which groups to remove. Criteria other than ``zero`` need the ``model`` (its
+    weights) and a budget in ``config`` or the options (``ratio``, ``global_ranking``,
+    ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``."""
+    config = replace(config or PruneConfig(), criterion=criterion, **options)  # type: ignore[arg-type]
+    criteria = criteria or default_criteria()
+    if criterion == "zero":
+        return zero_plan(analysis)
+    if criterion not in criteria.names():
+        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
+    if config.ratio is None and config.macs_target is None and not any(r.sparsity for r in config.layer_rules):
+        raise UsageError(f"criterion {criterion!r} needs a budget: --ratio, --macs-target or a config file")
+    if model is None:
+        raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
+    if criteria.is_data(criterion):
+        if stats is None:
+            raise UsageError(f"criterion {criterion!r} needs calibration inputs (--calibration FILE.npz)")
+        per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
+        scores = group_activation_scores(analysis, per)
+    else:
+        fn = criteria.weight_criterion(criterion)
+        assert fn is not None
+        rng = np.random.default_rng(config.seed)
+        budgets = layer_budgets(analysis, config)
+        scores = {}
+        for name, layer in source_filters(import_graph(model), analysis).items():
+            b = budgets[name]
+            sparsity = config.ratio or 0.0 if config.global_ranking else b.sparsity
+            keep = b.channels - int(sparsity * b.channels)
+            scores[name] = np.asarray(fn(layer, keep, rng), dtype=np.float64)
+    saving = total = None
+    if config.macs_target is not None:
+        per_node = node_macs(model, analysis.shapes)
+        saving = macs_saving_per_group(analysis, per_node, model.graph.node)
+        total = float(sum(m for m in per_node.values() if m))
+    return plan_with_budget(analysis, scores, config, saving, total)
 
 
 def apply(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, pruning_plan: PruningPlan, *, registry: RuleRegistry | None = None
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    pruning_plan: PruningPlan,
+    *,
+    registry: RuleRegistry | None = None,
+    estimates: Mapping[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
-    """Remove the plan's groups from a copy of ``model``."""
-    return apply_pruning(model, analysis, pruning_plan, registry=registry)
+    """Remove the plan's groups from a copy of ``model`` (``estimates``: compensation values
+    per sink tensor, see ``compensation``)."""
+    return apply_pruning(model, analysis, pruning_plan, registry=registry, estimates=estimates)
+
+
+def _verification_feeds(original: onnx.ModelProto, config: PruneConfig, source: str) -> tuple[list, str]:
+    if config.verification_inputs:
+        feeds = load_npz_inputs(config.verification_inputs, original)
+        return feeds, f"{len(feeds)} samples from {config.verification_inputs}"
+    batches = [1, 2] if dynamic_batch_inputs(original) else [None]
+    feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
+    return feeds, f"seeded random inputs (seed {config.seed}), batch {'1 and 2' if len(batches) == 2 else 'as in the model'}"
 
 
 def verify(
@@ -91,15 +147,9 @@ def verify(
     config: PruneConfig = PruneConfig(),
     source: str = "<model>",
 ) -> VerificationResult:
-    """Compare original and pruned on seeded random inputs (batch 1 and 2 for a dynamic batch)
-    or on the samples of ``config.verification_inputs``."""
-    if config.verification_inputs:
-        feeds = load_npz_inputs(config.verification_inputs, original)
-        desc = f"{len(feeds)} samples from {config.verification_inputs}"
-    else:
-        batches = [1, 2] if dynamic_batch_inputs(original) else [None]
-        feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
-        desc = f"seeded random inputs (seed {config.seed}), batch {'1 and 2' if len(batches) == 2 else 'as in the model'}"
+    """Compare two models on seeded random inputs (batch 1 and 2 for a dynamic batch) or on
+    the samples of ``config.verification_inputs``; every output within the tolerance."""
+    feeds, desc = _verification_feeds(original, config, source)
     return compare_models(original, pruned, feeds, config.tolerance, desc)
 
 
@@ -109,35 +159,72 @@ def prune(
     *,
     config: PruneConfig | None = None,
     registry: RuleRegistry | None = None,
+    criteria: CriterionRegistry | None = None,
+    pruning_plan: PruningPlan | None = None,
     **options: object,
 ) -> PruneResult:
     """Prune ``model`` and return the pruned model with its report.
 
-    Options are the fields of PruneConfig (``input_shapes``, ``verify``, ``seed``, ...), given
-    either as ``config`` or as keyword arguments. Raises VerificationFailed (nothing returned)
-    when the pruned model does not compute what it must.
+    Options are the fields of PruneConfig, given as ``config`` or as keyword arguments. With
+    ``pruning_plan`` (e.g. ``PruningPlan.from_dict(json.load(f))``) the plan is applied instead
+    of planning. Raises VerificationFailed (nothing returned) when the surgery is wrong: the
+    pruned model must equal the original (zero criterion) or the original with the removed
+    channels replaced where they are read (masked or compensated) to the tolerance.
     """
     config = replace(config or PruneConfig(), criterion=criterion, **options)  # type: ignore[arg-type]
     registry = registry or default_registry()
+    criteria = criteria or default_criteria()
     proto, source = load_model(model)
     analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
-    pruning_plan = plan(analysis, config.criterion)
-    pruned = apply_pruning(proto, analysis, pruning_plan, registry=registry)
+
+    calibration = load_npz_inputs(config.calibration, proto, limit=256) if config.calibration else None
+    wants_stats = calibration is not None and (criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration"))
+    stats = sink_statistics(proto, analysis, calibration) if wants_stats else None
+
+    if pruning_plan is not None:
+        the_plan = pruning_plan.resolve(analysis)
+    else:
+        the_plan = plan(analysis, config.criterion, model=proto, config=config, criteria=criteria, stats=stats)
+
+    compensation = config.compensation
+    if compensation == "auto":
+        compensation = "calibration" if stats is not None else ("data-free" if not the_plan.exact else "none")
+    estimates = None
+    if not the_plan.exact and the_plan.removed_groups:
+        if compensation == "calibration" and stats is not None:
+            estimates = dict(stats.mean)
+        elif compensation == "data-free":
+            estimates = data_free_values(proto, analysis, the_plan, registry, config.input_shapes)
+    pruned = apply_pruning(proto, analysis, the_plan, registry=registry, estimates=estimates)
     try:
         onnx.checker.check_model(pruned, full_check=True)
     except Exception as exc:
         raise VerificationFailed(f"{source}: the pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
-    result = None
+
+    result = fid = None
+    reference_kind = "original"
     if config.verify:
-        result = verify(proto, pruned, config, source)
+        feeds, desc = _verification_feeds(proto, config, source)
+        reference = proto
+        if not the_plan.exact:
+            removed_ids = removed_id_mask(analysis, the_plan)
+            fills = sink_fills(analysis, removed_ids, estimates)
+            sinks = {(s.node, s.input_index): s for s in analysis.sinks}
+            removed = {k: removed_ids[analysis.layouts[sinks[k].tensor].axes[sinks[k].axis]] for k in fills}
+            axes = {k: sinks[k].axis for k in fills}
+            reference = masked_reference(proto, analysis.node_labels, fills, removed, axes)
+            reference_kind = "original with removed channels replaced where read"
+        result = compare_models(reference, pruned, feeds, config.tolerance, desc)
         if not result.passed:
             w = result.worst
             raise VerificationFailed(
-                f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs by {w.max_abs_diff:.3g}, "
-                f"more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
+                f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs from the {reference_kind} "
+                f"by {w.max_abs_diff:.3g}, more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
             )
-    report = _report(source, proto, pruned, analysis, pruning_plan, config, result)
-    return PruneResult(model=pruned, report=report, plan=pruning_plan, analysis=analysis)
+        if not the_plan.exact:
+            fid = fidelity(proto, pruned, feeds)
+    report = _report(source, proto, pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
+    return PruneResult(model=pruned, report=report, plan=the_plan, analysis=analysis)
 
 
 def _report(
@@ -148,10 +235,11 @@ def _report(
     pruning_plan: PruningPlan,
     config: PruneConfig,
     verification: VerificationResult | None,
+    fid: tuple[OutputFidelity, ...] | None,
+    compensation: str,
+    reference_kind: str,
 ) -> PruneReport:
-    removed = np.zeros(len(analysis.root_of), dtype=bool)
-    if pruning_plan.removed_groups:
-        removed = np.isin(analysis.root_of, np.asarray(pruning_plan.removed_groups))
+    removed = removed_id_mask(analysis, pruning_plan)
     layers = []
     total = cut = 0
     for src in analysis.sources:
@@ -172,6 +260,14 @@ def _report(
     notes = []
     if not before.macs_complete:
         notes.append("some layers have unknown shapes; their MACs are not counted (give --input-shape)")
+    budget = {
+        "ratio": config.ratio,
+        "global": config.global_ranking,
+        "macs_target": config.macs_target,
+        "round_to": config.round_to,
+        "exclude": list(config.exclude),
+        "config_entries": len(config.layer_rules),
+    }
     return PruneReport(
         model=source,
         criterion=pruning_plan.criterion,
@@ -190,4 +286,8 @@ def _report(
         kept_groups=kept,
         verification=verification,
         notes=tuple(notes),
+        fidelity=fid,
+        compensation=compensation if not pruning_plan.exact else "exact constants",
+        reference=reference_kind,
+        budget=budget if not pruning_plan.exact else None,
     )

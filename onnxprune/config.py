@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 from .errors import UsageError
 
-__all__ = ["PruneConfig", "parse_input_shape"]
+__all__ = ["PruneConfig", "LayerRule", "parse_input_shape", "load_layer_rules", "COMPENSATION_MODES"]
+
+COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
 
 
 def _frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, tuple[int, ...]]:
@@ -16,17 +20,55 @@ def _frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str,
 
 
 @dataclass(frozen=True)
+class LayerRule:
+    """One entry of a config file, in the spirit of NNI's ``config_list``: layers matching
+    ``op_types`` and ``op_names`` (regular expressions, searched in node names) get
+    ``sparsity``, or are left alone with ``exclude``. Entries apply in order; later ones win."""
+
+    op_types: tuple[str, ...] = ()
+    op_names: tuple[str, ...] = ()
+    sparsity: float | None = None
+    exclude: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None and not (0.0 <= self.sparsity < 1.0):
+            raise UsageError(f"config entry sparsity must be in [0, 1), got {self.sparsity}")
+        if self.sparsity is None and not self.exclude:
+            raise UsageError("config entry needs 'sparsity' or 'exclude: true'")
+
+
+@dataclass(frozen=True)
 class PruneConfig:
     """Every option of a pruning run.
 
+    criterion: zero | l1 | l2 | fpgm | random | kmeans | bn-gamma | apoz | mean-activation
+        (or a name registered in a CriterionRegistry).
+    ratio: fraction of each layer's output channels to remove (with ``global_ranking``: of all).
+    macs_target: remove channels until MACs <= macs_target x the original's.
+    round_to: kept channel counts are made multiples of this (fast kernels like 8 or 16).
+    exclude: regular expressions of node names never pruned.
+    layer_rules: per-layer sparsity / exclusion, applied in order after ``ratio``.
+    calibration: .npz with arrays keyed by input name (first axis = samples): activation
+        statistics and compensation.
+    compensation: auto (calibration means when calibration is given, else data-free), none,
+        data-free (the removed channels' value with their filters zeroed, from the biases), or
+        calibration.
     input_shapes: static shapes for inputs with dynamic dimensions other than the batch.
     verify: run onnxruntime on original and pruned model and compare every output.
-    verification_inputs: path of an .npz with arrays keyed by input name (first axis = samples).
-    seed: seed of the random verification inputs.
-    tolerance: exact removal must hold to max abs diff <= tolerance * output scale.
+    verification_inputs: .npz of inputs to verify on (default: seeded random inputs).
+    seed: seed of random scores and random verification inputs.
+    tolerance: the surgery must hold to max abs diff <= tolerance x output scale.
     """
 
     criterion: str = "zero"
+    ratio: float | None = None
+    global_ranking: bool = False
+    macs_target: float | None = None
+    round_to: int = 1
+    exclude: tuple[str, ...] = ()
+    layer_rules: tuple[LayerRule, ...] = ()
+    calibration: str | None = None
+    compensation: str = "auto"
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     verify: bool = True
     verification_inputs: str | None = None
@@ -35,8 +77,24 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "layer_rules", tuple(self.layer_rules))
         if not (0.0 < self.tolerance < 1.0):
             raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance}")
+        if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
+            raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.macs_target is not None and not (0.0 < self.macs_target <= 1.0):
+            raise UsageError(f"macs target must be in (0, 1], got {self.macs_target}")
+        if self.round_to < 1:
+            raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
+        if self.compensation not in COMPENSATION_MODES:
+            raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
+        if self.compensation == "calibration" and not self.calibration:
+            raise UsageError("compensation 'calibration' needs calibration data (--calibration FILE.npz)")
+
+    @property
+    def lossy(self) -> bool:
+        return self.criterion != "zero"
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -51,3 +109,47 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text!r}: dimensions must be positive")
     return name, shape
+
+
+def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
+    """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]})."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read config ({exc.strerror})") from None
+    data: Any
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml  # PyYAML: the YAML parser everyone has; only needed for YAML configs
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json and yaml raise their own types
+        raise UsageError(f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({str(exc).splitlines()[0]})") from None
+    if isinstance(data, dict):
+        data = data.get("config_list", data.get("layers"))
+    if not isinstance(data, list):
+        raise UsageError(f"{path}: expected a list of entries (or {{'config_list': [...]}})")
+    rules = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: entry {i} is not a mapping")
+        unknown = set(entry) - {"op_types", "op_names", "sparsity", "sparsity_per_layer", "exclude"}
+        if unknown:
+            raise UsageError(f"{path}: entry {i} has unknown keys {sorted(unknown)}")
+        sparsity = entry.get("sparsity", entry.get("sparsity_per_layer"))
+        try:
+            rules.append(
+                LayerRule(
+                    op_types=tuple(entry.get("op_types", ())),
+                    op_names=tuple(entry.get("op_names", ())),
+                    sparsity=None if sparsity is None else float(sparsity),
+                    exclude=bool(entry.get("exclude", False)),
+                )
+            )
+        except UsageError as exc:
+            raise UsageError(f"{path}: entry {i}: {exc}") from None
+    return tuple(rules)

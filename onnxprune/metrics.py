@@ -10,7 +10,7 @@ import onnx
 
 from .graph import Shape
 
-__all__ = ["ModelCost", "model_cost"]
+__all__ = ["ModelCost", "model_cost", "node_macs"]
 
 
 @dataclass(frozen=True)
@@ -36,37 +36,41 @@ def _count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> ModelCost:
-    """Parameters (initializer and Constant elements) and multiply-accumulates of Conv,
-    ConvTranspose, Gemm and MatMul layers for one sample."""
-    macs = 0
-    complete = True
-    for node in model.graph.node:
+def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[int, int | None]:
+    """Multiply-accumulates of each Conv, ConvTranspose, Gemm and MatMul node (by index in
+    the graph) for one sample; None where its shapes are unknown."""
+    out: dict[int, int | None] = {}
+    for index, node in enumerate(model.graph.node):
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             continue
         ins = [shapes.get(n) if n else None for n in node.input]
-        out = shapes.get(node.output[0])
+        y = shapes.get(node.output[0])
         w = ins[1] if len(ins) > 1 else None
+        macs: int | None = None
         if node.op_type == "Conv":
-            n_out, w_n = _numel(out), _numel(w)
-            if n_out is None or w_n is None or not w:
-                complete = False
-                continue
-            macs += (n_out // max(out[0] or 1, 1)) * (w_n // w[0])
+            n_out, w_n = _numel(y), _numel(w)
+            if n_out is not None and w_n is not None and w:
+                macs = (n_out // max(y[0] or 1, 1)) * (w_n // w[0])
         elif node.op_type == "ConvTranspose":
             n_in, w_n = _numel(ins[0]), _numel(w)
-            if n_in is None or w_n is None or not w:
-                complete = False
-                continue
-            # Every input element is multiplied by a [Cout/group, *kernel] slice of the weight.
-            macs += (n_in // max(ins[0][0] or 1, 1)) * (w_n // w[0])
+            if n_in is not None and w_n is not None and w:
+                # Every input element is multiplied by a [Cout/group, *kernel] slice of the weight.
+                macs = (n_in // max(ins[0][0] or 1, 1)) * (w_n // w[0])
         else:
-            a, b, n_out = ins[0], w, _numel(out)
-            if a is None or b is None or n_out is None or not a or a[-1] is None:
-                complete = False
-                continue
-            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-            k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
-            batch = out[0] if (out and out[0]) else 1
-            macs += (n_out // batch) * int(k) if len(out) > 1 else n_out * int(k)
+            a, n_out = ins[0], _numel(y)
+            if a is not None and w is not None and n_out is not None and a and a[-1] is not None:
+                trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
+                k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
+                batch = y[0] if (y and y[0]) else 1
+                macs = (n_out // batch) * int(k) if len(y) > 1 else n_out * int(k)
+        out[index] = macs
+    return out
+
+
+def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> ModelCost:
+    """Parameters (initializer and Constant elements) and multiply-accumulates of Conv,
+    ConvTranspose, Gemm and MatMul layers for one sample."""
+    per_node = node_macs(model, shapes)
+    macs = sum(m for m in per_node.values() if m is not None)
+    complete = all(m is not None for m in per_node.values())
     return ModelCost(params=_count_params(model), macs=int(macs), macs_complete=complete)

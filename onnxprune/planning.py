@@ -11,6 +11,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .analysis import ChannelAnalysis
+from .errors import UsageError
 
 __all__ = ["PruningPlan", "enforce_constraints"]
 
@@ -19,21 +20,43 @@ PLAN_FORMAT = "onnxprune-plan/1"
 
 @dataclass(frozen=True)
 class PruningPlan:
-    """The groups to remove and, for every group that stays, why."""
+    """The groups to remove (with their members and scores) and, for every group that stays, why.
+
+    Group ids are those of the ChannelAnalysis the plan was made from; a plan read back from
+    JSON is matched to a new analysis by its members (``resolve``), so it can be edited by hand.
+    """
 
     criterion: str
     removed_groups: tuple[int, ...]
     kept_reasons: Mapping[int, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    scores: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
+    members: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed_groups", tuple(sorted(int(g) for g in self.removed_groups)))
         object.__setattr__(self, "kept_reasons", MappingProxyType({int(k): tuple(v) for k, v in self.kept_reasons.items()}))
+        object.__setattr__(self, "scores", MappingProxyType({int(k): float(v) for k, v in self.scores.items()}))
+        object.__setattr__(
+            self, "members", MappingProxyType({int(k): tuple((str(n), int(c)) for n, c in v) for k, v in self.members.items()})
+        )
+
+    @property
+    def exact(self) -> bool:
+        """True when removal is meant to leave the outputs unchanged (the zero criterion)."""
+        return self.criterion == "zero"
 
     def to_dict(self) -> dict:
         return {
             "format": PLAN_FORMAT,
             "criterion": self.criterion,
-            "removed_groups": list(self.removed_groups),
+            "removed": [
+                {
+                    "group": g,
+                    "score": self.scores.get(g),
+                    "members": [[n, c] for n, c in self.members.get(g, ())],
+                }
+                for g in self.removed_groups
+            ],
             "kept_reasons": {str(k): list(v) for k, v in sorted(self.kept_reasons.items())},
         }
 
@@ -42,12 +65,50 @@ class PruningPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "PruningPlan":
-        if data.get("format") != PLAN_FORMAT:
-            raise ValueError(f"not an onnxprune plan (format {data.get('format')!r})")
+        if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
+            raise UsageError(f"not an onnxprune plan (expected format {PLAN_FORMAT!r})")
+        try:
+            removed = [(int(e["group"]), e.get("score"), [(str(n), int(c)) for n, c in e.get("members", [])]) for e in data["removed"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"malformed plan: {exc}") from None
         return cls(
-            criterion=str(data["criterion"]),
-            removed_groups=tuple(int(g) for g in data["removed_groups"]),
+            criterion=str(data.get("criterion", "plan")),
+            removed_groups=tuple(g for g, _, _ in removed),
             kept_reasons={int(k): tuple(v) for k, v in data.get("kept_reasons", {}).items()},
+            scores={g: s for g, s, _ in removed if s is not None},
+            members={g: tuple(m) for g, _, m in removed if m},
+        )
+
+    def resolve(self, analysis: ChannelAnalysis) -> "PruningPlan":
+        """Match the plan's groups to ``analysis`` by members; refuse what cannot be removed."""
+        where: dict[tuple[str, int], int] = {}
+        for g in analysis.groups:
+            for m in g.members:
+                where[m] = g.id
+        groups = []
+        for gid in self.removed_groups:
+            mem = self.members.get(gid)
+            if not mem:
+                if gid not in {g.id for g in analysis.groups}:
+                    raise UsageError(f"plan: group {gid} does not exist in this model")
+                groups.append(gid)
+                continue
+            found = {where.get(m) for m in mem}
+            if None in found:
+                missing = next(m for m in mem if m not in where)
+                raise UsageError(f"plan: layer {missing[0]!r} has no output channel {missing[1]} in this model")
+            if len(found) != 1:
+                raise UsageError(f"plan: the members listed for group {gid} belong to different channel groups")
+            groups.append(found.pop())
+        for gid in groups:
+            if analysis.group(gid).pinned:
+                raise UsageError(f"plan: group {gid} cannot be removed: {analysis.group(gid).pinned_by[0]}")
+        return PruningPlan(
+            criterion=self.criterion,
+            removed_groups=tuple(groups),
+            kept_reasons=self.kept_reasons,
+            scores={g: self.scores[o] for g, o in zip(groups, self.removed_groups) if o in self.scores},
+            members={g: analysis.group(g).members for g in groups},
         )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .verify import VerificationResult
+from .verify import OutputFidelity, VerificationResult
 
 __all__ = ["LayerChange", "KeptGroup", "PruneReport"]
 
@@ -53,6 +53,10 @@ class PruneReport:
     kept_groups: tuple[KeptGroup, ...]
     verification: VerificationResult | None
     notes: tuple[str, ...] = field(default=())
+    fidelity: tuple[OutputFidelity, ...] | None = None
+    compensation: str = "exact constants"
+    reference: str = "original"
+    budget: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -76,4 +80,8 @@ class PruneReport:
             "kept_groups": [g.to_dict() for g in self.kept_groups],
             "verification": None if self.verification is None else self.verification.to_dict(),
             "notes": list(self.notes),
+            "fidelity": None if self.fidelity is None else [f.to_dict() for f in self.fidelity],
+            "compensation": self.compensation,
+            "verified_against": self.reference,
+            "budget": self.budget,
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel
 from .graph import ParamResolver, model_opset
+from .compensation import removed_id_mask, sink_fills
 from .planning import PruningPlan
 from .rules import RuleRegistry, default_registry
 
@@ -34,8 +35,9 @@ class SurgeryContext:
     graph: gs.Graph
     analysis: ChannelAnalysis
     removed_ids: np.ndarray  # bool per channel id
-    fills: dict[str, dict[int, np.ndarray]]
+    fills: Mapping[tuple[str, int], np.ndarray]  # (sink node, input index) -> fill per position
     opset: int
+    labels: dict[int, str] = field(default_factory=dict)
     params: ParamResolver = field(default_factory=ParamResolver)
     edits: dict[tuple[int, int], list[Op]] = field(default_factory=lambda: defaultdict(list))
     nodes: dict[int, gs.Node] = field(default_factory=dict)
@@ -65,20 +67,11 @@ class SurgeryContext:
         p = self.params(node.inputs[index]) if index < len(node.inputs) else None
         return None if p is None else p.values
 
-    def fold_delta(self, t: gs.Tensor, axis: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
-        """``fn(fill)`` where ``fill`` holds the value each removed position of ``t`` is replaced
-        by (0 for kept positions), or None when every removed position reads as 0."""
-        lay = self.analysis.layouts.get(t.name)
-        if lay is None or axis not in lay.axes:
-            return None
-        removed = self.removed_ids[lay.axes[axis]]
-        if not removed.any():
-            return None
-        fill = self.fills.get(t.name, {}).get(axis)
-        if fill is None:
-            fill = np.nan_to_num(lay.const(axis), nan=0.0)
-        fill = np.where(removed, fill, 0.0)
-        if not np.any(fill):
+    def fold_delta(self, node: gs.Node, index: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+        """``fn(fill)`` where ``fill`` holds, per position of the node's input ``index``, the value
+        a removed channel is replaced by (0 where kept); None when there is nothing to fold."""
+        fill = self.fills.get((self.labels.get(id(node), ""), index))
+        if fill is None or not np.any(fill):
             return None
         return np.asarray(fn(fill), dtype=np.float64)
 
@@ -247,14 +240,20 @@ def apply_pruning(
     plan: PruningPlan,
     *,
     registry: RuleRegistry | None = None,
+    estimates: Mapping[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
-    """Return a new model with the plan's channel groups removed. ``model`` is not modified."""
+    """Return a new model with the plan's channel groups removed. ``model`` is not modified.
+
+    ``estimates``: per sink tensor, the value to fold for removed non-constant channels
+    (compensation); see compensation.sink_fills."""
     registry = registry or default_registry()
     graph = import_graph(model)
-    removed_ids = np.zeros(len(analysis.root_of), dtype=bool)
-    if plan.removed_groups:
-        removed_ids = np.isin(analysis.root_of, np.asarray(plan.removed_groups, dtype=np.int64))
-    ctx = SurgeryContext(graph=graph, analysis=analysis, removed_ids=removed_ids, fills={}, opset=model_opset(model))
+    removed_ids = removed_id_mask(analysis, plan)
+    fills = sink_fills(analysis, removed_ids, estimates)
+    labels = {id(n): analysis.node_labels[i] for i, n in enumerate(graph.nodes)}
+    ctx = SurgeryContext(
+        graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model), labels=labels
+    )
     layouts = analysis.layouts
     changed: set[str] = set()
     for name, lay in layouts.items():

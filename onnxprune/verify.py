@@ -11,7 +11,16 @@ import onnx
 
 from .errors import BackendMissing, UnsupportedModel, UsageError
 
-__all__ = ["OutputComparison", "VerificationResult", "make_inputs", "run_model", "compare_models"]
+__all__ = [
+    "OutputComparison",
+    "VerificationResult",
+    "OutputFidelity",
+    "make_inputs",
+    "run_model",
+    "compare_models",
+    "masked_reference",
+    "fidelity",
+]
 
 
 @dataclass(frozen=True)
@@ -116,8 +125,9 @@ def make_inputs(
     return feeds
 
 
-def load_npz_inputs(path: str, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
-    """Samples from an .npz keyed by input name (first axis = samples), one feed per sample."""
+def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[dict[str, np.ndarray]]:
+    """Samples from an .npz keyed by input name (first axis = samples), one feed per sample
+    (models with a fixed batch of 1 are common); at most ``limit`` samples."""
     try:
         data = np.load(path)
     except Exception as exc:
@@ -127,7 +137,7 @@ def load_npz_inputs(path: str, model: onnx.ModelProto) -> list[dict[str, np.ndar
     if missing:
         raise UsageError(f"{path}: no array for input(s) {missing}; it has {data.files}")
     n = min(len(data[k]) for k in names)
-    return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, 16))]
+    return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, limit))]
 
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -172,3 +182,109 @@ def compare_models(
     )
     passed = all(o.max_abs_diff <= tolerance * o.scale for o in outs)
     return VerificationResult(passed=passed, tolerance=tolerance, outputs=outs, inputs=inputs_desc)
+
+
+def masked_reference(
+    original: onnx.ModelProto,
+    node_labels: Sequence[str],
+    fills: Mapping[tuple[str, int], np.ndarray],
+    removed: Mapping[tuple[str, int], np.ndarray],
+    sink_axes: Mapping[tuple[str, int], int],
+) -> onnx.ModelProto:
+    """The original model with every removed channel replaced, where it is read, by what the
+    pruned model folds in its place (0 when masked): x -> x * keep + fill, before each sink.
+
+    Lossy pruning is proven by comparing the pruned model with this, to the same tolerance as
+    exact removal: it checks the surgery even though the outputs change."""
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(original)
+    index_of = {label: i for i, label in enumerate(node_labels)}
+    rank_of = _ranks(m)
+    inserted: dict[int, list[onnx.NodeProto]] = {}
+    for (label, input_index), fill in sorted(fills.items()):
+        i = index_of[label]
+        node = m.graph.node[i]
+        name = node.input[input_index]
+        axis = sink_axes[(label, input_index)]
+        rank = rank_of.get(name)
+        if rank is None:
+            raise UnsupportedModel(f"cannot build the masked reference: rank of {name!r} unknown")
+        shape = [1] * rank
+        shape[axis] = len(fill)
+        keep = np.where(removed[(label, input_index)], 0.0, 1.0).astype(np.float32)
+        base = f"{name}__masked_for_{i}_{input_index}"
+        m.graph.initializer.extend([
+            numpy_helper.from_array(keep.reshape(shape), base + "_keep"),
+            numpy_helper.from_array(fill.astype(np.float32).reshape(shape), base + "_fill"),
+        ])
+        nodes = [
+            helper.make_node("Mul", [name, base + "_keep"], [base + "_mul"], name=base + "_Mul"),
+            helper.make_node("Add", [base + "_mul", base + "_fill"], [base], name=base + "_Add"),
+        ]
+        inserted.setdefault(i, []).extend(nodes)
+        node.input[input_index] = base
+    new_nodes = []
+    for i, node in enumerate(m.graph.node):
+        new_nodes.extend(inserted.get(i, []))
+        new_nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(new_nodes)
+    return m
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            out[vi.name] = len(t.shape.dim)
+    return out
+
+
+@dataclass(frozen=True)
+class OutputFidelity:
+    """How close the pruned model's output is to the original's (not a pass/fail check)."""
+
+    name: str
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float
+    top1_agreement: float | None  # for outputs that look like class scores ([N, classes])
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "max_abs_error": self.max_abs_error,
+            "mean_abs_error": self.mean_abs_error,
+            "cosine": self.cosine,
+            "top1_agreement": self.top1_agreement,
+        }
+
+
+def fidelity(
+    original: onnx.ModelProto, pruned: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[OutputFidelity, ...]:
+    """Fidelity of every output over all feeds."""
+    names = [o.name for o in original.graph.output]
+    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    gots: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feeds in feeds_list:
+        for n, r, g in zip(names, run_model(original, feeds), run_model(pruned, feeds)):
+            refs[n].append(np.asarray(r, dtype=np.float64))
+            gots[n].append(np.asarray(g, dtype=np.float64))
+    out = []
+    for n in names:
+        r = np.concatenate([x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1) for x in refs[n]])
+        g = np.concatenate([x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1) for x in gots[n]])
+        diff = np.abs(r - g)
+        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
+        cos = np.where(denom > 0, (r * g).sum(axis=1) / np.where(denom > 0, denom, 1), 1.0)
+        first = refs[n][0]
+        top1 = None
+        if first.ndim == 2 and first.shape[1] >= 2:
+            top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
+        out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
+    return tuple(out)

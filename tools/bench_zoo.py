@@ -6,6 +6,13 @@ a hang in one of them (OpenVINO's pass is known to fail on some graphs) is recor
 the run continues.  Results go to ``benchmarks/zoo.json`` and ``benchmarks/zoo.md``.
 
 The zoo is produced by ``tools/export_zoo.py`` (``manifest.json`` lists the models).
+NNCF-style cluster zeroing (``export_zoo.py --zeroing nncf`` -> ``/work/zoo-nncf``)::
+
+    python tools/bench_zoo.py --zoo /work/zoo-nncf --out-md benchmarks/zoo_nncf.md \
+        --out-json benchmarks/zoo_nncf.json
+
+The zeroing mode is read from the zoo's manifest (``--zeroing`` overrides it) and shown
+in the markdown header; ``--title`` replaces the heading.
 """
 from __future__ import annotations
 
@@ -261,17 +268,78 @@ def _short(err: str | None, n: int = 90) -> str:
     return err if len(err) <= n else err[: n - 1] + "…"
 
 
+ZEROING_TEXT = {
+    "independent": (
+        "**Zeroing: independent** (`export_zoo.py --zeroing independent`) — 25% of the filters of every "
+        "prunable conv zeroed on its own (lowest L2 per conv, with the following BN's gamma/beta), so "
+        "convs tied by Add/Concat generally lose *different* filters."
+    ),
+    "nncf": (
+        "**Zeroing: NNCF clusters** (`export_zoo.py --zeroing nncf`, `tools/zero_filters.py`) — models "
+        "exported clean, then 25% of the channels of every cluster of convs tied by Add/Mul/Concat zeroed "
+        "with the *same* filter indices (lowest summed L2 over the cluster), masked everywhere the channel "
+        "flows (depthwise conv filters and every BN carrying it); `*_bnfold` zeroed after folding. "
+        "Sources whose channels reach a graph output are skipped."
+    ),
+}
+
+
+def _exact_both(op: dict[str, Any]) -> bool:
+    """onnxprune counts as exact when its own verification and the ORT re-check both pass."""
+    chk = op.get("independent_check") or {}
+    return bool(op.get("exact")) and bool(chk.get("exact", True)) and not op.get("error")
+
+
+def _cut(r: dict[str, Any]) -> float | None:
+    b, a = r.get("macs_before"), r.get("macs_after")
+    return None if not b or a is None else (b - a) / b
+
+
+def _op_cut(op: dict[str, Any]) -> float | None:
+    """onnxprune's MACs cut, counted with the OpenVINO counter when available (same as OpenVINO's)."""
+    c = _cut(op.get("ov_counter") or {})
+    return _cut(op) if c is None else c
+
+
+def removed_ratio(r: dict[str, Any]) -> float | None:
+    """onnxprune channels removed / filters zeroed by the export."""
+    op = r.get("onnxprune") or {}
+    z, rem = r.get("filters_zeroed"), op.get("channels_removed")
+    return None if not z or rem is None else rem / z
+
+
+def summary_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Counts over the table's rows: exactness of each tool and who cuts more MACs."""
+    n = len(results)
+    op_exact = [r for r in results if _exact_both(r.get("onnxprune") or {})]
+    ov_exact = [r for r in results if (r.get("openvino") or {}).get("exact") and not (r.get("openvino") or {}).get("error")]
+    ge = [r for r in ov_exact if _op_cut(r.get("onnxprune") or {}) is not None
+          and _op_cut(r["onnxprune"]) >= _cut(r["openvino"]) - 1e-6]
+    full = [r for r in results if (removed_ratio(r) or 0) >= 0.999]
+    return [
+        f"**Summary** ({n} model files): onnxprune exact (own verification and ORT re-check) on "
+        f"**{len(op_exact)}/{n}**; OpenVINO exact on **{len(ov_exact)}/{n}**; among the {len(ov_exact)} where "
+        f"OpenVINO is exact, onnxprune's MACs cut (OV counter) ≥ OpenVINO's on **{len(ge)}/{len(ov_exact)}**; "
+        f"onnxprune removed all zeroed filters on {len(full)}/{n}.",
+    ]
+
+
 def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: str) -> None:
     """Render the results as a markdown table."""
+    zeroing = meta.get("zeroing") or "independent"
     lines = [
-        "# Model-zoo benchmark: onnxprune vs OpenVINO pruning pass",
+        f"# {meta.get('title') or 'Model-zoo benchmark: onnxprune vs OpenVINO pruning pass'}",
         "",
         f"Date: {meta['date']}  ",
-        f"Machine: {meta['machine']}",
+        f"Machine: {meta['machine']}  ",
+        f"Zoo: `{meta.get('zoo', '')}`",
         "",
-        "Models: torchvision, random init (seed 0), 25% of the filters of every prunable conv "
-        "zeroed NNCF-style (lowest L2, with the following BN's gamma/beta); `*_bnfold` = BN "
+        ZEROING_TEXT.get(zeroing, f"**Zeroing: {zeroing}**"),
+        "",
+        "Models: torchvision, random init (seed 0), BN statistics calibrated and randomised; `*_bnfold` = BN "
         "folded into convs. Produced by `tools/export_zoo.py`; table by `tools/bench_zoo.py`.",
+        "",
+        *summary_lines(results),
         "",
         "Channels = output channels of weight layers (Conv/ConvTranspose/Gemm/MatMul), removed / total. "
         "Exact = pruned outputs match the original within 1e-5 × max|output| (max abs diff in parentheses); "
@@ -285,11 +353,13 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
         "OpenVINO counter includes every Convolution/GroupConvolution (so depthwise channels that OpenVINO removes "
         "along with a pruned filter count twice). Compare MACs across tools, not channel counts. OpenVINO's "
         "`convert_model` folds BatchNormalization into the convs, so its results for `x` and `x_bnfold` coincide. "
-        "Kept groups = channel groups onnxprune kept, with the most frequent reasons (node names replaced by <node>).",
+        "Kept groups = channel groups onnxprune kept, with the most frequent reasons (node names replaced by <node>). "
+        "removed/zeroed = onnxprune's channels removed ÷ the export's zeroed filter count (1.00 = every zeroed "
+        "filter removed; depthwise filters are not counted on either side).",
         "",
-        "| model | zeroed filters | onnxprune channels | OpenVINO channels | onnxprune MACs | onnxprune MACs (OV counter) | OpenVINO MACs "
+        "| model | zeroed filters | onnxprune channels | removed/zeroed | OpenVINO channels | onnxprune MACs | onnxprune MACs (OV counter) | OpenVINO MACs "
         "| onnxprune exact | OpenVINO exact | onnxprune s | OpenVINO s | kept groups (top reasons) | errors |",
-        "|---|---:|---:|---:|---|---|---|---|---|---:|---:|---|---|",
+        "|---|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---|---|",
     ]
     for r in results:
         op, ov = r.get("onnxprune") or {}, r.get("openvino") or {}
@@ -301,14 +371,15 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
             f"{name}: {_short(x.get('error'), 220)}" for name, x in (("onnxprune", op), ("OpenVINO", ov)) if x.get("error")
         )
         lines.append(
-            f"| {r['model']} | {_fmt_int(r.get('filters_zeroed'))} | {_fmt_ch(op)} | {_fmt_ch(ov)} "
+            f"| {r['model']} | {_fmt_int(r.get('filters_zeroed'))} | {_fmt_ch(op)} "
+            f"| {'–' if removed_ratio(r) is None else f'{removed_ratio(r):.2f}'} | {_fmt_ch(ov)} "
             f"| {_fmt_macs(op.get('macs_before'), op.get('macs_after'))} "
             f"| {_fmt_macs(ovc.get('macs_before'), ovc.get('macs_after'))} "
             f"| {_fmt_macs(ov.get('macs_before'), ov.get('macs_after'))} "
             f"| {_fmt_exact(op)}{_fmt_recheck(op)} | {_fmt_exact(ov)} "
             f"| {op.get('seconds', '–')} | {ov.get('seconds', '–')} | {_short(kept, 120)} | {errs} |"
         )
-    lines += ["", "Full per-model data (per-reason counts, errors, timings): `benchmarks/zoo.json`.", ""]
+    lines += ["", f"Full per-model data (per-reason counts, errors, timings): `{meta.get('json') or 'benchmarks/zoo.json'}`.", ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -328,8 +399,20 @@ def zoo_files(zoo: str, models: list[str] | None, variants: list[str]) -> list[t
             stem = name if v == "bn" else f"{name}_bnfold"
             path = os.path.join(zoo, stem + ".onnx")
             if os.path.exists(path):
-                out.append((stem, path, manifest.get(name, {})))
+                info = dict(manifest.get(name, {}))
+                per_file = (info.get("files") or {}).get(v) or {}
+                if "filters_zeroed" in per_file:  # nncf zoo: counted per file
+                    info["filters_zeroed"] = per_file["filters_zeroed"]
+                out.append((stem, path, info))
     return out
+
+
+def zoo_meta(zoo: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(zoo, "manifest.json")) as f:
+            return json.load(f).get("meta", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per model per tool")
     ap.add_argument("--out-json", default=os.path.join(ROOT, "benchmarks", "zoo.json"))
     ap.add_argument("--out-md", default=os.path.join(ROOT, "benchmarks", "zoo.md"))
+    ap.add_argument("--title", default=None, help="markdown heading")
+    ap.add_argument("--zeroing", default=None, help="zeroing mode for the header (default: from manifest meta)")
     ap.add_argument("--worker", nargs=2, metavar=("TOOL", "ONNX"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -356,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_line(),
         "zoo": os.path.abspath(args.zoo),
+        "title": args.title,
+        "zeroing": args.zeroing or zoo_meta(args.zoo).get("zeroing") or "independent",
+        "json": os.path.relpath(os.path.abspath(args.out_json), ROOT),
     }
     results: list[dict[str, Any]] = []
     os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)

@@ -36,6 +36,19 @@ Which convs are prunable:
 Conv-BN pairs are found with forward hooks: a BN is paired with a conv when the BN's
 input tensor *is* the conv's output tensor (and no other hooked module consumes it).
 
+Zeroing modes (``--zeroing``):
+
+* ``independent`` (default, writes ``/work/zoo``): step 3 above, every conv on its own.
+* ``nncf`` (writes ``/work/zoo-nncf``): the models are exported *clean* (same seeds and
+  BN randomisation, nothing zeroed in PyTorch) and ``tools/zero_filters.py`` then zeroes
+  the ONNX files the way NNCF's filter pruning does: convs whose output channels are tied
+  (Add/Mul/Concat...) form clusters that lose the same filter indices (lowest summed L2
+  over the cluster), and the channel is masked everywhere it flows (depthwise conv
+  filters and every BN that carries it).  ``<name>_bnfold.onnx`` is zeroed *after*
+  folding (conv weights + bias; no BN left).  Sources whose channels reach a graph
+  output (prediction convs) are skipped.  ``filters_zeroed`` in the manifest is
+  per file (the ranking differs slightly once BN is folded into the weights).
+
 torch is used only here, never by the onnxprune package.
 """
 from __future__ import annotations
@@ -59,6 +72,8 @@ import torch
 import torchvision
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 SEED = 0
 PRUNE_RATIO = 0.25
@@ -350,8 +365,31 @@ def ort_check(path: str, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def ort_finite(path: str, x: torch.Tensor) -> dict[str, Any]:
+    """Run a (zeroed) ONNX file in onnxruntime: output shape and finiteness only."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x.numpy()})[0]
+    return {"output_shape": list(got.shape), "finite": bool(np.isfinite(got).all()),
+            "max_abs_output": float(np.abs(got).max())}
+
+
+def zero_onnx_nncf(path: str, ratio: float = PRUNE_RATIO) -> dict[str, Any]:
+    """Zero the ONNX file at ``path`` in place with tools/zero_filters.py (NNCF clusters)."""
+    from zero_filters import zero_filters as zero_filters_onnx
+
+    t0 = time.perf_counter()
+    m, count, considered = zero_filters_onnx(onnx.load(path), ratio=ratio, skip_gemm=True)
+    onnx.save(m, path)
+    onnx.checker.check_model(path)
+    return {"filters_zeroed": count, "filters_considered": considered,
+            "zero_seconds": round(time.perf_counter() - t0, 2)}
+
+
 def export_model(
-    name: str, out_dir: str, variants: tuple[str, ...], grouped: str = "per-group"
+    name: str, out_dir: str, variants: tuple[str, ...], grouped: str = "per-group",
+    zeroing: str = "independent",
 ) -> dict[str, Any]:
     """Build, zero, export and check one zoo model; return its manifest entry."""
     entry = ZOO[name]
@@ -361,7 +399,9 @@ def export_model(
     shape = (1, 3, *entry.input_hw)
     calibrate_and_randomise_bn(model, shape)
     pairs = find_conv_bn_pairs(model, shape)
-    stats = zero_filters(model, pairs, entry.skip_convs, grouped=grouped)
+    nncf = zeroing == "nncf"
+    # nncf: export clean (ratio 0 only collects the conv statistics), zero the ONNX afterwards
+    stats = zero_filters(model, pairs, entry.skip_convs, ratio=0.0 if nncf else PRUNE_RATIO, grouped=grouped)
     x = torch.randn(1, *shape[1:], generator=torch.Generator().manual_seed(SEED + 2))
     x_check = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(SEED + 3))
     info: dict[str, Any] = {
@@ -371,8 +411,9 @@ def export_model(
         "export_input_shape": list(shape),
         "params": sum(p.numel() for p in model.parameters()),
         "prune_ratio": PRUNE_RATIO,
-        "grouped_policy": grouped,
-        "skipped_convs": list(entry.skip_convs),
+        "zeroing": zeroing,
+        "grouped_policy": "nncf clusters (tools/zero_filters.py)" if nncf else grouped,
+        "skipped_convs": ["sources whose channels reach a graph output"] if nncf else list(entry.skip_convs),
         "num_convs": stats.num_convs,
         "num_convs_zeroed": stats.num_convs_zeroed,
         "num_grouped_convs": stats.num_grouped_convs,
@@ -393,16 +434,27 @@ def export_model(
         export_onnx(m, x, path, keep_bn=keep)
         onnx.checker.check_model(path)
         rec = {"file": fname, "export_seconds": round(time.perf_counter() - t1, 2)}
+        rec["ort"] = ort_check(path, m, x_check)  # clean export vs torch in nncf mode
+        if nncf:
+            rec.update(zero_onnx_nncf(path))
+            rec["ort_zeroed"] = ort_finite(path, x_check)
         rec.update(onnx_summary(path))
-        rec["ort"] = ort_check(path, m, x_check)
         info["files"][variant] = rec
+    if nncf:
+        counts = [r["filters_zeroed"] for r in info["files"].values()]
+        info["filters_zeroed"] = counts[0] if counts else 0
+        info["num_convs_zeroed"] = max((r["conv_nodes_with_zero_filters"] for r in info["files"].values()), default=0)
     info["total_seconds"] = round(time.perf_counter() - t0, 2)
     return info
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="/work/zoo", help="output directory (default /work/zoo)")
+    ap.add_argument("--out", default=None,
+                    help="output directory (default /work/zoo, or /work/zoo-nncf with --zeroing nncf)")
+    ap.add_argument("--zeroing", choices=("independent", "nncf"), default="independent",
+                    help="independent: 25%% of each conv's filters in PyTorch; nncf: clean export, "
+                         "then tools/zero_filters.py clusters on the ONNX")
     ap.add_argument("--models", default="all", help="comma-separated names or 'all': " + ",".join(ZOO))
     ap.add_argument("--bn-fold", dest="bn_fold", action="store_true", default=None,
                     help="only the *_bnfold.onnx variant")
@@ -414,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.out is None:
+        args.out = "/work/zoo-nncf" if args.zeroing == "nncf" else "/work/zoo"
     names = list(ZOO) if args.models == "all" else [s.strip() for s in args.models.split(",") if s.strip()]
     unknown = [n for n in names if n not in ZOO]
     if unknown:
@@ -429,19 +483,24 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "torchvision": torchvision.__version__,
         "onnx": onnx.__version__, "onnxruntime": ort.__version__, "opset": OPSET,
         "seed": SEED, "exporter": "torch.onnx legacy TorchScript (dynamo=False)",
+        "zeroing": args.zeroing,
     })
     models = manifest.setdefault("models", {})
     failed = 0
     for name in names:
         print(f"[export] {name} ...", flush=True)
         try:
-            info = export_model(name, args.out, variants, args.grouped)
+            info = export_model(name, args.out, variants, args.grouped, args.zeroing)
             old = models.get(name, {}).get("files", {})
             info["files"] = {**old, **info["files"]}
             models[name] = info
             for v, rec in info["files"].items():
+                extra = ""
+                if "ort_zeroed" in rec:
+                    extra = (f" nncf-zeroed {rec['filters_zeroed']}/{rec['filters_considered']}"
+                             f" finite={rec['ort_zeroed']['finite']}")
                 print(f"  {rec['file']}: ort ok={rec['ort']['ok']} diff={rec['ort']['max_abs_diff_vs_torch']:.2e}"
-                      f" zero filters in onnx={rec['zero_filters_in_onnx']} ops={rec['ops']}", flush=True)
+                      f" zero filters in onnx={rec['zero_filters_in_onnx']}{extra} ops={rec['ops']}", flush=True)
             print(f"  zeroed {info['filters_zeroed']}/{info['filters_total']} filters in "
                   f"{info['num_convs_zeroed']}/{info['num_convs']} convs, {info['total_seconds']}s", flush=True)
         except Exception as e:  # keep going with the other models

@@ -7,7 +7,9 @@ Here the clusters come from onnxprune's channel groups (computed whether or not 
 pinned, so pinned channels are zeroed too and show up as kept-with-a-reason). Depthwise
 convolutions follow their input channels, as in NNCF.
 
-    python tools/zero_filters.py IN.onnx OUT.onnx [--ratio 0.25] [--skip-last]
+Source layers whose channels reach a graph output are skipped (``skip_outputs``).
+
+    python tools/zero_filters.py IN.onnx OUT.onnx [--ratio 0.25]
 """
 
 from __future__ import annotations
@@ -22,21 +24,66 @@ from onnx import numpy_helper
 import onnxprune
 
 
-def zero_filters(model: onnx.ModelProto, ratio: float = 0.25, skip_gemm: bool = True) -> tuple[onnx.ModelProto, int, int]:
-    """Return (model with zeroed filters, channels zeroed, channels considered)."""
+def zero_filters(
+    model: onnx.ModelProto, ratio: float = 0.25, skip_gemm: bool = True, skip_outputs: bool = True
+) -> tuple[onnx.ModelProto, int, int]:
+    """Return (model with zeroed filters, channels zeroed, channels considered).
+
+    With ``skip_outputs`` a source layer with a channel that reaches a graph output (the
+    prediction conv of SqueezeNet or of a segmentation head) is left alone, like a classifier.
+    """
     analysis = onnxprune.analyze(model)
     inits = {i.name: i for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    users: dict[str, int] = defaultdict(int)
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in model.graph.node:
         for i in n.input:
             consumers[i].append(n)
+            users[i] += 1
+
+    def resolve(name: str) -> str:
+        """Follow Identity nodes (the torch exporter shares equal initializers through them)."""
+        while name not in inits and name in producers and producers[name].op_type == "Identity":
+            name = producers[name].input[0]
+        return name
 
     def weight(node: onnx.NodeProto) -> np.ndarray | None:
-        init = inits.get(node.input[1]) if len(node.input) > 1 else None
+        init = inits.get(resolve(node.input[1])) if len(node.input) > 1 else None
         return None if init is None else numpy_helper.to_array(init)
 
+    def zero_rows(node: onnx.NodeProto, pos: int, rows) -> None:
+        """Zero rows of the node's pos-th input; an initializer shared with other nodes is copied first."""
+        if len(node.input) <= pos or not node.input[pos]:
+            return
+        name = resolve(node.input[pos])
+        if name not in inits:
+            return
+        arr = numpy_helper.to_array(inits[name])
+        if not np.any(arr[rows]):
+            return
+        arr = arr.copy()
+        arr[rows] = 0
+        if name == node.input[pos] and users[name] == 1:
+            inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+            return
+        new, k = f"{node.input[pos]}__zeroed", 0
+        while new in inits or new in producers:
+            k += 1
+            new = f"{node.input[pos]}__zeroed{k}"
+        model.graph.initializer.append(numpy_helper.from_array(arr, new))
+        inits[new] = model.graph.initializer[-1]
+        users[name] -= 1
+        users[new] = 1
+        node.input[pos] = new
+
+    output_roots = np.asarray(
+        [g.id for g in analysis.groups if any(r.startswith("reaches graph output") for r in g.pinned_by)], dtype=np.int64
+    )
     sources = [s for s in analysis.sources if s.op == "Conv" or (not skip_gemm and s.op in ("Gemm", "MatMul"))]
+    if skip_outputs:
+        sources = [s for s in sources if not np.isin(analysis.roots(s.ids), output_roots).any()]
     # clusters: source layers joined by a shared channel group
     parent = {s.node: s.node for s in sources}
 
@@ -96,27 +143,19 @@ def zero_filters(model: onnx.ModelProto, ratio: float = 0.25, skip_gemm: bool = 
         else:
             positions = (1, 2)  # gamma, beta
         for pos in positions:
-            if len(node.input) > pos and node.input[pos] in inits:
-                arr = numpy_helper.to_array(inits[node.input[pos]]).copy()
-                arr[rows] = 0
-                inits[node.input[pos]].CopyFrom(numpy_helper.from_array(arr, node.input[pos]))
+            zero_rows(node, pos, rows)
 
     count = 0
     for node_name, rows in zeroed_rows.items():
         node = nodes[node_name]
         idx = sorted(rows)
         for pos in (1, 2):
-            if len(node.input) > pos and node.input[pos] in inits:
-                arr = numpy_helper.to_array(inits[node.input[pos]]).copy()
-                arr[idx] = 0
-                inits[node.input[pos]].CopyFrom(numpy_helper.from_array(arr, node.input[pos]))
+            zero_rows(node, pos, idx)
         count += len(idx)
         for reader in consumers[node.output[0]]:
             if reader.op_type == "BatchNormalization":
                 for pos in (1, 2):  # gamma, beta
-                    arr = numpy_helper.to_array(inits[reader.input[pos]]).copy()
-                    arr[idx] = 0
-                    inits[reader.input[pos]].CopyFrom(numpy_helper.from_array(arr, reader.input[pos]))
+                    zero_rows(reader, pos, idx)
     return model, count, considered
 
 

@@ -1,5 +1,64 @@
-"""Criteria decide which channel groups to remove."""
+"""Criteria decide which channel groups to remove.
 
+``zero`` removes provably constant channels exactly. The others score every output channel of
+every source layer (higher = more important) and a budget turns the scores into a plan:
+weight-based ones see each layer's filters, data-based ones activation statistics measured on
+calibration inputs where the channels are read. Criteria live in a ``CriterionRegistry`` object:
+copy the default one and register your own.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .filters import LayerFilters, source_filters
+from .norms import bn_gamma, fpgm, kmeans, l1, l2, random_scores
 from .zero import zero_plan
 
-__all__ = ["zero_plan"]
+__all__ = ["zero_plan", "CriterionRegistry", "default_criteria", "WeightCriterion", "LayerFilters", "source_filters"]
+
+WeightCriterion = Callable[[LayerFilters, int, np.random.Generator], np.ndarray]
+"""(layer filters, channels the budget keeps in the layer, seeded generator) -> score per channel"""
+
+DATA_CRITERIA = {
+    "apoz": "1 - average percentage of zeros of the channel where it is read (Hu et al. 2016)",
+    "mean-activation": "mean |activation| of the channel where it is read",
+}
+
+
+class CriterionRegistry:
+    """Named criteria. ``zero`` and the data criteria are built in; weight criteria are functions."""
+
+    def __init__(self) -> None:
+        self._weight: dict[str, WeightCriterion] = {}
+
+    def register(self, name: str, fn: WeightCriterion) -> "CriterionRegistry":
+        """Add a weight-based criterion; returns self for chaining."""
+        if name == "zero" or name in DATA_CRITERIA:
+            raise ValueError(f"{name!r} is a built-in criterion")
+        self._weight[name] = fn
+        return self
+
+    def weight_criterion(self, name: str) -> WeightCriterion | None:
+        return self._weight.get(name)
+
+    def is_data(self, name: str) -> bool:
+        return name in DATA_CRITERIA
+
+    def names(self) -> list[str]:
+        return ["zero", *self._weight, *DATA_CRITERIA]
+
+    def copy(self) -> "CriterionRegistry":
+        new = CriterionRegistry()
+        new._weight = dict(self._weight)
+        return new
+
+
+def default_criteria() -> CriterionRegistry:
+    """A new registry with every built-in criterion."""
+    reg = CriterionRegistry()
+    for name, fn in (("l1", l1), ("l2", l2), ("fpgm", fpgm), ("random", random_scores), ("kmeans", kmeans), ("bn-gamma", bn_gamma)):
+        reg.register(name, fn)
+    return reg

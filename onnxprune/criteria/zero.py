@@ -36,4 +36,5 @@ def zero_plan(analysis: ChannelAnalysis) -> PruningPlan:
     candidates = {g.id for g in analysis.groups} - blocked
     removed = enforce_constraints(analysis, candidates, reasons)
     kept = {g.id: tuple(reasons.get(g.id, ())) for g in analysis.groups if g.id not in removed}
-    return PruningPlan(criterion="zero", removed_groups=tuple(sorted(removed)), kept_reasons=kept)
+    members = {gid: analysis.group(gid).members for gid in removed}
+    return PruningPlan(criterion="zero", removed_groups=tuple(sorted(removed)), kept_reasons=kept, members=members)

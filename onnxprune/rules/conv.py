@@ -125,7 +125,7 @@ class ConvRule:
             ctx.set_attr(node, "group", int(in_keep.sum()))
             return
 
-        delta = ctx.fold_delta(x, 1, lambda fill: _conv_fold(weight, fill, groups))
+        delta = ctx.fold_delta(node, 0, lambda fill: _conv_fold(weight, fill, groups))
         if delta is not None:
             bias = ctx.param_values(node, 2) if has_bias else np.zeros(cout, weight.dtype)
             ctx.set_param(node, 2, (bias.astype(np.float64) + delta).astype(bias.dtype))

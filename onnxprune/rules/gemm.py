@@ -69,7 +69,7 @@ class GemmRule:
         out_keep = ctx.keep(node.outputs[0], 1, n)
         alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
         has_c = len(node.inputs) > 2 and bool(node.inputs[2].name)
-        delta = ctx.fold_delta(node.inputs[0], 1, lambda fill: alpha * (fill @ bm.astype(np.float64)))
+        delta = ctx.fold_delta(node, 0, lambda fill: alpha * (fill @ bm.astype(np.float64)))
         if delta is not None:
             c = ctx.param_values(node, 2) if has_c else np.zeros(n, b.dtype)
             ctx.set_param(node, 2, (c.astype(np.float64) + delta / beta).astype(c.dtype))
@@ -111,7 +111,7 @@ class MatMulRule:
         k, n = b.shape
         rank = len(ctx.analysis.shapes.get(node.inputs[0].name, ())) or 2
         out_keep = ctx.keep(node.outputs[0], rank - 1, n)
-        delta = ctx.fold_delta(node.inputs[0], rank - 1, lambda fill: fill @ b.astype(np.float64))
+        delta = ctx.fold_delta(node, 0, lambda fill: fill @ b.astype(np.float64))
         if delta is not None:
             ctx.append_bias(node, delta[out_keep].astype(b.dtype))
         ctx.slice_param(node, 1, 0, ctx.keep(node.inputs[0], rank - 1, k))

@@ -1,0 +1,230 @@
+"""From channel scores and a budget to a PruningPlan, dependency-aware.
+
+Scores are normalised per layer (divided by the layer's mean score, so every layer's scores
+average 1: layers with large weights do not dominate a group shared with small-weight layers,
+and one outlier filter does not squash the rest as max-normalisation would). A group's score
+is the sum of its members' normalised scores: channels tied by Add/Mul/Concat are ranked by
+what all their layers say together, and removed together.
+
+Per-layer ratios follow NNI's dependency-aware rule, generalised: groups are removed lowest
+score first as long as no layer they touch exceeds its own target, so a cluster of tied layers
+loses its minimum sparsity together, and each layer its extra only from channels it alone owns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .analysis import ChannelAnalysis
+from .config import LayerRule, PruneConfig
+from .planning import PruningPlan, enforce_constraints
+
+__all__ = ["LayerBudget", "layer_budgets", "plan_with_budget"]
+
+
+@dataclass(frozen=True)
+class LayerBudget:
+    node: str
+    op: str
+    channels: int
+    sparsity: float
+    excluded_by: str | None  # the pattern or config entry that protects it
+
+
+def _matches(rule: LayerRule, node: str, op: str) -> bool:
+    if rule.op_types and op not in rule.op_types:
+        return False
+    return not rule.op_names or any(re.search(p, node) for p in rule.op_names)
+
+
+def layer_budgets(analysis: ChannelAnalysis, config: PruneConfig) -> dict[str, LayerBudget]:
+    """Target sparsity of every source layer: --ratio, then config entries in order, --exclude."""
+    out = {}
+    for src in analysis.sources:
+        sparsity = config.ratio or 0.0
+        excluded = None
+        for i, rule in enumerate(config.layer_rules):
+            if _matches(rule, src.node, src.op):
+                if rule.exclude:
+                    excluded, sparsity = f"config entry {i} excludes it", 0.0
+                else:
+                    excluded, sparsity = None, float(rule.sparsity or 0.0)
+        for pattern in config.exclude:
+            if re.search(pattern, src.node):
+                excluded, sparsity = f"--exclude {pattern!r}", 0.0
+        out[src.node] = LayerBudget(src.node, src.op, len(src.ids), sparsity, excluded)
+    return out
+
+
+def _group_members(analysis: ChannelAnalysis) -> dict[int, dict[str, int]]:
+    """group -> {source layer: number of its channels in the group}"""
+    members: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for src in analysis.sources:
+        for r in analysis.roots(src.ids):
+            members[int(r)][src.node] += 1
+    return members
+
+
+def group_scores(analysis: ChannelAnalysis, layer_scores: Mapping[str, np.ndarray]) -> dict[int, float]:
+    """Sum over a group's members of the per-layer mean-normalised scores (NaN if any is NaN)."""
+    scores: dict[int, float] = defaultdict(float)
+    for src in analysis.sources:
+        s = layer_scores.get(src.node)
+        if s is None:
+            s = np.full(len(src.ids), np.nan)
+        s = np.asarray(s, dtype=np.float64)
+        mean = np.nanmean(np.abs(s)) if np.any(~np.isnan(s)) else np.nan
+        norm = s / mean if mean and np.isfinite(mean) else np.zeros_like(s) if mean == 0 else s
+        for r, v in zip(analysis.roots(src.ids), norm):
+            scores[int(r)] += float(v)
+    return dict(scores)
+
+
+def plan_with_budget(
+    analysis: ChannelAnalysis,
+    layer_scores: Mapping[str, np.ndarray],
+    config: PruneConfig,
+    macs_saving: Mapping[int, float] | None = None,
+    total_macs: float | None = None,
+) -> PruningPlan:
+    """Choose the groups to remove (see the module docstring)."""
+    budgets = layer_budgets(analysis, config)
+    members = _group_members(analysis)
+    scores = group_scores(analysis, layer_scores)
+    reasons: dict[int, list[str]] = {g.id: list(g.pinned_by) for g in analysis.groups if g.pinned}
+    candidates = []
+    for g in analysis.groups:
+        if g.pinned:
+            continue
+        layers = members[g.id]
+        protected = [budgets[n].excluded_by for n in layers if budgets[n].excluded_by]
+        if protected:
+            reasons.setdefault(g.id, []).append(f"protected: {protected[0]}")
+            continue
+        if not np.isfinite(scores.get(g.id, np.nan)):
+            reasons.setdefault(g.id, []).append(f"criterion {config.criterion!r} gives no score here")
+            continue
+        candidates.append(g.id)
+    candidates.sort(key=lambda gid: (scores[gid], gid))
+
+    removed_count: dict[str, int] = defaultdict(int)
+    removed: list[int] = []
+    if config.global_ranking or config.macs_target is not None:
+        cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
+        total = sum(b.channels for b in budgets.values())
+        goal_channels = (config.ratio or 0.0) * total if config.macs_target is None else np.inf
+        goal_macs = None if config.macs_target is None or total_macs is None else config.macs_target * total_macs
+        macs_left = total_macs
+        cut = 0
+        for gid in candidates:
+            if goal_macs is not None and macs_left is not None and macs_left <= goal_macs:
+                break
+            if goal_macs is None and cut >= goal_channels:
+                break
+            layers = members[gid]
+            if any(removed_count[n] + k > cap[n] for n, k in layers.items()):
+                reasons.setdefault(gid, []).append("would remove the last channel of a layer")
+                continue
+            removed.append(gid)
+            for n, k in layers.items():
+                removed_count[n] += k
+            cut += sum(layers.values())
+            if macs_left is not None and macs_saving is not None:
+                macs_left -= macs_saving.get(gid, 0.0)
+    else:
+        target = {n: min(int(b.sparsity * b.channels), b.channels - 1) for n, b in budgets.items()}
+        if config.round_to > 1:
+            n_ = config.round_to
+            for n, b in budgets.items():
+                kept = b.channels - target[n]
+                kept = min(b.channels, -(-kept // n_) * n_)
+                target[n] = b.channels - kept
+        for gid in candidates:
+            layers = members[gid]
+            if all(removed_count[n] + k <= target[n] for n, k in layers.items()):
+                removed.append(gid)
+                for n, k in layers.items():
+                    removed_count[n] += k
+    removed_set = set(removed)
+    for gid in candidates:
+        if gid not in removed_set and not reasons.get(gid):
+            reasons.setdefault(gid, []).append(f"ranked above the cut by {config.criterion} (score {scores[gid]:.3g})")
+    if config.round_to > 1:
+        removed_set = _round_kept(analysis, members, budgets, removed_set, scores, config.round_to, reasons)
+    final = enforce_constraints(analysis, removed_set, reasons)
+    kept = {g.id: tuple(reasons.get(g.id, ())) for g in analysis.groups if g.id not in final}
+    return PruningPlan(
+        criterion=config.criterion,
+        removed_groups=tuple(sorted(final)),
+        kept_reasons=kept,
+        scores={gid: scores[gid] for gid in final if gid in scores},
+        members={gid: analysis.group(gid).members for gid in final},
+    )
+
+
+def _round_kept(
+    analysis: ChannelAnalysis,
+    members: Mapping[int, Mapping[str, int]],
+    budgets: Mapping[str, LayerBudget],
+    removed: set[int],
+    scores: Mapping[int, float],
+    multiple: int,
+    reasons: dict[int, list[str]],
+) -> set[int]:
+    """Put back the best-scored removed groups of layers whose kept count is not a multiple."""
+    removed = set(removed)
+    for _ in range(4):  # putting back for one layer can unround another that shares the group
+        changed = False
+        kept = {n: b.channels for n, b in budgets.items()}
+        by_layer: dict[str, list[int]] = defaultdict(list)
+        for gid in removed:
+            for n, k in members[gid].items():
+                kept[n] -= k
+                by_layer[n].append(gid)
+        for n, count in kept.items():
+            if count % multiple == 0 or count == budgets[n].channels:
+                continue
+            for gid in sorted(by_layer[n], key=lambda g: -scores.get(g, 0.0)):
+                if kept[n] % multiple == 0:
+                    break
+                if gid in removed:
+                    removed.discard(gid)
+                    reasons.setdefault(gid, []).append(f"kept so that {n} keeps a multiple of {multiple} channels")
+                    for m, k in members[gid].items():
+                        kept[m] += k
+                    changed = True
+        if not changed:
+            break
+    return removed
+
+
+def macs_saving_per_group(analysis: ChannelAnalysis, node_macs: Mapping[int, int | None], model_nodes: Sequence) -> dict[int, float]:
+    """Estimated MACs saved by removing each group: every Conv/Gemm/MatMul output position of
+    the group saves MACs/out_channels, every input position it reads saves MACs/in_channels."""
+    saving: dict[int, float] = defaultdict(float)
+    for index, macs in node_macs.items():
+        if not macs:
+            continue
+        node = model_nodes[index]
+        out_lay = analysis.layouts.get(node.output[0])
+        if out_lay is not None:
+            for ids in out_lay.axes.values():
+                for r in analysis.roots(ids):
+                    saving[int(r)] += macs / len(ids)
+                break
+        in_lay = analysis.layouts.get(node.input[0])
+        if in_lay is not None and (node.op_type != "Conv" or _group(node) == 1):
+            for ids in in_lay.axes.values():
+                for r in analysis.roots(ids):
+                    saving[int(r)] += macs / len(ids)
+                break
+    return dict(saving)
+
+
+def _group(node) -> int:  # noqa: ANN001 - onnx.NodeProto
+    return next((a.i for a in node.attribute if a.name == "group"), 1) or 1

@@ -1,0 +1,95 @@
+"""What a removed channel is replaced by where it is read: its known constant (exact), the mean
+activation over calibration inputs, or its value with the filters zeroed (data-free); folded
+into the reader's bias. A reader with zero padding over the channel gets nothing folded (the
+constant would be wrong at the borders), so the masked reference stays exact."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .analysis import ChannelAnalysis, analyze
+from .planning import PruningPlan
+from .rules import RuleRegistry
+
+__all__ = ["removed_id_mask", "sink_fills", "data_free_values"]
+
+
+def removed_id_mask(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
+    """Boolean per channel id: is its group removed?"""
+    if not plan.removed_groups:
+        return np.zeros(len(analysis.root_of), dtype=bool)
+    return np.isin(analysis.root_of, np.asarray(plan.removed_groups, dtype=np.int64))
+
+
+def sink_fills(
+    analysis: ChannelAnalysis,
+    removed_ids: np.ndarray,
+    estimates: Mapping[str, np.ndarray] | None = None,
+) -> dict[tuple[str, int], np.ndarray]:
+    """For every sink reading a removed position: the value to fold, per position (0 where kept).
+
+    Known constants always win (that is what makes zero removal exact); elsewhere
+    ``estimates`` (per sink tensor) give the compensation, and without them removed channels
+    read as 0, i.e. are masked."""
+    out = {}
+    for sink in analysis.sinks:
+        lay = analysis.layouts[sink.tensor]
+        ids = lay.axes[sink.axis]
+        removed = removed_ids[ids]
+        if not removed.any():
+            continue
+        if sink.fold_blocker is not None:
+            out[(sink.node, sink.input_index)] = np.zeros(len(ids))
+            continue
+        const = lay.const(sink.axis) if lay.single_axis is not None else np.full(len(ids), np.nan)
+        est = estimates.get(sink.tensor) if estimates else None
+        base = np.where(np.isnan(const), 0.0 if est is None else est, const)
+        out[(sink.node, sink.input_index)] = np.where(removed, base, 0.0)
+    return out
+
+
+def data_free_values(
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: PruningPlan,
+    registry: RuleRegistry | None = None,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Per sink tensor: the value each removed channel has when its filters are zeroed and its
+    biases kept (a constant the next layers relied on), from the same constant propagation as
+    the zero criterion. Layers whose weights are not plain initializers are left as they are."""
+    removed = removed_id_mask(analysis, plan)
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {i.name: i for i in copy.graph.initializer}
+    readers: dict[str, int] = {}
+    for n in copy.graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
+    for src in analysis.sources:
+        rows = np.flatnonzero(removed[src.ids])
+        if len(rows) == 0:
+            continue
+        node = copy.graph.node[index_of[src.node]]
+        init = inits.get(node.input[1])
+        if init is None or readers.get(init.name, 0) != 1:
+            continue
+        w = numpy_helper.to_array(init).copy()
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else 1, "MatMul": 1}[node.op_type]
+        index = [slice(None)] * w.ndim
+        index[axis] = rows
+        w[tuple(index)] = 0
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+    zeroed = analyze(copy, input_shapes=input_shapes, registry=registry)
+    out = {}
+    for sink in zeroed.sinks:
+        lay = zeroed.layouts[sink.tensor]
+        if lay.single_axis is not None:
+            out[sink.tensor] = np.nan_to_num(lay.const(sink.axis), nan=0.0)
+    return out

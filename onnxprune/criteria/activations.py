@@ -1,0 +1,83 @@
+"""Activation statistics over calibration inputs, measured where channels are read (at the
+sinks): APoZ (Hu et al. 2016), mean |activation|, and the mean used for compensation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from ..analysis import ChannelAnalysis
+from ..errors import BackendMissing
+
+__all__ = ["ActivationStats", "sink_statistics", "group_activation_scores"]
+
+
+@dataclass(frozen=True, eq=False)
+class ActivationStats:
+    """Per sink tensor, per position along its channel axis."""
+
+    mean: Mapping[str, np.ndarray]
+    mean_abs: Mapping[str, np.ndarray]
+    zero_fraction: Mapping[str, np.ndarray]
+    samples: int
+
+
+def sink_statistics(
+    model: onnx.ModelProto, analysis: ChannelAnalysis, feeds: Sequence[Mapping[str, np.ndarray]]
+) -> ActivationStats:
+    """Run the original model on every feed and accumulate statistics of every sink tensor."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover
+        raise BackendMissing("onnxruntime is needed for calibration statistics") from None
+    axes = {s.tensor: s.axis for s in analysis.sinks}
+    names = sorted(axes)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    m.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n not in existing])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sums: dict[str, np.ndarray] = {}
+    abs_sums: dict[str, np.ndarray] = {}
+    zeros: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for feed in feeds:
+        for name, value in zip(names, sess.run(names, dict(feed))):
+            v = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], 0)
+            v = v.reshape(v.shape[0], -1)
+            sums[name] = sums.get(name, 0) + v.sum(axis=1)
+            abs_sums[name] = abs_sums.get(name, 0) + np.abs(v).sum(axis=1)
+            zeros[name] = zeros.get(name, 0) + (v == 0).sum(axis=1)
+            counts[name] = counts.get(name, 0) + v.shape[1]
+    return ActivationStats(
+        mean={n: sums[n] / counts[n] for n in sums},
+        mean_abs={n: abs_sums[n] / counts[n] for n in sums},
+        zero_fraction={n: zeros[n] / counts[n] for n in sums},
+        samples=len(feeds),
+    )
+
+
+def group_activation_scores(analysis: ChannelAnalysis, per_tensor: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per source layer channel scores from a per-sink-position statistic: each group gets the
+    mean of the statistic over every position where it is read."""
+    total: dict[int, float] = {}
+    count: dict[int, int] = {}
+    for sink in analysis.sinks:
+        values = per_tensor.get(sink.tensor)
+        if values is None:
+            continue
+        roots = analysis.roots(analysis.layouts[sink.tensor].axes[sink.axis])
+        for r, v in zip(roots, values):
+            total[int(r)] = total.get(int(r), 0.0) + float(v)
+            count[int(r)] = count.get(int(r), 0) + 1
+    out = {}
+    for src in analysis.sources:
+        out[src.node] = np.array(
+            [total[int(r)] / count[int(r)] if int(r) in count else np.nan for r in analysis.roots(src.ids)]
+        )
+    return out
