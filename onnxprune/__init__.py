@@ -5,7 +5,8 @@ from __future__ import annotations
 from ._core import Layout, NotApplicable
 from .analysis import ChannelAnalysis, ChannelGroup
 from .api import PruneResult, analyze, apply, load, plan, prune, save, verify
-from .config import PruneConfig
+from .config import LayerRule, PruneConfig
+from .criteria import CriterionRegistry, default_criteria
 from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
 from .planning import PruningPlan
 from .report import PruneReport
@@ -25,6 +26,9 @@ __all__ = [
     "PruneResult",
     "PruneReport",
     "PruneConfig",
+    "LayerRule",
+    "CriterionRegistry",
+    "default_criteria",
     "PruningPlan",
     "ChannelAnalysis",
     "ChannelGroup",

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from .analysis import ChannelAnalysis, analyze as _analyze, import_graph, static_shapes
-from .budget import macs_saving_per_group, layer_budgets, plan_with_budget
+from .budget import MacsTracker, layer_budgets, plan_with_budget
 from .compensation import data_free_values, removed_id_mask, sink_fills
 from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
@@ -111,12 +111,10 @@ def plan(
             sparsity = config.ratio or 0.0 if config.global_ranking else b.sparsity
             keep = b.channels - int(sparsity * b.channels)
             scores[name] = np.asarray(fn(layer, keep, rng), dtype=np.float64)
-    saving = total = None
+    tracker = None
     if config.macs_target is not None:
-        per_node = node_macs(model, analysis.shapes)
-        saving = macs_saving_per_group(analysis, per_node, model.graph.node)
-        total = float(sum(m for m in per_node.values() if m))
-    return plan_with_budget(analysis, scores, config, saving, total)
+        tracker = MacsTracker(analysis, node_macs(model, analysis.shapes), model.graph.node)
+    return plan_with_budget(analysis, scores, config, tracker)
 
 
 def apply(

@@ -24,7 +24,7 @@ from .analysis import ChannelAnalysis
 from .config import LayerRule, PruneConfig
 from .planning import PruningPlan, enforce_constraints
 
-__all__ = ["LayerBudget", "layer_budgets", "plan_with_budget"]
+__all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "plan_with_budget"]
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,7 @@ def plan_with_budget(
     analysis: ChannelAnalysis,
     layer_scores: Mapping[str, np.ndarray],
     config: PruneConfig,
-    macs_saving: Mapping[int, float] | None = None,
-    total_macs: float | None = None,
+    macs: "MacsTracker | None" = None,
 ) -> PruningPlan:
     """Choose the groups to remove (see the module docstring)."""
     budgets = layer_budgets(analysis, config)
@@ -118,11 +117,12 @@ def plan_with_budget(
         cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
         total = sum(b.channels for b in budgets.values())
         goal_channels = (config.ratio or 0.0) * total if config.macs_target is None else np.inf
-        goal_macs = None if config.macs_target is None or total_macs is None else config.macs_target * total_macs
-        macs_left = total_macs
+        goal_macs = None
+        if config.macs_target is not None and macs is not None:
+            goal_macs = config.macs_target * macs.current
         cut = 0
         for gid in candidates:
-            if goal_macs is not None and macs_left is not None and macs_left <= goal_macs:
+            if goal_macs is not None and macs is not None and macs.current <= goal_macs:
                 break
             if goal_macs is None and cut >= goal_channels:
                 break
@@ -134,8 +134,8 @@ def plan_with_budget(
             for n, k in layers.items():
                 removed_count[n] += k
             cut += sum(layers.values())
-            if macs_left is not None and macs_saving is not None:
-                macs_left -= macs_saving.get(gid, 0.0)
+            if macs is not None:
+                macs.remove(gid)
     else:
         target = {n: min(int(b.sparsity * b.channels), b.channels - 1) for n, b in budgets.items()}
         if config.round_to > 1:
@@ -203,27 +203,51 @@ def _round_kept(
     return removed
 
 
-def macs_saving_per_group(analysis: ChannelAnalysis, node_macs: Mapping[int, int | None], model_nodes: Sequence) -> dict[int, float]:
-    """Estimated MACs saved by removing each group: every Conv/Gemm/MatMul output position of
-    the group saves MACs/out_channels, every input position it reads saves MACs/in_channels."""
-    saving: dict[int, float] = defaultdict(float)
-    for index, macs in node_macs.items():
-        if not macs:
-            continue
-        node = model_nodes[index]
-        out_lay = analysis.layouts.get(node.output[0])
-        if out_lay is not None:
-            for ids in out_lay.axes.values():
+class MacsTracker:
+    """Exact MACs of the model as groups are removed one by one: a Conv/Gemm/MatMul keeps
+    MACs x (kept outputs / outputs) x (kept inputs / inputs); a depthwise or grouped Conv
+    scales with its outputs only (its inputs are the same channels)."""
+
+    def __init__(self, analysis: ChannelAnalysis, node_macs: Mapping[int, int | None], model_nodes: Sequence) -> None:
+        self.macs0: dict[int, float] = {}
+        self.total: dict[int, list[int]] = {}
+        self.kept: dict[int, list[int]] = {}
+        self.effects: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for index, macs in node_macs.items():
+            if not macs:
+                continue
+            node = model_nodes[index]
+            sides = [analysis.layouts.get(node.output[0])]
+            grouped = node.op_type == "Conv" and _group(node) != 1
+            sides.append(None if grouped else analysis.layouts.get(node.input[0]))
+            counts = [[0, 0], [0, 0]]
+            per_group: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            for side, lay in enumerate(sides):
+                if lay is None or len(lay.axes) != 1:
+                    continue
+                (ids,) = lay.axes.values()
+                counts[side] = [len(ids), len(ids)]
                 for r in analysis.roots(ids):
-                    saving[int(r)] += macs / len(ids)
-                break
-        in_lay = analysis.layouts.get(node.input[0])
-        if in_lay is not None and (node.op_type != "Conv" or _group(node) == 1):
-            for ids in in_lay.axes.values():
-                for r in analysis.roots(ids):
-                    saving[int(r)] += macs / len(ids)
-                break
-    return dict(saving)
+                    per_group[int(r)][side] += 1
+            self.macs0[index] = float(macs)
+            self.total[index] = [counts[0][0] or 1, counts[1][0] or 1]
+            self.kept[index] = [counts[0][1] or 1, counts[1][1] or 1]
+            for gid, (d_out, d_in) in per_group.items():
+                self.effects[gid].append((index, d_out, d_in))
+        self.current = float(sum(self.macs0.values()))
+
+    def _node(self, index: int) -> float:
+        t, k = self.total[index], self.kept[index]
+        return self.macs0[index] * (k[0] / t[0]) * (k[1] / t[1])
+
+    def remove(self, gid: int) -> float:
+        """Remove a group; return the model's MACs after it."""
+        for index, d_out, d_in in self.effects.get(gid, ()):
+            before = self._node(index)
+            self.kept[index][0] -= d_out
+            self.kept[index][1] -= d_in
+            self.current += self._node(index) - before
+        return self.current
 
 
 def _group(node) -> int:  # noqa: ANN001 - onnx.NodeProto

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections import Counter
 from typing import Sequence
@@ -34,10 +35,30 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove channels and write the pruned model")
     common(p)
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
-    p.add_argument("--criterion", default="zero", help="which channels to remove (zero: provably constant ones)")
+    p.add_argument(
+        "--criterion",
+        default="zero",
+        help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation",
+    )
+    b = p.add_argument_group("budget (criteria other than zero)")
+    b.add_argument("--ratio", type=float, help="fraction of each layer's output channels to remove (with --global: of all)")
+    b.add_argument("--global", dest="global_ranking", action="store_true", help="rank the channel groups of all layers together")
+    b.add_argument("--macs-target", type=float, metavar="F", help="remove until MACs <= F x the original's")
+    b.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts that are multiples of N")
+    b.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="never prune layers whose node name matches")
+    b.add_argument("--config", metavar="FILE", help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries")
+    b.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs: activation criteria and compensation")
+    b.add_argument(
+        "--compensation",
+        default="auto",
+        choices=("auto", "none", "data-free", "calibration"),
+        help="fold the removed channels' expected value into the readers' biases (auto: calibration if given, else data-free)",
+    )
+    b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")
+    b.add_argument("--plan", metavar="PLAN.json", help="apply this plan instead of planning")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--inputs", metavar="FILE.npz", help="verify on these inputs (arrays keyed by input name)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of random scores and random verification inputs")
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
 
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
@@ -88,25 +109,59 @@ def _prune(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: output folder {out_dir} does not exist")
     if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
         raise UsageError(f"{args.report}: report folder does not exist")
+    from .config import load_layer_rules
+    from .planning import PruningPlan
+
+    for path, what in ((args.plan, "--plan"), (args.config, "--config"), (args.calibration, "--calibration"), (args.inputs, "--inputs")):
+        if path and not os.path.isfile(path):
+            raise UsageError(f"{path}: {what} file not found")
+    if args.save_plan and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_plan))):
+        raise UsageError(f"{args.save_plan}: plan folder does not exist")
     config = PruneConfig(
         criterion=args.criterion,
+        ratio=args.ratio,
+        global_ranking=args.global_ranking,
+        macs_target=args.macs_target,
+        round_to=args.round_to,
+        exclude=tuple(args.exclude),
+        layer_rules=load_layer_rules(args.config) if args.config else (),
+        calibration=args.calibration,
+        compensation=args.compensation,
         input_shapes=_shapes(args.input_shape),
         verify=not args.no_verify,
         verification_inputs=args.inputs,
         seed=args.seed,
     )
-    result = prune(args.model, args.criterion, config=config)
+    given_plan = None
+    if args.plan:
+        try:
+            with open(args.plan) as f:
+                given_plan = PruningPlan.from_dict(json.load(f))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{args.plan}: not JSON ({exc})") from None
+    result = prune(args.model, args.criterion, config=config, pruning_plan=given_plan)
     save(result.model, args.output)
+    if args.save_plan:
+        _write_text(args.save_plan, result.plan.to_json())
     data = result.report.to_dict()
     data["output"] = args.output
     if args.report:
-        tmp = f"{args.report}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, args.report)
+        _write_text(args.report, json.dumps(data, indent=2))
     if not args.quiet:
         print(format_report(data))
     return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write atomically: a temporary file beside the target, then rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -129,10 +184,11 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _reason_counts(items: list[tuple[Sequence[str], int]]) -> Counter:
+    """Groups and channels per reason (scores stripped, so one criterion's cut is one line)."""
     counts: Counter = Counter()
     agg: dict[str, list[int]] = {}
     for reasons, channels in items:
-        key = reasons[0] if reasons else "(no reason)"
+        key = re.sub(r" \(score [^)]*\)", "", reasons[0]) if reasons else "(no reason)"
         entry = agg.setdefault(key, [0, 0])
         entry[0] += 1
         entry[1] += channels
@@ -174,6 +230,15 @@ def format_report(d: dict) -> str:
             f"verification: {'PASSED' if v['passed'] else 'FAILED'}  worst output {v['worst_output']!r}: "
             f"max abs diff {v['max_abs_diff']:.3g} (limit {v['tolerance']:g} x scale {v['scale']:.3g}); {v['inputs']}"
         )
+    fid = d.get("fidelity")
+    if fid:
+        lines.append(f"verified against: {d.get('verified_against')}; compensation: {d.get('compensation')}")
+        lines.append("fidelity vs the original (same inputs):")
+        for f in fid:
+            top1 = "" if f["top1_agreement"] is None else f"  top-1 agreement {f['top1_agreement'] * 100:.1f}%"
+            lines.append(
+                f"  {f['name']}: cosine {f['cosine']:.4f}  max abs err {f['max_abs_error']:.3g}  mean abs err {f['mean_abs_error']:.3g}{top1}"
+            )
     kept = d["kept_groups"]
     if kept:
         lines += ["", f"channels kept, by reason ({len(kept)} groups):"]

@@ -1,0 +1,135 @@
+"""Criteria pick the channels they should, and lossy pruning is proven against the masked original."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnxprune
+from onnxprune.testing import GraphBuilder
+
+
+def _two_conv(weights: np.ndarray, bn_gamma: np.ndarray | None = None, bias: np.ndarray | None = None) -> tuple:
+    b = GraphBuilder(opset=17, seed=3)
+    x = b.input("x", [None, 3, 6, 6])
+    c = b.op("Conv", x, b.const(weights.astype(np.float32), "W"), b.const(np.zeros(len(weights), np.float32) if bias is None else bias, "B"),
+             channels=len(weights), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    if bn_gamma is not None:
+        n = len(weights)
+        c = b.op("BatchNormalization", c, b.const(bn_gamma.astype(np.float32), "g"), b.const(np.zeros(n, np.float32), "be"),
+                 b.const(np.zeros(n, np.float32), "m"), b.const(np.ones(n, np.float32), "v"))
+    y = b.op("Relu", c)
+    b.output(b.conv(y, 2, k=1, pads=0))
+    return b.build(), b
+
+
+def _removed_channels(result: onnxprune.PruneResult, layer_index: int = 0) -> list[int]:
+    src = result.analysis.sources[layer_index]
+    removed = set(result.plan.removed_groups)
+    return [c for c, r in enumerate(result.analysis.roots(src.ids)) if int(r) in removed]
+
+
+def test_l1_l2_remove_smallest_filters() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 3, 3, 3))
+    scale = np.array([1.0, 0.1, 1.0, 0.2, 1.0, 1.0, 0.05, 1.0]).reshape(8, 1, 1, 1)
+    model, _ = _two_conv(w * scale)
+    for crit in ("l1", "l2"):
+        r = onnxprune.prune(model, crit, ratio=0.375)  # 3 of 8
+        assert sorted(_removed_channels(r)) == [1, 3, 6]
+        assert r.report.verification.passed
+
+
+def test_fpgm_removes_filter_nearest_the_median() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 3, 3, 3)) * 3
+    w[4] = np.median(np.delete(w, 4, axis=0), axis=0)  # the most replaceable filter
+    model, _ = _two_conv(w)
+    r = onnxprune.prune(model, "fpgm", ratio=1 / 6)
+    assert _removed_channels(r) == [4]
+
+
+def test_random_is_seeded() -> None:
+    model, _ = _two_conv(np.random.default_rng(2).standard_normal((16, 3, 3, 3)))
+    a = _removed_channels(onnxprune.prune(model, "random", ratio=0.5, seed=1))
+    b = _removed_channels(onnxprune.prune(model, "random", ratio=0.5, seed=1))
+    c = _removed_channels(onnxprune.prune(model, "random", ratio=0.5, seed=2))
+    assert a == b and a != c and len(a) == 8
+
+
+def test_kmeans_keeps_one_of_each_duplicate() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((3, 3, 3, 3)) * 2
+    w = np.concatenate([base, base * 1.001])  # 6 filters: 3 pairs of near-duplicates
+    model, _ = _two_conv(w)
+    r = onnxprune.prune(model, "kmeans", ratio=0.5, seed=0)
+    removed = _removed_channels(r)
+    assert len(removed) == 3
+    assert sorted(c % 3 for c in removed) == [0, 1, 2]  # exactly one of each pair goes
+
+
+def test_bn_gamma() -> None:
+    w = np.random.default_rng(4).standard_normal((6, 3, 3, 3))
+    model, _ = _two_conv(w, bn_gamma=np.array([1.0, 0.01, 2.0, 0.5, 0.02, 1.5]))
+    r = onnxprune.prune(model, "bn-gamma", ratio=1 / 3)
+    assert sorted(_removed_channels(r)) == [1, 4]
+
+
+def test_bn_gamma_without_batchnorm_keeps_layer() -> None:
+    model, _ = _two_conv(np.random.default_rng(5).standard_normal((6, 3, 3, 3)))
+    r = onnxprune.prune(model, "bn-gamma", ratio=0.5)
+    assert r.report.channels_removed == 0
+    assert any("gives no score" in reason for g in r.report.kept_groups for reason in g.reasons)
+
+
+@pytest.mark.parametrize("criterion", ["apoz", "mean-activation"])
+def test_activation_criteria_use_calibration(criterion: str, tmp_path) -> None:  # noqa: ANN001
+    w = np.random.default_rng(6).standard_normal((6, 3, 3, 3)) * 0.1
+    bias = np.array([0.0, -50.0, 0.0, 0.0, -50.0, 0.0], np.float32)  # channels 1, 4: always 0 after Relu
+    model, _ = _two_conv(w, bias=bias)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 3, 6, 6)).astype(np.float32))
+    r = onnxprune.prune(model, criterion, ratio=1 / 3, calibration=str(calib))
+    assert sorted(_removed_channels(r)) == [1, 4]
+    assert r.report.verification.passed
+
+
+def test_activation_criterion_without_calibration_is_a_usage_error() -> None:
+    model, _ = _two_conv(np.ones((4, 3, 3, 3)))
+    with pytest.raises(onnxprune.UsageError, match="calibration"):
+        onnxprune.prune(model, "apoz", ratio=0.5)
+
+
+def test_lossy_without_budget_is_a_usage_error() -> None:
+    model, _ = _two_conv(np.ones((4, 3, 3, 3)))
+    with pytest.raises(onnxprune.UsageError, match="budget"):
+        onnxprune.prune(model, "l2")
+
+
+def test_user_criterion() -> None:
+    model, _ = _two_conv(np.random.default_rng(7).standard_normal((6, 3, 3, 3)))
+    criteria = onnxprune.default_criteria().register("first-is-worst", lambda layer, keep, rng: np.arange(len(layer.filters), dtype=float))
+    r = onnxprune.prune(model, "first-is-worst", ratio=0.5, criteria=criteria)
+    assert _removed_channels(r) == [0, 1, 2]
+    assert "first-is-worst" not in onnxprune.default_criteria().names()
+
+
+def test_masked_verification_catches_wrong_surgery(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnx import numpy_helper
+
+    import onnxprune.api as api
+
+    real = api.apply_pruning
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        m = real(*args, **kwargs)
+        init = next(i for i in m.graph.initializer if len(i.dims) == 4)
+        arr = numpy_helper.to_array(init).copy()
+        arr.flat[0] += 0.01  # a tiny error: the masked reference must still see it
+        init.CopyFrom(numpy_helper.from_array(arr, init.name))
+        return m
+
+    monkeypatch.setattr(api, "apply_pruning", broken)
+    model, _ = _two_conv(np.random.default_rng(8).standard_normal((6, 3, 3, 3)))
+    with pytest.raises(onnxprune.VerificationFailed, match="replaced where read"):
+        onnxprune.prune(model, "l2", ratio=0.5)
