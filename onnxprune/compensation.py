@@ -86,6 +86,7 @@ def data_free_values(
         index[axis] = rows
         w[tuple(index)] = 0
         init.CopyFrom(numpy_helper.from_array(w, init.name))
+        _expected_output_as_bias(copy, node, rows, inits, readers)
     zeroed = analyze(copy, input_shapes=input_shapes, registry=registry)
     out = {}
     for sink in zeroed.sinks:
@@ -93,3 +94,32 @@ def data_free_values(
         if lay.single_axis is not None:
             out[sink.tensor] = np.nan_to_num(lay.const(sink.axis), nan=0.0)
     return out
+
+
+def _expected_output_as_bias(
+    model: onnx.ModelProto, node: onnx.NodeProto, rows: np.ndarray, inits: dict, readers: Mapping[str, int]
+) -> None:
+    """Where a BatchNormalization reads the layer, its running mean is what the layer's output
+    averages to: give the zeroed filters that as their constant, so the BatchNormalization
+    yields its beta (the channel's mean), not the value of an all-zero input."""
+    if node.op_type != "Conv":
+        return
+    bn = next((n for n in model.graph.node if n.op_type == "BatchNormalization" and n.input[0] == node.output[0]), None)
+    if bn is None or bn.input[3] not in inits:
+        return
+    mean = numpy_helper.to_array(inits[bn.input[3]]).astype(np.float32)
+    if len(node.input) > 2 and node.input[2]:
+        init = inits.get(node.input[2])
+        if init is None or readers.get(init.name, 0) != 1:
+            return
+        bias = numpy_helper.to_array(init).copy()
+        bias[rows] = mean[rows]
+        init.CopyFrom(numpy_helper.from_array(bias, init.name))
+    else:
+        bias = np.zeros(len(mean), np.float32)
+        bias[rows] = mean[rows]
+        name = f"{node.output[0]}__expected_bias"
+        model.graph.initializer.append(numpy_helper.from_array(bias, name))
+        while len(node.input) < 2:
+            node.input.append("")
+        node.input.append(name)
