@@ -47,3 +47,33 @@ def test_readme_python_examples(index: int, tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     os.symlink(ROOT / "fixtures", tmp_path / "fixtures")
     exec(compile(code, f"README.md python block {index}", "exec"), {})
+
+
+def _other_cli_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)[1:]
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("onnxprune "):
+                commands.append(line.strip())
+    return commands
+
+
+@pytest.mark.parametrize("command", _other_cli_commands())
+def test_readme_cli_examples(command: str, tmp_path: Path) -> None:
+    args = [str(ROOT / a) if a.startswith("fixtures/") else a for a in command.split()[1:]]
+    p = subprocess.run([sys.executable, "-m", "onnxprune", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "verification: PASSED" in p.stdout
+
+
+def test_readme_documents_every_cli_option() -> None:
+    from onnxprune import cli
+
+    parser = cli._build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, subparser in sub.choices.items():
+        for action in subparser._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in README, f"{name} {flag} is not documented in the README"
