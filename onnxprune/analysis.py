@@ -137,6 +137,7 @@ class AnalysisContext:
     balances: list[Balance] = field(default_factory=list)
     node: gs.Node | None = None
     label: str = ""
+    source: str = "<model>"
     shape_values: ShapeEvaluator | None = None
     validated_shape_inputs: set[tuple[int, int]] = field(default_factory=set)
 
@@ -187,6 +188,13 @@ class AnalysisContext:
         ids = self.fresh(n)
         self.pin(ids, why)
         return ids
+
+    def invalid(self, reason: str) -> None:
+        """The model contradicts itself here (e.g. a weight's shape does not fit its input)."""
+        from .errors import LoadError
+
+        op = self.node.op if self.node is not None else "?"
+        raise LoadError(f"{self.source}: node {self.label!r} ({op}): {reason}")
 
     def add_source(self, node: gs.Node, n: int) -> np.ndarray:
         ids = self.fresh(n)
@@ -240,7 +248,7 @@ def analyze(
     graph = graph if graph is not None else import_graph(model)
     params = ParamResolver()
     shapes = static_shapes(model, in_shapes, graph, params)
-    ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model), params=params)
+    ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model), params=params, source=source)
     ctx.shape_values = ShapeEvaluator(shapes, params)
 
     labels = tuple(node_label(n, i) for i, n in enumerate(graph.nodes))

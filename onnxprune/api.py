@@ -148,7 +148,7 @@ def verify(
     """Compare two models on seeded random inputs (batch 1 and 2 for a dynamic batch) or on
     the samples of ``config.verification_inputs``; every output within the tolerance."""
     feeds, desc = _verification_feeds(original, config, source)
-    return compare_models(original, pruned, feeds, config.tolerance, desc)
+    return compare_models(original, pruned, feeds, config.tolerance, desc, source)
 
 
 def prune(
@@ -212,7 +212,7 @@ def prune(
             axes = {k: sinks[k].axis for k in fills}
             reference = masked_reference(proto, analysis.node_labels, fills, removed, axes)
             reference_kind = "original with removed channels replaced where read"
-        result = compare_models(reference, pruned, feeds, config.tolerance, desc)
+        result = compare_models(reference, pruned, feeds, config.tolerance, desc, source)
         if not result.passed:
             w = result.worst
             raise VerificationFailed(

@@ -78,11 +78,38 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
         raise UsageError(f"expected a path or onnx.ModelProto, got {type(model).__name__}")
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise LoadError(f"{source}: not an ONNX model (no graph nodes)")
+    _check_opsets(proto, source)
+    _check_dataflow(proto, source)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
         raise LoadError(f"{source}: invalid model: {_first_line(exc)}") from None
     return proto, source
+
+
+def _check_opsets(model: onnx.ModelProto, source: str) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > newest:
+            raise LoadError(f"{source}: opset {imp.version} is newer than the installed onnx supports ({newest})")
+
+
+def _check_dataflow(model: onnx.ModelProto, source: str) -> None:
+    """Every node input defined before use: name the node that breaks it (a cycle or a typo)."""
+    g = model.graph
+    defined = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    produced_by = {o: (n.name or f"{n.op_type}#{i}") for i, n in enumerate(g.node) for o in n.output}
+    for i, node in enumerate(g.node):
+        for name in node.input:
+            if name not in defined:
+                label = node.name or f"{node.op_type}#{i}"
+                if name in produced_by:
+                    raise LoadError(
+                        f"{source}: node {label!r} ({node.op_type}) reads {name!r} before {produced_by[name]!r} produces it: "
+                        "the graph has a cycle or is not topologically sorted"
+                    )
+                raise LoadError(f"{source}: node {label!r} ({node.op_type}) reads undefined tensor {name!r}")
+        defined.update(node.output)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import onnx
 
-from .errors import BackendMissing, UnsupportedModel, UsageError
+from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
 
 __all__ = [
     "OutputComparison",
@@ -158,14 +158,25 @@ def compare_models(
     feeds_list: Sequence[Mapping[str, np.ndarray]],
     tolerance: float,
     inputs_desc: str,
+    source: str = "<model>",
 ) -> VerificationResult:
     """Run both models on every feed and compare every output."""
     names = [o.name for o in reference.graph.output]
     results: dict[tuple[str, int], list] = {}
     for feeds in feeds_list:
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
-        ref = run_model(reference, feeds)
-        got = run_model(candidate, feeds)
+        try:
+            ref = run_model(reference, feeds)
+        except OnnxPruneError:
+            raise
+        except Exception as exc:  # onnxruntime's own error types
+            raise LoadError(f"{source}: onnxruntime cannot run the model: {_ort_message(exc)}") from None
+        try:
+            got = run_model(candidate, feeds)
+        except OnnxPruneError:
+            raise
+        except Exception as exc:
+            raise VerificationFailed(f"{source}: onnxruntime cannot run the pruned model: {_ort_message(exc)}; nothing written") from None
         for name, r, g in zip(names, ref, got):
             r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
             if r64.shape != g64.shape:
@@ -288,3 +299,8 @@ def fidelity(
             top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
         out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
     return tuple(out)
+
+
+def _ort_message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text.split("Status Message: ")[-1][:300]

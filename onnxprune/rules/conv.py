@@ -75,6 +75,11 @@ class ConvRule:
             return NotApplicable("input channels are spread over more than the channel axis")
         kernel = tuple(weight.shape[2:])
         bias = None if b is None else b.values
+        x_shape = ctx.shape(x)
+        if x_shape is not None and len(x_shape) > 1 and x_shape[1] is not None and x_shape[1] != cin:
+            ctx.invalid(f"weight {node.inputs[1].name!r} expects {cin} input channels, the input has {x_shape[1]}")
+        if bias is not None and bias.size != cout:
+            ctx.invalid(f"bias {node.inputs[2].name!r} has {bias.size} values for {cout} output channels")
         blocker = _padding_blocker(node, kernel) or _bias_blocker(node, ctx, 2)
 
         if groups == 1:
