@@ -130,3 +130,72 @@ class GraphBuilder:
                 out.CopyFrom(inferred[out.name])
         onnx.checker.check_model(model)
         return model
+
+
+def random_cnn(seed: int, max_blocks: int = 6) -> onnx.ModelProto:
+    """A random CNN built from the supported rule families, with random zeroed filters.
+
+    Blocks: conv-BN-act, residual Add, two-branch Concat, Split (channel halves) with a branch,
+    grouped and depthwise convs, squeeze-excitation gates, channel shuffle, then a head of
+    GlobalAveragePool or Flatten feeding Gemm. The same seed gives the same model (used by the
+    property-based tests and tools/fuzz.py).
+    """
+    rng = np.random.default_rng(seed)
+    shuffle_ok = bool(rng.integers(0, 2))  # static batch 1: Reshape with a fixed shape
+    b = GraphBuilder(opset=int(rng.choice([11, 13, 17])), seed=seed)
+    hw = int(rng.integers(4, 9))
+    x = b.input("input", [1 if shuffle_ok else None, int(rng.integers(1, 5)), hw, hw])
+
+    def zeros(c: int) -> tuple[int, ...]:
+        k = int(rng.integers(0, c // 2 + 1))
+        return tuple(int(i) for i in rng.choice(c, size=k, replace=False))
+
+    def act(t: str) -> str:
+        ops = ["Relu", "LeakyRelu", "Sigmoid", "Identity"] + (["HardSwish"] if b.opset >= 14 else [])
+        op = str(rng.choice(ops))
+        if op == "Sigmoid":  # SiLU
+            return b.op("Mul", t, b.op("Sigmoid", t))
+        return b.op(op, t)
+
+    def cbr(t: str, c: int, k: int = 3, **kw: object) -> str:
+        z = zeros(c)
+        return act(b.bn(b.conv(t, c, k, zero=z, **kw), zero=z))
+
+    y = cbr(x, 2 * int(rng.integers(2, 5)))
+    for _ in range(int(rng.integers(1, max_blocks + 1))):
+        c = b.channels[y]
+        kind = str(rng.choice(["cbr", "residual", "concat", "split", "grouped", "depthwise", "se", "shuffle"]))
+        if kind == "residual":
+            h = b.bn(b.conv(cbr(y, c), c, zero=zeros(c)))
+            y = act(b.op("Add", y, h))
+        elif kind == "concat":
+            a, d = cbr(y, int(rng.integers(2, 6)), k=1), cbr(y, int(rng.integers(2, 6)))
+            y = b.op("Concat", a, d, axis=1, channels=b.channels[a] + b.channels[d])
+        elif kind == "split" and c % 2 == 0 and c >= 4:
+            half = c // 2
+            p, q = b.op("Split", y, *( [b.const(np.array([half, half], np.int64), "split")] if b.opset >= 13 else []),
+                        axis=1, outputs=2, channels=half, **({} if b.opset >= 13 else {"split": [half, half]}))
+            y = b.op("Concat", p, cbr(q, half, k=1), axis=1, channels=c)
+        elif kind == "grouped" and c % 2 == 0:
+            y = cbr(y, c, group=2)
+        elif kind == "depthwise":
+            y = act(b.bn(b.conv(y, c, group=c, zero=zeros(c)), zero=()))
+        elif kind == "se":
+            s = b.op("GlobalAveragePool", y)
+            s = b.op("Relu", b.conv(s, max(1, c // 2), k=1, pads=0))
+            s = b.op("Sigmoid", b.conv(s, c, k=1, pads=0, zero=zeros(c)))
+            y = b.op("Mul", y, s)
+        elif kind == "shuffle" and shuffle_ok and c % 2 == 0:
+            s = b.op("Reshape", y, b.const(np.array([1, 2, c // 2, hw, hw], np.int64), "shape"))
+            t = b.op("Transpose", s, perm=[0, 2, 1, 3, 4])
+            y = b.op("Reshape", t, b.const(np.array([1, c, hw, hw], np.int64), "shape"), channels=c)
+        else:
+            y = cbr(y, int(rng.integers(2, 9)))
+    c = b.channels[y]
+    if rng.integers(0, 2):
+        f = b.op("Flatten", b.op("GlobalAveragePool", y), axis=1, channels=c)
+        b.output(b.gemm(f, c, 5))
+    else:
+        f = b.op("Flatten", y, axis=1, channels=c * hw * hw)
+        b.output(b.gemm(f, c * hw * hw, 5))
+    return b.build(f"random_cnn_{seed}")

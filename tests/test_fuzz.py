@@ -1,0 +1,28 @@
+"""Property-based: random CNNs from the supported rule families never crash, zero removal is
+exact, and lossy pruning matches the masked original (a longer run: tools/fuzz.py)."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, given, settings
+
+from conftest import assert_same_outputs
+import onnxprune
+from onnxprune.testing import random_cnn
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.integers(min_value=0, max_value=2**31 - 1))
+def test_zero_removal_exact_on_random_cnns(seed: int) -> None:
+    model = random_cnn(seed)
+    result = onnxprune.prune(model, "zero")
+    assert result.report.verification.passed
+    assert_same_outputs(model, result.model)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.integers(min_value=0, max_value=2**31 - 1), st.sampled_from(["l2", "fpgm", "random"]), st.floats(0.1, 0.6))
+def test_lossy_pruning_matches_masked_original(seed: int, criterion: str, ratio: float) -> None:
+    model = random_cnn(seed)
+    result = onnxprune.prune(model, criterion, ratio=ratio, seed=seed)
+    assert result.report.verification.passed  # against the original with removed channels replaced
