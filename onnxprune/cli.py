@@ -59,6 +59,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--inputs", metavar="FILE.npz", help="verify on these inputs (arrays keyed by input name)")
     p.add_argument("--seed", type=int, default=0, help="seed of random scores and random verification inputs")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="verification: max abs diff allowed, relative to each output's max abs value (default 1e-5)",
+    )
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
 
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
@@ -131,6 +137,7 @@ def _prune(args: argparse.Namespace) -> int:
         verify=not args.no_verify,
         verification_inputs=args.inputs,
         seed=args.seed,
+        tolerance=args.tolerance,
     )
     given_plan = None
     if args.plan:
