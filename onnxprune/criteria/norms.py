@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .filters import LayerFilters
@@ -45,7 +47,9 @@ def kmeans(layer: LayerFilters, keep: int, rng: np.random.Generator) -> np.ndarr
     base = norms / (norms.max() + 1e-12)  # in [0, 1]: ties broken by norm, below any representative
     if keep >= n or keep < 1:
         return base + 1.0
-    centroids, labels = kmeans2(f, keep, minit="++", seed=rng, missing="warn")
+    with warnings.catch_warnings():  # an empty cluster just leaves fewer representatives
+        warnings.simplefilter("ignore")
+        centroids, labels = kmeans2(f, keep, minit="++", seed=rng, missing="warn")
     chosen = set()
     for k in range(keep):
         members = np.flatnonzero(labels == k)
