@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -159,6 +159,7 @@ def prune(
     registry: RuleRegistry | None = None,
     criteria: CriterionRegistry | None = None,
     pruning_plan: PruningPlan | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
     **options: object,
 ) -> PruneResult:
     """Prune ``model`` and return the pruned model with its report.
@@ -177,7 +178,9 @@ def prune(
 
     calibration = load_npz_inputs(config.calibration, proto, limit=256) if config.calibration else None
     wants_stats = calibration is not None and (criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration"))
-    stats = sink_statistics(proto, analysis, calibration) if wants_stats else None
+    stats = None
+    if wants_stats:
+        stats = sink_statistics(proto, analysis, calibration, progress=progress and (lambda d, t: progress("calibration", d, t)))
 
     if pruning_plan is not None:
         the_plan = pruning_plan.resolve(analysis)
@@ -212,7 +215,9 @@ def prune(
             axes = {k: sinks[k].axis for k in fills}
             reference = masked_reference(proto, analysis.node_labels, fills, removed, axes)
             reference_kind = "original with removed channels replaced where read"
-        result = compare_models(reference, pruned, feeds, config.tolerance, desc, source)
+        result = compare_models(
+            reference, pruned, feeds, config.tolerance, desc, source, progress=progress and (lambda d, t: progress("verification", d, t))
+        )
         if not result.passed:
             w = result.worst
             raise VerificationFailed(

@@ -66,6 +66,36 @@ def _build_parser() -> argparse.ArgumentParser:
         help="verification: max abs diff allowed, relative to each output's max abs value (default 1e-5)",
     )
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
+    o = p.add_argument_group("OpenVINO hand-off and reports")
+    o.add_argument("--ir", metavar="OUT.xml", help="also convert the pruned model to OpenVINO IR (checked against onnxruntime)")
+    precision = o.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="IR weights in FP16")
+    precision.add_argument("--fp32", action="store_true", help="IR weights in FP32 (the default)")
+    o.add_argument("--compare-openvino", action="store_true", help="also run OpenVINO's own pruning pass on the input and compare")
+    o.add_argument("--bench", action="store_true", help="benchmark original and pruned with OpenVINO on the CPU")
+    o.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
+    o.add_argument("--plot", metavar="R.png", help="plot per-layer channels (and latency with --bench)")
+
+    c = sub.add_parser("convert", help="convert an ONNX model to OpenVINO IR (.xml + .bin), checked against onnxruntime")
+    c.add_argument("model", help="input .onnx file")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.xml", help="IR path; the .bin is written beside it")
+    c.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
+    cp = c.add_mutually_exclusive_group()
+    cp.add_argument("--fp16", action="store_true", help="weights in FP16")
+    cp.add_argument("--fp32", action="store_true", help="weights in FP32 (the default)")
+    c.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    bn = sub.add_parser("bench", help="A/B latency and throughput of ONNX models or IRs on the CPU")
+    bn.add_argument("models", nargs="+", help="ONNX files or IR .xml files (ratios are to the first)")
+    bn.add_argument("--backend", choices=("openvino", "onnxruntime"), default="openvino")
+    bn.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    bn.add_argument("--runs", type=int, default=5, help="timed runs per model per round (default 5)")
+    bn.add_argument("--warmup", type=int, default=3, help="untimed runs per model first (default 3)")
+    bn.add_argument("--throughput-seconds", type=float, default=2.0, help="time spent measuring throughput per model")
+    bn.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
+    bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
+    bn.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
     common(a)
@@ -80,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prune":
             return _prune(args)
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "bench":
+            return _bench(args)
         return _analyze(args)
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
@@ -146,16 +180,118 @@ def _prune(args: argparse.Namespace) -> int:
                 given_plan = PruningPlan.from_dict(json.load(f))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{args.plan}: not JSON ({exc})") from None
-    result = prune(args.model, args.criterion, config=config, pruning_plan=given_plan)
+    for path, what in ((args.markdown, "--markdown"), (args.plot, "--plot"), (args.ir, "--ir")):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UsageError(f"{path}: {what} folder does not exist")
+    if args.ir and not args.ir.endswith(".xml"):
+        raise UsageError(f"{args.ir}: --ir must end in .xml (the .bin is written beside it)")
+    progress = _progress(args.quiet)
+    result = prune(args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress)
+    data = result.report.to_dict()
+    data["output"] = args.output
+    if args.ir:
+        from .openvino_ir import convert_to_ir
+        from .verify import make_inputs
+
+        feeds = [make_inputs(result.model, config.input_shapes, 1, config.seed, args.model)]
+        check = convert_to_ir(result.model, args.ir, input_shapes=config.input_shapes, fp16=args.fp16, check_feeds=feeds, source=args.output)
+        data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
     save(result.model, args.output)
     if args.save_plan:
         _write_text(args.save_plan, result.plan.to_json())
-    data = result.report.to_dict()
-    data["output"] = args.output
+    if args.compare_openvino:
+        from .openvino_pass import run_openvino_pruning
+
+        data["openvino_pass"] = run_openvino_pruning(args.model, seed=args.seed)
+        data["openvino_pass"].pop("layers_changed", None)
+    if args.bench:
+        from .bench import benchmark
+
+        timings = benchmark([args.model, args.output], input_shapes=config.input_shapes, progress=progress and (lambda d, t: progress("benchmark", d, t)))
+        data["benchmark"] = [t.to_dict() for t in timings]
+    if args.markdown:
+        from .render import to_markdown
+
+        _write_text(args.markdown, to_markdown(data))
+    if args.plot:
+        from .render import plot_report
+
+        plot_report(data, args.plot)
     if args.report:
         _write_text(args.report, json.dumps(data, indent=2))
     if not args.quiet:
         print(format_report(data))
+    return 0
+
+
+def _progress(quiet: bool):  # noqa: ANN202 - a callback or None
+    """A tqdm progress bar per stage on stderr; none when quiet or not on a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm  # the standard progress bar; imported only on a terminal
+
+    bars: dict[str, tqdm] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .api import load
+    from .errors import UsageError
+    from .graph import dynamic_batch_inputs
+    from .openvino_ir import convert_to_ir
+    from .verify import make_inputs
+
+    model = load(args.model)
+    shapes = _shapes(args.input_shape)
+    if os.path.abspath(args.output) == os.path.abspath(args.model):
+        raise UsageError(f"{args.output}: output must differ from the input model")
+    feeds = []
+    if not args.no_verify:
+        batch = 1 if dynamic_batch_inputs(model) else None
+        feeds = [make_inputs(model, shapes, batch, 0, args.model)]
+    check = convert_to_ir(model, args.output, input_shapes=shapes, fp16=args.fp16, check_feeds=feeds, source=args.model)
+    if not args.quiet:
+        bin_path = args.output[: -len(".xml")] + ".bin"
+        print(f"{args.model} -> {args.output} + {os.path.basename(bin_path)} ({'FP16' if args.fp16 else 'FP32'} weights, {os.path.getsize(bin_path):,} bytes)")
+        if check is None:
+            print("check against onnxruntime: skipped (--no-verify)")
+        else:
+            print(f"check against onnxruntime: PASSED, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
+                  f"(limit {check.tolerance:g} x scale {check.scale:.3g})")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import benchmark
+
+    progress = _progress(args.quiet)
+    timings = benchmark(
+        args.models,
+        backend=args.backend,
+        rounds=args.rounds,
+        runs_per_round=args.runs,
+        warmup=args.warmup,
+        throughput_seconds=args.throughput_seconds,
+        input_shapes=_shapes(args.input_shape),
+        progress=progress and (lambda d, t: progress("benchmark", d, t)),
+    )
+    if args.json:
+        _write_text(args.json, json.dumps([t.to_dict() for t in timings], indent=2))
+    if not args.quiet:
+        print(f"{'model':40s} {'median ms':>10s} {'p90 ms':>10s} {'per s':>10s} {'latency':>8s} {'thrpt':>8s}   ({args.backend}, CPU)")
+        for t in timings:
+            print(f"{os.path.basename(t.path)[:40]:40s} {t.latency_median_ms:10.3f} {t.latency_p90_ms:10.3f} {t.throughput_fps:10.1f} "
+                  f"{t.latency_ratio:8.3f} {t.throughput_ratio:8.3f}")
     return 0
 
 
@@ -254,6 +390,28 @@ def format_report(d: dict) -> str:
             lines.append(f"  {groups:5d} groups {channels:6d} ch  {reason}")
         if len(counts) > 25:
             lines.append(f"  ... {len(counts) - 25} more reasons in the JSON report")
+    if d.get("ir"):
+        c = d["ir"]["check"]
+        lines.append("")
+        lines.append(f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g})")
+    if d.get("openvino_pass"):
+        o = d["openvino_pass"]
+        lines.append("")
+        if o.get("error"):
+            lines.append(f"OpenVINO's own pruning pass: FAILED ({o.get('error_stage', '?')}): {o['error'].splitlines()[0][:200]}")
+        else:
+            ver = o.get("verification") or {}
+            lines.append(
+                f"OpenVINO's own pruning pass: {o['channels_removed']} of {o['channels_total']} channels (incl. depthwise), "
+                f"MACs {_fmt(o['macs_before'])} -> {_fmt(o['macs_after'])}, exact: {ver.get('exact')} (max abs diff {ver.get('max_abs_diff', float('nan')):.3g})"
+            )
+        lines.append(f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}")
+    if d.get("benchmark"):
+        lines.append("")
+        lines.append("latency (OpenVINO, CPU):")
+        for t in d["benchmark"]:
+            lines.append(f"  {os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  p90 {t['latency_p90_ms']:.3f} ms  "
+                         f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}")
     for note in d.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

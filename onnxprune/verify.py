@@ -4,7 +4,7 @@ compared, graph optimisations off so that the graph itself is what is checked.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -159,11 +159,14 @@ def compare_models(
     tolerance: float,
     inputs_desc: str,
     source: str = "<model>",
+    progress: Callable[[int, int], None] | None = None,
 ) -> VerificationResult:
     """Run both models on every feed and compare every output."""
     names = [o.name for o in reference.graph.output]
     results: dict[tuple[str, int], list] = {}
-    for feeds in feeds_list:
+    for k, feeds in enumerate(feeds_list):
+        if progress:
+            progress(k, len(feeds_list))
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
         try:
             ref = run_model(reference, feeds)
@@ -188,6 +191,8 @@ def compare_models(
             entry[0] = max(entry[0], float(diff.max()) if diff.size else 0.0)
             entry[1] = max(entry[1], float(diff.mean()) if diff.size else 0.0)
             entry[2] = max(entry[2], scale)
+    if progress:
+        progress(len(feeds_list), len(feeds_list))
     outs = tuple(
         OutputComparison(name, batch, v[0], v[1], v[2] if v[2] > 0 else 1.0) for (name, batch), v in results.items()
     )

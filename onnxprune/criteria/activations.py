@@ -4,7 +4,7 @@ sinks): APoZ (Hu et al. 2016), mean |activation|, and the mean used for compensa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +26,10 @@ class ActivationStats:
 
 
 def sink_statistics(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, feeds: Sequence[Mapping[str, np.ndarray]]
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    progress: Callable[[int, int], None] | None = None,
 ) -> ActivationStats:
     """Run the original model on every feed and accumulate statistics of every sink tensor."""
     try:
@@ -46,7 +49,9 @@ def sink_statistics(
     abs_sums: dict[str, np.ndarray] = {}
     zeros: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for feed in feeds:
+    for k, feed in enumerate(feeds):
+        if progress:
+            progress(k, len(feeds))
         for name, value in zip(names, sess.run(names, dict(feed))):
             v = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], 0)
             v = v.reshape(v.shape[0], -1)
@@ -54,6 +59,8 @@ def sink_statistics(
             abs_sums[name] = abs_sums.get(name, 0) + np.abs(v).sum(axis=1)
             zeros[name] = zeros.get(name, 0) + (v == 0).sum(axis=1)
             counts[name] = counts.get(name, 0) + v.shape[1]
+    if progress:
+        progress(len(feeds), len(feeds))
     return ActivationStats(
         mean={n: sums[n] / counts[n] for n in sums},
         mean_abs={n: abs_sums[n] / counts[n] for n in sums},

@@ -1,0 +1,142 @@
+"""The OpenVINO hand-off: ONNX -> IR (.xml + .bin), checked against onnxruntime.
+
+OpenVINO is imported only when one of these functions runs, so the rest of onnxprune (and
+``onnxprune --help``) does not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import BackendMissing, OnnxPruneError, UsageError, VerificationFailed
+
+__all__ = ["IRCheck", "require_openvino", "convert_to_ir", "IR_TOLERANCE"]
+
+# Max abs diff between IR (OpenVINO CPU, f32 inference) and onnxruntime, relative to each
+# output's max abs value: different kernels sum in a different order; FP16 weights round.
+IR_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def require_openvino() -> Any:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendMissing("openvino is not installed: pip install openvino") from None
+    return ov
+
+
+@dataclass(frozen=True)
+class IRCheck:
+    """How the IR's outputs compare with onnxruntime's on the same inputs."""
+
+    passed: bool
+    precision: str
+    tolerance: float
+    max_abs_diff: float
+    scale: float
+    worst_output: str
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "precision": self.precision,
+            "tolerance": self.tolerance,
+            "max_abs_diff": self.max_abs_diff,
+            "scale": self.scale,
+            "worst_output": self.worst_output,
+        }
+
+
+def _ov_input_spec(ov: Any, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> Any:
+    if not input_shapes:
+        return None
+    return {name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()}
+
+
+def convert_to_ir(
+    model: onnx.ModelProto,
+    xml_path: str | os.PathLike[str],
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    fp16: bool = False,
+    check_feeds: Sequence[Mapping[str, np.ndarray]] = (),
+    source: str = "<model>",
+) -> IRCheck | None:
+    """Convert with OpenVINO's ``convert_model`` and write the IR with ``save_model`` (the .bin
+    beside the .xml), after checking the converted model against onnxruntime on ``check_feeds``.
+    Nothing is written when the check fails (VerificationFailed)."""
+    ov = require_openvino()
+    xml_path = os.fspath(xml_path)
+    if not xml_path.endswith(".xml"):
+        raise UsageError(f"{xml_path}: the IR path must end in .xml (the .bin is written beside it)")
+    folder = os.path.dirname(os.path.abspath(xml_path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{xml_path}: output folder {folder} does not exist")
+    try:
+        import io
+
+        # convert_model reads ONNX from a path or a file-like object, not from a ModelProto.
+        ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=_ov_input_spec(ov, model, input_shapes or {}))
+    except Exception as exc:  # OpenVINO raises its own types
+        raise OnnxPruneError(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
+    check = None
+    if check_feeds:
+        check = _check_ir(ov, ov_model, model, check_feeds, "fp16" if fp16 else "fp32", source)
+    tmp_xml = xml_path[: -len(".xml")] + f".tmp{os.getpid()}.xml"
+    tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
+    try:
+        ov.save_model(ov_model, tmp_xml, compress_to_fp16=fp16)
+        # The .xml names its .bin by basename: rename the .bin first, then point the .xml at it.
+        bin_path = xml_path[: -len(".xml")] + ".bin"
+        os.replace(tmp_bin, bin_path)
+        os.replace(tmp_xml, xml_path)
+    finally:
+        for p in (tmp_xml, tmp_bin):
+            if os.path.exists(p):
+                os.remove(p)
+    return check
+
+
+def _check_ir(
+    ov: Any, ov_model: Any, model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]], precision: str, source: str
+) -> IRCheck:
+    from .verify import run_model
+
+    core = ov.Core()
+    tolerance = IR_TOLERANCE[precision]
+    if precision == "fp16":
+        # Compare what will be deployed: weights stored as FP16.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ov.save_model(ov_model, os.path.join(tmp, "m.xml"), compress_to_fp16=True)
+            compiled = core.compile_model(core.read_model(os.path.join(tmp, "m.xml")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    else:
+        compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    names = [o.name for o in model.graph.output]
+    worst = (0.0, 1.0, names[0] if names else "")
+    for feeds in feeds_list:
+        ref = run_model(model, feeds)
+        got = compiled(dict(feeds))
+        for i, (name, r) in enumerate(zip(names, ref)):
+            g = np.asarray(got[compiled.outputs[i]], dtype=np.float64)
+            r = np.asarray(r, dtype=np.float64)
+            if g.shape != r.shape:
+                raise VerificationFailed(f"{source}: IR output {name!r} has shape {g.shape}, onnxruntime {r.shape}; nothing written")
+            diff = float(np.abs(g - r).max()) if r.size else 0.0
+            scale = float(np.abs(r).max()) if r.size else 0.0
+            scale = scale if scale > 0 else 1.0
+            if diff / scale > worst[0] / worst[1]:
+                worst = (diff, scale, name)
+    diff, scale, name = worst
+    result = IRCheck(diff <= tolerance * scale, precision, tolerance, diff, scale, name)
+    if not result.passed:
+        raise VerificationFailed(
+            f"{source}: the IR's output {name!r} differs from onnxruntime by {diff:.3g}, more than {tolerance:g} x its scale {scale:.3g}; nothing written"
+        )
+    return result

@@ -1,0 +1,119 @@
+"""Reports as Markdown and as a plot (matplotlib, imported only when a plot is asked for)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["to_markdown", "plot_report"]
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{(after - before) / before * 100:+.1f}%" if before else ""
+
+
+def to_markdown(d: dict[str, Any]) -> str:
+    """The whole run as Markdown: model, criterion and budget, totals, per-layer channels,
+    verification and fidelity, OpenVINO comparison and latency when present."""
+    lines = [f"# onnxprune report: `{os.path.basename(d['model'])}`", ""]
+    lines.append(f"- model: `{d['model']}`" + (f" → `{d['output']}`" if d.get("output") else ""))
+    lines.append(f"- criterion: **{d['criterion']}**" + (f", compensation: {d['compensation']}" if d.get("fidelity") else ""))
+    if d.get("budget"):
+        b = d["budget"]
+        parts = [f"{k}={v}" for k, v in b.items() if v not in (None, False, [], 0, 1) or (k == "round_to" and v != 1)]
+        lines.append(f"- budget: {', '.join(parts) if parts else 'config file'}")
+    if d.get("ir"):
+        lines.append(f"- OpenVINO IR: `{d['ir']['path']}` ({d['ir']['check']['precision']}, checked against onnxruntime: max abs diff {d['ir']['check']['max_abs_diff']:.3g})")
+    lines += ["", "| | before | after | change |", "|---|---:|---:|---:|"]
+    for label, key_b, key_a in (
+        ("output channels", "channels_total", None),
+        ("parameters", "params_before", "params_after"),
+        ("MACs (batch 1)", "macs_before", "macs_after"),
+        ("file size (bytes)", "size_before", "size_after"),
+    ):
+        before = d[key_b]
+        after = d["channels_total"] - d["channels_removed"] if key_a is None else d[key_a]
+        lines.append(f"| {label} | {before:,} | {after:,} | {_pct(before, after)} |")
+    v = d.get("verification")
+    lines += ["", "## Verification", ""]
+    if v is None:
+        lines.append("Skipped (`--no-verify`).")
+    else:
+        lines.append(
+            f"**{'PASSED' if v['passed'] else 'FAILED'}** against the {d.get('verified_against', 'original')}: worst output "
+            f"`{v['worst_output']}`, max abs diff {v['max_abs_diff']:.3g} (limit {v['tolerance']:g} × scale {v['scale']:.3g}); {v['inputs']}."
+        )
+    if d.get("fidelity"):
+        lines += ["", "| output | cosine | max abs error | mean abs error | top-1 agreement |", "|---|---:|---:|---:|---:|"]
+        for f in d["fidelity"]:
+            top1 = "" if f["top1_agreement"] is None else f"{f['top1_agreement'] * 100:.1f}%"
+            lines.append(f"| `{f['name']}` | {f['cosine']:.4f} | {f['max_abs_error']:.3g} | {f['mean_abs_error']:.3g} | {top1} |")
+    if d.get("benchmark"):
+        lines += ["", "## Latency (OpenVINO, CPU)", "", "| model | median ms | p90 ms | throughput /s | latency ratio |", "|---|---:|---:|---:|---:|"]
+        for t in d["benchmark"]:
+            lines.append(f"| `{os.path.basename(t['path'])}` | {t['latency_median_ms']:.3f} | {t['latency_p90_ms']:.3f} | {t['throughput_fps']:.1f} | {t['latency_ratio']:.3f} |")
+    if d.get("openvino_pass"):
+        o = d["openvino_pass"]
+        lines += ["", "## OpenVINO's own pruning pass on the same input", ""]
+        if o.get("error"):
+            lines.append(f"Failed ({o.get('error_stage', '?')}): `{o['error'].splitlines()[0][:300]}`")
+        else:
+            ver = o.get("verification") or {}
+            lines.append(
+                f"Channels removed {o['channels_removed']} of {o['channels_total']} (its count includes depthwise convs); MACs "
+                f"{o['macs_before']:,} → {o['macs_after']:,} ({_pct(o['macs_before'], o['macs_after'])}); exact: {ver.get('exact')} "
+                f"(max abs diff {ver.get('max_abs_diff', float('nan')):.3g})."
+            )
+    if d["layers"]:
+        lines += ["", "## Layers changed", "", "| layer | op | channels before | after |", "|---|---|---:|---:|"]
+        for layer in d["layers"]:
+            lines.append(f"| `{layer['node']}` | {layer['op']} | {layer['channels_before']} | {layer['channels_after']} |")
+    if d["kept_groups"]:
+        counts: dict[str, list[int]] = {}
+        import re
+
+        for g in d["kept_groups"]:
+            key = re.sub(r" \(score [^)]*\)", "", g["reasons"][0]) if g["reasons"] else "(no reason)"
+            c = counts.setdefault(key, [0, 0])
+            c[0] += 1
+            c[1] += g["channels"]
+        lines += ["", "## Channels kept, by reason", "", "| groups | channels | reason |", "|---:|---:|---|"]
+        for key, (groups, channels) in sorted(counts.items(), key=lambda kv: -kv[1][1]):
+            lines.append(f"| {groups} | {channels} | {key} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(d: dict[str, Any], path: str) -> None:
+    """Per-layer output channels before/after (and latency bars when benchmarked) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    layers = d["layers"]
+    bench = d.get("benchmark") or []
+    ncols = 2 if bench else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(11 if bench else 8, max(3.0, 0.22 * len(layers) + 1.5)), squeeze=False)
+    ax = axes[0][0]
+    names = [layer["node"][-40:] for layer in layers] or ["(no layer changed)"]
+    before = [layer["channels_before"] for layer in layers] or [0]
+    after = [layer["channels_after"] for layer in layers] or [0]
+    y = range(len(names))
+    ax.barh(list(y), before, color="#c8c8c8", label="before")
+    ax.barh(list(y), after, color="#1f77b4", label="after")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(names, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("output channels")
+    ax.set_title(f"{os.path.basename(d['model'])}: {d['criterion']}, MACs {_pct(d['macs_before'], d['macs_after'])}")
+    ax.legend(loc="lower right")
+    if bench:
+        bx = axes[0][1]
+        labels = [os.path.basename(t["path"]) for t in bench]
+        bx.bar(labels, [t["latency_median_ms"] for t in bench], color=["#c8c8c8"] + ["#1f77b4"] * (len(bench) - 1))
+        bx.set_ylabel("median latency, ms (OpenVINO CPU)")
+        bx.set_title("latency")
+        bx.tick_params(axis="x", labelrotation=20, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
