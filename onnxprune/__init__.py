@@ -1,48 +1,71 @@
-"""onnxprune: remove convolution filters (output channels) straight from ONNX models."""
+"""onnxprune: remove convolution filters (output channels) straight from ONNX models.
+
+Names are imported on first use (PEP 562), so ``onnxprune --help`` does not load onnx,
+onnxruntime or OpenVINO.
+"""
 
 from __future__ import annotations
 
-from ._core import Layout, NotApplicable
-from .analysis import ChannelAnalysis, ChannelGroup
-from .api import PruneResult, analyze, apply, load, plan, prune, save, verify
-from .config import LayerRule, PruneConfig
-from .criteria import CriterionRegistry, default_criteria
-from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
-from .planning import PruningPlan
-from .report import PruneReport
-from .rules import Rule, RuleRegistry, default_registry
-from .verify import VerificationResult
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "prune",
-    "analyze",
-    "plan",
-    "apply",
-    "verify",
-    "load",
-    "save",
-    "PruneResult",
-    "PruneReport",
-    "PruneConfig",
-    "LayerRule",
-    "CriterionRegistry",
-    "default_criteria",
-    "PruningPlan",
-    "ChannelAnalysis",
-    "ChannelGroup",
-    "Layout",
-    "NotApplicable",
-    "Rule",
-    "RuleRegistry",
-    "default_registry",
-    "VerificationResult",
-    "OnnxPruneError",
-    "LoadError",
-    "UsageError",
-    "UnsupportedModel",
-    "VerificationFailed",
-    "BackendMissing",
-    "__version__",
-]
+_EXPORTS = {
+    "prune": "api",
+    "analyze": "api",
+    "plan": "api",
+    "apply": "api",
+    "verify": "api",
+    "load": "api",
+    "save": "api",
+    "PruneResult": "api",
+    "PruneReport": "report",
+    "PruneConfig": "config",
+    "LayerRule": "config",
+    "CriterionRegistry": "criteria",
+    "default_criteria": "criteria",
+    "PruningPlan": "planning",
+    "ChannelAnalysis": "analysis",
+    "ChannelGroup": "analysis",
+    "Layout": "_core",
+    "NotApplicable": "_core",
+    "Rule": "rules",
+    "RuleRegistry": "rules",
+    "default_registry": "rules",
+    "VerificationResult": "verify",
+    "OnnxPruneError": "errors",
+    "LoadError": "errors",
+    "UsageError": "errors",
+    "UnsupportedModel": "errors",
+    "VerificationFailed": "errors",
+    "BackendMissing": "errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onnxprune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from ._core import Layout, NotApplicable
+    from .analysis import ChannelAnalysis, ChannelGroup
+    from .api import PruneResult, analyze, apply, load, plan, prune, save, verify
+    from .config import LayerRule, PruneConfig
+    from .criteria import CriterionRegistry, default_criteria
+    from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
+    from .planning import PruningPlan
+    from .report import PruneReport
+    from .rules import Rule, RuleRegistry, default_registry
+    from .verify import VerificationResult
