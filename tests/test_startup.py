@@ -12,11 +12,11 @@ def test_help_imports_no_heavy_library() -> None:
         "import sys, onnxprune.cli\n"
         "try:\n    onnxprune.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('onnx', 'onnxruntime', 'openvino', 'numpy', 'onnx_graphsurgeon', 'matplotlib', 'scipy') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
+        "print('HEAVY:' + ','.join(heavy))\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.strip().splitlines()[-1] == ""
+    assert p.stdout.strip().splitlines()[-1] == "HEAVY:"
 
 
 def test_lazy_package_attributes() -> None:
