@@ -65,3 +65,20 @@ def test_channel_count_used_by_expand_pins() -> None:
     r = prune_exact(b.build())
     assert channels(r)[r.analysis.sources[0].node] == (6, 6)
     assert any("reads the channel count" in reason for reason in kept_reasons(r))
+
+
+def test_resize_sizes_from_shapes() -> None:
+    """Segmentation heads: Resize(x, sizes = Shape(x)[:2] ++ Shape(skip)[2:])."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 8, 8])
+    skip = b.op("Relu", b.conv(x, 4, zero=(1,)))  # 8x8, its channel 1 is zero
+    y = b.op("Relu", b.conv(skip, 6, stride=2, zero=(2, 3)))  # 4x4
+    head = b.op("Shape", y, start=0, end=2)
+    hw = b.op("Shape", skip, start=2)
+    sizes = b.op("Concat", head, hw, axis=0)
+    up = b.op("Resize", y, "", "", sizes, mode="nearest")
+    b.output(b.conv(up, 2, k=1, pads=0), shape=[1, 2, 8, 8])
+    r = prune_exact(b.build())
+    src = r.analysis.sources
+    assert channels(r)[src[1].node] == (6, 4)
+    assert channels(r)[src[0].node] == (4, 3)  # the skip's shape is read, but only its H and W

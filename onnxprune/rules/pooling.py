@@ -65,14 +65,53 @@ class ResizeRule:
             n = len(lay.axes[a])
             if out_shape is None or a >= len(out_shape) or out_shape[a] != n:
                 return NotApplicable(f"cannot prove the resize keeps channel axis {a} unchanged")
+        for index in range(1, len(node.inputs)):
+            t = node.inputs[index]
+            if t.name and ctx.param(t) is None:
+                bad = _check_runtime_sizes(node, index, ctx, lay, in_shape)
+                if bad:
+                    return bad
+                ctx.validate_shape_input(node, index)
         mode = node.attrs.get("mode", "nearest")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         fn = (lambda c: c) if mode in ("nearest", "linear", "bilinear") else (lambda c: np.where(c == 0, 0.0, np.nan))
-        del in_shape
         return passthrough(node, ctx, fn)
 
     def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
         return None
+
+
+def _check_runtime_sizes(node: gs.Node, index: int, ctx: "AnalysisContext", lay: Layout, in_shape) -> NotApplicable | None:  # noqa: ANN001
+    """Resize sizes/scales computed at run time (segmentation heads take sizes from Shape())
+    must keep following the input: probed with one channel fewer in every tensor whose shape
+    they read, only the input's own channel entry may change, and only with the input."""
+    x = node.inputs[0]
+    sources = ctx.runtime_sources(node.inputs[index])
+    if sources is None:
+        return NotApplicable("resize sizes are neither constant nor computed from shapes")
+    base = ctx.runtime_value(node.inputs[index])
+    if base is None:
+        return NotApplicable("resize sizes computed at run time could not be evaluated")
+    base = np.ravel(base).astype(np.float64)
+    for name in sources:
+        src_lay = ctx.layouts.get(name)
+        shape = ctx.shapes.get(name)
+        if src_lay is None:
+            continue
+        if shape is None or any(d is None for d in shape) or len(src_lay.axes) != 1:
+            return NotApplicable(f"resize sizes read the shape of {name!r}, whose shape is unknown")
+        (axis, _), = src_lay.axes.items()
+        probe = list(shape)
+        probe[axis] -= 1
+        got = ctx.runtime_value(node.inputs[index], {name: tuple(probe)})
+        if got is None or np.size(got) != base.size:
+            return NotApplicable("resize sizes computed at run time could not be evaluated")
+        expected = base.copy()
+        if name == x.name and index == 3:  # the channel entry of sizes follows the input's channels
+            expected[axis] = probe[axis]
+        if not np.array_equal(expected, np.ravel(got).astype(np.float64)):
+            return NotApplicable(f"resize sizes computed at run time use the channel count of {name!r}")
+    return None
 
 
 class PadRule:
