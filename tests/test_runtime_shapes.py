@@ -69,7 +69,7 @@ def test_channel_count_used_by_expand_pins() -> None:
 
 def test_resize_sizes_from_shapes() -> None:
     """Segmentation heads: Resize(x, sizes = Shape(x)[:2] ++ Shape(skip)[2:])."""
-    b = GraphBuilder(opset=13)
+    b = GraphBuilder(opset=17)
     x = b.input("x", [1, 3, 8, 8])
     skip = b.op("Relu", b.conv(x, 4, zero=(1,)))  # 8x8, its channel 1 is zero
     y = b.op("Relu", b.conv(skip, 6, stride=2, zero=(2, 3)))  # 4x4
