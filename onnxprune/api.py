@@ -16,7 +16,7 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import concrete_input_shapes, dynamic_batch_inputs, load_model
+from .graph import check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
 from .metrics import model_cost, node_macs
 from .planning import PruningPlan
 from .report import KeptGroup, LayerChange, PruneReport
@@ -36,8 +36,8 @@ class PruneResult:
     plan: PruningPlan
     analysis: ChannelAnalysis
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        save(self.model, path)
+    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
+        save(self.model, path, external_data=external_data)
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
@@ -45,20 +45,11 @@ def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     return load_model(model)[0]
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` atomically: to a temporary file in the same folder, then rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{path}: output folder {folder} does not exist")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
+    """Write ``model`` atomically (a temporary file in the same folder, then renamed). With
+    ``external_data`` (automatic above the 2 GB protobuf limit) the weights go to
+    ``<name>.data`` beside the model."""
+    save_model(model, os.fspath(path), external_data)
 
 
 def analyze(
@@ -198,7 +189,7 @@ def prune(
             estimates = data_free_values(proto, analysis, the_plan, registry, config.input_shapes)
     pruned = apply_pruning(proto, analysis, the_plan, registry=registry, estimates=estimates)
     try:
-        onnx.checker.check_model(pruned, full_check=True)
+        check_structure(pruned, full_check=True)
     except Exception as exc:
         raise VerificationFailed(f"{source}: the pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
 

@@ -66,6 +66,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="verification: max abs diff allowed, relative to each output's max abs value (default 1e-5)",
     )
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
+    p.add_argument(
+        "--external-data", action="store_true", help="write the weights to OUT.onnx.data (automatic above 2 GB)"
+    )
     o = p.add_argument_group("OpenVINO hand-off and reports")
     o.add_argument("--ir", metavar="OUT.xml", help="also convert the pruned model to OpenVINO IR (checked against onnxruntime)")
     precision = o.add_mutually_exclusive_group()
@@ -196,7 +199,7 @@ def _prune(args: argparse.Namespace) -> int:
         feeds = [make_inputs(result.model, config.input_shapes, 1, config.seed, args.model)]
         check = convert_to_ir(result.model, args.ir, input_shapes=config.input_shapes, fp16=args.fp16, check_feeds=feeds, source=args.output)
         data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
-    save(result.model, args.output)
+    save(result.model, args.output, external_data=True if args.external_data else None)
     if args.save_plan:
         _write_text(args.save_plan, result.plan.to_json())
     if args.compare_openvino:

@@ -21,6 +21,9 @@ from .errors import LoadError, UnsupportedModel, UsageError
 
 __all__ = [
     "load_model",
+    "check_structure",
+    "save_model",
+    "PROTOBUF_LIMIT",
     "Param",
     "ParamResolver",
     "infer_static_shapes",
@@ -81,10 +84,16 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
     _check_opsets(proto, source)
     _check_dataflow(proto, source)
     try:
-        onnx.checker.check_model(proto)
+        check_structure(proto)
     except Exception as exc:
         raise LoadError(f"{source}: invalid model: {_first_line(exc)}") from None
     return proto, source
+
+
+def check_structure(model: onnx.ModelProto, full_check: bool = False) -> None:
+    """onnx.checker on the model without its big weights: the same graph, types and shapes are
+    checked, the weights are not serialised again (fast, and fine for models over 2 GB)."""
+    onnx.checker.check_model(_without_big_initializers(model, keep_metadata=True), full_check=full_check)
 
 
 def _check_opsets(model: onnx.ModelProto, source: str) -> None:
@@ -229,7 +238,7 @@ def infer_static_shapes(
 _SMALL = 64  # elements; initializers this small are kept for data propagation (shapes, axes)
 
 
-def _without_big_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+def _without_big_initializers(model: onnx.ModelProto, keep_metadata: bool = False) -> onnx.ModelProto:
     """A shallow stand-in of the model whose big initializers are replaced by graph inputs.
 
     Shape inference sees the same shapes; the weights are not copied.
@@ -238,6 +247,9 @@ def _without_big_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     m.ir_version = model.ir_version
     m.opset_import.extend(model.opset_import)
     m.functions.extend(model.functions)
+    if keep_metadata:
+        m.metadata_props.extend(model.metadata_props)
+        m.graph.value_info.extend(model.graph.value_info)
     g = m.graph
     g.name = model.graph.name
     g.node.extend(model.graph.node)
@@ -339,3 +351,42 @@ def _qdq(op: str, x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis:
 
 def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(t)
+
+
+PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
+
+
+def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None) -> None:
+    """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
+    renamed, so a failure never leaves a half-written model. With external data (forced, or
+    automatic above the protobuf limit) the weights go to ``<name>.data`` beside the model."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: output folder {folder} does not exist")
+    if external_data is None:
+        external_data = model.ByteSize() > PROTOBUF_LIMIT
+    if not external_data:
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    import shutil
+    import tempfile
+
+    data_name = os.path.basename(path) + ".data"
+    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # onnx moves the weights out of the object it saves
+        tmp_model = os.path.join(tmpdir, os.path.basename(path))
+        onnx.save_model(copy, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        del copy
+        os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

@@ -148,8 +148,18 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[n
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(feeds))
+    from .graph import PROTOBUF_LIMIT, save_model
+
+    if model.ByteSize() <= PROTOBUF_LIMIT:
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, dict(feeds))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # over 2 GB: onnxruntime reads it with external data
+        path = f"{tmp}/model.onnx"
+        save_model(model, path, external_data=True)
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, dict(feeds))
 
 
 def compare_models(

@@ -116,3 +116,29 @@ def test_analyze_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "channel groups" in capsys.readouterr().out
     data = json.loads(j.read_text())
     assert data["groups"] and all("members" in g for g in data["groups"])
+
+
+def test_external_data_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(out), "--external-data", "-q"]) == 0
+    data = tmp_path / "m.onnx.data"
+    assert data.exists() and data.stat().st_size > out.stat().st_size
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".onnxprune-")]
+    # the written model (with its external data) is valid input again, read from its own folder
+    again = tmp_path / "again.onnx"
+    assert cli.main(["prune", str(out), "-o", str(again), "-q"]) == 0
+    onnx.checker.check_model(str(again), full_check=True)
+
+
+def test_input_with_dynamic_spatial_dims_asks_for_input_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [None, 3, "H", "W"])
+    b.output(b.conv(b.op("Relu", b.conv(x, 4, zero=(1,))), 2))
+    path = tmp_path / "dyn.onnx"
+    onnx.save(b.build(), path)
+    assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "give --input-shape x:" in err and str(path) in err
+    assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--input-shape", "x:1,3,8,8", "-q"]) == 0
