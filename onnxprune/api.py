@@ -16,7 +16,7 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
+from .graph import check_structure, file_size, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
 from .metrics import model_cost, node_macs
 from .planning import PruningPlan
 from .report import KeptGroup, LayerChange, PruneReport
@@ -37,7 +37,7 @@ class PruneResult:
     analysis: ChannelAnalysis
 
     def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
-        save(self.model, path, external_data=external_data)
+        save_model(self.model, os.fspath(path), external_data, size=self.report.size_after)
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
@@ -274,8 +274,8 @@ def _report(
         macs_before=before.macs,
         macs_after=after.macs,
         macs_complete=before.macs_complete and after.macs_complete,
-        size_before=original.ByteSize(),
-        size_after=pruned.ByteSize(),
+        size_before=file_size(source) if os.path.isfile(source) else original.ByteSize(),
+        size_after=pruned.ByteSize(),  # upb computes this by encoding: once, reused by save()
         layers=tuple(layers),
         kept_groups=kept,
         verification=verification,

@@ -199,7 +199,7 @@ def _prune(args: argparse.Namespace) -> int:
         feeds = [make_inputs(result.model, config.input_shapes, 1, config.seed, args.model)]
         check = convert_to_ir(result.model, args.ir, input_shapes=config.input_shapes, fp16=args.fp16, check_feeds=feeds, source=args.output)
         data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
-    save(result.model, args.output, external_data=True if args.external_data else None)
+    result.save(args.output, external_data=True if args.external_data else None)
     if args.save_plan:
         _write_text(args.save_plan, result.plan.to_json())
     if args.compare_openvino:

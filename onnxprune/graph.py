@@ -50,6 +50,24 @@ def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> Non
             raise LoadError(f"{source}: tensor {tensor.name!r}: external data file {location!r} not found")
 
 
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of a model on disk, with the external data files it names."""
+    path = Path(path)
+    total = path.stat().st_size
+    try:
+        m = onnx.load_model(str(path), load_external_data=False)
+    except Exception:
+        return total
+    seen = set()
+    for t in onnx.external_data_helper._get_all_tensors(m):  # noqa: SLF001 - onnx has no public walker
+        if onnx.external_data_helper.uses_external_data(t):
+            loc = {e.key: e.value for e in t.external_data}.get("location")
+            if loc and loc not in seen and (path.parent / loc).is_file():
+                seen.add(loc)
+                total += (path.parent / loc).stat().st_size
+    return total
+
+
 def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
     """Load and check a model; return it with a name for messages (its path or '<ModelProto>').
 
@@ -356,7 +374,7 @@ def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
 
-def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None) -> None:
+def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None, size: int | None = None) -> None:
     """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
     renamed, so a failure never leaves a half-written model. With external data (forced, or
     automatic above the protobuf limit) the weights go to ``<name>.data`` beside the model."""
@@ -364,7 +382,7 @@ def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = N
     if not os.path.isdir(folder):
         raise UsageError(f"{path}: output folder {folder} does not exist")
     if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT
+        external_data = (model.ByteSize() if size is None else size) > PROTOBUF_LIMIT
     if not external_data:
         tmp = f"{path}.tmp{os.getpid()}"
         try:

@@ -1,0 +1,135 @@
+"""Surgery cost, analysis scaling and start-up time. Writes benchmarks/surgery.md.
+
+1. ``onnxprune prune --criterion zero --no-verify`` against a bare ``onnx.load`` + ``onnx.save``
+   of the same file, each a fresh process, interleaved, median of N runs: wall time and peak
+   memory (max RSS of the process, from the OS). Targets: <= 1.5x both.
+2. Analysis time against layer count on synthetic chains with residual blocks (100 .. 5000
+   layers): should grow linearly.
+3. ``onnxprune --help`` wall time (target < 0.3 s).
+
+    python tools/bench_surgery.py --models /work/zoo/resnet50.onnx,/work/zoo/vgg11_bn.onnx [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOAD_SAVE = "import onnx, sys; m = onnx.load(sys.argv[1]); onnx.save(m, sys.argv[2])"
+
+
+def _peak(cmd: list[str]) -> tuple[float, float]:
+    # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure each run in
+    # its own wrapper process so the figure belongs to this command alone.
+    wrapper = [sys.executable, "-c",
+               "import resource, subprocess, sys, time\n"
+               "t = time.perf_counter(); r = subprocess.run(sys.argv[1:]).returncode\n"
+               "w = time.perf_counter() - t\n"
+               "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, r)", *cmd]
+    out = subprocess.run(wrapper, capture_output=True, text=True, check=True).stdout.split()
+    if out[2] != "0":
+        raise RuntimeError(f"{cmd} failed")
+    return float(out[0]), float(out[1])
+
+
+def surgery(models: list[str], runs: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            a_t, a_m, b_t, b_m = [], [], [], []
+            for _ in range(runs):  # interleaved A, B
+                w, m = _peak([sys.executable, "-m", "onnxprune", "prune", model, "-o", f"{tmp}/p.onnx", "--no-verify", "-q"])
+                a_t.append(w)
+                a_m.append(m)
+                w, m = _peak([sys.executable, "-c", LOAD_SAVE, model, f"{tmp}/s.onnx"])
+                b_t.append(w)
+                b_m.append(m)
+            rows.append({
+                "model": os.path.basename(model), "size_mb": os.path.getsize(model) / 2**20,
+                "prune_s": statistics.median(a_t), "load_save_s": statistics.median(b_t),
+                "prune_mb": statistics.median(a_m), "load_save_mb": statistics.median(b_m),
+            })
+            print(rows[-1], flush=True)
+    return rows
+
+
+def scaling(sizes: list[int]) -> list[dict]:
+    import onnxprune
+    from onnxprune.testing import GraphBuilder
+
+    rows = []
+    for n in sizes:
+        b = GraphBuilder(opset=17, seed=0)
+        x = b.input("x", [None, 8, 8, 8])
+        y = x
+        layers = 0
+        while layers < n:
+            h = b.op("Relu", b.conv(y, 8, k=1, pads=0, zero=(1,)))
+            h = b.conv(h, 8, k=1, pads=0)
+            y = b.op("Add", y, h)
+            layers += 2
+        b.output(b.conv(y, 4, k=1, pads=0), shape=[None, 4, 8, 8])
+        model = b.build()
+        start = time.perf_counter()
+        analysis = onnxprune.analyze(model)
+        seconds = time.perf_counter() - start
+        rows.append({"layers": layers, "nodes": len(model.graph.node), "analyze_s": seconds, "groups": len(analysis.groups)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def help_time(runs: int = 10) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "onnxprune", "--help"], capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="/work/zoo/resnet50.onnx,/work/zoo/vgg11_bn.onnx")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="100,500,1000,2000,5000")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "surgery.md"))
+    args = parser.parse_args()
+    surg = surgery(args.models.split(","), args.runs)
+    scale = scaling([int(s) for s in args.sizes.split(",")])
+    helps = help_time()
+    lines = [
+        "# Surgery cost, analysis scaling, start-up",
+        "",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; "
+        f"median of {args.runs} interleaved runs, each a fresh process. Made by `tools/bench_surgery.py`.",
+        "",
+        "## prune --criterion zero --no-verify vs onnx.load + onnx.save",
+        "",
+        "| model | size | prune | load+save | time ratio | prune peak RSS | load+save peak RSS | memory ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in surg:
+        lines.append(
+            f"| {r['model']} | {r['size_mb']:.0f} MB | {r['prune_s']:.2f} s | {r['load_save_s']:.2f} s | {r['prune_s'] / r['load_save_s']:.2f}x "
+            f"| {r['prune_mb']:.0f} MB | {r['load_save_mb']:.0f} MB | {r['prune_mb'] / r['load_save_mb']:.2f}x |"
+        )
+    lines += ["", "## Analysis time against layer count (synthetic residual chains)", "", "| conv layers | nodes | analyze | per layer |", "|---:|---:|---:|---:|"]
+    for r in scale:
+        lines.append(f"| {r['layers']} | {r['nodes']} | {r['analyze_s']:.2f} s | {r['analyze_s'] / r['layers'] * 1e3:.2f} ms |")
+    lines += ["", f"## Start-up", "", f"`python -m onnxprune --help`: median {helps:.3f} s over 10 runs (target < 0.3 s)."]
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
