@@ -90,3 +90,26 @@ def test_user_rule_for_custom_op_in_registry() -> None:
     assert len(plan.removed_groups) == 1
     del UnaryRule
     assert onnxprune.default_registry().lookup("Swish2", "com.example") is None  # no global state
+
+
+def test_qoperator_model_is_left_alone(tmp_path) -> None:  # noqa: ANN001
+    """QLinearConv / QLinearMatMul (integer-only operators) have no rule: untouched, never a crash."""
+    from pathlib import Path
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.data = iter([{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(2)])
+
+        def get_next(self) -> dict | None:
+            return next(self.data, None)
+
+    src = Path(__file__).resolve().parent.parent / "fixtures" / "residual.onnx"
+    dst = tmp_path / "q.onnx"
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QOperator, weight_type=QuantType.QInt8)
+    model = onnx.load(dst)
+    assert any(n.op_type == "QLinearConv" for n in model.graph.node)
+    r = prune_exact(model)
+    assert r.report.channels_removed == 0
