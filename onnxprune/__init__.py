@@ -19,6 +19,7 @@ _EXPORTS = {
     "verify": "api",
     "load": "api",
     "save": "api",
+    "sensitivity": "api",
     "PruneResult": "api",
     "PruneReport": "report",
     "PruneConfig": "config",
@@ -61,7 +62,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from ._core import Layout, NotApplicable
     from .analysis import ChannelAnalysis, ChannelGroup
-    from .api import PruneResult, analyze, apply, load, plan, prune, save, verify
+    from .api import PruneResult, analyze, apply, load, plan, prune, save, sensitivity, verify
     from .config import LayerRule, PruneConfig
     from .criteria import CriterionRegistry, default_criteria
     from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed

@@ -22,9 +22,10 @@ from .planning import PruningPlan
 from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning
+from .reconstruction import reconstruct
 from .verify import OutputFidelity, VerificationResult, compare_models, fidelity, load_npz_inputs, make_inputs, masked_reference
 
-__all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save"]
+__all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
 
 
 @dataclass(frozen=True)
@@ -86,26 +87,39 @@ def plan(
         raise UsageError(f"criterion {criterion!r} needs a budget: --ratio, --macs-target or a config file")
     if model is None:
         raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
-    if criteria.is_data(criterion):
-        if stats is None:
-            raise UsageError(f"criterion {criterion!r} needs calibration inputs (--calibration FILE.npz)")
-        per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
-        scores = group_activation_scores(analysis, per)
-    else:
-        fn = criteria.weight_criterion(criterion)
-        assert fn is not None
-        rng = np.random.default_rng(config.seed)
-        budgets = layer_budgets(analysis, config)
-        scores = {}
-        for name, layer in source_filters(import_graph(model), analysis).items():
-            b = budgets[name]
-            sparsity = config.ratio or 0.0 if config.global_ranking else b.sparsity
-            keep = b.channels - int(sparsity * b.channels)
-            scores[name] = np.asarray(fn(layer, keep, rng), dtype=np.float64)
+    scores = layer_scores(analysis, model, config, criteria, stats)
     tracker = None
     if config.macs_target is not None:
         tracker = MacsTracker(analysis, node_macs(model, analysis.shapes), model.graph.node)
     return plan_with_budget(analysis, scores, config, tracker)
+
+
+def layer_scores(
+    analysis: ChannelAnalysis,
+    model: onnx.ModelProto,
+    config: PruneConfig,
+    criteria: CriterionRegistry,
+    stats: ActivationStats | None = None,
+) -> dict[str, np.ndarray]:
+    """Every source layer's channel scores under ``config.criterion`` (higher = keep)."""
+    criterion = config.criterion
+    if criteria.is_data(criterion):
+        if stats is None:
+            raise UsageError(f"criterion {criterion!r} needs calibration inputs (--calibration FILE.npz)")
+        per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
+        return group_activation_scores(analysis, per)
+    fn = criteria.weight_criterion(criterion)
+    if fn is None:
+        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
+    rng = np.random.default_rng(config.seed)
+    budgets = layer_budgets(analysis, config)
+    scores = {}
+    for name, layer in source_filters(import_graph(model), analysis).items():
+        b = budgets[name]
+        sparsity = (config.ratio or 0.0) if config.global_ranking else b.sparsity
+        keep = b.channels - int(sparsity * b.channels) if sparsity else b.channels // 2
+        scores[name] = np.asarray(fn(layer, keep, rng), dtype=np.float64)
+    return scores
 
 
 def apply(
@@ -167,26 +181,26 @@ def prune(
     proto, source = load_model(model)
     analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
 
-    calibration = load_npz_inputs(config.calibration, proto, limit=256) if config.calibration else None
-    wants_stats = calibration is not None and (criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration"))
+    cal_feeds, eval_feeds, data_note = _calibration(proto, config, source)
+    given_plan = pruning_plan.resolve(analysis) if pruning_plan is not None else None
+    lossy = not given_plan.exact if given_plan is not None else config.lossy
+    wants_stats = cal_feeds is not None and lossy and (criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration"))
     stats = None
     if wants_stats:
-        stats = sink_statistics(proto, analysis, calibration, progress=progress and (lambda d, t: progress("calibration", d, t)))
+        stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)))
 
-    if pruning_plan is not None:
-        the_plan = pruning_plan.resolve(analysis)
+    sens = None
+    if given_plan is not None:
+        the_plan = given_plan
+    elif config.allocated:
+        the_plan, sens = _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress)
     else:
         the_plan = plan(analysis, config.criterion, model=proto, config=config, criteria=criteria, stats=stats)
 
     compensation = config.compensation
     if compensation == "auto":
         compensation = "calibration" if stats is not None else ("data-free" if not the_plan.exact else "none")
-    estimates = None
-    if not the_plan.exact and the_plan.removed_groups:
-        if compensation == "calibration" and stats is not None:
-            estimates = dict(stats.mean)
-        elif compensation == "data-free":
-            estimates = data_free_values(proto, analysis, the_plan, registry, config.input_shapes)
+    estimates = _estimates(proto, analysis, the_plan.removed_groups, stats, compensation, registry, config) if not the_plan.exact else None
     pruned = apply_pruning(proto, analysis, the_plan, registry=registry, estimates=estimates)
     try:
         check_structure(pruned, full_check=True)
@@ -195,8 +209,8 @@ def prune(
 
     result = fid = None
     reference_kind = "original"
+    feeds, desc = (eval_feeds, f"{len(eval_feeds)} evaluation samples ({data_note or 'given'})") if eval_feeds else _verification_feeds(proto, config, source)
     if config.verify:
-        feeds, desc = _verification_feeds(proto, config, source)
         reference = proto
         if not the_plan.exact:
             removed_ids = removed_id_mask(analysis, the_plan)
@@ -215,10 +229,154 @@ def prune(
                 f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs from the {reference_kind} "
                 f"by {w.max_abs_diff:.3g}, more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
             )
-        if not the_plan.exact:
-            fid = fidelity(proto, pruned, feeds)
+    reconstructed = ()
+    if config.reconstruct and not the_plan.exact and cal_feeds:
+        # The surgery is proven above; reconstruction then only changes kept weights' values.
+        pruned, reconstructed = reconstruct(proto, pruned, analysis, the_plan, cal_feeds, seed=config.seed)
+        check_structure(pruned, full_check=True)
+    score = None
+    if not the_plan.exact:
+        fid = fidelity(proto, pruned, feeds)
+        score = _fidelity_score(proto, pruned, feeds, config)
     report = _report(source, proto, pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
+    extra = {
+        "fidelity_score": None if score is None else score[0],
+        "fidelity_metrics": None if score is None else {o.name: {"metric": o.metric, "value": o.value} for o in score[1]},
+        "evaluation": desc,
+        "data_note": data_note,
+        "reconstructed_layers": [
+            {"node": r.node, "positions": r.positions, "error_before": r.error_before, "error_after": r.error_after} for r in reconstructed
+        ],
+        "sensitivity": None if sens is None else sens.to_dict(),
+    }
+    report = replace(report, extra=extra)
     return PruneResult(model=pruned, report=report, plan=the_plan, analysis=analysis)
+
+
+def sensitivity(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    calibration: str,
+    criterion: str = "l2",
+    *,
+    config: PruneConfig | None = None,
+    registry: RuleRegistry | None = None,
+    criteria: CriterionRegistry | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    **options: object,
+):  # noqa: ANN201 - returns sensitivity.SensitivityResult
+    """For every unit of tied layers: the fidelity on the calibration inputs after removing
+    each of ``config.sensitivity_ratios`` of it alone (lowest ``criterion`` scores first, with
+    compensation), and the MACs that saves."""
+    from .budget import group_scores as _group_scores
+    from .sensitivity import TrialRunner, find_units, measure_sensitivity
+
+    config = replace(config or PruneConfig(), criterion=criterion, calibration=calibration, **options)  # type: ignore[arg-type]
+    registry = registry or default_registry()
+    criteria = criteria or default_criteria()
+    proto, source = load_model(model)
+    analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
+    cal_feeds, _, _ = _calibration(proto, config, source)
+    stats = None
+    if criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
+        stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)))
+    scores = _group_scores(analysis, layer_scores(analysis, proto, config, criteria, stats))
+    budgets = layer_budgets(analysis, config)
+    protected = {n for n, b in budgets.items() if b.excluded_by}
+    units = [u for u in find_units(analysis, scores) if not protected & set(u.layers)]
+    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
+    compensation = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
+    estimates = _estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, compensation, registry, config)
+    runner = TrialRunner(proto, analysis, cal_feeds)
+    return measure_sensitivity(
+        runner, analysis, units, tracker, config.sensitivity_ratios, estimates, criterion, config.fidelity_metrics,
+        progress=progress and (lambda d, t: progress("sensitivity", d, t)),
+    )
+
+
+def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tuple[list | None, list | None, str]:
+    """Calibration and evaluation samples: the user's two sets, or one set split 3:1."""
+    if not config.calibration:
+        return None, None, ""
+    from .calibration import load_calibration, parse_preprocess, split_calibration
+
+    pre = parse_preprocess(config.preprocess) if config.preprocess else None
+    feeds = load_calibration(config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed)
+    given = load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit) if config.verification_inputs else None
+    return split_calibration(feeds, given)
+
+
+def _fidelity_score(proto: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list, config: PruneConfig):  # noqa: ANN202
+    from .fidelity import score_outputs
+    from .verify import run_model
+
+    names = [o.name for o in proto.graph.output]
+    ref: list[list[np.ndarray]] = [[] for _ in names]
+    got: list[list[np.ndarray]] = [[] for _ in names]
+    for f in feeds:
+        for i, (a, b) in enumerate(zip(run_model(proto, f), run_model(pruned, f))):
+            ref[i].append(a)
+            got[i].append(b)
+    return score_outputs(names, [np.concatenate(r) for r in ref], [np.concatenate(g) for g in got], config.fidelity_metrics)
+
+
+def _estimates(
+    proto: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    groups: "tuple[int, ...] | list[int]",
+    stats: ActivationStats | None,
+    compensation: str,
+    registry: RuleRegistry,
+    config: PruneConfig,
+) -> dict[str, np.ndarray] | None:
+    """What removed channels are replaced by where they are read (see compensation)."""
+    if not groups:
+        return None
+    if compensation == "calibration" and stats is not None:
+        return dict(stats.mean)
+    if compensation == "data-free":
+        return data_free_values(proto, analysis, PruningPlan("tmp", tuple(groups)), registry, config.input_shapes)
+    return None
+
+
+def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress):  # noqa: ANN001, ANN202
+    """A plan from the sensitivity analysis under a fidelity budget (see sensitivity.allocate)."""
+    from .budget import group_scores as _group_scores
+    from .sensitivity import TrialRunner, allocate, find_units, measure_sensitivity
+
+    scores = _group_scores(analysis, layer_scores(analysis, proto, config, criteria, stats))
+    budgets = layer_budgets(analysis, config)
+    protected = {n for n, b in budgets.items() if b.excluded_by}
+    units = [u for u in find_units(analysis, scores) if not protected & set(u.layers)]
+    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
+    compensation = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
+    candidates = sorted({g for u in units for g in u.groups})
+    estimates = _estimates(proto, analysis, candidates, stats, compensation, registry, config)
+    runner = TrialRunner(proto, analysis, cal_feeds)
+    sens = measure_sensitivity(
+        runner, analysis, units, tracker, config.sensitivity_ratios, estimates, config.criterion, config.fidelity_metrics,
+        progress=progress and (lambda d, t: progress("sensitivity", d, t)),
+    )
+    groups, _, _ = allocate(
+        sens, analysis, runner, tracker, estimates, min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics
+    )
+    reasons: dict[int, list[str]] = {g.id: list(g.pinned_by) for g in analysis.groups if g.pinned}
+    for g in analysis.groups:
+        if g.id not in groups and not reasons.get(g.id):
+            members = {n for n, _ in g.members}
+            if members & protected:
+                reasons[g.id] = [f"protected: {budgets[next(iter(members & protected))].excluded_by}"]
+            else:
+                goal = f"fidelity >= {config.min_fidelity}" if config.macs_target is None else f"MACs <= {config.macs_target}"
+                reasons[g.id] = [f"kept by the sensitivity-allocated budget ({goal})"]
+    kept = {g.id: tuple(reasons.get(g.id, ())) for g in analysis.groups if g.id not in set(groups)}
+    the_plan = PruningPlan(
+        criterion=f"{config.criterion}",
+        removed_groups=tuple(groups),
+        kept_reasons=kept,
+        scores={g: scores[g] for g in groups if g in scores},
+        members={g: analysis.group(g).members for g in groups},
+    )
+    return the_plan, sens
 
 
 def _report(

@@ -240,6 +240,19 @@ class MacsTracker:
         t, k = self.total[index], self.kept[index]
         return self.macs0[index] * (k[0] / t[0]) * (k[1] / t[1])
 
+    @property
+    def original(self) -> float:
+        return float(sum(self.macs0.values()))
+
+    def evaluate(self, groups: "Sequence[int] | set[int]") -> float:
+        """MACs with these groups removed (from the original, without changing the tracker)."""
+        kept = {i: list(v) for i, v in self.total.items()}
+        for gid in groups:
+            for index, d_out, d_in in self.effects.get(gid, ()):
+                kept[index][0] -= d_out
+                kept[index][1] -= d_in
+        return float(sum(self.macs0[i] * (k[0] / self.total[i][0]) * (k[1] / self.total[i][1]) for i, k in kept.items()))
+
     def remove(self, gid: int) -> float:
         """Remove a group; return the model's MACs after it."""
         for index, d_out, d_in in self.effects.get(gid, ()):

@@ -54,6 +54,10 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("auto", "none", "data-free", "calibration"),
         help="fold the removed channels' expected value into the readers' biases (auto: calibration if given, else data-free)",
     )
+    b.add_argument("--min-fidelity", type=float, metavar="F", help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)")
+    b.add_argument("--reconstruct", action="store_true", help="refit the readers of removed channels by least squares on calibration data")
+    b.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine", help="fidelity metric of an output ('*' for all)")
+    b.add_argument("--preprocess", metavar="SPEC", help="calibration images: imagenet, raw, or size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC")
     b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")
     b.add_argument("--plan", metavar="PLAN.json", help="apply this plan instead of planning")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
@@ -100,6 +104,20 @@ def _build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
     bn.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
+    se = sub.add_parser("sensitivity", help="fidelity after removing 10/25/50%% of each unit of tied layers alone")
+    se.add_argument("model", help="input .onnx file")
+    se.add_argument("--calibration", required=True, metavar="C.npz|FOLDER", help="calibration inputs (.npz or a folder of images)")
+    se.add_argument("--preprocess", metavar="SPEC", help="for a folder of images (see prune --preprocess)")
+    se.add_argument("--criterion", default="l2", help="ranks the channels within each unit (default l2)")
+    se.add_argument("--ratios", default="0.1,0.25,0.5", help="fractions of each unit to try (default 0.1,0.25,0.5)")
+    se.add_argument("--compensation", default="auto", choices=("auto", "none", "data-free", "calibration"))
+    se.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine")
+    se.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...")
+    se.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip layers whose node name matches")
+    se.add_argument("--json", metavar="S.json", help="write the table as JSON")
+    se.add_argument("--plot", metavar="S.png", help="plot a sensitivity curve per unit")
+    se.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
     common(a)
     a.add_argument("--json", metavar="R.json", help="write the groups as JSON")
@@ -117,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _convert(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "sensitivity":
+            return _sensitivity(args)
         return _analyze(args)
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
@@ -153,7 +173,11 @@ def _prune(args: argparse.Namespace) -> int:
     if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
         raise UsageError(f"{args.report}: report folder does not exist")
     from .config import load_layer_rules
+    from .fidelity import parse_metric_choices
     from .planning import PruningPlan
+
+    if args.criterion == "zero" and args.min_fidelity is not None:
+        args.criterion = "l2"  # a fidelity budget is for lossy pruning; L2 unless told otherwise
 
     for path, what in ((args.plan, "--plan"), (args.config, "--config"), (args.calibration, "--calibration"), (args.inputs, "--inputs")):
         if path and not os.path.isfile(path):
@@ -175,6 +199,10 @@ def _prune(args: argparse.Namespace) -> int:
         verification_inputs=args.inputs,
         seed=args.seed,
         tolerance=args.tolerance,
+        min_fidelity=args.min_fidelity,
+        reconstruct=args.reconstruct,
+        fidelity_metrics=parse_metric_choices(args.fidelity_metric),
+        preprocess=args.preprocess,
     )
     given_plan = None
     if args.plan:
@@ -295,6 +323,47 @@ def _bench(args: argparse.Namespace) -> int:
         for t in timings:
             print(f"{os.path.basename(t.path)[:40]:40s} {t.latency_median_ms:10.3f} {t.latency_p90_ms:10.3f} {t.throughput_fps:10.1f} "
                   f"{t.latency_ratio:8.3f} {t.throughput_ratio:8.3f}")
+    return 0
+
+
+def _sensitivity(args: argparse.Namespace) -> int:
+    from .api import sensitivity
+    from .errors import UsageError
+    from .fidelity import parse_metric_choices
+
+    try:
+        ratios = tuple(float(r) for r in args.ratios.split(","))
+    except ValueError:
+        raise UsageError(f"--ratios {args.ratios!r}: expected numbers like 0.1,0.25,0.5") from None
+    if not os.path.exists(args.calibration):
+        raise UsageError(f"{args.calibration}: calibration inputs not found")
+    progress = _progress(args.quiet)
+    result = sensitivity(
+        args.model,
+        args.calibration,
+        args.criterion,
+        sensitivity_ratios=ratios,
+        compensation=args.compensation,
+        fidelity_metrics=parse_metric_choices(args.fidelity_metric),
+        input_shapes=_shapes(args.input_shape),
+        exclude=tuple(args.exclude),
+        preprocess=args.preprocess,
+        progress=progress,
+    )
+    data = {"model": args.model, **result.to_dict()}
+    if args.json:
+        _write_text(args.json, json.dumps(data, indent=2))
+    if args.plot:
+        from .render import plot_sensitivity
+
+        plot_sensitivity(data, args.plot)
+    if not args.quiet:
+        head = "".join(f"{f'{r:.0%}':>16s}" for r in result.ratios)
+        print(f"{args.model}: {len(result.units)} units, {result.samples} calibration samples, {result.trials} trials in {result.seconds:.1f} s")
+        print(f"{'unit (first layer)':44s}{'channels':>9s}{head}   (fidelity / MACs saved)")
+        for u in sorted(result.units, key=lambda u: -u.macs_saved[result.ratios[-1]]):
+            cells = "".join(f"{u.fidelity[r]:>9.4f}/{u.macs_saved[r] * 100:5.1f}%" for r in result.ratios)
+            print(f"{u.unit.name[:44]:44s}{u.unit.channels:9d}{cells}")
     return 0
 
 

@@ -58,6 +58,14 @@ class PruneConfig:
     verification_inputs: .npz of inputs to verify on (default: seeded random inputs).
     seed: seed of random scores and random verification inputs.
     tolerance: the surgery must hold to max abs diff <= tolerance x output scale.
+    min_fidelity: remove as much as keeps the fidelity on the calibration inputs >= this,
+        allocating per-layer ratios by measured sensitivity (with macs_target: reach it with
+        the best fidelity found).
+    reconstruct: refit the readers of removed channels by least squares on calibration data.
+    fidelity_metrics: output name (or "*") -> "top1" or "cosine" (default: top1 for class scores).
+    sensitivity_ratios: the fractions of each unit tried by the sensitivity analysis.
+    preprocess: how to turn a folder of calibration images into inputs (see calibration).
+    calibration_limit: at most this many calibration samples are used.
     """
 
     criterion: str = "zero"
@@ -74,6 +82,12 @@ class PruneConfig:
     verification_inputs: str | None = None
     seed: int = 0
     tolerance: float = 1e-5
+    min_fidelity: float | None = None
+    reconstruct: bool = False
+    fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    sensitivity_ratios: tuple[float, ...] = (0.1, 0.25, 0.5)
+    preprocess: str | None = None
+    calibration_limit: int = 64
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
@@ -87,6 +101,14 @@ class PruneConfig:
             raise UsageError(f"macs target must be in (0, 1], got {self.macs_target}")
         if self.round_to < 1:
             raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
+        object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
+        object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
+        if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
+            raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
+        if any(not (0.0 < r < 1.0) for r in self.sensitivity_ratios) or list(self.sensitivity_ratios) != sorted(self.sensitivity_ratios):
+            raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {self.sensitivity_ratios}")
+        if (self.min_fidelity is not None or self.reconstruct) and not self.calibration:
+            raise UsageError("--min-fidelity and --reconstruct need calibration inputs (--calibration)")
         if self.compensation not in COMPENSATION_MODES:
             raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
         if self.compensation == "calibration" and not self.calibration:
@@ -95,6 +117,11 @@ class PruneConfig:
     @property
     def lossy(self) -> bool:
         return self.criterion != "zero"
+
+    @property
+    def allocated(self) -> bool:
+        """Per-layer ratios come from the sensitivity analysis (a fidelity budget)."""
+        return self.min_fidelity is not None
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["to_markdown", "plot_report"]
+__all__ = ["to_markdown", "plot_report", "plot_sensitivity"]
 
 
 def _pct(before: float, after: float) -> str:
@@ -114,6 +114,29 @@ def plot_report(d: dict[str, Any], path: str) -> None:
         bx.set_ylabel("median latency, ms (OpenVINO CPU)")
         bx.set_title("latency")
         bx.tick_params(axis="x", labelrotation=20, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sensitivity(d: dict[str, Any], path: str) -> None:
+    """One curve per unit: fidelity against the fraction of the unit removed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ratios = [0.0] + list(d["ratios"])
+    for u in d["units"]:
+        ys = [1.0] + [u["fidelity"][str(r)] for r in d["ratios"]]
+        ax.plot(ratios, ys, marker="o", linewidth=1, alpha=0.7, label=u["unit"][-30:] if len(d["units"]) <= 12 else None)
+    ax.set_xlabel("fraction of the unit's channels removed")
+    ax.set_ylabel("fidelity on calibration inputs")
+    ax.set_title(f"{os.path.basename(d['model'])}: sensitivity ({d['criterion']}, {d['samples']} samples)")
+    if len(d["units"]) <= 12:
+        ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

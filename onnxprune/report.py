@@ -57,6 +57,7 @@ class PruneReport:
     compensation: str = "exact constants"
     reference: str = "original"
     budget: dict | None = None
+    extra: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -84,4 +85,5 @@ class PruneReport:
             "compensation": self.compensation,
             "verified_against": self.reference,
             "budget": self.budget,
+            **(self.extra or {}),
         }

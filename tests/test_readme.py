@@ -64,7 +64,8 @@ def test_readme_cli_examples(command: str, tmp_path: Path) -> None:
     args = [str(ROOT / a) if a.startswith("fixtures/") else a for a in command.split()[1:]]
     p = subprocess.run([sys.executable, "-m", "onnxprune", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "verification: PASSED" in p.stdout
+    if args[0] == "prune":
+        assert "verification: PASSED" in p.stdout
 
 
 def test_readme_documents_every_cli_option() -> None:

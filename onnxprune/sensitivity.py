@@ -1,0 +1,321 @@
+"""Per-unit sensitivity and fidelity-budgeted allocation.
+
+A *unit* is a set of source layers whose channels are tied (a residual stage, a Conv with its
+BatchNormalization and depthwise followers...): its channel groups are ranked by a criterion
+and removed lowest first. Trials never rebuild the model: the original is instrumented once
+with ``x * keep + fill`` before every reader of a channel (the masked reference that pruned
+models are proven equal to), keep/fill are fed as inputs, and one onnxruntime session runs
+every trial on all calibration samples at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .analysis import ChannelAnalysis
+from .budget import MacsTracker, group_scores
+from .compensation import sink_fills
+from .errors import BackendMissing, UnsupportedModel
+from .fidelity import score_outputs
+from .planning import enforce_constraints
+
+__all__ = ["Unit", "UnitSensitivity", "SensitivityResult", "TrialRunner", "find_units", "measure_sensitivity", "allocate"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Source layers tied by shared channel groups, and its removable groups, lowest score first."""
+
+    name: str
+    layers: tuple[str, ...]
+    groups: tuple[int, ...]
+    channels: int
+
+
+@dataclass(frozen=True)
+class UnitSensitivity:
+    unit: Unit
+    fidelity: Mapping[float, float]  # ratio -> fidelity with that much of this unit removed alone
+    macs_saved: Mapping[float, float]  # ratio -> fraction of the model's MACs saved
+
+    def to_dict(self) -> dict:
+        return {
+            "unit": self.unit.name,
+            "layers": list(self.unit.layers),
+            "channels": self.unit.channels,
+            "removable_groups": len(self.unit.groups),
+            "fidelity": {str(k): v for k, v in self.fidelity.items()},
+            "macs_saved": {str(k): v for k, v in self.macs_saved.items()},
+        }
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    units: tuple[UnitSensitivity, ...]
+    ratios: tuple[float, ...]
+    criterion: str
+    samples: int
+    seconds: float
+    trials: int
+
+    def to_dict(self) -> dict:
+        return {
+            "criterion": self.criterion,
+            "ratios": list(self.ratios),
+            "samples": self.samples,
+            "seconds": self.seconds,
+            "trials": self.trials,
+            "units": [u.to_dict() for u in self.units],
+        }
+
+
+def find_units(analysis: ChannelAnalysis, scores: Mapping[int, float]) -> list[Unit]:
+    """Clusters of source layers joined by groups; each with its unpinned, scored groups."""
+    parent: dict[str, str] = {s.node: s.node for s in analysis.sources}
+
+    def find(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    layers_of: dict[int, list[str]] = defaultdict(list)
+    for s in analysis.sources:
+        for r in set(int(r) for r in analysis.roots(s.ids)):
+            layers_of[r].append(s.node)
+    for layers in layers_of.values():
+        for a, b in zip(layers, layers[1:]):
+            parent[find(a)] = find(b)
+    members: dict[str, list[str]] = defaultdict(list)
+    for s in analysis.sources:
+        members[find(s.node)].append(s.node)
+    groups: dict[str, list[int]] = defaultdict(list)
+    channels: dict[str, int] = defaultdict(int)
+    for g in analysis.groups:
+        root = find(g.members[0][0])
+        channels[root] += len(g.members)
+        if not g.pinned and np.isfinite(scores.get(g.id, np.nan)):
+            groups[root].append(g.id)
+    units = []
+    for root, layers in members.items():
+        ranked = tuple(sorted(groups[root], key=lambda gid: (scores[gid], gid)))
+        if ranked:
+            units.append(Unit(layers[0], tuple(layers), ranked, channels[root]))
+    return units
+
+
+def _instrument(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tuple[onnx.ModelProto, dict[tuple[str, int], tuple[str, str, list[int]]]]:
+    """The model with ``x * keep + fill`` before every sink; keep/fill are new graph inputs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
+    inserted: dict[int, list[onnx.NodeProto]] = defaultdict(list)
+    ports = {}
+    for k, sink in enumerate(analysis.sinks):
+        lay = analysis.layouts[sink.tensor]
+        shape = [1] * lay.rank
+        shape[sink.axis] = len(lay.axes[sink.axis])
+        i = index_of[sink.node]
+        node = m.graph.node[i]
+        name = node.input[sink.input_index]
+        keep, fill, out = f"__keep_{k}", f"__fill_{k}", f"__masked_{k}"
+        m.graph.input.extend([helper.make_tensor_value_info(keep, TensorProto.FLOAT, shape), helper.make_tensor_value_info(fill, TensorProto.FLOAT, shape)])
+        inserted[i] += [
+            helper.make_node("Mul", [name, keep], [out + "_m"], name=out + "_Mul"),
+            helper.make_node("Add", [out + "_m", fill], [out], name=out + "_Add"),
+        ]
+        node.input[sink.input_index] = out
+        ports[(sink.node, sink.input_index)] = (keep, fill, shape)
+    nodes = []
+    for i, node in enumerate(m.graph.node):
+        nodes.extend(inserted.get(i, []))
+        nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m, ports
+
+
+class TrialRunner:
+    """Runs the instrumented model: one session, all calibration samples per trial."""
+
+    def __init__(self, model: onnx.ModelProto, analysis: ChannelAnalysis, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:  # pragma: no cover
+            raise BackendMissing("onnxruntime is needed for sensitivity analysis") from None
+        if not feeds:
+            raise UnsupportedModel("sensitivity needs calibration inputs")
+        self.analysis = analysis
+        instrumented, self.ports = _instrument(model, analysis)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        from .graph import dynamic_batch_inputs
+
+        self.session = ort.InferenceSession(instrumented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.names = [o.name for o in model.graph.output]
+        names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        # Samples go through in one batch when the batch is dynamic, else one by one.
+        self.batches = [{k: np.concatenate([f[k] for f in feeds]) for k in names_in}] if set(dynamic_batch_inputs(model)) >= set(names_in) else list(feeds)
+        self.samples = len(feeds)
+        self.reference = self._run({})
+
+    def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        outs: list[list[np.ndarray]] = [[] for _ in self.names]
+        for batch in self.batches:
+            feed = dict(batch)
+            for key, (keep_name, fill_name, shape) in self.ports.items():
+                keep, fill = masks.get(key, (None, None))
+                feed[keep_name] = np.ones(shape, np.float32) if keep is None else keep.astype(np.float32).reshape(shape)
+                feed[fill_name] = np.zeros(shape, np.float32) if fill is None else fill.astype(np.float32).reshape(shape)
+            for i, value in enumerate(self.session.run(self.names, feed)):
+                outs[i].append(value)
+        return [np.concatenate(o) for o in outs]
+
+    def masks(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None) -> dict:
+        removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(removed_groups), dtype=np.int64))
+        fills = sink_fills(self.analysis, removed_ids, estimates)
+        out = {}
+        for sink in self.analysis.sinks:
+            key = (sink.node, sink.input_index)
+            if key in fills:
+                removed = removed_ids[self.analysis.layouts[sink.tensor].axes[sink.axis]]
+                out[key] = (~removed, fills[key])
+        return out
+
+    def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
+        outs = self._run(self.masks(removed_groups, estimates))
+        return score_outputs(self.names, self.reference, outs, choices)[0]
+
+
+def _take(unit: Unit, ratio: float, analysis: ChannelAnalysis) -> list[int]:
+    """The lowest-score groups making up ``ratio`` of the unit's channels (at least one stays)."""
+    want = int(ratio * unit.channels)
+    out, n = [], 0
+    for gid in unit.groups:
+        size = len(analysis.group(gid).members)
+        if n + size > want:
+            break
+        out.append(gid)
+        n += size
+    return out
+
+
+def measure_sensitivity(
+    runner: TrialRunner,
+    analysis: ChannelAnalysis,
+    units: Sequence[Unit],
+    tracker: MacsTracker,
+    ratios: Sequence[float],
+    estimates: Mapping[str, np.ndarray] | None,
+    criterion: str,
+    choices: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> SensitivityResult:
+    """Fidelity of the model with ``ratio`` of one unit removed, for every unit and ratio."""
+    start = time.perf_counter()
+    base = tracker.original
+    results = []
+    total = len(units) * len(ratios)
+    done = 0
+    for unit in units:
+        fid, saved = {}, {}
+        for ratio in ratios:
+            groups = enforce_constraints(analysis, _take(unit, ratio, analysis), {})
+            fid[ratio] = runner.fidelity(groups, estimates, choices) if groups else 1.0
+            saved[ratio] = (base - tracker.evaluate(groups)) / base if base else 0.0
+            done += 1
+            if progress:
+                progress(done, total)
+        results.append(UnitSensitivity(unit, fid, saved))
+    return SensitivityResult(tuple(results), tuple(ratios), criterion, runner.samples, time.perf_counter() - start, total)
+
+
+@dataclass
+class _Move:
+    unit: int
+    level: int
+    groups: list[int]
+    cost: float
+    gain: float
+
+
+def allocate(
+    sens: SensitivityResult,
+    analysis: ChannelAnalysis,
+    runner: TrialRunner,
+    tracker: MacsTracker,
+    estimates: Mapping[str, np.ndarray] | None,
+    *,
+    min_fidelity: float | None = None,
+    macs_target: float | None = None,
+    choices: Mapping[str, str] | None = None,
+) -> tuple[list[int], float, float]:
+    """Per-unit ratios from the sensitivity curves: moves (raise one unit to its next ratio)
+    are ordered greedily by fidelity lost per MAC saved (each unit alone); then the longest
+    prefix of that order whose *measured* fidelity (all units together, on the calibration
+    inputs) stays >= min_fidelity is found by bisection; with macs_target, the shortest prefix
+    that reaches it. Returns (groups to remove, fidelity, MACs after)."""
+    ratios = sens.ratios
+    moves: list[_Move] = []
+    for ui, us in enumerate(sens.units):
+        prev_f, prev_s, prev_groups = 1.0, 0.0, []
+        for level, r in enumerate(ratios):
+            groups = _take(us.unit, r, analysis)
+            f, s = us.fidelity[r], us.macs_saved[r]
+            gain = max(s - prev_s, 1e-12)
+            moves.append(_Move(ui, level, groups, max(prev_f - f, 0.0), gain))
+            prev_f, prev_s, prev_groups = f, s, groups
+    # A unit's moves must be taken in order: sort by cost/gain but keep per-unit order.
+    moves.sort(key=lambda m: (m.cost / m.gain, m.level))
+    order: list[_Move] = []
+    next_level: dict[int, int] = defaultdict(int)
+    pending = list(moves)
+    while pending:
+        for i, m in enumerate(pending):
+            if next_level[m.unit] == m.level:
+                order.append(m)
+                next_level[m.unit] += 1
+                del pending[i]
+                break
+        else:  # pragma: no cover - every unit's levels are present
+            break
+
+    def plan_for(n: int) -> set[int]:
+        chosen: dict[int, list[int]] = {}
+        for m in order[:n]:
+            chosen[m.unit] = m.groups
+        return enforce_constraints(analysis, [g for gs in chosen.values() for g in gs], {})
+
+    base = tracker.original
+    if macs_target is not None:
+        lo, hi = 0, len(order)
+        while lo < hi:  # shortest prefix reaching the MACs target
+            mid = (lo + hi) // 2
+            if tracker.evaluate(plan_for(mid)) <= macs_target * base:
+                hi = mid
+            else:
+                lo = mid + 1
+        groups = plan_for(lo)
+        return sorted(groups), runner.fidelity(groups, estimates, choices), tracker.evaluate(groups)
+    assert min_fidelity is not None
+    lo, hi = 0, len(order)
+    best = (set(), 1.0)
+    while lo < hi:  # longest prefix with measured fidelity >= min_fidelity
+        mid = (lo + hi + 1) // 2
+        groups = plan_for(mid)
+        f = runner.fidelity(groups, estimates, choices)
+        if f >= min_fidelity:
+            lo, best = mid, (groups, f)
+        else:
+            hi = mid - 1
+    groups, f = best if lo else (set(), 1.0)
+    return sorted(groups), f, tracker.evaluate(groups)
