@@ -275,7 +275,11 @@ def sensitivity(
     criteria = criteria or default_criteria()
     proto, source = load_model(model)
     analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
-    cal_feeds, _, _ = _calibration(proto, config, source)
+    from .calibration import load_calibration, parse_preprocess
+
+    # Sensitivity evaluates nothing afterwards: every sample is a calibration sample.
+    pre = parse_preprocess(config.preprocess) if config.preprocess else None
+    cal_feeds = load_calibration(calibration, proto, pre, limit=config.calibration_limit, seed=config.seed)
     stats = None
     if criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)))
