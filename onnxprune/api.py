@@ -23,7 +23,7 @@ from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning
 from .reconstruction import reconstruct
-from .verify import OutputFidelity, VerificationResult, compare_models, fidelity, load_npz_inputs, make_inputs, masked_reference
+from .verify import OutputFidelity, VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
 
 __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
 
@@ -236,8 +236,7 @@ def prune(
         check_structure(pruned, full_check=True)
     score = None
     if not the_plan.exact:
-        fid = fidelity(proto, pruned, feeds)
-        score = _fidelity_score(proto, pruned, feeds, config)
+        fid, score = _fidelity(proto, pruned, feeds, config)
     report = _report(source, proto, pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
     extra = {
         "fidelity_score": None if score is None else score[0],
@@ -283,18 +282,38 @@ def sensitivity(
     stats = None
     if criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)))
+    return _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress).result
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """The sensitivity analysis with what allocation needs to go on from it."""
+
+    result: "object"  # sensitivity.SensitivityResult
+    runner: "object"  # sensitivity.TrialRunner
+    tracker: MacsTracker
+    estimates: "Mapping[str, np.ndarray] | None"
+    scores: Mapping[int, float]
+    protected: dict[str, str]
+
+
+def _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress) -> _Measured:  # noqa: ANN001
+    """Units of tied layers, their sensitivity curves, and the trial runner behind them."""
+    from .budget import group_scores as _group_scores
+    from .sensitivity import TrialRunner, find_units, measure_sensitivity
+
     scores = _group_scores(analysis, layer_scores(analysis, proto, config, criteria, stats))
-    budgets = layer_budgets(analysis, config)
-    protected = {n for n, b in budgets.items() if b.excluded_by}
-    units = [u for u in find_units(analysis, scores) if not protected & set(u.layers)]
+    protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
+    units = [u for u in find_units(analysis, scores) if not set(protected) & set(u.layers)]
     tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
     compensation = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
     estimates = _estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, compensation, registry, config)
     runner = TrialRunner(proto, analysis, cal_feeds)
-    return measure_sensitivity(
-        runner, analysis, units, tracker, config.sensitivity_ratios, estimates, criterion, config.fidelity_metrics,
+    result = measure_sensitivity(
+        runner, analysis, units, tracker, config.sensitivity_ratios, estimates, config.criterion, config.fidelity_metrics,
         progress=progress and (lambda d, t: progress("sensitivity", d, t)),
     )
+    return _Measured(result, runner, tracker, estimates, scores, protected)
 
 
 def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tuple[list | None, list | None, str]:
@@ -309,9 +328,10 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
     return split_calibration(feeds, given)
 
 
-def _fidelity_score(proto: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list, config: PruneConfig):  # noqa: ANN202
+def _fidelity(proto: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list, config: PruneConfig):  # noqa: ANN202
+    """Per-output fidelity figures and the run's fidelity score, from one pass over the feeds."""
     from .fidelity import score_outputs
-    from .verify import run_model
+    from .verify import fidelity_from_outputs, run_model
 
     names = [o.name for o in proto.graph.output]
     ref: list[list[np.ndarray]] = [[] for _ in names]
@@ -320,7 +340,9 @@ def _fidelity_score(proto: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list
         for i, (a, b) in enumerate(zip(run_model(proto, f), run_model(pruned, f))):
             ref[i].append(a)
             got[i].append(b)
-    return score_outputs(names, [np.concatenate(r) for r in ref], [np.concatenate(g) for g in got], config.fidelity_metrics)
+    return fidelity_from_outputs(names, ref, got), score_outputs(
+        names, [np.concatenate(r) for r in ref], [np.concatenate(g) for g in got], config.fidelity_metrics
+    )
 
 
 def _estimates(
@@ -344,22 +366,10 @@ def _estimates(
 
 def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress):  # noqa: ANN001, ANN202
     """A plan from the sensitivity analysis under a fidelity budget (see sensitivity.allocate)."""
-    from .budget import group_scores as _group_scores
-    from .sensitivity import TrialRunner, allocate, find_units, measure_sensitivity
+    from .sensitivity import allocate
 
-    scores = _group_scores(analysis, layer_scores(analysis, proto, config, criteria, stats))
-    budgets = layer_budgets(analysis, config)
-    protected = {n for n, b in budgets.items() if b.excluded_by}
-    units = [u for u in find_units(analysis, scores) if not protected & set(u.layers)]
-    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
-    compensation = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
-    candidates = sorted({g for u in units for g in u.groups})
-    estimates = _estimates(proto, analysis, candidates, stats, compensation, registry, config)
-    runner = TrialRunner(proto, analysis, cal_feeds)
-    sens = measure_sensitivity(
-        runner, analysis, units, tracker, config.sensitivity_ratios, estimates, config.criterion, config.fidelity_metrics,
-        progress=progress and (lambda d, t: progress("sensitivity", d, t)),
-    )
+    m = _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress)
+    sens, runner, tracker, estimates, scores, protected = m.result, m.runner, m.tracker, m.estimates, m.scores, m.protected
     groups, _, _ = allocate(
         sens, analysis, runner, tracker, estimates, min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics
     )
@@ -367,8 +377,8 @@ def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registr
     for g in analysis.groups:
         if g.id not in groups and not reasons.get(g.id):
             members = {n for n, _ in g.members}
-            if members & protected:
-                reasons[g.id] = [f"protected: {budgets[next(iter(members & protected))].excluded_by}"]
+            if members & set(protected):
+                reasons[g.id] = [f"protected: {protected[next(iter(members & set(protected)))]}"]
             else:
                 goal = f"fidelity >= {config.min_fidelity}" if config.macs_target is None else f"MACs <= {config.macs_target}"
                 reasons[g.id] = [f"kept by the sensitivity-allocated budget ({goal})"]

@@ -295,27 +295,29 @@ def fidelity(
 ) -> tuple[OutputFidelity, ...]:
     """Fidelity of every output over all feeds."""
     names = [o.name for o in original.graph.output]
-    refs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    gots: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    refs: list[list[np.ndarray]] = [[] for _ in names]
+    gots: list[list[np.ndarray]] = [[] for _ in names]
     for feeds in feeds_list:
-        for n, r, g in zip(names, run_model(original, feeds), run_model(pruned, feeds)):
-            refs[n].append(np.asarray(r, dtype=np.float64))
-            gots[n].append(np.asarray(g, dtype=np.float64))
+        for i, (r, g) in enumerate(zip(run_model(original, feeds), run_model(pruned, feeds))):
+            refs[i].append(r)
+            gots[i].append(g)
+    return fidelity_from_outputs(names, refs, gots)
+
+
+def fidelity_from_outputs(
+    names: Sequence[str], refs: Sequence[Sequence[np.ndarray]], gots: Sequence[Sequence[np.ndarray]]
+) -> tuple[OutputFidelity, ...]:
+    """Max/mean abs error, cosine and top-1 agreement per output (arrays per feed, samples first)."""
     out = []
-    for n in names:
-        r = np.concatenate([x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1) for x in refs[n]])
-        g = np.concatenate([x.reshape(x.shape[0], -1) if x.ndim else x.reshape(1, 1) for x in gots[n]])
+    for n, rs, gs_ in zip(names, refs, gots):
+        r = np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) if np.ndim(x) else np.reshape(x, (1, 1)) for x in rs])
+        g = np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) if np.ndim(x) else np.reshape(x, (1, 1)) for x in gs_])
         diff = np.abs(r - g)
         denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
         cos = np.where(denom > 0, (r * g).sum(axis=1) / np.where(denom > 0, denom, 1), 1.0)
-        first = refs[n][0]
+        first = np.asarray(rs[0])
         top1 = None
         if first.ndim == 2 and first.shape[1] >= 2:
             top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
         out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
     return tuple(out)
-
-
-def _ort_message(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text.split("Status Message: ")[-1][:300]

@@ -330,12 +330,24 @@ def _rows(pruned: dict, timing: dict, models: list[str]) -> dict[str, list[dict]
                            runs_per_round=te["runs_per_round"])
                 grp = "original_zero" if c in ("zero", "ov_pass") else "original_l2"
                 row["original_latency_ms"] = t.get(grp, {}).get("latency_median_ms")
+                row["foreign_cores"] = t.get(grp, {}).get("foreign_cores")
+                row["busy"] = t.get(grp, {}).get("busy_after", None)
                 row["original_throughput_fps"] = t.get(grp, {}).get("throughput_fps")
                 if row["macs_ratio"]:
                     row["gap"] = abs(row["latency_ratio"] - row["macs_ratio"])
                     row["rel_gap"] = row["latency_ratio"] / row["macs_ratio"] - 1.0
             rows[c].append(row)
     return rows
+
+
+def _mark(r: dict) -> str:
+    """† = another process used the CPU during the timing (retried up to 3 times, still busy);
+    ? = timed before the load check existed."""
+    if r.get("latency_ratio") is None:
+        return ""
+    if r.get("foreign_cores") is None:
+        return " ?"
+    return " †" if r.get("busy") else ""
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -397,6 +409,13 @@ def phase_report(args: argparse.Namespace) -> None:
              "original's median in that interleaved run (the zero case times 3 models, the L2 cases 4, so "
              "the original's absolute latency can differ between the two runs).".format(args.seconds))
     L.append("")
+    L.append("Quiet-machine check: before each timed group the script waits until no other benchmark or "
+             "test process runs and other processes use < {:.2f} cores (3 checks in a row); after it, it "
+             "measures the CPU time other processes took during the run (/proc/stat minus its own) and "
+             "re-times the group (up to 3 attempts) if that exceeded {:.2f} cores on average. "
+             "† after the original latency = still busy after 3 attempts (ratios less reliable); "
+             "`foreign_cores` per run in speed.json.".format(QUIET_CORES, QUIET_CORES))
+    L.append("")
     L.append("## Targets")
     L.append("")
     for v in verdicts:
@@ -440,7 +459,7 @@ def phase_report(args: argparse.Namespace) -> None:
             continue
         g = "–" if r.get("gap") is None else f"{r['gap']:.3f} ({r['rel_gap']*100:+.0f}%)"
         L.append(f"| {r['model']} | {_f(r['macs_ratio'])} | {_f(r.get('latency_ratio'))} | "
-                 f"{_f(r.get('throughput_ratio'))} | {g} | {ov_m} | {ov_l} | {ov_g} | {_f(r.get('original_latency_ms'), 2)} |")
+                 f"{_f(r.get('throughput_ratio'))} | {g} | {ov_m} | {ov_l} | {ov_g} | {_f(r.get('original_latency_ms'), 2)}{_mark(r)} |")
     ov_fail = [f"{m}: {str(o.get('error'))[:100]}" for m, o in ov_rows.items() if o.get("error")]
     if ov_fail:
         L.append("")
@@ -458,7 +477,7 @@ def phase_report(args: argparse.Namespace) -> None:
                 continue
             g = "–" if r.get("gap") is None else f"{r['gap']:.3f} ({r['rel_gap']*100:+.0f}%)"
             L.append(f"| {r['model']} | {_f(r['macs_ratio'])} | {_f(r.get('latency_ratio'))} | "
-                     f"{_f(r.get('throughput_ratio'))} | {g} | {_f(r.get('original_latency_ms'), 2)} |")
+                     f"{_f(r.get('throughput_ratio'))} | {g} | {_f(r.get('original_latency_ms'), 2)}{_mark(r)} |")
         L.append("")
 
     # summary per case
@@ -492,11 +511,13 @@ def phase_report(args: argparse.Namespace) -> None:
         "ov_reference_mobilenet_v2": OV_REFERENCE_MBV2, "rows": rows,
         "raw": {"prune": {m: pruned[m] for m in models}, "timing": {m: timing.get(m) for m in models}},
     })
-    _plot(rows, os.path.join(ROOT, "benchmarks", "speed.png"))
+    _plot(rows, os.path.join(ROOT, "benchmarks", "speed.png"),
+          f"MACs ratio vs latency ratio ({os.path.basename(os.path.normpath(args.zoo))}, "
+          f"{machine['cpus']}-core {machine['cpu'][:24]})")
     print("wrote benchmarks/speed.md, speed.json, speed.png")
 
 
-def _plot(rows: dict[str, list[dict]], out: str) -> None:
+def _plot(rows: dict[str, list[dict]], out: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -526,7 +547,7 @@ def _plot(rows: dict[str, list[dict]], out: str) -> None:
     ax.set_ylim(lo, max(hi, 1.05))
     ax.set_xlabel("MACs ratio (pruned / original)")
     ax.set_ylabel("OpenVINO CPU latency ratio (median, batch 1)")
-    ax.set_title("MACs ratio vs latency ratio (zoo-nncf, 2-core AMD EPYC)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
