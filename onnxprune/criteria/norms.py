@@ -47,9 +47,15 @@ def kmeans(layer: LayerFilters, keep: int, rng: np.random.Generator) -> np.ndarr
     base = norms / (norms.max() + 1e-12)  # in [0, 1]: ties broken by norm, below any representative
     if keep >= n or keep < 1:
         return base + 1.0
+    # Clustering cost grows with filters x clusters x fan-in: wide layers are clustered on a
+    # seeded random projection to 64 dimensions (distances kept up to a small factor, JL).
+    if f.shape[1] > 64:
+        f = f @ (rng.standard_normal((f.shape[1], 64)) / 8.0)
     with warnings.catch_warnings():  # an empty cluster just leaves fewer representatives
         warnings.simplefilter("ignore")
-        centroids, labels = kmeans2(f, keep, minit="++", seed=rng, missing="warn")
+        # k-means++ seeding loops in Python over the clusters: random points for many clusters.
+        init = "++" if keep <= 256 else "points"
+        centroids, labels = kmeans2(f, keep, minit=init, seed=rng, missing="warn", iter=5)
     chosen = set()
     for k in range(keep):
         members = np.flatnonzero(labels == k)
