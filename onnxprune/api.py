@@ -11,7 +11,7 @@ import onnx
 
 from .analysis import ChannelAnalysis, analyze as _analyze, import_graph, static_shapes
 from .budget import MacsTracker, layer_budgets, plan_with_budget
-from .compensation import data_free_values, removed_id_mask, sink_fills
+from .compensation import data_free_values, reader_masks, removed_id_mask
 from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
@@ -213,12 +213,7 @@ def prune(
     if config.verify:
         reference = proto
         if not the_plan.exact:
-            removed_ids = removed_id_mask(analysis, the_plan)
-            fills = sink_fills(analysis, removed_ids, estimates)
-            sinks = {(s.node, s.input_index): s for s in analysis.sinks}
-            removed = {k: removed_ids[analysis.layouts[sinks[k].tensor].axes[sinks[k].axis]] for k in fills}
-            axes = {k: sinks[k].axis for k in fills}
-            reference = masked_reference(proto, analysis.node_labels, fills, removed, axes)
+            reference = masked_reference(proto, analysis, reader_masks(analysis, removed_id_mask(analysis, the_plan), estimates))
             reference_kind = "original with removed channels replaced where read"
         result = compare_models(
             reference, pruned, feeds, config.tolerance, desc, source, progress=progress and (lambda d, t: progress("verification", d, t))

@@ -15,7 +15,7 @@ from .analysis import ChannelAnalysis, analyze
 from .planning import PruningPlan
 from .rules import RuleRegistry
 
-__all__ = ["removed_id_mask", "sink_fills", "data_free_values"]
+__all__ = ["removed_id_mask", "sink_fills", "reader_masks", "data_free_values"]
 
 
 def removed_id_mask(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:
@@ -49,6 +49,21 @@ def sink_fills(
         est = estimates.get(sink.tensor) if estimates else None
         base = np.where(np.isnan(const), 0.0 if est is None else est, const)
         out[(sink.node, sink.input_index)] = np.where(removed, base, 0.0)
+    return out
+
+
+def reader_masks(
+    analysis: ChannelAnalysis, removed_ids: np.ndarray, estimates: Mapping[str, np.ndarray] | None = None
+) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+    """Per reader of a removed channel: (keep mask, fill) such that ``x * keep + fill`` before
+    it is what the pruned model computes (the masked reference)."""
+    fills = sink_fills(analysis, removed_ids, estimates)
+    out = {}
+    for sink in analysis.sinks:
+        key = (sink.node, sink.input_index)
+        if key in fills:
+            removed = removed_ids[analysis.layouts[sink.tensor].axes[sink.axis]]
+            out[key] = (~removed, fills[key])
     return out
 
 

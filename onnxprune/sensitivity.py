@@ -17,14 +17,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from .analysis import ChannelAnalysis
 from .budget import MacsTracker, group_scores
-from .compensation import sink_fills
+from .compensation import reader_masks
 from .errors import BackendMissing, UnsupportedModel
 from .fidelity import score_outputs
 from .planning import enforce_constraints
+from .verify import instrument_readers, mask_feeds
 
 __all__ = ["Unit", "UnitSensitivity", "SensitivityResult", "TrialRunner", "find_units", "measure_sensitivity", "allocate"]
 
@@ -113,37 +113,6 @@ def find_units(analysis: ChannelAnalysis, scores: Mapping[int, float]) -> list[U
     return units
 
 
-def _instrument(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tuple[onnx.ModelProto, dict[tuple[str, int], tuple[str, str, list[int]]]]:
-    """The model with ``x * keep + fill`` before every sink; keep/fill are new graph inputs."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
-    inserted: dict[int, list[onnx.NodeProto]] = defaultdict(list)
-    ports = {}
-    for k, sink in enumerate(analysis.sinks):
-        lay = analysis.layouts[sink.tensor]
-        shape = [1] * lay.rank
-        shape[sink.axis] = len(lay.axes[sink.axis])
-        i = index_of[sink.node]
-        node = m.graph.node[i]
-        name = node.input[sink.input_index]
-        keep, fill, out = f"__keep_{k}", f"__fill_{k}", f"__masked_{k}"
-        m.graph.input.extend([helper.make_tensor_value_info(keep, TensorProto.FLOAT, shape), helper.make_tensor_value_info(fill, TensorProto.FLOAT, shape)])
-        inserted[i] += [
-            helper.make_node("Mul", [name, keep], [out + "_m"], name=out + "_Mul"),
-            helper.make_node("Add", [out + "_m", fill], [out], name=out + "_Add"),
-        ]
-        node.input[sink.input_index] = out
-        ports[(sink.node, sink.input_index)] = (keep, fill, shape)
-    nodes = []
-    for i, node in enumerate(m.graph.node):
-        nodes.extend(inserted.get(i, []))
-        nodes.append(node)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    return m, ports
-
-
 class TrialRunner:
     """Runs the instrumented model: one session, all calibration samples per trial."""
 
@@ -155,7 +124,7 @@ class TrialRunner:
         if not feeds:
             raise UnsupportedModel("sensitivity needs calibration inputs")
         self.analysis = analysis
-        instrumented, self.ports = _instrument(model, analysis)
+        instrumented, self.ports = instrument_readers(model, analysis)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         from .graph import dynamic_batch_inputs
@@ -170,29 +139,15 @@ class TrialRunner:
 
     def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = [[] for _ in self.names]
+        extra = mask_feeds(self.ports, masks)
         for batch in self.batches:
-            feed = dict(batch)
-            for key, (keep_name, fill_name, shape) in self.ports.items():
-                keep, fill = masks.get(key, (None, None))
-                feed[keep_name] = np.ones(shape, np.float32) if keep is None else keep.astype(np.float32).reshape(shape)
-                feed[fill_name] = np.zeros(shape, np.float32) if fill is None else fill.astype(np.float32).reshape(shape)
-            for i, value in enumerate(self.session.run(self.names, feed)):
+            for i, value in enumerate(self.session.run(self.names, {**batch, **extra})):
                 outs[i].append(value)
         return [np.concatenate(o) for o in outs]
 
-    def masks(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None) -> dict:
-        removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(removed_groups), dtype=np.int64))
-        fills = sink_fills(self.analysis, removed_ids, estimates)
-        out = {}
-        for sink in self.analysis.sinks:
-            key = (sink.node, sink.input_index)
-            if key in fills:
-                removed = removed_ids[self.analysis.layouts[sink.tensor].axes[sink.axis]]
-                out[key] = (~removed, fills[key])
-        return out
-
     def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
-        outs = self._run(self.masks(removed_groups, estimates))
+        removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(removed_groups), dtype=np.int64))
+        outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
         return score_outputs(self.names, self.reference, outs, choices)[0]
 
 

@@ -4,10 +4,13 @@ compared, graph optimisations off so that the graph itself is what is checked.""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    from .analysis import ChannelAnalysis
 
 from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
 
@@ -210,64 +213,71 @@ def compare_models(
     return VerificationResult(passed=passed, tolerance=tolerance, outputs=outs, inputs=inputs_desc)
 
 
+def instrument_readers(model: onnx.ModelProto, analysis: "ChannelAnalysis") -> tuple[onnx.ModelProto, dict[tuple[str, int], tuple[str, str, list[int]]]]:
+    """A copy of ``model`` with ``x * keep + fill`` before every reader (sink) of channels;
+    keep and fill are new graph inputs, broadcast along the channel axis. Returns the model and,
+    per (reader, input index), the names and shape of its keep and fill inputs."""
+    from onnx import TensorProto, helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
+    inserted: dict[int, list[onnx.NodeProto]] = {}
+    ports = {}
+    for k, sink in enumerate(analysis.sinks):
+        lay = analysis.layouts[sink.tensor]
+        shape = [1] * lay.rank
+        shape[sink.axis] = len(lay.axes[sink.axis])
+        i = index_of[sink.node]
+        node = m.graph.node[i]
+        name = node.input[sink.input_index]
+        keep, fill, out = f"__keep_{k}", f"__fill_{k}", f"__masked_{k}"
+        m.graph.input.extend([helper.make_tensor_value_info(keep, TensorProto.FLOAT, shape), helper.make_tensor_value_info(fill, TensorProto.FLOAT, shape)])
+        inserted.setdefault(i, []).extend([
+            helper.make_node("Mul", [name, keep], [out + "_m"], name=out + "_Mul"),
+            helper.make_node("Add", [out + "_m", fill], [out], name=out + "_Add"),
+        ])
+        node.input[sink.input_index] = out
+        ports[(sink.node, sink.input_index)] = (keep, fill, shape)
+    nodes = []
+    for i, node in enumerate(m.graph.node):
+        nodes.extend(inserted.get(i, []))
+        nodes.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m, ports
+
+
+def mask_feeds(
+    ports: Mapping[tuple[str, int], tuple[str, str, list[int]]], masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """Values of the keep/fill inputs: ones/zeros where a reader loses nothing."""
+    feeds = {}
+    for key, (keep_name, fill_name, shape) in ports.items():
+        keep, fill = masks.get(key, (None, None))
+        feeds[keep_name] = np.ones(shape, np.float32) if keep is None else np.asarray(keep, np.float32).reshape(shape)
+        feeds[fill_name] = np.zeros(shape, np.float32) if fill is None else np.asarray(fill, np.float32).reshape(shape)
+    return feeds
+
+
 def masked_reference(
-    original: onnx.ModelProto,
-    node_labels: Sequence[str],
-    fills: Mapping[tuple[str, int], np.ndarray],
-    removed: Mapping[tuple[str, int], np.ndarray],
-    sink_axes: Mapping[tuple[str, int], int],
+    original: onnx.ModelProto, analysis: "ChannelAnalysis", masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
 ) -> onnx.ModelProto:
     """The original model with every removed channel replaced, where it is read, by what the
-    pruned model folds in its place (0 when masked): x -> x * keep + fill, before each sink.
+    pruned model folds in its place (0 when masked): x -> x * keep + fill before each reader.
 
     Lossy pruning is proven by comparing the pruned model with this, to the same tolerance as
     exact removal: it checks the surgery even though the outputs change."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    m = onnx.ModelProto()
-    m.CopyFrom(original)
-    index_of = {label: i for i, label in enumerate(node_labels)}
-    rank_of = _ranks(m)
-    inserted: dict[int, list[onnx.NodeProto]] = {}
-    for (label, input_index), fill in sorted(fills.items()):
-        i = index_of[label]
-        node = m.graph.node[i]
-        name = node.input[input_index]
-        axis = sink_axes[(label, input_index)]
-        rank = rank_of.get(name)
-        if rank is None:
-            raise UnsupportedModel(f"cannot build the masked reference: rank of {name!r} unknown")
-        shape = [1] * rank
-        shape[axis] = len(fill)
-        keep = np.where(removed[(label, input_index)], 0.0, 1.0).astype(np.float32)
-        base = f"{name}__masked_for_{i}_{input_index}"
-        m.graph.initializer.extend([
-            numpy_helper.from_array(keep.reshape(shape), base + "_keep"),
-            numpy_helper.from_array(fill.astype(np.float32).reshape(shape), base + "_fill"),
-        ])
-        nodes = [
-            helper.make_node("Mul", [name, base + "_keep"], [base + "_mul"], name=base + "_Mul"),
-            helper.make_node("Add", [base + "_mul", base + "_fill"], [base], name=base + "_Add"),
-        ]
-        inserted.setdefault(i, []).extend(nodes)
-        node.input[input_index] = base
-    new_nodes = []
-    for i, node in enumerate(m.graph.node):
-        new_nodes.extend(inserted.get(i, []))
-        new_nodes.append(node)
-    del m.graph.node[:]
-    m.graph.node.extend(new_nodes)
+    m, ports = instrument_readers(original, analysis)
+    values = mask_feeds(ports, masks)
+    names = set(values)
+    kept_inputs = [vi for vi in m.graph.input if vi.name not in names]
+    del m.graph.input[:]
+    m.graph.input.extend(kept_inputs)
+    m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
     return m
-
-
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    out = {}
-    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = len(t.shape.dim)
-    return out
 
 
 @dataclass(frozen=True)
