@@ -400,8 +400,9 @@ def export_model(
     calibrate_and_randomise_bn(model, shape)
     pairs = find_conv_bn_pairs(model, shape)
     nncf = zeroing == "nncf"
-    # nncf: export clean (ratio 0 only collects the conv statistics), zero the ONNX afterwards
-    stats = zero_filters(model, pairs, entry.skip_convs, ratio=0.0 if nncf else PRUNE_RATIO, grouped=grouped)
+    # nncf: export clean (ratio 0 only collects the conv statistics), zero the ONNX afterwards;
+    # none: export clean and leave it so (for post-training pruning benchmarks)
+    stats = zero_filters(model, pairs, entry.skip_convs, ratio=0.0 if zeroing in ("nncf", "none") else PRUNE_RATIO, grouped=grouped)
     x = torch.randn(1, *shape[1:], generator=torch.Generator().manual_seed(SEED + 2))
     x_check = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(SEED + 3))
     info: dict[str, Any] = {
@@ -452,9 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None,
                     help="output directory (default /work/zoo, or /work/zoo-nncf with --zeroing nncf)")
-    ap.add_argument("--zeroing", choices=("independent", "nncf"), default="independent",
+    ap.add_argument("--zeroing", choices=("independent", "nncf", "none"), default="independent",
                     help="independent: 25%% of each conv's filters in PyTorch; nncf: clean export, "
-                         "then tools/zero_filters.py clusters on the ONNX")
+                         "then tools/zero_filters.py clusters on the ONNX; none: clean export (/work/zoo-clean)")
     ap.add_argument("--models", default="all", help="comma-separated names or 'all': " + ",".join(ZOO))
     ap.add_argument("--bn-fold", dest="bn_fold", action="store_true", default=None,
                     help="only the *_bnfold.onnx variant")
@@ -467,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.out is None:
-        args.out = "/work/zoo-nncf" if args.zeroing == "nncf" else "/work/zoo"
+        args.out = {"nncf": "/work/zoo-nncf", "none": "/work/zoo-clean"}.get(args.zeroing, "/work/zoo")
     names = list(ZOO) if args.models == "all" else [s.strip() for s in args.models.split(",") if s.strip()]
     unknown = [n for n in names if n not in ZOO]
     if unknown:
