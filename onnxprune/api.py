@@ -326,15 +326,9 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
 def _fidelity(proto: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list, config: PruneConfig):  # noqa: ANN202
     """Per-output fidelity figures and the run's fidelity score, from one pass over the feeds."""
     from .fidelity import score_outputs
-    from .verify import fidelity_from_outputs, run_model
+    from .verify import fidelity_from_outputs, paired_outputs
 
-    names = [o.name for o in proto.graph.output]
-    ref: list[list[np.ndarray]] = [[] for _ in names]
-    got: list[list[np.ndarray]] = [[] for _ in names]
-    for f in feeds:
-        for i, (a, b) in enumerate(zip(run_model(proto, f), run_model(pruned, f))):
-            ref[i].append(a)
-            got[i].append(b)
+    names, ref, got = paired_outputs(proto, pruned, feeds)
     return fidelity_from_outputs(names, ref, got), score_outputs(
         names, [np.concatenate(r) for r in ref], [np.concatenate(g) for g in got], config.fidelity_metrics
     )

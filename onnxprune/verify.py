@@ -19,7 +19,9 @@ __all__ = [
     "VerificationResult",
     "OutputFidelity",
     "make_inputs",
+    "session",
     "run_model",
+    "paired_outputs",
     "compare_models",
     "masked_reference",
     "fidelity",
@@ -143,7 +145,9 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[
     return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, limit))]
 
 
-def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+    """An onnxruntime session of ``model`` (graph optimisations off, so the graph itself is
+    what runs), as a function of the feeds. Models over 2 GB go through a temporary folder."""
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
@@ -155,14 +159,34 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[n
 
     if model.ByteSize() <= PROTOBUF_LIMIT:
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        return sess.run(None, dict(feeds))
-    import tempfile
+    else:
+        import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:  # over 2 GB: onnxruntime reads it with external data
-        path = f"{tmp}/model.onnx"
-        save_model(model, path, external_data=True)
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        return sess.run(None, dict(feeds))
+        with tempfile.TemporaryDirectory() as tmp:  # onnxruntime reads it with external data
+            path = f"{tmp}/model.onnx"
+            save_model(model, path, external_data=True)
+            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return lambda feeds: sess.run(None, dict(feeds))
+
+
+def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` once (see ``session`` to run it on several feeds)."""
+    return session(model)(feeds)
+
+
+def paired_outputs(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]
+) -> tuple[list[str], list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """Output names, and per output the reference's and the candidate's arrays for every feed."""
+    names = [o.name for o in reference.graph.output]
+    run_ref, run_cand = session(reference), session(candidate)
+    refs: list[list[np.ndarray]] = [[] for _ in names]
+    gots: list[list[np.ndarray]] = [[] for _ in names]
+    for feeds in feeds_list:
+        for i, (r, g) in enumerate(zip(run_ref(feeds), run_cand(feeds))):
+            refs[i].append(r)
+            gots[i].append(g)
+    return names, refs, gots
 
 
 def compare_models(
@@ -177,18 +201,30 @@ def compare_models(
     """Run both models on every feed and compare every output."""
     names = [o.name for o in reference.graph.output]
     results: dict[tuple[str, int], list] = {}
+    try:
+        run_ref = session(reference)
+    except OnnxPruneError:
+        raise
+    except Exception as exc:  # onnxruntime's own error types
+        raise LoadError(f"{source}: onnxruntime cannot load the model: {_ort_message(exc)}") from None
+    try:
+        run_cand = session(candidate)
+    except OnnxPruneError:
+        raise
+    except Exception as exc:
+        raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {_ort_message(exc)}; nothing written") from None
     for k, feeds in enumerate(feeds_list):
         if progress:
             progress(k, len(feeds_list))
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
         try:
-            ref = run_model(reference, feeds)
+            ref = run_ref(feeds)
         except OnnxPruneError:
             raise
         except Exception as exc:  # onnxruntime's own error types
             raise LoadError(f"{source}: onnxruntime cannot run the model: {_ort_message(exc)}") from None
         try:
-            got = run_model(candidate, feeds)
+            got = run_cand(feeds)
         except OnnxPruneError:
             raise
         except Exception as exc:
@@ -304,14 +340,7 @@ def fidelity(
     original: onnx.ModelProto, pruned: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]
 ) -> tuple[OutputFidelity, ...]:
     """Fidelity of every output over all feeds."""
-    names = [o.name for o in original.graph.output]
-    refs: list[list[np.ndarray]] = [[] for _ in names]
-    gots: list[list[np.ndarray]] = [[] for _ in names]
-    for feeds in feeds_list:
-        for i, (r, g) in enumerate(zip(run_model(original, feeds), run_model(pruned, feeds))):
-            refs[i].append(r)
-            gots[i].append(g)
-    return fidelity_from_outputs(names, refs, gots)
+    return fidelity_from_outputs(*paired_outputs(original, pruned, feeds_list))
 
 
 def fidelity_from_outputs(
