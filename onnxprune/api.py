@@ -261,8 +261,6 @@ def sensitivity(
     """For every unit of tied layers: the fidelity on the calibration inputs after removing
     each of ``config.sensitivity_ratios`` of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""
-    from .budget import group_scores as _group_scores
-    from .sensitivity import TrialRunner, find_units, measure_sensitivity
 
     config = replace(config or PruneConfig(), criterion=criterion, calibration=calibration, **options)  # type: ignore[arg-type]
     registry = registry or default_registry()

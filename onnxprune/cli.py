@@ -159,7 +159,7 @@ def _shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .api import prune, save
+    from .api import prune
     from .config import PruneConfig
     from .errors import UsageError
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from .analysis import ChannelAnalysis
-from .budget import MacsTracker, group_scores
+from .budget import MacsTracker
 from .compensation import reader_masks
 from .errors import BackendMissing, UnsupportedModel
 from .fidelity import score_outputs
@@ -222,13 +222,13 @@ def allocate(
     ratios = sens.ratios
     moves: list[_Move] = []
     for ui, us in enumerate(sens.units):
-        prev_f, prev_s, prev_groups = 1.0, 0.0, []
+        prev_f, prev_s = 1.0, 0.0
         for level, r in enumerate(ratios):
             groups = _take(us.unit, r, analysis)
             f, s = us.fidelity[r], us.macs_saved[r]
             gain = max(s - prev_s, 1e-12)
             moves.append(_Move(ui, level, groups, max(prev_f - f, 0.0), gain))
-            prev_f, prev_s, prev_groups = f, s, groups
+            prev_f, prev_s = f, s
     # A unit's moves must be taken in order: sort by cost/gain but keep per-unit order.
     moves.sort(key=lambda m: (m.cost / m.gain, m.level))
     order: list[_Move] = []

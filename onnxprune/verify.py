@@ -360,3 +360,9 @@ def fidelity_from_outputs(
             top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
         out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
     return tuple(out)
+
+
+def _ort_message(exc: BaseException) -> str:
+    """onnxruntime's error text on one line, without its source-location preamble."""
+    text = " ".join(str(exc).split())
+    return text.split("Status Message: ")[-1][:300]

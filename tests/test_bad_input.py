@@ -90,3 +90,23 @@ def test_ratio_out_of_range_and_negative(tmp_path: Path, capsys: pytest.CaptureF
     for ratio in ("1.2", "-0.1"):
         assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(tmp_path / "o.onnx"), "--criterion", "l2", "--ratio", ratio]) == 2
         assert "ratio must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_model_onnxruntime_cannot_run_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A custom op with no kernel: analysis pins it, verification cannot run the original."""
+    from onnx import helper
+
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.conv(x, 4, zero=(1,))
+    b.nodes.append(helper.make_node("MyOp", [y], ["custom"], domain="com.example", name="custom_node"))
+    b.outputs.append(helper.make_tensor_value_info("custom", TensorProto.FLOAT, [1, 4, 4, 4]))
+    path = tmp_path / "custom.onnx"
+    onnx.save(b.build(domains={"com.example": 1}), path)
+    assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime cannot load the model" in err and str(path) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+    assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--no-verify", "-q"]) == 0  # unknown op: untouched

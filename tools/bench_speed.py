@@ -423,7 +423,7 @@ def phase_report(args: argparse.Namespace) -> None:
              "(positive: slower than MACs predict). Throughput ratio = pruned fps / original fps "
              "(> 1 is faster; compare its inverse with the MACs ratio). \"original latency ms\" is the "
              "original's median in that interleaved run (the zero case times 3 models, the L2 cases 4, so "
-             "the original's absolute latency can differ between the two runs).".format(args.seconds))
+             "the original's absolute latency can differ between the two runs).")
     L.append("")
     L.append("Quiet-machine check: before each timed group the script waits until no other benchmark or "
              "test process runs and other processes use < {:.2f} cores (3 checks in a row); after it, it "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -126,7 +125,7 @@ def main() -> None:
     lines += ["", "## Analysis time against layer count (synthetic residual chains)", "", "| conv layers | nodes | analyze | per layer |", "|---:|---:|---:|---:|"]
     for r in scale:
         lines.append(f"| {r['layers']} | {r['nodes']} | {r['analyze_s']:.2f} s | {r['analyze_s'] / r['layers'] * 1e3:.2f} ms |")
-    lines += ["", f"## Start-up", "", f"`python -m onnxprune --help`: median {helps:.3f} s over 10 runs (target < 0.3 s)."]
+    lines += ["", "## Start-up", "", f"`python -m onnxprune --help`: median {helps:.3f} s over 10 runs (target < 0.3 s)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

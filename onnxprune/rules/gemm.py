@@ -53,7 +53,7 @@ class GemmRule:
                 return NotApplicable("features of A are not on its last axis")
             ctx.add_sink(node, 0, 1, _bias_blocker(node, ctx, 2))
         out = ctx.add_source(node, n)
-        alpha, beta = float(node.attrs.get("alpha", 1.0)), float(node.attrs.get("beta", 1.0))
+        beta = float(node.attrs.get("beta", 1.0))  # a zero column gives beta * C, whatever alpha
         per = _bias_per_feature(None if c is None else c.values, n)
         zero = ~np.any(bm != 0, axis=0)
         consts = np.where(zero, beta * per, np.nan) if per is not None else np.full(n, np.nan)
