@@ -8,6 +8,7 @@ The result is a frozen ``ChannelAnalysis``; nothing here mutates the model.
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -291,7 +292,12 @@ def analyze(
             if id(consumer) not in visited:
                 ctx.pin(lay.all_ids(), f"tensor {name!r} is read inside a subgraph ({consumer.op} {consumer.name})")
 
-    return _freeze(ctx, shapes, labels)
+    frozen = _freeze(ctx, shapes, labels)
+    # graphsurgeon's graph is full of node <-> tensor cycles holding the loaded weights: free
+    # them now rather than whenever the cyclic collector runs (a second copy of a big model).
+    del ctx, graph
+    gc.collect()
+    return frozen
 
 
 def static_shapes(

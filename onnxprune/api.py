@@ -17,7 +17,7 @@ from .criteria import CriterionRegistry, default_criteria, source_filters, zero_
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
 from .graph import check_structure, file_size, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
-from .metrics import model_cost, node_macs
+from .metrics import ModelCost, model_cost, node_macs
 from .planning import PruningPlan
 from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
@@ -201,7 +201,12 @@ def prune(
     if compensation == "auto":
         compensation = "calibration" if stats is not None else ("data-free" if not the_plan.exact else "none")
     estimates = _estimates(proto, analysis, the_plan.removed_groups, stats, compensation, registry, config) if not the_plan.exact else None
-    pruned = apply_pruning(proto, analysis, the_plan, registry=registry, estimates=estimates)
+    before = model_cost(proto, analysis.shapes)
+    size_before = file_size(source) if os.path.isfile(source) else proto.ByteSize()
+    # Nothing reads the original after an unverified exact removal: build the result in it
+    # (no second copy of the weights).
+    consume = not config.verify and the_plan.exact and not config.reconstruct
+    pruned = apply_pruning(proto, analysis, the_plan, registry=registry, estimates=estimates, consume=consume)
     try:
         check_structure(pruned, full_check=True)
     except Exception as exc:
@@ -232,7 +237,7 @@ def prune(
     score = None
     if not the_plan.exact:
         fid, score = _fidelity(proto, pruned, feeds, config)
-    report = _report(source, proto, pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
+    report = _report(source, before, size_before, proto, pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
     extra = {
         "fidelity_score": None if score is None else score[0],
         "fidelity_metrics": None if score is None else {o.name: {"metric": o.metric, "value": o.value} for o in score[1]},
@@ -382,6 +387,8 @@ def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registr
 
 def _report(
     source: str,
+    before: "ModelCost",
+    size_before: int,
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
     analysis: ChannelAnalysis,
@@ -401,8 +408,7 @@ def _report(
         cut += gone
         if gone:
             layers.append(LayerChange(src.node, src.op, n, n - gone))
-    in_shapes = concrete_input_shapes(original, config.input_shapes, source)
-    before = model_cost(original, analysis.shapes)
+    in_shapes = concrete_input_shapes(pruned, config.input_shapes, source)
     after = model_cost(pruned, static_shapes(pruned, in_shapes))
     removed_set = set(pruning_plan.removed_groups)
     kept = tuple(
@@ -433,7 +439,7 @@ def _report(
         macs_before=before.macs,
         macs_after=after.macs,
         macs_complete=before.macs_complete and after.macs_complete,
-        size_before=file_size(source) if os.path.isfile(source) else original.ByteSize(),
+        size_before=size_before,
         size_after=pruned.ByteSize(),  # upb computes this by encoding: once, reused by save()
         layers=tuple(layers),
         kept_groups=kept,

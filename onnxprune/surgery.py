@@ -8,6 +8,7 @@ readers whose edit it is, and names are kept wherever the original tensor is not
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -241,8 +242,11 @@ def apply_pruning(
     *,
     registry: RuleRegistry | None = None,
     estimates: Mapping[str, np.ndarray] | None = None,
+    consume: bool = False,
 ) -> onnx.ModelProto:
-    """Return a new model with the plan's channel groups removed. ``model`` is not modified.
+    """Return a new model with the plan's channel groups removed. ``model`` is not modified,
+    unless ``consume``: then the result is built *in* ``model`` (untouched weights are moved,
+    not copied: no second copy of a big model), and ``model`` must not be used afterwards.
 
     ``estimates``: per sink tensor, the value to fold for removed non-constant channels
     (compensation); see compensation.sink_fills."""
@@ -270,9 +274,45 @@ def apply_pruning(
         if t.name in changed and isinstance(t, gs.Variable):
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    out = gs.export_onnx(graph, do_type_check=False)
-    _restore_model_fields(out, model)
+    out = _export_into(graph, model) if consume else gs.export_onnx(graph, do_type_check=False)
+    if not consume:
+        _restore_model_fields(out, model)
+    del ctx, graph
+    gc.collect()  # the graph's node <-> tensor cycles hold sliced copies of the weights
     return out
+
+
+def _export_into(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` into ``model`` itself: initializers the surgery did not touch stay where
+    they are (protobuf would copy them into a new model), the rest is replaced."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    originals = {id(t): t.name for t in model.graph.initializer}
+    untouched: set[str] = set()
+    for t in list(graph.tensors().values()):
+        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) and id(t._values.tensor) in originals:  # noqa: SLF001
+            # Stand in for it by name only, so the export leaves its data alone.
+            stand_in = gs.Variable(t.name)
+            for consumer in list(t.outputs):
+                for i, x in enumerate(list(consumer.inputs)):
+                    if x is t:
+                        consumer.inputs[i] = stand_in
+            untouched.add(t.name)
+    out = gs.export_onnx(graph, do_type_check=False)
+    g = model.graph
+    for i in reversed(range(len(g.initializer))):
+        if g.initializer[i].name not in untouched:
+            del g.initializer[i]
+    g.initializer.extend(out.graph.initializer)
+    for field in ("node", "value_info", "input", "output", "sparse_initializer"):
+        container = getattr(g, field)
+        del container[:]
+        container.extend(getattr(out.graph, field))
+    inits = {t.name for t in g.initializer}
+    kept_inputs = [vi for vi in g.input if vi.name not in untouched or vi.name in inits]
+    del g.input[:]
+    g.input.extend(kept_inputs)
+    return model
 
 
 def _restore_model_fields(out: onnx.ModelProto, original: onnx.ModelProto) -> None:

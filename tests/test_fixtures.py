@@ -40,3 +40,22 @@ def test_fixture_pruned_exactly(name: str) -> None:
     assert r.report.macs_after < r.report.macs_before
     if name in EXPECTED_REMOVED:
         assert r.report.channels_removed == EXPECTED_REMOVED[name]
+
+
+@pytest.mark.parametrize("name", ["residual", "residual_qdq", "shuffle", "yolo_like", "family_conv", "family_gemm"])
+def test_unverified_removal_built_in_place_is_exact(name: str) -> None:
+    """Without verification the result is built inside the loaded model (no second copy of
+    the weights); it must be the same model in all but layout."""
+    import onnxprune
+    from conftest import assert_same_outputs
+
+    path = ROOT / "fixtures" / f"{name}.onnx"
+    before = path.read_bytes()
+    r = onnxprune.prune(path, verify=False)
+    onnx.checker.check_model(r.model, full_check=True)
+    assert_same_outputs(onnx.load(path), r.model)
+    verified = onnxprune.prune(path)
+    assert r.report.channels_removed == verified.report.channels_removed
+    assert r.report.params_after == verified.report.params_after
+    assert sorted(i.name for i in r.model.graph.initializer) == sorted(i.name for i in verified.model.graph.initializer)
+    assert path.read_bytes() == before
