@@ -18,7 +18,7 @@ from .criteria.activations import ActivationStats, group_activation_scores, sink
 from .errors import UsageError, VerificationFailed
 from .graph import check_structure, file_size, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
 from .metrics import ModelCost, model_cost, node_macs
-from .planning import PruningPlan
+from .planning import PruningPlan, enforce_constraints
 from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning
@@ -366,6 +366,10 @@ def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registr
         sens, analysis, runner, tracker, estimates, min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics
     )
     reasons: dict[int, list[str]] = {g.id: list(g.pinned_by) for g in analysis.groups if g.pinned}
+    if config.round_to > 1:  # kept counts made multiples by putting back the best-scored groups
+        from .budget import round_kept_counts
+
+        groups = sorted(enforce_constraints(analysis, round_kept_counts(analysis, config, set(groups), scores, reasons), reasons))
     for g in analysis.groups:
         if g.id not in groups and not reasons.get(g.id):
             members = {n for n, _ in g.members}

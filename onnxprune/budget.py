@@ -24,7 +24,7 @@ from .analysis import ChannelAnalysis
 from .config import LayerRule, PruneConfig
 from .planning import PruningPlan, enforce_constraints
 
-__all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "plan_with_budget"]
+__all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "plan_with_budget", "round_kept_counts"]
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,13 @@ def plan_with_budget(
         scores={gid: scores[gid] for gid in final if gid in scores},
         members={gid: analysis.group(gid).members for gid in final},
     )
+
+
+def round_kept_counts(
+    analysis: ChannelAnalysis, config: PruneConfig, removed: set[int], scores: Mapping[int, float], reasons: dict[int, list[str]]
+) -> set[int]:
+    """``removed`` with groups put back until every layer keeps a multiple of ``config.round_to``."""
+    return _round_kept(analysis, _group_members(analysis), layer_budgets(analysis, config), removed, scores, config.round_to, reasons)
 
 
 def _round_kept(

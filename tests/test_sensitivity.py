@@ -102,3 +102,13 @@ def test_sensitivity_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert cli.main(["sensitivity", str(FIXTURES / "digits_cnn.onnx"), "--calibration", str(tmp_path / "none.npz")]) == 2
     assert cli.main(["prune", str(FIXTURES / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--min-fidelity", "0.9"]) == 2  # needs calibration
+
+
+def test_fidelity_budget_keeps_round_to_and_excludes() -> None:
+    calib = str(FIXTURES / "digits_calibration.npz")
+    names = [s.node for s in onnxprune.analyze(FIXTURES / "digits_cnn.onnx").sources]
+    r = onnxprune.prune(FIXTURES / "digits_cnn.onnx", "l2", min_fidelity=0.5, calibration=calib, round_to=4, exclude=(names[0],))
+    assert r.report.layers, "the budget should remove something"
+    for layer in r.report.layers:
+        assert layer.channels_after % 4 == 0, layer
+        assert layer.node != names[0]
