@@ -312,7 +312,7 @@ class ParamResolver:
 
     def _resolve(self, tensor: gs.Tensor) -> Param | None:
         if isinstance(tensor, gs.Constant):
-            return Param(np.asarray(tensor.values), (), tensor)
+            return Param(constant_values(tensor), (), tensor)
         if len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
@@ -334,11 +334,22 @@ class ParamResolver:
         return None
 
 
+def constant_values(t: gs.Constant) -> np.ndarray:
+    """A graphsurgeon constant's array without graphsurgeon's extra copy, and without caching
+    it on the tensor (that would keep every weight of the model alive a second time)."""
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    lazy = t._values  # noqa: SLF001 - graphsurgeon's lazy holder; .values would copy and cache
+    if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
+        return numpy_helper.to_array(lazy.tensor)
+    return np.asarray(t.values)
+
+
 def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     attrs = node.attrs
     if "value" in attrs:
         v = attrs["value"]
-        return np.asarray(v.values if isinstance(v, gs.Constant) else v)
+        return constant_values(v) if isinstance(v, gs.Constant) else np.asarray(v)
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)

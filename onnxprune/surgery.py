@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel
-from .graph import ParamResolver, model_opset
+from .graph import ParamResolver, constant_values, model_opset
 from .compensation import removed_id_mask, sink_fills
 from .planning import PruningPlan
 from .rules import RuleRegistry, default_registry
@@ -166,7 +166,7 @@ class SurgeryContext:
             return gs.Constant(name, _apply_ops(np.asarray(ops[0][1]).astype(dtype), ops[1:]))
         name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
         if isinstance(t, gs.Constant):
-            return gs.Constant(name, _apply_ops(np.asarray(t.values), ops))
+            return gs.Constant(name, _apply_ops(constant_values(t), ops))
         producer = t.inputs[0]
         if producer.op == "Constant":
             value = self.params(t).values
