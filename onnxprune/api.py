@@ -16,7 +16,7 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import check_structure, file_size, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
+from .graph import check_structure, file_size, serialized_size, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
 from .metrics import ModelCost, model_cost, node_macs
 from .planning import PruningPlan, enforce_constraints
 from .report import KeptGroup, LayerChange, PruneReport
@@ -202,7 +202,7 @@ def prune(
         compensation = "calibration" if stats is not None else ("data-free" if not the_plan.exact else "none")
     estimates = _estimates(proto, analysis, the_plan.removed_groups, stats, compensation, registry, config) if not the_plan.exact else None
     before = model_cost(proto, analysis.shapes)
-    size_before = file_size(source) if os.path.isfile(source) else proto.ByteSize()
+    size_before = file_size(source) if os.path.isfile(source) else serialized_size(proto)
     # Nothing reads the original after an unverified exact removal: build the result in it
     # (no second copy of the weights).
     consume = not config.verify and the_plan.exact and not config.reconstruct
@@ -444,7 +444,7 @@ def _report(
         macs_after=after.macs,
         macs_complete=before.macs_complete and after.macs_complete,
         size_before=size_before,
-        size_after=pruned.ByteSize(),  # upb computes this by encoding: once, reused by save()
+        size_after=serialized_size(pruned),  # upb computes this by encoding: once, reused by save()
         layers=tuple(layers),
         kept_groups=kept,
         verification=verification,

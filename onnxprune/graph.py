@@ -385,6 +385,26 @@ def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
 
+def serialized_size(model: onnx.ModelProto) -> int:
+    """Bytes the model takes serialised; past the 2 GB protobuf limit (where protobuf refuses
+    to compute it) the sum of its initializers' sizes, which is at least that much."""
+    try:
+        size = model.ByteSize()
+    except Exception:  # EncodeError: over 2 GB
+        return sum(t.ByteSize() for t in model.graph.initializer)
+    return size + 2**32 if size < 0 else size
+
+
+def serialize(model: onnx.ModelProto) -> bytes | None:
+    """The serialised model, or None when protobuf cannot encode it in one piece (over 2 GB)."""
+    if serialized_size(model) > PROTOBUF_LIMIT:
+        return None
+    try:
+        return model.SerializeToString()
+    except Exception:  # protobuf's EncodeError and ValueError, depending on the backend
+        return None
+
+
 def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None, size: int | None = None) -> None:
     """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
     renamed, so a failure never leaves a half-written model. With external data (forced, or
@@ -393,12 +413,13 @@ def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = N
     if not os.path.isdir(folder):
         raise UsageError(f"{path}: output folder {folder} does not exist")
     if external_data is None:
-        external_data = (model.ByteSize() if size is None else size) > PROTOBUF_LIMIT
-    if not external_data:
+        external_data = (serialized_size(model) if size is None or size < 0 else size) > PROTOBUF_LIMIT
+    data = None if external_data else serialize(model)
+    if data is not None:
         tmp = f"{path}.tmp{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
+                f.write(data)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

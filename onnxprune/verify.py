@@ -155,10 +155,12 @@ def session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], list
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    from .graph import PROTOBUF_LIMIT, save_model
+    from .graph import save_model, serialize
 
-    if model.ByteSize() <= PROTOBUF_LIMIT:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    data = serialize(model)
+    if data is not None:
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        del data
     else:
         import tempfile
 

@@ -142,3 +142,26 @@ def test_input_with_dynamic_spatial_dims_asks_for_input_shape(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert "give --input-shape x:" in err and str(path) in err
     assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--input-shape", "x:1,3,8,8", "-q"]) == 0
+
+
+def test_sizes_past_the_protobuf_limit() -> None:
+    """Over 2 GB protobuf refuses ByteSize/SerializeToString: the size falls back to the
+    initializers' and serialisation reports 'cannot' so callers go through external data."""
+    from onnxprune.graph import PROTOBUF_LIMIT, serialize, serialized_size
+
+    class Tensor:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def ByteSize(self) -> int:  # noqa: N802 - protobuf's name
+            return self.n
+
+    class Huge:
+        class graph:  # noqa: N801
+            initializer = [Tensor(2**30), Tensor(2**30 + 5)]
+
+        def ByteSize(self) -> int:  # noqa: N802
+            raise ValueError("Failed to serialize proto")
+
+    assert serialized_size(Huge()) == 2**31 + 5 > PROTOBUF_LIMIT
+    assert serialize(Huge()) is None
