@@ -368,15 +368,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 
 def _write_text(path: str, text: str) -> None:
-    """Write atomically: a temporary file beside the target, then rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .graph import write_atomic
+
+    write_atomic(path, text)
 
 
 def _analyze(args: argparse.Namespace) -> int:

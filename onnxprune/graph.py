@@ -23,6 +23,7 @@ __all__ = [
     "load_model",
     "check_structure",
     "save_model",
+    "write_atomic",
     "PROTOBUF_LIMIT",
     "Param",
     "ParamResolver",
@@ -405,6 +406,18 @@ def serialize(model: onnx.ModelProto) -> bytes | None:
         return None
 
 
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None, size: int | None = None) -> None:
     """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
     renamed, so a failure never leaves a half-written model. With external data (forced, or
@@ -416,14 +429,7 @@ def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = N
         external_data = (serialized_size(model) if size is None or size < 0 else size) > PROTOBUF_LIMIT
     data = None if external_data else serialize(model)
     if data is not None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(path, data)
         return
     import shutil
     import tempfile

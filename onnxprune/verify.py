@@ -203,34 +203,14 @@ def compare_models(
     """Run both models on every feed and compare every output."""
     names = [o.name for o in reference.graph.output]
     results: dict[tuple[str, int], list] = {}
-    try:
-        run_ref = session(reference)
-    except OnnxPruneError:
-        raise
-    except Exception as exc:  # onnxruntime's own error types
-        raise LoadError(f"{source}: onnxruntime cannot load the model: {_ort_message(exc)}") from None
-    try:
-        run_cand = session(candidate)
-    except OnnxPruneError:
-        raise
-    except Exception as exc:
-        raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {_ort_message(exc)}; nothing written") from None
+    run_ref = _ort(session, reference, source=source, pruned=False, doing="load")
+    run_cand = _ort(session, candidate, source=source, pruned=True, doing="load")
     for k, feeds in enumerate(feeds_list):
         if progress:
             progress(k, len(feeds_list))
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
-        try:
-            ref = run_ref(feeds)
-        except OnnxPruneError:
-            raise
-        except Exception as exc:  # onnxruntime's own error types
-            raise LoadError(f"{source}: onnxruntime cannot run the model: {_ort_message(exc)}") from None
-        try:
-            got = run_cand(feeds)
-        except OnnxPruneError:
-            raise
-        except Exception as exc:
-            raise VerificationFailed(f"{source}: onnxruntime cannot run the pruned model: {_ort_message(exc)}; nothing written") from None
+        ref = _ort(run_ref, feeds, source=source, pruned=False, doing="run")
+        got = _ort(run_cand, feeds, source=source, pruned=True, doing="run")
         for name, r, g in zip(names, ref, got):
             r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
             if r64.shape != g64.shape:
@@ -362,6 +342,19 @@ def fidelity_from_outputs(
             top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
         out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
     return tuple(out)
+
+
+def _ort(call: Callable, arg: object, *, source: str, pruned: bool, doing: str):  # noqa: ANN202
+    """``call(arg)`` with onnxruntime's errors mapped: on the original model it is bad input,
+    on the pruned model a failed verification (nothing is written)."""
+    try:
+        return call(arg)
+    except OnnxPruneError:
+        raise
+    except Exception as exc:  # onnxruntime's own error types
+        if pruned:
+            raise VerificationFailed(f"{source}: onnxruntime cannot {doing} the pruned model: {_ort_message(exc)}; nothing written") from None
+        raise LoadError(f"{source}: onnxruntime cannot {doing} the model: {_ort_message(exc)}") from None
 
 
 def _ort_message(exc: BaseException) -> str:
