@@ -311,15 +311,10 @@ def phase_time(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------- phase: report
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_zoo import cpu_name  # the sibling tool's reader of /proc/cpuinfo
+
+    cpu = cpu_name("unknown")
     import openvino
     return {"cpu": cpu, "cpus": os.cpu_count(), "system": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "openvino": openvino.__version__}

@@ -198,17 +198,22 @@ def run_in_subprocess(tool: str, path: str, timeout: float) -> dict[str, Any]:
     return {"error": f"process {how}" + (": " + " | ".join(tail) if tail else ""), "wall_seconds": wall}
 
 
-def machine_line() -> str:
-    """One line describing the machine and library versions."""
-    cpu = platform.processor() or ""
+def cpu_name(default: str = "") -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's, or ``default``)."""
+    cpu = platform.processor() or default
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return cpu
+
+
+def machine_line() -> str:
+    """One line describing the machine and library versions."""
+    cpu = cpu_name()
     vers = []
     for mod in ("onnx", "onnxruntime", "openvino"):
         try:
