@@ -19,7 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ._core import Layout, NotApplicable, UnionFind
-from .graph import Param, ParamResolver, Shape, concrete_input_shapes, infer_static_shapes, model_opset
+from .graph import InitializerCache, Param, ParamResolver, Shape, concrete_input_shapes, infer_static_shapes, model_opset
 from .rules import RuleRegistry, default_registry
 from .shape_values import ShapeEvaluator, is_shape_arithmetic
 
@@ -242,12 +242,14 @@ def analyze(
     registry: RuleRegistry | None = None,
     source: str = "<model>",
     graph: gs.Graph | None = None,
+    initializers: InitializerCache | None = None,
 ) -> ChannelAnalysis:
-    """Find the channel groups of a loaded model (see ``onnxprune.load`` / ``prune``)."""
+    """Find the channel groups of a loaded model (see ``onnxprune.load`` / ``prune``).
+    ``initializers``: keeps the weight arrays read here for a later step (the surgery)."""
     registry = registry or default_registry()
     in_shapes = concrete_input_shapes(model, input_shapes or {}, source)
     graph = graph if graph is not None else import_graph(model)
-    params = ParamResolver()
+    params = ParamResolver(initializers)
     shapes = static_shapes(model, in_shapes, graph, params)
     ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model), params=params, source=source)
     ctx.shape_values = ShapeEvaluator(shapes, params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
 
 import numpy as np
@@ -16,12 +16,13 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import check_structure, file_size, serialized_size, concrete_input_shapes, dynamic_batch_inputs, load_model, save_model
+from .graph import InitializerCache, check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model
+from .saving import DeferredModel, save_model, serialized_size
 from .metrics import ModelCost, model_cost, node_macs
 from .planning import PruningPlan, enforce_constraints
 from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
-from .surgery import apply_pruning
+from .surgery import apply_pruning, prune_deferred
 from .reconstruction import reconstruct
 from .verify import OutputFidelity, VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
 
@@ -32,13 +33,31 @@ __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load",
 class PruneResult:
     """A pruned model, its report, the plan that made it and the analysis it stands on."""
 
-    model: onnx.ModelProto
     report: PruneReport
     plan: PruningPlan
     analysis: ChannelAnalysis
+    pruned: DeferredModel = field(repr=False)
 
-    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> None:
-        save_model(self.model, os.fspath(path), external_data, size=self.report.size_after)
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The pruned model (its big new weights are put in on first access)."""
+        return self.pruned.complete()
+
+    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None) -> int:
+        """Write the pruned model like ``onnxprune.save``; returns the bytes written."""
+        return self.pruned.save(path, external_data)
+
+
+def check_output_path(output: str | os.PathLike[str], model: object) -> None:
+    """Refuse an output that is the input model or lies in a folder that does not exist."""
+    out = os.fspath(output)
+    if isinstance(model, (str, os.PathLike)):
+        src = os.fspath(model)
+        if os.path.abspath(out) == os.path.abspath(src) or (os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src)):
+            raise UsageError(f"{out}: output must differ from the input model")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{out}: output folder {folder} does not exist")
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
@@ -60,7 +79,7 @@ def analyze(
     registry: RuleRegistry | None = None,
 ) -> ChannelAnalysis:
     """The channel groups of a model, each with its members and the reasons it is pinned."""
-    proto, source = load_model(model)
+    proto, source, _ = load_model(model)
     return _analyze(proto, input_shapes=input_shapes, registry=registry, source=source)
 
 
@@ -165,9 +184,13 @@ def prune(
     criteria: CriterionRegistry | None = None,
     pruning_plan: PruningPlan | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    external_data: bool | None = None,
     **options: object,
 ) -> PruneResult:
-    """Prune ``model`` and return the pruned model with its report.
+    """Prune ``model`` and return the pruned model with its report; with ``output``, also
+    write it there once it is verified (atomically; ``external_data`` as in ``save``), and the
+    report's size is the bytes written.
 
     Options are the fields of PruneConfig, given as ``config`` or as keyword arguments. With
     ``pruning_plan`` (e.g. ``PruningPlan.from_dict(json.load(f))``) the plan is applied instead
@@ -178,8 +201,12 @@ def prune(
     config = replace(config or PruneConfig(), criterion=criterion, **options)  # type: ignore[arg-type]
     registry = registry or default_registry()
     criteria = criteria or default_criteria()
-    proto, source = load_model(model)
-    analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
+    if output is not None:
+        check_output_path(output, model)
+    proto, source, size_before = load_model(model)
+    # The weights the analysis reads are kept for the surgery, which reads most of them again.
+    initializers = InitializerCache()
+    analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source, initializers=initializers)
 
     cal_feeds, eval_feeds, data_note = _calibration(proto, config, source)
     given_plan = pruning_plan.resolve(analysis) if pruning_plan is not None else None
@@ -202,11 +229,16 @@ def prune(
         compensation = "calibration" if stats is not None else ("data-free" if not the_plan.exact else "none")
     estimates = _estimates(proto, analysis, the_plan.removed_groups, stats, compensation, registry, config) if not the_plan.exact else None
     before = model_cost(proto, analysis.shapes)
-    size_before = file_size(source) if os.path.isfile(source) else serialized_size(proto)
+    if size_before is None:  # given a ModelProto
+        size_before = serialized_size(proto)
     # Nothing reads the original after an unverified exact removal: build the result in it
     # (no second copy of the weights).
     consume = not config.verify and the_plan.exact and not config.reconstruct
-    pruned = apply_pruning(proto, analysis, the_plan, registry=registry, estimates=estimates, consume=consume)
+    deferred = prune_deferred(proto, analysis, the_plan, registry=registry, estimates=estimates, consume=consume, initializers=initializers)
+    del initializers
+    # Without verification, fidelity or reconstruction nothing runs the pruned model here: its
+    # big new weights go from their arrays straight to the file (see saving.DeferredModel).
+    pruned = deferred.proto if consume else deferred.complete()
     try:
         check_structure(pruned, full_check=True)
     except Exception as exc:
@@ -214,7 +246,11 @@ def prune(
 
     result = fid = None
     reference_kind = "original"
-    feeds, desc = (eval_feeds, f"{len(eval_feeds)} evaluation samples ({data_note or 'given'})") if eval_feeds else _verification_feeds(proto, config, source)
+    feeds, desc = [], "none"
+    if eval_feeds:
+        feeds, desc = eval_feeds, f"{len(eval_feeds)} evaluation samples ({data_note or 'given'})"
+    elif config.verify or not the_plan.exact:
+        feeds, desc = _verification_feeds(proto, config, source)
     if config.verify:
         reference = proto
         if not the_plan.exact:
@@ -234,10 +270,13 @@ def prune(
         # The surgery is proven above; reconstruction then only changes kept weights' values.
         pruned, reconstructed = reconstruct(proto, pruned, analysis, the_plan, cal_feeds, seed=config.seed)
         check_structure(pruned, full_check=True)
+        deferred = DeferredModel(pruned)
     score = None
     if not the_plan.exact:
         fid, score = _fidelity(proto, pruned, feeds, config)
-    report = _report(source, before, size_before, proto, pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
+    # Writing encodes the model once; its length is the size (upb's ByteSize encodes it too).
+    size_after = deferred.save(output, external_data) if output is not None else deferred.size()
+    report = _report(source, before, (size_before, size_after), pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
     extra = {
         "fidelity_score": None if score is None else score[0],
         "fidelity_metrics": None if score is None else {o.name: {"metric": o.metric, "value": o.value} for o in score[1]},
@@ -249,7 +288,7 @@ def prune(
         "sensitivity": None if sens is None else sens.to_dict(),
     }
     report = replace(report, extra=extra)
-    return PruneResult(model=pruned, report=report, plan=the_plan, analysis=analysis)
+    return PruneResult(report=report, plan=the_plan, analysis=analysis, pruned=deferred)
 
 
 def sensitivity(
@@ -270,7 +309,7 @@ def sensitivity(
     config = replace(config or PruneConfig(), criterion=criterion, calibration=calibration, **options)  # type: ignore[arg-type]
     registry = registry or default_registry()
     criteria = criteria or default_criteria()
-    proto, source = load_model(model)
+    proto, source, _ = load_model(model)
     analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
     from .calibration import load_calibration, parse_preprocess
 
@@ -392,8 +431,7 @@ def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registr
 def _report(
     source: str,
     before: "ModelCost",
-    size_before: int,
-    original: onnx.ModelProto,
+    sizes: tuple[int, int],
     pruned: onnx.ModelProto,
     analysis: ChannelAnalysis,
     pruning_plan: PruningPlan,
@@ -443,8 +481,8 @@ def _report(
         macs_before=before.macs,
         macs_after=after.macs,
         macs_complete=before.macs_complete and after.macs_complete,
-        size_before=size_before,
-        size_after=serialized_size(pruned),  # upb computes this by encoding: once, reused by save()
+        size_before=sizes[0],
+        size_after=sizes[1],
         layers=tuple(layers),
         kept_groups=kept,
         verification=verification,

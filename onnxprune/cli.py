@@ -159,17 +159,11 @@ def _shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .api import prune
+    from .api import check_output_path, prune
     from .config import PruneConfig
     from .errors import UsageError
 
-    if os.path.abspath(args.output) == os.path.abspath(args.model) or (
-        os.path.exists(args.output) and os.path.exists(args.model) and os.path.samefile(args.output, args.model)
-    ):
-        raise UsageError(f"{args.output}: output must differ from the input model")
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"{args.output}: output folder {out_dir} does not exist")
+    check_output_path(args.output, args.model)
     if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
         raise UsageError(f"{args.report}: report folder does not exist")
     from .config import load_layer_rules
@@ -217,7 +211,11 @@ def _prune(args: argparse.Namespace) -> int:
     if args.ir and not args.ir.endswith(".xml"):
         raise UsageError(f"{args.ir}: --ir must end in .xml (the .bin is written beside it)")
     progress = _progress(args.quiet)
-    result = prune(args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress)
+    # The model is written as soon as it is verified: encoding it once gives the file and its size.
+    result = prune(
+        args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
+        output=args.output, external_data=True if args.external_data else None,
+    )
     data = result.report.to_dict()
     data["output"] = args.output
     if args.ir:
@@ -227,7 +225,6 @@ def _prune(args: argparse.Namespace) -> int:
         feeds = [make_inputs(result.model, config.input_shapes, 1, config.seed, args.model)]
         check = convert_to_ir(result.model, args.ir, input_shapes=config.input_shapes, fp16=args.fp16, check_feeds=feeds, source=args.output)
         data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
-    result.save(args.output, external_data=True if args.external_data else None)
     if args.save_plan:
         _write_text(args.save_plan, result.plan.to_json())
     if args.compare_openvino:
@@ -368,7 +365,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
 
 
 def _write_text(path: str, text: str) -> None:
-    from .graph import write_atomic
+    from .saving import write_atomic
 
     write_atomic(path, text)
 

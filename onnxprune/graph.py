@@ -22,11 +22,9 @@ from .errors import LoadError, UnsupportedModel, UsageError
 __all__ = [
     "load_model",
     "check_structure",
-    "save_model",
-    "write_atomic",
-    "PROTOBUF_LIMIT",
     "Param",
     "ParamResolver",
+    "InitializerCache",
     "infer_static_shapes",
     "model_opset",
     "dynamic_batch_inputs",
@@ -35,8 +33,10 @@ __all__ = [
 Shape = tuple[int | None, ...]
 
 
-def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> None:
+def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> set[Path]:
+    """Refuse external data outside the model's folder or missing; return the files it names."""
     base = base.resolve()
+    files: set[Path] = set()
     for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx has no public walker
         if not onnx.external_data_helper.uses_external_data(tensor):
             continue
@@ -49,31 +49,17 @@ def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> Non
             )
         if not target.is_file():
             raise LoadError(f"{source}: tensor {tensor.name!r}: external data file {location!r} not found")
+        files.add(target)
+    return files
 
 
-def file_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of a model on disk, with the external data files it names."""
-    path = Path(path)
-    total = path.stat().st_size
-    try:
-        m = onnx.load_model(str(path), load_external_data=False)
-    except Exception:
-        return total
-    seen = set()
-    for t in onnx.external_data_helper._get_all_tensors(m):  # noqa: SLF001 - onnx has no public walker
-        if onnx.external_data_helper.uses_external_data(t):
-            loc = {e.key: e.value for e in t.external_data}.get("location")
-            if loc and loc not in seen and (path.parent / loc).is_file():
-                seen.add(loc)
-                total += (path.parent / loc).stat().st_size
-    return total
-
-
-def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str]:
-    """Load and check a model; return it with a name for messages (its path or '<ModelProto>').
+def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str, int | None]:
+    """Load and check a model; return it with a name for messages (its path or '<ModelProto>')
+    and its size on disk with its external data (None for a ModelProto).
 
     A ModelProto given by the caller is copied, so the caller's object is never modified.
     """
+    size = None
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
@@ -91,7 +77,8 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
             proto = onnx.load_model(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises several unrelated types
             raise LoadError(f"{source}: not an ONNX model ({_first_line(exc)})") from None
-        _check_external_data(proto, path.parent, source)
+        external = _check_external_data(proto, path.parent, source)
+        size = path.stat().st_size + sum(f.stat().st_size for f in external)
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
@@ -106,7 +93,7 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
         check_structure(proto)
     except Exception as exc:
         raise LoadError(f"{source}: invalid model: {_first_line(exc)}") from None
-    return proto, source
+    return proto, source, size
 
 
 def check_structure(model: onnx.ModelProto, full_check: bool = False) -> None:
@@ -297,11 +284,31 @@ class Param:
     storage: object
 
 
-class ParamResolver:
-    """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ)."""
+class InitializerCache:
+    """The arrays of one loaded model's initializers, each read once and shared by the steps
+    that read it (the analysis, then the surgery): reading a TensorProto copies its data, which
+    on a big model costs about as much as loading it. The arrays are read-only."""
 
     def __init__(self) -> None:
+        self._arrays: dict[int, tuple[onnx.TensorProto, np.ndarray]] = {}
+
+    def array(self, tensor: onnx.TensorProto) -> np.ndarray:
+        hit = self._arrays.get(id(tensor))
+        if hit is None or hit[0] is not tensor:  # the tensor is held, so its id stays its own
+            values = numpy_helper.to_array(tensor)
+            values.flags.writeable = False
+            hit = self._arrays[id(tensor)] = (tensor, values)
+        return hit[1]
+
+
+class ParamResolver:
+    """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ).
+
+    ``initializers``: a cache shared with other readers of the same model (see InitializerCache)."""
+
+    def __init__(self, initializers: InitializerCache | None = None) -> None:
         self._cache: dict[int, Param | None] = {}
+        self._initializers = initializers
 
     def __call__(self, tensor: gs.Tensor | None) -> Param | None:
         if tensor is None:
@@ -313,7 +320,7 @@ class ParamResolver:
 
     def _resolve(self, tensor: gs.Tensor) -> Param | None:
         if isinstance(tensor, gs.Constant):
-            return Param(constant_values(tensor), (), tensor)
+            return Param(constant_values(tensor, self._initializers), (), tensor)
         if len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
@@ -335,14 +342,15 @@ class ParamResolver:
         return None
 
 
-def constant_values(t: gs.Constant) -> np.ndarray:
+def constant_values(t: gs.Constant, initializers: InitializerCache | None = None) -> np.ndarray:
     """A graphsurgeon constant's array without graphsurgeon's extra copy, and without caching
-    it on the tensor (that would keep every weight of the model alive a second time)."""
+    it on the tensor (that would keep every weight of the model alive a second time); read
+    through ``initializers`` when given."""
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     lazy = t._values  # noqa: SLF001 - graphsurgeon's lazy holder; .values would copy and cache
     if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
-        return numpy_helper.to_array(lazy.tensor)
+        return initializers.array(lazy.tensor) if initializers is not None else numpy_helper.to_array(lazy.tensor)
     return np.asarray(t.values)
 
 
@@ -381,68 +389,3 @@ def _qdq(op: str, x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis:
 
 def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
     return numpy_helper.to_array(t)
-
-
-PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
-
-
-def serialized_size(model: onnx.ModelProto) -> int:
-    """Bytes the model takes serialised; past the 2 GB protobuf limit (where protobuf refuses
-    to compute it) the sum of its initializers' sizes, which is at least that much."""
-    try:
-        size = model.ByteSize()
-    except Exception:  # EncodeError: over 2 GB
-        return sum(t.ByteSize() for t in model.graph.initializer)
-    return size + 2**32 if size < 0 else size
-
-
-def serialize(model: onnx.ModelProto) -> bytes | None:
-    """The serialised model, or None when protobuf cannot encode it in one piece (over 2 GB)."""
-    if serialized_size(model) > PROTOBUF_LIMIT:
-        return None
-    try:
-        return model.SerializeToString()
-    except Exception:  # protobuf's EncodeError and ValueError, depending on the backend
-        return None
-
-
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None, size: int | None = None) -> None:
-    """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
-    renamed, so a failure never leaves a half-written model. With external data (forced, or
-    automatic above the protobuf limit) the weights go to ``<name>.data`` beside the model."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{path}: output folder {folder} does not exist")
-    if external_data is None:
-        external_data = (serialized_size(model) if size is None or size < 0 else size) > PROTOBUF_LIMIT
-    data = None if external_data else serialize(model)
-    if data is not None:
-        write_atomic(path, data)
-        return
-    import shutil
-    import tempfile
-
-    data_name = os.path.basename(path) + ".data"
-    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
-    try:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # onnx moves the weights out of the object it saves
-        tmp_model = os.path.join(tmpdir, os.path.basename(path))
-        onnx.save_model(copy, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        del copy
-        os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
-        os.replace(tmp_model, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)

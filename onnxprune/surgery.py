@@ -19,12 +19,13 @@ import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel
-from .graph import ParamResolver, constant_values, model_opset
+from .graph import InitializerCache, ParamResolver, constant_values, model_opset
 from .compensation import removed_id_mask, sink_fills
 from .planning import PruningPlan
+from .saving import DeferredModel, copy_fields, plain_array
 from .rules import RuleRegistry, default_registry
 
-__all__ = ["apply_pruning", "SurgeryContext"]
+__all__ = ["apply_pruning", "prune_deferred", "SurgeryContext"]
 
 Op = tuple  # ("slice", axis, mask) | ("set", array) | ("cols", groups, keep_matrix)
 
@@ -165,8 +166,8 @@ class SurgeryContext:
             name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
             return gs.Constant(name, _apply_ops(np.asarray(ops[0][1]).astype(dtype), ops[1:]))
         name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
-        if isinstance(t, gs.Constant):
-            return gs.Constant(name, _apply_ops(constant_values(t), ops))
+        if isinstance(t, gs.Constant):  # the resolver's array: rules have read it already
+            return gs.Constant(name, _apply_ops(self.params(t).values, ops))
         producer = t.inputs[0]
         if producer.op == "Constant":
             value = self.params(t).values
@@ -250,13 +251,29 @@ def apply_pruning(
 
     ``estimates``: per sink tensor, the value to fold for removed non-constant channels
     (compensation); see compensation.sink_fills."""
+    return prune_deferred(model, analysis, plan, registry=registry, estimates=estimates, consume=consume).complete()
+
+
+def prune_deferred(
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: PruningPlan,
+    *,
+    registry: RuleRegistry | None = None,
+    estimates: Mapping[str, np.ndarray] | None = None,
+    consume: bool = False,
+    initializers: InitializerCache | None = None,
+) -> DeferredModel:
+    """``apply_pruning``, with the big new weights kept as arrays until the model is written or
+    completed (see saving.DeferredModel). ``initializers``: the arrays the analysis read."""
     registry = registry or default_registry()
     graph = import_graph(model)
     removed_ids = removed_id_mask(analysis, plan)
     fills = sink_fills(analysis, removed_ids, estimates)
     labels = {id(n): analysis.node_labels[i] for i, n in enumerate(graph.nodes)}
     ctx = SurgeryContext(
-        graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model), labels=labels
+        graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model), labels=labels,
+        params=ParamResolver(initializers),
     )
     layouts = analysis.layouts
     changed: set[str] = set()
@@ -274,59 +291,67 @@ def apply_pruning(
         if t.name in changed and isinstance(t, gs.Variable):
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    out = _export_into(graph, model) if consume else gs.export_onnx(graph, do_type_check=False)
-    if not consume:
-        _restore_model_fields(out, model)
+    out = _export(graph, model, into_model=consume)
     del ctx, graph
     gc.collect()  # the graph's node <-> tensor cycles hold sliced copies of the weights
     return out
 
 
-def _export_into(graph: gs.Graph, model: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph`` into ``model`` itself: initializers the surgery did not touch stay where
-    they are (protobuf would copy them into a new model), the rest is replaced."""
+def _export(graph: gs.Graph, model: onnx.ModelProto, *, into_model: bool) -> DeferredModel:
+    """Write the edited ``graph`` out as a model with ``model``'s fields (opsets, metadata,
+    functions). Weights are written here, not by graphsurgeon's exporter (which copies each
+    one four times): untouched initializers are copied once from ``model`` or, ``into_model``,
+    left where they are; big new arrays are deferred (see saving.DeferredModel)."""
     from onnx_graphsurgeon.ir.tensor import LazyValues
 
     originals = {id(t): t.name for t in model.graph.initializer}
     untouched: set[str] = set()
+    fresh: list[tuple[str, np.ndarray]] = []
     for t in list(graph.tensors().values()):
-        if isinstance(t, gs.Constant) and isinstance(t._values, LazyValues) and id(t._values.tensor) in originals:  # noqa: SLF001
-            # Stand in for it by name only, so the export leaves its data alone.
-            stand_in = gs.Variable(t.name)
-            for consumer in list(t.outputs):
-                for i, x in enumerate(list(consumer.inputs)):
-                    if x is t:
-                        consumer.inputs[i] = stand_in
+        if not isinstance(t, gs.Constant):
+            continue
+        lazy = t._values  # noqa: SLF001 - graphsurgeon's lazy holder of a loaded initializer
+        if isinstance(lazy, LazyValues) and originals.get(id(lazy.tensor)) == t.name:
             untouched.add(t.name)
-    out = gs.export_onnx(graph, do_type_check=False)
-    g = model.graph
-    for i in reversed(range(len(g.initializer))):
-        if g.initializer[i].name not in untouched:
-            del g.initializer[i]
-    g.initializer.extend(out.graph.initializer)
-    for field in ("node", "value_info", "input", "output", "sparse_initializer"):
-        container = getattr(g, field)
+        else:
+            fresh.append((t.name, constant_values(t)))
+        # Stand in for it by name only, so the exporter leaves its data alone.
+        stand_in = gs.Variable(t.name)
+        for consumer in list(t.outputs):
+            for i, x in enumerate(list(consumer.inputs)):
+                if x is t:
+                    consumer.inputs[i] = stand_in
+    exported = gs.export_onnx(graph, do_type_check=False).graph  # nodes and value infos only
+
+    if into_model:
+        out = model
+        g = out.graph
+        for i in reversed(range(len(g.initializer))):
+            if g.initializer[i].name not in untouched:
+                del g.initializer[i]
+    else:
+        out = onnx.ModelProto()
+        copy_fields(out, model, exclude=("graph",))
+        g = out.graph
+        copy_fields(g, model.graph, exclude=("node", "initializer", "input", "output", "value_info"))
+        for t in model.graph.initializer:
+            if t.name in untouched:
+                g.initializer.add().CopyFrom(t)
+    deferred: list[tuple[str, np.ndarray]] = []
+    for name, values in fresh:
+        plain = plain_array(values)
+        if plain is not None and plain.dtype.kind == "f" and plain.nbytes >= _DEFER_BYTES:  # weights, not shapes
+            deferred.append((name, plain))
+        else:
+            g.initializer.add().CopyFrom(onnx.numpy_helper.from_array(values, name))
+    arrays: dict[str, np.ndarray] = {}
+    for name, values in deferred:  # hollow ones last: DeferredModel.encode sets them aside
+        DeferredModel.add_hollow(g, arrays, name, values)
+    for field_name in ("node", "value_info", "input", "output"):
+        container = getattr(g, field_name)
         del container[:]
-        container.extend(getattr(out.graph, field))
-    inits = {t.name for t in g.initializer}
-    kept_inputs = [vi for vi in g.input if vi.name not in untouched or vi.name in inits]
-    del g.input[:]
-    g.input.extend(kept_inputs)
-    return model
+        container.extend(getattr(exported, field_name))
+    return DeferredModel(out, arrays)
 
 
-def _restore_model_fields(out: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    out.ir_version = original.ir_version
-    del out.opset_import[:]
-    out.opset_import.extend(original.opset_import)
-    out.producer_name = original.producer_name
-    out.producer_version = original.producer_version
-    out.domain = original.domain
-    out.model_version = original.model_version
-    out.doc_string = original.doc_string
-    del out.metadata_props[:]
-    out.metadata_props.extend(original.metadata_props)
-    del out.functions[:]
-    out.functions.extend(original.functions)
-    out.graph.name = original.graph.name
-    out.graph.doc_string = original.graph.doc_string
+_DEFER_BYTES = 1 << 16  # smaller arrays are cheaper to write at once than to track

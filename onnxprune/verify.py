@@ -155,7 +155,7 @@ def session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], list
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    from .graph import save_model, serialize
+    from .saving import save_model, serialize
 
     data = serialize(model)
     if data is not None:

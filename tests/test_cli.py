@@ -87,15 +87,16 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path, monkeyp
 
     import onnxprune.api as api
 
-    real = api.apply_pruning
+    real = api.prune_deferred
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - corrupt one weight after surgery
-        model = real(*args, **kwargs)
+        deferred = real(*args, **kwargs)
+        model = deferred.complete()
         init = next(i for i in model.graph.initializer if len(i.dims) == 4)
         init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + np.float32(0.1), init.name))
-        return model
+        return deferred
 
-    monkeypatch.setattr(api, "apply_pruning", broken)
+    monkeypatch.setattr(api, "prune_deferred", broken)
     out = tmp_path / "o.onnx"
     assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(out)]) == 1
     err = capsys.readouterr().err
@@ -147,7 +148,7 @@ def test_input_with_dynamic_spatial_dims_asks_for_input_shape(tmp_path: Path, ca
 def test_sizes_past_the_protobuf_limit() -> None:
     """Over 2 GB protobuf refuses ByteSize/SerializeToString: the size falls back to the
     initializers' and serialisation reports 'cannot' so callers go through external data."""
-    from onnxprune.graph import PROTOBUF_LIMIT, serialize, serialized_size
+    from onnxprune.saving import PROTOBUF_LIMIT, serialize, serialized_size
 
     class Tensor:
         def __init__(self, n: int) -> None:
@@ -161,6 +162,9 @@ def test_sizes_past_the_protobuf_limit() -> None:
             initializer = [Tensor(2**30), Tensor(2**30 + 5)]
 
         def ByteSize(self) -> int:  # noqa: N802
+            raise ValueError("Failed to serialize proto")
+
+        def SerializeToString(self) -> bytes:  # noqa: N802
             raise ValueError("Failed to serialize proto")
 
     assert serialized_size(Huge()) == 2**31 + 5 > PROTOBUF_LIMIT

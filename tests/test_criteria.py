@@ -119,17 +119,18 @@ def test_masked_verification_catches_wrong_surgery(monkeypatch: pytest.MonkeyPat
 
     import onnxprune.api as api
 
-    real = api.apply_pruning
+    real = api.prune_deferred
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        m = real(*args, **kwargs)
+        deferred = real(*args, **kwargs)
+        m = deferred.complete()
         init = next(i for i in m.graph.initializer if len(i.dims) == 4)
         arr = numpy_helper.to_array(init).copy()
         arr.flat[0] += 0.01  # a tiny error: the masked reference must still see it
         init.CopyFrom(numpy_helper.from_array(arr, init.name))
-        return m
+        return deferred
 
-    monkeypatch.setattr(api, "apply_pruning", broken)
+    monkeypatch.setattr(api, "prune_deferred", broken)
     model, _ = _two_conv(np.random.default_rng(8).standard_normal((6, 3, 3, 3)))
     with pytest.raises(onnxprune.VerificationFailed, match="replaced where read"):
         onnxprune.prune(model, "l2", ratio=0.5)

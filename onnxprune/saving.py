@@ -1,0 +1,227 @@
+"""Writing models: atomically, with external data past the protobuf limit, and with big new
+weights written straight from their arrays.
+
+On a model of hundreds of MB every copy of the weights costs about as much as loading it, and
+the path from a sliced array to a file has three: ``ndarray.tobytes``, the assignment into the
+TensorProto, and the encoding of the model. A ``DeferredModel`` keeps the surgery's big new
+weights as arrays, present in the model only as hollow tensors (name, type, shape), and writes
+their bytes from the arrays into the file; it fills the tensors only when someone asks for the
+model itself.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+import onnx
+
+from .errors import UsageError
+
+__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields"]
+
+PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
+
+Chunk = Union[bytes, memoryview]
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """Bytes the model takes serialised; past the 2 GB protobuf limit (where protobuf refuses
+    to compute it) the sum of its initializers' sizes, which is at least that much.
+
+    upb computes the size by encoding the model: callers that also write it should take the
+    length of what they write instead."""
+    try:
+        size = model.ByteSize()
+    except Exception:  # EncodeError: over 2 GB
+        return sum(t.ByteSize() for t in model.graph.initializer)
+    return size + 2**32 if size < 0 else size
+
+
+def serialize(model: onnx.ModelProto) -> bytes | None:
+    """The serialised model, or None when protobuf cannot encode it in one piece (over 2 GB).
+
+    Encoded once: asking for the size first would encode it twice."""
+    try:
+        data = model.SerializeToString()
+    except Exception:  # protobuf's EncodeError and ValueError, depending on the backend
+        return None
+    return data if len(data) <= PROTOBUF_LIMIT else None
+
+
+def write_atomic(path: str, data: bytes | str | Sequence[Chunk]) -> int:
+    """Write ``data`` (or its chunks, one after the other) to a temporary file beside ``path``,
+    then rename: never a half-written file. Returns the bytes written."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    chunks = [data] if isinstance(data, (bytes, str)) else data
+    try:
+        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return os.path.getsize(path)
+
+
+def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None) -> int:
+    """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
+    renamed, so a failure never leaves a half-written model. With external data (forced, or
+    automatic above the protobuf limit) the weights go to ``<name>.data`` beside the model.
+    Returns the bytes written (model and data file)."""
+    _check_folder(path)
+    data = None if external_data else serialize(model)  # None also when it is too big for one piece
+    if data is not None:
+        return write_atomic(path, data)
+    import shutil
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    data_name = os.path.basename(path) + ".data"
+    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    try:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # onnx moves the weights out of the object it saves
+        tmp_model = os.path.join(tmpdir, os.path.basename(path))
+        onnx.save_model(copy, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+        del copy
+        size = os.path.getsize(tmp_model)
+        tmp_data = os.path.join(tmpdir, data_name)
+        if os.path.exists(tmp_data):  # onnx writes none when every tensor is below the threshold
+            size += os.path.getsize(tmp_data)
+            os.replace(tmp_data, os.path.join(folder, data_name))
+        os.replace(tmp_model, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return size
+
+
+def _check_folder(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: output folder {folder} does not exist")
+
+
+def copy_fields(target: object, source: object, exclude: tuple[str, ...] = ()) -> None:
+    """Copy every set field of protobuf message ``source`` into ``target`` but ``exclude``."""
+    for fd, value in source.ListFields():  # type: ignore[attr-defined]
+        if fd.name in exclude:
+            continue
+        # protobuf 6 dropped FieldDescriptor.label for is_repeated
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        if repeated:
+            getattr(target, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(target, fd.name).CopyFrom(value)
+        else:
+            setattr(target, fd.name, value)
+
+
+# Field numbers of the encoding written by DeferredModel, read from onnx's own descriptors.
+_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _key(number: int) -> bytes:  # a length-delimited field's key
+    return _varint(number << 3 | 2)
+
+
+@dataclass(eq=False)
+class DeferredModel:
+    """A model whose last initializers are hollow (name, type and shape, no data) while their
+    values wait as arrays in ``arrays``; ``complete()`` fills them, ``save()`` writes them from
+    the arrays without filling them."""
+
+    proto: onnx.ModelProto
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @staticmethod
+    def add_hollow(graph: onnx.GraphProto, arrays: dict[str, np.ndarray], name: str, values: np.ndarray) -> None:
+        """Append a hollow initializer for ``values`` (a plain little-endian numeric array)."""
+        t = graph.initializer.add()
+        t.name = name
+        t.data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+        t.dims.extend(values.shape)
+        arrays[name] = np.ascontiguousarray(values)
+
+    def complete(self) -> onnx.ModelProto:
+        """The model with every hollow initializer filled (done once)."""
+        if self.arrays:
+            for t in self.proto.graph.initializer:
+                values = self.arrays.pop(t.name, None)
+                if values is not None:
+                    t.raw_data = values.tobytes()
+        return self.proto
+
+    def encode(self) -> list[Chunk] | None:
+        """The serialised model as chunks, the hollow tensors' bytes taken from their arrays;
+        None past the protobuf limit. Protobuf readers take the graph's fields in any order,
+        so the hollow initializers are encoded after the rest of the graph."""
+        g = self.proto.graph
+        count = len(self.arrays)
+        hollow = list(g.initializer[len(g.initializer) - count :]) if count else []
+        if [t.name for t in hollow] != list(self.arrays):
+            raise AssertionError("internal: hollow initializers must be the last ones, in order")
+        metas = [t.SerializeToString() for t in hollow]
+        for _ in range(count):  # set them aside while the rest of the graph is encoded
+            del g.initializer[len(g.initializer) - 1]
+        try:
+            graph_bytes = g.SerializeToString()
+        except Exception:  # EncodeError past 2 GB
+            return None
+        finally:
+            for meta in metas:
+                g.initializer.add().ParseFromString(meta)
+        head = onnx.ModelProto()
+        copy_fields(head, self.proto, exclude=("graph",))
+        tail: list[Chunk] = []
+        for meta, values in zip(metas, self.arrays.values()):
+            raw = memoryview(values).cast("B")
+            data_key = _key(_RAW_DATA) + _varint(raw.nbytes)
+            tail += [_key(_INITIALIZER) + _varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key, raw]
+        graph_size = len(graph_bytes) + sum(len(c) if isinstance(c, bytes) else c.nbytes for c in tail)
+        chunks: list[Chunk] = [head.SerializeToString() + _key(_GRAPH) + _varint(graph_size), graph_bytes, *tail]
+        if sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks) > PROTOBUF_LIMIT:
+            return None
+        return chunks
+
+    def size(self) -> int:
+        """Bytes the model takes serialised (its hollow tensors counted, not filled)."""
+        chunks = self.encode()
+        if chunks is None:
+            return serialized_size(self.complete())
+        return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+
+    def save(self, path: str | os.PathLike[str], external_data: bool | None = None) -> int:
+        """Write the model like ``save_model``; returns the bytes written."""
+        path = os.fspath(path)
+        _check_folder(path)
+        if not external_data:
+            chunks = self.encode()
+            if chunks is not None:
+                return write_atomic(path, chunks)
+        return save_model(self.complete(), path, external_data=True)
+
+
+def plain_array(values: np.ndarray) -> np.ndarray | None:
+    """``values`` as a little-endian array whose bytes are ONNX raw data, or None for types
+    only onnx's converter handles (strings, 4-bit and 8-bit floats, bfloat16)."""
+    if values.dtype.kind not in "fiub" or values.dtype.type not in _PLAIN:
+        return None
+    return values.astype(values.dtype.newbyteorder("<"), copy=False)  # no copy on little-endian hosts
+
+
+_PLAIN = {np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_}

@@ -1,0 +1,117 @@
+"""Writing models: the big new weights of an unverified removal go from their arrays to the
+file (saving.DeferredModel); the file must read back as exactly the completed model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune import cli
+from onnxprune.saving import DeferredModel
+from onnxprune.testing import GraphBuilder
+from onnxprune.verify import run_model
+
+
+def _wide_model() -> onnx.ModelProto:
+    """Convs and a Gemm whose weights are far above the size from which they are deferred."""
+    b = GraphBuilder(opset=17, seed=3)
+    x = b.input("x", [1, 8, 6, 6])
+    y = b.op("Relu", b.conv(x, 96, zero=(1, 5, 40)))
+    y = b.op("Relu", b.conv(y, 96, zero=(0, 7)))
+    y = b.op("Flatten", b.op("GlobalAveragePool", y), axis=1)
+    b.output(b.gemm(y, 96, 300), shape=[1, 300])
+    return b.build()
+
+
+def _hollow_count(result: onnxprune.PruneResult) -> int:
+    return len(result.pruned.arrays)
+
+
+def test_deferred_weights_write_the_completed_model(tmp_path: Path) -> None:
+    model = _wide_model()
+    fast = onnxprune.prune(model, "zero", verify=False)
+    assert _hollow_count(fast) >= 2  # the case under test: weights still held as arrays
+    written = tmp_path / "fast.onnx"
+    size = fast.save(written)
+    assert size == written.stat().st_size == fast.report.size_after
+    assert _hollow_count(fast) >= 2  # saving did not fill them
+
+    completed = onnxprune.prune(model, "zero", verify=False).model  # filled in memory
+    loaded = onnx.load(str(written))
+    assert loaded == completed
+    onnx.checker.check_model(str(written), full_check=True)
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype(np.float32)}
+    want, got = run_model(model, feeds)[0], run_model(loaded, feeds)[0]
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_report_size_is_the_bytes_written(tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    result = onnxprune.prune(_wide_model(), "zero", verify=False, output=out)
+    assert result.report.size_after == out.stat().st_size
+    assert result.report.channels_removed == 5
+
+
+def test_complete_fills_every_hollow_tensor_once() -> None:
+    fast = onnxprune.prune(_wide_model(), "zero", verify=False)
+    names = list(fast.pruned.arrays)
+    model = fast.model
+    assert not fast.pruned.arrays and fast.model is model
+    inits = {t.name: t for t in model.graph.initializer}
+    for name in names:
+        t = inits[name]
+        assert len(t.raw_data) == int(np.prod(t.dims)) * 4
+
+
+def test_cli_no_verify_equals_verified_output(tmp_path: Path) -> None:
+    src = tmp_path / "wide.onnx"
+    onnx.save(_wide_model(), str(src))
+    before = src.read_bytes()
+    fast, checked = tmp_path / "fast.onnx", tmp_path / "checked.onnx"
+    assert cli.main(["prune", str(src), "-o", str(fast), "--no-verify", "-q"]) == 0
+    assert cli.main(["prune", str(src), "-o", str(checked), "-q"]) == 0
+    assert onnx.load(str(fast)) == onnx.load(str(checked))
+    assert src.read_bytes() == before
+
+
+def test_external_data_from_deferred_weights(tmp_path: Path) -> None:
+    fast = onnxprune.prune(_wide_model(), "zero", verify=False)
+    out = tmp_path / "ext.onnx"
+    size = fast.save(out, external_data=True)
+    data = tmp_path / "ext.onnx.data"
+    assert data.exists() and size == out.stat().st_size + data.stat().st_size
+    loaded, want = onnx.load(str(out)), fast.model
+    assert list(loaded.graph.node) == list(want.graph.node)
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    assert arrays.keys() == {t.name for t in want.graph.initializer}
+    for t in want.graph.initializer:
+        np.testing.assert_array_equal(arrays[t.name], onnx.numpy_helper.to_array(t))
+
+
+def test_hollow_tensors_must_come_last() -> None:
+    model = _wide_model()
+    deferred = DeferredModel(model, {model.graph.initializer[0].name: np.zeros(3, np.float32)})
+    with pytest.raises(AssertionError, match="last ones"):
+        deferred.encode()
+
+
+def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis and the surgery share the arrays (graph.InitializerCache): reading a
+    weight copies it, which on a big model costs as much as loading it."""
+    src = tmp_path / "wide.onnx"
+    onnx.save(_wide_model(), str(src))
+    reads: dict[str, int] = {}
+    real = onnx.numpy_helper.to_array
+
+    def counting(tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        reads[tensor.name] = reads.get(tensor.name, 0) + 1
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.numpy_helper, "to_array", counting)
+    onnxprune.prune(src, "zero", verify=False, output=tmp_path / "o.onnx")
+    big = {t.name for t in onnx.load(str(src)).graph.initializer if np.prod(t.dims) > 1000}
+    assert big and all(reads.get(name, 0) == 1 for name in big), reads
