@@ -144,14 +144,15 @@ def enforce_constraints(
                         changed = True
         if not removed:
             break
-        removed_arr = np.fromiter(removed, dtype=np.int64)
+        is_removed = np.zeros(len(root_of), dtype=bool)  # by root id (a channel id)
+        is_removed[np.fromiter(removed, dtype=np.int64)] = True
         for name, lay in analysis.layouts.items():
             for ids in lay.axes.values():
                 roots = root_of[ids]
-                if np.isin(roots, removed_arr).all():
+                if is_removed[roots].all():
                     r = int(roots[0])
                     removed.discard(r)
+                    is_removed[r] = False
                     reasons.setdefault(r, []).append(f"last channel of tensor {name!r}: at least one must stay")
                     changed = True
-                    removed_arr = np.fromiter(removed, dtype=np.int64) if removed else np.zeros(0, np.int64)
     return removed
