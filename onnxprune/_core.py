@@ -105,5 +105,17 @@ class UnionFind:
         return ra
 
     def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        for x, y in zip(np.asarray(a).ravel(), np.asarray(b).ravel()):
-            self.union(int(x), int(y))
+        a, b = np.asarray(a, dtype=np.int64).ravel(), np.asarray(b, dtype=np.int64).ravel()
+        if len(a) < 64:
+            for x, y in zip(a.tolist(), b.tolist()):
+                self.union(x, y)
+            return
+        # Vectorised: link the higher root of each pair under the lower. Pairs sharing a root
+        # overwrite each other's link; the next round, on fresh roots, joins what was left.
+        ra, rb = self.roots(a), self.roots(b)
+        while True:
+            apart = ra != rb
+            if not apart.any():
+                return
+            self._parent[np.maximum(ra, rb)[apart]] = np.minimum(ra, rb)[apart]
+            ra, rb = self.roots(a), self.roots(b)

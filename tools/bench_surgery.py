@@ -27,36 +27,48 @@ ROOT = Path(__file__).resolve().parent.parent
 LOAD_SAVE = "import onnx, sys; m = onnx.load(sys.argv[1]); onnx.save(m, sys.argv[2])"
 
 
-def _peak(cmd: list[str]) -> tuple[float, float]:
+def _measure(cmd: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one run of ``cmd``."""
     # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure each run in
     # its own wrapper process so the figure belongs to this command alone.
     wrapper = [sys.executable, "-c",
                "import resource, subprocess, sys, time\n"
                "t = time.perf_counter(); r = subprocess.run(sys.argv[1:]).returncode\n"
-               "w = time.perf_counter() - t\n"
-               "print(w, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, r)", *cmd]
+               "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+               "print(w, u.ru_utime + u.ru_stime, u.ru_maxrss / 1024.0, r)", *cmd]
     out = subprocess.run(wrapper, capture_output=True, text=True, check=True).stdout.split()
-    if out[2] != "0":
+    if out[3] != "0":
         raise RuntimeError(f"{cmd} failed")
-    return float(out[0]), float(out[1])
+    return float(out[0]), float(out[1]), float(out[2])
+
+
+def _fresh(path: str) -> None:
+    """Each run writes a new file, with nothing of the last run's output waiting to be
+    written: replacing an existing file and the writing back of dirty pages would otherwise
+    be charged to whichever command runs next."""
+    if os.path.exists(path):
+        os.remove(path)
+    os.sync()
 
 
 def surgery(models: list[str], runs: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
-            a_t, a_m, b_t, b_m = [], [], [], []
-            for _ in range(runs):  # interleaved A, B
-                w, m = _peak([sys.executable, "-m", "onnxprune", "prune", model, "-o", f"{tmp}/p.onnx", "--no-verify", "-q"])
-                a_t.append(w)
-                a_m.append(m)
-                w, m = _peak([sys.executable, "-c", LOAD_SAVE, model, f"{tmp}/s.onnx"])
-                b_t.append(w)
-                b_m.append(m)
+            prune_cmd = [sys.executable, "-m", "onnxprune", "prune", model, "-o", f"{tmp}/p.onnx", "--no-verify", "-q"]
+            base_cmd = [sys.executable, "-c", LOAD_SAVE, model, f"{tmp}/s.onnx"]
+            a, b = [], []
+            for k in range(runs):  # A B, then B A: neither always runs on the other's heels
+                for which in ((0, 1) if k % 2 == 0 else (1, 0)):
+                    _fresh(f"{tmp}/p.onnx" if which == 0 else f"{tmp}/s.onnx")
+                    (a if which == 0 else b).append(_measure(prune_cmd if which == 0 else base_cmd))
+            ratios = sorted(x[0] / y[0] for x, y in zip(a, b))
             rows.append({
                 "model": os.path.basename(model), "size_mb": os.path.getsize(model) / 2**20,
-                "prune_s": statistics.median(a_t), "load_save_s": statistics.median(b_t),
-                "prune_mb": statistics.median(a_m), "load_save_mb": statistics.median(b_m),
+                "prune_s": statistics.median(x[0] for x in a), "load_save_s": statistics.median(x[0] for x in b),
+                "prune_cpu_s": statistics.median(x[1] for x in a), "load_save_cpu_s": statistics.median(x[1] for x in b),
+                "prune_mb": statistics.median(x[2] for x in a), "load_save_mb": statistics.median(x[2] for x in b),
+                "time_ratio": statistics.median(ratios), "time_ratio_min": ratios[0], "time_ratio_max": ratios[-1],
             })
             print(rows[-1], flush=True)
     return rows
@@ -99,7 +111,7 @@ def help_time(runs: int = 10) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="/work/zoo/resnet50.onnx,/work/zoo/vgg11_bn.onnx")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--sizes", default="100,500,1000,2000,5000")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "surgery.md"))
     args = parser.parse_args()
@@ -110,16 +122,22 @@ def main() -> None:
         "# Surgery cost, analysis scaling, start-up",
         "",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores; "
-        f"median of {args.runs} interleaved runs, each a fresh process. Made by `tools/bench_surgery.py`.",
+        f"median of {args.runs} runs of each, alternating (A B, B A, ...), each a fresh process writing a new file "
+        "after `sync`. Made by `tools/bench_surgery.py`.",
         "",
         "## prune --criterion zero --no-verify vs onnx.load + onnx.save",
         "",
-        "| model | size | prune | load+save | time ratio | prune peak RSS | load+save peak RSS | memory ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Time ratio: the median of the run-by-run ratios (min–max in brackets); on this virtual machine the",
+        "kernel's cost of fresh memory and page cache varies from run to run by up to 2x for either command.",
+        "",
+        "| model | size | prune wall | load+save wall | time ratio | prune CPU | load+save CPU | prune peak RSS | load+save peak RSS | memory ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in surg:
         lines.append(
-            f"| {r['model']} | {r['size_mb']:.0f} MB | {r['prune_s']:.2f} s | {r['load_save_s']:.2f} s | {r['prune_s'] / r['load_save_s']:.2f}x "
+            f"| {r['model']} | {r['size_mb']:.0f} MB | {r['prune_s']:.2f} s | {r['load_save_s']:.2f} s "
+            f"| {r['time_ratio']:.2f}x ({r['time_ratio_min']:.2f}–{r['time_ratio_max']:.2f}) "
+            f"| {r['prune_cpu_s']:.2f} s | {r['load_save_cpu_s']:.2f} s "
             f"| {r['prune_mb']:.0f} MB | {r['load_save_mb']:.0f} MB | {r['prune_mb'] / r['load_save_mb']:.2f}x |"
         )
     lines += ["", "## Analysis time against layer count (synthetic residual chains)", "", "| conv layers | nodes | analyze | per layer |", "|---:|---:|---:|---:|"]

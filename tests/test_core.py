@@ -1,0 +1,38 @@
+"""The union-find of channel ids: the vectorised paths must give the same partition as one
+union at a time."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import numpy as np
+from hypothesis import given, settings
+
+from onnxprune._core import UnionFind
+
+
+def _partition(roots: np.ndarray) -> set[frozenset[int]]:
+    groups: dict[int, set[int]] = {}
+    for i, r in enumerate(roots.tolist()):
+        groups.setdefault(r, set()).add(i)
+    return {frozenset(g) for g in groups.values()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(70, 300),
+    batches=st.lists(st.lists(st.tuples(st.integers(0, 299), st.integers(0, 299)), min_size=1, max_size=200), min_size=1, max_size=6),
+)
+def test_vectorised_unions_match_one_at_a_time(n: int, batches: list[list[tuple[int, int]]]) -> None:
+    fast, slow = UnionFind(), UnionFind()
+    fast.fresh(n)
+    slow.fresh(n)
+    for batch in batches:
+        pairs = np.array([(a % n, b % n) for a, b in batch], dtype=np.int64)
+        fast.union_arrays(pairs[:, 0], pairs[:, 1])
+        for a, b in pairs.tolist():
+            slow.union(a, b)
+    fast_roots = fast.roots(np.arange(n))
+    slow_roots = np.array([slow.find(i) for i in range(n)])
+    assert _partition(fast_roots) == _partition(slow_roots)
+    assert np.array_equal(fast_roots, slow_roots)  # the root is the smallest id either way
+    assert all(fast.find(i) == r for i, r in enumerate(fast_roots.tolist()))
