@@ -8,7 +8,6 @@ The result is a frozen ``ChannelAnalysis``; nothing here mutates the model.
 
 from __future__ import annotations
 
-import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -294,12 +293,9 @@ def analyze(
             if id(consumer) not in visited:
                 ctx.pin(lay.all_ids(), f"tensor {name!r} is read inside a subgraph ({consumer.op} {consumer.name})")
 
-    frozen = _freeze(ctx, shapes, labels)
-    # graphsurgeon's graph is full of node <-> tensor cycles holding the loaded weights: free
-    # them now rather than whenever the cyclic collector runs (a second copy of a big model).
-    del ctx, graph
-    gc.collect()
-    return frozen
+    # No gc.collect() here: graphsurgeon's node <-> tensor cycles hold no weights (constants are
+    # read without caching them on the graph), so the cyclic collector may take its time.
+    return _freeze(ctx, shapes, labels)
 
 
 def static_shapes(

@@ -18,7 +18,7 @@ from .criteria.activations import ActivationStats, group_activation_scores, sink
 from .errors import UsageError, VerificationFailed
 from .graph import InitializerCache, check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model
 from .saving import DeferredModel, save_model, serialized_size
-from .metrics import ModelCost, model_cost, node_macs
+from .metrics import ModelCost, model_cost, node_macs, pruned_shapes
 from .planning import PruningPlan, enforce_constraints
 from .report import KeptGroup, LayerChange, PruneReport
 from .rules import RuleRegistry, default_registry
@@ -450,8 +450,10 @@ def _report(
         cut += gone
         if gone:
             layers.append(LayerChange(src.node, src.op, n, n - gone))
-    in_shapes = concrete_input_shapes(pruned, config.input_shapes, source)
-    after = model_cost(pruned, static_shapes(pruned, in_shapes))
+    shapes = pruned_shapes(analysis, removed, pruned)
+    if shapes is None:
+        shapes = static_shapes(pruned, concrete_input_shapes(pruned, config.input_shapes, source))
+    after = model_cost(pruned, shapes)
     removed_set = set(pruning_plan.removed_groups)
     kept = tuple(
         KeptGroup(g.id, len(g.members), g.members, pruning_plan.kept_reasons.get(g.id, ()))

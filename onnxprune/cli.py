@@ -216,8 +216,7 @@ def _prune(args: argparse.Namespace) -> int:
         args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
         output=args.output, external_data=True if args.external_data else None,
     )
-    data = result.report.to_dict()
-    data["output"] = args.output
+    data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
     if args.ir:
         from .openvino_ir import convert_to_ir
         from .verify import make_inputs
@@ -237,6 +236,8 @@ def _prune(args: argparse.Namespace) -> int:
 
         timings = benchmark([args.model, args.output], input_shapes=config.input_shapes, progress=progress and (lambda d, t: progress("benchmark", d, t)))
         data["benchmark"] = [t.to_dict() for t in timings]
+    if not (args.quiet and not args.markdown and not args.plot and not args.report):
+        data = {**result.report.to_dict(), **data}
     if args.markdown:
         from .render import to_markdown
 

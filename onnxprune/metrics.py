@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import onnx
 
 from .graph import Shape
 
-__all__ = ["ModelCost", "model_cost", "node_macs"]
+if TYPE_CHECKING:
+    from .analysis import ChannelAnalysis
+
+__all__ = ["ModelCost", "model_cost", "node_macs", "pruned_shapes"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,34 @@ def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> ModelCost
     macs = sum(m for m in per_node.values() if m is not None)
     complete = all(m is not None for m in per_node.values())
     return ModelCost(params=_count_params(model), macs=int(macs), macs_complete=complete)
+
+
+_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def pruned_shapes(analysis: "ChannelAnalysis", removed: np.ndarray, pruned: onnx.ModelProto) -> dict[str, Shape] | None:
+    """The shapes of a pruned model without running shape inference again: the analysis'
+    shapes with every channel axis shrunk by its removed ids, the weights' from the pruned
+    initializers. None (ask shape inference) when a layer reads or writes a tensor the surgery
+    made, or reads its weight through other nodes (a quantized weight)."""
+    shapes = dict(analysis.shapes)
+    for name, lay in analysis.layouts.items():
+        shape = shapes.get(name)
+        if shape is None:
+            continue
+        new = list(shape)
+        for axis, ids in lay.axes.items():
+            if axis < len(new) and new[axis] is not None:
+                new[axis] = int(len(ids) - np.count_nonzero(removed[ids]))
+        shapes[name] = tuple(new)
+    inits = set()
+    for t in pruned.graph.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+        inits.add(t.name)
+    for node in pruned.graph.node:
+        if node.op_type in _LAYERS:
+            if len(node.input) < 2 or node.input[1] not in inits:
+                return None
+            if node.output[0] not in analysis.shapes or any(n and n not in shapes for n in node.input):
+                return None
+    return shapes

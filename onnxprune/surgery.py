@@ -8,7 +8,6 @@ readers whose edit it is, and names are kept wherever the original tensor is not
 
 from __future__ import annotations
 
-import gc
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
@@ -291,10 +290,7 @@ def prune_deferred(
         if t.name in changed and isinstance(t, gs.Variable):
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    out = _export(graph, model, into_model=consume)
-    del ctx, graph
-    gc.collect()  # the graph's node <-> tensor cycles hold sliced copies of the weights
-    return out
+    return _export(graph, model, into_model=consume)
 
 
 def _export(graph: gs.Graph, model: onnx.ModelProto, *, into_model: bool) -> DeferredModel:

@@ -8,6 +8,9 @@ from hypothesis import HealthCheck, given, settings
 
 from conftest import assert_same_outputs
 import onnxprune
+from onnxprune.analysis import static_shapes
+from onnxprune.graph import concrete_input_shapes
+from onnxprune.metrics import model_cost
 from onnxprune.testing import random_cnn
 
 
@@ -18,6 +21,9 @@ def test_zero_removal_exact_on_random_cnns(seed: int) -> None:
     result = onnxprune.prune(model, "zero")
     assert result.report.verification.passed
     assert_same_outputs(model, result.model)
+    # The report's cost (derived from the analysis) equals shape inference on the result.
+    pruned = result.model
+    assert result.report.macs_after == model_cost(pruned, static_shapes(pruned, concrete_input_shapes(pruned, {}, "fuzz"))).macs
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

@@ -115,3 +115,23 @@ def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: p
     onnxprune.prune(src, "zero", verify=False, output=tmp_path / "o.onnx")
     big = {t.name for t in onnx.load(str(src)).graph.initializer if np.prod(t.dims) > 1000}
     assert big and all(reads.get(name, 0) == 1 for name in big), reads
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "fixtures").glob("*.onnx")))
+def test_pruned_cost_without_shape_inference(name: str) -> None:
+    """The report's after-cost comes from the analysis' shapes shrunk by the removed channels;
+    it must equal what shape inference on the pruned model gives."""
+    from onnxprune.analysis import static_shapes
+    from onnxprune.compensation import removed_id_mask
+    from onnxprune.graph import concrete_input_shapes
+    from onnxprune.metrics import model_cost, pruned_shapes
+
+    path = Path(__file__).parent.parent / "fixtures" / name
+    criterion = "zero" if name != "digits_cnn.onnx" else "l2"
+    result = onnxprune.prune(path, criterion, verify=False, ratio=0.3 if criterion == "l2" else None)
+    pruned = result.model
+    derived = pruned_shapes(result.analysis, removed_id_mask(result.analysis, result.plan), pruned)
+    inferred = static_shapes(pruned, concrete_input_shapes(pruned, {}, name))
+    if derived is not None:
+        assert model_cost(pruned, derived) == model_cost(pruned, inferred)
+    assert result.report.macs_after == model_cost(pruned, inferred).macs
