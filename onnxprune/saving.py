@@ -68,35 +68,11 @@ def write_atomic(path: str, data: bytes | str | Sequence[Chunk]) -> int:
 
 
 def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None) -> int:
-    """Write ``model`` to ``path`` safely: into a temporary file (or folder) beside it, then
+    """Write ``model`` to ``path`` safely: into a temporary file (or files) beside it, then
     renamed, so a failure never leaves a half-written model. With external data (forced, or
     automatic above the protobuf limit) the weights go to ``<name>.data`` beside the model.
     Returns the bytes written (model and data file)."""
-    _check_folder(path)
-    data = None if external_data else serialize(model)  # None also when it is too big for one piece
-    if data is not None:
-        return write_atomic(path, data)
-    import shutil
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    data_name = os.path.basename(path) + ".data"
-    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
-    try:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)  # onnx moves the weights out of the object it saves
-        tmp_model = os.path.join(tmpdir, os.path.basename(path))
-        onnx.save_model(copy, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
-        del copy
-        size = os.path.getsize(tmp_model)
-        tmp_data = os.path.join(tmpdir, data_name)
-        if os.path.exists(tmp_data):  # onnx writes none when every tensor is below the threshold
-            size += os.path.getsize(tmp_data)
-            os.replace(tmp_data, os.path.join(folder, data_name))
-        os.replace(tmp_model, path)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return size
+    return DeferredModel(model).save(path, external_data)
 
 
 def _check_folder(path: str) -> None:
@@ -213,7 +189,48 @@ class DeferredModel:
             chunks = self.encode()
             if chunks is not None:
                 return write_atomic(path, chunks)
-        return save_model(self.complete(), path, external_data=True)
+        return self._save_external(path)
+
+    def _save_external(self, path: str) -> int:
+        """The model with its weights in ``<name>.data`` beside it, each weight written from its
+        array or, one at a time, from the model: no copy of the whole model is made (protobuf
+        cannot encode one over 2 GB anyway)."""
+        folder = os.path.dirname(os.path.abspath(path))
+        data_name = os.path.basename(path) + ".data"
+        light = onnx.ModelProto()  # the model with references in place of its big weights
+        copy_fields(light, self.proto, exclude=("graph",))
+        copy_fields(light.graph, self.proto.graph, exclude=("initializer",))
+        tmp_data, tmp_model = f"{path}.data.tmp{os.getpid()}", f"{path}.tmp{os.getpid()}"
+        try:
+            offset = 0
+            with open(tmp_data, "wb") as f:
+                for t in self.proto.graph.initializer:
+                    values = self.arrays.get(t.name)
+                    raw = memoryview(values).cast("B") if values is not None else t.raw_data
+                    if values is None and len(raw) < _EXTERNAL_THRESHOLD:  # small, or not raw data
+                        light.graph.initializer.add().CopyFrom(t)
+                        continue
+                    f.write(raw)
+                    ref = light.graph.initializer.add()
+                    ref.name, ref.data_type = t.name, t.data_type
+                    ref.dims.extend(t.dims)
+                    ref.data_location = onnx.TensorProto.EXTERNAL
+                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                        entry = ref.external_data.add()
+                        entry.key, entry.value = key, value
+                    offset += len(raw)
+                    del raw
+            size = write_atomic(tmp_model, light.SerializeToString()) + offset
+            os.replace(tmp_data, os.path.join(folder, data_name))
+            os.replace(tmp_model, path)
+        finally:
+            for leftover in (tmp_data, tmp_model):
+                if os.path.exists(leftover):
+                    os.remove(leftover)
+        return size
+
+
+_EXTERNAL_THRESHOLD = 1024  # bytes; smaller tensors stay in the model file, as onnx does
 
 
 def plain_array(values: np.ndarray) -> np.ndarray | None:
