@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from .errors import BackendMissing, OnnxPruneError, UsageError, VerificationFailed
+from .saving import removing_leftovers
 
 __all__ = ["IRCheck", "require_openvino", "convert_to_ir", "IR_TOLERANCE"]
 
@@ -89,16 +90,12 @@ def convert_to_ir(
         check = _check_ir(ov, ov_model, model, check_feeds, "fp16" if fp16 else "fp32", source)
     tmp_xml = xml_path[: -len(".xml")] + f".tmp{os.getpid()}.xml"
     tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
-    try:
+    with removing_leftovers(tmp_xml, tmp_bin):
         ov.save_model(ov_model, tmp_xml, compress_to_fp16=fp16)
         # The .xml names its .bin by basename: rename the .bin first, then point the .xml at it.
         bin_path = xml_path[: -len(".xml")] + ".bin"
         os.replace(tmp_bin, bin_path)
         os.replace(tmp_xml, xml_path)
-    finally:
-        for p in (tmp_xml, tmp_bin):
-            if os.path.exists(p):
-                os.remove(p)
     return check
 
 

@@ -12,15 +12,16 @@ model itself.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import onnx
 
 from .errors import UsageError
 
-__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields"]
+__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers"]
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
@@ -51,19 +52,28 @@ def serialize(model: onnx.ModelProto) -> bytes | None:
     return data if len(data) <= PROTOBUF_LIMIT else None
 
 
+@contextmanager
+def removing_leftovers(*paths: str) -> Iterator[None]:
+    """Remove whichever of the temporary files ``paths`` still exist on the way out: a failure
+    before their rename leaves nothing behind."""
+    try:
+        yield
+    finally:
+        for p in paths:
+            if os.path.exists(p):
+                os.remove(p)
+
+
 def write_atomic(path: str, data: bytes | str | Sequence[Chunk]) -> int:
     """Write ``data`` (or its chunks, one after the other) to a temporary file beside ``path``,
     then rename: never a half-written file. Returns the bytes written."""
     tmp = f"{path}.tmp{os.getpid()}"
     chunks = [data] if isinstance(data, (bytes, str)) else data
-    try:
+    with removing_leftovers(tmp):
         with open(tmp, "w" if isinstance(data, str) else "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return os.path.getsize(path)
 
 
@@ -201,7 +211,7 @@ class DeferredModel:
         copy_fields(light, self.proto, exclude=("graph",))
         copy_fields(light.graph, self.proto.graph, exclude=("initializer",))
         tmp_data, tmp_model = f"{path}.data.tmp{os.getpid()}", f"{path}.tmp{os.getpid()}"
-        try:
+        with removing_leftovers(tmp_data, tmp_model):
             offset = 0
             with open(tmp_data, "wb") as f:
                 for t in self.proto.graph.initializer:
@@ -223,10 +233,6 @@ class DeferredModel:
             size = write_atomic(tmp_model, light.SerializeToString()) + offset
             os.replace(tmp_data, os.path.join(folder, data_name))
             os.replace(tmp_model, path)
-        finally:
-            for leftover in (tmp_data, tmp_model):
-                if os.path.exists(leftover):
-                    os.remove(leftover)
         return size
 
 
