@@ -103,6 +103,59 @@ def scaling(sizes: list[int]) -> list[dict]:
     return rows
 
 
+def _big_model(folder: str, zero_rows: int) -> str:
+    """A 2.3 GB MLP (two 17,000 x 17,000 Gemm weights) saved with external data; the first
+    ``zero_rows`` output features of both big layers are zero."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n, rng = 17000, np.random.default_rng(0)
+    inits = []
+    for name, shape in (("w0", (n, 64)), ("w1", (n, n)), ("w2", (n, n)), ("w3", (64, n))):
+        w = rng.standard_normal(shape, dtype=np.float32)
+        if name in ("w1", "w2"):
+            w[:zero_rows] = 0
+        inits.append(numpy_helper.from_array(w, name))
+        del w
+    nodes, x = [], "x"
+    for i in range(4):
+        y = "y" if i == 3 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [x, f"w{i}"], [y], transB=1, name=f"gemm{i}"))
+        if i in (1, 2):
+            nodes.append(helper.make_node("Relu", [y], [f"r{i}"], name=f"relu{i}"))
+            y = f"r{i}"
+        x = y
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)
+    path = os.path.join(folder, f"mlp_{zero_rows}.onnx")
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+                    save_as_external_data=True, all_tensors_to_one_file=True, location=os.path.basename(path) + ".data")
+    return path
+
+
+def big(zero_rows: tuple[int, ...] = (50, 4000)) -> list[dict]:
+    """Models over the 2 GB protobuf limit, with and without verification: one run each."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for z in zero_rows:
+            model = _big_model(tmp, z)
+            for flags in (["--no-verify"], []):
+                out = f"{tmp}/out.onnx"
+                wall, cpu, peak = _measure([sys.executable, "-m", "onnxprune", "prune", model, "-o", out, "-q", *flags])
+                written = sum(os.path.getsize(p) for p in (out, out + ".data") if os.path.exists(p))
+                rows.append({"zero_rows": z, "verify": not flags, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak,
+                             "in_mb": sum(os.path.getsize(p) for p in (model, model + ".data")) / 2**20,
+                             "out_mb": written / 2**20, "external": os.path.exists(out + ".data")})
+                print(rows[-1], flush=True)
+                for p in (out, out + ".data"):
+                    if os.path.exists(p):
+                        os.remove(p)
+            os.remove(model)
+            os.remove(model + ".data")
+    return rows
+
+
 def help_time(runs: int = 10) -> float:
     times = []
     for _ in range(runs):
@@ -118,8 +171,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--sizes", default="100,500,1000,2000,5000")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "surgery.md"))
+    parser.add_argument("--big", action="store_true", help="also models over 2 GB (needs ~7 GB of disk, ~10 GB of memory)")
     args = parser.parse_args()
     surg = surgery(args.models.split(","), args.runs)
+    large = big() if args.big else []
     scale = scaling([int(s) for s in args.sizes.split(",")])
     helps = help_time()
     lines = [
@@ -147,6 +202,14 @@ def main() -> None:
     lines += ["", "## Analysis time against layer count (synthetic residual chains)", "", "| conv layers | nodes | analyze | per layer |", "|---:|---:|---:|---:|"]
     for r in scale:
         lines.append(f"| {r['layers']} | {r['nodes']} | {r['analyze_s']:.2f} s | {r['analyze_s'] / r['layers'] * 1e3:.2f} ms |")
+    if large:
+        lines += ["", "## Over the 2 GB protobuf limit (one run each)", "",
+                  "A synthetic MLP of two 17,000 x 17,000 Gemm weights (2.2 GiB, external data); the first N output",
+                  "features of both big layers zeroed. Outputs over the limit are written with external data.", "",
+                  "| zeroed rows | verification | input | output | external data | wall | peak RSS |", "|---:|---|---:|---:|---|---:|---:|"]
+        for r in large:
+            lines.append(f"| {r['zero_rows']} | {'yes' if r['verify'] else 'no'} | {r['in_mb']:.0f} MB | {r['out_mb']:.0f} MB "
+                         f"| {'yes' if r['external'] else 'no'} | {r['wall_s']:.1f} s | {r['peak_mb']:.0f} MB |")
     lines += ["", "## Start-up", "", f"`python -m onnxprune --help`: median {helps:.3f} s over 10 runs (target < 0.3 s)."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
