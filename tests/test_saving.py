@@ -135,3 +135,14 @@ def test_pruned_cost_without_shape_inference(name: str) -> None:
     if derived is not None:
         assert model_cost(pruned, derived) == model_cost(pruned, inferred)
     assert result.report.macs_after == model_cost(pruned, inferred).macs
+
+
+def test_deferred_write_is_deterministic(tmp_path: Path) -> None:
+    src = tmp_path / "wide.onnx"
+    onnx.save(_wide_model(), str(src))
+    written = []
+    for i in range(2):
+        out = tmp_path / f"o{i}.onnx"
+        assert cli.main(["prune", str(src), "-o", str(out), "--no-verify", "-q"]) == 0
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
