@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping
@@ -236,46 +237,60 @@ def prune(
     consume = not config.verify and the_plan.exact and not config.reconstruct
     deferred = prune_deferred(proto, analysis, the_plan, registry=registry, estimates=estimates, consume=consume, initializers=initializers)
     del initializers
-    # Without verification, fidelity or reconstruction nothing runs the pruned model here: its
-    # big new weights go from their arrays straight to the file (see saving.DeferredModel).
-    pruned = deferred.proto if consume else deferred.complete()
+    # The pruned model's big new weights stay arrays until written (see saving.DeferredModel);
+    # the checks below read its structure only.
+    pruned = deferred.proto
     try:
         check_structure(pruned, full_check=True)
     except Exception as exc:
         raise VerificationFailed(f"{source}: the pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
 
-    result = fid = None
-    reference_kind = "original"
-    feeds, desc = [], "none"
-    if eval_feeds:
-        feeds, desc = eval_feeds, f"{len(eval_feeds)} evaluation samples ({data_note or 'given'})"
-    elif config.verify or not the_plan.exact:
-        feeds, desc = _verification_feeds(proto, config, source)
-    if config.verify:
-        reference = proto
-        if not the_plan.exact:
-            reference = masked_reference(proto, analysis, reader_masks(analysis, removed_id_mask(analysis, the_plan), estimates))
-            reference_kind = "original with removed channels replaced where read"
-        result = compare_models(
-            reference, pruned, feeds, config.tolerance, desc, source, progress=progress and (lambda d, t: progress("verification", d, t))
-        )
-        if not result.passed:
-            w = result.worst
-            raise VerificationFailed(
-                f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs from the {reference_kind} "
-                f"by {w.max_abs_diff:.3g}, more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
+    # With an output (and no reconstruction, which changes the weights after verification) the
+    # file verified is the file written: staged beside the destination, read from there by
+    # onnxruntime, and moved into place only once verified. The original is read from its
+    # file too, so neither model is encoded in memory for onnxruntime.
+    staged = deferred.staged(output, external_data) if output is not None and not config.reconstruct else None
+    with staged if staged is not None else contextlib.nullcontext():
+        candidate = staged.path if staged is not None else None
+        original = source if os.path.isfile(source) else proto
+        result = fid = None
+        reference_kind = "original"
+        feeds, desc = [], "none"
+        if eval_feeds:
+            feeds, desc = eval_feeds, f"{len(eval_feeds)} evaluation samples ({data_note or 'given'})"
+        elif config.verify or not the_plan.exact:
+            feeds, desc = _verification_feeds(proto, config, source)
+        if config.verify:
+            reference = original
+            if not the_plan.exact:
+                reference = masked_reference(proto, analysis, reader_masks(analysis, removed_id_mask(analysis, the_plan), estimates))
+                reference_kind = "original with removed channels replaced where read"
+            result = compare_models(
+                reference, candidate or deferred.complete(), feeds, config.tolerance, desc, source,
+                progress=progress and (lambda d, t: progress("verification", d, t)),
             )
-    reconstructed = ()
-    if config.reconstruct and not the_plan.exact and cal_feeds:
-        # The surgery is proven above; reconstruction then only changes kept weights' values.
-        pruned, reconstructed = reconstruct(proto, pruned, analysis, the_plan, cal_feeds, seed=config.seed)
-        check_structure(pruned, full_check=True)
-        deferred = DeferredModel(pruned)
-    score = None
-    if not the_plan.exact:
-        fid, score = _fidelity(proto, pruned, feeds, config)
-    # Writing encodes the model once; its length is the size (upb's ByteSize encodes it too).
-    size_after = deferred.save(output, external_data) if output is not None else deferred.size()
+            if not result.passed:
+                w = result.worst
+                raise VerificationFailed(
+                    f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs from the {reference_kind} "
+                    f"by {w.max_abs_diff:.3g}, more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
+                )
+        reconstructed = ()
+        if config.reconstruct and not the_plan.exact and cal_feeds:
+            # The surgery is proven above; reconstruction then only changes kept weights' values.
+            pruned, reconstructed = reconstruct(proto, deferred.complete(), analysis, the_plan, cal_feeds, seed=config.seed)
+            check_structure(pruned, full_check=True)
+            deferred = DeferredModel(pruned)
+        score = None
+        if not the_plan.exact:
+            fid, score = _fidelity(original, candidate or deferred.complete(), feeds, config)
+        if staged is not None:
+            staged.commit()
+            size_after = staged.size
+        elif output is not None:
+            size_after = deferred.save(output, external_data)
+        else:  # upb's ByteSize would encode the whole model: count the encoded pieces instead
+            size_after = deferred.size()
     report = _report(source, before, (size_before, size_after), pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
     extra = {
         "fidelity_score": None if score is None else score[0],
@@ -365,7 +380,7 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
     return split_calibration(feeds, given)
 
 
-def _fidelity(proto: onnx.ModelProto, pruned: onnx.ModelProto, feeds: list, config: PruneConfig):  # noqa: ANN202
+def _fidelity(proto: onnx.ModelProto | str, pruned: onnx.ModelProto | str, feeds: list, config: PruneConfig):  # noqa: ANN202
     """Per-output fidelity figures and the run's fidelity score, from one pass over the feeds."""
     from .fidelity import score_outputs
     from .verify import fidelity_from_outputs, paired_outputs

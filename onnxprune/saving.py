@@ -21,7 +21,7 @@ import onnx
 
 from .errors import UsageError
 
-__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers"]
+__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers"]
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
@@ -193,47 +193,93 @@ class DeferredModel:
 
     def save(self, path: str | os.PathLike[str], external_data: bool | None = None) -> int:
         """Write the model like ``save_model``; returns the bytes written."""
-        path = os.fspath(path)
-        _check_folder(path)
+        with self.staged(path, external_data) as staged:
+            staged.commit()
+        return staged.size
+
+    def staged(self, path: str | os.PathLike[str], external_data: bool | None = None) -> "StagedModel":
+        """Write the model for ``path`` into a temporary folder beside it (see StagedModel)."""
+        return StagedModel(self, os.fspath(path), external_data)
+
+    def write_files(self, path: str, external_data: bool | None) -> tuple[int, list[str]]:
+        """Write the model to ``path`` as it stands (the caller makes it atomic); returns the
+        bytes written and the file names (the data file first)."""
         if not external_data:
             chunks = self.encode()
             if chunks is not None:
-                return write_atomic(path, chunks)
-        return self._save_external(path)
+                with open(path, "wb") as f:
+                    for chunk in chunks:
+                        f.write(chunk)
+                return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks), [os.path.basename(path)]
+        return self._write_external(path)
 
-    def _save_external(self, path: str) -> int:
+    def _write_external(self, path: str) -> tuple[int, list[str]]:
         """The model with its weights in ``<name>.data`` beside it, each weight written from its
         array or, one at a time, from the model: no copy of the whole model is made (protobuf
         cannot encode one over 2 GB anyway)."""
-        folder = os.path.dirname(os.path.abspath(path))
         data_name = os.path.basename(path) + ".data"
         light = onnx.ModelProto()  # the model with references in place of its big weights
         copy_fields(light, self.proto, exclude=("graph",))
         copy_fields(light.graph, self.proto.graph, exclude=("initializer",))
-        tmp_data, tmp_model = f"{path}.data.tmp{os.getpid()}", f"{path}.tmp{os.getpid()}"
-        with removing_leftovers(tmp_data, tmp_model):
-            offset = 0
-            with open(tmp_data, "wb") as f:
-                for t in self.proto.graph.initializer:
-                    values = self.arrays.get(t.name)
-                    raw = memoryview(values).cast("B") if values is not None else t.raw_data
-                    if values is None and len(raw) < _EXTERNAL_THRESHOLD:  # small, or not raw data
-                        light.graph.initializer.add().CopyFrom(t)
-                        continue
-                    f.write(raw)
-                    ref = light.graph.initializer.add()
-                    ref.name, ref.data_type = t.name, t.data_type
-                    ref.dims.extend(t.dims)
-                    ref.data_location = onnx.TensorProto.EXTERNAL
-                    for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
-                        entry = ref.external_data.add()
-                        entry.key, entry.value = key, value
-                    offset += len(raw)
-                    del raw
-            size = write_atomic(tmp_model, light.SerializeToString()) + offset
-            os.replace(tmp_data, os.path.join(folder, data_name))
-            os.replace(tmp_model, path)
-        return size
+        offset = 0
+        with open(os.path.join(os.path.dirname(path), data_name), "wb") as f:
+            for t in self.proto.graph.initializer:
+                values = self.arrays.get(t.name)
+                raw = memoryview(values).cast("B") if values is not None else t.raw_data
+                if values is None and len(raw) < _EXTERNAL_THRESHOLD:  # small, or not raw data
+                    light.graph.initializer.add().CopyFrom(t)
+                    continue
+                f.write(raw)
+                ref = light.graph.initializer.add()
+                ref.name, ref.data_type = t.name, t.data_type
+                ref.dims.extend(t.dims)
+                ref.data_location = onnx.TensorProto.EXTERNAL
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                    entry = ref.external_data.add()
+                    entry.key, entry.value = key, value
+                offset += len(raw)
+                del raw
+        data = light.SerializeToString()
+        with open(path, "wb") as f:
+            f.write(data)
+        return len(data) + offset, [data_name, os.path.basename(path)]
+
+
+class StagedModel:
+    """A model written for ``path`` into a temporary folder beside it, under its final file
+    names (so its external data resolves): it can be loaded and checked there, then
+    ``commit()`` moves it into place (the data file first); leaving the ``with`` block
+    without committing removes it. Nothing half-written ever stands at ``path``."""
+
+    def __init__(self, model: DeferredModel, path: str, external_data: bool | None) -> None:
+        import tempfile
+
+        _check_folder(path)
+        self.destination = path
+        self._folder = os.path.dirname(os.path.abspath(path))
+        self._tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=self._folder)
+        self.path = os.path.join(self._tmpdir, os.path.basename(path))
+        try:
+            self.size, self._files = model.write_files(self.path, external_data)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        for name in self._files:
+            os.replace(os.path.join(self._tmpdir, name), os.path.join(self._folder, name))
+        self.discard()
+
+    def discard(self) -> None:
+        import shutil
+
+        shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> "StagedModel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 _EXTERNAL_THRESHOLD = 1024  # bytes; smaller tensors stay in the model file, as onnx does

@@ -145,9 +145,21 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[
     return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, limit))]
 
 
-def session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
+class ModelRunner:
+    """An onnxruntime session as a function of the feeds, with the model's output names."""
+
+    def __init__(self, sess: object) -> None:
+        self._sess = sess
+        self.output_names = [o.name for o in sess.get_outputs()]  # type: ignore[attr-defined]
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._sess.run(None, dict(feeds))  # type: ignore[attr-defined]
+
+
+def session(model: onnx.ModelProto | str) -> ModelRunner:
     """An onnxruntime session of ``model`` (graph optimisations off, so the graph itself is
-    what runs), as a function of the feeds. Models over 2 GB go through a temporary folder."""
+    what runs). ``model`` may be the path of a saved model: onnxruntime then reads the file
+    itself, and the model is not encoded again. Models over 2 GB go through a temporary folder."""
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
@@ -155,11 +167,14 @@ def session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], list
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if isinstance(model, str):
+        return ModelRunner(ort.InferenceSession(model, opts, providers=providers))
     from .saving import save_model, serialize
 
     data = serialize(model)
     if data is not None:
-        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(data, opts, providers=providers)
         del data
     else:
         import tempfile
@@ -167,8 +182,8 @@ def session(model: onnx.ModelProto) -> Callable[[Mapping[str, np.ndarray]], list
         with tempfile.TemporaryDirectory() as tmp:  # onnxruntime reads it with external data
             path = f"{tmp}/model.onnx"
             save_model(model, path, external_data=True)
-            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    return lambda feeds: sess.run(None, dict(feeds))
+            sess = ort.InferenceSession(path, opts, providers=providers)
+    return ModelRunner(sess)
 
 
 def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
@@ -177,11 +192,12 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[n
 
 
 def paired_outputs(
-    reference: onnx.ModelProto, candidate: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]
+    reference: onnx.ModelProto | str, candidate: onnx.ModelProto | str, feeds_list: Sequence[Mapping[str, np.ndarray]]
 ) -> tuple[list[str], list[list[np.ndarray]], list[list[np.ndarray]]]:
-    """Output names, and per output the reference's and the candidate's arrays for every feed."""
-    names = [o.name for o in reference.graph.output]
+    """Output names, and per output the reference's and the candidate's arrays for every feed
+    (each model in memory or the path of a saved one)."""
     run_ref, run_cand = session(reference), session(candidate)
+    names = run_ref.output_names
     refs: list[list[np.ndarray]] = [[] for _ in names]
     gots: list[list[np.ndarray]] = [[] for _ in names]
     for feeds in feeds_list:
@@ -192,19 +208,20 @@ def paired_outputs(
 
 
 def compare_models(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
+    reference: onnx.ModelProto | str,
+    candidate: onnx.ModelProto | str,
     feeds_list: Sequence[Mapping[str, np.ndarray]],
     tolerance: float,
     inputs_desc: str,
     source: str = "<model>",
     progress: Callable[[int, int], None] | None = None,
 ) -> VerificationResult:
-    """Run both models on every feed and compare every output."""
-    names = [o.name for o in reference.graph.output]
+    """Run both models (in memory, or the paths of saved ones) on every feed and compare every
+    output."""
     results: dict[tuple[str, int], list] = {}
     run_ref = _ort(session, reference, source=source, pruned=False, doing="load")
     run_cand = _ort(session, candidate, source=source, pruned=True, doing="load")
+    names = run_ref.output_names
     for k, feeds in enumerate(feeds_list):
         if progress:
             progress(k, len(feeds_list))

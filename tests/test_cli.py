@@ -102,6 +102,7 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path, monkeyp
     err = capsys.readouterr().err
     assert "verification failed" in err and "output" in err
     assert not out.exists()
+    assert not list(tmp_path.glob(".onnxprune-*"))  # the staged file it verified is gone too
 
 
 def test_no_verify_and_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
