@@ -300,6 +300,10 @@ class InitializerCache:
             hit = self._arrays[id(tensor)] = (tensor, values)
         return hit[1]
 
+    def forget(self, tensor: onnx.TensorProto) -> None:
+        """Drop the array of ``tensor`` (read again if asked for)."""
+        self._arrays.pop(id(tensor), None)
+
 
 class ParamResolver:
     """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ).
@@ -317,6 +321,16 @@ class ParamResolver:
         if key not in self._cache:
             self._cache[key] = self._resolve(tensor)
         return self._cache[key]
+
+    def forget(self, tensor: gs.Tensor) -> None:
+        """Drop what was read for ``tensor``: the surgery calls it once a weight is sliced, so
+        the original and its sliced copy are not both kept for every weight of the model."""
+        from onnx_graphsurgeon.ir.tensor import LazyValues
+
+        self._cache.pop(id(tensor), None)
+        lazy = getattr(tensor, "_values", None)
+        if self._initializers is not None and isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
+            self._initializers.forget(lazy.tensor)
 
     def _resolve(self, tensor: gs.Tensor) -> Param | None:
         if isinstance(tensor, gs.Constant):

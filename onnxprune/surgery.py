@@ -166,7 +166,9 @@ class SurgeryContext:
             return gs.Constant(name, _apply_ops(np.asarray(ops[0][1]).astype(dtype), ops[1:]))
         name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
         if isinstance(t, gs.Constant):  # the resolver's array: rules have read it already
-            return gs.Constant(name, _apply_ops(self.params(t).values, ops))
+            sliced = gs.Constant(name, _apply_ops(self.params(t).values, ops))
+            self.params.forget(t)
+            return sliced
         producer = t.inputs[0]
         if producer.op == "Constant":
             value = self.params(t).values
@@ -223,16 +225,34 @@ def _chain_exclusive(t: gs.Tensor) -> bool:
 
 
 def _apply_ops(arr: np.ndarray, ops: list[Op]) -> np.ndarray:
-    for op in ops:
+    i = 0
+    while i < len(ops):
+        op = ops[i]
         if op[0] == "slice":
-            arr = np.compress(op[2], arr, axis=op[1])
-        elif op[0] == "set":  # a later set (after slicing) replaces the value outright
+            # Slices of several axes in a row are taken in one copy: a big weight sliced on both
+            # axes would otherwise exist three times at once.
+            masks: dict[int, np.ndarray] = {}
+            while i < len(ops) and ops[i][0] == "slice" and ops[i][1] not in masks:
+                masks[ops[i][1]] = ops[i][2]
+                i += 1
+            arr = _slice_axes(arr, masks)
+            continue
+        if op[0] == "set":  # a later set (after slicing) replaces the value outright
             arr = np.asarray(op[1]).astype(arr.dtype)
         else:
             groups, keep = op[1], op[2]
             rows = arr.shape[0] // groups
             arr = np.concatenate([arr[g * rows : (g + 1) * rows][:, keep[g]] for g in range(groups)], axis=0)
+        i += 1
     return np.ascontiguousarray(arr)
+
+
+def _slice_axes(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
+    if len(masks) == 1:
+        (axis, keep), = masks.items()
+        return np.compress(keep, arr, axis=axis)
+    index = [np.flatnonzero(masks[a]) if a in masks else np.arange(n) for a, n in enumerate(arr.shape)]
+    return arr[np.ix_(*index)]
 
 
 def apply_pruning(

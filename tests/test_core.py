@@ -36,3 +36,20 @@ def test_vectorised_unions_match_one_at_a_time(n: int, batches: list[list[tuple[
     assert _partition(fast_roots) == _partition(slow_roots)
     assert np.array_equal(fast_roots, slow_roots)  # the root is the smallest id either way
     assert all(fast.find(i) == r for i, r in enumerate(fast_roots.tolist()))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data())
+def test_slices_of_several_axes_in_one_copy(shape: list[int], data: st.DataObject) -> None:
+    """surgery._apply_ops takes consecutive slices in one copy; the result is the same as
+    slicing one axis after the other."""
+    from onnxprune.surgery import _apply_ops
+
+    arr = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    axes = data.draw(st.lists(st.integers(0, len(shape) - 1), unique=True, min_size=1))
+    ops = [("slice", a, np.array(data.draw(st.lists(st.booleans(), min_size=shape[a], max_size=shape[a])))) for a in axes]
+    want = arr
+    for _, axis, keep in ops:
+        want = np.compress(keep, want, axis=axis)
+    got = _apply_ops(arr, ops)
+    assert got.shape == want.shape and np.array_equal(got, want) and got.flags.c_contiguous
