@@ -416,6 +416,11 @@ def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registr
 
     m = _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress)
     sens, runner, tracker, estimates, scores, protected = m.result, m.runner, m.tracker, m.estimates, m.scores, m.protected
+    if config.reconstruct and config.macs_target is None and len(cal_feeds) >= 2:
+        # The budget is met by the reconstructed model: measure that, not the masked one.
+        from .reconstruction import ReconstructedTrials
+
+        runner = ReconstructedTrials(proto, analysis, cal_feeds, registry=registry, seed=config.seed)
     groups, _, _ = allocate(
         sens, analysis, runner, tracker, estimates, min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics
     )

@@ -66,7 +66,7 @@ def test_fidelity_budget_with_macs_target(tmp_path: Path) -> None:
     assert "split 3:1" in d["evaluation"]
 
 
-def test_reconstruction_restores_a_linearly_redundant_channel(tmp_path: Path) -> None:
+def _redundant_channel_model() -> onnx.ModelProto:
     b = GraphBuilder(opset=17, seed=22)
     x = b.input("x", [None, 3, 6, 6])
     w = b.weights([4, 3, 3, 3])
@@ -76,7 +76,11 @@ def test_reconstruction_restores_a_linearly_redundant_channel(tmp_path: Path) ->
     bias = np.zeros(4, np.float32)
     y = b.op("Relu", b.op("Conv", x, b.const(w, "W"), b.const(bias, "B"), channels=4, kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
     b.output(b.conv(y, 5, k=3, pads=1))
-    model = b.build()
+    return b.build()
+
+
+def test_reconstruction_restores_a_linearly_redundant_channel(tmp_path: Path) -> None:
+    model = _redundant_channel_model()
     calib = _calib(tmp_path, (3, 6, 6), n=32)
     plain = onnxprune.prune(model, "l2", ratio=0.25, calibration=calib, compensation="none")
     rec = onnxprune.prune(model, "l2", ratio=0.25, calibration=calib, compensation="none", reconstruct=True)
@@ -112,3 +116,29 @@ def test_fidelity_budget_keeps_round_to_and_excludes() -> None:
     for layer in r.report.layers:
         assert layer.channels_after % 4 == 0, layer
         assert layer.node != names[0]
+
+
+def test_fidelity_budget_counts_reconstruction(tmp_path: Path) -> None:
+    """With --reconstruct the allocation measures the reconstructed model (cross-fitted on
+    halves of the calibration samples): the redundant channel, which costs fidelity when merely
+    removed, costs none once its readers are refitted, so it goes."""
+    model = _redundant_channel_model()
+    calib = _calib(tmp_path, (3, 6, 6), n=32)
+    plain = onnxprune.prune(model, "l2", min_fidelity=0.9999, calibration=calib, compensation="none")
+    rec = onnxprune.prune(model, "l2", min_fidelity=0.9999, calibration=calib, compensation="none", reconstruct=True)
+    assert plain.report.channels_removed == 0
+    assert rec.report.channels_removed == 1 and rec.report.layers[0].channels_after == 3
+    assert rec.report.to_dict()["fidelity_score"] >= 0.9999  # judged on the held-out quarter
+
+
+def test_reconstructed_trials_judge_out_of_sample() -> None:
+    """Every calibration sample is judged by a fit made without it."""
+    from onnxprune.reconstruction import ReconstructedTrials
+
+    model = _redundant_channel_model()
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(6)]
+    trials = ReconstructedTrials(model, onnxprune.analyze(model), feeds)
+    for fit, judge in trials.folds:
+        assert not {id(f) for f in fit} & {id(f) for f in judge}
+    assert sorted(id(f) for _, judge in trials.folds for f in judge) == sorted(id(f) for f in feeds)
+    assert trials.fidelity([], None) == pytest.approx(1.0)
