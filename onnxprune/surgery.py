@@ -248,11 +248,15 @@ def _apply_ops(arr: np.ndarray, ops: list[Op]) -> np.ndarray:
 
 
 def _slice_axes(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
-    if len(masks) == 1:
-        (axis, keep), = masks.items()
-        return np.compress(keep, arr, axis=axis)
+    if len(masks) == 1 or arr.nbytes < _ONE_COPY_BYTES:  # one compress per axis is faster
+        for axis, keep in masks.items():
+            arr = np.compress(keep, arr, axis=axis)
+        return arr
     index = [np.flatnonzero(masks[a]) if a in masks else np.arange(n) for a, n in enumerate(arr.shape)]
     return arr[np.ix_(*index)]
+
+
+_ONE_COPY_BYTES = 64 << 20  # from this size, memory matters more than the few ms np.ix_ costs
 
 
 def apply_pruning(

@@ -43,7 +43,7 @@ def test_vectorised_unions_match_one_at_a_time(n: int, batches: list[list[tuple[
 def test_slices_of_several_axes_in_one_copy(shape: list[int], data: st.DataObject) -> None:
     """surgery._apply_ops takes consecutive slices in one copy; the result is the same as
     slicing one axis after the other."""
-    from onnxprune.surgery import _apply_ops
+    import onnxprune.surgery as surgery
 
     arr = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
     axes = data.draw(st.lists(st.integers(0, len(shape) - 1), unique=True, min_size=1))
@@ -51,5 +51,11 @@ def test_slices_of_several_axes_in_one_copy(shape: list[int], data: st.DataObjec
     want = arr
     for _, axis, keep in ops:
         want = np.compress(keep, want, axis=axis)
-    got = _apply_ops(arr, ops)
-    assert got.shape == want.shape and np.array_equal(got, want) and got.flags.c_contiguous
+    default = surgery._ONE_COPY_BYTES
+    for threshold in (0, default):  # np.ix_ (big arrays) and one compress per axis (small)
+        surgery._ONE_COPY_BYTES = threshold
+        try:
+            got = surgery._apply_ops(arr, ops)
+        finally:
+            surgery._ONE_COPY_BYTES = default
+        assert got.shape == want.shape and np.array_equal(got, want) and got.flags.c_contiguous
