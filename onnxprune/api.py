@@ -17,7 +17,7 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import InitializerCache, check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model
+from .graph import check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model
 from .saving import DeferredModel, save_model, serialized_size
 from .metrics import ModelCost, model_cost, node_macs, pruned_shapes
 from .planning import PruningPlan, enforce_constraints
@@ -80,8 +80,8 @@ def analyze(
     registry: RuleRegistry | None = None,
 ) -> ChannelAnalysis:
     """The channel groups of a model, each with its members and the reasons it is pinned."""
-    proto, source, _ = load_model(model)
-    return _analyze(proto, input_shapes=input_shapes, registry=registry, source=source)
+    proto, source, _, initializers = load_model(model)
+    return _analyze(proto, input_shapes=input_shapes, registry=registry, source=source, initializers=initializers)
 
 
 def plan(
@@ -204,9 +204,8 @@ def prune(
     criteria = criteria or default_criteria()
     if output is not None:
         check_output_path(output, model)
-    proto, source, size_before = load_model(model)
     # The weights the analysis reads are kept for the surgery, which reads most of them again.
-    initializers = InitializerCache()
+    proto, source, size_before, initializers = load_model(model)
     analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source, initializers=initializers)
 
     cal_feeds, eval_feeds, data_note = _calibration(proto, config, source)
@@ -324,8 +323,8 @@ def sensitivity(
     config = replace(config or PruneConfig(), criterion=criterion, calibration=calibration, **options)  # type: ignore[arg-type]
     registry = registry or default_registry()
     criteria = criteria or default_criteria()
-    proto, source, _ = load_model(model)
-    analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source)
+    proto, source, _, initializers = load_model(model)
+    analysis = _analyze(proto, input_shapes=config.input_shapes, registry=registry, source=source, initializers=initializers)
     from .calibration import load_calibration, parse_preprocess
 
     # Sensitivity evaluates nothing afterwards: every sample is a calibration sample.

@@ -8,6 +8,7 @@ shapes for the analysis, and safe loading of files with external data.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -53,13 +54,14 @@ def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> set
     return files
 
 
-def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str, int | None]:
+def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str, int | None, InitializerCache]:
     """Load and check a model; return it with a name for messages (its path or '<ModelProto>')
-    and its size on disk with its external data (None for a ModelProto).
+    and its size on disk with its external data (None for a ModelProto), and the cache its
+    weights are read through (views of the file's bytes where they are stored in it).
 
     A ModelProto given by the caller is copied, so the caller's object is never modified.
     """
-    size = None
+    size, serialized = None, None
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
@@ -73,8 +75,9 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
             raise LoadError(f"{source}: not a file")
         if path.stat().st_size == 0:
             raise LoadError(f"{source}: empty file")
+        serialized = path.read_bytes()
         try:
-            proto = onnx.load_model(str(path), load_external_data=False)
+            proto = onnx.load_model_from_string(serialized)
         except Exception as exc:  # protobuf raises several unrelated types
             raise LoadError(f"{source}: not an ONNX model ({_first_line(exc)})") from None
         external = _check_external_data(proto, path.parent, source)
@@ -93,7 +96,7 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
         check_structure(proto)
     except Exception as exc:
         raise LoadError(f"{source}: invalid model: {_first_line(exc)}") from None
-    return proto, source, size
+    return proto, source, size, InitializerCache(proto, serialized)
 
 
 def check_structure(model: onnx.ModelProto, full_check: bool = False) -> None:
@@ -287,22 +290,62 @@ class Param:
 class InitializerCache:
     """The arrays of one loaded model's initializers, each read once and shared by the steps
     that read it (the analysis, then the surgery): reading a TensorProto copies its data, which
-    on a big model costs about as much as loading it. The arrays are read-only."""
+    on a big model costs about as much as loading it. The arrays are read-only.
 
-    def __init__(self) -> None:
+    Given the bytes the model was parsed from, the main graph's raw-data weights are numpy
+    views of those bytes (found by wire.raw_data_offsets): no copy at all."""
+
+    def __init__(self, model: onnx.ModelProto | None = None, serialized: bytes | None = None) -> None:
         self._arrays: dict[int, tuple[onnx.TensorProto, np.ndarray]] = {}
+        self._views: dict[int, tuple[onnx.TensorProto, int, int]] = {}
+        self._buffer = serialized
+        if model is None or serialized is None or sys.byteorder != "little":  # raw data is little-endian
+            return
+        from .wire import raw_data_offsets
+
+        try:
+            offsets = raw_data_offsets(serialized)
+        except (ValueError, IndexError):  # not what protobuf parsed? then read through protobuf
+            return
+        for t in model.graph.initializer:
+            hit = offsets.get(t.name)
+            if hit is not None:
+                self._views[id(t)] = (t, *hit)  # holding t keeps its id its own
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
         hit = self._arrays.get(id(tensor))
         if hit is None or hit[0] is not tensor:  # the tensor is held, so its id stays its own
-            values = numpy_helper.to_array(tensor)
+            values = self._view(tensor)
+            if values is None:
+                values = numpy_helper.to_array(tensor)
             values.flags.writeable = False
             hit = self._arrays[id(tensor)] = (tensor, values)
         return hit[1]
 
+    def _view(self, tensor: onnx.TensorProto) -> np.ndarray | None:
+        entry = self._views.get(id(tensor))
+        dtype = _RAW_DTYPES.get(tensor.data_type)
+        if entry is None or entry[0] is not tensor or dtype is None:
+            return None
+        _, offset, length = entry
+        count = int(np.prod(tensor.dims)) if len(tensor.dims) else 1
+        if count * dtype.itemsize != length:
+            return None
+        return np.frombuffer(self._buffer, dtype=dtype, count=count, offset=offset).reshape(tuple(tensor.dims))
+
     def forget(self, tensor: onnx.TensorProto) -> None:
         """Drop the array of ``tensor`` (read again if asked for)."""
         self._arrays.pop(id(tensor), None)
+
+
+_RAW_DTYPES = {
+    code: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)).newbyteorder("<")
+    for code in (
+        onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+    )
+}
 
 
 class ParamResolver:

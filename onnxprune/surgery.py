@@ -248,6 +248,8 @@ def _apply_ops(arr: np.ndarray, ops: list[Op]) -> np.ndarray:
 
 
 def _slice_axes(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
+    if not arr.flags.aligned and arr.ndim and arr.nbytes >= _BLOCK_BYTES:
+        return _slice_unaligned(arr, masks)
     if len(masks) == 1 or arr.nbytes < _ONE_COPY_BYTES:  # one compress per axis is faster
         for axis, keep in masks.items():
             arr = np.compress(keep, arr, axis=axis)
@@ -257,6 +259,24 @@ def _slice_axes(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
 
 
 _ONE_COPY_BYTES = 64 << 20  # from this size, memory matters more than the few ms np.ix_ costs
+_BLOCK_BYTES = 16 << 20
+
+
+def _slice_unaligned(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
+    """Slice a weight that is a view of the model file's bytes at an offset its item size does
+    not divide: numpy would first copy all of it to aligned memory. Rows are taken a block at
+    a time instead (each block an aligned copy) and sliced into the result."""
+    rows = np.flatnonzero(masks[0]) if 0 in masks else np.arange(arr.shape[0])
+    rest = {a: m for a, m in masks.items() if a != 0}
+    shape = [len(rows), *(int(np.count_nonzero(masks[a])) if a in masks else n for a, n in enumerate(arr.shape) if a)]
+    out = np.empty(shape, dtype=arr.dtype)
+    step = max(1, _BLOCK_BYTES // max(1, arr[:1].nbytes))
+    for start in range(0, len(rows), step):
+        block = arr[rows[start : start + step]]  # fancy indexing: an aligned copy of these rows
+        for axis, keep in rest.items():
+            block = np.compress(keep, block, axis=axis)
+        out[start : start + len(block)] = block
+    return out
 
 
 def apply_pruning(

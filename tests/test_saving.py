@@ -101,9 +101,11 @@ def test_hollow_tensors_must_come_last() -> None:
 
 def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The analysis and the surgery share the arrays (graph.InitializerCache): reading a
-    weight copies it, which on a big model costs as much as loading it."""
+    weight copies it, which on a big model costs as much as loading it. From a file, the
+    weights are views of the file's bytes and are not read out of protobuf at all."""
+    model = _wide_model()
     src = tmp_path / "wide.onnx"
-    onnx.save(_wide_model(), str(src))
+    onnx.save(model, str(src))
     reads: dict[str, int] = {}
     real = onnx.numpy_helper.to_array
 
@@ -112,9 +114,27 @@ def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: p
         return real(tensor, *args, **kwargs)
 
     monkeypatch.setattr(onnx.numpy_helper, "to_array", counting)
-    onnxprune.prune(src, "zero", verify=False, output=tmp_path / "o.onnx")
-    big = {t.name for t in onnx.load(str(src)).graph.initializer if np.prod(t.dims) > 1000}
+    big = {t.name for t in model.graph.initializer if np.prod(t.dims) > 1000}
+    onnxprune.prune(model, "zero", verify=False, output=tmp_path / "a.onnx")  # a ModelProto
     assert big and all(reads.get(name, 0) == 1 for name in big), reads
+    reads.clear()
+    onnxprune.prune(src, "zero", verify=False, output=tmp_path / "b.onnx")  # a file
+    assert not any(reads.get(name, 0) for name in big), reads
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_raw_data_offsets_find_every_weight() -> None:
+    from onnxprune.wire import raw_data_offsets
+
+    model = _wide_model()
+    data = model.SerializeToString()
+    offsets = raw_data_offsets(data)
+    assert set(offsets) == {t.name for t in model.graph.initializer}
+    for t in model.graph.initializer:
+        start, length = offsets[t.name]
+        assert data[start : start + length] == t.raw_data
+    with pytest.raises(ValueError):
+        raw_data_offsets(data[: len(data) // 2])  # a message cut short
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "fixtures").glob("*.onnx")))
