@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
+from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, encode_varint, field_key
 
 __all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers"]
 
@@ -106,25 +107,6 @@ def copy_fields(target: object, source: object, exclude: tuple[str, ...] = ()) -
             setattr(target, fd.name, value)
 
 
-# Field numbers of the encoding written by DeferredModel, read from onnx's own descriptors.
-_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
-_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _key(number: int) -> bytes:  # a length-delimited field's key
-    return _varint(number << 3 | 2)
-
-
 @dataclass(eq=False)
 class DeferredModel:
     """A model whose last initializers are hollow (name, type and shape, no data) while their
@@ -176,10 +158,10 @@ class DeferredModel:
         tail: list[Chunk] = []
         for meta, values in zip(metas, self.arrays.values()):
             raw = memoryview(values).cast("B")
-            data_key = _key(_RAW_DATA) + _varint(raw.nbytes)
-            tail += [_key(_INITIALIZER) + _varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key, raw]
+            data_key = field_key(RAW_DATA_FIELD) + encode_varint(raw.nbytes)
+            tail += [field_key(INITIALIZER_FIELD) + encode_varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key, raw]
         graph_size = len(graph_bytes) + sum(len(c) if isinstance(c, bytes) else c.nbytes for c in tail)
-        chunks: list[Chunk] = [head.SerializeToString() + _key(_GRAPH) + _varint(graph_size), graph_bytes, *tail]
+        chunks: list[Chunk] = [head.SerializeToString() + field_key(GRAPH_FIELD) + encode_varint(graph_size), graph_bytes, *tail]
         if sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks) > PROTOBUF_LIMIT:
             return None
         return chunks

@@ -1,5 +1,6 @@
-"""Where each initializer's raw data lies in a serialised model, found by walking the protobuf
-wire format (tags and lengths only; payloads are skipped, not read).
+"""The protobuf wire format, as far as onnxprune needs it: where each initializer's raw data
+lies in a serialised model (tags and lengths are walked; payloads are skipped, not read), and
+the keys and lengths saving.DeferredModel writes around raw data of its own.
 
 Reading ``TensorProto.raw_data`` copies the bytes out of protobuf; on a model of hundreds of MB
 that copy costs about as much as loading it. With the offsets, the weights are numpy views of
@@ -10,16 +11,31 @@ from __future__ import annotations
 
 import onnx
 
-__all__ = ["raw_data_offsets"]
+__all__ = ["raw_data_offsets", "encode_varint", "field_key", "GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD"]
 
-_GRAPH = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
-_INITIALIZER = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+# Field numbers, read from onnx's own descriptors.
+GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _NAME = onnx.TensorProto.DESCRIPTOR.fields_by_name["name"].number
-_RAW_DATA = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _LENGTH_DELIMITED = 2
 
 
-def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def field_key(number: int) -> bytes:
+    """The key of a length-delimited field (a message, bytes or a string)."""
+    return encode_varint(number << 3 | _LENGTH_DELIMITED)
+
+
+def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         byte = buf[pos]
@@ -36,14 +52,14 @@ def _fields(buf: bytes | memoryview, start: int, end: int):  # noqa: ANN202 - yi
     """The fields of the message in ``buf[start:end]``: (number, wire type, payload start, end)."""
     pos = start
     while pos < end:
-        key, pos = _varint(buf, pos)
+        key, pos = _read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, after = _varint(buf, pos)
+            _, after = _read_varint(buf, pos)
         elif wire == 1:
             after = pos + 8
         elif wire == 2:
-            length, pos = _varint(buf, pos)
+            length, pos = _read_varint(buf, pos)
             after = pos + length
         elif wire == 5:
             after = pos + 4
@@ -63,10 +79,10 @@ def raw_data_offsets(buf: bytes) -> dict[str, tuple[int, int]]:
     twice: set[str] = set()
     view = memoryview(buf)
     for number, wire, start, end in _fields(view, 0, len(view)):
-        if number != _GRAPH or wire != _LENGTH_DELIMITED:
+        if number != GRAPH_FIELD or wire != _LENGTH_DELIMITED:
             continue
         for g_number, g_wire, t_start, t_end in _fields(view, start, end):
-            if g_number != _INITIALIZER or g_wire != _LENGTH_DELIMITED:
+            if g_number != INITIALIZER_FIELD or g_wire != _LENGTH_DELIMITED:
                 continue
             name, data = None, None
             for t_number, t_wire, f_start, f_end in _fields(view, t_start, t_end):
@@ -74,7 +90,7 @@ def raw_data_offsets(buf: bytes) -> dict[str, tuple[int, int]]:
                     continue
                 if t_number == _NAME:
                     name = bytes(view[f_start:f_end]).decode("utf-8")
-                elif t_number == _RAW_DATA:
+                elif t_number == RAW_DATA_FIELD:
                     data = (f_start, f_end - f_start)  # the last one wins, as in protobuf
             if name is None or data is None:
                 continue

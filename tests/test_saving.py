@@ -166,3 +166,20 @@ def test_deferred_write_is_deterministic(tmp_path: Path) -> None:
         assert cli.main(["prune", str(src), "-o", str(out), "--no-verify", "-q"]) == 0
         written.append(out.read_bytes())
     assert written[0] == written[1]
+
+
+def test_wire_reader_finds_what_the_deferred_writer_wrote(tmp_path: Path) -> None:
+    """The writer puts hollow tensors after the rest of the graph; the wire reader must find
+    their raw data there, byte for byte."""
+    from onnxprune.wire import raw_data_offsets
+
+    fast = onnxprune.prune(_wide_model(), "zero", verify=False)
+    arrays = {name: values.copy() for name, values in fast.pruned.arrays.items()}
+    out = tmp_path / "o.onnx"
+    fast.save(out)
+    data = out.read_bytes()
+    offsets = raw_data_offsets(data)
+    assert arrays and set(arrays) <= set(offsets)
+    for name, values in arrays.items():
+        start, length = offsets[name]
+        assert data[start : start + length] == values.tobytes()
