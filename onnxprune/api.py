@@ -10,22 +10,22 @@ from typing import Callable, Mapping
 import numpy as np
 import onnx
 
-from .analysis import ChannelAnalysis, analyze as _analyze, import_graph, static_shapes
+from .analysis import ChannelAnalysis, analyze as _analyze, import_graph
 from .budget import MacsTracker, layer_budgets, plan_with_budget
 from .compensation import data_free_values, reader_masks, removed_id_mask
 from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import check_structure, concrete_input_shapes, dynamic_batch_inputs, load_model
+from .graph import check_structure, dynamic_batch_inputs, load_model
 from .saving import DeferredModel, save_model, serialized_size
-from .metrics import ModelCost, model_cost, node_macs, pruned_shapes
+from .metrics import model_cost, node_macs
 from .planning import PruningPlan, enforce_constraints
-from .report import KeptGroup, LayerChange, PruneReport
+from .report import PruneReport, build_report
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning, prune_deferred
 from .reconstruction import reconstruct
-from .verify import OutputFidelity, VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
+from .verify import VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
 
 __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
 
@@ -290,7 +290,7 @@ def prune(
             size_after = deferred.save(output, external_data)
         else:  # upb's ByteSize would encode the whole model: count the encoded pieces instead
             size_after = deferred.size()
-    report = _report(source, before, (size_before, size_after), pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
+    report = build_report(source, before, (size_before, size_after), pruned, analysis, the_plan, config, result, fid, compensation, reference_kind)
     extra = {
         "fidelity_score": None if score is None else score[0],
         "fidelity_metrics": None if score is None else {o.name: {"metric": o.metric, "value": o.value} for o in score[1]},
@@ -445,71 +445,3 @@ def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registr
         members={g: analysis.group(g).members for g in groups},
     )
     return the_plan, sens
-
-
-def _report(
-    source: str,
-    before: "ModelCost",
-    sizes: tuple[int, int],
-    pruned: onnx.ModelProto,
-    analysis: ChannelAnalysis,
-    pruning_plan: PruningPlan,
-    config: PruneConfig,
-    verification: VerificationResult | None,
-    fid: tuple[OutputFidelity, ...] | None,
-    compensation: str,
-    reference_kind: str,
-) -> PruneReport:
-    removed = removed_id_mask(analysis, pruning_plan)
-    layers = []
-    total = cut = 0
-    for src in analysis.sources:
-        n, gone = len(src.ids), int(removed[src.ids].sum())
-        total += n
-        cut += gone
-        if gone:
-            layers.append(LayerChange(src.node, src.op, n, n - gone))
-    shapes = pruned_shapes(analysis, removed, pruned)
-    if shapes is None:
-        shapes = static_shapes(pruned, concrete_input_shapes(pruned, config.input_shapes, source))
-    after = model_cost(pruned, shapes)
-    removed_set = set(pruning_plan.removed_groups)
-    kept = tuple(
-        KeptGroup(g.id, len(g.members), g.members, pruning_plan.kept_reasons.get(g.id, ()))
-        for g in analysis.groups
-        if g.id not in removed_set and pruning_plan.kept_reasons.get(g.id)
-    )
-    notes = []
-    if not before.macs_complete:
-        notes.append("some layers have unknown shapes; their MACs are not counted (give --input-shape)")
-    budget = {
-        "ratio": config.ratio,
-        "global": config.global_ranking,
-        "macs_target": config.macs_target,
-        "round_to": config.round_to,
-        "exclude": list(config.exclude),
-        "config_entries": len(config.layer_rules),
-    }
-    return PruneReport(
-        model=source,
-        criterion=pruning_plan.criterion,
-        channels_total=total,
-        channels_removed=cut,
-        groups_total=len(analysis.groups),
-        groups_removed=len(pruning_plan.removed_groups),
-        params_before=before.params,
-        params_after=after.params,
-        macs_before=before.macs,
-        macs_after=after.macs,
-        macs_complete=before.macs_complete and after.macs_complete,
-        size_before=sizes[0],
-        size_after=sizes[1],
-        layers=tuple(layers),
-        kept_groups=kept,
-        verification=verification,
-        notes=tuple(notes),
-        fidelity=fid,
-        compensation=compensation if not pruning_plan.exact else "exact constants",
-        reference=reference_kind,
-        budget=budget if not pruning_plan.exact else None,
-    )

@@ -1,12 +1,22 @@
-"""The report of a pruning run, as data (``to_dict`` is the JSON the CLI writes)."""
+"""The report of a pruning run, as data (``to_dict`` is the JSON the CLI writes), and how it is
+built from the analysis, the plan and the two models."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .verify import OutputFidelity, VerificationResult
 
-__all__ = ["LayerChange", "KeptGroup", "PruneReport"]
+if TYPE_CHECKING:
+    import onnx
+
+    from .analysis import ChannelAnalysis
+    from .config import PruneConfig
+    from .metrics import ModelCost
+    from .planning import PruningPlan
+
+__all__ = ["LayerChange", "KeptGroup", "PruneReport", "build_report"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +97,78 @@ class PruneReport:
             "budget": self.budget,
             **(self.extra or {}),
         }
+
+
+def build_report(
+    source: str,
+    before: "ModelCost",
+    sizes: tuple[int, int],
+    pruned: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    pruning_plan: PruningPlan,
+    config: PruneConfig,
+    verification: VerificationResult | None,
+    fid: tuple[OutputFidelity, ...] | None,
+    compensation: str,
+    reference_kind: str,
+) -> PruneReport:
+    """The report of a pruning run: channels, parameters, MACs and size before and after, each
+    changed layer, every kept group with its reasons, verification and fidelity."""
+    from .analysis import static_shapes
+    from .compensation import removed_id_mask
+    from .graph import concrete_input_shapes
+    from .metrics import model_cost, pruned_shapes
+
+    removed = removed_id_mask(analysis, pruning_plan)
+    layers = []
+    total = cut = 0
+    for src in analysis.sources:
+        n, gone = len(src.ids), int(removed[src.ids].sum())
+        total += n
+        cut += gone
+        if gone:
+            layers.append(LayerChange(src.node, src.op, n, n - gone))
+    shapes = pruned_shapes(analysis, removed, pruned)
+    if shapes is None:
+        shapes = static_shapes(pruned, concrete_input_shapes(pruned, config.input_shapes, source))
+    after = model_cost(pruned, shapes)
+    removed_set = set(pruning_plan.removed_groups)
+    kept = tuple(
+        KeptGroup(g.id, len(g.members), g.members, pruning_plan.kept_reasons.get(g.id, ()))
+        for g in analysis.groups
+        if g.id not in removed_set and pruning_plan.kept_reasons.get(g.id)
+    )
+    notes = []
+    if not before.macs_complete:
+        notes.append("some layers have unknown shapes; their MACs are not counted (give --input-shape)")
+    budget = {
+        "ratio": config.ratio,
+        "global": config.global_ranking,
+        "macs_target": config.macs_target,
+        "round_to": config.round_to,
+        "exclude": list(config.exclude),
+        "config_entries": len(config.layer_rules),
+    }
+    return PruneReport(
+        model=source,
+        criterion=pruning_plan.criterion,
+        channels_total=total,
+        channels_removed=cut,
+        groups_total=len(analysis.groups),
+        groups_removed=len(pruning_plan.removed_groups),
+        params_before=before.params,
+        params_after=after.params,
+        macs_before=before.macs,
+        macs_after=after.macs,
+        macs_complete=before.macs_complete and after.macs_complete,
+        size_before=sizes[0],
+        size_after=sizes[1],
+        layers=tuple(layers),
+        kept_groups=kept,
+        verification=verification,
+        notes=tuple(notes),
+        fidelity=fid,
+        compensation=compensation if not pruning_plan.exact else "exact constants",
+        reference=reference_kind,
+        budget=budget if not pruning_plan.exact else None,
+    )
