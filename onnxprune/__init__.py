@@ -34,7 +34,7 @@ _EXPORTS = {
     "Rule": "rules",
     "RuleRegistry": "rules",
     "default_registry": "rules",
-    "VerificationResult": "verify",
+    "VerificationResult": "verification",
     "OnnxPruneError": "errors",
     "LoadError": "errors",
     "UsageError": "errors",
@@ -69,4 +69,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .planning import PruningPlan
     from .report import PruneReport
     from .rules import Rule, RuleRegistry, default_registry
-    from .verify import VerificationResult
+    from .verification import VerificationResult

@@ -25,7 +25,7 @@ from .report import PruneReport, build_report
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning, prune_deferred
 from .reconstruction import reconstruct
-from .verify import VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
+from .verification import VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
 
 __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
 
@@ -315,7 +315,7 @@ def sensitivity(
     criteria: CriterionRegistry | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     **options: object,
-):  # noqa: ANN201 - returns sensitivity.SensitivityResult
+):  # noqa: ANN201 - returns sensitivity_analysis.SensitivityResult
     """For every unit of tied layers: the fidelity on the calibration inputs after removing
     each of ``config.sensitivity_ratios`` of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""
@@ -340,8 +340,8 @@ def sensitivity(
 class _Measured:
     """The sensitivity analysis with what allocation needs to go on from it."""
 
-    result: "object"  # sensitivity.SensitivityResult
-    runner: "object"  # sensitivity.TrialRunner
+    result: "object"  # sensitivity_analysis.SensitivityResult
+    runner: "object"  # sensitivity_analysis.TrialRunner
     tracker: MacsTracker
     estimates: "Mapping[str, np.ndarray] | None"
     scores: Mapping[int, float]
@@ -351,7 +351,7 @@ class _Measured:
 def _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress) -> _Measured:  # noqa: ANN001
     """Units of tied layers, their sensitivity curves, and the trial runner behind them."""
     from .budget import group_scores as _group_scores
-    from .sensitivity import TrialRunner, find_units, measure_sensitivity
+    from .sensitivity_analysis import TrialRunner, find_units, measure_sensitivity
 
     scores = _group_scores(analysis, layer_scores(analysis, proto, config, criteria, stats))
     protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
@@ -382,7 +382,7 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
 def _fidelity(proto: onnx.ModelProto | str, pruned: onnx.ModelProto | str, feeds: list, config: PruneConfig):  # noqa: ANN202
     """Per-output fidelity figures and the run's fidelity score, from one pass over the feeds."""
     from .fidelity import score_outputs
-    from .verify import fidelity_from_outputs, paired_outputs
+    from .verification import fidelity_from_outputs, paired_outputs
 
     names, ref, got = paired_outputs(proto, pruned, feeds)
     return fidelity_from_outputs(names, ref, got), score_outputs(
@@ -410,8 +410,8 @@ def _estimates(
 
 
 def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress):  # noqa: ANN001, ANN202
-    """A plan from the sensitivity analysis under a fidelity budget (see sensitivity.allocate)."""
-    from .sensitivity import allocate
+    """A plan from the sensitivity analysis under a fidelity budget (see sensitivity_analysis.allocate)."""
+    from .sensitivity_analysis import allocate
 
     m = _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress)
     sens, runner, tracker, estimates, scores, protected = m.result, m.runner, m.tracker, m.estimates, m.scores, m.protected

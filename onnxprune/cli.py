@@ -219,7 +219,7 @@ def _prune(args: argparse.Namespace) -> int:
     data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
     if args.ir:
         from .openvino_ir import convert_to_ir
-        from .verify import make_inputs
+        from .verification import make_inputs
 
         feeds = [make_inputs(result.model, config.input_shapes, 1, config.seed, args.model)]
         check = convert_to_ir(result.model, args.ir, input_shapes=config.input_shapes, fp16=args.fp16, check_feeds=feeds, source=args.output)
@@ -278,7 +278,7 @@ def _convert(args: argparse.Namespace) -> int:
     from .errors import UsageError
     from .graph import dynamic_batch_inputs
     from .openvino_ir import convert_to_ir
-    from .verify import make_inputs
+    from .verification import make_inputs
 
     model = load(args.model)
     shapes = _shapes(args.input_shape)

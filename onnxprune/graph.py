@@ -267,11 +267,21 @@ def _without_big_initializers(model: onnx.ModelProto, keep_metadata: bool = Fals
     input_names = {vi.name for vi in model.graph.input}
     for init in model.graph.initializer:
         n = int(np.prod(init.dims)) if len(init.dims) else 1
-        if n <= _SMALL or init.data_type == onnx.TensorProto.INT64:
+        if (n <= _SMALL or init.data_type == onnx.TensorProto.INT64) and _has_data(init):
             g.initializer.append(init)
         elif init.name not in input_names:
             g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     return m
+
+
+def _has_data(t: onnx.TensorProto) -> bool:
+    """False for a hollow tensor (saving.DeferredModel: its values wait as an array)."""
+    return (
+        t.HasField("raw_data")
+        or t.data_location == onnx.TensorProto.EXTERNAL
+        or any(len(getattr(t, f)) for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"))
+        or (len(t.dims) > 0 and int(np.prod(t.dims)) == 0)
+    )
 
 
 @dataclass(frozen=True)

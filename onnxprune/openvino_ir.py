@@ -102,7 +102,7 @@ def convert_to_ir(
 def _check_ir(
     ov: Any, ov_model: Any, model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]], precision: str, source: str
 ) -> IRCheck:
-    from .verify import run_model
+    from .verification import run_model
 
     core = ov.Core()
     tolerance = IR_TOLERANCE[precision]

@@ -268,7 +268,7 @@ def _set(model: onnx.ModelProto, node: onnx.NodeProto, index: int, value: np.nda
 
 class ReconstructedTrials:
     """The fidelity of a removal *after* reconstruction, for the allocation search (a drop-in
-    for sensitivity.TrialRunner). Each trial removes the groups (surgery) and is judged by
+    for sensitivity_analysis.TrialRunner). Each trial removes the groups (surgery) and is judged by
     two-fold cross-fitting: readers refitted on one half of the calibration samples are judged
     on the other half, and the other way round, so every sample is judged by a fit that never
     saw it (fitted and judged on the same few samples, a fit looks better than it is)."""
@@ -282,7 +282,7 @@ class ReconstructedTrials:
         registry: object = None,
         seed: int = 0,
     ) -> None:
-        from .verify import session
+        from .verification import session
 
         if len(feeds) < 2:
             raise ValueError("reconstruction inside the search needs at least 2 calibration samples")
@@ -293,14 +293,14 @@ class ReconstructedTrials:
         self.names = run.output_names
         self.reference = self._outputs(run, [f for _, judge in self.folds for f in judge])
 
-    def _outputs(self, run, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:  # noqa: ANN001 - a verify.ModelRunner
+    def _outputs(self, run, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:  # noqa: ANN001 - a verification.ModelRunner
         per_feed = [run(f) for f in feeds]
         return [np.concatenate([o[i] for o in per_feed]) for i in range(len(self.names))]
 
     def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
         from .fidelity import score_outputs
         from .surgery import apply_pruning
-        from .verify import session
+        from .verification import session
 
         plan = PruningPlan("trial", tuple(removed_groups))
         pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)  # type: ignore[arg-type]

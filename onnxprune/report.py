@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .verify import OutputFidelity, VerificationResult
+from .verification import OutputFidelity, VerificationResult
 
 if TYPE_CHECKING:
     import onnx

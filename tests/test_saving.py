@@ -13,7 +13,7 @@ import onnxprune
 from onnxprune import cli
 from onnxprune.saving import DeferredModel
 from onnxprune.testing import GraphBuilder
-from onnxprune.verify import run_model
+from onnxprune.verification import run_model
 
 
 def _wide_model() -> onnx.ModelProto:

@@ -24,3 +24,20 @@ def test_lazy_package_attributes() -> None:
 
     assert callable(onnxprune.prune) and issubclass(onnxprune.LoadError, onnxprune.OnnxPruneError)
     assert set(onnxprune.__all__) <= set(dir(onnxprune)) | {"__version__"}
+
+
+def test_public_functions_are_not_shadowed_by_submodules() -> None:
+    """Importing a submodule binds its name on the package: no module may be named like a
+    public function (onnxprune.verify was the verify module once verification had run)."""
+    import importlib
+    import pkgutil
+    import types
+
+    import onnxprune
+
+    for info in pkgutil.walk_packages(onnxprune.__path__, "onnxprune."):
+        if not info.name.endswith("__main__"):  # that one runs the command line
+            importlib.import_module(info.name)
+    for name in ("prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity"):
+        value = getattr(onnxprune, name)
+        assert callable(value) and not isinstance(value, types.ModuleType), name

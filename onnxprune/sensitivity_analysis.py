@@ -24,7 +24,7 @@ from .compensation import reader_masks
 from .errors import BackendMissing, UnsupportedModel
 from .fidelity import score_outputs
 from .planning import enforce_constraints
-from .verify import instrument_readers, mask_feeds
+from .verification import instrument_readers, mask_feeds
 
 __all__ = ["Unit", "UnitSensitivity", "SensitivityResult", "TrialRunner", "find_units", "measure_sensitivity", "allocate"]
 
