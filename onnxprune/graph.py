@@ -452,7 +452,3 @@ def _qdq(op: str, x: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis:
     else:
         lo, hi = 0, 255
     return np.clip(np.rint(x.astype(np.float64) / s) + z, lo, hi).astype(np.float32)
-
-
-def tensor_to_numpy(t: onnx.TensorProto) -> np.ndarray:
-    return numpy_helper.to_array(t)
