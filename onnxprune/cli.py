@@ -144,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the model: a full disk, a folder it may not write
+        print(f"onnxprune: error: {exc.filename or getattr(args, 'model', '')}: {exc.strerror or exc}; nothing written", file=sys.stderr)
+        return 2
     except Exception as exc:  # a bug: one line, no traceback unless asked for
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise

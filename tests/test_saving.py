@@ -183,3 +183,28 @@ def test_wire_reader_finds_what_the_deferred_writer_wrote(tmp_path: Path) -> Non
     for name, values in arrays.items():
         start, length = offsets[name]
         assert data[start : start + length] == values.tobytes()
+
+
+def test_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A write that fails half way (here: no space left) is one line, exit 2, and neither the
+    output nor the staging folder is left behind; the input is untouched."""
+    import errno
+
+    from onnxprune.saving import DeferredModel
+
+    src = tmp_path / "wide.onnx"
+    onnx.save(_wide_model(), str(src))
+    before = src.read_bytes()
+    real = DeferredModel.write_files
+
+    def full(self, path, external_data):  # noqa: ANN001, ANN202
+        real(self, path, external_data)  # the bytes are on disk, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(DeferredModel, "write_files", full)
+    out = tmp_path / "o.onnx"
+    assert cli.main(["prune", str(src), "-o", str(out), "--no-verify", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".onnxprune-*"))
+    assert src.read_bytes() == before
