@@ -20,7 +20,7 @@ import numpy as np
 
 from .openvino_ir import require_openvino
 
-__all__ = ["run_openvino_pruning", "layer_stats", "compare_outputs"]
+__all__ = ["run_openvino_pruning", "layer_stats", "compare_outputs", "static_inputs"]
 
 CONV_TYPES = {
     "Convolution",
@@ -90,7 +90,7 @@ def layer_stats(model: Any) -> dict[str, Any]:
     }
 
 
-def _static_inputs(model: Any, batch: int = 1) -> dict[str, list[int]]:
+def static_inputs(model: Any, batch: int = 1) -> dict[str, list[int]]:
     """Reshape dynamic input dims to ``batch`` (in place); return the static input shapes."""
     ov = require_openvino()
     new: dict[Any, Any] = {}
@@ -163,7 +163,7 @@ def run_openvino_pruning(path: str, seed: int = 0, check: bool = True) -> dict[s
     core = ov.Core()
     t0 = time.perf_counter()
     model = ov.convert_model(path)
-    result["input_shapes"] = _static_inputs(model)
+    result["input_shapes"] = static_inputs(model)
     result["convert_seconds"] = round(time.perf_counter() - t0, 3)
     before = layer_stats(model)
     original = model.clone()

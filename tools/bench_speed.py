@@ -121,11 +121,11 @@ def ov_pass_ir(onnx_path: str, xml_path: str) -> dict[str, Any]:
     from openvino._offline_transformations import apply_pruning_transformation
 
     from onnxprune.openvino_ir import require_openvino
-    from onnxprune.openvino_pass import _static_inputs, layer_stats
+    from onnxprune.openvino_pass import layer_stats, static_inputs
 
     ov = require_openvino()
     model = ov.convert_model(onnx_path)
-    _static_inputs(model)  # dynamic dims -> 1, like the bench
+    static_inputs(model)  # dynamic dims -> 1, like the bench
     before = layer_stats(model)["macs"]
     apply_pruning_transformation(model)
     model.validate_nodes_and_infer_types()

@@ -136,11 +136,11 @@ def ov_count(path: str, pruned: Any) -> dict[str, Any]:
     import openvino as ov
 
     sys.path.insert(0, HERE)
-    from openvino_pruning import _static_inputs, layer_stats
+    from onnxprune.openvino_pass import layer_stats, static_inputs
 
     def count(p: str) -> dict[str, Any]:
         m = ov.convert_model(p)
-        _static_inputs(m)
+        static_inputs(m)
         return layer_stats(m)
 
     before = count(path)
