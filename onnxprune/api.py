@@ -18,7 +18,7 @@ from .criteria import CriterionRegistry, default_criteria, source_filters, zero_
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
 from .graph import check_structure, dynamic_batch_inputs, load_model
-from .saving import DeferredModel, save_model, serialized_size
+from .saving import DeferredModel, check_output_folder, save_model, serialized_size
 from .metrics import model_cost, node_macs
 from .planning import PruningPlan, enforce_constraints
 from .report import PruneReport, build_report
@@ -56,9 +56,7 @@ def check_output_path(output: str | os.PathLike[str], model: object) -> None:
         src = os.fspath(model)
         if os.path.abspath(out) == os.path.abspath(src) or (os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src)):
             raise UsageError(f"{out}: output must differ from the input model")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{out}: output folder {folder} does not exist")
+    check_output_folder(out)
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:

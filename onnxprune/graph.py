@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from .errors import LoadError, UnsupportedModel, UsageError
+from .wire import RAW_DTYPES, raw_data_offsets
 
 __all__ = [
     "load_model",
@@ -307,20 +308,23 @@ class InitializerCache:
 
     def __init__(self, model: onnx.ModelProto | None = None, serialized: bytes | None = None) -> None:
         self._arrays: dict[int, tuple[onnx.TensorProto, np.ndarray]] = {}
-        self._views: dict[int, tuple[onnx.TensorProto, int, int]] = {}
+        self._views: dict[int, tuple[onnx.TensorProto, int, int]] | None = None  # found on first use
+        self._model = model
         self._buffer = serialized
-        if model is None or serialized is None or sys.byteorder != "little":  # raw data is little-endian
-            return
-        from .wire import raw_data_offsets
 
+    def _find_views(self) -> dict[int, tuple[onnx.TensorProto, int, int]]:
+        views: dict[int, tuple[onnx.TensorProto, int, int]] = {}
+        if self._model is None or self._buffer is None or sys.byteorder != "little":  # raw data is little-endian
+            return views
         try:
-            offsets = raw_data_offsets(serialized)
+            offsets = raw_data_offsets(self._buffer)
         except (ValueError, IndexError):  # not what protobuf parsed? then read through protobuf
-            return
-        for t in model.graph.initializer:
+            return views
+        for t in self._model.graph.initializer:
             hit = offsets.get(t.name)
             if hit is not None:
-                self._views[id(t)] = (t, *hit)  # holding t keeps its id its own
+                views[id(t)] = (t, *hit)  # holding t keeps its id its own
+        return views
 
     def array(self, tensor: onnx.TensorProto) -> np.ndarray:
         hit = self._arrays.get(id(tensor))
@@ -333,8 +337,10 @@ class InitializerCache:
         return hit[1]
 
     def _view(self, tensor: onnx.TensorProto) -> np.ndarray | None:
+        if self._views is None:
+            self._views = self._find_views()
         entry = self._views.get(id(tensor))
-        dtype = _RAW_DTYPES.get(tensor.data_type)
+        dtype = RAW_DTYPES.get(tensor.data_type)
         if entry is None or entry[0] is not tensor or dtype is None:
             return None
         _, offset, length = entry
@@ -346,16 +352,6 @@ class InitializerCache:
     def forget(self, tensor: onnx.TensorProto) -> None:
         """Drop the array of ``tensor`` (read again if asked for)."""
         self._arrays.pop(id(tensor), None)
-
-
-_RAW_DTYPES = {
-    code: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)).newbyteorder("<")
-    for code in (
-        onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-        onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
-        onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
-    )
-}
 
 
 class ParamResolver:

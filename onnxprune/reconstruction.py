@@ -291,11 +291,7 @@ class ReconstructedTrials:
         self.folds = [(list(feeds[:half]), list(feeds[half:])), (list(feeds[half:]), list(feeds[:half]))]
         run = session(model)
         self.names = run.output_names
-        self.reference = self._outputs(run, [f for _, judge in self.folds for f in judge])
-
-    def _outputs(self, run, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:  # noqa: ANN001 - a verification.ModelRunner
-        per_feed = [run(f) for f in feeds]
-        return [np.concatenate([o[i] for o in per_feed]) for i in range(len(self.names))]
+        self.reference = run.outputs([f for _, judge in self.folds for f in judge])
 
     def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
         from .fidelity import score_outputs
@@ -307,6 +303,6 @@ class ReconstructedTrials:
         parts = []
         for fit, judge in self.folds:
             rebuilt, _ = reconstruct(self.model, pruned, self.analysis, plan, fit, seed=self.seed)
-            parts.append(self._outputs(session(rebuilt), judge))
+            parts.append(session(rebuilt).outputs(judge))
         outs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.names))]
         return score_outputs(self.names, self.reference, outs, choices)[0]

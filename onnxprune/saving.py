@@ -20,13 +20,17 @@ import numpy as np
 import onnx
 
 from .errors import UsageError
-from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, encode_varint, field_key
+from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
 
-__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers"]
+__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers", "check_output_folder"]
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
 Chunk = Union[bytes, memoryview]
+
+
+def _size(chunks: Sequence[Chunk]) -> int:
+    return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
@@ -65,17 +69,14 @@ def removing_leftovers(*paths: str) -> Iterator[None]:
                 os.remove(p)
 
 
-def write_atomic(path: str, data: bytes | str | Sequence[Chunk]) -> int:
-    """Write ``data`` (or its chunks, one after the other) to a temporary file beside ``path``,
-    then rename: never a half-written file. Returns the bytes written."""
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename: never a half-written
+    file. (Models are written by DeferredModel.save, through a staging folder.)"""
     tmp = f"{path}.tmp{os.getpid()}"
-    chunks = [data] if isinstance(data, (bytes, str)) else data
     with removing_leftovers(tmp):
         with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+            f.write(data)
         os.replace(tmp, path)
-    return os.path.getsize(path)
 
 
 def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None) -> int:
@@ -86,7 +87,8 @@ def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = N
     return DeferredModel(model).save(path, external_data)
 
 
-def _check_folder(path: str) -> None:
+def check_output_folder(path: str) -> None:
+    """Refuse an output whose folder does not exist (a usage error, before any work)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{path}: output folder {folder} does not exist")
@@ -160,9 +162,9 @@ class DeferredModel:
             raw = memoryview(values).cast("B")
             data_key = field_key(RAW_DATA_FIELD) + encode_varint(raw.nbytes)
             tail += [field_key(INITIALIZER_FIELD) + encode_varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key, raw]
-        graph_size = len(graph_bytes) + sum(len(c) if isinstance(c, bytes) else c.nbytes for c in tail)
+        graph_size = len(graph_bytes) + _size(tail)
         chunks: list[Chunk] = [head.SerializeToString() + field_key(GRAPH_FIELD) + encode_varint(graph_size), graph_bytes, *tail]
-        if sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks) > PROTOBUF_LIMIT:
+        if _size(chunks) > PROTOBUF_LIMIT:
             return None
         return chunks
 
@@ -171,7 +173,7 @@ class DeferredModel:
         chunks = self.encode()
         if chunks is None:
             return serialized_size(self.complete())
-        return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks)
+        return _size(chunks)
 
     def save(self, path: str | os.PathLike[str], external_data: bool | None = None) -> int:
         """Write the model like ``save_model``; returns the bytes written."""
@@ -192,7 +194,7 @@ class DeferredModel:
                 with open(path, "wb") as f:
                     for chunk in chunks:
                         f.write(chunk)
-                return sum(len(c) if isinstance(c, bytes) else c.nbytes for c in chunks), [os.path.basename(path)]
+                return _size(chunks), [os.path.basename(path)]
         return self._write_external(path)
 
     def _write_external(self, path: str) -> tuple[int, list[str]]:
@@ -236,7 +238,7 @@ class StagedModel:
     def __init__(self, model: DeferredModel, path: str, external_data: bool | None) -> None:
         import tempfile
 
-        _check_folder(path)
+        check_output_folder(path)
         self.destination = path
         self._folder = os.path.dirname(os.path.abspath(path))
         self._tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=self._folder)
@@ -269,10 +271,11 @@ _EXTERNAL_THRESHOLD = 1024  # bytes; smaller tensors stay in the model file, as 
 
 def plain_array(values: np.ndarray) -> np.ndarray | None:
     """``values`` as a little-endian array whose bytes are ONNX raw data, or None for types
-    only onnx's converter handles (strings, 4-bit and 8-bit floats, bfloat16)."""
-    if values.dtype.kind not in "fiub" or values.dtype.type not in _PLAIN:
+    only onnx's converter handles (see wire.RAW_DTYPES)."""
+    little = values.dtype.newbyteorder("<") if values.dtype.kind in "fiub" else None
+    if little not in _PLAIN:
         return None
-    return values.astype(values.dtype.newbyteorder("<"), copy=False)  # no copy on little-endian hosts
+    return values.astype(little, copy=False)  # no copy on little-endian hosts
 
 
-_PLAIN = {np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, np.bool_}
+_PLAIN = set(RAW_DTYPES.values())

@@ -155,6 +155,11 @@ class ModelRunner:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self._sess.run(None, dict(feeds))  # type: ignore[attr-defined]
 
+    def outputs(self, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
+        """Every output over all the feeds, samples concatenated along the first axis."""
+        per_feed = [self(f) for f in feeds_list]
+        return [np.concatenate([o[i] for o in per_feed]) for i in range(len(self.output_names))]
+
 
 def session(model: onnx.ModelProto | str) -> ModelRunner:
     """An onnxruntime session of ``model`` (graph optimisations off, so the graph itself is

@@ -9,9 +9,10 @@ the file's bytes, which protobuf's parser already keeps (see graph.InitializerCa
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
-__all__ = ["raw_data_offsets", "encode_varint", "field_key", "GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD"]
+__all__ = ["raw_data_offsets", "encode_varint", "field_key", "GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD", "RAW_DTYPES"]
 
 # Field numbers, read from onnx's own descriptors.
 GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
@@ -19,6 +20,17 @@ INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].num
 RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _NAME = onnx.TensorProto.DESCRIPTOR.fields_by_name["name"].number
 _LENGTH_DELIMITED = 2
+
+# The tensor types whose raw data is a plain little-endian array numpy reads and writes as is
+# (not strings, nor the 4-bit, 8-bit-float and bfloat16 types only onnx's converter handles).
+RAW_DTYPES: dict[int, np.dtype] = {
+    code: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)).newbyteorder("<")
+    for code in (
+        onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+    )
+}
 
 
 def encode_varint(n: int) -> bytes:
