@@ -18,7 +18,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ._core import Layout, NotApplicable, UnionFind
-from .graph import InitializerCache, Param, ParamResolver, Shape, concrete_input_shapes, infer_static_shapes, model_opset
+from .params import InitializerCache, Param, ParamResolver
+from .shapes import Shape, concrete_input_shapes, infer_static_shapes
+from .validation import model_opset
 from .rules import RuleRegistry, default_registry
 from .shape_values import ShapeEvaluator, is_shape_arithmetic
 

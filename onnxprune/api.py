@@ -17,7 +17,9 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, source_filters, zero_plan
 from .criteria.activations import ActivationStats, group_activation_scores, sink_statistics
 from .errors import UsageError, VerificationFailed
-from .graph import check_structure, dynamic_batch_inputs, load_model
+from .loading import load_model
+from .shapes import dynamic_batch_inputs
+from .validation import check_structure
 from .saving import DeferredModel, check_output_folder, save_model, serialized_size
 from .metrics import model_cost, node_macs
 from .planning import PruningPlan, enforce_constraints

@@ -279,7 +279,7 @@ def _progress(quiet: bool):  # noqa: ANN202 - a callback or None
 def _convert(args: argparse.Namespace) -> int:
     from .api import load
     from .errors import UsageError
-    from .graph import dynamic_batch_inputs
+    from .shapes import dynamic_batch_inputs
     from .openvino_ir import convert_to_ir
     from .verification import make_inputs
 

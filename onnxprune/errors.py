@@ -9,6 +9,7 @@ __all__ = [
     "UnsupportedModel",
     "VerificationFailed",
     "BackendMissing",
+    "first_line",
 ]
 
 
@@ -38,3 +39,11 @@ class VerificationFailed(OnnxPruneError):
 
 class BackendMissing(OnnxPruneError):
     """An optional backend (onnxruntime, openvino) is not installed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's text, for one-line error messages."""
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # onnx's checker puts the useful sentence first, then a context dump.
+    return lines[0] if lines else type(exc).__name__

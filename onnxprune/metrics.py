@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import onnx
 
-from .graph import Shape
+from .shapes import Shape
 
 if TYPE_CHECKING:
     from .analysis import ChannelAnalysis

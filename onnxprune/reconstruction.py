@@ -21,7 +21,7 @@ from onnx import numpy_helper
 
 from .analysis import ChannelAnalysis
 from .compensation import removed_id_mask
-from .graph import ParamResolver
+from .params import ParamResolver
 from .planning import PruningPlan
 
 __all__ = ["ReconstructedLayer", "reconstruct"]

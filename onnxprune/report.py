@@ -116,7 +116,7 @@ def build_report(
     changed layer, every kept group with its reasons, verification and fidelity."""
     from .analysis import static_shapes
     from .compensation import removed_id_mask
-    from .graph import concrete_input_shapes
+    from .shapes import concrete_input_shapes
     from .metrics import model_cost, pruned_shapes
 
     removed = removed_id_mask(analysis, pruning_plan)

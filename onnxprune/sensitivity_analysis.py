@@ -127,7 +127,7 @@ class TrialRunner:
         instrumented, self.ports = instrument_readers(model, analysis)
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        from .graph import dynamic_batch_inputs
+        from .shapes import dynamic_batch_inputs
 
         self.session = ort.InferenceSession(instrumented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         self.names = [o.name for o in model.graph.output]

@@ -13,7 +13,8 @@ from typing import Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph import ParamResolver, Shape
+from .params import ParamResolver
+from .shapes import Shape
 
 __all__ = ["ShapeEvaluator", "is_shape_arithmetic"]
 

@@ -18,7 +18,8 @@ import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel
-from .graph import InitializerCache, ParamResolver, constant_values, model_opset
+from .params import InitializerCache, ParamResolver, constant_values
+from .validation import model_opset
 from .compensation import removed_id_mask, sink_fills
 from .planning import PruningPlan
 from .saving import DeferredModel, copy_fields, plain_array

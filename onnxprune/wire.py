@@ -4,7 +4,7 @@ the keys and lengths saving.DeferredModel writes around raw data of its own.
 
 Reading ``TensorProto.raw_data`` copies the bytes out of protobuf; on a model of hundreds of MB
 that copy costs about as much as loading it. With the offsets, the weights are numpy views of
-the file's bytes, which protobuf's parser already keeps (see graph.InitializerCache).
+the file's bytes, which protobuf's parser already keeps (see params.InitializerCache).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from conftest import assert_same_outputs
 import onnxprune
 from onnxprune.analysis import static_shapes
-from onnxprune.graph import concrete_input_shapes
+from onnxprune.shapes import concrete_input_shapes
 from onnxprune.metrics import model_cost
 from onnxprune.testing import random_cnn
 

@@ -100,7 +100,7 @@ def test_hollow_tensors_must_come_last() -> None:
 
 
 def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The analysis and the surgery share the arrays (graph.InitializerCache): reading a
+    """The analysis and the surgery share the arrays (params.InitializerCache): reading a
     weight copies it, which on a big model costs as much as loading it. From a file, the
     weights are views of the file's bytes and are not read out of protobuf at all."""
     model = _wide_model()
@@ -143,7 +143,7 @@ def test_pruned_cost_without_shape_inference(name: str) -> None:
     it must equal what shape inference on the pruned model gives."""
     from onnxprune.analysis import static_shapes
     from onnxprune.compensation import removed_id_mask
-    from onnxprune.graph import concrete_input_shapes
+    from onnxprune.shapes import concrete_input_shapes
     from onnxprune.metrics import model_cost, pruned_shapes
 
     path = Path(__file__).parent.parent / "fixtures" / name

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis import ChannelAnalysis
-from ..graph import ParamResolver
+from ..params import ParamResolver
 
 __all__ = ["LayerFilters", "source_filters"]
 

@@ -1,0 +1,162 @@
+"""Static tensor shapes for the analysis: input shapes (dynamic batch, --input-shape) and
+onnx shape inference over a light stand-in of the model (big weights not copied)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .errors import UnsupportedModel, UsageError, first_line
+
+__all__ = [
+    "Shape",
+    "concrete_input_shapes",
+    "dynamic_batch_inputs",
+    "infer_static_shapes",
+    "without_big_initializers",
+]
+
+Shape = tuple[int | None, ...]
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> Shape | None:
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.tensor_type.shape.dim)
+
+
+def dynamic_batch_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs whose first dimension is symbolic (a dynamic batch)."""
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = _dims(vi)
+        if dims and dims[0] is None:
+            out.append(vi.name)
+    return out
+
+
+def concrete_input_shapes(
+    model: onnx.ModelProto, overrides: Mapping[str, tuple[int, ...]], source: str, batch: int = 1
+) -> dict[str, Shape]:
+    """Input shapes for analysis: the user's --input-shape, a dynamic batch set to ``batch``,
+    other dynamic dimensions left unknown (None)."""
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
+    for name in overrides:
+        if name not in inputs:
+            raise UsageError(f"{source}: --input-shape names {name!r}, but the model's inputs are {sorted(inputs)}")
+    shapes: dict[str, Shape] = {}
+    for name, vi in inputs.items():
+        dims = _dims(vi)
+        if name in overrides:
+            given = overrides[name]
+            if dims is not None and len(dims) != len(given):
+                raise UsageError(f"{source}: --input-shape {name}: rank {len(given)} but the model's input has rank {len(dims)}")
+            if dims is not None:
+                for i, (have, want) in enumerate(zip(dims, given)):
+                    if have is not None and have != want:
+                        raise UsageError(f"{source}: --input-shape {name}: dimension {i} is fixed to {have} in the model, not {want}")
+            shapes[name] = tuple(given)
+        elif dims is None:
+            shapes[name] = ()
+        else:
+            shapes[name] = tuple((batch if (i == 0 and d is None) else d) for i, d in enumerate(dims))
+    return shapes
+
+
+def infer_static_shapes(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Shape],
+    known_values: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Shape]:
+    """Shape of every tensor with the given input shapes (None for unknown dimensions).
+
+    ``known_values``: run-time computed tensors (shape expressions) whose value is known for
+    these input shapes; shape inference is told them, so it can see through ``x.chunk()``.
+    """
+    # Shape inference only needs initializer shapes and the values of small (shape-like) tensors;
+    # copying the big weights would double the memory for nothing.
+    m = without_big_initializers(model)
+    if known_values:
+        renamed = {name: f"{name}__onnxprune_value" for name in known_values}
+        for name, value in known_values.items():
+            m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), renamed[name]))
+        for node in m.graph.node:
+            for i, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[i] = renamed[name]
+    inits = {i.name for i in m.graph.initializer}
+    for vi in m.graph.input:
+        if vi.name in inits or vi.name not in input_shapes:
+            continue
+        shape = input_shapes[vi.name]
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) != len(shape):
+            continue
+        for d, v in zip(dims, shape):
+            if v is not None:
+                d.Clear()
+                d.dim_value = int(v)
+    del m.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise UnsupportedModel(f"shape inference failed: {first_line(exc)}") from None
+    shapes: dict[str, Shape] = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = _dims(vi)
+        if dims is not None:
+            shapes[vi.name] = dims
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+_SMALL = 64  # elements; initializers this small are kept for data propagation (shapes, axes)
+
+
+def without_big_initializers(model: onnx.ModelProto, keep_metadata: bool = False) -> onnx.ModelProto:
+    """A shallow stand-in of the model whose big initializers are replaced by graph inputs.
+
+    Shape inference sees the same shapes; the weights are not copied.
+    """
+    m = onnx.ModelProto()
+    m.ir_version = model.ir_version
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    if keep_metadata:
+        m.metadata_props.extend(model.metadata_props)
+        m.graph.value_info.extend(model.graph.value_info)
+    g = m.graph
+    g.name = model.graph.name
+    g.node.extend(model.graph.node)
+    g.input.extend(model.graph.input)
+    g.output.extend(model.graph.output)
+    input_names = {vi.name for vi in model.graph.input}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims)) if len(init.dims) else 1
+        if (n <= _SMALL or init.data_type == onnx.TensorProto.INT64) and _has_data(init):
+            g.initializer.append(init)
+        elif init.name not in input_names:
+            g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return m
+
+
+def _has_data(t: onnx.TensorProto) -> bool:
+    """False for a hollow tensor (saving.DeferredModel: its values wait as an array)."""
+    return (
+        t.HasField("raw_data")
+        or t.data_location == onnx.TensorProto.EXTERNAL
+        or any(len(getattr(t, f)) for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"))
+        or (len(t.dims) > 0 and int(np.prod(t.dims)) == 0)
+    )
