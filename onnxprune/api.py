@@ -214,13 +214,13 @@ def prune(
     wants_stats = cal_feeds is not None and lossy and (criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration"))
     stats = None
     if wants_stats:
-        stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)))
+        stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)), source=source)
 
     sens = None
     if given_plan is not None:
         the_plan = given_plan
     elif config.allocated:
-        the_plan, sens = _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress)
+        the_plan, sens = _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress, source)
     else:
         the_plan = plan(analysis, config.criterion, model=proto, config=config, criteria=criteria, stats=stats)
 
@@ -277,12 +277,12 @@ def prune(
         reconstructed = ()
         if config.reconstruct and not the_plan.exact and cal_feeds:
             # The surgery is proven above; reconstruction then only changes kept weights' values.
-            pruned, reconstructed = reconstruct(proto, deferred.complete(), analysis, the_plan, cal_feeds, seed=config.seed)
+            pruned, reconstructed = reconstruct(proto, deferred.complete(), analysis, the_plan, cal_feeds, seed=config.seed, source=source)
             check_structure(pruned, full_check=True)
             deferred = DeferredModel(pruned)
         score = None
         if not the_plan.exact:
-            fid, score = _fidelity(original, candidate or deferred.complete(), feeds, config)
+            fid, score = _fidelity(original, candidate or deferred.complete(), feeds, config, source)
         if staged is not None:
             staged.commit()
             size_after = staged.size
@@ -332,8 +332,8 @@ def sensitivity(
     cal_feeds = load_calibration(calibration, proto, pre, limit=config.calibration_limit, seed=config.seed)
     stats = None
     if criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
-        stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)))
-    return _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress).result
+        stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)), source=source)
+    return _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress, source).result
 
 
 @dataclass(frozen=True)
@@ -348,7 +348,7 @@ class _Measured:
     protected: dict[str, str]
 
 
-def _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress) -> _Measured:  # noqa: ANN001
+def _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress, source="<model>") -> _Measured:  # noqa: ANN001
     """Units of tied layers, their sensitivity curves, and the trial runner behind them."""
     from .budget import group_scores as _group_scores
     from .sensitivity_analysis import TrialRunner, find_units, measure_sensitivity
@@ -359,7 +359,7 @@ def _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, prog
     tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
     compensation = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
     estimates = _estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, compensation, registry, config)
-    runner = TrialRunner(proto, analysis, cal_feeds)
+    runner = TrialRunner(proto, analysis, cal_feeds, source=source)
     result = measure_sensitivity(
         runner, analysis, units, tracker, config.sensitivity_ratios, estimates, config.criterion, config.fidelity_metrics,
         progress=progress and (lambda d, t: progress("sensitivity", d, t)),
@@ -379,12 +379,12 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
     return split_calibration(feeds, given)
 
 
-def _fidelity(proto: onnx.ModelProto | str, pruned: onnx.ModelProto | str, feeds: list, config: PruneConfig):  # noqa: ANN202
+def _fidelity(proto: onnx.ModelProto | str, pruned: onnx.ModelProto | str, feeds: list, config: PruneConfig, source: str):  # noqa: ANN202
     """Per-output fidelity figures and the run's fidelity score, from one pass over the feeds."""
     from .fidelity import score_outputs
     from .verification import fidelity_from_outputs, paired_outputs
 
-    names, ref, got = paired_outputs(proto, pruned, feeds)
+    names, ref, got = paired_outputs(proto, pruned, feeds, source=source)
     return fidelity_from_outputs(names, ref, got), score_outputs(
         names, [np.concatenate(r) for r in ref], [np.concatenate(g) for g in got], config.fidelity_metrics
     )
@@ -409,17 +409,17 @@ def _estimates(
     return None
 
 
-def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress):  # noqa: ANN001, ANN202
+def _allocated_plan(proto, analysis, config, criteria, stats, cal_feeds, registry, progress, source="<model>"):  # noqa: ANN001, ANN202
     """A plan from the sensitivity analysis under a fidelity budget (see sensitivity_analysis.allocate)."""
     from .sensitivity_analysis import allocate
 
-    m = _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress)
+    m = _measure(proto, analysis, config, criteria, stats, cal_feeds, registry, progress, source)
     sens, runner, tracker, estimates, scores, protected = m.result, m.runner, m.tracker, m.estimates, m.scores, m.protected
     if config.reconstruct and config.macs_target is None and len(cal_feeds) >= 2:
         # The budget is met by the reconstructed model: measure that, not the masked one.
         from .reconstruction import ReconstructedTrials
 
-        runner = ReconstructedTrials(proto, analysis, cal_feeds, registry=registry, seed=config.seed)
+        runner = ReconstructedTrials(proto, analysis, cal_feeds, registry=registry, seed=config.seed, source=source)
     groups, _, _ = allocate(
         sens, analysis, runner, tracker, estimates, min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics
     )

@@ -102,7 +102,7 @@ def convert_to_ir(
 def _check_ir(
     ov: Any, ov_model: Any, model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]], precision: str, source: str
 ) -> IRCheck:
-    from .verification import run_model
+    from .runtime import session
 
     core = ov.Core()
     tolerance = IR_TOLERANCE[precision]
@@ -116,9 +116,10 @@ def _check_ir(
     else:
         compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     names = [o.name for o in model.graph.output]
+    run = session(model, source=source)
     worst = (0.0, 1.0, names[0] if names else "")
     for feeds in feeds_list:
-        ref = run_model(model, feeds)
+        ref = run(feeds)
         got = compiled(dict(feeds))
         for i, (name, r) in enumerate(zip(names, ref)):
             g = np.asarray(got[compiled.outputs[i]], dtype=np.float64)

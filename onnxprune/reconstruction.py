@@ -23,6 +23,7 @@ from .analysis import ChannelAnalysis
 from .compensation import removed_id_mask
 from .params import ParamResolver
 from .planning import PruningPlan
+from .runtime import session
 
 __all__ = ["ReconstructedLayer", "reconstruct"]
 
@@ -95,9 +96,10 @@ def reconstruct(
     positions: int = 8192,
     ridge: float = 1e-5,
     seed: int = 0,
+    source: str = "<model>",
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
-    """A copy of ``pruned`` with the readers of removed channels refitted (see module doc)."""
-    import onnxruntime as ort
+    """A copy of ``pruned`` with the readers of removed channels refitted (see module doc);
+    ``source``, the model file, names it in errors."""
 
     removed_ids = removed_id_mask(analysis, plan)
     index_of = {label: i for i, label in enumerate(analysis.node_labels)}
@@ -124,10 +126,10 @@ def reconstruct(
     probe.CopyFrom(original)
     names = sorted({s.tensor for s, _, _ in todo})
     probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    run = session(probe, source=source, what="the model with the reconstructed layers' inputs as outputs", optimize=True)
     acts: dict[str, list[np.ndarray]] = defaultdict(list)
     for feed in feeds:
-        for n, v in zip(names, sess.run(names, dict(feed))):
+        for n, v in zip(names, run.run(feed, names)):
             acts[n].append(np.asarray(v, dtype=np.float64))
     values = {n: np.concatenate(v) for n, v in acts.items()}
 
@@ -281,28 +283,26 @@ class ReconstructedTrials:
         *,
         registry: object = None,
         seed: int = 0,
+        source: str = "<model>",
     ) -> None:
-        from .verification import session
-
         if len(feeds) < 2:
             raise ValueError("reconstruction inside the search needs at least 2 calibration samples")
         half = len(feeds) // 2
-        self.model, self.analysis, self.registry, self.seed = model, analysis, registry, seed
+        self.model, self.analysis, self.registry, self.seed, self.source = model, analysis, registry, seed, source
         self.folds = [(list(feeds[:half]), list(feeds[half:])), (list(feeds[half:]), list(feeds[:half]))]
-        run = session(model)
+        run = session(model, source=source)
         self.names = run.output_names
         self.reference = run.outputs([f for _, judge in self.folds for f in judge])
 
     def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
         from .fidelity import score_outputs
         from .surgery import apply_pruning
-        from .verification import session
 
         plan = PruningPlan("trial", tuple(removed_groups))
         pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)  # type: ignore[arg-type]
         parts = []
         for fit, judge in self.folds:
-            rebuilt, _ = reconstruct(self.model, pruned, self.analysis, plan, fit, seed=self.seed)
-            parts.append(session(rebuilt).outputs(judge))
+            rebuilt, _ = reconstruct(self.model, pruned, self.analysis, plan, fit, seed=self.seed, source=self.source)
+            parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge))
         outs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.names))]
         return score_outputs(self.names, self.reference, outs, choices)[0]

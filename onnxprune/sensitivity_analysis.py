@@ -21,9 +21,10 @@ import onnx
 from .analysis import ChannelAnalysis
 from .budget import MacsTracker
 from .compensation import reader_masks
-from .errors import BackendMissing, UnsupportedModel
+from .errors import UnsupportedModel
 from .fidelity import score_outputs
 from .planning import enforce_constraints
+from .runtime import session
 from .verification import instrument_readers, mask_feeds
 
 __all__ = ["Unit", "UnitSensitivity", "SensitivityResult", "TrialRunner", "find_units", "measure_sensitivity", "allocate"]
@@ -116,20 +117,16 @@ def find_units(analysis: ChannelAnalysis, scores: Mapping[int, float]) -> list[U
 class TrialRunner:
     """Runs the instrumented model: one session, all calibration samples per trial."""
 
-    def __init__(self, model: onnx.ModelProto, analysis: ChannelAnalysis, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:  # pragma: no cover
-            raise BackendMissing("onnxruntime is needed for sensitivity analysis") from None
+    def __init__(
+        self, model: onnx.ModelProto, analysis: ChannelAnalysis, feeds: Sequence[Mapping[str, np.ndarray]], *, source: str = "<model>"
+    ) -> None:
         if not feeds:
             raise UnsupportedModel("sensitivity needs calibration inputs")
         self.analysis = analysis
         instrumented, self.ports = instrument_readers(model, analysis)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
         from .shapes import dynamic_batch_inputs
 
-        self.session = ort.InferenceSession(instrumented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.session = session(instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True)
         self.names = [o.name for o in model.graph.output]
         names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         # Samples go through in one batch when the batch is dynamic, else one by one.
@@ -141,7 +138,7 @@ class TrialRunner:
         outs: list[list[np.ndarray]] = [[] for _ in self.names]
         extra = mask_feeds(self.ports, masks)
         for batch in self.batches:
-            for i, value in enumerate(self.session.run(self.names, {**batch, **extra})):
+            for i, value in enumerate(self.session.run({**batch, **extra}, self.names)):
                 outs[i].append(value)
         return [np.concatenate(o) for o in outs]
 

@@ -12,7 +12,8 @@ import onnx
 if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
 
-from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
+from .errors import UnsupportedModel, UsageError
+from .runtime import paired_outputs, run_model, session
 
 __all__ = [
     "OutputComparison",
@@ -145,73 +146,6 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[
     return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, limit))]
 
 
-class ModelRunner:
-    """An onnxruntime session as a function of the feeds, with the model's output names."""
-
-    def __init__(self, sess: object) -> None:
-        self._sess = sess
-        self.output_names = [o.name for o in sess.get_outputs()]  # type: ignore[attr-defined]
-
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        return self._sess.run(None, dict(feeds))  # type: ignore[attr-defined]
-
-    def outputs(self, feeds_list: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-        """Every output over all the feeds, samples concatenated along the first axis."""
-        per_feed = [self(f) for f in feeds_list]
-        return [np.concatenate([o[i] for o in per_feed]) for i in range(len(self.output_names))]
-
-
-def session(model: onnx.ModelProto | str) -> ModelRunner:
-    """An onnxruntime session of ``model`` (graph optimisations off, so the graph itself is
-    what runs). ``model`` may be the path of a saved model: onnxruntime then reads the file
-    itself, and the model is not encoded again. Models over 2 GB go through a temporary folder."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        raise BackendMissing("onnxruntime is not installed; install it or pass --no-verify") from None
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if isinstance(model, str):
-        return ModelRunner(ort.InferenceSession(model, opts, providers=providers))
-    from .saving import save_model, serialize
-
-    data = serialize(model)
-    if data is not None:
-        sess = ort.InferenceSession(data, opts, providers=providers)
-        del data
-    else:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:  # onnxruntime reads it with external data
-            path = f"{tmp}/model.onnx"
-            save_model(model, path, external_data=True)
-            sess = ort.InferenceSession(path, opts, providers=providers)
-    return ModelRunner(sess)
-
-
-def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Run ``model`` once (see ``session`` to run it on several feeds)."""
-    return session(model)(feeds)
-
-
-def paired_outputs(
-    reference: onnx.ModelProto | str, candidate: onnx.ModelProto | str, feeds_list: Sequence[Mapping[str, np.ndarray]]
-) -> tuple[list[str], list[list[np.ndarray]], list[list[np.ndarray]]]:
-    """Output names, and per output the reference's and the candidate's arrays for every feed
-    (each model in memory or the path of a saved one)."""
-    run_ref, run_cand = session(reference), session(candidate)
-    names = run_ref.output_names
-    refs: list[list[np.ndarray]] = [[] for _ in names]
-    gots: list[list[np.ndarray]] = [[] for _ in names]
-    for feeds in feeds_list:
-        for i, (r, g) in enumerate(zip(run_ref(feeds), run_cand(feeds))):
-            refs[i].append(r)
-            gots[i].append(g)
-    return names, refs, gots
-
-
 def compare_models(
     reference: onnx.ModelProto | str,
     candidate: onnx.ModelProto | str,
@@ -224,15 +158,14 @@ def compare_models(
     """Run both models (in memory, or the paths of saved ones) on every feed and compare every
     output."""
     results: dict[tuple[str, int], list] = {}
-    run_ref = _ort(session, reference, source=source, pruned=False, doing="load")
-    run_cand = _ort(session, candidate, source=source, pruned=True, doing="load")
+    run_ref = session(reference, source=source)
+    run_cand = session(candidate, source=source, pruned=True)
     names = run_ref.output_names
     for k, feeds in enumerate(feeds_list):
         if progress:
             progress(k, len(feeds_list))
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 1
-        ref = _ort(run_ref, feeds, source=source, pruned=False, doing="run")
-        got = _ort(run_cand, feeds, source=source, pruned=True, doing="run")
+        ref, got = run_ref(feeds), run_cand(feeds)
         for name, r, g in zip(names, ref, got):
             r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
             if r64.shape != g64.shape:
@@ -364,22 +297,3 @@ def fidelity_from_outputs(
             top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
         out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
     return tuple(out)
-
-
-def _ort(call: Callable, arg: object, *, source: str, pruned: bool, doing: str):  # noqa: ANN202
-    """``call(arg)`` with onnxruntime's errors mapped: on the original model it is bad input,
-    on the pruned model a failed verification (nothing is written)."""
-    try:
-        return call(arg)
-    except OnnxPruneError:
-        raise
-    except Exception as exc:  # onnxruntime's own error types
-        if pruned:
-            raise VerificationFailed(f"{source}: onnxruntime cannot {doing} the pruned model: {_ort_message(exc)}; nothing written") from None
-        raise LoadError(f"{source}: onnxruntime cannot {doing} the model: {_ort_message(exc)}") from None
-
-
-def _ort_message(exc: BaseException) -> str:
-    """onnxruntime's error text on one line, without its source-location preamble."""
-    text = " ".join(str(exc).split())
-    return text.split("Status Message: ")[-1][:300]

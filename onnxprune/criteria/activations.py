@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 
 from ..analysis import ChannelAnalysis
-from ..errors import BackendMissing
+from ..runtime import session
 
 __all__ = ["ActivationStats", "sink_statistics", "group_activation_scores"]
 
@@ -30,21 +30,18 @@ def sink_statistics(
     analysis: ChannelAnalysis,
     feeds: Sequence[Mapping[str, np.ndarray]],
     progress: Callable[[int, int], None] | None = None,
+    *,
+    source: str = "<model>",
 ) -> ActivationStats:
-    """Run the original model on every feed and accumulate statistics of every sink tensor."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover
-        raise BackendMissing("onnxruntime is needed for calibration statistics") from None
+    """Run the original model on every feed and accumulate statistics of every sink tensor
+    (``source``, the model file, names it in errors)."""
     axes = {s.tensor: s.axis for s in analysis.sinks}
     names = sorted(axes)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
     m.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n not in existing])
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    run = session(m, source=source, what="the model with its channel readers as outputs (calibration statistics)", optimize=True)
     sums: dict[str, np.ndarray] = {}
     abs_sums: dict[str, np.ndarray] = {}
     zeros: dict[str, np.ndarray] = {}
@@ -52,7 +49,7 @@ def sink_statistics(
     for k, feed in enumerate(feeds):
         if progress:
             progress(k, len(feeds))
-        for name, value in zip(names, sess.run(names, dict(feed))):
+        for name, value in zip(names, run.run(feed, names)):
             v = np.moveaxis(np.asarray(value, dtype=np.float64), axes[name], 0)
             v = v.reshape(v.shape[0], -1)
             sums[name] = sums.get(name, 0) + v.sum(axis=1)

@@ -1,0 +1,192 @@
+"""Every onnxruntime session onnxprune opens (verification, calibration statistics, sensitivity
+trials, reconstruction, the onnxruntime benchmark) comes from here, so that every onnxruntime
+failure becomes a typed error whose one line names the model file and what failed:
+
+- on the user's model, or one built from it (instrumented, probed): ``LoadError`` when
+  onnxruntime cannot load or run it, ``UsageError`` when the inputs do not fit it;
+- on the pruned model: ``VerificationFailed`` (nothing is written).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import BackendMissing, LoadError, OnnxPruneError, UsageError, VerificationFailed
+
+__all__ = ["ModelRunner", "session", "run_model", "paired_outputs", "onnxruntime_message"]
+
+Feeds = Mapping[str, np.ndarray]
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        raise BackendMissing("onnxruntime is not installed (pip install onnxruntime); it runs the models to verify and calibrate") from None
+    return ort
+
+
+class ModelRunner:
+    """An onnxruntime session as a function of the feeds, with the model's input and output
+    names; onnxruntime's errors come out typed (see the module doc)."""
+
+    def __init__(self, sess: Any, source: str, what: str, pruned: bool) -> None:
+        self._sess = sess
+        self.source, self.what, self.pruned = source, what, pruned
+        self.output_names = [o.name for o in sess.get_outputs()]
+
+    @property
+    def input_shapes(self) -> dict[str, list[int | str | None]]:
+        """Every input's declared shape (a dynamic dimension is its name, or None)."""
+        return {i.name: list(i.shape) for i in self._sess.get_inputs()}
+
+    def run(self, feeds: Feeds, names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """The outputs ``names`` (default: all) for one set of feeds."""
+        try:
+            return self._sess.run(None if names is None else list(names), dict(feeds))
+        except MemoryError:
+            raise
+        except Exception as exc:  # onnxruntime's own error types, or ValueError for missing feeds
+            raise self._run_error(feeds, exc) from None
+
+    def __call__(self, feeds: Feeds) -> list[np.ndarray]:
+        return self.run(feeds)
+
+    def outputs(self, feeds_list: Sequence[Feeds]) -> list[np.ndarray]:
+        """Every output over all the feeds, samples concatenated along the first axis."""
+        per_feed = [self(f) for f in feeds_list]
+        return [np.concatenate([o[i] for o in per_feed]) for i in range(len(self.output_names))]
+
+    def _run_error(self, feeds: Feeds, exc: BaseException) -> OnnxPruneError:
+        if self.pruned:
+            return VerificationFailed(f"{self.source}: onnxruntime cannot run the pruned model: {onnxruntime_message(exc)}; nothing written")
+        problem = _feed_problem(self._sess.get_inputs(), feeds)
+        if problem is not None:
+            return UsageError(f"{self.source}: the inputs do not fit {self.what}: {problem}")
+        return LoadError(f"{self.source}: onnxruntime cannot run {self.what}: {onnxruntime_message(exc)}")
+
+
+def session(
+    model: onnx.ModelProto | str,
+    *,
+    source: str = "<model>",
+    what: str = "the model",
+    pruned: bool = False,
+    optimize: bool = False,
+) -> ModelRunner:
+    """An onnxruntime session of ``model`` on the CPU. ``model`` may be the path of a saved
+    model: onnxruntime then reads the file itself, and the model is not encoded again; models
+    over 2 GB go through a temporary folder. Without ``optimize`` graph optimisations are off,
+    so the graph itself is what runs (what verification must check). ``source`` (the model
+    file) and ``what`` (which model derived from it) name it in errors; ``pruned`` makes
+    failures a VerificationFailed."""
+    ort = _onnxruntime()
+    opts = ort.SessionOptions()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 4  # its errors reach the user as ours, on one line: no log on stderr
+    providers = ["CPUExecutionProvider"]
+    try:
+        if isinstance(model, str):
+            sess = ort.InferenceSession(model, opts, providers=providers)
+        else:
+            sess = _session_of_proto(ort, model, opts, providers)
+    except (MemoryError, OnnxPruneError):
+        raise
+    except Exception as exc:  # onnxruntime's own error types
+        if pruned:
+            raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written") from None
+        raise LoadError(f"{source}: onnxruntime cannot load {what}: {onnxruntime_message(exc)}") from None
+    return ModelRunner(sess, source, what, pruned)
+
+
+def _session_of_proto(ort: Any, model: onnx.ModelProto, opts: Any, providers: list[str]) -> Any:
+    from .saving import save_model, serialize
+
+    data = serialize(model)
+    if data is not None:
+        return ort.InferenceSession(data, opts, providers=providers)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # onnxruntime reads it with external data
+        path = f"{tmp}/model.onnx"
+        save_model(model, path, external_data=True)
+        return ort.InferenceSession(path, opts, providers=providers)
+
+
+def run_model(model: onnx.ModelProto | str, feeds: Feeds, *, source: str = "<model>") -> list[np.ndarray]:
+    """Run ``model`` once (see ``session`` to run it on several feeds)."""
+    return session(model, source=source)(feeds)
+
+
+def paired_outputs(
+    reference: onnx.ModelProto | str,
+    candidate: onnx.ModelProto | str,
+    feeds_list: Sequence[Feeds],
+    *,
+    source: str = "<model>",
+) -> tuple[list[str], list[list[np.ndarray]], list[list[np.ndarray]]]:
+    """Output names, and per output the reference's and the candidate's (the pruned model's)
+    arrays for every feed (each model in memory or the path of a saved one)."""
+    run_ref, run_cand = session(reference, source=source), session(candidate, source=source, pruned=True)
+    names = run_ref.output_names
+    refs: list[list[np.ndarray]] = [[] for _ in names]
+    gots: list[list[np.ndarray]] = [[] for _ in names]
+    for feeds in feeds_list:
+        for i, (r, g) in enumerate(zip(run_ref(feeds), run_cand(feeds))):
+            refs[i].append(r)
+            gots[i].append(g)
+    return names, refs, gots
+
+
+# onnxruntime's messages carry a status prefix, and for a failing kernel the C++ source location
+# and the check that failed; the user needs the node and the reason.
+_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_NODE = re.compile(r"Non-zero status code returned while running (\S+) node\. Name:'([^']*)' Status Message: ")
+_LOCATION = re.compile(r"^\S+:\d+ [^(]*\([^)]*\)\s*(?:.*? was false\.\s*)?")
+
+
+def onnxruntime_message(exc: BaseException) -> str:
+    """onnxruntime's error text on one line: the failing node (if any) and the reason, without
+    its status prefix and source location."""
+    text = _STATUS.sub("", " ".join(str(exc).split()))
+    node = _NODE.search(text)
+    if node:
+        reason = _LOCATION.sub("", text[node.end() :])
+        text = f"{node.group(1)} node {node.group(2)!r}: {reason}"
+    else:
+        text = _LOCATION.sub("", text.split("Status Message: ")[-1])
+    return text[:300]
+
+
+_TYPES = {"float": "float32", "double": "float64"}
+
+
+def _feed_problem(inputs: Sequence[Any], feeds: Feeds) -> str | None:
+    """What is wrong with ``feeds`` for a session with these inputs (onnxruntime's NodeArg), or
+    None if they fit (then the model itself failed)."""
+    declared = {i.name: i for i in inputs}
+    missing = [n for n in declared if n not in feeds]
+    if missing:
+        return f"no value for input(s) {missing} (given: {sorted(feeds)})"
+    unknown = [n for n in feeds if n not in declared]
+    if unknown:
+        return f"{unknown} are not inputs of the model (its inputs: {sorted(declared)})"
+    for name, arg in declared.items():
+        value = np.asarray(feeds[name])
+        kind = arg.type[len("tensor(") : -1] if arg.type.startswith("tensor(") else arg.type
+        try:
+            want = np.dtype(_TYPES.get(kind, kind))
+        except TypeError:
+            want = None
+        if want is not None and value.dtype != want:
+            return f"input {name!r} is {value.dtype}, the model takes {kind}"
+        shape = list(arg.shape)
+        fits = len(shape) == value.ndim and all(not isinstance(d, int) or d == v for d, v in zip(shape, value.shape))
+        if not fits:
+            return f"input {name!r} has shape {list(value.shape)}, the model takes {shape}"
+    return None
