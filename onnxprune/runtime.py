@@ -10,14 +10,15 @@ failure becomes a typed error whose one line names the model file and what faile
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
 
 from .errors import BackendMissing, LoadError, OnnxPruneError, UsageError, VerificationFailed
 
-__all__ = ["ModelRunner", "session", "run_model", "paired_outputs", "onnxruntime_message"]
+__all__ = ["ModelRunner", "onnxruntime_message", "paired_outputs", "run_model", "session"]
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -50,7 +51,7 @@ class ModelRunner:
             return self._sess.run(None if names is None else list(names), dict(feeds))
         except MemoryError:
             raise
-        except Exception as exc:  # onnxruntime's own error types, or ValueError for missing feeds
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types, or ValueError for missing feeds
             raise self._run_error(feeds, exc) from None
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
@@ -97,7 +98,7 @@ def session(
             sess = _session_of_proto(ort, model, opts, providers)
     except (MemoryError, OnnxPruneError):
         raise
-    except Exception as exc:  # onnxruntime's own error types
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
         if pruned:
             raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written") from None
         raise LoadError(f"{source}: onnxruntime cannot load {what}: {onnxruntime_message(exc)}") from None

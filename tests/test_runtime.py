@@ -4,8 +4,8 @@ command line."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -81,8 +81,9 @@ def test_onnxruntime_failure_is_a_typed_error(tmp_path: Path, tail: str, entry: 
         ["prune", "{model}", "-o", "{out}", "--criterion", "l2", "--ratio", "0.5", "--calibration", "{calib}"],
         ["sensitivity", "{model}", "--calibration", "{calib}"],
         ["sensitivity", "{model}", "--calibration", "{calib}", "--compensation", "none"],
+        ["bench", "{model}", "--backend", "onnxruntime"],
     ],
-    ids=["prune", "prune-calibration", "sensitivity", "sensitivity-trials"],
+    ids=["prune", "prune-calibration", "sensitivity", "sensitivity-trials", "bench"],
 )
 def test_cli_exit_2_on_onnxruntime_failure(tmp_path: Path, capfd: pytest.CaptureFixture[str], tail: str, args: list[str]) -> None:
     path, out, calib = _model(tmp_path, tail), tmp_path / "o.onnx", _calib(tmp_path)
