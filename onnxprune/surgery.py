@@ -21,14 +21,12 @@ from .errors import UnsupportedModel
 from .params import InitializerCache, ParamResolver, constant_values
 from .validation import model_opset
 from .compensation import removed_id_mask, sink_fills
+from .edits import Edit, GroupColumns, SetValue, SliceAxis, apply_edits, edit_key
 from .planning import PruningPlan
 from .saving import DeferredModel, copy_fields, plain_array
 from .rules import RuleRegistry, default_registry
 
 __all__ = ["apply_pruning", "prune_deferred", "SurgeryContext"]
-
-Op = tuple  # ("slice", axis, mask) | ("set", array) | ("cols", groups, keep_matrix)
-
 
 @dataclass
 class SurgeryContext:
@@ -41,7 +39,7 @@ class SurgeryContext:
     opset: int
     labels: dict[int, str] = field(default_factory=dict)
     params: ParamResolver = field(default_factory=ParamResolver)
-    edits: dict[tuple[int, int], list[Op]] = field(default_factory=lambda: defaultdict(list))
+    edits: dict[tuple[int, int], list[Edit]] = field(default_factory=lambda: defaultdict(list))
     nodes: dict[int, gs.Node] = field(default_factory=dict)
     _names: set[str] = field(default_factory=set)
 
@@ -78,23 +76,23 @@ class SurgeryContext:
         return np.asarray(fn(fill), dtype=np.float64)
 
     # -- edits -----------------------------------------------------------------------------
-    def _edit(self, node: gs.Node, index: int, op: Op) -> None:
+    def _edit(self, node: gs.Node, index: int, edit: Edit) -> None:
         self.nodes[id(node)] = node
-        self.edits[(id(node), index)].append(op)
+        self.edits[(id(node), index)].append(edit)
 
     def slice_param(self, node: gs.Node, index: int, axis: int, keep: np.ndarray) -> None:
         if not np.all(keep):
-            self._edit(node, index, ("slice", axis, np.asarray(keep, dtype=bool)))
+            self._edit(node, index, SliceAxis(axis, np.asarray(keep, dtype=bool)))
 
     def group_columns(self, node: gs.Node, index: int, groups: int, keep: np.ndarray) -> None:
         if not np.all(keep):
-            self._edit(node, index, ("cols", groups, np.asarray(keep, dtype=bool)))
+            self._edit(node, index, GroupColumns(groups, np.asarray(keep, dtype=bool)))
 
     def set_param(self, node: gs.Node, index: int, values: np.ndarray) -> None:
         if index >= len(node.inputs) or not node.inputs[index].name:
             self.add_input(node, index, values, "param")
             return
-        self._edit(node, index, ("set", np.asarray(values)))
+        self._edit(node, index, SetValue(np.asarray(values)))
 
     def set_attr(self, node: gs.Node, name: str, value: object) -> None:
         node.attrs[name] = value
@@ -134,11 +132,11 @@ class SurgeryContext:
         """Materialise the collected parameter edits, copying shared tensors on write."""
         by_tensor: dict[int, list[tuple[gs.Node, int, tuple]]] = defaultdict(list)
         tensors: dict[int, gs.Tensor] = {}
-        for (nid, index), ops in self.edits.items():
+        for (nid, index), edits in self.edits.items():
             node = self.nodes[nid]
             t = node.inputs[index]
             tensors[id(t)] = t
-            by_tensor[id(t)].append((node, index, _signature(ops)))
+            by_tensor[id(t)].append((node, index, edit_key(edits)))
         for tid, readers in by_tensor.items():
             t = tensors[tid]
             signatures = {sig for _, _, sig in readers}
@@ -155,37 +153,37 @@ class SurgeryContext:
         t.name = self.unique_name(f"{name}__replaced")
         return name
 
-    def _materialize(self, t: gs.Tensor, ops: list[Op], keep_names: bool) -> gs.Tensor:
-        if ops and ops[0][0] == "set":
+    def _materialize(self, t: gs.Tensor, edits: list[Edit], keep_names: bool) -> gs.Tensor:
+        if edits and isinstance(edits[0], SetValue):
             # A new value replaces the whole chain; only Identity may stand between (a quantized
             # value cannot be overwritten exactly, and the analysis never asks for it).
             base = self.params(t)
             if base is not None and any(n.op != "Identity" for n in base.chain):
                 raise UnsupportedModel(f"internal: cannot overwrite {t.name}: it is computed by {base.chain[0].op}")
-            dtype = np.asarray(base.values).dtype if base is not None else np.asarray(ops[0][1]).dtype
+            dtype = np.asarray(base.values).dtype if base is not None else np.asarray(edits[0].values).dtype
             name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
-            return gs.Constant(name, _apply_ops(np.asarray(ops[0][1]).astype(dtype), ops[1:]))
+            return gs.Constant(name, apply_edits(np.asarray(edits[0].values).astype(dtype), edits[1:]))
         name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
         if isinstance(t, gs.Constant):  # the resolver's array: rules have read it already
-            sliced = gs.Constant(name, _apply_ops(self.params(t).values, ops))
+            sliced = gs.Constant(name, apply_edits(self.params(t).values, edits))
             self.params.forget(t)
             return sliced
         producer = t.inputs[0]
         if producer.op == "Constant":
             value = self.params(t).values
-            return gs.Constant(name, _apply_ops(np.asarray(value), ops))
+            return gs.Constant(name, apply_edits(np.asarray(value), edits))
         if producer.op == "Identity":
-            return self._materialize(producer.inputs[0], ops, keep_names)
+            return self._materialize(producer.inputs[0], edits, keep_names)
         if producer.op in ("DequantizeLinear", "QuantizeLinear"):
             x = producer.inputs[0]
             ndim = len(self.params(x).values.shape)
             axis = int(producer.attrs.get("axis", 1)) % max(ndim, 1)
-            new_x = self._materialize(x, ops, keep_names)
+            new_x = self._materialize(x, edits, keep_names)
             inputs = [new_x]
             for extra in producer.inputs[1:]:
                 p = self.params(extra) if extra.name else None
                 if p is not None and p.values.ndim == 1 and p.values.size > 1:
-                    sub = [("slice", 0, o[2]) for o in ops if o[0] == "slice" and o[1] == axis]
+                    sub: list[Edit] = [SliceAxis(0, o.keep) for o in edits if isinstance(o, SliceAxis) and o.axis == axis]
                     inputs.append(self._materialize(extra, sub, keep_names) if sub else extra)
                 else:
                     inputs.append(extra)
@@ -200,19 +198,6 @@ class SurgeryContext:
         raise UnsupportedModel(f"internal: cannot edit {t.name}: produced by {producer.op}")
 
 
-def _signature(ops: list[Op]) -> tuple:
-    sig = []
-    for op in ops:
-        if op[0] == "slice":
-            sig.append(("slice", op[1], op[2].tobytes()))
-        elif op[0] == "cols":
-            sig.append(("cols", op[1], op[2].tobytes(), op[2].shape))
-        else:
-            arr = np.asarray(op[1])
-            sig.append(("set", arr.dtype.str, arr.shape, arr.tobytes()))
-    return tuple(sig)
-
-
 def _chain_exclusive(t: gs.Tensor) -> bool:
     """True when no tensor upstream in ``t``'s parameter chain is read by anything else."""
     while not isinstance(t, gs.Constant) and t.inputs:
@@ -223,61 +208,6 @@ def _chain_exclusive(t: gs.Tensor) -> bool:
         if len(t.outputs) > 1:
             return False
     return True
-
-
-def _apply_ops(arr: np.ndarray, ops: list[Op]) -> np.ndarray:
-    i = 0
-    while i < len(ops):
-        op = ops[i]
-        if op[0] == "slice":
-            # Slices of several axes in a row are taken in one copy: a big weight sliced on both
-            # axes would otherwise exist three times at once.
-            masks: dict[int, np.ndarray] = {}
-            while i < len(ops) and ops[i][0] == "slice" and ops[i][1] not in masks:
-                masks[ops[i][1]] = ops[i][2]
-                i += 1
-            arr = _slice_axes(arr, masks)
-            continue
-        if op[0] == "set":  # a later set (after slicing) replaces the value outright
-            arr = np.asarray(op[1]).astype(arr.dtype)
-        else:
-            groups, keep = op[1], op[2]
-            rows = arr.shape[0] // groups
-            arr = np.concatenate([arr[g * rows : (g + 1) * rows][:, keep[g]] for g in range(groups)], axis=0)
-        i += 1
-    return np.ascontiguousarray(arr)
-
-
-def _slice_axes(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
-    if not arr.flags.aligned and arr.ndim and arr.nbytes >= _BLOCK_BYTES:
-        return _slice_unaligned(arr, masks)
-    if len(masks) == 1 or arr.nbytes < _ONE_COPY_BYTES:  # one compress per axis is faster
-        for axis, keep in masks.items():
-            arr = np.compress(keep, arr, axis=axis)
-        return arr
-    index = [np.flatnonzero(masks[a]) if a in masks else np.arange(n) for a, n in enumerate(arr.shape)]
-    return arr[np.ix_(*index)]
-
-
-_ONE_COPY_BYTES = 64 << 20  # from this size, memory matters more than the few ms np.ix_ costs
-_BLOCK_BYTES = 16 << 20
-
-
-def _slice_unaligned(arr: np.ndarray, masks: dict[int, np.ndarray]) -> np.ndarray:
-    """Slice a weight that is a view of the model file's bytes at an offset its item size does
-    not divide: numpy would first copy all of it to aligned memory. Rows are taken a block at
-    a time instead (each block an aligned copy) and sliced into the result."""
-    rows = np.flatnonzero(masks[0]) if 0 in masks else np.arange(arr.shape[0])
-    rest = {a: m for a, m in masks.items() if a != 0}
-    shape = [len(rows), *(int(np.count_nonzero(masks[a])) if a in masks else n for a, n in enumerate(arr.shape) if a)]
-    out = np.empty(shape, dtype=arr.dtype)
-    step = max(1, _BLOCK_BYTES // max(1, arr[:1].nbytes))
-    for start in range(0, len(rows), step):
-        block = arr[rows[start : start + step]]  # fancy indexing: an aligned copy of these rows
-        for axis, keep in rest.items():
-            block = np.compress(keep, block, axis=axis)
-        out[start : start + len(block)] = block
-    return out
 
 
 def apply_pruning(
