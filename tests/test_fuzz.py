@@ -43,17 +43,18 @@ def test_file_to_file_with_every_weight_deferred(seed: int) -> None:
 
     import onnx
 
+    import onnxprune.edits as edits
     import onnxprune.surgery as surgery
 
     model = random_cnn(seed)
-    saved = surgery._DEFER_BYTES, surgery._BLOCK_BYTES
-    surgery._DEFER_BYTES, surgery._BLOCK_BYTES = 0, 64
+    saved = surgery._DEFER_BYTES, edits._BLOCK_BYTES
+    surgery._DEFER_BYTES, edits._BLOCK_BYTES = 0, 64
     try:
         with tempfile.TemporaryDirectory() as tmp:
             onnx.save(model, f"{tmp}/m.onnx")
             onnxprune.prune(f"{tmp}/m.onnx", "zero", verify=False, output=f"{tmp}/o.onnx")
             written = onnx.load(f"{tmp}/o.onnx")
     finally:
-        surgery._DEFER_BYTES, surgery._BLOCK_BYTES = saved
+        surgery._DEFER_BYTES, edits._BLOCK_BYTES = saved
     assert onnxprune.verify(model, written).passed
     assert_same_outputs(model, written)

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 import onnxprune
+import onnxprune.edits as edits
 import onnxprune.surgery as surgery
 from onnxprune.testing import random_cnn
 
@@ -37,7 +38,7 @@ def main() -> None:
     removed = lossy_runs = zero_ok = file_ok = 0
     # Stress the file path: every new weight written from its array, unaligned views of the
     # file's bytes sliced a few rows at a time.
-    surgery._DEFER_BYTES, surgery._BLOCK_BYTES = 0, 64
+    surgery._DEFER_BYTES, edits._BLOCK_BYTES = 0, 64
     tmp = tempfile.mkdtemp()
     start = time.time()
     for seed in range(args.start, args.start + args.count):
