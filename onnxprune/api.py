@@ -86,7 +86,7 @@ def analyze(
 
 def plan(
     analysis: ChannelAnalysis,
-    criterion: str = "zero",
+    criterion: str | None = None,
     *,
     model: onnx.ModelProto | None = None,
     config: PruneConfig | None = None,
@@ -97,7 +97,8 @@ def plan(
     """Decide which groups to remove. Criteria other than ``zero`` need the ``model`` (its
     weights) and a budget in ``config`` or the options (``ratio``, ``global_ranking``,
     ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``."""
-    config = replace(config or PruneConfig(), criterion=criterion, **options)  # type: ignore[arg-type]
+    config = (config or PruneConfig()).with_options(criterion, **options)
+    criterion = config.criterion
     criteria = criteria or default_criteria()
     if criterion == "zero":
         return zero_plan(analysis)
@@ -139,6 +140,13 @@ def layer_scores(
         sparsity = (config.ratio or 0.0) if config.global_ranking else b.sparsity
         keep = b.channels - int(sparsity * b.channels) if sparsity else b.channels // 2
         scores[name] = np.asarray(fn(layer, keep, rng), dtype=np.float64)
+    if scores and not any(np.isfinite(s).any() for s in scores.values()):
+        why = (
+            "no layer's output goes straight into a BatchNormalization (folded into the weights at export?)"
+            if criterion == "bn-gamma"
+            else "it gives no finite score to any channel"
+        )
+        raise UsageError(f"criterion {criterion!r} has nothing to score in this model: {why}; try --criterion l2 or fpgm")
     return scores
 
 
@@ -178,7 +186,7 @@ def verify(
 
 def prune(
     model: onnx.ModelProto | str | os.PathLike[str],
-    criterion: str = "zero",
+    criterion: str | None = None,
     *,
     config: PruneConfig | None = None,
     registry: RuleRegistry | None = None,
@@ -199,7 +207,7 @@ def prune(
     pruned model must equal the original (zero criterion) or the original with the removed
     channels replaced where they are read (masked or compensated) to the tolerance.
     """
-    config = replace(config or PruneConfig(), criterion=criterion, **options)  # type: ignore[arg-type]
+    config = (config or PruneConfig()).with_options(criterion, **options)
     registry = registry or default_registry()
     criteria = criteria or default_criteria()
     if output is not None:
@@ -255,10 +263,12 @@ def prune(
         result = fid = None
         reference_kind = "original"
         feeds, desc = [], "none"
+        on_noise = False  # fidelity measured on seeded random inputs, not on data
         if eval_feeds:
             feeds, desc = eval_feeds, f"{len(eval_feeds)} evaluation samples ({data_note or 'given'})"
         elif config.verify or not the_plan.exact:
             feeds, desc = _verification_feeds(proto, config, source)
+            on_noise = not config.verification_inputs
         if config.verify:
             reference = original
             if not the_plan.exact:
@@ -301,6 +311,12 @@ def prune(
         ],
         "sensitivity": None if sens is None else sens.to_dict(),
     }
+    if fid is not None and on_noise:
+        report = replace(
+            report,
+            fidelity_on_random_inputs=True,
+            notes=report.notes + ("fidelity was measured on seeded random inputs, not real data: give --inputs or --calibration for meaningful numbers",),
+        )
     report = replace(report, extra=extra)
     return PruneResult(report=report, plan=the_plan, analysis=analysis, pruned=deferred)
 
@@ -320,7 +336,7 @@ def sensitivity(
     each of ``config.sensitivity_ratios`` of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""
 
-    config = replace(config or PruneConfig(), criterion=criterion, calibration=calibration, **options)  # type: ignore[arg-type]
+    config = (config or PruneConfig()).with_options(criterion, calibration=calibration, **options)
     registry = registry or default_registry()
     criteria = criteria or default_criteria()
     proto, source, _, initializers = load_model(model)

@@ -37,8 +37,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .onnx file")
     p.add_argument(
         "--criterion",
-        default="zero",
-        help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation",
+        default=None,
+        help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation; "
+        "default: l2 when a budget is given (--ratio, --macs-target, --min-fidelity, --config with sparsity), else zero",
     )
     b = p.add_argument_group("budget (criteria other than zero)")
     b.add_argument("--ratio", type=float, help="fraction of each layer's output channels to remove (with --global: of all)")
@@ -173,12 +174,11 @@ def _prune(args: argparse.Namespace) -> int:
     from .fidelity import parse_metric_choices
     from .planning import PruningPlan
 
-    if args.criterion == "zero" and args.min_fidelity is not None:
-        args.criterion = "l2"  # a fidelity budget is for lossy pruning; L2 unless told otherwise
-
-    for path, what in ((args.plan, "--plan"), (args.config, "--config"), (args.calibration, "--calibration"), (args.inputs, "--inputs")):
+    for path, what in ((args.plan, "--plan"), (args.config, "--config"), (args.inputs, "--inputs")):
         if path and not os.path.isfile(path):
             raise UsageError(f"{path}: {what} file not found")
+    if args.calibration and not os.path.exists(args.calibration):  # an .npz or a folder of images
+        raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
     if args.save_plan and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_plan))):
         raise UsageError(f"{args.save_plan}: plan folder does not exist")
     config = PruneConfig(
@@ -416,7 +416,9 @@ def _fmt(n: float) -> str:
 
 def format_report(d: dict) -> str:
     """The human-readable form of a prune report (the JSON dict)."""
-    lines = [f"{d['model']} -> {d.get('output', '')}   criterion: {d['criterion']}", ""]
+    why = d.get("criterion_reason")
+    why = f" ({why})" if why and why != "given" else ""
+    lines = [f"{d['model']} -> {d.get('output', '')}   criterion: {d['criterion']}{why}", ""]
     rows = [
         ("output channels", d["channels_total"], d["channels_total"] - d["channels_removed"]),
         ("parameters", d["params_before"], d["params_after"]),
@@ -443,7 +445,10 @@ def format_report(d: dict) -> str:
     fid = d.get("fidelity")
     if fid:
         lines.append(f"verified against: {d.get('verified_against')}; compensation: {d.get('compensation')}")
-        lines.append("fidelity vs the original (same inputs):")
+        if d.get("fidelity_on_random_inputs"):
+            lines.append("fidelity vs the original, ON RANDOM NOISE (not real data; give --inputs or --calibration):")
+        else:
+            lines.append("fidelity vs the original (same inputs):")
         for f in fid:
             top1 = "" if f["top1_agreement"] is None else f"  top-1 agreement {f['top1_agreement'] * 100:.1f}%"
             lines.append(

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import UsageError
 
-__all__ = ["PruneConfig", "LayerRule", "parse_input_shape", "load_layer_rules", "COMPENSATION_MODES"]
+__all__ = ["PruneConfig", "LayerRule", "parse_input_shape", "load_layer_rules", "COMPENSATION_MODES", "BUDGET_DEFAULT_CRITERION", "check_regex"]
 
 COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
+# One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
+# means exact removal of provably constant channels.
+BUDGET_DEFAULT_CRITERION = "l2"
+
+
+def check_regex(pattern: str, what: str) -> None:
+    """Refuse a pattern that is not a regular expression (a usage error naming the option)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"{what} {pattern!r} is not a valid regular expression ({exc})") from None
 
 
 def _frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, tuple[int, ...]]:
@@ -35,6 +47,8 @@ class LayerRule:
             raise UsageError(f"config entry sparsity must be in [0, 1), got {self.sparsity}")
         if self.sparsity is None and not self.exclude:
             raise UsageError("config entry needs 'sparsity' or 'exclude: true'")
+        for pattern in self.op_names:
+            check_regex(pattern, "config entry op_names")
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,9 @@ class PruneConfig:
     """Every option of a pruning run.
 
     criterion: zero | l1 | l2 | fpgm | random | kmeans | bn-gamma | apoz | mean-activation
-        (or a name registered in a CriterionRegistry).
+        (or a name registered in a CriterionRegistry). None (the default) picks one by a single
+        rule: l2 when a budget is given (``ratio``, ``macs_target``, ``min_fidelity`` or a
+        config entry with a sparsity), else zero; ``criterion_reason`` says which and why.
     ratio: fraction of each layer's output channels to remove (with ``global_ranking``: of all).
     macs_target: remove channels until MACs <= macs_target x the original's.
     round_to: kept channel counts are made multiples of this (fast kernels like 8 or 16).
@@ -68,7 +84,7 @@ class PruneConfig:
     calibration_limit: at most this many calibration samples are used.
     """
 
-    criterion: str = "zero"
+    criterion: str | None = None
     ratio: float | None = None
     global_ranking: bool = False
     macs_target: float | None = None
@@ -88,11 +104,29 @@ class PruneConfig:
     sensitivity_ratios: tuple[float, ...] = (0.1, 0.25, 0.5)
     preprocess: str | None = None
     calibration_limit: int = 64
+    criterion_reason: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "layer_rules", tuple(self.layer_rules))
+        for pattern in self.exclude:
+            check_regex(pattern, "--exclude")
+        budget = self.budget_options
+        if self.criterion is None:
+            if budget:
+                object.__setattr__(self, "criterion", BUDGET_DEFAULT_CRITERION)
+                object.__setattr__(self, "criterion_reason", f"default: a budget ({', '.join(budget)}) without --criterion means {BUDGET_DEFAULT_CRITERION}")
+            else:
+                object.__setattr__(self, "criterion", "zero")
+                object.__setattr__(self, "criterion_reason", "default: no budget, so only provably constant channels go")
+        elif not self.criterion_reason:
+            object.__setattr__(self, "criterion_reason", "given")
+        if self.criterion == "zero" and budget:
+            raise UsageError(
+                f"criterion 'zero' removes only provably constant channels and takes no budget ({', '.join(budget)}); "
+                f"name a lossy criterion (e.g. --criterion {BUDGET_DEFAULT_CRITERION}) or drop the budget"
+            )
         if not (0.0 < self.tolerance < 1.0):
             raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance}")
         if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
@@ -113,6 +147,24 @@ class PruneConfig:
             raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
         if self.compensation == "calibration" and not self.calibration:
             raise UsageError("compensation 'calibration' needs calibration data (--calibration FILE.npz)")
+
+    def with_options(self, criterion: str | None = None, **options: object) -> "PruneConfig":
+        """This config with ``options`` replaced; a ``criterion`` of None keeps a criterion that
+        was given and re-applies the default rule to one that was not."""
+        if criterion is None and self.criterion_reason == "given":
+            criterion = self.criterion
+        return replace(self, criterion=criterion, criterion_reason="", **options)  # type: ignore[arg-type]
+
+    @property
+    def budget_options(self) -> tuple[str, ...]:
+        """The budget options that are set, as the CLI spells them (empty: no budget)."""
+        given = [
+            ("--ratio", self.ratio is not None),
+            ("--macs-target", self.macs_target is not None),
+            ("--min-fidelity", self.min_fidelity is not None),
+            ("--config sparsity", any(r.sparsity for r in self.layer_rules)),
+        ]
+        return tuple(name for name, on in given if on)
 
     @property
     def lossy(self) -> bool:

@@ -17,7 +17,11 @@ def to_markdown(d: dict[str, Any]) -> str:
     verification and fidelity, OpenVINO comparison and latency when present."""
     lines = [f"# onnxprune report: `{os.path.basename(d['model'])}`", ""]
     lines.append(f"- model: `{d['model']}`" + (f" → `{d['output']}`" if d.get("output") else ""))
-    lines.append(f"- criterion: **{d['criterion']}**" + (f", compensation: {d['compensation']}" if d.get("fidelity") else ""))
+    why = d.get("criterion_reason")
+    lines.append(
+        f"- criterion: **{d['criterion']}**" + (f" ({why})" if why and why != "given" else "")
+        + (f", compensation: {d['compensation']}" if d.get("fidelity") else "")
+    )
     if d.get("budget"):
         b = d["budget"]
         parts = [f"{k}={v}" for k, v in b.items() if v not in (None, False, [], 0, 1) or (k == "round_to" and v != 1)]
@@ -44,6 +48,8 @@ def to_markdown(d: dict[str, Any]) -> str:
             f"`{v['worst_output']}`, max abs diff {v['max_abs_diff']:.3g} (limit {v['tolerance']:g} × scale {v['scale']:.3g}); {v['inputs']}."
         )
     if d.get("fidelity"):
+        if d.get("fidelity_on_random_inputs"):
+            lines += ["", "Fidelity below was measured **on seeded random inputs, not real data**: give `--inputs` or `--calibration` for meaningful numbers."]
         lines += ["", "| output | cosine | max abs error | mean abs error | top-1 agreement |", "|---|---:|---:|---:|---:|"]
         for f in d["fidelity"]:
             top1 = "" if f["top1_agreement"] is None else f"{f['top1_agreement'] * 100:.1f}%"

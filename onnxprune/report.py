@@ -67,12 +67,15 @@ class PruneReport:
     compensation: str = "exact constants"
     reference: str = "original"
     budget: dict | None = None
+    criterion_reason: str = ""
+    fidelity_on_random_inputs: bool = False
     extra: dict | None = None
 
     def to_dict(self) -> dict:
         return {
             "model": self.model,
             "criterion": self.criterion,
+            "criterion_reason": self.criterion_reason,
             "channels_total": self.channels_total,
             "channels_removed": self.channels_removed,
             "groups_total": self.groups_total,
@@ -92,6 +95,7 @@ class PruneReport:
             "verification": None if self.verification is None else self.verification.to_dict(),
             "notes": list(self.notes),
             "fidelity": None if self.fidelity is None else [f.to_dict() for f in self.fidelity],
+            "fidelity_on_random_inputs": self.fidelity_on_random_inputs,
             "compensation": self.compensation,
             "verified_against": self.reference,
             "budget": self.budget,
@@ -140,7 +144,11 @@ def build_report(
     )
     notes = []
     if not before.macs_complete:
-        notes.append("some layers have unknown shapes; their MACs are not counted (give --input-shape)")
+        in_shapes = concrete_input_shapes(pruned, config.input_shapes, source)
+        unranked = {vi.name for vi in pruned.graph.input if not vi.type.tensor_type.HasField("shape")}
+        dynamic = [n for n, s in in_shapes.items() if n in unranked or any(d is None for d in s)]
+        missing = f"give --input-shape for {', '.join(repr(n) for n in dynamic)}" if dynamic else "computed at run time, although every input shape is static"
+        notes.append(f"some layers have unknown shapes; their MACs are not counted ({missing})")
     budget = {
         "ratio": config.ratio,
         "global": config.global_ranking,
@@ -152,6 +160,7 @@ def build_report(
     return PruneReport(
         model=source,
         criterion=pruning_plan.criterion,
+        criterion_reason=config.criterion_reason if pruning_plan.criterion == config.criterion else "from the given plan",
         channels_total=total,
         channels_removed=cut,
         groups_total=len(analysis.groups),

@@ -138,12 +138,58 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[
         data = np.load(path)
     except Exception as exc:
         raise UsageError(f"{path}: cannot read inputs ({exc})") from None
-    names = [vi.name for vi in _graph_inputs(model)]
+    inputs = _graph_inputs(model)
+    names = [vi.name for vi in inputs]
     missing = [n for n in names if n not in data.files]
     if missing:
         raise UsageError(f"{path}: no array for input(s) {missing}; it has {data.files}")
-    n = min(len(data[k]) for k in names)
-    return [{k: np.asarray(data[k][i : i + 1]) for k in names} for i in range(min(n, limit))]
+    arrays = {}
+    for vi in inputs:
+        try:
+            array = np.asarray(data[vi.name])
+        except Exception as exc:  # numpy raises ValueError for pickled objects, zipfile errors for damage
+            raise UsageError(f"{path}: cannot read array {vi.name!r} ({' '.join(str(exc).split())[:200]})") from None
+        arrays[vi.name] = _checked_array(path, vi, array)
+    n = min(len(a) for a in arrays.values())
+    return [{k: a[i : i + 1] for k, a in arrays.items()} for i in range(min(n, limit))]
+
+
+def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray) -> np.ndarray:
+    """``array`` (samples first) checked against input ``vi``: rank and static dimensions of one
+    sample, and a type onnxruntime takes. Floats of another width are cast to the input's
+    (numpy makes float64 by default); anything else that does not fit is a UsageError naming
+    the array, the expected shape and the given one."""
+    tt = vi.type.tensor_type
+    want = _NP_TYPES.get(tt.elem_type)
+    if array.ndim == 0:
+        raise UsageError(f"{path}: array {vi.name!r} is a scalar; expected samples along the first axis")
+    if want is not None and array.dtype != want:
+        if np.issubdtype(array.dtype, np.floating) and np.issubdtype(want, np.floating):
+            array = array.astype(want)
+        elif not (np.issubdtype(array.dtype, np.integer) and np.issubdtype(want, np.integer)):
+            raise UsageError(f"{path}: array {vi.name!r} is {array.dtype}, input {vi.name!r} takes {np.dtype(want).name}")
+        else:
+            array = array.astype(want)
+    if tt.HasField("shape"):
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+        sample = (1, *array.shape[1:])  # one sample, fed with a batch of 1
+        expected = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        given = f"samples of shape {tuple(array.shape[1:])} (array shape {tuple(array.shape)})"
+        if len(sample) != len(dims):
+            raise UsageError(
+                f"{path}: array {vi.name!r} has {given}: input {vi.name!r} has rank {len(dims)}, {expected}; "
+                f"the first axis of the array counts samples"
+            )
+        bad = [i for i, (d, g) in enumerate(zip(dims, sample)) if d is not None and d != g]
+        if bad:
+            hint = ""
+            fixed = [d for d in dims[1:] if d is not None]
+            if len(fixed) == len(dims) - 1 and sorted(fixed) == sorted(sample[1:]):
+                hint = " (the same sizes in another order: NHWC data for an NCHW input, or the other way round?)"
+            elif dims[0] is not None and dims[0] != 1 and 0 in bad:
+                hint = f" (the model's batch is fixed to {dims[0]}; samples are fed one at a time)"
+            raise UsageError(f"{path}: array {vi.name!r} has {given}; input {vi.name!r} expects {expected} per feed{hint}")
+    return np.asarray(array)
 
 
 def compare_models(

@@ -75,11 +75,12 @@ def test_bn_gamma() -> None:
     assert sorted(_removed_channels(r)) == [1, 4]
 
 
-def test_bn_gamma_without_batchnorm_keeps_layer() -> None:
+def test_bn_gamma_without_batchnorm_is_a_usage_error() -> None:
+    """Nothing to score anywhere: say so and suggest another criterion (issue 14 item 10),
+    instead of removing nothing silently."""
     model, _ = _two_conv(np.random.default_rng(5).standard_normal((6, 3, 3, 3)))
-    r = onnxprune.prune(model, "bn-gamma", ratio=0.5)
-    assert r.report.channels_removed == 0
-    assert any("gives no score" in reason for g in r.report.kept_groups for reason in g.reasons)
+    with pytest.raises(onnxprune.UsageError, match="'bn-gamma' has nothing to score.*BatchNormalization.*try --criterion l2"):
+        onnxprune.prune(model, "bn-gamma", ratio=0.5)
 
 
 @pytest.mark.parametrize("criterion", ["apoz", "mean-activation"])

@@ -65,6 +65,17 @@ def _static(shape: tuple[int | None, ...] | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape)
 
 
+def _missing_shape(ctx: "AnalysisContext", tensor: gs.Tensor) -> str:
+    """What is still missing for a static shape: the user's --input-shape, or (when every
+    input is static already) a shape that shape inference cannot follow."""
+    shape = ctx.shape(tensor)
+    shown = "unknown" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+    dynamic = [t.name for t in ctx.graph.inputs if ctx.shape(t) is None or any(d is None for d in ctx.shape(t) or ())]
+    if dynamic:
+        return f"needs static shapes to map channels: {tensor.name!r} is {shown} (give --input-shape for {', '.join(repr(n) for n in dynamic)})"
+    return f"needs static shapes to map channels: {tensor.name!r} is {shown} although every input shape is static (its size is computed at run time)"
+
+
 class ReshapeRule:
     """Reshape, Flatten, Squeeze and Unsqueeze."""
 
@@ -80,7 +91,7 @@ class ReshapeRule:
             return None
         in_shape, out_shape = _static(ctx.shape(node.inputs[0])), _static(ctx.shape(node.outputs[0]))
         if in_shape is None or out_shape is None:
-            return NotApplicable("needs static shapes to map channels (give --input-shape)")
+            return NotApplicable(_missing_shape(ctx, node.inputs[0] if in_shape is None else node.outputs[0]))
         out = map_reshape(lay, in_shape, out_shape, ctx)
         if isinstance(out, NotApplicable):
             return out

@@ -1,0 +1,229 @@
+"""Issue 14: the defects a new user hits in the first hour. CLI tests run the command line as a
+subprocess where the exit code and the single error line matter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+import onnxprune
+from onnxprune.testing import GraphBuilder
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+DIGITS = FIXTURES / "digits_cnn.onnx"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert p.returncode == code, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr and "internal error" not in p.stderr, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def small_cnn(shape: list[int | str | None] = [None, 3, 8, 8], seed: int = 0) -> onnx.ModelProto:
+    """Conv-BN-Relu, Conv-Relu, global pool, Gemm: every criterion has something to score."""
+    b = GraphBuilder(opset=17, seed=seed)
+    x = b.input("input", shape)
+    b.channels[x] = 3
+    y = b.op("Relu", b.bn(b.conv(x, 8)))
+    y = b.op("Relu", b.conv(y, 8))
+    y = b.op("Flatten", b.op("GlobalAveragePool", y), channels=8)
+    b.output(b.gemm(y, 8, 4))
+    return b.build()
+
+
+# -- 2: an image folder as --calibration -----------------------------------------------------
+
+
+def test_prune_takes_a_folder_of_calibration_images(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), model)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    p = run_cli("prune", model, "-o", out, "--criterion", "mean-activation", "--ratio", "0.25",
+                "--calibration", images, "--preprocess", "imagenet", "--report", report)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(report.read_text())
+    assert data["channels_removed"] > 0 and data["compensation"] == "calibration"
+    assert "evaluation samples" in data["evaluation"]
+
+
+# -- 3: one rule for the default criterion ---------------------------------------------------
+
+
+@pytest.mark.parametrize("budget", [["--ratio", "0.25"], ["--macs-target", "0.8"]])
+def test_a_budget_without_criterion_means_l2(tmp_path: Path, budget: list[str]) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), model)
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    p = run_cli("prune", model, "-o", out, *budget, "--report", report)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(report.read_text())
+    assert data["criterion"] == "l2" and data["channels_removed"] > 0
+    assert "budget" in data["criterion_reason"] and budget[0] in data["criterion_reason"]
+    assert "criterion: l2 (default: a budget" in p.stdout
+
+
+def test_no_budget_means_zero_and_says_why(tmp_path: Path) -> None:
+    r = onnxprune.prune(FIXTURES / "residual.onnx")
+    assert r.report.criterion == "zero" and "no budget" in r.report.criterion_reason
+    given = onnxprune.prune(FIXTURES / "residual.onnx", "zero")
+    assert given.report.criterion_reason == "given"
+
+
+def test_budget_rule_is_stated_in_help() -> None:
+    p = run_cli("prune", "--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.split())
+    assert "default: l2 when a budget is given" in text and "else zero" in text
+
+
+def test_zero_criterion_with_a_budget_is_a_usage_error(tmp_path: Path) -> None:
+    p = run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "o.onnx", "--criterion", "zero", "--ratio", "0.2")
+    assert "takes no budget (--ratio)" in one_line_error(p)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_config_file_sparsity_is_a_budget() -> None:
+    cfg = onnxprune.PruneConfig(layer_rules=(onnxprune.LayerRule(op_types=("Conv",), sparsity=0.25),))
+    assert cfg.criterion == "l2" and "--config sparsity" in cfg.criterion_reason
+    assert onnxprune.PruneConfig(exclude=("x",)).criterion == "zero"  # exclusions alone are no budget
+
+
+def test_min_fidelity_without_criterion_is_l2_by_the_same_rule(tmp_path: Path) -> None:
+    cfg = onnxprune.PruneConfig(min_fidelity=0.9, calibration="c.npz")
+    assert cfg.criterion == "l2" and "--min-fidelity" in cfg.criterion_reason
+    # replacing options re-applies the rule to a default criterion, keeps a given one
+    assert cfg.with_options(min_fidelity=None, calibration=None).criterion == "zero"
+    assert onnxprune.PruneConfig(criterion="fpgm", ratio=0.1).with_options(ratio=0.2).criterion == "fpgm"
+
+
+# -- 4: a bad --exclude regex is a usage error -------------------------------------------------
+
+
+def test_invalid_exclude_regex_is_a_usage_error(tmp_path: Path) -> None:
+    p = run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "o.onnx", "--criterion", "l2", "--ratio", "0.2", "--exclude", "(")
+    line = one_line_error(p)
+    assert "--exclude '('" in line and "not a valid regular expression" in line
+    with pytest.raises(onnxprune.UsageError, match="op_names"):
+        onnxprune.LayerRule(op_names=("[",), exclude=True)
+
+
+# -- 10: a criterion with nothing to score says so ---------------------------------------------
+
+
+def test_bn_gamma_without_batchnorm_says_so(tmp_path: Path) -> None:
+    b = GraphBuilder(opset=17, seed=1)
+    x = b.input("input", [None, 3, 8, 8])
+    b.channels[x] = 3
+    b.output(b.conv(b.op("Relu", b.conv(x, 6)), 2))
+    model = tmp_path / "m.onnx"
+    onnx.save(b.build(), model)
+    p = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--criterion", "bn-gamma", "--ratio", "0.5")
+    line = one_line_error(p)
+    assert "nothing to score" in line and "try --criterion l2" in line
+    assert not (tmp_path / "o.onnx").exists()
+
+
+# -- 11: fidelity on random noise is labelled ----------------------------------------------------
+
+
+def test_fidelity_on_random_inputs_is_labelled(tmp_path: Path) -> None:
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    p = run_cli("prune", DIGITS, "-o", out, "--criterion", "l2", "--ratio", "0.2", "--report", report)
+    assert p.returncode == 0, p.stderr
+    data = json.loads(report.read_text())
+    assert data["fidelity_on_random_inputs"] is True
+    assert any("random inputs, not real data" in n for n in data["notes"])
+    assert "ON RANDOM NOISE" in p.stdout
+    with_data = onnxprune.prune(DIGITS, "l2", ratio=0.2, verification_inputs=str(FIXTURES / "digits_calibration.npz"))
+    assert with_data.report.fidelity_on_random_inputs is False
+    assert not any("random inputs" in n for n in with_data.report.notes)
+
+
+# -- 7: calibration / verification arrays that do not fit the model ----------------------------
+
+
+@pytest.mark.parametrize(
+    "array, expected",
+    [
+        (np.zeros((4, 3, 8), np.float32), "array 'input' has samples of shape (3, 8) (array shape (4, 3, 8)): input 'input' has rank 4, (?, 3, 8, 8)"),
+        (np.zeros((4, 3, 8, 9), np.float32), "array 'input' has samples of shape (3, 8, 9) (array shape (4, 3, 8, 9)); input 'input' expects (?, 3, 8, 8)"),
+        (np.zeros((4, 8, 8, 3), np.float32), "NHWC data for an NCHW input"),
+        (np.zeros((4, 3, 8, 8), np.int64), "array 'input' is int64, input 'input' takes float32"),
+    ],
+)
+@pytest.mark.parametrize("option", ["--calibration", "--inputs", "sensitivity"])
+def test_bad_arrays_name_the_array_and_the_shapes(tmp_path: Path, array: np.ndarray, expected: str, option: str) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), model)
+    npz = tmp_path / "c.npz"
+    np.savez(npz, input=array)
+    out = tmp_path / "o.onnx"
+    if option == "sensitivity":
+        p = run_cli("sensitivity", model, "--calibration", npz)
+    else:
+        p = run_cli("prune", model, "-o", out, "--criterion", "l2", "--ratio", "0.25", option, npz)
+    line = one_line_error(p)
+    assert str(npz) in line and expected in line, line
+    assert not out.exists()
+
+
+def test_float64_arrays_are_cast_to_the_input_type(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), model)
+    npz = tmp_path / "c.npz"
+    np.savez(npz, input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)))  # numpy's float64
+    out = tmp_path / "o.onnx"
+    p = run_cli("prune", model, "-o", out, "--criterion", "l2", "--ratio", "0.25", "--calibration", npz, "--inputs", npz)
+    assert p.returncode == 0, p.stderr
+    assert "verification: PASSED" in p.stdout
+
+
+# -- 9: kept-channel reasons say what is still missing ------------------------------------------
+
+
+def _reshape_by_runtime_shape(height: int | None) -> onnx.ModelProto:
+    """Conv -> Reshape whose target shape is a graph input (known only at run time)."""
+    b = GraphBuilder(opset=17, seed=2)
+    x = b.input("input", [None, 3, height, 8])
+    target = b.input("target", [4], dtype=onnx.TensorProto.INT64)
+    b.channels[x] = 3
+    y = b.op("Reshape", b.conv(x, 4), target, channels=4)
+    b.output(b.conv(b.op("Relu", y), 2))  # its MACs are unknown until run time
+    return b.build()
+
+
+def _pins(analysis: onnxprune.ChannelAnalysis) -> list[str]:
+    return [r for g in analysis.groups for r in g.pinned_by if "static shapes" in r]
+
+
+def test_missing_shape_reason_after_the_shape_was_given() -> None:
+    given = _pins(onnxprune.analyze(_reshape_by_runtime_shape(None), input_shapes={"input": (1, 3, 8, 8)}))
+    assert given and all("give --input-shape" not in r and "computed at run time" in r for r in given), given
+    missing = _pins(onnxprune.analyze(_reshape_by_runtime_shape(None)))
+    assert missing and all("give --input-shape for 'input'" in r for r in missing), missing
+
+
+def test_macs_note_after_the_shape_was_given() -> None:
+    r = onnxprune.prune(_reshape_by_runtime_shape(None), input_shapes={"input": (1, 3, 8, 8), "target": (4,)}, verify=False)
+    notes = [n for n in r.report.notes if "MACs" in n]
+    assert notes and all("give --input-shape" not in n and "computed at run time" in n for n in notes), notes
+    r = onnxprune.prune(_reshape_by_runtime_shape(None), verify=False)
+    assert any("give --input-shape for 'input'" in n for n in r.report.notes), r.report.notes
