@@ -165,7 +165,7 @@ def apply(
 
 def _verification_feeds(original: onnx.ModelProto, config: PruneConfig, source: str) -> tuple[list, str]:
     if config.verification_inputs:
-        feeds = load_npz_inputs(config.verification_inputs, original)
+        feeds = load_npz_inputs(config.verification_inputs, original, source=source)
         return feeds, f"{len(feeds)} samples from {config.verification_inputs}"
     batches = [1, 2] if dynamic_batch_inputs(original) else [None]
     feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
@@ -345,7 +345,7 @@ def sensitivity(
 
     # Sensitivity evaluates nothing afterwards: every sample is a calibration sample.
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    cal_feeds = load_calibration(calibration, proto, pre, limit=config.calibration_limit, seed=config.seed)
+    cal_feeds = load_calibration(calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source)
     stats = None
     if criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, cal_feeds, progress=progress and (lambda d, t: progress("calibration", d, t)), source=source)
@@ -390,8 +390,8 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
     from .calibration import load_calibration, parse_preprocess, split_calibration
 
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    feeds = load_calibration(config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed)
-    given = load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit) if config.verification_inputs else None
+    feeds = load_calibration(config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source)
+    given = load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source) if config.verification_inputs else None
     return split_calibration(feeds, given)
 
 

@@ -169,6 +169,7 @@ def load_calibration(
     preprocess: Preprocess | None = None,
     limit: int = 256,
     seed: int = 0,
+    model_source: str | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """Calibration feeds, one sample per feed (leading batch dim of 1).
 
@@ -191,7 +192,7 @@ def load_calibration(
     if path.lower().endswith(".npz"):
         from .verification import load_npz_inputs
 
-        return load_npz_inputs(path, model, limit)
+        return load_npz_inputs(path, model, limit, source=model_source)
     raise UsageError(f"{path}: calibration inputs must be an .npz file or a folder of images")
 
 

@@ -131,9 +131,11 @@ def make_inputs(
     return feeds
 
 
-def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[dict[str, np.ndarray]]:
+def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16, source: str | None = None) -> list[dict[str, np.ndarray]]:
     """Samples from an .npz keyed by input name (first axis = samples), one feed per sample
-    (models with a fixed batch of 1 are common); at most ``limit`` samples."""
+    (models with a fixed batch of 1 are common); at most ``limit`` samples. Arrays that do not
+    fit their input are a UsageError naming the model ``source`` (if given), the input, the
+    shape fed and the shape the model takes, and the array."""
     try:
         data = np.load(path)
     except Exception as exc:
@@ -149,46 +151,44 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16) -> list[
             array = np.asarray(data[vi.name])
         except Exception as exc:  # numpy raises ValueError for pickled objects, zipfile errors for damage
             raise UsageError(f"{path}: cannot read array {vi.name!r} ({' '.join(str(exc).split())[:200]})") from None
-        arrays[vi.name] = _checked_array(path, vi, array)
+        arrays[vi.name] = _checked_array(path, vi, array, source)
     n = min(len(a) for a in arrays.values())
     return [{k: a[i : i + 1] for k, a in arrays.items()} for i in range(min(n, limit))]
 
 
-def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray) -> np.ndarray:
+def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source: str | None) -> np.ndarray:
     """``array`` (samples first) checked against input ``vi``: rank and static dimensions of one
     sample, and a type onnxruntime takes. Floats of another width are cast to the input's
-    (numpy makes float64 by default); anything else that does not fit is a UsageError naming
-    the array, the expected shape and the given one."""
+    (numpy makes float64 by default); anything else that does not fit is a UsageError in the
+    words of runtime's check (input, shape fed, shape taken) plus the array it came from."""
     tt = vi.type.tensor_type
     want = _NP_TYPES.get(tt.elem_type)
+    name = vi.name
+    where = f"{source}: the inputs do not fit the model" if source else f"{path}: the inputs do not fit the model"
+    origin = f"array {name!r} of {path} has shape {tuple(array.shape)}, samples along its first axis"
     if array.ndim == 0:
-        raise UsageError(f"{path}: array {vi.name!r} is a scalar; expected samples along the first axis")
+        raise UsageError(f"{where}: input {name!r} is a scalar in {path}; give samples along the first axis")
     if want is not None and array.dtype != want:
         if np.issubdtype(array.dtype, np.floating) and np.issubdtype(want, np.floating):
             array = array.astype(want)
-        elif not (np.issubdtype(array.dtype, np.integer) and np.issubdtype(want, np.integer)):
-            raise UsageError(f"{path}: array {vi.name!r} is {array.dtype}, input {vi.name!r} takes {np.dtype(want).name}")
-        else:
+        elif np.issubdtype(array.dtype, np.integer) and np.issubdtype(want, np.integer):
             array = array.astype(want)
+        else:
+            kind = onnx.TensorProto.DataType.Name(tt.elem_type).lower()
+            raise UsageError(f"{where}: input {name!r} is {array.dtype}, the model takes {kind} ({origin})")
     if tt.HasField("shape"):
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-        sample = (1, *array.shape[1:])  # one sample, fed with a batch of 1
-        expected = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-        given = f"samples of shape {tuple(array.shape[1:])} (array shape {tuple(array.shape)})"
-        if len(sample) != len(dims):
-            raise UsageError(
-                f"{path}: array {vi.name!r} has {given}: input {vi.name!r} has rank {len(dims)}, {expected}; "
-                f"the first axis of the array counts samples"
-            )
-        bad = [i for i, (d, g) in enumerate(zip(dims, sample)) if d is not None and d != g]
+        sample = [1, *array.shape[1:]]  # one sample, fed with a batch of 1
+        takes = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+        bad = len(sample) != len(dims) or any(d is not None and d != g for d, g in zip(dims, sample))
         if bad:
             hint = ""
             fixed = [d for d in dims[1:] if d is not None]
-            if len(fixed) == len(dims) - 1 and sorted(fixed) == sorted(sample[1:]):
-                hint = " (the same sizes in another order: NHWC data for an NCHW input, or the other way round?)"
-            elif dims[0] is not None and dims[0] != 1 and 0 in bad:
-                hint = f" (the model's batch is fixed to {dims[0]}; samples are fed one at a time)"
-            raise UsageError(f"{path}: array {vi.name!r} has {given}; input {vi.name!r} expects {expected} per feed{hint}")
+            if len(sample) == len(dims) and len(fixed) == len(dims) - 1 and sorted(fixed) == sorted(sample[1:]):
+                hint = "; the same sizes in another order: NHWC data for an NCHW input, or the other way round?"
+            elif len(sample) == len(dims) and dims[0] not in (None, 1) and dims[0] != sample[0]:
+                hint = f"; the model's batch is fixed to {dims[0]}, samples are fed one at a time"
+            raise UsageError(f"{where}: input {name!r} has shape {sample}, the model takes {takes} ({origin}{hint})")
     return np.asarray(array)
 
 
