@@ -397,13 +397,10 @@ def _calibration(proto: onnx.ModelProto, config: PruneConfig, source: str) -> tu
 
 def _fidelity(proto: onnx.ModelProto | str, pruned: onnx.ModelProto | str, feeds: list, config: PruneConfig, source: str):  # noqa: ANN202
     """Per-output fidelity figures and the run's fidelity score, from one pass over the feeds."""
-    from .fidelity import score_outputs
-    from .verification import fidelity_from_outputs, paired_outputs
+    from .fidelity import fidelity, run_score
 
-    names, ref, got = paired_outputs(proto, pruned, feeds, source=source)
-    return fidelity_from_outputs(names, ref, got), score_outputs(
-        names, [np.concatenate(r) for r in ref], [np.concatenate(g) for g in got], config.fidelity_metrics
-    )
+    outputs = fidelity(proto, pruned, feeds, config.fidelity_metrics, source=source)
+    return outputs, run_score(outputs)
 
 
 def _estimates(

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .verification import OutputFidelity, VerificationResult
+from .fidelity import OutputFidelity
+from .verification import VerificationResult
 
 if TYPE_CHECKING:
     import onnx

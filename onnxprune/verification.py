@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
 
 from .errors import UnsupportedModel, UsageError
+from .fidelity import OutputFidelity, fidelity, fidelity_from_outputs
 from .runtime import paired_outputs, run_model, session
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "compare_models",
     "masked_reference",
     "fidelity",
+    "fidelity_from_outputs",
 ]
 
 
@@ -297,49 +299,3 @@ def masked_reference(
     m.graph.input.extend(kept_inputs)
     m.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
     return m
-
-
-@dataclass(frozen=True)
-class OutputFidelity:
-    """How close the pruned model's output is to the original's (not a pass/fail check)."""
-
-    name: str
-    max_abs_error: float
-    mean_abs_error: float
-    cosine: float
-    top1_agreement: float | None  # for outputs that look like class scores ([N, classes])
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "max_abs_error": self.max_abs_error,
-            "mean_abs_error": self.mean_abs_error,
-            "cosine": self.cosine,
-            "top1_agreement": self.top1_agreement,
-        }
-
-
-def fidelity(
-    original: onnx.ModelProto, pruned: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]]
-) -> tuple[OutputFidelity, ...]:
-    """Fidelity of every output over all feeds."""
-    return fidelity_from_outputs(*paired_outputs(original, pruned, feeds_list))
-
-
-def fidelity_from_outputs(
-    names: Sequence[str], refs: Sequence[Sequence[np.ndarray]], gots: Sequence[Sequence[np.ndarray]]
-) -> tuple[OutputFidelity, ...]:
-    """Max/mean abs error, cosine and top-1 agreement per output (arrays per feed, samples first)."""
-    out = []
-    for n, rs, gs_ in zip(names, refs, gots):
-        r = np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) if np.ndim(x) else np.reshape(x, (1, 1)) for x in rs])
-        g = np.concatenate([np.asarray(x, np.float64).reshape(x.shape[0], -1) if np.ndim(x) else np.reshape(x, (1, 1)) for x in gs_])
-        diff = np.abs(r - g)
-        denom = np.linalg.norm(r, axis=1) * np.linalg.norm(g, axis=1)
-        cos = np.where(denom > 0, (r * g).sum(axis=1) / np.where(denom > 0, denom, 1), 1.0)
-        first = np.asarray(rs[0])
-        top1 = None
-        if first.ndim == 2 and first.shape[1] >= 2:
-            top1 = float(np.mean(np.argmax(r, axis=1) == np.argmax(g, axis=1)))
-        out.append(OutputFidelity(n, float(diff.max()), float(diff.mean()), float(cos.mean()), top1))
-    return tuple(out)
