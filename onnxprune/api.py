@@ -27,7 +27,8 @@ from .report import PruneReport, build_report
 from .rules import RuleRegistry, default_registry
 from .surgery import apply_pruning, prune_deferred
 from .reconstruction import reconstruct
-from .verification import VerificationResult, compare_models, load_npz_inputs, make_inputs, masked_reference
+from .masking import masked_reference
+from .verification import VerificationResult, compare_models, load_npz_inputs, make_inputs
 
 __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
 

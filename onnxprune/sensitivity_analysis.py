@@ -23,9 +23,9 @@ from .budget import MacsTracker
 from .compensation import reader_masks
 from .errors import UnsupportedModel
 from .fidelity import score_outputs
+from .masking import instrument_readers, mask_feeds
 from .planning import enforce_constraints
 from .runtime import session
-from .verification import instrument_readers, mask_feeds
 
 __all__ = ["Unit", "UnitSensitivity", "SensitivityResult", "TrialRunner", "find_units", "measure_sensitivity", "allocate"]
 
