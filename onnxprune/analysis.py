@@ -18,6 +18,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ._core import Layout, NotApplicable, UnionFind
+from .node_names import name_graph_nodes
 from .params import InitializerCache, Param, ParamResolver
 from .shapes import Shape, concrete_input_shapes, infer_static_shapes
 from .validation import model_opset
@@ -28,7 +29,8 @@ __all__ = ["analyze", "static_shapes", "ChannelAnalysis", "ChannelGroup", "Sourc
 
 
 def node_label(node: gs.Node, index: int) -> str:
-    """How messages and reports name a node: its name, or ``Op#index`` when it has none."""
+    """How messages and reports name a node: its name, or ``Op#index`` when it has none
+    (graphs from ``import_graph`` have a unique name on every node, see node_names)."""
     return node.name or f"{node.op}#{index}"
 
 
@@ -97,7 +99,7 @@ class ChannelAnalysis:
     balances: tuple[Balance, ...]
     root_of: np.ndarray  # channel id -> group id
     shapes: Mapping[str, Shape]
-    node_labels: tuple[str, ...]
+    node_labels: tuple[str, ...]  # every node's unique name, in graph order (see node_names)
 
     def group(self, group_id: int) -> ChannelGroup:
         return self._by_id[group_id]
@@ -228,8 +230,11 @@ class AnalysisContext:
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The model as a graphsurgeon Graph (weights are loaded lazily)."""
-    return gs.import_onnx(model)
+    """The model as a graphsurgeon Graph (weights are loaded lazily), every node named as
+    ``load_model`` names it (a no-op for a loaded model)."""
+    graph = gs.import_onnx(model)
+    name_graph_nodes(graph)
+    return graph
 
 
 def _subgraph_attrs(node: gs.Node) -> bool:
@@ -249,13 +254,16 @@ def analyze(
     ``initializers``: keeps the weight arrays read here for a later step (the surgery)."""
     registry = registry or default_registry()
     in_shapes = concrete_input_shapes(model, input_shapes or {}, source)
-    graph = graph if graph is not None else import_graph(model)
+    if graph is None:
+        graph = import_graph(model)
+    else:
+        name_graph_nodes(graph)
     params = ParamResolver(initializers)
     shapes = static_shapes(model, in_shapes, graph, params)
     ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model), params=params, source=source)
     ctx.shape_values = ShapeEvaluator(shapes, params)
 
-    labels = tuple(node_label(n, i) for i, n in enumerate(graph.nodes))
+    labels = tuple(n.name for n in graph.nodes)
     visited: set[int] = set()
     for index, node in enumerate(graph.nodes):
         visited.add(id(node))
@@ -357,7 +365,7 @@ def _pin_channel_counts_read_at_run_time(ctx: AnalysisContext) -> None:
                     probe[axis] -= 1
                     changed = ctx.runtime_value(t, {name: tuple(probe)})
                     if base is None or changed is None or not np.array_equal(base, changed):
-                        ctx.node, ctx.label = node, node.name or node.op
+                        ctx.node, ctx.label = node, node.name
                         ctx.pin(ids, f"reads the channel count of {name!r} at run time")
     ctx.node = None
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from .analysis import ChannelAnalysis
 from .config import LayerRule, PruneConfig
+from .node_names import nodes_by_name
 from .planning import PruningPlan, enforce_constraints
 
 __all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "plan_with_budget", "round_kept_counts"]
@@ -215,15 +216,17 @@ class MacsTracker:
     MACs x (kept outputs / outputs) x (kept inputs / inputs); a depthwise or grouped Conv
     scales with its outputs only (its inputs are the same channels)."""
 
-    def __init__(self, analysis: ChannelAnalysis, node_macs: Mapping[int, int | None], model_nodes: Sequence) -> None:
-        self.macs0: dict[int, float] = {}
-        self.total: dict[int, list[int]] = {}
-        self.kept: dict[int, list[int]] = {}
-        self.effects: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-        for index, macs in node_macs.items():
+    def __init__(self, analysis: ChannelAnalysis, node_macs: Mapping[str, int | None], model_nodes: Sequence) -> None:
+        """``node_macs``: metrics.node_macs (by node name); ``model_nodes``: the model's nodes."""
+        nodes = nodes_by_name(model_nodes)
+        self.macs0: dict[str, float] = {}
+        self.total: dict[str, list[int]] = {}
+        self.kept: dict[str, list[int]] = {}
+        self.effects: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+        for layer, macs in node_macs.items():
             if not macs:
                 continue
-            node = model_nodes[index]
+            node = nodes[layer]
             sides = [analysis.layouts.get(node.output[0])]
             grouped = node.op_type == "Conv" and _group(node) != 1
             sides.append(None if grouped else analysis.layouts.get(node.input[0]))
@@ -236,16 +239,16 @@ class MacsTracker:
                 counts[side] = [len(ids), len(ids)]
                 for r in analysis.roots(ids):
                     per_group[int(r)][side] += 1
-            self.macs0[index] = float(macs)
-            self.total[index] = [counts[0][0] or 1, counts[1][0] or 1]
-            self.kept[index] = [counts[0][1] or 1, counts[1][1] or 1]
+            self.macs0[layer] = float(macs)
+            self.total[layer] = [counts[0][0] or 1, counts[1][0] or 1]
+            self.kept[layer] = [counts[0][1] or 1, counts[1][1] or 1]
             for gid, (d_out, d_in) in per_group.items():
-                self.effects[gid].append((index, d_out, d_in))
+                self.effects[gid].append((layer, d_out, d_in))
         self.current = float(sum(self.macs0.values()))
 
-    def _node(self, index: int) -> float:
-        t, k = self.total[index], self.kept[index]
-        return self.macs0[index] * (k[0] / t[0]) * (k[1] / t[1])
+    def _node(self, layer: str) -> float:
+        t, k = self.total[layer], self.kept[layer]
+        return self.macs0[layer] * (k[0] / t[0]) * (k[1] / t[1])
 
     @property
     def original(self) -> float:
@@ -255,18 +258,18 @@ class MacsTracker:
         """MACs with these groups removed (from the original, without changing the tracker)."""
         kept = {i: list(v) for i, v in self.total.items()}
         for gid in groups:
-            for index, d_out, d_in in self.effects.get(gid, ()):
-                kept[index][0] -= d_out
-                kept[index][1] -= d_in
+            for layer, d_out, d_in in self.effects.get(gid, ()):
+                kept[layer][0] -= d_out
+                kept[layer][1] -= d_in
         return float(sum(self.macs0[i] * (k[0] / self.total[i][0]) * (k[1] / self.total[i][1]) for i, k in kept.items()))
 
     def remove(self, gid: int) -> float:
         """Remove a group; return the model's MACs after it."""
-        for index, d_out, d_in in self.effects.get(gid, ()):
-            before = self._node(index)
-            self.kept[index][0] -= d_out
-            self.kept[index][1] -= d_in
-            self.current += self._node(index) - before
+        for layer, d_out, d_in in self.effects.get(gid, ()):
+            before = self._node(layer)
+            self.kept[layer][0] -= d_out
+            self.kept[layer][1] -= d_in
+            self.current += self._node(layer) - before
         return self.current
 
 

@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import ChannelAnalysis, analyze
+from .node_names import nodes_by_name
 from .planning import PruningPlan
 from .rules import RuleRegistry
 
@@ -85,12 +86,12 @@ def data_free_values(
     for n in copy.graph.node:
         for name in n.input:
             readers[name] = readers.get(name, 0) + 1
-    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
+    nodes = nodes_by_name(copy.graph.node)  # the analysis names nodes as load_model does
     for src in analysis.sources:
         rows = np.flatnonzero(removed[src.ids])
         if len(rows) == 0:
             continue
-        node = copy.graph.node[index_of[src.node]]
+        node = nodes[src.node]
         init = inits.get(node.input[1])
         if init is None or readers.get(init.name, 0) != 1:
             continue

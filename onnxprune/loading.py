@@ -9,6 +9,7 @@ from pathlib import Path
 import onnx
 
 from .errors import LoadError, UsageError, first_line
+from .node_names import name_nodes
 from .params import InitializerCache
 from .validation import check_dataflow, check_opsets, check_structure
 
@@ -41,6 +42,7 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
     weights are read through (views of the file's bytes where they are stored in it).
 
     A ModelProto given by the caller is copied, so the caller's object is never modified.
+    Every node of the returned model has a unique name (see node_names).
     """
     size, serialized = None, None
     if isinstance(model, onnx.ModelProto):
@@ -77,4 +79,5 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
         check_structure(proto)
     except Exception as exc:
         raise LoadError(f"{source}: invalid model: {first_line(exc)}") from None
+    name_nodes(proto)  # every step refers to a node by its name (see node_names)
     return proto, source, size, InitializerCache(proto, serialized)

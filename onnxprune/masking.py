@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from .node_names import nodes_by_name
+
 if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
 
@@ -31,30 +33,29 @@ def instrument_readers(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tup
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
-    inserted: dict[int, list[onnx.NodeProto]] = {}
+    nodes = nodes_by_name(m.graph.node)  # the analysis names nodes as load_model does
+    inserted: dict[str, list[onnx.NodeProto]] = {}  # by reader
     ports = {}
     for k, sink in enumerate(analysis.sinks):
         lay = analysis.layouts[sink.tensor]
         shape = [1] * lay.rank
         shape[sink.axis] = len(lay.axes[sink.axis])
-        i = index_of[sink.node]
-        node = m.graph.node[i]
+        node = nodes[sink.node]
         name = node.input[sink.input_index]
         keep, fill, out = f"__keep_{k}", f"__fill_{k}", f"__masked_{k}"
         m.graph.input.extend([helper.make_tensor_value_info(keep, TensorProto.FLOAT, shape), helper.make_tensor_value_info(fill, TensorProto.FLOAT, shape)])
-        inserted.setdefault(i, []).extend([
+        inserted.setdefault(sink.node, []).extend([
             helper.make_node("Mul", [name, keep], [out + "_m"], name=out + "_Mul"),
             helper.make_node("Add", [out + "_m", fill], [out], name=out + "_Add"),
         ])
         node.input[sink.input_index] = out
         ports[(sink.node, sink.input_index)] = (keep, fill, shape)
-    nodes = []
-    for i, node in enumerate(m.graph.node):
-        nodes.extend(inserted.get(i, []))
-        nodes.append(node)
+    ordered = []
+    for label, node in nodes.items():  # graph order
+        ordered.extend(inserted.get(label, []))
+        ordered.append(node)
     del m.graph.node[:]
-    m.graph.node.extend(nodes)
+    m.graph.node.extend(ordered)
     return m, ports
 
 

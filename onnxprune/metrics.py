@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import onnx
 
+from .node_names import nodes_by_name
 from .shapes import Shape
 
 if TYPE_CHECKING:
@@ -39,11 +40,11 @@ def _count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[int, int | None]:
-    """Multiply-accumulates of each Conv, ConvTranspose, Gemm and MatMul node (by index in
-    the graph) for one sample; None where its shapes are unknown."""
-    out: dict[int, int | None] = {}
-    for index, node in enumerate(model.graph.node):
+def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str, int | None]:
+    """Multiply-accumulates of each Conv, ConvTranspose, Gemm and MatMul node (by node name,
+    see node_names) for one sample; None where its shapes are unknown."""
+    out: dict[str, int | None] = {}
+    for label, node in nodes_by_name(model.graph.node).items():
         if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             continue
         ins = [shapes.get(n) if n else None for n in node.input]
@@ -66,7 +67,7 @@ def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[int, 
                 k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
                 batch = y[0] if (y and y[0]) else 1
                 macs = (n_out // batch) * int(k) if len(y) > 1 else n_out * int(k)
-        out[index] = macs
+        out[label] = macs
     return out
 
 

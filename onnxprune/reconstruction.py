@@ -19,8 +19,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .analysis import ChannelAnalysis
+from .analysis import ChannelAnalysis, import_graph
 from .compensation import removed_id_mask
+from .errors import UnsupportedModel
+from .node_names import nodes_by_name
 from .params import ParamResolver
 from .planning import PruningPlan
 from .runtime import session
@@ -102,13 +104,13 @@ def reconstruct(
     ``source``, the model file, names it in errors."""
 
     removed_ids = removed_id_mask(analysis, plan)
-    index_of = {label: i for i, label in enumerate(analysis.node_labels)}
+    originals = nodes_by_name(original.graph.node)  # the analysis names nodes as load_model does
     todo = []
     for sink in analysis.sinks:
         ids = analysis.layouts[sink.tensor].axes[sink.axis]
         if sink.input_index != 0 or not removed_ids[ids].any():
             continue
-        node = original.graph.node[index_of[sink.node]]
+        node = originals[sink.node]
         if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
             continue
         if node.op_type == "Gemm" and int(_attr(node, "transA", 0)):
@@ -133,27 +135,25 @@ def reconstruct(
             acts[n].append(np.asarray(v, dtype=np.float64))
     values = {n: np.concatenate(v) for n, v in acts.items()}
 
-    import onnx_graphsurgeon as gs
-
     params = ParamResolver()
-    g_orig = gs.import_onnx(original)
+    g_orig = {n.name: n for n in import_graph(original).nodes}
     inits = {t.name: t for t in out.graph.initializer}
     readers = defaultdict(int)
     for n in out.graph.node:
         for i in n.input:
             readers[i] += 1
-    by_name = {n.name: n for n in out.graph.node if n.name}
+    by_name = nodes_by_name(out.graph.node)  # the surgery keeps the layers' names
     rng = np.random.default_rng(seed)
     done = []
     for sink, node, keep_in in todo:
-        target = by_name.get(node.name)
+        target = by_name.get(sink.node)
         if target is None or target.op_type != node.op_type:
-            continue
-        w_orig = params(g_orig.nodes[index_of[sink.node]].inputs[1])
+            raise UnsupportedModel(f"{source}: internal: layer {sink.node!r} ({node.op_type}) is not in the pruned model")
+        w_orig = params(g_orig[sink.node].inputs[1])
         if w_orig is None:
             continue
         w = np.asarray(w_orig.values, dtype=np.float64)
-        b_t = g_orig.nodes[index_of[sink.node]].inputs[2] if len(node.input) > 2 and node.input[2] else None
+        b_t = g_orig[sink.node].inputs[2] if len(node.input) > 2 and node.input[2] else None
         b = np.zeros(w.shape[0] if node.op_type == "Conv" else (w.shape[0] if _attr(node, "transB", 0) else w.shape[1]))
         if b_t is not None:
             bp = params(b_t)

@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
-from .errors import UnsupportedModel
+from .errors import UnsupportedModel, UsageError
 from .params import InitializerCache, ParamResolver, constant_values
 from .validation import model_opset
 from .compensation import removed_id_mask, sink_fills
@@ -37,7 +37,6 @@ class SurgeryContext:
     removed_ids: np.ndarray  # bool per channel id
     fills: Mapping[tuple[str, int], np.ndarray]  # (sink node, input index) -> fill per position
     opset: int
-    labels: dict[int, str] = field(default_factory=dict)
     params: ParamResolver = field(default_factory=ParamResolver)
     edits: dict[tuple[int, int], list[Edit]] = field(default_factory=lambda: defaultdict(list))
     nodes: dict[int, gs.Node] = field(default_factory=dict)
@@ -70,7 +69,7 @@ class SurgeryContext:
     def fold_delta(self, node: gs.Node, index: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
         """``fn(fill)`` where ``fill`` holds, per position of the node's input ``index``, the value
         a removed channel is replaced by (0 where kept); None when there is nothing to fold."""
-        fill = self.fills.get((self.labels.get(id(node), ""), index))
+        fill = self.fills.get((node.name, index))  # nodes are named as in the analysis
         if fill is None or not np.any(fill):
             return None
         return np.asarray(fn(fill), dtype=np.float64)
@@ -242,11 +241,12 @@ def prune_deferred(
     completed (see saving.DeferredModel). ``initializers``: the arrays the analysis read."""
     registry = registry or default_registry()
     graph = import_graph(model)
+    if tuple(n.name for n in graph.nodes) != analysis.node_labels:  # edits and fills go by node name
+        raise UsageError("the analysis was made for another model: the nodes differ")
     removed_ids = removed_id_mask(analysis, plan)
     fills = sink_fills(analysis, removed_ids, estimates)
-    labels = {id(n): analysis.node_labels[i] for i, n in enumerate(graph.nodes)}
     ctx = SurgeryContext(
-        graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model), labels=labels,
+        graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model),
         params=ParamResolver(initializers),
     )
     layouts = analysis.layouts

@@ -43,7 +43,7 @@ def _filters(node: gs.Node, params: ParamResolver) -> np.ndarray | None:
 def source_filters(graph: gs.Graph, analysis: ChannelAnalysis) -> dict[str, LayerFilters]:
     """Filters of every source layer of ``analysis`` (keyed by node label)."""
     params = ParamResolver()
-    by_label = {analysis.node_labels[i]: n for i, n in enumerate(graph.nodes)}
+    by_label = {n.name: n for n in graph.nodes}  # import_graph names every node as the analysis did
     out = {}
     for src in analysis.sources:
         node = by_label[src.node]
