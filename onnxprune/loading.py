@@ -11,20 +11,24 @@ import onnx
 from .errors import LoadError, UsageError, first_line
 from .node_names import name_nodes
 from .params import InitializerCache
-from .validation import check_dataflow, check_opsets, check_structure
+from .validation import check_dataflow, check_opsets, check_structure, check_wellformed
+from .wire import raw_data_offsets
 
 __all__ = ["load_model"]
 
 
-def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> set[Path]:
-    """Refuse external data outside the model's folder or missing; return the files it names."""
+def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> dict[str, Path]:
+    """Refuse external data outside the model's folder or missing; return the files it names
+    by their locations."""
     base = base.resolve()
-    files: set[Path] = set()
+    files: dict[str, Path] = {}
     for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx has no public walker
         if not onnx.external_data_helper.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
+        if not isinstance(location, str) or not isinstance(tensor.name, str):  # protobuf's bytes: not UTF-8
+            continue  # named by check_wellformed
         target = (base / location).resolve()
         if os.path.isabs(location) or base not in target.parents:
             raise LoadError(
@@ -32,7 +36,7 @@ def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> set
             )
         if not target.is_file():
             raise LoadError(f"{source}: tensor {tensor.name!r}: external data file {location!r} not found")
-        files.add(target)
+        files[location] = target
     return files
 
 
@@ -64,7 +68,14 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
         except Exception as exc:  # protobuf raises several unrelated types
             raise LoadError(f"{source}: not an ONNX model ({first_line(exc)})") from None
         external = _check_external_data(proto, path.parent, source)
-        size = path.stat().st_size + sum(f.stat().st_size for f in external)
+        data_sizes = {location: f.stat().st_size for location, f in external.items()}
+        size = path.stat().st_size + sum(f.stat().st_size for f in set(external.values()))
+        try:
+            offsets = raw_data_offsets(serialized)
+        except (ValueError, IndexError):  # not what protobuf parsed: lengths are asked of protobuf
+            offsets = {}
+        # Before external data is read: nothing is allocated on a size the files do not back.
+        check_wellformed(proto, source, {name: length for name, (_, length) in offsets.items()}, data_sizes)
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except Exception as exc:
@@ -73,10 +84,12 @@ def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.Mo
         raise UsageError(f"expected a path or onnx.ModelProto, got {type(model).__name__}")
     if not proto.HasField("graph") or len(proto.graph.node) == 0:
         raise LoadError(f"{source}: not an ONNX model (no graph nodes)")
+    if serialized is None:
+        check_wellformed(proto, source)
     check_opsets(proto, source)
     check_dataflow(proto, source)
     try:
-        check_structure(proto)
+        check_structure(proto, full_check=True)
     except Exception as exc:
         raise LoadError(f"{source}: invalid model: {first_line(exc)}") from None
     name_nodes(proto)  # every step refers to a node by its name (see node_names)

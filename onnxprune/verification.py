@@ -3,6 +3,7 @@ compared, graph optimisations off so that the graph itself is what is checked.""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -95,6 +96,11 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [vi for vi in model.graph.input if vi.name not in inits]
 
 
+# Random verification inputs bigger than this are refused, not allocated: a dim rewritten to
+# 2**20 would otherwise ask for terabytes (real inputs, even 4K video frames, stay far below).
+_RANDOM_INPUT_LIMIT = 2**30
+
+
 def make_inputs(
     model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], batch: int | None, seed: int, source: str
 ) -> dict[str, np.ndarray]:
@@ -122,6 +128,13 @@ def make_inputs(
                     raise UnsupportedModel(
                         f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:d0,d1,... to verify"
                     )
+        count = math.prod(shape)
+        if count * 8 > _RANDOM_INPUT_LIMIT:  # generated as float64 or int64 first
+            raise UnsupportedModel(
+                f"{source}: input {vi.name!r} of shape {tuple(shape)} would take {count * 8 / 2**30:.3g} GiB of random data "
+                f"to verify (the limit is {_RANDOM_INPUT_LIMIT // 2**30} GiB); give samples with --inputs, "
+                "or prune with --no-verify"
+            )
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
