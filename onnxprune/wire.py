@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-__all__ = ["raw_data_offsets", "encode_varint", "field_key", "GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD", "RAW_DTYPES"]
+__all__ = ["raw_data_offsets", "encode_varint", "read_varint", "field_key", "GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD", "RAW_DTYPES"]
 
 # Field numbers, read from onnx's own descriptors.
 GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
@@ -47,7 +47,8 @@ def field_key(number: int) -> bytes:
     return encode_varint(number << 3 | _LENGTH_DELIMITED)
 
 
-def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The varint at ``pos``: (value, position after it)."""
     result = shift = 0
     while True:
         byte = buf[pos]
@@ -64,14 +65,14 @@ def _fields(buf: bytes | memoryview, start: int, end: int):  # noqa: ANN202 - yi
     """The fields of the message in ``buf[start:end]``: (number, wire type, payload start, end)."""
     pos = start
     while pos < end:
-        key, pos = _read_varint(buf, pos)
+        key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            _, after = _read_varint(buf, pos)
+            _, after = read_varint(buf, pos)
         elif wire == 1:
             after = pos + 8
         elif wire == 2:
-            length, pos = _read_varint(buf, pos)
+            length, pos = read_varint(buf, pos)
             after = pos + length
         elif wire == 5:
             after = pos + 4
