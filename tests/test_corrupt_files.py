@@ -122,6 +122,15 @@ def _self_reference(folder: Path) -> bytes:
     return _bytes(m)
 
 
+def _conv_data_input_missing(folder: Path) -> bytes:
+    m = _small()
+    m.graph.node[0].attribute.append(helper.make_attribute("kernel_shape", [3, 3]))
+    for i, d in enumerate(m.graph.output[0].type.tensor_type.shape.dim):
+        d.dim_param = f"d{i}"
+    del m.graph.node[0].input[0]  # Conv(W, B): with kernel_shape given, onnx's shape inference lets it through
+    return _bytes(m)
+
+
 def _fails_shape_inference(folder: Path) -> bytes:
     m = _small()
     m.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5  # Conv makes 4 channels
@@ -181,6 +190,7 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_attribute_wrong_type, "invalid model: "),
     (_self_reference, "node 'relu' (Relu) reads 'y' before 'relu' produces it"),
     (_fails_shape_inference, "invalid model: [ShapeInferenceError]"),
+    (_conv_data_input_missing, "node 'conv' (Conv): weight 'B' has rank 1 and the input rank 4: both must be equal and at least 3"),
     (_external_offset_past_end, "tensor 'W': external data 4096+432 bytes runs past the end of 'weights.bin' (432 bytes)"),
     (_external_length_huge, f"tensor 'W': external data 0+{2**62} bytes runs past the end of 'weights.bin' (432 bytes)"),
     (_external_length_contradicts_dims, "tensor 'W': external data holds 400 bytes, its dims (4, 3, 3, 3) and type FLOAT need 432"),

@@ -17,6 +17,7 @@ child's peak memory from wait4), and every --subprocess-every'th file also throu
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -199,14 +200,26 @@ def main() -> None:
     parser.add_argument("--workdir", help="where mutated files are written (default: a temporary folder)")
     args = parser.parse_args()
 
-    # Everything the commands import, imported once: each forked child shares it.
-    import onnxprune.api  # noqa: F401
-    import onnxprune.cli  # noqa: F401
-    import onnxprune.verification  # noqa: F401
+    # Everything the commands import, imported once: each forked child shares it (and a run
+    # is not affected by edits to the sources while it goes on).
+    import importlib
+    import pkgutil
+
     import onnxruntime  # noqa: F401
+
+    import onnxprune
+
+    for info in pkgutil.walk_packages(onnxprune.__path__, "onnxprune."):
+        if info.name != "onnxprune.__main__":
+            importlib.import_module(info.name)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fuzz_files-"))
     models = _models(args.models, workdir)
+    # What the commands import lazily, imported here too (not by every child); onnxruntime
+    # sessions are only made in the children (a forked copy of its thread pools would not run).
+    run_inprocess(["analyze", str(models[0].path), "-q", *models[0].extra_args])
+    run_inprocess(["prune", str(models[0].path), "-o", str(workdir / "warm.onnx"), "-q", "--no-verify", *models[0].extra_args])
+    gc.freeze()  # the children's collector leaves the parent's objects alone (no copy-on-write)
     log = open(args.log, "w") if args.log else None  # noqa: SIM115
     rng = random.Random(args.seed)
     counts: Counter[tuple[str, str]] = Counter()  # (model, outcome)

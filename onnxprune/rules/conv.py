@@ -53,6 +53,15 @@ def _zero_filter_consts(weight: np.ndarray, bias: np.ndarray | None, axis: int) 
     return np.where(zero, b, np.nan)
 
 
+def _check_rank(node: gs.Node, ctx: "AnalysisContext", weight: np.ndarray) -> None:
+    """A weight of rank 3 or more, the input's rank: onnx's shape inference lets a Conv whose
+    data input is missing (its weight read as the data, its bias as the weight) through."""
+    x_shape = ctx.shape(node.inputs[0])
+    if weight.ndim < 3 or (x_shape is not None and len(x_shape) != weight.ndim):
+        x_rank = "unknown" if x_shape is None else len(x_shape)
+        ctx.invalid(f"weight {node.inputs[1].name!r} has rank {weight.ndim} and the input rank {x_rank}: both must be equal and at least 3")
+
+
 class ConvRule:
     op_types = ("Conv",)
     domain = ""
@@ -66,6 +75,7 @@ class ConvRule:
         if len(node.inputs) > 2 and node.inputs[2].name and b is None:
             return NotApplicable("bias is not a constant")
         weight = w.values
+        _check_rank(node, ctx, weight)
         groups = int(node.attrs.get("group", 1))
         cout, cin_g = weight.shape[0], weight.shape[1]
         cin = cin_g * groups
@@ -169,6 +179,7 @@ class ConvTransposeRule:
         if len(node.inputs) > 2 and node.inputs[2].name and b is None:
             return NotApplicable("bias is not a constant")
         weight = w.values
+        _check_rank(node, ctx, weight)
         lay = ctx.layout(x)
         if lay is not None:
             if set(lay.axes) != {1}:
