@@ -16,18 +16,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 import onnxprune
+from onnxprune.runtime import session
 
 ROOT = Path(__file__).resolve().parent.parent
 CRITERIA = ["l1", "l2", "fpgm", "random", "kmeans", "bn-gamma", "apoz", "mean-activation"]
 COMPENSATION = ["none", "data-free", "calibration"]
 
 
-def accuracy(model_bytes: bytes, x: np.ndarray, labels: np.ndarray) -> float:
-    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    logits = sess.run(None, {"input": x})[0]
+def accuracy(model: onnx.ModelProto | str, x: np.ndarray, labels: np.ndarray) -> float:
+    logits = session(model, source=model if isinstance(model, str) else "<pruned model>", optimize=True)({"input": x})[0]
     return float((logits.argmax(axis=1) == labels).mean())
 
 
@@ -36,7 +37,7 @@ def run(criteria: list[str], ratios: list[float], seeds: int) -> list[dict]:
     calib = str(ROOT / "fixtures" / "digits_calibration.npz")
     test = np.load(ROOT / "fixtures" / "digits_test.npz")
     x, labels = test["input"], test["labels"]
-    base = accuracy(model_path.read_bytes(), x, labels)
+    base = accuracy(str(model_path), x, labels)
     rows = [{"criterion": "none", "ratio": 0.0, "mode": "-", "compensation": "-", "accuracy": base, "macs_cut": 0.0}]
     for crit in criteria:
         for ratio in ratios:
@@ -48,7 +49,7 @@ def run(criteria: list[str], ratios: list[float], seeds: int) -> list[dict]:
                             model_path, crit, ratio=ratio, global_ranking=global_ranking, compensation=comp,
                             calibration=calib, seed=seed,
                         )
-                        accs.append(accuracy(r.model.SerializeToString(), x, labels))
+                        accs.append(accuracy(r.model, x, labels))
                         cuts.append(1 - r.report.macs_after / r.report.macs_before)
                         cos.append(r.report.fidelity[0].cosine if r.report.fidelity else 1.0)
                     rows.append({

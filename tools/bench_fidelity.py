@@ -19,9 +19,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+import onnx
 
 import onnxprune
+from onnxprune.fidelity import top1_agreement
+from onnxprune.runtime import session
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIOS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5]
@@ -32,17 +34,13 @@ VARIANTS = {
 }
 
 
-def outputs(model_bytes: bytes, x: np.ndarray, name: str) -> np.ndarray:
-    sess = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {name: x[i : i + 16]})[0] for i in range(0, len(x), 16)])
-
-
-def agreement(ref: np.ndarray, got: np.ndarray) -> float:
-    return float((ref.argmax(1) == got.argmax(1)).mean())
+def outputs(model: onnx.ModelProto | str, x: np.ndarray, name: str) -> np.ndarray:
+    run = session(model, source=model if isinstance(model, str) else "<pruned model>", optimize=True)
+    return np.concatenate([run({name: x[i : i + 16]})[0] for i in range(0, len(x), 16)])
 
 
 def bench_model(model: Path, calib: str, x_eval: np.ndarray, labels: np.ndarray | None, input_name: str) -> list[dict]:
-    ref = outputs(model.read_bytes(), x_eval, input_name)
+    ref = outputs(str(model), x_eval, input_name)
     rows = []
     common = dict(calibration=calib, verification_inputs=calib, calibration_limit=64)
     for vname, opts in VARIANTS.items():
@@ -70,11 +68,11 @@ def bench_model(model: Path, calib: str, x_eval: np.ndarray, labels: np.ndarray 
 
 
 def _row(target, plan, variant, r, ref, x_eval, labels, input_name) -> dict:  # noqa: ANN001
-    got = outputs(r.model.SerializeToString(), x_eval, input_name)
+    got = outputs(r.model, x_eval, input_name)
     return {
         "target": target, "plan": plan, "variant": variant,
         "macs_cut": 1 - r.report.macs_after / r.report.macs_before,
-        "agreement": agreement(ref, got),
+        "agreement": top1_agreement(ref, got),
         "accuracy": None if labels is None else float((got.argmax(1) == labels).mean()),
     }
 
@@ -91,7 +89,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.zoo is None:
             test = np.load(ROOT / "fixtures" / "digits_test.npz")
-            base = float((outputs((ROOT / "fixtures" / "digits_cnn.onnx").read_bytes(), test["input"], "input").argmax(1) == test["labels"]).mean())
+            base = float((outputs(str(ROOT / "fixtures" / "digits_cnn.onnx"), test["input"], "input").argmax(1) == test["labels"]).mean())
             results["digits_cnn"] = bench_model(ROOT / "fixtures" / "digits_cnn.onnx", str(ROOT / "fixtures" / "digits_calibration.npz"), test["input"], test["labels"], "input")
             header.append(f"Digits CNN (`fixtures/digits_cnn.onnx`, tools/train_digits.py): calibration = 64 training images, held-out = 540 test images; unpruned accuracy **{base * 100:.2f}%**.")
             out = ROOT / "benchmarks" / "fidelity"
