@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .config import LayerRule, PruneConfig
 from .node_names import nodes_by_name
 from .planning import PruningPlan, enforce_constraints
 
-__all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "plan_with_budget", "round_kept_counts"]
+__all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "group_scores", "plan_with_budget", "pinned_reasons", "finish_plan"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def plan_with_budget(
     budgets = layer_budgets(analysis, config)
     members = _group_members(analysis)
     scores = group_scores(analysis, layer_scores)
-    reasons: dict[int, list[str]] = {g.id: list(g.pinned_by) for g in analysis.groups if g.pinned}
+    reasons = pinned_reasons(analysis)
     candidates = []
     for g in analysis.groups:
         if g.pinned:
@@ -151,14 +151,35 @@ def plan_with_budget(
                 removed.append(gid)
                 for n, k in layers.items():
                     removed_count[n] += k
+    return finish_plan(
+        analysis, config, removed, scores, reasons, lambda gid: f"ranked above the cut by {config.criterion} (score {scores[gid]:.3g})"
+    )
+
+
+def pinned_reasons(analysis: ChannelAnalysis) -> dict[int, list[str]]:
+    """Why each pinned group stays: the start of every plan's kept reasons."""
+    return {g.id: list(g.pinned_by) for g in analysis.groups if g.pinned}
+
+
+def finish_plan(
+    analysis: ChannelAnalysis,
+    config: PruneConfig,
+    removed: Iterable[int],
+    scores: Mapping[int, float],
+    reasons: dict[int, list[str]],
+    kept_reason: Callable[[int], str],
+) -> PruningPlan:
+    """The plan that removes ``removed`` (however they were chosen): kept counts made multiples
+    of ``config.round_to`` by putting back the best-scored groups, the structural constraints
+    enforced, and every kept group given a reason (``kept_reason(group)`` where ``reasons``
+    has none)."""
     removed_set = set(removed)
-    for gid in candidates:
-        if gid not in removed_set and not reasons.get(gid):
-            reasons.setdefault(gid, []).append(f"ranked above the cut by {config.criterion} (score {scores[gid]:.3g})")
     if config.round_to > 1:
-        removed_set = _round_kept(analysis, members, budgets, removed_set, scores, config.round_to, reasons)
+        removed_set = _round_kept(
+            analysis, _group_members(analysis), layer_budgets(analysis, config), removed_set, scores, config.round_to, reasons
+        )
     final = enforce_constraints(analysis, removed_set, reasons)
-    kept = {g.id: tuple(reasons.get(g.id, ())) for g in analysis.groups if g.id not in final}
+    kept = {g.id: tuple(reasons.get(g.id) or (kept_reason(g.id),)) for g in analysis.groups if g.id not in final}
     return PruningPlan(
         criterion=config.criterion,
         removed_groups=tuple(sorted(final)),
@@ -166,13 +187,6 @@ def plan_with_budget(
         scores={gid: scores[gid] for gid in final if gid in scores},
         members={gid: analysis.group(gid).members for gid in final},
     )
-
-
-def round_kept_counts(
-    analysis: ChannelAnalysis, config: PruneConfig, removed: set[int], scores: Mapping[int, float], reasons: dict[int, list[str]]
-) -> set[int]:
-    """``removed`` with groups put back until every layer keeps a multiple of ``config.round_to``."""
-    return _round_kept(analysis, _group_members(analysis), layer_budgets(analysis, config), removed, scores, config.round_to, reasons)
 
 
 def _round_kept(

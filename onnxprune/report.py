@@ -14,8 +14,11 @@ if TYPE_CHECKING:
 
     from .analysis import ChannelAnalysis
     from .config import PruneConfig
+    from .fidelity import OutputScore
     from .metrics import ModelCost
     from .planning import PruningPlan
+    from .reconstruction import ReconstructedLayer
+    from .sensitivity_analysis import SensitivityResult
 
 __all__ = ["LayerChange", "KeptGroup", "PruneReport", "build_report"]
 
@@ -70,7 +73,12 @@ class PruneReport:
     budget: dict | None = None
     criterion_reason: str = ""
     fidelity_on_random_inputs: bool = False
-    extra: dict | None = None
+    fidelity_score: float | None = None  # the run's score under its fidelity metrics (lossy runs)
+    fidelity_metrics: tuple[OutputScore, ...] | None = None  # per output: the metric and its value
+    evaluation: str = "none"  # which inputs verification and fidelity ran on
+    data_note: str = ""  # how calibration and evaluation samples were chosen
+    reconstructed_layers: tuple[ReconstructedLayer, ...] = ()
+    sensitivity: SensitivityResult | None = None  # with a fidelity budget: what allocation measured
 
     def to_dict(self) -> dict:
         return {
@@ -100,7 +108,17 @@ class PruneReport:
             "compensation": self.compensation,
             "verified_against": self.reference,
             "budget": self.budget,
-            **(self.extra or {}),
+            "fidelity_score": self.fidelity_score,
+            "fidelity_metrics": None
+            if self.fidelity_metrics is None
+            else {o.name: {"metric": o.metric, "value": o.value} for o in self.fidelity_metrics},
+            "evaluation": self.evaluation,
+            "data_note": self.data_note,
+            "reconstructed_layers": [
+                {"node": r.node, "positions": r.positions, "error_before": r.error_before, "error_after": r.error_after}
+                for r in self.reconstructed_layers
+            ],
+            "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
         }
 
 
@@ -116,9 +134,19 @@ def build_report(
     fid: tuple[OutputFidelity, ...] | None,
     compensation: str,
     reference_kind: str,
+    *,
+    fidelity_on_random_inputs: bool = False,
+    fidelity_score: float | None = None,
+    fidelity_metrics: tuple[OutputScore, ...] | None = None,
+    evaluation: str = "none",
+    data_note: str = "",
+    reconstructed_layers: tuple[ReconstructedLayer, ...] = (),
+    sensitivity: SensitivityResult | None = None,
 ) -> PruneReport:
     """The report of a pruning run: channels, parameters, MACs and size before and after, each
-    changed layer, every kept group with its reasons, verification and fidelity."""
+    changed layer, every kept group with its reasons, verification and fidelity (the keywords
+    are given as they are; ``fidelity_on_random_inputs`` also adds a note when there is a
+    fidelity)."""
     from .analysis import static_shapes
     from .compensation import removed_id_mask
     from .shapes import concrete_input_shapes
@@ -150,6 +178,9 @@ def build_report(
         dynamic = [n for n, s in in_shapes.items() if n in unranked or any(d is None for d in s)]
         missing = f"give --input-shape for {', '.join(repr(n) for n in dynamic)}" if dynamic else "computed at run time, although every input shape is static"
         notes.append(f"some layers have unknown shapes; their MACs are not counted ({missing})")
+    on_random_inputs = fidelity_on_random_inputs and fid is not None
+    if on_random_inputs:
+        notes.append("fidelity was measured on seeded random inputs, not real data: give --inputs or --calibration for meaningful numbers")
     budget = {
         "ratio": config.ratio,
         "global": config.global_ranking,
@@ -181,4 +212,11 @@ def build_report(
         compensation=compensation if not pruning_plan.exact else "exact constants",
         reference=reference_kind,
         budget=budget if not pruning_plan.exact else None,
+        fidelity_on_random_inputs=on_random_inputs,
+        fidelity_score=fidelity_score,
+        fidelity_metrics=fidelity_metrics,
+        evaluation=evaluation,
+        data_note=data_note,
+        reconstructed_layers=tuple(reconstructed_layers),
+        sensitivity=sensitivity,
     )

@@ -47,8 +47,8 @@ def bench_model(model: Path, calib: str, x_eval: np.ndarray, labels: np.ndarray 
         sweep = []  # (ratio, calibration fidelity, result)
         for ratio in RATIOS:
             r = onnxprune.prune(model, "l2", ratio=ratio, **common, **opts)
-            sweep.append((ratio, r.report.extra["fidelity_score"], r))
-            if r.report.extra["fidelity_score"] < 0.95:
+            sweep.append((ratio, r.report.fidelity_score, r))
+            if r.report.fidelity_score < 0.95:
                 break
         for target in (0.99, 0.95):
             ok = [s for s in sweep if s[1] >= target]

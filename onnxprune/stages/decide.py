@@ -1,0 +1,225 @@
+"""The stages that decide: score the channels, plan which groups go (a budget, a fidelity
+budget from measured sensitivity, or a given plan), and what replaces them (compensation)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from ..analysis import ChannelAnalysis, import_graph
+from ..budget import (
+    MacsTracker,
+    finish_plan,
+    group_scores,
+    layer_budgets,
+    pinned_reasons,
+    plan_with_budget,
+)
+from ..compensation import data_free_values
+from ..config import PruneConfig
+from ..criteria import CriterionRegistry, source_filters, zero_plan
+from ..criteria.activations import ActivationStats, group_activation_scores
+from ..errors import UsageError
+from ..metrics import node_macs
+from ..planning import PruningPlan
+from .prepare import CalibrationData, Feeds, LoadedModel, Run
+
+if TYPE_CHECKING:
+    from ..sensitivity_analysis import SensitivityResult, TrialRunner
+
+__all__ = [
+    "Planned", "Compensation", "SensitivityTrials", "check_budget", "layer_scores", "score", "budget_plan", "plan",
+    "compensate", "estimates", "sensitivity_trials",
+]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan, and with a fidelity budget the sensitivity analysis it was allocated from."""
+
+    plan: PruningPlan
+    sensitivity: SensitivityResult | None = None
+
+
+@dataclass(frozen=True)
+class Compensation:
+    """What removed channels are replaced by where they are read: the mode ('calibration',
+    'data-free' or 'none'; 'auto' resolved) and the values per sink tensor (None: zero)."""
+
+    mode: str
+    estimates: Mapping[str, np.ndarray] | None = None
+
+
+def check_budget(config: PruneConfig, criteria: CriterionRegistry) -> None:
+    """Refuse a lossy criterion that is unknown or has no budget."""
+    criterion = config.criterion
+    if criterion not in criteria.names():
+        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
+    if config.ratio is None and config.macs_target is None and not any(r.sparsity for r in config.layer_rules):
+        raise UsageError(f"criterion {criterion!r} needs a budget: --ratio, --macs-target or a config file")
+
+
+def layer_scores(
+    analysis: ChannelAnalysis,
+    model: onnx.ModelProto,
+    config: PruneConfig,
+    criteria: CriterionRegistry,
+    stats: ActivationStats | None = None,
+) -> dict[str, np.ndarray]:
+    """Every source layer's channel scores under ``config.criterion`` (higher = keep)."""
+    criterion = config.criterion
+    if criteria.is_data(criterion):
+        if stats is None:
+            raise UsageError(f"criterion {criterion!r} needs calibration inputs (--calibration FILE.npz)")
+        per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
+        return group_activation_scores(analysis, per)
+    fn = criteria.weight_criterion(criterion)
+    if fn is None:
+        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
+    rng = np.random.default_rng(config.seed)
+    budgets = layer_budgets(analysis, config)
+    scores = {}
+    for name, layer in source_filters(import_graph(model), analysis).items():
+        b = budgets[name]
+        sparsity = (config.ratio or 0.0) if config.global_ranking else b.sparsity
+        keep = b.channels - int(sparsity * b.channels) if sparsity else b.channels // 2
+        scores[name] = np.asarray(fn(layer, keep, rng), dtype=np.float64)
+    if scores and not any(np.isfinite(s).any() for s in scores.values()):
+        why = (
+            "no layer's output goes straight into a BatchNormalization (folded into the weights at export?)"
+            if criterion == "bn-gamma"
+            else "it gives no finite score to any channel"
+        )
+        raise UsageError(f"criterion {criterion!r} has nothing to score in this model: {why}; try --criterion l2 or fpgm")
+    return scores
+
+
+def score(
+    loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationData, run: Run, *, given: PruningPlan | None = None
+) -> Mapping[str, np.ndarray] | None:
+    """Every source layer's channel scores, or None when the plan needs none (the zero
+    criterion, a given plan)."""
+    config = run.config
+    if given is not None or (config.criterion == "zero" and not config.allocated):
+        return None
+    if not config.allocated:  # a fidelity budget is a budget, and picks its criterion itself
+        check_budget(config, run.criteria)
+    return layer_scores(analysis, loaded.proto, config, run.criteria, data.stats)
+
+
+def budget_plan(analysis: ChannelAnalysis, model: onnx.ModelProto, scores: Mapping[str, np.ndarray], config: PruneConfig) -> PruningPlan:
+    """The plan for a ratio, global or MACs budget (see budget.plan_with_budget)."""
+    tracker = None
+    if config.macs_target is not None:
+        tracker = MacsTracker(analysis, node_macs(model, analysis.shapes), model.graph.node)
+    return plan_with_budget(analysis, scores, config, tracker)
+
+
+def plan(
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    scores: Mapping[str, np.ndarray] | None,
+    data: CalibrationData,
+    run: Run,
+    *,
+    given: PruningPlan | None = None,
+) -> Planned:
+    """The groups to remove: the ``given`` plan matched to this analysis, the zero criterion's,
+    a budget's, or allocated under a fidelity budget from measured sensitivity."""
+    if given is not None:
+        return Planned(given.resolve(analysis))
+    if run.config.allocated:
+        return _allocated_plan(loaded, analysis, scores or {}, data, run)
+    if scores is None:
+        return Planned(zero_plan(analysis))
+    return Planned(budget_plan(analysis, loaded.proto, scores, run.config))
+
+
+def compensate(loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, data: CalibrationData, run: Run) -> Compensation:
+    """What the removed channels are replaced by where they are read (exact plans: nothing)."""
+    mode = run.config.compensation
+    if mode == "auto":
+        mode = "calibration" if data.stats is not None else ("data-free" if not pruning_plan.exact else "none")
+    if pruning_plan.exact:
+        return Compensation(mode)
+    return Compensation(mode, estimates(loaded.proto, analysis, pruning_plan.removed_groups, data.stats, mode, run))
+
+
+def estimates(
+    proto: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    groups: Sequence[int],
+    stats: ActivationStats | None,
+    mode: str,
+    run: Run,
+) -> dict[str, np.ndarray] | None:
+    """What removed channels are replaced by where they are read (see compensation)."""
+    if not groups:
+        return None
+    if mode == "calibration" and stats is not None:
+        return dict(stats.mean)
+    if mode == "data-free":
+        return data_free_values(proto, analysis, PruningPlan("tmp", tuple(groups)), run.registry, run.config.input_shapes)
+    return None
+
+
+@dataclass(frozen=True)
+class SensitivityTrials:
+    """The sensitivity analysis with what allocation needs to go on from it."""
+
+    result: SensitivityResult
+    runner: TrialRunner = field(repr=False)
+    tracker: MacsTracker = field(repr=False)
+    estimates: Mapping[str, np.ndarray] | None = field(repr=False)
+    scores: Mapping[int, float]
+    protected: Mapping[str, str]
+
+
+def sensitivity_trials(
+    loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapping[str, np.ndarray], stats: ActivationStats | None, feeds: Feeds, run: Run
+) -> SensitivityTrials:
+    """Units of tied layers, their sensitivity curves, and the trial runner behind them."""
+    from ..sensitivity_analysis import TrialRunner, find_units, measure_sensitivity
+
+    config, proto = run.config, loaded.proto
+    group = group_scores(analysis, scores)
+    protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
+    units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
+    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
+    mode = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
+    values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
+    runner = TrialRunner(proto, analysis, feeds, source=loaded.source)
+    result = measure_sensitivity(
+        runner, analysis, units, tracker, config.sensitivity_ratios, values, config.criterion, config.fidelity_metrics,
+        progress=run.progress_of("sensitivity"),
+    )
+    return SensitivityTrials(result, runner, tracker, values, group, protected)
+
+
+def _allocated_plan(loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapping[str, np.ndarray], data: CalibrationData, run: Run) -> Planned:
+    """A plan from the sensitivity analysis under a fidelity budget (see sensitivity_analysis.allocate)."""
+    from ..sensitivity_analysis import allocate
+
+    config, feeds = run.config, data.calibration or []
+    trials = sensitivity_trials(loaded, analysis, scores, data.stats, feeds, run)
+    runner = trials.runner
+    if config.reconstruct and config.macs_target is None and len(feeds) >= 2:
+        # The budget is met by the reconstructed model: measure that, not the masked one.
+        from ..reconstruction import ReconstructedTrials
+
+        runner = ReconstructedTrials(loaded.proto, analysis, feeds, registry=run.registry, seed=config.seed, source=loaded.source)
+    groups, _, _ = allocate(
+        trials.result, analysis, runner, trials.tracker, trials.estimates,
+        min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics,
+    )
+    goal = f"fidelity >= {config.min_fidelity}" if config.macs_target is None else f"MACs <= {config.macs_target}"
+
+    def kept_reason(gid: int) -> str:
+        protected = next((n for n, _ in analysis.group(gid).members if n in trials.protected), None)
+        return f"protected: {trials.protected[protected]}" if protected else f"kept by the sensitivity-allocated budget ({goal})"
+
+    return Planned(finish_plan(analysis, config, groups, trials.scores, pinned_reasons(analysis), kept_reason), trials.result)

@@ -1,0 +1,230 @@
+"""The stages after the surgery: check and verify the pruned model, refit it (reconstruction),
+measure its fidelity, write it, and report the run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import onnx
+
+from ..analysis import ChannelAnalysis
+from ..compensation import reader_masks, removed_id_mask
+from ..config import PruneConfig
+from ..errors import VerificationFailed
+from ..fidelity import OutputFidelity
+from ..masking import masked_reference
+from ..metrics import ModelCost, model_cost
+from ..planning import PruningPlan
+from ..report import PruneReport, build_report
+from ..saving import DeferredModel, StagedModel, serialized_size
+from ..shapes import dynamic_batch_inputs
+from ..validation import check_structure
+from ..verification import VerificationResult, compare_models, load_npz_inputs, make_inputs
+from .decide import Compensation, Planned
+from .prepare import CalibrationData, Feeds, LoadedModel, Run
+
+if TYPE_CHECKING:
+    from ..fidelity import OutputScore
+    from ..reconstruction import ReconstructedLayer
+
+__all__ = [
+    "Original", "Verified", "Recovered", "Measured", "measure_original", "may_consume", "check", "staging", "runnable",
+    "verification_feeds", "verify", "recover", "measure", "write", "report",
+]
+
+
+@dataclass(frozen=True)
+class Original:
+    """The original's parameters and MACs, and its size (on disk, or serialised for a ModelProto)."""
+
+    cost: ModelCost
+    size: int
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The onnxruntime comparison (None when not asked for), what it compared against, and the
+    inputs it ran on, which the fidelity is measured on too (``on_random_inputs``: seeded random
+    inputs, not data)."""
+
+    result: VerificationResult | None
+    reference: str
+    feeds: Feeds
+    inputs: str
+    on_random_inputs: bool = False
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """The pruned model after reconstruction (the same model without it) and the layers refitted."""
+
+    model: DeferredModel = field(repr=False)
+    layers: tuple[ReconstructedLayer, ...] = ()
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Fidelity of the pruned model against the original (lossy runs only): per output, and
+    the run's score under its fidelity metrics."""
+
+    fidelity: tuple[OutputFidelity, ...] | None = None
+    score: float | None = None
+    metrics: tuple[OutputScore, ...] | None = None
+
+
+def measure_original(loaded: LoadedModel, analysis: ChannelAnalysis) -> Original:
+    """Parameters and MACs of the original, and its size: taken before a surgery that may
+    build the pruned model in it."""
+    size = loaded.size if loaded.size is not None else serialized_size(loaded.proto)
+    return Original(model_cost(loaded.proto, analysis.shapes), size)
+
+
+def may_consume(pruning_plan: PruningPlan, config: PruneConfig) -> bool:
+    """Nothing reads the original after an unverified exact removal: the surgery may build the
+    result in it (no second copy of the weights)."""
+    return not config.verify and pruning_plan.exact and not config.reconstruct
+
+
+def check(pruned: DeferredModel, source: str) -> None:
+    """onnx.checker on the pruned model's structure (its big new weights stay arrays)."""
+    try:
+        check_structure(pruned.proto, full_check=True)
+    except Exception as exc:
+        raise VerificationFailed(f"{source}: the pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+
+def staging(
+    pruned: DeferredModel, output: str | os.PathLike[str] | None, external_data: bool | None, config: PruneConfig
+) -> AbstractContextManager[StagedModel | None]:
+    """With an output (and no reconstruction, which changes the weights after verification) the
+    file verified is the file written: staged beside the destination, read from there by
+    onnxruntime, and moved into place by ``write`` once verified (removed if anything fails)."""
+    if output is None or config.reconstruct:
+        return contextlib.nullcontext()
+    return pruned.staged(output, external_data)
+
+
+def runnable(pruned: DeferredModel, staged: StagedModel | None) -> onnx.ModelProto | str:
+    """What onnxruntime is given for the pruned model: its staged file, else the model."""
+    return staged.path if staged is not None else pruned.complete()
+
+
+def verification_feeds(original: onnx.ModelProto, config: PruneConfig, source: str) -> tuple[list, str]:
+    """The samples of ``config.verification_inputs``, or seeded random inputs (batch 1 and 2 for
+    a dynamic batch), with their description for the report."""
+    if config.verification_inputs:
+        feeds = load_npz_inputs(config.verification_inputs, original, source=source)
+        return feeds, f"{len(feeds)} samples from {config.verification_inputs}"
+    batches = [1, 2] if dynamic_batch_inputs(original) else [None]
+    feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
+    return feeds, f"seeded random inputs (seed {config.seed}), batch {'1 and 2' if len(batches) == 2 else 'as in the model'}"
+
+
+def verify(
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    pruning_plan: PruningPlan,
+    compensation: Compensation,
+    pruned: DeferredModel,
+    staged: StagedModel | None,
+    data: CalibrationData,
+    run: Run,
+) -> Verified:
+    """The pruned model against the original (exact plans) or against the original with the
+    removed channels replaced where they are read (lossy plans), on the evaluation samples or
+    the verification inputs; raises VerificationFailed past the tolerance."""
+    config, source = run.config, loaded.source
+    feeds: Feeds = []
+    inputs = "none"
+    on_random = False
+    if data.evaluation:
+        feeds, inputs = data.evaluation, f"{len(data.evaluation)} evaluation samples ({data.note or 'given'})"
+    elif config.verify or not pruning_plan.exact:
+        feeds, inputs = verification_feeds(loaded.proto, config, source)
+        on_random = not config.verification_inputs
+    if not config.verify:
+        return Verified(None, "original", feeds, inputs, on_random)
+    reference: onnx.ModelProto | str = loaded.runnable
+    kind = "original"
+    if not pruning_plan.exact:
+        masks = reader_masks(analysis, removed_id_mask(analysis, pruning_plan), compensation.estimates)
+        reference = masked_reference(loaded.proto, analysis, masks)
+        kind = "original with removed channels replaced where read"
+    result = compare_models(
+        reference, runnable(pruned, staged), feeds, config.tolerance, inputs, source, progress=run.progress_of("verification")
+    )
+    if not result.passed:
+        w = result.worst
+        raise VerificationFailed(
+            f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs from the {kind} "
+            f"by {w.max_abs_diff:.3g}, more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
+        )
+    return Verified(result, kind, feeds, inputs, on_random)
+
+
+def recover(
+    loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, pruned: DeferredModel, data: CalibrationData, run: Run
+) -> Recovered:
+    """With ``config.reconstruct``: the readers of removed channels refitted by least squares on
+    the calibration samples. The surgery is proven by then; this only changes kept weights' values."""
+    config = run.config
+    if not (config.reconstruct and not pruning_plan.exact and data.calibration):
+        return Recovered(pruned)
+    from ..reconstruction import reconstruct
+
+    model, layers = reconstruct(loaded.proto, pruned.complete(), analysis, pruning_plan, data.calibration, seed=config.seed, source=loaded.source)
+    check_structure(model, full_check=True)
+    return Recovered(DeferredModel(model), tuple(layers))
+
+
+# -- measure, write, report ---------------------------------------------------------------------
+def measure(loaded: LoadedModel, pruning_plan: PruningPlan, pruned: DeferredModel, staged: StagedModel | None, verified: Verified, run: Run) -> Measured:
+    """The fidelity of a lossy run on the inputs it was verified on: per output, and its score."""
+    if pruning_plan.exact:
+        return Measured()
+    from ..fidelity import fidelity, run_score
+
+    outputs = fidelity(loaded.runnable, runnable(pruned, staged), verified.feeds, run.config.fidelity_metrics, source=loaded.source)
+    return Measured(outputs, *run_score(outputs))
+
+
+def write(pruned: DeferredModel, staged: StagedModel | None, output: str | os.PathLike[str] | None, external_data: bool | None) -> int:
+    """Move the staged file into place, or write the model, or (no output) count its bytes;
+    returns the bytes written or counted."""
+    if staged is not None:
+        staged.commit()
+        return staged.size
+    if output is not None:
+        return pruned.save(output, external_data)
+    return pruned.size()  # upb's ByteSize would encode the whole model: count the encoded pieces instead
+
+
+def report(
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    planned: Planned,
+    data: CalibrationData,
+    compensation: Compensation,
+    original: Original,
+    recovered: Recovered,
+    verified: Verified,
+    measured: Measured,
+    size_after: int,
+    run: Run,
+) -> PruneReport:
+    """The run's report (see report.PruneReport)."""
+    return build_report(
+        loaded.source, original.cost, (original.size, size_after), recovered.model.proto, analysis, planned.plan, run.config,
+        verified.result, measured.fidelity, compensation.mode, verified.reference,
+        fidelity_on_random_inputs=verified.on_random_inputs,
+        fidelity_score=measured.score,
+        fidelity_metrics=measured.metrics,
+        evaluation=verified.inputs,
+        data_note=data.note,
+        reconstructed_layers=recovered.layers,
+        sensitivity=planned.sensitivity,
+    )

@@ -1,0 +1,108 @@
+"""The stages before any decision: load the model, analyse its channels, read the calibration
+samples; and what every stage reads (``Run``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx
+
+from ..analysis import ChannelAnalysis
+from ..analysis import analyze as _analyze
+from ..config import PruneConfig
+from ..criteria import CriterionRegistry
+from ..criteria.activations import ActivationStats, sink_statistics
+from ..loading import load_model
+from ..params import InitializerCache
+from ..rules import RuleRegistry
+from ..verification import load_npz_inputs
+
+__all__ = ["Run", "LoadedModel", "CalibrationData", "Feeds", "load", "analyse", "calibrate"]
+
+Feeds = Sequence[Mapping[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Run:
+    """What every stage of one run reads: the options, the two registries, the progress callback."""
+
+    config: PruneConfig
+    registry: RuleRegistry
+    criteria: CriterionRegistry
+    progress: Callable[[str, int, int], None] | None = None
+
+    def progress_of(self, stage: str) -> Callable[[int, int], None] | None:
+        """The progress callback of one stage (None when nobody listens)."""
+        progress = self.progress
+        return None if progress is None else (lambda done, total: progress(stage, done, total))
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The loaded model with a name for messages (its path or '<ModelProto>'), its size on disk
+    (None for a ModelProto) and the cache its weights are read through, shared by the analysis
+    and the surgery (views of the file's bytes where it can). ``proto`` is a copy of the caller's
+    model, never the caller's own; a surgery that consumes it builds the pruned model in it."""
+
+    proto: onnx.ModelProto = field(repr=False)
+    source: str
+    size: int | None
+    initializers: InitializerCache | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def runnable(self) -> onnx.ModelProto | str:
+        """What onnxruntime is given for the original: its file when there is one (nothing
+        encoded in memory), else the model."""
+        return self.source if os.path.isfile(self.source) else self.proto
+
+    def after_surgery(self) -> "LoadedModel":
+        """The same model without its weight cache: after the surgery nothing reads it, and it
+        holds the whole file's bytes."""
+        return replace(self, initializers=None)
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Calibration samples (statistics, sensitivity, reconstruction), held-out evaluation
+    samples (fidelity), how they were chosen, and the activation statistics when needed."""
+
+    calibration: Feeds | None = None
+    evaluation: Feeds | None = None
+    note: str = ""
+    stats: ActivationStats | None = None
+
+
+def load(model: onnx.ModelProto | str | os.PathLike[str]) -> LoadedModel:
+    """Load and check a model (a path, or a ModelProto that is copied)."""
+    proto, source, size, initializers = load_model(model)
+    return LoadedModel(proto, source, size, initializers)
+
+
+def analyse(loaded: LoadedModel, run: Run) -> ChannelAnalysis:
+    """The channel groups; the weights read stay in ``loaded.initializers`` for the surgery."""
+    return _analyze(
+        loaded.proto, input_shapes=run.config.input_shapes, registry=run.registry, source=loaded.source, initializers=loaded.initializers
+    )
+
+
+def calibrate(loaded: LoadedModel, analysis: ChannelAnalysis, run: Run, *, lossy: bool) -> CalibrationData:
+    """Calibration and evaluation samples (the user's two sets, or one set split 3:1), and the
+    activation statistics when a lossy run's criterion or compensation reads them."""
+    config = run.config
+    if not config.calibration:
+        return CalibrationData()
+    from ..calibration import load_calibration, parse_preprocess, split_calibration
+
+    proto = loaded.proto
+    pre = parse_preprocess(config.preprocess) if config.preprocess else None
+    source = loaded.source
+    feeds = load_calibration(config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source)
+    given = load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source) if config.verification_inputs else None
+    cal, evaluation, note = split_calibration(feeds, given)
+    stats = None
+    if cal is not None and lossy and (run.criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration")):
+        stats = sink_statistics(proto, analysis, cal, progress=run.progress_of("calibration"), source=source)
+    return CalibrationData(cal, evaluation, note, stats)
