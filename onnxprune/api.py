@@ -19,7 +19,7 @@ from .stages import LoadedModel, layer_scores
 from .planning import PruningPlan
 from .report import PruneReport
 from .rules import RuleRegistry, default_registry
-from .saving import DeferredModel, check_output_folder, save_model
+from .saving import DeferredModel, Outputs, check_writable, save_model
 from .surgery import prune_deferred
 from .verification import VerificationResult, compare_models
 
@@ -52,7 +52,7 @@ def check_output_path(output: str | os.PathLike[str], model: object) -> None:
         src = os.fspath(model)
         if os.path.abspath(out) == os.path.abspath(src) or (os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src)):
             raise UsageError(f"{out}: output must differ from the input model")
-    check_output_folder(out)
+    check_writable(out)
 
 
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
@@ -159,11 +159,14 @@ def prune(
     progress: Callable[[str, int, int], None] | None = None,
     output: str | os.PathLike[str] | None = None,
     external_data: bool | None = None,
+    outputs: Outputs | None = None,
     **options: object,
 ) -> PruneResult:
     """Prune ``model`` and return the pruned model with its report; with ``output``, also
     write it there once it is verified (atomically; ``external_data`` as in ``save``), and the
-    report's size is the bytes written.
+    report's size is the bytes written. With ``outputs`` (a ``saving.Outputs``) the verified
+    model stays staged in it, to be moved into place with the caller's other files by
+    ``outputs.commit()``.
 
     Options are the fields of PruneConfig, given as ``config`` or as keyword arguments. With
     ``pruning_plan`` (e.g. ``PruningPlan.from_dict(json.load(f))``) the plan is applied instead
@@ -190,7 +193,7 @@ def prune(
         verified = stages.verify(loaded, analysis, planned.plan, comp, pruned, staged, data, run)
         recovered = stages.recover(loaded, analysis, planned.plan, pruned, data, run)
         measured = stages.measure(loaded, planned.plan, recovered.model, staged, verified, run)
-        size_after = stages.write(recovered.model, staged, output, external_data)
+        size_after = stages.write(recovered.model, staged, output, external_data, outputs)
     report = stages.report(loaded, analysis, planned, data, comp, original, recovered, verified, measured, size_after, run)
     return PruneResult(report=report, plan=planned.plan, analysis=analysis, pruned=recovered.model)
 

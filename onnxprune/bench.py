@@ -17,14 +17,20 @@ import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["ModelTiming", "benchmark", "BACKENDS"]
+__all__ = ["ModelTiming", "benchmark", "spread_warning", "spread_warnings", "BACKENDS", "PRECISIONS"]
 
 BACKENDS = ("openvino", "onnxruntime")
 Progress = Callable[[int, int], None]
 
 
+PRECISIONS = ("f32", "bf16", "f16")
+
+
 @dataclass(frozen=True)
 class ModelTiming:
+    """One model's timings. Latency percentiles are over every timed single-stream run; the
+    p10-p90 range is the run-to-run spread a ratio must exceed to mean anything."""
+
     path: str
     backend: str
     latency_median_ms: float
@@ -32,12 +38,18 @@ class ModelTiming:
     throughput_fps: float
     latency_ratio: float  # to the first model
     throughput_ratio: float
+    latency_p10_ms: float = float("nan")
+    runs: int = 0
+    precision: str = "f32"  # the inference precision the backend used
 
     def to_dict(self) -> dict:
         return {
             "path": self.path,
             "backend": self.backend,
+            "precision": self.precision,
+            "runs": self.runs,
             "latency_median_ms": self.latency_median_ms,
+            "latency_p10_ms": self.latency_p10_ms,
             "latency_p90_ms": self.latency_p90_ms,
             "throughput_fps": self.throughput_fps,
             "latency_ratio": self.latency_ratio,
@@ -45,43 +57,87 @@ class ModelTiming:
         }
 
 
+def spread_warning(first: ModelTiming, t: ModelTiming) -> str | None:
+    """A warning when ``t``'s median latency differs from ``first``'s by less than the
+    run-to-run spread (the wider p10-p90 range of the two): then that ratio is noise."""
+    diff = abs(t.latency_median_ms - first.latency_median_ms)
+    spread = max(t.latency_p90_ms - t.latency_p10_ms, first.latency_p90_ms - first.latency_p10_ms)
+    if t is first or not spread > diff:
+        return None
+    return (
+        f"{os.path.basename(t.path)} vs {os.path.basename(first.path)}: the medians differ by {diff:.3g} ms, less than "
+        f"the run-to-run spread (p10-p90 up to {spread:.3g} ms): ratio {t.latency_ratio:.3f} is within the noise; "
+        f"measure longer (-t SECONDS or more --rounds) on a quieter machine"
+    )
+
+
+def spread_warnings(timings: Sequence[ModelTiming]) -> list[str]:
+    """``spread_warning`` of every model against the first."""
+    return [w for t in timings[1:] if (w := spread_warning(timings[0], t))]
+
+
+def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[str, Sequence[int]]) -> list[int]:
+    """The shape fed to input ``name``: the user's, else the model's with a dynamic batch set
+    to 1; any other dynamic dimension is a usage error asking for --input-shape."""
+    if name in given:
+        return [int(d) for d in given[name]]
+    out = []
+    for i, d in enumerate(dims):
+        if isinstance(d, int) and d > 0:
+            out.append(d)
+        elif i == 0:
+            out.append(1)
+        else:
+            shown = ",".join(str(x) if isinstance(x, int) and x > 0 else ("1" if j == 0 else "?") for j, x in enumerate(dims))
+            raise UsageError(f"{path}: input {name!r} dimension {i} is dynamic; give --input-shape {name}:{shown} (the size to time)")
+    return out
+
+
 class _Runner:
-    def __init__(self, path: str, backend: str, input_shapes: Mapping[str, Sequence[int]]) -> None:
+    def __init__(self, path: str, backend: str, input_shapes: Mapping[str, Sequence[int]], precision: str | None = None) -> None:
         self.path = path
         self.backend = backend
+        self.precision = "f32"
         if backend == "openvino":
             from .openvino_ir import require_openvino
 
             ov = require_openvino()
             core = ov.Core()
-            model = core.read_model(path)
+            try:
+                model = core.read_model(path)
+            except Exception as exc:  # OpenVINO raises its own types
+                raise UsageError(f"{path}: OpenVINO cannot read the model: {str(exc).splitlines()[0][:300]}") from None
             new = {}
             for inp in model.inputs:
                 name = inp.get_any_name()
                 ps = inp.get_partial_shape()
-                if name in input_shapes:
-                    new[inp] = ov.PartialShape(list(input_shapes[name]))
-                elif ps.is_dynamic:
-                    dims = [d.get_length() if d.is_static else 1 for d in ps]
-                    new[inp] = ov.PartialShape(dims)
-            if new:
-                model.reshape(new)
+                dims = [d.get_length() if d.is_static else None for d in ps] if ps.rank.is_static else []
+                if name in input_shapes or ps.is_dynamic:
+                    new[inp] = ov.PartialShape(_static_dims(path, name, dims, input_shapes))
+            config = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
+            try:
+                if new:
+                    model.reshape(new)
+                self.latency_model = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY", **config})
+                self.throughput_model = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **config})
+            except Exception as exc:  # OpenVINO raises its own types
+                shapes = {inp.get_any_name(): str(inp.get_partial_shape()) for inp in model.inputs}
+                raise UsageError(f"{path}: OpenVINO cannot compile the model for inputs {shapes}: {str(exc).splitlines()[0][:300]}") from None
             self.inputs = {inp.get_any_name(): [int(d) for d in inp.get_shape()] for inp in model.inputs}
-            self.types = {inp.get_any_name(): np.float32 for inp in model.inputs}
-            self.latency_model = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "LATENCY"})
             self.request = self.latency_model.create_infer_request()
-            self.throughput_model = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+            # What the CPU plugin actually runs in: it defaults to bf16 where the CPU has it, and
+            # falls back from a precision it lacks (f16 on most x86) without saying so.
+            self.precision = self.latency_model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
             self._ov = ov
         else:
             if path.endswith(".xml"):
                 raise UsageError(f"{path}: onnxruntime cannot run an OpenVINO IR; use --backend openvino")
+            if precision not in (None, "f32"):
+                raise UsageError(f"--precision {precision}: onnxruntime's CPU provider computes in the model's own types (f32)")
             from .runtime import session
 
             self.session = session(path, source=path, optimize=True)  # timed as deployed: optimised
-            self.inputs = {}
-            for name, shape in self.session.input_shapes.items():
-                dims = list(input_shapes.get(name, [d if isinstance(d, int) and d > 0 else 1 for d in shape]))
-                self.inputs[name] = dims
+            self.inputs = {name: _static_dims(path, name, shape, input_shapes) for name, shape in self.session.input_shapes.items()}
 
     def run_once(self, feeds: Mapping[str, np.ndarray]) -> float:
         start = time.perf_counter()
@@ -118,23 +174,46 @@ def benchmark(
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    seconds: float | None = None,
+    precision: str | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[ModelTiming, ...]:
-    """Time every model (ONNX or IR) on the same inputs; ratios are to the first model."""
+    """Time every model (ONNX or IR) on the same inputs; ratios are to the first model.
+
+    ``seconds``: time-based instead of ``rounds``: interleaved rounds go on until every model
+    has been timed for about that long. ``precision`` (f32, bf16, f16): OpenVINO's
+    INFERENCE_PRECISION_HINT (default: the plugin's choice, bf16 on CPUs that have it); each
+    timing says which precision ran. ``inputs``: one feed (arrays keyed by input name) used
+    instead of seeded random inputs; its shapes serve as input shapes."""
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if seconds is not None and not seconds > 0:
+        raise UsageError(f"-t must be a positive number of seconds, got {seconds}")
     if len(paths) < 1:
         raise UsageError("bench needs at least one model")
     for p in paths:
         if not os.path.isfile(p):
             raise UsageError(f"{p}: no such file")
-    runners = [_Runner(os.fspath(p), backend, input_shapes or {}) for p in paths]
+    shapes = dict(input_shapes or {})
+    if inputs:
+        shapes = {**{k: list(np.shape(v)) for k, v in inputs.items()}, **shapes}
+    runners = [_Runner(os.fspath(p), backend, shapes, precision) for p in paths]
     rng = np.random.default_rng(seed)
     first = runners[0].inputs
-    feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in first.items()}
+    if inputs:
+        missing = sorted(set(first) - set(inputs))
+        if missing:
+            raise UsageError(f"{runners[0].path}: --inputs has no array for input(s) {missing}")
+        feeds = {name: np.asarray(inputs[name]) for name in first}
+    else:
+        feeds = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in first.items()}
     for r in runners[1:]:
         if r.inputs != first:
             raise UsageError(f"{r.path}: inputs {r.inputs} differ from {runners[0].path}'s {first}")
-    total = len(runners) * (warmup + rounds * runs_per_round) + len(runners)
+    total_rounds = rounds if seconds is None else None
+    total = len(runners) * (warmup + (rounds if seconds is None else 1) * runs_per_round) + len(runners)
     done = 0
     times: list[list[float]] = [[] for _ in runners]
     for r in runners:
@@ -143,21 +222,29 @@ def benchmark(
             done += 1
         if progress:
             progress(done, total)
-    for _ in range(rounds):  # interleaved, so noise hits every model alike
-        for i, r in enumerate(runners):
+    spent = [0.0 for _ in runners]
+    n_rounds = 0
+    while (n_rounds < total_rounds) if total_rounds is not None else (n_rounds < 2 or min(spent) < seconds):  # type: ignore[operator]
+        for i, r in enumerate(runners):  # interleaved, so noise hits every model alike
             for _ in range(runs_per_round):
-                times[i].append(r.run_once(feeds))
+                t = r.run_once(feeds)
+                times[i].append(t)
+                spent[i] += t
                 done += 1
             if progress:
-                progress(done, total)
+                progress(min(done, total - len(runners)), total)
+        n_rounds += 1
+        if seconds is not None and progress:
+            done = min(done, total - len(runners))
     fps = []
     for r in runners:
         fps.append(r.throughput(feeds, throughput_seconds))
-        done += 1
         if progress:
-            progress(done, total)
+            progress(total - len(runners) + len(fps), total)
     med = [float(np.median(t)) * 1e3 for t in times]
+    p10 = [float(np.percentile(t, 10)) * 1e3 for t in times]
     p90 = [float(np.percentile(t, 90)) * 1e3 for t in times]
     return tuple(
-        ModelTiming(r.path, backend, med[i], p90[i], fps[i], med[i] / med[0], fps[i] / fps[0]) for i, r in enumerate(runners)
+        ModelTiming(r.path, backend, med[i], p90[i], fps[i], med[i] / med[0], fps[i] / fps[0], p10[i], len(times[i]), r.precision)
+        for i, r in enumerate(runners)
     )

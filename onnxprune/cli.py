@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
 __all__ = ["main"]
 
@@ -79,6 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     precision = o.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="IR weights in FP16")
     precision.add_argument("--fp32", action="store_true", help="IR weights in FP32 (the default)")
+    o.add_argument("--static", action="store_true", help="bake the --input-shape shapes into the IR (default: keep dynamic dimensions, check at that shape)")
     o.add_argument("--compare-openvino", action="store_true", help="also run OpenVINO's own pruning pass on the input and compare")
     o.add_argument("--bench", action="store_true", help="benchmark original and pruned with OpenVINO on the CPU")
     o.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
@@ -91,6 +92,8 @@ def _build_parser() -> argparse.ArgumentParser:
     cp = c.add_mutually_exclusive_group()
     cp.add_argument("--fp16", action="store_true", help="weights in FP16")
     cp.add_argument("--fp32", action="store_true", help="weights in FP32 (the default)")
+    c.add_argument("--static", action="store_true", help="bake the --input-shape shapes into the IR (default: keep the model's dynamic dimensions and check at those shapes)")
+    c.add_argument("--tolerance", type=float, metavar="T", help="check: max abs diff allowed relative to each output's scale (default 1e-4 for FP32, 1e-2 for FP16 weights)")
     c.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
@@ -100,6 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     bn.add_argument("--runs", type=int, default=5, help="timed runs per model per round (default 5)")
     bn.add_argument("--warmup", type=int, default=3, help="untimed runs per model first (default 3)")
+    bn.add_argument("-t", "--time", type=float, metavar="SECONDS", help="time-based: interleaved rounds until each model has run this long (instead of --rounds)")
+    bn.add_argument("--precision", choices=("f32", "bf16", "f16"), help="OpenVINO inference precision (INFERENCE_PRECISION_HINT; default: the CPU plugin's choice, bf16 where the CPU has it)")
+    bn.add_argument("--inputs", metavar="X.npz", help="time on the first sample of these arrays (keyed by input name; their shapes are the input shapes)")
     bn.add_argument("--throughput-seconds", type=float, default=2.0, help="time spent measuring throughput per model")
     bn.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
     bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
@@ -164,23 +170,31 @@ def _shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 def _prune(args: argparse.Namespace) -> int:
     from .api import check_output_path, prune
-    from .config import PruneConfig
+    from .config import PruneConfig, load_layer_rules
     from .errors import UsageError
-
-    check_output_path(args.output, args.model)
-    if args.report and not os.path.isdir(os.path.dirname(os.path.abspath(args.report))):
-        raise UsageError(f"{args.report}: report folder does not exist")
-    from .config import load_layer_rules
     from .fidelity import parse_metric_choices
     from .planning import PruningPlan
+    from .saving import Outputs, check_writable
 
+    # Every destination is checked before any work, and every output is staged beside its
+    # destination and moved into place only when all of them are ready: all or none.
+    check_output_path(args.output, args.model)
     for path, what in ((args.plan, "--plan"), (args.config, "--config"), (args.inputs, "--inputs")):
         if path and not os.path.isfile(path):
             raise UsageError(f"{path}: {what} file not found")
     if args.calibration and not os.path.exists(args.calibration):  # an .npz or a folder of images
         raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
-    if args.save_plan and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_plan))):
-        raise UsageError(f"{args.save_plan}: plan folder does not exist")
+    if args.ir and not args.ir.endswith(".xml"):
+        raise UsageError(f"{args.ir}: --ir must end in .xml (the .bin is written beside it)")
+    if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise UsageError(f"{args.plot}: --plot must end in .png, .pdf, .svg or .jpg (the image format)")
+    destinations = {os.path.abspath(args.output): "-o"}
+    for path, what in ((args.report, "--report"), (args.markdown, "--markdown"), (args.plot, "--plot"), (args.ir, "--ir"), (args.save_plan, "--save-plan")):
+        if path:
+            check_writable(path, what)
+            if os.path.abspath(path) in destinations:
+                raise UsageError(f"{path}: {what} and {destinations[os.path.abspath(path)]} name the same file")
+            destinations[os.path.abspath(path)] = what
     config = PruneConfig(
         criterion=args.criterion,
         ratio=args.ratio,
@@ -208,52 +222,99 @@ def _prune(args: argparse.Namespace) -> int:
                 given_plan = PruningPlan.from_dict(json.load(f))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{args.plan}: not JSON ({exc})") from None
-    for path, what in ((args.markdown, "--markdown"), (args.plot, "--plot"), (args.ir, "--ir")):
-        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise UsageError(f"{path}: {what} folder does not exist")
-    if args.ir and not args.ir.endswith(".xml"):
-        raise UsageError(f"{args.ir}: --ir must end in .xml (the .bin is written beside it)")
+    ov_shapes: dict = {}
+    wants_openvino = [f for f, on in (("--ir", args.ir), ("--bench", args.bench), ("--compare-openvino", args.compare_openvino)) if on]
+    if wants_openvino:  # OpenVINO needs static shapes: find them now, not after the pruning
+        ov_shapes = _static_shapes(args.model, config.input_shapes, args.inputs, args.calibration, " and ".join(wants_openvino))
     progress = _progress(args.quiet)
-    # The model is written as soon as it is verified: encoding it once gives the file and its size.
-    result = prune(
-        args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
-        output=args.output, external_data=True if args.external_data else None,
-    )
-    data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
-    if args.ir:
-        from .openvino_ir import convert_to_ir
-        from .verification import make_inputs
+    with Outputs() as outputs:
+        result = prune(
+            args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
+            output=args.output, external_data=True if args.external_data else None, outputs=outputs,
+        )
+        data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
+        if args.ir:
+            from .openvino_ir import convert_to_ir
+            from .verification import make_inputs
 
-        feeds = [make_inputs(result.model, config.input_shapes, 1, config.seed, args.model)]
-        check = convert_to_ir(result.model, args.ir, input_shapes=config.input_shapes, fp16=args.fp16, check_feeds=feeds, source=args.output)
-        data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
-    if args.save_plan:
-        _write_text(args.save_plan, result.plan.to_json())
-    if args.compare_openvino:
-        from .openvino_pass import run_openvino_pruning
+            feeds = [make_inputs(result.model, ov_shapes, 1, config.seed, args.model)]
+            check = convert_to_ir(
+                result.model, args.ir, input_shapes=ov_shapes, static=args.static, fp16=args.fp16, check_feeds=feeds,
+                source=args.output, outputs=outputs,
+            )
+            data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
+        if args.save_plan:
+            outputs.add_text(args.save_plan, result.plan.to_json())
+        if args.compare_openvino:
+            from .openvino_pass import run_openvino_pruning
 
-        data["openvino_pass"] = run_openvino_pruning(args.model, seed=args.seed)
-        data["openvino_pass"].pop("layers_changed", None)
-    if args.bench:
-        from .bench import benchmark
+            data["openvino_pass"] = run_openvino_pruning(args.model, seed=args.seed, input_shapes=ov_shapes)
+            data["openvino_pass"].pop("layers_changed", None)
+        if args.bench:
+            from .bench import benchmark, spread_warning
 
-        timings = benchmark([args.model, args.output], input_shapes=config.input_shapes, progress=progress and (lambda d, t: progress("benchmark", d, t)))
-        data["benchmark"] = [t.to_dict() for t in timings]
-    if not (args.quiet and not args.markdown and not args.plot and not args.report):
-        data = {**result.report.to_dict(), **data}
-    if args.markdown:
-        from .render import to_markdown
+            timings = benchmark(
+                [args.model, outputs.model_path(args.output)], input_shapes=ov_shapes,
+                progress=progress and (lambda d, t: progress("benchmark", d, t)),
+            )
+            data["benchmark"] = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
+            data["benchmark"][1]["path"] = args.output  # timed where it was staged
+        if not (args.quiet and not args.markdown and not args.plot and not args.report):
+            data = {**result.report.to_dict(), **data}
+        if args.markdown:
+            from .render import to_markdown
 
-        _write_text(args.markdown, to_markdown(data))
-    if args.plot:
-        from .render import plot_report
+            outputs.add_text(args.markdown, to_markdown(data))
+        if args.plot:
+            from .render import plot_report
 
-        plot_report(data, args.plot)
-    if args.report:
-        _write_text(args.report, json.dumps(data, indent=2))
+            staged_plot = outputs.staging_path(args.plot)
+            outputs.add(staged_plot, args.plot)
+            plot_report(data, staged_plot)
+        if args.report:
+            outputs.add_text(args.report, json.dumps(data, indent=2))
+        outputs.commit()
     if not args.quiet:
         print(format_report(data))
     return 0
+
+
+def _static_shapes(model: str, given: "Mapping[str, tuple[int, ...]]", inputs: str | None, calibration: str | None, what: str) -> dict:
+    """Static shapes for OpenVINO: --input-shape, else one sample of --inputs or a calibration
+    .npz; a dynamic batch alone becomes 1. Any other dynamic dimension left is a usage error
+    naming the input, before anything runs."""
+    import numpy as np
+    import onnx
+
+    from .errors import UsageError
+
+    try:
+        proto = onnx.load(model, load_external_data=False)
+    except Exception:
+        return dict(given)  # not readable: prune's loader says why, in its words
+    shapes = dict(given)
+    arrays: dict = {}
+    for path in (inputs, calibration):
+        if path and os.path.isfile(path) and path.lower().endswith(".npz"):
+            try:
+                with np.load(path) as data:
+                    arrays = {**{k: (1, *data[k].shape[1:]) for k in data.files}, **arrays}
+            except Exception:
+                pass  # an unreadable file is reported by the step that reads it
+    inits = {i.name for i in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name in inits or vi.name in shapes:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+        if all(d is not None for d in dims[1:]):
+            continue
+        if vi.name in arrays and len(arrays[vi.name]) == len(dims):
+            shapes[vi.name] = tuple(int(d) for d in arrays[vi.name])
+            continue
+        i = next(i for i, d in enumerate(dims) if i > 0 and d is None)
+        shown = ",".join("1" if j == 0 and d is None else ("?" if d is None else str(d)) for j, d in enumerate(dims))
+        raise UsageError(f"{model}: input {vi.name!r} dimension {i} is dynamic and {what} needs a static shape; give --input-shape {vi.name}:{shown}")
+    return shapes
 
 
 def _progress(quiet: bool):  # noqa: ANN202 - a callback or None
@@ -279,33 +340,57 @@ def _progress(quiet: bool):  # noqa: ANN202 - a callback or None
 def _convert(args: argparse.Namespace) -> int:
     from .api import load
     from .errors import UsageError
-    from .shapes import dynamic_batch_inputs
     from .openvino_ir import convert_to_ir
+    from .saving import Outputs, check_writable
+    from .shapes import dynamic_batch_inputs
     from .verification import make_inputs
 
-    model = load(args.model)
-    shapes = _shapes(args.input_shape)
     if os.path.abspath(args.output) == os.path.abspath(args.model):
         raise UsageError(f"{args.output}: output must differ from the input model")
+    if not args.output.endswith(".xml"):
+        raise UsageError(f"{args.output}: the IR path must end in .xml (the .bin is written beside it)")
+    check_writable(args.output, "IR")
+    model = load(args.model)
+    shapes = _shapes(args.input_shape)
     feeds = []
     if not args.no_verify:
-        batch = 1 if dynamic_batch_inputs(model) else None
+        # Checked at the given shapes, batch included; a dynamic batch nobody gave is 1.
+        batch = 1 if any(n not in shapes for n in dynamic_batch_inputs(model)) else None
         feeds = [make_inputs(model, shapes, batch, 0, args.model)]
-    check = convert_to_ir(model, args.output, input_shapes=shapes, fp16=args.fp16, check_feeds=feeds, source=args.model)
+    with Outputs() as outputs:
+        check = convert_to_ir(
+            model, args.output, input_shapes=shapes, static=args.static, fp16=args.fp16, check_feeds=feeds, source=args.model,
+            tolerance=args.tolerance, outputs=outputs,
+        )
+        outputs.commit()
     if not args.quiet:
         bin_path = args.output[: -len(".xml")] + ".bin"
         print(f"{args.model} -> {args.output} + {os.path.basename(bin_path)} ({'FP16' if args.fp16 else 'FP32'} weights, {os.path.getsize(bin_path):,} bytes)")
         if check is None:
             print("check against onnxruntime: skipped (--no-verify)")
         else:
-            print(f"check against onnxruntime: PASSED, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
+            shown = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[0].items())
+            print(f"check against onnxruntime: PASSED at {shown}, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
                   f"(limit {check.tolerance:g} x scale {check.scale:.3g})")
+        if check is not None and check.ir_inputs:
+            print("IR inputs: " + ", ".join(f"{k} {v}" for k, v in check.ir_inputs.items())
+                  + ("" if args.static else "  (dynamic dimensions kept; --static bakes the --input-shape shapes)"))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import benchmark
+    from .bench import benchmark, spread_warning, spread_warnings
+    from .errors import UsageError
 
+    inputs = None
+    if args.inputs:
+        import numpy as np
+
+        try:
+            with np.load(args.inputs) as data:
+                inputs = {k: np.asarray(data[k][:1]) for k in data.files}
+        except Exception as exc:  # numpy and zipfile raise their own types
+            raise UsageError(f"{args.inputs}: cannot read inputs ({' '.join(str(exc).split())[:200]})") from None
     progress = _progress(args.quiet)
     timings = benchmark(
         args.models,
@@ -316,14 +401,22 @@ def _bench(args: argparse.Namespace) -> int:
         throughput_seconds=args.throughput_seconds,
         input_shapes=_shapes(args.input_shape),
         progress=progress and (lambda d, t: progress("benchmark", d, t)),
+        seconds=args.time,
+        precision=args.precision,
+        inputs=inputs,
     )
+    warnings = spread_warnings(timings)
     if args.json:
-        _write_text(args.json, json.dumps([t.to_dict() for t in timings], indent=2))
+        rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
+        _write_text(args.json, json.dumps(rows, indent=2))
     if not args.quiet:
-        print(f"{'model':40s} {'median ms':>10s} {'p90 ms':>10s} {'per s':>10s} {'latency':>8s} {'thrpt':>8s}   ({args.backend}, CPU)")
+        print(f"{'model':36s} {'prec':>5s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)")
         for t in timings:
-            print(f"{os.path.basename(t.path)[:40]:40s} {t.latency_median_ms:10.3f} {t.latency_p90_ms:10.3f} {t.throughput_fps:10.1f} "
-                  f"{t.latency_ratio:8.3f} {t.throughput_ratio:8.3f}")
+            spread = f"{t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f}"
+            print(f"{os.path.basename(t.path)[:36]:36s} {t.precision:>5s} {t.runs:5d} {t.latency_median_ms:10.3f} {spread:>17s} "
+                  f"{t.throughput_fps:9.1f} {t.latency_ratio:8.3f} {t.throughput_ratio:7.3f}")
+        for w in warnings:
+            print(f"warning: {w}")
     return 0
 
 
@@ -480,10 +573,14 @@ def format_report(d: dict) -> str:
         lines.append(f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}")
     if d.get("benchmark"):
         lines.append("")
-        lines.append("latency (OpenVINO, CPU):")
+        lines.append(f"latency (OpenVINO, CPU, {d['benchmark'][0].get('precision', '?')} inference):")
         for t in d["benchmark"]:
-            lines.append(f"  {os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  p90 {t['latency_p90_ms']:.3f} ms  "
+            lines.append(f"  {os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  "
+                         f"p10-p90 {t.get('latency_p10_ms', float('nan')):.3f}-{t['latency_p90_ms']:.3f} ms  "
                          f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}")
+        for t in d["benchmark"]:
+            if t.get("warning"):
+                lines.append(f"  warning: {t['warning']}")
     for note in d.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

@@ -7,14 +7,14 @@ OpenVINO is imported only when one of these functions runs, so the rest of onnxp
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
 
-from .errors import BackendMissing, OnnxPruneError, UsageError, VerificationFailed
-from .saving import removing_leftovers
+from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed
+from .saving import Outputs, check_output_folder, removing_leftovers
 
 __all__ = ["IRCheck", "require_openvino", "convert_to_ir", "IR_TOLERANCE"]
 
@@ -41,9 +41,11 @@ class IRCheck:
     max_abs_diff: float
     scale: float
     worst_output: str
+    ir_inputs: Mapping[str, str] = field(default_factory=dict)  # input name -> the IR's (partial) shape
 
     def to_dict(self) -> dict:
         return {
+            "ir_inputs": dict(self.ir_inputs),
             "passed": self.passed,
             "precision": self.precision,
             "tolerance": self.tolerance,
@@ -67,60 +69,97 @@ def convert_to_ir(
     fp16: bool = False,
     check_feeds: Sequence[Mapping[str, np.ndarray]] = (),
     source: str = "<model>",
+    static: bool = False,
+    tolerance: float | None = None,
+    outputs: "Outputs | None" = None,
 ) -> IRCheck | None:
     """Convert with OpenVINO's ``convert_model`` and write the IR with ``save_model`` (the .bin
-    beside the .xml), after checking the converted model against onnxruntime on ``check_feeds``.
-    Nothing is written when the check fails (VerificationFailed)."""
+    beside the .xml), after checking the converted model against onnxruntime on ``check_feeds``
+    (max abs diff <= ``tolerance`` x each output's scale; default ``IR_TOLERANCE``). The IR keeps
+    the model's dynamic dimensions; with ``static`` it is reshaped to ``input_shapes``. Nothing
+    is written when the check fails (VerificationFailed). With ``outputs`` (a
+    ``saving.Outputs``) the files stay staged there until the caller commits them."""
     ov = require_openvino()
     xml_path = os.fspath(xml_path)
     if not xml_path.endswith(".xml"):
         raise UsageError(f"{xml_path}: the IR path must end in .xml (the .bin is written beside it)")
-    folder = os.path.dirname(os.path.abspath(xml_path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{xml_path}: output folder {folder} does not exist")
+    check_output_folder(xml_path, "IR")
+    if tolerance is not None and not (0.0 < tolerance < 1.0):
+        raise UsageError(f"IR tolerance must be in (0, 1), got {tolerance}")
     try:
         import io
 
         # convert_model reads ONNX from a path or a file-like object, not from a ModelProto.
-        ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=_ov_input_spec(ov, model, input_shapes or {}))
+        spec = _ov_input_spec(ov, model, input_shapes or {}) if static else None
+        ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=spec)
     except Exception as exc:  # OpenVINO raises its own types
-        raise OnnxPruneError(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
+        raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
     check = None
     if check_feeds:
-        check = _check_ir(ov, ov_model, model, check_feeds, "fp16" if fp16 else "fp32", source)
+        check = _check_ir(ov, ov_model, model, check_feeds, "fp16" if fp16 else "fp32", source, tolerance)
+        check = replace(check, ir_inputs={inp.get_any_name(): str(inp.get_partial_shape()) for inp in ov_model.inputs})
+    bin_path = xml_path[: -len(".xml")] + ".bin"
+    if outputs is not None:
+        tmp_xml = outputs.staging_path(xml_path)
+        tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
+        # The .xml does not name its .bin: OpenVINO reads the .bin of the same name.
+        outputs.add(tmp_bin, bin_path)
+        outputs.add(tmp_xml, xml_path)
+        _save(ov, ov_model, tmp_xml, fp16, xml_path)
+        return check
     tmp_xml = xml_path[: -len(".xml")] + f".tmp{os.getpid()}.xml"
     tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
     with removing_leftovers(tmp_xml, tmp_bin):
-        ov.save_model(ov_model, tmp_xml, compress_to_fp16=fp16)
-        # The .xml names its .bin by basename: rename the .bin first, then point the .xml at it.
-        bin_path = xml_path[: -len(".xml")] + ".bin"
+        _save(ov, ov_model, tmp_xml, fp16, xml_path)
+        # Rename the .bin first, then the .xml: a reader never finds an .xml without its .bin.
         os.replace(tmp_bin, bin_path)
         os.replace(tmp_xml, xml_path)
     return check
 
 
+def _save(ov: Any, ov_model: Any, tmp_xml: str, fp16: bool, xml_path: str) -> None:
+    """``save_model`` to the staging name; its failures name the user's path."""
+    try:
+        ov.save_model(ov_model, tmp_xml, compress_to_fp16=fp16)
+    except Exception as exc:  # OpenVINO raises RuntimeError for a file it cannot write
+        raise UsageError(f"{xml_path}: OpenVINO cannot write the IR ({str(exc).splitlines()[0][:200]}); nothing written") from None
+
+
 def _check_ir(
-    ov: Any, ov_model: Any, model: onnx.ModelProto, feeds_list: Sequence[Mapping[str, np.ndarray]], precision: str, source: str
+    ov: Any,
+    ov_model: Any,
+    model: onnx.ModelProto,
+    feeds_list: Sequence[Mapping[str, np.ndarray]],
+    precision: str,
+    source: str,
+    tolerance: float | None = None,
 ) -> IRCheck:
     from .runtime import session
 
     core = ov.Core()
-    tolerance = IR_TOLERANCE[precision]
-    if precision == "fp16":
-        # Compare what will be deployed: weights stored as FP16.
-        import tempfile
+    tolerance = IR_TOLERANCE[precision] if tolerance is None else tolerance
+    try:
+        if precision == "fp16":
+            # Compare what will be deployed: weights stored as FP16.
+            import tempfile
 
-        with tempfile.TemporaryDirectory() as tmp:
-            ov.save_model(ov_model, os.path.join(tmp, "m.xml"), compress_to_fp16=True)
-            compiled = core.compile_model(core.read_model(os.path.join(tmp, "m.xml")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    else:
-        compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            with tempfile.TemporaryDirectory() as tmp:
+                ov.save_model(ov_model, os.path.join(tmp, "m.xml"), compress_to_fp16=True)
+                compiled = core.compile_model(core.read_model(os.path.join(tmp, "m.xml")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        else:
+            compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    except Exception as exc:  # OpenVINO raises its own types
+        raise UnsupportedModel(f"{source}: OpenVINO cannot compile the IR: {str(exc).splitlines()[0][:300]}") from None
     names = [o.name for o in model.graph.output]
     run = session(model, source=source)
     worst = (0.0, 1.0, names[0] if names else "")
     for feeds in feeds_list:
         ref = run(feeds)
-        got = compiled(dict(feeds))
+        try:
+            got = compiled(dict(feeds))
+        except Exception as exc:  # OpenVINO raises its own types
+            shapes = {k: list(v.shape) for k, v in feeds.items()}
+            raise UnsupportedModel(f"{source}: OpenVINO cannot run the IR on inputs of shapes {shapes}: {str(exc).splitlines()[0][:300]}") from None
         for i, (name, r) in enumerate(zip(names, ref)):
             g = np.asarray(got[compiled.outputs[i]], dtype=np.float64)
             r = np.asarray(r, dtype=np.float64)

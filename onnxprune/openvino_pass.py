@@ -14,7 +14,7 @@ input, ``max_abs_diff <= 1e-5 * max|original output|`` over all outputs.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -90,13 +90,18 @@ def layer_stats(model: Any) -> dict[str, Any]:
     }
 
 
-def static_inputs(model: Any, batch: int = 1) -> dict[str, list[int]]:
-    """Reshape dynamic input dims to ``batch`` (in place); return the static input shapes."""
+def static_inputs(model: Any, batch: int = 1, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+    """Reshape the inputs named in ``shapes`` to those shapes and other dynamic input dims to
+    ``batch`` (in place); return the static input shapes."""
     ov = require_openvino()
     new: dict[Any, Any] = {}
+    shapes = shapes or {}
     for inp in model.inputs:
         ps = inp.get_partial_shape()
-        if ps.is_dynamic:
+        given = next((shapes[n] for n in inp.get_names() if n in shapes), None)
+        if given is not None:
+            new[inp] = ov.PartialShape([int(d) for d in given])
+        elif ps.is_dynamic:
             dims = [int(d.get_length()) if d.is_static else batch for d in ps]
             new[inp] = ov.PartialShape(dims)
     if new:
@@ -151,10 +156,14 @@ def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], rtol: float = 
     return {**worst, "exact": all(r["exact"] for r in per)}
 
 
-def run_openvino_pruning(path: str, seed: int = 0, check: bool = True) -> dict[str, Any]:
-    """Convert ``path`` with OpenVINO, apply its pruning pass, measure channels/MACs/exactness.
+def run_openvino_pruning(
+    path: str, seed: int = 0, check: bool = True, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, Any]:
+    """Convert ``path`` with OpenVINO (inputs reshaped to ``input_shapes``, other dynamic
+    dimensions to 1), apply its pruning pass, measure channels/MACs/exactness.
 
-    Never raises for failures of the pass itself: they are recorded under ``error``.
+    Never raises for failures of OpenVINO (conversion, reshape, the pass): they are recorded
+    under ``error`` with ``error_stage``.
     """
     ov = require_openvino()
     from openvino._offline_transformations import apply_pruning_transformation
@@ -162,8 +171,13 @@ def run_openvino_pruning(path: str, seed: int = 0, check: bool = True) -> dict[s
     result: dict[str, Any] = {"model": path, "openvino": ov.__version__, "error": None}
     core = ov.Core()
     t0 = time.perf_counter()
-    model = ov.convert_model(path)
-    result["input_shapes"] = static_inputs(model)
+    try:
+        model = ov.convert_model(path)
+        result["input_shapes"] = static_inputs(model, shapes=input_shapes)
+    except Exception as e:  # OpenVINO raises its own types (e.g. a dimension that cannot be 1)
+        result["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        result["error_stage"] = "convert"
+        return result
     result["convert_seconds"] = round(time.perf_counter() - t0, 3)
     before = layer_stats(model)
     original = model.clone()

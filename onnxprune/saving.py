@@ -11,6 +11,7 @@ model itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import onnx
 from .errors import UsageError
 from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
 
-__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers", "check_output_folder"]
+__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers", "check_output_folder", "check_writable", "Outputs"]
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
@@ -87,11 +88,109 @@ def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = N
     return DeferredModel(model).save(path, external_data)
 
 
-def check_output_folder(path: str) -> None:
-    """Refuse an output whose folder does not exist (a usage error, before any work)."""
+def check_output_folder(path: str, what: str = "output") -> None:
+    """Refuse an output that names a folder or whose folder does not exist (a usage error,
+    before any work)."""
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: {what} is a folder; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UsageError(f"{path}: output folder {folder} does not exist")
+        raise UsageError(f"{path}: {what} folder {folder} does not exist")
+
+
+def check_writable(path: str, what: str = "output") -> None:
+    """``check_output_folder``, and a probe file created and removed in the folder: a folder
+    it may not write (or a read-only file system) is a usage error before anything is written."""
+    import tempfile
+
+    check_output_folder(path, what)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write {what} into {folder} ({exc.strerror or exc}); nothing written") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+class Outputs:
+    """The files of one run, staged beside their destinations and moved into place together
+    by ``commit``: all of them or none. Leaving the ``with`` block without committing removes
+    whatever was staged. Errors name the user's paths, never a staging path."""
+
+    def __init__(self) -> None:
+        self._moves: list[tuple[str, str]] = []  # (staged file, destination), in commit order
+        self._models: list[StagedModel] = []
+
+    def staging_path(self, path: str) -> str:
+        """A temporary name beside ``path`` that keeps its extension (matplotlib, OpenVINO read it)."""
+        folder, name = os.path.split(os.path.abspath(path))
+        return os.path.join(folder, f".onnxprune-{os.getpid()}-{len(self._moves)}-{name}")
+
+    def add(self, staged: str, destination: str) -> None:
+        """Move file ``staged`` to ``destination`` on commit."""
+        self._moves.append((staged, destination))
+
+    def add_text(self, path: str, text: str | bytes) -> None:
+        tmp = self.staging_path(path)
+        self.add(tmp, path)
+        try:
+            with open(tmp, "w" if isinstance(text, str) else "wb") as f:
+                f.write(text)
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc}; nothing written") from None
+
+    def add_model(self, staged: "StagedModel") -> None:
+        """Take over ``staged``: its ``with`` block no longer removes it, this commits or discards it."""
+        staged.owned = False
+        self._models.append(staged)
+
+    def model_path(self, destination: str) -> str:
+        """Where the model for ``destination`` is staged (to be read before the commit)."""
+        for model in self._models:
+            if os.path.abspath(model.destination) == os.path.abspath(destination):
+                return model.path
+        raise KeyError(destination)
+
+    def commit(self) -> None:
+        """Move every staged file into place; if one move fails, the files moved so far are
+        removed again and the error names that file's destination."""
+        done: list[str] = []
+        try:
+            for model in self._models:
+                model.commit()
+                done.extend(os.path.join(model.folder, name) for name in model.file_names)
+            for staged, destination in self._moves:
+                os.replace(staged, destination)
+                done.append(destination)
+        except OSError as exc:
+            for path in done:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            dest = next((d for s, d in self._moves if s == exc.filename), None) or self._destination_of(exc.filename)
+            raise UsageError(f"{dest}: {exc.strerror or exc}; nothing written") from None
+        finally:
+            self.discard()
+
+    def _destination_of(self, staged: str | None) -> str:
+        for model in self._models:
+            if staged and os.path.abspath(staged).startswith(model.staging_folder):
+                return model.destination
+        return staged or "output"
+
+    def discard(self) -> None:
+        for model in self._models:
+            model.discard()
+        for staged, _ in self._moves:
+            with contextlib.suppress(OSError):
+                os.remove(staged)
+        self._models, self._moves = [], []
+
+    def __enter__(self) -> "Outputs":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 def copy_fields(target: object, source: object, exclude: tuple[str, ...] = ()) -> None:
@@ -239,6 +338,7 @@ class StagedModel:
         import tempfile
 
         check_output_folder(path)
+        self.owned = True  # False once an Outputs has taken it over (see Outputs.add_model)
         self.destination = path
         self._folder = os.path.dirname(os.path.abspath(path))
         self._tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=self._folder)
@@ -249,10 +349,31 @@ class StagedModel:
             self.discard()
             raise
 
+    @property
+    def folder(self) -> str:
+        """The destination's folder."""
+        return self._folder
+
+    @property
+    def staging_folder(self) -> str:
+        return self._tmpdir
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        """The names written (the data file first), in the destination's folder after commit."""
+        return tuple(self._files)
+
     def commit(self) -> None:
-        for name in self._files:
-            os.replace(os.path.join(self._tmpdir, name), os.path.join(self._folder, name))
-        self.discard()
+        """Move the files into place; an error names the destination, not the staging folder."""
+        try:
+            for name in self._files:
+                try:
+                    os.replace(os.path.join(self._tmpdir, name), os.path.join(self._folder, name))
+                except OSError as exc:
+                    exc.filename = os.path.join(self._folder, name) if name != os.path.basename(self.destination) else self.destination
+                    raise
+        finally:
+            self.discard()
 
     def discard(self) -> None:
         import shutil
@@ -263,7 +384,8 @@ class StagedModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.discard()
+        if self.owned:
+            self.discard()
 
 
 _EXTERNAL_THRESHOLD = 1024  # bytes; smaller tensors stay in the model file, as onnx does

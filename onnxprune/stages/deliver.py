@@ -20,7 +20,7 @@ from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
 from ..report import PruneReport, build_report
-from ..saving import DeferredModel, StagedModel, serialized_size
+from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
 from ..verification import VerificationResult, compare_models, load_npz_inputs, make_inputs
@@ -192,9 +192,21 @@ def measure(loaded: LoadedModel, pruning_plan: PruningPlan, pruned: DeferredMode
     return Measured(outputs, *run_score(outputs))
 
 
-def write(pruned: DeferredModel, staged: StagedModel | None, output: str | os.PathLike[str] | None, external_data: bool | None) -> int:
+def write(
+    pruned: DeferredModel,
+    staged: StagedModel | None,
+    output: str | os.PathLike[str] | None,
+    external_data: bool | None,
+    outputs: Outputs | None = None,
+) -> int:
     """Move the staged file into place, or write the model, or (no output) count its bytes;
-    returns the bytes written or counted."""
+    returns the bytes written or counted. With ``outputs`` the staged file is handed to it
+    instead, to be moved into place with the caller's other files."""
+    if outputs is not None and output is not None:
+        if staged is None:  # reconstructed after verification: the final weights are staged now
+            staged = pruned.staged(output, external_data)
+        outputs.add_model(staged)
+        return staged.size
     if staged is not None:
         staged.commit()
         return staged.size
