@@ -86,11 +86,13 @@ def plan(
     config: PruneConfig | None = None,
     criteria: CriterionRegistry | None = None,
     stats: ActivationStats | None = None,
+    registry: RuleRegistry | None = None,
     **options: object,
 ) -> PruningPlan:
     """Decide which groups to remove. Criteria other than ``zero`` need the ``model`` (its
     weights) and a budget in ``config`` or the options (``ratio``, ``global_ranking``,
-    ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``."""
+    ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``.
+    ``registry``: the rules the analysis used (their layer semantics give filters and MACs)."""
     config = (config or PruneConfig()).with_options(criterion, **options)
     criterion = config.criterion
     criteria = criteria or default_criteria()
@@ -99,7 +101,8 @@ def plan(
     stages.check_budget(config, criteria)
     if model is None:
         raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
-    return stages.budget_plan(analysis, model, layer_scores(analysis, model, config, criteria, stats), config)
+    registry = registry or default_registry()
+    return stages.budget_plan(analysis, model, layer_scores(analysis, model, config, criteria, stats, registry), config, registry)
 
 
 @overload
@@ -184,7 +187,7 @@ def prune(
     scores = stages.score(loaded, analysis, data, run, given=pruning_plan)
     planned = stages.plan(loaded, analysis, scores, data, run, given=pruning_plan)
     comp = stages.compensate(loaded, analysis, planned.plan, data, run)
-    original = stages.measure_original(loaded, analysis)  # before a surgery that may build in it
+    original = stages.measure_original(loaded, analysis, run.registry)  # before a surgery that may build in it
     consume = stages.may_consume(planned.plan, config)
     pruned = apply(loaded, analysis, planned.plan, registry=run.registry, estimates=comp.estimates, deferred=True, consume=consume)
     loaded = loaded.after_surgery()
@@ -226,5 +229,5 @@ def sensitivity(
     stats = None
     if run.criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, feeds, progress=run.progress_of("calibration"), source=source)
-    scores = layer_scores(analysis, proto, config, run.criteria, stats)
+    scores = layer_scores(analysis, proto, config, run.criteria, stats, run.registry)
     return stages.sensitivity_trials(loaded, analysis, scores, stats, feeds, run).result

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import onnx
 
 from .analysis import ChannelAnalysis
 from .config import LayerRule, PruneConfig
 from .node_names import nodes_by_name
 from .planning import PruningPlan, enforce_constraints
+from .rules import RuleRegistry
+from .validation import model_opset
 
 __all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "group_scores", "plan_with_budget", "pinned_reasons", "finish_plan"]
 
@@ -226,13 +229,15 @@ def _round_kept(
 
 
 class MacsTracker:
-    """Exact MACs of the model as groups are removed one by one: a Conv/Gemm/MatMul keeps
-    MACs x (kept outputs / outputs) x (kept inputs / inputs); a depthwise or grouped Conv
+    """Exact MACs of the model as groups are removed one by one: a layer (Conv, Gemm, MatMul...)
+    keeps MACs x (kept outputs / outputs) x (kept inputs / inputs); a depthwise or grouped one
     scales with its outputs only (its inputs are the same channels)."""
 
-    def __init__(self, analysis: ChannelAnalysis, node_macs: Mapping[str, int | None], model_nodes: Sequence) -> None:
-        """``node_macs``: metrics.node_macs (by node name); ``model_nodes``: the model's nodes."""
-        nodes = nodes_by_name(model_nodes)
+    def __init__(self, analysis: ChannelAnalysis, node_macs: Mapping[str, int | None], model: onnx.ModelProto, registry: RuleRegistry) -> None:
+        """``node_macs``: metrics.node_macs of ``model`` (by node name); the registry says
+        what each layer is."""
+        nodes = nodes_by_name(model.graph.node)
+        opset = model_opset(model)
         self.macs0: dict[str, float] = {}
         self.total: dict[str, list[int]] = {}
         self.kept: dict[str, list[int]] = {}
@@ -241,9 +246,11 @@ class MacsTracker:
             if not macs:
                 continue
             node = nodes[layer]
+            semantics = registry.layer(node, opset)
+            if semantics is None:
+                continue
             sides = [analysis.layouts.get(node.output[0])]
-            grouped = node.op_type == "Conv" and _group(node) != 1
-            sides.append(None if grouped else analysis.layouts.get(node.input[0]))
+            sides.append(None if semantics.groups != 1 else analysis.layouts.get(node.input[semantics.data_index]))
             counts = [[0, 0], [0, 0]]
             per_group: dict[int, list[int]] = defaultdict(lambda: [0, 0])
             for side, lay in enumerate(sides):
@@ -285,7 +292,3 @@ class MacsTracker:
             self.kept[layer][1] -= d_in
             self.current += self._node(layer) - before
         return self.current
-
-
-def _group(node) -> int:  # noqa: ANN001 - onnx.NodeProto
-    return next((a.i for a in node.attribute if a.name == "group"), 1) or 1

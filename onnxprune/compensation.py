@@ -14,7 +14,8 @@ from onnx import numpy_helper
 from .analysis import ChannelAnalysis, analyze
 from .node_names import nodes_by_name
 from .planning import PruningPlan
-from .rules import RuleRegistry
+from .rules import RuleRegistry, default_registry
+from .validation import model_opset
 
 __all__ = ["removed_id_mask", "sink_fills", "reader_masks", "data_free_values"]
 
@@ -77,7 +78,10 @@ def data_free_values(
 ) -> dict[str, np.ndarray]:
     """Per sink tensor: the value each removed channel has when its filters are zeroed and its
     biases kept (a constant the next layers relied on), from the same constant propagation as
-    the zero criterion. Layers whose weights are not plain initializers are left as they are."""
+    the zero criterion. Layers whose weights are not plain initializers, or whose rule has no
+    layer semantics, are left as they are."""
+    registry = registry or default_registry()
+    opset = model_opset(model)
     removed = removed_id_mask(analysis, plan)
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -92,17 +96,19 @@ def data_free_values(
         if len(rows) == 0:
             continue
         node = nodes[src.node]
-        init = inits.get(node.input[1])
+        layer = registry.layer(node, opset)
+        if layer is None or len(node.input) <= layer.weight_index:
+            continue
+        init = inits.get(node.input[layer.weight_index])
         if init is None or readers.get(init.name, 0) != 1:
             continue
         w = numpy_helper.to_array(init).copy()
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if trans_b else 1, "MatMul": 1}[node.op_type]
         index = [slice(None)] * w.ndim
-        index[axis] = rows
+        index[layer.out_axis] = rows
         w[tuple(index)] = 0
         init.CopyFrom(numpy_helper.from_array(w, init.name))
-        _expected_output_as_bias(copy, node, rows, inits, readers)
+        if layer.bn_mean_compensation and layer.bias_index is not None:
+            _expected_output_as_bias(copy, node, layer.bias_index, rows, inits, readers)
     zeroed = analyze(copy, input_shapes=input_shapes, registry=registry)
     out = {}
     for sink in zeroed.sinks:
@@ -113,19 +119,17 @@ def data_free_values(
 
 
 def _expected_output_as_bias(
-    model: onnx.ModelProto, node: onnx.NodeProto, rows: np.ndarray, inits: dict, readers: Mapping[str, int]
+    model: onnx.ModelProto, node: onnx.NodeProto, bias_index: int, rows: np.ndarray, inits: dict, readers: Mapping[str, int]
 ) -> None:
     """Where a BatchNormalization reads the layer, its running mean is what the layer's output
     averages to: give the zeroed filters that as their constant, so the BatchNormalization
     yields its beta (the channel's mean), not the value of an all-zero input."""
-    if node.op_type != "Conv":
-        return
     bn = next((n for n in model.graph.node if n.op_type == "BatchNormalization" and n.input[0] == node.output[0]), None)
     if bn is None or bn.input[3] not in inits:
         return
     mean = numpy_helper.to_array(inits[bn.input[3]]).astype(np.float32)
-    if len(node.input) > 2 and node.input[2]:
-        init = inits.get(node.input[2])
+    if len(node.input) > bias_index and node.input[bias_index]:
+        init = inits.get(node.input[bias_index])
         if init is None or readers.get(init.name, 0) != 1:
             return
         bias = numpy_helper.to_array(init).copy()
@@ -136,6 +140,9 @@ def _expected_output_as_bias(
         bias[rows] = mean[rows]
         name = f"{node.output[0]}__expected_bias"
         model.graph.initializer.append(numpy_helper.from_array(bias, name))
-        while len(node.input) < 2:
+        while len(node.input) < bias_index:
             node.input.append("")
-        node.input.append(name)
+        if len(node.input) > bias_index:  # an empty name stands for the missing bias
+            node.input[bias_index] = name
+        else:
+            node.input.append(name)

@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 
 from .node_names import nodes_by_name
+from .rules import RuleRegistry, default_registry
 from .shapes import Shape
+from .validation import model_opset
 
 if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
@@ -24,12 +26,6 @@ class ModelCost:
     macs_complete: bool  # False when a layer's shapes were unknown and its MACs were left out
 
 
-def _numel(shape: Shape | None) -> int | None:
-    if shape is None or any(d is None for d in shape):
-        return None
-    return int(np.prod(shape)) if len(shape) else 1
-
-
 def _count_params(model: onnx.ModelProto) -> int:
     total = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
     for node in model.graph.node:
@@ -40,50 +36,36 @@ def _count_params(model: onnx.ModelProto) -> int:
     return total
 
 
-def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> dict[str, int | None]:
-    """Multiply-accumulates of each Conv, ConvTranspose, Gemm and MatMul node (by node name,
-    see node_names) for one sample; None where its shapes are unknown."""
+def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape], registry: RuleRegistry) -> dict[str, int | None]:
+    """Multiply-accumulates of each weight-bearing node (by node name, see node_names; what a
+    layer is and computes: the registry's layer semantics) for one sample; None where its
+    shapes are unknown."""
     out: dict[str, int | None] = {}
+    opset = model_opset(model)
     for label, node in nodes_by_name(model.graph.node).items():
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        layer = registry.layer(node, opset)
+        if layer is None:
             continue
         ins = [shapes.get(n) if n else None for n in node.input]
-        y = shapes.get(node.output[0])
-        w = ins[1] if len(ins) > 1 else None
-        macs: int | None = None
-        if node.op_type == "Conv":
-            n_out, w_n = _numel(y), _numel(w)
-            if n_out is not None and w_n is not None and w:
-                macs = (n_out // max(y[0] or 1, 1)) * (w_n // w[0])
-        elif node.op_type == "ConvTranspose":
-            n_in, w_n = _numel(ins[0]), _numel(w)
-            if n_in is not None and w_n is not None and w:
-                # Every input element is multiplied by a [Cout/group, *kernel] slice of the weight.
-                macs = (n_in // max(ins[0][0] or 1, 1)) * (w_n // w[0])
-        else:
-            a, n_out = ins[0], _numel(y)
-            if a is not None and w is not None and n_out is not None and a and a[-1] is not None:
-                trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-                k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
-                batch = y[0] if (y and y[0]) else 1
-                macs = (n_out // batch) * int(k) if len(y) > 1 else n_out * int(k)
-        out[label] = macs
+        x = ins[layer.data_index] if len(ins) > layer.data_index else None
+        w = ins[layer.weight_index] if len(ins) > layer.weight_index else None
+        out[label] = layer.macs(x, w, shapes.get(node.output[0]))
     return out
 
 
-def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> ModelCost:
-    """Parameters (initializer and Constant elements) and multiply-accumulates of Conv,
-    ConvTranspose, Gemm and MatMul layers for one sample."""
-    per_node = node_macs(model, shapes)
+def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape], registry: RuleRegistry | None = None) -> ModelCost:
+    """Parameters (initializer and Constant elements) and multiply-accumulates of the
+    weight-bearing layers (Conv, ConvTranspose, Gemm, MatMul, and those of the registry's
+    rules for other ops) for one sample."""
+    per_node = node_macs(model, shapes, registry or default_registry())
     macs = sum(m for m in per_node.values() if m is not None)
     complete = all(m is not None for m in per_node.values())
     return ModelCost(params=_count_params(model), macs=int(macs), macs_complete=complete)
 
 
-_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def pruned_shapes(analysis: "ChannelAnalysis", removed: np.ndarray, pruned: onnx.ModelProto) -> dict[str, Shape] | None:
+def pruned_shapes(
+    analysis: "ChannelAnalysis", removed: np.ndarray, pruned: onnx.ModelProto, registry: RuleRegistry | None = None
+) -> dict[str, Shape] | None:
     """The shapes of a pruned model without running shape inference again: the analysis'
     shapes with every channel axis shrunk by its removed ids, the weights' from the pruned
     initializers. None (ask shape inference) when a layer reads or writes a tensor the surgery
@@ -102,9 +84,12 @@ def pruned_shapes(analysis: "ChannelAnalysis", removed: np.ndarray, pruned: onnx
     for t in pruned.graph.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
         inits.add(t.name)
+    registry = registry or default_registry()
+    opset = model_opset(pruned)
     for node in pruned.graph.node:
-        if node.op_type in _LAYERS:
-            if len(node.input) < 2 or node.input[1] not in inits:
+        layer = registry.layer(node, opset)
+        if layer is not None:
+            if len(node.input) <= layer.weight_index or node.input[layer.weight_index] not in inits:
                 return None
             if node.output[0] not in analysis.shapes or any(n and n not in shapes for n in node.input):
                 return None

@@ -5,8 +5,9 @@ Neural Networks"; Luo et al. 2017, ThiNet). No gradients: a closed-form ridge so
 on sampled output positions, regularised towards the weights the surgery left.
 
 Layer-wise: each reader is refitted on the *original* model's activations (its kept input
-channels -> its original output), independently of the others. Readers handled: Conv with
-group 1, Gemm, MatMul with a 2-D weight; others keep their weights.
+channels -> its original output), independently of the others. Readers handled: those whose
+rule's layer semantics can give their input as rows of the weight matrix (Conv with group 1,
+Gemm, MatMul with a 2-D weight, and users' rules built on them); others keep their weights.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .errors import UnsupportedModel
 from .node_names import nodes_by_name
 from .params import ParamResolver
 from .planning import PruningPlan
+from .rules import Layer, RuleRegistry, default_registry
 from .runtime import session
+from .validation import model_opset
 
 __all__ = ["ReconstructedLayer", "reconstruct"]
 
@@ -36,44 +39,6 @@ class ReconstructedLayer:
     positions: int
     error_before: float  # relative RMS error of the layer's output on the samples
     error_after: float
-
-
-def _attr(node: onnx.NodeProto, name: str, default: object) -> object:
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _conv_patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, ...], picks: int, rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
-    """Sampled im2col rows of a 2-D Conv input: [positions, Cin * kh * kw], and where they are."""
-    pads = list(_attr(node, "pads", [0] * 4))
-    strides = list(_attr(node, "strides", [1, 1]))
-    dil = list(_attr(node, "dilations", [1, 1]))
-    auto_pad = _attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-    kh, kw = kernel
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begins, ends = [], []
-        for dim, k, st, d in zip(x.shape[2:], kernel, strides, dil):
-            total = max(0, (-(-dim // st) - 1) * st + (k - 1) * d + 1 - dim)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto_pad == "SAME_UPPER" else large)
-            ends.append(large if auto_pad == "SAME_UPPER" else small)
-        pads = begins + ends
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    eff_h, eff_w = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
-    out_h = (xp.shape[2] - eff_h) // strides[0] + 1
-    out_w = (xp.shape[3] - eff_w) // strides[1] + 1
-    n = x.shape[0] * out_h * out_w
-    flat = rng.choice(n, size=min(picks, n), replace=False)
-    b, rem = np.divmod(flat, out_h * out_w)
-    i, j = np.divmod(rem, out_w)
-    rows = np.empty((len(flat), x.shape[1], kh, kw), dtype=np.float64)
-    for a in range(kh):
-        for c in range(kw):
-            rows[:, :, a, c] = xp[b, :, i * strides[0] + a * dil[0], j * strides[1] + c * dil[1]]
-    return rows.reshape(len(flat), -1), (b, i, j)
 
 
 def _solve(a: np.ndarray, y: np.ndarray, theta0: np.ndarray, ridge: float) -> np.ndarray:
@@ -95,6 +60,7 @@ def reconstruct(
     plan: PruningPlan,
     feeds: Sequence[Mapping[str, np.ndarray]],
     *,
+    registry: RuleRegistry | None = None,
     positions: int = 8192,
     ridge: float = 1e-5,
     seed: int = 0,
@@ -102,22 +68,20 @@ def reconstruct(
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
     """A copy of ``pruned`` with the readers of removed channels refitted (see module doc);
     ``source``, the model file, names it in errors."""
-
+    registry = registry or default_registry()
+    opset = model_opset(original)
     removed_ids = removed_id_mask(analysis, plan)
     originals = nodes_by_name(original.graph.node)  # the analysis names nodes as load_model does
     todo = []
     for sink in analysis.sinks:
         ids = analysis.layouts[sink.tensor].axes[sink.axis]
-        if sink.input_index != 0 or not removed_ids[ids].any():
+        if not removed_ids[ids].any():
             continue
         node = originals[sink.node]
-        if node.op_type == "Conv" and int(_attr(node, "group", 1)) != 1:
+        layer = registry.layer(node, opset)
+        if layer is None or sink.input_index != layer.data_index or not layer.refittable:
             continue
-        if node.op_type == "Gemm" and int(_attr(node, "transA", 0)):
-            continue
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
-            continue
-        todo.append((sink, node, ~removed_ids[ids]))
+        todo.append((sink, node, layer, ~removed_ids[ids]))
     out = onnx.ModelProto()
     out.CopyFrom(pruned)
     if not todo:
@@ -126,7 +90,7 @@ def reconstruct(
     # The original's activations at every reader's input, one sample at a time.
     probe = onnx.ModelProto()
     probe.CopyFrom(original)
-    names = sorted({s.tensor for s, _, _ in todo})
+    names = sorted({s.tensor for s, _, _, _ in todo})
     probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
     run = session(probe, source=source, what="the model with the reconstructed layers' inputs as outputs", optimize=True)
     acts: dict[str, list[np.ndarray]] = defaultdict(list)
@@ -145,36 +109,29 @@ def reconstruct(
     by_name = nodes_by_name(out.graph.node)  # the surgery keeps the layers' names
     rng = np.random.default_rng(seed)
     done = []
-    for sink, node, keep_in in todo:
+    for sink, node, layer, keep_in in todo:
         target = by_name.get(sink.node)
         if target is None or target.op_type != node.op_type:
             raise UnsupportedModel(f"{source}: internal: layer {sink.node!r} ({node.op_type}) is not in the pruned model")
-        w_orig = params(g_orig[sink.node].inputs[1])
+        g_node = g_orig[sink.node]
+        w_orig = params(g_node.inputs[layer.weight_index])
         if w_orig is None:
             continue
         w = np.asarray(w_orig.values, dtype=np.float64)
-        b_t = g_orig[sink.node].inputs[2] if len(node.input) > 2 and node.input[2] else None
-        b = np.zeros(w.shape[0] if node.op_type == "Conv" else (w.shape[0] if _attr(node, "transB", 0) else w.shape[1]))
-        if b_t is not None:
-            bp = params(b_t)
+        w_mat = layer.weight_matrix(w)  # [out, in·k]
+        b = np.zeros(w_mat.shape[0])
+        bi = layer.bias_index
+        if bi is not None and len(node.input) > bi and node.input[bi]:
+            bp = params(g_node.inputs[bi])
             if bp is None or bp.values.size != b.size:
                 continue
             b = np.asarray(bp.values, dtype=np.float64).reshape(-1)
         x = values[sink.tensor]
-        if node.op_type == "Conv":
-            if w.ndim != 4:
-                continue
-            rows, _ = _conv_patches(x, node, tuple(w.shape[2:]), positions, rng)
-            w_mat = w.reshape(w.shape[0], -1)  # [Cout, Cin*kh*kw]
-            col_keep = np.repeat(keep_in, w.shape[2] * w.shape[3])
-        else:
-            rows = x.reshape(-1, x.shape[-1])
-            if len(rows) > positions:
-                rows = rows[rng.choice(len(rows), size=positions, replace=False)]
-            w_mat = w if (node.op_type == "Gemm" and _attr(node, "transB", 0)) else w.T  # [N, K]
-            col_keep = keep_in
-        alpha = float(_attr(node, "alpha", 1.0)) if node.op_type == "Gemm" else 1.0
-        y = alpha * rows @ w_mat.T + b  # the original layer's output at these positions
+        rows = layer.input_rows(x, w.shape, positions, rng)  # [positions, in·k]
+        if rows is None:
+            continue
+        col_keep = np.repeat(keep_in, w_mat.shape[1] // len(keep_in))
+        y = rows @ w_mat.T + b  # the original layer's output at these positions
         # Output channels the surgery kept (the reader may be a pruned source too).
         out_lay = analysis.layouts.get(node.output[0])
         keep_out = np.ones(w_mat.shape[0], dtype=bool)
@@ -183,12 +140,12 @@ def reconstruct(
             if len(oids) == w_mat.shape[0]:
                 keep_out = ~removed_ids[oids]
         y = y[:, keep_out]
-        w_cur = _current(target, inits, node.op_type)
+        w_cur = _current(target, inits, layer)
         if w_cur is None:
             continue
         w_new_mat, b_cur = w_cur
-        has_bias = node.op_type != "MatMul"
-        a = rows[:, col_keep] * alpha
+        has_bias = bi is not None
+        a = rows[:, col_keep]
         if has_bias:
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
             theta0 = np.concatenate([w_new_mat, b_cur[:, None]], axis=1).T
@@ -204,26 +161,21 @@ def reconstruct(
         err_a = float(np.sqrt(np.mean((after - y) ** 2))) / scale
         if err_a >= err_b:
             continue
-        _write(out, target, inits, readers, node.op_type, theta, has_bias)
+        _write(out, target, inits, readers, layer, theta)
         done.append(ReconstructedLayer(sink.node, len(rows), err_b, err_a))
     return out, tuple(done)
 
 
-def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], op: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """The pruned layer's weights as [out, in...] and its bias (zeros if none)."""
-    t = inits.get(node.input[1])
+def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pruned layer's weights as [out, in·k] and its bias (zeros if none)."""
+    t = inits.get(node.input[layer.weight_index])
     if t is None:
         return None
-    w = numpy_helper.to_array(t).astype(np.float64)
-    if op == "Conv":
-        mat = w.reshape(w.shape[0], -1)
-    elif op == "Gemm":
-        mat = w if _attr(node, "transB", 0) else w.T
-    else:
-        mat = w.T
+    mat = layer.weight_matrix(numpy_helper.to_array(t).astype(np.float64))
     b = np.zeros(mat.shape[0])
-    if op != "MatMul" and len(node.input) > 2 and node.input[2]:
-        bt = inits.get(node.input[2])
+    bi = layer.bias_index
+    if bi is not None and len(node.input) > bi and node.input[bi]:
+        bt = inits.get(node.input[bi])
         if bt is None:
             return None
         b = numpy_helper.to_array(bt).astype(np.float64).reshape(-1)
@@ -232,30 +184,26 @@ def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], op: st
     return mat, b
 
 
-def _write(
-    model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, readers: Mapping[str, int], op: str, theta: np.ndarray, has_bias: bool
-) -> None:
-    w_t = inits[node.input[1]]
+def _write(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, readers: Mapping[str, int], layer: Layer, theta: np.ndarray) -> None:
+    bi = layer.bias_index
+    w_t = inits[node.input[layer.weight_index]]
     shape = tuple(w_t.dims)
     dtype = numpy_helper.to_array(w_t).dtype
-    mat = theta[:-1].T if has_bias else theta.T  # [out, in]
-    if op == "Conv":
-        w = mat.reshape(shape)
-    elif op == "Gemm":
-        w = mat if _attr(node, "transB", 0) else mat.T
-    else:
-        w = mat.T
-    _set(model, node, 1, w.astype(dtype), inits, readers)
-    if has_bias:
+    mat = theta[:-1].T if bi is not None else theta.T  # [out, in·k]
+    _set(model, node, layer.weight_index, layer.weight_from_matrix(mat, shape).astype(dtype), inits, readers)
+    if bi is not None:
         bias = theta[-1].astype(dtype)
-        if len(node.input) > 2 and node.input[2]:
-            _set(model, node, 2, bias.reshape(tuple(inits[node.input[2]].dims)), inits, readers)
+        if len(node.input) > bi and node.input[bi]:
+            _set(model, node, bi, bias.reshape(tuple(inits[node.input[bi]].dims)), inits, readers)
         else:
             name = f"{node.output[0]}__reconstructed_bias"
             model.graph.initializer.append(numpy_helper.from_array(bias, name))
-            while len(node.input) < 2:
+            while len(node.input) < bi:
                 node.input.append("")
-            node.input.append(name)
+            if len(node.input) > bi:  # an empty name stands for the missing bias
+                node.input[bi] = name
+            else:
+                node.input.append(name)
 
 
 def _set(model: onnx.ModelProto, node: onnx.NodeProto, index: int, value: np.ndarray, inits: dict, readers: Mapping[str, int]) -> None:
@@ -281,7 +229,7 @@ class ReconstructedTrials:
         analysis: ChannelAnalysis,
         feeds: Sequence[Mapping[str, np.ndarray]],
         *,
-        registry: object = None,
+        registry: RuleRegistry | None = None,
         seed: int = 0,
         source: str = "<model>",
     ) -> None:
@@ -299,10 +247,10 @@ class ReconstructedTrials:
         from .surgery import apply_pruning
 
         plan = PruningPlan("trial", tuple(removed_groups))
-        pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)  # type: ignore[arg-type]
+        pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)
         parts = []
         for fit, judge in self.folds:
-            rebuilt, _ = reconstruct(self.model, pruned, self.analysis, plan, fit, seed=self.seed, source=self.source)
+            rebuilt, _ = reconstruct(self.model, pruned, self.analysis, plan, fit, registry=self.registry, seed=self.seed, source=self.source)
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge))
         outs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.names))]
         return score_outputs(self.names, self.reference, outs, choices)[0]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .metrics import ModelCost
     from .planning import PruningPlan
     from .reconstruction import ReconstructedLayer
+    from .rules import RuleRegistry
     from .sensitivity_analysis import SensitivityResult
 
 __all__ = ["LayerChange", "KeptGroup", "PruneReport", "build_report"]
@@ -142,6 +143,7 @@ def build_report(
     data_note: str = "",
     reconstructed_layers: tuple[ReconstructedLayer, ...] = (),
     sensitivity: SensitivityResult | None = None,
+    registry: RuleRegistry | None = None,
 ) -> PruneReport:
     """The report of a pruning run: channels, parameters, MACs and size before and after, each
     changed layer, every kept group with its reasons, verification and fidelity (the keywords
@@ -161,10 +163,10 @@ def build_report(
         cut += gone
         if gone:
             layers.append(LayerChange(src.node, src.op, n, n - gone))
-    shapes = pruned_shapes(analysis, removed, pruned)
+    shapes = pruned_shapes(analysis, removed, pruned, registry)
     if shapes is None:
         shapes = static_shapes(pruned, concrete_input_shapes(pruned, config.input_shapes, source))
-    after = model_cost(pruned, shapes)
+    after = model_cost(pruned, shapes, registry)
     removed_set = set(pruning_plan.removed_groups)
     kept = tuple(
         KeptGroup(g.id, len(g.members), g.members, pruning_plan.kept_reasons.get(g.id, ()))

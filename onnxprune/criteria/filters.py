@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis import ChannelAnalysis
 from ..params import ParamResolver
+from ..rules import RuleRegistry
 
 __all__ = ["LayerFilters", "source_filters"]
 
@@ -24,30 +25,25 @@ class LayerFilters:
     bn_gamma: np.ndarray | None  # |gamma| of a BatchNormalization reading the output directly
 
 
-def _filters(node: gs.Node, params: ParamResolver) -> np.ndarray | None:
-    w = params(node.inputs[1]) if len(node.inputs) > 1 else None
+def _filters(node: gs.Node, params: ParamResolver, registry: RuleRegistry, opset: int) -> np.ndarray | None:
+    layer = registry.layer(node, opset)
+    if layer is None or len(node.inputs) <= layer.weight_index:
+        return None
+    w = params(node.inputs[layer.weight_index])
     if w is None:
         return None
-    v = np.asarray(w.values, dtype=np.float32)
-    if node.op == "Conv":
-        return v.reshape(v.shape[0], -1)
-    if node.op == "ConvTranspose":
-        return np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
-    if node.op == "Gemm":
-        return v if int(node.attrs.get("transB", 0)) else v.T
-    if node.op == "MatMul":
-        return v.T
-    return None
+    return layer.weight_matrix(np.asarray(w.values, dtype=np.float32))
 
 
-def source_filters(graph: gs.Graph, analysis: ChannelAnalysis) -> dict[str, LayerFilters]:
-    """Filters of every source layer of ``analysis`` (keyed by node label)."""
+def source_filters(graph: gs.Graph, analysis: ChannelAnalysis, registry: RuleRegistry) -> dict[str, LayerFilters]:
+    """Filters of every source layer of ``analysis`` (keyed by node label) whose rule has layer
+    semantics (see rules.LayerSemantics): output channel c's weights are row c."""
     params = ParamResolver()
     by_label = {n.name: n for n in graph.nodes}  # import_graph names every node as the analysis did
     out = {}
     for src in analysis.sources:
         node = by_label[src.node]
-        f = _filters(node, params)
+        f = _filters(node, params, registry, graph.opset)
         if f is None:
             continue
         gamma = None

@@ -1,10 +1,13 @@
-"""One module per op family; ``default_registry()`` builds the registry of all of them."""
+"""One module per op family; ``default_registry()`` builds the registry of all of them.
+
+The protocols a rule implements (``Rule``, and ``LayerSemantics`` for a weight-bearing op) and
+the contexts it works in (``PropagateContext``, ``ApplyContext``) are in ``base``."""
 
 from __future__ import annotations
 
 from .._core import NotApplicable
 from .activation import ClipRule, PReluRule, UnaryRule, unary_rules
-from .base import Rule, RuleRegistry, passthrough
+from .base import ApplyContext, Layer, LayerSemantics, PropagateContext, Rule, RuleRegistry, passthrough
 from .concat_split import ConcatRule, SliceRule, SplitRule
 from .conv import ConvRule, ConvTransposeRule
 from .elementwise import BroadcastRule, broadcast_rules
@@ -17,6 +20,14 @@ from .reshape import ReshapeRule, ShapeRule, TransposeRule
 __all__ = [
     "Rule",
     "RuleRegistry",
+    "LayerSemantics",
+    "Layer",
+    "PropagateContext",
+    "ApplyContext",
+    "ConvRule",
+    "ConvTransposeRule",
+    "GemmRule",
+    "MatMulRule",
     "NotApplicable",
     "default_registry",
     "passthrough",

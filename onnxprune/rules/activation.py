@@ -4,18 +4,14 @@ through the function, so the zero criterion knows that Relu keeps 0 at 0 and Sig
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import NotApplicable
-from .base import ConstFn, data_inputs_tracked, passthrough
+from .base import ApplyContext, ConstFn, PropagateContext, data_inputs_tracked, passthrough
 from .elementwise import BroadcastRule
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
 
 __all__ = ["UnaryRule", "ClipRule", "PReluRule", "unary_rules"]
 
@@ -89,14 +85,14 @@ class UnaryRule:
         self.op_types = (op_type,)
         self._make = _UNARY[op_type]
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         if node.op == "Dropout" and len(node.inputs) > 2 and node.inputs[2].name:
             t = ctx.param(node.inputs[2])
             if t is None or bool(np.asarray(t.values).reshape(-1)[0]):
                 return NotApplicable("Dropout in training mode")
         return passthrough(node, ctx, self._make(node))
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 
@@ -104,7 +100,7 @@ class ClipRule:
     op_types = ("Clip",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -120,7 +116,7 @@ class ClipRule:
                 bounds.append(float(default))
         return passthrough(node, ctx, lambda c: np.clip(c, bounds[0], bounds[1]))
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 

@@ -1,21 +1,154 @@
-"""The rule protocol and the registry that maps op types to rules."""
+"""The rule protocols, the contexts rules work in, and the registry that maps op types to rules.
+
+Rules import nothing from the analysis or the surgery: what a rule may read and do is given
+here as protocols (``PropagateContext``, ``ApplyContext``) that those modules' context classes
+satisfy. A weight-bearing rule also describes its layer (``LayerSemantics``): criteria, MACs,
+compensation and reconstruction ask the registry for it (``RuleRegistry.layer``), so a user's
+rule for a custom op works there too.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol, runtime_checkable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from .._core import Layout, NotApplicable
+from .._core import Layout, NotApplicable, UnionFind
 
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
-
-__all__ = ["Rule", "RuleRegistry", "passthrough", "ConstFn"]
+__all__ = [
+    "Rule",
+    "RuleRegistry",
+    "LayerSemantics",
+    "Layer",
+    "PropagateContext",
+    "ApplyContext",
+    "Parameter",
+    "ChannelLayouts",
+    "passthrough",
+    "node_attrs",
+    "numel",
+    "ConstFn",
+    "Shape",
+    "Attrs",
+]
 
 ConstFn = Callable[[np.ndarray], np.ndarray]
+Shape = tuple[int | None, ...]  # a tensor's dims, None where unknown (as graph.Shape)
+Attrs = Mapping[str, object]
+
+
+class Parameter(Protocol):
+    """A constant operand as rules see it (graph.Param): float values and the nodes between the
+    consumer and the stored tensor (Identity, DequantizeLinear, QuantizeLinear)."""
+
+    @property
+    def values(self) -> np.ndarray: ...
+
+    @property
+    def chain(self) -> tuple[gs.Node, ...]: ...
+
+
+@runtime_checkable
+class PropagateContext(Protocol):
+    """What a rule's ``propagate`` may read and do (analysis.AnalysisContext implements it)."""
+
+    @property
+    def opset(self) -> int: ...
+
+    @property
+    def shapes(self) -> Mapping[str, Shape]: ...
+
+    @property
+    def layouts(self) -> Mapping[str, Layout]: ...
+
+    @property
+    def uf(self) -> UnionFind: ...
+
+    # -- reading ---------------------------------------------------------------------------
+    def layout(self, t: gs.Tensor | None) -> Layout | None: ...
+
+    def shape(self, t: gs.Tensor | None) -> Shape | None: ...
+
+    def rank(self, t: gs.Tensor | None) -> int | None: ...
+
+    def param(self, t: gs.Tensor | None) -> Parameter | None: ...
+
+    def runtime_value(self, t: gs.Tensor, overrides: Mapping[str, tuple[int, ...]] | None = None) -> np.ndarray | None: ...
+
+    def runtime_sources(self, t: gs.Tensor) -> frozenset[str] | None: ...
+
+    # -- writing ---------------------------------------------------------------------------
+    def set_layout(self, t: gs.Tensor, layout: Layout) -> None: ...
+
+    def fresh(self, n: int) -> np.ndarray: ...
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None: ...
+
+    def pin(self, ids: np.ndarray, reason: str) -> None: ...
+
+    def ids_for(self, t: gs.Tensor, axis: int, n: int, why: str) -> np.ndarray: ...
+
+    def invalid(self, reason: str) -> None: ...
+
+    def add_source(self, node: gs.Node, n: int) -> np.ndarray: ...
+
+    def add_sink(self, node: gs.Node, input_index: int, axis: int, fold_blocker: str | None) -> None: ...
+
+    def add_balance(self, rows: list[np.ndarray], reason: str) -> None: ...
+
+    def validate_shape_input(self, node: gs.Node, index: int) -> None: ...
+
+
+class ChannelLayouts(Protocol):
+    """The part of the channel analysis a rule reads during surgery."""
+
+    @property
+    def layouts(self) -> Mapping[str, Layout]: ...
+
+    @property
+    def shapes(self) -> Mapping[str, Shape]: ...
+
+
+@runtime_checkable
+class ApplyContext(Protocol):
+    """What a rule's ``apply`` may read and do (surgery.SurgeryContext implements it): edits
+    are described, and committed by the surgery afterwards."""
+
+    @property
+    def opset(self) -> int: ...
+
+    @property
+    def analysis(self) -> ChannelLayouts: ...
+
+    # -- reading ---------------------------------------------------------------------------
+    def keep(self, t: gs.Tensor, axis: int, n: int) -> np.ndarray: ...
+
+    def param(self, t: gs.Tensor | None) -> Parameter | None: ...
+
+    def param_values(self, node: gs.Node, index: int) -> np.ndarray: ...
+
+    def param_values_or_none(self, node: gs.Node, index: int) -> np.ndarray | None: ...
+
+    def fold_delta(self, node: gs.Node, index: int, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None: ...
+
+    # -- edits -----------------------------------------------------------------------------
+    def slice_param(self, node: gs.Node, index: int, axis: int, keep: np.ndarray) -> None: ...
+
+    def group_columns(self, node: gs.Node, index: int, groups: int, keep: np.ndarray) -> None: ...
+
+    def set_param(self, node: gs.Node, index: int, values: np.ndarray) -> None: ...
+
+    def set_attr(self, node: gs.Node, name: str, value: object) -> None: ...
+
+    def drop_attr(self, node: gs.Node, name: str) -> None: ...
+
+    def add_input(self, node: gs.Node, index: int, values: np.ndarray, hint: str) -> None: ...
+
+    def append_bias(self, node: gs.Node, bias: np.ndarray) -> None: ...
 
 
 @runtime_checkable
@@ -31,9 +164,139 @@ class Rule(Protocol):
     op_types: tuple[str, ...]
     domain: str
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None: ...
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None: ...
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None: ...
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None: ...
+
+
+@runtime_checkable
+class LayerSemantics(Protocol):
+    """How a weight-bearing op uses its weight, for everything outside the channel analysis:
+    weight criteria (each output channel's filter), MACs (report, budget), data-free
+    compensation (zeroing filters) and reconstruction (refitting the weight as a matrix).
+
+    Implemented by the Conv, ConvTranspose, Gemm and MatMul rules; subclass one of them for a
+    custom op that computes the same way. Every method takes the node's attributes as a plain
+    mapping (``node_attrs``); callers use the bound view ``RuleRegistry.layer`` returns.
+    """
+
+    data_index: int  # the input whose channels the layer reads
+    weight_index: int
+    bias_index: int | None  # the input holding the bias (one value per output channel), if any
+    # Data-free compensation: a removed filter read by a BatchNormalization takes that
+    # BatchNormalization's running mean as its output (so it yields its beta), not its bias.
+    bn_mean_compensation: bool
+
+    def out_axis(self, attrs: Attrs) -> int:
+        """The weight's output-channel axis."""
+        ...
+
+    def in_axis(self, attrs: Attrs) -> int:
+        """The weight's input-channel axis."""
+        ...
+
+    def groups(self, attrs: Attrs) -> int: ...
+
+    def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
+        """Multiply-accumulates for one sample given the data input, weight and output shapes
+        (None when they are not known well enough)."""
+        ...
+
+    def weight_matrix(self, attrs: Attrs, weight: np.ndarray) -> np.ndarray:
+        """The weight as [out, in·k]: row o is output channel o's filter, flattened input
+        channel by input channel (k columns each: kernel positions, 1 for a matrix)."""
+        ...
+
+    def weight_from_matrix(self, attrs: Attrs, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The inverse of ``weight_matrix`` for a weight of ``shape``."""
+        ...
+
+    def refittable(self, attrs: Attrs) -> bool:
+        """Can reconstruction refit this layer (``input_rows`` gives its input as rows)?"""
+        ...
+
+    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+        """At up to ``picks`` sampled output positions, the input ``x`` as rows [positions, in·k]
+        so that ``rows @ weight_matrix.T + bias`` is the layer's output there; None when this
+        layer cannot be refitted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A weight-bearing node's ``LayerSemantics`` bound to its attributes (what
+    ``RuleRegistry.layer`` returns for either a graphsurgeon node or an onnx NodeProto)."""
+
+    op: str
+    attrs: Attrs
+    semantics: LayerSemantics
+
+    @property
+    def data_index(self) -> int:
+        return self.semantics.data_index
+
+    @property
+    def weight_index(self) -> int:
+        return self.semantics.weight_index
+
+    @property
+    def bias_index(self) -> int | None:
+        return self.semantics.bias_index
+
+    @property
+    def bn_mean_compensation(self) -> bool:
+        return self.semantics.bn_mean_compensation
+
+    @property
+    def out_axis(self) -> int:
+        return self.semantics.out_axis(self.attrs)
+
+    @property
+    def in_axis(self) -> int:
+        return self.semantics.in_axis(self.attrs)
+
+    @property
+    def groups(self) -> int:
+        return self.semantics.groups(self.attrs)
+
+    @property
+    def refittable(self) -> bool:
+        return self.semantics.refittable(self.attrs)
+
+    def macs(self, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
+        return self.semantics.macs(self.attrs, x, w, y)
+
+    def weight_matrix(self, weight: np.ndarray) -> np.ndarray:
+        """[out, in·k]; its rows are the per-filter view weight criteria score."""
+        return self.semantics.weight_matrix(self.attrs, weight)
+
+    def weight_from_matrix(self, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return self.semantics.weight_from_matrix(self.attrs, matrix, shape)
+
+    def zero_rows(self, weight: np.ndarray) -> np.ndarray:
+        """Boolean per output channel: is its filter all zero?"""
+        return ~np.any(self.weight_matrix(weight) != 0, axis=1)
+
+    def input_rows(self, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+        return self.semantics.input_rows(self.attrs, x, weight_shape, picks, rng)
+
+
+def node_attrs(node: gs.Node | onnx.NodeProto) -> Attrs:
+    """A node's attributes as a read-only mapping, strings as ``str``, for either representation."""
+    if isinstance(node, gs.Node):
+        return MappingProxyType(dict(node.attrs))
+    attrs = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        attrs[a.name] = v.decode() if isinstance(v, bytes) else v
+    return MappingProxyType(attrs)
+
+
+def numel(shape: Shape | None) -> int | None:
+    """Number of elements of a fully known shape, else None."""
+    if shape is None or any(d is None for d in shape):
+        return None
+    return int(np.prod(shape)) if len(shape) else 1
 
 
 class RuleRegistry:
@@ -60,6 +323,18 @@ class RuleRegistry:
                 return rule
         return None
 
+    def layer(self, node: gs.Node | onnx.NodeProto, opset: int = 21) -> Layer | None:
+        """The layer semantics of a weight-bearing node, bound to its attributes; None when its
+        rule (if any) does not describe a layer."""
+        if isinstance(node, gs.Node):
+            op, domain = node.op, node.domain or ""
+        else:
+            op, domain = node.op_type, node.domain
+        rule = self.lookup(op, domain, opset)
+        if rule is None or not isinstance(rule, LayerSemantics):
+            return None
+        return Layer(op, node_attrs(node), rule)
+
     def op_types(self) -> list[str]:
         return sorted({op for (_, op) in self._rules})
 
@@ -73,7 +348,7 @@ def _norm_domain(domain: str | None) -> str:
     return "" if domain in (None, "", "ai.onnx") else domain
 
 
-def data_inputs_tracked(node: gs.Node, ctx: "AnalysisContext", data_indices: Iterable[int]) -> NotApplicable | None:
+def data_inputs_tracked(node: gs.Node, ctx: PropagateContext, data_indices: Iterable[int]) -> NotApplicable | None:
     """Refuse when a tracked tensor arrives on an input that is not a data input (e.g. Clip's min)."""
     data = set(data_indices)
     for i, t in enumerate(node.inputs):
@@ -84,7 +359,7 @@ def data_inputs_tracked(node: gs.Node, ctx: "AnalysisContext", data_indices: Ite
 
 def passthrough(
     node: gs.Node,
-    ctx: "AnalysisContext",
+    ctx: PropagateContext,
     const_fn: ConstFn | None = None,
     *,
     spatial_from: int | None = None,

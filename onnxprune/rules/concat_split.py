@@ -6,17 +6,11 @@ Split sizes and Slice bounds are rewritten to the kept counts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import data_inputs_tracked
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
 __all__ = ["ConcatRule", "SplitRule", "SliceRule"]
 
@@ -25,7 +19,7 @@ class ConcatRule:
     op_types = ("Concat",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         if not any(ctx.layout(t) is not None for t in node.inputs):
             return None
         rank = ctx.rank(node.outputs[0]) or next(ctx.layout(t).rank for t in node.inputs if ctx.layout(t))
@@ -62,11 +56,11 @@ class ConcatRule:
         ctx.set_layout(node.outputs[0], Layout(rank, axes, consts))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 
-def _split_sizes(node: gs.Node, ctx: "AnalysisContext | SurgeryContext", dim: int) -> list[int] | None:
+def _split_sizes(node: gs.Node, ctx: PropagateContext | ApplyContext, dim: int) -> list[int] | None:
     if "split" in node.attrs:
         return [int(s) for s in node.attrs["split"]]
     if len(node.inputs) > 1 and node.inputs[1].name:
@@ -83,7 +77,7 @@ class SplitRule:
     op_types = ("Split",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -108,7 +102,7 @@ class SplitRule:
             start += n
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         lay = ctx.analysis.layouts.get(node.inputs[0].name)
         if lay is None:
             return
@@ -133,7 +127,7 @@ class SplitRule:
             ctx.add_input(node, 1, new, "split")
 
 
-def _slice_params(node: gs.Node, ctx: "AnalysisContext | SurgeryContext", rank: int) -> tuple[list[int], list[int], list[int], list[int]] | None:
+def _slice_params(node: gs.Node, ctx: PropagateContext | ApplyContext, rank: int) -> tuple[list[int], list[int], list[int], list[int]] | None:
     vals = []
     for i in range(1, 5):
         if len(node.inputs) > i and node.inputs[i].name:
@@ -161,7 +155,7 @@ class SliceRule:
     op_types = ("Slice",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -189,7 +183,7 @@ class SliceRule:
         ctx.set_layout(node.outputs[0], Layout(lay.rank, new_axes, consts))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         lay = ctx.analysis.layouts.get(node.inputs[0].name)
         if lay is None:
             return
@@ -214,7 +208,7 @@ class SliceRule:
             ctx.set_param(node, 2, np.asarray(new_ends, dtype=np.int64))
 
 
-def _runtime_slice(node: gs.Node, ctx: "AnalysisContext", lay: Layout) -> NotApplicable | None:
+def _runtime_slice(node: gs.Node, ctx: PropagateContext, lay: Layout) -> NotApplicable | None:
     """Slice bounds computed from Shape(x) on the channel axis, as torch's ``x.chunk(n, 1)``:
     allowed when they are fixed fractions i/n of the channel count, with every n-th part of
     the channels losing the same number (so the fractions still cut where they should)."""

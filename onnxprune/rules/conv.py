@@ -8,16 +8,11 @@ its group count: every group must lose the same number of input and of output ch
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, Attrs, PropagateContext, Shape, numel
 
 __all__ = ["ConvRule", "ConvTransposeRule"]
 
@@ -35,7 +30,7 @@ def _padding_blocker(node: gs.Node, kernel: tuple[int, ...]) -> str | None:
     return None
 
 
-def _bias_blocker(node: gs.Node, ctx: "AnalysisContext", index: int) -> str | None:
+def _bias_blocker(node: gs.Node, ctx: PropagateContext, index: int) -> str | None:
     if len(node.inputs) > index and node.inputs[index].name:
         p = ctx.param(node.inputs[index])
         if p is None:
@@ -63,10 +58,44 @@ def _check_rank(node: gs.Node, ctx: "AnalysisContext", weight: np.ndarray) -> No
 
 
 class ConvRule:
+    """Conv; also its layer semantics: weight [Cout, Cin/group, *kernel], bias [Cout]."""
+
     op_types = ("Conv",)
     domain = ""
+    data_index, weight_index, bias_index = 0, 1, 2
+    bn_mean_compensation = True  # measured on trained CNNs (see compensation)
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def out_axis(self, attrs: Attrs) -> int:
+        return 0
+
+    def in_axis(self, attrs: Attrs) -> int:
+        return 1
+
+    def groups(self, attrs: Attrs) -> int:
+        return int(attrs.get("group", 1)) or 1  # type: ignore[call-overload]
+
+    def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
+        n_out, w_n = numel(y), numel(w)
+        if n_out is None or w_n is None or not w or y is None:
+            return None
+        # Every output element reads one [Cin/group, *kernel] filter.
+        return (n_out // max(y[0] or 1, 1)) * (w_n // w[0])
+
+    def weight_matrix(self, attrs: Attrs, weight: np.ndarray) -> np.ndarray:
+        return weight.reshape(weight.shape[0], -1)
+
+    def weight_from_matrix(self, attrs: Attrs, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return matrix.reshape(shape)
+
+    def refittable(self, attrs: Attrs) -> bool:
+        return self.groups(attrs) == 1
+
+    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+        if not self.refittable(attrs) or len(weight_shape) != 4:
+            return None
+        return _conv_patches(x, attrs, tuple(weight_shape[2:]), picks, rng)
+
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         x, y = node.inputs[0], node.outputs[0]
         w = ctx.param(node.inputs[1])
         if w is None:
@@ -123,7 +152,7 @@ class ConvRule:
         ctx.set_layout(y, Layout(rank, {1: out}, {1: _zero_filter_consts(weight, bias, 0)}))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         x, y = node.inputs[0], node.outputs[0]
         weight = ctx.param_values(node, 1)
         groups = int(node.attrs.get("group", 1))
@@ -165,10 +194,42 @@ def _conv_fold(weight: np.ndarray, fill: np.ndarray, groups: int) -> np.ndarray:
 
 
 class ConvTransposeRule:
+    """ConvTranspose; also its layer semantics: weight [Cin, Cout/group, *kernel], bias [Cout]."""
+
     op_types = ("ConvTranspose",)
     domain = ""
+    data_index, weight_index, bias_index = 0, 1, 2
+    bn_mean_compensation = False
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def out_axis(self, attrs: Attrs) -> int:
+        return 1
+
+    def in_axis(self, attrs: Attrs) -> int:
+        return 0
+
+    def groups(self, attrs: Attrs) -> int:
+        return int(attrs.get("group", 1)) or 1  # type: ignore[call-overload]
+
+    def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
+        n_in, w_n = numel(x), numel(w)
+        if n_in is None or w_n is None or not w or x is None:
+            return None
+        # Every input element is multiplied by a [Cout/group, *kernel] slice of the weight.
+        return (n_in // max(x[0] or 1, 1)) * (w_n // w[0])
+
+    def weight_matrix(self, attrs: Attrs, weight: np.ndarray) -> np.ndarray:
+        return np.moveaxis(weight, 1, 0).reshape(weight.shape[1], -1)
+
+    def weight_from_matrix(self, attrs: Attrs, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return np.moveaxis(matrix.reshape(shape[1], shape[0], *shape[2:]), 0, 1)
+
+    def refittable(self, attrs: Attrs) -> bool:
+        return False  # overlapping outputs: not one filter per output position
+
+    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+        return None
+
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         x, y = node.inputs[0], node.outputs[0]
         w = ctx.param(node.inputs[1])
         if w is None:
@@ -191,7 +252,7 @@ class ConvTransposeRule:
         ctx.set_layout(y, Layout(weight.ndim, {1: out}, {1: consts}))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         weight = ctx.param_values(node, 1)
         in_keep = ctx.keep(node.inputs[0], 1, weight.shape[0])
         out_keep = ctx.keep(node.outputs[0], 1, weight.shape[1])
@@ -199,3 +260,34 @@ class ConvTransposeRule:
         ctx.slice_param(node, 1, 1, out_keep)
         if len(node.inputs) > 2 and node.inputs[2].name:
             ctx.slice_param(node, 2, 0, out_keep)
+
+
+def _conv_patches(x: np.ndarray, attrs: Attrs, kernel: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray:
+    """Sampled im2col rows of a 2-D Conv input: [positions, Cin * kh * kw]."""
+    pads = list(attrs.get("pads", [0] * 4))  # type: ignore[call-overload]
+    strides = list(attrs.get("strides", [1, 1]))  # type: ignore[call-overload]
+    dil = list(attrs.get("dilations", [1, 1]))  # type: ignore[call-overload]
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    kh, kw = kernel
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for dim, k, st, d in zip(x.shape[2:], kernel, strides, dil):
+            total = max(0, (-(-dim // st) - 1) * st + (k - 1) * d + 1 - dim)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        pads = begins + ends
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    eff_h, eff_w = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
+    out_h = (xp.shape[2] - eff_h) // strides[0] + 1
+    out_w = (xp.shape[3] - eff_w) // strides[1] + 1
+    n = x.shape[0] * out_h * out_w
+    flat = rng.choice(n, size=min(picks, n), replace=False)
+    b, rem = np.divmod(flat, out_h * out_w)
+    i, j = np.divmod(rem, out_w)
+    rows = np.empty((len(flat), x.shape[1], kh, kw), dtype=np.float64)
+    for a in range(kh):
+        for c in range(kw):
+            rows[:, :, a, c] = xp[b, :, i * strides[0] + a * dil[0], j * strides[1] + c * dil[1]]
+    return rows.reshape(len(flat), -1)

@@ -8,16 +8,11 @@ operand with the full channel dimension that is neither tracked nor constant pin
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, PropagateContext
 
 __all__ = ["BroadcastRule", "broadcast_rules"]
 
@@ -68,7 +63,7 @@ class BroadcastRule:
                 return np.where(np.isnan(cond), np.where(x == y, x, np.nan), np.where(cond != 0, x, y))
         return np.full_like(c[0], np.nan)
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         y = node.outputs[0]
         inputs = [t for t in node.inputs]
         ranks = [ctx.rank(t) for t in inputs]
@@ -126,7 +121,7 @@ class BroadcastRule:
         ctx.set_layout(y, Layout(out_rank, axes, consts))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         y = node.outputs[0]
         lay = ctx.analysis.layouts.get(y.name)
         if lay is None:

@@ -3,17 +3,12 @@ input features are read through the weight's K axis (a sink)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
+from .base import ApplyContext, Attrs, PropagateContext, Shape, numel
 from .conv import _bias_blocker
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
 
 __all__ = ["GemmRule", "MatMulRule"]
 
@@ -29,11 +24,62 @@ def _bias_per_feature(c: np.ndarray | None, n: int) -> np.ndarray | None:
     return None
 
 
+def _matmul_macs(x: Shape | None, w: Shape | None, y: Shape | None, trans_a: bool = False) -> int | None:
+    """MACs of a product with output ``y``: every output element sums K products."""
+    n_out = numel(y)
+    if x is None or w is None or n_out is None or not x or x[-1] is None or y is None:
+        return None
+    k = x[0] if trans_a else x[-1]
+    batch = y[0] if (y and y[0]) else 1
+    return (n_out // batch) * int(k) if len(y) > 1 else n_out * int(k)  # type: ignore[arg-type]
+
+
+def _feature_rows(x: np.ndarray, picks: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``picks`` sampled rows of the input's features (its last axis)."""
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > picks:
+        rows = rows[rng.choice(len(rows), size=picks, replace=False)]
+    return rows
+
+
 class GemmRule:
+    """Gemm; also its layer semantics: weight B [K, N] ([N, K] with transB), bias C (times
+    beta, which reconstruction takes as 1)."""
+
     op_types = ("Gemm",)
     domain = ""
+    data_index, weight_index, bias_index = 0, 1, 2
+    bn_mean_compensation = False
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def out_axis(self, attrs: Attrs) -> int:
+        return 0 if int(attrs.get("transB", 0)) else 1  # type: ignore[call-overload]
+
+    def in_axis(self, attrs: Attrs) -> int:
+        return 1 - self.out_axis(attrs)
+
+    def groups(self, attrs: Attrs) -> int:
+        return 1
+
+    def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
+        return _matmul_macs(x, w, y, bool(attrs.get("transA", 0)))
+
+    def weight_matrix(self, attrs: Attrs, weight: np.ndarray) -> np.ndarray:
+        return weight if self.out_axis(attrs) == 0 else weight.T
+
+    def weight_from_matrix(self, attrs: Attrs, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return matrix if self.out_axis(attrs) == 0 else matrix.T
+
+    def refittable(self, attrs: Attrs) -> bool:
+        return not int(attrs.get("transA", 0))  # type: ignore[call-overload]
+
+    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+        if not self.refittable(attrs):
+            return None
+        rows = _feature_rows(x, picks, rng)
+        alpha = float(attrs.get("alpha", 1.0))  # type: ignore[arg-type]
+        return rows if alpha == 1.0 else alpha * rows
+
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         a, y = node.inputs[0], node.outputs[0]
         b = ctx.param(node.inputs[1])
         if b is None:
@@ -60,7 +106,7 @@ class GemmRule:
         ctx.set_layout(y, Layout(2, {1: out}, {1: consts}))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         trans_b = int(node.attrs.get("transB", 0))
         b = ctx.param_values(node, 1)
         bm = b.T if trans_b else b
@@ -83,10 +129,38 @@ class GemmRule:
 
 
 class MatMulRule:
+    """MatMul; also its layer semantics: weight B [K, N], no bias."""
+
     op_types = ("MatMul",)
     domain = ""
+    data_index, weight_index, bias_index = 0, 1, None
+    bn_mean_compensation = False
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def out_axis(self, attrs: Attrs) -> int:
+        return 1
+
+    def in_axis(self, attrs: Attrs) -> int:
+        return 0
+
+    def groups(self, attrs: Attrs) -> int:
+        return 1
+
+    def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
+        return _matmul_macs(x, w, y)
+
+    def weight_matrix(self, attrs: Attrs, weight: np.ndarray) -> np.ndarray:
+        return weight.T
+
+    def weight_from_matrix(self, attrs: Attrs, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return matrix.T
+
+    def refittable(self, attrs: Attrs) -> bool:
+        return True
+
+    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+        return _feature_rows(x, picks, rng)
+
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         a, y = node.inputs[0], node.outputs[0]
         b = ctx.param(node.inputs[1])
         if b is None or b.values.ndim != 2:
@@ -106,7 +180,7 @@ class MatMulRule:
         ctx.set_layout(y, Layout(rank, {rank - 1: out}, {rank - 1: np.where(zero, 0.0, np.nan)}))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         b = ctx.param_values(node, 1)
         k, n = b.shape
         rank = len(ctx.analysis.shapes.get(node.inputs[0].name, ())) or 2

@@ -3,22 +3,16 @@ normalisations that mix channels (LayerNormalization, GroupNormalization...), wh
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import data_inputs_tracked
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
 __all__ = ["BatchNormalizationRule", "InstanceNormalizationRule", "ChannelMixingNormalizationRule"]
 
 
-def _per_channel_params(node: gs.Node, ctx: "AnalysisContext", indices: range) -> list[np.ndarray] | NotApplicable:
+def _per_channel_params(node: gs.Node, ctx: PropagateContext, indices: range) -> list[np.ndarray] | NotApplicable:
     values = []
     for i in indices:
         p = ctx.param(node.inputs[i])
@@ -32,7 +26,7 @@ class BatchNormalizationRule:
     op_types = ("BatchNormalization",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         if len([t for t in node.outputs if t.name]) > 1 or int(node.attrs.get("training_mode", 0)):
             return NotApplicable("training-mode BatchNormalization")
         bad = data_inputs_tracked(node, ctx, [0])
@@ -52,7 +46,7 @@ class BatchNormalizationRule:
         ctx.set_layout(node.outputs[0], Layout(lay.rank, lay.axes, {1: consts}))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         keep = ctx.keep(node.inputs[0], 1, ctx.param_values(node, 1).shape[0])
         for i in range(1, 5):
             ctx.slice_param(node, i, 0, keep)
@@ -62,7 +56,7 @@ class InstanceNormalizationRule:
     op_types = ("InstanceNormalization",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -80,7 +74,7 @@ class InstanceNormalizationRule:
         ctx.set_layout(node.outputs[0], Layout(lay.rank, lay.axes, {1: consts}))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         keep = ctx.keep(node.inputs[0], 1, ctx.param_values(node, 1).shape[0])
         ctx.slice_param(node, 1, 0, keep)
         ctx.slice_param(node, 2, 0, keep)
@@ -92,10 +86,10 @@ class ChannelMixingNormalizationRule:
     op_types = ("LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization", "LRN")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         if any(ctx.layout(t) is not None for t in node.inputs):
             return NotApplicable("normalises across channels: removing one would change the others")
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None

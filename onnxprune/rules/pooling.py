@@ -3,17 +3,11 @@ over spatial axes. Channels pass through; an op that acts on a channel axis pins
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import data_inputs_tracked, passthrough
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, PropagateContext, data_inputs_tracked, passthrough
 
 __all__ = ["PoolRule", "ResizeRule", "PadRule", "ReduceRule"]
 
@@ -28,7 +22,7 @@ class PoolRule:
     op_types = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "MaxRoiPool")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         if node.op == "MaxRoiPool":
             return NotApplicable("MaxRoiPool is not supported")
         if node.op == "MaxPool" and len([t for t in node.outputs if t.name]) > 1:
@@ -43,7 +37,7 @@ class PoolRule:
             fn = lambda c: np.where(c == 0, 0.0, np.nan)  # noqa: E731 - Lp norms scale with the window
         return passthrough(node, ctx, fn, spatial_from=2)
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 
@@ -53,7 +47,7 @@ class ResizeRule:
     op_types = ("Resize", "Upsample")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -77,11 +71,11 @@ class ResizeRule:
         fn = (lambda c: c) if mode in ("nearest", "linear", "bilinear") else (lambda c: np.where(c == 0, 0.0, np.nan))
         return passthrough(node, ctx, fn)
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 
-def _check_runtime_sizes(node: gs.Node, index: int, ctx: "AnalysisContext", lay: Layout, in_shape) -> NotApplicable | None:  # noqa: ANN001
+def _check_runtime_sizes(node: gs.Node, index: int, ctx: PropagateContext, lay: Layout, in_shape) -> NotApplicable | None:  # noqa: ANN001
     """Resize sizes/scales computed at run time (segmentation heads take sizes from Shape())
     must keep following the input: probed with one channel fewer in every tensor whose shape
     they read, only the input's own channel entry may change, and only with the input."""
@@ -118,7 +112,7 @@ class PadRule:
     op_types = ("Pad",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -159,7 +153,7 @@ class PadRule:
             fn = lambda c: c  # noqa: E731
         return passthrough(node, ctx, fn)
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 
@@ -171,7 +165,7 @@ class ReduceRule:
                 "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -204,5 +198,5 @@ class ReduceRule:
         ctx.set_layout(node.outputs[0], Layout(rank if keep else rank - len(set(axes)), new_axes, consts))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None

@@ -4,17 +4,11 @@ scale needs nothing; a per-channel scale on a channel axis is sliced with the ch
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import data_inputs_tracked
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
 __all__ = ["QuantizeRule"]
 
@@ -23,7 +17,7 @@ class QuantizeRule:
     op_types = ("QuantizeLinear", "DequantizeLinear")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -59,7 +53,7 @@ class QuantizeRule:
         ctx.set_layout(node.outputs[0], Layout(lay.rank, lay.axes, consts))
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         lay = ctx.analysis.layouts.get(node.inputs[0].name)
         if lay is None:
             return

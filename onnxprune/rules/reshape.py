@@ -10,17 +10,11 @@ keeps the C-order of what remains, so the reshape of the pruned tensor is the pr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import data_inputs_tracked
-
-if TYPE_CHECKING:
-    from ..analysis import AnalysisContext
-    from ..surgery import SurgeryContext
+from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
 __all__ = ["ReshapeRule", "TransposeRule", "ShapeRule", "map_reshape"]
 
@@ -28,7 +22,7 @@ _MAX_GRID = 1 << 26  # positions; beyond this a reshape is pinned rather than ma
 
 
 def map_reshape(
-    lay: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], ctx: "AnalysisContext"
+    lay: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], ctx: PropagateContext
 ) -> Layout | NotApplicable:
     """Map ``lay`` through a reshape of ``in_shape`` into ``out_shape`` (both static)."""
     if len(lay.axes) != 1:
@@ -82,7 +76,7 @@ class ReshapeRule:
     op_types = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         bad = data_inputs_tracked(node, ctx, [0])
         if bad:
             return bad
@@ -115,7 +109,7 @@ class ReshapeRule:
         ctx.set_layout(node.outputs[0], out)
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         if node.op != "Reshape":
             return
         out_lay = ctx.analysis.layouts.get(node.outputs[0].name)
@@ -134,7 +128,7 @@ class ReshapeRule:
 
 
 def _check_runtime_shape(
-    node: gs.Node, ctx: "AnalysisContext", out: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], carrier: int
+    node: gs.Node, ctx: PropagateContext, out: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], carrier: int
 ) -> NotApplicable | None:
     """A target shape computed from Shape() of tensors with channels must follow the channel
     count: after removing the first k channel groups of the output (k = 1, 2), evaluating it
@@ -176,7 +170,7 @@ def _check_runtime_shape(
     return None
 
 
-def _shape_entries(t: gs.Tensor, ctx: "AnalysisContext") -> list[int | str] | None:
+def _shape_entries(t: gs.Tensor, ctx: PropagateContext) -> list[int | str] | None:
     """The target shape of a Reshape: ints where constant, 'dim' where read from a Shape."""
     p = ctx.param(t)
     if p is not None:
@@ -188,7 +182,7 @@ class TransposeRule:
     op_types = ("Transpose",)
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         lay = ctx.layout(node.inputs[0])
         if lay is None:
             return None
@@ -201,7 +195,7 @@ class TransposeRule:
         )
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None
 
 
@@ -212,8 +206,8 @@ class ShapeRule:
     op_types = ("Shape", "Size")
     domain = ""
 
-    def propagate(self, node: gs.Node, ctx: "AnalysisContext") -> NotApplicable | None:
+    def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         return None
 
-    def apply(self, node: gs.Node, ctx: "SurgeryContext") -> None:
+    def apply(self, node: gs.Node, ctx: ApplyContext) -> None:
         return None

@@ -26,6 +26,7 @@ from ..criteria.activations import ActivationStats, group_activation_scores
 from ..errors import UsageError
 from ..metrics import node_macs
 from ..planning import PruningPlan
+from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
@@ -69,8 +70,10 @@ def layer_scores(
     config: PruneConfig,
     criteria: CriterionRegistry,
     stats: ActivationStats | None = None,
+    registry: RuleRegistry | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every source layer's channel scores under ``config.criterion`` (higher = keep)."""
+    """Every source layer's channel scores under ``config.criterion`` (higher = keep);
+    ``registry``: the analysis' rules (their layer semantics give each layer's filters)."""
     criterion = config.criterion
     if criteria.is_data(criterion):
         if stats is None:
@@ -83,7 +86,7 @@ def layer_scores(
     rng = np.random.default_rng(config.seed)
     budgets = layer_budgets(analysis, config)
     scores = {}
-    for name, layer in source_filters(import_graph(model), analysis).items():
+    for name, layer in source_filters(import_graph(model), analysis, registry or default_registry()).items():
         b = budgets[name]
         sparsity = (config.ratio or 0.0) if config.global_ranking else b.sparsity
         keep = b.channels - int(sparsity * b.channels) if sparsity else b.channels // 2
@@ -108,14 +111,18 @@ def score(
         return None
     if not config.allocated:  # a fidelity budget is a budget, and picks its criterion itself
         check_budget(config, run.criteria)
-    return layer_scores(analysis, loaded.proto, config, run.criteria, data.stats)
+    return layer_scores(analysis, loaded.proto, config, run.criteria, data.stats, run.registry)
 
 
-def budget_plan(analysis: ChannelAnalysis, model: onnx.ModelProto, scores: Mapping[str, np.ndarray], config: PruneConfig) -> PruningPlan:
-    """The plan for a ratio, global or MACs budget (see budget.plan_with_budget)."""
+def budget_plan(
+    analysis: ChannelAnalysis, model: onnx.ModelProto, scores: Mapping[str, np.ndarray], config: PruneConfig, registry: RuleRegistry | None = None
+) -> PruningPlan:
+    """The plan for a ratio, global or MACs budget (see budget.plan_with_budget); ``registry``:
+    the analysis' rules (their layer semantics count the MACs)."""
     tracker = None
     if config.macs_target is not None:
-        tracker = MacsTracker(analysis, node_macs(model, analysis.shapes), model.graph.node)
+        registry = registry or default_registry()
+        tracker = MacsTracker(analysis, node_macs(model, analysis.shapes, registry), model, registry)
     return plan_with_budget(analysis, scores, config, tracker)
 
 
@@ -136,7 +143,7 @@ def plan(
         return _allocated_plan(loaded, analysis, scores or {}, data, run)
     if scores is None:
         return Planned(zero_plan(analysis))
-    return Planned(budget_plan(analysis, loaded.proto, scores, run.config))
+    return Planned(budget_plan(analysis, loaded.proto, scores, run.config, run.registry))
 
 
 def compensate(loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, data: CalibrationData, run: Run) -> Compensation:
@@ -189,7 +196,7 @@ def sensitivity_trials(
     group = group_scores(analysis, scores)
     protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
     units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
-    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes), proto.graph.node)
+    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes, run.registry), proto, run.registry)
     mode = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
     values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
     runner = TrialRunner(proto, analysis, feeds, source=loaded.source)

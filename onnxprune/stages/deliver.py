@@ -20,6 +20,7 @@ from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
 from ..report import PruneReport, build_report
+from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
@@ -76,11 +77,11 @@ class Measured:
     metrics: tuple[OutputScore, ...] | None = None
 
 
-def measure_original(loaded: LoadedModel, analysis: ChannelAnalysis) -> Original:
+def measure_original(loaded: LoadedModel, analysis: ChannelAnalysis, registry: RuleRegistry | None = None) -> Original:
     """Parameters and MACs of the original, and its size: taken before a surgery that may
-    build the pruned model in it."""
+    build the pruned model in it. ``registry``: the analysis' rules (they count the MACs)."""
     size = loaded.size if loaded.size is not None else serialized_size(loaded.proto)
-    return Original(model_cost(loaded.proto, analysis.shapes), size)
+    return Original(model_cost(loaded.proto, analysis.shapes, registry), size)
 
 
 def may_consume(pruning_plan: PruningPlan, config: PruneConfig) -> bool:
@@ -176,7 +177,7 @@ def recover(
         return Recovered(pruned)
     from ..reconstruction import reconstruct
 
-    model, layers = reconstruct(loaded.proto, pruned.complete(), analysis, pruning_plan, data.calibration, seed=config.seed, source=loaded.source)
+    model, layers = reconstruct(loaded.proto, pruned.complete(), analysis, pruning_plan, data.calibration, registry=run.registry, seed=config.seed, source=loaded.source)
     check_structure(model, full_check=True)
     return Recovered(DeferredModel(model), tuple(layers))
 
@@ -239,4 +240,5 @@ def report(
         data_note=data.note,
         reconstructed_layers=recovered.layers,
         sensitivity=planned.sensitivity,
+        registry=run.registry,
     )
