@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["GraphBuilder"]
+__all__ = ["GraphBuilder", "as_custom_op"]
 
 
 class GraphBuilder:
@@ -130,6 +130,28 @@ class GraphBuilder:
                 out.CopyFrom(inferred[out.name])
         onnx.checker.check_model(model)
         return model
+
+
+def as_custom_op(model: onnx.ModelProto, op_type: str, new_op: str, domain: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``op_type`` nodes are ``domain.new_op`` nodes, that op being a
+    model-local function whose body is the original op: onnxruntime and shape inference see
+    through it, onnxprune sees a custom op. For testing a rule for your own op end to end."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = [n for n in out.graph.node if n.op_type == op_type and n.domain in ("", "ai.onnx")]
+    arity = max((len(n.input) for n in nodes), default=1)
+    attrs = {a.name: a.type for n in nodes for a in n.attribute}
+    inputs = [f"in{i}" for i in range(arity)]
+    outputs = [f"out{i}" for i in range(max((len(n.output) for n in nodes), default=1))]
+    body = helper.make_node(op_type, inputs, outputs)
+    body.attribute.extend(onnx.AttributeProto(name=a, ref_attr_name=a, type=t) for a, t in sorted(attrs.items()))
+    opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
+    out.functions.append(helper.make_function(domain, new_op, inputs, outputs, [body], [helper.make_opsetid("", opset)], attributes=sorted(attrs)))
+    for n in nodes:
+        n.op_type, n.domain = new_op, domain
+    if all(o.domain != domain for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(domain, 1))
+    return out
 
 
 def random_cnn(seed: int, max_blocks: int = 6) -> onnx.ModelProto:
