@@ -87,6 +87,13 @@ class InitializerCache:
         self._arrays.pop(id(tensor), None)
 
 
+# Nodes (Identity, Q/DQ) a constant is followed through, at most: exporters put one to three
+# between a weight and its reader. A longer chain is not read as a constant (its reader is then
+# left alone): each step keeps its own chain and array, so a hostile file with 30,000 Identity
+# nodes in a row took 90 s and 4.5 GB to analyse.
+MAX_CHAIN = 8
+
+
 class ParamResolver:
     """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ).
 
@@ -96,12 +103,14 @@ class ParamResolver:
         self._cache: dict[int, Param | None] = {}
         self._initializers = initializers
 
-    def __call__(self, tensor: gs.Tensor | None) -> Param | None:
+    def __call__(self, tensor: gs.Tensor | None, _depth: int = 0) -> Param | None:
         if tensor is None:
             return None
         key = id(tensor)
         if key not in self._cache:
-            self._cache[key] = self._resolve(tensor)
+            if _depth > MAX_CHAIN:  # no deeper recursion than a chain may be long
+                return None
+            self._cache[key] = self._resolve(tensor, _depth)
         return self._cache[key]
 
     def forget(self, tensor: gs.Tensor) -> None:
@@ -114,7 +123,7 @@ class ParamResolver:
         if self._initializers is not None and isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
             self._initializers.forget(lazy.tensor)
 
-    def _resolve(self, tensor: gs.Tensor) -> Param | None:
+    def _resolve(self, tensor: gs.Tensor, depth: int) -> Param | None:
         if isinstance(tensor, gs.Constant):
             return Param(constant_values(tensor, self._initializers), (), tensor)
         if len(tensor.inputs) != 1:
@@ -124,13 +133,15 @@ class ParamResolver:
             value = _constant_node_value(node)
             return None if value is None else Param(value, (), node)
         if node.op == "Identity":
-            inner = self(node.inputs[0])
-            return None if inner is None else Param(inner.values, (node, *inner.chain), inner.storage)
+            inner = self(node.inputs[0], depth + 1)
+            if inner is None or len(inner.chain) >= MAX_CHAIN:
+                return None
+            return Param(inner.values, (node, *inner.chain), inner.storage)
         if node.op in ("DequantizeLinear", "QuantizeLinear"):
-            x = self(node.inputs[0])
-            scale = self(node.inputs[1]) if len(node.inputs) > 1 else None
-            zp = self(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-            if x is None or scale is None or node.attrs.get("block_size", 0):
+            x = self(node.inputs[0], depth + 1)
+            scale = self(node.inputs[1], depth + 1) if len(node.inputs) > 1 else None
+            zp = self(node.inputs[2], depth + 1) if len(node.inputs) > 2 and node.inputs[2].name else None
+            if x is None or scale is None or node.attrs.get("block_size", 0) or len(x.chain) >= MAX_CHAIN:
                 return None
             axis = int(node.attrs.get("axis", 1))
             values = qdq_values(node.op, x.values, scale.values, None if zp is None else zp.values, axis)

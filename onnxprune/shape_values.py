@@ -20,6 +20,10 @@ __all__ = ["ShapeEvaluator", "is_shape_arithmetic"]
 
 Overrides = Mapping[str, tuple[int, ...]]
 
+# Nodes a shape expression is followed through, at most (exporters' are a few deep): deeper is
+# "not a shape expression", so a hostile chain of thousands cannot exhaust Python's stack.
+MAX_DEPTH = 64
+
 
 def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer):
@@ -46,11 +50,13 @@ class ShapeEvaluator:
         self._params = params
         self._sources: dict[int, frozenset[str] | None] = {}
 
-    def sources(self, t: gs.Tensor) -> frozenset[str] | None:
+    def sources(self, t: gs.Tensor, _depth: int = 0) -> frozenset[str] | None:
         """Names of the tensors whose Shape the expression reads (empty for a constant)."""
         key = id(t)
         if key in self._sources:
             return self._sources[key]
+        if _depth > MAX_DEPTH:
+            return None
         self._sources[key] = None  # guards against cycles
         result: frozenset[str] | None
         if self._params(t) is not None:
@@ -62,7 +68,7 @@ class ShapeEvaluator:
             if node.op == "Shape":
                 result = frozenset([node.inputs[0].name])
             elif node.op in _OPS:
-                parts = [self.sources(i) for i in node.inputs if i.name]
+                parts = [self.sources(i, _depth + 1) for i in node.inputs if i.name]
                 result = None if any(p is None for p in parts) else frozenset().union(*parts)
             else:
                 result = None
@@ -72,7 +78,7 @@ class ShapeEvaluator:
     def value(self, t: gs.Tensor, overrides: Overrides | None = None) -> np.ndarray | None:
         """The tensor's value with the static shapes, or with ``overrides`` for some tensors."""
         try:
-            return self._eval(t, dict(overrides or {}), {})
+            return self._eval(t, dict(overrides or {}), {}, 0)
         except (ValueError, IndexError, TypeError, ZeroDivisionError, FloatingPointError):
             return None
 
@@ -82,10 +88,12 @@ class ShapeEvaluator:
             return None
         return np.asarray(shape, dtype=np.int64)
 
-    def _eval(self, t: gs.Tensor, overrides: Overrides, memo: dict[int, np.ndarray | None]) -> np.ndarray | None:
+    def _eval(self, t: gs.Tensor, overrides: Overrides, memo: dict[int, np.ndarray | None], depth: int) -> np.ndarray | None:
         key = id(t)
         if key in memo:
             return memo[key]
+        if depth > MAX_DEPTH:
+            return None
         memo[key] = None
         p = self._params(t)
         if p is not None:
@@ -99,7 +107,7 @@ class ShapeEvaluator:
                 start, end = int(node.attrs.get("start", 0)), node.attrs.get("end")
                 out = None if full is None else full[start : (None if end is None else int(end))]
             elif node.op in _OPS:
-                args = [self._eval(i, overrides, memo) if i.name else None for i in node.inputs]
+                args = [self._eval(i, overrides, memo, depth + 1) if i.name else None for i in node.inputs]
                 out = _OPS[node.op](node, args)
             else:
                 out = None
