@@ -47,7 +47,11 @@ Runs in its own venv, never the package's (torch and nncf are tools-only):
     /work/nncf-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 nncf==2.19.0 \\
         scikit-learn onnx onnxruntime
     NNCF_TORCH_LEGACY_TRACING=1 NNCF_EXTENSION_LOAD_TIMEOUT=0 \\
-        /work/nncf-venv/bin/python tools/export_nncf.py [--out DIR] [--nets digits,resnet,mobilenet]
+        /work/nncf-venv/bin/python tools/export_nncf.py [--out DIR] [--nets digits,resnet,mobilenet] [--fixtures]
+
+``--fixtures`` then copies the ResNet's float, fq and qdq files and the MobileNetV2's fq file to
+``fixtures/nncf_<net>_<form>.onnx`` (tests/test_nncf_exports.py). The held-out set is the one
+of ``fixtures/digits_test.npz`` (same split, same normalisation).
 
 NNCF's quantization compiles a C++ extension on first use (minutes on 2 cores; the
 environment variables above are set by the script when missing). Seeded; torch runs
@@ -60,6 +64,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,6 +86,11 @@ SEED = 0
 INPUT, OUTPUT = "input", "logits"
 PRUNING_TARGET = 0.4
 FORMS = ("float", "fq", "qdq", "qdq_strip")
+# copied to fixtures/nncf_<name>.onnx by --fixtures (tests/test_nncf_exports.py): the ResNet in
+# three forms, and the MobileNetV2 FakeQuantize form for its per-channel activation
+# FakeQuantize before the depthwise convs
+FIXTURES = ("resnet_float", "resnet_fq", "resnet_qdq", "mobilenet_fq")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class BasicBlock(nn.Module):
@@ -203,7 +213,7 @@ def train(model: nn.Module, data: torch.utils.data.DataLoader, epochs: int, lr: 
         sched.step()
 
 
-def nncf_config(quantize: bool, pruning_steps: int, standard_ops: bool = False) -> Any:
+def nncf_config(quantize: bool, pruning_steps: int, log_dir: Path) -> Any:
     from nncf import NNCFConfig
 
     algos: list[dict[str, Any]] = [
@@ -226,20 +236,22 @@ def nncf_config(quantize: bool, pruning_steps: int, standard_ops: bool = False) 
             "algorithm": "quantization",
             "initializer": {"range": {"num_init_samples": 256}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 256}},
         }
-        if standard_ops:
-            quant["export_to_onnx_standard_ops"] = True
         algos.append(quant)
-    return NNCFConfig.from_dict({"input_info": {"sample_size": [1, 1, 8, 8]}, "compression": algos})
+    # log_dir: NNCF writes its graph dumps (original_graph.dot, compressed_graph.dot) there
+    return NNCFConfig.from_dict(
+        {"input_info": {"sample_size": [1, 1, 8, 8]}, "compression": algos, "log_dir": str(log_dir)}
+    )
 
 
 def compress(
-    net: nn.Module, quantize: bool, train_data: torch.utils.data.DataLoader, epochs: int, pruning_steps: int
+    net: nn.Module, quantize: bool, train_data: torch.utils.data.DataLoader, epochs: int, pruning_steps: int,
+    log_dir: Path,
 ) -> tuple[Any, nn.Module]:
     """NNCF filter pruning (+ quantization) on a copy of ``net``, fine-tuned ``epochs`` epochs."""
     from nncf.torch import create_compressed_model, register_default_init_args
 
     seed_all()
-    config = register_default_init_args(nncf_config(quantize, pruning_steps), train_data)
+    config = register_default_init_args(nncf_config(quantize, pruning_steps, log_dir), train_data)
     ctrl, model = create_compressed_model(copy.deepcopy(net), config)
     train(model, train_data, epochs, lr=1e-3, ctrl=ctrl)
     model.eval()
@@ -289,11 +301,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="float training epochs")
     parser.add_argument("--finetune", type=int, default=8, help="fine-tuning epochs under NNCF")
     parser.add_argument("--pruning-steps", type=int, default=4, help="epochs to reach the pruning target")
+    parser.add_argument("--fixtures", action="store_true", help="then copy " + ", ".join(FIXTURES) + " to fixtures/nncf_*.onnx")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    logs = out / "nncf_logs"
+    logs.mkdir(exist_ok=True)
     x_train, x_test, y_train, y_test = load_data()
     np.savez(out / "digits_test.npz", **{INPUT: x_test, "labels": y_test})
     acc_path = out / "accuracy.json"
@@ -305,12 +320,12 @@ def main() -> None:
         train(net, loader(x_train, y_train, True), args.epochs, lr=3e-3)
         rec: dict[str, Any] = {"torch_float": accuracy(net, x_test, y_test)}
 
-        ctrl, model = compress(net, False, loader(x_train, y_train, True), args.finetune, args.pruning_steps)
+        ctrl, model = compress(net, False, loader(x_train, y_train, True), args.finetune, args.pruning_steps, logs)
         rec["torch_pruned"] = accuracy(model, x_test, y_test)
         rec["pruning_level"] = float(child(ctrl, "pruning").pruning_level)
         ctrl.export_model(str(out / f"{name}_float.onnx"), input_names=[INPUT], output_names=[OUTPUT])
 
-        ctrl, model = compress(net, True, loader(x_train, y_train, True), args.finetune, args.pruning_steps)
+        ctrl, model = compress(net, True, loader(x_train, y_train, True), args.finetune, args.pruning_steps, logs)
         rec["torch_pruned_int8"] = accuracy(model, x_test, y_test)
         rec["pruning_level_int8"] = float(child(ctrl, "pruning").pruning_level)
         export_quantized(ctrl, out, name)
@@ -320,6 +335,9 @@ def main() -> None:
         accs[name] = rec
         acc_path.write_text(json.dumps(accs, indent=1, sort_keys=True) + "\n")
         print(name, json.dumps(rec), flush=True)
+    if args.fixtures:
+        for name in FIXTURES:
+            shutil.copyfile(out / f"{name}.onnx", ROOT / "fixtures" / f"nncf_{name}.onnx")
 
 
 if __name__ == "__main__":
