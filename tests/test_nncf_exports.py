@@ -101,7 +101,7 @@ def test_masked_convs_keep_batchnorm_zeroed_on_pruned_channels(path: Path) -> No
         zero = export.zero_filters(conv)
         w, _ = export.stored_weight(conv)
         assert len(zero) > 0 and (len(w) - len(zero)) % 8 == 0, conv.name
-        scale, bias, mean, var = (export.const(i) for i in export.batchnorm_after(conv).input[1:5])
+        scale, bias, _mean, var = (export.const(i) for i in export.batchnorm_after(conv).input[1:5])
         assert np.array_equal(np.flatnonzero(scale == 0), zero), conv.name
         assert np.array_equal(np.flatnonzero(bias == 0), zero), conv.name
         assert np.all(var[zero] > 0), conv.name

@@ -67,20 +67,22 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+# read by nncf, which is imported lazily inside the functions below
 os.environ.setdefault("NNCF_TORCH_LEGACY_TRACING", "1")
 os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "0")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_digits import DigitsNet  # noqa: E402
+from train_digits import DigitsNet
 
 SEED = 0
 INPUT, OUTPUT = "input", "logits"
@@ -288,7 +290,7 @@ def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float | None:
 
     try:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception:  # FakeQuantize (org.openvinotoolkit) is not an onnxruntime op
+    except Exception:  # noqa: BLE001 - FakeQuantize (org.openvinotoolkit) is not an onnxruntime op
         return None
     pred = [int(sess.run(None, {INPUT: x[i : i + 1]})[0].argmax()) for i in range(len(x))]
     return float((np.asarray(pred) == y).mean())
