@@ -20,6 +20,10 @@ _EXPORTS = {
     "load": "api",
     "save": "api",
     "sensitivity": "api",
+    "quantize": "quantization",
+    "QuantizeResult": "quantization",
+    "QuantizeReport": "quant_report",
+    "QuantizeConfig": "config",
     "PruneResult": "api",
     "PruneReport": "report",
     "PruneConfig": "config",
@@ -63,7 +67,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from ._core import Layout, NotApplicable
     from .analysis import ChannelAnalysis, ChannelGroup
     from .api import PruneResult, analyze, apply, load, plan, prune, save, sensitivity, verify
-    from .config import LayerRule, PruneConfig
+    from .config import LayerRule, PruneConfig, QuantizeConfig
+    from .quant_report import QuantizeReport
+    from .quantization import QuantizeResult, quantize
     from .criteria import CriterionRegistry, default_criteria
     from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
     from .planning import PruningPlan

@@ -128,6 +128,10 @@ class _Runner:
             # What the CPU plugin actually runs in: it defaults to bf16 where the CPU has it, and
             # falls back from a precision it lacks (f16 on most x86) without saying so.
             self.precision = self.latency_model.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            # A quantized model (NNCF's FakeQuantize, or QDQ read from ONNX) runs int8 kernels where
+            # it is quantized and that precision elsewhere.
+            if any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+                self.precision = f"int8 + {self.precision}"
             self._ov = ov
         else:
             if path.endswith(".xml"):

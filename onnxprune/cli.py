@@ -84,6 +84,10 @@ def _build_parser() -> argparse.ArgumentParser:
     o.add_argument("--bench", action="store_true", help="benchmark original and pruned with OpenVINO on the CPU")
     o.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
     o.add_argument("--plot", metavar="R.png", help="plot per-layer channels (and latency with --bench)")
+    from .cli_quantize import add_prune_quantize_options, add_quantize_command
+
+    add_prune_quantize_options(p)
+    add_quantize_command(sub)
 
     c = sub.add_parser("convert", help="convert an ONNX model to OpenVINO IR (.xml + .bin), checked against onnxruntime")
     c.add_argument("model", help="input .onnx file")
@@ -144,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "sensitivity":
             return _sensitivity(args)
+        if args.command == "quantize":
+            from .cli_quantize import quantize_command
+
+            return quantize_command(args, _shapes(args.input_shape))
         return _analyze(args)
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
@@ -226,14 +234,25 @@ def _prune(args: argparse.Namespace) -> int:
     wants_openvino = [f for f, on in (("--ir", args.ir), ("--bench", args.bench), ("--compare-openvino", args.compare_openvino)) if on]
     if wants_openvino:  # OpenVINO needs static shapes: find them now, not after the pruning
         ov_shapes = _static_shapes(args.model, config.input_shapes, args.inputs, args.calibration, " and ".join(wants_openvino))
+    from .cli_quantize import check_prune_quantize
+
+    check_prune_quantize(args)
     progress = _progress(args.quiet)
     with Outputs() as outputs:
+        # With --quantize, -o is the int8 model: the pruned float model stays in memory.
         result = prune(
             args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
-            output=args.output, external_data=True if args.external_data else None, outputs=outputs,
+            output=None if args.quantize else args.output, external_data=True if args.external_data else None,
+            outputs=None if args.quantize else outputs,
         )
         data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
-        if args.ir:
+        int8_path = None
+        if args.quantize:
+            from .cli_quantize import quantize_pruned
+
+            quantized, int8_path = quantize_pruned(args, result.model, config, outputs)
+            data.update(quantized)
+        elif args.ir:
             from .openvino_ir import convert_to_ir
             from .verification import make_inputs
 
@@ -250,7 +269,11 @@ def _prune(args: argparse.Namespace) -> int:
 
             data["openvino_pass"] = run_openvino_pruning(args.model, seed=args.seed, input_shapes=ov_shapes)
             data["openvino_pass"].pop("layers_changed", None)
-        if args.bench:
+        if args.bench and args.quantize:
+            from .cli_quantize import bench_chain
+
+            data["benchmark"] = bench_chain(args, result.model, int8_path, ov_shapes, progress and (lambda d, t: progress("benchmark", d, t)))
+        elif args.bench:
             from .bench import benchmark, spread_warning
 
             timings = benchmark(
@@ -410,10 +433,10 @@ def _bench(args: argparse.Namespace) -> int:
         rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
         _write_text(args.json, json.dumps(rows, indent=2))
     if not args.quiet:
-        print(f"{'model':36s} {'prec':>5s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)")
+        print(f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)")
         for t in timings:
             spread = f"{t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f}"
-            print(f"{os.path.basename(t.path)[:36]:36s} {t.precision:>5s} {t.runs:5d} {t.latency_median_ms:10.3f} {spread:>17s} "
+            print(f"{os.path.basename(t.path)[:36]:36s} {t.precision:>11s} {t.runs:5d} {t.latency_median_ms:10.3f} {spread:>17s} "
                   f"{t.throughput_fps:9.1f} {t.latency_ratio:8.3f} {t.throughput_ratio:7.3f}")
         for w in warnings:
             print(f"warning: {w}")
@@ -571,13 +594,18 @@ def format_report(d: dict) -> str:
                 f"MACs {_fmt(o['macs_before'])} -> {_fmt(o['macs_after'])}, exact: {ver.get('exact')} (max abs diff {ver.get('max_abs_diff', float('nan')):.3g})"
             )
         lines.append(f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}")
+    for key in ("quantization", "quantization_ir"):
+        if d.get(key):
+            from .quant_report import format_quantize
+
+            lines += ["", format_quantize(d[key])]
     if d.get("benchmark"):
         lines.append("")
         lines.append(f"latency (OpenVINO, CPU, {d['benchmark'][0].get('precision', '?')} inference):")
         for t in d["benchmark"]:
-            lines.append(f"  {os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  "
+            lines.append(f"  {t.get('label') or os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  "
                          f"p10-p90 {t.get('latency_p10_ms', float('nan')):.3f}-{t['latency_p90_ms']:.3f} ms  "
-                         f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}")
+                         f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}  {t.get('precision', '')}")
         for t in d["benchmark"]:
             if t.get("warning"):
                 lines.append(f"  warning: {t['warning']}")

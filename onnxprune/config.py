@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from .errors import UsageError
 
-__all__ = ["PruneConfig", "LayerRule", "parse_input_shape", "load_layer_rules", "COMPENSATION_MODES", "BUDGET_DEFAULT_CRITERION", "check_regex"]
+__all__ = ["PruneConfig", "QuantizeConfig", "QUANTIZE_PRESETS", "QUANTIZE_FORMATS", "LayerRule", "parse_input_shape", "load_layer_rules", "COMPENSATION_MODES", "BUDGET_DEFAULT_CRITERION", "check_regex"]
 
 COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
 # One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
@@ -174,6 +174,63 @@ class PruneConfig:
     def allocated(self) -> bool:
         """Per-layer ratios come from the sensitivity analysis (a fidelity budget)."""
         return self.min_fidelity is not None
+
+
+QUANTIZE_PRESETS = ("performance", "mixed")
+QUANTIZE_FORMATS = ("onnx", "ir")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Every option of post-training int8 quantization (NNCF), for ``quantize`` and
+    ``prune --quantize int8``.
+
+    calibration: .npz keyed by input name (first axis = samples) or a folder of images.
+    preprocess: how to turn a folder of images into inputs (see calibration.Preprocess).
+    evaluation_inputs: held-out .npz for the int8 model's fidelity; without it every 4th
+        calibration sample is held out (never used to calibrate) and the report says so.
+    preset: performance (symmetric activations: fastest) or mixed (asymmetric activations:
+        for activations that are not centred at zero, e.g. after no ReLU).
+    ignored_scope: ONNX node names or regular expressions (searched in node names) whose
+        nodes stay in float; each must name or match at least one node.
+    fast_bias_correction: NNCF's bias correction after quantizing (on by default, as NNCF).
+    subset_size: at most this many calibration samples are used (NNCF's default, 300).
+    max_drop: keep the most sensitive layers in float until the fidelity on the held-out
+        samples drops by at most this (absolute; NNCF's quantize_with_accuracy_control).
+    input_shapes: static shapes for inputs with dynamic dimensions other than the batch.
+    fidelity_metrics: output name (or "*") -> "top1" or "cosine" (default: top1 for class scores).
+    seed: picks the images of a folder larger than the subset.
+    """
+
+    calibration: str | None = None
+    preprocess: str | None = None
+    evaluation_inputs: str | None = None
+    preset: str = "performance"
+    ignored_scope: tuple[str, ...] = ()
+    fast_bias_correction: bool = True
+    subset_size: int = 300
+    max_drop: float | None = None
+    input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
+        object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
+        scope = (self.ignored_scope,) if isinstance(self.ignored_scope, str) else tuple(self.ignored_scope)
+        object.__setattr__(self, "ignored_scope", scope)
+        for pattern in scope:
+            check_regex(pattern, "--ignored-scope")
+        if self.preset not in QUANTIZE_PRESETS:
+            raise UsageError(f"quantization preset must be one of {', '.join(QUANTIZE_PRESETS)}, got {self.preset!r}")
+        if isinstance(self.subset_size, bool) or not isinstance(self.subset_size, int) or self.subset_size < 1:
+            raise UsageError(f"subset size must be a positive integer, got {self.subset_size!r}")
+        if self.max_drop is not None and not (0.0 <= self.max_drop < 1.0):
+            raise UsageError(f"max drop must be in [0, 1), got {self.max_drop}")
+
+    def with_options(self, **options: object) -> "QuantizeConfig":
+        """This config with ``options`` replaced."""
+        return replace(self, **options)  # type: ignore[arg-type]
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:

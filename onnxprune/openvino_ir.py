@@ -16,7 +16,7 @@ import onnx
 from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed
 from .saving import Outputs, check_output_folder, removing_leftovers
 
-__all__ = ["IRCheck", "require_openvino", "convert_to_ir", "IR_TOLERANCE"]
+__all__ = ["IRCheck", "require_openvino", "convert_to_ir", "convert_for_openvino", "write_ir", "IR_TOLERANCE"]
 
 # Max abs diff between IR (OpenVINO CPU, f32 inference) and onnxruntime, relative to each
 # output's max abs value: different kernels sum in a different order; FP16 weights round.
@@ -177,3 +177,32 @@ def _check_ir(
             f"{source}: the IR's output {name!r} differs from onnxruntime by {diff:.3g}, more than {tolerance:g} x its scale {scale:.3g}; nothing written"
         )
     return result
+
+
+def convert_for_openvino(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], source: str) -> Any:
+    """OpenVINO's ``convert_model`` of an in-memory ONNX model, reshaped to ``input_shapes`` if
+    given (failures name the file)."""
+    ov = require_openvino()
+    try:
+        import io
+
+        # convert_model reads ONNX from a path or a file-like object, not from a ModelProto.
+        return ov.convert_model(io.BytesIO(model.SerializeToString()), input=_ov_input_spec(ov, model, input_shapes or {}))
+    except Exception as exc:  # OpenVINO raises its own types
+        raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
+
+
+def write_ir(ov_model: Any, xml_path: str, *, fp16: bool = False) -> int:
+    """``save_model`` into temporary files beside ``xml_path``, then renamed: never a
+    half-written IR. Returns the bytes written (.xml and .bin)."""
+    ov = require_openvino()
+    check_output_folder(xml_path, "IR")
+    bin_path = xml_path[: -len(".xml")] + ".bin"
+    tmp_xml = xml_path[: -len(".xml")] + f".tmp{os.getpid()}.xml"
+    tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
+    with removing_leftovers(tmp_xml, tmp_bin):
+        _save(ov, ov_model, tmp_xml, fp16, xml_path)
+        # Rename the .bin first, then the .xml: a reader never finds an .xml without its .bin.
+        os.replace(tmp_bin, bin_path)
+        os.replace(tmp_xml, xml_path)
+    return os.path.getsize(xml_path) + os.path.getsize(bin_path)

@@ -54,10 +54,19 @@ def to_markdown(d: dict[str, Any]) -> str:
         for f in d["fidelity"]:
             top1 = "" if f["top1_agreement"] is None else f"{f['top1_agreement'] * 100:.1f}%"
             lines.append(f"| `{f['name']}` | {f['cosine']:.4f} | {f['max_abs_error']:.3g} | {f['mean_abs_error']:.3g} | {top1} |")
+    for key in ("quantization", "quantization_ir"):
+        if d.get(key):
+            from .quant_report import quantize_markdown
+
+            lines += ["", *quantize_markdown(d[key])]
     if d.get("benchmark"):
-        lines += ["", "## Latency (OpenVINO, CPU)", "", "| model | median ms | p90 ms | throughput /s | latency ratio |", "|---|---:|---:|---:|---:|"]
+        lines += ["", "## Latency (OpenVINO, CPU)", "", "| model | median ms | p10–p90 ms | throughput /s | latency ratio | precision |", "|---|---:|---:|---:|---:|---|"]
         for t in d["benchmark"]:
-            lines.append(f"| `{os.path.basename(t['path'])}` | {t['latency_median_ms']:.3f} | {t['latency_p90_ms']:.3f} | {t['throughput_fps']:.1f} | {t['latency_ratio']:.3f} |")
+            name = t.get("label") or f"`{os.path.basename(t['path'])}`"
+            lines.append(
+                f"| {name} | {t['latency_median_ms']:.3f} | {t.get('latency_p10_ms', float('nan')):.3f}–{t['latency_p90_ms']:.3f} | {t['throughput_fps']:.1f} "
+                f"| {t['latency_ratio']:.3f} | {t.get('precision', '')} |"
+            )
     if d.get("openvino_pass"):
         o = d["openvino_pass"]
         lines += ["", "## OpenVINO's own pruning pass on the same input", ""]
@@ -115,7 +124,7 @@ def plot_report(d: dict[str, Any], path: str) -> None:
     ax.legend(loc="lower right")
     if bench:
         bx = axes[0][1]
-        labels = [os.path.basename(t["path"]) for t in bench]
+        labels = [t.get("label") or os.path.basename(t["path"]) for t in bench]  # labelled: the int8 chain
         bx.bar(labels, [t["latency_median_ms"] for t in bench], color=["#c8c8c8"] + ["#1f77b4"] * (len(bench) - 1))
         bx.set_ylabel("median latency, ms (OpenVINO CPU)")
         bx.set_title("latency")

@@ -1,0 +1,155 @@
+"""Command line of int8 quantization: ``onnxprune quantize`` and ``prune --quantize int8``.
+Parsing and printing only; the work is quantization.quantize."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from typing import Any
+
+__all__ = ["add_prune_quantize_options", "add_quantize_command", "bench_chain", "check_prune_quantize", "quantize_command", "quantize_pruned"]
+
+
+def _common_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument("--preset", default="performance", choices=("performance", "mixed"),
+                   help="performance: symmetric activations (fastest); mixed: asymmetric activations (default performance)")
+    p.add_argument("--ignored-scope", action="append", default=[], metavar="NAME|REGEX",
+                   help="ONNX node name or regular expression of nodes kept in float (repeatable)")
+    p.add_argument("--no-fast-bias-correction", action="store_true", help="skip NNCF's fast bias correction (on by default)")
+    p.add_argument("--subset-size", type=int, default=300, metavar="N", help="calibration samples used at most (NNCF's default 300)")
+    p.add_argument("--max-drop", type=float, metavar="D",
+                   help="keep the most sensitive layers in float until the fidelity on the held-out samples drops by at most D "
+                   "(NNCF's quantize_with_accuracy_control)")
+
+
+def add_quantize_command(sub: Any) -> None:
+    """The ``quantize`` subcommand."""
+    q = sub.add_parser("quantize", help="post-training int8 quantization with NNCF, checked on held-out samples")
+    q.add_argument("model", help="input float .onnx file (never modified)")
+    q.add_argument("-o", "--output", required=True, metavar="OUT.onnx|OUT.xml", help="QDQ ONNX (.onnx) or OpenVINO IR (.xml, .bin beside it)")
+    q.add_argument("--calibration", required=True, metavar="C.npz|FOLDER", help="calibration inputs (.npz keyed by input name, or a folder of images)")
+    q.add_argument("--preprocess", metavar="SPEC", help="for a folder of images (see prune --preprocess)")
+    q.add_argument("--inputs", metavar="X.npz", help="held-out samples to evaluate on (default: every 4th calibration sample, held out)")
+    _common_options(q)
+    q.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine", help="fidelity metric of an output ('*' for all)")
+    q.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
+    q.add_argument("--seed", type=int, default=0, help="picks the images of a folder larger than the subset")
+    q.add_argument("--report", metavar="R.json", help="write the report as JSON")
+    q.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
+    q.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def add_prune_quantize_options(p: argparse.ArgumentParser) -> None:
+    """``prune --quantize int8`` and its options."""
+    g = p.add_argument_group("int8 quantization of the pruned model (NNCF; needs --calibration)")
+    g.add_argument("--quantize", choices=("int8",), help="quantize the pruned model: -o is QDQ ONNX, --ir an int8 IR")
+    _common_options(g)
+
+
+def _config(args: argparse.Namespace, calibration: str | None, evaluation: str | None, shapes: dict, metrics: dict):
+    from .config import QuantizeConfig
+
+    return QuantizeConfig(
+        calibration=calibration,
+        preprocess=args.preprocess,
+        evaluation_inputs=evaluation,
+        preset=args.preset,
+        ignored_scope=tuple(args.ignored_scope),
+        fast_bias_correction=not args.no_fast_bias_correction,
+        subset_size=args.subset_size,
+        max_drop=args.max_drop,
+        input_shapes=shapes,
+        fidelity_metrics=metrics,
+        seed=args.seed,
+    )
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    from .errors import UsageError
+
+    if args.calibration and not os.path.exists(args.calibration):
+        raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
+    if args.inputs and not os.path.isfile(args.inputs):
+        raise UsageError(f"{args.inputs}: --inputs file not found")
+    from .saving import check_writable
+
+    for path, what in ((args.report, "--report"), (getattr(args, "markdown", None), "--markdown")):
+        if path:
+            check_writable(path, what)
+
+
+def quantize_command(args: argparse.Namespace, shapes: dict) -> int:
+    from .fidelity import parse_metric_choices
+    from .quant_report import format_quantize, quantize_markdown
+    from .quantization import quantize
+
+    _check_paths(args)
+    from .saving import Outputs, check_writable
+
+    check_writable(args.output, "-o")
+    config = _config(args, args.calibration, args.inputs, shapes, parse_metric_choices(args.fidelity_metric))
+    with Outputs() as outputs:  # the model and the reports are moved into place together
+        data = quantize(args.model, args.output, config=config, outputs=outputs).report.to_dict()
+        if args.report:
+            outputs.add_text(args.report, json.dumps(data, indent=2))
+        if args.markdown:
+            outputs.add_text(args.markdown, "\n".join([f"# onnxprune int8 report: `{os.path.basename(args.model)}`", "", *quantize_markdown(data)]) + "\n")
+        outputs.commit()
+    if not args.quiet:
+        print(format_quantize(data))
+    return 0
+
+
+def check_prune_quantize(args: argparse.Namespace) -> None:
+    """Usage errors of ``prune --quantize`` before any work."""
+    from .errors import UsageError
+
+    if not args.quantize:
+        for flag, given in (("--preset", args.preset != "performance"), ("--ignored-scope", args.ignored_scope),
+                            ("--max-drop", args.max_drop is not None), ("--no-fast-bias-correction", args.no_fast_bias_correction)):
+            if given:
+                raise UsageError(f"{flag} is an option of int8 quantization: add --quantize int8")
+        return
+    if not args.calibration:
+        raise UsageError("--quantize int8 needs calibration inputs (--calibration C.npz or a folder of images)")
+    if not args.output.endswith(".onnx"):
+        raise UsageError(f"{args.output}: with --quantize int8, -o is the int8 model in QDQ ONNX (.onnx); give --ir OUT.xml for an int8 IR")
+    if args.fp16:
+        raise UsageError("--fp16 and --quantize int8 exclude each other: the int8 IR keeps its quantized weights in 8 bits")
+
+
+def quantize_pruned(args: argparse.Namespace, pruned: Any, prune_config: Any, outputs: Any) -> tuple[dict, str]:
+    """Quantize the pruned model (in memory) to -o (QDQ ONNX) and, with --ir, to an int8 IR,
+    staged in ``outputs``; both measured against the pruned float model and the original on
+    held-out samples. Returns the report entries and where the int8 model to time is staged."""
+    from .quantization import quantize
+
+    config = _config(args, prune_config.calibration, prune_config.verification_inputs, dict(prune_config.input_shapes), dict(prune_config.fidelity_metrics))
+    qdq = quantize(pruned, args.output, config=config, reference=args.model, source=args.model, outputs=outputs)
+    data = {"quantization": qdq.report.to_dict()}
+    timed = qdq.path
+    if args.ir:
+        ir = quantize(pruned, args.ir, config=config, reference=args.model, source=args.model, outputs=outputs)
+        data["quantization_ir"] = ir.report.to_dict()
+        timed = ir.path
+    return data, timed
+
+
+def bench_chain(args: argparse.Namespace, pruned: Any, int8_path: str, shapes: dict, progress: Any) -> list[dict]:
+    """Original fp32, pruned fp32 and pruned int8 (the IR if written, else the QDQ ONNX, where
+    it is staged) timed side by side with OpenVINO; the pruned float model is written to a
+    temporary folder for it."""
+    from .bench import benchmark, spread_warning
+    from .saving import save_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path = os.path.join(tmp, "pruned_fp32.onnx")
+        save_model(pruned, float_path)
+        timings = benchmark([args.model, float_path, int8_path], input_shapes=shapes, progress=progress)
+    out = []
+    paths = (args.model, "(pruned float model, not written)", args.ir or args.output)
+    for label, path, t in zip(("original fp32", "pruned fp32", "pruned int8"), paths, timings):
+        out.append({**t.to_dict(), "path": path, "label": label, "warning": spread_warning(timings[0], t)})
+    return out

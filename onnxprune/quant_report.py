@@ -1,0 +1,141 @@
+"""The report of an int8 quantization run, as data (``to_dict`` is the JSON the CLI writes) and
+as text and Markdown lines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .fidelity import OutputScore
+from .verification import OutputFidelity
+
+__all__ = ["AccuracyControl", "FidelityAgainst", "QuantizeReport", "format_quantize", "quantize_markdown"]
+
+
+@dataclass(frozen=True)
+class FidelityAgainst:
+    """The int8 model's outputs against a float model's, on the held-out samples."""
+
+    reference: str  # "float model" (the model quantized) or "original" (before pruning)
+    score: float  # the worst output's metric (see fidelity.score_outputs)
+    scores: tuple[OutputScore, ...]
+    outputs: tuple[OutputFidelity, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "reference": self.reference,
+            "score": self.score,
+            "metrics": {s.name: {"metric": s.metric, "value": s.value} for s in self.scores},
+            "outputs": [o.to_dict() for o in self.outputs],
+        }
+
+
+@dataclass(frozen=True)
+class AccuracyControl:
+    """NNCF's quantize_with_accuracy_control: the drop allowed and what it kept in float."""
+
+    max_drop: float
+    metric: str
+    float_value: float
+    int8_value: float
+
+    def to_dict(self) -> dict:
+        return {"max_drop": self.max_drop, "metric": self.metric, "float_value": self.float_value, "int8_value": self.int8_value}
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    model: str
+    output: str | None
+    format: str  # "onnx" (QDQ) or "ir" (OpenVINO FakeQuantize)
+    backend: str  # the NNCF backend that quantized
+    preset: str
+    fast_bias_correction: bool
+    subset_size: int
+    calibration_samples: int
+    evaluation_samples: int
+    evaluation: str  # where the held-out samples come from
+    quantized_layers: tuple[str, ...]
+    float_layers: tuple[str, ...]
+    ignored: tuple[str, ...]  # ONNX node names the ignored scope selected
+    runtime: str  # what ran the int8 model for the fidelity figures
+    fidelity: tuple[FidelityAgainst, ...]
+    size_before: int
+    size_after: int | None
+    accuracy_control: AccuracyControl | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "output": self.output,
+            "format": self.format,
+            "backend": self.backend,
+            "preset": self.preset,
+            "fast_bias_correction": self.fast_bias_correction,
+            "subset_size": self.subset_size,
+            "calibration_samples": self.calibration_samples,
+            "evaluation_samples": self.evaluation_samples,
+            "evaluation": self.evaluation,
+            "quantized_layers": list(self.quantized_layers),
+            "float_layers": list(self.float_layers),
+            "ignored_scope": list(self.ignored),
+            "runtime": self.runtime,
+            "fidelity": [f.to_dict() for f in self.fidelity],
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "accuracy_control": None if self.accuracy_control is None else self.accuracy_control.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
+
+
+def _figure(f: dict) -> str:
+    parts = []
+    for o in f["outputs"]:
+        top1 = "" if o["top1_agreement"] is None else f", top-1 agreement {_pct(o['top1_agreement'])}"
+        parts.append(f"{o['name']}: cosine {o['cosine']:.4f}{top1}, max abs err {o['max_abs_error']:.3g}")
+    return "; ".join(parts)
+
+
+def format_quantize(d: dict) -> str:
+    """The human-readable form of a quantization report (its JSON dict)."""
+    what = "QDQ ONNX" if d["format"] == "onnx" else "OpenVINO IR"
+    lines = [
+        (
+            f"{d['model']} -> {d.get('output') or '(not written)'}   int8 ({what}, NNCF {d['backend']} backend, preset {d['preset']}, "
+            f"fast bias correction {'on' if d['fast_bias_correction'] else 'off'})"
+        ),
+        f"calibration: {d['calibration_samples']} samples (subset size {d['subset_size']}); evaluation: {d['evaluation']}",
+        f"layers in int8: {len(d['quantized_layers'])}, in float: {len(d['float_layers'])}"
+        + (f" ({', '.join(d['float_layers'][:6])}{', ...' if len(d['float_layers']) > 6 else ''})" if d["float_layers"] else ""),
+    ]
+    if d["size_after"]:
+        lines.append(f"size: {d['size_before']:,} -> {d['size_after']:,} bytes ({d['size_after'] / d['size_before']:.2f}x)")
+    if d.get("accuracy_control"):
+        a = d["accuracy_control"]
+        lines.append(f"accuracy control: max drop {a['max_drop']:g} of {a['metric']}: float {a['float_value']:.4f}, int8 {a['int8_value']:.4f}")
+    lines.append(f"fidelity on the held-out samples ({d['runtime']}):")
+    for f in d["fidelity"]:
+        lines.append(f"  vs the {f['reference']}: {f['score']:.4f}  ({_figure(f)})")
+    for note in d["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def quantize_markdown(d: dict) -> list[str]:
+    """A Markdown section for a quantization report."""
+    lines = ["## int8 quantization (NNCF)", ""]
+    lines.append(
+        f"{'QDQ ONNX' if d['format'] == 'onnx' else 'OpenVINO IR'} `{d.get('output')}`, NNCF {d['backend']} backend, preset {d['preset']}, "
+        f"fast bias correction {'on' if d['fast_bias_correction'] else 'off'}; {d['calibration_samples']} calibration samples; "
+        f"evaluation: {d['evaluation']}; layers in int8 {len(d['quantized_layers'])}, in float {len(d['float_layers'])}."
+    )
+    lines += ["", f"Fidelity on the held-out samples ({d['runtime']}):", "", "| against | fidelity | per output |", "|---|---:|---|"]
+    for f in d["fidelity"]:
+        lines.append(f"| {f['reference']} | {f['score']:.4f} | {_figure(f)} |")
+    for note in d["notes"]:
+        lines.append(f"\nNote: {note}")
+    return lines
