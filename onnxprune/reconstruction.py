@@ -120,12 +120,12 @@ def reconstruct(
         w = np.asarray(w_orig.values, dtype=np.float64)
         w_mat = layer.weight_matrix(w)  # [out, in·k]
         b = np.zeros(w_mat.shape[0])
-        bi = layer.bias_index
+        bi, scale = layer.bias_index, layer.bias_scale
         if bi is not None and len(node.input) > bi and node.input[bi]:
             bp = params(g_node.inputs[bi])
             if bp is None or bp.values.size != b.size:
                 continue
-            b = np.asarray(bp.values, dtype=np.float64).reshape(-1)
+            b = scale * np.asarray(bp.values, dtype=np.float64).reshape(-1)
         x = values[sink.tensor]
         rows = layer.input_rows(x, w.shape, positions, rng)  # [positions, in·k]
         if rows is None:
@@ -144,7 +144,7 @@ def reconstruct(
         if w_cur is None:
             continue
         w_new_mat, b_cur = w_cur
-        has_bias = bi is not None
+        has_bias = bi is not None and scale != 0  # a bias scaled by 0 (Gemm beta=0) stays as it is
         a = rows[:, col_keep]
         if has_bias:
             a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
@@ -161,13 +161,13 @@ def reconstruct(
         err_a = float(np.sqrt(np.mean((after - y) ** 2))) / scale
         if err_a >= err_b:
             continue
-        _write(out, target, inits, readers, layer, theta)
+        _write(out, target, inits, readers, layer, theta, has_bias)
         done.append(ReconstructedLayer(sink.node, len(rows), err_b, err_a))
     return out, tuple(done)
 
 
 def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:
-    """The pruned layer's weights as [out, in·k] and its bias (zeros if none)."""
+    """The pruned layer's weights as [out, in·k] and its bias as added (zeros if none)."""
     t = inits.get(node.input[layer.weight_index])
     if t is None:
         return None
@@ -178,21 +178,23 @@ def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer:
         bt = inits.get(node.input[bi])
         if bt is None:
             return None
-        b = numpy_helper.to_array(bt).astype(np.float64).reshape(-1)
+        b = layer.bias_scale * numpy_helper.to_array(bt).astype(np.float64).reshape(-1)
         if b.size != mat.shape[0]:
             return None
     return mat, b
 
 
-def _write(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, readers: Mapping[str, int], layer: Layer, theta: np.ndarray) -> None:
-    bi = layer.bias_index
+def _write(
+    model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, readers: Mapping[str, int], layer: Layer, theta: np.ndarray, has_bias: bool
+) -> None:
+    bi = layer.bias_index if has_bias else None
     w_t = inits[node.input[layer.weight_index]]
     shape = tuple(w_t.dims)
     dtype = numpy_helper.to_array(w_t).dtype
     mat = theta[:-1].T if bi is not None else theta.T  # [out, in·k]
     _set(model, node, layer.weight_index, layer.weight_from_matrix(mat, shape).astype(dtype), inits, readers)
     if bi is not None:
-        bias = theta[-1].astype(dtype)
+        bias = (theta[-1] / layer.bias_scale).astype(dtype)
         if len(node.input) > bi and node.input[bi]:
             _set(model, node, bi, bias.reshape(tuple(inits[node.input[bi]].dims)), inits, readers)
         else:

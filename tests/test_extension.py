@@ -205,3 +205,31 @@ def test_rules_import_nothing_from_analysis_or_surgery() -> None:
             if isinstance(node, ast.ImportFrom):
                 module = (node.module or "").split(".")
                 assert not {"analysis", "surgery"} & set(module), f"{path.name} imports from {node.module}"
+
+
+def _gemm_head(beta: float, c2: np.ndarray) -> onnx.ModelProto:
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("x", [None, 6])
+    h = b.op("Relu", b.op("Gemm", x, b.const(b.weights([6, 8]), "w1"), b.const(np.full(8, 0.3, np.float32), "c1"), channels=8))
+    b.output(b.op("Gemm", h, b.const(b.weights([8, 4]), "w2"), b.const(c2, "c2"), channels=4, beta=beta))
+    return b.build()
+
+
+def test_reconstruction_honours_gemm_beta() -> None:
+    """Reconstruction fits the bias as the layer adds it (beta x C): a Gemm with beta=0.5 is
+    refitted to what the same function with beta=1 and C/2 is refitted to."""
+    from onnxprune.reconstruction import reconstruct
+
+    c2 = np.linspace(-1, 1, 4).astype(np.float32)
+    feeds = [{"x": np.random.default_rng(i).standard_normal((16, 6)).astype(np.float32)} for i in range(4)]
+    x = np.random.default_rng(9).standard_normal((64, 6)).astype(np.float32)
+    outputs, layers = [], []
+    for model in (_gemm_head(0.5, c2), _gemm_head(1.0, c2 * 0.5)):
+        analysis = onnxprune.analyze(model)
+        plan = onnxprune.plan(analysis, "l2", model=model, ratio=0.5)
+        rebuilt, done = reconstruct(model, onnxprune.apply(model, analysis, plan), analysis, plan, feeds)
+        outputs.append(_run(rebuilt, x))
+        layers.append(done)
+    assert [d.node for d in layers[0]] == [d.node for d in layers[1]] and layers[0]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    assert abs(layers[0][0].error_after - layers[1][0].error_after) < 1e-9

@@ -197,6 +197,10 @@ class LayerSemantics(Protocol):
 
     def groups(self, attrs: Attrs) -> int: ...
 
+    def bias_scale(self, attrs: Attrs) -> float:
+        """What the bias input is multiplied by before it is added (Gemm's beta; 1 for most)."""
+        ...
+
     def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
         """Multiply-accumulates for one sample given the data input, weight and output shapes
         (None when they are not known well enough)."""
@@ -258,6 +262,10 @@ class Layer:
     @property
     def groups(self) -> int:
         return self.semantics.groups(self.attrs)
+
+    @property
+    def bias_scale(self) -> float:
+        return self.semantics.bias_scale(self.attrs)
 
     @property
     def refittable(self) -> bool:

@@ -74,6 +74,9 @@ class ConvRule:
     def groups(self, attrs: Attrs) -> int:
         return int(attrs.get("group", 1)) or 1  # type: ignore[call-overload]
 
+    def bias_scale(self, attrs: Attrs) -> float:
+        return 1.0
+
     def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
         n_out, w_n = numel(y), numel(w)
         if n_out is None or w_n is None or not w or y is None:
@@ -209,6 +212,9 @@ class ConvTransposeRule:
 
     def groups(self, attrs: Attrs) -> int:
         return int(attrs.get("group", 1)) or 1  # type: ignore[call-overload]
+
+    def bias_scale(self, attrs: Attrs) -> float:
+        return 1.0
 
     def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
         n_in, w_n = numel(x), numel(w)

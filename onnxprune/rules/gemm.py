@@ -43,8 +43,7 @@ def _feature_rows(x: np.ndarray, picks: int, rng: np.random.Generator) -> np.nda
 
 
 class GemmRule:
-    """Gemm; also its layer semantics: weight B [K, N] ([N, K] with transB), bias C (times
-    beta, which reconstruction takes as 1)."""
+    """Gemm; also its layer semantics: weight B [K, N] ([N, K] with transB), bias C (times beta)."""
 
     op_types = ("Gemm",)
     domain = ""
@@ -59,6 +58,9 @@ class GemmRule:
 
     def groups(self, attrs: Attrs) -> int:
         return 1
+
+    def bias_scale(self, attrs: Attrs) -> float:
+        return float(attrs.get("beta", 1.0))  # type: ignore[arg-type]
 
     def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
         return _matmul_macs(x, w, y, bool(attrs.get("transA", 0)))
@@ -144,6 +146,9 @@ class MatMulRule:
 
     def groups(self, attrs: Attrs) -> int:
         return 1
+
+    def bias_scale(self, attrs: Attrs) -> float:
+        return 1.0
 
     def macs(self, attrs: Attrs, x: Shape | None, w: Shape | None, y: Shape | None) -> int | None:
         return _matmul_macs(x, w, y)
