@@ -21,7 +21,7 @@ from .report import PruneReport
 from .rules import RuleRegistry, default_registry
 from .saving import DeferredModel, Outputs, check_writable, save_model
 from .surgery import prune_deferred
-from .verification import VerificationResult, compare_models
+from .verification import VerificationResult, compare_models, limits
 
 __all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
 
@@ -148,7 +148,8 @@ def verify(
     """Compare two models on seeded random inputs (batch 1 and 2 for a dynamic batch) or on
     the samples of ``config.verification_inputs``; every output within the tolerance."""
     feeds, desc = stages.verification_feeds(original, config, source)
-    return compare_models(original, pruned, feeds, config.tolerance, desc, source)
+    tolerance, noise_multiple = limits(config.tolerance)
+    return compare_models(original, pruned, feeds, tolerance, desc, source, noise_multiple=noise_multiple)
 
 
 def prune(

@@ -67,8 +67,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tolerance",
         type=float,
-        default=1e-5,
-        help="verification: max abs diff allowed, relative to each output's max abs value (default 1e-5)",
+        default=None,
+        help="verification: max abs diff allowed, relative to each output's max abs value, instead of the default "
+        "noise-aware limit (max of 1e-5 x scale and 4 x the original's own float-noise floor)",
     )
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
     p.add_argument(
@@ -554,10 +555,7 @@ def format_report(d: dict) -> str:
     if v is None:
         lines.append("verification: skipped (--no-verify)")
     else:
-        lines.append(
-            f"verification: {'PASSED' if v['passed'] else 'FAILED'}  worst output {v['worst_output']!r}: "
-            f"max abs diff {v['max_abs_diff']:.3g} (limit {v['tolerance']:g} x scale {v['scale']:.3g}); {v['inputs']}"
-        )
+        lines.extend(verification_lines(v))
     fid = d.get("fidelity")
     if fid:
         lines.append(f"verified against: {d.get('verified_against')}; compensation: {d.get('compensation')}")
@@ -612,3 +610,44 @@ def format_report(d: dict) -> str:
     for note in d.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def _limit_text(o: dict, v: dict) -> str:
+    floor = v.get("scale_floor")
+    scale = f"scale {o['scale']:.3g}" if floor is None or o["scale"] >= floor else f"the scale floor {floor:g} (scale {o['scale']:.3g})"
+    if o.get("noise_floor") is None:
+        return f"limit {o['limit']:.3g}: {v['tolerance']:g} x {scale}"
+    return f"limit {o['limit']:.3g}: the larger of {v['tolerance']:g} x {scale} and {v['noise_multiple']:g} x noise floor {o['noise_floor']:.3g}"
+
+
+def verification_lines(v: dict, most: int = 12) -> list[str]:
+    """The verification as table lines: verdict and worst output, the runtime that proved it,
+    then per output (and stand-in tensor) diff, noise floor, limit and margin."""
+    worst = next((o for o in v["outputs"] if o["name"] == v["worst_output"]), None)
+    limit = _limit_text(worst, v) if worst else f"limit {v['tolerance']:g} x scale {v['scale']:.3g}"
+    lines = [
+        f"verification: {'PASSED' if v['passed'] else 'FAILED'}  worst output {v['worst_output']!r}: "
+        f"max abs diff {v['max_abs_diff']:.3g} ({limit}); {v['inputs']}",
+        f"  proved by {v.get('runtime', 'onnxruntime')}" + (f"; noise floor: {v['noise_runtime']}" if v.get("noise_runtime") else "; no noise floor (explicit --tolerance)"),
+    ]
+    for t in v.get("discontinuous_outputs", []):
+        lines.append(
+            f"  {t['output']!r} hangs on decisions ({', '.join(t['behind'])}): verified at {', '.join(repr(n) for n in t['verified_at'])}, "
+            "and compared itself where the decisions agree"
+        )
+    outs = v["outputs"]
+    lines.append(f"  {'output':32s} {'batch':>5s} {'max abs diff':>12s} {'noise floor':>11s} {'limit':>9s} {'margin':>8s}")
+    for o in outs[:most]:
+        noise = "-" if o.get("noise_floor") is None else f"{o['noise_floor']:.3g}"
+        margin = "exact" if o["max_abs_diff"] == 0 else ("FAIL" if not o["passed"] else f"{o['margin']:.3g}x")
+        name = o["name"] if len(o["name"]) <= 32 else "..." + o["name"][-29:]
+        note = ""
+        if o.get("stands_in_for"):
+            note = f"  (for {', '.join(o['stands_in_for'])})"
+        elif o.get("behind"):
+            note = f"  (compared on {o['compared_samples']} of {o['samples']} samples: where the decisions agree)"
+        lines.append(f"  {name:32s} {o['batch']:5d} {o['max_abs_diff']:12.3g} {noise:>11s} {o['limit']:9.3g} {margin:>8s}{note}")
+    if len(outs) > most:
+        lines.append(f"  ... {len(outs) - most} more in the JSON report")
+    return lines
+

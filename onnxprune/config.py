@@ -73,7 +73,9 @@ class PruneConfig:
     verify: run onnxruntime on original and pruned model and compare every output.
     verification_inputs: .npz of inputs to verify on (default: seeded random inputs).
     seed: seed of random scores and random verification inputs.
-    tolerance: the surgery must hold to max abs diff <= tolerance x output scale.
+    tolerance: None (default) verifies noise-aware: each output within max(1e-5 x its scale,
+        a small multiple of the reference's own float-noise floor on the same inputs); a number
+        is an explicit override: max abs diff <= tolerance x output scale, no noise floor.
     min_fidelity: remove as much as keeps the fidelity on the calibration inputs >= this,
         allocating per-layer ratios by measured sensitivity (with macs_target: reach it with
         the best fidelity found).
@@ -97,7 +99,7 @@ class PruneConfig:
     verify: bool = True
     verification_inputs: str | None = None
     seed: int = 0
-    tolerance: float = 1e-5
+    tolerance: float | None = None
     min_fidelity: float | None = None
     reconstruct: bool = False
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -127,7 +129,7 @@ class PruneConfig:
                 f"criterion 'zero' removes only provably constant channels and takes no budget ({', '.join(budget)}); "
                 f"name a lossy criterion (e.g. --criterion {BUDGET_DEFAULT_CRITERION}) or drop the budget"
             )
-        if not (0.0 < self.tolerance < 1.0):
+        if self.tolerance is not None and not (0.0 < self.tolerance < 1.0):
             raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance}")
         if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")

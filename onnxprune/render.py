@@ -45,8 +45,24 @@ def to_markdown(d: dict[str, Any]) -> str:
     else:
         lines.append(
             f"**{'PASSED' if v['passed'] else 'FAILED'}** against the {d.get('verified_against', 'original')}: worst output "
-            f"`{v['worst_output']}`, max abs diff {v['max_abs_diff']:.3g} (limit {v['tolerance']:g} × scale {v['scale']:.3g}); {v['inputs']}."
+            f"`{v['worst_output']}`, max abs diff {v['max_abs_diff']:.3g} (limit {v.get('limit', v['tolerance'] * v['scale']):.3g}); {v['inputs']}."
         )
+        noise = f" Noise floor: {v['noise_runtime']}." if v.get("noise_runtime") else " No noise floor: explicit tolerance."
+        rule = (
+            f"limit = max({v['tolerance']:g} × max(scale, {v['scale_floor']:g}), {v['noise_multiple']:g} × noise floor)"
+            if v.get("noise_multiple") is not None else f"limit = {v['tolerance']:g} × scale"
+        )
+        lines += ["", f"Proved by {v.get('runtime', 'onnxruntime')}.{noise} Per output, {rule}:"]
+        for t in v.get("discontinuous_outputs", []):
+            lines += ["", f"`{t['output']}` hangs on decisions ({', '.join(t['behind'])}): verified at "
+                      f"{', '.join(f'`{n}`' for n in t['verified_at'])}, and compared itself where the decisions agree."]
+        lines += ["", "| output | batch | max abs diff | noise floor | limit | margin | compared |", "|---|---:|---:|---:|---:|---:|---|"]
+        for o in v["outputs"]:
+            noise_floor = "—" if o.get("noise_floor") is None else f"{o['noise_floor']:.3g}"
+            margin = "exact" if o["max_abs_diff"] == 0 else ("**FAIL**" if not o["passed"] else f"{o['margin']:.3g}×")
+            what = f"stand-in for {', '.join(f'`{n}`' for n in o['stands_in_for'])}" if o.get("stands_in_for") else (
+                f"{o['compared_samples']} of {o['samples']} samples (decisions agree)" if o.get("behind") else "all samples")
+            lines.append(f"| `{o['name']}` | {o['batch']} | {o['max_abs_diff']:.3g} | {noise_floor} | {o['limit']:.3g} | {margin} | {what} |")
     if d.get("fidelity"):
         if d.get("fidelity_on_random_inputs"):
             lines += ["", "Fidelity below was measured **on seeded random inputs, not real data**: give `--inputs` or `--calibration` for meaningful numbers."]

@@ -244,6 +244,14 @@ def prune_deferred(
     if tuple(n.name for n in graph.nodes) != analysis.node_labels:  # edits and fills go by node name
         raise UsageError("the analysis was made for another model: the nodes differ")
     removed_ids = removed_id_mask(analysis, plan)
+    if not removed_ids.any():
+        # Nothing to remove: the model as it was (a round trip through graphsurgeon would
+        # renumber, clean up and re-type it for nothing).
+        if consume:
+            return DeferredModel(model)
+        same = onnx.ModelProto()
+        same.CopyFrom(model)
+        return DeferredModel(same)
     fills = sink_fills(analysis, removed_ids, estimates)
     ctx = SurgeryContext(
         graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model),
@@ -265,10 +273,10 @@ def prune_deferred(
         if t.name in changed and isinstance(t, gs.Variable):
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return _export(graph, model, into_model=consume)
+    return _export(graph, model, into_model=consume, changed=changed)
 
 
-def _export(graph: gs.Graph, model: onnx.ModelProto, *, into_model: bool) -> DeferredModel:
+def _export(graph: gs.Graph, model: onnx.ModelProto, *, into_model: bool, changed: frozenset[str] | set[str] = frozenset()) -> DeferredModel:
     """Write the edited ``graph`` out as a model with ``model``'s fields (opsets, metadata,
     functions). Weights are written here, not by graphsurgeon's exporter (which copies each
     one four times): untouched initializers are copied once from ``model`` or, ``into_model``,
@@ -318,11 +326,26 @@ def _export(graph: gs.Graph, model: onnx.ModelProto, *, into_model: bool) -> Def
     arrays: dict[str, np.ndarray] = {}
     for name, values in deferred:  # hollow ones last: DeferredModel.encode sets them aside
         DeferredModel.add_hollow(g, arrays, name, values)
+    # The graph's inputs and outputs keep their declarations (types, shapes, dim names,
+    # metadata): graphsurgeon's export loses metadata and may lose symbolic dims, and pruning
+    # never changes them (inputs and outputs pin their channels).
+    declared = {vi.name: vi for vi in (*model.graph.input, *model.graph.output) if vi.name not in changed}
+    kept_io = {f: [_declared(vi, declared) for vi in getattr(exported, f)] for f in ("input", "output")}
     for field_name in ("node", "value_info", "input", "output"):
         container = getattr(g, field_name)
         del container[:]
-        container.extend(getattr(exported, field_name))
+        container.extend(kept_io.get(field_name, getattr(exported, field_name)))
     return DeferredModel(out, arrays)
+
+
+def _declared(vi: onnx.ValueInfoProto, declared: Mapping[str, onnx.ValueInfoProto]) -> onnx.ValueInfoProto:
+    """The original declaration of a graph input or output, copied, or ``vi`` if it has none."""
+    original = declared.get(vi.name)
+    if original is None:
+        return vi
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(original)
+    return copy
 
 
 _DEFER_BYTES = 1 << 16  # smaller arrays are cheaper to write at once than to track

@@ -24,7 +24,7 @@ from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import VerificationResult, compare_models, load_npz_inputs, make_inputs
+from ..verification import VerificationResult, compare_models, failure_text, limits, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
@@ -155,15 +155,13 @@ def verify(
         masks = reader_masks(analysis, removed_id_mask(analysis, pruning_plan), compensation.estimates)
         reference = masked_reference(loaded.proto, analysis, masks)
         kind = "original with removed channels replaced where read"
+    tolerance, noise_multiple = limits(config.tolerance)
     result = compare_models(
-        reference, runnable(pruned, staged), feeds, config.tolerance, inputs, source, progress=run.progress_of("verification")
+        reference, runnable(pruned, staged), feeds, tolerance, inputs, source, progress=run.progress_of("verification"),
+        noise_multiple=noise_multiple,
     )
     if not result.passed:
-        w = result.worst
-        raise VerificationFailed(
-            f"{source}: verification failed: output {w.name!r} (batch {w.batch}) differs from the {kind} "
-            f"by {w.max_abs_diff:.3g}, more than {config.tolerance:g} x its scale {w.scale:.3g}; nothing written"
-        )
+        raise VerificationFailed(f"{source}: verification failed: {failure_text(result, kind)}; nothing written")
     return Verified(result, kind, feeds, inputs, on_random)
 
 
