@@ -69,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="verification: max abs diff allowed, relative to each output's max abs value, instead of the default "
-        "noise-aware limit (max of 1e-5 x scale and 4 x the original's own float-noise floor)",
+        "noise-aware limit (max of 1e-5 x scale and 8 x the original's own float-noise floor)",
     )
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
     p.add_argument(
