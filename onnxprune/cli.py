@@ -625,9 +625,9 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
     then per output (and stand-in tensor) diff, noise floor, limit and margin."""
     worst = next((o for o in v["outputs"] if o["name"] == v["worst_output"]), None)
     limit = _limit_text(worst, v) if worst else f"limit {v['tolerance']:g} x scale {v['scale']:.3g}"
+    verdict = "PASSED" if v["passed"] else "FAILED"
     lines = [
-        f"verification: {'PASSED' if v['passed'] else 'FAILED'}  worst output {v['worst_output']!r}: "
-        f"max abs diff {v['max_abs_diff']:.3g} ({limit}); {v['inputs']}",
+        f"verification: {verdict}  worst output {v['worst_output']!r}: max abs diff {v['max_abs_diff']:.3g} ({limit}); {v['inputs']}",
         f"  proved by {v.get('runtime', 'onnxruntime')}" + (f"; noise floor: {v['noise_runtime']}" if v.get("noise_runtime") else "; no noise floor (explicit --tolerance)"),
     ]
     for t in v.get("discontinuous_outputs", []):

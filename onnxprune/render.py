@@ -54,8 +54,8 @@ def to_markdown(d: dict[str, Any]) -> str:
         )
         lines += ["", f"Proved by {v.get('runtime', 'onnxruntime')}.{noise} Per output, {rule}:"]
         for t in v.get("discontinuous_outputs", []):
-            lines += ["", f"`{t['output']}` hangs on decisions ({', '.join(t['behind'])}): verified at "
-                      f"{', '.join(f'`{n}`' for n in t['verified_at'])}, and compared itself where the decisions agree."]
+            at = ", ".join(f"`{n}`" for n in t["verified_at"])
+            lines += ["", f"`{t['output']}` hangs on decisions ({', '.join(t['behind'])}): verified at {at}, and compared itself where the decisions agree."]
         lines += ["", "| output | batch | max abs diff | noise floor | limit | margin | compared |", "|---|---:|---:|---:|---:|---:|---|"]
         for o in v["outputs"]:
             noise_floor = "—" if o.get("noise_floor") is None else f"{o['noise_floor']:.3g}"

@@ -5,14 +5,14 @@ TopK decisions are verified before them, and a model with nothing to remove come
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 import onnxprune
 from onnxprune import cli
@@ -166,7 +166,7 @@ def wrong_slice_index(mp: pytest.MonkeyPatch) -> None:
     real = SurgeryContext.slice_param
     done: list[bool] = []
 
-    def patched(self, node, index, axis, keep):  # noqa: ANN001, ANN202
+    def patched(self, node, index, axis, keep):
         keep = np.asarray(keep, bool)
         if not done and not keep.all() and not np.array_equal(np.roll(keep, 1), keep):
             done.append(True)
@@ -181,7 +181,7 @@ def missed_reader(mp: pytest.MonkeyPatch) -> None:
     real = SurgeryContext.slice_param
     done: list[bool] = []
 
-    def patched(self, node, index, axis, keep):  # noqa: ANN001, ANN202
+    def patched(self, node, index, axis, keep):
         if not done and axis == 1 and node.op == "Conv" and not np.all(keep):
             done.append(True)
             return None
