@@ -241,12 +241,20 @@ def _prune(args: argparse.Namespace) -> int:
     progress = _progress(args.quiet)
     with Outputs() as outputs:
         # With --quantize, -o is the int8 model: the pruned float model stays in memory.
-        result = prune(
-            args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
-            output=None if args.quantize else args.output, external_data=True if args.external_data else None,
-            outputs=None if args.quantize else outputs,
-        )
+        joint = None
+        if args.quantize and config.min_fidelity is not None and given_plan is None:
+            from .cli_quantize import joint_prune  # the budget is met by the int8 model
+
+            result, joint = joint_prune(args, config, progress)
+        else:
+            result = prune(
+                args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
+                output=None if args.quantize else args.output, external_data=True if args.external_data else None,
+                outputs=None if args.quantize else outputs,
+            )
         data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
+        if joint is not None:
+            data["joint"] = joint
         int8_path = None
         if args.quantize:
             from .cli_quantize import quantize_pruned
@@ -592,6 +600,10 @@ def format_report(d: dict) -> str:
                 f"MACs {_fmt(o['macs_before'])} -> {_fmt(o['macs_after'])}, exact: {ver.get('exact')} (max abs diff {ver.get('max_abs_diff', float('nan')):.3g})"
             )
         lines.append(f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}")
+    if d.get("joint"):
+        from .quant_report import format_joint
+
+        lines += ["", format_joint(d["joint"])]
     for key in ("quantization", "quantization_ir"):
         if d.get(key):
             from .quant_report import format_quantize

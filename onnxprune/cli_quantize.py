@@ -9,7 +9,15 @@ import os
 import tempfile
 from typing import Any
 
-__all__ = ["add_prune_quantize_options", "add_quantize_command", "bench_chain", "check_prune_quantize", "quantize_command", "quantize_pruned"]
+__all__ = [
+    "add_prune_quantize_options",
+    "add_quantize_command",
+    "bench_chain",
+    "check_prune_quantize",
+    "joint_prune",
+    "quantize_command",
+    "quantize_pruned",
+]
 
 
 def _common_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -153,3 +161,12 @@ def bench_chain(args: argparse.Namespace, pruned: Any, int8_path: str, shapes: d
     for label, path, t in zip(("original fp32", "pruned fp32", "pruned int8"), paths, timings):
         out.append({**t.to_dict(), "path": path, "label": label, "warning": spread_warning(timings[0], t)})
     return out
+
+
+def joint_prune(args: argparse.Namespace, prune_config: Any, progress: Any) -> tuple[Any, dict]:
+    """``prune --min-fidelity F --quantize int8``: prune so that the int8 model keeps F (see joint)."""
+    from .joint import prune_for_int8
+
+    config = _config(args, prune_config.calibration, prune_config.verification_inputs, dict(prune_config.input_shapes), dict(prune_config.fidelity_metrics))
+    joint = prune_for_int8(args.model, prune_config, config, progress=progress)
+    return joint.pruned, joint.to_dict()

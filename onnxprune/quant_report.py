@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from .fidelity import OutputScore
 from .verification import OutputFidelity
 
-__all__ = ["AccuracyControl", "FidelityAgainst", "QuantizeReport", "format_quantize", "quantize_markdown"]
+__all__ = [
+    "AccuracyControl",
+    "FidelityAgainst",
+    "QuantizeReport",
+    "format_joint",
+    "format_quantize",
+    "quantize_markdown",
+]
 
 
 @dataclass(frozen=True)
@@ -139,3 +146,14 @@ def quantize_markdown(d: dict) -> list[str]:
     for note in d["notes"]:
         lines.append(f"\nNote: {note}")
     return lines
+
+
+def format_joint(d: dict) -> str:
+    """The int8-aware fidelity budget's steps (joint.JointResult.to_dict), as text."""
+    lines = [f"fidelity budget met by the int8 model: target {d['target']:g} on the {d['samples']} ({'met' if d['met'] else 'NOT met'})"]
+    for i, s in enumerate(d["steps"], 1):
+        lines.append(
+            f"  step {i}: pruned to --min-fidelity {s['min_fidelity']:.4f}: MACs x{s['macs_ratio']:.3f}, "
+            f"pruned float {s['pruned_fidelity']:.4f}, int8 {s['int8_fidelity']:.4f}"
+        )
+    return "\n".join(lines)

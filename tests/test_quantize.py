@@ -242,3 +242,36 @@ def test_prune_quantize_int8_writes_qdq_and_ir_with_fidelity_against_both(files:
     # Options of quantization without --quantize are a usage error.
     assert cli.main(["prune", str(files["tiny"]), "-o", str(tmp_path / "x.onnx"), "--max-drop", "0.01"]) == 2
     assert "add --quantize int8" in capsys.readouterr().err
+
+
+def test_min_fidelity_with_int8_prunes_less_where_int8_hurts(files: dict[str, Path], tmp_path: Path) -> None:
+    from onnxprune.config import PruneConfig, QuantizeConfig
+    from onnxprune.joint import prune_for_int8
+
+    cal = tmp_path / "normal.npz"  # wide, signed inputs: int8 costs more than pruning's budget leaves
+    np.savez(cal, x=(np.random.default_rng(1).standard_normal((24, 3, 8, 8)) * 3).astype(np.float32))
+    cosine = {"*": "cosine"}
+    joint = prune_for_int8(
+        files["tiny"], PruneConfig(min_fidelity=0.999, calibration=str(cal), fidelity_metrics=cosine),
+        QuantizeConfig(calibration=str(cal), fidelity_metrics=cosine, subset_size=64),
+    )
+    first, last = joint.steps[0], joint.steps[-1]
+    assert first.min_fidelity == 0.999 and first.pruned_fidelity >= 0.999 > first.int8_fidelity  # float met it, int8 did not
+    assert len(joint.steps) >= 2 and last.min_fidelity > first.min_fidelity and last.macs_ratio > first.macs_ratio
+    assert joint.met and last.int8_fidelity >= 0.999
+    assert joint.pruned.report.macs_after / joint.pruned.report.macs_before == last.macs_ratio
+
+
+def test_a_failure_inside_nncf_is_one_line_exit_2(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nncf
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Could not find the node 'conv2' in the graph\nmore context")
+
+    monkeypatch.setattr(nncf, "quantize", broken)
+    out = tmp_path / "q.onnx"
+    code = cli.main(["quantize", str(files["tiny"]), "-o", str(out), "--calibration", str(files["cal"]), "--subset-size", "64"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "NNCF cannot quantize the model: Could not find the node 'conv2' in the graph" in err and "nothing written" in err
+    assert list(tmp_path.iterdir()) == []
