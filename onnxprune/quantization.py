@@ -90,7 +90,7 @@ def quantize(
     reference: onnx.ModelProto | str | os.PathLike[str] | None = None,
     format: str | None = None,
     source: str | None = None,
-    outputs: "Outputs | None" = None,
+    outputs: Outputs | None = None,
     **options: object,
 ) -> QuantizeResult:
     """Quantize ``model`` (a path or a ModelProto, never modified) to int8 with NNCF.
@@ -310,7 +310,7 @@ def _openvino_outputs(ov_model: Any, feeds: Sequence[dict]) -> list[list[np.ndar
     return outs
 
 
-def _stage(model: Any, path: str, fmt: str, outputs: "Outputs") -> tuple[int, str]:
+def _stage(model: Any, path: str, fmt: str, outputs: Outputs) -> tuple[int, str]:
     """Write into ``outputs``' staging names beside ``path``; moved into place on its commit."""
     staged = outputs.staging_path(path)
     if fmt == "onnx":
