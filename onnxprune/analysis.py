@@ -258,7 +258,9 @@ def analyze(
         graph = import_graph(model)
     else:
         name_graph_nodes(graph)
-    params = ParamResolver(initializers)
+    if initializers is None or not initializers.reads(model):
+        initializers = InitializerCache(model)
+    params = ParamResolver(initializers, graph)
     shapes = static_shapes(model, in_shapes, graph, params)
     ctx = AnalysisContext(graph=graph, shapes=shapes, opset=model_opset(model), params=params, source=source)
     ctx.shape_values = ShapeEvaluator(shapes, params)

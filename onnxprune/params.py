@@ -15,7 +15,7 @@ from onnx import numpy_helper
 from .qdq import qdq_values
 from .wire import RAW_DTYPES, raw_data_offsets
 
-__all__ = ["InitializerCache", "Param", "ParamResolver", "constant_values"]
+__all__ = ["InitializerCache", "Param", "ParamResolver"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,22 @@ class InitializerCache:
         """Drop the array of ``tensor`` (read again if asked for)."""
         self._arrays.pop(id(tensor), None)
 
+    def reads(self, model: onnx.ModelProto) -> bool:
+        """True when this is the cache of ``model``."""
+        return self._model is model
+
+    def originals(self, graph: gs.Graph) -> dict[int, tuple[gs.Constant, onnx.TensorProto]]:
+        """The Constants of ``graph``, just imported from this cache's model, that are its
+        initializers (by id, with the Constant held so the id stays its own)."""
+        if self._model is None:
+            return {}
+        by_name = {t.name: t for t in self._model.graph.initializer}
+        return {
+            id(t): (t, by_name[t.name])
+            for t in graph.tensors().values()
+            if isinstance(t, gs.Constant) and t.name in by_name and tuple(t.shape) == tuple(by_name[t.name].dims)
+        }
+
 
 # Nodes (Identity, Q/DQ) a constant is followed through, at most: exporters put one to three
 # between a weight and its reader. A longer chain is not read as a constant (its reader is then
@@ -97,11 +113,15 @@ MAX_CHAIN = 8
 class ParamResolver:
     """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ).
 
-    ``initializers``: a cache shared with other readers of the same model (see InitializerCache)."""
+    ``initializers``: a cache shared with other readers of the same model (see InitializerCache);
+    ``graph``: the graph just imported from that model, whose initializers are then read through
+    the cache (graphsurgeon's ``Constant.values`` would copy each one and keep the copy on the
+    graph). Other constants are read through ``Constant.values``."""
 
-    def __init__(self, initializers: InitializerCache | None = None) -> None:
+    def __init__(self, initializers: InitializerCache | None = None, graph: gs.Graph | None = None) -> None:
         self._cache: dict[int, Param | None] = {}
         self._initializers = initializers
+        self._originals = initializers.originals(graph) if initializers is not None and graph is not None else {}
 
     def __call__(self, tensor: gs.Tensor | None, _depth: int = 0) -> Param | None:
         if tensor is None:
@@ -116,16 +136,22 @@ class ParamResolver:
     def forget(self, tensor: gs.Tensor) -> None:
         """Drop what was read for ``tensor``: the surgery calls it once a weight is sliced, so
         the original and its sliced copy are not both kept for every weight of the model."""
-        from onnx_graphsurgeon.ir.tensor import LazyValues
-
         self._cache.pop(id(tensor), None)
-        lazy = getattr(tensor, "_values", None)
-        if self._initializers is not None and isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
-            self._initializers.forget(lazy.tensor)
+        stored = self.initializer(tensor)
+        if stored is not None and self._initializers is not None:
+            self._initializers.forget(stored)
+
+    def initializer(self, tensor: gs.Tensor) -> onnx.TensorProto | None:
+        """The model's initializer that ``tensor`` is the imported Constant of, else None (a
+        Constant made since, or a graph imported without ``graph=``)."""
+        hit = self._originals.get(id(tensor))
+        return hit[1] if hit is not None and hit[0] is tensor else None
 
     def _resolve(self, tensor: gs.Tensor, depth: int) -> Param | None:
         if isinstance(tensor, gs.Constant):
-            return Param(constant_values(tensor, self._initializers), (), tensor)
+            stored = self.initializer(tensor)
+            values = self._initializers.array(stored) if stored is not None and self._initializers is not None else np.asarray(tensor.values)
+            return Param(values, (), tensor)
         if len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
@@ -149,23 +175,11 @@ class ParamResolver:
         return None
 
 
-def constant_values(t: gs.Constant, initializers: InitializerCache | None = None) -> np.ndarray:
-    """A graphsurgeon constant's array without graphsurgeon's extra copy, and without caching
-    it on the tensor (that would keep every weight of the model alive a second time); read
-    through ``initializers`` when given."""
-    from onnx_graphsurgeon.ir.tensor import LazyValues
-
-    lazy = t._values  # noqa: SLF001 - graphsurgeon's lazy holder; .values would copy and cache
-    if isinstance(lazy, LazyValues) and isinstance(lazy.tensor, onnx.TensorProto):
-        return initializers.array(lazy.tensor) if initializers is not None else numpy_helper.to_array(lazy.tensor)
-    return np.asarray(t.values)
-
-
 def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     attrs = node.attrs
     if "value" in attrs:
         v = attrs["value"]
-        return constant_values(v) if isinstance(v, gs.Constant) else np.asarray(v)
+        return np.asarray(v.values) if isinstance(v, gs.Constant) else np.asarray(v)
     for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)

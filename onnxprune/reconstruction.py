@@ -24,7 +24,7 @@ from .analysis import ChannelAnalysis, import_graph
 from .compensation import removed_id_mask
 from .errors import UnsupportedModel
 from .node_names import nodes_by_name
-from .params import ParamResolver
+from .params import InitializerCache, ParamResolver
 from .planning import PruningPlan
 from .rules import Layer, RuleRegistry, default_registry
 from .runtime import session
@@ -99,8 +99,9 @@ def reconstruct(
             acts[n].append(np.asarray(v, dtype=np.float64))
     values = {n: np.concatenate(v) for n, v in acts.items()}
 
-    params = ParamResolver()
-    g_orig = {n.name: n for n in import_graph(original).nodes}
+    graph = import_graph(original)
+    params = ParamResolver(InitializerCache(original), graph)
+    g_orig = {n.name: n for n in graph.nodes}
     inits = {t.name: t for t in out.graph.initializer}
     readers = defaultdict(int)
     for n in out.graph.node:

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel, UsageError
-from .params import InitializerCache, ParamResolver, constant_values
+from .params import InitializerCache, ParamResolver
 from .validation import model_opset
 from .compensation import removed_id_mask, sink_fills
 from .edits import Edit, GroupColumns, SetValue, SliceAxis, apply_edits, edit_key
@@ -241,6 +241,8 @@ def prune_deferred(
     completed (see saving.DeferredModel). ``initializers``: the arrays the analysis read."""
     registry = registry or default_registry()
     graph = import_graph(model)
+    if initializers is None or not initializers.reads(model):
+        initializers = InitializerCache(model)
     if tuple(n.name for n in graph.nodes) != analysis.node_labels:  # edits and fills go by node name
         raise UsageError("the analysis was made for another model: the nodes differ")
     removed_ids = removed_id_mask(analysis, plan)
@@ -255,7 +257,7 @@ def prune_deferred(
     fills = sink_fills(analysis, removed_ids, estimates)
     ctx = SurgeryContext(
         graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model),
-        params=ParamResolver(initializers),
+        params=ParamResolver(initializers, graph),
     )
     layouts = analysis.layouts
     changed: set[str] = set()
@@ -273,27 +275,28 @@ def prune_deferred(
         if t.name in changed and isinstance(t, gs.Variable):
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return _export(graph, model, into_model=consume, changed=changed)
+    return _export(graph, model, ctx.params, into_model=consume, changed=changed)
 
 
-def _export(graph: gs.Graph, model: onnx.ModelProto, *, into_model: bool, changed: frozenset[str] | set[str] = frozenset()) -> DeferredModel:
+def _export(
+    graph: gs.Graph, model: onnx.ModelProto, params: ParamResolver, *, into_model: bool, changed: frozenset[str] | set[str] = frozenset()
+) -> DeferredModel:
     """Write the edited ``graph`` out as a model with ``model``'s fields (opsets, metadata,
     functions). Weights are written here, not by graphsurgeon's exporter (which copies each
     one four times): untouched initializers are copied once from ``model`` or, ``into_model``,
-    left where they are; big new arrays are deferred (see saving.DeferredModel)."""
-    from onnx_graphsurgeon.ir.tensor import LazyValues
-
-    originals = {id(t): t.name for t in model.graph.initializer}
+    left where they are; big new arrays are deferred (see saving.DeferredModel). ``params``:
+    the resolver made with ``graph`` when it was imported (it knows which Constants are
+    ``model``'s initializers)."""
     untouched: set[str] = set()
     fresh: list[tuple[str, np.ndarray]] = []
     for t in list(graph.tensors().values()):
         if not isinstance(t, gs.Constant):
             continue
-        lazy = t._values  # noqa: SLF001 - graphsurgeon's lazy holder of a loaded initializer
-        if isinstance(lazy, LazyValues) and originals.get(id(lazy.tensor)) == t.name:
+        stored = params.initializer(t)
+        if stored is not None and stored.name == t.name:
             untouched.add(t.name)
-        else:
-            fresh.append((t.name, constant_values(t)))
+        else:  # made by the surgery (an array), or an initializer under a new name
+            fresh.append((t.name, params(t).values if stored is not None else np.asarray(t.values)))
         # Stand in for it by name only, so the exporter leaves its data alone.
         stand_in = gs.Variable(t.name)
         for consumer in list(t.outputs):
