@@ -156,11 +156,14 @@ def bench_chain(args: argparse.Namespace, pruned: Any, int8_path: str, shapes: d
         float_path = os.path.join(tmp, "pruned_fp32.onnx")
         save_model(pruned, float_path)
         timings = benchmark([args.model, float_path, int8_path], input_shapes=shapes, progress=progress)
-    out = []
-    paths = (args.model, "(pruned float model, not written)", args.ir or args.output)
-    for label, path, t in zip(("original fp32", "pruned fp32", "pruned int8"), paths, timings):
-        out.append({**t.to_dict(), "path": path, "label": label, "warning": spread_warning(timings[0], t)})
-    return out
+    from dataclasses import replace
+
+    # Named as the user knows them (the int8 model was timed where it is staged).
+    named = [replace(t, path=path) for t, path in zip(timings, (args.model, "pruned fp32 (not written)", args.ir or args.output))]
+    return [
+        {**t.to_dict(), "label": label, "warning": spread_warning(named[0], t)}
+        for label, t in zip(("original fp32", "pruned fp32", "pruned int8"), named)
+    ]
 
 
 def joint_prune(args: argparse.Namespace, prune_config: Any, progress: Any) -> tuple[Any, dict]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .fidelity import OutputScore
-from .verification import OutputFidelity
+from .fidelity import OutputFidelity, OutputScore
 
 __all__ = [
     "AccuracyControl",

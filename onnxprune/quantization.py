@@ -279,19 +279,21 @@ def _key(feeds: dict) -> tuple:
     return tuple((k, feeds[k].tobytes()) for k in sorted(feeds))
 
 
-def _score(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]], config: QuantizeConfig):
-    from .fidelity import score_outputs
+def _per_output(samples: Sequence[Sequence[np.ndarray]], n: int) -> list[list[np.ndarray]]:
+    """Per output, its array for every sample (from per sample, its outputs)."""
+    return [[np.asarray(s[k]) for s in samples] for k in range(n)]
 
-    r = [np.concatenate([np.asarray(s[k]) for s in ref]) for k in range(len(names))]
-    g = [np.concatenate([np.asarray(s[k]) for s in got]) for k in range(len(names))]
-    return score_outputs(names, r, g, config.fidelity_metrics)
+
+def _score(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]], config: QuantizeConfig) -> tuple:
+    """(the run's fidelity, per-output scores, per-output figures) from onnxprune.fidelity."""
+    from .fidelity import fidelity_from_outputs, run_score
+
+    outputs = fidelity_from_outputs(names, _per_output(ref, len(names)), _per_output(got, len(names)), config.fidelity_metrics)
+    return (*run_score(outputs), outputs)
 
 
 def _against(what: str, names: Sequence[str], ref: list, got: list, config: QuantizeConfig) -> FidelityAgainst:
-    from .verification import fidelity_from_outputs
-
-    score, scores = _score(names, ref, got, config)
-    per_output = fidelity_from_outputs(names, [[s[k] for s in ref] for k in range(len(names))], [[s[k] for s in got] for k in range(len(names))])
+    score, scores, per_output = _score(names, ref, got, config)
     return FidelityAgainst(what, score, scores, per_output)
 
 
@@ -312,10 +314,13 @@ def _openvino_outputs(ov_model: Any, feeds: Sequence[dict]) -> list[list[np.ndar
 
 def _stage(model: Any, path: str, fmt: str, outputs: Outputs) -> tuple[int, str]:
     """Write into ``outputs``' staging names beside ``path``; moved into place on its commit."""
+    if fmt == "onnx":  # staged under its final name, so external data (past 2 GB) still resolves
+        from .saving import DeferredModel
+
+        model_files = DeferredModel(model).staged(path)
+        outputs.add_model(model_files)
+        return model_files.size, model_files.path
     staged = outputs.staging_path(path)
-    if fmt == "onnx":
-        outputs.add(staged, path)
-        return _write(model, staged, fmt), staged
     # The .xml does not name its .bin: OpenVINO reads the .bin of the same name.
     outputs.add(staged[: -len(".xml")] + ".bin", path[: -len(".xml")] + ".bin")
     outputs.add(staged, path)

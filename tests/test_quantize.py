@@ -275,3 +275,20 @@ def test_a_failure_inside_nncf_is_one_line_exit_2(files: dict[str, Path], tmp_pa
     assert code == 2 and len(err.splitlines()) == 1
     assert "NNCF cannot quantize the model: Could not find the node 'conv2' in the graph" in err and "nothing written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_quantize_bench_times_the_chain_side_by_side(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxprune.bench as bench
+
+    real = bench.benchmark
+    monkeypatch.setattr(bench, "benchmark", lambda paths, **kw: real(paths, **{**kw, "rounds": 2, "runs_per_round": 2, "warmup": 1, "throughput_seconds": 0.05}))
+    out, report = tmp_path / "p8.onnx", tmp_path / "r.json"
+    code = cli.main(["prune", str(files["tiny"]), "-o", str(out), "--ratio", "0.25", "--calibration", str(files["cal"]),
+                     "--quantize", "int8", "--subset-size", "64", "--bench", "--report", str(report), "-q"])
+    assert code == 0
+    rows = json.loads(report.read_text())["benchmark"]
+    assert [r["label"] for r in rows] == ["original fp32", "pruned fp32", "pruned int8"]
+    assert rows[2]["path"] == str(out) and rows[0]["path"] == str(files["tiny"])
+    assert rows[2]["precision"].startswith("int8 + ") and not rows[1]["precision"].startswith("int8")
+    assert all(r["latency_p10_ms"] <= r["latency_median_ms"] <= r["latency_p90_ms"] for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p8.onnx", "r.json"]
