@@ -278,7 +278,7 @@ def test_a_failure_inside_nncf_is_one_line_exit_2(files: dict[str, Path], tmp_pa
 
 
 def test_prune_quantize_bench_times_the_chain_side_by_side(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import onnxprune.bench as bench
+    from onnxprune import bench
 
     real = bench.benchmark
     monkeypatch.setattr(bench, "benchmark", lambda paths, **kw: real(paths, **{**kw, "rounds": 2, "runs_per_round": 2, "warmup": 1, "throughput_seconds": 0.05}))
