@@ -9,7 +9,8 @@ rule for a custom op works there too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
 
@@ -232,8 +233,13 @@ class Layer:
     ``RuleRegistry.layer`` returns for either a graphsurgeon node or an onnx NodeProto)."""
 
     op: str
-    attrs: Attrs
+    node: gs.Node | onnx.NodeProto = field(repr=False)
     semantics: LayerSemantics
+
+    @cached_property
+    def attrs(self) -> Attrs:
+        """The node's attributes (read on first use: MACs and weight indices need none)."""
+        return node_attrs(self.node)
 
     @property
     def data_index(self) -> int:
@@ -293,11 +299,21 @@ def node_attrs(node: gs.Node | onnx.NodeProto) -> Attrs:
     """A node's attributes as a read-only mapping, strings as ``str``, for either representation."""
     if isinstance(node, gs.Node):
         return MappingProxyType(dict(node.attrs))
-    attrs = {}
+    attrs: dict[str, object] = {}
     for a in node.attribute:
-        v = onnx.helper.get_attribute_value(a)
-        attrs[a.name] = v.decode() if isinstance(v, bytes) else v
+        if a.type == _INT:  # the common kinds read directly: this runs for every layer of a model
+            attrs[a.name] = a.i
+        elif a.type == _INTS:
+            attrs[a.name] = list(a.ints)
+        elif a.type == _FLOAT:
+            attrs[a.name] = a.f
+        else:
+            v = onnx.helper.get_attribute_value(a)
+            attrs[a.name] = v.decode() if isinstance(v, bytes) else v
     return MappingProxyType(attrs)
+
+
+_INT, _INTS, _FLOAT = onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT
 
 
 def numel(shape: Shape | None) -> int | None:
@@ -313,6 +329,7 @@ class RuleRegistry:
 
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self._rules: dict[tuple[str, str], list[tuple[int, int, Rule]]] = {}
+        self._is_layer: dict[int, bool] = {}  # id(rule) -> implements LayerSemantics (a slow check)
         for rule in rules:
             self.register(rule)
 
@@ -339,9 +356,12 @@ class RuleRegistry:
         else:
             op, domain = node.op_type, node.domain
         rule = self.lookup(op, domain, opset)
-        if rule is None or not isinstance(rule, LayerSemantics):
+        if rule is None:
             return None
-        return Layer(op, node_attrs(node), rule)
+        is_layer = self._is_layer.get(id(rule))
+        if is_layer is None:
+            is_layer = self._is_layer[id(rule)] = isinstance(rule, LayerSemantics)
+        return Layer(op, node, rule) if is_layer else None
 
     def op_types(self) -> list[str]:
         return sorted({op for (_, op) in self._rules})
@@ -349,6 +369,7 @@ class RuleRegistry:
     def copy(self) -> "RuleRegistry":
         new = RuleRegistry()
         new._rules = {k: list(v) for k, v in self._rules.items()}
+        new._is_layer = dict(self._is_layer)
         return new
 
 
