@@ -31,8 +31,11 @@ def check_opsets(model: onnx.ModelProto, source: str) -> None:
 
 
 def check_dataflow(model: onnx.ModelProto, source: str) -> None:
-    """Every node input defined before use: name the node that breaks it (a cycle or a typo)."""
+    """Every node input defined before use: name the node that breaks it (a cycle or a typo);
+    at least one graph output."""
     g = model.graph
+    if not g.output:  # nothing it computes is used: everything would be pruned away
+        raise LoadError(f"{source}: the graph has no outputs")
     defined = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
     produced_by = {o: (n.name or f"{n.op_type}#{i}") for i, n in enumerate(g.node) for o in n.output}
     for i, node in enumerate(g.node):
@@ -70,6 +73,7 @@ _SUB_BYTE_BITS = {
 _COMPLEX = (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 _INT64_MAX = 2**63 - 1
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum", "basepath"})
 
 
 def _type_name(data_type: int) -> str:
@@ -130,6 +134,8 @@ def check_wellformed(
             if desc is _SHAPE:
                 _check_shape(msg)
                 continue  # its dims too
+            if desc is _ATTRIBUTE:
+                _check_attribute_bytes(msg)
             if desc is _TENSOR_TYPE and msg.HasField("elem_type") and msg.elem_type not in _DATA_TYPES:
                 raise _Refused(f"unknown element type {msg.elem_type}")
             for fd, value in msg.ListFields():
@@ -159,6 +165,18 @@ _TENSOR = onnx.TensorProto.DESCRIPTOR
 _VALUE_INFO = onnx.ValueInfoProto.DESCRIPTOR
 _SHAPE = onnx.TensorShapeProto.DESCRIPTOR
 _TENSOR_TYPE = onnx.TypeProto.Tensor.DESCRIPTOR
+_ATTRIBUTE = onnx.AttributeProto.DESCRIPTOR
+
+
+def _check_attribute_bytes(a: onnx.AttributeProto) -> None:
+    """String attributes are bytes in protobuf, but text to onnx and graphsurgeon (a Pad's mode,
+    a Conv's auto_pad): they must decode."""
+    for field, values in (("s", [a.s] if a.HasField("s") else []), ("strings", a.strings)):
+        for v in values:
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Refused(f"{field} is not valid UTF-8 ({v[:40]!r})") from None
 
 
 def _plain_tensor_info(vi: onnx.ValueInfoProto) -> bool:
@@ -273,6 +291,9 @@ def _check_tensor(t: onnx.TensorProto, raw_lengths: Mapping[str, int] | None, da
 
 def _check_external(t: onnx.TensorProto, what: str, nbytes: int | None, data_sizes: Mapping[str, int] | None) -> None:
     info = {e.key: e.value for e in t.external_data}
+    unknown = sorted(set(info) - _EXTERNAL_KEYS)
+    if unknown:  # onnx would ignore it with a warning, onnxruntime refuses the model
+        raise _Refused(f"external data key {unknown[0]!r} is not one of {', '.join(sorted(_EXTERNAL_KEYS))}")
     if nbytes is None:
         raise _Refused(f"a STRING tensor cannot be stored as external data")
     numbers = {}

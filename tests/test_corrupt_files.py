@@ -167,6 +167,22 @@ def _external_offset_not_a_number(folder: Path) -> bytes:
     return _external(folder, offset="-8")
 
 
+def _external_unknown_key(folder: Path) -> bytes:
+    return _external(folder, lenght="432")  # onnx warns and ignores it, onnxruntime refuses the model
+
+
+def _attribute_string_not_utf8(folder: Path) -> bytes:
+    m = _small()
+    m.graph.node[0].attribute.append(helper.make_attribute("auto_pad", "NOTSET"))
+    return _replace(_bytes(m), b"NOTSET", b"NOT\xffET")
+
+
+def _no_outputs(folder: Path) -> bytes:
+    m = _small()
+    del m.graph.output[:]  # nothing is used: everything would be pruned away
+    return _bytes(m)
+
+
 def _huge_input(folder: Path) -> bytes:
     m = _small()
     dims = m.graph.input[0].type.tensor_type.shape.dim
@@ -195,6 +211,9 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_external_length_huge, f"tensor 'W': external data 0+{2**62} bytes runs past the end of 'weights.bin' (432 bytes)"),
     (_external_length_contradicts_dims, "tensor 'W': external data holds 400 bytes, its dims (4, 3, 3, 3) and type FLOAT need 432"),
     (_external_offset_not_a_number, "tensor 'W': external data offset '-8' is not a non-negative integer"),
+    (_external_unknown_key, "tensor 'W': external data key 'lenght' is not one of basepath, checksum, length, location, offset"),
+    (_attribute_string_not_utf8, "node 'conv' (Conv), attribute 'auto_pad': s is not valid UTF-8 (b'NOT\\xffET')"),
+    (_no_outputs, "the graph has no outputs"),
     (_huge_input, "input 'x' of shape (1, 3, 1048576, 1048576) would take 2.46e+04 GiB of random data to verify"),
 ]
 
@@ -296,3 +315,15 @@ def test_long_shape_expression_is_bounded(capsys: pytest.CaptureFixture[str], tm
     assert cli.main(["analyze", str(path)]) == 0
     out = capsys.readouterr().out
     assert "target shape is neither constant nor computed from shapes" in out
+
+
+def test_transpose_perm_not_a_permutation() -> None:
+    """A Transpose whose perm lost an entry, where onnx's checks do not see it (the input's
+    rank unknown to shape inference): the rule names the node (a KeyError once)."""
+    import onnxprune
+    from onnxprune.analysis import analyze
+
+    m = _small()
+    m.graph.node[1].CopyFrom(helper.make_node("Transpose", ["c"], ["y"], name="transpose", perm=[0, 2, 3]))
+    with pytest.raises(onnxprune.LoadError, match=r"node 'transpose' \(Transpose\): perm \[0, 2, 3\] is not a permutation of the input's 4 axes"):
+        analyze(m, source="m.onnx")

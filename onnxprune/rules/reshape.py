@@ -188,6 +188,8 @@ class TransposeRule:
             return None
         perm = node.attrs.get("perm")
         perm = list(range(lay.rank))[::-1] if perm is None else [int(p) for p in perm]
+        if sorted(perm) != list(range(lay.rank)):  # onnx's checks miss it when shapes are unknown
+            ctx.invalid(f"perm {perm} is not a permutation of the input's {lay.rank} axes")
         inverse = {src: dst for dst, src in enumerate(perm)}
         ctx.set_layout(
             node.outputs[0],
