@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -117,18 +117,16 @@ def plan_with_budget(
 
     removed_count: dict[str, int] = defaultdict(int)
     removed: list[int] = []
-    if config.global_ranking or config.macs_target is not None:
+    notes: list[str] = []
+    if config.macs_target is not None and macs is not None:
+        removed, notes = _macs_target_cut(analysis, config, candidates, members, budgets, scores, reasons, macs)
+    elif config.global_ranking or config.macs_target is not None:
         cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
         total = sum(b.channels for b in budgets.values())
         goal_channels = (config.ratio or 0.0) * total if config.macs_target is None else np.inf
-        goal_macs = None
-        if config.macs_target is not None and macs is not None:
-            goal_macs = config.macs_target * macs.current
         cut = 0
         for gid in candidates:
-            if goal_macs is not None and macs is not None and macs.current <= goal_macs:
-                break
-            if goal_macs is None and cut >= goal_channels:
+            if cut >= goal_channels:
                 break
             layers = members[gid]
             if any(removed_count[n] + k > cap[n] for n, k in layers.items()):
@@ -138,8 +136,6 @@ def plan_with_budget(
             for n, k in layers.items():
                 removed_count[n] += k
             cut += sum(layers.values())
-            if macs is not None:
-                macs.remove(gid)
     else:
         target = {n: min(int(b.sparsity * b.channels), b.channels - 1) for n, b in budgets.items()}
         if config.round_to > 1:
@@ -154,9 +150,91 @@ def plan_with_budget(
                 removed.append(gid)
                 for n, k in layers.items():
                     removed_count[n] += k
-    return finish_plan(
+    the_plan = finish_plan(
         analysis, config, removed, scores, reasons, lambda gid: f"ranked above the cut by {config.criterion} (score {scores[gid]:.3g})"
     )
+    return replace(the_plan, notes=the_plan.notes + tuple(notes)) if notes else the_plan
+
+
+def _macs_target_cut(
+    analysis: ChannelAnalysis,
+    config: PruneConfig,
+    candidates: Sequence[int],
+    members: Mapping[int, Mapping[str, int]],
+    budgets: Mapping[str, LayerBudget],
+    scores: Mapping[int, float],
+    reasons: dict[int, list[str]],
+    macs: "MacsTracker",
+) -> tuple[list[int], list[str]]:
+    """The shortest prefix of the removal order whose *final* plan (kept counts rounded to
+    ``config.round_to``, grouped convolutions balanced: both put groups back) has MACs <= the
+    target; and a note saying exactly why when no prefix reaches it."""
+    goal = config.macs_target * macs.original  # type: ignore[operator]
+    cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
+    count: dict[str, int] = defaultdict(int)
+    order: list[int] = []
+    skipped: list[tuple[int, int]] = []  # (group, position in the order when it was skipped)
+    for gid in candidates:  # every group that can go, lowest score first
+        layers = members[gid]
+        if any(count[n] + k > cap[n] for n, k in layers.items()):
+            skipped.append((gid, len(order)))
+            continue
+        order.append(gid)
+        for n, k in layers.items():
+            count[n] += k
+
+    def final_macs(k: int) -> float:
+        chosen = set(order[:k])
+        if config.round_to > 1:
+            chosen = _round_kept(analysis, members, budgets, chosen, scores, config.round_to, {})
+        return macs.evaluate(enforce_constraints(analysis, chosen, {}))
+
+    k = 0  # the shortest prefix that reaches the goal before rounding
+    while k < len(order) and macs.current > goal:
+        macs.remove(order[k])
+        k += 1
+    notes: list[str] = []
+    if final_macs(k) > goal and k < len(order):
+        # Rounding (or balance) put groups back: go further down the order until the final plan
+        # reaches the goal (galloping, then bisection between the last miss and the first hit).
+        low, step, high = k, 1, None
+        while high is None:
+            probe = min(low + step, len(order))
+            if final_macs(probe) <= goal:
+                high = probe
+            elif probe == len(order):
+                break
+            else:
+                low, step = probe, step * 2
+        if high is not None:
+            while high - low > 1:
+                mid = (low + high) // 2
+                if final_macs(mid) <= goal:
+                    high = mid
+                else:
+                    low = mid
+            k = high
+        else:
+            k = len(order)
+    reached = final_macs(k)
+    if reached > goal:
+        ratio = reached / macs.original if macs.original else 1.0
+        why = []
+        if config.round_to > 1:
+            why.append(f"with --round-to {config.round_to} every layer keeps a multiple of {config.round_to} channels (at least {config.round_to})")
+        why.append("every layer keeps at least one channel")
+        if any(g.pinned for g in analysis.groups) or any(b.excluded_by for b in budgets.values()):
+            why.append("pinned and protected channels stay (see the kept reasons)")
+        notes.append(
+            f"MACs target {config.macs_target:g} not reached: removing every group that may go leaves {ratio:.3f}x of the MACs, "
+            f"because {'; '.join(why)}"
+        )
+    last = order[k - 1] if k else None
+    limit = order.index(last) + 1 if last is not None else 0
+    for gid, position in skipped:
+        if position < limit:
+            reasons.setdefault(gid, []).append("would remove the last channel of a layer")
+    return order[:k], notes
 
 
 def pinned_reasons(analysis: ChannelAnalysis) -> dict[int, list[str]]:

@@ -133,6 +133,12 @@ def _build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
     common(a)
     a.add_argument("--json", metavar="R.json", help="write the groups as JSON")
+    a.add_argument("--layers", action="store_true", help="per weight-bearing layer: channels, how many each criterion family may remove, why the rest stay (as explain)")
+
+    x = sub.add_parser("explain", help="why is this layer not pruned? per layer: channels, removable (zero / lossy), reasons for the rest")
+    common(x)
+    x.add_argument("--node", action="append", default=[], metavar="NAME", help="explain only this layer (repeatable)")
+    x.add_argument("--json", metavar="E.json", help="write the per-layer view as compact JSON")
     return parser
 
 
@@ -153,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cli_quantize import quantize_command
 
             return quantize_command(args, _shapes(args.input_shape))
+        if args.command == "explain" or args.layers:
+            return _explain(args)
         return _analyze(args)
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
@@ -423,6 +431,10 @@ def _bench(args: argparse.Namespace) -> int:
                 inputs = {k: np.asarray(data[k][:1]) for k in data.files}
         except Exception as exc:  # numpy and zipfile raise their own types
             raise UsageError(f"{args.inputs}: cannot read inputs ({' '.join(str(exc).split())[:200]})") from None
+    if args.json:
+        from .saving import check_writable
+
+        check_writable(args.json, "--json")
     progress = _progress(args.quiet)
     timings = benchmark(
         args.models,
@@ -463,6 +475,11 @@ def _sensitivity(args: argparse.Namespace) -> int:
         raise UsageError(f"--ratios {args.ratios!r}: expected numbers like 0.1,0.25,0.5") from None
     if not os.path.exists(args.calibration):
         raise UsageError(f"{args.calibration}: calibration inputs not found")
+    from .saving import check_writable
+
+    for path, what in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            check_writable(path, what)
     progress = _progress(args.quiet)
     result = sensitivity(
         args.model,
@@ -502,11 +519,14 @@ def _write_text(path: str, text: str) -> None:
 def _analyze(args: argparse.Namespace) -> int:
     from .api import analyze
 
+    if args.json:
+        from .saving import check_writable
+
+        check_writable(args.json, "--json")
     analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
     data = {"model": args.model, **analysis.summary(), "groups": [g.to_dict() for g in analysis.groups]}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(data, f, indent=2)
+        _write_text(args.json, json.dumps(data, indent=2))
     if not args.quiet:
         s = analysis.summary()
         print(f"{args.model}: {s['channels']} output channels in {s['groups']} channel groups")
@@ -515,6 +535,52 @@ def _analyze(args: argparse.Namespace) -> int:
             [(g.pinned_by, len(g.members)) for g in analysis.groups if g.pinned]
         ).most_common():
             print(f"  {groups:5d} groups {channels:6d} ch  {reason}")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .api import analyze
+    from .errors import UsageError
+    from .explain import explain_layers
+
+    json_path = getattr(args, "json", None)
+    if json_path:
+        from .saving import check_writable
+
+        check_writable(json_path, "--json")
+    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
+    nodes = getattr(args, "node", None) or None
+    if nodes:
+        known = {s.node for s in analysis.sources}
+        for name in nodes:
+            if name not in known:
+                import difflib
+
+                close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
+                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f" ({len(known)} weight-bearing layers: see 'onnxprune explain {args.model}')"
+                raise UsageError(f"{args.model}: no weight-bearing layer named {name!r}{hint}")
+    layers = explain_layers(analysis, nodes)
+    if json_path:
+        _write_text(json_path, json.dumps({"model": args.model, "layers": [x.to_dict() for x in layers]}, separators=(",", ":")))
+    if args.quiet:
+        return 0
+    if nodes:
+        for x in layers:
+            print(f"{x.node} ({x.op}): {x.channels} output channels")
+            for family, label in (("zero", "zero (exact, no budget)"), ("lossy", "lossy criteria (any budget)")):
+                n = x.removable[family]
+                print(f"  {label}: {n} removable, {x.channels - n} stay")
+                for reason, count in x.kept[family]:
+                    print(f"    {count:6d} ch  {reason}")
+        return 0
+    total = sum(x.channels for x in layers)
+    print(f"{args.model}: {len(layers)} weight-bearing layers, {total} output channels; removable: "
+          f"zero {sum(x.removable['zero'] for x in layers)}, lossy {sum(x.removable['lossy'] for x in layers)} (at most, all at once)")
+    print(f"{'layer':40s} {'op':14s} {'channels':>8s} {'zero':>6s} {'lossy':>6s}   why the rest stay (lossy)")
+    for x in layers:
+        why = x.kept["lossy"][0][0] if x.kept["lossy"] else ""
+        more = f" (+{len(x.kept['lossy']) - 1} more)" if len(x.kept["lossy"]) > 1 else ""
+        print(f"{x.node[:40]:40s} {x.op[:14]:14s} {x.channels:8d} {x.removable['zero']:6d} {x.removable['lossy']:6d}   {why[:90]}{more}")
     return 0
 
 

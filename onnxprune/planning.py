@@ -31,9 +31,11 @@ class PruningPlan:
     kept_reasons: Mapping[int, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     scores: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
     members: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=lambda: MappingProxyType({}))
+    notes: tuple[str, ...] = ()  # what the planner could not do as asked (e.g. a MACs target missed), and why
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed_groups", tuple(sorted(int(g) for g in self.removed_groups)))
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
         object.__setattr__(self, "kept_reasons", MappingProxyType({int(k): tuple(v) for k, v in self.kept_reasons.items()}))
         object.__setattr__(self, "scores", MappingProxyType({int(k): float(v) for k, v in self.scores.items()}))
         object.__setattr__(

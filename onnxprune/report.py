@@ -173,7 +173,7 @@ def build_report(
         for g in analysis.groups
         if g.id not in removed_set and pruning_plan.kept_reasons.get(g.id)
     )
-    notes = []
+    notes = list(pruning_plan.notes)
     if not before.macs_complete:
         in_shapes = concrete_input_shapes(pruned, config.input_shapes, source)
         unranked = {vi.name for vi in pruned.graph.input if not vi.type.tensor_type.HasField("shape")}

@@ -73,6 +73,7 @@ def removing_leftovers(*paths: str) -> Iterator[None]:
 def write_atomic(path: str, data: bytes | str) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename: never a half-written
     file. (Models are written by DeferredModel.save, through a staging folder.)"""
+    check_output_folder(path)
     tmp = f"{path}.tmp{os.getpid()}"
     with removing_leftovers(tmp):
         with open(tmp, "w" if isinstance(data, str) else "wb") as f:
@@ -93,6 +94,8 @@ def check_output_folder(path: str, what: str = "output") -> None:
     before any work)."""
     if os.path.isdir(path):
         raise UsageError(f"{path}: {what} is a folder; give a file name")
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or fifo: a rename would replace it
+        raise UsageError(f"{path}: {what} is not a regular file; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise UsageError(f"{path}: {what} folder {folder} does not exist")

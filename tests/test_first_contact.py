@@ -397,3 +397,89 @@ def test_convert_tolerance(tmp_path: Path) -> None:
     assert not xml.exists() and not xml.with_suffix(".bin").exists() and sorted(tmp_path.iterdir()) == []
     p = run_cli("convert", FIXTURES / "residual.onnx", "-o", xml, "--fp16", "--tolerance", "0.5")
     assert p.returncode == 0 and "limit 0.5 x scale" in p.stdout
+
+
+# -- 1: --macs-target with --round-to reaches the target, or says exactly why not ----------------
+
+
+def _conv_chain(widths: tuple[int, ...] = (24, 24, 24, 24), seed: int = 4) -> onnx.ModelProto:
+    b = GraphBuilder(opset=17, seed=seed)
+    y = b.input("input", [1, 3, 16, 16])
+    b.channels[y] = 3
+    for w in widths:
+        y = b.op("Relu", b.conv(y, w))
+    b.output(b.conv(y, 2, k=1, pads=0))
+    return b.build()
+
+
+@pytest.mark.parametrize("target", [0.5, 0.35])
+def test_macs_target_holds_with_round_to(target: float) -> None:
+    r = onnxprune.prune(_conv_chain(), "l2", macs_target=target, round_to=8, verify=False)
+    assert r.report.macs_after <= target * r.report.macs_before
+    kept = {c.node: c.channels_after for c in r.report.layers}
+    assert kept and all(k % 8 == 0 for k in kept.values()), kept
+    assert not any("not reached" in n for n in r.report.notes)
+
+
+def test_macs_target_out_of_reach_says_why(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(_conv_chain((24, 24, 24, 24)), model)
+    p = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--macs-target", "0.05", "--round-to", "16", "--report", tmp_path / "r.json")
+    assert p.returncode == 0, p.stderr
+    notes = [n for n in json.loads((tmp_path / "r.json").read_text())["notes"] if "not reached" in n]
+    assert len(notes) == 1 and "MACs target 0.05 not reached" in notes[0]
+    assert "with --round-to 16 every layer keeps a multiple of 16 channels" in notes[0]
+    assert "note: MACs target 0.05 not reached" in p.stdout
+
+
+# -- 14: why is this layer not pruned? ---------------------------------------------------------
+
+
+def _explained_model(tmp_path: Path) -> Path:
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("input", [None, 3, 8, 8])
+    b.channels[x] = 3
+    y = b.op("Relu", b.conv(x, 8, zero=[1, 2]))  # two provably-zero channels
+    b.output(b.conv(y, 6))  # its channels reach the graph output: pinned
+    path = tmp_path / "m.onnx"
+    onnx.save(b.build(), path)
+    return path
+
+
+def test_explain_per_layer(tmp_path: Path) -> None:
+    model, out = _explained_model(tmp_path), tmp_path / "e.json"
+    p = run_cli("explain", model, "--json", out)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert "\n" not in text and len(text) < 1000  # compact: one line, no per-channel groups
+    layers = {x["node"]: x for x in json.loads(text)["layers"]}
+    first, last = layers["Conv_node_4"], layers["Conv_node_10"]
+    assert first["channels"] == 8 and first["removable"] == {"zero": 2, "lossy": 7}
+    assert first["kept"]["zero"] == {"not constant where Conv_node_10 reads it": 6}
+    assert first["kept"]["lossy"] == {"last channel of tensor 'Conv_3': at least one must stay": 1}
+    assert last["channels"] == 6 and last["removable"] == {"zero": 0, "lossy": 0}
+    assert last["kept"]["lossy"] == {"reaches graph output 'Conv_9'": 6}
+    assert "zero 2, lossy 7" in p.stdout
+
+
+def test_explain_one_node_and_analyze_layers(tmp_path: Path) -> None:
+    model = _explained_model(tmp_path)
+    p = run_cli("explain", model, "--node", "Conv_node_10")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("Conv_node_10 (Conv): 6 output channels") and "6 ch  reaches graph output 'Conv_9'" in p.stdout
+    assert "Conv_node_4" not in p.stdout
+    line = one_line_error(run_cli("explain", model, "--node", "Conv_node_5"))
+    assert "no weight-bearing layer named 'Conv_node_5'; did you mean 'Conv_node_4'" in line
+    layers = run_cli("analyze", model, "--layers")
+    assert layers.returncode == 0 and "zero 2, lossy 7" in layers.stdout
+
+
+def test_special_file_destination_is_refused(tmp_path: Path) -> None:
+    """A report to a device (or a fifo) is refused, never replaced by a regular file."""
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    line = one_line_error(run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "o.onnx", "--report", fifo))
+    assert f"{fifo}: --report is not a regular file" in line
+    assert fifo.is_fifo() and not (tmp_path / "o.onnx").exists()

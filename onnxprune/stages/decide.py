@@ -4,7 +4,7 @@ budget from measured sensitivity, or a given plan), and what replaces them (comp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -229,4 +229,10 @@ def _allocated_plan(loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapp
         protected = next((n for n, _ in analysis.group(gid).members if n in trials.protected), None)
         return f"protected: {trials.protected[protected]}" if protected else f"kept by the sensitivity-allocated budget ({goal})"
 
-    return Planned(finish_plan(analysis, config, groups, trials.scores, pinned_reasons(analysis), kept_reason), trials.result)
+    the_plan = finish_plan(analysis, config, groups, trials.scores, pinned_reasons(analysis), kept_reason)
+    if config.macs_target is not None and trials.tracker.original:
+        reached = trials.tracker.evaluate(the_plan.removed_groups) / trials.tracker.original
+        if reached > config.macs_target:
+            why = f"--round-to {config.round_to} put groups back" if config.round_to > 1 else "no allocation the search found goes further"
+            the_plan = replace(the_plan, notes=(*the_plan.notes, f"MACs target {config.macs_target:g} not reached: {reached:.3f}x, because {why}"))
+    return Planned(the_plan, trials.result)
