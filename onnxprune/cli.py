@@ -6,9 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from collections import Counter
 from typing import Mapping, Sequence
 
 __all__ = ["main"]
@@ -150,18 +148,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prune":
             return _prune(args)
         if args.command == "convert":
-            return _convert(args)
+            from .cli_openvino import convert_command
+
+            return convert_command(args)
         if args.command == "bench":
-            return _bench(args)
+            from .cli_openvino import bench_command
+
+            return bench_command(args)
         if args.command == "sensitivity":
             return _sensitivity(args)
         if args.command == "quantize":
             from .cli_quantize import quantize_command
 
             return quantize_command(args, _shapes(args.input_shape))
+        from .cli_analysis import analyze_command, explain_command
+
         if args.command == "explain" or args.layers:
-            return _explain(args)
-        return _analyze(args)
+            return explain_command(args)
+        return analyze_command(args)
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -315,6 +319,8 @@ def _prune(args: argparse.Namespace) -> int:
             outputs.add_text(args.report, json.dumps(data, indent=2))
         outputs.commit()
     if not args.quiet:
+        from .cli_text import format_report
+
         print(format_report(data))
     return 0
 
@@ -377,93 +383,6 @@ def _progress(quiet: bool):  # noqa: ANN202 - a callback or None
     return update
 
 
-def _convert(args: argparse.Namespace) -> int:
-    from .api import load
-    from .errors import UsageError
-    from .openvino_ir import convert_to_ir
-    from .saving import Outputs, check_writable
-    from .shapes import dynamic_batch_inputs
-    from .verification import make_inputs
-
-    if os.path.abspath(args.output) == os.path.abspath(args.model):
-        raise UsageError(f"{args.output}: output must differ from the input model")
-    if not args.output.endswith(".xml"):
-        raise UsageError(f"{args.output}: the IR path must end in .xml (the .bin is written beside it)")
-    check_writable(args.output, "IR")
-    model = load(args.model)
-    shapes = _shapes(args.input_shape)
-    feeds = []
-    if not args.no_verify:
-        # Checked at the given shapes, batch included; a dynamic batch nobody gave is 1.
-        batch = 1 if any(n not in shapes for n in dynamic_batch_inputs(model)) else None
-        feeds = [make_inputs(model, shapes, batch, 0, args.model)]
-    with Outputs() as outputs:
-        check = convert_to_ir(
-            model, args.output, input_shapes=shapes, static=args.static, fp16=args.fp16, check_feeds=feeds, source=args.model,
-            tolerance=args.tolerance, outputs=outputs,
-        )
-        outputs.commit()
-    if not args.quiet:
-        bin_path = args.output[: -len(".xml")] + ".bin"
-        print(f"{args.model} -> {args.output} + {os.path.basename(bin_path)} ({'FP16' if args.fp16 else 'FP32'} weights, {os.path.getsize(bin_path):,} bytes)")
-        if check is None:
-            print("check against onnxruntime: skipped (--no-verify)")
-        else:
-            shown = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[0].items())
-            print(f"check against onnxruntime: PASSED at {shown}, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
-                  f"(limit {check.tolerance:g} x scale {check.scale:.3g})")
-        if check is not None and check.ir_inputs:
-            print("IR inputs: " + ", ".join(f"{k} {v}" for k, v in check.ir_inputs.items())
-                  + ("" if args.static else "  (dynamic dimensions kept; --static bakes the --input-shape shapes)"))
-    return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from .bench import benchmark, spread_warning, spread_warnings
-    from .errors import UsageError
-
-    inputs = None
-    if args.inputs:
-        import numpy as np
-
-        try:
-            with np.load(args.inputs) as data:
-                inputs = {k: np.asarray(data[k][:1]) for k in data.files}
-        except Exception as exc:  # numpy and zipfile raise their own types
-            raise UsageError(f"{args.inputs}: cannot read inputs ({' '.join(str(exc).split())[:200]})") from None
-    if args.json:
-        from .saving import check_writable
-
-        check_writable(args.json, "--json")
-    progress = _progress(args.quiet)
-    timings = benchmark(
-        args.models,
-        backend=args.backend,
-        rounds=args.rounds,
-        runs_per_round=args.runs,
-        warmup=args.warmup,
-        throughput_seconds=args.throughput_seconds,
-        input_shapes=_shapes(args.input_shape),
-        progress=progress and (lambda d, t: progress("benchmark", d, t)),
-        seconds=args.time,
-        precision=args.precision,
-        inputs=inputs,
-    )
-    warnings = spread_warnings(timings)
-    if args.json:
-        rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
-        _write_text(args.json, json.dumps(rows, indent=2))
-    if not args.quiet:
-        print(f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)")
-        for t in timings:
-            spread = f"{t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f}"
-            print(f"{os.path.basename(t.path)[:36]:36s} {t.precision:>11s} {t.runs:5d} {t.latency_median_ms:10.3f} {spread:>17s} "
-                  f"{t.throughput_fps:9.1f} {t.latency_ratio:8.3f} {t.throughput_ratio:7.3f}")
-        for w in warnings:
-            print(f"warning: {w}")
-    return 0
-
-
 def _sensitivity(args: argparse.Namespace) -> int:
     from .api import sensitivity
     from .errors import UsageError
@@ -514,218 +433,3 @@ def _write_text(path: str, text: str) -> None:
     from .saving import write_atomic
 
     write_atomic(path, text)
-
-
-def _analyze(args: argparse.Namespace) -> int:
-    from .api import analyze
-
-    if args.json:
-        from .saving import check_writable
-
-        check_writable(args.json, "--json")
-    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
-    data = {"model": args.model, **analysis.summary(), "groups": [g.to_dict() for g in analysis.groups]}
-    if args.json:
-        _write_text(args.json, json.dumps(data, indent=2))
-    if not args.quiet:
-        s = analysis.summary()
-        print(f"{args.model}: {s['channels']} output channels in {s['groups']} channel groups")
-        print(f"pinned: {s['pinned_groups']} groups ({s['pinned_channels']} channels)")
-        for reason, (groups, channels) in _reason_counts(
-            [(g.pinned_by, len(g.members)) for g in analysis.groups if g.pinned]
-        ).most_common():
-            print(f"  {groups:5d} groups {channels:6d} ch  {reason}")
-    return 0
-
-
-def _explain(args: argparse.Namespace) -> int:
-    from .api import analyze
-    from .errors import UsageError
-    from .explain import explain_layers
-
-    json_path = getattr(args, "json", None)
-    if json_path:
-        from .saving import check_writable
-
-        check_writable(json_path, "--json")
-    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
-    nodes = getattr(args, "node", None) or None
-    if nodes:
-        known = {s.node for s in analysis.sources}
-        for name in nodes:
-            if name not in known:
-                import difflib
-
-                close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f" ({len(known)} weight-bearing layers: see 'onnxprune explain {args.model}')"
-                raise UsageError(f"{args.model}: no weight-bearing layer named {name!r}{hint}")
-    layers = explain_layers(analysis, nodes)
-    if json_path:
-        _write_text(json_path, json.dumps({"model": args.model, "layers": [x.to_dict() for x in layers]}, separators=(",", ":")))
-    if args.quiet:
-        return 0
-    if nodes:
-        for x in layers:
-            print(f"{x.node} ({x.op}): {x.channels} output channels")
-            for family, label in (("zero", "zero (exact, no budget)"), ("lossy", "lossy criteria (any budget)")):
-                n = x.removable[family]
-                print(f"  {label}: {n} removable, {x.channels - n} stay")
-                for reason, count in x.kept[family]:
-                    print(f"    {count:6d} ch  {reason}")
-        return 0
-    total = sum(x.channels for x in layers)
-    print(f"{args.model}: {len(layers)} weight-bearing layers, {total} output channels; removable: "
-          f"zero {sum(x.removable['zero'] for x in layers)}, lossy {sum(x.removable['lossy'] for x in layers)} (at most, all at once)")
-    print(f"{'layer':40s} {'op':14s} {'channels':>8s} {'zero':>6s} {'lossy':>6s}   why the rest stay (lossy)")
-    for x in layers:
-        why = x.kept["lossy"][0][0] if x.kept["lossy"] else ""
-        more = f" (+{len(x.kept['lossy']) - 1} more)" if len(x.kept["lossy"]) > 1 else ""
-        print(f"{x.node[:40]:40s} {x.op[:14]:14s} {x.channels:8d} {x.removable['zero']:6d} {x.removable['lossy']:6d}   {why[:90]}{more}")
-    return 0
-
-
-def _reason_counts(items: list[tuple[Sequence[str], int]]) -> Counter:
-    """Groups and channels per reason (scores stripped, so one criterion's cut is one line)."""
-    counts: Counter = Counter()
-    agg: dict[str, list[int]] = {}
-    for reasons, channels in items:
-        key = re.sub(r" \(score [^)]*\)", "", reasons[0]) if reasons else "(no reason)"
-        entry = agg.setdefault(key, [0, 0])
-        entry[0] += 1
-        entry[1] += channels
-    for key, (g, c) in agg.items():
-        counts[key] = (g, c)
-    return counts
-
-
-def _fmt(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:g}"
-
-
-def format_report(d: dict) -> str:
-    """The human-readable form of a prune report (the JSON dict)."""
-    why = d.get("criterion_reason")
-    why = f" ({why})" if why and why != "given" else ""
-    lines = [f"{d['model']} -> {d.get('output', '')}   criterion: {d['criterion']}{why}", ""]
-    rows = [
-        ("output channels", d["channels_total"], d["channels_total"] - d["channels_removed"]),
-        ("parameters", d["params_before"], d["params_after"]),
-        ("MACs (batch 1)", d["macs_before"], d["macs_after"]),
-        ("file size (bytes)", d["size_before"], d["size_after"]),
-    ]
-    lines.append(f"{'':20s}{'before':>12s}{'after':>12s}{'change':>9s}")
-    for label, before, after in rows:
-        change = f"{(after - before) / before * 100:+.1f}%" if before else ""
-        lines.append(f"{label:20s}{_fmt(before):>12s}{_fmt(after):>12s}{change:>9s}")
-    if d["layers"]:
-        lines += ["", f"layers changed: {len(d['layers'])}"]
-        for layer in d["layers"]:
-            lines.append(f"  {layer['node']:40s} {layer['op']:14s} {layer['channels_before']:5d} -> {layer['channels_after']:5d}")
-    v = d.get("verification")
-    lines.append("")
-    if v is None:
-        lines.append("verification: skipped (--no-verify)")
-    else:
-        lines.extend(verification_lines(v))
-    fid = d.get("fidelity")
-    if fid:
-        lines.append(f"verified against: {d.get('verified_against')}; compensation: {d.get('compensation')}")
-        if d.get("fidelity_on_random_inputs"):
-            lines.append("fidelity vs the original, ON RANDOM NOISE (not real data; give --inputs or --calibration):")
-        else:
-            lines.append("fidelity vs the original (same inputs):")
-        for f in fid:
-            top1 = "" if f["top1_agreement"] is None else f"  top-1 agreement {f['top1_agreement'] * 100:.1f}%"
-            lines.append(
-                f"  {f['name']}: cosine {f['cosine']:.4f}  max abs err {f['max_abs_error']:.3g}  mean abs err {f['mean_abs_error']:.3g}{top1}"
-            )
-    kept = d["kept_groups"]
-    if kept:
-        lines += ["", f"channels kept, by reason ({len(kept)} groups):"]
-        counts = _reason_counts([(g["reasons"], g["channels"]) for g in kept])
-        for reason, (groups, channels) in counts.most_common(25):
-            lines.append(f"  {groups:5d} groups {channels:6d} ch  {reason}")
-        if len(counts) > 25:
-            lines.append(f"  ... {len(counts) - 25} more reasons in the JSON report")
-    if d.get("ir"):
-        c = d["ir"]["check"]
-        lines.append("")
-        lines.append(f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g})")
-    if d.get("openvino_pass"):
-        o = d["openvino_pass"]
-        lines.append("")
-        if o.get("error"):
-            lines.append(f"OpenVINO's own pruning pass: FAILED ({o.get('error_stage', '?')}): {o['error'].splitlines()[0][:200]}")
-        else:
-            ver = o.get("verification") or {}
-            lines.append(
-                f"OpenVINO's own pruning pass: {o['channels_removed']} of {o['channels_total']} channels (incl. depthwise), "
-                f"MACs {_fmt(o['macs_before'])} -> {_fmt(o['macs_after'])}, exact: {ver.get('exact')} (max abs diff {ver.get('max_abs_diff', float('nan')):.3g})"
-            )
-        lines.append(f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}")
-    if d.get("joint"):
-        from .quant_report import format_joint
-
-        lines += ["", format_joint(d["joint"])]
-    for key in ("quantization", "quantization_ir"):
-        if d.get(key):
-            from .quant_report import format_quantize
-
-            lines += ["", format_quantize(d[key])]
-    if d.get("benchmark"):
-        lines.append("")
-        lines.append(f"latency (OpenVINO, CPU, {d['benchmark'][0].get('precision', '?')} inference):")
-        for t in d["benchmark"]:
-            lines.append(f"  {t.get('label') or os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  "
-                         f"p10-p90 {t.get('latency_p10_ms', float('nan')):.3f}-{t['latency_p90_ms']:.3f} ms  "
-                         f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}  {t.get('precision', '')}")
-        for t in d["benchmark"]:
-            if t.get("warning"):
-                lines.append(f"  warning: {t['warning']}")
-    for note in d.get("notes", []):
-        lines.append(f"note: {note}")
-    return "\n".join(lines)
-
-
-def _limit_text(o: dict, v: dict) -> str:
-    floor = v.get("scale_floor")
-    scale = f"scale {o['scale']:.3g}" if floor is None or o["scale"] >= floor else f"the scale floor {floor:g} (scale {o['scale']:.3g})"
-    if o.get("noise_floor") is None:
-        return f"limit {o['limit']:.3g}: {v['tolerance']:g} x {scale}"
-    return f"limit {o['limit']:.3g}: the larger of {v['tolerance']:g} x {scale} and {v['noise_multiple']:g} x noise floor {o['noise_floor']:.3g}"
-
-
-def verification_lines(v: dict, most: int = 12) -> list[str]:
-    """The verification as table lines: verdict and worst output, the runtime that proved it,
-    then per output (and stand-in tensor) diff, noise floor, limit and margin."""
-    worst = next((o for o in v["outputs"] if o["name"] == v["worst_output"]), None)
-    limit = _limit_text(worst, v) if worst else f"limit {v['tolerance']:g} x scale {v['scale']:.3g}"
-    verdict = "PASSED" if v["passed"] else "FAILED"
-    lines = [
-        f"verification: {verdict}  worst output {v['worst_output']!r}: max abs diff {v['max_abs_diff']:.3g} ({limit}); {v['inputs']}",
-        f"  proved by {v.get('runtime', 'onnxruntime')}" + (f"; noise floor: {v['noise_runtime']}" if v.get("noise_runtime") else "; no noise floor (explicit --tolerance)"),
-    ]
-    for t in v.get("discontinuous_outputs", []):
-        lines.append(
-            f"  {t['output']!r} hangs on decisions ({', '.join(t['behind'])}): verified at {', '.join(repr(n) for n in t['verified_at'])}, "
-            "and compared itself where the decisions agree"
-        )
-    outs = v["outputs"]
-    lines.append(f"  {'output':32s} {'batch':>5s} {'max abs diff':>12s} {'noise floor':>11s} {'limit':>9s} {'margin':>8s}")
-    for o in outs[:most]:
-        noise = "-" if o.get("noise_floor") is None else f"{o['noise_floor']:.3g}"
-        margin = "exact" if o["max_abs_diff"] == 0 else ("FAIL" if not o["passed"] else f"{o['margin']:.3g}x")
-        name = o["name"] if len(o["name"]) <= 32 else "..." + o["name"][-29:]
-        note = ""
-        if o.get("stands_in_for"):
-            note = f"  (for {', '.join(o['stands_in_for'])})"
-        elif o.get("behind"):
-            note = f"  (compared on {o['compared_samples']} of {o['samples']} samples: where the decisions agree)"
-        lines.append(f"  {name:32s} {o['batch']:5d} {o['max_abs_diff']:12.3g} {noise:>11s} {o['limit']:9.3g} {margin:>8s}{note}")
-    if len(outs) > most:
-        lines.append(f"  ... {len(outs) - most} more in the JSON report")
-    return lines
-

@@ -59,12 +59,30 @@ def _static(shape: tuple[int | None, ...] | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in shape)
 
 
-def _missing_shape(ctx: "AnalysisContext", tensor: gs.Tensor) -> str:
-    """What is still missing for a static shape: the user's --input-shape, or (when every
-    input is static already) a shape that shape inference cannot follow."""
+def _graph_inputs_behind(tensor: gs.Tensor) -> list[gs.Variable]:
+    """The graph inputs ``tensor`` is computed from (variables no node produces)."""
+    seen: set[int] = set()
+    leaves: list[gs.Variable] = []
+    stack = [tensor]
+    while stack:
+        t = stack.pop()
+        if id(t) in seen or isinstance(t, gs.Constant):
+            continue
+        seen.add(id(t))
+        if not t.inputs:
+            leaves.append(t)
+        for node in t.inputs:
+            stack.extend(node.inputs)
+    return leaves
+
+
+def _missing_shape(ctx: PropagateContext, tensor: gs.Tensor) -> str:
+    """What is still missing for a static shape: the user's --input-shape of an input it is
+    computed from, or (when those are all static) a size shape inference cannot follow."""
     shape = ctx.shape(tensor)
     shown = "unknown" if shape is None else "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-    dynamic = [t.name for t in ctx.graph.inputs if ctx.shape(t) is None or any(d is None for d in ctx.shape(t) or ())]
+    leaf_shapes = {t.name: ctx.shape(t) for t in _graph_inputs_behind(tensor)}
+    dynamic = sorted(n for n, s in leaf_shapes.items() if s is None or any(d is None for d in s))
     if dynamic:
         return f"needs static shapes to map channels: {tensor.name!r} is {shown} (give --input-shape for {', '.join(repr(n) for n in dynamic)})"
     return f"needs static shapes to map channels: {tensor.name!r} is {shown} although every input shape is static (its size is computed at run time)"
