@@ -28,7 +28,7 @@ def _common_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--no-fast-bias-correction", action="store_true", help="skip NNCF's fast bias correction (on by default)")
     p.add_argument("--subset-size", type=int, default=300, metavar="N", help="calibration samples used at most (NNCF's default 300)")
     p.add_argument("--max-drop", type=float, metavar="D",
-                   help="keep the most sensitive layers in float until the fidelity on the held-out samples drops by at most D "
+                   help="keep the most sensitive layers in float until the fidelity vs the float model (on the calibration samples) drops by at most D "
                    "(NNCF's quantize_with_accuracy_control)")
 
 

@@ -197,8 +197,9 @@ class QuantizeConfig:
         nodes stay in float; each must name or match at least one node.
     fast_bias_correction: NNCF's bias correction after quantizing (on by default, as NNCF).
     subset_size: at most this many calibration samples are used (NNCF's default, 300).
-    max_drop: keep the most sensitive layers in float until the fidelity on the held-out
-        samples drops by at most this (absolute; NNCF's quantize_with_accuracy_control).
+    max_drop: keep the most sensitive layers in float until the fidelity against the float
+        model, on the calibration samples, drops by at most this (absolute; NNCF's
+        quantize_with_accuracy_control); the held-out samples stay out of the decision.
     input_shapes: static shapes for inputs with dynamic dimensions other than the batch.
     fidelity_metrics: output name (or "*") -> "top1" or "cosine" (default: top1 for class scores).
     seed: picks the images of a folder larger than the subset.

@@ -46,8 +46,8 @@ def _quiet(nncf: Any) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Validation:
-    """Held-out samples and the metric NNCF's accuracy control keeps within ``max_drop`` of the
-    float model's: ``metric(outputs, indices)``, the outputs (a list per sample) of the held-out
+    """Samples and the metric NNCF's accuracy control keeps within ``max_drop`` of the
+    float model's: ``metric(outputs, indices)``, the outputs (a list per sample) of the
     samples at ``indices`` (NNCF validates on subsets too)."""
 
     feeds: Sequence[Feeds]

@@ -136,7 +136,11 @@ def quantize(
     if config.max_drop is not None:
         from .nncf_backend import Validation
 
-        validation = Validation(held, lambda outs, idx: _score(names, [float_outs[i] for i in idx], outs, config)[0], config.max_drop)
+        # Accuracy control decides on the calibration samples: the held-out ones stay unseen by
+        # every decision, so the report's figure on them is not the one that was tuned.
+        checked = cal[: config.subset_size]
+        float_cal = [run_float(f) for f in checked]
+        validation = Validation(checked, lambda outs, idx: _score(names, [float_cal[i] for i in idx], outs, config)[0], config.max_drop)
     from .nncf_backend import nncf_quantize
 
     common = {
@@ -155,15 +159,16 @@ def quantize(
 
     if fmt == "onnx":
         run_int8 = session(q, source=source, what="the int8 model", optimize=True)
-        got = [run_int8(f) for f in held]
+        outputs_of = lambda feeds: [run_int8(f) for f in feeds]  # noqa: E731 - one line per backend
         runtime = "onnxruntime CPU, graph optimisations on: QDQ fused into integer kernels"
         quantized, floating = onnx_float_nodes(q)
     else:
-        got = _openvino_outputs(q, held)
+        outputs_of = lambda feeds: _openvino_outputs(q, feeds)  # noqa: E731
         runtime = "OpenVINO CPU, int8 kernels, f32 elsewhere"
         quantized, floating = openvino_float_ops(q)
         to_onnx = {v: k for k, v in to_ov.items()}  # the user's names where convert_model renamed a layer
         floating = tuple(to_onnx.get(n, n) for n in floating)
+    got = outputs_of(held)
     if not quantized and config.max_drop is not None:
         raise UnsupportedModel(
             f"{source}: --max-drop {config.max_drop:g} cannot be met with any layer in int8 (accuracy control put every Conv, Gemm "
@@ -177,8 +182,9 @@ def quantize(
         run_ref = session(os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else reference, source=source, what="the original model")
         fidelity.append(_against("original", names, [run_ref(f) for f in held], got, config))
     control = None
-    if config.max_drop is not None:
-        control = AccuracyControl(config.max_drop, "fidelity vs the float model on the held-out samples", 1.0, fidelity[0].score)
+    if validation is not None:
+        in_sample = _score(names, float_cal, outputs_of(validation.feeds), config)[0]
+        control = AccuracyControl(config.max_drop, f"fidelity vs the float model on the {len(validation.feeds)} calibration samples", 1.0, in_sample)
     written = None
     if output is not None:
         size_after, written = _stage(q, os.fspath(output), fmt, outputs) if outputs is not None else (_write(q, os.fspath(output), fmt), os.fspath(output))
