@@ -89,8 +89,20 @@ def parse_metric_choices(items: Sequence[str]) -> dict[str, str]:
 
 def _samples(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Arrays with the samples first (one per feed), as one float64 array; a scalar output is
-    one sample."""
-    return np.concatenate([np.asarray(a, np.float64).reshape((1,) if np.ndim(a) == 0 else np.shape(a)) for a in arrays])
+    one sample. An output whose batch is not its first axis (sequence-first [T, N, C], as
+    recurrent exports give) shows it by the one axis whose size differs between feeds: that
+    axis is moved first. Outputs that differ in more axes count each feed as one sample."""
+    parts = [np.asarray(a, np.float64).reshape((1,) if np.ndim(a) == 0 else np.shape(a)) for a in arrays]
+    shapes = {p.shape[1:] for p in parts}
+    if len(shapes) > 1 and len({p.ndim for p in parts}) == 1:
+        varying = [ax for ax in range(1, parts[0].ndim) if len({p.shape[ax] for p in parts}) > 1]
+        if len(varying) == 1:
+            parts = [np.moveaxis(p, varying[0], 0) for p in parts]
+        else:
+            return np.concatenate([p.reshape(1, -1, 1) for p in parts], axis=1)
+    if len({p.shape[1:] for p in parts}) > 1:
+        return np.concatenate([p.reshape(1, -1, 1) for p in parts], axis=1)
+    return np.concatenate(parts)
 
 
 def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:

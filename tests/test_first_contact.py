@@ -483,3 +483,22 @@ def test_special_file_destination_is_refused(tmp_path: Path) -> None:
     line = one_line_error(run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "o.onnx", "--report", fifo))
     assert f"{fifo}: --report is not a regular file" in line
     assert fifo.is_fifo() and not (tmp_path / "o.onnx").exists()
+
+
+# -- found by hand on the corpus: a sequence-first output ([T, N, classes], a CRNN's) broke the
+# fidelity figures (exit 3) when verification fed batch 1 and 2 ------------------------------------
+
+
+def test_sequence_first_output_fidelity(tmp_path: Path) -> None:
+    b = GraphBuilder(opset=17, seed=6)
+    x = b.input("input", [None, 3, 1, 6])
+    b.channels[x] = 3
+    y = b.conv(b.op("Relu", b.conv(x, 8, k=1, pads=0)), 5, k=1, pads=0)
+    y = b.op("Squeeze", y, b.const(np.array([2], np.int64), "axes"), channels=5)
+    b.output(b.op("Transpose", y, perm=[2, 0, 1]))  # [T=6, N, 5 classes]
+    model = tmp_path / "seq.onnx"
+    onnx.save(b.build(), model)
+    p = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--report", tmp_path / "r.json")
+    assert p.returncode == 0, p.stderr
+    fid = json.loads((tmp_path / "r.json").read_text())["fidelity"][0]
+    assert 0.0 <= fid["top1_agreement"] <= 1.0 and -1.0 <= fid["cosine"] <= 1.0
