@@ -25,13 +25,7 @@ from .validation import model_opset
 from .rules import RuleRegistry, default_registry
 from .shape_values import ShapeEvaluator, is_shape_arithmetic
 
-__all__ = ["analyze", "static_shapes", "ChannelAnalysis", "ChannelGroup", "Source", "Sink", "Balance", "node_label", "import_graph"]
-
-
-def node_label(node: gs.Node, index: int) -> str:
-    """How messages and reports name a node: its name, or ``Op#index`` when it has none
-    (graphs from ``import_graph`` have a unique name on every node, see node_names)."""
-    return node.name or f"{node.op}#{index}"
+__all__ = ["analyze", "static_shapes", "ChannelAnalysis", "ChannelGroup", "Source", "Sink", "Balance", "import_graph"]
 
 
 @dataclass(frozen=True)
@@ -267,9 +261,9 @@ def analyze(
 
     labels = tuple(n.name for n in graph.nodes)
     visited: set[int] = set()
-    for index, node in enumerate(graph.nodes):
+    for node in graph.nodes:
         visited.add(id(node))
-        ctx.node, ctx.label = node, labels[index]
+        ctx.node, ctx.label = node, node.name
         tracked = any(ctx.layout(t) is not None for t in node.inputs)
         if _subgraph_attrs(node):
             if tracked:

@@ -3,12 +3,12 @@ how an edit list is applied to an array (the surgery commits them copy-on-write)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 
-__all__ = ["SliceAxis", "GroupColumns", "SetValue", "Edit", "edit_key", "apply_edits"]
+__all__ = ["Edit", "GroupColumns", "SetValue", "SliceAxis", "apply_edits", "edit_key"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +44,7 @@ class SetValue:
         return ("set", arr.dtype.str, arr.shape, arr.tobytes())
 
 
-Edit = Union[SliceAxis, GroupColumns, SetValue]
+Edit = SliceAxis | GroupColumns | SetValue
 
 
 def edit_key(edits: Sequence[Edit]) -> tuple:

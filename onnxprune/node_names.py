@@ -11,12 +11,12 @@ model. The naming is deterministic and idempotent, so a model that did not come 
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
 
-__all__ = ["unique_node_names", "name_nodes", "name_graph_nodes", "nodes_by_name"]
+__all__ = ["name_graph_nodes", "name_nodes", "nodes_by_name", "unique_node_names"]
 
 
 def unique_node_names(nodes: Sequence[tuple[str, str]]) -> list[str]:

@@ -3,7 +3,7 @@ onnx shape inference over a light stand-in of the model (big weights not copied)
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx

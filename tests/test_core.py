@@ -43,7 +43,7 @@ def test_vectorised_unions_match_one_at_a_time(n: int, batches: list[list[tuple[
 def test_slices_of_several_axes_in_one_copy(shape: list[int], data: st.DataObject) -> None:
     """edits.apply_edits takes consecutive slices in one copy; the result is the same as
     slicing one axis after the other."""
-    import onnxprune.edits as edits
+    from onnxprune import edits
 
     arr = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
     axes = data.draw(st.lists(st.integers(0, len(shape) - 1), unique=True, min_size=1))
@@ -66,7 +66,7 @@ def test_slices_of_several_axes_in_one_copy(shape: list[int], data: st.DataObjec
 def test_slicing_a_weight_at_an_unaligned_offset(shape: list[int], data: st.DataObject) -> None:
     """Weights viewed in the model file's bytes may sit at an offset their item size does not
     divide; they are sliced a block of rows at a time, with the same result."""
-    import onnxprune.edits as edits
+    from onnxprune import edits
 
     n = int(np.prod(shape))
     raw = b"\0" + np.arange(n, dtype=np.float32).tobytes()

@@ -13,7 +13,7 @@ from onnxprune.params import InitializerCache, ParamResolver
 from onnxprune.testing import GraphBuilder
 
 
-def _model():  # noqa: ANN202
+def _model():
     b = GraphBuilder(opset=17, seed=4)
     x = b.input("x", [None, 3, 8, 8])
     b.output(b.conv(b.op("Relu", b.conv(x, 6)), 2))
