@@ -216,8 +216,9 @@ def benchmark(
     for r in runners[1:]:
         if r.inputs != first:
             raise UsageError(f"{r.path}: inputs {r.inputs} differ from {runners[0].path}'s {first}")
-    total_rounds = rounds if seconds is None else None
-    total = len(runners) * (warmup + (rounds if seconds is None else 1) * runs_per_round) + len(runners)
+    # Progress counts timed runs; in time-based mode (-t) the total is what the first round's
+    # pace predicts, capped so the bar never passes its end before throughput is measured.
+    total = len(runners) * (warmup + rounds * runs_per_round) + len(runners)
     done = 0
     times: list[list[float]] = [[] for _ in runners]
     for r in runners:
@@ -228,7 +229,13 @@ def benchmark(
             progress(done, total)
     spent = [0.0 for _ in runners]
     n_rounds = 0
-    while (n_rounds < total_rounds) if total_rounds is not None else (n_rounds < 2 or min(spent) < seconds):  # type: ignore[operator]
+
+    def more() -> bool:
+        if seconds is None:
+            return n_rounds < rounds
+        return n_rounds < 2 or min(spent) < seconds  # at least two rounds: a spread needs runs
+
+    while more():
         for i, r in enumerate(runners):  # interleaved, so noise hits every model alike
             for _ in range(runs_per_round):
                 t = r.run_once(feeds)
@@ -238,8 +245,9 @@ def benchmark(
             if progress:
                 progress(min(done, total - len(runners)), total)
         n_rounds += 1
-        if seconds is not None and progress:
-            done = min(done, total - len(runners))
+        if seconds is not None and n_rounds == 1 and min(spent) > 0:
+            expected = int(seconds / min(spent)) + 1
+            total = len(runners) * (warmup + max(expected, 2) * runs_per_round) + len(runners)
     fps = []
     for r in runners:
         fps.append(r.throughput(feeds, throughput_seconds))
