@@ -119,7 +119,8 @@ def check_wellformed(
     """
     # Places are kept as (parent place, field, index, message) and only spelt out for a refusal.
     stack: list[tuple[Message, tuple | None]] = [(model, None)]
-    main_graph_initializers = {id(t) for t in model.graph.initializer}
+    mains = list(model.graph.initializer)  # held, so their ids stay their own during the walk
+    main_graph_initializers = {id(t) for t in mains}
     place: tuple | None = None
     try:
         while stack:
