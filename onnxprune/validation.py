@@ -130,8 +130,11 @@ def check_wellformed(
                 lengths = raw_lengths if id(msg) in main_graph_initializers else None
                 _check_tensor(msg, lengths, data_sizes)
                 continue  # its fields are checked there (listing them would copy the data)
-            if desc is _VALUE_INFO and _plain_tensor_info(msg):
-                continue  # the common case, checked without a walk (models have thousands)
+            if desc is _VALUE_INFO:
+                if _plain_tensor_info(msg):
+                    continue  # the common case, checked without a walk (models have thousands)
+                if msg.HasField("type") and msg.type.WhichOneof("value") is None:  # graphsurgeon cannot write it back
+                    raise _Refused("its type holds no tensor, sequence, map, optional or sparse type")
             if desc is _SHAPE:
                 _check_shape(msg)
                 continue  # its dims too

@@ -183,6 +183,24 @@ def _no_outputs(folder: Path) -> bytes:
     return _bytes(m)
 
 
+def _empty_value_type(folder: Path) -> bytes:
+    m = _small()
+    vi = m.graph.value_info.add()
+    vi.name = "c"
+    vi.type.SetInParent()  # what a tensor_type of the wrong wire type parses to
+    return _bytes(m)
+
+
+def _convtranspose_bias_contradicts_weight(folder: Path) -> bytes:
+    m = _small()
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((3, 4, 3, 3), np.float32), "W"))
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros(7, np.float32), "B"))
+    m.graph.node[0].CopyFrom(helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], name="deconv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    for i, d in enumerate(m.graph.output[0].type.tensor_type.shape.dim):
+        d.dim_param = f"d{i}"
+    return _bytes(m)
+
+
 def _huge_input(folder: Path) -> bytes:
     m = _small()
     dims = m.graph.input[0].type.tensor_type.shape.dim
@@ -214,6 +232,8 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_external_unknown_key, "tensor 'W': external data key 'lenght' is not one of basepath, checksum, length, location, offset"),
     (_attribute_string_not_utf8, "node 'conv' (Conv), attribute 'auto_pad': s is not valid UTF-8 (b'NOT\\xffET')"),
     (_no_outputs, "the graph has no outputs"),
+    (_empty_value_type, "value info 'c': its type holds no tensor, sequence, map, optional or sparse type"),
+    (_convtranspose_bias_contradicts_weight, "node 'deconv' (ConvTranspose): bias 'B' has 7 values for 4 output channels"),
     (_huge_input, "input 'x' of shape (1, 3, 1048576, 1048576) would take 2.46e+04 GiB of random data to verify"),
 ]
 

@@ -247,6 +247,11 @@ class ConvTransposeRule:
             return NotApplicable("bias is not a constant")
         weight = w.values
         _check_rank(node, ctx, weight)
+        x_shape = ctx.shape(x)
+        if x_shape is not None and x_shape[1] is not None and x_shape[1] != weight.shape[0]:
+            ctx.invalid(f"weight {node.inputs[1].name!r} expects {weight.shape[0]} input channels, the input has {x_shape[1]}")
+        if b is not None and b.values.size != weight.shape[1]:
+            ctx.invalid(f"bias {node.inputs[2].name!r} has {b.values.size} values for {weight.shape[1]} output channels")
         lay = ctx.layout(x)
         if lay is not None:
             if set(lay.axes) != {1}:
