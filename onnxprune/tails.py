@@ -84,7 +84,7 @@ def find_tails(model: onnx.ModelProto) -> Tails:
     discontinuous: set[str] = set()
     decided_by: dict[str, str] = {}  # decision tensor -> "Op 'node'"
     producer: dict[str, onnx.NodeProto] = {}
-    for node in g.node:  # graph order is topological (onnx.checker holds it to that)
+    for index, node in enumerate(g.node):  # graph order is topological (onnx.checker holds it to that)
         for o in node.output:
             if o:
                 producer[o] = node
@@ -98,7 +98,7 @@ def find_tails(model: onnx.ModelProto) -> Tails:
             for k in DECISION_OPS[node.op_type]:
                 if k < len(node.output) and node.output[k]:
                     discontinuous.add(node.output[k])
-                    decided_by[node.output[k]] = f"{node.op_type} {node.name!r}"
+                    decided_by[node.output[k]] = f"{node.op_type} {node.name or f'{node.op_type}#{index}'!r}"  # as load_model names it
     out: list[Tail] = []
     for vi in g.output:
         if vi.name not in discontinuous:
