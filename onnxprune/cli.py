@@ -96,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--fp16", action="store_true", help="weights in FP16")
     cp.add_argument("--fp32", action="store_true", help="weights in FP32 (the default)")
     c.add_argument("--static", action="store_true", help="bake the --input-shape shapes into the IR (default: keep the model's dynamic dimensions and check at those shapes)")
-    c.add_argument("--tolerance", type=float, metavar="T", help="check: max abs diff allowed relative to each output's scale (default 1e-4 for FP32, 1e-2 for FP16 weights)")
+    c.add_argument("--tolerance", type=float, metavar="T", help="check: max abs diff allowed relative to each output's scale (default 1e-4 for FP32, 1e-2 for FP16 weights, 0.15 for quantized models: OpenVINO runs them in int8)")
     c.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 

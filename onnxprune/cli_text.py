@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from typing import Sequence
 
-__all__ = ["format_report", "reason_counts", "verification_lines"]
+__all__ = ["format_report", "int8_note", "reason_counts", "verification_lines"]
 
 
 def reason_counts(items: list[tuple[Sequence[str], int]]) -> Counter:
@@ -56,6 +56,9 @@ def format_report(d: dict) -> str:
         lines.append("verification: skipped (--no-verify)")
     else:
         lines.extend(verification_lines(v))
+        from .render import quantized_lines
+
+        lines += quantized_lines(v.get("quantized"))
     fid = d.get("fidelity")
     if fid:
         lines.append(f"verified against: {d.get('verified_against')}; compensation: {d.get('compensation')}")
@@ -79,7 +82,7 @@ def format_report(d: dict) -> str:
     if d.get("ir"):
         c = d["ir"]["check"]
         lines.append("")
-        lines.append(f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g})")
+        lines.append(f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g}{int8_note(c.get('quantized'))})")
     if d.get("openvino_pass"):
         o = d["openvino_pass"]
         lines.append("")
@@ -157,3 +160,7 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
         lines.append(f"  ... {len(outs) - most} more in the JSON report")
     return lines
 
+
+def int8_note(form: str | None) -> str:
+    """What the IR check compared, for a quantized model (empty otherwise)."""
+    return f"; a {form} model: OpenVINO's int8 path against onnxruntime's float emulation" if form else ""

@@ -20,7 +20,12 @@ __all__ = ["IRCheck", "require_openvino", "convert_to_ir", "convert_for_openvino
 
 # Max abs diff between IR (OpenVINO CPU, f32 inference) and onnxruntime, relative to each
 # output's max abs value: different kernels sum in a different order; FP16 weights round.
-IR_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+# A quantized model (QDQ, or NNCF's FakeQuantize) runs on OpenVINO's int8 path, which rounds at
+# other points than onnxruntime's float emulation: every sample moves, measured up to 6% of the
+# scale on NNCF's digits MobileNetV2 (median 1-2%; ResNet and the digits CNN up to 2%), so it
+# is checked to 15% of the scale ("int8": 2.5x the largest measured). A broken IR (wrong
+# weights, channels out of order) moves outputs by their whole scale.
+IR_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.15}
 
 
 def require_openvino() -> Any:
@@ -42,10 +47,12 @@ class IRCheck:
     scale: float
     worst_output: str
     ir_inputs: Mapping[str, str] = field(default_factory=dict)  # input name -> the IR's (partial) shape
+    quantized: str | None = None  # "QDQ" or "FakeQuantize": checked with the int8 tolerance
 
     def to_dict(self) -> dict:
         return {
             "ir_inputs": dict(self.ir_inputs),
+            "quantized": self.quantized,
             "passed": self.passed,
             "precision": self.precision,
             "tolerance": self.tolerance,
@@ -134,10 +141,13 @@ def _check_ir(
     source: str,
     tolerance: float | None = None,
 ) -> IRCheck:
+    from .quantized import quantization_form
     from .runtime import session
 
     core = ov.Core()
-    tolerance = IR_TOLERANCE[precision] if tolerance is None else tolerance
+    form = quantization_form(model)
+    if tolerance is None:
+        tolerance = IR_TOLERANCE["int8"] if form is not None else IR_TOLERANCE[precision]
     try:
         if precision == "fp16":
             # Compare what will be deployed: weights stored as FP16.
@@ -171,10 +181,11 @@ def _check_ir(
             if diff / scale > worst[0] / worst[1]:
                 worst = (diff, scale, name)
     diff, scale, name = worst
-    result = IRCheck(diff <= tolerance * scale, precision, tolerance, diff, scale, name)
+    result = IRCheck(diff <= tolerance * scale, precision, tolerance, diff, scale, name, quantized=form)
     if not result.passed:
+        why = f" (a {form} model: OpenVINO's int8 path against onnxruntime's float emulation)" if form else ""
         raise VerificationFailed(
-            f"{source}: the IR's output {name!r} differs from onnxruntime by {diff:.3g}, more than {tolerance:g} x its scale {scale:.3g}; nothing written"
+            f"{source}: the IR's output {name!r} differs from onnxruntime by {diff:.3g}, more than {tolerance:g} x its scale {scale:.3g}{why}; nothing written"
         )
     return result
 

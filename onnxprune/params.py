@@ -1,6 +1,7 @@
 """Constant operands as the analysis and the surgery read them: initializers (read once,
 shared, views of the file's bytes where possible), ``Constant`` nodes, and values behind
-``Identity`` and ``QuantizeLinear``/``DequantizeLinear`` chains."""
+``Identity``, ``QuantizeLinear``/``DequantizeLinear`` chains and OpenVINO's ``FakeQuantize`` (NNCF's
+int8 weights: a Constant node through a per-channel FakeQuantize)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from .fake_quantize import fake_quantize_values, is_fake_quantize
 from .qdq import qdq_values
 from .wire import RAW_DTYPES, raw_data_offsets
 
@@ -23,7 +25,7 @@ class Param:
     """A constant operand as the analysis sees it: float values, plus the chain it comes from.
 
     ``chain`` lists the nodes between the consumer and the stored tensor (Identity, DequantizeLinear,
-    QuantizeLinear); ``storage`` is the graphsurgeon Constant (initializer) or the Constant node.
+    QuantizeLinear, FakeQuantize); ``storage`` is the graphsurgeon Constant (initializer) or the Constant node.
     """
 
     values: np.ndarray
@@ -150,7 +152,10 @@ class ParamResolver:
     def _resolve(self, tensor: gs.Tensor, depth: int) -> Param | None:
         if isinstance(tensor, gs.Constant):
             stored = self.initializer(tensor)
-            values = self._initializers.array(stored) if stored is not None and self._initializers is not None else np.asarray(tensor.values)
+            try:
+                values = self._initializers.array(stored) if stored is not None and self._initializers is not None else np.asarray(tensor.values)
+            except ValueError:  # a hollow weight of a pruned model (saving.DeferredModel): its values wait as an array
+                return None
             return Param(values, (), tensor)
         if len(tensor.inputs) != 1:
             return None
@@ -171,6 +176,13 @@ class ParamResolver:
                 return None
             axis = int(node.attrs.get("axis", 1))
             values = qdq_values(node.op, x.values, scale.values, None if zp is None else zp.values, axis)
+            return Param(values, (node, *x.chain), x.storage)
+        if is_fake_quantize(node.op, node.domain) and len(node.inputs) == 5:
+            x = self(node.inputs[0], depth + 1)
+            ranges = [self(t, depth + 1) for t in node.inputs[1:]]
+            if x is None or any(r is None for r in ranges) or len(x.chain) >= MAX_CHAIN:
+                return None
+            values = fake_quantize_values(x.values, *(r.values for r in ranges), int(node.attrs.get("levels", 256)))
             return Param(values, (node, *x.chain), x.storage)
         return None
 

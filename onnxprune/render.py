@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["to_markdown", "plot_report", "plot_sensitivity"]
+__all__ = ["to_markdown", "plot_report", "plot_sensitivity", "quantized_lines"]
 
 
 def _pct(before: float, after: float) -> str:
@@ -65,6 +65,13 @@ def to_markdown(d: dict[str, Any]) -> str:
             what = f"stand-in for {', '.join(f'`{n}`' for n in o['stands_in_for'])}" if o.get("stands_in_for") else (
                 f"{o['compared_samples']} of {o['samples']} samples (decisions agree)" if o.get("behind") else "all samples")
             lines.append(f"| `{o['name']}` | {o['batch']} | {o['max_abs_diff']:.3g} | {noise_floor} | {o['limit']:.3g} | {margin} | {what} |")
+        q = v.get("quantized")
+        if q:
+            lines += ["", f"Quantized model ({q['form']}): each path passes {q['rule']}.", "",
+                      "| runtime | passed | worst output | max abs diff | scale | samples past the float limit |", "|---|---|---|---:|---:|---:|"]
+            for p in q["paths"]:
+                lines.append(f"| {p['runtime']} | {'yes' if p['passed'] else '**no**'} | `{p['worst_output']}` | {p['max_abs_diff']:.3g} | "
+                             f"{p['scale']:.3g} | {p['samples_past_float_limit']} of {p['samples']} |")
     if d.get("fidelity"):
         if d.get("fidelity_on_random_inputs"):
             lines += ["", "Fidelity below was measured **on seeded random inputs, not real data**: give `--inputs` or `--calibration` for meaningful numbers."]
@@ -173,3 +180,16 @@ def plot_sensitivity(d: dict[str, Any], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def quantized_lines(q: dict | None) -> list[str]:
+    """The text report's lines for a quantized model's verification paths (none otherwise)."""
+    if not q:
+        return []
+    lines = [f"  quantized model ({q['form']}): each path passes {q['rule']}"]
+    for p in q["paths"]:
+        lines.append(
+            f"  {'passed' if p['passed'] else 'FAILED'} on {p['runtime']}: worst output {p['worst_output']!r} max abs diff "
+            f"{p['max_abs_diff']:.3g} (scale {p['scale']:.3g}), {p['samples_past_float_limit']} of {p['samples']} samples past the float limit"
+        )
+    return lines

@@ -5,6 +5,10 @@ failure becomes a typed error whose one line names the model file and what faile
 - on the user's model, or one built from it (instrumented, probed): ``LoadError`` when
   onnxruntime cannot load or run it, ``UsageError`` when the inputs do not fit it;
 - on the pruned model: ``VerificationFailed`` (nothing is written).
+
+Models with OpenVINO's ``FakeQuantize`` (NNCF's int8 export), which onnxruntime has no kernel
+for, run as their expansion into standard ops (see fake_quantize); ``ModelRunner.description``
+says so.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import numpy as np
 import onnx
 
 from .errors import BackendMissing, LoadError, OnnxPruneError, UsageError, VerificationFailed
+from .fake_quantize import FQ_DOMAIN, expand_fake_quantize, has_fake_quantize
 
-__all__ = ["ModelRunner", "onnxruntime_message", "paired_outputs", "run_model", "session"]
+__all__ = ["ModelRunner", "describe", "onnxruntime_message", "paired_outputs", "run_model", "session"]
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -39,6 +44,7 @@ class ModelRunner:
         self._sess = sess
         self.source, self.what, self.pruned = source, what, pruned
         self.output_names = [o.name for o in sess.get_outputs()]
+        self.description = describe()  # set by ``session``: which runtime, how configured
 
     @property
     def input_shapes(self) -> dict[str, list[int | str | None]]:
@@ -86,6 +92,9 @@ def session(
     file) and ``what`` (which model derived from it) name it in errors; ``pruned`` makes
     failures a VerificationFailed."""
     ort = _onnxruntime()
+    expanded = False
+    if isinstance(model, onnx.ModelProto) and has_fake_quantize(model):
+        model, expanded = expand_fake_quantize(model), True
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -93,7 +102,14 @@ def session(
     providers = ["CPUExecutionProvider"]
     try:
         if isinstance(model, str):
-            sess = ort.InferenceSession(model, opts, providers=providers)
+            try:
+                sess = ort.InferenceSession(model, opts, providers=providers)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+                if FQ_DOMAIN not in str(exc):
+                    raise
+                # A saved model with OpenVINO's FakeQuantize (NNCF's export): run its expansion.
+                sess = _session_of_proto(ort, expand_fake_quantize(onnx.load(model)), opts, providers)
+                expanded = True
         else:
             sess = _session_of_proto(ort, model, opts, providers)
     except (MemoryError, OnnxPruneError):
@@ -102,7 +118,17 @@ def session(
         if pruned:
             raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written") from None
         raise LoadError(f"{source}: onnxruntime cannot load {what}: {onnxruntime_message(exc)}") from None
-    return ModelRunner(sess, source, what, pruned)
+    runner = ModelRunner(sess, source, what, pruned)
+    runner.description = describe(optimize=optimize, expanded=expanded)
+    return runner
+
+
+def describe(*, optimize: bool = False, expanded: bool = False) -> str:
+    """What a session runs, as reports name the runtime that proved a result."""
+    text = f"onnxruntime (CPU, f32, graph optimisations {'on' if optimize else 'off'})"
+    if expanded:
+        text += f", OpenVINO FakeQuantize ({FQ_DOMAIN}) expanded to standard ops"
+    return text
 
 
 def _session_of_proto(ort: Any, model: onnx.ModelProto, opts: Any, providers: list[str]) -> Any:

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import UnsupportedModel, UsageError, first_line
+from .fake_quantize import is_fake_quantize
 
 __all__ = [
     "Shape",
@@ -106,6 +107,12 @@ def infer_static_shapes(
             if v is not None:
                 d.Clear()
                 d.dim_value = int(v)
+    for node in m.graph.node:
+        if is_fake_quantize(node.op_type, node.domain):
+            # onnx's inference skips other domains; FakeQuantize broadcasts its five inputs
+            # element-wise to one float tensor, as Sum does.
+            node.op_type, node.domain = "Sum", ""
+            del node.attribute[:]
     del m.graph.value_info[:]
     try:
         inferred = onnx.shape_inference.infer_shapes(m, check_type=False, strict_mode=False, data_prop=True)

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel, UsageError
+from .fake_quantize import is_fake_quantize
 from .params import InitializerCache, ParamResolver
 from .validation import model_opset
 from .compensation import removed_id_mask, sink_fills
@@ -194,14 +195,68 @@ class SurgeryContext:
             if keep_names:
                 producer.outputs.clear()
             return out
+        if is_fake_quantize(producer.op, producer.domain):
+            return self._materialize_fake_quantize(producer, t, edits, name, keep_names)
         raise UnsupportedModel(f"internal: cannot edit {t.name}: produced by {producer.op}")
+
+    def _materialize_fake_quantize(self, producer: gs.Node, t: gs.Tensor, edits: list[Edit], name: str, keep_names: bool) -> gs.Tensor:
+        """A weight behind FakeQuantize: the stored weight and every range that spans an edited
+        axis (per output channel, [C,1,1,1]) are sliced with it; broadcast ranges are kept. A
+        Constant passed as both input_low and output_low (NNCF's export) is sliced once, and a
+        range shared with other nodes is copied, never changed for them (copy-on-write)."""
+        x = producer.inputs[0]
+        rank = np.asarray(self.params(x).values).ndim
+        inputs = [self._materialize(x, edits, keep_names)]
+        made: dict[int, gs.Tensor] = {}
+        for extra in producer.inputs[1:5]:
+            sub = _range_edits(np.asarray(self.params(extra).values).shape, rank, edits, t.name)
+            if not sub:
+                inputs.append(extra)
+                continue
+            if id(extra) not in made:
+                exclusive = keep_names and all(c is producer for c in extra.outputs) and _chain_exclusive(extra)
+                made[id(extra)] = self._materialize(extra, sub, exclusive)
+            inputs.append(made[id(extra)])
+        out = gs.Variable(name, dtype=t.dtype)
+        node_name = self.unique_name(f"{producer.name or producer.op}_pruned")
+        if keep_names and producer.name:
+            node_name, producer.name = producer.name, node_name
+        self.graph.nodes.append(
+            gs.Node(producer.op, name=node_name, attrs=dict(producer.attrs), inputs=inputs, outputs=[out], domain=producer.domain)
+        )
+        if keep_names:
+            producer.outputs.clear()
+        return out
+
+
+def _range_edits(shape: tuple[int, ...], rank: int, edits: list[Edit], name: str) -> list[Edit]:
+    """The edits of a FakeQuantize result of rank ``rank`` as they apply to one of its ranges
+    (broadcast numpy-style): an axis the range has in full is sliced, a size-1 axis is not."""
+    out: list[Edit] = []
+    offset = rank - len(shape)
+    for edit in edits:
+        if isinstance(edit, SliceAxis):
+            local = edit.axis - offset
+            if local < 0 or shape[local] == 1:
+                continue
+            if shape[local] != len(edit.keep):
+                raise UnsupportedModel(f"internal: cannot edit {name}: a FakeQuantize range has {shape[local]} positions on axis {edit.axis}")
+            out.append(SliceAxis(local, edit.keep))
+        elif isinstance(edit, GroupColumns):
+            if offset == 0 and len(shape) > 1 and int(np.prod(shape[1:])) == 1:
+                continue  # one range per output row: the columns are broadcast
+            raise UnsupportedModel(f"internal: cannot edit {name}: a FakeQuantize range spans the weight's input channels")
+        else:
+            raise UnsupportedModel(f"internal: cannot overwrite {name}: it is computed by FakeQuantize")
+    return out
 
 
 def _chain_exclusive(t: gs.Tensor) -> bool:
     """True when no tensor upstream in ``t``'s parameter chain is read by anything else."""
     while not isinstance(t, gs.Constant) and t.inputs:
         producer = t.inputs[0]
-        if producer.op not in ("Identity", "DequantizeLinear", "QuantizeLinear") or not producer.inputs:
+        chained = producer.op in ("Identity", "DequantizeLinear", "QuantizeLinear") or is_fake_quantize(producer.op, producer.domain)
+        if not chained or not producer.inputs:
             return True
         t = producer.inputs[0]
         if len(t.outputs) > 1:

@@ -15,6 +15,7 @@ import onnx
 from .errors import OnnxPruneError, UnsupportedModel, UsageError
 from .fidelity import OutputFidelity, fidelity, fidelity_from_outputs
 from .masking import masked_reference
+from .quantized import QuantizedCheck
 from .runtime import paired_outputs, run_model, session
 from .tails import Tail, Tails, find_tails, with_outputs
 
@@ -118,6 +119,7 @@ class VerificationResult:
     noise_multiple: float | None = None  # None: an explicit tolerance, no noise floor
     noise_runtime: str | None = None  # what the noise floor was measured against, or why not
     tails: tuple[Tail, ...] = ()
+    quantized: QuantizedCheck | None = None  # a quantized model: every path it was proved on
 
     @property
     def worst(self) -> OutputComparison:
@@ -142,6 +144,7 @@ class VerificationResult:
             "inputs": self.inputs,
             "outputs": [o.to_dict() for o in self.outputs],
             "discontinuous_outputs": [t.to_dict() for t in self.tails],
+            "quantized": None if self.quantized is None else self.quantized.to_dict(),
         }
 
 

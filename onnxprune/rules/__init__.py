@@ -14,7 +14,7 @@ from .elementwise import BroadcastRule, broadcast_rules
 from .gemm import GemmRule, MatMulRule
 from .normalization import BatchNormalizationRule, ChannelMixingNormalizationRule, InstanceNormalizationRule
 from .pooling import PadRule, PoolRule, ReduceRule, ResizeRule
-from .quantize import QuantizeRule
+from .quantize import FakeQuantizeRule, QuantizeRule
 from .reshape import ReshapeRule, ShapeRule, TransposeRule
 
 __all__ = [
@@ -62,5 +62,6 @@ def default_registry() -> RuleRegistry:
         TransposeRule(),
         ShapeRule(),
         QuantizeRule(),
+        FakeQuantizeRule(),
     ]
     return RuleRegistry(rules)

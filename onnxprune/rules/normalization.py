@@ -42,7 +42,12 @@ class BatchNormalizationRule:
             return params
         scale, bias, mean, var = params
         eps = float(node.attrs.get("epsilon", 1e-5))
-        consts = (lay.const(1) - mean) / np.sqrt(var + eps) * scale + bias
+        with np.errstate(all="ignore"):
+            consts = (lay.const(1) - mean) / np.sqrt(var + eps) * scale + bias
+        # Scale 0 gives the bias whatever the input, even an unknown (non-constant) one: the
+        # channels NNCF's filter pruning masks keep their BatchNormalization with scale and bias
+        # 0, and behind its FakeQuantize a zero filter is no longer exactly zero.
+        consts = np.where(scale == 0, bias, consts)
         ctx.set_layout(node.outputs[0], Layout(lay.rank, lay.axes, {1: consts}))
         return None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import onnx
@@ -19,12 +19,13 @@ from ..fidelity import OutputFidelity
 from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
+from ..quantized import QUANTIZED_SAMPLES, check_quantized, quantization_form
 from ..report import PruneReport, build_report
 from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import VerificationResult, compare_models, failure_text, limits, load_npz_inputs, make_inputs
+from ..verification import SCALE_FLOOR, VerificationResult, compare_models, failure_text, limits, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
@@ -121,8 +122,12 @@ def verification_feeds(original: onnx.ModelProto, config: PruneConfig, source: s
         feeds = load_npz_inputs(config.verification_inputs, original, source=source)
         return feeds, f"{len(feeds)} samples from {config.verification_inputs}"
     batches = [1, 2] if dynamic_batch_inputs(original) else [None]
+    # A quantized model's rounding flips are judged per sample (see quantized): more samples.
+    repeats = QUANTIZED_SAMPLES if quantization_form(original) is not None else 1
+    batches = batches * repeats
     feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
-    return feeds, f"seeded random inputs (seed {config.seed}), batch {'1 and 2' if len(batches) == 2 else 'as in the model'}"
+    samples = f"{repeats} samples of " if repeats > 1 else ""
+    return feeds, f"seeded random inputs (seed {config.seed}), {samples}batch {'1 and 2' if len(set(batches)) == 2 else 'as in the model'}"
 
 
 def verify(
@@ -160,6 +165,19 @@ def verify(
         reference, runnable(pruned, staged), feeds, tolerance, inputs, source, progress=run.progress_of("verification"),
         noise_multiple=noise_multiple,
     )
+    form = quantization_form(loaded.proto)
+    if form is not None:
+        # Rounding flips, not float noise, are what moves a quantized model: its rule (see
+        # quantized) takes the float limit without the noise floor, and decides.
+        quantized = check_quantized(form, reference, runnable(pruned, staged), feeds, lambda _name, scale: tolerance * max(scale, SCALE_FLOOR), source)
+        result = replace(result, passed=quantized.passed, quantized=quantized)
+        bad = quantized.failure()
+        if bad is not None:
+            raise VerificationFailed(
+                f"{source}: verification failed on {bad.runtime}: output {bad.worst_output!r} differs from the {kind} by "
+                f"{bad.max_abs_diff:.3g} ({bad.flipped_samples} of {bad.samples} samples past {tolerance:g} x its scale "
+                f"{bad.scale:.3g}; a quantized model passes {quantized.rule}); nothing written"
+            )
     if not result.passed:
         raise VerificationFailed(f"{source}: verification failed: {failure_text(result, kind)}; nothing written")
     return Verified(result, kind, feeds, inputs, on_random)
