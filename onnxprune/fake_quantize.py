@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-__all__ = ["FQ_DOMAIN", "FQ_OP", "is_fake_quantize", "has_fake_quantize", "fake_quantize_values", "expand_fake_quantize"]
+__all__ = ["FQ_DOMAIN", "FQ_OP", "expand_fake_quantize", "fake_quantize_values", "has_fake_quantize", "is_fake_quantize"]
 
 FQ_DOMAIN = "org.openvinotoolkit"
 FQ_OP = "FakeQuantize"

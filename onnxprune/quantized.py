@@ -20,8 +20,8 @@ which is their float path (onnxruntime has no integer path for them).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -29,7 +29,7 @@ import onnx
 from .fake_quantize import is_fake_quantize
 from .runtime import session
 
-__all__ = ["FLIP_LIMIT", "FLIP_SHARE", "QUANTIZED_SAMPLES", "PathCheck", "QuantizedCheck", "quantization_form", "check_quantized"]
+__all__ = ["FLIP_LIMIT", "FLIP_SHARE", "QUANTIZED_SAMPLES", "PathCheck", "QuantizedCheck", "check_quantized", "quantization_form"]
 
 FLIP_LIMIT = 0.02  # of the output's scale: 5x the largest flip measured on the NNCF exports
 FLIP_SHARE = 0.25  # of the samples

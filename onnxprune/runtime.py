@@ -104,7 +104,7 @@ def session(
         if isinstance(model, str):
             try:
                 sess = ort.InferenceSession(model, opts, providers=providers)
-            except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            except Exception as exc:  # onnxruntime's own error types (re-raised unless FakeQuantize)
                 if FQ_DOMAIN not in str(exc):
                     raise
                 # A saved model with OpenVINO's FakeQuantize (NNCF's export): run its expansion.

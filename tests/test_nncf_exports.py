@@ -245,3 +245,18 @@ def test_convert_fake_quantize_form(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     assert cli.main(["convert", str(FQ), "-o", str(tmp_path / "m.xml"), "-q"]) == 0
     assert (tmp_path / "m.xml").exists() and (tmp_path / "m.bin").exists()
+
+
+def test_prune_ir_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the IR check fails, neither the IR nor the (verified) pruned .onnx is left: all the
+    run's outputs are moved into place together or not at all (the baseline left the .onnx)."""
+    pytest.importorskip("openvino")
+    from onnxprune import openvino_ir
+
+    monkeypatch.setitem(openvino_ir.IR_TOLERANCE, "int8", 1e-6)  # OpenVINO's int8 path is further away
+    out, xml = tmp_path / "o.onnx", tmp_path / "o.xml"
+    assert cli.main(["prune", str(QDQ), "-o", str(out), "--ir", str(xml), "-q"]) == 1
+    assert sorted(tmp_path.iterdir()) == []
+    monkeypatch.setitem(openvino_ir.IR_TOLERANCE, "int8", 0.15)
+    assert cli.main(["prune", str(QDQ), "-o", str(out), "--ir", str(xml), "-q"]) == 0
+    assert out.exists() and xml.exists() and xml.with_suffix(".bin").exists()

@@ -12,7 +12,7 @@ from .._core import Layout, NotApplicable
 from ..fake_quantize import FQ_DOMAIN, fake_quantize_values
 from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
-__all__ = ["QuantizeRule", "FakeQuantizeRule"]
+__all__ = ["FakeQuantizeRule", "QuantizeRule"]
 
 
 class QuantizeRule:
