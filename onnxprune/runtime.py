@@ -23,7 +23,7 @@ import onnx
 from .errors import BackendMissing, LoadError, OnnxPruneError, UsageError, VerificationFailed
 from .fake_quantize import FQ_DOMAIN, expand_fake_quantize, has_fake_quantize
 
-__all__ = ["ModelRunner", "describe", "onnxruntime_message", "paired_outputs", "run_model", "session"]
+__all__ = ["EXPANDED", "ModelRunner", "describe", "onnxruntime_message", "paired_outputs", "run_model", "session"]
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -45,6 +45,7 @@ class ModelRunner:
         self.source, self.what, self.pruned = source, what, pruned
         self.output_names = [o.name for o in sess.get_outputs()]
         self.description = describe()  # set by ``session``: which runtime, how configured
+        self.expanded = False  # set by ``session``: FakeQuantize runs as its expansion
 
     @property
     def input_shapes(self) -> dict[str, list[int | str | None]]:
@@ -119,7 +120,7 @@ def session(
             raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written") from None
         raise LoadError(f"{source}: onnxruntime cannot load {what}: {onnxruntime_message(exc)}") from None
     runner = ModelRunner(sess, source, what, pruned)
-    runner.description = describe(optimize=optimize, expanded=expanded)
+    runner.description, runner.expanded = describe(optimize=optimize, expanded=expanded), expanded
     return runner
 
 
@@ -127,8 +128,11 @@ def describe(*, optimize: bool = False, expanded: bool = False) -> str:
     """What a session runs, as reports name the runtime that proved a result."""
     text = f"onnxruntime (CPU, f32, graph optimisations {'on' if optimize else 'off'})"
     if expanded:
-        text += f", OpenVINO FakeQuantize ({FQ_DOMAIN}) expanded to standard ops"
+        text += f", {EXPANDED}"
     return text
+
+
+EXPANDED = f"OpenVINO FakeQuantize ({FQ_DOMAIN}) expanded to standard ops"
 
 
 def _session_of_proto(ort: Any, model: onnx.ModelProto, opts: Any, providers: list[str]) -> Any:

@@ -16,7 +16,7 @@ from .errors import OnnxPruneError, UnsupportedModel, UsageError
 from .fidelity import OutputFidelity, fidelity, fidelity_from_outputs
 from .masking import masked_reference
 from .quantized import QuantizedCheck
-from .runtime import paired_outputs, run_model, session
+from .runtime import EXPANDED, paired_outputs, run_model, session
 from .tails import Tail, Tails, find_tails, with_outputs
 
 __all__ = [
@@ -388,7 +388,7 @@ def compare_models(
         )
     passed = all(o.passed for o in outs)
     return VerificationResult(
-        passed=passed, tolerance=tolerance, outputs=tuple(outs), inputs=inputs_desc, runtime=f"{_runtime_name()} with graph optimisations off",
+        passed=passed, tolerance=tolerance, outputs=tuple(outs), inputs=inputs_desc, runtime=f"{_runtime_name()} with graph optimisations off" + (f", {EXPANDED}" if run_ref.expanded else ""),
         noise_multiple=noise_multiple, noise_runtime=noise_runtime, tails=tails.tails,
     )
 
