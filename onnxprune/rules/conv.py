@@ -48,7 +48,7 @@ def _zero_filter_consts(weight: np.ndarray, bias: np.ndarray | None, axis: int) 
     return np.where(zero, b, np.nan)
 
 
-def _check_rank(node: gs.Node, ctx: "AnalysisContext", weight: np.ndarray) -> None:
+def _check_rank(node: gs.Node, ctx: PropagateContext, weight: np.ndarray) -> None:
     """A weight of rank 3 or more, the input's rank: onnx's shape inference lets a Conv whose
     data input is missing (its weight read as the data, its bias as the weight) through."""
     x_shape = ctx.shape(node.inputs[0])
