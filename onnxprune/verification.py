@@ -20,6 +20,7 @@ from .runtime import EXPANDED, paired_outputs, run_model, session
 from .tails import Tail, Tails, find_tails, with_outputs
 
 __all__ = [
+    "check_run_size",
     "failure_text",
     "limits",
     "MIN_TOLERANCE",
@@ -168,6 +169,31 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 # Random verification inputs bigger than this are refused, not allocated: a dim rewritten to
 # 2**20 would otherwise ask for terabytes (real inputs, even 4K video frames, stay far below).
 _RANDOM_INPUT_LIMIT = 2**30
+
+
+# The tensors onnxruntime computes to verify, summed from the static shapes (4 bytes each, none
+# reused): past this the run is refused, not started. A still-valid mutated file whose weight
+# gained a dim of 1 broadcast a model's batch to 309: 5.8 GB and 28 s before onnxruntime failed.
+# Real models stay below (corpus: YOLO26n at 640x640 0.24 GiB, PP-OCRv6 det at 960x960 1.4 GiB).
+_RUN_TENSORS_LIMIT = 4 * 2**30
+
+
+def check_run_size(shapes: Mapping[str, tuple[int | None, ...]], weights: set[str], source: str) -> None:
+    """Refuse (UnsupportedModel) a verification run whose computed tensors would exceed
+    _RUN_TENSORS_LIMIT bytes by the static shapes (weights, counted in the model's size, apart)."""
+    total, largest = 0, (0, "", ())
+    for name, shape in shapes.items():
+        if name in weights or not shape or any(d is None for d in shape):
+            continue
+        count = math.prod(shape)
+        total += 4 * count
+        largest = max(largest, (count, name, shape))
+    if total > _RUN_TENSORS_LIMIT:
+        raise UnsupportedModel(
+            f"{source}: verification would compute {total / 2**30:.3g} GiB of tensors (the largest {largest[1]!r} of shape "
+            f"{tuple(largest[2])}; the limit is {_RUN_TENSORS_LIMIT // 2**30} GiB); give smaller dims with --input-shape, "
+            "or prune with --no-verify"
+        )
 
 
 def make_inputs(

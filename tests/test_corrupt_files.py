@@ -209,6 +209,18 @@ def _huge_input(folder: Path) -> bytes:
     return _bytes(m)
 
 
+def _huge_intermediate(folder: Path) -> bytes:
+    """A still-valid model whose verification would compute a 4 GiB tensor (a Tile that
+    repeats 2048 x 2048 times), from an 8x8 input."""
+    w = np.ones((4, 3, 3, 3), np.float32)
+    w[1] = 0  # a zero filter: something to remove, so verification runs
+    m = _small(numpy_helper.from_array(w, "W"))
+    m.graph.initializer.append(numpy_helper.from_array(np.array([1, 1, 2048, 2048], np.int64), "reps"))
+    m.graph.node.append(helper.make_node("Tile", ["y", "reps"], ["t"], name="tile"))
+    m.graph.output[0].CopyFrom(helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4, 16384, 16384]))
+    return _bytes(m)
+
+
 CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_node_name_not_utf8, "node #1 (Relu): name is not valid UTF-8 (b're\\xffu')"),
     (_tensor_name_not_utf8, "initializer[1]: tensor name is not valid UTF-8"),
@@ -234,6 +246,7 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_no_outputs, "the graph has no outputs"),
     (_empty_value_type, "value info 'c': its type holds no tensor, sequence, map, optional or sparse type"),
     (_convtranspose_bias_contradicts_weight, "node 'deconv' (ConvTranspose): bias 'B' has 7 values for 4 output channels"),
+    (_huge_intermediate, "verification would compute 4 GiB of tensors (the largest 't' of shape (1, 4, 16384, 16384); the limit is 4 GiB)"),
     (_huge_input, "input 'x' of shape (1, 3, 1048576, 1048576) would take 2.46e+04 GiB of random data to verify"),
 ]
 
@@ -247,7 +260,7 @@ def test_corrupt_file_refused(make, message: str, tmp_path: Path, capsys: pytest
     before = bad.read_bytes()
     out = tmp_path / "out.onnx"
     for argv in (["prune", str(bad), "-o", str(out)], ["analyze", str(bad)]):
-        if make is _huge_input and argv[0] == "analyze":
+        if make in (_huge_input, _huge_intermediate) and argv[0] == "analyze":
             continue  # a valid model: only verification would allocate
         assert cli.main(argv) == 2, argv
         err = capsys.readouterr().err

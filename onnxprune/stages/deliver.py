@@ -25,7 +25,7 @@ from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import SCALE_FLOOR, VerificationResult, compare_models, failure_text, limits, load_npz_inputs, make_inputs
+from ..verification import SCALE_FLOOR, VerificationResult, check_run_size, compare_models, failure_text, limits, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
@@ -160,6 +160,7 @@ def verify(
         masks = reader_masks(analysis, removed_id_mask(analysis, pruning_plan), compensation.estimates)
         reference = masked_reference(loaded.proto, analysis, masks)
         kind = "original with removed channels replaced where read"
+    check_run_size(analysis.shapes, {t.name for t in loaded.proto.graph.initializer}, source)
     tolerance, noise_multiple = limits(config.tolerance)
     result = compare_models(
         reference, runnable(pruned, staged), feeds, tolerance, inputs, source, progress=run.progress_of("verification"),
