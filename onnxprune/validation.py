@@ -277,7 +277,7 @@ def _check_tensor(t: onnx.TensorProto, raw_lengths: Mapping[str, int] | None, da
         if have is None:
             have = len(t.raw_data)
         if nbytes is None:
-            raise _Refused(f"a STRING tensor cannot hold raw data")
+            raise _Refused("a STRING tensor cannot hold raw data")
         if have != nbytes:
             raise _Refused(f"raw data holds {have} bytes, {what} need {nbytes}")
         return
@@ -299,7 +299,7 @@ def _check_external(t: onnx.TensorProto, what: str, nbytes: int | None, data_siz
     if unknown:  # onnx would ignore it with a warning, onnxruntime refuses the model
         raise _Refused(f"external data key {unknown[0]!r} is not one of {', '.join(sorted(_EXTERNAL_KEYS))}")
     if nbytes is None:
-        raise _Refused(f"a STRING tensor cannot be stored as external data")
+        raise _Refused("a STRING tensor cannot be stored as external data")
     numbers = {}
     for key in ("offset", "length"):
         if key in info:

@@ -212,9 +212,7 @@ def m_raw_size(m: Model, rng: random.Random) -> Mutant:
 
 def m_weight_value(m: Model, rng: random.Random) -> Mutant:
     """A changed weight value: the file stays a valid model."""
-    pool = []
-    for t in m.by_name.get("GraphProto.initializer", ()):  # float tensors with raw data
-        pool.append(t)
+    pool = list(m.by_name.get("GraphProto.initializer", ()))  # float tensors with raw data, below
     rng.shuffle(pool)
     for t in pool[:50]:
         raw_site = data_type = None

@@ -292,11 +292,11 @@ def _write_report(args, done, models, counts, kinds, findings, clean, worst, slo
     lines = [
         "# Mutation fuzzing of model files (tools/fuzz_files.py)",
         "",
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Seed {args.seed}: {done} mutated files (of {args.count} asked) from "
+        (f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Seed {args.seed}: {done} mutated files (of {args.count} asked) from "
         f"{len(models)} models, each through `onnxprune analyze` then `onnxprune prune` (with verification) in a forked "
         f"child (a {TIMEOUT} s limit; peak memory from wait4), every {args.subprocess_every}th also through "
         f"`python -m onnxprune` subprocesses ({sub_runs} runs, {sub_agree} with the same outcome). A file refused by "
-        f"`analyze` is not pruned (it is refused at load). Time: {seconds:.0f} s ({seconds / max(done, 1):.3f} s per file, one worker on a shared 2-core machine).",
+        f"`analyze` is not pruned (it is refused at load). Time: {seconds:.0f} s ({seconds / max(done, 1):.3f} s per file, one worker on a shared 2-core machine)."),
         "",
         ("Outcomes: ok (exit 0), verification failed (exit 1), refused (exit 2, one line naming the file), bad message "
          "(exit 2 otherwise), internal error (exit 3 or a traceback), crash (a signal), hang (the time limit)."),
