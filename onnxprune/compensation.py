@@ -99,6 +99,8 @@ def data_free_values(
         layer = registry.layer(node, opset)
         if layer is None or len(node.input) <= layer.weight_index:
             continue
+        if getattr(layer.semantics, "weight_zero_point_index", None) is not None:
+            continue  # an integer layer's zero filter is its zero point, and it has no bias
         init = inits.get(node.input[layer.weight_index])
         if init is None or readers.get(init.name, 0) != 1:
             continue

@@ -1,7 +1,10 @@
 """Constant operands as the analysis and the surgery read them: initializers (read once,
-shared, views of the file's bytes where possible), ``Constant`` nodes, and values behind
-``Identity``, ``QuantizeLinear``/``DequantizeLinear`` chains and OpenVINO's ``FakeQuantize`` (NNCF's
-int8 weights: a Constant node through a per-channel FakeQuantize)."""
+shared, views of the file's bytes where possible), ``Constant`` nodes, and values computed from
+them by constant-only subgraphs: ``Identity``, ``QuantizeLinear``/``DequantizeLinear``,
+OpenVINO's ``FakeQuantize`` (NNCF's int8 weights: a Constant node through a per-channel
+FakeQuantize), shape ops (Reshape, Unsqueeze, Squeeze, Transpose, Flatten), ``Cast`` and
+element-wise arithmetic of constants (the weight-only int8 ``Cast -> Mul(scale)``). How such a
+value is rewritten when a channel goes is the surgery's business (surgery.SurgeryContext)."""
 
 from __future__ import annotations
 
@@ -17,15 +20,24 @@ from .fake_quantize import fake_quantize_values, is_fake_quantize
 from .qdq import qdq_values
 from .wire import RAW_DTYPES, raw_data_offsets
 
-__all__ = ["InitializerCache", "Param", "ParamResolver"]
+__all__ = ["ARITHMETIC_OPS", "SHAPE_OPS", "InitializerCache", "Param", "ParamResolver", "is_quantized_chain"]
+
+# Ops whose output is a rearrangement of their first input's elements: a value behind them is
+# sliced by folding (a new constant of the same type and size as the stored one).
+SHAPE_OPS = frozenset({"Reshape", "Unsqueeze", "Squeeze", "Transpose", "Flatten"})
+# Element-wise ops of constants, broadcast numpy-style: each operand is sliced on its own axis.
+ARITHMETIC_OPS = frozenset({"Mul", "Div", "Add", "Sub"})
+_ARITHMETIC = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}
 
 
 @dataclass(frozen=True)
 class Param:
     """A constant operand as the analysis sees it: float values, plus the chain it comes from.
 
-    ``chain`` lists the nodes between the consumer and the stored tensor (Identity, DequantizeLinear,
-    QuantizeLinear, FakeQuantize); ``storage`` is the graphsurgeon Constant (initializer) or the Constant node.
+    ``chain`` lists the nodes between the consumer and the stored tensor along the first input
+    (Identity, DequantizeLinear, QuantizeLinear, FakeQuantize, Cast, shape ops, arithmetic of
+    constants); ``storage`` is the graphsurgeon Constant (initializer) or the Constant node at
+    its end. Values keep the type the graph computes (an int8 initializer's values are int8).
     """
 
     values: np.ndarray
@@ -105,7 +117,7 @@ class InitializerCache:
         }
 
 
-# Nodes (Identity, Q/DQ) a constant is followed through, at most: exporters put one to three
+# Nodes (Identity, Q/DQ, Cast, shape ops, arithmetic) a constant is followed through, at most: exporters put one to three
 # between a weight and its reader. A longer chain is not read as a constant (its reader is then
 # left alone): each step keeps its own chain and array, so a hostile file with 30,000 Identity
 # nodes in a row took 90 s and 4.5 GB to analyse.
@@ -113,7 +125,8 @@ MAX_CHAIN = 8
 
 
 class ParamResolver:
-    """Finds the constant value behind a tensor (initializer, Constant node, Identity, Q/DQ).
+    """Finds the constant value behind a tensor (initializer, Constant node, and the constant-only
+    subgraphs of the module docstring).
 
     ``initializers``: a cache shared with other readers of the same model (see InitializerCache);
     ``graph``: the graph just imported from that model, whose initializers are then read through
@@ -184,6 +197,82 @@ class ParamResolver:
                 return None
             values = fake_quantize_values(x.values, *(r.values for r in ranges), int(node.attrs.get("levels", 256)))
             return Param(values, (node, *x.chain), x.storage)
+        if (node.domain or "") not in ("", "ai.onnx") or not node.inputs:
+            return None
+        if node.op == "Cast":
+            x = self(node.inputs[0], depth + 1)
+            dtype = _onnx_dtype(node.attrs.get("to"))
+            if x is None or dtype is None or len(x.chain) >= MAX_CHAIN:
+                return None
+            return Param(np.asarray(x.values).astype(dtype), (node, *x.chain), x.storage)
+        if node.op in SHAPE_OPS:
+            x = self(node.inputs[0], depth + 1)
+            if x is None or len(x.chain) >= MAX_CHAIN:
+                return None
+            values = self._rearranged(node, np.asarray(x.values), depth)
+            return None if values is None else Param(values, (node, *x.chain), x.storage)
+        if node.op in ARITHMETIC_OPS and len(node.inputs) == 2:
+            a, b = self(node.inputs[0], depth + 1), self(node.inputs[1], depth + 1)
+            if a is None or b is None or len(a.chain) >= MAX_CHAIN:
+                return None
+            va, vb = np.asarray(a.values), np.asarray(b.values)
+            if va.dtype.kind != "f" or va.dtype != vb.dtype:
+                return None  # integer arithmetic wraps and truncates: not worth following
+            try:
+                size = int(np.prod(np.broadcast_shapes(va.shape, vb.shape), dtype=np.int64))
+            except ValueError:
+                return None
+            if size > max(va.size, vb.size):  # a scale applied to a weight, never an outer product
+                return None
+            with np.errstate(all="ignore"):
+                values = _ARITHMETIC[node.op](a.values, b.values)
+            return Param(np.asarray(values, dtype=np.asarray(a.values).dtype), (node, *a.chain), a.storage)
+        return None
+
+    def _rearranged(self, node: gs.Node, x: np.ndarray, depth: int) -> np.ndarray | None:
+        """The output of shape op ``node`` on constant ``x``; None when its operands are unknown
+        or do not fit (the op is then left to the runtime)."""
+        try:
+            if node.op == "Transpose":
+                perm = node.attrs.get("perm")
+                return np.transpose(x, None if perm is None else [int(p) for p in perm])
+            if node.op == "Flatten":
+                axis = int(node.attrs.get("axis", 1)) % (x.ndim + 1) if x.ndim else 0
+                return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+            if node.op == "Reshape":
+                shape = self(node.inputs[1], depth + 1) if len(node.inputs) > 1 else None
+                if shape is None:
+                    return None
+                dims = [int(d) for d in np.asarray(shape.values).reshape(-1)]
+                if not node.attrs.get("allowzero", 0):
+                    dims = [x.shape[i] if d == 0 and i < x.ndim else d for i, d in enumerate(dims)]
+                return x.reshape(dims)
+            axes_in = self(node.inputs[1], depth + 1) if len(node.inputs) > 1 and node.inputs[1].name else None
+            if len(node.inputs) > 1 and node.inputs[1].name and axes_in is None:
+                return None
+            axes = node.attrs.get("axes") if axes_in is None else np.asarray(axes_in.values).reshape(-1)
+            if node.op == "Squeeze":
+                if axes is None:
+                    return np.squeeze(x)
+                return np.squeeze(x, axis=tuple(int(a) % x.ndim for a in axes))
+            if axes is None:  # Unsqueeze always names its axes
+                return None
+            out_rank = x.ndim + len(axes)
+            return np.expand_dims(x, tuple(sorted(int(a) % out_rank for a in axes)))
+        except (ValueError, IndexError, TypeError):
+            return None
+
+
+def is_quantized_chain(param: Param) -> bool:
+    """True when a value is computed through QuantizeLinear/DequantizeLinear or FakeQuantize:
+    overwriting it with a float constant would take it off the quantized path."""
+    return any(n.op in ("QuantizeLinear", "DequantizeLinear") or is_fake_quantize(n.op, n.domain) for n in param.chain)
+
+
+def _onnx_dtype(to: object) -> np.dtype | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))  # type: ignore[call-overload]
+    except (TypeError, ValueError, KeyError):
         return None
 
 

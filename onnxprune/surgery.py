@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from .analysis import ChannelAnalysis, import_graph
 from .errors import UnsupportedModel, UsageError
 from .fake_quantize import is_fake_quantize
-from .params import InitializerCache, ParamResolver
+from .params import ARITHMETIC_OPS, SHAPE_OPS, InitializerCache, ParamResolver, is_quantized_chain
 from .validation import model_opset
 from .compensation import removed_id_mask, sink_fills
 from .edits import Edit, GroupColumns, SetValue, SliceAxis, apply_edits, edit_key
@@ -158,11 +158,12 @@ class SurgeryContext:
             # A new value replaces the whole chain; only Identity may stand between (a quantized
             # value cannot be overwritten exactly, and the analysis never asks for it).
             base = self.params(t)
-            if base is not None and any(n.op != "Identity" for n in base.chain):
+            if base is not None and is_quantized_chain(base):
                 raise UnsupportedModel(f"internal: cannot overwrite {t.name}: it is computed by {base.chain[0].op}")
             dtype = np.asarray(base.values).dtype if base is not None else np.asarray(edits[0].values).dtype
             name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
             return gs.Constant(name, apply_edits(np.asarray(edits[0].values).astype(dtype), edits[1:]))
+        original = t.name
         name = self._retire(t) if keep_names else self.unique_name(f"{t.name}_pruned")
         if isinstance(t, gs.Constant):  # the resolver's array: rules have read it already
             sliced = gs.Constant(name, apply_edits(self.params(t).values, edits))
@@ -187,17 +188,38 @@ class SurgeryContext:
                     inputs.append(self._materialize(extra, sub, keep_names) if sub else extra)
                 else:
                     inputs.append(extra)
-            out = gs.Variable(name, dtype=t.dtype)
-            node_name = self.unique_name(f"{producer.name or producer.op}_pruned")
-            if keep_names and producer.name:
-                node_name, producer.name = producer.name, node_name
-            self.graph.nodes.append(gs.Node(producer.op, name=node_name, attrs=dict(producer.attrs), inputs=inputs, outputs=[out]))
-            if keep_names:
-                producer.outputs.clear()
-            return out
+            return self._rebuild(producer, inputs, name, t, keep_names)
+        if producer.op in SHAPE_OPS:
+            # Folded: the result has the stored tensor's type and size (a bias [C] reshaped to
+            # [1, C, 1, 1] becomes a [1, C', 1, 1] initializer), so nothing grows.
+            return gs.Constant(name, apply_edits(np.asarray(self.params(t).values), edits))
+        if producer.op == "Cast":
+            # Kept as a Cast of the sliced stored tensor: an int8 weight stays int8 in the file.
+            return self._rebuild(producer, [self._materialize(producer.inputs[0], edits, keep_names)], name, t, keep_names)
+        if producer.op in ARITHMETIC_OPS:
+            # Each operand sliced on its own axes (the int8 weight and its per-channel scale of
+            # Cast -> Mul together); a broadcast (size-1) axis needs nothing.
+            rank = len(self._shape(t, original))
+            inputs = []
+            for operand in producer.inputs:
+                sub = _operand_edits(self._shape(operand, operand.name), rank, edits, original)
+                inputs.append(self._materialize(operand, sub, keep_names) if sub else operand)
+            return self._rebuild(producer, inputs, name, t, keep_names)
         if is_fake_quantize(producer.op, producer.domain):
             return self._materialize_fake_quantize(producer, t, edits, name, keep_names)
         raise UnsupportedModel(f"internal: cannot edit {t.name}: produced by {producer.op}")
+
+    def _shape(self, t: gs.Tensor, name: str) -> tuple[int, ...]:
+        """A constant's shape, or a run-time operand's static one (a scale computed at run time
+        by a constant subgraph that is sliced, see rules.elementwise.scaled_constant); ``name``
+        is the tensor's name in the analysis (it may have been retired since)."""
+        p = self.params(t)
+        if p is not None:
+            return tuple(np.asarray(p.values).shape)
+        shape = self.analysis.shapes.get(name)
+        if shape is None or any(d is None for d in shape):
+            raise UnsupportedModel(f"internal: cannot edit a value computed from {name}: its shape is unknown")
+        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
 
     def _materialize_fake_quantize(self, producer: gs.Node, t: gs.Tensor, edits: list[Edit], name: str, keep_names: bool) -> gs.Tensor:
         """A weight behind FakeQuantize: the stored weight and every range that spans an edited
@@ -217,6 +239,11 @@ class SurgeryContext:
                 exclusive = keep_names and all(c is producer for c in extra.outputs) and _chain_exclusive(extra)
                 made[id(extra)] = self._materialize(extra, sub, exclusive)
             inputs.append(made[id(extra)])
+        return self._rebuild(producer, inputs, name, t, keep_names)
+
+    def _rebuild(self, producer: gs.Node, inputs: list[gs.Tensor], name: str, t: gs.Tensor, keep_names: bool) -> gs.Tensor:
+        """A copy of ``producer`` reading ``inputs``, its output named ``name``; with
+        ``keep_names`` it takes the original node's name and the original is disconnected."""
         out = gs.Variable(name, dtype=t.dtype)
         node_name = self.unique_name(f"{producer.name or producer.op}_pruned")
         if keep_names and producer.name:
@@ -251,16 +278,52 @@ def _range_edits(shape: tuple[int, ...], rank: int, edits: list[Edit], name: str
     return out
 
 
+def _operand_edits(shape: tuple[int, ...], rank: int, edits: list[Edit], name: str) -> list[Edit]:
+    """The edits of a broadcast result of rank ``rank`` as they apply to one operand of
+    ``shape``: a sliced axis the operand has in full is sliced, a size-1 (broadcast) one is not."""
+    out: list[Edit] = []
+    offset = rank - len(shape)
+    for edit in edits:
+        if isinstance(edit, SliceAxis):
+            local = edit.axis - offset
+            if local < 0 or shape[local] == 1:
+                continue
+            if shape[local] != len(edit.keep):
+                raise UnsupportedModel(f"internal: cannot edit {name}: an operand has {shape[local]} positions on axis {edit.axis}, not {len(edit.keep)}")
+            out.append(SliceAxis(local, edit.keep))
+        elif isinstance(edit, GroupColumns):
+            if offset == 0 and len(shape) > 1 and shape[1] == 1:
+                continue  # one value per output row: the columns are broadcast
+            if offset != 0 or shape[1] != edit.keep.shape[1]:
+                raise UnsupportedModel(f"internal: cannot edit {name}: an operand does not span the grouped columns")
+            out.append(edit)
+        else:
+            raise UnsupportedModel(f"internal: cannot edit {name}: a value computed from constants is only sliced")
+    return out
+
+
+_CHAIN_OPS = frozenset({"Identity", "DequantizeLinear", "QuantizeLinear", "Cast"}) | SHAPE_OPS | ARITHMETIC_OPS
+
+
 def _chain_exclusive(t: gs.Tensor) -> bool:
-    """True when no tensor upstream in ``t``'s parameter chain is read by anything else."""
-    while not isinstance(t, gs.Constant) and t.inputs:
+    """True when no tensor upstream in ``t``'s parameter chain (every operand of the constant
+    subgraph that computes it) is read by anything else."""
+    stack = [t]
+    while stack:
+        t = stack.pop()
+        if isinstance(t, gs.Constant) or not t.inputs:
+            continue
         producer = t.inputs[0]
-        chained = producer.op in ("Identity", "DequantizeLinear", "QuantizeLinear") or is_fake_quantize(producer.op, producer.domain)
-        if not chained or not producer.inputs:
-            return True
-        t = producer.inputs[0]
-        if len(t.outputs) > 1:
-            return False
+        if producer.op not in _CHAIN_OPS and not is_fake_quantize(producer.op, producer.domain):
+            continue
+        # Only the operands that are edited: a Reshape's shape or a per-tensor scale is not.
+        operands = producer.inputs if producer.op in ARITHMETIC_OPS else producer.inputs[:1]
+        for x in operands:
+            if not x.name:
+                continue
+            if len(x.outputs) > 1:
+                return False
+            stack.append(x)
     return True
 
 

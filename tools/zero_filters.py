@@ -49,9 +49,54 @@ def zero_filters(
             name = producers[name].input[0]
         return name
 
+    def stored(name: str) -> onnx.TensorProto | None:
+        """The tensor holding a parameter's values row for row: an initializer, a Constant
+        node's value, the int8 initializer of weight-only int8 (Cast -> Mul(scale)), or a
+        bias [C] behind Reshape (paddle2onnx's Add(conv, Reshape(bias)))."""
+        name = resolve(name)
+        if name in inits:
+            return inits[name]
+        producer = producers.get(name)
+        if producer is None:
+            return None
+        if producer.op_type == "Constant" and producer.attribute and producer.attribute[0].name == "value":
+            return producer.attribute[0].t
+        if producer.op_type == "Mul":
+            for x in producer.input:
+                cast = producers.get(x)
+                if cast is not None and cast.op_type == "Cast":
+                    return stored(cast.input[0])
+        if producer.op_type == "Reshape":
+            inner = stored(producer.input[0])
+            return inner if inner is not None and len(inner.dims) == 1 else None
+        return None
+
+    def zero_point(node: onnx.NodeProto) -> np.ndarray | None:
+        if node.op_type != "ConvInteger" or len(node.input) < 4 or not node.input[3]:
+            return None
+        t = stored(node.input[3])
+        return None if t is None else numpy_helper.to_array(t)
+
     def weight(node: onnx.NodeProto) -> np.ndarray | None:
-        init = inits.get(resolve(node.input[1])) if len(node.input) > 1 else None
-        return None if init is None else numpy_helper.to_array(init)
+        init = stored(node.input[1]) if len(node.input) > 1 else None
+        if init is None:
+            return None
+        w = numpy_helper.to_array(init).astype(np.float64)
+        zp = zero_point(node)
+        return w if zp is None else w - zp.astype(np.float64).reshape((-1,) + (1,) * (w.ndim - 1))
+
+    def bias_after(node: onnx.NodeProto) -> str | None:
+        """ConvInteger's bias: Add(Mul(Cast(ConvInteger), scale), Reshape(bias))."""
+        name = node.output[0]
+        for op in ("Cast", "Mul", "Add"):
+            nxt = [c for c in consumers[name] if c.op_type == op]
+            if len(nxt) != 1:
+                return None
+            if op == "Add":
+                other = [x for x in nxt[0].input if x != name]
+                return other[0] if other and stored(other[0]) is not None else None
+            name = nxt[0].output[0]
+        return None
 
     def zero_rows(node: onnx.NodeProto, pos: int, rows) -> None:
         """Zero rows of the node's pos-th input; an initializer shared with other nodes is copied first."""
@@ -59,12 +104,21 @@ def zero_filters(
             return
         name = resolve(node.input[pos])
         if name not in inits:
+            t = stored(name)  # behind Constant / Cast -> Mul / Reshape: zeroed in place
+            if t is None:
+                return
+            arr = numpy_helper.to_array(t).copy()
+            zp = zero_point(node) if pos == 1 else None
+            arr[rows] = 0 if zp is None else zp.reshape(-1)[rows] if zp.size > 1 else zp
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
             return
         arr = numpy_helper.to_array(inits[name])
-        if not np.any(arr[rows]):
+        zp = zero_point(node) if pos == 1 else None
+        fill = 0 if zp is None else (zp.reshape(-1)[rows].reshape((-1,) + (1,) * (arr.ndim - 1)) if zp.size > 1 else zp)
+        if np.all(arr[rows] == fill):
             return
         arr = arr.copy()
-        arr[rows] = 0
+        arr[rows] = fill
         if name == node.input[pos] and users[name] == 1:
             inits[name].CopyFrom(numpy_helper.from_array(arr, name))
             return
@@ -81,7 +135,7 @@ def zero_filters(
     output_roots = np.asarray(
         [g.id for g in analysis.groups if any(r.startswith("reaches graph output") for r in g.pinned_by)], dtype=np.int64
     )
-    sources = [s for s in analysis.sources if s.op == "Conv" or (not skip_gemm and s.op in ("Gemm", "MatMul"))]
+    sources = [s for s in analysis.sources if s.op in ("Conv", "ConvInteger") or (not skip_gemm and s.op in ("Gemm", "MatMul"))]
     if skip_outputs:
         sources = [s for s in sources if not np.isin(analysis.roots(s.ids), output_roots).any()]
     # clusters: source layers joined by a shared channel group
@@ -151,6 +205,13 @@ def zero_filters(
         idx = sorted(rows)
         for pos in (1, 2):
             zero_rows(node, pos, idx)
+        if node.op_type == "ConvInteger":
+            bias = bias_after(node)
+            if bias is not None:
+                t = stored(bias)
+                arr = numpy_helper.to_array(t).copy()
+                arr[idx] = 0
+                t.CopyFrom(numpy_helper.from_array(arr, t.name))
         count += len(idx)
         for reader in consumers[node.output[0]]:
             if reader.op_type == "BatchNormalization":

@@ -32,7 +32,19 @@ def _filters(node: gs.Node, params: ParamResolver, registry: RuleRegistry, opset
     w = params(node.inputs[layer.weight_index])
     if w is None:
         return None
-    return layer.weight_matrix(np.asarray(w.values, dtype=np.float32))
+    values = np.asarray(w.values, dtype=np.float32)
+    # An integer layer's filters are its weight minus the weight zero point (ConvInteger).
+    zp_index = getattr(layer.semantics, "weight_zero_point_index", None)
+    if zp_index is not None and len(node.inputs) > zp_index and node.inputs[zp_index].name:
+        zp = params(node.inputs[zp_index])
+        if zp is None:
+            return None
+        zp_values = np.asarray(zp.values, dtype=np.float32).reshape(-1)
+        shape = [1] * values.ndim
+        if zp_values.size > 1:
+            shape[layer.out_axis] = zp_values.size
+        values = values - zp_values.reshape(shape)
+    return layer.weight_matrix(values)
 
 
 def source_filters(graph: gs.Graph, analysis: ChannelAnalysis, registry: RuleRegistry) -> dict[str, LayerFilters]:

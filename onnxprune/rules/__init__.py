@@ -12,6 +12,7 @@ from .concat_split import ConcatRule, SliceRule, SplitRule
 from .conv import ConvRule, ConvTransposeRule
 from .elementwise import BroadcastRule, broadcast_rules
 from .gemm import GemmRule, MatMulRule
+from .integer import ConvIntegerRule, DynamicQuantizeLinearRule, MatMulIntegerRule, StaticQuantizedRule
 from .normalization import BatchNormalizationRule, ChannelMixingNormalizationRule, InstanceNormalizationRule
 from .pooling import PadRule, PoolRule, ReduceRule, ResizeRule
 from .quantize import FakeQuantizeRule, QuantizeRule
@@ -28,6 +29,8 @@ __all__ = [
     "ConvTransposeRule",
     "GemmRule",
     "MatMulRule",
+    "ConvIntegerRule",
+    "MatMulIntegerRule",
     "NotApplicable",
     "default_registry",
     "passthrough",
@@ -63,5 +66,9 @@ def default_registry() -> RuleRegistry:
         ShapeRule(),
         QuantizeRule(),
         FakeQuantizeRule(),
+        DynamicQuantizeLinearRule(),
+        ConvIntegerRule(),
+        MatMulIntegerRule(),
+        StaticQuantizedRule(),
     ]
     return RuleRegistry(rules)

@@ -38,6 +38,30 @@ def _attr(node: gs.Node, name: str, default: float) -> float:
     return float(node.attrs.get(name, default))
 
 
+def _cast_const(node: gs.Node) -> ConstFn | None:
+    """Cast keeps a constant only where the target type holds it exactly (an int32 0 from
+    ConvInteger is a float 0); one it would round or saturate becomes unknown."""
+    import onnx
+
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs.get("to"))))  # type: ignore[arg-type]
+    except (TypeError, ValueError, KeyError):
+        return None
+    if dtype.kind not in "fiu":
+        return None
+
+    def const(c: np.ndarray) -> np.ndarray:
+        c = np.asarray(c, dtype=np.float64)
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            ok = (c == np.rint(c)) & (c >= info.min) & (c <= info.max)
+        else:
+            ok = np.isfinite(c) & (np.where(np.isfinite(c), c, 0).astype(dtype).astype(np.float64) == c)
+        return np.where(ok, c, np.nan)
+
+    return const
+
+
 # op -> (node -> const function). Every entry is a function applied to each element alone.
 _UNARY: dict[str, Callable[[gs.Node], ConstFn | None]] = {
     "Relu": lambda n: lambda c: np.maximum(c, 0.0),
@@ -69,7 +93,7 @@ _UNARY: dict[str, Callable[[gs.Node], ConstFn | None]] = {
     "Cos": lambda n: np.cos,
     "Identity": lambda n: lambda c: c,
     "Dropout": lambda n: lambda c: c,  # inference: identity (ratio is ignored by runtimes)
-    "Cast": lambda n: None,  # the target type may round; constants are dropped to stay exact
+    "Cast": lambda n: _cast_const(n),  # constants the target type holds exactly (0 always)
     "Not": lambda n: None,
     "IsNaN": lambda n: None,
     "IsInf": lambda n: None,

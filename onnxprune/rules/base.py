@@ -176,9 +176,12 @@ class LayerSemantics(Protocol):
     weight criteria (each output channel's filter), MACs (report, budget), data-free
     compensation (zeroing filters) and reconstruction (refitting the weight as a matrix).
 
-    Implemented by the Conv, ConvTranspose, Gemm and MatMul rules; subclass one of them for a
-    custom op that computes the same way. Every method takes the node's attributes as a plain
-    mapping (``node_attrs``); callers use the bound view ``RuleRegistry.layer`` returns.
+    Implemented by the Conv, ConvTranspose, Gemm and MatMul rules (and ConvInteger and
+    MatMulInteger); subclass one of them for a custom op that computes the same way. Every
+    method takes the node's attributes as a plain mapping (``node_attrs``); callers use the
+    bound view ``RuleRegistry.layer`` returns. An integer layer may also set
+    ``weight_zero_point_index`` (the input holding the weight zero point): its filters are then
+    the weight minus that zero point.
     """
 
     data_index: int  # the input whose channels the layer reads

@@ -35,7 +35,7 @@ def _bias_blocker(node: gs.Node, ctx: PropagateContext, index: int) -> str | Non
         p = ctx.param(node.inputs[index])
         if p is None:
             return "bias is not a constant"
-        if p.chain and any(n.op != "Identity" for n in p.chain):
+        if any(n.op in ("QuantizeLinear", "DequantizeLinear", "FakeQuantize") for n in p.chain):
             return "bias is quantized; folding a constant into it would not be exact"
     return None
 

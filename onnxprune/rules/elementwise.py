@@ -8,11 +8,13 @@ operand with the full channel dimension that is neither tracked nor constant pin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import ApplyContext, PropagateContext
+from .base import ApplyContext, PropagateContext, Shape, numel
 
 __all__ = ["BroadcastRule", "broadcast_rules"]
 
@@ -26,6 +28,24 @@ def _operand_const(values: np.ndarray, axis: int, out_rank: int, n: int) -> np.n
         return np.full(n, np.nan)
     col = moved[:, 0] if moved.shape[1] else np.full(moved.shape[0], np.nan)
     return np.broadcast_to(col, (n,)).copy() if col.shape[0] == 1 else col
+
+
+def scaled_constant(t: gs.Tensor, param: Callable[[gs.Tensor], object], shape: Callable[[gs.Tensor], Shape | None]) -> bool:
+    """Is ``t`` a constant times a run-time scalar (onnxruntime's per-channel dynamic
+    quantization scales its weight scales [N] by the input's scale: Mul(x_scale, w_scale))?
+    Such an operand is sliced like a constant (its constant operand is), its value unknown."""
+    if len(t.inputs) != 1:
+        return False
+    producer = t.inputs[0]
+    if producer.op not in ("Mul", "Div") or (producer.domain or "") not in ("", "ai.onnx") or len(producer.inputs) != 2:
+        return False
+    constants = 0
+    for x in producer.inputs:
+        if param(x) is not None:
+            constants += 1
+        elif numel(shape(x)) != 1:
+            return False
+    return constants == 1
 
 
 class BroadcastRule:
@@ -104,7 +124,9 @@ class BroadcastRule:
                     per_input.append(_operand_const(p.values, a, out_rank, n) if p is not None else np.full(n, np.nan))
                 else:
                     p = ctx.param(t)
-                    if p is None:
+                    if p is None and scaled_constant(t, ctx.param, ctx.shape):
+                        per_input.append(np.full(n, np.nan))  # sliced in apply; value unknown
+                    elif p is None:
                         ids = ctx.fresh(n)
                         ctx.pin(ids, f"operand {t.name!r} has the channel dimension but no channel ids")
                         if merged is not None:
@@ -130,11 +152,17 @@ class BroadcastRule:
             if t.name in ctx.analysis.layouts or not t.name:
                 continue
             values = ctx.param_values_or_none(node, i)
-            if values is None:
+            if values is not None:
+                shape: Shape | None = values.shape
+            elif scaled_constant(t, ctx.param, lambda x: ctx.analysis.shapes.get(x.name)):
+                shape = ctx.analysis.shapes.get(t.name)
+            else:
+                continue
+            if shape is None or any(d is None for d in shape):
                 continue
             for a, ids in lay.axes.items():
-                local = a - (lay.rank - values.ndim)
-                if local >= 0 and values.shape[local] == len(ids) and len(ids) > 1:
+                local = a - (lay.rank - len(shape))
+                if local >= 0 and shape[local] == len(ids) and len(ids) > 1:
                     ctx.slice_param(node, i, local, ctx.keep(y, a, len(ids)))
 
 
