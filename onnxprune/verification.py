@@ -337,7 +337,8 @@ def compare_models(
     """Run both models (in memory, or the paths of saved ones) on every feed and compare every
     output: within ``tolerance`` x its scale, or with ``noise_multiple`` (noise-aware, see the
     module constants) also within that multiple of the reference's own noise floor, measured
-    by one more run of the reference per feed with onnxruntime's graph optimisations on.
+    by one more run of the reference per feed with onnxruntime's graph optimisations on and
+    the inputs one ulp away (a second pass, once the first two sessions are closed).
 
     Outputs behind decisions (see ``tails``) are verified at the continuous tensors before the
     decisions, and compared themselves on the feeds where every decision came out equal."""
@@ -347,46 +348,29 @@ def compare_models(
     run_ref = session(reference, source=source)
     run_cand = session(candidate, source=source, pruned=True)
     names = run_ref.output_names
-    run_noise, noise_runtime = None, None
-    if noise_multiple is not None:
-        try:
-            run_noise = session(reference, source=source, optimize=True)
-            noise_runtime = f"{_runtime_name()} with all graph optimisations on, inputs one ulp away (the same reference: its float sums reordered)"
-        except OnnxPruneError as exc:  # an optimiser failure costs the noise floor, not the check
-            noise_runtime = f"not measured: {exc}"
     index = {n: i for i, n in enumerate(names)}
     decisions = {n for t in tails.tails for n in t.decisions}
     stands = {n: tails.stands_in_for(n) for n in names}
+    compared = [n for n in names if not (n in decisions and not stands[n] and tails.of(n) is None)]  # decisions only gate
+    steps = len(feeds_list) * (2 if noise_multiple is not None else 1)
     acc: dict[tuple[str, int], _Accumulator] = {}
+    kept: list[list[np.ndarray]] = []  # the reference's outputs, for the noise pass
     for k, feeds in enumerate(feeds_list):
         if progress:
-            progress(k, len(feeds_list))
-        first = next(iter(feeds.values()), None)
-        batch = first.shape[0] if first is not None and first.ndim else 1
+            progress(k, steps)
+        batch = _batch(feeds)
         ref, got = run_ref.run(feeds, names), run_cand.run(feeds, names)
-        noise = None
-        if run_noise is not None:
-            try:
-                noise = run_noise.run(_one_ulp_away(feeds, k), names)
-            except OnnxPruneError as exc:
-                run_noise, noise_runtime = None, f"not measured: {exc}"
-        for name in names:
-            if name in decisions and not stands[name] and tails.of(name) is None:
-                continue  # a decision tensor: it only says where its output is compared
+        if noise_multiple is not None:
+            kept.append(ref)
+        for name in compared:
             i = index[name]
             tail = tails.of(name)
             entry = acc.setdefault((name, batch), _Accumulator())
             entry.samples += 1
-            same = noise_same = True
-            if tail is not None:  # compared only where every decision it hangs on agrees
-                same = all(np.array_equal(ref[index[d]], got[index[d]]) for d in tail.decisions)
-                noise_same = noise is not None and all(np.array_equal(ref[index[d]], noise[index[d]]) for d in tail.decisions)
             r64 = np.asarray(ref[i], dtype=np.float64)
             entry.scale = max(entry.scale, float(np.max(np.abs(r64))) if r64.size else 0.0)
-            if noise is not None and noise_same and np.shape(noise[i]) == r64.shape and r64.size:
-                entry.noise = max(entry.noise or 0.0, float(np.max(np.abs(r64 - np.asarray(noise[i], np.float64)))))
-            if not same:
-                continue
+            if tail is not None and not all(np.array_equal(ref[index[d]], got[index[d]]) for d in tail.decisions):
+                continue  # compared only where every decision it hangs on agrees
             entry.compared += 1
             g64 = np.asarray(got[i], dtype=np.float64)
             if r64.shape != g64.shape:
@@ -395,13 +379,35 @@ def compare_models(
             diff = np.abs(r64 - g64)
             entry.diff = max(entry.diff, float(diff.max()) if diff.size else 0.0)
             entry.mean = max(entry.mean, float(diff.mean()) if diff.size else 0.0)
+    expanded = run_ref.expanded
+    del run_ref, run_cand  # the noise pass opens one session: never three models at once
+    measured, noise_runtime = False, None
+    if noise_multiple is not None:
+        try:
+            run_noise = session(reference, source=source, optimize=True)
+            for k, (feeds, ref) in enumerate(zip(feeds_list, kept)):
+                if progress:
+                    progress(len(feeds_list) + k, steps)
+                noise = run_noise.run(_one_ulp_away(feeds, k), names)
+                for name in compared:
+                    tail = tails.of(name)
+                    if tail is not None and not all(np.array_equal(ref[index[d]], noise[index[d]]) for d in tail.decisions):
+                        continue
+                    r, z = ref[index[name]], noise[index[name]]
+                    if np.shape(z) == np.shape(r) and np.size(r):
+                        entry = acc[(name, _batch(feeds))]
+                        entry.noise = max(entry.noise or 0.0, float(np.max(np.abs(np.asarray(r, np.float64) - np.asarray(z, np.float64)))))
+            measured = True
+            noise_runtime = f"{_runtime_name()} with all graph optimisations on, inputs one ulp away (the same reference: its float sums reordered)"
+        except OnnxPruneError as exc:  # an optimiser failure costs the noise floor, not the check
+            noise_runtime = f"not measured: {exc}"
     if progress:
-        progress(len(feeds_list), len(feeds_list))
+        progress(steps, steps)
     noisy = noise_multiple is not None
     outs = []
     for (name, batch), e in acc.items():
         scale = e.scale if e.scale > 0 else 1.0
-        noise_floor = e.noise if run_noise is not None else None
+        noise_floor = e.noise if measured else None
         limit = tolerance * (max(scale, SCALE_FLOOR) if noisy else scale)
         if noisy and noise_floor is not None:
             limit = max(limit, noise_multiple * noise_floor)
@@ -414,7 +420,7 @@ def compare_models(
         )
     passed = all(o.passed for o in outs)
     return VerificationResult(
-        passed=passed, tolerance=tolerance, outputs=tuple(outs), inputs=inputs_desc, runtime=f"{_runtime_name()} with graph optimisations off" + (f", {EXPANDED}" if run_ref.expanded else ""),
+        passed=passed, tolerance=tolerance, outputs=tuple(outs), inputs=inputs_desc, runtime=f"{_runtime_name()} with graph optimisations off" + (f", {EXPANDED}" if expanded else ""),
         noise_multiple=noise_multiple, noise_runtime=noise_runtime, tails=tails.tails,
     )
 
@@ -432,6 +438,11 @@ def _one_ulp_away(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str, np.nd
             x = np.nextafter(x, np.where(up, np.inf, -np.inf).astype(x.dtype))
         out[name] = x
     return out
+
+
+def _batch(feeds: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feeds.values()), None)
+    return first.shape[0] if first is not None and first.ndim else 1
 
 
 class _Accumulator:
