@@ -183,6 +183,8 @@ def prune(
     if output is not None:
         check_output_path(output, model)
     loaded = stages.load(model)
+    run = stages.with_data_shapes(loaded, run)
+    config = run.config
     analysis = stages.analyse(loaded, run)
     data = stages.calibrate(loaded, analysis, run, lossy=config.lossy if pruning_plan is None else not pruning_plan.exact)
     scores = stages.score(loaded, analysis, data, run, given=pruning_plan)
@@ -220,6 +222,8 @@ def sensitivity(
     config = (config or PruneConfig()).with_options(criterion, calibration=calibration, **options)
     run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress)
     loaded = stages.load(model)
+    run = stages.with_data_shapes(loaded, run)
+    config = run.config
     analysis = stages.analyse(loaded, run)
     from .calibration import load_calibration, parse_preprocess
 

@@ -44,6 +44,9 @@ def format_report(d: dict) -> str:
     ]
     lines.append(f"{'':20s}{'before':>12s}{'after':>12s}{'change':>9s}")
     for label, before, after in rows:
+        if before is None or after is None:  # MACs of a model whose shapes are unknown
+            lines.append(f"{label:20s}{'unknown':>12s}{'unknown':>12s}   ({d.get('macs_unknown') or 'shapes unknown'})")
+            continue
         change = f"{(after - before) / before * 100:+.1f}%" if before else ""
         lines.append(f"{label:20s}{_fmt(before):>12s}{_fmt(after):>12s}{change:>9s}")
     if d["layers"]:

@@ -16,7 +16,7 @@ from .validation import model_opset
 if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
 
-__all__ = ["ModelCost", "model_cost", "node_macs", "pruned_shapes"]
+__all__ = ["ModelCost", "model_cost", "node_macs", "pruned_shapes", "unknown_macs_reason"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,21 @@ def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape], registry: Rul
         w = ins[layer.weight_index] if len(ins) > layer.weight_index else None
         out[label] = layer.macs(x, w, shapes.get(node.output[0]))
     return out
+
+
+def unknown_macs_reason(model: onnx.ModelProto, per_node: Mapping[str, int | None], input_shapes: Mapping[str, Shape]) -> str | None:
+    """Why some layers' MACs are unknown (None when every layer's are known): the layers, and
+    the inputs with dynamic dimensions to give a shape or data for. ``input_shapes``: the
+    inputs' shapes as the analysis saw them (None for a dynamic dimension)."""
+    unknown = sorted(n for n, m in per_node.items() if m is None)
+    if not unknown:
+        return None
+    unranked = {vi.name for vi in model.graph.input if not vi.type.tensor_type.HasField("shape")}
+    dynamic = [n for n, s in input_shapes.items() if n in unranked or any(d is None for d in s)]
+    layers = f"the shapes of {len(unknown)} layer(s) are unknown (e.g. {unknown[0]!r})"
+    if dynamic:
+        return f"{layers}: give --input-shape for {', '.join(repr(n) for n in dynamic)}, or data (--inputs, --calibration) to take the shapes from"
+    return f"{layers}: their sizes are computed at run time, although every input shape is static"
 
 
 def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape], registry: RuleRegistry | None = None) -> ModelCost:

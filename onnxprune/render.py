@@ -37,6 +37,9 @@ def to_markdown(d: dict[str, Any]) -> str:
     ):
         before = d[key_b]
         after = d["channels_total"] - d["channels_removed"] if key_a is None else d[key_a]
+        if before is None or after is None:  # MACs of a model whose shapes are unknown
+            lines.append(f"| {label} | unknown | unknown | {d.get('macs_unknown') or 'shapes unknown'} |")
+            continue
         lines.append(f"| {label} | {before:,} | {after:,} | {_pct(before, after)} |")
     v = d.get("verification")
     lines += ["", "## Verification", ""]
@@ -146,7 +149,8 @@ def plot_report(d: dict[str, Any], path: str) -> None:
     ax.set_yticklabels(names, fontsize=6)
     ax.invert_yaxis()
     ax.set_xlabel("output channels")
-    ax.set_title(f"{os.path.basename(d['model'])}: {d['criterion']}, MACs {_pct(d['macs_before'], d['macs_after'])}")
+    macs = "unknown" if d["macs_before"] is None or d["macs_after"] is None else _pct(d["macs_before"], d["macs_after"])
+    ax.set_title(f"{os.path.basename(d['model'])}: {d['criterion']}, MACs {macs}")
     ax.legend(loc="lower right")
     if bench:
         bx = axes[0][1]

@@ -59,8 +59,8 @@ class PruneReport:
     groups_removed: int
     params_before: int
     params_after: int
-    macs_before: int
-    macs_after: int
+    macs_before: int | None  # None when some layer's shapes are unknown (see macs_unknown)
+    macs_after: int | None
     macs_complete: bool
     size_before: int
     size_after: int
@@ -80,6 +80,7 @@ class PruneReport:
     data_note: str = ""  # how calibration and evaluation samples were chosen
     reconstructed_layers: tuple[ReconstructedLayer, ...] = ()
     sensitivity: SensitivityResult | None = None  # with a fidelity budget: what allocation measured
+    macs_unknown: str = ""  # why the MACs are unknown ("" when they are known)
 
     def to_dict(self) -> dict:
         return {
@@ -120,6 +121,7 @@ class PruneReport:
                 for r in self.reconstructed_layers
             ],
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
+            "macs_unknown": self.macs_unknown or None,  # why macs_before/after are null
         }
 
 
@@ -150,9 +152,10 @@ def build_report(
     are given as they are; ``fidelity_on_random_inputs`` also adds a note when there is a
     fidelity)."""
     from .analysis import static_shapes
+    from .rules import default_registry
     from .compensation import removed_id_mask
     from .shapes import concrete_input_shapes
-    from .metrics import model_cost, pruned_shapes
+    from .metrics import model_cost, node_macs, pruned_shapes, unknown_macs_reason
 
     removed = removed_id_mask(analysis, pruning_plan)
     layers = []
@@ -174,12 +177,14 @@ def build_report(
         if g.id not in removed_set and pruning_plan.kept_reasons.get(g.id)
     )
     notes = list(pruning_plan.notes)
-    if not before.macs_complete:
+    macs_unknown = ""
+    if not (before.macs_complete and after.macs_complete):
+        # Never a number from the layers whose shapes happen to be known: the MACs are unknown.
         in_shapes = concrete_input_shapes(pruned, config.input_shapes, source)
-        unranked = {vi.name for vi in pruned.graph.input if not vi.type.tensor_type.HasField("shape")}
-        dynamic = [n for n, s in in_shapes.items() if n in unranked or any(d is None for d in s)]
-        missing = f"give --input-shape for {', '.join(repr(n) for n in dynamic)}" if dynamic else "computed at run time, although every input shape is static"
-        notes.append(f"some layers have unknown shapes; their MACs are not counted ({missing})")
+        macs_unknown = unknown_macs_reason(pruned, node_macs(pruned, shapes, registry or default_registry()), in_shapes) or (
+            "the shapes of some layers of the original model are unknown"
+        )
+        notes.append(f"MACs unknown: {macs_unknown}")
     on_random_inputs = fidelity_on_random_inputs and fid is not None
     if on_random_inputs:
         notes.append("fidelity was measured on seeded random inputs, not real data: give --inputs or --calibration for meaningful numbers")
@@ -201,9 +206,10 @@ def build_report(
         groups_removed=len(pruning_plan.removed_groups),
         params_before=before.params,
         params_after=after.params,
-        macs_before=before.macs,
-        macs_after=after.macs,
-        macs_complete=before.macs_complete and after.macs_complete,
+        macs_before=before.macs if not macs_unknown else None,
+        macs_after=after.macs if not macs_unknown else None,
+        macs_complete=not macs_unknown,
+        macs_unknown=macs_unknown,
         size_before=sizes[0],
         size_after=sizes[1],
         layers=tuple(layers),

@@ -3,7 +3,7 @@ onnx shape inference over a light stand-in of the model (big weights not copied)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -15,6 +15,7 @@ from .fake_quantize import is_fake_quantize
 __all__ = [
     "Shape",
     "concrete_input_shapes",
+    "data_input_shapes",
     "dynamic_batch_inputs",
     "infer_static_shapes",
     "without_big_initializers",
@@ -69,6 +70,36 @@ def concrete_input_shapes(
             shapes[name] = ()
         else:
             shapes[name] = tuple((batch if (i == 0 and d is None) else d) for i, d in enumerate(dims))
+    return shapes
+
+
+def data_input_shapes(model: onnx.ModelProto, paths: Sequence[str | None], given: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """``given`` (the user's --input-shape) plus, for every other input with a dynamic
+    dimension, the shape of one sample of its array in the first .npz of ``paths`` that has
+    it (samples along the first axis; a scalar input's array is [N]). Arrays whose sample does
+    not fit the input's rank or fixed dimensions are skipped: the step that reads the data
+    says why, in its words. Only array headers are read."""
+    shapes = dict(given)
+    inits = {i.name for i in model.graph.initializer}
+    for path in paths:
+        if not path or not str(path).lower().endswith(".npz"):
+            continue
+        try:
+            with np.load(path) as data:
+                found = {k: tuple(int(d) for d in data[k].shape) for k in data.files}
+        except Exception:  # noqa: BLE001 - unreadable data is reported by the step that reads it
+            continue
+        for vi in model.graph.input:
+            if vi.name in inits or vi.name in shapes or vi.name not in found:
+                continue
+            dims = _dims(vi)
+            if dims is None or all(d is not None for d in dims) or not found[vi.name]:
+                continue
+            array = found[vi.name]
+            sample = (1, *array[1:]) if len(array) == len(dims) else (array[1:] if len(array) == len(dims) + 1 else None)
+            if sample is None or any(d is not None and d != s for d, s in zip(dims, sample)):
+                continue
+            shapes[vi.name] = tuple(sample)
     return shapes
 
 

@@ -26,7 +26,7 @@ REPORT_KEYS = [
     "model", "criterion", "criterion_reason", "channels_total", "channels_removed", "groups_total", "groups_removed", "params_before",
     "params_after", "macs_before", "macs_after", "macs_complete", "size_before", "size_after", "layers", "kept_groups",
     "verification", "notes", "fidelity", "fidelity_on_random_inputs", "compensation", "verified_against", "budget", "fidelity_score",
-    "fidelity_metrics", "evaluation", "data_note", "reconstructed_layers", "sensitivity",
+    "fidelity_metrics", "evaluation", "data_note", "reconstructed_layers", "sensitivity", "macs_unknown",
 ]
 
 

@@ -25,14 +25,18 @@ import onnxprune
 
 
 def zero_filters(
-    model: onnx.ModelProto, ratio: float = 0.25, skip_gemm: bool = True, skip_outputs: bool = True
+    model: onnx.ModelProto,
+    ratio: float = 0.25,
+    skip_gemm: bool = True,
+    skip_outputs: bool = True,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[onnx.ModelProto, int, int]:
     """Return (model with zeroed filters, channels zeroed, channels considered).
 
     With ``skip_outputs`` a source layer with a channel that reaches a graph output (the
     prediction conv of SqueezeNet or of a segmentation head) is left alone, like a classifier.
     """
-    analysis = onnxprune.analyze(model)
+    analysis = onnxprune.analyze(model, input_shapes=input_shapes)
     inits = {i.name: i for i in model.graph.initializer}
     nodes = {n.name: n for n in model.graph.node}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -225,9 +229,14 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("output")
     parser.add_argument("--ratio", type=float, default=0.25)
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...",
+                        help="static shape of an input with dynamic dimensions (as in onnxprune)")
     args = parser.parse_args()
+    from onnxprune.config import parse_input_shape
+
+    shapes = dict(parse_input_shape(s) for s in args.input_shape)
     model = onnx.load(args.model)
-    model, count, considered = zero_filters(model, args.ratio)
+    model, count, considered = zero_filters(model, args.ratio, input_shapes=shapes)
     onnx.save(model, args.output)
     print(f"{args.output}: zeroed {count} of {considered} conv filters")
 

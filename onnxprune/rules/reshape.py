@@ -66,8 +66,8 @@ def _graph_inputs_behind(tensor: gs.Tensor) -> list[gs.Variable]:
     stack = [tensor]
     while stack:
         t = stack.pop()
-        if id(t) in seen or isinstance(t, gs.Constant):
-            continue
+        if id(t) in seen or isinstance(t, gs.Constant) or not t.name:
+            continue  # an omitted optional input ('') is no graph input
         seen.add(id(t))
         if not t.inputs:
             leaves.append(t)

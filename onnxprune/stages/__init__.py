@@ -44,12 +44,12 @@ from .deliver import (
     verify,
     write,
 )
-from .prepare import CalibrationData, Feeds, LoadedModel, Run, analyse, calibrate, load
+from .prepare import CalibrationData, Feeds, LoadedModel, Run, analyse, calibrate, load, with_data_shapes
 
 __all__ = [
     "Run", "LoadedModel", "CalibrationData", "Feeds", "Planned", "Compensation", "SensitivityTrials", "Original", "Verified",
     "Recovered", "Measured",
-    "load", "analyse", "calibrate", "score", "plan", "compensate", "measure_original", "may_consume", "check", "staging",
+    "load", "with_data_shapes", "analyse", "calibrate", "score", "plan", "compensate", "measure_original", "may_consume", "check", "staging",
     "verify", "recover", "measure", "write", "report",
     "check_budget", "layer_scores", "budget_plan", "estimates", "sensitivity_trials", "runnable", "verification_feeds",
 ]

@@ -24,7 +24,7 @@ from ..config import PruneConfig
 from ..criteria import CriterionRegistry, source_filters, zero_plan
 from ..criteria.activations import ActivationStats, group_activation_scores
 from ..errors import UsageError
-from ..metrics import node_macs
+from ..metrics import node_macs, unknown_macs_reason
 from ..planning import PruningPlan
 from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
@@ -115,15 +115,28 @@ def score(
 
 
 def budget_plan(
-    analysis: ChannelAnalysis, model: onnx.ModelProto, scores: Mapping[str, np.ndarray], config: PruneConfig, registry: RuleRegistry | None = None
+    analysis: ChannelAnalysis, model: onnx.ModelProto, scores: Mapping[str, np.ndarray], config: PruneConfig, registry: RuleRegistry | None = None,
+    source: str = "<model>",
 ) -> PruningPlan:
     """The plan for a ratio, global or MACs budget (see budget.plan_with_budget); ``registry``:
     the analysis' rules (their layer semantics count the MACs)."""
     tracker = None
     if config.macs_target is not None:
         registry = registry or default_registry()
-        tracker = MacsTracker(analysis, node_macs(model, analysis.shapes, registry), model, registry)
+        tracker = MacsTracker(analysis, known_macs(model, analysis, registry, "--macs-target", source), model, registry)
     return plan_with_budget(analysis, scores, config, tracker)
+
+
+def known_macs(model: onnx.ModelProto, analysis: ChannelAnalysis, registry: RuleRegistry, what: str, source: str) -> dict[str, int | None]:
+    """Every weight-bearing layer's MACs, for a budget that ranks or cuts on them; a UsageError
+    naming the inputs to give shapes or data for when some are unknown (never ranked on the
+    layers whose shapes happen to be known)."""
+    per_node = node_macs(model, analysis.shapes, registry)
+    inputs = {vi.name: analysis.shapes.get(vi.name, ()) for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}}
+    why = unknown_macs_reason(model, per_node, inputs)
+    if why is not None:
+        raise UsageError(f"{source}: {what} needs the MACs of every layer, but {why}")
+    return per_node
 
 
 def plan(
@@ -143,7 +156,7 @@ def plan(
         return _allocated_plan(loaded, analysis, scores or {}, data, run)
     if scores is None:
         return Planned(zero_plan(analysis))
-    return Planned(budget_plan(analysis, loaded.proto, scores, run.config, run.registry))
+    return Planned(budget_plan(analysis, loaded.proto, scores, run.config, run.registry, loaded.source))
 
 
 def compensate(loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, data: CalibrationData, run: Run) -> Compensation:
@@ -196,7 +209,8 @@ def sensitivity_trials(
     group = group_scores(analysis, scores)
     protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
     units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
-    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes, run.registry), proto, run.registry)
+    what = "--macs-target" if config.macs_target is not None else "the sensitivity allocation (it ranks layers by the MACs they save)"
+    tracker = MacsTracker(analysis, known_macs(proto, analysis, run.registry, what, loaded.source), proto, run.registry)
     mode = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
     values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
     runner = TrialRunner(proto, analysis, feeds, source=loaded.source)

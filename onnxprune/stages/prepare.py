@@ -18,9 +18,10 @@ from ..criteria.activations import ActivationStats, sink_statistics
 from ..loading import load_model
 from ..params import InitializerCache
 from ..rules import RuleRegistry
+from ..shapes import data_input_shapes
 from ..verification import load_npz_inputs
 
-__all__ = ["Run", "LoadedModel", "CalibrationData", "Feeds", "load", "analyse", "calibrate"]
+__all__ = ["Run", "LoadedModel", "CalibrationData", "Feeds", "load", "with_data_shapes", "analyse", "calibrate"]
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
 
@@ -79,6 +80,17 @@ def load(model: onnx.ModelProto | str | os.PathLike[str]) -> LoadedModel:
     """Load and check a model (a path, or a ModelProto that is copied)."""
     proto, source, size, initializers = load_model(model)
     return LoadedModel(proto, source, size, initializers)
+
+
+def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
+    """The run with static input shapes taken from the data (``--inputs``, a calibration
+    .npz) for inputs with dynamic dimensions the user gave no shape for, so the analysis, the
+    MACs and the verification all see the shapes the data has."""
+    config = run.config
+    shapes = data_input_shapes(loaded.proto, (config.verification_inputs, config.calibration), config.input_shapes)
+    if shapes == dict(config.input_shapes):
+        return run
+    return replace(run, config=replace(config, input_shapes=shapes))
 
 
 def analyse(loaded: LoadedModel, run: Run) -> ChannelAnalysis:
