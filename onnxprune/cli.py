@@ -329,7 +329,6 @@ def _static_shapes(model: str, given: "Mapping[str, tuple[int, ...]]", inputs: s
     """Static shapes for OpenVINO: --input-shape, else one sample of --inputs or a calibration
     .npz; a dynamic batch alone becomes 1. Any other dynamic dimension left is a usage error
     naming the input, before anything runs."""
-    import numpy as np
     import onnx
 
     from .errors import UsageError
@@ -338,24 +337,15 @@ def _static_shapes(model: str, given: "Mapping[str, tuple[int, ...]]", inputs: s
         proto = onnx.load(model, load_external_data=False)
     except Exception:
         return dict(given)  # not readable: prune's loader says why, in its words
-    shapes = dict(given)
-    arrays: dict = {}
-    for path in (inputs, calibration):
-        if path and os.path.isfile(path) and path.lower().endswith(".npz"):
-            try:
-                with np.load(path) as data:
-                    arrays = {**{k: (1, *data[k].shape[1:]) for k in data.files}, **arrays}
-            except Exception:
-                pass  # an unreadable file is reported by the step that reads it
+    from .shapes import data_input_shapes
+
+    shapes = data_input_shapes(proto, (inputs, calibration), given)
     inits = {i.name for i in proto.graph.initializer}
     for vi in proto.graph.input:
         if vi.name in inits or vi.name in shapes:
             continue
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
         if all(d is not None for d in dims[1:]):
-            continue
-        if vi.name in arrays and len(arrays[vi.name]) == len(dims):
-            shapes[vi.name] = tuple(int(d) for d in arrays[vi.name])
             continue
         i = next(i for i, d in enumerate(dims) if i > 0 and d is None)
         shown = ",".join("1" if j == 0 and d is None else ("?" if d is None else str(d)) for j, d in enumerate(dims))

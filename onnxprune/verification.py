@@ -261,7 +261,10 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16, source: 
             raise UsageError(f"{path}: cannot read array {vi.name!r} ({' '.join(str(exc).split())[:200]})") from None
         arrays[vi.name] = _checked_array(path, vi, array, source)
     n = min(len(a) for a in arrays.values())
-    return [{k: a[i : i + 1] for k, a in arrays.items()} for i in range(min(n, limit))]
+    # An array one rank above its input holds whole samples (a scalar sample rate as [N], a
+    # recurrent state [2, B, 128] as [N, 2, B, 128]); otherwise each sample is fed as a batch of 1.
+    stacked = {vi.name for vi in inputs if vi.type.tensor_type.HasField("shape") and arrays[vi.name].ndim == len(vi.type.tensor_type.shape.dim) + 1}
+    return [{k: (np.asarray(a[i]) if k in stacked else a[i : i + 1]) for k, a in arrays.items()} for i in range(min(n, limit))]
 
 
 def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source: str | None) -> np.ndarray:
@@ -286,7 +289,8 @@ def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source
             raise UsageError(f"{where}: input {name!r} is {array.dtype}, the model takes {kind} ({origin})")
     if tt.HasField("shape"):
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
-        sample = [1, *array.shape[1:]]  # one sample, fed with a batch of 1
+        # one sample, fed with a batch of 1; or whole samples stacked along a new first axis
+        sample = list(array.shape[1:]) if array.ndim == len(dims) + 1 else [1, *array.shape[1:]]
         takes = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
         bad = len(sample) != len(dims) or any(d is not None and d != g for d, g in zip(dims, sample))
         if bad:

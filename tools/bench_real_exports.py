@@ -68,8 +68,8 @@ def _feeds(kind: str) -> dict[str, np.ndarray]:
     if kind == "silero":  # 16 kHz: a 512-sample frame with the previous 64 samples prepended
         t = np.arange(576) / 16000.0
         wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(576)
-        return {"input": wave[None].astype(np.float32), "sr": np.array(16000, np.int64),
-                "state": np.zeros((2, 1, 128), np.float32)}
+        return {"input": wave[None].astype(np.float32), "sr": np.array([16000], np.int64),
+                "state": np.zeros((1, 2, 1, 128), np.float32)}  # one whole [2, B, 128] state
     raise ValueError(kind)
 
 

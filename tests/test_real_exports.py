@@ -1,0 +1,139 @@
+"""Issue 11 items 6 and 7: static shapes from the data (--inputs, calibration .npz), MACs
+unknown (never a partial sum) with the reason, budgets that refuse to rank on unknown MACs,
+extra non-image inputs (a scalar sample rate, a recurrent state with its batch on axis 1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxprune
+from onnxprune.errors import UsageError
+from onnxprune.metrics import model_cost
+from onnxprune.testing import GraphBuilder
+
+
+def _flatten_head(zero: tuple[int, ...] = (1,)) -> onnx.ModelProto:
+    """Conv (filters ``zero`` are zero) -> Relu -> Flatten -> Gemm on an input with dynamic
+    height and width: the Flatten needs static shapes to map the conv's channels."""
+    b = GraphBuilder(opset=17, seed=3)
+    x = b.input("input", [None, 3, "h", "w"])
+    b.channels[x] = 3
+    y = b.op("Relu", b.conv(x, 4, zero=zero))
+    f = b.op("Flatten", y, axis=1)
+    w = b.const(b.rng.standard_normal((5, 4 * 6 * 6)).astype(np.float32), "G")
+    b.output(b.op("Gemm", f, w, transB=1))
+    return b.build()
+
+
+def _npz(path: Path, **arrays: np.ndarray) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_shapes_from_inputs_give_the_analysis_macs_and_verification(tmp_path: Path) -> None:
+    model = _flatten_head()
+    data = _npz(tmp_path / "x.npz", input=np.random.default_rng(0).random((3, 3, 6, 6), dtype=np.float32))
+    without = onnxprune.prune(model, verify=False)
+    assert without.report.channels_removed == 0  # the Flatten pins the conv without shapes
+    assert without.report.macs_before is None and without.report.macs_after is None
+    r = onnxprune.prune(model, verification_inputs=data)
+    # The zero filter goes: the Flatten maps channels at the data's 6x6.
+    assert r.report.channels_removed == 1 and r.report.verification.passed
+    assert r.report.macs_before == 4 * 36 * 27 + 5 * 144 and r.report.macs_after == 3 * 36 * 27 + 5 * 108
+    assert r.report.macs_unknown == "" and r.report.to_dict()["macs_unknown"] is None
+    given = onnxprune.prune(model, input_shapes={"input": (1, 3, 6, 6)})
+    assert (given.report.macs_before, given.report.macs_after) == (r.report.macs_before, r.report.macs_after)
+    feed = {"input": np.random.default_rng(1).random((1, 3, 6, 6), dtype=np.float32)}
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    got = ort.InferenceSession(r.model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_macs_unknown_in_text_json_and_markdown(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(_flatten_head(), src)
+    rep, md = tmp_path / "r.json", tmp_path / "r.md"
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "prune", str(src), "-o", str(tmp_path / "o.onnx"), "--no-verify", "--report", str(rep), "--markdown", str(md)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    d = json.loads(rep.read_text())
+    assert d["macs_before"] is None and d["macs_after"] is None and d["macs_complete"] is False
+    assert "give --input-shape for 'input'" in d["macs_unknown"] and "--inputs" in d["macs_unknown"]
+    # The known layers' partial sum (the Gemm alone: 720) is shown nowhere.
+    partial = model_cost(_flatten_head(), {}).macs
+    row = next(line for line in p.stdout.splitlines() if line.startswith("MACs"))
+    assert "unknown" in row and "give --input-shape for 'input'" in row and f"{partial}" not in row
+    md_row = next(line for line in md.read_text().splitlines() if line.startswith("| MACs"))
+    assert md_row.startswith("| MACs (batch 1) | unknown | unknown |") and "'input'" in md_row
+
+
+def test_macs_target_on_unknown_shapes_is_a_usage_error(tmp_path: Path) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(_flatten_head(zero=()), src)
+    with pytest.raises(UsageError, match=r"--macs-target needs the MACs of every layer.*give --input-shape for 'input'"):
+        onnxprune.prune(str(src), "l2", macs_target=0.7)
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "prune", str(src), "-o", str(tmp_path / "o.onnx"), "--macs-target", "0.7"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and str(src) in p.stderr, p.stderr
+    assert not (tmp_path / "o.onnx").exists()
+    # With the shapes from data it plans on the full count and meets the target.
+    data = _npz(tmp_path / "x.npz", input=np.random.default_rng(0).random((4, 3, 6, 6), dtype=np.float32))
+    r = onnxprune.prune(str(src), "l2", macs_target=0.7, verification_inputs=data)
+    assert r.report.macs_after <= 0.7 * r.report.macs_before
+
+
+def _scalar_and_state_model() -> onnx.ModelProto:
+    """y = Conv1x1(Relu(Conv(x)) * sr / 16000) + ReduceSum(state); state [2, B, 4] (batch on axis 1), sr an
+    int64 scalar; the conv's filter 2 is zero."""
+    b = GraphBuilder(opset=17, seed=4)
+    x = b.input("x", [None, 2, "t"])
+    sr = b.input("sr", [], dtype=onnx.TensorProto.INT64)
+    state = b.input("state", [2, None, 4])
+    b.channels[x] = 2
+    w = b.weights([3, 2, 3], zero_rows=[2])
+    y = b.op("Conv", x, b.const(w, "W"), channels=3, kernel_shape=[3], pads=[1, 1])
+    scale = b.op("Div", b.op("Cast", sr, to=onnx.TensorProto.FLOAT), b.const(np.array(16000, np.float32)))
+    s = b.op("ReduceSum", state, b.const(np.array([0, 2], np.int64)), keepdims=0)  # [B]
+    s = b.op("Unsqueeze", s, b.const(np.array([1, 2], np.int64)))
+    h = b.op("Mul", b.op("Relu", y), scale)
+    b.channels[h] = 3
+    w2 = b.const(b.weights([1, 3, 1]), "W")
+    b.output(b.op("Add", b.op("Conv", h, w2, channels=1, kernel_shape=[1]), s))
+    return b.build()
+
+
+def test_scalar_and_state_inputs_from_data(tmp_path: Path) -> None:
+    model = _scalar_and_state_model()
+    rng = np.random.default_rng(0)
+    data = _npz(
+        tmp_path / "x.npz",
+        x=rng.random((2, 2, 10), dtype=np.float32),
+        sr=np.array([16000, 8000], np.int64),  # one scalar per sample
+        state=rng.random((2, 2, 1, 4), dtype=np.float32),  # whole [2, B, 4] states, stacked
+    )
+    r = onnxprune.prune(model, verification_inputs=data)
+    assert r.report.channels_removed == 1 and r.report.verification.passed
+    assert r.report.verification.outputs[0].samples == 2
+    sess = ort.InferenceSession(r.model.SerializeToString())
+    ref = ort.InferenceSession(model.SerializeToString())
+    feed = {"x": rng.random((1, 2, 10), dtype=np.float32), "sr": np.array(8000, np.int64), "state": rng.random((2, 1, 4), dtype=np.float32)}
+    np.testing.assert_allclose(sess.run(None, feed)[0], ref.run(None, feed)[0], rtol=0, atol=1e-6)
+    assert r.report.macs_before == 3 * 10 * 6 + 10 * 3  # the data's t=10: shapes from the data
+
+
+def test_scalar_array_must_hold_one_value_per_sample(tmp_path: Path) -> None:
+    data = _npz(tmp_path / "x.npz", x=np.zeros((1, 2, 10), np.float32), sr=np.array(16000, np.int64), state=np.zeros((1, 2, 1, 4), np.float32))
+    with pytest.raises(UsageError, match=r"input 'sr' is a scalar in"):
+        onnxprune.prune(_scalar_and_state_model(), verification_inputs=data)
