@@ -54,11 +54,14 @@ class Sink:
 
 @dataclass(frozen=True)
 class Balance:
-    """Removal must take the same number of channels from every row (grouped Conv groups)."""
+    """Removal must take the same number of channels from every row (grouped Conv groups),
+    except from rows whose ``whole`` group (a grouped Conv's input and output channels of one
+    group) goes entirely: the surgery drops that group and lowers ``group``."""
 
     node: str
     rows: tuple[np.ndarray, ...]
     reason: str
+    whole: tuple[np.ndarray, ...] = ()  # per row: the ids that, all removed, drop the row's group
 
 
 @dataclass(frozen=True)
@@ -213,8 +216,8 @@ class AnalysisContext:
         """Declare that the rule proved this run-time shape input stays right after pruning."""
         self.validated_shape_inputs.add((id(node), index))
 
-    def add_balance(self, rows: list[np.ndarray], reason: str) -> None:
-        self.balances.append(Balance(self.label, tuple(np.asarray(r) for r in rows), reason))
+    def add_balance(self, rows: list[np.ndarray], reason: str, whole: list[np.ndarray] | None = None) -> None:
+        self.balances.append(Balance(self.label, tuple(np.asarray(r) for r in rows), reason, tuple(np.asarray(w) for w in whole or ())))
 
     def pin_all_inputs(self, node: gs.Node, reason: str) -> None:
         for t in node.inputs:

@@ -131,8 +131,14 @@ def enforce_constraints(
         for bal in analysis.balances:
             roots = [root_of[row] for row in bal.rows]
             counts = [sum(1 for r in row if int(r) in removed) for row in roots]
-            target = min(counts)
-            for row, count in zip(roots, counts):
+            # Rows whose whole group goes (inputs and outputs of a grouped Conv's group) are
+            # dropped by the surgery; the rest must balance among themselves.
+            dead = [all(int(r) in removed for r in root_of[w]) for w in bal.whole] if bal.whole else [False] * len(roots)
+            live = [(row, count) for row, count, d in zip(roots, counts, dead) if not d]
+            if not live:
+                continue
+            target = min(count for _, count in live)
+            for row, count in live:
                 extra = count - target
                 for r in row[::-1]:
                     if extra <= 0:

@@ -137,3 +137,52 @@ def test_scalar_array_must_hold_one_value_per_sample(tmp_path: Path) -> None:
     data = _npz(tmp_path / "x.npz", x=np.zeros((1, 2, 10), np.float32), sr=np.array(16000, np.int64), state=np.zeros((1, 2, 1, 4), np.float32))
     with pytest.raises(UsageError, match=r"input 'sr' is a scalar in"):
         onnxprune.prune(_scalar_and_state_model(), verification_inputs=data)
+
+
+# -- item 5: whole groups of a grouped Conv ---------------------------------------------------
+
+
+def _grouped(dead_inputs: bool) -> onnx.ModelProto:
+    """Conv A (4 -> 8) -> Relu -> grouped Conv G (8 -> 8, group=2) -> Relu -> Conv C (8 -> 2).
+    G's second group has zero filters and bias; with ``dead_inputs`` so have A's filters 4..7,
+    the channels that group reads (so every channel of the group is dead)."""
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("x", [1, 4, 8, 8])
+    b.channels[x] = 4
+    a = b.op("Relu", b.conv(x, 8, zero=(4, 5, 6, 7) if dead_inputs else ()))
+    g = b.op("Relu", b.conv(a, 8, group=2, zero=(4, 5, 6, 7)))
+    b.output(b.conv(g, 2, k=1))
+    return b.build()
+
+
+def _conv_attrs(model: onnx.ModelProto) -> list[tuple[str, int, tuple[int, ...]]]:
+    inits = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            group = next((a.i for a in n.attribute if a.name == "group"), 1)
+            out.append((n.name, int(group), inits[n.input[1]]))
+    return out
+
+
+def test_a_dead_group_of_a_grouped_conv_goes_whole() -> None:
+    model = _grouped(dead_inputs=True)
+    r = onnxprune.prune(model, "zero")
+    assert r.report.verification.passed and r.report.channels_removed == 8  # A's 4 and G's 4
+    shapes = [(group, w) for _, group, w in _conv_attrs(r.model)]
+    assert shapes == [(1, (4, 4, 3, 3)), (1, (4, 4, 3, 3)), (1, (2, 4, 1, 1))], shapes
+    onnx.checker.check_model(r.model, full_check=True)
+    feed = {"x": np.random.default_rng(2).standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    got = ort.InferenceSession(r.model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)  # exact up to float summation order
+
+
+def test_a_group_with_live_inputs_stays() -> None:
+    r = onnxprune.prune(_grouped(dead_inputs=False), "zero")
+    # G's dead outputs alone cannot go: the group still reads live channels, and removing 4
+    # outputs from one group only would unbalance it.
+    assert r.report.channels_removed == 0
+    kept = [reason for g in r.report.kept_groups for reason in g.reasons]
+    assert any("every group must lose the same number of channels, or all of its inputs and outputs" in k for k in kept), kept
+    assert [group for _, group, _ in _conv_attrs(r.model)] == [1, 2, 1]

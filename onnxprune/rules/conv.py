@@ -146,12 +146,17 @@ class ConvRule:
             return None
         if cout % groups:
             return NotApplicable(f"output channels {cout} not divisible by group {groups}")
-        why = f"grouped Conv (group={groups}): every group must lose the same number of channels"
+        why = f"grouped Conv (group={groups}): every group must lose the same number of channels, or all of its inputs and outputs"
         if lay is not None:
             ctx.add_sink(node, 0, 1, blocker)
-            ctx.add_balance(list(lay.axes[1].reshape(groups, cin_g)), why)
         out = ctx.add_source(node, cout)
-        ctx.add_balance(list(out.reshape(groups, cout // groups)), why)
+        out_rows = list(out.reshape(groups, cout // groups))
+        whole = None
+        if lay is not None:
+            in_rows = list(lay.axes[1].reshape(groups, cin_g))
+            whole = [np.concatenate([i, o]) for i, o in zip(in_rows, out_rows)]  # a dead group goes whole
+            ctx.add_balance(in_rows, why, whole)
+        ctx.add_balance(out_rows, why, whole)
         ctx.set_layout(y, Layout(rank, {1: out}, {1: _zero_filter_consts(weight, bias, 0)}))
         return None
 
@@ -180,8 +185,14 @@ class ConvRule:
             ctx.slice_param(node, 1, 0, out_keep)
             ctx.slice_param(node, 1, 1, in_keep)
         else:
+            # A group whose inputs and outputs all go is dropped whole (the plan allows that only
+            # for whole groups); the others lose the same number of columns each.
+            in_groups = in_keep.reshape(groups, cin_g)
+            alive = in_groups.any(axis=1) | out_keep.reshape(groups, cout // groups).any(axis=1)
             ctx.slice_param(node, 1, 0, out_keep)
-            ctx.group_columns(node, 1, groups, in_keep.reshape(groups, cin_g))
+            ctx.group_columns(node, 1, int(alive.sum()), in_groups[alive])
+            if not alive.all():
+                ctx.set_attr(node, "group", int(alive.sum()))
         if has_bias or delta is not None:
             ctx.slice_param(node, 2, 0, out_keep)
 
