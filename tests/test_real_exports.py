@@ -186,3 +186,35 @@ def test_a_group_with_live_inputs_stays() -> None:
     kept = [reason for g in r.report.kept_groups for reason in g.reasons]
     assert any("every group must lose the same number of channels, or all of its inputs and outputs" in k for k in kept), kept
     assert [group for _, group, _ in _conv_attrs(r.model)] == [1, 2, 1]
+
+
+# -- a run-time target shape whose channel entry is a constant part of a Concat -----------------
+
+
+def _view_head() -> onnx.ModelProto:
+    """torch.export's ``x.view(x.size(0), 6)``: Conv (filters 1, 4 zero) -> Relu -> global
+    pool -> Reshape(Concat(Shape(input)[0:1], [6])) -> Gemm, with a dynamic batch."""
+    b = GraphBuilder(opset=17, seed=6)
+    x = b.input("input", [None, 3, 5, 5])
+    b.channels[x] = 3
+    y = b.op("GlobalAveragePool", b.op("Relu", b.conv(x, 6, zero=(1, 4))))
+    batch = b.op("Shape", x, end=1)
+    target = b.op("Concat", batch, b.const(np.array([6], np.int64)), axis=0)
+    flat = b.op("Reshape", y, target, channels=6)
+    w = b.const(b.rng.standard_normal((3, 6)).astype(np.float32), "G")
+    b.output(b.op("Gemm", flat, w, transB=1))
+    return b.build()
+
+
+def test_constant_channel_entry_of_a_concat_target_is_rewritten() -> None:
+    model = _view_head()
+    r = onnxprune.prune(model)  # verified at batch 1 and 2: the batch stays dynamic
+    assert r.report.channels_removed == 2 and r.report.verification.passed
+    assert {o.batch for o in r.report.verification.outputs} == {1, 2}
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    concat = next(n for n in r.model.graph.node if n.op_type == "Concat")
+    assert inits[concat.input[1]].tolist() == [4]
+    feed = {"input": np.random.default_rng(3).standard_normal((3, 3, 5, 5)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
+    got = ort.InferenceSession(r.model.SerializeToString()).run(None, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

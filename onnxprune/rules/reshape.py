@@ -136,7 +136,16 @@ class ReshapeRule:
         (carrier, ids), = out_lay.axes.items()
         kept = int(ctx.keep(node.outputs[0], carrier, len(ids)).sum())
         if ctx.param(node.inputs[1]) is None:
-            return  # computed at run time from the pruned tensor (checked by the analysis)
+            # Computed at run time from the pruned tensor (checked by the analysis), or with the
+            # channel entry a constant part of a Concat: that part gets the kept count.
+            entry = _concat_constant_entry(node.inputs[1], carrier, ctx)
+            if entry is not None and kept != len(ids):
+                concat, index, offset = entry
+                part = np.array(ctx.param_values(concat, index), copy=True)
+                if int(part[offset]) == len(ids):
+                    part[offset] = kept
+                    ctx.set_param(concat, index, part)
+            return
         shape = ctx.param_values(node, 1)
         if int(shape[carrier]) in (-1, 0) or kept == len(ids):
             return
@@ -183,8 +192,31 @@ def _check_runtime_shape(
         if -1 in resolved:
             known = int(np.prod([v for v in resolved if v != -1]))
             resolved[resolved.index(-1)] = int(np.prod(probe_in)) // max(known, 1)
+        if resolved != expected and _concat_constant_entry(node.inputs[1], carrier, ctx) is not None and got[carrier] == out_shape[carrier]:
+            # [N, 512] as Concat(Shape(x)[:1], [512]) (torch's view): the surgery writes the
+            # kept count into the Concat's constant part, as it does for a constant target.
+            resolved[carrier] = expected[carrier]
         if resolved != expected:
             return NotApplicable("target shape computed at run time would not follow the removed channels")
+    return None
+
+
+def _concat_constant_entry(target: gs.Tensor, position: int, ctx: PropagateContext | ApplyContext) -> tuple[gs.Node, int, int] | None:
+    """(Concat, input index, offset) when entry ``position`` of a run-time target shape comes
+    from a constant part of the Concat that builds it; None otherwise."""
+    if len(target.inputs) != 1 or target.inputs[0].op != "Concat":
+        return None
+    concat = target.inputs[0]
+    shapes = ctx.shapes if isinstance(ctx, PropagateContext) else ctx.analysis.shapes
+    start = 0
+    for index, part in enumerate(concat.inputs):
+        p = ctx.param(part)
+        shape = shapes.get(part.name) if p is None else tuple(np.asarray(p.values).shape)
+        if shape is None or len(shape) != 1 or shape[0] is None:
+            return None
+        if start <= position < start + shape[0]:
+            return (concat, index, position - start) if p is not None else None
+        start += shape[0]
     return None
 
 
