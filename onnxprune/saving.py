@@ -257,15 +257,20 @@ class DeferredModel:
         finally:
             for meta in metas:
                 g.initializer.add().ParseFromString(meta)
-        head = onnx.ModelProto()
+        # Fields in their numbers' order, as protobuf (and onnx.save) writes them: OpenVINO's
+        # format detection refuses a file whose opset_import and metadata come before the graph.
+        head, after = onnx.ModelProto(), onnx.ModelProto()
         copy_fields(head, self.proto, exclude=("graph",))
+        after.CopyFrom(head)
+        for fd, _ in head.ListFields():
+            (head if fd.number > GRAPH_FIELD else after).ClearField(fd.name)
         tail: list[Chunk] = []
         for meta, values in zip(metas, self.arrays.values()):
             raw = memoryview(values).cast("B")
             data_key = field_key(RAW_DATA_FIELD) + encode_varint(raw.nbytes)
             tail += [field_key(INITIALIZER_FIELD) + encode_varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key, raw]
         graph_size = len(graph_bytes) + _size(tail)
-        chunks: list[Chunk] = [head.SerializeToString() + field_key(GRAPH_FIELD) + encode_varint(graph_size), graph_bytes, *tail]
+        chunks: list[Chunk] = [head.SerializeToString() + field_key(GRAPH_FIELD) + encode_varint(graph_size), graph_bytes, *tail, after.SerializeToString()]
         if _size(chunks) > PROTOBUF_LIMIT:
             return None
         return chunks

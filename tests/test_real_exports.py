@@ -218,3 +218,17 @@ def test_constant_channel_entry_of_a_concat_target_is_rewritten() -> None:
     want = ort.InferenceSession(model.SerializeToString()).run(None, feed)[0]
     got = ort.InferenceSession(r.model.SerializeToString()).run(None, feed)[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_written_file_has_protobufs_field_order(tmp_path: Path) -> None:
+    """opset_import and metadata after the graph, as onnx.save writes them: OpenVINO's format
+    detection refused picodet's pruned file (its metadata came before the graph)."""
+    model = _flatten_head()
+    onnx.helper.set_model_props(model, {"character": "a\nb\nc\u4e2d"})
+    path = tmp_path / "o.onnx"
+    onnxprune.prune(model, input_shapes={"input": (1, 3, 6, 6)}, output=path)
+    data = path.read_bytes()
+    assert data == onnx.load(path).SerializeToString()
+    import openvino as ov
+
+    assert len(ov.Core().read_model(str(path)).outputs) == 1
