@@ -232,3 +232,21 @@ def test_written_file_has_protobufs_field_order(tmp_path: Path) -> None:
     import openvino as ov
 
     assert len(ov.Core().read_model(str(path)).outputs) == 1
+
+
+def test_convert_check_of_a_topk_head_compares_before_the_decisions(tmp_path: Path) -> None:
+    """A YOLO end-to-end head whose near-tied scores reorder its rows between onnxruntime and
+    OpenVINO: the IR check compares the tensors before TopK (and the output where both took
+    the same decisions), as verification does; the rows themselves differ by half the scale."""
+    from test_verification import yolo_end2end
+
+    src = tmp_path / "e2e.onnx"
+    onnx.save(yolo_end2end(), src)
+    from onnxprune.openvino_ir import convert_to_ir
+    from onnxprune.verification import make_inputs
+
+    model = onnxprune.load(src)
+    feeds = [make_inputs(model, {"x": (1, 8, 32, 32)}, 1, 0, str(src))]
+    check = convert_to_ir(model, str(tmp_path / "e2e.xml"), input_shapes={"x": (1, 8, 32, 32)}, check_feeds=feeds, source=str(src), tolerance=1e-2)
+    assert check.passed and check.max_abs_diff <= 1e-2 * check.scale
+    assert (tmp_path / "e2e.xml").exists() and (tmp_path / "e2e.bin").exists()
