@@ -28,6 +28,7 @@ import onnx
 
 from .fake_quantize import is_fake_quantize
 from .runtime import session
+from .tails import find_tails, with_outputs
 
 __all__ = ["FLIP_LIMIT", "FLIP_SHARE", "QUANTIZED_SAMPLES", "PathCheck", "QuantizedCheck", "check_quantized", "quantization_form"]
 
@@ -127,11 +128,31 @@ def check_quantized(
     source: str = "<model>",
 ) -> QuantizedCheck:
     """Every path of a ``form`` model (see the module doc), ``limit_of(output name, scale)``
-    giving the float limit of each output."""
-    paths = [_path(reference, candidate, feeds_list, limit_of, source, optimize=False)]
+    giving the float limit of each output. Outputs behind decisions (TopK, ArgMax, NMS: see
+    tails) are judged at the continuous tensors before them: a flip may flip a decision."""
+    reference, candidate, skip = _without_decisions(reference, candidate)
+    paths = [_path(reference, candidate, feeds_list, limit_of, source, skip, optimize=False)]
     if form == "QDQ":
-        paths.append(_path(reference, candidate, feeds_list, limit_of, source, optimize=True))
+        paths.append(_path(reference, candidate, feeds_list, limit_of, source, skip, optimize=True))
     return QuantizedCheck(form, tuple(paths))
+
+
+def _without_decisions(
+    reference: onnx.ModelProto | str, candidate: onnx.ModelProto | str
+) -> tuple[onnx.ModelProto | str, onnx.ModelProto | str, frozenset[str]]:
+    """Both models with the tensors before their decisions as extra outputs, and the outputs not
+    to compare (the discontinuous ones and the decisions themselves); unchanged without tails."""
+    ref = reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference, load_external_data=False)
+    tails = find_tails(ref)
+    if not tails:
+        return reference, candidate, frozenset()
+    ref = reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference)
+    cand = candidate if isinstance(candidate, onnx.ModelProto) else onnx.load(candidate)
+    produced = {o for n in cand.graph.node for o in n.output}
+    kept = [t for t in tails.tails if all(n in produced for n in (*t.frontier, *t.decisions))]
+    extra = tuple(dict.fromkeys(n for t in kept for n in t.frontier))
+    skip = frozenset(n for t in kept for n in (t.output, *t.decisions))
+    return with_outputs(ref, extra), with_outputs(cand, extra), skip
 
 
 def _path(
@@ -140,16 +161,17 @@ def _path(
     feeds_list: Sequence[Feeds],
     limit_of: LimitFn,
     source: str,
+    skip: frozenset[str],
     *,
     optimize: bool,
 ) -> PathCheck:
     run_ref = session(reference, source=source, optimize=optimize)
     run_cand = session(candidate, source=source, pruned=True, optimize=optimize)
-    names = run_ref.output_names
+    names = [n for n in run_ref.output_names if n not in skip]
     diffs: dict[str, list[float]] = {n: [] for n in names}
     scales: dict[str, float] = {n: 0.0 for n in names}
     for feeds in feeds_list:
-        for name, r, g in zip(names, run_ref(feeds), run_cand(feeds)):
+        for name, r, g in zip(names, run_ref.run(feeds, names), run_cand.run(feeds, names)):
             r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
             if r64.shape != g64.shape:
                 diffs[name].append(np.inf)

@@ -133,3 +133,27 @@ def test_one_rounding_flip_is_not_a_failure_but_many_are() -> None:
     assert not large.passed  # 1.25 of a scale of 20: no rounding flip of this model moves it so far
     same = check_quantized("QDQ", reference, tie_model(0.0), tie_feeds(8, 12.0), limit)
     assert same.passed and same.paths[0].max_abs_diff == 0
+
+
+def argmax_tie_model(nudge: float) -> onnx.ModelProto:
+    """tie_model followed by TopK(k=1): its indices jump when a rounding flip makes a near-tie."""
+    m = tie_model(nudge)
+    g = m.graph
+    g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "k"))
+    g.node.append(helper.make_node("TopK", ["out", "k"], ["top", "index"], name="topk", axis=1))
+    del g.output[:]
+    g.output.extend([helper.make_tensor_value_info("top", TensorProto.FLOAT, [1, 1]),
+                     helper.make_tensor_value_info("index", TensorProto.INT64, [1, 1])])
+    return m
+
+
+def test_a_flip_that_flips_a_decision_is_judged_before_it() -> None:
+    """A rounding flip that turns a near-tie into a tie changes TopK's index by a whole
+    position: the quantized rule judges the scores TopK ranks instead (see tails)."""
+    feeds = [{"input": np.array([[0.0625, 0.1, -2.0, -3.0]], F)}]
+    feeds += [{"input": np.array([[0.5, 0.25, -2.0, 12.0]], F)} for _ in range(7)]
+    reference, candidate = argmax_tie_model(0.0), argmax_tie_model(1e-4)
+    sess = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (reference, candidate)]
+    assert [int(s.run(["index"], feeds[0])[0][0, 0]) for s in sess] == [1, 0]  # the decision flips
+    check = check_quantized("QDQ", reference, candidate, feeds, lambda _n, scale: 1e-5 * scale)
+    assert check.passed and check.paths[0].worst_output == "out" and check.paths[0].flipped_samples == 1
