@@ -171,27 +171,49 @@ def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 _RANDOM_INPUT_LIMIT = 2**30
 
 
-# The tensors onnxruntime computes to verify, summed from the static shapes (4 bytes each, none
-# reused): past this the run is refused, not started. A still-valid mutated file whose weight
-# gained a dim of 1 broadcast a model's batch to 309: 5.8 GB and 28 s before onnxruntime failed.
-# Real models stay below (corpus: YOLO26n at 640x640 0.24 GiB, PP-OCRv6 det at 960x960 1.4 GiB).
+# The tensors onnxruntime must hold at once to verify, from the static shapes (4 bytes each; a
+# tensor lives from the node that makes it to the last node that reads it, in graph order): past
+# this the run is refused, not started. A still-valid mutated file whose Tile repeats 2048 x 2048
+# times would ask for 4 GiB from an 8x8 input. Summing every tensor instead (none reused) refused
+# the corpus's quantized DBNet at its only input size (4.42 GiB summed, far less alive at once).
 _RUN_TENSORS_LIMIT = 4 * 2**30
 
 
-def check_run_size(shapes: Mapping[str, tuple[int | None, ...]], weights: set[str], source: str) -> None:
-    """Refuse (UnsupportedModel) a verification run whose computed tensors would exceed
+def check_run_size(
+    model: onnx.ModelProto, shapes: Mapping[str, tuple[int | None, ...]], weights: set[str], source: str
+) -> None:
+    """Refuse (UnsupportedModel) a verification run whose tensors alive at once would exceed
     _RUN_TENSORS_LIMIT bytes by the static shapes (weights, counted in the model's size, apart)."""
-    total, largest = 0, (0, "", ())
-    for name, shape in shapes.items():
+
+    def size(name: str) -> int:
+        shape = shapes.get(name)
         if name in weights or not shape or any(d is None for d in shape):
-            continue
-        count = math.prod(shape)
-        total += 4 * count
-        largest = max(largest, (count, name, shape))
-    if total > _RUN_TENSORS_LIMIT:
+            return 0
+        return 4 * math.prod(shape)
+
+    nodes = model.graph.node
+    last_read = {name: i for i, node in enumerate(nodes) for name in node.input if name}
+    for out in model.graph.output:  # graph outputs live to the end
+        last_read[out.name] = len(nodes)
+    live = {vi.name: size(vi.name) for vi in model.graph.input}
+    frees: dict[int, list[str]] = {}  # node index -> tensors read for the last time there
+    for name, i in last_read.items():
+        frees.setdefault(i, []).append(name)
+    total = sum(live.values())
+    peak, largest = total, (0, "", ())
+    for i, node in enumerate(nodes):
+        for name in node.output:
+            if name and name not in live:
+                live[name] = size(name)
+                total += live[name]
+                largest = max(largest, (live[name], name, tuple(shapes.get(name) or ())))
+        peak = max(peak, total)
+        for name in [*frees.get(i, ()), *(n for n in node.output if n and n not in last_read)]:
+            total -= live.pop(name, 0)
+    if peak > _RUN_TENSORS_LIMIT:
         raise UnsupportedModel(
-            f"{source}: verification would compute {total / 2**30:.3g} GiB of tensors (the largest {largest[1]!r} of shape "
-            f"{tuple(largest[2])}; the limit is {_RUN_TENSORS_LIMIT // 2**30} GiB); give smaller dims with --input-shape, "
+            f"{source}: verification would compute {peak / 2**30:.3g} GiB of tensors (the largest {largest[1]!r} of shape "
+            f"{largest[2]}; the limit is {_RUN_TENSORS_LIMIT // 2**30} GiB); give smaller dims with --input-shape, "
             "or prune with --no-verify"
         )
 

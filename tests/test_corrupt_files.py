@@ -360,3 +360,27 @@ def test_transpose_perm_not_a_permutation() -> None:
     m.graph.node[1].CopyFrom(helper.make_node("Transpose", ["c"], ["y"], name="transpose", perm=[0, 2, 3]))
     with pytest.raises(onnxprune.LoadError, match=r"node 'transpose' \(Transpose\): perm \[0, 2, 3\] is not a permutation of the input's 4 axes"):
         analyze(m, source="m.onnx")
+
+
+def _relu_chain(length: int, outputs_all: bool) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=f"relu{i}") for i in range(length)]
+    names = [f"t{i}" for i in range(length + 1)]
+    outs = names[1:] if outputs_all else names[-1:]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
+    )
+    return helper.make_model(graph), {n: (1, 32, 1024, 1024) for n in names}  # 128 MiB each
+
+
+def test_run_size_counts_tensors_alive_at_once() -> None:
+    """40 tensors of 128 MiB (5 GiB summed) in a chain are never alive together: verified. The same
+    tensors all kept as graph outputs are: refused before onnxruntime runs."""
+    from onnxprune.errors import UnsupportedModel
+    from onnxprune.verification import check_run_size
+
+    chain, shapes = _relu_chain(40, outputs_all=False)
+    check_run_size(chain, shapes, set(), "chain.onnx")
+    kept, shapes = _relu_chain(40, outputs_all=True)
+    with pytest.raises(UnsupportedModel, match=r"chain\.onnx: verification would compute 5 GiB of tensors"):
+        check_run_size(kept, shapes, set(), "chain.onnx")

@@ -160,7 +160,7 @@ def verify(
         masks = reader_masks(analysis, removed_id_mask(analysis, pruning_plan), compensation.estimates)
         reference = masked_reference(loaded.proto, analysis, masks)
         kind = "original with removed channels replaced where read"
-    check_run_size(analysis.shapes, {t.name for t in loaded.proto.graph.initializer}, source)
+    check_run_size(loaded.proto, analysis.shapes, {t.name for t in loaded.proto.graph.initializer}, source)
     tolerance, noise_multiple = limits(config.tolerance)
     result = compare_models(
         reference, runnable(pruned, staged), feeds, tolerance, inputs, source, progress=run.progress_of("verification"),
