@@ -283,6 +283,30 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """One row per model for the README: exit codes of the four cases, channels removed after
+    NNCF-style zeroing by OpenVINO's counter (onnxprune vs OpenVINO's pass) and whether exact."""
+    lines = [
+        f"Measured {meta['date']} on `{meta['commit'][:7]}` (`benchmarks/real_exports.md` has every case, diffs and times).",
+        "",
+        "| model | exit: zero / zeroed / l2 / convert | after NNCF-style zeroing: channels (OpenVINO's counter), onnxprune vs OpenVINO's pass | MACs cut, onnxprune vs OpenVINO | 25% L2 verified |",
+        "|---|---|---|---|---|",
+    ]
+    for rec in results:
+        cases = rec["cases"]
+        exits = " / ".join(_fmt_exit(cases.get(c, {})) for c in CASES)
+        z = cases.get("zeroed", {})
+        mine, ov = z.get("ov_counter") or {}, z.get("openvino") or {}
+        ch = f"{mine.get('channels_removed', '?')} vs {ov.get('channels_removed') if not ov.get('error') else 'error'}"
+        if z.get("verified") is not None:
+            ch += ", exact" if z.get("verified") else ", FAILED"
+        macs = f"{_ov_cut(mine.get('macs_before'), mine.get('macs_after')) or '?'} vs {_ov_cut(ov.get('macs_before'), ov.get('macs_after')) or '-'}"
+        l2 = cases.get("l2", {})
+        ver = "" if l2.get("verified") is None else ("yes" if l2["verified"] else "**no**")
+        lines.append(f"| {rec['model'].removesuffix('.onnx')} | {exits} | {ch} | {macs} | {ver} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="/work/corpus")
@@ -291,12 +315,17 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "real_exports"))
     ap.add_argument("--render", action="store_true", help="only write the Markdown from the JSON (e.g. of an unfinished run)")
+    ap.add_argument("--summary", action="store_true", help="print the README summary table from the JSON")
     ap.add_argument("--ov-count", nargs=3, metavar=("ORIGINAL", "PRUNED", "SHAPES_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ov_count:
         print(json.dumps(ov_count(*args.ov_count)))
         return 0
     out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
+    if args.summary:
+        saved = json.loads(out_json.read_text())
+        print(summary(saved["results"], saved["meta"]))
+        return 0
     if args.render:
         saved = json.loads(out_json.read_text())
         _write_md(out_md, saved["results"], saved["meta"])
