@@ -68,11 +68,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .analysis import ChannelAnalysis, ChannelGroup
     from .api import PruneResult, analyze, apply, load, plan, prune, save, sensitivity, verify
     from .config import LayerRule, PruneConfig, QuantizeConfig
-    from .quant_report import QuantizeReport
-    from .quantization import QuantizeResult, quantize
     from .criteria import CriterionRegistry, default_criteria
     from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
     from .planning import PruningPlan
+    from .quant_report import QuantizeReport
+    from .quantization import QuantizeResult, quantize
     from .report import PruneReport
     from .rules import Rule, RuleRegistry, default_registry
     from .verification import VerificationResult

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["Layout", "UnionFind", "NotApplicable"]
+__all__ = ["Layout", "NotApplicable", "UnionFind"]
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ The result is a frozen ``ChannelAnalysis``; nothing here mutates the model.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 import numpy as np
 import onnx
@@ -20,12 +20,12 @@ import onnx_graphsurgeon as gs
 from ._core import Layout, NotApplicable, UnionFind
 from .node_names import name_graph_nodes
 from .params import InitializerCache, Param, ParamResolver
-from .shapes import Shape, concrete_input_shapes, infer_static_shapes
-from .validation import model_opset
 from .rules import RuleRegistry, default_registry
 from .shape_values import ShapeEvaluator, is_shape_arithmetic
+from .shapes import Shape, concrete_input_shapes, infer_static_shapes
+from .validation import model_opset
 
-__all__ = ["analyze", "static_shapes", "ChannelAnalysis", "ChannelGroup", "Source", "Sink", "Balance", "import_graph"]
+__all__ = ["Balance", "ChannelAnalysis", "ChannelGroup", "Sink", "Source", "analyze", "import_graph", "static_shapes"]
 
 
 @dataclass(frozen=True)

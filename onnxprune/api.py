@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, overload
+from typing import Literal, overload
 
 import numpy as np
 import onnx
@@ -15,15 +16,15 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, zero_plan
 from .criteria.activations import ActivationStats, sink_statistics
 from .errors import UsageError
-from .stages import LoadedModel, layer_scores
 from .planning import PruningPlan
 from .report import PruneReport
 from .rules import RuleRegistry, default_registry
 from .saving import DeferredModel, Outputs, check_writable, save_model
+from .stages import LoadedModel, layer_scores
 from .surgery import prune_deferred
 from .verification import VerificationResult, compare_models, limits
 
-__all__ = ["PruneResult", "prune", "analyze", "plan", "apply", "verify", "load", "save", "sensitivity", "layer_scores"]
+__all__ = ["PruneResult", "analyze", "apply", "layer_scores", "load", "plan", "prune", "save", "sensitivity", "verify"]
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ def sensitivity(
     criteria: CriterionRegistry | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     **options: object,
-):  # noqa: ANN201 - returns sensitivity_analysis.SensitivityResult
+):
     """For every unit of tied layers: the fidelity on the calibration inputs after removing
     each of ``config.sensitivity_ratios`` of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""

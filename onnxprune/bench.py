@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import UsageError
 
-__all__ = ["ModelTiming", "benchmark", "spread_warning", "spread_warnings", "BACKENDS", "PRECISIONS"]
+__all__ = ["BACKENDS", "PRECISIONS", "ModelTiming", "benchmark", "spread_warning", "spread_warnings"]
 
 BACKENDS = ("openvino", "onnxruntime")
 Progress = Callable[[int, int], None]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ from .planning import PruningPlan, enforce_constraints
 from .rules import RuleRegistry
 from .validation import model_opset
 
-__all__ = ["LayerBudget", "MacsTracker", "layer_budgets", "group_scores", "plan_with_budget", "pinned_reasons", "finish_plan"]
+__all__ = ["LayerBudget", "MacsTracker", "finish_plan", "group_scores", "layer_budgets", "pinned_reasons", "plan_with_budget"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def plan_with_budget(
     analysis: ChannelAnalysis,
     layer_scores: Mapping[str, np.ndarray],
     config: PruneConfig,
-    macs: "MacsTracker | None" = None,
+    macs: MacsTracker | None = None,
 ) -> PruningPlan:
     """Choose the groups to remove (see the module docstring)."""
     budgets = layer_budgets(analysis, config)
@@ -164,7 +164,7 @@ def _macs_target_cut(
     budgets: Mapping[str, LayerBudget],
     scores: Mapping[int, float],
     reasons: dict[int, list[str]],
-    macs: "MacsTracker",
+    macs: MacsTracker,
 ) -> tuple[list[int], list[str]]:
     """The shortest prefix of the removal order whose *final* plan (kept counts rounded to
     ``config.round_to``, grouped convolutions balanced: both put groups back) has MACs <= the
@@ -353,7 +353,7 @@ class MacsTracker:
     def original(self) -> float:
         return float(sum(self.macs0.values()))
 
-    def evaluate(self, groups: "Sequence[int] | set[int]") -> float:
+    def evaluate(self, groups: Sequence[int] | set[int]) -> float:
         """MACs with these groups removed (from the original, without changing the tracker)."""
         kept = {i: list(v) for i, v in self.total.items()}
         for gid in groups:

@@ -7,10 +7,11 @@ Importing this module is cheap: numpy, onnx and Pillow are imported inside the f
 from __future__ import annotations
 
 import math
-import os
 import operator
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
@@ -22,8 +23,8 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "PRESETS",
     "Preprocess",
-    "parse_preprocess",
     "load_calibration",
+    "parse_preprocess",
     "split_calibration",
 ]
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = ["main"]
 
@@ -325,7 +325,7 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _static_shapes(model: str, given: "Mapping[str, tuple[int, ...]]", inputs: str | None, calibration: str | None, what: str) -> dict:
+def _static_shapes(model: str, given: Mapping[str, tuple[int, ...]], inputs: str | None, calibration: str | None, what: str) -> dict:
     """Static shapes for OpenVINO: --input-shape, else one sample of --inputs or a calibration
     .npz; a dynamic batch alone becomes 1. Any other dynamic dimension left is a usage error
     naming the input, before anything runs."""
@@ -353,7 +353,7 @@ def _static_shapes(model: str, given: "Mapping[str, tuple[int, ...]]", inputs: s
     return shapes
 
 
-def _progress(quiet: bool):  # noqa: ANN202 - a callback or None
+def _progress(quiet: bool):
     """A tqdm progress bar per stage on stderr; none when quiet or not on a terminal."""
     if quiet or not sys.stderr.isatty():
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["format_report", "int8_note", "reason_counts", "verification_lines"]
 

@@ -5,7 +5,7 @@ constant would be wrong at the borders), so the masked reference stays exact."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -17,7 +17,7 @@ from .planning import PruningPlan
 from .rules import RuleRegistry, default_registry
 from .validation import model_opset
 
-__all__ = ["removed_id_mask", "sink_fills", "reader_masks", "data_free_values"]
+__all__ = ["data_free_values", "reader_masks", "removed_id_mask", "sink_fills"]
 
 
 def removed_id_mask(analysis: ChannelAnalysis, plan: PruningPlan) -> np.ndarray:

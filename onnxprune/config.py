@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["PruneConfig", "QuantizeConfig", "QUANTIZE_PRESETS", "QUANTIZE_FORMATS", "LayerRule", "parse_input_shape", "load_layer_rules", "COMPENSATION_MODES", "BUDGET_DEFAULT_CRITERION", "check_regex"]
+__all__ = ["BUDGET_DEFAULT_CRITERION", "COMPENSATION_MODES", "QUANTIZE_FORMATS", "QUANTIZE_PRESETS", "LayerRule", "PruneConfig", "QuantizeConfig", "check_regex", "load_layer_rules", "parse_input_shape"]
 
 COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
 # One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
@@ -150,7 +151,7 @@ class PruneConfig:
         if self.compensation == "calibration" and not self.calibration:
             raise UsageError("compensation 'calibration' needs calibration data (--calibration FILE.npz)")
 
-    def with_options(self, criterion: str | None = None, **options: object) -> "PruneConfig":
+    def with_options(self, criterion: str | None = None, **options: object) -> PruneConfig:
         """This config with ``options`` replaced; a ``criterion`` of None keeps a criterion that
         was given and re-applies the default rule to one that was not."""
         if criterion is None and self.criterion_reason == "given":
@@ -231,7 +232,7 @@ class QuantizeConfig:
         if self.max_drop is not None and not (0.0 <= self.max_drop < 1.0):
             raise UsageError(f"max drop must be in [0, 1), got {self.max_drop}")
 
-    def with_options(self, **options: object) -> "QuantizeConfig":
+    def with_options(self, **options: object) -> QuantizeConfig:
         """This config with ``options`` replaced."""
         return replace(self, **options)  # type: ignore[arg-type]
 

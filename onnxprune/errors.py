@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 __all__ = [
-    "OnnxPruneError",
-    "LoadError",
-    "UsageError",
-    "UnsupportedModel",
-    "VerificationFailed",
     "BackendMissing",
+    "LoadError",
+    "OnnxPruneError",
+    "UnsupportedModel",
+    "UsageError",
+    "VerificationFailed",
     "first_line",
 ]
 

@@ -22,7 +22,7 @@ def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> dic
     by their locations."""
     base = base.resolve()
     files: dict[str, Path] = {}
-    for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 - onnx has no public walker
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
         if not onnx.external_data_helper.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -79,7 +80,7 @@ def model_cost(model: onnx.ModelProto, shapes: Mapping[str, Shape], registry: Ru
 
 
 def pruned_shapes(
-    analysis: "ChannelAnalysis", removed: np.ndarray, pruned: onnx.ModelProto, registry: RuleRegistry | None = None
+    analysis: ChannelAnalysis, removed: np.ndarray, pruned: onnx.ModelProto, registry: RuleRegistry | None = None
 ) -> dict[str, Shape] | None:
     """The shapes of a pruned model without running shape inference again: the analysis'
     shapes with every channel axis shrunk by its removed ids, the weights' from the pruned

@@ -116,7 +116,7 @@ def nncf_quantize(
             )
     except (OnnxPruneError, MemoryError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # noqa: BLE001 - NNCF and the runtimes it drives raise their own types
+    except Exception as exc:
         from .runtime import onnxruntime_message
 
         raise UnsupportedModel(f"{source}: NNCF cannot quantize the model: {onnxruntime_message(exc) or first_line(exc)}; nothing written") from None

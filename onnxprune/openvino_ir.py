@@ -7,8 +7,9 @@ OpenVINO is imported only when one of these functions runs, so the rest of onnxp
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ import onnx
 from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed
 from .saving import Outputs, check_output_folder, removing_leftovers
 
-__all__ = ["IRCheck", "require_openvino", "convert_to_ir", "convert_for_openvino", "write_ir", "IR_TOLERANCE"]
+__all__ = ["IR_TOLERANCE", "IRCheck", "convert_for_openvino", "convert_to_ir", "require_openvino", "write_ir"]
 
 # Max abs diff between IR (OpenVINO CPU, f32 inference) and onnxruntime, relative to each
 # output's max abs value: different kernels sum in a different order; FP16 weights round.
@@ -78,7 +79,7 @@ def convert_to_ir(
     source: str = "<model>",
     static: bool = False,
     tolerance: float | None = None,
-    outputs: "Outputs | None" = None,
+    outputs: Outputs | None = None,
 ) -> IRCheck | None:
     """Convert with OpenVINO's ``convert_model`` and write the IR with ``save_model`` (the .bin
     beside the .xml), after checking the converted model against onnxruntime on ``check_feeds``

@@ -14,13 +14,14 @@ input, ``max_abs_diff <= 1e-5 * max|original output|`` over all outputs.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from .openvino_ir import require_openvino
 
-__all__ = ["run_openvino_pruning", "layer_stats", "compare_outputs", "static_inputs"]
+__all__ = ["compare_outputs", "layer_stats", "run_openvino_pruning", "static_inputs"]
 
 CONV_TYPES = {
     "Convolution",

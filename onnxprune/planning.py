@@ -4,9 +4,9 @@ plan must satisfy (grouped Conv balance, at least one channel per tensor)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -66,7 +66,7 @@ class PruningPlan:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "PruningPlan":
+    def from_dict(cls, data: Mapping) -> PruningPlan:
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             raise UsageError(f"not an onnxprune plan (expected format {PLAN_FORMAT!r})")
         try:
@@ -81,7 +81,7 @@ class PruningPlan:
             members={g: tuple(m) for g, _, m in removed if m},
         )
 
-    def resolve(self, analysis: ChannelAnalysis) -> "PruningPlan":
+    def resolve(self, analysis: ChannelAnalysis) -> PruningPlan:
         """Match the plan's groups to ``analysis`` by members; refuse what cannot be removed."""
         where: dict[tuple[str, int], int] = {}
         for g in analysis.groups:

@@ -13,8 +13,8 @@ Gemm, MatMul with a 2-D weight, and users' rules built on them); others keep the
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import onnx

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["to_markdown", "plot_report", "plot_sensitivity", "quantized_lines"]
+__all__ = ["plot_report", "plot_sensitivity", "quantized_lines", "to_markdown"]
 
 
 def _pct(before: float, after: float) -> str:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .rules import RuleRegistry
     from .sensitivity_analysis import SensitivityResult
 
-__all__ = ["LayerChange", "KeptGroup", "PruneReport", "build_report"]
+__all__ = ["KeptGroup", "LayerChange", "PruneReport", "build_report"]
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,8 @@ class PruneReport:
             "size_before": self.size_before,
             "size_after": self.size_after,
             "layers": [
-                {"node": l.node, "op": l.op, "channels_before": l.channels_before, "channels_after": l.channels_after}
-                for l in self.layers
+                {"node": c.node, "op": c.op, "channels_before": c.channels_before, "channels_after": c.channels_after}
+                for c in self.layers
             ],
             "kept_groups": [g.to_dict() for g in self.kept_groups],
             "verification": None if self.verification is None else self.verification.to_dict(),
@@ -127,7 +127,7 @@ class PruneReport:
 
 def build_report(
     source: str,
-    before: "ModelCost",
+    before: ModelCost,
     sizes: tuple[int, int],
     pruned: onnx.ModelProto,
     analysis: ChannelAnalysis,
@@ -152,10 +152,10 @@ def build_report(
     are given as they are; ``fidelity_on_random_inputs`` also adds a note when there is a
     fidelity)."""
     from .analysis import static_shapes
-    from .rules import default_registry
     from .compensation import removed_id_mask
-    from .shapes import concrete_input_shapes
     from .metrics import model_cost, node_macs, pruned_shapes, unknown_macs_reason
+    from .rules import default_registry
+    from .shapes import concrete_input_shapes
 
     removed = removed_id_mask(analysis, pruning_plan)
     layers = []

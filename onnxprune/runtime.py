@@ -58,7 +58,7 @@ class ModelRunner:
             return self._sess.run(None if names is None else list(names), dict(feeds))
         except MemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types, or ValueError for missing feeds
+        except Exception as exc:
             raise self._run_error(feeds, exc) from None
 
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
@@ -115,7 +115,7 @@ def session(
             sess = _session_of_proto(ort, model, opts, providers)
     except (MemoryError, OnnxPruneError):
         raise
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+    except Exception as exc:
         if pruned:
             raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written") from None
         raise LoadError(f"{source}: onnxruntime cannot load {what}: {onnxruntime_message(exc)}") from None

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence, Union
 
 import numpy as np
 import onnx
@@ -23,11 +23,11 @@ import onnx
 from .errors import UsageError
 from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
 
-__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "StagedModel", "serialized_size", "serialize", "write_atomic", "save_model", "copy_fields", "removing_leftovers", "check_output_folder", "check_writable", "Outputs"]
+__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "Outputs", "StagedModel", "check_output_folder", "check_writable", "copy_fields", "removing_leftovers", "save_model", "serialize", "serialized_size", "write_atomic"]
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
-Chunk = Union[bytes, memoryview]
+Chunk = bytes | memoryview
 
 
 def _size(chunks: Sequence[Chunk]) -> int:
@@ -143,7 +143,7 @@ class Outputs:
         except OSError as exc:
             raise UsageError(f"{path}: {exc.strerror or exc}; nothing written") from None
 
-    def add_model(self, staged: "StagedModel") -> None:
+    def add_model(self, staged: StagedModel) -> None:
         """Take over ``staged``: its ``with`` block no longer removes it, this commits or discards it."""
         staged.owned = False
         self._models.append(staged)
@@ -189,7 +189,7 @@ class Outputs:
                 os.remove(staged)
         self._models, self._moves = [], []
 
-    def __enter__(self) -> "Outputs":
+    def __enter__(self) -> Outputs:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -288,7 +288,7 @@ class DeferredModel:
             staged.commit()
         return staged.size
 
-    def staged(self, path: str | os.PathLike[str], external_data: bool | None = None) -> "StagedModel":
+    def staged(self, path: str | os.PathLike[str], external_data: bool | None = None) -> StagedModel:
         """Write the model for ``path`` into a temporary folder beside it (see StagedModel)."""
         return StagedModel(self, os.fspath(path), external_data)
 
@@ -388,7 +388,7 @@ class StagedModel:
 
         shutil.rmtree(self._tmpdir, ignore_errors=True)
 
-    def __enter__(self) -> "StagedModel":
+    def __enter__(self) -> StagedModel:
         return self
 
     def __exit__(self, *exc: object) -> None:

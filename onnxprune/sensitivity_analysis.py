@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -27,7 +27,7 @@ from .masking import instrument_readers, mask_feeds
 from .planning import enforce_constraints
 from .runtime import session
 
-__all__ = ["Unit", "UnitSensitivity", "SensitivityResult", "TrialRunner", "find_units", "measure_sensitivity", "allocate"]
+__all__ = ["SensitivityResult", "TrialRunner", "Unit", "UnitSensitivity", "allocate", "find_units", "measure_sensitivity"]
 
 Progress = Callable[[int, int], None]
 

@@ -8,7 +8,7 @@ channels are removed (the graph recomputes it from the pruned tensor, so nothing
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs

@@ -9,25 +9,25 @@ readers whose edit it is, and names are kept wherever the original tensor is not
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis import ChannelAnalysis, import_graph
+from .compensation import removed_id_mask, sink_fills
+from .edits import Edit, GroupColumns, SetValue, SliceAxis, apply_edits, edit_key
 from .errors import UnsupportedModel, UsageError
 from .fake_quantize import is_fake_quantize
 from .params import ARITHMETIC_OPS, SHAPE_OPS, InitializerCache, ParamResolver, is_quantized_chain
-from .validation import model_opset
-from .compensation import removed_id_mask, sink_fills
-from .edits import Edit, GroupColumns, SetValue, SliceAxis, apply_edits, edit_key
 from .planning import PruningPlan
-from .saving import DeferredModel, copy_fields, plain_array
 from .rules import RuleRegistry, default_registry
+from .saving import DeferredModel, copy_fields, plain_array
+from .validation import model_opset
 
-__all__ = ["apply_pruning", "prune_deferred", "SurgeryContext"]
+__all__ = ["SurgeryContext", "apply_pruning", "prune_deferred"]
 
 @dataclass
 class SurgeryContext:
@@ -54,7 +54,7 @@ class SurgeryContext:
             raise UnsupportedModel(f"internal: {t.name} axis {axis} has {len(ids)} ids but {n} positions")
         return ~self.removed_ids[ids]
 
-    def param(self, t: gs.Tensor | None):  # noqa: ANN201 - mirrors AnalysisContext.param
+    def param(self, t: gs.Tensor | None):
         return self.params(t)
 
     def param_values(self, node: gs.Node, index: int) -> np.ndarray:

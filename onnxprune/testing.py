@@ -5,7 +5,7 @@ Public so that users who add rules for their own ops can test them the same way.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx

@@ -4,7 +4,7 @@ re-serialising big weights), supported opsets, every tensor defined before it is
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import onnx

@@ -6,8 +6,8 @@ decisions (TopK, ArgMax, NMS) are verified at the tensors before them (see tails
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -20,23 +20,23 @@ from .runtime import EXPANDED, paired_outputs, run_model, session
 from .tails import Tail, Tails, find_tails, with_outputs
 
 __all__ = [
-    "check_run_size",
-    "failure_text",
-    "limits",
     "MIN_TOLERANCE",
     "NOISE_MULTIPLE",
     "SCALE_FLOOR",
     "OutputComparison",
-    "VerificationResult",
     "OutputFidelity",
-    "make_inputs",
-    "session",
-    "run_model",
-    "paired_outputs",
+    "VerificationResult",
+    "check_run_size",
     "compare_models",
-    "masked_reference",
+    "failure_text",
     "fidelity",
     "fidelity_from_outputs",
+    "limits",
+    "make_inputs",
+    "masked_reference",
+    "paired_outputs",
+    "run_model",
+    "session",
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-__all__ = ["raw_data_offsets", "encode_varint", "read_varint", "field_key", "GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD", "RAW_DTYPES"]
+__all__ = ["GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD", "RAW_DTYPES", "encode_varint", "field_key", "raw_data_offsets", "read_varint"]
 
 # Field numbers, read from onnx's own descriptors.
 GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
@@ -61,7 +61,7 @@ def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: bytes | memoryview, start: int, end: int):  # noqa: ANN202 - yields (number, wire type, start, end)
+def _fields(buf: bytes | memoryview, start: int, end: int):
     """The fields of the message in ``buf[start:end]``: (number, wire type, payload start, end)."""
     pos = start
     while pos < end:

@@ -70,7 +70,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("make, message", CASES, ids=[c[0].__name__.strip("_") for c in CASES])
-def test_malformed_model(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_malformed_model(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
     bad = folder / "bad.onnx"

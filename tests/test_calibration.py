@@ -20,7 +20,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def tiny_model(shape: list[int | None] = [None, 3, 8, 8], channels: int = 3) -> onnx.ModelProto:
+def tiny_model(shape: tuple[int | None, ...] = (None, 3, 8, 8), channels: int = 3) -> onnx.ModelProto:
     b = GraphBuilder(opset=17)
     x = b.input("input", shape)
     b.channels[x] = channels  # conv needs the channel count, also for NHWC-shaped inputs

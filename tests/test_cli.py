@@ -89,7 +89,7 @@ def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path, monkeyp
 
     real = api.prune_deferred
 
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - corrupt one weight after surgery
+    def broken(*args, **kwargs):
         deferred = real(*args, **kwargs)
         model = deferred.complete()
         init = next(i for i in model.graph.initializer if len(i.dims) == 4)
@@ -155,17 +155,17 @@ def test_sizes_past_the_protobuf_limit() -> None:
         def __init__(self, n: int) -> None:
             self.n = n
 
-        def ByteSize(self) -> int:  # noqa: N802 - protobuf's name
+        def ByteSize(self) -> int:
             return self.n
 
     class Huge:
-        class graph:  # noqa: N801
-            initializer = [Tensor(2**30), Tensor(2**30 + 5)]
+        class graph:
+            initializer = (Tensor(2**30), Tensor(2**30 + 5))
 
-        def ByteSize(self) -> int:  # noqa: N802
+        def ByteSize(self) -> int:
             raise ValueError("Failed to serialize proto")
 
-        def SerializeToString(self) -> bytes:  # noqa: N802
+        def SerializeToString(self) -> bytes:
             raise ValueError("Failed to serialize proto")
 
     assert serialized_size(Huge()) == 2**31 + 5 > PROTOBUF_LIMIT

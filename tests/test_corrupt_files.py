@@ -4,8 +4,8 @@ wrong; never an internal error, never an allocation the file does not back."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -252,7 +252,7 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
 
 
 @pytest.mark.parametrize("make, message", CASES, ids=[c[0].__name__.strip("_") for c in CASES])
-def test_corrupt_file_refused(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_corrupt_file_refused(make, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "models"
     folder.mkdir()
     bad = folder / "bad.onnx"

@@ -79,12 +79,12 @@ def test_bn_gamma_without_batchnorm_is_a_usage_error() -> None:
     """Nothing to score anywhere: say so and suggest another criterion (issue 14 item 10),
     instead of removing nothing silently."""
     model, _ = _two_conv(np.random.default_rng(5).standard_normal((6, 3, 3, 3)))
-    with pytest.raises(onnxprune.UsageError, match="'bn-gamma' has nothing to score.*BatchNormalization.*try --criterion l2"):
+    with pytest.raises(onnxprune.UsageError, match=r"'bn-gamma' has nothing to score.*BatchNormalization.*try --criterion l2"):
         onnxprune.prune(model, "bn-gamma", ratio=0.5)
 
 
 @pytest.mark.parametrize("criterion", ["apoz", "mean-activation"])
-def test_activation_criteria_use_calibration(criterion: str, tmp_path) -> None:  # noqa: ANN001
+def test_activation_criteria_use_calibration(criterion: str, tmp_path) -> None:
     w = np.random.default_rng(6).standard_normal((6, 3, 3, 3)) * 0.1
     bias = np.array([0.0, -50.0, 0.0, 0.0, -50.0, 0.0], np.float32)  # channels 1, 4: always 0 after Relu
     model, _ = _two_conv(w, bias=bias)
@@ -122,7 +122,7 @@ def test_masked_verification_catches_wrong_surgery(monkeypatch: pytest.MonkeyPat
 
     real = api.prune_deferred
 
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def broken(*args, **kwargs):
         deferred = real(*args, **kwargs)
         m = deferred.complete()
         init = next(i for i in m.graph.initializer if len(i.dims) == 4)

@@ -32,7 +32,7 @@ def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:
     return lines[0]
 
 
-def small_cnn(shape: list[int | str | None] = [None, 3, 8, 8], seed: int = 0) -> onnx.ModelProto:
+def small_cnn(shape: tuple[int | str | None, ...] = (None, 3, 8, 8), seed: int = 0) -> onnx.ModelProto:
     """Conv-BN-Relu, Conv-Relu, global pool, Gemm: every criterion has something to score."""
     b = GraphBuilder(opset=17, seed=seed)
     x = b.input("input", shape)

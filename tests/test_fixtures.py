@@ -7,7 +7,6 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from conftest import prune_exact
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +45,9 @@ def test_fixture_pruned_exactly(name: str) -> None:
 def test_unverified_removal_built_in_place_is_exact(name: str) -> None:
     """Without verification the result is built inside the loaded model (no second copy of
     the weights); it must be the same model in all but layout."""
-    import onnxprune
     from conftest import assert_same_outputs
+
+    import onnxprune
 
     path = ROOT / "fixtures" / f"{name}.onnx"
     before = path.read_bytes()

@@ -4,13 +4,13 @@ exact, and lossy pruning matches the masked original (a longer run: tools/fuzz.p
 from __future__ import annotations
 
 import hypothesis.strategies as st
+from conftest import assert_same_outputs
 from hypothesis import HealthCheck, given, settings
 
-from conftest import assert_same_outputs
 import onnxprune
 from onnxprune.analysis import static_shapes
-from onnxprune.shapes import concrete_input_shapes
 from onnxprune.metrics import model_cost
+from onnxprune.shapes import concrete_input_shapes
 from onnxprune.testing import random_cnn
 
 

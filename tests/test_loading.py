@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import channels, prune_exact
 from onnx import helper, numpy_helper
 
-from conftest import channels, prune_exact
 import onnxprune
 from onnxprune.testing import GraphBuilder
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from conftest import channels, kept_reasons, prune_exact
 from onnx import TensorProto, helper
 
-from conftest import channels, kept_reasons, prune_exact
 import onnxprune
 from onnxprune.testing import GraphBuilder
 
@@ -68,10 +68,10 @@ def test_user_rule_for_custom_op_in_registry() -> None:
         op_types = ("Swish2",)
         domain = "com.example"
 
-        def propagate(self, node, ctx):  # noqa: ANN001, ANN201
+        def propagate(self, node, ctx):
             return passthrough(node, ctx, lambda c: c * 2)
 
-        def apply(self, node, ctx):  # noqa: ANN001, ANN201
+        def apply(self, node, ctx):
             return None
 
     b = GraphBuilder(opset=17)
@@ -92,7 +92,7 @@ def test_user_rule_for_custom_op_in_registry() -> None:
     assert onnxprune.default_registry().lookup("Swish2", "com.example") is None  # no global state
 
 
-def test_qoperator_model_is_left_alone(tmp_path) -> None:  # noqa: ANN001
+def test_qoperator_model_is_left_alone(tmp_path) -> None:
     """QLinearConv / QLinearMatMul (integer-only operators) have no rule: untouched, never a crash."""
     from pathlib import Path
 

@@ -123,7 +123,10 @@ def test_one_rounding_flip_is_not_a_failure_but_many_are() -> None:
     """One sample of 8 one step off, by 1% of the scale: an isolated flip, passed on both paths.
     Every sample off, or one sample off by more than FLIP_LIMIT of the scale: failed."""
     reference, candidate = tie_model(0.0), tie_model(1e-4)
-    limit = lambda _name, scale: 1e-5 * scale
+
+    def limit(_name: str, scale: float) -> float:
+        return 1e-5 * scale
+
     one = check_quantized("QDQ", reference, candidate, tie_feeds(1, 12.0), limit)
     assert one.passed and [p.flipped_samples for p in one.paths] == [1, 1]
     assert one.paths[0].max_abs_diff == 1.25 and 1.25 <= FLIP_LIMIT * one.paths[0].scale

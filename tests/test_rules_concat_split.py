@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import channels, prune_exact
+
 from onnxprune.testing import GraphBuilder
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import channels, kept_reasons, prune_exact
+
 from onnxprune.testing import GraphBuilder
 
 
-def _conv_names(result):  # noqa: ANN001, ANN202
+def _conv_names(result):
     return [s.node for s in result.analysis.sources]
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from conftest import channels, kept_reasons, prune_exact
+
 from onnxprune.testing import GraphBuilder
 
 

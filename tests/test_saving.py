@@ -109,7 +109,7 @@ def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: p
     reads: dict[str, int] = {}
     real = onnx.numpy_helper.to_array
 
-    def counting(tensor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def counting(tensor, *args, **kwargs):
         reads[tensor.name] = reads.get(tensor.name, 0) + 1
         return real(tensor, *args, **kwargs)
 
@@ -143,8 +143,8 @@ def test_pruned_cost_without_shape_inference(name: str) -> None:
     it must equal what shape inference on the pruned model gives."""
     from onnxprune.analysis import static_shapes
     from onnxprune.compensation import removed_id_mask
-    from onnxprune.shapes import concrete_input_shapes
     from onnxprune.metrics import model_cost, pruned_shapes
+    from onnxprune.shapes import concrete_input_shapes
 
     path = Path(__file__).parent.parent / "fixtures" / name
     criterion = "zero" if name != "digits_cnn.onnx" else "l2"
@@ -197,7 +197,7 @@ def test_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.Mon
     before = src.read_bytes()
     real = DeferredModel.write_files
 
-    def full(self, path, external_data):  # noqa: ANN001, ANN202
+    def full(self, path, external_data):
         real(self, path, external_data)  # the bytes are on disk, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device", path)
 

@@ -122,7 +122,7 @@ def test_prune_applies_through_the_public_apply(monkeypatch: pytest.MonkeyPatch)
     calls = []
     real = api.apply
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
 

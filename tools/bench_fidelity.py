@@ -67,7 +67,7 @@ def bench_model(model: Path, calib: str, x_eval: np.ndarray, labels: np.ndarray 
     return rows
 
 
-def _row(target, plan, variant, r, ref, x_eval, labels, input_name) -> dict:  # noqa: ANN001
+def _row(target, plan, variant, r, ref, x_eval, labels, input_name) -> dict:
     got = outputs(r.model, x_eval, input_name)
     return {
         "target": target, "plan": plan, "variant": variant,

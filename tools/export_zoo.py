@@ -60,8 +60,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -72,7 +73,16 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from zoo_zeroing import PRUNE_RATIO, SEED, _seed_all, calibrate_and_randomise_bn, find_conv_bn_pairs, fold_bn, zero_filters  # noqa: E402
+from zoo_zeroing import (
+    PRUNE_RATIO,
+    SEED,
+    _seed_all,
+    calibrate_and_randomise_bn,
+    find_conv_bn_pairs,
+    fold_bn,
+    zero_filters,
+)
+
 OPSET = 17
 
 
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             old = models.get(name, {}).get("files", {})
             info["files"] = {**old, **info["files"]}
             models[name] = info
-            for v, rec in info["files"].items():
+            for _v, rec in info["files"].items():
                 extra = ""
                 if "ort_zeroed" in rec:
                     extra = (f" nncf-zeroed {rec['filters_zeroed']}/{rec['filters_considered']}"

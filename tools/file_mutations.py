@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import onnx
 from onnx import helper
 
 from onnxprune.wire import read_varint
 
-__all__ = ["Site", "Mutant", "Model", "walk", "splice", "field_bytes", "varint", "mutate", "MUTATIONS"]
+__all__ = ["MUTATIONS", "Model", "Mutant", "Site", "field_bytes", "mutate", "splice", "varint", "walk"]
 
 
 # ---------------------------------------------------------------- the wire format
@@ -45,7 +45,7 @@ class Site:
     """One protobuf field in the file: where its key, length and payload lie, what it is
     (``Message.field`` from onnx's descriptors) and the fields that enclose it."""
 
-    parents: tuple["Site", ...]
+    parents: tuple[Site, ...]
     key_start: int
     len_start: int  # the length varint of a length-delimited field (else = payload_start)
     payload_start: int
@@ -59,13 +59,13 @@ class Site:
         return slice(self.payload_start, self.end)
 
 
-def walk(buf: bytes, descriptor=onnx.ModelProto.DESCRIPTOR, skip_payloads: frozenset[str] = frozenset({"TensorProto.raw_data"})) -> list[Site]:  # noqa: ANN001
+def walk(buf: bytes, descriptor=onnx.ModelProto.DESCRIPTOR, skip_payloads: frozenset[str] = frozenset({"TensorProto.raw_data"})) -> list[Site]:
     """Every field of the serialised message ``buf``, recursing into sub-messages that onnx's
     descriptors know. Raises ValueError on a malformed message."""
     view = memoryview(buf)
     sites: list[Site] = []
 
-    def rec(start: int, end: int, desc, parents: tuple[Site, ...]) -> None:  # noqa: ANN001
+    def rec(start: int, end: int, desc, parents: tuple[Site, ...]) -> None:
         pos = start
         while pos < end:
             key_start = pos

@@ -30,22 +30,22 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from file_mutations import Model, mutate  # noqa: E402
+from file_mutations import Model, mutate
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("ONNXPRUNE_CORPUS", "/work/corpus"))
 TIMEOUT = 60  # seconds per command
 
-__all__ = ["run_inprocess", "run_forked", "run_subprocess", "classify", "Outcome"]
+__all__ = ["Outcome", "classify", "run_forked", "run_inprocess", "run_subprocess"]
 
 
 # ---------------------------------------------------------------- running
@@ -90,7 +90,7 @@ def run_forked(argv: list[str], timeout: int = TIMEOUT) -> Outcome:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             code = run_inprocess_raw(argv)
-        except BaseException:  # noqa: BLE001 - a traceback escaping cli.main is a finding
+        except BaseException:
             import traceback
 
             traceback.print_exc(file=sys.stderr)
@@ -141,7 +141,7 @@ def run_subprocess(argv: list[str], timeout: int = TIMEOUT) -> Outcome:
 
 def classify(o: Outcome, path: str) -> str:
     """ok / verification failed / refused / bad message / internal error / crash / hang."""
-    if o.signal == signal.SIGALRM or o.signal == signal.SIGKILL and o.seconds >= TIMEOUT - 1:
+    if o.signal == signal.SIGALRM or (o.signal == signal.SIGKILL and o.seconds >= TIMEOUT - 1):
         return "hang"
     if o.signal:
         return "crash"
@@ -220,7 +220,7 @@ def main() -> None:
     run_inprocess(["analyze", str(models[0].path), "-q", *models[0].extra_args])
     run_inprocess(["prune", str(models[0].path), "-o", str(workdir / "warm.onnx"), "-q", "--no-verify", *models[0].extra_args])
     gc.freeze()  # the children's collector leaves the parent's objects alone (no copy-on-write)
-    log = open(args.log, "w") if args.log else None  # noqa: SIM115
+    log = open(args.log, "w") if args.log else None
     rng = random.Random(args.seed)
     counts: Counter[tuple[str, str]] = Counter()  # (model, outcome)
     kinds: Counter[tuple[str, str]] = Counter()  # (mutation, outcome)
@@ -284,7 +284,7 @@ def main() -> None:
             _write_report(args, i + 1, models, counts, kinds, findings, clean, worst, slowest, time.time() - start, sub_runs, sub_agree)
 
 
-def _write_report(args, done, models, counts, kinds, findings, clean, worst, slowest, seconds, sub_runs, sub_agree) -> None:  # noqa: ANN001
+def _write_report(args, done, models, counts, kinds, findings, clean, worst, slowest, seconds, sub_runs, sub_agree) -> None:
     outcomes = ["ok", "verification failed", "refused", "bad message", "internal error", "crash", "hang"]
     total = Counter()
     for (_, c), n in counts.items():

@@ -10,8 +10,8 @@ byte-identical files, and tests/test_fixtures.py checks the committed files are 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx

@@ -14,6 +14,7 @@ import traceback
 
 from onnxprune.openvino_pass import compare_outputs, layer_stats, run_openvino_pruning  # noqa: F401 - re-exported for tools
 
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("onnx", help="path to an .onnx model")

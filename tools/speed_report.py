@@ -95,7 +95,7 @@ def phase_report(args: argparse.Namespace, quiet_cores: float) -> None:
     verdicts = _target_verdicts(rows)
     machine = _machine()
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "python tools/bench_speed.py all --zoo {} --work {}".format(args.zoo, args.work)
+    cmd = f"python tools/bench_speed.py all --zoo {args.zoo} --work {args.work}"
 
     L: list[str] = []
     L.append("# Speed benchmark: MACs ratio vs OpenVINO latency ratio")
@@ -125,15 +125,15 @@ def phase_report(args: argparse.Namespace, quiet_cores: float) -> None:
              "the original's absolute latency can differ between the two runs).")
     L.append("")
     L.append("Quiet-machine check: before each timed group the script waits until no other benchmark or "
-             "test process runs and other processes use < {:.2f} cores (3 checks in a row); after it, it "
+             f"test process runs and other processes use < {quiet_cores:.2f} cores (3 checks in a row); after it, it "
              "measures the CPU time other processes took during the run (/proc/stat minus its own) and "
-             "re-times the group (up to 3 attempts) if that exceeded {:.2f} cores on average. "
+             f"re-times the group (up to 3 attempts) if that exceeded {quiet_cores:.2f} cores on average. "
              "† after the original latency = still busy after 3 attempts (ratios less reliable); "
              "‡ = timed with `--tolerate-niced` while a niced (nice 10) job of another session used the "
              "CPU (`niced_cores` in speed.json; it yields to the benchmark but still adds noise); "
              "? = timed by the first run, before the load check existed (other benchmarks were "
              "checked by name only); "
-             "`foreign_cores` per run in speed.json.".format(quiet_cores, quiet_cores))
+             "`foreign_cores` per run in speed.json.")
     L.append("")
     L.append("## Targets")
     L.append("")
@@ -259,7 +259,7 @@ def _plot(rows: dict[str, list[dict]], out: str, title: str) -> None:
                if r.get("latency_ratio") is not None and r.get("macs_ratio") is not None]
         if not pts:
             continue
-        xs, ys, names = zip(*pts)
+        xs, ys, _names = zip(*pts)
         ax.scatter(xs, ys, marker=marker, color=color, label=label, s=45 if marker != "x" else 55, alpha=0.85)
         lo, hi = min(lo, *xs, *ys), max(hi, *xs, *ys)
         if c in ("zero", "l2_r16"):

@@ -62,7 +62,7 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
-    for epoch in range(args.epochs):
+    for _epoch in range(args.epochs):
         model.train()
         perm = torch.randperm(len(xt))
         for i in range(0, len(xt), 64):

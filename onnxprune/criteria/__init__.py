@@ -9,7 +9,7 @@ copy the default one and register your own.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from .filters import LayerFilters, source_filters
 from .norms import bn_gamma, fpgm, kmeans, l1, l2, random_scores
 from .zero import zero_plan
 
-__all__ = ["zero_plan", "CriterionRegistry", "default_criteria", "WeightCriterion", "LayerFilters", "source_filters"]
+__all__ = ["CriterionRegistry", "LayerFilters", "WeightCriterion", "default_criteria", "source_filters", "zero_plan"]
 
 WeightCriterion = Callable[[LayerFilters, int, np.random.Generator], np.ndarray]
 """(layer filters, channels the budget keeps in the layer, seeded generator) -> score per channel"""
@@ -34,7 +34,7 @@ class CriterionRegistry:
     def __init__(self) -> None:
         self._weight: dict[str, WeightCriterion] = {}
 
-    def register(self, name: str, fn: WeightCriterion) -> "CriterionRegistry":
+    def register(self, name: str, fn: WeightCriterion) -> CriterionRegistry:
         """Add a weight-based criterion; returns self for chaining."""
         if name == "zero" or name in DATA_CRITERIA:
             raise ValueError(f"{name!r} is a built-in criterion")
@@ -50,7 +50,7 @@ class CriterionRegistry:
     def names(self) -> list[str]:
         return ["zero", *self._weight, *DATA_CRITERIA]
 
-    def copy(self) -> "CriterionRegistry":
+    def copy(self) -> CriterionRegistry:
         new = CriterionRegistry()
         new._weight = dict(self._weight)
         return new

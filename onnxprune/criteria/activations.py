@@ -3,8 +3,8 @@ sinks): APoZ (Hu et al. 2016), mean |activation|, and the mean used for compensa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -12,7 +12,7 @@ import onnx
 from ..analysis import ChannelAnalysis
 from ..runtime import session
 
-__all__ = ["ActivationStats", "sink_statistics", "group_activation_scores"]
+__all__ = ["ActivationStats", "group_activation_scores", "sink_statistics"]
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,7 +8,7 @@ import numpy as np
 
 from .filters import LayerFilters
 
-__all__ = ["l1", "l2", "fpgm", "random_scores", "kmeans", "bn_gamma"]
+__all__ = ["bn_gamma", "fpgm", "kmeans", "l1", "l2", "random_scores"]
 
 
 def l1(layer: LayerFilters, keep: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,23 +19,23 @@ from .quantize import FakeQuantizeRule, QuantizeRule
 from .reshape import ReshapeRule, ShapeRule, TransposeRule
 
 __all__ = [
-    "Rule",
-    "RuleRegistry",
-    "LayerSemantics",
-    "Layer",
-    "PropagateContext",
     "ApplyContext",
+    "BroadcastRule",
+    "ConvIntegerRule",
     "ConvRule",
     "ConvTransposeRule",
     "GemmRule",
-    "MatMulRule",
-    "ConvIntegerRule",
+    "Layer",
+    "LayerSemantics",
     "MatMulIntegerRule",
+    "MatMulRule",
     "NotApplicable",
+    "PropagateContext",
+    "Rule",
+    "RuleRegistry",
+    "UnaryRule",
     "default_registry",
     "passthrough",
-    "BroadcastRule",
-    "UnaryRule",
 ]
 
 

@@ -4,7 +4,7 @@ through the function, so the zero criterion knows that Relu keeps 0 at 0 and Sig
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -13,7 +13,7 @@ from .._core import NotApplicable
 from .base import ApplyContext, ConstFn, PropagateContext, data_inputs_tracked, passthrough
 from .elementwise import BroadcastRule
 
-__all__ = ["UnaryRule", "ClipRule", "PReluRule", "unary_rules"]
+__all__ = ["ClipRule", "PReluRule", "UnaryRule", "unary_rules"]
 
 
 def _sigmoid(c: np.ndarray) -> np.ndarray:

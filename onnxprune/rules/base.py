@@ -9,10 +9,11 @@ rule for a custom op works there too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -21,20 +22,20 @@ import onnx_graphsurgeon as gs
 from .._core import Layout, NotApplicable, UnionFind
 
 __all__ = [
+    "ApplyContext",
+    "Attrs",
+    "ChannelLayouts",
+    "ConstFn",
+    "Layer",
+    "LayerSemantics",
+    "Parameter",
+    "PropagateContext",
     "Rule",
     "RuleRegistry",
-    "LayerSemantics",
-    "Layer",
-    "PropagateContext",
-    "ApplyContext",
-    "Parameter",
-    "ChannelLayouts",
-    "passthrough",
+    "Shape",
     "node_attrs",
     "numel",
-    "ConstFn",
-    "Shape",
-    "Attrs",
+    "passthrough",
 ]
 
 ConstFn = Callable[[np.ndarray], np.ndarray]
@@ -338,7 +339,7 @@ class RuleRegistry:
         for rule in rules:
             self.register(rule)
 
-    def register(self, rule: Rule, *, min_opset: int = 1, max_opset: int = 10**6) -> "RuleRegistry":
+    def register(self, rule: Rule, *, min_opset: int = 1, max_opset: int = 10**6) -> RuleRegistry:
         """Add ``rule`` for its op types (later registrations win). Returns self for chaining."""
         if not isinstance(rule, Rule):
             raise TypeError(f"{rule!r} does not implement the Rule protocol (op_types, domain, propagate, apply)")
@@ -371,7 +372,7 @@ class RuleRegistry:
     def op_types(self) -> list[str]:
         return sorted({op for (_, op) in self._rules})
 
-    def copy(self) -> "RuleRegistry":
+    def copy(self) -> RuleRegistry:
         new = RuleRegistry()
         new._rules = {k: list(v) for k, v in self._rules.items()}
         new._is_layer = dict(self._is_layer)

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from .._core import Layout, NotApplicable
 from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
-__all__ = ["ConcatRule", "SplitRule", "SliceRule"]
+__all__ = ["ConcatRule", "SliceRule", "SplitRule"]
 
 
 class ConcatRule:
@@ -190,7 +190,7 @@ class SliceRule:
         params = _slice_params(node, ctx, lay.rank)
         if params is None:
             return  # bounds computed at run time from the pruned tensor (checked by the analysis)
-        starts, ends, axes, steps = params
+        starts, ends, axes, _steps = params
         new_starts, new_ends = list(starts), list(ends)
         changed = False
         for i, a in enumerate(axes):

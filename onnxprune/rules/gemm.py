@@ -170,7 +170,7 @@ class MatMulRule:
         b = ctx.param(node.inputs[1])
         if b is None or b.values.ndim != 2:
             return NotApplicable("B is not a constant 2-D weight")
-        k, n = b.values.shape
+        _k, n = b.values.shape
         lay = ctx.layout(a)
         rank = ctx.rank(a)
         if rank is None or rank < 2:

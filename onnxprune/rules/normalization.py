@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 from .._core import Layout, NotApplicable
 from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
-__all__ = ["BatchNormalizationRule", "InstanceNormalizationRule", "ChannelMixingNormalizationRule"]
+__all__ = ["BatchNormalizationRule", "ChannelMixingNormalizationRule", "InstanceNormalizationRule"]
 
 
 def _per_channel_params(node: gs.Node, ctx: PropagateContext, indices: range) -> list[np.ndarray] | NotApplicable:

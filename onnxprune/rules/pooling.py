@@ -9,7 +9,7 @@ import onnx_graphsurgeon as gs
 from .._core import Layout, NotApplicable
 from .base import ApplyContext, PropagateContext, data_inputs_tracked, passthrough
 
-__all__ = ["PoolRule", "ResizeRule", "PadRule", "ReduceRule"]
+__all__ = ["PadRule", "PoolRule", "ReduceRule", "ResizeRule"]
 
 
 def _has_pads(node: gs.Node) -> bool:
@@ -75,7 +75,7 @@ class ResizeRule:
         return None
 
 
-def _check_runtime_sizes(node: gs.Node, index: int, ctx: PropagateContext, lay: Layout, in_shape) -> NotApplicable | None:  # noqa: ANN001
+def _check_runtime_sizes(node: gs.Node, index: int, ctx: PropagateContext, lay: Layout, in_shape) -> NotApplicable | None:
     """Resize sizes/scales computed at run time (segmentation heads take sizes from Shape())
     must keep following the input: probed with one channel fewer in every tensor whose shape
     they read, only the input's own channel entry may change, and only with the input."""

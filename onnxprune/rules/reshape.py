@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from .._core import Layout, NotApplicable
 from .base import ApplyContext, PropagateContext, data_inputs_tracked
 
-__all__ = ["ReshapeRule", "TransposeRule", "ShapeRule", "map_reshape"]
+__all__ = ["ReshapeRule", "ShapeRule", "TransposeRule", "map_reshape"]
 
 _MAX_GRID = 1 << 26  # positions; beyond this a reshape is pinned rather than mapped
 

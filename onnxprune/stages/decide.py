@@ -4,7 +4,7 @@ budget from measured sensitivity, or a given plan), and what replaces them (comp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,8 +33,17 @@ if TYPE_CHECKING:
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
 
 __all__ = [
-    "Planned", "Compensation", "SensitivityTrials", "check_budget", "layer_scores", "score", "budget_plan", "plan",
-    "compensate", "estimates", "sensitivity_trials",
+    "Compensation",
+    "Planned",
+    "SensitivityTrials",
+    "budget_plan",
+    "check_budget",
+    "compensate",
+    "estimates",
+    "layer_scores",
+    "plan",
+    "score",
+    "sensitivity_trials",
 ]
 
 

@@ -25,7 +25,16 @@ from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import SCALE_FLOOR, VerificationResult, check_run_size, compare_models, failure_text, limits, load_npz_inputs, make_inputs
+from ..verification import (
+    SCALE_FLOOR,
+    VerificationResult,
+    check_run_size,
+    compare_models,
+    failure_text,
+    limits,
+    load_npz_inputs,
+    make_inputs,
+)
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
@@ -34,8 +43,21 @@ if TYPE_CHECKING:
     from ..reconstruction import ReconstructedLayer
 
 __all__ = [
-    "Original", "Verified", "Recovered", "Measured", "measure_original", "may_consume", "check", "staging", "runnable",
-    "verification_feeds", "verify", "recover", "measure", "write", "report",
+    "Measured",
+    "Original",
+    "Recovered",
+    "Verified",
+    "check",
+    "may_consume",
+    "measure",
+    "measure_original",
+    "recover",
+    "report",
+    "runnable",
+    "staging",
+    "verification_feeds",
+    "verify",
+    "write",
 ]
 
 

@@ -21,7 +21,7 @@ from ..rules import RuleRegistry
 from ..shapes import data_input_shapes
 from ..verification import load_npz_inputs
 
-__all__ = ["Run", "LoadedModel", "CalibrationData", "Feeds", "load", "with_data_shapes", "analyse", "calibrate"]
+__all__ = ["CalibrationData", "Feeds", "LoadedModel", "Run", "analyse", "calibrate", "load", "with_data_shapes"]
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
 
@@ -59,7 +59,7 @@ class LoadedModel:
         encoded in memory), else the model."""
         return self.source if os.path.isfile(self.source) else self.proto
 
-    def after_surgery(self) -> "LoadedModel":
+    def after_surgery(self) -> LoadedModel:
         """The same model without its weight cache: after the surgery nothing reads it, and it
         holds the whole file's bytes."""
         return replace(self, initializers=None)
