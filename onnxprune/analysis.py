@@ -217,7 +217,9 @@ class AnalysisContext:
         self.validated_shape_inputs.add((id(node), index))
 
     def add_balance(self, rows: list[np.ndarray], reason: str, whole: list[np.ndarray] | None = None) -> None:
-        self.balances.append(Balance(self.label, tuple(np.asarray(r) for r in rows), reason, tuple(np.asarray(w) for w in whole or ())))
+        self.balances.append(
+            Balance(self.label, tuple(np.asarray(r) for r in rows), reason, tuple(np.asarray(w) for w in whole or ()))
+        )
 
     def pin_all_inputs(self, node: gs.Node, reason: str) -> None:
         for t in node.inputs:
@@ -235,7 +237,10 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def _subgraph_attrs(node: gs.Node) -> bool:
-    return any(isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph)) for v in node.attrs.values())
+    return any(
+        isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
+        for v in node.attrs.values()
+    )
 
 
 def analyze(
@@ -276,7 +281,9 @@ def analyze(
         if rule is None:
             if tracked:
                 domain = f" of domain {node.domain!r}" if node.domain not in (None, "", "ai.onnx") else ""
-                ctx.pin_all_inputs(node, f"op {node.op}{domain} has no rule; unknown ops are never assumed element-wise")
+                ctx.pin_all_inputs(
+                    node, f"op {node.op}{domain} has no rule; unknown ops are never assumed element-wise"
+                )
             continue
         written_before = {t.name for t in node.outputs if t.name in ctx.layouts}
         result = rule.propagate(node, ctx)

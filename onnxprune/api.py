@@ -51,7 +51,9 @@ def check_output_path(output: str | os.PathLike[str], model: object) -> None:
     out = os.fspath(output)
     if isinstance(model, (str, os.PathLike)):
         src = os.fspath(model)
-        if os.path.abspath(out) == os.path.abspath(src) or (os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src)):
+        if os.path.abspath(out) == os.path.abspath(src) or (
+            os.path.exists(out) and os.path.exists(src) and os.path.samefile(out, src)
+        ):
             raise UsageError(f"{out}: output must differ from the input model")
     check_writable(out)
 
@@ -103,18 +105,32 @@ def plan(
     if model is None:
         raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
     registry = registry or default_registry()
-    return stages.budget_plan(analysis, model, layer_scores(analysis, model, config, criteria, stats, registry), config, registry)
+    return stages.budget_plan(
+        analysis, model, layer_scores(analysis, model, config, criteria, stats, registry), config, registry
+    )
 
 
 @overload
 def apply(
-    model: onnx.ModelProto | LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, *,
-    registry: RuleRegistry | None = ..., estimates: Mapping[str, np.ndarray] | None = ..., deferred: Literal[False] = ..., consume: bool = ...,
+    model: onnx.ModelProto | LoadedModel,
+    analysis: ChannelAnalysis,
+    pruning_plan: PruningPlan,
+    *,
+    registry: RuleRegistry | None = ...,
+    estimates: Mapping[str, np.ndarray] | None = ...,
+    deferred: Literal[False] = ...,
+    consume: bool = ...,
 ) -> onnx.ModelProto: ...
 @overload
 def apply(
-    model: onnx.ModelProto | LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, *,
-    registry: RuleRegistry | None = ..., estimates: Mapping[str, np.ndarray] | None = ..., deferred: Literal[True], consume: bool = ...,
+    model: onnx.ModelProto | LoadedModel,
+    analysis: ChannelAnalysis,
+    pruning_plan: PruningPlan,
+    *,
+    registry: RuleRegistry | None = ...,
+    estimates: Mapping[str, np.ndarray] | None = ...,
+    deferred: Literal[True],
+    consume: bool = ...,
 ) -> DeferredModel: ...
 def apply(
     model: onnx.ModelProto | LoadedModel,
@@ -136,7 +152,15 @@ def apply(
     loaded = model if isinstance(model, LoadedModel) else None
     proto = loaded.proto if loaded is not None else model
     initializers = loaded.initializers if loaded is not None else None
-    pruned = prune_deferred(proto, analysis, pruning_plan, registry=registry, estimates=estimates, consume=consume, initializers=initializers)
+    pruned = prune_deferred(
+        proto,
+        analysis,
+        pruning_plan,
+        registry=registry,
+        estimates=estimates,
+        consume=consume,
+        initializers=initializers,
+    )
     return pruned if deferred else pruned.complete()
 
 
@@ -187,13 +211,17 @@ def prune(
     run = stages.with_data_shapes(loaded, run)
     config = run.config
     analysis = stages.analyse(loaded, run)
-    data = stages.calibrate(loaded, analysis, run, lossy=config.lossy if pruning_plan is None else not pruning_plan.exact)
+    data = stages.calibrate(
+        loaded, analysis, run, lossy=config.lossy if pruning_plan is None else not pruning_plan.exact
+    )
     scores = stages.score(loaded, analysis, data, run, given=pruning_plan)
     planned = stages.plan(loaded, analysis, scores, data, run, given=pruning_plan)
     comp = stages.compensate(loaded, analysis, planned.plan, data, run)
     original = stages.measure_original(loaded, analysis, run.registry)  # before a surgery that may build in it
     consume = stages.may_consume(planned.plan, config)
-    pruned = apply(loaded, analysis, planned.plan, registry=run.registry, estimates=comp.estimates, deferred=True, consume=consume)
+    pruned = apply(
+        loaded, analysis, planned.plan, registry=run.registry, estimates=comp.estimates, deferred=True, consume=consume
+    )
     loaded = loaded.after_surgery()
     stages.check(pruned, loaded.source)
     with stages.staging(pruned, output, external_data, config) as staged:
@@ -201,7 +229,9 @@ def prune(
         recovered = stages.recover(loaded, analysis, planned.plan, pruned, data, run)
         measured = stages.measure(loaded, planned.plan, recovered.model, staged, verified, run)
         size_after = stages.write(recovered.model, staged, output, external_data, outputs)
-    report = stages.report(loaded, analysis, planned, data, comp, original, recovered, verified, measured, size_after, run)
+    report = stages.report(
+        loaded, analysis, planned, data, comp, original, recovered, verified, measured, size_after, run
+    )
     return PruneResult(report=report, plan=planned.plan, analysis=analysis, pruned=recovered.model)
 
 
@@ -231,7 +261,9 @@ def sensitivity(
     # Sensitivity evaluates nothing afterwards: every sample is a calibration sample.
     proto, source = loaded.proto, loaded.source
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    feeds = load_calibration(calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source)
+    feeds = load_calibration(
+        calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source
+    )
     stats = None
     if run.criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, feeds, progress=run.progress_of("calibration"), source=source)

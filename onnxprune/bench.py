@@ -88,13 +88,19 @@ def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[st
         elif i == 0:
             out.append(1)
         else:
-            shown = ",".join(str(x) if isinstance(x, int) and x > 0 else ("1" if j == 0 else "?") for j, x in enumerate(dims))
-            raise UsageError(f"{path}: input {name!r} dimension {i} is dynamic; give --input-shape {name}:{shown} (the size to time)")
+            shown = ",".join(
+                str(x) if isinstance(x, int) and x > 0 else ("1" if j == 0 else "?") for j, x in enumerate(dims)
+            )
+            raise UsageError(
+                f"{path}: input {name!r} dimension {i} is dynamic; give --input-shape {name}:{shown} (the size to time)"
+            )
     return out
 
 
 class _Runner:
-    def __init__(self, path: str, backend: str, input_shapes: Mapping[str, Sequence[int]], precision: str | None = None) -> None:
+    def __init__(
+        self, path: str, backend: str, input_shapes: Mapping[str, Sequence[int]], precision: str | None = None
+    ) -> None:
         self.path = path
         self.backend = backend
         self.precision = "f32"
@@ -122,7 +128,9 @@ class _Runner:
                 self.throughput_model = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **config})
             except Exception as exc:  # OpenVINO raises its own types
                 shapes = {inp.get_any_name(): str(inp.get_partial_shape()) for inp in model.inputs}
-                raise UsageError(f"{path}: OpenVINO cannot compile the model for inputs {shapes}: {str(exc).splitlines()[0][:300]}") from None
+                raise UsageError(
+                    f"{path}: OpenVINO cannot compile the model for inputs {shapes}: {str(exc).splitlines()[0][:300]}"
+                ) from None
             self.inputs = {inp.get_any_name(): [int(d) for d in inp.get_shape()] for inp in model.inputs}
             self.request = self.latency_model.create_infer_request()
             # What the CPU plugin actually runs in: it defaults to bf16 where the CPU has it, and
@@ -137,11 +145,15 @@ class _Runner:
             if path.endswith(".xml"):
                 raise UsageError(f"{path}: onnxruntime cannot run an OpenVINO IR; use --backend openvino")
             if precision not in (None, "f32"):
-                raise UsageError(f"--precision {precision}: onnxruntime's CPU provider computes in the model's own types (f32)")
+                raise UsageError(
+                    f"--precision {precision}: onnxruntime's CPU provider computes in the model's own types (f32)"
+                )
             from .runtime import session
 
             self.session = session(path, source=path, optimize=True)  # timed as deployed: optimised
-            self.inputs = {name: _static_dims(path, name, shape, input_shapes) for name, shape in self.session.input_shapes.items()}
+            self.inputs = {
+                name: _static_dims(path, name, shape, input_shapes) for name, shape in self.session.input_shapes.items()
+            }
 
     def run_once(self, feeds: Mapping[str, np.ndarray]) -> float:
         start = time.perf_counter()
@@ -257,6 +269,17 @@ def benchmark(
     p10 = [float(np.percentile(t, 10)) * 1e3 for t in times]
     p90 = [float(np.percentile(t, 90)) * 1e3 for t in times]
     return tuple(
-        ModelTiming(r.path, backend, med[i], p90[i], fps[i], med[i] / med[0], fps[i] / fps[0], p10[i], len(times[i]), r.precision)
+        ModelTiming(
+            r.path,
+            backend,
+            med[i],
+            p90[i],
+            fps[i],
+            med[i] / med[0],
+            fps[i] / fps[0],
+            p10[i],
+            len(times[i]),
+            r.precision,
+        )
         for i, r in enumerate(runners)
     )

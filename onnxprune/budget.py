@@ -28,7 +28,15 @@ from .planning import PruningPlan, enforce_constraints
 from .rules import RuleRegistry
 from .validation import model_opset
 
-__all__ = ["LayerBudget", "MacsTracker", "finish_plan", "group_scores", "layer_budgets", "pinned_reasons", "plan_with_budget"]
+__all__ = [
+    "LayerBudget",
+    "MacsTracker",
+    "finish_plan",
+    "group_scores",
+    "layer_budgets",
+    "pinned_reasons",
+    "plan_with_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,12 @@ def plan_with_budget(
                 for n, k in layers.items():
                     removed_count[n] += k
     the_plan = finish_plan(
-        analysis, config, removed, scores, reasons, lambda gid: f"ranked above the cut by {config.criterion} (score {scores[gid]:.3g})"
+        analysis,
+        config,
+        removed,
+        scores,
+        reasons,
+        lambda gid: f"ranked above the cut by {config.criterion} (score {scores[gid]:.3g})",
     )
     return replace(the_plan, notes=the_plan.notes + tuple(notes)) if notes else the_plan
 
@@ -221,7 +234,9 @@ def _macs_target_cut(
         ratio = reached / macs.original if macs.original else 1.0
         why = []
         if config.round_to > 1:
-            why.append(f"with --round-to {config.round_to} every layer keeps a multiple of {config.round_to} channels (at least {config.round_to})")
+            why.append(
+                f"with --round-to {config.round_to} every layer keeps a multiple of {config.round_to} channels (at least {config.round_to})"
+            )
         why.append("every layer keeps at least one channel")
         if any(g.pinned for g in analysis.groups) or any(b.excluded_by for b in budgets.values()):
             why.append("pinned and protected channels stay (see the kept reasons)")
@@ -257,7 +272,13 @@ def finish_plan(
     removed_set = set(removed)
     if config.round_to > 1:
         removed_set = _round_kept(
-            analysis, _group_members(analysis), layer_budgets(analysis, config), removed_set, scores, config.round_to, reasons
+            analysis,
+            _group_members(analysis),
+            layer_budgets(analysis, config),
+            removed_set,
+            scores,
+            config.round_to,
+            reasons,
         )
     final = enforce_constraints(analysis, removed_set, reasons)
     kept = {g.id: tuple(reasons.get(g.id) or (kept_reason(g.id),)) for g in analysis.groups if g.id not in final}
@@ -311,7 +332,13 @@ class MacsTracker:
     keeps MACs x (kept outputs / outputs) x (kept inputs / inputs); a depthwise or grouped one
     scales with its outputs only (its inputs are the same channels)."""
 
-    def __init__(self, analysis: ChannelAnalysis, node_macs: Mapping[str, int | None], model: onnx.ModelProto, registry: RuleRegistry) -> None:
+    def __init__(
+        self,
+        analysis: ChannelAnalysis,
+        node_macs: Mapping[str, int | None],
+        model: onnx.ModelProto,
+        registry: RuleRegistry,
+    ) -> None:
         """``node_macs``: metrics.node_macs of ``model`` (by node name); the registry says
         what each layer is."""
         nodes = nodes_by_name(model.graph.node)
@@ -360,7 +387,9 @@ class MacsTracker:
             for layer, d_out, d_in in self.effects.get(gid, ()):
                 kept[layer][0] -= d_out
                 kept[layer][1] -= d_in
-        return float(sum(self.macs0[i] * (k[0] / self.total[i][0]) * (k[1] / self.total[i][1]) for i, k in kept.items()))
+        return float(
+            sum(self.macs0[i] * (k[0] / self.total[i][0]) * (k[1] / self.total[i][1]) for i, k in kept.items())
+        )
 
     def remove(self, gid: int) -> float:
         """Remove a group; return the model's MACs after it."""

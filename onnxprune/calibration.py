@@ -148,12 +148,20 @@ def parse_preprocess(text: str) -> Preprocess:
             try:
                 values = tuple(float(v) for v in value.split("/"))
             except ValueError:
-                raise UsageError(f"preprocess: bad value for {key}: {value!r} (expected numbers separated by /, e.g. 0.485/0.456/0.406)") from None
+                raise UsageError(
+                    f"preprocess: bad value for {key}: {value!r} (expected numbers separated by /, e.g. 0.485/0.456/0.406)"
+                ) from None
             if not all(math.isfinite(v) for v in values) or (key == "std" and any(v == 0 for v in values)):
-                raise UsageError(f"preprocess: bad value for {key}: {value!r} (expected finite{' non-zero' if key == 'std' else ''} numbers)")
+                raise UsageError(
+                    f"preprocess: bad value for {key}: {value!r} (expected finite{' non-zero' if key == 'std' else ''} numbers)"
+                )
             result = replace(result, **{key: values})
         else:
-            field, allowed = {"order": ("channel_order", _ORDERS), "layout": ("layout", _LAYOUTS), "resize": ("resize", _RESIZES)}[key]
+            field, allowed = {
+                "order": ("channel_order", _ORDERS),
+                "layout": ("layout", _LAYOUTS),
+                "resize": ("resize", _RESIZES),
+            }[key]
             norm = value.lower() if key == "resize" else value.upper()
             if norm not in allowed:
                 raise UsageError(f"preprocess: bad value for {key}: {value!r} (expected {' or '.join(allowed)})")
@@ -199,12 +207,16 @@ def load_calibration(
 
 def _image_files(folder: str) -> list[str]:
     names = sorted(
-        n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+        n
+        for n in os.listdir(folder)
+        if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
     )
     return [os.path.join(folder, n) for n in names]
 
 
-def _load_images(folder: str, model: onnx.ModelProto, pre: Preprocess, limit: int, seed: int) -> list[dict[str, np.ndarray]]:
+def _load_images(
+    folder: str, model: onnx.ModelProto, pre: Preprocess, limit: int, seed: int
+) -> list[dict[str, np.ndarray]]:
     import numpy as np
 
     spec = _image_input(folder, model, pre)
@@ -253,7 +265,9 @@ def _per_channel(folder: str, what: str, values: tuple[float, ...], channels: in
         return np.asarray(values, np.float64)
     if len(set(values)) == 1:
         return np.full(channels, values[0], np.float64)
-    raise UsageError(f"{folder}: preprocess {what} has {len(values)} values but the model input has {channels} channel(s)")
+    raise UsageError(
+        f"{folder}: preprocess {what} has {len(values)} values but the model input has {channels} channel(s)"
+    )
 
 
 def _image_input(folder: str, model: onnx.ModelProto, pre: Preprocess) -> tuple[str, int, int, int, type]:
@@ -270,18 +284,26 @@ def _image_input(folder: str, model: onnx.ModelProto, pre: Preprocess) -> tuple[
         )
     vi = inputs[0]
     tt = vi.type.tensor_type
-    dtypes = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
+    dtypes = {
+        onnx.TensorProto.FLOAT: np.float32,
+        onnx.TensorProto.FLOAT16: np.float16,
+        onnx.TensorProto.DOUBLE: np.float64,
+    }
     if tt.elem_type not in dtypes:
         raise UsageError(
             f"{folder}: input {vi.name!r} is {onnx.TensorProto.DataType.Name(tt.elem_type)}, images give floats; give an .npz instead"
         )
     if not tt.HasField("shape") or len(tt.shape.dim) != 4:
         rank = len(tt.shape.dim) if tt.HasField("shape") else "unknown"
-        raise UsageError(f"{folder}: input {vi.name!r} must be a rank-4 image tensor ({pre.layout}) but has rank {rank}")
+        raise UsageError(
+            f"{folder}: input {vi.name!r} must be a rank-4 image tensor ({pre.layout}) but has rank {rank}"
+        )
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
     n, c, h, w = dims if pre.layout == "NCHW" else (dims[0], dims[3], dims[1], dims[2])
     if n not in (None, 1):
-        raise UsageError(f"{folder}: input {vi.name!r} has a fixed batch of {n}; images give one sample per feed, give an .npz instead")
+        raise UsageError(
+            f"{folder}: input {vi.name!r} has a fixed batch of {n}; images give one sample per feed, give an .npz instead"
+        )
     channels = 3 if c is None else c
     if channels not in (1, 3):
         raise UsageError(
@@ -294,7 +316,9 @@ def _image_input(folder: str, model: onnx.ModelProto, pre: Preprocess) -> tuple[
                 f"{folder}: preprocess size {height}x{width} does not match input {vi.name!r} of static size {h or '?'}x{w or '?'}"
             )
     elif h is None or w is None:
-        raise UsageError(f"{folder}: input {vi.name!r} has a dynamic height or width; give size=HxW in the preprocessing spec")
+        raise UsageError(
+            f"{folder}: input {vi.name!r} has a dynamic height or width; give size=HxW in the preprocessing spec"
+        )
     else:
         height, width = h, w
     return vi.name, channels, height, width, dtypes[tt.elem_type]

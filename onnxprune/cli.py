@@ -40,12 +40,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "default: l2 when a budget is given (--ratio, --macs-target, --min-fidelity, --config with sparsity), else zero",
     )
     b = p.add_argument_group("budget (criteria other than zero)")
-    b.add_argument("--ratio", type=float, help="fraction of each layer's output channels to remove (with --global: of all)")
-    b.add_argument("--global", dest="global_ranking", action="store_true", help="rank the channel groups of all layers together")
+    b.add_argument(
+        "--ratio", type=float, help="fraction of each layer's output channels to remove (with --global: of all)"
+    )
+    b.add_argument(
+        "--global", dest="global_ranking", action="store_true", help="rank the channel groups of all layers together"
+    )
     b.add_argument("--macs-target", type=float, metavar="F", help="remove until MACs <= F x the original's")
     b.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts that are multiples of N")
-    b.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="never prune layers whose node name matches")
-    b.add_argument("--config", metavar="FILE", help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries")
+    b.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="never prune layers whose node name matches"
+    )
+    b.add_argument(
+        "--config", metavar="FILE", help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries"
+    )
     b.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs: activation criteria and compensation")
     b.add_argument(
         "--compensation",
@@ -53,10 +61,29 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("auto", "none", "data-free", "calibration"),
         help="fold the removed channels' expected value into the readers' biases (auto: calibration if given, else data-free)",
     )
-    b.add_argument("--min-fidelity", type=float, metavar="F", help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)")
-    b.add_argument("--reconstruct", action="store_true", help="refit the readers of removed channels by least squares on calibration data")
-    b.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine", help="fidelity metric of an output ('*' for all)")
-    b.add_argument("--preprocess", metavar="SPEC", help="calibration images: imagenet, raw, or size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC")
+    b.add_argument(
+        "--min-fidelity",
+        type=float,
+        metavar="F",
+        help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)",
+    )
+    b.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="refit the readers of removed channels by least squares on calibration data",
+    )
+    b.add_argument(
+        "--fidelity-metric",
+        action="append",
+        default=[],
+        metavar="OUTPUT=top1|cosine",
+        help="fidelity metric of an output ('*' for all)",
+    )
+    b.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="calibration images: imagenet, raw, or size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC",
+    )
     b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")
     b.add_argument("--plan", metavar="PLAN.json", help="apply this plan instead of planning")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
@@ -74,12 +101,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--external-data", action="store_true", help="write the weights to OUT.onnx.data (automatic above 2 GB)"
     )
     o = p.add_argument_group("OpenVINO hand-off and reports")
-    o.add_argument("--ir", metavar="OUT.xml", help="also convert the pruned model to OpenVINO IR (checked against onnxruntime)")
+    o.add_argument(
+        "--ir", metavar="OUT.xml", help="also convert the pruned model to OpenVINO IR (checked against onnxruntime)"
+    )
     precision = o.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="IR weights in FP16")
     precision.add_argument("--fp32", action="store_true", help="IR weights in FP32 (the default)")
-    o.add_argument("--static", action="store_true", help="bake the --input-shape shapes into the IR (default: keep dynamic dimensions, check at that shape)")
-    o.add_argument("--compare-openvino", action="store_true", help="also run OpenVINO's own pruning pass on the input and compare")
+    o.add_argument(
+        "--static",
+        action="store_true",
+        help="bake the --input-shape shapes into the IR (default: keep dynamic dimensions, check at that shape)",
+    )
+    o.add_argument(
+        "--compare-openvino", action="store_true", help="also run OpenVINO's own pruning pass on the input and compare"
+    )
     o.add_argument("--bench", action="store_true", help="benchmark original and pruned with OpenVINO on the CPU")
     o.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
     o.add_argument("--plot", metavar="R.png", help="plot per-layer channels (and latency with --bench)")
@@ -88,15 +123,28 @@ def _build_parser() -> argparse.ArgumentParser:
     add_prune_quantize_options(p)
     add_quantize_command(sub)
 
-    c = sub.add_parser("convert", help="convert an ONNX model to OpenVINO IR (.xml + .bin), checked against onnxruntime")
+    c = sub.add_parser(
+        "convert", help="convert an ONNX model to OpenVINO IR (.xml + .bin), checked against onnxruntime"
+    )
     c.add_argument("model", help="input .onnx file")
     c.add_argument("-o", "--output", required=True, metavar="OUT.xml", help="IR path; the .bin is written beside it")
-    c.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
+    c.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
+    )
     cp = c.add_mutually_exclusive_group()
     cp.add_argument("--fp16", action="store_true", help="weights in FP16")
     cp.add_argument("--fp32", action="store_true", help="weights in FP32 (the default)")
-    c.add_argument("--static", action="store_true", help="bake the --input-shape shapes into the IR (default: keep the model's dynamic dimensions and check at those shapes)")
-    c.add_argument("--tolerance", type=float, metavar="T", help="check: max abs diff allowed relative to each output's scale (default 1e-4 for FP32, 1e-2 for FP16 weights, 0.15 for quantized models: OpenVINO runs them in int8)")
+    c.add_argument(
+        "--static",
+        action="store_true",
+        help="bake the --input-shape shapes into the IR (default: keep the model's dynamic dimensions and check at those shapes)",
+    )
+    c.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help="check: max abs diff allowed relative to each output's scale (default 1e-4 for FP32, 1e-2 for FP16 weights, 0.15 for quantized models: OpenVINO runs them in int8)",
+    )
     c.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
     c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
@@ -106,24 +154,44 @@ def _build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
     bn.add_argument("--runs", type=int, default=5, help="timed runs per model per round (default 5)")
     bn.add_argument("--warmup", type=int, default=3, help="untimed runs per model first (default 3)")
-    bn.add_argument("-t", "--time", type=float, metavar="SECONDS", help="time-based: interleaved rounds until each model has run this long (instead of --rounds)")
-    bn.add_argument("--precision", choices=("f32", "bf16", "f16"), help="OpenVINO inference precision (INFERENCE_PRECISION_HINT; default: the CPU plugin's choice, bf16 where the CPU has it)")
-    bn.add_argument("--inputs", metavar="X.npz", help="time on the first sample of these arrays (keyed by input name; their shapes are the input shapes)")
+    bn.add_argument(
+        "-t",
+        "--time",
+        type=float,
+        metavar="SECONDS",
+        help="time-based: interleaved rounds until each model has run this long (instead of --rounds)",
+    )
+    bn.add_argument(
+        "--precision",
+        choices=("f32", "bf16", "f16"),
+        help="OpenVINO inference precision (INFERENCE_PRECISION_HINT; default: the CPU plugin's choice, bf16 where the CPU has it)",
+    )
+    bn.add_argument(
+        "--inputs",
+        metavar="X.npz",
+        help="time on the first sample of these arrays (keyed by input name; their shapes are the input shapes)",
+    )
     bn.add_argument("--throughput-seconds", type=float, default=2.0, help="time spent measuring throughput per model")
-    bn.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
+    bn.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
+    )
     bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
     bn.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     se = sub.add_parser("sensitivity", help="fidelity after removing 10/25/50%% of each unit of tied layers alone")
     se.add_argument("model", help="input .onnx file")
-    se.add_argument("--calibration", required=True, metavar="C.npz|FOLDER", help="calibration inputs (.npz or a folder of images)")
+    se.add_argument(
+        "--calibration", required=True, metavar="C.npz|FOLDER", help="calibration inputs (.npz or a folder of images)"
+    )
     se.add_argument("--preprocess", metavar="SPEC", help="for a folder of images (see prune --preprocess)")
     se.add_argument("--criterion", default="l2", help="ranks the channels within each unit (default l2)")
     se.add_argument("--ratios", default="0.1,0.25,0.5", help="fractions of each unit to try (default 0.1,0.25,0.5)")
     se.add_argument("--compensation", default="auto", choices=("auto", "none", "data-free", "calibration"))
     se.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine")
     se.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...")
-    se.add_argument("--exclude", action="append", default=[], metavar="REGEX", help="skip layers whose node name matches")
+    se.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="skip layers whose node name matches"
+    )
     se.add_argument("--json", metavar="S.json", help="write the table as JSON")
     se.add_argument("--plot", metavar="S.png", help="plot a sensitivity curve per unit")
     se.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -131,9 +199,16 @@ def _build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
     common(a)
     a.add_argument("--json", metavar="R.json", help="write the groups as JSON")
-    a.add_argument("--layers", action="store_true", help="per weight-bearing layer: channels, how many each criterion family may remove, why the rest stay (as explain)")
+    a.add_argument(
+        "--layers",
+        action="store_true",
+        help="per weight-bearing layer: channels, how many each criterion family may remove, why the rest stay (as explain)",
+    )
 
-    x = sub.add_parser("explain", help="why is this layer not pruned? per layer: channels, removable (zero / lossy), reasons for the rest")
+    x = sub.add_parser(
+        "explain",
+        help="why is this layer not pruned? per layer: channels, removable (zero / lossy), reasons for the rest",
+    )
     common(x)
     x.add_argument("--node", action="append", default=[], metavar="NAME", help="explain only this layer (repeatable)")
     x.add_argument("--json", metavar="E.json", help="write the per-layer view as compact JSON")
@@ -173,13 +248,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("onnxprune: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # the machine, not the model: a full disk, a folder it may not write
-        print(f"onnxprune: error: {exc.filename or getattr(args, 'model', '')}: {exc.strerror or exc}; nothing written", file=sys.stderr)
+        print(
+            f"onnxprune: error: {exc.filename or getattr(args, 'model', '')}: {exc.strerror or exc}; nothing written",
+            file=sys.stderr,
+        )
         return 2
     except Exception as exc:  # a bug: one line, no traceback unless asked for
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise
         where = getattr(args, "model", "")
-        print(f"onnxprune: internal error on {where}: {type(exc).__name__}: {exc} (set ONNXPRUNE_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"onnxprune: internal error on {where}: {type(exc).__name__}: {exc} (set ONNXPRUNE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 3
 
 
@@ -210,7 +291,13 @@ def _prune(args: argparse.Namespace) -> int:
     if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
         raise UsageError(f"{args.plot}: --plot must end in .png, .pdf, .svg or .jpg (the image format)")
     destinations = {os.path.abspath(args.output): "-o"}
-    for path, what in ((args.report, "--report"), (args.markdown, "--markdown"), (args.plot, "--plot"), (args.ir, "--ir"), (args.save_plan, "--save-plan")):
+    for path, what in (
+        (args.report, "--report"),
+        (args.markdown, "--markdown"),
+        (args.plot, "--plot"),
+        (args.ir, "--ir"),
+        (args.save_plan, "--save-plan"),
+    ):
         if path:
             check_writable(path, what)
             if os.path.abspath(path) in destinations:
@@ -244,9 +331,13 @@ def _prune(args: argparse.Namespace) -> int:
         except json.JSONDecodeError as exc:
             raise UsageError(f"{args.plan}: not JSON ({exc})") from None
     ov_shapes: dict = {}
-    wants_openvino = [f for f, on in (("--ir", args.ir), ("--bench", args.bench), ("--compare-openvino", args.compare_openvino)) if on]
+    wants_openvino = [
+        f for f, on in (("--ir", args.ir), ("--bench", args.bench), ("--compare-openvino", args.compare_openvino)) if on
+    ]
     if wants_openvino:  # OpenVINO needs static shapes: find them now, not after the pruning
-        ov_shapes = _static_shapes(args.model, config.input_shapes, args.inputs, args.calibration, " and ".join(wants_openvino))
+        ov_shapes = _static_shapes(
+            args.model, config.input_shapes, args.inputs, args.calibration, " and ".join(wants_openvino)
+        )
     from .cli_quantize import check_prune_quantize
 
     check_prune_quantize(args)
@@ -260,8 +351,13 @@ def _prune(args: argparse.Namespace) -> int:
             result, joint = joint_prune(args, config, progress)
         else:
             result = prune(
-                args.model, args.criterion, config=config, pruning_plan=given_plan, progress=progress,
-                output=None if args.quantize else args.output, external_data=True if args.external_data else None,
+                args.model,
+                args.criterion,
+                config=config,
+                pruning_plan=given_plan,
+                progress=progress,
+                output=None if args.quantize else args.output,
+                external_data=True if args.external_data else None,
                 outputs=None if args.quantize else outputs,
             )
         data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
@@ -279,8 +375,14 @@ def _prune(args: argparse.Namespace) -> int:
 
             feeds = [make_inputs(result.model, ov_shapes, 1, config.seed, args.model)]
             check = convert_to_ir(
-                result.model, args.ir, input_shapes=ov_shapes, static=args.static, fp16=args.fp16, check_feeds=feeds,
-                source=args.output, outputs=outputs,
+                result.model,
+                args.ir,
+                input_shapes=ov_shapes,
+                static=args.static,
+                fp16=args.fp16,
+                check_feeds=feeds,
+                source=args.output,
+                outputs=outputs,
             )
             data["ir"] = {"path": args.ir, "check": check.to_dict() if check else None}
         if args.save_plan:
@@ -293,12 +395,15 @@ def _prune(args: argparse.Namespace) -> int:
         if args.bench and args.quantize:
             from .cli_quantize import bench_chain
 
-            data["benchmark"] = bench_chain(args, result.model, int8_path, ov_shapes, progress and (lambda d, t: progress("benchmark", d, t)))
+            data["benchmark"] = bench_chain(
+                args, result.model, int8_path, ov_shapes, progress and (lambda d, t: progress("benchmark", d, t))
+            )
         elif args.bench:
             from .bench import benchmark, spread_warning
 
             timings = benchmark(
-                [args.model, outputs.model_path(args.output)], input_shapes=ov_shapes,
+                [args.model, outputs.model_path(args.output)],
+                input_shapes=ov_shapes,
                 progress=progress and (lambda d, t: progress("benchmark", d, t)),
             )
             data["benchmark"] = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
@@ -325,7 +430,9 @@ def _prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _static_shapes(model: str, given: Mapping[str, tuple[int, ...]], inputs: str | None, calibration: str | None, what: str) -> dict:
+def _static_shapes(
+    model: str, given: Mapping[str, tuple[int, ...]], inputs: str | None, calibration: str | None, what: str
+) -> dict:
     """Static shapes for OpenVINO: --input-shape, else one sample of --inputs or a calibration
     .npz; a dynamic batch alone becomes 1. Any other dynamic dimension left is a usage error
     naming the input, before anything runs."""
@@ -344,12 +451,16 @@ def _static_shapes(model: str, given: Mapping[str, tuple[int, ...]], inputs: str
     for vi in proto.graph.input:
         if vi.name in inits or vi.name in shapes:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim
+        ]
         if all(d is not None for d in dims[1:]):
             continue
         i = next(i for i, d in enumerate(dims) if i > 0 and d is None)
         shown = ",".join("1" if j == 0 and d is None else ("?" if d is None else str(d)) for j, d in enumerate(dims))
-        raise UsageError(f"{model}: input {vi.name!r} dimension {i} is dynamic and {what} needs a static shape; give --input-shape {vi.name}:{shown}")
+        raise UsageError(
+            f"{model}: input {vi.name!r} dimension {i} is dynamic and {what} needs a static shape; give --input-shape {vi.name}:{shown}"
+        )
     return shapes
 
 
@@ -411,7 +522,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
         plot_sensitivity(data, args.plot)
     if not args.quiet:
         head = "".join(f"{f'{r:.0%}':>16s}" for r in result.ratios)
-        print(f"{args.model}: {len(result.units)} units, {result.samples} calibration samples, {result.trials} trials in {result.seconds:.1f} s")
+        print(
+            f"{args.model}: {len(result.units)} units, {result.samples} calibration samples, {result.trials} trials in {result.seconds:.1f} s"
+        )
         print(f"{'unit (first layer)':44s}{'channels':>9s}{head}   (fidelity / MACs saved)")
         for u in sorted(result.units, key=lambda u: -u.macs_saved[result.ratios[-1]]):
             cells = "".join(f"{u.fidelity[r]:>9.4f}/{u.macs_saved[r] * 100:5.1f}%" for r in result.ratios)

@@ -53,11 +53,17 @@ def explain_command(args: argparse.Namespace) -> int:
                 import difflib
 
                 close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f" ({len(known)} weight-bearing layers: see 'onnxprune explain {args.model}')"
+                hint = (
+                    f"; did you mean {', '.join(repr(c) for c in close)}?"
+                    if close
+                    else f" ({len(known)} weight-bearing layers: see 'onnxprune explain {args.model}')"
+                )
                 raise UsageError(f"{args.model}: no weight-bearing layer named {name!r}{hint}")
     layers = explain_layers(analysis, nodes)
     if json_path:
-        _write_text(json_path, json.dumps({"model": args.model, "layers": [x.to_dict() for x in layers]}, separators=(",", ":")))
+        _write_text(
+            json_path, json.dumps({"model": args.model, "layers": [x.to_dict() for x in layers]}, separators=(",", ":"))
+        )
     if args.quiet:
         return 0
     if nodes:
@@ -70,11 +76,15 @@ def explain_command(args: argparse.Namespace) -> int:
                     print(f"    {count:6d} ch  {reason}")
         return 0
     total = sum(x.channels for x in layers)
-    print(f"{args.model}: {len(layers)} weight-bearing layers, {total} output channels; removable: "
-          f"zero {sum(x.removable['zero'] for x in layers)}, lossy {sum(x.removable['lossy'] for x in layers)} (at most, all at once)")
+    print(
+        f"{args.model}: {len(layers)} weight-bearing layers, {total} output channels; removable: "
+        f"zero {sum(x.removable['zero'] for x in layers)}, lossy {sum(x.removable['lossy'] for x in layers)} (at most, all at once)"
+    )
     print(f"{'layer':40s} {'op':14s} {'channels':>8s} {'zero':>6s} {'lossy':>6s}   why the rest stay (lossy)")
     for x in layers:
         why = x.kept["lossy"][0][0] if x.kept["lossy"] else ""
         more = f" (+{len(x.kept['lossy']) - 1} more)" if len(x.kept["lossy"]) > 1 else ""
-        print(f"{x.node[:40]:40s} {x.op[:14]:14s} {x.channels:8d} {x.removable['zero']:6d} {x.removable['lossy']:6d}   {why[:90]}{more}")
+        print(
+            f"{x.node[:40]:40s} {x.op[:14]:14s} {x.channels:8d} {x.removable['zero']:6d} {x.removable['lossy']:6d}   {why[:90]}{more}"
+        )
     return 0

@@ -34,22 +34,36 @@ def convert_command(args: argparse.Namespace) -> int:
         feeds = [make_inputs(model, shapes, batch, 0, args.model)]
     with Outputs() as outputs:
         check = convert_to_ir(
-            model, args.output, input_shapes=shapes, static=args.static, fp16=args.fp16, check_feeds=feeds, source=args.model,
-            tolerance=args.tolerance, outputs=outputs,
+            model,
+            args.output,
+            input_shapes=shapes,
+            static=args.static,
+            fp16=args.fp16,
+            check_feeds=feeds,
+            source=args.model,
+            tolerance=args.tolerance,
+            outputs=outputs,
         )
         outputs.commit()
     if not args.quiet:
         bin_path = args.output[: -len(".xml")] + ".bin"
-        print(f"{args.model} -> {args.output} + {os.path.basename(bin_path)} ({'FP16' if args.fp16 else 'FP32'} weights, {os.path.getsize(bin_path):,} bytes)")
+        print(
+            f"{args.model} -> {args.output} + {os.path.basename(bin_path)} ({'FP16' if args.fp16 else 'FP32'} weights, {os.path.getsize(bin_path):,} bytes)"
+        )
         if check is None:
             print("check against onnxruntime: skipped (--no-verify)")
         else:
             shown = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[0].items())
-            print(f"check against onnxruntime: PASSED at {shown}, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
-                  f"(limit {check.tolerance:g} x scale {check.scale:.3g}{int8_note(check.quantized)})")
+            print(
+                f"check against onnxruntime: PASSED at {shown}, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
+                f"(limit {check.tolerance:g} x scale {check.scale:.3g}{int8_note(check.quantized)})"
+            )
         if check is not None and check.ir_inputs:
-            print("IR inputs: " + ", ".join(f"{k} {v}" for k, v in check.ir_inputs.items())
-                  + ("" if args.static else "  (dynamic dimensions kept; --static bakes the --input-shape shapes)"))
+            print(
+                "IR inputs: "
+                + ", ".join(f"{k} {v}" for k, v in check.ir_inputs.items())
+                + ("" if args.static else "  (dynamic dimensions kept; --static bakes the --input-shape shapes)")
+            )
     return 0
 
 
@@ -89,11 +103,15 @@ def bench_command(args: argparse.Namespace) -> int:
         rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
         _write_text(args.json, json.dumps(rows, indent=2))
     if not args.quiet:
-        print(f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)")
+        print(
+            f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)"
+        )
         for t in timings:
             spread = f"{t.latency_p10_ms:.3f}-{t.latency_p90_ms:.3f}"
-            print(f"{os.path.basename(t.path)[:36]:36s} {t.precision:>11s} {t.runs:5d} {t.latency_median_ms:10.3f} {spread:>17s} "
-                  f"{t.throughput_fps:9.1f} {t.latency_ratio:8.3f} {t.throughput_ratio:7.3f}")
+            print(
+                f"{os.path.basename(t.path)[:36]:36s} {t.precision:>11s} {t.runs:5d} {t.latency_median_ms:10.3f} {spread:>17s} "
+                f"{t.throughput_fps:9.1f} {t.latency_ratio:8.3f} {t.throughput_ratio:7.3f}"
+            )
         for w in warnings:
             print(f"warning: {w}")
     return 0

@@ -21,28 +21,72 @@ __all__ = [
 
 
 def _common_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
-    p.add_argument("--preset", default="performance", choices=("performance", "mixed"),
-                   help="performance: symmetric activations (fastest); mixed: asymmetric activations (default performance)")
-    p.add_argument("--ignored-scope", action="append", default=[], metavar="NAME|REGEX",
-                   help="ONNX node name or regular expression of nodes kept in float (repeatable)")
-    p.add_argument("--no-fast-bias-correction", action="store_true", help="skip NNCF's fast bias correction (on by default)")
-    p.add_argument("--subset-size", type=int, default=300, metavar="N", help="calibration samples used at most (NNCF's default 300)")
-    p.add_argument("--max-drop", type=float, metavar="D",
-                   help="keep the most sensitive layers in float until the fidelity vs the float model (on the calibration samples) drops by at most D "
-                   "(NNCF's quantize_with_accuracy_control)")
+    p.add_argument(
+        "--preset",
+        default="performance",
+        choices=("performance", "mixed"),
+        help="performance: symmetric activations (fastest); mixed: asymmetric activations (default performance)",
+    )
+    p.add_argument(
+        "--ignored-scope",
+        action="append",
+        default=[],
+        metavar="NAME|REGEX",
+        help="ONNX node name or regular expression of nodes kept in float (repeatable)",
+    )
+    p.add_argument(
+        "--no-fast-bias-correction", action="store_true", help="skip NNCF's fast bias correction (on by default)"
+    )
+    p.add_argument(
+        "--subset-size",
+        type=int,
+        default=300,
+        metavar="N",
+        help="calibration samples used at most (NNCF's default 300)",
+    )
+    p.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="D",
+        help="keep the most sensitive layers in float until the fidelity vs the float model (on the calibration samples) drops by at most D "
+        "(NNCF's quantize_with_accuracy_control)",
+    )
 
 
 def add_quantize_command(sub: Any) -> None:
     """The ``quantize`` subcommand."""
     q = sub.add_parser("quantize", help="post-training int8 quantization with NNCF, checked on held-out samples")
     q.add_argument("model", help="input float .onnx file (never modified)")
-    q.add_argument("-o", "--output", required=True, metavar="OUT.onnx|OUT.xml", help="QDQ ONNX (.onnx) or OpenVINO IR (.xml, .bin beside it)")
-    q.add_argument("--calibration", required=True, metavar="C.npz|FOLDER", help="calibration inputs (.npz keyed by input name, or a folder of images)")
+    q.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT.onnx|OUT.xml",
+        help="QDQ ONNX (.onnx) or OpenVINO IR (.xml, .bin beside it)",
+    )
+    q.add_argument(
+        "--calibration",
+        required=True,
+        metavar="C.npz|FOLDER",
+        help="calibration inputs (.npz keyed by input name, or a folder of images)",
+    )
     q.add_argument("--preprocess", metavar="SPEC", help="for a folder of images (see prune --preprocess)")
-    q.add_argument("--inputs", metavar="X.npz", help="held-out samples to evaluate on (default: every 4th calibration sample, held out)")
+    q.add_argument(
+        "--inputs",
+        metavar="X.npz",
+        help="held-out samples to evaluate on (default: every 4th calibration sample, held out)",
+    )
     _common_options(q)
-    q.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine", help="fidelity metric of an output ('*' for all)")
-    q.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)")
+    q.add_argument(
+        "--fidelity-metric",
+        action="append",
+        default=[],
+        metavar="OUTPUT=top1|cosine",
+        help="fidelity metric of an output ('*' for all)",
+    )
+    q.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
+    )
     q.add_argument("--seed", type=int, default=0, help="picks the images of a folder larger than the subset")
     q.add_argument("--report", metavar="R.json", help="write the report as JSON")
     q.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
@@ -103,7 +147,11 @@ def quantize_command(args: argparse.Namespace, shapes: dict) -> int:
         if args.report:
             outputs.add_text(args.report, json.dumps(data, indent=2))
         if args.markdown:
-            outputs.add_text(args.markdown, "\n".join([f"# onnxprune int8 report: `{os.path.basename(args.model)}`", "", *quantize_markdown(data)]) + "\n")
+            outputs.add_text(
+                args.markdown,
+                "\n".join([f"# onnxprune int8 report: `{os.path.basename(args.model)}`", "", *quantize_markdown(data)])
+                + "\n",
+            )
         outputs.commit()
     if not args.quiet:
         print(format_quantize(data))
@@ -115,17 +163,25 @@ def check_prune_quantize(args: argparse.Namespace) -> None:
     from .errors import UsageError
 
     if not args.quantize:
-        for flag, given in (("--preset", args.preset != "performance"), ("--ignored-scope", args.ignored_scope),
-                            ("--max-drop", args.max_drop is not None), ("--no-fast-bias-correction", args.no_fast_bias_correction)):
+        for flag, given in (
+            ("--preset", args.preset != "performance"),
+            ("--ignored-scope", args.ignored_scope),
+            ("--max-drop", args.max_drop is not None),
+            ("--no-fast-bias-correction", args.no_fast_bias_correction),
+        ):
             if given:
                 raise UsageError(f"{flag} is an option of int8 quantization: add --quantize int8")
         return
     if not args.calibration:
         raise UsageError("--quantize int8 needs calibration inputs (--calibration C.npz or a folder of images)")
     if not args.output.endswith(".onnx"):
-        raise UsageError(f"{args.output}: with --quantize int8, -o is the int8 model in QDQ ONNX (.onnx); give --ir OUT.xml for an int8 IR")
+        raise UsageError(
+            f"{args.output}: with --quantize int8, -o is the int8 model in QDQ ONNX (.onnx); give --ir OUT.xml for an int8 IR"
+        )
     if args.fp16:
-        raise UsageError("--fp16 and --quantize int8 exclude each other: the int8 IR keeps its quantized weights in 8 bits")
+        raise UsageError(
+            "--fp16 and --quantize int8 exclude each other: the int8 IR keeps its quantized weights in 8 bits"
+        )
 
 
 def quantize_pruned(args: argparse.Namespace, pruned: Any, prune_config: Any, outputs: Any) -> tuple[dict, str]:
@@ -134,7 +190,13 @@ def quantize_pruned(args: argparse.Namespace, pruned: Any, prune_config: Any, ou
     held-out samples. Returns the report entries and where the int8 model to time is staged."""
     from .quantization import quantize
 
-    config = _config(args, prune_config.calibration, prune_config.verification_inputs, dict(prune_config.input_shapes), dict(prune_config.fidelity_metrics))
+    config = _config(
+        args,
+        prune_config.calibration,
+        prune_config.verification_inputs,
+        dict(prune_config.input_shapes),
+        dict(prune_config.fidelity_metrics),
+    )
     qdq = quantize(pruned, args.output, config=config, reference=args.model, source=args.model, outputs=outputs)
     data = {"quantization": qdq.report.to_dict()}
     timed = qdq.path
@@ -159,7 +221,10 @@ def bench_chain(args: argparse.Namespace, pruned: Any, int8_path: str, shapes: d
     from dataclasses import replace
 
     # Named as the user knows them (the int8 model was timed where it is staged).
-    named = [replace(t, path=path) for t, path in zip(timings, (args.model, "pruned fp32 (not written)", args.ir or args.output))]
+    named = [
+        replace(t, path=path)
+        for t, path in zip(timings, (args.model, "pruned fp32 (not written)", args.ir or args.output))
+    ]
     return [
         {**t.to_dict(), "label": label, "warning": spread_warning(named[0], t)}
         for label, t in zip(("original fp32", "pruned fp32", "pruned int8"), named)
@@ -170,6 +235,12 @@ def joint_prune(args: argparse.Namespace, prune_config: Any, progress: Any) -> t
     """``prune --min-fidelity F --quantize int8``: prune so that the int8 model keeps F (see joint)."""
     from .joint import prune_for_int8
 
-    config = _config(args, prune_config.calibration, prune_config.verification_inputs, dict(prune_config.input_shapes), dict(prune_config.fidelity_metrics))
+    config = _config(
+        args,
+        prune_config.calibration,
+        prune_config.verification_inputs,
+        dict(prune_config.input_shapes),
+        dict(prune_config.fidelity_metrics),
+    )
     joint = prune_for_int8(args.model, prune_config, config, progress=progress)
     return joint.pruned, joint.to_dict()

@@ -52,7 +52,9 @@ def format_report(d: dict) -> str:
     if d["layers"]:
         lines += ["", f"layers changed: {len(d['layers'])}"]
         for layer in d["layers"]:
-            lines.append(f"  {layer['node']:40s} {layer['op']:14s} {layer['channels_before']:5d} -> {layer['channels_after']:5d}")
+            lines.append(
+                f"  {layer['node']:40s} {layer['op']:14s} {layer['channels_before']:5d} -> {layer['channels_after']:5d}"
+            )
     v = d.get("verification")
     lines.append("")
     if v is None:
@@ -85,19 +87,25 @@ def format_report(d: dict) -> str:
     if d.get("ir"):
         c = d["ir"]["check"]
         lines.append("")
-        lines.append(f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g}{int8_note(c.get('quantized'))})")
+        lines.append(
+            f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g}{int8_note(c.get('quantized'))})"
+        )
     if d.get("openvino_pass"):
         o = d["openvino_pass"]
         lines.append("")
         if o.get("error"):
-            lines.append(f"OpenVINO's own pruning pass: FAILED ({o.get('error_stage', '?')}): {o['error'].splitlines()[0][:200]}")
+            lines.append(
+                f"OpenVINO's own pruning pass: FAILED ({o.get('error_stage', '?')}): {o['error'].splitlines()[0][:200]}"
+            )
         else:
             ver = o.get("verification") or {}
             lines.append(
                 f"OpenVINO's own pruning pass: {o['channels_removed']} of {o['channels_total']} channels (incl. depthwise), "
                 f"MACs {_fmt(o['macs_before'])} -> {_fmt(o['macs_after'])}, exact: {ver.get('exact')} (max abs diff {ver.get('max_abs_diff', float('nan')):.3g})"
             )
-        lines.append(f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}")
+        lines.append(
+            f"onnxprune:                    {d['channels_removed']} of {d['channels_total']} channels, MACs {_fmt(d['macs_before'])} -> {_fmt(d['macs_after'])}"
+        )
     if d.get("joint"):
         from .quant_report import format_joint
 
@@ -111,9 +119,11 @@ def format_report(d: dict) -> str:
         lines.append("")
         lines.append(f"latency (OpenVINO, CPU, {d['benchmark'][0].get('precision', '?')} inference):")
         for t in d["benchmark"]:
-            lines.append(f"  {t.get('label') or os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  "
-                         f"p10-p90 {t.get('latency_p10_ms', float('nan')):.3f}-{t['latency_p90_ms']:.3f} ms  "
-                         f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}  {t.get('precision', '')}")
+            lines.append(
+                f"  {t.get('label') or os.path.basename(t['path']):40s} median {t['latency_median_ms']:.3f} ms  "
+                f"p10-p90 {t.get('latency_p10_ms', float('nan')):.3f}-{t['latency_p90_ms']:.3f} ms  "
+                f"{t['throughput_fps']:.1f}/s  ratio {t['latency_ratio']:.3f}  {t.get('precision', '')}"
+            )
         for t in d["benchmark"]:
             if t.get("warning"):
                 lines.append(f"  warning: {t['warning']}")
@@ -124,7 +134,11 @@ def format_report(d: dict) -> str:
 
 def _limit_text(o: dict, v: dict) -> str:
     floor = v.get("scale_floor")
-    scale = f"scale {o['scale']:.3g}" if floor is None or o["scale"] >= floor else f"the scale floor {floor:g} (scale {o['scale']:.3g})"
+    scale = (
+        f"scale {o['scale']:.3g}"
+        if floor is None or o["scale"] >= floor
+        else f"the scale floor {floor:g} (scale {o['scale']:.3g})"
+    )
     if o.get("noise_floor") is None:
         return f"limit {o['limit']:.3g}: {v['tolerance']:g} x {scale}"
     return f"limit {o['limit']:.3g}: the larger of {v['tolerance']:g} x {scale} and {v['noise_multiple']:g} x noise floor {o['noise_floor']:.3g}"
@@ -138,7 +152,12 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
     verdict = "PASSED" if v["passed"] else "FAILED"
     lines = [
         f"verification: {verdict}  worst output {v['worst_output']!r}: max abs diff {v['max_abs_diff']:.3g} ({limit}); {v['inputs']}",
-        f"  proved by {v.get('runtime', 'onnxruntime')}" + (f"; noise floor: {v['noise_runtime']}" if v.get("noise_runtime") else "; no noise floor (explicit --tolerance)"),
+        f"  proved by {v.get('runtime', 'onnxruntime')}"
+        + (
+            f"; noise floor: {v['noise_runtime']}"
+            if v.get("noise_runtime")
+            else "; no noise floor (explicit --tolerance)"
+        ),
     ]
     for t in v.get("discontinuous_outputs", []):
         lines.append(
@@ -146,7 +165,9 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
             "and compared itself where the decisions agree"
         )
     outs = v["outputs"]
-    lines.append(f"  {'output':32s} {'batch':>5s} {'max abs diff':>12s} {'noise floor':>11s} {'limit':>9s} {'margin':>8s}")
+    lines.append(
+        f"  {'output':32s} {'batch':>5s} {'max abs diff':>12s} {'noise floor':>11s} {'limit':>9s} {'margin':>8s}"
+    )
     for o in outs[:most]:
         noise = "-" if o.get("noise_floor") is None else f"{o['noise_floor']:.3g}"
         past = "flips" if v.get("quantized") and v["passed"] else "FAIL"  # a quantized model's rule decides (below)
@@ -159,7 +180,9 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
             note = f"  (for {', '.join(o['stands_in_for'])})"
         elif o.get("behind"):
             note = f"  (compared on {o['compared_samples']} of {o['samples']} samples: where the decisions agree)"
-        lines.append(f"  {name:32s} {o['batch']:5d} {o['max_abs_diff']:12.3g} {noise:>11s} {o['limit']:9.3g} {margin:>8s}{note}")
+        lines.append(
+            f"  {name:32s} {o['batch']:5d} {o['max_abs_diff']:12.3g} {noise:>11s} {o['limit']:9.3g} {margin:>8s}{note}"
+        )
     if len(outs) > most:
         lines.append(f"  ... {len(outs) - most} more in the JSON report")
     return lines

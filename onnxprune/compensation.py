@@ -121,7 +121,12 @@ def data_free_values(
 
 
 def _expected_output_as_bias(
-    model: onnx.ModelProto, node: onnx.NodeProto, bias_index: int, rows: np.ndarray, inits: dict, readers: Mapping[str, int]
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    bias_index: int,
+    rows: np.ndarray,
+    inits: dict,
+    readers: Mapping[str, int],
 ) -> None:
     """Where a BatchNormalization reads the layer, its running mean is what the layer's output
     averages to: give the zeroed filters that as their constant, so the BatchNormalization

@@ -12,7 +12,18 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["BUDGET_DEFAULT_CRITERION", "COMPENSATION_MODES", "QUANTIZE_FORMATS", "QUANTIZE_PRESETS", "LayerRule", "PruneConfig", "QuantizeConfig", "check_regex", "load_layer_rules", "parse_input_shape"]
+__all__ = [
+    "BUDGET_DEFAULT_CRITERION",
+    "COMPENSATION_MODES",
+    "QUANTIZE_FORMATS",
+    "QUANTIZE_PRESETS",
+    "LayerRule",
+    "PruneConfig",
+    "QuantizeConfig",
+    "check_regex",
+    "load_layer_rules",
+    "parse_input_shape",
+]
 
 COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
 # One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
@@ -119,10 +130,16 @@ class PruneConfig:
         if self.criterion is None:
             if budget:
                 object.__setattr__(self, "criterion", BUDGET_DEFAULT_CRITERION)
-                object.__setattr__(self, "criterion_reason", f"default: a budget ({', '.join(budget)}) without --criterion means {BUDGET_DEFAULT_CRITERION}")
+                object.__setattr__(
+                    self,
+                    "criterion_reason",
+                    f"default: a budget ({', '.join(budget)}) without --criterion means {BUDGET_DEFAULT_CRITERION}",
+                )
             else:
                 object.__setattr__(self, "criterion", "zero")
-                object.__setattr__(self, "criterion_reason", "default: no budget, so only provably constant channels go")
+                object.__setattr__(
+                    self, "criterion_reason", "default: no budget, so only provably constant channels go"
+                )
         elif not self.criterion_reason:
             object.__setattr__(self, "criterion_reason", "given")
         if self.criterion == "zero" and budget:
@@ -142,7 +159,9 @@ class PruneConfig:
         object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
         if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
             raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
-        if any(not (0.0 < r < 1.0) for r in self.sensitivity_ratios) or list(self.sensitivity_ratios) != sorted(self.sensitivity_ratios):
+        if any(not (0.0 < r < 1.0) for r in self.sensitivity_ratios) or list(self.sensitivity_ratios) != sorted(
+            self.sensitivity_ratios
+        ):
             raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {self.sensitivity_ratios}")
         if (self.min_fidelity is not None or self.reconstruct) and not self.calibration:
             raise UsageError("--min-fidelity and --reconstruct need calibration inputs (--calibration)")
@@ -268,7 +287,9 @@ def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
         else:
             data = json.loads(text)
     except Exception as exc:  # json and yaml raise their own types
-        raise UsageError(f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({str(exc).splitlines()[0]})") from None
+        raise UsageError(
+            f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({str(exc).splitlines()[0]})"
+        ) from None
     if isinstance(data, dict):
         data = data.get("config_list", data.get("layers"))
     if not isinstance(data, list):

@@ -70,7 +70,9 @@ def explain_layers(analysis: ChannelAnalysis, nodes: Sequence[str] | None = None
         for family, (removed, reasons) in families.items():
             removable[family] = sum(1 for r in roots if r in removed)
             counts: Counter = Counter(
-                short_reason(reasons[r][0]) if reasons.get(r) else "(no reason recorded)" for r in roots if r not in removed
+                short_reason(reasons[r][0]) if reasons.get(r) else "(no reason recorded)"
+                for r in roots
+                if r not in removed
             )
             kept[family] = tuple(counts.most_common())
         out.append(LayerExplanation(src.node, src.op, len(roots), removable, kept))

@@ -22,7 +22,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-__all__ = ["FQ_DOMAIN", "FQ_OP", "expand_fake_quantize", "fake_quantize_values", "has_fake_quantize", "is_fake_quantize"]
+__all__ = [
+    "FQ_DOMAIN",
+    "FQ_OP",
+    "expand_fake_quantize",
+    "fake_quantize_values",
+    "has_fake_quantize",
+    "is_fake_quantize",
+]
 
 FQ_DOMAIN = "org.openvinotoolkit"
 FQ_OP = "FakeQuantize"
@@ -37,7 +44,9 @@ def has_fake_quantize(model: onnx.ModelProto) -> bool:
     return any(is_fake_quantize(n.op_type, n.domain) for n in model.graph.node)
 
 
-def fake_quantize_values(x: np.ndarray, in_low: np.ndarray, in_high: np.ndarray, out_low: np.ndarray, out_high: np.ndarray, levels: int) -> np.ndarray:
+def fake_quantize_values(
+    x: np.ndarray, in_low: np.ndarray, in_high: np.ndarray, out_low: np.ndarray, out_high: np.ndarray, levels: int
+) -> np.ndarray:
     """The op on arrays, in float32 (as the expansion and OpenVINO's reference compute it)."""
     f = np.float32
     x, il, ih, ol, oh = (np.asarray(a, dtype=f) for a in (x, in_low, in_high, out_low, out_high))
@@ -61,7 +70,9 @@ def expand_fake_quantize(model: onnx.ModelProto) -> onnx.ModelProto:
     g = out.graph
     nodes = list(g.node)
     del g.node[:]
-    taken = {n.name for n in nodes} | {t for n in nodes for t in (*n.input, *n.output)} | {i.name for i in g.initializer}
+    taken = (
+        {n.name for n in nodes} | {t for n in nodes for t in (*n.input, *n.output)} | {i.name for i in g.initializer}
+    )
     counter = [0]
 
     def fresh(base: str) -> str:
@@ -81,7 +92,10 @@ def expand_fake_quantize(model: onnx.ModelProto) -> onnx.ModelProto:
         base = node.name or node.output[0]
         steps = fresh(base + "_steps")
         g.initializer.append(onnx.numpy_helper.from_array(np.array(levels - 1, dtype=np.float32), steps))
-        t = {k: fresh(f"{base}_{k}") for k in ("lo", "hi", "span", "oso", "a", "b", "c", "q", "d", "e", "y", "le", "gt", "y2")}
+        t = {
+            k: fresh(f"{base}_{k}")
+            for k in ("lo", "hi", "span", "oso", "a", "b", "c", "q", "d", "e", "y", "le", "gt", "y2")
+        }
         add = g.node.append
         add(helper.make_node("Min", [il, ih], [t["lo"]], name=fresh(base)))
         add(helper.make_node("Max", [il, ih], [t["hi"]], name=fresh(base)))

@@ -160,7 +160,10 @@ def run_score(outputs: Sequence[OutputFidelity]) -> tuple[float, tuple[OutputSco
 
 
 def score_outputs(
-    names: Sequence[str], reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], choices: Mapping[str, str] | None = None
+    names: Sequence[str],
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    choices: Mapping[str, str] | None = None,
 ) -> tuple[float, tuple[OutputScore, ...]]:
     """(fidelity = worst output's score, per-output scores); one array per output, samples first."""
     return run_score(fidelity_from_outputs(names, [[r] for r in reference], [[g] for g in candidate], choices))

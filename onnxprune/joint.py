@@ -30,7 +30,12 @@ class JointStep:
     int8_fidelity: float  # int8 vs original, calibration samples
 
     def to_dict(self) -> dict:
-        return {"min_fidelity": self.min_fidelity, "macs_ratio": self.macs_ratio, "pruned_fidelity": self.pruned_fidelity, "int8_fidelity": self.int8_fidelity}
+        return {
+            "min_fidelity": self.min_fidelity,
+            "macs_ratio": self.macs_ratio,
+            "pruned_fidelity": self.pruned_fidelity,
+            "int8_fidelity": self.int8_fidelity,
+        }
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,12 @@ class JointResult:
         return self.steps[-1].int8_fidelity >= self.target
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "met": self.met, "samples": "calibration samples", "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "target": self.target,
+            "met": self.met,
+            "samples": "calibration samples",
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
 
 def prune_for_int8(
@@ -74,15 +84,23 @@ def prune_for_int8(
     source = os.fspath(model)
     proto = load_model(source)[0]
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    feeds = load_calibration(config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source)
-    given = load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source) if config.verification_inputs else None
+    feeds = load_calibration(
+        config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source
+    )
+    given = (
+        load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source)
+        if config.verification_inputs
+        else None
+    )
     cal = split_calibration(feeds, given)[0]
     run_orig = session(source, source=source)
     names = run_orig.output_names
     reference = [np.concatenate(o) for o in zip(*[run_orig(f) for f in cal])]
 
     def fidelity_of(candidate: Any, optimize: bool) -> float:
-        run = session(candidate, source=source, what="the int8 model" if optimize else "the pruned model", optimize=optimize)
+        run = session(
+            candidate, source=source, what="the int8 model" if optimize else "the pruned model", optimize=optimize
+        )
         got = [np.concatenate(o) for o in zip(*[run(f) for f in cal])]
         return score_outputs(names, reference, got, config.fidelity_metrics)[0]
 
@@ -93,7 +111,11 @@ def prune_for_int8(
         result = prune(source, config=config.with_options(min_fidelity=goal), progress=progress, **prune_options)
         int8 = quantize(result.model, config=qconfig, format="onnx", source=source)
         r = result.report
-        steps.append(JointStep(goal, r.macs_after / r.macs_before, fidelity_of(result.model, False), fidelity_of(int8.model, True)))
+        steps.append(
+            JointStep(
+                goal, r.macs_after / r.macs_before, fidelity_of(result.model, False), fidelity_of(int8.model, True)
+            )
+        )
         if steps[-1].int8_fidelity >= target or goal >= 1.0:
             break
         goal = min(1.0, goal + (target - steps[-1].int8_fidelity))

@@ -40,7 +40,9 @@ def _check_external_data(model: onnx.ModelProto, base: Path, source: str) -> dic
     return files
 
 
-def load_model(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[onnx.ModelProto, str, int | None, InitializerCache]:
+def load_model(
+    model: onnx.ModelProto | str | os.PathLike[str],
+) -> tuple[onnx.ModelProto, str, int | None, InitializerCache]:
     """Load and check a model; return it with a name for messages (its path or '<ModelProto>')
     and its size on disk with its external data (None for a ModelProto), and the cache its
     weights are read through (views of the file's bytes where they are stored in it).

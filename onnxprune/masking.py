@@ -25,7 +25,9 @@ Ports = Mapping[tuple[str, int], tuple[str, str, list[int]]]
 Masks = Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]
 
 
-def instrument_readers(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tuple[onnx.ModelProto, dict[tuple[str, int], tuple[str, str, list[int]]]]:
+def instrument_readers(
+    model: onnx.ModelProto, analysis: ChannelAnalysis
+) -> tuple[onnx.ModelProto, dict[tuple[str, int], tuple[str, str, list[int]]]]:
     """A copy of ``model`` with ``x * keep + fill`` before every reader (sink) of channels;
     keep and fill are new graph inputs, broadcast along the channel axis. Returns the model and,
     per (reader, input index), the names and shape of its keep and fill inputs."""
@@ -43,11 +45,18 @@ def instrument_readers(model: onnx.ModelProto, analysis: ChannelAnalysis) -> tup
         node = nodes[sink.node]
         name = node.input[sink.input_index]
         keep, fill, out = f"__keep_{k}", f"__fill_{k}", f"__masked_{k}"
-        m.graph.input.extend([helper.make_tensor_value_info(keep, TensorProto.FLOAT, shape), helper.make_tensor_value_info(fill, TensorProto.FLOAT, shape)])
-        inserted.setdefault(sink.node, []).extend([
-            helper.make_node("Mul", [name, keep], [out + "_m"], name=out + "_Mul"),
-            helper.make_node("Add", [out + "_m", fill], [out], name=out + "_Add"),
-        ])
+        m.graph.input.extend(
+            [
+                helper.make_tensor_value_info(keep, TensorProto.FLOAT, shape),
+                helper.make_tensor_value_info(fill, TensorProto.FLOAT, shape),
+            ]
+        )
+        inserted.setdefault(sink.node, []).extend(
+            [
+                helper.make_node("Mul", [name, keep], [out + "_m"], name=out + "_Mul"),
+                helper.make_node("Add", [out + "_m", fill], [out], name=out + "_Add"),
+            ]
+        )
         node.input[sink.input_index] = out
         ports[(sink.node, sink.input_index)] = (keep, fill, shape)
     ordered = []

@@ -54,7 +54,9 @@ def node_macs(model: onnx.ModelProto, shapes: Mapping[str, Shape], registry: Rul
     return out
 
 
-def unknown_macs_reason(model: onnx.ModelProto, per_node: Mapping[str, int | None], input_shapes: Mapping[str, Shape]) -> str | None:
+def unknown_macs_reason(
+    model: onnx.ModelProto, per_node: Mapping[str, int | None], input_shapes: Mapping[str, Shape]
+) -> str | None:
     """Why some layers' MACs are unknown (None when every layer's are known): the layers, and
     the inputs with dynamic dimensions to give a shape or data for. ``input_shapes``: the
     inputs' shapes as the analysis saw them (None for a dynamic dimension)."""

@@ -119,4 +119,6 @@ def nncf_quantize(
     except Exception as exc:
         from .runtime import onnxruntime_message
 
-        raise UnsupportedModel(f"{source}: NNCF cannot quantize the model: {onnxruntime_message(exc) or first_line(exc)}; nothing written") from None
+        raise UnsupportedModel(
+            f"{source}: NNCF cannot quantize the model: {onnxruntime_message(exc) or first_line(exc)}; nothing written"
+        ) from None

@@ -101,7 +101,9 @@ def convert_to_ir(
         spec = _ov_input_spec(ov, model, input_shapes or {}) if static else None
         ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=spec)
     except Exception as exc:  # OpenVINO raises its own types
-        raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
+        raise UnsupportedModel(
+            f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}"
+        ) from None
     check = None
     if check_feeds:
         check = _check_ir(ov, ov_model, model, check_feeds, "fp16" if fp16 else "fp32", source, tolerance)
@@ -130,7 +132,9 @@ def _save(ov: Any, ov_model: Any, tmp_xml: str, fp16: bool, xml_path: str) -> No
     try:
         ov.save_model(ov_model, tmp_xml, compress_to_fp16=fp16)
     except Exception as exc:  # OpenVINO raises RuntimeError for a file it cannot write
-        raise UsageError(f"{xml_path}: OpenVINO cannot write the IR ({str(exc).splitlines()[0][:200]}); nothing written") from None
+        raise UsageError(
+            f"{xml_path}: OpenVINO cannot write the IR ({str(exc).splitlines()[0][:200]}); nothing written"
+        ) from None
 
 
 # The check computes the IR in f32: no bf16 on CPUs that have it, and no dynamic quantization
@@ -169,7 +173,9 @@ def _check_ir(
         try:
             ov_model = ov.convert_model(io.BytesIO(checked.SerializeToString()))
         except Exception as exc:  # OpenVINO raises its own types
-            raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
+            raise UnsupportedModel(
+                f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}"
+            ) from None
     try:
         if precision == "fp16":
             # Compare what will be deployed: weights stored as FP16.
@@ -193,8 +199,12 @@ def _check_ir(
             got = compiled(dict(feeds))
         except Exception as exc:  # OpenVINO raises its own types
             shapes = {k: list(v.shape) for k, v in feeds.items()}
-            raise UnsupportedModel(f"{source}: OpenVINO cannot run the IR on inputs of shapes {shapes}: {str(exc).splitlines()[0][:300]}") from None
-        values = {name: (np.asarray(got[compiled.outputs[i]]), np.asarray(r)) for i, (name, r) in enumerate(zip(names, ref))}
+            raise UnsupportedModel(
+                f"{source}: OpenVINO cannot run the IR on inputs of shapes {shapes}: {str(exc).splitlines()[0][:300]}"
+            ) from None
+        values = {
+            name: (np.asarray(got[compiled.outputs[i]]), np.asarray(r)) for i, (name, r) in enumerate(zip(names, ref))
+        }
         for name, (g, r) in values.items():
             tail = tails.of(name)
             if name in decisions or (tail is not None and any(not np.array_equal(*values[d]) for d in tail.decisions)):
@@ -202,7 +212,9 @@ def _check_ir(
             g = g.astype(np.float64)
             r = r.astype(np.float64)
             if g.shape != r.shape:
-                raise VerificationFailed(f"{source}: IR output {name!r} has shape {g.shape}, onnxruntime {r.shape}; nothing written")
+                raise VerificationFailed(
+                    f"{source}: IR output {name!r} has shape {g.shape}, onnxruntime {r.shape}; nothing written"
+                )
             diff = float(np.abs(g - r).max()) if r.size else 0.0
             scale = float(np.abs(r).max()) if r.size else 0.0
             scale = scale if scale > 0 else 1.0
@@ -228,9 +240,13 @@ def convert_for_openvino(model: onnx.ModelProto, input_shapes: Mapping[str, Sequ
         import io
 
         # convert_model reads ONNX from a path or a file-like object, not from a ModelProto.
-        return ov.convert_model(io.BytesIO(model.SerializeToString()), input=_ov_input_spec(ov, model, input_shapes or {}))
+        return ov.convert_model(
+            io.BytesIO(model.SerializeToString()), input=_ov_input_spec(ov, model, input_shapes or {})
+        )
     except Exception as exc:  # OpenVINO raises its own types
-        raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}") from None
+        raise UnsupportedModel(
+            f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}"
+        ) from None
 
 
 def write_ir(ov_model: Any, xml_path: str, *, fp16: bool = False) -> int:

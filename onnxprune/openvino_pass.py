@@ -91,7 +91,9 @@ def layer_stats(model: Any) -> dict[str, Any]:
     }
 
 
-def static_inputs(model: Any, batch: int = 1, shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, list[int]]:
+def static_inputs(
+    model: Any, batch: int = 1, shapes: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, list[int]]:
     """Reshape the inputs named in ``shapes`` to those shapes and other dynamic input dims to
     ``batch`` (in place); return the static input shapes."""
     ov = require_openvino()
@@ -112,8 +114,15 @@ def static_inputs(model: Any, batch: int = 1, shapes: Mapping[str, Sequence[int]
 
 def _np_type(element_type: Any) -> type:
     name = str(element_type)
-    return {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i64": np.int64, "i32": np.int32,
-            "u8": np.uint8, "boolean": np.bool_}.get(name, np.float32)
+    return {
+        "f32": np.float32,
+        "f16": np.float16,
+        "f64": np.float64,
+        "i64": np.int64,
+        "i32": np.int32,
+        "u8": np.uint8,
+        "boolean": np.bool_,
+    }.get(name, np.float32)
 
 
 def _random_inputs(model: Any, seed: int) -> dict[str, np.ndarray]:
@@ -142,8 +151,7 @@ def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], rtol: float = 
     per: list[dict[str, Any]] = []
     for i, (a, b) in enumerate(zip(ref, got)):
         if a.shape != b.shape:
-            return {"exact": False, "worst_output": i,
-                    "error": f"output {i} shape {list(a.shape)} -> {list(b.shape)}"}
+            return {"exact": False, "worst_output": i, "error": f"output {i} shape {list(a.shape)} -> {list(b.shape)}"}
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         diff = float(np.abs(a64 - b64).max()) if a.size else 0.0
         if not np.isfinite(diff) or not np.isfinite(b64).all():
@@ -231,8 +239,13 @@ def _summary(before: dict[str, Any], after: dict[str, Any] | None) -> dict[str, 
         "num_layers": before["num_layers"],
     }
     if after is None:
-        out.update(channels_removed=None, conv_channels_removed=None, macs_after=None,
-                   conv_macs_after=None, layers_changed=None)
+        out.update(
+            channels_removed=None,
+            conv_channels_removed=None,
+            macs_after=None,
+            conv_macs_after=None,
+            layers_changed=None,
+        )
         return out
     changed = {}
     for name, rec in before["layers"].items():

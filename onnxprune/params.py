@@ -166,7 +166,11 @@ class ParamResolver:
         if isinstance(tensor, gs.Constant):
             stored = self.initializer(tensor)
             try:
-                values = self._initializers.array(stored) if stored is not None and self._initializers is not None else np.asarray(tensor.values)
+                values = (
+                    self._initializers.array(stored)
+                    if stored is not None and self._initializers is not None
+                    else np.asarray(tensor.values)
+                )
             except ValueError:  # a hollow weight of a pruned model (saving.DeferredModel): its values wait as an array
                 return None
             return Param(values, (), tensor)
@@ -281,7 +285,12 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
     if "value" in attrs:
         v = attrs["value"]
         return np.asarray(v.values) if isinstance(v, gs.Constant) else np.asarray(v)
-    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64), ("value_ints", np.int64)):
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None

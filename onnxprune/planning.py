@@ -36,10 +36,14 @@ class PruningPlan:
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed_groups", tuple(sorted(int(g) for g in self.removed_groups)))
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
-        object.__setattr__(self, "kept_reasons", MappingProxyType({int(k): tuple(v) for k, v in self.kept_reasons.items()}))
+        object.__setattr__(
+            self, "kept_reasons", MappingProxyType({int(k): tuple(v) for k, v in self.kept_reasons.items()})
+        )
         object.__setattr__(self, "scores", MappingProxyType({int(k): float(v) for k, v in self.scores.items()}))
         object.__setattr__(
-            self, "members", MappingProxyType({int(k): tuple((str(n), int(c)) for n, c in v) for k, v in self.members.items()})
+            self,
+            "members",
+            MappingProxyType({int(k): tuple((str(n), int(c)) for n, c in v) for k, v in self.members.items()}),
         )
 
     @property
@@ -70,7 +74,10 @@ class PruningPlan:
         if not isinstance(data, Mapping) or data.get("format") != PLAN_FORMAT:
             raise UsageError(f"not an onnxprune plan (expected format {PLAN_FORMAT!r})")
         try:
-            removed = [(int(e["group"]), e.get("score"), [(str(n), int(c)) for n, c in e.get("members", [])]) for e in data["removed"]]
+            removed = [
+                (int(e["group"]), e.get("score"), [(str(n), int(c)) for n, c in e.get("members", [])])
+                for e in data["removed"]
+            ]
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"malformed plan: {exc}") from None
         return cls(
@@ -114,9 +121,7 @@ class PruningPlan:
         )
 
 
-def enforce_constraints(
-    analysis: ChannelAnalysis, removable: Iterable[int], reasons: dict[int, list[str]]
-) -> set[int]:
+def enforce_constraints(analysis: ChannelAnalysis, removable: Iterable[int], reasons: dict[int, list[str]]) -> set[int]:
     """Shrink a set of removable groups until every structural constraint holds.
 
     Grouped Convs must lose the same number of channels in every group, and no tensor may lose
@@ -133,7 +138,9 @@ def enforce_constraints(
             counts = [sum(1 for r in row if int(r) in removed) for row in roots]
             # Rows whose whole group goes (inputs and outputs of a grouped Conv's group) are
             # dropped by the surgery; the rest must balance among themselves.
-            dead = [all(int(r) in removed for r in root_of[w]) for w in bal.whole] if bal.whole else [False] * len(roots)
+            dead = (
+                [all(int(r) in removed for r in root_of[w]) for w in bal.whole] if bal.whole else [False] * len(roots)
+            )
             live = [(row, count) for row, count, d in zip(roots, counts, dead) if not d]
             if not live:
                 continue

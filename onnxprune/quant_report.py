@@ -45,7 +45,12 @@ class AccuracyControl:
     int8_value: float
 
     def to_dict(self) -> dict:
-        return {"max_drop": self.max_drop, "metric": self.metric, "float_value": self.float_value, "int8_value": self.int8_value}
+        return {
+            "max_drop": self.max_drop,
+            "metric": self.metric,
+            "float_value": self.float_value,
+            "int8_value": self.int8_value,
+        }
 
 
 @dataclass(frozen=True)
@@ -116,13 +121,21 @@ def format_quantize(d: dict) -> str:
         ),
         f"calibration: {d['calibration_samples']} samples (subset size {d['subset_size']}); evaluation: {d['evaluation']}",
         f"layers in int8: {len(d['quantized_layers'])}, in float: {len(d['float_layers'])}"
-        + (f" ({', '.join(d['float_layers'][:6])}{', ...' if len(d['float_layers']) > 6 else ''})" if d["float_layers"] else ""),
+        + (
+            f" ({', '.join(d['float_layers'][:6])}{', ...' if len(d['float_layers']) > 6 else ''})"
+            if d["float_layers"]
+            else ""
+        ),
     ]
     if d["size_after"]:
-        lines.append(f"size: {d['size_before']:,} -> {d['size_after']:,} bytes ({d['size_after'] / d['size_before']:.2f}x)")
+        lines.append(
+            f"size: {d['size_before']:,} -> {d['size_after']:,} bytes ({d['size_after'] / d['size_before']:.2f}x)"
+        )
     if d.get("accuracy_control"):
         a = d["accuracy_control"]
-        lines.append(f"accuracy control: max drop {a['max_drop']:g} of {a['metric']}: float {a['float_value']:.4f}, int8 {a['int8_value']:.4f}")
+        lines.append(
+            f"accuracy control: max drop {a['max_drop']:g} of {a['metric']}: float {a['float_value']:.4f}, int8 {a['int8_value']:.4f}"
+        )
     lines.append(f"fidelity on the held-out samples ({d['runtime']}):")
     for f in d["fidelity"]:
         lines.append(f"  vs the {f['reference']}: {f['score']:.4f}  ({_figure(f)})")
@@ -139,7 +152,13 @@ def quantize_markdown(d: dict) -> list[str]:
         f"fast bias correction {'on' if d['fast_bias_correction'] else 'off'}; {d['calibration_samples']} calibration samples; "
         f"evaluation: {d['evaluation']}; layers in int8 {len(d['quantized_layers'])}, in float {len(d['float_layers'])}."
     )
-    lines += ["", f"Fidelity on the held-out samples ({d['runtime']}):", "", "| against | fidelity | per output |", "|---|---:|---|"]
+    lines += [
+        "",
+        f"Fidelity on the held-out samples ({d['runtime']}):",
+        "",
+        "| against | fidelity | per output |",
+        "|---|---:|---|",
+    ]
     for f in d["fidelity"]:
         lines.append(f"| {f['reference']} | {f['score']:.4f} | {_figure(f)} |")
     for note in d["notes"]:
@@ -149,7 +168,9 @@ def quantize_markdown(d: dict) -> list[str]:
 
 def format_joint(d: dict) -> str:
     """The int8-aware fidelity budget's steps (joint.JointResult.to_dict), as text."""
-    lines = [f"fidelity budget met by the int8 model: target {d['target']:g} on the {d['samples']} ({'met' if d['met'] else 'NOT met'})"]
+    lines = [
+        f"fidelity budget met by the int8 model: target {d['target']:g} on the {d['samples']} ({'met' if d['met'] else 'NOT met'})"
+    ]
     for i, s in enumerate(d["steps"], 1):
         lines.append(
             f"  step {i}: pruned to --min-fidelity {s['min_fidelity']:.4f}: MACs x{s['macs_ratio']:.3f}, "

@@ -41,7 +41,9 @@ def resolve_ignored_scope(model: onnx.ModelProto, scope: Sequence[str], source: 
         hits = [n for n in names if pattern.search(n)]
         if not hits:
             examples = ", ".join(repr(n) for n in [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS][:3])
-            raise UsageError(f"{source}: --ignored-scope {entry!r} names no node and matches none (node names look like {examples})")
+            raise UsageError(
+                f"{source}: --ignored-scope {entry!r} names no node and matches none (node names look like {examples})"
+            )
         chosen.extend(hits)
     return tuple(dict.fromkeys(chosen))
 
@@ -49,7 +51,9 @@ def resolve_ignored_scope(model: onnx.ModelProto, scope: Sequence[str], source: 
 def _onnx_chain_tensors(model: onnx.ModelProto, node: onnx.NodeProto) -> set[str]:
     """The node's output and the outputs of what convert_model folds into it (a following
     BatchNormalization, an Add/Mul with a constant), as long as each has one reader."""
-    consts = {i.name for i in model.graph.initializer} | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    consts = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in model.graph.node:
         for i in n.input:
@@ -58,7 +62,9 @@ def _onnx_chain_tensors(model: onnx.ModelProto, node: onnx.NodeProto) -> set[str
     tensor = node.output[0] if node.output else ""
     while len(readers.get(tensor, [])) == 1:
         nxt = readers[tensor][0]
-        if nxt.op_type not in _FOLDED_ONNX or (nxt.op_type != "BatchNormalization" and not any(i in consts for i in nxt.input if i != tensor)):
+        if nxt.op_type not in _FOLDED_ONNX or (
+            nxt.op_type != "BatchNormalization" and not any(i in consts for i in nxt.input if i != tensor)
+        ):
             break
         tensor = nxt.output[0]
         names.add(tensor)
@@ -90,19 +96,27 @@ def openvino_names(model: onnx.ModelProto, ov_model: Any, onnx_names: Iterable[s
     for name in onnx_names:
         node = by_name[name]
         same = ops.get(name)
-        if same is not None and same.get_type_name() != "Constant" and (node.op_type not in WEIGHTED_OPS or same.get_type_name() in _OV_WEIGHTED):
+        if (
+            same is not None
+            and same.get_type_name() != "Constant"
+            and (node.op_type not in WEIGHTED_OPS or same.get_type_name() in _OV_WEIGHTED)
+        ):
             out[name] = name
             continue
         if node.op_type not in WEIGHTED_OPS:
             if name in ops:
                 out[name] = name
                 continue
-            raise UnsupportedModel(f"{source}: node {name!r} ({node.op_type}) has no counterpart in the OpenVINO model (folded by convert_model); leave it out of --ignored-scope")
+            raise UnsupportedModel(
+                f"{source}: node {name!r} ({node.op_type}) has no counterpart in the OpenVINO model (folded by convert_model); leave it out of --ignored-scope"
+            )
         prefixed = [op for op in weighted if op.get_friendly_name().startswith(name + "/")]
         chain = _onnx_chain_tensors(model, node)
         matched = prefixed or [op for op in weighted if _ov_first_names(op) & chain]
         if len(matched) != 1:
-            raise UnsupportedModel(f"{source}: cannot find node {name!r} ({node.op_type}) in the OpenVINO model converted from it; use the ONNX output (-o OUT.onnx) to keep it in float")
+            raise UnsupportedModel(
+                f"{source}: cannot find node {name!r} ({node.op_type}) in the OpenVINO model converted from it; use the ONNX output (-o OUT.onnx) to keep it in float"
+            )
         out[name] = matched[0].get_friendly_name()
     return out
 
@@ -133,7 +147,9 @@ def openvino_float_ops(ov_model: Any) -> tuple[tuple[str, ...], tuple[str, ...]]
             cur = stack.pop()
             seen += 1
             kind = cur.get_type_name()
-            if kind == "FakeQuantize" or (kind == "Constant" and cur.get_output_element_type(0).get_type_name() in ("i8", "u8", "i4", "u4")):
+            if kind == "FakeQuantize" or (
+                kind == "Constant" and cur.get_output_element_type(0).get_type_name() in ("i8", "u8", "i4", "u4")
+            ):
                 found = True
             elif kind != "Constant":
                 stack.extend(cur.input_value(i).get_node() for i in range(cur.get_input_size()))

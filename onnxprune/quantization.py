@@ -40,8 +40,16 @@ MIN_CALIBRATION_SAMPLES = 16
 # NNCF's default subset size: what its docs call enough for stable activation statistics.
 STABLE_CALIBRATION_SAMPLES = 300
 _QUANTIZED_OPS = {
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
-    "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QGemm",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearAdd",
+    "QLinearMul",
+    "QGemm",
 }
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -140,12 +148,17 @@ def quantize(
         # every decision, so the report's figure on them is not the one that was tuned.
         checked = cal[: config.subset_size]
         float_cal = [run_float(f) for f in checked]
-        validation = Validation(checked, lambda outs, idx: _score(names, [float_cal[i] for i in idx], outs, config)[0], config.max_drop)
+        validation = Validation(
+            checked, lambda outs, idx: _score(names, [float_cal[i] for i in idx], outs, config)[0], config.max_drop
+        )
     from .nncf_backend import nncf_quantize
 
     common = {
-        "preset": config.preset, "subset_size": config.subset_size, "fast_bias_correction": config.fast_bias_correction,
-        "validation": validation, "source": source,
+        "preset": config.preset,
+        "subset_size": config.subset_size,
+        "fast_bias_correction": config.fast_bias_correction,
+        "validation": validation,
+        "source": source,
     }
     if fmt == "onnx":
         target, nncf_scope, backend = proto, list(ignored), "ONNX"
@@ -175,19 +188,34 @@ def quantize(
             f"and MatMul back in float); allow a larger drop; nothing written"
         )
     if not quantized:
-        raise UnsupportedModel(f"{source}: NNCF quantized no layer (every Conv, Gemm and MatMul stayed float); nothing written")
+        raise UnsupportedModel(
+            f"{source}: NNCF quantized no layer (every Conv, Gemm and MatMul stayed float); nothing written"
+        )
 
     fidelity = [_against("float model", names, float_outs, got, config)]
     if reference is not None:
-        run_ref = session(os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else reference, source=source, what="the original model")
+        run_ref = session(
+            os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else reference,
+            source=source,
+            what="the original model",
+        )
         fidelity.append(_against("original", names, [run_ref(f) for f in held], got, config))
     control = None
     if validation is not None:
         in_sample = _score(names, float_cal, outputs_of(validation.feeds), config)[0]
-        control = AccuracyControl(config.max_drop, f"fidelity vs the float model on the {len(validation.feeds)} calibration samples", 1.0, in_sample)
+        control = AccuracyControl(
+            config.max_drop,
+            f"fidelity vs the float model on the {len(validation.feeds)} calibration samples",
+            1.0,
+            in_sample,
+        )
     written = None
     if output is not None:
-        size_after, written = _stage(q, os.fspath(output), fmt, outputs) if outputs is not None else (_write(q, os.fspath(output), fmt), os.fspath(output))
+        size_after, written = (
+            _stage(q, os.fspath(output), fmt, outputs)
+            if outputs is not None
+            else (_write(q, os.fspath(output), fmt), os.fspath(output))
+        )
     else:
         size_after = q.ByteSize() if fmt == "onnx" else None
     report = QuantizeReport(
@@ -234,12 +262,18 @@ def _check_quantizable(proto: onnx.ModelProto, source: str) -> None:
     inits = {i.name for i in proto.graph.initializer}
     for vi in proto.graph.input:
         elem = vi.type.tensor_type.elem_type
-        if vi.name not in inits and elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+        if vi.name not in inits and elem in (
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.DOUBLE,
+            onnx.TensorProto.BFLOAT16,
+        ):
             raise UnsupportedModel(
                 f"{source}: input {vi.name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}; NNCF quantizes float32 models"
             )
     if not any(n.op_type in _WEIGHTED for n in proto.graph.node):
-        raise UnsupportedModel(f"{source}: no Conv, ConvTranspose, Gemm or MatMul: nothing for int8 quantization to quantize")
+        raise UnsupportedModel(
+            f"{source}: no Conv, ConvTranspose, Gemm or MatMul: nothing for int8 quantization to quantize"
+        )
 
 
 def _samples(proto: onnx.ModelProto, config: QuantizeConfig, source: str) -> tuple[list, list, str, list[str]]:
@@ -257,15 +291,23 @@ def _samples(proto: onnx.ModelProto, config: QuantizeConfig, source: str) -> tup
         seen = {_key(f) for f in cal}
         held = [f for f in given if _key(f) not in seen]
         if not held:
-            raise UsageError(f"{config.evaluation_inputs}: every evaluation sample is also a calibration sample; give held-out samples the quantizer never sees")
+            raise UsageError(
+                f"{config.evaluation_inputs}: every evaluation sample is also a calibration sample; give held-out samples the quantizer never sees"
+            )
         if len(held) < len(given):
-            notes.append(f"{len(given) - len(held)} of the {len(given)} evaluation samples are also calibration samples and were not used for evaluation")
+            notes.append(
+                f"{len(given) - len(held)} of the {len(given)} evaluation samples are also calibration samples and were not used for evaluation"
+            )
         evaluation = f"{len(held)} held-out samples of {config.evaluation_inputs} (never used to calibrate)"
     else:
-        feeds = load_calibration(cal_path, proto, pre, limit=math.ceil(config.subset_size * 4 / 3), seed=config.seed, model_source=source)
+        feeds = load_calibration(
+            cal_path, proto, pre, limit=math.ceil(config.subset_size * 4 / 3), seed=config.seed, model_source=source
+        )
         if len(feeds) < 2:
-            raise UsageError(f"{cal_path}: {len(feeds)} calibration sample; int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} "
-                             f"(NNCF's default subset is {STABLE_CALIBRATION_SAMPLES} for stable activation ranges), plus held-out samples to evaluate on")
+            raise UsageError(
+                f"{cal_path}: {len(feeds)} calibration sample; int8 calibration needs at least {MIN_CALIBRATION_SAMPLES} "
+                f"(NNCF's default subset is {STABLE_CALIBRATION_SAMPLES} for stable activation ranges), plus held-out samples to evaluate on"
+            )
         cal, held, _ = split_calibration(feeds, None)
         evaluation = f"{len(held)} held-out samples: every 4th sample of {cal_path}, never used to calibrate (give --inputs for your own)"
     if len(cal) < MIN_CALIBRATION_SAMPLES:
@@ -290,11 +332,18 @@ def _per_output(samples: Sequence[Sequence[np.ndarray]], n: int) -> list[list[np
     return [[np.asarray(s[k]) for s in samples] for k in range(n)]
 
 
-def _score(names: Sequence[str], ref: Sequence[Sequence[np.ndarray]], got: Sequence[Sequence[np.ndarray]], config: QuantizeConfig) -> tuple:
+def _score(
+    names: Sequence[str],
+    ref: Sequence[Sequence[np.ndarray]],
+    got: Sequence[Sequence[np.ndarray]],
+    config: QuantizeConfig,
+) -> tuple:
     """(the run's fidelity, per-output scores, per-output figures) from onnxprune.fidelity."""
     from .fidelity import fidelity_from_outputs, run_score
 
-    outputs = fidelity_from_outputs(names, _per_output(ref, len(names)), _per_output(got, len(names)), config.fidelity_metrics)
+    outputs = fidelity_from_outputs(
+        names, _per_output(ref, len(names)), _per_output(got, len(names)), config.fidelity_metrics
+    )
     return (*run_score(outputs), outputs)
 
 

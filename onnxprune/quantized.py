@@ -30,7 +30,15 @@ from .fake_quantize import is_fake_quantize
 from .runtime import session
 from .tails import find_tails, with_outputs
 
-__all__ = ["FLIP_LIMIT", "FLIP_SHARE", "QUANTIZED_SAMPLES", "PathCheck", "QuantizedCheck", "check_quantized", "quantization_form"]
+__all__ = [
+    "FLIP_LIMIT",
+    "FLIP_SHARE",
+    "QUANTIZED_SAMPLES",
+    "PathCheck",
+    "QuantizedCheck",
+    "check_quantized",
+    "quantization_form",
+]
 
 FLIP_LIMIT = 0.02  # of the output's scale: 5x the largest flip measured on the NNCF exports
 FLIP_SHARE = 0.25  # of the samples
@@ -41,7 +49,7 @@ LimitFn = Callable[[str, float], float]  # (output name, scale) -> the output's 
 
 
 def quantization_form(model: onnx.ModelProto) -> str | None:
-    """"FakeQuantize" or "QDQ" when activations are quantized (a quantizer reads a non-constant
+    """ "FakeQuantize" or "QDQ" when activations are quantized (a quantizer reads a non-constant
     tensor), else None."""
     produced = {o: n for n in model.graph.node for o in n.output}
     consts = {i.name for i in model.graph.initializer}
@@ -115,8 +123,13 @@ class QuantizedCheck:
         return next((p for p in self.paths if not p.passed), None)
 
     def to_dict(self) -> dict:
-        return {"form": self.form, "rule": self.rule, "flip_limit": self.flip_limit, "flip_share": self.flip_share,
-                "paths": [p.to_dict() for p in self.paths]}
+        return {
+            "form": self.form,
+            "rule": self.rule,
+            "flip_limit": self.flip_limit,
+            "flip_share": self.flip_share,
+            "paths": [p.to_dict() for p in self.paths],
+        }
 
 
 def check_quantized(

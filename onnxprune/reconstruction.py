@@ -92,7 +92,9 @@ def reconstruct(
     probe.CopyFrom(original)
     names = sorted({s.tensor for s, _, _, _ in todo})
     probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
-    run = session(probe, source=source, what="the model with the reconstructed layers' inputs as outputs", optimize=True)
+    run = session(
+        probe, source=source, what="the model with the reconstructed layers' inputs as outputs", optimize=True
+    )
     acts: dict[str, list[np.ndarray]] = defaultdict(list)
     for feed in feeds:
         for n, v in zip(names, run.run(feed, names)):
@@ -113,7 +115,9 @@ def reconstruct(
     for sink, node, layer, keep_in in todo:
         target = by_name.get(sink.node)
         if target is None or target.op_type != node.op_type:
-            raise UnsupportedModel(f"{source}: internal: layer {sink.node!r} ({node.op_type}) is not in the pruned model")
+            raise UnsupportedModel(
+                f"{source}: internal: layer {sink.node!r} ({node.op_type}) is not in the pruned model"
+            )
         g_node = g_orig[sink.node]
         w_orig = params(g_node.inputs[layer.weight_index])
         if w_orig is None:
@@ -167,7 +171,9 @@ def reconstruct(
     return out, tuple(done)
 
 
-def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:
+def _current(
+    node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer: Layer
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The pruned layer's weights as [out, in·k] and its bias as added (zeros if none)."""
     t = inits.get(node.input[layer.weight_index])
     if t is None:
@@ -186,7 +192,13 @@ def _current(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer:
 
 
 def _write(
-    model: onnx.ModelProto, node: onnx.NodeProto, inits: dict, readers: Mapping[str, int], layer: Layer, theta: np.ndarray, has_bias: bool
+    model: onnx.ModelProto,
+    node: onnx.NodeProto,
+    inits: dict,
+    readers: Mapping[str, int],
+    layer: Layer,
+    theta: np.ndarray,
+    has_bias: bool,
 ) -> None:
     bi = layer.bias_index if has_bias else None
     w_t = inits[node.input[layer.weight_index]]
@@ -209,7 +221,9 @@ def _write(
                 node.input.append(name)
 
 
-def _set(model: onnx.ModelProto, node: onnx.NodeProto, index: int, value: np.ndarray, inits: dict, readers: Mapping[str, int]) -> None:
+def _set(
+    model: onnx.ModelProto, node: onnx.NodeProto, index: int, value: np.ndarray, inits: dict, readers: Mapping[str, int]
+) -> None:
     name = node.input[index]
     if readers.get(name, 0) > 1:  # shared with another reader: give this one its own copy
         new = f"{name}__reconstructed_{node.name or node.output[0]}"
@@ -245,7 +259,12 @@ class ReconstructedTrials:
         self.names = run.output_names
         self.reference = run.outputs([f for _, judge in self.folds for f in judge])
 
-    def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
+    def fidelity(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> float:
         from .fidelity import score_outputs
         from .surgery import apply_pruning
 
@@ -253,7 +272,9 @@ class ReconstructedTrials:
         pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)
         parts = []
         for fit, judge in self.folds:
-            rebuilt, _ = reconstruct(self.model, pruned, self.analysis, plan, fit, registry=self.registry, seed=self.seed, source=self.source)
+            rebuilt, _ = reconstruct(
+                self.model, pruned, self.analysis, plan, fit, registry=self.registry, seed=self.seed, source=self.source
+            )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge))
         outs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.names))]
         return score_outputs(self.names, self.reference, outs, choices)[0]

@@ -19,7 +19,8 @@ def to_markdown(d: dict[str, Any]) -> str:
     lines.append(f"- model: `{d['model']}`" + (f" → `{d['output']}`" if d.get("output") else ""))
     why = d.get("criterion_reason")
     lines.append(
-        f"- criterion: **{d['criterion']}**" + (f" ({why})" if why and why != "given" else "")
+        f"- criterion: **{d['criterion']}**"
+        + (f" ({why})" if why and why != "given" else "")
         + (f", compensation: {d['compensation']}" if d.get("fidelity") else "")
     )
     if d.get("budget"):
@@ -27,7 +28,9 @@ def to_markdown(d: dict[str, Any]) -> str:
         parts = [f"{k}={v}" for k, v in b.items() if v not in (None, False, [], 0, 1) or (k == "round_to" and v != 1)]
         lines.append(f"- budget: {', '.join(parts) if parts else 'config file'}")
     if d.get("ir"):
-        lines.append(f"- OpenVINO IR: `{d['ir']['path']}` ({d['ir']['check']['precision']}, checked against onnxruntime: max abs diff {d['ir']['check']['max_abs_diff']:.3g})")
+        lines.append(
+            f"- OpenVINO IR: `{d['ir']['path']}` ({d['ir']['check']['precision']}, checked against onnxruntime: max abs diff {d['ir']['check']['max_abs_diff']:.3g})"
+        )
     lines += ["", "| | before | after | change |", "|---|---:|---:|---:|"]
     for label, key_b, key_a in (
         ("output channels", "channels_total", None),
@@ -50,46 +53,89 @@ def to_markdown(d: dict[str, Any]) -> str:
             f"**{'PASSED' if v['passed'] else 'FAILED'}** against the {d.get('verified_against', 'original')}: worst output "
             f"`{v['worst_output']}`, max abs diff {v['max_abs_diff']:.3g} (limit {v.get('limit', v['tolerance'] * v['scale']):.3g}); {v['inputs']}."
         )
-        noise = f" Noise floor: {v['noise_runtime']}." if v.get("noise_runtime") else " No noise floor: explicit tolerance."
+        noise = (
+            f" Noise floor: {v['noise_runtime']}." if v.get("noise_runtime") else " No noise floor: explicit tolerance."
+        )
         rule = (
             f"limit = max({v['tolerance']:g} × max(scale, {v['scale_floor']:g}), {v['noise_multiple']:g} × noise floor)"
-            if v.get("noise_multiple") is not None else f"limit = {v['tolerance']:g} × scale"
+            if v.get("noise_multiple") is not None
+            else f"limit = {v['tolerance']:g} × scale"
         )
         lines += ["", f"Proved by {v.get('runtime', 'onnxruntime')}.{noise} Per output, {rule}:"]
         for t in v.get("discontinuous_outputs", []):
             at = ", ".join(f"`{n}`" for n in t["verified_at"])
-            lines += ["", f"`{t['output']}` hangs on decisions ({', '.join(t['behind'])}): verified at {at}, and compared itself where the decisions agree."]
-        lines += ["", "| output | batch | max abs diff | noise floor | limit | margin | compared |", "|---|---:|---:|---:|---:|---:|---|"]
+            lines += [
+                "",
+                f"`{t['output']}` hangs on decisions ({', '.join(t['behind'])}): verified at {at}, and compared itself where the decisions agree.",
+            ]
+        lines += [
+            "",
+            "| output | batch | max abs diff | noise floor | limit | margin | compared |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
         for o in v["outputs"]:
             noise_floor = "—" if o.get("noise_floor") is None else f"{o['noise_floor']:.3g}"
-            past = "flips" if v.get("quantized") and v["passed"] else "**FAIL**"  # a quantized model's rule decides (below)
+            past = (
+                "flips" if v.get("quantized") and v["passed"] else "**FAIL**"
+            )  # a quantized model's rule decides (below)
             margin = "exact" if o["max_abs_diff"] == 0 else (past if not o["passed"] else f"{o['margin']:.3g}×")
             if o.get("samples") and not o.get("compared_samples"):
                 margin = "—"  # a discontinuous output whose decisions never agreed: verified before them
-            what = f"stand-in for {', '.join(f'`{n}`' for n in o['stands_in_for'])}" if o.get("stands_in_for") else (
-                f"{o['compared_samples']} of {o['samples']} samples (decisions agree)" if o.get("behind") else "all samples")
-            lines.append(f"| `{o['name']}` | {o['batch']} | {o['max_abs_diff']:.3g} | {noise_floor} | {o['limit']:.3g} | {margin} | {what} |")
+            what = (
+                f"stand-in for {', '.join(f'`{n}`' for n in o['stands_in_for'])}"
+                if o.get("stands_in_for")
+                else (
+                    f"{o['compared_samples']} of {o['samples']} samples (decisions agree)"
+                    if o.get("behind")
+                    else "all samples"
+                )
+            )
+            lines.append(
+                f"| `{o['name']}` | {o['batch']} | {o['max_abs_diff']:.3g} | {noise_floor} | {o['limit']:.3g} | {margin} | {what} |"
+            )
         q = v.get("quantized")
         if q:
-            lines += ["", f"Quantized model ({q['form']}): each path passes {q['rule']}.", "",
-                      "| runtime | passed | worst output | max abs diff | scale | samples past the float limit |", "|---|---|---|---:|---:|---:|"]
+            lines += [
+                "",
+                f"Quantized model ({q['form']}): each path passes {q['rule']}.",
+                "",
+                "| runtime | passed | worst output | max abs diff | scale | samples past the float limit |",
+                "|---|---|---|---:|---:|---:|",
+            ]
             for p in q["paths"]:
-                lines.append(f"| {p['runtime']} | {'yes' if p['passed'] else '**no**'} | `{p['worst_output']}` | {p['max_abs_diff']:.3g} | "
-                             f"{p['scale']:.3g} | {p['samples_past_float_limit']} of {p['samples']} |")
+                lines.append(
+                    f"| {p['runtime']} | {'yes' if p['passed'] else '**no**'} | `{p['worst_output']}` | {p['max_abs_diff']:.3g} | "
+                    f"{p['scale']:.3g} | {p['samples_past_float_limit']} of {p['samples']} |"
+                )
     if d.get("fidelity"):
         if d.get("fidelity_on_random_inputs"):
-            lines += ["", "Fidelity below was measured **on seeded random inputs, not real data**: give `--inputs` or `--calibration` for meaningful numbers."]
-        lines += ["", "| output | cosine | max abs error | mean abs error | top-1 agreement |", "|---|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                "Fidelity below was measured **on seeded random inputs, not real data**: give `--inputs` or `--calibration` for meaningful numbers.",
+            ]
+        lines += [
+            "",
+            "| output | cosine | max abs error | mean abs error | top-1 agreement |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for f in d["fidelity"]:
             top1 = "" if f["top1_agreement"] is None else f"{f['top1_agreement'] * 100:.1f}%"
-            lines.append(f"| `{f['name']}` | {f['cosine']:.4f} | {f['max_abs_error']:.3g} | {f['mean_abs_error']:.3g} | {top1} |")
+            lines.append(
+                f"| `{f['name']}` | {f['cosine']:.4f} | {f['max_abs_error']:.3g} | {f['mean_abs_error']:.3g} | {top1} |"
+            )
     for key in ("quantization", "quantization_ir"):
         if d.get(key):
             from .quant_report import quantize_markdown
 
             lines += ["", *quantize_markdown(d[key])]
     if d.get("benchmark"):
-        lines += ["", "## Latency (OpenVINO, CPU)", "", "| model | median ms | p10–p90 ms | throughput /s | latency ratio | precision |", "|---|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "## Latency (OpenVINO, CPU)",
+            "",
+            "| model | median ms | p10–p90 ms | throughput /s | latency ratio | precision |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for t in d["benchmark"]:
             name = t.get("label") or f"`{os.path.basename(t['path'])}`"
             lines.append(
@@ -111,7 +157,9 @@ def to_markdown(d: dict[str, Any]) -> str:
     if d["layers"]:
         lines += ["", "## Layers changed", "", "| layer | op | channels before | after |", "|---|---|---:|---:|"]
         for layer in d["layers"]:
-            lines.append(f"| `{layer['node']}` | {layer['op']} | {layer['channels_before']} | {layer['channels_after']} |")
+            lines.append(
+                f"| `{layer['node']}` | {layer['op']} | {layer['channels_before']} | {layer['channels_after']} |"
+            )
     if d["kept_groups"]:
         counts: dict[str, list[int]] = {}
         import re
@@ -175,7 +223,9 @@ def plot_sensitivity(d: dict[str, Any], path: str) -> None:
     ratios = [0.0] + list(d["ratios"])
     for u in d["units"]:
         ys = [1.0] + [u["fidelity"][str(r)] for r in d["ratios"]]
-        ax.plot(ratios, ys, marker="o", linewidth=1, alpha=0.7, label=u["unit"][-30:] if len(d["units"]) <= 12 else None)
+        ax.plot(
+            ratios, ys, marker="o", linewidth=1, alpha=0.7, label=u["unit"][-30:] if len(d["units"]) <= 12 else None
+        )
     ax.set_xlabel("fraction of the unit's channels removed")
     ax.set_ylabel("fidelity on calibration inputs")
     ax.set_title(f"{os.path.basename(d['model'])}: sensitivity ({d['criterion']}, {d['samples']} samples)")

@@ -181,13 +181,15 @@ def build_report(
     if not (before.macs_complete and after.macs_complete):
         # Never a number from the layers whose shapes happen to be known: the MACs are unknown.
         in_shapes = concrete_input_shapes(pruned, config.input_shapes, source)
-        macs_unknown = unknown_macs_reason(pruned, node_macs(pruned, shapes, registry or default_registry()), in_shapes) or (
-            "the shapes of some layers of the original model are unknown"
-        )
+        macs_unknown = unknown_macs_reason(
+            pruned, node_macs(pruned, shapes, registry or default_registry()), in_shapes
+        ) or ("the shapes of some layers of the original model are unknown")
         notes.append(f"MACs unknown: {macs_unknown}")
     on_random_inputs = fidelity_on_random_inputs and fid is not None
     if on_random_inputs:
-        notes.append("fidelity was measured on seeded random inputs, not real data: give --inputs or --calibration for meaningful numbers")
+        notes.append(
+            "fidelity was measured on seeded random inputs, not real data: give --inputs or --calibration for meaningful numbers"
+        )
     budget = {
         "ratio": config.ratio,
         "global": config.global_ranking,
@@ -199,7 +201,9 @@ def build_report(
     return PruneReport(
         model=source,
         criterion=pruning_plan.criterion,
-        criterion_reason=config.criterion_reason if pruning_plan.criterion == config.criterion else "from the given plan",
+        criterion_reason=config.criterion_reason
+        if pruning_plan.criterion == config.criterion
+        else "from the given plan",
         channels_total=total,
         channels_removed=cut,
         groups_total=len(analysis.groups),

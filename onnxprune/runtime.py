@@ -32,7 +32,9 @@ def _onnxruntime() -> Any:
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        raise BackendMissing("onnxruntime is not installed (pip install onnxruntime); it runs the models to verify and calibrate") from None
+        raise BackendMissing(
+            "onnxruntime is not installed (pip install onnxruntime); it runs the models to verify and calibrate"
+        ) from None
     return ort
 
 
@@ -71,7 +73,9 @@ class ModelRunner:
 
     def _run_error(self, feeds: Feeds, exc: BaseException) -> OnnxPruneError:
         if self.pruned:
-            return VerificationFailed(f"{self.source}: onnxruntime cannot run the pruned model: {onnxruntime_message(exc)}; nothing written")
+            return VerificationFailed(
+                f"{self.source}: onnxruntime cannot run the pruned model: {onnxruntime_message(exc)}; nothing written"
+            )
         problem = _feed_problem(self._sess.get_inputs(), feeds)
         if problem is not None:
             return UsageError(f"{self.source}: the inputs do not fit {self.what}: {problem}")
@@ -117,7 +121,9 @@ def session(
         raise
     except Exception as exc:
         if pruned:
-            raise VerificationFailed(f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written") from None
+            raise VerificationFailed(
+                f"{source}: onnxruntime cannot load the pruned model: {onnxruntime_message(exc)}; nothing written"
+            ) from None
         raise LoadError(f"{source}: onnxruntime cannot load {what}: {onnxruntime_message(exc)}") from None
     runner = ModelRunner(sess, source, what, pruned)
     runner.description, runner.expanded = describe(optimize=optimize, expanded=expanded), expanded

@@ -23,7 +23,20 @@ import onnx
 from .errors import UsageError
 from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
 
-__all__ = ["PROTOBUF_LIMIT", "DeferredModel", "Outputs", "StagedModel", "check_output_folder", "check_writable", "copy_fields", "removing_leftovers", "save_model", "serialize", "serialized_size", "write_atomic"]
+__all__ = [
+    "PROTOBUF_LIMIT",
+    "DeferredModel",
+    "Outputs",
+    "StagedModel",
+    "check_output_folder",
+    "check_writable",
+    "copy_fields",
+    "removing_leftovers",
+    "save_model",
+    "serialize",
+    "serialized_size",
+    "write_atomic",
+]
 
 PROTOBUF_LIMIT = 2**31 - 2**26  # a serialised ModelProto must stay below 2 GB; keep headroom
 
@@ -111,7 +124,9 @@ def check_writable(path: str, what: str = "output") -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
     except OSError as exc:
-        raise UsageError(f"{path}: cannot write {what} into {folder} ({exc.strerror or exc}); nothing written") from None
+        raise UsageError(
+            f"{path}: cannot write {what} into {folder} ({exc.strerror or exc}); nothing written"
+        ) from None
     os.close(fd)
     os.remove(probe)
 
@@ -268,9 +283,17 @@ class DeferredModel:
         for meta, values in zip(metas, self.arrays.values()):
             raw = memoryview(values).cast("B")
             data_key = field_key(RAW_DATA_FIELD) + encode_varint(raw.nbytes)
-            tail += [field_key(INITIALIZER_FIELD) + encode_varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key, raw]
+            tail += [
+                field_key(INITIALIZER_FIELD) + encode_varint(len(meta) + len(data_key) + raw.nbytes) + meta + data_key,
+                raw,
+            ]
         graph_size = len(graph_bytes) + _size(tail)
-        chunks: list[Chunk] = [head.SerializeToString() + field_key(GRAPH_FIELD) + encode_varint(graph_size), graph_bytes, *tail, after.SerializeToString()]
+        chunks: list[Chunk] = [
+            head.SerializeToString() + field_key(GRAPH_FIELD) + encode_varint(graph_size),
+            graph_bytes,
+            *tail,
+            after.SerializeToString(),
+        ]
         if _size(chunks) > PROTOBUF_LIMIT:
             return None
         return chunks
@@ -378,7 +401,11 @@ class StagedModel:
                 try:
                     os.replace(os.path.join(self._tmpdir, name), os.path.join(self._folder, name))
                 except OSError as exc:
-                    exc.filename = os.path.join(self._folder, name) if name != os.path.basename(self.destination) else self.destination
+                    exc.filename = (
+                        os.path.join(self._folder, name)
+                        if name != os.path.basename(self.destination)
+                        else self.destination
+                    )
                     raise
         finally:
             self.discard()

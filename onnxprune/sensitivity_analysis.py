@@ -27,7 +27,15 @@ from .masking import instrument_readers, mask_feeds
 from .planning import enforce_constraints
 from .runtime import session
 
-__all__ = ["SensitivityResult", "TrialRunner", "Unit", "UnitSensitivity", "allocate", "find_units", "measure_sensitivity"]
+__all__ = [
+    "SensitivityResult",
+    "TrialRunner",
+    "Unit",
+    "UnitSensitivity",
+    "allocate",
+    "find_units",
+    "measure_sensitivity",
+]
 
 Progress = Callable[[int, int], None]
 
@@ -118,7 +126,12 @@ class TrialRunner:
     """Runs the instrumented model: one session, all calibration samples per trial."""
 
     def __init__(
-        self, model: onnx.ModelProto, analysis: ChannelAnalysis, feeds: Sequence[Mapping[str, np.ndarray]], *, source: str = "<model>"
+        self,
+        model: onnx.ModelProto,
+        analysis: ChannelAnalysis,
+        feeds: Sequence[Mapping[str, np.ndarray]],
+        *,
+        source: str = "<model>",
     ) -> None:
         if not feeds:
             raise UnsupportedModel("sensitivity needs calibration inputs")
@@ -126,11 +139,17 @@ class TrialRunner:
         instrumented, self.ports = instrument_readers(model, analysis)
         from .shapes import dynamic_batch_inputs
 
-        self.session = session(instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True)
+        self.session = session(
+            instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True
+        )
         self.names = [o.name for o in model.graph.output]
         names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         # Samples go through in one batch when the batch is dynamic, else one by one.
-        self.batches = [{k: np.concatenate([f[k] for f in feeds]) for k in names_in}] if set(dynamic_batch_inputs(model)) >= set(names_in) else list(feeds)
+        self.batches = (
+            [{k: np.concatenate([f[k] for f in feeds]) for k in names_in}]
+            if set(dynamic_batch_inputs(model)) >= set(names_in)
+            else list(feeds)
+        )
         self.samples = len(feeds)
         self.reference = self._run({})
 
@@ -142,7 +161,12 @@ class TrialRunner:
                 outs[i].append(value)
         return [np.concatenate(o) for o in outs]
 
-    def fidelity(self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None, choices: Mapping[str, str] | None = None) -> float:
+    def fidelity(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> float:
         removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(removed_groups), dtype=np.int64))
         outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
         return score_outputs(self.names, self.reference, outs, choices)[0]
@@ -188,7 +212,9 @@ def measure_sensitivity(
             if progress:
                 progress(done, total)
         results.append(UnitSensitivity(unit, fid, saved))
-    return SensitivityResult(tuple(results), tuple(ratios), criterion, runner.samples, time.perf_counter() - start, total)
+    return SensitivityResult(
+        tuple(results), tuple(ratios), criterion, runner.samples, time.perf_counter() - start, total
+    )
 
 
 @dataclass

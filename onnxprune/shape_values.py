@@ -88,7 +88,9 @@ class ShapeEvaluator:
             return None
         return np.asarray(shape, dtype=np.int64)
 
-    def _eval(self, t: gs.Tensor, overrides: Overrides, memo: dict[int, np.ndarray | None], depth: int) -> np.ndarray | None:
+    def _eval(
+        self, t: gs.Tensor, overrides: Overrides, memo: dict[int, np.ndarray | None], depth: int
+    ) -> np.ndarray | None:
         key = id(t)
         if key in memo:
             return memo[key]
@@ -166,11 +168,19 @@ _NP_CAST = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.floa
 
 _OPS: dict[str, Callable[[gs.Node, list], np.ndarray | None]] = {
     "Identity": lambda n, a: a[0],
-    "Gather": lambda n, a: None if a[0] is None or a[1] is None else np.take(a[0], a[1], axis=int(n.attrs.get("axis", 0))),
+    "Gather": lambda n, a: (
+        None if a[0] is None or a[1] is None else np.take(a[0], a[1], axis=int(n.attrs.get("axis", 0)))
+    ),
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
-    "Concat": lambda n, a: None if any(x is None for x in a) else np.concatenate([np.atleast_1d(x) for x in a], axis=int(n.attrs["axis"])),
-    "Cast": lambda n, a: None if a[0] is None or int(n.attrs["to"]) not in _NP_CAST else np.asarray(a[0]).astype(_NP_CAST[int(n.attrs["to"])]),
+    "Concat": lambda n, a: (
+        None if any(x is None for x in a) else np.concatenate([np.atleast_1d(x) for x in a], axis=int(n.attrs["axis"]))
+    ),
+    "Cast": lambda n, a: (
+        None
+        if a[0] is None or int(n.attrs["to"]) not in _NP_CAST
+        else np.asarray(a[0]).astype(_NP_CAST[int(n.attrs["to"])])
+    ),
     "Slice": _slice,
     "Floor": lambda n, a: None if a[0] is None else np.floor(a[0]),
     "Ceil": lambda n, a: None if a[0] is None else np.ceil(a[0]),
@@ -181,4 +191,6 @@ _OPS: dict[str, Callable[[gs.Node, list], np.ndarray | None]] = {
 
 def is_shape_arithmetic(node: gs.Node, evaluator: ShapeEvaluator) -> bool:
     """A node that only computes a shape value from others (it passes them on, does not use them)."""
-    return node.op == "Shape" or (node.op in _OPS and bool(node.outputs) and evaluator.sources(node.outputs[0]) is not None)
+    return node.op == "Shape" or (
+        node.op in _OPS and bool(node.outputs) and evaluator.sources(node.outputs[0]) is not None
+    )

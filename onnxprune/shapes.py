@@ -60,11 +60,15 @@ def concrete_input_shapes(
         if name in overrides:
             given = overrides[name]
             if dims is not None and len(dims) != len(given):
-                raise UsageError(f"{source}: --input-shape {name}: rank {len(given)} but the model's input has rank {len(dims)}")
+                raise UsageError(
+                    f"{source}: --input-shape {name}: rank {len(given)} but the model's input has rank {len(dims)}"
+                )
             if dims is not None:
                 for i, (have, want) in enumerate(zip(dims, given)):
                     if have is not None and have != want:
-                        raise UsageError(f"{source}: --input-shape {name}: dimension {i} is fixed to {have} in the model, not {want}")
+                        raise UsageError(
+                            f"{source}: --input-shape {name}: dimension {i} is fixed to {have} in the model, not {want}"
+                        )
             shapes[name] = tuple(given)
         elif dims is None:
             shapes[name] = ()
@@ -73,7 +77,9 @@ def concrete_input_shapes(
     return shapes
 
 
-def data_input_shapes(model: onnx.ModelProto, paths: Sequence[str | None], given: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+def data_input_shapes(
+    model: onnx.ModelProto, paths: Sequence[str | None], given: Mapping[str, tuple[int, ...]]
+) -> dict[str, tuple[int, ...]]:
     """``given`` (the user's --input-shape) plus, for every other input with a dynamic
     dimension, the shape of one sample of its array in the first .npz of ``paths`` that has
     it (samples along the first axis; a scalar input's array is [N]). Arrays whose sample does
@@ -96,7 +102,9 @@ def data_input_shapes(model: onnx.ModelProto, paths: Sequence[str | None], given
             if dims is None or all(d is not None for d in dims) or not found[vi.name]:
                 continue
             array = found[vi.name]
-            sample = (1, *array[1:]) if len(array) == len(dims) else (array[1:] if len(array) == len(dims) + 1 else None)
+            sample = (
+                (1, *array[1:]) if len(array) == len(dims) else (array[1:] if len(array) == len(dims) + 1 else None)
+            )
             if sample is None or any(d is not None and d != s for d, s in zip(dims, sample)):
                 continue
             shapes[vi.name] = tuple(sample)
@@ -195,6 +203,9 @@ def _has_data(t: onnx.TensorProto) -> bool:
     return (
         t.HasField("raw_data")
         or t.data_location == onnx.TensorProto.EXTERNAL
-        or any(len(getattr(t, f)) for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"))
+        or any(
+            len(getattr(t, f))
+            for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+        )
         or (len(t.dims) > 0 and int(np.prod(t.dims)) == 0)
     )

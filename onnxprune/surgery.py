@@ -29,6 +29,7 @@ from .validation import model_opset
 
 __all__ = ["SurgeryContext", "apply_pruning", "prune_deferred"]
 
+
 @dataclass
 class SurgeryContext:
     """What a rule's ``apply`` uses to describe its edits."""
@@ -115,7 +116,9 @@ class SurgeryContext:
         inner = gs.Variable(self.unique_name(f"{out.name}_before_bias"), dtype=out.dtype)
         node.outputs[0] = inner
         const = gs.Constant(self.unique_name(f"{node.name or node.op}_folded_bias"), np.asarray(bias))
-        self.graph.nodes.append(gs.Node("Add", name=self.unique_name(f"{node.name or node.op}_bias"), inputs=[inner, const], outputs=[out]))
+        self.graph.nodes.append(
+            gs.Node("Add", name=self.unique_name(f"{node.name or node.op}_bias"), inputs=[inner, const], outputs=[out])
+        )
 
     def unique_name(self, base: str) -> str:
         if not self._names:
@@ -184,7 +187,9 @@ class SurgeryContext:
             for extra in producer.inputs[1:]:
                 p = self.params(extra) if extra.name else None
                 if p is not None and p.values.ndim == 1 and p.values.size > 1:
-                    sub: list[Edit] = [SliceAxis(0, o.keep) for o in edits if isinstance(o, SliceAxis) and o.axis == axis]
+                    sub: list[Edit] = [
+                        SliceAxis(0, o.keep) for o in edits if isinstance(o, SliceAxis) and o.axis == axis
+                    ]
                     inputs.append(self._materialize(extra, sub, keep_names) if sub else extra)
                 else:
                     inputs.append(extra)
@@ -195,7 +200,9 @@ class SurgeryContext:
             return gs.Constant(name, apply_edits(np.asarray(self.params(t).values), edits))
         if producer.op == "Cast":
             # Kept as a Cast of the sliced stored tensor: an int8 weight stays int8 in the file.
-            return self._rebuild(producer, [self._materialize(producer.inputs[0], edits, keep_names)], name, t, keep_names)
+            return self._rebuild(
+                producer, [self._materialize(producer.inputs[0], edits, keep_names)], name, t, keep_names
+            )
         if producer.op in ARITHMETIC_OPS:
             # Each operand sliced on its own axes (the int8 weight and its per-channel scale of
             # Cast -> Mul together); a broadcast (size-1) axis needs nothing.
@@ -221,7 +228,9 @@ class SurgeryContext:
             raise UnsupportedModel(f"internal: cannot edit a value computed from {name}: its shape is unknown")
         return tuple(int(d) for d in shape)  # type: ignore[arg-type]
 
-    def _materialize_fake_quantize(self, producer: gs.Node, t: gs.Tensor, edits: list[Edit], name: str, keep_names: bool) -> gs.Tensor:
+    def _materialize_fake_quantize(
+        self, producer: gs.Node, t: gs.Tensor, edits: list[Edit], name: str, keep_names: bool
+    ) -> gs.Tensor:
         """A weight behind FakeQuantize: the stored weight and every range that spans an edited
         axis (per output channel, [C,1,1,1]) are sliced with it; broadcast ranges are kept. A
         Constant passed as both input_low and output_low (NNCF's export) is sliced once, and a
@@ -241,7 +250,9 @@ class SurgeryContext:
             inputs.append(made[id(extra)])
         return self._rebuild(producer, inputs, name, t, keep_names)
 
-    def _rebuild(self, producer: gs.Node, inputs: list[gs.Tensor], name: str, t: gs.Tensor, keep_names: bool) -> gs.Tensor:
+    def _rebuild(
+        self, producer: gs.Node, inputs: list[gs.Tensor], name: str, t: gs.Tensor, keep_names: bool
+    ) -> gs.Tensor:
         """A copy of ``producer`` reading ``inputs``, its output named ``name``; with
         ``keep_names`` it takes the original node's name and the original is disconnected."""
         out = gs.Variable(name, dtype=t.dtype)
@@ -249,7 +260,14 @@ class SurgeryContext:
         if keep_names and producer.name:
             node_name, producer.name = producer.name, node_name
         self.graph.nodes.append(
-            gs.Node(producer.op, name=node_name, attrs=dict(producer.attrs), inputs=inputs, outputs=[out], domain=producer.domain)
+            gs.Node(
+                producer.op,
+                name=node_name,
+                attrs=dict(producer.attrs),
+                inputs=inputs,
+                outputs=[out],
+                domain=producer.domain,
+            )
         )
         if keep_names:
             producer.outputs.clear()
@@ -267,12 +285,16 @@ def _range_edits(shape: tuple[int, ...], rank: int, edits: list[Edit], name: str
             if local < 0 or shape[local] == 1:
                 continue
             if shape[local] != len(edit.keep):
-                raise UnsupportedModel(f"internal: cannot edit {name}: a FakeQuantize range has {shape[local]} positions on axis {edit.axis}")
+                raise UnsupportedModel(
+                    f"internal: cannot edit {name}: a FakeQuantize range has {shape[local]} positions on axis {edit.axis}"
+                )
             out.append(SliceAxis(local, edit.keep))
         elif isinstance(edit, GroupColumns):
             if offset == 0 and len(shape) > 1 and int(np.prod(shape[1:])) == 1:
                 continue  # one range per output row: the columns are broadcast
-            raise UnsupportedModel(f"internal: cannot edit {name}: a FakeQuantize range spans the weight's input channels")
+            raise UnsupportedModel(
+                f"internal: cannot edit {name}: a FakeQuantize range spans the weight's input channels"
+            )
         else:
             raise UnsupportedModel(f"internal: cannot overwrite {name}: it is computed by FakeQuantize")
     return out
@@ -289,7 +311,9 @@ def _operand_edits(shape: tuple[int, ...], rank: int, edits: list[Edit], name: s
             if local < 0 or shape[local] == 1:
                 continue
             if shape[local] != len(edit.keep):
-                raise UnsupportedModel(f"internal: cannot edit {name}: an operand has {shape[local]} positions on axis {edit.axis}, not {len(edit.keep)}")
+                raise UnsupportedModel(
+                    f"internal: cannot edit {name}: an operand has {shape[local]} positions on axis {edit.axis}, not {len(edit.keep)}"
+                )
             out.append(SliceAxis(local, edit.keep))
         elif isinstance(edit, GroupColumns):
             if offset == 0 and len(shape) > 1 and shape[1] == 1:
@@ -374,7 +398,11 @@ def prune_deferred(
         return DeferredModel(same)
     fills = sink_fills(analysis, removed_ids, estimates)
     ctx = SurgeryContext(
-        graph=graph, analysis=analysis, removed_ids=removed_ids, fills=fills, opset=model_opset(model),
+        graph=graph,
+        analysis=analysis,
+        removed_ids=removed_ids,
+        fills=fills,
+        opset=model_opset(model),
         params=ParamResolver(initializers, graph),
     )
     layouts = analysis.layouts
@@ -397,7 +425,12 @@ def prune_deferred(
 
 
 def _export(
-    graph: gs.Graph, model: onnx.ModelProto, params: ParamResolver, *, into_model: bool, changed: frozenset[str] | set[str] = frozenset()
+    graph: gs.Graph,
+    model: onnx.ModelProto,
+    params: ParamResolver,
+    *,
+    into_model: bool,
+    changed: frozenset[str] | set[str] = frozenset(),
 ) -> DeferredModel:
     """Write the edited ``graph`` out as a model with ``model``'s fields (opsets, metadata,
     functions). Weights are written here, not by graphsurgeon's exporter (which copies each

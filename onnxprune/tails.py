@@ -43,7 +43,12 @@ class Tail:
     frontier: tuple[str, ...]  # the last continuous tensors before them: always compared
 
     def to_dict(self) -> dict:
-        return {"output": self.output, "behind": list(self.ops), "decisions": list(self.decisions), "verified_at": list(self.frontier)}
+        return {
+            "output": self.output,
+            "behind": list(self.ops),
+            "decisions": list(self.decisions),
+            "verified_at": list(self.frontier),
+        }
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,9 @@ def find_tails(model: onnx.ModelProto) -> Tails:
             for k in DECISION_OPS[node.op_type]:
                 if k < len(node.output) and node.output[k]:
                     discontinuous.add(node.output[k])
-                    decided_by[node.output[k]] = f"{node.op_type} {node.name or f'{node.op_type}#{index}'!r}"  # as load_model names it
+                    decided_by[node.output[k]] = (
+                        f"{node.op_type} {node.name or f'{node.op_type}#{index}'!r}"  # as load_model names it
+                    )
     out: list[Tail] = []
     for vi in g.output:
         if vi.name not in discontinuous:

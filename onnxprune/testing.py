@@ -97,7 +97,9 @@ class GraphBuilder:
             if not isinstance(bias, np.ndarray):
                 b[list(zero)] = 0
             inputs.append(self.const(b, "B"))
-        return self.op("Conv", *inputs, channels=cout, kernel_shape=[k, k], pads=[pads] * 4, group=group, strides=[stride, stride])
+        return self.op(
+            "Conv", *inputs, channels=cout, kernel_shape=[k, k], pads=[pads] * 4, group=group, strides=[stride, stride]
+        )
 
     def bn(self, x: str, zero: Sequence[int] = ()) -> str:
         c = self.channels[x]
@@ -146,7 +148,11 @@ def as_custom_op(model: onnx.ModelProto, op_type: str, new_op: str, domain: str)
     body = helper.make_node(op_type, inputs, outputs)
     body.attribute.extend(onnx.AttributeProto(name=a, ref_attr_name=a, type=t) for a, t in sorted(attrs.items()))
     opset = next(o.version for o in out.opset_import if o.domain in ("", "ai.onnx"))
-    out.functions.append(helper.make_function(domain, new_op, inputs, outputs, [body], [helper.make_opsetid("", opset)], attributes=sorted(attrs)))
+    out.functions.append(
+        helper.make_function(
+            domain, new_op, inputs, outputs, [body], [helper.make_opsetid("", opset)], attributes=sorted(attrs)
+        )
+    )
     for n in nodes:
         n.op_type, n.domain = new_op, domain
     if all(o.domain != domain for o in out.opset_import):
@@ -195,8 +201,15 @@ def random_cnn(seed: int, max_blocks: int = 6) -> onnx.ModelProto:
             y = b.op("Concat", a, d, axis=1, channels=b.channels[a] + b.channels[d])
         elif kind == "split" and c % 2 == 0 and c >= 4:
             half = c // 2
-            p, q = b.op("Split", y, *( [b.const(np.array([half, half], np.int64), "split")] if b.opset >= 13 else []),
-                        axis=1, outputs=2, channels=half, **({} if b.opset >= 13 else {"split": [half, half]}))
+            p, q = b.op(
+                "Split",
+                y,
+                *([b.const(np.array([half, half], np.int64), "split")] if b.opset >= 13 else []),
+                axis=1,
+                outputs=2,
+                channels=half,
+                **({} if b.opset >= 13 else {"split": [half, half]}),
+            )
             y = b.op("Concat", p, cbr(q, half, k=1), axis=1, channels=c)
         elif kind == "grouped" and c % 2 == 0:
             y = cbr(y, c, group=2)

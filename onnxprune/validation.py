@@ -67,7 +67,9 @@ def model_opset(model: onnx.ModelProto) -> int:
 
 _DATA_TYPES = frozenset(v for v in onnx.TensorProto.DataType.values() if v != onnx.TensorProto.UNDEFINED)
 _SUB_BYTE_BITS = {
-    onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4, onnx.TensorProto.FLOAT4E2M1: 4,
+    onnx.TensorProto.INT4: 4,
+    onnx.TensorProto.UINT4: 4,
+    onnx.TensorProto.FLOAT4E2M1: 4,
     **{getattr(onnx.TensorProto, n): 2 for n in ("INT2", "UINT2") if hasattr(onnx.TensorProto, n)},
 }
 _COMPLEX = (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128)
@@ -249,7 +251,9 @@ def _check_shape(shape: Message) -> None:
         raise _Refused("its dims multiply to more than int64 can count")
 
 
-def _check_tensor(t: onnx.TensorProto, raw_lengths: Mapping[str, int] | None, data_sizes: Mapping[str, int] | None) -> None:
+def _check_tensor(
+    t: onnx.TensorProto, raw_lengths: Mapping[str, int] | None, data_sizes: Mapping[str, int] | None
+) -> None:
     name = _text(t.name)
     if name is None:
         raise _Refused(f"tensor name is not valid UTF-8 ({bytes(t.name)[:40]!r})")
@@ -315,6 +319,8 @@ def _check_external(t: onnx.TensorProto, what: str, nbytes: int | None, data_siz
     offset = numbers.get("offset", 0)
     length = numbers.get("length", size - offset)
     if offset + length > size:
-        raise _Refused(f"external data {offset}+{length} bytes runs past the end of {info.get('location')!r} ({size} bytes)")
+        raise _Refused(
+            f"external data {offset}+{length} bytes runs past the end of {info.get('location')!r} ({size} bytes)"
+        )
     if length != nbytes:
         raise _Refused(f"external data holds {length} bytes, {what} need {nbytes}")

@@ -261,7 +261,9 @@ def make_inputs(
     return feeds
 
 
-def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16, source: str | None = None) -> list[dict[str, np.ndarray]]:
+def load_npz_inputs(
+    path: str, model: onnx.ModelProto, limit: int = 16, source: str | None = None
+) -> list[dict[str, np.ndarray]]:
     """Samples from an .npz keyed by input name (first axis = samples), one feed per sample
     (models with a fixed batch of 1 are common); at most ``limit`` samples. Arrays that do not
     fit their input are a UsageError naming the model ``source`` (if given), the input, the
@@ -285,8 +287,15 @@ def load_npz_inputs(path: str, model: onnx.ModelProto, limit: int = 16, source: 
     n = min(len(a) for a in arrays.values())
     # An array one rank above its input holds whole samples (a scalar sample rate as [N], a
     # recurrent state [2, B, 128] as [N, 2, B, 128]); otherwise each sample is fed as a batch of 1.
-    stacked = {vi.name for vi in inputs if vi.type.tensor_type.HasField("shape") and arrays[vi.name].ndim == len(vi.type.tensor_type.shape.dim) + 1}
-    return [{k: (np.asarray(a[i]) if k in stacked else a[i : i + 1]) for k, a in arrays.items()} for i in range(min(n, limit))]
+    stacked = {
+        vi.name
+        for vi in inputs
+        if vi.type.tensor_type.HasField("shape") and arrays[vi.name].ndim == len(vi.type.tensor_type.shape.dim) + 1
+    }
+    return [
+        {k: (np.asarray(a[i]) if k in stacked else a[i : i + 1]) for k, a in arrays.items()}
+        for i in range(min(n, limit))
+    ]
 
 
 def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source: str | None) -> np.ndarray:
@@ -341,7 +350,11 @@ def failure_text(result: VerificationResult, reference_kind: str = "original") -
     if w.stands_in_for:
         what = f"tensor {w.name!r} (verified for the discontinuous output(s) {', '.join(map(repr, w.stands_in_for))})"
     noisy = result.noise_multiple is not None
-    scale = f"its scale {w.scale:.3g}" if not noisy or w.scale >= SCALE_FLOOR else f"the scale floor {SCALE_FLOOR:g} (its scale {w.scale:.3g})"
+    scale = (
+        f"its scale {w.scale:.3g}"
+        if not noisy or w.scale >= SCALE_FLOOR
+        else f"the scale floor {SCALE_FLOOR:g} (its scale {w.scale:.3g})"
+    )
     if w.noise_floor is not None:
         why = f"its limit {w.limit:.3g} (the larger of {result.tolerance:g} x {scale} and {result.noise_multiple:g} x its noise floor {w.noise_floor:.3g})"
     else:
@@ -368,7 +381,9 @@ def compare_models(
 
     Outputs behind decisions (see ``tails``) are verified at the continuous tensors before the
     decisions, and compared themselves on the feeds where every decision came out equal."""
-    tails = find_tails(reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference, load_external_data=False))
+    tails = find_tails(
+        reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference, load_external_data=False)
+    )
     if tails:
         reference, candidate, tails = _exposed(reference, candidate, tails)
     run_ref = session(reference, source=source)
@@ -377,7 +392,9 @@ def compare_models(
     index = {n: i for i, n in enumerate(names)}
     decisions = {n for t in tails.tails for n in t.decisions}
     stands = {n: tails.stands_in_for(n) for n in names}
-    compared = [n for n in names if not (n in decisions and not stands[n] and tails.of(n) is None)]  # decisions only gate
+    compared = [
+        n for n in names if not (n in decisions and not stands[n] and tails.of(n) is None)
+    ]  # decisions only gate
     steps = len(feeds_list) * (2 if noise_multiple is not None else 1)
     acc: dict[tuple[str, int], _Accumulator] = {}
     kept: list[list[np.ndarray]] = []  # the reference's outputs, for the noise pass
@@ -417,12 +434,17 @@ def compare_models(
                 noise = run_noise.run(_one_ulp_away(feeds, k), names)
                 for name in compared:
                     tail = tails.of(name)
-                    if tail is not None and not all(np.array_equal(ref[index[d]], noise[index[d]]) for d in tail.decisions):
+                    if tail is not None and not all(
+                        np.array_equal(ref[index[d]], noise[index[d]]) for d in tail.decisions
+                    ):
                         continue
                     r, z = ref[index[name]], noise[index[name]]
                     if np.shape(z) == np.shape(r) and np.size(r):
                         entry = acc[(name, _batch(feeds))]
-                        entry.noise = max(entry.noise or 0.0, float(np.max(np.abs(np.asarray(r, np.float64) - np.asarray(z, np.float64)))))
+                        entry.noise = max(
+                            entry.noise or 0.0,
+                            float(np.max(np.abs(np.asarray(r, np.float64) - np.asarray(z, np.float64)))),
+                        )
             measured = True
             noise_runtime = f"{_runtime_name()} with all graph optimisations on, inputs one ulp away (the same reference: its float sums reordered)"
         except OnnxPruneError as exc:  # an optimiser failure costs the noise floor, not the check
@@ -440,14 +462,29 @@ def compare_models(
         tail = tails.of(name)
         outs.append(
             OutputComparison(
-                name, batch, e.diff, e.mean, scale, limit, noise_floor,
-                stands_in_for=stands[name], behind=tail.ops if tail else (), compared=e.compared, samples=e.samples,
+                name,
+                batch,
+                e.diff,
+                e.mean,
+                scale,
+                limit,
+                noise_floor,
+                stands_in_for=stands[name],
+                behind=tail.ops if tail else (),
+                compared=e.compared,
+                samples=e.samples,
             )
         )
     passed = all(o.passed for o in outs)
     return VerificationResult(
-        passed=passed, tolerance=tolerance, outputs=tuple(outs), inputs=inputs_desc, runtime=f"{_runtime_name()} with graph optimisations off" + (f", {EXPANDED}" if expanded else ""),
-        noise_multiple=noise_multiple, noise_runtime=noise_runtime, tails=tails.tails,
+        passed=passed,
+        tolerance=tolerance,
+        outputs=tuple(outs),
+        inputs=inputs_desc,
+        runtime=f"{_runtime_name()} with graph optimisations off" + (f", {EXPANDED}" if expanded else ""),
+        noise_multiple=noise_multiple,
+        noise_runtime=noise_runtime,
+        tails=tails.tails,
     )
 
 

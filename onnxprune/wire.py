@@ -12,7 +12,16 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-__all__ = ["GRAPH_FIELD", "INITIALIZER_FIELD", "RAW_DATA_FIELD", "RAW_DTYPES", "encode_varint", "field_key", "raw_data_offsets", "read_varint"]
+__all__ = [
+    "GRAPH_FIELD",
+    "INITIALIZER_FIELD",
+    "RAW_DATA_FIELD",
+    "RAW_DTYPES",
+    "encode_varint",
+    "field_key",
+    "raw_data_offsets",
+    "read_varint",
+]
 
 # Field numbers, read from onnx's own descriptors.
 GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
@@ -26,9 +35,18 @@ _LENGTH_DELIMITED = 2
 RAW_DTYPES: dict[int, np.dtype] = {
     code: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(code)).newbyteorder("<")
     for code in (
-        onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
-        onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
-        onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+        onnx.TensorProto.FLOAT,
+        onnx.TensorProto.DOUBLE,
+        onnx.TensorProto.FLOAT16,
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+        onnx.TensorProto.BOOL,
     )
 }
 

@@ -88,7 +88,21 @@ def test_malformed_model(make, message: str, tmp_path: Path, capsys: pytest.Capt
 
 def test_ratio_out_of_range_and_negative(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for ratio in ("1.2", "-0.1"):
-        assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(tmp_path / "o.onnx"), "--criterion", "l2", "--ratio", ratio]) == 2
+        assert (
+            cli.main(
+                [
+                    "prune",
+                    str(FIXTURES / "residual.onnx"),
+                    "-o",
+                    str(tmp_path / "o.onnx"),
+                    "--criterion",
+                    "l2",
+                    "--ratio",
+                    ratio,
+                ]
+            )
+            == 2
+        )
         assert "ratio must be in [0, 1)" in capsys.readouterr().err
 
 
@@ -109,4 +123,6 @@ def test_model_onnxruntime_cannot_run_is_bad_input(tmp_path: Path, capsys: pytes
     err = capsys.readouterr().err
     assert "onnxruntime cannot load the model" in err and str(path) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
-    assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--no-verify", "-q"]) == 0  # unknown op: untouched
+    assert (
+        cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--no-verify", "-q"]) == 0
+    )  # unknown op: untouched

@@ -125,7 +125,9 @@ def test_compensation_helps_constant_like_channels(tmp_path: Path) -> None:
     cos = {}
     for mode in ("none", "data-free", "calibration"):
         r = onnxprune.prune(model, "l2", ratio=0.25, compensation=mode, calibration=str(calib))
-        assert sorted(c for c, k in enumerate(r.analysis.roots(r.analysis.sources[0].ids)) if int(k) in r.plan.removed_groups) == [1, 5]
+        assert sorted(
+            c for c, k in enumerate(r.analysis.roots(r.analysis.sources[0].ids)) if int(k) in r.plan.removed_groups
+        ) == [1, 5]
         cos[mode] = r.report.fidelity[0].cosine
     assert cos["data-free"] > 0.999 and cos["calibration"] > 0.999
     assert cos["none"] < 0.99
@@ -135,7 +137,25 @@ def test_cli_lossy_with_plan_files(tmp_path: Path, capsys: pytest.CaptureFixture
     out1, out2, plan = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "p.json"
     report = tmp_path / "r.json"
     model = str(FIXTURES / "yolo_like.onnx")
-    assert cli.main(["prune", model, "-o", str(out1), "--criterion", "fpgm", "--ratio", "0.25", "--save-plan", str(plan), "--report", str(report)]) == 0
+    assert (
+        cli.main(
+            [
+                "prune",
+                model,
+                "-o",
+                str(out1),
+                "--criterion",
+                "fpgm",
+                "--ratio",
+                "0.25",
+                "--save-plan",
+                str(plan),
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "fidelity vs the original" in text and "cosine" in text
     data = json.loads(report.read_text())
@@ -143,4 +163,20 @@ def test_cli_lossy_with_plan_files(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli.main(["prune", model, "-o", str(out2), "--plan", str(plan), "-q"]) == 0
     assert out1.read_bytes() == out2.read_bytes()
     assert cli.main(["prune", model, "-o", str(out2), "--criterion", "l2", "--ratio", "1.5"]) == 2
-    assert cli.main(["prune", model, "-o", str(out2), "--criterion", "l2", "--ratio", "0.2", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert (
+        cli.main(
+            [
+                "prune",
+                model,
+                "-o",
+                str(out2),
+                "--criterion",
+                "l2",
+                "--ratio",
+                "0.2",
+                "--config",
+                str(tmp_path / "nope.yaml"),
+            ]
+        )
+        == 2
+    )

@@ -114,7 +114,9 @@ def test_resize_to_given_size_nearest_and_bilinear(tmp_path: Path) -> None:
 
 def test_single_channel_model_uses_greyscale(tmp_path: Path) -> None:
     solid(tmp_path / "a.png", (255, 255, 255), (8, 8))
-    x = load_calibration(tmp_path, tiny_model([None, 1, 8, 8], channels=1), Preprocess(mean=(0.5,), std=(0.5,)))[0]["input"]
+    x = load_calibration(tmp_path, tiny_model([None, 1, 8, 8], channels=1), Preprocess(mean=(0.5,), std=(0.5,)))[0][
+        "input"
+    ]
     assert x.shape == (1, 1, 8, 8)
     same(x, np.ones((1, 1, 8, 8)))  # (1 - 0.5) / 0.5
     # the default, all-equal mean/std apply to one channel too

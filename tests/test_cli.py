@@ -69,7 +69,10 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         (["prune", str(model), "-o", str(model)], "output must differ"),
         (["prune", str(model), "-o", str(tmp_path / "nodir" / "o.onnx")], "does not exist"),
         (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "input:1,x"], "must be integers"),
-        (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nope:1,3,16,16"], "model's inputs are"),
+        (
+            ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--input-shape", "nope:1,3,16,16"],
+            "model's inputs are",
+        ),
         (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--criterion", "magic"], "unknown criterion"),
     ]
     before = model.read_bytes()
@@ -81,7 +84,9 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert model.read_bytes() == before
 
 
-def test_verification_failure_exits_1_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verification_failure_exits_1_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import numpy as np
     from onnx import numpy_helper
 
@@ -132,7 +137,9 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
     onnx.checker.check_model(str(again), full_check=True)
 
 
-def test_input_with_dynamic_spatial_dims_asks_for_input_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_input_with_dynamic_spatial_dims_asks_for_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from onnxprune.testing import GraphBuilder
 
     b = GraphBuilder(opset=17)

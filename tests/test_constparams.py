@@ -27,8 +27,11 @@ ZEROED = (1, 5)
 
 def _model(nodes: list, inits: list, cout: int = 4, opset: int = 17) -> onnx.ModelProto:
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cout, 8, 8])], inits,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cout, 8, 8])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -47,26 +50,39 @@ def _weights(zero: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _const(name: str, values: np.ndarray) -> onnx.NodeProto:
-    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(values), name), name=f"{name}_node")
+    return helper.make_node(
+        "Constant", [], [name], value=numpy_helper.from_array(np.asarray(values), name), name=f"{name}_node"
+    )
 
 
 def _bias_written(how: str, b1: np.ndarray) -> tuple[list, list]:
     """The bias [8] reaching Add as [1, 8, 1, 1], the ways exporters write it."""
     init = numpy_helper.from_array
     if how == "reshape_constant":  # older paddle2onnx: Add(conv, Reshape(Constant, [1, C, 1, 1]))
-        return [_const("b", b1), helper.make_node("Reshape", ["b", "shape"], ["bias"])], [init(np.array([1, 8, 1, 1], np.int64), "shape")]
+        return [_const("b", b1), helper.make_node("Reshape", ["b", "shape"], ["bias"])], [
+            init(np.array([1, 8, 1, 1], np.int64), "shape")
+        ]
     if how == "unsqueeze":
-        return [helper.make_node("Unsqueeze", ["b", "axes"], ["bias"])], [init(b1, "b"), init(np.array([0, 2, 3], np.int64), "axes")]
+        return [helper.make_node("Unsqueeze", ["b", "axes"], ["bias"])], [
+            init(b1, "b"),
+            init(np.array([0, 2, 3], np.int64), "axes"),
+        ]
     if how == "transpose":
         return [helper.make_node("Transpose", ["b"], ["bias"], perm=[0, 3, 1, 2])], [init(b1.reshape(1, 1, 1, 8), "b")]
     if how == "identity_constant":
         return [_const("b", b1.reshape(1, 8, 1, 1)), helper.make_node("Identity", ["b"], ["bias"])], []
     if how == "cast_fp16":
-        return [helper.make_node("Cast", ["b"], ["bias"], to=TensorProto.FLOAT)], [init(b1.reshape(1, 8, 1, 1).astype(np.float16), "b")]
+        return [helper.make_node("Cast", ["b"], ["bias"], to=TensorProto.FLOAT)], [
+            init(b1.reshape(1, 8, 1, 1).astype(np.float16), "b")
+        ]
     if how == "mul_squeeze":  # a scaled bias, rank 3, broadcast against [N, 8, H, W]
         return (
             [helper.make_node("Squeeze", ["b", "sq"], ["bs"]), helper.make_node("Mul", ["bs", "two"], ["bias"])],
-            [init((b1 / 2).reshape(1, 8, 1, 1), "b"), init(np.array([0], np.int64), "sq"), init(np.float32(2.0), "two")],
+            [
+                init((b1 / 2).reshape(1, 8, 1, 1), "b"),
+                init(np.array([0], np.int64), "sq"),
+                init(np.float32(2.0), "two"),
+            ],
         )
     raise AssertionError(how)
 
@@ -133,7 +149,9 @@ def test_conv_weights_in_constant_nodes() -> None:
     """picodet (paddle2onnx): every conv weight is a Constant node."""
     w1, b1, w2 = _weights(zero=True)
     nodes = [
-        _const("w1", w1), _const("b1", b1), _const("w2", w2),
+        _const("w1", w1),
+        _const("b1", b1),
+        _const("w2", w2),
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("Relu", ["c1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
@@ -144,7 +162,9 @@ def test_conv_weights_in_constant_nodes() -> None:
     model = _model(nodes, [])
     lossy = onnxprune.prune(_with_rows(model, {"w1": ([0], 1.0)}), "l2", ratio=0.25, compensation="none")
     rows = _removed_rows(lossy, "conv1")
-    assert_same_outputs(_with_rows(_with_rows(model, {"w1": ([0], 1.0)}), {"w1": (rows, 0.0), "b1": (rows, 0.0)}), lossy.model)
+    assert_same_outputs(
+        _with_rows(_with_rows(model, {"w1": ([0], 1.0)}), {"w1": (rows, 0.0), "b1": (rows, 0.0)}), lossy.model
+    )
 
 
 def _int8w_model(zero: bool) -> onnx.ModelProto:
@@ -175,7 +195,9 @@ def _int8w_checks(pruned: onnx.ModelProto, kept: int) -> None:
     assert list(inits["w1_scale"].dims) == [kept, 1, 1, 1]
     assert inits["w2_q"].data_type == TensorProto.INT8 and list(inits["w2_q"].dims) == [4, kept, 3, 3]
     assert list(inits["w2_scale"].dims) == [4, 1, 1, 1]
-    assert not any(i.data_type == TensorProto.FLOAT and len(i.dims) == 4 and i.dims[2] == 3 for i in pruned.graph.initializer)
+    assert not any(
+        i.data_type == TensorProto.FLOAT and len(i.dims) == 4 and i.dims[2] == 3 for i in pruned.graph.initializer
+    )
 
 
 def test_weight_only_int8_cast_mul_is_sliced_as_int8() -> None:
@@ -225,6 +247,7 @@ def test_shared_constant_subgraph_is_copied_on_write() -> None:
 
 # -- dynamically quantized (onnxruntime quantize_dynamic) ------------------------------------
 
+
 def _quantize(w: np.ndarray) -> tuple[np.ndarray, np.uint8, np.float32]:
     """uint8 asymmetric per-tensor, 0 exactly representable (as quantize_dynamic does)."""
     lo, hi = min(float(w.min()), 0.0), max(float(w.max()), 0.0)
@@ -251,14 +274,25 @@ def _dynamic_model(zero: bool, depthwise: bool = False) -> onnx.ModelProto:
     x = "x"
     for i, (w, b, group) in enumerate(layers, start=1):
         q, zp, scale = _quantize(w)
-        inits += [numpy_helper.from_array(q, f"w{i}_q"), numpy_helper.from_array(np.array(zp), f"w{i}_zp"),
-                  numpy_helper.from_array(np.array(scale), f"w{i}_scale"), numpy_helper.from_array(b, f"b{i}")]
+        inits += [
+            numpy_helper.from_array(q, f"w{i}_q"),
+            numpy_helper.from_array(np.array(zp), f"w{i}_zp"),
+            numpy_helper.from_array(np.array(scale), f"w{i}_scale"),
+            numpy_helper.from_array(b, f"b{i}"),
+        ]
         last = i == len(layers)
         out = "y" if last else f"a{i}"
         nodes += [
             helper.make_node("DynamicQuantizeLinear", [x], [f"{x}_q", f"{x}_s", f"{x}_z"], name=f"dql{i}"),
             helper.make_node("Mul", [f"{x}_s", f"w{i}_scale"], [f"s{i}"]),
-            helper.make_node("ConvInteger", [f"{x}_q", f"w{i}_q", f"{x}_z", f"w{i}_zp"], [f"ci{i}"], pads=[1, 1, 1, 1], group=group, name=f"conv{i}"),
+            helper.make_node(
+                "ConvInteger",
+                [f"{x}_q", f"w{i}_q", f"{x}_z", f"w{i}_zp"],
+                [f"ci{i}"],
+                pads=[1, 1, 1, 1],
+                group=group,
+                name=f"conv{i}",
+            ),
             helper.make_node("Cast", [f"ci{i}"], [f"cf{i}"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [f"cf{i}", f"s{i}"], [f"m{i}"]),
             helper.make_node("Reshape", [f"b{i}", "bshape"], [f"br{i}"]),
@@ -307,8 +341,11 @@ def test_dynamic_quantization_matmul_integer() -> None:
     nodes, inits, x = [], [], "x"
     for i, w in enumerate((w1, w2), start=1):
         q, zp, scale = _quantize(w)
-        inits += [numpy_helper.from_array(q, f"w{i}_q"), numpy_helper.from_array(np.array(zp), f"w{i}_zp"),
-                  numpy_helper.from_array(np.array(scale), f"w{i}_scale")]
+        inits += [
+            numpy_helper.from_array(q, f"w{i}_q"),
+            numpy_helper.from_array(np.array(zp), f"w{i}_zp"),
+            numpy_helper.from_array(np.array(scale), f"w{i}_scale"),
+        ]
         out = "y" if i == 2 else "m1"
         nodes += [
             helper.make_node("DynamicQuantizeLinear", [x], [f"{x}_q", f"{x}_s", f"{x}_z"]),
@@ -320,8 +357,13 @@ def test_dynamic_quantization_matmul_integer() -> None:
         if i == 1:
             nodes.append(helper.make_node("Relu", ["m1"], ["r1"]))
             x = "r1"
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     r = prune_exact(model)
@@ -332,13 +374,30 @@ def test_dynamic_quantization_matmul_integer() -> None:
 def test_static_qlinearconv_left_alone_with_reason() -> None:
     w1, b1, w2 = _weights(zero=True)
     q2, zp2, s2 = _quantize(w2)
-    inits = [numpy_helper.from_array(a, n) for a, n in (
-        (w1, "w1"), (b1, "b1"), (q2, "w2_q"), (np.array(zp2), "w2_zp"), (np.array(s2), "w2_s"),
-        (np.array(np.float32(0.05)), "xs"), (np.array(np.uint8(128)), "xz"), (np.array(np.float32(0.1)), "ys"), (np.array(np.uint8(128)), "yz"))]
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in (
+            (w1, "w1"),
+            (b1, "b1"),
+            (q2, "w2_q"),
+            (np.array(zp2), "w2_zp"),
+            (np.array(s2), "w2_s"),
+            (np.array(np.float32(0.05)), "xs"),
+            (np.array(np.uint8(128)), "xz"),
+            (np.array(np.float32(0.1)), "ys"),
+            (np.array(np.uint8(128)), "yz"),
+        )
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("QuantizeLinear", ["c1", "xs", "xz"], ["q1"]),
-        helper.make_node("QLinearConv", ["q1", "xs", "xz", "w2_q", "w2_s", "w2_zp", "ys", "yz"], ["q2"], pads=[1, 1, 1, 1], name="qconv2"),
+        helper.make_node(
+            "QLinearConv",
+            ["q1", "xs", "xz", "w2_q", "w2_s", "w2_zp", "ys", "yz"],
+            ["q2"],
+            pads=[1, 1, 1, 1],
+            name="qconv2",
+        ),
         helper.make_node("DequantizeLinear", ["q2", "ys", "yz"], ["y"]),
     ]
     model = _model(nodes, inits)
@@ -369,8 +428,13 @@ def test_quantize_dynamic_per_channel_matmul(tmp_path) -> None:
         helper.make_node("MatMul", ["r1", "w2"], ["y"], name="mm2"),
     ]
     inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"))]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "f.onnx")
@@ -397,9 +461,14 @@ def test_constant_subgraphs_are_bounded() -> None:
     from onnxprune.params import ParamResolver
 
     w1, b1, w2 = _weights(zero=True)
-    nodes = [helper.make_node("Cast", [f"c{i}" if i else "w_stored"], [f"c{i + 1}"], to=TensorProto.FLOAT) for i in range(3000)]
-    nodes += [helper.make_node("Conv", ["x", "c3000", "b1"], ["y0"], pads=[1, 1, 1, 1], name="conv"),
-              helper.make_node("Conv", ["y0", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2")]
+    nodes = [
+        helper.make_node("Cast", [f"c{i}" if i else "w_stored"], [f"c{i + 1}"], to=TensorProto.FLOAT)
+        for i in range(3000)
+    ]
+    nodes += [
+        helper.make_node("Conv", ["x", "c3000", "b1"], ["y0"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Conv", ["y0", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]
     inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w_stored"), (b1, "b1"), (w2, "w2"))]
     start = time.perf_counter()
     analysis = onnxprune.analyze(_model(nodes, inits))
@@ -408,7 +477,12 @@ def test_constant_subgraphs_are_bounded() -> None:
 
     col = numpy_helper.from_array(np.ones((4000, 1), np.float32), "col")
     row = numpy_helper.from_array(np.ones((1, 4000), np.float32), "row")
-    graph = helper.make_graph([helper.make_node("Mul", ["col", "row"], ["outer"])], "g", [],
-                              [helper.make_tensor_value_info("outer", TensorProto.FLOAT, [4000, 4000])], [col, row])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["col", "row"], ["outer"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("outer", TensorProto.FLOAT, [4000, 4000])],
+        [col, row],
+    )
     g = import_graph(helper.make_model(graph))
     assert ParamResolver()(g.nodes[0].outputs[0]) is None

@@ -20,7 +20,9 @@ def _partition(roots: np.ndarray) -> set[frozenset[int]]:
 @settings(max_examples=60, deadline=None)
 @given(
     n=st.integers(70, 300),
-    batches=st.lists(st.lists(st.tuples(st.integers(0, 299), st.integers(0, 299)), min_size=1, max_size=200), min_size=1, max_size=6),
+    batches=st.lists(
+        st.lists(st.tuples(st.integers(0, 299), st.integers(0, 299)), min_size=1, max_size=200), min_size=1, max_size=6
+    ),
 )
 def test_vectorised_unions_match_one_at_a_time(n: int, batches: list[list[tuple[int, int]]]) -> None:
     fast, slow = UnionFind(), UnionFind()
@@ -47,7 +49,10 @@ def test_slices_of_several_axes_in_one_copy(shape: list[int], data: st.DataObjec
 
     arr = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
     axes = data.draw(st.lists(st.integers(0, len(shape) - 1), unique=True, min_size=1))
-    ops = [edits.SliceAxis(a, np.array(data.draw(st.lists(st.booleans(), min_size=shape[a], max_size=shape[a])))) for a in axes]
+    ops = [
+        edits.SliceAxis(a, np.array(data.draw(st.lists(st.booleans(), min_size=shape[a], max_size=shape[a]))))
+        for a in axes
+    ]
     want = arr
     for axis, keep in ((op.axis, op.keep) for op in ops):
         want = np.compress(keep, want, axis=axis)
@@ -73,7 +78,10 @@ def test_slicing_a_weight_at_an_unaligned_offset(shape: list[int], data: st.Data
     arr = np.frombuffer(raw, dtype=np.float32, count=n, offset=1).reshape(shape)
     assert not arr.flags.aligned
     axes = data.draw(st.lists(st.integers(0, len(shape) - 1), unique=True, min_size=1))
-    ops = [edits.SliceAxis(a, np.array(data.draw(st.lists(st.booleans(), min_size=shape[a], max_size=shape[a])))) for a in axes]
+    ops = [
+        edits.SliceAxis(a, np.array(data.draw(st.lists(st.booleans(), min_size=shape[a], max_size=shape[a]))))
+        for a in axes
+    ]
     want = np.array(arr)
     for axis, keep in ((op.axis, op.keep) for op in ops):
         want = np.compress(keep, want, axis=axis)
@@ -108,4 +116,7 @@ def test_edits_are_named_values_and_equal_edits_share_a_key() -> None:
     cols = GroupColumns(2, np.array([[True, False, True], [False, True, True]]))
     got = apply_edits(w, [cols])
     assert np.array_equal(got, np.array([[0, 2], [3, 5], [7, 8], [10, 11]], np.float32))
-    assert np.array_equal(apply_edits(w, [SliceAxis(0, np.array([1, 0, 0, 1], bool)), SetValue(np.ones((2, 3)))]), np.ones((2, 3), np.float32))
+    assert np.array_equal(
+        apply_edits(w, [SliceAxis(0, np.array([1, 0, 0, 1], bool)), SetValue(np.ones((2, 3)))]),
+        np.ones((2, 3), np.float32),
+    )

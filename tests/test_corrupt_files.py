@@ -21,10 +21,16 @@ def _small(weight: TensorProto | None = None, opset: int = 17) -> onnx.ModelProt
     """x -> Conv(W, B) -> Relu -> y: the smallest model each defect is planted in."""
     w = weight if weight is not None else numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
     b = numpy_helper.from_array(np.zeros(4, np.float32), "B")
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, b],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w, b],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -195,7 +201,9 @@ def _convtranspose_bias_contradicts_weight(folder: Path) -> bytes:
     m = _small()
     m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.ones((3, 4, 3, 3), np.float32), "W"))
     m.graph.initializer[1].CopyFrom(numpy_helper.from_array(np.zeros(7, np.float32), "B"))
-    m.graph.node[0].CopyFrom(helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], name="deconv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    m.graph.node[0].CopyFrom(
+        helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], name="deconv", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    )
     for i, d in enumerate(m.graph.output[0].type.tensor_type.shape.dim):
         d.dim_param = f"d{i}"
     return _bytes(m)
@@ -205,7 +213,9 @@ def _huge_input(folder: Path) -> bytes:
     m = _small()
     dims = m.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_value = dims[3].dim_value = 2**20  # 24 TiB of random verification input
-    m.graph.output[0].type.tensor_type.shape.dim[2].dim_value = m.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 2**20
+    m.graph.output[0].type.tensor_type.shape.dim[2].dim_value = m.graph.output[0].type.tensor_type.shape.dim[
+        3
+    ].dim_value = 2**20
     return _bytes(m)
 
 
@@ -225,7 +235,10 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_node_name_not_utf8, "node #1 (Relu): name is not valid UTF-8 (b're\\xffu')"),
     (_tensor_name_not_utf8, "initializer[1]: tensor name is not valid UTF-8"),
     (_raw_data_short, "tensor 'W': raw data holds 428 bytes, its dims (4, 3, 3, 3) and type FLOAT need 432"),
-    (_dims_contradict_data, "tensor 'W': raw data holds 432 bytes, its dims (1000, 3, 3, 3) and type FLOAT need 108000"),
+    (
+        _dims_contradict_data,
+        "tensor 'W': raw data holds 432 bytes, its dims (1000, 3, 3, 3) and type FLOAT need 108000",
+    ),
     (_negative_dim, "tensor 'W': negative dim in (4, -3, 3, 3)"),
     (_dims_overflow, "tensor 'W': its dims (1099511627776, 1099511627776, 3, 3) multiply to more than int64 can count"),
     (_typed_data_short, "tensor 'W': float_data holds 100 values, its dims (4, 3, 3, 3) and type FLOAT need 108"),
@@ -236,17 +249,38 @@ CASES: list[tuple[Callable[[Path], bytes], str]] = [
     (_attribute_wrong_type, "invalid model: "),
     (_self_reference, "node 'relu' (Relu) reads 'y' before 'relu' produces it"),
     (_fails_shape_inference, "invalid model: [ShapeInferenceError]"),
-    (_conv_data_input_missing, "node 'conv' (Conv): weight 'B' has rank 1 and the input rank 4: both must be equal and at least 3"),
-    (_external_offset_past_end, "tensor 'W': external data 4096+432 bytes runs past the end of 'weights.bin' (432 bytes)"),
-    (_external_length_huge, f"tensor 'W': external data 0+{2**62} bytes runs past the end of 'weights.bin' (432 bytes)"),
-    (_external_length_contradicts_dims, "tensor 'W': external data holds 400 bytes, its dims (4, 3, 3, 3) and type FLOAT need 432"),
+    (
+        _conv_data_input_missing,
+        "node 'conv' (Conv): weight 'B' has rank 1 and the input rank 4: both must be equal and at least 3",
+    ),
+    (
+        _external_offset_past_end,
+        "tensor 'W': external data 4096+432 bytes runs past the end of 'weights.bin' (432 bytes)",
+    ),
+    (
+        _external_length_huge,
+        f"tensor 'W': external data 0+{2**62} bytes runs past the end of 'weights.bin' (432 bytes)",
+    ),
+    (
+        _external_length_contradicts_dims,
+        "tensor 'W': external data holds 400 bytes, its dims (4, 3, 3, 3) and type FLOAT need 432",
+    ),
     (_external_offset_not_a_number, "tensor 'W': external data offset '-8' is not a non-negative integer"),
-    (_external_unknown_key, "tensor 'W': external data key 'lenght' is not one of basepath, checksum, length, location, offset"),
+    (
+        _external_unknown_key,
+        "tensor 'W': external data key 'lenght' is not one of basepath, checksum, length, location, offset",
+    ),
     (_attribute_string_not_utf8, "node 'conv' (Conv), attribute 'auto_pad': s is not valid UTF-8 (b'NOT\\xffET')"),
     (_no_outputs, "the graph has no outputs"),
     (_empty_value_type, "value info 'c': its type holds no tensor, sequence, map, optional or sparse type"),
-    (_convtranspose_bias_contradicts_weight, "node 'deconv' (ConvTranspose): bias 'B' has 7 values for 4 output channels"),
-    (_huge_intermediate, "verification would compute 4 GiB of tensors (the largest 't' of shape (1, 4, 16384, 16384); the limit is 4 GiB)"),
+    (
+        _convtranspose_bias_contradicts_weight,
+        "node 'deconv' (ConvTranspose): bias 'B' has 7 values for 4 output channels",
+    ),
+    (
+        _huge_intermediate,
+        "verification would compute 4 GiB of tensors (the largest 't' of shape (1, 4, 16384, 16384); the limit is 4 GiB)",
+    ),
     (_huge_input, "input 'x' of shape (1, 3, 1048576, 1048576) would take 2.46e+04 GiB of random data to verify"),
 ]
 
@@ -297,9 +331,13 @@ def test_changed_weight_value_prunes_normally(tmp_path: Path, capsys: pytest.Cap
     path.write_bytes(mutated)
     assert cli.main(["prune", str(path), "-o", str(out), "-q"]) == 0, capsys.readouterr().err
     changed = onnx.load(path)
-    assert numpy_helper.to_array(next(t for t in changed.graph.initializer if t.name == w.name)).reshape(-1)[10] == np.float32(0.75)
+    assert numpy_helper.to_array(next(t for t in changed.graph.initializer if t.name == w.name)).reshape(-1)[
+        10
+    ] == np.float32(0.75)
     pruned = onnx.load(out)
-    assert sum(len(t.raw_data) for t in pruned.graph.initializer) < sum(len(t.raw_data) for t in changed.graph.initializer)
+    assert sum(len(t.raw_data) for t in pruned.graph.initializer) < sum(
+        len(t.raw_data) for t in changed.graph.initializer
+    )
     assert_same_outputs(changed, pruned)
 
 
@@ -311,11 +349,19 @@ def _chain_model(n: int, through_weight: bool) -> onnx.ModelProto:
         nodes = [helper.make_node("Identity", ["W" if i == 0 else f"w{i - 1}"], [f"w{i}"]) for i in range(n)]
         nodes.append(helper.make_node("Conv", ["x", f"w{n - 1}"], ["y"], name="conv", pads=[1, 1, 1, 1]))
     else:
-        nodes = [helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]), helper.make_node("Shape", ["c"], ["s0"])]
+        nodes = [
+            helper.make_node("Conv", ["x", "W"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Shape", ["c"], ["s0"]),
+        ]
         nodes += [helper.make_node("Identity", [f"s{i}"], [f"s{i + 1}"]) for i in range(n)]
         nodes.append(helper.make_node("Reshape", ["c", f"s{n}"], ["y"], name="reshape"))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -358,7 +404,10 @@ def test_transpose_perm_not_a_permutation() -> None:
 
     m = _small()
     m.graph.node[1].CopyFrom(helper.make_node("Transpose", ["c"], ["y"], name="transpose", perm=[0, 2, 3]))
-    with pytest.raises(onnxprune.LoadError, match=r"node 'transpose' \(Transpose\): perm \[0, 2, 3\] is not a permutation of the input's 4 axes"):
+    with pytest.raises(
+        onnxprune.LoadError,
+        match=r"node 'transpose' \(Transpose\): perm \[0, 2, 3\] is not a permutation of the input's 4 axes",
+    ):
         analyze(m, source="m.onnx")
 
 
@@ -367,7 +416,9 @@ def _relu_chain(length: int, outputs_all: bool) -> tuple[onnx.ModelProto, dict[s
     names = [f"t{i}" for i in range(length + 1)]
     outs = names[1:] if outputs_all else names[-1:]
     graph = helper.make_graph(
-        nodes, "chain", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, None)],
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
     )
     return helper.make_model(graph), {n: (1, 32, 1024, 1024) for n in names}  # 128 MiB each

@@ -12,12 +12,25 @@ from onnxprune.testing import GraphBuilder
 def _two_conv(weights: np.ndarray, bn_gamma: np.ndarray | None = None, bias: np.ndarray | None = None) -> tuple:
     b = GraphBuilder(opset=17, seed=3)
     x = b.input("x", [None, 3, 6, 6])
-    c = b.op("Conv", x, b.const(weights.astype(np.float32), "W"), b.const(np.zeros(len(weights), np.float32) if bias is None else bias, "B"),
-             channels=len(weights), kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    c = b.op(
+        "Conv",
+        x,
+        b.const(weights.astype(np.float32), "W"),
+        b.const(np.zeros(len(weights), np.float32) if bias is None else bias, "B"),
+        channels=len(weights),
+        kernel_shape=[3, 3],
+        pads=[1, 1, 1, 1],
+    )
     if bn_gamma is not None:
         n = len(weights)
-        c = b.op("BatchNormalization", c, b.const(bn_gamma.astype(np.float32), "g"), b.const(np.zeros(n, np.float32), "be"),
-                 b.const(np.zeros(n, np.float32), "m"), b.const(np.ones(n, np.float32), "v"))
+        c = b.op(
+            "BatchNormalization",
+            c,
+            b.const(bn_gamma.astype(np.float32), "g"),
+            b.const(np.zeros(n, np.float32), "be"),
+            b.const(np.zeros(n, np.float32), "m"),
+            b.const(np.ones(n, np.float32), "v"),
+        )
     y = b.op("Relu", c)
     b.output(b.conv(y, 2, k=1, pads=0))
     return b.build(), b
@@ -79,7 +92,9 @@ def test_bn_gamma_without_batchnorm_is_a_usage_error() -> None:
     """Nothing to score anywhere: say so and suggest another criterion (issue 14 item 10),
     instead of removing nothing silently."""
     model, _ = _two_conv(np.random.default_rng(5).standard_normal((6, 3, 3, 3)))
-    with pytest.raises(onnxprune.UsageError, match=r"'bn-gamma' has nothing to score.*BatchNormalization.*try --criterion l2"):
+    with pytest.raises(
+        onnxprune.UsageError, match=r"'bn-gamma' has nothing to score.*BatchNormalization.*try --criterion l2"
+    ):
         onnxprune.prune(model, "bn-gamma", ratio=0.5)
 
 
@@ -109,7 +124,9 @@ def test_lossy_without_budget_is_a_usage_error() -> None:
 
 def test_user_criterion() -> None:
     model, _ = _two_conv(np.random.default_rng(7).standard_normal((6, 3, 3, 3)))
-    criteria = onnxprune.default_criteria().register("first-is-worst", lambda layer, keep, rng: np.arange(len(layer.filters), dtype=float))
+    criteria = onnxprune.default_criteria().register(
+        "first-is-worst", lambda layer, keep, rng: np.arange(len(layer.filters), dtype=float)
+    )
     r = onnxprune.prune(model, "first-is-worst", ratio=0.5, criteria=criteria)
     assert _removed_channels(r) == [0, 1, 2]
     assert "first-is-worst" not in onnxprune.default_criteria().names()

@@ -17,8 +17,22 @@ def test_two_runs_identical(tmp_path: Path, extra: list[str]) -> None:
     for i in range(2):
         out, report = tmp_path / f"o{i}.onnx", tmp_path / f"r{i}.json"
         p = subprocess.run(
-            [sys.executable, "-m", "onnxprune", "prune", str(FIXTURES / "yolo_like.onnx"), "-o", str(out), "--report", str(report), "-q", *extra],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "onnxprune",
+                "prune",
+                str(FIXTURES / "yolo_like.onnx"),
+                "-o",
+                str(out),
+                "--report",
+                str(report),
+                "-q",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert p.returncode == 0, p.stderr
         outputs.append((out.read_bytes(), report.read_text().replace(str(out), "OUT")))

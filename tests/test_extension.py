@@ -189,7 +189,9 @@ def test_contexts_satisfy_the_rule_protocols() -> None:
 
     graph = gs.import_onnx(model)
     actx = AnalysisContext(graph=graph, shapes={}, opset=17)
-    sctx = SurgeryContext(graph=graph, analysis=analysis, removed_ids=np.zeros(len(analysis.root_of), bool), fills={}, opset=17)
+    sctx = SurgeryContext(
+        graph=graph, analysis=analysis, removed_ids=np.zeros(len(analysis.root_of), bool), fills={}, opset=17
+    )
     for protocol, impl in ((PropagateContext, actx), (ApplyContext, sctx)):
         assert isinstance(impl, protocol)
         for name, member in vars(protocol).items():
@@ -213,7 +215,10 @@ def test_rules_import_nothing_from_analysis_or_surgery() -> None:
 def _gemm_head(beta: float, c2: np.ndarray) -> onnx.ModelProto:
     b = GraphBuilder(opset=17, seed=5)
     x = b.input("x", [None, 6])
-    h = b.op("Relu", b.op("Gemm", x, b.const(b.weights([6, 8]), "w1"), b.const(np.full(8, 0.3, np.float32), "c1"), channels=8))
+    h = b.op(
+        "Relu",
+        b.op("Gemm", x, b.const(b.weights([6, 8]), "w1"), b.const(np.full(8, 0.3, np.float32), "c1"), channels=8),
+    )
     b.output(b.op("Gemm", h, b.const(b.weights([8, 4]), "w2"), b.const(c2, "c2"), channels=4, beta=beta))
     return b.build()
 

@@ -40,7 +40,11 @@ class Builder:
 
     def const(self, value: np.ndarray, base: str = "c") -> str:
         out = self.name(base)
-        self.nodes.append(helper.make_node("Constant", [], [out], name=out + "_node", value=numpy_helper.from_array(np.asarray(value), out + "_t")))
+        self.nodes.append(
+            helper.make_node(
+                "Constant", [], [out], name=out + "_node", value=numpy_helper.from_array(np.asarray(value), out + "_t")
+            )
+        )
         return out
 
     def init(self, value: np.ndarray, base: str = "i") -> str:
@@ -61,7 +65,9 @@ class Builder:
         """A weight as a Constant node through a per-output-channel FakeQuantize ([C,1,1,1])."""
         high = np.abs(w).reshape(len(w), -1).max(axis=1).reshape(-1, 1, 1, 1).astype(F)
         high[high == 0] = ZERO_FILTER_HIGH
-        return self.fq(self.const(w.astype(F), "w"), self.const((-128 / 127 * high).astype(F), "lo"), self.const(high, "hi"))
+        return self.fq(
+            self.const(w.astype(F), "w"), self.const((-128 / 127 * high).astype(F), "lo"), self.const(high, "hi")
+        )
 
     def bn(self, x: str, c: int, zero: list[int]) -> str:
         """BatchNormalization as NNCF leaves it after a masked conv: scale and bias 0 on ``zero``,
@@ -75,8 +81,11 @@ class Builder:
 
     def model(self, outputs: dict[str, list[int]], shape: list[int], fq: bool = True) -> onnx.ModelProto:
         graph = helper.make_graph(
-            self.nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
-            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()], self.inits,
+            self.nodes,
+            "g",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
+            self.inits,
         )
         opsets = [helper.make_opsetid("", 14)] + ([helper.make_opsetid(DOMAIN, 1)] if fq else [])
         return helper.make_model(graph, opset_imports=opsets)
@@ -125,7 +134,9 @@ def depthwise_shared_ranges_model() -> onnx.ModelProto:
 
 def openvino_outputs(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(model.SerializeToString(), b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(
+        core.read_model(model.SerializeToString(), b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     outs = [compiled({"input": x[i : i + 1]}) for i in range(len(x))]
     return [np.concatenate([o[compiled.outputs[k]] for o in outs]) for k in range(len(compiled.outputs))]
 
@@ -194,14 +205,20 @@ def test_shared_per_channel_ranges_are_sliced_copy_on_write() -> None:
     model = depthwise_shared_ranges_model()
     result = onnxprune.prune(model, "zero")
     assert result.report.channels_removed == 2
-    fqs = [n for n in result.model.graph.node if n.op_type == "FakeQuantize" and getattr(producer_of(result.model, n.input[0]), "op_type", "") == "Relu"]
+    fqs = [
+        n
+        for n in result.model.graph.node
+        if n.op_type == "FakeQuantize" and getattr(producer_of(result.model, n.input[0]), "op_type", "") == "Relu"
+    ]
     shapes = sorted(constant_value(result.model, n.input[1]).shape[1] for n in fqs)
     assert shapes == [6, 8]
     for n in fqs:
         assert n.input[1] == n.input[3] and n.input[2] == n.input[4]
     sliced = next(n for n in fqs if constant_value(result.model, n.input[1]).shape[1] == 6)
     assert np.allclose(constant_value(result.model, sliced.input[1]).reshape(-1), -0.01 * np.array([1, 3, 4, 5, 6, 8]))
-    depthwise = next(n for n in result.model.graph.node if n.op_type == "Conv" and any(a.name == "group" for a in n.attribute))
+    depthwise = next(
+        n for n in result.model.graph.node if n.op_type == "Conv" and any(a.name == "group" for a in n.attribute)
+    )
     assert next(a.i for a in depthwise.attribute if a.name == "group") == 6
 
     x = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(F)
@@ -225,7 +242,12 @@ def test_expansion_matches_openvino() -> None:
         b = Builder(3)
         low = b.const(np.array([-1.0, -0.5, 0.0, -2.0], F).reshape(1, 4, 1, 1), "lo")
         high = b.const(np.array([1.0, 0.25, 3.0, 2.0], F).reshape(1, 4, 1, 1), "hi")
-        y = b.op("FakeQuantize", ["input", low, high, b.const(np.array([-3.0], F)), b.const(np.array([5.0], F))], domain=DOMAIN, levels=levels)
+        y = b.op(
+            "FakeQuantize",
+            ["input", low, high, b.const(np.array([-3.0], F)), b.const(np.array([5.0], F))],
+            domain=DOMAIN,
+            levels=levels,
+        )
         b.nodes.append(helper.make_node("Identity", [y], ["out"], name="out_node"))
         model = b.model({"out": [1, 4, 16, 16]}, [1, 4, 16, 16])
         x = (np.random.default_rng(levels).standard_normal((4, 4, 16, 16)) * 2).astype(F)
@@ -271,13 +293,20 @@ def test_convert_int8_tolerance_still_catches_a_broken_ir(tmp_path: Path) -> Non
     model = conv_bn_fq_model()
     feeds = [{"input": np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(F)}]
     check = openvino_ir.convert_to_ir(model, tmp_path / "m.xml", check_feeds=feeds)
-    assert check is not None and check.passed and check.quantized == "FakeQuantize" and check.tolerance == openvino_ir.IR_TOLERANCE["int8"]
+    assert (
+        check is not None
+        and check.passed
+        and check.quantized == "FakeQuantize"
+        and check.tolerance == openvino_ir.IR_TOLERANCE["int8"]
+    )
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
     conv1 = next(n for n in broken.graph.node if n.op_type == "Conv")
     const = producer_of(broken, producer_of(broken, conv1.input[1]).input[0])
     w = numpy_helper.to_array(const.attribute[0].t).copy()
-    const.attribute[0].t.CopyFrom(numpy_helper.from_array(w[::-1].copy(), const.attribute[0].t.name))  # filters out of order
+    const.attribute[0].t.CopyFrom(
+        numpy_helper.from_array(w[::-1].copy(), const.attribute[0].t.name)
+    )  # filters out of order
     core_model = ov.convert_model(__import__("io").BytesIO(broken.SerializeToString()))
     with pytest.raises(VerificationFailed, match="int8 path"):
         openvino_ir._check_ir(ov, core_model, model, feeds, "fp32", "m.onnx")

@@ -90,7 +90,9 @@ def test_feeds_are_concatenated_and_scalars_are_samples() -> None:
     g = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0], [0.0, 1.0]])]
     (fid,) = fidelity_from_outputs(["y"], [r], [g], {"*": "cosine"})
     assert fid.cosine == pytest.approx(2 / 3)
-    (scalar,) = fidelity_from_outputs(["s"], [[np.float32(2.0), np.float32(-1.0)]], [[np.float32(3.0), np.float32(1.0)]])
+    (scalar,) = fidelity_from_outputs(
+        ["s"], [[np.float32(2.0), np.float32(-1.0)]], [[np.float32(3.0), np.float32(1.0)]]
+    )
     assert scalar.metric == "cosine" and scalar.cosine == 0.0 and scalar.max_abs_error == 2.0  # +1 and -1
 
 
@@ -99,7 +101,9 @@ def test_report_score_and_search_trial_agree(tmp_path: Path) -> None:
     same removal on the same inputs measures the same fidelity."""
     model = FIXTURES / "digits_cnn.onnx"
     calib = str(FIXTURES / "digits_calibration.npz")
-    r = onnxprune.prune(model, "l2", ratio=0.5, compensation="none", calibration=calib, verification_inputs=calib, calibration_limit=8)
+    r = onnxprune.prune(
+        model, "l2", ratio=0.5, compensation="none", calibration=calib, verification_inputs=calib, calibration_limit=8
+    )
     d = r.report.to_dict()
     assert r.report.fidelity and d["fidelity_score"] == min(f.score for f in r.report.fidelity)
     assert {f.name: f.score for f in r.report.fidelity} == {k: v["value"] for k, v in d["fidelity_metrics"].items()}

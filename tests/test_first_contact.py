@@ -21,7 +21,9 @@ DIGITS = FIXTURES / "digits_cnn.onnx"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def one_line_error(p: subprocess.CompletedProcess, code: int = 2) -> str:
@@ -56,8 +58,22 @@ def test_prune_takes_a_folder_of_calibration_images(tmp_path: Path) -> None:
     for i in range(6):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(images / f"{i}.png")
     out, report = tmp_path / "o.onnx", tmp_path / "r.json"
-    p = run_cli("prune", model, "-o", out, "--criterion", "mean-activation", "--ratio", "0.25",
-                "--calibration", images, "--preprocess", "imagenet", "--report", report)
+    p = run_cli(
+        "prune",
+        model,
+        "-o",
+        out,
+        "--criterion",
+        "mean-activation",
+        "--ratio",
+        "0.25",
+        "--calibration",
+        images,
+        "--preprocess",
+        "imagenet",
+        "--report",
+        report,
+    )
     assert p.returncode == 0, p.stderr
     data = json.loads(report.read_text())
     assert data["channels_removed"] > 0 and data["compensation"] == "calibration"
@@ -118,7 +134,18 @@ def test_min_fidelity_without_criterion_is_l2_by_the_same_rule(tmp_path: Path) -
 
 
 def test_invalid_exclude_regex_is_a_usage_error(tmp_path: Path) -> None:
-    p = run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "o.onnx", "--criterion", "l2", "--ratio", "0.2", "--exclude", "(")
+    p = run_cli(
+        "prune",
+        FIXTURES / "residual.onnx",
+        "-o",
+        tmp_path / "o.onnx",
+        "--criterion",
+        "l2",
+        "--ratio",
+        "0.2",
+        "--exclude",
+        "(",
+    )
     line = one_line_error(p)
     assert "--exclude '('" in line and "not a valid regular expression" in line
     with pytest.raises(onnxprune.UsageError, match="op_names"):
@@ -163,14 +190,22 @@ def test_fidelity_on_random_inputs_is_labelled(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "array, expected",
     [
-        (np.zeros((4, 3, 8), np.float32), "input 'input' has shape [1, 3, 8], the model takes [?, 3, 8, 8] (array 'input' of {npz} has shape (4, 3, 8)"),
-        (np.zeros((4, 3, 8, 9), np.float32), "input 'input' has shape [1, 3, 8, 9], the model takes [?, 3, 8, 8] (array 'input' of {npz} has shape (4, 3, 8, 9)"),
+        (
+            np.zeros((4, 3, 8), np.float32),
+            "input 'input' has shape [1, 3, 8], the model takes [?, 3, 8, 8] (array 'input' of {npz} has shape (4, 3, 8)",
+        ),
+        (
+            np.zeros((4, 3, 8, 9), np.float32),
+            "input 'input' has shape [1, 3, 8, 9], the model takes [?, 3, 8, 8] (array 'input' of {npz} has shape (4, 3, 8, 9)",
+        ),
         (np.zeros((4, 8, 8, 3), np.float32), "NHWC data for an NCHW input"),
         (np.zeros((4, 3, 8, 8), np.int64), "input 'input' is int64, the model takes float (array 'input' of {npz}"),
     ],
 )
 @pytest.mark.parametrize("option", ["--calibration", "--inputs", "sensitivity"])
-def test_bad_arrays_name_the_array_and_the_shapes(tmp_path: Path, array: np.ndarray, expected: str, option: str) -> None:
+def test_bad_arrays_name_the_array_and_the_shapes(
+    tmp_path: Path, array: np.ndarray, expected: str, option: str
+) -> None:
     model = tmp_path / "m.onnx"
     onnx.save(small_cnn(), model)
     npz = tmp_path / "c.npz"
@@ -192,7 +227,9 @@ def test_float64_arrays_are_cast_to_the_input_type(tmp_path: Path) -> None:
     npz = tmp_path / "c.npz"
     np.savez(npz, input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)))  # numpy's float64
     out = tmp_path / "o.onnx"
-    p = run_cli("prune", model, "-o", out, "--criterion", "l2", "--ratio", "0.25", "--calibration", npz, "--inputs", npz)
+    p = run_cli(
+        "prune", model, "-o", out, "--criterion", "l2", "--ratio", "0.25", "--calibration", npz, "--inputs", npz
+    )
     assert p.returncode == 0, p.stderr
     assert "verification: PASSED" in p.stdout
 
@@ -223,7 +260,9 @@ def test_missing_shape_reason_after_the_shape_was_given() -> None:
 
 
 def test_macs_note_after_the_shape_was_given() -> None:
-    r = onnxprune.prune(_reshape_by_runtime_shape(None), input_shapes={"input": (1, 3, 8, 8), "target": (4,)}, verify=False)
+    r = onnxprune.prune(
+        _reshape_by_runtime_shape(None), input_shapes={"input": (1, 3, 8, 8), "target": (4,)}, verify=False
+    )
     notes = [n for n in r.report.notes if "MACs" in n]
     assert notes and all("give --input-shape" not in n and "computed at run time" in n for n in notes), notes
     r = onnxprune.prune(_reshape_by_runtime_shape(None), verify=False)
@@ -340,16 +379,43 @@ def test_prune_leaves_the_model_staged_until_the_caller_commits(tmp_path: Path) 
 
 def test_bench_reports_spread_precision_and_time_mode(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
-    p = run_cli("bench", FIXTURES / "residual.onnx", FIXTURES / "residual.onnx", "-t", "0.2", "--runs", "2", "--warmup", "1",
-                "--throughput-seconds", "0.05", "--precision", "f32", "--json", out)
+    p = run_cli(
+        "bench",
+        FIXTURES / "residual.onnx",
+        FIXTURES / "residual.onnx",
+        "-t",
+        "0.2",
+        "--runs",
+        "2",
+        "--warmup",
+        "1",
+        "--throughput-seconds",
+        "0.05",
+        "--precision",
+        "f32",
+        "--json",
+        out,
+    )
     assert p.returncode == 0, p.stderr
     rows = json.loads(out.read_text())
     for row in rows:
         assert row["precision"] == "f32" and row["runs"] >= 4 and row["runs"] % 2 == 0
         assert row["latency_p10_ms"] <= row["latency_median_ms"] <= row["latency_p90_ms"]
     assert "p10-p90" in p.stdout and " f32 " in p.stdout
-    default = run_cli("bench", FIXTURES / "residual.onnx", "--rounds", "1", "--runs", "1", "--warmup", "0",
-                      "--throughput-seconds", "0.05", "--json", out)
+    default = run_cli(
+        "bench",
+        FIXTURES / "residual.onnx",
+        "--rounds",
+        "1",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--throughput-seconds",
+        "0.05",
+        "--json",
+        out,
+    )
     assert default.returncode == 0 and json.loads(out.read_text())[0]["precision"] in ("f32", "bf16", "f16")
 
 
@@ -424,7 +490,18 @@ def test_macs_target_holds_with_round_to(target: float) -> None:
 def test_macs_target_out_of_reach_says_why(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     onnx.save(_conv_chain((24, 24, 24, 24)), model)
-    p = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--macs-target", "0.05", "--round-to", "16", "--report", tmp_path / "r.json")
+    p = run_cli(
+        "prune",
+        model,
+        "-o",
+        tmp_path / "o.onnx",
+        "--macs-target",
+        "0.05",
+        "--round-to",
+        "16",
+        "--report",
+        tmp_path / "r.json",
+    )
     assert p.returncode == 0, p.stderr
     notes = [n for n in json.loads((tmp_path / "r.json").read_text())["notes"] if "not reached" in n]
     assert len(notes) == 1 and "MACs target 0.05 not reached" in notes[0]
@@ -466,7 +543,10 @@ def test_explain_one_node_and_analyze_layers(tmp_path: Path) -> None:
     model = _explained_model(tmp_path)
     p = run_cli("explain", model, "--node", "Conv_node_10")
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("Conv_node_10 (Conv): 6 output channels") and "6 ch  reaches graph output 'Conv_9'" in p.stdout
+    assert (
+        p.stdout.startswith("Conv_node_10 (Conv): 6 output channels")
+        and "6 ch  reaches graph output 'Conv_9'" in p.stdout
+    )
     assert "Conv_node_4" not in p.stdout
     line = one_line_error(run_cli("explain", model, "--node", "Conv_node_5"))
     assert "no weight-bearing layer named 'Conv_node_5'; did you mean 'Conv_node_4'" in line

@@ -23,7 +23,10 @@ def test_zero_removal_exact_on_random_cnns(seed: int) -> None:
     assert_same_outputs(model, result.model)
     # The report's cost (derived from the analysis) equals shape inference on the result.
     pruned = result.model
-    assert result.report.macs_after == model_cost(pruned, static_shapes(pruned, concrete_input_shapes(pruned, {}, "fuzz"))).macs
+    assert (
+        result.report.macs_after
+        == model_cost(pruned, static_shapes(pruned, concrete_input_shapes(pruned, {}, "fuzz"))).macs
+    )
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)

@@ -32,8 +32,14 @@ def _models(tmp: Path) -> list[Model]:
         models.append(Model(folder / name))
     folder = tmp / "external"  # every weight in residual.onnx.data beside it
     folder.mkdir()
-    onnx.save(onnx.load(ROOT / "fixtures" / "residual.onnx"), folder / "residual.onnx", save_as_external_data=True,
-              all_tensors_to_one_file=True, location="residual.onnx.data", size_threshold=0)
+    onnx.save(
+        onnx.load(ROOT / "fixtures" / "residual.onnx"),
+        folder / "residual.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="residual.onnx.data",
+        size_threshold=0,
+    )
     models.append(Model(folder / "residual.onnx"))
     assert models[-1].external
     return models

@@ -63,8 +63,12 @@ def test_residual_across_opsets(opset: int) -> None:
     stem = b.op("Relu", b.bn(b.conv(x, 8, zero=(1, 5)), zero=(1, 5)))
     h = b.bn(b.conv(stem, 8, zero=(1, 5, 6)), zero=(1, 5, 6))
     y = b.op("Relu", b.op("Add", stem, h))
-    sq = b.op("Squeeze", b.op("GlobalAveragePool", y), *( [b.const(np.array([2, 3], np.int64), "ax")] if opset >= 13 else []),
-              **({} if opset >= 13 else {"axes": [2, 3]}))
+    sq = b.op(
+        "Squeeze",
+        b.op("GlobalAveragePool", y),
+        *([b.const(np.array([2, 3], np.int64), "ax")] if opset >= 13 else []),
+        **({} if opset >= 13 else {"axes": [2, 3]}),
+    )
     b.output(b.gemm(sq, 8, 4))
     r = prune_exact(b.build())
     assert channels(r)[r.analysis.sources[0].node] == (8, 6)
@@ -109,7 +113,11 @@ def test_qdq_fixture_per_channel_scales_sliced() -> None:
     # every per-channel weight scale matches its int8 weight's first dimension
     inits = {i.name: i for i in r.model.graph.initializer}
     for node in r.model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits and inits[node.input[0]].data_type == onnx.TensorProto.INT8:
+        if (
+            node.op_type == "DequantizeLinear"
+            and node.input[0] in inits
+            and inits[node.input[0]].data_type == onnx.TensorProto.INT8
+        ):
             w, s = inits[node.input[0]], inits[node.input[1]]
             if len(s.dims) == 1 and len(w.dims) > 1:
                 assert s.dims[0] == w.dims[0]

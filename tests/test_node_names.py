@@ -56,18 +56,26 @@ def test_unnamed_and_repeated_names_are_made_unique_at_load() -> None:
 
 
 def test_generated_name_never_takes_an_existing_one() -> None:
-    assert unique_node_names([("", "Conv"), ("Conv#0", "Relu"), ("Conv#0", "Add")]) == ["Conv#0_1", "Conv#0", "Conv#0#2"]
+    assert unique_node_names([("", "Conv"), ("Conv#0", "Relu"), ("Conv#0", "Add")]) == [
+        "Conv#0_1",
+        "Conv#0",
+        "Conv#0#2",
+    ]
     m = _unnamed(_model())
     name_nodes(m)
     assert [n.name for n in m.graph.node][:3] == ["Conv#0", "BatchNormalization#1", "Relu#2"]
 
 
-@pytest.mark.parametrize("options", [
-    {"compensation": "none", "reconstruct": True},
-    {"compensation": "data-free"},
-    {"compensation": "calibration"},
-    {"macs_target": 0.6, "compensation": "data-free"},
-], ids=["reconstruction", "data-free", "calibration", "macs-target"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compensation": "none", "reconstruct": True},
+        {"compensation": "data-free"},
+        {"compensation": "calibration"},
+        {"macs_target": 0.6, "compensation": "data-free"},
+    ],
+    ids=["reconstruction", "data-free", "calibration", "macs-target"],
+)
 def test_unnamed_nodes_prune_like_named_ones(tmp_path: Path, options: dict) -> None:
     named = _model()
     unnamed = _unnamed(named)
@@ -84,7 +92,9 @@ def test_unnamed_nodes_prune_like_named_ones(tmp_path: Path, options: dict) -> N
     if options.get("reconstruct"):
         rec_a, rec_b = a.report.to_dict()["reconstructed_layers"], b.report.to_dict()["reconstructed_layers"]
         assert len(rec_b) == len(rec_a) > 0  # unnamed readers were skipped silently before
-        assert rec_b[0]["node"] == "Conv#3" and rec_b[0]["error_after"] == pytest.approx(rec_a[0]["error_after"], rel=1e-9)
+        assert rec_b[0]["node"] == "Conv#3" and rec_b[0]["error_after"] == pytest.approx(
+            rec_a[0]["error_after"], rel=1e-9
+        )
 
 
 def test_repeated_node_names_prune_as_distinct_layers() -> None:

@@ -36,13 +36,28 @@ def test_convert_bad_output_path(tmp_path: Path) -> None:
 def test_bench_two_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pruned, out = tmp_path / "p.onnx", tmp_path / "b.json"
     assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(pruned), "-q"]) == 0
-    argv = ["bench", str(FIXTURES / "residual.onnx"), str(pruned), "--rounds", "2", "--runs", "2", "--throughput-seconds", "0.2", "--json", str(out)]
+    argv = [
+        "bench",
+        str(FIXTURES / "residual.onnx"),
+        str(pruned),
+        "--rounds",
+        "2",
+        "--runs",
+        "2",
+        "--throughput-seconds",
+        "0.2",
+        "--json",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     assert "median ms" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert [Path(d["path"]).name for d in data] == ["residual.onnx", "p.onnx"]
     assert data[0]["latency_ratio"] == 1.0 and data[1]["latency_ratio"] > 0
-    assert all(d["latency_median_ms"] > 0 and d["latency_p90_ms"] >= d["latency_median_ms"] and d["throughput_fps"] > 0 for d in data)
+    assert all(
+        d["latency_median_ms"] > 0 and d["latency_p90_ms"] >= d["latency_median_ms"] and d["throughput_fps"] > 0
+        for d in data
+    )
     assert cli.main(argv[:3] + ["--backend", "onnxruntime", "--rounds", "1", "--throughput-seconds", "0.1"]) == 0
 
 
@@ -55,25 +70,65 @@ def test_bench_errors(tmp_path: Path) -> None:
 
 def test_prune_with_ir_openvino_comparison_and_reports(tmp_path: Path) -> None:
     out, xml, md, png, rep = (tmp_path / n for n in ("o.onnx", "o.xml", "r.md", "r.png", "r.json"))
-    argv = ["prune", str(FIXTURES / "dense_concat.onnx"), "-o", str(out), "--ir", str(xml), "--compare-openvino",
-            "--markdown", str(md), "--plot", str(png), "--report", str(rep), "-q"]
+    argv = [
+        "prune",
+        str(FIXTURES / "dense_concat.onnx"),
+        "-o",
+        str(out),
+        "--ir",
+        str(xml),
+        "--compare-openvino",
+        "--markdown",
+        str(md),
+        "--plot",
+        str(png),
+        "--report",
+        str(rep),
+        "-q",
+    ]
     assert cli.main(argv) == 0
     data = json.loads(rep.read_text())
     assert data["ir"]["check"]["passed"] and xml.with_suffix(".bin").exists()
     assert data["openvino_pass"]["error"]  # OpenVINO's pass crashes on BatchNormalization after Concat
     text = md.read_text()
-    for section in ("## Verification", "## OpenVINO's own pruning pass", "## Layers changed", "## Channels kept, by reason"):
+    for section in (
+        "## Verification",
+        "## OpenVINO's own pruning pass",
+        "## Layers changed",
+        "## Channels kept, by reason",
+    ):
         assert section in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
 def test_prune_bench_adds_latency(tmp_path: Path) -> None:
     out, rep, png = tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "r.png"
-    assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(out), "--bench", "--report", str(rep), "--plot", str(png), "-q"]) == 0
+    assert (
+        cli.main(
+            [
+                "prune",
+                str(FIXTURES / "residual.onnx"),
+                "-o",
+                str(out),
+                "--bench",
+                "--report",
+                str(rep),
+                "--plot",
+                str(png),
+                "-q",
+            ]
+        )
+        == 0
+    )
     bench = json.loads(rep.read_text())["benchmark"]
     assert len(bench) == 2 and bench[0]["latency_ratio"] == 1.0
 
 
 def test_ir_must_be_xml(tmp_path: Path) -> None:
-    assert cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", str(tmp_path / "o.onnx"), "--ir", str(tmp_path / "o.bin")]) == 2
+    assert (
+        cli.main(
+            ["prune", str(FIXTURES / "residual.onnx"), "-o", str(tmp_path / "o.onnx"), "--ir", str(tmp_path / "o.bin")]
+        )
+        == 2
+    )
     assert not (tmp_path / "o.onnx").exists()

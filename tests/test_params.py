@@ -49,11 +49,13 @@ def test_the_graphsurgeon_api_onnxprune_uses_is_there() -> None:
     needs = {
         "gs.import_onnx": hasattr(gs, "import_onnx"),
         "gs.export_onnx(do_type_check=)": "do_type_check" in inspect.signature(gs.export_onnx).parameters,
-        "gs.Graph.cleanup(remove_unused_graph_inputs=)": "remove_unused_graph_inputs" in inspect.signature(gs.Graph.cleanup).parameters,
+        "gs.Graph.cleanup(remove_unused_graph_inputs=)": "remove_unused_graph_inputs"
+        in inspect.signature(gs.Graph.cleanup).parameters,
         "gs.Graph.toposort": hasattr(gs.Graph, "toposort"),
         "gs.Graph.tensors": hasattr(gs.Graph, "tensors"),
         "gs.Variable.empty": hasattr(gs.Variable, "empty"),
-        "gs.Constant.values / .shape": isinstance(getattr(gs.Constant, "values", None), property) and isinstance(getattr(gs.Constant, "shape", None), property),
+        "gs.Constant.values / .shape": isinstance(getattr(gs.Constant, "values", None), property)
+        and isinstance(getattr(gs.Constant, "shape", None), property),
     }
     missing = [k for k, ok in needs.items() if not ok]
     assert not missing, f"onnx-graphsurgeon {getattr(gs, '__version__', '?')} lacks {missing}"

@@ -81,7 +81,9 @@ def test_user_rule_for_custom_op_in_registry() -> None:
     b.channels["sw"] = 6
     out = b.conv("sw", 3)
     b.output(out)
-    graph = helper.make_graph(b.nodes, "g", b.inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 3, 4, 4])], b.inits)
+    graph = helper.make_graph(
+        b.nodes, "g", b.inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 3, 4, 4])], b.inits
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     default = onnxprune.analyze(model)
     assert all(g.pinned for g in default.groups if any(m[0] == default.sources[0].node for m in g.members))

@@ -41,7 +41,9 @@ def tiny_cnn(custom: bool = False) -> onnx.ModelProto:
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("MyOp" if custom else "Relu", ["c2"], ["r2"], name="relu2", **({"domain": "com.example"} if custom else {})),
+        helper.make_node(
+            "MyOp" if custom else "Relu", ["c2"], ["r2"], name="relu2", **({"domain": "com.example"} if custom else {})
+        ),
         helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
         helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
@@ -145,7 +147,9 @@ def _ir_weights_int8(xml: Path) -> dict[str, bool]:
         while stack:
             cur = stack.pop()
             t = cur.get_type_name()
-            if t == "FakeQuantize" or (t == "Constant" and cur.get_output_element_type(0).get_type_name() in ("i8", "u8")):
+            if t == "FakeQuantize" or (
+                t == "Constant" and cur.get_output_element_type(0).get_type_name() in ("i8", "u8")
+            ):
                 found = True
             stack.extend(cur.input_value(i).get_node() for i in range(cur.get_input_size()))
         out[op.get_friendly_name()] = found
@@ -195,7 +199,13 @@ def test_accuracy_control_keeps_sensitive_layers_float(files: dict[str, Path]) -
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(
-    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, model: str, calibration: str, extra: list, message: str
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    model: str,
+    calibration: str,
+    extra: list,
+    message: str,
 ) -> None:
     path = FIXTURES / "residual_qdq.onnx" if model == "qdq" else files[model]
     cal = files[calibration]
@@ -213,9 +223,27 @@ def test_bad_input_is_one_line_exit_2_nothing_written(
 def test_cli_quantize_writes_model_and_report(files: dict[str, Path], tmp_path: Path) -> None:
     out, report = tmp_path / "q.onnx", tmp_path / "r.json"
     p = subprocess.run(
-        [sys.executable, "-m", "onnxprune", "quantize", str(files["tiny"]), "-o", str(out), "--calibration", str(files["cal"]),
-         "--inputs", str(files["held"]), "--subset-size", "64", "--report", str(report)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "onnxprune",
+            "quantize",
+            str(files["tiny"]),
+            "-o",
+            str(out),
+            "--calibration",
+            str(files["cal"]),
+            "--inputs",
+            str(files["held"]),
+            "--subset-size",
+            "64",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert p.returncode == 0, p.stderr
     assert "vs the float model" in p.stdout and p.stderr == ""
@@ -224,10 +252,31 @@ def test_cli_quantize_writes_model_and_report(files: dict[str, Path], tmp_path: 
     assert out.exists()
 
 
-def test_prune_quantize_int8_writes_qdq_and_ir_with_fidelity_against_both(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_prune_quantize_int8_writes_qdq_and_ir_with_fidelity_against_both(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out, ir, report = tmp_path / "p8.onnx", tmp_path / "p8.xml", tmp_path / "r.json"
-    code = cli.main(["prune", str(files["tiny"]), "-o", str(out), "--ratio", "0.25", "--calibration", str(files["cal"]),
-                     "--quantize", "int8", "--ir", str(ir), "--subset-size", "64", "--report", str(report), "-q"])
+    code = cli.main(
+        [
+            "prune",
+            str(files["tiny"]),
+            "-o",
+            str(out),
+            "--ratio",
+            "0.25",
+            "--calibration",
+            str(files["cal"]),
+            "--quantize",
+            "int8",
+            "--ir",
+            str(ir),
+            "--subset-size",
+            "64",
+            "--report",
+            str(report),
+            "-q",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     for key in ("quantization", "quantization_ir"):
@@ -254,17 +303,22 @@ def test_min_fidelity_with_int8_prunes_less_where_int8_hurts(files: dict[str, Pa
     np.savez(cal, x=(np.random.default_rng(1).standard_normal((24, 3, 8, 8)) * 3).astype(np.float32))
     cosine = {"*": "cosine"}
     joint = prune_for_int8(
-        files["tiny"], PruneConfig(min_fidelity=0.999, calibration=str(cal), fidelity_metrics=cosine),
+        files["tiny"],
+        PruneConfig(min_fidelity=0.999, calibration=str(cal), fidelity_metrics=cosine),
         QuantizeConfig(calibration=str(cal), fidelity_metrics=cosine, subset_size=64),
     )
     first, last = joint.steps[0], joint.steps[-1]
-    assert first.min_fidelity == 0.999 and first.pruned_fidelity >= 0.999 > first.int8_fidelity  # float met it, int8 did not
+    assert (
+        first.min_fidelity == 0.999 and first.pruned_fidelity >= 0.999 > first.int8_fidelity
+    )  # float met it, int8 did not
     assert len(joint.steps) >= 2 and last.min_fidelity > first.min_fidelity and last.macs_ratio > first.macs_ratio
     assert joint.met and last.int8_fidelity >= 0.999
     assert joint.pruned.report.macs_after / joint.pruned.report.macs_before == last.macs_ratio
 
 
-def test_a_failure_inside_nncf_is_one_line_exit_2(files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_inside_nncf_is_one_line_exit_2(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import nncf
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -272,21 +326,52 @@ def test_a_failure_inside_nncf_is_one_line_exit_2(files: dict[str, Path], tmp_pa
 
     monkeypatch.setattr(nncf, "quantize", broken)
     out = tmp_path / "q.onnx"
-    code = cli.main(["quantize", str(files["tiny"]), "-o", str(out), "--calibration", str(files["cal"]), "--subset-size", "64"])
+    code = cli.main(
+        ["quantize", str(files["tiny"]), "-o", str(out), "--calibration", str(files["cal"]), "--subset-size", "64"]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "NNCF cannot quantize the model: Could not find the node 'conv2' in the graph" in err and "nothing written" in err
+    assert (
+        "NNCF cannot quantize the model: Could not find the node 'conv2' in the graph" in err
+        and "nothing written" in err
+    )
     assert list(tmp_path.iterdir()) == []
 
 
-def test_prune_quantize_bench_times_the_chain_side_by_side(files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prune_quantize_bench_times_the_chain_side_by_side(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from onnxprune import bench
 
     real = bench.benchmark
-    monkeypatch.setattr(bench, "benchmark", lambda paths, **kw: real(paths, **{**kw, "rounds": 2, "runs_per_round": 2, "warmup": 1, "throughput_seconds": 0.05}))
+    monkeypatch.setattr(
+        bench,
+        "benchmark",
+        lambda paths, **kw: real(
+            paths, **{**kw, "rounds": 2, "runs_per_round": 2, "warmup": 1, "throughput_seconds": 0.05}
+        ),
+    )
     out, report = tmp_path / "p8.onnx", tmp_path / "r.json"
-    code = cli.main(["prune", str(files["tiny"]), "-o", str(out), "--ratio", "0.25", "--calibration", str(files["cal"]),
-                     "--quantize", "int8", "--subset-size", "64", "--bench", "--report", str(report), "-q"])
+    code = cli.main(
+        [
+            "prune",
+            str(files["tiny"]),
+            "-o",
+            str(out),
+            "--ratio",
+            "0.25",
+            "--calibration",
+            str(files["cal"]),
+            "--quantize",
+            "int8",
+            "--subset-size",
+            "64",
+            "--bench",
+            "--report",
+            str(report),
+            "-q",
+        ]
+    )
     assert code == 0
     rows = json.loads(report.read_text())["benchmark"]
     assert [r["label"] for r in rows] == ["original fp32", "pruned fp32", "pruned int8"]

@@ -33,8 +33,17 @@ def qdq_conv_model() -> onnx.ModelProto:
         return name
 
     def qdq(x: str, scale: float, tag: str) -> str:
-        nodes.append(helper.make_node("QuantizeLinear", [x, init(f"s_{tag}", np.array(scale, F)), init(f"z_{tag}", np.array(0, np.uint8))], [f"q_{tag}"], name=f"Q_{tag}"))
-        nodes.append(helper.make_node("DequantizeLinear", [f"q_{tag}", f"s_{tag}", f"z_{tag}"], [f"dq_{tag}"], name=f"DQ_{tag}"))
+        nodes.append(
+            helper.make_node(
+                "QuantizeLinear",
+                [x, init(f"s_{tag}", np.array(scale, F)), init(f"z_{tag}", np.array(0, np.uint8))],
+                [f"q_{tag}"],
+                name=f"Q_{tag}",
+            )
+        )
+        nodes.append(
+            helper.make_node("DequantizeLinear", [f"q_{tag}", f"s_{tag}", f"z_{tag}"], [f"dq_{tag}"], name=f"DQ_{tag}")
+        )
         return f"dq_{tag}"
 
     def weight(cout: int, cin: int, zero: list[int], tag: str) -> str:
@@ -43,7 +52,11 @@ def qdq_conv_model() -> onnx.ModelProto:
         init(f"w_{tag}", w)
         init(f"ws_{tag}", rng.uniform(0.002, 0.01, cout).astype(F))
         init(f"wz_{tag}", np.zeros(cout, np.int8))
-        nodes.append(helper.make_node("DequantizeLinear", [f"w_{tag}", f"ws_{tag}", f"wz_{tag}"], [f"wdq_{tag}"], name=f"WDQ_{tag}", axis=0))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", [f"w_{tag}", f"ws_{tag}", f"wz_{tag}"], [f"wdq_{tag}"], name=f"WDQ_{tag}", axis=0
+            )
+        )
         return f"wdq_{tag}"
 
     x = qdq("input", 0.02, "in")
@@ -53,8 +66,11 @@ def qdq_conv_model() -> onnx.ModelProto:
     out = qdq("c2", 0.05, "2")
     nodes.append(helper.make_node("Identity", [out], ["out"], name="out_node"))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])], inits,
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 8, 8])],
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
@@ -97,16 +113,25 @@ def test_qdq_is_verified_on_both_paths(tmp_path: Path) -> None:
 def tie_model(nudge: float) -> onnx.ModelProto:
     """input (+ nudge) -> QuantizeLinear (scale 0.125) -> DequantizeLinear -> x10: an input of
     0.0625 lies on a rounding edge (ties to even: step 0), a nudge moves it one step."""
-    inits = [numpy_helper.from_array(np.array(nudge, F), "nudge"), numpy_helper.from_array(np.array(0.125, F), "s"),
-             numpy_helper.from_array(np.array(0, np.int8), "z"), numpy_helper.from_array(np.array(10, F), "ten")]
+    inits = [
+        numpy_helper.from_array(np.array(nudge, F), "nudge"),
+        numpy_helper.from_array(np.array(0.125, F), "s"),
+        numpy_helper.from_array(np.array(0, np.int8), "z"),
+        numpy_helper.from_array(np.array(10, F), "ten"),
+    ]
     nodes = [
         helper.make_node("Add", ["input", "nudge"], ["a"], name="add"),
         helper.make_node("QuantizeLinear", ["a", "s", "z"], ["q"], name="q"),
         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
         helper.make_node("Mul", ["dq", "ten"], ["out"], name="mul"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -145,8 +170,12 @@ def argmax_tie_model(nudge: float) -> onnx.ModelProto:
     g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), "k"))
     g.node.append(helper.make_node("TopK", ["out", "k"], ["top", "index"], name="topk", axis=1))
     del g.output[:]
-    g.output.extend([helper.make_tensor_value_info("top", TensorProto.FLOAT, [1, 1]),
-                     helper.make_tensor_value_info("index", TensorProto.INT64, [1, 1])])
+    g.output.extend(
+        [
+            helper.make_tensor_value_info("top", TensorProto.FLOAT, [1, 1]),
+            helper.make_tensor_value_info("index", TensorProto.INT64, [1, 1]),
+        ]
+    )
     return m
 
 
@@ -156,7 +185,9 @@ def test_a_flip_that_flips_a_decision_is_judged_before_it() -> None:
     feeds = [{"input": np.array([[0.0625, 0.1, -2.0, -3.0]], F)}]
     feeds += [{"input": np.array([[0.5, 0.25, -2.0, 12.0]], F)} for _ in range(7)]
     reference, candidate = argmax_tie_model(0.0), argmax_tie_model(1e-4)
-    sess = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (reference, candidate)]
+    sess = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (reference, candidate)
+    ]
     assert [int(s.run(["index"], feeds[0])[0][0, 0]) for s in sess] == [1, 0]  # the decision flips
     check = check_quantized("QDQ", reference, candidate, feeds, lambda _n, scale: 1e-5 * scale)
     assert check.passed and check.paths[0].worst_output == "out" and check.paths[0].flipped_samples == 1

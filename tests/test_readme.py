@@ -35,7 +35,9 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
     args = main_cmd.split()
     assert args[0] == "onnxprune"
     args = [str(ROOT / a) if a.startswith("fixtures/") else a for a in args[1:]]
-    p = subprocess.run([sys.executable, "-m", "onnxprune", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     assert "verification: PASSED" in p.stdout
     assert (tmp_path / "residual_pruned.onnx").exists() and (tmp_path / "report.json").exists()
@@ -62,7 +64,9 @@ def _other_cli_commands() -> list[str]:
 @pytest.mark.parametrize("command", _other_cli_commands())
 def test_readme_cli_examples(command: str, tmp_path: Path) -> None:
     args = [str(ROOT / a) if a.startswith("fixtures/") else a for a in command.split()[1:]]
-    p = subprocess.run([sys.executable, "-m", "onnxprune", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr
     if args[0] == "prune":
         assert "verification: PASSED" in p.stdout

@@ -62,8 +62,24 @@ def test_macs_unknown_in_text_json_and_markdown(tmp_path: Path) -> None:
     onnx.save(_flatten_head(), src)
     rep, md = tmp_path / "r.json", tmp_path / "r.md"
     p = subprocess.run(
-        [sys.executable, "-m", "onnxprune", "prune", str(src), "-o", str(tmp_path / "o.onnx"), "--no-verify", "--report", str(rep), "--markdown", str(md)],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "onnxprune",
+            "prune",
+            str(src),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--no-verify",
+            "--report",
+            str(rep),
+            "--markdown",
+            str(md),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert p.returncode == 0, p.stderr
     d = json.loads(rep.read_text())
@@ -80,11 +96,16 @@ def test_macs_unknown_in_text_json_and_markdown(tmp_path: Path) -> None:
 def test_macs_target_on_unknown_shapes_is_a_usage_error(tmp_path: Path) -> None:
     src = tmp_path / "m.onnx"
     onnx.save(_flatten_head(zero=()), src)
-    with pytest.raises(UsageError, match=r"--macs-target needs the MACs of every layer.*give --input-shape for 'input'"):
+    with pytest.raises(
+        UsageError, match=r"--macs-target needs the MACs of every layer.*give --input-shape for 'input'"
+    ):
         onnxprune.prune(str(src), "l2", macs_target=0.7)
     p = subprocess.run(
         [sys.executable, "-m", "onnxprune", "prune", str(src), "-o", str(tmp_path / "o.onnx"), "--macs-target", "0.7"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and str(src) in p.stderr, p.stderr
     assert not (tmp_path / "o.onnx").exists()
@@ -128,13 +149,22 @@ def test_scalar_and_state_inputs_from_data(tmp_path: Path) -> None:
     assert r.report.verification.outputs[0].samples == 2
     sess = ort.InferenceSession(r.model.SerializeToString())
     ref = ort.InferenceSession(model.SerializeToString())
-    feed = {"x": rng.random((1, 2, 10), dtype=np.float32), "sr": np.array(8000, np.int64), "state": rng.random((2, 1, 4), dtype=np.float32)}
+    feed = {
+        "x": rng.random((1, 2, 10), dtype=np.float32),
+        "sr": np.array(8000, np.int64),
+        "state": rng.random((2, 1, 4), dtype=np.float32),
+    }
     np.testing.assert_allclose(sess.run(None, feed)[0], ref.run(None, feed)[0], rtol=0, atol=1e-6)
     assert r.report.macs_before == 3 * 10 * 6 + 10 * 3  # the data's t=10: shapes from the data
 
 
 def test_scalar_array_must_hold_one_value_per_sample(tmp_path: Path) -> None:
-    data = _npz(tmp_path / "x.npz", x=np.zeros((1, 2, 10), np.float32), sr=np.array(16000, np.int64), state=np.zeros((1, 2, 1, 4), np.float32))
+    data = _npz(
+        tmp_path / "x.npz",
+        x=np.zeros((1, 2, 10), np.float32),
+        sr=np.array(16000, np.int64),
+        state=np.zeros((1, 2, 1, 4), np.float32),
+    )
     with pytest.raises(UsageError, match=r"input 'sr' is a scalar in"):
         onnxprune.prune(_scalar_and_state_model(), verification_inputs=data)
 
@@ -184,7 +214,9 @@ def test_a_group_with_live_inputs_stays() -> None:
     # outputs from one group only would unbalance it.
     assert r.report.channels_removed == 0
     kept = [reason for g in r.report.kept_groups for reason in g.reasons]
-    assert any("every group must lose the same number of channels, or all of its inputs and outputs" in k for k in kept), kept
+    assert any(
+        "every group must lose the same number of channels, or all of its inputs and outputs" in k for k in kept
+    ), kept
     assert [group for _, group, _ in _conv_attrs(r.model)] == [1, 2, 1]
 
 
@@ -247,7 +279,14 @@ def test_convert_check_of_a_topk_head_compares_before_the_decisions(tmp_path: Pa
 
     model = onnxprune.load(src)
     feeds = [make_inputs(model, {"x": (1, 8, 32, 32)}, 1, 0, str(src))]
-    check = convert_to_ir(model, str(tmp_path / "e2e.xml"), input_shapes={"x": (1, 8, 32, 32)}, check_feeds=feeds, source=str(src), tolerance=1e-2)
+    check = convert_to_ir(
+        model,
+        str(tmp_path / "e2e.xml"),
+        input_shapes={"x": (1, 8, 32, 32)},
+        check_feeds=feeds,
+        source=str(src),
+        tolerance=1e-2,
+    )
     assert check.passed and check.max_abs_diff <= 1e-2 * check.scale
     assert (tmp_path / "e2e.xml").exists() and (tmp_path / "e2e.bin").exists()
 
@@ -264,7 +303,9 @@ def _int8_weight_matmul() -> onnx.ModelProto:
         onnx.helper.make_node("Relu", ["h"], ["y"]),
     ]
     graph = onnx.helper.make_graph(
-        nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 256])],
+        nodes,
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 256])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 256])],
         [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(np.full((1, 256), 0.01, np.float32), "S")],
     )
@@ -276,7 +317,10 @@ def test_convert_check_runs_int8_weight_layers_in_f32(tmp_path: Path) -> None:
     onnx.save(_int8_weight_matmul(), src)
     p = subprocess.run(
         [sys.executable, "-m", "onnxprune", "convert", str(src), "-o", str(tmp_path / "w8.xml"), "-q"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert p.returncode == 0, p.stderr  # within 1e-4 x scale: no dynamic quantization in the check
     assert (tmp_path / "w8.xml").exists()

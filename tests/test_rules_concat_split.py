@@ -50,12 +50,20 @@ def test_slice_bounds_rewritten(builder: GraphBuilder) -> None:
     x = builder.input("x", [None, 3, 8, 8])
     y = builder.op("Relu", builder.conv(x, 8, zero=(0, 3, 5, 7)))
     s = builder.op(
-        "Slice", y, builder.const(np.array([2], np.int64), "st"), builder.const(np.array([6], np.int64), "en"),
-        builder.const(np.array([1], np.int64), "ax"), channels=4,
+        "Slice",
+        y,
+        builder.const(np.array([2], np.int64), "st"),
+        builder.const(np.array([6], np.int64), "en"),
+        builder.const(np.array([1], np.int64), "ax"),
+        channels=4,
     )
     t = builder.op(
-        "Slice", y, builder.const(np.array([-3], np.int64), "st"), builder.const(np.array([2**62], np.int64), "en"),
-        builder.const(np.array([1], np.int64), "ax"), channels=3,
+        "Slice",
+        y,
+        builder.const(np.array([-3], np.int64), "st"),
+        builder.const(np.array([2**62], np.int64), "en"),
+        builder.const(np.array([1], np.int64), "ax"),
+        channels=3,
     )
     builder.output(builder.conv(s, 2))
     builder.output(builder.conv(t, 2))
@@ -68,8 +76,13 @@ def test_slice_with_step_pins(builder: GraphBuilder) -> None:
     x = builder.input("x", [None, 3, 8, 8])
     y = builder.op("Relu", builder.conv(x, 8, zero=(0, 3)))
     s = builder.op(
-        "Slice", y, builder.const(np.array([0], np.int64), "st"), builder.const(np.array([8], np.int64), "en"),
-        builder.const(np.array([1], np.int64), "ax"), builder.const(np.array([2], np.int64), "sp"), channels=4,
+        "Slice",
+        y,
+        builder.const(np.array([0], np.int64), "st"),
+        builder.const(np.array([8], np.int64), "en"),
+        builder.const(np.array([1], np.int64), "ax"),
+        builder.const(np.array([2], np.int64), "sp"),
+        channels=4,
     )
     builder.output(builder.conv(s, 2))
     r = prune_exact(builder.build())

@@ -51,7 +51,9 @@ def test_depthwise_follows_its_input(builder: GraphBuilder) -> None:
     model = builder.build()
     r = prune_exact(model)
     assert channels(r)[_conv_names(r)[0]] == (8, 6)
-    dw = next(n for n in r.model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    dw = next(
+        n for n in r.model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    )
     assert next(a.i for a in dw.attribute if a.name == "group") == 6
 
 
@@ -101,8 +103,15 @@ def test_conv_transpose(builder: GraphBuilder) -> None:
     x = builder.input("x", [None, 3, 8, 8])
     y = builder.op("Relu", builder.conv(x, 6, zero=(4,)))
     w = builder.weights([6, 5, 2, 2], zero_rows=(1, 3), axis=1)
-    up = builder.op("ConvTranspose", y, builder.const(w, "Wt"), builder.const(np.zeros(5, np.float32), "Bt"),
-                    channels=5, kernel_shape=[2, 2], strides=[2, 2])
+    up = builder.op(
+        "ConvTranspose",
+        y,
+        builder.const(w, "Wt"),
+        builder.const(np.zeros(5, np.float32), "Bt"),
+        channels=5,
+        kernel_shape=[2, 2],
+        strides=[2, 2],
+    )
     builder.output(builder.conv(builder.op("Relu", up), 2, k=1, pads=0))
     r = prune_exact(builder.build())
     names = _conv_names(r)

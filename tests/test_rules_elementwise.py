@@ -23,7 +23,9 @@ def test_residual_add_needs_both_sides_zero(builder: GraphBuilder) -> None:
 
 def test_per_channel_constant_operand_is_sliced(builder: GraphBuilder) -> None:
     x = builder.input("x", [None, 3, 8, 8])
-    offset = builder.const(np.zeros((1, 6, 1, 1), np.float32) + np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1) * 0, "off")
+    offset = builder.const(
+        np.zeros((1, 6, 1, 1), np.float32) + np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1) * 0, "off"
+    )
     scale = builder.const(np.arange(1, 7, dtype=np.float32).reshape(1, 6, 1, 1), "scale")
     y = builder.op("Mul", builder.op("Add", builder.conv(x, 6, zero=(2, 4)), offset), scale)
     y = builder.op("Sub", y, builder.const(np.float32(0.0), "zero"))

@@ -95,7 +95,9 @@ def test_layer_normalization_over_channels_pins() -> None:
     b = GraphBuilder(opset=17)
     x = b.input("x", [None, 3, 4, 4])
     y = b.op("Transpose", b.conv(x, 6, zero=(0, 2)), perm=[0, 2, 3, 1])
-    ln = b.op("LayerNormalization", y, b.const(np.ones(6, np.float32), "g"), b.const(np.zeros(6, np.float32), "b"), axis=-1)
+    ln = b.op(
+        "LayerNormalization", y, b.const(np.ones(6, np.float32), "g"), b.const(np.zeros(6, np.float32), "b"), axis=-1
+    )
     b.output(b.op("MatMul", ln, b.const(b.weights([6, 2]), "w")))
     r = prune_exact(b.build())
     assert channels(r)[r.analysis.sources[0].node] == (6, 6)

@@ -26,7 +26,9 @@ def test_reshape_with_explicit_feature_count_is_rewritten(builder: GraphBuilder)
     builder.output(builder.gemm(f, 96, 5, trans_b=False))
     r = prune_exact(builder.build())
     assert channels(r)[r.analysis.sources[0].node] == (6, 5)
-    assert any(list(np.frombuffer(i.raw_data, np.int64)) == [1, 80] for i in r.model.graph.initializer if i.data_type == 7)
+    assert any(
+        list(np.frombuffer(i.raw_data, np.int64)) == [1, 80] for i in r.model.graph.initializer if i.data_type == 7
+    )
 
 
 def test_reshape_minus_one_with_dynamic_batch(builder: GraphBuilder) -> None:

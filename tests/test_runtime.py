@@ -85,7 +85,9 @@ def test_onnxruntime_failure_is_a_typed_error(tmp_path: Path, tail: str, entry: 
     ],
     ids=["prune", "prune-calibration", "sensitivity", "sensitivity-trials", "bench"],
 )
-def test_cli_exit_2_on_onnxruntime_failure(tmp_path: Path, capfd: pytest.CaptureFixture[str], tail: str, args: list[str]) -> None:
+def test_cli_exit_2_on_onnxruntime_failure(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], tail: str, args: list[str]
+) -> None:
     path, out, calib = _model(tmp_path, tail), tmp_path / "o.onnx", _calib(tmp_path)
     argv = [a.format(model=path, out=out, calib=calib) for a in args]
     assert cli.main(argv) == 2
@@ -102,11 +104,31 @@ def test_inputs_that_do_not_fit_are_a_usage_error(tmp_path: Path, capfd: pytest.
     path = tmp_path / "m.onnx"
     onnx.save(b.build(), path)
     calib = _calib(tmp_path, (1, 3, 5, 5))
-    with pytest.raises(UsageError, match=r"the inputs do not fit .*input 'x' has shape \[1, 3, 5, 5\], the model takes \[1, 3, 6, 6\]"):
+    with pytest.raises(
+        UsageError, match=r"the inputs do not fit .*input 'x' has shape \[1, 3, 5, 5\], the model takes \[1, 3, 6, 6\]"
+    ):
         onnxprune.sensitivity(path, calib)
-    assert cli.main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--criterion", "l2", "--ratio", "0.5", "--calibration", calib]) == 2
+    assert (
+        cli.main(
+            [
+                "prune",
+                str(path),
+                "-o",
+                str(tmp_path / "o.onnx"),
+                "--criterion",
+                "l2",
+                "--ratio",
+                "0.5",
+                "--calibration",
+                calib,
+            ]
+        )
+        == 2
+    )
     err = capfd.readouterr().err
-    assert err.startswith(f"onnxprune: error: {path}: the inputs do not fit") and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"onnxprune: error: {path}: the inputs do not fit") and len(err.strip().splitlines()) == 1, (
+        err
+    )
 
 
 def test_session_roles(tmp_path: Path) -> None:
@@ -114,7 +136,10 @@ def test_session_roles(tmp_path: Path) -> None:
     name, type and static shape."""
     path = _model(tmp_path, "run")
     feeds = {"x": np.zeros((1, 3, 6, 6), np.float32)}
-    with pytest.raises(VerificationFailed, match=r"^<model>: onnxruntime cannot run the pruned model: Reshape node 'bad_reshape'.*; nothing written$"):
+    with pytest.raises(
+        VerificationFailed,
+        match=r"^<model>: onnxruntime cannot run the pruned model: Reshape node 'bad_reshape'.*; nothing written$",
+    ):
         session(str(path), pruned=True)(feeds)
     with pytest.raises(VerificationFailed, match=r"cannot load the pruned model: .*MyOp.*; nothing written$"):
         session(str(_model(tmp_path, "load")), pruned=True)
@@ -137,5 +162,8 @@ def test_onnxruntime_message_is_one_clean_line() -> None:
         "Kernel shape mismatch"
     )
     assert onnxruntime_message(exc) == "Conv node 'c1': Kernel shape mismatch"
-    assert onnxruntime_message(ValueError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed:\nbad")) == "Load model failed: bad"
+    assert (
+        onnxruntime_message(ValueError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model failed:\nbad"))
+        == "Load model failed: bad"
+    )
     assert len(onnxruntime_message(RuntimeError("x" * 1000))) == 300

@@ -39,8 +39,12 @@ def test_chunk_and_runtime_channel_shuffle() -> None:
     r2 = b.op("Relu", b.conv(right, 4, k=1, pads=0, zero=(1,)))
     cat = b.op("Concat", left, r2, axis=1, channels=8)
     cc = b.op("Gather", b.op("Shape", cat), b.const(np.array(1, np.int64), "i1"), axis=0)
-    per = b.op("Unsqueeze", b.op("Div", cc, b.const(np.array(2, np.int64), "two")), b.const(np.array([0], np.int64), "a0"))
-    shape1 = b.op("Concat", _dim(b, cat, 0), b.const(np.array([2], np.int64), "g"), per, _dim(b, cat, 2), _dim(b, cat, 3), axis=0)
+    per = b.op(
+        "Unsqueeze", b.op("Div", cc, b.const(np.array(2, np.int64), "two")), b.const(np.array([0], np.int64), "a0")
+    )
+    shape1 = b.op(
+        "Concat", _dim(b, cat, 0), b.const(np.array([2], np.int64), "g"), per, _dim(b, cat, 2), _dim(b, cat, 3), axis=0
+    )
     s = b.op("Reshape", cat, shape1)
     t = b.op("Transpose", s, perm=[0, 2, 1, 3, 4])
     shape2 = b.op("Concat", _dim(b, cat, 0), _dim(b, cat, 1), _dim(b, cat, 2), _dim(b, cat, 3), axis=0)

@@ -185,7 +185,9 @@ def test_wire_reader_finds_what_the_deferred_writer_wrote(tmp_path: Path) -> Non
         assert data[start : start + length] == values.tobytes()
 
 
-def test_full_disk_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_full_disk_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A write that fails half way (here: no space left) is one line, exit 2, and neither the
     output nor the staging folder is left behind; the input is untouched."""
     import errno

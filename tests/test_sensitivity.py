@@ -32,13 +32,21 @@ def _free_and_busy_model() -> onnx.ModelProto:
     w = b.weights([4, 16, 1, 1])
     w[:, :8] = 0  # the free branch's channels are read with zero weights
     cat = b.op("Concat", free, busy, axis=1, channels=16)
-    b.output(b.gemm(b.op("Flatten", b.op("GlobalAveragePool", b.conv(cat, 4, k=1, pads=0, weight=b.const(w, "W"))), axis=1), 4, 3))
+    b.output(
+        b.gemm(
+            b.op("Flatten", b.op("GlobalAveragePool", b.conv(cat, 4, k=1, pads=0, weight=b.const(w, "W"))), axis=1),
+            4,
+            3,
+        )
+    )
     return b.build()
 
 
 def test_unit_whose_removal_changes_nothing_is_found_free(tmp_path: Path) -> None:
     model = _free_and_busy_model()
-    result = onnxprune.sensitivity(model, _calib(tmp_path, (3, 6, 6)), "l2", compensation="none", fidelity_metrics={"*": "cosine"})
+    result = onnxprune.sensitivity(
+        model, _calib(tmp_path, (3, 6, 6)), "l2", compensation="none", fidelity_metrics={"*": "cosine"}
+    )
     by_layer = {u.unit.layers[0]: u for u in result.units}
     first, second = [s.node for s in onnxprune.analyze(model).sources][:2]
     assert all(abs(v - 1.0) < 1e-6 for v in by_layer[first].fidelity.values())
@@ -48,7 +56,14 @@ def test_unit_whose_removal_changes_nothing_is_found_free(tmp_path: Path) -> Non
 
 def test_fidelity_budget_removes_the_free_branch_first(tmp_path: Path) -> None:
     model = _free_and_busy_model()
-    r = onnxprune.prune(model, "l2", min_fidelity=0.9999, calibration=_calib(tmp_path, (3, 6, 6)), compensation="none", fidelity_metrics={"*": "cosine"})
+    r = onnxprune.prune(
+        model,
+        "l2",
+        min_fidelity=0.9999,
+        calibration=_calib(tmp_path, (3, 6, 6)),
+        compensation="none",
+        fidelity_metrics={"*": "cosine"},
+    )
     removed = set(r.plan.removed_groups)
     src = r.analysis.sources
     cut = {s.node: sum(int(x) in removed for x in r.analysis.roots(s.ids)) for s in src}
@@ -74,7 +89,9 @@ def _redundant_channel_model() -> onnx.ModelProto:
     w[0] *= 3
     w[2] *= 3
     bias = np.zeros(4, np.float32)
-    y = b.op("Relu", b.op("Conv", x, b.const(w, "W"), b.const(bias, "B"), channels=4, kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+    y = b.op(
+        "Relu", b.op("Conv", x, b.const(w, "W"), b.const(bias, "B"), channels=4, kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    )
     b.output(b.conv(y, 5, k=3, pads=1))
     return b.build()
 
@@ -98,20 +115,36 @@ def test_reconstruction_restores_a_linearly_redundant_channel(tmp_path: Path) ->
 
 def test_sensitivity_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, png = tmp_path / "s.json", tmp_path / "s.png"
-    argv = ["sensitivity", str(FIXTURES / "digits_cnn.onnx"), "--calibration", str(FIXTURES / "digits_calibration.npz"), "--json", str(out), "--plot", str(png)]
+    argv = [
+        "sensitivity",
+        str(FIXTURES / "digits_cnn.onnx"),
+        "--calibration",
+        str(FIXTURES / "digits_calibration.npz"),
+        "--json",
+        str(out),
+        "--plot",
+        str(png),
+    ]
     assert cli.main(argv) == 0
     assert "units" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["units"] and all(set(u["fidelity"]) == {"0.1", "0.25", "0.5"} for u in data["units"])
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert cli.main(["sensitivity", str(FIXTURES / "digits_cnn.onnx"), "--calibration", str(tmp_path / "none.npz")]) == 2
-    assert cli.main(["prune", str(FIXTURES / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--min-fidelity", "0.9"]) == 2  # needs calibration
+    assert (
+        cli.main(["sensitivity", str(FIXTURES / "digits_cnn.onnx"), "--calibration", str(tmp_path / "none.npz")]) == 2
+    )
+    assert (
+        cli.main(["prune", str(FIXTURES / "digits_cnn.onnx"), "-o", str(tmp_path / "o.onnx"), "--min-fidelity", "0.9"])
+        == 2
+    )  # needs calibration
 
 
 def test_fidelity_budget_keeps_round_to_and_excludes() -> None:
     calib = str(FIXTURES / "digits_calibration.npz")
     names = [s.node for s in onnxprune.analyze(FIXTURES / "digits_cnn.onnx").sources]
-    r = onnxprune.prune(FIXTURES / "digits_cnn.onnx", "l2", min_fidelity=0.5, calibration=calib, round_to=4, exclude=(names[0],))
+    r = onnxprune.prune(
+        FIXTURES / "digits_cnn.onnx", "l2", min_fidelity=0.5, calibration=calib, round_to=4, exclude=(names[0],)
+    )
     assert r.report.layers, "the budget should remove something"
     for layer in r.report.layers:
         assert layer.channels_after % 4 == 0, layer

@@ -23,10 +23,36 @@ DIGITS = str(FIXTURES / "digits_cnn.onnx")
 CALIBRATION = str(FIXTURES / "digits_calibration.npz")  # 64 samples
 
 REPORT_KEYS = [
-    "model", "criterion", "criterion_reason", "channels_total", "channels_removed", "groups_total", "groups_removed", "params_before",
-    "params_after", "macs_before", "macs_after", "macs_complete", "size_before", "size_after", "layers", "kept_groups",
-    "verification", "notes", "fidelity", "fidelity_on_random_inputs", "compensation", "verified_against", "budget", "fidelity_score",
-    "fidelity_metrics", "evaluation", "data_note", "reconstructed_layers", "sensitivity", "macs_unknown",
+    "model",
+    "criterion",
+    "criterion_reason",
+    "channels_total",
+    "channels_removed",
+    "groups_total",
+    "groups_removed",
+    "params_before",
+    "params_after",
+    "macs_before",
+    "macs_after",
+    "macs_complete",
+    "size_before",
+    "size_after",
+    "layers",
+    "kept_groups",
+    "verification",
+    "notes",
+    "fidelity",
+    "fidelity_on_random_inputs",
+    "compensation",
+    "verified_against",
+    "budget",
+    "fidelity_score",
+    "fidelity_metrics",
+    "evaluation",
+    "data_note",
+    "reconstructed_layers",
+    "sensitivity",
+    "macs_unknown",
 ]
 
 
@@ -89,7 +115,9 @@ def test_exact_runs_need_no_scores_and_no_compensation() -> None:
     assert data == stages.CalibrationData()
     assert stages.score(loaded, analysis, data, run) is None
     given = onnxprune.plan(analysis)
-    assert stages.score(loaded, analysis, data, _run(criterion="l2", ratio=0.5), given=given) is None  # a given plan: no scoring
+    assert (
+        stages.score(loaded, analysis, data, _run(criterion="l2", ratio=0.5), given=given) is None
+    )  # a given plan: no scoring
     planned = stages.plan(loaded, analysis, None, data, run)
     assert planned.plan == given and planned.plan.exact
     assert stages.compensate(loaded, analysis, planned.plan, data, run) == stages.Compensation("none")
@@ -154,7 +182,8 @@ def test_reconstructed_layers_are_typed() -> None:
     layers = result.report.reconstructed_layers
     assert layers and all(isinstance(r, ReconstructedLayer) for r in layers)
     assert result.report.to_dict()["reconstructed_layers"] == [
-        {"node": r.node, "positions": r.positions, "error_before": r.error_before, "error_after": r.error_after} for r in layers
+        {"node": r.node, "positions": r.positions, "error_before": r.error_before, "error_after": r.error_after}
+        for r in layers
     ]
     assert all(r.error_after <= r.error_before for r in layers)
 
@@ -162,7 +191,13 @@ def test_reconstructed_layers_are_typed() -> None:
 def test_exact_report_has_empty_lossy_fields() -> None:
     d = onnxprune.prune(str(FIXTURES / "residual.onnx")).report.to_dict()
     assert list(d) == REPORT_KEYS
-    assert (d["fidelity_score"], d["fidelity_metrics"], d["data_note"], d["reconstructed_layers"], d["sensitivity"]) == (None, None, "", [], None)
+    assert (
+        d["fidelity_score"],
+        d["fidelity_metrics"],
+        d["data_note"],
+        d["reconstructed_layers"],
+        d["sensitivity"],
+    ) == (None, None, "", [], None)
     assert d["evaluation"] == "seeded random inputs (seed 0), batch 1 and 2"
 
 

@@ -27,7 +27,9 @@ from onnxprune.verification import MIN_TOLERANCE, NOISE_MULTIPLE, SCALE_FLOOR
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def run(
+    model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = False, extra: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
     """Our own onnxruntime session (not onnxprune's): every output and ``extra`` tensors by name."""
     if extra:
         m = onnx.ModelProto()
@@ -35,7 +37,9 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimize: bool = F
         m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra)
         model = m
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
@@ -67,16 +71,25 @@ def yolo_end2end(seed: int = 0, anchors_side: int = 32, k: int = 100, noisy: boo
     h = b.op("Relu", b.conv(h, 32))
     w = b.weights([1, 32, 1, 1]) * 4
     la = b.conv(h, 1, 1, weight=b.const(w, "Wa"), bias=False)
-    lb = b.conv(h, 1, 1, weight=b.const(w + (1e-3 * b.rng.standard_normal(w.shape)).astype(np.float32), "Wb"), bias=False)
+    lb = b.conv(
+        h, 1, 1, weight=b.const(w + (1e-3 * b.rng.standard_normal(w.shape)).astype(np.float32), "Wb"), bias=False
+    )
     gain = np.float32(30.0 if noisy else 0.05)  # not noisy: no saturated (tied) scores either
     logits = b.op("Mul", b.op("Sub", la, lb) if noisy else la, b.const(gain, "gain"))
     scores = b.op("Reshape", b.op("Sigmoid", logits), b.const(np.array([0, -1], np.int64), "shape"))
     boxes = b.conv(h, 4, 1)
     boxes = b.op("Transpose", b.op("Reshape", boxes, b.const(np.array([0, 4, -1], np.int64), "bshape")), perm=[0, 2, 1])
     values, indices = b.op("TopK", scores, b.const(np.array([k], np.int64), "k"), outputs=2, axis=-1)
-    idx = b.op("Tile", b.op("Unsqueeze", indices, b.const(np.array([2], np.int64), "ax")), b.const(np.array([1, 1, 4], np.int64), "reps"))
+    idx = b.op(
+        "Tile",
+        b.op("Unsqueeze", indices, b.const(np.array([2], np.int64), "ax")),
+        b.const(np.array([1, 1, 4], np.int64), "reps"),
+    )
     picked = b.op("GatherElements", boxes, idx, axis=1)
-    b.output(b.op("Concat", picked, b.op("Unsqueeze", values, b.const(np.array([2], np.int64), "ax2")), axis=2), shape=[None, k, 5])
+    b.output(
+        b.op("Concat", picked, b.op("Unsqueeze", values, b.const(np.array([2], np.int64), "ax2")), axis=2),
+        shape=[None, k, 5],
+    )
     return b.build("yolo_end2end")
 
 
@@ -88,7 +101,9 @@ def test_limit_is_the_noise_floor_multiple_on_a_badly_conditioned_model() -> Non
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 16, 16, 16)).astype(np.float32)}
     plain, fused = run(model, feeds), run(model, {"x": np.nextafter(feeds["x"], np.float32(np.inf))}, optimize=True)
     out = model.graph.output[0].name
-    assert np.abs(plain[out] - fused[out]).max() > 2 * MIN_TOLERANCE * np.abs(plain[out]).max()  # its own noise is large
+    assert (
+        np.abs(plain[out] - fused[out]).max() > 2 * MIN_TOLERANCE * np.abs(plain[out]).max()
+    )  # its own noise is large
 
     # The old fixed 1e-5 x scale refuses a correct lossy prune of it; the noise-aware default proves it.
     with pytest.raises(VerificationFailed, match="more than its limit"):
@@ -101,8 +116,12 @@ def test_limit_is_the_noise_floor_multiple_on_a_badly_conditioned_model() -> Non
     from onnxprune.compensation import data_free_values
     from onnxprune.planning import PruningPlan
 
-    estimates = data_free_values(model, result.analysis, PruningPlan("tmp", result.plan.removed_groups), onnxprune.default_registry(), {})
-    masked = masked_reference(model, result.analysis, reader_masks(result.analysis, removed_id_mask(result.analysis, result.plan), estimates))
+    estimates = data_free_values(
+        model, result.analysis, PruningPlan("tmp", result.plan.removed_groups), onnxprune.default_registry(), {}
+    )
+    masked = masked_reference(
+        model, result.analysis, reader_masks(result.analysis, removed_id_mask(result.analysis, result.plan), estimates)
+    )
     for o, batch in zip(v.outputs, (1, 2)):
         assert o.batch == batch
         f = {"x": np.random.default_rng(batch - 1).standard_normal((batch, 16, 16, 16)).astype(np.float32)}
@@ -142,10 +161,30 @@ def test_report_table_json_and_markdown_per_output(tmp_path: Path, capsys: pytes
     model = tmp_path / "noisy.onnx"
     onnx.save(noisy_cnn(), model)
     out, report, md = tmp_path / "o.onnx", tmp_path / "r.json", tmp_path / "r.md"
-    assert cli.main(["prune", str(model), "-o", str(out), "--criterion", "l2", "--ratio", "0.25", "--report", str(report), "--markdown", str(md)]) == 0
+    assert (
+        cli.main(
+            [
+                "prune",
+                str(model),
+                "-o",
+                str(out),
+                "--criterion",
+                "l2",
+                "--ratio",
+                "0.25",
+                "--report",
+                str(report),
+                "--markdown",
+                str(md),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     v = json.loads(report.read_text())["verification"]
-    assert v["mode"] == "noise-aware" and v["noise_multiple"] == NOISE_MULTIPLE and v["runtime"].startswith("onnxruntime")
+    assert (
+        v["mode"] == "noise-aware" and v["noise_multiple"] == NOISE_MULTIPLE and v["runtime"].startswith("onnxruntime")
+    )
     assert "graph optimisations on" in v["noise_runtime"]
     for o in v["outputs"]:
         assert set(o) >= {"name", "batch", "max_abs_diff", "noise_floor", "limit", "margin", "passed"}
@@ -197,7 +236,11 @@ def dropped_bias_fold(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(SurgeryContext, "fold_delta", lambda self, node, index, fn: None)
 
 
-FAULTS = {"wrong slice index": wrong_slice_index, "missed reader": missed_reader, "dropped bias fold": dropped_bias_fold}
+FAULTS = {
+    "wrong slice index": wrong_slice_index,
+    "missed reader": missed_reader,
+    "dropped bias fold": dropped_bias_fold,
+}
 
 
 def _cases() -> list[tuple[str, Callable[[], onnx.ModelProto | str], str, dict]]:
@@ -286,8 +329,12 @@ def test_yolo_end2end_lossy_prune_reorders_rows_but_passes(tmp_path: Path) -> No
     from onnxprune.compensation import data_free_values
     from onnxprune.planning import PruningPlan
 
-    estimates = data_free_values(model, result.analysis, PruningPlan("tmp", result.plan.removed_groups), onnxprune.default_registry(), {})
-    masked = masked_reference(model, result.analysis, reader_masks(result.analysis, removed_id_mask(result.analysis, result.plan), estimates))
+    estimates = data_free_values(
+        model, result.analysis, PruningPlan("tmp", result.plan.removed_groups), onnxprune.default_registry(), {}
+    )
+    masked = masked_reference(
+        model, result.analysis, reader_masks(result.analysis, removed_id_mask(result.analysis, result.plan), estimates)
+    )
     xs = np.load(inputs)["x"]
     worst_row_jump = worst_frontier = 0.0
     for i in range(len(xs)):
@@ -295,10 +342,14 @@ def test_yolo_end2end_lossy_prune_reorders_rows_but_passes(tmp_path: Path) -> No
         ref, got = run(masked, f, extra=tail.frontier), run(result.model, f, extra=tail.frontier)
         worst_row_jump = max(worst_row_jump, float(np.abs(ref[out] - got[out]).max() / np.abs(ref[out]).max()))
         for n in tail.frontier:
-            worst_frontier = max(worst_frontier, float(np.abs(ref[n] - got[n]).max() / max(np.abs(ref[n]).max(), SCALE_FLOOR)))
+            worst_frontier = max(
+                worst_frontier, float(np.abs(ref[n] - got[n]).max() / max(np.abs(ref[n]).max(), SCALE_FLOOR))
+            )
     assert worst_row_jump > 1e-2 and worst_frontier < 1e-2
     d = v.to_dict()
-    assert d["discontinuous_outputs"][0]["output"] == out and d["discontinuous_outputs"][0]["verified_at"] == list(tail.frontier)
+    assert d["discontinuous_outputs"][0]["output"] == out and d["discontinuous_outputs"][0]["verified_at"] == list(
+        tail.frontier
+    )
 
 
 def test_discontinuous_output_compared_where_decisions_agree(tmp_path: Path) -> None:
@@ -375,8 +426,12 @@ def test_output_declarations_kept_when_channels_go() -> None:
     result = onnxprune.prune(model, "l2", ratio=0.5)
     assert result.report.channels_removed > 0
     onnx.checker.check_model(result.model, full_check=True)
-    assert [o.SerializeToString() for o in result.model.graph.output] == [o.SerializeToString() for o in model.graph.output]
-    assert [i.SerializeToString() for i in result.model.graph.input] == [i.SerializeToString() for i in model.graph.input]
+    assert [o.SerializeToString() for o in result.model.graph.output] == [
+        o.SerializeToString() for o in model.graph.output
+    ]
+    assert [i.SerializeToString() for i in result.model.graph.input] == [
+        i.SerializeToString() for i in model.graph.input
+    ]
 
 
 def test_nothing_removable_with_a_budget_and_from_file(tmp_path: Path) -> None:

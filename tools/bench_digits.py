@@ -28,7 +28,9 @@ COMPENSATION = ["none", "data-free", "calibration"]
 
 
 def accuracy(model: onnx.ModelProto | str, x: np.ndarray, labels: np.ndarray) -> float:
-    logits = session(model, source=model if isinstance(model, str) else "<pruned model>", optimize=True)({"input": x})[0]
+    logits = session(model, source=model if isinstance(model, str) else "<pruned model>", optimize=True)({"input": x})[
+        0
+    ]
     return float((logits.argmax(axis=1) == labels).mean())
 
 
@@ -46,17 +48,29 @@ def run(criteria: list[str], ratios: list[float], seeds: int) -> list[dict]:
                     accs, cuts, cos = [], [], []
                     for seed in range(seeds if crit in ("random", "kmeans") else 1):
                         r = onnxprune.prune(
-                            model_path, crit, ratio=ratio, global_ranking=global_ranking, compensation=comp,
-                            calibration=calib, seed=seed,
+                            model_path,
+                            crit,
+                            ratio=ratio,
+                            global_ranking=global_ranking,
+                            compensation=comp,
+                            calibration=calib,
+                            seed=seed,
                         )
                         accs.append(accuracy(r.model, x, labels))
                         cuts.append(1 - r.report.macs_after / r.report.macs_before)
                         cos.append(r.report.fidelity[0].cosine if r.report.fidelity else 1.0)
-                    rows.append({
-                        "criterion": crit, "ratio": ratio, "mode": "global" if global_ranking else "per-layer",
-                        "compensation": comp, "accuracy": float(np.mean(accs)), "macs_cut": float(np.mean(cuts)),
-                        "cosine": float(np.mean(cos)), "runs": len(accs),
-                    })
+                    rows.append(
+                        {
+                            "criterion": crit,
+                            "ratio": ratio,
+                            "mode": "global" if global_ranking else "per-layer",
+                            "compensation": comp,
+                            "accuracy": float(np.mean(accs)),
+                            "macs_cut": float(np.mean(cuts)),
+                            "cosine": float(np.mean(cos)),
+                            "runs": len(accs),
+                        }
+                    )
     return rows
 
 
@@ -76,20 +90,38 @@ def markdown(rows: list[dict], ratios: list[float], seconds: float) -> str:
         "",
     ]
     for mode in ("per-layer", "global"):
-        lines += [f"## {mode}", "", "| criterion | compensation | " + " | ".join(f"{int(r * 100)}%" for r in ratios) + " | MACs cut at " + f"{int(ratios[-1] * 100)}% |", "|---|---|" + "---:|" * (len(ratios) + 1)]
+        lines += [
+            f"## {mode}",
+            "",
+            "| criterion | compensation | "
+            + " | ".join(f"{int(r * 100)}%" for r in ratios)
+            + " | MACs cut at "
+            + f"{int(ratios[-1] * 100)}% |",
+            "|---|---|" + "---:|" * (len(ratios) + 1),
+        ]
         for crit in dict.fromkeys(r["criterion"] for r in rows[1:]):
             for comp in COMPENSATION:
                 cells = []
                 cut = ""
                 for ratio in ratios:
-                    row = next(r for r in rows[1:] if r["criterion"] == crit and r["ratio"] == ratio and r["mode"] == mode and r["compensation"] == comp)
+                    row = next(
+                        r
+                        for r in rows[1:]
+                        if r["criterion"] == crit
+                        and r["ratio"] == ratio
+                        and r["mode"] == mode
+                        and r["compensation"] == comp
+                    )
                     cells.append(f"{row['accuracy'] * 100:.1f}")
                     cut = f"{row['macs_cut'] * 100:.0f}%"
                 lines.append(f"| {crit} | {comp} | " + " | ".join(cells) + f" | {cut} |")
         lines.append("")
+
     # summary against the targets of the issue
     def mean_acc(crit: str, comp: str | None = None) -> float:
-        sel = [r["accuracy"] for r in rows[1:] if r["criterion"] == crit and (comp is None or r["compensation"] == comp)]
+        sel = [
+            r["accuracy"] for r in rows[1:] if r["criterion"] == crit and (comp is None or r["compensation"] == comp)
+        ]
         return float(np.mean(sel))
 
     lines += ["## Summary", ""]

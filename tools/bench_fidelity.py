@@ -56,7 +56,16 @@ def bench_model(model: Path, calib: str, x_eval: np.ndarray, labels: np.ndarray 
                 ratio, _, r = ok[-1]
                 rows.append(_row(target, f"uniform L2 {ratio:.2f}", vname, r, ref, x_eval, labels, input_name))
             else:
-                rows.append({"target": target, "plan": "uniform L2 (none holds)", "variant": vname, "macs_cut": 0.0, "agreement": 1.0, "accuracy": None})
+                rows.append(
+                    {
+                        "target": target,
+                        "plan": "uniform L2 (none holds)",
+                        "variant": vname,
+                        "macs_cut": 0.0,
+                        "agreement": 1.0,
+                        "accuracy": None,
+                    }
+                )
             r = onnxprune.prune(model, "l2", min_fidelity=target, **common, **opts)
             rows.append(_row(target, "sensitivity-allocated L2", vname, r, ref, x_eval, labels, input_name))
             print(rows[-2], rows[-1], flush=True)
@@ -70,7 +79,9 @@ def bench_model(model: Path, calib: str, x_eval: np.ndarray, labels: np.ndarray 
 def _row(target, plan, variant, r, ref, x_eval, labels, input_name) -> dict:
     got = outputs(r.model, x_eval, input_name)
     return {
-        "target": target, "plan": plan, "variant": variant,
+        "target": target,
+        "plan": plan,
+        "variant": variant,
         "macs_cut": 1 - r.report.macs_after / r.report.macs_before,
         "agreement": top1_agreement(ref, got),
         "accuracy": None if labels is None else float((got.argmax(1) == labels).mean()),
@@ -81,7 +92,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", help="folder of tools/export_zoo.py models (default: the digits CNN)")
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
-    parser.add_argument("--samples", type=int, default=32, help="zoo: seeded random calibration and held-out images each")
+    parser.add_argument(
+        "--samples", type=int, default=32, help="zoo: seeded random calibration and held-out images each"
+    )
     args = parser.parse_args()
     start = time.time()
     results: dict[str, list[dict]] = {}
@@ -89,9 +102,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.zoo is None:
             test = np.load(ROOT / "fixtures" / "digits_test.npz")
-            base = float((outputs(str(ROOT / "fixtures" / "digits_cnn.onnx"), test["input"], "input").argmax(1) == test["labels"]).mean())
-            results["digits_cnn"] = bench_model(ROOT / "fixtures" / "digits_cnn.onnx", str(ROOT / "fixtures" / "digits_calibration.npz"), test["input"], test["labels"], "input")
-            header.append(f"Digits CNN (`fixtures/digits_cnn.onnx`, tools/train_digits.py): calibration = 64 training images, held-out = 540 test images; unpruned accuracy **{base * 100:.2f}%**.")
+            base = float(
+                (
+                    outputs(str(ROOT / "fixtures" / "digits_cnn.onnx"), test["input"], "input").argmax(1)
+                    == test["labels"]
+                ).mean()
+            )
+            results["digits_cnn"] = bench_model(
+                ROOT / "fixtures" / "digits_cnn.onnx",
+                str(ROOT / "fixtures" / "digits_calibration.npz"),
+                test["input"],
+                test["labels"],
+                "input",
+            )
+            header.append(
+                f"Digits CNN (`fixtures/digits_cnn.onnx`, tools/train_digits.py): calibration = 64 training images, held-out = 540 test images; unpruned accuracy **{base * 100:.2f}%**."
+            )
             out = ROOT / "benchmarks" / "fidelity"
         else:
             rng = np.random.default_rng(0)
@@ -105,7 +131,9 @@ def main() -> None:
                 np.savez(calib, **{inp.name: rng.standard_normal((args.samples, *dims)).astype(np.float32)})
                 x_eval = rng.standard_normal((args.samples, *dims)).astype(np.float32)
                 results[name] = bench_model(model, calib, x_eval, None, inp.name)
-            header.append(f"Zoo models from `{args.zoo}` (random weights): {args.samples} seeded random calibration images, {args.samples} different held-out ones; fidelity = top-1 agreement with the original.")
+            header.append(
+                f"Zoo models from `{args.zoo}` (random weights): {args.samples} seeded random calibration images, {args.samples} different held-out ones; fidelity = top-1 agreement with the original."
+            )
             out = ROOT / "benchmarks" / "fidelity_zoo"
     seconds = time.time() - start
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -121,10 +149,18 @@ def main() -> None:
         "`--min-fidelity` (per-unit ratios from the sensitivity analysis); both judged on the held-out inputs.",
     ]
     for name, rows in results.items():
-        lines += ["", f"## {name}", "", "| fidelity target | plan | variant | MACs cut | held-out agreement | held-out accuracy |", "|---|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            "| fidelity target | plan | variant | MACs cut | held-out agreement | held-out accuracy |",
+            "|---|---|---|---:|---:|---:|",
+        ]
         for r in rows:
             acc = "" if r["accuracy"] is None else f"{r['accuracy'] * 100:.2f}%"
-            lines.append(f"| {r['target']} | {r['plan']} | {r['variant']} | {r['macs_cut'] * 100:.1f}% | {r['agreement'] * 100:.1f}% | {acc} |")
+            lines.append(
+                f"| {r['target']} | {r['plan']} | {r['variant']} | {r['macs_cut'] * 100:.1f}% | {r['agreement'] * 100:.1f}% | {acc} |"
+            )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -38,13 +38,29 @@ ZOO = Path("/work/zoo-nncf")
 
 
 def cases() -> list[dict]:
-    out = [dict(name="digits", path=FIX / "digits_cnn.onnx", cal=FIX / "digits_calibration.npz", test=FIX / "digits_test.npz",
-                prune=dict(criterion="l2", min_fidelity=0.99, reconstruct=True), kind="accuracy")]
+    out = [
+        dict(
+            name="digits",
+            path=FIX / "digits_cnn.onnx",
+            cal=FIX / "digits_calibration.npz",
+            test=FIX / "digits_test.npz",
+            prune=dict(criterion="l2", min_fidelity=0.99, reconstruct=True),
+            kind="accuracy",
+        )
+    ]
     for name in ("digits", "resnet", "mobilenet"):
         p = NNCF / f"{name}_float.onnx"
         if p.exists():
-            out.append(dict(name=f"nncf_{name}", path=p, cal=FIX / "digits_calibration.npz", test=NNCF / "digits_test.npz",
-                            prune=dict(criterion="zero"), kind="accuracy"))
+            out.append(
+                dict(
+                    name=f"nncf_{name}",
+                    path=p,
+                    cal=FIX / "digits_calibration.npz",
+                    test=NNCF / "digits_test.npz",
+                    prune=dict(criterion="zero"),
+                    kind="accuracy",
+                )
+            )
     for name in ("resnet50", "mobilenet_v2"):
         p = ZOO / f"{name}.onnx"
         if p.exists():
@@ -113,8 +129,12 @@ def run_case(c: dict, work: Path, repeats: int, subset: int) -> dict:
     reports = {}
     for label, src in (("pruned int8", pruned), ("unpruned int8", orig)):
         stem = work / f"{name}_{label.split()[0]}_int8"
-        q_onnx = quantize(src, f"{stem}.onnx", calibration=str(cal), evaluation_inputs=str(test), subset_size=subset, source=src)
-        q_ir = quantize(src, f"{stem}.xml", calibration=str(cal), evaluation_inputs=str(test), subset_size=subset, source=src)
+        q_onnx = quantize(
+            src, f"{stem}.onnx", calibration=str(cal), evaluation_inputs=str(test), subset_size=subset, source=src
+        )
+        q_ir = quantize(
+            src, f"{stem}.xml", calibration=str(cal), evaluation_inputs=str(test), subset_size=subset, source=src
+        )
         paths[label] = f"{stem}.xml"
         paths[label + " (QDQ ONNX)"] = f"{stem}.onnx"
         reports[label] = {"onnx": q_onnx.report.to_dict(), "ir": q_ir.report.to_dict()}
@@ -132,59 +152,96 @@ def run_case(c: dict, work: Path, repeats: int, subset: int) -> dict:
     for precision in ("default", "f32"):
         runs = []
         for _ in range(repeats):
-            runs.append(benchmark([paths[k] for k in timed], rounds=10, runs_per_round=5, warmup=5, throughput_seconds=2.0,
-                                  precision=None if precision == "default" else precision))
+            runs.append(
+                benchmark(
+                    [paths[k] for k in timed],
+                    rounds=10,
+                    runs_per_round=5,
+                    warmup=5,
+                    throughput_seconds=2.0,
+                    precision=None if precision == "default" else precision,
+                )
+            )
         for i, k in enumerate(timed):
             ratios = [run[i].latency_ratio for run in runs]
             rows[k][f"latency_{precision}"] = {
-                "ratio": float(np.median(ratios)), "ratios": ratios,
+                "ratio": float(np.median(ratios)),
+                "ratios": ratios,
                 "median_ms": float(np.median([run[i].latency_median_ms for run in runs])),
                 "p10_ms": float(np.median([run[i].latency_p10_ms for run in runs])),
                 "p90_ms": float(np.median([run[i].latency_p90_ms for run in runs])),
                 "throughput_ratio": float(np.median([run[i].throughput_ratio for run in runs])),
                 "precision": runs[0][i].precision,
             }
-    return {"name": name, "kind": c["kind"], "model": orig, "prune": {k: v for k, v in c["prune"].items()}, "macs_ratio": macs,
-            "samples": {"calibration": str(cal), "test": str(test), "test_samples": len(x)},
-            "rows": rows, "quantization": reports, "seconds": time.time() - t0}
+    return {
+        "name": name,
+        "kind": c["kind"],
+        "model": orig,
+        "prune": {k: v for k, v in c["prune"].items()},
+        "macs_ratio": macs,
+        "samples": {"calibration": str(cal), "test": str(test), "test_samples": len(x)},
+        "rows": rows,
+        "quantization": reports,
+        "seconds": time.time() - t0,
+    }
 
 
 def render(results: list[dict], meta: dict) -> str:
-    lines = ["# Pruning + int8 quantization (NNCF post-training)", "",
-             f"Date: {meta['date']}  ", f"Machine: {meta['machine']}  ", f"Produced by: `{meta['command']}`", "",
-             "Int8: `onnxprune.quantize` (NNCF `quantize`, preset performance, fast bias correction, subset "
-             f"{meta['subset']}); QDQ ONNX by NNCF's ONNX backend, IR by its OpenVINO backend. Latency: `onnxprune.bench.benchmark`, "
-             "OpenVINO CPU, batch 1, LATENCY hint, the four models interleaved; ratio = median latency / the original's, median over "
-             f"{meta['repeats']} runs; **default** = OpenVINO's default inference precision on this CPU (bf16: it has AVX-512 BF16), "
-             "**f32** = INFERENCE_PRECISION_HINT f32. int8 models run int8 kernels where quantized and that precision elsewhere. "
-             "Agreement/cosine are against the original fp32 model on the test samples (never calibration samples); accuracy against the labels. "
-             "The machine is a shared 2-core VM (other sessions running): treat latency differences below ~5% as noise.", ""]
+    lines = [
+        "# Pruning + int8 quantization (NNCF post-training)",
+        "",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}  ",
+        f"Produced by: `{meta['command']}`",
+        "",
+        "Int8: `onnxprune.quantize` (NNCF `quantize`, preset performance, fast bias correction, subset "
+        f"{meta['subset']}); QDQ ONNX by NNCF's ONNX backend, IR by its OpenVINO backend. Latency: `onnxprune.bench.benchmark`, "
+        "OpenVINO CPU, batch 1, LATENCY hint, the four models interleaved; ratio = median latency / the original's, median over "
+        f"{meta['repeats']} runs; **default** = OpenVINO's default inference precision on this CPU (bf16: it has AVX-512 BF16), "
+        "**f32** = INFERENCE_PRECISION_HINT f32. int8 models run int8 kernels where quantized and that precision elsewhere. "
+        "Agreement/cosine are against the original fp32 model on the test samples (never calibration samples); accuracy against the labels. "
+        "The machine is a shared 2-core VM (other sessions running): treat latency differences below ~5% as noise.",
+        "",
+    ]
     for r in results:
-        lines += [f"## {r['name']}", "",
-                  f"`{r['model']}`; pruning: `{r['prune']}` → MACs ×{r['macs_ratio']:.3f}; test samples: {r['samples']['test_samples']} "
-                  f"({'held-out labelled set' if r['kind'] == 'accuracy' else 'random inputs: random-weight model, speed only'}); "
-                  f"calibration: `{r['samples']['calibration']}`.", "",
-                  "| variant | accuracy | top-1 agreement | cosine | size (bytes) | latency ratio (default) | ms (p10–p90) | latency ratio (f32) | ms f32 | precision (default) | measured with |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+        lines += [
+            f"## {r['name']}",
+            "",
+            f"`{r['model']}`; pruning: `{r['prune']}` → MACs ×{r['macs_ratio']:.3f}; test samples: {r['samples']['test_samples']} "
+            f"({'held-out labelled set' if r['kind'] == 'accuracy' else 'random inputs: random-weight model, speed only'}); "
+            f"calibration: `{r['samples']['calibration']}`.",
+            "",
+            "| variant | accuracy | top-1 agreement | cosine | size (bytes) | latency ratio (default) | ms (p10–p90) | latency ratio (f32) | ms f32 | precision (default) | measured with |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
         for label, row in r["rows"].items():
             acc = f"{row['accuracy'] * 100:.2f}%" if "accuracy" in row else "—"
             ld, lf = row.get("latency_default"), row.get("latency_f32")
-            lat = (f"{ld['ratio']:.3f} | {ld['median_ms']:.2f} ({ld['p10_ms']:.2f}–{ld['p90_ms']:.2f}) | {lf['ratio']:.3f} | {lf['median_ms']:.2f} | {ld['precision']}"
-                   if ld else "— | — | — | — | —")
-            lines.append(f"| {label} | {acc} | {row['top1_agreement'] * 100:.2f}% | {row['cosine']:.4f} | {row['size']:,} | {lat} | {row['runtime']} |")
+            lat = (
+                f"{ld['ratio']:.3f} | {ld['median_ms']:.2f} ({ld['p10_ms']:.2f}–{ld['p90_ms']:.2f}) | {lf['ratio']:.3f} | {lf['median_ms']:.2f} | {ld['precision']}"
+                if ld
+                else "— | — | — | — | —"
+            )
+            lines.append(
+                f"| {label} | {acc} | {row['top1_agreement'] * 100:.2f}% | {row['cosine']:.4f} | {row['size']:,} | {lat} | {row['runtime']} |"
+            )
         lines.append("")
     lines += ["## Targets", ""]
     for r in results:
         rows = r["rows"]
         if r["kind"] == "accuracy":
             d = (rows["pruned int8"]["accuracy"] - rows["original fp32"]["accuracy"]) * 100
-            lines.append(f"- {r['name']}: pruned int8 (IR) accuracy {rows['pruned int8']['accuracy'] * 100:.2f}% vs original {rows['original fp32']['accuracy'] * 100:.2f}% "
-                         f"({d:+.2f} points; target within 1 point: **{'met' if d >= -1.0 else 'not met'}**)")
+            lines.append(
+                f"- {r['name']}: pruned int8 (IR) accuracy {rows['pruned int8']['accuracy'] * 100:.2f}% vs original {rows['original fp32']['accuracy'] * 100:.2f}% "
+                f"({d:+.2f} points; target within 1 point: **{'met' if d >= -1.0 else 'not met'}**)"
+            )
         if r["name"] == "resnet50":
             ratio = rows["pruned int8"]["latency_default"]["ratio"]
-            lines.append(f"- ResNet-50 pruned (MACs ×{r['macs_ratio']:.3f}) + int8: latency ×{ratio:.3f} of the original at OpenVINO's default precision "
-                         f"(target ≤ 0.40: **{'met' if ratio <= 0.40 else 'not met'}**); int8 alone ×{rows['unpruned int8']['latency_default']['ratio']:.3f}, "
-                         f"pruning alone ×{rows['pruned fp32']['latency_default']['ratio']:.3f}")
+            lines.append(
+                f"- ResNet-50 pruned (MACs ×{r['macs_ratio']:.3f}) + int8: latency ×{ratio:.3f} of the original at OpenVINO's default precision "
+                f"(target ≤ 0.40: **{'met' if ratio <= 0.40 else 'not met'}**); int8 alone ×{rows['unpruned int8']['latency_default']['ratio']:.3f}, "
+                f"pruning alone ×{rows['pruned fp32']['latency_default']['ratio']:.3f}"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -201,13 +258,28 @@ def main() -> None:
     for c in chosen:
         print(f"[int8] {c['name']} ...", flush=True)
         results.append(run_case(c, Path(args.work), args.repeats, args.subset))
-        print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("accuracy", "top1_agreement", "latency_default")} for k, v in results[-1]["rows"].items()}, indent=1), flush=True)
+        print(
+            json.dumps(
+                {
+                    k: {kk: vv for kk, vv in v.items() if kk in ("accuracy", "top1_agreement", "latency_default")}
+                    for k, v in results[-1]["rows"].items()
+                },
+                indent=1,
+            ),
+            flush=True,
+        )
     import openvino
 
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, openvino {openvino.__version__}",
-            "command": "python tools/bench_int8.py " + " ".join(f"--{k} {v}" for k, v in (("only", args.only), ("repeats", args.repeats), ("subset", args.subset)) if v),
-            "repeats": args.repeats, "subset": args.subset}
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, openvino {openvino.__version__}",
+        "command": "python tools/bench_int8.py "
+        + " ".join(
+            f"--{k} {v}" for k, v in (("only", args.only), ("repeats", args.repeats), ("subset", args.subset)) if v
+        ),
+        "repeats": args.repeats,
+        "subset": args.subset,
+    }
     Path(args.out + ".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     Path(args.out + ".md").write_text(render(results, meta))
 

@@ -108,7 +108,9 @@ def fq_weight_outputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
         return {name: np.asarray(res[compiled.output(name)]) for name in names}
 
 
-def fq_reference(x: np.ndarray, il: np.ndarray, ih: np.ndarray, ol: np.ndarray, oh: np.ndarray, levels: int) -> np.ndarray:
+def fq_reference(
+    x: np.ndarray, il: np.ndarray, ih: np.ndarray, ol: np.ndarray, oh: np.ndarray, levels: int
+) -> np.ndarray:
     """FakeQuantize's reference formula, evaluated in float32 the way an expansion into
     standard ONNX ops (Sub, Div, Mul, Round, Add) would run it."""
     f = np.float32
@@ -163,7 +165,9 @@ def patterns(path: Path) -> dict[str, Any]:
             if w is not None and len(rec["zero_filters"]):
                 ref = fq_reference(w, *(g.const(i) for i in fq.input[1:5]), levels)[rec["zero_filters"]]
                 rec["fq_reference_zero_filter_max_abs"] = float(np.abs(ref).max())
-                rec["fq_reference_zero_filters_still_zero"] = int((~np.any(ref.reshape(len(ref), -1) != 0, axis=1)).sum())
+                rec["fq_reference_zero_filters_still_zero"] = int(
+                    (~np.any(ref.reshape(len(ref), -1) != 0, axis=1)).sum()
+                )
             fq_names.append(n.input[1])
         if chain[:2] == ["DequantizeLinear", "QuantizeLinear"]:
             dq = g.producer[n.input[1]]
@@ -195,12 +199,27 @@ def patterns(path: Path) -> dict[str, Any]:
     for n in model.graph.node:
         if n.op_type == "FakeQuantize" and g.const(n.input[0]) is None:
             shapes = [list(g.const(i).shape) for i in n.input[1:5]]
-            feeds = [f"{c.op_type}(group={_group(c)})" if c.op_type == "Conv" else c.op_type for c in g.consumers[n.output[0]]]
-            acts.append({"node": n.name, "range_shapes": shapes, "shared_low": n.input[1] == n.input[3],
-                         "shared_high": n.input[2] == n.input[4], "readers": feeds})
+            feeds = [
+                f"{c.op_type}(group={_group(c)})" if c.op_type == "Conv" else c.op_type
+                for c in g.consumers[n.output[0]]
+            ]
+            acts.append(
+                {
+                    "node": n.name,
+                    "range_shapes": shapes,
+                    "shared_low": n.input[1] == n.input[3],
+                    "shared_high": n.input[2] == n.input[4],
+                    "readers": feeds,
+                }
+            )
         if n.op_type == "QuantizeLinear" and g.const(n.input[0]) is None:
-            acts.append({"node": n.name, "scale_shape": list(g.const(n.input[1]).shape),
-                         "zero_point": str(g.const(n.input[2]).dtype)})
+            acts.append(
+                {
+                    "node": n.name,
+                    "scale_shape": list(g.const(n.input[1]).shape),
+                    "zero_point": str(g.const(n.input[2]).dtype),
+                }
+            )
     facts["activation_quantizers"] = acts
     # Constants used by more than one FakeQuantize (across nodes)
     users: dict[str, set[str]] = collections.defaultdict(set)
@@ -238,20 +257,32 @@ def run_onnxprune(path: Path, tmp: Path, extra: tuple[str, ...] = ("--criterion"
     cmd = [sys.executable, "-m", "onnxprune", "prune", str(path), "-o", str(out), *extra, "--report", str(report)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     lines = [ln for ln in (p.stderr.strip().splitlines() or [""])]
-    rec: dict[str, Any] = {"exit": p.returncode, "error_line": lines[-1] if p.returncode else "",
-                           "traceback": "Traceback" in p.stderr}
+    rec: dict[str, Any] = {
+        "exit": p.returncode,
+        "error_line": lines[-1] if p.returncode else "",
+        "traceback": "Traceback" in p.stderr,
+    }
     if report.exists():
         r = json.loads(report.read_text())
         v = r.get("verification") or {}
-        rec.update(channels_total=r["channels_total"], channels_removed=r["channels_removed"],
-                   macs_before=r["macs_before"], macs_after=r["macs_after"],
-                   verified=v.get("passed"), max_abs_diff=v.get("max_abs_diff"), scale=v.get("scale"),
-                   kept_reasons=collections.Counter(
-                       reason.split(" where ")[0].split(" '")[0] for grp in r["kept_groups"] for reason in grp["reasons"]
-                   ).most_common())
+        rec.update(
+            channels_total=r["channels_total"],
+            channels_removed=r["channels_removed"],
+            macs_before=r["macs_before"],
+            macs_after=r["macs_after"],
+            verified=v.get("passed"),
+            max_abs_diff=v.get("max_abs_diff"),
+            scale=v.get("scale"),
+            kept_reasons=collections.Counter(
+                reason.split(" where ")[0].split(" '")[0] for grp in r["kept_groups"] for reason in grp["reasons"]
+            ).most_common(),
+        )
         layers = r.get("layers") or []
-        rec["layers_changed"] = {lay["name"]: [lay["before"], lay["after"]] for lay in layers
-                                 if isinstance(lay, dict) and lay.get("before") != lay.get("after")}
+        rec["layers_changed"] = {
+            lay["name"]: [lay["before"], lay["after"]]
+            for lay in layers
+            if isinstance(lay, dict) and lay.get("before") != lay.get("after")
+        }
     rec["output_written"] = out.exists()
     if out.exists():
         rec["pruned_path"] = str(out)
@@ -285,8 +316,11 @@ def probe(path: Path, tmp: Path, args: tuple[str, ...]) -> dict[str, Any]:
     if args[0] == "prune" and p.returncode == 0:
         first = [ln for ln in p.stdout.splitlines() if ln.strip().startswith("output channels")]
         line = " ".join(first[0].split()) if first else line
-    return {"exit": p.returncode, "line": line.replace(str(path), "FILE").replace(str(tmp), "TMP"),
-            "traceback": "Traceback" in p.stderr}
+    return {
+        "exit": p.returncode,
+        "line": line.replace(str(path), "FILE").replace(str(tmp), "TMP"),
+        "traceback": "Traceback" in p.stderr,
+    }
 
 
 def openvino_pass(path: Path) -> dict[str, Any]:
@@ -296,15 +330,29 @@ def openvino_pass(path: Path) -> dict[str, Any]:
         r = run_openvino_pruning(str(path), seed=0, check=True)
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
-    return {k: r.get(k) for k in ("error", "error_stage", "channels_total", "conv_channels_total",
-                                  "channels_removed", "conv_channels_removed", "macs_before", "macs_after",
-                                  "layers_changed", "verification")}
+    return {
+        k: r.get(k)
+        for k in (
+            "error",
+            "error_stage",
+            "channels_total",
+            "conv_channels_total",
+            "channels_removed",
+            "conv_channels_removed",
+            "macs_before",
+            "macs_after",
+            "layers_changed",
+            "verification",
+        )
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exports", default="/work/nncf_exports")
-    parser.add_argument("--results", action="store_true", help="measure today's onnxprune (nncf_exports.md), not the baseline")
+    parser.add_argument(
+        "--results", action="store_true", help="measure today's onnxprune (nncf_exports.md), not the baseline"
+    )
     parser.add_argument("--out-json", default=None)
     parser.add_argument("--out-md", default=None)
     args = parser.parse_args()
@@ -333,8 +381,18 @@ def main() -> None:
                     rec["onnxprune"]["top1_pruned_onnxruntime"] = accuracy(Path(pruned), x, y, "onnxruntime")
                 l2 = run_onnxprune(path, tmp, ("--criterion", "l2", "--ratio", "0.25"))
                 l2.pop("pruned_path", None)
-                rec["onnxprune_l2_25"] = {k: l2.get(k) for k in ("exit", "error_line", "traceback", "channels_removed",
-                                                                 "verified", "max_abs_diff", "scale")}
+                rec["onnxprune_l2_25"] = {
+                    k: l2.get(k)
+                    for k in (
+                        "exit",
+                        "error_line",
+                        "traceback",
+                        "channels_removed",
+                        "verified",
+                        "max_abs_diff",
+                        "scale",
+                    )
+                }
                 rec["probes"] = {label: probe(path, tmp, args) for label, args in PROBES}
                 rec["openvino_pass"] = openvino_pass(path)
                 results["files"][path.name] = rec
@@ -385,14 +443,21 @@ def write_md(results: dict[str, Any], path: Path) -> None:
             f"| {_fmt(op.get('top1_pruned_onnxruntime'))} | {op['error_line'][:160].replace('|', '/')} | {ov_ch} | {_fmt(ovv)} "
             f"| {l2['exit']}{' (traceback)' if l2['traceback'] else ''}, {_fmt(l2['channels_removed'])}, {_fmt(l2['verified'])} |"
         )
-    lines += ["", "## Other commands on the same files", "",
-              "Exit code and the line a user sees (`FILE` = the export, `TMP` = a scratch folder; for a",
-              "successful `prune`, its channel line).", ""]
+    lines += [
+        "",
+        "## Other commands on the same files",
+        "",
+        "Exit code and the line a user sees (`FILE` = the export, `TMP` = a scratch folder; for a",
+        "successful `prune`, its channel line).",
+        "",
+    ]
     for label, _ in PROBES:
         lines += [f"### `{label}`", "", "| file | exit | line |", "|---|---|---|"]
         for name, rec in results["files"].items():
             pr = rec["probes"][label]
-            lines.append(f"| {name} | {pr['exit']}{' (traceback)' if pr['traceback'] else ''} | {pr['line'][:220].replace('|', '/')} |")
+            lines.append(
+                f"| {name} | {pr['exit']}{' (traceback)' if pr['traceback'] else ''} | {pr['line'][:220].replace('|', '/')} |"
+            )
         lines.append("")
     lines += ["", "Top-1 measured in torch by the export script (held-out digits, 540 images):", ""]
     lines += ["| net | float | pruned | pruned + int8 |", "|---|---|---|---|"]
@@ -403,44 +468,63 @@ def write_md(results: dict[str, Any], path: Path) -> None:
         p = rec["patterns"]
         lines.append(f"### {name}")
         lines.append("")
-        lines.append(f"- ops: {', '.join(f'{k} {v}' for k, v in p['ops'].items())}; opsets {p['opset']}; "
-                     f"input {p['input']}; onnx.checker (full): {p['checker']}")
-        lines.append(f"- convs {p['convs']} (depthwise {p['depthwise_convs']}); Constants shared by several "
-                     f"FakeQuantize nodes: {p['fq_constants_shared_across_nodes']}; Identity nodes: {p['identity_nodes']}")
+        lines.append(
+            f"- ops: {', '.join(f'{k} {v}' for k, v in p['ops'].items())}; opsets {p['opset']}; "
+            f"input {p['input']}; onnx.checker (full): {p['checker']}"
+        )
+        lines.append(
+            f"- convs {p['convs']} (depthwise {p['depthwise_convs']}); Constants shared by several "
+            f"FakeQuantize nodes: {p['fq_constants_shared_across_nodes']}; Identity nodes: {p['identity_nodes']}"
+        )
         for lay in p["layers"]:
             bits = [f"w: {lay['weight_chain']}", f"zero filters {len(lay['zero_filters'] or [])}/{lay['filters']}"]
             if "fq_range_shapes" in lay:
-                bits.append(f"FQ ranges {lay['fq_range_shapes'][0]}, low/high Constants shared by input and output: {lay['fq_shared_low_high']}")
+                bits.append(
+                    f"FQ ranges {lay['fq_range_shapes'][0]}, low/high Constants shared by input and output: {lay['fq_shared_low_high']}"
+                )
             if "fq_zero_filter_max_abs" in lay:
                 bits.append(f"levels {lay['fq_levels']}, input_low/input_high {lay['fq_low_over_high']}")
-                bits.append(f"zero filters after FQ: OpenVINO f32 max |w| {lay['fq_zero_filter_max_abs']:.3g} "
-                            f"({len(lay['fq_zero_filters_after'])} exactly zero); reference formula in f32 max |w| "
-                            f"{lay['fq_reference_zero_filter_max_abs']:.3g} ({lay['fq_reference_zero_filters_still_zero']} exactly zero)")
+                bits.append(
+                    f"zero filters after FQ: OpenVINO f32 max |w| {lay['fq_zero_filter_max_abs']:.3g} "
+                    f"({len(lay['fq_zero_filters_after'])} exactly zero); reference formula in f32 max |w| "
+                    f"{lay['fq_reference_zero_filter_max_abs']:.3g} ({lay['fq_reference_zero_filters_still_zero']} exactly zero)"
+                )
             if "qdq_axis" in lay:
-                bits.append(f"QDQ axis {lay['qdq_axis']}, scale {lay['qdq_scale_shape']}, zero point {lay['qdq_zero_point']}"
-                            f"{' via Identity' if lay['qdq_zero_point_via_identity'] else ''}")
+                bits.append(
+                    f"QDQ axis {lay['qdq_axis']}, scale {lay['qdq_scale_shape']}, zero point {lay['qdq_zero_point']}"
+                    f"{' via Identity' if lay['qdq_zero_point_via_identity'] else ''}"
+                )
             if "bn" in lay:
                 z = set(lay["zero_filters"] or [])
                 bn = lay["bn"]
-                bits.append("BN after it: scale=0 " + ("on exactly the zero filters" if set(bn["scale"]) == z else f"on {bn['scale']}")
-                            + ", bias=0 " + ("same" if set(bn["bias"]) == z else f"on {bn['bias']}")
-                            + f", running mean=0 on {len(bn['mean'])}, var=0 on {len(bn['var'])}")
+                bits.append(
+                    "BN after it: scale=0 "
+                    + ("on exactly the zero filters" if set(bn["scale"]) == z else f"on {bn['scale']}")
+                    + ", bias=0 "
+                    + ("same" if set(bn["bias"]) == z else f"on {bn['bias']}")
+                    + f", running mean=0 on {len(bn['mean'])}, var=0 on {len(bn['var'])}"
+                )
             else:
                 bits.append("no BatchNormalization after it")
             lines.append(f"  - `{lay['node']}` (group {lay['group']}): " + "; ".join(bits))
         acts = p["activation_quantizers"]
         if acts:
             kinds = collections.Counter(
-                (f"FakeQuantize ranges {a['range_shapes'][0]}, input_low/output_low shared {a['shared_low']}"
-                 if "range_shapes" in a else f"QuantizeLinear scale {a['scale_shape']} zero point {a['zero_point']}")
+                (
+                    f"FakeQuantize ranges {a['range_shapes'][0]}, input_low/output_low shared {a['shared_low']}"
+                    if "range_shapes" in a
+                    else f"QuantizeLinear scale {a['scale_shape']} zero point {a['zero_point']}"
+                )
                 for a in acts
             )
             for k, v in kinds.items():
                 lines.append(f"  - activations: {v} x {k}")
             dw = [a for a in acts if any("group=" in r and not r.endswith("group=1)") for r in a.get("readers", []))]
             for a in dw:
-                lines.append(f"  - activation FakeQuantize before a depthwise conv: `{a['node']}` ranges {a['range_shapes']}, "
-                             f"input_low/output_low one Constant: {a['shared_low']}")
+                lines.append(
+                    f"  - activation FakeQuantize before a depthwise conv: `{a['node']}` ranges {a['range_shapes']}, "
+                    f"input_low/output_low one Constant: {a['shared_low']}"
+                )
         lines.append("")
     path.write_text("\n".join(lines) + "\n" + NOTES + (notes if notes else "\n"))
 
@@ -475,9 +559,12 @@ def independent_check(original: Path, pruned: Path, x: np.ndarray, y: np.ndarray
     diff = np.abs(before - after).max(axis=1)
     scale = float(np.abs(before).max())
     return {
-        "top1_before": float((before.argmax(1) == y).mean()), "top1_after": float((after.argmax(1) == y).mean()),
+        "top1_before": float((before.argmax(1) == y).mean()),
+        "top1_after": float((after.argmax(1) == y).mean()),
         "top1_agreement": float((before.argmax(1) == after.argmax(1)).mean()),
-        "max_abs_diff": float(diff.max()), "scale": scale, "samples": len(x),
+        "max_abs_diff": float(diff.max()),
+        "scale": scale,
+        "samples": len(x),
         "samples_past_1e-5_scale": int(np.count_nonzero(diff > 1e-5 * scale)),
     }
 
@@ -497,22 +584,58 @@ def results_main(exports: Path, out_json: Path, out_md: Path) -> None:
             for form in FORMS:
                 path = exports / f"{net}_{form}.onnx"
                 out, report = tmp / f"{path.stem}_pruned.onnx", tmp / f"{path.stem}.json"
-                cmd = [sys.executable, "-m", "onnxprune", "prune", str(path), "-o", str(out), "--criterion", "zero",
-                       "--inputs", str(exports / "digits_test.npz"), "--compare-openvino", "--report", str(report), "-q"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "onnxprune",
+                    "prune",
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--criterion",
+                    "zero",
+                    "--inputs",
+                    str(exports / "digits_test.npz"),
+                    "--compare-openvino",
+                    "--report",
+                    str(report),
+                    "-q",
+                ]
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-                rec: dict[str, Any] = {"exit": p.returncode, "error_line": (p.stderr.strip().splitlines() or [""])[-1] if p.returncode else "",
-                                       "traceback": "Traceback" in p.stderr, "zeroed": zeroed_filters(patterns(path))}
+                rec: dict[str, Any] = {
+                    "exit": p.returncode,
+                    "error_line": (p.stderr.strip().splitlines() or [""])[-1] if p.returncode else "",
+                    "traceback": "Traceback" in p.stderr,
+                    "zeroed": zeroed_filters(patterns(path)),
+                }
                 if report.exists():
                     r = json.loads(report.read_text())
                     v = r.get("verification") or {}
                     q = v.get("quantized") or {}
                     ovp = r.get("openvino_pass") or {}
-                    rec.update(channels_total=r["channels_total"], channels_removed=r["channels_removed"],
-                               verification={"passed": v.get("passed"), "runtime": v.get("runtime"), "inputs": v.get("inputs"),
-                                             "max_abs_diff": v.get("max_abs_diff"), "scale": v.get("scale"),
-                                             "quantized": q or None},
-                               openvino_pass={k: ovp.get(k) for k in ("error", "conv_channels_removed", "conv_channels_total",
-                                                                         "channels_removed", "channels_total", "verification")})
+                    rec.update(
+                        channels_total=r["channels_total"],
+                        channels_removed=r["channels_removed"],
+                        verification={
+                            "passed": v.get("passed"),
+                            "runtime": v.get("runtime"),
+                            "inputs": v.get("inputs"),
+                            "max_abs_diff": v.get("max_abs_diff"),
+                            "scale": v.get("scale"),
+                            "quantized": q or None,
+                        },
+                        openvino_pass={
+                            k: ovp.get(k)
+                            for k in (
+                                "error",
+                                "conv_channels_removed",
+                                "conv_channels_total",
+                                "channels_removed",
+                                "channels_total",
+                                "verification",
+                            )
+                        },
+                    )
                 if out.exists():
                     runtimes = ["openvino", "onnxruntime"] + (["onnxruntime-optimised"] if "qdq" in form else [])
                     rec["independent"] = {rt: independent_check(path, out, x, y, rt) for rt in runtimes}
@@ -554,30 +677,48 @@ def write_results_md(results: dict[str, Any], path: Path) -> None:
         v = rec.get("verification") or {}
         q = v.get("quantized")
         if q:
-            proof = "; ".join(f"{_short(pp['runtime'])}: {pp['max_abs_diff']:.2g} / {pp['scale']:.3g}, {pp['samples_past_float_limit']} of {pp['samples']} past 1e-5 x scale"
-                              for pp in q["paths"])
+            proof = "; ".join(
+                f"{_short(pp['runtime'])}: {pp['max_abs_diff']:.2g} / {pp['scale']:.3g}, {pp['samples_past_float_limit']} of {pp['samples']} past 1e-5 x scale"
+                for pp in q["paths"]
+            )
             by = f"{q['form']} rule on " + " + ".join(_short(pp["runtime"]) for pp in q["paths"])
         else:
             proof = "—" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.2g} / {v['scale']:.3g}"
             by = _short(v.get("runtime") or "—")
         ovp = rec.get("openvino_pass") or {}
-        ov = "—" if not ovp else (f"error: {ovp['error']}"[:80] if ovp.get("error") else
-                                  f"{ovp.get('conv_channels_removed')} / {ovp.get('conv_channels_total')}")
+        ov = (
+            "—"
+            if not ovp
+            else (
+                f"error: {ovp['error']}"[:80]
+                if ovp.get("error")
+                else f"{ovp.get('conv_channels_removed')} / {ovp.get('conv_channels_total')}"
+            )
+        )
         lines.append(
             f"| {name} | {rec['exit']}{' (traceback)' if rec['traceback'] else ''}{' ' + rec['error_line'][:120] if rec['error_line'] else ''} "
             f"| {_fmt(rec.get('channels_removed'))} / {rec['zeroed']} ({_fmt(rec.get('channels_total'))}) | {ov} "
             f"| {('PASSED' if v.get('passed') else 'FAILED') + ': ' + by if v else '—'} | {proof} | {rec['convert_exit']}, {rec['prune_ir_exit']} |"
         )
-    lines += ["", "Checked independently of onnxprune's verification, all 540 held-out digits, unpruned -> pruned:", "",
-              "| file | runtime | top-1 before | top-1 after | top-1 agreement | max abs diff / scale | samples past 1e-5 x scale |",
-              "|---|---|---|---|---|---|---|"]
-    names = {"openvino": "OpenVINO CPU f32", "onnxruntime": "onnxruntime, optimisations off",
-             "onnxruntime-optimised": "onnxruntime optimised (deployed path)"}
+    lines += [
+        "",
+        "Checked independently of onnxprune's verification, all 540 held-out digits, unpruned -> pruned:",
+        "",
+        "| file | runtime | top-1 before | top-1 after | top-1 agreement | max abs diff / scale | samples past 1e-5 x scale |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "openvino": "OpenVINO CPU f32",
+        "onnxruntime": "onnxruntime, optimisations off",
+        "onnxruntime-optimised": "onnxruntime optimised (deployed path)",
+    }
     for name, rec in results["files"].items():
         for rt, c in (rec.get("independent") or {}).items():
             label = names[rt] + (" (FakeQuantize expanded)" if rt == "onnxruntime" and "_fq" in name else "")
-            lines.append(f"| {name} | {label} | {c['top1_before']:.4f} | {c['top1_after']:.4f} | {c['top1_agreement']:.4f} "
-                         f"| {c['max_abs_diff']:.2g} / {c['scale']:.3g} | {c['samples_past_1e-5_scale']} of {c['samples']} |")
+            lines.append(
+                f"| {name} | {label} | {c['top1_before']:.4f} | {c['top1_after']:.4f} | {c['top1_agreement']:.4f} "
+                f"| {c['max_abs_diff']:.2g} / {c['scale']:.3g} | {c['samples_past_1e-5_scale']} of {c['samples']} |"
+            )
     path.write_text("\n".join(lines) + "\n\n" + NOTES + (notes if notes else "\n"))
 
 

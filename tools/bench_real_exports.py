@@ -68,8 +68,11 @@ def _feeds(kind: str) -> dict[str, np.ndarray]:
     if kind == "silero":  # 16 kHz: a 512-sample frame with the previous 64 samples prepended
         t = np.arange(576) / 16000.0
         wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(576)
-        return {"input": wave[None].astype(np.float32), "sr": np.array([16000], np.int64),
-                "state": np.zeros((1, 2, 1, 128), np.float32)}  # one whole [2, B, 128] state
+        return {
+            "input": wave[None].astype(np.float32),
+            "sr": np.array([16000], np.int64),
+            "state": np.zeros((1, 2, 1, 128), np.float32),
+        }  # one whole [2, B, 128] state
     raise ValueError(kind)
 
 
@@ -123,7 +126,9 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def bench_model(path: Path, shapes: dict, feeds: str | None, timeout: int, cases: tuple[str, ...], tmp: Path) -> dict[str, Any]:
+def bench_model(
+    path: Path, shapes: dict, feeds: str | None, timeout: int, cases: tuple[str, ...], tmp: Path
+) -> dict[str, Any]:
     """Every case for one model; each prune/convert/zeroing in its own subprocess."""
     py = sys.executable
     stem = path.stem
@@ -132,18 +137,37 @@ def bench_model(path: Path, shapes: dict, feeds: str | None, timeout: int, cases
         npz = tmp / f"{stem}_inputs.npz"
         np.savez(npz, **_feeds(feeds))
         data_args = ["--inputs", str(npz)]
-    rec: dict[str, Any] = {"model": path.name, "shapes": {n: list(s) for n, s in shapes.items()},
-                           "inputs": "realistic data (--inputs)" if feeds else "--input-shape", "cases": {}}
+    rec: dict[str, Any] = {
+        "model": path.name,
+        "shapes": {n: list(s) for n, s in shapes.items()},
+        "inputs": "realistic data (--inputs)" if feeds else "--input-shape",
+        "cases": {},
+    }
     for case in cases:
         source = path
         extra: dict[str, Any] = {}
         if case == "zeroed":
             zeroed = tmp / f"{stem}_z25.onnx"
-            z = _run([py, str(ROOT / "tools" / "zero_filters.py"), str(path), str(zeroed), "--ratio", "0.25",
-                      *_shape_args(shapes)], timeout)
+            z = _run(
+                [
+                    py,
+                    str(ROOT / "tools" / "zero_filters.py"),
+                    str(path),
+                    str(zeroed),
+                    "--ratio",
+                    "0.25",
+                    *_shape_args(shapes),
+                ],
+                timeout,
+            )
             extra["zeroing"] = z.get("stdout", "").strip().splitlines()[-1:] if z["exit"] == 0 else z["error"]
             if z["exit"] != 0:
-                rec["cases"][case] = {"exit": None, "error": f"zero_filters.py failed: {z['error']}", "seconds": z["seconds"], **extra}
+                rec["cases"][case] = {
+                    "exit": None,
+                    "error": f"zero_filters.py failed: {z['error']}",
+                    "seconds": z["seconds"],
+                    **extra,
+                }
                 _progress(path.name, case, rec["cases"][case])
                 continue
             source = zeroed
@@ -151,10 +175,37 @@ def bench_model(path: Path, shapes: dict, feeds: str | None, timeout: int, cases
         report = tmp / f"{stem}_{case}.json"
         if case == "convert":
             # convert takes shapes only (Silero: input and state; sr is a static scalar)
-            cmd = [py, "-m", "onnxprune", "convert", str(source), "-o", str(tmp / f"{stem}.xml"), "-q", *_shape_args(shapes)]
+            cmd = [
+                py,
+                "-m",
+                "onnxprune",
+                "convert",
+                str(source),
+                "-o",
+                str(tmp / f"{stem}.xml"),
+                "-q",
+                *_shape_args(shapes),
+            ]
         else:
-            crit = ["--criterion", "l2", "--ratio", "0.25"] if case == "l2" else ["--criterion", "zero", "--compare-openvino"]
-            cmd = [py, "-m", "onnxprune", "prune", str(source), "-o", str(out), "-q", "--report", str(report), *crit, *data_args]
+            crit = (
+                ["--criterion", "l2", "--ratio", "0.25"]
+                if case == "l2"
+                else ["--criterion", "zero", "--compare-openvino"]
+            )
+            cmd = [
+                py,
+                "-m",
+                "onnxprune",
+                "prune",
+                str(source),
+                "-o",
+                str(out),
+                "-q",
+                "--report",
+                str(report),
+                *crit,
+                *data_args,
+            ]
         if report.exists():
             report.unlink()
         r = _run(cmd, timeout)
@@ -164,7 +215,9 @@ def bench_model(path: Path, shapes: dict, feeds: str | None, timeout: int, cases
         r.update(extra)
         if case in ("zero", "zeroed") and r.get("exit") == 0 and out.exists():
             # Both tools' removals by one counter: OpenVINO's, on the two converted models.
-            c = _run([py, str(Path(__file__).resolve()), "--ov-count", str(source), str(out), json.dumps(shapes)], timeout)
+            c = _run(
+                [py, str(Path(__file__).resolve()), "--ov-count", str(source), str(out), json.dumps(shapes)], timeout
+            )
             r["ov_counter"] = json.loads(c["stdout"]) if c["exit"] == 0 else {"error": c["error"]}
         rec["cases"][case] = r
         _progress(path.name, case, r)
@@ -188,14 +241,21 @@ def ov_count(original: str, pruned: str, shapes_json: str) -> dict[str, Any]:
         static_inputs(m, shapes=shapes)
         stats.append(layer_stats(m))
     b, a = stats
-    return {"channels_total": b["channels_total"], "channels_removed": b["channels_total"] - a["channels_total"],
-            "macs_before": b["macs"], "macs_after": a["macs"]}
+    return {
+        "channels_total": b["channels_total"],
+        "channels_removed": b["channels_total"] - a["channels_total"],
+        "macs_before": b["macs"],
+        "macs_after": a["macs"],
+    }
 
 
 def _progress(model: str, case: str, r: dict[str, Any]) -> None:
-    print(f"{model:45s} {case:8s} exit={r.get('exit')} ch={r.get('channels_removed')}/{r.get('channels_total')} "
-          f"ov={(r.get('openvino') or {}).get('channels_removed')} ok={r.get('verified')} {r.get('seconds')}s "
-          f"{r.get('error') or ''}", flush=True)
+    print(
+        f"{model:45s} {case:8s} exit={r.get('exit')} ch={r.get('channels_removed')}/{r.get('channels_total')} "
+        f"ov={(r.get('openvino') or {}).get('channels_removed')} ok={r.get('verified')} {r.get('seconds')}s "
+        f"{r.get('error') or ''}",
+        flush=True,
+    )
 
 
 def _fmt_macs(r: dict[str, Any]) -> str:
@@ -248,23 +308,35 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             mine = r.get("ov_counter") or {}
             cmp = ""
             if ov or mine:
-                a = "?" if mine.get("channels_removed") is None else f"{mine['channels_removed']}; {_ov_cut(mine.get('macs_before'), mine.get('macs_after'))}"
+                a = (
+                    "?"
+                    if mine.get("channels_removed") is None
+                    else f"{mine['channels_removed']}; {_ov_cut(mine.get('macs_before'), mine.get('macs_after'))}"
+                )
                 if ov.get("error") and ov.get("channels_removed") is None:
                     b = "error: " + ov["error"][:50].replace("|", "\\|")
                 else:
-                    b = f"{ov.get('channels_removed')}; {_ov_cut(ov.get('macs_before'), ov.get('macs_after'))}" + (" (not exact)" if ov.get("exact") is False else "")
+                    b = f"{ov.get('channels_removed')}; {_ov_cut(ov.get('macs_before'), ov.get('macs_after'))}" + (
+                        " (not exact)" if ov.get("exact") is False else ""
+                    )
                 cmp = f"{a} vs {b}"
             ch = "" if r.get("channels_total") is None else f"{r['channels_removed']}/{r['channels_total']}"
             err = r.get("error")
             if err and r.get("exit") not in (0, 1):
                 ch = (ch + " " if ch else "") + "`" + err.replace("|", "\\|")[:140] + "`"
-            name = rec["model"] + ("" if rec.get("inputs") != "realistic data (--inputs)" else " (shapes from --inputs)")
-            lines.append(f"| {name} | {case} | {_fmt_exit(r)} | {ch} | {cmp} | {_fmt_macs(r)} | {_fmt_ver(r)} | {r.get('seconds')} |")
+            name = rec["model"] + (
+                "" if rec.get("inputs") != "realistic data (--inputs)" else " (shapes from --inputs)"
+            )
+            lines.append(
+                f"| {name} | {case} | {_fmt_exit(r)} | {ch} | {cmp} | {_fmt_macs(r)} | {_fmt_ver(r)} | {r.get('seconds')} |"
+            )
     lines += ["", "## Targets", ""]
     corpus = [rec for rec in results if rec["model"] in CORPUS]
     internal = [(rec["model"], c) for rec in results for c, r in rec["cases"].items() if r.get("exit") == 3]
     false_fail = [(rec["model"], c) for rec in corpus for c, r in rec["cases"].items() if r.get("exit") == 1]
-    timeouts = [(rec["model"], c) for rec in results for c, r in rec["cases"].items() if "timeout" in (r.get("error") or "")]
+    timeouts = [
+        (rec["model"], c) for rec in results for c, r in rec["cases"].items() if "timeout" in (r.get("error") or "")
+    ]
     at_least_ov = []
     for rec in corpus:
         r = rec["cases"].get("zeroed") or {}
@@ -273,10 +345,14 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         ok = r.get("exit") == 0 and r.get("verified") is True and mine is not None and (ov is None or mine >= ov)
         at_least_ov.append((rec["model"], ok, mine, ov))
     lines.append(f"- Internal errors (exit 3): {len(internal)} {internal if internal else ''}")
-    lines.append(f"- Verification failures on corpus models (exit 1; every case is a correct pruning, so each is a false failure or a bug): {len(false_fail)} {false_fail if false_fail else ''}")
+    lines.append(
+        f"- Verification failures on corpus models (exit 1; every case is a correct pruning, so each is a false failure or a bug): {len(false_fail)} {false_fail if false_fail else ''}"
+    )
     lines.append(f"- Timeouts: {len(timeouts)} {timeouts if timeouts else ''}")
     met = sum(ok for _, ok, _, _ in at_least_ov)
-    lines.append(f"- Corpus models where onnxprune removes at least OpenVINO's channels after NNCF-style zeroing, verified exact (OpenVINO's counter): {met}/{len(at_least_ov)}")
+    lines.append(
+        f"- Corpus models where onnxprune removes at least OpenVINO's channels after NNCF-style zeroing, verified exact (OpenVINO's counter): {met}/{len(at_least_ov)}"
+    )
     for m, ok, mine, ov in at_least_ov:
         if not ok:
             lines.append(f"  - not met: {m}: onnxprune {mine}, OpenVINO {ov}")
@@ -314,7 +390,9 @@ def main() -> int:
     ap.add_argument("--only", default=None, help="run only models whose file name contains this")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "real_exports"))
-    ap.add_argument("--render", action="store_true", help="only write the Markdown from the JSON (e.g. of an unfinished run)")
+    ap.add_argument(
+        "--render", action="store_true", help="only write the Markdown from the JSON (e.g. of an unfinished run)"
+    )
     ap.add_argument("--summary", action="store_true", help="print the README summary table from the JSON")
     ap.add_argument("--ov-count", nargs=3, metavar=("ORIGINAL", "PRUNED", "SHAPES_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -337,7 +415,9 @@ def main() -> int:
     models += [(Path(args.nncf) / f"{n}_{f}.onnx", {}, None, 300) for n in NNCF_NETS for f in NNCF_FORMS]
     if args.only:
         models = [m for m in models if args.only in m[0].name]
-    commit = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=False
+    ).stdout.strip()
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit[:60],
@@ -347,7 +427,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_real_") as d:
         for path, shapes, feeds, timeout in models:
             if not path.exists():
-                results.append({"model": path.name, "inputs": "", "cases": {"-": {"exit": None, "error": "file missing"}}})
+                results.append(
+                    {"model": path.name, "inputs": "", "cases": {"-": {"exit": None, "error": "file missing"}}}
+                )
                 continue
             results.append(bench_model(path, shapes, feeds, timeout, cases, Path(d)))
             meta["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M UTC")

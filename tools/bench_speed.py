@@ -28,6 +28,7 @@ Phases (default: all three; pruned models go to ``--work``, never into the repo)
 ``--models a,b`` restricts to some models; ``time`` merges into the existing timing file, so
 a model can be re-timed alone (``--seconds`` sets the timed seconds per model file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,6 @@ from speed_report import phase_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OTHER_BENCHES = ("bench_zoo", "fuzz", "bench_digits", "bench_zoo_lossy", "pytest", "-m onnxprune")
-
 
 
 def other_benchmarks() -> list[str]:
@@ -157,23 +157,36 @@ def phase_prune(args: argparse.Namespace) -> None:
                     r = onnxprune.prune(src, "l2", ratio=0.25, round_to=L2_CASES[case], verify=True)
                 onnxprune.save(r.model, out)
                 rep = r.report
-                entry.update(macs_before=rep.macs_before, macs_after=rep.macs_after,
-                             macs_ratio=rep.macs_after / rep.macs_before,
-                             channels_total=rep.channels_total, channels_removed=rep.channels_removed)
+                entry.update(
+                    macs_before=rep.macs_before,
+                    macs_after=rep.macs_after,
+                    macs_ratio=rep.macs_after / rep.macs_before,
+                    channels_total=rep.channels_total,
+                    channels_removed=rep.channels_removed,
+                )
             except Exception as e:
                 entry["error"] = f"{type(e).__name__}: {str(e)[:400]}"
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             rec[case] = entry
-            print(f"{name:22s} {case:7s} " + (f"MACs ratio {entry['macs_ratio']:.3f}" if not entry["error"]
-                                               else entry["error"][:150]) + f"  ({entry['seconds']} s)", flush=True)
+            print(
+                f"{name:22s} {case:7s} "
+                + (f"MACs ratio {entry['macs_ratio']:.3f}" if not entry["error"] else entry["error"][:150])
+                + f"  ({entry['seconds']} s)",
+                flush=True,
+            )
         # OpenVINO's pass: exactness/MACs from run_openvino_pruning, the IR from ov_pass_ir
         entry = {"error": None}
         t0 = time.perf_counter()
         try:
             res = run_openvino_pruning(src)
             ver = res.get("verification") or {}
-            entry.update(macs_before=res.get("macs_before"), macs_after=res.get("macs_after"),
-                         exact=ver.get("exact"), max_abs_diff=ver.get("max_abs_diff"), error=res.get("error"))
+            entry.update(
+                macs_before=res.get("macs_before"),
+                macs_after=res.get("macs_after"),
+                exact=ver.get("exact"),
+                max_abs_diff=ver.get("max_abs_diff"),
+                error=res.get("error"),
+            )
             if res.get("macs_after") is not None:
                 entry["macs_ratio"] = res["macs_after"] / res["macs_before"]
             if not entry["error"] and entry.get("exact"):
@@ -186,8 +199,11 @@ def phase_prune(args: argparse.Namespace) -> None:
             entry["error"] = f"{type(e).__name__}: {str(e)[:400]}"
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         rec["ov_pass"] = entry
-        status = (f"MACs ratio {entry.get('macs_ratio', float('nan')):.3f} exact={entry.get('exact')}"
-                  if not entry["error"] else str(entry["error"])[:150])
+        status = (
+            f"MACs ratio {entry.get('macs_ratio', float('nan')):.3f} exact={entry.get('exact')}"
+            if not entry["error"]
+            else str(entry["error"])[:150]
+        )
         print(f"{name:22s} ov_pass {status}  ({entry['seconds']} s)", flush=True)
         data[name] = rec
         _dump(path_json, data)
@@ -217,8 +233,9 @@ def phase_time(args: argparse.Namespace) -> None:
         if waited > 1:
             print(f"  (waited {waited:.0f} s for a quiet machine)", flush=True)
         # probe the original's latency to size the runs
-        probe = benchmark([rec["original"]], backend="openvino", rounds=1, runs_per_round=5, warmup=2,
-                          throughput_seconds=0.05)[0].latency_median_ms
+        probe = benchmark(
+            [rec["original"]], backend="openvino", rounds=1, runs_per_round=5, warmup=2, throughput_seconds=0.05
+        )[0].latency_median_ms
         out: dict[str, Any] = data.get(name, {})
         out["probe_latency_ms"] = probe
         groups = {
@@ -226,8 +243,11 @@ def phase_time(args: argparse.Namespace) -> None:
             "l2": list(L2_CASES),
         }
         for gname, cases in groups.items():
-            cases = [c for c in cases if not rec.get(c, {}).get("error") and rec.get(c, {}).get("path")
-                     and os.path.isfile(rec[c]["path"])]
+            cases = [
+                c
+                for c in cases
+                if not rec.get(c, {}).get("error") and rec.get(c, {}).get("path") and os.path.isfile(rec[c]["path"])
+            ]
             if not cases:
                 continue
             paths = [rec["original"]] + [rec[c]["path"] for c in cases]
@@ -238,8 +258,14 @@ def phase_time(args: argparse.Namespace) -> None:
                     wait_quiet()
                     t0 = time.perf_counter()
                     c0 = _cpu_counters()
-                    timings = benchmark(paths, backend="openvino", rounds=rounds, runs_per_round=runs,
-                                        warmup=args.warmup, throughput_seconds=args.throughput_seconds)
+                    timings = benchmark(
+                        paths,
+                        backend="openvino",
+                        rounds=rounds,
+                        runs_per_round=runs,
+                        warmup=args.warmup,
+                        throughput_seconds=args.throughput_seconds,
+                    )
                     c1 = _cpu_counters()
                     foreign, niced = foreign_cores(c0, c1), niced_cores(c0, c1)
                     intruders = other_benchmarks()
@@ -255,18 +281,33 @@ def phase_time(args: argparse.Namespace) -> None:
                 traceback.print_exc()
                 continue
             wall = round(time.perf_counter() - t0, 1)
-            out[f"original_{gname}"] = {**timings[0].to_dict(), "rounds": rounds, "runs_per_round": runs,
-                                         "warmup": args.warmup, "throughput_seconds": args.throughput_seconds,
-                                         "wall_seconds": wall, "attempts": attempt,
-                                         "busy_after": bool(intruders),
-                                         "foreign_cores": round(foreign, 3), "niced_cores": round(niced, 3),
-                                         "tolerate_niced": TOLERATE_NICED}
+            out[f"original_{gname}"] = {
+                **timings[0].to_dict(),
+                "rounds": rounds,
+                "runs_per_round": runs,
+                "warmup": args.warmup,
+                "throughput_seconds": args.throughput_seconds,
+                "wall_seconds": wall,
+                "attempts": attempt,
+                "busy_after": bool(intruders),
+                "foreign_cores": round(foreign, 3),
+                "niced_cores": round(niced, 3),
+                "tolerate_niced": TOLERATE_NICED,
+            }
             for c, t in zip(cases, timings[1:]):
-                out[c] = {**t.to_dict(), "rounds": rounds, "runs_per_round": runs, "error": None,
-                          "timed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
-                print(f"{name:22s} {c:7s} MACs {rec[c]['macs_ratio']:.3f}  latency {t.latency_ratio:.3f}  "
-                      f"throughput {t.throughput_ratio:.3f}  (orig {timings[0].latency_median_ms:.2f} ms, "
-                      f"{rounds}x{runs} runs, {wall} s)", flush=True)
+                out[c] = {
+                    **t.to_dict(),
+                    "rounds": rounds,
+                    "runs_per_round": runs,
+                    "error": None,
+                    "timed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+                }
+                print(
+                    f"{name:22s} {c:7s} MACs {rec[c]['macs_ratio']:.3f}  latency {t.latency_ratio:.3f}  "
+                    f"throughput {t.throughput_ratio:.3f}  (orig {timings[0].latency_median_ms:.2f} ms, "
+                    f"{rounds}x{runs} runs, {wall} s)",
+                    flush=True,
+                )
         data[name] = out
         _dump(path_json, data)
 
@@ -280,9 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated model names")
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per model file (latency)")
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--tolerate-niced", action="store_true",
-                    help="time even while niced (nice > 0) background jobs run; their load is recorded "
-                         "(niced_cores) and the rows are marked in the report")
+    ap.add_argument(
+        "--tolerate-niced",
+        action="store_true",
+        help="time even while niced (nice > 0) background jobs run; their load is recorded "
+        "(niced_cores) and the rows are marked in the report",
+    )
     ap.add_argument("--throughput-seconds", type=float, default=2.0)
     args = ap.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]

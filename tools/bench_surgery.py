@@ -31,11 +31,15 @@ def _measure(cmd: list[str]) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one run of ``cmd``."""
     # ru_maxrss of RUSAGE_CHILDREN is the max over all children so far: measure each run in
     # its own wrapper process so the figure belongs to this command alone.
-    wrapper = [sys.executable, "-c",
-               "import resource, subprocess, sys, time\n"
-               "t = time.perf_counter(); r = subprocess.run(sys.argv[1:]).returncode\n"
-               "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-               "print(w, u.ru_utime + u.ru_stime, u.ru_maxrss / 1024.0, r)", *cmd]
+    wrapper = [
+        sys.executable,
+        "-c",
+        "import resource, subprocess, sys, time\n"
+        "t = time.perf_counter(); r = subprocess.run(sys.argv[1:]).returncode\n"
+        "w = time.perf_counter() - t; u = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(w, u.ru_utime + u.ru_stime, u.ru_maxrss / 1024.0, r)",
+        *cmd,
+    ]
     out = subprocess.run(wrapper, capture_output=True, text=True, check=True).stdout.split()
     if out[3] != "0":
         raise RuntimeError(f"{cmd} failed")
@@ -63,17 +67,25 @@ def surgery(models: list[str], runs: int) -> list[dict]:
             base_cmd = [sys.executable, "-c", LOAD_SAVE, model, f"{tmp}/s.onnx"]
             a, b = [], []
             for k in range(runs):  # A B, then B A: neither always runs on the other's heels
-                for which in ((0, 1) if k % 2 == 0 else (1, 0)):
+                for which in (0, 1) if k % 2 == 0 else (1, 0):
                     _fresh(f"{tmp}/p.onnx" if which == 0 else f"{tmp}/s.onnx")
                     (a if which == 0 else b).append(_measure(prune_cmd if which == 0 else base_cmd))
             ratios = sorted(x[0] / y[0] for x, y in zip(a, b))
-            rows.append({
-                "model": os.path.basename(model), "size_mb": os.path.getsize(model) / 2**20,
-                "prune_s": statistics.median(x[0] for x in a), "load_save_s": statistics.median(x[0] for x in b),
-                "prune_cpu_s": statistics.median(x[1] for x in a), "load_save_cpu_s": statistics.median(x[1] for x in b),
-                "prune_mb": statistics.median(x[2] for x in a), "load_save_mb": statistics.median(x[2] for x in b),
-                "time_ratio": statistics.median(ratios), "time_ratio_min": ratios[0], "time_ratio_max": ratios[-1],
-            })
+            rows.append(
+                {
+                    "model": os.path.basename(model),
+                    "size_mb": os.path.getsize(model) / 2**20,
+                    "prune_s": statistics.median(x[0] for x in a),
+                    "load_save_s": statistics.median(x[0] for x in b),
+                    "prune_cpu_s": statistics.median(x[1] for x in a),
+                    "load_save_cpu_s": statistics.median(x[1] for x in b),
+                    "prune_mb": statistics.median(x[2] for x in a),
+                    "load_save_mb": statistics.median(x[2] for x in b),
+                    "time_ratio": statistics.median(ratios),
+                    "time_ratio_min": ratios[0],
+                    "time_ratio_max": ratios[-1],
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -98,7 +110,9 @@ def scaling(sizes: list[int]) -> list[dict]:
         start = time.perf_counter()
         analysis = onnxprune.analyze(model)
         seconds = time.perf_counter() - start
-        rows.append({"layers": layers, "nodes": len(model.graph.node), "analyze_s": seconds, "groups": len(analysis.groups)})
+        rows.append(
+            {"layers": layers, "nodes": len(model.graph.node), "analyze_s": seconds, "groups": len(analysis.groups)}
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -126,11 +140,21 @@ def _big_model(folder: str, zero_rows: int) -> str:
             nodes.append(helper.make_node("Relu", [y], [f"r{i}"], name=f"relu{i}"))
             y = f"r{i}"
         x = y
-    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        inits,
+    )
     path = os.path.join(folder, f"mlp_{zero_rows}.onnx")
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
-                    save_as_external_data=True, all_tensors_to_one_file=True, location=os.path.basename(path) + ".data")
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=os.path.basename(path) + ".data",
+    )
     return path
 
 
@@ -144,9 +168,18 @@ def big(zero_rows: tuple[int, ...] = (50, 4000)) -> list[dict]:
                 out = f"{tmp}/out.onnx"
                 wall, cpu, peak = _measure([sys.executable, "-m", "onnxprune", "prune", model, "-o", out, "-q", *flags])
                 written = sum(os.path.getsize(p) for p in (out, out + ".data") if os.path.exists(p))
-                rows.append({"zero_rows": z, "verify": not flags, "wall_s": wall, "cpu_s": cpu, "peak_mb": peak,
-                             "in_mb": sum(os.path.getsize(p) for p in (model, model + ".data")) / 2**20,
-                             "out_mb": written / 2**20, "external": os.path.exists(out + ".data")})
+                rows.append(
+                    {
+                        "zero_rows": z,
+                        "verify": not flags,
+                        "wall_s": wall,
+                        "cpu_s": cpu,
+                        "peak_mb": peak,
+                        "in_mb": sum(os.path.getsize(p) for p in (model, model + ".data")) / 2**20,
+                        "out_mb": written / 2**20,
+                        "external": os.path.exists(out + ".data"),
+                    }
+                )
                 print(rows[-1], flush=True)
                 for p in (out, out + ".data"):
                     if os.path.exists(p):
@@ -171,7 +204,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--sizes", default="100,500,1000,2000,5000")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "surgery.md"))
-    parser.add_argument("--big", action="store_true", help="also models over 2 GB (needs ~7 GB of disk, ~10 GB of memory)")
+    parser.add_argument(
+        "--big", action="store_true", help="also models over 2 GB (needs ~7 GB of disk, ~10 GB of memory)"
+    )
     args = parser.parse_args()
     surg = surgery(args.models.split(","), args.runs)
     large = big() if args.big else []
@@ -199,18 +234,39 @@ def main() -> None:
             f"| {r['prune_cpu_s']:.2f} s | {r['load_save_cpu_s']:.2f} s "
             f"| {r['prune_mb']:.0f} MB | {r['load_save_mb']:.0f} MB | {r['prune_mb'] / r['load_save_mb']:.2f}x |"
         )
-    lines += ["", "## Analysis time against layer count (synthetic residual chains)", "", "| conv layers | nodes | analyze | per layer |", "|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Analysis time against layer count (synthetic residual chains)",
+        "",
+        "| conv layers | nodes | analyze | per layer |",
+        "|---:|---:|---:|---:|",
+    ]
     for r in scale:
-        lines.append(f"| {r['layers']} | {r['nodes']} | {r['analyze_s']:.2f} s | {r['analyze_s'] / r['layers'] * 1e3:.2f} ms |")
+        lines.append(
+            f"| {r['layers']} | {r['nodes']} | {r['analyze_s']:.2f} s | {r['analyze_s'] / r['layers'] * 1e3:.2f} ms |"
+        )
     if large:
-        lines += ["", "## Over the 2 GB protobuf limit (one run each)", "",
-                  "A synthetic MLP of two 17,000 x 17,000 Gemm weights (2.2 GiB, external data); the first N output",
-                  "features of both big layers zeroed. Outputs over the limit are written with external data.", "",
-                  "| zeroed rows | verification | input | output | external data | wall | peak RSS |", "|---:|---|---:|---:|---|---:|---:|"]
+        lines += [
+            "",
+            "## Over the 2 GB protobuf limit (one run each)",
+            "",
+            "A synthetic MLP of two 17,000 x 17,000 Gemm weights (2.2 GiB, external data); the first N output",
+            "features of both big layers zeroed. Outputs over the limit are written with external data.",
+            "",
+            "| zeroed rows | verification | input | output | external data | wall | peak RSS |",
+            "|---:|---|---:|---:|---|---:|---:|",
+        ]
         for r in large:
-            lines.append(f"| {r['zero_rows']} | {'yes' if r['verify'] else 'no'} | {r['in_mb']:.0f} MB | {r['out_mb']:.0f} MB "
-                         f"| {'yes' if r['external'] else 'no'} | {r['wall_s']:.1f} s | {r['peak_mb']:.0f} MB |")
-    lines += ["", "## Start-up", "", f"`python -m onnxprune --help`: median {helps:.3f} s over 10 runs (target < 0.3 s)."]
+            lines.append(
+                f"| {r['zero_rows']} | {'yes' if r['verify'] else 'no'} | {r['in_mb']:.0f} MB | {r['out_mb']:.0f} MB "
+                f"| {'yes' if r['external'] else 'no'} | {r['wall_s']:.1f} s | {r['peak_mb']:.0f} MB |"
+            )
+    lines += [
+        "",
+        "## Start-up",
+        "",
+        f"`python -m onnxprune --help`: median {helps:.3f} s over 10 runs (target < 0.3 s).",
+    ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -14,6 +14,7 @@ NNCF-style cluster zeroing (``export_zoo.py --zeroing nncf`` -> ``/work/zoo-nncf
 The zeroing mode is read from the zoo's manifest (``--zeroing`` overrides it) and shown
 in the markdown header; ``--title`` replaces the heading.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,7 @@ def run_onnxprune(path: str) -> dict[str, Any]:
         return out
     out["seconds"] = round(time.perf_counter() - t0, 3)
     d = result.report.to_dict()
-    for k in ("channels_total", "channels_removed", "macs_before", "macs_after",
-              "params_before", "params_after"):
+    for k in ("channels_total", "channels_removed", "macs_before", "macs_after", "params_before", "params_after"):
         out[k] = d.get(k)
     ver = d.get("verification")
     out["verification"] = ver
@@ -106,8 +106,9 @@ def ort_compare(path: str, pruned: Any, seed: int = 0, rtol: float = 1e-5) -> di
         shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
         feeds[i.name] = rng.standard_normal(shape).astype(types.get(i.type, np.float32))
     ref, got = a.run(None, feeds), b.run(None, feeds)
-    noise = max(float(np.abs(x.astype(np.float64) - y).max()) if x.size else 0.0
-                for x, y in zip(ref, a_opt.run(None, feeds)))
+    noise = max(
+        float(np.abs(x.astype(np.float64) - y).max()) if x.size else 0.0 for x, y in zip(ref, a_opt.run(None, feeds))
+    )
     if len(ref) != len(got):
         return {"exact": False, "error": f"{len(ref)} outputs before, {len(got)} after"}
     worst = {"exact": True, "max_abs_diff": 0.0, "scale": 1.0}
@@ -190,7 +191,7 @@ def run_in_subprocess(tool: str, path: str, timeout: float) -> dict[str, Any]:
     wall = round(time.perf_counter() - t0, 1)
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(MARK):
-            res = json.loads(line[len(MARK):])
+            res = json.loads(line[len(MARK) :])
             res["wall_seconds"] = wall
             return res
     tail = (p.stderr or p.stdout).strip().splitlines()[-5:]
@@ -220,8 +221,10 @@ def machine_line() -> str:
             vers.append(f"{mod} {__import__(mod).__version__.split('-')[0]}")
         except Exception:
             pass
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, "
-            f"Python {platform.python_version()}, " + ", ".join(vers))
+    return (
+        f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, " + ", ".join(vers)
+    )
 
 
 def _fmt_int(v: Any) -> str:
@@ -317,9 +320,14 @@ def summary_lines(results: list[dict[str, Any]]) -> list[str]:
     """Counts over the table's rows: exactness of each tool and who cuts more MACs."""
     n = len(results)
     op_exact = [r for r in results if _exact_both(r.get("onnxprune") or {})]
-    ov_exact = [r for r in results if (r.get("openvino") or {}).get("exact") and not (r.get("openvino") or {}).get("error")]
-    ge = [r for r in ov_exact if _op_cut(r.get("onnxprune") or {}) is not None
-          and _op_cut(r["onnxprune"]) >= _cut(r["openvino"]) - 1e-6]
+    ov_exact = [
+        r for r in results if (r.get("openvino") or {}).get("exact") and not (r.get("openvino") or {}).get("error")
+    ]
+    ge = [
+        r
+        for r in ov_exact
+        if _op_cut(r.get("onnxprune") or {}) is not None and _op_cut(r["onnxprune"]) >= _cut(r["openvino"]) - 1e-6
+    ]
     full = [r for r in results if (removed_ratio(r) or 0) >= 0.999]
     return [
         f"**Summary** ({n} model files): onnxprune exact (own verification and ORT re-check) on "
@@ -348,7 +356,7 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
         "",
         "Channels = output channels of weight layers (Conv/ConvTranspose/Gemm/MatMul), removed / total. "
         "Exact = pruned outputs match the original within 1e-5 × max|output| (max abs diff in parentheses); "
-        "for onnxprune first its own verification, then \"ORT\" = an independent onnxruntime re-check by this script (batch 1, graph optimisations off; "
+        'for onnxprune first its own verification, then "ORT" = an independent onnxruntime re-check by this script (batch 1, graph optimisations off; '
         "zoo.json also gives `ort_noise_floor`, how far ORT's own fusions move the unpruned output). "
         "OpenVINO MACs/channels are counted by `tools/openvino_pruning.py` on the converted OV model "
         "(batch 1); onnxprune's come from its own report, and \"OV counter\" recounts onnxprune's result with "
@@ -373,7 +381,9 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
         top = ", ".join(f"{k}: {v}" for k, v in list(reasons.items())[:3])
         kept = "–" if op.get("kept_groups") is None else f"{op['kept_groups']}" + (f" ({top})" if top else "")
         errs = "; ".join(
-            f"{name}: {_short(x.get('error'), 220)}" for name, x in (("onnxprune", op), ("OpenVINO", ov)) if x.get("error")
+            f"{name}: {_short(x.get('error'), 220)}"
+            for name, x in (("onnxprune", op), ("OpenVINO", ov))
+            if x.get("error")
         )
         lines.append(
             f"| {r['model']} | {_fmt_int(r.get('filters_zeroed'))} | {_fmt_ch(op)} "
@@ -384,7 +394,11 @@ def write_markdown(results: list[dict[str, Any]], meta: dict[str, Any], path: st
             f"| {_fmt_exact(op)}{_fmt_recheck(op)} | {_fmt_exact(ov)} "
             f"| {op.get('seconds', '–')} | {ov.get('seconds', '–')} | {_short(kept, 120)} | {errs} |"
         )
-    lines += ["", f"Full per-model data (per-reason counts, errors, timings): `{meta.get('json') or 'benchmarks/zoo.json'}`.", ""]
+    lines += [
+        "",
+        f"Full per-model data (per-reason counts, errors, timings): `{meta.get('json') or 'benchmarks/zoo.json'}`.",
+        "",
+    ]
     with open(path, "w") as f:
         f.write("\n".join(lines))
 
@@ -396,8 +410,11 @@ def zoo_files(zoo: str, models: list[str] | None, variants: list[str]) -> list[t
     if os.path.exists(mpath):
         with open(mpath) as f:
             manifest = json.load(f).get("models", {})
-    names = models or (list(manifest) if manifest else sorted(
-        {os.path.basename(p)[:-5].removesuffix("_bnfold") for p in glob.glob(os.path.join(zoo, "*.onnx"))}))
+    names = models or (
+        list(manifest)
+        if manifest
+        else sorted({os.path.basename(p)[:-5].removesuffix("_bnfold") for p in glob.glob(os.path.join(zoo, "*.onnx"))})
+    )
     out = []
     for name in names:
         for v in variants:
@@ -454,15 +471,19 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
     for stem, path, info in files:
         row: dict[str, Any] = {
-            "model": stem, "file": path,
-            "filters_zeroed": info.get("filters_zeroed"), "filters_total": info.get("filters_total"),
+            "model": stem,
+            "file": path,
+            "filters_zeroed": info.get("filters_zeroed"),
+            "filters_total": info.get("filters_total"),
         }
         for tool in tools:
             print(f"[bench] {stem}: {tool} ...", flush=True)
             res = run_in_subprocess(tool, path, args.timeout)
             row[tool] = res
-            msg = res.get("error") or (f"removed {res.get('channels_removed')}/{res.get('channels_total')} "
-                                       f"exact={res.get('exact')} {res.get('seconds')}s")
+            msg = res.get("error") or (
+                f"removed {res.get('channels_removed')}/{res.get('channels_total')} "
+                f"exact={res.get('exact')} {res.get('seconds')}s"
+            )
             print(f"  {_short(msg, 200)}", flush=True)
         results.append(row)
         with open(args.out_json, "w") as f:  # rewrite after every model: partial runs stay useful

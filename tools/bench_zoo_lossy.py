@@ -34,7 +34,9 @@ def worker(model: str, criterion: str, ratio: float, calib: str) -> dict:
         # Random-weight nets with outputs in the thousands amplify reordered float sums past
         # 1e-5 x scale (their own onnxruntime fusions do too): say so, and check at 1e-3.
         tolerance = 1e-3
-        r = onnxprune.prune(model, criterion, ratio=ratio, calibration=calib, verification_inputs=calib, tolerance=tolerance)
+        r = onnxprune.prune(
+            model, criterion, ratio=ratio, calibration=calib, verification_inputs=calib, tolerance=tolerance
+        )
     d = r.report.to_dict()
     return {
         "macs_cut": 1 - d["macs_after"] / d["macs_before"],
@@ -75,7 +77,11 @@ def main() -> None:
         print(json.dumps(worker(model, criterion, float(ratio), calib)))
         return
     zoo = Path(args.zoo)
-    names = args.models.split(",") if args.models else sorted(p.stem for p in zoo.glob("*.onnx") if not p.stem.endswith("_bnfold"))
+    names = (
+        args.models.split(",")
+        if args.models
+        else sorted(p.stem for p in zoo.glob("*.onnx") if not p.stem.endswith("_bnfold"))
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
@@ -86,7 +92,11 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--worker", model, crit, str(args.ratio), calib]
                 try:
                     p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                    row = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                    row = (
+                        json.loads(p.stdout.strip().splitlines()[-1])
+                        if p.returncode == 0
+                        else {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+                    )
                 except subprocess.TimeoutExpired:
                     row = {"error": f"timeout after {args.timeout:.0f} s"}
                 row.update(model=name, criterion=crit)

@@ -135,9 +135,14 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.block = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -236,7 +241,10 @@ def nncf_config(quantize: bool, pruning_steps: int, log_dir: Path) -> Any:
     if quantize:
         quant: dict[str, Any] = {
             "algorithm": "quantization",
-            "initializer": {"range": {"num_init_samples": 256}, "batchnorm_adaptation": {"num_bn_adaptation_samples": 256}},
+            "initializer": {
+                "range": {"num_init_samples": 256},
+                "batchnorm_adaptation": {"num_bn_adaptation_samples": 256},
+            },
         }
         algos.append(quant)
     # log_dir: NNCF writes its graph dumps (original_graph.dot, compressed_graph.dot) there
@@ -246,7 +254,11 @@ def nncf_config(quantize: bool, pruning_steps: int, log_dir: Path) -> Any:
 
 
 def compress(
-    net: nn.Module, quantize: bool, train_data: torch.utils.data.DataLoader, epochs: int, pruning_steps: int,
+    net: nn.Module,
+    quantize: bool,
+    train_data: torch.utils.data.DataLoader,
+    epochs: int,
+    pruning_steps: int,
     log_dir: Path,
 ) -> tuple[Any, nn.Module]:
     """NNCF filter pruning (+ quantization) on a copy of ``net``, fine-tuned ``epochs`` epochs."""
@@ -303,7 +315,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30, help="float training epochs")
     parser.add_argument("--finetune", type=int, default=8, help="fine-tuning epochs under NNCF")
     parser.add_argument("--pruning-steps", type=int, default=4, help="epochs to reach the pruning target")
-    parser.add_argument("--fixtures", action="store_true", help="then copy " + ", ".join(FIXTURES) + " to fixtures/nncf_*.onnx")
+    parser.add_argument(
+        "--fixtures", action="store_true", help="then copy " + ", ".join(FIXTURES) + " to fixtures/nncf_*.onnx"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

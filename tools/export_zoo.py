@@ -51,6 +51,7 @@ Zeroing modes (``--zeroing``):
 
 torch is used only here, never by the onnxprune package.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -112,9 +113,7 @@ def _tv(name: str, **kw: Any) -> Callable[[], nn.Module]:
 
 
 def _seg(name: str) -> Callable[[], nn.Module]:
-    return lambda: _SegOut(
-        getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None)
-    )
+    return lambda: _SegOut(getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None))
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -129,9 +128,7 @@ ZOO: dict[str, ZooEntry] = {
     "shufflenet_v2_x1_0": ZooEntry(_tv("shufflenet_v2_x1_0")),
     "squeezenet1_1": ZooEntry(_tv("squeezenet1_1"), skip_convs=("classifier.1",)),
     "googlenet": ZooEntry(_tv("googlenet", aux_logits=False, init_weights=True)),
-    "inception_v3": ZooEntry(
-        _tv("inception_v3", aux_logits=False, init_weights=True), input_hw=(299, 299)
-    ),
+    "inception_v3": ZooEntry(_tv("inception_v3", aux_logits=False, init_weights=True), input_hw=(299, 299)),
     "mnasnet1_0": ZooEntry(_tv("mnasnet1_0")),
     "regnet_y_400mf": ZooEntry(_tv("regnet_y_400mf")),
     "convnext_tiny": ZooEntry(_tv("convnext_tiny")),
@@ -233,8 +230,11 @@ def ort_finite(path: str, x: torch.Tensor) -> dict[str, Any]:
     so.intra_op_num_threads = 2
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input": x.numpy()})[0]
-    return {"output_shape": list(got.shape), "finite": bool(np.isfinite(got).all()),
-            "max_abs_output": float(np.abs(got).max())}
+    return {
+        "output_shape": list(got.shape),
+        "finite": bool(np.isfinite(got).all()),
+        "max_abs_output": float(np.abs(got).max()),
+    }
 
 
 def zero_onnx_nncf(path: str, ratio: float = PRUNE_RATIO) -> dict[str, Any]:
@@ -245,12 +245,18 @@ def zero_onnx_nncf(path: str, ratio: float = PRUNE_RATIO) -> dict[str, Any]:
     m, count, considered = zero_filters_onnx(onnx.load(path), ratio=ratio, skip_gemm=True)
     onnx.save(m, path)
     onnx.checker.check_model(path)
-    return {"filters_zeroed": count, "filters_considered": considered,
-            "zero_seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "filters_zeroed": count,
+        "filters_considered": considered,
+        "zero_seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def export_model(
-    name: str, out_dir: str, variants: tuple[str, ...], grouped: str = "per-group",
+    name: str,
+    out_dir: str,
+    variants: tuple[str, ...],
+    grouped: str = "per-group",
     zeroing: str = "independent",
 ) -> dict[str, Any]:
     """Build, zero, export and check one zoo model; return its manifest entry."""
@@ -264,7 +270,9 @@ def export_model(
     nncf = zeroing == "nncf"
     # nncf: export clean (ratio 0 only collects the conv statistics), zero the ONNX afterwards;
     # none: export clean and leave it so (for post-training pruning benchmarks)
-    stats = zero_filters(model, pairs, entry.skip_convs, ratio=0.0 if zeroing in ("nncf", "none") else PRUNE_RATIO, grouped=grouped)
+    stats = zero_filters(
+        model, pairs, entry.skip_convs, ratio=0.0 if zeroing in ("nncf", "none") else PRUNE_RATIO, grouped=grouped
+    )
     x = torch.randn(1, *shape[1:], generator=torch.Generator().manual_seed(SEED + 2))
     x_check = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(SEED + 3))
     info: dict[str, Any] = {
@@ -313,18 +321,24 @@ def export_model(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=None,
-                    help="output directory (default /work/zoo, or /work/zoo-nncf with --zeroing nncf)")
-    ap.add_argument("--zeroing", choices=("independent", "nncf", "none"), default="independent",
-                    help="independent: 25%% of each conv's filters in PyTorch; nncf: clean export, "
-                         "then tools/zero_filters.py clusters on the ONNX; none: clean export (/work/zoo-clean)")
+    ap.add_argument(
+        "--out", default=None, help="output directory (default /work/zoo, or /work/zoo-nncf with --zeroing nncf)"
+    )
+    ap.add_argument(
+        "--zeroing",
+        choices=("independent", "nncf", "none"),
+        default="independent",
+        help="independent: 25%% of each conv's filters in PyTorch; nncf: clean export, "
+        "then tools/zero_filters.py clusters on the ONNX; none: clean export (/work/zoo-clean)",
+    )
     ap.add_argument("--models", default="all", help="comma-separated names or 'all': " + ",".join(ZOO))
-    ap.add_argument("--bn-fold", dest="bn_fold", action="store_true", default=None,
-                    help="only the *_bnfold.onnx variant")
-    ap.add_argument("--no-bn-fold", dest="bn_fold", action="store_false",
-                    help="only the BN-preserving variant")
-    ap.add_argument("--grouped", choices=("per-group", "skip"), default="per-group",
-                    help="policy for grouped (non-depthwise) convs")
+    ap.add_argument(
+        "--bn-fold", dest="bn_fold", action="store_true", default=None, help="only the *_bnfold.onnx variant"
+    )
+    ap.add_argument("--no-bn-fold", dest="bn_fold", action="store_false", help="only the BN-preserving variant")
+    ap.add_argument(
+        "--grouped", choices=("per-group", "skip"), default="per-group", help="policy for grouped (non-depthwise) convs"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = ap.parse_args(argv)
 
@@ -342,12 +356,18 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(mpath):
         with open(mpath) as f:
             manifest = json.load(f)
-    manifest.setdefault("meta", {}).update({
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__, "onnxruntime": ort.__version__, "opset": OPSET,
-        "seed": SEED, "exporter": "torch.onnx legacy TorchScript (dynamo=False)",
-        "zeroing": args.zeroing,
-    })
+    manifest.setdefault("meta", {}).update(
+        {
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": ort.__version__,
+            "opset": OPSET,
+            "seed": SEED,
+            "exporter": "torch.onnx legacy TorchScript (dynamo=False)",
+            "zeroing": args.zeroing,
+        }
+    )
     models = manifest.setdefault("models", {})
     failed = 0
     for name in names:
@@ -360,12 +380,20 @@ def main(argv: list[str] | None = None) -> int:
             for _v, rec in info["files"].items():
                 extra = ""
                 if "ort_zeroed" in rec:
-                    extra = (f" nncf-zeroed {rec['filters_zeroed']}/{rec['filters_considered']}"
-                             f" finite={rec['ort_zeroed']['finite']}")
-                print(f"  {rec['file']}: ort ok={rec['ort']['ok']} diff={rec['ort']['max_abs_diff_vs_torch']:.2e}"
-                      f" zero filters in onnx={rec['zero_filters_in_onnx']}{extra} ops={rec['ops']}", flush=True)
-            print(f"  zeroed {info['filters_zeroed']}/{info['filters_total']} filters in "
-                  f"{info['num_convs_zeroed']}/{info['num_convs']} convs, {info['total_seconds']}s", flush=True)
+                    extra = (
+                        f" nncf-zeroed {rec['filters_zeroed']}/{rec['filters_considered']}"
+                        f" finite={rec['ort_zeroed']['finite']}"
+                    )
+                print(
+                    f"  {rec['file']}: ort ok={rec['ort']['ok']} diff={rec['ort']['max_abs_diff_vs_torch']:.2e}"
+                    f" zero filters in onnx={rec['zero_filters_in_onnx']}{extra} ops={rec['ops']}",
+                    flush=True,
+                )
+            print(
+                f"  zeroed {info['filters_zeroed']}/{info['filters_total']} filters in "
+                f"{info['num_convs_zeroed']}/{info['num_convs']} convs, {info['total_seconds']}s",
+                flush=True,
+            )
         except Exception as e:  # keep going with the other models
             failed += 1
             models[name] = {"error": f"{type(e).__name__}: {e}"}

@@ -59,7 +59,11 @@ class Site:
         return slice(self.payload_start, self.end)
 
 
-def walk(buf: bytes, descriptor=onnx.ModelProto.DESCRIPTOR, skip_payloads: frozenset[str] = frozenset({"TensorProto.raw_data"})) -> list[Site]:
+def walk(
+    buf: bytes,
+    descriptor=onnx.ModelProto.DESCRIPTOR,
+    skip_payloads: frozenset[str] = frozenset({"TensorProto.raw_data"}),
+) -> list[Site]:
     """Every field of the serialised message ``buf``, recursing into sub-messages that onnx's
     descriptors know. Raises ValueError on a malformed message."""
     view = memoryview(buf)
@@ -86,9 +90,24 @@ def walk(buf: bytes, descriptor=onnx.ModelProto.DESCRIPTOR, skip_payloads: froze
             if after > end:
                 raise ValueError("field runs past its message")
             fd = desc.fields_by_number.get(number)
-            site = Site(parents, key_start, len_start, payload_start, after, number, wire, f"{desc.name}.{fd.name if fd else number}")
+            site = Site(
+                parents,
+                key_start,
+                len_start,
+                payload_start,
+                after,
+                number,
+                wire,
+                f"{desc.name}.{fd.name if fd else number}",
+            )
             sites.append(site)
-            if fd is not None and fd.message_type is not None and wire == 2 and site.name not in skip_payloads and len(parents) < 16:
+            if (
+                fd is not None
+                and fd.message_type is not None
+                and wire == 2
+                and site.name not in skip_payloads
+                and len(parents) < 16
+            ):
                 rec(payload_start, after, fd.message_type, (*parents, site))
             pos = after
 
@@ -107,7 +126,9 @@ def splice(buf: bytes, site: Site, new: bytes) -> bytes:
     return buf[:start] + out + buf[end:]
 
 
-def field_bytes(buf: bytes, site: Site, payload: bytes | None = None, number: int | None = None, wire: int | None = None) -> bytes:
+def field_bytes(
+    buf: bytes, site: Site, payload: bytes | None = None, number: int | None = None, wire: int | None = None
+) -> bytes:
     """The field re-encoded with a new payload (and optionally a new number or wire type)."""
     number = site.number if number is None else number
     wire = site.wire if wire is None else wire
@@ -147,9 +168,21 @@ class Model:
 
 
 _HUGE_DIMS = (-1, -7, -(2**63), 0, 2**31, 2**32 + 1, 2**40, 2**62, 2**63 - 1, 3, 7, 1000)
-_STRINGS = ("NodeProto.input", "NodeProto.output", "NodeProto.name", "NodeProto.op_type", "TensorProto.name", "ValueInfoProto.name",
-            "AttributeProto.name", "AttributeProto.s", "StringStringEntryProto.value", "StringStringEntryProto.key", "GraphProto.name",
-            "OperatorSetIdProto.domain", "NodeProto.domain")
+_STRINGS = (
+    "NodeProto.input",
+    "NodeProto.output",
+    "NodeProto.name",
+    "NodeProto.op_type",
+    "TensorProto.name",
+    "ValueInfoProto.name",
+    "AttributeProto.name",
+    "AttributeProto.s",
+    "StringStringEntryProto.value",
+    "StringStringEntryProto.key",
+    "GraphProto.name",
+    "OperatorSetIdProto.domain",
+    "NodeProto.domain",
+)
 _INVALID_UTF8 = (b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf0\x28\x8c\x28", b"\x80abc", b"name\xfe")
 
 
@@ -192,7 +225,9 @@ def m_data_type(m: Model, rng: random.Random) -> Mutant:
     if s is None or s.wire != 0:
         return m_flip(m, rng)
     value = rng.choice((0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 13, 16, 17, 21, 23, 25, 99, -1, 2**40))
-    return Mutant("data type rewritten", splice(m.data, s, field_bytes(m.data, s, varint(value))), f"{s.name} = {value}")
+    return Mutant(
+        "data type rewritten", splice(m.data, s, field_bytes(m.data, s, varint(value))), f"{s.name} = {value}"
+    )
 
 
 def m_raw_size(m: Model, rng: random.Random) -> Mutant:
@@ -245,7 +280,9 @@ def _node_sites(m: Model) -> list[Site]:
     return m.by_name.get("GraphProto.node", [])
 
 
-def _edit_node(m: Model, rng: random.Random, kind: str, edit: Callable[[onnx.NodeProto, list[onnx.NodeProto]], str | None]) -> Mutant:
+def _edit_node(
+    m: Model, rng: random.Random, kind: str, edit: Callable[[onnx.NodeProto, list[onnx.NodeProto]], str | None]
+) -> Mutant:
     nodes = [n for n in _node_sites(m) if len(n.parents) == 1]  # the main graph's nodes
     if not nodes:
         return m_flip(m, rng)
@@ -255,7 +292,11 @@ def _edit_node(m: Model, rng: random.Random, kind: str, edit: Callable[[onnx.Nod
         later = [onnx.NodeProto.FromString(m.data[n.payload]) for n in nodes[i + 1 : i + 40]]
         detail = edit(node, later)
         if detail is not None:
-            return Mutant(kind, splice(m.data, nodes[i], field_bytes(m.data, nodes[i], node.SerializeToString())), f"node {node.name!r}: {detail}")
+            return Mutant(
+                kind,
+                splice(m.data, nodes[i], field_bytes(m.data, nodes[i], node.SerializeToString())),
+                f"node {node.name!r}: {detail}",
+            )
     return m_flip(m, rng)
 
 
@@ -348,7 +389,11 @@ def m_external(m: Model, rng: random.Random) -> Mutant:
     if entry.key not in choices or rng.random() < 0.2:
         entry.key = rng.choice(("offset", "length", "bogus", "location"))
     entry.value = rng.choice(choices.get(entry.key, ["1"]))
-    return Mutant("external data reference", splice(m.data, s, field_bytes(m.data, s, entry.SerializeToString())), f"{entry.key} = {entry.value!r}")
+    return Mutant(
+        "external data reference",
+        splice(m.data, s, field_bytes(m.data, s, entry.SerializeToString())),
+        f"{entry.key} = {entry.value!r}",
+    )
 
 
 def m_version(m: Model, rng: random.Random) -> Mutant:

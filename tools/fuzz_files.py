@@ -170,7 +170,11 @@ DEFAULT_MODELS = [
 
 def _models(spec: str | None, workdir: Path) -> list[Model]:
     """The models to mutate, each copied into its own folder (with its external data)."""
-    chosen = DEFAULT_MODELS if not spec else [(Path(p.split(":", 1)[0]), p.split(":", 1)[1].split() if ":" in p else [], 1) for p in spec.split(",")]
+    chosen = (
+        DEFAULT_MODELS
+        if not spec
+        else [(Path(p.split(":", 1)[0]), p.split(":", 1)[1].split() if ":" in p else [], 1) for p in spec.split(",")]
+    )
     models = []
     for path, extra, share in chosen:
         folder = workdir / path.stem
@@ -194,7 +198,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", help="comma-separated model paths (PATH or 'PATH:--input-shape x:1,3,8,8')")
-    parser.add_argument("--subprocess-every", type=int, default=200, help="also run every Nth file through python -m onnxprune")
+    parser.add_argument(
+        "--subprocess-every", type=int, default=200, help="also run every Nth file through python -m onnxprune"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "fuzz_files.md"))
     parser.add_argument("--log", help="JSON lines of every outcome")
     parser.add_argument("--workdir", help="where mutated files are written (default: a temporary folder)")
@@ -218,7 +224,9 @@ def main() -> None:
     # What the commands import lazily, imported here too (not by every child); onnxruntime
     # sessions are only made in the children (a forked copy of its thread pools would not run).
     run_inprocess(["analyze", str(models[0].path), "-q", *models[0].extra_args])
-    run_inprocess(["prune", str(models[0].path), "-o", str(workdir / "warm.onnx"), "-q", "--no-verify", *models[0].extra_args])
+    run_inprocess(
+        ["prune", str(models[0].path), "-o", str(workdir / "warm.onnx"), "-q", "--no-verify", *models[0].extra_args]
+    )
     gc.freeze()  # the children's collector leaves the parent's objects alone (no copy-on-write)
     log = open(args.log, "w") if args.log else None
     rng = random.Random(args.seed)
@@ -234,7 +242,10 @@ def main() -> None:
         for name, argv in _commands(str(m.path), out, m.extra_args):
             o = run_forked(argv)
             clean[f"{m.path.name} {name}"] = o
-            print(f"clean {m.path.name} {name}: exit {o.code} {o.peak_kb / 1024:.0f} MB {o.seconds:.2f} s {o.first_line[:100]}", flush=True)
+            print(
+                f"clean {m.path.name} {name}: exit {o.code} {o.peak_kb / 1024:.0f} MB {o.seconds:.2f} s {o.first_line[:100]}",
+                flush=True,
+            )
     start = time.time()
     schedule = [m for m in models for _ in range(m.share)]
     for i in range(args.count):
@@ -254,19 +265,29 @@ def main() -> None:
                 scls = classify(s, str(path))
                 sub_agree += scls == cls or {scls, cls} <= {"ok", "verification failed"}
                 if scls not in ("ok", "refused", "verification failed"):
-                    findings.append(f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}) subprocess {name}: {scls}: {s.first_line[:200]}")
+                    findings.append(
+                        f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}) subprocess {name}: {scls}: {s.first_line[:200]}"
+                    )
             if cls == "refused" and name == "analyze":
                 break  # refused at load: prune would refuse it the same way
-        worst_cls = next((c for _, _, c in results if c not in ("ok", "refused", "verification failed")), results[-1][2])
+        worst_cls = next(
+            (c for _, _, c in results if c not in ("ok", "refused", "verification failed")), results[-1][2]
+        )
         if mutant.valid and worst_cls != "ok":
-            findings.append(f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}): a valid model, but {worst_cls}: {results[-1][1].first_line[:200]}")
+            findings.append(
+                f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}): a valid model, but {worst_cls}: {results[-1][1].first_line[:200]}"
+            )
         counts[(m.path.name, worst_cls)] += 1
         kinds[(mutant.kind, worst_cls)] += 1
         for name, o, cls in results:
             if cls == "verification failed":  # not an error of onnxprune's, but worth a look
-                findings.append(f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}) {name}: {cls}: {o.first_line[:200]}")
+                findings.append(
+                    f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}) {name}: {cls}: {o.first_line[:200]}"
+                )
             if cls not in ("ok", "refused", "verification failed"):
-                findings.append(f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}) {name}: {cls}: {o.first_line[:200]}")
+                findings.append(
+                    f"{m.path.name} #{i} {mutant.kind} ({mutant.detail}) {name}: {cls}: {o.first_line[:200]}"
+                )
                 keep = workdir / "findings"
                 keep.mkdir(exist_ok=True)
                 shutil.copy(path, keep / f"{m.path.stem}_{i}{m.path.suffix}")
@@ -275,16 +296,44 @@ def main() -> None:
             if o.seconds > slowest[0]:
                 slowest = (o.seconds, f"{m.path.name} #{i} {mutant.kind} {name}")
         if log:
-            log.write(json.dumps({"i": i, "model": m.path.name, "kind": mutant.kind, "detail": mutant.detail,
-                                  "results": [(n, o.code, o.signal, o.first_line[:300], o.peak_kb, round(o.seconds, 3), c) for n, o, c in results]}) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "i": i,
+                        "model": m.path.name,
+                        "kind": mutant.kind,
+                        "detail": mutant.detail,
+                        "results": [
+                            (n, o.code, o.signal, o.first_line[:300], o.peak_kb, round(o.seconds, 3), c)
+                            for n, o, c in results
+                        ],
+                    }
+                )
+                + "\n"
+            )
             log.flush()
         if (i + 1) % 100 == 0:
             print(f"{i + 1} files, {time.time() - start:.0f} s, findings {len(findings)}", flush=True)
         if (i + 1) % 1000 == 0 or i + 1 == args.count:  # a report so far, should the run be cut short
-            _write_report(args, i + 1, models, counts, kinds, findings, clean, worst, slowest, time.time() - start, sub_runs, sub_agree)
+            _write_report(
+                args,
+                i + 1,
+                models,
+                counts,
+                kinds,
+                findings,
+                clean,
+                worst,
+                slowest,
+                time.time() - start,
+                sub_runs,
+                sub_agree,
+            )
 
 
-def _write_report(args, done, models, counts, kinds, findings, clean, worst, slowest, seconds, sub_runs, sub_agree) -> None:
+def _write_report(
+    args, done, models, counts, kinds, findings, clean, worst, slowest, seconds, sub_runs, sub_agree
+) -> None:
     outcomes = ["ok", "verification failed", "refused", "bad message", "internal error", "crash", "hang"]
     total = Counter()
     for (_, c), n in counts.items():
@@ -292,14 +341,18 @@ def _write_report(args, done, models, counts, kinds, findings, clean, worst, slo
     lines = [
         "# Mutation fuzzing of model files (tools/fuzz_files.py)",
         "",
-        (f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Seed {args.seed}: {done} mutated files (of {args.count} asked) from "
-        f"{len(models)} models, each through `onnxprune analyze` then `onnxprune prune` (with verification) in a forked "
-        f"child (a {TIMEOUT} s limit; peak memory from wait4), every {args.subprocess_every}th also through "
-        f"`python -m onnxprune` subprocesses ({sub_runs} runs, {sub_agree} with the same outcome). A file refused by "
-        f"`analyze` is not pruned (it is refused at load). Time: {seconds:.0f} s ({seconds / max(done, 1):.3f} s per file, one worker on a shared 2-core machine)."),
+        (
+            f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Seed {args.seed}: {done} mutated files (of {args.count} asked) from "
+            f"{len(models)} models, each through `onnxprune analyze` then `onnxprune prune` (with verification) in a forked "
+            f"child (a {TIMEOUT} s limit; peak memory from wait4), every {args.subprocess_every}th also through "
+            f"`python -m onnxprune` subprocesses ({sub_runs} runs, {sub_agree} with the same outcome). A file refused by "
+            f"`analyze` is not pruned (it is refused at load). Time: {seconds:.0f} s ({seconds / max(done, 1):.3f} s per file, one worker on a shared 2-core machine)."
+        ),
         "",
-        ("Outcomes: ok (exit 0), verification failed (exit 1), refused (exit 2, one line naming the file), bad message "
-         "(exit 2 otherwise), internal error (exit 3 or a traceback), crash (a signal), hang (the time limit)."),
+        (
+            "Outcomes: ok (exit 0), verification failed (exit 1), refused (exit 2, one line naming the file), bad message "
+            "(exit 2 otherwise), internal error (exit 3 or a traceback), crash (a signal), hang (the time limit)."
+        ),
         "",
         "| model | " + " | ".join(outcomes) + " | peak memory, clean (prune) | peak memory, worst mutant |",
         "|---|" + "---|" * (len(outcomes) + 2),
@@ -308,8 +361,11 @@ def _write_report(args, done, models, counts, kinds, findings, clean, worst, slo
         name = m.path.name
         c = clean.get(f"{name} prune")
         w = worst.get(name, (0, ""))
-        lines.append(f"| {name} | " + " | ".join(str(counts[(name, o)]) for o in outcomes)
-                     + f" | {c.peak_kb / 1024:.0f} MB (exit {c.code}) | {w[0] / 1024:.0f} MB ({w[1]}) |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(str(counts[(name, o)]) for o in outcomes)
+            + f" | {c.peak_kb / 1024:.0f} MB (exit {c.code}) | {w[0] / 1024:.0f} MB ({w[1]}) |"
+        )
     lines.append("| **all** | " + " | ".join(f"**{total[o]}**" for o in outcomes) + " | | |")
     lines += ["", "By mutation:", "", "| mutation | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
     for kind in sorted({k for k, _ in kinds}):

@@ -142,8 +142,15 @@ def quantized() -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "f.onnx"), Path(tmp, "q.onnx")
         onnx.save(residual(), src)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+        quantize_static(
+            str(src),
+            str(dst),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
         model = onnx.load(dst)
     model.producer_version = ""  # keep the file identical across onnxruntime versions
     return model
@@ -184,7 +191,12 @@ def family_normalization() -> onnx.ModelProto:
     x = b.input("input", [None, 3, 8, 8])
     y = b.op("Relu", b.bn(b.conv(x, 8, zero=(1, 4))))  # nonzero beta: constant channels
     y = b.conv(y, 8, k=1, pads=0, zero=(2,))
-    n = b.op("InstanceNormalization", y, b.const(np.ones(8, np.float32), "s"), b.const(np.linspace(-1, 1, 8).astype(np.float32), "b"))
+    n = b.op(
+        "InstanceNormalization",
+        y,
+        b.const(np.ones(8, np.float32), "s"),
+        b.const(np.linspace(-1, 1, 8).astype(np.float32), "b"),
+    )
     b.output(b.conv(b.op("Relu", n), 2, k=1, pads=0))
     return b.build("family_normalization")
 
@@ -228,8 +240,14 @@ def family_concat_split() -> onnx.ModelProto:
     cat = b.op("Concat", a, c, axis=1, channels=12)
     p, q = b.op("Split", cat, b.const(np.array([5, 7], np.int64), "split"), axis=1, outputs=2, channels=5)
     b.channels[q] = 7
-    s = b.op("Slice", q, b.const(np.array([1], np.int64), "st"), b.const(np.array([6], np.int64), "en"),
-             b.const(np.array([1], np.int64), "ax"), channels=5)
+    s = b.op(
+        "Slice",
+        q,
+        b.const(np.array([1], np.int64), "st"),
+        b.const(np.array([6], np.int64), "en"),
+        b.const(np.array([1], np.int64), "ax"),
+        channels=5,
+    )
     b.output(b.op("Add", b.conv(p, 2), b.conv(s, 2)))
     return b.build("family_concat_split")
 
@@ -244,7 +262,9 @@ def family_reshape() -> onnx.ModelProto:
     g = b.op("GlobalAveragePool", t)
     s = b.op("Squeeze", g, b.const(np.array([2, 3], np.int64), "ax"))
     u = b.op("Unsqueeze", s, b.const(np.array([2, 3], np.int64), "ax"))
-    r = b.op("Reshape", b.op("Relu", b.conv(t, 4, zero=(0,))), b.const(np.array([1, 64], np.int64), "shape"), channels=64)
+    r = b.op(
+        "Reshape", b.op("Relu", b.conv(t, 4, zero=(0,))), b.const(np.array([1, 64], np.int64), "shape"), channels=64
+    )
     b.output(b.op("Add", b.gemm(r, 64, 3), b.op("Flatten", b.conv(u, 3, k=1, pads=0), axis=1)))
     return b.build("family_reshape")
 

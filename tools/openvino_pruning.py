@@ -5,6 +5,7 @@ The code lives in ``onnxprune.openvino_pass`` (also used by ``prune --compare-op
 
     python tools/openvino_pruning.py MODEL.onnx [--seed N] [--no-check] [--layers]
 """
+
 from __future__ import annotations
 
 import argparse

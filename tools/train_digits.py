@@ -30,8 +30,11 @@ class DigitsNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
         self.res = nn.Sequential(
-            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
         )
         self.branch1 = nn.Sequential(nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
         self.branch3 = nn.Sequential(nn.Conv2d(32, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
@@ -77,9 +80,16 @@ def main() -> None:
         acc = (model(torch.from_numpy(x_test)).argmax(1).numpy() == y_test).mean()
     out = Path(args.out)
     torch.onnx.export(
-        model, torch.from_numpy(x_test[:1]), str(out / "digits_cnn.onnx"), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False,
-        training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+        model,
+        torch.from_numpy(x_test[:1]),
+        str(out / "digits_cnn.onnx"),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+        training=torch.onnx.TrainingMode.PRESERVE,
+        do_constant_folding=False,
     )
     np.savez(out / "digits_calibration.npz", input=x_train[:64])
     np.savez(out / "digits_test.npz", input=x_test, labels=y_test)

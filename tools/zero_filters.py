@@ -137,9 +137,12 @@ def zero_filters(
         node.input[pos] = new
 
     output_roots = np.asarray(
-        [g.id for g in analysis.groups if any(r.startswith("reaches graph output") for r in g.pinned_by)], dtype=np.int64
+        [g.id for g in analysis.groups if any(r.startswith("reaches graph output") for r in g.pinned_by)],
+        dtype=np.int64,
     )
-    sources = [s for s in analysis.sources if s.op in ("Conv", "ConvInteger") or (not skip_gemm and s.op in ("Gemm", "MatMul"))]
+    sources = [
+        s for s in analysis.sources if s.op in ("Conv", "ConvInteger") or (not skip_gemm and s.op in ("Gemm", "MatMul"))
+    ]
     if skip_outputs:
         sources = [s for s in sources if not np.isin(analysis.roots(s.ids), output_roots).any()]
     # clusters: source layers joined by a shared channel group
@@ -183,7 +186,16 @@ def zero_filters(
 
     # NNCF masks a pruned channel everywhere it flows: also the depthwise convs and the
     # BatchNormalizations that carry it (not only the BN right after the pruned conv).
-    zeroed_groups = np.asarray(sorted({int(r) for n, rows in zeroed_rows.items() for r in analysis.roots(next(s.ids for s in sources if s.node == n)[sorted(rows)])}), dtype=np.int64)
+    zeroed_groups = np.asarray(
+        sorted(
+            {
+                int(r)
+                for n, rows in zeroed_rows.items()
+                for r in analysis.roots(next(s.ids for s in sources if s.node == n)[sorted(rows)])
+            }
+        ),
+        dtype=np.int64,
+    )
     for node in model.graph.node:
         if node.op_type not in ("BatchNormalization", "Conv") or node.name in zeroed_rows:
             continue
@@ -229,8 +241,13 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("output")
     parser.add_argument("--ratio", type=float, default=0.25)
-    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...",
-                        help="static shape of an input with dynamic dimensions (as in onnxprune)")
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME:d0,d1,...",
+        help="static shape of an input with dynamic dimensions (as in onnxprune)",
+    )
     args = parser.parse_args()
     from onnxprune.config import parse_input_shape
 

@@ -130,7 +130,7 @@ def zero_filters(
             norms = conv.weight.detach().flatten(1).norm(dim=1)
             chosen: list[int] = []
             for k in range(g):
-                sl = norms[k * per_group:(k + 1) * per_group]
+                sl = norms[k * per_group : (k + 1) * per_group]
                 order = torch.argsort(sl, stable=True)[:n]
                 chosen.extend(int(i) + k * per_group for i in order)
             chosen.sort()

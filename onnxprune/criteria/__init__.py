@@ -59,6 +59,13 @@ class CriterionRegistry:
 def default_criteria() -> CriterionRegistry:
     """A new registry with every built-in criterion."""
     reg = CriterionRegistry()
-    for name, fn in (("l1", l1), ("l2", l2), ("fpgm", fpgm), ("random", random_scores), ("kmeans", kmeans), ("bn-gamma", bn_gamma)):
+    for name, fn in (
+        ("l1", l1),
+        ("l2", l2),
+        ("fpgm", fpgm),
+        ("random", random_scores),
+        ("kmeans", kmeans),
+        ("bn-gamma", bn_gamma),
+    ):
         reg.register(name, fn)
     return reg

@@ -41,7 +41,9 @@ def sink_statistics(
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
     m.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n not in existing])
-    run = session(m, source=source, what="the model with its channel readers as outputs (calibration statistics)", optimize=True)
+    run = session(
+        m, source=source, what="the model with its channel readers as outputs (calibration statistics)", optimize=True
+    )
     sums: dict[str, np.ndarray] = {}
     abs_sums: dict[str, np.ndarray] = {}
     zeros: dict[str, np.ndarray] = {}

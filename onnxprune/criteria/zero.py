@@ -32,7 +32,9 @@ def zero_plan(analysis: ChannelAnalysis) -> PruningPlan:
                 r = int(r)
                 if r not in blocked:
                     blocked.add(r)
-                    reasons.setdefault(r, []).append(f"constant but nonzero where {sink.node} reads it, and {sink.fold_blocker}")
+                    reasons.setdefault(r, []).append(
+                        f"constant but nonzero where {sink.node} reads it, and {sink.fold_blocker}"
+                    )
     candidates = {g.id for g in analysis.groups} - blocked
     removed = enforce_constraints(analysis, candidates, reasons)
     kept = {g.id: tuple(reasons.get(g.id, ())) for g in analysis.groups if g.id not in removed}

@@ -67,7 +67,11 @@ _UNARY: dict[str, Callable[[gs.Node], ConstFn | None]] = {
     "Relu": lambda n: lambda c: np.maximum(c, 0.0),
     "LeakyRelu": lambda n: lambda c, a=_attr(n, "alpha", 0.01): np.where(c >= 0, c, a * c),
     "Elu": lambda n: lambda c, a=_attr(n, "alpha", 1.0): np.where(c >= 0, c, a * (np.exp(c) - 1)),
-    "Selu": lambda n: lambda c, a=_attr(n, "alpha", 1.67326319217681884765625), g=_attr(n, "gamma", 1.05070102214813232421875): np.where(c > 0, g * c, g * a * (np.exp(c) - 1)),
+    "Selu": lambda n: (
+        lambda c, a=_attr(n, "alpha", 1.67326319217681884765625), g=_attr(n, "gamma", 1.05070102214813232421875): (
+            np.where(c > 0, g * c, g * a * (np.exp(c) - 1))
+        )
+    ),
     "Celu": lambda n: lambda c, a=_attr(n, "alpha", 1.0): np.maximum(0, c) + np.minimum(0, a * (np.exp(c / a) - 1)),
     "ThresholdedRelu": lambda n: lambda c, a=_attr(n, "alpha", 1.0): np.where(c > a, c, 0.0),
     "Sigmoid": lambda n: _sigmoid,

@@ -79,7 +79,9 @@ class PropagateContext(Protocol):
 
     def param(self, t: gs.Tensor | None) -> Parameter | None: ...
 
-    def runtime_value(self, t: gs.Tensor, overrides: Mapping[str, tuple[int, ...]] | None = None) -> np.ndarray | None: ...
+    def runtime_value(
+        self, t: gs.Tensor, overrides: Mapping[str, tuple[int, ...]] | None = None
+    ) -> np.ndarray | None: ...
 
     def runtime_sources(self, t: gs.Tensor) -> frozenset[str] | None: ...
 
@@ -226,7 +228,9 @@ class LayerSemantics(Protocol):
         """Can reconstruction refit this layer (``input_rows`` gives its input as rows)?"""
         ...
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         """At up to ``picks`` sampled output positions, the input ``x`` as rows [positions, in·k]
         so that ``rows @ weight_matrix.T + bias`` is the layer's output there; None when this
         layer cannot be refitted."""
@@ -297,7 +301,9 @@ class Layer:
         """Boolean per output channel: is its filter all zero?"""
         return ~np.any(self.weight_matrix(weight) != 0, axis=1)
 
-    def input_rows(self, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         return self.semantics.input_rows(self.attrs, x, weight_shape, picks, rng)
 
 

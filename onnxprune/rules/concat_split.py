@@ -42,7 +42,11 @@ class ConcatRule:
             for t, n in zip(node.inputs, sizes):
                 lay = ctx.layout(t)
                 parts.append(ctx.ids_for(t, axis, n, f"concatenated input {t.name!r} carries no channel ids"))
-                cparts.append(lay.const(axis) if lay is not None and axis in lay.axes and lay.single_axis is not None else np.full(n, np.nan))
+                cparts.append(
+                    lay.const(axis)
+                    if lay is not None and axis in lay.axes and lay.single_axis is not None
+                    else np.full(n, np.nan)
+                )
             axes[axis] = np.concatenate(parts)
             consts[axis] = np.concatenate(cparts)
         for a in other_axes:  # channels on another axis: every input's position i is the same channel
@@ -127,7 +131,9 @@ class SplitRule:
             ctx.add_input(node, 1, new, "split")
 
 
-def _slice_params(node: gs.Node, ctx: PropagateContext | ApplyContext, rank: int) -> tuple[list[int], list[int], list[int], list[int]] | None:
+def _slice_params(
+    node: gs.Node, ctx: PropagateContext | ApplyContext, rank: int
+) -> tuple[list[int], list[int], list[int], list[int]] | None:
     vals = []
     for i in range(1, 5):
         if len(node.inputs) > i and node.inputs[i].name:
@@ -244,7 +250,10 @@ def _runtime_slice(node: gs.Node, ctx: PropagateContext, lay: Layout) -> NotAppl
             nb, nf = _norm_bound(int(np.ravel(got[0])[i]), probe[a]), _norm_bound(int(np.ravel(got[1])[i]), probe[a])
             if (nb, nf) != (b * probe[a] // n, f * probe[a] // n):
                 return NotApplicable("slice bounds computed at run time do not scale with the channels")
-        ctx.add_balance(list(ids.reshape(parts, -1)), f"bounds are computed as fractions (1/{parts}) of the channel count at run time")
+        ctx.add_balance(
+            list(ids.reshape(parts, -1)),
+            f"bounds are computed as fractions (1/{parts}) of the channel count at run time",
+        )
         new_axes[a] = ids[b:f]
         if a in consts:
             consts[a] = consts[a][b:f]

@@ -54,7 +54,9 @@ def _check_rank(node: gs.Node, ctx: PropagateContext, weight: np.ndarray) -> Non
     x_shape = ctx.shape(node.inputs[0])
     if weight.ndim < 3 or (x_shape is not None and len(x_shape) != weight.ndim):
         x_rank = "unknown" if x_shape is None else len(x_shape)
-        ctx.invalid(f"weight {node.inputs[1].name!r} has rank {weight.ndim} and the input rank {x_rank}: both must be equal and at least 3")
+        ctx.invalid(
+            f"weight {node.inputs[1].name!r} has rank {weight.ndim} and the input rank {x_rank}: both must be equal and at least 3"
+        )
 
 
 class ConvRule:
@@ -93,7 +95,9 @@ class ConvRule:
     def refittable(self, attrs: Attrs) -> bool:
         return self.groups(attrs) == 1
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         if not self.refittable(attrs) or len(weight_shape) != 4:
             return None
         return _conv_patches(x, attrs, tuple(weight_shape[2:]), picks, rng)
@@ -243,7 +247,9 @@ class ConvTransposeRule:
     def refittable(self, attrs: Attrs) -> bool:
         return False  # overlapping outputs: not one filter per output position
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         return None
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
@@ -260,9 +266,13 @@ class ConvTransposeRule:
         _check_rank(node, ctx, weight)
         x_shape = ctx.shape(x)
         if x_shape is not None and x_shape[1] is not None and x_shape[1] != weight.shape[0]:
-            ctx.invalid(f"weight {node.inputs[1].name!r} expects {weight.shape[0]} input channels, the input has {x_shape[1]}")
+            ctx.invalid(
+                f"weight {node.inputs[1].name!r} expects {weight.shape[0]} input channels, the input has {x_shape[1]}"
+            )
         if b is not None and b.values.size != weight.shape[1]:
-            ctx.invalid(f"bias {node.inputs[2].name!r} has {b.values.size} values for {weight.shape[1]} output channels")
+            ctx.invalid(
+                f"bias {node.inputs[2].name!r} has {b.values.size} values for {weight.shape[1]} output channels"
+            )
         lay = ctx.layout(x)
         if lay is not None:
             if set(lay.axes) != {1}:
@@ -284,7 +294,9 @@ class ConvTransposeRule:
             ctx.slice_param(node, 2, 0, out_keep)
 
 
-def _conv_patches(x: np.ndarray, attrs: Attrs, kernel: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray:
+def _conv_patches(
+    x: np.ndarray, attrs: Attrs, kernel: tuple[int, ...], picks: int, rng: np.random.Generator
+) -> np.ndarray:
     """Sampled im2col rows of a 2-D Conv input: [positions, Cin * kh * kw]."""
     pads = list(attrs.get("pads", [0] * 4))  # type: ignore[call-overload]
     strides = list(attrs.get("strides", [1, 1]))  # type: ignore[call-overload]

@@ -30,7 +30,9 @@ def _operand_const(values: np.ndarray, axis: int, out_rank: int, n: int) -> np.n
     return np.broadcast_to(col, (n,)).copy() if col.shape[0] == 1 else col
 
 
-def scaled_constant(t: gs.Tensor, param: Callable[[gs.Tensor], object], shape: Callable[[gs.Tensor], Shape | None]) -> bool:
+def scaled_constant(
+    t: gs.Tensor, param: Callable[[gs.Tensor], object], shape: Callable[[gs.Tensor], Shape | None]
+) -> bool:
     """Is ``t`` a constant times a run-time scalar (onnxruntime's per-channel dynamic
     quantization scales its weight scales [N] by the input's scale: Mul(x_scale, w_scale))?
     Such an operand is sliced like a constant (its constant operand is), its value unknown."""
@@ -95,9 +97,15 @@ class BroadcastRule:
         out_shape = ctx.shape(y)
         axes: dict[int, np.ndarray] = {}
         consts: dict[int, np.ndarray] = {}
-        channel_axes = sorted({a + out_rank - ranks[i] for i, t in enumerate(inputs) if ctx.layout(t) for a in ctx.layout(t).axes})
+        channel_axes = sorted(
+            {a + out_rank - ranks[i] for i, t in enumerate(inputs) if ctx.layout(t) for a in ctx.layout(t).axes}
+        )
         for a in channel_axes:
-            n = max(len(ctx.layout(t).axes[a - out_rank + r]) for t, r in zip(inputs, ranks) if ctx.layout(t) and (a - out_rank + r) in ctx.layout(t).axes)
+            n = max(
+                len(ctx.layout(t).axes[a - out_rank + r])
+                for t, r in zip(inputs, ranks)
+                if ctx.layout(t) and (a - out_rank + r) in ctx.layout(t).axes
+            )
             if out_shape is not None and out_shape[a] is not None and out_shape[a] != n:
                 return NotApplicable(f"channel axis {a} has {n} positions but the output has {out_shape[a]}")
             merged: np.ndarray | None = None
@@ -106,7 +114,11 @@ class BroadcastRule:
                 local = a - (out_rank - r)
                 lay = ctx.layout(t)
                 shape = ctx.shape(t)
-                dim = None if local < 0 else (len(lay.axes[local]) if lay and local in lay.axes else (shape[local] if shape else None))
+                dim = (
+                    None
+                    if local < 0
+                    else (len(lay.axes[local]) if lay and local in lay.axes else (shape[local] if shape else None))
+                )
                 if lay is not None and local in lay.axes:
                     ids = lay.axes[local]
                     if len(ids) == 1 and n > 1:
@@ -167,6 +179,26 @@ class BroadcastRule:
 
 
 def broadcast_rules() -> list[BroadcastRule]:
-    ops = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "Where",
-           "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "Mod")
+    ops = (
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Sum",
+        "Mean",
+        "Pow",
+        "Where",
+        "Equal",
+        "Less",
+        "LessOrEqual",
+        "Greater",
+        "GreaterOrEqual",
+        "And",
+        "Or",
+        "Xor",
+        "BitShift",
+        "Mod",
+    )
     return [BroadcastRule(op) for op in ops]

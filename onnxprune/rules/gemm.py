@@ -74,7 +74,9 @@ class GemmRule:
     def refittable(self, attrs: Attrs) -> bool:
         return not int(attrs.get("transA", 0))  # type: ignore[call-overload]
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         if not self.refittable(attrs):
             return None
         rows = _feature_rows(x, picks, rng)
@@ -162,7 +164,9 @@ class MatMulRule:
     def refittable(self, attrs: Attrs) -> bool:
         return True
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         return _feature_rows(x, picks, rng)
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:

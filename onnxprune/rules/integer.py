@@ -89,7 +89,9 @@ class ConvIntegerRule(ConvRule):
     def refittable(self, attrs: Attrs) -> bool:
         return False
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         return None
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
@@ -113,7 +115,9 @@ class ConvIntegerRule(ConvRule):
             if set(lay.axes) != {1}:
                 return NotApplicable("input channels are spread over more than the channel axis")
             if not _from_dynamic_quantization(x):
-                return NotApplicable("input is not quantized by a DynamicQuantizeLinear; its channels cannot be masked as floats")
+                return NotApplicable(
+                    "input is not quantized by a DynamicQuantizeLinear; its channels cannot be masked as floats"
+                )
         x_shape = ctx.shape(x)
         if x_shape is not None and len(x_shape) > 1 and x_shape[1] is not None and x_shape[1] != cin:
             ctx.invalid(f"weight {node.inputs[1].name!r} expects {cin} input channels, the input has {x_shape[1]}")
@@ -164,7 +168,9 @@ class MatMulIntegerRule(MatMulRule):
     def refittable(self, attrs: Attrs) -> bool:
         return False
 
-    def input_rows(self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator) -> np.ndarray | None:
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
         return None
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
@@ -187,7 +193,9 @@ class MatMulIntegerRule(MatMulRule):
             if set(lay.axes) != {rank - 1}:
                 return NotApplicable("channels of A are not on its last axis")
             if not _from_dynamic_quantization(a):
-                return NotApplicable("A is not quantized by a DynamicQuantizeLinear; its channels cannot be masked as floats")
+                return NotApplicable(
+                    "A is not quantized by a DynamicQuantizeLinear; its channels cannot be masked as floats"
+                )
         out = ctx.add_source(node, n)
         zero = ~np.any(np.asarray(b.values, dtype=np.float64) - zp[None, :] != 0, axis=0)
         ctx.set_layout(y, Layout(rank, {rank - 1: out}, {rank - 1: np.where(zero, 0.0, np.nan)}))

@@ -75,7 +75,9 @@ class ResizeRule:
         return None
 
 
-def _check_runtime_sizes(node: gs.Node, index: int, ctx: PropagateContext, lay: Layout, in_shape) -> NotApplicable | None:
+def _check_runtime_sizes(
+    node: gs.Node, index: int, ctx: PropagateContext, lay: Layout, in_shape
+) -> NotApplicable | None:
     """Resize sizes/scales computed at run time (segmentation heads take sizes from Shape())
     must keep following the input: probed with one channel fewer in every tensor whose shape
     they read, only the input's own channel entry may change, and only with the input."""
@@ -94,7 +96,7 @@ def _check_runtime_sizes(node: gs.Node, index: int, ctx: PropagateContext, lay: 
             continue
         if shape is None or any(d is None for d in shape) or len(src_lay.axes) != 1:
             return NotApplicable(f"resize sizes read the shape of {name!r}, whose shape is unknown")
-        (axis, _), = src_lay.axes.items()
+        ((axis, _),) = src_lay.axes.items()
         probe = list(shape)
         probe[axis] -= 1
         got = ctx.runtime_value(node.inputs[index], {name: tuple(probe)})
@@ -161,8 +163,18 @@ class ReduceRule:
     """Reduce* over axes without channels: channels pass (moving if keepdims=0); over a
     channel axis: pinned."""
 
-    op_types = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
-                "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+    op_types = (
+        "ReduceMean",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceSum",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceSumSquare",
+    )
     domain = ""
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
@@ -194,7 +206,11 @@ class ReduceRule:
             if node.op in ("ReduceMean", "ReduceMax", "ReduceMin"):
                 consts[na] = c
             else:
-                consts[na] = np.where(c == 0, 0.0, np.nan) if node.op in ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare") else np.full(len(c), np.nan)
+                consts[na] = (
+                    np.where(c == 0, 0.0, np.nan)
+                    if node.op in ("ReduceSum", "ReduceL1", "ReduceL2", "ReduceSumSquare")
+                    else np.full(len(c), np.nan)
+                )
         ctx.set_layout(node.outputs[0], Layout(rank if keep else rank - len(set(axes)), new_axes, consts))
         return None
 

@@ -27,7 +27,7 @@ def map_reshape(
     """Map ``lay`` through a reshape of ``in_shape`` into ``out_shape`` (both static)."""
     if len(lay.axes) != 1:
         return NotApplicable("channels on more than one axis cannot be reshaped")
-    (axis, ids), = lay.axes.items()
+    ((axis, ids),) = lay.axes.items()
     size = int(np.prod(in_shape))
     if size > _MAX_GRID:
         return NotApplicable(f"reshape of {size} elements is too large to map")
@@ -133,7 +133,7 @@ class ReshapeRule:
         out_lay = ctx.analysis.layouts.get(node.outputs[0].name)
         if out_lay is None:
             return
-        (carrier, ids), = out_lay.axes.items()
+        ((carrier, ids),) = out_lay.axes.items()
         kept = int(ctx.keep(node.outputs[0], carrier, len(ids)).sum())
         if ctx.param(node.inputs[1]) is None:
             # Computed at run time from the pruned tensor (checked by the analysis), or with the
@@ -155,7 +155,12 @@ class ReshapeRule:
 
 
 def _check_runtime_shape(
-    node: gs.Node, ctx: PropagateContext, out: Layout, in_shape: tuple[int, ...], out_shape: tuple[int, ...], carrier: int
+    node: gs.Node,
+    ctx: PropagateContext,
+    out: Layout,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    carrier: int,
 ) -> NotApplicable | None:
     """A target shape computed from Shape() of tensors with channels must follow the channel
     count: after removing the first k channel groups of the output (k = 1, 2), evaluating it
@@ -175,7 +180,7 @@ def _check_runtime_shape(
         gone = set(carrier_roots[:k])
         probes = {}
         for name, lay in tensors.items():
-            (axis, ids), = lay.axes.items()
+            ((axis, ids),) = lay.axes.items()
             shape = list(ctx.shapes.get(name) or ())
             if len(shape) != lay.rank or any(d is None for d in shape):
                 return NotApplicable(f"shape of {name!r} is unknown")
@@ -192,7 +197,11 @@ def _check_runtime_shape(
         if -1 in resolved:
             known = int(np.prod([v for v in resolved if v != -1]))
             resolved[resolved.index(-1)] = int(np.prod(probe_in)) // max(known, 1)
-        if resolved != expected and _concat_constant_entry(node.inputs[1], carrier, ctx) is not None and got[carrier] == out_shape[carrier]:
+        if (
+            resolved != expected
+            and _concat_constant_entry(node.inputs[1], carrier, ctx) is not None
+            and got[carrier] == out_shape[carrier]
+        ):
             # [N, 512] as Concat(Shape(x)[:1], [512]) (torch's view): the surgery writes the
             # kept count into the Concat's constant part, as it does for a constant target.
             resolved[carrier] = expected[carrier]
@@ -201,7 +210,9 @@ def _check_runtime_shape(
     return None
 
 
-def _concat_constant_entry(target: gs.Tensor, position: int, ctx: PropagateContext | ApplyContext) -> tuple[gs.Node, int, int] | None:
+def _concat_constant_entry(
+    target: gs.Tensor, position: int, ctx: PropagateContext | ApplyContext
+) -> tuple[gs.Node, int, int] | None:
     """(Concat, input index, offset) when entry ``position`` of a run-time target shape comes
     from a constant part of the Concat that builds it; None otherwise."""
     if len(target.inputs) != 1 or target.inputs[0].op != "Concat":
@@ -243,7 +254,9 @@ class TransposeRule:
         inverse = {src: dst for dst, src in enumerate(perm)}
         ctx.set_layout(
             node.outputs[0],
-            Layout(lay.rank, {inverse[a]: v for a, v in lay.axes.items()}, {inverse[a]: v for a, v in lay.consts.items()}),
+            Layout(
+                lay.rank, {inverse[a]: v for a, v in lay.axes.items()}, {inverse[a]: v for a, v in lay.consts.items()}
+            ),
         )
         return None
 

@@ -106,7 +106,9 @@ def layer_scores(
             if criterion == "bn-gamma"
             else "it gives no finite score to any channel"
         )
-        raise UsageError(f"criterion {criterion!r} has nothing to score in this model: {why}; try --criterion l2 or fpgm")
+        raise UsageError(
+            f"criterion {criterion!r} has nothing to score in this model: {why}; try --criterion l2 or fpgm"
+        )
     return scores
 
 
@@ -124,7 +126,11 @@ def score(
 
 
 def budget_plan(
-    analysis: ChannelAnalysis, model: onnx.ModelProto, scores: Mapping[str, np.ndarray], config: PruneConfig, registry: RuleRegistry | None = None,
+    analysis: ChannelAnalysis,
+    model: onnx.ModelProto,
+    scores: Mapping[str, np.ndarray],
+    config: PruneConfig,
+    registry: RuleRegistry | None = None,
     source: str = "<model>",
 ) -> PruningPlan:
     """The plan for a ratio, global or MACs budget (see budget.plan_with_budget); ``registry``:
@@ -136,12 +142,18 @@ def budget_plan(
     return plan_with_budget(analysis, scores, config, tracker)
 
 
-def known_macs(model: onnx.ModelProto, analysis: ChannelAnalysis, registry: RuleRegistry, what: str, source: str) -> dict[str, int | None]:
+def known_macs(
+    model: onnx.ModelProto, analysis: ChannelAnalysis, registry: RuleRegistry, what: str, source: str
+) -> dict[str, int | None]:
     """Every weight-bearing layer's MACs, for a budget that ranks or cuts on them; a UsageError
     naming the inputs to give shapes or data for when some are unknown (never ranked on the
     layers whose shapes happen to be known)."""
     per_node = node_macs(model, analysis.shapes, registry)
-    inputs = {vi.name: analysis.shapes.get(vi.name, ()) for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}}
+    inputs = {
+        vi.name: analysis.shapes.get(vi.name, ())
+        for vi in model.graph.input
+        if vi.name not in {i.name for i in model.graph.initializer}
+    }
     why = unknown_macs_reason(model, per_node, inputs)
     if why is not None:
         raise UsageError(f"{source}: {what} needs the MACs of every layer, but {why}")
@@ -168,7 +180,9 @@ def plan(
     return Planned(budget_plan(analysis, loaded.proto, scores, run.config, run.registry, loaded.source))
 
 
-def compensate(loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, data: CalibrationData, run: Run) -> Compensation:
+def compensate(
+    loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, data: CalibrationData, run: Run
+) -> Compensation:
     """What the removed channels are replaced by where they are read (exact plans: nothing)."""
     mode = run.config.compensation
     if mode == "auto":
@@ -192,7 +206,9 @@ def estimates(
     if mode == "calibration" and stats is not None:
         return dict(stats.mean)
     if mode == "data-free":
-        return data_free_values(proto, analysis, PruningPlan("tmp", tuple(groups)), run.registry, run.config.input_shapes)
+        return data_free_values(
+            proto, analysis, PruningPlan("tmp", tuple(groups)), run.registry, run.config.input_shapes
+        )
     return None
 
 
@@ -209,7 +225,12 @@ class SensitivityTrials:
 
 
 def sensitivity_trials(
-    loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapping[str, np.ndarray], stats: ActivationStats | None, feeds: Feeds, run: Run
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    scores: Mapping[str, np.ndarray],
+    stats: ActivationStats | None,
+    feeds: Feeds,
+    run: Run,
 ) -> SensitivityTrials:
     """Units of tied layers, their sensitivity curves, and the trial runner behind them."""
     from ..sensitivity_analysis import TrialRunner, find_units, measure_sensitivity
@@ -218,19 +239,34 @@ def sensitivity_trials(
     group = group_scores(analysis, scores)
     protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
     units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
-    what = "--macs-target" if config.macs_target is not None else "the sensitivity allocation (it ranks layers by the MACs they save)"
+    what = (
+        "--macs-target"
+        if config.macs_target is not None
+        else "the sensitivity allocation (it ranks layers by the MACs they save)"
+    )
     tracker = MacsTracker(analysis, known_macs(proto, analysis, run.registry, what, loaded.source), proto, run.registry)
-    mode = config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
+    mode = (
+        config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
+    )
     values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
     runner = TrialRunner(proto, analysis, feeds, source=loaded.source)
     result = measure_sensitivity(
-        runner, analysis, units, tracker, config.sensitivity_ratios, values, config.criterion, config.fidelity_metrics,
+        runner,
+        analysis,
+        units,
+        tracker,
+        config.sensitivity_ratios,
+        values,
+        config.criterion,
+        config.fidelity_metrics,
         progress=run.progress_of("sensitivity"),
     )
     return SensitivityTrials(result, runner, tracker, values, group, protected)
 
 
-def _allocated_plan(loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapping[str, np.ndarray], data: CalibrationData, run: Run) -> Planned:
+def _allocated_plan(
+    loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapping[str, np.ndarray], data: CalibrationData, run: Run
+) -> Planned:
     """A plan from the sensitivity analysis under a fidelity budget (see sensitivity_analysis.allocate)."""
     from ..sensitivity_analysis import allocate
 
@@ -241,21 +277,43 @@ def _allocated_plan(loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapp
         # The budget is met by the reconstructed model: measure that, not the masked one.
         from ..reconstruction import ReconstructedTrials
 
-        runner = ReconstructedTrials(loaded.proto, analysis, feeds, registry=run.registry, seed=config.seed, source=loaded.source)
+        runner = ReconstructedTrials(
+            loaded.proto, analysis, feeds, registry=run.registry, seed=config.seed, source=loaded.source
+        )
     groups, _, _ = allocate(
-        trials.result, analysis, runner, trials.tracker, trials.estimates,
-        min_fidelity=config.min_fidelity, macs_target=config.macs_target, choices=config.fidelity_metrics,
+        trials.result,
+        analysis,
+        runner,
+        trials.tracker,
+        trials.estimates,
+        min_fidelity=config.min_fidelity,
+        macs_target=config.macs_target,
+        choices=config.fidelity_metrics,
     )
     goal = f"fidelity >= {config.min_fidelity}" if config.macs_target is None else f"MACs <= {config.macs_target}"
 
     def kept_reason(gid: int) -> str:
         protected = next((n for n, _ in analysis.group(gid).members if n in trials.protected), None)
-        return f"protected: {trials.protected[protected]}" if protected else f"kept by the sensitivity-allocated budget ({goal})"
+        return (
+            f"protected: {trials.protected[protected]}"
+            if protected
+            else f"kept by the sensitivity-allocated budget ({goal})"
+        )
 
     the_plan = finish_plan(analysis, config, groups, trials.scores, pinned_reasons(analysis), kept_reason)
     if config.macs_target is not None and trials.tracker.original:
         reached = trials.tracker.evaluate(the_plan.removed_groups) / trials.tracker.original
         if reached > config.macs_target:
-            why = f"--round-to {config.round_to} put groups back" if config.round_to > 1 else "no allocation the search found goes further"
-            the_plan = replace(the_plan, notes=(*the_plan.notes, f"MACs target {config.macs_target:g} not reached: {reached:.3f}x, because {why}"))
+            why = (
+                f"--round-to {config.round_to} put groups back"
+                if config.round_to > 1
+                else "no allocation the search found goes further"
+            )
+            the_plan = replace(
+                the_plan,
+                notes=(
+                    *the_plan.notes,
+                    f"MACs target {config.macs_target:g} not reached: {reached:.3f}x, because {why}",
+                ),
+            )
     return Planned(the_plan, trials.result)

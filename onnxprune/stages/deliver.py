@@ -149,7 +149,10 @@ def verification_feeds(original: onnx.ModelProto, config: PruneConfig, source: s
     batches = batches * repeats
     feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
     samples = f"{repeats} samples of " if repeats > 1 else ""
-    return feeds, f"seeded random inputs (seed {config.seed}), {samples}batch {'1 and 2' if len(set(batches)) == 2 else 'as in the model'}"
+    return (
+        feeds,
+        f"seeded random inputs (seed {config.seed}), {samples}batch {'1 and 2' if len(set(batches)) == 2 else 'as in the model'}",
+    )
 
 
 def verify(
@@ -185,14 +188,27 @@ def verify(
     check_run_size(loaded.proto, analysis.shapes, {t.name for t in loaded.proto.graph.initializer}, source)
     tolerance, noise_multiple = limits(config.tolerance)
     result = compare_models(
-        reference, runnable(pruned, staged), feeds, tolerance, inputs, source, progress=run.progress_of("verification"),
+        reference,
+        runnable(pruned, staged),
+        feeds,
+        tolerance,
+        inputs,
+        source,
+        progress=run.progress_of("verification"),
         noise_multiple=noise_multiple,
     )
     form = quantization_form(loaded.proto)
     if form is not None:
         # Rounding flips, not float noise, are what moves a quantized model: its rule (see
         # quantized) takes the float limit without the noise floor, and decides.
-        quantized = check_quantized(form, reference, runnable(pruned, staged), feeds, lambda _name, scale: tolerance * max(scale, SCALE_FLOOR), source)
+        quantized = check_quantized(
+            form,
+            reference,
+            runnable(pruned, staged),
+            feeds,
+            lambda _name, scale: tolerance * max(scale, SCALE_FLOOR),
+            source,
+        )
         result = replace(result, passed=quantized.passed, quantized=quantized)
         bad = quantized.failure()
         if bad is not None:
@@ -207,7 +223,12 @@ def verify(
 
 
 def recover(
-    loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, pruned: DeferredModel, data: CalibrationData, run: Run
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    pruning_plan: PruningPlan,
+    pruned: DeferredModel,
+    data: CalibrationData,
+    run: Run,
 ) -> Recovered:
     """With ``config.reconstruct``: the readers of removed channels refitted by least squares on
     the calibration samples. The surgery is proven by then; this only changes kept weights' values."""
@@ -216,19 +237,37 @@ def recover(
         return Recovered(pruned)
     from ..reconstruction import reconstruct
 
-    model, layers = reconstruct(loaded.proto, pruned.complete(), analysis, pruning_plan, data.calibration, registry=run.registry, seed=config.seed, source=loaded.source)
+    model, layers = reconstruct(
+        loaded.proto,
+        pruned.complete(),
+        analysis,
+        pruning_plan,
+        data.calibration,
+        registry=run.registry,
+        seed=config.seed,
+        source=loaded.source,
+    )
     check_structure(model, full_check=True)
     return Recovered(DeferredModel(model), tuple(layers))
 
 
 # -- measure, write, report ---------------------------------------------------------------------
-def measure(loaded: LoadedModel, pruning_plan: PruningPlan, pruned: DeferredModel, staged: StagedModel | None, verified: Verified, run: Run) -> Measured:
+def measure(
+    loaded: LoadedModel,
+    pruning_plan: PruningPlan,
+    pruned: DeferredModel,
+    staged: StagedModel | None,
+    verified: Verified,
+    run: Run,
+) -> Measured:
     """The fidelity of a lossy run on the inputs it was verified on: per output, and its score."""
     if pruning_plan.exact:
         return Measured()
     from ..fidelity import fidelity, run_score
 
-    outputs = fidelity(loaded.runnable, runnable(pruned, staged), verified.feeds, run.config.fidelity_metrics, source=loaded.source)
+    outputs = fidelity(
+        loaded.runnable, runnable(pruned, staged), verified.feeds, run.config.fidelity_metrics, source=loaded.source
+    )
     return Measured(outputs, *run_score(outputs))
 
 
@@ -270,8 +309,17 @@ def report(
 ) -> PruneReport:
     """The run's report (see report.PruneReport)."""
     return build_report(
-        loaded.source, original.cost, (original.size, size_after), recovered.model.proto, analysis, planned.plan, run.config,
-        verified.result, measured.fidelity, compensation.mode, verified.reference,
+        loaded.source,
+        original.cost,
+        (original.size, size_after),
+        recovered.model.proto,
+        analysis,
+        planned.plan,
+        run.config,
+        verified.result,
+        measured.fidelity,
+        compensation.mode,
+        verified.reference,
         fidelity_on_random_inputs=verified.on_random_inputs,
         fidelity_score=measured.score,
         fidelity_metrics=measured.metrics,

@@ -96,7 +96,11 @@ def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
 def analyse(loaded: LoadedModel, run: Run) -> ChannelAnalysis:
     """The channel groups; the weights read stay in ``loaded.initializers`` for the surgery."""
     return _analyze(
-        loaded.proto, input_shapes=run.config.input_shapes, registry=run.registry, source=loaded.source, initializers=loaded.initializers
+        loaded.proto,
+        input_shapes=run.config.input_shapes,
+        registry=run.registry,
+        source=loaded.source,
+        initializers=loaded.initializers,
     )
 
 
@@ -111,10 +115,20 @@ def calibrate(loaded: LoadedModel, analysis: ChannelAnalysis, run: Run, *, lossy
     proto = loaded.proto
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
     source = loaded.source
-    feeds = load_calibration(config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source)
-    given = load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source) if config.verification_inputs else None
+    feeds = load_calibration(
+        config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source
+    )
+    given = (
+        load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source)
+        if config.verification_inputs
+        else None
+    )
     cal, evaluation, note = split_calibration(feeds, given)
     stats = None
-    if cal is not None and lossy and (run.criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration")):
+    if (
+        cal is not None
+        and lossy
+        and (run.criteria.is_data(config.criterion) or config.compensation in ("auto", "calibration"))
+    ):
         stats = sink_statistics(proto, analysis, cal, progress=run.progress_of("calibration"), source=source)
     return CalibrationData(cal, evaluation, note, stats)
