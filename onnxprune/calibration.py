@@ -199,7 +199,7 @@ def load_calibration(
     if os.path.isdir(path):
         return _load_images(path, model, preprocess or Preprocess(), limit, seed)
     if path.lower().endswith(".npz"):
-        from .verification import load_npz_inputs
+        from .verification_inputs import load_npz_inputs
 
         return load_npz_inputs(path, model, limit, source=model_source)
     raise UsageError(f"{path}: calibration inputs must be an .npz file or a folder of images")

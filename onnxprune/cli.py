@@ -371,7 +371,7 @@ def _prune(args: argparse.Namespace) -> int:
             data.update(quantized)
         elif args.ir:
             from .openvino_ir import convert_to_ir
-            from .verification import make_inputs
+            from .verification_inputs import make_inputs
 
             feeds = [make_inputs(result.model, ov_shapes, 1, config.seed, args.model)]
             check = convert_to_ir(

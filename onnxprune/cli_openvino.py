@@ -18,7 +18,7 @@ def convert_command(args: argparse.Namespace) -> int:
     from .openvino_ir import convert_to_ir
     from .saving import Outputs, check_writable
     from .shapes import dynamic_batch_inputs
-    from .verification import make_inputs
+    from .verification_inputs import make_inputs
 
     if os.path.abspath(args.output) == os.path.abspath(args.model):
         raise UsageError(f"{args.output}: output must differ from the input model")

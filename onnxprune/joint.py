@@ -77,7 +77,7 @@ def prune_for_int8(
     from .loading import load_model
     from .quantization import quantize
     from .runtime import session
-    from .verification import load_npz_inputs
+    from .verification_inputs import load_npz_inputs
 
     if config.min_fidelity is None:
         raise UsageError("choosing pruning and int8 together needs a fidelity budget (--min-fidelity)")

@@ -280,7 +280,7 @@ def _samples(proto: onnx.ModelProto, config: QuantizeConfig, source: str) -> tup
     """(calibration feeds, held-out feeds, where the held-out come from, notes). The held-out
     samples are never calibration samples."""
     from .calibration import load_calibration, parse_preprocess, split_calibration
-    from .verification import load_npz_inputs
+    from .verification_inputs import load_npz_inputs
 
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
     notes: list[str] = []

@@ -25,16 +25,8 @@ from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import (
-    SCALE_FLOOR,
-    VerificationResult,
-    check_run_size,
-    compare_models,
-    failure_text,
-    limits,
-    load_npz_inputs,
-    make_inputs,
-)
+from ..verification import SCALE_FLOOR, VerificationResult, compare_models, failure_text, limits
+from ..verification_inputs import check_run_size, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 

@@ -19,7 +19,7 @@ from ..loading import load_model
 from ..params import InitializerCache
 from ..rules import RuleRegistry
 from ..shapes import data_input_shapes
-from ..verification import load_npz_inputs
+from ..verification_inputs import load_npz_inputs
 
 __all__ = ["CalibrationData", "Feeds", "LoadedModel", "Run", "analyse", "calibrate", "load", "with_data_shapes"]
 
