@@ -19,6 +19,7 @@ __all__ = [
     "RAW_DTYPES",
     "encode_varint",
     "field_key",
+    "field_spans",
     "raw_data_offsets",
     "read_varint",
 ]
@@ -79,27 +80,37 @@ def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _fields(buf: bytes | memoryview, start: int, end: int):
-    """The fields of the message in ``buf[start:end]``: (number, wire type, payload start, end)."""
+def field_spans(buf: bytes | memoryview, start: int, end: int):
+    """The fields of the message in ``buf[start:end]``: (number, wire type, key start, value
+    start, payload start, end); the value of a length-delimited field starts with its length,
+    its payload after it. Raises ValueError on a field that is not well formed."""
     pos = start
     while pos < end:
+        key_start = pos
         key, pos = read_varint(buf, pos)
         number, wire = key >> 3, key & 7
+        value_start = payload_start = pos
         if wire == 0:
             _, after = read_varint(buf, pos)
         elif wire == 1:
             after = pos + 8
         elif wire == 2:
-            length, pos = read_varint(buf, pos)
-            after = pos + length
+            length, payload_start = read_varint(buf, pos)
+            after = payload_start + length
         elif wire == 5:
             after = pos + 4
         else:  # groups (3, 4) are not used by ONNX
             raise ValueError(f"unexpected wire type {wire}")
         if after > end:
             raise ValueError("field runs past its message")
-        yield number, wire, pos, after
+        yield number, wire, key_start, value_start, payload_start, after
         pos = after
+
+
+def _fields(buf: bytes | memoryview, start: int, end: int):
+    """The fields of the message in ``buf[start:end]``: (number, wire type, payload start, end)."""
+    for number, wire, _, _, payload_start, after in field_spans(buf, start, end):
+        yield number, wire, payload_start, after
 
 
 def raw_data_offsets(buf: bytes) -> dict[str, tuple[int, int]]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import onnx
 from onnx import helper
 
-from onnxprune.wire import read_varint
+from onnxprune.wire import field_spans, read_varint
 
 __all__ = ["MUTATIONS", "Model", "Mutant", "Site", "field_bytes", "mutate", "splice", "varint", "walk"]
 
@@ -70,25 +70,7 @@ def walk(
     sites: list[Site] = []
 
     def rec(start: int, end: int, desc, parents: tuple[Site, ...]) -> None:
-        pos = start
-        while pos < end:
-            key_start = pos
-            key, pos = read_varint(view, pos)
-            number, wire = key >> 3, key & 7
-            len_start = payload_start = pos
-            if wire == 0:
-                _, after = read_varint(view, pos)
-            elif wire == 1:
-                after = pos + 8
-            elif wire == 2:
-                length, payload_start = read_varint(view, pos)
-                after = payload_start + length
-            elif wire == 5:
-                after = pos + 4
-            else:
-                raise ValueError(f"wire type {wire}")
-            if after > end:
-                raise ValueError("field runs past its message")
+        for number, wire, key_start, len_start, payload_start, after in field_spans(view, start, end):
             fd = desc.fields_by_number.get(number)
             site = Site(
                 parents,
@@ -109,7 +91,6 @@ def walk(
                 and len(parents) < 16
             ):
                 rec(payload_start, after, fd.message_type, (*parents, site))
-            pos = after
 
     rec(0, len(view), descriptor, ())
     return sites
