@@ -28,6 +28,7 @@ __all__ = [
     "ConstFn",
     "Layer",
     "LayerSemantics",
+    "NotRefitted",
     "Parameter",
     "PropagateContext",
     "Rule",
@@ -235,6 +236,19 @@ class LayerSemantics(Protocol):
         so that ``rows @ weight_matrix.T + bias`` is the layer's output there; None when this
         layer cannot be refitted."""
         ...
+
+
+class NotRefitted:
+    """For a weight-bearing rule whose layers reconstruction never refits: ``refittable`` is
+    False and there are no input rows (the rest of ``LayerSemantics`` is the rule's own)."""
+
+    def refittable(self, attrs: Attrs) -> bool:
+        return False
+
+    def input_rows(
+        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
+    ) -> np.ndarray | None:
+        return None
 
 
 @dataclass(frozen=True)

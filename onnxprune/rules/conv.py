@@ -12,7 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import ApplyContext, Attrs, PropagateContext, Shape, numel
+from .base import ApplyContext, Attrs, NotRefitted, PropagateContext, Shape, numel
 
 __all__ = ["ConvRule", "ConvTransposeRule"]
 
@@ -211,7 +211,7 @@ def _conv_fold(weight: np.ndarray, fill: np.ndarray, groups: int) -> np.ndarray:
     return np.einsum("oi,oi->o", w, f[g_of])
 
 
-class ConvTransposeRule:
+class ConvTransposeRule(NotRefitted):  # overlapping outputs: not one filter per output position
     """ConvTranspose; also its layer semantics: weight [Cin, Cout/group, *kernel], bias [Cout]."""
 
     op_types = ("ConvTranspose",)
@@ -243,14 +243,6 @@ class ConvTransposeRule:
 
     def weight_from_matrix(self, attrs: Attrs, matrix: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return np.moveaxis(matrix.reshape(shape[1], shape[0], *shape[2:]), 0, 1)
-
-    def refittable(self, attrs: Attrs) -> bool:
-        return False  # overlapping outputs: not one filter per output position
-
-    def input_rows(
-        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
-    ) -> np.ndarray | None:
-        return None
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         x, y = node.inputs[0], node.outputs[0]

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import ApplyContext, Attrs, PropagateContext, numel
+from .base import ApplyContext, NotRefitted, PropagateContext, numel
 from .conv import ConvRule, _check_rank, _padding_blocker
 from .gemm import MatMulRule
 
@@ -77,7 +77,7 @@ class DynamicQuantizeLinearRule:
         return None
 
 
-class ConvIntegerRule(ConvRule):
+class ConvIntegerRule(NotRefitted, ConvRule):
     """ConvInteger(x, w, x_zero_point, w_zero_point): Conv's layer semantics on the integer
     weight (its filters are ``w - w_zero_point``), no bias, never refitted."""
 
@@ -85,14 +85,6 @@ class ConvIntegerRule(ConvRule):
     bias_index = None
     bn_mean_compensation = False
     weight_zero_point_index = 3
-
-    def refittable(self, attrs: Attrs) -> bool:
-        return False
-
-    def input_rows(
-        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
-    ) -> np.ndarray | None:
-        return None
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         x, y = node.inputs[0], node.outputs[0]
@@ -158,20 +150,12 @@ class ConvIntegerRule(ConvRule):
         _slice_zero_point(node, ctx, 3, out_keep)
 
 
-class MatMulIntegerRule(MatMulRule):
+class MatMulIntegerRule(NotRefitted, MatMulRule):
     """MatMulInteger(A, B, a_zero_point, b_zero_point) with a constant integer B [K, N]:
     MatMul's layer semantics on ``B - b_zero_point``; never refitted."""
 
     op_types = ("MatMulInteger",)
     weight_zero_point_index = 3
-
-    def refittable(self, attrs: Attrs) -> bool:
-        return False
-
-    def input_rows(
-        self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
-    ) -> np.ndarray | None:
-        return None
 
     def propagate(self, node: gs.Node, ctx: PropagateContext) -> NotApplicable | None:
         a, y = node.inputs[0], node.outputs[0]
