@@ -73,9 +73,9 @@ def test_readme_cli_examples(command: str, tmp_path: Path) -> None:
 
 
 def test_readme_documents_every_cli_option() -> None:
-    from onnxprune import cli
+    from onnxprune.cli_args import build_parser
 
-    parser = cli._build_parser()
+    parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, subparser in sub.choices.items():
         for action in subparser._actions:

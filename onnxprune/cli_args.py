@@ -1,0 +1,210 @@
+"""The command line's arguments: one parser, every sub-command's options (cli.py runs them)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnxprune",
+        description="Remove convolution filters (output channels) straight from ONNX models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="input .onnx file (never modified)")
+        p.add_argument(
+            "--input-shape",
+            action="append",
+            default=[],
+            metavar="NAME:d0,d1,...",
+            help="static shape for an input with dynamic dimensions (repeatable); a dynamic batch needs none",
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    p = sub.add_parser("prune", help="remove channels and write the pruned model")
+    common(p)
+    p.add_argument("-o", "--output", required=True, help="output .onnx file")
+    p.add_argument(
+        "--criterion",
+        default=None,
+        help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation; "
+        "default: l2 when a budget is given (--ratio, --macs-target, --min-fidelity, --config with sparsity), else zero",
+    )
+    b = p.add_argument_group("budget (criteria other than zero)")
+    b.add_argument(
+        "--ratio", type=float, help="fraction of each layer's output channels to remove (with --global: of all)"
+    )
+    b.add_argument(
+        "--global", dest="global_ranking", action="store_true", help="rank the channel groups of all layers together"
+    )
+    b.add_argument("--macs-target", type=float, metavar="F", help="remove until MACs <= F x the original's")
+    b.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts that are multiples of N")
+    b.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="never prune layers whose node name matches"
+    )
+    b.add_argument(
+        "--config", metavar="FILE", help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries"
+    )
+    b.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs: activation criteria and compensation")
+    b.add_argument(
+        "--compensation",
+        default="auto",
+        choices=("auto", "none", "data-free", "calibration"),
+        help="fold the removed channels' expected value into the readers' biases (auto: calibration if given, else data-free)",
+    )
+    b.add_argument(
+        "--min-fidelity",
+        type=float,
+        metavar="F",
+        help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)",
+    )
+    b.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="refit the readers of removed channels by least squares on calibration data",
+    )
+    b.add_argument(
+        "--fidelity-metric",
+        action="append",
+        default=[],
+        metavar="OUTPUT=top1|cosine",
+        help="fidelity metric of an output ('*' for all)",
+    )
+    b.add_argument(
+        "--preprocess",
+        metavar="SPEC",
+        help="calibration images: imagenet, raw, or size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC",
+    )
+    b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")
+    b.add_argument("--plan", metavar="PLAN.json", help="apply this plan instead of planning")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--inputs", metavar="FILE.npz", help="verify on these inputs (arrays keyed by input name)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random scores and random verification inputs")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="verification: max abs diff allowed, relative to each output's max abs value, instead of the default "
+        "noise-aware limit (max of 1e-5 x scale and 8 x the original's own float-noise floor)",
+    )
+    p.add_argument("--report", metavar="R.json", help="write the report as JSON")
+    p.add_argument(
+        "--external-data", action="store_true", help="write the weights to OUT.onnx.data (automatic above 2 GB)"
+    )
+    o = p.add_argument_group("OpenVINO hand-off and reports")
+    o.add_argument(
+        "--ir", metavar="OUT.xml", help="also convert the pruned model to OpenVINO IR (checked against onnxruntime)"
+    )
+    precision = o.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="IR weights in FP16")
+    precision.add_argument("--fp32", action="store_true", help="IR weights in FP32 (the default)")
+    o.add_argument(
+        "--static",
+        action="store_true",
+        help="bake the --input-shape shapes into the IR (default: keep dynamic dimensions, check at that shape)",
+    )
+    o.add_argument(
+        "--compare-openvino", action="store_true", help="also run OpenVINO's own pruning pass on the input and compare"
+    )
+    o.add_argument("--bench", action="store_true", help="benchmark original and pruned with OpenVINO on the CPU")
+    o.add_argument("--markdown", metavar="R.md", help="write the report as Markdown")
+    o.add_argument("--plot", metavar="R.png", help="plot per-layer channels (and latency with --bench)")
+    from .cli_quantize import add_prune_quantize_options, add_quantize_command
+
+    add_prune_quantize_options(p)
+    add_quantize_command(sub)
+
+    c = sub.add_parser(
+        "convert", help="convert an ONNX model to OpenVINO IR (.xml + .bin), checked against onnxruntime"
+    )
+    c.add_argument("model", help="input .onnx file")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.xml", help="IR path; the .bin is written beside it")
+    c.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
+    )
+    cp = c.add_mutually_exclusive_group()
+    cp.add_argument("--fp16", action="store_true", help="weights in FP16")
+    cp.add_argument("--fp32", action="store_true", help="weights in FP32 (the default)")
+    c.add_argument(
+        "--static",
+        action="store_true",
+        help="bake the --input-shape shapes into the IR (default: keep the model's dynamic dimensions and check at those shapes)",
+    )
+    c.add_argument(
+        "--tolerance",
+        type=float,
+        metavar="T",
+        help="check: max abs diff allowed relative to each output's scale (default 1e-4 for FP32, 1e-2 for FP16 weights, 0.15 for quantized models: OpenVINO runs them in int8)",
+    )
+    c.add_argument("--no-verify", action="store_true", help="skip the comparison with onnxruntime")
+    c.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    bn = sub.add_parser("bench", help="A/B latency and throughput of ONNX models or IRs on the CPU")
+    bn.add_argument("models", nargs="+", help="ONNX files or IR .xml files (ratios are to the first)")
+    bn.add_argument("--backend", choices=("openvino", "onnxruntime"), default="openvino")
+    bn.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    bn.add_argument("--runs", type=int, default=5, help="timed runs per model per round (default 5)")
+    bn.add_argument("--warmup", type=int, default=3, help="untimed runs per model first (default 3)")
+    bn.add_argument(
+        "-t",
+        "--time",
+        type=float,
+        metavar="SECONDS",
+        help="time-based: interleaved rounds until each model has run this long (instead of --rounds)",
+    )
+    bn.add_argument(
+        "--precision",
+        choices=("f32", "bf16", "f16"),
+        help="OpenVINO inference precision (INFERENCE_PRECISION_HINT; default: the CPU plugin's choice, bf16 where the CPU has it)",
+    )
+    bn.add_argument(
+        "--inputs",
+        metavar="X.npz",
+        help="time on the first sample of these arrays (keyed by input name; their shapes are the input shapes)",
+    )
+    bn.add_argument("--throughput-seconds", type=float, default=2.0, help="time spent measuring throughput per model")
+    bn.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
+    )
+    bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
+    bn.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    se = sub.add_parser("sensitivity", help="fidelity after removing 10/25/50%% of each unit of tied layers alone")
+    se.add_argument("model", help="input .onnx file")
+    se.add_argument(
+        "--calibration", required=True, metavar="C.npz|FOLDER", help="calibration inputs (.npz or a folder of images)"
+    )
+    se.add_argument("--preprocess", metavar="SPEC", help="for a folder of images (see prune --preprocess)")
+    se.add_argument("--criterion", default="l2", help="ranks the channels within each unit (default l2)")
+    se.add_argument("--ratios", default="0.1,0.25,0.5", help="fractions of each unit to try (default 0.1,0.25,0.5)")
+    se.add_argument("--compensation", default="auto", choices=("auto", "none", "data-free", "calibration"))
+    se.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine")
+    se.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...")
+    se.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="skip layers whose node name matches"
+    )
+    se.add_argument("--json", metavar="S.json", help="write the table as JSON")
+    se.add_argument("--plot", metavar="S.png", help="plot a sensitivity curve per unit")
+    se.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
+    common(a)
+    a.add_argument("--json", metavar="R.json", help="write the groups as JSON")
+    a.add_argument(
+        "--layers",
+        action="store_true",
+        help="per weight-bearing layer: channels, how many each criterion family may remove, why the rest stay (as explain)",
+    )
+
+    x = sub.add_parser(
+        "explain",
+        help="why is this layer not pruned? per layer: channels, removable (zero / lossy), reasons for the rest",
+    )
+    common(x)
+    x.add_argument("--node", action="append", default=[], metavar="NAME", help="explain only this layer (repeatable)")
+    x.add_argument("--json", metavar="E.json", help="write the per-layer view as compact JSON")
+    return parser
