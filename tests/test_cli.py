@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
+from cli_helpers import run_cli
 
 import onnxprune
 from onnxprune import cli
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_prune_writes_model_and_report(tmp_path: Path) -> None:
