@@ -5,9 +5,18 @@ Neural Networks"; Luo et al. 2017, ThiNet). No gradients: a closed-form ridge so
 on sampled output positions, regularised towards the weights the surgery left.
 
 Layer-wise: each reader is refitted on the *original* model's activations (its kept input
-channels -> its original output), independently of the others. Readers handled: those whose
-rule's layer semantics can give their input as rows of the weight matrix (Conv with group 1,
-Gemm, MatMul with a 2-D weight, and users' rules built on them); others keep their weights.
+channels -> its original output), independently of the others. Readers are the layers whose
+rule's layer semantics give their input as rows of the weight matrix (Conv, Gemm, MatMul with a
+2-D weight, and users' rules built on them):
+- removed channels that pass through a depthwise Conv (the same channel on both sides) are read
+  by the first layer after it that mixes channels, the projection: that one is refitted;
+- a grouped Conv is one least-squares problem per group (its kept outputs on its kept inputs);
+- a reader followed by a BatchNormalization is fitted to the BatchNormalization's input: each
+  output channel is its own problem and the BatchNormalization a per-channel affine map, so
+  that is the fit of its output too (the ridge measured on the folded weights);
+- a weight computed by nodes (Constant, Cast -> Mul of int8 values...) is replaced by a float
+  initializer with the refitted values and the nodes that computed it go; a quantized weight
+  (QDQ, FakeQuantize) is left on its quantized path.
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from .analysis import ChannelAnalysis, import_graph
 from .compensation import removed_id_mask
 from .errors import UnsupportedModel
 from .node_names import nodes_by_name
-from .params import InitializerCache, ParamResolver
+from .params import InitializerCache, Param, ParamResolver, is_quantized_chain
 from .planning import PruningPlan
 from .rules import Layer, RuleRegistry, default_registry
 from .runtime import session
@@ -104,26 +114,24 @@ def reconstruct(
     graph = import_graph(original)
     params = ParamResolver(InitializerCache(original), graph)
     g_orig = {n.name: n for n in graph.nodes}
-    inits = {t.name: t for t in out.graph.initializer}
-    readers = defaultdict(int)
-    for n in out.graph.node:
-        for i in n.input:
-            readers[i] += 1
-    by_name = nodes_by_name(out.graph.node)  # the surgery keeps the layers' names
+    pruned_graph = import_graph(out)  # the pruned model's weights, read through Constant nodes and chains
+    pruned_params = ParamResolver()
+    g_pruned = {n.name: n for n in pruned_graph.nodes}
+    writer = _Writer(out)
     rng = np.random.default_rng(seed)
     done = []
     for sink, node, layer, keep_in in todo:
-        target = by_name.get(sink.node)
-        if target is None or target.op_type != node.op_type:
+        target = writer.nodes.get(sink.node)
+        if target is None or target.op_type != node.op_type or sink.node not in g_pruned:
             raise UnsupportedModel(
                 f"{source}: internal: layer {sink.node!r} ({node.op_type}) is not in the pruned model"
             )
         g_node = g_orig[sink.node]
         w_orig = params(g_node.inputs[layer.weight_index])
-        if w_orig is None:
-            continue
+        if w_orig is None or is_quantized_chain(w_orig):
+            continue  # a quantized weight stays on its quantized path
         w = np.asarray(w_orig.values, dtype=np.float64)
-        w_mat = layer.weight_matrix(w)  # [out, in·k]
+        w_mat = layer.weight_matrix(w)  # [out, in/groups · k]
         b = np.zeros(w_mat.shape[0])
         bi, scale = layer.bias_index, layer.bias_scale
         if bi is not None and len(node.input) > bi and node.input[bi]:
@@ -135,8 +143,10 @@ def reconstruct(
         rows = layer.input_rows(x, w.shape, positions, rng)  # [positions, in·k]
         if rows is None:
             continue
-        col_keep = np.repeat(keep_in, w_mat.shape[1] // len(keep_in))
-        y = rows @ w_mat.T + b  # the original layer's output at these positions
+        current = _current(g_pruned[sink.node], pruned_params, layer)
+        if current is None:
+            continue
+        w_cur, b_cur, w_param = current
         # Output channels the surgery kept (the reader may be a pruned source too).
         out_lay = analysis.layouts.get(node.output[0])
         keep_out = np.ones(w_mat.shape[0], dtype=bool)
@@ -144,93 +154,176 @@ def reconstruct(
             (oids,) = [v for v in out_lay.axes.values()][:1]
             if len(oids) == w_mat.shape[0]:
                 keep_out = ~removed_ids[oids]
-        y = y[:, keep_out]
-        w_cur = _current(target, inits, layer)
-        if w_cur is None:
-            continue
-        w_new_mat, b_cur = w_cur
         has_bias = bi is not None and scale != 0  # a bias scaled by 0 (Gemm beta=0) stays as it is
-        a = rows[:, col_keep]
-        if has_bias:
-            a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
-            theta0 = np.concatenate([w_new_mat, b_cur[:, None]], axis=1).T
-        else:
-            theta0 = w_new_mat.T
-        if theta0.shape[0] != a.shape[1] or theta0.shape[1] != y.shape[1]:
+        fitted = _refit_groups(rows, w_mat, b, keep_in, keep_out, w_cur, b_cur, layer.groups, has_bias, ridge)
+        if fitted is None:
             continue
-        before = a @ theta0
-        theta = _solve(a, y, theta0, ridge)
-        after = a @ theta
-        scale = float(np.sqrt(np.mean(y**2))) or 1.0
-        err_b = float(np.sqrt(np.mean((before - y) ** 2))) / scale
-        err_a = float(np.sqrt(np.mean((after - y) ** 2))) / scale
+        w_new, b_new, err_b, err_a = fitted
         if err_a >= err_b:
             continue
-        _write(out, target, inits, readers, layer, theta, has_bias)
+        writer.write(target, layer, w_new, b_new if has_bias else None, w_param)
         done.append(ReconstructedLayer(sink.node, len(rows), err_b, err_a))
+    writer.finish()
     return out, tuple(done)
 
 
-def _current(
-    node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto], layer: Layer
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The pruned layer's weights as [out, in·k] and its bias as added (zeros if none)."""
-    t = inits.get(node.input[layer.weight_index])
-    if t is None:
+def _refit_groups(
+    rows: np.ndarray,
+    w_mat: np.ndarray,
+    b: np.ndarray,
+    keep_in: np.ndarray,
+    keep_out: np.ndarray,
+    w_cur: np.ndarray,
+    b_cur: np.ndarray,
+    groups: int,
+    has_bias: bool,
+    ridge: float,
+) -> tuple[np.ndarray, np.ndarray, float, float] | None:
+    """Least squares per group of the layer (one group unless it is a grouped Conv): group g's
+    kept outputs are refitted on group g's kept inputs only, against the original's outputs
+    there (``rows @ w_mat.T + b``). Returns the new weights and bias in the pruned layer's shape
+    [kept out, kept in/groups · k] and the relative RMS error before and after, or None when
+    the pruned layer does not have the shape the plan implies."""
+    n_out, n_cols = w_mat.shape
+    n_in = len(keep_in)
+    if groups < 1 or n_out % groups or n_in % groups or rows.shape[1] != n_in * (n_cols * groups // n_in):
         return None
-    mat = layer.weight_matrix(numpy_helper.to_array(t).astype(np.float64))
+    k = n_cols * groups // n_in  # columns per input channel (kernel positions)
+    out_g, in_g = n_out // groups, n_in // groups
+    kept_out = np.flatnonzero(keep_out)
+    if w_cur.shape[0] != len(kept_out) or b_cur.shape[0] != len(kept_out):
+        return None
+    w_new, b_new = w_cur.copy(), b_cur.copy()
+    sq_b = sq_a = sq_y = 0.0
+    for g in range(groups):
+        outs = np.flatnonzero(keep_out[g * out_g : (g + 1) * out_g]) + g * out_g
+        if len(outs) == 0:
+            continue  # a group dropped whole
+        ins = keep_in[g * in_g : (g + 1) * in_g]
+        block = rows[:, g * in_g * k : (g + 1) * in_g * k]
+        y = block @ w_mat[outs].T + b[outs]  # the original layer's outputs of this group
+        a = block[:, np.repeat(ins, k)]
+        cur = np.searchsorted(kept_out, outs)  # their rows in the pruned layer
+        if a.shape[1] != w_cur.shape[1]:
+            return None
+        theta0 = w_cur[cur].T
+        if has_bias:
+            a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+            theta0 = np.concatenate([theta0, b_cur[cur][None, :]], axis=0)
+        theta = _solve(a, y, theta0, ridge)
+        sq_b += float(np.sum((a @ theta0 - y) ** 2))
+        sq_a += float(np.sum((a @ theta - y) ** 2))
+        sq_y += float(np.sum(y**2))
+        w_new[cur] = (theta[:-1] if has_bias else theta).T
+        if has_bias:
+            b_new[cur] = theta[-1]
+    scale = float(np.sqrt(sq_y)) or 1.0
+    return w_new, b_new, float(np.sqrt(sq_b)) / scale, float(np.sqrt(sq_a)) / scale
+
+
+def _current(node: gs.Node, params: ParamResolver, layer: Layer) -> tuple[np.ndarray, np.ndarray, Param] | None:
+    """The pruned layer's weights as [out, in·k], its bias as added (zeros if none), and the
+    weight as read (through Constant nodes, Cast and the like)."""
+    if len(node.inputs) <= layer.weight_index:
+        return None
+    w = params(node.inputs[layer.weight_index])
+    if w is None or is_quantized_chain(w) or np.asarray(w.values).dtype.kind != "f":
+        return None
+    mat = layer.weight_matrix(np.asarray(w.values, dtype=np.float64))
     b = np.zeros(mat.shape[0])
     bi = layer.bias_index
-    if bi is not None and len(node.input) > bi and node.input[bi]:
-        bt = inits.get(node.input[bi])
-        if bt is None:
+    if bi is not None and len(node.inputs) > bi and node.inputs[bi].name:
+        bp = params(node.inputs[bi])
+        if bp is None or np.asarray(bp.values).size != mat.shape[0]:
             return None
-        b = layer.bias_scale * numpy_helper.to_array(bt).astype(np.float64).reshape(-1)
-        if b.size != mat.shape[0]:
-            return None
-    return mat, b
+        b = layer.bias_scale * np.asarray(bp.values, dtype=np.float64).reshape(-1)
+    return mat, b, w
 
 
-def _write(
-    model: onnx.ModelProto,
-    node: onnx.NodeProto,
-    inits: dict,
-    readers: Mapping[str, int],
-    layer: Layer,
-    theta: np.ndarray,
-    has_bias: bool,
-) -> None:
-    bi = layer.bias_index if has_bias else None
-    w_t = inits[node.input[layer.weight_index]]
-    shape = tuple(w_t.dims)
-    dtype = numpy_helper.to_array(w_t).dtype
-    mat = theta[:-1].T if bi is not None else theta.T  # [out, in·k]
-    _set(model, node, layer.weight_index, layer.weight_from_matrix(mat, shape).astype(dtype), inits, readers)
-    if bi is not None:
-        bias = (theta[-1] / layer.bias_scale).astype(dtype)
+class _Writer:
+    """Writes refitted weights into a model: in place when the weight is an initializer only
+    this layer reads, else as a new initializer the layer reads instead (a weight computed by
+    Constant nodes, Cast, shape ops... is replaced whole, and the nodes nothing reads any more
+    are dropped)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.nodes = nodes_by_name(model.graph.node)  # the surgery keeps the layers' names
+        self.inits = {t.name: t for t in model.graph.initializer}
+        self.readers: dict[str, int] = defaultdict(int)
+        for n in model.graph.node:
+            for i in n.input:
+                self.readers[i] += 1
+        self.replaced: set[str] = set()
+
+    def write(self, node: onnx.NodeProto, layer: Layer, w_mat: np.ndarray, bias: np.ndarray | None, w: Param) -> None:
+        dtype = np.asarray(w.values).dtype
+        shape = np.asarray(w.values).shape
+        self._set(node, layer.weight_index, layer.weight_from_matrix(w_mat, shape).astype(dtype))
+        bi = layer.bias_index
+        if bias is None or bi is None:
+            return
+        bias = (bias / layer.bias_scale).astype(dtype)
         if len(node.input) > bi and node.input[bi]:
-            _set(model, node, bi, bias.reshape(tuple(inits[node.input[bi]].dims)), inits, readers)
+            old = self.inits.get(node.input[bi])
+            self._set(node, bi, bias.reshape(tuple(old.dims)) if old is not None else bias)
+            return
+        name = f"{node.output[0]}__reconstructed_bias"
+        self.model.graph.initializer.append(numpy_helper.from_array(bias, name))
+        while len(node.input) < bi:
+            node.input.append("")
+        if len(node.input) > bi:  # an empty name stands for the missing bias
+            node.input[bi] = name
         else:
-            name = f"{node.output[0]}__reconstructed_bias"
-            model.graph.initializer.append(numpy_helper.from_array(bias, name))
-            while len(node.input) < bi:
-                node.input.append("")
-            if len(node.input) > bi:  # an empty name stands for the missing bias
-                node.input[bi] = name
-            else:
-                node.input.append(name)
+            node.input.append(name)
 
-
-def _set(
-    model: onnx.ModelProto, node: onnx.NodeProto, index: int, value: np.ndarray, inits: dict, readers: Mapping[str, int]
-) -> None:
-    name = node.input[index]
-    if readers.get(name, 0) > 1:  # shared with another reader: give this one its own copy
+    def _set(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
+        name = node.input[index]
+        init = self.inits.get(name)
+        if init is not None and self.readers.get(name, 0) == 1 and tuple(init.dims) == value.shape:
+            init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), name))
+            return
+        # Shared with another reader, or computed by nodes: this layer gets its own initializer.
         new = f"{name}__reconstructed_{node.name or node.output[0]}"
-        model.graph.initializer.append(numpy_helper.from_array(value, new))
+        self.model.graph.initializer.append(numpy_helper.from_array(value, new))
         node.input[index] = new
-        return
-    inits[name].CopyFrom(numpy_helper.from_array(value, name))
+        self.readers[name] -= 1
+        self.replaced.add(name)
+
+    def finish(self) -> None:
+        """Drop the nodes and initializers that only computed a replaced weight."""
+        if not self.replaced:
+            return
+        graph = self.model.graph
+        keep_names = {o.name for o in graph.output} | _subgraph_reads(graph)
+        while True:
+            read = {i for n in graph.node for i in n.input} | keep_names
+            dead = [
+                n
+                for n in graph.node
+                if n.output and not any(o in read for o in n.output) and (set(n.output) & self.replaced)
+            ]
+            if not dead:
+                break
+            for n in dead:
+                self.replaced.update(n.input)
+                graph.node.remove(n)
+        read = {i for n in graph.node for i in n.input} | keep_names
+        unread = [t for t in graph.initializer if t.name in self.replaced and t.name not in read]
+        for t in unread:
+            graph.initializer.remove(t)
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name read inside the subgraphs of ``graph``'s nodes (they may read outer names)."""
+    out: set[str] = set()
+    for n in graph.node:
+        for a in n.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for g in subs:
+                out.update(i for sn in g.node for i in sn.input)
+                out.update(_subgraph_reads(g))
+    return out
 
 
 class ReconstructedTrials:

@@ -233,8 +233,10 @@ class LayerSemantics(Protocol):
         self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
     ) -> np.ndarray | None:
         """At up to ``picks`` sampled output positions, the input ``x`` as rows [positions, in·k]
-        so that ``rows @ weight_matrix.T + bias`` is the layer's output there; None when this
-        layer cannot be refitted."""
+        (every input channel, k columns each) so that ``rows @ weight_matrix.T + bias`` is the
+        layer's output there; with ``groups(attrs)`` = G > 1, output block g (of out/G rows)
+        reads column block g (of in·k/G columns) only, so ``rows[:, block g] @
+        weight_matrix[rows of g].T``. None when this layer cannot be refitted."""
         ...
 
 

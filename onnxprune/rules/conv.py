@@ -93,12 +93,12 @@ class ConvRule:
         return matrix.reshape(shape)
 
     def refittable(self, attrs: Attrs) -> bool:
-        return self.groups(attrs) == 1
+        return True  # grouped too: each group is its own least-squares problem (see LayerSemantics)
 
     def input_rows(
         self, attrs: Attrs, x: np.ndarray, weight_shape: tuple[int, ...], picks: int, rng: np.random.Generator
     ) -> np.ndarray | None:
-        if not self.refittable(attrs) or len(weight_shape) != 4:
+        if len(weight_shape) != 4:
             return None
         return _conv_patches(x, attrs, tuple(weight_shape[2:]), picks, rng)
 
