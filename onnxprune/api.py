@@ -228,9 +228,10 @@ def prune(
         verified = stages.verify(loaded, analysis, planned.plan, comp, pruned, staged, data, run)
         recovered = stages.recover(loaded, analysis, planned.plan, pruned, data, run)
         measured = stages.measure(loaded, planned.plan, recovered.model, staged, verified, run)
+        validation = stages.validated(planned, recovered)
         size_after = stages.write(recovered.model, staged, output, external_data, outputs)
     report = stages.report(
-        loaded, analysis, planned, data, comp, original, recovered, verified, measured, size_after, run
+        loaded, analysis, planned, data, comp, original, recovered, verified, measured, size_after, run, validation
     )
     return PruneResult(report=report, plan=planned.plan, analysis=analysis, pruned=recovered.model)
 
@@ -247,7 +248,7 @@ def sensitivity(
     **options: object,
 ):
     """For every unit of tied layers: the fidelity on the calibration inputs after removing
-    each of ``config.sensitivity_ratios`` of it alone (lowest ``criterion`` scores first, with
+    each of ``config.ratios`` (``sensitivity_ratios``) of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""
 
     config = (config or PruneConfig()).with_options(criterion, calibration=calibration, **options)

@@ -121,7 +121,11 @@ def _prune(args: argparse.Namespace) -> int:
         reconstruct=args.reconstruct,
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),
         preprocess=args.preprocess,
+        validate=args.validate,
     )
+    if args.max_drop is not None and not (args.quantize and config.explicit_budget):
+        # The pruning search's budget; with another budget and --quantize, int8's alone.
+        config = config.with_options(max_drop=args.max_drop)
     given_plan = None
     if args.plan:
         try:
@@ -144,7 +148,7 @@ def _prune(args: argparse.Namespace) -> int:
     with Outputs() as outputs:
         # With --quantize, -o is the int8 model: the pruned float model stays in memory.
         joint = None
-        if args.quantize and config.min_fidelity is not None and given_plan is None:
+        if args.quantize and config.fidelity_floor is not None and given_plan is None:
             from .cli_quantize import joint_prune  # the budget is met by the int8 model
 
             result, joint = joint_prune(args, config, progress)

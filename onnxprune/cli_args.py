@@ -63,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)",
     )
     b.add_argument(
+        "--validate",
+        metavar="FILE.py:function|module:function",
+        help="your validation function: fn(candidate) -> float, higher is better, on your own data (candidate.path, "
+        "candidate.run(feeds)); it judges the search (the largest cut within --max-drop of the original's value)",
+    )
+    b.add_argument(
+        "--max-drop",
+        metavar="D|D%",
+        help="allowed drop of the validated metric (your --validate function, else the fidelity): absolute D or D%% of the "
+        "original's value; the pruning budget unless --ratio/--macs-target/--min-fidelity/--config decide, and with "
+        "--quantize int8 also the int8 accuracy control (default with --validate: 0.01)",
+    )
+    b.add_argument(
         "--reconstruct",
         action="store_true",
         help="refit the readers of removed channels by least squares on calibration data",

@@ -20,7 +20,7 @@ __all__ = [
 ]
 
 
-def _common_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+def _common_options(p: argparse.ArgumentParser, max_drop: bool = True) -> None:
     p.add_argument(
         "--preset",
         default="performance",
@@ -44,6 +44,8 @@ def _common_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
         metavar="N",
         help="calibration samples used at most (NNCF's default 300)",
     )
+    if not max_drop:  # prune has its own --max-drop: the drop of the pruning search and of int8 (cli_args)
+        return
     p.add_argument(
         "--max-drop",
         type=float,
@@ -97,7 +99,7 @@ def add_prune_quantize_options(p: argparse.ArgumentParser) -> None:
     """``prune --quantize int8`` and its options."""
     g = p.add_argument_group("int8 quantization of the pruned model (NNCF; needs --calibration)")
     g.add_argument("--quantize", choices=("int8",), help="quantize the pruned model: -o is QDQ ONNX, --ir an int8 IR")
-    _common_options(g)
+    _common_options(g, max_drop=False)
 
 
 def _config(args: argparse.Namespace, calibration: str | None, evaluation: str | None, shapes: dict, metrics: dict):
@@ -111,11 +113,20 @@ def _config(args: argparse.Namespace, calibration: str | None, evaluation: str |
         ignored_scope=tuple(args.ignored_scope),
         fast_bias_correction=not args.no_fast_bias_correction,
         subset_size=args.subset_size,
-        max_drop=args.max_drop,
+        max_drop=_fidelity_drop(args.max_drop),
         input_shapes=shapes,
         fidelity_metrics=metrics,
         seed=args.seed,
     )
+
+
+def _fidelity_drop(value: float | str | None) -> float | None:
+    """An absolute drop of fidelity (baseline 1.0) from ``D`` or ``D%``."""
+    if value is None or isinstance(value, float):
+        return value
+    from .user_validation import parse_max_drop
+
+    return parse_max_drop(value).allowed(1.0)
 
 
 def _check_paths(args: argparse.Namespace) -> None:
@@ -166,7 +177,6 @@ def check_prune_quantize(args: argparse.Namespace) -> None:
         for flag, given in (
             ("--preset", args.preset != "performance"),
             ("--ignored-scope", args.ignored_scope),
-            ("--max-drop", args.max_drop is not None),
             ("--no-fast-bias-correction", args.no_fast_bias_correction),
         ):
             if given:
@@ -174,6 +184,11 @@ def check_prune_quantize(args: argparse.Namespace) -> None:
         return
     if not args.calibration:
         raise UsageError("--quantize int8 needs calibration inputs (--calibration C.npz or a folder of images)")
+    if getattr(args, "validate", None) and args.max_drop is not None:
+        raise UsageError(
+            "--validate with --quantize int8 --max-drop: int8 accuracy control judged by your function is not there yet; "
+            "prune with --validate, then quantize the result"
+        )
     if not args.output.endswith(".onnx"):
         raise UsageError(
             f"{args.output}: with --quantize int8, -o is the int8 model in QDQ ONNX (.onnx); give --ir OUT.xml for an int8 IR"

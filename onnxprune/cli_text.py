@@ -7,7 +7,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["format_report", "int8_note", "reason_counts", "verification_lines"]
+__all__ = ["format_report", "int8_note", "reason_counts", "validation_lines", "verification_lines"]
 
 
 def reason_counts(items: list[tuple[Sequence[str], int]]) -> Counter:
@@ -76,6 +76,7 @@ def format_report(d: dict) -> str:
             lines.append(
                 f"  {f['name']}: cosine {f['cosine']:.4f}  max abs err {f['max_abs_error']:.3g}  mean abs err {f['mean_abs_error']:.3g}{top1}"
             )
+    lines += validation_lines(d.get("validation"))
     kept = d["kept_groups"]
     if kept:
         lines += ["", f"channels kept, by reason ({len(kept)} groups):"]
@@ -130,6 +131,23 @@ def format_report(d: dict) -> str:
     for note in d.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def validation_lines(v: dict | None) -> list[str]:
+    """The user's validation function: baseline, final value, the drop allowed, its calls."""
+    if not v:
+        return []
+    allowed = f"; allowed drop {v['max_drop']} (keep >= {v['threshold']:.6g})" if v.get("threshold") is not None else ""
+    how = (
+        f"{len(v['steps'])} plans judged by bisection"
+        if v["searched"]
+        else "it measured the plan (another budget chose it)"
+    )
+    return [
+        f"validation ({v['function']}, higher is better): original {v['baseline']:.6g} -> pruned {v['final']:.6g} "
+        f"(drop {v['drop']:.4g}{allowed})",
+        f"  {v['calls']} calls of the function ({how}; each plan scored at most once)",
+    ]
 
 
 def _limit_text(o: dict, v: dict) -> str:

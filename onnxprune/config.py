@@ -5,18 +5,24 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .user_validation import Candidate, MaxDrop
 
 __all__ = [
     "BUDGET_DEFAULT_CRITERION",
     "COMPENSATION_MODES",
+    "DEFAULT_MAX_DROP",
     "QUANTIZE_FORMATS",
     "QUANTIZE_PRESETS",
+    "SENSITIVITY_RATIOS",
+    "VALIDATED_SENSITIVITY_RATIOS",
     "LayerRule",
     "PruneConfig",
     "QuantizeConfig",
@@ -29,6 +35,11 @@ COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
 # One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
 # means exact removal of provably constant channels.
 BUDGET_DEFAULT_CRITERION = "l2"
+# The drop a validation function may show when none is given: NNCF's default max_drop.
+DEFAULT_MAX_DROP = 0.01
+SENSITIVITY_RATIOS = (0.1, 0.25, 0.5)
+# A validated search bisects group by group: the ladder only orders groups and caps each unit.
+VALIDATED_SENSITIVITY_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def check_regex(pattern: str, what: str) -> None:
@@ -93,9 +104,21 @@ class PruneConfig:
         the best fidelity found).
     reconstruct: refit the readers of removed channels by least squares on calibration data.
     fidelity_metrics: output name (or "*") -> "top1" or "cosine" (default: top1 for class scores).
-    sensitivity_ratios: the fractions of each unit tried by the sensitivity analysis.
+    sensitivity_ratios: the fractions of each unit tried by the sensitivity analysis; None:
+        (0.1, 0.25, 0.5), or (0.1, 0.2, ..., 0.7) when a validation function judges the search
+        (it bisects channel group by channel group, so the ladder only orders the groups and
+        caps each unit: a finer, longer ladder costs sensitivity trials, not calls).
     preprocess: how to turn a folder of calibration images into inputs (see calibration).
     calibration_limit: at most this many calibration samples are used.
+    validate: your validation function, ``fn(candidate) -> float`` (higher is better, on your
+        own data; see user_validation.Candidate), or its spec "FILE.py:function" /
+        "module:function", resolved when the run starts. Without another budget it judges
+        the search: the largest cut whose value stays within ``max_drop`` of the original's
+        (default 0.01 absolute, NNCF's); with one it only measures the result.
+    max_drop: the allowed drop of the validated metric (yours with ``validate``, else the
+        fidelity, whose baseline is 1.0): a number (absolute, in the metric's units) or
+        "D%" (relative to the baseline). It is a budget itself: not with ratio, macs_target,
+        min_fidelity or a config sparsity.
     """
 
     criterion: str | None = None
@@ -115,9 +138,11 @@ class PruneConfig:
     min_fidelity: float | None = None
     reconstruct: bool = False
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    sensitivity_ratios: tuple[float, ...] = (0.1, 0.25, 0.5)
+    sensitivity_ratios: tuple[float, ...] | None = None
     preprocess: str | None = None
     calibration_limit: int = 64
+    validate: Callable[[Candidate], float] | str | None = None
+    max_drop: MaxDrop | float | str | None = None
     criterion_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -126,6 +151,19 @@ class PruneConfig:
         object.__setattr__(self, "layer_rules", tuple(self.layer_rules))
         for pattern in self.exclude:
             check_regex(pattern, "--exclude")
+        if self.max_drop is not None:
+            from .user_validation import parse_max_drop
+
+            object.__setattr__(self, "max_drop", parse_max_drop(self.max_drop))
+            explicit = self.explicit_budget
+            if explicit:
+                raise UsageError(
+                    f"--max-drop is a budget of the pruning search itself: give it or {', '.join(explicit)}, not both"
+                )
+        if self.validate is not None and not (callable(self.validate) or isinstance(self.validate, str)):
+            raise UsageError(
+                f"validate must be a function or 'FILE.py:function' / 'module:function', got {type(self.validate).__name__}"
+            )
         budget = self.budget_options
         if self.criterion is None:
             if budget:
@@ -156,15 +194,26 @@ class PruneConfig:
         if self.round_to < 1:
             raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
-        object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
+        if self.sensitivity_ratios is not None:
+            object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
         if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
             raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
-        if any(not (0.0 < r < 1.0) for r in self.sensitivity_ratios) or list(self.sensitivity_ratios) != sorted(
-            self.sensitivity_ratios
-        ):
-            raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {self.sensitivity_ratios}")
+        ratios = self.ratios
+        if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
+            raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")
         if (self.min_fidelity is not None or self.reconstruct) and not self.calibration:
             raise UsageError("--min-fidelity and --reconstruct need calibration inputs (--calibration)")
+        floor = self.fidelity_floor
+        if self.min_fidelity is None and floor is not None and floor <= 0.0:
+            raise UsageError(
+                f"--max-drop {self.max_drop}: fidelity is at most 1.0 (the original against itself), so its drop must be below 1"
+            )
+        if self.pruning_drop is not None and not self.calibration:
+            judge = "your --validate function" if self.validate is not None else "the fidelity"
+            raise UsageError(
+                f"--max-drop/--validate need calibration inputs (--calibration): the search orders its moves by the "
+                f"sensitivity measured on them, and {judge} judges them"
+            )
         if self.compensation not in COMPENSATION_MODES:
             raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
         if self.compensation == "calibration" and not self.calibration:
@@ -178,8 +227,8 @@ class PruneConfig:
         return replace(self, criterion=criterion, criterion_reason="", **options)  # type: ignore[arg-type]
 
     @property
-    def budget_options(self) -> tuple[str, ...]:
-        """The budget options that are set, as the CLI spells them (empty: no budget)."""
+    def explicit_budget(self) -> tuple[str, ...]:
+        """The budgets that fix the pruning without a drop: ratio, MACs, fidelity, config."""
         given = [
             ("--ratio", self.ratio is not None),
             ("--macs-target", self.macs_target is not None),
@@ -189,13 +238,59 @@ class PruneConfig:
         return tuple(name for name, on in given if on)
 
     @property
+    def budget_options(self) -> tuple[str, ...]:
+        """The budget options that are set, as the CLI spells them (empty: no budget)."""
+        explicit = self.explicit_budget
+        if self.max_drop is not None:
+            return (*explicit, "--max-drop")
+        if self.validate is not None and not explicit:
+            return ("--validate",)
+        return explicit
+
+    @property
+    def pruning_drop(self) -> MaxDrop | None:
+        """The drop that bounds the pruning search: ``max_drop``, or with a validation function
+        and no other budget NNCF's default (0.01 absolute); None when another budget decides."""
+        if self.max_drop is not None:
+            return self.max_drop  # type: ignore[return-value]  # parsed in __post_init__
+        if self.validate is not None and not self.explicit_budget:
+            from .user_validation import MaxDrop
+
+            return MaxDrop(DEFAULT_MAX_DROP)
+        return None
+
+    @property
+    def fidelity_floor(self) -> float | None:
+        """The fidelity the search keeps: ``min_fidelity``, or 1 - ``max_drop`` without a
+        validation function (fidelity's baseline is 1.0: the original agrees with itself)."""
+        if self.min_fidelity is not None:
+            return self.min_fidelity
+        drop = self.pruning_drop
+        if drop is None or self.validate is not None:
+            return None
+        return 1.0 - drop.allowed(1.0)
+
+    @property
+    def validated_search(self) -> bool:
+        """The search is judged by the user's validation function."""
+        return self.validate is not None and self.pruning_drop is not None
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        """The sensitivity ladder: ``sensitivity_ratios``, or the default for this run."""
+        if self.sensitivity_ratios is not None:
+            return self.sensitivity_ratios
+        return VALIDATED_SENSITIVITY_RATIOS if self.validated_search else SENSITIVITY_RATIOS
+
+    @property
     def lossy(self) -> bool:
         return self.criterion != "zero"
 
     @property
     def allocated(self) -> bool:
-        """Per-layer ratios come from the sensitivity analysis (a fidelity budget)."""
-        return self.min_fidelity is not None
+        """Per-layer ratios come from the sensitivity analysis (a fidelity budget, or a drop
+        judged by the user's validation function)."""
+        return self.fidelity_floor is not None or self.validated_search
 
 
 QUANTIZE_PRESETS = ("performance", "mixed")

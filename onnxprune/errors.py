@@ -8,6 +8,7 @@ __all__ = [
     "OnnxPruneError",
     "UnsupportedModel",
     "UsageError",
+    "ValidationFunctionFailed",
     "VerificationFailed",
     "first_line",
 ]
@@ -35,6 +36,11 @@ class VerificationFailed(OnnxPruneError):
     """The pruned model does not compute what it must; nothing was written."""
 
     exit_code = 1
+
+
+class ValidationFunctionFailed(OnnxPruneError):
+    """The user's validation function (``validate=`` / ``--validate``) could not be found, raised,
+    or returned something that is not a finite number; the message names it."""
 
 
 class BackendMissing(OnnxPruneError):

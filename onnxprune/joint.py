@@ -79,8 +79,8 @@ def prune_for_int8(
     from .runtime import session
     from .verification_inputs import load_npz_inputs
 
-    if config.min_fidelity is None:
-        raise UsageError("choosing pruning and int8 together needs a fidelity budget (--min-fidelity)")
+    if config.fidelity_floor is None:
+        raise UsageError("choosing pruning and int8 together needs a fidelity budget (--min-fidelity or --max-drop)")
     source = os.fspath(model)
     proto = load_model(source)[0]
     pre = parse_preprocess(config.preprocess) if config.preprocess else None
@@ -104,11 +104,13 @@ def prune_for_int8(
         got = [np.concatenate(o) for o in zip(*[run(f) for f in cal])]
         return score_outputs(names, reference, got, config.fidelity_metrics)[0]
 
-    target = goal = config.min_fidelity
+    target = goal = config.fidelity_floor
     steps: list[JointStep] = []
     result = None
     for _ in range(max(1, rounds)):
-        result = prune(source, config=config.with_options(min_fidelity=goal), progress=progress, **prune_options)
+        result = prune(
+            source, config=config.with_options(min_fidelity=goal, max_drop=None), progress=progress, **prune_options
+        )
         int8 = quantize(result.model, config=qconfig, format="onnx", source=source)
         r = result.report
         steps.append(

@@ -5,11 +5,32 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["plot_report", "plot_sensitivity", "quantized_lines", "to_markdown"]
+__all__ = ["plot_report", "plot_sensitivity", "quantized_lines", "to_markdown", "validation_markdown"]
 
 
 def _pct(before: float, after: float) -> str:
     return f"{(after - before) / before * 100:+.1f}%" if before else ""
+
+
+def validation_markdown(v: dict | None) -> list[str]:
+    """The user's validation function as a Markdown section (empty without one)."""
+    if not v:
+        return []
+    lines = [
+        "",
+        "## Your validation function",
+        "",
+        f"`{v['function']}` (higher is better): original **{v['baseline']:.6g}**, pruned **{v['final']:.6g}** "
+        f"(drop {v['drop']:.4g}"
+        + (f"; allowed {v['max_drop']}: keep ≥ {v['threshold']:.6g}" if v.get("threshold") is not None else "")
+        + f"); {v['calls']} calls, each plan scored at most once.",
+    ]
+    if v["steps"]:
+        lines += ["", "| step | groups removed | MACs | value | within |", "|---:|---:|---:|---:|---|"]
+        for i, st in enumerate(v["steps"], 1):
+            macs = "—" if st["macs_ratio"] is None else f"×{st['macs_ratio']:.3f}"
+            lines.append(f"| {i} | {st['groups']} | {macs} | {st['value']:.6g} | {'yes' if st['within'] else 'no'} |")
+    return lines
 
 
 def to_markdown(d: dict[str, Any]) -> str:
@@ -123,6 +144,7 @@ def to_markdown(d: dict[str, Any]) -> str:
             lines.append(
                 f"| `{f['name']}` | {f['cosine']:.4f} | {f['max_abs_error']:.3g} | {f['mean_abs_error']:.3g} | {top1} |"
             )
+    lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):
             from .quant_report import quantize_markdown

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .reconstruction import ReconstructedLayer
     from .rules import RuleRegistry
     from .sensitivity_analysis import SensitivityResult
+    from .user_validation import ValidationResult
 
 __all__ = ["KeptGroup", "LayerChange", "PruneReport", "build_report"]
 
@@ -81,6 +82,7 @@ class PruneReport:
     reconstructed_layers: tuple[ReconstructedLayer, ...] = ()
     sensitivity: SensitivityResult | None = None  # with a fidelity budget: what allocation measured
     macs_unknown: str = ""  # why the MACs are unknown ("" when they are known)
+    validation: ValidationResult | None = None  # the user's validation function: baseline, final, calls
 
     def to_dict(self) -> dict:
         return {
@@ -122,6 +124,7 @@ class PruneReport:
             ],
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "macs_unknown": self.macs_unknown or None,  # why macs_before/after are null
+            "validation": None if self.validation is None else self.validation.to_dict(),
         }
 
 
@@ -146,6 +149,7 @@ def build_report(
     reconstructed_layers: tuple[ReconstructedLayer, ...] = (),
     sensitivity: SensitivityResult | None = None,
     registry: RuleRegistry | None = None,
+    validation: ValidationResult | None = None,
 ) -> PruneReport:
     """The report of a pruning run: channels, parameters, MACs and size before and after, each
     changed layer, every kept group with its reasons, verification and fidelity (the keywords
@@ -231,4 +235,5 @@ def build_report(
         data_note=data_note,
         reconstructed_layers=tuple(reconstructed_layers),
         sensitivity=sensitivity,
+        validation=validation,
     )

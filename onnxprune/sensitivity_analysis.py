@@ -10,6 +10,7 @@ every trial on all calibration samples at once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -152,6 +153,10 @@ class TrialRunner:
         )
         self.samples = len(feeds)
         self.reference = self._run({})
+        # A plan is never run twice (the search often re-measures a sensitivity trial): by
+        # groups, the estimates object (kept alive with its entry) and the metric choices.
+        self._cache: dict[tuple, tuple[float, object]] = {}
+        self.runs = 0
 
     def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = [[] for _ in self.names]
@@ -167,9 +172,13 @@ class TrialRunner:
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
     ) -> float:
-        removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(removed_groups), dtype=np.int64))
-        outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
-        return score_outputs(self.names, self.reference, outs, choices)[0]
+        key = (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
+        if key not in self._cache:
+            removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(key[0]), dtype=np.int64))
+            outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
+            self.runs += 1
+            self._cache[key] = (score_outputs(self.names, self.reference, outs, choices)[0], estimates)
+        return self._cache[key][0]
 
 
 def _take(unit: Unit, ratio: float, analysis: ChannelAnalysis) -> list[int]:
@@ -236,12 +245,16 @@ def allocate(
     min_fidelity: float | None = None,
     macs_target: float | None = None,
     choices: Mapping[str, str] | None = None,
+    judge: Callable[[set[int]], bool] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[int], float, float]:
     """Per-unit ratios from the sensitivity curves: moves (raise one unit to its next ratio)
     are ordered greedily by fidelity lost per MAC saved (each unit alone); then the longest
     prefix of that order whose *measured* fidelity (all units together, on the calibration
     inputs) stays >= min_fidelity is found by bisection; with macs_target, the shortest prefix
-    that reaches it. Returns (groups to remove, fidelity, MACs after)."""
+    that reaches it. ``judge`` (a plan's groups -> kept or not) replaces the fidelity test:
+    the user's validation function. ``progress`` counts bisection steps. Returns (groups to
+    remove, fidelity (nan when a judge decided), MACs after)."""
     ratios = sens.ratios
     moves: list[_Move] = []
     for ui, us in enumerate(sens.units):
@@ -273,6 +286,21 @@ def allocate(
             chosen[m.unit] = m.groups
         return enforce_constraints(analysis, [g for gs in chosen.values() for g in gs], {})
 
+    size = len(order)
+    if judge is not None:
+        # The user's function judges plans one channel group at a time: the move order, each
+        # move's new groups lowest score first, so the bisection can stop inside a move (a
+        # move is up to a quarter of a unit) for about one call more per doubling.
+        flat: list[int] = []
+        taken: dict[int, int] = defaultdict(int)
+        for m in order:
+            flat.extend(m.groups[taken[m.unit] :])
+            taken[m.unit] = len(m.groups)
+        size = len(flat)
+
+        def plan_for(n: int) -> set[int]:
+            return enforce_constraints(analysis, flat[:n], {})
+
     base = tracker.original
     if macs_target is not None:
         lo, hi = 0, len(order)
@@ -284,16 +312,32 @@ def allocate(
                 lo = mid + 1
         groups = plan_for(lo)
         return sorted(groups), runner.fidelity(groups, estimates, choices), tracker.evaluate(groups)
-    assert min_fidelity is not None
-    lo, hi = 0, len(order)
-    best = (set(), 1.0)
-    while lo < hi:  # longest prefix with measured fidelity >= min_fidelity
+    measured: list[float] = []  # the fidelity of each plan judged (when fidelity judges)
+    if judge is None:
+        assert min_fidelity is not None
+        floor = min_fidelity
+
+        def judge(groups: set[int]) -> bool:
+            measured.append(runner.fidelity(groups, estimates, choices))
+            return measured[-1] >= floor
+
+    lo, hi = 0, size
+    steps = max(1, math.ceil(math.log2(size + 1)))  # a bisection over size + 1 prefixes
+    done = 0
+    best: set[int] = set()
+    best_f = 1.0
+    while lo < hi:  # longest prefix whose plan the judge keeps
         mid = (lo + hi + 1) // 2
         groups = plan_for(mid)
-        f = runner.fidelity(groups, estimates, choices)
-        if f >= min_fidelity:
-            lo, best = mid, (groups, f)
+        if judge(groups):
+            lo, best = mid, groups
+            best_f = measured[-1] if measured else float("nan")
         else:
             hi = mid - 1
-    groups, f = best if lo else (set(), 1.0)
+        done += 1
+        if progress:
+            progress(min(done, steps), steps)
+    if progress and done < steps:
+        progress(steps, steps)  # the bar closes when the bisection ends early
+    groups, f = (best, best_f) if lo else (set(), 1.0)
     return sorted(groups), f, tracker.evaluate(groups)

@@ -290,9 +290,12 @@ def test_prune_quantize_int8_writes_qdq_and_ir_with_fidelity_against_both(
     conv1 = next(n for n in q.graph.node if n.name == "conv1")
     assert weights[producers[conv1.input[1]].input[0]].dims[0] == 6  # pruned (8 -> 6), then int8
     assert all(_ir_weights_int8(ir).values())
-    # Options of quantization without --quantize are a usage error.
-    assert cli.main(["prune", str(files["tiny"]), "-o", str(tmp_path / "x.onnx"), "--max-drop", "0.01"]) == 2
+    # Options of quantization without --quantize are a usage error; --max-drop on prune is the
+    # pruning search's budget (the drop of the validated metric), which needs calibration inputs.
+    assert cli.main(["prune", str(files["tiny"]), "-o", str(tmp_path / "x.onnx"), "--preset", "mixed"]) == 2
     assert "add --quantize int8" in capsys.readouterr().err
+    assert cli.main(["prune", str(files["tiny"]), "-o", str(tmp_path / "x.onnx"), "--max-drop", "0.01"]) == 2
+    assert "need calibration inputs" in capsys.readouterr().err
 
 
 def test_min_fidelity_with_int8_prunes_less_where_int8_hurts(files: dict[str, Path], tmp_path: Path) -> None:

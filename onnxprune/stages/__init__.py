@@ -26,6 +26,7 @@ from .decide import (
     plan,
     score,
     sensitivity_trials,
+    validator,
 )
 from .deliver import (
     Measured,
@@ -40,6 +41,7 @@ from .deliver import (
     report,
     runnable,
     staging,
+    validated,
     verification_feeds,
     verify,
     write,
@@ -77,6 +79,8 @@ __all__ = [
     "score",
     "sensitivity_trials",
     "staging",
+    "validated",
+    "validator",
     "verification_feeds",
     "verify",
     "with_data_shapes",

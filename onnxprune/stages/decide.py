@@ -31,6 +31,7 @@ from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
+    from ..user_validation import Validator
 
 __all__ = [
     "Compensation",
@@ -39,20 +40,24 @@ __all__ = [
     "budget_plan",
     "check_budget",
     "compensate",
+    "compensation_mode",
     "estimates",
     "layer_scores",
     "plan",
     "score",
     "sensitivity_trials",
+    "validator",
 ]
 
 
 @dataclass(frozen=True)
 class Planned:
-    """The plan, and with a fidelity budget the sensitivity analysis it was allocated from."""
+    """The plan, with a fidelity budget the sensitivity analysis it was allocated from, and
+    with a validation function the judge (its cache holds every plan it scored)."""
 
     plan: PruningPlan
     sensitivity: SensitivityResult | None = None
+    validator: Validator | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -171,22 +176,64 @@ def plan(
 ) -> Planned:
     """The groups to remove: the ``given`` plan matched to this analysis, the zero criterion's,
     a budget's, or allocated under a fidelity budget from measured sensitivity."""
+    measure = validator(loaded, analysis, data, run) if run.config.validate is not None else None
     if given is not None:
-        return Planned(given.resolve(analysis))
+        return Planned(given.resolve(analysis), validator=measure)
     if run.config.allocated:
-        return _allocated_plan(loaded, analysis, scores or {}, data, run)
+        return _allocated_plan(loaded, analysis, scores or {}, data, run, measure)
     if scores is None:
-        return Planned(zero_plan(analysis))
-    return Planned(budget_plan(analysis, loaded.proto, scores, run.config, run.registry, loaded.source))
+        return Planned(zero_plan(analysis), validator=measure)
+    return Planned(
+        budget_plan(analysis, loaded.proto, scores, run.config, run.registry, loaded.source), validator=measure
+    )
+
+
+def compensation_mode(config: PruneConfig, stats: ActivationStats | None, exact: bool = False) -> str:
+    """The compensation mode with 'auto' resolved: calibration means when there are
+    statistics, else data-free values for a lossy plan, else none."""
+    if config.compensation != "auto":
+        return config.compensation
+    return "calibration" if stats is not None else ("data-free" if not exact else "none")
+
+
+def validator(loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationData, run: Run) -> Validator:
+    """The user's validation function as a judge of plans: each candidate is built exactly as
+    the run builds its result (surgery with the run's compensation, then with ``reconstruct``
+    the refit on the calibration samples), so a plan's cached value is the delivered model's."""
+    from ..surgery import apply_pruning
+    from ..user_validation import Validator, resolve_function
+
+    config, proto = run.config, loaded.proto
+    fn, name = resolve_function(config.validate)  # type: ignore[arg-type]  # checked in PruneConfig
+    mode = compensation_mode(config, data.stats)
+
+    def build(groups: frozenset[int]) -> onnx.ModelProto:
+        plan = PruningPlan(config.criterion or "candidate", tuple(groups))
+        values = estimates(proto, analysis, plan.removed_groups, data.stats, mode, run)
+        pruned = apply_pruning(proto, analysis, plan, registry=run.registry, estimates=values)
+        if config.reconstruct and data.calibration:
+            from ..reconstruction import reconstruct
+
+            pruned, _ = reconstruct(
+                proto,
+                pruned,
+                analysis,
+                plan,
+                data.calibration,
+                registry=run.registry,
+                seed=config.seed,
+                source=loaded.source,
+            )
+        return pruned
+
+    return Validator(fn, name, loaded.runnable, build, config.pruning_drop)
 
 
 def compensate(
     loaded: LoadedModel, analysis: ChannelAnalysis, pruning_plan: PruningPlan, data: CalibrationData, run: Run
 ) -> Compensation:
     """What the removed channels are replaced by where they are read (exact plans: nothing)."""
-    mode = run.config.compensation
-    if mode == "auto":
-        mode = "calibration" if data.stats is not None else ("data-free" if not pruning_plan.exact else "none")
+    mode = compensation_mode(run.config, data.stats, pruning_plan.exact)
     if pruning_plan.exact:
         return Compensation(mode)
     return Compensation(mode, estimates(loaded.proto, analysis, pruning_plan.removed_groups, data.stats, mode, run))
@@ -245,9 +292,7 @@ def sensitivity_trials(
         else "the sensitivity allocation (it ranks layers by the MACs they save)"
     )
     tracker = MacsTracker(analysis, known_macs(proto, analysis, run.registry, what, loaded.source), proto, run.registry)
-    mode = (
-        config.compensation if config.compensation != "auto" else ("calibration" if stats is not None else "data-free")
-    )
+    mode = compensation_mode(config, stats)
     values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
     runner = TrialRunner(proto, analysis, feeds, source=loaded.source)
     result = measure_sensitivity(
@@ -255,7 +300,7 @@ def sensitivity_trials(
         analysis,
         units,
         tracker,
-        config.sensitivity_ratios,
+        config.ratios,
         values,
         config.criterion,
         config.fidelity_metrics,
@@ -265,15 +310,26 @@ def sensitivity_trials(
 
 
 def _allocated_plan(
-    loaded: LoadedModel, analysis: ChannelAnalysis, scores: Mapping[str, np.ndarray], data: CalibrationData, run: Run
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    scores: Mapping[str, np.ndarray],
+    data: CalibrationData,
+    run: Run,
+    judge: Validator | None = None,
 ) -> Planned:
-    """A plan from the sensitivity analysis under a fidelity budget (see sensitivity_analysis.allocate)."""
+    """A plan from the sensitivity analysis under a fidelity budget, or a drop of the user's
+    validation function (``judge``) (see sensitivity_analysis.allocate)."""
     from ..sensitivity_analysis import allocate
 
     config, feeds = run.config, data.calibration or []
+    if judge is not None:
+        judge.baseline  # noqa: B018 - computed first: a broken function fails before the trials
     trials = sensitivity_trials(loaded, analysis, scores, data.stats, feeds, run)
     runner = trials.runner
-    if config.reconstruct and config.macs_target is None and len(feeds) >= 2:
+    if judge is not None and trials.tracker.original:
+        judge.macs_ratio = lambda g: trials.tracker.evaluate(g) / trials.tracker.original
+    searched = judge is not None and config.validated_search and config.macs_target is None
+    if config.reconstruct and config.macs_target is None and len(feeds) >= 2 and not searched:
         # The budget is met by the reconstructed model: measure that, not the masked one.
         from ..reconstruction import ReconstructedTrials
 
@@ -286,11 +342,18 @@ def _allocated_plan(
         runner,
         trials.tracker,
         trials.estimates,
-        min_fidelity=config.min_fidelity,
+        min_fidelity=config.fidelity_floor,
         macs_target=config.macs_target,
         choices=config.fidelity_metrics,
+        judge=judge.within if searched and judge is not None else None,
+        progress=run.progress_of("search"),
     )
-    goal = f"fidelity >= {config.min_fidelity}" if config.macs_target is None else f"MACs <= {config.macs_target}"
+    if config.macs_target is not None:
+        goal = f"MACs <= {config.macs_target}"
+    elif searched and judge is not None:
+        goal = f"{judge.name} within {judge.max_drop} of the original's {judge.baseline:.6g}"
+    else:
+        goal = f"fidelity >= {config.fidelity_floor:g}"
 
     def kept_reason(gid: int) -> str:
         protected = next((n for n, _ in analysis.group(gid).members if n in trials.protected), None)
@@ -316,4 +379,4 @@ def _allocated_plan(
                     f"MACs target {config.macs_target:g} not reached: {reached:.3f}x, because {why}",
                 ),
             )
-    return Planned(the_plan, trials.result)
+    return Planned(the_plan, trials.result, judge)

@@ -33,6 +33,7 @@ from .prepare import CalibrationData, Feeds, LoadedModel, Run
 if TYPE_CHECKING:
     from ..fidelity import OutputScore
     from ..reconstruction import ReconstructedLayer
+    from ..user_validation import ValidationResult
 
 __all__ = [
     "Measured",
@@ -47,6 +48,7 @@ __all__ = [
     "report",
     "runnable",
     "staging",
+    "validated",
     "verification_feeds",
     "verify",
     "write",
@@ -243,6 +245,17 @@ def recover(
     return Recovered(DeferredModel(model), tuple(layers))
 
 
+def validated(planned: Planned, recovered: Recovered) -> ValidationResult | None:
+    """With a validation function: its value on the original and on the delivered model (from
+    the search's cache when the search scored this very plan, else one more call)."""
+    judge = planned.validator
+    if judge is None:
+        return None
+    judge.baseline  # noqa: B018 - the original first: a broken function fails on it
+    final = judge.value(planned.plan.removed_groups, model=recovered.model.complete)
+    return judge.result(final)
+
+
 # -- measure, write, report ---------------------------------------------------------------------
 def measure(
     loaded: LoadedModel,
@@ -298,6 +311,7 @@ def report(
     measured: Measured,
     size_after: int,
     run: Run,
+    validation: ValidationResult | None = None,
 ) -> PruneReport:
     """The run's report (see report.PruneReport)."""
     return build_report(
@@ -320,4 +334,5 @@ def report(
         reconstructed_layers=recovered.layers,
         sensitivity=planned.sensitivity,
         registry=run.registry,
+        validation=validation,
     )
