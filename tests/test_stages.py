@@ -53,6 +53,7 @@ REPORT_KEYS = [
     "reconstructed_layers",
     "sensitivity",
     "macs_unknown",
+    "validation",  # the user's validation function (None without one), added last
 ]
 
 
