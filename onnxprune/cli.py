@@ -328,6 +328,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
         print(
             f"{args.model}: {len(result.units)} units, {result.samples} calibration samples, {result.trials} trials in {result.seconds:.1f} s"
         )
+        for m in result.metrics:  # what "fidelity" is: the worst output's score under its metric
+            print(f"  fidelity of {m.name!r}: {m.metric} ({m.reason})")
         print(f"{'unit (first layer)':44s}{'channels':>9s}{head}   (fidelity / MACs saved)")
         for u in sorted(result.units, key=lambda u: -u.macs_saved[result.ratios[-1]]):
             cells = "".join(f"{u.fidelity[r]:>9.4f}/{u.macs_saved[r] * 100:5.1f}%" for r in result.ratios)

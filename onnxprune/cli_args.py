@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--fidelity-metric",
         action="append",
         default=[],
-        metavar="OUTPUT=top1|cosine",
-        help="fidelity metric of an output ('*' for all)",
+        metavar="OUTPUT=METRIC",
+        help="fidelity metric of an output ('*' for all): top1, ctc[:blank=K], dense[:threshold=T], "
+        "detection[:score=S,iou=I] or cosine (default: detected from the output's shape and values)",
     )
     b.add_argument(
         "--preprocess",
@@ -195,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--criterion", default="l2", help="ranks the channels within each unit (default l2)")
     se.add_argument("--ratios", default="0.1,0.25,0.5", help="fractions of each unit to try (default 0.1,0.25,0.5)")
     se.add_argument("--compensation", default="auto", choices=("auto", "none", "data-free", "calibration"))
-    se.add_argument("--fidelity-metric", action="append", default=[], metavar="OUTPUT=top1|cosine")
+    se.add_argument(
+        "--fidelity-metric",
+        action="append",
+        default=[],
+        metavar="OUTPUT=METRIC",
+        help="fidelity metric of an output ('*' for all): top1, ctc, dense, detection or cosine (see prune)",
+    )
     se.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...")
     se.add_argument(
         "--exclude", action="append", default=[], metavar="REGEX", help="skip layers whose node name matches"

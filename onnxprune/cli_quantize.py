@@ -83,8 +83,8 @@ def add_quantize_command(sub: Any) -> None:
         "--fidelity-metric",
         action="append",
         default=[],
-        metavar="OUTPUT=top1|cosine",
-        help="fidelity metric of an output ('*' for all)",
+        metavar="OUTPUT=METRIC",
+        help="fidelity metric of an output ('*' for all): top1, ctc, dense, detection or cosine (see prune)",
     )
     q.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"

@@ -71,11 +71,16 @@ def format_report(d: dict) -> str:
             lines.append("fidelity vs the original, ON RANDOM NOISE (not real data; give --inputs or --calibration):")
         else:
             lines.append("fidelity vs the original (same inputs):")
+        from .render import metric_text
+
         for f in fid:
             top1 = "" if f["top1_agreement"] is None else f"  top-1 agreement {f['top1_agreement'] * 100:.1f}%"
+            metric = f"{f['metric']} {f['score']:.4f}  " if "metric" in f else ""
             lines.append(
-                f"  {f['name']}: cosine {f['cosine']:.4f}  max abs err {f['max_abs_error']:.3g}  mean abs err {f['mean_abs_error']:.3g}{top1}"
+                f"  {f['name']}: {metric}cosine {f['cosine']:.4f}  max abs err {f['max_abs_error']:.3g}  mean abs err {f['mean_abs_error']:.3g}{top1}"
             )
+            if "metric" in f:
+                lines.append(f"    metric {f['metric']}: {metric_text(f)}")
     lines += validation_lines(d.get("validation"))
     kept = d["kept_groups"]
     if kept:

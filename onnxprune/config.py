@@ -103,7 +103,8 @@ class PruneConfig:
         allocating per-layer ratios by measured sensitivity (with macs_target: reach it with
         the best fidelity found).
     reconstruct: refit the readers of removed channels by least squares on calibration data.
-    fidelity_metrics: output name (or "*") -> "top1" or "cosine" (default: top1 for class scores).
+    fidelity_metrics: output name (or "*") -> top1, ctc, dense, detection or cosine, with
+        parameters as "ctc:blank=K" (default: detected per output from shape and values).
     sensitivity_ratios: the fractions of each unit tried by the sensitivity analysis; None:
         (0.1, 0.25, 0.5), or (0.1, 0.2, ..., 0.7) when a validation function judges the search
         (it bisects channel group by channel group, so the ladder only orders the groups and
@@ -194,6 +195,9 @@ class PruneConfig:
         if self.round_to < 1:
             raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
+        from .fidelity_metrics import check_metrics
+
+        check_metrics(self.fidelity_metrics)
         if self.sensitivity_ratios is not None:
             object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
         if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
@@ -316,7 +320,8 @@ class QuantizeConfig:
         model, on the calibration samples, drops by at most this (absolute; NNCF's
         quantize_with_accuracy_control); the held-out samples stay out of the decision.
     input_shapes: static shapes for inputs with dynamic dimensions other than the batch.
-    fidelity_metrics: output name (or "*") -> "top1" or "cosine" (default: top1 for class scores).
+    fidelity_metrics: output name (or "*") -> top1, ctc, dense, detection or cosine, with
+        parameters as "ctc:blank=K" (default: detected per output from shape and values).
     seed: picks the images of a folder larger than the subset.
     """
 
@@ -335,6 +340,9 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
+        from .fidelity_metrics import check_metrics
+
+        check_metrics(self.fidelity_metrics)
         scope = (self.ignored_scope,) if isinstance(self.ignored_scope, str) else tuple(self.ignored_scope)
         object.__setattr__(self, "ignored_scope", scope)
         for pattern in scope:

@@ -1,22 +1,35 @@
 """Fidelity: how closely a pruned model gives the original's answers. The one place that
-computes it, for the report, the sensitivity analysis and the ``--min-fidelity`` search.
+computes it, for the report, the sensitivity analysis, the ``--min-fidelity`` search and the
+int8 reports.
 
-Per output: max and mean abs error, cosine similarity (per sample, mean over samples) and, for
-outputs that look like class scores ([N, classes], or per position for sequences
-[N, T, classes]), top-1 agreement. Each output is scored by top-1 agreement for class scores
-and cosine for everything else, or as the user chooses per output; the run's fidelity is the
-worst output's score.
+Per output: max and mean abs error, cosine similarity (per sample, mean over samples), top-1
+agreement for outputs that look like class scores, and the score under the output's task
+metric (``onnxprune.fidelity_metrics``: top1, ctc, dense, detection or cosine), detected from
+the reference's shape and values with a reason, or chosen per output. The run's fidelity is
+the worst output's score.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import UsageError
+from .fidelity_metrics import (
+    FIDELITY_METRICS,
+    NothingToCompare,
+    apply_metric,
+    cosine,
+    cosine_metric,
+    detect_metrics,
+    parse_metric,
+    top1_agreement,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -24,18 +37,18 @@ if TYPE_CHECKING:
 __all__ = [
     "FIDELITY_METRICS",
     "OutputFidelity",
+    "OutputMetric",
     "OutputScore",
     "cosine",
     "default_metric",
     "fidelity",
     "fidelity_from_outputs",
+    "output_batch_axes",
     "parse_metric_choices",
     "run_score",
     "score_outputs",
     "top1_agreement",
 ]
-
-FIDELITY_METRICS = ("top1", "cosine")
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,16 @@ class OutputScore:
     name: str
     metric: str
     value: float
+    reason: str = ""  # why this metric: detected from the shape and values, or chosen
+
+
+@dataclass(frozen=True)
+class OutputMetric:
+    """An output's metric and why, before any candidate is scored (sensitivity tables)."""
+
+    name: str
+    metric: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -55,10 +78,15 @@ class OutputFidelity:
     cosine: float
     top1_agreement: float | None  # for outputs that look like class scores, or scored by top-1
     metric: str = "cosine"  # what the output's score is
+    metric_value: float | None = None  # the score under ``metric`` (None: from the fields above)
+    reason: str = ""  # why this metric
+    details: Mapping[str, float | int | str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def score(self) -> float:
         """The output's fidelity under its metric."""
+        if self.metric_value is not None:
+            return self.metric_value
         return self.top1_agreement if self.metric == "top1" and self.top1_agreement is not None else self.cosine
 
     def to_dict(self) -> dict:
@@ -68,31 +96,69 @@ class OutputFidelity:
             "mean_abs_error": self.mean_abs_error,
             "cosine": self.cosine,
             "top1_agreement": self.top1_agreement,
+            "metric": self.metric,
+            "metric_reason": self.reason,
+            "score": self.score,
+            "details": dict(self.details),
         }
 
 
 def default_metric(shape: Sequence[int]) -> str:
-    """top1 for class scores: [N, K] or [N, T, K] with K >= 2; cosine otherwise."""
+    """From the shape alone: top1 for class scores ([N, K] or [N, T, K] with K >= 2), cosine
+    otherwise. The scores use the fuller detection from shape and values
+    (``fidelity_metrics.detect_metrics``)."""
     return "top1" if len(shape) in (2, 3) and shape[-1] >= 2 else "cosine"
 
 
+_CHOICE = re.compile(rf"^(.+)=((?:{'|'.join(FIDELITY_METRICS)})(?::.*)?)$", re.S)
+
+
 def parse_metric_choices(items: Sequence[str]) -> dict[str, str]:
-    """CLI --fidelity-metric NAME=top1|cosine (repeatable); NAME '*' sets every output."""
+    """CLI --fidelity-metric OUTPUT=METRIC[:key=value,...] (repeatable); OUTPUT '*' sets every
+    output. UsageError naming the choices otherwise."""
     out = {}
     for item in items:
-        name, sep, metric = item.rpartition("=")
-        if not sep or not name or metric not in FIDELITY_METRICS:
-            raise UsageError(f"--fidelity-metric {item!r}: expected OUTPUT=top1 or OUTPUT=cosine")
-        out[name] = metric
+        m = _CHOICE.match(item)
+        if not m:
+            raise UsageError(
+                f"--fidelity-metric {item!r}: expected OUTPUT=METRIC with METRIC one of {', '.join(FIDELITY_METRICS)} "
+                "(OUTPUT '*' for every output)"
+            )
+        parse_metric(m.group(2))
+        out[m.group(1)] = m.group(2)
     return out
 
 
-def _samples(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def output_batch_axes(model: onnx.ModelProto) -> dict[str, int]:
+    """Per graph output, the axis that holds the samples when it is not the first: the one
+    named like the first input's batch dimension (sequence-first [T, batch, C] exports)."""
+    init = {t.name for t in model.graph.initializer}
+    batch = next(
+        (
+            i.type.tensor_type.shape.dim[0].dim_param
+            for i in model.graph.input
+            if i.name not in init and i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param
+        ),
+        "",
+    )
+    out = {}
+    for o in model.graph.output:
+        dims = [d.dim_param for d in o.type.tensor_type.shape.dim]
+        named = [ax for ax, d in enumerate(dims) if batch and d == batch]
+        if len(named) == 1 and named[0] != 0:
+            out[o.name] = named[0]
+    return out
+
+
+def _samples(arrays: Sequence[np.ndarray], batch_axis: int | None = None) -> np.ndarray:
     """Arrays with the samples first (one per feed), as one float64 array; a scalar output is
-    one sample. An output whose batch is not its first axis (sequence-first [T, N, C], as
-    recurrent exports give) shows it by the one axis whose size differs between feeds: that
-    axis is moved first. Outputs that differ in more axes count each feed as one sample."""
+    one sample. ``batch_axis``: where the model puts the samples, moved first. Otherwise an
+    output whose batch is not its first axis (sequence-first [T, N, C], as recurrent exports
+    give) shows it by the one axis whose size differs between feeds: that axis is moved first.
+    Outputs that differ in more axes count each feed as one sample."""
     parts = [np.asarray(a, np.float64).reshape((1,) if np.ndim(a) == 0 else np.shape(a)) for a in arrays]
+    if batch_axis and all(p.ndim > batch_axis for p in parts):
+        parts = [np.moveaxis(p, batch_axis, 0) for p in parts]
     shapes = {p.shape[1:] for p in parts}
     if len(shapes) > 1 and len({p.ndim for p in parts}) == 1:
         varying = [ax for ax in range(1, parts[0].ndim) if len({p.shape[ax] for p in parts}) > 1]
@@ -105,23 +171,12 @@ def _samples(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Cosine similarity of each sample (flattened), mean over the samples. An all-zero sample
-    is identical to an all-zero one (1) and unlike any other (0): it has no direction."""
-    r = reference.reshape(max(len(reference), 1), -1)
-    g = candidate.reshape(max(len(candidate), 1), -1)
-    norm_r, norm_g = np.linalg.norm(r, axis=1), np.linalg.norm(g, axis=1)
-    denom = norm_r * norm_g
-    dot = (r * g).sum(axis=1)
-    zero = np.where((norm_r == 0) & (norm_g == 0), 1.0, 0.0)
-    cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), zero)
-    return float(np.clip(cos, -1.0, 1.0).mean())
-
-
-def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """How often the largest entry along the last axis is at the same index (every sample and
-    position)."""
-    return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)))
+def _chosen(name: str, choices: Mapping[str, str]) -> tuple[str, dict, str] | None:
+    for key, how in ((name, f"chosen: {name}={{}}"), ("*", "chosen for every output: *={}")):
+        if key in choices:
+            metric, params = parse_metric(choices[key])
+            return metric, params, how.format(choices[key])
+    return None
 
 
 def fidelity_from_outputs(
@@ -129,25 +184,40 @@ def fidelity_from_outputs(
     refs: Sequence[Sequence[np.ndarray]],
     gots: Sequence[Sequence[np.ndarray]],
     choices: Mapping[str, str] | None = None,
+    *,
+    batch_axes: Mapping[str, int] | None = None,
 ) -> tuple[OutputFidelity, ...]:
-    """Every output's fidelity figures and metric (``choices``: output name or "*" -> metric),
-    from per output the reference's and the candidate's arrays for every feed (samples first)."""
-    choices = choices or {}
+    """Every output's fidelity figures and metric (``choices``: output name or "*" -> metric,
+    see ``fidelity_metrics.parse_metric``), from per output the reference's and the
+    candidate's arrays for every feed (``batch_axes``: output -> the axis of its samples, when
+    not the first; see ``output_batch_axes``)."""
+    choices, batch_axes = choices or {}, batch_axes or {}
+    axes = [batch_axes.get(n, 0) for n in names]
+    rs = [_samples(r, a) for r, a in zip(refs, axes)]
+    detected = detect_metrics(names, rs, axes)
     out = []
-    for name, rs, gs_ in zip(names, refs, gots):
-        r, g = _samples(rs), _samples(gs_)
+    for name, r, gs_, found in zip(names, rs, gots, detected):
+        g = _samples(gs_, batch_axes.get(name))
         diff = np.abs(r - g)
-        looks_like = default_metric(r.shape)
-        metric = choices.get(name, choices.get("*", looks_like))
-        top1 = top1_agreement(r, g) if "top1" in (metric, looks_like) else None
+        metric, params, reason = _chosen(name, choices) or (found.metric, found.params, found.reason)
+        cos = cosine(r, g)
+        try:
+            result = apply_metric(metric, params, r, g, name) if metric != "cosine" else cosine_metric(r, g)
+        except NothingToCompare as why:
+            reason = f"{reason}; but {metric} has nothing to compare ({why}): cosine instead"
+            metric, result = "cosine", cosine_metric(r, g)
+        top1 = result.value if metric == "top1" else (top1_agreement(r, g) if found.metric == "top1" else None)
         out.append(
             OutputFidelity(
                 name,
                 float(diff.max()) if diff.size else 0.0,
                 float(diff.mean()) if diff.size else 0.0,
-                cosine(r, g),
+                cos,
                 top1,
                 metric,
+                result.value,
+                reason,
+                result.details,
             )
         )
     return tuple(out)
@@ -155,7 +225,7 @@ def fidelity_from_outputs(
 
 def run_score(outputs: Sequence[OutputFidelity]) -> tuple[float, tuple[OutputScore, ...]]:
     """(the run's fidelity = the worst output's score, every output's score)."""
-    scores = tuple(OutputScore(o.name, o.metric, o.score) for o in outputs)
+    scores = tuple(OutputScore(o.name, o.metric, o.score, o.reason) for o in outputs)
     return (min(s.value for s in scores) if scores else 1.0), scores
 
 
@@ -164,9 +234,14 @@ def score_outputs(
     reference: Sequence[np.ndarray],
     candidate: Sequence[np.ndarray],
     choices: Mapping[str, str] | None = None,
+    *,
+    batch_axes: Mapping[str, int] | None = None,
 ) -> tuple[float, tuple[OutputScore, ...]]:
-    """(fidelity = worst output's score, per-output scores); one array per output, samples first."""
-    return run_score(fidelity_from_outputs(names, [[r] for r in reference], [[g] for g in candidate], choices))
+    """(fidelity = worst output's score, per-output scores); one array per output, samples
+    first (or on the output's axis in ``batch_axes``)."""
+    return run_score(
+        fidelity_from_outputs(names, [[r] for r in reference], [[g] for g in candidate], choices, batch_axes=batch_axes)
+    )
 
 
 def fidelity(
@@ -179,6 +254,11 @@ def fidelity(
 ) -> tuple[OutputFidelity, ...]:
     """Run both models (in memory, or the paths of saved ones) on every feed: the fidelity of
     every output."""
+    import onnx
+
     from .runtime import paired_outputs
 
-    return fidelity_from_outputs(*paired_outputs(original, pruned, feeds_list, source=source), choices)
+    proto = original if isinstance(original, onnx.ModelProto) else onnx.load(original, load_external_data=False)
+    return fidelity_from_outputs(
+        *paired_outputs(original, pruned, feeds_list, source=source), choices, batch_axes=output_batch_axes(proto)
+    )

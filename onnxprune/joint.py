@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .config import PruneConfig, QuantizeConfig
 from .errors import UsageError
 
@@ -95,14 +93,16 @@ def prune_for_int8(
     cal = split_calibration(feeds, given)[0]
     run_orig = session(source, source=source)
     names = run_orig.output_names
-    reference = [np.concatenate(o) for o in zip(*[run_orig(f) for f in cal])]
+    from .fidelity import output_batch_axes
+
+    axes = output_batch_axes(proto)  # sequence-first outputs: their samples' axis
+    reference = run_orig.outputs(cal, axes)
 
     def fidelity_of(candidate: Any, optimize: bool) -> float:
         run = session(
             candidate, source=source, what="the int8 model" if optimize else "the pruned model", optimize=optimize
         )
-        got = [np.concatenate(o) for o in zip(*[run(f) for f in cal])]
-        return score_outputs(names, reference, got, config.fidelity_metrics)[0]
+        return score_outputs(names, reference, run.outputs(cal, axes), config.fidelity_metrics, batch_axes=axes)[0]
 
     target = goal = config.fidelity_floor
     steps: list[JointStep] = []

@@ -107,7 +107,8 @@ def _figure(f: dict) -> str:
     parts = []
     for o in f["outputs"]:
         top1 = "" if o["top1_agreement"] is None else f", top-1 agreement {_pct(o['top1_agreement'])}"
-        parts.append(f"{o['name']}: cosine {o['cosine']:.4f}{top1}, max abs err {o['max_abs_error']:.3g}")
+        metric = f"{o['metric']} {o['score']:.4f} ({o['metric_reason']}), " if o.get("metric") else ""
+        parts.append(f"{o['name']}: {metric}cosine {o['cosine']:.4f}{top1}, max abs err {o['max_abs_error']:.3g}")
     return "; ".join(parts)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +137,9 @@ def quantize(
 
     run_float = session(proto, source=source)  # also refuses a model onnxruntime cannot run
     names = run_float.output_names
+    from .fidelity import output_batch_axes
+
+    axes = output_batch_axes(proto)  # sequence-first outputs: their samples' axis
     float_outs = [run_float(f) for f in held]
     ignored = resolve_ignored_scope(proto, config.ignored_scope, source)
 
@@ -149,7 +152,9 @@ def quantize(
         checked = cal[: config.subset_size]
         float_cal = [run_float(f) for f in checked]
         validation = Validation(
-            checked, lambda outs, idx: _score(names, [float_cal[i] for i in idx], outs, config)[0], config.max_drop
+            checked,
+            lambda outs, idx: _score(names, [float_cal[i] for i in idx], outs, config, axes)[0],
+            config.max_drop,
         )
     from .nncf_backend import nncf_quantize
 
@@ -192,17 +197,17 @@ def quantize(
             f"{source}: NNCF quantized no layer (every Conv, Gemm and MatMul stayed float); nothing written"
         )
 
-    fidelity = [_against("float model", names, float_outs, got, config)]
+    fidelity = [_against("float model", names, float_outs, got, config, axes)]
     if reference is not None:
         run_ref = session(
             os.fspath(reference) if isinstance(reference, (str, os.PathLike)) else reference,
             source=source,
             what="the original model",
         )
-        fidelity.append(_against("original", names, [run_ref(f) for f in held], got, config))
+        fidelity.append(_against("original", names, [run_ref(f) for f in held], got, config, axes))
     control = None
     if validation is not None:
-        in_sample = _score(names, float_cal, outputs_of(validation.feeds), config)[0]
+        in_sample = _score(names, float_cal, outputs_of(validation.feeds), config, axes)[0]
         control = AccuracyControl(
             config.max_drop,
             f"fidelity vs the float model on the {len(validation.feeds)} calibration samples",
@@ -337,18 +342,22 @@ def _score(
     ref: Sequence[Sequence[np.ndarray]],
     got: Sequence[Sequence[np.ndarray]],
     config: QuantizeConfig,
+    axes: Mapping[str, int] | None = None,
 ) -> tuple:
-    """(the run's fidelity, per-output scores, per-output figures) from onnxprune.fidelity."""
+    """(the run's fidelity, per-output scores, per-output figures) from onnxprune.fidelity
+    (``axes``: the samples' axis of sequence-first outputs)."""
     from .fidelity import fidelity_from_outputs, run_score
 
     outputs = fidelity_from_outputs(
-        names, _per_output(ref, len(names)), _per_output(got, len(names)), config.fidelity_metrics
+        names, _per_output(ref, len(names)), _per_output(got, len(names)), config.fidelity_metrics, batch_axes=axes
     )
     return (*run_score(outputs), outputs)
 
 
-def _against(what: str, names: Sequence[str], ref: list, got: list, config: QuantizeConfig) -> FidelityAgainst:
-    score, scores, per_output = _score(names, ref, got, config)
+def _against(
+    what: str, names: Sequence[str], ref: list, got: list, config: QuantizeConfig, axes: Mapping[str, int] | None = None
+) -> FidelityAgainst:
+    score, scores, per_output = _score(names, ref, got, config, axes)
     return FidelityAgainst(what, score, scores, per_output)
 
 

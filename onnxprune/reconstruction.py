@@ -350,7 +350,10 @@ class ReconstructedTrials:
         self.folds = [(list(feeds[:half]), list(feeds[half:])), (list(feeds[half:]), list(feeds[:half]))]
         run = session(model, source=source)
         self.names = run.output_names
-        self.reference = run.outputs([f for _, judge in self.folds for f in judge])
+        from .fidelity import output_batch_axes
+
+        self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
+        self.reference = run.outputs([f for _, judge in self.folds for f in judge], self.batch_axes)
 
     def fidelity(
         self,
@@ -368,6 +371,6 @@ class ReconstructedTrials:
             rebuilt, _ = reconstruct(
                 self.model, pruned, self.analysis, plan, fit, registry=self.registry, seed=self.seed, source=self.source
             )
-            parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge))
-        outs = [np.concatenate([p[i] for p in parts]) for i in range(len(self.names))]
-        return score_outputs(self.names, self.reference, outs, choices)[0]
+            parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
+        outs = [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
+        return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]

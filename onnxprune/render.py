@@ -5,11 +5,35 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["plot_report", "plot_sensitivity", "quantized_lines", "to_markdown", "validation_markdown"]
+__all__ = [
+    "metric_label",
+    "metric_text",
+    "plot_report",
+    "plot_sensitivity",
+    "quantized_lines",
+    "to_markdown",
+    "validation_markdown",
+]
 
 
 def _pct(before: float, after: float) -> str:
     return f"{(after - before) / before * 100:+.1f}%" if before else ""
+
+
+def metric_text(f: dict[str, Any]) -> str:
+    """An output's metric reason and the metric's own figures, as one line."""
+    figures = ", ".join(
+        f"{k.replace('_', ' ')} {v:.4g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+        for k, v in (f.get("details") or {}).items()
+    )
+    reason = f.get("metric_reason") or f.get("reason") or "given"
+    return reason + (f" ({figures})" if figures else "")
+
+
+def metric_label(metrics: dict[str, dict[str, str]], most: int = 3) -> str:
+    """'logits: top1' or 'out1: ctc, out2: dense, +3 more': the metric of each output, short."""
+    items = [f"{name[-24:]}: {m['metric']}" for name, m in metrics.items()]
+    return ", ".join(items[:most]) + (f", +{len(items) - most} more" if len(items) > most else "")
 
 
 def validation_markdown(v: dict | None) -> list[str]:
@@ -136,14 +160,18 @@ def to_markdown(d: dict[str, Any]) -> str:
             ]
         lines += [
             "",
-            "| output | cosine | max abs error | mean abs error | top-1 agreement |",
-            "|---|---:|---:|---:|---:|",
+            "| output | metric | score | cosine | max abs error | mean abs error | top-1 agreement |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for f in d["fidelity"]:
             top1 = "" if f["top1_agreement"] is None else f"{f['top1_agreement'] * 100:.1f}%"
+            score = f.get("score", f["cosine"])
             lines.append(
-                f"| `{f['name']}` | {f['cosine']:.4f} | {f['max_abs_error']:.3g} | {f['mean_abs_error']:.3g} | {top1} |"
+                f"| `{f['name']}` | {f.get('metric', 'cosine')} | {score:.4f} | {f['cosine']:.4f} | {f['max_abs_error']:.3g} "
+                f"| {f['mean_abs_error']:.3g} | {top1} |"
             )
+        lines += ["", "Why each metric:", ""]
+        lines += [f"- `{f['name']}`: **{f.get('metric', 'cosine')}**, {metric_text(f)}" for f in d["fidelity"]]
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):
@@ -249,7 +277,11 @@ def plot_sensitivity(d: dict[str, Any], path: str) -> None:
             ratios, ys, marker="o", linewidth=1, alpha=0.7, label=u["unit"][-30:] if len(d["units"]) <= 12 else None
         )
     ax.set_xlabel("fraction of the unit's channels removed")
-    ax.set_ylabel("fidelity on calibration inputs")
+    metrics = d.get("metrics") or {}
+    # The fidelity is the worst output's score under its metric: say which metrics.
+    ax.set_ylabel(
+        "fidelity on calibration inputs" + (f"\n(worst of {metric_label(metrics)})" if metrics else ""), fontsize=8
+    )
     ax.set_title(f"{os.path.basename(d['model'])}: sensitivity ({d['criterion']}, {d['samples']} samples)")
     if len(d["units"]) <= 12:
         ax.legend(fontsize=6)

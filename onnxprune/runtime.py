@@ -66,10 +66,14 @@ class ModelRunner:
     def __call__(self, feeds: Feeds) -> list[np.ndarray]:
         return self.run(feeds)
 
-    def outputs(self, feeds_list: Sequence[Feeds]) -> list[np.ndarray]:
-        """Every output over all the feeds, samples concatenated along the first axis."""
+    def outputs(self, feeds_list: Sequence[Feeds], batch_axes: Mapping[str, int] | None = None) -> list[np.ndarray]:
+        """Every output over all the feeds, samples concatenated along the first axis (or the
+        output's axis in ``batch_axes``: sequence-first outputs)."""
         per_feed = [self(f) for f in feeds_list]
-        return [np.concatenate([o[i] for o in per_feed]) for i in range(len(self.output_names))]
+        axes = batch_axes or {}
+        return [
+            np.concatenate([o[i] for o in per_feed], axis=axes.get(name, 0)) for i, name in enumerate(self.output_names)
+        ]
 
     def _run_error(self, feeds: Feeds, exc: BaseException) -> OnnxPruneError:
         if self.pruned:

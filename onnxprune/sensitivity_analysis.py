@@ -23,7 +23,7 @@ from .analysis import ChannelAnalysis
 from .budget import MacsTracker
 from .compensation import reader_masks
 from .errors import UnsupportedModel
-from .fidelity import score_outputs
+from .fidelity import OutputMetric, fidelity_from_outputs, output_batch_axes, score_outputs
 from .masking import instrument_readers, mask_feeds
 from .planning import enforce_constraints
 from .runtime import session
@@ -76,6 +76,7 @@ class SensitivityResult:
     samples: int
     seconds: float
     trials: int
+    metrics: tuple[OutputMetric, ...] = ()  # what the fidelity is, per output, and why
 
     def to_dict(self) -> dict:
         return {
@@ -85,6 +86,7 @@ class SensitivityResult:
             "seconds": self.seconds,
             "trials": self.trials,
             "units": [u.to_dict() for u in self.units],
+            "metrics": {m.name: {"metric": m.metric, "reason": m.reason} for m in self.metrics},
         }
 
 
@@ -144,6 +146,7 @@ class TrialRunner:
             instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True
         )
         self.names = [o.name for o in model.graph.output]
+        self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
         names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
         # Samples go through in one batch when the batch is dynamic, else one by one.
         self.batches = (
@@ -164,7 +167,7 @@ class TrialRunner:
         for batch in self.batches:
             for i, value in enumerate(self.session.run({**batch, **extra}, self.names)):
                 outs[i].append(value)
-        return [np.concatenate(o) for o in outs]
+        return [np.concatenate(o, axis=self.batch_axes.get(n, 0)) for n, o in zip(self.names, outs)]
 
     def fidelity(
         self,
@@ -177,8 +180,17 @@ class TrialRunner:
             removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(key[0]), dtype=np.int64))
             outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
             self.runs += 1
-            self._cache[key] = (score_outputs(self.names, self.reference, outs, choices)[0], estimates)
+            self._cache[key] = (
+                score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0],
+                estimates,
+            )
         return self._cache[key][0]
+
+    def metrics(self, choices: Mapping[str, str] | None = None) -> tuple[OutputMetric, ...]:
+        """The metric of every output on these samples, and why (the reference decides)."""
+        ref = [[r] for r in self.reference]
+        figures = fidelity_from_outputs(self.names, ref, ref, choices, batch_axes=self.batch_axes)
+        return tuple(OutputMetric(f.name, f.metric, f.reason) for f in figures)
 
 
 def _take(unit: Unit, ratio: float, analysis: ChannelAnalysis) -> list[int]:
@@ -222,7 +234,13 @@ def measure_sensitivity(
                 progress(done, total)
         results.append(UnitSensitivity(unit, fid, saved))
     return SensitivityResult(
-        tuple(results), tuple(ratios), criterion, runner.samples, time.perf_counter() - start, total
+        tuple(results),
+        tuple(ratios),
+        criterion,
+        runner.samples,
+        time.perf_counter() - start,
+        total,
+        runner.metrics(choices),
     )
 
 

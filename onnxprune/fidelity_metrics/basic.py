@@ -1,0 +1,41 @@
+"""The two general metrics: top-1 agreement of class scores and cosine similarity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .result import MetricResult
+
+__all__ = ["cosine", "cosine_metric", "top1", "top1_agreement"]
+
+
+def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Cosine similarity of each sample (flattened), mean over the samples. An all-zero sample
+    is identical to an all-zero one (1) and unlike any other (0): it has no direction."""
+    r = reference.reshape(max(len(reference), 1), -1)
+    g = candidate.reshape(max(len(candidate), 1), -1)
+    norm_r, norm_g = np.linalg.norm(r, axis=1), np.linalg.norm(g, axis=1)
+    denom = norm_r * norm_g
+    dot = (r * g).sum(axis=1)
+    zero = np.where((norm_r == 0) & (norm_g == 0), 1.0, 0.0)
+    cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), zero)
+    return float(np.clip(cos, -1.0, 1.0).mean())
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """How often the largest entry along the last axis is at the same index (every sample and
+    position)."""
+    return float(np.mean(np.argmax(reference, axis=-1) == np.argmax(candidate, axis=-1)))
+
+
+def top1(reference: np.ndarray, candidate: np.ndarray) -> MetricResult:
+    """Classification: the fraction of samples (and positions, for [N, T, classes]) whose
+    largest class score is at the same index as the original's. Already in [0, 1]."""
+    return MetricResult(top1_agreement(reference, candidate))
+
+
+def cosine_metric(reference: np.ndarray, candidate: np.ndarray) -> MetricResult:
+    """Embeddings and everything else: cosine similarity per sample (flattened), mean over the
+    samples. 1 is the same direction at any scale; it is kept signed (down to -1, opposite) as
+    the score always was, so an opposite output ranks below an orthogonal one."""
+    return MetricResult(cosine(reference, candidate))
