@@ -122,6 +122,7 @@ def _prune(args: argparse.Namespace) -> int:
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),
         preprocess=args.preprocess,
         validate=args.validate,
+        calibration_limit=args.calibration_limit,
     )
     if args.max_drop is not None and not (args.quantize and config.explicit_budget):
         # The pruning search's budget; with another budget and --quantize, int8's alone.

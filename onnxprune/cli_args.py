@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs: activation criteria and compensation")
     b.add_argument(
+        "--calibration-limit",
+        type=int,
+        default=64,
+        metavar="N",
+        help="read at most N calibration samples (default 64); a reliable --min-fidelity F needs about 3/(1-F) of them",
+    )
+    b.add_argument(
         "--compensation",
         default="auto",
         choices=("auto", "none", "data-free", "calibration"),

@@ -7,7 +7,14 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-__all__ = ["format_report", "int8_note", "reason_counts", "validation_lines", "verification_lines"]
+__all__ = [
+    "format_report",
+    "generalisation_lines",
+    "int8_note",
+    "reason_counts",
+    "validation_lines",
+    "verification_lines",
+]
 
 
 def reason_counts(items: list[tuple[Sequence[str], int]]) -> Counter:
@@ -81,6 +88,7 @@ def format_report(d: dict) -> str:
             )
             if "metric" in f:
                 lines.append(f"    metric {f['metric']}: {metric_text(f)}")
+    lines += generalisation_lines(d.get("generalisation"))
     lines += validation_lines(d.get("validation"))
     kept = d["kept_groups"]
     if kept:
@@ -136,6 +144,17 @@ def format_report(d: dict) -> str:
     for note in d.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
+
+
+def generalisation_lines(g: dict | None) -> list[str]:
+    """Fidelity on the calibration samples (the plan was chosen on them) beside the held-out one."""
+    if not g:
+        return []
+    cal, held = g["calibration"], g["held_out"]
+    return [
+        f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them), "
+        f"{held['fidelity']:.4f} on the {held['samples']} held-out samples (gap {g['gap']:+.4f})"
+    ]
 
 
 def validation_lines(v: dict | None) -> list[str]:

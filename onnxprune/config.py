@@ -192,6 +192,12 @@ class PruneConfig:
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
         if self.macs_target is not None and not (0.0 < self.macs_target <= 1.0):
             raise UsageError(f"macs target must be in (0, 1], got {self.macs_target}")
+        if (
+            isinstance(self.calibration_limit, bool)
+            or not isinstance(self.calibration_limit, int)
+            or self.calibration_limit < 1
+        ):
+            raise UsageError(f"calibration limit must be a positive integer, got {self.calibration_limit!r}")
         if self.round_to < 1:
             raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))

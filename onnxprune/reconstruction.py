@@ -353,14 +353,22 @@ class ReconstructedTrials:
         from .fidelity import output_batch_axes
 
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
-        self.reference = run.outputs([f for _, judge in self.folds for f in judge], self.batch_axes)
+        self.references = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
+        self.reference = [
+            np.concatenate([r[i] for r in self.references], axis=self.batch_axes.get(n, 0))
+            for i, n in enumerate(self.names)
+        ]
 
     def fidelity(
         self,
         removed_groups: Sequence[int] | set[int],
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
+        *,
+        worst_half: bool = False,
     ) -> float:
+        """The cross-fitted fidelity; with ``worst_half`` the worse of the two judged halves'
+        (the search's judge, as sensitivity_analysis.TrialRunner's)."""
         from .fidelity import score_outputs
         from .surgery import apply_pruning
 
@@ -372,5 +380,10 @@ class ReconstructedTrials:
                 self.model, pruned, self.analysis, plan, fit, registry=self.registry, seed=self.seed, source=self.source
             )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
+        if worst_half:
+            return min(
+                score_outputs(self.names, r, p, choices, batch_axes=self.batch_axes)[0]
+                for r, p in zip(self.references, parts)
+            )
         outs = [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
         return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]

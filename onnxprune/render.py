@@ -172,6 +172,15 @@ def to_markdown(d: dict[str, Any]) -> str:
             )
         lines += ["", "Why each metric:", ""]
         lines += [f"- `{f['name']}`: **{f.get('metric', 'cosine')}**, {metric_text(f)}" for f in d["fidelity"]]
+    g = d.get("generalisation")
+    if g:
+        lines += [
+            "",
+            "| fidelity | samples | value |",
+            "|---|---:|---:|",
+            f"| on the calibration samples (the plan was chosen on them) | {g['calibration']['samples']} | {g['calibration']['fidelity']:.4f} |",
+            f"| on the held-out samples | {g['held_out']['samples']} | {g['held_out']['fidelity']:.4f} |",
+        ]
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):

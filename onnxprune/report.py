@@ -3,8 +3,9 @@ built from the analysis, the plan and the two models."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .fidelity import OutputFidelity
 from .verification import VerificationResult
@@ -83,6 +84,7 @@ class PruneReport:
     sensitivity: SensitivityResult | None = None  # with a fidelity budget: what allocation measured
     macs_unknown: str = ""  # why the MACs are unknown ("" when they are known)
     validation: ValidationResult | None = None  # the user's validation function: baseline, final, calls
+    generalisation: dict | None = None  # fidelity on the calibration samples beside the held-out one
 
     def to_dict(self) -> dict:
         return {
@@ -125,6 +127,7 @@ class PruneReport:
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "macs_unknown": self.macs_unknown or None,  # why macs_before/after are null
             "validation": None if self.validation is None else self.validation.to_dict(),
+            "generalisation": self.generalisation,
         }
 
 
@@ -150,6 +153,7 @@ def build_report(
     sensitivity: SensitivityResult | None = None,
     registry: RuleRegistry | None = None,
     validation: ValidationResult | None = None,
+    generalisation: Mapping[str, Any] | None = None,
 ) -> PruneReport:
     """The report of a pruning run: channels, parameters, MACs and size before and after, each
     changed layer, every kept group with its reasons, verification and fidelity (the keywords
@@ -236,4 +240,5 @@ def build_report(
         reconstructed_layers=tuple(reconstructed_layers),
         sensitivity=sensitivity,
         validation=validation,
+        generalisation=None if generalisation is None else dict(generalisation),
     )

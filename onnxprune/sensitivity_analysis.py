@@ -158,7 +158,7 @@ class TrialRunner:
         self.reference = self._run({})
         # A plan is never run twice (the search often re-measures a sensitivity trial): by
         # groups, the estimates object (kept alive with its entry) and the metric choices.
-        self._cache: dict[tuple, tuple[float, object]] = {}
+        self._cache: dict[tuple, tuple[float, float, object]] = {}
         self.runs = 0
 
     def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
@@ -169,22 +169,41 @@ class TrialRunner:
                 outs[i].append(value)
         return [np.concatenate(o, axis=self.batch_axes.get(n, 0)) for n, o in zip(self.names, outs)]
 
+    def _halves(self, outs: Sequence[np.ndarray]) -> list[list[np.ndarray]] | None:
+        """The outputs of the first and the second half of the samples, cut on each output's
+        batch axis (None when an output does not hold one row per sample there)."""
+        n = self.samples
+        axes = [self.batch_axes.get(name, 0) for name in self.names]
+        if n < 2 or any(np.ndim(o) <= ax or np.shape(o)[ax] != n for o, ax in zip(outs, axes)):
+            return None
+        cut = [np.split(np.asarray(o), [n // 2], axis=ax) for o, ax in zip(outs, axes)]
+        return [[c[0] for c in cut], [c[1] for c in cut]]
+
     def fidelity(
         self,
         removed_groups: Sequence[int] | set[int],
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
+        *,
+        worst_half: bool = False,
     ) -> float:
+        """The fidelity on the calibration samples with ``removed_groups`` masked; with
+        ``worst_half`` the worse of the two halves' (the search's judge, see ``allocate``)."""
         key = (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
         if key not in self._cache:
             removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(key[0]), dtype=np.int64))
             outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
             self.runs += 1
-            self._cache[key] = (
-                score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0],
-                estimates,
+            ba = self.batch_axes
+            pooled = score_outputs(self.names, self.reference, outs, choices, batch_axes=ba)[0]
+            halves, refs = self._halves(outs), self._halves(self.reference)
+            worst = (
+                min(score_outputs(self.names, r, o, choices, batch_axes=ba)[0] for r, o in zip(refs, halves))
+                if halves is not None and refs is not None
+                else pooled
             )
-        return self._cache[key][0]
+            self._cache[key] = (pooled, worst, estimates)
+        return self._cache[key][1 if worst_half else 0]
 
     def metrics(self, choices: Mapping[str, str] | None = None) -> tuple[OutputMetric, ...]:
         """The metric of every output on these samples, and why (the reference decides)."""
@@ -269,8 +288,8 @@ def allocate(
     """Per-unit ratios from the sensitivity curves: moves (raise one unit to its next ratio)
     are ordered greedily by fidelity lost per MAC saved (each unit alone); then the longest
     prefix of that order whose *measured* fidelity (all units together, on the calibration
-    inputs) stays >= min_fidelity is found by bisection; with macs_target, the shortest prefix
-    that reaches it. ``judge`` (a plan's groups -> kept or not) replaces the fidelity test:
+    inputs, the worse of its two halves) stays >= min_fidelity is found by bisection; with
+    macs_target, the shortest prefix that reaches it. ``judge`` (a plan's groups -> kept or not) replaces the fidelity test:
     the user's validation function. ``progress`` counts bisection steps. Returns (groups to
     remove, fidelity (nan when a judge decided), MACs after)."""
     ratios = sens.ratios
@@ -336,7 +355,13 @@ def allocate(
         floor = min_fidelity
 
         def judge(groups: set[int]) -> bool:
-            measured.append(runner.fidelity(groups, estimates, choices))
+            # Cross-validated: a plan is kept only when each half of the calibration samples
+            # keeps the floor on its own. The pooled figure can pass on one lucky half hiding
+            # one that fails, and the plan is then chosen for the samples it was judged on;
+            # the worse half is a lower estimate of what other data will show, at no extra
+            # trial (the halves are split from the one batch). With reconstruction the halves
+            # are the cross-fitted ones (reconstruction.ReconstructedTrials).
+            measured.append(runner.fidelity(groups, estimates, choices, worst_half=True))
             return measured[-1] >= floor
 
     lo, hi = 0, size

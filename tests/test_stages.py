@@ -54,6 +54,7 @@ REPORT_KEYS = [
     "sensitivity",
     "macs_unknown",
     "validation",  # the user's validation function (None without one), added last
+    "generalisation",  # calibration vs held-out fidelity (None without held-out samples)
 ]
 
 

@@ -3,6 +3,7 @@ budget from measured sensitivity, or a given plan), and what replaces them (comp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ __all__ = [
     "plan",
     "score",
     "sensitivity_trials",
+    "small_calibration_note",
     "validator",
 ]
 
@@ -309,6 +311,29 @@ def sensitivity_trials(
     return SensitivityTrials(result, runner, tracker, values, group, protected)
 
 
+def small_calibration_note(config: PruneConfig, samples: int, read: int) -> str:
+    """A note when ``samples`` calibration samples cannot resolve the fidelity floor: with no
+    disagreement among n samples the 95% upper bound on the disagreement rate is 3/n (the rule
+    of three), so a floor F needs n >= 3 / (1 - F); "" when there are enough."""
+    floor = config.fidelity_floor
+    if floor is None or floor >= 1.0:
+        return ""
+    need = math.ceil(3.0 / (1.0 - floor) - 1e-9)
+    if samples >= need:
+        return ""
+    capped = (
+        f" (at most --calibration-limit {config.calibration_limit} samples are read)"
+        if read >= config.calibration_limit
+        else ""
+    )
+    return (
+        f"calibration set small for fidelity >= {floor:g}: the search judged plans on {samples} calibration samples, "
+        f"a reliable {floor:g} needs about {need} (rule of three: with no disagreement among n samples the disagreement "
+        f"rate is below 3/n at 95% confidence, so resolving 1 - F = {1.0 - floor:.3g} takes n >= 3 / (1 - F)); "
+        f"the plan may lose more on other data: give more samples{capped}"
+    )
+
+
 def _allocated_plan(
     loaded: LoadedModel,
     analysis: ChannelAnalysis,
@@ -364,6 +389,10 @@ def _allocated_plan(
         )
 
     the_plan = finish_plan(analysis, config, groups, trials.scores, pinned_reasons(analysis), kept_reason)
+    if not searched and config.macs_target is None:
+        small = small_calibration_note(config, len(feeds), len(feeds) + len(data.evaluation or []))
+        if small:
+            the_plan = replace(the_plan, notes=(*the_plan.notes, small))
     if config.macs_target is not None and trials.tracker.original:
         reached = trials.tracker.evaluate(the_plan.removed_groups) / trials.tracker.original
         if reached > config.macs_target:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
@@ -74,6 +75,9 @@ class Verified:
     feeds: Feeds
     inputs: str
     on_random_inputs: bool = False
+    # The calibration samples when ``feeds`` are held-out evaluation samples (the fidelity is
+    # then measured on both, side by side); empty otherwise.
+    calibration: Feeds = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Measured:
     fidelity: tuple[OutputFidelity, ...] | None = None
     score: float | None = None
     metrics: tuple[OutputScore, ...] | None = None
+    generalisation: Mapping[str, Any] | None = None  # calibration vs held-out fidelity, with counts
 
 
 def measure_original(loaded: LoadedModel, analysis: ChannelAnalysis, registry: RuleRegistry | None = None) -> Original:
@@ -166,13 +171,15 @@ def verify(
     feeds: Feeds = []
     inputs = "none"
     on_random = False
+    calibration: Feeds = ()
     if data.evaluation:
         feeds, inputs = data.evaluation, f"{len(data.evaluation)} evaluation samples ({data.note or 'given'})"
+        calibration = data.calibration or ()
     elif config.verify or not pruning_plan.exact:
         feeds, inputs = verification_feeds(loaded.proto, config, source)
         on_random = not config.verification_inputs
     if not config.verify:
-        return Verified(None, "original", feeds, inputs, on_random)
+        return Verified(None, "original", feeds, inputs, on_random, calibration)
     reference: onnx.ModelProto | str = loaded.runnable
     kind = "original"
     if not pruning_plan.exact:
@@ -213,7 +220,7 @@ def verify(
             )
     if not result.passed:
         raise VerificationFailed(f"{source}: verification failed: {failure_text(result, kind)}; nothing written")
-    return Verified(result, kind, feeds, inputs, on_random)
+    return Verified(result, kind, feeds, inputs, on_random, calibration)
 
 
 def recover(
@@ -265,15 +272,27 @@ def measure(
     verified: Verified,
     run: Run,
 ) -> Measured:
-    """The fidelity of a lossy run on the inputs it was verified on: per output, and its score."""
+    """The fidelity of a lossy run on the inputs it was verified on: per output, and its score;
+    with held-out evaluation samples, also on the calibration samples the plan was chosen on,
+    side by side (``generalisation``): the gap is what choosing on them cost elsewhere."""
     if pruning_plan.exact:
         return Measured()
     from ..fidelity import fidelity, run_score
 
-    outputs = fidelity(
-        loaded.runnable, runnable(pruned, staged), verified.feeds, run.config.fidelity_metrics, source=loaded.source
-    )
-    return Measured(outputs, *run_score(outputs))
+    choices, model = run.config.fidelity_metrics, runnable(pruned, staged)
+    outputs = fidelity(loaded.runnable, model, verified.feeds, choices, source=loaded.source)
+    score, metrics = run_score(outputs)
+    general = None
+    if verified.calibration:
+        on_calibration = run_score(
+            fidelity(loaded.runnable, model, verified.calibration, choices, source=loaded.source)
+        )
+        general = {
+            "calibration": {"samples": len(verified.calibration), "fidelity": on_calibration[0]},
+            "held_out": {"samples": len(verified.feeds), "fidelity": score},
+            "gap": on_calibration[0] - score,
+        }
+    return Measured(outputs, score, metrics, general)
 
 
 def write(
@@ -331,6 +350,7 @@ def report(
         fidelity_metrics=measured.metrics,
         evaluation=verified.inputs,
         data_note=data.note,
+        generalisation=measured.generalisation,
         reconstructed_layers=recovered.layers,
         sensitivity=planned.sensitivity,
         registry=run.registry,

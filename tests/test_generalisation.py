@@ -1,0 +1,82 @@
+"""Plans chosen on calibration samples, judged on held-out ones: the report's calibration and
+held-out fidelity side by side, the search's judge (the worse of two halves), and the note
+when the calibration set is too small for the fidelity asked for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.config import PruneConfig
+from onnxprune.runtime import session
+from onnxprune.sensitivity_analysis import TrialRunner
+from onnxprune.stages.decide import small_calibration_note
+from onnxprune.testing import GraphBuilder
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def _two_channel_classifier() -> onnx.ModelProto:
+    """x [N, 2, 1, 1] -> 1x1 Conv (identity) -> Flatten -> Gemm (identity): the class scores
+    are the input's two channels, and the Conv's channels are prunable."""
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("x", [None, 2, 1, 1])
+    eye = np.eye(2, dtype=np.float32)
+    conv = b.conv(x, 2, k=1, pads=0, bias=False, weight=b.const(eye.reshape(2, 2, 1, 1), "W"))
+    flat = b.op("Flatten", conv, axis=1)
+    b.output(b.op("Gemm", flat, b.const(eye, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
+    return b.build()
+
+
+def test_search_judges_the_worse_half() -> None:
+    model = _two_channel_classifier()
+    analysis = onnxprune.analyze(model)
+    # First half: channel 1 wins (0.5 < 1); second half: channel 0 wins (2 > 1). Removing
+    # channel 0 (replaced by 0) keeps every first-half answer and flips every second-half one.
+    feeds = [{"x": np.array([[[[0.5]], [[1.0]]]], np.float32)}] * 4 + [
+        {"x": np.array([[[[2.0]], [[1.0]]]], np.float32)}
+    ] * 4
+    conv = next(s for s in analysis.sources if s.op == "Conv")
+    channel0 = int(analysis.roots(conv.ids)[0])
+    runner = TrialRunner(model, analysis, feeds)
+    assert runner.fidelity([channel0], None) == pytest.approx(0.5)  # pooled: half the answers kept
+    assert runner.fidelity([channel0], None, worst_half=True) == 0.0  # the second half loses them all
+    assert runner.runs == 1  # both figures from one run: the plan is cached, never run twice
+    assert runner.fidelity([channel0], None) == pytest.approx(0.5) and runner.runs == 1
+
+
+def test_report_gives_calibration_and_held_out_fidelity_side_by_side() -> None:
+    calib = FIXTURES / "digits_calibration.npz"
+    r = onnxprune.prune(FIXTURES / "digits_cnn.onnx", calibration=str(calib), min_fidelity=0.99)
+    g = r.report.to_dict()["generalisation"]
+    x = np.load(calib)["input"]
+    cal, held = x[[i for i in range(len(x)) if i % 4 != 3]], x[3::4]  # the 3:1 split
+    assert g["calibration"]["samples"] == len(cal) == 48 and g["held_out"]["samples"] == len(held) == 16
+    original, pruned = session(str(FIXTURES / "digits_cnn.onnx")), session(r.model)
+
+    def agreement(samples: np.ndarray) -> float:
+        return float(np.mean(original({"input": samples})[0].argmax(1) == pruned({"input": samples})[0].argmax(1)))
+
+    assert g["calibration"]["fidelity"] == pytest.approx(agreement(cal), abs=1e-12)
+    assert g["held_out"]["fidelity"] == pytest.approx(agreement(held), abs=1e-12) == r.report.fidelity_score
+    assert g["gap"] == pytest.approx(g["calibration"]["fidelity"] - g["held_out"]["fidelity"])
+    assert any("calibration set small for fidelity >= 0.99" in n and "needs about 300" in n for n in r.report.notes)
+
+
+def test_small_calibration_note_follows_the_rule_of_three() -> None:
+    config = PruneConfig(min_fidelity=0.99, calibration="c.npz")
+    note = small_calibration_note(config, 48, 64)
+    assert "48 calibration samples" in note and "needs about 300" in note and "rule of three" in note
+    assert "--calibration-limit 64" in note  # 64 read: the limit is what capped them
+    assert "--calibration-limit" not in small_calibration_note(config, 48, 60)
+    assert small_calibration_note(config, 300, 400) == ""
+    assert "needs about 60" in small_calibration_note(PruneConfig(min_fidelity=0.95, calibration="c.npz"), 59, 59)
+    assert small_calibration_note(PruneConfig(min_fidelity=0.95, calibration="c.npz"), 60, 60) == ""
+    assert small_calibration_note(PruneConfig(min_fidelity=1.0, calibration="c.npz"), 5, 5) == ""
+    assert "needs about 100" in small_calibration_note(PruneConfig(max_drop="3%", calibration="c.npz"), 10, 10)
+    with pytest.raises(onnxprune.UsageError, match="calibration limit"):
+        PruneConfig(calibration_limit=0)
