@@ -30,7 +30,7 @@ class FidelityAgainst:
         return {
             "reference": self.reference,
             "score": self.score,
-            "metrics": {s.name: {"metric": s.metric, "value": s.value} for s in self.scores},
+            "metrics": {s.name: {"metric": s.metric, "value": s.value, "reason": s.reason} for s in self.scores},
             "outputs": [o.to_dict() for o in self.outputs],
         }
 

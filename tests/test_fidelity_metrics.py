@@ -16,7 +16,13 @@ from onnx import TensorProto, helper
 import onnxprune
 from onnxprune.config import PruneConfig, QuantizeConfig
 from onnxprune.errors import UsageError
-from onnxprune.fidelity import fidelity_from_outputs, output_batch_axes, parse_metric_choices, score_outputs
+from onnxprune.fidelity import (
+    fidelity_from_outputs,
+    output_batch_axes,
+    parse_metric_choices,
+    run_score,
+    score_outputs,
+)
 from onnxprune.fidelity_metrics import (
     cosine,
     ctc,
@@ -330,7 +336,9 @@ def test_every_report_shows_the_metric_and_why() -> None:
     got = ref.copy()
     got[0, 30, 7] = 6.0
     outputs = fidelity_from_outputs(["seq"], [[ref]], [[got]])
-    against = FidelityAgainst("float model", 0.5, (), outputs).to_dict()
+    against = FidelityAgainst("float model", 0.5, run_score(outputs)[1], outputs).to_dict()
+    assert against["metrics"]["seq"]["metric"] == "ctc" and against["metrics"]["seq"]["value"] == 0.5
+    assert against["metrics"]["seq"]["reason"].startswith("shape [N,40,12]: 12 class scores per step")
     quant = {
         "model": "m.onnx",
         "output": "q.onnx",

@@ -36,10 +36,11 @@ def dense(reference: np.ndarray, candidate: np.ndarray, threshold: float | None 
     else:
         t, rule = np.full(n, float(threshold)), f"{threshold:g} (given)"
     above_r, above_g = r > t[:, None], g > t[:, None]
-    if not above_r.any():
+    count_r = np.count_nonzero(above_r, axis=1)
+    if not count_r.any():
         raise NothingToCompare(f"no value above the threshold {rule} in the reference")
-    inter = (above_r & above_g).sum(axis=1)
-    union = (above_r | above_g).sum(axis=1)
+    inter = np.count_nonzero(above_r & above_g, axis=1)
+    union = count_r + np.count_nonzero(above_g, axis=1) - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     span = float(r.max() - r.min()) if r.size else 0.0
     err = np.abs(r - g)
@@ -49,7 +50,7 @@ def dense(reference: np.ndarray, candidate: np.ndarray, threshold: float | None 
             "threshold": rule,
             "iou": float(iou.mean()),
             "worst_sample_iou": float(iou.min()),
-            "reference_above": float(above_r.mean()),
+            "reference_above": float(count_r.sum() / max(r.size, 1)),
             "max_error_of_range": float(err.max() / span) if span > 0 else float(err.max() > 0),
             "mean_error_of_range": float(err.mean() / span) if span > 0 else float(err.mean() > 0),
         },
