@@ -111,11 +111,38 @@ def test_end_to_end_credit_follows_box_iou_and_class() -> None:
     assert stricter.value == 1.0 and stricter.details["reference_detections"] == 2
 
 
-def test_raw_head_is_compared_anchor_by_anchor() -> None:
+def test_raw_head_detections_are_compared_after_nms() -> None:
     ref = _raw_head()
     got = ref.copy()
     got[0, 4:, 3] = got[0, 4:, 3][::-1]  # anchor 3 changes class (0 -> 1): 4 of 5 agree
-    assert detection(ref, got).value == pytest.approx(4 / 5, abs=1e-12)
+    r = detection(ref, got)
+    assert r.value == pytest.approx(4 / 5, abs=1e-12) and r.details["class_agreement"] == 0.8
+    # Three anchors see one object; NMS keeps the best. A duplicate dropping below the
+    # threshold changes nothing the post-processing returns.
+    dup = np.zeros((1, 5, 200))
+    dup[0, :4] = [[300], [300], [100], [100]]  # every anchor: the same box (cx, cy, w, h)
+    dup[0, 2:4, 1] = 96  # anchor 1: slightly smaller, IoU 0.92 with the others
+    dup[0, 4, :3] = [0.9, 0.3, 0.28]
+    fewer = dup.copy()
+    fewer[0, 4, 2] = 0.2
+    assert detection(dup, fewer).value == 1.0 and detection(dup, fewer).details["reference_detections"] == 1
+    assert detection(dup, fewer, nms=1.0).value == pytest.approx(2 / 3, abs=1e-12)  # no suppression: 3 vs 2
+
+
+def test_nms_keeps_the_best_of_each_class() -> None:
+    from onnxprune.fidelity_metrics.detection import nms
+
+    rows = np.array(
+        [
+            [0, 0, 10, 10, 0.5, 0],
+            [0, 0, 10, 9, 0.9, 0],  # IoU 0.9 with the first: it goes
+            [0, 0, 10, 10, 0.8, 1],  # another class: stays
+            [20, 20, 30, 30, 0.7, 0],
+        ]
+    )
+    assert nms(rows, 0.7)[:, 4].tolist() == [0.9, 0.8, 0.7]
+    assert nms(rows, 0.95)[:, 4].tolist() == [0.9, 0.8, 0.7, 0.5]
+    assert nms(rows, 0.7, most=2)[:, 4].tolist() == [0.9, 0.8]
 
 
 # -- sequences / CTC -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ cosine     embeddings and everything else: cosine similarity per sample
 ========== ============================================================================
 
 A metric may take parameters, written ``metric:key=value,key=value``: ``ctc:blank=K``,
-``dense:threshold=T``, ``detection:score=S,iou=I``.
+``dense:threshold=T``, ``detection:score=S,iou=I,nms=J``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ _PARAMS: dict[str, dict[str, Callable[[str], float | int]]] = {
     "top1": {},
     "ctc": {"blank": int},
     "dense": {"threshold": float},
-    "detection": {"score": float, "iou": float},
+    "detection": {"score": float, "iou": float, "nms": float},
     "cosine": {},
 }
 
@@ -90,7 +90,7 @@ def parse_metric(spec: str) -> tuple[str, dict[str, float | int]]:
             raise _usage(spec, f"{key} must be a number, got {value!r}") from None
         if key == "blank" and params[key] < 0:
             raise _usage(spec, "the blank is a class index (>= 0)")
-        if key in ("score", "iou") and not 0.0 < params[key] <= 1.0:
+        if key in ("score", "iou", "nms") and not 0.0 < params[key] <= 1.0:
             raise _usage(spec, f"{key} must be in (0, 1]")
     return name, params
 

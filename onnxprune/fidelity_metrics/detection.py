@@ -1,9 +1,10 @@
 """Detection heads: the detections above a score threshold, their classes and boxes.
 
 Two layouts. End-to-end heads give [N, K, 6] rows (x1, y1, x2, y2, score, class) whose order
-may change with the scores, so the two sets are matched greedily by IoU. Raw heads give, per
-anchor, a box (cx, cy, w, h) and class scores ([N, anchors, 4 + C], or [N, 4 + C, anchors]):
-anchors are the same positions in both models, so they are compared anchor by anchor.
+may change with the scores. Raw heads give, per anchor, a box (cx, cy, w, h) and class scores
+([N, anchors, 4 + C], or [N, 4 + C, anchors]); they are decoded and NMS'd as their
+post-processing would, so duplicates of one object flickering at the threshold do not count.
+Either way the two sets of detections are matched greedily by IoU.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import numpy as np
 
 from .result import MetricResult, NothingToCompare
 
-__all__ = ["box_iou", "coco_credit", "detection", "detection_layout", "paired_iou"]
+__all__ = ["box_iou", "coco_credit", "detection", "detection_layout", "nms"]
+
+MAX_CANDIDATES = 1000  # boxes above the score threshold that enter NMS, best first
+MAX_DETECTIONS = 300  # kept after it (Ultralytics' max_det)
 
 # COCO's IoU thresholds 0.50:0.05:0.95: a detection's credit is the share it passes.
 _COCO = np.linspace(0.5, 0.95, 10)
@@ -42,15 +46,6 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _iou(inter, union, np.all(a[:, None] == b[None, :], axis=-1))
 
 
-def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of each box in ``a`` with the box at the same index in ``b`` (x1, y1, x2, y2)."""
-    lt = np.maximum(a[..., :2], b[..., :2])
-    rb = np.minimum(a[..., 2:], b[..., 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    union = _area(a) + _area(b) - inter
-    return _iou(inter, union, np.all(a == b, axis=-1))
-
-
 def detection_layout(reference: np.ndarray) -> str:
     """'end-to-end' for [N, K, 6] rows whose last column is a whole class index, 'anchors-last'
     for [N, 4 + C, anchors], 'anchors-first' for [N, anchors, 4 + C]; ValueError otherwise."""
@@ -67,51 +62,44 @@ def detection_layout(reference: np.ndarray) -> str:
 
 def _match(iou: np.ndarray, least: float) -> list[tuple[int, int]]:
     """Greedy matching: the pair of highest IoU first, each detection used once, pairs below
-    ``least`` never matched."""
-    iou = iou.copy()
+    ``least`` never matched (ties: the earlier row, then the earlier column)."""
+    i, j = np.nonzero(iou >= least)
+    order = np.lexsort((j, i, -iou[i, j]))
+    used_r, used_g = set(), set()
     pairs = []
-    for _ in range(min(iou.shape)):
-        i, j = np.unravel_index(np.argmax(iou), iou.shape)
-        if iou[i, j] < least:
-            break
-        pairs.append((int(i), int(j)))
-        iou[i, :] = -1.0
-        iou[:, j] = -1.0
+    for a, b in zip(i[order].tolist(), j[order].tolist()):
+        if a not in used_r and b not in used_g:
+            used_r.add(a)
+            used_g.add(b)
+            pairs.append((a, b))
     return pairs
 
 
-def _end_to_end(ref: np.ndarray, got: np.ndarray, score: float, least: float) -> MetricResult:
+def _compare(refs: list[np.ndarray], gots: list[np.ndarray], least: float) -> tuple[float, dict]:
+    """Per sample, the detections of both models (rows x1, y1, x2, y2, score, class) matched
+    greedily by IoU; the mean score over samples and the figures behind it."""
     values, n_ref, n_got, matched, same_class, ious = [], 0, 0, 0, 0, []
-    if not (ref[..., 4] >= score).any():
-        raise NothingToCompare(f"no detection with score >= {score:g} in the reference")
-    for r, g in zip(ref, got):
-        r, g = r[r[:, 4] >= score], g[g[:, 4] >= score]
+    for r, g in zip(refs, gots):
         n_ref, n_got = n_ref + len(r), n_got + len(g)
         if not len(r) and not len(g):
             values.append(1.0)
             continue
         iou = box_iou(r[:, :4], g[:, :4]) if len(r) and len(g) else np.zeros((len(r), len(g)))
         pairs = _match(iou, least)
-        credit = 0.0
-        for i, j in pairs:
-            agree = r[i, 5] == g[j, 5]
-            credit += float(coco_credit(iou[i, j])) * agree
-            same_class += int(agree)
-            ious.append(iou[i, j])
+        ri, gj = np.array([p[0] for p in pairs], int), np.array([p[1] for p in pairs], int)
+        agree = r[ri, 5] == g[gj, 5]
+        credit = float((coco_credit(iou[ri, gj]) * agree).sum())
+        same_class += int(agree.sum())
+        ious.extend(iou[ri, gj].tolist())
         matched += len(pairs)
         values.append(credit / (len(r) + len(g) - len(pairs)))
-    return MetricResult(
-        float(np.mean(values)),
-        {
-            "layout": "end-to-end (x1, y1, x2, y2, score, class)",
-            "score_threshold": score,
-            "reference_detections": n_ref,
-            "candidate_detections": n_got,
-            "matched": matched,
-            "class_agreement": same_class / matched if matched else 0.0,
-            "mean_iou": float(np.mean(ious)) if ious else 0.0,
-        },
-    )
+    return float(np.mean(values)), {
+        "reference_detections": n_ref,
+        "candidate_detections": n_got,
+        "matched": matched,
+        "class_agreement": same_class / matched if matched else 0.0,
+        "mean_iou": float(np.mean(ious)) if ious else 0.0,
+    }
 
 
 def _xyxy(cxcywh: np.ndarray) -> np.ndarray:
@@ -119,43 +107,62 @@ def _xyxy(cxcywh: np.ndarray) -> np.ndarray:
     return np.concatenate([c - half, c + half], axis=-1)
 
 
-def _anchors(ref: np.ndarray, got: np.ndarray, score: float, layout: str) -> MetricResult:
-    if layout == "anchors-last":
-        ref, got = np.swapaxes(ref, 1, 2), np.swapaxes(got, 1, 2)
-    sr, sg = ref[..., 4:], got[..., 4:]
-    pr, pg = sr.max(axis=-1), sg.max(axis=-1)
-    above_r, above_g = pr >= score, pg >= score
-    if not above_r.any():
-        raise NothingToCompare(f"no anchor with a class score >= {score:g} in the reference")
-    agree = above_r & above_g & (sr.argmax(axis=-1) == sg.argmax(axis=-1))
-    credit = np.where(agree, coco_credit(paired_iou(_xyxy(ref[..., :4]), _xyxy(got[..., :4]))), 0.0)
-    union = (above_r | above_g).sum(axis=1)
-    values = np.where(union > 0, credit.sum(axis=1) / np.maximum(union, 1), 1.0)
-    both = above_r & above_g
-    return MetricResult(
-        float(values.mean()),
-        {
-            "layout": f"raw head, {layout} (cx, cy, w, h, {sr.shape[-1]} class scores per anchor)",
-            "score_threshold": score,
-            "reference_detections": int(above_r.sum()),
-            "candidate_detections": int(above_g.sum()),
-            "matched": int(both.sum()),
-            "class_agreement": float(agree.sum() / both.sum()) if both.any() else 0.0,
-            "mean_iou": float(paired_iou(_xyxy(ref[..., :4]), _xyxy(got[..., :4]))[both].mean()) if both.any() else 0.0,
-        },
-    )
+def nms(rows: np.ndarray, overlap: float, most: int = MAX_DETECTIONS) -> np.ndarray:
+    """Class-aware non-maximum suppression of rows (x1, y1, x2, y2, score, class), best score
+    first: a row goes when it overlaps a kept row of its class by more than ``overlap`` IoU.
+    At most ``most`` rows are kept (of the best ``MAX_CANDIDATES``)."""
+    rows = rows[np.argsort(-rows[:, 4], kind="stable")][:MAX_CANDIDATES]
+    keep: list[int] = []
+    for c in np.unique(rows[:, 5]):  # classes apart: a few small IoU matrices, not one big one
+        idx = np.nonzero(rows[:, 5] == c)[0]
+        iou = box_iou(rows[idx, :4], rows[idx, :4])
+        gone = np.zeros(len(idx), bool)
+        for k in range(len(idx)):
+            if not gone[k]:
+                keep.append(int(idx[k]))
+                gone |= iou[k] > overlap
+    return rows[sorted(keep)[:most]]  # indices in score order: the best ``most``
 
 
-def detection(reference: np.ndarray, candidate: np.ndarray, score: float = 0.25, iou: float = 0.5) -> MetricResult:
-    """Detection heads (samples first). The detections are those with score >= ``score``
-    (0.25, as Ultralytics predicts by default) in either model; a pair of detections, one from
-    each model, counts when it is matched (end-to-end: greedily by IoU, at least ``iou``; raw
-    heads: the same anchor) and has the same class; its credit is the share of COCO's IoU
-    thresholds 0.50:0.05:0.95 its boxes reach (1 from IoU 0.95). Per sample the score is the
-    credit over the detections of either model, counting a matched pair once (a soft IoU of
-    the two sets): a sample where neither model detects anything is identical (1). Mean over
-    samples. Raises NothingToCompare when the reference has no detection at all."""
+def _decoded(head: np.ndarray, score: float, overlap: float) -> list[np.ndarray]:
+    """Per sample of a raw head [N, anchors, 4 + C], its detections after NMS as rows."""
+    out = []
+    for sample in head:
+        scores = sample[:, 4:]
+        best = scores.max(axis=1)
+        keep = best >= score
+        rows = np.concatenate(
+            [_xyxy(sample[keep, :4]), best[keep, None], scores[keep].argmax(axis=1)[:, None].astype(np.float64)],
+            axis=1,
+        )
+        out.append(nms(rows, overlap))
+    return out
+
+
+def detection(
+    reference: np.ndarray, candidate: np.ndarray, score: float = 0.25, iou: float = 0.5, nms: float = 0.7
+) -> MetricResult:
+    """Detection heads (samples first). The detections of each model are those with score >=
+    ``score`` (0.25, as Ultralytics predicts by default); a raw head's are its anchors' boxes
+    (cx, cy, w, h -> corners) with their best class, after class-aware NMS at IoU ``nms``
+    (0.7, Ultralytics' default), as its post-processing would give them. The two sets are
+    matched greedily by IoU (at least ``iou``; the rows of an end-to-end head may come in any
+    order); a matched pair of the same class earns the share of COCO's IoU thresholds
+    0.50:0.05:0.95 its boxes reach (1 from IoU 0.95). Per sample the score is that credit over
+    the detections of either model, a matched pair counted once (a soft IoU of the two sets);
+    a sample where neither model detects anything is identical (1). Mean over samples.
+    Raises NothingToCompare when the reference has no detection at all."""
     layout = detection_layout(reference)
     if layout == "end-to-end":
-        return _end_to_end(reference, candidate, score, iou)
-    return _anchors(reference, candidate, score, layout)
+        refs = [r[r[:, 4] >= score] for r in reference]
+        gots = [g[g[:, 4] >= score] for g in candidate]
+        what = "end-to-end (x1, y1, x2, y2, score, class)"
+    else:
+        if layout == "anchors-last":
+            reference, candidate = np.swapaxes(reference, 1, 2), np.swapaxes(candidate, 1, 2)
+        refs, gots = _decoded(reference, score, nms), _decoded(candidate, score, nms)
+        what = f"raw head, {layout} (cx, cy, w, h and {reference.shape[-1] - 4} class scores per anchor), NMS at IoU {nms:g}"
+    if not any(len(r) for r in refs):
+        raise NothingToCompare(f"no detection with score >= {score:g} in the reference")
+    value, figures = _compare(refs, gots, iou)
+    return MetricResult(value, {"layout": what, "score_threshold": score, **figures})
