@@ -29,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .cli_openvino import bench_command
 
             return bench_command(args)
+        if args.command == "latency-table":
+            from .cli_latency import latency_table_command
+
+            return latency_table_command(args)
         if args.command == "sensitivity":
             return _sensitivity(args)
         if args.command == "quantize":

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["build_parser"]
+__all__ = ["build_parser", "latency_options"]
+
+
+def latency_options(p: argparse.ArgumentParser) -> None:
+    """How the user deploys, for latency measurement (onnxprune.latency.LatencySettings)."""
+    g = p.add_argument_group("deployment (latency is measured as deployed)")
+    g.add_argument("--backend", choices=("openvino", "onnxruntime"), default="openvino", help="runtime (CPU)")
+    g.add_argument(
+        "--batch", type=int, default=1, help="batch size (default 1; needs a dynamic batch if not the model's)"
+    )
+    g.add_argument("--threads", type=int, help="inference threads (default: the runtime's choice)")
+    g.add_argument("--hint", choices=("latency", "throughput"), default="latency", help="OpenVINO performance hint")
+    g.add_argument(
+        "--precision",
+        choices=("f32", "bf16", "f16"),
+        default="f32",
+        help="OpenVINO inference precision (default f32; the CPU plugin would pick bf16 where the CPU has it)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,6 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
     bn.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+    lt = sub.add_parser(
+        "latency-table",
+        help="measure each prunable unit's latency at a few channel counts on this machine (cached) and show the table",
+    )
+    lt.add_argument("model", help="input .onnx file (never modified)")
+    latency_options(lt)
+    lt.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
+    )
+    lt.add_argument("--json", metavar="T.json", help="write the table as JSON")
+    lt.add_argument("--plot", metavar="T.png", help="plot each unit's measured points and fitted curve")
+    lt.add_argument("--no-cache", action="store_true", help="measure again even if a cached table matches")
+    lt.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="cache root (default $ONNXPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/onnxprune, else ~/.cache/onnxprune)",
+    )
+    lt.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per unit (default 7)")
+    lt.add_argument(
+        "--seconds-per-unit", type=float, default=1.0, help="timing spent on each unit's variants (default 1.0)"
+    )
+    lt.add_argument("--timer", help=argparse.SUPPRESS)  # tests: MODULE:FACTORY of a stand-in timer
+    lt.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
     se = sub.add_parser("sensitivity", help="fidelity after removing 10/25/50%% of each unit of tied layers alone")
     se.add_argument("model", help="input .onnx file")

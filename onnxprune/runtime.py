@@ -93,13 +93,14 @@ def session(
     what: str = "the model",
     pruned: bool = False,
     optimize: bool = False,
+    threads: int | None = None,
 ) -> ModelRunner:
     """An onnxruntime session of ``model`` on the CPU. ``model`` may be the path of a saved
     model: onnxruntime then reads the file itself, and the model is not encoded again; models
     over 2 GB go through a temporary folder. Without ``optimize`` graph optimisations are off,
     so the graph itself is what runs (what verification must check). ``source`` (the model
     file) and ``what`` (which model derived from it) name it in errors; ``pruned`` makes
-    failures a VerificationFailed."""
+    failures a VerificationFailed. ``threads``: onnxruntime's intra-op threads (None: its choice)."""
     ort = _onnxruntime()
     expanded = False
     if isinstance(model, onnx.ModelProto) and has_fake_quantize(model):
@@ -107,6 +108,8 @@ def session(
     opts = ort.SessionOptions()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
     opts.log_severity_level = 4  # its errors reach the user as ours, on one line: no log on stderr
     providers = ["CPUExecutionProvider"]
     try:

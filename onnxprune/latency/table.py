@@ -138,6 +138,7 @@ class LatencyTable:
     settings: LatencySettings = field(default_factory=LatencySettings)
     seconds: float = 0.0  # time it took to build
     notes: tuple[str, ...] = ()
+    cached: bool = field(default=False, compare=False)  # read from the cache (not stored)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", MappingProxyType({str(k): str(v) for k, v in self.key.items()}))

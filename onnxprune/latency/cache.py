@@ -1,0 +1,121 @@
+"""The latency table cache: one JSON file per model and deployment in the user's cache folder
+(``$ONNXPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxprune``, else ``~/.cache/onnxprune``;
+tables under ``latency/``). A table is valid only where its key matches: the CPU, the runtime
+and its version, precision, batch, threads, hint, the input shapes and the model file's bytes
+(sha256). A cache hit reads no model and times nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Mapping, Sequence
+
+from ..errors import UsageError
+from .table import LatencySettings, LatencyTable
+
+__all__ = ["METHOD", "cache_dir", "cache_path", "cpu_name", "file_sha256", "load_cached", "store", "table_key"]
+
+# Bumped whenever the way tables are measured changes: older tables are then rebuilt.
+METHOD = "subgraph/1"
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> str:
+    """The folder latency tables are cached in: ``latency/`` under ``override`` (the cache root
+    a caller chose) or the root the module docstring says."""
+    root = os.fspath(override) if override else os.environ.get("ONNXPRUNE_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "onnxprune")
+    return os.path.join(root, "latency")
+
+
+def cpu_name() -> str:
+    """The CPU's model name, core count and a digest of its feature flags (two VMs that both
+    call themselves 'AMD EPYC' may differ in AVX-512 or bf16 support)."""
+    name, flags = "", ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key == "flags" and not flags:
+                    flags = " ".join(sorted(value.split()))
+    except OSError:  # not Linux: what the platform says
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:8] if flags else "unknown"
+    return f"{name} ({os.cpu_count()} cpus, flags {digest})"
+
+
+def file_sha256(path: str) -> str:
+    """The model file's sha256 (its bytes only: external-data files beside it are not read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def table_key(
+    model_sha256: str,
+    settings: LatencySettings,
+    runtime: str,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    criterion: str = "l2",
+) -> dict[str, str]:
+    """Everything a table's numbers depend on, as strings."""
+    shapes = ";".join(f"{k}:{','.join(str(d) for d in v)}" for k, v in sorted((input_shapes or {}).items()))
+    return {
+        "cpu": cpu_name(),
+        "runtime": runtime,
+        "backend": settings.backend,
+        "device": settings.device,
+        "precision": settings.precision,
+        "batch": str(settings.batch),
+        "threads": "auto" if settings.threads is None else str(settings.threads),
+        "hint": settings.hint,
+        "input_shapes": shapes or "model's",
+        "criterion": criterion,
+        "method": METHOD,
+        "model_sha256": model_sha256,
+    }
+
+
+def cache_path(key: Mapping[str, str], folder: str) -> str:
+    digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(folder, f"{key['model_sha256'][:16]}-{digest}.json")
+
+
+def load_cached(key: Mapping[str, str], folder: str) -> tuple[LatencyTable | None, str | None]:
+    """The cached table for ``key`` (None if there is none), and a note when a file was there
+    but unusable (corrupt, or made for another key): it is then rebuilt and replaced."""
+    path = cache_path(key, folder)
+    if not os.path.isfile(path):
+        return None, None
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = LatencyTable.from_dict(json.load(f))
+    except (OSError, ValueError, UsageError) as exc:
+        return None, f"cached latency table {path} unreadable ({type(exc).__name__}); rebuilt"
+    if dict(table.key) != dict(key):
+        return None, f"cached latency table {path} was made for another key; rebuilt"
+    return table, None
+
+
+def store(table: LatencyTable, folder: str) -> str:
+    """Write the table into the cache atomically (temporary file, then renamed); its path."""
+    os.makedirs(folder, exist_ok=True)
+    path = cache_path(table.key, folder)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(table.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,275 @@
+"""Building a model's latency table by measurement.
+
+Each prunable unit (``sensitivity_analysis.find_units``: tied layers) is timed on its own
+isolated subgraph (``subgraph.py``: the unit's layers and every node its channels pass
+through, with the readers' convs, fed tensors of the real shapes), at a few kept channel counts:
+100, 75, 50 and 25% and a cluster around a multiple of 32 (or 16, 8) that tells a channel step
+of 1 to 32 from noise. The channels removed are the unit's lowest-scored groups (``criterion``),
+removed by the package's own surgery: real removal, not masking.
+
+Why subgraphs, not whole-model deltas: removing a quarter of one unit changes a 2 ms model by a
+few microseconds, less than run-to-run noise on a shared machine; timed alone, the unit's
+subgraph changes by a large fraction of its own time, so a dozen interleaved rounds find the
+difference and the step. The cost: the units' savings are taken as additive and the
+subgraph misses cache effects between layers; the planner's A/B confirmation
+(``ab.measure_ab``) measures the whole model at the end. The whole model is timed once for the
+baseline.
+
+Noise: all of one unit's variants are compiled at once and timed in interleaved rounds with
+rotating order; a point is the median over rounds of each round's fastest run (``sampling``);
+the step is believed only when it beats
+the unblocked line by more than the medians' own uncertainty (``fit.detect_step``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import OnnxPruneError, UsageError
+from . import cache as _cache
+from .fit import STEP_CANDIDATES, detect_step
+from .table import LatencySettings, LatencyTable, UnitLatency
+
+if TYPE_CHECKING:  # the analysis and the runtimes load only when measuring, not on a cache hit
+    import onnx
+
+    from ..rules import RuleRegistry
+    from .timers import Timer
+
+__all__ = ["build_table", "measurement_counts", "resolve_input_shapes"]
+
+Progress = Callable[[str, int, int], None]
+_STAGE = "latency table"
+
+
+def measurement_counts(channels: int, removable: int) -> tuple[list[int], int]:
+    """Kept counts to time a unit at, and the largest step they can reveal: 100/75/50/25%
+    and, around a multiple ``m`` of 32 (else 16, 8, 4) near 60% of the width, m+1, m, m-1 and
+    m-4 ... m-32 (each step candidate up to that multiple; m-p/2 at least must be possible).
+    Only counts the unit can keep."""
+    lo = max(channels - removable, 1)
+    counts = {channels, *(round(f * channels) for f in (0.75, 0.5, 0.25))}
+    reach = 1
+    for p in (32, 16, 8, 4):
+        multiples = [m for m in range(p, channels, p) if m - p // 2 >= lo and m + 1 <= channels]
+        if multiples:
+            m = min(multiples, key=lambda x: (abs(x - 0.6 * channels), x))
+            counts |= {m + 1, m, m - 1, *(m - q for q in (4, 8, 16, 32) if q <= p)}
+            reach = p
+            break
+    return sorted(k for k in counts if lo <= k <= channels), reach
+
+
+def resolve_input_shapes(
+    model: onnx.ModelProto, given: Mapping[str, Sequence[int]], batch: int, source: str
+) -> dict[str, tuple[int, ...]]:
+    """Static shape of every model input: the user's, else the model's with a dynamic batch
+    set to ``batch``; any other dynamic dimension (or a static batch other than ``batch``) is
+    a usage error saying what to give."""
+    inits = {t.name for t in model.graph.initializer}
+    out = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        if vi.name in given:
+            shape = tuple(int(d) for d in given[vi.name])
+            if shape and shape[0] != batch and batch != 1:
+                raise UsageError(f"{source}: --input-shape {vi.name} has batch {shape[0]}, --batch says {batch}")
+            out[vi.name] = shape
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim
+        ]
+        shape = []
+        for i, d in enumerate(dims):
+            if i == 0 and d is None:
+                shape.append(batch)
+            elif d is None:
+                shown = ",".join(str(x) if x else ("N" if j == 0 else "?") for j, x in enumerate(dims))
+                raise UsageError(
+                    f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:{shown}"
+                )
+            else:
+                shape.append(d)
+        if batch != 1 and (not shape or shape[0] != batch):
+            raise UsageError(
+                f"{source}: input {vi.name!r} has a static batch of {shape[0] if shape else 'none'}; --batch {batch} needs a dynamic batch"
+            )
+        out[vi.name] = tuple(shape)
+    return out
+
+
+def build_table(
+    model: str | os.PathLike[str],
+    settings: LatencySettings | None = None,
+    *,
+    timer: Timer | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    criterion: str = "l2",
+    registry: RuleRegistry | None = None,
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    rounds: int = 7,
+    seconds_per_unit: float = 1.0,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """The latency table of the model file ``model`` as deployed per ``settings``: read from
+    the cache when one was measured for the same key (see ``cache``), else measured (see the
+    module docstring) and stored. ``timer``: what times models (default ``RuntimeTimer``);
+    ``rounds`` and ``seconds_per_unit``: interleaved rounds, and the timing spent per unit."""
+    settings = settings or LatencySettings()
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: no such file")
+    if rounds < 2 or not seconds_per_unit > 0:
+        raise UsageError("latency table: rounds must be >= 2 and seconds per unit > 0")
+    own = timer is None
+    if timer is None:
+        from .timers import RuntimeTimer
+
+        timer = RuntimeTimer(settings)
+    try:
+        notes: list[str] = []
+        folder = _cache.cache_dir(cache_dir)
+        key = _cache.table_key(_cache.file_sha256(path), settings, timer.runtime, input_shapes, criterion)
+        if cache:
+            table, note = _cache.load_cached(key, folder)
+            if table is not None:
+                return replace(table, cached=True)
+            if note:
+                notes.append(note)
+        table = _measure(
+            path,
+            settings,
+            timer,
+            key,
+            input_shapes or {},
+            criterion,
+            registry,
+            rounds,
+            seconds_per_unit,
+            progress,
+            notes,
+        )
+        if cache:
+            try:
+                _cache.store(table, folder)
+            except OSError as exc:  # a read-only home: the table is still good
+                table = replace(table, notes=(*table.notes, f"not cached: {exc.strerror or exc}"))
+        return table
+    finally:
+        if own:
+            timer.close()  # type: ignore[attr-defined]
+
+
+def _measure(
+    path: str,
+    settings: LatencySettings,
+    timer: Timer,
+    key: Mapping[str, str],
+    given: Mapping[str, Sequence[int]],
+    criterion: str,
+    registry: RuleRegistry | None,
+    rounds: int,
+    seconds_per_unit: float,
+    progress: Progress | None,
+    notes: list[str],
+) -> LatencyTable:
+    from .. import stages
+    from ..budget import MacsTracker, group_scores
+    from ..config import PruneConfig
+    from ..criteria import default_criteria
+    from ..metrics import node_macs
+    from ..rules import default_registry
+    from ..sensitivity_analysis import find_units
+    from .sampling import interleave, runs_per_round, summarize
+    from .subgraph import probe_boundaries, unit_graphs
+    from .timers import _feeds
+
+    start = time.perf_counter()
+    loaded = stages.load(path)
+    proto = loaded.proto
+    shapes = resolve_input_shapes(proto, given, settings.batch, path)
+    config = PruneConfig(criterion=criterion, input_shapes=shapes)
+    run = stages.Run(config, registry or default_registry(), default_criteria())
+    analysis = stages.analyse(loaded, run)
+    scores = group_scores(analysis, stages.layer_scores(analysis, proto, config, run.criteria, None, run.registry))
+    units = find_units(analysis, scores)
+    graphs = unit_graphs(proto, analysis, units)
+    tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes, run.registry), proto, run.registry)
+    macs0 = tracker.original
+    feeds = _feeds(proto, shapes)
+    plans = [measurement_counts(g.channels, len(g.unit.groups)) for g in graphs]
+    total = 1 + sum(len(c) for c, _ in plans)
+    done = 0
+    if progress:
+        progress(_STAGE, done, total)
+    base = timer.load(path, shapes, path)
+    times = interleave([base], rounds, runs_per_round([base], rounds, seconds_per_unit))
+    baseline = summarize(times[0])
+    precision = base.precision
+    del base
+    done += 1
+    if progress:
+        progress(_STAGE, done, total)
+    boundary = probe_boundaries(proto, sorted({t for g in graphs for t in g.inputs}), feeds, analysis.shapes, path)
+    result: dict[str, UnitLatency] = {}
+    for graph, (counts, reach) in zip(graphs, plans):
+        name = graph.unit.name
+        try:
+            unit = _measure_unit(
+                analysis,
+                graph,
+                proto,
+                boundary,
+                counts,
+                reach,
+                tracker,
+                macs0,
+                timer,
+                run.registry,
+                path,
+                rounds,
+                seconds_per_unit,
+            )
+            result[name] = unit
+        except OnnxPruneError as exc:
+            notes.append(f"unit {name!r} not measured: {exc}")
+        done += len(counts)
+        if progress:
+            progress(_STAGE, min(done, total), total)
+    if precision != settings.precision and settings.backend == "openvino":
+        notes.append(f"OpenVINO ran in {precision}, not the {settings.precision} asked for")
+    return LatencyTable(key, baseline.latency, result, settings, time.perf_counter() - start, tuple(notes))
+
+
+def _measure_unit(
+    analysis, graph, proto, boundary, counts, reach, tracker, macs0, timer, registry, path, rounds, seconds_per_unit
+) -> UnitLatency:
+    from .sampling import interleave, runs_per_round, summarize
+    from .subgraph import UnitVariants, submodel
+
+    variants = UnitVariants(analysis, graph, submodel(proto, graph, boundary), registry, path)
+    timed, kept, macs = [], [], []
+    for k in counts:
+        removed = variants.removal(k)
+        actual = graph.channels - len(removed)
+        if actual in kept:
+            continue
+        source = f"{path} (unit {graph.unit.name!r} at {actual} channels)"
+        timed.append(timer.load(variants.model(removed), {}, source))
+        kept.append(actual)
+        macs.append((macs0 - tracker.evaluate(removed)) / macs0 if macs0 else 0.0)
+    times = interleave(timed, rounds, runs_per_round(timed, rounds, seconds_per_unit))
+    summaries = [summarize(per) for per in times]
+    points = tuple(zip(kept, (s.latency for s in summaries)))
+    noise = 2.0 * float(np.median([s.error for s in summaries]))
+    step = detect_step(points, graph.channels, noise=noise, candidates=[s for s in STEP_CANDIDATES if s <= reach])
+    spread = float(np.median([s.p90 - s.p10 for s in summaries]))
+    return UnitLatency(graph.unit.name, graph.unit.layers, graph.channels, points, step, tuple(zip(kept, macs)), spread)

@@ -1,0 +1,69 @@
+"""``onnxprune latency-table`` end to end, with the stand-in timer (hidden --timer option)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from test_latency_measure import chain_model
+
+FAKE = ("--timer", "onnxprune.testing:step_timer")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxprune", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_latency_table_cli_builds_shows_and_reuses(tmp_path):
+    model = chain_model(str(tmp_path / "chain.onnx"))
+    cache = str(tmp_path / "cache")
+    out = run_cli("latency-table", model, *FAKE, "--cache-dir", cache, "--json", str(tmp_path / "t.json"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"{model}: 2 units, baseline ") and "openvino CPU f32, batch 1" in lines[0]
+    assert "step-timer 16" in lines[0] and "read from the cache" not in lines[0]
+    assert lines[1].split()[:6] == ["unit", "(first", "layer)", "layers", "channels", "step"]
+    rows = [ln.split() for ln in lines[2:4]]
+    assert sorted(int(r[2]) for r in rows) == [48, 64] and {r[3] for r in rows} == {"16"}
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["format"] == "onnxprune-latency-table/1" and data["model"] == model
+    assert sorted(u["step"] for u in data["units"]) == [16, 16]
+    assert data["key"]["precision"] == "f32" and data["settings"]["batch"] == 1
+    again = run_cli("latency-table", model, *FAKE, "--cache-dir", cache)
+    assert again.returncode == 0 and "(read from the cache)" in again.stdout.splitlines()[0]
+    assert again.stdout.splitlines()[2:] == lines[2:]
+
+
+def test_latency_table_cli_options_reach_the_key(tmp_path):
+    model = chain_model(str(tmp_path / "chain.onnx"))
+    out = run_cli(
+        "latency-table", model, *FAKE, "--cache-dir", str(tmp_path), "--batch", "2", "--threads", "1",
+        "--hint", "throughput", "--precision", "bf16", "--json", str(tmp_path / "t.json"), "-q",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    key = json.loads((tmp_path / "t.json").read_text())["key"]
+    assert (key["batch"], key["threads"], key["hint"], key["precision"]) == ("2", "1", "throughput", "bf16")
+
+
+def test_latency_table_cli_plot(tmp_path):
+    model = chain_model(str(tmp_path / "chain.onnx"))
+    out = run_cli("latency-table", model, *FAKE, "--no-cache", "--plot", str(tmp_path / "t.png"), "-q")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_table_cli_bad_input(tmp_path):
+    missing = run_cli("latency-table", str(tmp_path / "nope.onnx"), *FAKE, "--cache-dir", str(tmp_path))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines() == [f"onnxprune: error: {tmp_path / 'nope.onnx'}: no such file"]
+    static = chain_model(str(tmp_path / "static.onnx"), batch=1)
+    out = run_cli("latency-table", static, *FAKE, "--cache-dir", str(tmp_path), "--batch", "3")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "static batch of 1; --batch 3 needs a dynamic batch" in out.stderr
+    ort = run_cli("latency-table", static, "--backend", "onnxruntime", "--precision", "bf16", "--no-cache")
+    assert ort.returncode == 2 and "onnxruntime" in ort.stderr and "Traceback" not in ort.stderr
+    bad = run_cli("latency-table", static, *FAKE, "--json", str(tmp_path / "no" / "t.json"))
+    assert bad.returncode == 2 and not os.path.exists(tmp_path / "no")
