@@ -7,7 +7,7 @@ import json
 import os
 
 from .cli import _progress, _shapes, _write_text
-from .cli_text import int8_note
+from .cli_text import ir_check_text
 
 __all__ = ["bench_command", "convert_command"]
 
@@ -55,8 +55,7 @@ def convert_command(args: argparse.Namespace) -> int:
         else:
             shown = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds[0].items())
             print(
-                f"check against onnxruntime: PASSED at {shown}, worst output {check.worst_output!r}: max abs diff {check.max_abs_diff:.3g} "
-                f"(limit {check.tolerance:g} x scale {check.scale:.3g}{int8_note(check.quantized)})"
+                f"check against onnxruntime: PASSED at {shown}, worst output {check.worst_output!r}: {ir_check_text(check.to_dict())}"
             )
         if check is not None and check.ir_inputs:
             print(

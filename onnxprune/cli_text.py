@@ -11,6 +11,7 @@ __all__ = [
     "format_report",
     "generalisation_lines",
     "int8_note",
+    "ir_check_text",
     "reason_counts",
     "validation_lines",
     "verification_lines",
@@ -101,9 +102,7 @@ def format_report(d: dict) -> str:
     if d.get("ir"):
         c = d["ir"]["check"]
         lines.append("")
-        lines.append(
-            f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: max abs diff {c['max_abs_diff']:.3g} (limit {c['tolerance']:g} x scale {c['scale']:.3g}{int8_note(c.get('quantized'))})"
-        )
+        lines.append(f"OpenVINO IR: {d['ir']['path']} ({c['precision']}); matches onnxruntime: {ir_check_text(c)}")
     if d.get("openvino_pass"):
         o = d["openvino_pass"]
         lines.append("")
@@ -228,6 +227,23 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
     if len(outs) > most:
         lines.append(f"  ... {len(outs) - most} more in the JSON report")
     return lines
+
+
+def ir_check_text(c: dict) -> str:
+    """The IR check's worst difference and its limit (IRCheck.to_dict), with how a quantized
+    model was judged."""
+    text = f"max abs diff {c['max_abs_diff']:.3g}"
+    n = c.get("noise")
+    if not n:
+        return text + f" (limit {c['tolerance']:g} x scale {c['scale']:.3g}{int8_note(c.get('quantized'))})"
+    margin = "inf" if n["margin"] is None else f"{n['margin']:.3g}"
+    return (
+        text + f" on {n['elements_past_tolerance']} of {n['elements']} elements past {c['tolerance']:g} x scale "
+        f"{c['scale']:.3g}; a dynamically quantized model, so judged within onnxruntime's own noise on the same inputs: "
+        f"limit {n['limit']:.3g} (the larger of {c['tolerance']:g} x scale and {n['multiple']:g} x the noise floor "
+        f"{n['noise_floor']:.3g}), at most {n['multiple']:g} x the {n['noise_elements_past_tolerance']} elements a noise "
+        f"run moved past {c['tolerance']:g} x scale; margin {margin}"
+    )
 
 
 def int8_note(form: str | None) -> str:

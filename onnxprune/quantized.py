@@ -16,6 +16,14 @@ QuantizeLinear/DequantizeLinear as written) and the integer path onnxruntime dep
 optimisations on: QLinearConv, QGemm...). Each must pass; a flip on the float path alone is
 not a failure. FakeQuantize models run as their standard-ops expansion (see fake_quantize),
 which is their float path (onnxruntime has no integer path for them).
+
+Dynamically quantized models (onnxruntime's ``quantize_dynamic``: DynamicQuantizeLinear ->
+ConvInteger/MatMulInteger) are not a ``quantization_form``: pruning verification runs their one
+(integer) path on both sides and finds them bit for bit equal. Another runtime is not: each
+DynamicQuantizeLinear rounds a float computed by that runtime's kernels, and one ulp there
+flips a step, which the later layers' run-time quantization carries on (the corpus's DBNet:
+0.9 x the scale on 0.3% of its pixels, onnxruntime against itself). ``dynamic_noise`` measures
+how far onnxruntime moves from itself that way, for the OpenVINO IR check (openvino_ir).
 """
 
 from __future__ import annotations
@@ -34,9 +42,13 @@ __all__ = [
     "FLIP_LIMIT",
     "FLIP_SHARE",
     "QUANTIZED_SAMPLES",
+    "DynamicNoise",
     "PathCheck",
     "QuantizedCheck",
     "check_quantized",
+    "dynamic_noise",
+    "is_dynamically_quantized",
+    "nudged",
     "quantization_form",
 ]
 
@@ -71,6 +83,96 @@ def quantization_form(model: onnx.ModelProto) -> str | None:
         if n.op_type == "QuantizeLinear" and (n.domain or "") in ("", "ai.onnx") and not constant(n.input[0]):
             form = "QDQ"
     return form
+
+
+def is_dynamically_quantized(model: onnx.ModelProto) -> bool:
+    """True when a DynamicQuantizeLinear quantizes a run-time tensor (``quantize_dynamic``)."""
+    consts = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
+    return any(
+        n.op_type == "DynamicQuantizeLinear" and (n.domain or "") in ("", "ai.onnx") and n.input[0] not in consts
+        for n in model.graph.node
+    )
+
+
+def nudged(model: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """A copy of ``model`` with the input of every DynamicQuantizeLinear multiplied by
+    ``factor`` (1 +- 2^-23: each value moved by one or two ulps, where another runtime's
+    kernels may round it otherwise)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    taken = {t for n in out.graph.node for t in (*n.input, *n.output)} | {i.name for i in out.graph.initializer}
+    name = "onnxprune_nudge"
+    while name in taken:
+        name += "_"
+    out.graph.initializer.append(onnx.numpy_helper.from_array(np.array(factor, np.float32), name))
+    nodes = []
+    for i, n in enumerate(out.graph.node):
+        if n.op_type == "DynamicQuantizeLinear" and (n.domain or "") in ("", "ai.onnx"):
+            moved = f"{name}_{i}"
+            nodes.append(onnx.helper.make_node("Mul", [n.input[0], name], [moved], name=moved))
+            n.input[0] = moved
+        nodes.append(n)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
+@dataclass(frozen=True)
+class DynamicNoise:
+    """onnxruntime against itself on a dynamically quantized model, per output: the noise floor
+    (largest difference of any noise run) and the most elements any one run moved past the
+    threshold the caller gave."""
+
+    runtime: str
+    floor: Mapping[str, float]
+    past: Mapping[str, int]
+
+
+def dynamic_noise(
+    model: onnx.ModelProto,
+    feeds_list: Sequence[Feeds],
+    references: Sequence[Mapping[str, np.ndarray]],
+    threshold_of: Callable[[str, int], float],
+    source: str = "<model>",
+) -> DynamicNoise:
+    """Three runs of ``model`` per feed against ``references`` (its outputs by name, graph
+    optimisations off): all optimisations on with the inputs one ulp away (the pruning
+    verification's noise run), and every DynamicQuantizeLinear input one ulp up, then down.
+    ``threshold_of(output, feed index)``: the difference that counts an element as moved.
+    One session at a time."""
+    from .verification import one_ulp_away
+
+    up = float(np.float32(1) + np.float32(2.0**-23))
+    down = float(np.float32(1) - np.float32(2.0**-23))
+    runs = [(model, True, True), (nudged(model, up), False, False), (nudged(model, down), False, False)]
+    floor: dict[str, float] = {}
+    past: dict[str, int] = {}
+    for candidate, optimize, move_inputs in runs:
+        run = session(candidate, source=source, optimize=optimize)
+        counts: dict[str, int] = {}
+        for k, (feeds, ref) in enumerate(zip(feeds_list, references)):
+            got = run.run(one_ulp_away(feeds, k) if move_inputs else feeds, list(ref))
+            for (name, r), z in zip(ref.items(), got):
+                r64, z64 = np.asarray(r, np.float64), np.asarray(z, np.float64)
+                counts.setdefault(name, 0)
+                if r64.shape != z64.shape or not r64.size:
+                    continue
+                d = np.abs(r64 - z64)
+                floor[name] = max(floor.get(name, 0.0), float(d.max()))
+                counts[name] += int(np.count_nonzero(d > threshold_of(name, k)))
+        del run
+        for name, c in counts.items():
+            past[name] = max(past.get(name, 0), c)
+    import onnxruntime
+
+    return DynamicNoise(
+        f"onnxruntime {onnxruntime.__version__} CPU: all graph optimisations on with the inputs one ulp away, and every DynamicQuantizeLinear "
+        "input one ulp up, then down (the same model, its run-time quantization fed as another runtime may round)",
+        floor,
+        past,
+    )
 
 
 @dataclass(frozen=True)

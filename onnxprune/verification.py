@@ -35,6 +35,7 @@ __all__ = [
     "load_npz_inputs",
     "make_inputs",
     "masked_reference",
+    "one_ulp_away",
     "paired_outputs",
     "run_model",
     "session",
@@ -246,7 +247,7 @@ def compare_models(
             for k, (feeds, ref) in enumerate(zip(feeds_list, kept)):
                 if progress:
                     progress(len(feeds_list) + k, steps)
-                noise = run_noise.run(_one_ulp_away(feeds, k), names)
+                noise = run_noise.run(one_ulp_away(feeds, k), names)
                 for name in compared:
                     tail = tails.of(name)
                     if tail is not None and not all(
@@ -303,7 +304,7 @@ def compare_models(
     )
 
 
-def _one_ulp_away(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+def one_ulp_away(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     """The feeds with every float moved by one ulp, up or down at random (seeded): a change
     below the data's own resolution, which a badly conditioned model amplifies like its
     rounding errors."""
