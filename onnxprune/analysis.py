@@ -97,6 +97,9 @@ class ChannelAnalysis:
     root_of: np.ndarray  # channel id -> group id
     shapes: Mapping[str, Shape]
     node_labels: tuple[str, ...]  # every node's unique name, in graph order (see node_names)
+    # Weight-bearing layers inside subgraphs (If/Loop/Scan bodies), which are not analysed: one
+    # line per node holding them, saying so (they are left untouched).
+    not_analysed: tuple[str, ...] = ()
 
     def group(self, group_id: int) -> ChannelGroup:
         return self._by_id[group_id]
@@ -119,6 +122,7 @@ class ChannelAnalysis:
             "channels": int(sum(len(s.ids) for s in self.sources)),
             "pinned_groups": len(pinned),
             "pinned_channels": int(sum(len(g.members) for g in pinned)),
+            "not_analysed": list(self.not_analysed),
         }
 
 
@@ -237,9 +241,42 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def _subgraph_attrs(node: gs.Node) -> bool:
-    return any(
-        isinstance(v, gs.Graph) or (isinstance(v, list) and v and isinstance(v[0], gs.Graph))
-        for v in node.attrs.values()
+    return bool(_subgraphs(node))
+
+
+def _subgraphs(node: gs.Node) -> list[tuple[str, gs.Graph]]:
+    """(attribute name, graph) of every subgraph a node holds (If branches, Loop/Scan bodies)."""
+    out = []
+    for name, v in node.attrs.items():
+        if isinstance(v, gs.Graph):
+            out.append((name, v))
+        elif isinstance(v, list):
+            out += [(name, g) for g in v if isinstance(g, gs.Graph)]
+    return out
+
+
+def _layers_inside(node: gs.Node, registry: RuleRegistry, opset: int) -> str | None:
+    """What a node with subgraphs holds that the analysis would prune, as one line (None if
+    nothing): the subgraphs are not analysed, so those layers are left untouched."""
+    counts: dict[str, int] = defaultdict(int)
+    attrs = []
+    stack = [g for _, g in _subgraphs(node)]
+    for name, _ in _subgraphs(node):
+        if name not in attrs:
+            attrs.append(name)
+    while stack:
+        graph = stack.pop()
+        for inner in graph.nodes:
+            if registry.layer(inner, opset) is not None:
+                counts[inner.op] += 1
+            stack += [g for _, g in _subgraphs(inner)]
+    if not counts:
+        return None
+    n = sum(counts.values())
+    what = ", ".join(f"{c} {op}" for op, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (
+        f"{what} node{'s are' if n > 1 else ' is'} inside the subgraphs of {node.op} {node.name!r} "
+        f"({', '.join(sorted(attrs))}), which are not analysed: left untouched"
     )
 
 
@@ -268,12 +305,16 @@ def analyze(
     ctx.shape_values = ShapeEvaluator(shapes, params)
 
     labels = tuple(n.name for n in graph.nodes)
+    not_analysed: list[str] = []
     visited: set[int] = set()
     for node in graph.nodes:
         visited.add(id(node))
         ctx.node, ctx.label = node, node.name
         tracked = any(ctx.layout(t) is not None for t in node.inputs)
         if _subgraph_attrs(node):
+            inside = _layers_inside(node, registry, ctx.opset)
+            if inside:
+                not_analysed.append(inside)
             if tracked:
                 ctx.pin_all_inputs(node, "has a subgraph; channels entering it are never changed")
             continue
@@ -311,7 +352,7 @@ def analyze(
 
     # No gc.collect() here: graphsurgeon's node <-> tensor cycles hold no weights (constants are
     # read without caching them on the graph), so the cyclic collector may take its time.
-    return _freeze(ctx, shapes, labels)
+    return _freeze(ctx, shapes, labels, tuple(not_analysed))
 
 
 def static_shapes(
@@ -376,7 +417,9 @@ def _pin_channel_counts_read_at_run_time(ctx: AnalysisContext) -> None:
     ctx.node = None
 
 
-def _freeze(ctx: AnalysisContext, shapes: Mapping[str, Shape], labels: tuple[str, ...]) -> ChannelAnalysis:
+def _freeze(
+    ctx: AnalysisContext, shapes: Mapping[str, Shape], labels: tuple[str, ...], not_analysed: tuple[str, ...] = ()
+) -> ChannelAnalysis:
     n = len(ctx.uf)
     root_of = ctx.uf.roots(np.arange(n)) if n else np.zeros(0, np.int64)
     members: dict[int, list[tuple[str, int]]] = defaultdict(list)
@@ -401,4 +444,5 @@ def _freeze(ctx: AnalysisContext, shapes: Mapping[str, Shape], labels: tuple[str
         root_of=root_of,
         shapes=MappingProxyType(dict(shapes)),
         node_labels=labels,
+        not_analysed=not_analysed,
     )

@@ -31,6 +31,8 @@ def analyze_command(args: argparse.Namespace) -> int:
             [(g.pinned_by, len(g.members)) for g in analysis.groups if g.pinned]
         ).most_common():
             print(f"  {groups:5d} groups {channels:6d} ch  {reason}")
+        for line in analysis.not_analysed:
+            print(f"note: {line}")
     return 0
 
 
@@ -62,7 +64,15 @@ def explain_command(args: argparse.Namespace) -> int:
     layers = explain_layers(analysis, nodes)
     if json_path:
         _write_text(
-            json_path, json.dumps({"model": args.model, "layers": [x.to_dict() for x in layers]}, separators=(",", ":"))
+            json_path,
+            json.dumps(
+                {
+                    "model": args.model,
+                    "layers": [x.to_dict() for x in layers],
+                    "not_analysed": list(analysis.not_analysed),
+                },
+                separators=(",", ":"),
+            ),
         )
     if args.quiet:
         return 0
@@ -87,4 +97,6 @@ def explain_command(args: argparse.Namespace) -> int:
         print(
             f"{x.node[:40]:40s} {x.op[:14]:14s} {x.channels:8d} {x.removable['zero']:6d} {x.removable['lossy']:6d}   {why[:90]}{more}"
         )
+    for line in analysis.not_analysed:
+        print(f"note: {line}")
     return 0

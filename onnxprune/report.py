@@ -184,7 +184,7 @@ def build_report(
         for g in analysis.groups
         if g.id not in removed_set and pruning_plan.kept_reasons.get(g.id)
     )
-    notes = list(pruning_plan.notes)
+    notes = list(pruning_plan.notes) + list(analysis.not_analysed)
     macs_unknown = ""
     if not (before.macs_complete and after.macs_complete):
         # Never a number from the layers whose shapes happen to be known: the MACs are unknown.

@@ -115,3 +115,61 @@ def test_qoperator_model_is_left_alone(tmp_path) -> None:
     assert any(n.op_type == "QLinearConv" for n in model.graph.node)
     r = prune_exact(model)
     assert r.report.channels_removed == 0
+
+
+def _convs_inside_if() -> onnx.ModelProto:
+    """Silero VAD's shape: all compute in the branches of one If (a Conv with a zero filter in
+    each branch, reading the outer input and an outer-scope weight)."""
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[1] = 0
+    y_info = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1, 4, 6, 6])
+        nodes = [
+            helper.make_node("Conv", ["x", "W"], [f"{name}_c"], pads=[1, 1, 1, 1], name=f"{name}_conv"),
+            helper.make_node(op, [f"{name}_c"], [f"{name}_y"]),
+        ]
+        return helper.make_graph(nodes, name, [], [out])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["cond"], ["y"], then_branch=branch("then", "Relu"), else_branch=branch("else", "Neg")
+            )
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [y_info],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(np.array(True), "cond")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_convs_inside_an_if_are_named_as_not_analysed(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    model = _convs_inside_if()
+    a = onnxprune.analyze(model)
+    assert a.summary()["channels"] == 0
+    assert len(a.not_analysed) == 1 and a.not_analysed[0].startswith("2 Conv nodes are inside the subgraphs of If ")
+    assert "(else_branch, then_branch), which are not analysed: left untouched" in a.not_analysed[0]
+    r = prune_exact(model)
+    assert r.report.channels_removed == 0 and list(a.not_analysed) == [n for n in r.report.notes if "subgraphs" in n]
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    got = ort.InferenceSession(r.model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_array_equal(got, want)
+    path = tmp_path / "if.onnx"
+    onnx.save(model, path)
+    for command in ("analyze", "explain"):
+        p = subprocess.run(
+            [sys.executable, "-m", "onnxprune", command, str(path)], capture_output=True, text=True, check=False
+        )
+        assert p.returncode == 0 and f"note: {a.not_analysed[0]}" in p.stdout, (command, p.stdout, p.stderr)
