@@ -13,6 +13,7 @@ loses its minimum sparsity together, and each layer its extra only from channels
 
 from __future__ import annotations
 
+import copy
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,7 +25,7 @@ import onnx
 from .analysis import ChannelAnalysis
 from .config import LayerRule, PruneConfig
 from .node_names import nodes_by_name
-from .planning import PruningPlan, enforce_constraints
+from .planning import PruningPlan, blocked_balances, enforce_constraints, whole_group_units
 from .rules import RuleRegistry
 from .validation import model_opset
 
@@ -123,41 +124,28 @@ def plan_with_budget(
         candidates.append(g.id)
     candidates.sort(key=lambda gid: (scores[gid], gid))
 
-    removed_count: dict[str, int] = defaultdict(int)
-    removed: list[int] = []
-    notes: list[str] = []
-    if config.macs_target is not None and macs is not None:
-        removed, notes = _macs_target_cut(analysis, config, candidates, members, budgets, scores, reasons, macs)
-    elif config.global_ranking or config.macs_target is not None:
-        cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
-        total = sum(b.channels for b in budgets.values())
-        goal_channels = (config.ratio or 0.0) * total if config.macs_target is None else np.inf
-        cut = 0
-        for gid in candidates:
-            if cut >= goal_channels:
-                break
-            layers = members[gid]
-            if any(removed_count[n] + k > cap[n] for n, k in layers.items()):
-                reasons.setdefault(gid, []).append("would remove the last channel of a layer")
-                continue
-            removed.append(gid)
-            for n, k in layers.items():
-                removed_count[n] += k
-            cut += sum(layers.values())
-    else:
-        target = {n: min(int(b.sparsity * b.channels), b.channels - 1) for n, b in budgets.items()}
-        if config.round_to > 1:
-            n_ = config.round_to
-            for n, b in budgets.items():
-                kept = b.channels - target[n]
-                kept = min(b.channels, -(-kept // n_) * n_)
-                target[n] = b.channels - kept
-        for gid in candidates:
-            layers = members[gid]
-            if all(removed_count[n] + k <= target[n] for n, k in layers.items()):
-                removed.append(gid)
-                for n, k in layers.items():
-                    removed_count[n] += k
+    # Grouped convolutions lose the same number of channels in every group. Where the cut the
+    # budget asks for cannot be balanced (enforce_constraints puts all of it back: one output
+    # per group, a row that got none...), the conv's channels are ranked again as whole groups:
+    # a group's input and output channels together, removed together.
+    base_reasons = {g: list(r) for g, r in reasons.items()}
+    fresh = copy.deepcopy(macs)  # pass 1 moves the tracker; a second pass starts from the original
+    items: list[tuple[int, ...]] = [(gid,) for gid in candidates]
+    removed, notes = _choose(analysis, config, items, members, budgets, scores, reasons, macs)
+    blocked = blocked_balances(analysis, removed)
+    candidate_set = set(candidates)
+    units = whole_group_units(analysis, blocked, candidate_set) if blocked else []
+    if units:
+        tied = {int(r) for bal in blocked for row in bal.rows for r in analysis.roots(row)}
+        reasons = base_reasons
+        in_units = {g for unit in units for g in unit}
+        for bal in blocked:  # channels that can go neither evenly nor with a whole group
+            for r in {int(r) for row in bal.rows for r in analysis.roots(row)} - in_units:
+                if r in candidate_set:
+                    reasons.setdefault(r, []).append(f"{bal.node}: {bal.reason}")
+        items = [(gid,) for gid in candidates if gid not in tied] + units
+        items.sort(key=lambda item: (_item_score(item, scores), item))
+        removed, notes = _choose(analysis, config, items, members, budgets, scores, reasons, fresh)
     the_plan = finish_plan(
         analysis,
         config,
@@ -169,10 +157,83 @@ def plan_with_budget(
     return replace(the_plan, notes=the_plan.notes + tuple(notes)) if notes else the_plan
 
 
+def _item_score(item: tuple[int, ...], scores: Mapping[int, float]) -> float:
+    """A channel group's score, or a whole conv group's: the mean of its channel groups'."""
+    return float(np.mean([scores[g] for g in item]))
+
+
+def _item_layers(item: tuple[int, ...], members: Mapping[int, Mapping[str, int]]) -> dict[str, int]:
+    """Channels an item removes from each source layer."""
+    out: dict[str, int] = defaultdict(int)
+    for gid in item:
+        for n, k in members[gid].items():
+            out[n] += k
+    return out
+
+
+def _choose(
+    analysis: ChannelAnalysis,
+    config: PruneConfig,
+    items: Sequence[tuple[int, ...]],
+    members: Mapping[int, Mapping[str, int]],
+    budgets: Mapping[str, LayerBudget],
+    scores: Mapping[int, float],
+    reasons: dict[int, list[str]],
+    macs: MacsTracker | None,
+) -> tuple[list[int], list[str]]:
+    """The groups the budget removes, taking ``items`` (a channel group, or the channel groups
+    of one whole conv group) lowest score first."""
+    removed_count: dict[str, int] = defaultdict(int)
+    removed: list[int] = []
+    taken: set[int] = set()
+    if config.macs_target is not None and macs is not None:
+        return _macs_target_cut(analysis, config, items, members, budgets, scores, reasons, macs)
+    if config.global_ranking or config.macs_target is not None:
+        cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
+        total = sum(b.channels for b in budgets.values())
+        goal_channels = (config.ratio or 0.0) * total if config.macs_target is None else np.inf
+        cut = 0
+        for item in items:
+            if cut >= goal_channels:
+                break
+            item = tuple(g for g in item if g not in taken)  # whole groups may share channels
+            if not item:
+                continue
+            layers = _item_layers(item, members)
+            if any(removed_count[n] + k > cap[n] for n, k in layers.items()):
+                for gid in item:
+                    reasons.setdefault(gid, []).append("would remove the last channel of a layer")
+                continue
+            removed.extend(item)
+            taken.update(item)
+            for n, k in layers.items():
+                removed_count[n] += k
+            cut += sum(layers.values())
+        return removed, []
+    target = {n: min(int(b.sparsity * b.channels), b.channels - 1) for n, b in budgets.items()}
+    if config.round_to > 1:
+        n_ = config.round_to
+        for n, b in budgets.items():
+            kept = b.channels - target[n]
+            kept = min(b.channels, -(-kept // n_) * n_)
+            target[n] = b.channels - kept
+    for item in items:
+        item = tuple(g for g in item if g not in taken)
+        if not item:
+            continue
+        layers = _item_layers(item, members)
+        if all(removed_count[n] + k <= target[n] for n, k in layers.items()):
+            removed.extend(item)
+            taken.update(item)
+            for n, k in layers.items():
+                removed_count[n] += k
+    return removed, []
+
+
 def _macs_target_cut(
     analysis: ChannelAnalysis,
     config: PruneConfig,
-    candidates: Sequence[int],
+    items: Sequence[tuple[int, ...]],
     members: Mapping[int, Mapping[str, int]],
     budgets: Mapping[str, LayerBudget],
     scores: Mapping[int, float],
@@ -185,26 +246,35 @@ def _macs_target_cut(
     goal = config.macs_target * macs.original  # type: ignore[operator]
     cap = {n: b.channels - 1 for n, b in budgets.items()}  # at least one channel per layer
     count: dict[str, int] = defaultdict(int)
-    order: list[int] = []
-    skipped: list[tuple[int, int]] = []  # (group, position in the order when it was skipped)
-    for gid in candidates:  # every group that can go, lowest score first
-        layers = members[gid]
-        if any(count[n] + k > cap[n] for n, k in layers.items()):
-            skipped.append((gid, len(order)))
+    order: list[tuple[int, ...]] = []
+    skipped: list[tuple[tuple[int, ...], int]] = []  # (item, position in the order when it was skipped)
+    taken: set[int] = set()
+    for item in items:  # every item that can go, lowest score first
+        item = tuple(g for g in item if g not in taken)  # whole groups may share channels
+        if not item:
             continue
-        order.append(gid)
+        layers = _item_layers(item, members)
+        if any(count[n] + k > cap[n] for n, k in layers.items()):
+            skipped.append((item, len(order)))
+            continue
+        order.append(item)
+        taken.update(item)
         for n, k in layers.items():
             count[n] += k
 
+    def chosen_of(k: int) -> set[int]:
+        return {g for item in order[:k] for g in item}
+
     def final_macs(k: int) -> float:
-        chosen = set(order[:k])
+        chosen = chosen_of(k)
         if config.round_to > 1:
             chosen = _round_kept(analysis, members, budgets, chosen, scores, config.round_to, {})
         return macs.evaluate(enforce_constraints(analysis, chosen, {}))
 
     k = 0  # the shortest prefix that reaches the goal before rounding
     while k < len(order) and macs.current > goal:
-        macs.remove(order[k])
+        for gid in order[k]:
+            macs.remove(gid)
         k += 1
     notes: list[str] = []
     if final_macs(k) > goal and k < len(order):
@@ -244,12 +314,11 @@ def _macs_target_cut(
             f"MACs target {config.macs_target:g} not reached: removing every group that may go leaves {ratio:.3f}x of the MACs, "
             f"because {'; '.join(why)}"
         )
-    last = order[k - 1] if k else None
-    limit = order.index(last) + 1 if last is not None else 0
-    for gid, position in skipped:
-        if position < limit:
-            reasons.setdefault(gid, []).append("would remove the last channel of a layer")
-    return order[:k], notes
+    for item, position in skipped:
+        if position < k:
+            for gid in item:
+                reasons.setdefault(gid, []).append("would remove the last channel of a layer")
+    return sorted(chosen_of(k)), notes
 
 
 def pinned_reasons(analysis: ChannelAnalysis) -> dict[int, list[str]]:

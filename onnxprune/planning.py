@@ -10,10 +10,10 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .analysis import ChannelAnalysis
+from .analysis import Balance, ChannelAnalysis
 from .errors import UsageError
 
-__all__ = ["PruningPlan", "enforce_constraints"]
+__all__ = ["PruningPlan", "blocked_balances", "enforce_constraints", "whole_group_units"]
 
 PLAN_FORMAT = "onnxprune-plan/1"
 
@@ -171,3 +171,35 @@ def enforce_constraints(analysis: ChannelAnalysis, removable: Iterable[int], rea
                     reasons.setdefault(r, []).append(f"last channel of tensor {name!r}: at least one must stay")
                     changed = True
     return removed
+
+
+def blocked_balances(analysis: ChannelAnalysis, removable: Iterable[int]) -> list[Balance]:
+    """The grouped Convs from which ``removable`` takes channels that enforce_constraints puts
+    all back: equal removal from every group is blocked for them (one output per group, a
+    group that got none, pinned channels in one group...)."""
+    chosen = {int(g) for g in removable}
+    final = enforce_constraints(analysis, chosen, {})
+    out, seen = [], set()
+    for bal in analysis.balances:
+        if not bal.whole or bal.node in seen:
+            continue
+        ids = {int(r) for row in bal.rows for r in analysis.roots(row)}
+        if ids & chosen and not ids & final:
+            seen.add(bal.node)
+            out += [b for b in analysis.balances if b.node == bal.node]
+    return out
+
+
+def whole_group_units(
+    analysis: ChannelAnalysis, balances: Iterable[Balance], allowed: set[int]
+) -> list[tuple[int, ...]]:
+    """Each group of these grouped Convs as the channel groups that hold its input and output
+    channels (sorted), where all of them are ``allowed`` to go: removed together, the surgery
+    drops the group and lowers ``group``."""
+    units: list[tuple[int, ...]] = []
+    for bal in balances:
+        for ids in bal.whole:
+            unit = tuple(sorted({int(r) for r in analysis.roots(ids)}))
+            if unit and set(unit) <= allowed and unit not in units:
+                units.append(unit)
+    return units

@@ -220,6 +220,69 @@ def test_a_group_with_live_inputs_stays() -> None:
     assert [group for _, group, _ in _conv_attrs(r.model)] == [1, 2, 1]
 
 
+def _one_output_per_group() -> onnx.ModelProto:
+    """Conv A (3 -> 8) -> Relu -> grouped Conv G (8 -> 4, group=4: 2 inputs, 1 output per
+    group) -> Relu -> Conv C (4 -> 2, 1x1). A's filters 0 and 2 (groups 0 and 1) and G's filter
+    1 are small: a 25% cut takes channels from two groups of G, which cannot be balanced."""
+    b = GraphBuilder(opset=17, seed=8)
+    x = b.input("x", [1, 3, 8, 8])
+    b.channels[x] = 3
+    wa = b.rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    wa[[0, 2]] *= 0.2
+    wg = b.rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    wg[1] *= 0.05
+    a = b.op("Relu", b.conv(x, 8, weight=b.const(wa, "WA")))
+    g = b.op("Relu", b.conv(a, 4, group=4, weight=b.const(wg, "WG")))
+    b.output(b.conv(g, 2, k=1))
+    return b.build()
+
+
+def _zeroed(model: onnx.ModelProto, filters: dict[str, list[int]]) -> onnx.ModelProto:
+    """The model with these Conv filters and their biases zeroed (node name -> filters)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    for n in out.graph.node:
+        for index in (1, 2):
+            if n.name in filters and index < len(n.input):
+                values = onnx.numpy_helper.to_array(inits[n.input[index]]).copy()
+                values[filters[n.name]] = 0
+                inits[n.input[index]].CopyFrom(onnx.numpy_helper.from_array(values, n.input[index]))
+    return out
+
+
+@pytest.mark.parametrize("budget", [{"ratio": 0.25}, {"macs_target": 0.9}])
+def test_lossy_planning_removes_a_whole_group_when_equal_removal_is_blocked(budget: dict) -> None:
+    from onnxprune.planning import enforce_constraints
+
+    model = _one_output_per_group()
+    a = onnxprune.analyze(model)
+    conv_a, conv_g = (s.node for s in a.sources[:2])
+    # The lowest-scored channels alone: one output of G and inputs of two groups. Every grouped
+    # Conv group must lose as many, so all of them are put back (before, nothing went).
+    lowest = {int(a.root_of[a.sources[0].ids[c]]) for c in (0, 2)} | {int(a.root_of[a.sources[1].ids[1]])}
+    assert enforce_constraints(a, lowest, {}) == set()
+    r = onnxprune.prune(model, "l2", compensation="none", **budget)
+    # G's group 1 goes whole: its inputs (A's channels 2 and 3) and its output (G's channel 1).
+    removed = {m for g in r.plan.removed_groups for m in r.plan.members[g]}
+    assert removed == {(conv_a, 2), (conv_a, 3), (conv_g, 1)}, removed
+    assert [(group, w) for _, group, w in _conv_attrs(r.model)] == [
+        (1, (6, 3, 3, 3)),
+        (3, (3, 2, 3, 3)),
+        (1, (2, 3, 1, 1)),
+    ]
+    assert r.report.verification.passed and r.report.macs_after < r.report.macs_before
+    onnx.checker.check_model(r.model, full_check=True)
+    # Independently: the pruned model equals the original with those filters zeroed (what its
+    # readers then read: 0 after Relu, as compensation none replaces them).
+    masked = _zeroed(model, {conv_a: [2, 3], conv_g: [1]})
+    for seed in range(4):
+        feed = {"x": np.random.default_rng(seed).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+        want = ort.InferenceSession(masked.SerializeToString()).run(None, feed)[0]
+        got = ort.InferenceSession(r.model.SerializeToString()).run(None, feed)[0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
 # -- a run-time target shape whose channel entry is a constant part of a Concat -----------------
 
 
