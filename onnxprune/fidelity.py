@@ -131,22 +131,28 @@ def parse_metric_choices(items: Sequence[str]) -> dict[str, str]:
 
 def output_batch_axes(model: onnx.ModelProto) -> dict[str, int]:
     """Per graph output, the axis that holds the samples when it is not the first: the one
-    named like the first input's batch dimension (sequence-first [T, batch, C] exports)."""
+    named like the first input's batch dimension (sequence-first [T, batch, C] exports), or,
+    for a batch fixed to 1, the only axis of size 1 of an output whose first axis is not 1."""
     init = {t.name for t in model.graph.initializer}
-    batch = next(
+    first = next(
         (
-            i.type.tensor_type.shape.dim[0].dim_param
+            i.type.tensor_type.shape.dim[0]
             for i in model.graph.input
-            if i.name not in init and i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param
+            if i.name not in init and i.type.tensor_type.shape.dim
         ),
-        "",
+        None,
     )
     out = {}
     for o in model.graph.output:
-        dims = [d.dim_param for d in o.type.tensor_type.shape.dim]
-        named = [ax for ax, d in enumerate(dims) if batch and d == batch]
-        if len(named) == 1 and named[0] != 0:
-            out[o.name] = named[0]
+        dims = o.type.tensor_type.shape.dim
+        if first is not None and first.dim_param:
+            axes = [ax for ax, d in enumerate(dims) if d.dim_param == first.dim_param]
+        elif first is not None and first.dim_value == 1 and dims and dims[0].dim_value not in (0, 1):
+            axes = [ax for ax, d in enumerate(dims) if d.dim_value == 1 and not d.dim_param]
+        else:
+            axes = []
+        if len(axes) == 1 and axes[0] != 0:
+            out[o.name] = axes[0]
     return out
 
 

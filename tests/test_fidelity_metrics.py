@@ -275,6 +275,15 @@ def test_output_batch_axes_from_the_declared_shapes() -> None:
     ]
     model = helper.make_model(helper.make_graph([], "g", [x], outs))
     assert output_batch_axes(model) == {"s": 1}
+    # A batch fixed to 1: the only axis of size 1, when the first is not.
+    x1 = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    fixed = [
+        helper.make_tensor_value_info("s", TensorProto.FLOAT, [20, 1, 37]),
+        helper.make_tensor_value_info("m", TensorProto.FLOAT, [1, 1, 8, 8]),
+        helper.make_tensor_value_info("u", TensorProto.FLOAT, [20, 1, 1]),
+        helper.make_tensor_value_info("v", TensorProto.FLOAT, [20, 37]),
+    ]
+    assert output_batch_axes(helper.make_model(helper.make_graph([], "g", [x1], fixed))) == {"s": 1}
 
 
 # -- choosing ----------------------------------------------------------------------------------
