@@ -123,6 +123,7 @@ def _prune(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         min_fidelity=args.min_fidelity,
         reconstruct=args.reconstruct,
+        recalibrate=args.recalibrate,
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),
         preprocess=args.preprocess,
         validate=args.validate,

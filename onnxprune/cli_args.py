@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="refit the readers of removed channels by least squares on calibration data",
     )
     b.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="correct the kept channels' mean and variance after pruning to the original's on calibration data",
+    )
+    b.add_argument(
         "--fidelity-metric",
         action="append",
         default=[],

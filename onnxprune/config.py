@@ -103,6 +103,9 @@ class PruneConfig:
         allocating per-layer ratios by measured sensitivity (with macs_target: reach it with
         the best fidelity found).
     reconstruct: refit the readers of removed channels by least squares on calibration data.
+    recalibrate: after pruning (and reconstruction), correct every layer downstream of a removal
+        so that its kept channels' mean and variance on the calibration data are the original's
+        (folded into the BatchNormalization after it, or its own weights and bias).
     fidelity_metrics: output name (or "*") -> top1, ctc, dense, detection or cosine, with
         parameters as "ctc:blank=K" (default: detected per output from shape and values).
     sensitivity_ratios: the fractions of each unit tried by the sensitivity analysis; None:
@@ -138,6 +141,7 @@ class PruneConfig:
     tolerance: float | None = None
     min_fidelity: float | None = None
     reconstruct: bool = False
+    recalibrate: bool = False
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     sensitivity_ratios: tuple[float, ...] | None = None
     preprocess: str | None = None
@@ -211,8 +215,8 @@ class PruneConfig:
         ratios = self.ratios
         if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
             raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")
-        if (self.min_fidelity is not None or self.reconstruct) and not self.calibration:
-            raise UsageError("--min-fidelity and --reconstruct need calibration inputs (--calibration)")
+        if (self.min_fidelity is not None or self.reconstruct or self.recalibrate) and not self.calibration:
+            raise UsageError("--min-fidelity, --reconstruct and --recalibrate need calibration inputs (--calibration)")
         floor = self.fidelity_floor
         if self.min_fidelity is None and floor is not None and floor <= 0.0:
             raise UsageError(

@@ -27,16 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
-from onnx import numpy_helper
 
 from .analysis import ChannelAnalysis, import_graph
 from .compensation import removed_id_mask
 from .errors import UnsupportedModel
+from .layer_params import WeightWriter, layer_params
 from .node_names import nodes_by_name
-from .params import InitializerCache, Param, ParamResolver, is_quantized_chain
+from .params import InitializerCache, ParamResolver, is_quantized_chain
 from .planning import PruningPlan
-from .rules import Layer, RuleRegistry, default_registry
+from .rules import RuleRegistry, default_registry
 from .runtime import session
 from .validation import model_opset
 
@@ -63,6 +62,44 @@ def _solve(a: np.ndarray, y: np.ndarray, theta0: np.ndarray, ridge: float) -> np
         return np.linalg.lstsq(lhs, rhs, rcond=None)[0]
 
 
+# Ridge strengths tried (relative to the mean diagonal of a.T @ a), and "keep the weights".
+RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _fit(
+    folds: Sequence[tuple[np.ndarray, np.ndarray]], theta0: np.ndarray, ridge: float, ridges: Sequence[float]
+) -> np.ndarray | None:
+    """The refitted parameters, with the ridge chosen by two-fold cross-validation over
+    different calibration samples (rows of one half fitted, judged on the other, and the other
+    way round): a layer read at few positions is underdetermined, and a fit that looks exact on
+    its samples can be worse than the weights it started from. None when keeping ``theta0``
+    predicts the held-out half best. One fold: the fixed ``ridge``."""
+    a_all = np.concatenate([a for a, _ in folds])
+    y_all = np.concatenate([y for _, y in folds])
+    if len(folds) < 2 or not ridges:
+        return _solve(a_all, y_all, theta0, ridge)
+    errors = np.zeros(len(ridges))
+    keep_error = 0.0
+    for i, (a, y) in enumerate(folds):
+        a_o, y_o = folds[1 - i]
+        keep_error += float(np.sum((a_o @ theta0 - y_o) ** 2))
+        ata = a.T @ a
+        scale = float(np.mean(np.diag(ata)))
+        if scale <= 0:
+            return None
+        vals, vecs = np.linalg.eigh(ata)
+        aty = a.T @ y
+        for k, rel in enumerate(ridges):
+            lam = rel * scale
+            rhs = vecs.T @ (aty + lam * theta0)
+            theta = vecs @ (rhs / np.maximum(vals + lam, lam)[:, None])
+            errors[k] += float(np.sum((a_o @ theta - y_o) ** 2))
+    best = int(np.argmin(errors))
+    if errors[best] >= keep_error:
+        return None
+    return _solve(a_all, y_all, theta0, ridges[best])
+
+
 def reconstruct(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -73,6 +110,7 @@ def reconstruct(
     registry: RuleRegistry | None = None,
     positions: int = 8192,
     ridge: float = 1e-5,
+    ridges: Sequence[float] = RIDGES,
     seed: int = 0,
     source: str = "<model>",
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
@@ -117,7 +155,7 @@ def reconstruct(
     pruned_graph = import_graph(out)  # the pruned model's weights, read through Constant nodes and chains
     pruned_params = ParamResolver()
     g_pruned = {n.name: n for n in pruned_graph.nodes}
-    writer = _Writer(out)
+    writer = WeightWriter(out)
     rng = np.random.default_rng(seed)
     done = []
     for sink, node, layer, keep_in in todo:
@@ -140,10 +178,13 @@ def reconstruct(
                 continue
             b = scale * np.asarray(bp.values, dtype=np.float64).reshape(-1)
         x = values[sink.tensor]
-        rows = layer.input_rows(x, w.shape, positions, rng)  # [positions, in·k]
-        if rows is None:
+        # Rows from two halves of the samples: the ridge is chosen on one half, judged on the other.
+        halves = [x[: len(x) // 2], x[len(x) // 2 :]] if len(x) >= 2 and ridges else [x]
+        parts = [layer.input_rows(h, w.shape, positions // len(halves), rng) for h in halves]
+        if any(p is None for p in parts):
             continue
-        current = _current(g_pruned[sink.node], pruned_params, layer)
+        rows = np.concatenate(parts)  # [positions, in·k]
+        current = layer_params(g_pruned[sink.node], pruned_params, layer)
         if current is None:
             continue
         w_cur, b_cur, w_param = current
@@ -155,7 +196,7 @@ def reconstruct(
             if len(oids) == w_mat.shape[0]:
                 keep_out = ~removed_ids[oids]
         has_bias = bi is not None and scale != 0  # a bias scaled by 0 (Gemm beta=0) stays as it is
-        fitted = _refit_groups(rows, w_mat, b, keep_in, keep_out, w_cur, b_cur, layer.groups, has_bias, ridge)
+        fitted = _refit_groups(parts, w_mat, b, keep_in, keep_out, w_cur, b_cur, layer.groups, has_bias, ridge, ridges)
         if fitted is None:
             continue
         w_new, b_new, err_b, err_a = fitted
@@ -168,7 +209,7 @@ def reconstruct(
 
 
 def _refit_groups(
-    rows: np.ndarray,
+    parts: Sequence[np.ndarray],
     w_mat: np.ndarray,
     b: np.ndarray,
     keep_in: np.ndarray,
@@ -178,15 +219,17 @@ def _refit_groups(
     groups: int,
     has_bias: bool,
     ridge: float,
+    ridges: Sequence[float],
 ) -> tuple[np.ndarray, np.ndarray, float, float] | None:
     """Least squares per group of the layer (one group unless it is a grouped Conv): group g's
     kept outputs are refitted on group g's kept inputs only, against the original's outputs
-    there (``rows @ w_mat.T + b``). Returns the new weights and bias in the pruned layer's shape
-    [kept out, kept in/groups · k] and the relative RMS error before and after, or None when
-    the pruned layer does not have the shape the plan implies."""
+    there (``rows @ w_mat.T + b``; ``parts``: the rows of different samples, see ``_fit``).
+    Returns the new weights and bias in the pruned layer's shape [kept out, kept in/groups · k]
+    and the relative RMS error before and after, or None when the pruned layer does not have
+    the shape the plan implies."""
     n_out, n_cols = w_mat.shape
     n_in = len(keep_in)
-    if groups < 1 or n_out % groups or n_in % groups or rows.shape[1] != n_in * (n_cols * groups // n_in):
+    if groups < 1 or n_out % groups or n_in % groups or any(p.shape[1] != n_cols * groups for p in parts):
         return None
     k = n_cols * groups // n_in  # columns per input channel (kernel positions)
     out_g, in_g = n_out // groups, n_in // groups
@@ -199,21 +242,28 @@ def _refit_groups(
         outs = np.flatnonzero(keep_out[g * out_g : (g + 1) * out_g]) + g * out_g
         if len(outs) == 0:
             continue  # a group dropped whole
-        ins = keep_in[g * in_g : (g + 1) * in_g]
-        block = rows[:, g * in_g * k : (g + 1) * in_g * k]
-        y = block @ w_mat[outs].T + b[outs]  # the original layer's outputs of this group
-        a = block[:, np.repeat(ins, k)]
+        cols = np.repeat(keep_in[g * in_g : (g + 1) * in_g], k)
         cur = np.searchsorted(kept_out, outs)  # their rows in the pruned layer
-        if a.shape[1] != w_cur.shape[1]:
+        if int(cols.sum()) != w_cur.shape[1]:
             return None
         theta0 = w_cur[cur].T
         if has_bias:
-            a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
             theta0 = np.concatenate([theta0, b_cur[cur][None, :]], axis=0)
-        theta = _solve(a, y, theta0, ridge)
-        sq_b += float(np.sum((a @ theta0 - y) ** 2))
-        sq_a += float(np.sum((a @ theta - y) ** 2))
-        sq_y += float(np.sum(y**2))
+        folds = []
+        for rows in parts:
+            block = rows[:, g * in_g * k : (g + 1) * in_g * k]
+            y = block @ w_mat[outs].T + b[outs]  # the original layer's outputs of this group
+            a = block[:, cols]
+            if has_bias:
+                a = np.concatenate([a, np.ones((len(a), 1))], axis=1)
+            folds.append((a, y))
+        theta = _fit(folds, theta0, ridge, ridges)
+        for a, y in folds:
+            sq_b += float(np.sum((a @ theta0 - y) ** 2))
+            sq_a += float(np.sum((a @ (theta0 if theta is None else theta) - y) ** 2))
+            sq_y += float(np.sum(y**2))
+        if theta is None:
+            continue
         w_new[cur] = (theta[:-1] if has_bias else theta).T
         if has_bias:
             b_new[cur] = theta[-1]
@@ -221,117 +271,16 @@ def _refit_groups(
     return w_new, b_new, float(np.sqrt(sq_b)) / scale, float(np.sqrt(sq_a)) / scale
 
 
-def _current(node: gs.Node, params: ParamResolver, layer: Layer) -> tuple[np.ndarray, np.ndarray, Param] | None:
-    """The pruned layer's weights as [out, in·k], its bias as added (zeros if none), and the
-    weight as read (through Constant nodes, Cast and the like)."""
-    if len(node.inputs) <= layer.weight_index:
-        return None
-    w = params(node.inputs[layer.weight_index])
-    if w is None or is_quantized_chain(w) or np.asarray(w.values).dtype.kind != "f":
-        return None
-    mat = layer.weight_matrix(np.asarray(w.values, dtype=np.float64))
-    b = np.zeros(mat.shape[0])
-    bi = layer.bias_index
-    if bi is not None and len(node.inputs) > bi and node.inputs[bi].name:
-        bp = params(node.inputs[bi])
-        if bp is None or np.asarray(bp.values).size != mat.shape[0]:
-            return None
-        b = layer.bias_scale * np.asarray(bp.values, dtype=np.float64).reshape(-1)
-    return mat, b, w
-
-
-class _Writer:
-    """Writes refitted weights into a model: in place when the weight is an initializer only
-    this layer reads, else as a new initializer the layer reads instead (a weight computed by
-    Constant nodes, Cast, shape ops... is replaced whole, and the nodes nothing reads any more
-    are dropped)."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.nodes = nodes_by_name(model.graph.node)  # the surgery keeps the layers' names
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.readers: dict[str, int] = defaultdict(int)
-        for n in model.graph.node:
-            for i in n.input:
-                self.readers[i] += 1
-        self.replaced: set[str] = set()
-
-    def write(self, node: onnx.NodeProto, layer: Layer, w_mat: np.ndarray, bias: np.ndarray | None, w: Param) -> None:
-        dtype = np.asarray(w.values).dtype
-        shape = np.asarray(w.values).shape
-        self._set(node, layer.weight_index, layer.weight_from_matrix(w_mat, shape).astype(dtype))
-        bi = layer.bias_index
-        if bias is None or bi is None:
-            return
-        bias = (bias / layer.bias_scale).astype(dtype)
-        if len(node.input) > bi and node.input[bi]:
-            old = self.inits.get(node.input[bi])
-            self._set(node, bi, bias.reshape(tuple(old.dims)) if old is not None else bias)
-            return
-        name = f"{node.output[0]}__reconstructed_bias"
-        self.model.graph.initializer.append(numpy_helper.from_array(bias, name))
-        while len(node.input) < bi:
-            node.input.append("")
-        if len(node.input) > bi:  # an empty name stands for the missing bias
-            node.input[bi] = name
-        else:
-            node.input.append(name)
-
-    def _set(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
-        name = node.input[index]
-        init = self.inits.get(name)
-        if init is not None and self.readers.get(name, 0) == 1 and tuple(init.dims) == value.shape:
-            init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), name))
-            return
-        # Shared with another reader, or computed by nodes: this layer gets its own initializer.
-        new = f"{name}__reconstructed_{node.name or node.output[0]}"
-        self.model.graph.initializer.append(numpy_helper.from_array(value, new))
-        node.input[index] = new
-        self.readers[name] -= 1
-        self.replaced.add(name)
-
-    def finish(self) -> None:
-        """Drop the nodes and initializers that only computed a replaced weight."""
-        if not self.replaced:
-            return
-        graph = self.model.graph
-        keep_names = {o.name for o in graph.output} | _subgraph_reads(graph)
-        while True:
-            read = {i for n in graph.node for i in n.input} | keep_names
-            dead = [
-                n
-                for n in graph.node
-                if n.output and not any(o in read for o in n.output) and (set(n.output) & self.replaced)
-            ]
-            if not dead:
-                break
-            for n in dead:
-                self.replaced.update(n.input)
-                graph.node.remove(n)
-        read = {i for n in graph.node for i in n.input} | keep_names
-        unread = [t for t in graph.initializer if t.name in self.replaced and t.name not in read]
-        for t in unread:
-            graph.initializer.remove(t)
-
-
-def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
-    """Every name read inside the subgraphs of ``graph``'s nodes (they may read outer names)."""
-    out: set[str] = set()
-    for n in graph.node:
-        for a in n.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
-            for g in subs:
-                out.update(i for sn in g.node for i in sn.input)
-                out.update(_subgraph_reads(g))
-    return out
-
-
 class ReconstructedTrials:
-    """The fidelity of a removal *after* reconstruction, for the allocation search (a drop-in
-    for sensitivity_analysis.TrialRunner). Each trial removes the groups (surgery) and is judged by
-    two-fold cross-fitting: readers refitted on one half of the calibration samples are judged
-    on the other half, and the other way round, so every sample is judged by a fit that never
-    saw it (fitted and judged on the same few samples, a fit looks better than it is)."""
+    """The fidelity of a removal *after* recovery (reconstruction and/or re-calibration, see
+    recovery), for the allocation search (a drop-in for sensitivity_analysis.TrialRunner). Each
+    trial removes the groups (surgery) and is judged by two-fold cross-fitting: the model
+    recovered on one half of the calibration samples is judged on the other half, and the other
+    way round, so every sample is judged by a fit that never saw it (fitted and judged on the
+    same few samples, a fit looks better than it is). Re-calibration inside the search takes at
+    most ``RECALIBRATION_PASSES`` passes per trial."""
+
+    RECALIBRATION_PASSES = 4
 
     def __init__(
         self,
@@ -342,7 +291,10 @@ class ReconstructedTrials:
         registry: RuleRegistry | None = None,
         seed: int = 0,
         source: str = "<model>",
+        reconstruct: bool = True,
+        recalibrate: bool = False,
     ) -> None:
+        self.reconstruct, self.recalibrate = reconstruct, recalibrate
         if len(feeds) < 2:
             raise ValueError("reconstruction inside the search needs at least 2 calibration samples")
         half = len(feeds) // 2
@@ -370,14 +322,25 @@ class ReconstructedTrials:
         """The cross-fitted fidelity; with ``worst_half`` the worse of the two judged halves'
         (the search's judge, as sensitivity_analysis.TrialRunner's)."""
         from .fidelity import score_outputs
+        from .recovery import recover_model
         from .surgery import apply_pruning
 
         plan = PruningPlan("trial", tuple(removed_groups))
         pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)
         parts = []
         for fit, judge in self.folds:
-            rebuilt, _ = reconstruct(
-                self.model, pruned, self.analysis, plan, fit, registry=self.registry, seed=self.seed, source=self.source
+            rebuilt, _, _ = recover_model(
+                self.model,
+                pruned,
+                self.analysis,
+                plan,
+                fit,
+                reconstruct=self.reconstruct,
+                recalibrate=self.recalibrate,
+                registry=self.registry,
+                seed=self.seed,
+                recalibration_passes=self.RECALIBRATION_PASSES,
+                source=self.source,
             )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
         if worst_half:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .fidelity import OutputScore
     from .metrics import ModelCost
     from .planning import PruningPlan
+    from .recalibration import RecalibratedLayer
     from .reconstruction import ReconstructedLayer
     from .rules import RuleRegistry
     from .sensitivity_analysis import SensitivityResult
@@ -81,6 +82,7 @@ class PruneReport:
     evaluation: str = "none"  # which inputs verification and fidelity ran on
     data_note: str = ""  # how calibration and evaluation samples were chosen
     reconstructed_layers: tuple[ReconstructedLayer, ...] = ()
+    recalibrated_layers: tuple[RecalibratedLayer, ...] = ()
     sensitivity: SensitivityResult | None = None  # with a fidelity budget: what allocation measured
     macs_unknown: str = ""  # why the MACs are unknown ("" when they are known)
     validation: ValidationResult | None = None  # the user's validation function: baseline, final, calls
@@ -128,6 +130,18 @@ class PruneReport:
             "macs_unknown": self.macs_unknown or None,  # why macs_before/after are null
             "validation": None if self.validation is None else self.validation.to_dict(),
             "generalisation": self.generalisation,
+            "recalibrated_layers": [  # added last, as the keys before it
+                {
+                    "node": r.node,
+                    "channels": r.channels,
+                    "folded_into": r.folded_into,
+                    "mean_shift_before": r.mean_shift_before,
+                    "mean_shift_after": r.mean_shift_after,
+                    "std_change_before": r.std_change_before,
+                    "std_change_after": r.std_change_after,
+                }
+                for r in self.recalibrated_layers
+            ],
         }
 
 
@@ -150,6 +164,7 @@ def build_report(
     evaluation: str = "none",
     data_note: str = "",
     reconstructed_layers: tuple[ReconstructedLayer, ...] = (),
+    recalibrated_layers: tuple[RecalibratedLayer, ...] = (),
     sensitivity: SensitivityResult | None = None,
     registry: RuleRegistry | None = None,
     validation: ValidationResult | None = None,
@@ -238,6 +253,7 @@ def build_report(
         evaluation=evaluation,
         data_note=data_note,
         reconstructed_layers=tuple(reconstructed_layers),
+        recalibrated_layers=tuple(recalibrated_layers),
         sensitivity=sensitivity,
         validation=validation,
         generalisation=None if generalisation is None else dict(generalisation),

@@ -204,3 +204,131 @@ def test_reconstructed_model_still_reads_as_onnx_after_dropping_chains(tmp_path:
     assert len({n.input[1] for n in readers}) == 2
     onnx.checker.check_model(r.model, full_check=True)
     assert _unread_nodes(r.model) == []
+
+
+# -- re-calibration ------------------------------------------------------------------------------
+
+
+def _recal_model(bn: bool) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """x (2 channels) -> 1x1 Conv A = diag(1, 0.5) -> 1x1 Conv B (3) [-> BatchNormalization].
+    Removing A's channel 1 (the smaller filter) takes 0.5 * B[:, 1] * x1 out of B's output:
+    its variance drops by 0.25 B[:, 1]^2 var(x1) and its mean by 0.5 B[:, 1] mean(x1), known."""
+    b = GraphBuilder(opset=17, seed=41)
+    x = b.input("x", [None, 2, 4, 4])
+    wa = np.zeros((2, 2, 1, 1), np.float32)
+    wa[0, 0], wa[1, 1] = 1.0, 0.5
+    wb = b.weights([3, 2, 1, 1])
+    bias = np.array([0.1, -0.2, 0.3], np.float32)
+    h = b.conv(x, 2, k=1, pads=0, weight=b.const(wa, "Wa"), bias=np.zeros(2, np.float32))
+    y = b.conv(h, 3, k=1, pads=0, weight=b.const(wb, "Wb"), bias=bias)
+    b.output(b.bn(y) if bn else y)
+    return b.build(), wb[:, :, 0, 0].astype(np.float64), bias.astype(np.float64)
+
+
+def _shifted_calib(tmp_path: Path, name: str, seed: int) -> tuple[str, np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((16, 2, 4, 4)).astype(np.float32)
+    x[:, 1] += 1.5  # a mean the removal takes away
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, x=x)
+    return str(path), x.astype(np.float64)
+
+
+@pytest.mark.parametrize("bn", [True, False])
+def test_recalibration_restores_the_known_mean_and_variance(tmp_path: Path, bn: bool) -> None:
+    """B's outputs before the correction are B[:, 0] x0 + b (x1's part is gone); the correction
+    a = std_o / std_p, c = mean_o - a mean_p, from the calibration samples, is folded into the
+    BatchNormalization's scale and bias (exactly: s a and beta + s (c + (a - 1) m) / d) or,
+    without one, into B's weights (a B) and bias (a b + c)."""
+    model, wb, bias = _recal_model(bn)
+    calib, x = _shifted_calib(tmp_path, "cal", 1)
+    held, _ = _shifted_calib(tmp_path, "held", 2)
+    r = onnxprune.prune(
+        model, "l2", ratio=0.5, calibration=calib, verification_inputs=held, compensation="none", recalibrate=True
+    )
+    assert r.report.channels_removed == 1 and r.report.verification.passed
+    y_o = np.einsum("oc,nchw->nohw", wb, 0.5 * np.stack([2 * x[:, 0], x[:, 1]], 1)) + bias[None, :, None, None]
+    y_p = np.einsum("o,nhw->nohw", wb[:, 0], x[:, 0]) + bias[None, :, None, None]
+    mean_o, std_o = y_o.mean(axis=(0, 2, 3)), y_o.std(axis=(0, 2, 3))
+    mean_p, std_p = y_p.mean(axis=(0, 2, 3)), y_p.std(axis=(0, 2, 3))
+    a = std_o / std_p
+    c = mean_o - a * mean_p
+    (layer,) = r.report.recalibrated_layers
+    conv_b = [n for n in r.model.graph.node if n.op_type == "Conv"][1]
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in r.model.graph.initializer}
+    if bn:
+        norm = next(n for n in r.model.graph.node if n.op_type == "BatchNormalization")
+        orig = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+        s, beta, m, v = (orig[i] for i in norm.input[1:])
+        assert layer.folded_into == norm.name
+        np.testing.assert_allclose(inits[norm.input[1]], s * a, rtol=1e-4)
+        np.testing.assert_allclose(
+            inits[norm.input[2]], beta + s * (c + (a - 1) * m) / np.sqrt(v + 1e-5), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(inits[conv_b.input[1]][:, 0, 0, 0], wb[:, 0], rtol=1e-6)  # the Conv unchanged
+    else:
+        assert layer.folded_into == conv_b.name
+        np.testing.assert_allclose(inits[conv_b.input[1]][:, 0, 0, 0], a * wb[:, 0], rtol=1e-4)
+        np.testing.assert_allclose(inits[conv_b.input[2]], a * bias + c, rtol=1e-4, atol=1e-5)
+    assert layer.mean_shift_before > 0.3 and layer.std_change_before > 0.05
+    assert layer.mean_shift_after < 1e-4 and layer.std_change_after < 1e-4
+    d = r.report.to_dict()["recalibrated_layers"][0]
+    assert d["node"] == layer.node and d["folded_into"] == layer.folded_into
+
+
+def _chain(tmp_path: Path) -> tuple[onnx.ModelProto, str]:
+    b = GraphBuilder(opset=17, seed=42)
+    x = b.input("x", [None, 3, 6, 6])
+    h = b.op("Relu", b.conv(x, 6, k=3))
+    h = b.op("Relu", b.conv(h, 6, k=1, pads=0))
+    b.output(b.conv(h, 4, k=1, pads=0))
+    return b.build(), _calib(tmp_path, (3, 6, 6), n=24)
+
+
+def test_recalibration_corrects_layers_in_dependency_order(tmp_path: Path) -> None:
+    """The second reader's statistics are measured after the first was corrected (each depth
+    level in its own pass): after both corrections every layer matches on the calibration
+    samples. Measured in one pass, the second's correction would be computed before the
+    first's changed its input."""
+    model, calib = _chain(tmp_path)
+    r = onnxprune.prune(model, "l2", ratio=0.34, calibration=calib, compensation="none", recalibrate=True)
+    layers = r.report.recalibrated_layers
+    assert len(layers) == 2
+    assert all(x.mean_shift_before > 1e-2 for x in layers)
+    assert all(x.mean_shift_after < 1e-4 and x.std_change_after < 1e-4 for x in layers)
+    from onnxprune.recalibration import recalibrate
+
+    plain = onnxprune.prune(model, "l2", ratio=0.34, calibration=calib, compensation="none")
+    from onnxprune.calibration import load_calibration
+
+    feeds = load_calibration(calib, model)
+    _, one_pass = recalibrate(model, plain.model, r.analysis, r.plan, feeds, max_passes=1)
+    assert max(x.mean_shift_after + x.std_change_after for x in one_pass) > 1e-3
+
+
+def test_recalibrate_needs_calibration_and_is_a_cli_flag(tmp_path: Path) -> None:
+    from cli_helpers import one_line_error, run_cli
+
+    model, calib = _chain(tmp_path)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    msg = one_line_error(run_cli("prune", path, "-o", tmp_path / "o.onnx", "--ratio", "0.3", "--recalibrate"))
+    assert "--recalibrate" in msg and "--calibration" in msg
+    out = tmp_path / "o.onnx"
+    p = run_cli(
+        "prune",
+        path,
+        "-o",
+        out,
+        "--ratio",
+        "0.34",
+        "--recalibrate",
+        "--calibration",
+        calib,
+        "--report",
+        tmp_path / "r.json",
+    )
+    assert p.returncode == 0, p.stderr
+    import json
+
+    d = json.loads((tmp_path / "r.json").read_text())
+    assert len(d["recalibrated_layers"]) == 2 and out.exists()

@@ -45,12 +45,191 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nncf_patterns import patterns
+import onnx
+from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 NETS = ("digits", "resnet", "mobilenet")
 FORMS = ("float", "fq", "qdq", "qdq_strip")
 NOTES = "<!-- notes -->"
+
+
+class Graph:
+    """Constants (initializers and Constant nodes, through Identity), producers and consumers."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        for n in model.graph.node:
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = collections.defaultdict(list)
+        for n in model.graph.node:
+            for i in n.input:
+                self.consumers[i].append(n)
+
+    def resolve(self, name: str) -> str:
+        while name not in self.consts and name in self.producer and self.producer[name].op_type == "Identity":
+            name = self.producer[name].input[0]
+        return name
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(self.resolve(name))
+
+    def op(self, name: str) -> str:
+        p = self.producer.get(name)
+        return "input" if p is None else p.op_type
+
+
+def _group(node: onnx.NodeProto) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == "group"), 1)
+
+
+def _zero_rows(w: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(~np.any(w.reshape(len(w), -1) != 0, axis=1))
+
+
+def fq_weight_outputs(path: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The values of the given (weight FakeQuantize) tensors, computed by OpenVINO in f32."""
+    import openvino as ov
+
+    if not names:
+        return {}
+    model = onnx.load(path)
+    for name in names:
+        model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "m.onnx"
+        onnx.save(model, p)
+        compiled = ov.Core().compile_model(ov.convert_model(str(p)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        feeds = {i.get_any_name(): np.zeros([int(d) for d in i.get_shape()], np.float32) for i in compiled.inputs}
+        res = compiled(feeds)
+        return {name: np.asarray(res[compiled.output(name)]) for name in names}
+
+
+def fq_reference(
+    x: np.ndarray, il: np.ndarray, ih: np.ndarray, ol: np.ndarray, oh: np.ndarray, levels: int
+) -> np.ndarray:
+    """FakeQuantize's reference formula, evaluated in float32 the way an expansion into
+    standard ONNX ops (Sub, Div, Mul, Round, Add) would run it."""
+    f = np.float32
+    q = np.round((x - il) / (ih - il) * f(levels - 1))
+    y = q / f(levels - 1) * (oh - ol) + ol
+    return np.where(x <= np.minimum(il, ih), ol, np.where(x > np.maximum(il, ih), oh, y)).astype(np.float32)
+
+
+def patterns(path: Path) -> dict[str, Any]:
+    """Structural facts of one export, for the patterns issue 11 lists."""
+    model = onnx.load(path)
+    g = Graph(model)
+    ops = collections.Counter(
+        (n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}:{n.op_type}") for n in model.graph.node
+    )
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    facts: dict[str, Any] = {
+        "ops": dict(sorted(ops.items())),
+        "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "input": {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input},
+        "convs": len(convs),
+        "depthwise_convs": sum(1 for n in convs if _group(n) > 1),
+    }
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        facts["checker"] = "ok"
+    except Exception as e:
+        facts["checker"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+    # weights: how each conv gets them, and which filters are exactly zero in the stored constant
+    layers = []
+    fq_names = []
+    for n in convs:
+        src, chain = n.input[1], []
+        while g.const(src) is None and src in g.producer:
+            p = g.producer[src]
+            chain.append(p.op_type)
+            src = p.input[0]
+        w = g.const(src)
+        stored = g.resolve(src)
+        store = "initializer" if any(i.name == stored for i in model.graph.initializer) else "Constant node"
+        rec: dict[str, Any] = {"node": n.name, "group": _group(n), "weight_chain": "<-".join(chain + [store])}
+        rec["filters"] = int(w.shape[0]) if w is not None else None
+        rec["zero_filters"] = _zero_rows(w).tolist() if w is not None else None
+        if chain[:1] == ["FakeQuantize"]:
+            fq = g.producer[n.input[1]]
+            rec["fq_range_shapes"] = [list(g.const(i).shape) for i in fq.input[1:5]]
+            rec["fq_shared_low_high"] = fq.input[1] == fq.input[3] and fq.input[2] == fq.input[4]
+            levels = next(int(a.i) for a in fq.attribute if a.name == "levels")
+            lo, hi = g.const(fq.input[1]), g.const(fq.input[2])
+            rec["fq_levels"], rec["fq_low_over_high"] = levels, sorted({round(float(v), 6) for v in (lo / hi).ravel()})
+            if w is not None and len(rec["zero_filters"]):
+                ref = fq_reference(w, *(g.const(i) for i in fq.input[1:5]), levels)[rec["zero_filters"]]
+                rec["fq_reference_zero_filter_max_abs"] = float(np.abs(ref).max())
+                rec["fq_reference_zero_filters_still_zero"] = int(
+                    (~np.any(ref.reshape(len(ref), -1) != 0, axis=1)).sum()
+                )
+            fq_names.append(n.input[1])
+        if chain[:2] == ["DequantizeLinear", "QuantizeLinear"]:
+            dq = g.producer[n.input[1]]
+            rec["qdq_axis"] = next((int(a.i) for a in dq.attribute if a.name == "axis"), 1)
+            rec["qdq_scale_shape"] = list(g.const(dq.input[1]).shape)
+            rec["qdq_zero_point"] = f"{g.const(dq.input[2]).dtype}{list(g.const(dq.input[2]).shape)}"
+            rec["qdq_zero_point_via_identity"] = g.op(dq.input[2]) == "Identity"
+        # the BatchNormalization right after the conv (possibly behind nothing else)
+        readers = g.consumers[n.output[0]]
+        bn = readers[0] if len(readers) == 1 and readers[0].op_type == "BatchNormalization" else None
+        if bn is not None:
+            vals = [g.const(i) for i in bn.input[1:5]]
+            rec["bn"] = {k: np.flatnonzero(v == 0).tolist() for k, v in zip(("scale", "bias", "mean", "var"), vals)}
+        layers.append(rec)
+    if fq_names:
+        out = fq_weight_outputs(path, fq_names)
+        for rec, name in zip((r for r in layers if "fq_range_shapes" in r), fq_names):
+            w = out[name]
+            rows = rec["zero_filters"]
+            if rows:
+                vals = w[rows].ravel()
+                rec["fq_zero_filter_max_abs"] = float(np.abs(vals).max())
+                rec["fq_zero_filter_values"] = sorted({float(v) for v in vals})[:4]
+            rec["fq_zero_filters_after"] = _zero_rows(w).tolist()
+    facts["layers"] = layers
+
+    # activation FakeQuantize / QuantizeLinear: per-tensor or per-channel, shared Constants
+    acts = []
+    for n in model.graph.node:
+        if n.op_type == "FakeQuantize" and g.const(n.input[0]) is None:
+            shapes = [list(g.const(i).shape) for i in n.input[1:5]]
+            feeds = [
+                f"{c.op_type}(group={_group(c)})" if c.op_type == "Conv" else c.op_type
+                for c in g.consumers[n.output[0]]
+            ]
+            acts.append(
+                {
+                    "node": n.name,
+                    "range_shapes": shapes,
+                    "shared_low": n.input[1] == n.input[3],
+                    "shared_high": n.input[2] == n.input[4],
+                    "readers": feeds,
+                }
+            )
+        if n.op_type == "QuantizeLinear" and g.const(n.input[0]) is None:
+            acts.append(
+                {
+                    "node": n.name,
+                    "scale_shape": list(g.const(n.input[1]).shape),
+                    "zero_point": str(g.const(n.input[2]).dtype),
+                }
+            )
+    facts["activation_quantizers"] = acts
+    # Constants used by more than one FakeQuantize (across nodes)
+    users: dict[str, set[str]] = collections.defaultdict(set)
+    for n in model.graph.node:
+        if n.op_type == "FakeQuantize":
+            for i in n.input[1:5]:
+                users[i].add(n.name)
+    facts["fq_constants_shared_across_nodes"] = sum(1 for v in users.values() if len(v) > 1)
+    facts["identity_nodes"] = ops.get("Identity", 0)
+    return facts
 
 
 def accuracy(path: Path, x: np.ndarray, y: np.ndarray, runtime: str) -> float | str:
@@ -181,8 +360,6 @@ def main() -> None:
     args.out_json = args.out_json or str(ROOT / "benchmarks" / f"{stem}.json")
     args.out_md = args.out_md or str(ROOT / "benchmarks" / f"{stem}.md")
     if args.results:
-        from bench_nncf_results import results_main  # the --results half lives in its own file
-
         results_main(Path(args.exports), Path(args.out_json), Path(args.out_md))
         return
     exports = Path(args.exports)
@@ -353,6 +530,196 @@ def write_md(results: dict[str, Any], path: Path) -> None:
 
 
 # -- --results: what onnxprune does now ------------------------------------------------------------
+
+
+def logits(path: Path, x: np.ndarray, runtime: str) -> np.ndarray:
+    """Outputs on every image, one at a time: "openvino" (CPU, f32), "onnxruntime" (graph
+    optimisations off; FakeQuantize expanded) or "onnxruntime-optimised" (the deployed path)."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.concatenate([compiled(x[i : i + 1])[0] for i in range(len(x))])
+    import onnxruntime as ort
+
+    from onnxprune.fake_quantize import expand_fake_quantize, has_fake_quantize
+
+    model = onnx.load(path)
+    opts = ort.SessionOptions()
+    if runtime == "onnxruntime":
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    src = expand_fake_quantize(model).SerializeToString() if has_fake_quantize(model) else str(path)
+    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+
+
+def independent_check(original: Path, pruned: Path, x: np.ndarray, y: np.ndarray, runtime: str) -> dict[str, Any]:
+    before, after = logits(original, x, runtime), logits(pruned, x, runtime)
+    diff = np.abs(before - after).max(axis=1)
+    scale = float(np.abs(before).max())
+    return {
+        "top1_before": float((before.argmax(1) == y).mean()),
+        "top1_after": float((after.argmax(1) == y).mean()),
+        "top1_agreement": float((before.argmax(1) == after.argmax(1)).mean()),
+        "max_abs_diff": float(diff.max()),
+        "scale": scale,
+        "samples": len(x),
+        "samples_past_1e-5_scale": int(np.count_nonzero(diff > 1e-5 * scale)),
+    }
+
+
+def zeroed_filters(patterns_rec: dict[str, Any]) -> int:
+    """Filters NNCF zeroed in the convs that own their channels (depthwise convs follow theirs)."""
+    return sum(len(lay["zero_filters"] or []) for lay in patterns_rec["layers"] if lay["group"] == 1)
+
+
+def results_main(exports: Path, out_json: Path, out_md: Path) -> None:
+    data = np.load(exports / "digits_test.npz")
+    x, y = data["input"], data["labels"]
+    results: dict[str, Any] = {"files": {}}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for net in NETS:
+            for form in FORMS:
+                path = exports / f"{net}_{form}.onnx"
+                out, report = tmp / f"{path.stem}_pruned.onnx", tmp / f"{path.stem}.json"
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "onnxprune",
+                    "prune",
+                    str(path),
+                    "-o",
+                    str(out),
+                    "--criterion",
+                    "zero",
+                    "--inputs",
+                    str(exports / "digits_test.npz"),
+                    "--compare-openvino",
+                    "--report",
+                    str(report),
+                    "-q",
+                ]
+                p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+                rec: dict[str, Any] = {
+                    "exit": p.returncode,
+                    "error_line": (p.stderr.strip().splitlines() or [""])[-1] if p.returncode else "",
+                    "traceback": "Traceback" in p.stderr,
+                    "zeroed": zeroed_filters(patterns(path)),
+                }
+                if report.exists():
+                    r = json.loads(report.read_text())
+                    v = r.get("verification") or {}
+                    q = v.get("quantized") or {}
+                    ovp = r.get("openvino_pass") or {}
+                    rec.update(
+                        channels_total=r["channels_total"],
+                        channels_removed=r["channels_removed"],
+                        verification={
+                            "passed": v.get("passed"),
+                            "runtime": v.get("runtime"),
+                            "inputs": v.get("inputs"),
+                            "max_abs_diff": v.get("max_abs_diff"),
+                            "scale": v.get("scale"),
+                            "quantized": q or None,
+                        },
+                        openvino_pass={
+                            k: ovp.get(k)
+                            for k in (
+                                "error",
+                                "conv_channels_removed",
+                                "conv_channels_total",
+                                "channels_removed",
+                                "channels_total",
+                                "verification",
+                            )
+                        },
+                    )
+                if out.exists():
+                    runtimes = ["openvino", "onnxruntime"] + (["onnxruntime-optimised"] if "qdq" in form else [])
+                    rec["independent"] = {rt: independent_check(path, out, x, y, rt) for rt in runtimes}
+                rec["convert_exit"] = probe(path, tmp, ("convert",))["exit"]
+                rec["prune_ir_exit"] = probe(path, tmp, ("prune", "--criterion", "zero", "--ir", "IR"))["exit"]
+                results["files"][path.name] = rec
+                print(path.name, rec["exit"], rec.get("channels_removed"), rec["zeroed"], flush=True)
+    out_json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    write_results_md(results, out_md)
+
+
+def _short(runtime: str) -> str:
+    """A runtime as the table names it (the report's full wording is in the JSON)."""
+    if "optimisations on" in runtime:
+        return "onnxruntime f32 optimised (deployed path)"
+    if "expanded" in runtime:
+        return "onnxruntime f32 (FakeQuantize expanded)"
+    return "onnxruntime f32" if runtime.startswith("onnxruntime") else runtime
+
+
+def write_results_md(results: dict[str, Any], path: Path) -> None:
+    notes = ""
+    if path.exists() and NOTES in path.read_text():
+        notes = path.read_text().split(NOTES, 1)[1]
+    lines = [
+        "# NNCF exports: what onnxprune does with them (issue 11 item 1)",
+        "",
+        "The 12 real NNCF 2.19 exports of `tools/export_nncf.py` (filter_pruning 0.4, with int8 quantization",
+        "in the FakeQuantize and QDQ forms). Per file: `prune --criterion zero --inputs digits_test.npz",
+        "--compare-openvino` (verified on the first 16 held-out digits), then original and pruned model",
+        "run independently on all 540 held-out digits in OpenVINO (CPU, f32 inference precision) and in",
+        "onnxruntime. Written by `tools/bench_nncf_baseline.py --results`; raw data in `nncf_exports.json`;",
+        "the state before in `nncf_exports_baseline.md`.",
+        "",
+        "| file | exit | removed / NNCF-zeroed (of all) | OpenVINO's pass: removed / all conv channels | verification | max abs diff / scale | convert, prune --ir exit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rec in results["files"].items():
+        v = rec.get("verification") or {}
+        q = v.get("quantized")
+        if q:
+            proof = "; ".join(
+                f"{_short(pp['runtime'])}: {pp['max_abs_diff']:.2g} / {pp['scale']:.3g}, {pp['samples_past_float_limit']} of {pp['samples']} past 1e-5 x scale"
+                for pp in q["paths"]
+            )
+            by = f"{q['form']} rule on " + " + ".join(_short(pp["runtime"]) for pp in q["paths"])
+        else:
+            proof = "—" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.2g} / {v['scale']:.3g}"
+            by = _short(v.get("runtime") or "—")
+        ovp = rec.get("openvino_pass") or {}
+        ov = (
+            "—"
+            if not ovp
+            else (
+                f"error: {ovp['error']}"[:80]
+                if ovp.get("error")
+                else f"{ovp.get('conv_channels_removed')} / {ovp.get('conv_channels_total')}"
+            )
+        )
+        lines.append(
+            f"| {name} | {rec['exit']}{' (traceback)' if rec['traceback'] else ''}{' ' + rec['error_line'][:120] if rec['error_line'] else ''} "
+            f"| {_fmt(rec.get('channels_removed'))} / {rec['zeroed']} ({_fmt(rec.get('channels_total'))}) | {ov} "
+            f"| {('PASSED' if v.get('passed') else 'FAILED') + ': ' + by if v else '—'} | {proof} | {rec['convert_exit']}, {rec['prune_ir_exit']} |"
+        )
+    lines += [
+        "",
+        "Checked independently of onnxprune's verification, all 540 held-out digits, unpruned -> pruned:",
+        "",
+        "| file | runtime | top-1 before | top-1 after | top-1 agreement | max abs diff / scale | samples past 1e-5 x scale |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "openvino": "OpenVINO CPU f32",
+        "onnxruntime": "onnxruntime, optimisations off",
+        "onnxruntime-optimised": "onnxruntime optimised (deployed path)",
+    }
+    for name, rec in results["files"].items():
+        for rt, c in (rec.get("independent") or {}).items():
+            label = names[rt] + (" (FakeQuantize expanded)" if rt == "onnxruntime" and "_fq" in name else "")
+            lines.append(
+                f"| {name} | {label} | {c['top1_before']:.4f} | {c['top1_after']:.4f} | {c['top1_agreement']:.4f} "
+                f"| {c['max_abs_diff']:.2g} / {c['scale']:.3g} | {c['samples_past_1e-5_scale']} of {c['samples']} |"
+            )
+    path.write_text("\n".join(lines) + "\n\n" + NOTES + (notes if notes else "\n"))
 
 
 if __name__ == "__main__":

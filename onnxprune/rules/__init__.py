@@ -1,13 +1,23 @@
 """One module per op family; ``default_registry()`` builds the registry of all of them.
 
-The protocols a rule implements (``Rule``, and ``LayerSemantics`` for a weight-bearing op) and
+The protocols a rule implements (``Rule``; ``LayerSemantics`` for a weight-bearing op;
+``ChannelAffine`` for a per-channel affine op such as BatchNormalization) and
 the contexts it works in (``PropagateContext``, ``ApplyContext``) are in ``base``."""
 
 from __future__ import annotations
 
 from .._core import NotApplicable
 from .activation import ClipRule, PReluRule, UnaryRule, unary_rules
-from .base import ApplyContext, Layer, LayerSemantics, PropagateContext, Rule, RuleRegistry, passthrough
+from .base import (
+    ApplyContext,
+    ChannelAffine,
+    Layer,
+    LayerSemantics,
+    PropagateContext,
+    Rule,
+    RuleRegistry,
+    passthrough,
+)
 from .concat_split import ConcatRule, SliceRule, SplitRule
 from .conv import ConvRule, ConvTransposeRule
 from .elementwise import BroadcastRule, broadcast_rules
@@ -21,6 +31,7 @@ from .reshape import ReshapeRule, ShapeRule, TransposeRule
 __all__ = [
     "ApplyContext",
     "BroadcastRule",
+    "ChannelAffine",
     "ConvIntegerRule",
     "ConvRule",
     "ConvTransposeRule",

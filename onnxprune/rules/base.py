@@ -24,6 +24,7 @@ from .._core import Layout, NotApplicable, UnionFind
 __all__ = [
     "ApplyContext",
     "Attrs",
+    "ChannelAffine",
     "ChannelLayouts",
     "ConstFn",
     "Layer",
@@ -240,6 +241,21 @@ class LayerSemantics(Protocol):
         ...
 
 
+@runtime_checkable
+class ChannelAffine(Protocol):
+    """A per-channel affine op whose parameters can absorb an affine map of its input (an
+    inference-mode BatchNormalization): re-calibration folds its per-channel corrections there
+    (``RuleRegistry.channel_affine``)."""
+
+    def input_affine_params(
+        self, attrs: Attrs, params: tuple[np.ndarray, ...], a: np.ndarray, c: np.ndarray
+    ) -> dict[int, np.ndarray] | None:
+        """Given the values of the op's inputs 1.. (``params``, float), the new values (by input
+        index) with which the op computes on x exactly what it computed on ``a * x + c``, per
+        channel; None when it cannot."""
+        ...
+
+
 class NotRefitted:
     """For a weight-bearing rule whose layers reconstruction never refits: ``refittable`` is
     False and there are no input rows (the rest of ``LayerSemantics`` is the rule's own)."""
@@ -390,6 +406,16 @@ class RuleRegistry:
         if is_layer is None:
             is_layer = self._is_layer[id(rule)] = isinstance(rule, LayerSemantics)
         return Layer(op, node, rule) if is_layer else None
+
+    def channel_affine(self, node: gs.Node | onnx.NodeProto, opset: int = 21) -> ChannelAffine | None:
+        """The rule of ``node`` when it is a per-channel affine op that can absorb an affine map
+        of its input (see ChannelAffine), else None."""
+        if isinstance(node, gs.Node):
+            op, domain = node.op, node.domain or ""
+        else:
+            op, domain = node.op_type, node.domain
+        rule = self.lookup(op, domain, opset)
+        return rule if isinstance(rule, ChannelAffine) else None
 
     def op_types(self) -> list[str]:
         return sorted({op for (_, op) in self._rules})

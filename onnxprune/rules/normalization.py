@@ -7,7 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable
-from .base import ApplyContext, PropagateContext, data_inputs_tracked
+from .base import ApplyContext, Attrs, PropagateContext, data_inputs_tracked
 
 __all__ = ["BatchNormalizationRule", "ChannelMixingNormalizationRule", "InstanceNormalizationRule"]
 
@@ -55,6 +55,19 @@ class BatchNormalizationRule:
         keep = ctx.keep(node.inputs[0], 1, ctx.param_values(node, 1).shape[0])
         for i in range(1, 5):
             ctx.slice_param(node, i, 0, keep)
+
+    def input_affine_params(
+        self, attrs: Attrs, params: tuple[np.ndarray, ...], a: np.ndarray, c: np.ndarray
+    ) -> dict[int, np.ndarray] | None:
+        """s (a x + c - m) / d + beta = (s a)(x - m) / d + beta + s (c + (a - 1) m) / d, with
+        d = sqrt(var + eps): scale and bias change, mean and variance stay (exact)."""
+        if len(params) < 4 or int(attrs.get("training_mode", 0)):  # type: ignore[call-overload]
+            return None
+        scale, bias, mean, var = (np.asarray(p, np.float64).reshape(-1) for p in params[:4])
+        if not (scale.size == bias.size == mean.size == var.size == a.size == c.size):
+            return None
+        d = np.sqrt(var + float(attrs.get("epsilon", 1e-5)))  # type: ignore[arg-type]
+        return {1: scale * a, 2: bias + scale * (c + (a - 1.0) * mean) / d}
 
 
 class InstanceNormalizationRule:

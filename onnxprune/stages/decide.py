@@ -201,7 +201,8 @@ def compensation_mode(config: PruneConfig, stats: ActivationStats | None, exact:
 def validator(loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationData, run: Run) -> Validator:
     """The user's validation function as a judge of plans: each candidate is built exactly as
     the run builds its result (surgery with the run's compensation, then with ``reconstruct``
-    the refit on the calibration samples), so a plan's cached value is the delivered model's."""
+    and ``recalibrate`` the recovery on the calibration samples), so a plan's cached value is
+    the delivered model's."""
     from ..surgery import apply_pruning
     from ..user_validation import Validator, resolve_function
 
@@ -213,15 +214,17 @@ def validator(loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationD
         plan = PruningPlan(config.criterion or "candidate", tuple(groups))
         values = estimates(proto, analysis, plan.removed_groups, data.stats, mode, run)
         pruned = apply_pruning(proto, analysis, plan, registry=run.registry, estimates=values)
-        if config.reconstruct and data.calibration:
-            from ..reconstruction import reconstruct
+        if (config.reconstruct or config.recalibrate) and data.calibration:
+            from ..recovery import recover_model
 
-            pruned, _ = reconstruct(
+            pruned, _, _ = recover_model(
                 proto,
                 pruned,
                 analysis,
                 plan,
                 data.calibration,
+                reconstruct=config.reconstruct,
+                recalibrate=config.recalibrate,
                 registry=run.registry,
                 seed=config.seed,
                 source=loaded.source,
@@ -354,12 +357,20 @@ def _allocated_plan(
     if judge is not None and trials.tracker.original:
         judge.macs_ratio = lambda g: trials.tracker.evaluate(g) / trials.tracker.original
     searched = judge is not None and config.validated_search and config.macs_target is None
-    if config.reconstruct and config.macs_target is None and len(feeds) >= 2 and not searched:
-        # The budget is met by the reconstructed model: measure that, not the masked one.
+    recovering = config.reconstruct or config.recalibrate
+    if recovering and config.macs_target is None and len(feeds) >= 2 and not searched:
+        # The budget is met by the recovered model: measure that, not the masked one.
         from ..reconstruction import ReconstructedTrials
 
         runner = ReconstructedTrials(
-            loaded.proto, analysis, feeds, registry=run.registry, seed=config.seed, source=loaded.source
+            loaded.proto,
+            analysis,
+            feeds,
+            registry=run.registry,
+            seed=config.seed,
+            source=loaded.source,
+            reconstruct=config.reconstruct,
+            recalibrate=config.recalibrate,
         )
     groups, _, _ = allocate(
         trials.result,

@@ -33,6 +33,7 @@ from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..fidelity import OutputScore
+    from ..recalibration import RecalibratedLayer
     from ..reconstruction import ReconstructedLayer
     from ..user_validation import ValidationResult
 
@@ -82,10 +83,12 @@ class Verified:
 
 @dataclass(frozen=True)
 class Recovered:
-    """The pruned model after reconstruction (the same model without it) and the layers refitted."""
+    """The pruned model after reconstruction and re-calibration (the same model without them),
+    the layers refitted and the layers re-calibrated."""
 
     model: DeferredModel = field(repr=False)
     layers: tuple[ReconstructedLayer, ...] = ()
+    recalibrated: tuple[RecalibratedLayer, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def measure_original(loaded: LoadedModel, analysis: ChannelAnalysis, registry: R
 def may_consume(pruning_plan: PruningPlan, config: PruneConfig) -> bool:
     """Nothing reads the original after an unverified exact removal: the surgery may build the
     result in it (no second copy of the weights)."""
-    return not config.verify and pruning_plan.exact and not config.reconstruct
+    return not config.verify and pruning_plan.exact and not (config.reconstruct or config.recalibrate)
 
 
 def check(pruned: DeferredModel, source: str) -> None:
@@ -123,10 +126,10 @@ def check(pruned: DeferredModel, source: str) -> None:
 def staging(
     pruned: DeferredModel, output: str | os.PathLike[str] | None, external_data: bool | None, config: PruneConfig
 ) -> AbstractContextManager[StagedModel | None]:
-    """With an output (and no reconstruction, which changes the weights after verification) the
+    """With an output (and no reconstruction or re-calibration, which change the weights after verification) the
     file verified is the file written: staged beside the destination, read from there by
     onnxruntime, and moved into place by ``write`` once verified (removed if anything fails)."""
-    if output is None or config.reconstruct:
+    if output is None or config.reconstruct or config.recalibrate:
         return contextlib.nullcontext()
     return pruned.staged(output, external_data)
 
@@ -232,24 +235,28 @@ def recover(
     run: Run,
 ) -> Recovered:
     """With ``config.reconstruct``: the readers of removed channels refitted by least squares on
-    the calibration samples. The surgery is proven by then; this only changes kept weights' values."""
+    the calibration samples; with ``config.recalibrate``: then the kept channels' statistics
+    corrected to the original's. The surgery is proven by then; this only changes kept weights'
+    values (and biases)."""
     config = run.config
-    if not (config.reconstruct and not pruning_plan.exact and data.calibration):
+    if not ((config.reconstruct or config.recalibrate) and not pruning_plan.exact and data.calibration):
         return Recovered(pruned)
-    from ..reconstruction import reconstruct
+    from ..recovery import recover_model
 
-    model, layers = reconstruct(
+    model, layers, recalibrated = recover_model(
         loaded.proto,
         pruned.complete(),
         analysis,
         pruning_plan,
         data.calibration,
+        reconstruct=config.reconstruct,
+        recalibrate=config.recalibrate,
         registry=run.registry,
         seed=config.seed,
         source=loaded.source,
     )
     check_structure(model, full_check=True)
-    return Recovered(DeferredModel(model), tuple(layers))
+    return Recovered(DeferredModel(model), tuple(layers), tuple(recalibrated))
 
 
 def validated(planned: Planned, recovered: Recovered) -> ValidationResult | None:
@@ -352,6 +359,7 @@ def report(
         data_note=data.note,
         generalisation=measured.generalisation,
         reconstructed_layers=recovered.layers,
+        recalibrated_layers=recovered.recalibrated,
         sensitivity=planned.sensitivity,
         registry=run.registry,
         validation=validation,

@@ -1,0 +1,262 @@
+"""Re-calibration after pruning: the kept channels' activation statistics drift when their
+inputs lose channels (EagleEye, Li et al. 2020: stale BatchNormalization statistics explain
+much of the loss right after pruning). Measured on calibration samples, every weight-bearing
+layer downstream of a removal gets a per-channel affine correction of its output,
+
+    y -> a * y + c,   a = std_original / std_pruned,   c = mean_original - a * mean_pruned,
+
+so that each kept channel's mean and variance over the calibration samples are the original
+model's again. The correction is folded, exactly, into the BatchNormalization that reads the
+layer's output alone when there is one (its scale and bias: ``rules.ChannelAffine``), else
+into the layer's own weights (rows scaled by a) and bias (a * b + c). Exact means: the pruned
+model then computes a * y + c at that tensor, nothing more; the mean and variance it matches
+are those of the calibration samples, and the activation after it (ReLU...) sees corrected
+moments, not a corrected distribution.
+
+Layers are corrected in dependency order, one depth level per pass over the calibration
+samples (each level measured after the levels before it were corrected); beyond
+``max_passes`` levels, consecutive levels share a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .analysis import ChannelAnalysis, import_graph
+from .compensation import removed_id_mask
+from .layer_params import WeightWriter, layer_params
+from .node_names import nodes_by_name
+from .params import ParamResolver, is_quantized_chain
+from .planning import PruningPlan
+from .rules import RuleRegistry, default_registry
+from .rules.base import node_attrs
+from .runtime import session
+from .validation import model_opset
+
+__all__ = ["RecalibratedLayer", "recalibrate"]
+
+
+@dataclass(frozen=True)
+class RecalibratedLayer:
+    """One corrected layer: its kept channels, where the correction went (the layer itself or
+    the BatchNormalization reading it), and the drift of its output on the calibration samples
+    before and after (mean over channels of |mean_pruned - mean_original| / std_original, and
+    of |std_pruned / std_original - 1|)."""
+
+    node: str
+    channels: int
+    folded_into: str
+    mean_shift_before: float
+    mean_shift_after: float
+    std_change_before: float
+    std_change_after: float
+
+
+@dataclass(frozen=True)
+class _Target:
+    node: onnx.NodeProto  # the layer, in the original
+    axis: int
+    keep: np.ndarray  # its output channels the plan kept
+    depth: int
+    affine: str | None  # the BatchNormalization reading its output alone, if any
+
+
+class _Moments:
+    """Per-channel running sums of a tensor over the samples."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.s: np.ndarray | float = 0.0
+        self.s2: np.ndarray | float = 0.0
+
+    def add(self, value: np.ndarray, axis: int) -> None:
+        v = np.moveaxis(np.asarray(value, np.float64), axis, 0).reshape(value.shape[axis], -1)
+        self.n += v.shape[1]
+        self.s = self.s + v.sum(axis=1)
+        self.s2 = self.s2 + np.square(v).sum(axis=1)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.asarray(self.s) / max(self.n, 1)
+        var = np.maximum(np.asarray(self.s2) / max(self.n, 1) - mean**2, 0.0)
+        return mean, np.sqrt(var)
+
+
+def _moments(
+    model: onnx.ModelProto, names: Mapping[str, int], feeds: Sequence[Mapping[str, np.ndarray]], source: str
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per tensor (name -> channel axis): per-channel mean and standard deviation over ``feeds``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n not in existing])
+    run = session(
+        probe, source=source, what="the model with the re-calibrated layers' outputs as outputs", optimize=True
+    )
+    order = list(names)
+    acc = {n: _Moments() for n in order}
+    for feed in feeds:
+        for n, v in zip(order, run.run(feed, order)):
+            acc[n].add(v, names[n])
+    return {n: m.mean_std() for n, m in acc.items()}
+
+
+def _drift(mean: np.ndarray, std: np.ndarray, mean_o: np.ndarray, std_o: np.ndarray) -> tuple[float, float]:
+    floor = max(float(np.mean(std_o)), 1e-12) * 1e-3
+    shift = float(np.mean(np.abs(mean - mean_o) / np.maximum(std_o, floor)))
+    change = float(np.mean(np.abs(std / np.maximum(std_o, floor) - 1.0)))
+    return shift, change
+
+
+def _targets(
+    original: onnx.ModelProto, analysis: ChannelAnalysis, removed: np.ndarray, registry: RuleRegistry, opset: int
+) -> list[_Target]:
+    """Weight-bearing layers whose input depends on a reader of removed channels, with their
+    depth among them (1: nothing corrected upstream)."""
+    starts = set()
+    for sink in analysis.sinks:
+        if removed[analysis.layouts[sink.tensor].axes[sink.axis]].any():
+            starts.add(sink.node)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in original.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in original.graph.output}
+    level: dict[str, int] = {}  # tensor -> depth of the corrected layers upstream (0: none, absent: unaffected)
+    out = []
+    for name, node in nodes_by_name(original.graph.node).items():  # graph order: topological
+        affected = [level[i] for i in node.input if i in level]
+        if name not in starts and not affected:
+            continue
+        depth = max(affected, default=0)
+        layer = registry.layer(node, opset)
+        lay = analysis.layouts.get(node.output[0]) if node.output else None
+        if layer is not None and lay is not None and len(lay.axes) == 1:
+            ((axis, ids),) = lay.axes.items()
+            depth += 1
+            after = readers.get(node.output[0], [])
+            affine = None
+            if len(after) == 1 and node.output[0] not in graph_outputs:
+                if registry.channel_affine(after[0], opset) is not None:
+                    affine = after[0].name
+            out.append(_Target(node, axis, ~removed[ids], depth, affine))
+        for o in node.output:
+            level[o] = depth
+    return out
+
+
+def recalibrate(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: PruningPlan,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    registry: RuleRegistry | None = None,
+    variance: bool = True,
+    max_passes: int = 32,
+    source: str = "<model>",
+) -> tuple[onnx.ModelProto, tuple[RecalibratedLayer, ...]]:
+    """A copy of ``pruned`` whose layers downstream of the removed channels have their output
+    statistics on ``feeds`` corrected to the original's (see module doc); ``variance=False``
+    corrects the means only. ``source``, the model file, names it in errors."""
+    registry = registry or default_registry()
+    opset = model_opset(original)
+    out = onnx.ModelProto()
+    out.CopyFrom(pruned)
+    targets = _targets(original, analysis, removed_id_mask(analysis, plan), registry, opset)
+    writer = WeightWriter(out)
+    targets = [t for t in targets if t.node.name in writer.nodes and t.keep.any()]
+    if not targets or not feeds:
+        return out, ()
+    reference = _moments(original, {t.node.output[0]: t.axis for t in targets}, feeds, source)
+    graph = import_graph(out)
+    by_name = {n.name: n for n in graph.nodes}
+    params = ParamResolver()
+    depths = sorted({t.depth for t in targets})
+    chunks = np.array_split(np.asarray(depths), min(max_passes, len(depths)))
+    before: dict[str, tuple[float, float]] = {}
+    applied: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # layer -> (folded into, a, c)
+    for k, chunk in enumerate(chunks):
+        levels = set(chunk.tolist())
+        todo = [t for t in targets if t.depth in levels]
+        measure = targets if k == 0 else todo  # the first pass measures every layer's drift before
+        now = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in measure}, feeds, source)
+        for t in measure:
+            mean_o, std_o = (v[t.keep] for v in reference[t.node.output[0]])
+            mean_p, std_p = now[writer.nodes[t.node.name].output[0]]
+            if mean_p.shape == mean_o.shape:
+                before.setdefault(t.node.name, _drift(mean_p, std_p, mean_o, std_o))
+        for t in todo:
+            mean_o, std_o = (v[t.keep] for v in reference[t.node.output[0]])
+            mean_p, std_p = now[writer.nodes[t.node.name].output[0]]
+            if mean_p.shape != mean_o.shape:
+                continue
+            a = np.ones_like(mean_p)
+            if variance:  # a channel the pruning left (nearly) constant is not blown up
+                ok = std_p > 1e-3 * np.maximum(std_o, 1e-12)
+                a = np.where(ok, std_o / np.where(ok, std_p, 1.0), 1.0)
+            c = mean_o - a * mean_p
+            into = _fold(writer, by_name, params, registry, opset, t, a, c)
+            if into is not None:
+                applied[t.node.name] = (into, a, c)
+    if not applied:
+        return out, ()
+    writer.finish()
+    done = [t for t in targets if t.node.name in applied]
+    after = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in done}, feeds, source)
+    result = []
+    for t in done:
+        into, a, c = applied[t.node.name]
+        mean_o, std_o = (v[t.keep] for v in reference[t.node.output[0]])
+        mean_p, std_p = after[writer.nodes[t.node.name].output[0]]
+        if into != t.node.name:  # folded into the BatchNormalization after the tensor measured
+            mean_p, std_p = a * mean_p + c, a * std_p
+        shift, change = before[t.node.name]
+        shift_after, change_after = _drift(mean_p, std_p, mean_o, std_o)
+        result.append(RecalibratedLayer(t.node.name, int(t.keep.sum()), into, shift, shift_after, change, change_after))
+    return out, tuple(result)
+
+
+def _fold(
+    writer: WeightWriter,
+    by_name: Mapping[str, object],
+    params: ParamResolver,
+    registry: RuleRegistry,
+    opset: int,
+    t: _Target,
+    a: np.ndarray,
+    c: np.ndarray,
+) -> str | None:
+    """Fold y -> a * y + c into the BatchNormalization after the layer, else into the layer;
+    returns the name of the node changed, None when neither can take it."""
+    if t.affine is not None and t.affine in writer.nodes and t.affine in by_name:
+        bn = writer.nodes[t.affine]
+        rule = registry.channel_affine(bn, opset)
+        g_bn = by_name[t.affine]
+        values = [params(x) for x in g_bn.inputs[1:]]  # type: ignore[attr-defined]
+        if rule is not None and all(v is not None and not is_quantized_chain(v) for v in values):
+            arrays = tuple(np.asarray(v.values) for v in values)  # type: ignore[union-attr]
+            new = rule.input_affine_params(node_attrs(bn), arrays, a, c)
+            if new is not None:
+                for index, value in new.items():
+                    old = arrays[index - 1]
+                    writer.set(bn, index, np.asarray(value).astype(old.dtype).reshape(old.shape))
+                return t.affine
+    node = writer.nodes[t.node.name]
+    layer = registry.layer(node, opset)
+    g_node = by_name.get(t.node.name)
+    if layer is None or g_node is None:
+        return None
+    current = layer_params(g_node, params, layer)  # type: ignore[arg-type]
+    if current is None:
+        return None
+    mat, bias, w = current
+    has_bias = layer.bias_index is not None and layer.bias_scale != 0
+    if mat.shape[0] != len(a) or not (has_bias or np.allclose(c, 0.0)):
+        return None  # no bias to shift (MatMul): left as it is
+    writer.write(node, layer, a[:, None] * mat, a * bias + c if has_bias else None, w)
+    return t.node.name

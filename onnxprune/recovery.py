@@ -1,0 +1,53 @@
+"""Recovery after the surgery, as the options ask: reconstruction (least-squares refit of the
+readers of removed channels), then re-calibration (the kept channels' statistics corrected to
+the original's). One entry point for the run's result, the fidelity search's trials and the
+candidates a validation function judges, so each is built the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from .analysis import ChannelAnalysis
+from .planning import PruningPlan
+from .rules import RuleRegistry
+
+if TYPE_CHECKING:
+    from .recalibration import RecalibratedLayer
+    from .reconstruction import ReconstructedLayer
+
+__all__ = ["recover_model"]
+
+
+def recover_model(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: PruningPlan,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    reconstruct: bool,
+    recalibrate: bool,
+    registry: RuleRegistry | None = None,
+    seed: int = 0,
+    recalibration_passes: int | None = None,
+    source: str = "<model>",
+) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...], tuple[RecalibratedLayer, ...]]:
+    """``pruned`` refitted and/or re-calibrated on ``feeds`` (a new model; ``pruned`` is not
+    changed), with the layers refitted and the layers re-calibrated."""
+    model, layers, recalibrated = pruned, (), ()
+    if reconstruct:
+        from .reconstruction import reconstruct as refit
+
+        model, layers = refit(original, model, analysis, plan, feeds, registry=registry, seed=seed, source=source)
+    if recalibrate:
+        from .recalibration import recalibrate as correct
+
+        passes = {} if recalibration_passes is None else {"max_passes": recalibration_passes}
+        model, recalibrated = correct(
+            original, model, analysis, plan, feeds, registry=registry, source=source, **passes
+        )
+    return model, tuple(layers), tuple(recalibrated)
