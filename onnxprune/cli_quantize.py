@@ -48,10 +48,15 @@ def _common_options(p: argparse.ArgumentParser, max_drop: bool = True) -> None:
         return
     p.add_argument(
         "--max-drop",
-        type=float,
-        metavar="D",
-        help="keep the most sensitive layers in float until the fidelity vs the float model (on the calibration samples) drops by at most D "
-        "(NNCF's quantize_with_accuracy_control)",
+        metavar="D|D%",
+        help="keep the most sensitive layers in float until the fidelity vs the float model (on the calibration samples), "
+        "or your --validate function, drops by at most D (absolute) or D%% (relative) (NNCF's quantize_with_accuracy_control)",
+    )
+    p.add_argument(
+        "--validate",
+        metavar="FILE.py:function|module:function",
+        help="your validation function, fn(candidate) -> float on your own data: it judges the accuracy control "
+        "(NNCF's validation_fn; --max-drop default 0.01)",
     )
 
 
@@ -113,7 +118,9 @@ def _config(args: argparse.Namespace, calibration: str | None, evaluation: str |
         ignored_scope=tuple(args.ignored_scope),
         fast_bias_correction=not args.no_fast_bias_correction,
         subset_size=args.subset_size,
-        max_drop=_fidelity_drop(args.max_drop),
+        # With your function the drop is in its units (or %), else fidelity's (baseline 1.0).
+        max_drop=args.max_drop if getattr(args, "validate", None) else _fidelity_drop(args.max_drop),
+        validate=getattr(args, "validate", None),
         input_shapes=shapes,
         fidelity_metrics=metrics,
         seed=args.seed,
@@ -184,11 +191,7 @@ def check_prune_quantize(args: argparse.Namespace) -> None:
         return
     if not args.calibration:
         raise UsageError("--quantize int8 needs calibration inputs (--calibration C.npz or a folder of images)")
-    if getattr(args, "validate", None) and args.max_drop is not None:
-        raise UsageError(
-            "--validate with --quantize int8 --max-drop: int8 accuracy control judged by your function is not there yet; "
-            "prune with --validate, then quantize the result"
-        )
+
     if not args.output.endswith(".onnx"):
         raise UsageError(
             f"{args.output}: with --quantize int8, -o is the int8 model in QDQ ONNX (.onnx); give --ir OUT.xml for an int8 IR"

@@ -328,7 +328,11 @@ class QuantizeConfig:
     subset_size: at most this many calibration samples are used (NNCF's default, 300).
     max_drop: keep the most sensitive layers in float until the fidelity against the float
         model, on the calibration samples, drops by at most this (absolute; NNCF's
-        quantize_with_accuracy_control); the held-out samples stay out of the decision.
+        quantize_with_accuracy_control); the held-out samples stay out of the decision. With
+        ``validate``: the drop of your function's value, "D" (absolute) or "D%" (relative).
+    validate: your validation function (see PruneConfig.validate): NNCF's accuracy control is
+        judged by it instead of the fidelity (its validation_fn), with ``max_drop`` (default
+        0.01 absolute, NNCF's).
     input_shapes: static shapes for inputs with dynamic dimensions other than the batch.
     fidelity_metrics: output name (or "*") -> top1, ctc, dense, detection or cosine, with
         parameters as "ctc:blank=K" (default: detected per output from shape and values).
@@ -342,10 +346,11 @@ class QuantizeConfig:
     ignored_scope: tuple[str, ...] = ()
     fast_bias_correction: bool = True
     subset_size: int = 300
-    max_drop: float | None = None
+    max_drop: MaxDrop | float | str | None = None
     input_shapes: Mapping[str, tuple[int, ...]] = field(default_factory=lambda: MappingProxyType({}))
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     seed: int = 0
+    validate: Callable[[Candidate], float] | str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
@@ -361,8 +366,21 @@ class QuantizeConfig:
             raise UsageError(f"quantization preset must be one of {', '.join(QUANTIZE_PRESETS)}, got {self.preset!r}")
         if isinstance(self.subset_size, bool) or not isinstance(self.subset_size, int) or self.subset_size < 1:
             raise UsageError(f"subset size must be a positive integer, got {self.subset_size!r}")
-        if self.max_drop is not None and not (0.0 <= self.max_drop < 1.0):
-            raise UsageError(f"max drop must be in [0, 1), got {self.max_drop}")
+        from .user_validation import MaxDrop, parse_max_drop
+
+        if self.validate is not None:
+            if not (callable(self.validate) or isinstance(self.validate, str)):
+                raise UsageError(
+                    f"validate must be a function or 'FILE.py:function' / 'module:function', got {type(self.validate).__name__}"
+                )
+            # Your function's drop: in its own units, or relative; NNCF's default without one.
+            drop = MaxDrop(DEFAULT_MAX_DROP) if self.max_drop is None else parse_max_drop(self.max_drop)
+            object.__setattr__(self, "max_drop", drop)
+        elif self.max_drop is not None:
+            if isinstance(self.max_drop, (str, MaxDrop)):  # fidelity's baseline is 1.0: D% is D/100
+                object.__setattr__(self, "max_drop", parse_max_drop(self.max_drop).allowed(1.0))
+            if not (0.0 <= self.max_drop < 1.0):  # type: ignore[operator]
+                raise UsageError(f"max drop must be in [0, 1), got {self.max_drop}")
 
     def with_options(self, **options: object) -> QuantizeConfig:
         """This config with ``options`` replaced."""

@@ -48,11 +48,17 @@ def _quiet(nncf: Any) -> Iterator[None]:
 class Validation:
     """Samples and the metric NNCF's accuracy control keeps within ``max_drop`` of the
     float model's: ``metric(outputs, indices)``, the outputs (a list per sample) of the
-    samples at ``indices`` (NNCF validates on subsets too)."""
+    samples at ``indices`` (NNCF validates on subsets too). Or ``judge(model)``: the user's
+    validation function on the model NNCF hands over (a ModelProto or an OpenVINO
+    CompiledModel), scoring its own data; NNCF's validation set is then one placeholder item,
+    so each of NNCF's validations is one call. ``relative``: ``max_drop`` is a fraction of the
+    float model's value (NNCF's DropType.RELATIVE)."""
 
     feeds: Sequence[Feeds]
-    metric: Callable[[list[list[np.ndarray]], list[int]], float]
+    metric: Callable[[list[list[np.ndarray]], list[int]], float] | None
     max_drop: float
+    judge: Callable[[Any], float] | None = None
+    relative: bool = False
 
 
 def _run_outputs(model: Any, feeds: Sequence[Feeds], source: str) -> list[list[np.ndarray]]:
@@ -98,12 +104,21 @@ def nncf_quantize(
         with _quiet(nncf):
             if validation is None:
                 return nncf.quantize(model, dataset, **options)
-            items = [(i, f) for i, f in enumerate(validation.feeds)]
+            judge, metric = validation.judge, validation.metric
+            if judge is not None:
+                items: list[Any] = [(0, {})]  # the user's function scores its own data
 
-            def validate(candidate: Any, data: Any) -> tuple[float, None]:
-                chosen = list(data)
-                outputs = _run_outputs(candidate, [f for _, f in chosen], source)
-                return validation.metric(outputs, [i for i, _ in chosen]), None
+                def validate(candidate: Any, data: Any) -> tuple[float, None]:
+                    return judge(candidate), None
+
+            else:
+                assert metric is not None
+                items = [(i, f) for i, f in enumerate(validation.feeds)]
+
+                def validate(candidate: Any, data: Any) -> tuple[float, None]:
+                    chosen = list(data)
+                    outputs = _run_outputs(candidate, [f for _, f in chosen], source)
+                    return metric(outputs, [i for i, _ in chosen]), None
 
             return nncf.quantize_with_accuracy_control(
                 model,
@@ -111,7 +126,7 @@ def nncf_quantize(
                 nncf.Dataset(items, lambda item: item[1]),
                 validate,
                 max_drop=validation.max_drop,
-                drop_type=nncf.DropType.ABSOLUTE,
+                drop_type=nncf.DropType.RELATIVE if validation.relative else nncf.DropType.ABSOLUTE,
                 **options,
             )
     except (OnnxPruneError, MemoryError, KeyboardInterrupt):

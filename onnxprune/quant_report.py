@@ -43,6 +43,8 @@ class AccuracyControl:
     metric: str
     float_value: float
     int8_value: float
+    drop_type: str = "absolute"  # or "relative": a fraction of the float model's value
+    calls: int | None = None  # the user's validation function: how many times it ran
 
     def to_dict(self) -> dict:
         return {
@@ -50,6 +52,8 @@ class AccuracyControl:
             "metric": self.metric,
             "float_value": self.float_value,
             "int8_value": self.int8_value,
+            "drop_type": self.drop_type,
+            "calls": self.calls,
         }
 
 
@@ -134,8 +138,10 @@ def format_quantize(d: dict) -> str:
         )
     if d.get("accuracy_control"):
         a = d["accuracy_control"]
+        drop = f"{a['max_drop'] * 100:g}%" if a.get("drop_type") == "relative" else f"{a['max_drop']:g}"
+        calls = f" ({a['calls']} calls)" if a.get("calls") is not None else ""
         lines.append(
-            f"accuracy control: max drop {a['max_drop']:g} of {a['metric']}: float {a['float_value']:.4f}, int8 {a['int8_value']:.4f}"
+            f"accuracy control: max drop {drop} of {a['metric']}: float {a['float_value']:.6g}, int8 {a['int8_value']:.6g}{calls}"
         )
     lines.append(f"fidelity on the held-out samples ({d['runtime']}):")
     for f in d["fidelity"]:

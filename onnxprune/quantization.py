@@ -144,7 +144,22 @@ def quantize(
     ignored = resolve_ignored_scope(proto, config.ignored_scope, source)
 
     validation = None
-    if config.max_drop is not None:
+    caller = None
+    if config.validate is not None:
+        from .nncf_backend import Validation
+        from .user_validation import FunctionCaller, MaxDrop, resolve_function
+
+        caller = FunctionCaller(*resolve_function(config.validate))
+        drop = config.max_drop
+        assert isinstance(drop, MaxDrop)  # QuantizeConfig parses it with a validation function
+        validation = Validation(
+            (),
+            None,
+            drop.value / 100.0 if drop.relative else drop.value,
+            judge=lambda candidate: caller.any_model(candidate, "an int8 candidate of NNCF's accuracy control"),
+            relative=drop.relative,
+        )
+    elif config.max_drop is not None:
         from .nncf_backend import Validation
 
         # Accuracy control decides on the calibration samples: the held-out ones stay unseen by
@@ -189,7 +204,7 @@ def quantize(
     got = outputs_of(held)
     if not quantized and config.max_drop is not None:
         raise UnsupportedModel(
-            f"{source}: --max-drop {config.max_drop:g} cannot be met with any layer in int8 (accuracy control put every Conv, Gemm "
+            f"{source}: --max-drop {config.max_drop} cannot be met with any layer in int8 (accuracy control put every Conv, Gemm "
             f"and MatMul back in float); allow a larger drop; nothing written"
         )
     if not quantized:
@@ -206,7 +221,23 @@ def quantize(
         )
         fidelity.append(_against("original", names, [run_ref(f) for f in held], got, config, axes))
     control = None
-    if validation is not None:
+    if caller is not None and validation is not None:
+        int8_model = q
+        if fmt != "onnx":
+            from .openvino_ir import require_openvino
+
+            int8_model = require_openvino().Core().compile_model(q, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        float_value = caller.model(proto, "the float model")
+        int8_value = caller.any_model(int8_model, "the int8 model")
+        control = AccuracyControl(
+            validation.max_drop,
+            f"your function {caller.name}",
+            float_value,
+            int8_value,
+            "relative" if validation.relative else "absolute",
+            caller.calls,
+        )
+    elif validation is not None:
         in_sample = _score(names, float_cal, outputs_of(validation.feeds), config, axes)[0]
         control = AccuracyControl(
             config.max_drop,

@@ -22,7 +22,7 @@ rule's layer semantics give their input as rows of the weight matrix (Conv, Gemm
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,9 +113,11 @@ def reconstruct(
     ridges: Sequence[float] = RIDGES,
     seed: int = 0,
     source: str = "<model>",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
     """A copy of ``pruned`` with the readers of removed channels refitted (see module doc);
-    ``source``, the model file, names it in errors."""
+    ``source``, the model file, names it in errors; ``progress(done, total)`` counts the
+    layers refitted."""
     registry = registry or default_registry()
     opset = model_opset(original)
     removed_ids = removed_id_mask(analysis, plan)
@@ -158,7 +160,9 @@ def reconstruct(
     writer = WeightWriter(out)
     rng = np.random.default_rng(seed)
     done = []
-    for sink, node, layer, keep_in in todo:
+    for i, (sink, node, layer, keep_in) in enumerate(todo):
+        if progress:
+            progress(i, len(todo))
         target = writer.nodes.get(sink.node)
         if target is None or target.op_type != node.op_type or sink.node not in g_pruned:
             raise UnsupportedModel(
@@ -205,6 +209,8 @@ def reconstruct(
         writer.write(target, layer, w_new, b_new if has_bias else None, w_param)
         done.append(ReconstructedLayer(sink.node, len(rows), err_b, err_a))
     writer.finish()
+    if progress:
+        progress(len(todo), len(todo))
     return out, tuple(done)
 
 

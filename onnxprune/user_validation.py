@@ -29,6 +29,7 @@ from .errors import UsageError, ValidationFunctionFailed, first_line
 
 __all__ = [
     "Candidate",
+    "FunctionCaller",
     "MaxDrop",
     "ValidationResult",
     "ValidationStep",
@@ -42,18 +43,22 @@ class Candidate:
     """A model for your validation function to score.
 
     - ``path``: its ``.onnx`` file (temporary during the search: removed once your function
-      returns; copy it if you want to keep it);
+      returns; copy it if you want to keep it); None for an OpenVINO model (the int8 IR's
+      accuracy control), which only has ``run``;
     - ``session()``: an ``onnxruntime.InferenceSession`` of it on the CPU (made on first use);
     - ``run(feeds)``: its outputs for one dict of inputs (name -> array), as a list in the
       model's output order (``outputs=`` picks some by name);
     - ``input_names`` / ``output_names``.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str | None, openvino: Any = None) -> None:
         self.path = path
         self._session: Any = None
+        self._openvino = openvino  # an OpenVINO CompiledModel (the int8 IR's accuracy control)
 
     def session(self) -> Any:
+        if self._openvino is not None:
+            raise TypeError("this candidate is an OpenVINO model (the int8 IR): use candidate.run(feeds)")
         if self._session is None:
             import onnxruntime as ort
 
@@ -63,14 +68,23 @@ class Candidate:
         return self._session
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        if self._openvino is not None:
+            result = self._openvino(dict(feeds))
+            values = [np.asarray(result[o]) for o in self._openvino.outputs]
+            names = self.output_names
+            return values if outputs is None else [values[names.index(n)] for n in outputs]
         return self.session().run(None if outputs is None else list(outputs), dict(feeds))
 
     @property
     def input_names(self) -> list[str]:
+        if self._openvino is not None:
+            return [i.get_any_name() for i in self._openvino.inputs]
         return [i.name for i in self.session().get_inputs()]
 
     @property
     def output_names(self) -> list[str]:
+        if self._openvino is not None:
+            return [o.get_any_name() for o in self._openvino.outputs]
         return [o.name for o in self.session().get_outputs()]
 
     def __repr__(self) -> str:
@@ -223,72 +237,33 @@ class ValidationResult:
         }
 
 
-class Validator:
-    """The user's function as the judge of plans: each plan (a set of removed groups) is built
-    by ``build``, written to a temporary file and scored at most once; ``calls`` counts the
-    function's runs (the baseline included)."""
+class FunctionCaller:
+    """The user's function called safely: on a model file, a ModelProto (written to a temporary
+    file, removed after the call) or an OpenVINO compiled model; every call counted; whatever
+    goes wrong is a ValidationFunctionFailed naming the function."""
 
-    def __init__(
-        self,
-        fn: Callable[[Candidate], float],
-        name: str,
-        original: onnx.ModelProto | str,
-        build: Callable[[frozenset[int]], onnx.ModelProto],
-        max_drop: MaxDrop | None = None,
-    ) -> None:
-        self.fn, self.name, self.max_drop = fn, name, max_drop
-        self._original, self._build = original, build
-        self._cache: dict[frozenset[int], float] = {}
+    def __init__(self, fn: Callable[[Candidate], float], name: str) -> None:
+        self.fn, self.name = fn, name
         self.calls = 0
-        self.judged: list[tuple[frozenset[int], float]] = []  # the search's plans, in order
-        self.macs_ratio: Callable[[frozenset[int]], float | None] = lambda _groups: None  # set by the search
 
-    @property
-    def baseline(self) -> float:
-        """The function's value on the unpruned model (computed once)."""
-        if frozenset() not in self._cache:
-            original = self._original
-            if isinstance(original, str) and os.path.isfile(original):
-                self._cache[frozenset()] = self._call(Candidate(original), "the original model")
-            else:
-                self._cache[frozenset()] = self._score_model(original, "the original model")  # type: ignore[arg-type]
-        return self._cache[frozenset()]
-
-    @property
-    def threshold(self) -> float | None:
-        """The lowest value a kept plan may have (None without a max drop)."""
-        if self.max_drop is None:
-            return None
-        return self.baseline - self.max_drop.allowed(self.baseline)
-
-    def value(self, groups: Iterable[int], model: Callable[[], onnx.ModelProto] | None = None) -> float:
-        """The function's value for the plan removing ``groups`` (``model``: gives that plan's
-        model when it is already built); cached."""
-        key = frozenset(int(g) for g in groups)
-        if not key:
-            return self.baseline
-        if key not in self._cache:
-            built = model() if model is not None else self._build(key)
-            self._cache[key] = self._score_model(built, f"a candidate removing {len(key)} channel groups")
-        return self._cache[key]
-
-    def within(self, groups: Iterable[int]) -> bool:
-        """The plan keeps the function's value within the allowed drop (the search's judge)."""
-        threshold = self.threshold  # the baseline first: a broken function fails on the original
-        groups = frozenset(int(g) for g in groups)
-        value = self.value(groups)
-        self.judged.append((groups, value))
-        return threshold is None or value >= threshold
-
-    def _score_model(self, model: onnx.ModelProto, what: str) -> float:
+    def model(self, model: onnx.ModelProto | str, what: str) -> float:
+        """The function's value on a model (a ModelProto, or the path of a model file)."""
+        if isinstance(model, str):
+            return self.call(Candidate(model), what)
         from .saving import save_model
 
         with tempfile.TemporaryDirectory(prefix="onnxprune-validate-") as tmp:
             path = os.path.join(tmp, "candidate.onnx")
             save_model(model, path)
-            return self._call(Candidate(path), what)
+            return self.call(Candidate(path), what)
 
-    def _call(self, candidate: Candidate, what: str) -> float:
+    def any_model(self, model: Any, what: str) -> float:
+        """A ModelProto, a path, or an OpenVINO CompiledModel (what NNCF validates)."""
+        if isinstance(model, (onnx.ModelProto, str)):
+            return self.model(model, what)
+        return self.call(Candidate(None, openvino=model), what)
+
+    def call(self, candidate: Candidate, what: str) -> float:
         self.calls += 1
         try:
             value = self.fn(candidate)
@@ -309,6 +284,65 @@ class Validator:
         if not math.isfinite(number):
             raise ValidationFunctionFailed(f"{self.name}: returned {number}, not a finite number (validating {what})")
         return number
+
+
+class Validator:
+    """The user's function as the judge of plans: each plan (a set of removed groups) is built
+    by ``build``, written to a temporary file and scored at most once; ``calls`` counts the
+    function's runs (the baseline included)."""
+
+    def __init__(
+        self,
+        fn: Callable[[Candidate], float],
+        name: str,
+        original: onnx.ModelProto | str,
+        build: Callable[[frozenset[int]], onnx.ModelProto],
+        max_drop: MaxDrop | None = None,
+    ) -> None:
+        self.name, self.max_drop = name, max_drop
+        self._caller = FunctionCaller(fn, name)
+        self._original, self._build = original, build
+        self._cache: dict[frozenset[int], float] = {}
+        self.judged: list[tuple[frozenset[int], float]] = []  # the search's plans, in order
+        self.macs_ratio: Callable[[frozenset[int]], float | None] = lambda _groups: None  # set by the search
+
+    @property
+    def baseline(self) -> float:
+        """The function's value on the unpruned model (computed once)."""
+        if frozenset() not in self._cache:
+            self._cache[frozenset()] = self._caller.model(self._original, "the original model")
+        return self._cache[frozenset()]
+
+    @property
+    def calls(self) -> int:
+        """How many times the function ran."""
+        return self._caller.calls
+
+    @property
+    def threshold(self) -> float | None:
+        """The lowest value a kept plan may have (None without a max drop)."""
+        if self.max_drop is None:
+            return None
+        return self.baseline - self.max_drop.allowed(self.baseline)
+
+    def value(self, groups: Iterable[int], model: Callable[[], onnx.ModelProto] | None = None) -> float:
+        """The function's value for the plan removing ``groups`` (``model``: gives that plan's
+        model when it is already built); cached."""
+        key = frozenset(int(g) for g in groups)
+        if not key:
+            return self.baseline
+        if key not in self._cache:
+            built = model() if model is not None else self._build(key)
+            self._cache[key] = self._caller.model(built, f"a candidate removing {len(key)} channel groups")
+        return self._cache[key]
+
+    def within(self, groups: Iterable[int]) -> bool:
+        """The plan keeps the function's value within the allowed drop (the search's judge)."""
+        threshold = self.threshold  # the baseline first: a broken function fails on the original
+        groups = frozenset(int(g) for g in groups)
+        value = self.value(groups)
+        self.judged.append((groups, value))
+        return threshold is None or value >= threshold
 
     def result(self, final: float) -> ValidationResult:
         """The report's entry: baseline, the delivered model's value, calls and the search's steps."""

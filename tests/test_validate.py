@@ -289,3 +289,57 @@ def test_cli_validate_and_max_drop(tmp_path: Path) -> None:
         timeout=300,
     )
     assert bad.returncode == 2 and "--max-drop 'lots'" in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_int8_accuracy_control_is_judged_by_the_function(tmp_path: Path) -> None:
+    """NNCF's accuracy control gets the user's function as its validation_fn: a function that
+    is indifferent to int8 leaves every layer in int8; one that scores any int8 layer 0 makes
+    the drop impossible to meet (fidelity alone would have passed both)."""
+    from onnxprune.errors import UnsupportedModel
+
+    seen: list[str | None] = []
+
+    def indifferent(candidate: Candidate) -> float:
+        seen.append(candidate.path)
+        return 0.8
+
+    calib = _calib_digits()
+    r = onnxprune.quantize(FIXTURES / "digits_cnn.onnx", calibration=calib, validate=indifferent, max_drop="1%")
+    a = r.report.accuracy_control
+    assert not r.report.float_layers and a.float_value == a.int8_value == 0.8
+    assert a.calls == len(seen) >= 3 and a.drop_type == "relative" and a.max_drop == pytest.approx(0.01)
+    assert "your function" in a.metric and all(p is None or not os.path.exists(p) for p in seen[1:])
+
+    def no_int8(candidate: Candidate) -> float:
+        return 0.0 if any(n.op_type == "DequantizeLinear" for n in onnx.load(candidate.path).graph.node) else 1.0
+
+    with pytest.raises(UnsupportedModel, match="cannot be met with any layer in int8"):
+        onnxprune.quantize(FIXTURES / "digits_cnn.onnx", calibration=calib, validate=no_int8, max_drop=0.5)
+
+
+def test_cli_quantize_validate(tmp_path: Path) -> None:
+    (tmp_path / "const.py").write_text(
+        "def score(candidate):\n    candidate.run({'input': __import__('numpy').zeros((1, 1, 8, 8), 'float32')})\n    return 2.0\n"
+    )
+    report = tmp_path / "q.json"
+    code = cli.main(
+        [
+            "quantize",
+            str(FIXTURES / "digits_cnn.onnx"),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--calibration",
+            _calib_digits(),
+            "--validate",
+            f"{tmp_path / 'const.py'}:score",
+            "--max-drop",
+            "0.1",
+            "--report",
+            str(report),
+            "-q",
+        ]
+    )
+    assert code == 0
+    a = json.loads(report.read_text())["accuracy_control"]
+    assert a["float_value"] == a["int8_value"] == 2.0 and a["drop_type"] == "absolute" and a["max_drop"] == 0.1
+    assert a["calls"] >= 3

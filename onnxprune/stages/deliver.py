@@ -254,6 +254,7 @@ def recover(
         registry=run.registry,
         seed=config.seed,
         source=loaded.source,
+        progress=run.progress_of("reconstruction"),
     )
     check_structure(model, full_check=True)
     return Recovered(DeferredModel(model), tuple(layers), tuple(recalibrated))
