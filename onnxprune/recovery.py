@@ -5,7 +5,7 @@ candidates a validation function judges, so each is built the same way."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,14 +35,18 @@ def recover_model(
     seed: int = 0,
     recalibration_passes: int | None = None,
     source: str = "<model>",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...], tuple[RecalibratedLayer, ...]]:
     """``pruned`` refitted and/or re-calibrated on ``feeds`` (a new model; ``pruned`` is not
-    changed), with the layers refitted and the layers re-calibrated."""
+    changed), with the layers refitted and the layers re-calibrated; ``progress(done, total)``
+    counts the layers refitted."""
     model, layers, recalibrated = pruned, (), ()
     if reconstruct:
         from .reconstruction import reconstruct as refit
 
-        model, layers = refit(original, model, analysis, plan, feeds, registry=registry, seed=seed, source=source)
+        model, layers = refit(
+            original, model, analysis, plan, feeds, registry=registry, seed=seed, source=source, progress=progress
+        )
     if recalibrate:
         from .recalibration import recalibrate as correct
 
