@@ -230,6 +230,15 @@ def test_metric_detection_from_shape_and_values() -> None:
     assert detect_metric(rng.normal(size=(4, 1, 1, 96))).metric == "cosine"
     assert detect_metric(np.tanh(rng.normal(size=(4, 2, 128)))).metric == "cosine"  # an LSTM state
     assert detect_metric(rng.normal(size=(4, 1))).metric == "cosine"
+    assert detect_metric(np.full((4, 1), 0.2)).metric == "cosine"  # all on one side: nothing decided
+
+
+def test_one_probability_per_sample_is_judged_by_its_decision() -> None:
+    ref = np.array([[0.9], [0.2], [0.7], [0.1]])
+    got = np.array([[0.95], [0.6], [0.7], [0.1]])  # sample 1 crosses 0.5
+    assert cosine(ref, got) == 1.0  # one positive number per sample: cosine cannot see it
+    (fid,) = fidelity_from_outputs(["p"], [[ref]], [[got]])
+    assert fid.metric == "dense" and fid.score == 0.75 and "the decision at 0.5" in fid.reason
 
 
 def test_sequence_first_outputs_are_read_on_their_batch_axis() -> None:

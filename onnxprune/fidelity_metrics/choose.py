@@ -81,6 +81,13 @@ def detect_metric(r: np.ndarray, batch_axis: int = 0) -> Choice:
     per_sample = int(np.prod(r.shape[1:])) if r.ndim > 1 else 1
     seq_first = f", samples on axis {batch_axis}" if batch_axis else ""
     if per_sample <= 1:
+        if _in_unit(r) and float(r.min()) < 0.5 < float(r.max()):
+            # Cosine of one positive number is always 1: a probability is judged by its decision.
+            return Choice(
+                "dense",
+                f"shape {shape}: one probability per sample, on both sides of 0.5 in the reference: "
+                "the decision at 0.5 compared",
+            )
         return Choice("cosine", f"shape {shape}: one value per sample")
     if _end_to_end(r):
         return Choice(
