@@ -189,6 +189,7 @@ def prune(
     output: str | os.PathLike[str] | None = None,
     external_data: bool | None = None,
     outputs: Outputs | None = None,
+    timer: object | None = None,
     **options: object,
 ) -> PruneResult:
     """Prune ``model`` and return the pruned model with its report; with ``output``, also
@@ -199,12 +200,13 @@ def prune(
 
     Options are the fields of PruneConfig, given as ``config`` or as keyword arguments. With
     ``pruning_plan`` (e.g. ``PruningPlan.from_dict(json.load(f))``) the plan is applied instead
-    of planning. Raises VerificationFailed (nothing returned) when the surgery is wrong: the
+    of planning. ``timer``: what a ``latency_target`` run times with (see ``latency``; tests
+    pass a fake one); default the runtime's clock. Raises VerificationFailed (nothing returned) when the surgery is wrong: the
     pruned model must equal the original (zero criterion) or the original with the removed
     channels replaced where they are read (masked or compensated) to the tolerance.
     """
     config = (config or PruneConfig()).with_options(criterion, **options)
-    run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress)
+    run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress, timer)
     if output is not None:
         check_output_path(output, model)
     loaded = stages.load(model)

@@ -106,6 +106,7 @@ def _prune(args: argparse.Namespace) -> int:
             if os.path.abspath(path) in destinations:
                 raise UsageError(f"{path}: {what} and {destinations[os.path.abspath(path)]} name the same file")
             destinations[os.path.abspath(path)] = what
+    latency = _latency_settings(args)
     config = PruneConfig(
         criterion=args.criterion,
         ratio=args.ratio,
@@ -128,6 +129,8 @@ def _prune(args: argparse.Namespace) -> int:
         preprocess=args.preprocess,
         validate=args.validate,
         calibration_limit=args.calibration_limit,
+        latency_target=args.latency_target,
+        latency=latency,
     )
     if args.max_drop is not None and not (args.quantize and config.explicit_budget):
         # The pruning search's budget; with another budget and --quantize, int8's alone.
@@ -237,6 +240,33 @@ def _prune(args: argparse.Namespace) -> int:
 
         print(format_report(data))
     return 0
+
+
+def _latency_settings(args: argparse.Namespace):
+    """The deployment the latency is measured in; its options only mean something with a
+    latency target, and the target cannot go with a given plan or int8 quantization."""
+    from .errors import UsageError
+    from .latency import LatencySettings
+
+    given = {
+        k: getattr(args, k)
+        for k in ("backend", "batch", "threads", "hint", "precision")
+        if getattr(args, k) is not None
+    }
+    if args.latency_target is None:
+        if given:
+            flags = ", ".join(f"--{k}" for k in given)
+            raise UsageError(f"{flags}: how the latency is measured, only with --latency-target F")
+        return LatencySettings()
+    for flag, on in (("--plan", args.plan), ("--quantize", args.quantize)):
+        if on:
+            why = (
+                "a given plan is applied as it is"
+                if flag == "--plan"
+                else "the latency measured is the float model's, not the int8 one's"
+            )
+            raise UsageError(f"--latency-target cannot go with {flag}: {why}")
+    return LatencySettings(**given)
 
 
 def _static_shapes(

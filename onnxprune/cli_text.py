@@ -140,6 +140,10 @@ def format_report(d: dict) -> str:
         for t in d["benchmark"]:
             if t.get("warning"):
                 lines.append(f"  warning: {t['warning']}")
+    if d.get("latency"):
+        from .latency.report import latency_lines
+
+        lines += ["", *latency_lines(d)]
     for note in d.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)

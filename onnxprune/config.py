@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .latency.table import LatencySettings
 
 if TYPE_CHECKING:
     from .user_validation import Candidate, MaxDrop
@@ -80,8 +81,8 @@ class PruneConfig:
 
     criterion: zero | l1 | l2 | fpgm | random | kmeans | bn-gamma | apoz | mean-activation
         (or a name registered in a CriterionRegistry). None (the default) picks one by a single
-        rule: l2 when a budget is given (``ratio``, ``macs_target``, ``min_fidelity`` or a
-        config entry with a sparsity), else zero; ``criterion_reason`` says which and why.
+        rule: l2 when a budget is given (``ratio``, ``macs_target``, ``min_fidelity``,
+        ``latency_target`` or a config entry with a sparsity), else zero; ``criterion_reason`` says which and why.
     ratio: fraction of each layer's output channels to remove (with ``global_ranking``: of all).
     macs_target: remove channels until MACs <= macs_target x the original's.
     round_to: kept channel counts are made multiples of this (fast kernels like 8 or 16).
@@ -123,6 +124,11 @@ class PruneConfig:
         fidelity, whose baseline is 1.0): a number (absolute, in the metric's units) or
         "D%" (relative to the baseline). It is a budget itself: not with ratio, macs_target,
         min_fidelity or a config sparsity.
+    latency_target: remove channels until the measured latency is <= this x the original's
+        (a per-unit latency table measured on this machine plans it, an interleaved A/B run
+        confirms it); with min_fidelity the fidelity floor wins.
+    latency: how the latency is measured: backend, batch, threads, hint, precision (the
+        deployment's; see latency.LatencySettings).
     """
 
     criterion: str | None = None
@@ -148,6 +154,8 @@ class PruneConfig:
     calibration_limit: int = 64
     validate: Callable[[Candidate], float] | str | None = None
     max_drop: MaxDrop | float | str | None = None
+    latency_target: float | None = None
+    latency: LatencySettings = field(default_factory=LatencySettings)
     criterion_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -228,10 +236,25 @@ class PruneConfig:
                 f"--max-drop/--validate need calibration inputs (--calibration): the search orders its moves by the "
                 f"sensitivity measured on them, and {judge} judges them"
             )
+        if self.latency_target is not None:
+            self._check_latency_target()
         if self.compensation not in COMPENSATION_MODES:
             raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
         if self.compensation == "calibration" and not self.calibration:
             raise UsageError("compensation 'calibration' needs calibration data (--calibration FILE.npz)")
+
+    def _check_latency_target(self) -> None:
+        """Refuse what cannot go with a latency budget: another budget, a bad fraction."""
+        if not (0.0 < self.latency_target < 1.0):  # type: ignore[operator]
+            raise UsageError(f"latency target must be in (0, 1), got {self.latency_target}")
+        others = [b for b in self.budget_options if b not in ("--latency-target", "--min-fidelity")]
+        if others:
+            raise UsageError(
+                f"--latency-target is a budget of its own: it cannot go with {', '.join(others)} "
+                "(use --min-fidelity to keep the answers, --exclude to protect layers)"
+            )
+        if self.global_ranking:
+            raise UsageError("--latency-target ranks all units together already: drop --global")
 
     def with_options(self, criterion: str | None = None, **options: object) -> PruneConfig:
         """This config with ``options`` replaced; a ``criterion`` of None keeps a criterion that
@@ -247,6 +270,7 @@ class PruneConfig:
             ("--ratio", self.ratio is not None),
             ("--macs-target", self.macs_target is not None),
             ("--min-fidelity", self.min_fidelity is not None),
+            ("--latency-target", self.latency_target is not None),
             ("--config sparsity", any(r.sparsity for r in self.layer_rules)),
         ]
         return tuple(name for name, on in given if on)
@@ -303,8 +327,8 @@ class PruneConfig:
     @property
     def allocated(self) -> bool:
         """Per-layer ratios come from the sensitivity analysis (a fidelity budget, or a drop
-        judged by the user's validation function)."""
-        return self.fidelity_floor is not None or self.validated_search
+        judged by the user's validation function); a latency budget plans on its own."""
+        return (self.fidelity_floor is not None or self.validated_search) and self.latency_target is None
 
 
 QUANTIZE_PRESETS = ("performance", "mixed")

@@ -219,6 +219,10 @@ def to_markdown(d: dict[str, Any]) -> str:
             lines.append(
                 f"| `{layer['node']}` | {layer['op']} | {layer['channels_before']} | {layer['channels_after']} |"
             )
+    if d.get("latency"):
+        from .latency.report import latency_markdown
+
+        lines += latency_markdown(d)
     if d["kept_groups"]:
         counts: dict[str, list[int]] = {}
         import re
@@ -235,7 +239,8 @@ def to_markdown(d: dict[str, Any]) -> str:
 
 
 def plot_report(d: dict[str, Any], path: str) -> None:
-    """Per-layer output channels before/after (and latency bars when benchmarked) as a PNG."""
+    """Per-layer output channels before/after (and latency bars when benchmarked; with a
+    latency target, the units' predicted and measured latency) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -243,8 +248,11 @@ def plot_report(d: dict[str, Any], path: str) -> None:
 
     layers = d["layers"]
     bench = d.get("benchmark") or []
-    ncols = 2 if bench else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(11 if bench else 8, max(3.0, 0.22 * len(layers) + 1.5)), squeeze=False)
+    latency = bool(d.get("latency"))
+    ncols = 1 + bool(bench) + latency
+    fig, axes = plt.subplots(
+        1, ncols, figsize=(8 + 3.5 * (ncols - 1), max(3.0, 0.22 * len(layers) + 1.5)), squeeze=False
+    )
     ax = axes[0][0]
     names = [layer["node"][-40:] for layer in layers] or ["(no layer changed)"]
     before = [layer["channels_before"] for layer in layers] or [0]
@@ -266,6 +274,10 @@ def plot_report(d: dict[str, Any], path: str) -> None:
         bx.set_ylabel("median latency, ms (OpenVINO CPU)")
         bx.set_title("latency")
         bx.tick_params(axis="x", labelrotation=20, labelsize=7)
+    if latency:
+        from .latency.report import plot_latency
+
+        plot_latency(d, axes[0][ncols - 1])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

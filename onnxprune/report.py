@@ -87,6 +87,7 @@ class PruneReport:
     macs_unknown: str = ""  # why the MACs are unknown ("" when they are known)
     validation: ValidationResult | None = None  # the user's validation function: baseline, final, calls
     generalisation: dict | None = None  # fidelity on the calibration samples beside the held-out one
+    latency: dict | None = None  # with a latency budget: predicted and measured (LatencyOutcome.to_dict)
 
     def to_dict(self) -> dict:
         return {
@@ -142,6 +143,7 @@ class PruneReport:
                 }
                 for r in self.recalibrated_layers
             ],
+            "latency": self.latency,
         }
 
 
@@ -169,6 +171,7 @@ def build_report(
     registry: RuleRegistry | None = None,
     validation: ValidationResult | None = None,
     generalisation: Mapping[str, Any] | None = None,
+    latency: dict | None = None,
 ) -> PruneReport:
     """The report of a pruning run: channels, parameters, MACs and size before and after, each
     changed layer, every kept group with its reasons, verification and fidelity (the keywords
@@ -217,6 +220,7 @@ def build_report(
         "ratio": config.ratio,
         "global": config.global_ranking,
         "macs_target": config.macs_target,
+        "latency_target": config.latency_target,
         "round_to": config.round_to,
         "exclude": list(config.exclude),
         "config_entries": len(config.layer_rules),
@@ -257,4 +261,5 @@ def build_report(
         sensitivity=sensitivity,
         validation=validation,
         generalisation=None if generalisation is None else dict(generalisation),
+        latency=latency,
     )

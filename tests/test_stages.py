@@ -56,6 +56,7 @@ REPORT_KEYS = [
     "validation",  # the user's validation function (None without one), added last
     "generalisation",  # calibration vs held-out fidelity (None without held-out samples)
     "recalibrated_layers",  # re-calibration after pruning (empty without --recalibrate)
+    "latency",
 ]
 
 

@@ -33,6 +33,7 @@ from .prepare import CalibrationData, Feeds, LoadedModel, Run
 if TYPE_CHECKING:
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
     from ..user_validation import Validator
+    from .latency import LatencyOutcome
 
 __all__ = [
     "Compensation",
@@ -54,12 +55,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Planned:
-    """The plan, with a fidelity budget the sensitivity analysis it was allocated from, and
-    with a validation function the judge (its cache holds every plan it scored)."""
+    """The plan, with a fidelity budget the sensitivity analysis it was allocated from, with
+    a validation function the judge (its cache holds every plan it scored), and with a latency
+    budget what was predicted and measured (``latency.LatencyOutcome``)."""
 
     plan: PruningPlan
     sensitivity: SensitivityResult | None = None
     validator: Validator | None = field(default=None, repr=False, compare=False)
+    latency: LatencyOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,15 @@ def check_budget(config: PruneConfig, criteria: CriterionRegistry) -> None:
     criterion = config.criterion
     if criterion not in criteria.names():
         raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
-    if config.ratio is None and config.macs_target is None and not any(r.sparsity for r in config.layer_rules):
-        raise UsageError(f"criterion {criterion!r} needs a budget: --ratio, --macs-target or a config file")
+    if (
+        config.ratio is None
+        and config.macs_target is None
+        and config.latency_target is None
+        and not any(r.sparsity for r in config.layer_rules)
+    ):
+        raise UsageError(
+            f"criterion {criterion!r} needs a budget: --ratio, --macs-target, --latency-target or a config file"
+        )
 
 
 def layer_scores(
@@ -181,6 +191,10 @@ def plan(
     measure = validator(loaded, analysis, data, run) if run.config.validate is not None else None
     if given is not None:
         return Planned(given.resolve(analysis), validator=measure)
+    if run.config.latency_target is not None:
+        from .latency import latency_plan
+
+        return latency_plan(loaded, analysis, scores or {}, data, run, measure)
     if run.config.allocated:
         return _allocated_plan(loaded, analysis, scores or {}, data, run, measure)
     if scores is None:

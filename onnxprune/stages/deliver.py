@@ -364,4 +364,5 @@ def report(
         sensitivity=planned.sensitivity,
         registry=run.registry,
         validation=validation,
+        latency=None if planned.latency is None else planned.latency.to_dict(),
     )

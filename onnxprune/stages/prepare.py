@@ -28,12 +28,15 @@ Feeds = Sequence[Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class Run:
-    """What every stage of one run reads: the options, the two registries, the progress callback."""
+    """What every stage of one run reads: the options, the two registries, the progress
+    callback, and the timer latency is measured with (None: the runtime's clock; tests pass a
+    fake one)."""
 
     config: PruneConfig
     registry: RuleRegistry
     criteria: CriterionRegistry
     progress: Callable[[str, int, int], None] | None = None
+    timer: object | None = None
 
     def progress_of(self, stage: str) -> Callable[[int, int], None] | None:
         """The progress callback of one stage (None when nobody listens)."""

@@ -1,0 +1,144 @@
+"""Confirm a latency plan by measuring it, and correct the prediction until it holds.
+
+The table's prediction adds up per-unit savings measured one unit at a time; the real model
+can differ (layers fuse, memory traffic, the machine's mood). So the final plan is timed
+against the original in an interleaved A/B run, and when the measured ratio misses the
+target the table's savings are corrected by measured / predicted and the plan made again, a few times at
+most. Pure given its two callables (plan at an aim; measure a plan), so tests drive it with a
+fake measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .planner import LatencyPlan
+
+__all__ = ["BAND", "MAX_MEASUREMENTS", "Attempt", "Confirmed", "Measurement", "confirm", "corrected_aim"]
+
+# A/B runs at most: each builds and times a model; three corrections are enough when the
+# prediction is off by a steady factor, and more chase the machine's noise.
+MAX_MEASUREMENTS = 4
+# A plan measured this far below the target removed more than needed: it is planned again
+# with a higher aim (better fidelity), keeping the faster one if that misses.
+BAND = 0.03
+_EPS = 1e-9
+
+
+class Measurement(Protocol):
+    """An A/B measurement of a candidate against the original: the median of the
+    interleaved ratios, its p10-p90 spread, and the precision the runtime computed in."""
+
+    @property
+    def ratio(self) -> float: ...
+
+    @property
+    def p10(self) -> float: ...
+
+    @property
+    def p90(self) -> float: ...
+
+    @property
+    def precision(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One planned and measured candidate."""
+
+    aim: float
+    predicted_ratio: float
+    measured_ratio: float
+    p10: float
+    p90: float
+    groups_removed: int
+
+    def to_dict(self) -> dict:
+        return {
+            "aim": self.aim,
+            "predicted_ratio": self.predicted_ratio,
+            "measured_ratio": self.measured_ratio,
+            "measured_p10": self.p10,
+            "measured_p90": self.p90,
+            "groups_removed": self.groups_removed,
+        }
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The chosen plan, its measurement, and every attempt in order."""
+
+    target: float
+    chosen: LatencyPlan
+    measurement: Measurement
+    attempts: tuple[Attempt, ...]
+    met: bool
+    notes: tuple[str, ...] = field(default=())
+
+
+def corrected_aim(target: float, predicted: float, measured: float) -> float:
+    """The predicted ratio to plan for next: the table's savings scaled by what the last plan
+    really saved (measured / predicted saving), so the corrected plan saves 1 - target. Without
+    a measured saving (the plan made it no faster), by the ratio measured / predicted."""
+    saved_p, saved_m = 1.0 - predicted, 1.0 - measured
+    if saved_p > _EPS and saved_m > _EPS:
+        aim = 1.0 - (1.0 - target) * saved_p / saved_m
+    else:
+        aim = target * predicted / measured if measured > 0 else target
+    return min(max(aim, 0.01), 1.0)
+
+
+def confirm(
+    target: float,
+    plan_at: Callable[[float], LatencyPlan],
+    measure: Callable[[LatencyPlan], Measurement],
+    *,
+    max_measurements: int = MAX_MEASUREMENTS,
+    band: float = BAND,
+    progress: Callable[[int, int], None] | None = None,
+) -> Confirmed:
+    """Plan at the target, measure, correct the aim (``corrected_aim``), repeat (at most
+    ``max_measurements`` A/B runs). Chooses the slowest measured plan within the target (the
+    least removed), else the fastest one measured, with a note saying why it falls short."""
+    aim = target
+    tried: list[tuple[LatencyPlan, Measurement]] = []
+    seen: dict[tuple[int, ...], Measurement] = {}
+    notes: list[str] = []
+    for i in range(max_measurements):
+        lp = plan_at(aim)
+        key = lp.plan.removed_groups
+        if key in seen:
+            break  # the corrected aim gives a plan already measured: nothing new to learn
+        m = measure(lp)
+        seen[key] = m
+        tried.append((lp, m))
+        if progress:
+            progress(i + 1, max_measurements)
+        if lp.limited_by_fidelity:
+            break  # the fidelity floor stops it: aiming lower cannot go further
+        if target - band <= m.ratio <= target:
+            break
+        if m.ratio > target and lp.predicted_ratio > lp.aim + _EPS:
+            break  # the table has nothing more to remove
+        aim = corrected_aim(target, lp.predicted_ratio, m.ratio)
+    if progress:
+        progress(max_measurements, max_measurements)
+    within = [(lp, m) for lp, m in tried if m.ratio <= target]
+    met = bool(within)
+    lp, m = max(within, key=lambda t: t[1].ratio) if within else min(tried, key=lambda t: t[1].ratio)
+    if not met:
+        if lp.limited_by_fidelity:
+            why = f"the fidelity floor stops the plan first (fidelity {lp.fidelity:.4f})"
+        elif lp.predicted_ratio > lp.aim:
+            why = f"the latency table predicts {lp.predicted_ratio:.3f}x at best"
+        else:
+            why = f"{len(tried)} A/B measurements did not get there"
+        notes.append(
+            f"latency target {target:g} not reached: measured {m.ratio:.3f}x (p10-p90 {m.p10:.3f}-{m.p90:.3f}); {why}"
+        )
+    attempts = tuple(
+        Attempt(a.aim, a.predicted_ratio, b.ratio, b.p10, b.p90, len(a.plan.removed_groups)) for a, b in tried
+    )
+    return Confirmed(target, lp, m, attempts, met, tuple(notes))

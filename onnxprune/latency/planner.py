@@ -1,0 +1,299 @@
+"""A plan for a latency budget, from a per-unit latency table (pure: nothing is timed here).
+
+Moves lower one unit of tied layers (see ``sensitivity_analysis.find_units``) to a smaller
+channel count, its lowest-scored groups first. The counts a unit may keep are multiples of its
+measured step (where its latency drops; ``--round-to`` as well), so no move pays for channels
+that save nothing. Moves are taken greedily by predicted seconds saved per importance lost; a
+move may skip over a flat stretch of the unit's curve to the next count that saves time.
+Importance is the criterion's group scores, or with a sensitivity analysis the unit's measured
+fidelity loss (interpolated between the ratios it was measured at). With a fidelity floor the
+longest prefix of the order whose *measured* fidelity holds is the limit: the floor wins over
+the latency target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from ..budget import finish_plan, pinned_reasons
+from ..planning import PruningPlan, enforce_constraints
+
+if TYPE_CHECKING:
+    from ..analysis import ChannelAnalysis
+    from ..config import PruneConfig
+    from ..sensitivity_analysis import Unit, UnitSensitivity
+
+__all__ = ["LatencyPlan", "LatencySource", "Move", "UnitChoice", "plan_for_latency"]
+
+# Ties between moves that lose no measured fidelity are broken by the criterion's scores, scaled
+# far below any fidelity difference the sensitivity analysis can measure.
+_SCORE_TIEBREAK = 1e-9
+_EPS = 1e-9  # a ratio equal to the aim up to float rounding reaches it
+
+
+class _UnitStep(Protocol):
+    @property
+    def step(self) -> int | None: ...
+
+
+class LatencySource(Protocol):
+    """What the planner reads of a latency table (``LatencyTable``): the original's seconds,
+    the measured units (their ``step``: where latency drops; None: no measurable step) and the
+    seconds saved at a kept channel count."""
+
+    @property
+    def baseline(self) -> float: ...
+
+    @property
+    def units(self) -> Mapping[str, _UnitStep]: ...
+
+    def saving(self, unit: str, kept: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Move:
+    """Lower ``unit`` to ``kept`` channel groups: predicted seconds saved, importance lost."""
+
+    unit: str
+    kept: int
+    saved: float
+    lost: float
+
+
+@dataclass(frozen=True)
+class UnitChoice:
+    """One unit in the final plan: channel groups before and kept, its step, and the seconds
+    the table predicts it saves."""
+
+    unit: str
+    layers: tuple[str, ...]
+    channels: int
+    kept: int
+    step: int
+    predicted_saving: float
+
+    def to_dict(self) -> dict:
+        return {
+            "unit": self.unit,
+            "layers": list(self.layers),
+            "channels": self.channels,
+            "kept": self.kept,
+            "step": self.step,
+            "predicted_saving_ms": self.predicted_saving * 1e3,
+        }
+
+
+@dataclass(frozen=True)
+class LatencyPlan:
+    """The plan with what the table predicts of it (ratio to the original's latency)."""
+
+    plan: PruningPlan
+    aim: float  # the predicted ratio planned for (the target, corrected by measurements)
+    predicted_ratio: float
+    baseline: float  # seconds
+    units: tuple[UnitChoice, ...]
+    moves_taken: int
+    moves_available: int
+    fidelity: float | None = None  # measured with all moves together (with a fidelity floor)
+    limited_by_fidelity: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+
+def _interp_loss(sens: UnitSensitivity | None, fraction: float) -> float:
+    """Fidelity lost with ``fraction`` of the unit removed alone: linear between the measured
+    ratios (0 at 0), the last slope beyond the last ratio."""
+    if sens is None:
+        return 0.0
+    xs = [0.0, *sens.fidelity.keys()]
+    ys = [0.0, *(max(1.0 - f, 0.0) for f in sens.fidelity.values())]
+    for i in range(1, len(xs)):
+        if fraction <= xs[i]:
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            return y0 + (y1 - y0) * (fraction - x0) / (x1 - x0) if x1 > x0 else y1
+    x0, x1, y0, y1 = xs[-2], xs[-1], ys[-2], ys[-1]
+    slope = max((y1 - y0) / (x1 - x0), 0.0) if x1 > x0 else 0.0
+    return y1 + slope * (fraction - x1)
+
+
+def _lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
+
+
+def _unit_sizes(analysis: ChannelAnalysis, units: Sequence[Unit]) -> dict[str, int]:
+    """Channel groups per unit (pinned ones too: they are kept channels)."""
+    unit_of = {layer: u.name for u in units for layer in u.layers}
+    sizes = dict.fromkeys(unit_of.values(), 0)
+    for g in analysis.groups:
+        name = unit_of.get(g.members[0][0])
+        if name is not None:
+            sizes[name] += 1
+    return sizes
+
+
+def plan_for_latency(
+    analysis: ChannelAnalysis,
+    config: PruneConfig,
+    units: Sequence[Unit],
+    table: LatencySource,
+    scores: Mapping[int, float],
+    aim: float,
+    *,
+    sensitivity: Mapping[str, UnitSensitivity] | None = None,
+    fidelity: Callable[[set[int]], float] | None = None,
+    min_fidelity: float | None = None,
+    protected: Mapping[int, str] | None = None,
+) -> LatencyPlan:
+    """The groups to remove so the predicted latency is <= ``aim`` x the table's baseline.
+
+    ``units``: find_units' units (groups lowest score first); ``scores``: group scores (the
+    importance without ``sensitivity``, the tie-break with it); ``fidelity(groups)``: the
+    measured fidelity with those groups removed, required >= ``min_fidelity``;
+    ``protected``: group -> why it stays (excluded layers)."""
+    unmeasured = {g: u.name for u in units if u.name not in table.units for g in u.groups}
+    units = [u for u in units if u.name in table.units]  # units the table did not measure stay whole
+    sizes = _unit_sizes(analysis, units)
+    sens = sensitivity or {}
+    kept: dict[str, int] = {}
+    grids: dict[str, list[int]] = {}
+    steps: dict[str, int] = {}
+    by_name = {u.name: u for u in units}
+    for u in units:
+        size = sizes[u.name]
+        step = _lcm(max(int(table.units[u.name].step or 1), 1), max(config.round_to, 1))
+        lowest = max(size - len(u.groups), 1)
+        grid = [k for k in range(step, size, step) if k >= lowest]
+        kept[u.name], grids[u.name], steps[u.name] = size, grid, step
+
+    def lost(u: Unit, k_from: int, k_to: int) -> float:
+        size = sizes[u.name]
+        removed = u.groups[size - k_from : size - k_to]
+        by_score = sum(max(scores.get(g, 0.0), 0.0) for g in removed)
+        s = sens.get(u.name)
+        if s is None:
+            return by_score
+        measured = _interp_loss(s, (size - k_to) / size) - _interp_loss(s, (size - k_from) / size)
+        return max(measured, 0.0) + _SCORE_TIEBREAK * by_score
+
+    def best_move(u: Unit) -> Move | None:
+        k = kept[u.name]
+        best: tuple[float, int, Move] | None = None
+        for k_to in reversed([g for g in grids[u.name] if g < k]):
+            saved = table.saving(u.name, k_to) - table.saving(u.name, k)
+            if saved <= 0:
+                continue  # a flat stretch: look further down for the count where it drops
+            cost = lost(u, k, k_to)
+            rate = saved / cost if cost > 0 else math.inf
+            key = (rate, k_to)  # equal rates: the nearer count, so the plan overshoots by one step at most
+            if best is None or key > best[:2]:
+                best = (rate, k_to, Move(u.name, k_to, saved, cost))
+        return None if best is None else best[2]
+
+    order: list[Move] = []
+    candidates = {u.name: best_move(u) for u in units}
+    while True:
+        live = [m for m in candidates.values() if m is not None]
+        if not live:
+            break
+        move = max(live, key=lambda m: (m.saved / m.lost if m.lost > 0 else math.inf, m.saved, m.unit))
+        order.append(move)
+        kept[move.unit] = move.kept
+        candidates[move.unit] = best_move(by_name[move.unit])
+
+    baseline = float(table.baseline)
+
+    def state(n: int) -> dict[str, int]:
+        at = {u.name: sizes[u.name] for u in units}
+        for m in order[:n]:
+            at[m.unit] = m.kept
+        return at
+
+    def predicted(n: int) -> float:
+        at = state(n)
+        saved = sum(table.saving(name, k) for name, k in at.items() if k < sizes[name])
+        return (baseline - saved) / baseline if baseline > 0 else 1.0
+
+    def groups_of(n: int) -> set[int]:
+        at = state(n)
+        chosen = [g for name, k in at.items() for g in by_name[name].groups[: sizes[name] - k]]
+        return enforce_constraints(analysis, chosen, {})
+
+    n = 0
+    while n < len(order) and predicted(n) > aim + _EPS:
+        n += 1
+    notes: list[str] = []
+    if predicted(n) > aim + _EPS:
+        notes.append(
+            f"the latency table predicts {predicted(n):.3f}x at best (every unit at its smallest count of "
+            f"its step), above the {aim:.3f}x aimed at"
+        )
+    fid = None
+    limited = False
+    if fidelity is not None and min_fidelity is not None:
+        fid = fidelity(groups_of(n)) if n else 1.0
+        if fid < min_fidelity:
+            limited = True
+            measured = {0: 1.0, n: fid}
+
+            def holds(m: int) -> bool:
+                if m not in measured:
+                    measured[m] = fidelity(groups_of(m))
+                return measured[m] >= min_fidelity
+
+            lo, hi = 0, n - 1
+            while lo < hi:  # the longest prefix whose measured fidelity holds
+                mid = (lo + hi + 1) // 2
+                if holds(mid):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            n, fid = lo, measured[lo]
+            notes.append(
+                f"fidelity floor {min_fidelity:g} reached before the latency target: predicted {predicted(n):.3f}x "
+                f"at fidelity {fid:.4f}"
+            )
+    at = state(n)
+    reasons = pinned_reasons(analysis)
+    for gid, why in (protected or {}).items():
+        reasons.setdefault(gid, []).append(f"protected: {why}")
+    for gid, name in unmeasured.items():
+        reasons.setdefault(gid, []).append(f"the latency table has no measurement of unit {name}")
+    unit_of_group = {g: u for u in units for g in u.groups}
+    for g in analysis.groups:
+        if not g.pinned and g.id not in unit_of_group and g.id not in reasons:
+            reasons[g.id] = [f"criterion {config.criterion!r} gives no score here"]
+    chosen = [g for name, k in at.items() for g in by_name[name].groups[: sizes[name] - k]]
+    goal = f"predicted latency <= {aim:.3f}x" + (f", fidelity >= {min_fidelity:g}" if limited else "")
+
+    def kept_reason(gid: int) -> str:
+        u = unit_of_group.get(gid)
+        if u is None:
+            return f"kept by the latency plan ({goal})"
+        k, step = at[u.name], steps[u.name]
+        return f"kept by the latency plan ({goal}): {u.name} keeps {k} of {sizes[u.name]} channels" + (
+            f", a multiple of {step}, the step where its measured latency drops" if step > 1 else ""
+        )
+
+    the_plan = finish_plan(analysis, config, chosen, scores, reasons, kept_reason)
+    the_plan = PruningPlan(
+        the_plan.criterion,
+        the_plan.removed_groups,
+        the_plan.kept_reasons,
+        the_plan.scores,
+        the_plan.members,
+        (*the_plan.notes, *notes),
+    )
+    choices = tuple(
+        UnitChoice(
+            u.name,
+            u.layers,
+            sizes[u.name],
+            at[u.name],
+            steps[u.name],
+            table.saving(u.name, at[u.name]) if at[u.name] < sizes[u.name] else 0.0,
+        )
+        for u in units
+    )
+    return LatencyPlan(the_plan, aim, predicted(n), baseline, choices, n, len(order), fid, limited, tuple(notes))

@@ -1,0 +1,202 @@
+"""The plan stage under a latency budget: the per-unit latency table measured on this machine,
+the planner (``latency.planner``), and the A/B confirmation loop (``latency.confirm``) that
+times candidates against the original until the measured ratio is within the target."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..budget import group_scores, layer_budgets
+from ..errors import UsageError
+from ..latency.confirm import Attempt, confirm
+from ..latency.planner import LatencyPlan, UnitChoice, plan_for_latency
+from .decide import Planned, sensitivity_trials
+from .prepare import CalibrationData, LoadedModel, Run
+
+if TYPE_CHECKING:
+    from ..analysis import ChannelAnalysis
+    from ..latency import LatencyTable
+    from ..latency.confirm import Measurement
+
+__all__ = ["LatencyOutcome", "latency_plan"]
+
+
+@dataclass(frozen=True)
+class LatencyOutcome:
+    """What a latency-budgeted plan was predicted and measured to do: per unit the kept
+    channels and the table's curve, the final A/B measurement (median ratio, p10-p90, the
+    precision the runtime computed in) and every attempt of the confirmation loop."""
+
+    target: float
+    settings: dict
+    baseline_ms: float
+    predicted_ratio: float
+    measured_ratio: float
+    measured_p10: float
+    measured_p90: float
+    precision: str
+    met: bool
+    units: tuple[UnitChoice, ...]
+    attempts: tuple[Attempt, ...]
+    table: LatencyTable = field(repr=False)
+    fidelity: float | None = None  # measured on the calibration inputs with a fidelity floor
+    limited_by_fidelity: bool = False
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        units = []
+        for u in self.units:
+            curve = self.table.units.get(u.unit)
+            entry = u.to_dict()
+            if curve is not None:
+                entry["measured_ms"] = [[k, t * 1e3] for k, t in curve.points]
+                entry["predicted_ms"] = curve.predict(u.kept) * 1e3
+                entry["predicted_full_ms"] = curve.predict(curve.channels) * 1e3
+            units.append(entry)
+        return {
+            "target": self.target,
+            "settings": self.settings,
+            "table_key": dict(self.table.key),
+            "baseline_ms": self.baseline_ms,
+            "predicted_ratio": self.predicted_ratio,
+            "measured_ratio": self.measured_ratio,
+            "measured_p10": self.measured_p10,
+            "measured_p90": self.measured_p90,
+            "precision": self.precision,
+            "met": self.met,
+            "fidelity": self.fidelity,
+            "limited_by_fidelity": self.limited_by_fidelity,
+            "attempts": [a.to_dict() for a in self.attempts],
+            "units": units,
+            "notes": list(self.notes),
+        }
+
+
+def _protected_groups(analysis: ChannelAnalysis, protected: Mapping[str, str]) -> dict[int, str]:
+    return {
+        g.id: protected[n] for g in analysis.groups if not g.pinned for n in {m for m, _ in g.members} if n in protected
+    }
+
+
+def latency_plan(
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    scores: Mapping[str, np.ndarray],
+    data: CalibrationData,
+    run: Run,
+    judge: object | None = None,
+) -> Planned:
+    """The plan whose measured latency is <= ``config.latency_target`` x the original's
+    (with ``min_fidelity``: the fastest whose measured fidelity holds)."""
+    from ..latency import build_latency_table
+    from ..sensitivity_analysis import find_units
+
+    config = run.config
+    target = float(config.latency_target)  # type: ignore[arg-type]
+    group = group_scores(analysis, scores)
+    protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
+    sens = None
+    fidelity = None
+    sensitivity = None
+    if data.calibration:  # importance is the measured fidelity loss per unit, not the scores
+        trials = sensitivity_trials(loaded, analysis, scores, data.stats, data.calibration, run)
+        sensitivity = trials.result
+        units = [us.unit for us in sensitivity.units]
+        sens = {us.unit.name: us for us in sensitivity.units}
+        if config.min_fidelity is not None:
+            runner, values = trials.runner, trials.estimates
+
+            def fidelity(groups: set[int]) -> float:
+                return runner.fidelity(groups, values, config.fidelity_metrics)
+    else:
+        units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
+    if not units:
+        raise UsageError(f"{loaded.source}: --latency-target: no unit of the model has channels that may go")
+    table = build_latency_table(
+        loaded.runnable,
+        analysis,
+        units,
+        config.latency,
+        timer=run.timer,
+        registry=run.registry,
+        input_shapes=config.input_shapes,
+        progress=run.progress_of("latency table"),
+        source=loaded.source,
+    )
+    guarded = _protected_groups(analysis, protected)
+
+    def plan_at(aim: float) -> LatencyPlan:
+        return plan_for_latency(
+            analysis,
+            config,
+            units,
+            table,
+            group,
+            aim,
+            sensitivity=sens,
+            fidelity=fidelity,
+            min_fidelity=config.min_fidelity,
+            protected=guarded,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="onnxprune-latency-") as tmp:
+        original = loaded.runnable
+        if not isinstance(original, str):
+            original = os.path.join(tmp, "original.onnx")
+            _save(loaded.proto, original)
+        count = 0
+
+        def measure(lp: LatencyPlan) -> Measurement:
+            nonlocal count
+            count += 1
+            path = os.path.join(tmp, f"candidate{count}.onnx")
+            _candidate(loaded, analysis, lp, run).save(path)
+            return _measure(original, path, run)
+
+        confirmed = confirm(target, plan_at, measure, progress=run.progress_of("latency A/B"))
+    chosen, m = confirmed.chosen, confirmed.measurement
+    the_plan = replace(chosen.plan, notes=(*chosen.plan.notes, *confirmed.notes))
+    outcome = LatencyOutcome(
+        target=target,
+        settings=config.latency.to_dict(),
+        baseline_ms=table.baseline * 1e3,
+        predicted_ratio=chosen.predicted_ratio,
+        measured_ratio=m.ratio,
+        measured_p10=m.p10,
+        measured_p90=m.p90,
+        precision=m.precision,
+        met=confirmed.met,
+        units=chosen.units,
+        attempts=confirmed.attempts,
+        table=table,
+        fidelity=chosen.fidelity,
+        limited_by_fidelity=chosen.limited_by_fidelity,
+        notes=(*table.notes, *confirmed.notes),
+    )
+    return Planned(the_plan, sensitivity, outcome)
+
+
+def _save(proto: Any, path: str) -> None:
+    from ..saving import save_model
+
+    save_model(proto, path, None)
+
+
+def _candidate(loaded: LoadedModel, analysis: ChannelAnalysis, lp: LatencyPlan, run: Run) -> Any:
+    """The candidate to time: the plan's surgery, without compensation (it changes values,
+    not the time)."""
+    from ..surgery import prune_deferred
+
+    return prune_deferred(loaded.proto, analysis, lp.plan, registry=run.registry, initializers=loaded.initializers)
+
+
+def _measure(original: str, candidate: str, run: Run) -> Measurement:
+    from ..latency import measure_ab
+
+    return measure_ab(original, candidate, run.config.latency, timer=run.timer, input_shapes=run.config.input_shapes)

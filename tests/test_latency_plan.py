@@ -1,0 +1,236 @@
+"""The latency planner and its confirmation loop, on a tiny graph with a fake latency table
+and a fake measurement: deterministic, nothing is timed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.config import PruneConfig
+from onnxprune.latency.confirm import confirm
+from onnxprune.latency.planner import plan_for_latency
+from onnxprune.sensitivity_analysis import UnitSensitivity, find_units
+from onnxprune.testing import GraphBuilder
+
+
+def _chain() -> onnx.ModelProto:
+    """Three units of 32 channels (convs a, b, c); the last conv's outputs are the graph's."""
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("x", [1, 3, 8, 8])
+    for _ in range(3):
+        x = b.op("Relu", b.conv(x, 32))
+    b.output(b.op("Flatten", b.op("GlobalAveragePool", b.conv(x, 4, k=1, pads=0)), axis=1))
+    return b.build()
+
+
+@dataclass(frozen=True)
+class UnitStep:
+    step: int | None
+
+
+class FakeTable:
+    """Seconds saved per unit: ``per_block`` seconds for every ``step`` channels removed
+    (whole blocks only, as a blocked kernel computes); baseline 10 ms."""
+
+    def __init__(self, per_block: dict[str, float], steps: dict[str, int], channels: int = 32) -> None:
+        self.baseline = 10e-3
+        self.per_block, self.steps, self.channels = per_block, steps, channels
+        self.names = sorted({*per_block, *steps})
+
+    def saving(self, unit: str, kept: int) -> float:
+        step = self.steps.get(unit, 1)
+        computed = min(math.ceil(kept / step) * step, self.channels)
+        return self.per_block.get(unit, 0.0) * (self.channels - computed) / step
+
+    @property
+    def units(self) -> dict[str, UnitStep]:
+        return {u: UnitStep(self.steps.get(u, 1)) for u in self.names}
+
+
+@dataclass(frozen=True)
+class FakeMeasurement:
+    ratio: float
+    p10: float
+    p90: float
+    precision: str = "f32"
+
+
+def _setup(scale: dict[int, float] | None = None):
+    model = _chain()
+    analysis = onnxprune.analyze(model)
+    scores = {g.id: 1.0 + 0.01 * g.id for g in analysis.groups}  # lowest ids go first
+    units = find_units(analysis, scores)
+    assert [len(u.groups) for u in units] == [32, 32, 32]
+    return analysis, scores, units
+
+
+def _removed_per_unit(lp, units) -> dict[str, int]:
+    removed = set(lp.plan.removed_groups)
+    return {u.name: sum(1 for g in u.groups if g in removed) for u in units}
+
+
+def test_prefers_the_unit_whose_channels_cost_latency() -> None:
+    analysis, scores, units = _setup()
+    a, b, c = (u.name for u in units)
+    # a saves nothing (its channels are flat in latency, whatever their MACs), b saves 0.5 ms
+    # per 8 channels, c 0.1 ms per 8.
+    table = FakeTable({a: 0.0, b: 0.5e-3, c: 0.1e-3}, {a: 1, b: 8, c: 8})
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.9)
+    removed = _removed_per_unit(lp, units)
+    assert removed == {a: 0, b: 16, c: 0}
+    assert lp.predicted_ratio == pytest.approx(0.9, abs=1e-9)
+    assert lp.plan.removed_groups == tuple(sorted(units[1].groups[:16]))  # lowest scores first
+
+
+def test_rounds_kept_counts_to_the_units_step() -> None:
+    analysis, scores, units = _setup()
+    a, b, c = (u.name for u in units)
+    table = FakeTable({a: 0.0, b: 0.4e-3, c: 0.0}, {b: 16})
+    # 0.3 ms needed: b's first block of 16 gives 0.4 ms; removing 1..15 of b saves nothing
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.97)
+    assert _removed_per_unit(lp, units) == {a: 0, b: 16, c: 0}
+    choice = next(ch for ch in lp.units if ch.unit == b)
+    assert (choice.kept, choice.step) == (16, 16)
+    assert choice.predicted_saving == pytest.approx(0.4e-3)
+    # every kept group has a reason; b's name the step
+    kept_b = [g for g in units[1].groups if g not in lp.plan.removed_groups]
+    assert all("multiple of 16" in lp.plan.kept_reasons[g][0] for g in kept_b)
+    assert all(lp.plan.kept_reasons.get(g.id) for g in analysis.groups if g.id not in lp.plan.removed_groups)
+
+
+def test_round_to_combines_with_the_step() -> None:
+    analysis, scores, units = _setup()
+    b = units[1].name
+    table = FakeTable({b: 0.1e-3}, {b: 4})
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1, round_to=8), units, table, scores, aim=0.985)
+    choice = next(ch for ch in lp.units if ch.unit == b)
+    assert choice.step == 8 and choice.kept % 8 == 0 and choice.kept == 24
+
+
+def test_ranks_by_latency_saved_per_importance_lost() -> None:
+    analysis, scores, units = _setup()
+    a, b, c = (u.name for u in units)
+    table = FakeTable({a: 0.5e-3, b: 0.5e-3, c: 0.5e-3}, {a: 8, b: 8, c: 8})
+    cheap = dict(scores)
+    for g in units[2].groups:
+        cheap[g] = 0.05  # c's channels matter little: the same seconds cost less importance
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, cheap, aim=0.9)
+    assert _removed_per_unit(lp, units) == {a: 0, b: 0, c: 16}
+
+
+def test_measured_sensitivity_outranks_the_scores() -> None:
+    analysis, scores, units = _setup()
+    a, b, c = (u.name for u in units)
+    table = FakeTable({a: 0.5e-3, b: 0.5e-3, c: 0.5e-3}, {a: 8, b: 8, c: 8})
+    ratios = (0.1, 0.25, 0.5)
+    sens = {
+        a: UnitSensitivity(units[0], {0.1: 0.99, 0.25: 0.95, 0.5: 0.8}, {}),
+        b: UnitSensitivity(units[1], {r: 1.0 for r in ratios}, {}),  # b costs no fidelity at all
+        c: UnitSensitivity(units[2], {0.1: 0.999, 0.25: 0.99, 0.5: 0.9}, {}),
+    }
+    low_c = dict(scores)
+    for g in units[2].groups:
+        low_c[g] = 0.01  # the scores alone would pick c
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, low_c, aim=0.9, sensitivity=sens)
+    assert _removed_per_unit(lp, units) == {a: 0, b: 16, c: 0}
+
+
+def test_fidelity_floor_wins_over_the_latency_target() -> None:
+    analysis, scores, units = _setup()
+    a, b, c = (u.name for u in units)
+    table = FakeTable({a: 0.5e-3, b: 0.5e-3, c: 0.5e-3}, {a: 8, b: 8, c: 8})
+    calls: list[int] = []
+
+    def fidelity(groups: set[int]) -> float:
+        calls.append(len(groups))
+        return 1.0 - 0.01 * len(groups)  # 0.9 allows 10 groups: one block of 8
+
+    lp = plan_for_latency(
+        analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.7, fidelity=fidelity, min_fidelity=0.9
+    )
+    assert lp.limited_by_fidelity
+    assert len(lp.plan.removed_groups) == 8 and lp.fidelity == pytest.approx(0.92)
+    assert lp.predicted_ratio == pytest.approx(0.95)
+    assert any("fidelity floor 0.9" in n for n in lp.plan.notes)
+    assert len(calls) <= 6  # a bisection, not a scan
+    # without the floor the same aim goes much further
+    free = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.7)
+    assert not free.limited_by_fidelity and free.predicted_ratio <= 0.7
+
+
+def test_unreachable_aim_says_so() -> None:
+    analysis, scores, units = _setup()
+    a = units[0].name
+    table = FakeTable({a: 0.5e-3}, {a: 8})  # only a is in the table: at most 3 blocks, 1.5 ms of 10
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.5)
+    assert lp.predicted_ratio == pytest.approx(0.85)
+    assert any("predicts 0.850x at best" in n for n in lp.plan.notes)
+    assert _removed_per_unit(lp, units) == {a: 24, units[1].name: 0, units[2].name: 0}
+    for g in units[1].groups:
+        assert lp.plan.kept_reasons[g] == (f"the latency table has no measurement of unit {units[1].name}",)
+
+
+def test_confirmation_corrects_an_optimistic_prediction() -> None:
+    analysis, scores, units = _setup()
+    table = FakeTable({u.name: 0.2e-3 for u in units}, {u.name: 4 for u in units})
+    measured: list[float] = []
+
+    def measure(lp):  # the real model saves only 0.6x of the predicted seconds, a steady bias
+        r = 1.0 - 0.6 * (1.0 - lp.predicted_ratio)
+        measured.append(r)
+        return FakeMeasurement(r, r - 0.01, r + 0.01)
+
+    def plan_at(aim: float):
+        return plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim)
+
+    out = confirm(0.9, plan_at, measure)
+    assert measured[0] > 0.9  # first plan misses
+    assert out.met and len(out.attempts) == 2
+    assert 0.9 - 0.03 <= out.measurement.ratio <= 0.9
+    first = out.attempts[0]
+    assert out.attempts[1].aim == pytest.approx(1.0 - 0.1 * (1.0 - first.predicted_ratio) / (1.0 - measured[0]))
+    assert out.chosen.plan.removed_groups and not out.notes
+
+
+def test_confirmation_stops_at_its_bound_and_says_so() -> None:
+    analysis, scores, units = _setup()
+    table = FakeTable({u.name: 0.2e-3 for u in units}, {u.name: 4 for u in units})
+    count = 0
+
+    def measure(lp):  # the machine never gets faster than 0.95x, whatever is removed
+        nonlocal count
+        count += 1
+        return FakeMeasurement(0.95 - 0.001 * count, 0.93, 0.97)
+
+    def plan_at(aim: float):
+        return plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim)
+
+    out = confirm(0.8, plan_at, measure, max_measurements=3)
+    assert count == len(out.attempts) <= 3
+    assert not out.met
+    assert out.measurement.ratio == pytest.approx(min(a.measured_ratio for a in out.attempts))
+    assert out.notes and out.notes[0].startswith("latency target 0.8 not reached: measured")
+
+
+def test_confirmation_relaxes_a_plan_far_below_the_target() -> None:
+    analysis, scores, units = _setup()
+    table = FakeTable({u.name: 0.2e-3 for u in units}, {u.name: 4 for u in units})
+
+    def measure(lp):  # the real model saves 1.5x the predicted seconds
+        r = 1.0 - 1.5 * (1.0 - lp.predicted_ratio)
+        return FakeMeasurement(r, r - 0.01, r + 0.01)
+
+    def plan_at(aim: float):
+        return plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim)
+
+    out = confirm(0.8, plan_at, measure)
+    first = out.attempts[0]
+    assert first.measured_ratio < 0.8 - 0.03
+    assert out.met and out.measurement.ratio <= 0.8
+    assert out.attempts[-1].groups_removed < first.groups_removed  # fewer channels for the same target
+    assert np.isclose(out.measurement.ratio, max(a.measured_ratio for a in out.attempts if a.measured_ratio <= 0.8))
