@@ -206,6 +206,8 @@ def prune(
     channels replaced where they are read (masked or compensated) to the tolerance.
     """
     config = (config or PruneConfig()).with_options(criterion, **options)
+    if pruning_plan is not None and config.latency_target is not None:
+        raise UsageError("--latency-target cannot go with --plan: a given plan is applied as it is")
     run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress, timer)
     if output is not None:
         check_output_path(output, model)

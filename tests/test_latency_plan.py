@@ -41,8 +41,11 @@ class FakeTable:
         self.baseline = 10e-3
         self.per_block, self.steps, self.channels = per_block, steps, channels
         self.names = sorted({*per_block, *steps})
+        self.curves: dict = {}
 
     def saving(self, unit: str, kept: int) -> float:
+        if unit in self.curves:
+            return self.curves[unit](kept)
         step = self.steps.get(unit, 1)
         computed = min(math.ceil(kept / step) * step, self.channels)
         return self.per_block.get(unit, 0.0) * (self.channels - computed) / step
@@ -101,6 +104,20 @@ def test_rounds_kept_counts_to_the_units_step() -> None:
     kept_b = [g for g in units[1].groups if g not in lp.plan.removed_groups]
     assert all("multiple of 16" in lp.plan.kept_reasons[g][0] for g in kept_b)
     assert all(lp.plan.kept_reasons.get(g.id) for g in analysis.groups if g.id not in lp.plan.removed_groups)
+
+
+def test_a_move_past_the_aim_stops_at_the_first_count_that_reaches_it() -> None:
+    analysis, scores, units = _setup()
+    b = units[1].name
+    table = FakeTable({}, {b: 8})
+    # b's latency barely moves until 8 channels are left, then drops: the best rate is the
+    # jump to 8, but 0.1 ms is needed and keeping 24 already saves it
+    table.curves[b] = lambda k: {32: 0.0, 24: 0.1e-3, 16: 0.2e-3, 8: 2e-3}[k]
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.99)
+    assert _removed_per_unit(lp, units)[b] == 8
+    assert lp.predicted_ratio == pytest.approx(0.99)
+    far = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.9)
+    assert _removed_per_unit(far, units)[b] == 24 and far.predicted_ratio == pytest.approx(0.8)
 
 
 def test_round_to_combines_with_the_step() -> None:
@@ -192,8 +209,8 @@ def test_confirmation_corrects_an_optimistic_prediction() -> None:
     assert measured[0] > 0.9  # first plan misses
     assert out.met and len(out.attempts) == 2
     assert 0.9 - 0.03 <= out.measurement.ratio <= 0.9
-    first = out.attempts[0]
-    assert out.attempts[1].aim == pytest.approx(1.0 - 0.1 * (1.0 - first.predicted_ratio) / (1.0 - measured[0]))
+    first = out.attempts[0]  # saved 0.6x of the prediction: the next plan is predicted to save 1/0.6 x more
+    assert out.attempts[1].aim == pytest.approx(1.0 - (1.0 - first.predicted_ratio) * (1 - 0.885) / (1.0 - measured[0]))
     assert out.chosen.plan.removed_groups and not out.notes
 
 
@@ -234,3 +251,47 @@ def test_confirmation_relaxes_a_plan_far_below_the_target() -> None:
     assert out.met and out.measurement.ratio <= 0.8
     assert out.attempts[-1].groups_removed < first.groups_removed  # fewer channels for the same target
     assert np.isclose(out.measurement.ratio, max(a.measured_ratio for a in out.attempts if a.measured_ratio <= 0.8))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"latency_target": 0.7, "ratio": 0.2}, "cannot go with --ratio"),
+        ({"latency_target": 0.7, "macs_target": 0.5}, "cannot go with --macs-target"),
+        ({"latency_target": 0.7, "global_ranking": True}, "drop --global"),
+        ({"latency_target": 1.0}, r"latency target must be in \(0, 1\), got 1.0"),
+        ({"latency_target": 0.0}, r"latency target must be in \(0, 1\)"),
+        ({"latency_target": 0.7, "criterion": "zero"}, "criterion 'zero' removes only provably constant"),
+        ({"latency_target": 0.7, "min_fidelity": 0.9}, "need calibration inputs"),
+    ],
+)
+def test_latency_target_usage_errors(options: dict, message: str) -> None:
+    with pytest.raises(onnxprune.UsageError, match=message):
+        PruneConfig(**options)
+
+
+def test_latency_target_with_a_given_plan_is_refused() -> None:
+    model = _chain()
+    plan = onnxprune.prune(model, "l2", ratio=0.25, verify=False).plan
+    with pytest.raises(onnxprune.UsageError, match="cannot go with --plan"):
+        onnxprune.prune(model, pruning_plan=plan, latency_target=0.7)
+
+
+def test_latency_target_means_l2_and_is_a_budget() -> None:
+    config = PruneConfig(latency_target=0.7)
+    assert config.criterion == "l2" and "--latency-target" in config.criterion_reason
+    assert config.budget_options == ("--latency-target",) and not config.allocated
+    assert PruneConfig(latency_target=0.7, min_fidelity=0.9, calibration="c.npz").allocated is False
+
+
+def test_next_aim_interpolates_between_plans_on_both_sides_and_damps_one_sided_corrections() -> None:
+    from onnxprune.latency.confirm import MAX_GAIN, next_aim
+
+    # one too slow (0.8 measured), one fast enough (0.6): between them, for 0.685 measured
+    assert next_aim(0.7, [(0.7, 0.8), (0.5, 0.6)], band=0.03) == pytest.approx(0.585)
+    # noise cannot push it outside the bracket
+    assert next_aim(0.7, [(0.7, 0.71), (0.5, 0.69)], band=0.03) == pytest.approx(0.5)
+    # a plan that saved almost nothing of its predicted 10%: at most MAX_GAIN x the saving next
+    assert next_aim(0.7, [(0.9, 0.99)]) == pytest.approx(1.0 - 0.1 * MAX_GAIN)
+    # a plan that saved 8x its prediction: at least 1/MAX_GAIN of the saving next
+    assert next_aim(0.9, [(0.95, 0.6)]) == pytest.approx(1.0 - 0.05 / MAX_GAIN)

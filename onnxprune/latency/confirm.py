@@ -10,13 +10,13 @@ fake measurement.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .planner import LatencyPlan
 
-__all__ = ["BAND", "MAX_MEASUREMENTS", "Attempt", "Confirmed", "Measurement", "confirm", "corrected_aim"]
+__all__ = ["BAND", "MAX_GAIN", "MAX_MEASUREMENTS", "Attempt", "Confirmed", "Measurement", "confirm", "next_aim"]
 
 # A/B runs at most: each builds and times a model; three corrections are enough when the
 # prediction is off by a steady factor, and more chase the machine's noise.
@@ -24,6 +24,9 @@ MAX_MEASUREMENTS = 4
 # A plan measured this far below the target removed more than needed: it is planned again
 # with a higher aim (better fidelity), keeping the faster one if that misses.
 BAND = 0.03
+# Before a plan on each side of the target is measured, one correction scales the predicted
+# saving by at most this factor (the table can be off by 2x and more: units timed alone).
+MAX_GAIN = 2.0
 _EPS = 1e-9
 
 
@@ -78,16 +81,31 @@ class Confirmed:
     notes: tuple[str, ...] = field(default=())
 
 
-def corrected_aim(target: float, predicted: float, measured: float) -> float:
-    """The predicted ratio to plan for next: the table's savings scaled by what the last plan
-    really saved (measured / predicted saving), so the corrected plan saves 1 - target. Without
-    a measured saving (the plan made it no faster), by the ratio measured / predicted."""
+def next_aim(target: float, points: Sequence[tuple[float, float]], band: float = BAND) -> float:
+    """The predicted ratio to plan for next, from the (predicted, measured) ratios so far,
+    aiming at the middle of the accepted band (``target - band / 2``).
+
+    Once one plan measured too slow and one fast enough, between those two nearest the target
+    (secant: measurement noise cannot throw it outside them). Before that, from the last plan:
+    the table's predicted saving scaled by what it really saved (measured / predicted saving),
+    by a factor of at most ``MAX_GAIN`` either way per step, so one noisy A/B run cannot send
+    the plan to an extreme."""
+    goal = target - band / 2
+    above = [pm for pm in points if pm[1] > target]
+    below = [pm for pm in points if pm[1] <= target]
+    if above and below:
+        (p_hi, m_hi), (p_lo, m_lo) = min(above, key=lambda t: t[1]), max(below, key=lambda t: t[1])
+        if m_hi - m_lo > _EPS:
+            aim = p_lo + (goal - m_lo) * (p_hi - p_lo) / (m_hi - m_lo)
+            return min(max(aim, min(p_lo, p_hi)), max(p_lo, p_hi))
+        return p_lo
+    predicted, measured = points[-1]
     saved_p, saved_m = 1.0 - predicted, 1.0 - measured
-    if saved_p > _EPS and saved_m > _EPS:
-        aim = 1.0 - (1.0 - target) * saved_p / saved_m
-    else:
-        aim = target * predicted / measured if measured > 0 else target
-    return min(max(aim, 0.01), 1.0)
+    gain = (1.0 - goal) / saved_m if saved_m > _EPS else MAX_GAIN
+    gain = min(max(gain, 1.0 / MAX_GAIN), MAX_GAIN)
+    if saved_p <= _EPS:  # the plan removed nothing: start from the goal itself
+        return min(max(goal, 0.01), 1.0)
+    return min(max(1.0 - saved_p * gain, 0.01), 1.0)
 
 
 def confirm(
@@ -99,7 +117,7 @@ def confirm(
     band: float = BAND,
     progress: Callable[[int, int], None] | None = None,
 ) -> Confirmed:
-    """Plan at the target, measure, correct the aim (``corrected_aim``), repeat (at most
+    """Plan at the target, measure, correct the aim (``next_aim``), repeat (at most
     ``max_measurements`` A/B runs). Chooses the slowest measured plan within the target (the
     least removed), else the fastest one measured, with a note saying why it falls short."""
     aim = target
@@ -122,7 +140,7 @@ def confirm(
             break
         if m.ratio > target and lp.predicted_ratio > lp.aim + _EPS:
             break  # the table has nothing more to remove
-        aim = corrected_aim(target, lp.predicted_ratio, m.ratio)
+        aim = next_aim(target, [(a.predicted_ratio, b.ratio) for a, b in tried], band)
     if progress:
         progress(max_measurements, max_measurements)
     within = [(lp, m) for lp, m in tried if m.ratio <= target]

@@ -223,6 +223,15 @@ def plan_for_latency(
     n = 0
     while n < len(order) and predicted(n) > aim + _EPS:
         n += 1
+    if n:  # the last move may jump past the aim: stop it at the largest count of its unit that reaches it
+        last = order[n - 1]
+        before = state(n - 1)[last.unit]
+        for k in sorted((g for g in grids[last.unit] if last.kept < g < before), reverse=True):
+            order[n - 1] = Move(last.unit, k, last.saved, last.lost)
+            if predicted(n) <= aim + _EPS:
+                break
+        else:
+            order[n - 1] = last
     notes: list[str] = []
     if predicted(n) > aim + _EPS:
         notes.append(

@@ -94,7 +94,7 @@ def latency_plan(
 ) -> Planned:
     """The plan whose measured latency is <= ``config.latency_target`` x the original's
     (with ``min_fidelity``: the fastest whose measured fidelity holds)."""
-    from ..latency import build_latency_table
+    from ..latency.measure import build_table
     from ..sensitivity_analysis import find_units
 
     config = run.config
@@ -118,38 +118,36 @@ def latency_plan(
         units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
     if not units:
         raise UsageError(f"{loaded.source}: --latency-target: no unit of the model has channels that may go")
-    table = build_latency_table(
-        loaded.runnable,
-        analysis,
-        units,
-        config.latency,
-        timer=run.timer,
-        registry=run.registry,
-        input_shapes=config.input_shapes,
-        progress=run.progress_of("latency table"),
-        source=loaded.source,
-    )
     guarded = _protected_groups(analysis, protected)
-
-    def plan_at(aim: float) -> LatencyPlan:
-        return plan_for_latency(
-            analysis,
-            config,
-            units,
-            table,
-            group,
-            aim,
-            sensitivity=sens,
-            fidelity=fidelity,
-            min_fidelity=config.min_fidelity,
-            protected=guarded,
-        )
-
     with tempfile.TemporaryDirectory(prefix="onnxprune-latency-") as tmp:
         original = loaded.runnable
-        if not isinstance(original, str):
+        if not isinstance(original, str):  # the table and the A/B runs time files
             original = os.path.join(tmp, "original.onnx")
             _save(loaded.proto, original)
+        table = build_table(
+            original,
+            config.latency,
+            timer=run.timer,
+            input_shapes=config.input_shapes,
+            criterion=config.criterion if config.criterion in ("l1", "l2", "fpgm") else "l2",
+            registry=run.registry,
+            progress=run.progress,
+        )
+
+        def plan_at(aim: float) -> LatencyPlan:
+            return plan_for_latency(
+                analysis,
+                config,
+                units,
+                table,
+                group,
+                aim,
+                sensitivity=sens,
+                fidelity=fidelity,
+                min_fidelity=config.min_fidelity,
+                protected=guarded,
+            )
+
         count = 0
 
         def measure(lp: LatencyPlan) -> Measurement:
