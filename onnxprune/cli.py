@@ -162,10 +162,13 @@ def _prune(args: argparse.Namespace) -> int:
 
             result, joint = joint_prune(args, config, progress)
         else:
+            from .cli_latency import _timer
+
             result = prune(
                 args.model,
                 args.criterion,
                 config=config,
+                timer=_timer(args.timer, latency),
                 pruning_plan=given_plan,
                 progress=progress,
                 output=None if args.quantize else args.output,
@@ -245,19 +248,22 @@ def _prune(args: argparse.Namespace) -> int:
 def _latency_settings(args: argparse.Namespace):
     """The deployment the latency is measured in; its options only mean something with a
     latency target, and the target cannot go with a given plan or int8 quantization."""
+    from .cli_latency import settings_from_args
     from .errors import UsageError
     from .latency import LatencySettings
 
-    given = {
-        k: getattr(args, k)
-        for k in ("backend", "batch", "threads", "hint", "precision")
-        if getattr(args, k) is not None
-    }
+    settings = settings_from_args(args)
     if args.latency_target is None:
+        default = LatencySettings()
+        given = [
+            k
+            for k in ("backend", "batch", "threads", "hint", "precision")
+            if getattr(settings, k) != getattr(default, k)
+        ]
         if given:
             flags = ", ".join(f"--{k}" for k in given)
             raise UsageError(f"{flags}: how the latency is measured, only with --latency-target F")
-        return LatencySettings()
+        return settings
     for flag, on in (("--plan", args.plan), ("--quantize", args.quantize)):
         if on:
             why = (
@@ -266,7 +272,7 @@ def _latency_settings(args: argparse.Namespace):
                 else "the latency measured is the float model's, not the int8 one's"
             )
             raise UsageError(f"--latency-target cannot go with {flag}: {why}")
-    return LatencySettings(**given)
+    return settings
 
 
 def _static_shapes(

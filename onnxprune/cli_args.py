@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="calibration images: imagenet, raw, or size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC",
     )
-    lat = p.add_argument_group("latency budget (measured on this machine)")
+    lat = p.add_argument_group("latency budget (measured on this machine, as deployed)")
     lat.add_argument(
         "--latency-target",
         type=float,
@@ -130,19 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove until the measured latency is <= F x the original's (a per-unit latency table plans it, "
         "interleaved A/B runs confirm it); with --min-fidelity the fidelity floor wins",
     )
-    lat.add_argument(
-        "--backend", choices=("openvino", "onnxruntime"), help="runtime the latency is measured with (default openvino)"
-    )
-    lat.add_argument("--batch", type=int, metavar="N", help="batch the latency is measured at (default 1)")
-    lat.add_argument("--threads", type=int, metavar="N", help="inference threads (default: the runtime's choice)")
-    lat.add_argument(
-        "--hint", choices=("latency", "throughput"), help="OpenVINO performance hint to measure under (default latency)"
-    )
-    lat.add_argument(
-        "--precision",
-        choices=("f32", "bf16", "f16"),
-        help="OpenVINO inference precision to measure in (INFERENCE_PRECISION_HINT; default f32)",
-    )
+    lat.add_argument("--timer", help=argparse.SUPPRESS)  # tests: MODULE:FACTORY of a stand-in timer
+    latency_options(p)  # how the latency is measured (only with --latency-target)
     b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")
     b.add_argument("--plan", metavar="PLAN.json", help="apply this plan instead of planning")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")

@@ -58,8 +58,8 @@ class FakeTable:
 @dataclass(frozen=True)
 class FakeMeasurement:
     ratio: float
-    p10: float
-    p90: float
+    ratio_p10: float
+    ratio_p90: float
     precision: str = "f32"
 
 

@@ -31,17 +31,17 @@ _EPS = 1e-9
 
 
 class Measurement(Protocol):
-    """An A/B measurement of a candidate against the original: the median of the
-    interleaved ratios, its p10-p90 spread, and the precision the runtime computed in."""
+    """An A/B measurement of a candidate against the original (``ab.ABResult``): the median
+    of the interleaved ratios, its p10-p90 spread, and the precision the runtime computed in."""
 
     @property
     def ratio(self) -> float: ...
 
     @property
-    def p10(self) -> float: ...
+    def ratio_p10(self) -> float: ...
 
     @property
-    def p90(self) -> float: ...
+    def ratio_p90(self) -> float: ...
 
     @property
     def precision(self) -> str: ...
@@ -154,9 +154,10 @@ def confirm(
         else:
             why = f"{len(tried)} A/B measurements did not get there"
         notes.append(
-            f"latency target {target:g} not reached: measured {m.ratio:.3f}x (p10-p90 {m.p10:.3f}-{m.p90:.3f}); {why}"
+            f"latency target {target:g} not reached: measured {m.ratio:.3f}x (p10-p90 {m.ratio_p10:.3f}-{m.ratio_p90:.3f}); {why}"
         )
     attempts = tuple(
-        Attempt(a.aim, a.predicted_ratio, b.ratio, b.p10, b.p90, len(a.plan.removed_groups)) for a, b in tried
+        Attempt(a.aim, a.predicted_ratio, b.ratio, b.ratio_p10, b.ratio_p90, len(a.plan.removed_groups))
+        for a, b in tried
     )
     return Confirmed(target, lp, m, attempts, met, tuple(notes))

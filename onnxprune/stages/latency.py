@@ -166,8 +166,8 @@ def latency_plan(
         baseline_ms=table.baseline * 1e3,
         predicted_ratio=chosen.predicted_ratio,
         measured_ratio=m.ratio,
-        measured_p10=m.p10,
-        measured_p90=m.p90,
+        measured_p10=m.ratio_p10,
+        measured_p90=m.ratio_p90,
         precision=m.precision,
         met=confirmed.met,
         units=chosen.units,
@@ -195,6 +195,12 @@ def _candidate(loaded: LoadedModel, analysis: ChannelAnalysis, lp: LatencyPlan, 
 
 
 def _measure(original: str, candidate: str, run: Run) -> Measurement:
-    from ..latency import measure_ab
+    from ..latency.ab import measure_ab
 
-    return measure_ab(original, candidate, run.config.latency, timer=run.timer, input_shapes=run.config.input_shapes)
+    return measure_ab(
+        original,
+        candidate,
+        run.config.latency,
+        timer=run.timer,  # type: ignore[arg-type]
+        input_shapes=run.config.input_shapes,
+    )

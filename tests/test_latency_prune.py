@@ -1,0 +1,151 @@
+"""prune(latency_target=...) end to end with the deterministic StepTimer: the latency table,
+the planner and the A/B confirmation all time with it, so nothing is timed for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.testing import GraphBuilder, StepTimer
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _chain() -> onnx.ModelProto:
+    """Three units of 32 channels (convs a, b, c); the last conv's outputs are the graph's."""
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("x", [1, 3, 8, 8])
+    for _ in range(3):
+        x = b.op("Relu", b.conv(x, 32))
+    b.output(b.op("Flatten", b.op("GlobalAveragePool", b.conv(x, 4, k=1, pads=0)), axis=1))
+    return b.build()
+
+
+COSINE = {"fidelity_metrics": {"*": "cosine"}}  # top-1 of 4 random classes barely moves
+
+
+def _timer() -> StepTimer:
+    # 0.1 ms + 10 us per started block of 16 channels of every conv's inputs and outputs: the
+    # model has 14 blocks (0.24 ms); a unit kept at 16 saves 2 blocks (its conv's outputs, its
+    # reader's inputs)
+    return StepTimer(step=16, base=1e-4, per_block=1e-5)
+
+
+def test_latency_target_keeps_multiples_of_the_step_and_is_confirmed(tmp_path: Path) -> None:
+    timer = _timer()
+    model = tmp_path / "chain.onnx"
+    onnx.save(_chain(), model)
+    result = onnxprune.prune(str(model), latency_target=0.85, timer=timer, output=tmp_path / "out.onnx")
+    report = result.report
+    lat = report.latency
+    assert report.criterion == "l2" and report.verification.passed
+    # two units at 16 channels: 4 blocks of 24 saved, 0.2 / 0.24 ms
+    assert lat["measured_ratio"] == pytest.approx(0.20 / 0.24)
+    assert lat["predicted_ratio"] == pytest.approx(lat["measured_ratio"])  # the step timer is additive
+    assert lat["met"] and len(lat["attempts"]) == 1
+    assert lat["measured_p10"] == lat["measured_p90"] == pytest.approx(lat["measured_ratio"])
+    assert lat["precision"] == "f32" and lat["settings"]["backend"] == "openvino"
+    assert sorted(c.channels_after for c in report.layers) == [16, 16]
+    assert all(u["step"] == 16 and u["kept"] in (16, 32) for u in lat["units"])
+    assert sum(u["kept"] == 16 for u in lat["units"]) == 2
+    kept_reasons = {r for g in report.kept_groups for r in g.reasons}
+    assert any("a multiple of 16, the step where its measured latency drops" in r for r in kept_reasons)
+    d = report.to_dict()
+    assert d["latency"] == lat and d["budget"]["latency_target"] == 0.85
+    json.dumps(d)  # the report stays JSON
+    # the original is never modified, and the cache makes a second run time no unit again
+    loads = timer.loads
+    again = onnxprune.prune(str(model), latency_target=0.85, timer=timer)
+    assert again.plan.removed_groups == result.plan.removed_groups
+    assert timer.loads - loads == 2  # only the A/B pair
+
+
+def test_unreachable_target_is_written_with_a_note(tmp_path: Path) -> None:
+    result = onnxprune.prune(_chain(), latency_target=0.5, timer=_timer())
+    lat = result.report.latency
+    assert not lat["met"]
+    assert lat["measured_ratio"] == pytest.approx(0.18 / 0.24)  # every unit at 16: the best the step allows
+    assert any(n.startswith("latency target 0.5 not reached: measured 0.750x") for n in result.report.notes)
+
+
+def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    free = onnxprune.prune(
+        _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=1e-6, **COSINE
+    )
+    assert free.report.latency["met"] and free.report.sensitivity is not None  # importance was measured
+    assert not free.report.latency["limited_by_fidelity"]
+    reached = free.report.latency["fidelity"]  # on the calibration samples, all moves together
+    assert reached < 1.0
+    floor = (reached + 1.0) / 2  # the latency plan's answers are not good enough
+    bound = onnxprune.prune(
+        _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=floor, **COSINE
+    )
+    lat = bound.report.latency
+    assert lat["limited_by_fidelity"] and lat["fidelity"] >= floor
+    assert lat["measured_ratio"] > free.report.latency["measured_ratio"]
+    assert any("fidelity floor" in n for n in bound.report.notes)
+
+
+def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
+    model = tmp_path / "chain.onnx"
+    onnx.save(_chain(), model)
+    out, rep, md = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.md"
+    env = {"ONNXPRUNE_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "prune", str(model), "-o", str(out), "--latency-target", "0.96"]
+        + ["--timer", "onnxprune.testing:step_timer", "--report", str(rep), "--markdown", str(md)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert p.returncode == 0, p.stderr
+    assert "latency target 0.96x (openvino CPU, batch 1, threads auto, hint latency, f32 inference): met" in p.stdout
+    assert "measured " in p.stdout and "A/B 1: aim 0.960" in p.stdout
+    lat = json.loads(rep.read_text())["latency"]
+    assert set(lat) >= {"measured_ratio", "measured_p10", "measured_p90", "predicted_ratio", "units", "attempts"}
+    assert lat["measured_ratio"] <= 0.96
+    assert "## Latency target" in md.read_text()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--latency-target", "0.7", "--ratio", "0.3"],
+            "--latency-target is a budget of its own: it cannot go with --ratio",
+        ),
+        (["--batch", "2"], "--batch: how the latency is measured, only with --latency-target F"),
+        (["--latency-target", "0.7", "--quantize", "int8", "--calibration", "C"], "cannot go with --quantize"),
+        (["--latency-target", "2"], r"latency target must be in \(0, 1\), got 2.0"),
+    ],
+)
+def test_cli_usage_errors_are_one_line(extra: list[str], message: str, tmp_path: Path) -> None:
+    model = tmp_path / "chain.onnx"
+    onnx.save(_chain(), model)
+    np.savez(tmp_path / "C.npz", x=np.zeros((2, 3, 8, 8), np.float32))
+    extra = [str(tmp_path / "C.npz") if a == "C" else a for a in extra]
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "prune", str(model), "-o", str(tmp_path / "o.onnx"), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert re.search(message, p.stderr), p.stderr
+    assert not (tmp_path / "o.onnx").exists()
