@@ -247,11 +247,12 @@ class PruneConfig:
         """Refuse what cannot go with a latency budget: another budget, a bad fraction."""
         if not (0.0 < self.latency_target < 1.0):  # type: ignore[operator]
             raise UsageError(f"latency target must be in (0, 1), got {self.latency_target}")
-        others = [b for b in self.budget_options if b not in ("--latency-target", "--min-fidelity")]
+        keeps = ("--latency-target", "--min-fidelity", "--max-drop", "--validate")  # the answers it keeps
+        others = [b for b in self.budget_options if b not in keeps]
         if others:
             raise UsageError(
                 f"--latency-target is a budget of its own: it cannot go with {', '.join(others)} "
-                "(use --min-fidelity to keep the answers, --exclude to protect layers)"
+                "(use --min-fidelity, --max-drop or --validate to keep the answers, --exclude to protect layers)"
             )
         if self.global_ranking:
             raise UsageError("--latency-target ranks all units together already: drop --global")
@@ -270,19 +271,21 @@ class PruneConfig:
             ("--ratio", self.ratio is not None),
             ("--macs-target", self.macs_target is not None),
             ("--min-fidelity", self.min_fidelity is not None),
-            ("--latency-target", self.latency_target is not None),
             ("--config sparsity", any(r.sparsity for r in self.layer_rules)),
         ]
         return tuple(name for name, on in given if on)
 
     @property
     def budget_options(self) -> tuple[str, ...]:
-        """The budget options that are set, as the CLI spells them (empty: no budget)."""
+        """The budget options that are set, as the CLI spells them (empty: no budget). A
+        latency target is one, and goes with a drop (the answers it keeps)."""
         explicit = self.explicit_budget
+        if self.latency_target is not None:
+            explicit = (*explicit, "--latency-target")
         if self.max_drop is not None:
             return (*explicit, "--max-drop")
-        if self.validate is not None and not explicit:
-            return ("--validate",)
+        if self.validate is not None and not self.explicit_budget:
+            return (*explicit, "--validate")
         return explicit
 
     @property

@@ -13,7 +13,7 @@ import pytest
 import onnxprune
 from onnxprune.config import PruneConfig
 from onnxprune.latency.confirm import confirm
-from onnxprune.latency.planner import plan_for_latency
+from onnxprune.latency.planner import Constraint, plan_for_latency
 from onnxprune.sensitivity_analysis import UnitSensitivity, find_units
 from onnxprune.testing import GraphBuilder
 
@@ -167,17 +167,16 @@ def test_fidelity_floor_wins_over_the_latency_target() -> None:
         calls.append(len(groups))
         return 1.0 - 0.01 * len(groups)  # 0.9 allows 10 groups: one block of 8
 
-    lp = plan_for_latency(
-        analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.7, fidelity=fidelity, min_fidelity=0.9
-    )
-    assert lp.limited_by_fidelity
-    assert len(lp.plan.removed_groups) == 8 and lp.fidelity == pytest.approx(0.92)
+    floor = Constraint("fidelity >= 0.9", lambda g: fidelity(g) >= 0.9, fidelity)
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.7, constraint=floor)
+    assert lp.limited and lp.constraint == "fidelity >= 0.9"
+    assert len(lp.plan.removed_groups) == 8 and lp.constraint_value == pytest.approx(0.92)
     assert lp.predicted_ratio == pytest.approx(0.95)
-    assert any("fidelity floor 0.9" in n for n in lp.plan.notes)
-    assert len(calls) <= 6  # a bisection, not a scan
+    assert any(n.startswith("fidelity >= 0.9 reached before the latency target") for n in lp.plan.notes)
+    assert len(calls) <= 7  # a bisection, not a scan
     # without the floor the same aim goes much further
     free = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.7)
-    assert not free.limited_by_fidelity and free.predicted_ratio <= 0.7
+    assert not free.limited and free.predicted_ratio <= 0.7
 
 
 def test_unreachable_aim_says_so() -> None:

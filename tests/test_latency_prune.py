@@ -87,17 +87,18 @@ def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
         _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=1e-6, **COSINE
     )
     assert free.report.latency["met"] and free.report.sensitivity is not None  # importance was measured
-    assert not free.report.latency["limited_by_fidelity"]
-    reached = free.report.latency["fidelity"]  # on the calibration samples, all moves together
+    assert not free.report.latency["limited_by_constraint"]
+    reached = free.report.latency["constraint_value"]  # on the calibration samples, all moves together
     assert reached < 1.0
     floor = (reached + 1.0) / 2  # the latency plan's answers are not good enough
     bound = onnxprune.prune(
         _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=floor, **COSINE
     )
     lat = bound.report.latency
-    assert lat["limited_by_fidelity"] and lat["fidelity"] >= floor
+    assert lat["limited_by_constraint"] and lat["constraint_value"] >= floor
+    assert lat["constraint"] == f"fidelity >= {floor:g}"
     assert lat["measured_ratio"] > free.report.latency["measured_ratio"]
-    assert any("fidelity floor" in n for n in bound.report.notes)
+    assert any("reached before the latency target" in n for n in bound.report.notes)
 
 
 def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
@@ -149,3 +150,25 @@ def test_cli_usage_errors_are_one_line(extra: list[str], message: str, tmp_path:
     assert len(p.stderr.strip().splitlines()) == 1
     assert re.search(message, p.stderr), p.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _conv_channels(candidate) -> float:
+    """A validation function of the model itself: its convs' output channels / 100 (1.0 for
+    the whole chain), so a drop of 0.2 allows removing at most 20 channels."""
+    model = onnx.load(candidate.path)
+    weights = {t.name: t.dims[0] for t in model.graph.initializer}
+    return sum(weights[n.input[1]] for n in model.graph.node if n.op_type == "Conv") / 100
+
+
+def test_validation_function_within_its_drop_wins_over_the_latency_target(tmp_path: Path) -> None:
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    result = onnxprune.prune(
+        _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), validate=_conv_channels, max_drop=0.2
+    )
+    lat = result.report.latency
+    # 0.85 needs two units at 16 (32 channels); the function allows 20: one unit, 0.22 / 0.24 ms
+    assert lat["limited_by_constraint"] and lat["constraint"].endswith("_conv_channels within 0.2 of the original's 1")
+    assert lat["constraint_value"] == pytest.approx(0.84)
+    assert lat["measured_ratio"] == pytest.approx(0.22 / 0.24) and not lat["met"]
+    assert result.report.validation is not None and result.report.validation.final == pytest.approx(0.84)

@@ -134,8 +134,8 @@ def confirm(
         tried.append((lp, m))
         if progress:
             progress(i + 1, max_measurements)
-        if lp.limited_by_fidelity:
-            break  # the fidelity floor stops it: aiming lower cannot go further
+        if lp.limited:
+            break  # the answers' constraint stops it: aiming lower cannot go further
         if target - band <= m.ratio <= target:
             break
         if m.ratio > target and lp.predicted_ratio > lp.aim + _EPS:
@@ -147,8 +147,8 @@ def confirm(
     met = bool(within)
     lp, m = max(within, key=lambda t: t[1].ratio) if within else min(tried, key=lambda t: t[1].ratio)
     if not met:
-        if lp.limited_by_fidelity:
-            why = f"the fidelity floor stops the plan first (fidelity {lp.fidelity:.4f})"
+        if lp.limited:
+            why = f"{lp.constraint} stops the plan first ({lp.constraint_value:.4g})"
         elif lp.predicted_ratio > lp.aim:
             why = f"the latency table predicts {lp.predicted_ratio:.3f}x at best"
         else:

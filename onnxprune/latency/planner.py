@@ -6,9 +6,10 @@ measured step (where its latency drops; ``--round-to`` as well), so no move pays
 that save nothing. Moves are taken greedily by predicted seconds saved per importance lost; a
 move may skip over a flat stretch of the unit's curve to the next count that saves time.
 Importance is the criterion's group scores, or with a sensitivity analysis the unit's measured
-fidelity loss (interpolated between the ratios it was measured at). With a fidelity floor the
-longest prefix of the order whose *measured* fidelity holds is the limit: the floor wins over
-the latency target.
+fidelity loss (interpolated between the ratios it was measured at). With a constraint on the
+answers (a fidelity floor, or the user's validation function within its drop) the longest
+prefix of the order whose *measured* value holds is the limit: the answers win over the
+latency target.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from ..config import PruneConfig
     from ..sensitivity_analysis import Unit, UnitSensitivity
 
-__all__ = ["LatencyPlan", "LatencySource", "Move", "UnitChoice", "plan_for_latency"]
+__all__ = ["Constraint", "LatencyPlan", "LatencySource", "Move", "UnitChoice", "plan_for_latency"]
 
 # Ties between moves that lose no measured fidelity are broken by the criterion's scores, scaled
 # far below any fidelity difference the sensitivity analysis can measure.
@@ -51,6 +52,16 @@ class LatencySource(Protocol):
     def units(self) -> Mapping[str, _UnitStep]: ...
 
     def saving(self, unit: str, kept: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What the plan must keep, measured with all its moves together: ``holds(groups)``, and
+    ``value(groups)`` for the report; ``name`` says it (e.g. "fidelity >= 0.99")."""
+
+    name: str
+    holds: Callable[[set[int]], bool]
+    value: Callable[[set[int]], float]
 
 
 @dataclass(frozen=True)
@@ -97,8 +108,9 @@ class LatencyPlan:
     units: tuple[UnitChoice, ...]
     moves_taken: int
     moves_available: int
-    fidelity: float | None = None  # measured with all moves together (with a fidelity floor)
-    limited_by_fidelity: bool = False
+    constraint: str | None = None  # what the answers must keep (Constraint.name)
+    constraint_value: float | None = None  # its value measured with all moves together
+    limited: bool = False  # the constraint stopped the plan before the aim
     notes: tuple[str, ...] = field(default=())
 
 
@@ -142,15 +154,14 @@ def plan_for_latency(
     aim: float,
     *,
     sensitivity: Mapping[str, UnitSensitivity] | None = None,
-    fidelity: Callable[[set[int]], float] | None = None,
-    min_fidelity: float | None = None,
+    constraint: Constraint | None = None,
     protected: Mapping[int, str] | None = None,
 ) -> LatencyPlan:
     """The groups to remove so the predicted latency is <= ``aim`` x the table's baseline.
 
     ``units``: find_units' units (groups lowest score first); ``scores``: group scores (the
-    importance without ``sensitivity``, the tie-break with it); ``fidelity(groups)``: the
-    measured fidelity with those groups removed, required >= ``min_fidelity``;
+    importance without ``sensitivity``, the tie-break with it); ``constraint``: what the
+    answers must keep with the plan's groups removed (the longest prefix that holds wins);
     ``protected``: group -> why it stays (excluded layers)."""
     unmeasured = {g: u.name for u in units if u.name not in table.units for g in u.groups}
     units = [u for u in units if u.name in table.units]  # units the table did not measure stay whole
@@ -238,30 +249,30 @@ def plan_for_latency(
             f"the latency table predicts {predicted(n):.3f}x at best (every unit at its smallest count of "
             f"its step), above the {aim:.3f}x aimed at"
         )
-    fid = None
+    value = None
     limited = False
-    if fidelity is not None and min_fidelity is not None:
-        fid = fidelity(groups_of(n)) if n else 1.0
-        if fid < min_fidelity:
+    if constraint is not None:
+        holding: dict[int, bool] = {0: True}
+
+        def holds(m: int) -> bool:
+            if m not in holding:
+                holding[m] = constraint.holds(groups_of(m))
+            return holding[m]
+
+        if not holds(n):
             limited = True
-            measured = {0: 1.0, n: fid}
-
-            def holds(m: int) -> bool:
-                if m not in measured:
-                    measured[m] = fidelity(groups_of(m))
-                return measured[m] >= min_fidelity
-
             lo, hi = 0, n - 1
-            while lo < hi:  # the longest prefix whose measured fidelity holds
+            while lo < hi:  # the longest prefix whose measured value holds
                 mid = (lo + hi + 1) // 2
                 if holds(mid):
                     lo = mid
                 else:
                     hi = mid - 1
-            n, fid = lo, measured[lo]
+            n = lo
+        value = constraint.value(groups_of(n))
+        if limited:
             notes.append(
-                f"fidelity floor {min_fidelity:g} reached before the latency target: predicted {predicted(n):.3f}x "
-                f"at fidelity {fid:.4f}"
+                f"{constraint.name} reached before the latency target: predicted {predicted(n):.3f}x at {value:.4g}"
             )
     at = state(n)
     reasons = pinned_reasons(analysis)
@@ -274,7 +285,7 @@ def plan_for_latency(
         if not g.pinned and g.id not in unit_of_group and g.id not in reasons:
             reasons[g.id] = [f"criterion {config.criterion!r} gives no score here"]
     chosen = [g for name, k in at.items() for g in by_name[name].groups[: sizes[name] - k]]
-    goal = f"predicted latency <= {aim:.3f}x" + (f", fidelity >= {min_fidelity:g}" if limited else "")
+    goal = f"predicted latency <= {aim:.3f}x" + (f", {constraint.name}" if limited and constraint else "")
 
     def kept_reason(gid: int) -> str:
         u = unit_of_group.get(gid)
@@ -305,4 +316,16 @@ def plan_for_latency(
         )
         for u in units
     )
-    return LatencyPlan(the_plan, aim, predicted(n), baseline, choices, n, len(order), fid, limited, tuple(notes))
+    return LatencyPlan(
+        the_plan,
+        aim,
+        predicted(n),
+        baseline,
+        choices,
+        n,
+        len(order),
+        constraint.name if constraint else None,
+        value,
+        limited,
+        tuple(notes),
+    )

@@ -42,10 +42,9 @@ def latency_lines(d: dict) -> list[str]:
         f"{lat['measured_p10']:.3f}-{lat['measured_p90']:.3f}), predicted {lat['predicted_ratio']:.3f}x, "
         f"MACs {_macs_ratio(d)}; original {lat['baseline_ms']:.3f} ms",
     ]
-    if lat.get("limited_by_fidelity"):
-        lines.append(
-            f"  the fidelity floor stopped it first (fidelity {lat['fidelity']:.4f} on the calibration inputs)"
-        )
+    if lat.get("constraint"):
+        stopped = "stopped it first" if lat.get("limited_by_constraint") else "held"
+        lines.append(f"  {lat['constraint']} {stopped} (value {lat['constraint_value']:.4g} with every move together)")
     for i, a in enumerate(lat["attempts"], 1):
         lines.append(
             f"  A/B {i}: aim {a['aim']:.3f} -> predicted {a['predicted_ratio']:.3f}, measured {a['measured_ratio']:.3f} "
@@ -84,7 +83,15 @@ def latency_markdown(d: dict) -> list[str]:
         f"| predicted by the latency table | {lat['predicted_ratio']:.3f} |",
         f"| MACs | {_macs_ratio(d).rstrip('x')} |",
         "",
-        f"Original: {lat['baseline_ms']:.3f} ms. A/B attempts (aim → predicted → measured):",
+        f"Original: {lat['baseline_ms']:.3f} ms."
+        + (
+            f" Answers: {lat['constraint']} — {'stopped the plan first' if lat.get('limited_by_constraint') else 'held'} "
+            f"(value {lat['constraint_value']:.4g})."
+            if lat.get("constraint")
+            else ""
+        ),
+        "",
+        "A/B attempts (aim → predicted → measured):",
         "",
     ]
     for i, a in enumerate(lat["attempts"], 1):

@@ -15,14 +15,15 @@ import numpy as np
 from ..budget import group_scores, layer_budgets
 from ..errors import UsageError
 from ..latency.confirm import Attempt, confirm
-from ..latency.planner import LatencyPlan, UnitChoice, plan_for_latency
-from .decide import Planned, sensitivity_trials
+from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
+from .decide import Planned, SensitivityTrials, sensitivity_trials
 from .prepare import CalibrationData, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..analysis import ChannelAnalysis
     from ..latency import LatencyTable
     from ..latency.confirm import Measurement
+    from ..user_validation import Validator
 
 __all__ = ["LatencyOutcome", "latency_plan"]
 
@@ -45,8 +46,9 @@ class LatencyOutcome:
     units: tuple[UnitChoice, ...]
     attempts: tuple[Attempt, ...]
     table: LatencyTable = field(repr=False)
-    fidelity: float | None = None  # measured on the calibration inputs with a fidelity floor
-    limited_by_fidelity: bool = False
+    constraint: str | None = None  # what the answers had to keep (fidelity floor, validation function)
+    constraint_value: float | None = None  # its value for the chosen plan
+    limited: bool = False  # the constraint stopped the plan before the latency target
     notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -70,8 +72,9 @@ class LatencyOutcome:
             "measured_p90": self.measured_p90,
             "precision": self.precision,
             "met": self.met,
-            "fidelity": self.fidelity,
-            "limited_by_fidelity": self.limited_by_fidelity,
+            "constraint": self.constraint,
+            "constraint_value": self.constraint_value,
+            "limited_by_constraint": self.limited,
             "attempts": [a.to_dict() for a in self.attempts],
             "units": units,
             "notes": list(self.notes),
@@ -90,10 +93,11 @@ def latency_plan(
     scores: Mapping[str, np.ndarray],
     data: CalibrationData,
     run: Run,
-    judge: object | None = None,
+    judge: Validator | None = None,
 ) -> Planned:
     """The plan whose measured latency is <= ``config.latency_target`` x the original's
-    (with ``min_fidelity``: the fastest whose measured fidelity holds)."""
+    (with ``min_fidelity`` or ``max_drop``: the fastest whose measured fidelity holds; with
+    a validation function ``judge``: whose value stays within its drop)."""
     from ..latency.measure import build_table
     from ..sensitivity_analysis import find_units
 
@@ -102,18 +106,14 @@ def latency_plan(
     group = group_scores(analysis, scores)
     protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
     sens = None
-    fidelity = None
     sensitivity = None
+    constraint = None
     if data.calibration:  # importance is the measured fidelity loss per unit, not the scores
         trials = sensitivity_trials(loaded, analysis, scores, data.stats, data.calibration, run)
         sensitivity = trials.result
         units = [us.unit for us in sensitivity.units]
         sens = {us.unit.name: us for us in sensitivity.units}
-        if config.min_fidelity is not None:
-            runner, values = trials.runner, trials.estimates
-
-            def fidelity(groups: set[int]) -> float:
-                return runner.fidelity(groups, values, config.fidelity_metrics)
+        constraint = _constraint(trials, run, judge)
     else:
         units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
     if not units:
@@ -143,8 +143,7 @@ def latency_plan(
                 group,
                 aim,
                 sensitivity=sens,
-                fidelity=fidelity,
-                min_fidelity=config.min_fidelity,
+                constraint=constraint,
                 protected=guarded,
             )
 
@@ -173,11 +172,35 @@ def latency_plan(
         units=chosen.units,
         attempts=confirmed.attempts,
         table=table,
-        fidelity=chosen.fidelity,
-        limited_by_fidelity=chosen.limited_by_fidelity,
+        constraint=chosen.constraint,
+        constraint_value=chosen.constraint_value,
+        limited=chosen.limited,
         notes=(*table.notes, *confirmed.notes),
     )
-    return Planned(the_plan, sensitivity, outcome)
+    return Planned(the_plan, sensitivity, validator=judge, latency=outcome)  # type: ignore[arg-type]
+
+
+def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None) -> Constraint | None:
+    """What the answers must keep: the user's validation function within its drop, or the
+    fidelity floor (``min_fidelity``, or 1 - ``max_drop``) on the calibration inputs."""
+    config = run.config
+    if judge is not None and config.validated_search:
+        judge.baseline  # noqa: B018 - computed first: a broken function fails before the search
+        name = f"{judge.name} within {judge.max_drop} of the original's {judge.baseline:.6g}"
+        return Constraint(name, lambda g: judge.within(g), lambda g: judge.value(g))
+    floor = config.fidelity_floor
+    if floor is None:
+        return None
+    runner, values = trials.runner, trials.estimates
+    seen: dict[frozenset[int], float] = {}
+
+    def fidelity(groups: set[int]) -> float:
+        key = frozenset(groups)
+        if key not in seen:
+            seen[key] = runner.fidelity(groups, values, config.fidelity_metrics)
+        return seen[key]
+
+    return Constraint(f"fidelity >= {floor:g}", lambda g: fidelity(g) >= floor, fidelity)
 
 
 def _save(proto: Any, path: str) -> None:
