@@ -18,9 +18,10 @@ from .planner import LatencyPlan
 
 __all__ = ["BAND", "MAX_GAIN", "MAX_MEASUREMENTS", "Attempt", "Confirmed", "Measurement", "confirm", "next_aim"]
 
-# A/B runs at most: each builds and times a model; three corrections are enough when the
-# prediction is off by a steady factor, and more chase the machine's noise.
-MAX_MEASUREMENTS = 4
+# A/B runs at most: each builds and times a model. The unit tables can over-predict the
+# whole model's saving several times over (units timed alone are overhead-bound): with at most
+# MAX_GAIN per correction that takes up to three, then one or two between the bracketing plans.
+MAX_MEASUREMENTS = 5
 # A plan measured this far below the target removed more than needed: it is planned again
 # with a higher aim (better fidelity), keeping the faster one if that misses.
 BAND = 0.03
