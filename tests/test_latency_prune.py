@@ -104,11 +104,11 @@ def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
 def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
     model = tmp_path / "chain.onnx"
     onnx.save(_chain(), model)
-    out, rep, md = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.md"
+    out, rep, md, png = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
     env = {"ONNXPRUNE_CACHE_DIR": str(tmp_path / "cache")}
     p = subprocess.run(
         [sys.executable, "-m", "onnxprune", "prune", str(model), "-o", str(out), "--latency-target", "0.96"]
-        + ["--timer", "onnxprune.testing:step_timer", "--report", str(rep), "--markdown", str(md)],
+        + ["--timer", "onnxprune.testing:step_timer", "--report", str(rep), "--markdown", str(md), "--plot", str(png)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -120,7 +120,9 @@ def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
     lat = json.loads(rep.read_text())["latency"]
     assert set(lat) >= {"measured_ratio", "measured_p10", "measured_p90", "predicted_ratio", "units", "attempts"}
     assert lat["measured_ratio"] <= 0.96
-    assert "## Latency target" in md.read_text()
+    text = md.read_text()
+    assert "## Latency target" in text and "| measured (median of interleaved A/B runs) |" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(
