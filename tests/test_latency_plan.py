@@ -284,7 +284,7 @@ def test_latency_target_means_l2_and_is_a_budget() -> None:
 
 
 def test_next_aim_interpolates_between_plans_on_both_sides_and_damps_one_sided_corrections() -> None:
-    from onnxprune.latency.confirm import MAX_GAIN, next_aim
+    from onnxprune.latency.confirm import MAX_GAIN, MAX_STEP, next_aim
 
     # one too slow (0.8 measured), one fast enough (0.6): between them, for 0.685 measured
     assert next_aim(0.7, [(0.7, 0.8), (0.5, 0.6)], band=0.03) == pytest.approx(0.585)
@@ -292,5 +292,8 @@ def test_next_aim_interpolates_between_plans_on_both_sides_and_damps_one_sided_c
     assert next_aim(0.7, [(0.7, 0.71), (0.5, 0.69)], band=0.03) == pytest.approx(0.5)
     # a plan that saved almost nothing of its predicted 10%: at most MAX_GAIN x the saving next
     assert next_aim(0.7, [(0.9, 0.99)]) == pytest.approx(1.0 - 0.1 * MAX_GAIN)
+    # pooled over the plans so far: (0.05 + 0.15) / (0.2 + 0.4) of the predicted saving is real,
+    # so 0.315 needs 0.945 predicted; at most 2 x 0.4, and the ratio moves by at most 0.25
+    assert next_aim(0.7, [(0.8, 0.95), (0.6, 0.85)]) == pytest.approx(0.6 - MAX_STEP)
     # a plan that saved 8x its prediction: at least 1/MAX_GAIN of the saving next
     assert next_aim(0.9, [(0.95, 0.6)]) == pytest.approx(1.0 - 0.05 / MAX_GAIN)

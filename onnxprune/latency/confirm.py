@@ -16,7 +16,17 @@ from typing import Protocol
 
 from .planner import LatencyPlan
 
-__all__ = ["BAND", "MAX_GAIN", "MAX_MEASUREMENTS", "Attempt", "Confirmed", "Measurement", "confirm", "next_aim"]
+__all__ = [
+    "BAND",
+    "MAX_GAIN",
+    "MAX_MEASUREMENTS",
+    "MAX_STEP",
+    "Attempt",
+    "Confirmed",
+    "Measurement",
+    "confirm",
+    "next_aim",
+]
 
 # A/B runs at most: each builds and times a model. The unit tables can over-predict the
 # whole model's saving several times over (units timed alone are overhead-bound): with at most
@@ -28,6 +38,7 @@ BAND = 0.03
 # Before a plan on each side of the target is measured, one correction scales the predicted
 # saving by at most this factor (the table can be off by 2x and more: units timed alone).
 MAX_GAIN = 2.0
+MAX_STEP = 0.25
 _EPS = 1e-9
 
 
@@ -87,10 +98,10 @@ def next_aim(target: float, points: Sequence[tuple[float, float]], band: float =
     aiming at the middle of the accepted band (``target - band / 2``).
 
     Once one plan measured too slow and one fast enough, between those two nearest the target
-    (secant: measurement noise cannot throw it outside them). Before that, from the last plan:
-    the table's predicted saving scaled by what it really saved (measured / predicted saving),
-    by a factor of at most ``MAX_GAIN`` either way per step, so one noisy A/B run cannot send
-    the plan to an extreme."""
+    (secant: measurement noise cannot throw it outside them). Before that, the last plan's
+    predicted saving scaled by what the plans so far really saved (pooled measured / predicted
+    saving), by at most ``MAX_GAIN`` either way and ``MAX_STEP`` in the predicted ratio, so a
+    noisy A/B run or a table far off cannot send the plan to an extreme in one step."""
     goal = target - band / 2
     above = [pm for pm in points if pm[1] > target]
     below = [pm for pm in points if pm[1] <= target]
@@ -100,13 +111,19 @@ def next_aim(target: float, points: Sequence[tuple[float, float]], band: float =
             aim = p_lo + (goal - m_lo) * (p_hi - p_lo) / (m_hi - m_lo)
             return min(max(aim, min(p_lo, p_hi)), max(p_lo, p_hi))
         return p_lo
-    predicted, measured = points[-1]
-    saved_p, saved_m = 1.0 - predicted, 1.0 - measured
-    gain = (1.0 - goal) / saved_m if saved_m > _EPS else MAX_GAIN
-    gain = min(max(gain, 1.0 / MAX_GAIN), MAX_GAIN)
+    predicted = points[-1][0]
+    saved_p = 1.0 - predicted
     if saved_p <= _EPS:  # the plan removed nothing: start from the goal itself
         return min(max(goal, 0.01), 1.0)
-    return min(max(1.0 - saved_p * gain, 0.01), 1.0)
+    # The table's savings scaled by what all plans so far really saved (pooled: one noisy run
+    # weighs less), by at most MAX_GAIN from the last plan, and the aim moved by at most MAX_STEP.
+    pairs = [(1.0 - p, 1.0 - m) for p, m in points if 1.0 - p > _EPS]
+    real = sum(max(m, 0.0) for _, m in pairs)
+    gain = real / sum(p for p, _ in pairs) if real > _EPS else 0.0
+    wanted = (1.0 - goal) / gain if gain > _EPS else saved_p * MAX_GAIN
+    wanted = min(max(wanted, saved_p / MAX_GAIN), saved_p * MAX_GAIN)
+    aim = min(max(1.0 - wanted, predicted - MAX_STEP), predicted + MAX_STEP)
+    return min(max(aim, 0.01), 1.0)
 
 
 def confirm(
