@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, overload
 
@@ -90,11 +90,13 @@ def plan(
     criteria: CriterionRegistry | None = None,
     stats: ActivationStats | None = None,
     registry: RuleRegistry | None = None,
+    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
     **options: object,
 ) -> PruningPlan:
     """Decide which groups to remove. Criteria other than ``zero`` need the ``model`` (its
     weights) and a budget in ``config`` or the options (``ratio``, ``global_ranking``,
-    ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``.
+    ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``
+    (``reconstruction`` also the calibration samples, ``feeds``).
     ``registry``: the rules the analysis used (their layer semantics give filters and MACs)."""
     config = (config or PruneConfig()).with_options(criterion, **options)
     criterion = config.criterion
@@ -106,7 +108,7 @@ def plan(
         raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
     registry = registry or default_registry()
     return stages.budget_plan(
-        analysis, model, layer_scores(analysis, model, config, criteria, stats, registry), config, registry
+        analysis, model, layer_scores(analysis, model, config, criteria, stats, registry, feeds=feeds), config, registry
     )
 
 
@@ -272,5 +274,5 @@ def sensitivity(
     stats = None
     if run.criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, feeds, progress=run.progress_of("calibration"), source=source)
-    scores = layer_scores(analysis, proto, config, run.criteria, stats, run.registry)
+    scores = layer_scores(analysis, proto, config, run.criteria, stats, run.registry, feeds=feeds, source=source)
     return stages.sensitivity_trials(loaded, analysis, scores, stats, feeds, run).result

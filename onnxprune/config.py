@@ -79,7 +79,8 @@ class LayerRule:
 class PruneConfig:
     """Every option of a pruning run.
 
-    criterion: zero | l1 | l2 | fpgm | random | kmeans | bn-gamma | apoz | mean-activation
+    criterion: zero | l1 | l2 | fpgm | random | kmeans | bn-gamma | apoz | mean-activation |
+        reconstruction
         (or a name registered in a CriterionRegistry). None (the default) picks one by a single
         rule: l2 when a budget is given (``ratio``, ``macs_target``, ``min_fidelity``,
         ``latency_target`` or a config entry with a sparsity), else zero; ``criterion_reason`` says which and why.

@@ -332,3 +332,64 @@ def test_recalibrate_needs_calibration_and_is_a_cli_flag(tmp_path: Path) -> None
 
     d = json.loads((tmp_path / "r.json").read_text())
     assert len(d["recalibrated_layers"]) == 2 and out.exists()
+
+
+# -- channel selection by reconstruction error ------------------------------------------------
+
+
+def _combination_model() -> onnx.ModelProto:
+    """Conv A (4 channels, no activation) -> 1x1 Conv B. A's channel 2 = channel 0 + channel 1
+    (weights and bias): any one of channels 0, 1, 2 is a linear combination of the other two,
+    so B absorbs its removal exactly; channel 3 is independent, and the smallest filter (the one
+    L2 removes)."""
+    b = GraphBuilder(opset=17, seed=51)
+    x = b.input("x", [None, 3, 6, 6])
+    wa = b.weights([4, 3, 3, 3])
+    wa[2] = wa[0] + wa[1]
+    wa[3] *= 0.5
+    ba = np.array([0.1, -0.2, -0.1, 0.05], np.float32)
+    h = b.conv(x, 4, k=3, pads=1, weight=b.const(wa, "Wa"), bias=ba)
+    b.output(b.conv(h, 3, k=1, pads=0))
+    return b.build()
+
+
+def test_reconstruction_criterion_picks_the_channel_that_is_a_combination_of_others(tmp_path: Path) -> None:
+    from onnxprune.calibration import load_calibration
+    from onnxprune.criteria.reconstruction_error import reconstruction_scores
+
+    model = _combination_model()
+    calib = _calib(tmp_path, (3, 6, 6), n=16)
+    analysis = onnxprune.analyze(model)
+    scores = reconstruction_scores(model, analysis, load_calibration(calib, model))
+    first = np.sort(scores[analysis.sources[0].node])
+    assert first[0] < 1e-4 < 1e-2 < first[1]  # one of the dependent three costs (nearly: the ridge) nothing
+    kept = {}
+    for criterion in ("reconstruction", "l2"):
+        r = onnxprune.prune(
+            model,
+            criterion,
+            ratio=0.25,
+            calibration=calib,
+            compensation="none",
+            reconstruct=True,
+            exclude=("Conv_node_1[0-9]",),
+        )
+        assert r.report.channels_removed == 1 and r.report.verification.passed
+        (gone,) = [
+            i for i, g in enumerate(r.analysis.roots(r.analysis.sources[0].ids)) if int(g) in set(r.plan.removed_groups)
+        ]
+        kept[criterion] = (gone, _held_out_error(model, r.model, (3, 6, 6)))
+    assert kept["reconstruction"][0] in (0, 1, 2) and kept["l2"][0] == 3
+    assert kept["reconstruction"][1] <= 1e-4 < kept["l2"][1]
+
+
+def test_reconstruction_criterion_needs_calibration(tmp_path: Path) -> None:
+    from cli_helpers import one_line_error, run_cli
+
+    path = tmp_path / "m.onnx"
+    onnx.save(_combination_model(), path)
+    msg = one_line_error(
+        run_cli("prune", path, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--criterion", "reconstruction")
+    )
+    assert "reconstruction" in msg and "--calibration" in msg
+    assert "reconstruction" in onnxprune.default_criteria().names()

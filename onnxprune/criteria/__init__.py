@@ -3,7 +3,8 @@
 ``zero`` removes provably constant channels exactly. The others score every output channel of
 every source layer (higher = more important) and a budget turns the scores into a plan:
 weight-based ones see each layer's filters, data-based ones activation statistics measured on
-calibration inputs where the channels are read. Criteria live in a ``CriterionRegistry`` object:
+calibration inputs where the channels are read (``reconstruction``: the readers' input
+covariance, see reconstruction_error). Criteria live in a ``CriterionRegistry`` object:
 copy the default one and register your own.
 """
 
@@ -25,6 +26,7 @@ WeightCriterion = Callable[[LayerFilters, int, np.random.Generator], np.ndarray]
 DATA_CRITERIA = {
     "apoz": "1 - average percentage of zeros of the channel where it is read (Hu et al. 2016)",
     "mean-activation": "mean |activation| of the channel where it is read",
+    "reconstruction": "error the readers cannot absorb by least squares when the channel goes (ThiNet; see reconstruction_error)",
 }
 
 

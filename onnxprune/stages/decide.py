@@ -97,13 +97,23 @@ def layer_scores(
     criteria: CriterionRegistry,
     stats: ActivationStats | None = None,
     registry: RuleRegistry | None = None,
+    *,
+    feeds: Feeds | None = None,
+    source: str = "<model>",
 ) -> dict[str, np.ndarray]:
     """Every source layer's channel scores under ``config.criterion`` (higher = keep);
-    ``registry``: the analysis' rules (their layer semantics give each layer's filters)."""
+    ``registry``: the analysis' rules (their layer semantics give each layer's filters);
+    ``feeds``: the calibration samples (the ``reconstruction`` criterion reads activations)."""
     criterion = config.criterion
     if criteria.is_data(criterion):
-        if stats is None:
+        if stats is None or (criterion == "reconstruction" and not feeds):
             raise UsageError(f"criterion {criterion!r} needs calibration inputs (--calibration FILE.npz)")
+        if criterion == "reconstruction":
+            from ..criteria.reconstruction_error import reconstruction_scores
+
+            return reconstruction_scores(
+                model, analysis, feeds or [], registry=registry or default_registry(), seed=config.seed, source=source
+            )
         per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
         return group_activation_scores(analysis, per)
     fn = criteria.weight_criterion(criterion)
@@ -139,7 +149,16 @@ def score(
         return None
     if not config.allocated:  # a fidelity budget is a budget, and picks its criterion itself
         check_budget(config, run.criteria)
-    return layer_scores(analysis, loaded.proto, config, run.criteria, data.stats, run.registry)
+    return layer_scores(
+        analysis,
+        loaded.proto,
+        config,
+        run.criteria,
+        data.stats,
+        run.registry,
+        feeds=data.calibration,
+        source=loaded.source,
+    )
 
 
 def budget_plan(

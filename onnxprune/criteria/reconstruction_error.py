@@ -1,0 +1,203 @@
+"""Channel selection by reconstruction error (ThiNet, Luo et al. 2017; least-squares selection
+as in He et al. 2017): remove the channels whose removal the next layer can best absorb.
+
+For every layer that reads a source layer's channels (the readers reconstruction refits), the
+original's activations at its input give the covariance S of its input rows (centred: the
+removed channels' means go into the bias, by compensation or the refit) and its output
+covariance W S W^T. Removing a set T of input channels and refitting the kept ones K by least
+squares leaves the error tr(W_T (S_TT - S_TK S_KK^-1 S_KT) W_T^T); channels are removed
+greedily, each time the one that adds the least, with the precision matrix downdated in
+place (a Schur complement per step). A channel that is a linear combination of the kept ones
+costs nothing. A channel's score is the error (relative to each reader's output variance,
+summed over its readers) after it and every channel before it went: lowest first goes first,
+and scores are comparable across layers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..analysis import ChannelAnalysis, import_graph
+from ..node_names import nodes_by_name
+from ..params import InitializerCache, ParamResolver
+from ..rules import RuleRegistry, default_registry
+from ..runtime import session
+from ..validation import model_opset
+
+__all__ = ["reconstruction_scores"]
+
+# Beyond this many input columns (channels x kernel positions) per group a reader's exact
+# greedy costs too much: its channels are scored on their contributions (k = 1, see _block).
+MAX_COLUMNS = 1536
+
+
+@dataclass
+class _Block:
+    """One group of one reader: the greedy's state over its input columns."""
+
+    p: np.ndarray  # (S + ridge)^-1 over the columns, downdated in place (removed columns -> 0)
+    q: np.ndarray  # p @ S @ W^T: [columns, outputs]
+    energy: float  # tr(W S W^T): the reader's output variance
+    columns: dict[int, np.ndarray]  # root -> its columns here
+
+
+def _block(rows: np.ndarray, w: np.ndarray, roots: np.ndarray, k: int, ridge: float) -> _Block | None:
+    """The greedy's start for input ``rows`` [positions, channels·k] read by ``w`` [out, channels·k]
+    whose input channel c carries group ``roots[c]``."""
+    x = rows - rows.mean(axis=0)
+    if x.shape[1] > MAX_COLUMNS:  # each channel as its contribution to the output: one column each
+        x = x[:256]  # [channels, positions, outputs] stays small
+        z = np.einsum("pck,ock->cpo", x.reshape(len(x), -1, k), w.reshape(len(w), -1, k)).reshape(len(roots), -1)
+        s = z @ z.T / len(x)
+        w, k = np.ones((1, len(roots))), 1
+    else:
+        s = x.T @ x / len(x)
+    scale = float(np.mean(np.diag(s)))
+    if scale <= 0:
+        return None
+    b = s @ w.T
+    p = np.linalg.inv(s + ridge * scale * np.eye(len(s)))
+    columns: dict[int, list[int]] = defaultdict(list)
+    for c, r in enumerate(roots):
+        columns[int(r)].extend(range(c * k, (c + 1) * k))
+    return _Block(p, p @ b, float(np.sum(w * b.T)), {r: np.asarray(v) for r, v in columns.items()})
+
+
+def _greedy(blocks: Sequence[_Block], candidates: Sequence[int]) -> dict[int, float]:
+    """Roots in removal order with the cumulative relative error after each."""
+    left = list(candidates)
+    total = 0.0
+    order: dict[int, float] = {}
+    while left:
+        costs = np.zeros(len(left))
+        for blk in blocks:
+            present = [(i, blk.columns[r]) for i, r in enumerate(left) if r in blk.columns]
+            if not present:
+                continue
+            sizes = {len(j) for _, j in present}
+            if len(sizes) == 1:  # every channel k columns here: all candidates at once
+                idx = np.asarray([i for i, _ in present])
+                j = np.stack([j for _, j in present])  # [m, k]
+                pj, qj = blk.p[j[:, :, None], j[:, None, :]], blk.q[j]  # [m, k, k], [m, k, out]
+                try:
+                    costs[idx] += np.sum(np.linalg.solve(pj, qj) * qj, axis=(1, 2)) / max(blk.energy, 1e-30)
+                    continue
+                except np.linalg.LinAlgError:
+                    pass
+            for i, j in present:
+                pj, qj = blk.p[np.ix_(j, j)], blk.q[j]
+                try:
+                    costs[i] += float(np.sum(np.linalg.solve(pj, qj) * qj)) / max(blk.energy, 1e-30)
+                except np.linalg.LinAlgError:
+                    costs[i] += np.inf
+        best = int(np.argmin(costs))
+        root = left.pop(best)
+        total += max(float(costs[best]), 0.0)
+        order[root] = total
+        for blk in blocks:
+            j = blk.columns.get(root)
+            if j is None:
+                continue
+            pj = blk.p[np.ix_(j, j)]
+            try:
+                s = np.linalg.inv(pj)
+            except np.linalg.LinAlgError:
+                continue
+            pcol = blk.p[:, j]
+            blk.q -= pcol @ (s @ blk.q[j])
+            blk.p -= pcol @ s @ blk.p[j]
+    return order
+
+
+def reconstruction_scores(
+    model: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    *,
+    registry: RuleRegistry | None = None,
+    positions: int = 4096,
+    ridge: float = 1e-4,
+    seed: int = 0,
+    source: str = "<model>",
+) -> dict[str, np.ndarray]:
+    """Per source layer, its channels' scores (see module doc; higher = keep). A channel no
+    refittable reader reads (only a graph output, a ConvTranspose...) scores above every
+    channel that has one; a layer none of whose channels has one gets NaN (kept whole)."""
+    registry = registry or default_registry()
+    opset = model_opset(model)
+    originals = nodes_by_name(model.graph.node)
+    graph = import_graph(model)
+    by_label = {n.name: n for n in graph.nodes}
+    params = ParamResolver(InitializerCache(model), graph)
+    readers = []
+    for sink in analysis.sinks:
+        node = originals[sink.node]
+        layer = registry.layer(node, opset)
+        if layer is None or sink.input_index != layer.data_index or not layer.refittable:
+            continue
+        w = params(by_label[sink.node].inputs[layer.weight_index])
+        if w is None or np.asarray(w.values).dtype.kind != "f":
+            continue
+        readers.append((sink, layer, np.asarray(w.values, dtype=np.float64)))
+    if not readers:
+        return {s.node: np.full(len(s.ids), np.nan) for s in analysis.sources}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    names = sorted({s.tensor for s, _, _ in readers})
+    probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
+    run = session(probe, source=source, what="the model with its readers' inputs as outputs (criterion)", optimize=True)
+    acts: dict[str, list[np.ndarray]] = defaultdict(list)
+    for feed in feeds:
+        for n, v in zip(names, run.run(feed, names)):
+            acts[n].append(np.asarray(v, dtype=np.float64))
+    values = {n: np.concatenate(v) for n, v in acts.items()}
+    rng = np.random.default_rng(seed)
+    rows_of = {}
+    for sink, layer, w in readers:
+        rows = layer.input_rows(values[sink.tensor], w.shape, positions, rng)
+        if rows is not None:
+            rows_of[(sink.node, sink.input_index)] = rows
+    pinned = {g.id for g in analysis.groups if g.pinned}
+    out: dict[str, np.ndarray] = {}
+    for src in analysis.sources:
+        roots = analysis.roots(src.ids)
+        mine = {int(r) for r in roots}
+        blocks = []
+        for sink, layer, w in readers:
+            rows = rows_of.get((sink.node, sink.input_index))
+            if rows is None:
+                continue
+            sink_roots = analysis.roots(analysis.layouts[sink.tensor].axes[sink.axis])
+            if not mine & {int(r) for r in sink_roots}:
+                continue
+            w_mat = layer.weight_matrix(w)
+            groups = layer.groups
+            n_in = len(sink_roots)
+            if n_in % groups or rows.shape[1] % n_in:
+                continue
+            k, in_g, out_g = rows.shape[1] // n_in, n_in // groups, len(w_mat) // groups
+            for g in range(groups):
+                part = sink_roots[g * in_g : (g + 1) * in_g]
+                if not mine & {int(r) for r in part}:
+                    continue
+                blk = _block(
+                    rows[:, g * in_g * k : (g + 1) * in_g * k], w_mat[g * out_g : (g + 1) * out_g], part, k, ridge
+                )
+                if blk is not None:
+                    blocks.append(blk)
+        read = {r for blk in blocks for r in blk.columns}
+        candidates = sorted(r for r in mine if r in read and r not in pinned)
+        if not blocks or not candidates:
+            out[src.node] = np.full(len(roots), np.nan)
+            continue
+        order = _greedy(blocks, candidates)
+        top = max(order.values(), default=0.0)
+        rank = {r: i for i, r in enumerate(order)}
+        scores = [order[int(r)] + 1e-9 * (1 + top) * rank[int(r)] if int(r) in order else 2 * (1 + top) for r in roots]
+        out[src.node] = np.asarray(scores, dtype=np.float64)
+    return out
