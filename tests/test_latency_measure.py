@@ -67,6 +67,10 @@ def test_table_recovers_the_step_and_the_savings(model, tmp_path):
     # MACs for comparison: removing channels saves MACs, more for fewer kept
     macs = dict(first.macs_saved)
     assert macs[64] == 0.0 and 0 < macs[48] < macs[32] < 1
+    # conv2 is shared (reads unit 1, writes unit 2): the partners' weights are its MACs shares
+    macs1, macs2, macs3 = 64 * 3 * 9, 48 * 64 * 9, 10 * 48  # per output pixel
+    assert first.partners == ((second.unit, pytest.approx(macs2 / (macs1 + macs2), rel=1e-12)),)
+    assert second.partners == ((first.unit, pytest.approx(macs2 / (macs2 + macs3), rel=1e-12)),)
     assert table.key["precision"] == "f32" and table.key["runtime"] == "step-timer 16"
     assert len(table.key["model_sha256"]) == 64
 

@@ -126,3 +126,31 @@ def test_settings_validate():
     ]:
         with pytest.raises(UsageError, match=msg):
             LatencySettings(**bad)
+
+
+def test_predicted_latency_corrects_shared_layers_exactly_for_bilinear_costs():
+    # conv1 (3 -> a), conv2 (a -> b), conv3 (b -> 10): latency in proportion to MACs
+    a, b = 64, 48
+    d, c, e = 5e-6, 1e-7, 2e-6  # conv1 per output, conv2 per (in x out), conv3 per input
+    base = 1e-3
+
+    def true(ka: int, kb: int) -> float:
+        return base + d * ka + c * ka * kb + e * kb
+
+    ua = UnitLatency(
+        "A", ("conv1",), a, tuple((k, d * k + c * k * b) for k in (16, 32, 48, 64)), 1,
+        partners=(("B", c * a * b / (d * a + c * a * b)),),
+    )  # fmt: skip
+    ub = UnitLatency(
+        "B", ("conv2",), b, tuple((k, c * a * k + e * k) for k in (12, 24, 36, 48)), 1,
+        partners=(("A", c * a * b / (c * a * b + e * b)),),
+    )  # fmt: skip
+    table = LatencyTable({"model_sha256": "0"}, true(a, b), {"A": ua, "B": ub})
+    for ka, kb in [(32, 24), (16, 48), (48, 12), (20, 30)]:
+        assert table.predicted_latency({"A": ka, "B": kb}) == pytest.approx(true(ka, kb), rel=1e-12)
+    # summing the two marginal savings would count the corner twice
+    naive = table.baseline - table.saving("A", 32) - table.saving("B", 24)
+    assert naive < true(32, 24) - 1e-5
+    assert table.saving_with("B", 24, {"A": 32}) == pytest.approx(true(32, 48) - true(32, 24), rel=1e-12)
+    back = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
+    assert back.predicted_latency({"A": 20, "B": 30}) == table.predicted_latency({"A": 20, "B": 30})

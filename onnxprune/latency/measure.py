@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # the analysis and the runtimes load only when measuring, not
     from ..rules import RuleRegistry
     from .timers import Timer
 
-__all__ = ["build_table", "measurement_counts", "resolve_input_shapes"]
+__all__ = ["build_table", "measurement_counts", "partner_weights", "resolve_input_shapes"]
 
 Progress = Callable[[str, int, int], None]
 _STAGE = "latency table"
@@ -103,6 +103,43 @@ def resolve_input_shapes(
             )
         out[vi.name] = tuple(shape)
     return out
+
+
+def partner_weights(
+    macs0: Mapping[str, float],
+    totals: Mapping[str, Sequence[int]],
+    effects: Mapping[int, Sequence[tuple[str, int, int]]],
+    unit_groups: Mapping[str, Sequence[int]],
+) -> dict[str, tuple[tuple[str, float], ...]]:
+    """For each unit, the other units it shares layers with, and the share of its MACs
+    saving (all of its channels removed, the rest full) made in those layers, weighted by how
+    much of the layer's other side is that unit's. From a ``budget.MacsTracker``'s ``macs0``,
+    ``total`` ([outputs, inputs] per layer) and ``effects`` (group -> (layer, outputs, inputs))."""
+    owner = {g: u for u, gs in unit_groups.items() for g in gs}
+    sides: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
+    for gid, hits in effects.items():
+        u = owner.get(gid)
+        if u is None:
+            continue
+        for layer, d_out, d_in in hits:
+            outs, ins = sides.setdefault(layer, ({}, {}))
+            outs[u] = outs.get(u, 0) + d_out
+            ins[u] = ins.get(u, 0) + d_in
+    result = {}
+    for u in unit_groups:
+        saved, weights = 0.0, {}
+        for layer, pair in sides.items():
+            for side in (0, 1):
+                n = pair[side].get(u, 0)
+                if not n:
+                    continue
+                s = macs0[layer] * n / totals[layer][side]
+                saved += s
+                for other, m in pair[1 - side].items():
+                    if other != u and m:
+                        weights[other] = weights.get(other, 0.0) + s * m / totals[layer][1 - side]
+        result[u] = tuple(sorted((o, w / saved) for o, w in weights.items())) if saved else ()
+    return result
 
 
 def build_table(
@@ -218,6 +255,7 @@ def _measure(
     done += 1
     if progress:
         progress(_STAGE, done, total)
+    partners = partner_weights(tracker.macs0, tracker.total, tracker.effects, {g.unit.name: g.groups for g in graphs})
     boundary = probe_boundaries(proto, sorted({t for g in graphs for t in g.inputs}), feeds, analysis.shapes, path)
     result: dict[str, UnitLatency] = {}
     for graph, (counts, reach) in zip(graphs, plans):
@@ -238,7 +276,7 @@ def _measure(
                 rounds,
                 seconds_per_unit,
             )
-            result[name] = unit
+            result[name] = replace(unit, partners=partners.get(name, ()))
         except OnnxPruneError as exc:
             notes.append(f"unit {name!r} not measured: {exc}")
         done += len(counts)

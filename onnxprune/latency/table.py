@@ -80,12 +80,16 @@ class UnitLatency:
     points: tuple[tuple[int, float], ...]
     step: int | None
     macs_saved: tuple[tuple[int, float], ...] = ()
-    spread: float = 0.0  # typical p10-p90 width of one point's runs (s): the noise it was measured in
+    spread: float = 0.0  # typical p10-p90 width of one point's rounds (s): the noise it was measured in
+    # (other unit, weight): the share of this unit's saving made in layers whose other side
+    # (inputs of a layer this unit feeds, outputs of one it is fed by) are that unit's channels
+    partners: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(str(x) for x in self.layers))
         object.__setattr__(self, "points", tuple(sorted((int(k), float(t)) for k, t in self.points)))
         object.__setattr__(self, "macs_saved", tuple(sorted((int(k), float(m)) for k, m in self.macs_saved)))
+        object.__setattr__(self, "partners", tuple((str(u), float(w)) for u, w in self.partners))
         if not self.points:
             raise ValueError(f"unit {self.unit}: no measured points")
         if any(not 0 <= k <= self.channels for k, _ in self.points):
@@ -111,6 +115,7 @@ class UnitLatency:
             "spread": self.spread,
             "points": [[k, t] for k, t in self.points],
             "macs_saved": [[k, m] for k, m in self.macs_saved],
+            "partners": [[u, w] for u, w in self.partners],
         }
 
     @classmethod
@@ -123,6 +128,7 @@ class UnitLatency:
             step=None if data.get("step") is None else int(data["step"]),
             macs_saved=tuple((int(k), float(m)) for k, m in data.get("macs_saved", ())),
             spread=float(data.get("spread", 0.0)),
+            partners=tuple((str(u), float(w)) for u, w in data.get("partners", ())),
         )
 
 
@@ -161,8 +167,28 @@ class LatencyTable:
 
     def predicted_latency(self, kept: Mapping[str, int]) -> float:
         """The model's predicted latency (s) with ``kept`` channels in the named units (others
-        full): the baseline minus the units' savings, taken as additive."""
-        return max(self.baseline - sum(self.saving(u, k) for u, k in kept.items()), 0.0)
+        full): the baseline minus each unit's saving, corrected where two units share layers.
+
+        A unit's saving was measured with every other unit full. A layer between two units
+        (reading one's channels, writing the other's) costs about in x out, so when both
+        shrink, summing the two savings counts the corner (removed in) x (removed out) twice;
+        the mean of "partner full" and "partner shrunk", i.e. the saving scaled by
+        1 - weight x removed fraction / 2, is exact for such a layer. The weight (``partners``)
+        is the share of the unit's MACs saving made in layers shared with that partner."""
+        frac = {u: 1.0 - k / self.unit(u).channels for u, k in kept.items()}
+        total = 0.0
+        for u, k in kept.items():
+            unit = self.unit(u)
+            scale = 1.0 - sum(w * frac.get(p, 0.0) for p, w in unit.partners) / 2.0
+            total += unit.saving(k) * max(scale, 0.0)
+        return max(self.baseline - total, 0.0)
+
+    def saving_with(self, unit: str, kept: int, others: Mapping[str, int]) -> float:
+        """Predicted seconds saved by taking ``unit`` from its count in ``others`` (full if
+        absent) to ``kept``, the other units at their counts in ``others``."""
+        before = {**others}
+        after = {**others, unit: kept}
+        return self.predicted_latency(before) - self.predicted_latency(after)
 
     def to_dict(self) -> dict:
         return {
