@@ -10,8 +10,9 @@ import onnx
 import pytest
 
 from onnxprune.errors import UsageError
-from onnxprune.latency import LatencySettings, build_table, measure_ab, measurement_counts
+from onnxprune.latency import LatencySettings, LatencyTable, UnitLatency, build_table, measure_ab, measurement_counts
 from onnxprune.latency.cache import cache_path
+from onnxprune.latency.measure import noise_note
 from onnxprune.latency.sampling import interleave, summarize
 from onnxprune.testing import GraphBuilder, StepTimer
 
@@ -63,7 +64,19 @@ def test_table_recovers_the_step_and_the_savings(model, tmp_path):
         assert first.saving(kept) == pytest.approx(2e-5 * (blocks(64) - blocks(kept)), abs=1e-12)
     for kept in range(min(k for k, _ in second.points), 49):
         assert second.saving(kept) == pytest.approx(2e-5 * (blocks(48) - blocks(kept)), abs=1e-12)
-    assert table.saving(first.unit, 49) == 0.0 and table.saving(first.unit, 48) == pytest.approx(2e-5)
+    # Calibration: the whole model with both units at half width, timed against the original.
+    # Blocks of 16 (out + in per conv): original 5 + 7 + 4, half width 3 + 4 + 3.
+    measured = (1e-3 + 10e-5) / (1e-3 + 16e-5)
+    assert table.calibration["measured_ratio"] == pytest.approx(measured, rel=1e-12)
+    raw = LatencyTable(table.key, table.baseline, table.units)
+    predicted = raw.predicted_latency({first.unit: 32, second.unit: 24}) / table.baseline
+    assert table.calibration["predicted_ratio"] == pytest.approx(predicted, rel=1e-12)
+    assert table.scale == pytest.approx((1 - measured) / (1 - predicted), rel=1e-12)
+    assert table.saving(first.unit, 49) == 0.0
+    assert table.saving(first.unit, 48) == pytest.approx(table.scale * 2e-5, rel=1e-9)
+    assert table.predicted_latency({first.unit: 32, second.unit: 24}) == pytest.approx(
+        measured * table.baseline, rel=1e-9
+    )
     # MACs for comparison: removing channels saves MACs, more for fewer kept
     macs = dict(first.macs_saved)
     assert macs[64] == 0.0 and 0 < macs[48] < macs[32] < 1
@@ -194,3 +207,36 @@ def test_interleave_rotates_and_summary_takes_round_minima():
     s = summarize([[5.0, 1.0, 9.0], [2.0, 8.0], [3.0, 3.5], [4.0], [100.0, 6.0]])
     assert (s.latency, s.rounds, s.runs) == (3.0, 5, 10)  # minima 1, 2, 3, 4, 6
     assert s.median == 4.5
+
+
+def test_noise_note_only_when_rounds_spread_widely():
+    quiet = UnitLatency("a", ("a",), 8, ((4, 1e-3), (8, 2e-3)), 1, spread=2e-4)
+    busy = UnitLatency("b", ("b",), 8, ((4, 1e-3), (8, 2e-3)), 1, spread=1e-3)
+    assert noise_note([quiet, quiet, busy]) is None
+    note = noise_note([busy, busy, quiet])
+    assert note is not None and "50%" in note and "--threads 1" in note
+    assert noise_note([]) is None
+
+
+def test_calibration_that_cannot_run_leaves_a_note_and_scale_1(model, tmp_path):
+    class NoHalf(StepTimer):
+        def load(self, m, input_shapes, source):
+            if "half width" in source:
+                raise UsageError(f"{source}: cannot compile")
+            return super().load(m, input_shapes, source)
+
+    table = build_table(model, timer=NoHalf(), cache_dir=tmp_path)
+    assert table.scale == 1.0 and table.calibration is None
+    assert any(n.startswith("not calibrated: ") and "cannot compile" in n for n in table.notes)
+    assert table.baseline == pytest.approx(StepTimer().latency(onnx.load(model)), rel=1e-12)
+
+
+def test_calibration_scale_is_clamped_with_a_note(tmp_path):
+    from onnxprune.latency.calibrate import calibrate
+
+    model = chain_model(str(tmp_path / "m.onnx"))
+    slower = onnx.load(chain_model(str(tmp_path / "big.onnx"), widths=(128, 96)))  # "half" slower than the original
+    unit = UnitLatency("u", ("u",), 64, ((32, 1e-4), (64, 2e-4)), 1)
+    cal = calibrate(model, slower, {"u": 32}, {"u": unit}, StepTimer(), {}, rounds=3, seconds=1e-3)
+    assert cal.measured_ratio > 1 and cal.scale == 0.25
+    assert any("clamped to [0.25, 4.0]" in n for n in cal.notes)

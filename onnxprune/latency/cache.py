@@ -18,7 +18,7 @@ from .table import LatencySettings, LatencyTable
 __all__ = ["METHOD", "cache_dir", "cache_path", "cpu_name", "file_sha256", "load_cached", "store", "table_key"]
 
 # Bumped whenever the way tables are measured changes: older tables are then rebuilt.
-METHOD = "subgraph/2"
+METHOD = "subgraph/3"
 
 
 def cache_dir(override: str | os.PathLike[str] | None = None) -> str:

@@ -12,8 +12,9 @@ few microseconds, less than run-to-run noise on a shared machine; timed alone, t
 subgraph changes by a large fraction of its own time, so a dozen interleaved rounds find the
 difference and the step. The cost: the units' savings are taken as additive and the
 subgraph misses cache effects between layers; the planner's A/B confirmation
-(``ab.measure_ab``) measures the whole model at the end. The whole model is timed once for the
-baseline.
+(``ab.measure_ab``) measures the whole model at the end. One whole-model measurement
+calibrates the table (``calibrate.py``): the baseline, and the scale that ties the subgraphs'
+savings to the whole model's.
 
 Noise: all of one unit's variants are compiled at once and timed in interleaved rounds with
 rotating order; a point is the median over rounds of each round's fastest run (``sampling``);
@@ -142,6 +143,26 @@ def partner_weights(
     return result
 
 
+# A unit's rounds spreading by more than this share of its latency make steps hard to see.
+_NOISY = 0.2
+
+
+def noise_note(units) -> str | None:
+    """A note when the measurements were noisy: the median over units of the p10-p90 spread
+    of a point's rounds, relative to the unit's latency, above ``_NOISY``."""
+    rel = [u.spread / max(t for _, t in u.points) for u in units if u.points]
+    if not rel:
+        return None
+    typical = float(np.median(rel))
+    if typical <= _NOISY:
+        return None
+    return (
+        f"noisy measurements: a point's rounds spread by {typical:.0%} of the unit's latency (p10-p90, median over "
+        f"units); steps are claimed only beyond that noise. A busy machine: multi-threaded inference suffers most "
+        f"(--threads 1 measures far more steadily, if you deploy so), or build the table at a quieter time"
+    )
+
+
 def build_table(
     model: str | os.PathLike[str],
     settings: LatencySettings | None = None,
@@ -225,7 +246,6 @@ def _measure(
     from ..metrics import node_macs
     from ..rules import default_registry
     from ..sensitivity_analysis import find_units
-    from .sampling import interleave, runs_per_round, summarize
     from .subgraph import probe_boundaries, unit_graphs
     from .timers import _feeds
 
@@ -247,16 +267,11 @@ def _measure(
     done = 0
     if progress:
         progress(_STAGE, done, total)
-    base = timer.load(path, shapes, path)
-    times = interleave([base], rounds, runs_per_round([base], rounds, seconds_per_unit))
-    baseline = summarize(times[0])
-    precision = base.precision
-    del base
-    done += 1
-    if progress:
-        progress(_STAGE, done, total)
     partners = partner_weights(tracker.macs0, tracker.total, tracker.effects, {g.unit.name: g.groups for g in graphs})
     boundary = probe_boundaries(proto, sorted({t for g in graphs for t in g.inputs}), feeds, analysis.shapes, path)
+    from .sampling import reference_model
+
+    reference = timer.load(reference_model(), {}, "the latency reference workload")
     result: dict[str, UnitLatency] = {}
     for graph, (counts, reach) in zip(graphs, plans):
         name = graph.unit.name
@@ -275,6 +290,7 @@ def _measure(
                 path,
                 rounds,
                 seconds_per_unit,
+                reference,
             )
             result[name] = replace(unit, partners=partners.get(name, ()))
         except OnnxPruneError as exc:
@@ -282,15 +298,65 @@ def _measure(
         done += len(counts)
         if progress:
             progress(_STAGE, min(done, total), total)
-    if precision != settings.precision and settings.backend == "openvino":
-        notes.append(f"OpenVINO ran in {precision}, not the {settings.precision} asked for")
-    return LatencyTable(key, baseline.latency, result, settings, time.perf_counter() - start, tuple(notes))
+    noise = noise_note(result.values())
+    if noise:
+        notes.append(noise)
+    from ..planning import PruningPlan
+    from ..surgery import prune_deferred
+    from .calibrate import calibrate, half_plan
+
+    ranked = {g.unit.name: g.unit.groups for g in graphs}
+    removed, kept = half_plan(analysis, {n: (u, ranked[n]) for n, u in result.items()})
+    half = None
+    if removed:
+        try:
+            plan = PruningPlan("latency", tuple(removed))
+            half = prune_deferred(proto, analysis, plan, registry=run.registry, initializers=loaded.initializers)
+            half = half.complete()
+        except OnnxPruneError as exc:
+            notes.append(f"not calibrated: the model at half width cannot be made: {exc}")
+    cal = calibrate(path, half, kept, result, timer, shapes, rounds, 2 * seconds_per_unit, reference)
+    notes.extend(cal.notes)
+    result = {n: _in_seconds(u, cal.reference) for n, u in result.items()}
+    if progress:
+        progress(_STAGE, total, total)
+    if cal.precision != settings.precision and settings.backend == "openvino":
+        notes.append(f"OpenVINO ran in {cal.precision}, not the {settings.precision} asked for")
+    return LatencyTable(
+        key,
+        cal.baseline,
+        result,
+        settings,
+        time.perf_counter() - start,
+        tuple(notes),
+        scale=cal.scale,
+        calibration=cal.to_dict() if cal.measured_ratio is not None else None,
+    )
+
+
+def _in_seconds(unit: UnitLatency, reference: float) -> UnitLatency:
+    """A unit measured in units of the reference workload, in seconds."""
+    return replace(unit, points=tuple((k, t * reference) for k, t in unit.points), spread=unit.spread * reference)
 
 
 def _measure_unit(
-    analysis, graph, proto, boundary, counts, reach, tracker, macs0, timer, registry, path, rounds, seconds_per_unit
+    analysis,
+    graph,
+    proto,
+    boundary,
+    counts,
+    reach,
+    tracker,
+    macs0,
+    timer,
+    registry,
+    path,
+    rounds,
+    seconds_per_unit,
+    reference,
 ) -> UnitLatency:
-    from .sampling import interleave, runs_per_round, summarize
+    """The unit's points in units of the ``reference`` workload timed in the same rounds."""
+    from .sampling import interleave, relative, runs_per_round
     from .subgraph import UnitVariants, submodel
 
     variants = UnitVariants(analysis, graph, submodel(proto, graph, boundary), registry, path)
@@ -304,8 +370,9 @@ def _measure_unit(
         timed.append(timer.load(variants.model(removed), {}, source))
         kept.append(actual)
         macs.append((macs0 - tracker.evaluate(removed)) / macs0 if macs0 else 0.0)
-    times = interleave(timed, rounds, runs_per_round(timed, rounds, seconds_per_unit))
-    summaries = [summarize(per) for per in times]
+    everything = [reference, *timed]
+    times = interleave(everything, rounds, runs_per_round(everything, rounds, seconds_per_unit))
+    summaries = [relative(per, times[0]) for per in times[1:]]
     points = tuple(zip(kept, (s.latency for s in summaries)))
     noise = 2.0 * float(np.median([s.error for s in summaries]))
     step = detect_step(points, graph.channels, noise=noise, candidates=[s for s in STEP_CANDIDATES if s <= reach])

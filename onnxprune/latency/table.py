@@ -136,7 +136,9 @@ class UnitLatency:
 class LatencyTable:
     """A model's latency table on one machine and deployment: ``key`` (CPU, runtime and its
     version, precision, batch, threads, hint, the model's sha256) says where it is valid;
-    ``baseline`` is the whole model's measured latency (s); ``units`` by unit name."""
+    ``baseline`` is the whole model's measured latency (s); ``units`` by unit name. Savings
+    are the units' subgraph savings times ``scale``, from one whole-model measurement
+    (``calibration``: the model with every unit at half width, measured and predicted)."""
 
     key: Mapping[str, str]
     baseline: float
@@ -145,11 +147,16 @@ class LatencyTable:
     seconds: float = 0.0  # time it took to build
     notes: tuple[str, ...] = ()
     cached: bool = field(default=False, compare=False)  # read from the cache (not stored)
+    # Whole-model calibration (calibrate.py): every saving is the subgraphs' times ``scale``.
+    scale: float = 1.0
+    calibration: Mapping[str, float | None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", MappingProxyType({str(k): str(v) for k, v in self.key.items()}))
         object.__setattr__(self, "units", MappingProxyType(dict(self.units)))
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", MappingProxyType(dict(self.calibration)))
 
     def unit(self, name: str) -> UnitLatency:
         try:
@@ -163,7 +170,7 @@ class LatencyTable:
 
     def saving(self, unit: str, kept: int) -> float:
         """Predicted seconds saved by keeping ``kept`` of ``unit``'s channels, vs the full unit."""
-        return self.unit(unit).saving(kept)
+        return self.scale * self.unit(unit).saving(kept)
 
     def predicted_latency(self, kept: Mapping[str, int]) -> float:
         """The model's predicted latency (s) with ``kept`` channels in the named units (others
@@ -174,14 +181,15 @@ class LatencyTable:
         shrink, summing the two savings counts the corner (removed in) x (removed out) twice;
         the mean of "partner full" and "partner shrunk", i.e. the saving scaled by
         1 - weight x removed fraction / 2, is exact for such a layer. The weight (``partners``)
-        is the share of the unit's MACs saving made in layers shared with that partner."""
+        is the share of the unit's MACs saving made in layers shared with that partner. The
+        total is multiplied by the table's ``scale``."""
         frac = {u: 1.0 - k / self.unit(u).channels for u, k in kept.items()}
         total = 0.0
         for u, k in kept.items():
             unit = self.unit(u)
-            scale = 1.0 - sum(w * frac.get(p, 0.0) for p, w in unit.partners) / 2.0
-            total += unit.saving(k) * max(scale, 0.0)
-        return max(self.baseline - total, 0.0)
+            overlap = 1.0 - sum(w * frac.get(p, 0.0) for p, w in unit.partners) / 2.0
+            total += unit.saving(k) * max(overlap, 0.0)
+        return max(self.baseline - self.scale * total, 0.0)
 
     def saving_with(self, unit: str, kept: int, others: Mapping[str, int]) -> float:
         """Predicted seconds saved by taking ``unit`` from its count in ``others`` (full if
@@ -196,6 +204,8 @@ class LatencyTable:
             "key": dict(self.key),
             "settings": self.settings.to_dict(),
             "baseline": self.baseline,
+            "scale": self.scale,
+            "calibration": None if self.calibration is None else dict(self.calibration),
             "seconds": self.seconds,
             "notes": list(self.notes),
             "units": [u.to_dict() for u in self.units.values()],
@@ -215,6 +225,8 @@ class LatencyTable:
                 settings=LatencySettings.from_dict(data.get("settings", {})),
                 seconds=float(data.get("seconds", 0.0)),
                 notes=tuple(data.get("notes", ())),
+                scale=float(data.get("scale", 1.0)),
+                calibration=data.get("calibration"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"malformed latency table: {type(exc).__name__}: {exc}") from None
