@@ -315,7 +315,8 @@ def _measure(
             half = half.complete()
         except OnnxPruneError as exc:
             notes.append(f"not calibrated: the model at half width cannot be made: {exc}")
-    cal = calibrate(path, half, kept, result, timer, shapes, rounds, 2 * seconds_per_unit, reference)
+    # The one whole-model measurement sets every saving's scale: twice the rounds, four units' time.
+    cal = calibrate(path, half, kept, result, timer, shapes, 2 * rounds + 1, 4 * seconds_per_unit, reference)
     notes.extend(cal.notes)
     result = {n: _in_seconds(u, cal.reference) for n, u in result.items()}
     if progress:
