@@ -28,6 +28,11 @@ def chain_model(path: str, widths=(64, 48), batch=None) -> str:
     return path
 
 
+def tables(folder) -> list[str]:
+    """The cached tables in a cache folder (not the index of model hashes)."""
+    return [f for f in os.listdir(folder) if f != "sha256.json"]
+
+
 def blocks(k: int, step: int = 16) -> int:
     return math.ceil(k / step)
 
@@ -122,7 +127,7 @@ def test_key_changes_invalidate(tmp_path, change):
     assert again.runs > 0
     for k, v in change.items():
         assert table.key[k] == str(v)
-    assert len(os.listdir(tmp_path / "latency")) == 2
+    assert len(tables(tmp_path / "latency")) == 2
 
 
 def test_model_change_invalidates(tmp_path):
@@ -153,11 +158,11 @@ def test_corrupt_cache_is_rebuilt_with_a_note(model, tmp_path):
 def test_cache_dir_from_environment(model, tmp_path, monkeypatch):
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "env"))
     build_table(model, timer=StepTimer())
-    assert len(os.listdir(tmp_path / "env" / "latency")) == 1
+    assert len(tables(tmp_path / "env" / "latency")) == 1
     monkeypatch.delenv("ONNXPRUNE_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     build_table(model, timer=StepTimer())
-    assert len(os.listdir(tmp_path / "xdg" / "onnxprune" / "latency")) == 1
+    assert len(tables(tmp_path / "xdg" / "onnxprune" / "latency")) == 1
 
 
 def test_bad_input(tmp_path, model):
@@ -240,3 +245,18 @@ def test_calibration_scale_is_clamped_with_a_note(tmp_path):
     cal = calibrate(model, slower, {"u": 32}, {"u": unit}, StepTimer(), {}, rounds=3, seconds=1e-3)
     assert cal.measured_ratio > 1 and cal.scale == 0.25
     assert any("clamped to [0.25, 4.0]" in n for n in cal.notes)
+
+
+def test_model_hash_is_remembered_by_path_size_and_time(model, tmp_path):
+    first = build_table(model, timer=StepTimer(), cache_dir=tmp_path)
+    index = json.loads((tmp_path / "latency" / "sha256.json").read_text())
+    assert index[os.path.abspath(model)][2] == first.key["model_sha256"]
+    index[os.path.abspath(model)][2] = "f" * 64  # the remembered hash is what the key uses
+    (tmp_path / "latency" / "sha256.json").write_text(json.dumps(index))
+    again = StepTimer()
+    assert build_table(model, timer=again, cache_dir=tmp_path).key["model_sha256"] == "f" * 64
+    assert again.runs > 0
+    (tmp_path / "latency" / "sha256.json").write_text("not json")  # unreadable: hashed again
+    fresh = StepTimer()
+    assert build_table(model, timer=fresh, cache_dir=tmp_path).key["model_sha256"] == first.key["model_sha256"]
+    assert fresh.runs == 0

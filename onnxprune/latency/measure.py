@@ -195,7 +195,8 @@ def build_table(
     try:
         notes: list[str] = []
         folder = _cache.cache_dir(cache_dir)
-        key = _cache.table_key(_cache.file_sha256(path), settings, timer.runtime, input_shapes, criterion)
+        sha = _cache.model_sha256(path, folder) if cache else _cache.file_sha256(path)
+        key = _cache.table_key(sha, settings, timer.runtime, input_shapes, criterion)
         if cache:
             table, note = _cache.load_cached(key, folder)
             if table is not None:
