@@ -260,3 +260,14 @@ def test_model_hash_is_remembered_by_path_size_and_time(model, tmp_path):
     fresh = StepTimer()
     assert build_table(model, timer=fresh, cache_dir=tmp_path).key["model_sha256"] == first.key["model_sha256"]
     assert fresh.runs == 0
+
+
+def test_uncalibrated_table_keeps_the_subgraph_savings(model, tmp_path):
+    timer = StepTimer()
+    table = build_table(model, timer=timer, cache_dir=tmp_path, calibrate=False)
+    first = max(table.units.values(), key=lambda u: u.channels)
+    assert table.scale == 1.0 and table.calibration is None and table.key["calibrated"] == "no"
+    assert table.saving(first.unit, 48) == pytest.approx(2e-5, rel=1e-9)
+    assert table.baseline == pytest.approx(timer.latency(onnx.load(model)), rel=1e-12)
+    again = StepTimer()
+    assert build_table(model, timer=again, cache_dir=tmp_path).key.get("calibrated") is None and again.runs > 0

@@ -176,11 +176,14 @@ def build_table(
     rounds: int = 7,
     seconds_per_unit: float = 1.0,
     progress: Progress | None = None,
+    calibrate: bool = True,
 ) -> LatencyTable:
     """The latency table of the model file ``model`` as deployed per ``settings``: read from
     the cache when one was measured for the same key (see ``cache``), else measured (see the
     module docstring) and stored. ``timer``: what times models (default ``RuntimeTimer``);
-    ``rounds`` and ``seconds_per_unit``: interleaved rounds, and the timing spent per unit."""
+    ``rounds`` and ``seconds_per_unit``: interleaved rounds, and the timing spent per unit.
+    ``calibrate=False``: no whole-model calibration (scale 1: the subgraphs' own savings; the
+    original alone gives the baseline), e.g. with a stand-in timer whose costs are additive."""
     settings = settings or LatencySettings()
     path = os.fspath(model)
     if not os.path.isfile(path):
@@ -197,6 +200,8 @@ def build_table(
         folder = _cache.cache_dir(cache_dir)
         sha = _cache.model_sha256(path, folder) if cache else _cache.file_sha256(path)
         key = _cache.table_key(sha, settings, timer.runtime, input_shapes, criterion)
+        if not calibrate:
+            key["calibrated"] = "no"
         if cache:
             table, note = _cache.load_cached(key, folder)
             if table is not None:
@@ -215,6 +220,7 @@ def build_table(
             seconds_per_unit,
             progress,
             notes,
+            calibrate,
         )
         if cache:
             try:
@@ -239,6 +245,7 @@ def _measure(
     seconds_per_unit: float,
     progress: Progress | None,
     notes: list[str],
+    calibrate_scale: bool,
 ) -> LatencyTable:
     from .. import stages
     from ..budget import MacsTracker, group_scores
@@ -309,7 +316,7 @@ def _measure(
     ranked = {g.unit.name: g.unit.groups for g in graphs}
     removed, kept = half_plan(analysis, {n: (u, ranked[n]) for n, u in result.items()})
     half = None
-    if removed:
+    if removed and calibrate_scale:
         try:
             plan = PruningPlan("latency", tuple(removed))
             half = prune_deferred(proto, analysis, plan, registry=run.registry, initializers=loaded.initializers)
