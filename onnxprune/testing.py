@@ -250,7 +250,10 @@ class StepTimer:
     """A timer (``onnxprune.latency.timers.Timer``) that times nothing: a model's "latency" is
     ``base`` plus ``per_block`` for every started block of ``step`` channels of every Conv's
     outputs and inputs (from its weight's shape), so a unit's latency is a known step function
-    of its kept channels. Counts what it was asked for (``loads``, ``runs``)."""
+    of its kept channels. Counts what it was asked for (``loads``, ``runs``). Its costs add up
+    (``additive``): latency tables built with it skip the whole-model calibration unless asked."""
+
+    additive = True
 
     def __init__(self, step: int = 16, base: float = 1e-3, per_block: float = 1e-5) -> None:
         self.step, self.base, self.per_block = step, base, per_block

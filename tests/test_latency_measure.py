@@ -57,7 +57,7 @@ def test_measurement_counts_cover_the_width_and_a_step_cluster():
 
 def test_table_recovers_the_step_and_the_savings(model, tmp_path):
     timer = StepTimer(step=16, base=1e-3, per_block=1e-5)
-    table = build_table(model, timer=timer, cache_dir=tmp_path / "cache")
+    table = build_table(model, timer=timer, cache_dir=tmp_path / "cache", calibrate=True)
     assert timer.runs > 0
     assert len(table.units) == 2
     assert table.baseline == pytest.approx(timer.latency(onnx.load(model)), rel=1e-12)
@@ -230,7 +230,7 @@ def test_calibration_that_cannot_run_leaves_a_note_and_scale_1(model, tmp_path):
                 raise UsageError(f"{source}: cannot compile")
             return super().load(m, input_shapes, source)
 
-    table = build_table(model, timer=NoHalf(), cache_dir=tmp_path)
+    table = build_table(model, timer=NoHalf(), cache_dir=tmp_path, calibrate=True)
     assert table.scale == 1.0 and table.calibration is None
     assert any(n.startswith("not calibrated: ") and "cannot compile" in n for n in table.notes)
     assert table.baseline == pytest.approx(StepTimer().latency(onnx.load(model)), rel=1e-12)
@@ -270,4 +270,7 @@ def test_uncalibrated_table_keeps_the_subgraph_savings(model, tmp_path):
     assert table.saving(first.unit, 48) == pytest.approx(2e-5, rel=1e-9)
     assert table.baseline == pytest.approx(timer.latency(onnx.load(model)), rel=1e-12)
     again = StepTimer()
-    assert build_table(model, timer=again, cache_dir=tmp_path).key.get("calibrated") is None and again.runs > 0
+    calibrated = build_table(model, timer=again, cache_dir=tmp_path, calibrate=True)
+    assert calibrated.key.get("calibrated") is None and again.runs > 0 and calibrated.scale != 1.0
+    # by default an additive timer (the StepTimer) is not calibrated: its summed savings are exact
+    assert build_table(model, timer=StepTimer(), cache_dir=tmp_path / "d").scale == 1.0

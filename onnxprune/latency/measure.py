@@ -176,14 +176,16 @@ def build_table(
     rounds: int = 7,
     seconds_per_unit: float = 1.0,
     progress: Progress | None = None,
-    calibrate: bool = True,
+    calibrate: bool | None = None,
 ) -> LatencyTable:
     """The latency table of the model file ``model`` as deployed per ``settings``: read from
     the cache when one was measured for the same key (see ``cache``), else measured (see the
     module docstring) and stored. ``timer``: what times models (default ``RuntimeTimer``);
     ``rounds`` and ``seconds_per_unit``: interleaved rounds, and the timing spent per unit.
     ``calibrate=False``: no whole-model calibration (scale 1: the subgraphs' own savings; the
-    original alone gives the baseline), e.g. with a stand-in timer whose costs are additive."""
+    original alone gives the baseline); None (default): calibrate unless the timer says its
+    costs are additive by construction (``timer.additive``, the StepTimer), where the summed
+    savings are exact already."""
     settings = settings or LatencySettings()
     path = os.fspath(model)
     if not os.path.isfile(path):
@@ -195,6 +197,8 @@ def build_table(
         from .timers import RuntimeTimer
 
         timer = RuntimeTimer(settings)
+    if calibrate is None:
+        calibrate = not getattr(timer, "additive", False)
     try:
         notes: list[str] = []
         folder = _cache.cache_dir(cache_dir)
