@@ -56,6 +56,9 @@ class UnitSensitivity:
     unit: Unit
     fidelity: Mapping[float, float]  # ratio -> fidelity with that much of this unit removed alone
     macs_saved: Mapping[float, float]  # ratio -> fraction of the model's MACs saved
+    # Ratios not run: a smaller ratio already fell below the search's floor, so these cannot
+    # be kept either; their fidelity is that smaller ratio's (an upper bound).
+    skipped: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +68,7 @@ class UnitSensitivity:
             "removable_groups": len(self.unit.groups),
             "fidelity": {str(k): v for k, v in self.fidelity.items()},
             "macs_saved": {str(k): v for k, v in self.macs_saved.items()},
+            "skipped": [str(r) for r in self.skipped],
         }
 
 
@@ -235,30 +239,41 @@ def measure_sensitivity(
     criterion: str,
     choices: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    floor: float | None = None,
 ) -> SensitivityResult:
-    """Fidelity of the model with ``ratio`` of one unit removed, for every unit and ratio."""
+    """Fidelity of the model with ``ratio`` of one unit removed, for every unit and ratio.
+    With ``floor`` (the search's fidelity floor) a unit's larger ratios are not run once one
+    falls below it: removing more of the unit, with other units on top, keeps no more (those
+    ratios are ``skipped``, and the search leaves them out). ``trials`` counts the runs."""
     start = time.perf_counter()
     base = tracker.original
     results = []
     total = len(units) * len(ratios)
-    done = 0
+    done = trials = 0
     for unit in units:
-        fid, saved = {}, {}
+        fid: dict[float, float] = {}
+        saved: dict[float, float] = {}
+        skipped: list[float] = []
         for ratio in ratios:
             groups = enforce_constraints(analysis, _take(unit, ratio, analysis), {})
-            fid[ratio] = runner.fidelity(groups, estimates, choices) if groups else 1.0
             saved[ratio] = (base - tracker.evaluate(groups)) / base if base else 0.0
+            if floor is not None and fid and min(fid.values()) < floor:
+                fid[ratio] = min(fid.values())
+                skipped.append(ratio)
+            else:
+                fid[ratio] = runner.fidelity(groups, estimates, choices) if groups else 1.0
+                trials += 1
             done += 1
             if progress:
                 progress(done, total)
-        results.append(UnitSensitivity(unit, fid, saved))
+        results.append(UnitSensitivity(unit, fid, saved, tuple(skipped)))
     return SensitivityResult(
         tuple(results),
         tuple(ratios),
         criterion,
         runner.samples,
         time.perf_counter() - start,
-        total,
+        trials,
         runner.metrics(choices),
     )
 
@@ -297,6 +312,8 @@ def allocate(
     for ui, us in enumerate(sens.units):
         prev_f, prev_s = 1.0, 0.0
         for level, r in enumerate(ratios):
+            if r in us.skipped:  # below the floor at a smaller ratio already: never kept
+                break
             groups = _take(us.unit, r, analysis)
             f, s = us.fidelity[r], us.macs_saved[r]
             gain = max(s - prev_s, 1e-12)

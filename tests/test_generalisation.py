@@ -80,3 +80,44 @@ def test_small_calibration_note_follows_the_rule_of_three() -> None:
     assert "needs about 100" in small_calibration_note(PruneConfig(max_drop="3%", calibration="c.npz"), 10, 10)
     with pytest.raises(onnxprune.UsageError, match="calibration limit"):
         PruneConfig(calibration_limit=0)
+
+
+def _free_and_busy_model() -> onnx.ModelProto:
+    """Two branches of 8 channels: the reader of 'free' has zero weights for it (removing any
+    of it changes nothing), 'busy' matters."""
+    b = GraphBuilder(opset=17, seed=21)
+    x = b.input("x", [None, 3, 6, 6])
+    free = b.op("Relu", b.conv(x, 8))
+    busy = b.op("Relu", b.conv(x, 8))
+    w = b.weights([4, 16, 1, 1])
+    w[:, :8] = 0
+    cat = b.op("Concat", free, busy, axis=1, channels=16)
+    pooled = b.op("Flatten", b.op("GlobalAveragePool", b.conv(cat, 4, k=1, pads=0, weight=b.const(w, "W"))), axis=1)
+    b.output(b.gemm(pooled, 4, 3))
+    return b.build()
+
+
+def test_sensitivity_skips_ratios_past_the_floor(tmp_path: Path) -> None:
+    """A unit whose 25% already falls below the search's floor is not tried at 50%: here the
+    'busy' branch and the 1x1 conv reading both (4 channels), two trials fewer, and the
+    skipped moves are never in the plan."""
+    model = _free_and_busy_model()
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=np.random.default_rng(0).standard_normal((16, 3, 6, 6)).astype(np.float32))
+    options = {"calibration": str(path), "compensation": "none", "fidelity_metrics": {"*": "cosine"}}
+    r = onnxprune.prune(model, "l2", min_fidelity=0.9999, **options)
+    sens = r.report.sensitivity
+    free, busy = [s.node for s in r.analysis.sources][:2]
+    units = {u.unit.layers[0]: u for u in sens.units}
+    # 8 channels: 10% is no channel (1.0), 25% two, 50% four.
+    assert units[busy].fidelity[0.25] < 0.9999 and units[busy].skipped == (0.5,)
+    assert [u.skipped for u in sens.units] == [(), (0.5,), (0.5,)]
+    assert units[busy].fidelity[0.5] == units[busy].fidelity[0.25]  # the bound, not a measurement
+    assert units[free].skipped == () and all(v == pytest.approx(1.0) for v in units[free].fidelity.values())
+    full = onnxprune.sensitivity(model, str(path), "l2", compensation="none", fidelity_metrics={"*": "cosine"})
+    assert sens.trials == full.trials - 2 == len(sens.units) * 3 - 2
+    assert {u.unit.layers[0]: u for u in full.units}[busy].skipped == ()  # the sensitivity command runs all
+    removed = set(r.plan.removed_groups)
+    cut = {s.node: sum(int(x) in removed for x in r.analysis.roots(s.ids)) for s in r.analysis.sources}
+    assert cut[free] >= 4 and cut[busy] == 0
+    assert [u["skipped"] for u in r.report.to_dict()["sensitivity"]["units"]] == [[], ["0.5"], ["0.5"]]

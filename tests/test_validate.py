@@ -343,3 +343,19 @@ def test_cli_quantize_validate(tmp_path: Path) -> None:
     a = json.loads(report.read_text())["accuracy_control"]
     assert a["float_value"] == a["int8_value"] == 2.0 and a["drop_type"] == "absolute" and a["max_drop"] == 0.1
     assert a["calls"] >= 3
+
+
+def test_progress_over_the_search_and_the_reconstruction(tmp_path: Path) -> None:
+    """Run.progress hears the bisection (3 steps over 6 prefixes) and the refit (one reader)."""
+    heard: list[tuple[str, int, int]] = []
+    onnxprune.prune(
+        _one_unit_model(),
+        calibration=_calib(tmp_path),
+        validate=KeptFraction(),
+        max_drop=0.3,
+        reconstruct=True,
+        progress=lambda stage, done, total: heard.append((stage, done, total)),
+    )
+    assert [h for h in heard if h[0] == "search"] == [("search", 1, 3), ("search", 2, 3), ("search", 3, 3)]
+    assert [h for h in heard if h[0] == "reconstruction"] == [("reconstruction", 0, 1), ("reconstruction", 1, 1)]
+    assert {h[0] for h in heard} >= {"calibration", "sensitivity", "verification"}

@@ -316,8 +316,12 @@ def sensitivity_trials(
     stats: ActivationStats | None,
     feeds: Feeds,
     run: Run,
+    *,
+    floor: float | None = None,
 ) -> SensitivityTrials:
-    """Units of tied layers, their sensitivity curves, and the trial runner behind them."""
+    """Units of tied layers, their sensitivity curves, and the trial runner behind them. With
+    ``floor``, a unit's larger ratios are not run once one falls below it (see
+    sensitivity_analysis.measure_sensitivity)."""
     from ..sensitivity_analysis import TrialRunner, find_units, measure_sensitivity
 
     config, proto = run.config, loaded.proto
@@ -343,6 +347,7 @@ def sensitivity_trials(
         config.criterion,
         config.fidelity_metrics,
         progress=run.progress_of("sensitivity"),
+        floor=floor,
     )
     return SensitivityTrials(result, runner, tracker, values, group, protected)
 
@@ -385,12 +390,16 @@ def _allocated_plan(
     config, feeds = run.config, data.calibration or []
     if judge is not None:
         judge.baseline  # noqa: B018 - computed first: a broken function fails before the trials
-    trials = sensitivity_trials(loaded, analysis, scores, data.stats, feeds, run)
+    # The masked fidelity of a unit alone bounds the search's only when the search judges the
+    # masked model: recovery can win back what masking loses, a validation function judges
+    # something else, and a MACs target takes the best fidelity whatever it is.
+    searched = judge is not None and config.validated_search and config.macs_target is None
+    recovering = config.reconstruct or config.recalibrate
+    floor = None if (searched or recovering or config.macs_target is not None) else config.fidelity_floor
+    trials = sensitivity_trials(loaded, analysis, scores, data.stats, feeds, run, floor=floor)
     runner = trials.runner
     if judge is not None and trials.tracker.original:
         judge.macs_ratio = lambda g: trials.tracker.evaluate(g) / trials.tracker.original
-    searched = judge is not None and config.validated_search and config.macs_target is None
-    recovering = config.reconstruct or config.recalibrate
     if recovering and config.macs_target is None and len(feeds) >= 2 and not searched:
         # The budget is met by the recovered model: measure that, not the masked one.
         from ..reconstruction import ReconstructedTrials
