@@ -1,7 +1,16 @@
 """What a removed channel is replaced by where it is read: its known constant (exact), the mean
 activation over calibration inputs, or its value with the filters zeroed (data-free); folded
 into the reader's bias. A reader with zero padding over the channel gets nothing folded (the
-constant would be wrong at the borders), so the masked reference stays exact."""
+constant would be wrong at the borders), so the masked reference stays exact.
+
+The nonlinearity: calibration means are measured at the reader's input, i.e. after the
+activation between the removed layer and its reader (E[relu(z)], never relu(E[z])). Every
+reader is linear in that input (Conv, Gemm, MatMul: the sinks), so folding the mean into its
+bias gives the reader's expected output exactly, E[W x + b] = W E[x] + b, over the calibration
+distribution. Data-free values come from constant propagation instead: a zeroed filter's bias
+(or the BatchNormalization's beta) through the activation, act(E[z]) of a channel assumed
+constant; that is the channel's value only when it really is constant, so give calibration
+data when the removed channels are not."""
 
 from __future__ import annotations
 
