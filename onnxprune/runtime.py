@@ -50,6 +50,11 @@ class ModelRunner:
         self.expanded = False  # set by ``session``: FakeQuantize runs as its expansion
 
     @property
+    def inference_session(self) -> Any:
+        """The onnxruntime.InferenceSession itself, for code that hands it to a user."""
+        return self._sess
+
+    @property
     def input_shapes(self) -> dict[str, list[int | str | None]]:
         """Every input's declared shape (a dynamic dimension is its name, or None)."""
         return {i.name: list(i.shape) for i in self._sess.get_inputs()}

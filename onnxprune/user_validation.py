@@ -60,11 +60,12 @@ class Candidate:
         if self._openvino is not None:
             raise TypeError("this candidate is an OpenVINO model (the int8 IR): use candidate.run(feeds)")
         if self._session is None:
-            import onnxruntime as ort
+            from .runtime import session
 
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3  # errors only: the library never prints
-            self._session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+            # Through runtime.session like every session of the package: its errors come out
+            # typed, FakeQuantize models run as their expansion; optimised, as deployed.
+            runner = session(self.path, source=str(self.path), what="the candidate model", optimize=True)
+            self._session = runner.inference_session
         return self._session
 
     def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
