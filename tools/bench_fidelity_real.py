@@ -115,10 +115,13 @@ def _judge(model: Path, pruned: Path, held: list[dict], cal: list[dict]) -> dict
     out: dict[str, Any] = {}
     for split, fs in (("heldout", held), ("calibration", cal)):
         per_output = fidelity(str(model), str(pruned), fs, source=model.name)
-        score, scores = run_score(per_output)
+        score, _ = run_score(per_output)
         out[split] = score
         if split == "heldout":
-            out["metrics"] = {s.name: {"metric": s.metric, "value": s.value} for s in scores}
+            out["metrics"] = {
+                o.name: {"metric": o.metric, "value": o.score, "cosine": o.cosine, "reason": getattr(o, "reason", "")}
+                for o in per_output
+            }
     return out
 
 
@@ -284,8 +287,7 @@ def summary(results: dict) -> str:
         if cuts:
             lines.append(
                 f"held-out >= {target}: median best MACs cut {statistics.median(cuts.values()) * 100:.1f}% over "
-                f"{len(cuts)} models; "
-                + ", ".join(f"{m.split('_')[0]} {c * 100:.1f}%" for m, c in cuts.items())
+                f"{len(cuts)} models; " + ", ".join(f"{m.split('_')[0]} {c * 100:.1f}%" for m, c in cuts.items())
             )
     return "\n".join(lines)
 
@@ -304,8 +306,7 @@ def _fmt_cell(c: dict | None, target: str) -> str:
     miss = "" if c["heldout"] >= float(target) else " ✗"
     ratio = f" (r={c['ratio']})" if "ratio" in c else ""
     return (
-        f"{c['macs_cut'] * 100:.1f}%{ratio} · {c['heldout']:.3f}{miss} / {c['calibration']:.3f} · "
-        f"{c['seconds']:.0f} s"
+        f"{c['macs_cut'] * 100:.1f}%{ratio} · {c['heldout']:.3f}{miss} / {c['calibration']:.3f} · {c['seconds']:.0f} s"
     )
 
 
