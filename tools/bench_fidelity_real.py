@@ -109,20 +109,53 @@ def _prune_options() -> str:
     ).stdout
 
 
-def _judge(model: Path, pruned: Path, held: list[dict], cal: list[dict]) -> dict[str, Any]:
-    from onnxprune.fidelity import fidelity, run_score
+class Judge:
+    """``onnxprune.fidelity.fidelity(original, pruned, feeds)`` with the original's outputs run
+    once per model: the same code (fidelity_from_outputs on the paired outputs, the output batch
+    axes from the original)."""
 
-    out: dict[str, Any] = {}
-    for split, fs in (("heldout", held), ("calibration", cal)):
-        per_output = fidelity(str(model), str(pruned), fs, source=model.name)
-        score, _ = run_score(per_output)
-        out[split] = score
-        if split == "heldout":
-            out["metrics"] = {
-                o.name: {"metric": o.metric, "value": o.score, "cosine": o.cosine, "reason": getattr(o, "reason", "")}
-                for o in per_output
-            }
-    return out
+    def __init__(self, model: Path, splits: dict[str, list[dict]]) -> None:
+        import onnx
+
+        from onnxprune import fidelity as fid
+        from onnxprune.runtime import session
+
+        self.model = model
+        proto = onnx.load(str(model), load_external_data=False)
+        self.batch_axes = fid.output_batch_axes(proto) if hasattr(fid, "output_batch_axes") else None
+        run = session(str(model), source=model.name)
+        self.names = run.output_names
+        self.splits = splits
+        self.refs = {k: self._outputs(run, fs) for k, fs in splits.items()}
+
+    def _outputs(self, run, feeds_list: list[dict]) -> list[list[np.ndarray]]:
+        per_output: list[list[np.ndarray]] = [[] for _ in self.names]
+        for feed in feeds_list:
+            for i, a in enumerate(run(feed)):
+                per_output[i].append(a)
+        return per_output
+
+    def __call__(self, pruned: Path) -> dict[str, Any]:
+        from onnxprune.fidelity import fidelity_from_outputs, run_score
+        from onnxprune.runtime import session
+
+        run = session(str(pruned), source=pruned.name, pruned=True)
+        out: dict[str, Any] = {}
+        for split, fs in self.splits.items():
+            kw = {} if self.batch_axes is None else {"batch_axes": self.batch_axes}
+            per_output = fidelity_from_outputs(self.names, self.refs[split], self._outputs(run, fs), **kw)
+            out[split] = run_score(per_output)[0]
+            if split == "heldout":
+                out["metrics"] = {
+                    o.name: {
+                        "metric": o.metric,
+                        "value": o.score,
+                        "cosine": o.cosine,
+                        "reason": getattr(o, "reason", ""),
+                    }
+                    for o in per_output
+                }
+        return out
 
 
 def _run(cmd: list[str], timeout: int) -> dict[str, Any]:
@@ -159,7 +192,7 @@ def prune_once(model: Path, args: list[str], files: dict[str, Path], tmp: Path, 
     res["report_evaluation"] = rep.get("evaluation")
     res["channels_removed"] = rep.get("channels_removed")
     t0 = time.perf_counter()
-    res.update(_judge(model, out, files["held_feeds"], files["cal_feeds"]))
+    res.update(files["judge"](out))
     res["judge_seconds"] = round(time.perf_counter() - t0, 1)
     for f in (out, report):
         f.unlink(missing_ok=True)
@@ -204,8 +237,9 @@ def model_files(model: Path, tmp: Path) -> dict[str, Any]:
     files = {"cal": tmp / "cal.npz", "verify": tmp / "verify.npz"}
     np.savez(files["cal"], **cal)
     np.savez(files["verify"], **feeds(model.name, 2, SEED_CAL))  # the first 2 calibration samples
-    files["held_feeds"] = samples(model.name, N_HELD, SEED_HELD)
-    files["cal_feeds"] = samples(model.name, N_CAL, SEED_CAL)
+    files["judge"] = Judge(
+        model, {"heldout": samples(model.name, N_HELD, SEED_HELD), "calibration": samples(model.name, N_CAL, SEED_CAL)}
+    )
     return files
 
 
