@@ -59,6 +59,12 @@ ROWS = (
     Row("uniform L2", "uniform", ("--criterion", "l2")),
     Row("allocated L2", "target", ("--criterion", "l2", "--min-fidelity", "{target}")),
     Row("allocated + reconstruct", "target", ("--criterion", "l2", "--min-fidelity", "{target}", "--reconstruct")),
+    Row(
+        "allocated + reconstruct + recalibrate",
+        "target",
+        ("--criterion", "l2", "--min-fidelity", "{target}", "--reconstruct", "--recalibrate"),
+        needs=("--recalibrate",),
+    ),
 )
 
 # Models left out, and why (the rest of MODELS is benchmarked).
