@@ -415,6 +415,13 @@ def markdown(results: dict) -> str:
                 for out, v in (c.get("metrics") or {}).items():
                     metrics.add(f"{out}: {v['metric']}")
         lines.append(f"- `{m}`: " + ("; ".join(sorted(metrics)) or "—") + f". Inputs: {e.get('inputs', '')}.")
+    lines += ["", "## Runs: package commit and wall time per row", ""]
+    for m, e in models.items():
+        runs = [
+            f"{n} `{r.get('commit')}` {r.get('seconds', 0):.0f} s" if "skipped" not in r else f"{n}: {r['skipped']}"
+            for n, r in e["rows"].items()
+        ]
+        lines.append(f"- `{m}`: " + "; ".join(runs) + ".")
     lines += ["", "## Left out", ""] + [f"- `{m}`: {why}." for m, why in LEFT_OUT.items()]
     notes = results.get("notes")
     if notes:
