@@ -42,7 +42,7 @@ from corpus_inputs import MODELS, feeds, samples  # noqa: E402
 OUT = ROOT / "benchmarks" / "fidelity_real"
 TARGETS = (0.99, 0.95)
 N_CAL, N_HELD, SEED_CAL, SEED_HELD = 32, 32, 1, 2
-UNIFORM_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+UNIFORM_RATIOS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 
 
 @dataclass(frozen=True)
