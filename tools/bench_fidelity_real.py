@@ -400,8 +400,9 @@ def markdown(results: dict) -> str:
         if cuts:
             per_row = []
             for n in row_names:
-                rc = [best_cut(e, target, [n])[0] for e in models.values()]
-                per_row.append(f"{n} {statistics.median(rc) * 100:.1f}%")
+                rc = [best_cut(e, target, [n])[0] for e in models.values() if "targets" in e["rows"].get(n, {})]
+                if rc:
+                    per_row.append(f"{n} {statistics.median(rc) * 100:.1f}% ({len(rc)} models)")
             lines += [
                 "",
                 f"Median MACs cut at held-out ≥ {target} over {len(cuts)} models: best row "
