@@ -224,7 +224,7 @@ def plan_for_latency(
     def predicted(n: int) -> float:
         at = state(n)
         saved = sum(table.saving(name, k) for name, k in at.items() if k < sizes[name])
-        return (baseline - saved) / baseline if baseline > 0 else 1.0
+        return max(baseline - saved, 0.0) / baseline if baseline > 0 else 1.0  # as LatencyTable.predicted_latency
 
     def groups_of(n: int) -> set[int]:
         at = state(n)
