@@ -251,7 +251,7 @@ def phase_report(rows: list[dict], out: Path, target: float) -> None:
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "settings": SETTINGS.to_dict(),
         "target": target,
-        "command": "python tools/bench_latency.py all --work /tmp/latbench",
+        "command": "python tools/bench_latency.py plan; ... time --seconds 8; ... report (--work /tmp/latbench)",
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
     lines = [
