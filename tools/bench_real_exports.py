@@ -29,6 +29,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -183,9 +184,8 @@ def bench_model(
                 str(source),
                 "-o",
                 str(tmp / f"{stem}.xml"),
-                "-q",
                 *_shape_args(shapes),
-            ]
+            ]  # not quiet: its check line is recorded
         else:
             crit = (
                 ["--criterion", "l2", "--ratio", "0.25"]
@@ -209,6 +209,8 @@ def bench_model(
         if report.exists():
             report.unlink()
         r = _run(cmd, timeout)
+        if case == "convert":
+            r.update(_ir_check(r.get("stdout", "")))
         r.pop("stdout", None)
         if report.exists():
             r.update(_summary(json.loads(report.read_text())))
@@ -267,7 +269,40 @@ def _fmt_macs(r: dict[str, Any]) -> str:
     return f"{(b - a) / b:.1%}" if b else "0"
 
 
+def _ir_check(stdout: str) -> dict[str, Any]:
+    """convert's check line: the IR's worst difference and, for a dynamically quantized model
+    judged within onnxruntime's own noise, the elements past the tolerance, the noise floor and
+    the margin."""
+    line = next((x for x in stdout.splitlines() if x.startswith("check against onnxruntime:")), "")
+    if not line:
+        return {}
+    out: dict[str, Any] = {"ir_check": line.split(": ", 1)[1][:600]}
+    m = re.search(r"max abs diff (\S+)", line)
+    out["ir_max_abs_diff"] = float(m.group(1)) if m else None
+    m = re.search(
+        r"on (\d+) of (\d+) elements past .* noise floor (\S+)\), at most \S+ x the (\d+) elements.*margin (\S+)", line
+    )
+    if m:
+        past, total, floor, noise_past, margin = m.groups()
+        out["ir_noise"] = {
+            "elements_past": int(past),
+            "elements": int(total),
+            "noise_floor": float(floor),
+            "noise_elements_past": int(noise_past),
+            "margin": float(margin),
+        }
+    return out
+
+
 def _fmt_ver(r: dict[str, Any]) -> str:
+    if r.get("ir_max_abs_diff") is not None:  # convert: the IR against onnxruntime
+        n = r.get("ir_noise")
+        if n:
+            return (
+                f"IR {r['ir_max_abs_diff']:.2g} on {n['elements_past']}/{n['elements']} elements vs "
+                f"{n['noise_elements_past']} in onnxruntime's noise (floor {n['noise_floor']:.2g}), margin {n['margin']:.3g}"
+            )
+        return f"IR {r['ir_max_abs_diff']:.1e}"
     if r.get("verified") is None:
         return ""
     d, nf = r.get("max_abs_diff"), r.get("noise_floor")
@@ -297,7 +332,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "  by `openvino_pass.layer_stats` on the converted models at the same static shapes (every conv,",
         "  depthwise included, counts its output channels), so the two tools are compared on one scale;",
         "- *MACs cut*: onnxprune's own counter; `unknown` when some layer's shapes are unknown;",
-        "- *verification*: worst output's max abs diff / its noise floor (the runtime that proved it).",
+        "- *verification*: worst output's max abs diff / its noise floor (the runtime that proved it); for",
+        "  `convert`, the IR's max abs diff against onnxruntime (a dynamically quantized model past the",
+        "  tolerance: its elements past it vs onnxruntime's own noise run, the floor and the margin).",
         "",
         "| model | case | exit | channels | by OpenVINO's counter: onnxprune vs OpenVINO (channels; MACs cut) | MACs cut | verification | s |",
         "|---|---|---|---|---|---|---|---|",
@@ -321,6 +358,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                     )
                 cmp = f"{a} vs {b}"
             ch = "" if r.get("channels_total") is None else f"{r['channels_removed']}/{r['channels_total']}"
+            inside = [n.split(" are inside")[0] for n in r.get("notes") or [] if "which are not analysed" in n]
+            if inside:  # layers in If/Loop bodies: the analysis says it left them alone
+                ch += f" ({'; '.join(inside)} inside subgraphs: not analysed)"
             err = r.get("error")
             if err and r.get("exit") not in (0, 1):
                 ch = (ch + " " if ch else "") + "`" + err.replace("|", "\\|")[:140] + "`"
