@@ -315,11 +315,12 @@ def best_cut(entry: dict, target: str, rows: list[str] | None = None) -> tuple[f
     """The largest MACs cut among the rows whose run holds ``target`` on the held-out inputs."""
     best = (0.0, "none")
     for name, row in entry["rows"].items():
-        c = _cell(row, target)
-        if (rows is not None and name not in rows) or not c or c.get("exit") != 0:
+        if rows is not None and name not in rows:
             continue
-        if c.get("heldout", 0) >= float(target) and (c.get("macs_cut") or 0) > best[0]:
-            best = (c["macs_cut"], name)
+        # any run of the row that holds the target counts (a plan holding 0.99 holds 0.95)
+        for c in [*(row.get("targets") or {}).values(), *row.get("scan", [])]:
+            if c.get("exit") == 0 and c.get("heldout", 0) >= float(target) and (c.get("macs_cut") or 0) > best[0]:
+                best = (c["macs_cut"], name)
     return best
 
 
