@@ -40,8 +40,11 @@ from .table import LatencySettings, LatencyTable, UnitLatency
 if TYPE_CHECKING:  # the analysis and the runtimes load only when measuring, not on a cache hit
     import onnx
 
+    from ..analysis import ChannelAnalysis
+    from ..budget import MacsTracker
     from ..rules import RuleRegistry
-    from .timers import Timer
+    from .subgraph import BoundaryTensor, UnitGraph
+    from .timers import Timed, Timer
 
 __all__ = ["build_table", "measurement_counts", "partner_weights", "resolve_input_shapes"]
 
@@ -272,7 +275,6 @@ def _measure(
     units = find_units(analysis, scores)
     graphs = unit_graphs(proto, analysis, units)
     tracker = MacsTracker(analysis, node_macs(proto, analysis.shapes, run.registry), proto, run.registry)
-    macs0 = tracker.original
     feeds = _feeds(proto, shapes)
     plans = [measurement_counts(g.channels, len(g.unit.groups)) for g in graphs]
     total = 1 + sum(len(c) for c, _ in plans)
@@ -296,7 +298,6 @@ def _measure(
                 counts,
                 reach,
                 tracker,
-                macs0,
                 timer,
                 run.registry,
                 path,
@@ -353,22 +354,22 @@ def _in_seconds(unit: UnitLatency, reference: float) -> UnitLatency:
 
 
 def _measure_unit(
-    analysis,
-    graph,
-    proto,
-    boundary,
-    counts,
-    reach,
-    tracker,
-    macs0,
-    timer,
-    registry,
-    path,
-    rounds,
-    seconds_per_unit,
-    reference,
+    analysis: ChannelAnalysis,
+    graph: UnitGraph,
+    proto: onnx.ModelProto,
+    boundary: Mapping[str, BoundaryTensor],
+    counts: Sequence[int],
+    reach: int,
+    tracker: MacsTracker,
+    timer: Timer,
+    registry: RuleRegistry,
+    path: str,
+    rounds: int,
+    seconds_per_unit: float,
+    reference: Timed,
 ) -> UnitLatency:
     """The unit's points in units of the ``reference`` workload timed in the same rounds."""
+    macs0 = tracker.original
     from .sampling import interleave, relative, runs_per_round
     from .subgraph import UnitVariants, submodel
 
