@@ -193,6 +193,34 @@ def test_measure_ab_ratio_of_known_latencies(tmp_path):
         measure_ab(a, b, timer=timer, rounds=1)
 
 
+def test_measure_models_times_several_against_the_first(tmp_path):
+    from onnxprune.latency.ab import measure_models
+
+    paths = [
+        chain_model(str(tmp_path / "a.onnx")),
+        chain_model(str(tmp_path / "b.onnx"), widths=(32, 16)),
+        chain_model(str(tmp_path / "c.onnx"), widths=(16, 16)),
+    ]
+    timer = StepTimer()
+    result = measure_models(paths, timer=timer, rounds=4, seconds=1e-3)
+    lat = [timer.latency(onnx.load(p)) for p in paths]
+    assert result.models == tuple(paths) and timer.loads == 3  # each compiled once
+    assert result.ratio == pytest.approx((1.0, lat[1] / lat[0], lat[2] / lat[0]), rel=1e-12)
+    assert lat[2] < lat[1] < lat[0]
+    assert result.ratio_p10 == result.ratio_p90 == result.ratio
+    assert result.latency == pytest.approx(tuple(lat)) and result.median == pytest.approx(tuple(lat))
+    assert result.rounds == 4 and result.precision == ("f32",) * 3
+    models = result.to_dict()["models"]
+    assert [m["median_ratio"] for m in models] == pytest.approx([1.0, lat[1] / lat[0], lat[2] / lat[0]])
+    # measure_ab is its two-model case
+    ab = measure_ab(paths[0], paths[2], timer=timer, rounds=4, seconds=1e-3)
+    assert ab.ratio == pytest.approx(result.ratio[2], rel=1e-12)
+    with pytest.raises(UsageError, match="at least 2 models, got 1"):
+        measure_models(paths[:1], timer=timer)
+    with pytest.raises(UsageError, match=r"missing\.onnx: no such file"):
+        measure_models([paths[0], str(tmp_path / "missing.onnx")], timer=timer)
+
+
 def test_interleave_rotates_and_summary_takes_round_minima():
     order: list[int] = []
 

@@ -2,7 +2,8 @@
 interleaved A/B measurement. OpenVINO and onnxruntime are imported only when timing.
 
 ``build_table(model, settings)`` measures (or reads from the cache) a ``LatencyTable``;
-``measure_ab(original, candidate, settings)`` times two whole models against each other.
+``measure_ab(original, candidate, settings)`` times two whole models against each other,
+``measure_models([original, ...], settings)`` any number against the first (the same code).
 Unit names are ``sensitivity_analysis.find_units``' (a unit's first layer). Names are
 imported on first use (PEP 562), so a cache hit does not load the analysis.
 """
@@ -24,6 +25,8 @@ _EXPORTS = {
     "measurement_counts": "measure",
     "ABResult": "ab",
     "measure_ab": "ab",
+    "Timings": "ab",
+    "measure_models": "ab",
     "RuntimeTimer": "timers",
     "Timed": "timers",
     "Timer": "timers",
