@@ -55,6 +55,8 @@ def test_latency_target_keeps_multiples_of_the_step_and_is_confirmed(tmp_path: P
     assert lat["measured_ratio"] == pytest.approx(0.20 / 0.24)
     assert lat["predicted_ratio"] == pytest.approx(lat["measured_ratio"])  # the step timer is additive
     assert lat["met"] and len(lat["attempts"]) == 1
+    attempt = lat["attempts"][0]  # the A/B run's own times beside its ratio
+    assert (attempt["original_ms"], attempt["candidate_ms"]) == (pytest.approx(0.24), pytest.approx(0.20))
     assert lat["measured_p10"] == lat["measured_p90"] == pytest.approx(lat["measured_ratio"])
     assert lat["precision"] == "f32" and lat["settings"]["backend"] == "openvino"
     assert sorted(c.channels_after for c in report.layers) == [16, 16]
@@ -78,6 +80,40 @@ def test_unreachable_target_is_written_with_a_note(tmp_path: Path) -> None:
     assert not lat["met"]
     assert lat["measured_ratio"] == pytest.approx(0.18 / 0.24)  # every unit at 16: the best the step allows
     assert any(n.startswith("latency target 0.5 not reached: measured 0.750x") for n in result.report.notes)
+
+
+def test_a_target_taking_most_of_the_removable_latency_says_so() -> None:
+    # the step timer's floor: every unit at 16 channels, 0.18 of 0.24 ms (0.75x; additive, so
+    # the A/B measurement confirms the table); 0.8x takes 80% of the 25% pruning can save
+    near = onnxprune.prune(_chain(), latency_target=0.8, timer=_timer()).report
+    assert near.latency["floor_ratio"] == pytest.approx(0.75)
+    said = [n for n in near.notes if n.startswith("about 25% of this model's latency at most goes with its prunable")]
+    assert len(said) == 1 and "floor 0.750x" in said[0] and "target 0.8x takes 80% of that" in said[0]
+    assert "add --min-fidelity" in said[0]
+    far = onnxprune.prune(_chain(), latency_target=0.9, timer=_timer()).report  # 40% of it: no note
+    assert far.latency["floor_ratio"] == pytest.approx(0.75)
+    assert not [n for n in far.notes if "prunable channels" in n]
+
+
+def test_overhead_note_wording() -> None:
+    from onnxprune.stages.latency import overhead_note
+
+    assert overhead_note(0.7, 0.2, False) == ()  # 30% of 80%
+    assert overhead_note(0.7, 0.35, False) == ()  # 30% of 65%: less than half
+    below = overhead_note(0.7, 0.77, False)
+    assert len(below) == 1 and below[0].endswith("the target 0.7x is below it")
+    (constrained,) = overhead_note(0.85, 0.77, True)
+    assert "takes 65% of that" in constrained and "--min-fidelity" not in constrained
+
+
+def test_corrected_floor_scales_the_tables_savings_as_measured() -> None:
+    from onnxprune.stages.latency import corrected_floor
+
+    # predicted 0.79, measured 0.84: the plan really saved 0.16 of the 0.21 predicted
+    assert corrected_floor(0.675, 0.79, 0.84) == pytest.approx(1 - 0.325 * 0.16 / 0.21)
+    assert corrected_floor(0.5, 0.9, 0.6) == pytest.approx(0.0)  # at most 2x: 1 - 0.5 x 2
+    assert corrected_floor(0.5, 0.8, 0.99) == pytest.approx(0.75)  # at least 0.5x
+    assert corrected_floor(0.5, 1.0, 0.9) == 0.5  # nothing predicted: nothing to scale
 
 
 def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
@@ -117,6 +153,12 @@ def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "latency target 0.96x (openvino CPU, batch 1, threads auto, hint latency, f32 inference): met" in p.stdout
     assert "measured " in p.stdout and "A/B 1: aim 0.960" in p.stdout
+    # each attempt with the A/B run's own times: its original, not the table's baseline
+    assert re.search(
+        r"A/B 1: aim 0\.960 -> predicted [0-9.]+, measured [0-9.]+ \(p10-p90 [0-9.]+-[0-9.]+; 1\.[0-9]{3} -> 1\.[0-9]{3} ms\)",
+        p.stdout,
+    )
+    assert "ms (latency table)" in p.stdout
     lat = json.loads(rep.read_text())["latency"]
     assert set(lat) >= {"measured_ratio", "measured_p10", "measured_p90", "predicted_ratio", "units", "attempts"}
     assert lat["measured_ratio"] <= 0.96

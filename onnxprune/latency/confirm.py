@@ -69,6 +69,8 @@ class Attempt:
     p10: float
     p90: float
     groups_removed: int
+    original_ms: float | None = None  # the A/B run's own original (fastest run, median over rounds)
+    candidate_ms: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +80,8 @@ class Attempt:
             "measured_p10": self.p10,
             "measured_p90": self.p90,
             "groups_removed": self.groups_removed,
+            "original_ms": self.original_ms,
+            "candidate_ms": self.candidate_ms,
         }
 
 
@@ -124,6 +128,10 @@ def next_aim(target: float, points: Sequence[tuple[float, float]], band: float =
     wanted = min(max(wanted, saved_p / MAX_GAIN), saved_p * MAX_GAIN)
     aim = min(max(1.0 - wanted, predicted - MAX_STEP), predicted + MAX_STEP)
     return min(max(aim, 0.01), 1.0)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
 
 
 def confirm(
@@ -175,7 +183,16 @@ def confirm(
             f"latency target {target:g} not reached: measured {m.ratio:.3f}x (p10-p90 {m.ratio_p10:.3f}-{m.ratio_p90:.3f}); {why}"
         )
     attempts = tuple(
-        Attempt(a.aim, a.predicted_ratio, b.ratio, b.ratio_p10, b.ratio_p90, len(a.plan.removed_groups))
+        Attempt(
+            a.aim,
+            a.predicted_ratio,
+            b.ratio,
+            b.ratio_p10,
+            b.ratio_p90,
+            len(a.plan.removed_groups),
+            _ms(getattr(b, "original", None)),
+            _ms(getattr(b, "candidate", None)),
+        )
         for a, b in tried
     )
     return Confirmed(target, lp, m, attempts, met, tuple(notes))

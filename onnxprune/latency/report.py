@@ -30,6 +30,13 @@ def _units(lat: dict) -> list[dict]:
     return sorted(lat["units"], key=lambda u: (-u["predicted_saving_ms"], -u["channels"]))
 
 
+def _ab_ms(attempt: dict) -> str:
+    """The A/B run's own times (fastest run, median over rounds): the original's differs from
+    the table's baseline when the machine's load changed in between."""
+    a, b = attempt.get("original_ms"), attempt.get("candidate_ms")
+    return "" if a is None or b is None else f"; {a:.3f} -> {b:.3f} ms"
+
+
 def latency_lines(d: dict) -> list[str]:
     """The text report's latency section (empty without a latency target)."""
     lat = d.get("latency")
@@ -40,7 +47,7 @@ def latency_lines(d: dict) -> list[str]:
         f"latency target {lat['target']:g}x ({_settings(lat)}): {verdict}",
         f"  measured {lat['measured_ratio']:.3f}x (median of interleaved A/B runs, p10-p90 "
         f"{lat['measured_p10']:.3f}-{lat['measured_p90']:.3f}), predicted {lat['predicted_ratio']:.3f}x, "
-        f"MACs {_macs_ratio(d)}; original {lat['baseline_ms']:.3f} ms",
+        f"MACs {_macs_ratio(d)}; original {lat['baseline_ms']:.3f} ms (latency table)",
     ]
     if lat.get("constraint"):
         stopped = "stopped it first" if lat.get("limited_by_constraint") else "held"
@@ -48,7 +55,7 @@ def latency_lines(d: dict) -> list[str]:
     for i, a in enumerate(lat["attempts"], 1):
         lines.append(
             f"  A/B {i}: aim {a['aim']:.3f} -> predicted {a['predicted_ratio']:.3f}, measured {a['measured_ratio']:.3f} "
-            f"(p10-p90 {a['measured_p10']:.3f}-{a['measured_p90']:.3f}), {a['groups_removed']} groups removed"
+            f"(p10-p90 {a['measured_p10']:.3f}-{a['measured_p90']:.3f}{_ab_ms(a)}), {a['groups_removed']} groups removed"
         )
     units = _units(lat)
     lines.append(
@@ -83,7 +90,7 @@ def latency_markdown(d: dict) -> list[str]:
         f"| predicted by the latency table | {lat['predicted_ratio']:.3f} |",
         f"| MACs | {_macs_ratio(d).rstrip('x')} |",
         "",
-        f"Original: {lat['baseline_ms']:.3f} ms."
+        f"Original: {lat['baseline_ms']:.3f} ms (latency table)."
         + (
             f" Answers: {lat['constraint']} — {'stopped the plan first' if lat.get('limited_by_constraint') else 'held'} "
             f"(value {lat['constraint_value']:.4g})."
@@ -97,7 +104,7 @@ def latency_markdown(d: dict) -> list[str]:
     for i, a in enumerate(lat["attempts"], 1):
         lines.append(
             f"{i}. aim {a['aim']:.3f} → predicted {a['predicted_ratio']:.3f} → measured {a['measured_ratio']:.3f} "
-            f"(p10–p90 {a['measured_p10']:.3f}–{a['measured_p90']:.3f}), {a['groups_removed']} groups removed"
+            f"(p10–p90 {a['measured_p10']:.3f}–{a['measured_p90']:.3f}{_ab_ms(a)}), {a['groups_removed']} groups removed"
         )
     lines += [
         "",

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from ..latency.confirm import Measurement
     from ..user_validation import Validator
 
-__all__ = ["LatencyOutcome", "latency_plan"]
+__all__ = ["MOST_OF_THE_REMOVABLE", "LatencyOutcome", "corrected_floor", "latency_plan", "overhead_note"]
+
+# A target taking more than this share of what pruning can save at most (the table's floor:
+# every unit at its smallest count) leaves little of the channels: say so.
+MOST_OF_THE_REMOVABLE = 0.5
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class LatencyOutcome:
     constraint_value: float | None = None  # its value for the chosen plan
     limited: bool = False  # the constraint stopped the plan before the latency target
     notes: tuple[str, ...] = ()
+    # the table's prediction with every unit at its smallest count, its savings scaled as the
+    # chosen plan's were measured: about the fastest pruning can make the model
+    floor_ratio: float | None = None
 
     def to_dict(self) -> dict:
         units = []
@@ -75,6 +82,7 @@ class LatencyOutcome:
             "constraint": self.constraint,
             "constraint_value": self.constraint_value,
             "limited_by_constraint": self.limited,
+            "floor_ratio": self.floor_ratio,
             "attempts": [a.to_dict() for a in self.attempts],
             "units": units,
             "notes": list(self.notes),
@@ -156,9 +164,15 @@ def latency_plan(
             _candidate(loaded, analysis, lp, run).save(path)
             return _measure(original, path, run)
 
+        # what pruning can save at most (no constraint: the table's floor, nothing measured)
+        floor = plan_for_latency(
+            analysis, config, units, table, group, 0.0, sensitivity=sens, protected=guarded
+        ).predicted_ratio
         confirmed = confirm(target, plan_at, measure, progress=run.progress_of("latency A/B"))
     chosen, m = confirmed.chosen, confirmed.measurement
-    the_plan = replace(chosen.plan, notes=(*chosen.plan.notes, *confirmed.notes))
+    floor = corrected_floor(floor, chosen.predicted_ratio, m.ratio)
+    overhead = overhead_note(target, floor, constraint is not None)
+    the_plan = replace(chosen.plan, notes=(*chosen.plan.notes, *confirmed.notes, *overhead))
     outcome = LatencyOutcome(
         target=target,
         settings=config.latency.to_dict(),
@@ -175,9 +189,44 @@ def latency_plan(
         constraint=chosen.constraint,
         constraint_value=chosen.constraint_value,
         limited=chosen.limited,
-        notes=(*table.notes, *confirmed.notes),
+        notes=(*table.notes, *confirmed.notes, *overhead),
+        floor_ratio=floor,
     )
     return Planned(the_plan, sensitivity, validator=judge, latency=outcome)  # type: ignore[arg-type]
+
+
+def corrected_floor(floor: float, predicted: float, measured: float) -> float:
+    """The table's floor with its savings scaled as the chosen plan's were really measured
+    (units timed alone often save more than they do in the whole model), at most 2x either way."""
+    if predicted >= 1.0 or measured >= 1.0:
+        return floor
+    scale = min(max((1.0 - measured) / (1.0 - predicted), 0.5), 2.0)
+    return max(1.0 - (1.0 - floor) * scale, 0.0)
+
+
+def overhead_note(target: float, floor: float, constrained: bool) -> tuple[str, ...]:
+    """A note when the target takes most of what the prunable channels can save (a model
+    whose latency is mostly fixed per-inference cost): most channels must go, and with them
+    usually the answers."""
+    removable = 1.0 - floor
+    share = (1.0 - target) / removable if removable > 0 else float("inf")
+    if share <= MOST_OF_THE_REMOVABLE:
+        return ()
+    what = (
+        f"about {removable:.0%} of this model's latency at most goes with its prunable channels (floor "
+        f"{floor:.3f}x: every unit at its smallest count, as the latency table predicts it corrected by the A/B "
+        f"measurement; the rest is per-inference cost pruning cannot remove)"
+    )
+    if share >= 1.0:
+        return (f"{what}: the target {target:g}x is below it",)
+    advice = (
+        ""
+        if constrained
+        else "; add --min-fidelity F (or --max-drop, --validate) for the fastest model that keeps them"
+    )
+    return (
+        f"{what}: target {target:g}x takes {min(share, 9.99):.0%} of that, which usually costs the answers{advice}",
+    )
 
 
 def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None) -> Constraint | None:
