@@ -12,8 +12,12 @@ For each model:
    more MACs target is interpolated and timed, and the MACs plan closest to the latency plan's
    measured ratio without being slower is kept.
 2. ``time``: original, latency plan and that MACs plan timed together in one interleaved run
-   (``onnxprune.bench.benchmark``, OpenVINO CPU, LATENCY hint, f32 inference precision,
-   batch 1): the headline ratios with their p10-p90 spreads.
+   (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1): the headline ratios with
+   their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
+   ``onnxprune.latency.ab.measure_models``, the code prune's own confirmation measures with
+   (each model compiled once for the deployment's hint; rounds in rotating order; per round
+   each model's fastest run; the median over rounds of the ratios to the original), so a plan
+   is measured the same way in prune and here.
 3. ``report``: benchmarks/latency.md and .json.
 
 Fidelity is measured by prune on held-out evaluation samples (never the calibration ones):
@@ -45,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import onnxprune  # noqa: E402
-from onnxprune.bench import benchmark  # noqa: E402
 from onnxprune.latency import LatencySettings  # noqa: E402
+from onnxprune.latency.ab import measure_models  # noqa: E402
 
-ZOO = os.environ.get("LATBENCH_ZOO", "/tmp/latplan/zoo-clean")
+ZOO = os.environ.get("LATBENCH_ZOO", "/work/zoo-clean")  # tools/export_zoo.py --zeroing none
 MODELS: dict[str, dict[str, Any]] = {
     "mobilenet_v2": {"path": f"{ZOO}/mobilenet_v2.onnx", "input": "input", "shape": [1, 3, 224, 224], "kind": "zoo"},
     "efficientnet_b0": {
@@ -63,12 +67,16 @@ MODELS: dict[str, dict[str, Any]] = {
         "input": "images",
         "shape": [1, 3, 640, 640],
         "kind": "corpus",
+        "samples": 8,  # 640x640: every sensitivity trial runs them all
+        "keep": 0.9,  # detection metric (matched boxes) on the calibration pages
     },
     "pplcnet": {
         "path": "/work/corpus/pplcnet_table_orient_cls_paddle.onnx",
         "input": "input",
         "shape": [1, 3, 624, 624],
         "kind": "corpus",
+        "samples": 16,
+        "keep": 0.99,  # top-1 agreement: no orientation flips on the calibration crops
     },
     # 0.08 ms, bound by per-inference overhead: with every prunable channel gone it still takes
     # 0.77x, so it gets a target it can reach; its row is about accuracy at equal latency
@@ -78,6 +86,7 @@ MODELS: dict[str, dict[str, Any]] = {
         "shape": None,
         "kind": "digits",
         "target": 0.85,
+        "keep": 0.99,
     },
 }
 SETTINGS = LatencySettings(precision="f32")
@@ -102,7 +111,7 @@ def _samples(name: str, spec: dict, n: int, seed: int) -> np.ndarray:
 def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
     """Calibration and held-out evaluation .npz for a model (8 of each for the big corpus
     inputs: the sensitivity trials run on all of them)."""
-    n = min(n, 8) if spec["kind"] == "corpus" else n
+    n = min(n, spec.get("samples", n))
     if spec["kind"] == "digits":
         spec["inputs_note"] = "digits calibration split; evaluation and accuracy on the held-out test split"
         test = np.load(ROOT / "fixtures" / "digits_test.npz")
@@ -145,33 +154,36 @@ def _summary(result: Any) -> dict:
     }
 
 
-def ab(original: str, candidate: str, spec: dict, seconds: float) -> dict:
-    t = benchmark(
-        [original, candidate],
-        input_shapes=_shapes(spec),
-        precision=SETTINGS.precision,
-        seconds=seconds,
-        throughput_seconds=0.2,
+def timed(files: list[str], spec: dict, seconds: float, rounds: int) -> Any:
+    """``files`` timed together, ``seconds`` per model: prune's own measurement."""
+    return measure_models(
+        files, SETTINGS, rounds=rounds, seconds=seconds * len(files), input_shapes=_shapes(spec) or None
     )
+
+
+def ab(original: str, candidate: str, spec: dict, seconds: float) -> dict:
+    t = timed([original, candidate], spec, seconds, rounds=20)
     return {
-        "ratio": t[1].latency_ratio,
-        "original_ms": t[0].latency_median_ms,
-        "candidate_ms": t[1].latency_median_ms,
-        "candidate_p10_ms": t[1].latency_p10_ms,
-        "candidate_p90_ms": t[1].latency_p90_ms,
-        "precision": t[1].precision,
+        "ratio": t.ratio[1],
+        "ratio_p10": t.ratio_p10[1],
+        "ratio_p90": t.ratio_p90[1],
+        "original_ms": t.latency[0] * 1e3,
+        "candidate_ms": t.latency[1] * 1e3,
+        "median_ratio": t.median[1] / t.median[0],
+        "precision": t.precision[1],
     }
 
 
-def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds: float) -> dict:
+def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds: float, keep: bool = True) -> dict:
     cal, ev = data_files(name, spec, work, n)
     common = {
         "calibration": cal,
         "verification_inputs": ev,
         "input_shapes": _shapes(spec),
-        # cosine where top-1 of a few samples is too coarse to rank anything (random-weight zoo,
-        # the 4-class table classifier): the sensitivity and the comparison both use it
-        **({"fidelity_metrics": {"*": "cosine"}} if spec["kind"] != "digits" and name != "yolo26n" else {}),
+        # the random-weight zoo has no answers to keep: cosine (the sensitivity and the comparison
+        # both use it); the corpus models and the digits CNN keep their task metric (prune's
+        # choice: top-1 for the table classifier, matched detections for YOLO) on realistic inputs
+        **({"fidelity_metrics": {"*": "cosine"}} if spec["kind"] == "zoo" else {}),
     }
     lat_path = str(work / f"{name}_latency.onnx")
     t0 = time.perf_counter()
@@ -187,6 +199,27 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
     if spec["kind"] == "digits":
         row["latency_plan"]["accuracy"] = digits_accuracy(lat_path)
         row["original_accuracy"] = digits_accuracy(spec["path"])
+    if keep and spec.get("keep"):  # the fastest model within the target that keeps the answers
+        kept_path = str(work / f"{name}_latency_kept.onnx")
+        t1 = time.perf_counter()
+        kr = onnxprune.prune(
+            spec["path"],
+            "l2",
+            latency_target=target,
+            min_fidelity=spec["keep"],
+            latency=SETTINGS,
+            output=kept_path,
+            **common,
+        )
+        row["kept_plan"] = {
+            **_summary(kr),
+            "min_fidelity": spec["keep"],
+            "latency": kr.report.latency,
+            "file": kept_path,
+            "prune_seconds": time.perf_counter() - t1,
+        }
+        if spec["kind"] == "digits":
+            row["kept_plan"]["accuracy"] = digits_accuracy(kept_path)
     goal = res.report.latency["measured_ratio"]
     macs = row["latency_plan"]["macs_ratio"]
     scan: list[dict] = []
@@ -228,15 +261,19 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
 
 def phase_time(row: dict, spec: dict, seconds: float) -> None:
     files = [spec["path"], row["latency_plan"]["file"], row["macs_plan"]["file"]]
-    t = benchmark(
-        files, input_shapes=_shapes(spec), precision=SETTINGS.precision, seconds=seconds, throughput_seconds=0.2
-    )
+    if "kept_plan" in row:
+        files.append(row["kept_plan"]["file"])
+    load = os.getloadavg()[0]
+    t = timed(files, spec, seconds, rounds=40)
     row["final"] = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_model": seconds,
-        "timings": [x.to_dict() for x in t],
-        "latency_plan_ratio": t[1].latency_ratio,
-        "macs_plan_ratio": t[2].latency_ratio,
+        "measurement": "onnxprune.latency.ab.measure_models",
+        "timings": t.to_dict(),
+        "latency_plan_ratio": t.ratio[1],
+        "macs_plan_ratio": t.ratio[2],
+        "kept_plan_ratio": t.ratio[3] if len(files) > 3 else None,
+        "loadavg_before": load,
         "loadavg": os.getloadavg()[0],
     }
 
@@ -245,78 +282,106 @@ def _f(x: Any, fmt: str = ".3f") -> str:
     return "–" if x is None else format(x, fmt)
 
 
+def _fid(entry: dict, acc: bool) -> tuple[float | None, float | None]:
+    """(task score, cosine) of a plan: the digits CNN's accuracy, else prune's held-out fidelity."""
+    return (entry.get("accuracy") if acc else entry["fidelity"]), entry.get("cosine")
+
+
+def _score(value: float | None, cos: float | None, show_cos: bool) -> str:
+    return _f(value, ".4f") + (f" (cos {cos:.4f})" if show_cos and cos is not None else "")
+
+
+def _ratio(fin: dict, i: int) -> str:
+    m = fin["timings"]["models"][i]
+    return f"{m['ratio']:.3f} ({m['ratio_p10']:.3f}–{m['ratio_p90']:.3f})"
+
+
 def phase_report(rows: list[dict], out: Path, target: float) -> None:
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "settings": SETTINGS.to_dict(),
         "target": target,
-        "command": "python tools/bench_latency.py plan; ... time --seconds 8; ... report (--work /tmp/latbench)",
+        "command": "python tools/bench_latency.py all --work DIR [--models ...]",
     }
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    loads = [r["final"][k] for r in rows if r.get("final") for k in ("loadavg_before", "loadavg") if k in r["final"]]
     lines = [
         "# Latency target benchmark: prune to 0.7x of the measured latency",
         "",
         f"Date: {meta['date']}  ",
-        f"Machine: {meta['machine']} (shared with other agents)  ",
+        f"Machine: {meta['machine']}; load average during the final runs "
+        + (f"{min(loads):.2f}–{max(loads):.2f}  " if loads else "–  "),
         "Deployment measured: OpenVINO CPU, batch 1, LATENCY hint, threads: the plugin's, **f32 inference precision** "
         "(INFERENCE_PRECISION_HINT=f32)  ",
         f"Produced by: `{meta['command']}`",
         "",
-        "Latency plan: `prune --criterion l2 --latency-target 0.7 --calibration C --inputs E` (table, planner, A/B "
-        "confirmation; the digits CNN at 0.85, see below). MACs plan: `prune --criterion l2 --macs-target F --calibration C "
-        "--inputs E`, with F found by a small scan (each point timed against the original in an interleaved A/B run) so "
-        "that its measured latency reaches the latency plan's. *final*: original, latency plan and MACs plan timed "
-        "together in one interleaved run (median ratio to the original; p10–p90 of the model's runs over the "
-        "original's median). Fidelity on held-out samples: the run's score (metric column: cosine for the random-weight "
-        "zoo and the table classifier, the detection metric for YOLO, top-1 accuracy on the labelled test split for the "
-        "digits CNN); cosine beside it where the score is another metric.",
+        "Latency plan: `prune --criterion l2 --latency-target 0.7 --calibration C --inputs E` (table, planner ranking "
+        "moves by latency saved per measured fidelity lost, A/B confirmation; the digits CNN at 0.85, see below). MACs "
+        "plan: `prune --criterion l2 --macs-target F --calibration C --inputs E`, F found by a small scan (each point "
+        "timed against the original) so that its measured latency reaches the latency plan's. Answers kept: "
+        "`--latency-target T --min-fidelity K` (the fastest model within T whose fidelity on the calibration samples "
+        "stays >= K). *final*: the original and every plan timed together in one interleaved run.",
         "",
-        "**Noise.** 2 cores shared with ~8 agents (load average in the JSON: `final.loadavg`): single runs wander "
-        "by tens of percent, and the originals run several times slower than on a quiet machine. Ratios are of "
-        "interleaved runs, so drifts hit both sides, but a ratio within its p10–p90 spread of another is not a "
-        "difference.",
+        "**One measurement.** Every ratio here, in prune's confirmation, the MACs scan and the final run, is "
+        "`onnxprune.latency.ab.measure_models`: each model compiled once for the LATENCY hint, rounds in rotating "
+        "order, per round each model's fastest run, the median over rounds of the ratio to the original (p10–p90 of "
+        "the per-round ratios beside it). Fidelity on held-out samples (calibration seed 1, evaluation seed 2): "
+        "cosine for the random-weight zoo, prune's task metric on realistic inputs (`tools/corpus_inputs.py`) for "
+        "the corpus models (top-1 for the table classifier, matched detections for YOLO), top-1 accuracy on the "
+        "labelled test split for the digits CNN; cosine beside a task score.",
         "",
-        "| model | target | original ms (final) | latency plan: measured in prune (p10–p90) | final (p10–p90) | ≤ target + 0.02 "
+        "| model | target | original ms (final) | latency plan: in prune (p10–p90) | final (p10–p90) | ≤ target + 0.02 "
         "| MACs | metric | fidelity | MACs plan: F (MACs) | final (p10–p90) | fidelity | latency plan's fidelity better |",
         "|---|---:|---:|---:|---:|:-:|---:|---|---:|---:|---:|---:|:-:|",
     ]
-
-    def fid(entry: dict, acc: bool) -> tuple[float | None, float | None]:
-        return (entry.get("accuracy") if acc else entry["fidelity"]), entry.get("cosine")
-
     for r in rows:
         lat, mp, fin = r["latency_plan"], r["macs_plan"], r.get("final")
         L = lat["latency"]
         acc = "accuracy" in lat
-        (fl, cl), (fm, cm) = fid(lat, acc), fid(mp, acc)
+        (fl, cl), (fm, cm) = _fid(lat, acc), _fid(mp, acc)
         metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
         if fin:
-            t0, t1, t2 = fin["timings"]
-            base = t0["latency_median_ms"]
-            lr = (
-                f"{fin['latency_plan_ratio']:.3f} ({t1['latency_p10_ms'] / base:.3f}–{t1['latency_p90_ms'] / base:.3f})"
-            )
-            mr = f"{fin['macs_plan_ratio']:.3f} ({t2['latency_p10_ms'] / base:.3f}–{t2['latency_p90_ms'] / base:.3f})"
+            lr, mr = _ratio(fin, 1), _ratio(fin, 2)
             ok = "yes" if fin["latency_plan_ratio"] <= r["target"] + 0.02 else "**no**"
-            base_s = f"{base:.2f}"
+            base_s = f"{fin['timings']['models'][0]['latency_s'] * 1e3:.2f}"
         else:
             lr = mr = "–"
             ok = "yes" if L["measured_ratio"] <= r["target"] + 0.02 else "**no**"
-            base_s = f"{L['baseline_ms']:.2f} (prune)"
+            base_s = f"{L['baseline_ms']:.2f} (table)"
         if fl is not None and fm is not None and fl != fm:
             better = "yes" if fl > fm else "**no**"
         elif cl is not None and cm is not None and cl != cm:
             better = f"equal score; cosine {'yes' if cl > cm else '**no**'}"
         else:
             better = "equal"
-        show_cos = metric not in ("cosine",) and cl is not None
+        show_cos = metric != "cosine"
         lines.append(
             f"| {r['model']} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
-            f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_f(fl, '.4f')}{f' (cos {cl:.4f})' if show_cos else ''} "
-            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}) | {mr} | {_f(fm, '.4f')}{f' (cos {cm:.4f})' if show_cos and cm is not None else ''} "
-            f"| {better} |"
+            f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_score(fl, cl, show_cos)} "
+            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}) | {mr} | {_score(fm, cm, show_cos)} | {better} |"
         )
+    kept = [r for r in rows if "kept_plan" in r]
+    if kept:
+        lines += [
+            "",
+            "**Answers kept** (`--latency-target T --min-fidelity K`): the fastest plan within the target whose "
+            "fidelity on the calibration samples holds; held-out fidelity beside the latency plan's without it.",
+            "",
+            "| model | target | K | in prune (p10–p90) | final (p10–p90) | MACs | held-out fidelity | without K | stopped by K |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        ]
+        for r in kept:
+            k, lat, fin = r["kept_plan"], r["latency_plan"], r.get("final")
+            acc = "accuracy" in lat
+            (fk, ck), (fl, cl) = _fid(k, acc), _fid(lat, acc)
+            KL = k["latency"]
+            fr = _ratio(fin, 3) if fin and len(fin["timings"]["models"]) > 3 else "–"
+            lines.append(
+                f"| {r['model']} | {r['target']:g} | {k['min_fidelity']:g} | {KL['measured_ratio']:.3f} "
+                f"({KL['measured_p10']:.3f}–{KL['measured_p90']:.3f}) | {fr} | {_f(k['macs_ratio'])} "
+                f"| {_score(fk, ck, True)} | {_score(fl, cl, True)} | {'yes' if KL.get('limited_by_constraint') else 'no'} |"
+            )
     lines += ["", "## Per model", ""]
     for r in rows:
         L = r["latency_plan"]["latency"]
@@ -325,21 +390,43 @@ def phase_report(rows: list[dict], out: Path, target: float) -> None:
         lines.append(
             f"- file: `{r['path']}`; inputs: {MODELS.get(r['model'], {}).get('inputs_note', r.get('inputs_note', ''))}"
         )
+        floor = L.get("floor_ratio")
         lines.append(
             f"- latency plan: predicted {L['predicted_ratio']:.3f}, measured {L['measured_ratio']:.3f} "
             f"(p10–p90 {L['measured_p10']:.3f}–{L['measured_p90']:.3f}, {L['precision']}), target met: {L['met']}; "
-            f"prune took {r['prune_seconds']:.0f} s"
+            f"table floor {_f(floor)}; prune took {r['prune_seconds']:.0f} s"
         )
         for i, a in enumerate(L["attempts"], 1):
+            ms = f"; {a['original_ms']:.3f} → {a['candidate_ms']:.3f} ms" if a.get("original_ms") is not None else ""
             lines.append(
                 f"  - A/B {i}: aim {a['aim']:.3f} → predicted {a['predicted_ratio']:.3f} → measured {a['measured_ratio']:.3f} "
-                f"(p10–p90 {a['measured_p10']:.3f}–{a['measured_p90']:.3f}), {a['groups_removed']} groups removed"
+                f"(p10–p90 {a['measured_p10']:.3f}–{a['measured_p90']:.3f}{ms}), {a['groups_removed']} groups removed"
             )
-        lines.append("- MACs scan (target → MACs, measured A/B ratio, fidelity, cosine):")
+        lines.append("- MACs scan (target → MACs, measured A/B ratio (p10–p90; original ms), fidelity, cosine):")
         for e in r["macs_scan"]:
             score = e.get("accuracy", e["fidelity"])
+            a = e["ab"]
+            spread = (
+                f" ({a['ratio_p10']:.3f}–{a['ratio_p90']:.3f}; {a['original_ms']:.2f} ms)" if "ratio_p10" in a else ""
+            )
             lines.append(
-                f"  - {e['macs_target']:.3f} → {_f(e['macs_ratio'])}, {e['ab']['ratio']:.3f}, {_f(score, '.4f')}, {_f(e.get('cosine'), '.4f')}"
+                f"  - {e['macs_target']:.3f} → {_f(e['macs_ratio'])}, {a['ratio']:.3f}{spread}, {_f(score, '.4f')}, {_f(e.get('cosine'), '.4f')}"
+            )
+        if "kept_plan" in r:
+            KL = r["kept_plan"]["latency"]
+            lines.append(
+                f"- answers kept (min fidelity {r['kept_plan']['min_fidelity']:g}): {KL.get('constraint')} "
+                f"{'stopped the plan' if KL.get('limited_by_constraint') else 'held'} at {_f(KL.get('constraint_value'), '.4f')}; "
+                f"measured {KL['measured_ratio']:.3f}; prune took {r['kept_plan']['prune_seconds']:.0f} s"
+            )
+        fin = r.get("final")
+        if fin:
+            ms = ", ".join(f"{m['latency_s'] * 1e3:.3f}" for m in fin["timings"]["models"])
+            med = ", ".join(f"{m['median_ratio']:.3f}" for m in fin["timings"]["models"][1:])
+            lines.append(
+                f"- final ({fin['when']}, {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']} runs, "
+                f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}): fastest-run ms {ms}; "
+                f"ratios of all-run medians {med}"
             )
         for note in r["latency_plan"]["notes"]:
             lines.append(f"- note: {note}")
@@ -357,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan-seconds", type=float, default=3.0, help="timed seconds per model in each scan A/B")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per model in the final run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "latency"))
+    p.add_argument(
+        "--no-keep",
+        dest="keep",
+        action="store_false",
+        help="skip the --latency-target + --min-fidelity run (digits and the corpus models)",
+    )
     args = p.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -367,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = MODELS[name]
         if args.phase in ("plan", "all"):
             print(f"[plan] {name}", flush=True)
-            rows[name] = phase_plan(name, spec, work, args.target, args.samples, args.scan_seconds)
+            rows[name] = phase_plan(name, spec, work, args.target, args.samples, args.scan_seconds, args.keep)
             rows[name]["inputs_note"] = spec.get("inputs_note", "")
             state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
         if args.phase in ("time", "all") and name in rows:
