@@ -153,10 +153,13 @@ def generalisation_lines(g: dict | None) -> list[str]:
     """Fidelity on the calibration samples (the plan was chosen on them) beside the held-out one."""
     if not g:
         return []
-    cal, held = g["calibration"], g["held_out"]
+    cal, held, est = g["calibration"], g["held_out"], g.get("estimate")
+    estimated = (
+        f"; estimated {est['fidelity']:.4f} on unseen inputs (from the calibration samples' margins)" if est else ""
+    )
     return [
         f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them), "
-        f"{held['fidelity']:.4f} on the {held['samples']} held-out samples (gap {g['gap']:+.4f})"
+        f"{held['fidelity']:.4f} on the {held['samples']} held-out samples (gap {g['gap']:+.4f}){estimated}"
     ]
 
 

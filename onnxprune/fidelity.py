@@ -30,6 +30,7 @@ from .fidelity_metrics import (
     parse_metric,
     top1_agreement,
 )
+from .fidelity_metrics.unseen import estimate_agreement
 
 if TYPE_CHECKING:
     import onnx
@@ -39,6 +40,7 @@ __all__ = [
     "OutputFidelity",
     "OutputMetric",
     "OutputScore",
+    "SearchScore",
     "cosine",
     "default_metric",
     "fidelity",
@@ -47,6 +49,7 @@ __all__ = [
     "parse_metric_choices",
     "run_score",
     "score_outputs",
+    "search_score",
     "top1_agreement",
 ]
 
@@ -81,6 +84,9 @@ class OutputFidelity:
     metric_value: float | None = None  # the score under ``metric`` (None: from the fields above)
     reason: str = ""  # why this metric
     details: Mapping[str, float | int | str] = field(default_factory=lambda: MappingProxyType({}))
+    # Estimated agreement on unseen inputs from these samples' margins (top1 and ctc only, and
+    # only when asked for: fidelity_metrics.unseen says what it assumes); None otherwise.
+    estimate: float | None = None
 
     @property
     def score(self) -> float:
@@ -90,6 +96,7 @@ class OutputFidelity:
         return self.top1_agreement if self.metric == "top1" and self.top1_agreement is not None else self.cosine
 
     def to_dict(self) -> dict:
+        estimate = {} if self.estimate is None else {"estimate": self.estimate}
         return {
             "name": self.name,
             "max_abs_error": self.max_abs_error,
@@ -100,6 +107,7 @@ class OutputFidelity:
             "metric_reason": self.reason,
             "score": self.score,
             "details": dict(self.details),
+            **estimate,
         }
 
 
@@ -192,11 +200,13 @@ def fidelity_from_outputs(
     choices: Mapping[str, str] | None = None,
     *,
     batch_axes: Mapping[str, int] | None = None,
+    estimate: bool = False,
 ) -> tuple[OutputFidelity, ...]:
     """Every output's fidelity figures and metric (``choices``: output name or "*" -> metric,
     see ``fidelity_metrics.parse_metric``), from per output the reference's and the
     candidate's arrays for every feed (``batch_axes``: output -> the axis of its samples, when
-    not the first; see ``output_batch_axes``)."""
+    not the first; see ``output_batch_axes``). With ``estimate``, top1 and ctc outputs also get
+    the estimated agreement on unseen inputs (``fidelity_metrics.unseen``)."""
     choices, batch_axes = choices or {}, batch_axes or {}
     axes = [batch_axes.get(n, 0) for n in names]
     rs = [_samples(r, a) for r, a in zip(refs, axes)]
@@ -213,6 +223,7 @@ def fidelity_from_outputs(
             reason = f"{reason}; but {metric} has nothing to compare ({why}): cosine instead"
             metric, result = "cosine", cosine_metric(r, g)
         top1 = result.value if metric == "top1" else (top1_agreement(r, g) if found.metric == "top1" else None)
+        unseen = estimate_agreement(metric, params, r, g) if estimate else None
         out.append(
             OutputFidelity(
                 name,
@@ -224,6 +235,7 @@ def fidelity_from_outputs(
                 result.value,
                 reason,
                 result.details,
+                unseen,
             )
         )
     return tuple(out)
@@ -250,6 +262,52 @@ def score_outputs(
     )
 
 
+@dataclass(frozen=True)
+class SearchScore:
+    """How the fidelity-budgeted search judges a plan on the calibration samples.
+
+    Per output: a discrete metric (top1, ctc) by the lower of its agreement on all the
+    samples and its estimated agreement on unseen inputs (``fidelity_metrics.unseen``: the
+    samples' margins against the candidate's margin losses, so a 0.99 target is not "no flip
+    among 16" and near-ties count before they flip); a continuous one by the worse of the two
+    halves of the samples (cross-validated: one lucky half cannot hide one that fails). The
+    plan's value is the worst output's."""
+
+    value: float
+    pooled: float  # the fidelity on all the samples
+    worst_half: float | None  # the worse half's (None: outputs not one row per sample)
+    estimate: float | None  # the lowest estimated agreement of the discrete outputs (None: none)
+
+
+def search_score(
+    names: Sequence[str],
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    halves: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] | None = None,
+    choices: Mapping[str, str] | None = None,
+    *,
+    batch_axes: Mapping[str, int] | None = None,
+) -> SearchScore:
+    """The search's judgement of a candidate (see ``SearchScore``): one array per output for
+    all the samples, and ``halves`` as (reference, candidate) pairs of the same cut in two."""
+    pooled = fidelity_from_outputs(
+        names, [[r] for r in reference], [[g] for g in candidate], choices, batch_axes=batch_axes, estimate=True
+    )
+    parts = [
+        fidelity_from_outputs(names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=batch_axes)
+        for ref, got in (halves or ())
+    ]
+    values, estimates = [], []
+    for k, f in enumerate(pooled):
+        if f.estimate is not None:
+            estimates.append(f.estimate)
+            values.append(min(f.score, f.estimate))
+        else:
+            values.append(min((p[k].score for p in parts), default=f.score))
+    worst = min(run_score(p)[0] for p in parts) if parts else None
+    return SearchScore(min(values, default=1.0), run_score(pooled)[0], worst, min(estimates) if estimates else None)
+
+
 def fidelity(
     original: onnx.ModelProto | str,
     pruned: onnx.ModelProto | str,
@@ -257,14 +315,19 @@ def fidelity(
     choices: Mapping[str, str] | None = None,
     *,
     source: str = "<model>",
+    estimate: bool = False,
 ) -> tuple[OutputFidelity, ...]:
     """Run both models (in memory, or the paths of saved ones) on every feed: the fidelity of
-    every output."""
+    every output (with ``estimate``, top1 and ctc outputs' estimated agreement on unseen inputs
+    from these feeds' margins)."""
     import onnx
 
     from .runtime import paired_outputs
 
     proto = original if isinstance(original, onnx.ModelProto) else onnx.load(original, load_external_data=False)
     return fidelity_from_outputs(
-        *paired_outputs(original, pruned, feeds_list, source=source), choices, batch_axes=output_batch_axes(proto)
+        *paired_outputs(original, pruned, feeds_list, source=source),
+        choices,
+        batch_axes=output_batch_axes(proto),
+        estimate=estimate,
     )

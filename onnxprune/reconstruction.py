@@ -323,11 +323,11 @@ class ReconstructedTrials:
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
         *,
-        worst_half: bool = False,
+        search: bool = False,
     ) -> float:
-        """The cross-fitted fidelity; with ``worst_half`` the worse of the two judged halves'
-        (the search's judge, as sensitivity_analysis.TrialRunner's)."""
-        from .fidelity import score_outputs
+        """The cross-fitted fidelity; with ``search`` the search's judgement of it
+        (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's)."""
+        from .fidelity import score_outputs, search_score
         from .recovery import recover_model
         from .surgery import apply_pruning
 
@@ -349,10 +349,8 @@ class ReconstructedTrials:
                 source=self.source,
             )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
-        if worst_half:
-            return min(
-                score_outputs(self.names, r, p, choices, batch_axes=self.batch_axes)[0]
-                for r, p in zip(self.references, parts)
-            )
         outs = [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
+        if search:
+            pairs = list(zip(self.references, parts))
+            return search_score(self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes).value
         return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]

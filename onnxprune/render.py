@@ -181,6 +181,11 @@ def to_markdown(d: dict[str, Any]) -> str:
             f"| on the calibration samples (the plan was chosen on them) | {g['calibration']['samples']} | {g['calibration']['fidelity']:.4f} |",
             f"| on the held-out samples | {g['held_out']['samples']} | {g['held_out']['fidelity']:.4f} |",
         ]
+        if g.get("estimate"):
+            lines.append(
+                f"| estimated on unseen inputs, from the calibration samples' top-1 / CTC margins (an estimate) "
+                f"| {g['estimate']['samples']} | {g['estimate']['fidelity']:.4f} |"
+            )
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):

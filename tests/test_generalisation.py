@@ -1,5 +1,6 @@
 """Plans chosen on calibration samples, judged on held-out ones: the report's calibration and
-held-out fidelity side by side, the search's judge (the worse of two halves), and the note
+held-out fidelity side by side, the search's judge (the worse of two halves for a continuous
+metric, the estimate on unseen inputs for a discrete one), and the note
 when the calibration set is too small for the fidelity asked for."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 
 import onnxprune
 from onnxprune.config import PruneConfig
+from onnxprune.fidelity_metrics.unseen import flip_rate, top1_margins
 from onnxprune.runtime import session
 from onnxprune.sensitivity_analysis import TrialRunner
 from onnxprune.stages.decide import small_calibration_note
@@ -32,7 +34,7 @@ def _two_channel_classifier() -> onnx.ModelProto:
     return b.build()
 
 
-def test_search_judges_the_worse_half() -> None:
+def test_search_judges_the_worse_half_of_a_continuous_metric() -> None:
     model = _two_channel_classifier()
     analysis = onnxprune.analyze(model)
     # First half: channel 1 wins (0.5 < 1); second half: channel 0 wins (2 > 1). Removing
@@ -43,10 +45,18 @@ def test_search_judges_the_worse_half() -> None:
     conv = next(s for s in analysis.sources if s.op == "Conv")
     channel0 = int(analysis.roots(conv.ids)[0])
     runner = TrialRunner(model, analysis, feeds)
-    assert runner.fidelity([channel0], None) == pytest.approx(0.5)  # pooled: half the answers kept
-    assert runner.fidelity([channel0], None, worst_half=True) == 0.0  # the second half loses them all
+    cosine = {"*": "cosine"}  # (0.5, 1) -> (0, 1): cosine 1 / sqrt(1.25); (2, 1) -> (0, 1): 1 / sqrt(5)
+    assert runner.fidelity([channel0], None, cosine) == pytest.approx((1 / np.sqrt(1.25) + 1 / np.sqrt(5)) / 2)
+    assert runner.fidelity([channel0], None, cosine, search=True) == pytest.approx(1 / np.sqrt(5))  # the worse half
     assert runner.runs == 1  # both figures from one run: the plan is cached, never run twice
-    assert runner.fidelity([channel0], None) == pytest.approx(0.5) and runner.runs == 1
+    # Top-1 (a discrete metric) is judged on all the samples and by its estimate on unseen
+    # inputs: margins 0.5 (first half) and 1 (second half); the losses are -0.5 (the first
+    # half's margin grew to 1) and 2 (past every margin): half the pairs flip.
+    judged = runner.judged([channel0], None)
+    assert judged.pooled == pytest.approx(0.5) and judged.worst_half == 0.0  # the second half loses them all
+    assert judged.estimate == pytest.approx(0.5) and judged.value == pytest.approx(0.5)
+    assert runner.fidelity([channel0], None, search=True) == pytest.approx(0.5) and runner.runs == 2
+    assert runner.fidelity([channel0], None) == pytest.approx(0.5) and runner.runs == 2
 
 
 def test_report_gives_calibration_and_held_out_fidelity_side_by_side() -> None:
@@ -64,6 +74,12 @@ def test_report_gives_calibration_and_held_out_fidelity_side_by_side() -> None:
     assert g["calibration"]["fidelity"] == pytest.approx(agreement(cal), abs=1e-12)
     assert g["held_out"]["fidelity"] == pytest.approx(agreement(held), abs=1e-12) == r.report.fidelity_score
     assert g["gap"] == pytest.approx(g["calibration"]["fidelity"] - g["held_out"]["fidelity"])
+    # The estimate on unseen inputs the search judged the plan by (top-1: margins paired with
+    # the margin losses), on the calibration samples: at least the floor.
+    ref, got = original({"input": cal})[0], pruned({"input": cal})[0]
+    estimate = 1.0 - flip_rate(*top1_margins(ref, got))
+    assert g["estimate"]["fidelity"] == pytest.approx(estimate, abs=1e-9) and 0.99 <= estimate < 1.0
+    assert g["estimate"]["samples"] == 48 and "an estimate" in g["estimate"]["what"]
     assert any("calibration set small for fidelity >= 0.99" in n and "needs about 300" in n for n in r.report.notes)
 
 

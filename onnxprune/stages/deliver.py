@@ -292,14 +292,24 @@ def measure(
     score, metrics = run_score(outputs)
     general = None
     if verified.calibration:
-        on_calibration = run_score(
-            fidelity(loaded.runnable, model, verified.calibration, choices, source=loaded.source)
+        calibrated = fidelity(
+            loaded.runnable, model, verified.calibration, choices, source=loaded.source, estimate=True
         )
+        on_calibration = run_score(calibrated)
         general = {
             "calibration": {"samples": len(verified.calibration), "fidelity": on_calibration[0]},
             "held_out": {"samples": len(verified.feeds), "fidelity": score},
             "gap": on_calibration[0] - score,
         }
+        estimated = [o.estimate for o in calibrated if o.estimate is not None]
+        if estimated:
+            # What the search judged discrete outputs by (fidelity.search_score), for this plan.
+            general["estimate"] = {
+                "samples": len(verified.calibration),
+                "fidelity": min(estimated),
+                "what": "estimated agreement on unseen inputs from the calibration samples' top-1 / CTC margins "
+                "and the pruned model's margin losses (an estimate, not a measurement)",
+            }
     return Measured(outputs, score, metrics, general)
 
 
