@@ -233,6 +233,37 @@ def test_confirmation_stops_at_its_bound_and_says_so() -> None:
     assert out.notes and out.notes[0].startswith("latency target 0.8 not reached: measured")
 
 
+@dataclass(frozen=True)
+class TimedMeasurement(FakeMeasurement):
+    original: float = 1e-3  # seconds, as ABResult has them
+    candidate: float = 1e-3
+
+
+def test_confirmation_notes_a_change_of_the_machines_load() -> None:
+    analysis, scores, units = _setup()
+    table = FakeTable({u.name: 0.2e-3 for u in units}, {u.name: 4 for u in units})
+    originals = iter([1.7e-3, 2.4e-3, 2.4e-3, 2.4e-3, 2.4e-3])
+
+    def measure(lp):  # the second run under load: the original 2.4 ms instead of 1.7
+        r = 1.0 - 0.6 * (1.0 - lp.predicted_ratio)
+        o = next(originals)
+        return TimedMeasurement(r, r - 0.01, r + 0.01, original=o, candidate=o * r)
+
+    def plan_at(aim: float):
+        return plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim)
+
+    out = confirm(0.9, plan_at, measure)
+    assert [a.original_ms for a in out.attempts] == pytest.approx([1.7, 2.4])  # first misses, second hits
+    assert out.attempts[0].candidate_ms == pytest.approx(1.7 * out.attempts[0].measured_ratio)
+    assert out.notes == (
+        "the original measured 1.7-2.4 ms across the A/B runs: the machine's load changed while "
+        "measuring, and ratios measured under more load read closer to 1",
+    )
+
+    steady = confirm(0.9, plan_at, lambda lp: TimedMeasurement(0.88, 0.87, 0.89, original=1.7e-3, candidate=1.5e-3))
+    assert not steady.notes and steady.attempts[0].original_ms == pytest.approx(1.7)
+
+
 def test_confirmation_relaxes_a_plan_far_below_the_target() -> None:
     analysis, scores, units = _setup()
     table = FakeTable({u.name: 0.2e-3 for u in units}, {u.name: 4 for u in units})

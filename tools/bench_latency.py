@@ -90,6 +90,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
 }
 SETTINGS = LatencySettings(precision="f32")
+# The original's ms in the final run this far from prune's A/B run: the machine was in another
+# state (see README, "Measuring on a shared machine"), its ratios pulled toward 1 or away.
+STATE = 0.1
 MACS_STEP = 0.08  # the scan's stride in MACs target
 MAX_SCAN = 5
 
@@ -276,6 +279,18 @@ def phase_time(row: dict, spec: dict, seconds: float) -> None:
         "loadavg_before": load,
         "loadavg": os.getloadavg()[0],
     }
+    before = chosen_original_ms(row["latency_plan"]["latency"])
+    if before is not None:  # an additive per-inference cost (other work on the cores) pulls ratios toward 1
+        row["final"]["original_ms_in_prune"] = before
+        row["final"]["original_ms_change"] = t.latency[0] * 1e3 / before - 1.0
+
+
+def chosen_original_ms(latency: dict) -> float | None:
+    """The original's ms in the A/B run of the plan prune chose."""
+    for a in latency["attempts"]:
+        if a["measured_ratio"] == latency["measured_ratio"] and a.get("original_ms") is not None:
+            return a["original_ms"]
+    return None
 
 
 def _f(x: Any, fmt: str = ".3f") -> str:
@@ -428,6 +443,17 @@ def phase_report(rows: list[dict], out: Path, target: float) -> None:
                 f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}): fastest-run ms {ms}; "
                 f"ratios of all-run medians {med}"
             )
+            change = fin.get("original_ms_change")
+            if change is not None:
+                flag = (
+                    " — **the machine's state differed: these two ratios are not comparable**"
+                    if abs(change) > STATE
+                    else ""
+                )
+                lines.append(
+                    f"- original in prune's chosen A/B {fin['original_ms_in_prune']:.3f} ms, in the final run "
+                    f"{fin['timings']['models'][0]['latency_s'] * 1e3:.3f} ms ({change:+.0%}){flag}"
+                )
         for note in r["latency_plan"]["notes"]:
             lines.append(f"- note: {note}")
         lines.append("")

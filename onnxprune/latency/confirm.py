@@ -21,6 +21,7 @@ __all__ = [
     "MAX_GAIN",
     "MAX_MEASUREMENTS",
     "MAX_STEP",
+    "STATE_CHANGE",
     "Attempt",
     "Confirmed",
     "Measurement",
@@ -32,6 +33,9 @@ __all__ = [
 # whole model's saving several times over (units timed alone are overhead-bound): with at most
 # MAX_GAIN per correction that takes up to three, then one or two between the bracketing plans.
 MAX_MEASUREMENTS = 5
+# The original measured this much slower in one A/B run than in another: the machine's load
+# changed in between (a cost added to every inference pulls ratios toward 1), worth a note.
+STATE_CHANGE = 0.1
 # A plan measured this far below the target removed more than needed: it is planned again
 # with a higher aim (better fidelity), keeping the faster one if that misses.
 BAND = 0.03
@@ -181,6 +185,12 @@ def confirm(
             why = f"{len(tried)} A/B measurements did not get there"
         notes.append(
             f"latency target {target:g} not reached: measured {m.ratio:.3f}x (p10-p90 {m.ratio_p10:.3f}-{m.ratio_p90:.3f}); {why}"
+        )
+    originals = [ms for _, b in tried if (ms := _ms(getattr(b, "original", None))) is not None]
+    if len(originals) > 1 and max(originals) > (1.0 + STATE_CHANGE) * min(originals):
+        notes.append(
+            f"the original measured {min(originals):.3g}-{max(originals):.3g} ms across the A/B runs: the machine's load "
+            f"changed while measuring, and ratios measured under more load read closer to 1"
         )
     attempts = tuple(
         Attempt(
