@@ -396,8 +396,14 @@ def phase_report(rows: list[dict], out: Path, target: float) -> None:
         lines.append(
             f"| {r['model']} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
             f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_score(fl, cl, show_cos)} "
-            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}) | {mr} | {_score(fm, cm, show_cos)} | {better} |"
+            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}){'' if r.get('macs_plan_reaches', True) else ' †'} "
+            f"| {mr} | {_score(fm, cm, show_cos)} | {better} |"
         )
+    if any(not r.get("macs_plan_reaches", True) for r in rows):
+        lines += [
+            "",
+            "† no MACs target of the scan reached the latency plan's measured latency: its fastest plan is shown.",
+        ]
     zoo = [r for r in rows if "centered_cosine" in r["latency_plan"] and "centered_cosine" in r["macs_plan"]]
     if zoo:
         lines += [
