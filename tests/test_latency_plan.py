@@ -157,6 +157,29 @@ def test_measured_sensitivity_outranks_the_scores() -> None:
     assert _removed_per_unit(lp, units) == {a: 0, b: 16, c: 0}
 
 
+def test_the_estimate_on_unseen_inputs_orders_discrete_fidelity() -> None:
+    # top-1 on a few samples: no unit flips one (fidelity 1.0 everywhere), but the estimated
+    # agreement on unseen inputs says a's margins shrink fast and c's barely: c goes first
+    analysis, scores, units = _setup()
+    a, b, c = (u.name for u in units)
+    table = FakeTable({a: 0.5e-3, b: 0.5e-3, c: 0.5e-3}, {a: 8, b: 8, c: 8})
+    ratios = (0.1, 0.25, 0.5)
+    flat = {r: 1.0 for r in ratios}
+    sens = {
+        a: UnitSensitivity(units[0], flat, {}, estimate={0.1: 0.97, 0.25: 0.9, 0.5: 0.7}),
+        b: UnitSensitivity(units[1], flat, {}, estimate={0.1: 0.98, 0.25: 0.93, 0.5: 0.8}),
+        c: UnitSensitivity(units[2], flat, {}, estimate={0.1: 0.999, 0.25: 0.995, 0.5: 0.99}),
+    }
+    low_a = dict(scores)
+    for g in units[0].groups:
+        low_a[g] = 0.01  # the scores (the tie-break of equal measured losses) would pick a
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, low_a, aim=0.9, sensitivity=sens)
+    assert _removed_per_unit(lp, units) == {a: 0, b: 0, c: 16}
+    without = {n: UnitSensitivity(s.unit, s.fidelity, {}) for n, s in sens.items()}
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, low_a, aim=0.9, sensitivity=without)
+    assert _removed_per_unit(lp, units) == {a: 16, b: 0, c: 0}
+
+
 def test_fidelity_floor_wins_over_the_latency_target() -> None:
     analysis, scores, units = _setup()
     a, b, c = (u.name for u in units)

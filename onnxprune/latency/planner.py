@@ -6,7 +6,8 @@ measured step (where its latency drops; ``--round-to`` as well), so no move pays
 that save nothing. Moves are taken greedily by predicted seconds saved per importance lost; a
 move may skip over a flat stretch of the unit's curve to the next count that saves time.
 Importance is the criterion's group scores, or with a sensitivity analysis the unit's measured
-fidelity loss (interpolated between the ratios it was measured at). With a constraint on the
+fidelity loss (interpolated between the ratios it was measured at; for top-1/CTC outputs the
+estimated agreement on unseen inputs where it is lower, as the --min-fidelity allocation does). With a constraint on the
 answers (a fidelity floor, or the user's validation function within its drop) the longest
 prefix of the order whose *measured* value holds is the limit: the answers win over the
 latency target.
@@ -116,11 +117,15 @@ class LatencyPlan:
 
 def _interp_loss(sens: UnitSensitivity | None, fraction: float) -> float:
     """Fidelity lost with ``fraction`` of the unit removed alone: linear between the measured
-    ratios (0 at 0), the last slope beyond the last ratio."""
+    ratios (0 at 0), the last slope beyond the last ratio. Where the sensitivity has an estimate
+    of the agreement on unseen inputs (top-1, CTC: their fidelity moves in steps of one sample),
+    the lower of the two, as the --min-fidelity allocation orders its moves: a discrete fidelity
+    costs nothing until a sample flips."""
     if sens is None:
         return 0.0
+    estimate = sens.estimate
     xs = [0.0, *sens.fidelity.keys()]
-    ys = [0.0, *(max(1.0 - f, 0.0) for f in sens.fidelity.values())]
+    ys = [0.0, *(max(1.0 - min(f, estimate.get(r, 1.0)), 0.0) for r, f in sens.fidelity.items())]
     for i in range(1, len(xs)):
         if fraction <= xs[i]:
             x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
