@@ -322,13 +322,15 @@ def allocate(
     progress: Progress | None = None,
 ) -> tuple[list[int], float, float]:
     """Per-unit ratios from the sensitivity curves: moves (raise one unit to its next ratio)
-    are ordered greedily by fidelity lost per MAC saved (each unit alone); then the longest
+    are ordered greedily by fidelity lost per MAC saved (each unit alone; with min_fidelity
+    the estimate on unseen inputs where it is lower, see ``fidelity.search_score``); then the longest
     prefix of that order whose *measured* fidelity (all units together, on the calibration
     inputs, the worse of its two halves) stays >= min_fidelity is found by bisection; with
     macs_target, the shortest prefix that reaches it. ``judge`` (a plan's groups -> kept or not) replaces the fidelity test:
     the user's validation function. ``progress`` counts bisection steps. Returns (groups to
     remove, fidelity (nan when a judge decided), MACs after)."""
     ratios = sens.ratios
+    by_estimate = judge is None and macs_target is None
     moves: list[_Move] = []
     for ui, us in enumerate(sens.units):
         prev_f, prev_s = 1.0, 0.0
@@ -336,9 +338,11 @@ def allocate(
             if r in us.skipped:  # below the floor at a smaller ratio already: never kept
                 break
             groups = _take(us.unit, r, analysis)
-            # Ordered by the estimate on unseen inputs where there is one: a discrete fidelity
-            # (k of n samples) costs nothing until a sample flips, and then a lot.
-            f, s = min(us.fidelity[r], us.estimate.get(r, 1.0)), us.macs_saved[r]
+            # Ordered by what judges: with a fidelity floor, by the estimate on unseen inputs
+            # where there is one (a discrete fidelity, k of n samples, costs nothing until a
+            # sample flips, and then a lot); the measured fidelity for a MACs target or the
+            # user's function.
+            f, s = min(us.fidelity[r], us.estimate.get(r, 1.0) if by_estimate else 1.0), us.macs_saved[r]
             gain = max(s - prev_s, 1e-12)
             moves.append(_Move(ui, level, groups, max(prev_f - f, 0.0), gain))
             prev_f, prev_s = f, s
