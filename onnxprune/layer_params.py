@@ -6,6 +6,7 @@ in a new initializer of the layer's own (dropping the nodes nothing reads any mo
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -54,41 +55,55 @@ class WeightWriter:
                 self.readers[i] += 1
         self.replaced: set[str] = set()
 
-    def write(self, node: onnx.NodeProto, layer: Layer, w_mat: np.ndarray, bias: np.ndarray | None, w: Param) -> None:
-        """Set ``node``'s weight from ``w_mat`` ([out, in·k], in the dtype and shape of ``w``, its
-        weight as read) and, unless None, its bias (as added: divided by the bias scale)."""
+    def write(
+        self,
+        nodes: onnx.NodeProto | Sequence[onnx.NodeProto],
+        layer: Layer,
+        w_mat: np.ndarray,
+        bias: np.ndarray | None,
+        w: Param,
+    ) -> None:
+        """Set the weight of ``nodes`` (one layer, or layers that share their weight and bias
+        and keep sharing them) from ``w_mat`` ([out, in·k], in the dtype and shape of ``w``,
+        the weight as read) and, unless None, their bias (as added: divided by the bias scale)."""
+        nodes = [nodes] if isinstance(nodes, onnx.NodeProto) else list(nodes)
         dtype = np.asarray(w.values).dtype
         shape = np.asarray(w.values).shape
-        self.set(node, layer.weight_index, layer.weight_from_matrix(w_mat, shape).astype(dtype))
+        self.set(nodes, layer.weight_index, layer.weight_from_matrix(w_mat, shape).astype(dtype))
         bi = layer.bias_index
         if bias is None or bi is None:
             return
         bias = (bias / layer.bias_scale).astype(dtype)
+        node = nodes[0]
         if len(node.input) > bi and node.input[bi]:
             old = self.inits.get(node.input[bi])
-            self.set(node, bi, bias.reshape(tuple(old.dims)) if old is not None else bias)
+            self.set(nodes, bi, bias.reshape(tuple(old.dims)) if old is not None else bias)
             return
         name = f"{node.output[0]}__reconstructed_bias"
         self.model.graph.initializer.append(numpy_helper.from_array(bias, name))
-        while len(node.input) < bi:
-            node.input.append("")
-        if len(node.input) > bi:  # an empty name stands for the missing bias
-            node.input[bi] = name
-        else:
-            node.input.append(name)
+        for n in nodes:
+            while len(n.input) < bi:
+                n.input.append("")
+            if len(n.input) > bi:  # an empty name stands for the missing bias
+                n.input[bi] = name
+            else:
+                n.input.append(name)
 
-    def set(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
-        """Set input ``index`` of ``node`` to the constant ``value``."""
-        name = node.input[index]
+    def set(self, nodes: onnx.NodeProto | Sequence[onnx.NodeProto], index: int, value: np.ndarray) -> None:
+        """Set input ``index`` of ``nodes`` (one node, or nodes reading the same name there) to
+        the constant ``value``."""
+        nodes = [nodes] if isinstance(nodes, onnx.NodeProto) else list(nodes)
+        name = nodes[0].input[index]
         init = self.inits.get(name)
-        if init is not None and self.readers.get(name, 0) == 1 and tuple(init.dims) == value.shape:
+        if init is not None and self.readers.get(name, 0) == len(nodes) and tuple(init.dims) == value.shape:
             init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), name))
             return
-        # Shared with another reader, or computed by nodes: this layer gets its own initializer.
-        new = f"{name}__reconstructed_{node.name or node.output[0]}"
+        # Shared with another reader, or computed by nodes: these layers get their own initializer.
+        new = f"{name}__reconstructed_{nodes[0].name or nodes[0].output[0]}"
         self.model.graph.initializer.append(numpy_helper.from_array(value, new))
-        node.input[index] = new
-        self.readers[name] -= 1
+        for node in nodes:
+            node.input[index] = new
+        self.readers[name] -= len(nodes)
         self.replaced.add(name)
 
     def finish(self) -> None:

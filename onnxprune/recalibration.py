@@ -79,6 +79,11 @@ class _Moments:
         self.s = self.s + v.sum(axis=1)
         self.s2 = self.s2 + np.square(v).sum(axis=1)
 
+    def kept(self, keep: np.ndarray) -> _Moments:
+        out = _Moments()
+        out.n, out.s, out.s2 = self.n, np.asarray(self.s)[keep], np.asarray(self.s2)[keep]
+        return out
+
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         mean = np.asarray(self.s) / max(self.n, 1)
         var = np.maximum(np.asarray(self.s2) / max(self.n, 1) - mean**2, 0.0)
@@ -87,8 +92,9 @@ class _Moments:
 
 def _moments(
     model: onnx.ModelProto, names: Mapping[str, int], feeds: Sequence[Mapping[str, np.ndarray]], source: str
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per tensor (name -> channel axis): per-channel mean and standard deviation over ``feeds``."""
+) -> dict[str, list[_Moments]]:
+    """Per tensor (name -> channel axis): its per-channel sums over the first and the second
+    half of ``feeds`` (one half when there is one sample)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     existing = {o.name for o in probe.graph.output}
@@ -97,11 +103,70 @@ def _moments(
         probe, source=source, what="the model with the re-calibrated layers' outputs as outputs", optimize=True
     )
     order = list(names)
-    acc = {n: _Moments() for n in order}
-    for feed in feeds:
+    halves = 2 if len(feeds) >= 2 else 1
+    acc = {n: [_Moments() for _ in range(halves)] for n in order}
+    for i, feed in enumerate(feeds):
+        h = int(halves == 2 and i >= len(feeds) // 2)
         for n, v in zip(order, run.run(feed, order)):
-            acc[n].add(v, names[n])
-    return {n: m.mean_std() for n, m in acc.items()}
+            acc[n][h].add(v, names[n])
+    return acc
+
+
+def _pooled(parts: Sequence[_Moments]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation over every half."""
+    whole = _Moments()
+    for p in parts:
+        whole.n += p.n
+        whole.s = whole.s + p.s
+        whole.s2 = whole.s2 + p.s2
+    return whole.mean_std()
+
+
+def _correction(
+    now: Sequence[_Moments], reference: Sequence[_Moments], variance: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel y -> a * y + c matching the reference's mean and (with ``variance``) standard
+    deviation. With two halves of the samples, cross-validated: a correction computed on one
+    half is judged on the other (squared differences of the moments from the original's,
+    relative to its variance, both ways round); a channel whose full correction does worse
+    there than none gets the mean's alone if that does better than none, else none (a
+    correction that does not carry over to other samples: a channel seen at few positions,
+    noise)."""
+    mean_p, std_p = _pooled(now)
+    mean_o, std_o = _pooled(reference)
+    kinds = ("none", "mean", "full") if variance else ("none", "mean")
+    choice = np.full(mean_p.shape, len(kinds) - 1)
+    if len(now) == 2 and len(reference) == 2:
+        errors = np.zeros((len(kinds), *mean_p.shape))
+        for i in (0, 1):
+            mp, sp = now[i].mean_std()
+            mo, so = reference[i].mean_std()
+            jp, jsp = now[1 - i].mean_std()
+            jo, jso = reference[1 - i].mean_std()
+            floor = max(float(np.mean(jso)), 1e-12) * 1e-3
+            for k, kind in enumerate(kinds):
+                a, c = _affine(kind, mp, sp, mo, so)
+                errors[k] += ((a * jp + c - jo) ** 2 + (a * jsp - jso) ** 2) / np.maximum(jso, floor) ** 2
+        last = len(kinds) - 1
+        fallback = np.where(errors[1] < errors[0], 1, 0)
+        choice = np.where(errors[last] <= errors[0], last, fallback)
+    a, c = np.ones_like(mean_p), np.zeros_like(mean_p)
+    for k, kind in enumerate(kinds):
+        ak, ck = _affine(kind, mean_p, std_p, mean_o, std_o)
+        a, c = np.where(choice == k, ak, a), np.where(choice == k, ck, c)
+    return a, c
+
+
+def _affine(
+    kind: str, mean_p: np.ndarray, std_p: np.ndarray, mean_o: np.ndarray, std_o: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "none":
+        return np.ones_like(mean_p), np.zeros_like(mean_p)
+    a = np.ones_like(mean_p)
+    if kind == "full":  # a channel the pruning left (nearly) constant is not blown up
+        ok = std_p > 1e-3 * np.maximum(std_o, 1e-12)
+        a = np.where(ok, std_o / np.where(ok, std_p, 1.0), 1.0)
+    return a, mean_o - a * mean_p
 
 
 def _drift(mean: np.ndarray, std: np.ndarray, mean_o: np.ndarray, std_o: np.ndarray) -> tuple[float, float]:
@@ -159,10 +224,15 @@ def recalibrate(
     variance: bool = True,
     max_passes: int = 32,
     source: str = "<model>",
+    cache: dict[str, list[_Moments]] | None = None,
+    measure: bool = True,
 ) -> tuple[onnx.ModelProto, tuple[RecalibratedLayer, ...]]:
     """A copy of ``pruned`` whose layers downstream of the removed channels have their output
     statistics on ``feeds`` corrected to the original's (see module doc); ``variance=False``
-    corrects the means only. ``source``, the model file, names it in errors."""
+    corrects the means only. ``source``, the model file, names it in errors; ``cache`` keeps
+    the original's statistics on ``feeds`` for the next call with the same original and feeds;
+    ``measure=False`` saves the pass that measures the drift left (the layers' "after" figures
+    are then nan)."""
     registry = registry or default_registry()
     opset = model_opset(original)
     out = onnx.ModelProto()
@@ -172,7 +242,13 @@ def recalibrate(
     targets = [t for t in targets if t.node.name in writer.nodes and t.keep.any()]
     if not targets or not feeds:
         return out, ()
-    reference = _moments(original, {t.node.output[0]: t.axis for t in targets}, feeds, source)
+    tensors = {t.node.output[0]: t.axis for t in targets}
+    reference = dict(cache or {})
+    missing = {n: axis for n, axis in tensors.items() if n not in reference}
+    if missing:
+        reference.update(_moments(original, missing, feeds, source))
+        if cache is not None:
+            cache.update({n: reference[n] for n in missing})
     graph = import_graph(out)
     by_name = {n.name: n for n in graph.nodes}
     params = ParamResolver()
@@ -183,23 +259,21 @@ def recalibrate(
     for k, chunk in enumerate(chunks):
         levels = set(chunk.tolist())
         todo = [t for t in targets if t.depth in levels]
-        measure = targets if k == 0 else todo  # the first pass measures every layer's drift before
-        now = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in measure}, feeds, source)
-        for t in measure:
-            mean_o, std_o = (v[t.keep] for v in reference[t.node.output[0]])
-            mean_p, std_p = now[writer.nodes[t.node.name].output[0]]
+        seen = targets if k == 0 else todo  # the first pass measures every layer's drift before
+        now = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in seen}, feeds, source)
+        for t in seen:
+            mean_o, std_o = (v[t.keep] for v in _pooled(reference[t.node.output[0]]))
+            mean_p, std_p = _pooled(now[writer.nodes[t.node.name].output[0]])
             if mean_p.shape == mean_o.shape:
                 before.setdefault(t.node.name, _drift(mean_p, std_p, mean_o, std_o))
         for t in todo:
-            mean_o, std_o = (v[t.keep] for v in reference[t.node.output[0]])
-            mean_p, std_p = now[writer.nodes[t.node.name].output[0]]
-            if mean_p.shape != mean_o.shape:
+            ref = [m.kept(t.keep) for m in reference[t.node.output[0]]]
+            parts = now[writer.nodes[t.node.name].output[0]]
+            if np.shape(parts[0].s) != np.shape(ref[0].s):
                 continue
-            a = np.ones_like(mean_p)
-            if variance:  # a channel the pruning left (nearly) constant is not blown up
-                ok = std_p > 1e-3 * np.maximum(std_o, 1e-12)
-                a = np.where(ok, std_o / np.where(ok, std_p, 1.0), 1.0)
-            c = mean_o - a * mean_p
+            a, c = _correction(parts, ref, variance)
+            if np.all(a == 1.0) and np.all(c == 0.0):
+                continue  # no correction carries over to other samples
             into = _fold(writer, by_name, params, registry, opset, t, a, c)
             if into is not None:
                 applied[t.node.name] = (into, a, c)
@@ -207,16 +281,19 @@ def recalibrate(
         return out, ()
     writer.finish()
     done = [t for t in targets if t.node.name in applied]
-    after = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in done}, feeds, source)
+    names = {writer.nodes[t.node.name].output[0]: t.axis for t in done}
+    after = _moments(out, names, feeds, source) if measure else {}
     result = []
     for t in done:
         into, a, c = applied[t.node.name]
-        mean_o, std_o = (v[t.keep] for v in reference[t.node.output[0]])
-        mean_p, std_p = after[writer.nodes[t.node.name].output[0]]
-        if into != t.node.name:  # folded into the BatchNormalization after the tensor measured
-            mean_p, std_p = a * mean_p + c, a * std_p
         shift, change = before[t.node.name]
-        shift_after, change_after = _drift(mean_p, std_p, mean_o, std_o)
+        shift_after = change_after = float("nan")
+        if measure:
+            mean_o, std_o = (v[t.keep] for v in _pooled(reference[t.node.output[0]]))
+            mean_p, std_p = _pooled(after[writer.nodes[t.node.name].output[0]])
+            if into != t.node.name:  # folded into the BatchNormalization after the tensor measured
+                mean_p, std_p = a * mean_p + c, a * std_p
+            shift_after, change_after = _drift(mean_p, std_p, mean_o, std_o)
         result.append(RecalibratedLayer(t.node.name, int(t.keep.sum()), into, shift, shift_after, change, change_after))
     return out, tuple(result)
 

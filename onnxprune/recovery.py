@@ -6,6 +6,7 @@ candidates a validation function judges, so each is built the same way."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,13 +14,24 @@ import onnx
 
 from .analysis import ChannelAnalysis
 from .planning import PruningPlan
+from .reconstruction import ReconstructionCache
 from .rules import RuleRegistry
 
 if TYPE_CHECKING:
     from .recalibration import RecalibratedLayer
     from .reconstruction import ReconstructedLayer
 
-__all__ = ["recover_model"]
+__all__ = ["RecoveryCache", "recover_model"]
+
+
+@dataclass
+class RecoveryCache:
+    """What recovery reads from the original model and one set of calibration samples alone
+    (the readers' input rows, the original's statistics), kept across calls with both the
+    same: the fidelity search's trials. Held by the caller; nothing is kept between runs."""
+
+    reconstruction: ReconstructionCache = field(default_factory=ReconstructionCache)
+    moments: dict = field(default_factory=dict)
 
 
 def recover_model(
@@ -36,22 +48,45 @@ def recover_model(
     recalibration_passes: int | None = None,
     source: str = "<model>",
     progress: Callable[[int, int], None] | None = None,
+    cache: RecoveryCache | None = None,
+    measure: bool = True,
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...], tuple[RecalibratedLayer, ...]]:
     """``pruned`` refitted and/or re-calibrated on ``feeds`` (a new model; ``pruned`` is not
     changed), with the layers refitted and the layers re-calibrated; ``progress(done, total)``
-    counts the layers refitted."""
+    counts the layers refitted; ``cache`` keeps what recovery reads from the original and
+    ``feeds`` for the next call with the same (the result is the same without it);
+    ``measure=False`` skips the re-calibration's measurement of the drift left (a search's trial
+    does not report it)."""
     model, layers, recalibrated = pruned, (), ()
     if reconstruct:
         from .reconstruction import reconstruct as refit
 
         model, layers = refit(
-            original, model, analysis, plan, feeds, registry=registry, seed=seed, source=source, progress=progress
+            original,
+            model,
+            analysis,
+            plan,
+            feeds,
+            registry=registry,
+            seed=seed,
+            source=source,
+            progress=progress,
+            cache=None if cache is None else cache.reconstruction,
         )
     if recalibrate:
         from .recalibration import recalibrate as correct
 
         passes = {} if recalibration_passes is None else {"max_passes": recalibration_passes}
         model, recalibrated = correct(
-            original, model, analysis, plan, feeds, registry=registry, source=source, **passes
+            original,
+            model,
+            analysis,
+            plan,
+            feeds,
+            registry=registry,
+            source=source,
+            cache=None if cache is None else cache.moments,
+            measure=measure,
+            **passes,
         )
     return model, tuple(layers), tuple(recalibrated)
