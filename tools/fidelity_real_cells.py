@@ -294,6 +294,8 @@ def prune_cell(
         res.update(exit=None, error=f"timeout after {timeout:g} s")
     except onnxprune.errors.OnnxPruneError as exc:
         res.update(exit=1, error=str(exc)[:400])
+    except Exception as exc:  # a crash in the package is a finding: recorded, the next cells still run
+        res.update(exit=3, error=f"crash: {type(exc).__name__}: {exc}"[:400])
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["cpu_seconds"] = round(time.process_time() - c0, 1)  # every thread of this process
     res["load_after"] = round(os.getloadavg()[0], 1)
