@@ -163,8 +163,9 @@ def _targets_order(row: Row) -> list[float]:
 
 def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: str, keep_going: bool = False) -> None:
     """The worker: every asked row of one model, in this process. After a run times out, the
-    model's remaining ``--min-fidelity`` runs are recorded as not run (a time budget: the other
-    target's search is as long, or the rows after add recovery on top), unless ``keep_going``."""
+    model's remaining ``--min-fidelity`` runs are recorded as not run (a time budget: the rows
+    after add recovery on top), except the 0.99 run of the row whose 0.95 run timed out (its
+    sensitivity is a subset of the 0.95 run's), unless ``keep_going``."""
     from fidelity_real_cells import Judge, SharedSensitivity, prune_cell
 
     model = Path(corpus) / name
@@ -197,7 +198,7 @@ def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: s
                     cells[str(target)] = dict(ok[-1]) if ok else {"none": True, "macs_cut": 0.0, "first": scan[0]}
                 cell: dict[str, Any] = {"scan": scan, "targets": cells}
             else:
-                cells = {}
+                cells, pending_stop = {}, ""
                 for target in _targets_order(row):
                     if stopped:  # see the docstring
                         cells[str(target)] = {"exit": "not run", "error": f"not run: {stopped}", "seconds": 0.0}
@@ -207,6 +208,10 @@ def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: s
                     print(f"  @ {target}: {_short(r)}", flush=True)
                     if r["exit"] is None and not keep_going:
                         stopped = f"{row.name} @ {target} timed out at {timeout:g} s"
+                        if target < max(TARGETS):  # the 0.99 run's search is a subset: still tried
+                            pending_stop, stopped = stopped, ""
+                if pending_stop:
+                    stopped = stopped or pending_stop
                 cell = {"targets": {str(t): cells[str(t)] for t in TARGETS}}
             cell.update(commit=commit, options=row.options, seconds=round(time.perf_counter() - t0, 1), date=_now())
 

@@ -65,15 +65,17 @@ def _fmt_cell(c: dict | None, target: str) -> str:
         prog = ", ".join(
             f"{k} {v['done']}/{v['total']}" for k, v in (c.get("stages") or {}).items() if k != "calibration"
         )
-        return f"**timeout** ({c.get('seconds')} s{', ' + prog if prog else ''})"
+        cpu = f", CPU {c['cpu_seconds']:.0f} s" if c.get("cpu_seconds") is not None else ""
+        return f"**timeout** ({c.get('seconds'):.0f} s{cpu}{', ' + prog if prog else ''})"
     if c.get("exit") != 0:
         return f"**exit {c['exit']}**: {str(c.get('error'))[:80]}"
     miss = "" if c["heldout"] >= float(target) else " ✗"
     ratio = f" (r={c['ratio']})" if "ratio" in c else ""
-    alone = f" (~{c['standalone_estimate_seconds']:.0f} s alone)" if "standalone_estimate_seconds" in c else ""
+    alone = f", ~{c['standalone_estimate_seconds']:.0f} s alone" if "standalone_estimate_seconds" in c else ""
+    cpu = f" (CPU {c['cpu_seconds']:.0f} s{alone})" if c.get("cpu_seconds") is not None else alone and f" ({alone[2:]})"
     return (
         f"{c['macs_cut'] * 100:.1f}%{ratio} · {c['heldout']:.3f}{miss} / {c['calibration']:.3f} · "
-        f"{c['seconds']:.0f} s{alone}"
+        f"{c['seconds']:.0f} s{cpu}"
     )
 
 
@@ -103,19 +105,18 @@ def targets_check(results: dict) -> list[str]:
     slow = [
         f"`{m.removesuffix('.onnx')}` {n}"
         + (f" @ {t}" if t else "")
-        + (
-            f": timeout ({c.get('seconds')} s)"
-            if c.get("exit") is None
-            else (": not run after a timeout" if c.get("exit") == "not run" else f": {_alone(c):.0f} s")
-        )
+        + (f": timeout ({c.get('seconds')} s)" if c.get("exit") is None else f": {_alone(c):.0f} s")
         for m, e in models.items()
         for n, row in e["rows"].items()
         for t, c in [
             *(row.get("targets") or {}).items(),
             *(("r=" + str(s.get("ratio")), s) for s in row.get("scan", [])),
         ]
-        if not c.get("none") and (c.get("exit") in (None, "not run") or _alone(c) >= LIMIT)
+        if not c.get("none") and c.get("exit") != "not run" and (c.get("exit") is None or _alone(c) >= LIMIT)
     ]
+    not_run = sum(
+        1 for e in models.values() for row in e["rows"].values() for c in _runs(row) if c.get("exit") == "not run"
+    )
     n_runs = sum(
         1
         for e in models.values()
@@ -127,6 +128,11 @@ def targets_check(results: dict) -> list[str]:
         f"- **Each run under {LIMIT / 60:.0f} minutes on 2 cores** ({n_runs} runs; a run that reused its row's "
         "sensitivity counts with the estimate of its time alone): "
         + ("**MET**." if not slow else f"**MISSED** by {len(slow)}: " + "; ".join(slow) + ".")
+        + (
+            f" {not_run} more runs were not started after a timeout of the same model (see the tables)."
+            if not_run
+            else ""
+        )
     )
     digits = results.get("digits") or {}
     if digits:
@@ -164,7 +170,8 @@ def markdown(results: dict) -> str:
         "preprocessed as CORPUS.md says.",
         "",
         "Each cell: **MACs cut** · **held-out fidelity** / calibration fidelity · wall time of the `prune` run "
-        "(search, surgery, verification on 2 inputs; in-process through the API, as the CLI runs it). Fidelity = "
+        "(search, surgery, verification on 2 inputs; in-process through the API, as the CLI runs it) and its CPU "
+        "time (all threads; the machine is shared, so CPU time says more about the run than wall time). Fidelity = "
         "`onnxprune.fidelity.fidelity(original, pruned, feeds)`: the worst output's score under its metric. "
         "Uniform = the largest ratio (of " + ", ".join(map(str, UNIFORM_RATIOS)) + ") whose held-out fidelity "
         "meets the target (chosen on the held-out set: the best a uniform ratio can do); the other rows run "
