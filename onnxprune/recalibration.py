@@ -15,7 +15,12 @@ moments, not a corrected distribution.
 
 Layers are corrected in dependency order, one depth level per pass over the calibration
 samples (each level measured after the levels before it were corrected); beyond
-``max_passes`` levels, consecutive levels share a pass.
+``max_passes`` levels, consecutive levels share a pass (the deeper ones then corrected from
+statistics measured before the shallower ones' corrections), or, with ``shallow_only`` (the
+fidelity search's trials), the levels beyond are left uncorrected: on the openWakeWord
+embedding, trials sharing 4 passes judged plans worse than the delivered model is, and the
+0.95 search cut 12.5% of the MACs against 23.6% with the 4 shallowest levels exact, 28.4%
+with 8, 47.9% with every level in its own pass.
 """
 
 from __future__ import annotations
@@ -223,6 +228,7 @@ def recalibrate(
     registry: RuleRegistry | None = None,
     variance: bool = True,
     max_passes: int = 32,
+    shallow_only: bool = False,
     source: str = "<model>",
     cache: dict[str, list[_Moments]] | None = None,
     measure: bool = True,
@@ -231,7 +237,7 @@ def recalibrate(
     statistics on ``feeds`` corrected to the original's (see module doc); ``variance=False``
     corrects the means only. ``source``, the model file, names it in errors; ``cache`` keeps
     the original's statistics on ``feeds`` for the next call with the same original and feeds;
-    ``measure=False`` saves the pass that measures the drift left (the layers' "after" figures
+    ``shallow_only``: see the module doc; ``measure=False`` saves the pass that measures the drift left (the layers' "after" figures
     are then nan)."""
     registry = registry or default_registry()
     opset = model_opset(original)
@@ -253,7 +259,10 @@ def recalibrate(
     by_name = {n.name: n for n in graph.nodes}
     params = ParamResolver()
     depths = sorted({t.depth for t in targets})
-    chunks = np.array_split(np.asarray(depths), min(max_passes, len(depths)))
+    if shallow_only:  # the first max_passes levels exactly, the deeper ones left as they are
+        chunks = [np.asarray([d]) for d in depths[:max_passes]]
+    else:
+        chunks = np.array_split(np.asarray(depths), min(max_passes, len(depths)))
     before: dict[str, tuple[float, float]] = {}
     applied: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}  # layer -> (folded into, a, c)
     for k, chunk in enumerate(chunks):

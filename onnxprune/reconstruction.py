@@ -366,10 +366,12 @@ class ReconstructedTrials:
     trial removes the groups (surgery) and is judged by two-fold cross-fitting: the model
     recovered on one half of the calibration samples is judged on the other half, and the other
     way round, so every sample is judged by a fit that never saw it (fitted and judged on the
-    same few samples, a fit looks better than it is). Re-calibration inside the search takes at
-    most ``RECALIBRATION_PASSES`` passes per trial."""
+    same few samples, a fit looks better than it is). Re-calibration inside the search corrects
+    the ``RECALIBRATION_PASSES`` shallowest depth levels exactly (a pass each) and leaves the
+    deeper ones (recalibration's ``shallow_only``): a trial then judges a model no better
+    corrected than the delivered one, at a bounded cost."""
 
-    RECALIBRATION_PASSES = 4
+    RECALIBRATION_PASSES = 8
 
     def __init__(
         self,
@@ -432,6 +434,7 @@ class ReconstructedTrials:
                 registry=self.registry,
                 seed=self.seed,
                 recalibration_passes=self.RECALIBRATION_PASSES,
+                shallow_recalibration=True,
                 source=self.source,
                 cache=cache,
                 measure=False,

@@ -46,6 +46,7 @@ def recover_model(
     registry: RuleRegistry | None = None,
     seed: int = 0,
     recalibration_passes: int | None = None,
+    shallow_recalibration: bool = False,
     source: str = "<model>",
     progress: Callable[[int, int], None] | None = None,
     cache: RecoveryCache | None = None,
@@ -55,7 +56,8 @@ def recover_model(
     changed), with the layers refitted and the layers re-calibrated; ``progress(done, total)``
     counts the layers refitted; ``cache`` keeps what recovery reads from the original and
     ``feeds`` for the next call with the same (the result is the same without it);
-    ``measure=False`` skips the re-calibration's measurement of the drift left (a search's trial
+    ``recalibration_passes`` and ``shallow_recalibration``: recalibration.recalibrate's
+    ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurement of the drift left (a search's trial
     does not report it)."""
     model, layers, recalibrated = pruned, (), ()
     if reconstruct:
@@ -77,6 +79,7 @@ def recover_model(
         from .recalibration import recalibrate as correct
 
         passes = {} if recalibration_passes is None else {"max_passes": recalibration_passes}
+        passes["shallow_only"] = shallow_recalibration
         model, recalibrated = correct(
             original,
             model,

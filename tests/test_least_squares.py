@@ -230,3 +230,33 @@ def test_recalibration_without_the_after_measurement_and_with_cached_statistics_
     )
     for t, u in zip(plain.graph.initializer, fast.graph.initializer, strict=True):
         assert t.name == u.name and np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(u))
+
+
+def test_recalibration_of_the_shallow_levels_only_leaves_the_deeper_ones() -> None:
+    """``shallow_only`` with one pass (the search's trials, bounded): the first level is
+    corrected exactly as a full run corrects it, the second level is left as it was."""
+    from onnxprune.planning import PruningPlan
+    from onnxprune.recalibration import recalibrate
+    from onnxprune.surgery import apply_pruning
+
+    b = GraphBuilder(opset=17, seed=44)
+    x = b.input("x", [None, 3, 6, 6])
+    h = b.op("Relu", b.conv(x, 6))
+    h = b.op("Relu", b.conv(h, 5, k=1, pads=0))
+    b.output(b.conv(h, 4, k=1, pads=0))
+    model = b.build()
+    analysis = onnxprune.analyze(model)
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(8)]
+    plan = PruningPlan("p", (0, 2))
+    pruned = apply_pruning(model, analysis, plan)
+    full, full_layers = recalibrate(model, pruned, analysis, plan, feeds)
+    one, one_layers = recalibrate(model, pruned, analysis, plan, feeds, max_passes=1, shallow_only=True)
+    assert len(full_layers) == 2 and [x.node for x in one_layers] == [full_layers[0].node]
+    first, second = (next(n for n in full.graph.node if n.name == x.node) for x in full_layers)
+    before = {t.name: numpy_helper.to_array(t) for t in pruned.graph.initializer}
+    got = {t.name: numpy_helper.to_array(t) for t in one.graph.initializer}
+    want = {t.name: numpy_helper.to_array(t) for t in full.graph.initializer}
+    assert not np.array_equal(want[first.input[1]], before[first.input[1]])
+    assert np.array_equal(got[first.input[1]], want[first.input[1]])
+    assert np.array_equal(got[first.input[2]], want[first.input[2]])
+    assert np.array_equal(got[second.input[1]], before[second.input[1]])
