@@ -21,6 +21,7 @@ import onnx
 from onnx import numpy_helper
 
 from .analysis import ChannelAnalysis, analyze
+from .layer_params import set_node_input
 from .node_names import nodes_by_name
 from .planning import PruningPlan
 from .rules import RuleRegistry, default_registry
@@ -156,9 +157,4 @@ def _expected_output_as_bias(
         bias[rows] = mean[rows]
         name = f"{node.output[0]}__expected_bias"
         model.graph.initializer.append(numpy_helper.from_array(bias, name))
-        while len(node.input) < bias_index:
-            node.input.append("")
-        if len(node.input) > bias_index:  # an empty name stands for the missing bias
-            node.input[bias_index] = name
-        else:
-            node.input.append(name)
+        set_node_input(node, bias_index, name)

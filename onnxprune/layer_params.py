@@ -17,7 +17,18 @@ from .node_names import nodes_by_name
 from .params import Param, ParamResolver, is_quantized_chain
 from .rules import Layer
 
-__all__ = ["WeightWriter", "layer_params"]
+__all__ = ["WeightWriter", "layer_params", "set_node_input"]
+
+
+def set_node_input(node: onnx.NodeProto, index: int, name: str) -> None:
+    """Make ``name`` input ``index`` of ``node``, padding skipped optional inputs with empty
+    names (an empty name stands for a missing optional input, such as an absent bias)."""
+    while len(node.input) < index:
+        node.input.append("")
+    if len(node.input) > index:
+        node.input[index] = name
+    else:
+        node.input.append(name)
 
 
 def layer_params(node: gs.Node, params: ParamResolver, layer: Layer) -> tuple[np.ndarray, np.ndarray, Param] | None:
@@ -82,12 +93,7 @@ class WeightWriter:
         name = f"{node.output[0]}__reconstructed_bias"
         self.model.graph.initializer.append(numpy_helper.from_array(bias, name))
         for n in nodes:
-            while len(n.input) < bi:
-                n.input.append("")
-            if len(n.input) > bi:  # an empty name stands for the missing bias
-                n.input[bi] = name
-            else:
-                n.input.append(name)
+            set_node_input(n, bi, name)
 
     def set(self, nodes: onnx.NodeProto | Sequence[onnx.NodeProto], index: int, value: np.ndarray) -> None:
         """Set input ``index`` of ``nodes`` (one node, or nodes reading the same name there) to
