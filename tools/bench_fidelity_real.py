@@ -132,7 +132,7 @@ def _now() -> str:
 def update_results(fn: Callable[[dict], None]) -> None:
     """Read-modify-write of the JSON under a lock (workers of ``--jobs 2`` write in turn)."""
     path = OUT.with_suffix(".json")
-    with open(path.with_suffix(".lock"), "w") as lock:
+    with open(Path(tempfile.gettempdir()) / f"fidelity_real.{abs(hash(str(path)))}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = load_results()
         fn(results)
