@@ -200,16 +200,13 @@ def test_recalibration_makes_only_corrections_that_carry_over_to_the_other_half(
     assert a[2] == 1.0 and c[2] == pytest.approx(mean_o[2] - mean_p[2], rel=1e-9)
 
 
-def test_recalibration_without_the_after_measurement_and_with_cached_statistics_is_the_same(
-    tmp_path: Path,
-) -> None:
-    """The search's trials skip the measurement of the drift left and reuse the original's
-    statistics: the model is the one a plain call makes, only the 'after' figures are nan."""
+def _two_level_relu_cnn(seed: int) -> tuple:
+    """Three convs with Relus between (two depth levels to re-calibrate), its analysis, a plan
+    removing two groups, the pruned model and 8 seeded inputs."""
     from onnxprune.planning import PruningPlan
-    from onnxprune.recalibration import recalibrate
     from onnxprune.surgery import apply_pruning
 
-    b = GraphBuilder(opset=17, seed=43)
+    b = GraphBuilder(opset=17, seed=seed)
     x = b.input("x", [None, 3, 6, 6])
     h = b.op("Relu", b.conv(x, 6))
     h = b.op("Relu", b.conv(h, 5, k=1, pads=0))
@@ -218,7 +215,17 @@ def test_recalibration_without_the_after_measurement_and_with_cached_statistics_
     analysis = onnxprune.analyze(model)
     feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(8)]
     plan = PruningPlan("p", (0, 2))
-    pruned = apply_pruning(model, analysis, plan)
+    return model, analysis, plan, apply_pruning(model, analysis, plan), feeds
+
+
+def test_recalibration_without_the_after_measurement_and_with_cached_statistics_is_the_same(
+    tmp_path: Path,
+) -> None:
+    """The search's trials skip the measurement of the drift left and reuse the original's
+    statistics: the model is the one a plain call makes, only the 'after' figures are nan."""
+    from onnxprune.recalibration import recalibrate
+
+    model, analysis, plan, pruned, feeds = _two_level_relu_cnn(43)
     plain, layers = recalibrate(model, pruned, analysis, plan, feeds)
     cache: dict = {}
     recalibrate(model, pruned, analysis, plan, feeds, cache=cache)
@@ -235,20 +242,9 @@ def test_recalibration_without_the_after_measurement_and_with_cached_statistics_
 def test_recalibration_of_the_shallow_levels_only_leaves_the_deeper_ones() -> None:
     """``shallow_only`` with one pass (the search's trials, bounded): the first level is
     corrected exactly as a full run corrects it, the second level is left as it was."""
-    from onnxprune.planning import PruningPlan
     from onnxprune.recalibration import recalibrate
-    from onnxprune.surgery import apply_pruning
 
-    b = GraphBuilder(opset=17, seed=44)
-    x = b.input("x", [None, 3, 6, 6])
-    h = b.op("Relu", b.conv(x, 6))
-    h = b.op("Relu", b.conv(h, 5, k=1, pads=0))
-    b.output(b.conv(h, 4, k=1, pads=0))
-    model = b.build()
-    analysis = onnxprune.analyze(model)
-    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(8)]
-    plan = PruningPlan("p", (0, 2))
-    pruned = apply_pruning(model, analysis, plan)
+    model, analysis, plan, pruned, feeds = _two_level_relu_cnn(44)
     full, full_layers = recalibrate(model, pruned, analysis, plan, feeds)
     one, one_layers = recalibrate(model, pruned, analysis, plan, feeds, max_passes=1, shallow_only=True)
     assert len(full_layers) == 2 and [x.node for x in one_layers] == [full_layers[0].node]
