@@ -459,9 +459,9 @@ def phase_report(rows: list[dict], out: Path, target: float) -> None:
                 f"  - A/B {i}: aim {a['aim']:.3f} → predicted {a['predicted_ratio']:.3f} → measured {a['measured_ratio']:.3f} "
                 f"(p10–p90 {a['measured_p10']:.3f}–{a['measured_p90']:.3f}{ms}), {a['groups_removed']} groups removed"
             )
-        lines.append("- MACs scan (target → MACs, measured A/B ratio (p10–p90; original ms), fidelity, cosine):")
         if "centered_cosine" in r["latency_plan"]:
             lines.append(f"- latency plan's centered cosine: {r['latency_plan']['centered_cosine']:.4f}")
+        lines.append("- MACs scan (target → MACs, measured A/B ratio (p10–p90; original ms), fidelity, cosine):")
         for e in r["macs_scan"]:
             score = e.get("accuracy", e["fidelity"])
             a = e["ab"]
