@@ -1,0 +1,205 @@
+"""The report of tools/bench_latency.py (issue 15's latency-target benchmark): the Markdown
+table and the JSON record from the rows its plan and time phases measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _fid(entry: dict, acc: bool) -> tuple[float | None, float | None]:
+    """(task score, cosine) of a plan: the digits CNN's accuracy, else prune's held-out fidelity."""
+    return (entry.get("accuracy") if acc else entry["fidelity"]), entry.get("cosine")
+
+
+def _score(value: float | None, cos: float | None, show_cos: bool) -> str:
+    return _f(value, ".4f") + (f" (cos {cos:.4f})" if show_cos and cos is not None else "")
+
+
+def _ratio(fin: dict, i: int) -> str:
+    m = fin["timings"]["models"][i]
+    return f"{m['ratio']:.3f} ({m['ratio_p10']:.3f}–{m['ratio_p90']:.3f})"
+
+
+def phase_report(
+    rows: list[dict], out: Path, target: float, *, settings: Any, models: dict[str, dict], state: float
+) -> None:
+    """benchmarks/latency.md and .json from the rows of bench_latency's plan and time phases."""
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "settings": settings.to_dict(),
+        "target": target,
+        "command": "python tools/bench_latency.py all --work DIR [--models ...]",
+    }
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    loads = [r["final"][k] for r in rows if r.get("final") for k in ("loadavg_before", "loadavg") if k in r["final"]]
+    lines = [
+        "# Latency target benchmark: prune to 0.7x of the measured latency",
+        "",
+        f"Date: {meta['date']}  ",
+        f"Machine: {meta['machine']}; load average during the final runs "
+        + (f"{min(loads):.2f}–{max(loads):.2f}  " if loads else "–  "),
+        "Deployment measured: OpenVINO CPU, batch 1, LATENCY hint, threads: the plugin's, **f32 inference precision** "
+        "(INFERENCE_PRECISION_HINT=f32)  ",
+        f"Produced by: `{meta['command']}`",
+        "",
+        "Latency plan: `prune --criterion l2 --latency-target 0.7 --calibration C --inputs E` (table, planner ranking "
+        "moves by latency saved per measured fidelity lost, A/B confirmation; the digits CNN at 0.85, see below). MACs "
+        "plan: `prune --criterion l2 --macs-target F --calibration C --inputs E`, F found by a small scan (each point "
+        "timed against the original) so that its measured latency reaches the latency plan's. Answers kept: "
+        "`--latency-target T --min-fidelity K` (the fastest model within T whose fidelity on the calibration samples "
+        "stays >= K). *final*: the original and every plan timed together in one interleaved run.",
+        "",
+        "**One measurement.** Every ratio here, in prune's confirmation, the MACs scan and the final run, is "
+        "`onnxprune.latency.ab.measure_models`: each model compiled once for the LATENCY hint, rounds in rotating "
+        "order, per round each model's fastest run, the median over rounds of the ratio to the original (p10–p90 of "
+        "the per-round ratios beside it). Fidelity on held-out samples (calibration seed 1, evaluation seed 2): "
+        "cosine for the random-weight zoo, prune's task metric on realistic inputs (`tools/corpus_inputs.py`) for "
+        "the corpus models (top-1 for the table classifier, matched detections for YOLO), top-1 accuracy on the "
+        "labelled test split for the digits CNN; cosine beside a task score.",
+        "",
+        "| model | target | original ms (final) | latency plan: in prune (p10–p90) | final (p10–p90) | ≤ target + 0.02 "
+        "| MACs | metric | fidelity | MACs plan: F (MACs) | final (p10–p90) | fidelity | latency plan's fidelity better |",
+        "|---|---:|---:|---:|---:|:-:|---:|---|---:|---:|---:|---:|:-:|",
+    ]
+    for r in rows:
+        lat, mp, fin = r["latency_plan"], r["macs_plan"], r.get("final")
+        L = lat["latency"]
+        acc = "accuracy" in lat
+        (fl, cl), (fm, cm) = _fid(lat, acc), _fid(mp, acc)
+        metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
+        if fin:
+            lr, mr = _ratio(fin, 1), _ratio(fin, 2)
+            ok = "yes" if fin["latency_plan_ratio"] <= r["target"] + 0.02 else "**no**"
+            base_s = f"{fin['timings']['models'][0]['latency_s'] * 1e3:.2f}"
+        else:
+            lr = mr = "–"
+            ok = "yes" if L["measured_ratio"] <= r["target"] + 0.02 else "**no**"
+            base_s = f"{L['baseline_ms']:.2f} (table)"
+        if fl is not None and fm is not None and fl != fm:
+            better = "yes" if fl > fm else "**no**"
+        elif cl is not None and cm is not None and cl != cm:
+            better = f"equal score; cosine {'yes' if cl > cm else '**no**'}"
+        else:
+            better = "equal"
+        show_cos = metric != "cosine"
+        lines.append(
+            f"| {r['model']} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
+            f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_score(fl, cl, show_cos)} "
+            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}){'' if r.get('macs_plan_reaches', True) else ' †'} "
+            f"| {mr} | {_score(fm, cm, show_cos)} | {better} |"
+        )
+    if any(not r.get("macs_plan_reaches", True) for r in rows):
+        lines += [
+            "",
+            "† no MACs target of the scan reached the latency plan's measured latency: its fastest plan is shown.",
+        ]
+    zoo = [r for r in rows if "centered_cosine" in r["latency_plan"] and "centered_cosine" in r["macs_plan"]]
+    if zoo:
+        lines += [
+            "",
+            "**Random-weight zoo: the input-dependent part.** Their outputs are mostly one vector that does not "
+            "depend on the input (90–99.9% of the norm), so plain cosine mostly rewards keeping it. Centered cosine: "
+            "both outputs minus the original's mean output over the held-out samples, the mean cosine of what is left.",
+            "",
+            "| model | latency plan: centered cosine | MACs plan: centered cosine | latency plan better |",
+            "|---|---:|---:|:-:|",
+        ]
+        for r in zoo:
+            a, b = r["latency_plan"]["centered_cosine"], r["macs_plan"]["centered_cosine"]
+            lines.append(f"| {r['model']} | {a:.4f} | {b:.4f} | {'yes' if a > b else '**no**'} |")
+    kept = [r for r in rows if "kept_plan" in r]
+    if kept:
+        lines += [
+            "",
+            "**Answers kept** (`--latency-target T --min-fidelity K`): the fastest plan within the target whose "
+            "fidelity on the calibration samples holds; held-out fidelity beside the latency plan's without it.",
+            "",
+            "| model | target | K | in prune (p10–p90) | final (p10–p90) | MACs | held-out fidelity | without K | stopped by K |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
+        ]
+        for r in kept:
+            k, lat, fin = r["kept_plan"], r["latency_plan"], r.get("final")
+            acc = "accuracy" in lat
+            (fk, ck), (fl, cl) = _fid(k, acc), _fid(lat, acc)
+            KL = k["latency"]
+            fr = _ratio(fin, 3) if fin and len(fin["timings"]["models"]) > 3 else "–"
+            lines.append(
+                f"| {r['model']} | {r['target']:g} | {k['min_fidelity']:g} | {KL['measured_ratio']:.3f} "
+                f"({KL['measured_p10']:.3f}–{KL['measured_p90']:.3f}) | {fr} | {_f(k['macs_ratio'])} "
+                f"| {_score(fk, ck, True)} | {_score(fl, cl, True)} | {'yes' if KL.get('limited_by_constraint') else 'no'} |"
+            )
+    lines += ["", "## Per model", ""]
+    for r in rows:
+        L = r["latency_plan"]["latency"]
+        lines.append(f"### {r['model']}")
+        lines.append("")
+        lines.append(
+            f"- file: `{r['path']}`; inputs: {models.get(r['model'], {}).get('inputs_note', r.get('inputs_note', ''))}"
+        )
+        floor = L.get("floor_ratio")
+        lines.append(
+            f"- latency plan: predicted {L['predicted_ratio']:.3f}, measured {L['measured_ratio']:.3f} "
+            f"(p10–p90 {L['measured_p10']:.3f}–{L['measured_p90']:.3f}, {L['precision']}), target met: {L['met']}; "
+            f"table floor {_f(floor)}; prune took {r['prune_seconds']:.0f} s"
+        )
+        for i, a in enumerate(L["attempts"], 1):
+            ms = f"; {a['original_ms']:.3f} → {a['candidate_ms']:.3f} ms" if a.get("original_ms") is not None else ""
+            lines.append(
+                f"  - A/B {i}: aim {a['aim']:.3f} → predicted {a['predicted_ratio']:.3f} → measured {a['measured_ratio']:.3f} "
+                f"(p10–p90 {a['measured_p10']:.3f}–{a['measured_p90']:.3f}{ms}), {a['groups_removed']} groups removed"
+            )
+        if "centered_cosine" in r["latency_plan"]:
+            lines.append(f"- latency plan's centered cosine: {r['latency_plan']['centered_cosine']:.4f}")
+        lines.append("- MACs scan (target → MACs, measured A/B ratio (p10–p90; original ms), fidelity, cosine):")
+        for e in r["macs_scan"]:
+            score = e.get("accuracy", e["fidelity"])
+            a = e["ab"]
+            spread = (
+                f" ({a['ratio_p10']:.3f}–{a['ratio_p90']:.3f}; {a['original_ms']:.2f} ms)" if "ratio_p10" in a else ""
+            )
+            centered = f", centered {e['centered_cosine']:.4f}" if "centered_cosine" in e else ""
+            lines.append(
+                f"  - {e['macs_target']:.3f} → {_f(e['macs_ratio'])}, {a['ratio']:.3f}{spread}, {_f(score, '.4f')}, "
+                f"{_f(e.get('cosine'), '.4f')}{centered}"
+            )
+        if "kept_plan" in r:
+            KL = r["kept_plan"]["latency"]
+            lines.append(
+                f"- answers kept (min fidelity {r['kept_plan']['min_fidelity']:g}): {KL.get('constraint')} "
+                f"{'stopped the plan' if KL.get('limited_by_constraint') else 'held'} at {_f(KL.get('constraint_value'), '.4f')}; "
+                f"measured {KL['measured_ratio']:.3f}; prune took {r['kept_plan']['prune_seconds']:.0f} s"
+            )
+        fin = r.get("final")
+        if fin:
+            ms = ", ".join(f"{m['latency_s'] * 1e3:.3f}" for m in fin["timings"]["models"])
+            med = ", ".join(f"{m['median_ratio']:.3f}" for m in fin["timings"]["models"][1:])
+            lines.append(
+                f"- final ({fin['when']}, {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']} runs, "
+                f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}): fastest-run ms {ms}; "
+                f"ratios of all-run medians {med}"
+            )
+            change = fin.get("original_ms_change")
+            if change is not None:
+                flag = (
+                    " — **the machine's state differed: these two ratios are not comparable**"
+                    if abs(change) > state
+                    else ""
+                )
+                lines.append(
+                    f"- original in prune's chosen A/B {fin['original_ms_in_prune']:.3f} ms, in the final run "
+                    f"{fin['timings']['models'][0]['latency_s'] * 1e3:.3f} ms ({change:+.0%}){flag}"
+                )
+        for note in r["latency_plan"]["notes"]:
+            lines.append(f"- note: {note}")
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
