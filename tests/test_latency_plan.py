@@ -7,25 +7,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import pytest
+from latency_helpers import three_unit_chain
 
 import onnxprune
 from onnxprune.config import PruneConfig
 from onnxprune.latency.confirm import confirm
 from onnxprune.latency.planner import Constraint, plan_for_latency
 from onnxprune.sensitivity_analysis import UnitSensitivity, find_units
-from onnxprune.testing import GraphBuilder
-
-
-def _chain() -> onnx.ModelProto:
-    """Three units of 32 channels (convs a, b, c); the last conv's outputs are the graph's."""
-    b = GraphBuilder(opset=17, seed=5)
-    x = b.input("x", [1, 3, 8, 8])
-    for _ in range(3):
-        x = b.op("Relu", b.conv(x, 32))
-    b.output(b.op("Flatten", b.op("GlobalAveragePool", b.conv(x, 4, k=1, pads=0)), axis=1))
-    return b.build()
 
 
 @dataclass(frozen=True)
@@ -64,7 +53,7 @@ class FakeMeasurement:
 
 
 def _setup(scale: dict[int, float] | None = None):
-    model = _chain()
+    model = three_unit_chain()
     analysis = onnxprune.analyze(model)
     scores = {g.id: 1.0 + 0.01 * g.id for g in analysis.groups}  # lowest ids go first
     units = find_units(analysis, scores)
@@ -324,7 +313,7 @@ def test_latency_target_usage_errors(options: dict, message: str) -> None:
 
 
 def test_latency_target_with_a_given_plan_is_refused() -> None:
-    model = _chain()
+    model = three_unit_chain()
     plan = onnxprune.prune(model, "l2", ratio=0.25, verify=False).plan
     with pytest.raises(onnxprune.UsageError, match="cannot go with --plan"):
         onnxprune.prune(model, pruning_plan=plan, latency_target=0.7)

@@ -13,24 +13,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from latency_helpers import three_unit_chain
 
 import onnxprune
-from onnxprune.testing import GraphBuilder, StepTimer
+from onnxprune.testing import StepTimer
 
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def _chain() -> onnx.ModelProto:
-    """Three units of 32 channels (convs a, b, c); the last conv's outputs are the graph's."""
-    b = GraphBuilder(opset=17, seed=5)
-    x = b.input("x", [1, 3, 8, 8])
-    for _ in range(3):
-        x = b.op("Relu", b.conv(x, 32))
-    b.output(b.op("Flatten", b.op("GlobalAveragePool", b.conv(x, 4, k=1, pads=0)), axis=1))
-    return b.build()
 
 
 COSINE = {"fidelity_metrics": {"*": "cosine"}}  # top-1 of 4 random classes barely moves
@@ -46,7 +37,7 @@ def _timer() -> StepTimer:
 def test_latency_target_keeps_multiples_of_the_step_and_is_confirmed(tmp_path: Path) -> None:
     timer = _timer()
     model = tmp_path / "chain.onnx"
-    onnx.save(_chain(), model)
+    onnx.save(three_unit_chain(), model)
     result = onnxprune.prune(str(model), latency_target=0.85, timer=timer, output=tmp_path / "out.onnx")
     report = result.report
     lat = report.latency
@@ -75,7 +66,7 @@ def test_latency_target_keeps_multiples_of_the_step_and_is_confirmed(tmp_path: P
 
 
 def test_unreachable_target_is_written_with_a_note(tmp_path: Path) -> None:
-    result = onnxprune.prune(_chain(), latency_target=0.5, timer=_timer())
+    result = onnxprune.prune(three_unit_chain(), latency_target=0.5, timer=_timer())
     lat = result.report.latency
     assert not lat["met"]
     assert lat["measured_ratio"] == pytest.approx(0.18 / 0.24)  # every unit at 16: the best the step allows
@@ -85,12 +76,12 @@ def test_unreachable_target_is_written_with_a_note(tmp_path: Path) -> None:
 def test_a_target_taking_most_of_the_removable_latency_says_so() -> None:
     # the step timer's floor: every unit at 16 channels, 0.18 of 0.24 ms (0.75x; additive, so
     # the A/B measurement confirms the table); 0.8x takes 80% of the 25% pruning can save
-    near = onnxprune.prune(_chain(), latency_target=0.8, timer=_timer()).report
+    near = onnxprune.prune(three_unit_chain(), latency_target=0.8, timer=_timer()).report
     assert near.latency["floor_ratio"] == pytest.approx(0.75)
     said = [n for n in near.notes if n.startswith("about 25% of this model's latency at most goes with its prunable")]
     assert len(said) == 1 and "floor 0.750x" in said[0] and "target 0.8x takes 80% of that" in said[0]
     assert "add --min-fidelity" in said[0]
-    far = onnxprune.prune(_chain(), latency_target=0.9, timer=_timer()).report  # 40% of it: no note
+    far = onnxprune.prune(three_unit_chain(), latency_target=0.9, timer=_timer()).report  # 40% of it: no note
     assert far.latency["floor_ratio"] == pytest.approx(0.75)
     assert not [n for n in far.notes if "prunable channels" in n]
 
@@ -120,7 +111,7 @@ def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
     free = onnxprune.prune(
-        _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=1e-6, **COSINE
+        three_unit_chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=1e-6, **COSINE
     )
     assert free.report.latency["met"] and free.report.sensitivity is not None  # importance was measured
     assert not free.report.latency["limited_by_constraint"]
@@ -128,7 +119,7 @@ def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
     assert reached < 1.0
     floor = (reached + 1.0) / 2  # the latency plan's answers are not good enough
     bound = onnxprune.prune(
-        _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=floor, **COSINE
+        three_unit_chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=floor, **COSINE
     )
     lat = bound.report.latency
     assert lat["limited_by_constraint"] and lat["constraint_value"] >= floor
@@ -139,7 +130,7 @@ def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
 
 def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
     model = tmp_path / "chain.onnx"
-    onnx.save(_chain(), model)
+    onnx.save(three_unit_chain(), model)
     out, rep, md, png = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png"
     env = {"ONNXPRUNE_CACHE_DIR": str(tmp_path / "cache")}
     p = subprocess.run(
@@ -181,7 +172,7 @@ def test_cli_latency_target_end_to_end(tmp_path: Path) -> None:
 )
 def test_cli_usage_errors_are_one_line(extra: list[str], message: str, tmp_path: Path) -> None:
     model = tmp_path / "chain.onnx"
-    onnx.save(_chain(), model)
+    onnx.save(three_unit_chain(), model)
     np.savez(tmp_path / "C.npz", x=np.zeros((2, 3, 8, 8), np.float32))
     extra = [str(tmp_path / "C.npz") if a == "C" else a for a in extra]
     p = subprocess.run(
@@ -208,7 +199,12 @@ def test_validation_function_within_its_drop_wins_over_the_latency_target(tmp_pa
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
     result = onnxprune.prune(
-        _chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), validate=_conv_channels, max_drop=0.2
+        three_unit_chain(),
+        latency_target=0.85,
+        timer=_timer(),
+        calibration=str(calib),
+        validate=_conv_channels,
+        max_drop=0.2,
     )
     lat = result.report.latency
     # 0.85 needs two units at 16 (32 channels); the function allows 20: one unit, 0.22 / 0.24 ms
