@@ -123,6 +123,7 @@ def _prune(args: argparse.Namespace) -> int:
         seed=args.seed,
         tolerance=args.tolerance,
         min_fidelity=args.min_fidelity,
+        fidelity_confidence=args.fidelity_confidence,
         reconstruct=args.reconstruct,
         recalibrate=args.recalibrate,
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),

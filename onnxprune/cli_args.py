@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)",
     )
     b.add_argument(
+        "--fidelity-confidence",
+        type=float,
+        default=0.95,
+        metavar="C",
+        help="top-1 / CTC outputs: the search keeps a plan when a lower bound at confidence C of their agreement on "
+        "unseen inputs (bootstrap over the calibration samples) stays >= the fidelity floor (default 0.95; 0.5: the "
+        "point estimate)",
+    )
+    b.add_argument(
         "--validate",
         metavar="FILE.py:function|module:function",
         help="your validation function: fn(candidate) -> float, higher is better, on your own data (candidate.path, "

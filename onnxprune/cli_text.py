@@ -157,6 +157,8 @@ def generalisation_lines(g: dict | None) -> list[str]:
     estimated = (
         f"; estimated {est['fidelity']:.4f} on unseen inputs (from the calibration samples' margins)" if est else ""
     )
+    if est and "bound" in est:
+        estimated += f", at least {est['bound']:.4f} at confidence {est['confidence']:g} (what the search judged)"
     return [
         f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them), "
         f"{held['fidelity']:.4f} on the {held['samples']} held-out samples (gap {g['gap']:+.4f}){estimated}"

@@ -104,6 +104,9 @@ class PruneConfig:
     min_fidelity: remove as much as keeps the fidelity on the calibration inputs >= this,
         allocating per-layer ratios by measured sensitivity (with macs_target: reach it with
         the best fidelity found).
+    fidelity_confidence: the confidence of the lower bound the search judges top-1 and CTC
+        outputs by (their agreement on unseen inputs: fidelity_metrics.unseen_bound), in
+        [0.5, 1); 0.5 judges by the point estimate.
     reconstruct: refit the readers of removed channels by least squares on calibration data.
     recalibrate: after pruning (and reconstruction), correct every layer downstream of a removal
         so that its kept channels' mean and variance on the calibration data are the original's
@@ -147,6 +150,7 @@ class PruneConfig:
     seed: int = 0
     tolerance: float | None = None
     min_fidelity: float | None = None
+    fidelity_confidence: float = 0.95
     reconstruct: bool = False
     recalibrate: bool = False
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -221,6 +225,8 @@ class PruneConfig:
             object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
         if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
             raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
+        if not (0.5 <= self.fidelity_confidence < 1.0):
+            raise UsageError(f"fidelity confidence must be in [0.5, 1), got {self.fidelity_confidence}")
         ratios = self.ratios
         if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
             raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")

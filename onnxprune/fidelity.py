@@ -30,7 +30,8 @@ from .fidelity_metrics import (
     parse_metric,
     top1_agreement,
 )
-from .fidelity_metrics.unseen import estimate_agreement
+from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
+from .fidelity_metrics.unseen_bound import unseen as unseen_agreement
 
 if TYPE_CHECKING:
     import onnx
@@ -87,6 +88,10 @@ class OutputFidelity:
     # Estimated agreement on unseen inputs from these samples' margins (top1 and ctc only, and
     # only when asked for: fidelity_metrics.unseen says what it assumes); None otherwise.
     estimate: float | None = None
+    # Its lower bound at ``confidence`` (with the agreement on these samples: the lower of
+    # both; fidelity_metrics.unseen_bound), what the search judges; None with ``estimate``.
+    bound: float | None = None
+    confidence: float | None = None
 
     @property
     def score(self) -> float:
@@ -96,7 +101,11 @@ class OutputFidelity:
         return self.top1_agreement if self.metric == "top1" and self.top1_agreement is not None else self.cosine
 
     def to_dict(self) -> dict:
-        estimate = {} if self.estimate is None else {"estimate": self.estimate}
+        estimate = (
+            {}
+            if self.estimate is None
+            else {"estimate": self.estimate, "bound": self.bound, "confidence": self.confidence}
+        )
         return {
             "name": self.name,
             "max_abs_error": self.max_abs_error,
@@ -201,12 +210,14 @@ def fidelity_from_outputs(
     *,
     batch_axes: Mapping[str, int] | None = None,
     estimate: bool = False,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[OutputFidelity, ...]:
     """Every output's fidelity figures and metric (``choices``: output name or "*" -> metric,
     see ``fidelity_metrics.parse_metric``), from per output the reference's and the
     candidate's arrays for every feed (``batch_axes``: output -> the axis of its samples, when
     not the first; see ``output_batch_axes``). With ``estimate``, top1 and ctc outputs also get
-    the estimated agreement on unseen inputs (``fidelity_metrics.unseen``)."""
+    the estimated agreement on unseen inputs (``fidelity_metrics.unseen``) and its lower bound
+    at ``confidence`` (``fidelity_metrics.unseen_bound``)."""
     choices, batch_axes = choices or {}, batch_axes or {}
     axes = [batch_axes.get(n, 0) for n in names]
     rs = [_samples(r, a) for r, a in zip(refs, axes)]
@@ -223,7 +234,7 @@ def fidelity_from_outputs(
             reason = f"{reason}; but {metric} has nothing to compare ({why}): cosine instead"
             metric, result = "cosine", cosine_metric(r, g)
         top1 = result.value if metric == "top1" else (top1_agreement(r, g) if found.metric == "top1" else None)
-        unseen = estimate_agreement(metric, params, r, g) if estimate else None
+        unseen = unseen_agreement(metric, params, r, g, confidence) if estimate else None
         out.append(
             OutputFidelity(
                 name,
@@ -235,7 +246,9 @@ def fidelity_from_outputs(
                 result.value,
                 reason,
                 result.details,
-                unseen,
+                unseen.estimate if unseen else None,
+                unseen.bound if unseen else None,
+                unseen.confidence if unseen else None,
             )
         )
     return tuple(out)
@@ -266,17 +279,20 @@ def score_outputs(
 class SearchScore:
     """How the fidelity-budgeted search judges a plan on the calibration samples.
 
-    Per output: a discrete metric (top1, ctc) by the lower of its agreement on all the
-    samples and its estimated agreement on unseen inputs (``fidelity_metrics.unseen``: the
-    samples' margins against the candidate's margin losses, so a 0.99 target is not "no flip
-    among 16" and near-ties count before they flip); a continuous one by the worse of the two
-    halves of the samples (cross-validated: one lucky half cannot hide one that fails). The
-    plan's value is the worst output's."""
+    Per output: a discrete metric (top1, ctc) by a lower confidence bound of the lower of its
+    agreement on all the samples and its estimated agreement on unseen inputs
+    (``fidelity_metrics.unseen``: the samples' margins against the candidate's margin losses,
+    so a 0.99 target is not "no flip among 16" and near-ties count before they flip; the
+    bound, ``fidelity_metrics.unseen_bound``: a bootstrap over the samples, so a plan at the
+    floor is not kept on a coin toss); a continuous one by the worse of the two halves of the
+    samples (cross-validated: one lucky half cannot hide one that fails). The plan's value is
+    the worst output's."""
 
     value: float
     pooled: float  # the fidelity on all the samples
     worst_half: float | None  # the worse half's (None: outputs not one row per sample)
     estimate: float | None  # the lowest estimated agreement of the discrete outputs (None: none)
+    bound: float | None = None  # the lowest of their lower bounds (None: no discrete output)
 
 
 def search_score(
@@ -287,25 +303,40 @@ def search_score(
     choices: Mapping[str, str] | None = None,
     *,
     batch_axes: Mapping[str, int] | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> SearchScore:
     """The search's judgement of a candidate (see ``SearchScore``): one array per output for
-    all the samples, and ``halves`` as (reference, candidate) pairs of the same cut in two."""
+    all the samples, and ``halves`` as (reference, candidate) pairs of the same cut in two;
+    ``confidence`` the level of the discrete outputs' bound (0.5: the point estimate)."""
     pooled = fidelity_from_outputs(
-        names, [[r] for r in reference], [[g] for g in candidate], choices, batch_axes=batch_axes, estimate=True
+        names,
+        [[r] for r in reference],
+        [[g] for g in candidate],
+        choices,
+        batch_axes=batch_axes,
+        estimate=True,
+        confidence=confidence,
     )
     parts = [
         fidelity_from_outputs(names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=batch_axes)
         for ref, got in (halves or ())
     ]
-    values, estimates = [], []
+    values, estimates, bounds = [], [], []
     for k, f in enumerate(pooled):
-        if f.estimate is not None:
+        if f.estimate is not None and f.bound is not None:
             estimates.append(f.estimate)
-            values.append(min(f.score, f.estimate))
+            bounds.append(min(f.score, f.bound))
+            values.append(bounds[-1])
         else:
             values.append(min((p[k].score for p in parts), default=f.score))
     worst = min(run_score(p)[0] for p in parts) if parts else None
-    return SearchScore(min(values, default=1.0), run_score(pooled)[0], worst, min(estimates) if estimates else None)
+    return SearchScore(
+        min(values, default=1.0),
+        run_score(pooled)[0],
+        worst,
+        min(estimates) if estimates else None,
+        min(bounds) if bounds else None,
+    )
 
 
 def fidelity(
@@ -316,10 +347,11 @@ def fidelity(
     *,
     source: str = "<model>",
     estimate: bool = False,
+    confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[OutputFidelity, ...]:
     """Run both models (in memory, or the paths of saved ones) on every feed: the fidelity of
     every output (with ``estimate``, top1 and ctc outputs' estimated agreement on unseen inputs
-    from these feeds' margins)."""
+    from these feeds' margins, and its lower bound at ``confidence``)."""
     import onnx
 
     from .runtime import paired_outputs
@@ -330,4 +362,5 @@ def fidelity(
         choices,
         batch_axes=output_batch_axes(proto),
         estimate=estimate,
+        confidence=confidence,
     )

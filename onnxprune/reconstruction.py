@@ -384,8 +384,10 @@ class ReconstructedTrials:
         source: str = "<model>",
         reconstruct: bool = True,
         recalibrate: bool = False,
+        confidence: float = 0.95,
     ) -> None:
         self.reconstruct, self.recalibrate = reconstruct, recalibrate
+        self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
         if len(feeds) < 2:
             raise ValueError("reconstruction inside the search needs at least 2 calibration samples")
         half = len(feeds) // 2
@@ -443,5 +445,7 @@ class ReconstructedTrials:
         outs = [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
         if search:
             pairs = list(zip(self.references, parts))
-            return search_score(self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes).value
+            return search_score(
+                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+            ).value
         return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]

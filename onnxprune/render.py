@@ -186,6 +186,11 @@ def to_markdown(d: dict[str, Any]) -> str:
                 f"| estimated on unseen inputs, from the calibration samples' top-1 / CTC margins (an estimate) "
                 f"| {g['estimate']['samples']} | {g['estimate']['fidelity']:.4f} |"
             )
+            if "bound" in g["estimate"]:
+                lines.append(
+                    f"| lower bound at confidence {g['estimate']['confidence']:g} (what the search judged) "
+                    f"| {g['estimate']['samples']} | {g['estimate']['bound']:.4f} |"
+                )
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):

@@ -24,6 +24,7 @@ from .budget import MacsTracker
 from .compensation import reader_masks
 from .errors import UnsupportedModel
 from .fidelity import OutputMetric, SearchScore, fidelity_from_outputs, output_batch_axes, search_score
+from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
 from .masking import instrument_readers, mask_feeds
 from .planning import enforce_constraints
 from .runtime import session
@@ -144,10 +145,12 @@ class TrialRunner:
         feeds: Sequence[Mapping[str, np.ndarray]],
         *,
         source: str = "<model>",
+        confidence: float = DEFAULT_CONFIDENCE,
     ) -> None:
         if not feeds:
             raise UnsupportedModel("sensitivity needs calibration inputs")
         self.analysis = analysis
+        self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
         instrumented, self.ports = instrument_readers(model, analysis)
         from .shapes import dynamic_batch_inputs
 
@@ -215,7 +218,9 @@ class TrialRunner:
             self.runs += 1
             halves, refs = self._halves(outs), self._halves(self.reference)
             pairs = list(zip(refs, halves)) if halves is not None and refs is not None else None
-            judged = search_score(self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes)
+            judged = search_score(
+                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+            )
             self._cache[key] = (judged, estimates)
         return self._cache[key][0]
 

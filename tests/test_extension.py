@@ -98,8 +98,8 @@ SCENARIOS = {
     "l2-calibration": {"ratio": 0.5, "compensation": "calibration", "calibration": True},
     "l2-reconstruct": {"ratio": 0.5, "compensation": "none", "calibration": True, "reconstruct": True},
     "macs-target": {"macs_target": 0.5, "compensation": "data-free"},
-    # 12 calibration samples: the estimate on unseen inputs (margins) holds 0.8, not 0.9.
-    "fidelity-budget": {"min_fidelity": 0.8, "calibration": True, "reconstruct": True},
+    # 12 calibration samples: the lower bound (95%) of the agreement on unseen inputs holds 0.7, not 0.8.
+    "fidelity-budget": {"min_fidelity": 0.7, "calibration": True, "reconstruct": True},
 }
 
 

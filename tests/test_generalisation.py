@@ -54,9 +54,14 @@ def test_search_judges_the_worse_half_of_a_continuous_metric() -> None:
     # half's margin grew to 1) and 2 (past every margin): half the pairs flip.
     judged = runner.judged([channel0], None)
     assert judged.pooled == pytest.approx(0.5) and judged.worst_half == 0.0  # the second half loses them all
-    assert judged.estimate == pytest.approx(0.5) and judged.value == pytest.approx(0.5)
-    assert runner.fidelity([channel0], None, search=True) == pytest.approx(0.5) and runner.runs == 2
+    assert judged.estimate == pytest.approx(0.5)
+    # The search judges by the bound at 0.95 (bootstrap over the 8 samples): resampled flips
+    # K ~ Binomial(8, 1/2), P(K >= 7) = 9/256 < 5% <= P(K >= 6) = 37/256: agreement 2/8.
+    assert judged.bound == pytest.approx(0.25) and judged.value == pytest.approx(0.25)
+    assert runner.fidelity([channel0], None, search=True) == pytest.approx(0.25) and runner.runs == 2
     assert runner.fidelity([channel0], None) == pytest.approx(0.5) and runner.runs == 2
+    point = TrialRunner(model, analysis, feeds, confidence=0.5)  # the point judge: min(agreement, estimate)
+    assert point.fidelity([channel0], None, search=True) == pytest.approx(0.5)
 
 
 def test_report_gives_calibration_and_held_out_fidelity_side_by_side() -> None:

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ESTIMATED_METRICS", "ctc_margins", "estimate_agreement", "flip_rate", "top1_margins"]
+__all__ = ["ESTIMATED_METRICS", "ctc_margins", "ctc_parts", "estimate_agreement", "flip_rate", "top1_margins"]
 
 ESTIMATED_METRICS = ("top1", "ctc")
 _TINY = 1e-30
@@ -109,6 +109,14 @@ def ctc_margins(reference: np.ndarray, candidate: np.ndarray, blank: int = 0) ->
     character moved by a step, as alignments do, is no loss), else the margin minus the
     original path's slack in the candidate's scores (negative where the candidate left it:
     past the margin, a flip)."""
+    m, d, _ = ctc_parts(reference, candidate, blank)
+    return m, d
+
+
+def ctc_parts(
+    reference: np.ndarray, candidate: np.ndarray, blank: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ctc_margins`` and, per string, whether the candidate decodes the same string."""
     r = _logits(np.asarray(reference, np.float64), reference)
     g = _logits(np.asarray(candidate, np.float64), reference)
     m, ref_strings, path, rivals = _string_slack(r, blank)
@@ -117,7 +125,7 @@ def ctc_margins(reference: np.ndarray, candidate: np.ndarray, blank: int = 0) ->
     on_path = _margin_of(g, path, rivals).min(axis=1)  # the original's path in the candidate's scores
     with np.errstate(invalid="ignore"):
         d = np.where(same, m - slack, m - on_path)
-    return m, np.where(np.isnan(d), 0.0, d)
+    return m, np.where(np.isnan(d), 0.0, d), same
 
 
 def _interpolated_cdf(margins: np.ndarray, x: np.ndarray) -> np.ndarray:

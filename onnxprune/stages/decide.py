@@ -336,7 +336,7 @@ def sensitivity_trials(
     tracker = MacsTracker(analysis, known_macs(proto, analysis, run.registry, what, loaded.source), proto, run.registry)
     mode = compensation_mode(config, stats)
     values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
-    runner = TrialRunner(proto, analysis, feeds, source=loaded.source)
+    runner = TrialRunner(proto, analysis, feeds, source=loaded.source, confidence=config.fidelity_confidence)
     result = measure_sensitivity(
         runner,
         analysis,
@@ -413,6 +413,7 @@ def _allocated_plan(
             source=loaded.source,
             reconstruct=config.reconstruct,
             recalibrate=config.recalibrate,
+            confidence=config.fidelity_confidence,
         )
     groups, _, _ = allocate(
         trials.result,

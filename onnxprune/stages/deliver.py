@@ -292,8 +292,9 @@ def measure(
     score, metrics = run_score(outputs)
     general = None
     if verified.calibration:
+        level = run.config.fidelity_confidence
         calibrated = fidelity(
-            loaded.runnable, model, verified.calibration, choices, source=loaded.source, estimate=True
+            loaded.runnable, model, verified.calibration, choices, source=loaded.source, estimate=True, confidence=level
         )
         on_calibration = run_score(calibrated)
         general = {
@@ -301,14 +302,20 @@ def measure(
             "held_out": {"samples": len(verified.feeds), "fidelity": score},
             "gap": on_calibration[0] - score,
         }
-        estimated = [o.estimate for o in calibrated if o.estimate is not None]
+        estimated = [o for o in calibrated if o.estimate is not None and o.bound is not None]
         if estimated:
-            # What the search judged discrete outputs by (fidelity.search_score), for this plan.
+            # What the search judged discrete outputs by (fidelity.search_score), for this plan:
+            # the bound (of the lower of the estimate and the agreement on the samples).
             general["estimate"] = {
                 "samples": len(verified.calibration),
-                "fidelity": min(estimated),
+                "fidelity": min(o.estimate for o in estimated),
+                "bound": min(min(o.score, o.bound) for o in estimated),
+                "confidence": level,
                 "what": "estimated agreement on unseen inputs from the calibration samples' top-1 / CTC margins "
-                "and the pruned model's margin losses (an estimate, not a measurement)",
+                "and the pruned model's margin losses (an estimate, not a measurement); bound: the lower of it and "
+                "the agreement on the calibration samples"
+                + (f", bounded at confidence {level:g} (bootstrap over the samples)" if level > 0.5 else "")
+                + ": what the search judged",
             }
     return Measured(outputs, score, metrics, general)
 
