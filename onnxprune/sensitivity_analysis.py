@@ -1,4 +1,4 @@
-"""Per-unit sensitivity and fidelity-budgeted allocation.
+"""Per-unit sensitivity and fidelity-budgeted allocation (the trials: trial_runner).
 
 A *unit* is a set of source layers whose channels are tied (a residual stage, a Conv with its
 BatchNormalization and depthwise followers...): its channel groups are ranked by a criterion
@@ -17,19 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
 
 from .analysis import ChannelAnalysis
 from .budget import MacsTracker
-from .compensation import reader_masks
-from .errors import UnsupportedModel
-from .fidelity import OutputMetric, SearchScore, fidelity_from_outputs, output_batch_axes, search_score
-from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
-from .masking import instrument_readers, mask_feeds
+from .fidelity import OutputMetric
 from .planning import enforce_constraints
-from .runtime import session
+from .trial_runner import Screen, TrialRunner
 
 __all__ = [
+    "Screen",
     "SensitivityResult",
     "TrialRunner",
     "Unit",
@@ -64,6 +60,9 @@ class UnitSensitivity:
     # fidelity_metrics.unseen), empty without them: smooth where their fidelity moves in
     # steps of 1/samples, so the search orders its moves by it.
     estimate: Mapping[float, float] = field(default_factory=dict)
+    # Ratios whose trial ended on the first samples, far below the floor (trial_runner.Screen):
+    # their fidelity is those samples'.
+    screened: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +74,7 @@ class UnitSensitivity:
             "macs_saved": {str(k): v for k, v in self.macs_saved.items()},
             "skipped": [str(r) for r in self.skipped],
             "estimate": {str(k): v for k, v in self.estimate.items()},
+            "screened": [str(r) for r in self.screened],
         }
 
 
@@ -87,6 +87,7 @@ class SensitivityResult:
     seconds: float
     trials: int
     metrics: tuple[OutputMetric, ...] = ()  # what the fidelity is, per output, and why
+    screened: int = 0  # trials that ended on the screened samples (trial_runner.Screen)
 
     def to_dict(self) -> dict:
         return {
@@ -95,6 +96,7 @@ class SensitivityResult:
             "samples": self.samples,
             "seconds": self.seconds,
             "trials": self.trials,
+            "screened": self.screened,
             "units": [u.to_dict() for u in self.units],
             "metrics": {m.name: {"metric": m.metric, "reason": m.reason} for m in self.metrics},
         }
@@ -135,102 +137,6 @@ def find_units(analysis: ChannelAnalysis, scores: Mapping[int, float]) -> list[U
     return units
 
 
-class TrialRunner:
-    """Runs the instrumented model: one session, all calibration samples per trial."""
-
-    def __init__(
-        self,
-        model: onnx.ModelProto,
-        analysis: ChannelAnalysis,
-        feeds: Sequence[Mapping[str, np.ndarray]],
-        *,
-        source: str = "<model>",
-        confidence: float = DEFAULT_CONFIDENCE,
-    ) -> None:
-        if not feeds:
-            raise UnsupportedModel("sensitivity needs calibration inputs")
-        self.analysis = analysis
-        self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
-        instrumented, self.ports = instrument_readers(model, analysis)
-        from .shapes import dynamic_batch_inputs
-
-        self.session = session(
-            instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True
-        )
-        self.names = [o.name for o in model.graph.output]
-        self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
-        names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-        # Samples go through in one batch when the batch is dynamic, else one by one.
-        self.batches = (
-            [{k: np.concatenate([f[k] for f in feeds]) for k in names_in}]
-            if set(dynamic_batch_inputs(model)) >= set(names_in)
-            else list(feeds)
-        )
-        self.samples = len(feeds)
-        self.reference = self._run({})
-        # A plan is never run twice (the search often re-measures a sensitivity trial): by
-        # groups, the estimates object (kept alive with its entry) and the metric choices.
-        self._cache: dict[tuple, tuple[SearchScore, object]] = {}
-        self.runs = 0
-
-    def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-        outs: list[list[np.ndarray]] = [[] for _ in self.names]
-        extra = mask_feeds(self.ports, masks)
-        for batch in self.batches:
-            for i, value in enumerate(self.session.run({**batch, **extra}, self.names)):
-                outs[i].append(value)
-        return [np.concatenate(o, axis=self.batch_axes.get(n, 0)) for n, o in zip(self.names, outs)]
-
-    def _halves(self, outs: Sequence[np.ndarray]) -> list[list[np.ndarray]] | None:
-        """The outputs of the first and the second half of the samples, cut on each output's
-        batch axis (None when an output does not hold one row per sample there)."""
-        n = self.samples
-        axes = [self.batch_axes.get(name, 0) for name in self.names]
-        if n < 2 or any(np.ndim(o) <= ax or np.shape(o)[ax] != n for o, ax in zip(outs, axes)):
-            return None
-        cut = [np.split(np.asarray(o), [n // 2], axis=ax) for o, ax in zip(outs, axes)]
-        return [[c[0] for c in cut], [c[1] for c in cut]]
-
-    def fidelity(
-        self,
-        removed_groups: Sequence[int] | set[int],
-        estimates: Mapping[str, np.ndarray] | None,
-        choices: Mapping[str, str] | None = None,
-        *,
-        search: bool = False,
-    ) -> float:
-        """The fidelity on the calibration samples with ``removed_groups`` masked; with
-        ``search`` the search's judgement of it (``fidelity.search_score``, see ``allocate``)."""
-        judged = self.judged(removed_groups, estimates, choices)
-        return judged.value if search else judged.pooled
-
-    def judged(
-        self,
-        removed_groups: Sequence[int] | set[int],
-        estimates: Mapping[str, np.ndarray] | None,
-        choices: Mapping[str, str] | None = None,
-    ) -> SearchScore:
-        """The pooled fidelity, the worse half's and the estimate on unseen inputs of a plan."""
-        key = (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
-        if key not in self._cache:
-            removed_ids = np.isin(self.analysis.root_of, np.asarray(sorted(key[0]), dtype=np.int64))
-            outs = self._run(reader_masks(self.analysis, removed_ids, estimates))
-            self.runs += 1
-            halves, refs = self._halves(outs), self._halves(self.reference)
-            pairs = list(zip(refs, halves)) if halves is not None and refs is not None else None
-            judged = search_score(
-                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
-            )
-            self._cache[key] = (judged, estimates)
-        return self._cache[key][0]
-
-    def metrics(self, choices: Mapping[str, str] | None = None) -> tuple[OutputMetric, ...]:
-        """The metric of every output on these samples, and why (the reference decides)."""
-        ref = [[r] for r in self.reference]
-        figures = fidelity_from_outputs(self.names, ref, ref, choices, batch_axes=self.batch_axes)
-        return tuple(OutputMetric(f.name, f.metric, f.reason) for f in figures)
-
-
 def _take(unit: Unit, ratio: float, analysis: ChannelAnalysis) -> list[int]:
     """The lowest-score groups making up ``ratio`` of the unit's channels (at least one stays)."""
     want = int(ratio * unit.channels)
@@ -259,19 +165,33 @@ def measure_sensitivity(
     """Fidelity of the model with ``ratio`` of one unit removed, for every unit and ratio.
     With ``floor`` (the search's fidelity floor) a unit's larger ratios are not run once one
     falls below it: removing more of the unit, with other units on top, keeps no more (those
-    ratios are ``skipped``, and the search leaves them out). ``trials`` counts the runs."""
+    ratios are ``skipped``, and the search leaves them out). A runner with a ``Screen`` ends a
+    trial that fails by a wide margin on its first samples there (the ratio is ``screened``,
+    its fidelity those samples'). ``trials`` counts the runs, screened ones included."""
     start = time.perf_counter()
     base = tracker.original
-    results = []
+    takes = [[enforce_constraints(analysis, _take(unit, r, analysis), {}) for r in ratios] for unit in units]
+    # Units run in graph order of their first changed reader (at their largest ratio), so the
+    # runner carries the original's activations forward instead of recomputing them per trial
+    # (TrialRunner.advance); the result keeps the units' own order.
+    order = list(range(len(units)))
+    first_change = getattr(runner, "first_change", None)
+    screened_trial = getattr(runner, "screened_trial", None) or (lambda *a: (runner.judged(*a), False))
+    starts = {i: first_change(set().union(*map(set, takes[i])), estimates) if first_change else 0 for i in order}
+    order.sort(key=lambda i: starts[i])
+    results: list[UnitSensitivity | None] = [None] * len(units)
     total = len(units) * len(ratios)
     done = trials = 0
-    for unit in units:
+    for ui in order:
+        unit = units[ui]
+        if first_change is not None:
+            runner.advance(starts[ui])
         fid: dict[float, float] = {}
         saved: dict[float, float] = {}
         est: dict[float, float] = {}
         skipped: list[float] = []
-        for ratio in ratios:
-            groups = enforce_constraints(analysis, _take(unit, ratio, analysis), {})
+        screened: list[float] = []
+        for ratio, groups in zip(ratios, takes[ui]):
             saved[ratio] = (base - tracker.evaluate(groups)) / base if base else 0.0
             if floor is not None and fid and min(fid.values()) < floor:
                 fid[ratio] = min(fid.values())
@@ -279,7 +199,9 @@ def measure_sensitivity(
                     est[ratio] = min(est.values())
                 skipped.append(ratio)
             elif groups:
-                judged = runner.judged(groups, estimates, choices)
+                judged, cut_short = screened_trial(groups, estimates, choices)
+                if cut_short:
+                    screened.append(ratio)
                 fid[ratio] = judged.pooled
                 if judged.estimate is not None:
                     est[ratio] = judged.estimate
@@ -292,15 +214,18 @@ def measure_sensitivity(
                 progress(done, total)
         if est and len(est) < len(fid):  # a ratio removing nothing is identical: 1
             est = {r: est.get(r, 1.0) for r in fid}
-        results.append(UnitSensitivity(unit, fid, saved, tuple(skipped), est))
+        results[ui] = UnitSensitivity(unit, fid, saved, tuple(skipped), est, tuple(screened))
+    if first_change is not None:
+        runner.release()
     return SensitivityResult(
-        tuple(results),
+        tuple(r for r in results if r is not None),
         tuple(ratios),
         criterion,
         runner.samples,
         time.perf_counter() - start,
         trials,
         runner.metrics(choices),
+        sum(len(r.screened) for r in results if r is not None),
     )
 
 

@@ -320,9 +320,10 @@ def sensitivity_trials(
     floor: float | None = None,
 ) -> SensitivityTrials:
     """Units of tied layers, their sensitivity curves, and the trial runner behind them. With
-    ``floor``, a unit's larger ratios are not run once one falls below it (see
+    ``floor``, a unit's larger ratios are not run once one falls below it; with a fidelity
+    floor, trials far below it on their first samples end there (see
     sensitivity_analysis.measure_sensitivity)."""
-    from ..sensitivity_analysis import TrialRunner, find_units, measure_sensitivity
+    from ..sensitivity_analysis import Screen, TrialRunner, find_units, measure_sensitivity
 
     config, proto = run.config, loaded.proto
     group = group_scores(analysis, scores)
@@ -336,7 +337,13 @@ def sensitivity_trials(
     tracker = MacsTracker(analysis, known_macs(proto, analysis, run.registry, what, loaded.source), proto, run.registry)
     mode = compensation_mode(config, stats)
     values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
-    runner = TrialRunner(proto, analysis, feeds, source=loaded.source, confidence=config.fidelity_confidence)
+    # Trials far below the floor on their first samples end there (trial_runner.Screen): a
+    # fidelity floor's search only; a MACs target or the user's function ranks every trial.
+    floored = config.macs_target is None and not config.validated_search
+    screen = Screen.for_floor(config.fidelity_floor if floored else None, len(feeds))
+    runner = TrialRunner(
+        proto, analysis, feeds, source=loaded.source, screen=screen, confidence=config.fidelity_confidence
+    )
     result = measure_sensitivity(
         runner,
         analysis,

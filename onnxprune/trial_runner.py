@@ -1,0 +1,232 @@
+"""The sensitivity analysis' and the search's trials: the original instrumented once with
+``x * keep + fill`` before every reader of a channel (masking.instrument_readers), one
+onnxruntime session, keep/fill fed per trial, the calibration samples run through it.
+
+Two things make a sensitivity trial (one unit removed alone) cheaper without changing what
+it measures: it runs from the unit's first reader on (trial_segments: the activations before
+are the original's, carried forward), and with a ``Screen`` a trial that fails on its first
+samples by a wide margin ends there (``screened_trial``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .analysis import ChannelAnalysis
+from .compensation import reader_masks
+from .errors import UnsupportedModel
+from .fidelity import OutputMetric, SearchScore, fidelity_from_outputs, output_batch_axes, run_score, search_score
+from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
+from .masking import instrument_readers, mask_feeds
+from .runtime import session
+
+__all__ = ["SCREEN_MARGIN", "SCREEN_MIN_SAMPLES", "Screen", "TrialRunner"]
+
+# A sensitivity trial is screened on the first quarter of the samples when there are at least
+# this many, run one by one (a quarter of 32 is 8: few enough to save most of a failing trial,
+# enough that one odd sample does not decide).
+SCREEN_MIN_SAMPLES = 24
+# ... and ends there when its fidelity on them is this far below the search's floor.
+SCREEN_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class Screen:
+    """A sensitivity trial whose fidelity on the first ``samples`` samples is below ``below``
+    ends there, with that fidelity: it is far below the search's floor, so the search cannot
+    keep it (and with a floor the unit's larger ratios are skipped)."""
+
+    samples: int
+    below: float
+
+    @staticmethod
+    def for_floor(floor: float | None, samples: int) -> Screen | None:
+        """The screen for a search with fidelity floor ``floor`` over ``samples`` samples run
+        one by one (None: no floor, or too few samples to spare a quarter)."""
+        if floor is None or samples < SCREEN_MIN_SAMPLES:
+            return None
+        return Screen(samples // 4, floor - SCREEN_MARGIN)
+
+
+class TrialRunner:
+    """Runs the instrumented model: one session, all calibration samples per trial."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        analysis: ChannelAnalysis,
+        feeds: Sequence[Mapping[str, np.ndarray]],
+        *,
+        source: str = "<model>",
+        screen: Screen | None = None,
+        confidence: float = DEFAULT_CONFIDENCE,
+    ) -> None:
+        if not feeds:
+            raise UnsupportedModel("sensitivity needs calibration inputs")
+        self.analysis = analysis
+        self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
+        instrumented, self.ports = instrument_readers(model, analysis)
+        from .shapes import dynamic_batch_inputs
+
+        self.session = session(
+            instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True
+        )
+        self.names = [o.name for o in model.graph.output]
+        self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
+        names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+        # Samples go through in one batch when the batch is dynamic, else one by one.
+        self.batches = (
+            [{k: np.concatenate([f[k] for f in feeds]) for k in names_in}]
+            if set(dynamic_batch_inputs(model)) >= set(names_in)
+            else list(feeds)
+        )
+        self.samples = len(feeds)
+        self.segments = None
+        self._reference_parts = self._parts({})
+        self.reference = self._joined(self._reference_parts)
+        # Screening needs the samples one by one (a batch's rows are not split).
+        self.screen = screen if screen is not None and len(self.batches) == self.samples > screen.samples else None
+        # The sensitivity analysis runs a trial from its first changed reader on (trial_segments).
+        from .trial_segments import Segments
+
+        self.segments = Segments(instrumented, self.ports, self.batches, self.names, source=source)
+        # A plan is never run twice (the search often re-measures a sensitivity trial): by
+        # groups, the estimates object (kept alive with its entry) and the metric choices.
+        self._cache: dict[tuple, tuple[SearchScore, object]] = {}
+        # Screened trials: their score on the screened samples and those samples' outputs (a
+        # full judgement later runs the other samples only).
+        self._screened: dict[tuple, tuple[SearchScore, object]] = {}
+        self._started: dict[tuple, list[list[np.ndarray]]] = {}
+        self.runs = 0
+        self.screened = 0  # trials that ended on the screened samples
+
+    def _parts(
+        self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]], which: range | None = None
+    ) -> list[list[np.ndarray]]:
+        """Per batch (``which``: those batches), the outputs with ``masks``."""
+        which = range(len(self.batches)) if which is None else which
+        extra = mask_feeds(self.ports, masks)
+        # From the frontier once the sensitivity analysis has moved it (at 0 it is the whole model).
+        carried = masks and self.segments is not None and self.segments.at > 0
+        parts = self.segments.run(masks, extra, which) if carried else None
+        if parts is not None:
+            return parts
+        return [self.session.run({**self.batches[k], **extra}, self.names) for k in which]
+
+    def _joined(self, parts: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+        """Per output, the batches' arrays joined on its batch axis."""
+        return [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
+
+    def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        return self._joined(self._parts(masks))
+
+    def first_change(self, removed_groups: Sequence[int], estimates: Mapping[str, np.ndarray] | None) -> int:
+        """Where a trial removing ``removed_groups`` starts to differ from the original (an index
+        into the instrumented model's nodes; see trial_segments)."""
+        if self.segments is None:
+            return 0
+        return self.segments.cut(reader_masks(self.analysis, self._removed_ids(removed_groups), estimates))
+
+    def advance(self, cut: int) -> None:
+        """Carry the original's activations forward to ``cut``: the trials that change nothing
+        before it run from there (trial_segments.Segments.advance)."""
+        if self.segments is not None:
+            self.segments.advance(cut)
+
+    def release(self) -> None:
+        """The end of the sensitivity analysis: drop the carried activations; the search's
+        trials (several units at once) run the whole model."""
+        if self.segments is not None:
+            self.segments.release()
+            self.segments = None
+
+    def _removed_ids(self, groups: Sequence[int] | set[int] | frozenset[int]) -> np.ndarray:
+        return np.isin(self.analysis.root_of, np.asarray(sorted(int(g) for g in groups), dtype=np.int64))
+
+    def _halves(self, outs: Sequence[np.ndarray]) -> list[list[np.ndarray]] | None:
+        """The outputs of the first and the second half of the samples, cut on each output's
+        batch axis (None when an output does not hold one row per sample there)."""
+        n = self.samples
+        axes = [self.batch_axes.get(name, 0) for name in self.names]
+        if n < 2 or any(np.ndim(o) <= ax or np.shape(o)[ax] != n for o, ax in zip(outs, axes)):
+            return None
+        cut = [np.split(np.asarray(o), [n // 2], axis=ax) for o, ax in zip(outs, axes)]
+        return [[c[0] for c in cut], [c[1] for c in cut]]
+
+    def fidelity(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+        *,
+        search: bool = False,
+    ) -> float:
+        """The fidelity on the calibration samples with ``removed_groups`` masked; with
+        ``search`` the search's judgement of it (``fidelity.search_score``, see ``allocate``)."""
+        judged = self.judged(removed_groups, estimates, choices)
+        return judged.value if search else judged.pooled
+
+    @staticmethod
+    def _key(removed_groups: Sequence[int] | set[int], estimates: object, choices: Mapping[str, str] | None) -> tuple:
+        return (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
+
+    def judged(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> SearchScore:
+        """The pooled fidelity, the worse half's and the estimate on unseen inputs of a plan."""
+        key = self._key(removed_groups, estimates, choices)
+        if key not in self._cache:
+            masks = reader_masks(self.analysis, self._removed_ids(key[0]), estimates)
+            started = self._started.pop(key, [])
+            rest = self._parts(masks, range(len(started), len(self.batches)))
+            outs = self._joined([*started, *rest])
+            self.runs += 1
+            halves, refs = self._halves(outs), self._halves(self.reference)
+            pairs = list(zip(refs, halves)) if halves is not None and refs is not None else None
+            judged = search_score(
+                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+            )
+            self._cache[key] = (judged, estimates)
+        return self._cache[key][0]
+
+    def screened_trial(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> tuple[SearchScore, bool]:
+        """A sensitivity trial under the runner's ``Screen``: (its judgement, True) when its
+        fidelity on the screened samples is below the screen's bound (the trial ends there: the
+        judgement holds that fidelity, no halves, no estimate), else (``judged``, False): the
+        other samples are run and the trial is exactly the unscreened one."""
+        key = self._key(removed_groups, estimates, choices)
+        if self.screen is None or key in self._cache:
+            return self.judged(removed_groups, estimates, choices), False
+        if key not in self._screened:
+            masks = reader_masks(self.analysis, self._removed_ids(key[0]), estimates)
+            first = self._parts(masks, range(self.screen.samples))
+            ref = self._joined(self._reference_parts[: self.screen.samples])
+            got = self._joined(first)
+            value = run_score(
+                fidelity_from_outputs(
+                    self.names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=self.batch_axes
+                )
+            )[0]
+            if value >= self.screen.below:
+                self._started[key] = first
+                return self.judged(removed_groups, estimates, choices), False
+            self.screened += 1
+            self._screened[key] = (SearchScore(value, value, None, None), estimates)
+        return self._screened[key][0], True
+
+    def metrics(self, choices: Mapping[str, str] | None = None) -> tuple[OutputMetric, ...]:
+        """The metric of every output on these samples, and why (the reference decides)."""
+        ref = [[r] for r in self.reference]
+        figures = fidelity_from_outputs(self.names, ref, ref, choices, batch_axes=self.batch_axes)
+        return tuple(OutputMetric(f.name, f.metric, f.reason) for f in figures)

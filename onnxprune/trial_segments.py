@@ -1,0 +1,197 @@
+"""Sensitivity trials that run only the part of the model a trial changes.
+
+A trial masks the readers of one unit's channels; every node before the first of those readers
+computes what the original computes. The sensitivity analysis runs its units in graph order,
+so those activations are carried forward: the *frontier* holds, for every calibration batch,
+the tensors that cross a cut in the (topologically sorted) node list, and a trial runs the nodes
+after the cut only. Moving the frontier to a later cut runs the nodes in between once. A unit's
+trials then cost the nodes from its first reader on, instead of the whole model.
+
+The parts are sub-models of the instrumented model (the same nodes, weights and keep/fill
+inputs), one onnxruntime session per cut; their outputs equal the whole model's up to the
+float rounding of a fusion that a cut splits (onnxruntime fuses e.g. a Conv with the Add after
+it only when both are in one part)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+from .masking import Ports
+from .runtime import ModelRunner, session
+
+__all__ = ["Segments"]
+
+
+class Segments:
+    """The instrumented model cut in two at a movable frontier (see the module doc)."""
+
+    def __init__(
+        self,
+        instrumented: onnx.ModelProto,
+        ports: Ports,
+        batches: Sequence[Mapping[str, np.ndarray]],
+        names: Sequence[str],
+        *,
+        source: str = "<model>",
+    ) -> None:
+        self.model, self.ports, self.names, self.source = instrumented, ports, list(names), source
+        graph = instrumented.graph
+        self.nodes = list(graph.node)
+        self.initializers = {t.name for t in graph.initializer}
+        mask_inputs = {name for keep, fill, _ in ports.values() for name in (keep, fill)}
+        self.mask_inputs = mask_inputs
+        keep_of = {keep: key for key, (keep, _, _) in ports.items()}
+        self.port_at: dict[tuple[str, int], int] = {}
+        self.last_use: dict[str, int] = {}
+        end = len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                if name in keep_of:
+                    self.port_at.setdefault(keep_of[name], i)
+                if name:
+                    self.last_use[name] = i
+        for name in self.names:
+            self.last_use[name] = end  # a graph output lives to the end
+        self.produced_at = {out: i for i, node in enumerate(self.nodes) for out in node.output if out}
+        self.types = _elem_types(instrumented)
+        self.graph_inputs = [i.name for i in graph.input if i.name not in self.initializers | mask_inputs]
+        # Subgraphs (If/Loop/Scan) read outer tensors without naming them as inputs: no cuts then.
+        nested = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        self.usable = not any(a.type in nested for n in self.nodes for a in n.attribute) and all(
+            t in self.types for t in [*self.produced_at, *self.graph_inputs]
+        )
+        self.batches = batches
+        self.at = 0
+        self.frontier: list[dict[str, np.ndarray]] | None = [
+            {k: v for k, v in b.items() if k in self.graph_inputs} for b in batches
+        ]
+        self._suffix: dict[int, tuple[ModelRunner, list[str]]] = {}
+
+    def cut(self, masks: Mapping[tuple[str, int], object]) -> int:
+        """Index of the first node a trial with these masks changes (the end: none)."""
+        return min((self.port_at[k] for k in masks if k in self.port_at), default=len(self.nodes))
+
+    def advance(self, cut: int) -> None:
+        """Move the frontier forward to ``cut``, running the nodes in between once (a cut
+        before the frontier leaves it)."""
+        if not self.usable or self.frontier is None or cut <= self.at:
+            return
+        live_now, live_then = self._live(self.at), self._live(cut)
+        outputs = [n for n in live_then if n not in live_now]
+        if outputs:
+            runner = self._session(self.at, cut, live_now, outputs, "a segment of the instrumented model")
+            needs = set(_sub_inputs(self.nodes[self.at : cut], self.initializers))
+            for values in self.frontier:
+                feeds = {k: v for k, v in values.items() if k in needs}
+                feeds.update(_identity_masks(self.ports, needs))
+                values.update(zip(outputs, runner.run(feeds, outputs)))
+        for values in self.frontier:
+            for k in [k for k in values if k not in live_then]:
+                del values[k]
+        self.at = cut
+        self._suffix.clear()
+
+    def run(
+        self, masks: Mapping[tuple[str, int], object], extra: Mapping[str, np.ndarray], which: Sequence[int]
+    ) -> list[list[np.ndarray]] | None:
+        """Per batch in ``which``, the graph outputs of a trial (``extra``: every keep/fill
+        input's value), computed from the frontier; None when the trial changes a node before it."""
+        if not self.usable or self.frontier is None or self.cut(masks) < self.at:
+            return None
+        if self.at not in self._suffix:
+            live = self._live(self.at)
+            produced = [n for n in self.names if n not in live]
+            runner = self._session(self.at, len(self.nodes), live, produced, "the tail of the instrumented model")
+            self._suffix[self.at] = (runner, produced)
+        runner, produced = self._suffix[self.at]
+        needs = set(_sub_inputs(self.nodes[self.at :], self.initializers))
+        out = []
+        for values in (self.frontier[k] for k in which):
+            feeds = {k: v for k, v in values.items() if k in needs}
+            feeds.update({k: v for k, v in extra.items() if k in needs})
+            got = dict(zip(produced, runner.run(feeds, produced))) if produced else {}
+            out.append([got[n] if n in got else values[n] for n in self.names])
+        return out
+
+    def release(self) -> None:
+        """Drop the frontier's activations and the sessions (trials run whole from now on)."""
+        self.frontier = None
+        self._suffix.clear()
+
+    def _live(self, cut: int) -> list[str]:
+        """The tensors crossing ``cut``: graph inputs or produced before it, read at or after it
+        (or graph outputs), in a fixed order."""
+        if cut == 0:
+            return list(self.graph_inputs)
+        live = [n for n in self.graph_inputs if self.last_use.get(n, -1) >= cut]
+        for node in self.nodes[:cut]:
+            live.extend(o for o in node.output if o and self.last_use.get(o, -1) >= cut)
+        return live
+
+    def _session(self, start: int, stop: int, inputs: Sequence[str], outputs: Sequence[str], what: str) -> ModelRunner:
+        from onnx import helper
+
+        nodes = self.nodes[start:stop]
+        needed = set(_sub_inputs(nodes, self.initializers)) | set(n for node in nodes for n in node.input)
+        graph = helper.make_graph(
+            nodes,
+            f"part_{start}_{stop}",
+            [
+                *(helper.make_tensor_value_info(n, self.types[n], None) for n in inputs if n in needed),
+                *(
+                    helper.make_tensor_value_info(keep, onnx.TensorProto.FLOAT, shape)
+                    for keep, _, shape in self.ports.values()
+                    if keep in needed
+                ),
+                *(
+                    helper.make_tensor_value_info(fill, onnx.TensorProto.FLOAT, shape)
+                    for _, fill, shape in self.ports.values()
+                    if fill in needed
+                ),
+            ],
+            [helper.make_tensor_value_info(n, self.types[n], None) for n in outputs],
+            [t for t in self.model.graph.initializer if t.name in needed],
+        )
+        part = onnx.ModelProto()
+        part.CopyFrom(self.model)
+        part.graph.CopyFrom(graph)
+        return session(part, source=self.source, what=what, optimize=True)
+
+
+def _sub_inputs(nodes: Sequence[onnx.NodeProto], initializers: set[str]) -> list[str]:
+    """The tensors ``nodes`` read that none of them makes (initializers excluded)."""
+    made = {o for n in nodes for o in n.output}
+    seen: dict[str, None] = {}
+    for n in nodes:
+        for name in n.input:
+            if name and name not in made and name not in initializers:
+                seen.setdefault(name)
+    return list(seen)
+
+
+def _identity_masks(ports: Ports, needs: set[str]) -> dict[str, np.ndarray]:
+    """keep = 1, fill = 0 for the ports a part reads (nothing masked there)."""
+    out = {}
+    for keep, fill, shape in ports.values():
+        if keep in needs:
+            out[keep] = np.ones(shape, np.float32)
+        if fill in needs:
+            out[fill] = np.zeros(shape, np.float32)
+    return out
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor's element type that shape inference (or the model) declares."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model shape inference cannot read: no cuts (see usable)
+        inferred = model
+    g = inferred.graph
+    types = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
