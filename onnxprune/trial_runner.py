@@ -36,8 +36,9 @@ SCREEN_MARGIN = 0.05
 @dataclass(frozen=True)
 class Screen:
     """A sensitivity trial whose fidelity on the first ``samples`` samples is below ``below``
-    ends there, with that fidelity: it is far below the search's floor, so the search cannot
-    keep it (and with a floor the unit's larger ratios are skipped)."""
+    ends there, with that fidelity: it is far below the search's floor, so the masked search
+    cannot keep it (and the unit's larger ratios are skipped); with recovery it stays a move,
+    ordered by that fidelity (the recovered model may keep it)."""
 
     samples: int
     below: float
