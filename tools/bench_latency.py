@@ -6,11 +6,11 @@ For each model:
 
 1. ``plan``: ``onnxprune.prune(path, "l2", latency_target=T, latency=LatencySettings(precision="f32"),
    calibration=C, verification_inputs=E)`` (the latency table, the planner, the A/B
-   confirmation); then a small scan of ``--macs-target`` plans (same criterion, calibration and
-   evaluation samples), each timed against the original in an interleaved A/B run, until one
-   is at least as fast as the latency plan measured; between the last miss and that hit one
-   more MACs target is interpolated and timed, and the MACs plan closest to the latency plan's
-   measured ratio without being slower is kept.
+   confirmation); then the ``--macs-target`` plan at the same measured latency (same criterion,
+   calibration and evaluation samples): secant steps on the MACs target, each plan timed against
+   the original in an interleaved A/B run, bracketed (bisection when the secant leaves the
+   bracket), until one measures within 0.01 of the latency plan's ratio or 6 plans were timed;
+   the closest is kept and its distance reported.
 2. ``time``: original, latency plan and that MACs plan timed together in one interleaved run
    (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1): the headline ratios with
    their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
@@ -94,8 +94,40 @@ SETTINGS = LatencySettings(precision="f32")
 # The original's ms in the final run this far from prune's A/B run: the machine was in another
 # state (see README, "Measuring on a shared machine"), its ratios pulled toward 1 or away.
 STATE = 0.1
-MACS_STEP = 0.08  # the scan's stride in MACs target
-MAX_SCAN = 5
+MATCH = 0.01  # the MACs plan's measured ratio within this of the latency plan's: the same latency
+MAX_SCAN = 6  # MACs plans pruned and timed at most per model
+LO, HI = 0.05, 0.99  # the MACs targets the scan may try
+
+
+def matched_scan(goal: float, start: float, measure: Any, *, tol: float = MATCH, steps: int = MAX_SCAN) -> dict:
+    """The MACs plan whose measured ratio is closest to ``goal`` (the latency plan's measured
+    ratio): secant steps on the MACs target from ``start`` (the latency plan's MACs ratio), kept
+    inside the bracket of a too-slow and a too-fast target once there is one (bisection when the
+    secant leaves it), until a plan is within ``tol`` of ``goal`` or ``steps`` plans were timed.
+    ``measure(target) -> entry`` prunes and times one (entry["ab"]["ratio"])."""
+    seen: dict[float, dict] = {}
+
+    def at(t: float) -> dict:
+        t = round(min(max(t, LO), HI), 3)
+        if t not in seen:
+            seen[t] = measure(t)
+        return seen[t]
+
+    points = [(start, at(start)["ab"]["ratio"])]
+    while len(seen) < steps and abs(points[-1][1] - goal) > tol:
+        slow = [t for t, r in points if r > goal]  # too slow: fewer MACs needed
+        fast = [t for t, r in points if r <= goal]
+        hi, lo = (min(slow) if slow else None), (max(fast) if fast else None)
+        (t0, r0), (t1, r1) = (points[-2] if len(points) > 1 else (1.0, 1.0)), points[-1]
+        # the secant through the last two points (the first step: through the original, 1.0 -> 1.0)
+        t = t1 + (goal - r1) * (t1 - t0) / (r1 - r0) if r1 != r0 else t1 - (r1 - goal)
+        if hi is not None and lo is not None and not lo + 0.002 < t < hi - 0.002:
+            t = (lo + hi) / 2  # the secant left the bracket: bisect
+        t = round(min(max(t, LO), HI), 3)
+        if t in seen:  # the MACs grid cannot get closer than a plan already timed
+            break
+        points.append((t, at(t)["ab"]["ratio"]))
+    return min(seen.values(), key=lambda e: (abs(e["ab"]["ratio"] - goal), e["macs_target"]))
 
 
 def _samples(name: str, spec: dict, n: int, seed: int) -> np.ndarray:
@@ -259,29 +291,12 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
         scan.append(entry)
         return entry
 
-    t = min(round(macs, 3), 0.99)
-    miss = None
-    hit = None
-    while len(scan) < MAX_SCAN - 1:
-        e = macs_plan(t)
-        if e["ab"]["ratio"] <= goal:
-            hit = e
-            break
-        miss = e
-        t = round(t - MACS_STEP, 3)
-        if t <= 0.05:
-            break
-    if hit is not None and miss is not None:  # one more, interpolated between the miss and the hit
-        a, b = miss, hit
-        ra, rb = a["ab"]["ratio"], b["ab"]["ratio"]
-        tm = b["macs_target"] + (a["macs_target"] - b["macs_target"]) * (goal - rb) / (ra - rb) if ra != rb else None
-        if tm is not None and b["macs_target"] + 0.01 < tm < a["macs_target"] - 0.01:
-            macs_plan(round(tm, 3))
-    within = [e for e in scan if e["ab"]["ratio"] <= goal]
-    chosen = max(within, key=lambda e: e["ab"]["ratio"]) if within else min(scan, key=lambda e: e["ab"]["ratio"])
+    chosen = matched_scan(goal, min(round(macs, 3), 0.99), macs_plan)
+    within = abs(chosen["ab"]["ratio"] - goal) <= MATCH
     row["macs_scan"] = scan
     row["macs_plan"] = chosen
-    row["macs_plan_reaches"] = bool(within)
+    row["macs_plan_matched"] = bool(within)
+    row["macs_plan_gap"] = chosen["ab"]["ratio"] - goal
     return row
 
 

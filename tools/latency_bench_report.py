@@ -54,8 +54,10 @@ def phase_report(
         "",
         "Latency plan: `prune --criterion l2 --latency-target 0.7 --calibration C --inputs E` (table, planner ranking "
         "moves by latency saved per measured fidelity lost, A/B confirmation; the digits CNN at 0.85, see below). MACs "
-        "plan: `prune --criterion l2 --macs-target F --calibration C --inputs E`, F found by a small scan (each point "
-        "timed against the original) so that its measured latency reaches the latency plan's. Answers kept: "
+        "plan: `prune --criterion l2 --macs-target F --calibration C --inputs E` at the same measured latency: F found "
+        "by secant/bisection steps on the MACs target (each plan timed against the original in an interleaved A/B run) "
+        "until its ratio is within 0.01 of the latency plan's, 6 plans at most; *apart*: the MACs plan's ratio minus "
+        "the latency plan's in the final run (both timed together). Answers kept: "
         "`--latency-target T --min-fidelity K` (the fastest model within T whose fidelity on the calibration samples "
         "stays >= K). *final*: the original and every plan timed together in one interleaved run.",
         "",
@@ -68,8 +70,8 @@ def phase_report(
         "labelled test split for the digits CNN; cosine beside a task score.",
         "",
         "| model | target | original ms (final) | latency plan: in prune (p10–p90) | final (p10–p90) | ≤ target + 0.02 "
-        "| MACs | metric | fidelity | MACs plan: F (MACs) | final (p10–p90) | fidelity | latency plan's fidelity better |",
-        "|---|---:|---:|---:|---:|:-:|---:|---|---:|---:|---:|---:|:-:|",
+        "| MACs | metric | fidelity | MACs plan: F (MACs) | final (p10–p90) | apart | fidelity | latency plan's fidelity better |",
+        "|---|---:|---:|---:|---:|:-:|---:|---|---:|---:|---:|---:|---:|:-:|",
     ]
     for r in rows:
         lat, mp, fin = r["latency_plan"], r["macs_plan"], r.get("final")
@@ -79,10 +81,12 @@ def phase_report(
         metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
         if fin:
             lr, mr = _ratio(fin, 1), _ratio(fin, 2)
+            apart = f"{fin['macs_plan_ratio'] - fin['latency_plan_ratio']:+.3f}"
             ok = "yes" if fin["latency_plan_ratio"] <= r["target"] + 0.02 else "**no**"
             base_s = f"{fin['timings']['models'][0]['latency_s'] * 1e3:.2f}"
         else:
             lr = mr = "–"
+            apart = f"{r['macs_plan_gap']:+.3f} (A/B)" if "macs_plan_gap" in r else "–"
             ok = "yes" if L["measured_ratio"] <= r["target"] + 0.02 else "**no**"
             base_s = f"{L['baseline_ms']:.2f} (table)"
         if fl is not None and fm is not None and fl != fm:
@@ -92,16 +96,21 @@ def phase_report(
         else:
             better = "equal"
         show_cos = metric != "cosine"
+        if fin and abs(fin["macs_plan_ratio"] - fin["latency_plan_ratio"]) > 0.01:
+            better += " (not at equal latency)"
         lines.append(
             f"| {r['model']} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
             f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_score(fl, cl, show_cos)} "
-            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}){'' if r.get('macs_plan_reaches', True) else ' †'} "
-            f"| {mr} | {_score(fm, cm, show_cos)} | {better} |"
+            f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}){'' if r.get('macs_plan_matched', True) else ' †'} "
+            f"| {mr} | {apart} | {_score(fm, cm, show_cos)} | {better} |"
         )
-    if any(not r.get("macs_plan_reaches", True) for r in rows):
+    unmatched = [r for r in rows if not r.get("macs_plan_matched", True)]
+    if unmatched:
+        gaps = ", ".join(f"{r['model']} {r['macs_plan_gap']:+.3f}" for r in unmatched)
         lines += [
             "",
-            "† no MACs target of the scan reached the latency plan's measured latency: its fastest plan is shown.",
+            f"† the scan's closest MACs plan measured this far from the latency plan's ratio in its A/B run: {gaps} "
+            "(the MACs targets around it give plans on both sides).",
         ]
     zoo = [r for r in rows if "centered_cosine" in r["latency_plan"] and "centered_cosine" in r["macs_plan"]]
     if zoo:
