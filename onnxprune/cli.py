@@ -132,6 +132,7 @@ def _prune(args: argparse.Namespace) -> int:
         calibration_limit=args.calibration_limit,
         latency_target=args.latency_target,
         latency=latency,
+        latency_evaluations=args.latency_evaluations,
     )
     if args.max_drop is not None and not (args.quantize and config.explicit_budget):
         # The pruning search's budget; with another budget and --quantize, int8's alone.

@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove until the measured latency is <= F x the original's (a per-unit latency table plans it, "
         "interleaved A/B runs confirm it); with --min-fidelity the fidelity floor wins",
     )
+    lat.add_argument(
+        "--latency-evaluations",
+        type=int,
+        metavar="N",
+        help="with --calibration: fidelity evaluations of combined plans spent ordering the moves by their cost "
+        "on the plan they join (interactions between units); default 2 per unit (16-160), 0: each unit alone",
+    )
     lat.add_argument("--timer", help=argparse.SUPPRESS)  # tests: MODULE:FACTORY of a stand-in timer
     latency_options(p)  # how the latency is measured (only with --latency-target)
     b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")

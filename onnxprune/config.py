@@ -133,6 +133,10 @@ class PruneConfig:
         confirms it); with min_fidelity the fidelity floor wins.
     latency: how the latency is measured: backend, batch, threads, hint, precision (the
         deployment's; see latency.LatencySettings).
+    latency_evaluations: with latency_target and calibration, the fidelity evaluations of
+        combined plans the planner may spend ordering its moves by their cost measured on the
+        plan they join (interactions; see latency.interactions); None: 2 per unit, 16-160;
+        0: each unit's loss measured alone orders them.
     """
 
     criterion: str | None = None
@@ -161,6 +165,7 @@ class PruneConfig:
     max_drop: MaxDrop | float | str | None = None
     latency_target: float | None = None
     latency: LatencySettings = field(default_factory=LatencySettings)
+    latency_evaluations: int | None = None
     criterion_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -254,6 +259,8 @@ class PruneConfig:
         """Refuse what cannot go with a latency budget: another budget, a bad fraction."""
         if not (0.0 < self.latency_target < 1.0):  # type: ignore[operator]
             raise UsageError(f"latency target must be in (0, 1), got {self.latency_target}")
+        if self.latency_evaluations is not None and self.latency_evaluations < 0:
+            raise UsageError(f"--latency-evaluations must be >= 0, got {self.latency_evaluations}")
         keeps = ("--latency-target", "--min-fidelity", "--max-drop", "--validate")  # the answers it keeps
         others = [b for b in self.budget_options if b not in keeps]
         if others:

@@ -293,6 +293,9 @@ class SearchScore:
     worst_half: float | None  # the worse half's (None: outputs not one row per sample)
     estimate: float | None  # the lowest estimated agreement of the discrete outputs (None: none)
     bound: float | None = None  # the lowest of their lower bounds (None: no discrete output)
+    # the lowest output cosine on all the samples: a continuous score beneath coarse task metrics
+    # (the latency planner orders moves by it where top-1 or detections tie, e.g. both lost)
+    cosine: float | None = None
 
 
 def search_score(
@@ -336,6 +339,7 @@ def search_score(
         worst,
         min(estimates) if estimates else None,
         min(bounds) if bounds else None,
+        min((f.cosine for f in pooled), default=None),
     )
 
 

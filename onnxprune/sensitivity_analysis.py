@@ -63,6 +63,9 @@ class UnitSensitivity:
     # Ratios whose trial ended on the first samples, far below the floor (trial_runner.Screen):
     # their fidelity is those samples'.
     screened: tuple[float, ...] = ()
+    # ratio -> the lowest output cosine in the trial: continuous where a task metric is coarse
+    # (the latency planner orders moves by it when their task scores tie); empty when not run
+    cosine: Mapping[float, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +78,7 @@ class UnitSensitivity:
             "skipped": [str(r) for r in self.skipped],
             "estimate": {str(k): v for k, v in self.estimate.items()},
             "screened": [str(r) for r in self.screened],
+            "cosine": {str(k): v for k, v in self.cosine.items()},
         }
 
 
@@ -189,6 +193,7 @@ def measure_sensitivity(
         fid: dict[float, float] = {}
         saved: dict[float, float] = {}
         est: dict[float, float] = {}
+        cos: dict[float, float] = {}
         skipped: list[float] = []
         screened: list[float] = []
         for ratio, groups in zip(ratios, takes[ui]):
@@ -197,6 +202,8 @@ def measure_sensitivity(
                 fid[ratio] = min(fid.values())
                 if est:
                     est[ratio] = min(est.values())
+                if cos:
+                    cos[ratio] = min(cos.values())
                 skipped.append(ratio)
             elif groups:
                 judged, cut_short = screened_trial(groups, estimates, choices)
@@ -205,6 +212,8 @@ def measure_sensitivity(
                 fid[ratio] = judged.pooled
                 if judged.estimate is not None:
                     est[ratio] = judged.estimate
+                if judged.cosine is not None:
+                    cos[ratio] = judged.cosine
                 trials += 1
             else:
                 fid[ratio] = 1.0
@@ -214,7 +223,9 @@ def measure_sensitivity(
                 progress(done, total)
         if est and len(est) < len(fid):  # a ratio removing nothing is identical: 1
             est = {r: est.get(r, 1.0) for r in fid}
-        results[ui] = UnitSensitivity(unit, fid, saved, tuple(skipped), est, tuple(screened))
+        if cos and len(cos) < len(fid):
+            cos = {r: cos.get(r, 1.0) for r in fid}
+        results[ui] = UnitSensitivity(unit, fid, saved, tuple(skipped), est, tuple(screened), cos)
     if first_change is not None:
         runner.release()
     return SensitivityResult(

@@ -1,58 +1,37 @@
 """A plan for a latency budget, from a per-unit latency table (pure: nothing is timed here).
 
 Moves lower one unit of tied layers (see ``sensitivity_analysis.find_units``) to a smaller
-channel count, its lowest-scored groups first. The counts a unit may keep are multiples of its
-measured step (where its latency drops; ``--round-to`` as well), so no move pays for channels
-that save nothing. Moves are taken greedily by predicted seconds saved per importance lost; a
-move may skip over a flat stretch of the unit's curve to the next count that saves time.
-Importance is the criterion's group scores, or with a sensitivity analysis the unit's measured
-fidelity loss (interpolated between the ratios it was measured at; for top-1/CTC outputs the
-estimated agreement on unseen inputs where it is lower, as the --min-fidelity allocation does). With a constraint on the
-answers (a fidelity floor, or the user's validation function within its drop) the longest
-prefix of the order whose *measured* value holds is the limit: the answers win over the
-latency target.
-"""
+channel count, its lowest-scored groups first (``latency.moves``). The counts a unit may keep
+are multiples of its measured step (where its latency drops; ``--round-to`` as well), so no move
+pays for channels that save nothing. Moves are taken greedily by predicted seconds saved per
+importance lost; a move may skip over a flat stretch of the unit's curve to the next count
+that saves time. Importance is the criterion's group scores, or with a sensitivity analysis the
+unit's measured fidelity loss (interpolated between the ratios it was measured at; for top-1/CTC
+outputs the estimated agreement on unseen inputs where it is lower, as the --min-fidelity
+allocation does; plus a share of the outputs' cosine loss, which orders what a coarse task metric
+ties), each unit measured alone -- or, given an ``order`` (``latency.interactions``), measured on
+the combined plan. With a constraint on the answers (a fidelity floor, or the user's validation
+function within its drop) the longest prefix of the order whose *measured* value holds is the
+limit: the answers win over the latency target."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..budget import finish_plan, pinned_reasons
-from ..planning import PruningPlan, enforce_constraints
+from ..planning import PruningPlan
+from .moves import LatencySource, Move, MoveSpace, isolated_order, move_space
 
 if TYPE_CHECKING:
     from ..analysis import ChannelAnalysis
     from ..config import PruneConfig
     from ..sensitivity_analysis import Unit, UnitSensitivity
 
-__all__ = ["Constraint", "LatencyPlan", "LatencySource", "Move", "UnitChoice", "plan_for_latency"]
+__all__ = ["Constraint", "LatencyPlan", "LatencySource", "Move", "MoveOrder", "UnitChoice", "plan_for_latency"]
 
-# Ties between moves that lose no measured fidelity are broken by the criterion's scores, scaled
-# far below any fidelity difference the sensitivity analysis can measure.
-_SCORE_TIEBREAK = 1e-9
 _EPS = 1e-9  # a ratio equal to the aim up to float rounding reaches it
-
-
-class _UnitStep(Protocol):
-    @property
-    def step(self) -> int | None: ...
-
-
-class LatencySource(Protocol):
-    """What the planner reads of a latency table (``LatencyTable``): the original's seconds,
-    the measured units (their ``step``: where latency drops; None: no measurable step) and the
-    seconds saved at a kept channel count."""
-
-    @property
-    def baseline(self) -> float: ...
-
-    @property
-    def units(self) -> Mapping[str, _UnitStep]: ...
-
-    def saving(self, unit: str, kept: int) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -63,16 +42,6 @@ class Constraint:
     name: str
     holds: Callable[[set[int]], bool]
     value: Callable[[set[int]], float]
-
-
-@dataclass(frozen=True)
-class Move:
-    """Lower ``unit`` to ``kept`` channel groups: predicted seconds saved, importance lost."""
-
-    unit: str
-    kept: int
-    saved: float
-    lost: float
 
 
 @dataclass(frozen=True)
@@ -113,41 +82,20 @@ class LatencyPlan:
     constraint_value: float | None = None  # its value measured with all moves together
     limited: bool = False  # the constraint stopped the plan before the aim
     notes: tuple[str, ...] = field(default=())
+    evaluations: int = 0  # fidelity evaluations of combined plans behind the order (MeasuredOrder)
 
 
-def _interp_loss(sens: UnitSensitivity | None, fraction: float) -> float:
-    """Fidelity lost with ``fraction`` of the unit removed alone: linear between the measured
-    ratios (0 at 0), the last slope beyond the last ratio. Where the sensitivity has an estimate
-    of the agreement on unseen inputs (top-1, CTC: their fidelity moves in steps of one sample),
-    the lower of the two, as the --min-fidelity allocation orders its moves: a discrete fidelity
-    costs nothing until a sample flips."""
-    if sens is None:
-        return 0.0
-    estimate = sens.estimate
-    xs = [0.0, *sens.fidelity.keys()]
-    ys = [0.0, *(max(1.0 - min(f, estimate.get(r, 1.0)), 0.0) for r, f in sens.fidelity.items())]
-    for i in range(1, len(xs)):
-        if fraction <= xs[i]:
-            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-            return y0 + (y1 - y0) * (fraction - x0) / (x1 - x0) if x1 > x0 else y1
-    x0, x1, y0, y1 = xs[-2], xs[-1], ys[-2], ys[-1]
-    slope = max((y1 - y0) / (x1 - x0), 0.0) if x1 > x0 else 0.0
-    return y1 + slope * (fraction - x1)
+class MoveOrder(Protocol):
+    """Where a plan's moves come from when not ``isolated_order`` (``interactions.MeasuredOrder``):
+    its ``space``, and the order's first moves, at least until the prediction reaches ``aim``."""
 
+    @property
+    def space(self) -> MoveSpace: ...
 
-def _lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
+    @property
+    def evaluations(self) -> int: ...
 
-
-def _unit_sizes(analysis: ChannelAnalysis, units: Sequence[Unit]) -> dict[str, int]:
-    """Channel groups per unit (pinned ones too: they are kept channels)."""
-    unit_of = {layer: u.name for u in units for layer in u.layers}
-    sizes = dict.fromkeys(unit_of.values(), 0)
-    for g in analysis.groups:
-        name = unit_of.get(g.members[0][0])
-        if name is not None:
-            sizes[name] += 1
-    return sizes
+    def moves_to(self, aim: float) -> Sequence[Move]: ...
 
 
 def plan_for_latency(
@@ -161,63 +109,43 @@ def plan_for_latency(
     sensitivity: Mapping[str, UnitSensitivity] | None = None,
     constraint: Constraint | None = None,
     protected: Mapping[int, str] | None = None,
+    order: MoveOrder | None = None,
 ) -> LatencyPlan:
     """The groups to remove so the predicted latency is <= ``aim`` x the table's baseline.
 
     ``units``: find_units' units (groups lowest score first); ``scores``: group scores (the
-    importance without ``sensitivity``, the tie-break with it); ``constraint``: what the
-    answers must keep with the plan's groups removed (the longest prefix that holds wins);
-    ``protected``: group -> why it stays (excluded layers)."""
-    unmeasured = {g: u.name for u in units if u.name not in table.units for g in u.groups}
-    units = [u for u in units if u.name in table.units]  # units the table did not measure stay whole
-    sizes = _unit_sizes(analysis, units)
-    sens = sensitivity or {}
-    kept: dict[str, int] = {}
-    grids: dict[str, list[int]] = {}
-    steps: dict[str, int] = {}
-    by_name = {u.name: u for u in units}
-    for u in units:
-        size = sizes[u.name]
-        step = _lcm(max(int(table.units[u.name].step or 1), 1), max(config.round_to, 1))
-        lowest = max(size - len(u.groups), 1)
-        grid = [k for k in range(step, size, step) if k >= lowest]
-        kept[u.name], grids[u.name], steps[u.name] = size, grid, step
+    importance without ``sensitivity``, the tie-break with it); ``constraint``: what the answers must keep with the plan's groups removed (the longest prefix
+    that holds wins); ``protected``: group -> why it stays (excluded layers); ``order``: the
+    moves measured on the combined plan (``interactions.MeasuredOrder``, built on the same
+    arguments), else each unit's loss measured alone decides."""
+    if order is not None:
+        space = order.space
+        moves = list(order.moves_to(aim))
+    else:
+        space = move_space(analysis, config, units, table, scores, sensitivity=sensitivity)
+        moves = isolated_order(space)
+    return _plan_from_order(space, config, moves, aim, constraint, protected, order)
 
-    def lost(u: Unit, k_from: int, k_to: int) -> float:
-        size = sizes[u.name]
-        removed = u.groups[size - k_from : size - k_to]
-        by_score = sum(max(scores.get(g, 0.0), 0.0) for g in removed)
-        s = sens.get(u.name)
-        if s is None:
-            return by_score
-        measured = _interp_loss(s, (size - k_to) / size) - _interp_loss(s, (size - k_from) / size)
-        return max(measured, 0.0) + _SCORE_TIEBREAK * by_score
 
-    def best_move(u: Unit) -> Move | None:
-        k = kept[u.name]
-        best: tuple[float, int, Move] | None = None
-        for k_to in reversed([g for g in grids[u.name] if g < k]):
-            saved = table.saving(u.name, k_to) - table.saving(u.name, k)
-            if saved <= 0:
-                continue  # a flat stretch: look further down for the count where it drops
-            cost = lost(u, k, k_to)
-            rate = saved / cost if cost > 0 else math.inf
-            key = (rate, k_to)  # equal rates: the nearer count, so the plan overshoots by one step at most
-            if best is None or key > best[:2]:
-                best = (rate, k_to, Move(u.name, k_to, saved, cost))
-        return None if best is None else best[2]
-
-    order: list[Move] = []
-    candidates = {u.name: best_move(u) for u in units}
-    while True:
-        live = [m for m in candidates.values() if m is not None]
-        if not live:
-            break
-        move = max(live, key=lambda m: (m.saved / m.lost if m.lost > 0 else math.inf, m.saved, m.unit))
-        order.append(move)
-        kept[move.unit] = move.kept
-        candidates[move.unit] = best_move(by_name[move.unit])
-
+def _plan_from_order(
+    space: MoveSpace,
+    config: PruneConfig,
+    order: list[Move],
+    aim: float,
+    constraint: Constraint | None,
+    protected: Mapping[int, str] | None,
+    source: MoveOrder | None,
+) -> LatencyPlan:
+    """The shortest prefix of ``order`` predicted to reach ``aim`` (its last move stopped at the
+    largest count that does), cut back to what ``constraint`` allows."""
+    analysis, table, units, sizes, grids, steps = (
+        space.analysis,
+        space.table,
+        space.units,
+        space.sizes,
+        space.grids,
+        space.steps,
+    )
     baseline = float(table.baseline)
 
     def state(n: int) -> dict[str, int]:
@@ -227,14 +155,10 @@ def plan_for_latency(
         return at
 
     def predicted(n: int) -> float:
-        at = state(n)
-        saved = sum(table.saving(name, k) for name, k in at.items() if k < sizes[name])
-        return max(baseline - saved, 0.0) / baseline if baseline > 0 else 1.0  # as LatencyTable.predicted_latency
+        return space.predicted(state(n))
 
     def groups_of(n: int) -> set[int]:
-        at = state(n)
-        chosen = [g for name, k in at.items() for g in by_name[name].groups[: sizes[name] - k]]
-        return enforce_constraints(analysis, chosen, {})
+        return space.groups(state(n))
 
     n = 0
     while n < len(order) and predicted(n) > aim + _EPS:
@@ -283,13 +207,13 @@ def plan_for_latency(
     reasons = pinned_reasons(analysis)
     for gid, why in (protected or {}).items():
         reasons.setdefault(gid, []).append(f"protected: {why}")
-    for gid, name in unmeasured.items():
+    for gid, name in space.unmeasured.items():
         reasons.setdefault(gid, []).append(f"the latency table has no measurement of unit {name}")
     unit_of_group = {g: u for u in units for g in u.groups}
     for g in analysis.groups:
         if not g.pinned and g.id not in unit_of_group and g.id not in reasons:
             reasons[g.id] = [f"criterion {config.criterion!r} gives no score here"]
-    chosen = [g for name, k in at.items() for g in by_name[name].groups[: sizes[name] - k]]
+    chosen = space.chosen(at)
     goal = f"predicted latency <= {aim:.3f}x" + (f", {constraint.name}" if limited and constraint else "")
 
     def kept_reason(gid: int) -> str:
@@ -301,7 +225,7 @@ def plan_for_latency(
             f", a multiple of {step}, the step where its measured latency drops" if step > 1 else ""
         )
 
-    the_plan = finish_plan(analysis, config, chosen, scores, reasons, kept_reason)
+    the_plan = finish_plan(analysis, config, chosen, space.scores, reasons, kept_reason)
     the_plan = PruningPlan(
         the_plan.criterion,
         the_plan.removed_groups,
@@ -333,4 +257,5 @@ def plan_for_latency(
         value,
         limited,
         tuple(notes),
+        source.evaluations if source is not None else 0,
     )

@@ -52,6 +52,12 @@ def latency_lines(d: dict) -> list[str]:
     if lat.get("constraint"):
         stopped = "stopped it first" if lat.get("limited_by_constraint") else "held"
         lines.append(f"  {lat['constraint']} {stopped} (value {lat['constraint_value']:.4g} with every move together)")
+    order = lat.get("order") or {}
+    if order.get("budget"):
+        lines.append(
+            f"  moves ordered by their fidelity cost on the plan they join: {order['measured_moves']} measured so, "
+            f"{order['evaluations']} of {order['budget']} evaluations (--latency-evaluations)"
+        )
     for i, a in enumerate(lat["attempts"], 1):
         lines.append(
             f"  A/B {i}: aim {a['aim']:.3f} -> predicted {a['predicted_ratio']:.3f}, measured {a['measured_ratio']:.3f} "

@@ -15,6 +15,8 @@ import numpy as np
 from ..budget import group_scores, layer_budgets
 from ..errors import UsageError
 from ..latency.confirm import Attempt, confirm
+from ..latency.interactions import MeasuredOrder, default_budget
+from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
 from .decide import Planned, SensitivityTrials, sensitivity_trials
 from .prepare import CalibrationData, LoadedModel, Run
@@ -57,6 +59,11 @@ class LatencyOutcome:
     # the table's prediction with every unit at its smallest count, its savings scaled as the
     # chosen plan's were measured: about the fastest pruning can make the model
     floor_ratio: float | None = None
+    # the moves' order: fidelity evaluations of combined plans spent (of the budget), and the
+    # moves taken with their cost measured on the plan they joined (0: each unit alone)
+    evaluations: int = 0
+    evaluation_budget: int = 0
+    measured_moves: int = 0
 
     def to_dict(self) -> dict:
         units = []
@@ -83,6 +90,11 @@ class LatencyOutcome:
             "constraint_value": self.constraint_value,
             "limited_by_constraint": self.limited,
             "floor_ratio": self.floor_ratio,
+            "order": {
+                "evaluations": self.evaluations,
+                "budget": self.evaluation_budget,
+                "measured_moves": self.measured_moves,
+            },
             "attempts": [a.to_dict() for a in self.attempts],
             "units": units,
             "notes": list(self.notes),
@@ -116,6 +128,7 @@ def latency_plan(
     sens = None
     sensitivity = None
     constraint = None
+    trials = None
     if data.calibration:  # importance is the measured fidelity loss per unit, not the scores
         trials = sensitivity_trials(loaded, analysis, scores, data.stats, data.calibration, run)
         sensitivity = trials.result
@@ -142,6 +155,8 @@ def latency_plan(
             progress=run.progress,
         )
 
+        order = _measured_order(analysis, units, table, group, sens, trials, run) if trials is not None else None
+
         def plan_at(aim: float) -> LatencyPlan:
             return plan_for_latency(
                 analysis,
@@ -153,6 +168,7 @@ def latency_plan(
                 sensitivity=sens,
                 constraint=constraint,
                 protected=guarded,
+                order=order,
             )
 
         count = 0
@@ -191,8 +207,39 @@ def latency_plan(
         limited=chosen.limited,
         notes=(*table.notes, *confirmed.notes, *overhead),
         floor_ratio=floor,
+        evaluations=order.evaluations if order is not None else 0,
+        evaluation_budget=order.budget if order is not None else 0,
+        measured_moves=order.measured if order is not None else 0,
     )
     return Planned(the_plan, sensitivity, validator=judge, latency=outcome)  # type: ignore[arg-type]
+
+
+def _measured_order(
+    analysis: ChannelAnalysis,
+    units: list,
+    table: LatencyTable,
+    group: Mapping[int, float],
+    sens: Mapping[str, Any] | None,
+    trials: SensitivityTrials,
+    run: Run,
+) -> MeasuredOrder | None:
+    """The moves ordered by their cost on the plan they join, scored on the calibration samples
+    (the task fidelity, or its estimate on unseen inputs where lower, plus ``CONTINUOUS_WEIGHT``
+    x the outputs' cosine: what ``moves`` measures alone); None with a budget of 0."""
+    config = run.config
+    budget = config.latency_evaluations
+    budget = default_budget(len(units)) if budget is None else budget
+    if budget <= 0:
+        return None
+    runner, values, choices = trials.runner, trials.estimates, config.fidelity_metrics
+
+    def score(groups: set[int]) -> float:
+        j = runner.judged(groups, values, choices)
+        task = min(j.pooled, j.estimate if j.estimate is not None else 1.0)
+        return task + CONTINUOUS_WEIGHT * (j.cosine if j.cosine is not None else 0.0)
+
+    space = move_space(analysis, config, units, table, group, sensitivity=sens)
+    return MeasuredOrder(space, score, budget)
 
 
 def corrected_floor(floor: float, predicted: float, measured: float) -> float:

@@ -1,0 +1,125 @@
+"""The latency plan's moves ordered by what they cost on the combined plan (interactions).
+
+A unit's sensitivity is measured with that unit alone; pruned together, units interact (the
+second unit cut from one path costs more than alone, a plan that has lost the answers loses
+nothing more by the task metric), and the order by costs measured alone goes wrong exactly where
+plans lose their answers. ``MeasuredOrder`` takes the moves greedily by seconds saved per
+fidelity lost as ``isolated_order`` does, but measures a move's cost on the plan it would join,
+NetAdapt-style, within a bounded number of fidelity evaluations: lazily (the costs measured
+alone, or measured on an earlier plan, rank the candidates; the best is re-measured on the
+current plan, and taken when it still ranks first), in chunks of about the same predicted
+seconds so the budget lasts until the aim. The score is continuous beneath a coarse task
+metric (``score`` is the caller's: the search's value plus ``CONTINUOUS_WEIGHT`` x the outputs'
+cosine), so moves still order when the task metric ties at 0 or 1. Pure given ``score``: the
+same calls give the same order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .moves import Move, MoveSpace, rate
+
+__all__ = ["EVALUATIONS_PER_MOVE", "MeasuredOrder", "default_budget"]
+
+# What a taken move costs in evaluations on average (itself, and a re-measured candidate that
+# fell behind): the chunk size is planned from it.
+EVALUATIONS_PER_MOVE = 2
+# Of the budget left, the share planned for reaching the aim asked; the rest is for the lower
+# aims an A/B correction asks next (the table's predictions are often optimistic).
+FIRST_AIM_SHARE = 0.7
+_EPS = 1e-9
+
+
+def default_budget(units: int) -> int:
+    """Fidelity evaluations for a model of ``units`` units: two per unit (the sensitivity
+    analysis ran about three each), at least 16, at most 160."""
+    return min(max(2 * units, 16), 160)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A move's cost measured on the plan of ``version`` (its score after: ``after``)."""
+
+    move: Move
+    cost: float
+    after: float
+    version: int
+
+
+class MeasuredOrder:
+    """The plan's moves, extended on demand (``moves_to``) with each taken move's fidelity cost
+    measured on the plan it joins. ``score(groups)``: the fidelity of the original with those
+    groups removed (higher is better); at most ``budget`` calls, then the moves go on ordered by
+    the costs measured alone."""
+
+    def __init__(self, space: MoveSpace, score: Callable[[set[int]], float], budget: int) -> None:
+        self._space = space
+        self._score = score
+        self.budget = max(int(budget), 0)
+        self.evaluations = 0
+        self.measured = 0  # moves taken with their cost measured on the plan they joined
+        self._kept = space.full()
+        self._moves: list[Move] = []
+        self._version = 0
+        self._base: float | None = None  # the current plan's score
+        self._known: dict[str, _Known] = {}
+
+    @property
+    def space(self) -> MoveSpace:
+        return self._space
+
+    def moves_to(self, aim: float) -> tuple[Move, ...]:
+        """The order's moves, extended until the predicted ratio is <= ``aim`` (or no unit can
+        save more); earlier moves never change."""
+        space = self._space
+        if space.predicted(self._kept) <= aim + _EPS:
+            return tuple(self._moves)
+        left = self.budget - self.evaluations
+        needed = (space.predicted(self._kept) - aim) * float(space.table.baseline)
+        planned = max(int(left * FIRST_AIM_SHARE) // EVALUATIONS_PER_MOVE, 1)
+        chunk = needed / planned  # seconds a measured move saves, so the budget lasts to the aim
+        while space.predicted(self._kept) > aim + _EPS:
+            move = self._next(chunk)
+            if move is None:
+                break
+            self._take(move)
+        return tuple(self._moves)
+
+    def _evaluate(self, at: dict[str, int]) -> float:
+        self.evaluations += 1
+        return float(self._score(self._space.groups(at)))
+
+    def _cost(self, m: Move) -> float:
+        """The move's cost as last known: measured on some plan for this very move, else alone."""
+        known = self._known.get(m.unit)
+        return known.cost if known is not None and known.move == m else m.lost
+
+    def _next(self, chunk: float) -> Move | None:
+        space, kept = self._space, self._kept
+        if self.evaluations >= self.budget:  # the budget is spent: costs measured alone
+            live = [m for u in space.units if (m := space.best_move(u.name, kept[u.name])) is not None]
+            return max(live, key=lambda m: (rate(m.saved, m.lost), m.saved, m.unit), default=None)
+        if self._base is None:
+            self._base = self._evaluate(kept)
+        proposals = [m for u in space.units if (m := space.chunk_move(u.name, kept[u.name], chunk)) is not None]
+        while proposals:
+            best = max(proposals, key=lambda m: (rate(m.saved, self._cost(m)), m.saved, m.unit))
+            known = self._known.get(best.unit)
+            if known is not None and known.move == best and known.version == self._version:
+                return Move(best.unit, best.kept, best.saved, known.cost)  # measured on this plan, still first
+            if self.evaluations >= self.budget:
+                return best
+            after = self._evaluate({**kept, best.unit: best.kept})
+            self._known[best.unit] = _Known(best, max(self._base - after, 0.0), after, self._version)
+        return None
+
+    def _take(self, move: Move) -> None:
+        known = self._known.pop(move.unit, None)
+        fresh = known is not None and known.move.kept == move.kept and known.version == self._version
+        self._base = known.after if fresh else None  # else measured again when next needed
+        self.measured += fresh
+        self._kept[move.unit] = move.kept
+        self._moves.append(move)
+        self._version += 1
