@@ -79,6 +79,15 @@ MODELS: dict[str, dict[str, Any]] = {
         "samples": 16,
         "keep": 0.99,  # top-1 agreement: no orientation flips on the calibration crops
     },
+    "malimg": {
+        "path": "/work/corpus/resnet18_malimg_torchdynamo_extdata.onnx",
+        "input": "input",
+        "shape": [1, 3, 224, 224],
+        "kind": "corpus",
+        "samples": 16,
+        "keep": 0.99,
+        "headline": False,  # only in the table of targets where answers partly survive
+    },
     # 0.08 ms, bound by per-inference overhead: with every prunable channel gone it still takes
     # 0.77x, so it gets a target it can reach; its row is about accuracy at equal latency
     "digits": {
@@ -230,15 +239,7 @@ def ab(original: str, candidate: str, spec: dict, seconds: float) -> dict:
 
 def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds: float, keep: bool = True) -> dict:
     cal, ev = data_files(name, spec, work, n)
-    common = {
-        "calibration": cal,
-        "verification_inputs": ev,
-        "input_shapes": _shapes(spec),
-        # the random-weight zoo has no answers to keep: cosine (the sensitivity and the comparison
-        # both use it); the corpus models and the digits CNN keep their task metric (prune's
-        # choice: top-1 for the table classifier, matched detections for YOLO) on realistic inputs
-        **({"fidelity_metrics": {"*": "cosine"}} if spec["kind"] == "zoo" else {}),
-    }
+    common = _common(spec, cal, ev)
     lat_path = str(work / f"{name}_latency.onnx")
     t0 = time.perf_counter()
     target = spec.get("target", target)
@@ -276,12 +277,31 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
         }
         if spec["kind"] == "digits":
             row["kept_plan"]["accuracy"] = digits_accuracy(kept_path)
+    row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, row["latency_plan"]["macs_ratio"]))
+    return row
+
+
+def _common(spec: dict, cal: str, ev: str) -> dict:
+    return {
+        "calibration": cal,
+        "verification_inputs": ev,
+        "input_shapes": _shapes(spec),
+        # the random-weight zoo has no answers to keep: cosine (the sensitivity and the comparison
+        # both use it); the corpus models and the digits CNN keep their task metric (prune's
+        # choice: top-1 for the table classifier, matched detections for YOLO) on realistic inputs
+        **({"fidelity_metrics": {"*": "cosine"}} if spec["kind"] == "zoo" else {}),
+    }
+
+
+def matched_macs_plan(
+    name: str, spec: dict, work: Path, common: dict, ev: str, seconds: float, res: Any, macs: float, tag: str = ""
+) -> dict:
+    """The --macs-target plan (same options) whose A/B ratio matches the latency plan's ``res``."""
     goal = res.report.latency["measured_ratio"]
-    macs = row["latency_plan"]["macs_ratio"]
     scan: list[dict] = []
 
     def macs_plan(t: float) -> dict:
-        path = str(work / f"{name}_macs_{t:.3f}.onnx")
+        path = str(work / f"{name}{tag}_macs_{t:.3f}.onnx")
         r = onnxprune.prune(spec["path"], "l2", macs_target=t, output=path, **common)
         entry = {"macs_target": t, **_summary(r), "file": path, "ab": ab(spec["path"], path, spec, seconds)}
         if spec["kind"] == "digits":
@@ -292,12 +312,43 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
         return entry
 
     chosen = matched_scan(goal, min(round(macs, 3), 0.99), macs_plan)
-    within = abs(chosen["ab"]["ratio"] - goal) <= MATCH
-    row["macs_scan"] = scan
-    row["macs_plan"] = chosen
-    row["macs_plan_matched"] = bool(within)
-    row["macs_plan_gap"] = chosen["ab"]["ratio"] - goal
-    return row
+    return {
+        "macs_scan": scan,
+        "macs_plan": chosen,
+        "macs_plan_matched": abs(chosen["ab"]["ratio"] - goal) <= MATCH,
+        "macs_plan_gap": chosen["ab"]["ratio"] - goal,
+    }
+
+
+def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targets: list[float]) -> list[dict]:
+    """Where answers partly survive: at each target, with and without --reconstruct on both
+    plans, the latency plan and the MACs plan of the same measured latency, held-out task metric;
+    then the original and both plans timed together (a short interleaved run)."""
+    cal, ev = data_files(name, spec, work, n)
+    rows = []
+    for target in targets:
+        for reconstruct in (False, True):
+            tag = f"_x{target:g}{'_rc' if reconstruct else ''}"
+            common = {**_common(spec, cal, ev), "reconstruct": reconstruct}
+            path = str(work / f"{name}{tag}_latency.onnx")
+            t0 = time.perf_counter()
+            res = onnxprune.prune(spec["path"], "l2", latency_target=target, latency=SETTINGS, output=path, **common)
+            row: dict[str, Any] = {
+                "model": name,
+                "target": target,
+                "reconstruct": reconstruct,
+                "prune_seconds": time.perf_counter() - t0,
+                "loadavg": os.getloadavg()[0],
+                "latency_plan": {**_summary(res), "latency": res.report.latency, "file": path},
+            }
+            if spec["kind"] == "digits":
+                row["latency_plan"]["accuracy"] = digits_accuracy(path)
+            row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, row["latency_plan"]["macs_ratio"], tag))
+            t = timed([spec["path"], path, row["macs_plan"]["file"]], spec, seconds, rounds=20)
+            row["together"] = {"latency_plan_ratio": t.ratio[1], "macs_plan_ratio": t.ratio[2], "loadavg": os.getloadavg()[0]}
+            print(json.dumps({k: row[k] for k in ("model", "target", "reconstruct", "together")}), flush=True)
+            rows.append(row)
+    return rows
 
 
 def phase_time(row: dict, spec: dict, seconds: float) -> None:
@@ -333,14 +384,20 @@ def chosen_original_ms(latency: dict) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("plan", "time", "report", "all"))
-    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("phase", choices=("plan", "time", "report", "all", "extra"))
+    p.add_argument("--models", default=",".join(m for m, spec in MODELS.items() if spec.get("headline", True)))
+    p.add_argument(
+        "--extra-targets",
+        default="0.9,0.8",
+        help="extra: the targets (with and without --reconstruct on both plans) where answers partly survive",
+    )
     p.add_argument("--work", default="/tmp/latbench")
     p.add_argument("--target", type=float, default=0.7)
     p.add_argument("--samples", type=int, default=16, help="calibration and evaluation samples each")
     p.add_argument("--scan-seconds", type=float, default=3.0, help="timed seconds per model in each scan A/B")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per model in the final run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "latency"))
+    p.add_argument("--extra-rows", metavar="JSON", help="the extra phase's rows (default: WORK/extra.json)")
     p.add_argument(
         "--no-keep",
         dest="keep",
@@ -353,6 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     state = work / "rows.json"
     rows = {r["model"]: r for r in json.loads(state.read_text())} if state.exists() else {}
     names = [m for m in args.models.split(",") if m]
+    extra_state = Path(args.extra_rows) if args.extra_rows else work / "extra.json"
+    extra = json.loads(extra_state.read_text()) if extra_state.exists() else []
+    if args.phase == "extra":
+        targets = [float(t) for t in args.extra_targets.split(",")]
+        for name in names:
+            print(f"[extra] {name}", flush=True)
+            new = phase_extra(name, MODELS[name], work, args.samples, args.scan_seconds, targets)
+            keys = {(r["model"], r["target"], r["reconstruct"]) for r in new}
+            extra = [r for r in extra if (r["model"], r["target"], r["reconstruct"]) not in keys] + new
+            extra_state.write_text(json.dumps(extra, indent=2, default=str))
+        return 0
     for name in names:
         spec = MODELS[name]
         if args.phase in ("plan", "all"):
@@ -366,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
     if args.phase in ("report", "all"):
         ordered = [rows[m] for m in MODELS if m in rows]
-        phase_report(ordered, Path(args.out), args.target, settings=SETTINGS, models=MODELS, state=STATE)
+        phase_report(ordered, Path(args.out), args.target, settings=SETTINGS, models=MODELS, state=STATE, extra=extra)
     return 0
 
 

@@ -29,8 +29,55 @@ def _ratio(fin: dict, i: int) -> str:
     return f"{m['ratio']:.3f} ({m['ratio_p10']:.3f}–{m['ratio_p90']:.3f})"
 
 
+def extra_table(extra: list[dict]) -> list[str]:
+    """The table of targets where trained models' answers partly survive (bench_latency extra)."""
+    if not extra:
+        return []
+    lines = [
+        "",
+        "**Where the answers partly survive** (trained models, higher targets, with and without `--reconstruct` "
+        "on both plans; run under the shared machine's load, not in the quiet window, so each pair is compared "
+        "by its own A/B runs and by one interleaved run of the original and both plans, *together*): the "
+        "latency plan against the `--macs-target` plan matched to its measured latency, the task metric on "
+        "held-out realistic inputs (cosine beside it).",
+        "",
+        "| model | target | reconstruct | latency plan: A/B, together | MACs | MACs plan: F, A/B, together "
+        "| apart (together) | metric | latency plan | MACs plan | latency plan better | load |",
+        "|---|---:|:-:|---:|---:|---:|---:|---|---:|---:|:-:|---:|",
+    ]
+    for r in extra:
+        lat, mp, tog = r["latency_plan"], r["macs_plan"], r["together"]
+        acc = "accuracy" in lat
+        (fl, cl), (fm, cm) = _fid(lat, acc), _fid(mp, acc)
+        metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
+        if fl is not None and fm is not None and fl != fm:
+            better = "yes" if fl > fm else "**no**"
+        elif cl is not None and cm is not None and cl != cm:
+            better = f"equal score; cosine {'yes' if cl > cm else '**no**'}"
+        else:
+            better = "equal"
+        apart = tog["macs_plan_ratio"] - tog["latency_plan_ratio"]
+        if abs(apart) > 0.01:
+            better += " (not at equal latency)"
+        lines.append(
+            f"| {r['model']} | {r['target']:g} | {'yes' if r['reconstruct'] else 'no'} "
+            f"| {lat['latency']['measured_ratio']:.3f}, {tog['latency_plan_ratio']:.3f} | {_f(lat['macs_ratio'])} "
+            f"| {mp['macs_target']:.3f}, {mp['ab']['ratio']:.3f}{'' if r.get('macs_plan_matched', True) else ' †'}, "
+            f"{tog['macs_plan_ratio']:.3f} | {apart:+.3f} | {metric} | {_score(fl, cl, True)} | {_score(fm, cm, True)} "
+            f"| {better} | {r.get('loadavg', float('nan')):.1f} |"
+        )
+    return lines
+
+
 def phase_report(
-    rows: list[dict], out: Path, target: float, *, settings: Any, models: dict[str, dict], state: float
+    rows: list[dict],
+    out: Path,
+    target: float,
+    *,
+    settings: Any,
+    models: dict[str, dict],
+    state: float,
+    extra: list[dict] | None = None,
 ) -> None:
     """benchmarks/latency.md and .json from the rows of bench_latency's plan and time phases."""
     meta = {
@@ -40,7 +87,9 @@ def phase_report(
         "target": target,
         "command": "python tools/bench_latency.py all --work DIR [--models ...]",
     }
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
+    out.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "rows": rows, "extra": extra or []}, indent=2, default=str)
+    )
     loads = [r["final"][k] for r in rows if r.get("final") for k in ("loadavg_before", "loadavg") if k in r["final"]]
     lines = [
         "# Latency target benchmark: prune to 0.7x of the measured latency",
@@ -147,6 +196,7 @@ def phase_report(
                 f"({KL['measured_p10']:.3f}–{KL['measured_p90']:.3f}) | {fr} | {_f(k['macs_ratio'])} "
                 f"| {_score(fk, ck, True)} | {_score(fl, cl, True)} | {'yes' if KL.get('limited_by_constraint') else 'no'} |"
             )
+    lines += extra_table(extra or [])
     lines += ["", "## Per model", ""]
     for r in rows:
         L = r["latency_plan"]["latency"]
