@@ -214,6 +214,8 @@ def measure_sensitivity(
                     est[ratio] = judged.estimate
                 if judged.cosine is not None:
                     cos[ratio] = judged.cosine
+                elif cut_short:  # ended on its first samples, far below the floor: no cosine run
+                    cos[ratio] = min([judged.value, *cos.values()])
                 trials += 1
             else:
                 fid[ratio] = 1.0
