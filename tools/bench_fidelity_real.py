@@ -20,6 +20,13 @@ written from it (tools/fidelity_real_report.py).
     . /work/venv/bin/activate
     PYTHONPATH=$PWD python tools/bench_fidelity_real.py [--corpus /work/corpus] [--only SUBSTR]...
         [--rows NAME,...] [--force] [--timeout 600] [--jobs 1] [--markdown-only]
+    PYTHONPATH=$PWD python tools/bench_fidelity_real.py --merge-from OTHER.json [--merge-from ...]
+
+``--merge-from`` takes the (model, row) cells and digits lines of another run's JSON (e.g. a
+snapshot's ``benchmarks/fidelity_real.json``) where they are newer than this file's: measured
+on a later package commit (git ancestry), or on the same or an unrelated commit at a later
+time. Each merged row keeps its own commit and date (and says which file it came from); the
+.md is rewritten.
 """
 
 from __future__ import annotations
@@ -142,6 +149,52 @@ def update_results(fn: Callable[[dict], None]) -> None:
 def load_results() -> dict[str, Any]:
     path = OUT.with_suffix(".json")
     return json.loads(path.read_text()) if path.exists() else {"models": {}}
+
+
+def _is_ancestor(a: str, b: str) -> bool:
+    """Commit ``a`` is an ancestor of ``b`` in this repository (False when unknown)."""
+    try:
+        return (
+            subprocess.run(
+                ["git", "-C", str(ROOT), "merge-base", "--is-ancestor", a, b], capture_output=True, check=False
+            ).returncode
+            == 0
+        )
+    except OSError:
+        return False
+
+
+def newer(theirs: dict, ours: dict | None) -> bool:
+    """``theirs`` (a row or digits cell) supersedes ``ours``: a later package commit, else
+    (the same commit, or commits neither of which contains the other) a later date."""
+    if ours is None:
+        return True
+    a, b = str(ours.get("commit") or ""), str(theirs.get("commit") or "")
+    if a and b and a != b:
+        if _is_ancestor(a, b):
+            return True
+        if _is_ancestor(b, a):
+            return False
+    return str(theirs.get("date") or "") > str(ours.get("date") or "")
+
+
+def merge_results(results: dict, other: dict, source: str) -> list[str]:
+    """Copy into ``results`` every (model, row) cell and digits line of ``other`` that is
+    newer (see ``newer``); returns what was taken, one line each."""
+    taken = []
+    for model, entry in other.get("models", {}).items():
+        mine = results["models"].setdefault(model, {"rows": {}})
+        if entry.get("inputs") and not mine.get("inputs"):
+            mine["inputs"] = entry["inputs"]
+        for name, row in entry.get("rows", {}).items():
+            if row.get("commit") and newer(row, mine["rows"].get(name)):
+                mine["rows"][name] = {**row, "merged_from": row.get("merged_from", source)}
+                taken.append(f"{model} / {name}: `{row.get('commit')}` {row.get('date', '')}")
+    for name, cell in (other.get("digits") or {}).items():
+        if cell.get("commit") and newer(cell, results.setdefault("digits", {}).get(name)):
+            results["digits"][name] = {**cell, "merged_from": cell.get("merged_from", source)}
+            taken.append(f"digits / {name}: `{cell.get('commit')}` {cell.get('date', '')}")
+    return taken
 
 
 def _short(r: dict) -> str:
@@ -267,6 +320,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, choices=(1, 2), help="models in parallel (default 1)")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
     ap.add_argument("--keep-going", action="store_true", help="run a model's costlier runs after one timed out")
+    ap.add_argument(
+        "--merge-from",
+        action="append",
+        default=[],
+        metavar="FILE.json",
+        help="take the newer (model, row) cells of another run's JSON, then rewrite the .md (runs nothing)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one model, in this process
     args = ap.parse_args()
     commit = package_commit()
@@ -275,7 +335,15 @@ def main() -> None:
         return run_digits(args.timeout, commit)
     if args.worker:
         return run_model(args.worker, args.corpus, rows, args.timeout, commit, args.keep_going)
-    if not args.markdown_only:
+    for path in args.merge_from:
+        other = json.loads(Path(path).read_text())
+
+        def merge(results: dict, other: dict = other, path: str = path) -> None:
+            taken = merge_results(results, other, path)
+            print(f"{path}: {len(taken)} cell(s) merged" + "".join(f"\n  {t}" for t in taken), flush=True)
+
+        update_results(merge)
+    if not args.markdown_only and not args.merge_from:
         results = load_results()
         todo = []
         names = sorted(MODELS, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)) + [DIGITS]

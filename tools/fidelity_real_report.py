@@ -228,6 +228,7 @@ def markdown(results: dict) -> str:
     for m, e in models.items():
         runs = [
             f"{n} `{r.get('commit')}` {r.get('date', '')}: {r.get('seconds', 0):.0f} s{_loads(r)}"
+            + (f" (merged from `{r['merged_from']}`)" if r.get("merged_from") else "")
             if "skipped" not in r
             else f"{n}: {r['skipped']}"
             for n, r in e["rows"].items()
