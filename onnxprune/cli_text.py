@@ -171,7 +171,7 @@ def validation_lines(v: dict | None) -> list[str]:
         return []
     allowed = f"; allowed drop {v['max_drop']} (keep >= {v['threshold']:.6g})" if v.get("threshold") is not None else ""
     how = (
-        f"{len(v['steps'])} plans judged by bisection"
+        f"{len(v['steps'])} plans judged by the search"
         if v["searched"]
         else "it measured the plan (another budget chose it)"
     )

@@ -23,6 +23,7 @@ from .budget import MacsTracker
 from .fidelity import OutputMetric
 from .planning import enforce_constraints
 from .trial_runner import Screen, TrialRunner
+from .validated_search import search_order
 
 __all__ = [
     "Screen",
@@ -270,7 +271,8 @@ def allocate(
     prefix of that order whose *measured* fidelity (all units together, on the calibration
     inputs, the worse of its two halves) stays >= min_fidelity is found by bisection; with
     macs_target, the shortest prefix that reaches it. ``judge`` (a plan's groups -> kept or not) replaces the fidelity test:
-    the user's validation function. ``progress`` counts bisection steps. Returns (groups to
+    the user's validation function, searched group by group past the groups it refuses
+    (validated_search). ``progress`` counts bisection steps. Returns (groups to
     remove, fidelity (nan when a judge decided), MACs after)."""
     ratios = sens.ratios
     by_estimate = judge is None and macs_target is None
@@ -336,6 +338,12 @@ def allocate(
                 lo = mid + 1
         groups = plan_for(lo)
         return sorted(groups), runner.fidelity(groups, estimates, choices), tracker.evaluate(groups)
+    if judge is not None:  # the user's function: past the groups it refuses (validated_search)
+        unit_of = {g: m.unit for m in order for g in m.groups}
+        found = search_order(
+            flat, lambda gs: enforce_constraints(analysis, gs, {}), judge, unit_of=unit_of, progress=progress
+        )
+        return sorted(found.groups), float("nan") if found.groups else 1.0, tracker.evaluate(found.groups)
     measured: list[float] = []  # the fidelity of each plan judged (when fidelity judges)
     if judge is None:
         assert min_fidelity is not None
