@@ -191,6 +191,7 @@ def measure_sensitivity(
         unit = units[ui]
         if first_change is not None:
             runner.advance(starts[ui])
+            runner.focus(set().union(*map(set, takes[ui])), estimates)
         fid: dict[float, float] = {}
         saved: dict[float, float] = {}
         est: dict[float, float] = {}

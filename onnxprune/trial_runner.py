@@ -93,7 +93,9 @@ class TrialRunner:
         # The sensitivity analysis runs a trial from its first changed reader on (trial_segments).
         from .trial_segments import Segments
 
-        self.segments = Segments(instrumented, self.ports, self.batches, self.names, source=source)
+        self.segments = Segments(
+            instrumented, self.ports, self.batches, self.names, self._reference_parts, source=source
+        )
         # A plan is never run twice (the search often re-measures a sensitivity trial): by
         # groups, the estimates object (kept alive with its entry) and the metric choices.
         self._cache: dict[tuple, tuple[SearchScore, object]] = {}
@@ -136,6 +138,12 @@ class TrialRunner:
         before it run from there (trial_segments.Segments.advance)."""
         if self.segments is not None:
             self.segments.advance(cut)
+
+    def focus(self, removed_groups: Sequence[int], estimates: Mapping[str, np.ndarray] | None) -> None:
+        """The next trials remove some of ``removed_groups`` (one unit's): they run the nodes
+        downstream of its readers only (trial_segments.Segments.focus)."""
+        if self.segments is not None:
+            self.segments.focus(reader_masks(self.analysis, self._removed_ids(removed_groups), estimates))
 
     def release(self) -> None:
         """The end of the sensitivity analysis: drop the carried activations; the search's

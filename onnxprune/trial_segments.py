@@ -14,7 +14,8 @@ it only when both are in one part)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -34,10 +35,12 @@ class Segments:
         ports: Ports,
         batches: Sequence[Mapping[str, np.ndarray]],
         names: Sequence[str],
+        reference: Sequence[Sequence[np.ndarray]],
         *,
         source: str = "<model>",
     ) -> None:
         self.model, self.ports, self.names, self.source = instrumented, ports, list(names), source
+        self.reference = reference  # per batch, the original's outputs
         graph = instrumented.graph
         self.nodes = list(graph.node)
         self.initializers = {t.name for t in graph.initializer}
@@ -69,6 +72,7 @@ class Segments:
             {k: v for k, v in b.items() if k in self.graph_inputs} for b in batches
         ]
         self._suffix: dict[int, tuple[ModelRunner, list[str]]] = {}
+        self._focus: _Focus | None = None
 
     def cut(self, masks: Mapping[tuple[str, int], object]) -> int:
         """Index of the first node a trial with these masks changes (the end: none)."""
@@ -82,7 +86,7 @@ class Segments:
         live_now, live_then = self._live(self.at), self._live(cut)
         outputs = [n for n in live_then if n not in live_now]
         if outputs:
-            runner = self._session(self.at, cut, live_now, outputs, "a segment of the instrumented model")
+            runner = self._session(self.nodes[self.at : cut], live_now, outputs, "a segment of the instrumented model")
             needs = set(_sub_inputs(self.nodes[self.at : cut], self.initializers))
             for values in self.frontier:
                 feeds = {k: v for k, v in values.items() if k in needs}
@@ -93,6 +97,50 @@ class Segments:
                 del values[k]
         self.at = cut
         self._suffix.clear()
+        self._focus = None
+
+    def focus(self, keys: Collection[tuple[str, int]]) -> None:
+        """The next trials mask only the ports ``keys`` (one unit's readers, after the
+        frontier): they run the nodes downstream of those ports only. What those nodes read
+        from the other nodes after the frontier is computed here, once; the outputs they do not
+        reach are the original's."""
+        self._focus = None
+        ports = frozenset(k for k in keys if k in self.port_at)
+        if not self.usable or self.frontier is None or not ports or min(self.port_at[k] for k in ports) < self.at:
+            return
+        muls = {self.port_at[k] for k in ports}
+        tainted: set[str] = set()
+        down: list[int] = []
+        for i in range(min(muls), len(self.nodes)):
+            node = self.nodes[i]
+            if i in muls or any(n in tainted for n in node.input):
+                down.append(i)
+                tainted.update(o for o in node.output if o)
+        downstream = [self.nodes[i] for i in down]
+        reads = [n for n in _sub_inputs(downstream, self.initializers) if n not in self.mask_inputs]
+        have = set(self.frontier[0]) if self.frontier else set()
+        # The other nodes after the frontier that make what the downstream nodes read.
+        need = {n for n in reads if n not in have}
+        down_set = set(down)
+        side: list[int] = []
+        for i in range(len(self.nodes) - 1, self.at - 1, -1):
+            node = self.nodes[i]
+            if i not in down_set and any(o in need for o in node.output):
+                side.append(i)
+                need.update(n for n in node.input if n and n not in have and n not in self.initializers)
+        side_out = [n for n in reads if n not in have]
+        side_values: list[dict[str, np.ndarray]] = [{} for _ in self.frontier]
+        if side_out:
+            nodes = [self.nodes[i] for i in sorted(side)]
+            ins = [n for n in _sub_inputs(nodes, self.initializers) if n not in self.mask_inputs]
+            runner = self._session(nodes, ins, side_out, "a branch of the instrumented model")
+            masks = _identity_masks(self.ports, set(_sub_inputs(nodes, self.initializers)))
+            for values, got in zip(self.frontier, side_values):
+                got.update(zip(side_out, runner.run({**{k: values[k] for k in ins}, **masks}, side_out)))
+        produced = [n for n in self.names if self.produced_at.get(n, -1) in down_set]
+        runner = self._session(downstream, reads, produced, "the part of the instrumented model a unit changes")
+        mask_reads = {n for n in _sub_inputs(downstream, self.initializers) if n in self.mask_inputs}
+        self._focus = _Focus(ports, runner, reads, produced, mask_reads, side_values)
 
     def run(
         self, masks: Mapping[tuple[str, int], object], extra: Mapping[str, np.ndarray], which: Sequence[int]
@@ -101,10 +149,20 @@ class Segments:
         input's value), computed from the frontier; None when the trial changes a node before it."""
         if not self.usable or self.frontier is None or self.cut(masks) < self.at:
             return None
+        focus = self._focus
+        if focus is not None and set(masks) <= focus.ports:
+            out = []
+            for k in which:
+                values, side = self.frontier[k], focus.side[k]
+                feeds = {n: side[n] if n in side else values[n] for n in focus.reads}
+                feeds.update({n: extra[n] for n in focus.masks})
+                got = dict(zip(focus.produced, focus.runner.run(feeds, focus.produced))) if focus.produced else {}
+                out.append([got[n] if n in got else self.reference[k][i] for i, n in enumerate(self.names)])
+            return out
         if self.at not in self._suffix:
             live = self._live(self.at)
             produced = [n for n in self.names if n not in live]
-            runner = self._session(self.at, len(self.nodes), live, produced, "the tail of the instrumented model")
+            runner = self._session(self.nodes[self.at :], live, produced, "the tail of the instrumented model")
             self._suffix[self.at] = (runner, produced)
         runner, produced = self._suffix[self.at]
         needs = set(_sub_inputs(self.nodes[self.at :], self.initializers))
@@ -120,6 +178,7 @@ class Segments:
         """Drop the frontier's activations and the sessions (trials run whole from now on)."""
         self.frontier = None
         self._suffix.clear()
+        self._focus = None
 
     def _live(self, cut: int) -> list[str]:
         """The tensors crossing ``cut``: graph inputs or produced before it, read at or after it
@@ -131,14 +190,15 @@ class Segments:
             live.extend(o for o in node.output if o and self.last_use.get(o, -1) >= cut)
         return live
 
-    def _session(self, start: int, stop: int, inputs: Sequence[str], outputs: Sequence[str], what: str) -> ModelRunner:
+    def _session(
+        self, nodes: Sequence[onnx.NodeProto], inputs: Sequence[str], outputs: Sequence[str], what: str
+    ) -> ModelRunner:
         from onnx import helper
 
-        nodes = self.nodes[start:stop]
         needed = set(_sub_inputs(nodes, self.initializers)) | set(n for node in nodes for n in node.input)
         graph = helper.make_graph(
             nodes,
-            f"part_{start}_{stop}",
+            "part",
             [
                 *(helper.make_tensor_value_info(n, self.types[n], None) for n in inputs if n in needed),
                 *(
@@ -159,6 +219,20 @@ class Segments:
         part.CopyFrom(self.model)
         part.graph.CopyFrom(graph)
         return session(part, source=self.source, what=what, optimize=True)
+
+
+@dataclass(frozen=True)
+class _Focus:
+    """One unit's part: its ports, the session of the nodes downstream of them, what those
+    read (from the frontier or ``side``: per batch, made once by the other nodes), the graph
+    outputs they make and the keep/fill inputs they read."""
+
+    ports: frozenset[tuple[str, int]]
+    runner: ModelRunner
+    reads: list[str]
+    produced: list[str]
+    masks: set[str]
+    side: list[dict[str, np.ndarray]]
 
 
 def _sub_inputs(nodes: Sequence[onnx.NodeProto], initializers: set[str]) -> list[str]:

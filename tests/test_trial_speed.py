@@ -74,7 +74,7 @@ def test_trials_run_from_the_units_first_reader_and_measure_the_same() -> None:
 
     def spy(self, masks, extra, which):  # type: ignore[no-untyped-def]
         out = run(self, masks, extra, which)
-        frontiers.append(self.at if out is not None else -1)
+        frontiers.append(self.at if out is not None and self._focus is not None else -1)
         return out
 
     trial_segments.Segments.run = spy  # type: ignore[method-assign]
@@ -84,7 +84,8 @@ def test_trials_run_from_the_units_first_reader_and_measure_the_same() -> None:
         trial_segments.Segments.run = run  # type: ignore[method-assign]
     b = measure_sensitivity(whole, analysis, units, tracker, RATIOS, None, "l2", {"*": "cosine"})
     assert a.trials == b.trials == 12 and len(frontiers) == 12
-    # Every trial ran from a frontier; the later units from further in (units in graph order).
+    # Every trial ran from a frontier, the nodes downstream of its unit's readers only; the
+    # later units from further in (units in graph order).
     assert -1 not in frontiers and frontiers[0] > 0 and frontiers == sorted(frontiers)
     assert len(set(frontiers)) == 4
     for ua, ub in zip(a.units, b.units):
