@@ -99,10 +99,8 @@ class TrialRunner:
         # A plan is never run twice (the search often re-measures a sensitivity trial): by
         # groups, the estimates object (kept alive with its entry) and the metric choices.
         self._cache: dict[tuple, tuple[SearchScore, object]] = {}
-        # Screened trials: their score on the screened samples and those samples' outputs (a
-        # full judgement later runs the other samples only).
-        self._screened: dict[tuple, tuple[SearchScore, object]] = {}
-        self._started: dict[tuple, list[list[np.ndarray]]] = {}
+        # Sensitivity trials (screened_trial): (judgement without the halves, screened).
+        self._alone: dict[tuple, tuple[tuple[SearchScore, bool], object]] = {}
         self.runs = 0
         self.screened = 0  # trials that ended on the screened samples
 
@@ -191,10 +189,7 @@ class TrialRunner:
         """The pooled fidelity, the worse half's and the estimate on unseen inputs of a plan."""
         key = self._key(removed_groups, estimates, choices)
         if key not in self._cache:
-            masks = reader_masks(self.analysis, self._removed_ids(key[0]), estimates)
-            started = self._started.pop(key, [])
-            rest = self._parts(masks, range(len(started), len(self.batches)))
-            outs = self._joined([*started, *rest])
+            outs = self._run(reader_masks(self.analysis, self._removed_ids(key[0]), estimates))
             self.runs += 1
             halves, refs = self._halves(outs), self._halves(self.reference)
             pairs = list(zip(refs, halves)) if halves is not None and refs is not None else None
@@ -210,29 +205,38 @@ class TrialRunner:
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
     ) -> tuple[SearchScore, bool]:
-        """A sensitivity trial under the runner's ``Screen``: (its judgement, True) when its
-        fidelity on the screened samples is below the screen's bound (the trial ends there: the
-        judgement holds that fidelity, no halves, no estimate), else (``judged``, False): the
-        other samples are run and the trial is exactly the unscreened one."""
+        """A sensitivity trial: (its judgement, screened). The sensitivity reads the pooled
+        fidelity and the estimate only, so the halves are not scored (``judged`` scores them
+        when the search asks for the same plan). Under the runner's ``Screen`` a trial whose
+        fidelity on the screened samples is below the screen's bound ends there (True: the
+        judgement holds that fidelity, no estimate); otherwise the other samples are run and
+        the figures are exactly the unscreened trial's."""
         key = self._key(removed_groups, estimates, choices)
-        if self.screen is None or key in self._cache:
-            return self.judged(removed_groups, estimates, choices), False
-        if key not in self._screened:
+        if key in self._cache:
+            return self._cache[key][0], False
+        if key not in self._alone:
             masks = reader_masks(self.analysis, self._removed_ids(key[0]), estimates)
-            first = self._parts(masks, range(self.screen.samples))
-            ref = self._joined(self._reference_parts[: self.screen.samples])
-            got = self._joined(first)
-            value = run_score(
-                fidelity_from_outputs(
-                    self.names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=self.batch_axes
-                )
-            )[0]
-            if value >= self.screen.below:
-                self._started[key] = first
-                return self.judged(removed_groups, estimates, choices), False
-            self.screened += 1
-            self._screened[key] = (SearchScore(value, value, None, None), estimates)
-        return self._screened[key][0], True
+            first: list[list[np.ndarray]] = []
+            if self.screen is not None:
+                first = self._parts(masks, range(self.screen.samples))
+                ref = self._joined(self._reference_parts[: self.screen.samples])
+                got = self._joined(first)
+                value = run_score(
+                    fidelity_from_outputs(
+                        self.names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=self.batch_axes
+                    )
+                )[0]
+                if value < self.screen.below:
+                    self.screened += 1
+                    self._alone[key] = ((SearchScore(value, value, None, None), True), estimates)
+                    return self._alone[key][0]
+            outs = self._joined([*first, *self._parts(masks, range(len(first), len(self.batches)))])
+            self.runs += 1
+            judged = search_score(
+                self.names, self.reference, outs, None, choices, batch_axes=self.batch_axes, confidence=self.confidence
+            )
+            self._alone[key] = ((judged, False), estimates)
+        return self._alone[key][0]
 
     def metrics(self, choices: Mapping[str, str] | None = None) -> tuple[OutputMetric, ...]:
         """The metric of every output on these samples, and why (the reference decides)."""

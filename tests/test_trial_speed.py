@@ -142,7 +142,12 @@ def test_screen_ends_a_trial_failing_on_its_first_samples_and_keeps_one_that_doe
     ran = _count_samples(runner)
     judged, cut_short = runner.screened_trial(channel0, None)
     assert not cut_short and ran[0] == 32 and runner.screened == 0 and runner.runs == 1
-    assert judged == plain.judged(channel0, None) and judged.pooled == pytest.approx(0.875)
+    full = plain.judged(channel0, None)
+    assert (judged.pooled, judged.estimate) == (full.pooled, full.estimate) and judged.pooled == pytest.approx(0.875)
+    # A sensitivity trial is not scored by halves (the sensitivity reads the pooled fidelity and
+    # the estimate); the search asking for the same plan gets the whole judgement.
+    assert judged.worst_half is None and full.worst_half == pytest.approx(0.75)
+    assert runner.judged(channel0, None) == full and runner.runs == 2
     # A batch of samples in one run is not split: no screen then.
     batched = TrialRunner(_two_channel(batch=None), analysis, passing_first, screen=Screen.for_floor(0.95, 32))  # type: ignore[arg-type]
     assert len(batched.batches) == 1 and batched.screen is None
