@@ -314,6 +314,7 @@ def prune_cell(
     res["report_evaluation"] = rep.get("evaluation")
     res["channels_removed"] = rep.get("channels_removed")
     res["notes"] = rep.get("notes")
+    res["generalisation"] = rep.get("generalisation")  # calibration / estimate / bound the search judged
     if rep.get("sensitivity"):
         res.setdefault("sensitivity", {}).update(
             report_trials=rep["sensitivity"]["trials"], report_seconds=round(rep["sensitivity"]["seconds"], 1)
