@@ -110,6 +110,6 @@ def search_order(
             rest = without_unit(rest[good], rest[good + 1 :])
         else:
             rest = []
-    if progress and shown[0] < shown[1]:
-        progress(shown[1], shown[1])  # the bar closes when the search ends early
+    if progress and shown != (total, total):
+        progress(total, total)  # the bar closes when the search ends early
     return SearchOutcome(frozenset(best), tuple(refused), judged)

@@ -119,3 +119,13 @@ def test_validated_prune_goes_past_a_channel_the_calibration_order_wrongly_takes
     # B may lose 2 of 8 channels (0.75 >= 0.7); a bisection alone stops before A's first cut.
     assert {c.node: c.channels_after for c in r.report.layers} == {conv_b: 6}  # A untouched
     assert v.final == 0.75 and v.threshold == pytest.approx(0.7) and v.calls == len(values) <= 12
+
+
+def test_progress_counts_plans_judged_and_closes() -> None:
+    heard: list[tuple[int, int]] = []
+    # 11 prefixes: at most 4 bisection steps; 3 taken, then one refused step past group 2.
+    search_order(list(range(10)), set, lambda p: p <= {0, 1}, progress=lambda d, t: heard.append((d, t)))
+    assert heard == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    heard.clear()
+    search_order([], set, lambda p: True, progress=lambda d, t: heard.append((d, t)))
+    assert heard == [(1, 1)]  # nothing to judge: the bar still closes
