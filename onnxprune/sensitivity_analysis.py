@@ -172,7 +172,9 @@ def measure_sensitivity(
     falls below it: removing more of the unit, with other units on top, keeps no more (those
     ratios are ``skipped``, and the search leaves them out). A runner with a ``Screen`` ends a
     trial that fails by a wide margin on its first samples there (the ratio is ``screened``,
-    its fidelity those samples'). ``trials`` counts the runs, screened ones included."""
+    its fidelity those samples'), and the unit's larger ratios are skipped, with or without
+    ``floor`` (a search with recovery runs without it). ``trials`` counts the runs, screened
+    ones included."""
     start = time.perf_counter()
     base = tracker.original
     takes = [[enforce_constraints(analysis, _take(unit, r, analysis), {}) for r in ratios] for unit in units]
@@ -200,7 +202,10 @@ def measure_sensitivity(
         screened: list[float] = []
         for ratio, groups in zip(ratios, takes[ui]):
             saved[ratio] = (base - tracker.evaluate(groups)) / base if base else 0.0
-            if floor is not None and fid and min(fid.values()) < floor:
+            # Past a ratio below the floor, or one screened (far below the search's floor on its
+            # first samples: with recovery too, which would have to win back more than the
+            # screen's margin at a larger ratio), larger ratios are not offered.
+            if screened or (floor is not None and fid and min(fid.values()) < floor):
                 fid[ratio] = min(fid.values())
                 if est:
                     est[ratio] = min(est.values())

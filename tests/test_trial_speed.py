@@ -14,7 +14,7 @@ from onnxprune.budget import MacsTracker, group_scores
 from onnxprune.config import PruneConfig
 from onnxprune.criteria import default_criteria
 from onnxprune.rules import default_registry
-from onnxprune.sensitivity_analysis import Screen, TrialRunner, allocate, find_units, measure_sensitivity
+from onnxprune.sensitivity_analysis import Screen, TrialRunner, _take, allocate, find_units, measure_sensitivity
 from onnxprune.stages.decide import known_macs, layer_scores
 from onnxprune.testing import GraphBuilder
 
@@ -194,3 +194,28 @@ def test_prune_decides_the_same_with_and_without_the_cheaper_trials(monkeypatch:
     slow = onnxprune.prune(model, **options)
     assert slow.report.to_dict()["sensitivity"]["screened"] == 0
     assert fast.plan.removed_groups == slow.plan.removed_groups and fast.plan.removed_groups
+
+
+def test_with_recovery_a_screened_ratio_ends_the_units_ladder() -> None:
+    """A search with recovery measures sensitivity without a floor (recovery may win back what
+    masking loses) but with the screen: past a screened ratio the unit's larger ratios are not
+    run, and the search is not offered them."""
+    model = _chain()
+    analysis, units, tracker = _setup(model)
+    feeds = _feeds(32)
+    cosine = {"*": "cosine"}
+    everything = TrialRunner(model, analysis, feeds)
+    screened = TrialRunner(model, analysis, feeds, screen=Screen.for_floor(0.99, 32))
+    a = measure_sensitivity(everything, analysis, units, tracker, RATIOS, None, "l2", cosine)
+    b = measure_sensitivity(screened, analysis, units, tracker, RATIOS, None, "l2", cosine)
+    assert not any(u.skipped for u in a.units) and a.trials == 12
+    cut = [u for u in b.units if u.screened]
+    assert cut and b.trials == 12 - sum(len(u.skipped) for u in b.units) < 12
+    for u in cut:
+        first = min(u.screened)
+        assert u.screened == (first,) and u.skipped == tuple(r for r in RATIOS if r > first)
+        assert u.fidelity[first] < 0.94
+    ga, _, _ = allocate(b, analysis, screened, tracker, None, min_fidelity=0.9, choices=cosine)
+    for u in cut:  # no group beyond the screened ratio's is removed
+        beyond = set(u.unit.groups) - set(_take(u.unit, max(u.screened), analysis))
+        assert not beyond & set(ga)
