@@ -106,6 +106,7 @@ STATE = 0.1
 MATCH = 0.01  # the MACs plan's measured ratio within this of the latency plan's: the same latency
 MAX_SCAN = 6  # MACs plans pruned and timed at most per model
 LO, HI = 0.05, 0.99  # the MACs targets the scan may try
+SLOPE = (0.3, 3.0)  # latency ratio per MACs ratio the secant may assume (measured: 0.35-1.0)
 
 
 def matched_scan(goal: float, start: float, measure: Any, *, tol: float = MATCH, steps: int = MAX_SCAN) -> dict:
@@ -128,8 +129,11 @@ def matched_scan(goal: float, start: float, measure: Any, *, tol: float = MATCH,
         fast = [t for t, r in points if r <= goal]
         hi, lo = (min(slow) if slow else None), (max(fast) if fast else None)
         (t0, r0), (t1, r1) = (points[-2] if len(points) > 1 else (1.0, 1.0)), points[-1]
-        # the secant through the last two points (the first step: through the original, 1.0 -> 1.0)
-        t = t1 + (goal - r1) * (t1 - t0) / (r1 - r0) if r1 != r0 else t1 - (r1 - goal)
+        # the secant through the last two points (the first step: through the original, 1.0 -> 1.0),
+        # its slope (latency ratio per MACs ratio) kept within SLOPE: A/B noise on two close points
+        # must not send it to the end of the range
+        slope = (r1 - r0) / (t1 - t0) if t1 != t0 else 1.0
+        t = t1 + (goal - r1) / min(max(slope, SLOPE[0]), SLOPE[1])
         if hi is not None and lo is not None and not lo + 0.002 < t < hi - 0.002:
             t = (lo + hi) / 2  # the secant left the bracket: bisect
         t = round(min(max(t, LO), HI), 3)
