@@ -7,9 +7,10 @@ For each model:
 1. ``plan``: ``onnxprune.prune(path, "l2", latency_target=T, latency=LatencySettings(precision="f32"),
    calibration=C, verification_inputs=E)`` (the latency table, the planner, the A/B
    confirmation); then the ``--macs-target`` plan at the same measured latency (same criterion,
-   calibration and evaluation samples): secant steps on the MACs target, each plan timed against
-   the original in an interleaved A/B run, bracketed (bisection when the secant leaves the
-   bracket), until one measures within 0.01 of the latency plan's ratio or 6 plans were timed;
+   calibration and evaluation samples): secant steps on the MACs target, each plan timed with
+   the original and the latency plan in one interleaved run (so a load that pulls every ratio
+   toward 1 moves both alike), bracketed (bisection when the secant leaves the bracket), until
+   one measures within 0.01 of the latency plan's ratio in the same run or 6 plans were timed;
    the closest is kept and its distance reported.
 2. ``time``: original, latency plan and that MACs plan timed together in one interleaved run
    (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1): the headline ratios with
@@ -110,37 +111,39 @@ SLOPE = (0.3, 3.0)  # latency ratio per MACs ratio the secant may assume (measur
 
 
 def matched_scan(goal: float, start: float, measure: Any, *, tol: float = MATCH, steps: int = MAX_SCAN) -> dict:
-    """The MACs plan whose measured ratio is closest to ``goal`` (the latency plan's measured
-    ratio): secant steps on the MACs target from ``start`` (the latency plan's MACs ratio), kept
-    inside the bracket of a too-slow and a too-fast target once there is one (bisection when the
-    secant leaves it), until a plan is within ``tol`` of ``goal`` or ``steps`` plans were timed.
-    ``measure(target) -> entry`` prunes and times one (entry["ab"]["ratio"])."""
+    """The MACs plan whose measured latency is closest to the latency plan's: secant steps on
+    the MACs target from ``start`` (the latency plan's MACs ratio) on the *gap* (the candidate's
+    ratio minus the latency plan's, both timed in the same interleaved run, so a load that pulls
+    every ratio toward 1 moves both alike), kept inside the bracket of a too-slow and a too-fast
+    target once there is one (bisection when the secant leaves it), until a plan is within
+    ``tol`` or ``steps`` plans were timed. ``goal``: the latency plan's ratio (the first secant
+    goes through the original, gap 1 - goal). ``measure(target) -> entry`` prunes and times one
+    (entry["ab"]["gap"])."""
     seen: dict[float, dict] = {}
 
-    def at(t: float) -> dict:
+    def at(t: float) -> float:
         t = round(min(max(t, LO), HI), 3)
         if t not in seen:
             seen[t] = measure(t)
-        return seen[t]
+        return seen[t]["ab"]["gap"]
 
-    points = [(start, at(start)["ab"]["ratio"])]
-    while len(seen) < steps and abs(points[-1][1] - goal) > tol:
-        slow = [t for t, r in points if r > goal]  # too slow: fewer MACs needed
-        fast = [t for t, r in points if r <= goal]
+    points = [(start, at(start))]
+    while len(seen) < steps and abs(points[-1][1]) > tol:
+        slow = [t for t, d in points if d > 0]  # too slow: fewer MACs needed
+        fast = [t for t, d in points if d <= 0]
         hi, lo = (min(slow) if slow else None), (max(fast) if fast else None)
-        (t0, r0), (t1, r1) = (points[-2] if len(points) > 1 else (1.0, 1.0)), points[-1]
-        # the secant through the last two points (the first step: through the original, 1.0 -> 1.0),
+        (t0, d0), (t1, d1) = (points[-2] if len(points) > 1 else (1.0, 1.0 - goal)), points[-1]
         # its slope (latency ratio per MACs ratio) kept within SLOPE: A/B noise on two close points
         # must not send it to the end of the range
-        slope = (r1 - r0) / (t1 - t0) if t1 != t0 else 1.0
-        t = t1 + (goal - r1) / min(max(slope, SLOPE[0]), SLOPE[1])
+        slope = (d1 - d0) / (t1 - t0) if t1 != t0 else 1.0
+        t = t1 - d1 / min(max(slope, SLOPE[0]), SLOPE[1])
         if hi is not None and lo is not None and not lo + 0.002 < t < hi - 0.002:
             t = (lo + hi) / 2  # the secant left the bracket: bisect
         t = round(min(max(t, LO), HI), 3)
         if t in seen:  # the MACs grid cannot get closer than a plan already timed
             break
-        points.append((t, at(t)["ab"]["ratio"]))
-    return min(seen.values(), key=lambda e: (abs(e["ab"]["ratio"] - goal), e["macs_target"]))
+        points.append((t, at(t)))
+    return min(seen.values(), key=lambda e: (abs(e["ab"]["gap"]), e["macs_target"]))
 
 
 def _samples(name: str, spec: dict, n: int, seed: int) -> np.ndarray:
@@ -228,9 +231,13 @@ def timed(files: list[str], spec: dict, seconds: float, rounds: int) -> Any:
     )
 
 
-def ab(original: str, candidate: str, spec: dict, seconds: float) -> dict:
-    t = timed([original, candidate], spec, seconds, rounds=20)
+def ab(original: str, candidate: str, spec: dict, seconds: float, latency_plan: str | None = None) -> dict:
+    """``candidate`` against ``original`` (and the ``latency_plan`` in the same run: ``gap``, the
+    candidate's ratio minus the latency plan's)."""
+    t = timed([original, candidate, *([latency_plan] if latency_plan else [])], spec, seconds, rounds=20)
+    extra = {"latency_plan_ratio": t.ratio[2], "gap": t.ratio[1] - t.ratio[2]} if latency_plan else {}
     return {
+        **extra,
         "ratio": t.ratio[1],
         "ratio_p10": t.ratio_p10[1],
         "ratio_p90": t.ratio_p90[1],
@@ -281,7 +288,7 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
         }
         if spec["kind"] == "digits":
             row["kept_plan"]["accuracy"] = digits_accuracy(kept_path)
-    row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, row["latency_plan"]["macs_ratio"]))
+    row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, lat_path))
     return row
 
 
@@ -298,16 +305,23 @@ def _common(spec: dict, cal: str, ev: str) -> dict:
 
 
 def matched_macs_plan(
-    name: str, spec: dict, work: Path, common: dict, ev: str, seconds: float, res: Any, macs: float, tag: str = ""
+    name: str, spec: dict, work: Path, common: dict, ev: str, seconds: float, res: Any, lat_path: str, tag: str = ""
 ) -> dict:
-    """The --macs-target plan (same options) whose A/B ratio matches the latency plan's ``res``."""
+    """The --macs-target plan (same options) of the latency plan's (``res``, written to
+    ``lat_path``) measured latency: each candidate timed with the original and the latency plan."""
+    macs = res.report.macs_after / res.report.macs_before
     goal = res.report.latency["measured_ratio"]
     scan: list[dict] = []
 
     def macs_plan(t: float) -> dict:
         path = str(work / f"{name}{tag}_macs_{t:.3f}.onnx")
         r = onnxprune.prune(spec["path"], "l2", macs_target=t, output=path, **common)
-        entry = {"macs_target": t, **_summary(r), "file": path, "ab": ab(spec["path"], path, spec, seconds)}
+        entry = {
+            "macs_target": t,
+            **_summary(r),
+            "file": path,
+            "ab": ab(spec["path"], path, spec, seconds, latency_plan=lat_path),
+        }
         if spec["kind"] == "digits":
             entry["accuracy"] = digits_accuracy(path)
         if spec["kind"] == "zoo":
@@ -319,8 +333,8 @@ def matched_macs_plan(
     return {
         "macs_scan": scan,
         "macs_plan": chosen,
-        "macs_plan_matched": abs(chosen["ab"]["ratio"] - goal) <= MATCH,
-        "macs_plan_gap": chosen["ab"]["ratio"] - goal,
+        "macs_plan_matched": abs(chosen["ab"]["gap"]) <= MATCH,
+        "macs_plan_gap": chosen["ab"]["gap"],
     }
 
 
@@ -347,7 +361,7 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
             }
             if spec["kind"] == "digits":
                 row["latency_plan"]["accuracy"] = digits_accuracy(path)
-            row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, row["latency_plan"]["macs_ratio"], tag))
+            row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, path, tag))
             t = timed([spec["path"], path, row["macs_plan"]["file"]], spec, seconds, rounds=20)
             row["together"] = {"latency_plan_ratio": t.ratio[1], "macs_plan_ratio": t.ratio[2], "loadavg": os.getloadavg()[0]}
             print(json.dumps({k: row[k] for k in ("model", "target", "reconstruct", "together")}), flush=True)

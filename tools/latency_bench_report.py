@@ -104,8 +104,8 @@ def phase_report(
         "Latency plan: `prune --criterion l2 --latency-target 0.7 --calibration C --inputs E` (table, planner ranking "
         "moves by latency saved per measured fidelity lost, A/B confirmation; the digits CNN at 0.85, see below). MACs "
         "plan: `prune --criterion l2 --macs-target F --calibration C --inputs E` at the same measured latency: F found "
-        "by secant/bisection steps on the MACs target (each plan timed against the original in an interleaved A/B run) "
-        "until its ratio is within 0.01 of the latency plan's, 6 plans at most; *apart*: the MACs plan's ratio minus "
+        "by secant/bisection steps on the MACs target (each plan timed with the original and the latency plan in one "
+        "interleaved run) until its ratio is within 0.01 of the latency plan's in the same run, 6 plans at most; *apart*: the MACs plan's ratio minus "
         "the latency plan's in the final run (both timed together). Answers kept: "
         "`--latency-target T --min-fidelity K` (the fastest model within T whose fidelity on the calibration samples "
         "stays >= K). *final*: the original and every plan timed together in one interleaved run.",
@@ -227,6 +227,8 @@ def phase_report(
                 f" ({a['ratio_p10']:.3f}–{a['ratio_p90']:.3f}; {a['original_ms']:.2f} ms)" if "ratio_p10" in a else ""
             )
             centered = f", centered {e['centered_cosine']:.4f}" if "centered_cosine" in e else ""
+            if "gap" in a:
+                spread += f"; latency plan {a['latency_plan_ratio']:.3f} in the same run, gap {a['gap']:+.3f}"
             lines.append(
                 f"  - {e['macs_target']:.3f} → {_f(e['macs_ratio'])}, {a['ratio']:.3f}{spread}, {_f(score, '.4f')}, "
                 f"{_f(e.get('cosine'), '.4f')}{centered}"
