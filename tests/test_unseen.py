@@ -6,27 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+from judge_helpers import margin_classifier
 
 import onnxprune
 from onnxprune.fidelity_metrics.unseen import ctc_margins, estimate_agreement, flip_rate, top1_margins
 from onnxprune.sensitivity_analysis import TrialRunner
-from onnxprune.testing import GraphBuilder
-
-
-def _classifier() -> onnx.ModelProto:
-    """x [N, 3, 1, 1] -> 1x1 Conv (channels x0, x1, 0.5 * x2) -> Flatten -> Gemm: class 0 =
-    x0 + x2, class 1 = x1. The third channel has the lowest L2 norm (0.5): removing it (0,
-    no compensation) takes x2 from class 0's score and changes nothing else."""
-    b = GraphBuilder(opset=17, seed=0)
-    x = b.input("x", [None, 3, 1, 1])
-    w = np.diag([1.0, 1.0, 0.5]).astype(np.float32).reshape(3, 3, 1, 1)
-    conv = b.conv(x, 3, k=1, pads=0, bias=False, weight=b.const(w, "W"))
-    flat = b.op("Flatten", conv, axis=1)
-    g = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]], np.float32)
-    b.output(b.op("Gemm", flat, b.const(g, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
-    return b.build()
 
 
 def _feeds(*rows: tuple[float, float, float]) -> list[dict[str, np.ndarray]]:
@@ -38,7 +23,7 @@ FAR = (5.0, 1.0, 0.1)  # class 0 by 4.1; the same loss of 0.1
 
 
 def _judged(feeds: list[dict[str, np.ndarray]]):
-    model = _classifier()
+    model = margin_classifier()
     analysis = onnxprune.analyze(model)
     conv = next(s for s in analysis.sources if s.op == "Conv")
     third = int(analysis.roots(conv.ids)[2])
@@ -73,7 +58,7 @@ def _calibration(tmp_path: Path, row: tuple[float, float, float], n: int = 8) ->
 def test_the_search_keeps_near_ties(tmp_path: Path, row: tuple, floor: float, removed: int) -> None:
     calib = _calibration(tmp_path, row)
     options = {"calibration": calib, "verification_inputs": calib, "compensation": "none"}
-    r = onnxprune.prune(_classifier(), "l2", min_fidelity=floor, **options)
+    r = onnxprune.prune(margin_classifier(), "l2", min_fidelity=floor, **options)
     assert len(r.plan.removed_groups) == removed
     assert r.report.fidelity_score == 1.0  # not one answer changes either way
 
@@ -84,8 +69,8 @@ def test_095_and_099_are_different_targets(tmp_path: Path) -> None:
     targets were "no flip" before)."""
     calib = _calibration(tmp_path, (1.0, 0.73, 0.1))
     options = {"calibration": calib, "verification_inputs": calib, "compensation": "none"}
-    at95 = onnxprune.prune(_classifier(), "l2", min_fidelity=0.95, **options)
-    at99 = onnxprune.prune(_classifier(), "l2", min_fidelity=0.99, **options)
+    at95 = onnxprune.prune(margin_classifier(), "l2", min_fidelity=0.95, **options)
+    at99 = onnxprune.prune(margin_classifier(), "l2", min_fidelity=0.99, **options)
     assert len(at95.plan.removed_groups) == 1 and at99.plan.removed_groups == ()
     est = at95.report.to_dict()["generalisation"]["estimate"]
     assert est["fidelity"] == pytest.approx(1 - (0.1 / 0.37) / 9, abs=1e-6) and est["samples"] == 8

@@ -12,11 +12,11 @@ import numpy as np
 import onnx
 import pytest
 from cli_helpers import run_cli
+from judge_helpers import margin_classifier
 
 import onnxprune
 from onnxprune.fidelity_metrics.unseen import _interpolated_cdf, flip_rate
 from onnxprune.fidelity_metrics.unseen_bound import bootstrap_bound, interpolated_cdf_rows, unseen
-from onnxprune.testing import GraphBuilder
 
 
 def _tail(n: int, p: float, k: int) -> float:
@@ -84,20 +84,6 @@ def test_the_bound_tightens_as_samples_grow_and_loosens_with_confidence() -> Non
     assert levels == sorted(levels, reverse=True) and len(set(levels)) == 5
 
 
-def _classifier() -> onnx.ModelProto:
-    """x [N, 3, 1, 1] -> 1x1 Conv (x0, x1, 0.5 x2) -> Flatten -> Gemm: class 0 = x0 + x2,
-    class 1 = x1. The third channel has the lowest L2 norm: removing it (no compensation)
-    takes x2 from class 0's score, a margin loss of x2, and changes nothing else."""
-    b = GraphBuilder(opset=17, seed=0)
-    x = b.input("x", [None, 3, 1, 1])
-    w = np.diag([1.0, 1.0, 0.5]).astype(np.float32).reshape(3, 3, 1, 1)
-    conv = b.conv(x, 3, k=1, pads=0, bias=False, weight=b.const(w, "W"))
-    flat = b.op("Flatten", conv, axis=1)
-    g = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]], np.float32)
-    b.output(b.op("Gemm", flat, b.const(g, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
-    return b.build()
-
-
 def test_a_plan_with_one_flip_in_32_holds_095_only_under_the_point_estimate(tmp_path: Path) -> None:
     """31 samples far from a tie (margin 4.1, loss 0.1) and one near one (margin 0.05, loss
     0.1: it flips). Point judge: agreement 31/32 = 0.969, estimate 1 - (1 + 0.05 / 4.05) / 33
@@ -112,12 +98,12 @@ def test_a_plan_with_one_flip_in_32_holds_095_only_under_the_point_estimate(tmp_
         "compensation": "none",
         "min_fidelity": 0.95,
     }
-    point = onnxprune.prune(_classifier(), "l2", fidelity_confidence=0.5, **options)
+    point = onnxprune.prune(margin_classifier(), "l2", fidelity_confidence=0.5, **options)
     assert len(point.plan.removed_groups) == 1 and point.report.fidelity_score == pytest.approx(31 / 32)
     est = point.report.to_dict()["generalisation"]["estimate"]
     assert est["fidelity"] == pytest.approx(1 - (1 + 0.05 / 4.05) / 33, abs=1e-6) and est["confidence"] == 0.5
     assert est["bound"] == pytest.approx(31 / 32)  # min(agreement 31/32, estimate 0.9693)
-    bounded = onnxprune.prune(_classifier(), "l2", **options)
+    bounded = onnxprune.prune(margin_classifier(), "l2", **options)
     assert bounded.plan.removed_groups == () and bounded.report.fidelity_score == 1.0
 
 
@@ -125,7 +111,7 @@ def test_cli_fidelity_confidence(tmp_path: Path) -> None:
     rows = np.array([(1.0, 1.05, 0.1)] + [(5.0, 1.0, 0.1)] * 31, np.float32).reshape(32, 3, 1, 1)
     calib, model, out = tmp_path / "c.npz", tmp_path / "m.onnx", tmp_path / "o.onnx"
     np.savez(calib, x=rows)
-    onnx.save(_classifier(), model)
+    onnx.save(margin_classifier(), model)
     args = ["prune", str(model), "-o", str(out), "--calibration", str(calib), "--inputs", str(calib)]
     args += ["--min-fidelity", "0.95", "--compensation", "none"]
     bad = run_cli(*args, "--fidelity-confidence", "1")
