@@ -248,7 +248,9 @@ def ab(original: str, candidate: str, spec: dict, seconds: float, latency_plan: 
     }
 
 
-def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds: float, keep: bool = True) -> dict:
+def phase_plan(
+    name: str, spec: dict, work: Path, target: float, n: int, seconds: float, keep: bool = True, steps: int = MAX_SCAN
+) -> dict:
     cal, ev = data_files(name, spec, work, n)
     common = _common(spec, cal, ev)
     lat_path = str(work / f"{name}_latency.onnx")
@@ -288,7 +290,7 @@ def phase_plan(name: str, spec: dict, work: Path, target: float, n: int, seconds
         }
         if spec["kind"] == "digits":
             row["kept_plan"]["accuracy"] = digits_accuracy(kept_path)
-    row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, lat_path))
+    row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, lat_path, steps=steps))
     return row
 
 
@@ -305,7 +307,16 @@ def _common(spec: dict, cal: str, ev: str) -> dict:
 
 
 def matched_macs_plan(
-    name: str, spec: dict, work: Path, common: dict, ev: str, seconds: float, res: Any, lat_path: str, tag: str = ""
+    name: str,
+    spec: dict,
+    work: Path,
+    common: dict,
+    ev: str,
+    seconds: float,
+    res: Any,
+    lat_path: str,
+    tag: str = "",
+    steps: int = MAX_SCAN,
 ) -> dict:
     """The --macs-target plan (same options) of the latency plan's (``res``, written to
     ``lat_path``) measured latency: each candidate timed with the original and the latency plan."""
@@ -329,7 +340,7 @@ def matched_macs_plan(
         scan.append(entry)
         return entry
 
-    chosen = matched_scan(goal, min(round(macs, 3), 0.99), macs_plan)
+    chosen = matched_scan(goal, min(round(macs, 3), 0.99), macs_plan, steps=steps)
     return {
         "macs_scan": scan,
         "macs_plan": chosen,
@@ -413,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=0.7)
     p.add_argument("--samples", type=int, default=16, help="calibration and evaluation samples each")
     p.add_argument("--scan-seconds", type=float, default=3.0, help="timed seconds per model in each scan A/B")
+    p.add_argument("--scan-steps", type=int, default=MAX_SCAN, help="MACs plans pruned and timed at most per model")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per model in the final run")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "latency"))
     p.add_argument("--extra-rows", metavar="JSON", help="the extra phase's rows (default: WORK/extra.json)")
@@ -443,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = MODELS[name]
         if args.phase in ("plan", "all"):
             print(f"[plan] {name}", flush=True)
-            rows[name] = phase_plan(name, spec, work, args.target, args.samples, args.scan_seconds, args.keep)
+            rows[name] = phase_plan(
+                name, spec, work, args.target, args.samples, args.scan_seconds, args.keep, args.scan_steps
+            )
             rows[name]["inputs_note"] = spec.get("inputs_note", "")
             state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
         if args.phase in ("time", "all") and name in rows:
