@@ -158,8 +158,8 @@ def phase_report(
         gaps = ", ".join(f"{r['model']} {r['macs_plan_gap']:+.3f}" for r in unmatched)
         lines += [
             "",
-            f"† the scan's closest MACs plan measured this far from the latency plan's ratio in its A/B run: {gaps} "
-            "(the MACs targets around it give plans on both sides).",
+            f"† the scan's closest MACs plan measured this far from the latency plan's ratio in the same run: {gaps} "
+            "(no MACs target it tried came closer).",
         ]
     zoo = [r for r in rows if "centered_cosine" in r["latency_plan"] and "centered_cosine" in r["macs_plan"]]
     if zoo:
