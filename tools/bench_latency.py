@@ -374,7 +374,11 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
                 row["latency_plan"]["accuracy"] = digits_accuracy(path)
             row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, path, tag))
             t = timed([spec["path"], path, row["macs_plan"]["file"]], spec, seconds, rounds=20)
-            row["together"] = {"latency_plan_ratio": t.ratio[1], "macs_plan_ratio": t.ratio[2], "loadavg": os.getloadavg()[0]}
+            row["together"] = {
+                "latency_plan_ratio": t.ratio[1],
+                "macs_plan_ratio": t.ratio[2],
+                "loadavg": os.getloadavg()[0],
+            }
             print(json.dumps({k: row[k] for k in ("model", "target", "reconstruct", "together")}), flush=True)
             rows.append(row)
     return rows
