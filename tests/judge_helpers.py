@@ -21,3 +21,15 @@ def margin_classifier() -> onnx.ModelProto:
     g = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]], np.float32)
     b.output(b.op("Gemm", flat, b.const(g, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
     return b.build()
+
+
+def identity_classifier(batch: int | None = None) -> onnx.ModelProto:
+    """x [batch, 2, 1, 1] -> 1x1 Conv (identity) -> Flatten -> Gemm (identity): the class
+    scores are the input's two channels, and the Conv's channels are prunable."""
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("x", [batch, 2, 1, 1])
+    eye = np.eye(2, dtype=np.float32)
+    conv = b.conv(x, 2, k=1, pads=0, bias=False, weight=b.const(eye.reshape(2, 2, 1, 1), "W"))
+    flat = b.op("Flatten", conv, axis=1)
+    b.output(b.op("Gemm", flat, b.const(eye, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
+    return b.build()

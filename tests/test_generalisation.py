@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from judge_helpers import identity_classifier
 
 import onnxprune
 from onnxprune.config import PruneConfig
@@ -22,20 +23,8 @@ from onnxprune.testing import GraphBuilder
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def _two_channel_classifier() -> onnx.ModelProto:
-    """x [N, 2, 1, 1] -> 1x1 Conv (identity) -> Flatten -> Gemm (identity): the class scores
-    are the input's two channels, and the Conv's channels are prunable."""
-    b = GraphBuilder(opset=17, seed=0)
-    x = b.input("x", [None, 2, 1, 1])
-    eye = np.eye(2, dtype=np.float32)
-    conv = b.conv(x, 2, k=1, pads=0, bias=False, weight=b.const(eye.reshape(2, 2, 1, 1), "W"))
-    flat = b.op("Flatten", conv, axis=1)
-    b.output(b.op("Gemm", flat, b.const(eye, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
-    return b.build()
-
-
 def test_search_judges_the_worse_half_of_a_continuous_metric() -> None:
-    model = _two_channel_classifier()
+    model = identity_classifier()
     analysis = onnxprune.analyze(model)
     # First half: channel 1 wins (0.5 < 1); second half: channel 0 wins (2 > 1). Removing
     # channel 0 (replaced by 0) keeps every first-half answer and flips every second-half one.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from judge_helpers import identity_classifier
 
 import onnxprune
 from onnxprune import trial_runner, trial_segments
@@ -99,24 +100,12 @@ def test_trials_run_from_the_units_first_reader_and_measure_the_same() -> None:
     assert ga == gb and ga and fa == pytest.approx(fb, abs=1e-6)
 
 
-def _two_channel(batch: int = 1) -> onnx.ModelProto:
-    """x [1, 2, 1, 1] -> 1x1 Conv (identity) -> Flatten -> Gemm (identity): the class scores
-    are the input's two channels."""
-    b = GraphBuilder(opset=17, seed=0)
-    x = b.input("x", [batch, 2, 1, 1])
-    eye = np.eye(2, dtype=np.float32)
-    conv = b.conv(x, 2, k=1, pads=0, bias=False, weight=b.const(eye.reshape(2, 2, 1, 1), "W"))
-    flat = b.op("Flatten", conv, axis=1)
-    b.output(b.op("Gemm", flat, b.const(eye, "G"), b.const(np.zeros(2, np.float32), "g"), channels=2, transB=1))
-    return b.build()
-
-
 def _sample(c0: float, c1: float) -> dict[str, np.ndarray]:
     return {"x": np.array([[[[c0]], [[c1]]]], np.float32)}
 
 
 def test_screen_ends_a_trial_failing_on_its_first_samples_and_keeps_one_that_does_not() -> None:
-    model = _two_channel()
+    model = identity_classifier(1)
     analysis = onnxprune.analyze(model)
     conv = next(s for s in analysis.sources if s.op == "Conv")
     channel0 = [int(analysis.roots(conv.ids)[0])]
@@ -149,7 +138,7 @@ def test_screen_ends_a_trial_failing_on_its_first_samples_and_keeps_one_that_doe
     assert judged.worst_half is None and full.worst_half == pytest.approx(0.75)
     assert runner.judged(channel0, None) == full and runner.runs == 2
     # A batch of samples in one run is not split: no screen then.
-    batched = TrialRunner(_two_channel(batch=None), analysis, passing_first, screen=Screen.for_floor(0.95, 32))  # type: ignore[arg-type]
+    batched = TrialRunner(identity_classifier(batch=None), analysis, passing_first, screen=Screen.for_floor(0.95, 32))  # type: ignore[arg-type]
     assert len(batched.batches) == 1 and batched.screen is None
 
 

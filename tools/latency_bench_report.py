@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _better(fl: float | None, fm: float | None, cl: float | None, cm: float | None) -> str:
+    """Is the latency plan's fidelity (``fl``; cosine ``cl``) better than the MACs plan's
+    (``fm``, ``cm``): by the score, else by the cosine beneath an equal score."""
+    if fl is not None and fm is not None and fl != fm:
+        return "yes" if fl > fm else "**no**"
+    if cl is not None and cm is not None and cl != cm:
+        return f"equal score; cosine {'yes' if cl > cm else '**no**'}"
+    return "equal"
+
+
 def _f(x: Any, fmt: str = ".3f") -> str:
     return "–" if x is None else format(x, fmt)
 
@@ -50,12 +60,7 @@ def extra_table(extra: list[dict]) -> list[str]:
         acc = "accuracy" in lat
         (fl, cl), (fm, cm) = _fid(lat, acc), _fid(mp, acc)
         metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
-        if fl is not None and fm is not None and fl != fm:
-            better = "yes" if fl > fm else "**no**"
-        elif cl is not None and cm is not None and cl != cm:
-            better = f"equal score; cosine {'yes' if cl > cm else '**no**'}"
-        else:
-            better = "equal"
+        better = _better(fl, fm, cl, cm)
         apart = tog["macs_plan_ratio"] - tog["latency_plan_ratio"]
         if abs(apart) > 0.01:
             better += " (not at equal latency)"
@@ -138,12 +143,7 @@ def phase_report(
             apart = f"{r['macs_plan_gap']:+.3f} (A/B)" if "macs_plan_gap" in r else "–"
             ok = "yes" if L["measured_ratio"] <= r["target"] + 0.02 else "**no**"
             base_s = f"{L['baseline_ms']:.2f} (table)"
-        if fl is not None and fm is not None and fl != fm:
-            better = "yes" if fl > fm else "**no**"
-        elif cl is not None and cm is not None and cl != cm:
-            better = f"equal score; cosine {'yes' if cl > cm else '**no**'}"
-        else:
-            better = "equal"
+        better = _better(fl, fm, cl, cm)
         show_cos = metric != "cosine"
         if fin and abs(fin["macs_plan_ratio"] - fin["latency_plan_ratio"]) > 0.01:
             better += " (not at equal latency)"
