@@ -37,7 +37,7 @@ import numpy as np
 
 from .unseen import _logits, _margin_of, ctc_parts, flip_rate
 
-__all__ = ["DEFAULT_CONFIDENCE", "Unseen", "agreement_bound", "bootstrap_bound", "interpolated_cdf_rows", "unseen"]
+__all__ = ["DEFAULT_CONFIDENCE", "Unseen", "bootstrap_bound", "interpolated_cdf_rows", "unseen"]
 
 DEFAULT_CONFIDENCE = 0.95
 RESAMPLES = 1000
@@ -141,15 +141,3 @@ def unseen(
     its lower bound at ``confidence``; None for a metric it does not estimate."""
     parts = _per_sample(metric, params, reference, candidate)
     return None if parts is None else bootstrap_bound(*parts, confidence)
-
-
-def agreement_bound(
-    metric: str,
-    params: Mapping[str, float | int],
-    reference: np.ndarray,
-    candidate: np.ndarray,
-    confidence: float = DEFAULT_CONFIDENCE,
-) -> float | None:
-    """Only the bound of ``unseen``."""
-    u = unseen(metric, params, reference, candidate, confidence)
-    return None if u is None else u.bound
