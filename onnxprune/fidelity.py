@@ -46,6 +46,7 @@ __all__ = [
     "default_metric",
     "fidelity",
     "fidelity_from_outputs",
+    "join_outputs",
     "output_batch_axes",
     "parse_metric_choices",
     "run_score",
@@ -144,6 +145,14 @@ def parse_metric_choices(items: Sequence[str]) -> dict[str, str]:
         parse_metric(m.group(2))
         out[m.group(1)] = m.group(2)
     return out
+
+
+def join_outputs(
+    names: Sequence[str], batch_axes: Mapping[str, int], parts: Sequence[Sequence[np.ndarray]]
+) -> list[np.ndarray]:
+    """Per output (``names``), the parts' arrays (runs over some of the samples each) joined
+    on that output's batch axis."""
+    return [np.concatenate([p[i] for p in parts], axis=batch_axes.get(n, 0)) for i, n in enumerate(names)]
 
 
 def output_batch_axes(model: onnx.ModelProto) -> dict[str, int]:

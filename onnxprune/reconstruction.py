@@ -398,14 +398,11 @@ class ReconstructedTrials:
         self.caches = [RecoveryCache() for _ in self.folds]  # the readers' rows, kept across trials
         run = session(model, source=source)
         self.names = run.output_names
-        from .fidelity import output_batch_axes
+        from .fidelity import join_outputs, output_batch_axes
 
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
         self.references = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
-        self.reference = [
-            np.concatenate([r[i] for r in self.references], axis=self.batch_axes.get(n, 0))
-            for i, n in enumerate(self.names)
-        ]
+        self.reference = join_outputs(self.names, self.batch_axes, self.references)
 
     def fidelity(
         self,
@@ -417,7 +414,7 @@ class ReconstructedTrials:
     ) -> float:
         """The cross-fitted fidelity; with ``search`` the search's judgement of it
         (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's)."""
-        from .fidelity import score_outputs, search_score
+        from .fidelity import join_outputs, score_outputs, search_score
         from .recovery import recover_model
         from .surgery import apply_pruning
 
@@ -442,7 +439,7 @@ class ReconstructedTrials:
                 measure=False,
             )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
-        outs = [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
+        outs = join_outputs(self.names, self.batch_axes, parts)
         if search:
             pairs = list(zip(self.references, parts))
             return search_score(

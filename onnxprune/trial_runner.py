@@ -18,7 +18,15 @@ import onnx
 from .analysis import ChannelAnalysis
 from .compensation import reader_masks
 from .errors import UnsupportedModel
-from .fidelity import OutputMetric, SearchScore, fidelity_from_outputs, output_batch_axes, run_score, search_score
+from .fidelity import (
+    OutputMetric,
+    SearchScore,
+    fidelity_from_outputs,
+    join_outputs,
+    output_batch_axes,
+    run_score,
+    search_score,
+)
 from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
 from .masking import instrument_readers, mask_feeds
 from .runtime import session
@@ -119,7 +127,7 @@ class TrialRunner:
 
     def _joined(self, parts: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
         """Per output, the batches' arrays joined on its batch axis."""
-        return [np.concatenate([p[i] for p in parts], axis=self.batch_axes.get(n, 0)) for i, n in enumerate(self.names)]
+        return join_outputs(self.names, self.batch_axes, parts)
 
     def _run(self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         return self._joined(self._parts(masks))
