@@ -11,10 +11,13 @@ For each model:
    the original and the latency plan in one interleaved run (so a load that pulls every ratio
    toward 1 moves both alike), bracketed (bisection when the secant leaves the bracket), until
    one measures within 0.01 of the latency plan's ratio in the same run or 6 plans were timed;
-   the closest is kept and its distance reported.
-2. ``time``: original, latency plan and that MACs plan timed together in one interleaved run
-   (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1): the headline ratios with
-   their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
+   the closest is kept and its distance reported. ``NAME+rc`` rows (the trained models): the
+   same with --reconstruct on both plans.
+2. ``time``: original, latency plan and the scan's MACs plans nearest to it (up to 3: the
+   closest too slow, the closest fast enough, the next) timed together in one interleaved run
+   (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1); the MACs plan closest to the
+   latency plan *in this run* is the match (a match made in the scan minutes earlier can drift
+   by more than the tolerance): the headline ratios with their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
    ``onnxprune.latency.ab.measure_models``, the code prune's own confirmation measures with
    (each model compiled once for the deployment's hint; rounds in rotating order; per round
    each model's fastest run; the median over rounds of the ratios to the original), so a plan
@@ -100,14 +103,40 @@ MODELS: dict[str, dict[str, Any]] = {
         "keep": 0.99,
     },
 }
+# Rows with --reconstruct on both plans (the latency plan and its matched MACs plan), beside the
+# plain rows: a user of a trained model at 0.7x would add it. YOLO26n's is left out of the default
+# list (each of its reconstructed MACs plans takes minutes).
+RECONSTRUCTED = ("pplcnet", "digits")
+RC = "+rc"
 SETTINGS = LatencySettings(precision="f32")
 # The original's ms in the final run this far from prune's A/B run: the machine was in another
 # state (see README, "Measuring on a shared machine"), its ratios pulled toward 1 or away.
 STATE = 0.1
 MATCH = 0.01  # the MACs plan's measured ratio within this of the latency plan's: the same latency
 MAX_SCAN = 6  # MACs plans pruned and timed at most per model
+FINAL_CANDIDATES = 3  # the scan's MACs plans nearest the latency plan timed again in the final run
 LO, HI = 0.05, 0.99  # the MACs targets the scan may try
 SLOPE = (0.3, 3.0)  # latency ratio per MACs ratio the secant may assume (measured: 0.35-1.0)
+
+
+def model_spec(name: str) -> dict:
+    """A model's spec; ``NAME+rc``: NAME's with --reconstruct on both plans (``base``: NAME, whose
+    calibration and evaluation files it shares)."""
+    if name.endswith(RC):
+        base = name[: -len(RC)]
+        return {**MODELS[base], "base": base, "reconstruct": True}
+    return {**MODELS[name], "base": name}
+
+
+def default_models() -> list[str]:
+    """The headline rows, each trained model's reconstructed row after it."""
+    names = []
+    for m, spec in MODELS.items():
+        if spec.get("headline", True):
+            names.append(m)
+            if m in RECONSTRUCTED:
+                names.append(m + RC)
+    return names
 
 
 def matched_scan(goal: float, start: float, measure: Any, *, tol: float = MATCH, steps: int = MAX_SCAN) -> dict:
@@ -166,6 +195,7 @@ def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
     """Calibration and held-out evaluation .npz for a model (8 of each for the big corpus
     inputs: the sensitivity trials run on all of them)."""
     n = min(n, spec.get("samples", n))
+    name = spec.get("base", name)
     if spec["kind"] == "digits":
         spec["inputs_note"] = "digits calibration split; evaluation and accuracy on the held-out test split"
         test = np.load(ROOT / "fixtures" / "digits_test.npz")
@@ -202,6 +232,19 @@ def centered_cosine(original: str, candidate: str, evaluation: str) -> float:
     a, b = ref - mean, out - mean
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
     return float(cos.mean())
+
+
+def constant_cosine(original: str, calibration: str, evaluation: str) -> float:
+    """The held-out cosine of a model that ignores its input and outputs the original's mean
+    output over the calibration samples: what a plan scores that keeps none of the
+    input-dependent part (a random-weight export's plain cosine is mostly this)."""
+    from onnxprune.runtime import session
+
+    run = session(original, source=original, optimize=True)
+    cal, ev = dict(np.load(calibration)), dict(np.load(evaluation))
+    mean = run(cal)[0].reshape(len(next(iter(cal.values()))), -1).mean(axis=0)
+    ref = run(ev)[0].reshape(len(next(iter(ev.values()))), -1)
+    return float((ref @ mean / (np.linalg.norm(ref, axis=1) * np.linalg.norm(mean) + 1e-30)).mean())
 
 
 def _shapes(spec: dict) -> dict:
@@ -252,7 +295,8 @@ def phase_plan(
     name: str, spec: dict, work: Path, target: float, n: int, seconds: float, keep: bool = True, steps: int = MAX_SCAN
 ) -> dict:
     cal, ev = data_files(name, spec, work, n)
-    common = _common(spec, cal, ev)
+    common = {**_common(spec, cal, ev), **({"reconstruct": True} if spec.get("reconstruct") else {})}
+    keep = keep and not spec.get("reconstruct")
     lat_path = str(work / f"{name}_latency.onnx")
     t0 = time.perf_counter()
     target = spec.get("target", target)
@@ -261,11 +305,13 @@ def phase_plan(
         "model": name,
         "path": spec["path"],
         "target": target,
+        "reconstruct": bool(spec.get("reconstruct")),
         "prune_seconds": time.perf_counter() - t0,
         "latency_plan": {**_summary(res), "latency": res.report.latency, "file": lat_path},
     }
     if spec["kind"] == "zoo":
         row["latency_plan"]["centered_cosine"] = centered_cosine(spec["path"], lat_path, ev)
+        row["constant_cosine"] = constant_cosine(spec["path"], cal, ev)
     if spec["kind"] == "digits":
         row["latency_plan"]["accuracy"] = digits_accuracy(lat_path)
         row["original_accuracy"] = digits_accuracy(spec["path"])
@@ -352,7 +398,8 @@ def matched_macs_plan(
 def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targets: list[float]) -> list[dict]:
     """Where answers partly survive: at each target, with and without --reconstruct on both
     plans, the latency plan and the MACs plan of the same measured latency, held-out task metric;
-    then the original and both plans timed together (a short interleaved run)."""
+    then the original, the latency plan and the MACs plans nearest to it timed together (a
+    short interleaved run; the closest there is the match)."""
     cal, ev = data_files(name, spec, work, n)
     rows = []
     for target in targets:
@@ -373,10 +420,16 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
             if spec["kind"] == "digits":
                 row["latency_plan"]["accuracy"] = digits_accuracy(path)
             row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, path, tag))
-            t = timed([spec["path"], path, row["macs_plan"]["file"]], spec, seconds, rounds=20)
+            candidates = final_candidates(row["macs_scan"])
+            t = timed([spec["path"], path, *(e["file"] for e in candidates)], spec, seconds, rounds=20)
+            ratios = [t.ratio[2 + i] for i in range(len(candidates))]
+            best = rematch(ratios, t.ratio[1])
+            row["macs_plan"] = candidates[best]
+            row["macs_plan_matched"] = abs(ratios[best] - t.ratio[1]) <= MATCH
             row["together"] = {
                 "latency_plan_ratio": t.ratio[1],
-                "macs_plan_ratio": t.ratio[2],
+                "macs_plan_ratio": ratios[best],
+                "macs_candidates": [{"macs_target": e["macs_target"], "ratio": r} for e, r in zip(candidates, ratios)],
                 "loadavg": os.getloadavg()[0],
             }
             print(json.dumps({k: row[k] for k in ("model", "target", "reconstruct", "together")}), flush=True)
@@ -384,20 +437,50 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
     return rows
 
 
+def final_candidates(scan: list[dict], most: int = FINAL_CANDIDATES) -> list[dict]:
+    """The MACs plans timed again in the final run: the scan's closest to the latency plan (by
+    the gap measured in its own A/B run) on each side, then the next closest, ``most`` at most
+    (the final run picks the one closest there: a match made minutes earlier can drift)."""
+    by_gap = sorted(scan, key=lambda e: (abs(e["ab"]["gap"]), e["macs_target"]))
+    slow = [e for e in by_gap if e["ab"]["gap"] > 0][:1]
+    fast = [e for e in by_gap if e["ab"]["gap"] <= 0][:1]
+    chosen = sorted(slow + fast, key=lambda e: abs(e["ab"]["gap"]))
+    chosen += [e for e in by_gap if e not in chosen]
+    return chosen[:most]
+
+
+def rematch(ratios: list[float], latency_ratio: float) -> int:
+    """Index of the candidate whose final ratio is closest to the latency plan's (the lower
+    ratio on a tie: the faster plan)."""
+    return min(range(len(ratios)), key=lambda i: (abs(ratios[i] - latency_ratio), ratios[i]))
+
+
 def phase_time(row: dict, spec: dict, seconds: float) -> None:
-    files = [spec["path"], row["latency_plan"]["file"], row["macs_plan"]["file"]]
+    """The original, the latency plan, the MACs plans nearest to it (``final_candidates``) and
+    the answers-kept plan timed together; the MACs plan closest in this run is the match."""
+    candidates = final_candidates(row["macs_scan"]) if row.get("macs_scan") else [row["macs_plan"]]
+    files = [spec["path"], row["latency_plan"]["file"], *(e["file"] for e in candidates)]
+    kept_index = None
     if "kept_plan" in row:
+        kept_index = len(files)
         files.append(row["kept_plan"]["file"])
     load = os.getloadavg()[0]
     t = timed(files, spec, seconds, rounds=40)
+    ratios = [t.ratio[2 + i] for i in range(len(candidates))]
+    best = rematch(ratios, t.ratio[1])
+    row["macs_plan"] = candidates[best]
+    row["macs_plan_matched"] = abs(ratios[best] - t.ratio[1]) <= MATCH
     row["final"] = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_model": seconds,
         "measurement": "onnxprune.latency.ab.measure_models",
         "timings": t.to_dict(),
         "latency_plan_ratio": t.ratio[1],
-        "macs_plan_ratio": t.ratio[2],
-        "kept_plan_ratio": t.ratio[3] if len(files) > 3 else None,
+        "macs_plan_ratio": ratios[best],
+        "macs_index": 2 + best,
+        "macs_candidates": [{"macs_target": e["macs_target"], "ratio": r} for e, r in zip(candidates, ratios)],
+        "kept_index": kept_index,
+        "kept_plan_ratio": t.ratio[kept_index] if kept_index is not None else None,
         "loadavg_before": load,
         "loadavg": os.getloadavg()[0],
     }
@@ -418,7 +501,9 @@ def chosen_original_ms(latency: dict) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("phase", choices=("plan", "time", "report", "all", "extra"))
-    p.add_argument("--models", default=",".join(m for m, spec in MODELS.items() if spec.get("headline", True)))
+    p.add_argument(
+        "--models", default=",".join(default_models()), help=f"names of MODELS; NAME{RC}: with --reconstruct on both plans"
+    )
     p.add_argument(
         "--extra-targets",
         default="0.9,0.8",
@@ -450,13 +535,13 @@ def main(argv: list[str] | None = None) -> int:
         targets = [float(t) for t in args.extra_targets.split(",")]
         for name in names:
             print(f"[extra] {name}", flush=True)
-            new = phase_extra(name, MODELS[name], work, args.samples, args.scan_seconds, targets)
+            new = phase_extra(name, model_spec(name), work, args.samples, args.scan_seconds, targets)
             keys = {(r["model"], r["target"], r["reconstruct"]) for r in new}
             extra = [r for r in extra if (r["model"], r["target"], r["reconstruct"]) not in keys] + new
             extra_state.write_text(json.dumps(extra, indent=2, default=str))
         return 0
     for name in names:
-        spec = MODELS[name]
+        spec = model_spec(name)
         if args.phase in ("plan", "all"):
             print(f"[plan] {name}", flush=True)
             rows[name] = phase_plan(
@@ -469,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             phase_time(rows[name], spec, args.seconds)
             state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
     if args.phase in ("report", "all"):
-        ordered = [rows[m] for m in MODELS if m in rows]
+        order = [m for base in MODELS for m in (base, base + RC)]
+        ordered = [rows[m] for m in order if m in rows]
         phase_report(ordered, Path(args.out), args.target, settings=SETTINGS, models=MODELS, state=STATE, extra=extra)
     return 0
 

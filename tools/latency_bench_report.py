@@ -34,6 +34,17 @@ def _score(value: float | None, cos: float | None, show_cos: bool) -> str:
     return _f(value, ".4f") + (f" (cos {cos:.4f})" if show_cos and cos is not None else "")
 
 
+def _apart(row: dict) -> float:
+    """The MACs plan's ratio minus the latency plan's: in the final run, else in the scan."""
+    fin = row.get("final")
+    return fin["macs_plan_ratio"] - fin["latency_plan_ratio"] if fin else row["macs_plan_gap"]
+
+
+def _label(row: dict) -> str:
+    """The row's model, and the option both its plans were made with."""
+    return f"{row['model'].removesuffix('+rc')} + reconstruct" if row.get("reconstruct") else row["model"]
+
+
 def _ratio(fin: dict, i: int) -> str:
     m = fin["timings"]["models"][i]
     return f"{m['ratio']:.3f} ({m['ratio_p10']:.3f}–{m['ratio_p90']:.3f})"
@@ -134,7 +145,7 @@ def phase_report(
         (fl, cl), (fm, cm) = _fid(lat, acc), _fid(mp, acc)
         metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
         if fin:
-            lr, mr = _ratio(fin, 1), _ratio(fin, 2)
+            lr, mr = _ratio(fin, 1), _ratio(fin, fin.get("macs_index", 2))
             apart = f"{fin['macs_plan_ratio'] - fin['latency_plan_ratio']:+.3f}"
             ok = "yes" if fin["latency_plan_ratio"] <= r["target"] + 0.02 else "**no**"
             base_s = f"{fin['timings']['models'][0]['latency_s'] * 1e3:.2f}"
@@ -148,33 +159,53 @@ def phase_report(
         if fin and abs(fin["macs_plan_ratio"] - fin["latency_plan_ratio"]) > 0.01:
             better += " (not at equal latency)"
         lines.append(
-            f"| {r['model']} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
+            f"| {_label(r)} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
             f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_score(fl, cl, show_cos)} "
             f"| {mp['macs_target']:.3f} ({_f(mp['macs_ratio'])}){'' if r.get('macs_plan_matched', True) else ' †'} "
             f"| {mr} | {apart} | {_score(fm, cm, show_cos)} | {better} |"
         )
     unmatched = [r for r in rows if not r.get("macs_plan_matched", True)]
     if unmatched:
-        gaps = ", ".join(f"{r['model']} {r['macs_plan_gap']:+.3f}" for r in unmatched)
+        gaps = ", ".join(f"{_label(r)} {_apart(r):+.3f}" for r in unmatched)
         lines += [
             "",
-            f"† the scan's closest MACs plan measured this far from the latency plan's ratio in the same run: {gaps} "
-            "(no MACs target it tried came closer).",
+            f"† the closest MACs plan measured this far from the latency plan's ratio in the same run: {gaps} "
+            "(no MACs target the scan tried came closer).",
+        ]
+    rematched = [r for r in rows if r.get("final", {}).get("macs_candidates")]
+    if rematched:
+        lines += [
+            "",
+            "MACs plans timed in the final run (F: ratio; the closest to the latency plan's is the match): "
+            + "; ".join(
+                f"{_label(r)} "
+                + ", ".join(f"{c['macs_target']:.3f}: {c['ratio']:.3f}" for c in r["final"]["macs_candidates"])
+                for r in rematched
+            )
+            + ".",
         ]
     zoo = [r for r in rows if "centered_cosine" in r["latency_plan"] and "centered_cosine" in r["macs_plan"]]
     if zoo:
         lines += [
             "",
             "**Random-weight zoo: the input-dependent part.** Their outputs are mostly one vector that does not "
-            "depend on the input (90–99.9% of the norm), so plain cosine mostly rewards keeping it. Centered cosine: "
-            "both outputs minus the original's mean output over the held-out samples, the mean cosine of what is left.",
+            "depend on the input (90–99.9% of the norm), so plain cosine mostly rewards keeping it: *constant* is "
+            "the held-out cosine of a model that ignores its input and outputs the original's mean output over the "
+            "calibration samples (a plan that cuts a layer every path goes through to one channel, compensated, "
+            "scores that). Centered cosine: both outputs minus the original's mean output over the held-out "
+            "samples, the mean cosine of what is left.",
             "",
-            "| model | latency plan: centered cosine | MACs plan: centered cosine | latency plan better |",
-            "|---|---:|---:|:-:|",
+            "| model | constant: cosine | latency plan: cosine, centered | MACs plan: cosine, centered "
+            "| latency plan better (centered) |",
+            "|---|---:|---:|---:|:-:|",
         ]
         for r in zoo:
-            a, b = r["latency_plan"]["centered_cosine"], r["macs_plan"]["centered_cosine"]
-            lines.append(f"| {r['model']} | {a:.4f} | {b:.4f} | {'yes' if a > b else '**no**'} |")
+            lat, mp = r["latency_plan"], r["macs_plan"]
+            a, b = lat["centered_cosine"], mp["centered_cosine"]
+            lines.append(
+                f"| {r['model']} | {_f(r.get('constant_cosine'), '.4f')} | {_f(lat['fidelity'], '.4f')}, {a:.4f} "
+                f"| {_f(mp['fidelity'], '.4f')}, {b:.4f} | {'yes' if a > b else '**no**'} |"
+            )
     kept = [r for r in rows if "kept_plan" in r]
     if kept:
         lines += [
@@ -190,7 +221,8 @@ def phase_report(
             acc = "accuracy" in lat
             (fk, ck), (fl, cl) = _fid(k, acc), _fid(lat, acc)
             KL = k["latency"]
-            fr = _ratio(fin, 3) if fin and len(fin["timings"]["models"]) > 3 else "–"
+            ki = fin.get("kept_index", 3) if fin else None
+            fr = _ratio(fin, ki) if ki is not None and len(fin["timings"]["models"]) > ki else "–"
             lines.append(
                 f"| {r['model']} | {r['target']:g} | {k['min_fidelity']:g} | {KL['measured_ratio']:.3f} "
                 f"({KL['measured_p10']:.3f}–{KL['measured_p90']:.3f}) | {fr} | {_f(k['macs_ratio'])} "
@@ -200,7 +232,7 @@ def phase_report(
     lines += ["", "## Per model", ""]
     for r in rows:
         L = r["latency_plan"]["latency"]
-        lines.append(f"### {r['model']}")
+        lines.append(f"### {_label(r)}")
         lines.append("")
         lines.append(
             f"- file: `{r['path']}`; inputs: {models.get(r['model'], {}).get('inputs_note', r.get('inputs_note', ''))}"
