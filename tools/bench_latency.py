@@ -502,7 +502,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("phase", choices=("plan", "time", "report", "all", "extra"))
     p.add_argument(
-        "--models", default=",".join(default_models()), help=f"names of MODELS; NAME{RC}: with --reconstruct on both plans"
+        "--models",
+        default=",".join(default_models()),
+        help=f"names of MODELS; NAME{RC}: with --reconstruct on both plans",
     )
     p.add_argument(
         "--extra-targets",
