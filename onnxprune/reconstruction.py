@@ -26,6 +26,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -42,6 +43,9 @@ from .planning import PruningPlan
 from .rules import Layer, RuleRegistry, default_registry
 from .runtime import session
 from .validation import model_opset
+
+if TYPE_CHECKING:
+    from .fidelity import SearchScore
 
 __all__ = ["ReconstructedLayer", "ReconstructedTrials", "ReconstructionCache", "reconstruct"]
 
@@ -414,7 +418,36 @@ class ReconstructedTrials:
     ) -> float:
         """The cross-fitted fidelity; with ``search`` the search's judgement of it
         (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's)."""
-        from .fidelity import join_outputs, score_outputs, search_score
+        from .fidelity import score_outputs
+
+        if search:
+            return self.judged(removed_groups, estimates, choices).value
+        outs, _ = self._cross_fitted(removed_groups, estimates)
+        return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]
+
+    def judged(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> SearchScore:
+        """The search's judgement of the cross-fitted outputs (``fidelity.search_score``: its value,
+        the pooled fidelity, the estimate on unseen inputs, the outputs' cosine), as
+        ``TrialRunner.judged``: the latency planner orders recovered plans by it."""
+        from .fidelity import search_score
+
+        outs, parts = self._cross_fitted(removed_groups, estimates)
+        pairs = list(zip(self.references, parts))
+        return search_score(
+            self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+        )
+
+    def _cross_fitted(
+        self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None
+    ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        """The recovered outputs of every sample, each from the fold that did not fit on it:
+        joined, and per fold (its judged half)."""
+        from .fidelity import join_outputs
         from .recovery import recover_model
         from .surgery import apply_pruning
 
@@ -439,10 +472,4 @@ class ReconstructedTrials:
                 measure=False,
             )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
-        outs = join_outputs(self.names, self.batch_axes, parts)
-        if search:
-            pairs = list(zip(self.references, parts))
-            return search_score(
-                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
-            ).value
-        return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]
+        return join_outputs(self.names, self.batch_axes, parts), parts

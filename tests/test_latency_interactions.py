@@ -167,3 +167,60 @@ def test_prune_orders_by_measured_costs_within_the_budget(tmp_path) -> None:
     assert run(latency_evaluations=0).latency["order"] == {"evaluations": 0, "budget": 0, "measured_moves": 0}
     with pytest.raises(onnxprune.UsageError, match="--latency-evaluations must be >= 0, got -1"):
         PruneConfig(latency_target=0.7, latency_evaluations=-1)
+
+
+def _recovered(units, k: tuple[float, ...]):
+    """A recovered model's fidelity: unit i costs k[i] x (blocks of 8 removed)^2 (a deeper cut
+    recovers worse), a tenth of what the masked trials measured alone (10 k[i] x 4 blocks at
+    half the unit: linear in the fraction removed)."""
+    calls: list[frozenset[int]] = []
+
+    def score(groups: set[int]) -> float:
+        calls.append(frozenset(groups))
+        return 1.0 - sum(ki * (r * 4) ** 2 for ki, r in zip(k, _fractions(groups, units)))
+
+    sens = {
+        u.name: UnitSensitivity(u, {r: 1.0 - 10 * k[i] * 4 * r for r in (0.1, 0.25, 0.5)}, {})
+        for i, u in enumerate(units)
+    }
+    return score, sens, calls
+
+
+def test_costs_on_another_scale_than_the_ones_measured_alone_are_rescaled() -> None:
+    # recovered costs (score) are a tenth of the masked ones measured alone (sens): a 1e-3 per
+    # block squared, b 1.2e-3, c 1.4e-3; 0.75 needs five blocks
+    analysis, scores, units, table = _setup()
+    score, sens, calls = _recovered(units, (1e-3, 1.2e-3, 1.4e-3))
+    space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
+
+    def plan(rescaled: bool):
+        order = MeasuredOrder(space, score, budget=40, rescaled=rescaled)
+        lp = plan_for_latency(analysis, CONFIG, units, table, scores, 0.75, sensitivity=sens, order=order)
+        return order, _removed(lp, units), score(set(lp.plan.removed_groups))
+
+    # unscaled: a's measured costs (1, 3, 5 x 1e-3) stay below b's and c's costs alone (12e-3
+    # and 14e-3 a block), so a is cut to its last block before b is measured at all
+    order, removed, value = plan(False)
+    assert removed == [24, 16, 0] and order.scale == 1.0
+    assert value == pytest.approx(1 - 1e-3 * 9 - 1.2e-3 * 4)
+    # rescaled: the costs alone times what measured moves cost against them (0.1 after the
+    # first measurement, 1e-3 against 1e-2; more as deeper cuts are measured) compare with
+    # measured ones: the blocks go where the recovered model loses least (2 + 2 + 1: a's and
+    # b's second blocks, 3e-3 and 3.6e-3, before c's, 4.2e-3)
+    order, removed, value = plan(True)
+    assert removed == [16, 16, 8] and 0.1 <= order.scale < 0.3
+    assert value == pytest.approx(1 - 1e-3 * 4 - 1.2e-3 * 4 - 1.4e-3 * 1)
+    assert value > 1 - 1e-3 * 9 - 1.2e-3 * 4
+
+
+def test_the_scale_stays_within_its_range() -> None:
+    analysis, scores, units, table = _setup()
+    _, sens, _ = _recovered(units, (1e-3, 1.2e-3, 1.4e-3))
+    space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
+    lost = MeasuredOrder(space, lambda groups: 0.0 if groups else 1.0, budget=10, rescaled=True)  # every move loses all
+    lost.moves_to(0.9)
+    assert lost.scale == 1.0  # measured costs above the ones alone: never scaled up
+    free = MeasuredOrder(space, lambda groups: 1.0, budget=10, rescaled=True)  # nothing is ever lost
+    free.moves_to(0.9)
+    assert free.scale == 0.05  # never to zero: an unmeasured move must not look free
+    assert MeasuredOrder(space, lambda groups: 1.0, budget=10).scale == 1.0

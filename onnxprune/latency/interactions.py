@@ -10,8 +10,12 @@ alone, or measured on an earlier plan, rank the candidates; the best is re-measu
 current plan, and taken when it still ranks first), in chunks of about the same predicted
 seconds so the budget lasts until the aim. The score is continuous beneath a coarse task
 metric (``score`` is the caller's: the search's value plus ``CONTINUOUS_WEIGHT`` x the outputs'
-cosine), so moves still order when the task metric ties at 0 or 1. Pure given ``score``: the
-same calls give the same order.
+cosine), so moves still order when the task metric ties at 0 or 1. When ``score`` judges another
+model than the costs measured alone did (``rescaled``: the recovered model of --reconstruct, whose
+losses are a fraction of the masked trials'), the costs measured alone are scaled by what the
+measured moves cost against their costs alone so far: unscaled, every unit measured once would
+look cheaper than every unit not yet measured, and the order would keep cutting the first few.
+Pure given ``score``: the same calls give the same order.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ EVALUATIONS_PER_MOVE = 2
 # Of the budget left, the share planned for reaching the aim asked; the rest is for the lower
 # aims an A/B correction asks next (the table's predictions are often optimistic).
 FIRST_AIM_SHARE = 0.7
+# ``rescaled``: the scale of the costs measured alone stays within these (a plan whose answers
+# are gone costs ~0 per move: a zero scale would make every unmeasured move look free)
+SCALE_RANGE = (0.05, 1.0)
 _EPS = 1e-9
 
 
@@ -52,12 +59,17 @@ class MeasuredOrder:
     """The plan's moves, extended on demand (``moves_to``) with each taken move's fidelity cost
     measured on the plan it joins. ``score(groups)``: the fidelity of the original with those
     groups removed (higher is better); at most ``budget`` calls, then the moves go on ordered by
-    the costs measured alone."""
+    the costs measured alone (``rescaled``: those scaled as the measured ones compared, see the
+    module's docstring)."""
 
-    def __init__(self, space: MoveSpace, score: Callable[[set[int]], float], budget: int) -> None:
+    def __init__(
+        self, space: MoveSpace, score: Callable[[set[int]], float], budget: int, *, rescaled: bool = False
+    ) -> None:
         self._space = space
         self._score = score
         self.budget = max(int(budget), 0)
+        self.rescaled = rescaled
+        self._pairs: list[tuple[float, float]] = []  # (cost alone, cost measured on the plan) per measured move
         self.evaluations = 0
         self.measured = 0  # moves taken with their cost measured on the plan they joined
         self._kept = space.full()
@@ -91,14 +103,24 @@ class MeasuredOrder:
         self.evaluations += 1
         return float(self._score(self._space.groups(at)))
 
+    @property
+    def scale(self) -> float:
+        """What the costs measured alone are multiplied by: 1, or (``rescaled``) the measured
+        moves' costs over their costs alone so far, within ``SCALE_RANGE``."""
+        alone = sum(a for a, _ in self._pairs)
+        if not self.rescaled or alone <= 0:
+            return 1.0
+        return min(max(sum(c for _, c in self._pairs) / alone, SCALE_RANGE[0]), SCALE_RANGE[1])
+
     def _cost(self, m: Move) -> float:
-        """The move's cost as last known: measured on some plan for this very move, else alone."""
+        """The move's cost as last known: measured on some plan for this very move, else alone
+        (times ``scale``)."""
         known = self._known.get(m.unit)
-        return known.cost if known is not None and known.move == m else m.lost
+        return known.cost if known is not None and known.move == m else m.lost * self.scale
 
     def _next(self, chunk: float) -> Move | None:
         space, kept = self._space, self._kept
-        if self.evaluations >= self.budget:  # the budget is spent: costs measured alone
+        if self.evaluations >= self.budget:  # the budget is spent: costs measured alone (their rate is scale-free)
             live = [m for u in space.units if (m := space.best_move(u.name, kept[u.name])) is not None]
             return max(live, key=lambda m: (rate(m.saved, m.lost), m.saved, m.unit), default=None)
         if self._base is None:
@@ -112,7 +134,9 @@ class MeasuredOrder:
             if self.evaluations >= self.budget:
                 return best
             after = self._evaluate({**kept, best.unit: best.kept})
-            self._known[best.unit] = _Known(best, max(self._base - after, 0.0), after, self._version)
+            cost = max(self._base - after, 0.0)
+            self._pairs.append((best.lost, cost))
+            self._known[best.unit] = _Known(best, cost, after, self._version)
         return None
 
     def _take(self, move: Move) -> None:

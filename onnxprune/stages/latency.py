@@ -134,7 +134,8 @@ def latency_plan(
         sensitivity = trials.result
         units = [us.unit for us in sensitivity.units]
         sens = {us.unit.name: us for us in sensitivity.units}
-        constraint = _constraint(trials, run, judge)
+        judging = _judging_runner(loaded, analysis, data, run, trials)
+        constraint = _constraint(trials, run, judge, judging)
     else:
         units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
     if not units:
@@ -155,7 +156,9 @@ def latency_plan(
             progress=run.progress,
         )
 
-        order = _measured_order(analysis, units, table, group, sens, trials, run) if trials is not None else None
+        order = (
+            _measured_order(analysis, units, table, group, sens, trials, run, judging) if trials is not None else None
+        )
 
         def plan_at(aim: float) -> LatencyPlan:
             return plan_for_latency(
@@ -214,6 +217,31 @@ def latency_plan(
     return Planned(the_plan, sensitivity, validator=judge, latency=outcome)  # type: ignore[arg-type]
 
 
+def _judging_runner(
+    loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationData, run: Run, trials: SensitivityTrials
+) -> Any:
+    """What the order and the fidelity floor judge combined plans by: with --reconstruct or
+    --recalibrate the *recovered* model, cross-fitted on the calibration samples as the
+    --min-fidelity search judges it (the fidelity the user gets: recovery wins back much of what
+    masking loses, and not alike for every unit), else the sensitivity trials' masked runner."""
+    config, feeds = run.config, data.calibration or []
+    if not (config.reconstruct or config.recalibrate) or len(feeds) < 2:
+        return trials.runner
+    from ..reconstruction import ReconstructedTrials
+
+    return ReconstructedTrials(
+        loaded.proto,
+        analysis,
+        feeds,
+        registry=run.registry,
+        seed=config.seed,
+        source=loaded.source,
+        reconstruct=config.reconstruct,
+        recalibrate=config.recalibrate,
+        confidence=config.fidelity_confidence,
+    )
+
+
 def _measured_order(
     analysis: ChannelAnalysis,
     units: list,
@@ -222,16 +250,19 @@ def _measured_order(
     sens: Mapping[str, Any] | None,
     trials: SensitivityTrials,
     run: Run,
+    runner: Any,
 ) -> MeasuredOrder | None:
-    """The moves ordered by their cost on the plan they join, scored on the calibration samples
-    (the task fidelity, or its estimate on unseen inputs where lower, plus ``CONTINUOUS_WEIGHT``
-    x the outputs' cosine: what ``moves`` measures alone); None with a budget of 0."""
+    """The moves ordered by their cost on the plan they join, scored by ``runner`` on the
+    calibration samples (the task fidelity, or its estimate on unseen inputs where lower, plus
+    ``CONTINUOUS_WEIGHT`` x the outputs' cosine: what ``moves`` measures alone; a recovered
+    runner's costs are on another scale than the masked ones measured alone: rescaled); None
+    with a budget of 0."""
     config = run.config
     budget = config.latency_evaluations
     budget = default_budget(len(units)) if budget is None else budget
     if budget <= 0:
         return None
-    runner, values, choices = trials.runner, trials.estimates, config.fidelity_metrics
+    values, choices = trials.estimates, config.fidelity_metrics
 
     def score(groups: set[int]) -> float:
         j = runner.judged(groups, values, choices)
@@ -239,7 +270,7 @@ def _measured_order(
         return task + CONTINUOUS_WEIGHT * (j.cosine if j.cosine is not None else 0.0)
 
     space = move_space(analysis, config, units, table, group, sensitivity=sens)
-    return MeasuredOrder(space, score, budget)
+    return MeasuredOrder(space, score, budget, rescaled=runner is not trials.runner)
 
 
 def corrected_floor(floor: float, predicted: float, measured: float) -> float:
@@ -276,9 +307,10 @@ def overhead_note(target: float, floor: float, constrained: bool) -> tuple[str, 
     )
 
 
-def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None) -> Constraint | None:
+def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None, runner: Any) -> Constraint | None:
     """What the answers must keep: the user's validation function within its drop, or the
-    fidelity floor (``min_fidelity``, or 1 - ``max_drop``) on the calibration inputs."""
+    fidelity floor (``min_fidelity``, or 1 - ``max_drop``) on the calibration inputs, judged by
+    ``runner`` (``_judging_runner``: recovered with --reconstruct / --recalibrate)."""
     config = run.config
     if judge is not None and config.validated_search:
         judge.baseline  # noqa: B018 - computed first: a broken function fails before the search
@@ -287,7 +319,7 @@ def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None) ->
     floor = config.fidelity_floor
     if floor is None:
         return None
-    runner, values = trials.runner, trials.estimates
+    values = trials.estimates
     seen: dict[frozenset[int], float] = {}
 
     def fidelity(groups: set[int]) -> float:
