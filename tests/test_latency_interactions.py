@@ -173,24 +173,22 @@ def _recovered(units, k: tuple[float, ...]):
     """A recovered model's fidelity: unit i costs k[i] x (blocks of 8 removed)^2 (a deeper cut
     recovers worse), a tenth of what the masked trials measured alone (10 k[i] x 4 blocks at
     half the unit: linear in the fraction removed)."""
-    calls: list[frozenset[int]] = []
 
     def score(groups: set[int]) -> float:
-        calls.append(frozenset(groups))
         return 1.0 - sum(ki * (r * 4) ** 2 for ki, r in zip(k, _fractions(groups, units)))
 
     sens = {
         u.name: UnitSensitivity(u, {r: 1.0 - 10 * k[i] * 4 * r for r in (0.1, 0.25, 0.5)}, {})
         for i, u in enumerate(units)
     }
-    return score, sens, calls
+    return score, sens
 
 
 def test_costs_on_another_scale_than_the_ones_measured_alone_are_rescaled() -> None:
     # recovered costs (score) are a tenth of the masked ones measured alone (sens): a 1e-3 per
     # block squared, b 1.2e-3, c 1.4e-3; 0.75 needs five blocks
     analysis, scores, units, table = _setup()
-    score, sens, calls = _recovered(units, (1e-3, 1.2e-3, 1.4e-3))
+    score, sens = _recovered(units, (1e-3, 1.2e-3, 1.4e-3))
     space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
 
     def plan(rescaled: bool):
@@ -215,7 +213,7 @@ def test_costs_on_another_scale_than_the_ones_measured_alone_are_rescaled() -> N
 
 def test_the_scale_stays_within_its_range() -> None:
     analysis, scores, units, table = _setup()
-    _, sens, _ = _recovered(units, (1e-3, 1.2e-3, 1.4e-3))
+    _, sens = _recovered(units, (1e-3, 1.2e-3, 1.4e-3))
     space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
     lost = MeasuredOrder(space, lambda groups: 0.0 if groups else 1.0, budget=10, rescaled=True)  # every move loses all
     lost.moves_to(0.9)
