@@ -15,17 +15,33 @@ the rows (A A^T + lam I, the same solution through the push-through identity), b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-__all__ = ["RIDGES", "Problem", "factor", "fit"]
+__all__ = ["RIDGES", "Problem", "factor", "fit", "one_blas_thread"]
 
 # Ridge strengths tried (relative to the mean diagonal of A^T A), beside "keep the weights": a
 # factor of 100 apart; each costs one Cholesky solve per fold (the 7 tried before, a factor 10
 # apart, made 15 factorizations per layer, these 9).
 RIDGES = (1e-5, 1e-3, 1e-1, 10.0)
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's and scipy's BLAS/LAPACK on one thread while in the block (restored after).
+    Reconstruction's solves are many small to medium dense problems (tens to ~2300 columns):
+    OpenBLAS's second thread saves little there, and on a loaded machine its threads wait for
+    each other far longer than they compute (a 2304-column Cholesky: 0.15 s on one thread,
+    0.4-4.8 s on two at load 8; 317 s of a 1240 s YOLO26n search went to such factorizations).
+    The results are the same up to float rounding (~1e-15 relative: the blocks are summed in
+    another order)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def factor(rows: np.ndarray) -> np.ndarray:

@@ -141,6 +141,7 @@ def _factors(
         rows = layer.input_rows(h, w_shape, positions // len(parts), rng)
         if rows is None:
             return None
+        rows = np.asarray(rows, dtype=np.float64)
         count += len(rows)
         g = layer.groups
         if g < 1 or rows.shape[1] % g:
@@ -173,6 +174,28 @@ def reconstruct(
     registry = registry or default_registry()
     cache = cache or ReconstructionCache()
     cache.bind(feeds, (positions, ridge, tuple(ridges), seed))
+    with least_squares.one_blas_thread():
+        return _reconstruct(
+            original, pruned, analysis, plan, feeds, registry, positions, ridge, ridges, seed, source, progress, cache
+        )
+
+
+def _reconstruct(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    analysis: ChannelAnalysis,
+    plan: PruningPlan,
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    registry: RuleRegistry,
+    positions: int,
+    ridge: float,
+    ridges: Sequence[float],
+    seed: int,
+    source: str,
+    progress: Callable[[int, int], None] | None,
+    cache: ReconstructionCache,
+) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
+    """reconstruct's work (its arguments resolved)."""
     opset = model_opset(original)
     removed_ids = removed_id_mask(analysis, plan)
     todo = _readers(original, analysis, removed_ids, registry, opset)
@@ -283,8 +306,11 @@ def _cache_factors(
     acts: dict[str, list[np.ndarray]] = defaultdict(list)
     for feed in feeds:
         for n, v in zip(names, run.run(feed, names)):
-            acts[n].append(np.asarray(v, dtype=np.float64))
-    values = {n: np.concatenate(v) for n, v in acts.items()}
+            acts[n].append(v)
+    # As the model computed them (float32): the layers' input_rows convert the sampled rows
+    # to float64, which is exact, instead of a float64 copy of every activation.
+    values = {n: np.concatenate(v) if len(v) > 1 else v[0] for n, v in acts.items()}
+    del acts
     for node, layer in missing:
         w = params(g_orig[node.name].inputs[layer.weight_index])  # type: ignore[attr-defined]
         shape = None if w is None else tuple(np.shape(w.values))

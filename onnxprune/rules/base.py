@@ -237,7 +237,9 @@ class LayerSemantics(Protocol):
         (every input channel, k columns each) so that ``rows @ weight_matrix.T + bias`` is the
         layer's output there; with ``groups(attrs)`` = G > 1, output block g (of out/G rows)
         reads column block g (of in·k/G columns) only, so ``rows[:, block g] @
-        weight_matrix[rows of g].T``. None when this layer cannot be refitted."""
+        weight_matrix[rows of g].T``. None when this layer cannot be refitted. ``x`` is the
+        input as the model computed it (float32 for a float32 model: reconstruction keeps the
+        activations as they came); the rows are float64, any arithmetic on them done there."""
         ...
 
 

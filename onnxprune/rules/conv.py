@@ -289,7 +289,8 @@ class ConvTransposeRule(NotRefitted):  # overlapping outputs: not one filter per
 def _conv_patches(
     x: np.ndarray, attrs: Attrs, kernel: tuple[int, ...], picks: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Sampled im2col rows of a 2-D Conv input: [positions, Cin * kh * kw]."""
+    """Sampled im2col rows of a 2-D Conv input: [positions, Cin * kh * kw], float64 (``x`` is
+    padded in its own dtype; the sampled values are converted, exactly)."""
     pads = list(attrs.get("pads", [0] * 4))  # type: ignore[call-overload]
     strides = list(attrs.get("strides", [1, 1]))  # type: ignore[call-overload]
     dil = list(attrs.get("dilations", [1, 1]))  # type: ignore[call-overload]

@@ -35,11 +35,12 @@ def _matmul_macs(x: Shape | None, w: Shape | None, y: Shape | None, trans_a: boo
 
 
 def _feature_rows(x: np.ndarray, picks: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``picks`` sampled rows of the input's features (its last axis)."""
+    """Up to ``picks`` sampled rows of the input's features (its last axis), float64 (the
+    sampled rows converted, exactly, not the whole input)."""
     rows = x.reshape(-1, x.shape[-1])
     if len(rows) > picks:
         rows = rows[rng.choice(len(rows), size=picks, replace=False)]
-    return rows
+    return np.asarray(rows, dtype=np.float64)
 
 
 class GemmRule:
