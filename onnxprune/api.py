@@ -17,12 +17,13 @@ from .criteria import CriterionRegistry, default_criteria, zero_plan
 from .criteria.activations import ActivationStats, sink_statistics
 from .errors import UsageError
 from .planning import PruningPlan
+from .quantized import verification_form
 from .report import PruneReport
 from .rules import RuleRegistry, default_registry
 from .saving import DeferredModel, Outputs, check_writable, save_model
 from .stages import LoadedModel, layer_scores
 from .surgery import prune_deferred
-from .verification import VerificationResult, compare_models, limits
+from .verification import VerificationResult, compare_with_rounding, limits
 
 __all__ = ["PruneResult", "analyze", "apply", "layer_scores", "load", "plan", "prune", "save", "sensitivity", "verify"]
 
@@ -176,7 +177,16 @@ def verify(
     the samples of ``config.verification_inputs``; every output within the tolerance."""
     feeds, desc = stages.verification_feeds(original, config, source)
     tolerance, noise_multiple = limits(config.tolerance)
-    return compare_models(original, pruned, feeds, tolerance, desc, source, noise_multiple=noise_multiple)
+    return compare_with_rounding(
+        original,
+        pruned,
+        feeds,
+        tolerance,
+        desc,
+        source,
+        noise_multiple=noise_multiple,
+        form=verification_form(original),
+    )
 
 
 def prune(

@@ -6,7 +6,7 @@ decisions (TopK, ArgMax, NMS) are verified at the tensors before them (see tails
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -14,7 +14,7 @@ import onnx
 from .errors import OnnxPruneError
 from .fidelity import OutputFidelity, fidelity, fidelity_from_outputs
 from .masking import masked_reference
-from .quantized import QuantizedCheck
+from .quantized import QuantizedCheck, check_quantized
 from .runtime import EXPANDED, paired_outputs, run_model, session
 from .tails import Tail, Tails, find_tails, with_outputs
 from .verification_inputs import check_run_size, load_npz_inputs, make_inputs
@@ -28,6 +28,7 @@ __all__ = [
     "VerificationResult",
     "check_run_size",
     "compare_models",
+    "compare_with_rounding",
     "failure_text",
     "fidelity",
     "fidelity_from_outputs",
@@ -302,6 +303,33 @@ def compare_models(
         noise_runtime=noise_runtime,
         tails=tails.tails,
     )
+
+
+def compare_with_rounding(
+    reference: onnx.ModelProto | str,
+    candidate: onnx.ModelProto | str,
+    feeds_list: Sequence[Mapping[str, np.ndarray]],
+    tolerance: float,
+    inputs_desc: str,
+    source: str = "<model>",
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    noise_multiple: float | None = None,
+    form: str | None = None,
+) -> VerificationResult:
+    """``compare_models``; for a quantized ``form`` (``quantized.verification_form``) the
+    rounding rule of ``quantized.check_quantized`` then decides, on the float limit without the
+    noise floor (rounding flips, not float noise, move such a model), and is kept in the
+    result."""
+    result = compare_models(
+        reference, candidate, feeds_list, tolerance, inputs_desc, source, progress, noise_multiple=noise_multiple
+    )
+    if form is None:
+        return result
+    quantized = check_quantized(
+        form, reference, candidate, feeds_list, lambda _name, scale: tolerance * max(scale, SCALE_FLOOR), source
+    )
+    return replace(result, passed=quantized.passed, quantized=quantized)
 
 
 def one_ulp_away(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -20,13 +20,13 @@ from ..fidelity import OutputFidelity
 from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
-from ..quantized import QUANTIZED_SAMPLES, check_quantized, quantization_form
+from ..quantized import QUANTIZED_SAMPLES, verification_form
 from ..report import PruneReport, build_report
 from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import SCALE_FLOOR, VerificationResult, compare_models, failure_text, limits
+from ..verification import VerificationResult, compare_with_rounding, failure_text, limits
 from ..verification_inputs import check_run_size, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
@@ -147,7 +147,7 @@ def verification_feeds(original: onnx.ModelProto, config: PruneConfig, source: s
         return feeds, f"{len(feeds)} samples from {config.verification_inputs}"
     batches = [1, 2] if dynamic_batch_inputs(original) else [None]
     # A quantized model's rounding flips are judged per sample (see quantized): more samples.
-    repeats = QUANTIZED_SAMPLES if quantization_form(original) is not None else 1
+    repeats = QUANTIZED_SAMPLES if verification_form(original) is not None else 1
     batches = batches * repeats
     feeds = [make_inputs(original, config.input_shapes, b, config.seed + i, source) for i, b in enumerate(batches)]
     samples = f"{repeats} samples of " if repeats > 1 else ""
@@ -191,7 +191,7 @@ def verify(
         kind = "original with removed channels replaced where read"
     check_run_size(loaded.proto, analysis.shapes, {t.name for t in loaded.proto.graph.initializer}, source)
     tolerance, noise_multiple = limits(config.tolerance)
-    result = compare_models(
+    result = compare_with_rounding(
         reference,
         runnable(pruned, staged),
         feeds,
@@ -200,27 +200,16 @@ def verify(
         source,
         progress=run.progress_of("verification"),
         noise_multiple=noise_multiple,
+        form=verification_form(loaded.proto),
     )
-    form = quantization_form(loaded.proto)
-    if form is not None:
-        # Rounding flips, not float noise, are what moves a quantized model: its rule (see
-        # quantized) takes the float limit without the noise floor, and decides.
-        quantized = check_quantized(
-            form,
-            reference,
-            runnable(pruned, staged),
-            feeds,
-            lambda _name, scale: tolerance * max(scale, SCALE_FLOOR),
-            source,
+    quantized = result.quantized
+    bad = quantized.failure() if quantized is not None else None
+    if quantized is not None and bad is not None:
+        raise VerificationFailed(
+            f"{source}: verification failed on {bad.runtime}: output {bad.worst_output!r} differs from the {kind} by "
+            f"{bad.max_abs_diff:.3g} ({bad.flipped_samples} of {bad.samples} samples past {tolerance:g} x its scale "
+            f"{bad.scale:.3g}; a quantized model passes {quantized.rule}); nothing written"
         )
-        result = replace(result, passed=quantized.passed, quantized=quantized)
-        bad = quantized.failure()
-        if bad is not None:
-            raise VerificationFailed(
-                f"{source}: verification failed on {bad.runtime}: output {bad.worst_output!r} differs from the {kind} by "
-                f"{bad.max_abs_diff:.3g} ({bad.flipped_samples} of {bad.samples} samples past {tolerance:g} x its scale "
-                f"{bad.scale:.3g}; a quantized model passes {quantized.rule}); nothing written"
-            )
     if not result.passed:
         raise VerificationFailed(f"{source}: verification failed: {failure_text(result, kind)}; nothing written")
     return Verified(result, kind, feeds, inputs, on_random, calibration)
