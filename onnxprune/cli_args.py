@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.95,
         metavar="C",
-        help="top-1 / CTC outputs: the search keeps a plan when a lower bound at confidence C of their agreement on "
+        help="top-1 / CTC / detection outputs: the search keeps a plan when a lower bound at confidence C of their agreement on "
         "unseen inputs (bootstrap over the calibration samples) stays >= the fidelity floor (default 0.95; 0.5: the "
         "point estimate)",
     )

@@ -86,7 +86,7 @@ class OutputFidelity:
     metric_value: float | None = None  # the score under ``metric`` (None: from the fields above)
     reason: str = ""  # why this metric
     details: Mapping[str, float | int | str] = field(default_factory=lambda: MappingProxyType({}))
-    # Estimated agreement on unseen inputs from these samples' margins (top1 and ctc only, and
+    # Estimated agreement on unseen inputs from these samples' margins (top1, ctc, detection, and
     # only when asked for: fidelity_metrics.unseen says what it assumes); None otherwise.
     estimate: float | None = None
     # Its lower bound at ``confidence`` (with the agreement on these samples: the lower of
@@ -224,7 +224,7 @@ def fidelity_from_outputs(
     """Every output's fidelity figures and metric (``choices``: output name or "*" -> metric,
     see ``fidelity_metrics.parse_metric``), from per output the reference's and the
     candidate's arrays for every feed (``batch_axes``: output -> the axis of its samples, when
-    not the first; see ``output_batch_axes``). With ``estimate``, top1 and ctc outputs also get
+    not the first; see ``output_batch_axes``). With ``estimate``, top1, ctc and detection outputs get
     the estimated agreement on unseen inputs (``fidelity_metrics.unseen``) and its lower bound
     at ``confidence`` (``fidelity_metrics.unseen_bound``)."""
     choices, batch_axes = choices or {}, batch_axes or {}
@@ -288,14 +288,16 @@ def score_outputs(
 class SearchScore:
     """How the fidelity-budgeted search judges a plan on the calibration samples.
 
-    Per output: a discrete metric (top1, ctc) by a lower confidence bound of the lower of its
-    agreement on all the samples and its estimated agreement on unseen inputs
-    (``fidelity_metrics.unseen``: the samples' margins against the candidate's margin losses,
-    so a 0.99 target is not "no flip among 16" and near-ties count before they flip; the
-    bound, ``fidelity_metrics.unseen_bound``: a bootstrap over the samples, so a plan at the
-    floor is not kept on a coin toss); a continuous one by the worse of the two halves of the
-    samples (cross-validated: one lucky half cannot hide one that fails). The plan's value is
-    the worst output's."""
+    Per output: a discrete metric (top1, ctc; and detection, whose detections appear and vanish
+    at a score threshold) by a lower confidence bound of the lower of its agreement on all the
+    samples and its estimated agreement on unseen inputs (``fidelity_metrics.unseen``: the
+    samples' margins against the candidate's margin losses, so a 0.99 target is not "no flip
+    among 16" and near-ties count before they flip; the bound,
+    ``fidelity_metrics.unseen_bound``: a bootstrap over the samples, so a plan at the floor is
+    not kept on a coin toss); a continuous one by the worse of the two halves of the samples
+    (cross-validated: one lucky half cannot hide one that fails). The plan's value is the
+    worst output's. With reconstruction the candidate's outputs are cross-fitted (each
+    sample's from a refit that did not see it: reconstruction.ReconstructedTrials)."""
 
     value: float
     pooled: float  # the fidelity on all the samples
@@ -363,7 +365,7 @@ def fidelity(
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> tuple[OutputFidelity, ...]:
     """Run both models (in memory, or the paths of saved ones) on every feed: the fidelity of
-    every output (with ``estimate``, top1 and ctc outputs' estimated agreement on unseen inputs
+    every output (with ``estimate``, top1, ctc and detection outputs' estimated agreement on unseen inputs
     from these feeds' margins, and its lower bound at ``confidence``)."""
     import onnx
 

@@ -183,7 +183,7 @@ def to_markdown(d: dict[str, Any]) -> str:
         ]
         if g.get("estimate"):
             lines.append(
-                f"| estimated on unseen inputs, from the calibration samples' top-1 / CTC margins (an estimate) "
+                f"| estimated on unseen inputs, from the calibration samples' top-1 / CTC / detection-score margins (an estimate) "
                 f"| {g['estimate']['samples']} | {g['estimate']['fidelity']:.4f} |"
             )
             if "bound" in g["estimate"]:

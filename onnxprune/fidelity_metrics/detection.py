@@ -9,11 +9,13 @@ Either way the two sets of detections are matched greedily by IoU.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .result import MetricResult, NothingToCompare
 
-__all__ = ["box_iou", "coco_credit", "detection", "detection_layout", "nms"]
+__all__ = ["DetectionParts", "box_iou", "coco_credit", "detection", "detection_layout", "detection_parts", "nms"]
 
 MAX_CANDIDATES = 1000  # boxes above the score threshold that enter NMS, best first
 MAX_DETECTIONS = 300  # kept after it (Ultralytics' max_det)
@@ -75,9 +77,9 @@ def _match(iou: np.ndarray, least: float) -> list[tuple[int, int]]:
     return pairs
 
 
-def _compare(refs: list[np.ndarray], gots: list[np.ndarray], least: float) -> tuple[float, dict]:
+def _compare(refs: list[np.ndarray], gots: list[np.ndarray], least: float) -> tuple[list[float], dict]:
     """Per sample, the detections of both models (rows x1, y1, x2, y2, score, class) matched
-    greedily by IoU; the mean score over samples and the figures behind it."""
+    greedily by IoU; every sample's score and the figures behind them."""
     values, n_ref, n_got, matched, same_class, ious = [], 0, 0, 0, 0, []
     for r, g in zip(refs, gots):
         n_ref, n_got = n_ref + len(r), n_got + len(g)
@@ -93,7 +95,7 @@ def _compare(refs: list[np.ndarray], gots: list[np.ndarray], least: float) -> tu
         ious.extend(iou[ri, gj].tolist())
         matched += len(pairs)
         values.append(credit / (len(r) + len(g) - len(pairs)))
-    return float(np.mean(values)), {
+    return values, {
         "reference_detections": n_ref,
         "candidate_detections": n_got,
         "matched": matched,
@@ -124,19 +126,33 @@ def nms(rows: np.ndarray, overlap: float, most: int = MAX_DETECTIONS) -> np.ndar
     return rows[sorted(keep)[:most]]  # indices in score order: the best ``most``
 
 
-def _decoded(head: np.ndarray, score: float, overlap: float) -> list[np.ndarray]:
-    """Per sample of a raw head [N, anchors, 4 + C], its detections after NMS as rows."""
-    out = []
-    for sample in head:
-        scores = sample[:, 4:]
-        best = scores.max(axis=1)
-        keep = best >= score
-        rows = np.concatenate(
-            [_xyxy(sample[keep, :4]), best[keep, None], scores[keep].argmax(axis=1)[:, None].astype(np.float64)],
-            axis=1,
-        )
-        out.append(nms(rows, overlap))
-    return out
+def _rows(sample: np.ndarray, score: float = -np.inf) -> np.ndarray:
+    """A raw head's anchors [anchors, 4 + C] with best score >= ``score`` as rows (x1, y1, x2,
+    y2, score, class)."""
+    scores = sample[:, 4:]
+    best = scores.max(axis=1)
+    keep = best >= score
+    return np.concatenate(
+        [_xyxy(sample[keep, :4]), best[keep, None], scores[keep].argmax(axis=1)[:, None].astype(np.float64)], axis=1
+    )
+
+
+def _sets(
+    reference: np.ndarray, candidate: np.ndarray, score: float, overlap: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray], str]:
+    """(each model's detections per sample, each model's rows per sample (a raw head's anchors
+    as rows), a description of the layout)."""
+    layout = detection_layout(reference)
+    if layout == "end-to-end":
+        every = [list(reference), list(candidate)]
+        dets = [[r[r[:, 4] >= score] for r in rows] for rows in every]
+        return dets[0], dets[1], every[0], every[1], "end-to-end (x1, y1, x2, y2, score, class)"
+    if layout == "anchors-last":
+        reference, candidate = np.swapaxes(reference, 1, 2), np.swapaxes(candidate, 1, 2)
+    every = [[_rows(s) for s in head] for head in (reference, candidate)]
+    dets = [[nms(r[r[:, 4] >= score], overlap) for r in rows] for rows in every]
+    what = f"raw head, {layout} (cx, cy, w, h and {reference.shape[-1] - 4} class scores per anchor), NMS at IoU {overlap:g}"
+    return dets[0], dets[1], every[0], every[1], what
 
 
 def detection(
@@ -152,17 +168,89 @@ def detection(
     the detections of either model, a matched pair counted once (a soft IoU of the two sets);
     a sample where neither model detects anything is identical (1). Mean over samples.
     Raises NothingToCompare when the reference has no detection at all."""
-    layout = detection_layout(reference)
-    if layout == "end-to-end":
-        refs = [r[r[:, 4] >= score] for r in reference]
-        gots = [g[g[:, 4] >= score] for g in candidate]
-        what = "end-to-end (x1, y1, x2, y2, score, class)"
-    else:
-        if layout == "anchors-last":
-            reference, candidate = np.swapaxes(reference, 1, 2), np.swapaxes(candidate, 1, 2)
-        refs, gots = _decoded(reference, score, nms), _decoded(candidate, score, nms)
-        what = f"raw head, {layout} (cx, cy, w, h and {reference.shape[-1] - 4} class scores per anchor), NMS at IoU {nms:g}"
+    refs, gots, _, _, what = _sets(reference, candidate, score, nms)
     if not any(len(r) for r in refs):
         raise NothingToCompare(f"no detection with score >= {score:g} in the reference")
-    value, figures = _compare(refs, gots, iou)
-    return MetricResult(value, {"layout": what, "score_threshold": score, **figures})
+    values, figures = _compare(refs, gots, iou)
+    return MetricResult(float(np.mean(values)), {"layout": what, "score_threshold": score, **figures})
+
+
+@dataclass(frozen=True)
+class DetectionParts:
+    """Per sample: the detection score (``detection``'s, before the mean), and its decisions'
+    margins, the candidate's losses of them and what a flip of each costs the sample's score
+    (same length per sample; see ``detection_parts``)."""
+
+    values: np.ndarray  # [N]
+    margins: tuple[np.ndarray, ...]
+    losses: tuple[np.ndarray, ...]
+    costs: tuple[np.ndarray, ...]
+
+
+_BIG = 1e9  # the loss of a detection the candidate no longer has at all: past any margin
+
+
+def _scale(reference: np.ndarray) -> bool:
+    """Scores compared as logits: every score of the reference is a probability."""
+    return bool(reference.size) and float(reference.min()) >= 0.0 and float(reference.max()) <= 1.0
+
+
+def _logit(p: np.ndarray, logits: bool) -> np.ndarray:
+    if not logits:
+        return np.asarray(p, np.float64)
+    q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q))
+
+
+def _decisions(
+    dets: np.ndarray, rows: np.ndarray, got_rows: np.ndarray, score: float, iou: float, logits: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's (margins, losses): one decision per reference detection (it stays above
+    the score threshold: margin = its score minus the threshold; loss = its score minus the
+    candidate's best score of the same class at IoU >= ``iou`` with it, any score; none: lost)
+    and one for the background (nothing else rises above the threshold: margin = the threshold
+    minus the reference's best row away from its detections; loss = how much the candidate's
+    best row away from them rose above that). Scores as logits when they are probabilities."""
+    t = float(_logit(np.array(score), logits))
+    margins, losses = [], []
+    for det in dets:
+        same = got_rows[:, 5] == det[5]
+        near = box_iou(det[None, :4], got_rows[same, :4])[0] >= iou if same.any() else np.zeros(0, bool)
+        s = float(_logit(np.array(det[4]), logits))
+        margins.append(max(s - t, 0.0))
+        losses.append(s - float(_logit(got_rows[same][near, 4].max(), logits)) if near.any() else _BIG)
+
+    def away(r: np.ndarray) -> np.ndarray:
+        if not len(dets) or not len(r):
+            return r
+        return r[~(box_iou(r[:, :4], dets[:, :4]) >= iou).any(axis=1)]
+
+    ref_bg, got_bg = away(rows), away(got_rows)
+    if len(ref_bg):
+        b = float(_logit(ref_bg[:, 4].max(), logits))
+        margins.append(max(t - b, 0.0))
+        losses.append(float(_logit(got_bg[:, 4].max(), logits)) - b if len(got_bg) else 0.0)
+    return np.array(margins, np.float64), np.array(losses, np.float64)
+
+
+def detection_parts(
+    reference: np.ndarray, candidate: np.ndarray, score: float = 0.25, iou: float = 0.5, nms: float = 0.7
+) -> DetectionParts:
+    """What ``detection`` scores, per sample, and what decides it beyond these samples: the
+    score threshold. Each reference detection is a decision (stay above it) and so is the
+    background (stay below it); a decision's margin is its distance to the threshold, its loss
+    how much of that the candidate gave up (past the margin: a detection lost or one gained),
+    so ``unseen``'s margin-and-loss estimate reads detections like top-1 decisions (a detection
+    at 0.30 with a threshold of 0.25 is a near-tie); a flip costs what it costs the sample's
+    score. Raises NothingToCompare as ``detection``."""
+    refs, gots, rows, got_rows, _ = _sets(reference, candidate, score, nms)
+    if not any(len(r) for r in refs):
+        raise NothingToCompare(f"no detection with score >= {score:g} in the reference")
+    values, _ = _compare(refs, gots, iou)
+    logits = _scale(np.concatenate([r[:, 4] for r in rows]))
+    parts = [_decisions(d, r, g, score, iou, logits) for d, r, g in zip(refs, rows, got_rows)]
+    # A lost detection of k costs 1/k of its sample's score; a gained one beside k, 1/(k + 1).
+    costs = [
+        np.where(np.arange(len(m)) < len(d), 1.0 / max(len(d), 1), 1.0 / (len(d) + 1)) for (m, _), d in zip(parts, refs)
+    ]
+    return DetectionParts(np.array(values), tuple(p[0] for p in parts), tuple(p[1] for p in parts), tuple(costs))

@@ -1,4 +1,5 @@
-"""A lower confidence bound on agreement on unseen inputs (top-1, CTC): what the search judges.
+"""A lower confidence bound on agreement on unseen inputs (top-1, CTC, detection): what the
+search judges.
 
 The estimate of ``fidelity_metrics.unseen`` is a point estimate: a plan right at the floor is
 above it on about half of the input sets to come (a CTC model at 0.95 kept one flip in 32
@@ -26,6 +27,15 @@ tuned on held-out inputs): a plan is kept only when 95% of the calibration sets 
 would still put its agreement at the floor. 0.5 is the point estimate (no bootstrap).
 Resamples use a fixed seed, the same draws for every plan of a search (common random
 numbers: plans are compared on the same resamples, and the result is deterministic).
+
+Detection outputs (``detection.detection_parts``): the agreement is each sample's detection
+score (matched detections credited by box IoU), and the decisions whose margins and losses
+are paired are the score threshold's: each reference detection staying above it, and each
+sample's background staying below it (samples differ in how many detections they have, so the
+flip rate is the mean over the decisions present). A pruned YOLO26n whose 32 calibration pages
+all kept their one ISBN box -- five of them near the 0.25 threshold, at 0.30-0.38, with score
+losses of up to 0.7 logit among the others -- lost 3 of 32 held-out boxes at 0.31-0.39: the
+per-sample score said 1.000, the margins say the near-threshold boxes are at risk.
 """
 
 from __future__ import annotations
@@ -35,7 +45,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .unseen import _logits, _margin_of, ctc_parts, flip_rate
+from .detection import detection_parts
+from .result import NothingToCompare
+from .unseen import _interpolated_cdf, _logits, _margin_of, ctc_parts
 
 __all__ = ["DEFAULT_CONFIDENCE", "Unseen", "bootstrap_bound", "interpolated_cdf_rows", "unseen"]
 
@@ -88,34 +100,51 @@ def bootstrap_bound(
     *,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> Unseen:
     """The estimate ``1 - flip_rate`` and the one-sided percentile-bootstrap lower bound at
     ``confidence`` of ``min(mean agreement, estimate)`` over the samples (never above either):
     ``margins`` and ``losses`` are [n, positions] (one row per sample), ``agreement`` [n]
-    each sample's share of unchanged answers. Fewer than 2 samples, or ``confidence`` <= 0.5:
-    the bound is ``min(mean agreement, estimate)`` itself."""
+    each sample's share of unchanged answers; ``weights`` [n, positions]: what each decision's
+    flip costs its sample's score (default 1 / positions: the share of its answers; 0 for the
+    padding of samples with fewer decisions, which have no margin), a sample losing at most 1.
+    Fewer than 2 samples, or ``confidence`` <= 0.5: the bound is ``min(mean agreement,
+    estimate)`` itself."""
     m = np.asarray(margins, np.float64).reshape(len(agreement), -1)
     d = np.asarray(losses, np.float64).reshape(len(agreement), -1)
     d = np.where(np.isfinite(d), d, 0.0)
+    w = np.full(m.shape, 1.0 / max(m.shape[1], 1)) if weights is None else np.asarray(weights, np.float64)
+    w = w.reshape(m.shape)
+    m = np.where(w > 0, m, np.inf)  # padding: no margin
     a = np.asarray(agreement, np.float64)
     n = len(a)
-    estimate = 1.0 - flip_rate(m, d)
+    estimate = 1.0 - _flip_rate(m, d, w)
     point = min(float(a.mean()) if n else 1.0, estimate)
     if n < 2 or confidence <= 0.5:
         return Unseen(estimate, point, confidence)
     draws = max(_MIN_RESAMPLES, min(resamples, _ELEMENTS // max(m.size, 1)))
     pick = np.random.default_rng(seed).integers(0, n, size=(draws, n))
-    flips = interpolated_cdf_rows(m[pick].reshape(draws, -1), d[pick].reshape(draws, -1)).mean(axis=1)
+    cdf = interpolated_cdf_rows(m[pick].reshape(draws, -1), d[pick].reshape(draws, -1)).reshape(w[pick].shape)
+    flips = np.minimum((cdf * w[pick]).sum(axis=2), 1.0).mean(axis=1)
     stat = np.minimum(a[pick].mean(axis=1), 1.0 - flips)
     low = float(np.quantile(stat, 1.0 - confidence, method="inverted_cdf"))
     return Unseen(estimate, min(point, low), confidence)
 
 
+def _flip_rate(margins: np.ndarray, losses: np.ndarray, weights: np.ndarray) -> float:
+    """``unseen.flip_rate`` with each decision's flip costing its weight, at most 1 a sample
+    (equal weights 1 / positions: the same number)."""
+    if not losses.size:
+        return 0.0
+    cdf = _interpolated_cdf(margins.ravel(), losses.ravel()).reshape(losses.shape)
+    return float(np.minimum((cdf * weights).sum(axis=1), 1.0).mean())
+
+
 def _per_sample(
     metric: str, params: Mapping[str, float | int], reference: np.ndarray, candidate: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(margins [n, P], losses [n, P], agreement [n]) per sample, or None for a metric that
-    has no margins (continuous ones)."""
+    """(margins [n, P], losses [n, P], agreement [n], weights [n, P] or None: see
+    ``bootstrap_bound``) per sample, or None for a metric that has no margins (continuous ones)."""
     if metric == "top1":
         r = _logits(np.asarray(reference, np.float64), reference)
         g = _logits(np.asarray(candidate, np.float64), reference)
@@ -123,10 +152,20 @@ def _per_sample(
         m = _margin_of(r, cls)
         n = len(m) if m.ndim else 1
         same = (np.argmax(g, axis=-1) == cls).reshape(n, -1).mean(axis=1)
-        return m.reshape(n, -1), (m - _margin_of(g, cls)).reshape(n, -1), same
+        return m.reshape(n, -1), (m - _margin_of(g, cls)).reshape(n, -1), same, None
     if metric == "ctc":
         m, d, same = ctc_parts(reference, candidate, int(params.get("blank", 0)))
-        return m[:, None], d[:, None], same.astype(np.float64)
+        return m[:, None], d[:, None], same.astype(np.float64), None
+    if metric == "detection":
+        try:
+            parts = detection_parts(reference, candidate, **params)  # type: ignore[arg-type]
+        except (NothingToCompare, ValueError):
+            return None
+        n, width = len(parts.values), max((len(x) for x in parts.margins), default=0)
+        m, d, w = np.full((n, width), np.inf), np.zeros((n, width)), np.zeros((n, width))
+        for i, (mi, di, wi) in enumerate(zip(parts.margins, parts.losses, parts.costs)):
+            m[i, : len(mi)], d[i, : len(di)], w[i, : len(wi)] = mi, di, wi
+        return m, d, parts.values, w
     return None
 
 
@@ -140,4 +179,7 @@ def unseen(
     """The estimated agreement on unseen inputs under ``metric`` (samples-first arrays) and
     its lower bound at ``confidence``; None for a metric it does not estimate."""
     parts = _per_sample(metric, params, reference, candidate)
-    return None if parts is None else bootstrap_bound(*parts, confidence)
+    if parts is None:
+        return None
+    m, d, a, w = parts
+    return bootstrap_bound(m, d, a, confidence, weights=w)

@@ -300,7 +300,7 @@ def measure(
                 "fidelity": min(o.estimate for o in estimated),
                 "bound": min(min(o.score, o.bound) for o in estimated),
                 "confidence": level,
-                "what": "estimated agreement on unseen inputs from the calibration samples' top-1 / CTC margins "
+                "what": "estimated agreement on unseen inputs from the calibration samples' top-1 / CTC / detection-score margins "
                 "and the pruned model's margin losses (an estimate, not a measurement); bound: the lower of it and "
                 "the agreement on the calibration samples"
                 + (f", bounded at confidence {level:g} (bootstrap over the samples)" if level > 0.5 else "")
