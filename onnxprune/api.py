@@ -23,7 +23,7 @@ from .rules import RuleRegistry, default_registry
 from .saving import DeferredModel, Outputs, check_writable, save_model
 from .stages import LoadedModel, layer_scores
 from .surgery import prune_deferred
-from .verification import VerificationResult, compare_with_rounding, limits
+from .verification import VerificationResult, compare_models, limits
 
 __all__ = ["PruneResult", "analyze", "apply", "layer_scores", "load", "plan", "prune", "save", "sensitivity", "verify"]
 
@@ -177,7 +177,7 @@ def verify(
     the samples of ``config.verification_inputs``; every output within the tolerance."""
     feeds, desc = stages.verification_feeds(original, config, source)
     tolerance, noise_multiple = limits(config.tolerance)
-    return compare_with_rounding(
+    return compare_models(
         original,
         pruned,
         feeds,

@@ -6,7 +6,7 @@ decisions (TopK, ArgMax, NMS) are verified at the tensors before them (see tails
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -28,7 +28,6 @@ __all__ = [
     "VerificationResult",
     "check_run_size",
     "compare_models",
-    "compare_with_rounding",
     "failure_text",
     "fidelity",
     "fidelity_from_outputs",
@@ -189,6 +188,7 @@ def compare_models(
     progress: Callable[[int, int], None] | None = None,
     *,
     noise_multiple: float | None = None,
+    form: str | None = None,
 ) -> VerificationResult:
     """Run both models (in memory, or the paths of saved ones) on every feed and compare every
     output: within ``tolerance`` x its scale, or with ``noise_multiple`` (noise-aware, see the
@@ -197,7 +197,12 @@ def compare_models(
     the inputs one ulp away (a second pass, once the first two sessions are closed).
 
     Outputs behind decisions (see ``tails``) are verified at the continuous tensors before the
-    decisions, and compared themselves on the feeds where every decision came out equal."""
+    decisions, and compared themselves on the feeds where every decision came out equal.
+
+    ``form``: a quantized model's (``quantized.verification_form``); its rounding rule
+    (``quantized.check_quantized``) then decides, on the float limit without the noise floor,
+    and is kept in the result."""
+    given = reference, candidate  # the rounding rule finds the tails itself
     tails = find_tails(
         reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference, load_external_data=False)
     )
@@ -293,6 +298,12 @@ def compare_models(
             )
         )
     passed = all(o.passed for o in outs)
+    quantized = None
+    if form is not None:  # rounding flips, not float noise, move it: the float limit without the noise floor
+        quantized = check_quantized(
+            form, *given, feeds_list, lambda _name, scale: tolerance * max(scale, SCALE_FLOOR), source
+        )
+        passed = quantized.passed
     return VerificationResult(
         passed=passed,
         tolerance=tolerance,
@@ -302,34 +313,8 @@ def compare_models(
         noise_multiple=noise_multiple,
         noise_runtime=noise_runtime,
         tails=tails.tails,
+        quantized=quantized,
     )
-
-
-def compare_with_rounding(
-    reference: onnx.ModelProto | str,
-    candidate: onnx.ModelProto | str,
-    feeds_list: Sequence[Mapping[str, np.ndarray]],
-    tolerance: float,
-    inputs_desc: str,
-    source: str = "<model>",
-    progress: Callable[[int, int], None] | None = None,
-    *,
-    noise_multiple: float | None = None,
-    form: str | None = None,
-) -> VerificationResult:
-    """``compare_models``; for a quantized ``form`` (``quantized.verification_form``) the
-    rounding rule of ``quantized.check_quantized`` then decides, on the float limit without the
-    noise floor (rounding flips, not float noise, move such a model), and is kept in the
-    result."""
-    result = compare_models(
-        reference, candidate, feeds_list, tolerance, inputs_desc, source, progress, noise_multiple=noise_multiple
-    )
-    if form is None:
-        return result
-    quantized = check_quantized(
-        form, reference, candidate, feeds_list, lambda _name, scale: tolerance * max(scale, SCALE_FLOOR), source
-    )
-    return replace(result, passed=quantized.passed, quantized=quantized)
 
 
 def one_ulp_away(feeds: Mapping[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import VerificationResult, compare_with_rounding, failure_text, limits
+from ..verification import VerificationResult, compare_models, failure_text, limits
 from ..verification_inputs import check_run_size, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
@@ -191,7 +191,7 @@ def verify(
         kind = "original with removed channels replaced where read"
     check_run_size(loaded.proto, analysis.shapes, {t.name for t in loaded.proto.graph.initializer}, source)
     tolerance, noise_multiple = limits(config.tolerance)
-    result = compare_with_rounding(
+    result = compare_models(
         reference,
         runnable(pruned, staged),
         feeds,
