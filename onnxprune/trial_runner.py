@@ -34,8 +34,8 @@ from .runtime import session
 __all__ = ["SCREEN_MARGIN", "SCREEN_MIN_SAMPLES", "Screen", "TrialRunner"]
 
 # A sensitivity trial is screened on the first quarter of the samples when there are at least
-# this many, run one by one (a quarter of 32 is 8: few enough to save most of a failing trial,
-# enough that one odd sample does not decide).
+# this many (a quarter of 32 is 8: few enough to save most of a failing trial, enough that one
+# odd sample does not decide); run one by one, or in two batches (the quarter, the rest).
 SCREEN_MIN_SAMPLES = 24
 # ... and ends there when its fidelity on them is this far below the search's floor.
 SCREEN_MARGIN = 0.05
@@ -53,8 +53,8 @@ class Screen:
 
     @staticmethod
     def for_floor(floor: float | None, samples: int) -> Screen | None:
-        """The screen for a search with fidelity floor ``floor`` over ``samples`` samples run
-        one by one (None: no floor, or too few samples to spare a quarter)."""
+        """The screen for a search with fidelity floor ``floor`` over ``samples`` samples
+        (None: no floor, or too few samples to spare a quarter)."""
         if floor is None or samples < SCREEN_MIN_SAMPLES:
             return None
         return Screen(samples // 4, floor - SCREEN_MARGIN)
@@ -86,18 +86,25 @@ class TrialRunner:
         self.names = [o.name for o in model.graph.output]
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
         names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-        # Samples go through in one batch when the batch is dynamic, else one by one.
-        self.batches = (
-            [{k: np.concatenate([f[k] for f in feeds]) for k in names_in}]
-            if set(dynamic_batch_inputs(model)) >= set(names_in)
-            else list(feeds)
-        )
+        # Samples go through in one batch when the batch is dynamic, else one by one; with a
+        # screen, the screened samples are a batch of their own (a sample's outputs do not
+        # depend on the batch it runs in).
         self.samples = len(feeds)
+        screening = screen is not None and self.samples > screen.samples
+        if set(dynamic_batch_inputs(model)) >= set(names_in):
+            cuts = [0, screen.samples, self.samples] if screening and screen is not None else [0, self.samples]
+            self.batches = [
+                {k: np.concatenate([f[k] for f in feeds[a:b]]) for k in names_in} for a, b in zip(cuts, cuts[1:])
+            ]
+            screened_batches = 1
+        else:
+            self.batches = list(feeds)
+            screened_batches = screen.samples if screening and screen is not None else 0
         self.segments = None
         self._reference_parts = self._parts({})
         self.reference = self._joined(self._reference_parts)
-        # Screening needs the samples one by one (a batch's rows are not split).
-        self.screen = screen if screen is not None and len(self.batches) == self.samples > screen.samples else None
+        self.screen = screen if screening else None
+        self._screened_batches = screened_batches  # the batches holding the screened samples
         # The sensitivity analysis runs a trial from its first changed reader on (trial_segments).
         from .trial_segments import Segments
 
@@ -226,8 +233,8 @@ class TrialRunner:
             masks = reader_masks(self.analysis, self._removed_ids(key[0]), estimates)
             first: list[list[np.ndarray]] = []
             if self.screen is not None:
-                first = self._parts(masks, range(self.screen.samples))
-                ref = self._joined(self._reference_parts[: self.screen.samples])
+                first = self._parts(masks, range(self._screened_batches))
+                ref = self._joined(self._reference_parts[: self._screened_batches])
                 got = self._joined(first)
                 value = run_score(
                     fidelity_from_outputs(

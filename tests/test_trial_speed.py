@@ -1,6 +1,7 @@
 """Cheaper sensitivity trials, same decisions: a trial runs from its unit's first reader on
 (trial_segments), and a trial far below the floor on its first samples ends there
-(trial_runner.Screen). Tiny graphs, samples run one by one (static batch 1), exact checks."""
+(trial_runner.Screen). Tiny graphs, samples run one by one (static batch 1) or in batches,
+exact checks."""
 
 from __future__ import annotations
 
@@ -137,9 +138,37 @@ def test_screen_ends_a_trial_failing_on_its_first_samples_and_keeps_one_that_doe
     # the estimate); the search asking for the same plan gets the whole judgement.
     assert judged.worst_half is None and full.worst_half == pytest.approx(0.75)
     assert runner.judged(channel0, None) == full and runner.runs == 2
-    # A batch of samples in one run is not split: no screen then.
-    batched = TrialRunner(identity_classifier(batch=None), analysis, passing_first, screen=Screen.for_floor(0.95, 32))  # type: ignore[arg-type]
+    # A model with a dynamic batch runs in one batch; with a screen, in two (tested below).
+    batched = TrialRunner(identity_classifier(batch=None), analysis, passing_first)
     assert len(batched.batches) == 1 and batched.screen is None
+
+
+def test_a_batched_model_is_screened_on_its_first_quarter_run_as_a_batch() -> None:
+    """A dynamic batch: the screened samples are the first batch, the rest the second; a trial
+    failing there runs that batch only, one passing runs both and is exactly the one-batch trial."""
+    model = identity_classifier(batch=None)
+    analysis = onnxprune.analyze(model)
+    conv = next(s for s in analysis.sources if s.op == "Conv")
+    channel0 = [int(analysis.roots(conv.ids)[0])]
+    wins0, wins1 = _sample(2.0, 1.0), _sample(0.5, 1.0)
+    screen = Screen.for_floor(0.95, 32)
+    runner = TrialRunner(model, analysis, [wins0] * 8 + [wins1] * 24, screen=screen)
+    assert [len(b["x"]) for b in runner.batches] == [8, 24] and runner.screen == screen
+    ran = _count_samples(runner)  # batches here
+    judged, cut_short = runner.screened_trial(channel0, None)
+    assert cut_short and judged.pooled == 0.0 and ran[0] == 1 and runner.screened == 1
+    assert runner.judged(channel0, None).pooled == pytest.approx(0.75) and ran[0] == 1 + 2
+    passing_first = [wins1] * 8 + [wins0] * 4 + [wins1] * 20
+    runner = TrialRunner(model, analysis, passing_first, screen=screen)
+    one_batch = TrialRunner(model, analysis, passing_first)
+    assert len(one_batch.batches) == 1
+    ran = _count_samples(runner)
+    judged, cut_short = runner.screened_trial(channel0, None)
+    full = one_batch.judged(channel0, None)
+    assert not cut_short and ran[0] == 2 and runner.screened == 0
+    assert (judged.pooled, judged.estimate) == (full.pooled, full.estimate) and judged.pooled == pytest.approx(0.875)
+    assert runner.judged(channel0, None) == full
+    assert [np.array_equal(a, b) for a, b in zip(runner.reference, one_batch.reference)] == [True]
 
 
 def test_screened_sensitivity_runs_fewer_samples_and_allocates_the_same_plan() -> None:
