@@ -152,3 +152,49 @@ def test_masked_verification_catches_wrong_surgery(monkeypatch: pytest.MonkeyPat
     model, _ = _two_conv(np.random.default_rng(8).standard_normal((6, 3, 3, 3)))
     with pytest.raises(onnxprune.VerificationFailed, match="replaced where read"):
         onnxprune.prune(model, "l2", ratio=0.5)
+
+
+def _weighed_model() -> tuple:
+    """1x1 Conv A (4 channels, no activation) -> 1x1 Conv B. A's channel 0 has the largest
+    filter but B reads it with weights 1e-3 (its removal costs ~nothing); channel 3 has the
+    smallest filter (the one L2 removes) and B reads it fully."""
+    b = GraphBuilder(opset=17, seed=71)
+    x = b.input("x", [None, 3, 6, 6])
+    wa = np.random.default_rng(5).standard_normal((4, 3, 1, 1)).astype(np.float32)
+    wa[0] *= 4.0
+    wa[3] *= 0.3
+    wb = np.random.default_rng(6).standard_normal((2, 4, 1, 1)).astype(np.float32)
+    wb[:, 0] *= 1e-3
+    h = b.conv(x, 4, k=1, pads=0, weight=b.const(wa, "Wa"), bias=np.array([0.5, -0.2, 0.1, 0.0], np.float32))
+    b.output(b.conv(h, 2, k=1, pads=0, weight=b.const(wb, "Wb"), bias=np.zeros(2, np.float32)))
+    return b.build(), wa, wb
+
+
+def test_contribution_criterion_is_the_error_a_channel_leaves_replaced_by_its_mean(tmp_path) -> None:
+    from onnxprune.calibration import load_calibration
+    from onnxprune.criteria.reconstruction_error import reconstruction_scores
+
+    model, wa, wb = _weighed_model()
+    x = np.random.default_rng(0).standard_normal((16, 3, 6, 6)).astype(np.float32)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=x)
+    analysis = onnxprune.analyze(model)
+    scores = reconstruction_scores(model, analysis, load_calibration(str(calib), model), refit=False)
+    # By hand: A's output rows (16 x 36 positions, every one read), centred covariance S; channel
+    # c's error alone is S_cc |B[:, c]|^2 over B's output variance tr(B S B^T).
+    z = np.einsum("oc,nchw->nhwo", wa[:, :, 0, 0].astype(np.float64), x.astype(np.float64)).reshape(-1, 4)
+    s = np.cov(z.T, bias=True)
+    w = wb[:, :, 0, 0].astype(np.float64)
+    expected = np.diag(s) * np.square(w).sum(axis=0) / np.trace(w @ s @ w.T)
+    (first,) = [s.node for s in analysis.sources if len(s.ids) == 4]
+    got = scores[first]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    assert int(np.argmin(got)) == 0
+    removed = {}
+    for criterion in ("contribution", "l2"):
+        r = onnxprune.prune(
+            model, criterion, ratio=0.25, calibration=str(calib), compensation="calibration", exclude=("Conv_node_1",)
+        )
+        assert r.report.channels_removed == 1 and r.report.verification.passed
+        removed[criterion] = _removed_channels(r)
+    assert removed == {"contribution": [0], "l2": [3]}

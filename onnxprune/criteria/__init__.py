@@ -27,6 +27,7 @@ DATA_CRITERIA = {
     "apoz": "1 - average percentage of zeros of the channel where it is read (Hu et al. 2016)",
     "mean-activation": "mean |activation| of the channel where it is read",
     "reconstruction": "error the readers cannot absorb by least squares when the channel goes (ThiNet; see reconstruction_error)",
+    "contribution": "variance of the channel's contribution to its readers' outputs: the error it leaves replaced by its mean (see reconstruction_error)",
 }
 
 

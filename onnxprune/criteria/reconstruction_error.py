@@ -11,6 +11,12 @@ place (a Schur complement per step). A channel that is a linear combination of t
 costs nothing. A channel's score is the error (relative to each reader's output variance,
 summed over its readers) after it and every channel before it went: lowest first goes first,
 and scores are comparable across layers.
+
+Without the refit (``refit=False``: the ``contribution`` criterion) a channel's score is the
+error its removal alone leaves when it is replaced by its calibration mean, as compensation
+does: the variance of its contribution to each reader's output, tr(W_c S_cc W_c^T), relative
+to the reader's output variance and summed over its readers. A near-constant channel, or one
+whose readers barely weigh it, costs nothing there, however large its filter or its mean.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class _Block:
     q: np.ndarray  # p @ S @ W^T: [columns, outputs]
     energy: float  # tr(W S W^T): the reader's output variance
     columns: dict[int, np.ndarray]  # root -> its columns here
+    alone: dict[int, float]  # root -> tr(W_J S_JJ W_J^T) / energy: its removal alone, no refit
 
 
 def _block(rows: np.ndarray, w: np.ndarray, roots: np.ndarray, k: int, ridge: float) -> _Block | None:
@@ -65,7 +72,10 @@ def _block(rows: np.ndarray, w: np.ndarray, roots: np.ndarray, k: int, ridge: fl
     columns: dict[int, list[int]] = defaultdict(list)
     for c, r in enumerate(roots):
         columns[int(r)].extend(range(c * k, (c + 1) * k))
-    return _Block(p, p @ b, float(np.sum(w * b.T)), {r: np.asarray(v) for r, v in columns.items()})
+    cols = {r: np.asarray(v) for r, v in columns.items()}
+    energy = float(np.sum(w * b.T))
+    alone = {r: float(np.sum((w[:, j] @ s[np.ix_(j, j)]) * w[:, j])) / max(energy, 1e-30) for r, j in cols.items()}
+    return _Block(p, p @ b, energy, cols, alone)
 
 
 def _greedy(blocks: Sequence[_Block], candidates: Sequence[int]) -> dict[int, float]:
@@ -124,8 +134,10 @@ def reconstruction_scores(
     ridge: float = 1e-4,
     seed: int = 0,
     source: str = "<model>",
+    refit: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Per source layer, its channels' scores (see module doc; higher = keep). A channel no
+    """Per source layer, its channels' scores (see module doc; higher = keep; ``refit=False``:
+    each channel's error alone, replaced by its mean). A channel no
     refittable reader reads (only a graph output, a ConvTranspose...) scores above every
     channel that has one; a layer none of whose channels has one gets NaN (kept whole)."""
     registry = registry or default_registry()
@@ -195,7 +207,11 @@ def reconstruction_scores(
         if not blocks or not candidates:
             out[src.node] = np.full(len(roots), np.nan)
             continue
-        order = _greedy(blocks, candidates)
+        if refit:
+            order = _greedy(blocks, candidates)
+        else:  # lowest error alone first
+            alone = {r: sum(blk.alone.get(r, 0.0) for blk in blocks) for r in candidates}
+            order = dict(sorted(alone.items(), key=lambda item: (item[1], item[0])))
         top = max(order.values(), default=0.0)
         rank = {r: i for i, r in enumerate(order)}
         scores = [order[int(r)] + 1e-9 * (1 + top) * rank[int(r)] if int(r) in order else 2 * (1 + top) for r in roots]

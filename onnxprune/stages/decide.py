@@ -106,13 +106,20 @@ def layer_scores(
     ``feeds``: the calibration samples (the ``reconstruction`` criterion reads activations)."""
     criterion = config.criterion
     if criteria.is_data(criterion):
-        if stats is None or (criterion == "reconstruction" and not feeds):
+        readers = criterion in ("reconstruction", "contribution")  # read the readers' inputs
+        if stats is None or (readers and not feeds):
             raise UsageError(f"criterion {criterion!r} needs calibration inputs (--calibration FILE.npz)")
-        if criterion == "reconstruction":
+        if readers:
             from ..criteria.reconstruction_error import reconstruction_scores
 
             return reconstruction_scores(
-                model, analysis, feeds or [], registry=registry or default_registry(), seed=config.seed, source=source
+                model,
+                analysis,
+                feeds or [],
+                registry=registry or default_registry(),
+                seed=config.seed,
+                source=source,
+                refit=criterion == "reconstruction",
             )
         per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
         return group_activation_scores(analysis, per)
