@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--criterion",
         default=None,
-        help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation, reconstruction; "
+        help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation, reconstruction, contribution; "
         "default: l2 when a budget is given (--ratio, --macs-target, --min-fidelity, --config with sparsity), else zero",
     )
     b = p.add_argument_group("budget (criteria other than zero)")

@@ -198,3 +198,5 @@ def test_contribution_criterion_is_the_error_a_channel_leaves_replaced_by_its_me
         assert r.report.channels_removed == 1 and r.report.verification.passed
         removed[criterion] = _removed_channels(r)
     assert removed == {"contribution": [0], "l2": [3]}
+    with pytest.raises(onnxprune.UsageError, match=r"'contribution' needs calibration inputs"):
+        onnxprune.prune(model, "contribution", ratio=0.25)

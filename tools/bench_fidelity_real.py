@@ -76,6 +76,14 @@ ROWS = (
         "target",
         {"criterion": "l2", "min_fidelity": "{target}", "reconstruct": True, "recalibrate": True},
     ),
+    # Data-based criteria (session 5): the error a channel leaves replaced by its calibration
+    # mean (what the default compensation does), and the ThiNet selection with the refit it assumes.
+    Row("allocated contribution", "target", {"criterion": "contribution", "min_fidelity": "{target}"}),
+    Row(
+        "allocated reconstruction + reconstruct",
+        "target",
+        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True},
+    ),
 )
 # The README's --validate example on the digits CNN (issue 12: at least 46% MACs cut at --max-drop 0.5%).
 DIGITS_ROWS = {
@@ -84,6 +92,17 @@ DIGITS_ROWS = {
         "validate": "fixtures/digits_accuracy.py:accuracy",
         "max_drop": "0.5%",
         "reconstruct": True,
+    },
+    "validate, max-drop 0.5%, contribution": {
+        "validate": "fixtures/digits_accuracy.py:accuracy",
+        "max_drop": "0.5%",
+        "criterion": "contribution",
+    },
+    "validate, max-drop 0.5% + reconstruct, reconstruction": {
+        "validate": "fixtures/digits_accuracy.py:accuracy",
+        "max_drop": "0.5%",
+        "reconstruct": True,
+        "criterion": "reconstruction",
     },
 }
 
