@@ -88,7 +88,7 @@ def measure(name: str, corpus: str) -> dict:
     dead: dict[int, bool] = {}
     const: dict[int, bool] = {}
     for sink in analysis.sinks:
-        mean, std, zero, rms = mom[sink.tensor]
+        _mean, std, zero, rms = mom[sink.tensor]
         roots = analysis.roots(analysis.layouts[sink.tensor].axes[sink.axis])
         for r, z, s in zip(roots, zero, std):
             r = int(r)
@@ -186,7 +186,10 @@ def main() -> None:
             f"err<={k}: {v['channels']} ch {v['macs_cut']:.1%} masked {v['heldout_masked']:.3f} refit {v['heldout_reconstructed']:.3f}"
             for k, v in r["refit"].items()
         )
-        print(f"{name}: {r['removable_channels']}/{r['channels']} removable ch | {cells} | {refit} | {r['seconds']} s", flush=True)
+        print(
+            f"{name}: {r['removable_channels']}/{r['channels']} removable ch | {cells} | {refit} | {r['seconds']} s",
+            flush=True,
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(results, indent=1))
 
