@@ -217,7 +217,9 @@ def compare_models(
     compared = [
         n for n in names if not (n in decisions and not stands[n] and tails.of(n) is None)
     ]  # decisions only gate
-    steps = len(feeds_list) * (2 if noise_multiple is not None else 1)
+    # A quantized model's limit is its rounding rule's: no noise pass (one run per sample saved).
+    noise_pass = noise_multiple is not None and form is None
+    steps = len(feeds_list) * (2 if noise_pass else 1)
     acc: dict[tuple[str, int], _Accumulator] = {}
     kept: list[list[np.ndarray]] = []  # the reference's outputs, for the noise pass
     for k, feeds in enumerate(feeds_list):
@@ -225,7 +227,7 @@ def compare_models(
             progress(k, steps)
         batch = _batch(feeds)
         ref, got = run_ref.run(feeds, names), run_cand.run(feeds, names)
-        if noise_multiple is not None:
+        if noise_pass:
             kept.append(ref)
         for name in compared:
             i = index[name]
@@ -247,7 +249,9 @@ def compare_models(
     expanded = run_ref.expanded
     del run_ref, run_cand  # the noise pass opens one session: never three models at once
     measured, noise_runtime = False, None
-    if noise_multiple is not None:
+    if noise_multiple is not None and not noise_pass:
+        noise_runtime = "not measured: a quantized model is judged by its rounding rule"
+    elif noise_pass:
         try:
             run_noise = session(reference, source=source, optimize=True)
             for k, (feeds, ref) in enumerate(zip(feeds_list, kept)):
