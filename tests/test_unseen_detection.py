@@ -155,3 +155,17 @@ def test_a_refit_that_fits_its_samples_exactly_is_judged_on_the_others(tmp_path:
     np.savez(calib, x=x)
     r = onnxprune.prune(model, "l2", calibration=str(calib), compensation="none", min_fidelity=0.9, reconstruct=True)
     assert r.plan.removed_groups == ()
+
+
+def test_one_lost_box_in_32_is_bounded_by_the_binomial_spread() -> None:
+    """32 one-box pages, the candidate loses page 0's box (moved away: that page scores 0, and
+    the moved box is a gained one away from the original's, so the page loses at most all of
+    it) and keeps the rest exactly: estimate 31/32, and resampled K ~ Binomial(32, 1/32) lost
+    pages put the 95% bound at 29/32, as for top-1."""
+    t = _logit(0.25)
+    ref = _heads([_sigmoid(t + 1.0)] * 32)
+    got = ref.copy()
+    got[0, 0, :4] = [30, 30, 40, 40]
+    u = unseen("detection", {}, ref, got)
+    assert u is not None and detection(ref, got).value == pytest.approx(31 / 32)
+    assert u.estimate == pytest.approx(31 / 32) and u.bound == pytest.approx(29 / 32)
