@@ -169,3 +169,16 @@ def test_one_lost_box_in_32_is_bounded_by_the_binomial_spread() -> None:
     u = unseen("detection", {}, ref, got)
     assert u is not None and detection(ref, got).value == pytest.approx(31 / 32)
     assert u.estimate == pytest.approx(31 / 32) and u.bound == pytest.approx(29 / 32)
+
+
+def test_a_score_that_rose_counts_as_one_that_fell_by_as_much() -> None:
+    """The first test's pages with every box raised 0.5 logit instead of lowered: the same
+    estimate, 1 - 0.5 / 65 (a move the search keeps because it raised these samples' scores
+    moves other inputs' scores either way), while the samples' own score is 1 either way."""
+    n, t = 32, _logit(0.25)
+    ref = _heads([_sigmoid(t + 1.0)] * n)
+    up, down = _heads([_sigmoid(t + 1.5)] * n), _heads([_sigmoid(t + 0.5)] * n)
+    assert np.allclose(detection_parts(ref, up).losses[0], [-0.5, 0.0])
+    rose, fell = unseen("detection", {}, ref, up), unseen("detection", {}, ref, down)
+    assert rose is not None and fell is not None
+    assert rose.estimate == pytest.approx(1 - 0.5 / 65) and rose == fell
