@@ -31,6 +31,7 @@ from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
+    from ..reconstruction import ReconstructedTrials
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
     from ..user_validation import Validator
     from .latency import LatencyOutcome
@@ -46,6 +47,7 @@ __all__ = [
     "estimates",
     "layer_scores",
     "plan",
+    "recovered_trials",
     "score",
     "sensitivity_trials",
     "small_calibration_note",
@@ -416,19 +418,7 @@ def _allocated_plan(
         judge.macs_ratio = lambda g: trials.tracker.evaluate(g) / trials.tracker.original
     if recovering and config.macs_target is None and len(feeds) >= 2 and not searched:
         # The budget is met by the recovered model: measure that, not the masked one.
-        from ..reconstruction import ReconstructedTrials
-
-        runner = ReconstructedTrials(
-            loaded.proto,
-            analysis,
-            feeds,
-            registry=run.registry,
-            seed=config.seed,
-            source=loaded.source,
-            reconstruct=config.reconstruct,
-            recalibrate=config.recalibrate,
-            confidence=config.fidelity_confidence,
-        )
+        runner = recovered_trials(loaded, analysis, feeds, run)
     groups, _, _ = allocate(
         trials.result,
         analysis,
@@ -477,3 +467,22 @@ def _allocated_plan(
                 ),
             )
     return Planned(the_plan, trials.result, judge)
+
+
+def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feeds, run: Run) -> ReconstructedTrials:
+    """Trials of plans as the user gets them with ``--reconstruct`` / ``--recalibrate``: each
+    plan's readers refitted (cross-fitted over ``feeds``) before it is judged."""
+    from ..reconstruction import ReconstructedTrials
+
+    config = run.config
+    return ReconstructedTrials(
+        loaded.proto,
+        analysis,
+        feeds,
+        registry=run.registry,
+        seed=config.seed,
+        source=loaded.source,
+        reconstruct=config.reconstruct,
+        recalibrate=config.recalibrate,
+        confidence=config.fidelity_confidence,
+    )

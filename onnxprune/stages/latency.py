@@ -18,7 +18,7 @@ from ..latency.confirm import Attempt, confirm
 from ..latency.interactions import MeasuredOrder, default_budget
 from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
-from .decide import Planned, SensitivityTrials, sensitivity_trials
+from .decide import Planned, SensitivityTrials, recovered_trials, sensitivity_trials
 from .prepare import CalibrationData, LoadedModel, Run
 
 if TYPE_CHECKING:
@@ -227,19 +227,7 @@ def _judging_runner(
     config, feeds = run.config, data.calibration or []
     if not (config.reconstruct or config.recalibrate) or len(feeds) < 2:
         return trials.runner
-    from ..reconstruction import ReconstructedTrials
-
-    return ReconstructedTrials(
-        loaded.proto,
-        analysis,
-        feeds,
-        registry=run.registry,
-        seed=config.seed,
-        source=loaded.source,
-        reconstruct=config.reconstruct,
-        recalibrate=config.recalibrate,
-        confidence=config.fidelity_confidence,
-    )
+    return recovered_trials(loaded, analysis, feeds, run)
 
 
 def _measured_order(
