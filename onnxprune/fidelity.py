@@ -297,7 +297,7 @@ class SearchScore:
     not kept on a coin toss); a continuous one by the worse of the two halves of the samples
     (cross-validated: one lucky half cannot hide one that fails). The plan's value is the
     worst output's. With reconstruction the candidate's outputs are cross-fitted (each
-    sample's from a refit that did not see it: reconstruction.ReconstructedTrials)."""
+    sample's from a refit that did not see it: reconstruction_trials.ReconstructedTrials)."""
 
     value: float
     pooled: float  # the fidelity on all the samples

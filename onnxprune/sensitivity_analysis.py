@@ -364,7 +364,7 @@ def allocate(
             # half's k/16 cannot tell 0.99 from 0.95, and near-ties of other inputs flip
             # before any of these does. No extra trial (the halves are split from the one
             # batch). With reconstruction the outputs are the cross-fitted ones
-            # (reconstruction.ReconstructedTrials).
+            # (reconstruction_trials.ReconstructedTrials).
             measured.append(runner.fidelity(groups, estimates, choices, search=True))
             return measured[-1] >= floor
 

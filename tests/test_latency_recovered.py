@@ -11,7 +11,7 @@ import pytest
 from test_sensitivity import _calib, _redundant_channel_model
 
 import onnxprune
-from onnxprune.reconstruction import ReconstructedTrials
+from onnxprune.reconstruction_trials import ReconstructedTrials
 from onnxprune.testing import StepTimer
 
 

@@ -166,7 +166,7 @@ def test_fidelity_budget_counts_reconstruction(tmp_path: Path) -> None:
 
 def test_reconstructed_trials_judge_out_of_sample() -> None:
     """Every calibration sample is judged by a fit made without it."""
-    from onnxprune.reconstruction import ReconstructedTrials
+    from onnxprune.reconstruction_trials import ReconstructedTrials
 
     model = _redundant_channel_model()
     feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(6)]

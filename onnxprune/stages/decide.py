@@ -31,7 +31,7 @@ from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
-    from ..reconstruction import ReconstructedTrials
+    from ..reconstruction_trials import ReconstructedTrials
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
     from ..user_validation import Validator
     from .latency import LatencyOutcome
@@ -472,7 +472,7 @@ def _allocated_plan(
 def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feeds, run: Run) -> ReconstructedTrials:
     """Trials of plans as the user gets them with ``--reconstruct`` / ``--recalibrate``: each
     plan's readers refitted (cross-fitted over ``feeds``) before it is judged."""
-    from ..reconstruction import ReconstructedTrials
+    from ..reconstruction_trials import ReconstructedTrials
 
     config = run.config
     return ReconstructedTrials(

@@ -1,0 +1,132 @@
+"""The allocation search's trials judged after recovery (reconstruction and/or re-calibration):
+each trial's model is recovered on one half of the calibration samples and judged on the other
+(two-fold cross-fitting). Split from reconstruction, which does the refit itself."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from .analysis import ChannelAnalysis
+from .planning import PruningPlan
+from .rules import RuleRegistry
+from .runtime import session
+
+if TYPE_CHECKING:
+    from .fidelity import SearchScore
+
+__all__ = ["ReconstructedTrials"]
+
+
+class ReconstructedTrials:
+    """The fidelity of a removal *after* recovery (reconstruction and/or re-calibration, see
+    recovery), for the allocation search (a drop-in for sensitivity_analysis.TrialRunner). Each
+    trial removes the groups (surgery) and is judged by two-fold cross-fitting: the model
+    recovered on one half of the calibration samples is judged on the other half, and the other
+    way round, so every sample is judged by a fit that never saw it (fitted and judged on the
+    same few samples, a fit looks better than it is). Re-calibration inside the search corrects
+    the ``RECALIBRATION_PASSES`` shallowest depth levels exactly (a pass each) and leaves the
+    deeper ones (recalibration's ``shallow_only``): a trial then judges a model no better
+    corrected than the delivered one, at a bounded cost."""
+
+    RECALIBRATION_PASSES = 8
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        analysis: ChannelAnalysis,
+        feeds: Sequence[Mapping[str, np.ndarray]],
+        *,
+        registry: RuleRegistry | None = None,
+        seed: int = 0,
+        source: str = "<model>",
+        reconstruct: bool = True,
+        recalibrate: bool = False,
+        confidence: float = 0.95,
+    ) -> None:
+        self.reconstruct, self.recalibrate = reconstruct, recalibrate
+        self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
+        if len(feeds) < 2:
+            raise ValueError("reconstruction inside the search needs at least 2 calibration samples")
+        half = len(feeds) // 2
+        self.model, self.analysis, self.registry, self.seed, self.source = model, analysis, registry, seed, source
+        self.folds = [(list(feeds[:half]), list(feeds[half:])), (list(feeds[half:]), list(feeds[:half]))]
+        from .recovery import RecoveryCache
+
+        self.caches = [RecoveryCache() for _ in self.folds]  # the readers' rows, kept across trials
+        run = session(model, source=source)
+        self.names = run.output_names
+        from .fidelity import join_outputs, output_batch_axes
+
+        self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
+        self.references = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
+        self.reference = join_outputs(self.names, self.batch_axes, self.references)
+
+    def fidelity(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+        *,
+        search: bool = False,
+    ) -> float:
+        """The cross-fitted fidelity; with ``search`` the search's judgement of it
+        (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's)."""
+        from .fidelity import score_outputs
+
+        if search:
+            return self.judged(removed_groups, estimates, choices).value
+        outs, _ = self._cross_fitted(removed_groups, estimates)
+        return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]
+
+    def judged(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> SearchScore:
+        """The search's judgement of the cross-fitted outputs (``fidelity.search_score``: its value,
+        the pooled fidelity, the estimate on unseen inputs, the outputs' cosine), as
+        ``TrialRunner.judged``: the latency planner orders recovered plans by it."""
+        from .fidelity import search_score
+
+        outs, parts = self._cross_fitted(removed_groups, estimates)
+        pairs = list(zip(self.references, parts))
+        return search_score(
+            self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+        )
+
+    def _cross_fitted(
+        self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None
+    ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        """The recovered outputs of every sample, each from the fold that did not fit on it:
+        joined, and per fold (its judged half)."""
+        from .fidelity import join_outputs
+        from .recovery import recover_model
+        from .surgery import apply_pruning
+
+        plan = PruningPlan("trial", tuple(removed_groups))
+        pruned = apply_pruning(self.model, self.analysis, plan, registry=self.registry, estimates=estimates)
+        parts = []
+        for (fit, judge), cache in zip(self.folds, self.caches):
+            rebuilt, _, _ = recover_model(
+                self.model,
+                pruned,
+                self.analysis,
+                plan,
+                fit,
+                reconstruct=self.reconstruct,
+                recalibrate=self.recalibrate,
+                registry=self.registry,
+                seed=self.seed,
+                recalibration_passes=self.RECALIBRATION_PASSES,
+                shallow_recalibration=True,
+                source=self.source,
+                cache=cache,
+                measure=False,
+            )
+            parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
+        return join_outputs(self.names, self.batch_axes, parts), parts
