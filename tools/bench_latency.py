@@ -11,7 +11,8 @@ For each model:
    the original and the latency plan in one interleaved run (so a load that pulls every ratio
    toward 1 moves both alike), bracketed (bisection when the secant leaves the bracket), until
    one measures within 0.01 of the latency plan's ratio in the same run or 6 plans were timed;
-   the closest is kept and its distance reported. ``NAME+rc`` rows (the trained models): the
+   the closest is kept and its distance reported (the scan and the re-match below:
+   tools/bench_latency_scan.py). ``NAME+rc`` rows (the trained models): the
    same with --reconstruct on both plans.
 2. ``time``: original, latency plan and the scan's MACs plans nearest to it (up to 3: the
    closest too slow, the closest fast enough, the next) timed together in one interleaved run
@@ -51,6 +52,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from bench_latency_scan import MAX_SCAN, final_candidates, rematch_row  # noqa: E402
+from bench_latency_scan import matched_macs_plan as match_macs_plan  # noqa: E402
 from latency_bench_report import phase_report  # noqa: E402
 
 import onnxprune  # noqa: E402
@@ -112,11 +115,6 @@ SETTINGS = LatencySettings(precision="f32")
 # The original's ms in the final run this far from prune's A/B run: the machine was in another
 # state (see README, "Measuring on a shared machine"), its ratios pulled toward 1 or away.
 STATE = 0.1
-MATCH = 0.01  # the MACs plan's measured ratio within this of the latency plan's: the same latency
-MAX_SCAN = 6  # MACs plans pruned and timed at most per model
-FINAL_CANDIDATES = 3  # the scan's MACs plans nearest the latency plan timed again in the final run
-LO, HI = 0.05, 0.99  # the MACs targets the scan may try
-SLOPE = (0.3, 3.0)  # latency ratio per MACs ratio the secant may assume (measured: 0.35-1.0)
 
 
 def model_spec(name: str) -> dict:
@@ -137,42 +135,6 @@ def default_models() -> list[str]:
             if m in RECONSTRUCTED:
                 names.append(m + RC)
     return names
-
-
-def matched_scan(goal: float, start: float, measure: Any, *, tol: float = MATCH, steps: int = MAX_SCAN) -> dict:
-    """The MACs plan whose measured latency is closest to the latency plan's: secant steps on
-    the MACs target from ``start`` (the latency plan's MACs ratio) on the *gap* (the candidate's
-    ratio minus the latency plan's, both timed in the same interleaved run, so a load that pulls
-    every ratio toward 1 moves both alike), kept inside the bracket of a too-slow and a too-fast
-    target once there is one (bisection when the secant leaves it), until a plan is within
-    ``tol`` or ``steps`` plans were timed. ``goal``: the latency plan's ratio (the first secant
-    goes through the original, gap 1 - goal). ``measure(target) -> entry`` prunes and times one
-    (entry["ab"]["gap"])."""
-    seen: dict[float, dict] = {}
-
-    def at(t: float) -> float:
-        t = round(min(max(t, LO), HI), 3)
-        if t not in seen:
-            seen[t] = measure(t)
-        return seen[t]["ab"]["gap"]
-
-    points = [(start, at(start))]
-    while len(seen) < steps and abs(points[-1][1]) > tol:
-        slow = [t for t, d in points if d > 0]  # too slow: fewer MACs needed
-        fast = [t for t, d in points if d <= 0]
-        hi, lo = (min(slow) if slow else None), (max(fast) if fast else None)
-        (t0, d0), (t1, d1) = (points[-2] if len(points) > 1 else (1.0, 1.0 - goal)), points[-1]
-        # its slope (latency ratio per MACs ratio) kept within SLOPE: A/B noise on two close points
-        # must not send it to the end of the range
-        slope = (d1 - d0) / (t1 - t0) if t1 != t0 else 1.0
-        t = t1 - d1 / min(max(slope, SLOPE[0]), SLOPE[1])
-        if hi is not None and lo is not None and not lo + 0.002 < t < hi - 0.002:
-            t = (lo + hi) / 2  # the secant left the bracket: bisect
-        t = round(min(max(t, LO), HI), 3)
-        if t in seen:  # the MACs grid cannot get closer than a plan already timed
-            break
-        points.append((t, at(t)))
-    return min(seen.values(), key=lambda e: (abs(e["ab"]["gap"]), e["macs_target"]))
 
 
 def _samples(name: str, spec: dict, n: int, seed: int) -> np.ndarray:
@@ -365,10 +327,8 @@ def matched_macs_plan(
     steps: int = MAX_SCAN,
 ) -> dict:
     """The --macs-target plan (same options) of the latency plan's (``res``, written to
-    ``lat_path``) measured latency: each candidate timed with the original and the latency plan."""
-    macs = res.report.macs_after / res.report.macs_before
-    goal = res.report.latency["measured_ratio"]
-    scan: list[dict] = []
+    ``lat_path``) measured latency (``bench_latency_scan``): each candidate timed with the
+    original and the latency plan."""
 
     def macs_plan(t: float) -> dict:
         path = str(work / f"{name}{tag}_macs_{t:.3f}.onnx")
@@ -383,16 +343,10 @@ def matched_macs_plan(
             entry["accuracy"] = digits_accuracy(path)
         if spec["kind"] == "zoo":
             entry["centered_cosine"] = centered_cosine(spec["path"], path, ev)
-        scan.append(entry)
         return entry
 
-    chosen = matched_scan(goal, min(round(macs, 3), 0.99), macs_plan, steps=steps)
-    return {
-        "macs_scan": scan,
-        "macs_plan": chosen,
-        "macs_plan_matched": abs(chosen["ab"]["gap"]) <= MATCH,
-        "macs_plan_gap": chosen["ab"]["gap"],
-    }
+    macs = res.report.macs_after / res.report.macs_before
+    return match_macs_plan(res.report.latency["measured_ratio"], macs, macs_plan, steps=steps)
 
 
 def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targets: list[float]) -> list[dict]:
@@ -423,9 +377,7 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
             candidates = final_candidates(row["macs_scan"])
             t = timed([spec["path"], path, *(e["file"] for e in candidates)], spec, seconds, rounds=20)
             ratios = [t.ratio[2 + i] for i in range(len(candidates))]
-            best = rematch(ratios, t.ratio[1])
-            row["macs_plan"] = candidates[best]
-            row["macs_plan_matched"] = abs(ratios[best] - t.ratio[1]) <= MATCH
+            best = rematch_row(row, candidates, ratios, t.ratio[1])
             row["together"] = {
                 "latency_plan_ratio": t.ratio[1],
                 "macs_plan_ratio": ratios[best],
@@ -435,24 +387,6 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
             print(json.dumps({k: row[k] for k in ("model", "target", "reconstruct", "together")}), flush=True)
             rows.append(row)
     return rows
-
-
-def final_candidates(scan: list[dict], most: int = FINAL_CANDIDATES) -> list[dict]:
-    """The MACs plans timed again in the final run: the scan's closest to the latency plan (by
-    the gap measured in its own A/B run) on each side, then the next closest, ``most`` at most
-    (the final run picks the one closest there: a match made minutes earlier can drift)."""
-    by_gap = sorted(scan, key=lambda e: (abs(e["ab"]["gap"]), e["macs_target"]))
-    slow = [e for e in by_gap if e["ab"]["gap"] > 0][:1]
-    fast = [e for e in by_gap if e["ab"]["gap"] <= 0][:1]
-    chosen = sorted(slow + fast, key=lambda e: abs(e["ab"]["gap"]))
-    chosen += [e for e in by_gap if e not in chosen]
-    return chosen[:most]
-
-
-def rematch(ratios: list[float], latency_ratio: float) -> int:
-    """Index of the candidate whose final ratio is closest to the latency plan's (the lower
-    ratio on a tie: the faster plan)."""
-    return min(range(len(ratios)), key=lambda i: (abs(ratios[i] - latency_ratio), ratios[i]))
 
 
 def phase_time(row: dict, spec: dict, seconds: float) -> None:
@@ -467,9 +401,7 @@ def phase_time(row: dict, spec: dict, seconds: float) -> None:
     load = os.getloadavg()[0]
     t = timed(files, spec, seconds, rounds=40)
     ratios = [t.ratio[2 + i] for i in range(len(candidates))]
-    best = rematch(ratios, t.ratio[1])
-    row["macs_plan"] = candidates[best]
-    row["macs_plan_matched"] = abs(ratios[best] - t.ratio[1]) <= MATCH
+    best = rematch_row(row, candidates, ratios, t.ratio[1])
     row["final"] = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_model": seconds,
