@@ -39,7 +39,7 @@ import onnx
 
 from .fake_quantize import is_fake_quantize
 from .runtime import session
-from .tails import find_tails, with_outputs
+from .tails import Tails, find_tails, with_outputs
 
 __all__ = [
     "FLIP_LIMIT",
@@ -47,10 +47,12 @@ __all__ = [
     "QUANTIZED_SAMPLES",
     "DynamicNoise",
     "PathCheck",
+    "PathSamples",
     "QuantizedCheck",
     "check_quantized",
     "dynamic_noise",
     "is_dynamically_quantized",
+    "judged_outputs",
     "nudged",
     "quantization_form",
     "verification_form",
@@ -245,6 +247,41 @@ class QuantizedCheck:
         }
 
 
+class PathSamples:
+    """One path's run of both models over the feeds, reduced to what the rounding rule judges:
+    per output, each sample's max abs diff (inf where the shapes differ) and the reference's
+    max abs value over the samples whose shapes agreed. Filled by ``add`` once per feed, by
+    ``check_quantized`` itself or by a caller that runs the same two sessions anyway (the
+    pruning verification: see ``compare_models``), so that no model runs twice on a feed."""
+
+    def __init__(self, runtime: str, names: Sequence[str]) -> None:
+        self.runtime = runtime  # the sessions' description: the path's name in the report
+        self.names = tuple(names)  # the outputs judged, in the sessions' order (ties of the worst go to the last)
+        self.diffs: dict[str, list[float]] = {n: [] for n in self.names}
+        self.scales: dict[str, float] = {n: 0.0 for n in self.names}
+        self.samples = 0
+
+    def add(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> None:
+        """One feed's outputs of both models, by name (extra names are ignored)."""
+        self.samples += 1
+        for name in self.names:
+            r64 = np.asarray(reference[name], dtype=np.float64)
+            g64 = np.asarray(candidate[name], dtype=np.float64)
+            if r64.shape != g64.shape:
+                self.diffs[name].append(np.inf)
+                continue
+            self.diffs[name].append(float(np.abs(r64 - g64).max()) if r64.size else 0.0)
+            self.scales[name] = max(self.scales[name], float(np.abs(r64).max()) if r64.size else 0.0)
+
+
+def judged_outputs(names: Sequence[str], tails: Tails) -> list[str]:
+    """The outputs (of sessions with the tails' tensors exposed) that the rounding rule judges:
+    all but the discontinuous ones and the decisions themselves. ``tails``: those whose tensors
+    the candidate computes (the others' outputs are compared as they are)."""
+    skip = {n for t in tails.tails for n in (t.output, *t.decisions)}
+    return [n for n in names if n not in skip]
+
+
 def check_quantized(
     form: str,
     reference: onnx.ModelProto | str,
@@ -252,64 +289,71 @@ def check_quantized(
     feeds_list: Sequence[Feeds],
     limit_of: LimitFn,
     source: str = "<model>",
+    *,
+    float_path: PathSamples | None = None,
 ) -> QuantizedCheck:
     """Every path of a ``form`` model (see the module doc), ``limit_of(output name, scale)``
     giving the float limit of each output. Outputs behind decisions (TopK, ArgMax, NMS: see
-    tails) are judged at the continuous tensors before them: a flip may flip a decision."""
-    reference, candidate, skip = _without_decisions(reference, candidate)
-    paths = [_path(reference, candidate, feeds_list, limit_of, source, skip, optimize=False)]
+    tails) are judged at the continuous tensors before them: a flip may flip a decision.
+    ``float_path``: the float path's samples, already collected on ``feeds_list`` by the
+    caller (graph optimisations off, the tails' tensors exposed, ``judged_outputs``); the
+    float path is then judged from them instead of being run again."""
+    if float_path is not None and form != "QDQ":
+        return QuantizedCheck(form, (_judged(float_path, limit_of),))  # nothing else to run
+    reference, candidate, tails = _without_decisions(reference, candidate)
+    if float_path is None:
+        float_path = _collected(reference, candidate, feeds_list, source, tails, optimize=False)
+    paths = [_judged(float_path, limit_of)]
     if form == "QDQ":
-        paths.append(_path(reference, candidate, feeds_list, limit_of, source, skip, optimize=True))
+        optimized = _collected(reference, candidate, feeds_list, source, tails, optimize=True)
+        paths.append(_judged(optimized, limit_of))
     return QuantizedCheck(form, tuple(paths))
 
 
 def _without_decisions(
     reference: onnx.ModelProto | str, candidate: onnx.ModelProto | str
-) -> tuple[onnx.ModelProto | str, onnx.ModelProto | str, frozenset[str]]:
-    """Both models with the tensors before their decisions as extra outputs, and the outputs not
-    to compare (the discontinuous ones and the decisions themselves); unchanged without tails."""
+) -> tuple[onnx.ModelProto | str, onnx.ModelProto | str, Tails]:
+    """Both models with the tensors before their decisions as extra outputs, and the tails
+    kept (those whose tensors the candidate computes); unchanged without tails."""
     ref = reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference, load_external_data=False)
     tails = find_tails(ref)
     if not tails:
-        return reference, candidate, frozenset()
+        return reference, candidate, tails
     ref = reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference)
     cand = candidate if isinstance(candidate, onnx.ModelProto) else onnx.load(candidate)
     produced = {o for n in cand.graph.node for o in n.output}
-    kept = [t for t in tails.tails if all(n in produced for n in (*t.frontier, *t.decisions))]
-    extra = tuple(dict.fromkeys(n for t in kept for n in t.frontier))
-    skip = frozenset(n for t in kept for n in (t.output, *t.decisions))
-    return with_outputs(ref, extra), with_outputs(cand, extra), skip
+    kept = Tails(tuple(t for t in tails.tails if all(n in produced for n in (*t.frontier, *t.decisions))))
+    extra = tuple(dict.fromkeys(n for t in kept.tails for n in t.frontier))
+    return with_outputs(ref, extra), with_outputs(cand, extra), kept
 
 
-def _path(
+def _collected(
     reference: onnx.ModelProto | str,
     candidate: onnx.ModelProto | str,
     feeds_list: Sequence[Feeds],
-    limit_of: LimitFn,
     source: str,
-    skip: frozenset[str],
+    tails: Tails,
     *,
     optimize: bool,
-) -> PathCheck:
+) -> PathSamples:
+    """Both models run on every feed on one path (one session each)."""
     run_ref = session(reference, source=source, optimize=optimize)
     run_cand = session(candidate, source=source, pruned=True, optimize=optimize)
-    names = [n for n in run_ref.output_names if n not in skip]
-    diffs: dict[str, list[float]] = {n: [] for n in names}
-    scales: dict[str, float] = {n: 0.0 for n in names}
+    samples = PathSamples(run_ref.description, judged_outputs(run_ref.output_names, tails))
+    names = list(samples.names)
     for feeds in feeds_list:
-        for name, r, g in zip(names, run_ref.run(feeds, names), run_cand.run(feeds, names)):
-            r64, g64 = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
-            if r64.shape != g64.shape:
-                diffs[name].append(np.inf)
-                continue
-            diffs[name].append(float(np.abs(r64 - g64).max()) if r64.size else 0.0)
-            scales[name] = max(scales[name], float(np.abs(r64).max()) if r64.size else 0.0)
-    n = len(feeds_list)
+        samples.add(dict(zip(names, run_ref.run(feeds, names))), dict(zip(names, run_cand.run(feeds, names))))
+    return samples
+
+
+def _judged(samples: PathSamples, limit_of: LimitFn) -> PathCheck:
+    """The rounding rule (see the module doc) on one path's samples."""
+    names, n = samples.names, samples.samples
     allowed = max(1, int(FLIP_SHARE * n))
     passed, flipped, worst = True, 0, (0.0, 1.0, names[0] if names else "")
     for name in names:
-        scale = scales[name] if scales[name] > 0 else 1.0
-        d = np.asarray(diffs[name])
+        scale = samples.scales[name] if samples.scales[name] > 0 else 1.0
+        d = np.asarray(samples.diffs[name])
         past = d > limit_of(name, scale)
         flipped = max(flipped, int(past.sum()))
         if past.sum() > allowed or np.any(d > FLIP_LIMIT * scale):
@@ -317,4 +361,4 @@ def _path(
         top = float(d.max()) if d.size else 0.0
         if top / scale >= worst[0] / worst[1]:
             worst = (top, scale, name)
-    return PathCheck(run_ref.description, passed, worst[0], worst[1], worst[2], n, flipped)
+    return PathCheck(samples.runtime, passed, worst[0], worst[1], worst[2], n, flipped)

@@ -14,7 +14,7 @@ import onnx
 from .errors import OnnxPruneError
 from .fidelity import OutputFidelity, fidelity, fidelity_from_outputs
 from .masking import masked_reference
-from .quantized import QuantizedCheck, check_quantized
+from .quantized import PathSamples, QuantizedCheck, check_quantized, judged_outputs
 from .runtime import EXPANDED, paired_outputs, run_model, session
 from .tails import Tail, Tails, find_tails, with_outputs
 from .verification_inputs import check_run_size, load_npz_inputs, make_inputs
@@ -201,8 +201,9 @@ def compare_models(
 
     ``form``: a quantized model's (``quantized.verification_form``); its rounding rule
     (``quantized.check_quantized``) then decides, on the float limit without the noise floor,
-    and is kept in the result."""
-    given = reference, candidate  # the rounding rule finds the tails itself
+    and is kept in the result. Its float path is judged on the runs made here (each model
+    runs once per feed); only a QDQ model's integer path (optimisations on) runs again."""
+    given = reference, candidate  # a QDQ model's integer path exposes the tails itself
     tails = find_tails(
         reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference, load_external_data=False)
     )
@@ -219,6 +220,9 @@ def compare_models(
     ]  # decisions only gate
     # A quantized model's limit is its rounding rule's: no noise pass (one run per sample saved).
     noise_pass = noise_multiple is not None and form is None
+    # Its float path (graph optimisations off) is these two sessions on these feeds: collected
+    # here, so that check_quantized does not run both models on every feed again.
+    float_path = None if form is None else PathSamples(run_ref.description, judged_outputs(names, tails))
     steps = len(feeds_list) * (2 if noise_pass else 1)
     acc: dict[tuple[str, int], _Accumulator] = {}
     kept: list[list[np.ndarray]] = []  # the reference's outputs, for the noise pass
@@ -229,6 +233,8 @@ def compare_models(
         ref, got = run_ref.run(feeds, names), run_cand.run(feeds, names)
         if noise_pass:
             kept.append(ref)
+        if float_path is not None:
+            float_path.add(dict(zip(names, ref)), dict(zip(names, got)))
         for name in compared:
             i = index[name]
             tail = tails.of(name)
@@ -305,7 +311,12 @@ def compare_models(
     quantized = None
     if form is not None:  # rounding flips, not float noise, move it: the float limit without the noise floor
         quantized = check_quantized(
-            form, *given, feeds_list, lambda _name, scale: tolerance * max(scale, SCALE_FLOOR), source
+            form,
+            *given,
+            feeds_list,
+            lambda _name, scale: tolerance * max(scale, SCALE_FLOOR),
+            source,
+            float_path=float_path,
         )
         passed = quantized.passed
     return VerificationResult(
