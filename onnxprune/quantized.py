@@ -201,6 +201,7 @@ class PathCheck:
     worst_output: str
     samples: int
     flipped_samples: int
+    limit: float = 0.0  # the worst output's float limit (at its scale): what a flip goes past
 
     def to_dict(self) -> dict:
         return {
@@ -211,6 +212,7 @@ class PathCheck:
             "worst_output": self.worst_output,
             "samples": self.samples,
             "samples_past_float_limit": self.flipped_samples,
+            "float_limit": self.limit,
         }
 
 
@@ -361,4 +363,6 @@ def _judged(samples: PathSamples, limit_of: LimitFn) -> PathCheck:
         top = float(d.max()) if d.size else 0.0
         if top / scale >= worst[0] / worst[1]:
             worst = (top, scale, name)
-    return PathCheck(samples.runtime, passed, worst[0], worst[1], worst[2], n, flipped)
+    top, scale, name = worst
+    limit = limit_of(name, scale) if name else 0.0
+    return PathCheck(samples.runtime, passed, top, scale, name, n, flipped, limit)

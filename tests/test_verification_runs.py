@@ -103,5 +103,8 @@ def test_the_verdicts_are_those_check_quantized_reaches_alone(tmp_path: Path) ->
         alone = check_quantized(form, reference, candidate, feeds, float_limit)
         assert result.quantized == alone and result.passed is alone.passed is verdict
         assert len(alone.paths) == (2 if form == "QDQ" else 1)
+        for p in alone.paths:  # the float limit a flip goes past, at the worst output's scale
+            assert p.limit == float_limit(p.worst_output, p.scale) > 0
+            assert p.to_dict()["float_limit"] == p.limit and (p.max_abs_diff > p.limit) is (p.flipped_samples > 0)
     # The tail's own output and its decision are skipped on both: judged at the scores.
     assert result.quantized.paths[0].worst_output == "out" and result.quantized.paths[0].flipped_samples == 1

@@ -112,6 +112,8 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
         "scale": v.get("scale"),
         "runtime": v.get("runtime"),
         "worst_output": v.get("worst_output"),
+        "noise_runtime": v.get("noise_runtime"),  # why a noise floor is missing
+        "quantized": v.get("quantized"),  # the rounding rule and every path it was proved on
         "notes": report.get("notes", []),
     }
     if ov:
@@ -305,9 +307,33 @@ def _fmt_ver(r: dict[str, Any]) -> str:
         return f"IR {r['ir_max_abs_diff']:.1e}"
     if r.get("verified") is None:
         return ""
-    d, nf = r.get("max_abs_diff"), r.get("noise_floor")
+    d, nf, limit = r.get("max_abs_diff"), r.get("noise_floor"), r.get("limit")
     s = "pass" if r["verified"] else "**FAIL**"
-    return f"{s} {d:.1e}/{nf:.1e} ({r.get('runtime') or ''})" if d is not None and nf is not None else s
+    if r.get("quantized"):
+        return f"{s}, {_fmt_rule(r['quantized'])}"
+    if d is not None and nf is not None:
+        return f"{s} {d:.1e}/{nf:.1e} ({r.get('runtime') or ''})"
+    if d is not None and limit is not None:  # no noise floor: the limit it was held to, and why
+        why = (r.get("noise_runtime") or "noise floor not measured").replace("|", "\\|")
+        return f"{s} {d:.1e} vs limit {limit:.1e} ({why})"
+    return s
+
+
+def _fmt_rule(q: dict[str, Any]) -> str:
+    """A quantized model's verification: its rounding rule, and on every path the worst
+    difference against the float limit and the samples past that limit (the accepted flips)."""
+    paths = []
+    for p in q["paths"]:
+        on = re.search(r"optimisations (on|off)", p["runtime"])
+        limit = p.get("float_limit")
+        paths.append(
+            f"optimisations {on.group(1) if on else p['runtime']} {p['max_abs_diff']:.1e} vs "
+            f"{'?' if limit is None else f'{limit:.1e}'}, {p['samples_past_float_limit']}/{p['samples']} samples past"
+        )
+    return (
+        f"rounding rule ({q['form']}; at most {q['flip_share']:.0%} of the samples past the float limit, each by at most "
+        f"{q['flip_limit']:g} x scale): {'; '.join(paths)}"
+    )
 
 
 def _fmt_exit(r: dict[str, Any]) -> str:
@@ -332,7 +358,9 @@ def render(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "  by `openvino_pass.layer_stats` on the converted models at the same static shapes (every conv,",
         "  depthwise included, counts its output channels), so the two tools are compared on one scale;",
         "- *MACs cut*: onnxprune's own counter; `unknown` when some layer's shapes are unknown;",
-        "- *verification*: worst output's max abs diff / its noise floor (the runtime that proved it); for",
+        "- *verification*: worst output's max abs diff / its noise floor (the runtime that proved it); without",
+        "  a noise floor, the diff vs its limit and why; a quantized model (its rounding rule): per onnxruntime",
+        "  path, the worst output's diff vs its float limit and the samples past that limit (accepted flips); for",
         "  `convert`, the IR's max abs diff against onnxruntime (a dynamically quantized model past the",
         "  tolerance: its elements past it vs onnxruntime's own noise run, the floor and the margin).",
         "",
