@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="with --calibration: fidelity evaluations of combined plans spent ordering the moves by their cost "
-        "on the plan they join (interactions between units); default 2 per unit (16-160), 0: each unit alone",
+        "on the plan they join (interactions between units); default 2 per unit (16-160), with --reconstruct/"
+        "--recalibrate also at most 120 s of them (each refits the model); N given: N, no time bound; "
+        "0: each unit alone",
     )
     lat.add_argument("--timer", help=argparse.SUPPRESS)  # tests: MODULE:FACTORY of a stand-in timer
     latency_options(p)  # how the latency is measured (only with --latency-target)

@@ -251,14 +251,24 @@ class StepTimer:
     ``base`` plus ``per_block`` for every started block of ``step`` channels of every Conv's
     outputs and inputs (from its weight's shape), so a unit's latency is a known step function
     of its kept channels. Counts what it was asked for (``loads``, ``runs``). Its costs add up
-    (``additive``): latency tables built with it skip the whole-model calibration unless asked."""
+    (``additive``): latency tables built with it skip the whole-model calibration unless asked.
+    ``clock()`` is the run's clock for time budgets, in fake seconds: each reading ``tick`` later
+    than the one before, so work timed between two readings took ``tick`` (0: no time passes)."""
 
     additive = True
 
-    def __init__(self, step: int = 16, base: float = 1e-3, per_block: float = 1e-5) -> None:
+    def __init__(self, step: int = 16, base: float = 1e-3, per_block: float = 1e-5, tick: float = 0.0) -> None:
         self.step, self.base, self.per_block = step, base, per_block
+        self.tick = tick
+        self.now = 0.0
         self.loads = 0
         self.runs = 0
+
+    def clock(self) -> float:
+        """Fake seconds: this reading, the next ``tick`` later."""
+        now = self.now
+        self.now += self.tick
+        return now
 
     @property
     def runtime(self) -> str:

@@ -222,3 +222,57 @@ def test_the_scale_stays_within_its_range() -> None:
     free.moves_to(0.9)
     assert free.scale == 0.05  # never to zero: an unmeasured move must not look free
     assert MeasuredOrder(space, lambda groups: 1.0, budget=10).scale == 1.0
+
+
+class _FakeClock:
+    """Fake seconds: every reading ``tick`` after the one before (an evaluation between two
+    readings takes ``tick``); counts its readings."""
+
+    def __init__(self, tick: float) -> None:
+        self.tick, self.now, self.readings = tick, 0.0, 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        now = self.now
+        self.now += self.tick
+        return now
+
+
+def test_a_time_budget_bounds_the_evaluations_first() -> None:
+    analysis, scores, units, table = _setup()
+    score, sens, calls = _redundant_pair(units)
+    space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
+    # each evaluation takes 10 fake seconds: 35 s allow four (the fourth starts at 30 s), not the 40 counted
+    clock = _FakeClock(10.0)
+    order = MeasuredOrder(space, score, budget=40, seconds=35.0, clock=clock)
+    moves = order.moves_to(0.6)
+    assert order.evaluations == len(calls) == 4 and order.spent == pytest.approx(40.0)
+    assert order.bound == "time" and clock.readings == 2 * 4
+    # the rest of the way is ordered by the costs measured alone, as when the count runs out
+    assert space.predicted({**space.full(), **{m.unit: m.kept for m in moves}}) == pytest.approx(0.6)
+    calls.clear()
+    counted = MeasuredOrder(space, score, budget=4)
+    assert list(counted.moves_to(0.6)) != [] and counted.evaluations == 4 and counted.bound == "count"
+    # a bound far away changes nothing: the same order and evaluations as the count alone
+    calls.clear()
+    free = MeasuredOrder(space, score, budget=12, seconds=1e6, clock=_FakeClock(10.0))
+    alone = MeasuredOrder(space, score, budget=12)
+    assert free.moves_to(0.85) == alone.moves_to(0.85) and free.evaluations == alone.evaluations == 5
+    assert free.bound is None and free.spent == pytest.approx(50.0) and alone.spent >= 0.0
+
+
+def test_the_time_budget_sizes_the_chunks_for_the_evaluations_it_holds() -> None:
+    # 0.6 needs 8 blocks of 0.5 ms. 10 s per evaluation, 55 s: six may start (at 0, 10, ..., 50 s;
+    # the first, the plan without moves, timed to know it), so the chunks are planned for
+    # int(6 x 0.7) // 2 = 2 measured moves as with a count of 6 (three-block moves, 5 evaluations
+    # in all), not for the 40 counted (one-block moves, until the time runs out)
+    analysis, scores, units, table = _setup()
+    score, sens, _ = _redundant_pair(units)
+    space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
+    timed = MeasuredOrder(space, score, budget=40, seconds=55.0, clock=_FakeClock(10.0))
+    counted = MeasuredOrder(space, score, budget=6)
+    by_time, by_count = timed.moves_to(0.6), counted.moves_to(0.6)
+    assert [m.kept for m in by_time] == [m.kept for m in by_count] == [8, 8, 8]
+    assert timed.evaluations == counted.evaluations == 5
+    assert timed.bound == "time" and counted.bound is None  # sized for the time: never ended
+    assert [m.kept for m in MeasuredOrder(space, score, budget=40).moves_to(0.6)][:3] == [24, 16, 8]

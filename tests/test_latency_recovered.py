@@ -65,3 +65,57 @@ def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, mon
     calls.clear()
     _prune(calib)
     assert calls == []
+
+
+def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkeypatch) -> None:
+    # every recovered evaluation takes 30 fake seconds (StepTimer's clock, read before and after
+    # each): the default 120 s hold four of the 16 counted; a count given is the only bound
+    from latency_helpers import three_unit_chain
+
+    from onnxprune.latency.interactions import RECOVERED_SECONDS
+    from onnxprune.latency.report import latency_lines
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    calls: list[frozenset[int]] = []
+    judged = ReconstructedTrials.judged
+
+    def counted(self, groups, *args, **kwargs):
+        calls.append(frozenset(groups))
+        return judged(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(ReconstructedTrials, "judged", counted)
+
+    def run(tick: float, **options):
+        return onnxprune.prune(
+            three_unit_chain(),
+            latency_target=0.5,
+            timer=StepTimer(step=4, base=1e-4, per_block=1e-5, tick=tick),
+            calibration=str(calib),
+            fidelity_metrics={"*": "cosine"},
+            reconstruct=True,
+            **options,
+        ).report
+
+    assert RECOVERED_SECONDS == 120.0
+    report = run(30.0)
+    order = report.latency["order"]
+    assert order["budget"] == 16 and order["evaluations"] == len(calls) == 4
+    assert order["recovered"] is True and order["seconds"] == pytest.approx(120.0)
+    assert order["seconds_budget"] == RECOVERED_SECONDS and order["bound"] == "time"
+    assert (
+        f"  moves ordered by their fidelity cost on the plan they join: {order['measured_moves']} measured so, "
+        "4 of 16 recovered evaluations in 120 s (bounded by its time budget, 120 s; --latency-evaluations N: N, "
+        "no time budget)"
+    ) in latency_lines(report.to_dict())
+    # no time passing: the count alone, as without recovery
+    calls.clear()
+    free = run(0.0).latency["order"]
+    assert free["evaluations"] == len(calls) == 6 and free["bound"] is None and free["seconds"] == 0.0
+    # --latency-evaluations N: N evaluations at most, however long they take
+    calls.clear()
+    given = run(30.0, latency_evaluations=16).latency["order"]
+    assert given["evaluations"] == len(calls) == 6 and given["seconds_budget"] is None
+    assert given["seconds"] == pytest.approx(180.0) and given["bound"] is None
+    given_line = "6 of 16 recovered evaluations in 180 s (--latency-evaluations, no time budget)"
+    assert any(given_line in line for line in latency_lines(run(30.0, latency_evaluations=16).to_dict()))

@@ -15,17 +15,22 @@ model than the costs measured alone did (``rescaled``: the recovered model of --
 losses are a fraction of the masked trials'), the costs measured alone are scaled by what the
 measured moves cost against their costs alone so far: unscaled, every unit measured once would
 look cheaper than every unit not yet measured, and the order would keep cutting the first few.
-Pure given ``score``: the same calls give the same order.
+Besides the count, the evaluations may be bounded by the seconds they take (``seconds``, on the
+``clock`` given): a recovered evaluation refits the model (YOLO26n: ~10 s each), and a count that
+suits masked trials made its plan take 21 minutes.
+Pure given ``score`` (and the clock): the same calls give the same order.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .moves import Move, MoveSpace, rate
 
-__all__ = ["EVALUATIONS_PER_MOVE", "MeasuredOrder", "default_budget"]
+__all__ = ["EVALUATIONS_PER_MOVE", "RECOVERED_SECONDS", "MeasuredOrder", "default_budget"]
 
 # What a taken move costs in evaluations on average (itself, and a re-measured candidate that
 # fell behind): the chunk size is planned from it.
@@ -36,6 +41,12 @@ FIRST_AIM_SHARE = 0.7
 # ``rescaled``: the scale of the costs measured alone stays within these (a plan whose answers
 # are gone costs ~0 per move: a zero scale would make every unmeasured move look free)
 SCALE_RANGE = (0.05, 1.0)
+# The default time budget of recovered evaluations (--reconstruct / --recalibrate without
+# --latency-evaluations): each refits the model's readers on the calibration samples, seconds
+# apiece on a detector, where the count budget (2 per unit) alone took 21 minutes on YOLO26n.
+# Two minutes keeps a detector's plan within a few minutes; a small model spends its whole
+# count budget well within it.
+RECOVERED_SECONDS = 120.0
 _EPS = 1e-9
 
 
@@ -58,17 +69,32 @@ class _Known:
 class MeasuredOrder:
     """The plan's moves, extended on demand (``moves_to``) with each taken move's fidelity cost
     measured on the plan it joins. ``score(groups)``: the fidelity of the original with those
-    groups removed (higher is better); at most ``budget`` calls, then the moves go on ordered by
-    the costs measured alone (``rescaled``: those scaled as the measured ones compared, see the
-    module's docstring)."""
+    groups removed (higher is better); at most ``budget`` calls, and (``seconds``) no new call
+    once the calls so far took that long on ``clock``, then the moves go on ordered by the costs
+    measured alone (``rescaled``: those scaled as the measured ones compared, see the module's
+    docstring). ``spent``: the seconds the calls took; ``bound``: what bounded them, "time" when
+    the time budget held fewer than the count left (the chunks were sized for it) or ended them,
+    "count" when the count ended them, None while neither did."""
 
     def __init__(
-        self, space: MoveSpace, score: Callable[[set[int]], float], budget: int, *, rescaled: bool = False
+        self,
+        space: MoveSpace,
+        score: Callable[[set[int]], float],
+        budget: int,
+        *,
+        rescaled: bool = False,
+        seconds: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._space = space
         self._score = score
         self.budget = max(int(budget), 0)
         self.rescaled = rescaled
+        self.seconds = seconds
+        self._clock = clock
+        self.spent = 0.0
+        self._stopped: str | None = None  # the bound that ended the evaluations
+        self._time_sized = False  # the chunks were planned for fewer evaluations than the count left
         self._pairs: list[tuple[float, float]] = []  # (cost alone, cost measured on the plan) per measured move
         self.evaluations = 0
         self.measured = 0  # moves taken with their cost measured on the plan they joined
@@ -88,7 +114,7 @@ class MeasuredOrder:
         space = self._space
         if space.predicted(self._kept) <= aim + _EPS:
             return tuple(self._moves)
-        left = self.budget - self.evaluations
+        left = self._left()
         needed = (space.predicted(self._kept) - aim) * float(space.table.baseline)
         planned = max(int(left * FIRST_AIM_SHARE) // EVALUATIONS_PER_MOVE, 1)
         chunk = needed / planned  # seconds a measured move saves, so the budget lasts to the aim
@@ -99,9 +125,45 @@ class MeasuredOrder:
             self._take(move)
         return tuple(self._moves)
 
+    def _left(self) -> int:
+        """The evaluations the budget has left: the count, and with ``seconds`` as many as the
+        time left holds at the mean time per evaluation so far (the plan without moves is
+        evaluated first to know it), so the chunks are sized for the bound that comes first."""
+        left = self.budget - self.evaluations
+        if self.seconds is None:
+            return left
+        before = self.evaluations
+        if self._base is None and not self.exhausted:
+            self._base = self._evaluate(self._kept)
+        per = self.spent / self.evaluations if self.evaluations else 0.0
+        if per <= 0.0:
+            return left
+        # an evaluation starts while the time spent is below the budget: the last may end past it
+        in_time = math.ceil(max(self.seconds - self.spent, 0.0) / per) + (self.evaluations - before)
+        self._time_sized = self._time_sized or in_time < left
+        return min(left, in_time)
+
     def _evaluate(self, at: dict[str, int]) -> float:
         self.evaluations += 1
-        return float(self._score(self._space.groups(at)))
+        start = self._clock()
+        value = float(self._score(self._space.groups(at)))
+        self.spent += self._clock() - start  # only the evaluations: A/B runs between aims do not count
+        return value
+
+    @property
+    def exhausted(self) -> bool:
+        """No more evaluations: the count is spent, or (``seconds``) the time; records which."""
+        if self._stopped is None:
+            if self.evaluations >= self.budget:
+                self._stopped = "count"
+            elif self.seconds is not None and self.spent >= self.seconds:
+                self._stopped = "time"
+        return self._stopped is not None
+
+    @property
+    def bound(self) -> str | None:
+        """What bounded the evaluations (see the class docstring)."""
+        return "time" if self._time_sized or self._stopped == "time" else self._stopped
 
     @property
     def scale(self) -> float:
@@ -120,7 +182,7 @@ class MeasuredOrder:
 
     def _next(self, chunk: float) -> Move | None:
         space, kept = self._space, self._kept
-        if self.evaluations >= self.budget:  # the budget is spent: costs measured alone (their rate is scale-free)
+        if self.exhausted:  # the budget is spent: costs measured alone (their rate is scale-free)
             live = [m for u in space.units if (m := space.best_move(u.name, kept[u.name])) is not None]
             return max(live, key=lambda m: (rate(m.saved, m.lost), m.saved, m.unit), default=None)
         if self._base is None:
@@ -131,7 +193,7 @@ class MeasuredOrder:
             known = self._known.get(best.unit)
             if known is not None and known.move == best and known.version == self._version:
                 return Move(best.unit, best.kept, best.saved, known.cost)  # measured on this plan, still first
-            if self.evaluations >= self.budget:
+            if self.exhausted:
                 return best
             after = self._evaluate({**kept, best.unit: best.kept})
             cost = max(self._base - after, 0.0)

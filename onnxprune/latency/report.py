@@ -37,6 +37,20 @@ def _ab_ms(attempt: dict) -> str:
     return "" if a is None or b is None else f"; {a:.3f} -> {b:.3f} ms"
 
 
+def _evaluations(order: dict) -> str:
+    """What the order's evaluations were and what bounded them: plain, or recovered (each a refit
+    of the model) within a time budget too."""
+    if not order.get("recovered"):
+        return "evaluations (--latency-evaluations)"
+    spent, limit = order["seconds"], order.get("seconds_budget")
+    if limit is None:
+        return f"recovered evaluations in {spent:.0f} s (--latency-evaluations, no time budget)"
+    bound = "bounded by its time budget" if order.get("bound") == "time" else "within its time budget"
+    return (
+        f"recovered evaluations in {spent:.0f} s ({bound}, {limit:.0f} s; --latency-evaluations N: N, no time budget)"
+    )
+
+
 def latency_lines(d: dict) -> list[str]:
     """The text report's latency section (empty without a latency target)."""
     lat = d.get("latency")
@@ -56,7 +70,7 @@ def latency_lines(d: dict) -> list[str]:
     if order.get("budget"):
         lines.append(
             f"  moves ordered by their fidelity cost on the plan they join: {order['measured_moves']} measured so, "
-            f"{order['evaluations']} of {order['budget']} evaluations (--latency-evaluations)"
+            f"{order['evaluations']} of {order['budget']} {_evaluations(order)}"
         )
     for i, a in enumerate(lat["attempts"], 1):
         lines.append(

@@ -36,7 +36,9 @@ class Timed(Protocol):
 
 
 class Timer(Protocol):
-    """Loads models to time. ``runtime`` names the runtime and its version (the cache key)."""
+    """Loads models to time. ``runtime`` names the runtime and its version (the cache key). A
+    timer may also have ``clock()``, the clock the planner's time budgets are measured on (the
+    process's ``time.perf_counter`` without one; a test's stand-in counts fake seconds)."""
 
     @property
     def runtime(self) -> str: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ import numpy as np
 from ..budget import group_scores, layer_budgets
 from ..errors import UsageError
 from ..latency.confirm import Attempt, confirm
-from ..latency.interactions import MeasuredOrder, default_budget
+from ..latency.interactions import RECOVERED_SECONDS, MeasuredOrder, default_budget
 from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
 from .decide import Planned, SensitivityTrials, recovered_trials, sensitivity_trials
@@ -64,6 +65,13 @@ class LatencyOutcome:
     evaluations: int = 0
     evaluation_budget: int = 0
     measured_moves: int = 0
+    # with --reconstruct / --recalibrate the order's evaluations score the recovered model: the
+    # seconds they took, their time budget (None: the count alone bounds them) and which bound
+    # limited them ("count", "time": MeasuredOrder.bound; None: the plans were reached first)
+    recovered_order: bool = False
+    evaluation_seconds: float = 0.0
+    evaluation_seconds_budget: float | None = None
+    order_bound: str | None = None
 
     def to_dict(self) -> dict:
         units = []
@@ -94,6 +102,16 @@ class LatencyOutcome:
                 "evaluations": self.evaluations,
                 "budget": self.evaluation_budget,
                 "measured_moves": self.measured_moves,
+                **(
+                    {
+                        "recovered": True,
+                        "seconds": self.evaluation_seconds,
+                        "seconds_budget": self.evaluation_seconds_budget,
+                        "bound": self.order_bound,
+                    }
+                    if self.recovered_order
+                    else {}
+                ),
             },
             "attempts": [a.to_dict() for a in self.attempts],
             "units": units,
@@ -213,6 +231,10 @@ def latency_plan(
         evaluations=order.evaluations if order is not None else 0,
         evaluation_budget=order.budget if order is not None else 0,
         measured_moves=order.measured if order is not None else 0,
+        recovered_order=order is not None and order.rescaled,
+        evaluation_seconds=order.spent if order is not None else 0.0,
+        evaluation_seconds_budget=order.seconds if order is not None else None,
+        order_bound=order.bound if order is not None else None,
     )
     return Planned(the_plan, sensitivity, validator=judge, latency=outcome)  # type: ignore[arg-type]
 
@@ -244,9 +266,13 @@ def _measured_order(
     calibration samples (the task fidelity, or its estimate on unseen inputs where lower, plus
     ``CONTINUOUS_WEIGHT`` x the outputs' cosine: what ``moves`` measures alone; a recovered
     runner's costs are on another scale than the masked ones measured alone: rescaled); None
-    with a budget of 0."""
+    with a budget of 0. The default budget is 2 evaluations per unit (``default_budget``), and a
+    recovered runner's also ``RECOVERED_SECONDS`` of them (each refits the model); a count the
+    user gives (--latency-evaluations) is the only bound."""
     config = run.config
+    recovered = runner is not trials.runner
     budget = config.latency_evaluations
+    seconds = RECOVERED_SECONDS if recovered and budget is None else None
     budget = default_budget(len(units)) if budget is None else budget
     if budget <= 0:
         return None
@@ -258,7 +284,13 @@ def _measured_order(
         return task + CONTINUOUS_WEIGHT * (j.cosine if j.cosine is not None else 0.0)
 
     space = move_space(analysis, config, units, table, group, sensitivity=sens)
-    return MeasuredOrder(space, score, budget, rescaled=runner is not trials.runner)
+    return MeasuredOrder(space, score, budget, rescaled=recovered, seconds=seconds, clock=_clock(run))
+
+
+def _clock(run: Run) -> Any:
+    """The clock time budgets are measured on: the latency timer's (``clock()``: a test's stand-in
+    counts fake seconds), else the process's."""
+    return getattr(run.timer, "clock", None) or time.perf_counter
 
 
 def corrected_floor(floor: float, predicted: float, measured: float) -> float:
