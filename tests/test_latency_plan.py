@@ -191,6 +191,37 @@ def test_fidelity_floor_wins_over_the_latency_target() -> None:
     assert not free.limited and free.predicted_ratio <= 0.7
 
 
+def test_the_move_past_the_fidelity_floor_is_taken_in_part() -> None:
+    # b's best move is the jump from 32 to 8 channels (its latency drops there); the floor allows
+    # 10 groups: the whole move (24) breaks it, so the plan keeps b at the smallest count that holds
+    analysis, scores, units = _setup()
+    b = units[1].name
+    table = FakeTable({}, {b: 8})
+    table.curves[b] = lambda k: {32: 0.0, 24: 0.1e-3, 16: 0.2e-3, 8: 2e-3}[k]
+    calls: list[int] = []
+
+    def fidelity(groups: set[int]) -> float:
+        calls.append(len(groups))
+        return 1.0 - 0.01 * len(groups)
+
+    def plan(floor: float):
+        calls.clear()
+        held = Constraint(f"fidelity >= {floor}", lambda g: fidelity(g) >= floor, fidelity)
+        return plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.8, constraint=held)
+
+    lp = plan(0.9)
+    assert lp.limited and _removed_per_unit(lp, units)[b] == 8  # 24 kept: 8 groups, 0.92; 16 groups is 0.84
+    assert lp.predicted_ratio == pytest.approx(0.99) and lp.constraint_value == pytest.approx(0.92)
+    assert lp.moves_taken == 1 and len(calls) <= 5  # the whole move, the partial counts bisected, the value
+    assert plan(0.8).predicted_ratio == pytest.approx(0.98)  # 16 kept: 0.84 holds
+    assert _removed_per_unit(plan(0.8), units)[b] == 16
+    # a count where the latency does not drop is never kept for the floor: nothing goes
+    table.curves[b] = lambda k: {32: 0.0, 24: 0.0, 16: 0.2e-3, 8: 2e-3}[k]
+    none = plan(0.9)
+    assert _removed_per_unit(none, units)[b] == 0 and none.predicted_ratio == pytest.approx(1.0)
+    assert none.moves_taken == 0
+
+
 def test_unreachable_aim_says_so() -> None:
     analysis, scores, units = _setup()
     a = units[0].name

@@ -12,7 +12,8 @@ allocation does; plus a share of the outputs' cosine loss, which orders what a c
 ties), each unit measured alone -- or, given an ``order`` (``latency.interactions``), measured on
 the combined plan. With a constraint on the answers (a fidelity floor, or the user's validation
 function within its drop) the longest prefix of the order whose *measured* value holds is the
-limit: the answers win over the latency target."""
+limit, and the move after it taken in part, to the smallest count of its unit that still holds:
+the answers win over the latency target."""
 
 from __future__ import annotations
 
@@ -127,6 +128,26 @@ def plan_for_latency(
     return _plan_from_order(space, config, moves, aim, constraint, protected, order)
 
 
+def _part_of_move(space: MoveSpace, move: Move, at: dict[str, int], constraint: Constraint) -> Move | None:
+    """``move`` (one unit lowered, from its count in ``at``) stopped at the smallest count of the
+    unit that saves time and keeps ``constraint`` (bisected), or None. Moves are coarse (a
+    measured order's chunk, a jump over a flat stretch): the first whole move past the answers'
+    limit can lose most of the way from the limit to the target."""
+    before = at[move.unit]
+    counts = [k for k in space.grids[move.unit] if move.kept < k < before and space.saved(move.unit, before, k) > 0]
+    lo, hi = 0, len(counts)  # counts[lo:] may hold; the answers hold better the more a unit keeps
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if constraint.holds(space.groups({**at, move.unit: counts[mid]})):
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo == len(counts):
+        return None
+    k = counts[lo]
+    return Move(move.unit, k, space.saved(move.unit, before, k), space.lost(move.unit, before, k))
+
+
 def _plan_from_order(
     space: MoveSpace,
     config: PruneConfig,
@@ -198,6 +219,11 @@ def _plan_from_order(
                 else:
                     hi = mid - 1
             n = lo
+            if n < len(order):  # the move that broke it, in part: as far as the answers hold
+                part = _part_of_move(space, order[n], state(n), constraint)
+                if part is not None:
+                    order[n] = part
+                    n += 1
         value = constraint.value(groups_of(n))
         if limited:
             notes.append(
