@@ -96,3 +96,72 @@ def test_rematch_row_makes_the_closest_in_the_final_run_the_match():
     assert row["macs_plan"] is candidates[1] and row["macs_plan_matched"] is False  # 0.017 apart
     assert bench_scan.rematch_row(row, candidates, [0.757, 0.690, 0.676], 0.673) == 2
     assert row["macs_plan"] is candidates[2] and row["macs_plan_matched"] is True
+
+
+def test_refined_target_interpolates_or_extrapolates_the_final_runs_gaps():
+    # a bracket in the final run: linear between the closest too slow and the closest fast enough
+    assert bench_scan.refined_target([(0.60, 0.03), (0.50, -0.02), (0.45, -0.05)], [0.6, 0.5, 0.45]) == 0.54
+    # every plan on one side (EfficientNet-B0's final run: +0.016, +0.043, +0.044): from the two nearest,
+    # their slope clamped to SLOPE (here 0.027 / 0.012 = 2.25), toward fewer MACs
+    assert bench_scan.refined_target([(0.568, 0.016), (0.580, 0.043), (0.595, 0.044)], []) == 0.561
+    # the digits CNN's (both faster): the slope 0.035 / 0.061 toward more MACs
+    assert bench_scan.refined_target([(0.111, -0.038), (0.050, -0.073)], [0.111, 0.05]) == 0.177
+    # one plan: slope 1; within the match already, or only a target tried before: nothing more
+    assert bench_scan.refined_target([(0.4, 0.05)], []) == 0.35
+    assert bench_scan.refined_target([(0.4, 0.009), (0.3, -0.2)], []) is None
+    assert bench_scan.refined_target([(0.4, 0.05)], [0.35]) is None
+    assert bench_scan.refined_target([(0.06, 0.2)], []) == bench_scan.LO  # clamped to the range the scan may try
+
+
+class _Timings:
+    """measure_models' result for files whose ratio is known: no timing."""
+
+    def __init__(self, ratios: list[float]) -> None:
+        self.ratio = ratios
+        self.latency = [1e-3 * r for r in ratios]
+
+    def to_dict(self) -> dict:
+        return {"models": [{"ratio": r} for r in self.ratio]}
+
+
+def test_phase_time_refines_a_final_run_that_matched_none(monkeypatch):
+    # every MACs plan measures 0.05 slower against the latency plan in the final run than in the
+    # scan (the machine's state moved): the first final run matches none (+0.07, +0.04, +0.02),
+    # the refinement's plan (0.45, from the two nearest) is pruned and timed with all of them
+    shift = 0.05
+
+    def curve(t: float) -> float:  # the MACs plan's ratio; the latency plan's is 0.70
+        return 0.70 + (t - 0.50) + shift
+
+    def fake_timed(files, spec, seconds, rounds):
+        return _Timings([1.0, 0.70] + [curve(float(f.split("_")[-1][:-5])) for f in files[2:]])
+
+    monkeypatch.setattr(bench, "timed", fake_timed)
+
+    def row_and_plans():
+        scan = [{**_entry(t, curve(t) - shift - 0.70), "file": f"m_{t:.3f}.onnx"} for t in (0.52, 0.49, 0.47)]
+        made: list[float] = []
+
+        def new_plan(t: float) -> dict:
+            made.append(t)
+            return {"macs_target": t, "file": f"m_{t:.3f}.onnx"}
+
+        row = {
+            "latency_plan": {"file": "l.onnx", "latency": {"attempts": [], "measured_ratio": 0.7}},
+            "macs_scan": scan,
+        }
+        return row, made, new_plan
+
+    row, made, new_plan = row_and_plans()
+    bench.phase_time(row, {"path": "o.onnx"}, 1.0, new_plan, refine=1)
+    assert made == [0.45] and row["macs_plan"]["macs_target"] == 0.45 and row["macs_plan_matched"] is True
+    fin = row["final"]
+    assert [c["macs_target"] for c in fin["macs_candidates"]] == [0.49, 0.52, 0.47, 0.45]
+    assert fin["macs_plan_ratio"] == pytest.approx(0.70) and fin["macs_index"] == 5
+    (gaps,) = fin["earlier_runs_gaps"]
+    assert dict(gaps) == pytest.approx({0.49: 0.04, 0.52: 0.07, 0.47: 0.02})
+    # no refinement asked: the closest of the scan's plans, flagged as not matched
+    row, made, new_plan = row_and_plans()
+    bench.phase_time(row, {"path": "o.onnx"}, 1.0, new_plan, refine=0)
+    assert made == [] and row["macs_plan"]["macs_target"] == 0.47 and row["macs_plan_matched"] is False
+    assert row["final"]["earlier_runs_gaps"] == []

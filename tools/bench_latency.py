@@ -18,7 +18,9 @@ For each model:
    closest too slow, the closest fast enough, the next) timed together in one interleaved run
    (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1); the MACs plan closest to the
    latency plan *in this run* is the match (a match made in the scan minutes earlier can drift
-   by more than the tolerance): the headline ratios with their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
+   by more than the tolerance; when none is within it there, one more MACs plan is pruned at the
+   target the final run's gaps point to and every plan timed together again, ``--refine``
+   times at most): the headline ratios with their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
    ``onnxprune.latency.ab.measure_models``, the code prune's own confirmation measures with
    (each model compiled once for the deployment's hint; rounds in rotating order; per round
    each model's fastest run; the median over rounds of the ratios to the original), so a plan
@@ -52,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from bench_latency_scan import MAX_SCAN, final_candidates, rematch_row  # noqa: E402
+from bench_latency_measures import centered_cosine, constant_cosine, digits_accuracy  # noqa: E402
+from bench_latency_scan import MAX_SCAN, final_candidates, refined_target, rematch_row  # noqa: E402
 from bench_latency_scan import matched_macs_plan as match_macs_plan  # noqa: E402
 from latency_bench_report import phase_report  # noqa: E402
 
@@ -172,43 +175,6 @@ def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
     return str(cal), str(ev)
 
 
-def digits_accuracy(model: str) -> float:
-    from onnxprune.runtime import session
-
-    test = np.load(ROOT / "fixtures" / "digits_test.npz")
-    logits = session(model, source=model, optimize=True)({"input": test["input"]})[0]
-    return float((logits.argmax(axis=1) == test["labels"]).mean())
-
-
-def centered_cosine(original: str, candidate: str, evaluation: str) -> float:
-    """Mean cosine over the held-out samples of the candidate's and the original's outputs, both
-    minus the original's mean output: the input-dependent part. The random-weight zoo's outputs
-    are mostly one input-independent vector (90-99.9% of their norm), which plain cosine rewards
-    keeping; this is what is left of the answers."""
-    from onnxprune.runtime import session
-
-    feeds = dict(np.load(evaluation))
-    ref = session(original, source=original, optimize=True)(feeds)[0].reshape(len(next(iter(feeds.values()))), -1)
-    out = session(candidate, source=candidate, optimize=True)(feeds)[0].reshape(ref.shape)
-    mean = ref.mean(axis=0)
-    a, b = ref - mean, out - mean
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-30)
-    return float(cos.mean())
-
-
-def constant_cosine(original: str, calibration: str, evaluation: str) -> float:
-    """The held-out cosine of a model that ignores its input and outputs the original's mean
-    output over the calibration samples: what a plan scores that keeps none of the
-    input-dependent part (a random-weight export's plain cosine is mostly this)."""
-    from onnxprune.runtime import session
-
-    run = session(original, source=original, optimize=True)
-    cal, ev = dict(np.load(calibration)), dict(np.load(evaluation))
-    mean = run(cal)[0].reshape(len(next(iter(cal.values()))), -1).mean(axis=0)
-    ref = run(ev)[0].reshape(len(next(iter(ev.values()))), -1)
-    return float((ref @ mean / (np.linalg.norm(ref, axis=1) * np.linalg.norm(mean) + 1e-30)).mean())
-
-
 def _shapes(spec: dict) -> dict:
     return {spec["input"]: tuple(spec["shape"])} if spec["shape"] else {}
 
@@ -256,8 +222,7 @@ def ab(original: str, candidate: str, spec: dict, seconds: float, latency_plan: 
 def phase_plan(
     name: str, spec: dict, work: Path, target: float, n: int, seconds: float, keep: bool = True, steps: int = MAX_SCAN
 ) -> dict:
-    cal, ev = data_files(name, spec, work, n)
-    common = {**_common(spec, cal, ev), **({"reconstruct": True} if spec.get("reconstruct") else {})}
+    common, ev = plan_options(name, spec, work, n)
     keep = keep and not spec.get("reconstruct")
     lat_path = str(work / f"{name}_latency.onnx")
     t0 = time.perf_counter()
@@ -273,7 +238,7 @@ def phase_plan(
     }
     if spec["kind"] == "zoo":
         row["latency_plan"]["centered_cosine"] = centered_cosine(spec["path"], lat_path, ev)
-        row["constant_cosine"] = constant_cosine(spec["path"], cal, ev)
+        row["constant_cosine"] = constant_cosine(spec["path"], common["calibration"], ev)
     if spec["kind"] == "digits":
         row["latency_plan"]["accuracy"] = digits_accuracy(lat_path)
         row["original_accuracy"] = digits_accuracy(spec["path"])
@@ -302,6 +267,12 @@ def phase_plan(
     return row
 
 
+def plan_options(name: str, spec: dict, work: Path, n: int) -> tuple[dict, str]:
+    """prune's options of both plans of a headline row, and its evaluation file."""
+    cal, ev = data_files(name, spec, work, n)
+    return {**_common(spec, cal, ev), **({"reconstruct": True} if spec.get("reconstruct") else {})}, ev
+
+
 def _common(spec: dict, cal: str, ev: str) -> dict:
     return {
         "calibration": cal,
@@ -312,6 +283,18 @@ def _common(spec: dict, cal: str, ev: str) -> dict:
         # choice: top-1 for the table classifier, matched detections for YOLO) on realistic inputs
         **({"fidelity_metrics": {"*": "cosine"}} if spec["kind"] == "zoo" else {}),
     }
+
+
+def new_macs_plan(name: str, spec: dict, work: Path, common: dict, ev: str, t: float, tag: str = "") -> dict:
+    """The --macs-target ``t`` plan with the latency plan's options, its fidelity (not timed)."""
+    path = str(work / f"{name}{tag}_macs_{t:.3f}.onnx")
+    r = onnxprune.prune(spec["path"], "l2", macs_target=t, output=path, **common)
+    entry = {"macs_target": t, **_summary(r), "file": path}
+    if spec["kind"] == "digits":
+        entry["accuracy"] = digits_accuracy(path)
+    if spec["kind"] == "zoo":
+        entry["centered_cosine"] = centered_cosine(spec["path"], path, ev)
+    return entry
 
 
 def matched_macs_plan(
@@ -331,19 +314,8 @@ def matched_macs_plan(
     original and the latency plan."""
 
     def macs_plan(t: float) -> dict:
-        path = str(work / f"{name}{tag}_macs_{t:.3f}.onnx")
-        r = onnxprune.prune(spec["path"], "l2", macs_target=t, output=path, **common)
-        entry = {
-            "macs_target": t,
-            **_summary(r),
-            "file": path,
-            "ab": ab(spec["path"], path, spec, seconds, latency_plan=lat_path),
-        }
-        if spec["kind"] == "digits":
-            entry["accuracy"] = digits_accuracy(path)
-        if spec["kind"] == "zoo":
-            entry["centered_cosine"] = centered_cosine(spec["path"], path, ev)
-        return entry
+        entry = new_macs_plan(name, spec, work, common, ev, t, tag)
+        return {**entry, "ab": ab(spec["path"], entry["file"], spec, seconds, latency_plan=lat_path)}
 
     macs = res.report.macs_after / res.report.macs_before
     return match_macs_plan(res.report.latency["measured_ratio"], macs, macs_plan, steps=steps)
@@ -389,19 +361,32 @@ def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targe
     return rows
 
 
-def phase_time(row: dict, spec: dict, seconds: float) -> None:
-    """The original, the latency plan, the MACs plans nearest to it (``final_candidates``) and
-    the answers-kept plan timed together; the MACs plan closest in this run is the match."""
-    candidates = final_candidates(row["macs_scan"]) if row.get("macs_scan") else [row["macs_plan"]]
-    files = [spec["path"], row["latency_plan"]["file"], *(e["file"] for e in candidates)]
-    kept_index = None
-    if "kept_plan" in row:
-        kept_index = len(files)
-        files.append(row["kept_plan"]["file"])
-    load = os.getloadavg()[0]
-    t = timed(files, spec, seconds, rounds=40)
-    ratios = [t.ratio[2 + i] for i in range(len(candidates))]
-    best = rematch_row(row, candidates, ratios, t.ratio[1])
+def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refine: int = 0) -> None:
+    """The original, the latency plan, the MACs plans nearest to it (``final_candidates``, and
+    the ones earlier refinements added) and the answers-kept plan timed together; the MACs plan
+    closest in this run is the match. None within MATCH there: ``new_plan(t)`` prunes the MACs
+    plan ``refined_target`` picks from this run's gaps and all are timed together again, up to
+    ``refine`` times (the last run is the final one; the earlier ones' gaps are kept)."""
+    scan = row.get("macs_scan") or []
+    candidates = [*(final_candidates(scan) if scan else [row["macs_plan"]]), *row.get("final_refined", [])]
+    earlier: list[list] = []
+    while True:
+        files = [spec["path"], row["latency_plan"]["file"], *(e["file"] for e in candidates)]
+        kept_index = len(files) if "kept_plan" in row else None
+        files += [row["kept_plan"]["file"]] if "kept_plan" in row else []
+        load = os.getloadavg()[0]
+        t = timed(files, spec, seconds, rounds=40)
+        ratios = [t.ratio[2 + i] for i in range(len(candidates))]
+        best = rematch_row(row, candidates, ratios, t.ratio[1])
+        gaps = [(e["macs_target"], r - t.ratio[1]) for e, r in zip(candidates, ratios)]
+        tried = [e["macs_target"] for e in (*scan, *candidates)]
+        nxt = refined_target(gaps, tried) if new_plan is not None and len(earlier) < refine else None
+        if nxt is None:
+            break
+        earlier.append(gaps)
+        print(f"  final run: none within the match, MACs target {nxt} pruned and all timed again", flush=True)
+        candidates.append(new_plan(nxt))
+        row.setdefault("final_refined", []).append(candidates[-1])
     row["final"] = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_model": seconds,
@@ -415,6 +400,7 @@ def phase_time(row: dict, spec: dict, seconds: float) -> None:
         "kept_plan_ratio": t.ratio[kept_index] if kept_index is not None else None,
         "loadavg_before": load,
         "loadavg": os.getloadavg()[0],
+        "earlier_runs_gaps": earlier,  # (MACs target, gap) of the final runs a refinement followed
     }
     before = chosen_original_ms(row["latency_plan"]["latency"])
     if before is not None:  # an additive per-inference cost (other work on the cores) pulls ratios toward 1
@@ -449,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scan-seconds", type=float, default=3.0, help="timed seconds per model in each scan A/B")
     p.add_argument("--scan-steps", type=int, default=MAX_SCAN, help="MACs plans pruned and timed at most per model")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per model in the final run")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=1,
+        help="final runs added at most when none of its MACs plans is within the match (one more MACs plan each)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "latency"))
     p.add_argument("--extra-rows", metavar="JSON", help="the extra phase's rows (default: WORK/extra.json)")
     p.add_argument(
@@ -485,7 +477,12 @@ def main(argv: list[str] | None = None) -> int:
             state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
         if args.phase in ("time", "all") and name in rows:
             print(f"[time] {name}", flush=True)
-            phase_time(rows[name], spec, args.seconds)
+            common, ev = plan_options(name, spec, work, args.samples)
+
+            def new_plan(t: float, name: str = name, spec: dict = spec, common: dict = common, ev: str = ev) -> dict:
+                return new_macs_plan(name, spec, work, common, ev, t)
+
+            phase_time(rows[name], spec, args.seconds, new_plan, args.refine)
             state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
     if args.phase in ("report", "all"):
         order = [m for base in MODELS for m in (base, base + RC)]

@@ -1,12 +1,13 @@
 """The --macs-target plan of tools/bench_latency.py matched to the latency plan's measured
 latency: the scan (secant/bisection steps on the MACs target, each plan timed with the original
 and the latency plan in one interleaved run) and the final run's re-match among the scan's
-nearest plans. Pure given ``measure``: nothing here prunes or times (bench_latency passes the
-function that does), so tests drive it with a fake, deterministic measurement."""
+nearest plans (and, when none matches there, one more target for another final run). Pure given
+``measure``: nothing here prunes or times (bench_latency passes the function that does), so
+tests drive it with a fake, deterministic measurement."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 __all__ = [
     "FINAL_CANDIDATES",
@@ -18,6 +19,7 @@ __all__ = [
     "final_candidates",
     "matched_macs_plan",
     "matched_scan",
+    "refined_target",
     "rematch",
     "rematch_row",
 ]
@@ -113,3 +115,28 @@ def rematch_row(row: dict, candidates: list[dict], ratios: list[float], latency_
     row["macs_plan"] = candidates[best]
     row["macs_plan_matched"] = abs(ratios[best] - latency_ratio) <= MATCH
     return best
+
+
+def refined_target(
+    final: Sequence[tuple[float, float]], tried: Collection[float], *, tol: float = MATCH
+) -> float | None:
+    """One more MACs target to prune and time when the final run matched none: ``final``, each
+    candidate's (MACs target, its ratio minus the latency plan's in the final run). Interpolated
+    to a gap of 0 between the closest too slow and the closest fast enough; when all lie on one
+    side (the machine's state moved every plan alike since the scan), extrapolated from the two
+    nearest (slope within ``SLOPE``; one: slope 1). None when one is within ``tol`` already, or
+    the MACs grid (3 decimals) gives nothing not ``tried``. Blind to fidelity: latency only."""
+    if not final or min(abs(g) for _, g in final) <= tol:
+        return None
+    slow = [p for p in final if p[1] > 0]
+    fast = [p for p in final if p[1] <= 0]
+    if slow and fast:
+        (t1, g1), (t0, g0) = min(slow, key=lambda p: p[1]), max(fast, key=lambda p: p[1])
+        t = t0 + (t1 - t0) * -g0 / (g1 - g0)
+    else:
+        near = sorted(final, key=lambda p: abs(p[1]))[:2]
+        (ta, ga) = near[0]
+        slope = (near[1][1] - ga) / (near[1][0] - ta) if len(near) == 2 and near[1][0] != ta else 1.0
+        t = ta - ga / min(max(slope, SLOPE[0]), SLOPE[1])
+    t = round(min(max(t, LO), HI), 3)
+    return None if t in {round(x, 3) for x in tried} else t

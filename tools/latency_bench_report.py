@@ -170,7 +170,7 @@ def phase_report(
         lines += [
             "",
             f"† the closest MACs plan measured this far from the latency plan's ratio in the same run: {gaps} "
-            "(no MACs target the scan tried came closer).",
+            "(no MACs target the scan or the final run's refinement tried came closer).",
         ]
     rematched = [r for r in rows if r.get("final", {}).get("macs_candidates")]
     if rematched:
@@ -281,6 +281,14 @@ def phase_report(
                 f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}): fastest-run ms {ms}; "
                 f"ratios of all-run medians {med}"
             )
+            earlier = fin.get("earlier_runs_gaps") or []
+            refined = r.get("final_refined", [])[-len(earlier) :] if earlier else []  # this run's additions
+            for gaps, added in zip(earlier, (e["macs_target"] for e in refined)):
+                lines.append(
+                    "- an earlier final run matched no MACs plan (gaps: "
+                    + ", ".join(f"{t:.3f}: {g:+.3f}" for t, g in gaps)
+                    + f"): MACs target {added:.3f} pruned and every plan timed together again"
+                )
             change = fin.get("original_ms_change")
             if change is not None:
                 flag = (
