@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+QUIET = 3.0  # an extra row measured at a load average below this ran on the quiet machine
+
 
 def _better(fl: float | None, fm: float | None, cl: float | None, cm: float | None) -> str:
     """Is the latency plan's fidelity (``fl``; cosine ``cl``) better than the MACs plan's
@@ -54,10 +56,18 @@ def extra_table(extra: list[dict]) -> list[str]:
     """The table of targets where trained models' answers partly survive (bench_latency extra)."""
     if not extra:
         return []
+    quiet = sum(r.get("loadavg", float("inf")) < QUIET for r in extra)
+    where = (
+        "run in the quiet window"
+        if quiet == len(extra)
+        else "run under the shared machine's load, not in the quiet window"
+        if not quiet
+        else f"rows at load < {QUIET:g} run in the quiet window, the others under the shared machine's load"
+    )
     lines = [
         "",
         "**Where the answers partly survive** (trained models, higher targets, with and without `--reconstruct` "
-        "on both plans; run under the shared machine's load, not in the quiet window, so each pair is compared "
+        f"on both plans; {where}; each pair is compared "
         "by its own A/B runs and by one interleaved run of the original and both plans, *together*): the "
         "latency plan against the `--macs-target` plan matched to its measured latency, the task metric on "
         "held-out realistic inputs (cosine beside it).",
