@@ -153,16 +153,31 @@ def generalisation_lines(g: dict | None) -> list[str]:
     """Fidelity on the calibration samples (the plan was chosen on them) beside the held-out one."""
     if not g:
         return []
-    cal, held, est = g["calibration"], g["held_out"], g.get("estimate")
+    cal, held, est, cross = g["calibration"], g["held_out"], g.get("estimate"), g.get("cross_fitted")
+    # With recovery the final refit was fitted on the calibration samples: their fidelity is
+    # in-sample, and the search judged the cross-fitted one (shown first, labelled).
+    insample = "; in-sample: the final refit was fitted on them" if cross else ""
     estimated = (
-        f"; estimated {est['fidelity']:.4f} on unseen inputs (from the calibration samples' margins)" if est else ""
+        f"; estimated {est['fidelity']:.4f} on unseen inputs (from the calibration samples' margins{insample})"
+        if est
+        else ""
     )
     if est and "bound" in est:
-        estimated += f", at least {est['bound']:.4f} at confidence {est['confidence']:g} (what the search judged)"
-    return [
-        f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them), "
+        estimated += f", at least {est['bound']:.4f} at confidence {est['confidence']:g}" + (
+            "" if cross else " (what the search judged)"
+        )
+    lines = []
+    if cross:
+        lines.append(
+            f"fidelity cross-fitted (what the search judged): {cross['fidelity']:.4f} on the {cross['samples']} calibration "
+            f"samples, each scored by the model recovered on the other half; the search's value {cross['judged']:.4f}"
+            + (f" (estimate on unseen inputs {cross['estimate']:.4f})" if cross.get("estimate") is not None else "")
+        )
+    lines.append(
+        f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them{insample}), "
         f"{held['fidelity']:.4f} on the {held['samples']} held-out samples (gap {g['gap']:+.4f}){estimated}"
-    ]
+    )
+    return lines
 
 
 def validation_lines(v: dict | None) -> list[str]:

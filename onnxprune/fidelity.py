@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FIDELITY_METRICS",
+    "CrossFitted",
     "OutputFidelity",
     "OutputMetric",
     "OutputScore",
@@ -307,6 +308,33 @@ class SearchScore:
     # the lowest output cosine on all the samples: a continuous score beneath coarse task metrics
     # (the latency planner orders moves by it where top-1 or detections tie, e.g. both lost)
     cosine: float | None = None
+
+
+@dataclass(frozen=True)
+class CrossFitted:
+    """The search's cross-fitted judgement of the delivered plan (``--reconstruct`` /
+    ``--recalibrate`` with ``--min-fidelity``): every calibration sample scored by the model
+    recovered on the other half of them (reconstruction_trials.ReconstructedTrials). The final model is
+    refitted on all the calibration samples, so its fidelity on them is in-sample and overstates
+    what it keeps on other inputs; this is what the search saw."""
+
+    score: SearchScore
+    samples: int  # the calibration samples, each judged by the refit of the half without it
+
+    def to_dict(self) -> dict:
+        s = self.score
+        return {
+            "samples": self.samples,
+            "fidelity": s.pooled,
+            "judged": s.value,
+            "worst_half": s.worst_half,
+            "estimate": s.estimate,
+            "bound": s.bound,
+            "what": "cross-fitted: each calibration sample scored by the model recovered on the other half of "
+            "the calibration samples (what the --min-fidelity search judged the plan by); fidelity: on all of them; "
+            "judged: the search's value (continuous outputs: the worse half; top-1 / CTC / detection: the lower "
+            "bound of the agreement and its estimate on unseen inputs)",
+        }
 
 
 def search_score(

@@ -64,6 +64,10 @@ class ReconstructedTrials:
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
         self.references = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
         self.reference = join_outputs(self.names, self.batch_axes, self.references)
+        # Each plan's judgement, kept (as TrialRunner's: by groups, the estimates object kept
+        # alive with its entry, the metric choices): the delivered plan is the search's last
+        # kept one, and its score goes into the report (decide.Planned.cross_fitted) without a re-run.
+        self._judged: dict[tuple, tuple[SearchScore, object]] = {}
 
     def fidelity(
         self,
@@ -93,11 +97,15 @@ class ReconstructedTrials:
         ``TrialRunner.judged``: the latency planner orders recovered plans by it."""
         from .fidelity import search_score
 
-        outs, parts = self._cross_fitted(removed_groups, estimates)
-        pairs = list(zip(self.references, parts))
-        return search_score(
-            self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
-        )
+        key = (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
+        if key not in self._judged:
+            outs, parts = self._cross_fitted(removed_groups, estimates)
+            pairs = list(zip(self.references, parts))
+            judged = search_score(
+                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+            )
+            self._judged[key] = (judged, estimates)
+        return self._judged[key][0]
 
     def _cross_fitted(
         self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None

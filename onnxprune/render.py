@@ -174,21 +174,28 @@ def to_markdown(d: dict[str, Any]) -> str:
         lines += [f"- `{f['name']}`: **{f.get('metric', 'cosine')}**, {metric_text(f)}" for f in d["fidelity"]]
     g = d.get("generalisation")
     if g:
+        cross = g.get("cross_fitted")
+        insample = "; in-sample: the final refit was fitted on them" if cross else ""
+        lines += ["", "| fidelity | samples | value |", "|---|---:|---:|"]
+        if cross:  # what the search judged a recovered plan by
+            lines += [
+                f"| cross-fitted on the calibration samples (each scored by the model recovered on the other half) "
+                f"| {cross['samples']} | {cross['fidelity']:.4f} |",
+                f"| cross-fitted, the search's value (what the search judged) | {cross['samples']} | {cross['judged']:.4f} |",
+            ]
         lines += [
-            "",
-            "| fidelity | samples | value |",
-            "|---|---:|---:|",
-            f"| on the calibration samples (the plan was chosen on them) | {g['calibration']['samples']} | {g['calibration']['fidelity']:.4f} |",
+            f"| on the calibration samples (the plan was chosen on them{insample}) | {g['calibration']['samples']} | {g['calibration']['fidelity']:.4f} |",
             f"| on the held-out samples | {g['held_out']['samples']} | {g['held_out']['fidelity']:.4f} |",
         ]
         if g.get("estimate"):
             lines.append(
-                f"| estimated on unseen inputs, from the calibration samples' top-1 / CTC / detection-score margins (an estimate) "
+                f"| estimated on unseen inputs, from the calibration samples' top-1 / CTC / detection-score margins (an estimate{insample}) "
                 f"| {g['estimate']['samples']} | {g['estimate']['fidelity']:.4f} |"
             )
             if "bound" in g["estimate"]:
+                judged = "" if cross else " (what the search judged)"
                 lines.append(
-                    f"| lower bound at confidence {g['estimate']['confidence']:g} (what the search judged) "
+                    f"| lower bound at confidence {g['estimate']['confidence']:g}{judged} "
                     f"| {g['estimate']['samples']} | {g['estimate']['bound']:.4f} |"
                 )
     lines += validation_markdown(d.get("validation"))

@@ -31,6 +31,7 @@ from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
+    from ..fidelity import CrossFitted
     from ..reconstruction_trials import ReconstructedTrials
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
     from ..user_validation import Validator
@@ -59,12 +60,15 @@ __all__ = [
 class Planned:
     """The plan, with a fidelity budget the sensitivity analysis it was allocated from, with
     a validation function the judge (its cache holds every plan it scored), and with a latency
-    budget what was predicted and measured (``latency.LatencyOutcome``)."""
+    budget what was predicted and measured (``latency.LatencyOutcome``). With ``--reconstruct``
+    / ``--recalibrate`` and a fidelity floor, ``cross_fitted``: the search's judgement of the
+    plan (the report shows it beside the final refit's in-sample fidelity)."""
 
     plan: PruningPlan
     sensitivity: SensitivityResult | None = None
     validator: Validator | None = field(default=None, repr=False, compare=False)
     latency: LatencyOutcome | None = None
+    cross_fitted: CrossFitted | None = None
 
 
 @dataclass(frozen=True)
@@ -466,7 +470,13 @@ def _allocated_plan(
                     f"MACs target {config.macs_target:g} not reached: {reached:.3f}x, because {why}",
                 ),
             )
-    return Planned(the_plan, trials.result, judge)
+    cross_fitted = None
+    if runner is not trials.runner:  # judged recovered (ReconstructedTrials): what the search saw
+        from ..fidelity import CrossFitted
+
+        judged = runner.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)
+        cross_fitted = CrossFitted(judged, len(feeds))
+    return Planned(the_plan, trials.result, judge, cross_fitted=cross_fitted)
 
 
 def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feeds, run: Run) -> ReconstructedTrials:

@@ -16,7 +16,7 @@ from ..analysis import ChannelAnalysis
 from ..compensation import reader_masks, removed_id_mask
 from ..config import PruneConfig
 from ..errors import VerificationFailed
-from ..fidelity import OutputFidelity
+from ..fidelity import CrossFitted, OutputFidelity
 from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
@@ -268,10 +268,13 @@ def measure(
     staged: StagedModel | None,
     verified: Verified,
     run: Run,
+    cross_fitted: CrossFitted | None = None,
 ) -> Measured:
     """The fidelity of a lossy run on the inputs it was verified on: per output, and its score;
     with held-out evaluation samples, also on the calibration samples the plan was chosen on,
-    side by side (``generalisation``): the gap is what choosing on them cost elsewhere."""
+    side by side (``generalisation``): the gap is what choosing on them cost elsewhere. With
+    ``cross_fitted`` (the search's judgement of a recovered plan, decide.Planned) that too: the
+    final refit saw the calibration samples, so its fidelity on them is in-sample."""
     if pruning_plan.exact:
         return Measured()
     from ..fidelity import fidelity, run_score
@@ -304,8 +307,14 @@ def measure(
                 "and the pruned model's margin losses (an estimate, not a measurement); bound: the lower of it and "
                 "the agreement on the calibration samples"
                 + (f", bounded at confidence {level:g} (bootstrap over the samples)" if level > 0.5 else "")
-                + ": what the search judged",
+                + (
+                    ": what the search judged"
+                    if cross_fitted is None
+                    else ": in-sample (the final refit was fitted on these samples; the search judged cross_fitted)"
+                ),
             }
+        if cross_fitted is not None:
+            general["cross_fitted"] = cross_fitted.to_dict()
     return Measured(outputs, score, metrics, general)
 
 
