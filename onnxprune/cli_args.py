@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--criterion",
         default=None,
         help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation, reconstruction, contribution; "
-        "default: l2 when a budget is given (--ratio, --macs-target, --min-fidelity, --config with sparsity), else zero",
+        "default: contribution for a --min-fidelity / --max-drop / --validate search with --calibration and without "
+        "--reconstruct / --recalibrate; l2 with any other budget (--ratio, --macs-target, --config with sparsity); else zero",
     )
     b = p.add_argument_group("budget (criteria other than zero)")
     b.add_argument(

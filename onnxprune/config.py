@@ -36,6 +36,10 @@ COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
 # One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
 # means exact removal of provably constant channels.
 BUDGET_DEFAULT_CRITERION = "l2"
+# With calibration data the fidelity-budgeted search ranks channels by the error each leaves at
+# its readers when replaced by its calibration mean (what the default compensation leaves):
+# measured on the corpus models (benchmarks/fidelity_real.md, see PruneConfig.data_default).
+DATA_DEFAULT_CRITERION = "contribution"
 # The drop a validation function may show when none is given: NNCF's default max_drop.
 DEFAULT_MAX_DROP = 0.01
 SENSITIVITY_RATIOS = (0.1, 0.25, 0.5)
@@ -191,7 +195,16 @@ class PruneConfig:
             )
         budget = self.budget_options
         if self.criterion is None:
-            if budget:
+            if budget and self.data_default:
+                object.__setattr__(self, "criterion", DATA_DEFAULT_CRITERION)
+                object.__setattr__(
+                    self,
+                    "criterion_reason",
+                    f"default: a search judged on calibration data ({', '.join(budget)}) without --criterion and "
+                    f"without recovery means {DATA_DEFAULT_CRITERION} (it cut more than {BUDGET_DEFAULT_CRITERION} "
+                    "on the real models of benchmarks/fidelity_real.md)",
+                )
+            elif budget:
                 object.__setattr__(self, "criterion", BUDGET_DEFAULT_CRITERION)
                 object.__setattr__(
                     self,
@@ -342,6 +355,19 @@ class PruneConfig:
     @property
     def lossy(self) -> bool:
         return self.criterion != "zero"
+
+    @property
+    def data_default(self) -> bool:
+        """An unnamed criterion means ``DATA_DEFAULT_CRITERION``: the sensitivity-allocated
+        search (a fidelity floor or the user's validation function, no MACs or latency target)
+        on calibration data, without ``reconstruct`` / ``recalibrate`` (with a refit it was
+        not better measured)."""
+        return (
+            self.allocated
+            and self.calibration is not None
+            and self.macs_target is None
+            and not (self.reconstruct or self.recalibrate)
+        )
 
     @property
     def allocated(self) -> bool:

@@ -95,9 +95,12 @@ def test_config_file_sparsity_is_a_budget() -> None:
     assert onnxprune.PruneConfig(exclude=("x",)).criterion == "zero"  # exclusions alone are no budget
 
 
-def test_min_fidelity_without_criterion_is_l2_by_the_same_rule(tmp_path: Path) -> None:
+def test_min_fidelity_without_criterion_is_contribution_by_the_data_rule(tmp_path: Path) -> None:
+    # a search judged on calibration data ranks by contribution (tests/test_default_criterion.py)
     cfg = onnxprune.PruneConfig(min_fidelity=0.9, calibration="c.npz")
-    assert cfg.criterion == "l2" and "--min-fidelity" in cfg.criterion_reason
+    assert cfg.criterion == "contribution" and "--min-fidelity" in cfg.criterion_reason
+    # with a refit the budget rule's l2 stays
+    assert onnxprune.PruneConfig(min_fidelity=0.9, calibration="c.npz", reconstruct=True).criterion == "l2"
     # replacing options re-applies the rule to a default criterion, keeps a given one
     assert cfg.with_options(min_fidelity=None, calibration=None).criterion == "zero"
     assert onnxprune.PruneConfig(criterion="fpgm", ratio=0.1).with_options(ratio=0.2).criterion == "fpgm"
