@@ -42,7 +42,9 @@ def test_default_criterion_rule(options: dict, criterion: str) -> None:
     if "criterion" in options:
         assert cfg.criterion_reason == "given"
     elif criterion == DATA_DEFAULT_CRITERION:
-        assert cfg.data_default and "without --criterion and without recovery means contribution" in cfg.criterion_reason
+        assert (
+            cfg.data_default and "without --criterion and without recovery means contribution" in cfg.criterion_reason
+        )
     else:
         assert not cfg.data_default
 
@@ -52,7 +54,10 @@ def test_replacing_options_reapplies_the_rule() -> None:
     assert cfg.criterion == DATA_DEFAULT_CRITERION
     assert cfg.with_options(reconstruct=True).criterion == BUDGET_DEFAULT_CRITERION
     assert cfg.with_options(reconstruct=True).with_options(reconstruct=False).criterion == DATA_DEFAULT_CRITERION
-    assert PruneConfig(criterion="l2", min_fidelity=0.99, calibration=CAL).with_options(min_fidelity=0.95).criterion == "l2"
+    assert (
+        PruneConfig(criterion="l2", min_fidelity=0.99, calibration=CAL).with_options(min_fidelity=0.95).criterion
+        == "l2"
+    )
 
 
 def test_a_min_fidelity_run_without_criterion_prunes_as_contribution() -> None:
