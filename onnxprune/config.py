@@ -202,7 +202,7 @@ class PruneConfig:
                     "criterion_reason",
                     f"default: a search judged on calibration data ({', '.join(budget)}) without --criterion and "
                     f"without recovery means {DATA_DEFAULT_CRITERION} (at held-out fidelity 0.99 it cut more than "
-                    f"{BUDGET_DEFAULT_CRITERION} on 5 of 9 real models, less on 1: benchmarks/fidelity_real.md)",
+                    f"{BUDGET_DEFAULT_CRITERION} on 6 of 10 real models, less on 1: benchmarks/fidelity_real.md)",
                 )
             elif budget:
                 object.__setattr__(self, "criterion", BUDGET_DEFAULT_CRITERION)
