@@ -80,7 +80,8 @@ def test_budget_rule_is_stated_in_help() -> None:
     p = run_cli("prune", "--help")
     assert p.returncode == 0
     text = " ".join(p.stdout.split())
-    assert "default: l2 when a budget is given" in text and "else zero" in text
+    assert "default: contribution for a --min-fidelity / --max-drop / --validate search with --calibration" in text
+    assert "l2 with any other budget" in text and "else zero" in text
 
 
 def test_zero_criterion_with_a_budget_is_a_usage_error(tmp_path: Path) -> None:
