@@ -4,6 +4,7 @@ re-match among the scan's nearest plans. Nothing is timed here."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -165,3 +166,41 @@ def test_phase_time_refines_a_final_run_that_matched_none(monkeypatch):
     bench.phase_time(row, {"path": "o.onnx"}, 1.0, new_plan, refine=0)
     assert made == [] and row["macs_plan"]["macs_target"] == 0.47 and row["macs_plan_matched"] is False
     assert row["final"]["earlier_runs_gaps"] == []
+
+
+def test_extra_time_retimes_the_rows_asked_for(monkeypatch, tmp_path):
+    # rows planned earlier (under load) get their together run again; the first one is kept
+    import argparse
+
+    import bench_latency_extra as extra_mod
+
+    monkeypatch.setattr(bench, "timed", lambda files, spec, seconds, rounds: _Timings([1.0, 0.80, 0.805, 0.78]))
+    monkeypatch.setattr(extra_mod, "_options", lambda name, spec, work, n, reconstruct: ({}, "ev.npz"))
+
+    def row(reconstruct: bool, target: float = 0.8) -> dict:
+        scan = [{**_entry(0.6, 0.02), "file": "a.onnx"}, {**_entry(0.5, -0.03), "file": "b.onnx"}]
+        return {
+            "model": "digits",
+            "target": target,
+            "reconstruct": reconstruct,
+            "loadavg": 7.0,
+            "latency_plan": {"file": "l.onnx", "latency": {"attempts": [], "measured_ratio": 0.8}},
+            "macs_scan": scan,
+            "macs_plan": scan[0],
+            "together": {"latency_plan_ratio": 0.83, "macs_plan_ratio": 0.85, "loadavg": 7.0},
+        }
+
+    rows = [row(False), row(True), row(True, target=0.9)]
+    args = argparse.Namespace(
+        phase="extra-time", extra_targets="0.8", extra_reconstruct="yes", samples=16, seconds=1.0, refine=1
+    )
+    extra_mod.extra_phase(args, ["digits"], tmp_path, rows, tmp_path / "extra.json")
+    plain, rc, other = rows
+    assert "retimed" in rc["together"] and "retimed" not in plain["together"] and "retimed" not in other["together"]
+    assert rc["together_at_plan"] == {"latency_plan_ratio": 0.83, "macs_plan_ratio": 0.85, "loadavg": 7.0}
+    # the final run's re-match: 0.805 is within 0.01 of 0.80, so no refinement, and no "final" left behind
+    assert rc["together"]["latency_plan_ratio"] == 0.80 and rc["together"]["macs_plan_ratio"] == 0.805
+    assert rc["macs_plan"]["macs_target"] == 0.6 and rc["macs_plan_matched"] is True and "final" not in rc
+    assert rc["together"]["earlier_runs_gaps"] == []
+    saved = json.loads((tmp_path / "extra.json").read_text())
+    assert [r["together"].get("retimed") is not None for r in saved] == [False, True, False]

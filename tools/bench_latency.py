@@ -321,46 +321,6 @@ def matched_macs_plan(
     return match_macs_plan(res.report.latency["measured_ratio"], macs, macs_plan, steps=steps)
 
 
-def phase_extra(name: str, spec: dict, work: Path, n: int, seconds: float, targets: list[float]) -> list[dict]:
-    """Where answers partly survive: at each target, with and without --reconstruct on both
-    plans, the latency plan and the MACs plan of the same measured latency, held-out task metric;
-    then the original, the latency plan and the MACs plans nearest to it timed together (a
-    short interleaved run; the closest there is the match)."""
-    cal, ev = data_files(name, spec, work, n)
-    rows = []
-    for target in targets:
-        for reconstruct in (False, True):
-            tag = f"_x{target:g}{'_rc' if reconstruct else ''}"
-            common = {**_common(spec, cal, ev), "reconstruct": reconstruct}
-            path = str(work / f"{name}{tag}_latency.onnx")
-            t0 = time.perf_counter()
-            res = onnxprune.prune(spec["path"], "l2", latency_target=target, latency=SETTINGS, output=path, **common)
-            row: dict[str, Any] = {
-                "model": name,
-                "target": target,
-                "reconstruct": reconstruct,
-                "prune_seconds": time.perf_counter() - t0,
-                "loadavg": os.getloadavg()[0],
-                "latency_plan": {**_summary(res), "latency": res.report.latency, "file": path},
-            }
-            if spec["kind"] == "digits":
-                row["latency_plan"]["accuracy"] = digits_accuracy(path)
-            row.update(matched_macs_plan(name, spec, work, common, ev, seconds, res, path, tag))
-            candidates = final_candidates(row["macs_scan"])
-            t = timed([spec["path"], path, *(e["file"] for e in candidates)], spec, seconds, rounds=20)
-            ratios = [t.ratio[2 + i] for i in range(len(candidates))]
-            best = rematch_row(row, candidates, ratios, t.ratio[1])
-            row["together"] = {
-                "latency_plan_ratio": t.ratio[1],
-                "macs_plan_ratio": ratios[best],
-                "macs_candidates": [{"macs_target": e["macs_target"], "ratio": r} for e, r in zip(candidates, ratios)],
-                "loadavg": os.getloadavg()[0],
-            }
-            print(json.dumps({k: row[k] for k in ("model", "target", "reconstruct", "together")}), flush=True)
-            rows.append(row)
-    return rows
-
-
 def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refine: int = 0) -> None:
     """The original, the latency plan, the MACs plans nearest to it (``final_candidates``, and
     the ones earlier refinements added) and the answers-kept plan timed together; the MACs plan
@@ -418,7 +378,7 @@ def chosen_original_ms(latency: dict) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("plan", "time", "report", "all", "extra"))
+    p.add_argument("phase", choices=("plan", "time", "report", "all", "extra", "extra-time"))
     p.add_argument(
         "--models",
         default=",".join(default_models()),
@@ -428,6 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         "--extra-targets",
         default="0.9,0.8",
         help="extra: the targets (with and without --reconstruct on both plans) where answers partly survive",
+    )
+    p.add_argument(
+        "--extra-reconstruct",
+        choices=("both", "no", "yes"),
+        default="both",
+        help="extra: the rows without --reconstruct, with it, or both (default)",
     )
     p.add_argument("--work", default="/tmp/latbench")
     p.add_argument("--target", type=float, default=0.7)
@@ -457,14 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     names = [m for m in args.models.split(",") if m]
     extra_state = Path(args.extra_rows) if args.extra_rows else work / "extra.json"
     extra = json.loads(extra_state.read_text()) if extra_state.exists() else []
-    if args.phase == "extra":
-        targets = [float(t) for t in args.extra_targets.split(",")]
-        for name in names:
-            print(f"[extra] {name}", flush=True)
-            new = phase_extra(name, model_spec(name), work, args.samples, args.scan_seconds, targets)
-            keys = {(r["model"], r["target"], r["reconstruct"]) for r in new}
-            extra = [r for r in extra if (r["model"], r["target"], r["reconstruct"]) not in keys] + new
-            extra_state.write_text(json.dumps(extra, indent=2, default=str))
+    if args.phase in ("extra", "extra-time"):
+        # the extra table's phases import this module by name: run as a script it is __main__
+        sys.modules.setdefault("bench_latency", sys.modules[__name__])
+        from bench_latency_extra import extra_phase
+
+        extra_phase(args, names, work, extra, extra_state)
         return 0
     for name in names:
         spec = model_spec(name)

@@ -52,14 +52,23 @@ def _ratio(fin: dict, i: int) -> str:
     return f"{m['ratio']:.3f} ({m['ratio_p10']:.3f}–{m['ratio_p90']:.3f})"
 
 
+def _retimed_load(together: dict) -> str:
+    """The load of a together run made again after the plans (``extra-time``), beside theirs."""
+    return f", {together['loadavg']:.1f}" if together.get("retimed") else ""
+
+
 def extra_table(extra: list[dict]) -> list[str]:
     """The table of targets where trained models' answers partly survive (bench_latency extra)."""
     if not extra:
         return []
     quiet = sum(r.get("loadavg", float("inf")) < QUIET for r in extra)
+    retimed = sum(bool(r["together"].get("retimed")) and r["together"]["loadavg"] < QUIET for r in extra)
     where = (
         "run in the quiet window"
         if quiet == len(extra)
+        else "planned under the shared machine's load, then every pair timed *together* again in the quiet window "
+        "(load: at the plans, at the together run)"
+        if retimed == len(extra)
         else "run under the shared machine's load, not in the quiet window"
         if not quiet
         else f"rows at load < {QUIET:g} run in the quiet window, the others under the shared machine's load"
@@ -90,7 +99,7 @@ def extra_table(extra: list[dict]) -> list[str]:
             f"| {lat['latency']['measured_ratio']:.3f}, {tog['latency_plan_ratio']:.3f} | {_f(lat['macs_ratio'])} "
             f"| {mp['macs_target']:.3f}, {mp['ab']['ratio']:.3f}{'' if r.get('macs_plan_matched', True) else ' †'}, "
             f"{tog['macs_plan_ratio']:.3f} | {apart:+.3f} | {metric} | {_score(fl, cl, True)} | {_score(fm, cm, True)} "
-            f"| {better} | {r.get('loadavg', float('nan')):.1f} |"
+            f"| {better} | {r.get('loadavg', float('nan')):.1f}{_retimed_load(tog)} |"
         )
     return lines
 
