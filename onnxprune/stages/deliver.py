@@ -26,7 +26,7 @@ from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
-from ..verification import VerificationResult, compare_models, failure_text, limits
+from ..verification import SCALE_FLOOR, VerificationResult, compare_models, failure_text, limits
 from ..verification_inputs import check_run_size, load_npz_inputs, make_inputs
 from .decide import Compensation, Planned
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
@@ -207,8 +207,9 @@ def verify(
     if quantized is not None and bad is not None:
         raise VerificationFailed(
             f"{source}: verification failed on {bad.runtime}: output {bad.worst_output!r} differs from the {kind} by "
-            f"{bad.max_abs_diff:.3g} ({bad.flipped_samples} of {bad.samples} samples past {tolerance:g} x its scale "
-            f"{bad.scale:.3g}; a quantized model passes {quantized.rule}); nothing written"
+            f"{bad.max_abs_diff:.3g} ({bad.flipped_samples} of {bad.samples} samples past its float limit {bad.limit:.3g}: "
+            f"{tolerance:g} x max(its scale {bad.scale:.3g}, {SCALE_FLOOR:g}); a quantized model passes {quantized.rule}); "
+            "nothing written"
         )
     if not result.passed:
         raise VerificationFailed(f"{source}: verification failed: {failure_text(result, kind)}; nothing written")
