@@ -42,3 +42,5 @@ def test_a_quantized_row_shows_its_rule_limit_and_samples() -> None:
         "noise_runtime": "not measured: x|y",
     }
     assert bench._fmt_ver(missing) == "**FAIL** 5.0e-01 vs limit 1.0e-05 (not measured: x\\|y)"
+    measured = {**missing, "verified": True, "max_abs_diff": 0.0, "noise_runtime": "onnxruntime, optimisations on"}
+    assert bench._fmt_ver(measured) == "pass 0.0e+00 vs limit 1.0e-05 (no noise floor for this output)"

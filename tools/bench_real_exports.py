@@ -314,7 +314,11 @@ def _fmt_ver(r: dict[str, Any]) -> str:
     if d is not None and nf is not None:
         return f"{s} {d:.1e}/{nf:.1e} ({r.get('runtime') or ''})"
     if d is not None and limit is not None:  # no noise floor: the limit it was held to, and why
-        why = (r.get("noise_runtime") or "noise floor not measured").replace("|", "\\|")
+        why = r.get("noise_runtime") or ""
+        # Measured, but not on this output: a tail whose decisions came out otherwise in the noise run.
+        if not why.startswith("not measured"):
+            why = "no noise floor for this output"
+        why = why.replace("|", "\\|")  # a Markdown table cell
         return f"{s} {d:.1e} vs limit {limit:.1e} ({why})"
     return s
 
