@@ -41,6 +41,7 @@ def phase_extra(
     seconds: float,
     targets: list[float],
     reconstructs: tuple[bool, ...] = (False, True),
+    steps: int = bench.MAX_SCAN,
 ) -> list[dict]:
     """Where answers partly survive: at each target, with and without --reconstruct on both
     plans, the latency plan and the MACs plan of the same measured latency, held-out task metric;
@@ -66,7 +67,7 @@ def phase_extra(
             }
             if spec["kind"] == "digits":
                 row["latency_plan"]["accuracy"] = bench.digits_accuracy(path)
-            row.update(bench.matched_macs_plan(name, spec, work, common, ev, seconds, res, path, tag))
+            row.update(bench.matched_macs_plan(name, spec, work, common, ev, seconds, res, path, tag, steps))
             candidates = bench.final_candidates(row["macs_scan"])
             t = bench.timed([spec["path"], path, *(e["file"] for e in candidates)], spec, seconds, rounds=20)
             ratios = [t.ratio[2 + i] for i in range(len(candidates))]
@@ -116,7 +117,14 @@ def extra_phase(args: Any, names: list[str], work: Path, extra: list[dict], stat
         if args.phase == "extra":
             print(f"[extra] {name}", flush=True)
             new = phase_extra(
-                name, spec, work, args.samples, args.scan_seconds, targets, RECONSTRUCT[args.extra_reconstruct]
+                name,
+                spec,
+                work,
+                args.samples,
+                args.scan_seconds,
+                targets,
+                RECONSTRUCT[args.extra_reconstruct],
+                args.scan_steps,
             )
             keys = {(r["model"], r["target"], r["reconstruct"]) for r in new}
             extra[:] = [r for r in extra if (r["model"], r["target"], r["reconstruct"]) not in keys] + new
