@@ -21,6 +21,11 @@ fidelity search's trials), the levels beyond are left uncorrected: on the openWa
 embedding, trials sharing 4 passes judged plans worse than the delivered model is, and the
 0.95 search cut 12.5% of the MACs against 23.6% with the 4 shallowest levels exact, 28.4%
 with 8, 47.9% with every level in its own pass.
+
+A pass runs the model cut to the tensors it measures (nothing downstream of them), and a
+tensor whose computation is unchanged since it was measured on the same samples (same nodes
+and weights upstream: tensor_cones) is not measured again: the search's trials differ from
+each other in a few layers. Both give the same sums as the whole model run again.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from .planning import PruningPlan
 from .rules import RuleRegistry, default_registry
 from .rules.base import node_attrs
 from .runtime import session
+from .tensor_cones import cone_digests, cone_model
 from .validation import model_opset
 
 __all__ = ["RecalibratedLayer", "recalibrate"]
@@ -96,24 +102,42 @@ class _Moments:
 
 
 def _moments(
-    model: onnx.ModelProto, names: Mapping[str, int], feeds: Sequence[Mapping[str, np.ndarray]], source: str
+    model: onnx.ModelProto,
+    names: Mapping[str, int],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    source: str,
+    memo: dict[tuple[bytes, int], list[_Moments]] | None = None,
 ) -> dict[str, list[_Moments]]:
     """Per tensor (name -> channel axis): its per-channel sums over the first and the second
-    half of ``feeds`` (one half when there is one sample)."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names if n not in existing])
+    half of ``feeds`` (one half when there is one sample). The model run is cut to the nodes
+    those tensors need. ``memo`` (sums measured before on the same ``feeds``, by the digest of
+    what computes the tensor: tensor_cones) answers the tensors whose computation it has seen."""
+    digests = cone_digests(model) if memo is not None else {}
+    acc: dict[str, list[_Moments]] = {}
+    missing: dict[str, int] = {}
+    for n, axis in names.items():
+        hit = memo.get((digests[n], axis)) if memo is not None and n in digests else None
+        if hit is not None:
+            acc[n] = hit
+        else:
+            missing[n] = axis
+    if not missing:
+        return acc
     run = session(
-        probe, source=source, what="the model with the re-calibrated layers' outputs as outputs", optimize=True
+        cone_model(model, missing),
+        source=source,
+        what="the model with the re-calibrated layers' outputs as outputs",
+        optimize=True,
     )
-    order = list(names)
+    order = list(missing)
     halves = 2 if len(feeds) >= 2 else 1
-    acc = {n: [_Moments() for _ in range(halves)] for n in order}
+    acc.update({n: [_Moments() for _ in range(halves)] for n in order})
     for i, feed in enumerate(feeds):
         h = int(halves == 2 and i >= len(feeds) // 2)
         for n, v in zip(order, run.run(feed, order)):
-            acc[n][h].add(v, names[n])
+            acc[n][h].add(v, missing[n])
+    if memo is not None:
+        memo.update({(digests[n], missing[n]): acc[n] for n in order if n in digests})
     return acc
 
 
@@ -232,13 +256,18 @@ def recalibrate(
     source: str = "<model>",
     cache: dict[str, list[_Moments]] | None = None,
     measure: bool = True,
+    memo: dict[tuple[bytes, int], list[_Moments]] | None = None,
 ) -> tuple[onnx.ModelProto, tuple[RecalibratedLayer, ...]]:
     """A copy of ``pruned`` whose layers downstream of the removed channels have their output
     statistics on ``feeds`` corrected to the original's (see module doc); ``variance=False``
     corrects the means only. ``source``, the model file, names it in errors; ``cache`` keeps
     the original's statistics on ``feeds`` for the next call with the same original and feeds;
-    ``shallow_only``: see the module doc; ``measure=False`` saves the pass that measures the drift left (the layers' "after" figures
-    are then nan)."""
+    ``shallow_only``: see the module doc; ``measure=False`` saves the measurements of the drift
+    before and after (every layer's at once, over the whole model: the figures are then nan),
+    the passes measure only the layers they correct. ``memo`` keeps the pruned models' statistics
+    on ``feeds`` by what computes them (see _moments) for the next call with the same feeds:
+    the fidelity search's trials, which differ from each other in a few layers. The result is
+    the same with or without ``cache`` and ``memo``."""
     registry = registry or default_registry()
     opset = model_opset(original)
     out = onnx.ModelProto()
@@ -252,12 +281,13 @@ def recalibrate(
     reference = dict(cache or {})
     missing = {n: axis for n, axis in tensors.items() if n not in reference}
     if missing:
-        reference.update(_moments(original, missing, feeds, source))
+        reference.update(_moments(original, missing, feeds, source))  # no memo: cache keeps them
         if cache is not None:
             cache.update({n: reference[n] for n in missing})
     graph = import_graph(out)
     by_name = {n.name: n for n in graph.nodes}
     params = ParamResolver()
+    memo = {} if memo is None else memo  # within one call too: a layer no correction reached upstream
     depths = sorted({t.depth for t in targets})
     if shallow_only:  # the first max_passes levels exactly, the deeper ones left as they are
         chunks = [np.asarray([d]) for d in depths[:max_passes]]
@@ -268,9 +298,9 @@ def recalibrate(
     for k, chunk in enumerate(chunks):
         levels = set(chunk.tolist())
         todo = [t for t in targets if t.depth in levels]
-        seen = targets if k == 0 else todo  # the first pass measures every layer's drift before
-        now = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in seen}, feeds, source)
-        for t in seen:
+        seen = targets if k == 0 and measure else todo  # the first pass measures every layer's drift before
+        now = _moments(out, {writer.nodes[t.node.name].output[0]: t.axis for t in seen}, feeds, source, memo)
+        for t in seen if measure else ():
             mean_o, std_o = (v[t.keep] for v in _pooled(reference[t.node.output[0]]))
             mean_p, std_p = _pooled(now[writer.nodes[t.node.name].output[0]])
             if mean_p.shape == mean_o.shape:
@@ -291,11 +321,11 @@ def recalibrate(
     writer.finish()
     done = [t for t in targets if t.node.name in applied]
     names = {writer.nodes[t.node.name].output[0]: t.axis for t in done}
-    after = _moments(out, names, feeds, source) if measure else {}
+    after = _moments(out, names, feeds, source, memo) if measure else {}
     result = []
     for t in done:
         into, a, c = applied[t.node.name]
-        shift, change = before[t.node.name]
+        shift, change = before.get(t.node.name, (float("nan"), float("nan")))
         shift_after = change_after = float("nan")
         if measure:
             mean_o, std_o = (v[t.keep] for v in _pooled(reference[t.node.output[0]]))

@@ -27,11 +27,13 @@ __all__ = ["RecoveryCache", "recover_model"]
 @dataclass
 class RecoveryCache:
     """What recovery reads from the original model and one set of calibration samples alone
-    (the readers' input rows, the original's statistics), kept across calls with both the
-    same: the fidelity search's trials. Held by the caller; nothing is kept between runs."""
+    (the readers' input rows, the original's statistics), and the pruned models' statistics
+    by what computes them (recalibration's ``memo``), kept across calls with both the same:
+    the fidelity search's trials. Held by the caller; nothing is kept between runs."""
 
     reconstruction: ReconstructionCache = field(default_factory=ReconstructionCache)
     moments: dict = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
 
 
 def recover_model(
@@ -89,6 +91,7 @@ def recover_model(
             registry=registry,
             source=source,
             cache=None if cache is None else cache.moments,
+            memo=None if cache is None else cache.measured,
             measure=measure,
             **passes,
         )

@@ -221,8 +221,8 @@ def _two_level_relu_cnn(seed: int) -> tuple:
 def test_recalibration_without_the_after_measurement_and_with_cached_statistics_is_the_same(
     tmp_path: Path,
 ) -> None:
-    """The search's trials skip the measurement of the drift left and reuse the original's
-    statistics: the model is the one a plain call makes, only the 'after' figures are nan."""
+    """The search's trials skip the measurements of the drift (before and after) and reuse the
+    original's statistics: the model is the one a plain call makes, only the drift figures are nan."""
     from onnxprune.recalibration import recalibrate
 
     model, analysis, plan, pruned, feeds = _two_level_relu_cnn(43)
@@ -233,7 +233,8 @@ def test_recalibration_without_the_after_measurement_and_with_cached_statistics_
     fast, fast_layers = recalibrate(model, pruned, analysis, plan, feeds, cache=cache, measure=False)
     assert layers and [x.node for x in layers] == [x.node for x in fast_layers]
     assert all(
-        np.isnan(x.mean_shift_after) and x.mean_shift_before == y.mean_shift_before for x, y in zip(fast_layers, layers)
+        np.isnan(x.mean_shift_after) and np.isnan(x.mean_shift_before) and y.mean_shift_before > 0
+        for x, y in zip(fast_layers, layers)
     )
     for t, u in zip(plain.graph.initializer, fast.graph.initializer, strict=True):
         assert t.name == u.name and np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(u))
