@@ -72,6 +72,12 @@ class Tails:
                 seen.setdefault(name, None)
         return tuple(seen)
 
+    def computed_by(self, model: onnx.ModelProto) -> Tails:
+        """The tails whose frontier and decision tensors ``model`` computes (a pruned model may
+        have folded some away): only those can be judged at their frontier."""
+        produced = {o for n in model.graph.node for o in n.output}
+        return Tails(tuple(t for t in self.tails if all(n in produced for n in (*t.frontier, *t.decisions))))
+
     def stands_in_for(self, tensor: str) -> tuple[str, ...]:
         """The outputs a frontier tensor is verified for."""
         return tuple(t.output for t in self.tails if tensor in t.frontier)

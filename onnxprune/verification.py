@@ -378,7 +378,6 @@ def _exposed(
     it is."""
     ref = reference if isinstance(reference, onnx.ModelProto) else onnx.load(reference)
     cand = candidate if isinstance(candidate, onnx.ModelProto) else onnx.load(candidate)
-    produced = {o for n in cand.graph.node for o in n.output}
-    kept = Tails(tuple(t for t in tails.tails if all(n in produced for n in (*t.frontier, *t.decisions))))
+    kept = tails.computed_by(cand)
     extra = kept.extra_outputs
     return with_outputs(ref, extra), with_outputs(cand, extra), kept

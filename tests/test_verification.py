@@ -304,6 +304,19 @@ def test_tails_found_behind_topk_and_argmax() -> None:
     assert only.ops[0].startswith("ArgMax") and only.frontier and find_tails(noisy_cnn()).tails == ()
 
 
+def test_tails_computed_by_keeps_only_the_tails_a_candidate_still_computes() -> None:
+    model = yolo_end2end()
+    tails = find_tails(model)
+    assert tails.computed_by(model) == tails
+    (tail,) = tails.tails
+    for gone in (tail.frontier[0], tail.decisions[0]):
+        cut = onnx.ModelProto()
+        cut.CopyFrom(model)
+        for node in cut.graph.node:  # a candidate that no longer computes this tensor under its name
+            node.output[:] = [o + "_renamed" if o == gone else o for o in node.output]
+        assert tails.computed_by(cut).tails == (), gone
+
+
 def _tail_inputs(tmp_path: Path, n: int = 6) -> str:
     path = tmp_path / "x.npz"
     np.savez(path, x=np.random.default_rng(7).standard_normal((n, 8, 32, 32)).astype(np.float32))
