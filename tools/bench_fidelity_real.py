@@ -88,6 +88,12 @@ ROWS = (
 # The README's --validate example on the digits CNN (issue 12: at least 46% MACs cut at --max-drop 0.5%).
 DIGITS_ROWS = {
     "validate, max-drop 0.5%": {"validate": "fixtures/digits_accuracy.py:accuracy", "max_drop": "0.5%"},
+    # the criterion the default replaced (without recovery, contribution since fdf4e16)
+    "validate, max-drop 0.5%, l2": {
+        "validate": "fixtures/digits_accuracy.py:accuracy",
+        "max_drop": "0.5%",
+        "criterion": "l2",
+    },
     "validate, max-drop 0.5% + reconstruct": {
         "validate": "fixtures/digits_accuracy.py:accuracy",
         "max_drop": "0.5%",
@@ -316,6 +322,8 @@ def run_digits(timeout: float, commit: str) -> None:
             "final": v.final,
             "threshold": v.threshold,
             "calls": v.calls,
+            "criterion": rep.criterion,
+            "criterion_default": rep.criterion_reason.startswith("default"),
             "seconds": round(time.perf_counter() - t0, 1),
             "commit": commit,
             "options": options,

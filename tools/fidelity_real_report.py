@@ -76,7 +76,7 @@ def _fmt_cell(c: dict | None, target: str) -> str:
     # With recovery the calibration figure is in-sample (the final refit saw those inputs); the
     # search judged the cross-fitted one (reported since the report's cross_fitted existed).
     cross = (c.get("generalisation") or {}).get("cross_fitted")
-    xfit = f" (cross-fitted {cross['fidelity']:.3f})" if cross else ""
+    xfit = f" (cross-fitted {cross['fidelity']:.3f}, judged {cross['judged']:.3f})" if cross else ""
     return (
         f"{c['macs_cut'] * 100:.1f}%{ratio} · {c['heldout']:.3f}{miss} / {c['calibration']:.3f}{xfit} · "
         f"{c['seconds']:.0f} s{cpu}"
@@ -144,13 +144,21 @@ def targets_check(results: dict) -> list[str]:
         out.append(
             f"- **Digits CNN, `--validate` accuracy, `--max-drop 0.5%`: ≥ {DIGITS_TARGET:.0%} MACs cut**: "
             + "; ".join(
-                f"{n}: {c['macs_cut'] * 100:.1f}% at accuracy {c['final']:.4f} (original {c['baseline']:.4f}, "
+                f"{n}{_criterion(c)}: {c['macs_cut'] * 100:.1f}% at accuracy {c['final']:.4f} (original {c['baseline']:.4f}, "
                 f"{c['calls']} calls, {c['seconds']:.0f} s, `{c['commit']}`)"
                 for n, c in digits.items()
             )
             + f" — **{'MET' if best[1]['macs_cut'] >= DIGITS_TARGET else 'MISSED'}**."
         )
     return out
+
+
+def _criterion(c: dict) -> str:
+    """The criterion a digits line ran with, when recorded (since ``fdf4e16``: the default
+    depends on the run, so a line without ``criterion`` in its options says which)."""
+    if not c.get("criterion"):
+        return ""
+    return f" [criterion {c['criterion']}{', the default' if c.get('criterion_default') else ''}]"
 
 
 def _loads(row: dict) -> str:
@@ -184,8 +192,11 @@ def markdown(results: dict) -> str:
         "from the same trials (the same numbers, no onnxruntime run), and `(~N s alone)` adds back the "
         "sensitivity time it did not pay. Each run is stopped at 10 minutes. With `--reconstruct` / "
         "`--recalibrate` the calibration fidelity is in-sample (the final refit was fitted on those inputs); "
-        "`(cross-fitted F)` is what the search judged: each calibration input scored by the model recovered on "
-        "the other half of them (the report's `generalisation.cross_fitted`, on cells run since it exists).",
+        "`(cross-fitted F, judged J)` is what the search saw: F the fidelity of the calibration inputs each "
+        "scored by the model recovered on the other half of them, J the value the search compared with the "
+        "target (continuous outputs: the worse half; top-1 / CTC / detection: the 95% lower bound of the "
+        "agreement and its estimate on unseen inputs) — the report's `generalisation.cross_fitted`, on cells run "
+        "since it exists (package `fdf4e16`).",
         "",
         "## Issue 12's targets",
         "",
