@@ -135,6 +135,7 @@ class ReconstructedTrials:
                 source=self.source,
                 cache=cache,
                 measure=False,
+                carry_forward=False,  # every trial's passes from the input: judged alike, bit for bit
             )
             parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
         return join_outputs(self.names, self.batch_axes, parts), parts

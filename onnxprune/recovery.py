@@ -53,6 +53,7 @@ def recover_model(
     progress: Callable[[int, int], None] | None = None,
     cache: RecoveryCache | None = None,
     measure: bool = True,
+    carry_forward: bool = True,
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...], tuple[RecalibratedLayer, ...]]:
     """``pruned`` refitted and/or re-calibrated on ``feeds`` (a new model; ``pruned`` is not
     changed), with the layers refitted and the layers re-calibrated; ``progress(done, total)``
@@ -60,7 +61,7 @@ def recover_model(
     ``feeds`` for the next call with the same (the result is the same without it);
     ``recalibration_passes`` and ``shallow_recalibration``: recalibration.recalibrate's
     ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurement of the drift left (a search's trial
-    does not report it)."""
+    does not report it); ``carry_forward``: recalibration.recalibrate's."""
     model, layers, recalibrated = pruned, (), ()
     if reconstruct:
         from .reconstruction import reconstruct as refit
@@ -93,6 +94,7 @@ def recover_model(
             cache=None if cache is None else cache.moments,
             memo=None if cache is None else cache.measured,
             measure=measure,
+            carry_forward=carry_forward,
             **passes,
         )
     return model, tuple(layers), tuple(recalibrated)

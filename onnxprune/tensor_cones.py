@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 
 import onnx
+import onnx.helper
 
 __all__ = ["cone_digests", "cone_model"]
 
@@ -64,15 +65,20 @@ def cone_digests(model: onnx.ModelProto) -> dict[str, bytes]:
     return digest
 
 
-def cone_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+def cone_model(
+    model: onnx.ModelProto, names: Iterable[str], given: Mapping[str, int] | None = None
+) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are ``names`` and whose nodes and initializers are
-    those they need (the graph inputs all stay: the same feeds run it)."""
+    those they need (the graph inputs all stay: the same feeds run it). ``given`` (tensor name
+    -> ONNX element type): tensors fed as inputs instead of computed, values computed before;
+    those the asked ones need become graph inputs and the nodes only they needed go."""
     wanted = list(dict.fromkeys(names))
+    given = {n: t for n, t in (given or {}).items() if n not in wanted}  # an asked tensor is computed
     graph = model.graph
     needed = set(wanted)
     keep = []
     for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
+        if any(o in needed and o not in given for o in node.output):
             keep.append(node)
             needed.update(n for n in _reads(node) if n)
     out = onnx.ModelProto()
@@ -92,7 +98,11 @@ def cone_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     known: Mapping[str, onnx.ValueInfoProto] = {v.name: v for v in graph.output}
     del g.output[:]
     g.output.extend([known[n] if n in known else onnx.ValueInfoProto(name=n) for n in wanted])
-    vi = [v for v in graph.value_info if v.name in needed]
+    known_inputs = {v.name for v in graph.input} | {o for n in keep for o in n.output}  # fed or computed already
+    g.input.extend(
+        [onnx.helper.make_tensor_value_info(n, t, None) for n, t in given.items() if n in needed and n not in known_inputs]
+    )
+    vi = [v for v in graph.value_info if v.name in needed and v.name not in given]
     del g.value_info[:]
     g.value_info.extend(vi)
     return out

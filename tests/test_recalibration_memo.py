@@ -151,3 +151,50 @@ def test_statistics_of_the_cut_model_equal_the_full_models() -> None:
         for want, have in zip(halves, got[n]):
             assert want.n == have.n
             assert np.array_equal(want.s, have.s) and np.array_equal(want.s2, have.s2)
+
+
+def test_cut_model_fed_a_tensor_computed_before_gives_the_same_values() -> None:
+    """Given conv1's Relu output (as computed by the model), the cut model to conv3's Relu
+    starts from it: conv1 is not in it, the input is, and the values are the full model's."""
+    model = _model()
+    first, _, third = _inner(model)
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    full.graph.output.extend([onnx.ValueInfoProto(name=n) for n in (first, third)])
+    feed = _feeds(1)[0]
+    h, want = session(full, optimize=True).run(feed, [first, third])
+    cut = cone_model(model, [third], {first: onnx.TensorProto.FLOAT})
+    assert [n.op_type for n in cut.graph.node] == ["Conv", "Relu", "Conv", "Relu"]
+    assert [v.name for v in cut.graph.input] == ["x", first]
+    (got,) = session(cut, optimize=True).run({**feed, first: h}, [third])
+    assert np.array_equal(want, got)
+
+
+def test_passes_started_from_the_previous_ones_tensors_give_the_same_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pass of a full re-calibration (and its drift measurements) fed the tensors where the
+    previous pass's corrections begin, against every pass run from the model's input: the same
+    weights and drift figures, bit for bit; and the passes after the first do start from them."""
+    model, feeds = _model(), _feeds()
+    pruned, analysis, plan = _pruned(model, (1,))  # conv1 loses a channel: conv2, conv3, conv4 in 3 passes
+    inputs: list[list[str]] = []
+    real = recalibration.session
+
+    def recorded(m: onnx.ModelProto, **kwargs: object) -> object:
+        inputs.append([v.name for v in m.graph.input])
+        return real(m, **kwargs)
+
+    monkeypatch.setattr(recalibration, "session", recorded)
+    carried, layers = recalibrate(model, pruned, analysis, plan, feeds)
+    assert sum(len(i) > 1 for i in inputs) >= 2  # passes 2 and 3 fed a tensor of the pass before
+    frontier = recalibration._frontier
+    monkeypatch.setattr(recalibration, "_frontier", lambda *args: [])
+    inputs.clear()
+    plain, plain_layers = recalibrate(model, pruned, analysis, plan, feeds)
+    assert all(i == ["x"] for i in inputs)
+    want, got = _weights(plain), _weights(carried)
+    assert want.keys() == got.keys() and all(np.array_equal(want[k], got[k]) for k in want)
+    assert layers == plain_layers and len(layers) == 3
+    inputs.clear()
+    monkeypatch.setattr(recalibration, "_frontier", frontier)
+    recalibrate(model, pruned, analysis, plan, feeds, carry_forward=False)  # the search's trials
+    assert all(i == ["x"] for i in inputs)
