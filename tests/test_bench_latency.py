@@ -204,3 +204,16 @@ def test_extra_time_retimes_the_rows_asked_for(monkeypatch, tmp_path):
     assert rc["together"]["earlier_runs_gaps"] == []
     saved = json.loads((tmp_path / "extra.json").read_text())
     assert [r["together"].get("retimed") is not None for r in saved] == [False, True, False]
+
+
+def test_extra_table_shows_a_refined_match_without_a_scan_run():
+    from latency_bench_report import extra_table
+
+    lat = {"latency": {"measured_ratio": 0.86}, "macs_ratio": 0.45, "fidelity": 0.9, "cosine": 0.95}
+    lat["fidelity_metrics"] = {"out": {"metric": "top1", "value": 0.9}}
+    refined = {"macs_target": 0.298, "macs_ratio": 0.29, "fidelity": 0.5, "cosine": 0.6}  # no "ab": no scan run
+    tog = {"latency_plan_ratio": 0.895, "macs_plan_ratio": 0.896, "loadavg": 1.2, "retimed": "2026-11-30 16:50 UTC"}
+    row = {"model": "m", "target": 0.9, "reconstruct": False, "loadavg": 5.3, "latency_plan": lat}
+    lines = extra_table([{**row, "macs_plan": refined, "together": tog}])
+    assert "| 0.298, refined, 0.896 | +0.001 |" in lines[-1] and lines[-1].endswith("| yes | 5.3, 1.2 |")
+    assert "planned under the shared machine's load, then every pair timed *together* again" in lines[1]

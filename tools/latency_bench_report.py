@@ -52,6 +52,12 @@ def _ratio(fin: dict, i: int) -> str:
     return f"{m['ratio']:.3f} ({m['ratio_p10']:.3f}–{m['ratio_p90']:.3f})"
 
 
+def _scan_ratio(plan: dict) -> str:
+    """A MACs plan's ratio in its scan A/B run; "refined" for one the final run's refinement made
+    (timed only with every plan together)."""
+    return f"{plan['ab']['ratio']:.3f}" if plan.get("ab") else "refined"
+
+
 def _retimed_load(together: dict) -> str:
     """The load of a together run made again after the plans (``extra-time``), beside theirs."""
     return f", {together['loadavg']:.1f}" if together.get("retimed") else ""
@@ -97,7 +103,7 @@ def extra_table(extra: list[dict]) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['target']:g} | {'yes' if r['reconstruct'] else 'no'} "
             f"| {lat['latency']['measured_ratio']:.3f}, {tog['latency_plan_ratio']:.3f} | {_f(lat['macs_ratio'])} "
-            f"| {mp['macs_target']:.3f}, {mp['ab']['ratio']:.3f}{'' if r.get('macs_plan_matched', True) else ' †'}, "
+            f"| {mp['macs_target']:.3f}, {_scan_ratio(mp)}{'' if r.get('macs_plan_matched', True) else ' †'}, "
             f"{tog['macs_plan_ratio']:.3f} | {apart:+.3f} | {metric} | {_score(fl, cl, True)} | {_score(fm, cm, True)} "
             f"| {better} | {r.get('loadavg', float('nan')):.1f}{_retimed_load(tog)} |"
         )
