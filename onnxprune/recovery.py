@@ -60,8 +60,8 @@ def recover_model(
     counts the layers refitted; ``cache`` keeps what recovery reads from the original and
     ``feeds`` for the next call with the same (the result is the same without it);
     ``recalibration_passes`` and ``shallow_recalibration``: recalibration.recalibrate's
-    ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurement of the drift left (a search's trial
-    does not report it); ``carry_forward``: recalibration.recalibrate's."""
+    ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurements of the drift before and after (a
+    search's trial does not report them: nan); ``carry_forward``: recalibration.recalibrate's."""
     model, layers, recalibrated = pruned, (), ()
     if reconstruct:
         from .reconstruction import reconstruct as refit
