@@ -65,9 +65,7 @@ def cone_digests(model: onnx.ModelProto) -> dict[str, bytes]:
     return digest
 
 
-def cone_model(
-    model: onnx.ModelProto, names: Iterable[str], given: Mapping[str, int] | None = None
-) -> onnx.ModelProto:
+def cone_model(model: onnx.ModelProto, names: Iterable[str], given: Mapping[str, int] | None = None) -> onnx.ModelProto:
     """A copy of ``model`` whose outputs are ``names`` and whose nodes and initializers are
     those they need (the graph inputs all stay: the same feeds run it). ``given`` (tensor name
     -> ONNX element type): tensors fed as inputs instead of computed, values computed before;
@@ -100,7 +98,11 @@ def cone_model(
     g.output.extend([known[n] if n in known else onnx.ValueInfoProto(name=n) for n in wanted])
     known_inputs = {v.name for v in graph.input} | {o for n in keep for o in n.output}  # fed or computed already
     g.input.extend(
-        [onnx.helper.make_tensor_value_info(n, t, None) for n, t in given.items() if n in needed and n not in known_inputs]
+        [
+            onnx.helper.make_tensor_value_info(n, t, None)
+            for n, t in given.items()
+            if n in needed and n not in known_inputs
+        ]
     )
     vi = [v for v in graph.value_info if v.name in needed and v.name not in given]
     del g.value_info[:]
