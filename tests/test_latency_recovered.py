@@ -43,12 +43,8 @@ def _prune(calib: str, **options):
     ).report
 
 
-def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, monkeypatch) -> None:
-    # channel 3 is half of channel 1: removing it loses fidelity masked, none once its reader
-    # is refitted; so with --reconstruct it goes, and only it (the others are not redundant)
-    calib = _calib(tmp_path, (3, 6, 6), n=32)
-    plain = _prune(calib)
-    assert plain.channels_removed == 0 and plain.latency["limited_by_constraint"]
+def _count_judged(monkeypatch) -> list[frozenset[int]]:
+    """The groups of every recovered evaluation (ReconstructedTrials.judged call), in order."""
     calls: list[frozenset[int]] = []
     judged = ReconstructedTrials.judged
 
@@ -57,6 +53,16 @@ def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, mon
         return judged(self, groups, *args, **kwargs)
 
     monkeypatch.setattr(ReconstructedTrials, "judged", counted)
+    return calls
+
+
+def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, monkeypatch) -> None:
+    # channel 3 is half of channel 1: removing it loses fidelity masked, none once its reader
+    # is refitted; so with --reconstruct it goes, and only it (the others are not redundant)
+    calib = _calib(tmp_path, (3, 6, 6), n=32)
+    plain = _prune(calib)
+    assert plain.channels_removed == 0 and plain.latency["limited_by_constraint"]
+    calls = _count_judged(monkeypatch)
     rec = _prune(calib, reconstruct=True)
     assert rec.channels_removed == 1 and rec.layers[0].channels_after == 3
     assert rec.latency["constraint_value"] >= 0.9999 and rec.latency["limited_by_constraint"]
@@ -77,14 +83,7 @@ def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkey
 
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
-    calls: list[frozenset[int]] = []
-    judged = ReconstructedTrials.judged
-
-    def counted(self, groups, *args, **kwargs):
-        calls.append(frozenset(groups))
-        return judged(self, groups, *args, **kwargs)
-
-    monkeypatch.setattr(ReconstructedTrials, "judged", counted)
+    calls = _count_judged(monkeypatch)
 
     def run(tick: float, **options):
         return onnxprune.prune(
