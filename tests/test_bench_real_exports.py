@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_real_exports as bench  # noqa: E402
+import real_exports_report as report  # noqa: E402
 
 
 def test_a_quantized_row_shows_its_rule_limit_and_samples() -> None:
@@ -23,7 +24,7 @@ def test_a_quantized_row_shows_its_rule_limit_and_samples() -> None:
     q = row["quantized"]
     assert q["form"] == "QDQ" and len(q["paths"]) == 2
     off, on = q["paths"]
-    text = bench._fmt_ver(row)
+    text = report._fmt_ver(row)
     assert text == (
         "pass, rounding rule (QDQ; at most 25% of the samples past the float limit, each by at most 0.02 x scale): "
         f"optimisations off {off['max_abs_diff']:.1e} vs {off['float_limit']:.1e}, 0/8 samples past; "
@@ -31,7 +32,7 @@ def test_a_quantized_row_shows_its_rule_limit_and_samples() -> None:
     )
     assert 0 < off["float_limit"] == on["float_limit"] < 1e-3  # 1e-5 x a scale of order 1
     # A float row keeps its noise floor; without one, its limit and why it has none.
-    assert bench._fmt_ver({"verified": True, "max_abs_diff": 1e-6, "noise_floor": 2e-7, "runtime": "ort"}) == (
+    assert report._fmt_ver({"verified": True, "max_abs_diff": 1e-6, "noise_floor": 2e-7, "runtime": "ort"}) == (
         "pass 1.0e-06/2.0e-07 (ort)"
     )
     missing = {
@@ -41,6 +42,6 @@ def test_a_quantized_row_shows_its_rule_limit_and_samples() -> None:
         "limit": 1e-5,
         "noise_runtime": "not measured: x|y",
     }
-    assert bench._fmt_ver(missing) == "**FAIL** 5.0e-01 vs limit 1.0e-05 (not measured: x\\|y)"
+    assert report._fmt_ver(missing) == "**FAIL** 5.0e-01 vs limit 1.0e-05 (not measured: x\\|y)"
     measured = {**missing, "verified": True, "max_abs_diff": 0.0, "noise_runtime": "onnxruntime, optimisations on"}
-    assert bench._fmt_ver(measured) == "pass 0.0e+00 vs limit 1.0e-05 (no noise floor for this output)"
+    assert report._fmt_ver(measured) == "pass 0.0e+00 vs limit 1.0e-05 (no noise floor for this output)"
