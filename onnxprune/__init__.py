@@ -23,7 +23,7 @@ _EXPORTS = {
     "quantize": "quantization",
     "QuantizeResult": "quantization",
     "QuantizeReport": "quant_report",
-    "QuantizeConfig": "config",
+    "QuantizeConfig": "quantize_config",
     "PruneResult": "api",
     "PruneReport": "report",
     "PruneConfig": "config",
@@ -67,12 +67,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from ._core import Layout, NotApplicable
     from .analysis import ChannelAnalysis, ChannelGroup
     from .api import PruneResult, analyze, apply, load, plan, prune, save, sensitivity, verify
-    from .config import LayerRule, PruneConfig, QuantizeConfig
+    from .config import LayerRule, PruneConfig
     from .criteria import CriterionRegistry, default_criteria
     from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
     from .planning import PruningPlan
     from .quant_report import QuantizeReport
     from .quantization import QuantizeResult, quantize
+    from .quantize_config import QuantizeConfig
     from .report import PruneReport
     from .rules import Rule, RuleRegistry, default_registry
     from .verification import VerificationResult

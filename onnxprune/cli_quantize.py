@@ -108,7 +108,7 @@ def add_prune_quantize_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace, calibration: str | None, evaluation: str | None, shapes: dict, metrics: dict):
-    from .config import QuantizeConfig
+    from .quantize_config import QuantizeConfig
 
     return QuantizeConfig(
         calibration=calibration,

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import PruneConfig, QuantizeConfig
+from .config import PruneConfig
 from .errors import UsageError
+from .quantize_config import QuantizeConfig
 
 __all__ = ["JointResult", "JointStep", "prune_for_int8"]
 

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from .config import QUANTIZE_FORMATS, QuantizeConfig
 from .errors import UnsupportedModel, UsageError
 from .quant_report import AccuracyControl, FidelityAgainst, QuantizeReport
+from .quantize_config import QUANTIZE_FORMATS, QuantizeConfig
 
 if TYPE_CHECKING:
     from .saving import Outputs

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnxprune
-from onnxprune.config import PruneConfig, QuantizeConfig
+from onnxprune.config import PruneConfig
 from onnxprune.errors import UsageError
 from onnxprune.fidelity import (
     fidelity_from_outputs,
@@ -35,6 +35,7 @@ from onnxprune.fidelity_metrics import (
     parse_metric,
 )
 from onnxprune.fidelity_metrics.detection import coco_credit
+from onnxprune.quantize_config import QuantizeConfig
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 DIGITS, CALIBRATION = FIXTURES / "digits_cnn.onnx", FIXTURES / "digits_calibration.npz"

@@ -299,8 +299,9 @@ def test_prune_quantize_int8_writes_qdq_and_ir_with_fidelity_against_both(
 
 
 def test_min_fidelity_with_int8_prunes_less_where_int8_hurts(files: dict[str, Path], tmp_path: Path) -> None:
-    from onnxprune.config import PruneConfig, QuantizeConfig
+    from onnxprune.config import PruneConfig
     from onnxprune.joint import prune_for_int8
+    from onnxprune.quantize_config import QuantizeConfig
 
     cal = tmp_path / "normal.npz"  # wide, signed inputs: int8 costs more than pruning's budget leaves
     np.savez(cal, x=(np.random.default_rng(1).standard_normal((24, 3, 8, 8)) * 3).astype(np.float32))
