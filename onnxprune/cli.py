@@ -19,6 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import OnnxPruneError
 
     try:
+        from .cli_paths import check_outputs_spare_inputs
+
+        check_outputs_spare_inputs(args)
         if args.command == "prune":
             return _prune(args)
         if args.command == "convert":

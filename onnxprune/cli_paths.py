@@ -1,0 +1,108 @@
+"""The command line's files: no output of a run may name one of its inputs (the model, its
+external data, the data, a plan, a config, a validation script), or the run would replace a file
+it reads: the input is never modified."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+
+from .errors import UsageError
+
+__all__ = ["check_outputs_spare_inputs"]
+
+# (attribute, flag) of every option that names a file a command writes.
+_OUTPUTS = (
+    ("output", "-o"),
+    ("report", "--report"),
+    ("markdown", "--markdown"),
+    ("plot", "--plot"),
+    ("ir", "--ir"),
+    ("save_plan", "--save-plan"),
+    ("json", "--json"),
+)
+# (attribute, what) of every option that names a file a command reads.
+_INPUTS = (
+    ("calibration", "--calibration data"),
+    ("inputs", "--inputs data"),
+    ("plan", "--plan"),
+    ("config", "--config"),
+)
+
+
+def _outputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """(path, flag) of every file the command will write, companions included: the .bin beside
+    an .xml, the .data beside an .onnx (--external-data, or a model past 2 GB)."""
+    for attr, flag in _OUTPUTS:
+        path = getattr(args, attr, None)
+        if not isinstance(path, str) or not path:
+            continue
+        yield path, flag
+        if path.endswith(".xml"):
+            yield path[: -len(".xml")] + ".bin", f"{flag} (its .bin)"
+        elif path.endswith(".onnx") and args.command in ("prune", "quantize"):
+            yield path + ".data", f"{flag} (its external data)"
+
+
+def _external_data(model: str) -> Iterator[str]:
+    """The files the model's tensors keep their data in (read from the file, its weights not
+    loaded); nothing when the file cannot be parsed (loading names that error)."""
+    import onnx
+
+    try:
+        proto = onnx.load(model, load_external_data=False)
+    except Exception:  # not a model: its loading refuses it with a one-line error
+        return
+    folder = os.path.dirname(os.path.abspath(model))
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if isinstance(location, str) and location:
+                yield os.path.join(folder, location)
+
+
+def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(path, what) of every file the command reads."""
+    models = list(getattr(args, "models", None) or [])
+    if isinstance(getattr(args, "model", None), str):
+        models.insert(0, args.model)
+    found = [(m, "the input model") for m in models]
+    found += [(getattr(args, a), w) for a, w in _INPUTS if isinstance(getattr(args, a, None), str)]
+    spec = getattr(args, "validate", None)
+    if isinstance(spec, str) and ".py:" in spec:
+        found.append((spec.rsplit(":", 1)[0], "the --validate script"))
+    return found
+
+
+def _same(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links
+    except OSError:  # either is missing: nothing to overwrite
+        return False
+
+
+def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
+    """UsageError when an output of the command names a file it reads; checked before any work.
+    A model's external data is read from the file only when an output already exists beside it
+    (the only way to name one of its data files)."""
+    outputs = list(_outputs(args))
+    if not outputs:
+        return
+    inputs = _inputs(args)
+    for model, what in list(inputs):
+        if what != "the input model" or not os.path.isfile(model):
+            continue
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(model)))
+        if any(os.path.exists(p) and os.path.realpath(os.path.dirname(os.path.abspath(p))) == folder for p, _ in outputs):
+            inputs += [(data, f"external data of {model}") for data in _external_data(model)]
+    for path, flag in outputs:
+        for source, what in inputs:
+            if _same(path, source):
+                named = what if source == path else f"{what} ({source})"
+                raise UsageError(
+                    f"{path}: {flag} names {named}, which it would overwrite (output must differ from every input); "
+                    "give another file name"
+                )

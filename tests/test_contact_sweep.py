@@ -1,0 +1,53 @@
+"""Session 7's first-contact sweep: defects a new user met in the features of the last sessions.
+CLI tests run the command line as a subprocess: the exit code, the one error line and the files
+left behind matter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from cli_helpers import one_line_error, run_cli, small_cnn
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+CALIBRATION = FIXTURES / "digits_calibration.npz"
+
+
+# -- an output naming an input file overwrote it -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prune", "{m}", "-o", "{d}/o.onnx", "--ratio", "0.1", "--report", "{m}"],
+        ["prune", "{m}", "-o", "{d}/o.onnx", "--ratio", "0.1", "--save-plan", "{m}"],
+        ["prune", "{m}", "-o", "{d}/o.onnx", "--ratio", "0.1", "--markdown", "{d}/link.onnx"],
+        ["analyze", "{m}", "--json", "{m}"],
+        ["explain", "{m}", "--json", "{m}"],
+        ["sensitivity", "{m}", "--calibration", "{d}/c.npz", "--json", "{m}"],
+        ["sensitivity", "{m}", "--calibration", "{d}/c.npz", "--json", "{d}/c.npz"],
+        ["quantize", "{m}", "-o", "{d}/q.onnx", "--calibration", "{d}/c.npz", "--report", "{m}"],
+        ["bench", "{m}", "--json", "{m}", "--rounds", "1"],
+    ],
+)
+def test_an_output_naming_an_input_is_refused_and_the_input_kept(tmp_path: Path, argv: list[str]) -> None:
+    model = tmp_path / "m.onnx"
+    model.write_bytes((FIXTURES / "digits_cnn.onnx").read_bytes())
+    (tmp_path / "c.npz").write_bytes(CALIBRATION.read_bytes())
+    (tmp_path / "link.onnx").symlink_to(model)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    p = run_cli(*(a.format(m=model, d=tmp_path) for a in argv))
+    line = one_line_error(p)
+    assert "output must differ from every input" in line and "would overwrite" in line, line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing changed
+
+
+def test_a_report_naming_the_models_external_data_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(small_cnn(), model, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    p = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--report", tmp_path / "weights.bin")
+    line = one_line_error(p)
+    assert f"external data of {model}" in line, line
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
