@@ -224,6 +224,7 @@ def prune(
     if output is not None:
         check_output_path(output, model)
     loaded = stages.load(model)
+    stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)
     run = stages.with_data_shapes(loaded, run)
     config = run.config
     analysis = stages.analyse(loaded, run)
@@ -270,6 +271,7 @@ def sensitivity(
     config = (config or PruneConfig()).with_options(criterion, calibration=calibration, **options)
     run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress)
     loaded = stages.load(model)
+    stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)
     run = stages.with_data_shapes(loaded, run)
     config = run.config
     analysis = stages.analyse(loaded, run)

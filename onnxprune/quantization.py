@@ -133,6 +133,9 @@ def quantize(
     if size_before is None:
         size_before = proto.ByteSize()
     _check_quantizable(proto, source)
+    from .stages.prepare import check_metric_outputs
+
+    check_metric_outputs(proto, config.fidelity_metrics, source)
     cal, held, evaluation, notes = _samples(proto, config, source)
 
     run_float = session(proto, source=source)  # also refuses a model onnxruntime cannot run

@@ -51,3 +51,35 @@ def test_a_report_naming_the_models_external_data_is_refused(tmp_path: Path) -> 
     line = one_line_error(p)
     assert f"external data of {model}" in line, line
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# -- --fidelity-metric naming an output the model does not have ------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prune", "{m}", "-o", "{d}/o.onnx", "--min-fidelity", "0.99", "--calibration", "{c}"],
+        ["sensitivity", "{m}", "--calibration", "{c}"],
+        ["quantize", "{m}", "-o", "{d}/o.onnx", "--calibration", "{c}"],
+    ],
+)
+def test_fidelity_metric_naming_a_missing_output_is_refused(tmp_path: Path, argv: list[str]) -> None:
+    model = FIXTURES / "digits_cnn.onnx"
+    p = run_cli(*(a.format(m=model, d=tmp_path, c=CALIBRATION) for a in argv), "--fidelity-metric", "logit=top1")
+    line = one_line_error(p)
+    assert line == f"onnxprune: error: {model}: --fidelity-metric names 'logit', but the model's outputs are ['logits']"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fidelity_metric_for_every_output_and_a_real_one_are_taken() -> None:
+    import onnxprune
+
+    r = onnxprune.prune(
+        FIXTURES / "digits_cnn.onnx",
+        ratio=0.1,
+        calibration=str(CALIBRATION),
+        fidelity_metrics={"*": "cosine", "logits": "top1"},
+    )
+    (score,) = r.report.fidelity_metrics
+    assert score.metric == "top1"

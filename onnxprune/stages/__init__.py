@@ -46,7 +46,17 @@ from .deliver import (
     verify,
     write,
 )
-from .prepare import CalibrationData, Feeds, LoadedModel, Run, analyse, calibrate, load, with_data_shapes
+from .prepare import (
+    CalibrationData,
+    Feeds,
+    LoadedModel,
+    Run,
+    analyse,
+    calibrate,
+    check_metric_outputs,
+    load,
+    with_data_shapes,
+)
 
 __all__ = [
     "CalibrationData",
@@ -65,6 +75,7 @@ __all__ = [
     "calibrate",
     "check",
     "check_budget",
+    "check_metric_outputs",
     "compensate",
     "estimates",
     "layer_scores",

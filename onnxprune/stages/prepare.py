@@ -15,13 +15,24 @@ from ..analysis import analyze as _analyze
 from ..config import PruneConfig
 from ..criteria import CriterionRegistry
 from ..criteria.activations import ActivationStats, sink_statistics
+from ..errors import UsageError
 from ..loading import load_model
 from ..params import InitializerCache
 from ..rules import RuleRegistry
 from ..shapes import data_input_shapes
 from ..verification_inputs import load_npz_inputs
 
-__all__ = ["CalibrationData", "Feeds", "LoadedModel", "Run", "analyse", "calibrate", "load", "with_data_shapes"]
+__all__ = [
+    "CalibrationData",
+    "Feeds",
+    "LoadedModel",
+    "Run",
+    "analyse",
+    "calibrate",
+    "check_metric_outputs",
+    "load",
+    "with_data_shapes",
+]
 
 Feeds = Sequence[Mapping[str, np.ndarray]]
 
@@ -83,6 +94,15 @@ def load(model: onnx.ModelProto | str | os.PathLike[str]) -> LoadedModel:
     """Load and check a model (a path, or a ModelProto that is copied)."""
     proto, source, size, initializers = load_model(model)
     return LoadedModel(proto, source, size, initializers)
+
+
+def check_metric_outputs(proto: onnx.ModelProto, choices: Mapping[str, str], source: str) -> None:
+    """UsageError when ``--fidelity-metric`` (``fidelity_metrics=``) names an output the model
+    does not have: a typo would otherwise leave that output to the detected metric unnoticed."""
+    outputs = [o.name for o in proto.graph.output]
+    for name in choices:
+        if name != "*" and name not in outputs:
+            raise UsageError(f"{source}: --fidelity-metric names {name!r}, but the model's outputs are {outputs}")
 
 
 def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
