@@ -166,8 +166,14 @@ def reconstruction_scores(
     acts: dict[str, list[np.ndarray]] = defaultdict(list)
     for feed in feeds:
         for n, v in zip(names, run.run(feed, names)):
-            acts[n].append(np.asarray(v, dtype=np.float64))
-    values = {n: np.concatenate(v) for n, v in acts.items()}
+            acts[n].append(v)
+    # As the model computed them (float32), as reconstruction keeps them: input_rows converts
+    # the sampled rows to float64, exactly, so the scores are those of a float64 copy of every
+    # activation, which on a 640x640 detector's 32 pages held 11 GB.
+    values = {}
+    for n in names:
+        parts = acts.pop(n)
+        values[n] = np.concatenate(parts) if len(parts) > 1 else parts[0]
     rng = np.random.default_rng(seed)
     rows_of = {}
     for sink, layer, w in readers:
