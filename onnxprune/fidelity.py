@@ -22,6 +22,7 @@ import numpy as np
 from .errors import UsageError
 from .fidelity_metrics import (
     FIDELITY_METRICS,
+    Choice,
     NothingToCompare,
     apply_metric,
     cosine,
@@ -42,6 +43,7 @@ __all__ = [
     "OutputFidelity",
     "OutputMetric",
     "OutputScore",
+    "Reference",
     "SearchScore",
     "cosine",
     "default_metric",
@@ -50,6 +52,7 @@ __all__ = [
     "join_outputs",
     "output_batch_axes",
     "parse_metric_choices",
+    "prepare_reference",
     "run_score",
     "score_outputs",
     "search_score",
@@ -212,9 +215,37 @@ def _chosen(name: str, choices: Mapping[str, str]) -> tuple[str, dict, str] | No
     return None
 
 
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """What the scores read of a reference that does not depend on the candidate, derived once
+    (``prepare_reference``) and reused for every candidate scored against the same samples:
+    per output its samples-first float64 array and the metric its values call for. A search
+    scores hundreds of candidates against one reference; on a 640x640 probability map the
+    conversion and the metric detection cost as much as the score itself."""
+
+    names: tuple[str, ...]
+    samples: tuple[np.ndarray, ...]  # per output, samples first, float64 (read-only)
+    detected: tuple[Choice, ...]  # per output, the metric detected from the reference's values
+    axes: tuple[int, ...]  # per output, the model's batch axis the samples came from
+
+
+def prepare_reference(
+    names: Sequence[str], refs: Sequence[Sequence[np.ndarray]], *, batch_axes: Mapping[str, int] | None = None
+) -> Reference:
+    """The reference's part of ``fidelity_from_outputs`` (per output the reference's arrays for
+    every feed; ``batch_axes`` as there), to pass as its ``refs``: the same figures, bit for
+    bit, without re-deriving them per candidate."""
+    batch_axes = batch_axes or {}
+    axes = tuple(batch_axes.get(n, 0) for n in names)
+    rs = tuple(_samples(r, a) for r, a in zip(refs, axes))
+    for r in rs:
+        r.flags.writeable = False  # shared by every candidate's score
+    return Reference(tuple(names), rs, tuple(detect_metrics(names, rs, axes)), axes)
+
+
 def fidelity_from_outputs(
     names: Sequence[str],
-    refs: Sequence[Sequence[np.ndarray]],
+    refs: Sequence[Sequence[np.ndarray]] | Reference,
     gots: Sequence[Sequence[np.ndarray]],
     choices: Mapping[str, str] | None = None,
     *,
@@ -225,13 +256,17 @@ def fidelity_from_outputs(
     """Every output's fidelity figures and metric (``choices``: output name or "*" -> metric,
     see ``fidelity_metrics.parse_metric``), from per output the reference's and the
     candidate's arrays for every feed (``batch_axes``: output -> the axis of its samples, when
-    not the first; see ``output_batch_axes``). With ``estimate``, top1, ctc and detection outputs get
-    the estimated agreement on unseen inputs (``fidelity_metrics.unseen``) and its lower bound
-    at ``confidence`` (``fidelity_metrics.unseen_bound``)."""
+    not the first; see ``output_batch_axes``). ``refs`` may be a ``Reference`` prepared from
+    them once (``prepare_reference``, with the same names and batch axes). With ``estimate``,
+    top1, ctc and detection outputs get the estimated agreement on unseen inputs
+    (``fidelity_metrics.unseen``) and its lower bound at ``confidence``
+    (``fidelity_metrics.unseen_bound``)."""
     choices, batch_axes = choices or {}, batch_axes or {}
-    axes = [batch_axes.get(n, 0) for n in names]
-    rs = [_samples(r, a) for r, a in zip(refs, axes)]
-    detected = detect_metrics(names, rs, axes)
+    if not isinstance(refs, Reference):
+        refs = prepare_reference(names, refs, batch_axes=batch_axes)
+    elif refs.names != tuple(names) or refs.axes != tuple(batch_axes.get(n, 0) for n in names):
+        raise ValueError("the prepared reference was made for other outputs or batch axes")
+    rs, detected = refs.samples, refs.detected
     out = []
     for name, r, gs_, found in zip(names, rs, gots, detected):
         g = _samples(gs_, batch_axes.get(name))
@@ -337,22 +372,28 @@ class CrossFitted:
         }
 
 
+def _per_feed(arrays: Sequence[np.ndarray] | Reference) -> Sequence[Sequence[np.ndarray]] | Reference:
+    """One array per output (all the samples) as ``fidelity_from_outputs`` reads its outputs."""
+    return arrays if isinstance(arrays, Reference) else [[a] for a in arrays]
+
+
 def search_score(
     names: Sequence[str],
-    reference: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray] | Reference,
     candidate: Sequence[np.ndarray],
-    halves: Sequence[tuple[Sequence[np.ndarray], Sequence[np.ndarray]]] | None = None,
+    halves: Sequence[tuple[Sequence[np.ndarray] | Reference, Sequence[np.ndarray]]] | None = None,
     choices: Mapping[str, str] | None = None,
     *,
     batch_axes: Mapping[str, int] | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
 ) -> SearchScore:
     """The search's judgement of a candidate (see ``SearchScore``): one array per output for
-    all the samples, and ``halves`` as (reference, candidate) pairs of the same cut in two;
-    ``confidence`` the level of the discrete outputs' bound (0.5: the point estimate)."""
+    all the samples, and ``halves`` as (reference, candidate) pairs of the same cut in two (a
+    reference may be ``prepare_reference``'s of its arrays); ``confidence`` the level of the
+    discrete outputs' bound (0.5: the point estimate)."""
     pooled = fidelity_from_outputs(
         names,
-        [[r] for r in reference],
+        _per_feed(reference),
         [[g] for g in candidate],
         choices,
         batch_axes=batch_axes,
@@ -360,7 +401,7 @@ def search_score(
         confidence=confidence,
     )
     parts = [
-        fidelity_from_outputs(names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=batch_axes)
+        fidelity_from_outputs(names, _per_feed(ref), [[g] for g in got], choices, batch_axes=batch_axes)
         for ref, got in (halves or ())
     ]
     values, estimates, bounds = [], [], []

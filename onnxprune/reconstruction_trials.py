@@ -16,7 +16,7 @@ from .rules import RuleRegistry
 from .runtime import session
 
 if TYPE_CHECKING:
-    from .fidelity import SearchScore
+    from .fidelity import Reference, SearchScore
 
 __all__ = ["ReconstructedTrials"]
 
@@ -64,6 +64,9 @@ class ReconstructedTrials:
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
         self.references = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
         self.reference = join_outputs(self.names, self.batch_axes, self.references)
+        # The references' side of every score, derived once (fidelity.prepare_reference): all
+        # the samples, and each fold's judged half.
+        self._prepared: tuple[Reference, ...] | None = None
         # Each plan's judgement, kept (as TrialRunner's: by groups, the estimates object kept
         # alive with its entry, the metric choices): the delivered plan is the search's last
         # kept one, and its score goes into the report (decide.Planned.cross_fitted) without a re-run.
@@ -95,14 +98,25 @@ class ReconstructedTrials:
         """The search's judgement of the cross-fitted outputs (``fidelity.search_score``: its value,
         the pooled fidelity, the estimate on unseen inputs, the outputs' cosine), as
         ``TrialRunner.judged``: the latency planner orders recovered plans by it."""
-        from .fidelity import search_score
+        from .fidelity import prepare_reference, search_score
 
         key = (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
         if key not in self._judged:
             outs, parts = self._cross_fitted(removed_groups, estimates)
-            pairs = list(zip(self.references, parts))
+            if self._prepared is None:
+                self._prepared = tuple(
+                    prepare_reference(self.names, [[r] for r in ref], batch_axes=self.batch_axes)
+                    for ref in (self.reference, *self.references)
+                )
+            pairs = list(zip(self._prepared[1:], parts))
             judged = search_score(
-                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+                self.names,
+                self._prepared[0],
+                outs,
+                pairs,
+                choices,
+                batch_axes=self.batch_axes,
+                confidence=self.confidence,
             )
             self._judged[key] = (judged, estimates)
         return self._judged[key][0]

@@ -20,10 +20,12 @@ from .compensation import reader_masks
 from .errors import UnsupportedModel
 from .fidelity import (
     OutputMetric,
+    Reference,
     SearchScore,
     fidelity_from_outputs,
     join_outputs,
     output_batch_axes,
+    prepare_reference,
     run_score,
     search_score,
 )
@@ -118,6 +120,24 @@ class TrialRunner:
         self._alone: dict[tuple, tuple[tuple[SearchScore, bool], object]] = {}
         self.runs = 0
         self.screened = 0  # trials that ended on the screened samples
+        # The reference's side of every score (fidelity.prepare_reference), derived once per set
+        # of samples it is scored on (see _reference).
+        self._prepared: dict[str, Reference] = {}
+
+    def _reference(self, which: str) -> Reference:
+        """The prepared reference on "all" the samples, the "screened" ones, or the first ("0")
+        or second ("1") half (``_halves``, which must not be None)."""
+        if which not in self._prepared:
+            if which == "all":
+                ref = self.reference
+            elif which == "screened":
+                ref = self._joined(self._reference_parts[: self._screened_batches])
+            else:
+                halves = self._halves(self.reference)
+                assert halves is not None, "the outputs have no halves"
+                ref = halves[int(which)]
+            self._prepared[which] = prepare_reference(self.names, [[r] for r in ref], batch_axes=self.batch_axes)
+        return self._prepared[which]
 
     def _parts(
         self, masks: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]], which: range | None = None
@@ -206,10 +226,17 @@ class TrialRunner:
         if key not in self._cache:
             outs = self._run(reader_masks(self.analysis, self._removed_ids(key[0]), estimates))
             self.runs += 1
-            halves, refs = self._halves(outs), self._halves(self.reference)
-            pairs = list(zip(refs, halves)) if halves is not None and refs is not None else None
+            halves = self._halves(outs)
+            cut = halves is not None and self._halves(self.reference) is not None
+            pairs = list(zip((self._reference("0"), self._reference("1")), halves)) if cut and halves else None
             judged = search_score(
-                self.names, self.reference, outs, pairs, choices, batch_axes=self.batch_axes, confidence=self.confidence
+                self.names,
+                self._reference("all"),
+                outs,
+                pairs,
+                choices,
+                batch_axes=self.batch_axes,
+                confidence=self.confidence,
             )
             self._cache[key] = (judged, estimates)
         return self._cache[key][0]
@@ -234,11 +261,10 @@ class TrialRunner:
             first: list[list[np.ndarray]] = []
             if self.screen is not None:
                 first = self._parts(masks, range(self._screened_batches))
-                ref = self._joined(self._reference_parts[: self._screened_batches])
                 got = self._joined(first)
                 value = run_score(
                     fidelity_from_outputs(
-                        self.names, [[r] for r in ref], [[g] for g in got], choices, batch_axes=self.batch_axes
+                        self.names, self._reference("screened"), [[g] for g in got], choices, batch_axes=self.batch_axes
                     )
                 )[0]
                 if value < self.screen.below:
@@ -248,7 +274,13 @@ class TrialRunner:
             outs = self._joined([*first, *self._parts(masks, range(len(first), len(self.batches)))])
             self.runs += 1
             judged = search_score(
-                self.names, self.reference, outs, None, choices, batch_axes=self.batch_axes, confidence=self.confidence
+                self.names,
+                self._reference("all"),
+                outs,
+                None,
+                choices,
+                batch_axes=self.batch_axes,
+                confidence=self.confidence,
             )
             self._alone[key] = ((judged, False), estimates)
         return self._alone[key][0]
@@ -256,5 +288,5 @@ class TrialRunner:
     def metrics(self, choices: Mapping[str, str] | None = None) -> tuple[OutputMetric, ...]:
         """The metric of every output on these samples, and why (the reference decides)."""
         ref = [[r] for r in self.reference]
-        figures = fidelity_from_outputs(self.names, ref, ref, choices, batch_axes=self.batch_axes)
+        figures = fidelity_from_outputs(self.names, self._reference("all"), ref, choices, batch_axes=self.batch_axes)
         return tuple(OutputMetric(f.name, f.metric, f.reason) for f in figures)
