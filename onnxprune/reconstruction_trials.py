@@ -81,13 +81,11 @@ class ReconstructedTrials:
         search: bool = False,
     ) -> float:
         """The cross-fitted fidelity; with ``search`` the search's judgement of it
-        (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's)."""
-        from .fidelity import score_outputs
-
-        if search:
-            return self.judged(removed_groups, estimates, choices).value
-        outs, _ = self._cross_fitted(removed_groups, estimates)
-        return score_outputs(self.names, self.reference, outs, choices, batch_axes=self.batch_axes)[0]
+        (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's).
+        Both come from the plan's kept judgement: a plan the latency planner's order judged and
+        its floor then asks about (or the other way round) is recovered once, not twice."""
+        judged = self.judged(removed_groups, estimates, choices)
+        return judged.value if search else judged.pooled
 
     def judged(
         self,
