@@ -154,8 +154,8 @@ def _moments(
             kept[n].append(v)
     if memo is not None:
         memo.update({(digests[n], missing[n]): acc[n] for n in order if n in digests})
-    if carry is not None:
-        after = {digests[n]: kept[n] for n in extra}
+    if carry is not None:  # tensors only: a sequence (a list per sample) cannot be fed back as one
+        after = {digests[n]: kept[n] for n in extra if all(isinstance(v, np.ndarray) for v in kept[n])}
         after.update({digests[n]: carried[digests[n]] for n in keep if n in digests and digests[n] in carried})
         carry.clear()
         carry.update(after)
