@@ -147,6 +147,7 @@ def latency_plan(
     sensitivity = None
     constraint = None
     trials = None
+    judging = None
     if data.calibration:  # importance is the measured fidelity loss per unit, not the scores
         trials = sensitivity_trials(loaded, analysis, scores, data.stats, data.calibration, run)
         sensitivity = trials.result
@@ -236,7 +237,16 @@ def latency_plan(
         evaluation_seconds_budget=order.seconds if order is not None else None,
         order_bound=order.bound if order is not None else None,
     )
-    return Planned(the_plan, sensitivity, validator=judge, latency=outcome)  # type: ignore[arg-type]
+    cross_fitted = None
+    floored = constraint is not None and not (judge is not None and config.validated_search)  # see _constraint
+    if floored and trials is not None and judging is not trials.runner:
+        # The floor judged the recovered model cross-fitted; the delivered one is refitted on all
+        # the calibration samples (in-sample there): the report shows both, as decide's search does.
+        from ..fidelity import CrossFitted
+
+        judged = judging.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)
+        cross_fitted = CrossFitted(judged, len(data.calibration or []))
+    return Planned(the_plan, sensitivity, validator=judge, latency=outcome, cross_fitted=cross_fitted)  # type: ignore[arg-type]
 
 
 def _judging_runner(
