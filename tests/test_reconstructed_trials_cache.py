@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 import onnxprune
 from onnxprune.reconstruction_trials import ReconstructedTrials
@@ -51,3 +52,10 @@ def test_fidelity_of_a_judged_plan_runs_no_second_trial() -> None:
     fresh = ReconstructedTrials(model, onnxprune.analyze(model), feeds)
     assert fresh.judged([2], None, COSINE).pooled == alone
     assert 0.5 < alone < 1.0
+
+
+def test_one_calibration_sample_cannot_be_cross_fitted() -> None:
+    model = _model()
+    feeds = [{"x": np.zeros((1, 4, 3, 3), np.float32)}]
+    with pytest.raises(ValueError, match="at least 2 calibration samples"):
+        ReconstructedTrials(model, onnxprune.analyze(model), feeds)
