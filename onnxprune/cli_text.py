@@ -164,7 +164,7 @@ def generalisation_lines(g: dict | None) -> list[str]:
     )
     if est and "bound" in est:
         estimated += f", at least {est['bound']:.4f} at confidence {est['confidence']:g}" + (
-            "" if cross else " (what the search judged)"
+            " (what the search judged)" if est.get("judged_by_search", not cross) else ""
         )
     lines = []
     if cross:

@@ -193,7 +193,7 @@ def to_markdown(d: dict[str, Any]) -> str:
                 f"| {g['estimate']['samples']} | {g['estimate']['fidelity']:.4f} |"
             )
             if "bound" in g["estimate"]:
-                judged = "" if cross else " (what the search judged)"
+                judged = " (what the search judged)" if g["estimate"].get("judged_by_search", not cross) else ""
                 lines.append(
                     f"| lower bound at confidence {g['estimate']['confidence']:g}{judged} "
                     f"| {g['estimate']['samples']} | {g['estimate']['bound']:.4f} |"

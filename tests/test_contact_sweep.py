@@ -83,3 +83,25 @@ def test_fidelity_metric_for_every_output_and_a_real_one_are_taken() -> None:
     )
     (score,) = r.report.fidelity_metrics
     assert score.metric == "top1"
+
+
+# -- "(what the search judged)" where no fidelity search chose the plan ---------------------
+
+
+def test_the_bound_is_what_the_search_judged_only_after_a_fidelity_search(tmp_path: Path) -> None:
+    model = FIXTURES / "digits_cnn.onnx"
+    common = ["prune", model, "--calibration", CALIBRATION]
+    ratio = run_cli(*common, "-o", tmp_path / "a.onnx", "--ratio", "0.1", "--markdown", tmp_path / "a.md")
+    assert ratio.returncode == 0, ratio.stderr
+    line = next(ln for ln in ratio.stdout.splitlines() if ln.startswith("fidelity: "))
+    assert "at confidence 0.95" in line and "what the search judged" not in line, line
+    md = (tmp_path / "a.md").read_text()
+    assert "| lower bound at confidence 0.95 |" in md and "what the search judged" not in md
+    search = run_cli(*common, "-o", tmp_path / "b.onnx", "--min-fidelity", "0.99", "--report", tmp_path / "b.json")
+    assert search.returncode == 0, search.stderr
+    line = next(ln for ln in search.stdout.splitlines() if ln.startswith("fidelity: "))
+    assert line.endswith("at confidence 0.95 (what the search judged)"), line
+    import json
+
+    est = json.loads((tmp_path / "b.json").read_text())["generalisation"]["estimate"]
+    assert est["judged_by_search"] is True and est["what"].endswith(": what the search judged")

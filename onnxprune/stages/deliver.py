@@ -296,6 +296,9 @@ def measure(
             "gap": on_calibration[0] - score,
         }
         estimated = [o for o in calibrated if o.estimate is not None and o.bound is not None]
+        # Only a fidelity floor's search judges by the bound; a ratio, MACs target or the
+        # user's validation function chose the plan otherwise.
+        judged = run.config.fidelity_floor is not None
         if estimated:
             # What the search judged discrete outputs by (fidelity.search_score), for this plan:
             # the bound (of the lower of the estimate and the agreement on the samples).
@@ -309,10 +312,11 @@ def measure(
                 "the agreement on the calibration samples"
                 + (f", bounded at confidence {level:g} (bootstrap over the samples)" if level > 0.5 else "")
                 + (
-                    ": what the search judged"
+                    (": what the search judged" if judged else ": for information (no fidelity search chose this plan)")
                     if cross_fitted is None
                     else ": in-sample (the final refit was fitted on these samples; the search judged cross_fitted)"
                 ),
+                "judged_by_search": judged and cross_fitted is None,
             }
         if cross_fitted is not None:
             general["cross_fitted"] = cross_fitted.to_dict()
