@@ -198,4 +198,13 @@ def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source
             elif len(sample) == len(dims) and dims[0] not in (None, 1) and dims[0] != sample[0]:
                 hint = f"; the model's batch is fixed to {dims[0]}, samples are fed one at a time"
             raise UsageError(f"{where}: input {name!r} has shape {sample}, the model takes {takes} ({origin}{hint})")
+    if np.issubdtype(array.dtype, np.floating):
+        # NaN equals nothing: verification and fidelity would compare NaN with NaN and pass.
+        finite = np.isfinite(array).reshape(len(array), -1).all(axis=1)
+        if not finite.all():
+            bad_samples = np.flatnonzero(~finite)
+            raise UsageError(
+                f"{path}: array {name!r} holds NaN or infinite values in {len(bad_samples)} of its {len(array)} samples "
+                f"(the first: sample {bad_samples[0]}); inputs must be finite"
+            )
     return np.asarray(array)

@@ -105,3 +105,24 @@ def test_the_bound_is_what_the_search_judged_only_after_a_fidelity_search(tmp_pa
 
     est = json.loads((tmp_path / "b.json").read_text())["generalisation"]["estimate"]
     assert est["judged_by_search"] is True and est["what"].endswith(": what the search judged")
+
+
+# -- NaN in the data: verification compared NaN with NaN and passed --------------------------
+
+
+@pytest.mark.parametrize("flag", ["--inputs", "--calibration"])
+def test_non_finite_data_is_refused(tmp_path: Path, flag: str) -> None:
+    import numpy as np
+
+    data = np.load(CALIBRATION)["input"].copy()
+    data[5, 0, 3, 3] = np.nan
+    data[9, 0, 0, 0] = np.inf
+    np.savez(tmp_path / "d.npz", input=data)
+    out = tmp_path / "o.onnx"
+    p = run_cli("prune", FIXTURES / "digits_cnn.onnx", "-o", out, "--ratio", "0.1", flag, tmp_path / "d.npz")
+    line = one_line_error(p)
+    assert line == (
+        f"onnxprune: error: {tmp_path / 'd.npz'}: array 'input' holds NaN or infinite values in 2 of its 64 samples "
+        "(the first: sample 5); inputs must be finite"
+    )
+    assert not out.exists()
