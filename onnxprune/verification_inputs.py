@@ -5,6 +5,7 @@ compute. Split from verification.py, which compares the models on these inputs."
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -134,6 +135,11 @@ def load_npz_inputs(
     (models with a fixed batch of 1 are common); at most ``limit`` samples. Arrays that do not
     fit their input are a UsageError naming the model ``source`` (if given), the input, the
     shape fed and the shape the model takes, and the array."""
+    import zipfile
+
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        # np.load would take it for a pickle and speak of allow_pickle.
+        raise UsageError(f"{path}: not an .npz file (a zip of .npy arrays keyed by input name, as numpy.savez writes)")
     try:
         data = np.load(path)
     except Exception as exc:

@@ -126,3 +126,15 @@ def test_non_finite_data_is_refused(tmp_path: Path, flag: str) -> None:
         "(the first: sample 5); inputs must be finite"
     )
     assert not out.exists()
+
+
+def test_a_file_that_is_not_an_npz_is_named_so(tmp_path: Path) -> None:
+    (tmp_path / "d.npz").write_text("input,label\n0.5,1\n")
+    out = tmp_path / "o.onnx"
+    p = run_cli("prune", FIXTURES / "digits_cnn.onnx", "-o", out, "--ratio", "0.1", "--inputs", tmp_path / "d.npz")
+    line = one_line_error(p)
+    assert line == (
+        f"onnxprune: error: {tmp_path / 'd.npz'}: not an .npz file (a zip of .npy arrays keyed by input name, "
+        "as numpy.savez writes)"
+    )
+    assert not out.exists()
