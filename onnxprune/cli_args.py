@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation, reconstruction, contribution; "
         "default: contribution for a --min-fidelity / --max-drop / --validate search with --calibration and without "
-        "--reconstruct / --recalibrate; l2 with any other budget (--ratio, --macs-target, --config with sparsity); else zero",
+        "--reconstruct / --recalibrate and without --latency-target; l2 with any other budget (--ratio, --macs-target, "
+        "--latency-target, --config with sparsity); else zero",
     )
     b = p.add_argument_group("budget (criteria other than zero)")
     b.add_argument(
@@ -67,7 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--config", metavar="FILE", help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries"
     )
-    b.add_argument("--calibration", metavar="FILE.npz", help="calibration inputs: activation criteria and compensation")
+    b.add_argument(
+        "--calibration",
+        metavar="C.npz|FOLDER",
+        help="calibration inputs (.npz keyed by input name, or a folder of images with --preprocess): data criteria, "
+        "compensation, the --min-fidelity / --max-drop / --validate search, --reconstruct, --recalibrate; without "
+        "--inputs every 4th sample is held out to measure the fidelity",
+    )
     b.add_argument(
         "--calibration-limit",
         type=int,

@@ -138,3 +138,20 @@ def test_a_file_that_is_not_an_npz_is_named_so(tmp_path: Path) -> None:
         "as numpy.savez writes)"
     )
     assert not out.exists()
+
+
+# -- prune --help against behaviour ----------------------------------------------------------
+
+
+def test_prune_help_states_what_calibration_and_the_default_criterion_do() -> None:
+    from onnxprune.config import PruneConfig
+
+    p = run_cli("prune", "--help")
+    text = " ".join(p.stdout.split()).replace("- ", "-")  # argparse breaks lines after a hyphen
+    assert "--calibration C.npz|FOLDER" in text and "folder of images with --preprocess" in text
+    assert "every 4th sample is held out" in text and "--reconstruct, --recalibrate" in text
+    assert "l2 with any other budget (--ratio, --macs-target, --latency-target," in text
+    # what the help says, the config does
+    cal = str(CALIBRATION)
+    assert PruneConfig(latency_target=0.9, min_fidelity=0.99, calibration=cal).criterion == "l2"
+    assert PruneConfig(min_fidelity=0.99, calibration=cal).criterion == "contribution"
