@@ -29,11 +29,24 @@ class RecoveryCache:
     """What recovery reads from the original model and one set of calibration samples alone
     (the readers' input rows, the original's statistics), and the pruned models' statistics
     by what computes them (recalibration's ``memo``), kept across calls with both the same:
-    the fidelity search's trials. Held by the caller; nothing is kept between runs."""
+    the fidelity search's trials. Held by the caller; nothing is kept between runs; used with
+    other samples it raises ValueError (as ReconstructionCache does)."""
 
     reconstruction: ReconstructionCache = field(default_factory=ReconstructionCache)
     moments: dict = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
+    # the samples it serves (their ids, the samples kept alive): the statistics above are keyed
+    # by tensor name and by what computes a tensor, not by the samples
+    _feeds: tuple | None = field(default=None, repr=False)
+    _held: list = field(default_factory=list, repr=False)
+
+    def bind(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """Check that the cache serves these samples (the first call binds it); ValueError else."""
+        ids = tuple(id(f) for f in feeds)
+        if self._feeds is None:
+            self._feeds, self._held = ids, list(feeds)
+        elif ids != self._feeds:
+            raise ValueError("a RecoveryCache serves one set of calibration samples")
 
 
 def recover_model(
@@ -63,6 +76,8 @@ def recover_model(
     ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurements of the drift before and after (a
     search's trial does not report them: nan); ``carry_forward``: recalibration.recalibrate's."""
     model, layers, recalibrated = pruned, (), ()
+    if cache is not None:
+        cache.bind(feeds)
     if reconstruct:
         from .reconstruction import reconstruct as refit
 
