@@ -55,3 +55,10 @@ def test_ignored_scope_and_with_options() -> None:
     assert other.preset == "mixed" and other.ignored_scope == ("head.*",) and cfg.preset == "performance"
     with pytest.raises(UsageError, match="quantization preset"):
         cfg.with_options(preset="none")
+
+
+def test_the_package_exports_it() -> None:
+    """The README names it onnxprune.QuantizeConfig (the package's lazy name table)."""
+    import onnxprune
+
+    assert onnxprune.QuantizeConfig is QuantizeConfig and "QuantizeConfig" in onnxprune.__all__
