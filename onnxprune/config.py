@@ -139,7 +139,8 @@ class PruneConfig:
         plan they join (interactions; see latency.interactions); None: 2 per unit, 16-160, and
         with reconstruct / recalibrate (each evaluation refits the model) also at most
         latency.interactions.RECOVERED_SECONDS (120 s) of them; a number: that many, no time
-        bound; 0: each unit's loss measured alone orders them.
+        bound; 0: each unit's loss measured alone orders them. With reconstruct / recalibrate the
+        fidelity floor's evaluations draw on the same budget (latency.evaluations).
     """
 
     criterion: str | None = None

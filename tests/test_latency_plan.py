@@ -222,6 +222,44 @@ def test_the_move_past_the_fidelity_floor_is_taken_in_part() -> None:
     assert none.moves_taken == 0
 
 
+def test_the_move_past_the_floor_is_bisected_only_while_refine_allows() -> None:
+    # as above, floor 0.8 (16 kept holds): an evaluation budget (Constraint.refine) that refuses
+    # after k bisection steps stops at the smallest count measured to hold so far; the prefix's
+    # own check is never refused (the answers are measured, not assumed)
+    analysis, scores, units = _setup()
+    b = units[1].name
+    table = FakeTable({}, {b: 8})
+    table.curves[b] = lambda k: {32: 0.0, 24: 0.1e-3, 16: 0.2e-3, 8: 2e-3}[k]
+    asked: list[int] = []
+    held: list[int] = []
+
+    def fidelity(groups: set[int]) -> float:
+        return 1.0 - 0.01 * len(groups)
+
+    def plan(steps: int):
+        asked.clear()
+        held.clear()
+
+        def holds(g: set[int]) -> bool:
+            held.append(len(g))
+            return fidelity(g) >= 0.8
+
+        def refine(g: set[int]) -> bool:
+            asked.append(len(g))
+            return len(asked) <= steps
+
+        c = Constraint("fidelity >= 0.8", holds, fidelity, refine)
+        return plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.8, constraint=c)
+
+    assert _removed_per_unit(plan(9), units)[b] == 16 and asked == [8, 16]  # 24 kept holds, then 16 kept
+    one = plan(1)
+    assert _removed_per_unit(one, units)[b] == 8 and one.predicted_ratio == pytest.approx(0.99)
+    assert asked == [8, 16] and held == [24, 8]  # the whole move, 24 kept; refused at 16 kept: not measured
+    none = plan(0)
+    assert _removed_per_unit(none, units)[b] == 0 and none.predicted_ratio == pytest.approx(1.0)
+    assert held == [24] and none.limited  # the whole move checked (and broke the floor), nothing bisected
+
+
 def test_unreachable_aim_says_so() -> None:
     analysis, scores, units = _setup()
     a = units[0].name

@@ -118,3 +118,61 @@ def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkey
     assert given["seconds"] == pytest.approx(180.0) and given["bound"] is None
     given_line = "6 of 16 recovered evaluations in 180 s (--latency-evaluations, no time budget)"
     assert any(given_line in line for line in latency_lines(run(30.0, latency_evaluations=16).to_dict()))
+
+
+def test_the_fidelity_floors_recovered_evaluations_share_the_time_budget(tmp_path: Path, monkeypatch) -> None:
+    # every refit (ReconstructedTrials._cross_fitted) takes 30 fake seconds; the order spends the
+    # default 120 s; the floor's own evaluations are charged to the same budget: its check of the
+    # plan still runs (past the budget, counted), the move past the limit is bisected no further
+    from latency_helpers import three_unit_chain
+
+    from onnxprune.latency.report import latency_lines
+
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 3, 8, 8)).astype(np.float32))
+    refits: list[frozenset[int]] = []
+    fitted = ReconstructedTrials._cross_fitted
+
+    def counted(self, groups, *args, **kwargs):
+        refits.append(frozenset(groups))
+        return fitted(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(ReconstructedTrials, "_cross_fitted", counted)
+
+    def run(tick: float):
+        refits.clear()
+        return onnxprune.prune(
+            three_unit_chain(),
+            latency_target=0.5,
+            min_fidelity=0.995,
+            timer=StepTimer(step=4, base=1e-4, per_block=1e-5, tick=tick),
+            calibration=str(calib),
+            fidelity_metrics={"*": "cosine"},
+            reconstruct=True,
+        ).report
+
+    report = run(30.0)
+    order, limit = report.latency["order"], report.latency["limit"]
+    assert order["evaluations"] == 4 and order["seconds"] == pytest.approx(120.0) and order["bound"] == "time"
+    # every refit charged once, to one of the two (the floor reuses plans the order judged)
+    assert len(refits) == len(set(refits)) == order["evaluations"] + limit["evaluations"] == 5
+    assert limit["seconds"] == pytest.approx(30.0) and limit["past_budget"] == 1 and limit["bound"] == "time"
+    assert limit["seconds_budget"] == 120.0 and limit["budget"] == 16
+    assert report.latency["limited_by_constraint"] and report.latency["constraint_value"] >= 0.995
+    assert report.channels_removed == 0  # the whole move checked, broke the floor; not bisected: nothing goes
+    assert (
+        "  the limit: 1 recovered evaluations in 30 s, on the budget shared with the order (120 s and 16 "
+        "evaluations): spent (time): the move past the limit bisected no further; 1 checks of the plan past it "
+        "(never skipped)"
+    ) in latency_lines(report.to_dict())
+    # no time passing: the move past the limit is bisected (one conv keeps 28 of 32), within the budget
+    free = run(0.0)
+    limit = free.latency["limit"]
+    assert limit["evaluations"] == 3 and limit["bound"] is None and limit["past_budget"] == 0
+    assert len(refits) == len(set(refits)) == free.latency["order"]["evaluations"] + 3
+    assert sorted(c.channels_after for c in free.layers) == [28]
+    assert free.latency["constraint_value"] >= 0.995
+    assert any(
+        line.endswith("within it") and line.startswith("  the limit: 3 recovered evaluations in 0 s")
+        for line in latency_lines(free.to_dict())
+    )

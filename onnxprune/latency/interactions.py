@@ -17,7 +17,9 @@ measured moves cost against their costs alone so far: unscaled, every unit measu
 look cheaper than every unit not yet measured, and the order would keep cutting the first few.
 Besides the count, the evaluations may be bounded by the seconds they take (``seconds``, on the
 ``clock`` given): a recovered evaluation refits the model (YOLO26n: ~10 s each), and a count that
-suits masked trials made its plan take 21 minutes.
+suits masked trials made its plan take 21 minutes. The budget may be shared
+(``evaluations.EvaluationBudget``: the answers' limit draws on it too), then the order sizes its
+chunks for what the others left.
 Pure given ``score`` (and the clock): the same calls give the same order.
 """
 
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .evaluations import EvaluationBudget
 from .moves import Move, MoveSpace, rate
 
 __all__ = ["EVALUATIONS_PER_MOVE", "RECOVERED_SECONDS", "MeasuredOrder", "default_budget"]
@@ -74,7 +77,9 @@ class MeasuredOrder:
     measured alone (``rescaled``: those scaled as the measured ones compared, see the module's
     docstring). ``spent``: the seconds the calls took; ``bound``: what bounded them, "time" when
     the time budget held fewer than the count left (the chunks were sized for it) or ended them,
-    "count" when the count ended them, None while neither did."""
+    "count" when the count ended them, None while neither did. ``shared``: a budget others draw
+    on too (then ``budget``, ``seconds`` and ``clock`` are its own; ``evaluations`` and
+    ``spent`` stay this order's)."""
 
     def __init__(
         self,
@@ -85,13 +90,14 @@ class MeasuredOrder:
         rescaled: bool = False,
         seconds: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        shared: EvaluationBudget | None = None,
     ) -> None:
         self._space = space
         self._score = score
-        self.budget = max(int(budget), 0)
+        self._ledger = shared if shared is not None else EvaluationBudget(budget, seconds, clock)
+        self.budget = self._ledger.count
         self.rescaled = rescaled
-        self.seconds = seconds
-        self._clock = clock
+        self.seconds = self._ledger.seconds
         self.spent = 0.0
         self._stopped: str | None = None  # the bound that ended the evaluations
         self._time_sized = False  # the chunks were planned for fewer evaluations than the count left
@@ -129,35 +135,34 @@ class MeasuredOrder:
         """The evaluations the budget has left: the count, and with ``seconds`` as many as the
         time left holds at the mean time per evaluation so far (the plan without moves is
         evaluated first to know it), so the chunks are sized for the bound that comes first."""
-        left = self.budget - self.evaluations
+        ledger = self._ledger
+        left = ledger.count - ledger.evaluations
         if self.seconds is None:
             return left
-        before = self.evaluations
+        before = ledger.evaluations
         if self._base is None and not self.exhausted:
             self._base = self._evaluate(self._kept)
-        per = self.spent / self.evaluations if self.evaluations else 0.0
+        per = ledger.spent / ledger.evaluations if ledger.evaluations else 0.0
         if per <= 0.0:
             return left
         # an evaluation starts while the time spent is below the budget: the last may end past it
-        in_time = math.ceil(max(self.seconds - self.spent, 0.0) / per) + (self.evaluations - before)
+        in_time = math.ceil(max(self.seconds - ledger.spent, 0.0) / per) + (ledger.evaluations - before)
         self._time_sized = self._time_sized or in_time < left
         return min(left, in_time)
 
     def _evaluate(self, at: dict[str, int]) -> float:
+        groups = self._space.groups(at)
+        # only the evaluations' own seconds: A/B runs between aims do not count
+        value, took = self._ledger.run(lambda: float(self._score(groups)))
         self.evaluations += 1
-        start = self._clock()
-        value = float(self._score(self._space.groups(at)))
-        self.spent += self._clock() - start  # only the evaluations: A/B runs between aims do not count
+        self.spent += took
         return value
 
     @property
     def exhausted(self) -> bool:
         """No more evaluations: the count is spent, or (``seconds``) the time; records which."""
         if self._stopped is None:
-            if self.evaluations >= self.budget:
-                self._stopped = "count"
-            elif self.seconds is not None and self.spent >= self.seconds:
-                self._stopped = "time"
+            self._stopped = self._ledger.stopped
         return self._stopped is not None
 
     @property

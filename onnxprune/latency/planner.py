@@ -12,8 +12,9 @@ allocation does; plus a share of the outputs' cosine loss, which orders what a c
 ties), each unit measured alone -- or, given an ``order`` (``latency.interactions``), measured on
 the combined plan. With a constraint on the answers (a fidelity floor, or the user's validation
 function within its drop) the longest prefix of the order whose *measured* value holds is the
-limit, and the move after it taken in part, to the smallest count of its unit that still holds:
-the answers win over the latency target."""
+limit, and the move after it taken in part, to the smallest count of its unit that still holds
+(bisected while the constraint's ``refine`` allows: an evaluation budget): the answers win over
+the latency target."""
 
 from __future__ import annotations
 
@@ -38,11 +39,15 @@ _EPS = 1e-9  # a ratio equal to the aim up to float rounding reaches it
 @dataclass(frozen=True)
 class Constraint:
     """What the plan must keep, measured with all its moves together: ``holds(groups)``, and
-    ``value(groups)`` for the report; ``name`` says it (e.g. "fidelity >= 0.99")."""
+    ``value(groups)`` for the report; ``name`` says it (e.g. "fidelity >= 0.99"). ``refine``:
+    whether the move past the limit may still be bisected at ``groups`` (their value known, or
+    an evaluation budget left); None: always. The prefix's checks are never refused: the answers
+    are measured, not assumed."""
 
     name: str
     holds: Callable[[set[int]], bool]
     value: Callable[[set[int]], float]
+    refine: Callable[[set[int]], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,19 +137,23 @@ def _part_of_move(space: MoveSpace, move: Move, at: dict[str, int], constraint: 
     """``move`` (one unit lowered, from its count in ``at``) stopped at the smallest count of the
     unit that saves time and keeps ``constraint`` (bisected), or None. Moves are coarse (a
     measured order's chunk, a jump over a flat stretch): the first whole move past the answers'
-    limit can lose most of the way from the limit to the target."""
+    limit can lose most of the way from the limit to the target. When ``constraint.refine``
+    refuses (an evaluation budget spent), the smallest count measured to hold so far."""
     before = at[move.unit]
     counts = [k for k in space.grids[move.unit] if move.kept < k < before and space.saved(move.unit, before, k) > 0]
-    lo, hi = 0, len(counts)  # counts[lo:] may hold; the answers hold better the more a unit keeps
+    lo, hi = 0, len(counts)  # counts[lo:] may hold, counts[hi] (if any) was measured to; more kept holds better
     while lo < hi:
         mid = (lo + hi) // 2
-        if constraint.holds(space.groups({**at, move.unit: counts[mid]})):
+        groups = space.groups({**at, move.unit: counts[mid]})
+        if constraint.refine is not None and not constraint.refine(groups):
+            break
+        if constraint.holds(groups):
             hi = mid
         else:
             lo = mid + 1
-    if lo == len(counts):
+    if hi == len(counts):
         return None
-    k = counts[lo]
+    k = counts[hi]
     return Move(move.unit, k, space.saved(move.unit, before, k), space.lost(move.unit, before, k))
 
 

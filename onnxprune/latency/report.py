@@ -51,6 +51,28 @@ def _evaluations(order: dict) -> str:
     )
 
 
+def _limit(limit: dict) -> str:
+    """The answers' limit's recovered evaluations: how many, in how long, on the budget shared
+    with the order's, and what that budget bounded (checks are never refused, only the bisection
+    of the move past the limit)."""
+    budget = (
+        f"{limit['seconds_budget']:.0f} s and {limit['budget']} evaluations"
+        if limit.get("seconds_budget") is not None
+        else f"{limit['budget']} evaluations (--latency-evaluations)"
+    )
+    bound = limit.get("bound")
+    said = (
+        f"spent ({bound}): the move past the limit bisected no further"
+        if bound
+        else "the move past the limit bisected within it"
+    )
+    past = f"; {limit['past_budget']} checks of the plan past it (never skipped)" if limit.get("past_budget") else ""
+    return (
+        f"  the limit: {limit['evaluations']} recovered evaluations in {limit['seconds']:.0f} s, on the budget shared "
+        f"with the order ({budget}): {said}{past}"
+    )
+
+
 def latency_lines(d: dict) -> list[str]:
     """The text report's latency section (empty without a latency target)."""
     lat = d.get("latency")
@@ -72,6 +94,8 @@ def latency_lines(d: dict) -> list[str]:
             f"  moves ordered by their fidelity cost on the plan they join: {order['measured_moves']} measured so, "
             f"{order['evaluations']} of {order['budget']} {_evaluations(order)}"
         )
+    if lat.get("limit"):
+        lines.append(_limit(lat["limit"]))
     for i, a in enumerate(lat["attempts"], 1):
         lines.append(
             f"  A/B {i}: aim {a['aim']:.3f} -> predicted {a['predicted_ratio']:.3f}, measured {a['measured_ratio']:.3f} "

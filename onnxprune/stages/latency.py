@@ -16,6 +16,7 @@ import numpy as np
 from ..budget import group_scores, layer_budgets
 from ..errors import UsageError
 from ..latency.confirm import Attempt, confirm
+from ..latency.evaluations import EvaluationBudget, Spender
 from ..latency.interactions import RECOVERED_SECONDS, MeasuredOrder, default_budget
 from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
@@ -72,6 +73,14 @@ class LatencyOutcome:
     evaluation_seconds: float = 0.0
     evaluation_seconds_budget: float | None = None
     order_bound: str | None = None
+    # the answers' limit's own recovered evaluations (with --reconstruct / --recalibrate and a
+    # fidelity floor), drawn on the same budget as the order's: how many, in how long, how many
+    # of them checks started with the budget spent (the prefix is measured, never assumed), and
+    # what the budget had run out of when it refused bisecting the move past the limit
+    limit_evaluations: int | None = None
+    limit_seconds: float = 0.0
+    limit_past_budget: int = 0
+    limit_bound: str | None = None
 
     def to_dict(self) -> dict:
         units = []
@@ -113,6 +122,21 @@ class LatencyOutcome:
                     else {}
                 ),
             },
+            **(
+                {
+                    "limit": {
+                        "recovered": True,
+                        "evaluations": self.limit_evaluations,
+                        "seconds": self.limit_seconds,
+                        "past_budget": self.limit_past_budget,
+                        "budget": self.evaluation_budget,
+                        "seconds_budget": self.evaluation_seconds_budget,
+                        "bound": self.limit_bound,
+                    }
+                }
+                if self.limit_evaluations is not None
+                else {}
+            ),
             "attempts": [a.to_dict() for a in self.attempts],
             "units": units,
             "notes": list(self.notes),
@@ -148,13 +172,19 @@ def latency_plan(
     constraint = None
     trials = None
     judging = None
+    limit = None
     if data.calibration:  # importance is the measured fidelity loss per unit, not the scores
         trials = sensitivity_trials(loaded, analysis, scores, data.stats, data.calibration, run)
         sensitivity = trials.result
         units = [us.unit for us in sensitivity.units]
         sens = {us.unit.name: us for us in sensitivity.units}
         judging = _judging_runner(loaded, analysis, data, run, trials)
-        constraint = _constraint(trials, run, judge, judging)
+        recovered = judging is not trials.runner
+        ledger = _evaluation_budget(run, len(units), recovered)
+        judged = _Judgements(judging, trials, run)
+        floor = not (judge is not None and config.validated_search) and config.fidelity_floor is not None
+        limit = Spender(ledger) if recovered and floor else None  # the floor's refits: on the order's budget
+        constraint = _constraint(run, judge, judged, limit)
     else:
         units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
     if not units:
@@ -176,7 +206,9 @@ def latency_plan(
         )
 
         order = (
-            _measured_order(analysis, units, table, group, sens, trials, run, judging) if trials is not None else None
+            _measured_order(analysis, units, table, group, sens, run, judged, ledger, recovered)
+            if trials is not None
+            else None
         )
 
         def plan_at(aim: float) -> LatencyPlan:
@@ -234,18 +266,20 @@ def latency_plan(
         measured_moves=order.measured if order is not None else 0,
         recovered_order=order is not None and order.rescaled,
         evaluation_seconds=order.spent if order is not None else 0.0,
-        evaluation_seconds_budget=order.seconds if order is not None else None,
+        evaluation_seconds_budget=ledger.seconds if trials is not None else None,
         order_bound=order.bound if order is not None else None,
+        limit_evaluations=limit.evaluations if limit is not None else None,
+        limit_seconds=limit.spent if limit is not None else 0.0,
+        limit_past_budget=limit.past if limit is not None else 0,
+        limit_bound=limit.bound if limit is not None else None,
     )
     cross_fitted = None
-    floored = constraint is not None and not (judge is not None and config.validated_search)  # see _constraint
-    if floored and trials is not None and judging is not trials.runner:
+    if limit is not None:  # the fidelity floor judged the recovered model (see _constraint)
         # The floor judged the recovered model cross-fitted; the delivered one is refitted on all
         # the calibration samples (in-sample there): the report shows both, as decide's search does.
         from ..fidelity import CrossFitted
 
-        judged = judging.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)
-        cross_fitted = CrossFitted(judged, len(data.calibration or []))
+        cross_fitted = CrossFitted(judged(set(the_plan.removed_groups)), len(data.calibration or []))
     return Planned(the_plan, sensitivity, validator=judge, latency=outcome, cross_fitted=cross_fitted)  # type: ignore[arg-type]
 
 
@@ -262,39 +296,60 @@ def _judging_runner(
     return recovered_trials(loaded, analysis, feeds, run)
 
 
+def _evaluation_budget(run: Run, units: int, recovered: bool) -> EvaluationBudget:
+    """The fidelity evaluations of combined plans the order and the answers' limit share: 2 per
+    unit (``default_budget``), and a recovered runner's (each refits the model) also
+    ``RECOVERED_SECONDS`` of them; a count the user gives (--latency-evaluations) is the only bound."""
+    given = run.config.latency_evaluations
+    seconds = RECOVERED_SECONDS if recovered and given is None else None
+    return EvaluationBudget(default_budget(units) if given is None else given, seconds, _clock(run))
+
+
+class _Judgements:
+    """``runner.judged`` of a plan's groups (the estimates and metric choices of the run), made
+    once per plan: the order's evaluation of a plan and the limit's of the same plan are one (a
+    recovered one refits the model)."""
+
+    def __init__(self, runner: Any, trials: SensitivityTrials, run: Run) -> None:
+        self._runner, self._values, self._choices = runner, trials.estimates, run.config.fidelity_metrics
+        self._seen: dict[frozenset[int], Any] = {}
+
+    def known(self, groups: set[int]) -> bool:
+        return frozenset(groups) in self._seen
+
+    def __call__(self, groups: set[int]) -> Any:
+        key = frozenset(groups)
+        if key not in self._seen:
+            self._seen[key] = self._runner.judged(groups, self._values, self._choices)
+        return self._seen[key]
+
+
 def _measured_order(
     analysis: ChannelAnalysis,
     units: list,
     table: LatencyTable,
     group: Mapping[int, float],
     sens: Mapping[str, Any] | None,
-    trials: SensitivityTrials,
     run: Run,
-    runner: Any,
+    judged: _Judgements,
+    ledger: EvaluationBudget,
+    recovered: bool,
 ) -> MeasuredOrder | None:
-    """The moves ordered by their cost on the plan they join, scored by ``runner`` on the
-    calibration samples (the task fidelity, or its estimate on unseen inputs where lower, plus
-    ``CONTINUOUS_WEIGHT`` x the outputs' cosine: what ``moves`` measures alone; a recovered
-    runner's costs are on another scale than the masked ones measured alone: rescaled); None
-    with a budget of 0. The default budget is 2 evaluations per unit (``default_budget``), and a
-    recovered runner's also ``RECOVERED_SECONDS`` of them (each refits the model); a count the
-    user gives (--latency-evaluations) is the only bound."""
-    config = run.config
-    recovered = runner is not trials.runner
-    budget = config.latency_evaluations
-    seconds = RECOVERED_SECONDS if recovered and budget is None else None
-    budget = default_budget(len(units)) if budget is None else budget
-    if budget <= 0:
+    """The moves ordered by their cost on the plan they join, scored by ``judged`` (``_Judgements``
+    of the judging runner) on the calibration samples (the task fidelity, or its estimate on
+    unseen inputs where lower, plus ``CONTINUOUS_WEIGHT`` x the outputs' cosine: what ``moves``
+    measures alone; a recovered runner's costs are on another scale than the masked ones measured
+    alone: rescaled), within ``ledger`` (``_evaluation_budget``); None with a budget of 0."""
+    if ledger.count <= 0:
         return None
-    values, choices = trials.estimates, config.fidelity_metrics
 
     def score(groups: set[int]) -> float:
-        j = runner.judged(groups, values, choices)
+        j = judged(groups)
         task = min(j.pooled, j.estimate if j.estimate is not None else 1.0)
         return task + CONTINUOUS_WEIGHT * (j.cosine if j.cosine is not None else 0.0)
 
-    space = move_space(analysis, config, units, table, group, sensitivity=sens)
-    return MeasuredOrder(space, score, budget, rescaled=recovered, seconds=seconds, clock=_clock(run))
+    space = move_space(analysis, run.config, units, table, group, sensitivity=sens)
+    return MeasuredOrder(space, score, ledger.count, rescaled=recovered, shared=ledger)
 
 
 def _clock(run: Run) -> Any:
@@ -337,10 +392,14 @@ def overhead_note(target: float, floor: float, constrained: bool) -> tuple[str, 
     )
 
 
-def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None, runner: Any) -> Constraint | None:
+def _constraint(run: Run, judge: Validator | None, judged: _Judgements, limit: Spender | None) -> Constraint | None:
     """What the answers must keep: the user's validation function within its drop, or the
     fidelity floor (``min_fidelity``, or 1 - ``max_drop``) on the calibration inputs, judged by
-    ``runner`` (``_judging_runner``: recovered with --reconstruct / --recalibrate)."""
+    ``judged`` (``_Judgements`` of ``_judging_runner``: recovered with --reconstruct /
+    --recalibrate; a plan the order evaluated is not evaluated again). ``limit``: the recovered
+    floor's share of the evaluation budget: its new evaluations are charged to it, and once the
+    budget is spent the move past the limit is bisected no further (the prefix's checks still run:
+    the answers are measured, never assumed)."""
     config = run.config
     if judge is not None and config.validated_search:
         judge.baseline  # noqa: B018 - computed first: a broken function fails before the search
@@ -349,16 +408,14 @@ def _constraint(trials: SensitivityTrials, run: Run, judge: Validator | None, ru
     floor = config.fidelity_floor
     if floor is None:
         return None
-    values = trials.estimates
-    seen: dict[frozenset[int], float] = {}
 
     def fidelity(groups: set[int]) -> float:
-        key = frozenset(groups)
-        if key not in seen:
-            seen[key] = runner.fidelity(groups, values, config.fidelity_metrics)
-        return seen[key]
+        if limit is None or judged.known(groups):
+            return float(judged(groups).pooled)
+        return float(limit.run(lambda: judged(groups)).pooled)
 
-    return Constraint(f"fidelity >= {floor:g}", lambda g: fidelity(g) >= floor, fidelity)
+    refine = None if limit is None else (lambda g: judged.known(g) or not limit.refuse())
+    return Constraint(f"fidelity >= {floor:g}", lambda g: fidelity(g) >= floor, fidelity, refine)
 
 
 def _save(proto: Any, path: str) -> None:
