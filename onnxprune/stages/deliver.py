@@ -296,9 +296,16 @@ def measure(
             "gap": on_calibration[0] - score,
         }
         estimated = [o for o in calibrated if o.estimate is not None and o.bound is not None]
-        # Only a fidelity floor's search judges by the bound; a ratio, MACs target or the
-        # user's validation function chose the plan otherwise.
-        judged = run.config.fidelity_floor is not None
+        # Only the fidelity floor's allocation search judges by the bound; a ratio, a MACs target
+        # (with a floor too: the shortest prefix reaching it) or the user's validation function
+        # chose the plan otherwise, and the latency planner's floor judges the measured agreement.
+        config = run.config
+        judged = (
+            config.fidelity_floor is not None
+            and config.allocated
+            and config.macs_target is None
+            and not config.validated_search
+        )
         if estimated:
             # What the search judged discrete outputs by (fidelity.search_score), for this plan:
             # the bound (of the lower of the estimate and the agreement on the samples).
@@ -312,7 +319,7 @@ def measure(
                 "the agreement on the calibration samples"
                 + (f", bounded at confidence {level:g} (bootstrap over the samples)" if level > 0.5 else "")
                 + (
-                    (": what the search judged" if judged else ": for information (no fidelity search chose this plan)")
+                    (": what the search judged" if judged else ": for information (no search judged the plan by it)")
                     if cross_fitted is None
                     else ": in-sample (the final refit was fitted on these samples; the search judged cross_fitted)"
                 ),
