@@ -147,6 +147,8 @@ def _prune(args: argparse.Namespace) -> int:
                 given_plan = PruningPlan.from_dict(json.load(f))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{args.plan}: not JSON ({exc})") from None
+        except UsageError as exc:  # not a plan, or a malformed one: name the file
+            raise UsageError(f"{args.plan}: {exc}") from None
     ov_shapes: dict = {}
     wants_openvino = [
         f for f, on in (("--ir", args.ir), ("--bench", args.bench), ("--compare-openvino", args.compare_openvino)) if on

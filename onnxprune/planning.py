@@ -105,6 +105,8 @@ class PruningPlan:
             found = {where.get(m) for m in mem}
             if None in found:
                 missing = next(m for m in mem if m not in where)
+                if all(node != missing[0] for node, _ in where):
+                    raise UsageError(f"plan: layer {missing[0]!r} is not in this model")
                 raise UsageError(f"plan: layer {missing[0]!r} has no output channel {missing[1]} in this model")
             if len(found) != 1:
                 raise UsageError(f"plan: the members listed for group {gid} belong to different channel groups")

@@ -155,3 +155,28 @@ def test_prune_help_states_what_calibration_and_the_default_criterion_do() -> No
     cal = str(CALIBRATION)
     assert PruneConfig(latency_target=0.9, min_fidelity=0.99, calibration=cal).criterion == "l2"
     assert PruneConfig(min_fidelity=0.99, calibration=cal).criterion == "contribution"
+
+
+# -- --plan errors named neither the plan file nor the model --------------------------------
+
+
+def test_plan_errors_name_the_file_and_the_model(tmp_path: Path) -> None:
+    import json
+
+    saved = tmp_path / "p.json"
+    made = run_cli(
+        "prune", FIXTURES / "digits_cnn.onnx", "-o", tmp_path / "y.onnx", "--ratio", "0.2", "--save-plan", saved
+    )
+    assert made.returncode == 0, made.stderr
+    other = FIXTURES / "residual.onnx"
+    layer = json.loads(saved.read_text())["removed"][0]["members"][0][0]
+    p = run_cli("prune", other, "-o", tmp_path / "o.onnx", "--plan", saved)
+    assert one_line_error(p) == (
+        f"onnxprune: error: {other}: plan: layer {layer!r} is not in this model (was the plan made for another model?)"
+    )
+    (tmp_path / "bad.json").write_text('{"groups": 3}')
+    p = run_cli("prune", other, "-o", tmp_path / "o.onnx", "--plan", tmp_path / "bad.json")
+    assert one_line_error(p) == (
+        f"onnxprune: error: {tmp_path / 'bad.json'}: not an onnxprune plan (expected format 'onnxprune-plan/1')"
+    )
+    assert not (tmp_path / "o.onnx").exists()

@@ -222,7 +222,11 @@ def plan(
     a budget's, or allocated under a fidelity budget from measured sensitivity."""
     measure = validator(loaded, analysis, data, run) if run.config.validate is not None else None
     if given is not None:
-        return Planned(given.resolve(analysis), validator=measure)
+        try:
+            resolved = given.resolve(analysis)
+        except UsageError as exc:  # the plan's words; the model it does not fit is named here
+            raise UsageError(f"{loaded.source}: {exc} (was the plan made for another model?)") from None
+        return Planned(resolved, validator=measure)
     if run.config.latency_target is not None:
         from .latency import latency_plan
 
