@@ -83,7 +83,8 @@ def format_report(d: dict) -> str:
 
         for f in fid:
             top1 = "" if f["top1_agreement"] is None else f"  top-1 agreement {f['top1_agreement'] * 100:.1f}%"
-            metric = f"{f['metric']} {f['score']:.4f}  " if "metric" in f else ""
+            # A cosine-scored output shows its cosine once.
+            metric = f"{f['metric']} {f['score']:.4f}  " if f.get("metric") not in (None, "cosine") else ""
             lines.append(
                 f"  {f['name']}: {metric}cosine {f['cosine']:.4f}  max abs err {f['max_abs_error']:.3g}  mean abs err {f['mean_abs_error']:.3g}{top1}"
             )

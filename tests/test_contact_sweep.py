@@ -180,3 +180,22 @@ def test_plan_errors_name_the_file_and_the_model(tmp_path: Path) -> None:
         f"onnxprune: error: {tmp_path / 'bad.json'}: not an onnxprune plan (expected format 'onnxprune-plan/1')"
     )
     assert not (tmp_path / "o.onnx").exists()
+
+
+# -- the text report: a cosine-scored output said "cosine" twice; sensitivity's empty table --
+
+
+def test_a_cosine_scored_output_shows_its_cosine_once(tmp_path: Path) -> None:
+    import numpy as np
+
+    model, data = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(small_cnn(), model)
+    np.savez(data, input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    p = run_cli(
+        "prune", model, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--calibration", data, "--fidelity-metric", "*=cosine"
+    )
+    assert p.returncode == 0, p.stderr
+    (line,) = [ln for ln in p.stdout.splitlines() if "max abs err" in ln]
+    assert line.split(":", 1)[1].split().count("cosine") == 1, line
+    assert "    metric cosine: chosen for every output" in p.stdout
+
