@@ -383,6 +383,11 @@ def _sensitivity(args: argparse.Namespace) -> int:
         for u in sorted(result.units, key=lambda u: -u.macs_saved[result.ratios[-1]]):
             cells = "".join(f"{u.fidelity[r]:>9.4f}/{u.macs_saved[r] * 100:5.1f}%" for r in result.ratios)
             print(f"{u.unit.name[:44]:44s}{u.unit.channels:9d}{cells}")
+        if not result.units:
+            print(
+                f"note: no unit to prune: every channel is pinned (or its layers are inside subgraphs, which are not "
+                f"analysed); 'onnxprune explain {args.model}' says why per layer"
+            )
     return 0
 
 

@@ -199,3 +199,23 @@ def test_a_cosine_scored_output_shows_its_cosine_once(tmp_path: Path) -> None:
     assert line.split(":", 1)[1].split().count("cosine") == 1, line
     assert "    metric cosine: chosen for every output" in p.stdout
 
+
+def test_sensitivity_says_why_there_is_no_unit(tmp_path: Path) -> None:
+    import numpy as np
+
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17)
+    x = b.input("input", (None, 3, 8, 8))
+    b.channels[x] = 3
+    b.output(b.conv(x, 4))  # its channels reach the graph output: pinned
+    model, data = tmp_path / "m.onnx", tmp_path / "c.npz"
+    onnx.save(b.build(), model)
+    np.savez(data, input=np.zeros((4, 3, 8, 8), np.float32) + 1)
+    p = run_cli("sensitivity", model, "--calibration", data)
+    assert p.returncode == 0, p.stderr
+    assert f"{model}: 0 units" in p.stdout
+    assert p.stdout.strip().splitlines()[-1] == (
+        "note: no unit to prune: every channel is pinned (or its layers are inside subgraphs, which are not analysed); "
+        f"'onnxprune explain {model}' says why per layer"
+    )
