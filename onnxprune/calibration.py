@@ -25,6 +25,7 @@ __all__ = [
     "Preprocess",
     "load_calibration",
     "parse_preprocess",
+    "shared_samples",
     "split_calibration",
 ]
 
@@ -324,6 +325,20 @@ def _image_input(folder: str, model: onnx.ModelProto, pre: Preprocess) -> tuple[
     return vi.name, channels, height, width, dtypes[tt.elem_type]
 
 
+def shared_samples(calibration: Sequence[dict], evaluation: Sequence[dict]) -> int:
+    """How many of the ``evaluation`` samples are also ``calibration`` samples (same arrays)."""
+    import hashlib
+
+    import numpy as np
+
+    def key(feed: dict) -> tuple:
+        arrays = {k: np.asarray(v) for k, v in feed.items()}
+        return tuple((k, a.dtype.str, a.shape, hashlib.sha256(a.tobytes()).digest()) for k, a in sorted(arrays.items()))
+
+    seen = {key(f) for f in calibration}
+    return sum(key(f) in seen for f in evaluation)
+
+
 def split_calibration(feeds: Sequence[dict], evaluation: Sequence[dict] | None) -> tuple[list, list, str]:
     """(calibration feeds, evaluation feeds, note). With ``evaluation`` given, both are used as
     is and the note is empty. Otherwise one set is split deterministically: every 4th sample
@@ -331,7 +346,14 @@ def split_calibration(feeds: Sequence[dict], evaluation: Sequence[dict] | None) 
     are two or more; a single sample serves both."""
     feeds = list(feeds)
     if evaluation is not None:
-        return feeds, list(evaluation), ""
+        shared = shared_samples(feeds, evaluation)
+        note = (
+            f"{shared} of the {len(evaluation)} given evaluation samples are also calibration samples: "
+            "their fidelity is not held out"
+            if shared
+            else ""
+        )
+        return feeds, list(evaluation), note
     if not feeds:
         raise UsageError("no calibration inputs to split")
     if len(feeds) == 1:

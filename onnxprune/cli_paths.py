@@ -96,7 +96,9 @@ def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
         if what != "the input model" or not os.path.isfile(model):
             continue
         folder = os.path.realpath(os.path.dirname(os.path.abspath(model)))
-        if any(os.path.exists(p) and os.path.realpath(os.path.dirname(os.path.abspath(p))) == folder for p, _ in outputs):
+        if any(
+            os.path.exists(p) and os.path.realpath(os.path.dirname(os.path.abspath(p))) == folder for p, _ in outputs
+        ):
             inputs += [(data, f"external data of {model}") for data in _external_data(model)]
     for path, flag in outputs:
         for source, what in inputs:

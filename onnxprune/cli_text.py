@@ -167,6 +167,8 @@ def generalisation_lines(g: dict | None) -> list[str]:
         estimated += f", at least {est['bound']:.4f} at confidence {est['confidence']:g}" + (
             " (what the search judged)" if est.get("judged_by_search", not cross) else ""
         )
+    from .render import held_out_label
+
     lines = []
     if cross:
         lines.append(
@@ -176,7 +178,7 @@ def generalisation_lines(g: dict | None) -> list[str]:
         )
     lines.append(
         f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them{insample}), "
-        f"{held['fidelity']:.4f} on the {held['samples']} held-out samples (gap {g['gap']:+.4f}){estimated}"
+        f"{held['fidelity']:.4f} on the {held['samples']} {held_out_label(held)} (gap {g['gap']:+.4f}){estimated}"
     )
     return lines
 

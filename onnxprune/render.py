@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "held_out_label",
     "metric_label",
     "metric_text",
     "plot_report",
@@ -14,6 +15,14 @@ __all__ = [
     "to_markdown",
     "validation_markdown",
 ]
+
+
+def held_out_label(held: dict) -> str:
+    """What the evaluation samples are: held out, or (given ones) partly calibration samples."""
+    shared = held.get("also_calibration", 0)
+    if not shared:
+        return "held-out samples"
+    return f"evaluation samples ({shared} of them also calibration samples: not held out)"
 
 
 def _pct(before: float, after: float) -> str:
@@ -185,7 +194,7 @@ def to_markdown(d: dict[str, Any]) -> str:
             ]
         lines += [
             f"| on the calibration samples (the plan was chosen on them{insample}) | {g['calibration']['samples']} | {g['calibration']['fidelity']:.4f} |",
-            f"| on the held-out samples | {g['held_out']['samples']} | {g['held_out']['fidelity']:.4f} |",
+            f"| on the {held_out_label(g['held_out'])} | {g['held_out']['samples']} | {g['held_out']['fidelity']:.4f} |",
         ]
         if g.get("estimate"):
             lines.append(

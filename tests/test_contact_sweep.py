@@ -192,7 +192,16 @@ def test_a_cosine_scored_output_shows_its_cosine_once(tmp_path: Path) -> None:
     onnx.save(small_cnn(), model)
     np.savez(data, input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
     p = run_cli(
-        "prune", model, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--calibration", data, "--fidelity-metric", "*=cosine"
+        "prune",
+        model,
+        "-o",
+        tmp_path / "o.onnx",
+        "--ratio",
+        "0.25",
+        "--calibration",
+        data,
+        "--fidelity-metric",
+        "*=cosine",
     )
     assert p.returncode == 0, p.stderr
     (line,) = [ln for ln in p.stdout.splitlines() if "max abs err" in ln]
@@ -219,3 +228,29 @@ def test_sensitivity_says_why_there_is_no_unit(tmp_path: Path) -> None:
         "note: no unit to prune: every channel is pinned (or its layers are inside subgraphs, which are not analysed); "
         f"'onnxprune explain {model}' says why per layer"
     )
+
+
+# -- --inputs that are the calibration samples were reported as "held-out" --------------------
+
+
+def test_evaluation_samples_that_are_calibration_samples_are_not_called_held_out(tmp_path: Path) -> None:
+    import json
+
+    model = FIXTURES / "digits_cnn.onnx"
+    common = ["prune", model, "--ratio", "0.1", "--calibration", CALIBRATION]
+    same = run_cli(*common, "-o", tmp_path / "a.onnx", "--inputs", CALIBRATION, "--report", tmp_path / "a.json")
+    assert same.returncode == 0, same.stderr
+    held = json.loads((tmp_path / "a.json").read_text())["generalisation"]["held_out"]
+    assert held["samples"] == 64 and held["also_calibration"] == 64
+    assert (
+        "on the 64 evaluation samples (64 of them also calibration samples: not held out) (gap +0.0000)" in same.stdout
+    )
+    assert "64 of the 64 given evaluation samples are also calibration samples" in same.stdout
+    assert "held-out samples" not in same.stdout
+    other = run_cli(
+        *common, "-o", tmp_path / "b.onnx", "--inputs", FIXTURES / "digits_test.npz", "--report", tmp_path / "b.json"
+    )
+    assert other.returncode == 0, other.stderr
+    held = json.loads((tmp_path / "b.json").read_text())["generalisation"]["held_out"]
+    assert held["samples"] == 64 and held["also_calibration"] == 0
+    assert "on the 64 held-out samples (gap" in other.stdout

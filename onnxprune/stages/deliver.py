@@ -278,6 +278,7 @@ def measure(
     final refit saw the calibration samples, so its fidelity on them is in-sample."""
     if pruning_plan.exact:
         return Measured()
+    from ..calibration import shared_samples
     from ..fidelity import fidelity, run_score
 
     choices, model = run.config.fidelity_metrics, runnable(pruned, staged)
@@ -292,7 +293,11 @@ def measure(
         on_calibration = run_score(calibrated)
         general = {
             "calibration": {"samples": len(verified.calibration), "fidelity": on_calibration[0]},
-            "held_out": {"samples": len(verified.feeds), "fidelity": score},
+            "held_out": {
+                "samples": len(verified.feeds),
+                "fidelity": score,
+                "also_calibration": shared_samples(verified.calibration, verified.feeds),
+            },
             "gap": on_calibration[0] - score,
         }
         estimated = [o for o in calibrated if o.estimate is not None and o.bound is not None]
