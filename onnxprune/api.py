@@ -223,6 +223,9 @@ def prune(
     run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress, timer)
     if output is not None:
         check_output_path(output, model)
+    from .user_validation import check_spec
+
+    check_spec(config.validate)  # before any work: a typo in the spec would surface minutes later
     loaded = stages.load(model)
     stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)
     run = stages.with_data_shapes(loaded, run)

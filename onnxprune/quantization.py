@@ -128,6 +128,9 @@ def quantize(
     fmt = output_format(output, format)
     if output is not None:
         _check_output(os.fspath(output), model)
+    from .user_validation import check_spec
+
+    check_spec(config.validate)  # before any work
     proto, loaded_as, size_before, _ = load_model(model)
     source = source or loaded_as
     if size_before is None:

@@ -34,6 +34,7 @@ __all__ = [
     "ValidationResult",
     "ValidationStep",
     "Validator",
+    "check_spec",
     "parse_max_drop",
     "resolve_function",
 ]
@@ -130,6 +131,46 @@ def parse_max_drop(value: object) -> MaxDrop:
     return MaxDrop(number, relative)
 
 
+def _is_file(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where
+
+
+def check_spec(spec: object) -> None:
+    """What can be told of a ``--validate`` spec without running your code, checked before any
+    work (a typo would otherwise surface after the calibration and sensitivity runs): its form,
+    the file (exists, parses, mentions the function) or the module (can be found)."""
+    if not isinstance(spec, str):
+        return  # a callable, or a type PruneConfig refuses
+    import ast
+    import re
+
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ValidationFunctionFailed(f"--validate {spec!r}: expected FILE.py:function or module:function")
+    if _is_file(where):
+        if not os.path.isfile(where):
+            raise ValidationFunctionFailed(f"{spec}: --validate file {where} not found")
+        try:
+            with open(where, encoding="utf-8") as f:
+                text = f.read()
+            ast.parse(text, where)
+        except SyntaxError as exc:
+            raise ValidationFunctionFailed(
+                f"{spec}: importing {where} raised SyntaxError: {exc.msg} (line {exc.lineno})"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationFunctionFailed(f"{spec}: cannot read {where} ({first_line(exc)})") from None
+        if not re.search(rf"\b{re.escape(attr.split('.')[0])}\b", text):  # not even mentioned: not defined
+            raise ValidationFunctionFailed(f"{spec}: {where} has no function {attr!r}")
+        return
+    try:
+        found = importlib.util.find_spec(where)
+    except Exception:  # a parent package that fails to import: resolve_function names the error
+        return
+    if found is None:
+        raise ValidationFunctionFailed(f"{spec}: no module named {where!r} (give FILE.py:function for a file)")
+
+
 def resolve_function(spec: Callable[[Candidate], float] | str) -> tuple[Callable[[Candidate], float], str]:
     """The validation function and its name for messages: a callable as it is, or a spec
     ``FILE.py:function`` (a file, imported on its own) or ``module:function`` (importable)."""
@@ -143,7 +184,7 @@ def resolve_function(spec: Callable[[Candidate], float] | str) -> tuple[Callable
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise ValidationFunctionFailed(f"--validate {spec!r}: expected FILE.py:function or module:function")
-    if where.endswith(".py") or "/" in where or os.sep in where:
+    if _is_file(where):
         if not os.path.isfile(where):
             raise ValidationFunctionFailed(f"{spec}: --validate file {where} not found")
         found = importlib.util.spec_from_file_location(f"_onnxprune_validate_{abs(hash(where))}", where)

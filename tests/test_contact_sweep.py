@@ -254,3 +254,32 @@ def test_evaluation_samples_that_are_calibration_samples_are_not_called_held_out
     held = json.loads((tmp_path / "b.json").read_text())["generalisation"]["held_out"]
     assert held["samples"] == 64 and held["also_calibration"] == 0
     assert "on the 64 held-out samples (gap" in other.stdout
+
+
+# -- a typo in --validate surfaced only after calibration and the sensitivity runs ------------
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("{d}/v.py:acuracy", "{d}/v.py:acuracy: {d}/v.py has no function 'acuracy'"),
+        ("{d}/s.py:f", "{d}/s.py:f: importing {d}/s.py raised SyntaxError: '(' was never closed (line 1)"),
+        (
+            "no_such_module_xyz:f",
+            "no_such_module_xyz:f: no module named 'no_such_module_xyz' (give FILE.py:function for a file)",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["prune", "quantize"])
+def test_a_bad_validate_spec_is_refused_before_any_work(tmp_path: Path, spec: str, message: str, command: str) -> None:
+    import numpy as np
+
+    (tmp_path / "v.py").write_text("def accuracy(candidate):\n    return 1.0\n")
+    (tmp_path / "s.py").write_text("def f(c:\n    return 1\n")
+    # calibration data that does not fit the model: its error would come first if work started
+    np.savez(tmp_path / "c.npz", input=np.zeros((8, 3, 8, 8), np.float32))
+    out = tmp_path / "o.onnx"
+    args = [command, FIXTURES / "digits_cnn.onnx", "-o", out, "--calibration", tmp_path / "c.npz"]
+    p = run_cli(*args, "--validate", spec.format(d=tmp_path))
+    assert one_line_error(p) == "onnxprune: error: " + message.format(d=tmp_path)
+    assert not out.exists()
