@@ -323,7 +323,7 @@ def analyze(
             if tracked:
                 domain = f" of domain {node.domain!r}" if node.domain not in (None, "", "ai.onnx") else ""
                 ctx.pin_all_inputs(
-                    node, f"op {node.op}{domain} has no rule; unknown ops are never assumed element-wise"
+                    node, f"op {node.op}{domain} has no rule; an op without one is never assumed element-wise"
                 )
             continue
         written_before = {t.name for t in node.outputs if t.name in ctx.layouts}

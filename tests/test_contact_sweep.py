@@ -283,3 +283,21 @@ def test_a_bad_validate_spec_is_refused_before_any_work(tmp_path: Path, spec: st
     p = run_cli(*args, "--validate", spec.format(d=tmp_path))
     assert one_line_error(p) == "onnxprune: error: " + message.format(d=tmp_path)
     assert not out.exists()
+
+
+# -- a standard op without a rule was called "unknown" ----------------------------------------
+
+
+def test_a_standard_op_without_a_rule_is_not_called_unknown() -> None:
+    import onnxprune
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17)
+    x = b.input("x", [1, 3, 4, 4])
+    y = b.op("Softmax", b.conv(x, 6), axis=1)
+    b.output(b.conv(y, 3))
+    a = onnxprune.analyze(b.build())
+    reasons = {r for g in a.groups for r in g.pinned_by if "Softmax" in r}
+    assert len(reasons) == 1
+    (reason,) = reasons
+    assert reason.endswith("(Softmax): op Softmax has no rule; an op without one is never assumed element-wise"), reason
