@@ -59,3 +59,20 @@ def test_one_calibration_sample_cannot_be_cross_fitted() -> None:
     feeds = [{"x": np.zeros((1, 4, 3, 3), np.float32)}]
     with pytest.raises(ValueError, match="at least 2 calibration samples"):
         ReconstructedTrials(model, onnxprune.analyze(model), feeds)
+
+
+def test_recovery_kept_across_trials_judges_every_plan_as_a_fresh_runner() -> None:
+    """--reconstruct --recalibrate trials share each fold's RecoveryCache (the readers' rows, the
+    original's statistics, the pruned models' statistics by cone digest): every plan, in any
+    order, is judged exactly as by a runner that saw no other plan."""
+    from test_recalibration_memo import _feeds as chain_feeds
+    from test_recalibration_memo import _model as chain
+
+    model, feeds = chain(), chain_feeds(12)
+    analysis = onnxprune.analyze(model)
+    shared = ReconstructedTrials(model, analysis, feeds, reconstruct=True, recalibrate=True)
+    for plan in [(1, 13), (1, 14), (2, 13), (1, 13, 7), ()]:
+        fresh = ReconstructedTrials(model, analysis, feeds, reconstruct=True, recalibrate=True)
+        want, got = fresh.judged(plan, None, COSINE), shared.judged(plan, None, COSINE)
+        assert (got.value, got.pooled, got.worst_half) == (want.value, want.pooled, want.worst_half), plan
+    assert all(len(c.measured) > 0 for c in shared.caches)  # the statistics were kept and reused
