@@ -19,8 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import OnnxPruneError
 
     try:
-        from .cli_paths import check_outputs_spare_inputs
+        from .cli_paths import check_outputs_spare_inputs, check_plot_format
 
+        check_plot_format(args)
         check_outputs_spare_inputs(args)
         if args.command == "prune":
             return _prune(args)
@@ -94,8 +95,6 @@ def _prune(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
     if args.ir and not args.ir.endswith(".xml"):
         raise UsageError(f"{args.ir}: --ir must end in .xml (the .bin is written beside it)")
-    if args.plot and os.path.splitext(args.plot)[1].lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-        raise UsageError(f"{args.plot}: --plot must end in .png, .pdf, .svg or .jpg (the image format)")
     destinations = {os.path.abspath(args.output): "-o"}
     for path, what in (
         (args.report, "--report"),
@@ -347,7 +346,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
         raise UsageError(f"--ratios {args.ratios!r}: expected numbers like 0.1,0.25,0.5") from None
     if not os.path.exists(args.calibration):
         raise UsageError(f"{args.calibration}: calibration inputs not found")
-    from .saving import check_writable
+    from .saving import Outputs, check_writable
 
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
@@ -366,12 +365,16 @@ def _sensitivity(args: argparse.Namespace) -> int:
         progress=progress,
     )
     data = {"model": args.model, **result.to_dict()}
-    if args.json:
-        _write_text(args.json, json.dumps(data, indent=2))
-    if args.plot:
-        from .render import plot_sensitivity
+    with Outputs() as outputs:  # both files or neither
+        if args.json:
+            outputs.add_text(args.json, json.dumps(data, indent=2))
+        if args.plot:
+            from .render import plot_sensitivity
 
-        plot_sensitivity(data, args.plot)
+            staged_plot = outputs.staging_path(args.plot)
+            outputs.add(staged_plot, args.plot)
+            plot_sensitivity(data, staged_plot)
+        outputs.commit()
     if not args.quiet:
         head = "".join(f"{f'{r:.0%}':>16s}" for r in result.ratios)
         print(

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from .errors import UsageError
 
-__all__ = ["check_outputs_spare_inputs"]
+__all__ = ["PLOT_FORMATS", "check_outputs_spare_inputs", "check_plot_format"]
 
 # (attribute, flag) of every option that names a file a command writes.
 _OUTPUTS = (
@@ -82,6 +82,17 @@ def _same(a: str, b: str) -> bool:
         return os.path.samefile(a, b)  # hard links
     except OSError:  # either is missing: nothing to overwrite
         return False
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def check_plot_format(args: argparse.Namespace) -> None:
+    """UsageError when ``--plot`` (prune, sensitivity, latency-table) names no image format
+    matplotlib writes here; checked before any work, not after it (an internal error then)."""
+    plot = getattr(args, "plot", None)
+    if isinstance(plot, str) and plot and os.path.splitext(plot)[1].lower() not in PLOT_FORMATS:
+        raise UsageError(f"{plot}: --plot must end in .png, .pdf, .svg or .jpg (the image format)")
 
 
 def check_outputs_spare_inputs(args: argparse.Namespace) -> None:

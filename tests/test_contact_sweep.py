@@ -301,3 +301,21 @@ def test_a_standard_op_without_a_rule_is_not_called_unknown() -> None:
     assert len(reasons) == 1
     (reason,) = reasons
     assert reason.endswith("(Softmax): op Softmax has no rule; an op without one is never assumed element-wise"), reason
+
+
+# -- sensitivity --plot in a format matplotlib lacks: internal error, --json left behind -------
+
+
+def test_sensitivity_plot_format_is_checked_before_any_work(tmp_path: Path) -> None:
+    args = ["sensitivity", FIXTURES / "digits_cnn.onnx", "--calibration", CALIBRATION, "--json", tmp_path / "s.json"]
+    p = run_cli(*args, "--plot", tmp_path / "s.pdfx")
+    line = one_line_error(p)
+    assert (
+        line
+        == f"onnxprune: error: {tmp_path / 's.pdfx'}: --plot must end in .png, .pdf, .svg or .jpg (the image format)"
+    )
+    assert list(tmp_path.iterdir()) == []
+    ok = run_cli(*args, "--plot", tmp_path / "s.PNG")
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.PNG", "s.json"]
+    assert (tmp_path / "s.PNG").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
