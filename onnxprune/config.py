@@ -249,7 +249,19 @@ class PruneConfig:
         if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
             raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")
         if (self.min_fidelity is not None or self.reconstruct or self.recalibrate) and not self.calibration:
-            raise UsageError("--min-fidelity, --reconstruct and --recalibrate need calibration inputs (--calibration)")
+            given = [
+                flag
+                for flag, on in (
+                    ("--min-fidelity", self.min_fidelity is not None),
+                    ("--reconstruct", self.reconstruct),
+                    ("--recalibrate", self.recalibrate),
+                )
+                if on
+            ]
+            raise UsageError(
+                f"{' and '.join(given)} given without --calibration: --min-fidelity, --reconstruct and --recalibrate "
+                "need calibration inputs (--calibration C.npz keyed by input name, or a folder of images)"
+            )
         floor = self.fidelity_floor
         if self.min_fidelity is None and floor is not None and floor <= 0.0:
             raise UsageError(

@@ -319,3 +319,16 @@ def test_sensitivity_plot_format_is_checked_before_any_work(tmp_path: Path) -> N
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.PNG", "s.json"]
     assert (tmp_path / "s.PNG").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- --recalibrate without --calibration: the error listed three options, not the one given ---
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--recalibrate"], "--recalibrate"), (["--reconstruct", "--recalibrate"], "--reconstruct and --recalibrate")],
+)
+def test_recovery_without_calibration_names_the_option_given(tmp_path: Path, flags: list[str], named: str) -> None:
+    p = run_cli("prune", FIXTURES / "digits_cnn.onnx", "-o", tmp_path / "o.onnx", "--ratio", "0.1", *flags)
+    assert one_line_error(p).startswith(f"onnxprune: error: {named} given without --calibration: ")
+    assert list(tmp_path.iterdir()) == []
