@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="OUTPUT=METRIC",
         help="fidelity metric of an output ('*' for all): top1, ctc[:blank=K], dense[:threshold=T], "
-        "detection[:score=S,iou=I] or cosine (default: detected from the output's shape and values)",
+        "detection[:score=S,iou=I,nms=J] or cosine (default: detected from the output's shape and values)",
     )
     b.add_argument(
         "--preprocess",

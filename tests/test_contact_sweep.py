@@ -151,6 +151,7 @@ def test_prune_help_states_what_calibration_and_the_default_criterion_do() -> No
     assert "--calibration C.npz|FOLDER" in text and "folder of images with --preprocess" in text
     assert "every 4th sample is held out" in text and "--reconstruct, --recalibrate" in text
     assert "l2 with any other budget (--ratio, --macs-target, --latency-target," in text
+    assert "detection[:score=S,iou=I,nms=J]" in text  # the parameters the metric takes
     # what the help says, the config does
     cal = str(CALIBRATION)
     assert PruneConfig(latency_target=0.9, min_fidelity=0.99, calibration=cal).criterion == "l2"
