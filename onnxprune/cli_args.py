@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="zero (provably constant channels, exact), l1, l2, fpgm, random, kmeans, bn-gamma, apoz, mean-activation, reconstruction, contribution; "
         "default: contribution for a --min-fidelity / --max-drop / --validate search with --calibration and without "
-        "--reconstruct / --recalibrate and without --latency-target; l2 with any other budget (--ratio, --macs-target, "
+        "--reconstruct / --recalibrate, --latency-target and --compensation none|data-free; l2 with any other budget (--ratio, --macs-target, "
         "--latency-target, --config with sparsity); else zero",
     )
     b = p.add_argument_group("budget (criteria other than zero)")

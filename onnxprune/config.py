@@ -371,12 +371,15 @@ class PruneConfig:
         """An unnamed criterion means ``DATA_DEFAULT_CRITERION``: the sensitivity-allocated
         search (a fidelity floor or the user's validation function, no MACs or latency target)
         on calibration data, without ``reconstruct`` / ``recalibrate`` (with a refit its plans
-        missed held-out 0.99 on both corpus models tried, where l2's held)."""
+        missed held-out 0.99 on both corpus models tried, where l2's held), with the compensation
+        it scores (a removed channel replaced by its calibration mean: ``auto`` or
+        ``calibration``; under ``none`` / ``data-free`` its ranking is not the error left)."""
         return (
             self.allocated
             and self.calibration is not None
             and self.macs_target is None
             and not (self.reconstruct or self.recalibrate)
+            and self.compensation in ("auto", "calibration")
         )
 
     @property

@@ -29,6 +29,9 @@ def _accuracy(model_path: str, run: object) -> float:  # never called: the confi
         ({"min_fidelity": 0.99, "calibration": CAL, "reconstruct": True}, "l2"),  # with a refit: l2
         ({"min_fidelity": 0.99, "calibration": CAL, "recalibrate": True}, "l2"),
         ({"min_fidelity": 0.99, "calibration": CAL, "macs_target": 0.5}, "l2"),  # a MACs target decides
+        ({"min_fidelity": 0.99, "calibration": CAL, "compensation": "calibration"}, "contribution"),
+        ({"min_fidelity": 0.99, "calibration": CAL, "compensation": "none"}, "l2"),  # not the error it scores
+        ({"validate": _accuracy, "calibration": CAL, "compensation": "data-free"}, "l2"),
         ({"ratio": 0.25, "calibration": CAL}, "l2"),  # no search
         ({"latency_target": 0.7, "calibration": CAL}, "l2"),  # the latency planner's own search
         ({"calibration": CAL}, "zero"),  # no budget
