@@ -23,12 +23,14 @@ from .errors import UsageError
 from .fidelity_metrics import (
     FIDELITY_METRICS,
     Choice,
+    MetricResult,
     NothingToCompare,
     apply_metric,
     cosine,
-    cosine_metric,
     detect_metrics,
     parse_metric,
+    prepare_metric,
+    sample_norms,
     top1_agreement,
 )
 from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
@@ -227,6 +229,17 @@ class Reference:
     samples: tuple[np.ndarray, ...]  # per output, samples first, float64 (read-only)
     detected: tuple[Choice, ...]  # per output, the metric detected from the reference's values
     axes: tuple[int, ...]  # per output, the model's batch axis the samples came from
+    norms: tuple[np.ndarray, ...]  # per output, each sample's norm (fidelity_metrics.sample_norms)
+    # per (output, metric, parameters): the metric's own reference side (prepare_metric), on first use
+    _metrics: dict[tuple, object] = field(default_factory=dict, repr=False)
+
+    def metric_side(self, index: int, metric: str, params: Mapping[str, float | int]) -> object | None:
+        """Output ``index``'s reference side of ``metric`` with ``params`` (see
+        ``fidelity_metrics.prepare_metric``), made on first use."""
+        key = (index, metric, tuple(sorted(params.items())))
+        if key not in self._metrics:
+            self._metrics[key] = prepare_metric(metric, params, self.samples[index])
+        return self._metrics[key]
 
 
 def prepare_reference(
@@ -240,7 +253,7 @@ def prepare_reference(
     rs = tuple(_samples(r, a) for r, a in zip(refs, axes))
     for r in rs:
         r.flags.writeable = False  # shared by every candidate's score
-    return Reference(tuple(names), rs, tuple(detect_metrics(names, rs, axes)), axes)
+    return Reference(tuple(names), rs, tuple(detect_metrics(names, rs, axes)), axes, tuple(sample_norms(r) for r in rs))
 
 
 def fidelity_from_outputs(
@@ -266,18 +279,21 @@ def fidelity_from_outputs(
         refs = prepare_reference(names, refs, batch_axes=batch_axes)
     elif refs.names != tuple(names) or refs.axes != tuple(batch_axes.get(n, 0) for n in names):
         raise ValueError("the prepared reference was made for other outputs or batch axes")
-    rs, detected = refs.samples, refs.detected
     out = []
-    for name, r, gs_, found in zip(names, rs, gots, detected):
+    for i, (name, r, gs_, found) in enumerate(zip(names, refs.samples, gots, refs.detected)):
         g = _samples(gs_, batch_axes.get(name))
         diff = np.abs(r - g)
         metric, params, reason = _chosen(name, choices) or (found.metric, found.params, found.reason)
-        cos = cosine(r, g)
+        cos = cosine(r, g, refs.norms[i])
         try:
-            result = apply_metric(metric, params, r, g, name) if metric != "cosine" else cosine_metric(r, g)
+            result = (
+                apply_metric(metric, params, r, g, name, prepared=refs.metric_side(i, metric, params))
+                if metric != "cosine"
+                else MetricResult(cos)  # cosine_metric(r, g): the figure just computed
+            )
         except NothingToCompare as why:
             reason = f"{reason}; but {metric} has nothing to compare ({why}): cosine instead"
-            metric, result = "cosine", cosine_metric(r, g)
+            metric, result = "cosine", MetricResult(cos)
         top1 = result.value if metric == "top1" else (top1_agreement(r, g) if found.metric == "top1" else None)
         unseen = unseen_agreement(metric, params, r, g, confidence) if estimate else None
         out.append(

@@ -5,12 +5,15 @@ however many trials they run. Tiny graphs and synthetic outputs, exact checks.""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import onnx
 import pytest
 
 import onnxprune
 from onnxprune import fidelity as fidelity_module
+from onnxprune import fidelity_metrics as metrics_module
 from onnxprune.budget import MacsTracker, group_scores
 from onnxprune.compensation import reader_masks
 from onnxprune.config import PruneConfig
@@ -23,6 +26,8 @@ from onnxprune.stages.decide import known_macs, layer_scores
 from onnxprune.testing import GraphBuilder
 
 RATIOS = (0.25, 0.5, 0.75)
+# the module (the package's name ``dense`` is the function)
+dense_module = importlib.import_module("onnxprune.fidelity_metrics.dense")
 
 
 def _outputs(seed: int) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
@@ -69,6 +74,41 @@ def test_a_prepared_reference_scores_every_metric_exactly_as_the_arrays_do() -> 
     assert not any(s.flags.writeable for s in prepared.samples)
     with pytest.raises(ValueError, match="other outputs or batch axes"):
         fidelity_from_outputs(names, prepared, got_feeds, batch_axes={"ctc": 1})
+
+
+def test_the_metrics_reference_side_is_made_once_for_many_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dense metric's threshold, cells above it and range, and every output's sample norms
+    (cosine), are made once per prepared reference and threshold, whatever the candidates."""
+    names, refs, _ = _outputs(2)
+    candidates = [_outputs(seed)[2] for seed in (3, 4, 5, 6)]
+    made: list[str] = []
+    make, norms = dense_module.dense_reference, fidelity_module.sample_norms
+
+    def counted_make(r, threshold=None):  # type: ignore[no-untyped-def]
+        made.append(f"dense {threshold}")
+        return make(r, threshold)
+
+    def counted_norms(r):  # type: ignore[no-untyped-def]
+        made.append("norms")
+        return norms(r)
+
+    monkeypatch.setitem(metrics_module._PREPARE, "dense", counted_make)
+    monkeypatch.setattr(dense_module, "dense_reference", counted_make)
+    monkeypatch.setattr(fidelity_module, "sample_norms", counted_norms)
+    per_feed = [[r] for r in refs]
+    prepared = prepare_reference(names, per_feed)
+    assert made == ["norms"] * len(names)
+    made.clear()
+    for chosen, expected in (({}, "dense None"), ({"map": "dense:threshold=0.3"}, "dense 0.3")):
+        cached = [fidelity_from_outputs(names, prepared, [[g] for g in got], chosen) for got in candidates]
+        assert made == [expected]  # on first use, once for all the candidates; no norms
+        made.clear()
+        plain = [fidelity_from_outputs(names, per_feed, [[g] for g in got], chosen) for got in candidates]
+        assert cached == plain
+        # from the arrays: the reference prepared again for every candidate
+        assert made.count(expected) == len(candidates) and made.count("norms") == len(candidates) * len(names)
+        made.clear()
+    assert cached[0][0].details["threshold"] == "0.3 (given)" and cached[0][0].metric == "dense"
 
 
 def _chain() -> onnx.ModelProto:

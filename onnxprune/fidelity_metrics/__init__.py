@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..errors import UsageError
-from .basic import cosine, cosine_metric, top1, top1_agreement
+from .basic import cosine, cosine_metric, sample_norms, top1, top1_agreement
 from .choose import Choice, detect_metric, detect_metrics
-from .dense import dense
+from .dense import dense, dense_reference
 from .detection import detection
 from .result import MetricResult, NothingToCompare
 from .sequence import ctc, ctc_decode, edit_distance
@@ -45,6 +45,8 @@ __all__ = [
     "edit_distance",
     "metric_function",
     "parse_metric",
+    "prepare_metric",
+    "sample_norms",
     "top1",
     "top1_agreement",
 ]
@@ -112,13 +114,33 @@ def metric_function(name: str) -> Callable[..., MetricResult]:
     return _FUNCTIONS[name]
 
 
+# Metrics whose reference side is worth making once for many candidates: name -> (reference,
+# parameters) -> what the metric takes as ``prepared``.
+_PREPARE: dict[str, Callable[..., object]] = {"dense": dense_reference}
+
+
+def prepare_metric(name: str, params: Mapping[str, float | int], r: np.ndarray) -> object | None:
+    """The metric's reference side on the samples-first reference ``r`` (None: the metric has
+    none worth keeping), to pass to ``apply_metric`` as ``prepared`` for every candidate."""
+    make = _PREPARE.get(name)
+    return None if make is None else make(r, **params)
+
+
 def apply_metric(
-    name: str, params: Mapping[str, float | int], r: np.ndarray, g: np.ndarray, output: str = "output"
+    name: str,
+    params: Mapping[str, float | int],
+    r: np.ndarray,
+    g: np.ndarray,
+    output: str = "output",
+    *,
+    prepared: object | None = None,
 ) -> MetricResult:
     """The metric on samples-first arrays; UsageError when the output's shape cannot be read
     that way (a chosen metric on an output of another kind), NothingToCompare as the metric
-    raises it."""
+    raises it. ``prepared``: ``prepare_metric(name, params, r)``, made once for many candidates."""
     try:
+        if prepared is not None:
+            return _FUNCTIONS[name](r, g, **params, prepared=prepared)
         return _FUNCTIONS[name](r, g, **params)
     except (ValueError, IndexError) as exc:
         raise UsageError(f"fidelity metric {name!r} cannot read {output!r} (shape {list(r.shape)}): {exc}") from None

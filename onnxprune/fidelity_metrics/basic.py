@@ -6,15 +6,22 @@ import numpy as np
 
 from .result import MetricResult
 
-__all__ = ["cosine", "cosine_metric", "top1", "top1_agreement"]
+__all__ = ["cosine", "cosine_metric", "sample_norms", "top1", "top1_agreement"]
 
 
-def cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+def sample_norms(reference: np.ndarray) -> np.ndarray:
+    """Each sample's (flattened) L2 norm, as ``cosine`` computes it."""
+    return np.linalg.norm(reference.reshape(max(len(reference), 1), -1), axis=1)
+
+
+def cosine(reference: np.ndarray, candidate: np.ndarray, reference_norms: np.ndarray | None = None) -> float:
     """Cosine similarity of each sample (flattened), mean over the samples. An all-zero sample
-    is identical to an all-zero one (1) and unlike any other (0): it has no direction."""
+    is identical to an all-zero one (1) and unlike any other (0): it has no direction.
+    ``reference_norms``: ``sample_norms(reference)``, made once for many candidates."""
     r = reference.reshape(max(len(reference), 1), -1)
     g = candidate.reshape(max(len(candidate), 1), -1)
-    norm_r, norm_g = np.linalg.norm(r, axis=1), np.linalg.norm(g, axis=1)
+    norm_r = sample_norms(reference) if reference_norms is None else reference_norms
+    norm_g = np.linalg.norm(g, axis=1)
     denom = norm_r * norm_g
     dot = (r * g).sum(axis=1)
     zero = np.where((norm_r == 0) & (norm_g == 0), 1.0, 0.0)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .result import MetricResult, NothingToCompare
 
-__all__ = ["dense", "dense_threshold"]
+__all__ = ["DenseReference", "dense", "dense_reference", "dense_threshold"]
 
 
 def dense_threshold(reference: np.ndarray) -> tuple[np.ndarray, str]:
@@ -23,26 +25,54 @@ def dense_threshold(reference: np.ndarray) -> tuple[np.ndarray, str]:
     return mid, "the midpoint of each sample's range"
 
 
-def dense(reference: np.ndarray, candidate: np.ndarray, threshold: float | None = None) -> MetricResult:
-    """Dense maps ([N, ...], samples first): both maps are thresholded (``threshold``, or the
-    rule of ``dense_threshold``) and compared by IoU of the cells above it, per sample, mean
-    over samples; a sample where neither map has a cell above is identical (1). Beside it: the
-    largest and mean abs error relative to the reference's range (max - min). Raises
-    NothingToCompare when no reference sample has a cell above the threshold."""
+@dataclass(frozen=True, eq=False)
+class DenseReference:
+    """What ``dense`` reads of the reference alone, for a given threshold (``dense_reference``):
+    made once, it scores any number of candidates against the same reference."""
+
+    threshold: np.ndarray  # per sample
+    rule: str  # how the threshold was chosen
+    above: np.ndarray  # [N, cells]: the reference's cells above it
+    count: np.ndarray  # [N]: how many
+    span: float  # the reference's range (max - min)
+
+
+def dense_reference(reference: np.ndarray, threshold: float | None = None) -> DenseReference:
+    """The reference's side of ``dense`` (samples first; ``threshold`` as there)."""
     n = len(reference)
-    r, g = reference.reshape(n, -1), candidate.reshape(n, -1)
+    r = reference.reshape(n, -1)
     if threshold is None:
         t, rule = dense_threshold(reference)
     else:
         t, rule = np.full(n, float(threshold)), f"{threshold:g} (given)"
-    above_r, above_g = r > t[:, None], g > t[:, None]
-    count_r = np.count_nonzero(above_r, axis=1)
+    above = r > t[:, None]
+    span = float(r.max() - r.min()) if r.size else 0.0
+    return DenseReference(t, rule, above, np.count_nonzero(above, axis=1), span)
+
+
+def dense(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    threshold: float | None = None,
+    *,
+    prepared: DenseReference | None = None,
+) -> MetricResult:
+    """Dense maps ([N, ...], samples first): both maps are thresholded (``threshold``, or the
+    rule of ``dense_threshold``) and compared by IoU of the cells above it, per sample, mean
+    over samples; a sample where neither map has a cell above is identical (1). Beside it: the
+    largest and mean abs error relative to the reference's range (max - min). Raises
+    NothingToCompare when no reference sample has a cell above the threshold. ``prepared``:
+    ``dense_reference(reference, threshold)``, made once for many candidates."""
+    n = len(reference)
+    r, g = reference.reshape(n, -1), candidate.reshape(n, -1)
+    ref = prepared if prepared is not None else dense_reference(reference, threshold)
+    t, rule, above_r, count_r, span = ref.threshold, ref.rule, ref.above, ref.count, ref.span
     if not count_r.any():
         raise NothingToCompare(f"no value above the threshold {rule} in the reference")
+    above_g = g > t[:, None]
     inter = np.count_nonzero(above_r & above_g, axis=1)
     union = count_r + np.count_nonzero(above_g, axis=1) - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    span = float(r.max() - r.min()) if r.size else 0.0
     err = np.abs(r - g)
     return MetricResult(
         float(iou.mean()),
