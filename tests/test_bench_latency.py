@@ -77,7 +77,8 @@ def test_model_spec_reconstructed_rows():
     names = bench.default_models()
     assert names.index("pplcnet+rc") == names.index("pplcnet") + 1
     assert names.index("digits+rc") == names.index("digits") + 1
-    assert "malimg" not in names and "yolo26n+rc" not in names
+    assert names.index("yolo26n+rc") == names.index("yolo26n") + 1
+    assert "malimg" not in names and "malimg+rc" not in names
 
 
 def test_matched_macs_plan_records_every_plan_timed():
