@@ -116,29 +116,75 @@ def test_refined_target_interpolates_or_extrapolates_the_final_runs_gaps():
 
 
 class _Timings:
-    """measure_models' result for files whose ratio is known: no timing."""
+    """measure_models' result for files whose ratio is known (the original 1 ms, each run's p10-p90
+    its ratio -+ ``spread``): no timing."""
 
-    def __init__(self, ratios: list[float]) -> None:
+    def __init__(self, ratios: list[float], spread: float = 0.01, files: list[str] | None = None) -> None:
         self.ratio = ratios
         self.latency = [1e-3 * r for r in ratios]
+        self.spread, self.files = spread, files or [f"f{i}" for i in range(len(ratios))]
 
     def to_dict(self) -> dict:
-        return {"models": [{"ratio": r} for r in self.ratio]}
+        models = [
+            {
+                "model": f,
+                "ratio": r,
+                "ratio_p10": r - self.spread,
+                "ratio_p90": r + self.spread,
+                "latency_s": 1e-3 * r,
+                "median_s": 1.1e-3 * r,
+                "median_ratio": r,
+                "precision": "f32",
+            }
+            for f, r in zip(self.files, self.ratio)
+        ]
+        return {"models": models, "rounds": 20, "runs_per_round": 50, "settings": {}}
+
+
+def _by_file(ratios: dict[str, float]):
+    """bench.timed for files whose ratios are known (the original's is 1)."""
+    calls: list[list[str]] = []
+
+    def timed(files, spec, seconds, rounds):
+        calls.append(list(files))
+        return _Timings([1.0, *(ratios[f] for f in files[1:])], files=list(files))
+
+    return timed, calls
+
+
+def test_grouped_final_combines_one_run_per_macs_plan():
+    triples = [
+        _Timings([1.0, 0.75, 0.70], files=["o", "a", "l"]).to_dict(),
+        _Timings([1.0, 0.69, 0.72], 0.02, files=["o", "b", "l"]).to_dict(),
+        _Timings([1.0, 0.66, 0.69], files=["o", "c", "l"]).to_dict(),
+    ]
+    triples[1]["models"][0]["latency_s"] = 1.4e-3  # this run's original ran slower: the median is taken
+    pair = _Timings([1.0, 0.9], files=["o", "k"]).to_dict()
+    t = bench_scan.grouped_final(triples, pair)
+    assert [m["model"] for m in t["models"]] == ["o", "l", "a", "b", "c", "k"]
+    assert t["models"][0]["latency_s"] == pytest.approx(1e-3) and t["models"][0]["ratio"] == 1.0
+    lat = t["models"][1]
+    assert lat["ratio"] == pytest.approx(0.70) and lat["ratio_p10"] == pytest.approx(0.69 - 0.01)
+    assert lat["ratio_p90"] == pytest.approx(0.72 + 0.02) and lat["latency_s"] == pytest.approx(0.70e-3)
+    assert [m["ratio"] for m in t["models"][2:]] == [0.75, 0.69, 0.66, 0.9]
+    assert t["gaps"] == pytest.approx([0.05, -0.03, -0.03]) and t["groups"] == 4
+    with pytest.raises(ValueError):
+        bench_scan.grouped_final([])
 
 
 def test_phase_time_refines_a_final_run_that_matched_none(monkeypatch):
     # every MACs plan measures 0.05 slower against the latency plan in the final run than in the
-    # scan (the machine's state moved): the first final run matches none (+0.07, +0.04, +0.02),
-    # the refinement's plan (0.45, from the two nearest) is pruned and timed with all of them
+    # scan (the machine's state moved): the final runs match none (+0.07, +0.04, +0.02); the
+    # refinement's plan (0.45, from the two nearest) is pruned and timed in a run of its own with the
+    # original and the latency plan; the kept plan in a pair with the original
     shift = 0.05
 
     def curve(t: float) -> float:  # the MACs plan's ratio; the latency plan's is 0.70
         return 0.70 + (t - 0.50) + shift
 
-    def fake_timed(files, spec, seconds, rounds):
-        return _Timings([1.0, 0.70] + [curve(float(f.split("_")[-1][:-5])) for f in files[2:]])
-
-    monkeypatch.setattr(bench, "timed", fake_timed)
+    ratios = {"l.onnx": 0.70, "k.onnx": 0.9, **{f"m_{t:.3f}.onnx": curve(t) for t in (0.52, 0.49, 0.47, 0.45)}}
+    fake, calls = _by_file(ratios)
+    monkeypatch.setattr(bench, "timed", fake)
 
     def row_and_plans():
         scan = [{**_entry(t, curve(t) - shift - 0.70), "file": f"m_{t:.3f}.onnx"} for t in (0.52, 0.49, 0.47)]
@@ -151,22 +197,33 @@ def test_phase_time_refines_a_final_run_that_matched_none(monkeypatch):
         row = {
             "latency_plan": {"file": "l.onnx", "latency": {"attempts": [], "measured_ratio": 0.7}},
             "macs_scan": scan,
+            "kept_plan": {"file": "k.onnx"},
         }
         return row, made, new_plan
 
     row, made, new_plan = row_and_plans()
     bench.phase_time(row, {"path": "o.onnx"}, 1.0, new_plan, refine=1)
     assert made == [0.45] and row["macs_plan"]["macs_target"] == 0.45 and row["macs_plan_matched"] is True
+    # a run of three per MACs plan (the refinement's added, the others not timed again), the kept plan's pair
+    assert calls == [
+        *(["o.onnx", f"m_{t:.3f}.onnx", "l.onnx"] for t in (0.49, 0.52, 0.47, 0.45)),
+        ["o.onnx", "k.onnx"],
+    ]
     fin = row["final"]
     assert [c["macs_target"] for c in fin["macs_candidates"]] == [0.49, 0.52, 0.47, 0.45]
-    assert fin["macs_plan_ratio"] == pytest.approx(0.70) and fin["macs_index"] == 5
+    assert fin["macs_plan_ratio"] == pytest.approx(0.70) and fin["macs_index"] == 5 and fin["grouped"] is True
+    assert fin["latency_plan_ratio"] == pytest.approx(0.70) and fin["apart"] == pytest.approx(0.0, abs=1e-12)
+    assert fin["kept_index"] == 6 and fin["kept_plan_ratio"] == pytest.approx(0.9)
+    assert [m["model"] for m in fin["timings"]["models"]][:2] == ["o.onnx", "l.onnx"]
     (gaps,) = fin["earlier_runs_gaps"]
     assert dict(gaps) == pytest.approx({0.49: 0.04, 0.52: 0.07, 0.47: 0.02})
     # no refinement asked: the closest of the scan's plans, flagged as not matched
     row, made, new_plan = row_and_plans()
+    calls.clear()
     bench.phase_time(row, {"path": "o.onnx"}, 1.0, new_plan, refine=0)
     assert made == [] and row["macs_plan"]["macs_target"] == 0.47 and row["macs_plan_matched"] is False
-    assert row["final"]["earlier_runs_gaps"] == []
+    assert row["final"]["earlier_runs_gaps"] == [] and len(calls) == 4
+    assert row["final"]["apart"] == pytest.approx(0.02)
 
 
 def test_extra_time_retimes_the_rows_asked_for(monkeypatch, tmp_path):
@@ -175,7 +232,7 @@ def test_extra_time_retimes_the_rows_asked_for(monkeypatch, tmp_path):
 
     import bench_latency_extra as extra_mod
 
-    monkeypatch.setattr(bench, "timed", lambda files, spec, seconds, rounds: _Timings([1.0, 0.80, 0.805, 0.78]))
+    monkeypatch.setattr(bench, "timed", _by_file({"l.onnx": 0.80, "a.onnx": 0.805, "b.onnx": 0.78})[0])
     monkeypatch.setattr(extra_mod, "_options", lambda name, spec, work, n, reconstruct: ({}, "ev.npz"))
 
     def row(reconstruct: bool, target: float = 0.8) -> dict:

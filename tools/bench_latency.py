@@ -14,13 +14,16 @@ For each model:
    the closest is kept and its distance reported (the scan and the re-match below:
    tools/bench_latency_scan.py). ``NAME+rc`` rows (the trained models): the
    same with --reconstruct on both plans.
-2. ``time``: original, latency plan and the scan's MACs plans nearest to it (up to 3: the
-   closest too slow, the closest fast enough, the next) timed together in one interleaved run
-   (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1); the MACs plan closest to the
-   latency plan *in this run* is the match (a match made in the scan minutes earlier can drift
-   by more than the tolerance; when none is within it there, one more MACs plan is pruned at the
-   target the final run's gaps point to and every plan timed together again, ``--refine``
-   times at most): the headline ratios with their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
+2. ``time``: the scan's MACs plans nearest to the latency plan (up to 3: the closest too slow,
+   the closest fast enough, the next), each timed with the original and the latency plan in one
+   interleaved run of the three (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1),
+   the answers-kept plan with the original in a pair: few compiled models per run, as prune's
+   A/B (one run of six measured MobileNetV2 35% slower than the runs of two and three minutes
+   before, twice). The MACs plan closest to the latency plan *in its run* is the match (a match
+   made in the scan minutes earlier can drift by more than the tolerance; when none is within
+   it, one more MACs plan is pruned at the target the gaps point to and timed the same way,
+   ``--refine`` times at most); the latency plan's ratio is the median over the runs: the
+   headline ratios with their p10-p90 spreads. Every timing here (the scan's A/B runs and this one) is
    ``onnxprune.latency.ab.measure_models``, the code prune's own confirmation measures with
    (each model compiled once for the deployment's hint; rounds in rotating order; per round
    each model's fastest run; the median over rounds of the ratios to the original), so a plan
@@ -55,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_latency_measures import centered_cosine, constant_cosine, digits_accuracy  # noqa: E402
-from bench_latency_scan import MAX_SCAN, final_candidates, refined_target, rematch_row  # noqa: E402
+from bench_latency_scan import MAX_SCAN, final_candidates, grouped_final, refined_target, rematch_row  # noqa: E402
 from bench_latency_scan import matched_macs_plan as match_macs_plan  # noqa: E402
 from latency_bench_report import phase_report  # noqa: E402
 
@@ -322,50 +325,64 @@ def matched_macs_plan(
 
 
 def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refine: int = 0) -> None:
-    """The original, the latency plan, the MACs plans nearest to it (``final_candidates``, and
-    the ones earlier refinements added) and the answers-kept plan timed together; the MACs plan
-    closest in this run is the match. None within MATCH there: ``new_plan(t)`` prunes the MACs
-    plan ``refined_target`` picks from this run's gaps and all are timed together again, up to
-    ``refine`` times (the last run is the final one; the earlier ones' gaps are kept)."""
+    """The final run: each MACs plan nearest to the latency plan (``final_candidates``, and the ones
+    earlier refinements added) timed with the original and the latency plan in one interleaved
+    run of the three (the scan's measurement, ``ab``), the answers-kept plan with the original in
+    a pair (prune's); the MACs plan closest to the latency plan in its run is the match. None
+    within MATCH: ``new_plan(t)`` prunes the MACs plan ``refined_target`` picks from the gaps and
+    its run is added, up to ``refine`` times. Few models per run, as a user deploying one model at a
+    time compares (``grouped_final``); the latency plan's ratio is the median over the runs."""
     scan = row.get("macs_scan") or []
     candidates = [*(final_candidates(scan) if scan else [row["macs_plan"]]), *row.get("final_refined", [])]
+    original, latency_plan = spec["path"], row["latency_plan"]["file"]
+    load = os.getloadavg()[0]
+    triples = [timed([original, e["file"], latency_plan], spec, seconds, rounds=20).to_dict() for e in candidates]
     earlier: list[list] = []
     while True:
-        files = [spec["path"], row["latency_plan"]["file"], *(e["file"] for e in candidates)]
-        kept_index = len(files) if "kept_plan" in row else None
-        files += [row["kept_plan"]["file"]] if "kept_plan" in row else []
-        load = os.getloadavg()[0]
-        t = timed(files, spec, seconds, rounds=40)
-        ratios = [t.ratio[2 + i] for i in range(len(candidates))]
-        best = rematch_row(row, candidates, ratios, t.ratio[1])
-        gaps = [(e["macs_target"], r - t.ratio[1]) for e, r in zip(candidates, ratios)]
+        gaps = [
+            (e["macs_target"], t["models"][1]["ratio"] - t["models"][2]["ratio"]) for e, t in zip(candidates, triples)
+        ]
         tried = [e["macs_target"] for e in (*scan, *candidates)]
         nxt = refined_target(gaps, tried) if new_plan is not None and len(earlier) < refine else None
         if nxt is None:
             break
         earlier.append(gaps)
-        print(f"  final run: none within the match, MACs target {nxt} pruned and all timed again", flush=True)
+        print(f"  final run: none within the match, MACs target {nxt} pruned and timed", flush=True)
         candidates.append(new_plan(nxt))
         row.setdefault("final_refined", []).append(candidates[-1])
+        triples.append(timed([original, candidates[-1]["file"], latency_plan], spec, seconds, rounds=20).to_dict())
+    pair = (
+        timed([original, row["kept_plan"]["file"]], spec, seconds, rounds=20).to_dict() if "kept_plan" in row else None
+    )
+    timings = grouped_final(triples, pair)
+    best = rematch_row(row, candidates, [g for _, g in gaps], 0.0)
+    models = timings["models"]
     row["final"] = {
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds_per_model": seconds,
-        "measurement": "onnxprune.latency.ab.measure_models",
-        "timings": t.to_dict(),
-        "latency_plan_ratio": t.ratio[1],
-        "macs_plan_ratio": ratios[best],
+        "measurement": "onnxprune.latency.ab.measure_models: one run per (original, MACs plan, latency plan), "
+        "the kept plan's with the original",
+        "grouped": True,
+        "timings": timings,
+        "runs": {"triples": triples, "kept_pair": pair},
+        "latency_plan_ratio": models[1]["ratio"],
+        "macs_plan_ratio": models[2 + best]["ratio"],
+        "apart": gaps[best][1],  # in the match's own run
         "macs_index": 2 + best,
-        "macs_candidates": [{"macs_target": e["macs_target"], "ratio": r} for e, r in zip(candidates, ratios)],
-        "kept_index": kept_index,
-        "kept_plan_ratio": t.ratio[kept_index] if kept_index is not None else None,
+        "macs_candidates": [
+            {"macs_target": e["macs_target"], "ratio": t["models"][1]["ratio"], "gap": g}
+            for e, t, (_, g) in zip(candidates, triples, gaps)
+        ],
+        "kept_index": len(models) - 1 if pair else None,
+        "kept_plan_ratio": models[-1]["ratio"] if pair else None,
         "loadavg_before": load,
         "loadavg": os.getloadavg()[0],
-        "earlier_runs_gaps": earlier,  # (MACs target, gap) of the final runs a refinement followed
+        "earlier_runs_gaps": earlier,  # (MACs target, gap) before each refinement
     }
     before = chosen_original_ms(row["latency_plan"]["latency"])
     if before is not None:  # an additive per-inference cost (other work on the cores) pulls ratios toward 1
         row["final"]["original_ms_in_prune"] = before
-        row["final"]["original_ms_change"] = t.latency[0] * 1e3 / before - 1.0
+        row["final"]["original_ms_change"] = models[0]["latency_s"] * 1e3 / before - 1.0
 
 
 def chosen_original_ms(latency: dict) -> float | None:

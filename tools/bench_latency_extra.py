@@ -101,6 +101,7 @@ def retime_extra(row: dict, spec: dict, work: Path, n: int, seconds: float, refi
         "latency_plan_ratio": fin["latency_plan_ratio"],
         "macs_plan_ratio": fin["macs_plan_ratio"],
         "macs_candidates": fin["macs_candidates"],
+        **({"apart": fin["apart"]} if "apart" in fin else {}),
         "loadavg": fin["loadavg"],
         "retimed": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "earlier_runs_gaps": fin["earlier_runs_gaps"],

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 
+import numpy as np
+
 __all__ = [
     "FINAL_CANDIDATES",
     "HI",
@@ -17,6 +19,7 @@ __all__ = [
     "MAX_SCAN",
     "SLOPE",
     "final_candidates",
+    "grouped_final",
     "matched_macs_plan",
     "matched_scan",
     "refined_target",
@@ -140,3 +143,51 @@ def refined_target(
         t = ta - ga / min(max(slope, SLOPE[0]), SLOPE[1])
     t = round(min(max(t, LO), HI), 3)
     return None if t in {round(x, 3) for x in tried} else t
+
+
+def grouped_final(triples: Sequence[dict], pair: dict | None = None) -> dict:
+    """The final run's timings from one interleaved run per MACs candidate of (original, candidate,
+    latency plan) -- the scan's measurement, each ``measure_models(...).to_dict()`` -- and the
+    answers-kept plan's (original, kept) ``pair``, in the layout of one run of them all
+    (``models``: the original, the latency plan, the candidates in order, the kept plan): the
+    original's and the latency plan's values are the median over the triples (the latency plan's
+    p10-p90: the lowest p10 and the highest p90 among them), each candidate's and the kept plan's
+    from its own run. Few compiled models per run, as prune's A/B: a many-model run measured
+    MobileNetV2 and EfficientNet-B0 35% slower than the runs of two or three minutes before."""
+    if not triples:
+        raise ValueError("grouped_final needs at least one (original, candidate, latency plan) run")
+    runs = [*triples, *([pair] if pair else [])]
+
+    def med(values: Sequence[float]) -> float:
+        return float(np.median(np.asarray(values, dtype=np.float64)))
+
+    original = {
+        "model": triples[0]["models"][0]["model"],
+        "ratio": 1.0,
+        "ratio_p10": 1.0,
+        "ratio_p90": 1.0,
+        "latency_s": med([r["models"][0]["latency_s"] for r in runs]),
+        "median_s": med([r["models"][0]["median_s"] for r in runs]),
+        "median_ratio": 1.0,
+        "precision": triples[0]["models"][0]["precision"],
+    }
+    lat = [t["models"][2] for t in triples]
+    latency_plan = {
+        "model": lat[0]["model"],
+        "ratio": med([m["ratio"] for m in lat]),
+        "ratio_p10": min(m["ratio_p10"] for m in lat),
+        "ratio_p90": max(m["ratio_p90"] for m in lat),
+        "latency_s": med([m["latency_s"] for m in lat]),
+        "median_s": med([m["median_s"] for m in lat]),
+        "median_ratio": med([m["median_ratio"] for m in lat]),
+        "precision": lat[0]["precision"],
+    }
+    models = [original, latency_plan, *(t["models"][1] for t in triples), *([pair["models"][1]] if pair else [])]
+    return {
+        "models": models,
+        "rounds": min(r["rounds"] for r in runs),
+        "runs_per_round": min(r["runs_per_round"] for r in runs),
+        "settings": triples[0]["settings"],
+        "groups": len(runs),
+        "gaps": [t["models"][1]["ratio"] - t["models"][2]["ratio"] for t in triples],
+    }

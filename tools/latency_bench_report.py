@@ -39,7 +39,9 @@ def _score(value: float | None, cos: float | None, show_cos: bool) -> str:
 def _apart(row: dict) -> float:
     """The MACs plan's ratio minus the latency plan's: in the final run, else in the scan."""
     fin = row.get("final")
-    return fin["macs_plan_ratio"] - fin["latency_plan_ratio"] if fin else row["macs_plan_gap"]
+    if not fin:
+        return row["macs_plan_gap"]
+    return fin.get("apart", fin["macs_plan_ratio"] - fin["latency_plan_ratio"])  # grouped: in the match's own run
 
 
 def _label(row: dict) -> str:
@@ -97,7 +99,7 @@ def extra_table(extra: list[dict]) -> list[str]:
         (fl, cl), (fm, cm) = _fid(lat, acc), _fid(mp, acc)
         metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
         better = _better(fl, fm, cl, cm)
-        apart = tog["macs_plan_ratio"] - tog["latency_plan_ratio"]
+        apart = tog.get("apart", tog["macs_plan_ratio"] - tog["latency_plan_ratio"])
         if abs(apart) > 0.01:
             better += " (not at equal latency)"
         lines.append(
@@ -149,7 +151,10 @@ def phase_report(
         "interleaved run) until its ratio is within 0.01 of the latency plan's in the same run, 6 plans at most; *apart*: the MACs plan's ratio minus "
         "the latency plan's in the final run (both timed together). Answers kept: "
         "`--latency-target T --min-fidelity K` (the fastest model within T whose fidelity on the calibration samples "
-        "stays >= K). *final*: the original and every plan timed together in one interleaved run.",
+        "stays >= K). *final*: each MACs plan timed with the original and the latency plan in one interleaved run of "
+        "the three (the scan's measurement; few compiled models per run, as prune's A/B), the latency plan's ratio the "
+        "median over those runs, the answers-kept plan with the original in a pair (rows marked *one run* below: the "
+        "original and every plan in one interleaved run, as before 2026-11-30 19:00).",
         "",
         "**One measurement.** Every ratio here, in prune's confirmation, the MACs scan and the final run, is "
         "`onnxprune.latency.ab.measure_models`: each model compiled once for the LATENCY hint, rounds in rotating "
@@ -171,7 +176,7 @@ def phase_report(
         metric = "accuracy" if acc else ",".join(sorted({m["metric"] for m in lat["fidelity_metrics"].values()}))
         if fin:
             lr, mr = _ratio(fin, 1), _ratio(fin, fin.get("macs_index", 2))
-            apart = f"{fin['macs_plan_ratio'] - fin['latency_plan_ratio']:+.3f}"
+            apart = f"{_apart(r):+.3f}"
             ok = "yes" if fin["latency_plan_ratio"] <= r["target"] + 0.02 else "**no**"
             base_s = f"{fin['timings']['models'][0]['latency_s'] * 1e3:.2f}"
         else:
@@ -181,7 +186,7 @@ def phase_report(
             base_s = f"{L['baseline_ms']:.2f} (table)"
         better = _better(fl, fm, cl, cm)
         show_cos = metric != "cosine"
-        if fin and abs(fin["macs_plan_ratio"] - fin["latency_plan_ratio"]) > 0.01:
+        if fin and abs(_apart(r)) > 0.01:
             better += " (not at equal latency)"
         lines.append(
             f"| {_label(r)} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
@@ -301,18 +306,37 @@ def phase_report(
         if fin:
             ms = ", ".join(f"{m['latency_s'] * 1e3:.3f}" for m in fin["timings"]["models"])
             med = ", ".join(f"{m['median_ratio']:.3f}" for m in fin["timings"]["models"][1:])
+            runs = (
+                f"{fin['timings']['groups']} runs (one per MACs plan with the original and the latency plan; the kept "
+                f"plan's with the original) of {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']}+ runs"
+                if fin.get("grouped")
+                else f"one run, {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']} runs"
+            )
             lines.append(
-                f"- final ({fin['when']}, {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']} runs, "
+                f"- final ({fin['when']}, {runs}, "
                 f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}): fastest-run ms {ms}; "
                 f"ratios of all-run medians {med}"
             )
+            if fin.get("grouped"):
+                each = fin["runs"]["triples"] + ([fin["runs"]["kept_pair"]] if fin["runs"].get("kept_pair") else [])
+                lines.append(
+                    "- in each run: original ms "
+                    + ", ".join(f"{t['models'][0]['latency_s'] * 1e3:.3f}" for t in each)
+                    + "; latency plan's ratio "
+                    + ", ".join(f"{t['models'][2]['ratio']:.3f}" for t in fin["runs"]["triples"])
+                )
             earlier = fin.get("earlier_runs_gaps") or []
             refined = r.get("final_refined", [])[-len(earlier) :] if earlier else []  # this run's additions
             for gaps, added in zip(earlier, (e["macs_target"] for e in refined)):
                 lines.append(
                     "- an earlier final run matched no MACs plan (gaps: "
                     + ", ".join(f"{t:.3f}: {g:+.3f}" for t, g in gaps)
-                    + f"): MACs target {added:.3f} pruned and every plan timed together again"
+                    + f"): MACs target {added:.3f} pruned and timed"
+                    + (
+                        " with the original and the latency plan"
+                        if fin.get("grouped")
+                        else ", every plan together again"
+                    )
                 )
             change = fin.get("original_ms_change")
             if change is not None:
