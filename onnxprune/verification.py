@@ -26,6 +26,7 @@ __all__ = [
     "OutputComparison",
     "OutputFidelity",
     "VerificationResult",
+    "abs_diff",
     "check_run_size",
     "compare_models",
     "failure_text",
@@ -178,6 +179,18 @@ def failure_text(result: VerificationResult, reference_kind: str = "original") -
     return f"{what} (batch {w.batch}) differs from the {reference_kind} by {w.max_abs_diff:.3g}, more than {why}"
 
 
+def abs_diff(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Elementwise |reference - candidate|, NaN-aware: the same value (an inf, or NaN on both
+    sides) at the same place is 0, a NaN or an inf against anything else is infinite. Plain
+    subtraction gives NaN there, and max() over NaN passed a candidate that computes NaN."""
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(reference - candidate)
+    same = (reference == candidate) | (np.isnan(reference) & np.isnan(candidate))
+    diff[same] = 0.0
+    diff[np.isnan(diff)] = np.inf
+    return diff
+
+
 def compare_models(
     reference: onnx.ModelProto | str,
     candidate: onnx.ModelProto | str,
@@ -241,7 +254,8 @@ def compare_models(
             entry = acc.setdefault((name, batch), _Accumulator())
             entry.samples += 1
             r64 = np.asarray(ref[i], dtype=np.float64)
-            entry.scale = max(entry.scale, float(np.max(np.abs(r64))) if r64.size else 0.0)
+            finite = np.abs(r64[np.isfinite(r64)])  # an inf or NaN is no scale (an inf one passes anything)
+            entry.scale = max(entry.scale, float(finite.max()) if finite.size else 0.0)
             if tail is not None and not all(np.array_equal(ref[index[d]], got[index[d]]) for d in tail.decisions):
                 continue  # compared only where every decision it hangs on agrees
             entry.compared += 1
@@ -249,7 +263,7 @@ def compare_models(
             if r64.shape != g64.shape:
                 entry.diff = entry.mean = np.inf
                 continue
-            diff = np.abs(r64 - g64)
+            diff = abs_diff(r64, g64)
             entry.diff = max(entry.diff, float(diff.max()) if diff.size else 0.0)
             entry.mean = max(entry.mean, float(diff.mean()) if diff.size else 0.0)
     expanded = run_ref.expanded
@@ -273,10 +287,10 @@ def compare_models(
                     r, z = ref[index[name]], noise[index[name]]
                     if np.shape(z) == np.shape(r) and np.size(r):
                         entry = acc[(name, _batch(feeds))]
-                        entry.noise = max(
-                            entry.noise or 0.0,
-                            float(np.max(np.abs(np.asarray(r, np.float64) - np.asarray(z, np.float64)))),
-                        )
+                        with np.errstate(invalid="ignore"):  # inf - inf
+                            moved = np.abs(np.asarray(r, np.float64) - np.asarray(z, np.float64))
+                        moved = moved[np.isfinite(moved)]  # non-finite values set no noise floor
+                        entry.noise = max(entry.noise or 0.0, float(moved.max()) if moved.size else 0.0)
             measured = True
             noise_runtime = f"{_runtime_name()} with all graph optimisations on, inputs one ulp away (the same reference: its float sums reordered)"
         except OnnxPruneError as exc:  # an optimiser failure costs the noise floor, not the check

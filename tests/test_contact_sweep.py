@@ -333,3 +333,50 @@ def test_recovery_without_calibration_names_the_option_given(tmp_path: Path, fla
     p = run_cli("prune", FIXTURES / "digits_cnn.onnx", "-o", tmp_path / "o.onnx", "--ratio", "0.1", *flags)
     assert one_line_error(p).startswith(f"onnxprune: error: {named} given without --calibration: ")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- verification passed a pruned model that computes NaN -------------------------------------
+
+
+def _sqrt_model(nan_channel: int | None = None, inf_channel: int | None = None) -> onnx.ModelProto:
+    """Conv -> |.| + shift -> Sqrt: a shift of -1e9 makes one channel NaN, +inf makes one infinite."""
+    import numpy as np
+
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("input", (1, 3, 8, 8))
+    b.channels[x] = 3
+    shift = np.zeros((1, 4, 1, 1), np.float32)
+    if nan_channel is not None:
+        shift[0, nan_channel] = -1e9
+    if inf_channel is not None:
+        shift[0, inf_channel] = np.inf
+    b.output(b.op("Sqrt", b.op("Add", b.op("Abs", b.conv(x, 4)), b.const(shift))))
+    return b.build()
+
+
+def test_verification_fails_a_candidate_that_computes_nan_or_inf() -> None:
+    import math
+
+    import onnxprune
+
+    for candidate in (_sqrt_model(nan_channel=2), _sqrt_model(inf_channel=1)):
+        r = onnxprune.verify(_sqrt_model(), candidate)
+        assert not r.passed and math.isinf(r.outputs[0].max_abs_diff)
+    # the same non-finite values on both sides agree; the scale comes from the finite ones
+    same = onnxprune.verify(_sqrt_model(inf_channel=1), _sqrt_model(inf_channel=1))
+    assert same.passed and same.outputs[0].max_abs_diff == 0.0
+    assert math.isfinite(same.outputs[0].limit) and same.outputs[0].limit < 1e-3
+    # an infinite original no longer sets an infinite limit that anything passes
+    assert not onnxprune.verify(_sqrt_model(inf_channel=1), _sqrt_model(inf_channel=0)).passed
+
+
+def test_abs_diff_is_nan_aware() -> None:
+    import numpy as np
+
+    from onnxprune.verification import abs_diff
+
+    r = np.array([1.0, np.nan, np.inf, 2.0, np.nan, -np.inf])
+    g = np.array([1.5, np.nan, np.inf, np.nan, 3.0, np.inf])
+    assert abs_diff(r, g).tolist() == [0.5, 0.0, 0.0, np.inf, np.inf, np.inf]
