@@ -242,7 +242,9 @@ def _prune(args: argparse.Namespace) -> int:
             outputs.add(staged_plot, args.plot)
             plot_report(data, staged_plot)
         if args.report:
-            outputs.add_text(args.report, json.dumps(data, indent=2))
+            from .render import json_text
+
+            outputs.add_text(args.report, json_text(data, indent=2))
         outputs.commit()
     if not args.quiet:
         from .cli_text import format_report
@@ -367,7 +369,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
     data = {"model": args.model, **result.to_dict()}
     with Outputs() as outputs:  # both files or neither
         if args.json:
-            outputs.add_text(args.json, json.dumps(data, indent=2))
+            from .render import json_text
+
+            outputs.add_text(args.json, json_text(data, indent=2))
         if args.plot:
             from .render import plot_sensitivity
 

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from .cli import _shapes, _write_text
 from .cli_text import reason_counts
+from .render import json_text
 
 __all__ = ["analyze_command", "explain_command"]
 
@@ -22,7 +22,7 @@ def analyze_command(args: argparse.Namespace) -> int:
     analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
     data = {"model": args.model, **analysis.summary(), "groups": [g.to_dict() for g in analysis.groups]}
     if args.json:
-        _write_text(args.json, json.dumps(data, indent=2))
+        _write_text(args.json, json_text(data, indent=2))
     if not args.quiet:
         s = analysis.summary()
         print(f"{args.model}: {s['channels']} output channels in {s['groups']} channel groups")
@@ -65,7 +65,7 @@ def explain_command(args: argparse.Namespace) -> int:
     if json_path:
         _write_text(
             json_path,
-            json.dumps(
+            json_text(
                 {
                     "model": args.model,
                     "layers": [x.to_dict() for x in layers],

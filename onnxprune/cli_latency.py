@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 
 from .cli import _progress, _shapes, _write_text
+from .render import json_text
 
 __all__ = ["latency_table_command", "settings_from_args"]
 
@@ -55,7 +55,7 @@ def latency_table_command(args: argparse.Namespace) -> int:
         progress=progress,
     )
     if args.json:
-        _write_text(args.json, json.dumps({"model": args.model, **table.to_dict()}, indent=2))
+        _write_text(args.json, json_text({"model": args.model, **table.to_dict()}, indent=2))
     if args.plot:
         from .latency.plot import plot_latency_table
 

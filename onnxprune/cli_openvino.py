@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from .cli import _progress, _shapes, _write_text
 from .cli_text import ir_check_text
+from .render import json_text
 
 __all__ = ["bench_command", "convert_command"]
 
@@ -100,7 +100,7 @@ def bench_command(args: argparse.Namespace) -> int:
     warnings = spread_warnings(timings)
     if args.json:
         rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
-        _write_text(args.json, json.dumps(rows, indent=2))
+        _write_text(args.json, json_text(rows, indent=2))
     if not args.quiet:
         print(
             f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)"

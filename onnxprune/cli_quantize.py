@@ -4,10 +4,11 @@ Parsing and printing only; the work is quantization.quantize."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from typing import Any
+
+from .render import json_text
 
 __all__ = [
     "add_prune_quantize_options",
@@ -163,7 +164,7 @@ def quantize_command(args: argparse.Namespace, shapes: dict) -> int:
     with Outputs() as outputs:  # the model and the reports are moved into place together
         data = quantize(args.model, args.output, config=config, outputs=outputs).report.to_dict()
         if args.report:
-            outputs.add_text(args.report, json.dumps(data, indent=2))
+            outputs.add_text(args.report, json_text(data, indent=2))
         if args.markdown:
             outputs.add_text(
                 args.markdown,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from typing import Any
 
 __all__ = [
     "held_out_label",
+    "json_text",
     "metric_label",
     "metric_text",
     "plot_report",
@@ -23,6 +26,23 @@ def held_out_label(held: dict) -> str:
     if not shared:
         return "held-out samples"
     return f"evaluation samples ({shared} of them also calibration samples: not held out)"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(data: Any, **options: Any) -> str:
+    """``data`` as strict JSON: a NaN or infinite number (a model whose outputs are NaN gives
+    'max abs err nan') is null, since Python's bare NaN is no JSON a strict reader accepts."""
+    return json.dumps(_finite(data), allow_nan=False, **options)
 
 
 def _pct(before: float, after: float) -> str:

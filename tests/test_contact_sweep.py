@@ -380,3 +380,39 @@ def test_abs_diff_is_nan_aware() -> None:
     r = np.array([1.0, np.nan, np.inf, 2.0, np.nan, -np.inf])
     g = np.array([1.5, np.nan, np.inf, np.nan, 3.0, np.inf])
     assert abs_diff(r, g).tolist() == [0.5, 0.0, 0.0, np.inf, np.inf, np.inf]
+
+
+# -- a report with NaN in it was not JSON ----------------------------------------------------
+
+
+def _strict_json(text: str) -> dict:
+    import json
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_report_of_a_model_whose_outputs_are_nan_is_strict_json(tmp_path: Path) -> None:
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("input", (None, 3, 8, 8))
+    b.channels[x] = 3
+    y = b.op("Log", b.conv(b.op("Relu", b.conv(x, 8)), 8))  # log of negative values: NaN
+    b.output(b.gemm(b.op("Flatten", b.op("GlobalAveragePool", y), channels=8), 8, 4))
+    model, report = tmp_path / "m.onnx", tmp_path / "r.json"
+    onnx.save(b.build(), model)
+    p = run_cli("prune", model, "-o", tmp_path / "o.onnx", "--ratio", "0.25", "--report", report)
+    assert p.returncode == 0, p.stderr
+    assert "max abs err nan" in p.stdout  # the text says so; the JSON says null
+    fid = _strict_json(report.read_text())["fidelity"][0]
+    assert fid["max_abs_error"] is None and fid["mean_abs_error"] is None
+
+
+def test_json_text_maps_non_finite_numbers_to_null() -> None:
+    from onnxprune.render import json_text
+
+    data = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": 0.25}}
+    assert _strict_json(json_text(data)) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": 0.25}}
