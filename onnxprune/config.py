@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "VALIDATED_SENSITIVITY_RATIOS",
     "LayerRule",
     "PruneConfig",
+    "check_option_names",
     "check_regex",
     "load_layer_rules",
     "parse_input_shape",
@@ -306,6 +308,7 @@ class PruneConfig:
         was given and re-applies the default rule to one that was not."""
         if criterion is None and self.criterion_reason == "given":
             criterion = self.criterion
+        check_option_names(type(self), options)
         return replace(self, criterion=criterion, criterion_reason="", **options)  # type: ignore[arg-type]
 
     @property
@@ -392,6 +395,20 @@ class PruneConfig:
         """Per-layer ratios come from the sensitivity analysis (a fidelity budget, or a drop
         judged by the user's validation function); a latency budget plans on its own."""
         return (self.fidelity_floor is not None or self.validated_search) and self.latency_target is None
+
+
+def check_option_names(config_type: type, options: Mapping[str, object]) -> None:
+    """Refuse keyword options that are not fields of ``config_type`` (a typo would otherwise be
+    Python's TypeError from the dataclass, naming no valid option)."""
+    known = {f.name for f in fields(config_type) if f.init}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        close = [m for name in unknown for m in difflib.get_close_matches(name, known, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise UsageError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}: "
+            f"the options are the fields of {config_type.__name__}"
+        )
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .config import DEFAULT_MAX_DROP, _frozen_shapes, check_regex
+from .config import DEFAULT_MAX_DROP, _frozen_shapes, check_option_names, check_regex
 from .errors import UsageError
 
 if TYPE_CHECKING:
@@ -94,4 +94,5 @@ class QuantizeConfig:
 
     def with_options(self, **options: object) -> QuantizeConfig:
         """This config with ``options`` replaced."""
+        check_option_names(type(self), options)
         return replace(self, **options)  # type: ignore[arg-type]
