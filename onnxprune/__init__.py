@@ -20,6 +20,7 @@ _EXPORTS = {
     "load": "api",
     "save": "api",
     "sensitivity": "api",
+    "SensitivityResult": "sensitivity_analysis",
     "quantize": "quantization",
     "QuantizeResult": "quantization",
     "QuantizeReport": "quant_report",
@@ -44,6 +45,7 @@ _EXPORTS = {
     "UsageError": "errors",
     "UnsupportedModel": "errors",
     "VerificationFailed": "errors",
+    "ValidationFunctionFailed": "errors",
     "BackendMissing": "errors",
 }
 
@@ -69,11 +71,20 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .api import PruneResult, analyze, apply, load, plan, prune, save, sensitivity, verify
     from .config import LayerRule, PruneConfig
     from .criteria import CriterionRegistry, default_criteria
-    from .errors import BackendMissing, LoadError, OnnxPruneError, UnsupportedModel, UsageError, VerificationFailed
+    from .errors import (
+        BackendMissing,
+        LoadError,
+        OnnxPruneError,
+        UnsupportedModel,
+        UsageError,
+        ValidationFunctionFailed,
+        VerificationFailed,
+    )
     from .planning import PruningPlan
     from .quant_report import QuantizeReport
     from .quantization import QuantizeResult, quantize
     from .quantize_config import QuantizeConfig
     from .report import PruneReport
     from .rules import Rule, RuleRegistry, default_registry
+    from .sensitivity_analysis import SensitivityResult
     from .verification import VerificationResult

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import onnx
@@ -24,6 +24,9 @@ from .saving import DeferredModel, Outputs, check_writable, save_model
 from .stages import LoadedModel, layer_scores
 from .surgery import prune_deferred
 from .verification import VerificationResult, compare_models, limits
+
+if TYPE_CHECKING:
+    from .sensitivity_analysis import SensitivityResult
 
 __all__ = ["PruneResult", "analyze", "apply", "layer_scores", "load", "plan", "prune", "save", "sensitivity", "verify"]
 
@@ -258,7 +261,7 @@ def prune(
 
 def sensitivity(
     model: onnx.ModelProto | str | os.PathLike[str],
-    calibration: str,
+    calibration: str | os.PathLike[str],
     criterion: str = "l2",
     *,
     config: PruneConfig | None = None,
@@ -266,12 +269,12 @@ def sensitivity(
     criteria: CriterionRegistry | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     **options: object,
-):
+) -> SensitivityResult:
     """For every unit of tied layers: the fidelity on the calibration inputs after removing
     each of ``config.ratios`` (``sensitivity_ratios``) of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""
 
-    config = (config or PruneConfig()).with_options(criterion, calibration=calibration, **options)
+    config = (config or PruneConfig()).with_options(criterion, calibration=os.fspath(calibration), **options)
     run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress)
     loaded = stages.load(model)
     stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)

@@ -37,3 +37,40 @@ def test_unknown_quantize_option_is_a_usage_error():
         match=r"^unknown option 'presett' \(did you mean 'preset'\?\): the options are the fields of QuantizeConfig$",
     ):
         onnxprune.quantize(DIGITS, calibration="fixtures/digits_calibration.npz", presett="mixed")
+
+
+def _python_api_section() -> str:
+    text = open("README.md", encoding="utf-8").read()
+    start = text.index("## Python API")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_every_public_name_is_exported_and_in_the_readme_api_section():
+    import inspect
+    import re
+
+    from onnxprune import errors
+
+    section = _python_api_section()
+    # Every error class a pipeline may catch is reachable as onnxprune.<Name> (ValidationFunctionFailed was not).
+    error_classes = [n for n in errors.__all__ if inspect.isclass(getattr(errors, n))]
+    assert [n for n in error_classes if n not in onnxprune.__all__] == []
+    undocumented = [n for n in onnxprune.__all__ if n != "__version__" and not re.search(rf"`[^`]*\b{n}\b", section)]
+    assert undocumented == []
+    assert onnxprune.ValidationFunctionFailed is errors.ValidationFunctionFailed
+    from onnxprune.sensitivity_analysis import SensitivityResult
+
+    assert onnxprune.SensitivityResult is SensitivityResult
+
+
+def test_public_functions_are_fully_annotated():
+    import inspect
+
+    for name in onnxprune.__all__:
+        obj = getattr(onnxprune, name)
+        if not inspect.isfunction(obj):
+            continue
+        sig = inspect.signature(obj)
+        missing = [p.name for p in sig.parameters.values() if p.annotation is inspect.Parameter.empty]
+        assert missing == [], (name, missing)
+        assert sig.return_annotation is not inspect.Signature.empty, name
