@@ -306,9 +306,10 @@ def phase_report(
         if fin:
             ms = ", ".join(f"{m['latency_s'] * 1e3:.3f}" for m in fin["timings"]["models"])
             med = ", ".join(f"{m['median_ratio']:.3f}" for m in fin["timings"]["models"][1:])
+            kept_pair = "; the kept plan's with the original" if fin.get("kept_index") is not None else ""
             runs = (
-                f"{fin['timings']['groups']} runs (one per MACs plan with the original and the latency plan; the kept "
-                f"plan's with the original) of {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']}+ runs"
+                f"{fin['timings']['groups']} runs (one per MACs plan with the original and the latency plan{kept_pair}) "
+                f"of {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']}+ runs"
                 if fin.get("grouped")
                 else f"one run, {fin['timings']['rounds']} rounds × {fin['timings']['runs_per_round']} runs"
             )
@@ -329,7 +330,7 @@ def phase_report(
             refined = r.get("final_refined", [])[-len(earlier) :] if earlier else []  # this run's additions
             for gaps, added in zip(earlier, (e["macs_target"] for e in refined)):
                 lines.append(
-                    "- an earlier final run matched no MACs plan (gaps: "
+                    f"- {'the runs' if fin.get('grouped') else 'an earlier final run'} matched no MACs plan (gaps: "
                     + ", ".join(f"{t:.3f}: {g:+.3f}" for t, g in gaps)
                     + f"): MACs target {added:.3f} pruned and timed"
                     + (
