@@ -157,6 +157,10 @@ def apply(
     ``model`` itself (no second copy of the weights); ``model`` is not to be used afterwards."""
     loaded = model if isinstance(model, LoadedModel) else None
     proto = loaded.proto if loaded is not None else model
+    try:  # a plan of another model named groups by ids that mean other channels here
+        pruning_plan = pruning_plan.resolve(analysis)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (was the plan made for another model?)") from None
     initializers = loaded.initializers if loaded is not None else None
     pruned = prune_deferred(
         proto,

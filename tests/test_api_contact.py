@@ -74,3 +74,32 @@ def test_public_functions_are_fully_annotated():
         missing = [p.name for p in sig.parameters.values() if p.annotation is inspect.Parameter.empty]
         assert missing == [], (name, missing)
         assert sig.return_annotation is not inspect.Signature.empty, name
+
+
+def test_apply_refuses_a_plan_made_for_another_model():
+    # apply(residual, residual's analysis, digits' plan) returned a model: the plan's group ids
+    # were taken as residual's groups and other channels were removed.
+    digits = onnxprune.load(DIGITS)
+    the_plan = onnxprune.plan(onnxprune.analyze(digits), "l2", model=digits, ratio=0.3)
+    residual = onnxprune.load("fixtures/residual.onnx")
+    before = residual.SerializeToString()
+    with pytest.raises(
+        UsageError,
+        match=r"^plan: layer '/stem/stem.0/Conv' is not in this model \(was the plan made for another model\?\)$",
+    ):
+        onnxprune.apply(residual, onnxprune.analyze(residual), the_plan)
+    assert residual.SerializeToString() == before
+    # on its own model the plan's channels go: each layer loses as many filters as it lists
+    pruned = onnxprune.apply(digits, onnxprune.analyze(digits), the_plan)
+    lost: dict[str, int] = {}
+    for g in the_plan.to_dict()["removed"]:
+        for node, _ in g["members"]:
+            lost[node] = lost.get(node, 0) + 1
+    assert lost
+
+    def filters(model):
+        weights = {i.name: i.dims[0] for i in model.graph.initializer}
+        return {n.name: weights[n.input[1]] for n in model.graph.node if n.op_type == "Conv"}
+
+    before_f, after_f = filters(digits), filters(pruned)
+    assert {n: before_f[n] - after_f[n] for n in lost} == lost
