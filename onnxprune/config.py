@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -55,7 +56,36 @@ def check_regex(pattern: str, what: str) -> None:
 
 
 def _frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, tuple[int, ...]]:
-    return MappingProxyType({k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()})
+    frozen = {}
+    for name, dims in (shapes or {}).items():
+        # A string of digits would iterate as characters ("1,3" -> 1, ',' ...): only a sequence of ints.
+        if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__") or not all(_is_int(d) for d in dims):
+            raise UsageError(
+                f"input shape of {name!r} must be a sequence of integers, e.g. (1, 3, 224, 224); got {dims!r}"
+            )
+        frozen[name] = tuple(int(d) for d in dims)
+    return MappingProxyType(frozen)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_ints(config: object, names: tuple[str, ...]) -> None:
+    """Refuse a non-integer for an integer option, naming it (see _check_numbers)."""
+    for name in names:
+        value = getattr(config, name)
+        if not _is_int(value):
+            raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+
+
+def _check_numbers(config: object, names: tuple[str, ...]) -> None:
+    """Refuse a non-number for a numeric option ("0.5" from a YAML file or a form) with a
+    UsageError naming it, before a comparison deep inside fails with a TypeError."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise UsageError(f"{name} must be a number, got {type(value).__name__} {value!r}")
 
 
 @dataclass(frozen=True)
@@ -177,6 +207,10 @@ class PruneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        _check_numbers(
+            self, ("ratio", "macs_target", "tolerance", "min_fidelity", "fidelity_confidence", "latency_target")
+        )
+        _check_ints(self, ("seed", "round_to"))
         object.__setattr__(self, "layer_rules", tuple(self.layer_rules))
         for pattern in self.exclude:
             check_regex(pattern, "--exclude")

@@ -103,3 +103,26 @@ def test_apply_refuses_a_plan_made_for_another_model():
 
     before_f, after_f = filters(digits), filters(pruned)
     assert {n: before_f[n] - after_f[n] for n in lost} == lost
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"ratio": "0.5"}, r"^ratio must be a number, got str '0.5'$"),
+        ({"macs_target": True}, r"^macs_target must be a number, got bool True$"),
+        ({"min_fidelity": "0.9", "calibration": "c.npz"}, r"^min_fidelity must be a number, got str '0.9'$"),
+        ({"seed": "a"}, r"^seed must be an integer, got str 'a'$"),
+        ({"round_to": 2.0, "ratio": 0.5}, r"^round_to must be an integer, got float 2.0$"),
+    ],
+)
+def test_a_non_number_for_a_numeric_option_is_a_usage_error(options, message):
+    # ratio="0.5" was "TypeError: '<=' not supported between instances of 'float' and 'str'".
+    with pytest.raises(UsageError, match=message):
+        onnxprune.PruneConfig(criterion="l2", **options)
+
+
+@pytest.mark.parametrize("dims", ["1,1,8,8", 8, (1, 1, 8.5, 8)])
+def test_input_shapes_must_be_sequences_of_integers(dims):
+    # "1,1,8,8" was ValueError: invalid literal for int() with base 10: ','; 8: TypeError.
+    with pytest.raises(UsageError, match=r"^input shape of 'input' must be a sequence of integers"):
+        onnxprune.analyze(DIGITS, input_shapes={"input": dims})
