@@ -206,7 +206,8 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        # One pattern given as a string is that pattern, not its characters (as ignored_scope).
+        object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
         _check_numbers(
             self, ("ratio", "macs_target", "tolerance", "min_fidelity", "fidelity_confidence", "latency_target")
         )

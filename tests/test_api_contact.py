@@ -126,3 +126,17 @@ def test_input_shapes_must_be_sequences_of_integers(dims):
     # "1,1,8,8" was ValueError: invalid literal for int() with base 10: ','; 8: TypeError.
     with pytest.raises(UsageError, match=r"^input shape of 'input' must be a sequence of integers"):
         onnxprune.analyze(DIGITS, input_shapes={"input": dims})
+
+
+def test_exclude_given_as_one_string_is_one_pattern():
+    import numpy as np
+
+    assert onnxprune.PruneConfig(exclude="/stem/.*").exclude == ("/stem/.*",)
+    # Before: a string was split into one-character patterns; '.' excluded every layer.
+    result = onnxprune.prune(DIGITS, "l2", ratio=0.5, exclude="/stem/.*")
+    assert result.report.channels_removed > 0
+    removed_layers = {n for g in result.plan.to_dict()["removed"] for n, _ in g["members"]}
+    assert removed_layers and not any(n.startswith("/stem/") for n in removed_layers)
+    assert any(n.startswith("/stem/") for n in {n for g in result.analysis.groups for n, _ in g.members})
+    # numpy scalars are numbers
+    assert onnxprune.PruneConfig(ratio=np.float32(0.25), criterion="l2").ratio == np.float32(0.25)
