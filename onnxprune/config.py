@@ -277,6 +277,8 @@ class PruneConfig:
             raise UsageError(f"calibration limit must be a positive integer, got {self.calibration_limit!r}")
         if self.round_to < 1:
             raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")  # numpy's generators take no other
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
         from .fidelity_metrics import check_metrics
 

@@ -416,3 +416,14 @@ def test_json_text_maps_non_finite_numbers_to_null() -> None:
 
     data = {"a": float("nan"), "b": [1.5, float("inf"), (float("-inf"), 2)], "c": {"d": 0.25}}
     assert _strict_json(json_text(data)) == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": 0.25}}
+
+
+# -- --seed -1 was an internal error ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["prune", "quantize"])
+def test_a_negative_seed_is_a_usage_error(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "o.onnx"
+    p = run_cli(command, FIXTURES / "digits_cnn.onnx", "-o", out, "--calibration", CALIBRATION, "--seed", "-1")
+    assert one_line_error(p) == "onnxprune: error: seed must be a non-negative integer, got -1"
+    assert not out.exists()
