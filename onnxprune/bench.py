@@ -234,6 +234,12 @@ def benchmark(
         raise UsageError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     if seconds is not None and not seconds > 0:
         raise UsageError(f"-t must be a positive number of seconds, got {seconds}")
+    for flag, value, least in (("--rounds", rounds, 1), ("--runs", runs_per_round, 1), ("--warmup", warmup, 0)):
+        if seconds is None or flag != "--rounds":  # -t replaces --rounds
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise UsageError(f"{flag} must be an integer >= {least}, got {value!r}")
+    if not throughput_seconds > 0:
+        raise UsageError(f"--throughput-seconds must be a positive number of seconds, got {throughput_seconds}")
     if len(paths) < 1:
         raise UsageError("bench needs at least one model")
     for p in paths:
@@ -241,6 +247,12 @@ def benchmark(
             raise UsageError(f"{p}: no such file")
     shapes = dict(input_shapes or {})
     if inputs:
+        for name, given in shapes.items():  # the data is fed as it is: a shape that contradicts it cannot run
+            if name in inputs and list(np.shape(inputs[name])) != list(given):
+                raise UsageError(
+                    f"{paths[0]}: --input-shape {name}:{','.join(map(str, given))} contradicts --inputs, whose first "
+                    f"sample of {name!r} has shape {list(np.shape(inputs[name]))}: give one of them"
+                )
         shapes = {**{k: list(np.shape(v)) for k, v in inputs.items()}, **shapes}
     runners = [_Runner(os.fspath(p), backend, shapes, precision) for p in paths]
     rng = np.random.default_rng(seed)

@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug: one line, no traceback unless asked for
         if os.environ.get("ONNXPRUNE_DEBUG"):
             raise
-        where = getattr(args, "model", "")
+        where = getattr(args, "model", None) or " ".join(getattr(args, "models", None) or [])
         print(
             f"onnxprune: internal error on {where}: {type(exc).__name__}: {exc} (set ONNXPRUNE_DEBUG=1 for a traceback)",
             file=sys.stderr,

@@ -427,3 +427,27 @@ def test_a_negative_seed_is_a_usage_error(tmp_path: Path, command: str) -> None:
     p = run_cli(command, FIXTURES / "digits_cnn.onnx", "-o", out, "--calibration", CALIBRATION, "--seed", "-1")
     assert one_line_error(p) == "onnxprune: error: seed must be a non-negative integer, got -1"
     assert not out.exists()
+
+
+# -- bench: counts of zero and a shape that contradicts the data were internal errors ---------
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
+        (["--runs", "0"], "--runs must be an integer >= 1, got 0"),
+        (["--warmup", "-1"], "--warmup must be an integer >= 0, got -1"),
+        (["--throughput-seconds", "-1"], "--throughput-seconds must be a positive number of seconds, got -1.0"),
+        (
+            ["--inputs", str(CALIBRATION), "--input-shape", "input:2,1,8,8"],
+            "{m}: --input-shape input:2,1,8,8 contradicts --inputs, whose first sample of 'input' has shape "
+            "[1, 1, 8, 8]: give one of them",
+        ),
+    ],
+)
+def test_bench_refuses_bad_counts_and_contradicting_shapes(tmp_path: Path, options: list[str], message: str) -> None:
+    model = FIXTURES / "digits_cnn.onnx"
+    p = run_cli("bench", model, "--json", tmp_path / "b.json", *options)
+    assert one_line_error(p) == "onnxprune: error: " + message.format(m=model)
+    assert list(tmp_path.iterdir()) == []
