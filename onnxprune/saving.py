@@ -376,6 +376,12 @@ class StagedModel:
         self.path = os.path.join(self._tmpdir, os.path.basename(path))
         try:
             self.size, self._files = model.write_files(self.path, external_data)
+        except OSError as exc:  # a full disk: name the destination, not the staging folder removed here
+            self.discard()
+            if exc.filename and os.path.dirname(os.path.abspath(exc.filename)) == self._tmpdir:
+                name = os.path.basename(exc.filename)
+                exc.filename = path if name == os.path.basename(path) else os.path.join(self._folder, name)
+            raise
         except BaseException:
             self.discard()
             raise

@@ -140,3 +140,24 @@ def test_exclude_given_as_one_string_is_one_pattern():
     assert any(n.startswith("/stem/") for n in {n for g in result.analysis.groups for n, _ in g.members})
     # numpy scalars are numbers
     assert onnxprune.PruneConfig(ratio=np.float32(0.25), criterion="l2").ratio == np.float32(0.25)
+
+
+def test_save_failing_midway_leaves_nothing_and_names_the_destination(tmp_path, monkeypatch):
+    import errno
+
+    from onnxprune import saving
+
+    result = onnxprune.prune(DIGITS, "l2", ratio=0.25)
+
+    def full_disk(self, path, external_data):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(saving.DeferredModel, "write_files", full_disk)
+    destination = tmp_path / "m.onnx"
+    with pytest.raises(OSError) as caught:
+        result.save(destination)
+    # was the staging folder's '.onnxprune-XXXX/m.onnx', which the CLI printed and which no longer exists
+    assert caught.value.filename == str(destination)
+    assert list(tmp_path.iterdir()) == []
