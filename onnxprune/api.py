@@ -62,6 +62,16 @@ def check_output_path(output: str | os.PathLike[str], model: object) -> None:
     check_writable(out)
 
 
+def _model_argument(model: object, what: str) -> onnx.ModelProto:
+    """``model`` as a ModelProto: itself, or loaded from a path; anything else a UsageError
+    (not an AttributeError from deep inside)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return stages.load(model).proto
+    raise UsageError(f"{what}: expected a path or onnx.ModelProto, got {type(model).__name__}")
+
+
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     """Load and check a model (a path or a ModelProto, which is copied, never modified)."""
     return stages.load(model).proto
@@ -71,6 +81,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data:
     """Write ``model`` atomically (a temporary file in the same folder, then renamed). With
     ``external_data`` (automatic above the 2 GB protobuf limit) the weights go to
     ``<name>.data`` beside the model."""
+    if not isinstance(model, onnx.ModelProto):
+        raise UsageError(f"save: expected an onnx.ModelProto, got {type(model).__name__}")
     save_model(model, os.fspath(path), external_data)
 
 
@@ -102,6 +114,8 @@ def plan(
     ``macs_target``, ``round_to``, ``exclude``, ``layer_rules``); data criteria need ``stats``
     (``reconstruction`` also the calibration samples, ``feeds``).
     ``registry``: the rules the analysis used (their layer semantics give filters and MACs)."""
+    if not isinstance(analysis, ChannelAnalysis):
+        raise UsageError(f"plan: expected the ChannelAnalysis of onnxprune.analyze, got {type(analysis).__name__}")
     config = (config or PruneConfig()).with_options(criterion, **options)
     criterion = config.criterion
     criteria = criteria or default_criteria()
@@ -175,13 +189,18 @@ def apply(
 
 
 def verify(
-    original: onnx.ModelProto,
-    pruned: onnx.ModelProto,
+    original: onnx.ModelProto | str | os.PathLike[str],
+    pruned: onnx.ModelProto | str | os.PathLike[str],
     config: PruneConfig = PruneConfig(),
     source: str = "<model>",
 ) -> VerificationResult:
-    """Compare two models on seeded random inputs (batch 1 and 2 for a dynamic batch) or on
-    the samples of ``config.verification_inputs``; every output within the tolerance."""
+    """Compare two models (ModelProtos or paths) on seeded random inputs (batch 1 and 2 for a
+    dynamic batch) or on the samples of ``config.verification_inputs``; every output within the
+    tolerance."""
+    if source == "<model>" and isinstance(original, (str, os.PathLike)):
+        source = os.fspath(original)
+    original = _model_argument(original, "verify")
+    pruned = _model_argument(pruned, "verify")
     feeds, desc = stages.verification_feeds(original, config, source)
     tolerance, noise_multiple = limits(config.tolerance)
     return compare_models(

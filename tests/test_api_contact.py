@@ -161,3 +161,19 @@ def test_save_failing_midway_leaves_nothing_and_names_the_destination(tmp_path, 
     # was the staging folder's '.onnxprune-XXXX/m.onnx', which the CLI printed and which no longer exists
     assert caught.value.filename == str(destination)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_steps_given_the_wrong_kind_of_argument_raise_usage_errors(tmp_path):
+    # Each was an AttributeError ("'str' object has no attribute 'graph'" / "... 'groups'").
+    with pytest.raises(UsageError, match=r"^plan: expected the ChannelAnalysis of onnxprune.analyze, got str$"):
+        onnxprune.plan(DIGITS, "zero")
+    with pytest.raises(UsageError, match=r"^save: expected an onnx.ModelProto, got str$"):
+        onnxprune.save(DIGITS, tmp_path / "m.onnx")
+    with pytest.raises(UsageError, match=r"^verify: expected a path or onnx.ModelProto, got int$"):
+        onnxprune.verify(onnxprune.load(DIGITS), 3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_takes_paths_as_the_other_steps_do():
+    result = onnxprune.verify("fixtures/shuffle.onnx", "fixtures/shuffle.onnx")
+    assert result.passed and all(o.max_abs_diff == 0.0 for o in result.outputs)
