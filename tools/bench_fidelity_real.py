@@ -239,24 +239,60 @@ def _targets_order(row: Row) -> list[float]:
     return sorted(TARGETS)
 
 
+def _model_files(tmp: Path, name: str, model: Path) -> dict[str, Any]:
+    """A model's calibration and verification files, input shapes and judge (held-out and
+    calibration inputs with the original's outputs)."""
+    from fidelity_real_cells import Judge
+
+    files: dict[str, Any] = {"cal": tmp / "cal.npz", "verify": tmp / "verify.npz", "shapes": SHAPES.get(name, {})}
+    np.savez(files["cal"], **feeds(name, N_CAL, SEED_CAL))
+    np.savez(files["verify"], **feeds(name, 2, SEED_CAL))  # the first 2 calibration samples
+    t0 = time.perf_counter()
+    files["judge"] = Judge(
+        model, {"heldout": samples(name, N_HELD, SEED_HELD), "calibration": samples(name, N_CAL, SEED_CAL)}
+    )
+    print(f"{name}: inputs and the original's outputs {time.perf_counter() - t0:.1f} s", flush=True)
+    return files
+
+
+def run_alone(name: str, corpus: str, rows: list[Row], timeout: float, commit: str, target: float) -> None:
+    """The worker of ``--alone``: each asked ``--min-fidelity`` row's run at ``target`` on its
+    own (its own sensitivity, nothing shared); its time, CPU time, load and plan's MACs and
+    held-out fidelity go into the recorded cell's ``alone`` (the cell's figures stay)."""
+    from fidelity_real_cells import prune_cell
+
+    model = Path(corpus) / name
+    with tempfile.TemporaryDirectory() as tmpdir:
+        files = _model_files(Path(tmpdir), name, model)
+        for row in rows:
+            if row.kind != "target":
+                continue
+            opts = {k: (target if v == "{target}" else v) for k, v in row.options.items()}
+            r = prune_cell(model, opts, files, None, None, timeout)
+            print(f"{name}: {row.name} @ {target} alone: {_short(r)}", flush=True)
+            keys = ("exit", "error", "seconds", "cpu_seconds", "load_before", "load_after", "macs_cut", "heldout")
+            alone = {**{k: r[k] for k in keys if k in r}, "commit": commit, "date": _now()}
+
+            def put(results: dict, alone: dict = alone, row: Row = row) -> None:
+                cell = results["models"].get(name, {}).get("rows", {}).get(row.name, {}).get("targets", {})
+                if str(target) in cell:
+                    cell[str(target)]["alone"] = alone
+                else:
+                    print(f"{name}: {row.name} @ {target}: no recorded cell to add the run alone to", flush=True)
+
+            update_results(put)
+
+
 def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: str, keep_going: bool = False) -> None:
     """The worker: every asked row of one model, in this process. After a run times out, the
     model's remaining ``--min-fidelity`` runs are recorded as not run (a time budget: the rows
     after add recovery on top), except the 0.99 run of the row whose 0.95 run timed out (its
     sensitivity is a subset of the 0.95 run's), unless ``keep_going``."""
-    from fidelity_real_cells import Judge, SharedSensitivity, prune_cell
+    from fidelity_real_cells import SharedSensitivity, prune_cell
 
     model = Path(corpus) / name
     with tempfile.TemporaryDirectory() as tmpdir, SharedSensitivity() as shared:
-        tmp = Path(tmpdir)
-        files: dict[str, Any] = {"cal": tmp / "cal.npz", "verify": tmp / "verify.npz", "shapes": SHAPES.get(name, {})}
-        np.savez(files["cal"], **feeds(name, N_CAL, SEED_CAL))
-        np.savez(files["verify"], **feeds(name, 2, SEED_CAL))  # the first 2 calibration samples
-        t0 = time.perf_counter()
-        files["judge"] = Judge(
-            model, {"heldout": samples(name, N_HELD, SEED_HELD), "calibration": samples(name, N_CAL, SEED_CAL)}
-        )
-        print(f"{name}: inputs and the original's outputs {time.perf_counter() - t0:.1f} s", flush=True)
+        files = _model_files(Path(tmpdir), name, model)
         stopped = ""  # why the remaining runs are not started
         for row in rows:
             print(f"{name}: {row.name}", flush=True)
@@ -354,14 +390,30 @@ def main() -> None:
         metavar="FILE.json",
         help="take the newer (model, row) cells of another run's JSON, then rewrite the .md (runs nothing)",
     )
+    ap.add_argument(
+        "--alone",
+        type=float,
+        metavar="TARGET",
+        help="repeat the --only models' and --rows rows' run at TARGET on its own (no shared sensitivity) and record its "
+        "time in the recorded cell (its time alone measured, not estimated)",
+    )
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one model, in this process
     args = ap.parse_args()
     commit = package_commit()
     rows = [r for r in ROWS if args.rows is None or r.name in args.rows.split(",")]
     if args.worker == DIGITS:
         return run_digits(args.timeout, commit)
+    if args.worker and args.alone is not None:
+        return run_alone(args.worker, args.corpus, rows, args.timeout, commit, args.alone)
     if args.worker:
         return run_model(args.worker, args.corpus, rows, args.timeout, commit, args.keep_going)
+    if args.alone is not None:
+        for name in MODELS:
+            if name in LEFT_OUT or not args.only or not any(o in name for o in args.only):
+                continue
+            cmd = [sys.executable, __file__, "--worker", name, "--corpus", args.corpus, "--timeout", str(args.timeout)]
+            cmd += ["--alone", str(args.alone), "--rows", ",".join(r.name for r in rows)]
+            subprocess.run(cmd, check=False)
     for path in args.merge_from:
         other = json.loads(Path(path).read_text())
 
@@ -370,7 +422,7 @@ def main() -> None:
             print(f"{path}: {len(taken)} cell(s) merged" + "".join(f"\n  {t}" for t in taken), flush=True)
 
         update_results(merge)
-    if not args.markdown_only and not args.merge_from:
+    if not args.markdown_only and not args.merge_from and args.alone is None:
         results = load_results()
         todo = []
         names = sorted(MODELS, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)) + [DIGITS]
