@@ -203,6 +203,16 @@ def newer(theirs: dict, ours: dict | None) -> bool:
     return str(theirs.get("date") or "") > str(ours.get("date") or "")
 
 
+def _more_alone(row: dict, mine: dict | None) -> bool:
+    """The same run as ``mine`` (commit and date) with more of its runs repeated alone (``--alone``)."""
+
+    def alone(r: dict) -> int:
+        return sum(1 for c in (r.get("targets") or {}).values() if "alone" in c)
+
+    same = mine is not None and (row.get("commit"), row.get("date")) == (mine.get("commit"), mine.get("date"))
+    return same and alone(row) > alone(mine)  # type: ignore[arg-type]
+
+
 def merge_results(results: dict, other: dict, source: str) -> list[str]:
     """Copy into ``results`` every (model, row) cell and digits line of ``other`` that is
     newer (see ``newer``); returns what was taken, one line each."""
@@ -212,7 +222,7 @@ def merge_results(results: dict, other: dict, source: str) -> list[str]:
         if entry.get("inputs") and not mine.get("inputs"):
             mine["inputs"] = entry["inputs"]
         for name, row in entry.get("rows", {}).items():
-            if row.get("commit") and newer(row, mine["rows"].get(name)):
+            if row.get("commit") and (newer(row, mine["rows"].get(name)) or _more_alone(row, mine["rows"].get(name))):
                 mine["rows"][name] = {**row, "merged_from": row.get("merged_from", source)}
                 taken.append(f"{model} / {name}: `{row.get('commit')}` {row.get('date', '')}")
     for name, cell in (other.get("digits") or {}).items():

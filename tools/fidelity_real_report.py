@@ -138,7 +138,7 @@ def targets_check(results: dict) -> list[str]:
     )
     out.append(
         f"- **Each run under {LIMIT / 60:.0f} minutes on 2 cores** ({n_runs} runs; a run that reused its row's "
-        "sensitivity counts with the estimate of its time alone): "
+        "sensitivity counts with its time alone: measured where it was repeated alone, else estimated): "
         + ("**MET**." if not slow else f"**MISSED** by {len(slow)}: " + "; ".join(slow) + ".")
         + (
             f" {not_run} more runs were not started after a timeout of the same model (see the tables)."
