@@ -4,6 +4,7 @@ as text and Markdown lines."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .fidelity import OutputFidelity, OutputScore
 
@@ -78,6 +79,14 @@ class QuantizeReport:
     size_after: int | None
     accuracy_control: AccuracyControl | None = None
     notes: tuple[str, ...] = field(default=())
+
+    def to_json(self, **options: Any) -> str:
+        """``to_dict()`` as strict JSON text, as the CLI writes it: a NaN or infinite number
+        (a model whose outputs are NaN) is null (``json.dumps`` would write a bare NaN, which
+        is not JSON). ``options`` go to ``json.dumps`` (e.g. ``indent=2``)."""
+        from .render import json_text
+
+        return json_text(self.to_dict(), **options)
 
     def to_dict(self) -> dict:
         return {

@@ -89,6 +89,14 @@ class PruneReport:
     generalisation: dict | None = None  # fidelity on the calibration samples beside the held-out one
     latency: dict | None = None  # with a latency budget: predicted and measured (LatencyOutcome.to_dict)
 
+    def to_json(self, **options: Any) -> str:
+        """``to_dict()`` as strict JSON text, as the CLI writes it: a NaN or infinite number
+        (a model whose outputs are NaN) is null (``json.dumps`` would write a bare NaN, which
+        is not JSON). ``options`` go to ``json.dumps`` (e.g. ``indent=2``)."""
+        from .render import json_text
+
+        return json_text(self.to_dict(), **options)
+
     def to_dict(self) -> dict:
         return {
             "model": self.model,

@@ -177,3 +177,32 @@ def test_steps_given_the_wrong_kind_of_argument_raise_usage_errors(tmp_path):
 def test_verify_takes_paths_as_the_other_steps_do():
     result = onnxprune.verify("fixtures/shuffle.onnx", "fixtures/shuffle.onnx")
     assert result.passed and all(o.max_abs_diff == 0.0 for o in result.outputs)
+
+
+def test_report_to_json_is_strict_json_when_outputs_are_nan():
+    import json
+
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("input", (None, 3, 8, 8))
+    b.channels[x] = 3
+    y = b.op("Log", b.conv(b.op("Relu", b.conv(x, 8)), 8))  # log of negative values: NaN
+    b.output(b.gemm(b.op("Flatten", b.op("GlobalAveragePool", y), channels=8), 8, 4))
+    report = onnxprune.prune(b.build(), "l2", ratio=0.25).report
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    with pytest.raises(ValueError, match="not JSON: NaN"):  # why to_json exists: to_dict keeps Python's nan
+        json.loads(json.dumps(report.to_dict()), parse_constant=refuse)
+    data = json.loads(report.to_json(indent=2), parse_constant=refuse)
+    assert data["fidelity"][0]["max_abs_error"] is None
+    assert data["channels_removed"] == report.channels_removed > 0
+
+
+def test_quantize_report_to_json_is_strict_json():
+    from types import SimpleNamespace
+
+    duck = SimpleNamespace(to_dict=lambda: {"max_abs_error": float("nan"), "cosine": 0.5})
+    assert onnxprune.QuantizeReport.to_json(duck) == '{"max_abs_error": null, "cosine": 0.5}'
