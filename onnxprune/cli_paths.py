@@ -33,7 +33,7 @@ _INPUTS = (
 
 def _outputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
     """(path, flag) of every file the command will write, companions included: the .bin beside
-    an .xml, the .data beside an .onnx (--external-data, or a model past 2 GB)."""
+    an .xml, the .data beside an .onnx with --external-data."""
     for attr, flag in _OUTPUTS:
         path = getattr(args, attr, None)
         if not isinstance(path, str) or not path:
@@ -41,7 +41,7 @@ def _outputs(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
         yield path, flag
         if path.endswith(".xml"):
             yield path[: -len(".xml")] + ".bin", f"{flag} (its .bin)"
-        elif path.endswith(".onnx") and args.command in ("prune", "quantize"):
+        elif path.endswith(".onnx") and getattr(args, "external_data", False):
             yield path + ".data", f"{flag} (its external data)"
 
 
@@ -102,6 +102,9 @@ def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
     outputs = list(_outputs(args))
     if not outputs:
         return
+    for path, flag in outputs:
+        if flag.endswith(")") and os.path.isdir(path):  # a companion file; the named ones are checked as given
+            raise UsageError(f"{path}: {flag} would be written there, but it is a folder; give another file name")
     inputs = _inputs(args)
     for model, what in list(inputs):
         if what != "the input model" or not os.path.isfile(model):

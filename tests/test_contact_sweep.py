@@ -451,3 +451,27 @@ def test_bench_refuses_bad_counts_and_contradicting_shapes(tmp_path: Path, optio
     p = run_cli("bench", model, "--json", tmp_path / "b.json", *options)
     assert one_line_error(p) == "onnxprune: error: " + message.format(m=model)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- an IR's .bin that is a folder failed only after the whole run ---------------------------
+
+
+def test_a_companion_file_that_is_a_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "ir.bin").mkdir()
+    model = FIXTURES / "digits_cnn.onnx"
+    p = run_cli(
+        "prune",
+        model,
+        "-o",
+        tmp_path / "o.onnx",
+        "--ir",
+        tmp_path / "ir.xml",
+        "--calibration",
+        tmp_path / "missing.npz",
+    )
+    # before any work: the missing calibration file (checked in the run) is not reached
+    assert one_line_error(p) == (
+        f"onnxprune: error: {tmp_path / 'ir.bin'}: --ir (its .bin) would be written there, but it is a folder; "
+        "give another file name"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.bin"]
