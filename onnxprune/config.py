@@ -258,6 +258,15 @@ class PruneConfig:
                 f"criterion 'zero' removes only provably constant channels and takes no budget ({', '.join(budget)}); "
                 f"name a lossy criterion (e.g. --criterion {BUDGET_DEFAULT_CRITERION}) or drop the budget"
             )
+        shaping = [
+            f for f, on in (("--global", self.global_ranking), (f"--round-to {self.round_to}", self.round_to > 1)) if on
+        ]
+        if shaping and not budget:  # they shape a budget's cut; without one they were silently ignored
+            raise UsageError(
+                f"{' and '.join(shaping)} shape{'s' if len(shaping) == 1 else ''} a budget's cut, and no budget is given: "
+                "give one (--ratio, --macs-target, --min-fidelity, --latency-target, --max-drop/--validate, a --config "
+                "sparsity) or drop it"
+            )
         if self.tolerance is not None and not (0.0 < self.tolerance < 1.0):
             raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance}")
         if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
@@ -278,7 +287,9 @@ class PruneConfig:
         if self.round_to < 1:
             raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")  # numpy's generators take no other
+            raise UsageError(
+                f"seed must be a non-negative integer, got {self.seed!r}"
+            )  # numpy's generators take no other
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
         from .fidelity_metrics import check_metrics
 

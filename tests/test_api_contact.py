@@ -206,3 +206,12 @@ def test_quantize_report_to_json_is_strict_json():
 
     duck = SimpleNamespace(to_dict=lambda: {"max_abs_error": float("nan"), "cosine": 0.5})
     assert onnxprune.QuantizeReport.to_json(duck) == '{"max_abs_error": null, "cosine": 0.5}'
+
+
+def test_global_and_round_to_without_a_budget_are_refused():
+    # Both shape a budget's cut; without one the zero criterion ran and they were silently ignored.
+    with pytest.raises(UsageError, match=r"^--round-to 8 shapes a budget's cut, and no budget is given: give one \("):
+        onnxprune.prune("fixtures/shuffle.onnx", round_to=8)
+    with pytest.raises(UsageError, match=r"^--global and --round-to 4 shape a budget's cut, and no budget is given"):
+        onnxprune.PruneConfig(global_ranking=True, round_to=4)
+    assert onnxprune.PruneConfig(ratio=0.2, global_ranking=True, round_to=4).criterion == "l2"
