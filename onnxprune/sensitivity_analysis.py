@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,13 @@ class SensitivityResult:
     trials: int
     metrics: tuple[OutputMetric, ...] = ()  # what the fidelity is, per output, and why
     screened: int = 0  # trials that ended on the screened samples (trial_runner.Screen)
+
+    def to_json(self, **options: Any) -> str:
+        """``to_dict()`` as strict JSON text, as ``sensitivity --json`` writes it (a NaN
+        fidelity is null); ``options`` go to ``json.dumps``."""
+        from .render import json_text
+
+        return json_text(self.to_dict(), **options)
 
     def to_dict(self) -> dict:
         return {

@@ -215,3 +215,13 @@ def test_global_and_round_to_without_a_budget_are_refused():
     with pytest.raises(UsageError, match=r"^--global and --round-to 4 shape a budget's cut, and no budget is given"):
         onnxprune.PruneConfig(global_ranking=True, round_to=4)
     assert onnxprune.PruneConfig(ratio=0.2, global_ranking=True, round_to=4).criterion == "l2"
+
+
+def test_sensitivity_result_to_json_is_strict_json():
+    import json
+
+    result = onnxprune.SensitivityResult(
+        units=(), ratios=(0.5,), criterion="l2", samples=4, seconds=float("nan"), trials=0
+    )
+    assert json.loads(result.to_json())["seconds"] is None
+    assert json.loads(result.to_json()) == {**result.to_dict(), "seconds": None}
