@@ -273,6 +273,11 @@ class PruneConfig:
             raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
         if self.macs_target is not None and not (0.0 < self.macs_target <= 1.0):
             raise UsageError(f"macs target must be in (0, 1], got {self.macs_target}")
+        if self.ratio is not None and self.min_fidelity is not None:
+            # The fidelity floor allocates per-layer ratios itself; the ratio was silently ignored.
+            raise UsageError(
+                f"--ratio {self.ratio:g} and --min-fidelity {self.min_fidelity:g} are two budgets for the same cut: give one"
+            )
         if self.ratio is not None and self.macs_target is not None:
             # Both decide how much goes; the MACs target would win and the ratio be ignored.
             raise UsageError(

@@ -18,6 +18,11 @@ def test_ratio_and_macs_target_together_are_refused():
         onnxprune.prune(DIGITS, "l2", ratio=0.25, macs_target=0.5)
     with pytest.raises(UsageError, match="two budgets"):
         onnxprune.PruneConfig(ratio=0.25, macs_target=0.5)
+    # with a fidelity floor the ratio was ignored too (digits CNN: 20 channels with ratio 0.5, 0.05 or none)
+    with pytest.raises(
+        UsageError, match=r"^--ratio 0.5 and --min-fidelity 0.9 are two budgets for the same cut: give one$"
+    ):
+        onnxprune.PruneConfig(ratio=0.5, min_fidelity=0.9, calibration="fixtures/digits_calibration.npz")
 
 
 def test_unknown_prune_option_is_a_usage_error_with_a_hint():
