@@ -5,6 +5,7 @@ re-match among the scan's nearest plans. Nothing is timed here."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -214,6 +215,10 @@ def test_phase_time_refines_a_final_run_that_matched_none(monkeypatch):
     assert fin["macs_plan_ratio"] == pytest.approx(0.70) and fin["macs_index"] == 5 and fin["grouped"] is True
     assert fin["latency_plan_ratio"] == pytest.approx(0.70) and fin["apart"] == pytest.approx(0.0, abs=1e-12)
     assert fin["kept_index"] == 6 and fin["kept_plan_ratio"] == pytest.approx(0.9)
+    # the cores busy while timing, machine and process (not timing: /proc/stat and process_time)
+    busy, total = bench._machine_busy()
+    assert 0 <= busy <= total and 0.0 <= fin["machine_busy_cores"] <= (os.cpu_count() or 1) + 1e-9
+    assert fin["process_cores"] >= 0.0
     assert [m["model"] for m in fin["timings"]["models"]][:2] == ["o.onnx", "l.onnx"]
     (gaps,) = fin["earlier_runs_gaps"]
     assert dict(gaps) == pytest.approx({0.49: 0.04, 0.52: 0.07, 0.47: 0.02})

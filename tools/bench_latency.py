@@ -336,6 +336,7 @@ def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refi
     candidates = [*(final_candidates(scan) if scan else [row["macs_plan"]]), *row.get("final_refined", [])]
     original, latency_plan = spec["path"], row["latency_plan"]["file"]
     load = os.getloadavg()[0]
+    busy0, cpu0, wall0 = _machine_busy(), time.process_time(), time.perf_counter()
     triples = [timed([original, e["file"], latency_plan], spec, seconds, rounds=20).to_dict() for e in candidates]
     earlier: list[list] = []
     while True:
@@ -354,6 +355,7 @@ def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refi
     pair = (
         timed([original, row["kept_plan"]["file"]], spec, seconds, rounds=20).to_dict() if "kept_plan" in row else None
     )
+    busy1, cpu1, wall1 = _machine_busy(), time.process_time(), time.perf_counter()
     timings = grouped_final(triples, pair)
     best = rematch_row(row, candidates, [g for _, g in gaps], 0.0)
     models = timings["models"]
@@ -378,11 +380,25 @@ def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refi
         "loadavg_before": load,
         "loadavg": os.getloadavg()[0],
         "earlier_runs_gaps": earlier,  # (MACs target, gap) before each refinement
+        # cores busy on the whole machine and in this process while timing (a refinement's pruning
+        # included): more busy than this process is other work sharing the cores
+        "machine_busy_cores": (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1) * (os.cpu_count() or 1),
+        "process_cores": (cpu1 - cpu0) / max(wall1 - wall0, 1e-9),
     }
     before = chosen_original_ms(row["latency_plan"]["latency"])
     if before is not None:  # an additive per-inference cost (other work on the cores) pulls ratios toward 1
         row["final"]["original_ms_in_prune"] = before
         row["final"]["original_ms_change"] = models[0]["latency_s"] * 1e3 / before - 1.0
+
+
+def _machine_busy() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far (/proc/stat; zeros where there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0), sum(ticks)
 
 
 def chosen_original_ms(latency: dict) -> float | None:

@@ -315,7 +315,13 @@ def phase_report(
             )
             lines.append(
                 f"- final ({fin['when']}, {runs}, "
-                f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}): fastest-run ms {ms}; "
+                f"load {fin.get('loadavg_before', float('nan')):.2f} → {fin['loadavg']:.2f}"
+                + (
+                    f"; cores busy {fin['machine_busy_cores']:.2f}, this process {fin['process_cores']:.2f}"
+                    if "machine_busy_cores" in fin
+                    else ""
+                )
+                + f"): fastest-run ms {ms}; "
                 f"ratios of all-run medians {med}"
             )
             if fin.get("grouped"):
