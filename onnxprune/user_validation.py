@@ -135,6 +135,19 @@ def _is_file(where: str) -> bool:
     return where.endswith(".py") or "/" in where or os.sep in where
 
 
+def _parse_spec(spec: str) -> tuple[str, str, bool]:
+    """(where, function, whether `where` is a file) of ``FILE.py:function`` / ``module:function``;
+    a malformed spec or a file that does not exist is refused here, for both the early check and
+    the import."""
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise ValidationFunctionFailed(f"--validate {spec!r}: expected FILE.py:function or module:function")
+    is_file = _is_file(where)
+    if is_file and not os.path.isfile(where):
+        raise ValidationFunctionFailed(f"{spec}: --validate file {where} not found")
+    return where, attr, is_file
+
+
 def check_spec(spec: object) -> None:
     """What can be told of a ``--validate`` spec without running your code, checked before any
     work (a typo would otherwise surface after the calibration and sensitivity runs): its form,
@@ -144,12 +157,8 @@ def check_spec(spec: object) -> None:
     import ast
     import re
 
-    where, sep, attr = spec.rpartition(":")
-    if not sep or not where or not attr:
-        raise ValidationFunctionFailed(f"--validate {spec!r}: expected FILE.py:function or module:function")
-    if _is_file(where):
-        if not os.path.isfile(where):
-            raise ValidationFunctionFailed(f"{spec}: --validate file {where} not found")
+    where, attr, is_file = _parse_spec(spec)
+    if is_file:
         try:
             with open(where, encoding="utf-8") as f:
                 text = f.read()
@@ -181,12 +190,8 @@ def resolve_function(spec: Callable[[Candidate], float] | str) -> tuple[Callable
         raise UsageError(
             f"validate must be a function or 'FILE.py:function' / 'module:function', got {type(spec).__name__}"
         )
-    where, sep, attr = spec.rpartition(":")
-    if not sep or not where or not attr:
-        raise ValidationFunctionFailed(f"--validate {spec!r}: expected FILE.py:function or module:function")
-    if _is_file(where):
-        if not os.path.isfile(where):
-            raise ValidationFunctionFailed(f"{spec}: --validate file {where} not found")
+    where, attr, is_file = _parse_spec(spec)
+    if is_file:
         found = importlib.util.spec_from_file_location(f"_onnxprune_validate_{abs(hash(where))}", where)
         if found is None or found.loader is None:  # pragma: no cover - a .py file always has a loader
             raise ValidationFunctionFailed(f"{spec}: cannot import {where}")
