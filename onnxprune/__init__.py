@@ -28,7 +28,7 @@ _EXPORTS = {
     "PruneResult": "api",
     "PruneReport": "report",
     "PruneConfig": "config",
-    "LayerRule": "config",
+    "LayerRule": "layer_rules",
     "CriterionRegistry": "criteria",
     "default_criteria": "criteria",
     "PruningPlan": "planning",
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from ._core import Layout, NotApplicable
     from .analysis import ChannelAnalysis, ChannelGroup
     from .api import PruneResult, analyze, apply, load, plan, prune, save, sensitivity, verify
-    from .config import LayerRule, PruneConfig
+    from .config import PruneConfig
     from .criteria import CriterionRegistry, default_criteria
     from .errors import (
         BackendMissing,
@@ -80,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ValidationFunctionFailed,
         VerificationFailed,
     )
+    from .layer_rules import LayerRule
     from .planning import PruningPlan
     from .quant_report import QuantizeReport
     from .quantization import QuantizeResult, quantize

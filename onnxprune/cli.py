@@ -72,16 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    from .config import parse_input_shape
+    from .option_checks import parse_input_shape
 
     return dict(parse_input_shape(s) for s in specs)
 
 
 def _prune(args: argparse.Namespace) -> int:
     from .api import check_output_path, prune
-    from .config import PruneConfig, load_layer_rules
+    from .config import PruneConfig
     from .errors import UsageError
     from .fidelity import parse_metric_choices
+    from .layer_rules import load_layer_rules
     from .planning import PruningPlan
     from .saving import Outputs, check_writable
 

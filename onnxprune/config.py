@@ -1,19 +1,24 @@
-"""One frozen options object shared by the Python API and the CLI."""
+"""One frozen options object shared by the Python API and the CLI (its value checks live in
+option_checks, the config file's per-layer rules in layer_rules; both re-exported here)."""
 
 from __future__ import annotations
 
-import difflib
-import json
-import numbers
-import os
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .latency.table import LatencySettings
+from .layer_rules import LayerRule, load_layer_rules
+from .option_checks import (
+    check_ints,
+    check_numbers,
+    check_option_names,
+    check_regex,
+    frozen_shapes,
+    parse_input_shape,
+)
 
 if TYPE_CHECKING:
     from .user_validation import Candidate, MaxDrop
@@ -45,67 +50,6 @@ DEFAULT_MAX_DROP = 0.01
 SENSITIVITY_RATIOS = (0.1, 0.25, 0.5)
 # A validated search bisects group by group: the ladder only orders groups and caps each unit.
 VALIDATED_SENSITIVITY_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-
-
-def check_regex(pattern: str, what: str) -> None:
-    """Refuse a pattern that is not a regular expression (a usage error naming the option)."""
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise UsageError(f"{what} {pattern!r} is not a valid regular expression ({exc})") from None
-
-
-def _frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, tuple[int, ...]]:
-    frozen = {}
-    for name, dims in (shapes or {}).items():
-        # A string of digits would iterate as characters ("1,3" -> 1, ',' ...): only a sequence of ints.
-        if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__") or not all(_is_int(d) for d in dims):
-            raise UsageError(
-                f"input shape of {name!r} must be a sequence of integers, e.g. (1, 3, 224, 224); got {dims!r}"
-            )
-        frozen[name] = tuple(int(d) for d in dims)
-    return MappingProxyType(frozen)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_ints(config: object, names: tuple[str, ...]) -> None:
-    """Refuse a non-integer for an integer option, naming it (see _check_numbers)."""
-    for name in names:
-        value = getattr(config, name)
-        if not _is_int(value):
-            raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-
-
-def _check_numbers(config: object, names: tuple[str, ...]) -> None:
-    """Refuse a non-number for a numeric option ("0.5" from a YAML file or a form) with a
-    UsageError naming it, before a comparison deep inside fails with a TypeError."""
-    for name in names:
-        value = getattr(config, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise UsageError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-
-
-@dataclass(frozen=True)
-class LayerRule:
-    """One entry of a config file, in the spirit of NNI's ``config_list``: layers matching
-    ``op_types`` and ``op_names`` (regular expressions, searched in node names) get
-    ``sparsity``, or are left alone with ``exclude``. Entries apply in order; later ones win."""
-
-    op_types: tuple[str, ...] = ()
-    op_names: tuple[str, ...] = ()
-    sparsity: float | None = None
-    exclude: bool = False
-
-    def __post_init__(self) -> None:
-        if self.sparsity is not None and not (0.0 <= self.sparsity < 1.0):
-            raise UsageError(f"config entry sparsity must be in [0, 1), got {self.sparsity}")
-        if self.sparsity is None and not self.exclude:
-            raise UsageError("config entry needs 'sparsity' or 'exclude: true'")
-        for pattern in self.op_names:
-            check_regex(pattern, "config entry op_names")
 
 
 @dataclass(frozen=True)
@@ -205,13 +149,13 @@ class PruneConfig:
     criterion_reason: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
+        object.__setattr__(self, "input_shapes", frozen_shapes(self.input_shapes))
         # One pattern given as a string is that pattern, not its characters (as ignored_scope).
         object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
-        _check_numbers(
+        check_numbers(
             self, ("ratio", "macs_target", "tolerance", "min_fidelity", "fidelity_confidence", "latency_target")
         )
-        _check_ints(self, ("seed", "round_to"))
+        check_ints(self, ("seed", "round_to"))
         object.__setattr__(self, "layer_rules", tuple(self.layer_rules))
         for pattern in self.exclude:
             check_regex(pattern, "--exclude")
@@ -448,77 +392,3 @@ class PruneConfig:
         """Per-layer ratios come from the sensitivity analysis (a fidelity budget, or a drop
         judged by the user's validation function); a latency budget plans on its own."""
         return (self.fidelity_floor is not None or self.validated_search) and self.latency_target is None
-
-
-def check_option_names(config_type: type, options: Mapping[str, object]) -> None:
-    """Refuse keyword options that are not fields of ``config_type`` (a typo would otherwise be
-    Python's TypeError from the dataclass, naming no valid option)."""
-    known = {f.name for f in fields(config_type) if f.init}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        close = [m for name in unknown for m in difflib.get_close_matches(name, known, n=1)]
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise UsageError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}: "
-            f"the options are the fields of {config_type.__name__}"
-        )
-
-
-def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``NAME:d0,d1,...`` (the CLI's --input-shape) into (name, dims)."""
-    name, sep, dims = text.rpartition(":")
-    if not sep or not name or not dims:
-        raise UsageError(f"--input-shape {text!r}: expected NAME:d0,d1,... e.g. input:1,3,224,224")
-    try:
-        shape = tuple(int(d) for d in dims.split(","))
-    except ValueError:
-        raise UsageError(f"--input-shape {text!r}: dimensions must be integers") from None
-    if any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape {text!r}: dimensions must be positive")
-    return name, shape
-
-
-def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
-    """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]})."""
-    path = os.fspath(path)
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read config ({exc.strerror})") from None
-    data: Any
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml  # PyYAML: the YAML parser everyone has; only needed for YAML configs
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # json and yaml raise their own types
-        raise UsageError(
-            f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({str(exc).splitlines()[0]})"
-        ) from None
-    if isinstance(data, dict):
-        data = data.get("config_list", data.get("layers"))
-    if not isinstance(data, list):
-        raise UsageError(f"{path}: expected a list of entries (or {{'config_list': [...]}})")
-    rules = []
-    for i, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise UsageError(f"{path}: entry {i} is not a mapping")
-        unknown = set(entry) - {"op_types", "op_names", "sparsity", "sparsity_per_layer", "exclude"}
-        if unknown:
-            raise UsageError(f"{path}: entry {i} has unknown keys {sorted(unknown)}")
-        sparsity = entry.get("sparsity", entry.get("sparsity_per_layer"))
-        try:
-            rules.append(
-                LayerRule(
-                    op_types=tuple(entry.get("op_types", ())),
-                    op_names=tuple(entry.get("op_names", ())),
-                    sparsity=None if sparsity is None else float(sparsity),
-                    exclude=bool(entry.get("exclude", False)),
-                )
-            )
-        except UsageError as exc:
-            raise UsageError(f"{path}: entry {i}: {exc}") from None
-    return tuple(rules)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from .config import DEFAULT_MAX_DROP, _frozen_shapes, check_option_names, check_regex
+from .config import DEFAULT_MAX_DROP
 from .errors import UsageError
+from .option_checks import check_option_names, check_regex, frozen_shapes
 
 if TYPE_CHECKING:
     from .user_validation import Candidate, MaxDrop
@@ -63,7 +64,7 @@ class QuantizeConfig:
     validate: Callable[[Candidate], float] | str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shapes", _frozen_shapes(self.input_shapes))
+        object.__setattr__(self, "input_shapes", frozen_shapes(self.input_shapes))
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
         from .fidelity_metrics import check_metrics
 

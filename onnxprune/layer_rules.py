@@ -1,0 +1,80 @@
+"""Per-layer rules from a config file (NNI's ``config_list`` style): which layers get which
+sparsity, or are left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import UsageError
+from .option_checks import check_regex
+
+__all__ = ["LayerRule", "load_layer_rules"]
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One entry of a config file, in the spirit of NNI's ``config_list``: layers matching
+    ``op_types`` and ``op_names`` (regular expressions, searched in node names) get
+    ``sparsity``, or are left alone with ``exclude``. Entries apply in order; later ones win."""
+
+    op_types: tuple[str, ...] = ()
+    op_names: tuple[str, ...] = ()
+    sparsity: float | None = None
+    exclude: bool = False
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None and not (0.0 <= self.sparsity < 1.0):
+            raise UsageError(f"config entry sparsity must be in [0, 1), got {self.sparsity}")
+        if self.sparsity is None and not self.exclude:
+            raise UsageError("config entry needs 'sparsity' or 'exclude: true'")
+        for pattern in self.op_names:
+            check_regex(pattern, "config entry op_names")
+
+
+def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
+    """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]})."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read config ({exc.strerror})") from None
+    data: Any
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml  # PyYAML: the YAML parser everyone has; only needed for YAML configs
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # json and yaml raise their own types
+        raise UsageError(
+            f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({str(exc).splitlines()[0]})"
+        ) from None
+    if isinstance(data, dict):
+        data = data.get("config_list", data.get("layers"))
+    if not isinstance(data, list):
+        raise UsageError(f"{path}: expected a list of entries (or {{'config_list': [...]}})")
+    rules = []
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: entry {i} is not a mapping")
+        unknown = set(entry) - {"op_types", "op_names", "sparsity", "sparsity_per_layer", "exclude"}
+        if unknown:
+            raise UsageError(f"{path}: entry {i} has unknown keys {sorted(unknown)}")
+        sparsity = entry.get("sparsity", entry.get("sparsity_per_layer"))
+        try:
+            rules.append(
+                LayerRule(
+                    op_types=tuple(entry.get("op_types", ())),
+                    op_names=tuple(entry.get("op_names", ())),
+                    sparsity=None if sparsity is None else float(sparsity),
+                    exclude=bool(entry.get("exclude", False)),
+                )
+            )
+        except UsageError as exc:
+            raise UsageError(f"{path}: entry {i}: {exc}") from None
+    return tuple(rules)

@@ -1,0 +1,85 @@
+"""Checks of option values shared by the options objects (PruneConfig, QuantizeConfig) and the
+command line: each refuses a wrong value with a UsageError naming the option, before a
+comparison deep inside fails with Python's TypeError."""
+
+from __future__ import annotations
+
+import difflib
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from types import MappingProxyType
+
+from .errors import UsageError
+
+__all__ = ["check_ints", "check_numbers", "check_option_names", "check_regex", "frozen_shapes", "parse_input_shape"]
+
+
+def check_regex(pattern: str, what: str) -> None:
+    """Refuse a pattern that is not a regular expression (a usage error naming the option)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise UsageError(f"{what} {pattern!r} is not a valid regular expression ({exc})") from None
+
+
+def frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, tuple[int, ...]]:
+    frozen = {}
+    for name, dims in (shapes or {}).items():
+        # A string of digits would iterate as characters ("1,3" -> 1, ',' ...): only a sequence of ints.
+        if isinstance(dims, (str, bytes)) or not hasattr(dims, "__iter__") or not all(_is_int(d) for d in dims):
+            raise UsageError(
+                f"input shape of {name!r} must be a sequence of integers, e.g. (1, 3, 224, 224); got {dims!r}"
+            )
+        frozen[name] = tuple(int(d) for d in dims)
+    return MappingProxyType(frozen)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_ints(config: object, names: tuple[str, ...]) -> None:
+    """Refuse a non-integer for an integer option, naming it (see check_numbers)."""
+    for name in names:
+        value = getattr(config, name)
+        if not _is_int(value):
+            raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+
+
+def check_numbers(config: object, names: tuple[str, ...]) -> None:
+    """Refuse a non-number for a numeric option ("0.5" from a YAML file or a form) with a
+    UsageError naming it, before a comparison deep inside fails with a TypeError."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise UsageError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
+def check_option_names(config_type: type, options: Mapping[str, object]) -> None:
+    """Refuse keyword options that are not fields of ``config_type`` (a typo would otherwise be
+    Python's TypeError from the dataclass, naming no valid option)."""
+    known = {f.name for f in fields(config_type) if f.init}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        close = [m for name in unknown for m in difflib.get_close_matches(name, known, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        raise UsageError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}{hint}: "
+            f"the options are the fields of {config_type.__name__}"
+        )
+
+
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``NAME:d0,d1,...`` (the CLI's --input-shape) into (name, dims)."""
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name or not dims:
+        raise UsageError(f"--input-shape {text!r}: expected NAME:d0,d1,... e.g. input:1,3,224,224")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r}: dimensions must be integers") from None
+    if any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape {text!r}: dimensions must be positive")
+    return name, shape
