@@ -287,7 +287,7 @@ def fidelity_from_outputs(
         cos = cosine(r, g, refs.norms[i])
         try:
             result = (
-                apply_metric(metric, params, r, g, name, prepared=refs.metric_side(i, metric, params))
+                apply_metric(metric, params, r, g, name, prepared=refs.metric_side(i, metric, params), abs_error=diff)
                 if metric != "cosine"
                 else MetricResult(cos)  # cosine_metric(r, g): the figure just computed
             )

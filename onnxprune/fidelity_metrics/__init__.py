@@ -117,6 +117,8 @@ def metric_function(name: str) -> Callable[..., MetricResult]:
 # Metrics whose reference side is worth making once for many candidates: name -> (reference,
 # parameters) -> what the metric takes as ``prepared``.
 _PREPARE: dict[str, Callable[..., object]] = {"dense": dense_reference}
+# Metrics that take the caller's ``abs(r - g)`` as ``abs_error`` instead of computing it again.
+_READS_ABS_ERROR = frozenset({"dense"})
 
 
 def prepare_metric(name: str, params: Mapping[str, float | int], r: np.ndarray) -> object | None:
@@ -134,13 +136,19 @@ def apply_metric(
     output: str = "output",
     *,
     prepared: object | None = None,
+    abs_error: np.ndarray | None = None,
 ) -> MetricResult:
     """The metric on samples-first arrays; UsageError when the output's shape cannot be read
     that way (a chosen metric on an output of another kind), NothingToCompare as the metric
-    raises it. ``prepared``: ``prepare_metric(name, params, r)``, made once for many candidates."""
+    raises it. ``prepared``: ``prepare_metric(name, params, r)``, made once for many candidates.
+    ``abs_error``: ``abs(r - g)`` when the caller has computed it, for the metrics that read it
+    (``_READS_ABS_ERROR``); the others ignore it."""
+    extra: dict[str, object] = {}
+    if prepared is not None:
+        extra["prepared"] = prepared
+    if abs_error is not None and name in _READS_ABS_ERROR:
+        extra["abs_error"] = abs_error
     try:
-        if prepared is not None:
-            return _FUNCTIONS[name](r, g, **params, prepared=prepared)
-        return _FUNCTIONS[name](r, g, **params)
+        return _FUNCTIONS[name](r, g, **params, **extra)
     except (ValueError, IndexError) as exc:
         raise UsageError(f"fidelity metric {name!r} cannot read {output!r} (shape {list(r.shape)}): {exc}") from None

@@ -56,13 +56,16 @@ def dense(
     threshold: float | None = None,
     *,
     prepared: DenseReference | None = None,
+    abs_error: np.ndarray | None = None,
 ) -> MetricResult:
     """Dense maps ([N, ...], samples first): both maps are thresholded (``threshold``, or the
     rule of ``dense_threshold``) and compared by IoU of the cells above it, per sample, mean
     over samples; a sample where neither map has a cell above is identical (1). Beside it: the
     largest and mean abs error relative to the reference's range (max - min). Raises
     NothingToCompare when no reference sample has a cell above the threshold. ``prepared``:
-    ``dense_reference(reference, threshold)``, made once for many candidates."""
+    ``dense_reference(reference, threshold)``, made once for many candidates. ``abs_error``:
+    ``abs(reference - candidate)`` when the caller has it already (one pass less over the maps:
+    105 MB of float64 per call on a 640x640 map)."""
     n = len(reference)
     r, g = reference.reshape(n, -1), candidate.reshape(n, -1)
     ref = prepared if prepared is not None else dense_reference(reference, threshold)
@@ -73,7 +76,12 @@ def dense(
     inter = np.count_nonzero(above_r & above_g, axis=1)
     union = count_r + np.count_nonzero(above_g, axis=1) - inter
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    err = np.abs(r - g)
+    if abs_error is None:
+        err = np.abs(r - g)
+    elif abs_error.shape != reference.shape:
+        raise ValueError(f"abs_error has shape {list(abs_error.shape)}, the maps {list(reference.shape)}")
+    else:
+        err = abs_error.reshape(n, -1)
     return MetricResult(
         float(iou.mean()),
         {
