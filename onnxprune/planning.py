@@ -3,7 +3,6 @@ plan must satisfy (grouped Conv balance, at least one channel per tensor)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -12,6 +11,7 @@ import numpy as np
 
 from .analysis import Balance, ChannelAnalysis
 from .errors import UsageError
+from .render import json_text
 
 __all__ = ["PruningPlan", "blocked_balances", "enforce_constraints", "whole_group_units"]
 
@@ -67,7 +67,9 @@ class PruningPlan:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        """``to_dict()`` as strict JSON (``--save-plan``): a NaN or infinite score is null, which
+        ``from_dict`` reads back as no score (``json.dumps`` would write a bare NaN: not JSON)."""
+        return json_text(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:
@@ -80,6 +82,9 @@ class PruningPlan:
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"malformed plan: {exc}") from None
+        for g, s, _ in removed:  # null (a non-finite score as written) is no score
+            if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):
+                raise UsageError(f"malformed plan: group {g}'s score {s!r} is not a number")
         return cls(
             criterion=str(data.get("criterion", "plan")),
             removed_groups=tuple(g for g, _, _ in removed),
