@@ -68,7 +68,7 @@ def format_report(d: dict) -> str:
     if v is None:
         lines.append("verification: skipped (--no-verify)")
     else:
-        lines.extend(verification_lines(v))
+        lines.extend(verification_lines(v, reference_kind=d.get("verified_against") or "original"))
         from .render import quantized_lines
 
         lines += quantized_lines(v.get("quantized"))
@@ -212,9 +212,10 @@ def _limit_text(o: dict, v: dict) -> str:
     return f"limit {o['limit']:.3g}: the larger of {v['tolerance']:g} x {scale} and {v['noise_multiple']:g} x noise floor {o['noise_floor']:.3g}"
 
 
-def verification_lines(v: dict, most: int = 12) -> list[str]:
+def verification_lines(v: dict, most: int = 12, reference_kind: str = "original") -> list[str]:
     """The verification as table lines: verdict and worst output, the runtime that proved it,
-    then per output (and stand-in tensor) diff, noise floor, limit and margin."""
+    then per output (and stand-in tensor) diff, noise floor, limit and margin, and a note for
+    each output the reference itself computes NaN or inf in."""
     worst = next((o for o in v["outputs"] if o["name"] == v["worst_output"]), None)
     limit = _limit_text(worst, v) if worst else f"limit {v['tolerance']:g} x scale {v['scale']:.3g}"
     verdict = "PASSED" if v["passed"] else "FAILED"
@@ -253,6 +254,9 @@ def verification_lines(v: dict, most: int = 12) -> list[str]:
         )
     if len(outs) > most:
         lines.append(f"  ... {len(outs) - most} more in the JSON report")
+    from .render import non_finite_text
+
+    lines += [f"  note: {non_finite_text(o, reference_kind)}" for o in outs if o.get("reference_non_finite")]
     return lines
 
 

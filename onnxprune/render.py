@@ -12,6 +12,7 @@ __all__ = [
     "json_text",
     "metric_label",
     "metric_text",
+    "non_finite_text",
     "plot_report",
     "plot_sensitivity",
     "quantized_lines",
@@ -43,6 +44,16 @@ def json_text(data: Any, **options: Any) -> str:
     """``data`` as strict JSON: a NaN or infinite number (a model whose outputs are NaN gives
     'max abs err nan') is null, since Python's bare NaN is no JSON a strict reader accepts."""
     return json.dumps(_finite(data), allow_nan=False, **options)
+
+
+def non_finite_text(o: dict, reference_kind: str = "original", quote: str = "'") -> str:
+    """What an output's agreement proves where the reference computes NaN or inf (an
+    ``OutputComparison.to_dict()`` with ``reference_non_finite``), in one sentence."""
+    return (
+        f"the {reference_kind} computes NaN or inf in {o['reference_non_finite']} of {o['values']} values of output "
+        f"{quote}{o['name']}{quote} (batch {o['batch']}): there verification only proves that the pruned model "
+        "computes the same non-finite value at the same place"
+    )
 
 
 def _pct(before: float, after: float) -> str:
@@ -167,6 +178,10 @@ def to_markdown(d: dict[str, Any]) -> str:
             lines.append(
                 f"| `{o['name']}` | {o['batch']} | {o['max_abs_diff']:.3g} | {noise_floor} | {o['limit']:.3g} | {margin} | {what} |"
             )
+        kind = d.get("verified_against") or "original"
+        for o in v["outputs"]:
+            if o.get("reference_non_finite"):
+                lines += ["", f"Note: {non_finite_text(o, kind, quote='`')}."]
         q = v.get("quantized")
         if q:
             lines += [

@@ -74,6 +74,10 @@ class OutputComparison:
     behind: tuple[str, ...] = ()  # a discontinuous output: the deciding nodes it hangs on
     compared: int = 0  # samples on which it was compared (a discontinuous output: where decisions agreed)
     samples: int = 0
+    # Values compared, and how many of them the reference computes as NaN or inf: there the
+    # check proves only that the candidate computes the same non-finite value at the same place.
+    values: int = 0
+    reference_non_finite: int = 0
 
     @property
     def relative(self) -> float:
@@ -101,6 +105,8 @@ class OutputComparison:
             "passed": self.passed,
             "compared_samples": self.compared,
             "samples": self.samples,
+            "values": self.values,
+            "reference_non_finite": self.reference_non_finite,
         }
         if self.stands_in_for:
             d["stands_in_for"] = list(self.stands_in_for)
@@ -124,6 +130,12 @@ class VerificationResult:
     noise_runtime: str | None = None  # what the noise floor was measured against, or why not
     tails: tuple[Tail, ...] = ()
     quantized: QuantizedCheck | None = None  # a quantized model: every path it was proved on
+
+    @property
+    def non_finite_outputs(self) -> tuple[OutputComparison, ...]:
+        """The outputs where the reference itself computes NaN or inf: agreement there (the same
+        non-finite value at the same place) proves nothing about the channels behind it."""
+        return tuple(o for o in self.outputs if o.reference_non_finite)
 
     @property
     def worst(self) -> OutputComparison:
@@ -263,6 +275,8 @@ def compare_models(
             if r64.shape != g64.shape:
                 entry.diff = entry.mean = np.inf
                 continue
+            entry.values += r64.size
+            entry.non_finite += int(r64.size - np.count_nonzero(np.isfinite(r64)))
             diff = abs_diff(r64, g64)
             entry.diff = max(entry.diff, float(diff.max()) if diff.size else 0.0)
             entry.mean = max(entry.mean, float(diff.mean()) if diff.size else 0.0)
@@ -319,6 +333,8 @@ def compare_models(
                 behind=tail.ops if tail else (),
                 compared=e.compared,
                 samples=e.samples,
+                values=e.values,
+                reference_non_finite=e.non_finite,
             )
         )
     passed = all(o.passed for o in outs)
@@ -372,7 +388,7 @@ class _Accumulator:
     def __init__(self) -> None:
         self.diff = self.mean = self.scale = 0.0
         self.noise: float | None = None
-        self.compared = self.samples = 0
+        self.compared = self.samples = self.values = self.non_finite = 0
 
 
 def _runtime_name() -> str:

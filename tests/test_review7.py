@@ -44,3 +44,61 @@ def test_plan_with_a_score_that_is_no_number_is_refused(score: object) -> None:
     data["removed"][0]["score"] = score
     with pytest.raises(UsageError, match=r"^malformed plan: group 1's score .* is not a number$"):
         PruningPlan.from_dict(data)
+
+
+# -- an original that computes NaN verified 'exact' with no word that nothing was proved there --
+
+
+def _sqrt_model(shift_channel: int | None = None, shift: float = -1e9, scale_channel: int | None = None):
+    """Conv -> |.| + shift -> Sqrt (4 channels, 8x8): a shift of -1e9 makes one channel NaN;
+    ``scale_channel`` doubles one channel (a surgery that changed a finite value)."""
+    import numpy as np
+
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("input", (1, 3, 8, 8))
+    b.channels[x] = 3
+    add = np.zeros((1, 4, 1, 1), np.float32)
+    if shift_channel is not None:
+        add[0, shift_channel] = shift
+    mul = np.ones((1, 4, 1, 1), np.float32)
+    if scale_channel is not None:
+        mul[0, scale_channel] = 2.0
+    y = b.op("Sqrt", b.op("Add", b.op("Abs", b.conv(x, 4)), b.const(add)))
+    b.output(b.op("Mul", y, b.const(mul)))
+    return b.build()
+
+
+def test_an_original_that_computes_nan_is_reported_as_unproved_where_it_does() -> None:
+    from onnxprune.cli_text import format_report, verification_lines
+    from onnxprune.render import to_markdown
+
+    nan_original = _sqrt_model(shift_channel=2)
+    same = onnxprune.verify(nan_original, _sqrt_model(shift_channel=2))
+    out = same.outputs[0]
+    assert same.passed and out.max_abs_diff == 0.0  # the same NaN at the same places agrees
+    assert (out.reference_non_finite, out.values) == (64, 256)  # one channel of 4, 8x8, batch 1
+    assert same.non_finite_outputs == (out,)
+    d = same.to_dict()
+    assert (d["outputs"][0]["reference_non_finite"], d["outputs"][0]["values"]) == (64, 256)
+    line = (
+        f"  note: the original computes NaN or inf in 64 of 256 values of output {out.name!r} (batch 1): "
+        "there verification only proves that the pruned model computes the same non-finite value at the same place"
+    )
+    assert line in verification_lines(d)
+    report = onnxprune.prune(nan_original).report.to_dict()  # the zero criterion: verified against the original
+    assert line in format_report(report).splitlines()
+    assert (
+        f"Note: the original computes NaN or inf in 64 of 256 values of output `{out.name}` (batch 1): "
+        "there verification only proves that the pruned model computes the same non-finite value at the same place."
+    ) in to_markdown(report).splitlines()
+    # a finite original says nothing of the kind
+    clean = onnxprune.verify(_sqrt_model(), _sqrt_model())
+    assert clean.non_finite_outputs == () and clean.outputs[0].reference_non_finite == 0
+    assert not any("non-finite" in line for line in verification_lines(clean.to_dict()))
+    # the tolerance stays tight around the NaN: a finite value moved elsewhere still fails,
+    # a NaN where the original is finite fails, a finite value where it is NaN fails
+    assert not onnxprune.verify(nan_original, _sqrt_model(shift_channel=2, scale_channel=0)).passed
+    assert not onnxprune.verify(nan_original, _sqrt_model(shift_channel=1)).passed
+    assert not onnxprune.verify(nan_original, _sqrt_model()).passed
