@@ -6,7 +6,7 @@ import argparse
 import importlib
 import os
 
-from .cli import _progress, _shapes, _write_text
+from .cli import _progress, _shapes
 from .render import json_text
 
 __all__ = ["latency_table_command", "settings_from_args"]
@@ -35,8 +35,9 @@ def _timer(spec: str | None, settings):
 
 
 def latency_table_command(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .latency import build_table
-    from .saving import check_writable
+    from .saving import Outputs, check_writable
 
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
@@ -54,12 +55,19 @@ def latency_table_command(args: argparse.Namespace) -> int:
         seconds_per_unit=args.seconds_per_unit,
         progress=progress,
     )
-    if args.json:
-        _write_text(args.json, json_text({"model": args.model, **table.to_dict()}, indent=2))
-    if args.plot:
-        from .latency.plot import plot_latency_table
+    with Outputs() as outputs:  # both files or neither: a failing plot leaves no JSON behind
+        if args.json:
+            outputs.add_text(args.json, json_text({"model": args.model, **table.to_dict()}, indent=2))
+        if args.plot:
+            from .latency import plot
 
-        plot_latency_table(table, args.plot, os.path.basename(args.model))
+            staged = outputs.staging_path(args.plot)
+            outputs.add(staged, args.plot)
+            try:
+                plot.plot_latency_table(table, staged, os.path.basename(args.model))
+            except OSError as exc:  # named by the user's path, not the staging one
+                raise UsageError(f"{args.plot}: {exc.strerror or exc}; nothing written") from None
+        outputs.commit()
     if not args.quiet:
         for line in table_lines(args.model, table):
             print(line)
