@@ -84,6 +84,12 @@ ROWS = (
         "target",
         {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True},
     ),
+    # Session 8: the statistics re-calibration on top of the ThiNet selection and its refit.
+    Row(
+        "allocated reconstruction + reconstruct + recalibrate",
+        "target",
+        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True, "recalibrate": True},
+    ),
 )
 # The README's --validate example on the digits CNN (issue 12: at least 46% MACs cut at --max-drop 0.5%).
 DIGITS_ROWS = {
