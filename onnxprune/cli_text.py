@@ -180,6 +180,10 @@ def generalisation_lines(g: dict | None) -> list[str]:
         f"fidelity: {cal['fidelity']:.4f} on the {cal['samples']} calibration samples (the plan was chosen on them{insample}), "
         f"{held['fidelity']:.4f} on the {held['samples']} {held_out_label(held)} (gap {g['gap']:+.4f}){estimated}"
     )
+    if est and est.get("batch"):
+        from .render import batch_text
+
+        lines.append(batch_text(est["batch"]))
     return lines
 
 

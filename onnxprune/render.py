@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 __all__ = [
+    "batch_text",
     "held_out_label",
     "json_text",
     "metric_label",
@@ -19,6 +20,21 @@ __all__ = [
     "to_markdown",
     "validation_markdown",
 ]
+
+
+def batch_text(b: dict) -> str:
+    """What a batch of other inputs is expected to score (generalisation.estimate.batch)."""
+    n, several = b["samples"], b["outputs"] > 1
+    floor = (
+        f"; below the floor {b['floor']:g} in {'at most ' if several else ''}{b['below_floor']:.0%} of such batches"
+        if b.get("below_floor") is not None
+        else ""
+    )
+    return (
+        f"expected on {n} other inputs: {b['low']:.4f}-{b['high']:.4f} ({b['low_inputs']}-{b['high_inputs']} of {n} "
+        f"inputs keeping their answers) in {b['level']:.0%} of such batches, if the estimate {b['estimate']:.4f} is "
+        f"right (binomial{'; tails of the outputs added up' if several else ''}){floor}"
+    )
 
 
 def held_out_label(held: dict) -> str:
@@ -242,6 +258,9 @@ def to_markdown(d: dict[str, Any]) -> str:
                     f"| lower bound at confidence {g['estimate']['confidence']:g}{judged} "
                     f"| {g['estimate']['samples']} | {g['estimate']['bound']:.4f} |"
                 )
+            if g["estimate"].get("batch"):
+                b = g["estimate"]["batch"]
+                lines.append(f"| {batch_text(b)} | {b['samples']} | {b['low']:.4f}-{b['high']:.4f} |")
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):

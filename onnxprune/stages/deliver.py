@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -329,10 +329,24 @@ def measure(
                     else ": in-sample (the final refit was fitted on these samples; the search judged cross_fitted)"
                 ),
                 "judged_by_search": judged and cross_fitted is None,
+                "batch": _batch_prediction(estimated, len(verified.feeds), config.fidelity_floor, cross_fitted),
             }
         if cross_fitted is not None:
             general["cross_fitted"] = cross_fitted.to_dict()
     return Measured(outputs, score, metrics, general)
+
+
+def _batch_prediction(
+    estimated: Sequence[OutputFidelity], samples: int, floor: float | None, cross_fitted: CrossFitted | None
+) -> dict:
+    """What a batch of ``samples`` other inputs (as many as the evaluation samples) is expected to
+    score, from each discrete output's estimate (fidelity_metrics.batch_prediction); a recovered
+    plan's estimates are in-sample, so none is taken above the cross-fitted one the search saw."""
+    from ..fidelity_metrics.batch_prediction import predict_batch
+
+    cap = cross_fitted.score.estimate if cross_fitted is not None else None
+    estimates = [o.estimate if cap is None else min(o.estimate, cap) for o in estimated if o.estimate is not None]
+    return predict_batch(estimates, samples, floor=floor).to_dict()
 
 
 def write(
