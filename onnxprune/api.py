@@ -23,7 +23,7 @@ from .rules import RuleRegistry, default_registry
 from .saving import DeferredModel, Outputs, check_writable, save_model
 from .stages import LoadedModel, layer_scores
 from .surgery import prune_deferred
-from .verification import VerificationResult, compare_models, limits
+from .verification import VerificationResult, check_interface, compare_models, limits
 
 if TYPE_CHECKING:
     from .sensitivity_analysis import SensitivityResult
@@ -199,8 +199,10 @@ def verify(
     tolerance."""
     if source == "<model>" and isinstance(original, (str, os.PathLike)):
         source = os.fspath(original)
+    pruned_name = os.fspath(pruned) if isinstance(pruned, (str, os.PathLike)) else "the pruned model"
     original = _model_argument(original, "verify")
     pruned = _model_argument(pruned, "verify")
+    check_interface(original, pruned, source if source != "<model>" else "the original", pruned_name)
     feeds, desc = stages.verification_feeds(original, config, source)
     tolerance, noise_multiple = limits(config.tolerance)
     return compare_models(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, VerificationFailed
 from .fidelity import OutputFidelity, fidelity, fidelity_from_outputs
 from .masking import masked_reference
 from .quantized import PathSamples, QuantizedCheck, check_quantized, judged_outputs
@@ -27,6 +27,7 @@ __all__ = [
     "OutputFidelity",
     "VerificationResult",
     "abs_diff",
+    "check_interface",
     "check_run_size",
     "compare_models",
     "failure_text",
@@ -189,6 +190,67 @@ def failure_text(result: VerificationResult, reference_kind: str = "original") -
     else:
         why = f"its limit {w.limit:.3g} ({result.tolerance:g} x {scale})"
     return f"{what} (batch {w.batch}) differs from the {reference_kind} by {w.max_abs_diff:.3g}, more than {why}"
+
+
+def _signature(value: onnx.ValueInfoProto) -> tuple[int, tuple[int | str, ...] | None]:
+    """(element type, dims: a size, a symbolic name or '?'; None when the shape is unknown)."""
+    t = value.type.tensor_type
+    if not t.HasField("shape"):
+        return t.elem_type, None
+    return t.elem_type, tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+
+
+def _signature_text(sig: tuple[int, tuple[int | str, ...] | None]) -> str:
+    kind = onnx.helper.tensor_dtype_to_string(sig[0]).removeprefix("TensorProto.").lower() if sig[0] else "?"
+    return kind + ("" if sig[1] is None else f" [{', '.join(map(str, sig[1]))}]")
+
+
+def _fits(a: tuple[int, tuple[int | str, ...] | None], b: tuple[int, tuple[int | str, ...] | None]) -> bool:
+    """Whether two tensor signatures can hold the same values: the same type, and the same
+    size where both dimensions are sizes (a symbolic or unknown one fits any)."""
+    if a[0] and b[0] and a[0] != b[0]:
+        return False
+    if a[1] is None or b[1] is None:
+        return True
+    return len(a[1]) == len(b[1]) and all(
+        x == y or not isinstance(x, int) or not isinstance(y, int) or not x or not y for x, y in zip(a[1], b[1])
+    )
+
+
+def check_interface(
+    reference: onnx.ModelProto, candidate: onnx.ModelProto, reference_name: str, candidate_name: str
+) -> None:
+    """Refuse (VerificationFailed naming both models and the tensor) a candidate that does not
+    take the reference's inputs or compute its outputs: onnxruntime would only say 'Invalid
+    output name' or 'Got invalid dimensions' about one of them."""
+    why = "verify compares two models with the same inputs and outputs"
+
+    def listed(values: list[onnx.ValueInfoProto]) -> dict[str, tuple[int, tuple[int | str, ...] | None]]:
+        return {v.name: _signature(v) for v in values}
+
+    def inputs(model: onnx.ModelProto) -> dict[str, tuple[int, tuple[int | str, ...] | None]]:
+        weights = {i.name for i in model.graph.initializer}
+        return listed([v for v in model.graph.input if v.name not in weights])
+
+    for kind, ref, cand, verb in (
+        ("input", inputs(reference), inputs(candidate), "reads"),
+        ("output", listed(list(reference.graph.output)), listed(list(candidate.graph.output)), "computes"),
+    ):
+        for name, sig in ref.items():
+            if name not in cand:
+                has = ", ".join(map(repr, cand)) or "none"
+                raise VerificationFailed(
+                    f"{candidate_name}: no {kind} {name!r}, which {reference_name} {verb} (its {kind}s: {has}): {why}"
+                )
+            if not _fits(sig, cand[name]):
+                raise VerificationFailed(
+                    f"{candidate_name}: {kind} {name!r} is {_signature_text(cand[name])}, "
+                    f"in {reference_name} {_signature_text(sig)}: {why}"
+                )
+        if kind == "input" and (extra := [n for n in cand if n not in ref]):
+            raise VerificationFailed(
+                f"{candidate_name}: input {extra[0]!r} is no input of {reference_name}, which gives it no value: {why}"
+            )
 
 
 def abs_diff(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:

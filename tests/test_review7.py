@@ -130,3 +130,56 @@ def test_latency_table_writes_json_and_plot_together_or_neither(tmp_path, monkey
     assert main([*args, "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx", "t.json", "t.png"]
     assert json.loads((tmp_path / "t.json").read_text())["model"] == model
+
+
+# -- verify() of two models of different interfaces showed onnxruntime's raw message ----------
+
+
+def _renamed(path: Path, tmp_path: Path, *, output: str | None = None, input_shape: list | None = None) -> str:
+    import onnx
+
+    m = onnx.load(path)
+    if output is not None:
+        old = m.graph.output[0].name
+        for node in m.graph.node:
+            node.output[:] = [output if o == old else o for o in node.output]
+        m.graph.output[0].name = output
+    if input_shape is not None:
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        for d, v in zip(dims, input_shape):
+            d.Clear()
+            if isinstance(v, int):
+                d.dim_value = v
+            else:
+                d.dim_param = v
+    out = str(tmp_path / f"changed_{output or 'shape'}.onnx")
+    onnx.save(m, out)
+    return out
+
+
+def test_verify_of_models_with_other_outputs_or_inputs_names_both_files(tmp_path) -> None:
+    from onnxprune.errors import VerificationFailed
+
+    shuffle = str(FIXTURES / "shuffle.onnx")
+    other = _renamed(FIXTURES / "shuffle.onnx", tmp_path, output="scores")
+    with pytest.raises(VerificationFailed) as info:
+        onnxprune.verify(shuffle, other)
+    assert str(info.value) == (
+        f"{other}: no output 'Gemm_115', which {shuffle} computes (its outputs: 'scores'): "
+        "verify compares two models with the same inputs and outputs"
+    )
+    digits = str(FIXTURES / "digits_cnn.onnx")
+    with pytest.raises(VerificationFailed) as info:
+        onnxprune.verify(shuffle, digits)
+    assert str(info.value) == (
+        f"{digits}: input 'input' is float [N, 1, 8, 8], in {shuffle} float [1, 3, 16, 16]: "
+        "verify compares two models with the same inputs and outputs"
+    )
+    # a dynamic dimension against a static one is no mismatch: the feeds fit both
+    dynamic = _renamed(FIXTURES / "shuffle.onnx", tmp_path, input_shape=["N", 3, 16, 16])
+    assert onnxprune.verify(shuffle, dynamic).passed
+    # in memory, the models are named as what they are
+    import onnx
+
+    with pytest.raises(VerificationFailed, match=r"^the pruned model: no output 'Gemm_115', which the original computes"):
+        onnxprune.verify(onnx.load(shuffle), onnx.load(other))
