@@ -47,6 +47,7 @@ _EXPORTS = {
     "VerificationFailed": "errors",
     "ValidationFunctionFailed": "errors",
     "BackendMissing": "errors",
+    "WriteError": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         UsageError,
         ValidationFunctionFailed,
         VerificationFailed,
+        WriteError,
     )
     from .layer_rules import LayerRule
     from .planning import PruningPlan

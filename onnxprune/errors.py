@@ -10,6 +10,7 @@ __all__ = [
     "UsageError",
     "ValidationFunctionFailed",
     "VerificationFailed",
+    "WriteError",
     "first_line",
 ]
 
@@ -45,6 +46,19 @@ class ValidationFunctionFailed(OnnxPruneError):
 
 class BackendMissing(OnnxPruneError):
     """An optional backend (onnxruntime, openvino) is not installed."""
+
+
+class WriteError(OnnxPruneError, OSError):
+    """An output could not be written (a full disk, a folder it may not write); nothing is left
+    at its destination. Also an ``OSError`` whose ``filename`` is the destination."""
+
+    def __init__(self, destination: str, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        OSError.__init__(self, exc.errno, reason, destination)
+        self.text = f"{destination}: {reason}; nothing written"
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def first_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from .errors import UsageError, WriteError
 from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
 
 __all__ = [
@@ -88,10 +88,13 @@ def write_atomic(path: str, data: bytes | str) -> None:
     file. (Models are written by DeferredModel.save, through a staging folder.)"""
     check_output_folder(path)
     tmp = f"{path}.tmp{os.getpid()}"
-    with removing_leftovers(tmp):
-        with open(tmp, "w" if isinstance(data, str) else "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+    try:
+        with removing_leftovers(tmp):
+            with open(tmp, "w" if isinstance(data, str) else "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+    except OSError as exc:  # a full disk: named by the destination, not the temporary file
+        raise WriteError(path, exc) from None
 
 
 def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = None) -> int:
@@ -372,16 +375,20 @@ class StagedModel:
         self.owned = True  # False once an Outputs has taken it over (see Outputs.add_model)
         self.destination = path
         self._folder = os.path.dirname(os.path.abspath(path))
-        self._tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=self._folder)
+        try:
+            self._tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=self._folder)
+        except OSError as exc:  # a folder it may not write
+            raise WriteError(path, exc) from None
         self.path = os.path.join(self._tmpdir, os.path.basename(path))
         try:
             self.size, self._files = model.write_files(self.path, external_data)
         except OSError as exc:  # a full disk: name the destination, not the staging folder removed here
             self.discard()
+            name = path
             if exc.filename and os.path.dirname(os.path.abspath(exc.filename)) == self._tmpdir:
-                name = os.path.basename(exc.filename)
-                exc.filename = path if name == os.path.basename(path) else os.path.join(self._folder, name)
-            raise
+                if os.path.basename(exc.filename) != os.path.basename(path):  # the data file
+                    name = os.path.join(self._folder, os.path.basename(exc.filename))
+            raise WriteError(name, exc) from None
         except BaseException:
             self.discard()
             raise
@@ -401,18 +408,22 @@ class StagedModel:
         return tuple(self._files)
 
     def commit(self) -> None:
-        """Move the files into place; an error names the destination, not the staging folder."""
+        """Move the files into place; an error names the destination, not the staging folder,
+        and removes the files moved before it (a data file without its model)."""
+        moved: list[str] = []
         try:
             for name in self._files:
+                target = os.path.join(self._folder, name)
                 try:
-                    os.replace(os.path.join(self._tmpdir, name), os.path.join(self._folder, name))
+                    os.replace(os.path.join(self._tmpdir, name), target)
                 except OSError as exc:
-                    exc.filename = (
-                        os.path.join(self._folder, name)
-                        if name != os.path.basename(self.destination)
-                        else self.destination
-                    )
-                    raise
+                    for done in moved:
+                        with contextlib.suppress(OSError):
+                            os.remove(done)
+                    raise WriteError(
+                        target if name != os.path.basename(self.destination) else self.destination, exc
+                    ) from None
+                moved.append(target)
         finally:
             self.discard()
 
