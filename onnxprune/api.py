@@ -217,6 +217,7 @@ def verify(
     )
 
 
+@stages.metric_errors_named
 def prune(
     model: onnx.ModelProto | str | os.PathLike[str],
     criterion: str | None = None,
@@ -284,6 +285,7 @@ def prune(
     return PruneResult(report=report, plan=planned.plan, analysis=analysis, pruned=recovered.model)
 
 
+@stages.metric_errors_named
 def sensitivity(
     model: onnx.ModelProto | str | os.PathLike[str],
     calibration: str | os.PathLike[str],

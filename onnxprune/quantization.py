@@ -23,6 +23,7 @@ import onnx
 from .errors import UnsupportedModel, UsageError
 from .quant_report import AccuracyControl, FidelityAgainst, QuantizeReport
 from .quantize_config import QUANTIZE_FORMATS, QuantizeConfig
+from .stages.prepare import metric_errors_named
 
 if TYPE_CHECKING:
     from .saving import Outputs
@@ -89,6 +90,7 @@ def output_format(output: str | os.PathLike[str] | None, format: str | None = No
     raise UsageError(f"{out}: the int8 model is written as .onnx (QDQ) or .xml (OpenVINO IR, .bin beside it)")
 
 
+@metric_errors_named
 def quantize(
     model: onnx.ModelProto | str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,

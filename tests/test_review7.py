@@ -242,3 +242,31 @@ def test_api_save_failures_are_typed_errors_naming_the_destination(tmp_path, mon
     assert list(tmp_path.iterdir()) == [] and model.SerializeToString() == before
     onnxprune.save(model, destination)  # and a write that works still works
     assert onnx.load(str(destination)).SerializeToString() == before
+
+
+# -- a metric that cannot read its output ('logits=ctc' on [N, 10]) named no model file -------
+
+_CTC = "fidelity metric 'ctc' cannot read 'logits' (shape [{n}, 10]): ctc reads [N, steps, classes] (samples first)"
+
+
+def test_a_metric_that_cannot_read_its_output_names_the_model(tmp_path, capsys) -> None:
+    from onnxprune.cli import main
+
+    digits = str(FIXTURES / "digits_cnn.onnx")
+    calibration = str(FIXTURES / "digits_calibration.npz")
+    with pytest.raises(UsageError) as info:
+        onnxprune.prune(digits, "l2", ratio=0.2, fidelity_metrics={"logits": "ctc"})
+    assert str(info.value) == f"{digits}: " + _CTC.format(n=3)
+    with pytest.raises(UsageError) as info:
+        onnxprune.sensitivity(digits, calibration, fidelity_metrics={"logits": "ctc"}, calibration_limit=8)
+    assert str(info.value) == f"{digits}: " + _CTC.format(n=8)
+    import onnx
+
+    with pytest.raises(UsageError) as info:  # in memory: named as the other errors name it
+        onnxprune.prune(onnx.load(digits), "l2", ratio=0.2, fidelity_metrics={"logits": "ctc"})
+    assert str(info.value) == "<model>: " + _CTC.format(n=3)
+    out = tmp_path / "o.onnx"
+    args = ["prune", digits, "-o", str(out), "--ratio", "0.2", "--fidelity-metric", "logits=ctc", "-q"]
+    assert main([*args, "--calibration", calibration, "--calibration-limit", "8"]) == 2
+    assert capsys.readouterr().err == f"onnxprune: error: {digits}: " + _CTC.format(n=2) + "\n"
+    assert list(tmp_path.iterdir()) == []

@@ -30,6 +30,7 @@ from .sequence import ctc, ctc_decode, edit_distance
 __all__ = [
     "FIDELITY_METRICS",
     "Choice",
+    "MetricCannotRead",
     "MetricResult",
     "NothingToCompare",
     "apply_metric",
@@ -128,6 +129,11 @@ def prepare_metric(name: str, params: Mapping[str, float | int], r: np.ndarray) 
     return None if make is None else make(r, **params)
 
 
+class MetricCannotRead(UsageError):
+    """A chosen metric cannot read its output's shape. The message names the metric, the
+    output and why; the API's entry points add the model file (stages.metric_errors_named)."""
+
+
 def apply_metric(
     name: str,
     params: Mapping[str, float | int],
@@ -151,4 +157,6 @@ def apply_metric(
     try:
         return _FUNCTIONS[name](r, g, **params, **extra)
     except (ValueError, IndexError) as exc:
-        raise UsageError(f"fidelity metric {name!r} cannot read {output!r} (shape {list(r.shape)}): {exc}") from None
+        raise MetricCannotRead(
+            f"fidelity metric {name!r} cannot read {output!r} (shape {list(r.shape)}): {exc}"
+        ) from None

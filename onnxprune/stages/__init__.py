@@ -55,6 +55,7 @@ from .prepare import (
     calibrate,
     check_metric_outputs,
     load,
+    metric_errors_named,
     with_data_shapes,
 )
 
@@ -83,6 +84,7 @@ __all__ = [
     "may_consume",
     "measure",
     "measure_original",
+    "metric_errors_named",
     "plan",
     "recover",
     "report",

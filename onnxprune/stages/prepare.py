@@ -3,9 +3,11 @@ samples; and what every stage reads (``Run``)."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import onnx
@@ -31,6 +33,7 @@ __all__ = [
     "calibrate",
     "check_metric_outputs",
     "load",
+    "metric_errors_named",
     "with_data_shapes",
 ]
 
@@ -103,6 +106,30 @@ def check_metric_outputs(proto: onnx.ModelProto, choices: Mapping[str, str], sou
     for name in choices:
         if name != "*" and name not in outputs:
             raise UsageError(f"{source}: --fidelity-metric names {name!r}, but the model's outputs are {outputs}")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def metric_errors_named(func: Callable[P, R]) -> Callable[P, R]:
+    """``func`` (an entry point whose first argument is the model, a path or a ModelProto) with
+    a chosen fidelity metric's 'cannot read' error prefixed by the model's file (``source=``
+    when given, '<model>' for one in memory, as load names it): the metric meets the output
+    deep inside a run, where the file is not known."""
+
+    @functools.wraps(func)
+    def named(*args: P.args, **kwargs: P.kwargs) -> R:
+        from ..fidelity_metrics import MetricCannotRead
+
+        try:
+            return func(*args, **kwargs)
+        except MetricCannotRead as exc:
+            model = kwargs.get("source") or (args[0] if args else kwargs.get("model"))
+            source = os.fspath(model) if isinstance(model, (str, os.PathLike)) else "<model>"
+            raise UsageError(f"{source}: {exc}") from None
+
+    return named
 
 
 def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
