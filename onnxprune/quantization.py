@@ -51,6 +51,7 @@ _QUANTIZED_OPS = {
     "QLinearAdd",
     "QLinearMul",
     "QGemm",
+    "FakeQuantize",  # OpenVINO's (org.openvinotoolkit), NNCF's default int8 export
 }
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -189,6 +190,7 @@ def quantize(
         "source": source,
     }
     if fmt == "onnx":
+        _constants_as_initializers(proto)  # onnxprune's own copy (load_model copies)
         target, nncf_scope, backend = proto, list(ignored), "ONNX"
     else:
         from .openvino_ir import convert_for_openvino
@@ -284,6 +286,34 @@ def quantize(
         notes=tuple(notes),
     )
     return QuantizeResult(report=report, format=fmt, model=q, path=written)
+
+
+def _constants_as_initializers(proto: onnx.ModelProto) -> None:
+    """Turn the main graph's Constant nodes that hold a tensor into initializers of the same
+    name, in place. NNCF's ONNX backend reads a weight or a bias only from an initializer and
+    fails on a Constant node ('There is no tensor with the name ...'), which is how PyTorch's
+    TorchScript exporter writes a MatMul's bias and paddle2onnx some conv weights; the model
+    computes the same either way."""
+    outputs = {o.name for o in proto.graph.output}
+    kept = []
+    for node in proto.graph.node:
+        attrs = list(node.attribute)
+        if (
+            node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and len(attrs) == 1
+            and attrs[0].name == "value"
+            and len(node.output) == 1
+            and node.output[0] not in outputs
+        ):
+            tensor = proto.graph.initializer.add()
+            tensor.CopyFrom(attrs[0].t)
+            tensor.name = node.output[0]
+        else:
+            kept.append(node)
+    if len(kept) < len(proto.graph.node):
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
 
 
 def _check_output(out: str, model: object) -> None:
