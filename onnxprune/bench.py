@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, openvino_message
 
 __all__ = ["BACKENDS", "PRECISIONS", "ModelTiming", "benchmark", "spread_warning", "spread_warnings"]
 
@@ -80,6 +80,10 @@ def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[st
     """The shape fed to input ``name``: the user's, else the model's with a dynamic batch set
     to 1; any other dynamic dimension is a usage error asking for --input-shape."""
     if name in given:
+        if dims and len(dims) != len(given[name]):
+            raise UsageError(
+                f"{path}: --input-shape {name}: rank {len(given[name])} but the model's input has rank {len(dims)}"
+            )
         return [int(d) for d in given[name]]
     out = []
     for i, d in enumerate(dims):
@@ -97,10 +101,17 @@ def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[st
     return out
 
 
+def _check_named(path: str, named: Sequence[str], inputs: Sequence[str]) -> None:
+    for name in named:
+        if name not in inputs:
+            raise UsageError(f"{path}: --input-shape names {name!r}, but the model's inputs are {sorted(inputs)}")
+
+
 class _Runner:
     """One compiled model and the inputs it takes. ``hints``: the OpenVINO performance hints to
     compile it for (LATENCY for ``run_once``, THROUGHPUT for ``throughput`` and
-    ``per_inference``); ``threads``: the runtime's thread count (None: its own choice)."""
+    ``per_inference``); ``threads``: the runtime's thread count (None: its own choice);
+    ``named``: the inputs the user gave a shape for, each must be one of the model's."""
 
     def __init__(
         self,
@@ -111,6 +122,7 @@ class _Runner:
         *,
         threads: int | None = None,
         hints: Sequence[str] = ("LATENCY", "THROUGHPUT"),
+        named: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.backend = backend
@@ -123,7 +135,12 @@ class _Runner:
             try:
                 model = core.read_model(path)
             except Exception as exc:  # OpenVINO raises its own types
-                raise UsageError(f"{path}: OpenVINO cannot read the model: {str(exc).splitlines()[0][:300]}") from None
+                if not path.endswith(".xml"):  # an ONNX file: onnxprune's loader names what is wrong
+                    from .loading import load_model
+
+                    load_model(path)
+                raise UsageError(f"{path}: OpenVINO cannot read the model: {openvino_message(exc)}") from None
+            _check_named(path, named, [inp.get_any_name() for inp in model.inputs])
             new = {}
             for inp in model.inputs:
                 name = inp.get_any_name()
@@ -143,7 +160,7 @@ class _Runner:
             except Exception as exc:  # OpenVINO raises its own types
                 shapes = {inp.get_any_name(): str(inp.get_partial_shape()) for inp in model.inputs}
                 raise UsageError(
-                    f"{path}: OpenVINO cannot compile the model for inputs {shapes}: {str(exc).splitlines()[0][:300]}"
+                    f"{path}: OpenVINO cannot compile the model for inputs {shapes}: {openvino_message(exc)}"
                 ) from None
             self.inputs = {inp.get_any_name(): [int(d) for d in inp.get_shape()] for inp in model.inputs}
             first = compiled[hints[0]]
@@ -166,6 +183,7 @@ class _Runner:
             from .runtime import session
 
             self.session = session(path, source=path, optimize=True, threads=threads)  # timed as deployed: optimised
+            _check_named(path, named, list(self.session.input_shapes))
             self.inputs = {
                 name: _static_dims(path, name, shape, input_shapes) for name, shape in self.session.input_shapes.items()
             }
@@ -206,6 +224,23 @@ class _Runner:
         return n / (time.perf_counter() - start)
 
 
+def _check_file(path: str) -> None:
+    """What is wrong with a model file before OpenVINO reads it (its own message names a C++
+    source line): missing, a folder, empty, an IR without its weights."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: not a file")
+    if os.path.getsize(path) == 0:
+        raise UsageError(f"{path}: empty file")
+    if path.endswith(".xml"):
+        weights = path[: -len(".xml")] + ".bin"
+        if not os.path.isfile(weights):
+            raise UsageError(
+                f"{path}: the IR's weights {os.path.basename(weights)} are not beside it (an IR is the .xml and its .bin)"
+            )
+
+
 def benchmark(
     paths: Sequence[str],
     *,
@@ -243,8 +278,7 @@ def benchmark(
     if len(paths) < 1:
         raise UsageError("bench needs at least one model")
     for p in paths:
-        if not os.path.isfile(p):
-            raise UsageError(f"{p}: no such file")
+        _check_file(os.fspath(p))
     shapes = dict(input_shapes or {})
     if inputs:
         for name, given in shapes.items():  # the data is fed as it is: a shape that contradicts it cannot run
@@ -254,7 +288,8 @@ def benchmark(
                     f"sample of {name!r} has shape {list(np.shape(inputs[name]))}: give one of them"
                 )
         shapes = {**{k: list(np.shape(v)) for k, v in inputs.items()}, **shapes}
-    runners = [_Runner(os.fspath(p), backend, shapes, precision) for p in paths]
+    named = list(input_shapes or {})
+    runners = [_Runner(os.fspath(p), backend, shapes, precision, named=named) for p in paths]
     rng = np.random.default_rng(seed)
     first = runners[0].inputs
     if inputs:

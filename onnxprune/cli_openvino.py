@@ -17,7 +17,7 @@ def convert_command(args: argparse.Namespace) -> int:
     from .errors import UsageError
     from .openvino_ir import convert_to_ir
     from .saving import Outputs, check_writable
-    from .shapes import dynamic_batch_inputs
+    from .shapes import concrete_input_shapes, dynamic_batch_inputs
     from .verification_inputs import make_inputs
 
     if os.path.abspath(args.output) == os.path.abspath(args.model):
@@ -27,6 +27,7 @@ def convert_command(args: argparse.Namespace) -> int:
     check_writable(args.output, "IR")
     model = load(args.model)
     shapes = _shapes(args.input_shape)
+    concrete_input_shapes(model, shapes, args.model)  # each names an input, of its rank and fixed sizes
     feeds = []
     if not args.no_verify:
         # Checked at the given shapes, batch included; a dynamic batch nobody gave is 1.

@@ -12,6 +12,7 @@ __all__ = [
     "VerificationFailed",
     "WriteError",
     "first_line",
+    "openvino_message",
 ]
 
 
@@ -67,3 +68,17 @@ def first_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # onnx's checker puts the useful sentence first, then a context dump.
     return lines[0] if lines else type(exc).__name__
+
+
+# OpenVINO's exception text is a stack of source locations ("Exception from src/...cpp:84:",
+# "Check '...' failed at ...:299:", "While validating node ...:") around the sentence that says
+# what is wrong: the first of these lines alone tells a user nothing.
+_OPENVINO_FRAMING = ("Exception from src/", "Check '", "FrontEnd API failed with", "While validating", "Summary:", "-- ")
+
+
+def openvino_message(exc: BaseException, limit: int = 300) -> str:
+    """OpenVINO's error as one line: its reason without the source locations around it."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not ln.startswith(_OPENVINO_FRAMING) and not ln.endswith(":")]
+    text = "; ".join(kept) or (lines[0] if lines else type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

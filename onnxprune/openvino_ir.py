@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed
+from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed, openvino_message
 from .saving import Outputs, check_output_folder, removing_leftovers
 
 __all__ = [
@@ -143,7 +143,7 @@ def convert_to_ir(
         ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=spec)
     except Exception as exc:  # OpenVINO raises its own types
         raise UnsupportedModel(
-            f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}"
+            f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}"
         ) from None
     check = None
     if check_feeds:
@@ -174,7 +174,7 @@ def _save(ov: Any, ov_model: Any, tmp_xml: str, fp16: bool, xml_path: str) -> No
         ov.save_model(ov_model, tmp_xml, compress_to_fp16=fp16)
     except Exception as exc:  # OpenVINO raises RuntimeError for a file it cannot write
         raise UsageError(
-            f"{xml_path}: OpenVINO cannot write the IR ({str(exc).splitlines()[0][:200]}); nothing written"
+            f"{xml_path}: OpenVINO cannot write the IR ({openvino_message(exc, 200)}); nothing written"
         ) from None
 
 
@@ -216,7 +216,7 @@ def _check_ir(
             ov_model = ov.convert_model(io.BytesIO(checked.SerializeToString()))
         except Exception as exc:  # OpenVINO raises its own types
             raise UnsupportedModel(
-                f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}"
+                f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}"
             ) from None
     try:
         if precision == "fp16":
@@ -229,7 +229,7 @@ def _check_ir(
         else:
             compiled = core.compile_model(ov_model, "CPU", _F32)
     except Exception as exc:  # OpenVINO raises its own types
-        raise UnsupportedModel(f"{source}: OpenVINO cannot compile the IR: {str(exc).splitlines()[0][:300]}") from None
+        raise UnsupportedModel(f"{source}: OpenVINO cannot compile the IR: {openvino_message(exc)}") from None
     names = [o.name for o in checked.graph.output]
     model_outputs = {o.name for o in model.graph.output}
     decisions = {d for t in tails.tails for d in t.decisions}
@@ -243,7 +243,7 @@ def _check_ir(
         except Exception as exc:  # OpenVINO raises its own types
             shapes = {k: list(v.shape) for k, v in feeds.items()}
             raise UnsupportedModel(
-                f"{source}: OpenVINO cannot run the IR on inputs of shapes {shapes}: {str(exc).splitlines()[0][:300]}"
+                f"{source}: OpenVINO cannot run the IR on inputs of shapes {shapes}: {openvino_message(exc)}"
             ) from None
         values = {
             name: (np.asarray(got[compiled.outputs[i]]), np.asarray(r)) for i, (name, r) in enumerate(zip(names, ref))
@@ -351,7 +351,7 @@ def convert_for_openvino(model: onnx.ModelProto, input_shapes: Mapping[str, Sequ
         )
     except Exception as exc:  # OpenVINO raises its own types
         raise UnsupportedModel(
-            f"{source}: OpenVINO cannot convert the model: {str(exc).splitlines()[0][:300]}"
+            f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}"
         ) from None
 
 

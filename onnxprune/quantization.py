@@ -139,6 +139,9 @@ def quantize(
     if size_before is None:
         size_before = proto.ByteSize()
     _check_quantizable(proto, source)
+    from .shapes import concrete_input_shapes
+
+    concrete_input_shapes(proto, dict(config.input_shapes), source)  # each names an input, of its rank
     from .stages.prepare import check_metric_outputs
 
     check_metric_outputs(proto, config.fidelity_metrics, source)

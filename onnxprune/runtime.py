@@ -237,5 +237,6 @@ def _feed_problem(inputs: Sequence[Any], feeds: Feeds) -> str | None:
         shape = list(arg.shape)
         fits = len(shape) == value.ndim and all(not isinstance(d, int) or d == v for d, v in zip(shape, value.shape))
         if not fits:
-            return f"input {name!r} has shape {list(value.shape)}, the model takes {shape}"
+            takes = ", ".join(str(d) if isinstance(d, int) else "?" for d in shape)  # not 'DynamicDimension.0'
+            return f"input {name!r} has shape {list(value.shape)}, the model takes [{takes}]"
     return None

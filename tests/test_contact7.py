@@ -98,3 +98,96 @@ def test_quantize_refuses_a_fakequantize_model_as_already_quantized(tmp_path: Pa
     err = one_line_error(p)
     assert f"{src}: node " in err and "(FakeQuantize): the model is already quantized; give the float model" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def dynamic_hw_model() -> onnx.ModelProto:
+    """x[N,3,?,?] -> Conv -> y: a dynamic height and width, like the corpus's PP-OCR detector."""
+    w = numpy_helper.from_array(np.full((2, 3, 1, 1), 0.5, np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])
+    graph = helper.make_graph([node], "dynamic_hw", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    ("command", "shape", "message"),
+    [
+        ("convert", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("convert", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+        ("convert --no-verify", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+        ("bench", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("bench --backend onnxruntime", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("bench", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+        ("quantize", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("quantize", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+    ],
+)
+def test_input_shape_must_name_an_input_of_its_rank(tmp_path: Path, command: str, shape: str, message: str) -> None:
+    """Before: convert, bench and quantize ignored an --input-shape naming no input (quantize exit 0,
+    convert and bench then asked for the shape of 'x'), and a wrong rank surfaced as OpenVINO's
+    'Exception from src/...' or onnxruntime's shape with 'DynamicDimension.0' in it (convert
+    --no-verify wrote the IR)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
+    name, *flags = command.split()
+    out = {"convert": ["-o", str(tmp_path / "o.xml")], "quantize": ["-o", str(tmp_path / "o.onnx"), "--calibration", str(cal)]}
+    p = run(name, str(model), *out.get(name, ["--rounds", "1"]), *flags, "--input-shape", shape)
+    assert one_line_error(p) == f"onnxprune: error: {model}: {message}"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
+
+
+def test_runtime_names_dynamic_dimensions_as_question_marks(tmp_path: Path) -> None:
+    """Before: 'the model takes ['N', 3, 'H', 'W']' (onnxruntime's dim names; an exporter's
+    'DynamicDimension.0')."""
+    from onnxprune.errors import UsageError
+    from onnxprune.runtime import session
+
+    model = tmp_path / "m.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    run_model = session(str(model), source="m.onnx")
+    with pytest.raises(UsageError) as err:
+        run_model({"x": np.zeros((1, 3, 8), np.float32)})
+    assert str(err.value) == "m.onnx: the inputs do not fit the model: input 'x' has shape [1, 3, 8], the model takes [?, 3, ?, ?]"
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("empty.onnx", lambda p: p.write_bytes(b""), "empty file"),
+        ("folder.onnx", lambda p: p.mkdir(), "not a file"),
+        ("cut.onnx", lambda p: p.write_bytes((FIXTURES / "residual.onnx").read_bytes()[:5000]), "not an ONNX model ("),
+        (
+            "ext.onnx",
+            lambda p: onnx.save(
+                onnx.load(FIXTURES / "residual.onnx"), p, save_as_external_data=True, location="w.bin", size_threshold=0
+            )
+            or (p.parent / "w.bin").unlink(),
+            "tensor 'W_1': external data file 'w.bin' not found",
+        ),
+        ("ir.xml", lambda p: p.write_text("<net/>"), "the IR's weights ir.bin are not beside it"),
+    ],
+)
+def test_bench_names_what_is_wrong_with_a_file(tmp_path: Path, name: str, make: object, message: str) -> None:
+    """Before: '{file}: OpenVINO cannot read the model: Exception from src/inference/src/cpp/core.cpp:84:'
+    for each (a folder: 'no such file')."""
+    path = tmp_path / name
+    make(path)  # type: ignore[operator]
+    err = one_line_error(run("bench", str(path), "--rounds", "1"))
+    assert err.startswith(f"onnxprune: error: {path}: {message}"), err
+    assert "Exception from src" not in err
+
+
+def test_openvino_message_keeps_the_reason_not_the_source_lines() -> None:
+    from onnxprune.errors import openvino_message
+
+    text = (
+        "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at src/frontends/common/src/frontend.cpp:47:\n"
+        "Loading input model\nInvalid usage of method for externally stored data in file (w.bin, offset: 0, data_length: 8)\n\n"
+    )
+    assert openvino_message(RuntimeError(text)) == (
+        "Loading input model; Invalid usage of method for externally stored data in file (w.bin, offset: 0, data_length: 8)"
+    )
+    assert openvino_message(RuntimeError("x" * 400), 50) == "x" * 47 + "..."
