@@ -270,3 +270,29 @@ def test_a_metric_that_cannot_read_its_output_names_the_model(tmp_path, capsys) 
     assert main([*args, "--calibration", calibration, "--calibration-limit", "8"]) == 2
     assert capsys.readouterr().err == f"onnxprune: error: {digits}: " + _CTC.format(n=2) + "\n"
     assert list(tmp_path.iterdir()) == []
+
+
+# -- stages/decide.py split (trials.py): the benchmark tool's patch of decide.sensitivity_trials --
+
+
+def test_a_patch_of_decide_sensitivity_trials_still_reaches_the_fidelity_search(monkeypatch) -> None:
+    import onnxprune.stages.decide as decide
+    from onnxprune.stages import trials
+
+    assert decide.sensitivity_trials is trials.sensitivity_trials  # re-exported: imports unchanged
+    assert decide.known_macs is trials.known_macs and decide.estimates is trials.estimates
+    calls = []
+    real = decide.sensitivity_trials
+
+    def counted(*args, **kwargs):  # as tools/fidelity_real_cells.SharedSensitivity wraps it
+        calls.append(kwargs.get("floor"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decide, "sensitivity_trials", counted)
+    r = onnxprune.prune(
+        FIXTURES / "digits_cnn.onnx",
+        calibration=str(FIXTURES / "digits_calibration.npz"),
+        min_fidelity=0.9,
+        calibration_limit=16,
+    )
+    assert calls == [0.9] and r.report.sensitivity is not None

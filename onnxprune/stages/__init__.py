@@ -5,8 +5,9 @@ their composition:
          -> recover -> measure -> write -> report
 
 ``prepare`` holds the first three (and ``Run``, what every stage reads), ``decide`` scoring,
-planning and compensation, ``deliver`` everything after the surgery; ``apply`` is the public
-``api.apply``. Memory on big models shaped them: the weights the analysis reads stay for the
+planning and compensation (the fidelity budget's trial builders, the MACs and compensation
+values they share with it in ``trials``), ``deliver`` everything after the surgery; ``apply``
+is the public ``api.apply``. Memory on big models shaped them: the weights the analysis reads stay for the
 surgery and are dropped after it (``LoadedModel.after_surgery``); the pruned model's big new
 weights stay arrays until written (``saving.DeferredModel``); with an output, the file verified
 is the file written (``staging``).

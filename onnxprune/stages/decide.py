@@ -4,7 +4,7 @@ budget from measured sensitivity, or a given plan), and what replaces them (comp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -15,25 +15,29 @@ from ..analysis import ChannelAnalysis, import_graph
 from ..budget import (
     MacsTracker,
     finish_plan,
-    group_scores,
     layer_budgets,
     pinned_reasons,
     plan_with_budget,
 )
-from ..compensation import data_free_values
 from ..config import PruneConfig
 from ..criteria import CriterionRegistry, source_filters, zero_plan
 from ..criteria.activations import ActivationStats, group_activation_scores
 from ..errors import UsageError
-from ..metrics import node_macs, unknown_macs_reason
 from ..planning import PruningPlan
 from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
+from .trials import (
+    SensitivityTrials,
+    compensation_mode,
+    estimates,
+    known_macs,
+    recovered_trials,
+    sensitivity_trials,
+)
 
 if TYPE_CHECKING:
     from ..fidelity import CrossFitted
-    from ..reconstruction_trials import ReconstructedTrials
-    from ..sensitivity_analysis import SensitivityResult, TrialRunner
+    from ..sensitivity_analysis import SensitivityResult
     from ..user_validation import Validator
     from .latency import LatencyOutcome
 
@@ -46,6 +50,7 @@ __all__ = [
     "compensate",
     "compensation_mode",
     "estimates",
+    "known_macs",
     "layer_scores",
     "plan",
     "recovered_trials",
@@ -191,24 +196,6 @@ def budget_plan(
     return plan_with_budget(analysis, scores, config, tracker)
 
 
-def known_macs(
-    model: onnx.ModelProto, analysis: ChannelAnalysis, registry: RuleRegistry, what: str, source: str
-) -> dict[str, int | None]:
-    """Every weight-bearing layer's MACs, for a budget that ranks or cuts on them; a UsageError
-    naming the inputs to give shapes or data for when some are unknown (never ranked on the
-    layers whose shapes happen to be known)."""
-    per_node = node_macs(model, analysis.shapes, registry)
-    inputs = {
-        vi.name: analysis.shapes.get(vi.name, ())
-        for vi in model.graph.input
-        if vi.name not in {i.name for i in model.graph.initializer}
-    }
-    why = unknown_macs_reason(model, per_node, inputs)
-    if why is not None:
-        raise UsageError(f"{source}: {what} needs the MACs of every layer, but {why}")
-    return per_node
-
-
 def plan(
     loaded: LoadedModel,
     analysis: ChannelAnalysis,
@@ -238,14 +225,6 @@ def plan(
     return Planned(
         budget_plan(analysis, loaded.proto, scores, run.config, run.registry, loaded.source), validator=measure
     )
-
-
-def compensation_mode(config: PruneConfig, stats: ActivationStats | None, exact: bool = False) -> str:
-    """The compensation mode with 'auto' resolved: calibration means when there are
-    statistics, else data-free values for a lossy plan, else none."""
-    if config.compensation != "auto":
-        return config.compensation
-    return "calibration" if stats is not None else ("data-free" if not exact else "none")
 
 
 def validator(loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationData, run: Run) -> Validator:
@@ -292,88 +271,6 @@ def compensate(
     if pruning_plan.exact:
         return Compensation(mode)
     return Compensation(mode, estimates(loaded.proto, analysis, pruning_plan.removed_groups, data.stats, mode, run))
-
-
-def estimates(
-    proto: onnx.ModelProto,
-    analysis: ChannelAnalysis,
-    groups: Sequence[int],
-    stats: ActivationStats | None,
-    mode: str,
-    run: Run,
-) -> dict[str, np.ndarray] | None:
-    """What removed channels are replaced by where they are read (see compensation)."""
-    if not groups:
-        return None
-    if mode == "calibration" and stats is not None:
-        return dict(stats.mean)
-    if mode == "data-free":
-        return data_free_values(
-            proto, analysis, PruningPlan("tmp", tuple(groups)), run.registry, run.config.input_shapes
-        )
-    return None
-
-
-@dataclass(frozen=True)
-class SensitivityTrials:
-    """The sensitivity analysis with what allocation needs to go on from it."""
-
-    result: SensitivityResult
-    runner: TrialRunner = field(repr=False)
-    tracker: MacsTracker = field(repr=False)
-    estimates: Mapping[str, np.ndarray] | None = field(repr=False)
-    scores: Mapping[int, float]
-    protected: Mapping[str, str]
-
-
-def sensitivity_trials(
-    loaded: LoadedModel,
-    analysis: ChannelAnalysis,
-    scores: Mapping[str, np.ndarray],
-    stats: ActivationStats | None,
-    feeds: Feeds,
-    run: Run,
-    *,
-    floor: float | None = None,
-) -> SensitivityTrials:
-    """Units of tied layers, their sensitivity curves, and the trial runner behind them. With
-    ``floor``, a unit's larger ratios are not run once one falls below it; with a fidelity
-    floor, trials far below it on their first samples end there (see
-    sensitivity_analysis.measure_sensitivity)."""
-    from ..sensitivity_analysis import Screen, TrialRunner, find_units, measure_sensitivity
-
-    config, proto = run.config, loaded.proto
-    group = group_scores(analysis, scores)
-    protected = {n: b.excluded_by for n, b in layer_budgets(analysis, config).items() if b.excluded_by}
-    units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
-    what = (
-        "--macs-target"
-        if config.macs_target is not None
-        else "the sensitivity allocation (it ranks layers by the MACs they save)"
-    )
-    tracker = MacsTracker(analysis, known_macs(proto, analysis, run.registry, what, loaded.source), proto, run.registry)
-    mode = compensation_mode(config, stats)
-    values = estimates(proto, analysis, sorted({g for u in units for g in u.groups}), stats, mode, run)
-    # Trials far below the floor on their first samples end there (trial_runner.Screen): a
-    # fidelity floor's search only; a MACs target or the user's function ranks every trial.
-    floored = config.macs_target is None and not config.validated_search
-    screen = Screen.for_floor(config.fidelity_floor if floored else None, len(feeds))
-    runner = TrialRunner(
-        proto, analysis, feeds, source=loaded.source, screen=screen, confidence=config.fidelity_confidence
-    )
-    result = measure_sensitivity(
-        runner,
-        analysis,
-        units,
-        tracker,
-        config.ratios,
-        values,
-        config.criterion,
-        config.fidelity_metrics,
-        progress=run.progress_of("sensitivity"),
-        floor=floor,
-    )
-    return SensitivityTrials(result, runner, tracker, values, group, protected)
 
 
 def small_calibration_note(config: PruneConfig, samples: int, read: int) -> str:
@@ -481,22 +378,3 @@ def _allocated_plan(
         judged = runner.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)
         cross_fitted = CrossFitted(judged, len(feeds))
     return Planned(the_plan, trials.result, judge, cross_fitted=cross_fitted)
-
-
-def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feeds, run: Run) -> ReconstructedTrials:
-    """Trials of plans as the user gets them with ``--reconstruct`` / ``--recalibrate``: each
-    plan's readers refitted (cross-fitted over ``feeds``) before it is judged."""
-    from ..reconstruction_trials import ReconstructedTrials
-
-    config = run.config
-    return ReconstructedTrials(
-        loaded.proto,
-        analysis,
-        feeds,
-        registry=run.registry,
-        seed=config.seed,
-        source=loaded.source,
-        reconstruct=config.reconstruct,
-        recalibrate=config.recalibrate,
-        confidence=config.fidelity_confidence,
-    )
