@@ -50,7 +50,7 @@ from .planning import PruningPlan
 from .rules import RuleRegistry, default_registry
 from .rules.base import node_attrs
 from .runtime import session
-from .tensor_cones import cone_digests, cone_model
+from .tensor_cones import cone_digests, cone_model, node_reads
 from .validation import model_opset
 
 __all__ = ["RecalibratedLayer", "recalibrate"]
@@ -169,12 +169,12 @@ def _frontier(model: onnx.ModelProto, changed: set[str]) -> list[str]:
     graph = model.graph
     down: set[str] = set()
     tensors: set[str] = set()
-    for node in graph.node:  # topological
-        if node.name in changed or any(i in tensors for i in node.input):
+    for node in graph.node:  # topological; an If / Loop also reads what its subgraphs read
+        if node.name in changed or any(i in tensors for i in node_reads(node)):
             down.add(node.name)
             tensors.update(node.output)
     skip = tensors | {t.name for t in graph.initializer} | {v.name for v in graph.input} | {""}
-    return sorted({i for node in graph.node if node.name in down for i in node.input} - skip)
+    return sorted({i for node in graph.node if node.name in down for i in node_reads(node)} - skip)
 
 
 def _pooled(parts: Sequence[_Moments]) -> tuple[np.ndarray, np.ndarray]:
@@ -245,20 +245,21 @@ def _targets(
     original: onnx.ModelProto, analysis: ChannelAnalysis, removed: np.ndarray, registry: RuleRegistry, opset: int
 ) -> list[_Target]:
     """Weight-bearing layers whose input depends on a reader of removed channels, with their
-    depth among them (1: nothing corrected upstream)."""
+    depth among them (1: nothing corrected upstream). A node depends on what its subgraphs
+    read too (an If / Loop branch reading an outer tensor): the layers after it drift with it."""
     starts = set()
     for sink in analysis.sinks:
         if removed[analysis.layouts[sink.tensor].axes[sink.axis]].any():
             starts.add(sink.node)
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in original.graph.node:
-        for i in n.input:
+        for i in node_reads(n):  # a subgraph's read is a reader the folded correction would miss
             readers.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in original.graph.output}
     level: dict[str, int] = {}  # tensor -> depth of the corrected layers upstream (0: none, absent: unaffected)
     out = []
     for name, node in nodes_by_name(original.graph.node).items():  # graph order: topological
-        affected = [level[i] for i in node.input if i in level]
+        affected = [level[i] for i in node_reads(node) if i in level]
         if name not in starts and not affected:
             continue
         depth = max(affected, default=0)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import onnx
 import onnx.helper
 
-__all__ = ["cone_digests", "cone_model"]
+__all__ = ["cone_digests", "cone_model", "node_reads"]
 
 _GRAPH_KINDS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 
@@ -36,7 +36,7 @@ def _outer_reads(node: onnx.NodeProto) -> list[str]:
     return sorted(set(out))
 
 
-def _reads(node: onnx.NodeProto) -> list[str]:
+def node_reads(node: onnx.NodeProto) -> list[str]:
     """Every name a node's value depends on: its inputs, then its subgraphs' reads."""
     return [*node.input, *(n for n in _outer_reads(node) if n not in node.input)]
 
@@ -56,7 +56,7 @@ def cone_digests(model: onnx.ModelProto) -> dict[str, bytes]:
         digest.setdefault(v.name, hashlib.blake2b(b"input" + v.name.encode(), digest_size=16).digest())
     for node in graph.node:  # graph order is topological (ONNX)
         h = hashlib.blake2b(node.SerializeToString(), digest_size=16)
-        for name in _reads(node):
+        for name in node_reads(node):
             h.update(digest.get(name, b"?" + name.encode()))  # "": an absent optional input
         for i, name in enumerate(node.output):
             out = h.copy()
@@ -78,7 +78,7 @@ def cone_model(model: onnx.ModelProto, names: Iterable[str], given: Mapping[str,
     for node in reversed(graph.node):
         if any(o in needed and o not in given for o in node.output):
             keep.append(node)
-            needed.update(n for n in _reads(node) if n)
+            needed.update(n for n in node_reads(node) if n)
     out = onnx.ModelProto()
     out.CopyFrom(model)  # opsets, functions, metadata
     g = out.graph
