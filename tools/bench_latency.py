@@ -28,7 +28,9 @@ For each model:
    (each model compiled once for the deployment's hint; rounds in rotating order; per round
    each model's fastest run; the median over rounds of the ratios to the original), so a plan
    is measured the same way in prune and here.
-3. ``report``: benchmarks/latency.md and .json.
+3. ``heldout`` (after the timing; not part of ``all``): the top-1 rows' latency plan and matched
+   MACs plan on many more held-out inputs, paired (tools/bench_latency_heldout.py).
+4. ``report``: benchmarks/latency.md and .json.
 
 Fidelity is measured by prune on held-out evaluation samples (never the calibration ones):
 the run's score, cosine for the zoo and the table classifier (top-1 agreement of a handful of
@@ -91,6 +93,8 @@ MODELS: dict[str, dict[str, Any]] = {
         "kind": "corpus",
         "samples": 16,
         "keep": 0.99,  # top-1 agreement: no orientation flips on the calibration crops
+        # top-1 on 16 crops moves in steps of 0.0625: both plans also on 256 more (phase heldout)
+        "heldout": 256,
     },
     "malimg": {
         "path": "/work/corpus/resnet18_malimg_torchdynamo_extdata.onnx",
@@ -411,7 +415,7 @@ def chosen_original_ms(latency: dict) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("plan", "time", "report", "all", "extra", "extra-time"))
+    p.add_argument("phase", choices=("plan", "time", "report", "all", "extra", "extra-time", "heldout"))
     p.add_argument(
         "--models",
         default=",".join(default_models()),
@@ -462,6 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench_latency_extra import extra_phase
 
         extra_phase(args, names, work, extra, extra_state)
+        return 0
+    if args.phase == "heldout":  # the top-1 rows' plans on more held-out inputs (after the timing)
+        from bench_latency_heldout import heldout_phase
+
+        heldout_phase(names, rows, state, model_spec)
         return 0
     for name in names:
         spec = model_spec(name)

@@ -112,6 +112,36 @@ def extra_table(extra: list[dict]) -> list[str]:
     return lines
 
 
+def heldout_table(rows: list[dict]) -> list[str]:
+    """The top-1 rows on many more held-out inputs (``bench_latency_heldout``): both plans on the
+    same inputs, the inputs only one of them gets right, and whether the difference stands out of
+    its noise (McNemar's normal approximation: |only latency - only MACs| > 2 sqrt(their sum))."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "**Top-1 rows on more held-out inputs.** The table's fidelity is top-1 agreement on 16 evaluation crops "
+        "(one flip: 0.0625). Here both plans of the row on the same larger set of realistic crops "
+        "(`tools/bench_latency_heldout.py`, `tools/corpus_inputs.py` seeds beside), paired: *only*: inputs only that "
+        "plan gets right; *stands out*: |only latency − only MACs| > 2·sqrt(their sum) (McNemar, about 95%).",
+        "",
+        "| model | inputs (seeds) | latency plan: top-1 (cos) | MACs plan F: top-1 (cos) | only latency | only MACs "
+        "| latency plan's top-1 better |",
+        "|---|---:|---:|---:|---:|---:|:-:|",
+    ]
+    for r in rows:
+        h = r["heldout"]
+        a, b = h["only_latency"], h["only_macs"]
+        stands = abs(a - b) > 2 * (a + b) ** 0.5
+        verdict = ("yes" if a > b else "**no**") if stands else "tie (within noise)"
+        lines.append(
+            f"| {_label(r)} | {h['n']} ({h['seeds'][0]}–{h['seeds'][1]}) "
+            f"| {h['latency']['top1']:.4f} ({h['latency']['cosine']:.4f}) "
+            f"| {h['macs_target']:.3f}: {h['macs']['top1']:.4f} ({h['macs']['cosine']:.4f}) | {a} | {b} | {verdict} |"
+        )
+    return lines
+
+
 def phase_report(
     rows: list[dict],
     out: Path,
@@ -236,6 +266,7 @@ def phase_report(
                 f"| {r['model']} | {_f(r.get('constant_cosine'), '.4f')} | {_f(lat['fidelity'], '.4f')}, {a:.4f} "
                 f"| {_f(mp['fidelity'], '.4f')}, {b:.4f} | {'yes' if a > b else '**no**'} |"
             )
+    lines += heldout_table([r for r in rows if r.get("heldout")])
     kept = [r for r in rows if "kept_plan" in r]
     if kept:
         lines += [

@@ -1,0 +1,117 @@
+"""tools/bench_latency_heldout.py: the latency benchmark's top-1 rows scored on more held-out
+inputs, paired (tiny MatMul classifiers whose answers are known per input), and the report's
+table of them with its noise verdict. Nothing is timed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bench_latency_heldout as heldout  # noqa: E402
+from latency_bench_report import heldout_table  # noqa: E402
+
+# classifiers of 4-dim inputs into 3 classes: one-hot input i answers row i of W
+ORIGINAL = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
+LATENCY = [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]]  # right on e0, e1
+MACS = [[0, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]  # right on e1, e2, e3
+
+
+def _classifier(path: Path, w: list[list[int]]) -> str:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(np.asarray(w, np.float32), "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def _onehots(*idx: int) -> np.ndarray:
+    return np.eye(4, dtype=np.float32)[list(idx)]
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> tuple[str, str, str]:
+    return (
+        _classifier(tmp_path / "original.onnx", ORIGINAL),
+        _classifier(tmp_path / "latency.onnx", LATENCY),
+        _classifier(tmp_path / "macs.onnx", MACS),
+    )
+
+
+def test_paired_top1_counts_each_plans_answers_on_the_same_inputs(models) -> None:
+    original, latency, macs = models
+    # e0: only the latency plan right; e1: both; e2, e3: only the MACs plan
+    got = heldout.paired_top1(original, latency, macs, "x", [_onehots(0, 1, 2, 3), _onehots(0, 0, 1)])
+    assert got["n"] == 7
+    assert got["latency"]["agree"] == 5 and got["latency"]["top1"] == pytest.approx(5 / 7, abs=1e-12)
+    assert got["macs"]["agree"] == 4 and got["macs"]["top1"] == pytest.approx(4 / 7, abs=1e-12)
+    assert (got["only_latency"], got["only_macs"]) == (3, 2)
+    # one-hot outputs: cosine 1 where right, 0 where wrong
+    assert got["latency"]["cosine"] == pytest.approx(5 / 7, abs=1e-6)
+    assert got["macs"]["cosine"] == pytest.approx(4 / 7, abs=1e-6)
+
+
+def test_heldout_row_makes_whole_seeds_after_the_evaluation_seed(models, tmp_path: Path) -> None:
+    original, latency, macs = models
+    calls: list[tuple[str, int, int]] = []
+
+    def make(base: str, count: int, seed: int) -> dict:
+        calls.append((base, count, seed))
+        return {"x": _onehots(*([0] * count if seed == heldout.SEEDS_FROM else [2] * count))}
+
+    row = {"latency_plan": {"file": latency}, "macs_plan": {"file": macs, "macs_target": 0.534}}
+    spec = {"path": original, "input": "x"}
+    got = heldout.heldout_row(row, spec, 40, make)  # 40 inputs: two seeds of 32
+    assert calls == [("original.onnx", 32, 3), ("original.onnx", 32, 4)]
+    assert got["n"] == 64 and got["seeds"] == [3, 4] and got["macs_target"] == 0.534
+    assert (got["only_latency"], got["only_macs"]) == (32, 32)
+    state = tmp_path / "rows.json"
+    rows = {"pplcnet": dict(row)}
+    heldout.heldout_phase(
+        ["pplcnet", "digits"], rows, state, lambda n: {**spec, "heldout": 40} if n == "pplcnet" else {}, make
+    )
+    assert json.loads(state.read_text())[0]["heldout"]["n"] == 64 and "heldout" in rows["pplcnet"]
+
+
+def _row(model: str, only_latency: int, only_macs: int) -> dict:
+    return {
+        "model": model,
+        "reconstruct": model.endswith("+rc"),
+        "heldout": {
+            "n": 256,
+            "seeds": [3, 10],
+            "macs_target": 0.534,
+            "latency": {"top1": 0.707, "cosine": 0.7909},
+            "macs": {"top1": 0.7148, "cosine": 0.7607},
+            "only_latency": only_latency,
+            "only_macs": only_macs,
+        },
+    }
+
+
+def test_heldout_table_says_a_tie_when_the_paired_difference_is_within_its_noise() -> None:
+    assert heldout_table([]) == []
+    lines = heldout_table([_row("pplcnet+rc", 24, 26), _row("pplcnet", 30, 10), _row("a", 10, 30)])
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
+    assert body[0] == (
+        "| pplcnet + reconstruct | 256 (3–10) | 0.7070 (0.7909) | 0.534: 0.7148 (0.7607) | 24 | 26 | tie (within noise) |"
+    )
+    # 30 vs 10: |20| > 2 sqrt(40) = 12.6; 10 vs 30 the other way
+    assert body[1].endswith("| 30 | 10 | yes |") and body[2].endswith("| 10 | 30 | **no** |")
+    # at the edge: |9 - 1| = 8 > 2 sqrt(10) = 6.3 stands out, |8 - 2| = 6 < 2 sqrt(10) does not
+    assert heldout_table([_row("b", 9, 1)])[-1].endswith("| yes |")
+    assert heldout_table([_row("b", 8, 2)])[-1].endswith("| tie (within noise) |")
