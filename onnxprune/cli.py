@@ -239,9 +239,7 @@ def _prune(args: argparse.Namespace) -> int:
         if args.plot:
             from .render import plot_report
 
-            staged_plot = outputs.staging_path(args.plot)
-            outputs.add(staged_plot, args.plot)
-            plot_report(data, staged_plot)
+            outputs.add_written(args.plot, lambda staged: plot_report(data, staged))
         if args.report:
             from .render import json_text
 
@@ -376,9 +374,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
         if args.plot:
             from .render import plot_sensitivity
 
-            staged_plot = outputs.staging_path(args.plot)
-            outputs.add(staged_plot, args.plot)
-            plot_sensitivity(data, staged_plot)
+            outputs.add_written(args.plot, lambda staged: plot_sensitivity(data, staged))
         outputs.commit()
     if not args.quiet:
         head = "".join(f"{f'{r:.0%}':>16s}" for r in result.ratios)

@@ -35,7 +35,6 @@ def _timer(spec: str | None, settings):
 
 
 def latency_table_command(args: argparse.Namespace) -> int:
-    from .errors import UsageError
     from .latency import build_table
     from .saving import Outputs, check_writable
 
@@ -61,12 +60,8 @@ def latency_table_command(args: argparse.Namespace) -> int:
         if args.plot:
             from .latency import plot
 
-            staged = outputs.staging_path(args.plot)
-            outputs.add(staged, args.plot)
-            try:
-                plot.plot_latency_table(table, staged, os.path.basename(args.model))
-            except OSError as exc:  # named by the user's path, not the staging one
-                raise UsageError(f"{args.plot}: {exc.strerror or exc}; nothing written") from None
+            title = os.path.basename(args.model)
+            outputs.add_written(args.plot, lambda staged: plot.plot_latency_table(table, staged, title))
         outputs.commit()
     if not args.quiet:
         for line in table_lines(args.model, table):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -160,6 +160,16 @@ class Outputs:
                 f.write(text)
         except OSError as exc:
             raise UsageError(f"{path}: {exc.strerror or exc}; nothing written") from None
+
+    def add_written(self, path: str, write: Callable[[str], None]) -> None:
+        """Stage the file ``write`` writes (given the staging path: a plot) for ``path``; an
+        OSError while writing names ``path``, not the staging file."""
+        staged = self.staging_path(path)
+        self.add(staged, path)
+        try:
+            write(staged)
+        except OSError as exc:
+            raise WriteError(path, exc) from None
 
     def add_model(self, staged: StagedModel) -> None:
         """Take over ``staged``: its ``with`` block no longer removes it, this commits or discards it."""

@@ -366,3 +366,25 @@ def test_recalibration_follows_tensors_read_inside_subgraphs() -> None:
     weights = {t.name: onnx.numpy_helper.to_array(t) for t in fixed.graph.initializer}
     for t in plain_fixed.graph.initializer:
         assert np.array_equal(weights[t.name], onnx.numpy_helper.to_array(t)), t.name
+
+
+@pytest.mark.parametrize("command", ["prune", "sensitivity"])
+def test_a_plot_failing_to_write_names_the_plot_not_a_staging_file(tmp_path, monkeypatch, capsys, command) -> None:
+    import errno
+
+    import onnxprune.render
+    from onnxprune.cli import main
+
+    def full_disk(data, path: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(onnxprune.render, "plot_report" if command == "prune" else "plot_sensitivity", full_disk)
+    digits, plot = str(FIXTURES / "digits_cnn.onnx"), tmp_path / "p.png"
+    calibration = ["--calibration", str(FIXTURES / "digits_calibration.npz"), "--ratios", "0.5"]
+    args = {
+        "prune": ["prune", digits, "-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "r.json")],
+        "sensitivity": ["sensitivity", digits, *calibration, "--json", str(tmp_path / "s.json")],
+    }[command]
+    assert main([*args, "--plot", str(plot), "-q"]) == 2
+    assert capsys.readouterr().err == f"onnxprune: error: {plot}: No space left on device; nothing written\n"
+    assert list(tmp_path.iterdir()) == []
