@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_latency_heldout as heldout  # noqa: E402
-from latency_bench_report import heldout_table  # noqa: E402
+from latency_bench_report import centered_verdict, heldout_table  # noqa: E402
 
 # classifiers of 4-dim inputs into 3 classes: one-hot input i answers row i of W
 ORIGINAL = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
@@ -115,3 +115,10 @@ def test_heldout_table_says_a_tie_when_the_paired_difference_is_within_its_noise
     # at the edge: |9 - 1| = 8 > 2 sqrt(10) = 6.3 stands out, |8 - 2| = 6 < 2 sqrt(10) does not
     assert heldout_table([_row("b", 9, 1)])[-1].endswith("| yes |")
     assert heldout_table([_row("b", 8, 2)])[-1].endswith("| tie (within noise) |")
+
+
+def test_the_zoo_verdict_tells_no_plan_apart_when_both_kept_nothing_input_dependent() -> None:
+    # EfficientNet-B0 and ResNet-50 at 0.7x (19:15 window): centered cosines about 0 on both plans
+    assert centered_verdict(0.0034, 0.0025) == "neither keeps any (both < 0.05)"
+    assert centered_verdict(-0.0198, -0.0197) == "neither keeps any (both < 0.05)"
+    assert centered_verdict(0.3, 0.049) == "yes" and centered_verdict(0.049, 0.3) == "**no**"

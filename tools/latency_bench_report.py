@@ -112,6 +112,19 @@ def extra_table(extra: list[dict]) -> list[str]:
     return lines
 
 
+# Below this centered cosine a plan has kept nothing of the input-dependent output (unrelated
+# outputs score about 0 either way): two such plans are not told apart by it.
+KEPT_NOTHING = 0.05
+
+
+def centered_verdict(latency: float, macs: float) -> str:
+    """Whether the latency plan keeps more of the input-dependent output than the MACs plan
+    (centered cosines); neither, when both kept nothing of it (``KEPT_NOTHING``)."""
+    if max(latency, macs) < KEPT_NOTHING:
+        return f"neither keeps any (both < {KEPT_NOTHING:g})"
+    return "yes" if latency > macs else "**no**"
+
+
 def heldout_table(rows: list[dict]) -> list[str]:
     """The top-1 rows on many more held-out inputs (``bench_latency_heldout``): both plans on the
     same inputs, the inputs only one of them gets right, and whether the difference stands out of
@@ -264,7 +277,7 @@ def phase_report(
             a, b = lat["centered_cosine"], mp["centered_cosine"]
             lines.append(
                 f"| {r['model']} | {_f(r.get('constant_cosine'), '.4f')} | {_f(lat['fidelity'], '.4f')}, {a:.4f} "
-                f"| {_f(mp['fidelity'], '.4f')}, {b:.4f} | {'yes' if a > b else '**no**'} |"
+                f"| {_f(mp['fidelity'], '.4f')}, {b:.4f} | {centered_verdict(a, b)} |"
             )
     lines += heldout_table([r for r in rows if r.get("heldout")])
     kept = [r for r in rows if "kept_plan" in r]
