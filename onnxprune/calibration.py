@@ -307,8 +307,16 @@ def _image_input(folder: str, model: onnx.ModelProto, pre: Preprocess) -> tuple[
         )
     channels = 3 if c is None else c
     if channels not in (1, 3):
+        other = "NHWC" if pre.layout == "NCHW" else "NCHW"
+        last = dims[3] if pre.layout == "NCHW" else dims[1]
+        shown = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+        hint = (
+            f" (wrong layout? its shape {shown} looks {other}: give --preprocess layout={other}, with your other preprocess keys)"
+            if last in (1, 3)
+            else " (wrong layout?)"
+        )
         raise UsageError(
-            f"{folder}: input {vi.name!r} has {channels} channels in {pre.layout} layout; images give 1 (L) or 3 (RGB) (wrong layout?)"
+            f"{folder}: input {vi.name!r} has {channels} channels in {pre.layout} layout; images give 1 (L) or 3 (RGB){hint}"
         )
     if pre.size is not None:
         height, width = pre.size
