@@ -220,3 +220,21 @@ def test_images_for_an_nhwc_model_say_which_preprocess_to_give(tmp_path: Path) -
     )
     p = run("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(images), "--preprocess", "layout=NHWC")
     assert p.returncode == 0, p.stderr
+
+
+def test_sensitivity_with_the_zero_criterion_says_why_not_unknown() -> None:
+    """Before: "unknown criterion 'zero'; choose from zero, l1, ..." (it offered the name it refused)."""
+    p = run(
+        "sensitivity",
+        str(FIXTURES / "digits_cnn.onnx"),
+        "--calibration",
+        str(FIXTURES / "digits_calibration.npz"),
+        "--criterion",
+        "zero",
+    )
+    err = one_line_error(p)
+    assert err.startswith(
+        "onnxprune: error: criterion 'zero' removes only provably constant channels and scores none; "
+        "rank by a lossy criterion: l1, l2, "
+    ), err
+    assert "zero," not in err.split("lossy criterion:")[1]

@@ -135,6 +135,11 @@ def layer_scores(
         per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
         return group_activation_scores(analysis, per)
     fn = criteria.weight_criterion(criterion)
+    if fn is None and criterion == "zero":  # a registered name, but one that ranks nothing
+        lossy = ", ".join(n for n in criteria.names() if n != "zero")
+        raise UsageError(
+            f"criterion 'zero' removes only provably constant channels and scores none; rank by a lossy criterion: {lossy}"
+        )
     if fn is None:
         raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
     rng = np.random.default_rng(config.seed)
