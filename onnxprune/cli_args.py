@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--static",
         action="store_true",
-        help="bake the --input-shape shapes into the IR (default: keep dynamic dimensions, check at that shape)",
+        help="bake static shapes into the IR: --input-shape, else the shape checked (a dynamic batch: 1) (default: keep dynamic dimensions, check at that shape)",
     )
     o.add_argument(
         "--compare-openvino", action="store_true", help="also run OpenVINO's own pruning pass on the input and compare"
@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--static",
         action="store_true",
-        help="bake the --input-shape shapes into the IR (default: keep the model's dynamic dimensions and check at those shapes)",
+        help="bake static shapes into the IR: --input-shape, else the shape checked (a dynamic batch: 1) (default: keep the model's dynamic dimensions and check at those shapes)",
     )
     c.add_argument(
         "--tolerance",

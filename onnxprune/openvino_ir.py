@@ -110,6 +110,36 @@ def _ov_input_spec(ov: Any, model: onnx.ModelProto, input_shapes: Mapping[str, S
     return {name: ov.PartialShape(list(shape)) for name, shape in input_shapes.items()}
 
 
+def _static_shapes(
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]],
+    check_feeds: Sequence[Mapping[str, np.ndarray]],
+    source: str,
+) -> dict[str, list[int]]:
+    """The shape ``static`` bakes for every input: the given one, else the one the check ran
+    at, else the model's with a dynamic batch of 1. A dimension still unknown is a usage error:
+    an input left out would stay dynamic in an IR asked to be static."""
+    inits = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for vi in model.graph.input:
+        name = vi.name
+        if name in inits:
+            continue
+        if name in input_shapes:
+            shapes[name] = [int(d) for d in input_shapes[name]]
+            continue
+        if check_feeds and name in check_feeds[0]:
+            shapes[name] = [int(d) for d in np.shape(check_feeds[0][name])]
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+        shape = [1 if (i == 0 and d is None) else d for i, d in enumerate(dims)]
+        if not vi.type.tensor_type.HasField("shape") or None in shape:
+            shown = ",".join("?" if d is None else str(d) for d in shape) or "d0,d1,..."
+            raise UsageError(f"{source}: --static needs every dimension of input {name!r} ({shown}); give --input-shape {name}:...")
+        shapes[name] = shape
+    return shapes
+
+
 def convert_to_ir(
     model: onnx.ModelProto,
     xml_path: str | os.PathLike[str],
@@ -135,11 +165,11 @@ def convert_to_ir(
     check_output_folder(xml_path, "IR")
     if tolerance is not None and not (0.0 < tolerance < 1.0):
         raise UsageError(f"IR tolerance must be in (0, 1), got {tolerance}")
+    spec = _ov_input_spec(ov, model, _static_shapes(model, input_shapes or {}, check_feeds, source)) if static else None
     try:
         import io
 
         # convert_model reads ONNX from a path or a file-like object, not from a ModelProto.
-        spec = _ov_input_spec(ov, model, input_shapes or {}) if static else None
         ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=spec)
     except Exception as exc:  # OpenVINO raises its own types
         raise UnsupportedModel(

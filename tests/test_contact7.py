@@ -238,3 +238,34 @@ def test_sensitivity_with_the_zero_criterion_says_why_not_unknown() -> None:
         "rank by a lossy criterion: l1, l2, "
     ), err
     assert "zero," not in err.split("lossy criterion:")[1]
+
+
+def _ir_input_dims(xml: Path) -> list[list[str]]:
+    import xml.etree.ElementTree as ET
+
+    layers = ET.parse(xml).getroot().iter("layer")
+    return [[d.text or "" for d in layer.iter("dim")] for layer in layers if layer.get("type") == "Parameter"]
+
+
+def test_convert_static_without_input_shape_bakes_the_checked_shape(tmp_path: Path) -> None:
+    """Before: `convert --static` of a model with a dynamic batch and no --input-shape wrote an IR
+    with the batch still dynamic ('IR inputs: input [?,3,16,16]'), the flag silently ignored."""
+    out = tmp_path / "r.xml"
+    p = run("convert", str(FIXTURES / "residual.onnx"), "-o", str(out), "--static")
+    assert p.returncode == 0, p.stderr
+    assert "IR inputs: input [1,3,16,16]\n" in p.stdout
+    assert _ir_input_dims(out) == [["1", "3", "16", "16"]]
+    p = run("convert", str(FIXTURES / "residual.onnx"), "-o", str(out), "--static", "--input-shape", "input:2,3,16,16")
+    assert p.returncode == 0 and _ir_input_dims(out) == [["2", "3", "16", "16"]]
+    p = run("convert", str(FIXTURES / "residual.onnx"), "-o", str(out))  # without --static: the batch stays dynamic
+    assert p.returncode == 0 and _ir_input_dims(out) == [["-1", "3", "16", "16"]]
+
+
+def test_convert_static_with_unknown_dimensions_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    p = run("convert", str(model), "-o", str(tmp_path / "m.xml"), "--static", "--no-verify")
+    assert one_line_error(p) == (
+        f"onnxprune: error: {model}: --static needs every dimension of input 'x' (1,3,?,?); give --input-shape x:..."
+    )
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx"]
