@@ -172,3 +172,25 @@ def test_sizes_past_the_protobuf_limit() -> None:
 
     assert serialized_size(Huge()) == 2**31 + 5 > PROTOBUF_LIMIT
     assert serialize(Huge()) is None
+
+
+@pytest.mark.parametrize("command", ["prune", "sensitivity"])
+def test_a_plot_failing_to_write_names_the_plot_not_a_staging_file(tmp_path, monkeypatch, capsys, command) -> None:
+    import errno
+
+    import onnxprune.render
+    from onnxprune.cli import main
+
+    def full_disk(data, path: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(onnxprune.render, "plot_report" if command == "prune" else "plot_sensitivity", full_disk)
+    digits, plot = str(FIXTURES / "digits_cnn.onnx"), tmp_path / "p.png"
+    calibration = ["--calibration", str(FIXTURES / "digits_calibration.npz"), "--ratios", "0.5"]
+    args = {
+        "prune": ["prune", digits, "-o", str(tmp_path / "o.onnx"), "--report", str(tmp_path / "r.json")],
+        "sensitivity": ["sensitivity", digits, *calibration, "--json", str(tmp_path / "s.json")],
+    }[command]
+    assert main([*args, "--plot", str(plot), "-q"]) == 2
+    assert capsys.readouterr().err == f"onnxprune: error: {plot}: No space left on device; nothing written\n"
+    assert list(tmp_path.iterdir()) == []

@@ -68,3 +68,32 @@ def test_latency_table_cli_bad_input(tmp_path):
     assert ort.returncode == 2 and "onnxruntime" in ort.stderr and "Traceback" not in ort.stderr
     bad = run_cli("latency-table", static, *FAKE, "--json", str(tmp_path / "no" / "t.json"))
     assert bad.returncode == 2 and not os.path.exists(tmp_path / "no")
+
+
+# -- latency-table wrote --json, then failed in --plot: a half-written output -----------------
+
+
+def test_latency_table_writes_json_and_plot_together_or_neither(tmp_path, monkeypatch, capsys) -> None:
+    import errno
+
+    from test_latency_measure import chain_model
+
+    import onnxprune.latency.plot
+    from onnxprune.cli import main
+
+    model = chain_model(str(tmp_path / "chain.onnx"))
+
+    def full_disk(table, path: str, title: str = "") -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(onnxprune.latency.plot, "plot_latency_table", full_disk)
+    args = ["latency-table", model, "--timer", "onnxprune.testing:step_timer", "--no-cache", "-q"]
+    code = main([*args, "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"onnxprune: error: {tmp_path / 't.png'}: No space left on device; nothing written\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx"]  # no JSON, no staged file
+    monkeypatch.undo()
+    assert main([*args, "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx", "t.json", "t.png"]
+    assert json.loads((tmp_path / "t.json").read_text())["model"] == model

@@ -15,6 +15,8 @@ from onnxprune.saving import DeferredModel
 from onnxprune.testing import GraphBuilder
 from onnxprune.verification import run_model
 
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
 
 def _wide_model() -> onnx.ModelProto:
     """Convs and a Gemm whose weights are far above the size from which they are deferred."""
@@ -210,3 +212,62 @@ def test_full_disk_leaves_nothing_behind(
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".onnxprune-*"))
     assert src.read_bytes() == before
+
+
+# -- an OSError while saving stayed a raw OSError in the API; a failed move left the data file --
+
+
+def test_api_save_failures_are_typed_errors_naming_the_destination(tmp_path, monkeypatch) -> None:
+    import errno
+    import os
+
+    import onnx
+
+    from onnxprune import saving
+    from onnxprune.errors import OnnxPruneError, WriteError
+
+    model = onnx.load(FIXTURES / "digits_cnn.onnx")
+    before = model.SerializeToString()
+    destination = tmp_path / "m.onnx"
+
+    def full_disk(self, path, external_data):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    with monkeypatch.context() as m:
+        m.setattr(saving.DeferredModel, "write_files", full_disk)
+        with pytest.raises(WriteError) as caught:
+            onnxprune.save(model, destination)
+    assert isinstance(caught.value, OnnxPruneError) and isinstance(caught.value, OSError)
+    assert str(caught.value) == f"{destination}: No space left on device; nothing written"
+    assert (caught.value.filename, caught.value.errno) == (str(destination), errno.ENOSPC)
+    assert list(tmp_path.iterdir()) == []
+
+    # the data file is moved into place first: the model's move failing must not leave it there
+    real_replace = os.replace
+
+    def refuse_model(src, dst):
+        if str(dst).endswith("m.onnx"):
+            raise PermissionError(errno.EACCES, "Permission denied", src)
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(saving.os, "replace", refuse_model)
+        with pytest.raises(WriteError, match=rf"^{destination}: Permission denied; nothing written$"):
+            onnxprune.save(model, destination, external_data=True)
+    assert list(tmp_path.iterdir()) == []
+
+    # a folder it may not create its staging folder in
+    def no_folder(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
+
+    import tempfile
+
+    with monkeypatch.context() as m:
+        m.setattr(tempfile, "mkdtemp", no_folder)
+        with pytest.raises(WriteError, match=rf"^{destination}: Permission denied; nothing written$"):
+            onnxprune.save(model, destination)
+    assert list(tmp_path.iterdir()) == [] and model.SerializeToString() == before
+    onnxprune.save(model, destination)  # and a write that works still works
+    assert onnx.load(str(destination)).SerializeToString() == before

@@ -13,6 +13,7 @@ import pytest
 import onnxprune
 from onnxprune import api, stages
 from onnxprune.budget import finish_plan, pinned_reasons
+from onnxprune.errors import UsageError
 from onnxprune.planning import enforce_constraints
 from onnxprune.reconstruction import ReconstructedLayer
 from onnxprune.saving import DeferredModel
@@ -221,3 +222,57 @@ def test_finish_plan_gives_every_kept_group_a_reason() -> None:
     expected_reasons: dict[int, list[str]] = {}
     assert set(everything.removed_groups) == enforce_constraints(analysis, free, expected_reasons)
     assert {g: everything.kept_reasons[g] for g in put_back} == {g: tuple(r) for g, r in expected_reasons.items()}
+
+
+# -- a metric that cannot read its output ('logits=ctc' on [N, 10]) named no model file -------
+
+_CTC = "fidelity metric 'ctc' cannot read 'logits' (shape [{n}, 10]): ctc reads [N, steps, classes] (samples first)"
+
+
+def test_a_metric_that_cannot_read_its_output_names_the_model(tmp_path, capsys) -> None:
+    from onnxprune.cli import main
+
+    digits = str(FIXTURES / "digits_cnn.onnx")
+    calibration = str(FIXTURES / "digits_calibration.npz")
+    with pytest.raises(UsageError) as info:
+        onnxprune.prune(digits, "l2", ratio=0.2, fidelity_metrics={"logits": "ctc"})
+    assert str(info.value) == f"{digits}: " + _CTC.format(n=3)
+    with pytest.raises(UsageError) as info:
+        onnxprune.sensitivity(digits, calibration, fidelity_metrics={"logits": "ctc"}, calibration_limit=8)
+    assert str(info.value) == f"{digits}: " + _CTC.format(n=8)
+    import onnx
+
+    with pytest.raises(UsageError) as info:  # in memory: named as the other errors name it
+        onnxprune.prune(onnx.load(digits), "l2", ratio=0.2, fidelity_metrics={"logits": "ctc"})
+    assert str(info.value) == "<model>: " + _CTC.format(n=3)
+    out = tmp_path / "o.onnx"
+    args = ["prune", digits, "-o", str(out), "--ratio", "0.2", "--fidelity-metric", "logits=ctc", "-q"]
+    assert main([*args, "--calibration", calibration, "--calibration-limit", "8"]) == 2
+    assert capsys.readouterr().err == f"onnxprune: error: {digits}: " + _CTC.format(n=2) + "\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- stages/decide.py split (trials.py): the benchmark tool's patch of decide.sensitivity_trials --
+
+
+def test_a_patch_of_decide_sensitivity_trials_still_reaches_the_fidelity_search(monkeypatch) -> None:
+    import onnxprune.stages.decide as decide
+    from onnxprune.stages import trials
+
+    assert decide.sensitivity_trials is trials.sensitivity_trials  # re-exported: imports unchanged
+    assert decide.known_macs is trials.known_macs and decide.estimates is trials.estimates
+    calls = []
+    real = decide.sensitivity_trials
+
+    def counted(*args, **kwargs):  # as tools/fidelity_real_cells.SharedSensitivity wraps it
+        calls.append(kwargs.get("floor"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decide, "sensitivity_trials", counted)
+    r = onnxprune.prune(
+        FIXTURES / "digits_cnn.onnx",
+        calibration=str(FIXTURES / "digits_calibration.npz"),
+        min_fidelity=0.9,
+        calibration_limit=16,
+    )
+    assert calls == [0.9] and r.report.sensitivity is not None

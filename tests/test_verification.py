@@ -460,3 +460,114 @@ def test_nothing_removable_with_a_budget_and_from_file(tmp_path: Path) -> None:
     written = onnx.load(str(out))
     onnx.checker.check_model(written, full_check=True)
     assert written.graph.SerializeToString() == model.graph.SerializeToString()
+
+
+# -- an original that computes NaN verified 'exact' with no word that nothing was proved there --
+
+
+def _sqrt_model(shift_channel: int | None = None, shift: float = -1e9, scale_channel: int | None = None):
+    """Conv -> |.| + shift -> Sqrt (4 channels, 8x8): a shift of -1e9 makes one channel NaN;
+    ``scale_channel`` doubles one channel (a surgery that changed a finite value)."""
+    import numpy as np
+
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17, seed=0)
+    x = b.input("input", (1, 3, 8, 8))
+    b.channels[x] = 3
+    add = np.zeros((1, 4, 1, 1), np.float32)
+    if shift_channel is not None:
+        add[0, shift_channel] = shift
+    mul = np.ones((1, 4, 1, 1), np.float32)
+    if scale_channel is not None:
+        mul[0, scale_channel] = 2.0
+    y = b.op("Sqrt", b.op("Add", b.op("Abs", b.conv(x, 4)), b.const(add)))
+    b.output(b.op("Mul", y, b.const(mul)))
+    return b.build()
+
+
+def test_an_original_that_computes_nan_is_reported_as_unproved_where_it_does() -> None:
+    from onnxprune.cli_text import format_report, verification_lines
+    from onnxprune.render import to_markdown
+
+    nan_original = _sqrt_model(shift_channel=2)
+    same = onnxprune.verify(nan_original, _sqrt_model(shift_channel=2))
+    out = same.outputs[0]
+    assert same.passed and out.max_abs_diff == 0.0  # the same NaN at the same places agrees
+    assert (out.reference_non_finite, out.values) == (64, 256)  # one channel of 4, 8x8, batch 1
+    assert same.non_finite_outputs == (out,)
+    d = same.to_dict()
+    assert (d["outputs"][0]["reference_non_finite"], d["outputs"][0]["values"]) == (64, 256)
+    line = (
+        f"  note: the original computes NaN or inf in 64 of 256 values of output {out.name!r} (batch 1): "
+        "there verification only proves that the pruned model computes the same non-finite value at the same place"
+    )
+    assert line in verification_lines(d)
+    report = onnxprune.prune(nan_original).report.to_dict()  # the zero criterion: verified against the original
+    assert line in format_report(report).splitlines()
+    assert (
+        f"Note: the original computes NaN or inf in 64 of 256 values of output `{out.name}` (batch 1): "
+        "there verification only proves that the pruned model computes the same non-finite value at the same place."
+    ) in to_markdown(report).splitlines()
+    # a finite original says nothing of the kind
+    clean = onnxprune.verify(_sqrt_model(), _sqrt_model())
+    assert clean.non_finite_outputs == () and clean.outputs[0].reference_non_finite == 0
+    assert not any("non-finite" in line for line in verification_lines(clean.to_dict()))
+    # the tolerance stays tight around the NaN: a finite value moved elsewhere still fails,
+    # a NaN where the original is finite fails, a finite value where it is NaN fails
+    assert not onnxprune.verify(nan_original, _sqrt_model(shift_channel=2, scale_channel=0)).passed
+    assert not onnxprune.verify(nan_original, _sqrt_model(shift_channel=1)).passed
+    assert not onnxprune.verify(nan_original, _sqrt_model()).passed
+
+
+# -- verify() of two models of different interfaces showed onnxruntime's raw message ----------
+
+
+def _renamed(path: Path, tmp_path: Path, *, output: str | None = None, input_shape: list | None = None) -> str:
+    import onnx
+
+    m = onnx.load(path)
+    if output is not None:
+        old = m.graph.output[0].name
+        for node in m.graph.node:
+            node.output[:] = [output if o == old else o for o in node.output]
+        m.graph.output[0].name = output
+    if input_shape is not None:
+        dims = m.graph.input[0].type.tensor_type.shape.dim
+        for d, v in zip(dims, input_shape):
+            d.Clear()
+            if isinstance(v, int):
+                d.dim_value = v
+            else:
+                d.dim_param = v
+    out = str(tmp_path / f"changed_{output or 'shape'}.onnx")
+    onnx.save(m, out)
+    return out
+
+
+def test_verify_of_models_with_other_outputs_or_inputs_names_both_files(tmp_path) -> None:
+    from onnxprune.errors import VerificationFailed
+
+    shuffle = str(FIXTURES / "shuffle.onnx")
+    other = _renamed(FIXTURES / "shuffle.onnx", tmp_path, output="scores")
+    with pytest.raises(VerificationFailed) as info:
+        onnxprune.verify(shuffle, other)
+    assert str(info.value) == (
+        f"{other}: no output 'Gemm_115', which {shuffle} computes (its outputs: 'scores'): "
+        "verify compares two models with the same inputs and outputs"
+    )
+    digits = str(FIXTURES / "digits_cnn.onnx")
+    with pytest.raises(VerificationFailed) as info:
+        onnxprune.verify(shuffle, digits)
+    assert str(info.value) == (
+        f"{digits}: input 'input' is float [N, 1, 8, 8], in {shuffle} float [1, 3, 16, 16]: "
+        "verify compares two models with the same inputs and outputs"
+    )
+    # a dynamic dimension against a static one is no mismatch: the feeds fit both
+    dynamic = _renamed(FIXTURES / "shuffle.onnx", tmp_path, input_shape=["N", 3, 16, 16])
+    assert onnxprune.verify(shuffle, dynamic).passed
+    # in memory, the models are named as what they are
+    import onnx
+
+    with pytest.raises(VerificationFailed, match=r"^the pruned model: no output 'Gemm_115', which the original computes"):
+        onnxprune.verify(onnx.load(shuffle), onnx.load(other))

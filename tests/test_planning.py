@@ -1,0 +1,41 @@
+"""PruningPlan: its JSON (--save-plan) is strict and reads back; a malformed plan is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from onnxprune.errors import UsageError
+from onnxprune.planning import PruningPlan
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"not JSON: {constant}")
+
+
+def test_saved_plan_is_strict_json_and_reads_back() -> None:
+    plan = PruningPlan(
+        criterion="l2",
+        removed_groups=(3, 1, 2),
+        scores={1: float("nan"), 2: float("inf"), 3: 0.25},
+        members={1: (("a", 0),), 2: (("a", 1),), 3: (("b", 4),)},
+        kept_reasons={7: ("pinned by output",)},
+    )
+    text = plan.to_json()
+    data = json.loads(text, parse_constant=_refuse)  # NaN/Infinity are not JSON
+    assert [e["score"] for e in data["removed"]] == [None, None, 0.25]
+    back = PruningPlan.from_dict(data)
+    assert back.removed_groups == (1, 2, 3)
+    assert dict(back.scores) == {3: 0.25}  # a non-finite score is no score, as null reads back
+    assert dict(back.members) == dict(plan.members)
+    assert dict(back.kept_reasons) == dict(plan.kept_reasons)
+    assert back.to_json() == PruningPlan.from_dict(json.loads(back.to_json())).to_json()
+
+
+@pytest.mark.parametrize("score", ["high", [1], {"a": 1}, True])
+def test_plan_with_a_score_that_is_no_number_is_refused(score: object) -> None:
+    data = json.loads(PruningPlan(criterion="l2", removed_groups=(1,), scores={1: 0.5}).to_json())
+    data["removed"][0]["score"] = score
+    with pytest.raises(UsageError, match=r"^malformed plan: group 1's score .* is not a number$"):
+        PruningPlan.from_dict(data)
