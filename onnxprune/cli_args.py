@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --calibration: fidelity evaluations of combined plans spent ordering the moves by their cost "
         "on the plan they join (interactions between units); default 2 per unit (16-160), with --reconstruct/"
-        "--recalibrate also at most 120 s of them (each refits the model; the --min-fidelity floor's count too); "
+        "--recalibrate one more per unit and at most 120 s of them (each refits the model; the --min-fidelity "
+        "floor's count too); "
         "N given: N, no time bound; "
         "0: each unit alone",
     )

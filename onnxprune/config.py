@@ -113,7 +113,8 @@ class PruneConfig:
     latency_evaluations: with latency_target and calibration, the fidelity evaluations of
         combined plans the planner may spend ordering its moves by their cost measured on the
         plan they join (interactions; see latency.interactions); None: 2 per unit, 16-160, and
-        with reconstruct / recalibrate (each evaluation refits the model) also at most
+        with reconstruct / recalibrate (each evaluation refits the model) one more per unit (each
+        unit's first move measured on the recovered model) and at most
         latency.interactions.RECOVERED_SECONDS (120 s) of them; a number: that many, no time
         bound; 0: each unit's loss measured alone orders them. With reconstruct / recalibrate the
         fidelity floor's evaluations draw on the same budget (latency.evaluations).

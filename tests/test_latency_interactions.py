@@ -276,3 +276,50 @@ def test_the_time_budget_sizes_the_chunks_for_the_evaluations_it_holds() -> None
     assert timed.evaluations == counted.evaluations == 5
     assert timed.bound == "time" and counted.bound is None  # sized for the time: never ended
     assert [m.kept for m in MeasuredOrder(space, score, budget=40).moves_to(0.6)][:3] == [24, 16, 8]
+
+
+def _repaired_unalike(units, masked: tuple[float, ...], recovered: tuple[float, ...]):
+    """Recovery that repairs the units unalike: unit i costs ``masked[i]`` a block of 8 measured
+    alone (masked, linear), ``recovered[i]`` x blocks^2 on the recovered model (``score``, which
+    records the units each call cut)."""
+    cut: list[tuple[int, ...]] = []
+
+    def score(groups: set[int]) -> float:
+        blocks = [r * 4 for r in _fractions(groups, units)]
+        cut.append(tuple(i for i, b in enumerate(blocks) if b > 0))
+        return 1.0 - sum(k * b**2 for k, b in zip(recovered, blocks))
+
+    sens = {
+        u.name: UnitSensitivity(u, {r: 1.0 - masked[i] * 4 * r for r in (0.1, 0.25, 0.5)}, {})
+        for i, u in enumerate(units)
+    }
+    return score, sens, cut
+
+
+def test_a_recovered_order_measures_every_units_first_move_before_ranking() -> None:
+    # c looks 5x costlier than a masked, alone, but recovery repairs it best (1e-3 against a's
+    # 3.2e-3 a block): ranked by masked costs times one shared scale, c is never even measured
+    analysis, scores, units, table = _setup()
+    score, sens, cut = _repaired_unalike(units, (1e-2, 1.2e-2, 5e-2), (3.2e-3, 3.6e-3, 1e-3))
+    space = move_space(analysis, CONFIG, units, table, scores, sensitivity=sens)
+
+    def plan(seed: bool):
+        cut.clear()
+        order = MeasuredOrder(space, score, budget=40, rescaled=True, seed=seed)
+        lp = plan_for_latency(analysis, CONFIG, units, table, scores, 0.85, sensitivity=sens, order=order)
+        return order, _removed(lp, units), score(set(lp.plan.removed_groups))
+
+    order, removed, value = plan(False)
+    # lazily: a measured (3.2e-3), taken; its second block (9.6e-3) then b's (3.6e-3) measured; c,
+    # at 5e-2 x the shared scale, never ranks first: a and b pay 1.64e-2 for the three blocks
+    assert all(2 not in units_cut for units_cut in cut) and removed == [16, 8, 0]
+    assert value == pytest.approx(1 - 3.2e-3 * 4 - 3.6e-3, abs=1e-9)
+    order, removed, value = plan(True)
+    # every unit's first block measured on the recovered model first (the plan without moves, then
+    # a, b, c each alone): c's first two blocks and a's first go, 7.2e-3 for the same three blocks
+    assert cut[:4] == [(), (0,), (1,), (2,)] and removed == [8, 0, 16]
+    assert value == pytest.approx(1 - 3.2e-3 - 1e-3 * 4, abs=1e-9)
+    # each unit's costs alone scaled by what its own measured moves cost against them: c's three
+    # blocks measured (1e-3 + 3e-3 + 5e-3 against 3 x 5e-2), a's and b's first (not one shared scale)
+    scales = [order.unit_scale(u.name) for u in units]
+    assert scales == pytest.approx([0.32, 0.3, 0.06], abs=1e-6)

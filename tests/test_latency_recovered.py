@@ -75,7 +75,9 @@ def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, mon
 
 def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkeypatch) -> None:
     # every recovered evaluation takes 30 fake seconds (StepTimer's clock, read before and after
-    # each): the default 120 s hold four of the 16 counted; a count given is the only bound
+    # each): the default 120 s hold four of the 19 counted (2 per unit, at least 16, and one per
+    # unit for measuring each unit's first move on the recovered model); a count given is the only
+    # bound
     from latency_helpers import three_unit_chain
 
     from onnxprune.latency.interactions import RECOVERED_SECONDS
@@ -99,24 +101,25 @@ def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkey
     assert RECOVERED_SECONDS == 120.0
     report = run(30.0)
     order = report.latency["order"]
-    assert order["budget"] == 16 and order["evaluations"] == len(calls) == 4
+    assert order["budget"] == 19 and order["evaluations"] == len(calls) == 4
     assert order["recovered"] is True and order["seconds"] == pytest.approx(120.0)
     assert order["seconds_budget"] == RECOVERED_SECONDS and order["bound"] == "time"
     assert (
         f"  moves ordered by their fidelity cost on the plan they join: {order['measured_moves']} measured so, "
-        "4 of 16 recovered evaluations in 120 s (bounded by its time budget, 120 s; --latency-evaluations N: N, "
+        "4 of 19 recovered evaluations in 120 s (bounded by its time budget, 120 s; --latency-evaluations N: N, "
         "no time budget)"
     ) in latency_lines(report.to_dict())
-    # no time passing: the count alone, as without recovery
+    # no time passing: the count alone, as without recovery (the plan without moves, each of the 3
+    # units' first move, then the order: 9; the time budget above held too few to measure every unit)
     calls.clear()
     free = run(0.0).latency["order"]
-    assert free["evaluations"] == len(calls) == 6 and free["bound"] is None and free["seconds"] == 0.0
+    assert free["evaluations"] == len(calls) == 9 and free["bound"] is None and free["seconds"] == 0.0
     # --latency-evaluations N: N evaluations at most, however long they take
     calls.clear()
     given = run(30.0, latency_evaluations=16).latency["order"]
-    assert given["evaluations"] == len(calls) == 6 and given["seconds_budget"] is None
-    assert given["seconds"] == pytest.approx(180.0) and given["bound"] is None
-    given_line = "6 of 16 recovered evaluations in 180 s (--latency-evaluations, no time budget)"
+    assert given["evaluations"] == len(calls) == 9 and given["seconds_budget"] is None
+    assert given["seconds"] == pytest.approx(270.0) and given["bound"] is None
+    given_line = "9 of 16 recovered evaluations in 270 s (--latency-evaluations, no time budget)"
     assert any(given_line in line for line in latency_lines(run(30.0, latency_evaluations=16).to_dict()))
 
 
@@ -157,20 +160,21 @@ def test_the_fidelity_floors_recovered_evaluations_share_the_time_budget(tmp_pat
     # every refit charged once, to one of the two (the floor reuses plans the order judged)
     assert len(refits) == len(set(refits)) == order["evaluations"] + limit["evaluations"] == 5
     assert limit["seconds"] == pytest.approx(30.0) and limit["past_budget"] == 1 and limit["bound"] == "time"
-    assert limit["seconds_budget"] == 120.0 and limit["budget"] == 16
+    assert limit["seconds_budget"] == 120.0 and limit["budget"] == 19
     assert report.latency["limited_by_constraint"] and report.latency["constraint_value"] >= 0.995
     assert report.channels_removed == 0  # the whole move checked, broke the floor; not bisected: nothing goes
     assert (
-        "  the limit: 1 recovered evaluations in 30 s, on the budget shared with the order (120 s and 16 "
+        "  the limit: 1 recovered evaluations in 30 s, on the budget shared with the order (120 s and 19 "
         "evaluations): spent (time): the move past the limit bisected no further; 1 checks of the plan past it "
         "(never skipped)"
     ) in latency_lines(report.to_dict())
-    # no time passing: the move past the limit is bisected (one conv keeps 28 of 32), within the budget
+    # no time passing: every unit's first move measured on the recovered model, the order's prefix
+    # holds further (two convs keep 16 of 32; measured alone first, one conv kept 28), within the budget
     free = run(0.0)
     limit = free.latency["limit"]
     assert limit["evaluations"] == 3 and limit["bound"] is None and limit["past_budget"] == 0
     assert len(refits) == len(set(refits)) == free.latency["order"]["evaluations"] + 3
-    assert sorted(c.channels_after for c in free.layers) == [28]
+    assert sorted(c.channels_after for c in free.layers) == [16, 16]
     assert free.latency["constraint_value"] >= 0.995
     assert any(
         line.endswith("within it") and line.startswith("  the limit: 3 recovered evaluations in 0 s")

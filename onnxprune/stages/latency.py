@@ -298,11 +298,15 @@ def _judging_runner(
 
 def _evaluation_budget(run: Run, units: int, recovered: bool) -> EvaluationBudget:
     """The fidelity evaluations of combined plans the order and the answers' limit share: 2 per
-    unit (``default_budget``), and a recovered runner's (each refits the model) also
+    unit (``default_budget``), and a recovered runner's (each refits the model) one more per unit
+    (each unit's first move measured on the recovered model: ``MeasuredOrder``'s seeding) and
     ``RECOVERED_SECONDS`` of them; a count the user gives (--latency-evaluations) is the only bound."""
     given = run.config.latency_evaluations
     seconds = RECOVERED_SECONDS if recovered and given is None else None
-    return EvaluationBudget(default_budget(units) if given is None else given, seconds, _clock(run))
+    # recovered: one more per unit, to measure each unit's first move on the recovered model
+    # (MeasuredOrder's seeding) before ordering
+    count = default_budget(units) + (units if recovered else 0) if given is None else given
+    return EvaluationBudget(count, seconds, _clock(run))
 
 
 class _Judgements:
