@@ -80,6 +80,16 @@ class PruningPlan:
                 (int(e["group"]), e.get("score"), [(str(n), int(c)) for n, c in e.get("members", [])])
                 for e in data["removed"]
             ]
+            kept = data.get("kept_reasons", {})  # group id -> its reasons, as to_dict writes them
+            if not isinstance(kept, Mapping):
+                raise TypeError(f"kept_reasons is {type(kept).__name__}, not an object of group -> reasons")
+            kept_reasons: dict[int, tuple[str, ...]] = {}
+            for k, v in kept.items():
+                if not str(k).strip().lstrip("-").isdigit():
+                    raise ValueError(f"kept_reasons names group {k!r}, not a group number")
+                if not isinstance(v, list) or not all(isinstance(r, str) for r in v):
+                    raise TypeError(f"group {k}'s kept reasons {v!r} are not a list of strings")
+                kept_reasons[int(k)] = tuple(v)
         except (KeyError, TypeError, ValueError) as exc:
             raise UsageError(f"malformed plan: {exc}") from None
         for g, s, _ in removed:  # null (a non-finite score as written) is no score
@@ -88,7 +98,7 @@ class PruningPlan:
         return cls(
             criterion=str(data.get("criterion", "plan")),
             removed_groups=tuple(g for g, _, _ in removed),
-            kept_reasons={int(k): tuple(v) for k, v in data.get("kept_reasons", {}).items()},
+            kept_reasons=kept_reasons,
             scores={g: s for g, s, _ in removed if s is not None},
             members={g: tuple(m) for g, _, m in removed if m},
         )

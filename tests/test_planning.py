@@ -39,3 +39,22 @@ def test_plan_with_a_score_that_is_no_number_is_refused(score: object) -> None:
     data["removed"][0]["score"] = score
     with pytest.raises(UsageError, match=r"^malformed plan: group 1's score .* is not a number$"):
         PruningPlan.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("kept", "why"),
+    [
+        ({"x": ["pinned"]}, r"kept_reasons names group 'x', not a group number"),
+        ([], r"kept_reasons is list, not an object of group -> reasons"),
+        ({"1": 5}, r"group 1's kept reasons 5 are not a list of strings"),
+        ({"1": "pinned"}, r"group 1's kept reasons 'pinned' are not a list of strings"),
+        ({"1": [3]}, r"group 1's kept reasons \[3\] are not a list of strings"),
+    ],
+)
+def test_plan_with_malformed_kept_reasons_is_refused(kept: object, why: str) -> None:
+    # before: a raw ValueError / AttributeError / TypeError (the CLI: 'internal error', exit 3),
+    # and a bare string was read as one reason per character
+    data = json.loads(PruningPlan(criterion="l2", removed_groups=(1,), kept_reasons={2: ("pinned",)}).to_json())
+    data["kept_reasons"] = kept
+    with pytest.raises(UsageError, match=rf"^malformed plan: {why}$"):
+        PruningPlan.from_dict(data)
