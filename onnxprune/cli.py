@@ -143,10 +143,12 @@ def _prune(args: argparse.Namespace) -> int:
     given_plan = None
     if args.plan:
         try:
-            with open(args.plan) as f:
+            with open(args.plan, encoding="utf-8") as f:
                 given_plan = PruningPlan.from_dict(json.load(f))
         except json.JSONDecodeError as exc:
             raise UsageError(f"{args.plan}: not JSON ({exc})") from None
+        except UnicodeDecodeError:  # a binary file: before json sees a character
+            raise UsageError(f"{args.plan}: not JSON (not UTF-8 text)") from None
         except UsageError as exc:  # not a plan, or a malformed one: name the file
             raise UsageError(f"{args.plan}: {exc}") from None
     ov_shapes: dict = {}

@@ -194,3 +194,23 @@ def test_a_plot_failing_to_write_names_the_plot_not_a_staging_file(tmp_path, mon
     assert main([*args, "--plot", str(plot), "-q"]) == 2
     assert capsys.readouterr().err == f"onnxprune: error: {plot}: No space left on device; nothing written\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_plan_file_is_a_one_line_error_naming_it(tmp_path) -> None:
+    from onnxprune.planning import PruningPlan
+
+    data = json.loads(PruningPlan(criterion="l2", removed_groups=(1,)).to_json())
+    data["kept_reasons"] = {"x": []}
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(data))
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    model = str(FIXTURES / "digits_cnn.onnx")
+    for given, why in (
+        (plan, "malformed plan: kept_reasons names group 'x', not a group number"),
+        (binary, "not JSON (not UTF-8 text)"),
+    ):
+        out = tmp_path / "o.onnx"
+        r = run_cli("prune", model, "-o", str(out), "--plan", str(given), "-q")
+        assert (r.returncode, r.stderr) == (2, f"onnxprune: error: {given}: {why}\n")
+        assert not out.exists()
