@@ -19,10 +19,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .errors import OnnxPruneError
 
     try:
-        from .cli_paths import check_outputs_spare_inputs, check_plot_format
+        from .cli_paths import check_outputs_distinct, check_outputs_spare_inputs, check_plot_format
 
         check_plot_format(args)
         check_outputs_spare_inputs(args)
+        check_outputs_distinct(args)
         if args.command == "prune":
             return _prune(args)
         if args.command == "convert":
@@ -94,6 +95,10 @@ def _prune(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: {what} file not found")
     if args.calibration and not os.path.exists(args.calibration):  # an .npz or a folder of images
         raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
+    if args.output.lower().endswith(".xml") and not args.quantize:  # quantize -o q.xml writes an IR: prune does not
+        raise UsageError(
+            f"{args.output}: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
+        )
     if args.ir and not args.ir.endswith(".xml"):
         raise UsageError(f"{args.ir}: --ir must end in .xml (the .bin is written beside it)")
     destinations = {os.path.abspath(args.output): "-o"}

@@ -62,7 +62,7 @@ def convert_command(args: argparse.Namespace) -> int:
             print(
                 "IR inputs: "
                 + ", ".join(f"{k} {v}" for k, v in check.ir_inputs.items())
-                + ("" if args.static else "  (dynamic dimensions kept; --static bakes the --input-shape shapes)")
+                + ("" if args.static else "  (dynamic dimensions kept; --static bakes the shapes checked)")
             )
     return 0
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from .errors import UsageError
 
-__all__ = ["PLOT_FORMATS", "check_outputs_spare_inputs", "check_plot_format"]
+__all__ = ["PLOT_FORMATS", "check_outputs_distinct", "check_outputs_spare_inputs", "check_plot_format"]
 
 # (attribute, flag) of every option that names a file a command writes.
 _OUTPUTS = (
@@ -122,3 +122,14 @@ def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
                     f"{path}: {flag} names {named}, which it would overwrite (output must differ from every input); "
                     "give another file name"
                 )
+
+
+def check_outputs_distinct(args: argparse.Namespace) -> None:
+    """UsageError when two outputs of the command are one file, companions included: a --report
+    named like the IR's .bin would replace its weights (an IR that no longer loads, exit 0)."""
+    seen: dict[str, str] = {}
+    for path, flag in _outputs(args):
+        key = os.path.abspath(path)
+        if key in seen:
+            raise UsageError(f"{path}: {seen[key]} and {flag} name the same file; give another file name")
+        seen[key] = flag

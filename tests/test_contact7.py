@@ -269,3 +269,30 @@ def test_convert_static_with_unknown_dimensions_is_refused(tmp_path: Path) -> No
         f"onnxprune: error: {model}: --static needs every dimension of input 'x' (1,3,?,?); give --input-shape x:..."
     )
     assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "{m}", "-o", "p.onnx", "--ir", "p.xml", "--report", "p.bin"], "p.bin: --report and --ir (its .bin) name the same file"),
+        (["prune", "{m}", "-o", "p.onnx", "--external-data", "--markdown", "p.onnx.data"], "p.onnx.data: -o (its external data) and --markdown name the same file"),
+        (["quantize", "{m}", "-o", "q.xml", "--calibration", "{cal}", "--report", "q.bin"], "q.bin: -o (its .bin) and --report name the same file"),
+    ],
+)
+def test_two_outputs_of_one_run_naming_one_file_are_refused(tmp_path: Path, args: list, message: str) -> None:
+    """Before: prune --ir p.xml --report p.bin exited 0 with the report written over the IR's
+    weights (an IR that no longer loads)."""
+    model = FIXTURES / "digits_cnn.onnx"
+    argv = [a.format(m=model, cal=FIXTURES / "digits_calibration.npz") for a in args]
+    p = run(*argv, cwd=tmp_path)
+    assert one_line_error(p) == f"onnxprune: error: {message}; give another file name"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_refuses_an_xml_output_it_would_fill_with_onnx(tmp_path: Path) -> None:
+    """Before: prune -o p.xml wrote an ONNX model named p.xml, exit 0 (quantize -o q.xml writes an IR)."""
+    p = run("prune", str(FIXTURES / "residual.onnx"), "-o", "p.xml", cwd=tmp_path)
+    assert one_line_error(p) == (
+        "onnxprune: error: p.xml: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
+    )
+    assert list(tmp_path.iterdir()) == []
