@@ -68,6 +68,12 @@ def test_latency_table_cli_bad_input(tmp_path):
     assert ort.returncode == 2 and "onnxruntime" in ort.stderr and "Traceback" not in ort.stderr
     bad = run_cli("latency-table", static, *FAKE, "--json", str(tmp_path / "no" / "t.json"))
     assert bad.returncode == 2 and not os.path.exists(tmp_path / "no")
+    # an --input-shape naming no input was ignored (exit 0, timed at the model's own shape)
+    other = run_cli("latency-table", static, *FAKE, "--no-cache", "--input-shape", "y:1,3,8,8", "-q")
+    assert (other.returncode, other.stderr) == (
+        2,
+        f"onnxprune: error: {static}: --input-shape names 'y', but the model's inputs are ['x']\n",
+    )
 
 
 # -- latency-table wrote --json, then failed in --plot: a half-written output -----------------
