@@ -38,10 +38,12 @@ def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
     """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]})."""
     path = os.fspath(path)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:  # a binary file given by mistake
+        raise UsageError(f"{path}: cannot read config (not UTF-8 text)") from None
     data: Any
     try:
         if path.endswith((".yaml", ".yml")):

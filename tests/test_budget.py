@@ -180,3 +180,16 @@ def test_cli_lossy_with_plan_files(tmp_path: Path, capsys: pytest.CaptureFixture
         )
         == 2
     )
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_config_that_is_not_text_is_a_usage_error(tmp_path, suffix: str) -> None:
+    from onnxprune.config import load_layer_rules
+    from onnxprune.errors import UsageError
+
+    binary = tmp_path / f"config{suffix}"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    # before: a raw UnicodeDecodeError (the CLI: 'internal error', exit 3)
+    with pytest.raises(UsageError) as info:
+        load_layer_rules(binary)
+    assert str(info.value) == f"{binary}: cannot read config (not UTF-8 text)"
