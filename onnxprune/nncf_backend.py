@@ -132,8 +132,23 @@ def nncf_quantize(
     except (OnnxPruneError, MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:
+        import onnx
+
         from .runtime import onnxruntime_message
 
-        raise UnsupportedModel(
-            f"{source}: NNCF cannot quantize the model: {onnxruntime_message(exc) or first_line(exc)}; nothing written"
-        ) from None
+        detail = onnxruntime_message(exc) or first_line(exc)
+        if isinstance(exc, (AttributeError, KeyError, TypeError, IndexError)):  # a bug inside NNCF: where, not just 'type'
+            detail = f"{type(exc).__name__} {detail!r} in {_nncf_frame(exc)}"
+        hint = " (NNCF's OpenVINO backend may take it: give -o OUT.xml)" if isinstance(model, onnx.ModelProto) else ""
+        raise UnsupportedModel(f"{source}: NNCF cannot quantize the model: {detail}; nothing written{hint}") from None
+
+
+def _nncf_frame(exc: BaseException) -> str:
+    """Where in NNCF ``exc`` was raised (its innermost frame inside the nncf package)."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/nncf/" in f.filename.replace("\\", "/")]
+    if not frames:
+        return "NNCF"
+    f = frames[-1]
+    return f"nncf/{f.filename.replace(chr(92), '/').rsplit('/nncf/', 1)[1]}:{f.lineno} ({f.name})"

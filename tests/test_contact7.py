@@ -3,7 +3,6 @@ them. Each test failed before its fix (see the commit that added it)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -296,3 +295,38 @@ def test_prune_refuses_an_xml_output_it_would_fill_with_onnx(tmp_path: Path) -> 
         "onnxprune: error: p.xml: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def int8_weight_model() -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv(weight = Cast(int8 initializer) * scale) -> Relu -> GlobalAveragePool
+    -> Flatten -> y: weight-only int8, as tinyocr's PP-OCRv6 recogniser stores every weight."""
+    rng = np.random.default_rng(0)
+    q = numpy_helper.from_array(rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8), "wq")
+    scale = numpy_helper.from_array(np.full((8, 1, 1, 1), 0.01, np.float32), "ws")
+    nodes = [
+        helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["wf", "ws"], ["w"], name="dequant"),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flatten"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
+    graph = helper.make_graph(nodes, "int8_weights", [x], [y], [q, scale])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_bug_inside_nncf_says_where_and_what_to_try(tmp_path: Path) -> None:
+    """NNCF 3's ONNX backend fails on a Cast of an initializer (the corpus's PP-OCRv6 recogniser).
+    Before: 'NNCF cannot quantize the model: type; nothing written' (an AttributeError's text)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(int8_weight_model(), model)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
+    err = one_line_error(run("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(cal)))
+    assert err.startswith(f"onnxprune: error: {model}: NNCF cannot quantize the model: AttributeError 'type' in nncf/onnx/"), err
+    assert err.endswith("; nothing written (NNCF's OpenVINO backend may take it: give -o OUT.xml)"), err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
+    p = run("quantize", str(model), "-o", str(tmp_path / "q.xml"), "--calibration", str(cal), "-q")  # the hint holds
+    assert p.returncode == 0, p.stderr
