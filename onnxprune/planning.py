@@ -18,6 +18,14 @@ __all__ = ["PruningPlan", "blocked_balances", "enforce_constraints", "whole_grou
 PLAN_FORMAT = "onnxprune-plan/1"
 
 
+def _whole(value: object, what: str) -> int:
+    """An integer field of a plan file: int() would read 2.9 as channel 2 (another channel than
+    written) and true as 1."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{what} {value!r} is not a whole number")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class PruningPlan:
     """The groups to remove (with their members and scores) and, for every group that stays, why.
@@ -77,7 +85,11 @@ class PruningPlan:
             raise UsageError(f"not an onnxprune plan (expected format {PLAN_FORMAT!r})")
         try:
             removed = [
-                (int(e["group"]), e.get("score"), [(str(n), int(c)) for n, c in e.get("members", [])])
+                (
+                    _whole(e["group"], "group"),
+                    e.get("score"),
+                    [(str(n), _whole(c, f"{n}'s channel")) for n, c in e.get("members", [])],
+                )
                 for e in data["removed"]
             ]
             kept = data.get("kept_reasons", {})  # group id -> its reasons, as to_dict writes them

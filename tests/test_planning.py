@@ -58,3 +58,24 @@ def test_plan_with_malformed_kept_reasons_is_refused(kept: object, why: str) -> 
     data["kept_reasons"] = kept
     with pytest.raises(UsageError, match=rf"^malformed plan: {why}$"):
         PruningPlan.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("channel", 2.5, r"conv's channel 2.5 is not a whole number"),
+        ("channel", True, r"conv's channel True is not a whole number"),
+        ("group", 1.5, r"group 1.5 is not a whole number"),
+    ],
+)
+def test_plan_with_a_channel_or_group_that_is_no_whole_number_is_refused(field: str, value: object, why: str) -> None:
+    # before: int() read channel 2.5 as channel 2, removing another channel than the file names
+    data = json.loads(PruningPlan(criterion="l2", removed_groups=(1,), members={1: (("conv", 2),)}).to_json())
+    if field == "channel":
+        data["removed"][0]["members"][0][1] = value
+    else:
+        data["removed"][0]["group"] = value
+    with pytest.raises(UsageError, match=rf"^malformed plan: {why}$"):
+        PruningPlan.from_dict(data)
+    data["removed"][0]["members"][0][1], data["removed"][0]["group"] = 2.0, 1.0  # a whole number written as a float
+    assert PruningPlan.from_dict(data).members == {1: (("conv", 2),)}
