@@ -101,12 +101,6 @@ def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[st
     return out
 
 
-def _check_named(path: str, named: Sequence[str], inputs: Sequence[str]) -> None:
-    for name in named:
-        if name not in inputs:
-            raise UsageError(f"{path}: --input-shape names {name!r}, but the model's inputs are {sorted(inputs)}")
-
-
 class _Runner:
     """One compiled model and the inputs it takes. ``hints``: the OpenVINO performance hints to
     compile it for (LATENCY for ``run_once``, THROUGHPUT for ``throughput`` and
@@ -140,7 +134,9 @@ class _Runner:
 
                     load_model(path)
                 raise UsageError(f"{path}: OpenVINO cannot read the model: {openvino_message(exc)}") from None
-            _check_named(path, named, [inp.get_any_name() for inp in model.inputs])
+            from .shapes import check_input_names
+
+            check_input_names(path, named, [inp.get_any_name() for inp in model.inputs])
             new = {}
             for inp in model.inputs:
                 name = inp.get_any_name()
@@ -183,7 +179,9 @@ class _Runner:
             from .runtime import session
 
             self.session = session(path, source=path, optimize=True, threads=threads)  # timed as deployed: optimised
-            _check_named(path, named, list(self.session.input_shapes))
+            from .shapes import check_input_names
+
+            check_input_names(path, named, self.session.input_shapes)
             self.inputs = {
                 name: _static_dims(path, name, shape, input_shapes) for name, shape in self.session.input_shapes.items()
             }

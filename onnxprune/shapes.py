@@ -3,7 +3,7 @@ onnx shape inference over a light stand-in of the model (big weights not copied)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -14,6 +14,7 @@ from .fake_quantize import is_fake_quantize
 
 __all__ = [
     "Shape",
+    "check_input_names",
     "concrete_input_shapes",
     "data_input_shapes",
     "dynamic_batch_inputs",
@@ -44,6 +45,14 @@ def dynamic_batch_inputs(model: onnx.ModelProto) -> list[str]:
     return out
 
 
+def check_input_names(source: str, named: Iterable[str], inputs: Iterable[str]) -> None:
+    """Refuse an --input-shape naming no input of the model (every command: never ignored)."""
+    names = sorted(inputs)
+    for name in named:
+        if name not in names:
+            raise UsageError(f"{source}: --input-shape names {name!r}, but the model's inputs are {names}")
+
+
 def concrete_input_shapes(
     model: onnx.ModelProto, overrides: Mapping[str, tuple[int, ...]], source: str, batch: int = 1
 ) -> dict[str, Shape]:
@@ -51,9 +60,7 @@ def concrete_input_shapes(
     other dynamic dimensions left unknown (None)."""
     inits = {i.name for i in model.graph.initializer}
     inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
-    for name in overrides:
-        if name not in inputs:
-            raise UsageError(f"{source}: --input-shape names {name!r}, but the model's inputs are {sorted(inputs)}")
+    check_input_names(source, overrides, inputs)
     shapes: dict[str, Shape] = {}
     for name, vi in inputs.items():
         dims = _dims(vi)

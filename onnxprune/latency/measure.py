@@ -77,10 +77,9 @@ def resolve_input_shapes(
     set to ``batch``; any other dynamic dimension (or a static batch other than ``batch``) is
     a usage error saying what to give."""
     inits = {t.name for t in model.graph.initializer}
-    inputs = sorted(vi.name for vi in model.graph.input if vi.name not in inits)
-    for name in given:  # as every other command (shapes.concrete_input_shapes): not ignored
-        if name not in inputs:
-            raise UsageError(f"{source}: --input-shape names {name!r}, but the model's inputs are {inputs}")
+    from ..shapes import check_input_names
+
+    check_input_names(source, given, (vi.name for vi in model.graph.input if vi.name not in inits))
     out = {}
     for vi in model.graph.input:
         if vi.name in inits:
