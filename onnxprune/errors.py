@@ -61,6 +61,11 @@ class WriteError(OnnxPruneError, OSError):
     def __str__(self) -> str:
         return self.text
 
+    def __reduce__(self) -> tuple[type[WriteError], tuple[str, OSError]]:
+        # OSError's own passes (errno, reason, filename) to __init__, which takes (destination,
+        # exc): copy.copy and pickle (an error crossing a process pool) raised TypeError
+        return type(self), (self.filename, OSError(self.errno, self.strerror))
+
 
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's text, for one-line error messages."""

@@ -271,3 +271,18 @@ def test_api_save_failures_are_typed_errors_naming_the_destination(tmp_path, mon
     assert list(tmp_path.iterdir()) == [] and model.SerializeToString() == before
     onnxprune.save(model, destination)  # and a write that works still works
     assert onnx.load(str(destination)).SerializeToString() == before
+
+
+def test_a_write_error_survives_copy_and_pickle() -> None:
+    import copy
+    import errno
+    import pickle
+
+    from onnxprune.errors import WriteError
+
+    error = WriteError("m.onnx", OSError(errno.ENOSPC, "No space left on device", "/tmp/.onnxprune-1/m.onnx"))
+    # before: TypeError: WriteError.__init__() takes 3 positional arguments but 4 were given
+    for again in (copy.copy(error), pickle.loads(pickle.dumps(error))):
+        assert type(again) is WriteError
+        assert str(again) == "m.onnx: No space left on device; nothing written"
+        assert (again.errno, again.strerror, again.filename) == (errno.ENOSPC, "No space left on device", "m.onnx")
