@@ -330,3 +330,25 @@ def test_a_bug_inside_nncf_says_where_and_what_to_try(tmp_path: Path) -> None:
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
     p = run("quantize", str(model), "-o", str(tmp_path / "q.xml"), "--calibration", str(cal), "-q")  # the hint holds
     assert p.returncode == 0, p.stderr
+
+
+def test_an_fp16_ir_past_its_tolerance_says_what_to_do(tmp_path: Path) -> None:
+    """Before: '... differs from onnxruntime by X, more than 0.01 x its scale Y; nothing written',
+    no word that FP16 weights do it nor of FP32 / --tolerance. y = x * (1 + 2**-12) - x: the
+    first weight rounds to 1 in FP16, so y is 0 there and x * 2**-12 in FP32."""
+    w = numpy_helper.from_array(np.array([1 + 2**-12, -1.0], np.float32).reshape(1, 2, 1, 1), "w")
+    nodes = [
+        helper.make_node("Concat", ["x", "x"], ["xx"], name="twice", axis=1),
+        helper.make_node("Conv", ["xx", "w"], ["y"], name="conv"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
+    model = tmp_path / "m.onnx"
+    graph = helper.make_graph(nodes, "fp16", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    p = run("convert", str(model), "-o", str(tmp_path / "m.xml"), "--fp16")
+    err = one_line_error(p, code=1)
+    assert err.endswith(
+        "(FP16 weights: FP32 keeps the model's answers; convert --tolerance T accepts a larger difference); nothing written"
+    ), err
+    assert run("convert", str(model), "-o", str(tmp_path / "m.xml")).returncode == 0  # FP32 passes
