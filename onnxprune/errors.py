@@ -78,7 +78,14 @@ def first_line(exc: BaseException) -> str:
 # OpenVINO's exception text is a stack of source locations ("Exception from src/...cpp:84:",
 # "Check '...' failed at ...:299:", "While validating node ...:") around the sentence that says
 # what is wrong: the first of these lines alone tells a user nothing.
-_OPENVINO_FRAMING = ("Exception from src/", "Check '", "FrontEnd API failed with", "While validating", "Summary:", "-- ")
+_OPENVINO_FRAMING = (
+    "Exception from src/",
+    "Check '",
+    "FrontEnd API failed with",
+    "While validating",
+    "Summary:",
+    "-- ",
+)
 
 
 def openvino_message(exc: BaseException, limit: int = 300) -> str:

@@ -137,7 +137,9 @@ def nncf_quantize(
         from .runtime import onnxruntime_message
 
         detail = onnxruntime_message(exc) or first_line(exc)
-        if isinstance(exc, (AttributeError, KeyError, TypeError, IndexError)):  # a bug inside NNCF: where, not just 'type'
+        if isinstance(
+            exc, (AttributeError, KeyError, TypeError, IndexError)
+        ):  # a bug inside NNCF: where, not just 'type'
             detail = f"{type(exc).__name__} {detail!r} in {_nncf_frame(exc)}"
         hint = " (NNCF's OpenVINO backend may take it: give -o OUT.xml)" if isinstance(model, onnx.ModelProto) else ""
         raise UnsupportedModel(f"{source}: NNCF cannot quantize the model: {detail}; nothing written{hint}") from None

@@ -131,11 +131,15 @@ def _static_shapes(
         if check_feeds and name in check_feeds[0]:
             shapes[name] = [int(d) for d in np.shape(check_feeds[0][name])]
             continue
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim
+        ]
         shape = [1 if (i == 0 and d is None) else d for i, d in enumerate(dims)]
         if not vi.type.tensor_type.HasField("shape") or None in shape:
             shown = ",".join("?" if d is None else str(d) for d in shape) or "d0,d1,..."
-            raise UsageError(f"{source}: --static needs every dimension of input {name!r} ({shown}); give --input-shape {name}:...")
+            raise UsageError(
+                f"{source}: --static needs every dimension of input {name!r} ({shown}); give --input-shape {name}:..."
+            )
         shapes[name] = shape
     return shapes
 
@@ -172,9 +176,7 @@ def convert_to_ir(
         # convert_model reads ONNX from a path or a file-like object, not from a ModelProto.
         ov_model = ov.convert_model(io.BytesIO(model.SerializeToString()), input=spec)
     except Exception as exc:  # OpenVINO raises its own types
-        raise UnsupportedModel(
-            f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}"
-        ) from None
+        raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}") from None
     check = None
     if check_feeds:
         check = _check_ir(ov, ov_model, model, check_feeds, "fp16" if fp16 else "fp32", source, tolerance)
@@ -245,9 +247,7 @@ def _check_ir(
         try:
             ov_model = ov.convert_model(io.BytesIO(checked.SerializeToString()))
         except Exception as exc:  # OpenVINO raises its own types
-            raise UnsupportedModel(
-                f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}"
-            ) from None
+            raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}") from None
     try:
         if precision == "fp16":
             # Compare what will be deployed: weights stored as FP16.
@@ -382,9 +382,7 @@ def convert_for_openvino(model: onnx.ModelProto, input_shapes: Mapping[str, Sequ
             io.BytesIO(model.SerializeToString()), input=_ov_input_spec(ov, model, input_shapes or {})
         )
     except Exception as exc:  # OpenVINO raises its own types
-        raise UnsupportedModel(
-            f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}"
-        ) from None
+        raise UnsupportedModel(f"{source}: OpenVINO cannot convert the model: {openvino_message(exc)}") from None
 
 
 def write_ir(ov_model: Any, xml_path: str, *, fp16: bool = False) -> int:

@@ -132,7 +132,10 @@ def test_input_shape_must_name_an_input_of_its_rank(tmp_path: Path, command: str
     cal = tmp_path / "cal.npz"
     np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
     name, *flags = command.split()
-    out = {"convert": ["-o", str(tmp_path / "o.xml")], "quantize": ["-o", str(tmp_path / "o.onnx"), "--calibration", str(cal)]}
+    out = {
+        "convert": ["-o", str(tmp_path / "o.xml")],
+        "quantize": ["-o", str(tmp_path / "o.onnx"), "--calibration", str(cal)],
+    }
     p = run(name, str(model), *out.get(name, ["--rounds", "1"]), *flags, "--input-shape", shape)
     assert one_line_error(p) == f"onnxprune: error: {model}: {message}"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
@@ -149,7 +152,10 @@ def test_runtime_names_dynamic_dimensions_as_question_marks(tmp_path: Path) -> N
     run_model = session(str(model), source="m.onnx")
     with pytest.raises(UsageError) as err:
         run_model({"x": np.zeros((1, 3, 8), np.float32)})
-    assert str(err.value) == "m.onnx: the inputs do not fit the model: input 'x' has shape [1, 3, 8], the model takes [?, 3, ?, ?]"
+    assert (
+        str(err.value)
+        == "m.onnx: the inputs do not fit the model: input 'x' has shape [1, 3, 8], the model takes [?, 3, ?, ?]"
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,10 +166,16 @@ def test_runtime_names_dynamic_dimensions_as_question_marks(tmp_path: Path) -> N
         ("cut.onnx", lambda p: p.write_bytes((FIXTURES / "residual.onnx").read_bytes()[:5000]), "not an ONNX model ("),
         (
             "ext.onnx",
-            lambda p: onnx.save(
-                onnx.load(FIXTURES / "residual.onnx"), p, save_as_external_data=True, location="w.bin", size_threshold=0
-            )
-            or (p.parent / "w.bin").unlink(),
+            lambda p: (
+                onnx.save(
+                    onnx.load(FIXTURES / "residual.onnx"),
+                    p,
+                    save_as_external_data=True,
+                    location="w.bin",
+                    size_threshold=0,
+                )
+                or (p.parent / "w.bin").unlink()
+            ),
             "tensor 'W_1': external data file 'w.bin' not found",
         ),
         ("ir.xml", lambda p: p.write_text("<net/>"), "the IR's weights ir.bin are not beside it"),
@@ -217,7 +229,16 @@ def test_images_for_an_nhwc_model_say_which_preprocess_to_give(tmp_path: Path) -
         f"onnxprune: error: {images}: input 'x' has 10 channels in NCHW layout; images give 1 (L) or 3 (RGB) "
         "(wrong layout? its shape [?, 10, 12, 3] looks NHWC: give --preprocess layout=NHWC, with your other preprocess keys)"
     )
-    p = run("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(images), "--preprocess", "layout=NHWC")
+    p = run(
+        "quantize",
+        str(model),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--calibration",
+        str(images),
+        "--preprocess",
+        "layout=NHWC",
+    )
     assert p.returncode == 0, p.stderr
 
 
@@ -273,9 +294,18 @@ def test_convert_static_with_unknown_dimensions_is_refused(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["prune", "{m}", "-o", "p.onnx", "--ir", "p.xml", "--report", "p.bin"], "p.bin: --report and --ir (its .bin) name the same file"),
-        (["prune", "{m}", "-o", "p.onnx", "--external-data", "--markdown", "p.onnx.data"], "p.onnx.data: -o (its external data) and --markdown name the same file"),
-        (["quantize", "{m}", "-o", "q.xml", "--calibration", "{cal}", "--report", "q.bin"], "q.bin: -o (its .bin) and --report name the same file"),
+        (
+            ["prune", "{m}", "-o", "p.onnx", "--ir", "p.xml", "--report", "p.bin"],
+            "p.bin: --report and --ir (its .bin) name the same file",
+        ),
+        (
+            ["prune", "{m}", "-o", "p.onnx", "--external-data", "--markdown", "p.onnx.data"],
+            "p.onnx.data: -o (its external data) and --markdown name the same file",
+        ),
+        (
+            ["quantize", "{m}", "-o", "q.xml", "--calibration", "{cal}", "--report", "q.bin"],
+            "q.bin: -o (its .bin) and --report name the same file",
+        ),
     ],
 )
 def test_two_outputs_of_one_run_naming_one_file_are_refused(tmp_path: Path, args: list, message: str) -> None:
@@ -325,7 +355,9 @@ def test_a_bug_inside_nncf_says_where_and_what_to_try(tmp_path: Path) -> None:
     cal = tmp_path / "cal.npz"
     np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
     err = one_line_error(run("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(cal)))
-    assert err.startswith(f"onnxprune: error: {model}: NNCF cannot quantize the model: AttributeError 'type' in nncf/onnx/"), err
+    assert err.startswith(
+        f"onnxprune: error: {model}: NNCF cannot quantize the model: AttributeError 'type' in nncf/onnx/"
+    ), err
     assert err.endswith("; nothing written (NNCF's OpenVINO backend may take it: give -o OUT.xml)"), err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
     p = run("quantize", str(model), "-o", str(tmp_path / "q.xml"), "--calibration", str(cal), "-q")  # the hint holds

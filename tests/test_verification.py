@@ -569,5 +569,7 @@ def test_verify_of_models_with_other_outputs_or_inputs_names_both_files(tmp_path
     # in memory, the models are named as what they are
     import onnx
 
-    with pytest.raises(VerificationFailed, match=r"^the pruned model: no output 'Gemm_115', which the original computes"):
+    with pytest.raises(
+        VerificationFailed, match=r"^the pruned model: no output 'Gemm_115', which the original computes"
+    ):
         onnxprune.verify(onnx.load(shuffle), onnx.load(other))
