@@ -166,10 +166,16 @@ class MeasuredOrder:
             m = self._space.chunk_move(u.name, self._kept[u.name], chunk)
             if m is None or self.exhausted:
                 continue
-            after = self._evaluate({**self._kept, u.name: m.kept})
-            cost = max(self._base - after, 0.0)
-            self._pairs.append((m.lost, cost, u.name))
-            self._known[u.name] = _Known(m, cost, after, self._version)
+            self._measure(m)
+
+    def _measure(self, move: Move) -> None:
+        """Measure ``move``'s cost on the current plan (one evaluation) and record it: the pair
+        (cost alone, cost measured) the scales read, and the cost the ranking reads."""
+        assert self._base is not None
+        after = self._evaluate({**self._kept, move.unit: move.kept})
+        cost = max(self._base - after, 0.0)
+        self._pairs.append((move.lost, cost, move.unit))
+        self._known[move.unit] = _Known(move, cost, after, self._version)
 
     def _left(self) -> int:
         """The evaluations the budget has left: the count, and with ``seconds`` as many as the
@@ -251,10 +257,7 @@ class MeasuredOrder:
                 return Move(best.unit, best.kept, best.saved, known.cost)  # measured on this plan, still first
             if self.exhausted:
                 return best
-            after = self._evaluate({**kept, best.unit: best.kept})
-            cost = max(self._base - after, 0.0)
-            self._pairs.append((best.lost, cost, best.unit))
-            self._known[best.unit] = _Known(best, cost, after, self._version)
+            self._measure(best)
         return None
 
     def _take(self, move: Move) -> None:
