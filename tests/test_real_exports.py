@@ -333,7 +333,7 @@ def test_convert_check_of_a_topk_head_compares_before_the_decisions(tmp_path: Pa
     """A YOLO end-to-end head whose near-tied scores reorder its rows between onnxruntime and
     OpenVINO: the IR check compares the tensors before TopK (and the output where both took
     the same decisions), as verification does; the rows themselves differ by half the scale."""
-    from test_verification import yolo_end2end
+    from test_verification_tails import yolo_end2end
 
     src = tmp_path / "e2e.onnx"
     onnx.save(yolo_end2end(), src)
