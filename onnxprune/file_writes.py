@@ -1,16 +1,25 @@
-"""Writing files so that no half-written one is ever left: single files written beside their
-destination and renamed, and the checks that refuse an output before any work is done.
-(Models and the outputs of a run: saving.)"""
+"""Writing files so that no half-written one is ever left and nothing is lost: single files
+written beside their destination and renamed, several files replaced together or not at all,
+and the checks that refuse an output before any work is done. (Models and the outputs of a
+run: saving.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from .errors import UsageError, WriteError
 
-__all__ = ["check_output_folder", "check_writable", "removing_leftovers", "write_atomic"]
+__all__ = [
+    "Replacement",
+    "check_output_folder",
+    "check_writable",
+    "removing_leftovers",
+    "replace_together",
+    "write_atomic",
+]
 
 
 @contextmanager
@@ -23,6 +32,88 @@ def removing_leftovers(*paths: str) -> Iterator[None]:
         for p in paths:
             if os.path.exists(p):
                 os.remove(p)
+
+
+class Replacement:
+    """Staged files moved over their destinations as one change. A destination that already
+    exists is kept under a hidden name beside it (a hard link, so it never goes missing; a
+    rename where links are refused) until ``finish`` removes the copies; ``undo`` puts back
+    every file this replaced and removes the ones it created: a failure half way through a
+    model and its data file (or an IR's .xml and .bin, or a run's outputs) loses nothing."""
+
+    def __init__(self) -> None:
+        self._done: list[tuple[str, str | None]] = []  # (destination, its previous file kept)
+
+    def move(self, staged: str, destination: str, name: str | None = None) -> None:
+        """``os.replace(staged, destination)``, keeping what stood there; an OSError is a
+        WriteError naming ``name`` (default: the destination), with nothing changed by this move."""
+        kept, linked = None, False
+        try:
+            if os.path.islink(destination) or os.path.isfile(destination):  # a folder: os.replace refuses it
+                kept, linked = self._keep(destination)
+            os.replace(staged, destination)
+        except OSError as exc:
+            if kept is not None:
+                if linked:  # the destination never moved; renaming a link over it would do nothing
+                    with contextlib.suppress(OSError):
+                        os.remove(kept)
+                else:
+                    self._put_back(destination, kept)
+            raise WriteError(name or destination, exc) from None
+        self._done.append((destination, kept))
+
+    @staticmethod
+    def _keep(destination: str) -> tuple[str, bool]:
+        """A copy of ``destination`` under a free hidden name beside it, and whether it is a
+        hard link (else ``destination`` was renamed to it)."""
+        folder, base = os.path.split(os.path.abspath(destination))
+        for n in range(1000):
+            kept = os.path.join(folder, f".onnxprune-{os.getpid()}-kept{n}-{base}")
+            if not os.path.lexists(kept):
+                break
+        try:
+            os.link(destination, kept, follow_symlinks=False)
+        except OSError:  # a file system without hard links
+            os.replace(destination, kept)
+            return kept, False
+        return kept, True
+
+    @staticmethod
+    def _put_back(destination: str, kept: str) -> None:
+        """Restore ``kept`` at ``destination``; if even that fails the copy stays where it is."""
+        with contextlib.suppress(OSError):
+            os.replace(kept, destination)
+
+    def undo(self) -> None:
+        """Put back every file replaced so far and remove the files moved where none stood."""
+        for destination, kept in reversed(self._done):
+            if kept is not None:
+                self._put_back(destination, kept)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(destination)
+        self._done = []
+
+    def finish(self) -> None:
+        """Keep the change: remove the previous files' copies."""
+        for _, kept in self._done:
+            if kept is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(kept)
+        self._done = []
+
+
+def replace_together(moves: Sequence[tuple[str, str]]) -> None:
+    """Move each ``(staged, destination)`` in order, all or none (see Replacement); an OSError
+    is a WriteError naming the destination that failed."""
+    replacement = Replacement()
+    try:
+        for staged, destination in moves:
+            replacement.move(staged, destination)
+    except BaseException:
+        replacement.undo()
+        raise
+    replacement.finish()
 
 
 def write_atomic(path: str, data: bytes | str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed, openvino_message
+from .file_writes import replace_together
 from .saving import Outputs, check_output_folder, removing_leftovers
 
 __all__ = [
@@ -194,9 +195,9 @@ def convert_to_ir(
     tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
     with removing_leftovers(tmp_xml, tmp_bin):
         _save(ov, ov_model, tmp_xml, fp16, xml_path)
-        # Rename the .bin first, then the .xml: a reader never finds an .xml without its .bin.
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_xml, xml_path)
+        # The .bin first, then the .xml: a reader never finds an .xml without its .bin, and a
+        # failed .xml move puts the previous .bin back.
+        replace_together([(tmp_bin, bin_path), (tmp_xml, xml_path)])
     return check
 
 
@@ -395,7 +396,7 @@ def write_ir(ov_model: Any, xml_path: str, *, fp16: bool = False) -> int:
     tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
     with removing_leftovers(tmp_xml, tmp_bin):
         _save(ov, ov_model, tmp_xml, fp16, xml_path)
-        # Rename the .bin first, then the .xml: a reader never finds an .xml without its .bin.
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_xml, xml_path)
+        # The .bin first, then the .xml: a reader never finds an .xml without its .bin, and a
+        # failed .xml move puts the previous .bin back.
+        replace_together([(tmp_bin, bin_path), (tmp_xml, xml_path)])
     return os.path.getsize(xml_path) + os.path.getsize(bin_path)

@@ -20,7 +20,13 @@ import numpy as np
 import onnx
 
 from .errors import UsageError, WriteError
-from .file_writes import check_output_folder, check_writable, removing_leftovers, write_atomic
+from .file_writes import (
+    Replacement,
+    check_output_folder,
+    check_writable,
+    removing_leftovers,
+    write_atomic,
+)
 from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
 
 __all__ = [
@@ -129,30 +135,25 @@ class Outputs:
         raise KeyError(destination)
 
     def commit(self) -> None:
-        """Move every staged file into place; if one move fails, the files moved so far are
-        removed again and the error names that file's destination."""
-        done: list[str] = []
+        """Move every staged file into place; if one move fails, every file is put back as it
+        was (those it replaced restored, those it created removed) and the error names that
+        file's destination."""
+        replacement = Replacement()
         try:
             for model in self._models:
-                model.commit()
-                done.extend(os.path.join(model.folder, name) for name in model.file_names)
+                model.commit(replacement)
             for staged, destination in self._moves:
-                os.replace(staged, destination)
-                done.append(destination)
+                replacement.move(staged, destination)
         except OSError as exc:
-            for path in done:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-            dest = next((d for s, d in self._moves if s == exc.filename), None) or self._destination_of(exc.filename)
-            raise UsageError(f"{dest}: {exc.strerror or exc}; nothing written") from None
+            replacement.undo()
+            raise UsageError(f"{exc.filename or 'output'}: {exc.strerror or exc}; nothing written") from None
+        except BaseException:
+            replacement.undo()
+            raise
+        else:
+            replacement.finish()
         finally:
             self.discard()
-
-    def _destination_of(self, staged: str | None) -> str:
-        for model in self._models:
-            if staged and os.path.abspath(staged).startswith(model.staging_folder):
-                return model.destination
-        return staged or "output"
 
     def discard(self) -> None:
         for model in self._models:
@@ -362,23 +363,26 @@ class StagedModel:
         """The names written (the data file first), in the destination's folder after commit."""
         return tuple(self._files)
 
-    def commit(self) -> None:
-        """Move the files into place; an error names the destination, not the staging folder,
-        and removes the files moved before it (a data file without its model)."""
-        moved: list[str] = []
+    def commit(self, replacement: Replacement | None = None) -> None:
+        """Move the files into place (the data file first); an error names the destination, not
+        the staging folder, and puts back the files moved before it (the previous model's data
+        file, or none). Within ``replacement`` (an Outputs' commit) its owner keeps or undoes it."""
+        own = replacement is None
+        replacement = replacement or Replacement()
         try:
             for name in self._files:
                 target = os.path.join(self._folder, name)
-                try:
-                    os.replace(os.path.join(self._tmpdir, name), target)
-                except OSError as exc:
-                    for done in moved:
-                        with contextlib.suppress(OSError):
-                            os.remove(done)
-                    raise WriteError(
-                        target if name != os.path.basename(self.destination) else self.destination, exc
-                    ) from None
-                moved.append(target)
+                replacement.move(
+                    os.path.join(self._tmpdir, name),
+                    target,
+                    target if name != os.path.basename(self.destination) else self.destination,
+                )
+            if own:
+                replacement.finish()
+        except BaseException:
+            if own:
+                replacement.undo()
+            raise
         finally:
             self.discard()
 

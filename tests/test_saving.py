@@ -286,3 +286,106 @@ def test_a_write_error_survives_copy_and_pickle() -> None:
         assert type(again) is WriteError
         assert str(again) == "m.onnx: No space left on device; nothing written"
         assert (again.errno, again.strerror, again.filename) == (errno.ENOSPC, "No space left on device", "m.onnx")
+
+
+# -- overwriting m.onnx + m.onnx.data: a failed model move removed the new data file after it had
+#    replaced the old one, leaving the old model without its data --
+
+
+def _refuse_move_of(monkeypatch: pytest.MonkeyPatch, module: object, staged_name: str) -> None:
+    """Make the move of the staged file named ``staged_name`` fail (a kept copy being put back,
+    whose name differs, still moves)."""
+    import errno
+    import os
+
+    real_replace = os.replace
+
+    def refuse(src, dst):
+        name = os.path.basename(str(src))
+        if name == staged_name or (name.endswith(f"-{staged_name}") and "-kept" not in name):
+            raise PermissionError(errno.EACCES, "Permission denied", src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(module.os, "replace", refuse)  # type: ignore[attr-defined]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_a_failed_overwrite_of_a_model_and_its_data_file_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    import errno
+    import os
+
+    from onnxprune import saving
+    from onnxprune.errors import WriteError
+
+    old, new = _wide_model(), onnx.load(FIXTURES / "digits_cnn.onnx")
+    destination = tmp_path / "m.onnx"
+    onnxprune.save(old, destination, external_data=True)
+    before = _files(tmp_path)
+    assert sorted(before) == ["m.onnx", "m.onnx.data"] and len(before["m.onnx.data"]) > 100_000
+    if not links:  # a file system without hard links: the previous files are renamed aside instead
+
+        def no_link(*args, **kwargs):
+            raise OSError(errno.EPERM, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    with monkeypatch.context() as m:
+        _refuse_move_of(m, saving, "m.onnx")
+        with pytest.raises(WriteError, match=rf"^{destination}: Permission denied; nothing written$"):
+            onnxprune.save(new, destination, external_data=True)
+    assert _files(tmp_path) == before  # both files, byte for byte, and nothing else
+    assert onnx.load(str(destination)).graph.initializer[0].raw_data == old.graph.initializer[0].raw_data
+
+    onnxprune.save(new, destination, external_data=True)  # a move that works replaces both, leaves no copy
+    reference = tmp_path.parent / f"{tmp_path.name}-reference"
+    reference.mkdir()
+    onnxprune.save(new, reference / "m.onnx", external_data=True)
+    assert _files(tmp_path) == _files(reference)
+
+
+def test_a_failed_move_of_one_output_puts_back_every_file_it_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prune over an existing model (with its data file) and report: the report's move failing
+    after the model's put the previous model and data file back, not removed them."""
+    from onnxprune import saving
+
+    src = tmp_path / "in" / "wide.onnx"
+    src.parent.mkdir()
+    onnx.save(_wide_model(), str(src))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, report = out_dir / "p.onnx", out_dir / "r.json"
+    args = ["prune", str(src), "-o", str(out), "--report", str(report), "--no-verify", "-q"]
+    assert cli.main([*args, "--external-data"]) == 0
+    before = _files(out_dir)
+    assert sorted(before) == ["p.onnx", "p.onnx.data", "r.json"]
+    with monkeypatch.context() as m:
+        _refuse_move_of(m, saving, "r.json")
+        assert cli.main([*args, "--external-data", "--macs-target", "0.8"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"onnxprune: error: {report}: Permission denied; nothing written\n"
+    assert _files(out_dir) == before
+
+
+def test_a_failed_overwrite_of_an_ir_keeps_the_previous_xml_and_bin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino")
+    from onnxprune import openvino_ir, saving
+    from onnxprune.errors import WriteError
+
+    xml = tmp_path / "m.xml"
+    openvino_ir.convert_to_ir(onnx.load(FIXTURES / "digits_cnn.onnx"), xml)
+    before = _files(tmp_path)
+    assert sorted(before) == ["m.bin", "m.xml"]
+    with monkeypatch.context() as m:
+        _refuse_move_of(m, saving, f"m.tmp{__import__('os').getpid()}.xml")
+        with pytest.raises(WriteError, match=rf"^{xml}: Permission denied; nothing written$"):
+            openvino_ir.convert_to_ir(_wide_model(), xml)
+    assert _files(tmp_path) == before
