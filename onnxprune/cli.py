@@ -129,6 +129,7 @@ def _prune(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         min_fidelity=args.min_fidelity,
         fidelity_confidence=args.fidelity_confidence,
+        fidelity_batch=args.fidelity_batch,
         reconstruct=args.reconstruct,
         recalibrate=args.recalibrate,
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),

@@ -104,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
         "point estimate)",
     )
     b.add_argument(
+        "--fidelity-batch",
+        type=int,
+        metavar="N",
+        help="with --min-fidelity F: keep a plan only if a batch of N other inputs (the size of the batch you validate "
+        "on) is predicted to read >= F on its top-1 / CTC / detection outputs in at least C (--fidelity-confidence) of "
+        "such batches, their agreement taken at its lower bound (binomial); continuous outputs are judged as without it",
+    )
+    b.add_argument(
         "--validate",
         metavar="FILE.py:function|module:function",
         help="your validation function: fn(candidate) -> float, higher is better, on your own data (candidate.path, "

@@ -184,6 +184,10 @@ def generalisation_lines(g: dict | None) -> list[str]:
         from .render import batch_text
 
         lines.append(batch_text(est["batch"]))
+    if g.get("batch_rule"):
+        from .render import batch_rule_text
+
+        lines.append(batch_rule_text(g["batch_rule"]))
     return lines
 
 

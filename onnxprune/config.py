@@ -3,6 +3,7 @@ option_checks, the config file's per-layer rules in layer_rules; both re-exporte
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -84,6 +85,12 @@ class PruneConfig:
     fidelity_confidence: the confidence of the lower bound the search judges top-1 and CTC
         outputs by (their agreement on unseen inputs: fidelity_metrics.unseen_bound), in
         [0.5, 1); 0.5 judges by the point estimate.
+    fidelity_batch: with min_fidelity (or max_drop without validate), keep a plan only if a
+        batch of this many other inputs is predicted to read >= the floor on its top-1 / CTC /
+        detection outputs in at least fidelity_confidence of such batches, their agreement
+        taken at its lower bound (binomial: fidelity_metrics.batch_prediction.batch_reading);
+        the size of the batch you will validate on. Continuous outputs (cosine, dense) are
+        judged as without it. None: no such rule.
     reconstruct: refit the readers of removed channels by least squares on calibration data.
     recalibrate: after pruning (and reconstruction), correct every layer downstream of a removal
         so that its kept channels' mean and variance on the calibration data are the original's
@@ -136,6 +143,7 @@ class PruneConfig:
     tolerance: float | None = None
     min_fidelity: float | None = None
     fidelity_confidence: float = 0.95
+    fidelity_batch: int | None = None
     reconstruct: bool = False
     recalibrate: bool = False
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -250,6 +258,7 @@ class PruneConfig:
             raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
         if not (0.5 <= self.fidelity_confidence < 1.0):
             raise UsageError(f"fidelity confidence must be in [0.5, 1), got {self.fidelity_confidence}")
+        self._check_fidelity_batch()
         ratios = self.ratios
         if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
             raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")
@@ -284,6 +293,30 @@ class PruneConfig:
             raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
         if self.compensation == "calibration" and not self.calibration:
             raise UsageError("compensation 'calibration' needs calibration data (--calibration FILE.npz)")
+
+    def _check_fidelity_batch(self) -> None:
+        """--fidelity-batch N: a whole number of inputs, and a search it can judge (the fidelity
+        floor's allocation search, which compares its value with the floor)."""
+        n = self.fidelity_batch
+        if n is None:
+            return
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise UsageError(f"--fidelity-batch must be a whole number of inputs >= 1, got {n!r}")
+        object.__setattr__(self, "fidelity_batch", int(n))
+        others = [
+            flag
+            for flag, on in (
+                ("--macs-target", self.macs_target is not None),
+                ("--latency-target", self.latency_target is not None),
+                ("--validate", self.validate is not None),
+            )
+            if on
+        ]
+        if self.fidelity_floor is None or others:
+            raise UsageError(
+                "--fidelity-batch judges the plans of the fidelity floor's search: give --min-fidelity F (or --max-drop "
+                "without --validate)" + (f", not {', '.join(others)}" if others else "")
+            )
 
     def _check_latency_target(self) -> None:
         """Refuse what cannot go with a latency budget: another budget, a bad fraction."""

@@ -359,6 +359,11 @@ class SearchScore:
     # the lowest output cosine on all the samples: a continuous score beneath coarse task metrics
     # (the latency planner orders moves by it where top-1 or detections tie, e.g. both lost)
     cosine: float | None = None
+    # With ``batch`` (--fidelity-batch N): the fidelity a batch of N other inputs reads at least
+    # with probability ``confidence``, the discrete outputs' agreements at their bounds
+    # (fidelity_metrics.batch_prediction.batch_reading); it caps their value. None: no rule, or
+    # no discrete output.
+    batch_reading: float | None = None
 
 
 @dataclass(frozen=True)
@@ -402,11 +407,17 @@ def search_score(
     *,
     batch_axes: Mapping[str, int] | None = None,
     confidence: float = DEFAULT_CONFIDENCE,
+    batch: int | None = None,
 ) -> SearchScore:
     """The search's judgement of a candidate (see ``SearchScore``): one array per output for
     all the samples, and ``halves`` as (reference, candidate) pairs of the same cut in two (a
     reference may be ``prepare_reference``'s of its arrays); ``confidence`` the level of the
-    discrete outputs' bound (0.5: the point estimate)."""
+    discrete outputs' bound (0.5: the point estimate). With ``batch`` N (``--fidelity-batch``)
+    a discrete output's value is also at most what a batch of N other inputs reads with
+    probability ``confidence`` if every discrete output's agreement is at its bound (binomial;
+    their tails added up): ``value >= F`` then also means "a batch of N reads >= F in at least
+    that share of batches". Continuous outputs (cosine, dense) keep their worse half: their
+    score over a batch is an average, not a count of inputs (README, ``--fidelity-batch``)."""
     pooled = fidelity_from_outputs(
         names,
         _per_feed(reference),
@@ -429,6 +440,12 @@ def search_score(
         else:
             values.append(min((p[k].score for p in parts), default=f.score))
     worst = min(run_score(p)[0] for p in parts) if parts else None
+    reading = None
+    if batch is not None and bounds:
+        from .fidelity_metrics.batch_prediction import batch_reading
+
+        reading = batch_reading(bounds, batch, confidence)
+        values.append(reading)  # caps the discrete outputs' values: the batch's worst output
     return SearchScore(
         min(values, default=1.0),
         run_score(pooled)[0],
@@ -436,6 +453,7 @@ def search_score(
         min(estimates) if estimates else None,
         min(bounds) if bounds else None,
         min((f.cosine for f in pooled), default=None),
+        reading,
     )
 
 

@@ -46,9 +46,11 @@ class ReconstructedTrials:
         reconstruct: bool = True,
         recalibrate: bool = False,
         confidence: float = 0.95,
+        batch: int | None = None,
     ) -> None:
         self.reconstruct, self.recalibrate = reconstruct, recalibrate
         self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
+        self.batch = batch  # --fidelity-batch: the batch the search's value predicts (search_score)
         if len(feeds) < 2:
             raise ValueError("reconstruction inside the search needs at least 2 calibration samples")
         half = len(feeds) // 2
@@ -115,6 +117,7 @@ class ReconstructedTrials:
                 choices,
                 batch_axes=self.batch_axes,
                 confidence=self.confidence,
+                batch=self.batch,
             )
             self._judged[key] = (judged, estimates)
         return self._judged[key][0]

@@ -37,6 +37,19 @@ def batch_text(b: dict) -> str:
     )
 
 
+def batch_rule_text(r: dict) -> str:
+    """What --fidelity-batch judged (generalisation.batch_rule)."""
+    n = r["samples"]
+    if not r["outputs"]:
+        return r["what"]
+    kept = round(r["reading"] * n)
+    return (
+        f"--fidelity-batch {n}: a batch of {n} other inputs reads at least {r['reading']:.4f} ({kept} of {n}) in "
+        f"{r['probability']:.0%} of such batches if the agreement is at its bound {r['agreement']:.4f}; below the floor "
+        f"{r['floor']:g} in {r['below_floor']:.1%} of them: {'met' if r['met'] else 'NOT met'}"
+    )
+
+
 def held_out_label(held: dict) -> str:
     """What the evaluation samples are: held out, or (given ones) partly calibration samples."""
     shared = held.get("also_calibration", 0)
@@ -261,6 +274,10 @@ def to_markdown(d: dict[str, Any]) -> str:
             if g["estimate"].get("batch"):
                 b = g["estimate"]["batch"]
                 lines.append(f"| {batch_text(b)} | {b['samples']} | {b['low']:.4f}-{b['high']:.4f} |")
+        if g.get("batch_rule"):
+            r = g["batch_rule"]
+            reading = f"{r['reading']:.4f}" if r["outputs"] else "-"
+            lines.append(f"| {batch_rule_text(r)} | {r['samples']} | {reading} |")
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):

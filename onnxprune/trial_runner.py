@@ -74,11 +74,13 @@ class TrialRunner:
         source: str = "<model>",
         screen: Screen | None = None,
         confidence: float = DEFAULT_CONFIDENCE,
+        batch: int | None = None,
     ) -> None:
         if not feeds:
             raise UnsupportedModel("sensitivity needs calibration inputs")
         self.analysis = analysis
         self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
+        self.batch = batch  # --fidelity-batch: the batch the search's value predicts (search_score)
         instrumented, self.ports = instrument_readers(model, analysis)
         from .shapes import dynamic_batch_inputs
 
@@ -237,6 +239,7 @@ class TrialRunner:
                 choices,
                 batch_axes=self.batch_axes,
                 confidence=self.confidence,
+                batch=self.batch,
             )
             self._cache[key] = (judged, estimates)
         return self._cache[key][0]
@@ -281,6 +284,7 @@ class TrialRunner:
                 choices,
                 batch_axes=self.batch_axes,
                 confidence=self.confidence,
+                batch=self.batch,
             )
             self._alone[key] = ((judged, False), estimates)
         return self._alone[key][0]

@@ -4,17 +4,23 @@ outputs, the cap a recovered plan's cross-fitted estimate puts on it, and a run'
 
 from __future__ import annotations
 
+import json
+import re
 from math import comb
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from cli_helpers import run_cli
 from judge_helpers import margin_classifier
 
 import onnxprune
 from onnxprune.cli_text import generalisation_lines
-from onnxprune.fidelity import CrossFitted, OutputFidelity, SearchScore
-from onnxprune.fidelity_metrics.batch_prediction import predict_batch
+from onnxprune.config import PruneConfig
+from onnxprune.errors import UsageError
+from onnxprune.fidelity import CrossFitted, OutputFidelity, SearchScore, search_score
+from onnxprune.fidelity_metrics.batch_prediction import batch_reading, predict_batch
 from onnxprune.render import to_markdown
 from onnxprune.stages.deliver import _batch_prediction
 
@@ -125,3 +131,173 @@ def test_a_runs_report_predicts_a_batch_like_its_evaluation_samples(tmp_path: Pa
     unfloored = by_ratio.report.to_dict()["generalisation"]["estimate"]["batch"]
     assert unfloored["floor"] is None and unfloored["below_floor"] is None
     assert "below the floor" not in generalisation_lines(by_ratio.report.to_dict()["generalisation"])[-1]
+
+
+# -- --fidelity-batch: the search keeps a plan only if a batch of N other inputs reads >= the floor
+# in at least --fidelity-confidence of such batches, the agreement at its bound ---------------------
+
+# The margin classifier (judge_helpers) on 32 identical rows (5, 1, 100): class 0 = 105, class 1 = 1,
+# margin 104; removing the 0.5-norm channel loses 100 of it on every row, no row flips. Every margin
+# is 104, so the interpolated flip rate is 100 / 104 / 33 and, the rows being identical, every
+# bootstrap resample gives the same figure: the bound is the estimate.
+_P = 1 - 100 / (104 * 33)  # 0.97086
+
+
+def _tail_below(n: int, ps: list[float], k: int) -> float:
+    """P(the worst of outputs at agreements ``ps`` keeps fewer than k of n), tails added up."""
+    return min(1.0, sum(_cdf(n, p, k - 1) for p in ps)) if k > 0 else 0.0
+
+
+def test_batch_reading_known_answers() -> None:
+    # 32 inputs at 0.97086, 95%: P(K < 29) = 0.014 <= 0.05 < P(K < 30) = 0.066: 29 of 32.
+    assert _tail_below(32, [_P], 29) <= 0.05 < _tail_below(32, [_P], 30)
+    assert batch_reading([_P], 32, 0.95) == 29 / 32
+    # 8 inputs: all 8 kept with p^8 = 0.789 only, 7 or more with 0.979: 7 of 8.
+    assert batch_reading([_P], 8, 0.95) == 7 / 8
+    # Two outputs: their lower tails add up. At 0.96 a batch of 8 keeps fewer than 7 with 0.038
+    # (7 of 8 holds), two such outputs with at most 0.076 (only 6 of 8 does).
+    assert _tail_below(8, [0.96], 7) <= 0.05 < _tail_below(8, [0.96, 0.96], 7)
+    assert batch_reading([0.96], 8, 0.95) == 7 / 8 and batch_reading([0.96, 0.96], 8, 0.95) == 6 / 8
+    assert batch_reading([_P, 0.9], 32, 0.95) == 26 / 32  # P(K < 26) = 0.0359, P(K < 27) = 0.0947
+    assert batch_reading([1.0], 32, 0.95) == 1.0 and batch_reading([0.0], 5, 0.95) == 0.0
+    # Its meaning: reading >= F exactly when a batch reads >= F with at least the probability.
+    for n in (1, 8, 20, 32):
+        for p in (0.8, 0.9, 0.95, 0.97, 0.99, 0.999):
+            for floor in (0.5, 0.85, 0.9, 0.95, 0.99):
+                need = int(np.ceil(floor * n - 1e-9))
+                holds = 1 - _tail_below(n, [p], need) >= 0.95
+                assert (batch_reading([p], n, 0.95) >= floor) == holds, (n, p, floor)
+    with pytest.raises(ValueError, match="at least one input and one agreement"):
+        batch_reading([], 32, 0.95)
+
+
+def test_search_score_caps_discrete_outputs_at_the_batch_reading() -> None:
+    """The value the search compares with the floor: the bound 0.97086 alone; with a batch of 32
+    at most 29/32, of 8 at most 7/8; a continuous output beside it keeps its worse half."""
+    ref = np.tile(np.array([[105.0, 1.0]], np.float32), (32, 1))
+    got = np.tile(np.array([[5.0, 1.0]], np.float32), (32, 1))
+    plain = search_score(["y"], [ref], [got])
+    assert plain.value == pytest.approx(_P, abs=1e-12) and plain.batch_reading is None
+    assert search_score(["y"], [ref], [got], batch=32).value == 29 / 32
+    eight = search_score(["y"], [ref], [got], batch=8)
+    assert (eight.value, eight.batch_reading, eight.bound) == (7 / 8, 7 / 8, pytest.approx(_P, abs=1e-12))
+    # A batch reading above the bound does not raise the value: the rule only adds a condition.
+    same = search_score(["y"], [ref], [ref * np.float32(1.0)], batch=1)
+    assert same.batch_reading == 1.0 and same.value == 1.0
+    one = search_score(["y"], [ref], [got], batch=1)  # one input keeps its answer w.p. 0.97 >= 0.95
+    assert one.batch_reading == 1.0 and one.value == pytest.approx(_P, abs=1e-12)
+    # Continuous outputs only: nothing to read, the value is their worse half as without the rule.
+    cos = {"*": "cosine"}
+    halves = [([ref[:16]], [got[:16]]), ([ref[16:]], [got[16:]])]
+    assert search_score(["y"], [ref], [got], halves, cos, batch=32) == search_score(["y"], [ref], [got], halves, cos)
+
+
+def _identical_rows(tmp_path: Path) -> dict:
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.array([(5.0, 1.0, 100.0)] * 32, np.float32).reshape(32, 3, 1, 1))
+    return {"calibration": str(calib), "verification_inputs": str(calib), "compensation": "none"}
+
+
+def test_the_search_applies_the_batch_rule(tmp_path: Path) -> None:
+    """At 0.95 the plan removing the low-norm channel is judged 0.97086 (kept); a batch of 32
+    other inputs would read >= 0.95 (31 of 32) only with probability 0.76 at that agreement, so
+    --fidelity-batch 32 refuses it. At 0.85 a batch of 8 reads >= 7/8 with 0.979: kept."""
+    options = _identical_rows(tmp_path)
+    plain = onnxprune.prune(margin_classifier(), "l2", min_fidelity=0.95, **options)
+    assert plain.plan.removed_groups == (2,)
+    assert "batch_rule" not in plain.report.to_dict()["generalisation"]
+    refused = onnxprune.prune(margin_classifier(), "l2", min_fidelity=0.95, fidelity_batch=32, **options)
+    assert refused.plan.removed_groups == ()
+    kept = onnxprune.prune(margin_classifier(), "l2", min_fidelity=0.85, fidelity_batch=8, **options)
+    assert kept.plan.removed_groups == (2,)
+    d = kept.report.to_dict()
+    rule = d["generalisation"]["batch_rule"]
+    below = 1 - _P**8 - 8 * (1 - _P) * _P**7
+    assert (rule["samples"], rule["floor"], rule["probability"], rule["reading"], rule["met"]) == (
+        8,
+        0.85,
+        0.95,
+        0.875,
+        True,
+    )
+    assert rule["agreement"] == pytest.approx(_P, abs=1e-9) and rule["below_floor"] == pytest.approx(below, abs=1e-9)
+    assert rule["outputs"] == [o["name"] for o in d["fidelity"]]
+    line = (
+        "--fidelity-batch 8: a batch of 8 other inputs reads at least 0.8750 (7 of 8) in 95% of such batches if the "
+        f"agreement is at its bound {_P:.4f}; below the floor 0.85 in {below:.1%} of them: met"
+    )
+    assert generalisation_lines(d["generalisation"])[-1] == line
+    assert f"| {line} | 8 | 0.8750 |" in to_markdown(d)
+
+
+def test_a_model_without_discrete_outputs_is_told_the_rule_changed_nothing(tmp_path: Path) -> None:
+    options = {**_identical_rows(tmp_path), "min_fidelity": 0.95, "fidelity_metrics": {"*": "cosine"}}
+    plain = onnxprune.prune(margin_classifier(), "l2", **options)
+    ruled = onnxprune.prune(margin_classifier(), "l2", fidelity_batch=32, **options)
+    assert ruled.plan.removed_groups == plain.plan.removed_groups
+    note = next(n for n in ruled.plan.notes if n.startswith("--fidelity-batch"))
+    assert note.startswith("--fidelity-batch 32 changed nothing: no top-1 / CTC / detection output (")
+    assert ": cosine)" in note and not any(n.startswith("--fidelity-batch") for n in plain.plan.notes)
+    rule = ruled.report.to_dict()["generalisation"]["batch_rule"]
+    assert rule["outputs"] == [] and "judged nothing" in rule["what"] and "reading" not in rule
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_fidelity": 0.95, "fidelity_batch": 0}, "--fidelity-batch must be a whole number of inputs >= 1, got 0"),
+        (
+            {"min_fidelity": 0.95, "fidelity_batch": 2.5},
+            "--fidelity-batch must be a whole number of inputs >= 1, got 2.5",
+        ),
+        ({"min_fidelity": 0.95, "fidelity_batch": True}, "--fidelity-batch must be a whole number"),
+        ({"ratio": 0.3, "fidelity_batch": 32}, "--fidelity-batch judges the plans of the fidelity floor's search"),
+        ({"min_fidelity": 0.95, "macs_target": 0.5, "fidelity_batch": 32}, "not --macs-target"),
+    ],
+)
+def test_fidelity_batch_refusals(options: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        PruneConfig(calibration="c.npz", **options)
+
+
+def test_cli_fidelity_batch(tmp_path: Path) -> None:
+    options = _identical_rows(tmp_path)
+    model, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(margin_classifier(), model)
+    args = [
+        "prune",
+        str(model),
+        "-o",
+        str(out),
+        "--calibration",
+        options["calibration"],
+        "--inputs",
+        options["calibration"],
+    ]
+    args += ["--compensation", "none", "--criterion", "l2"]
+    bad = run_cli(*args, "--fidelity-batch", "32")
+    assert bad.returncode == 2 and "--fidelity-batch judges the plans of the fidelity floor's search" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr and not out.exists()
+    ok = run_cli(*args, "--min-fidelity", "0.95", "--fidelity-batch", "32", "--report", str(tmp_path / "r.json"))
+    assert ok.returncode == 0, ok.stderr
+    rule = json.loads((tmp_path / "r.json").read_text())["generalisation"]["batch_rule"]
+    assert (rule["samples"], rule["reading"], rule["met"]) == (32, 1.0, True)  # nothing removed: 32 of 32
+    assert "--fidelity-batch 32: a batch of 32 other inputs reads at least 1.0000 (32 of 32)" in ok.stdout
+
+
+def test_recovered_trials_judge_by_the_batch_rule_too() -> None:
+    """--reconstruct / --recalibrate plans are judged by ReconstructedTrials (cross-fitted): the
+    same cap, on the cross-fitted bound, for the same plan and figures otherwise."""
+    from test_reconstructed_trials_cache import _model
+
+    from onnxprune.reconstruction_trials import ReconstructedTrials
+
+    model = _model()
+    x = np.random.default_rng(3).standard_normal((32, 1, 4, 3, 3)).astype(np.float32)
+    feeds, top1 = [{"x": v} for v in x], {"*": "top1"}
+    plain = ReconstructedTrials(model, onnxprune.analyze(model), feeds).judged([0], None, top1)
+    ruled = ReconstructedTrials(model, onnxprune.analyze(model), feeds, batch=32).judged([0], None, top1)
+    assert plain.batch_reading is None and plain.value == plain.bound
+    reading = batch_reading([plain.bound], 32, 0.95)
+    assert ruled.batch_reading == reading and ruled.value == min(plain.value, reading) < plain.value
+    assert (ruled.pooled, ruled.bound, ruled.estimate) == (plain.pooled, plain.bound, plain.estimate)

@@ -24,10 +24,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.stats import binom
 
-__all__ = ["PREDICTION_LEVEL", "BatchPrediction", "predict_batch"]
+__all__ = ["BATCH_RULE_METRICS", "PREDICTION_LEVEL", "BatchPrediction", "batch_reading", "batch_rule", "predict_batch"]
 
+# The outputs --fidelity-batch judges: those whose score counts inputs (their agreement has a
+# bound: fidelity_metrics.unseen_bound); a cosine or dense score over a batch is an average.
+BATCH_RULE_METRICS = ("top1", "ctc", "detection")
 PREDICTION_LEVEL = 0.95  # central: each tail at most (1 - level) / 2; chosen before measuring
 
 
@@ -72,15 +76,9 @@ def predict_batch(
     outputs whose estimated agreements are ``estimates`` (see the module's docstring)."""
     if samples < 1 or not estimates:
         raise ValueError("a batch prediction needs at least one input and one estimate")
-    ps = tuple(min(max(float(p), 0.0), 1.0) for p in estimates)
+    ps = _clipped(estimates)
     tail = (1.0 - level) / 2
-
-    def below(k: int) -> float:
-        """P(the worst output keeps fewer than k of the batch), at most (union over the outputs)."""
-        return min(1.0, sum(float(binom.cdf(k - 1, samples, p)) for p in ps)) if k > 0 else 0.0
-
-    # The largest k whose "fewer than k" chance stays within the tail.
-    low = max(k for k in range(samples + 1) if below(k) <= tail)
+    low = _lowest_kept(ps, samples, tail)
     worst = min(ps)
     # The smallest k with P(more than k) within the tail, for the worst output (the batch's
     # score is at most its score).
@@ -88,5 +86,70 @@ def predict_batch(
     below_floor = None
     if floor is not None:
         # fewer than floor * N inputs kept: K / N < floor (the smallest k with k >= floor * N).
-        below_floor = below(math.ceil(floor * samples - 1e-9))
+        below_floor = float(_below(ps, samples)[math.ceil(floor * samples - 1e-9)])
     return BatchPrediction(samples, ps, level, low, high, floor, below_floor)
+
+
+def _clipped(agreements: Sequence[float]) -> tuple[float, ...]:
+    return tuple(min(max(float(p), 0.0), 1.0) for p in agreements)
+
+
+def _below(ps: Sequence[float], samples: int) -> np.ndarray:
+    """For k = 0..N, P(the worst output keeps fewer than k of the batch), at most (union over
+    the outputs): non-decreasing in k, 0 at k = 0."""
+    k = np.arange(samples + 1)
+    return np.minimum(1.0, sum((binom.cdf(k - 1, samples, p) for p in ps), np.zeros(samples + 1)))
+
+
+def _lowest_kept(ps: Sequence[float], samples: int, tail: float) -> int:
+    """The largest k whose "fewer than k kept" chance stays within ``tail``."""
+    return int(np.flatnonzero(_below(ps, samples) <= tail)[-1])
+
+
+def batch_reading(agreements: Sequence[float], samples: int, probability: float) -> float:
+    """The fidelity a batch of ``samples`` other inputs reads at least, with at least
+    ``probability``, if each discrete output keeps an input's answers with its ``agreements``
+    (binomial, one-sided; several outputs: their lower tails added up, so the chance is at
+    least ``probability``): the largest k / N with P(fewer than k kept) <= 1 - probability.
+    ``batch_reading(...) >= F`` exactly when a batch reads >= F with that chance: the
+    acceptance rule of ``--fidelity-batch`` (fidelity.search_score)."""
+    if samples < 1 or not agreements:
+        raise ValueError("a batch reading needs at least one input and one agreement")
+    return _lowest_kept(_clipped(agreements), samples, 1.0 - probability) / samples
+
+
+def batch_rule(
+    agreements: Sequence[float], samples: int, probability: float, floor: float, *, outputs: Sequence[str] = ()
+) -> dict:
+    """The report of ``--fidelity-batch`` (generalisation.batch_rule) for a plan whose discrete
+    outputs' agreements at their bounds are ``agreements`` (empty: none, the rule judged
+    nothing)."""
+    what = (
+        f"--fidelity-batch {samples}: the search kept a plan only if a batch of {samples} other inputs reads >= the "
+        f"floor {floor:g} on its top-1 / CTC / detection outputs in at least {probability:g} of such batches, each "
+        "output's agreement taken at its lower bound (binomial, an input's answers flipping together; several "
+        "outputs: their tails added up); reading: what such a batch reads at least with that chance; below_floor: "
+        "the chance it reads below the floor. Continuous outputs (cosine, dense) are judged as without the rule"
+    )
+    if not agreements:
+        return {
+            "samples": samples,
+            "floor": floor,
+            "probability": probability,
+            "outputs": [],
+            "what": f"--fidelity-batch {samples} judged nothing: no top-1 / CTC / detection output (continuous scores "
+            "are averages over a batch, not counts of inputs; they are judged by the worse calibration half)",
+        }
+    reading = batch_reading(agreements, samples, probability)
+    below = predict_batch(agreements, samples, floor=floor).below_floor
+    return {
+        "samples": samples,
+        "floor": floor,
+        "probability": probability,
+        "agreement": min(agreements),
+        "outputs": list(outputs),
+        "reading": reading,
+        "below_floor": below,
+        "met": reading >= floor,
+        "what": what,
+    }

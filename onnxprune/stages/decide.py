@@ -38,6 +38,7 @@ from .trials import (
 if TYPE_CHECKING:
     from ..fidelity import CrossFitted
     from ..sensitivity_analysis import SensitivityResult
+    from ..trial_runner import TrialRunner
     from ..user_validation import Validator
     from .latency import LatencyOutcome
 
@@ -301,6 +302,25 @@ def small_calibration_note(config: PruneConfig, samples: int, read: int) -> str:
     )
 
 
+def batch_rule_unjudged(config: PruneConfig, runner: TrialRunner) -> str:
+    """A note when ``--fidelity-batch`` has nothing to judge: no output is top-1, CTC or
+    detection (a continuous score over a batch is an average, not a count of inputs); ""
+    otherwise, or without the option."""
+    if config.fidelity_batch is None:
+        return ""
+    from ..fidelity_metrics.batch_prediction import BATCH_RULE_METRICS
+
+    metrics = runner.metrics(config.fidelity_metrics)
+    if any(m.metric in BATCH_RULE_METRICS for m in metrics):
+        return ""
+    scored = ", ".join(f"{m.name}: {m.metric}" for m in metrics)
+    return (
+        f"--fidelity-batch {config.fidelity_batch} changed nothing: no top-1 / CTC / detection output ({scored}); "
+        "a continuous score over a batch is an average, not a count of inputs, and is judged by the worse half of the "
+        "calibration samples as without it"
+    )
+
+
 def _allocated_plan(
     loaded: LoadedModel,
     analysis: ChannelAnalysis,
@@ -361,6 +381,9 @@ def _allocated_plan(
         small = small_calibration_note(config, len(feeds), len(feeds) + len(data.evaluation or []))
         if small:
             the_plan = replace(the_plan, notes=(*the_plan.notes, small))
+        unjudged = batch_rule_unjudged(config, trials.runner)
+        if unjudged:
+            the_plan = replace(the_plan, notes=(*the_plan.notes, unjudged))
     if config.macs_target is not None and trials.tracker.original:
         reached = trials.tracker.evaluate(the_plan.removed_groups) / trials.tracker.original
         if reached > config.macs_target:

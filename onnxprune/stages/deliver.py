@@ -333,7 +333,29 @@ def measure(
             }
         if cross_fitted is not None:
             general["cross_fitted"] = cross_fitted.to_dict()
+        if config.fidelity_batch is not None and config.fidelity_floor is not None:
+            general["batch_rule"] = _batch_rule(estimated, config, cross_fitted)
     return Measured(outputs, score, metrics, general)
+
+
+def _batch_rule(estimated: Sequence[OutputFidelity], config: PruneConfig, cross_fitted: CrossFitted | None) -> dict:
+    """What ``--fidelity-batch`` judged (fidelity_metrics.batch_prediction.batch_rule), for the
+    delivered plan: each discrete output's agreement at its bound on the calibration samples; a
+    recovered plan's at no more than the cross-fitted bound the search saw (the refit's own is
+    in-sample)."""
+    from ..fidelity_metrics.batch_prediction import batch_rule
+
+    cap = cross_fitted.score.bound if cross_fitted is not None else None
+    bounds = [min(o.score, o.bound) for o in estimated if o.bound is not None]
+    agreements = [b if cap is None else min(b, cap) for b in bounds]
+    assert config.fidelity_batch is not None and config.fidelity_floor is not None
+    return batch_rule(
+        agreements,
+        config.fidelity_batch,
+        config.fidelity_confidence,
+        config.fidelity_floor,
+        outputs=[o.name for o in estimated if o.bound is not None],
+    )
 
 
 def _batch_prediction(

@@ -129,7 +129,13 @@ def sensitivity_trials(
     floored = config.macs_target is None and not config.validated_search
     screen = Screen.for_floor(config.fidelity_floor if floored else None, len(feeds))
     runner = TrialRunner(
-        proto, analysis, feeds, source=loaded.source, screen=screen, confidence=config.fidelity_confidence
+        proto,
+        analysis,
+        feeds,
+        source=loaded.source,
+        screen=screen,
+        confidence=config.fidelity_confidence,
+        batch=config.fidelity_batch,
     )
     result = measure_sensitivity(
         runner,
@@ -162,4 +168,5 @@ def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feed
         reconstruct=config.reconstruct,
         recalibrate=config.recalibrate,
         confidence=config.fidelity_confidence,
+        batch=config.fidelity_batch,
     )
