@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .errors import UsageError, WriteError
+from .errors import WriteError
 from .file_writes import (
     Replacement,
     check_output_folder,
@@ -104,13 +104,15 @@ class Outputs:
         self._moves.append((staged, destination))
 
     def add_text(self, path: str, text: str | bytes) -> None:
+        """Stage ``text`` for ``path``; an OSError while writing (a full disk) is a WriteError
+        naming ``path``, not the staging file."""
         tmp = self.staging_path(path)
         self.add(tmp, path)
         try:
             with open(tmp, "w" if isinstance(text, str) else "wb") as f:
                 f.write(text)
         except OSError as exc:
-            raise UsageError(f"{path}: {exc.strerror or exc}; nothing written") from None
+            raise WriteError(path, exc) from None
 
     def add_written(self, path: str, write: Callable[[str], None]) -> None:
         """Stage the file ``write`` writes (given the staging path: a plot) for ``path``; an
@@ -136,17 +138,14 @@ class Outputs:
 
     def commit(self) -> None:
         """Move every staged file into place; if one move fails, every file is put back as it
-        was (those it replaced restored, those it created removed) and the error names that
-        file's destination."""
+        was (those it replaced restored, those it created removed) and the WriteError names
+        that file's destination."""
         replacement = Replacement()
         try:
             for model in self._models:
                 model.commit(replacement)
             for staged, destination in self._moves:
                 replacement.move(staged, destination)
-        except OSError as exc:
-            replacement.undo()
-            raise UsageError(f"{exc.filename or 'output'}: {exc.strerror or exc}; nothing written") from None
         except BaseException:
             replacement.undo()
             raise

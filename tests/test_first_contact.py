@@ -295,7 +295,7 @@ def test_outputs_commit_all_or_none(tmp_path: Path) -> None:
     with Outputs() as outputs:
         outputs.add_text(str(first), "{}")
         outputs.add_text(str(blocked), "{}")
-        with pytest.raises(onnxprune.UsageError, match=f"^{blocked}: .*nothing written"):
+        with pytest.raises(onnxprune.WriteError, match=f"^{blocked}: .*nothing written"):
             outputs.commit()
     assert not first.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
 

@@ -389,3 +389,37 @@ def test_a_failed_overwrite_of_an_ir_keeps_the_previous_xml_and_bin(
         with pytest.raises(WriteError, match=rf"^{xml}: Permission denied; nothing written$"):
             openvino_ir.convert_to_ir(_wide_model(), xml)
     assert _files(tmp_path) == before
+
+
+def test_outputs_os_failures_are_write_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs.add_text and Outputs.commit raised UsageError for a full disk or a failed move,
+    where add_written and the model's staging raise WriteError (an OSError naming the destination)."""
+    import errno
+    import os
+
+    from onnxprune import saving
+    from onnxprune.errors import UsageError, WriteError
+
+    report = tmp_path / "r.json"
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    with saving.Outputs() as outputs:
+        with monkeypatch.context() as m:
+            m.setattr(saving, "open", full_disk, raising=False)
+            with pytest.raises(WriteError) as caught:
+                outputs.add_text(str(report), "{}")
+    assert not isinstance(caught.value, UsageError)
+    assert str(caught.value) == f"{report}: No space left on device; nothing written"
+    assert (caught.value.filename, caught.value.errno) == (str(report), errno.ENOSPC)
+
+    with saving.Outputs() as outputs:
+        outputs.add_text(str(report), "{}")
+        with monkeypatch.context() as m:
+            _refuse_move_of(m, saving, "r.json")
+            with pytest.raises(WriteError) as caught:
+                outputs.commit()
+    assert not isinstance(caught.value, UsageError)
+    assert (caught.value.filename, caught.value.errno) == (str(report), errno.EACCES)
+    assert os.listdir(tmp_path) == []
