@@ -9,7 +9,8 @@ The result is a frozen ``ChannelAnalysis``; nothing here mutates the model.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -25,7 +26,17 @@ from .shape_values import ShapeEvaluator, is_shape_arithmetic
 from .shapes import Shape, concrete_input_shapes, infer_static_shapes
 from .validation import model_opset
 
-__all__ = ["Balance", "ChannelAnalysis", "ChannelGroup", "Sink", "Source", "analyze", "import_graph", "static_shapes"]
+__all__ = [
+    "Balance",
+    "ChannelAnalysis",
+    "ChannelGroup",
+    "Sink",
+    "Source",
+    "analyze",
+    "import_graph",
+    "quiet_graphsurgeon",
+    "static_shapes",
+]
 
 
 @dataclass(frozen=True)
@@ -232,10 +243,21 @@ class AnalysisContext:
                 self.pin(lay.all_ids(), reason)
 
 
+@contextmanager
+def quiet_graphsurgeon() -> Iterator[None]:
+    """graphsurgeon's logger prints its warnings on stdout ('Could not convert: BFLOAT16 to a
+    corresponding NumPy type' for a bfloat16 output); the library never prints, so they are
+    silenced while it works for us (its critical errors still raise). Also a decorator."""
+    logger = gs.logger.G_LOGGER
+    with logger.suppress(logger.CRITICAL + 1):
+        yield
+
+
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """The model as a graphsurgeon Graph (weights are loaded lazily), every node named as
     ``load_model`` names it (a no-op for a loaded model)."""
-    graph = gs.import_onnx(model)
+    with quiet_graphsurgeon():
+        graph = gs.import_onnx(model)
     name_graph_nodes(graph)
     return graph
 
@@ -280,6 +302,7 @@ def _layers_inside(node: gs.Node, registry: RuleRegistry, opset: int) -> str | N
     )
 
 
+@quiet_graphsurgeon()
 def analyze(
     model: onnx.ModelProto,
     *,

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .analysis import ChannelAnalysis, import_graph
+from .analysis import ChannelAnalysis, import_graph, quiet_graphsurgeon
 from .compensation import removed_id_mask, sink_fills
 from .errors import UsageError
 from .params import InitializerCache, ParamResolver
@@ -46,6 +46,7 @@ def apply_pruning(
     return prune_deferred(model, analysis, plan, registry=registry, estimates=estimates, consume=consume).complete()
 
 
+@quiet_graphsurgeon()
 def prune_deferred(
     model: onnx.ModelProto,
     analysis: ChannelAnalysis,
