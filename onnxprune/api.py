@@ -72,6 +72,23 @@ def _model_argument(model: object, what: str) -> onnx.ModelProto:
     raise UsageError(f"{what}: expected a path or onnx.ModelProto, got {type(model).__name__}")
 
 
+def _check_kinds(
+    registry: object = None, criteria: object = None, pruning_plan: object = None, progress: object = None
+) -> None:
+    """Refuse arguments of the wrong kind up front, naming them: an empty dict as ``registry``
+    was taken for no registry (the default rules), a plan's dict failed deep inside."""
+    for value, kind, name in (
+        (registry, RuleRegistry, "registry"),
+        (criteria, CriterionRegistry, "criteria"),
+        (pruning_plan, PruningPlan, "pruning_plan"),
+    ):
+        if value is not None and not isinstance(value, kind):
+            hint = " (PruningPlan.from_dict(json.load(f)) reads a plan file)" if name == "pruning_plan" else ""
+            raise UsageError(f"{name} must be a {kind.__name__}, got {type(value).__name__}{hint}")
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function (stage, done, total), got {type(progress).__name__}")
+
+
 def load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
     """Load and check a model (a path or a ModelProto, which is copied, never modified)."""
     return stages.load(model).proto
@@ -93,6 +110,7 @@ def analyze(
     registry: RuleRegistry | None = None,
 ) -> ChannelAnalysis:
     """The channel groups of a model, each with its members and the reasons it is pinned."""
+    _check_kinds(registry=registry)
     run = stages.Run(PruneConfig(input_shapes=input_shapes or {}), registry or default_registry(), default_criteria())
     return stages.analyse(stages.load(model), run)
 
@@ -101,7 +119,7 @@ def plan(
     analysis: ChannelAnalysis,
     criterion: str | None = None,
     *,
-    model: onnx.ModelProto | None = None,
+    model: onnx.ModelProto | str | os.PathLike[str] | None = None,
     config: PruneConfig | None = None,
     criteria: CriterionRegistry | None = None,
     stats: ActivationStats | None = None,
@@ -116,6 +134,7 @@ def plan(
     ``registry``: the rules the analysis used (their layer semantics give filters and MACs)."""
     if not isinstance(analysis, ChannelAnalysis):
         raise UsageError(f"plan: expected the ChannelAnalysis of onnxprune.analyze, got {type(analysis).__name__}")
+    _check_kinds(registry=registry, criteria=criteria)
     config = (config or PruneConfig()).with_options(criterion, **options)
     criterion = config.criterion
     criteria = criteria or default_criteria()
@@ -124,6 +143,7 @@ def plan(
     stages.check_budget(config, criteria)
     if model is None:
         raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
+    model = _model_argument(model, "plan")
     registry = registry or default_registry()
     return stages.budget_plan(
         analysis, model, layer_scores(analysis, model, config, criteria, stats, registry, feeds=feeds), config, registry
@@ -132,7 +152,7 @@ def plan(
 
 @overload
 def apply(
-    model: onnx.ModelProto | LoadedModel,
+    model: onnx.ModelProto | LoadedModel | str | os.PathLike[str],
     analysis: ChannelAnalysis,
     pruning_plan: PruningPlan,
     *,
@@ -143,7 +163,7 @@ def apply(
 ) -> onnx.ModelProto: ...
 @overload
 def apply(
-    model: onnx.ModelProto | LoadedModel,
+    model: onnx.ModelProto | LoadedModel | str | os.PathLike[str],
     analysis: ChannelAnalysis,
     pruning_plan: PruningPlan,
     *,
@@ -153,7 +173,7 @@ def apply(
     consume: bool = ...,
 ) -> DeferredModel: ...
 def apply(
-    model: onnx.ModelProto | LoadedModel,
+    model: onnx.ModelProto | LoadedModel | str | os.PathLike[str],
     analysis: ChannelAnalysis,
     pruning_plan: PruningPlan,
     *,
@@ -165,12 +185,15 @@ def apply(
     """Remove the plan's groups from a copy of ``model`` (``estimates``: compensation values
     per sink tensor, see ``compensation``). ``prune`` runs this step as well.
 
-    ``model`` may be a ``stages.LoadedModel``, whose weights already read by the analysis are
+    ``model`` may be a path (loaded as ``onnxprune.load`` does) or a ``stages.LoadedModel``, whose weights already read by the analysis are
     reused. ``deferred``: return a ``saving.DeferredModel``, the big new weights kept as arrays
     until written (``.save``) or asked for (``.complete()``). ``consume``: build the result in
     ``model`` itself (no second copy of the weights); ``model`` is not to be used afterwards."""
+    _check_kinds(registry=registry, pruning_plan=pruning_plan)
+    if pruning_plan is None:
+        raise UsageError("apply: pruning_plan must be a PruningPlan (onnxprune.plan), got None")
     loaded = model if isinstance(model, LoadedModel) else None
-    proto = loaded.proto if loaded is not None else model
+    proto = loaded.proto if loaded is not None else _model_argument(model, "apply")
     try:  # a plan of another model named groups by ids that mean other channels here
         pruning_plan = pruning_plan.resolve(analysis)
     except UsageError as exc:
@@ -246,6 +269,7 @@ def prune(
     pruned model must equal the original (zero criterion) or the original with the removed
     channels replaced where they are read (masked or compensated) to the tolerance.
     """
+    _check_kinds(registry, criteria, pruning_plan, progress)
     config = (config or PruneConfig()).with_options(criterion, **options)
     if pruning_plan is not None and config.latency_target is not None:
         raise UsageError("--latency-target cannot go with --plan: a given plan is applied as it is")
@@ -300,7 +324,11 @@ def sensitivity(
     """For every unit of tied layers: the fidelity on the calibration inputs after removing
     each of ``config.ratios`` (``sensitivity_ratios``) of it alone (lowest ``criterion`` scores first, with
     compensation), and the MACs that saves."""
-
+    _check_kinds(registry, criteria, progress=progress)
+    if not isinstance(calibration, (str, os.PathLike)):
+        raise UsageError(
+            f"sensitivity: calibration must be the path of an .npz or a folder of images, got {calibration!r}"
+        )
     config = (config or PruneConfig()).with_options(criterion, calibration=os.fspath(calibration), **options)
     run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress)
     loaded = stages.load(model)

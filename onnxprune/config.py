@@ -4,7 +4,7 @@ option_checks, the config file's per-layer rules in layer_rules; both re-exporte
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -13,12 +13,16 @@ from .errors import UsageError
 from .latency.table import LatencySettings
 from .layer_rules import LayerRule, load_layer_rules
 from .option_checks import (
+    check_bools,
     check_ints,
+    check_mapping,
     check_numbers,
     check_option_names,
+    check_paths,
     check_regex,
     frozen_shapes,
     parse_input_shape,
+    patterns,
 )
 
 if TYPE_CHECKING:
@@ -160,12 +164,22 @@ class PruneConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", frozen_shapes(self.input_shapes))
         # One pattern given as a string is that pattern, not its characters (as ignored_scope).
-        object.__setattr__(self, "exclude", (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude))
+        object.__setattr__(self, "exclude", patterns(self.exclude, "exclude"))
         check_numbers(
             self, ("ratio", "macs_target", "tolerance", "min_fidelity", "fidelity_confidence", "latency_target")
         )
-        check_ints(self, ("seed", "round_to"))
-        object.__setattr__(self, "layer_rules", tuple(self.layer_rules))
+        check_ints(self, ("seed", "round_to"), optional=("latency_evaluations",))
+        check_bools(self, ("global_ranking", "verify", "reconstruct", "recalibrate"))
+        check_paths(self, ("calibration", "verification_inputs"))
+        if self.preprocess is not None and not isinstance(self.preprocess, str):
+            raise UsageError(f"preprocess must be a string such as 'imagenet', got {type(self.preprocess).__name__}")
+        object.__setattr__(self, "layer_rules", _layer_rules(self.layer_rules))
+        if isinstance(self.latency, Mapping):  # LatencySettings' fields as a mapping: {"threads": 1}
+            check_option_names(LatencySettings, self.latency)
+            object.__setattr__(self, "latency", LatencySettings(**self.latency))
+        elif not isinstance(self.latency, LatencySettings):
+            raise UsageError(f"latency must be a latency.LatencySettings, got {type(self.latency).__name__}")
+        check_mapping(self.fidelity_metrics, "fidelity_metrics", "{'*': 'cosine'}")
         for pattern in self.exclude:
             check_regex(pattern, "--exclude")
         if self.max_drop is not None:
@@ -253,7 +267,7 @@ class PruneConfig:
 
         check_metrics(self.fidelity_metrics)
         if self.sensitivity_ratios is not None:
-            object.__setattr__(self, "sensitivity_ratios", tuple(float(r) for r in self.sensitivity_ratios))
+            object.__setattr__(self, "sensitivity_ratios", _ratios(self.sensitivity_ratios))
         if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
             raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
         if not (0.5 <= self.fidelity_confidence < 1.0):
@@ -340,6 +354,8 @@ class PruneConfig:
         if criterion is None and self.criterion_reason == "given":
             criterion = self.criterion
         check_option_names(type(self), options)
+        if "criterion_reason" in options:  # the config's own record of the default rule
+            raise UsageError("criterion_reason is not an option: the config says why it chose the criterion")
         return replace(self, criterion=criterion, criterion_reason="", **options)  # type: ignore[arg-type]
 
     @property
@@ -426,3 +442,28 @@ class PruneConfig:
         """Per-layer ratios come from the sensitivity analysis (a fidelity budget, or a drop
         judged by the user's validation function); a latency budget plans on its own."""
         return (self.fidelity_floor is not None or self.validated_search) and self.latency_target is None
+
+
+def _layer_rules(rules: object) -> tuple[LayerRule, ...]:
+    """``layer_rules`` as LayerRules: a config file's entries (mappings) read as the file's are."""
+    if isinstance(rules, (str, bytes, Mapping)) or not isinstance(rules, Iterable):
+        raise UsageError(
+            f"layer_rules must be a list of LayerRule (or of config entries such as {{'op_types': ['Conv'], "
+            f"'sparsity': 0.3}}), got {type(rules).__name__}; a config file: load_layer_rules(path)"
+        )
+    out = []
+    for i, rule in enumerate(rules):
+        if isinstance(rule, Mapping):
+            rule = LayerRule.from_dict(rule, f"layer_rules entry {i}")
+        elif not isinstance(rule, LayerRule):
+            raise UsageError(f"layer_rules entry {i} must be a LayerRule or a mapping, got {type(rule).__name__}")
+        out.append(rule)
+    return tuple(out)
+
+
+def _ratios(ratios: object) -> tuple[float, ...]:
+    """``sensitivity_ratios`` as a tuple of floats; a string ("0.1,0.2") or a non-number is refused."""
+    items = tuple(ratios) if isinstance(ratios, Iterable) and not isinstance(ratios, (str, bytes)) else None
+    if items is None or any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in items):
+        raise UsageError(f"sensitivity_ratios must be a sequence of numbers such as (0.1, 0.25, 0.5), got {ratios!r}")
+    return tuple(float(r) for r in items)

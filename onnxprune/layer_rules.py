@@ -4,12 +4,14 @@ sparsity, or are left alone."""
 from __future__ import annotations
 
 import json
+import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
-from .option_checks import check_regex
+from .option_checks import check_regex, patterns
 
 __all__ = ["LayerRule", "load_layer_rules"]
 
@@ -26,12 +28,51 @@ class LayerRule:
     exclude: bool = False
 
     def __post_init__(self) -> None:
+        # One op type or pattern given as a string is that one, not its characters: op_types
+        # "Conv" matched no op, op_names "head" excluded every layer with an 'h', 'e', 'a' or 'd'.
+        object.__setattr__(self, "op_types", patterns(self.op_types, "config entry op_types", "an op type"))
+        object.__setattr__(self, "op_names", patterns(self.op_names, "config entry op_names"))
+        if self.sparsity is not None and (
+            isinstance(self.sparsity, bool) or not isinstance(self.sparsity, numbers.Real)
+        ):
+            raise UsageError(
+                f"config entry sparsity must be a number, got {type(self.sparsity).__name__} {self.sparsity!r}"
+            )
+        if not isinstance(self.exclude, bool):  # "false" is a non-empty string: it excluded the layers
+            raise UsageError(
+                f"config entry exclude must be true or false, got {type(self.exclude).__name__} {self.exclude!r}"
+            )
         if self.sparsity is not None and not (0.0 <= self.sparsity < 1.0):
             raise UsageError(f"config entry sparsity must be in [0, 1), got {self.sparsity}")
         if self.sparsity is None and not self.exclude:
             raise UsageError("config entry needs 'sparsity' or 'exclude: true'")
         for pattern in self.op_names:
             check_regex(pattern, "config entry op_names")
+
+    @classmethod
+    def from_dict(cls, entry: Mapping[str, Any], where: str = "config entry") -> LayerRule:
+        """One entry of a config file (``sparsity_per_layer`` is NNI's name for ``sparsity``);
+        errors are prefixed with ``where``."""
+        if not isinstance(entry, Mapping):
+            raise UsageError(f"{where} is not a mapping")
+        unknown = set(entry) - {"op_types", "op_names", "sparsity", "sparsity_per_layer", "exclude"}
+        if unknown:
+            raise UsageError(f"{where} has unknown keys {sorted(unknown)}")
+        sparsity = entry.get("sparsity", entry.get("sparsity_per_layer"))
+        if isinstance(sparsity, str):  # "0.3" from a form or a quoted YAML value
+            try:
+                sparsity = float(sparsity)
+            except ValueError:
+                raise UsageError(f"{where}: config entry sparsity must be a number, got {sparsity!r}") from None
+        try:
+            return cls(
+                op_types=entry.get("op_types", ()),
+                op_names=entry.get("op_names", ()),
+                sparsity=sparsity,
+                exclude=entry.get("exclude", False),
+            )
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
 
 
 def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
@@ -60,23 +101,4 @@ def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
         data = data.get("config_list", data.get("layers"))
     if not isinstance(data, list):
         raise UsageError(f"{path}: expected a list of entries (or {{'config_list': [...]}})")
-    rules = []
-    for i, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise UsageError(f"{path}: entry {i} is not a mapping")
-        unknown = set(entry) - {"op_types", "op_names", "sparsity", "sparsity_per_layer", "exclude"}
-        if unknown:
-            raise UsageError(f"{path}: entry {i} has unknown keys {sorted(unknown)}")
-        sparsity = entry.get("sparsity", entry.get("sparsity_per_layer"))
-        try:
-            rules.append(
-                LayerRule(
-                    op_types=tuple(entry.get("op_types", ())),
-                    op_names=tuple(entry.get("op_names", ())),
-                    sparsity=None if sparsity is None else float(sparsity),
-                    exclude=bool(entry.get("exclude", False)),
-                )
-            )
-        except UsageError as exc:
-            raise UsageError(f"{path}: entry {i}: {exc}") from None
-    return tuple(rules)
+    return tuple(LayerRule.from_dict(entry, f"{path}: entry {i}") for i, entry in enumerate(data))

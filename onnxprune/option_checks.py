@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import difflib
 import numbers
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from types import MappingProxyType
 
 from .errors import UsageError
 
-__all__ = ["check_ints", "check_numbers", "check_option_names", "check_regex", "frozen_shapes", "parse_input_shape"]
+__all__ = [
+    "check_bools",
+    "check_ints",
+    "check_mapping",
+    "check_numbers",
+    "check_option_names",
+    "check_paths",
+    "check_regex",
+    "frozen_shapes",
+    "parse_input_shape",
+    "patterns",
+]
 
 
 def check_regex(pattern: str, what: str) -> None:
@@ -25,6 +37,7 @@ def check_regex(pattern: str, what: str) -> None:
 
 
 def frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, tuple[int, ...]]:
+    check_mapping(shapes, "input_shapes", "{'input': (1, 3, 224, 224)}")
     frozen = {}
     for name, dims in (shapes or {}).items():
         # A string of digits would iterate as characters ("1,3" -> 1, ',' ...): only a sequence of ints.
@@ -32,18 +45,59 @@ def frozen_shapes(shapes: Mapping[str, tuple[int, ...]] | None) -> Mapping[str, 
             raise UsageError(
                 f"input shape of {name!r} must be a sequence of integers, e.g. (1, 3, 224, 224); got {dims!r}"
             )
+        if any(d <= 0 for d in dims):  # as the CLI's --input-shape: a static shape has no -1 or 0
+            raise UsageError(f"input shape of {name!r}: dimensions must be positive, got {tuple(dims)!r}")
         frozen[name] = tuple(int(d) for d in dims)
     return MappingProxyType(frozen)
+
+
+def check_mapping(value: object, name: str, example: str) -> None:
+    """Refuse a value that is not a mapping (None is no mapping given), naming the option: a
+    string would fail deep inside as "'str' object has no attribute 'items'"."""
+    if value is not None and not isinstance(value, Mapping):
+        raise UsageError(f"{name} must be a mapping, e.g. {example}; got {type(value).__name__} {value!r}")
+
+
+def patterns(value: object, name: str, kind: str = "a regular expression") -> tuple[str, ...]:
+    """One regular expression or a sequence of them, as a tuple: a string is one pattern (not its
+    characters), anything else that is not a sequence of strings is a UsageError naming ``name``."""
+    if isinstance(value, str):
+        return (value,)
+    items = tuple(value) if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)) else None
+    bad = value if items is None else next((v for v in items if not isinstance(v, str)), None)
+    if items is None or bad is not None:
+        raise UsageError(f"{name} must be {kind} or a list of them, got {type(bad).__name__} {bad!r}")
+    return items
+
+
+def check_bools(config: object, names: tuple[str, ...]) -> None:
+    """Refuse anything but True or False for a switch: verify="no" is a non-empty string, so
+    it was true (verification ran)."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise UsageError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
+def check_paths(config: object, names: tuple[str, ...]) -> None:
+    """Refuse a value that is not a path (str or os.PathLike) for a file option, naming it."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise UsageError(f"{name} must be a path (str or os.PathLike), got {type(value).__name__} {value!r}")
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_ints(config: object, names: tuple[str, ...]) -> None:
-    """Refuse a non-integer for an integer option, naming it (see check_numbers)."""
-    for name in names:
+def check_ints(config: object, names: tuple[str, ...], *, optional: tuple[str, ...] = ()) -> None:
+    """Refuse a non-integer for an integer option, naming it (see check_numbers); the options in
+    ``optional`` may also be None."""
+    for name in (*names, *optional):
         value = getattr(config, name)
+        if value is None and name in optional:
+            continue
         if not _is_int(value):
             raise UsageError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
 

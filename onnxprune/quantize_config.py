@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 
 from .config import DEFAULT_MAX_DROP
 from .errors import UsageError
-from .option_checks import check_option_names, check_regex, frozen_shapes
+from .option_checks import (
+    check_bools,
+    check_mapping,
+    check_option_names,
+    check_paths,
+    check_regex,
+    frozen_shapes,
+    patterns,
+)
 
 if TYPE_CHECKING:
     from .user_validation import Candidate, MaxDrop
@@ -65,11 +73,14 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shapes", frozen_shapes(self.input_shapes))
+        check_mapping(self.fidelity_metrics, "fidelity_metrics", "{'*': 'cosine'}")
+        check_bools(self, ("fast_bias_correction",))
+        check_paths(self, ("calibration", "evaluation_inputs"))
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
         from .fidelity_metrics import check_metrics
 
         check_metrics(self.fidelity_metrics)
-        scope = (self.ignored_scope,) if isinstance(self.ignored_scope, str) else tuple(self.ignored_scope)
+        scope = patterns(self.ignored_scope, "ignored_scope", "a node name or regular expression")
         object.__setattr__(self, "ignored_scope", scope)
         for pattern in scope:
             check_regex(pattern, "--ignored-scope")

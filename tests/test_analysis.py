@@ -10,8 +10,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-import onnxprune
-
 
 def _bfloat16_output_model() -> onnx.ModelProto:
     """A Conv whose graph output is cast to bfloat16: graphsurgeon has no numpy type for it."""

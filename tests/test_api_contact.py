@@ -230,3 +230,78 @@ def test_sensitivity_result_to_json_is_strict_json():
     )
     assert json.loads(result.to_json())["seconds"] is None
     assert json.loads(result.to_json()) == {**result.to_dict(), "seconds": None}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # each was Python's TypeError / AttributeError / ValueError from deep inside, or silently accepted
+        ({"exclude": 5}, r"^exclude must be a regular expression or a list of them, got int 5$"),
+        (
+            {"input_shapes": "input:1,1,8,8"},
+            r"^input_shapes must be a mapping, e.g. \{'input': \(1, 3, 224, 224\)\}; got str",
+        ),
+        ({"input_shapes": {"input": (1, 1, -1, 8)}}, r"^input shape of 'input': dimensions must be positive"),
+        ({"fidelity_metrics": "*=cosine"}, r"^fidelity_metrics must be a mapping, e.g. \{'\*': 'cosine'\}; got str"),
+        ({"sensitivity_ratios": "0.1,0.2"}, r"^sensitivity_ratios must be a sequence of numbers"),
+        ({"layer_rules": [3]}, r"^layer_rules entry 0 must be a LayerRule or a mapping, got int$"),
+        ({"latency": {"thread": 1}}, r"^unknown option 'thread' \(did you mean 'threads'\?\)"),
+        ({"latency": 1}, r"^latency must be a latency.LatencySettings, got int$"),
+        (
+            {"latency_target": 0.5, "latency_evaluations": 2.5},
+            r"^latency_evaluations must be an integer, got float 2.5$",
+        ),
+        ({"verify": "no"}, r"^verify must be True or False, got str 'no'$"),  # 'no' is true: it verified
+        ({"ratio": 0.5, "global_ranking": "yes"}, r"^global_ranking must be True or False, got str 'yes'$"),
+        ({"calibration": 5, "ratio": 0.5}, r"^calibration must be a path \(str or os.PathLike\), got int 5$"),
+        ({"criterion_reason": "mine"}, r"^criterion_reason is not an option"),
+    ],
+)
+def test_an_option_of_the_wrong_kind_is_a_usage_error_naming_it(options, message):
+    with pytest.raises(UsageError, match=message):
+        onnxprune.prune(DIGITS, **{"verify": False, **options})
+
+
+def test_option_mappings_are_read_as_their_objects():
+    config = onnxprune.PruneConfig(latency={"threads": 1}, layer_rules=[{"op_names": "head", "exclude": True}])
+    assert config.latency == onnxprune.latency.LatencySettings(threads=1)
+    assert config.layer_rules == (onnxprune.LayerRule(op_names=("head",), exclude=True),)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"ignored_scope": 5},
+            r"^ignored_scope must be a node name or regular expression or a list of them, got int 5$",
+        ),
+        ({"fast_bias_correction": "no"}, r"^fast_bias_correction must be True or False, got str 'no'$"),
+        ({"evaluation_inputs": 3}, r"^evaluation_inputs must be a path \(str or os.PathLike\), got int 3$"),
+    ],
+)
+def test_a_quantize_option_of_the_wrong_kind_is_a_usage_error_naming_it(options, message):
+    with pytest.raises(UsageError, match=message):
+        onnxprune.QuantizeConfig(calibration="c.npz", **options)
+
+
+def test_steps_refuse_arguments_of_the_wrong_kind_and_take_paths():
+    analysis = onnxprune.analyze(DIGITS)
+    # registry={} was taken for no registry (the default rules); the others were raw errors
+    with pytest.raises(UsageError, match=r"^registry must be a RuleRegistry, got dict$"):
+        onnxprune.analyze(DIGITS, registry={})
+    with pytest.raises(UsageError, match=r"^criteria must be a CriterionRegistry, got dict$"):
+        onnxprune.prune(DIGITS, criteria={})
+    with pytest.raises(UsageError, match=r"^pruning_plan must be a PruningPlan, got dict \(PruningPlan.from_dict"):
+        onnxprune.prune(DIGITS, pruning_plan={"format": "onnxprune-plan/1"})
+    with pytest.raises(UsageError, match=r"^progress must be a function \(stage, done, total\), got int$"):
+        onnxprune.prune(DIGITS, progress=5)
+    with pytest.raises(UsageError, match=r"^sensitivity: calibration must be the path of an .npz"):
+        onnxprune.sensitivity(DIGITS, None)
+    # plan(model=path) and apply(path) were "'str' object has no attribute 'opset_import'"
+    the_plan = onnxprune.plan(analysis, "l2", ratio=0.25, model=DIGITS)
+    with pytest.raises(UsageError, match=r"^pruning_plan must be a PruningPlan, got dict"):
+        onnxprune.apply(DIGITS, analysis, the_plan.to_dict())
+    pruned = onnxprune.apply(DIGITS, analysis, the_plan)
+    expected = onnxprune.apply(onnxprune.load(DIGITS), analysis, the_plan)
+    assert pruned.SerializeToString() == expected.SerializeToString()
+    assert the_plan == onnxprune.plan(analysis, "l2", ratio=0.25, model=onnxprune.load(DIGITS))

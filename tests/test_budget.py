@@ -193,3 +193,36 @@ def test_a_config_that_is_not_text_is_a_usage_error(tmp_path, suffix: str) -> No
     with pytest.raises(UsageError) as info:
         load_layer_rules(binary)
     assert str(info.value) == f"{binary}: cannot read config (not UTF-8 text)"
+
+
+def test_config_entries_take_one_string_and_refuse_wrong_types(tmp_path: Path) -> None:
+    from onnxprune.config import load_layer_rules
+    from onnxprune.errors import UsageError
+
+    model = _residual_pair()
+    names = [s.node for s in onnxprune.analyze(model).sources]
+    one = tmp_path / "one.yaml"  # `op_types: Conv` was ('C', 'o', 'n', 'v'): no layer matched, nothing pruned
+    one.write_text(f"- op_types: Conv\n  sparsity: 0.5\n- op_names: {names[2]}\n  exclude: true\n")
+    rules = load_layer_rules(one)
+    assert [(r.op_types, r.op_names) for r in rules] == [(("Conv",), ()), ((), (names[2],))]
+    kept = _kept(onnxprune.prune(model, "l2", layer_rules=rules))
+    assert kept[names[2]] == 12 and kept[names[0]] == 4  # before: every layer kept all its channels
+    # the same entries as mappings through the API, read as the file's are
+    assert onnxprune.PruneConfig(layer_rules=[{"op_types": "Conv", "sparsity": 0.5}]).layer_rules == rules[:1]
+    for text, message in (
+        ('[{"op_types": ["Conv"], "sparsity": "abc"}]', "entry 0: config entry sparsity must be a number, got 'abc'"),
+        # "false" is a non-empty string: it excluded the layer
+        (
+            '[{"op_names": ["x"], "exclude": "false"}]',
+            "entry 0: config entry exclude must be true or false, got str 'false'",
+        ),
+        (
+            '[{"op_types": null, "sparsity": 0.3}]',
+            "entry 0: config entry op_types must be an op type or a list of them, got NoneType None",
+        ),
+    ):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(UsageError) as info:  # 'abc' was an internal error (ValueError), exit 3
+            load_layer_rules(bad)
+        assert str(info.value) == f"{bad}: {message}"
