@@ -87,7 +87,7 @@ class QuantizeConfig:
         if self.preset not in QUANTIZE_PRESETS:
             raise UsageError(f"quantization preset must be one of {', '.join(QUANTIZE_PRESETS)}, got {self.preset!r}")
         if isinstance(self.subset_size, bool) or not isinstance(self.subset_size, int) or self.subset_size < 1:
-            raise UsageError(f"subset size must be a positive integer, got {self.subset_size!r}")
+            raise UsageError(f"--subset-size must be a positive integer, got {self.subset_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"seed must be a non-negative integer, got {self.seed!r}")
         from .user_validation import MaxDrop, parse_max_drop

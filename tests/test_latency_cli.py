@@ -103,3 +103,38 @@ def test_latency_table_writes_json_and_plot_together_or_neither(tmp_path, monkey
     assert main([*args, "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.onnx", "t.json", "t.png"]
     assert json.loads((tmp_path / "t.json").read_text())["model"] == model
+
+
+def test_latency_table_bad_numbers_name_their_flag(tmp_path):
+    """--batch 0, --rounds 0/1 and --seconds-per-unit 0 said 'batch must be a positive integer' or
+    'latency table: rounds must be >= 2 and seconds per unit > 0', naming no flag."""
+    model = chain_model(str(tmp_path / "chain.onnx"))
+    cases = [
+        (["--batch", "0"], "--batch must be a positive integer, got 0"),
+        (["--threads", "0"], "--threads must be a positive integer, got 0"),
+        (["--rounds", "0"], "--rounds must be an integer >= 2, got 0"),
+        (["--rounds", "1"], "--rounds must be an integer >= 2, got 1"),
+        (["--seconds-per-unit", "0"], "--seconds-per-unit must be a positive number of seconds, got 0.0"),
+    ]
+    for flag, message in cases:
+        out = run_cli("latency-table", model, *FAKE, "--no-cache", *flag)
+        assert out.returncode == 2, flag
+        assert out.stderr.strip().splitlines() == [f"onnxprune: error: {message}"], flag
+
+
+def test_latency_table_dynamic_dims_hint_can_be_typed(tmp_path):
+    """The hint was 'give --input-shape x:N,3,?,?': neither N nor ? is accepted. Now the batch and
+    the model's fixed sizes are filled in and each size to choose is named; typed with sizes, it runs."""
+    import onnx
+    from test_contact7 import dynamic_hw_model
+
+    model = tmp_path / "hw.onnx"
+    onnx.save(dynamic_hw_model(), str(model))
+    out = run_cli("latency-table", str(model), *FAKE, "--no-cache", "--batch", "2")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"onnxprune: error: {model}: input 'x' dimension 2 is dynamic; give --input-shape x:2,3,d2,d3 "
+        "with d2, d3 the sizes to time"
+    ]
+    typed = run_cli("latency-table", str(model), *FAKE, "--no-cache", "--batch", "2", "--input-shape", "x:2,3,8,8")
+    assert typed.returncode == 0, typed.stderr

@@ -98,9 +98,15 @@ def resolve_input_shapes(
             if i == 0 and d is None:
                 shape.append(batch)
             elif d is None:
-                shown = ",".join(str(x) if x else ("N" if j == 0 else "?") for j, x in enumerate(dims))
+                # a form that can be typed once its named sizes are chosen: the batch and the
+                # model's fixed sizes filled in, d<i> for each dynamic one
+                free = [f"d{j}" for j, x in enumerate(dims) if j > 0 and x is None]
+                shown = ",".join(
+                    str(batch) if j == 0 and x is None else (str(x) if x else f"d{j}") for j, x in enumerate(dims)
+                )
                 raise UsageError(
-                    f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:{shown}"
+                    f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:{shown} "
+                    f"with {', '.join(free)} the size{'s' if len(free) > 1 else ''} to time"
                 )
             else:
                 shape.append(d)
@@ -196,8 +202,10 @@ def build_table(
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such file")
-    if rounds < 2 or not seconds_per_unit > 0:
-        raise UsageError("latency table: rounds must be >= 2 and seconds per unit > 0")
+    if not rounds >= 2:
+        raise UsageError(f"--rounds must be an integer >= 2, got {rounds!r}")
+    if not seconds_per_unit > 0:
+        raise UsageError(f"--seconds-per-unit must be a positive number of seconds, got {seconds_per_unit!r}")
     own = timer is None
     if timer is None:
         from .timers import RuntimeTimer

@@ -38,9 +38,9 @@ class LatencySettings:
         if self.device != "CPU":
             raise UsageError(f"device {self.device!r}: only CPU latency is measured")
         if not isinstance(self.batch, int) or self.batch < 1:
-            raise UsageError(f"batch must be a positive integer, got {self.batch!r}")
+            raise UsageError(f"--batch must be a positive integer, got {self.batch!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise UsageError(f"threads must be a positive integer, got {self.threads!r}")
+            raise UsageError(f"--threads must be a positive integer, got {self.threads!r}")
         if self.hint not in HINTS:
             raise UsageError(f"unknown hint {self.hint!r}; choose from {', '.join(HINTS)}")
         if self.precision not in PRECISIONS:
