@@ -130,9 +130,27 @@ def write_atomic(path: str, data: bytes | str) -> None:
         raise WriteError(path, exc) from None
 
 
+def _process_file(path: str) -> str | None:
+    """The first hop under /proc or /dev (not /dev/shm) of the symbolic links ``path`` leads
+    through, else None. /dev/stdout -> /proc/self/fd/1 resolves to whatever stdout is (a regular
+    file when redirected), but renaming onto it replaces the link itself."""
+    hop, seen = path, 0
+    while os.path.islink(hop) and seen < 40:
+        hop = os.path.join(os.path.dirname(os.path.abspath(hop)), os.readlink(hop))
+        seen += 1
+        if hop.startswith("/proc/") or (hop.startswith("/dev/") and not hop.startswith("/dev/shm/")):
+            return hop
+    return None
+
+
 def check_output_folder(path: str, what: str = "output") -> None:
     """Refuse an output that names a folder or whose folder does not exist (a usage error,
     before any work)."""
+    linked = _process_file(path)
+    if linked is not None:
+        raise UsageError(
+            f"{path}: {what} leads to {linked} (a process's file, not a file of its own); give a file name"
+        )
     if os.path.isdir(path):
         raise UsageError(f"{path}: {what} is a folder; give a file name")
     if os.path.exists(path) and not os.path.isfile(path):  # a device or fifo: a rename would replace it

@@ -423,3 +423,41 @@ def test_outputs_os_failures_are_write_errors(tmp_path: Path, monkeypatch: pytes
     assert not isinstance(caught.value, UsageError)
     assert (caught.value.filename, caught.value.errno) == (str(report), errno.EACCES)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_output_linked_to_a_process_file_is_refused_and_the_link_kept(tmp_path: Path) -> None:
+    """`onnxprune explain M --json /dev/stdout > o.txt`: /dev/stdout -> /proc/self/fd/1 -> o.txt
+    is a regular file, so the check passed and the rename REPLACED the /dev/stdout link with a
+    regular file (as root: for the whole machine). Any link leading through /proc or /dev is
+    refused now, before any work, and left as it was."""
+    import os
+    import subprocess
+    import sys
+
+    from onnxprune.errors import UsageError
+    from onnxprune.file_writes import check_writable
+
+    link = tmp_path / "stdout"  # a stand-in for /dev/stdout, so that a failure breaks nothing
+    os.symlink("/proc/self/fd/1", link)
+    with open(tmp_path / "o.txt", "w") as out:
+        done = subprocess.run(
+            [sys.executable, "-m", "onnxprune", "explain", "fixtures/residual.onnx", "--json", str(link)],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2 and os.path.islink(link)  # before: 0, and the link a regular file
+    assert done.stderr == (
+        f"onnxprune: error: {link}: --json leads to /proc/self/fd/1 (a process's file, not a file of its own); "
+        "give a file name\n"
+    )
+    assert (tmp_path / "o.txt").read_text() == ""
+    with open(tmp_path / "x.json", "w") as f:
+        fd_link = tmp_path / "fd"
+        os.symlink(f"/proc/self/fd/{f.fileno()}", fd_link)
+        with pytest.raises(UsageError, match=r"leads to /proc/self/fd/\d+ \(a process's file"):
+            check_writable(str(fd_link), "--report")
+    plain = tmp_path / "plain.json"  # a link to an ordinary file stays allowed
+    os.symlink(tmp_path / "x.json", plain)
+    check_writable(str(plain), "--report")
