@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["build_parser", "latency_options"]
+__all__ = ["EXIT_CODES", "build_parser", "latency_options"]
 
 
 def latency_options(p: argparse.ArgumentParser) -> None:
@@ -24,10 +24,20 @@ def latency_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+# For scripts: what each exit status means, in every command's --help (cli.main maps the errors).
+EXIT_CODES = (
+    "exit codes: 0 success; 1 verification failed (nothing written); 2 bad input or usage (one line on "
+    "stderr naming the file and the reason; no output left); 3 internal error (a bug; ONNXPRUNE_DEBUG=1 "
+    "for a traceback); 130 interrupted. Output: the human report on stdout (none with -q), errors on stderr; "
+    "machine-readable results go to the files of --report / --json."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxprune",
         description="Remove convolution filters (output channels) straight from ONNX models.",
+        epilog=EXIT_CODES,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -312,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
     common(a)
-    a.add_argument("--json", metavar="R.json", help="write the groups as JSON")
+    a.add_argument(
+        "--json", metavar="R.json", help="write the groups as JSON (with --layers: explain's per-layer JSON)"
+    )
     a.add_argument(
         "--layers",
         action="store_true",
@@ -326,4 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(x)
     x.add_argument("--node", action="append", default=[], metavar="NAME", help="explain only this layer (repeatable)")
     x.add_argument("--json", metavar="E.json", help="write the per-layer view as compact JSON")
+    for command in sub.choices.values():  # every command's --help, cli_quantize's too
+        command.epilog = EXIT_CODES
     return parser

@@ -214,3 +214,20 @@ def test_a_malformed_plan_file_is_a_one_line_error_naming_it(tmp_path) -> None:
         r = run_cli("prune", model, "-o", str(out), "--plan", str(given), "-q")
         assert (r.returncode, r.stderr) == (2, f"onnxprune: error: {given}: {why}\n")
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["prune"], ["quantize"], ["convert"], ["bench"], ["latency-table"], ["sensitivity"], ["analyze"], ["explain"]],
+)
+def test_every_help_says_what_the_exit_codes_mean(command, capsys) -> None:
+    # A script needs them; they were only in the README.
+    from onnxprune.errors import UsageError, VerificationFailed
+
+    with pytest.raises(SystemExit) as done:
+        cli.main([*command, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit codes: 0 success; 1 verification failed (nothing written); 2 bad input or usage" in text
+    assert "3 internal error (a bug; ONNXPRUNE_DEBUG=1 for a traceback); 130 interrupted" in text
+    assert (VerificationFailed("x").exit_code, UsageError("x").exit_code) == (1, 2)
