@@ -242,3 +242,54 @@ def test_reconstruction_honours_gemm_beta() -> None:
     assert [d.node for d in layers[0]] == [d.node for d in layers[1]] and layers[0]
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     assert abs(layers[0][0].error_after - layers[1][0].error_after) < 1e-9
+
+
+def _custom_activation_model() -> onnx.ModelProto:
+    """conv (2 of 6 filters zero) -> com.example MyAct (a model-local function: Relu) -> conv."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    w1[[1, 4]] = 0
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("MyAct", ["c"], ["a"], name="act", domain="com.example"),
+        helper.make_node("Conv", ["a", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    body = helper.make_function(
+        "com.example", "MyAct", ["X"], ["Y"], [helper.make_node("Relu", ["X"], ["Y"])], [helper.make_opsetid("", 17)]
+    )
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 8, 8])],
+        [
+            numpy_helper.from_array(w1, "W1"),
+            numpy_helper.from_array(rng.standard_normal((4, 6, 3, 3)).astype(np.float32), "W2"),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    return helper.make_model(graph, opset_imports=opsets, functions=[body])
+
+
+def test_an_element_wise_rule_may_map_constants_one_at_a_time() -> None:
+    # README's passthrough(node, ctx, f): f got the array of the channels' constants, so a
+    # scalar function such as max(c, 0.0) raised "The truth value of an array ... is ambiguous"
+    from onnxprune.rules import passthrough
+
+    class MyActRule:
+        op_types = ("MyAct",)
+        domain = "com.example"
+
+        def propagate(self, node, ctx):
+            return passthrough(node, ctx, lambda c: max(c, 0.0))
+
+        def apply(self, node, ctx):
+            return None
+
+    model = _custom_activation_model()
+    assert onnxprune.prune(model).report.channels_removed == 0  # no rule: MyAct pins them
+    registry = onnxprune.default_registry().register(MyActRule())
+    result = onnxprune.prune(model, registry=registry)
+    assert result.report.channels_removed == 2 and result.report.verification.passed
+    with pytest.raises(onnxprune.UsageError, match=r"does not implement the Rule protocol"):
+        registry.register(lambda node, ctx: None)  # was a TypeError, outside the library's errors

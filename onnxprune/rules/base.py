@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .._core import Layout, NotApplicable, UnionFind
+from ..errors import UsageError
 
 __all__ = [
     "ApplyContext",
@@ -382,7 +383,7 @@ class RuleRegistry:
     def register(self, rule: Rule, *, min_opset: int = 1, max_opset: int = 10**6) -> RuleRegistry:
         """Add ``rule`` for its op types (later registrations win). Returns self for chaining."""
         if not isinstance(rule, Rule):
-            raise TypeError(f"{rule!r} does not implement the Rule protocol (op_types, domain, propagate, apply)")
+            raise UsageError(f"{rule!r} does not implement the Rule protocol (op_types, domain, propagate, apply)")
         for op in rule.op_types:
             key = (_norm_domain(rule.domain), op)
             self._rules.setdefault(key, []).insert(0, (min_opset, max_opset, rule))
@@ -451,7 +452,9 @@ def passthrough(
 ) -> NotApplicable | None:
     """Output 0 carries input 0's channel ids unchanged.
 
-    ``const_fn`` maps known per-channel constants (None: output constants unknown).
+    ``const_fn`` maps known per-channel constants (None: output constants unknown): it gets
+    the float64 array of the channels' constants (NaN where unknown, left unknown) and returns
+    theirs; a function of one number is applied to each channel's.
     ``spatial_from``: the op works on axes >= this one, so channel ids there are not allowed.
     """
     bad = data_inputs_tracked(node, ctx, [0])
@@ -474,6 +477,11 @@ def passthrough(
 
 
 def _guard_nan(fn: ConstFn, c: np.ndarray) -> np.ndarray:
-    """Apply ``fn`` to known constants only: an unknown (NaN) input stays unknown."""
-    out = np.asarray(fn(c), dtype=np.float64)
+    """Apply ``fn`` to known constants only: an unknown (NaN) input stays unknown. ``fn`` takes
+    the array of constants; a function of one number (``max(c, 0.0)``, ``math.exp``: a user's
+    rule) is applied to each channel's."""
+    try:
+        out = np.asarray(fn(c), dtype=np.float64)
+    except (TypeError, ValueError):  # 'truth value of an array is ambiguous', 'only length-1 arrays'
+        out = np.array([fn(float(x)) for x in c.reshape(-1)], dtype=np.float64).reshape(c.shape)
     return np.where(np.isnan(c), np.nan, out)
