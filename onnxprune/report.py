@@ -3,6 +3,7 @@ built from the analysis, the plan and the two models."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,7 @@ class PruneReport:
             "fidelity_on_random_inputs": self.fidelity_on_random_inputs,
             "compensation": self.compensation,
             "verified_against": self.reference,
-            "budget": self.budget,
+            "budget": copy.deepcopy(self.budget),  # a copy: editing the dict must not edit the report
             "fidelity_score": self.fidelity_score,
             "fidelity_metrics": None
             if self.fidelity_metrics is None
@@ -138,7 +139,7 @@ class PruneReport:
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "macs_unknown": self.macs_unknown or None,  # why macs_before/after are null
             "validation": None if self.validation is None else self.validation.to_dict(),
-            "generalisation": self.generalisation,
+            "generalisation": copy.deepcopy(self.generalisation),
             "recalibrated_layers": [  # added last, as the keys before it
                 {
                     "node": r.node,
@@ -151,7 +152,7 @@ class PruneReport:
                 }
                 for r in self.recalibrated_layers
             ],
-            "latency": self.latency,
+            "latency": copy.deepcopy(self.latency),
         }
 
 

@@ -305,3 +305,16 @@ def test_steps_refuse_arguments_of_the_wrong_kind_and_take_paths():
     expected = onnxprune.apply(onnxprune.load(DIGITS), analysis, the_plan)
     assert pruned.SerializeToString() == expected.SerializeToString()
     assert the_plan == onnxprune.plan(analysis, "l2", ratio=0.25, model=onnxprune.load(DIGITS))
+
+
+def test_report_to_dict_is_a_copy_the_caller_may_edit():
+    # to_dict() handed out the frozen report's own budget dict: a pipeline that annotated the
+    # dict it got (before writing its own JSON) changed the report and every later to_dict()
+    report = onnxprune.prune(DIGITS, "l2", ratio=0.25, verify=False).report
+    first = report.to_dict()
+    assert first["budget"]
+    first["budget"]["ratio"] = "edited"
+    first["budget"]["mine"] = 1
+    again = report.to_dict()
+    assert again["budget"]["ratio"] == 0.25 and "mine" not in again["budget"]
+    assert report.budget == again["budget"]
