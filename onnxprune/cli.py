@@ -16,6 +16,37 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    staged = _json_to_stdout(args)
+    try:
+        code = _run(args)
+        if code == 0 and staged is not None:  # the JSON alone on stdout, once the run succeeded
+            with open(staged, encoding="utf-8") as f:
+                sys.stdout.write(f.read())
+        return code
+    finally:
+        if staged is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(staged), ignore_errors=True)
+
+
+def _json_to_stdout(args: argparse.Namespace) -> str | None:
+    """``--report -`` / ``--json -``: the command's JSON goes to stdout, alone (the text report
+    is not printed, as with -q). It is written to a file in a temporary folder like any output
+    and copied to stdout when the run succeeds; returns that file, or None."""
+    attr = "report" if args.command in ("prune", "quantize") else "json"
+    if getattr(args, attr, None) != "-":
+        return None
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="onnxprune-stdout-"), "out.json")
+    setattr(args, attr, path)
+    args.quiet = True
+    return path
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; library errors become one line on stderr and an exit code."""
     from .errors import OnnxPruneError
 
     try:

@@ -29,7 +29,7 @@ EXIT_CODES = (
     "exit codes: 0 success; 1 verification failed (nothing written); 2 bad input or usage (one line on "
     "stderr naming the file and the reason; no output left); 3 internal error (a bug; ONNXPRUNE_DEBUG=1 "
     "for a traceback); 130 interrupted. Output: the human report on stdout (none with -q), errors on stderr; "
-    "machine-readable results go to the files of --report / --json."
+    "machine-readable results go to the files of --report / --json ('-': to stdout, alone, once the run succeeded)."
 )
 
 

@@ -231,3 +231,20 @@ def test_every_help_says_what_the_exit_codes_mean(command, capsys) -> None:
     assert "exit codes: 0 success; 1 verification failed (nothing written); 2 bad input or usage" in text
     assert "3 internal error (a bug; ONNXPRUNE_DEBUG=1 for a traceback); 130 interrupted" in text
     assert (VerificationFailed("x").exit_code, UsageError("x").exit_code) == (1, 2)
+
+
+def test_a_json_output_of_dash_goes_to_stdout_alone(tmp_path: Path) -> None:
+    # `--json -` wrote a file named '-' in the working folder, and the human report went to
+    # stdout: a script piping into a JSON reader had to use a temporary file
+    explained = run_cli("explain", "fixtures/residual.onnx", "--json", "-")
+    assert explained.returncode == 0, explained.stderr
+    data = json.loads(explained.stdout)  # the JSON and nothing else
+    assert data["model"] == "fixtures/residual.onnx" and data["layers"]
+    assert not Path("-").exists()
+    out = tmp_path / "p.onnx"
+    pruned = run_cli("prune", "fixtures/residual.onnx", "-o", out, "--report", "-")
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert report["channels_removed"] > 0 and report["output"] == str(out) and out.is_file()
+    failed = run_cli("prune", "fixtures/residual.onnx", "-o", tmp_path / "q.onnx", "--report", "-", "--ratio", "2")
+    assert (failed.returncode, failed.stdout) == (2, "")  # an error: nothing on stdout
