@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_latency_heldout as heldout  # noqa: E402
-from latency_bench_report import centered_verdict, heldout_table  # noqa: E402
+from latency_bench_report import centered_verdict, heldout_table, labelled_table  # noqa: E402
 
 # classifiers of 4-dim inputs into 3 classes: one-hot input i answers row i of W
 ORIGINAL = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
@@ -25,12 +25,12 @@ LATENCY = [[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1]]  # right on e0, e1
 MACS = [[0, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]  # right on e1, e2, e3
 
 
-def _classifier(path: Path, w: list[list[int]]) -> str:
+def _classifier(path: Path, w: list[list[int]], batch: int | str = 1) -> str:
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "W"], ["y"])],
         "classifier",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
         [numpy_helper.from_array(np.asarray(w, np.float32), "W")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -122,3 +122,45 @@ def test_the_zoo_verdict_tells_no_plan_apart_when_both_kept_nothing_input_depend
     assert centered_verdict(0.0034, 0.0025) == "neither keeps any (both < 0.05)"
     assert centered_verdict(-0.0198, -0.0197) == "neither keeps any (both < 0.05)"
     assert centered_verdict(0.3, 0.049) == "yes" and centered_verdict(0.049, 0.3) == "**no**"
+
+
+def test_paired_labelled_scores_accuracy_against_the_labels_and_agreement(tmp_path: Path) -> None:
+    # dynamic batch (the trained zoo's exports): 40 inputs run in batches of 32 and 8
+    original, latency, macs = (_classifier(tmp_path / f"{n}.onnx", w, "N") for n, w in
+                               (("o", ORIGINAL), ("l", LATENCY), ("m", MACS)))
+    x = _onehots(*([0, 1, 2, 3] * 10))
+    labels = np.array([0, 1, 1, 0] * 10)  # the original is right on e0, e1, e3; wrong on e2
+    got = heldout.paired_labelled(original, latency, macs, "x", x, labels)
+    assert got["n"] == 40 and got["original"]["accuracy"] == pytest.approx(0.75, abs=1e-12)
+    # latency answers 0, 1, 1, 2: right on e0, e1, e2; MACs answers 1, 1, 2, 0: right on e1, e3
+    assert got["latency"]["accuracy"] == pytest.approx(0.75, abs=1e-12)
+    assert got["macs"]["accuracy"] == pytest.approx(0.5, abs=1e-12)
+    assert got["latency"]["top1"] == pytest.approx(0.5, abs=1e-12)  # agrees with the original on e0, e1
+    assert got["macs"]["top1"] == pytest.approx(0.75, abs=1e-12)  # on e1, e2, e3
+    assert (got["only_latency"], got["only_macs"]) == (20, 10)  # e0, e2 vs e3
+
+
+def test_labelled_table_rows_and_verdicts() -> None:
+    assert labelled_table([]) == []
+
+    def row(a: int, b: int, apart: float = 0.003) -> dict:
+        h = {
+            "n": 512,
+            "seeds": [3, 3],
+            "labelled": True,
+            "macs_target": 0.5,
+            "original": {"accuracy": 0.5},
+            "latency": {"accuracy": 0.3, "top1": 0.4, "cosine": 0.8},
+            "macs": {"accuracy": 0.2, "top1": 0.3, "cosine": 0.7},
+            "only_latency": a,
+            "only_macs": b,
+        }
+        return {"model": "resnet50_glyphs", "heldout": h, "macs_plan_gap": apart}
+
+    lines = labelled_table([row(60, 20), row(20, 24), row(60, 20, apart=0.02)])
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
+    assert body[0] == (
+        "| resnet50_glyphs | 512 (3) | 0.5000 | 0.3000, 0.4000, 0.8000 | 0.500: 0.2000, 0.3000, 0.7000 | 60 | 20 | yes |"
+    )
+    assert body[1].endswith("| 20 | 24 | tie (within noise) |")
+    assert body[2].endswith("| yes (not at equal latency) |")

@@ -32,6 +32,11 @@ For each model:
    MACs plan on many more held-out inputs, paired (tools/bench_latency_heldout.py).
 4. ``report``: benchmarks/latency.md and .json.
 
+The headline zoo rows (``*_glyphs``) are torchvision's MobileNetV2, EfficientNet-B0 and ResNet-50
+trained on tools/glyph_task.py by tools/train_zoo.py (labelled: their ``heldout`` phase scores
+both plans' accuracy against the labels on 512 held-out images); the random-weight zoo's rows are
+kept as recorded (models and inputs: tools/bench_latency_models.py).
+
 Fidelity is measured by prune on held-out evaluation samples (never the calibration ones):
 the run's score, cosine for the zoo and the table classifier (top-1 agreement of a handful of
 samples is too coarse to rank units by), the detector's default metric for YOLO; the digits
@@ -53,13 +58,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_latency_measures import centered_cosine, constant_cosine, digits_accuracy  # noqa: E402
+from bench_latency_models import MODELS, RC, data_files, default_models, model_spec  # noqa: E402
+from bench_latency_models import common_options as _common  # noqa: E402
+from bench_latency_models import input_shapes as _shapes  # noqa: E402
 from bench_latency_scan import MAX_SCAN, final_candidates, grouped_final, refined_target, rematch_row  # noqa: E402
 from bench_latency_scan import matched_macs_plan as match_macs_plan  # noqa: E402
 from latency_bench_report import phase_report  # noqa: E402
@@ -68,122 +74,10 @@ import onnxprune  # noqa: E402
 from onnxprune.latency import LatencySettings  # noqa: E402
 from onnxprune.latency.ab import measure_models  # noqa: E402
 
-ZOO = os.environ.get("LATBENCH_ZOO", "/work/zoo-clean")  # tools/export_zoo.py --zeroing none
-MODELS: dict[str, dict[str, Any]] = {
-    "mobilenet_v2": {"path": f"{ZOO}/mobilenet_v2.onnx", "input": "input", "shape": [1, 3, 224, 224], "kind": "zoo"},
-    "efficientnet_b0": {
-        "path": f"{ZOO}/efficientnet_b0.onnx",
-        "input": "input",
-        "shape": [1, 3, 224, 224],
-        "kind": "zoo",
-    },
-    "resnet50": {"path": f"{ZOO}/resnet50.onnx", "input": "input", "shape": [1, 3, 224, 224], "kind": "zoo"},
-    "yolo26n": {
-        "path": "/work/corpus/yolo26n_isbn_det_torch.onnx",
-        "input": "images",
-        "shape": [1, 3, 640, 640],
-        "kind": "corpus",
-        "samples": 8,  # 640x640: every sensitivity trial runs them all
-        "keep": 0.9,  # detection metric (matched boxes) on the calibration pages
-    },
-    "pplcnet": {
-        "path": "/work/corpus/pplcnet_table_orient_cls_paddle.onnx",
-        "input": "input",
-        "shape": [1, 3, 624, 624],
-        "kind": "corpus",
-        "samples": 16,
-        "keep": 0.99,  # top-1 agreement: no orientation flips on the calibration crops
-        # top-1 on 16 crops moves in steps of 0.0625: both plans also on 256 more (phase heldout)
-        "heldout": 256,
-    },
-    "malimg": {
-        "path": "/work/corpus/resnet18_malimg_torchdynamo_extdata.onnx",
-        "input": "input",
-        "shape": [1, 3, 224, 224],
-        "kind": "corpus",
-        "samples": 16,
-        "keep": 0.99,
-        "headline": False,  # only in the table of targets where answers partly survive
-    },
-    # 0.08 ms, bound by per-inference overhead: with every prunable channel gone it still takes
-    # 0.77x, so it gets a target it can reach; its row is about accuracy at equal latency
-    "digits": {
-        "path": str(ROOT / "fixtures" / "digits_cnn.onnx"),
-        "input": "input",
-        "shape": None,
-        "kind": "digits",
-        "target": 0.85,
-        "keep": 0.99,
-    },
-}
-# Rows with --reconstruct on both plans (the latency plan and its matched MACs plan), beside the
-# plain rows: a user of a trained model at 0.7x would add it. YOLO26n's plans in about 4 minutes
-# on the quiet machine since its recovered evaluations have a time budget (it took 21 before).
-RECONSTRUCTED = ("yolo26n", "pplcnet", "digits")
-RC = "+rc"
 SETTINGS = LatencySettings(precision="f32")
 # The original's ms in the final run this far from prune's A/B run: the machine was in another
 # state (see README, "Measuring on a shared machine"), its ratios pulled toward 1 or away.
 STATE = 0.1
-
-
-def model_spec(name: str) -> dict:
-    """A model's spec; ``NAME+rc``: NAME's with --reconstruct on both plans (``base``: NAME, whose
-    calibration and evaluation files it shares)."""
-    if name.endswith(RC):
-        base = name[: -len(RC)]
-        return {**MODELS[base], "base": base, "reconstruct": True}
-    return {**MODELS[name], "base": name}
-
-
-def default_models() -> list[str]:
-    """The headline rows, each trained model's reconstructed row after it."""
-    names = []
-    for m, spec in MODELS.items():
-        if spec.get("headline", True):
-            names.append(m)
-            if m in RECONSTRUCTED:
-                names.append(m + RC)
-    return names
-
-
-def _samples(name: str, spec: dict, n: int, seed: int) -> np.ndarray:
-    shape = spec["shape"]
-    if spec["kind"] == "corpus":
-        try:
-            from corpus_inputs import MODELS as CORPUS  # fidbench's realistic inputs
-            from corpus_inputs import feeds
-
-            spec["inputs_note"] = f"tools/corpus_inputs.py: {CORPUS[os.path.basename(spec['path'])].what}"
-            return feeds(os.path.basename(spec["path"]), n, seed=seed)[spec["input"]]
-        except Exception as exc:  # not there (or failing): seeded images, said in the JSON
-            spec["inputs_note"] = f"seeded uniform [0,1] images (corpus_inputs unavailable: {type(exc).__name__})"
-            return np.random.default_rng(seed).uniform(0, 1, (n, *shape[1:])).astype(np.float32)
-    spec["inputs_note"] = "seeded standard-normal images (random-weight export)"
-    return np.random.default_rng(seed).standard_normal((n, *shape[1:])).astype(np.float32)
-
-
-def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
-    """Calibration and held-out evaluation .npz for a model (8 of each for the big corpus
-    inputs: the sensitivity trials run on all of them)."""
-    n = min(n, spec.get("samples", n))
-    name = spec.get("base", name)
-    if spec["kind"] == "digits":
-        spec["inputs_note"] = "digits calibration split; evaluation and accuracy on the held-out test split"
-        test = np.load(ROOT / "fixtures" / "digits_test.npz")
-        ev = work / "digits_eval.npz"
-        np.savez(ev, input=test["input"])
-        return str(ROOT / "fixtures" / "digits_calibration.npz"), str(ev)
-    cal, ev = work / f"{name}_cal.npz", work / f"{name}_eval.npz"
-    if not cal.exists():
-        np.savez(cal, **{spec["input"]: _samples(name, spec, n, seed=1)})
-    if not ev.exists():
-        np.savez(ev, **{spec["input"]: _samples(name, spec, n, seed=2)})
-    return str(cal), str(ev)
-
-
-def _shapes(spec: dict) -> dict:
-    return {spec["input"]: tuple(spec["shape"])} if spec["shape"] else {}
 
 
 def _summary(result: Any) -> dict:
@@ -278,18 +172,6 @@ def plan_options(name: str, spec: dict, work: Path, n: int) -> tuple[dict, str]:
     """prune's options of both plans of a headline row, and its evaluation file."""
     cal, ev = data_files(name, spec, work, n)
     return {**_common(spec, cal, ev), **({"reconstruct": True} if spec.get("reconstruct") else {})}, ev
-
-
-def _common(spec: dict, cal: str, ev: str) -> dict:
-    return {
-        "calibration": cal,
-        "verification_inputs": ev,
-        "input_shapes": _shapes(spec),
-        # the random-weight zoo has no answers to keep: cosine (the sensitivity and the comparison
-        # both use it); the corpus models and the digits CNN keep their task metric (prune's
-        # choice: top-1 for the table classifier, matched detections for YOLO) on realistic inputs
-        **({"fidelity_metrics": {"*": "cosine"}} if spec["kind"] == "zoo" else {}),
-    }
 
 
 def new_macs_plan(name: str, spec: dict, work: Path, common: dict, ev: str, t: float, tag: str = "") -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SEEDS_FROM", "heldout_phase", "heldout_row", "paired_top1"]
+__all__ = ["SEEDS_FROM", "heldout_phase", "heldout_row", "paired_labelled", "paired_top1"]
 
 # corpus_inputs seeds of the extra inputs: the calibration file is seed 1, the evaluation file seed 2
 SEEDS_FROM = 3
@@ -57,10 +57,53 @@ def paired_top1(original: str, latency: str, macs: str, name: str, batches: list
     return result
 
 
+def _batched(path: str, name: str, x: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The model's first output for ``x`` in batches (a model exported with a dynamic batch)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def paired_labelled(
+    original: str, latency: str, macs: str, name: str, x: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """The original, the ``latency`` plan and the ``macs`` plan on the same labelled inputs ``x``:
+    each one's top-1 accuracy against ``labels``; each plan's top-1 agreement with the original
+    and output cosine; how many inputs only one of the two plans classifies right."""
+    ref = _batched(original, name, x)
+    result: dict[str, Any] = {"n": len(labels), "original": {"accuracy": float((ref.argmax(1) == labels).mean())}}
+    right = {}
+    for key, path in (("latency", latency), ("macs", macs)):
+        out = _batched(path, name, x)
+        right[key] = out.argmax(1) == labels
+        result[key] = {
+            "accuracy": float(right[key].mean()),
+            "top1": float((out.argmax(1) == ref.argmax(1)).mean()),
+            "cosine": _cosine(out, ref),
+        }
+    result["only_latency"] = int((right["latency"] & ~right["macs"]).sum())
+    result["only_macs"] = int((right["macs"] & ~right["latency"]).sum())
+    return result
+
+
 def heldout_row(row: dict, spec: dict, n: int, make: Callable[[str, int, int], dict] | None = None) -> dict[str, Any]:
     """``paired_top1`` of a benchmark row's latency plan and its (final) matched MACs plan on
     ``n`` inputs (rounded up to whole seeds of ``BATCH``), made by ``make(model file name,
     count, seed)`` (default: corpus_inputs.feeds), seeds from ``SEEDS_FROM``."""
+    if spec.get("kind") == "trained":  # labelled: tools/glyph_task.py at seed SEEDS_FROM (never trained on)
+        from glyph_task import glyph_images
+
+        x, labels = glyph_images(n, SEEDS_FROM, spec["shape"][2])
+        result = paired_labelled(
+            spec["path"], row["latency_plan"]["file"], row["macs_plan"]["file"], spec["input"], x, labels
+        )
+        return {
+            **result,
+            "seeds": [SEEDS_FROM, SEEDS_FROM],
+            "labelled": True,
+            "macs_target": row["macs_plan"]["macs_target"],
+        }
     if make is None:
         from corpus_inputs import feeds as make
     seeds = range(SEEDS_FROM, SEEDS_FROM + max(-(-n // BATCH), 1))
