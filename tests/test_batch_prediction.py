@@ -76,6 +76,20 @@ def test_a_floor_at_a_whole_count_is_not_moved_by_rounding() -> None:
         predict_batch([0.9], 0)
 
 
+def test_a_nan_estimate_is_a_typed_error() -> None:
+    """A NaN estimate compares false everywhere, so no count was within the tail: predict_batch
+    and batch_reading raised a bare IndexError (session 8 noted a ValueError from min() on an
+    empty sequence, the next line). Now a UsageError naming it."""
+    with pytest.raises(
+        UsageError, match=r"^batch prediction: an estimate is NaN \(\[0\.9, nan\]\); each must be in \[0, 1\]$"
+    ):
+        predict_batch([0.9, float("nan")], 32, floor=0.95)
+    with pytest.raises(
+        UsageError, match=r"^batch prediction: an agreement is NaN \(\[nan\]\); each must be in \[0, 1\]$"
+    ):
+        batch_reading([float("nan")], 32, 0.95)
+
+
 def _output(name: str, estimate: float) -> OutputFidelity:
     return OutputFidelity(name, 0.0, 0.0, 1.0, 1.0, "top1", 1.0, "", estimate=estimate, bound=estimate, confidence=0.95)
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
+from ..errors import UsageError
+
 __all__ = ["BATCH_RULE_METRICS", "PREDICTION_LEVEL", "BatchPrediction", "batch_reading", "batch_rule", "predict_batch"]
 
 # The outputs --fidelity-batch judges: those whose score counts inputs (their agreement has a
@@ -76,7 +78,7 @@ def predict_batch(
     outputs whose estimated agreements are ``estimates`` (see the module's docstring)."""
     if samples < 1 or not estimates:
         raise ValueError("a batch prediction needs at least one input and one estimate")
-    ps = _clipped(estimates)
+    ps = _clipped(estimates, "estimate")
     tail = (1.0 - level) / 2
     low = _lowest_kept(ps, samples, tail)
     worst = min(ps)
@@ -90,7 +92,11 @@ def predict_batch(
     return BatchPrediction(samples, ps, level, low, high, floor, below_floor)
 
 
-def _clipped(agreements: Sequence[float]) -> tuple[float, ...]:
+def _clipped(agreements: Sequence[float], what: str) -> tuple[float, ...]:
+    """The agreements clipped to [0, 1]; a NaN is refused: it compares false everywhere and
+    leaves no count within a tail (a bare IndexError)."""
+    if any(math.isnan(float(p)) for p in agreements):
+        raise UsageError(f"batch prediction: an {what} is NaN ({list(map(float, agreements))}); each must be in [0, 1]")
     return tuple(min(max(float(p), 0.0), 1.0) for p in agreements)
 
 
@@ -115,7 +121,7 @@ def batch_reading(agreements: Sequence[float], samples: int, probability: float)
     acceptance rule of ``--fidelity-batch`` (fidelity.search_score)."""
     if samples < 1 or not agreements:
         raise ValueError("a batch reading needs at least one input and one agreement")
-    return _lowest_kept(_clipped(agreements), samples, 1.0 - probability) / samples
+    return _lowest_kept(_clipped(agreements, "agreement"), samples, 1.0 - probability) / samples
 
 
 def batch_rule(
