@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -101,6 +102,15 @@ def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[st
     return out
 
 
+def _frontend_reads(ov: Any, framework: str, path: str) -> bool:
+    """Whether OpenVINO's ``framework`` ("onnx", "ir") frontend takes ``path`` (a quick look at
+    the file, no logging)."""
+    try:
+        return bool(ov.frontend.FrontEndManager().load_by_framework(framework).supported(path))
+    except Exception:  # OpenVINO raises its own types (a missing file, a folder)
+        return False
+
+
 class _Runner:
     """One compiled model and the inputs it takes. ``hints``: the OpenVINO performance hints to
     compile it for (LATENCY for ``run_once``, THROUGHPUT for ``throughput`` and
@@ -126,6 +136,16 @@ class _Runner:
 
             ov = require_openvino()
             core = ov.Core()
+            ir = path.endswith(".xml")
+            if not _frontend_reads(ov, "ir" if ir else "onnx", path):
+                # OpenVINO would try its other frontends on it, and TensorFlow's logs C++ lines
+                # ('E0000 ... text_format.cc') to stderr before any error: say what is wrong first,
+                # in one line (for ONNX, onnxprune's loader says it).
+                if ir:
+                    raise UsageError(f"{path}: not an OpenVINO IR (OpenVINO's IR reader does not recognise the .xml)")
+                from .loading import load_model
+
+                load_model(path)
             try:
                 model = core.read_model(path)
             except Exception as exc:  # OpenVINO raises its own types

@@ -68,6 +68,35 @@ def test_bench_errors(tmp_path: Path) -> None:
     assert cli.main(["bench", str(xml), "--backend", "onnxruntime"]) == 2
 
 
+def test_bench_of_a_zip_named_onnx_is_one_line_without_openvinos_log(tmp_path: Path) -> None:
+    """OpenVINO tried its TensorFlow frontend on it, which logged two C++ lines ('E0000 ...
+    text_format.cc:417] Error parsing text-format tensorflow.GraphDef') on stderr before the
+    one-line error; the file is now checked (OpenVINO's ONNX frontend, then the loader) first."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "m.onnx"
+    fake.write_bytes((FIXTURES / "digits_calibration.npz").read_bytes())  # a zip
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "bench", str(fake)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"onnxprune: error: {fake}: not an ONNX model (Error parsing message with type 'onnx.ModelProto': "
+        "Wire format was corrupt)"
+    ]
+    xml = tmp_path / "i.xml"  # the same zip named as an IR, with a .bin beside it
+    xml.write_bytes(fake.read_bytes())
+    (tmp_path / "i.bin").write_bytes(b"")
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "bench", str(xml)], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        f"onnxprune: error: {xml}: not an OpenVINO IR (OpenVINO's IR reader does not recognise the .xml)"
+    ]
+
+
 def test_prune_with_ir_openvino_comparison_and_reports(tmp_path: Path) -> None:
     out, xml, md, png, rep = (tmp_path / n for n in ("o.onnx", "o.xml", "r.md", "r.png", "r.json"))
     argv = [
