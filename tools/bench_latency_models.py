@@ -46,7 +46,9 @@ MODELS: dict[str, dict[str, Any]] = {
     # the zoo's architectures trained on tools/glyph_task.py: answers that can be checked
     "mobilenet_v2_glyphs": _trained("mobilenet_v2"),
     "efficientnet_b0_glyphs": _trained("efficientnet_b0"),
-    "resnet50_glyphs": _trained("resnet50"),
+    # not a headline row until tools/train_zoo.py trains it: within this session's CPU budget it
+    # stayed at chance (0.045 top-1 after 700 steps at 96 px), so it has no file to run
+    "resnet50_glyphs": {**_trained("resnet50"), "headline": False},
     # random-weight exports: their outputs hardly depend on the input (see the report); recorded
     # rows only, no longer headline rows
     "mobilenet_v2": {
