@@ -126,8 +126,9 @@ def test_the_zoo_verdict_tells_no_plan_apart_when_both_kept_nothing_input_depend
 
 def test_paired_labelled_scores_accuracy_against_the_labels_and_agreement(tmp_path: Path) -> None:
     # dynamic batch (the trained zoo's exports): 40 inputs run in batches of 32 and 8
-    original, latency, macs = (_classifier(tmp_path / f"{n}.onnx", w, "N") for n, w in
-                               (("o", ORIGINAL), ("l", LATENCY), ("m", MACS)))
+    original, latency, macs = (
+        _classifier(tmp_path / f"{n}.onnx", w, "N") for n, w in (("o", ORIGINAL), ("l", LATENCY), ("m", MACS))
+    )
     x = _onehots(*([0, 1, 2, 3] * 10))
     labels = np.array([0, 1, 1, 0] * 10)  # the original is right on e0, e1, e3; wrong on e2
     got = heldout.paired_labelled(original, latency, macs, "x", x, labels)
