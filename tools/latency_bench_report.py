@@ -145,14 +145,22 @@ def heldout_table(rows: list[dict]) -> list[str]:
     for r in rows:
         h = r["heldout"]
         a, b = h["only_latency"], h["only_macs"]
-        stands = abs(a - b) > 2 * (a + b) ** 0.5
-        verdict = ("yes" if a > b else "**no**") if stands else "tie (within noise)"
+        verdict = _paired_verdict(a, b)
         lines.append(
             f"| {_label(r)} | {h['n']} ({h['seeds'][0]}–{h['seeds'][1]}) "
             f"| {h['latency']['top1']:.4f} ({h['latency']['cosine']:.4f}) "
             f"| {h['macs_target']:.3f}: {h['macs']['top1']:.4f} ({h['macs']['cosine']:.4f}) | {a} | {b} | {verdict} |"
         )
     return lines
+
+
+def _paired_verdict(only_latency: int, only_macs: int) -> str:
+    """Whether the latency plan's paired count stands out of its noise: |a - b| > 2 sqrt(a + b)
+    (McNemar, about 95%)."""
+    a, b = only_latency, only_macs
+    if abs(a - b) > 2 * (a + b) ** 0.5:
+        return "yes" if a > b else "**no**"
+    return "tie (within noise)"
 
 
 def labelled_table(rows: list[dict]) -> list[str]:
@@ -176,8 +184,7 @@ def labelled_table(rows: list[dict]) -> list[str]:
     for r in rows:
         h = r["heldout"]
         a, b = h["only_latency"], h["only_macs"]
-        stands = abs(a - b) > 2 * (a + b) ** 0.5
-        verdict = ("yes" if a > b else "**no**") if stands else "tie (within noise)"
+        verdict = _paired_verdict(a, b)
         if abs(_apart(r)) > 0.01:
             verdict += " (not at equal latency)"
         lat, mac = h["latency"], h["macs"]
