@@ -105,6 +105,12 @@ def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
     for path, flag in outputs:
         if flag.endswith(")") and os.path.isdir(path):  # a companion file; the named ones are checked as given
             raise UsageError(f"{path}: {flag} would be written there, but it is a folder; give another file name")
+        if flag.endswith(")"):  # a link through /proc, a dangling link, a device
+            from .file_writes import check_data_file, check_output_folder
+
+            check_output_folder(path, flag)
+            if flag.endswith("(its external data)"):
+                check_data_file(path, flag)
     inputs = _inputs(args)
     for model, what in list(inputs):
         if what != "the input model" or not os.path.isfile(model):
@@ -129,7 +135,7 @@ def check_outputs_distinct(args: argparse.Namespace) -> None:
     named like the IR's .bin would replace its weights (an IR that no longer loads, exit 0)."""
     seen: dict[str, str] = {}
     for path, flag in _outputs(args):
-        key = os.path.abspath(path)
+        key = os.path.realpath(path)  # links written through (file_writes.output_target): the file they lead to
         if key in seen:
             raise UsageError(f"{path}: {seen[key]} and {flag} name the same file; give another file name")
         seen[key] = flag

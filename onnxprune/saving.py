@@ -22,8 +22,10 @@ import onnx
 from .errors import WriteError
 from .file_writes import (
     Replacement,
+    check_data_file,
     check_output_folder,
     check_writable,
+    output_target,
     removing_leftovers,
     write_atomic,
 )
@@ -95,8 +97,10 @@ class Outputs:
         self._models: list[StagedModel] = []
 
     def staging_path(self, path: str) -> str:
-        """A temporary name beside ``path`` that keeps its extension (matplotlib, OpenVINO read it)."""
-        folder, name = os.path.split(os.path.abspath(path))
+        """A temporary name beside ``path`` (beside its target when it is a symbolic link: one
+        rename replaces it) that keeps its extension (matplotlib, OpenVINO read it)."""
+        name = os.path.basename(path)
+        folder = os.path.dirname(os.path.abspath(output_target(path)))
         return os.path.join(folder, f".onnxprune-{os.getpid()}-{len(self._moves)}-{name}")
 
     def add(self, staged: str, destination: str) -> None:
@@ -327,11 +331,15 @@ class StagedModel:
         import tempfile
 
         check_output_folder(path)
+        if external_data:
+            check_data_file(path + ".data")
         self.owned = True  # False once an Outputs has taken it over (see Outputs.add_model)
         self.destination = path
-        self._folder = os.path.dirname(os.path.abspath(path))
-        try:
-            self._tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=self._folder)
+        self._folder = os.path.dirname(os.path.abspath(path))  # where the data file goes, as the model names it
+        try:  # beside the file replaced (a link's target), so that the model's move is one rename
+            self._tmpdir = tempfile.mkdtemp(
+                prefix=".onnxprune-", dir=os.path.dirname(os.path.abspath(output_target(path)))
+            )
         except OSError as exc:  # a folder it may not write
             raise WriteError(path, exc) from None
         self.path = os.path.join(self._tmpdir, os.path.basename(path))
@@ -347,6 +355,12 @@ class StagedModel:
         except BaseException:
             self.discard()
             raise
+        if len(self._files) > 1:  # external data (asked for, or past the protobuf limit)
+            try:
+                check_data_file(os.path.join(self._folder, self._files[0]))
+            except BaseException:
+                self.discard()
+                raise
 
     @property
     def folder(self) -> str:

@@ -461,3 +461,154 @@ def test_an_output_linked_to_a_process_file_is_refused_and_the_link_kept(tmp_pat
     plain = tmp_path / "plain.json"  # a link to an ordinary file stays allowed
     os.symlink(tmp_path / "x.json", plain)
     check_writable(str(plain), "--report")
+
+
+def test_outputs_that_are_links_are_written_through(tmp_path: Path) -> None:
+    """An output that is a symbolic link to an ordinary file (-o p.onnx -> /data/real.onnx) was
+    replaced by a regular file: the link gone, its target stale. Every output kind now writes
+    through the link (as cp does): the model and its external data, the report, the IR's .xml
+    and .bin; the links stay links and nothing is left beside either."""
+    import json
+    import os
+
+    pytest.importorskip("openvino")
+    src = tmp_path / "wide.onnx"
+    onnx.save(_wide_model(), str(src))
+    work, data = tmp_path / "work", tmp_path / "data"
+    work.mkdir()
+    data.mkdir()
+    names = {"p.onnx": "real.onnx", "r.json": "real.json"}
+    names |= {"m.xml": "real.xml", "m.bin": "real.bin"}
+    for link, target in names.items():
+        (data / target).write_bytes(b"stale")
+        os.symlink(f"../data/{target}", work / link)  # relative, as ln -s makes them
+    args = ["prune", str(src), "-o", str(work / "p.onnx"), "--external-data", "--no-verify", "-q"]
+    assert cli.main([*args, "--report", str(work / "r.json"), "--ir", str(work / "m.xml")]) == 0
+    assert sorted(os.listdir(work)) == sorted([*names, "p.onnx.data"]) and all(os.path.islink(work / n) for n in names)
+    assert sorted(os.listdir(data)) == sorted(names.values())  # the data file beside the link, as the model names it
+    assert all((data / t).read_bytes() != b"stale" for t in names.values())
+    assert json.loads((data / "real.json").read_text())["output"] == str(work / "p.onnx")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert cli.main(["prune", str(src), "-o", str(reference / "p.onnx"), "--external-data", "--no-verify", "-q"]) == 0
+    assert (data / "real.onnx").read_bytes() == (reference / "p.onnx").read_bytes()
+    assert (work / "p.onnx.data").read_bytes() == (reference / "p.onnx.data").read_bytes()
+    assert onnx.load(str(work / "p.onnx")) == onnx.load(str(reference / "p.onnx"))  # its data found through the links
+    import openvino as ov
+
+    assert ov.Core().read_model(str(work / "m.xml")).inputs[0].get_any_name() == "x"
+
+    # The library's writers too: save (its data file beside the link, as the model names it) and write_atomic.
+    from onnxprune.saving import write_atomic
+
+    os.symlink("../data/real2.onnx", work / "q.onnx")
+    (data / "real2.onnx").write_bytes(b"stale")
+    onnxprune.save(_wide_model(), work / "q.onnx", external_data=True)
+    assert os.path.islink(work / "q.onnx") and (work / "q.onnx.data").is_file()
+    loaded = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(work / "q.onnx")).graph.initializer}
+    assert all(np.array_equal(loaded[t.name], onnx.numpy_helper.to_array(t)) for t in _wide_model().graph.initializer)
+    os.symlink(data / "t.txt", work / "t.txt")
+    (data / "t.txt").write_text("stale")
+    write_atomic(str(work / "t.txt"), "new")
+    assert os.path.islink(work / "t.txt") and (data / "t.txt").read_text() == "new"
+
+
+def test_external_data_behind_a_link_is_refused(tmp_path: Path) -> None:
+    """onnx refuses to read external data through a symbolic link: a data file written through
+    one would make a model that does not load. Refused, before any work, the link kept."""
+    import os
+
+    from cli_helpers import one_line_error, run_cli
+
+    from onnxprune.errors import UsageError
+
+    (tmp_path / "real.data").write_bytes(b"old")
+    os.symlink("real.data", tmp_path / "p.onnx.data")
+    line = one_line_error(
+        run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "p.onnx", "--external-data", "--no-verify")
+    )
+    assert line == (
+        f"onnxprune: error: {tmp_path / 'p.onnx.data'}: -o (its external data) would be written through a symbolic "
+        "link (to real.data), and onnx refuses to read external data through a link; remove the link or give another "
+        "file name"
+    )
+    with pytest.raises(
+        UsageError, match=r"p.onnx.data: the model's external data would be written through a symbolic link"
+    ):
+        onnxprune.save(_wide_model(), tmp_path / "p.onnx", external_data=True)
+    assert (
+        sorted(os.listdir(tmp_path)) == ["p.onnx.data", "real.data"] and (tmp_path / "real.data").read_bytes() == b"old"
+    )
+
+
+def test_a_dangling_output_link_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A link to no file: refused with one line (as GNU cp refuses to write through a dangling
+    link), the link left as it was; the companion files (.data, .bin) likewise."""
+    import os
+
+    from cli_helpers import one_line_error, run_cli
+
+    from onnxprune.errors import UsageError
+    from onnxprune.file_writes import check_writable
+
+    os.symlink(tmp_path / "nowhere" / "real.onnx", tmp_path / "p.onnx")
+    with pytest.raises(
+        UsageError, match=r"p.onnx: output is a symbolic link to .*nowhere/real.onnx, which does not exist"
+    ):
+        check_writable(str(tmp_path / "p.onnx"))
+    line = one_line_error(run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "p.onnx", "--no-verify"))
+    assert line == (
+        f"onnxprune: error: {tmp_path / 'p.onnx'}: output is a symbolic link to {tmp_path / 'nowhere' / 'real.onnx'}, "
+        "which does not exist (a write goes through a link to its file); create that file or give another file name"
+    )
+    os.symlink("gone.data", tmp_path / "q.onnx.data")
+    args = ["prune", FIXTURES / "residual.onnx", "-o", tmp_path / "q.onnx", "--external-data", "--no-verify"]
+    assert "-o (its external data) is a symbolic link to gone.data, which does not exist" in one_line_error(
+        run_cli(*args)
+    )
+    assert sorted(os.listdir(tmp_path)) == ["p.onnx", "q.onnx.data"]
+    assert os.readlink(tmp_path / "p.onnx") == str(tmp_path / "nowhere" / "real.onnx")
+
+
+def test_a_link_to_another_file_system_is_written_through_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file staged on another file system than the link's target (the data file beside the
+    link) cannot be renamed there (EXDEV): it is copied beside the target, then renamed."""
+    import errno
+    import os
+
+    from onnxprune import file_writes
+
+    real_replace = os.replace
+    calls = []
+
+    def cross_device(src, dst):
+        calls.append(os.path.basename(src))
+        if len(calls) == 1:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    (tmp_path / "staged").write_text("new")
+    (tmp_path / "real").write_text("old")
+    os.symlink("real", tmp_path / "link")
+    monkeypatch.setattr(file_writes.os, "replace", cross_device)
+    file_writes.replace_together([(str(tmp_path / "staged"), str(tmp_path / "link"))])
+    assert calls == ["staged", f".onnxprune-{os.getpid()}-copy-real"]
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"] and (tmp_path / "real").read_text() == "new"
+
+
+def test_two_outputs_leading_to_one_file_through_a_link_are_refused(tmp_path: Path) -> None:
+    """Written through their links, --report r.json and --markdown m.md -> r.json would both
+    replace r.json: refused like two outputs naming one file."""
+    import argparse
+    import os
+
+    from onnxprune.cli_paths import check_outputs_distinct
+    from onnxprune.errors import UsageError
+
+    (tmp_path / "r.json").write_text("{}")
+    os.symlink("r.json", tmp_path / "m.md")
+    args = argparse.Namespace(report=str(tmp_path / "r.json"), markdown=str(tmp_path / "m.md"))
+    with pytest.raises(UsageError, match=r"m.md: --report and --markdown name the same file; give another file name$"):
+        check_outputs_distinct(args)
