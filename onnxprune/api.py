@@ -19,7 +19,7 @@ from .errors import UsageError
 from .planning import PruningPlan
 from .quantized import verification_form
 from .report import PruneReport
-from .rules import RuleRegistry, default_registry
+from .rules import RuleRegistry, default_registry, load_rules
 from .saving import DeferredModel, Outputs, check_writable, save_model
 from .stages import LoadedModel, layer_scores
 from .surgery import prune_deferred
@@ -144,7 +144,7 @@ def plan(
     if model is None:
         raise UsageError(f"criterion {criterion!r} needs the model's weights (pass model=)")
     model = _model_argument(model, "plan")
-    registry = registry or default_registry()
+    registry = load_rules(config.rules, registry)
     return stages.budget_plan(
         analysis, model, layer_scores(analysis, model, config, criteria, stats, registry, feeds=feeds), config, registry
     )
@@ -273,7 +273,7 @@ def prune(
     config = (config or PruneConfig()).with_options(criterion, **options)
     if pruning_plan is not None and config.latency_target is not None:
         raise UsageError("--latency-target cannot go with --plan: a given plan is applied as it is")
-    run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress, timer)
+    run = stages.Run(config, load_rules(config.rules, registry), criteria or default_criteria(), progress, timer)
     if output is not None:
         check_output_path(output, model)
     from .user_validation import check_spec
@@ -330,7 +330,7 @@ def sensitivity(
             f"sensitivity: calibration must be the path of an .npz or a folder of images, got {calibration!r}"
         )
     config = (config or PruneConfig()).with_options(criterion, calibration=os.fspath(calibration), **options)
-    run = stages.Run(config, registry or default_registry(), criteria or default_criteria(), progress)
+    run = stages.Run(config, load_rules(config.rules, registry), criteria or default_criteria(), progress)
     loaded = stages.load(model)
     stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)
     run = stages.with_data_shapes(loaded, run)

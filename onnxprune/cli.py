@@ -114,7 +114,7 @@ def _prune(args: argparse.Namespace) -> int:
     from .config import PruneConfig
     from .errors import UsageError
     from .fidelity import parse_metric_choices
-    from .layer_rules import load_layer_rules
+    from .layer_rules import load_config_file
     from .planning import PruningPlan
     from .saving import Outputs, check_writable
 
@@ -143,6 +143,9 @@ def _prune(args: argparse.Namespace) -> int:
         if path:
             check_writable(path, what)
     latency = _latency_settings(args)
+    layer_rules, rules = load_config_file(args.config) if args.config else ((), None)
+    if rules is not None and args.rules:
+        raise UsageError(f"--rules {args.rules} and {args.config}'s rules {rules}: give one")
     config = PruneConfig(
         criterion=args.criterion,
         ratio=args.ratio,
@@ -150,7 +153,8 @@ def _prune(args: argparse.Namespace) -> int:
         macs_target=args.macs_target,
         round_to=args.round_to,
         exclude=tuple(args.exclude),
-        layer_rules=load_layer_rules(args.config) if args.config else (),
+        layer_rules=layer_rules,
+        rules=args.rules or rules,
         calibration=args.calibration,
         compensation=args.compensation,
         input_shapes=_shapes(args.input_shape),
@@ -399,6 +403,7 @@ def _sensitivity(args: argparse.Namespace) -> int:
         input_shapes=_shapes(args.input_shape),
         exclude=tuple(args.exclude),
         preprocess=args.preprocess,
+        rules=args.rules,
         progress=progress,
     )
     data = {"model": args.model, **result.to_dict()}
@@ -429,6 +434,15 @@ def _sensitivity(args: argparse.Namespace) -> int:
                 f"analysed); 'onnxprune explain {args.model}' says why per layer"
             )
     return 0
+
+
+def _registry(args: argparse.Namespace):
+    """The rules registry of ``--rules`` (None: the default one)."""
+    if not getattr(args, "rules", None):
+        return None
+    from .rules import load_rules
+
+    return load_rules(args.rules)
 
 
 def _write_text(path: str, text: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import _shapes, _write_text
+from .cli import _registry, _shapes, _write_text
 from .cli_text import reason_counts
 from .render import json_text
 
@@ -19,7 +19,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         from .saving import check_writable
 
         check_writable(args.json, "--json")
-    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
+    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape), registry=_registry(args))
     data = {"model": args.model, **analysis.summary(), "groups": [g.to_dict() for g in analysis.groups]}
     if args.json:
         _write_text(args.json, json_text(data, indent=2))
@@ -46,7 +46,7 @@ def explain_command(args: argparse.Namespace) -> int:
         from .saving import check_writable
 
         check_writable(json_path, "--json")
-    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape))
+    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape), registry=_registry(args))
     nodes = getattr(args, "node", None) or None
     if nodes:
         known = {s.node for s in analysis.sources}

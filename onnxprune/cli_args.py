@@ -33,6 +33,13 @@ EXIT_CODES = (
 )
 
 
+# --rules, on every command that analyses channels (prune, analyze, explain, sensitivity).
+RULES_HELP = (
+    "rules for your own ops (see README 'Rules for your own ops'): NAME is a RuleRegistry, a rule, a rule class, "
+    "a list of rules or a function f(registry) that extends the default registry; also 'rules' in a --config mapping"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxprune",
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="static shape for an input with dynamic dimensions (repeatable); a dynamic batch needs none",
         )
         p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+        p.add_argument("--rules", metavar="FILE.py:NAME|module:NAME", help=RULES_HELP)
 
     p = sub.add_parser("prune", help="remove channels and write the pruned model")
     common(p)
@@ -76,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude", action="append", default=[], metavar="REGEX", help="never prune layers whose node name matches"
     )
     b.add_argument(
-        "--config", metavar="FILE", help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries"
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML list of {op_types, op_names, sparsity, exclude} entries (or a mapping: config_list, rules)",
     )
     b.add_argument(
         "--calibration",
@@ -313,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fidelity metric of an output ('*' for all): top1, ctc, dense, detection or cosine (see prune)",
     )
     se.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...")
+    se.add_argument("--rules", metavar="FILE.py:NAME|module:NAME", help=RULES_HELP)
     se.add_argument(
         "--exclude", action="append", default=[], metavar="REGEX", help="skip layers whose node name matches"
     )

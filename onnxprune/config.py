@@ -129,6 +129,11 @@ class PruneConfig:
         latency.interactions.RECOVERED_SECONDS (120 s) of them; a number: that many, no time
         bound; 0: each unit's loss measured alone orders them. With reconstruct / recalibrate the
         fidelity floor's evaluations draw on the same budget (latency.evaluations).
+    rules: rules for your own ops, added to the registry the run uses (``registry=``, else the
+        default one): a RuleRegistry (used as it is), a rule, a rule class or a list of them, a
+        function ``f(registry)`` that extends the registry it is given (returning it or None), or
+        the spec "FILE.py:NAME" / "module:NAME" of one of these, resolved when the run starts
+        (``rules.load_rules``; the CLI's ``--rules``).
     """
 
     criterion: str | None = None
@@ -159,6 +164,7 @@ class PruneConfig:
     latency_target: float | None = None
     latency: LatencySettings = field(default_factory=LatencySettings)
     latency_evaluations: int | None = None
+    rules: object = None
     criterion_reason: str = ""
 
     def __post_init__(self) -> None:
@@ -194,6 +200,11 @@ class PruneConfig:
         if self.validate is not None and not (callable(self.validate) or isinstance(self.validate, str)):
             raise UsageError(
                 f"validate must be a function or 'FILE.py:function' / 'module:function', got {type(self.validate).__name__}"
+            )
+        if self.rules is not None and isinstance(self.rules, (bytes, int, float, Mapping)):
+            raise UsageError(
+                "rules must be a RuleRegistry, a rule, a list of rules, a function that extends a registry or "
+                f"'FILE.py:NAME' / 'module:NAME', got {type(self.rules).__name__}"
             )
         budget = self.budget_options
         if self.criterion is None:

@@ -13,7 +13,7 @@ from typing import Any
 from .errors import UsageError
 from .option_checks import check_regex, patterns
 
-__all__ = ["LayerRule", "load_layer_rules"]
+__all__ = ["LayerRule", "load_config_file", "load_layer_rules"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,14 @@ class LayerRule:
 
 def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
     """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]})."""
+    return load_config_file(path)[0]
+
+
+def load_config_file(path: str | os.PathLike[str]) -> tuple[tuple[LayerRule, ...], str | None]:
+    """A config file's layer rules, and its ``rules`` (the spec of your rules for custom ops,
+    as ``--rules`` takes it: a relative FILE.py is relative to the config file's folder; None
+    when not given). The file is a list of entries, or a mapping with ``config_list`` (or
+    ``layers``) and ``rules``."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -97,8 +105,19 @@ def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
         raise UsageError(
             f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} ({str(exc).splitlines()[0]})"
         ) from None
+    rules = None
     if isinstance(data, dict):
-        data = data.get("config_list", data.get("layers"))
+        rules = data.get("rules")
+        if rules is not None and not isinstance(rules, str):
+            raise UsageError(f"{path}: rules must be a string FILE.py:NAME or module:NAME, got {type(rules).__name__}")
+        entries = data.get("config_list", data.get("layers"))
+        data = [] if entries is None and rules is not None else entries
     if not isinstance(data, list):
         raise UsageError(f"{path}: expected a list of entries (or {{'config_list': [...]}})")
-    return tuple(LayerRule.from_dict(entry, f"{path}: entry {i}") for i, entry in enumerate(data))
+    if rules is not None:
+        where, sep, name = rules.rpartition(":")
+        from .user_validation import _is_file
+
+        if sep and where and _is_file(where) and not os.path.isabs(where):
+            rules = f"{os.path.join(os.path.dirname(path), where)}:{name}"
+    return tuple(LayerRule.from_dict(entry, f"{path}: entry {i}") for i, entry in enumerate(data)), rules

@@ -35,6 +35,7 @@ __all__ = [
     "ValidationStep",
     "Validator",
     "check_spec",
+    "load_object",
     "parse_max_drop",
     "resolve_function",
 ]
@@ -135,16 +136,21 @@ def _is_file(where: str) -> bool:
     return where.endswith(".py") or "/" in where or os.sep in where
 
 
-def _parse_spec(spec: str) -> tuple[str, str, bool]:
-    """(where, function, whether `where` is a file) of ``FILE.py:function`` / ``module:function``;
-    a malformed spec or a file that does not exist is refused here, for both the early check and
-    the import."""
+def _parse_spec(
+    spec: str, option: str = "--validate", prefix: str | None = None, error: type[Exception] = ValidationFunctionFailed
+) -> tuple[str, str, bool]:
+    """(where, name, whether `where` is a file) of ``FILE.py:name`` / ``module:name``; a
+    malformed spec or a file that does not exist is refused here, for both the early check and
+    the import. ``option`` names the option in messages, ``prefix`` starts them (default the spec)."""
+    placeholder = "function" if option == "--validate" else "NAME"
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
-        raise ValidationFunctionFailed(f"--validate {spec!r}: expected FILE.py:function or module:function")
+        raise error(f"{option} {spec!r}: expected FILE.py:{placeholder} or module:{placeholder}")
     is_file = _is_file(where)
     if is_file and not os.path.isfile(where):
-        raise ValidationFunctionFailed(f"{spec}: --validate file {where} not found")
+        if prefix is None:
+            raise error(f"{spec}: {option} file {where} not found")
+        raise error(f"{prefix}: file {where} not found")
     return where, attr, is_file
 
 
@@ -180,6 +186,48 @@ def check_spec(spec: object) -> None:
         raise ValidationFunctionFailed(f"{spec}: no module named {where!r} (give FILE.py:function for a file)")
 
 
+def load_object(
+    spec: str,
+    option: str = "--validate",
+    noun: str = "function",
+    error: type[Exception] = ValidationFunctionFailed,
+    prefix: str | None = None,
+) -> object:
+    """What a spec ``FILE.py:name`` (a file, imported on its own) or ``module:name`` (importable)
+    names, for the options that load your code (``--validate``, ``--rules``); ``name`` may be
+    dotted. Every failure is one ``error`` starting with ``prefix`` (default: the spec) that
+    names ``option`` or the file: a malformed spec, a missing file or module, an import that
+    raises, a missing name (a ``noun``)."""
+    prefix = spec if prefix is None else prefix
+    placeholder = "function" if option == "--validate" else "NAME"
+    where, attr, is_file = _parse_spec(spec, option, None if prefix == spec else prefix, error)
+    if is_file:
+        kind = option.lstrip("-").replace("-", "_")
+        found = importlib.util.spec_from_file_location(f"_onnxprune_{kind}_{abs(hash(where))}", where)
+        if found is None or found.loader is None:  # pragma: no cover - a .py file always has a loader
+            raise error(f"{prefix}: cannot import {where}")
+        module = importlib.util.module_from_spec(found)
+        try:
+            found.loader.exec_module(module)
+        except (Exception, SystemExit) as exc:
+            raise error(f"{prefix}: importing {where} raised {type(exc).__name__}: {first_line(exc)}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            if exc.name and where.startswith(exc.name):
+                raise error(f"{prefix}: no module named {where!r} (give FILE.py:{placeholder} for a file)") from None
+            raise error(f"{prefix}: importing {where} raised {type(exc).__name__}: {first_line(exc)}") from None
+        except (Exception, SystemExit) as exc:
+            raise error(f"{prefix}: importing {where} raised {type(exc).__name__}: {first_line(exc)}") from None
+    found_object: Any = module
+    for part in attr.split("."):
+        found_object = getattr(found_object, part, None)
+        if found_object is None:
+            raise error(f"{prefix}: {where} has no {noun} {attr!r}")
+    return found_object
+
+
 def resolve_function(spec: Callable[[Candidate], float] | str) -> tuple[Callable[[Candidate], float], str]:
     """The validation function and its name for messages: a callable as it is, or a spec
     ``FILE.py:function`` (a file, imported on its own) or ``module:function`` (importable)."""
@@ -190,39 +238,9 @@ def resolve_function(spec: Callable[[Candidate], float] | str) -> tuple[Callable
         raise UsageError(
             f"validate must be a function or 'FILE.py:function' / 'module:function', got {type(spec).__name__}"
         )
-    where, attr, is_file = _parse_spec(spec)
-    if is_file:
-        found = importlib.util.spec_from_file_location(f"_onnxprune_validate_{abs(hash(where))}", where)
-        if found is None or found.loader is None:  # pragma: no cover - a .py file always has a loader
-            raise ValidationFunctionFailed(f"{spec}: cannot import {where}")
-        module = importlib.util.module_from_spec(found)
-        try:
-            found.loader.exec_module(module)
-        except (Exception, SystemExit) as exc:
-            raise ValidationFunctionFailed(
-                f"{spec}: importing {where} raised {type(exc).__name__}: {first_line(exc)}"
-            ) from None
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ModuleNotFoundError as exc:
-            if exc.name and where.startswith(exc.name):
-                raise ValidationFunctionFailed(
-                    f"{spec}: no module named {where!r} (give FILE.py:function for a file)"
-                ) from None
-            raise ValidationFunctionFailed(
-                f"{spec}: importing {where} raised {type(exc).__name__}: {first_line(exc)}"
-            ) from None
-        except (Exception, SystemExit) as exc:
-            raise ValidationFunctionFailed(
-                f"{spec}: importing {where} raised {type(exc).__name__}: {first_line(exc)}"
-            ) from None
-    fn: Any = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ValidationFunctionFailed(f"{spec}: {where} has no function {attr!r}")
+    fn = load_object(spec)
     if not callable(fn):
+        where, attr, _ = _parse_spec(spec)
         raise ValidationFunctionFailed(f"{spec}: {attr!r} in {where} is not a function ({type(fn).__name__})")
     return fn, spec
 

@@ -31,6 +31,13 @@ def test_fixture_is_current(name: str) -> None:
     assert make_fixtures.FIXTURES[name]().SerializeToString() == (ROOT / "fixtures" / f"{name}.onnx").read_bytes()
 
 
+@pytest.mark.parametrize("name", list(make_fixtures.CUSTOM_OP_FIXTURES))
+def test_custom_op_fixture_is_current(name: str) -> None:
+    """Those with a custom op (pruned with fixtures/custom_rules.py: tests/test_extension.py)."""
+    make = make_fixtures.CUSTOM_OP_FIXTURES[name]
+    assert make().SerializeToString() == (ROOT / "fixtures" / f"{name}.onnx").read_bytes()
+
+
 @pytest.mark.parametrize("name", list(make_fixtures.FIXTURES))
 def test_fixture_pruned_exactly(name: str) -> None:
     model = onnx.load(ROOT / "fixtures" / f"{name}.onnx")

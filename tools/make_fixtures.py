@@ -283,6 +283,25 @@ def family_pooling() -> onnx.ModelProto:
     return b.build("family_pooling")
 
 
+def custom_activation() -> onnx.ModelProto:
+    """conv 3->8 (filters 1 and 5 zero) -> com.example MyAct -> conv 8->4: MyAct is a model-local
+    function whose body is a Relu (onnxruntime runs it), an op onnxprune has no rule for; with the
+    rule of fixtures/custom_rules.py (--rules) the two zero filters go."""
+    from onnxprune.testing import as_custom_op
+
+    b = GraphBuilder(opset=17, seed=11)
+    x = b.input("input", [None, 3, 16, 16])
+    b.output(b.conv(b.op("Relu", b.conv(x, 8, zero=(1, 5))), 4))
+    model = as_custom_op(b.build("custom_activation"), "Relu", "MyAct", "com.example")
+    for node, name in zip(model.graph.node, ("conv1", "act", "conv2")):
+        node.name = name
+    return model
+
+
+# Models with a custom op: nothing goes without the rule for it (fixtures/custom_rules.py), so
+# they are not in FIXTURES (each of those is pruned by the zero criterion with the default rules).
+CUSTOM_OP_FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {"custom_activation": custom_activation}
+
 FIXTURES: dict[str, Callable[[], onnx.ModelProto]] = {
     "family_conv": family_conv,
     "family_gemm": family_gemm,
@@ -307,7 +326,7 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, make in FIXTURES.items():
+    for name, make in {**FIXTURES, **CUSTOM_OP_FIXTURES}.items():
         onnx.save(make(), out / f"{name}.onnx")
         print(out / f"{name}.onnx")
 
