@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from .cli_args import build_parser
 
@@ -16,18 +17,57 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .cli_paths import model_to_stdout
+    from .errors import OnnxPruneError
+
+    try:
+        model = args.stdout_model = model_to_stdout(args, _is_terminal(sys.stdout))
+    except OnnxPruneError as exc:
+        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     staged = _json_to_stdout(args)
     try:
-        code = _run(args)
+        with _stdout_to_stderr(model is not None):  # nothing but the model's bytes on stdout
+            code = _run(args)
+        if code == 0 and model is not None:  # the model alone on stdout, once the run succeeded
+            import shutil
+
+            with open(model, "rb") as f:
+                shutil.copyfileobj(f, sys.stdout.buffer)
+            sys.stdout.flush()
         if code == 0 and staged is not None:  # the JSON alone on stdout, once the run succeeded
             with open(staged, encoding="utf-8") as f:
                 sys.stdout.write(f.read())
         return code
     finally:
-        if staged is not None:
-            import shutil
+        for path in (staged, model):
+            if path is not None:
+                import shutil
 
-            shutil.rmtree(os.path.dirname(staged), ignore_errors=True)
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+def _is_terminal(stream: object) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+@contextmanager
+def _stdout_to_stderr(on: bool) -> Iterator[None]:
+    """While on, whatever is written to stdout (file descriptor 1: a library's own prints
+    included) goes to stderr, so that stdout carries the model's bytes alone."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _json_to_stdout(args: argparse.Namespace) -> str | None:
@@ -81,14 +121,17 @@ def _run(args: argparse.Namespace) -> int:
             return explain_command(args)
         return analyze_command(args)
     except OnnxPruneError as exc:
-        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        print(f"onnxprune: error: {_shown(args, str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # the machine, not the model: a full disk, a folder it may not write
         print(
-            f"onnxprune: error: {exc.filename or getattr(args, 'model', '')}: {exc.strerror or exc}; nothing written",
+            _shown(
+                args,
+                f"onnxprune: error: {exc.filename or getattr(args, 'model', '')}: {exc.strerror or exc}; nothing written",
+            ),
             file=sys.stderr,
         )
         return 2
@@ -97,10 +140,19 @@ def _run(args: argparse.Namespace) -> int:
             raise
         where = getattr(args, "model", None) or " ".join(getattr(args, "models", None) or [])
         print(
-            f"onnxprune: internal error on {where}: {type(exc).__name__}: {exc} (set ONNXPRUNE_DEBUG=1 for a traceback)",
+            _shown(
+                args,
+                f"onnxprune: internal error on {where}: {type(exc).__name__}: {exc} (set ONNXPRUNE_DEBUG=1 for a traceback)",
+            ),
             file=sys.stderr,
         )
         return 3
+
+
+def _shown(args: argparse.Namespace, text: str) -> str:
+    """``text`` with the file where ``-o -`` stages the model shown as ``-``."""
+    staged = getattr(args, "stdout_model", None)
+    return text.replace(staged, "-") if staged else text
 
 
 def _shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -201,7 +253,9 @@ def _prune(args: argparse.Namespace) -> int:
 
     check_prune_quantize(args)
     progress = _progress(args.quiet)
-    with Outputs() as outputs:
+    from .cli_paths import one_file
+
+    with Outputs(one_file(args)) as outputs:
         # With --quantize, -o is the int8 model: the pruned float model stays in memory.
         joint = None
         if args.quantize and config.fidelity_floor is not None and given_plan is None:
@@ -272,6 +326,9 @@ def _prune(args: argparse.Namespace) -> int:
             data["benchmark"][1]["path"] = args.output  # timed where it was staged
         if not (args.quiet and not args.markdown and not args.plot and not args.report):
             data = {**result.report.to_dict(), **data}
+        from .cli_paths import shown_paths
+
+        data = shown_paths(data, getattr(args, "stdout_model", None))  # -o -: the model's path shown as '-'
         if args.markdown:
             from .render import to_markdown
 

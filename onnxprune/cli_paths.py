@@ -10,7 +10,16 @@ from collections.abc import Iterator
 
 from .errors import UsageError
 
-__all__ = ["PLOT_FORMATS", "check_outputs_distinct", "check_outputs_spare_inputs", "check_plot_format"]
+__all__ = [
+    "PLOT_FORMATS",
+    "STDOUT",
+    "check_outputs_distinct",
+    "check_outputs_spare_inputs",
+    "check_plot_format",
+    "model_to_stdout",
+    "one_file",
+    "shown_paths",
+]
 
 # (attribute, flag) of every option that names a file a command writes.
 _OUTPUTS = (
@@ -139,3 +148,54 @@ def check_outputs_distinct(args: argparse.Namespace) -> None:
         if key in seen:
             raise UsageError(f"{path}: {seen[key]} and {flag} name the same file; give another file name")
         seen[key] = flag
+
+
+STDOUT = "-"
+
+
+def model_to_stdout(args: argparse.Namespace, stdout_is_terminal: bool) -> str | None:
+    """``-o -``: the model goes to stdout, alone (no text report, as with ``--report -``). It is
+    staged in a temporary folder like any output (``args.output`` becomes that file, its name
+    shown as ``-``: shown_paths) and copied to stdout when the run succeeds; returns that file,
+    or None. Refused before any work, one line: an IR (two files), ``--external-data`` (two
+    files), a terminal (binary bytes), another output to stdout."""
+    if getattr(args, "output", None) != STDOUT:
+        return None
+    if args.command == "convert":
+        raise UsageError("-o -: an OpenVINO IR is two files (the .xml and its .bin); stdout takes one: give -o OUT.xml")
+    if getattr(args, "external_data", False):
+        raise UsageError(
+            "-o -: --external-data writes two files (the model and its .data); stdout takes one: give -o OUT.onnx"
+        )
+    if getattr(args, "report", None) == STDOUT:
+        raise UsageError("-o - and --report -: both would go to stdout; give one of them a file name")
+    if stdout_is_terminal:
+        raise UsageError(
+            "-o -: stdout is a terminal, and a model is binary; redirect it (> OUT.onnx), pipe it, or give -o OUT.onnx"
+        )
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="onnxprune-stdout-"), "stdout.onnx")
+    args.output = path
+    args.quiet = True
+    return path
+
+
+def shown_paths(value: object, staged: str | None) -> object:
+    """``value`` (a report: dicts, lists, strings) with every string equal to ``staged`` (where
+    ``-o -`` stages the model) shown as ``-``."""
+    if staged is None:
+        return value
+    if isinstance(value, str):
+        return STDOUT if value == staged else value
+    if isinstance(value, dict):
+        return {k: shown_paths(v, staged) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shown_paths(v, staged) for v in value]
+    return value
+
+
+def one_file(args: argparse.Namespace) -> dict[str, str]:
+    """For saving.Outputs: the model that must be written as one file (``-o -``), shown as ``-o -``."""
+    staged = getattr(args, "stdout_model", None)
+    return {staged: "-o -"} if staged else {}

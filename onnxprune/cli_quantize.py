@@ -161,8 +161,11 @@ def quantize_command(args: argparse.Namespace, shapes: dict) -> int:
 
     check_writable(args.output, "-o")
     config = _config(args, args.calibration, args.inputs, shapes, parse_metric_choices(args.fidelity_metric))
-    with Outputs() as outputs:  # the model and the reports are moved into place together
+    from .cli_paths import one_file, shown_paths
+
+    with Outputs(one_file(args)) as outputs:  # the model and the reports are moved into place together
         data = quantize(args.model, args.output, config=config, outputs=outputs).report.to_dict()
+        data = shown_paths(data, getattr(args, "stdout_model", None))  # -o -: shown as '-'
         if args.report:
             outputs.add_text(args.report, json_text(data, indent=2))
         if args.markdown:

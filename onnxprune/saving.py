@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from .errors import WriteError
+from .errors import UsageError, WriteError
 from .file_writes import (
     Replacement,
     check_data_file,
@@ -92,9 +92,11 @@ class Outputs:
     by ``commit``: all of them or none. Leaving the ``with`` block without committing removes
     whatever was staged. Errors name the user's paths, never a staging path."""
 
-    def __init__(self) -> None:
+    def __init__(self, one_file: Mapping[str, str] | None = None) -> None:
         self._moves: list[tuple[str, str]] = []  # (staged file, destination), in commit order
         self._models: list[StagedModel] = []
+        # destination -> how it is shown: a model that must be one file (``-o -``: stdout takes one)
+        self._one_file = dict(one_file or {})
 
     def staging_path(self, path: str) -> str:
         """A temporary name beside ``path`` (beside its target when it is a symbolic link: one
@@ -144,6 +146,14 @@ class Outputs:
         """Move every staged file into place; if one move fails, every file is put back as it
         was (those it replaced restored, those it created removed) and the WriteError names
         that file's destination."""
+        for model in self._models:
+            shown = self._one_file.get(model.destination)
+            if shown is not None and len(model.file_names) > 1:
+                self.discard()
+                raise UsageError(
+                    f"{shown}: the model needs external data (past the 2 GB protobuf limit: a model file and its "
+                    ".data), and stdout takes one file: give -o OUT.onnx; nothing written"
+                )
         replacement = Replacement()
         try:
             for model in self._models:

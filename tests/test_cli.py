@@ -248,3 +248,111 @@ def test_a_json_output_of_dash_goes_to_stdout_alone(tmp_path: Path) -> None:
     assert report["channels_removed"] > 0 and report["output"] == str(out) and out.is_file()
     failed = run_cli("prune", "fixtures/residual.onnx", "-o", tmp_path / "q.onnx", "--report", "-", "--ratio", "2")
     assert (failed.returncode, failed.stdout) == (2, "")  # an error: nothing on stdout
+
+
+def test_dash_output_writes_the_model_to_stdout_alone(tmp_path: Path) -> None:
+    """-o - wrote a file named '-' (while --report - means stdout). Now the model's bytes go to
+    stdout, alone (no text report), byte-identical to -o FILE; the report says "output": "-"."""
+    import subprocess
+    import sys
+
+    model = str(FIXTURES / "residual.onnx")
+    done = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "prune", model, "-o", "-", "--report", "r.json"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no file named '-', nothing staged left
+    assert json.loads((tmp_path / "r.json").read_text())["output"] == "-"
+    assert run_cli("prune", model, "-o", tmp_path / "ref.onnx", "-q").returncode == 0
+    assert done.stdout == (tmp_path / "ref.onnx").read_bytes()
+    assert onnx.load_from_string(done.stdout).graph.node
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "-", "--report", "-"], "-o - and --report -: both would go to stdout; give one of them a file name"),
+        (
+            ["-o", "-", "--external-data"],
+            "-o -: --external-data writes two files (the model and its .data); stdout takes one: give -o OUT.onnx",
+        ),
+    ],
+)
+def test_dash_output_refusals(tmp_path: Path, args: list, message: str) -> None:
+    from cli_helpers import one_line_error
+
+    p = run_cli("prune", FIXTURES / "residual.onnx", *args)
+    assert one_line_error(p) == f"onnxprune: error: {message}" and p.stdout == ""
+    p = run_cli("convert", FIXTURES / "residual.onnx", "-o", "-")
+    assert one_line_error(p) == (
+        "onnxprune: error: -o -: an OpenVINO IR is two files (the .xml and its .bin); stdout takes one: give -o OUT.xml"
+    )
+
+
+def test_dash_output_to_a_terminal_is_refused(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "onnxprune", "prune", str(FIXTURES / "residual.onnx"), "-o", "-"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 2 and done.stderr == (
+        "onnxprune: error: -o -: stdout is a terminal, and a model is binary; redirect it (> OUT.onnx), pipe it, "
+        "or give -o OUT.onnx\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dash_output_past_the_protobuf_limit_is_refused_before_any_output_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """A model that needs external data (two files) cannot go to stdout: one line, exit 2, and
+    the run's other outputs are not written either (all or none)."""
+    from onnxprune import saving
+
+    monkeypatch.setattr(saving, "PROTOBUF_LIMIT", 1000)  # the residual fixture is past it
+    code = cli.main(["prune", str(FIXTURES / "residual.onnx"), "-o", "-", "--report", str(tmp_path / "r.json")])
+    out, err = capsysbinary.readouterr()
+    assert code == 2 and out == b""
+    assert err.decode() == (
+        "onnxprune: error: -o -: the model needs external data (past the 2 GB protobuf limit: a model file and its "
+        ".data), and stdout takes one file: give -o OUT.onnx; nothing written\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dash_output_keeps_a_validation_functions_prints_off_stdout(tmp_path: Path) -> None:
+    """A user's --validate function that prints (or any library writing to file descriptor 1)
+    would corrupt the model's bytes on stdout: while the run lasts stdout goes to stderr."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "v.py"
+    script.write_text('def score(candidate):\n    print("a user\'s print")\n    return 1.0\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "prune", str(FIXTURES / "digits_cnn.onnx"), "-o", "-"]
+        + ["--calibration", str(FIXTURES / "digits_calibration.npz"), "--validate", f"{script}:score"]
+        + ["--max-drop", "0.01"],
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"a user's print" in done.stderr and b"a user's print" not in done.stdout
+    assert onnx.load_from_string(done.stdout).graph.node
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.py"]
