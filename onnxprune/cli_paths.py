@@ -78,9 +78,10 @@ def _inputs(args: argparse.Namespace) -> list[tuple[str, str]]:
         models.insert(0, args.model)
     found = [(m, "the input model") for m in models]
     found += [(getattr(args, a), w) for a, w in _INPUTS if isinstance(getattr(args, a, None), str)]
-    spec = getattr(args, "validate", None)
-    if isinstance(spec, str) and ".py:" in spec:
-        found.append((spec.rsplit(":", 1)[0], "the --validate script"))
+    for option in ("validate", "rules"):  # FILE.py:NAME specs name a script the command runs
+        spec = getattr(args, option, None)
+        if isinstance(spec, str) and ".py:" in spec:
+            found.append((spec.rsplit(":", 1)[0], f"the --{option} script"))
     return found
 
 

@@ -471,3 +471,16 @@ def test_config_file_may_name_the_rules(tmp_path: Path) -> None:
         "prune", CUSTOM_MODEL, "-o", tmp_path / "o2.onnx", "--config", config, "--rules", f"{CUSTOM_RULES}:rule"
     )
     assert "give one" in one_line_error(p)
+
+
+def test_an_output_naming_the_rules_script_is_refused_and_the_script_kept(tmp_path: Path) -> None:
+    """--rules runs a script, as --validate does: an output naming it would overwrite the user's code."""
+    from cli_helpers import run_cli
+
+    script = tmp_path / "my_rules.py"
+    script.write_text(Path(CUSTOM_RULES).read_text())
+    before = script.read_bytes()
+    p = run_cli("prune", CUSTOM_MODEL, "-o", tmp_path / "out.onnx", "--rules", f"{script}:registry", "--report", script)
+    assert p.returncode != 0
+    assert "the --rules script" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert script.read_bytes() == before and not (tmp_path / "out.onnx").exists()
