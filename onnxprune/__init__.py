@@ -48,6 +48,7 @@ _EXPORTS = {
     "ValidationFunctionFailed": "errors",
     "BackendMissing": "errors",
     "WriteError": "errors",
+    "LeftoverWarning": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -74,6 +75,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .criteria import CriterionRegistry, default_criteria
     from .errors import (
         BackendMissing,
+        LeftoverWarning,
         LoadError,
         OnnxPruneError,
         UnsupportedModel,

@@ -95,6 +95,13 @@ def _run(args: argparse.Namespace) -> int:
         check_plot_format(args)
         check_outputs_spare_inputs(args)
         check_outputs_distinct(args)
+        from .cli_paths import recover_outputs
+
+        args.leftovers = recover_outputs(
+            args
+        )  # a killed run's copies beside the outputs: said here and in prune's report
+        for sentence in args.leftovers:
+            print(f"onnxprune: warning: {_shown(args, sentence)}", file=sys.stderr)
         if args.command == "prune":
             return _prune(args)
         if args.command == "convert":
@@ -277,6 +284,8 @@ def _prune(args: argparse.Namespace) -> int:
                 outputs=None if args.quantize else outputs,
             )
         data: dict = {"output": args.output}  # after the report's own fields, once it is shown or written
+        if getattr(args, "leftovers", None):
+            data["leftovers"] = args.leftovers
         if joint is not None:
             data["joint"] = joint
         int8_path = None

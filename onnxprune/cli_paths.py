@@ -18,6 +18,7 @@ __all__ = [
     "check_plot_format",
     "model_to_stdout",
     "one_file",
+    "recover_outputs",
     "shown_paths",
 ]
 
@@ -200,3 +201,11 @@ def one_file(args: argparse.Namespace) -> dict[str, str]:
     """For saving.Outputs: the model that must be written as one file (``-o -``), shown as ``-o -``."""
     staged = getattr(args, "stdout_model", None)
     return {staged: "-o -"} if staged else {}
+
+
+def recover_outputs(args: argparse.Namespace) -> list[str]:
+    """What was done with the hidden copies a killed run left beside this command's outputs
+    (file_writes.recover_leftovers), one sentence each; called before any work."""
+    from .file_writes import recover_leftovers
+
+    return recover_leftovers([path for path, _ in _outputs(args)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendMissing",
+    "LeftoverWarning",
     "LoadError",
     "OnnxPruneError",
     "UnsupportedModel",
@@ -65,6 +66,12 @@ class WriteError(OnnxPruneError, OSError):
         # OSError's own passes (errno, reason, filename) to __init__, which takes (destination,
         # exc): copy.copy and pickle (an error crossing a process pool) raised TypeError
         return type(self), (self.filename, OSError(self.errno, self.strerror))
+
+
+class LeftoverWarning(UserWarning):
+    """A write found the hidden copies a killed run left beside its destination and dealt with
+    them (put the previous files back, or removed copies no longer needed); the message says
+    which. The library warns; the CLI prints it as ``onnxprune: warning: ...``."""
 
 
 def first_line(exc: BaseException) -> str:

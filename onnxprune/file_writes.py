@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import UsageError, WriteError
+from .errors import LeftoverWarning, UsageError, WriteError
 
 __all__ = [
     "Replacement",
@@ -20,6 +21,7 @@ __all__ = [
     "check_output_folder",
     "check_writable",
     "output_target",
+    "recover_leftovers",
     "removing_leftovers",
     "replace_together",
     "write_atomic",
@@ -73,18 +75,43 @@ class Replacement:
     every file this replaced and removes the ones it created: a failure half way through a
     model and its data file (or an IR's .xml and .bin, or a run's outputs) loses nothing. A
     destination that is a symbolic link is written through: its target is replaced, the link
-    kept (see output_target)."""
+    kept (see output_target).
+
+    ``keep`` takes every copy before the first move, so a process killed half way leaves a
+    state the next run can read (recover_leftovers): while some kept copy is still the file at
+    its destination (or a destination is missing) the change did not complete; once every
+    destination differs from its copy, every move was made."""
 
     def __init__(self) -> None:
         self._done: list[tuple[str, str | None]] = []  # (destination, its previous file kept)
+        self._kept: dict[str, tuple[str, bool]] = {}  # destination -> (copy, hard link?) not moved over yet
+
+    def keep(self, destinations: Sequence[str]) -> None:
+        """Keep a copy of each existing destination now, before any move; an OSError is a
+        WriteError naming the destination, with every copy taken so far given up. Copies a
+        killed run left beside them are dealt with first (recover_leftovers; a LeftoverWarning
+        says what was done)."""
+        import warnings
+
+        for sentence in recover_leftovers(destinations):
+            warnings.warn(sentence, LeftoverWarning, stacklevel=2)
+        for destination in destinations:
+            target = output_target(destination)
+            if target in self._kept or not (os.path.islink(target) or os.path.isfile(target)):
+                continue
+            try:
+                self._kept[target] = self._keep(target)
+            except OSError as exc:
+                self._release()
+                raise WriteError(destination, exc) from None
 
     def move(self, staged: str, destination: str, name: str | None = None) -> None:
         """``os.replace(staged, destination)``, keeping what stood there; an OSError is a
         WriteError naming ``name`` (default: the destination), with nothing changed by this move."""
-        kept, linked = None, False
         target = output_target(destination)
+        kept, linked = self._kept.pop(target, (None, False))
         try:
-            if os.path.islink(target) or os.path.isfile(target):  # a folder: os.replace refuses it
+            if kept is None and (os.path.islink(target) or os.path.isfile(target)):  # a folder: os.replace refuses it
                 kept, linked = self._keep(target)
             _replace(staged, target)
         except OSError as exc:
@@ -103,7 +130,7 @@ class Replacement:
         hard link (else ``destination`` was renamed to it)."""
         folder, base = os.path.split(os.path.abspath(destination))
         for n in range(1000):
-            kept = os.path.join(folder, f".onnxprune-{os.getpid()}-kept{n}-{base}")
+            kept = os.path.join(folder, f"{KEPT_PREFIX}{os.getpid()}-kept{n}-{base}")
             if not os.path.lexists(kept):
                 break
         try:
@@ -119,6 +146,16 @@ class Replacement:
         with contextlib.suppress(OSError):
             os.replace(kept, destination)
 
+    def _release(self) -> None:
+        """Give up the copies of destinations not moved over: remove the links, rename back the rest."""
+        for target, (kept, linked) in self._kept.items():
+            if linked:
+                with contextlib.suppress(OSError):
+                    os.remove(kept)
+            else:
+                self._put_back(target, kept)
+        self._kept = {}
+
     def undo(self) -> None:
         """Put back every file replaced so far and remove the files moved where none stood."""
         for destination, kept in reversed(self._done):
@@ -128,6 +165,7 @@ class Replacement:
                 with contextlib.suppress(OSError):
                     os.remove(destination)
         self._done = []
+        self._release()
 
     def finish(self) -> None:
         """Keep the change: remove the previous files' copies."""
@@ -136,6 +174,106 @@ class Replacement:
                 with contextlib.suppress(OSError):
                     os.remove(kept)
         self._done = []
+        self._release()
+
+
+KEPT_PREFIX = ".onnxprune-"
+_KEPT = re.compile(r"^\.onnxprune-(\d+)-kept\d+-(.+)$")
+# What a run stages (saving.Outputs.staging_path, StagedModel's folder, _replace's copy): of a
+# stopped process, never anyone's file.
+_STAGED = re.compile(r"^\.onnxprune-(\d+)-(?:\d+|staged|copy)-.+$")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (when in doubt: yes, and its files are left alone)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def recover_leftovers(destinations: Sequence[str]) -> list[str]:
+    """Deal with the previous files a killed run kept beside ``destinations``
+    (``.onnxprune-PID-keptN-NAME``, see Replacement) and say what was done, one sentence each.
+    What a stopped process was staging there (never a file of its own) is removed.
+
+    The copies of one process (in the destinations' folders) whose process is gone, one of
+    them kept for one of ``destinations``, are one change. Complete (every destination differs
+    from its copy: every move was made, the run was stopped before removing the copies): the
+    copies are removed. Not complete (some copy is still the file at its destination, or a
+    destination is missing): every replaced or missing file is put back from its copy and the
+    other copies removed, as the run's own undo would have. Copies of a live process (or one
+    this cannot tell) are left alone."""
+    targets = {os.path.abspath(output_target(d)) for d in destinations}
+    groups: dict[int, list[tuple[str, str]]] = {}  # pid -> [(copy, destination)]
+    said = []
+    for folder in sorted({os.path.dirname(t) for t in targets}):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            m = _KEPT.match(name)
+            if m and not _alive(int(m[1])):
+                groups.setdefault(int(m[1]), []).append((os.path.join(folder, name), os.path.join(folder, m[2])))
+            m = _STAGED.match(name)
+            if m and not _alive(int(m[1])):
+                path = os.path.join(folder, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+                if not os.path.lexists(path):
+                    said.append(f"{path}: removed, a file process {m[1]} was staging when it was stopped")
+    for pid, pairs in sorted(groups.items()):
+        if not any(d in targets for _, d in pairs):
+            continue
+        states = [_state(k, d) for k, d in pairs]
+        complete = all(s == "replaced" for s in states)
+        for (kept, destination), state in zip(pairs, states):
+            try:
+                if complete:
+                    os.remove(kept)
+                    said.append(
+                        f"{destination}: removed {os.path.basename(kept)}, its previous version, left by process {pid}, "
+                        "which was stopped after it had replaced all its files"
+                    )
+                elif state == "same":
+                    os.remove(kept)
+                    said.append(
+                        f"{destination}: removed {os.path.basename(kept)}, a second name of it left by process {pid}, "
+                        "which was stopped before replacing it (the file is as it was)"
+                    )
+                else:
+                    os.replace(kept, destination)
+                    why = "the file was missing" if state == "missing" else "not all its files were replaced"
+                    said.append(
+                        f"{destination}: put back its previous version from {os.path.basename(kept)}: process {pid} "
+                        f"was stopped half way through replacing its files ({why}; all or none)"
+                    )
+            except OSError as exc:
+                said.append(
+                    f"{destination}: could not deal with {os.path.basename(kept)}, left by process {pid} "
+                    f"({exc.strerror or exc}); left as it is"
+                )
+    return said
+
+
+def _state(kept: str, destination: str) -> str:
+    """'missing' (no file at ``destination``), 'same' (``kept`` is another name of it: not
+    replaced yet) or 'replaced'."""
+    if not os.path.lexists(destination):
+        return "missing"
+    try:
+        return "same" if os.path.samefile(kept, destination) else "replaced"
+    except OSError:
+        return "replaced"
 
 
 def replace_together(moves: Sequence[tuple[str, str]]) -> None:
@@ -143,6 +281,7 @@ def replace_together(moves: Sequence[tuple[str, str]]) -> None:
     is a WriteError naming the destination that failed."""
     replacement = Replacement()
     try:
+        replacement.keep([destination for _, destination in moves])
         for staged, destination in moves:
             replacement.move(staged, destination)
     except BaseException:

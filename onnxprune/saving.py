@@ -156,6 +156,7 @@ class Outputs:
                 )
         replacement = Replacement()
         try:
+            replacement.keep([*(d for m in self._models for d in m.destinations), *(d for _, d in self._moves)])
             for model in self._models:
                 model.commit(replacement)
             for staged, destination in self._moves:
@@ -348,7 +349,7 @@ class StagedModel:
         self._folder = os.path.dirname(os.path.abspath(path))  # where the data file goes, as the model names it
         try:  # beside the file replaced (a link's target), so that the model's move is one rename
             self._tmpdir = tempfile.mkdtemp(
-                prefix=".onnxprune-", dir=os.path.dirname(os.path.abspath(output_target(path)))
+                prefix=f".onnxprune-{os.getpid()}-staged-", dir=os.path.dirname(os.path.abspath(output_target(path)))
             )
         except OSError as exc:  # a folder it may not write
             raise WriteError(path, exc) from None
@@ -382,6 +383,11 @@ class StagedModel:
         return self._tmpdir
 
     @property
+    def destinations(self) -> list[str]:
+        """Where the files go (the data file first)."""
+        return [os.path.join(self._folder, name) for name in self._files]
+
+    @property
     def file_names(self) -> tuple[str, ...]:
         """The names written (the data file first), in the destination's folder after commit."""
         return tuple(self._files)
@@ -393,6 +399,8 @@ class StagedModel:
         own = replacement is None
         replacement = replacement or Replacement()
         try:
+            if own:
+                replacement.keep(self.destinations)
             for name in self._files:
                 target = os.path.join(self._folder, name)
                 replacement.move(

@@ -612,3 +612,120 @@ def test_two_outputs_leading_to_one_file_through_a_link_are_refused(tmp_path: Pa
     args = argparse.Namespace(report=str(tmp_path / "r.json"), markdown=str(tmp_path / "m.md"))
     with pytest.raises(UsageError, match=r"m.md: --report and --markdown name the same file; give another file name$"):
         check_outputs_distinct(args)
+
+
+_KILLED_SAVE = """
+import os, sys
+import onnx, onnxprune
+from onnxprune import file_writes
+
+when, new, destination = sys.argv[1:4]
+if "no-links" in when:
+    def no_link(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+    os.link = no_link
+moves = []
+real_replace = file_writes._replace
+
+def replace(staged, target):
+    moves.append(target)
+    if when.startswith("second-move") and len(moves) == 2:
+        os._exit(9)  # killed between the data file's move and the model's
+    real_replace(staged, target)
+
+file_writes._replace = replace
+if when == "finish":
+    file_writes.Replacement.finish = lambda self: os._exit(9)  # killed after every move, before removing the copies
+onnxprune.save(onnx.load(new), destination, external_data=True)
+"""
+
+
+def _killed_save(tmp_path: Path, when: str) -> tuple[Path, dict[str, bytes]]:
+    """m.onnx + m.onnx.data saved, then a save of another model over them by a process killed
+    at ``when``: the genuine leftover state. Returns the destination and the files before."""
+    import subprocess
+    import sys
+
+    destination = tmp_path / "m.onnx"
+    onnxprune.save(_wide_model(), destination, external_data=True)
+    before = _files(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_SAVE, when, str(FIXTURES / "digits_cnn.onnx"), str(destination)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 9, done.stderr
+    return destination, before
+
+
+def _kept(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if "-kept" in p.name)
+
+
+@pytest.mark.parametrize("when", ["second-move", "second-move-no-links"])
+def test_a_save_killed_half_way_is_undone_by_the_next_run(tmp_path: Path, when: str) -> None:
+    """A save killed between the data file's move and the model's left the new data file beside
+    the old model (which no longer loads) and hidden copies nothing dealt with. The next write
+    there sees the copies of a dead process, finds the change incomplete and puts every
+    previous file back, saying so."""
+    from onnxprune.file_writes import recover_leftovers
+
+    destination, before = _killed_save(tmp_path, when)
+    kept = _kept(tmp_path)
+    assert len(kept) == 2 and (tmp_path / "m.onnx.data").read_bytes() != before["m.onnx.data"]
+    assert len(list(tmp_path.glob(".onnxprune-*-staged-*"))) == 1  # the killed run's staging folder
+    said = recover_leftovers([str(destination)])
+    assert _files(tmp_path) == before  # byte for byte, and no copy or staging folder left
+    assert len(said) == 3 and any("put back its previous version" in s and "m.onnx.data" in s for s in said)
+    assert all("was stopped" in s for s in said)
+    onnx.load(str(destination))  # the old model with its own data: loads again
+
+
+def test_a_save_killed_after_its_moves_is_completed_by_the_next_run(tmp_path: Path) -> None:
+    """Killed after every move, before removing the copies: the replacement completed, so the
+    next run removes the copies (library: a LeftoverWarning; the new files stay)."""
+    from onnxprune.errors import LeftoverWarning
+
+    destination, before = _killed_save(tmp_path, "finish")
+    assert len(_kept(tmp_path)) == 2
+    after_kill = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".onnxprune-")}
+    assert after_kill != before
+    with pytest.warns(LeftoverWarning) as caught:
+        onnxprune.save(onnx.load(FIXTURES / "digits_cnn.onnx"), destination, external_data=True)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 3 and sum("its previous version, left by process" in s for s in said) == 2
+    assert any(s.startswith(f"{destination}: removed .onnxprune-") for s in said)
+    assert _files(tmp_path) == after_kill  # the same new model written again, and no copy left
+
+
+def test_copies_of_a_live_process_are_left_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from onnxprune.file_writes import recover_leftovers
+
+    (tmp_path / "m.onnx").write_bytes(b"new")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            (tmp_path / f".onnxprune-{live.pid}-kept0-m.onnx").write_bytes(b"old")
+            assert recover_leftovers([str(tmp_path / "m.onnx")]) == []
+            assert sorted(p.name for p in tmp_path.iterdir()) == [f".onnxprune-{live.pid}-kept0-m.onnx", "m.onnx"]
+        finally:
+            live.kill()
+
+
+def test_the_cli_reports_what_it_did_with_a_killed_runs_copies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    destination, _ = _killed_save(tmp_path, "second-move")
+    report = tmp_path / "r.json"
+    args = ["prune", str(FIXTURES / "residual.onnx"), "-o", str(destination), "--external-data", "--no-verify"]
+    assert cli.main([*args, "-q", "--report", str(report)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith(f"onnxprune: warning: {tmp_path}/") for line in err)
+    assert any("put back its previous version" in line for line in err)
+    assert json.loads(report.read_text())["leftovers"] == [line.removeprefix("onnxprune: warning: ") for line in err]
+    assert _kept(tmp_path) == []
