@@ -84,6 +84,15 @@ def test_model_spec_reconstructed_rows():
     assert "resnet50_glyphs" not in names and "mobilenet_v2_glyphs" in names
 
 
+def test_seeded_rows_keep_the_recorded_rows_the_work_folder_does_not_have():
+    recorded = [{"model": "pplcnet", "v": 1}, {"model": "resnet50_glyphs", "v": 1}]
+    work = {"resnet50_glyphs": {"model": "resnet50_glyphs", "v": 2}, "resnet50_glyphs+rc": {"model": "x", "v": 2}}
+    got = bench.seeded_rows(recorded, work)
+    assert got["pplcnet"] == {"model": "pplcnet", "v": 1}
+    assert got["resnet50_glyphs"]["v"] == 2 and got["resnet50_glyphs+rc"]["v"] == 2
+    assert set(got) == {"pplcnet", "resnet50_glyphs", "resnet50_glyphs+rc"}
+
+
 def test_matched_macs_plan_records_every_plan_timed():
     measure, calls = _fake(lambda t: 0.63 + (t - 0.54) * 0.16 / 0.17)
     got = bench_scan.matched_macs_plan(0.70, 0.7104, measure, steps=6)
@@ -282,3 +291,20 @@ def test_extra_table_shows_a_refined_match_without_a_scan_run():
     lines = extra_table([{**row, "macs_plan": refined, "together": tog}])
     assert "| 0.298, refined, 0.896 | +0.001 |" in lines[-1] and lines[-1].endswith("| yes | 5.3, 1.2 |")
     assert "planned under the shared machine's load, then every pair timed *together* again" in lines[1]
+
+
+def test_seed_rows_puts_a_recorded_benchmark_under_the_work_folders_state(tmp_path: Path) -> None:
+    recorded = tmp_path / "latency.json"
+    recorded.write_text(
+        json.dumps(
+            {"meta": {}, "rows": [{"model": "pplcnet", "v": 1}, {"model": "digits", "v": 1}], "extra": [{"e": 1}]}
+        )
+    )
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "rows.json").write_text(json.dumps([{"model": "digits", "v": 2}]))
+    # the heldout phase of no rows: only the seeding runs
+    assert bench.main(["heldout", "--models", "", "--work", str(work), "--seed-rows", str(recorded)]) == 0
+    rows = {r["model"]: r["v"] for r in json.loads((work / "rows.json").read_text())}
+    assert rows == {"pplcnet": 1, "digits": 2}
+    assert json.loads((work / "extra.json").read_text()) == [{"e": 1}]  # a later phase's report keeps it

@@ -165,3 +165,33 @@ def test_labelled_table_rows_and_verdicts() -> None:
     )
     assert body[1].endswith("| 20 | 24 | tie (within noise) |")
     assert body[2].endswith("| yes (not at equal latency) |")
+
+
+def test_heldout_phase_leaves_the_previous_state_whole_when_its_write_fails(
+    models, tmp_path: Path, monkeypatch
+) -> None:
+    original, latency, macs = models
+    row = {"model": "pplcnet", "latency_plan": {"file": latency}, "macs_plan": {"file": macs, "macs_target": 0.5}}
+    state = tmp_path / "state" / "rows.json"
+    state.parent.mkdir()
+    heldout.save_rows(state, {"pplcnet": row})
+    before = state.read_text()
+    real = Path.write_text
+
+    def half_then_fail(self: Path, text: str, *args, **kwargs) -> int:
+        real(self, text[: len(text) // 2], *args, **kwargs)  # a run stopped mid-write
+        raise OSError("disk full")
+
+    def make(base: str, count: int, seed: int) -> dict:
+        return {"x": _onehots(*([0] * count))}
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        heldout.heldout_phase(
+            ["pplcnet"], {"pplcnet": dict(row)}, state, lambda n: {"path": original, "input": "x", "heldout": 8}, make
+        )
+    monkeypatch.undo()
+    assert state.read_text() == before and json.loads(before)[0]["model"] == "pplcnet"
+    assert [p.name for p in state.parent.iterdir()] == ["rows.json"]  # no temporary file left
+    heldout.save_rows(state, {"b": {"model": "b", "v": 3}})
+    assert json.loads(state.read_text()) == [{"model": "b", "v": 3}]

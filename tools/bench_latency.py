@@ -45,6 +45,10 @@ models' realistic inputs from tools/corpus_inputs.py when it is there (else seed
 [0, 1] images); seeded standard-normal images for the random-weight zoo exports.
 
     python tools/bench_latency.py all --work /tmp/latbench [--models a,b] [--target 0.7]
+
+Some rows again, the others as recorded: ``--seed-rows benchmarks/latency.json`` puts the recorded
+rows (and the extra table's) under the work folder's state first (its own rows win); the later
+``heldout`` and ``report`` phases on that folder then show every row.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
+from bench_latency_heldout import save_rows  # noqa: E402
 from bench_latency_measures import centered_cosine, constant_cosine, digits_accuracy  # noqa: E402
 from bench_latency_models import MODELS, RC, data_files, default_models, model_spec  # noqa: E402
 from bench_latency_models import common_options as _common  # noqa: E402
@@ -295,6 +300,12 @@ def chosen_original_ms(latency: dict) -> float | None:
     return None
 
 
+def seeded_rows(recorded: list[dict], rows: dict[str, dict]) -> dict[str, dict]:
+    """A recorded benchmark's ``rows`` under the work folder's ``rows`` (by model; the work
+    folder's win): the rows a partial re-run's report shows."""
+    return {**{r["model"]: r for r in recorded}, **rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("phase", choices=("plan", "time", "report", "all", "extra", "extra-time", "heldout"))
@@ -329,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "latency"))
     p.add_argument("--extra-rows", metavar="JSON", help="the extra phase's rows (default: WORK/extra.json)")
     p.add_argument(
+        "--seed-rows",
+        metavar="JSON",
+        help="a recorded benchmark (benchmarks/latency.json): its rows (and extra rows) go into WORK's state "
+        "first, WORK's own rows win, so re-running some rows and the report keeps the others as recorded",
+    )
+    p.add_argument(
         "--no-keep",
         dest="keep",
         action="store_false",
@@ -342,6 +359,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [m for m in args.models.split(",") if m]
     extra_state = Path(args.extra_rows) if args.extra_rows else work / "extra.json"
     extra = json.loads(extra_state.read_text()) if extra_state.exists() else []
+    if args.seed_rows:
+        recorded = json.loads(Path(args.seed_rows).read_text())
+        rows = seeded_rows(recorded.get("rows", []), rows)
+        save_rows(state, rows)
+        if not extra_state.exists():  # the later phases' reports keep the recorded extra table
+            extra = recorded.get("extra", [])
+            extra_state.write_text(json.dumps(extra, indent=2, default=str))
     if args.phase in ("extra", "extra-time"):
         # the extra table's phases import this module by name: run as a script it is __main__
         sys.modules.setdefault("bench_latency", sys.modules[__name__])
@@ -362,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 name, spec, work, args.target, args.samples, args.scan_seconds, args.keep, args.scan_steps
             )
             rows[name]["inputs_note"] = spec.get("inputs_note", "")
-            state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
+            save_rows(state, rows)
         if args.phase in ("time", "all") and name in rows:
             print(f"[time] {name}", flush=True)
             common, ev = plan_options(name, spec, work, args.samples)
@@ -371,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 return new_macs_plan(name, spec, work, common, ev, t)
 
             phase_time(rows[name], spec, args.seconds, new_plan, args.refine)
-            state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
+            save_rows(state, rows)
     if args.phase in ("report", "all"):
         order = [m for base in MODELS for m in (base, base + RC)]
         ordered = [rows[m] for m in order if m in rows]

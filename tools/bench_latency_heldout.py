@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SEEDS_FROM", "heldout_phase", "heldout_row", "paired_labelled", "paired_top1"]
+__all__ = ["SEEDS_FROM", "heldout_phase", "heldout_row", "paired_labelled", "paired_top1", "save_rows"]
 
 # corpus_inputs seeds of the extra inputs: the calibration file is seed 1, the evaluation file seed 2
 SEEDS_FROM = 3
@@ -113,6 +113,18 @@ def heldout_row(row: dict, spec: dict, n: int, make: Callable[[str, int, int], d
     return {**result, "seeds": [seeds.start, seeds.stop - 1], "macs_target": row["macs_plan"]["macs_target"]}
 
 
+def save_rows(state: Path, rows: dict[str, dict]) -> None:
+    """The benchmark's rows to its ``state`` file, atomically: written to a temporary file in the
+    same folder, then renamed over it (a run stopped mid-write leaves the previous rows whole)."""
+    state = Path(state)
+    tmp = state.with_name(f".{state.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(list(rows.values()), indent=2, default=str))
+        os.replace(tmp, state)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def heldout_phase(
     names: list[str],
     rows: dict[str, dict],
@@ -127,4 +139,4 @@ def heldout_phase(
         if name in rows and spec.get("heldout"):
             print(f"[heldout] {name}", flush=True)
             rows[name]["heldout"] = heldout_row(rows[name], spec, spec["heldout"], make)
-            state.write_text(json.dumps(list(rows.values()), indent=2, default=str))
+            save_rows(state, rows)

@@ -174,6 +174,8 @@ def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
         np.savez(cal, **{spec["input"]: _samples(name, spec, n, seed=1)})
     if not ev.exists():
         np.savez(ev, **{spec["input"]: _samples(name, spec, n, seed=2)})
+    elif spec["kind"] == "trained":  # made by an earlier row of the same model (its + reconstruct row)
+        spec["inputs_note"] = "tools/glyph_task.py glyph images (seed 2: never trained on)"
     return str(cal), str(ev)
 
 
