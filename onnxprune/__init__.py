@@ -49,6 +49,7 @@ _EXPORTS = {
     "BackendMissing": "errors",
     "WriteError": "errors",
     "LeftoverWarning": "errors",
+    "InputsNotFound": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .criteria import CriterionRegistry, default_criteria
     from .errors import (
         BackendMissing,
+        InputsNotFound,
         LeftoverWarning,
         LoadError,
         OnnxPruneError,

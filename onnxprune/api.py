@@ -197,7 +197,9 @@ def apply(
     try:  # a plan of another model named groups by ids that mean other channels here
         pruning_plan = pruning_plan.resolve(analysis)
     except UsageError as exc:
-        raise UsageError(f"{exc} (was the plan made for another model?)") from None
+        raise pruning_plan.mismatch(
+            exc, os.fspath(model) if isinstance(model, (str, os.PathLike)) else "the model"
+        ) from None
     initializers = loaded.initializers if loaded is not None else None
     pruned = prune_deferred(
         proto,
@@ -263,7 +265,7 @@ def prune(
     ``outputs.commit()``.
 
     Options are the fields of PruneConfig, given as ``config`` or as keyword arguments. With
-    ``pruning_plan`` (e.g. ``PruningPlan.from_dict(json.load(f))``) the plan is applied instead
+    ``pruning_plan`` (e.g. ``PruningPlan.load(path)``) the plan is applied instead
     of planning. ``timer``: what a ``latency_target`` run times with (see ``latency``; tests
     pass a fake one); default the runtime's clock. Raises VerificationFailed (nothing returned) when the surgery is wrong: the
     pruned model must equal the original (zero criterion) or the original with the removed

@@ -195,8 +195,9 @@ def load_calibration(
     path = os.fspath(source)
     if limit < 1:
         raise UsageError(f"{path}: calibration limit must be at least 1, got {limit}")
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: calibration inputs not found")
+    from .verification_inputs import CALIBRATION_INPUTS, check_inputs_file
+
+    check_inputs_file(path, CALIBRATION_INPUTS)
     if os.path.isdir(path):
         return _load_images(path, model, preprocess or Preprocess(), limit, seed)
     if path.lower().endswith(".npz"):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -180,11 +179,13 @@ def _prune(args: argparse.Namespace) -> int:
     # Every destination is checked before any work, and every output is staged beside its
     # destination and moved into place only when all of them are ready: all or none.
     check_output_path(args.output, args.model)
-    for path, what in ((args.plan, "--plan"), (args.config, "--config"), (args.inputs, "--inputs")):
+    for path, what in ((args.plan, "--plan"), (args.config, "--config")):
         if path and not os.path.isfile(path):
             raise UsageError(f"{path}: {what} file not found")
-    if args.calibration and not os.path.exists(args.calibration):  # an .npz or a folder of images
-        raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
+    from .verification_inputs import CALIBRATION_INPUTS, check_inputs_file
+
+    check_inputs_file(args.inputs)  # the library's own error, printed as it is
+    check_inputs_file(args.calibration, CALIBRATION_INPUTS)
     if args.output.lower().endswith(".xml") and not args.quantize:  # quantize -o q.xml writes an IR: prune does not
         raise UsageError(
             f"{args.output}: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
@@ -237,17 +238,7 @@ def _prune(args: argparse.Namespace) -> int:
     if args.max_drop is not None and not (args.quantize and config.explicit_budget):
         # The pruning search's budget; with another budget and --quantize, int8's alone.
         config = config.with_options(max_drop=args.max_drop)
-    given_plan = None
-    if args.plan:
-        try:
-            with open(args.plan, encoding="utf-8") as f:
-                given_plan = PruningPlan.from_dict(json.load(f))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{args.plan}: not JSON ({exc})") from None
-        except UnicodeDecodeError:  # a binary file: before json sees a character
-            raise UsageError(f"{args.plan}: not JSON (not UTF-8 text)") from None
-        except UsageError as exc:  # not a plan, or a malformed one: name the file
-            raise UsageError(f"{args.plan}: {exc}") from None
+    given_plan = PruningPlan.load(args.plan) if args.plan else None  # errors name the file
     ov_shapes: dict = {}
     wants_openvino = [
         f for f, on in (("--ir", args.ir), ("--bench", args.bench), ("--compare-openvino", args.compare_openvino)) if on
@@ -451,8 +442,9 @@ def _sensitivity(args: argparse.Namespace) -> int:
         ratios = tuple(float(r) for r in args.ratios.split(","))
     except ValueError:
         raise UsageError(f"--ratios {args.ratios!r}: expected numbers like 0.1,0.25,0.5") from None
-    if not os.path.exists(args.calibration):
-        raise UsageError(f"{args.calibration}: calibration inputs not found")
+    from .verification_inputs import CALIBRATION_INPUTS, check_inputs_file
+
+    check_inputs_file(args.calibration, CALIBRATION_INPUTS)
     from .saving import Outputs, check_writable
 
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):

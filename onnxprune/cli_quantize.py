@@ -138,12 +138,10 @@ def _fidelity_drop(value: float | str | None) -> float | None:
 
 
 def _check_paths(args: argparse.Namespace) -> None:
-    from .errors import UsageError
+    from .verification_inputs import CALIBRATION_INPUTS, check_inputs_file
 
-    if args.calibration and not os.path.exists(args.calibration):
-        raise UsageError(f"{args.calibration}: --calibration inputs not found (an .npz file or a folder of images)")
-    if args.inputs and not os.path.isfile(args.inputs):
-        raise UsageError(f"{args.inputs}: --inputs file not found")
+    check_inputs_file(args.calibration, CALIBRATION_INPUTS)  # the library's own error
+    check_inputs_file(args.inputs)
     from .saving import check_writable
 
     for path, what in ((args.report, "--report"), (getattr(args, "markdown", None), "--markdown")):

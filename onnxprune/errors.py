@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "BackendMissing",
+    "InputsNotFound",
     "LeftoverWarning",
     "LoadError",
     "OnnxPruneError",
@@ -66,6 +69,28 @@ class WriteError(OnnxPruneError, OSError):
         # OSError's own passes (errno, reason, filename) to __init__, which takes (destination,
         # exc): copy.copy and pickle (an error crossing a process pool) raised TypeError
         return type(self), (self.filename, OSError(self.errno, self.strerror))
+
+
+_INPUT_FILES = {
+    "verification": "an .npz file of arrays keyed by input name",
+    "calibration": "an .npz file or a folder of images",
+}
+
+
+class InputsNotFound(UsageError, FileNotFoundError):
+    """A file of inputs (verification inputs, calibration data) does not exist: one message for
+    the library and the CLI. Also a ``FileNotFoundError`` whose ``filename`` is the path."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        FileNotFoundError.__init__(self, errno.ENOENT, "No such file or directory", path)
+        self.kind = kind  # "verification" (--inputs, verification_inputs) or "calibration"
+        self.text = f"{path}: {kind} inputs not found ({_INPUT_FILES[kind]})"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __reduce__(self) -> tuple[type[InputsNotFound], tuple[str, str]]:
+        return type(self), (self.filename, self.kind)
 
 
 class LeftoverWarning(UserWarning):

@@ -3,8 +3,10 @@ plan must satisfy (grouped Conv balance, at least one channel per tensor)."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -40,6 +42,7 @@ class PruningPlan:
     scores: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
     members: Mapping[int, tuple[tuple[str, int], ...]] = field(default_factory=lambda: MappingProxyType({}))
     notes: tuple[str, ...] = ()  # what the planner could not do as asked (e.g. a MACs target missed), and why
+    source: str | None = field(default=None, compare=False)  # the file it was read from (PruningPlan.load)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed_groups", tuple(sorted(int(g) for g in self.removed_groups)))
@@ -78,6 +81,34 @@ class PruningPlan:
         """``to_dict()`` as strict JSON (``--save-plan``): a NaN or infinite score is null, which
         ``from_dict`` reads back as no score (``json.dumps`` would write a bare NaN: not JSON)."""
         return json_text(self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> PruningPlan:
+        """The plan in JSON file ``path`` (as ``to_json`` / ``--save-plan`` write it); every
+        problem, and a plan that does not fit the model it is applied to, is a UsageError naming
+        the file."""
+        name = os.fspath(path)
+        if not os.path.isfile(name):
+            raise UsageError(f"{name}: plan file not found")
+        try:
+            with open(name, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name}: not JSON ({exc})") from None
+        except UnicodeDecodeError:  # a binary file: before json sees a character
+            raise UsageError(f"{name}: not JSON (not UTF-8 text)") from None
+        except OSError as exc:
+            raise UsageError(f"{name}: cannot read the plan ({exc.strerror or exc})") from None
+        try:
+            return replace(cls.from_dict(data), source=name)
+        except UsageError as exc:  # not a plan, or a malformed one
+            raise UsageError(f"{name}: {exc}") from None
+
+    def mismatch(self, reason: object, model: str) -> UsageError:
+        """The error for a plan that does not fit ``model`` (``reason``: resolve's UsageError),
+        naming the plan's file (when read from one), the model and the reason."""
+        where = f"{self.source}: the plan" if self.source else "the plan"
+        return UsageError(f"{where} does not fit {model}: {reason} (was it made for another model?)")
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:
@@ -126,27 +157,36 @@ class PruningPlan:
             mem = self.members.get(gid)
             if not mem:
                 if gid not in {g.id for g in analysis.groups}:
-                    raise UsageError(f"plan: group {gid} does not exist in this model")
+                    raise UsageError(f"its group {gid} does not exist in the model ({len(analysis.groups)} groups)")
                 groups.append(gid)
                 continue
             found = {where.get(m) for m in mem}
             if None in found:
-                missing = next(m for m in mem if m not in where)
-                if all(node != missing[0] for node, _ in where):
-                    raise UsageError(f"plan: layer {missing[0]!r} is not in this model")
-                raise UsageError(f"plan: layer {missing[0]!r} has no output channel {missing[1]} in this model")
+                node, channel = next(m for m in mem if m not in where)
+                channels = [c for n, c in where if n == node]
+                if not channels:
+                    raise UsageError(f"its layer {node!r} is not in the model")
+                raise UsageError(
+                    f"its layer {node!r} loses output channel {channel}, but has {max(channels) + 1} in the model"
+                )
             if len(found) != 1:
-                raise UsageError(f"plan: the members listed for group {gid} belong to different channel groups")
+                raise UsageError(
+                    f"the layers listed for its group {gid} belong to {len(found)} channel groups in the model"
+                )
             groups.append(found.pop())
         for gid in groups:
             if analysis.group(gid).pinned:
-                raise UsageError(f"plan: group {gid} cannot be removed: {analysis.group(gid).pinned_by[0]}")
+                raise UsageError(
+                    f"its group {gid} ({analysis.group(gid).members[0][0]!r}) cannot be removed: "
+                    f"{analysis.group(gid).pinned_by[0]}"
+                )
         return PruningPlan(
             criterion=self.criterion,
             removed_groups=tuple(groups),
             kept_reasons=self.kept_reasons,
             scores={g: self.scores[o] for g, o in zip(groups, self.removed_groups) if o in self.scores},
             members={g: analysis.group(g).members for g in groups},
+            source=self.source,
         )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from .errors import UnsupportedModel, UsageError
+from .errors import InputsNotFound, UnsupportedModel, UsageError
 
 __all__ = ["check_run_size", "load_npz_inputs", "make_inputs"]
 
@@ -128,6 +128,18 @@ def make_inputs(
     return feeds
 
 
+VERIFICATION_INPUTS = "verification"
+CALIBRATION_INPUTS = "calibration"
+
+
+def check_inputs_file(path: str | os.PathLike[str] | None, kind: str = VERIFICATION_INPUTS) -> None:
+    """InputsNotFound (one message, the library's and the CLI's) when ``path`` is given and does
+    not exist; ``kind``: VERIFICATION_INPUTS (``--inputs``, ``verification_inputs``) or
+    CALIBRATION_INPUTS (``--calibration``, ``calibration``)."""
+    if path and not os.path.exists(path):
+        raise InputsNotFound(os.fspath(path), kind)
+
+
 def load_npz_inputs(
     path: str, model: onnx.ModelProto, limit: int = 16, source: str | None = None
 ) -> list[dict[str, np.ndarray]]:
@@ -137,6 +149,7 @@ def load_npz_inputs(
     shape fed and the shape the model takes, and the array."""
     import zipfile
 
+    check_inputs_file(path)
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
         # np.load would take it for a pickle and speak of allow_pickle.
         raise UsageError(f"{path}: not an .npz file (a zip of .npy arrays keyed by input name, as numpy.savez writes)")

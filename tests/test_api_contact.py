@@ -90,7 +90,8 @@ def test_apply_refuses_a_plan_made_for_another_model():
     before = residual.SerializeToString()
     with pytest.raises(
         UsageError,
-        match=r"^plan: layer '/stem/stem.0/Conv' is not in this model \(was the plan made for another model\?\)$",
+        match=r"^the plan does not fit the model: its layer '/stem/stem.0/Conv' is not in the model "
+        r"\(was it made for another model\?\)$",
     ):
         onnxprune.apply(residual, onnxprune.analyze(residual), the_plan)
     assert residual.SerializeToString() == before

@@ -356,3 +356,35 @@ def test_dash_output_keeps_a_validation_functions_prints_off_stdout(tmp_path: Pa
     assert b"a user's print" in done.stderr and b"a user's print" not in done.stdout
     assert onnx.load_from_string(done.stdout).graph.node
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.py"]
+
+
+@pytest.mark.parametrize(("flag", "keyword"), [("--inputs", "verification_inputs"), ("--calibration", "calibration")])
+def test_a_missing_inputs_file_is_one_message_from_the_library_and_the_cli(
+    tmp_path: Path, flag: str, keyword: str
+) -> None:
+    """The API said 'x.npz: cannot read inputs ([Errno 2] No such file or directory: ...)' or
+    'x.npz: calibration inputs not found' where the CLI said 'x.npz: --inputs file not found' or
+    '--calibration inputs not found (...)': one typed error now (InputsNotFound, also a
+    FileNotFoundError), the library's message, printed by the CLI as it is."""
+    from cli_helpers import one_line_error
+
+    from onnxprune.errors import InputsNotFound, UsageError
+
+    missing = tmp_path / "nope.npz"
+    model = str(FIXTURES / "residual.onnx")
+    with pytest.raises(InputsNotFound) as caught:
+        onnxprune.prune(model, "l2", ratio=0.2, **{keyword: str(missing)})
+    error = caught.value
+    assert isinstance(error, UsageError) and isinstance(error, FileNotFoundError) and error.filename == str(missing)
+    kind = "verification inputs not found (an .npz file of arrays keyed by input name)"
+    if flag == "--calibration":
+        kind = "calibration inputs not found (an .npz file or a folder of images)"
+    assert str(error) == f"{missing}: {kind}"
+    line = one_line_error(run_cli("prune", model, "-o", tmp_path / "o.onnx", flag, missing))
+    assert line == f"onnxprune: error: {error}"
+    if flag == "--calibration":
+        assert one_line_error(run_cli("sensitivity", model, "--calibration", missing)) == line
+    calibration = missing if flag == "--calibration" else FIXTURES / "digits_calibration.npz"
+    quantize = ["quantize", model, "-o", tmp_path / "q.onnx", "--calibration", calibration]
+    assert one_line_error(run_cli(*quantize, *([] if flag == "--calibration" else [flag, missing]))) == line
+    assert list(tmp_path.iterdir()) == []

@@ -173,7 +173,8 @@ def test_plan_errors_name_the_file_and_the_model(tmp_path: Path) -> None:
     layer = json.loads(saved.read_text())["removed"][0]["members"][0][0]
     p = run_cli("prune", other, "-o", tmp_path / "o.onnx", "--plan", saved)
     assert one_line_error(p) == (
-        f"onnxprune: error: {other}: plan: layer {layer!r} is not in this model (was the plan made for another model?)"
+        f"onnxprune: error: {saved}: the plan does not fit {other}: its layer {layer!r} is not in the model "
+        "(was it made for another model?)"
     )
     (tmp_path / "bad.json").write_text('{"groups": 3}')
     p = run_cli("prune", other, "-o", tmp_path / "o.onnx", "--plan", tmp_path / "bad.json")

@@ -79,3 +79,42 @@ def test_plan_with_a_channel_or_group_that_is_no_whole_number_is_refused(field: 
         PruningPlan.from_dict(data)
     data["removed"][0]["members"][0][1], data["removed"][0]["group"] = 2.0, 1.0  # a whole number written as a float
     assert PruningPlan.from_dict(data).members == {1: (("conv", 2),)}
+
+
+def test_a_plan_for_another_model_names_the_plan_file_the_model_and_the_reason(tmp_path) -> None:
+    """--plan made for another model named only the model ('M.onnx: plan: layer ... is not in
+    this model'): now the plan's file first, the model, and what does not match (which layer,
+    which channel), from the CLI and from PruningPlan.load in the library alike."""
+    from pathlib import Path
+
+    from cli_helpers import one_line_error, run_cli
+
+    import onnxprune
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures"
+    saved = tmp_path / "p.json"
+    made = run_cli(
+        "prune", fixtures / "digits_cnn.onnx", "-o", tmp_path / "y.onnx", "--ratio", "0.2", "--save-plan", saved, "-q"
+    )
+    assert made.returncode == 0, made.stderr
+    other = fixtures / "residual.onnx"
+    layer = json.loads(saved.read_text())["removed"][0]["members"][0][0]
+    why = f"the plan does not fit {other}: its layer {layer!r} is not in the model (was it made for another model?)"
+    line = one_line_error(run_cli("prune", other, "-o", tmp_path / "o.onnx", "--plan", saved))
+    assert line == f"onnxprune: error: {saved}: {why}"
+    plan = PruningPlan.load(saved)
+    assert plan.source == str(saved) and plan == PruningPlan.from_dict(json.loads(saved.read_text()))
+    with pytest.raises(UsageError) as caught:
+        onnxprune.prune(str(other), pruning_plan=plan)
+    assert str(caught.value) == f"{saved}: {why}"
+
+    data = json.loads(saved.read_text())  # edited by hand: a channel the layer does not have
+    node = data["removed"][0]["members"][0][0]
+    data["removed"][0]["members"][0][1] = 999
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    model = fixtures / "digits_cnn.onnx"
+    line = one_line_error(run_cli("prune", model, "-o", tmp_path / "o.onnx", "--plan", edited))
+    assert line.startswith(f"onnxprune: error: {edited}: the plan does not fit {model}: its layer {node!r} loses ")
+    assert "output channel 999, but has " in line and line.endswith(" in the model (was it made for another model?)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.json", "p.json", "y.onnx"]

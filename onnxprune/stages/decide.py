@@ -217,8 +217,8 @@ def plan(
     if given is not None:
         try:
             resolved = given.resolve(analysis)
-        except UsageError as exc:  # the plan's words; the model it does not fit is named here
-            raise UsageError(f"{loaded.source}: {exc} (was the plan made for another model?)") from None
+        except UsageError as exc:  # the plan's words; its file and the model it does not fit are named here
+            raise given.mismatch(exc, loaded.source) from None
         return Planned(resolved, validator=measure)
     if run.config.latency_target is not None:
         from .latency import latency_plan

@@ -137,6 +137,10 @@ def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
     .npz) for inputs with dynamic dimensions the user gave no shape for, so the analysis, the
     MACs and the verification all see the shapes the data has."""
     config = run.config
+    from ..verification_inputs import CALIBRATION_INPUTS, check_inputs_file
+
+    check_inputs_file(config.verification_inputs)  # before any work, in the words the CLI prints
+    check_inputs_file(config.calibration, CALIBRATION_INPUTS)
     shapes = data_input_shapes(loaded.proto, (config.verification_inputs, config.calibration), config.input_shapes)
     if shapes == dict(config.input_shapes):
         return run
