@@ -226,6 +226,7 @@ def _prune(args: argparse.Namespace) -> int:
         fidelity_confidence=args.fidelity_confidence,
         fidelity_batch=args.fidelity_batch,
         reconstruct=args.reconstruct,
+        reconstruct_from=args.reconstruct_from,
         recalibrate=args.recalibrate,
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),
         preprocess=args.preprocess,

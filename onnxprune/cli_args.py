@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="refit the readers of removed channels by least squares on calibration data",
     )
     b.add_argument(
+        "--reconstruct-from",
+        choices=("original", "pruned"),
+        default="original",
+        help="with --reconstruct: refit each reader on the original model's activations (default, each reader "
+        "independently) or on the pruned model's, shallowest readers first (sequential: later layers absorb what "
+        "earlier ones lost)",
+    )
+    b.add_argument(
         "--recalibrate",
         action="store_true",
         help="correct the kept channels' mean and variance after pruning to the original's on calibration data",

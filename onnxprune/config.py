@@ -96,6 +96,9 @@ class PruneConfig:
         the size of the batch you will validate on. Continuous outputs (cosine, dense) are
         judged as without it. None: no such rule.
     reconstruct: refit the readers of removed channels by least squares on calibration data.
+    reconstruct_from: what each reader is refitted on: "original" (the original's activations,
+        each reader independently) or "pruned" (sequential: the pruned model's, the readers
+        upstream refitted first), in the search's trials as in the delivered model.
     recalibrate: after pruning (and reconstruction), correct every layer downstream of a removal
         so that its kept channels' mean and variance on the calibration data are the original's
         (folded into the BatchNormalization after it, or its own weights and bias).
@@ -154,6 +157,7 @@ class PruneConfig:
     fidelity_confidence: float = 0.95
     fidelity_batch: int | None = None
     reconstruct: bool = False
+    reconstruct_from: str = "original"
     recalibrate: bool = False
     fidelity_metrics: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     sensitivity_ratios: tuple[float, ...] | None = None
@@ -176,6 +180,10 @@ class PruneConfig:
         )
         check_ints(self, ("seed", "round_to"), optional=("latency_evaluations",))
         check_bools(self, ("global_ranking", "verify", "reconstruct", "recalibrate"))
+        if self.reconstruct_from not in ("original", "pruned"):
+            raise UsageError(f"reconstruct from must be 'original' or 'pruned', got {self.reconstruct_from!r}")
+        if self.reconstruct_from != "original" and not self.reconstruct:
+            raise UsageError(f"--reconstruct-from {self.reconstruct_from} given without --reconstruct")
         check_paths(self, ("calibration", "verification_inputs"))
         if self.preprocess is not None and not isinstance(self.preprocess, str):
             raise UsageError(f"preprocess must be a string such as 'imagenet', got {type(self.preprocess).__name__}")

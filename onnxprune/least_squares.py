@@ -69,6 +69,27 @@ class Problem:
         self.a = f[:, select]
         self.y = f @ w_aug.T
 
+    @classmethod
+    def of_rows(cls, a: np.ndarray, y: np.ndarray) -> Problem:
+        """The refit of inputs ``a`` [positions, columns] to targets ``y`` [positions, outputs]
+        given as rows (inputs that are not the original's, so not a column selection of its
+        factor: sequential reconstruction), kept compact as for ``factor``: [a | y] itself when
+        it has no more rows than columns, else the Cholesky factor R of its Gram matrix, whose
+        columns give every ``error`` exactly (||a theta - y||^2 = ||R [theta; -I]||^2) up to
+        the 1e-10 jitter."""
+        m = np.concatenate([a, y], axis=1)
+        if len(m) > m.shape[1]:
+            gram = m.T @ m
+            jitter = 1e-10 * max(float(np.mean(np.diag(gram))), 1e-300)
+            try:
+                m = np.linalg.cholesky(gram + jitter * np.eye(len(gram))).T
+            except np.linalg.LinAlgError:
+                vals, vecs = np.linalg.eigh(gram)
+                m = np.sqrt(np.maximum(vals, 0.0))[:, None] * vecs.T
+        out = cls.__new__(cls)
+        out.a, out.y = m[:, : a.shape[1]], m[:, a.shape[1] :]
+        return out
+
     def error(self, theta: np.ndarray) -> float:
         """The squared error of parameters ``theta`` on this sample set."""
         return float(np.sum((self.a @ theta - self.y) ** 2))

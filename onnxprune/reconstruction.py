@@ -5,7 +5,9 @@ Neural Networks"; Luo et al. 2017, ThiNet). No gradients: a closed-form ridge so
 on sampled output positions, regularised towards the weights the surgery left.
 
 Layer-wise: each reader is refitted on the *original* model's activations (its kept input
-channels -> its original output), independently of the others. Readers are the layers whose
+channels -> its original output), independently of the others; with ``inputs="pruned"``
+(``--reconstruct-from pruned``) sequentially instead, on the pruned model's activations with
+the readers before it refitted first (reconstruction_sequential). Readers are the layers whose
 rule's layer semantics give their input as rows of the weight matrix (Conv, Gemm, MatMul with a
 2-D weight, and users' rules built on them):
 - removed channels that pass through a depthwise Conv (the same channel on both sides) are read
@@ -59,7 +61,8 @@ class ReconstructionCache:
     samples alone, kept across calls with both the same (the fidelity search's trials): each
     reader's row factors per half of the samples, and the refits solved so far (by readers,
     group, kept inputs and outputs and the weights they started from). An object the caller
-    holds: nothing is kept between runs; used with other samples it raises ValueError."""
+    holds: nothing is kept between runs; used with other samples it raises ValueError. With
+    sequential reconstruction also the original readers' outputs at their sampled positions."""
 
     def __init__(self) -> None:
         self._feeds: tuple | None = None
@@ -67,6 +70,8 @@ class ReconstructionCache:
         self.factors: dict[str, list[list[np.ndarray]] | None] = {}  # reader -> per half, per group
         self.positions: dict[str, int] = {}
         self.fits: dict[tuple, tuple[np.ndarray | None, float, float, float]] = {}
+        # sequential reconstruction: the original layer's outputs at its sampled positions, per half
+        self.targets: dict[str, list[np.ndarray] | None] = {}
 
     def bind(self, feeds: Sequence[Mapping[str, np.ndarray]], settings: tuple) -> None:
         """Check that the cache serves these samples with these settings (positions, seed, ridges)."""
@@ -147,6 +152,9 @@ def _factors(
     return out, count
 
 
+INPUTS = ("original", "pruned")
+
+
 def reconstruct(
     original: onnx.ModelProto,
     pruned: onnx.ModelProto,
@@ -162,18 +170,60 @@ def reconstruct(
     source: str = "<model>",
     progress: Callable[[int, int], None] | None = None,
     cache: ReconstructionCache | None = None,
+    inputs: str = "original",
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
     """A copy of ``pruned`` with the readers of removed channels refitted (see module doc);
     ``source``, the model file, names it in errors; ``progress(done, total)`` counts the
     readers refitted; ``cache`` keeps what does not depend on the plan for the next call
-    with the same original and ``feeds`` (the result is the same with or without it)."""
+    with the same original and ``feeds`` (the result is the same with or without it).
+    ``inputs``: what each reader is fitted on, "original" (the original's activations, every
+    reader independently) or "pruned" (sequential: the pruned model's, with the readers
+    upstream already refitted; reconstruction_sequential)."""
+    if inputs not in INPUTS:
+        raise ValueError(f"reconstruct: inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
     registry = registry or default_registry()
     cache = cache or ReconstructionCache()
     cache.bind(feeds, (positions, ridge, tuple(ridges), seed))
     with least_squares.one_blas_thread():
         return _reconstruct(
-            original, pruned, analysis, plan, feeds, registry, positions, ridge, ridges, seed, source, progress, cache
+            original,
+            pruned,
+            analysis,
+            plan,
+            feeds,
+            registry,
+            _Settings(positions, ridge, tuple(ridges), seed, source, inputs),
+            progress,
+            cache,
         )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    positions: int
+    ridge: float
+    ridges: tuple[float, ...]
+    seed: int
+    source: str
+    inputs: str
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What one reader's refit starts from: the original layer ([out, in/groups · k] and its
+    bias as added), the pruned layer's weights and bias, the output channels kept."""
+
+    targets: tuple[onnx.NodeProto, ...]  # the reader's nodes in the model being refitted
+    w_mat: np.ndarray
+    b: np.ndarray
+    w_cur: np.ndarray
+    b_cur: np.ndarray
+    w_param: object
+    keep_out: np.ndarray
+    has_bias: bool
+    groups: int
+    w_shape: tuple[int, ...]  # the pruned weight's, as stored
+    w_shape_original: tuple[int, ...]
 
 
 def _reconstruct(
@@ -183,15 +233,13 @@ def _reconstruct(
     plan: PruningPlan,
     feeds: Sequence[Mapping[str, np.ndarray]],
     registry: RuleRegistry,
-    positions: int,
-    ridge: float,
-    ridges: Sequence[float],
-    seed: int,
-    source: str,
+    settings: _Settings,
     progress: Callable[[int, int], None] | None,
     cache: ReconstructionCache,
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
     """reconstruct's work (its arguments resolved)."""
+    from . import reconstruction_sequential as sequential
+
     opset = model_opset(original)
     removed_ids = removed_id_mask(analysis, plan)
     todo = _readers(original, analysis, removed_ids, registry, opset)
@@ -203,68 +251,124 @@ def _reconstruct(
     graph = import_graph(original)
     params = ParamResolver(InitializerCache(original), graph)
     g_orig = {n.name: n for n in graph.nodes}
-    halves = 2 if len(feeds) >= 2 and ridges else 1
-    _cache_factors(original, todo, g_orig, params, feeds, cache, positions, halves, seed, source)
+    halves = 2 if len(feeds) >= 2 and settings.ridges else 1
+    steps = [todo] if settings.inputs == "original" else sequential.levels(original, analysis, removed_ids, todo)
+    # The first step's readers read what the original computed: the cached factors serve them.
+    _cache_factors(
+        original, steps[0], g_orig, params, feeds, cache, settings.positions, halves, settings.seed, settings.source
+    )
 
     pruned_graph = import_graph(out)  # the pruned model's weights, read through Constant nodes and chains
     pruned_params = ParamResolver()
     g_pruned = {n.name: n for n in pruned_graph.nodes}
     writer = WeightWriter(out)
-    done = []
-    for i, reader in enumerate(todo):
-        if progress:
-            progress(i, len(todo))
-        node, layer = reader.nodes[0], reader.layer
-        targets = [writer.nodes.get(n.name) for n in reader.nodes]
-        if any(t is None or t.op_type != node.op_type or t.name not in g_pruned for t in targets):
-            raise UnsupportedModel(
-                f"{source}: internal: layer {node.name!r} ({node.op_type}) is not in the pruned model"
+    done: list[ReconstructedLayer] = []
+    count = 0
+    for depth, step in enumerate(steps):
+        starts = [
+            _start(r, writer, g_orig, params, g_pruned, pruned_params, analysis, removed_ids, settings.source)
+            for r in step
+        ]
+        rows = (
+            None
+            if depth == 0
+            else sequential.sampled_rows(
+                original, out, [(r, s) for r, s in zip(step, starts) if s is not None], feeds, cache, settings, halves
             )
-        w_orig = params(g_orig[node.name].inputs[layer.weight_index])
-        if w_orig is None or is_quantized_chain(w_orig):
-            continue  # a quantized weight stays on its quantized path
-        w_mat = layer.weight_matrix(np.asarray(w_orig.values, dtype=np.float64))  # [out, in/groups · k]
-        b = np.zeros(w_mat.shape[0])
-        bi, scale = layer.bias_index, layer.bias_scale
-        if bi is not None and len(node.input) > bi and node.input[bi]:
-            bp = params(g_orig[node.name].inputs[bi])
-            if bp is None or bp.values.size != b.size:
-                continue
-            b = scale * np.asarray(bp.values, dtype=np.float64).reshape(-1)
-        factors = [cache.factors.get(n.name) for n in reader.nodes]
-        if any(f is None for f in factors):
-            continue
-        currents = [layer_params(g_pruned[n.name], pruned_params, layer) for n in reader.nodes]
-        if any(c is None for c in currents):
-            continue
-        w_cur, b_cur, w_param = currents[0]  # type: ignore[misc]
-        if any(not (np.array_equal(c[0], w_cur) and np.array_equal(c[1], b_cur)) for c in currents[1:]):  # type: ignore[index]
-            continue  # readers of one weight the surgery left different: not one refit
-        # Output channels the surgery kept (the reader may be a pruned source too).
-        out_lay = analysis.layouts.get(node.output[0])
-        keep_out = np.ones(w_mat.shape[0], dtype=bool)
-        if out_lay is not None:
-            (oids,) = [v for v in out_lay.axes.values()][:1]
-            if len(oids) == w_mat.shape[0]:
-                keep_out = ~removed_ids[oids]
-        has_bias = bi is not None and scale != 0  # a bias scaled by 0 (Gemm beta=0) stays as it is
-        per_half = [[_pool([f[h][g] for f in factors]) for g in range(len(factors[0][h]))] for h in range(halves)]  # type: ignore[index]
-        key = (tuple(n.name for n in reader.nodes), reader.keep_in.tobytes(), keep_out.tobytes(), has_bias)
-        fitted = _refit_groups(
-            per_half, w_mat, b, reader.keep_in, keep_out, w_cur, b_cur, has_bias, ridge, ridges, cache, key
         )
-        if fitted is None:
-            continue
-        w_new, b_new, err_b, err_a = fitted
-        if err_a >= err_b:
-            continue
-        writer.write([t for t in targets if t is not None], layer, w_new, b_new if has_bias else None, w_param)
-        rows = sum(cache.positions[n.name] for n in reader.nodes)
-        done.extend(ReconstructedLayer(n.name, rows, err_b, err_a) for n in reader.nodes)
+        for reader, start in zip(step, starts):
+            if progress:
+                progress(count, len(todo))
+            count += 1
+            if start is None:
+                continue
+            names = tuple(n.name for n in reader.nodes)
+            if rows is None:  # the original's inputs: column selections of the cached factors
+                factors = [cache.factors.get(n) for n in names]
+                if any(f is None for f in factors):
+                    continue
+                per_half = [
+                    [_pool([f[h][g] for f in factors]) for g in range(len(factors[0][h]))] for h in range(halves)
+                ]  # type: ignore[index]
+
+                def problems(
+                    g: int,
+                    select: np.ndarray,
+                    outs: np.ndarray,
+                    w_aug: np.ndarray,
+                    p: list = per_half,
+                    n: int = start.groups,
+                ) -> list[Problem] | None:
+                    if len(p[0]) != n or any(h[g].shape[1] != w_aug.shape[1] for h in p):
+                        return None
+                    return [Problem(h[g], select, w_aug) for h in p]
+
+                key: tuple | None = (names, reader.keep_in.tobytes(), start.keep_out.tobytes(), start.has_bias)
+                n_rows = sum(cache.positions[n] for n in names)
+            else:
+                sampled = rows.get(names)
+                if sampled is None:
+                    continue
+                problems, key, n_rows = sampled.problems(start.has_bias), None, sampled.count
+            fitted = _refit_groups(problems, start, reader.keep_in, settings.ridge, settings.ridges, cache, key)
+            if fitted is None:
+                continue
+            w_new, b_new, err_b, err_a = fitted
+            if err_a >= err_b:
+                continue
+            writer.write(list(start.targets), reader.layer, w_new, b_new if start.has_bias else None, start.w_param)
+            done.extend(ReconstructedLayer(n.name, n_rows, err_b, err_a) for n in reader.nodes)
     writer.finish()
     if progress:
         progress(len(todo), len(todo))
     return out, tuple(done)
+
+
+def _start(
+    reader: _Reader,
+    writer: WeightWriter,
+    g_orig: Mapping[str, object],
+    params: ParamResolver,
+    g_pruned: Mapping[str, object],
+    pruned_params: ParamResolver,
+    analysis: ChannelAnalysis,
+    removed_ids: np.ndarray,
+    source: str,
+) -> _Start | None:
+    """What ``reader``'s refit starts from, or None when it is not refitted (a quantized weight,
+    a bias that is not a constant, readers of one weight the surgery left different)."""
+    node, layer = reader.nodes[0], reader.layer
+    targets = [writer.nodes.get(n.name) for n in reader.nodes]
+    if any(t is None or t.op_type != node.op_type or t.name not in g_pruned for t in targets):
+        raise UnsupportedModel(f"{source}: internal: layer {node.name!r} ({node.op_type}) is not in the pruned model")
+    w_orig = params(g_orig[node.name].inputs[layer.weight_index])  # type: ignore[attr-defined]
+    if w_orig is None or is_quantized_chain(w_orig):
+        return None  # a quantized weight stays on its quantized path
+    w_mat = layer.weight_matrix(np.asarray(w_orig.values, dtype=np.float64))  # [out, in/groups · k]
+    b = np.zeros(w_mat.shape[0])
+    bi, scale = layer.bias_index, layer.bias_scale
+    if bi is not None and len(node.input) > bi and node.input[bi]:
+        bp = params(g_orig[node.name].inputs[bi])  # type: ignore[attr-defined]
+        if bp is None or bp.values.size != b.size:
+            return None
+        b = scale * np.asarray(bp.values, dtype=np.float64).reshape(-1)
+    currents = [layer_params(g_pruned[n.name], pruned_params, layer) for n in reader.nodes]  # type: ignore[arg-type]
+    if any(c is None for c in currents):
+        return None
+    w_cur, b_cur, w_param = currents[0]  # type: ignore[misc]
+    if any(not (np.array_equal(c[0], w_cur) and np.array_equal(c[1], b_cur)) for c in currents[1:]):  # type: ignore[index]
+        return None  # readers of one weight the surgery left different: not one refit
+    # Output channels the surgery kept (the reader may be a pruned source too).
+    out_lay = analysis.layouts.get(node.output[0])
+    keep_out = np.ones(w_mat.shape[0], dtype=bool)
+    if out_lay is not None:
+        (oids,) = [v for v in out_lay.axes.values()][:1]
+        if len(oids) == w_mat.shape[0]:
+            keep_out = ~removed_ids[oids]
+    has_bias = bi is not None and scale != 0  # a bias scaled by 0 (Gemm beta=0) stays as it is
+    targets_found = tuple(t for t in targets if t is not None)
+    shapes = tuple(np.shape(w_param.values)), tuple(np.shape(w_orig.values))
+    return _Start(targets_found, w_mat, b, w_cur, b_cur, w_param, keep_out, has_bias, layer.groups, *shapes)
 
 
 def _pool(factors: Sequence[np.ndarray]) -> np.ndarray:
@@ -320,29 +424,35 @@ def _cache_factors(
 
 
 def _refit_groups(
-    per_half: Sequence[Sequence[np.ndarray]],
-    w_mat: np.ndarray,
-    b: np.ndarray,
+    problems: Callable[[int, np.ndarray, np.ndarray, np.ndarray], list[Problem] | None],
+    start: _Start,
     keep_in: np.ndarray,
-    keep_out: np.ndarray,
-    w_cur: np.ndarray,
-    b_cur: np.ndarray,
-    has_bias: bool,
     ridge: float,
     ridges: Sequence[float],
     cache: ReconstructionCache,
-    key: tuple,
+    key: tuple | None,
 ) -> tuple[np.ndarray, np.ndarray, float, float] | None:
     """Least squares per group of the layer (one group unless it is a grouped Conv): group g's
     kept outputs are refitted on group g's kept inputs only, against the original's outputs
-    there (``per_half[h][g]``: the factor of group g's input rows on half h of the samples,
-    see least_squares). Returns the new weights and bias in the pruned layer's shape [kept
-    out, kept in/groups · k] and the relative RMS error before and after, or None when the
-    pruned layer does not have the shape the plan implies."""
+    there; ``problems(g, select, outs, w_aug)``: group g's problem per half of the samples
+    (``select``: its kept columns, and the ones column with a bias, among the original's;
+    ``outs``: its kept outputs; ``w_aug``: their original weights and bias), None when the
+    samples do not have the layer's columns. Returns the new
+    weights and bias in the pruned layer's shape [kept out, kept in/groups · k] and the
+    relative RMS error before and after, or None when the pruned layer does not have the
+    shape the plan implies. ``key``: the fits are kept in ``cache`` under it (None: not kept)."""
+    w_mat, b, w_cur, b_cur, keep_out, has_bias = (
+        start.w_mat,
+        start.b,
+        start.w_cur,
+        start.b_cur,
+        start.keep_out,
+        start.has_bias,
+    )
     n_out, n_cols = w_mat.shape
-    groups = len(per_half[0])
+    groups = start.groups
     n_in = len(keep_in)
-    if groups < 1 or n_out % groups or n_in % groups or any(f.shape[1] != n_cols + 1 for h in per_half for f in h):
+    if groups < 1 or n_out % groups or n_in % groups:
         return None
     k = n_cols * groups // n_in  # columns per input channel (kernel positions)
     out_g, in_g = n_out // groups, n_in // groups
@@ -362,20 +472,26 @@ def _refit_groups(
         theta0 = w_cur[cur].T
         if has_bias:
             theta0 = np.concatenate([theta0, b_cur[cur][None, :]], axis=0)
-        start = hashlib.blake2b(np.ascontiguousarray(theta0).tobytes(), digest_size=16).digest()
-        fkey = (*key, g, start)
-        if fkey not in cache.fits:
+        start_digest = hashlib.blake2b(np.ascontiguousarray(theta0).tobytes(), digest_size=16).digest()
+        fkey = None if key is None else (*key, g, start_digest)
+        if fkey is None or fkey not in cache.fits:
             select = np.flatnonzero(np.append(cols, has_bias))  # kept columns (and the ones column)
             w_aug = np.concatenate([w_mat[outs], b[outs][:, None]], axis=1)
-            problems = [Problem(h[g], select, w_aug) for h in per_half]
-            theta = least_squares.fit(problems, theta0, ridge, ridges)
-            cache.fits[fkey] = (
+            group_problems = problems(g, select, outs, w_aug)
+            if group_problems is None:
+                return None
+            theta = least_squares.fit(group_problems, theta0, ridge, ridges)
+            fit = (
                 theta,
-                sum(p.error(theta0) for p in problems),
-                sum(p.error(theta0 if theta is None else theta) for p in problems),
-                sum(p.energy() for p in problems),
+                sum(p.error(theta0) for p in group_problems),
+                sum(p.error(theta0 if theta is None else theta) for p in group_problems),
+                sum(p.energy() for p in group_problems),
             )
-        theta, e_b, e_a, e_y = cache.fits[fkey]
+            if fkey is not None:
+                cache.fits[fkey] = fit
+        else:
+            fit = cache.fits[fkey]
+        theta, e_b, e_a, e_y = fit
         sq_b, sq_a, sq_y = sq_b + e_b, sq_a + e_a, sq_y + e_y
         if theta is None:
             continue

@@ -45,10 +45,11 @@ class ReconstructedTrials:
         source: str = "<model>",
         reconstruct: bool = True,
         recalibrate: bool = False,
+        reconstruct_from: str = "original",
         confidence: float = 0.95,
         batch: int | None = None,
     ) -> None:
-        self.reconstruct, self.recalibrate = reconstruct, recalibrate
+        self.reconstruct, self.recalibrate, self.reconstruct_from = reconstruct, recalibrate, reconstruct_from
         self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
         self.batch = batch  # --fidelity-batch: the batch the search's value predicts (search_score)
         if len(feeds) < 2:
@@ -143,6 +144,7 @@ class ReconstructedTrials:
                 fit,
                 reconstruct=self.reconstruct,
                 recalibrate=self.recalibrate,
+                reconstruct_from=self.reconstruct_from,
                 registry=self.registry,
                 seed=self.seed,
                 recalibration_passes=self.RECALIBRATION_PASSES,

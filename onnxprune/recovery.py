@@ -58,6 +58,7 @@ def recover_model(
     *,
     reconstruct: bool,
     recalibrate: bool,
+    reconstruct_from: str = "original",
     registry: RuleRegistry | None = None,
     seed: int = 0,
     recalibration_passes: int | None = None,
@@ -74,7 +75,9 @@ def recover_model(
     ``feeds`` for the next call with the same (the result is the same without it);
     ``recalibration_passes`` and ``shallow_recalibration``: recalibration.recalibrate's
     ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurements of the drift before and after (a
-    search's trial does not report them: nan); ``carry_forward``: recalibration.recalibrate's."""
+    search's trial does not report them: nan); ``carry_forward``: recalibration.recalibrate's;
+    ``reconstruct_from``: reconstruction.reconstruct's ``inputs`` ("original", or "pruned":
+    sequential)."""
     model, layers, recalibrated = pruned, (), ()
     if cache is not None:
         cache.bind(feeds)
@@ -92,6 +95,7 @@ def recover_model(
             source=source,
             progress=progress,
             cache=None if cache is None else cache.reconstruction,
+            inputs=reconstruct_from,
         )
     if recalibrate:
         from .recalibration import recalibrate as correct

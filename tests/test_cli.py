@@ -69,6 +69,10 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             "model's inputs are",
         ),
         (["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--criterion", "magic"], "unknown criterion"),
+        (
+            ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--reconstruct-from", "pruned"],
+            "--reconstruct-from pruned given without --reconstruct",
+        ),
     ]
     before = model.read_bytes()
     for argv, message in cases:

@@ -98,6 +98,24 @@ ROWS = (
         "target",
         {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True, "fidelity_batch": 32},
     ),
+    # Session 10: the refit sequential (--reconstruct-from pruned): each reader fitted on the pruned
+    # model's activations, the readers before it refitted first, in the search's trials and the result.
+    Row(
+        "allocated reconstruction + reconstruct sequential",
+        "target",
+        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True, "reconstruct_from": "pruned"},
+    ),
+    Row(
+        "allocated reconstruction + reconstruct sequential + recalibrate",
+        "target",
+        {
+            "criterion": "reconstruction",
+            "min_fidelity": "{target}",
+            "reconstruct": True,
+            "reconstruct_from": "pruned",
+            "recalibrate": True,
+        },
+    ),
 )
 # The README's --validate example on the digits CNN (issue 12: at least 46% MACs cut at --max-drop 0.5%).
 DIGITS_ROWS = {

@@ -260,6 +260,7 @@ def validator(loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationD
                 data.calibration,
                 reconstruct=config.reconstruct,
                 recalibrate=config.recalibrate,
+                reconstruct_from=config.reconstruct_from,
                 registry=run.registry,
                 seed=config.seed,
                 source=loaded.source,

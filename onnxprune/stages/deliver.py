@@ -241,6 +241,7 @@ def recover(
         data.calibration,
         reconstruct=config.reconstruct,
         recalibrate=config.recalibrate,
+        reconstruct_from=config.reconstruct_from,
         registry=run.registry,
         seed=config.seed,
         source=loaded.source,

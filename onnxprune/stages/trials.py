@@ -167,6 +167,7 @@ def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feed
         source=loaded.source,
         reconstruct=config.reconstruct,
         recalibrate=config.recalibrate,
+        reconstruct_from=config.reconstruct_from,
         confidence=config.fidelity_confidence,
         batch=config.fidelity_batch,
     )
