@@ -80,8 +80,10 @@ def test_model_spec_reconstructed_rows():
     assert names.index("digits+rc") == names.index("digits") + 1
     assert names.index("yolo26n+rc") == names.index("yolo26n") + 1
     assert "malimg" not in names and "malimg+rc" not in names
-    # a default run only names rows whose model exists (resnet50_glyphs is not trained yet)
-    assert "resnet50_glyphs" not in names and "mobilenet_v2_glyphs" in names
+    # the trained zoo: every architecture, each with its reconstructed row after it
+    for m in ("mobilenet_v2_glyphs", "efficientnet_b0_glyphs", "resnet50_glyphs"):
+        assert names.index(m + "+rc") == names.index(m) + 1
+    assert "resnet50" not in names and "resnet50+rc" not in names  # the random-weight zoo: recorded rows only
 
 
 def test_seeded_rows_keep_the_recorded_rows_the_work_folder_does_not_have():
