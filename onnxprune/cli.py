@@ -465,7 +465,8 @@ def _sensitivity(args: argparse.Namespace) -> int:
         rules=args.rules,
         progress=progress,
     )
-    data = {"model": args.model, **result.to_dict()}
+    table = result.to_dict()
+    data = {"format": table.pop("format"), "model": args.model, **table}
     with Outputs() as outputs:  # both files or neither
         if args.json:
             from .render import json_text

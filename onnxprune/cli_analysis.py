@@ -9,7 +9,11 @@ from .cli import _registry, _shapes, _write_text
 from .cli_text import reason_counts
 from .render import json_text
 
-__all__ = ["analyze_command", "explain_command"]
+__all__ = ["ANALYSIS_FORMAT", "EXPLAIN_FORMAT", "analyze_command", "explain_command"]
+
+# The first key of each command's --json: what it is and its layout's version.
+ANALYSIS_FORMAT = "onnxprune-analysis/1"
+EXPLAIN_FORMAT = "onnxprune-explain/1"
 
 
 def analyze_command(args: argparse.Namespace) -> int:
@@ -20,7 +24,12 @@ def analyze_command(args: argparse.Namespace) -> int:
 
         check_writable(args.json, "--json")
     analysis = analyze(args.model, input_shapes=_shapes(args.input_shape), registry=_registry(args))
-    data = {"model": args.model, **analysis.summary(), "groups": [g.to_dict() for g in analysis.groups]}
+    data = {
+        "format": ANALYSIS_FORMAT,
+        "model": args.model,
+        **analysis.summary(),
+        "groups": [g.to_dict() for g in analysis.groups],
+    }
     if args.json:
         _write_text(args.json, json_text(data, indent=2))
     if not args.quiet:
@@ -67,6 +76,7 @@ def explain_command(args: argparse.Namespace) -> int:
             json_path,
             json_text(
                 {
+                    "format": EXPLAIN_FORMAT,
                     "model": args.model,
                     "layers": [x.to_dict() for x in layers],
                     "not_analysed": list(analysis.not_analysed),

@@ -9,7 +9,10 @@ from .cli import _progress, _shapes, _write_text
 from .cli_text import ir_check_text
 from .render import json_text
 
-__all__ = ["bench_command", "convert_command"]
+__all__ = ["BENCH_FORMAT", "bench_command", "convert_command"]
+
+# The first key of bench --json ({"format", "models": one entry per model, in order}).
+BENCH_FORMAT = "onnxprune-bench/1"
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -101,7 +104,7 @@ def bench_command(args: argparse.Namespace) -> int:
     warnings = spread_warnings(timings)
     if args.json:
         rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
-        _write_text(args.json, json_text(rows, indent=2))
+        _write_text(args.json, json_text({"format": BENCH_FORMAT, "models": rows}, indent=2))
     if not args.quiet:
         print(
             f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)"

@@ -8,7 +8,11 @@ from typing import Any
 
 from .fidelity import OutputFidelity, OutputScore
 
+# The first key of the report as JSON (its "model_format" is the int8 model's: onnx or ir).
+QUANTIZE_REPORT_FORMAT = "onnxprune-quantize-report/1"
+
 __all__ = [
+    "QUANTIZE_REPORT_FORMAT",
     "AccuracyControl",
     "FidelityAgainst",
     "QuantizeReport",
@@ -90,9 +94,10 @@ class QuantizeReport:
 
     def to_dict(self) -> dict:
         return {
+            "format": QUANTIZE_REPORT_FORMAT,
             "model": self.model,
             "output": self.output,
-            "format": self.format,
+            "model_format": self.format,
             "backend": self.backend,
             "preset": self.preset,
             "fast_bias_correction": self.fast_bias_correction,
@@ -127,7 +132,7 @@ def _figure(f: dict) -> str:
 
 def format_quantize(d: dict) -> str:
     """The human-readable form of a quantization report (its JSON dict)."""
-    what = "QDQ ONNX" if d["format"] == "onnx" else "OpenVINO IR"
+    what = "QDQ ONNX" if d["model_format"] == "onnx" else "OpenVINO IR"
     lines = [
         (
             f"{d['model']} -> {d.get('output') or '(not written)'}   int8 ({what}, NNCF {d['backend']} backend, preset {d['preset']}, "
@@ -164,7 +169,7 @@ def quantize_markdown(d: dict) -> list[str]:
     """A Markdown section for a quantization report."""
     lines = ["## int8 quantization (NNCF)", ""]
     lines.append(
-        f"{'QDQ ONNX' if d['format'] == 'onnx' else 'OpenVINO IR'} `{d.get('output')}`, NNCF {d['backend']} backend, preset {d['preset']}, "
+        f"{'QDQ ONNX' if d['model_format'] == 'onnx' else 'OpenVINO IR'} `{d.get('output')}`, NNCF {d['backend']} backend, preset {d['preset']}, "
         f"fast bias correction {'on' if d['fast_bias_correction'] else 'off'}; {d['calibration_samples']} calibration samples; "
         f"evaluation: {d['evaluation']}; layers in int8 {len(d['quantized_layers'])}, in float {len(d['float_layers'])}."
     )

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
     from .sensitivity_analysis import SensitivityResult
     from .user_validation import ValidationResult
 
-__all__ = ["KeptGroup", "LayerChange", "PruneReport", "build_report"]
+__all__ = ["REPORT_FORMAT", "KeptGroup", "LayerChange", "PruneReport", "build_report"]
+
+# The first key of every report as JSON: what it is and the version of its layout (a pipeline
+# checks it; the number goes up when a key changes meaning or goes away).
+REPORT_FORMAT = "onnxprune-report/1"
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class PruneReport:
 
     def to_dict(self) -> dict:
         return {
+            "format": REPORT_FORMAT,
             "model": self.model,
             "criterion": self.criterion,
             "criterion_reason": self.criterion_reason,

@@ -26,7 +26,11 @@ from .planning import enforce_constraints
 from .trial_runner import Screen, TrialRunner
 from .validated_search import search_order
 
+# The first key of the result as JSON (sensitivity --json): what it is, its layout's version.
+SENSITIVITY_FORMAT = "onnxprune-sensitivity/1"
+
 __all__ = [
+    "SENSITIVITY_FORMAT",
     "Screen",
     "SensitivityResult",
     "TrialRunner",
@@ -104,6 +108,7 @@ class SensitivityResult:
 
     def to_dict(self) -> dict:
         return {
+            "format": SENSITIVITY_FORMAT,
             "criterion": self.criterion,
             "ratios": list(self.ratios),
             "samples": self.samples,

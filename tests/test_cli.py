@@ -392,3 +392,51 @@ def test_a_missing_inputs_file_is_one_message_from_the_library_and_the_cli(
     quantize = ["quantize", model, "-o", tmp_path / "q.onnx", "--calibration", calibration]
     assert one_line_error(run_cli(*quantize, *([] if flag == "--calibration" else [flag, missing]))) == line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_json_the_cli_writes_starts_with_its_format(tmp_path: Path) -> None:
+    """A pipeline reads the kind and layout version of a JSON file from its first key
+    (plans and latency tables had one; the report, analyze, explain, sensitivity and bench had not)."""
+    model = FIXTURES / "digits_cnn.onnx"
+    calibration = FIXTURES / "digits_calibration.npz"
+    runs = {
+        "onnxprune-report/1": ["prune", model, "-o", tmp_path / "o.onnx", "--report", "{j}"],
+        "onnxprune-plan/1": ["prune", model, "-o", tmp_path / "p.onnx", "--save-plan", "{j}"],
+        "onnxprune-analysis/1": ["analyze", model, "--json", "{j}"],
+        "onnxprune-explain/1": ["explain", model, "--json", "{j}"],
+        "onnxprune-sensitivity/1": [
+            "sensitivity",
+            model,
+            "--calibration",
+            calibration,
+            "--ratios",
+            "0.5",
+            "--json",
+            "{j}",
+        ],
+        "onnxprune-bench/1": [
+            "bench",
+            model,
+            "--backend",
+            "onnxruntime",
+            "--rounds",
+            "1",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--throughput-seconds",
+            "0.01",
+            "--json",
+            "{j}",
+        ],
+    }
+    for i, (fmt, args) in enumerate(runs.items()):
+        path = tmp_path / f"{i}.json"
+        p = run_cli(*[str(path) if a == "{j}" else a for a in args], "-q")
+        assert p.returncode == 0, (fmt, p.stderr)
+        data = json.loads(path.read_text())
+        assert next(iter(data.items())) == ("format", fmt)
+    assert [m["path"] for m in data["models"]] == [str(model)]  # bench: one entry per model, in order
+    report = onnxprune.prune(model).report.to_dict()
+    assert next(iter(report.items())) == ("format", "onnxprune-report/1")

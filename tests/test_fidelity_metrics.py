@@ -388,7 +388,7 @@ def test_every_report_shows_the_metric_and_why() -> None:
     quant = {
         "model": "m.onnx",
         "output": "q.onnx",
-        "format": "onnx",
+        "model_format": "onnx",
         "backend": "ONNX",
         "preset": "performance",
         "fast_bias_correction": True,

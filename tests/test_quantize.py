@@ -249,6 +249,8 @@ def test_cli_quantize_writes_model_and_report(files: dict[str, Path], tmp_path: 
     assert "vs the float model" in p.stdout and p.stderr == ""
     data = json.loads(report.read_text())
     assert data["evaluation_samples"] == 10 and data["fidelity"][0]["reference"] == "float model"
+    # the report says what it is first; the int8 model's own format has its own key
+    assert next(iter(data.items())) == ("format", "onnxprune-quantize-report/1") and data["model_format"] == "onnx"
     assert out.exists()
 
 
