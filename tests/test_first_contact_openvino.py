@@ -69,7 +69,7 @@ def test_bench_reports_spread_precision_and_time_mode(tmp_path: Path) -> None:
         out,
     )
     assert p.returncode == 0, p.stderr
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["models"]  # {"format": "onnxprune-bench/1", "models": [...]}
     for row in rows:
         assert row["precision"] == "f32" and row["runs"] >= 4 and row["runs"] % 2 == 0
         assert row["latency_p10_ms"] <= row["latency_median_ms"] <= row["latency_p90_ms"]
@@ -88,7 +88,7 @@ def test_bench_reports_spread_precision_and_time_mode(tmp_path: Path) -> None:
         "--json",
         out,
     )
-    assert default.returncode == 0 and json.loads(out.read_text())[0]["precision"] in ("f32", "bf16", "f16")
+    assert default.returncode == 0 and json.loads(out.read_text())["models"][0]["precision"] in ("f32", "bf16", "f16")
 
 
 def test_spread_warning_when_the_difference_is_within_the_noise() -> None:
