@@ -51,7 +51,7 @@ def test_bench_two_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     ]
     assert cli.main(argv) == 0
     assert "median ms" in capsys.readouterr().out
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text())["models"]
     assert [Path(d["path"]).name for d in data] == ["residual.onnx", "p.onnx"]
     assert data[0]["latency_ratio"] == 1.0 and data[1]["latency_ratio"] > 0
     assert all(
