@@ -24,6 +24,7 @@ DIGITS = str(FIXTURES / "digits_cnn.onnx")
 CALIBRATION = str(FIXTURES / "digits_calibration.npz")  # 64 samples
 
 REPORT_KEYS = [
+    "format",  # "onnxprune-report/1": what the JSON is, its layout's version
     "model",
     "criterion",
     "criterion_reason",
