@@ -80,26 +80,16 @@ def spread_warnings(timings: Sequence[ModelTiming]) -> list[str]:
 def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[str, Sequence[int]]) -> list[int]:
     """The shape fed to input ``name``: the user's, else the model's with a dynamic batch set
     to 1; any other dynamic dimension is a usage error asking for --input-shape."""
-    if name in given:
-        if dims and len(dims) != len(given[name]):
-            raise UsageError(
-                f"{path}: --input-shape {name}: rank {len(given[name])} but the model's input has rank {len(dims)}"
-            )
-        return [int(d) for d in given[name]]
-    out = []
-    for i, d in enumerate(dims):
-        if isinstance(d, int) and d > 0:
-            out.append(d)
-        elif i == 0:
-            out.append(1)
-        else:
-            shown = ",".join(
-                str(x) if isinstance(x, int) and x > 0 else ("1" if j == 0 else "?") for j, x in enumerate(dims)
-            )
-            raise UsageError(
-                f"{path}: input {name!r} dimension {i} is dynamic; give --input-shape {name}:{shown} (the size to time)"
-            )
-    return out
+    from .shapes import batch_filled, shape_text
+
+    # dims from the runtime: [] for an unknown rank (OpenVINO) or a scalar; nothing to check then
+    shape = batch_filled(name, list(dims) or None, given, path, check_fixed=False)
+    if None in shape:
+        raise UsageError(
+            f"{path}: input {name!r} dimension {shape.index(None)} is dynamic; give --input-shape "
+            f"{name}:{shape_text(shape)} (the size to time)"
+        )
+    return [int(d) for d in shape]  # type: ignore[arg-type]  # None refused above
 
 
 def _frontend_reads(ov: Any, framework: str, path: str) -> bool:

@@ -394,23 +394,19 @@ def _static_shapes(
         proto = onnx.load(model, load_external_data=False)
     except Exception:
         return dict(given)  # not readable: prune's loader says why, in its words
-    from .shapes import data_input_shapes
+    from .shapes import batch_filled, data_input_shapes, input_dims, shape_text
 
     shapes = data_input_shapes(proto, (inputs, calibration), given)
     inits = {i.name for i in proto.graph.initializer}
     for vi in proto.graph.input:
         if vi.name in inits or vi.name in shapes:
             continue
-        dims = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim
-        ]
-        if all(d is not None for d in dims[1:]):
-            continue
-        i = next(i for i, d in enumerate(dims) if i > 0 and d is None)
-        shown = ",".join("1" if j == 0 and d is None else ("?" if d is None else str(d)) for j, d in enumerate(dims))
-        raise UsageError(
-            f"{model}: input {vi.name!r} dimension {i} is dynamic and {what} needs a static shape; give --input-shape {vi.name}:{shown}"
-        )
+        shape = batch_filled(vi.name, input_dims(vi), {}, model)
+        if None in shape:
+            raise UsageError(
+                f"{model}: input {vi.name!r} dimension {shape.index(None)} is dynamic and {what} needs a static "
+                f"shape; give --input-shape {vi.name}:{shape_text(shape)}"
+            )
     return shapes
 
 

@@ -120,28 +120,24 @@ def _static_shapes(
     """The shape ``static`` bakes for every input: the given one, else the one the check ran
     at, else the model's with a dynamic batch of 1. A dimension still unknown is a usage error:
     an input left out would stay dynamic in an IR asked to be static."""
+    from .shapes import batch_filled, input_dims, shape_text
+
     inits = {t.name for t in model.graph.initializer}
+    fed = {n: np.shape(a) for n, a in (check_feeds[0] if check_feeds else {}).items()}
+    known = {**fed, **input_shapes}  # given, else the shape checked
     shapes = {}
     for vi in model.graph.input:
         name = vi.name
         if name in inits:
             continue
-        if name in input_shapes:
-            shapes[name] = [int(d) for d in input_shapes[name]]
-            continue
-        if check_feeds and name in check_feeds[0]:
-            shapes[name] = [int(d) for d in np.shape(check_feeds[0][name])]
-            continue
-        dims = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim
-        ]
-        shape = [1 if (i == 0 and d is None) else d for i, d in enumerate(dims)]
-        if not vi.type.tensor_type.HasField("shape") or None in shape:
-            shown = ",".join("?" if d is None else str(d) for d in shape) or "d0,d1,..."
+        dims = input_dims(vi)
+        shape = batch_filled(name, dims, known, source, check_rank=False, check_fixed=False)
+        if name not in known and (dims is None or None in shape):
+            shown = shape_text(shape) or "d0,d1,..."
             raise UsageError(
                 f"{source}: --static needs every dimension of input {name!r} ({shown}); give --input-shape {name}:..."
             )
-        shapes[name] = shape
+        shapes[name] = [int(d) for d in shape]  # type: ignore[arg-type]  # None refused above
     return shapes
 
 

@@ -14,22 +14,72 @@ from .fake_quantize import is_fake_quantize
 
 __all__ = [
     "Shape",
+    "batch_filled",
     "check_input_names",
     "concrete_input_shapes",
     "data_input_shapes",
     "dynamic_batch_inputs",
     "infer_static_shapes",
+    "input_dims",
+    "shape_text",
     "without_big_initializers",
 ]
 
 Shape = tuple[int | None, ...]
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> Shape | None:
+def input_dims(value_info: onnx.ValueInfoProto) -> Shape | None:
+    """A graph input's dimensions, None where dynamic (symbolic, 0 or absent); None for an
+    unknown rank (no shape, or not a tensor)."""
     t = value_info.type
     if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
         return None
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.tensor_type.shape.dim)
+
+
+_dims = input_dims
+
+
+def batch_filled(
+    name: str,
+    dims: Sequence[object] | None,
+    given: Mapping[str, Sequence[int]],
+    source: str,
+    *,
+    batch: int = 1,
+    check_rank: bool = True,
+    check_fixed: bool = True,
+) -> Shape:
+    """The shape input ``name`` is analysed, checked, converted or timed at: one rule for every
+    command. The user's shape (``given``: --input-shape, or what the caller takes for it),
+    else the model's ``dims`` with a dynamic batch (the first dimension) set to ``batch``;
+    any other dynamic dimension stays None, for the caller to refuse in its own words (what it
+    needs the size for) or to leave unknown. ``dims``: an int > 0 is known, anything else
+    (None, 0, -1, a symbolic name) dynamic; None for an unknown rank (then ``()``). A given
+    shape must have the input's rank (``check_rank``) and its fixed dimensions (``check_fixed``)."""
+    if name in given:
+        shape = tuple(int(d) for d in given[name])
+        if dims is not None and check_rank and len(dims) != len(shape):
+            raise UsageError(
+                f"{source}: --input-shape {name}: rank {len(shape)} but the model's input has rank {len(dims)}"
+            )
+        if dims is not None and check_fixed:
+            for i, (have, want) in enumerate(zip(dims, shape)):
+                if isinstance(have, int) and have > 0 and have != want:
+                    raise UsageError(
+                        f"{source}: --input-shape {name}: dimension {i} is fixed to {have} in the model, not {want}"
+                    )
+        return shape
+    if dims is None:
+        return ()
+    known = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    return tuple(batch if i == 0 and d is None else d for i, d in enumerate(known))
+
+
+def shape_text(shape: Sequence[int | None], dynamic: str = "?") -> str:
+    """``shape`` as --input-shape takes it, each unknown dimension j written ``dynamic.format(j)``
+    (``?``, or ``d{}``: d2 for the dimension to choose)."""
+    return ",".join(dynamic.format(j) if d is None else str(d) for j, d in enumerate(shape))
 
 
 def dynamic_batch_inputs(model: onnx.ModelProto) -> list[str]:
@@ -61,27 +111,7 @@ def concrete_input_shapes(
     inits = {i.name for i in model.graph.initializer}
     inputs = {vi.name: vi for vi in model.graph.input if vi.name not in inits}
     check_input_names(source, overrides, inputs)
-    shapes: dict[str, Shape] = {}
-    for name, vi in inputs.items():
-        dims = _dims(vi)
-        if name in overrides:
-            given = overrides[name]
-            if dims is not None and len(dims) != len(given):
-                raise UsageError(
-                    f"{source}: --input-shape {name}: rank {len(given)} but the model's input has rank {len(dims)}"
-                )
-            if dims is not None:
-                for i, (have, want) in enumerate(zip(dims, given)):
-                    if have is not None and have != want:
-                        raise UsageError(
-                            f"{source}: --input-shape {name}: dimension {i} is fixed to {have} in the model, not {want}"
-                        )
-            shapes[name] = tuple(given)
-        elif dims is None:
-            shapes[name] = ()
-        else:
-            shapes[name] = tuple((batch if (i == 0 and d is None) else d) for i, d in enumerate(dims))
-    return shapes
+    return {name: batch_filled(name, _dims(vi), overrides, source, batch=batch) for name, vi in inputs.items()}
 
 
 def data_input_shapes(

@@ -77,39 +77,27 @@ def resolve_input_shapes(
     set to ``batch``; any other dynamic dimension (or a static batch other than ``batch``) is
     a usage error saying what to give."""
     inits = {t.name for t in model.graph.initializer}
-    from ..shapes import check_input_names
+    from ..shapes import batch_filled, check_input_names, input_dims, shape_text
 
     check_input_names(source, given, (vi.name for vi in model.graph.input if vi.name not in inits))
     out = {}
     for vi in model.graph.input:
         if vi.name in inits:
             continue
+        shape = batch_filled(vi.name, input_dims(vi), given, source, batch=batch, check_rank=False, check_fixed=False)
         if vi.name in given:
-            shape = tuple(int(d) for d in given[vi.name])
             if shape and shape[0] != batch and batch != 1:
                 raise UsageError(f"{source}: --input-shape {vi.name} has batch {shape[0]}, --batch says {batch}")
             out[vi.name] = shape
             continue
-        dims = [
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in vi.type.tensor_type.shape.dim
-        ]
-        shape = []
-        for i, d in enumerate(dims):
-            if i == 0 and d is None:
-                shape.append(batch)
-            elif d is None:
-                # a form that can be typed once its named sizes are chosen: the batch and the
-                # model's fixed sizes filled in, d<i> for each dynamic one
-                free = [f"d{j}" for j, x in enumerate(dims) if j > 0 and x is None]
-                shown = ",".join(
-                    str(batch) if j == 0 and x is None else (str(x) if x else f"d{j}") for j, x in enumerate(dims)
-                )
-                raise UsageError(
-                    f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:{shown} "
-                    f"with {', '.join(free)} the size{'s' if len(free) > 1 else ''} to time"
-                )
-            else:
-                shape.append(d)
+        if None in shape:
+            # a form that can be typed once its named sizes are chosen: the batch and the
+            # model's fixed sizes filled in, d<i> for each dynamic one
+            free = [f"d{j}" for j, x in enumerate(shape) if x is None]
+            raise UsageError(
+                f"{source}: input {vi.name!r} dimension {shape.index(None)} is dynamic; give --input-shape "
+                f"{vi.name}:{shape_text(shape, 'd{}')} with {', '.join(free)} the size{'s' if len(free) > 1 else ''} to time"
+            )
         if batch != 1 and (not shape or shape[0] != batch):
             raise UsageError(
                 f"{source}: input {vi.name!r} has a static batch of {shape[0] if shape else 'none'}; --batch {batch} needs a dynamic batch"

@@ -1,0 +1,73 @@
+"""shapes.batch_filled: the one rule by which every command turns an input's dimensions into
+the shape it analyses, checks, converts or times (a dynamic batch becomes 1, or --batch), and
+the --input-shape text of a shape in its messages."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxprune.errors import UsageError
+from onnxprune.shapes import batch_filled, concrete_input_shapes, input_dims, shape_text
+
+
+@pytest.mark.parametrize(
+    ("dims", "batch", "want"),
+    [
+        ((None, 3, 8, 8), 1, (1, 3, 8, 8)),  # a dynamic batch: 1
+        ((None, 3, 8, 8), 4, (4, 3, 8, 8)),  # ... or the batch asked for
+        ((2, 3, 8, 8), 4, (2, 3, 8, 8)),  # a static batch stays (the caller refuses what it cannot run)
+        ((None, 3, None, "W"), 1, (1, 3, None, None)),  # other dynamic dimensions stay unknown
+        (("N", -1, 0, 5), 1, (1, None, None, 5)),  # runtime forms of dynamic: a name, -1, 0
+        ((), 1, ()),  # a scalar
+        (None, 1, ()),  # an unknown rank
+    ],
+)
+def test_dynamic_batch_is_filled_and_nothing_else(dims: tuple | None, batch: int, want: tuple) -> None:
+    assert batch_filled("x", dims, {}, "m.onnx", batch=batch) == want
+
+
+def test_the_given_shape_wins_and_must_fit() -> None:
+    assert batch_filled("x", (None, 3, None, None), {"x": (2, 3, 16, 16)}, "m.onnx", batch=1) == (2, 3, 16, 16)
+    assert batch_filled("x", None, {"x": (5,)}, "m.onnx") == (5,)  # unknown rank: nothing to check
+    with pytest.raises(UsageError, match=r"^m.onnx: --input-shape x: rank 3 but the model's input has rank 4$"):
+        batch_filled("x", (None, 3, 8, 8), {"x": (1, 3, 8)}, "m.onnx")
+    with pytest.raises(UsageError, match=r"^m.onnx: --input-shape x: dimension 1 is fixed to 3 in the model, not 4$"):
+        batch_filled("x", (None, 3, 8, 8), {"x": (1, 4, 8, 8)}, "m.onnx")
+    # the checks a caller leaves to the runtime (OpenVINO's reshape, the latency measurement's own)
+    assert batch_filled("x", (None, 3, 8, 8), {"x": (1, 4, 8, 8)}, "m", check_fixed=False) == (1, 4, 8, 8)
+    assert batch_filled("x", (None, 3, 8, 8), {"x": (1, 3)}, "m", check_rank=False, check_fixed=False) == (1, 3)
+
+
+def test_shape_text_is_what_input_shape_takes() -> None:
+    assert shape_text((1, 3, None, 8)) == "1,3,?,8"
+    assert shape_text((4, 3, None, None), "d{}") == "4,3,d2,d3"
+    assert shape_text(()) == ""
+
+
+def test_every_copy_of_the_rule_now_goes_through_it() -> None:
+    """The analysis (concrete_input_shapes), the IR's static shapes, bench and the latency
+    measurement agree on a model with a dynamic batch and a dynamic width."""
+    from onnxprune.bench import _static_dims
+    from onnxprune.latency.measure import resolve_input_shapes
+    from onnxprune.openvino_ir import _static_shapes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, "W"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    assert input_dims(model.graph.input[0]) == (None, 3, 8, None)
+    assert concrete_input_shapes(model, {}, "m.onnx") == {"x": (1, 3, 8, None)}
+    given = {"x": (1, 3, 8, 5)}
+    assert concrete_input_shapes(model, given, "m.onnx") == {"x": (1, 3, 8, 5)}
+    assert _static_shapes(model, given, (), "m.onnx") == {"x": [1, 3, 8, 5]}
+    assert _static_dims("m.onnx", "x", ["N", 3, 8, "W"], given) == [1, 3, 8, 5]
+    assert resolve_input_shapes(model, given, 1, "m.onnx") == {"x": (1, 3, 8, 5)}
+    # each says in its own words what the width is needed for
+    with pytest.raises(UsageError, match=r"--static needs every dimension of input 'x' \(1,3,8,\?\)"):
+        _static_shapes(model, {}, (), "m.onnx")
+    with pytest.raises(UsageError, match=r"dimension 3 is dynamic; give --input-shape x:1,3,8,\? \(the size to time\)"):
+        _static_dims("m.onnx", "x", ["N", 3, 8, "W"], {})
+    with pytest.raises(UsageError, match=r"give --input-shape x:2,3,8,d3 with d3 the size to time"):
+        resolve_input_shapes(model, {}, 2, "m.onnx")
+    onnx.checker.check_model(model)
