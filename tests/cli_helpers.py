@@ -13,9 +13,9 @@ from onnxprune.testing import GraphBuilder
 __all__ = ["one_line_error", "run_cli", "small_cnn"]
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: object = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
     )
 
 

@@ -75,3 +75,13 @@ def with_fault(model: onnx.ModelProto, fault: str) -> onnx.ModelProto:
         b.reshape(-1)[3] = 0
         inits[name].CopyFrom(numpy_helper.from_array(b, name))
     return broken
+
+
+def dynamic_hw_model() -> onnx.ModelProto:
+    """x[N,3,?,?] -> Conv -> y: a dynamic height and width, like the corpus's PP-OCR detector."""
+    w = numpy_helper.from_array(np.full((2, 3, 1, 1), 0.5, np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])
+    graph = helper.make_graph([node], "dynamic_hw", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import one_line_error, run_cli
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from onnxprune.calibration import PRESETS, Preprocess, load_calibration, parse_preprocess, split_calibration
@@ -366,3 +368,47 @@ def test_import_is_cheap() -> None:
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == ""
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+def test_images_for_an_nhwc_model_say_which_preprocess_to_give(tmp_path: Path) -> None:
+    """tf2onnx's NHWC models (3 of the corpus's 13) with a folder of images. Before: '... has 50
+    channels in NCHW layout; images give 1 (L) or 3 (RGB) (wrong layout?)', no word of the option."""
+    from PIL import Image
+
+    w = numpy_helper.from_array(np.full((2, 3, 1, 1), 0.5, np.float32), "w")
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], name="to_nchw", perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["y"], name="conv"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10, 12, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 10, 12])
+    model = tmp_path / "nhwc.onnx"
+    graph = helper.make_graph(nodes, "nhwc", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8)).save(images / f"{i}.png")
+    p = run_cli("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(images))
+    assert one_line_error(p) == (
+        f"onnxprune: error: {images}: input 'x' has 10 channels in NCHW layout; images give 1 (L) or 3 (RGB) "
+        "(wrong layout? its shape [?, 10, 12, 3] looks NHWC: give --preprocess layout=NHWC, with your other preprocess keys)"
+    )
+    p = run_cli(
+        "quantize",
+        str(model),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--calibration",
+        str(images),
+        "--preprocess",
+        "layout=NHWC",
+    )
+    assert p.returncode == 0, p.stderr

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from cli_helpers import run_cli
+from cli_helpers import one_line_error, run_cli
+from onnx import numpy_helper
 
 import onnxprune
 from onnxprune import cli
@@ -86,8 +90,6 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_verification_failure_exits_1_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import numpy as np
-    from onnx import numpy_helper
 
     import onnxprune.api as api
 
@@ -257,8 +259,6 @@ def test_a_json_output_of_dash_goes_to_stdout_alone(tmp_path: Path) -> None:
 def test_dash_output_writes_the_model_to_stdout_alone(tmp_path: Path) -> None:
     """-o - wrote a file named '-' (while --report - means stdout). Now the model's bytes go to
     stdout, alone (no text report), byte-identical to -o FILE; the report says "output": "-"."""
-    import subprocess
-    import sys
 
     model = str(FIXTURES / "residual.onnx")
     done = subprocess.run(
@@ -299,8 +299,6 @@ def test_dash_output_refusals(tmp_path: Path, args: list, message: str) -> None:
 def test_dash_output_to_a_terminal_is_refused(tmp_path: Path) -> None:
     import os
     import pty
-    import subprocess
-    import sys
 
     leader, follower = pty.openpty()
     try:
@@ -343,8 +341,6 @@ def test_dash_output_past_the_protobuf_limit_is_refused_before_any_output_is_wri
 def test_dash_output_keeps_a_validation_functions_prints_off_stdout(tmp_path: Path) -> None:
     """A user's --validate function that prints (or any library writing to file descriptor 1)
     would corrupt the model's bytes on stdout: while the run lasts stdout goes to stderr."""
-    import subprocess
-    import sys
 
     script = tmp_path / "v.py"
     script.write_text('def score(candidate):\n    print("a user\'s print")\n    return 1.0\n')
@@ -440,3 +436,42 @@ def test_every_json_the_cli_writes_starts_with_its_format(tmp_path: Path) -> Non
     assert [m["path"] for m in data["models"]] == [str(model)]  # bench: one entry per model, in order
     report = onnxprune.prune(model).report.to_dict()
     assert next(iter(report.items())) == ("format", "onnxprune-report/1")
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["prune", "{m}", "-o", "p.onnx", "--ir", "p.xml", "--report", "p.bin"],
+            "p.bin: --report and --ir (its .bin) name the same file",
+        ),
+        (
+            ["prune", "{m}", "-o", "p.onnx", "--external-data", "--markdown", "p.onnx.data"],
+            "p.onnx.data: -o (its external data) and --markdown name the same file",
+        ),
+        (
+            ["quantize", "{m}", "-o", "q.xml", "--calibration", "{cal}", "--report", "q.bin"],
+            "q.bin: -o (its .bin) and --report name the same file",
+        ),
+    ],
+)
+def test_two_outputs_of_one_run_naming_one_file_are_refused(tmp_path: Path, args: list, message: str) -> None:
+    """Before: prune --ir p.xml --report p.bin exited 0 with the report written over the IR's
+    weights (an IR that no longer loads)."""
+    model = FIXTURES / "digits_cnn.onnx"
+    argv = [a.format(m=model, cal=FIXTURES / "digits_calibration.npz") for a in args]
+    p = run_cli(*argv, cwd=tmp_path)
+    assert one_line_error(p) == f"onnxprune: error: {message}; give another file name"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_refuses_an_xml_output_it_would_fill_with_onnx(tmp_path: Path) -> None:
+    """Before: prune -o p.xml wrote an ONNX model named p.xml, exit 0 (quantize -o q.xml writes an IR)."""
+    p = run_cli("prune", str(FIXTURES / "residual.onnx"), "-o", "p.xml", cwd=tmp_path)
+    assert one_line_error(p) == (
+        "onnxprune: error: p.xml: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -126,7 +126,7 @@ def test_latency_table_dynamic_dims_hint_can_be_typed(tmp_path):
     """The hint was 'give --input-shape x:N,3,?,?': neither N nor ? is accepted. Now the batch and
     the model's fixed sizes are filled in and each size to choose is named; typed with sizes, it runs."""
     import onnx
-    from test_contact7 import dynamic_hw_model
+    from dynamic_models import dynamic_hw_model
 
     model = tmp_path / "hw.onnx"
     onnx.save(dynamic_hw_model(), str(model))

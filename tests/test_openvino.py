@@ -4,9 +4,16 @@ OpenVINO's own pruning pass side by side, Markdown and plot reports."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from cli_helpers import one_line_error, run_cli
+from dynamic_models import dynamic_hw_model
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import cli
 
@@ -72,8 +79,6 @@ def test_bench_of_a_zip_named_onnx_is_one_line_without_openvinos_log(tmp_path: P
     """OpenVINO tried its TensorFlow frontend on it, which logged two C++ lines ('E0000 ...
     text_format.cc:417] Error parsing text-format tensorflow.GraphDef') on stderr before the
     one-line error; the file is now checked (OpenVINO's ONNX frontend, then the loader) first."""
-    import subprocess
-    import sys
 
     fake = tmp_path / "m.onnx"
     fake.write_bytes((FIXTURES / "digits_calibration.npz").read_bytes())  # a zip
@@ -161,3 +166,107 @@ def test_ir_must_be_xml(tmp_path: Path) -> None:
         == 2
     )
     assert not (tmp_path / "o.onnx").exists()
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("empty.onnx", lambda p: p.write_bytes(b""), "empty file"),
+        ("folder.onnx", lambda p: p.mkdir(), "not a file"),
+        ("cut.onnx", lambda p: p.write_bytes((FIXTURES / "residual.onnx").read_bytes()[:5000]), "not an ONNX model ("),
+        (
+            "ext.onnx",
+            lambda p: (
+                onnx.save(
+                    onnx.load(FIXTURES / "residual.onnx"),
+                    p,
+                    save_as_external_data=True,
+                    location="w.bin",
+                    size_threshold=0,
+                )
+                or (p.parent / "w.bin").unlink()
+            ),
+            "tensor 'W_1': external data file 'w.bin' not found",
+        ),
+        ("ir.xml", lambda p: p.write_text("<net/>"), "the IR's weights ir.bin are not beside it"),
+    ],
+)
+def test_bench_names_what_is_wrong_with_a_file(tmp_path: Path, name: str, make: object, message: str) -> None:
+    """Before: '{file}: OpenVINO cannot read the model: Exception from src/inference/src/cpp/core.cpp:84:'
+    for each (a folder: 'no such file')."""
+    path = tmp_path / name
+    make(path)  # type: ignore[operator]
+    err = one_line_error(run_cli("bench", str(path), "--rounds", "1"))
+    assert err.startswith(f"onnxprune: error: {path}: {message}"), err
+    assert "Exception from src" not in err
+
+
+def test_openvino_message_keeps_the_reason_not_the_source_lines() -> None:
+    from onnxprune.errors import openvino_message
+
+    text = (
+        "Exception from src/inference/src/cpp/core.cpp:84:\nCheck 'false' failed at src/frontends/common/src/frontend.cpp:47:\n"
+        "Loading input model\nInvalid usage of method for externally stored data in file (w.bin, offset: 0, data_length: 8)\n\n"
+    )
+    assert openvino_message(RuntimeError(text)) == (
+        "Loading input model; Invalid usage of method for externally stored data in file (w.bin, offset: 0, data_length: 8)"
+    )
+    assert openvino_message(RuntimeError("x" * 400), 50) == "x" * 47 + "..."
+
+
+def _ir_input_dims(xml: Path) -> list[list[str]]:
+    import xml.etree.ElementTree as ET
+
+    layers = ET.parse(xml).getroot().iter("layer")
+    return [[d.text or "" for d in layer.iter("dim")] for layer in layers if layer.get("type") == "Parameter"]
+
+
+def test_convert_static_without_input_shape_bakes_the_checked_shape(tmp_path: Path) -> None:
+    """Before: `convert --static` of a model with a dynamic batch and no --input-shape wrote an IR
+    with the batch still dynamic ('IR inputs: input [?,3,16,16]'), the flag silently ignored."""
+    out = tmp_path / "r.xml"
+    p = run_cli("convert", str(FIXTURES / "residual.onnx"), "-o", str(out), "--static")
+    assert p.returncode == 0, p.stderr
+    assert "IR inputs: input [1,3,16,16]\n" in p.stdout
+    assert _ir_input_dims(out) == [["1", "3", "16", "16"]]
+    p = run_cli(
+        "convert", str(FIXTURES / "residual.onnx"), "-o", str(out), "--static", "--input-shape", "input:2,3,16,16"
+    )
+    assert p.returncode == 0 and _ir_input_dims(out) == [["2", "3", "16", "16"]]
+    p = run_cli("convert", str(FIXTURES / "residual.onnx"), "-o", str(out))  # without --static: the batch stays dynamic
+    assert p.returncode == 0 and _ir_input_dims(out) == [["-1", "3", "16", "16"]]
+
+
+def test_convert_static_with_unknown_dimensions_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    p = run_cli("convert", str(model), "-o", str(tmp_path / "m.xml"), "--static", "--no-verify")
+    assert one_line_error(p) == (
+        f"onnxprune: error: {model}: --static needs every dimension of input 'x' (1,3,?,?); give --input-shape x:..."
+    )
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_an_fp16_ir_past_its_tolerance_says_what_to_do(tmp_path: Path) -> None:
+    """Before: '... differs from onnxruntime by X, more than 0.01 x its scale Y; nothing written',
+    no word that FP16 weights do it nor of FP32 / --tolerance. y = x * (1 + 2**-12) - x: the
+    first weight rounds to 1 in FP16, so y is 0 there and x * 2**-12 in FP32."""
+    w = numpy_helper.from_array(np.array([1 + 2**-12, -1.0], np.float32).reshape(1, 2, 1, 1), "w")
+    nodes = [
+        helper.make_node("Concat", ["x", "x"], ["xx"], name="twice", axis=1),
+        helper.make_node("Conv", ["xx", "w"], ["y"], name="conv"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])
+    model = tmp_path / "m.onnx"
+    graph = helper.make_graph(nodes, "fp16", [x], [y], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    p = run_cli("convert", str(model), "-o", str(tmp_path / "m.xml"), "--fp16")
+    err = one_line_error(p, code=1)
+    assert err.endswith(
+        "(FP16 weights: FP32 keeps the model's answers; convert --tolerance T accepts a larger difference); nothing written"
+    ), err
+    assert run_cli("convert", str(model), "-o", str(tmp_path / "m.xml")).returncode == 0  # FP32 passes

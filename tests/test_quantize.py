@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from cli_helpers import one_line_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune import cli
@@ -387,3 +388,116 @@ def test_prune_quantize_bench_times_the_chain_side_by_side(
     assert rows[2]["precision"].startswith("int8 + ") and not rows[1]["precision"].startswith("int8")
     assert all(r["latency_p10_ms"] <= r["latency_median_ms"] <= r["latency_p90_ms"] for r in rows)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p8.onnx", "r.json"]
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+def constant_node_model(weight_in_constant: bool = False, constants: bool = True) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> MatMul -> Add(Constant) -> y[N,4]:
+    the bias of the MatMul is a Constant node, as PyTorch's TorchScript exporter writes it
+    (the corpus's CRNN); with ``weight_in_constant`` the conv weight is one too (paddle2onnx).
+    ``constants=False``: the same model with initializers instead."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "wm")]
+    nodes = []
+    if weight_in_constant and constants:
+        nodes.append(helper.make_node("Constant", [], ["w1"], name="w1_const", value=w))
+    else:
+        inits.append(w)
+    bias = numpy_helper.from_array(np.arange(4, dtype=np.float32) * 0.1, "bias")
+    if constants:
+        nodes.append(helper.make_node("Constant", [], ["bias"], name="bias_const", value=bias))
+    else:
+        inits.append(bias)
+    nodes += [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "wm"], ["m"], name="fc"),
+        helper.make_node("Add", ["m", "bias"], ["y"], name="fc_add"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(nodes, "constant_nodes", [x], [y], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("weight_in_constant", [False, True])
+def test_quantize_reads_constant_nodes_as_nncf_needs_them(tmp_path: Path, weight_in_constant: bool) -> None:
+    """Before: 'NNCF cannot quantize the model: There is no tensor with the name bias' (exit 2).
+    Now the int8 model equals the one NNCF makes of the same model with initializers."""
+    import onnxruntime as ort
+
+    model, twin = tmp_path / "m.onnx", tmp_path / "twin.onnx"
+    onnx.save(constant_node_model(weight_in_constant), model)
+    onnx.save(constant_node_model(weight_in_constant, constants=False), twin)
+    before = model.read_bytes()
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
+    out, out_twin = tmp_path / "q.onnx", tmp_path / "q_twin.onnx"
+    p = run_cli("quantize", str(model), "-o", str(out), "--calibration", str(cal), "-q")
+    assert p.returncode == 0, p.stderr
+    assert model.read_bytes() == before
+    assert run_cli("quantize", str(twin), "-o", str(out_twin), "--calibration", str(cal), "-q").returncode == 0
+    q = onnx.load(out)
+    ops = [n.op_type for n in q.graph.node]
+    assert "Constant" not in ops and ops.count("DequantizeLinear") >= 4  # both layers' weights and inputs
+    x = np.random.default_rng(2).random((3, 3, 8, 8)).astype(np.float32)
+    want = ort.InferenceSession(str(out_twin), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("command", ["quantize", "prune"])
+def test_quantize_refuses_a_fakequantize_model_as_already_quantized(tmp_path: Path, command: str) -> None:
+    """NNCF's default int8 export (FakeQuantize). Before: 'NNCF cannot quantize the model:
+    'NoneType' object has no attribute 'data_type''."""
+    src = FIXTURES / "nncf_resnet_fq.onnx"
+    extra = ["--quantize", "int8"] if command == "prune" else []
+    out = tmp_path / "q.onnx"
+    p = run_cli(command, str(src), "-o", str(out), "--calibration", str(FIXTURES / "digits_test.npz"), *extra)
+    err = one_line_error(p)
+    assert f"{src}: node " in err and "(FakeQuantize): the model is already quantized; give the float model" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def int8_weight_model() -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv(weight = Cast(int8 initializer) * scale) -> Relu -> GlobalAveragePool
+    -> Flatten -> y: weight-only int8, as tinyocr's PP-OCRv6 recogniser stores every weight."""
+    rng = np.random.default_rng(0)
+    q = numpy_helper.from_array(rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8), "wq")
+    scale = numpy_helper.from_array(np.full((8, 1, 1, 1), 0.01, np.float32), "ws")
+    nodes = [
+        helper.make_node("Cast", ["wq"], ["wf"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["wf", "ws"], ["w"], name="dequant"),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["y"], name="flatten"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])
+    graph = helper.make_graph(nodes, "int8_weights", [x], [y], [q, scale])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_bug_inside_nncf_says_where_and_what_to_try(tmp_path: Path) -> None:
+    """NNCF 3's ONNX backend fails on a Cast of an initializer (the corpus's PP-OCRv6 recogniser).
+    Before: 'NNCF cannot quantize the model: type; nothing written' (an AttributeError's text)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(int8_weight_model(), model)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
+    err = one_line_error(run_cli("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(cal)))
+    assert err.startswith(
+        f"onnxprune: error: {model}: NNCF cannot quantize the model: AttributeError 'type' in nncf/onnx/"
+    ), err
+    assert err.endswith("; nothing written (NNCF's OpenVINO backend may take it: give -o OUT.xml)"), err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
+    p = run_cli(
+        "quantize", str(model), "-o", str(tmp_path / "q.xml"), "--calibration", str(cal), "-q"
+    )  # the hint holds
+    assert p.returncode == 0, p.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from dynamic_models import dynamic_hw_model
 from onnx import TensorProto, helper
 
 import onnxprune
@@ -167,3 +168,26 @@ def test_onnxruntime_message_is_one_clean_line() -> None:
         == "Load model failed: bad"
     )
     assert len(onnxruntime_message(RuntimeError("x" * 1000))) == 300
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+def test_runtime_names_dynamic_dimensions_as_question_marks(tmp_path: Path) -> None:
+    """Before: 'the model takes ['N', 3, 'H', 'W']' (onnxruntime's dim names; an exporter's
+    'DynamicDimension.0')."""
+    from onnxprune.errors import UsageError
+    from onnxprune.runtime import session
+
+    model = tmp_path / "m.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    run_model = session(str(model), source="m.onnx")
+    with pytest.raises(UsageError) as err:
+        run_model({"x": np.zeros((1, 3, 8), np.float32)})
+    assert (
+        str(err.value)
+        == "m.onnx: the inputs do not fit the model: input 'x' has shape [1, 3, 8], the model takes [?, 3, ?, ?]"
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import one_line_error, run_cli
 
 import onnxprune
 from onnxprune import cli
@@ -175,3 +176,24 @@ def test_reconstructed_trials_judge_out_of_sample() -> None:
         assert not {id(f) for f in fit} & {id(f) for f in judge}
     assert sorted(id(f) for _, judge in trials.folds for f in judge) == sorted(id(f) for f in feeds)
     assert trials.fidelity([], None) == pytest.approx(1.0)
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+def test_sensitivity_with_the_zero_criterion_says_why_not_unknown() -> None:
+    """Before: "unknown criterion 'zero'; choose from zero, l1, ..." (it offered the name it refused)."""
+    p = run_cli(
+        "sensitivity",
+        str(FIXTURES / "digits_cnn.onnx"),
+        "--calibration",
+        str(FIXTURES / "digits_calibration.npz"),
+        "--criterion",
+        "zero",
+    )
+    err = one_line_error(p)
+    assert err.startswith(
+        "onnxprune: error: criterion 'zero' removes only provably constant channels and scores none; "
+        "rank by a lossy criterion: l1, l2, "
+    ), err
+    assert "zero," not in err.split("lossy criterion:")[1]

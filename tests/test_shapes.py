@@ -4,8 +4,13 @@ the --input-shape text of a shape in its messages."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import onnx
 import pytest
+from cli_helpers import one_line_error, run_cli
+from dynamic_models import dynamic_hw_model
 from onnx import TensorProto, helper
 
 from onnxprune.errors import UsageError
@@ -71,3 +76,41 @@ def test_every_copy_of_the_rule_now_goes_through_it() -> None:
     with pytest.raises(UsageError, match=r"give --input-shape x:2,3,8,d3 with d3 the size to time"):
         resolve_input_shapes(model, {}, 2, "m.onnx")
     onnx.checker.check_model(model)
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+# -- first-contact sweep of session 8 (was tests/test_contact7.py) --
+
+
+@pytest.mark.parametrize(
+    ("command", "shape", "message"),
+    [
+        ("convert", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("convert", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+        ("convert --no-verify", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+        ("bench", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("bench --backend onnxruntime", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("bench", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+        ("quantize", "y:1,3,8,8", "--input-shape names 'y', but the model's inputs are ['x']"),
+        ("quantize", "x:1,3,8", "--input-shape x: rank 3 but the model's input has rank 4"),
+    ],
+)
+def test_input_shape_must_name_an_input_of_its_rank(tmp_path: Path, command: str, shape: str, message: str) -> None:
+    """Before: convert, bench and quantize ignored an --input-shape naming no input (quantize exit 0,
+    convert and bench then asked for the shape of 'x'), and a wrong rank surfaced as OpenVINO's
+    'Exception from src/...' or onnxruntime's shape with 'DynamicDimension.0' in it (convert
+    --no-verify wrote the IR)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(1).random((24, 3, 8, 8)).astype(np.float32))
+    name, *flags = command.split()
+    out = {
+        "convert": ["-o", str(tmp_path / "o.xml")],
+        "quantize": ["-o", str(tmp_path / "o.onnx"), "--calibration", str(cal)],
+    }
+    p = run_cli(name, str(model), *out.get(name, ["--rounds", "1"]), *flags, "--input-shape", shape)
+    assert one_line_error(p) == f"onnxprune: error: {model}: {message}"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
