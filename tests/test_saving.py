@@ -8,25 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from saving_helpers import wide_model
 
 import onnxprune
 from onnxprune import cli
 from onnxprune.saving import DeferredModel
-from onnxprune.testing import GraphBuilder
 from onnxprune.verification import run_model
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-
-
-def _wide_model() -> onnx.ModelProto:
-    """Convs and a Gemm whose weights are far above the size from which they are deferred."""
-    b = GraphBuilder(opset=17, seed=3)
-    x = b.input("x", [1, 8, 6, 6])
-    y = b.op("Relu", b.conv(x, 96, zero=(1, 5, 40)))
-    y = b.op("Relu", b.conv(y, 96, zero=(0, 7)))
-    y = b.op("Flatten", b.op("GlobalAveragePool", y), axis=1)
-    b.output(b.gemm(y, 96, 300), shape=[1, 300])
-    return b.build()
 
 
 def _hollow_count(result: onnxprune.PruneResult) -> int:
@@ -34,7 +23,7 @@ def _hollow_count(result: onnxprune.PruneResult) -> int:
 
 
 def test_deferred_weights_write_the_completed_model(tmp_path: Path) -> None:
-    model = _wide_model()
+    model = wide_model()
     fast = onnxprune.prune(model, "zero", verify=False)
     assert _hollow_count(fast) >= 2  # the case under test: weights still held as arrays
     written = tmp_path / "fast.onnx"
@@ -53,13 +42,13 @@ def test_deferred_weights_write_the_completed_model(tmp_path: Path) -> None:
 
 def test_report_size_is_the_bytes_written(tmp_path: Path) -> None:
     out = tmp_path / "o.onnx"
-    result = onnxprune.prune(_wide_model(), "zero", verify=False, output=out)
+    result = onnxprune.prune(wide_model(), "zero", verify=False, output=out)
     assert result.report.size_after == out.stat().st_size
     assert result.report.channels_removed == 5
 
 
 def test_complete_fills_every_hollow_tensor_once() -> None:
-    fast = onnxprune.prune(_wide_model(), "zero", verify=False)
+    fast = onnxprune.prune(wide_model(), "zero", verify=False)
     names = list(fast.pruned.arrays)
     model = fast.model
     assert not fast.pruned.arrays and fast.model is model
@@ -71,7 +60,7 @@ def test_complete_fills_every_hollow_tensor_once() -> None:
 
 def test_cli_no_verify_equals_verified_output(tmp_path: Path) -> None:
     src = tmp_path / "wide.onnx"
-    onnx.save(_wide_model(), str(src))
+    onnx.save(wide_model(), str(src))
     before = src.read_bytes()
     fast, checked = tmp_path / "fast.onnx", tmp_path / "checked.onnx"
     assert cli.main(["prune", str(src), "-o", str(fast), "--no-verify", "-q"]) == 0
@@ -81,7 +70,7 @@ def test_cli_no_verify_equals_verified_output(tmp_path: Path) -> None:
 
 
 def test_external_data_from_deferred_weights(tmp_path: Path) -> None:
-    fast = onnxprune.prune(_wide_model(), "zero", verify=False)
+    fast = onnxprune.prune(wide_model(), "zero", verify=False)
     out = tmp_path / "ext.onnx"
     size = fast.save(out, external_data=True)
     data = tmp_path / "ext.onnx.data"
@@ -95,7 +84,7 @@ def test_external_data_from_deferred_weights(tmp_path: Path) -> None:
 
 
 def test_hollow_tensors_must_come_last() -> None:
-    model = _wide_model()
+    model = wide_model()
     deferred = DeferredModel(model, {model.graph.initializer[0].name: np.zeros(3, np.float32)})
     with pytest.raises(AssertionError, match="last ones"):
         deferred.encode()
@@ -105,7 +94,7 @@ def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: p
     """The analysis and the surgery share the arrays (params.InitializerCache): reading a
     weight copies it, which on a big model costs as much as loading it. From a file, the
     weights are views of the file's bytes and are not read out of protobuf at all."""
-    model = _wide_model()
+    model = wide_model()
     src = tmp_path / "wide.onnx"
     onnx.save(model, str(src))
     reads: dict[str, int] = {}
@@ -128,7 +117,7 @@ def test_each_weight_is_read_out_of_protobuf_once(tmp_path: Path, monkeypatch: p
 def test_raw_data_offsets_find_every_weight() -> None:
     from onnxprune.wire import raw_data_offsets
 
-    model = _wide_model()
+    model = wide_model()
     data = model.SerializeToString()
     offsets = raw_data_offsets(data)
     assert set(offsets) == {t.name for t in model.graph.initializer}
@@ -161,7 +150,7 @@ def test_pruned_cost_without_shape_inference(name: str) -> None:
 
 def test_deferred_write_is_deterministic(tmp_path: Path) -> None:
     src = tmp_path / "wide.onnx"
-    onnx.save(_wide_model(), str(src))
+    onnx.save(wide_model(), str(src))
     written = []
     for i in range(2):
         out = tmp_path / f"o{i}.onnx"
@@ -175,7 +164,7 @@ def test_wire_reader_finds_what_the_deferred_writer_wrote(tmp_path: Path) -> Non
     their raw data there, byte for byte."""
     from onnxprune.wire import raw_data_offsets
 
-    fast = onnxprune.prune(_wide_model(), "zero", verify=False)
+    fast = onnxprune.prune(wide_model(), "zero", verify=False)
     arrays = {name: values.copy() for name, values in fast.pruned.arrays.items()}
     out = tmp_path / "o.onnx"
     fast.save(out)
@@ -197,7 +186,7 @@ def test_full_disk_leaves_nothing_behind(
     from onnxprune.saving import DeferredModel
 
     src = tmp_path / "wide.onnx"
-    onnx.save(_wide_model(), str(src))
+    onnx.save(wide_model(), str(src))
     before = src.read_bytes()
     real = DeferredModel.write_files
 
@@ -290,442 +279,3 @@ def test_a_write_error_survives_copy_and_pickle() -> None:
 
 # -- overwriting m.onnx + m.onnx.data: a failed model move removed the new data file after it had
 #    replaced the old one, leaving the old model without its data --
-
-
-def _refuse_move_of(monkeypatch: pytest.MonkeyPatch, module: object, staged_name: str) -> None:
-    """Make the move of the staged file named ``staged_name`` fail (a kept copy being put back,
-    whose name differs, still moves)."""
-    import errno
-    import os
-
-    real_replace = os.replace
-
-    def refuse(src, dst):
-        name = os.path.basename(str(src))
-        if name == staged_name or (name.endswith(f"-{staged_name}") and "-kept" not in name):
-            raise PermissionError(errno.EACCES, "Permission denied", src)
-        real_replace(src, dst)
-
-    monkeypatch.setattr(module.os, "replace", refuse)  # type: ignore[attr-defined]
-
-
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
-
-
-@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
-def test_a_failed_overwrite_of_a_model_and_its_data_file_loses_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
-) -> None:
-    import errno
-    import os
-
-    from onnxprune import saving
-    from onnxprune.errors import WriteError
-
-    old, new = _wide_model(), onnx.load(FIXTURES / "digits_cnn.onnx")
-    destination = tmp_path / "m.onnx"
-    onnxprune.save(old, destination, external_data=True)
-    before = _files(tmp_path)
-    assert sorted(before) == ["m.onnx", "m.onnx.data"] and len(before["m.onnx.data"]) > 100_000
-    if not links:  # a file system without hard links: the previous files are renamed aside instead
-
-        def no_link(*args, **kwargs):
-            raise OSError(errno.EPERM, "Operation not permitted")
-
-        monkeypatch.setattr(os, "link", no_link)
-    with monkeypatch.context() as m:
-        _refuse_move_of(m, saving, "m.onnx")
-        with pytest.raises(WriteError, match=rf"^{destination}: Permission denied; nothing written$"):
-            onnxprune.save(new, destination, external_data=True)
-    assert _files(tmp_path) == before  # both files, byte for byte, and nothing else
-    assert onnx.load(str(destination)).graph.initializer[0].raw_data == old.graph.initializer[0].raw_data
-
-    onnxprune.save(new, destination, external_data=True)  # a move that works replaces both, leaves no copy
-    reference = tmp_path.parent / f"{tmp_path.name}-reference"
-    reference.mkdir()
-    onnxprune.save(new, reference / "m.onnx", external_data=True)
-    assert _files(tmp_path) == _files(reference)
-
-
-def test_a_failed_move_of_one_output_puts_back_every_file_it_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """prune over an existing model (with its data file) and report: the report's move failing
-    after the model's put the previous model and data file back, not removed them."""
-    from onnxprune import saving
-
-    src = tmp_path / "in" / "wide.onnx"
-    src.parent.mkdir()
-    onnx.save(_wide_model(), str(src))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out, report = out_dir / "p.onnx", out_dir / "r.json"
-    args = ["prune", str(src), "-o", str(out), "--report", str(report), "--no-verify", "-q"]
-    assert cli.main([*args, "--external-data"]) == 0
-    before = _files(out_dir)
-    assert sorted(before) == ["p.onnx", "p.onnx.data", "r.json"]
-    with monkeypatch.context() as m:
-        _refuse_move_of(m, saving, "r.json")
-        assert cli.main([*args, "--external-data", "--macs-target", "0.8"]) == 2
-    err = capsys.readouterr().err
-    assert err == f"onnxprune: error: {report}: Permission denied; nothing written\n"
-    assert _files(out_dir) == before
-
-
-def test_a_failed_overwrite_of_an_ir_keeps_the_previous_xml_and_bin(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    pytest.importorskip("openvino")
-    from onnxprune import openvino_ir, saving
-    from onnxprune.errors import WriteError
-
-    xml = tmp_path / "m.xml"
-    openvino_ir.convert_to_ir(onnx.load(FIXTURES / "digits_cnn.onnx"), xml)
-    before = _files(tmp_path)
-    assert sorted(before) == ["m.bin", "m.xml"]
-    with monkeypatch.context() as m:
-        _refuse_move_of(m, saving, f"m.tmp{__import__('os').getpid()}.xml")
-        with pytest.raises(WriteError, match=rf"^{xml}: Permission denied; nothing written$"):
-            openvino_ir.convert_to_ir(_wide_model(), xml)
-    assert _files(tmp_path) == before
-
-
-def test_outputs_os_failures_are_write_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Outputs.add_text and Outputs.commit raised UsageError for a full disk or a failed move,
-    where add_written and the model's staging raise WriteError (an OSError naming the destination)."""
-    import errno
-    import os
-
-    from onnxprune import saving
-    from onnxprune.errors import UsageError, WriteError
-
-    report = tmp_path / "r.json"
-
-    def full_disk(path, mode="r", *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", path)
-
-    with saving.Outputs() as outputs:
-        with monkeypatch.context() as m:
-            m.setattr(saving, "open", full_disk, raising=False)
-            with pytest.raises(WriteError) as caught:
-                outputs.add_text(str(report), "{}")
-    assert not isinstance(caught.value, UsageError)
-    assert str(caught.value) == f"{report}: No space left on device; nothing written"
-    assert (caught.value.filename, caught.value.errno) == (str(report), errno.ENOSPC)
-
-    with saving.Outputs() as outputs:
-        outputs.add_text(str(report), "{}")
-        with monkeypatch.context() as m:
-            _refuse_move_of(m, saving, "r.json")
-            with pytest.raises(WriteError) as caught:
-                outputs.commit()
-    assert not isinstance(caught.value, UsageError)
-    assert (caught.value.filename, caught.value.errno) == (str(report), errno.EACCES)
-    assert os.listdir(tmp_path) == []
-
-
-def test_an_output_linked_to_a_process_file_is_refused_and_the_link_kept(tmp_path: Path) -> None:
-    """`onnxprune explain M --json /dev/stdout > o.txt`: /dev/stdout -> /proc/self/fd/1 -> o.txt
-    is a regular file, so the check passed and the rename REPLACED the /dev/stdout link with a
-    regular file (as root: for the whole machine). Any link leading through /proc or /dev is
-    refused now, before any work, and left as it was."""
-    import os
-    import subprocess
-    import sys
-
-    from onnxprune.errors import UsageError
-    from onnxprune.file_writes import check_writable
-
-    link = tmp_path / "stdout"  # a stand-in for /dev/stdout, so that a failure breaks nothing
-    os.symlink("/proc/self/fd/1", link)
-    with open(tmp_path / "o.txt", "w") as out:
-        done = subprocess.run(
-            [sys.executable, "-m", "onnxprune", "explain", "fixtures/residual.onnx", "--json", str(link)],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=120,
-        )
-    assert done.returncode == 2 and os.path.islink(link)  # before: 0, and the link a regular file
-    assert done.stderr == (
-        f"onnxprune: error: {link}: --json leads to /proc/self/fd/1 (a process's file, not a file of its own); "
-        "give a file name\n"
-    )
-    assert (tmp_path / "o.txt").read_text() == ""
-    with open(tmp_path / "x.json", "w") as f:
-        fd_link = tmp_path / "fd"
-        os.symlink(f"/proc/self/fd/{f.fileno()}", fd_link)
-        with pytest.raises(UsageError, match=r"leads to /proc/self/fd/\d+ \(a process's file"):
-            check_writable(str(fd_link), "--report")
-    plain = tmp_path / "plain.json"  # a link to an ordinary file stays allowed
-    os.symlink(tmp_path / "x.json", plain)
-    check_writable(str(plain), "--report")
-
-
-def test_outputs_that_are_links_are_written_through(tmp_path: Path) -> None:
-    """An output that is a symbolic link to an ordinary file (-o p.onnx -> /data/real.onnx) was
-    replaced by a regular file: the link gone, its target stale. Every output kind now writes
-    through the link (as cp does): the model and its external data, the report, the IR's .xml
-    and .bin; the links stay links and nothing is left beside either."""
-    import json
-    import os
-
-    pytest.importorskip("openvino")
-    src = tmp_path / "wide.onnx"
-    onnx.save(_wide_model(), str(src))
-    work, data = tmp_path / "work", tmp_path / "data"
-    work.mkdir()
-    data.mkdir()
-    names = {"p.onnx": "real.onnx", "r.json": "real.json"}
-    names |= {"m.xml": "real.xml", "m.bin": "real.bin"}
-    for link, target in names.items():
-        (data / target).write_bytes(b"stale")
-        os.symlink(f"../data/{target}", work / link)  # relative, as ln -s makes them
-    args = ["prune", str(src), "-o", str(work / "p.onnx"), "--external-data", "--no-verify", "-q"]
-    assert cli.main([*args, "--report", str(work / "r.json"), "--ir", str(work / "m.xml")]) == 0
-    assert sorted(os.listdir(work)) == sorted([*names, "p.onnx.data"]) and all(os.path.islink(work / n) for n in names)
-    assert sorted(os.listdir(data)) == sorted(names.values())  # the data file beside the link, as the model names it
-    assert all((data / t).read_bytes() != b"stale" for t in names.values())
-    assert json.loads((data / "real.json").read_text())["output"] == str(work / "p.onnx")
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    assert cli.main(["prune", str(src), "-o", str(reference / "p.onnx"), "--external-data", "--no-verify", "-q"]) == 0
-    assert (data / "real.onnx").read_bytes() == (reference / "p.onnx").read_bytes()
-    assert (work / "p.onnx.data").read_bytes() == (reference / "p.onnx.data").read_bytes()
-    assert onnx.load(str(work / "p.onnx")) == onnx.load(str(reference / "p.onnx"))  # its data found through the links
-    import openvino as ov
-
-    assert ov.Core().read_model(str(work / "m.xml")).inputs[0].get_any_name() == "x"
-
-    # The library's writers too: save (its data file beside the link, as the model names it) and write_atomic.
-    from onnxprune.saving import write_atomic
-
-    os.symlink("../data/real2.onnx", work / "q.onnx")
-    (data / "real2.onnx").write_bytes(b"stale")
-    onnxprune.save(_wide_model(), work / "q.onnx", external_data=True)
-    assert os.path.islink(work / "q.onnx") and (work / "q.onnx.data").is_file()
-    loaded = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(work / "q.onnx")).graph.initializer}
-    assert all(np.array_equal(loaded[t.name], onnx.numpy_helper.to_array(t)) for t in _wide_model().graph.initializer)
-    os.symlink(data / "t.txt", work / "t.txt")
-    (data / "t.txt").write_text("stale")
-    write_atomic(str(work / "t.txt"), "new")
-    assert os.path.islink(work / "t.txt") and (data / "t.txt").read_text() == "new"
-
-
-def test_external_data_behind_a_link_is_refused(tmp_path: Path) -> None:
-    """onnx refuses to read external data through a symbolic link: a data file written through
-    one would make a model that does not load. Refused, before any work, the link kept."""
-    import os
-
-    from cli_helpers import one_line_error, run_cli
-
-    from onnxprune.errors import UsageError
-
-    (tmp_path / "real.data").write_bytes(b"old")
-    os.symlink("real.data", tmp_path / "p.onnx.data")
-    line = one_line_error(
-        run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "p.onnx", "--external-data", "--no-verify")
-    )
-    assert line == (
-        f"onnxprune: error: {tmp_path / 'p.onnx.data'}: -o (its external data) would be written through a symbolic "
-        "link (to real.data), and onnx refuses to read external data through a link; remove the link or give another "
-        "file name"
-    )
-    with pytest.raises(
-        UsageError, match=r"p.onnx.data: the model's external data would be written through a symbolic link"
-    ):
-        onnxprune.save(_wide_model(), tmp_path / "p.onnx", external_data=True)
-    assert (
-        sorted(os.listdir(tmp_path)) == ["p.onnx.data", "real.data"] and (tmp_path / "real.data").read_bytes() == b"old"
-    )
-
-
-def test_a_dangling_output_link_is_refused_before_any_work(tmp_path: Path) -> None:
-    """A link to no file: refused with one line (as GNU cp refuses to write through a dangling
-    link), the link left as it was; the companion files (.data, .bin) likewise."""
-    import os
-
-    from cli_helpers import one_line_error, run_cli
-
-    from onnxprune.errors import UsageError
-    from onnxprune.file_writes import check_writable
-
-    os.symlink(tmp_path / "nowhere" / "real.onnx", tmp_path / "p.onnx")
-    with pytest.raises(
-        UsageError, match=r"p.onnx: output is a symbolic link to .*nowhere/real.onnx, which does not exist"
-    ):
-        check_writable(str(tmp_path / "p.onnx"))
-    line = one_line_error(run_cli("prune", FIXTURES / "residual.onnx", "-o", tmp_path / "p.onnx", "--no-verify"))
-    assert line == (
-        f"onnxprune: error: {tmp_path / 'p.onnx'}: output is a symbolic link to {tmp_path / 'nowhere' / 'real.onnx'}, "
-        "which does not exist (a write goes through a link to its file); create that file or give another file name"
-    )
-    os.symlink("gone.data", tmp_path / "q.onnx.data")
-    args = ["prune", FIXTURES / "residual.onnx", "-o", tmp_path / "q.onnx", "--external-data", "--no-verify"]
-    assert "-o (its external data) is a symbolic link to gone.data, which does not exist" in one_line_error(
-        run_cli(*args)
-    )
-    assert sorted(os.listdir(tmp_path)) == ["p.onnx", "q.onnx.data"]
-    assert os.readlink(tmp_path / "p.onnx") == str(tmp_path / "nowhere" / "real.onnx")
-
-
-def test_a_link_to_another_file_system_is_written_through_a_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A file staged on another file system than the link's target (the data file beside the
-    link) cannot be renamed there (EXDEV): it is copied beside the target, then renamed."""
-    import errno
-    import os
-
-    from onnxprune import file_writes
-
-    real_replace = os.replace
-    calls = []
-
-    def cross_device(src, dst):
-        calls.append(os.path.basename(src))
-        if len(calls) == 1:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_replace(src, dst)
-
-    (tmp_path / "staged").write_text("new")
-    (tmp_path / "real").write_text("old")
-    os.symlink("real", tmp_path / "link")
-    monkeypatch.setattr(file_writes.os, "replace", cross_device)
-    file_writes.replace_together([(str(tmp_path / "staged"), str(tmp_path / "link"))])
-    assert calls == ["staged", f".onnxprune-{os.getpid()}-copy-real"]
-    assert sorted(os.listdir(tmp_path)) == ["link", "real"] and (tmp_path / "real").read_text() == "new"
-
-
-def test_two_outputs_leading_to_one_file_through_a_link_are_refused(tmp_path: Path) -> None:
-    """Written through their links, --report r.json and --markdown m.md -> r.json would both
-    replace r.json: refused like two outputs naming one file."""
-    import argparse
-    import os
-
-    from onnxprune.cli_paths import check_outputs_distinct
-    from onnxprune.errors import UsageError
-
-    (tmp_path / "r.json").write_text("{}")
-    os.symlink("r.json", tmp_path / "m.md")
-    args = argparse.Namespace(report=str(tmp_path / "r.json"), markdown=str(tmp_path / "m.md"))
-    with pytest.raises(UsageError, match=r"m.md: --report and --markdown name the same file; give another file name$"):
-        check_outputs_distinct(args)
-
-
-_KILLED_SAVE = """
-import os, sys
-import onnx, onnxprune
-from onnxprune import file_writes
-
-when, new, destination = sys.argv[1:4]
-if "no-links" in when:
-    def no_link(*args, **kwargs):
-        raise OSError(1, "Operation not permitted")
-    os.link = no_link
-moves = []
-real_replace = file_writes._replace
-
-def replace(staged, target):
-    moves.append(target)
-    if when.startswith("second-move") and len(moves) == 2:
-        os._exit(9)  # killed between the data file's move and the model's
-    real_replace(staged, target)
-
-file_writes._replace = replace
-if when == "finish":
-    file_writes.Replacement.finish = lambda self: os._exit(9)  # killed after every move, before removing the copies
-onnxprune.save(onnx.load(new), destination, external_data=True)
-"""
-
-
-def _killed_save(tmp_path: Path, when: str) -> tuple[Path, dict[str, bytes]]:
-    """m.onnx + m.onnx.data saved, then a save of another model over them by a process killed
-    at ``when``: the genuine leftover state. Returns the destination and the files before."""
-    import subprocess
-    import sys
-
-    destination = tmp_path / "m.onnx"
-    onnxprune.save(_wide_model(), destination, external_data=True)
-    before = _files(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_SAVE, when, str(FIXTURES / "digits_cnn.onnx"), str(destination)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 9, done.stderr
-    return destination, before
-
-
-def _kept(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if "-kept" in p.name)
-
-
-@pytest.mark.parametrize("when", ["second-move", "second-move-no-links"])
-def test_a_save_killed_half_way_is_undone_by_the_next_run(tmp_path: Path, when: str) -> None:
-    """A save killed between the data file's move and the model's left the new data file beside
-    the old model (which no longer loads) and hidden copies nothing dealt with. The next write
-    there sees the copies of a dead process, finds the change incomplete and puts every
-    previous file back, saying so."""
-    from onnxprune.file_writes import recover_leftovers
-
-    destination, before = _killed_save(tmp_path, when)
-    kept = _kept(tmp_path)
-    assert len(kept) == 2 and (tmp_path / "m.onnx.data").read_bytes() != before["m.onnx.data"]
-    assert len(list(tmp_path.glob(".onnxprune-*-staged-*"))) == 1  # the killed run's staging folder
-    said = recover_leftovers([str(destination)])
-    assert _files(tmp_path) == before  # byte for byte, and no copy or staging folder left
-    assert len(said) == 3 and any("put back its previous version" in s and "m.onnx.data" in s for s in said)
-    assert all("was stopped" in s for s in said)
-    onnx.load(str(destination))  # the old model with its own data: loads again
-
-
-def test_a_save_killed_after_its_moves_is_completed_by_the_next_run(tmp_path: Path) -> None:
-    """Killed after every move, before removing the copies: the replacement completed, so the
-    next run removes the copies (library: a LeftoverWarning; the new files stay)."""
-    from onnxprune.errors import LeftoverWarning
-
-    destination, before = _killed_save(tmp_path, "finish")
-    assert len(_kept(tmp_path)) == 2
-    after_kill = {p.name: p.read_bytes() for p in tmp_path.iterdir() if not p.name.startswith(".onnxprune-")}
-    assert after_kill != before
-    with pytest.warns(LeftoverWarning) as caught:
-        onnxprune.save(onnx.load(FIXTURES / "digits_cnn.onnx"), destination, external_data=True)
-    said = [str(w.message) for w in caught]
-    assert len(said) == 3 and sum("its previous version, left by process" in s for s in said) == 2
-    assert any(s.startswith(f"{destination}: removed .onnxprune-") for s in said)
-    assert _files(tmp_path) == after_kill  # the same new model written again, and no copy left
-
-
-def test_copies_of_a_live_process_are_left_alone(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from onnxprune.file_writes import recover_leftovers
-
-    (tmp_path / "m.onnx").write_bytes(b"new")
-    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
-        try:
-            (tmp_path / f".onnxprune-{live.pid}-kept0-m.onnx").write_bytes(b"old")
-            assert recover_leftovers([str(tmp_path / "m.onnx")]) == []
-            assert sorted(p.name for p in tmp_path.iterdir()) == [f".onnxprune-{live.pid}-kept0-m.onnx", "m.onnx"]
-        finally:
-            live.kill()
-
-
-def test_the_cli_reports_what_it_did_with_a_killed_runs_copies(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import json
-
-    destination, _ = _killed_save(tmp_path, "second-move")
-    report = tmp_path / "r.json"
-    args = ["prune", str(FIXTURES / "residual.onnx"), "-o", str(destination), "--external-data", "--no-verify"]
-    assert cli.main([*args, "-q", "--report", str(report)]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 3 and all(line.startswith(f"onnxprune: warning: {tmp_path}/") for line in err)
-    assert any("put back its previous version" in line for line in err)
-    assert json.loads(report.read_text())["leftovers"] == [line.removeprefix("onnxprune: warning: ") for line in err]
-    assert _kept(tmp_path) == []
