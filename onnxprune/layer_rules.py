@@ -80,6 +80,9 @@ def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
     return load_config_file(path)[0]
 
 
+_CONFIG_KEYS = frozenset({"config_list", "layers", "rules"})
+
+
 def load_config_file(path: str | os.PathLike[str]) -> tuple[tuple[LayerRule, ...], str | None]:
     """A config file's layer rules, and its ``rules`` (the spec of your rules for custom ops,
     as ``--rules`` takes it: a relative FILE.py is relative to the config file's folder; None
@@ -107,6 +110,11 @@ def load_config_file(path: str | os.PathLike[str]) -> tuple[tuple[LayerRule, ...
         ) from None
     rules = None
     if isinstance(data, dict):
+        unknown = sorted(set(data) - _CONFIG_KEYS, key=str)
+        if unknown:  # a misspelt key would otherwise be dropped without a word
+            raise UsageError(
+                f"{path}: unknown key {unknown[0]!r} in the config mapping; it takes {', '.join(sorted(_CONFIG_KEYS))}"
+            )
         rules = data.get("rules")
         if rules is not None and not isinstance(rules, str):
             raise UsageError(f"{path}: rules must be a string FILE.py:NAME or module:NAME, got {type(rules).__name__}")

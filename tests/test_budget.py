@@ -226,3 +226,17 @@ def test_config_entries_take_one_string_and_refuse_wrong_types(tmp_path: Path) -
         with pytest.raises(UsageError) as info:  # 'abc' was an internal error (ValueError), exit 3
             load_layer_rules(bad)
         assert str(info.value) == f"{bad}: {message}"
+
+
+def test_a_config_mapping_with_an_unknown_key_is_refused_naming_it(tmp_path: Path) -> None:
+    """A misspelt key (``config-list``) was ignored: the run pruned without the user's rules."""
+    from onnxprune.errors import UsageError
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"config-list": [{"op_names": ["x"], "exclude": True}]}))
+    with pytest.raises(
+        UsageError, match=r"c\.json: unknown key 'config-list' in the config mapping; it takes config_list"
+    ):
+        onnxprune.config.load_layer_rules(cfg)
+    cfg.write_text(json.dumps({"config_list": [], "rules": None}))
+    assert onnxprune.config.load_layer_rules(cfg) == ()
