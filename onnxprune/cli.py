@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,8 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _stdout_to_stderr(model is not None):  # nothing but the model's bytes on stdout
             code = _run(args)
         if code == 0 and model is not None:  # the model alone on stdout, once the run succeeded
-            import shutil
-
             with open(model, "rb") as f:
                 shutil.copyfileobj(f, sys.stdout.buffer)
             sys.stdout.flush()
@@ -41,8 +40,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for path in (staged, model):
             if path is not None:
-                import shutil
-
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
@@ -96,9 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         check_outputs_distinct(args)
         from .cli_paths import recover_outputs
 
-        args.leftovers = recover_outputs(
-            args
-        )  # a killed run's copies beside the outputs: said here and in prune's report
+        # A killed run's copies beside the outputs: said here and in prune's report.
+        args.leftovers = recover_outputs(args)
         for sentence in args.leftovers:
             print(f"onnxprune: warning: {_shown(args, sentence)}", file=sys.stderr)
         if args.command == "prune":
