@@ -12,6 +12,15 @@ from typing import Any
 
 QUIET = 3.0  # an extra row measured at a load average below this ran on the quiet machine
 
+# The report's Markdown ends with the hand-written reading of each window: everything from this
+# line to the end of the file is written by hand and kept as it is when the report is written
+# again (the generated part above it is replaced).
+READING_MARKER = (
+    "<!-- Reading sections: written by hand below this line; tools/bench_latency.py report keeps them "
+    "when it writes this file again -->"
+)
+READING_HEADING = "## Reading"  # a file from before the marker: its hand-written part starts here
+
 
 def _better(fl: float | None, fm: float | None, cl: float | None, cm: float | None) -> str:
     """Is the latency plan's fidelity (``fl``; cosine ``cl``) better than the MACs plan's
@@ -233,6 +242,31 @@ def headline_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def hand_written(md: Path) -> str:
+    """The hand-written end of an earlier report ``md``: the text after ``READING_MARKER``, or in
+    a file from before the marker, from its first ``READING_HEADING`` line; "" when there is no
+    such file or part."""
+    try:
+        text = md.read_text()
+    except FileNotFoundError:
+        return ""
+    _, marker, tail = text.partition(READING_MARKER)
+    if marker:
+        return tail.strip("\n")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(READING_HEADING):
+            return "\n".join(lines[i:]).strip("\n")
+    return ""
+
+
+def with_reading(generated: list[str], reading: str) -> str:
+    """The report's Markdown: the ``generated`` lines, ``READING_MARKER``, then the hand-written
+    ``reading`` as it was."""
+    body = "\n".join(generated).rstrip("\n")
+    return f"{body}\n\n{READING_MARKER}\n" + (f"\n{reading}\n" if reading else "")
+
+
 def phase_report(
     rows: list[dict],
     out: Path,
@@ -243,7 +277,10 @@ def phase_report(
     state: float,
     extra: list[dict] | None = None,
 ) -> None:
-    """benchmarks/latency.md and .json from the rows of bench_latency's plan and time phases."""
+    """benchmarks/latency.md and .json from the rows of bench_latency's plan and time phases; the
+    hand-written reading at the end of an earlier ``out`` .md (``hand_written``) is kept below
+    the generated part."""
+    reading = hand_written(out.with_suffix(".md"))
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
@@ -469,4 +506,4 @@ def phase_report(
         for note in r["latency_plan"]["notes"]:
             lines.append(f"- note: {note}")
         lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text(with_reading(lines, reading))

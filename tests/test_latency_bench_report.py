@@ -1,0 +1,110 @@
+"""tools/latency_bench_report.py: the latency benchmark's report keeps the hand-written reading at
+the end of benchmarks/latency.md when it writes the file again, while the generated part above it
+follows the rows. Nothing is timed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import latency_bench_report as report  # noqa: E402
+
+
+class _Settings:
+    def to_dict(self) -> dict:
+        return {"precision": "f32"}
+
+
+def _row(ratio: float) -> dict:
+    """A benchmark row without a final run: the latency plan measured at ``ratio`` in prune."""
+    return {
+        "model": "pplcnet",
+        "path": "/corpus/pplcnet.onnx",
+        "target": 0.7,
+        "reconstruct": False,
+        "prune_seconds": 26.0,
+        "latency_plan": {
+            "latency": {
+                "measured_ratio": ratio,
+                "measured_p10": ratio - 0.01,
+                "measured_p90": ratio + 0.01,
+                "predicted_ratio": 0.664,
+                "precision": "f32",
+                "met": True,
+                "baseline_ms": 6.9,
+                "attempts": [],
+            },
+            "macs_ratio": 0.608,
+            "fidelity": 0.4375,
+            "fidelity_metrics": {"out": {"metric": "top1", "value": 0.4375}},
+            "cosine": 0.2120,
+            "notes": [],
+        },
+        "macs_plan": {"macs_target": 0.576, "macs_ratio": 0.575, "fidelity": 0.4375, "cosine": 0.1727},
+        "macs_scan": [],
+        "macs_plan_gap": 0.001,
+    }
+
+
+def _write(out: Path, ratio: float) -> str:
+    report.phase_report(
+        [_row(ratio)], out, 0.7, settings=_Settings(), models={"pplcnet": {"kind": "corpus"}}, state=0.1
+    )
+    return out.with_suffix(".md").read_text()
+
+
+READING = (
+    "## Reading (07:54–08:24 UTC, quiet window, f32)\n"
+    "\n"
+    "- pplcnet: | a table | cell |\n"
+    "  written by hand, kept as it is.\n"
+    "\n"
+    "## Reading (05:06–05:24 UTC)\n"
+    "\n"
+    "- the earlier window's."
+)
+
+
+def test_a_new_report_ends_with_the_marker_and_no_reading(tmp_path: Path) -> None:
+    md = _write(tmp_path / "latency", 0.695)
+    assert md.endswith(f"\n\n{report.READING_MARKER}\n")
+    assert md.count(report.READING_MARKER) == 1
+    assert "| pplcnet | 0.7 | 6.90 (table) | 0.695 (0.685–0.705) |" in md
+    assert json.loads((tmp_path / "latency.json").read_text())["rows"][0]["model"] == "pplcnet"
+
+
+def test_the_reading_below_the_marker_survives_a_new_report_whose_rows_changed(tmp_path: Path) -> None:
+    out = tmp_path / "latency"
+    first = _write(out, 0.695)
+    out.with_suffix(".md").write_text(first + "\n" + READING + "\n")
+    second = _write(out, 0.681)
+    # the generated part follows the new rows ...
+    assert "| pplcnet | 0.7 | 6.90 (table) | 0.681 (0.671–0.691) |" in second
+    assert "0.695 (0.685–0.705)" not in second
+    # ... and the hand-written part is there once, as written, after the marker
+    assert second.endswith(f"{report.READING_MARKER}\n\n{READING}\n")
+    assert second.count(report.READING_MARKER) == 1
+    assert second.count("## Reading (07:54–08:24 UTC") == 1
+    # a third report changes nothing more (no marker or blank lines pile up)
+    assert _write(out, 0.681) == second
+
+
+def test_a_report_from_before_the_marker_keeps_its_reading_sections(tmp_path: Path) -> None:
+    # benchmarks/latency.md as recorded before the marker: generated part, then "## Reading" sections
+    out = tmp_path / "latency"
+    old = _write(out, 0.695).replace(f"\n\n{report.READING_MARKER}\n", "\n")
+    assert report.READING_MARKER not in old
+    out.with_suffix(".md").write_text(old + "\n" + READING + "\n")
+    new = _write(out, 0.681)
+    assert new.endswith(f"{report.READING_MARKER}\n\n{READING}\n")
+    assert "0.681 (0.671–0.691)" in new and "0.695 (0.685–0.705)" not in new
+
+
+def test_hand_written_reads_nothing_from_a_missing_or_unread_file(tmp_path: Path) -> None:
+    assert report.hand_written(tmp_path / "none.md") == ""
+    (tmp_path / "plain.md").write_text("# generated\n\n## Per model\n\n### pplcnet\n")
+    assert report.hand_written(tmp_path / "plain.md") == ""
