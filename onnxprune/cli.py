@@ -170,7 +170,6 @@ def _prune(args: argparse.Namespace) -> int:
     from .config import PruneConfig
     from .errors import UsageError
     from .fidelity import parse_metric_choices
-    from .layer_rules import load_config_file
     from .planning import PruningPlan
     from .saving import Outputs, check_writable
 
@@ -201,9 +200,7 @@ def _prune(args: argparse.Namespace) -> int:
         if path:
             check_writable(path, what)
     latency = _latency_settings(args)
-    layer_rules, rules = load_config_file(args.config) if args.config else ((), None)
-    if rules is not None and args.rules:
-        raise UsageError(f"--rules {args.rules} and {args.config}'s rules {rules}: give one")
+    layer_rules, rules = _config_file(args)
     config = PruneConfig(
         criterion=args.criterion,
         ratio=args.ratio,
@@ -212,7 +209,7 @@ def _prune(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         exclude=tuple(args.exclude),
         layer_rules=layer_rules,
-        rules=args.rules or rules,
+        rules=rules,
         calibration=args.calibration,
         compensation=args.compensation,
         input_shapes=_shapes(args.input_shape),
@@ -428,13 +425,27 @@ def _progress(quiet: bool):
     return update
 
 
+def _config_file(args: argparse.Namespace) -> tuple[tuple, str | None]:
+    """``--config``'s layer rules, and the rules for custom ops: ``--rules`` or the config
+    mapping's ``rules`` (both: refused)."""
+    from .errors import UsageError
+    from .layer_rules import load_config_file
+
+    config = getattr(args, "config", None)
+    layer_rules, rules = load_config_file(config) if config else ((), None)
+    if rules is not None and args.rules:
+        raise UsageError(f"--rules {args.rules} and {config}'s rules {rules}: give one")
+    return layer_rules, args.rules or rules
+
+
 def _registry(args: argparse.Namespace):
-    """The rules registry of ``--rules`` (None: the default one)."""
-    if not getattr(args, "rules", None):
+    """The rules registry of ``--rules`` (or ``--config``'s rules; None: the default one)."""
+    rules = _config_file(args)[1]
+    if not rules:
         return None
     from .rules import load_rules
 
-    return load_rules(args.rules)
+    return load_rules(rules)
 
 
 def _write_text(path: str, text: str) -> None:

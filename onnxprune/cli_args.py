@@ -299,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument(
         "--input-shape", action="append", default=[], metavar="NAME:d0,d1,...", help="static input shape (repeatable)"
     )
+    lt.add_argument("--rules", metavar="FILE.py:NAME|module:NAME", help=RULES_HELP + " (as prune's: same units)")
+    lt.add_argument(
+        "--config", metavar="FILE", help="prune's --config file: its rules (the layer entries do not change the table)"
+    )
     lt.add_argument("--json", metavar="T.json", help="write the table as JSON")
     lt.add_argument("--plot", metavar="T.png", help="plot each unit's measured points and fitted curve")
     lt.add_argument("--no-cache", action="store_true", help="measure again even if a cached table matches")

@@ -138,3 +138,37 @@ def test_latency_table_dynamic_dims_hint_can_be_typed(tmp_path):
     ]
     typed = run_cli("latency-table", str(model), *FAKE, "--no-cache", "--batch", "2", "--input-shape", "x:2,3,8,8")
     assert typed.returncode == 0, typed.stderr
+
+
+def test_latency_table_takes_your_rules_and_keys_its_cache_by_them(tmp_path):
+    """latency-table had no --rules: a model with a custom op (MyAct pins conv1's channels
+    without its rule) had a table without the unit prune --rules plans on; and the cache did
+    not tell the rules apart, so prune --rules --latency-target read the rule-less table."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = os.path.join(root, "fixtures", "custom_activation.onnx")
+    rules = os.path.join(root, "fixtures", "custom_rules.py") + ":registry"
+    cache = ("--cache-dir", str(tmp_path / "cache"))
+    plain = run_cli("latency-table", model, *FAKE, *cache)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.startswith(f"{model}: 0 units")
+    mine = run_cli("latency-table", model, *FAKE, *cache, "--rules", rules, "--json", str(tmp_path / "t.json"))
+    assert mine.returncode == 0, mine.stderr
+    first = mine.stdout.splitlines()[0]
+    assert first.startswith(f"{model}: 1 units") and "read from the cache" not in first
+    assert mine.stdout.splitlines()[2].split()[:3] == ["conv1", "1", "8"]
+    assert len(json.loads((tmp_path / "t.json").read_text())["key"]["rules"]) == 16
+    # --config's rules key: the same rules, so the same table (from the cache)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"rules": rules, "config_list": []}))
+    again = run_cli("latency-table", model, *FAKE, *cache, "--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0].endswith("(read from the cache)")
+    assert again.stdout.splitlines()[2:] == mine.stdout.splitlines()[2:]
+    both = run_cli("latency-table", model, *FAKE, *cache, "--config", str(config), "--rules", rules)
+    assert (
+        both.returncode == 2
+        and both.stderr == f"onnxprune: error: --rules {rules} and {config}'s rules {rules}: give one\n"
+    )
+    # and the plain table is still the plain one
+    plain_again = run_cli("latency-table", model, *FAKE, *cache)
+    assert plain_again.stdout.startswith(f"{model}: 0 units") and "read from the cache" in plain_again.stdout

@@ -2,7 +2,8 @@
 (``$ONNXPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxprune``, else ``~/.cache/onnxprune``;
 tables under ``latency/``). A table is valid only where its key matches: the CPU, the runtime
 and its version, precision, batch, threads, hint, the input shapes and the model file's bytes
-(sha256). A cache hit reads no model and times nothing."""
+(sha256), and the rules for custom ops when they are not the default ones (``rules_key``: they
+decide the units). A cache hit reads no model and times nothing."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ __all__ = [
     "file_sha256",
     "load_cached",
     "model_sha256",
+    "rules_key",
     "store",
     "table_key",
 ]
@@ -99,15 +101,51 @@ def model_sha256(path: str, folder: str) -> str:
     return sha
 
 
+def rules_key(registry: object) -> str | None:
+    """What the rules a table was built with add to (or change in) the default ones, as a digest:
+    per changed op, its rule's class and the sha256 of the file defining it (the rules decide the
+    units: with rules for a custom op, channels it pinned become prunable). None for the default
+    rules (None or a registry equal to ``default_registry()``), so that their tables keep their key."""
+    if registry is None:
+        return None
+    import inspect
+
+    from ..rules import default_registry
+
+    def entries(reg: object) -> dict[tuple[str, str], list[tuple[int, int, type]]]:
+        return {k: [(lo, hi, type(r)) for lo, hi, r in v] for k, v in getattr(reg, "_rules", {}).items()}
+
+    mine, default = entries(registry), entries(default_registry())
+    changed = []
+    for op in sorted(set(mine) | set(default)):
+        if mine.get(op) == default.get(op):
+            continue
+        for lo, hi, cls in mine.get(op, []):
+            try:
+                source = inspect.getsourcefile(cls)
+                digest = file_sha256(source) if source else ""
+            except (TypeError, OSError):  # a class made at run time: its name alone
+                digest = ""
+            changed.append([*op, lo, hi, cls.__qualname__, digest])
+        if op not in mine:
+            changed.append([*op, "removed"])
+    if not changed:
+        return None
+    return hashlib.sha256(json.dumps(changed).encode()).hexdigest()[:16]
+
+
 def table_key(
     model_sha256: str,
     settings: LatencySettings,
     runtime: str,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     criterion: str = "l2",
+    registry: object = None,
 ) -> dict[str, str]:
-    """Everything a table's numbers depend on, as strings."""
+    """Everything a table's numbers depend on, as strings (``registry``: the rules it is built
+    with; see ``rules_key``)."""
     shapes = ";".join(f"{k}:{','.join(str(d) for d in v)}" for k, v in sorted((input_shapes or {}).items()))
+    rules = rules_key(registry)
     return {
         "cpu": cpu_name(),
         "runtime": runtime,
@@ -121,6 +159,7 @@ def table_key(
         "criterion": criterion,
         "method": METHOD,
         "model_sha256": model_sha256,
+        **({"rules": rules} if rules else {}),
     }
 
 

@@ -205,7 +205,7 @@ def build_table(
         notes: list[str] = []
         folder = _cache.cache_dir(cache_dir)
         sha = _cache.model_sha256(path, folder) if cache else _cache.file_sha256(path)
-        key = _cache.table_key(sha, settings, timer.runtime, input_shapes, criterion)
+        key = _cache.table_key(sha, settings, timer.runtime, input_shapes, criterion, registry)
         if not calibrate:
             key["calibrated"] = "no"
         if cache:
