@@ -3,8 +3,6 @@ built from the analysis, the plan and the two models."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,16 +14,29 @@ if TYPE_CHECKING:
 
     from .analysis import ChannelAnalysis
     from .config import PruneConfig
-    from .fidelity import OutputScore
+    from .fidelity import CrossFitted, OutputScore
+    from .fidelity_metrics.batch_prediction import BatchPrediction, BatchRule
     from .metrics import ModelCost
     from .planning import PruningPlan
     from .recalibration import RecalibratedLayer
     from .reconstruction import ReconstructedLayer
     from .rules import RuleRegistry
     from .sensitivity_analysis import SensitivityResult
+    from .stages.latency import LatencyOutcome
     from .user_validation import ValidationResult
 
-__all__ = ["REPORT_FORMAT", "KeptGroup", "LayerChange", "PruneReport", "build_report"]
+__all__ = [
+    "REPORT_FORMAT",
+    "CalibrationFidelity",
+    "Generalisation",
+    "HeldOutFidelity",
+    "KeptGroup",
+    "LayerChange",
+    "PruneBudget",
+    "PruneReport",
+    "UnseenEstimate",
+    "build_report",
+]
 
 # The first key of every report as JSON: what it is and the version of its layout (a pipeline
 # checks it; the number goes up when a key changes meaning or goes away).
@@ -58,6 +69,127 @@ class KeptGroup:
 
 
 @dataclass(frozen=True)
+class PruneBudget:
+    """What a lossy run was asked to prune to (``report["budget"]``; an exact removal has none):
+    the ratio (with ``global_ranking``: of all the channels), the MACs or latency target, the
+    rounding of kept counts, the excluded node patterns and how many ``--config`` layer rules."""
+
+    ratio: float | None
+    global_ranking: bool
+    macs_target: float | None
+    latency_target: float | None
+    round_to: int
+    exclude: tuple[str, ...]
+    config_entries: int
+
+    @classmethod
+    def from_config(cls, config: PruneConfig) -> PruneBudget:
+        return cls(
+            ratio=config.ratio,
+            global_ranking=config.global_ranking,
+            macs_target=config.macs_target,
+            latency_target=config.latency_target,
+            round_to=config.round_to,
+            exclude=tuple(config.exclude),
+            config_entries=len(config.layer_rules),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "ratio": self.ratio,
+            "global": self.global_ranking,
+            "macs_target": self.macs_target,
+            "latency_target": self.latency_target,
+            "round_to": self.round_to,
+            "exclude": list(self.exclude),
+            "config_entries": self.config_entries,
+        }
+
+
+@dataclass(frozen=True)
+class CalibrationFidelity:
+    """The pruned model's fidelity (the run's score) on the calibration samples its plan was chosen on."""
+
+    samples: int
+    fidelity: float
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "fidelity": self.fidelity}
+
+
+@dataclass(frozen=True)
+class HeldOutFidelity:
+    """The pruned model's fidelity on the held-out evaluation samples, and how many of them are
+    also calibration samples (the same arrays)."""
+
+    samples: int
+    fidelity: float
+    also_calibration: int
+
+    def to_dict(self) -> dict:
+        return {"samples": self.samples, "fidelity": self.fidelity, "also_calibration": self.also_calibration}
+
+
+@dataclass(frozen=True)
+class UnseenEstimate:
+    """The estimated agreement of the top-1 / CTC / detection outputs on unseen inputs, from the
+    calibration samples' margins (the worst output's), its bound at ``confidence``, whether the
+    search judged the plan by it, what it means, and what a batch of as many inputs as the
+    evaluation samples is expected to score."""
+
+    samples: int
+    fidelity: float
+    bound: float
+    confidence: float
+    what: str
+    judged_by_search: bool
+    batch: BatchPrediction
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": self.samples,
+            "fidelity": self.fidelity,
+            "bound": self.bound,
+            "confidence": self.confidence,
+            "what": self.what,
+            "judged_by_search": self.judged_by_search,
+            "batch": self.batch.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Generalisation:
+    """A run with held-out evaluation samples: its fidelity on the calibration samples beside
+    the held-out ones (``gap``: what choosing on them cost elsewhere); with discrete outputs the
+    estimate on unseen inputs; with ``--reconstruct`` / ``--recalibrate`` and a floor the
+    search's cross-fitted judgement; with ``--fidelity-batch`` what its rule judged."""
+
+    calibration: CalibrationFidelity
+    held_out: HeldOutFidelity
+    estimate: UnseenEstimate | None = None
+    cross_fitted: CrossFitted | None = None
+    batch_rule: BatchRule | None = None
+
+    @property
+    def gap(self) -> float:
+        return self.calibration.fidelity - self.held_out.fidelity
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {
+            "calibration": self.calibration.to_dict(),
+            "held_out": self.held_out.to_dict(),
+            "gap": self.gap,
+        }
+        if self.estimate is not None:
+            d["estimate"] = self.estimate.to_dict()
+        if self.cross_fitted is not None:
+            d["cross_fitted"] = self.cross_fitted.to_dict()
+        if self.batch_rule is not None:
+            d["batch_rule"] = self.batch_rule.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
 class PruneReport:
     model: str
     criterion: str
@@ -79,7 +211,7 @@ class PruneReport:
     fidelity: tuple[OutputFidelity, ...] | None = None
     compensation: str = "exact constants"
     reference: str = "original"
-    budget: dict | None = None
+    budget: PruneBudget | None = None  # None: an exact removal
     criterion_reason: str = ""
     fidelity_on_random_inputs: bool = False
     fidelity_score: float | None = None  # the run's score under its fidelity metrics (lossy runs)
@@ -91,8 +223,8 @@ class PruneReport:
     sensitivity: SensitivityResult | None = None  # with a fidelity budget: what allocation measured
     macs_unknown: str = ""  # why the MACs are unknown ("" when they are known)
     validation: ValidationResult | None = None  # the user's validation function: baseline, final, calls
-    generalisation: dict | None = None  # fidelity on the calibration samples beside the held-out one
-    latency: dict | None = None  # with a latency budget: predicted and measured (LatencyOutcome.to_dict)
+    generalisation: Generalisation | None = None  # fidelity on the calibration samples beside the held-out one
+    latency: LatencyOutcome | None = None  # with a latency budget: predicted and measured
 
     def to_json(self, **options: Any) -> str:
         """``to_dict()`` as strict JSON text, as the CLI writes it: a NaN or infinite number
@@ -130,7 +262,7 @@ class PruneReport:
             "fidelity_on_random_inputs": self.fidelity_on_random_inputs,
             "compensation": self.compensation,
             "verified_against": self.reference,
-            "budget": copy.deepcopy(self.budget),  # a copy: editing the dict must not edit the report
+            "budget": None if self.budget is None else self.budget.to_dict(),
             "fidelity_score": self.fidelity_score,
             "fidelity_metrics": None
             if self.fidelity_metrics is None
@@ -144,7 +276,7 @@ class PruneReport:
             "sensitivity": None if self.sensitivity is None else self.sensitivity.to_dict(),
             "macs_unknown": self.macs_unknown or None,  # why macs_before/after are null
             "validation": None if self.validation is None else self.validation.to_dict(),
-            "generalisation": copy.deepcopy(self.generalisation),
+            "generalisation": None if self.generalisation is None else self.generalisation.to_dict(),
             "recalibrated_layers": [  # added last, as the keys before it
                 {
                     "node": r.node,
@@ -157,7 +289,7 @@ class PruneReport:
                 }
                 for r in self.recalibrated_layers
             ],
-            "latency": copy.deepcopy(self.latency),
+            "latency": None if self.latency is None else self.latency.to_dict(),
         }
 
 
@@ -184,8 +316,8 @@ def build_report(
     sensitivity: SensitivityResult | None = None,
     registry: RuleRegistry | None = None,
     validation: ValidationResult | None = None,
-    generalisation: Mapping[str, Any] | None = None,
-    latency: dict | None = None,
+    generalisation: Generalisation | None = None,
+    latency: LatencyOutcome | None = None,
 ) -> PruneReport:
     """The report of a pruning run: channels, parameters, MACs and size before and after, each
     changed layer, every kept group with its reasons, verification and fidelity (the keywords
@@ -230,15 +362,6 @@ def build_report(
         notes.append(
             "fidelity was measured on seeded random inputs, not real data: give --inputs or --calibration for meaningful numbers"
         )
-    budget = {
-        "ratio": config.ratio,
-        "global": config.global_ranking,
-        "macs_target": config.macs_target,
-        "latency_target": config.latency_target,
-        "round_to": config.round_to,
-        "exclude": list(config.exclude),
-        "config_entries": len(config.layer_rules),
-    }
     return PruneReport(
         model=source,
         criterion=pruning_plan.criterion,
@@ -264,7 +387,7 @@ def build_report(
         fidelity=fid,
         compensation=compensation if not pruning_plan.exact else "exact constants",
         reference=reference_kind,
-        budget=budget if not pruning_plan.exact else None,
+        budget=PruneBudget.from_config(config) if not pruning_plan.exact else None,
         fidelity_on_random_inputs=on_random_inputs,
         fidelity_score=fidelity_score,
         fidelity_metrics=fidelity_metrics,
@@ -274,6 +397,6 @@ def build_report(
         recalibrated_layers=tuple(recalibrated_layers),
         sensitivity=sensitivity,
         validation=validation,
-        generalisation=None if generalisation is None else dict(generalisation),
+        generalisation=generalisation,
         latency=latency,
     )

@@ -318,4 +318,4 @@ def test_report_to_dict_is_a_copy_the_caller_may_edit():
     first["budget"]["mine"] = 1
     again = report.to_dict()
     assert again["budget"]["ratio"] == 0.25 and "mine" not in again["budget"]
-    assert report.budget == again["budget"]
+    assert report.budget is not None and report.budget.to_dict() == again["budget"]

@@ -99,10 +99,10 @@ def test_a_recovered_plan_is_predicted_at_most_at_its_cross_fitted_estimate() ->
     is taken above the estimate the search saw cross-fitted."""
     outs = [_output("a", 0.999), _output("b", 0.97)]
     plain = _batch_prediction(outs, 32, 0.95, None)
-    assert plain == predict_batch([0.999, 0.97], 32, floor=0.95).to_dict()
+    assert plain == predict_batch([0.999, 0.97], 32, floor=0.95)
     cross = CrossFitted(SearchScore(0.96, 1.0, None, 0.98, 0.96), 32)
     capped = _batch_prediction(outs, 32, 0.95, cross)
-    assert capped == predict_batch([0.98, 0.97], 32, floor=0.95).to_dict() and capped != plain
+    assert capped == predict_batch([0.98, 0.97], 32, floor=0.95) and capped != plain
 
 
 def test_a_runs_report_predicts_a_batch_like_its_evaluation_samples(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def test_prune_orders_by_measured_costs_within_the_budget(tmp_path) -> None:
         ).report
 
     report = run()
-    order = report.latency["order"]
+    order = report.latency.to_dict()["order"]
     assert order["budget"] == 16 and 0 < order["measured_moves"] <= order["evaluations"] <= 16
     from onnxprune.latency.report import latency_lines
 
@@ -162,9 +162,9 @@ def test_prune_orders_by_measured_costs_within_the_budget(tmp_path) -> None:
     # the sensitivity trials keep the outputs' cosine beside the task metric
     for us in report.sensitivity.units:
         assert set(us.cosine) == set(us.fidelity) and all(-1.0 <= c <= 1.0 for c in us.cosine.values())
-    measured = run(latency_evaluations=5).latency["order"]
+    measured = run(latency_evaluations=5).latency.to_dict()["order"]
     assert 0 < measured["evaluations"] <= 5 and measured["budget"] == 5
-    assert run(latency_evaluations=0).latency["order"] == {"evaluations": 0, "budget": 0, "measured_moves": 0}
+    assert run(latency_evaluations=0).latency.to_dict()["order"] == {"evaluations": 0, "budget": 0, "measured_moves": 0}
     with pytest.raises(onnxprune.UsageError, match="--latency-evaluations must be >= 0, got -1"):
         PruneConfig(latency_target=0.7, latency_evaluations=-1)
 

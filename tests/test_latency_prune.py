@@ -40,7 +40,7 @@ def test_latency_target_keeps_multiples_of_the_step_and_is_confirmed(tmp_path: P
     onnx.save(three_unit_chain(), model)
     result = onnxprune.prune(str(model), latency_target=0.85, timer=timer, output=tmp_path / "out.onnx")
     report = result.report
-    lat = report.latency
+    lat = report.latency.to_dict()
     assert report.criterion == "l2" and report.verification.passed
     # two units at 16 channels: 4 blocks of 24 saved, 0.2 / 0.24 ms
     assert lat["measured_ratio"] == pytest.approx(0.20 / 0.24)
@@ -67,7 +67,7 @@ def test_latency_target_keeps_multiples_of_the_step_and_is_confirmed(tmp_path: P
 
 def test_unreachable_target_is_written_with_a_note(tmp_path: Path) -> None:
     result = onnxprune.prune(three_unit_chain(), latency_target=0.5, timer=_timer())
-    lat = result.report.latency
+    lat = result.report.latency.to_dict()
     assert not lat["met"]
     assert lat["measured_ratio"] == pytest.approx(0.18 / 0.24)  # every unit at 16: the best the step allows
     assert any(n.startswith("latency target 0.5 not reached: measured 0.750x") for n in result.report.notes)
@@ -77,12 +77,12 @@ def test_a_target_taking_most_of_the_removable_latency_says_so() -> None:
     # the step timer's floor: every unit at 16 channels, 0.18 of 0.24 ms (0.75x; additive, so
     # the A/B measurement confirms the table); 0.8x takes 80% of the 25% pruning can save
     near = onnxprune.prune(three_unit_chain(), latency_target=0.8, timer=_timer()).report
-    assert near.latency["floor_ratio"] == pytest.approx(0.75)
+    assert near.latency.floor_ratio == pytest.approx(0.75)
     said = [n for n in near.notes if n.startswith("about 25% of this model's latency at most goes with its prunable")]
     assert len(said) == 1 and "floor 0.750x" in said[0] and "target 0.8x takes 80% of that" in said[0]
     assert "add --min-fidelity" in said[0]
     far = onnxprune.prune(three_unit_chain(), latency_target=0.9, timer=_timer()).report  # 40% of it: no note
-    assert far.latency["floor_ratio"] == pytest.approx(0.75)
+    assert far.latency.floor_ratio == pytest.approx(0.75)
     assert not [n for n in far.notes if "prunable channels" in n]
 
 
@@ -113,18 +113,18 @@ def test_fidelity_floor_wins_over_the_latency_target(tmp_path: Path) -> None:
     free = onnxprune.prune(
         three_unit_chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=1e-6, **COSINE
     )
-    assert free.report.latency["met"] and free.report.sensitivity is not None  # importance was measured
-    assert not free.report.latency["limited_by_constraint"]
-    reached = free.report.latency["constraint_value"]  # on the calibration samples, all moves together
+    assert free.report.latency.met and free.report.sensitivity is not None  # importance was measured
+    assert not free.report.latency.limited
+    reached = free.report.latency.constraint_value  # on the calibration samples, all moves together
     assert reached < 1.0
     floor = (reached + 1.0) / 2  # the latency plan's answers are not good enough
     bound = onnxprune.prune(
         three_unit_chain(), latency_target=0.85, timer=_timer(), calibration=str(calib), min_fidelity=floor, **COSINE
     )
-    lat = bound.report.latency
+    lat = bound.report.latency.to_dict()
     assert lat["limited_by_constraint"] and lat["constraint_value"] >= floor
     assert lat["constraint"] == f"fidelity >= {floor:g}"
-    assert lat["measured_ratio"] > free.report.latency["measured_ratio"]
+    assert lat["measured_ratio"] > free.report.latency.measured_ratio
     assert any("reached before the latency target" in n for n in bound.report.notes)
 
 
@@ -206,7 +206,7 @@ def test_validation_function_within_its_drop_wins_over_the_latency_target(tmp_pa
         validate=_conv_channels,
         max_drop=0.2,
     )
-    lat = result.report.latency
+    lat = result.report.latency.to_dict()
     # 0.85 needs two units at 16 (32 channels); the function allows 20: one unit, 0.22 / 0.24 ms
     assert lat["limited_by_constraint"] and lat["constraint"].endswith("_conv_channels within 0.2 of the original's 1")
     assert lat["constraint_value"] == pytest.approx(0.84)

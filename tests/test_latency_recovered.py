@@ -61,13 +61,13 @@ def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, mon
     # is refitted; so with --reconstruct it goes, and only it (the others are not redundant)
     calib = _calib(tmp_path, (3, 6, 6), n=32)
     plain = _prune(calib)
-    assert plain.channels_removed == 0 and plain.latency["limited_by_constraint"]
+    assert plain.channels_removed == 0 and plain.latency.limited
     calls = _count_judged(monkeypatch)
     rec = _prune(calib, reconstruct=True)
     assert rec.channels_removed == 1 and rec.layers[0].channels_after == 3
-    assert rec.latency["constraint_value"] >= 0.9999 and rec.latency["limited_by_constraint"]
+    assert rec.latency.constraint_value >= 0.9999 and rec.latency.limited
     # the order's evaluations and the floor's were the recovered model's
-    assert rec.latency["order"]["evaluations"] > 0 and len(calls) >= rec.latency["order"]["evaluations"]
+    assert rec.latency.evaluations > 0 and len(calls) >= rec.latency.evaluations
     calls.clear()
     _prune(calib)
     assert calls == []
@@ -100,7 +100,7 @@ def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkey
 
     assert RECOVERED_SECONDS == 120.0
     report = run(30.0)
-    order = report.latency["order"]
+    order = report.latency.to_dict()["order"]
     assert order["budget"] == 19 and order["evaluations"] == len(calls) == 4
     assert order["recovered"] is True and order["seconds"] == pytest.approx(120.0)
     assert order["seconds_budget"] == RECOVERED_SECONDS and order["bound"] == "time"
@@ -112,11 +112,11 @@ def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkey
     # no time passing: the count alone, as without recovery (the plan without moves, each of the 3
     # units' first move, then the order: 9; the time budget above held too few to measure every unit)
     calls.clear()
-    free = run(0.0).latency["order"]
+    free = run(0.0).latency.to_dict()["order"]
     assert free["evaluations"] == len(calls) == 9 and free["bound"] is None and free["seconds"] == 0.0
     # --latency-evaluations N: N evaluations at most, however long they take
     calls.clear()
-    given = run(30.0, latency_evaluations=16).latency["order"]
+    given = run(30.0, latency_evaluations=16).latency.to_dict()["order"]
     assert given["evaluations"] == len(calls) == 9 and given["seconds_budget"] is None
     assert given["seconds"] == pytest.approx(270.0) and given["bound"] is None
     given_line = "9 of 16 recovered evaluations in 270 s (--latency-evaluations, no time budget)"
@@ -155,13 +155,13 @@ def test_the_fidelity_floors_recovered_evaluations_share_the_time_budget(tmp_pat
         ).report
 
     report = run(30.0)
-    order, limit = report.latency["order"], report.latency["limit"]
+    order, limit = report.latency.to_dict()["order"], report.latency.to_dict()["limit"]
     assert order["evaluations"] == 4 and order["seconds"] == pytest.approx(120.0) and order["bound"] == "time"
     # every refit charged once, to one of the two (the floor reuses plans the order judged)
     assert len(refits) == len(set(refits)) == order["evaluations"] + limit["evaluations"] == 5
     assert limit["seconds"] == pytest.approx(30.0) and limit["past_budget"] == 1 and limit["bound"] == "time"
     assert limit["seconds_budget"] == 120.0 and limit["budget"] == 19
-    assert report.latency["limited_by_constraint"] and report.latency["constraint_value"] >= 0.995
+    assert report.latency.limited and report.latency.constraint_value >= 0.995
     assert report.channels_removed == 0  # the whole move checked, broke the floor; not bisected: nothing goes
     assert (
         "  the limit: 1 recovered evaluations in 30 s, on the budget shared with the order (120 s and 19 "
@@ -171,11 +171,11 @@ def test_the_fidelity_floors_recovered_evaluations_share_the_time_budget(tmp_pat
     # no time passing: every unit's first move measured on the recovered model, the order's prefix
     # holds further (two convs keep 16 of 32; measured alone first, one conv kept 28), within the budget
     free = run(0.0)
-    limit = free.latency["limit"]
+    limit = free.latency.to_dict()["limit"]
     assert limit["evaluations"] == 3 and limit["bound"] is None and limit["past_budget"] == 0
-    assert len(refits) == len(set(refits)) == free.latency["order"]["evaluations"] + 3
+    assert len(refits) == len(set(refits)) == free.latency.evaluations + 3
     assert sorted(c.channels_after for c in free.layers) == [16, 16]
-    assert free.latency["constraint_value"] >= 0.995
+    assert free.latency.constraint_value >= 0.995
     assert any(
         line.endswith("within it") and line.startswith("  the limit: 3 recovered evaluations in 0 s")
         for line in latency_lines(free.to_dict())

@@ -130,3 +130,76 @@ def write_fixtures() -> None:
 
 if __name__ == "__main__":
     write_fixtures()
+
+
+def test_budget_is_typed_from_the_config(tmp_path: Path) -> None:
+    from onnxprune.report import PruneBudget
+
+    report = _budgeted(tmp_path).report
+    assert report.budget == PruneBudget(
+        ratio=0.25,
+        global_ranking=True,
+        macs_target=None,
+        latency_target=None,
+        round_to=2,
+        exclude=("no-such-node*",),
+        config_entries=1,
+    )
+    exact = onnxprune.prune(FIXTURES / "shuffle.onnx", criterion="zero", verify=False).report
+    assert exact.budget is None and exact.to_dict()["budget"] is None
+
+
+def test_latency_is_the_outcome_with_its_settings(tmp_path: Path) -> None:
+    from onnxprune.latency import LatencySettings
+    from onnxprune.stages.latency import LatencyOutcome
+
+    report = _latency(tmp_path).report
+    assert isinstance(report.latency, LatencyOutcome) and report.latency.settings == LatencySettings()
+    assert report.latency.target == 0.85 and report.latency.met
+    # 14 blocks of 16 channels (0.24 ms), two units kept at 16 save 4 of them: 0.20 / 0.24
+    assert report.latency.measured_ratio == pytest.approx(0.20 / 0.24, abs=1e-12)
+    d = report.to_dict()
+    d["latency"]["settings"]["threads"] = 99  # the caller's copy: the report is unchanged
+    assert report.to_dict()["latency"]["settings"]["threads"] is None
+
+
+def test_generalisation_is_typed(tmp_path: Path) -> None:
+    from onnxprune.fidelity_metrics.batch_prediction import BatchPrediction, BatchRule
+    from onnxprune.report import CalibrationFidelity, Generalisation, HeldOutFidelity, UnseenEstimate
+
+    g = _generalisation(tmp_path).report.generalisation
+    assert isinstance(g, Generalisation)
+    assert isinstance(g.calibration, CalibrationFidelity) and isinstance(g.held_out, HeldOutFidelity)
+    assert (g.calibration.samples, g.held_out.samples, g.held_out.also_calibration) == (32, 32, 32)  # the same file
+    assert g.gap == g.calibration.fidelity - g.held_out.fidelity
+    assert isinstance(g.estimate, UnseenEstimate) and isinstance(g.estimate.batch, BatchPrediction)
+    assert g.estimate.batch.samples == 32 and g.cross_fitted is None
+    rule = g.batch_rule
+    assert isinstance(rule, BatchRule) and (rule.samples, rule.floor, rule.reading, rule.met) == (8, 0.85, 0.875, True)
+    d = g.to_dict()
+    assert list(d) == ["calibration", "held_out", "gap", "estimate", "batch_rule"]
+    d["estimate"]["batch"]["samples"] = 0
+    assert g.to_dict()["estimate"]["batch"]["samples"] == 32
+    cross = _cross_fitted(tmp_path).report.generalisation
+    assert cross is not None and cross.cross_fitted is not None and list(cross.to_dict())[3:] == ["cross_fitted"]
+
+
+def test_a_batch_rule_that_judged_nothing_keeps_its_short_form() -> None:
+    from onnxprune.fidelity_metrics.batch_prediction import batch_rule
+
+    rule = batch_rule([], 32, 0.95, 0.9)
+    assert rule.agreement is None and rule.met is None
+    assert list(rule.to_dict()) == ["samples", "floor", "probability", "outputs", "what"]
+    judged = batch_rule([0.99, 0.98], 8, 0.95, 0.85, outputs=["a", "b"])
+    assert judged.agreement == 0.98 and judged.outputs == ("a", "b")
+    assert list(judged.to_dict()) == [
+        "samples",
+        "floor",
+        "probability",
+        "agreement",
+        "outputs",
+        "reading",
+        "below_floor",
+        "met",
+        "what",
+    ]

@@ -140,7 +140,7 @@ def phase_plan(
         "target": target,
         "reconstruct": bool(spec.get("reconstruct")),
         "prune_seconds": time.perf_counter() - t0,
-        "latency_plan": {**_summary(res), "latency": res.report.latency, "file": lat_path},
+        "latency_plan": {**_summary(res), "latency": res.report.latency.to_dict(), "file": lat_path},
     }
     if spec["kind"] == "zoo":
         row["latency_plan"]["centered_cosine"] = centered_cosine(spec["path"], lat_path, ev)
@@ -163,7 +163,7 @@ def phase_plan(
         row["kept_plan"] = {
             **_summary(kr),
             "min_fidelity": spec["keep"],
-            "latency": kr.report.latency,
+            "latency": kr.report.latency.to_dict(),
             "file": kept_path,
             "prune_seconds": time.perf_counter() - t1,
         }
@@ -212,7 +212,7 @@ def matched_macs_plan(
         return {**entry, "ab": ab(spec["path"], entry["file"], spec, seconds, latency_plan=lat_path)}
 
     macs = res.report.macs_after / res.report.macs_before
-    return match_macs_plan(res.report.latency["measured_ratio"], macs, macs_plan, steps=steps)
+    return match_macs_plan(res.report.latency.measured_ratio, macs, macs_plan, steps=steps)
 
 
 def phase_time(row: dict, spec: dict, seconds: float, new_plan: Any = None, refine: int = 0) -> None:

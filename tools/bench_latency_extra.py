@@ -63,7 +63,7 @@ def phase_extra(
                 "reconstruct": reconstruct,
                 "prune_seconds": time.perf_counter() - t0,
                 "loadavg": os.getloadavg()[0],
-                "latency_plan": {**bench._summary(res), "latency": res.report.latency, "file": path},
+                "latency_plan": {**bench._summary(res), "latency": res.report.latency.to_dict(), "file": path},
             }
             if spec["kind"] == "digits":
                 row["latency_plan"]["accuracy"] = bench.digits_accuracy(path)

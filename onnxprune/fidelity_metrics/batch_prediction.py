@@ -29,7 +29,15 @@ from scipy.stats import binom
 
 from ..errors import UsageError
 
-__all__ = ["BATCH_RULE_METRICS", "PREDICTION_LEVEL", "BatchPrediction", "batch_reading", "batch_rule", "predict_batch"]
+__all__ = [
+    "BATCH_RULE_METRICS",
+    "PREDICTION_LEVEL",
+    "BatchPrediction",
+    "BatchRule",
+    "batch_reading",
+    "batch_rule",
+    "predict_batch",
+]
 
 # The outputs --fidelity-batch judges: those whose score counts inputs (their agreement has a
 # bound: fidelity_metrics.unseen_bound); a cosine or dense score over a batch is an average.
@@ -124,10 +132,51 @@ def batch_reading(agreements: Sequence[float], samples: int, probability: float)
     return _lowest_kept(_clipped(agreements, "agreement"), samples, 1.0 - probability) / samples
 
 
+@dataclass(frozen=True)
+class BatchRule:
+    """What ``--fidelity-batch`` judged (the report's ``generalisation.batch_rule``): a batch of
+    ``samples`` other inputs had to read >= ``floor`` in at least ``probability`` of such
+    batches; ``agreement``: the worst discrete output's agreement at its bound, ``reading``: what
+    such a batch reads at least with that chance, ``below_floor``: the chance it reads below the
+    floor, ``met``. ``agreement``, ``reading``, ``below_floor`` and ``met`` are None when the
+    model has no top-1 / CTC / detection output (the rule judged nothing)."""
+
+    samples: int
+    floor: float
+    probability: float
+    outputs: tuple[str, ...]
+    what: str
+    agreement: float | None = None
+    reading: float | None = None
+    below_floor: float | None = None
+    met: bool | None = None
+
+    def to_dict(self) -> dict:
+        if self.agreement is None:
+            return {
+                "samples": self.samples,
+                "floor": self.floor,
+                "probability": self.probability,
+                "outputs": list(self.outputs),
+                "what": self.what,
+            }
+        return {
+            "samples": self.samples,
+            "floor": self.floor,
+            "probability": self.probability,
+            "agreement": self.agreement,
+            "outputs": list(self.outputs),
+            "reading": self.reading,
+            "below_floor": self.below_floor,
+            "met": self.met,
+            "what": self.what,
+        }
+
+
 def batch_rule(
     agreements: Sequence[float], samples: int, probability: float, floor: float, *, outputs: Sequence[str] = ()
-) -> dict:
-    """The report of ``--fidelity-batch`` (generalisation.batch_rule) for a plan whose discrete
+) -> BatchRule:
+    """What ``--fidelity-batch`` judged (generalisation.batch_rule) for a plan whose discrete
     outputs' agreements at their bounds are ``agreements`` (empty: none, the rule judged
     nothing)."""
     what = (
@@ -138,24 +187,24 @@ def batch_rule(
         "the chance it reads below the floor. Continuous outputs (cosine, dense) are judged as without the rule"
     )
     if not agreements:
-        return {
-            "samples": samples,
-            "floor": floor,
-            "probability": probability,
-            "outputs": [],
-            "what": f"--fidelity-batch {samples} judged nothing: no top-1 / CTC / detection output (continuous scores "
+        return BatchRule(
+            samples,
+            floor,
+            probability,
+            (),
+            f"--fidelity-batch {samples} judged nothing: no top-1 / CTC / detection output (continuous scores "
             "are averages over a batch, not counts of inputs; they are judged by the worse calibration half)",
-        }
+        )
     reading = batch_reading(agreements, samples, probability)
     below = predict_batch(agreements, samples, floor=floor).below_floor
-    return {
-        "samples": samples,
-        "floor": floor,
-        "probability": probability,
-        "agreement": min(agreements),
-        "outputs": list(outputs),
-        "reading": reading,
-        "below_floor": below,
-        "met": reading >= floor,
-        "what": what,
-    }
+    return BatchRule(
+        samples,
+        floor,
+        probability,
+        tuple(outputs),
+        what,
+        agreement=min(agreements),
+        reading=reading,
+        below_floor=below,
+        met=reading >= floor,
+    )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -21,7 +21,14 @@ from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
 from ..quantized import QUANTIZED_SAMPLES, verification_form
-from ..report import PruneReport, build_report
+from ..report import (
+    CalibrationFidelity,
+    Generalisation,
+    HeldOutFidelity,
+    PruneReport,
+    UnseenEstimate,
+    build_report,
+)
 from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
 from ..shapes import dynamic_batch_inputs
@@ -33,6 +40,7 @@ from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..fidelity import OutputScore
+    from ..fidelity_metrics.batch_prediction import BatchPrediction, BatchRule
     from ..recalibration import RecalibratedLayer
     from ..reconstruction import ReconstructedLayer
     from ..user_validation import ValidationResult
@@ -99,7 +107,7 @@ class Measured:
     fidelity: tuple[OutputFidelity, ...] | None = None
     score: float | None = None
     metrics: tuple[OutputScore, ...] | None = None
-    generalisation: Mapping[str, Any] | None = None  # calibration vs held-out fidelity, with counts
+    generalisation: Generalisation | None = None  # calibration vs held-out fidelity, with counts
 
 
 def measure_original(loaded: LoadedModel, analysis: ChannelAnalysis, registry: RuleRegistry | None = None) -> Original:
@@ -292,15 +300,10 @@ def measure(
             loaded.runnable, model, verified.calibration, choices, source=loaded.source, estimate=True, confidence=level
         )
         on_calibration = run_score(calibrated)
-        general = {
-            "calibration": {"samples": len(verified.calibration), "fidelity": on_calibration[0]},
-            "held_out": {
-                "samples": len(verified.feeds),
-                "fidelity": score,
-                "also_calibration": shared_samples(verified.calibration, verified.feeds),
-            },
-            "gap": on_calibration[0] - score,
-        }
+        general = Generalisation(
+            CalibrationFidelity(len(verified.calibration), on_calibration[0]),
+            HeldOutFidelity(len(verified.feeds), score, shared_samples(verified.calibration, verified.feeds)),
+        )
         estimated = [o for o in calibrated if o.estimate is not None and o.bound is not None]
         # Only the fidelity floor's allocation search judges by the bound; a ratio, a MACs target
         # (with a floor too: the shortest prefix reaching it) or the user's validation function
@@ -312,34 +315,37 @@ def measure(
             and config.macs_target is None
             and not config.validated_search
         )
+        estimate = None
         if estimated:
             # What the search judged discrete outputs by (fidelity.search_score), for this plan:
             # the bound (of the lower of the estimate and the agreement on the samples).
-            general["estimate"] = {
-                "samples": len(verified.calibration),
-                "fidelity": min(o.estimate for o in estimated),
-                "bound": min(min(o.score, o.bound) for o in estimated),
-                "confidence": level,
-                "what": "estimated agreement on unseen inputs from the calibration samples' top-1 / CTC / detection-score margins "
-                "and the pruned model's margin losses (an estimate, not a measurement); bound: the lower of it and "
-                "the agreement on the calibration samples"
+            estimate = UnseenEstimate(
+                samples=len(verified.calibration),
+                fidelity=min(o.estimate for o in estimated),
+                bound=min(min(o.score, o.bound) for o in estimated),
+                confidence=level,
+                what="estimated agreement on unseen inputs from the calibration samples' top-1 / CTC / detection-score "
+                "margins and the pruned model's margin losses (an estimate, not a measurement); bound: the lower of it "
+                "and the agreement on the calibration samples"
                 + (f", bounded at confidence {level:g} (bootstrap over the samples)" if level > 0.5 else "")
                 + (
                     (": what the search judged" if judged else ": for information (no search judged the plan by it)")
                     if cross_fitted is None
                     else ": in-sample (the final refit was fitted on these samples; the search judged cross_fitted)"
                 ),
-                "judged_by_search": judged and cross_fitted is None,
-                "batch": _batch_prediction(estimated, len(verified.feeds), config.fidelity_floor, cross_fitted),
-            }
-        if cross_fitted is not None:
-            general["cross_fitted"] = cross_fitted.to_dict()
+                judged_by_search=judged and cross_fitted is None,
+                batch=_batch_prediction(estimated, len(verified.feeds), config.fidelity_floor, cross_fitted),
+            )
+        rule = None
         if config.fidelity_batch is not None and config.fidelity_floor is not None:
-            general["batch_rule"] = _batch_rule(estimated, config, cross_fitted)
+            rule = _batch_rule(estimated, config, cross_fitted)
+        general = replace(general, estimate=estimate, cross_fitted=cross_fitted, batch_rule=rule)
     return Measured(outputs, score, metrics, general)
 
 
-def _batch_rule(estimated: Sequence[OutputFidelity], config: PruneConfig, cross_fitted: CrossFitted | None) -> dict:
+def _batch_rule(
+    estimated: Sequence[OutputFidelity], config: PruneConfig, cross_fitted: CrossFitted | None
+) -> BatchRule:
     """What ``--fidelity-batch`` judged (fidelity_metrics.batch_prediction.batch_rule), for the
     delivered plan: each discrete output's agreement at its bound on the calibration samples; a
     recovered plan's at no more than the cross-fitted bound the search saw (the refit's own is
@@ -361,7 +367,7 @@ def _batch_rule(estimated: Sequence[OutputFidelity], config: PruneConfig, cross_
 
 def _batch_prediction(
     estimated: Sequence[OutputFidelity], samples: int, floor: float | None, cross_fitted: CrossFitted | None
-) -> dict:
+) -> BatchPrediction:
     """What a batch of ``samples`` other inputs (as many as the evaluation samples) is expected to
     score, from each discrete output's estimate (fidelity_metrics.batch_prediction); a recovered
     plan's estimates are in-sample, so none is taken above the cross-fitted one the search saw."""
@@ -369,7 +375,7 @@ def _batch_prediction(
 
     cap = cross_fitted.score.estimate if cross_fitted is not None else None
     estimates = [o.estimate if cap is None else min(o.estimate, cap) for o in estimated if o.estimate is not None]
-    return predict_batch(estimates, samples, floor=floor).to_dict()
+    return predict_batch(estimates, samples, floor=floor)
 
 
 def write(
@@ -433,5 +439,5 @@ def report(
         sensitivity=planned.sensitivity,
         registry=run.registry,
         validation=validation,
-        latency=None if planned.latency is None else planned.latency.to_dict(),
+        latency=planned.latency,
     )

@@ -25,7 +25,7 @@ from .prepare import CalibrationData, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..analysis import ChannelAnalysis
-    from ..latency import LatencyTable
+    from ..latency import LatencySettings, LatencyTable
     from ..latency.confirm import Measurement
     from ..user_validation import Validator
 
@@ -43,7 +43,7 @@ class LatencyOutcome:
     precision the runtime computed in) and every attempt of the confirmation loop."""
 
     target: float
-    settings: dict
+    settings: LatencySettings
     baseline_ms: float
     predicted_ratio: float
     measured_ratio: float
@@ -94,7 +94,7 @@ class LatencyOutcome:
             units.append(entry)
         return {
             "target": self.target,
-            "settings": self.settings,
+            "settings": self.settings.to_dict(),
             "table_key": dict(self.table.key),
             "baseline_ms": self.baseline_ms,
             "predicted_ratio": self.predicted_ratio,
@@ -245,7 +245,7 @@ def latency_plan(
     the_plan = replace(chosen.plan, notes=(*chosen.plan.notes, *confirmed.notes, *overhead))
     outcome = LatencyOutcome(
         target=target,
-        settings=config.latency.to_dict(),
+        settings=config.latency,
         baseline_ms=table.baseline * 1e3,
         predicted_ratio=chosen.predicted_ratio,
         measured_ratio=m.ratio,
