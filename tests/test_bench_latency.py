@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,3 +311,25 @@ def test_seed_rows_puts_a_recorded_benchmark_under_the_work_folders_state(tmp_pa
     rows = {r["model"]: r["v"] for r in json.loads((work / "rows.json").read_text())}
     assert rows == {"pplcnet": 1, "digits": 2}
     assert json.loads((work / "extra.json").read_text()) == [{"e": 1}]  # a later phase's report keeps it
+
+
+def test_heldout_inputs_phase_makes_the_corpus_rows_inputs_ahead(tmp_path: Path, monkeypatch) -> None:
+    import bench_latency_heldout
+
+    calls: list[tuple[str, int, int]] = []
+
+    def feeds(base: str, count: int, seed: int) -> dict:
+        calls.append((base, count, seed))
+        return {"x": np.full((count, 2), seed, np.float32)}
+
+    monkeypatch.setattr(bench_latency_heldout, "_feeds", lambda: feeds)
+    folder = tmp_path / "inputs"
+    argv = ["heldout-inputs", "--models", "pplcnet,pplcnet+rc,yolo26n,digits", "--work", str(tmp_path / "w")]
+    assert bench.main([*argv, "--heldout-inputs", str(folder), "--heldout", "40"]) == 0
+    pp, yolo = (os.path.basename(bench.MODELS[m]["path"]) for m in ("pplcnet", "yolo26n"))
+    assert calls == [(pp, 32, 3), (pp, 32, 4), (yolo, 32, 3), (yolo, 32, 4)]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{b}.32.{s}.npz" for b in (pp, yolo) for s in (3, 4))
+    assert bench.main([*argv, "--heldout-inputs", str(folder), "--heldout", "40"]) == 0
+    assert len(calls) == 4  # made once: read back the second time
+    with pytest.raises(SystemExit):
+        bench.main(argv)  # nowhere to keep them

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench_latency_heldout as heldout  # noqa: E402
-from latency_bench_report import centered_verdict, heldout_table, labelled_table  # noqa: E402
+from latency_bench_report import centered_verdict, detection_heldout_table, heldout_table, labelled_table  # noqa: E402
 
 # classifiers of 4-dim inputs into 3 classes: one-hot input i answers row i of W
 ORIGINAL = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]]
@@ -195,3 +195,156 @@ def test_heldout_phase_leaves_the_previous_state_whole_when_its_write_fails(
     assert [p.name for p in state.parent.iterdir()] == ["rows.json"]  # no temporary file left
     heldout.save_rows(state, {"b": {"model": "b", "v": 3}})
     assert json.loads(state.read_text()) == [{"model": "b", "v": 3}]
+
+
+# end-to-end detector rows (x1, y1, x2, y2, score, class): two boxes and three empty rows
+BOXES = [[0, 0, 10, 10, 0, 0], [20, 20, 30, 30, 0, 1], [0] * 6, [0] * 6, [0] * 6]
+
+
+def _detector(path: Path, score_kept: tuple[float, float]) -> str:
+    """A stand-in detector: its input rows, the two boxes' scores multiplied by ``score_kept``."""
+    mask = np.ones((1, 5, 6), np.float32)
+    mask[0, 0, 4], mask[0, 1, 4] = score_kept
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["images", "M"], ["output0"])],
+        "detector",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 5, 6])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 6])],
+        [numpy_helper.from_array(mask, "M")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return str(path)
+
+
+def _pages(*scores: tuple[float, float]) -> np.ndarray:
+    pages = np.tile(np.asarray(BOXES, np.float32), (len(scores), 1, 1))
+    pages[:, 0, 4], pages[:, 1, 4] = np.asarray(scores, np.float32).T
+    return pages
+
+
+@pytest.fixture
+def detectors(tmp_path: Path) -> tuple[str, str, str]:
+    # the latency plan loses the second box's score, the MACs plan the first's
+    return (
+        _detector(tmp_path / "yolo.onnx", (1, 1)),
+        _detector(tmp_path / "latency.onnx", (1, 0)),
+        _detector(tmp_path / "macs.onnx", (0, 1)),
+    )
+
+
+def test_paired_detection_scores_each_page_against_the_original(detectors) -> None:
+    original, latency, macs = detectors
+    # both boxes: each plan keeps one of two (0.5 each); box 1 only: latency 1, MACs 0 (twice);
+    # box 2 only: latency 0, MACs 1; no box: neither detects anything, 1 for both
+    batches = [_pages((0.9, 0.9), (0.9, 0.1), (0.8, 0.0)), _pages((0.1, 0.9), (0.1, 0.1))]
+    got = heldout.paired_detection(original, latency, macs, "images", batches)
+    assert got["n"] == 5 and got["metric"] == "detection" and got["reference_detections"] == 5
+    assert got["latency"]["detection"] == pytest.approx((0.5 + 1 + 1 + 0 + 1) / 5, abs=1e-12)
+    assert got["macs"]["detection"] == pytest.approx((0.5 + 0 + 0 + 1 + 1) / 5, abs=1e-12)
+    assert (got["higher_latency"], got["higher_macs"]) == (2, 1)
+    diff = np.array([0, 1, 1, -1, 0], float)
+    assert got["mean_difference"] == pytest.approx(0.2, abs=1e-12)
+    assert got["difference_se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(5), abs=1e-12)
+    ref = np.concatenate(batches).reshape(5, -1).astype(np.float64)
+    lat = ref.copy()
+    lat[:, 10] = 0  # the second box's score
+    cos = (ref * lat).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(lat, axis=1))
+    assert got["latency"]["cosine"] == pytest.approx(cos.mean(), abs=1e-6)
+
+
+def test_heldout_row_of_a_detector_pairs_detection_scores(detectors) -> None:
+    original, latency, macs = detectors
+    seeds: list[int] = []
+
+    def make(base: str, count: int, seed: int) -> dict:
+        seeds.append(seed)
+        return {"images": _pages(*[(0.9, 0.1)] * count)}  # box 1 only: the latency plan keeps it
+
+    row = {"latency_plan": {"file": latency}, "macs_plan": {"file": macs, "macs_target": 0.47}}
+    spec = {"path": original, "input": "images", "heldout_metric": "detection"}
+    got = heldout.heldout_row(row, spec, 33, make)
+    assert seeds == [3, 4] and got["n"] == 64 and got["seeds"] == [3, 4] and got["macs_target"] == 0.47
+    assert (got["latency"]["detection"], got["macs"]["detection"]) == (1.0, 0.0)
+    assert (got["higher_latency"], got["higher_macs"]) == (64, 0)
+
+
+def test_cached_make_makes_each_seed_once_and_reads_it_back(tmp_path: Path) -> None:
+    calls: list[tuple[str, int, int]] = []
+
+    def make(base: str, count: int, seed: int) -> dict:
+        calls.append((base, count, seed))
+        return {"x": np.random.default_rng(seed).uniform(0, 1, (count, 3)).astype(np.float64)}
+
+    cached = heldout.cached_make(tmp_path / "inputs", make)
+    first = cached("m.onnx", 4, 3)
+    again = heldout.cached_make(tmp_path / "inputs", make)("m.onnx", 4, 3)
+    assert calls == [("m.onnx", 4, 3)]
+    assert again["x"].dtype == np.float32 and np.array_equal(first["x"], again["x"])
+    assert np.array_equal(again["x"], make("m.onnx", 4, 3)["x"].astype(np.float32))
+    cached("m.onnx", 4, 5)
+    assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == ["m.onnx.4.3.npz", "m.onnx.4.5.npz"]
+
+
+def test_heldout_inputs_phase_makes_every_seed_of_each_model_file_once() -> None:
+    calls: list[tuple[str, int, int]] = []
+    specs = {
+        "pplcnet": {"path": "/c/pplcnet.onnx", "heldout": 1024},
+        "pplcnet+rc": {"path": "/c/pplcnet.onnx", "heldout": 1024},
+        "yolo26n": {"path": "/c/yolo.onnx", "heldout": 256},
+        "digits": {"path": "/c/digits.onnx"},
+        "resnet50_glyphs": {"path": "/z/resnet50.onnx", "heldout": 512, "kind": "trained"},
+    }
+
+    def make(base: str, count: int, seed: int) -> dict:
+        calls.append((base, count, seed))
+        return {}
+
+    done = heldout.heldout_inputs_phase(list(specs), specs.__getitem__, make, n=40)
+    assert done == ["pplcnet.onnx", "yolo.onnx"]
+    assert calls == [("pplcnet.onnx", 32, 3), ("pplcnet.onnx", 32, 4), ("yolo.onnx", 32, 3), ("yolo.onnx", 32, 4)]
+    calls.clear()
+    heldout.heldout_inputs_phase(["yolo26n"], specs.__getitem__, make)  # the spec's count
+    assert [c[2] for c in calls] == list(range(3, 11))
+
+
+def test_heldout_phase_takes_the_count_asked_for(models, tmp_path: Path) -> None:
+    original, latency, macs = models
+
+    def make(base: str, count: int, seed: int) -> dict:
+        return {"x": _onehots(*([0] * count))}
+
+    rows = {"pplcnet": {"latency_plan": {"file": latency}, "macs_plan": {"file": macs, "macs_target": 0.5}}}
+    spec = {"path": original, "input": "x", "heldout": 32}
+    heldout.heldout_phase(["pplcnet"], rows, tmp_path / "rows.json", lambda n: spec, make, n=70)
+    assert rows["pplcnet"]["heldout"]["n"] == 96 and rows["pplcnet"]["heldout"]["seeds"] == [3, 5]
+
+
+def test_detection_heldout_table_rows_and_verdicts() -> None:
+    assert detection_heldout_table([]) == []
+
+    def row(a: int, b: int, apart: float = 0.003) -> dict:
+        h = {
+            "n": 256,
+            "seeds": [3, 10],
+            "metric": "detection",
+            "macs_target": 0.47,
+            "reference_detections": 301,
+            "latency": {"detection": 0.0512, "cosine": 0.6801},
+            "macs": {"detection": 0.0123, "cosine": 0.6652},
+            "higher_latency": a,
+            "higher_macs": b,
+            "mean_difference": 0.0389,
+            "difference_se": 0.0121,
+        }
+        return {"model": "yolo26n+rc", "reconstruct": True, "heldout": h, "macs_plan_gap": apart}
+
+    lines = detection_heldout_table([row(30, 10), row(10, 12), row(30, 10, apart=-0.02)])
+    body = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
+    assert body[0] == (
+        "| yolo26n + reconstruct | 256 (3–10) | 301 | 0.0512 (0.6801) | 0.470: 0.0123 (0.6652) | 30 | 10 "
+        "| +0.0389 ± 0.0121 | yes |"
+    )
+    assert body[1].endswith("| 10 | 12 | +0.0389 ± 0.0121 | tie (within noise) |")
+    assert body[2].endswith("| yes (not at equal latency) |")

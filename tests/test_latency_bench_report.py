@@ -108,3 +108,28 @@ def test_hand_written_reads_nothing_from_a_missing_or_unread_file(tmp_path: Path
     assert report.hand_written(tmp_path / "none.md") == ""
     (tmp_path / "plain.md").write_text("# generated\n\n## Per model\n\n### pplcnet\n")
     assert report.hand_written(tmp_path / "plain.md") == ""
+
+
+def test_held_out_rows_go_to_the_table_of_their_metric(tmp_path: Path) -> None:
+    top1, det = _row(0.695), {**_row(0.681), "model": "yolo26n"}
+    pair = {"n": 64, "seeds": [3, 4], "macs_target": 0.5, "only_latency": 9, "only_macs": 1}
+    top1["heldout"] = {**pair, "latency": {"top1": 0.75, "cosine": 0.8}, "macs": {"top1": 0.6, "cosine": 0.7}}
+    det["heldout"] = {
+        **pair,
+        "metric": "detection",
+        "reference_detections": 70,
+        "latency": {"detection": 0.25, "cosine": 0.7},
+        "macs": {"detection": 0.125, "cosine": 0.6},
+        "higher_latency": 2,
+        "higher_macs": 7,
+        "mean_difference": 0.125,
+        "difference_se": 0.05,
+    }
+    models = {"pplcnet": {"kind": "corpus"}, "yolo26n": {"kind": "corpus"}}
+    out = tmp_path / "latency"
+    report.phase_report([top1, det], out, 0.7, settings=_Settings(), models=models, state=0.1)
+    md = out.with_suffix(".md").read_text()
+    top1_part = md[md.index("**Top-1 rows on more held-out inputs.**") : md.index("**Detection rows on more")]
+    assert "| pplcnet | 64 (3–4) | 0.7500 (0.8000) | 0.500: 0.6000 (0.7000) | 9 | 1 | yes |" in top1_part
+    assert "yolo26n" not in top1_part
+    assert "| yolo26n | 64 (3–4) | 70 | 0.2500 (0.7000) | 0.500: 0.1250 (0.6000) | 2 | 7 | +0.1250 ± 0.0500 " in md

@@ -28,8 +28,10 @@ For each model:
    (each model compiled once for the deployment's hint; rounds in rotating order; per round
    each model's fastest run; the median over rounds of the ratios to the original), so a plan
    is measured the same way in prune and here.
-3. ``heldout`` (after the timing; not part of ``all``): the top-1 rows' latency plan and matched
-   MACs plan on many more held-out inputs, paired (tools/bench_latency_heldout.py).
+3. ``heldout`` (after the timing; not part of ``all``): the top-1 and detection rows' latency plan
+   and matched MACs plan on many more held-out inputs, paired (tools/bench_latency_heldout.py;
+   ``--heldout N`` inputs; ``heldout-inputs --heldout-inputs DIR`` makes them ahead, ``heldout
+   --heldout-inputs DIR`` reads them back).
 4. ``report``: benchmarks/latency.md and .json.
 
 The headline zoo rows (``*_glyphs``) are torchvision's MobileNetV2, EfficientNet-B0 and ResNet-50
@@ -308,7 +310,9 @@ def seeded_rows(recorded: list[dict], rows: dict[str, dict]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=("plan", "time", "report", "all", "extra", "extra-time", "heldout"))
+    p.add_argument(
+        "phase", choices=("plan", "time", "report", "all", "extra", "extra-time", "heldout", "heldout-inputs")
+    )
     p.add_argument(
         "--models",
         default=",".join(default_models()),
@@ -336,6 +340,19 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=1,
         help="final runs added at most when none of its MACs plans is within the match (one more MACs plan each)",
+    )
+    p.add_argument(
+        "--heldout",
+        type=int,
+        metavar="N",
+        help="heldout: this many held-out inputs for the rows that have them (default: the row's, MODELS' heldout)",
+    )
+    p.add_argument(
+        "--heldout-inputs",
+        metavar="DIR",
+        help="heldout: keep the corpus models' held-out inputs in DIR (made once, read back after); "
+        "the heldout-inputs phase only makes them (e.g. before a quiet window: rendering YOLO's pages takes longer "
+        "than running it)",
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "latency"))
     p.add_argument("--extra-rows", metavar="JSON", help="the extra phase's rows (default: WORK/extra.json)")
@@ -373,10 +390,16 @@ def main(argv: list[str] | None = None) -> int:
 
         extra_phase(args, names, work, extra, extra_state)
         return 0
-    if args.phase == "heldout":  # the top-1 rows' plans on more held-out inputs (after the timing)
-        from bench_latency_heldout import heldout_phase
+    if args.phase in ("heldout", "heldout-inputs"):  # the rows' plans on more held-out inputs (after the timing)
+        from bench_latency_heldout import cached_make, heldout_inputs_phase, heldout_phase
 
-        heldout_phase(names, rows, state, model_spec)
+        make = cached_make(Path(args.heldout_inputs)) if args.heldout_inputs else None
+        if args.phase == "heldout-inputs":
+            if make is None:
+                p.error("heldout-inputs needs --heldout-inputs DIR")
+            print(f"[heldout-inputs] {', '.join(heldout_inputs_phase(names, model_spec, make, args.heldout))}")
+            return 0
+        heldout_phase(names, rows, state, model_spec, make, args.heldout)
         return 0
     for name in names:
         spec = model_spec(name)

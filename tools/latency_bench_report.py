@@ -163,6 +163,42 @@ def heldout_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def detection_heldout_table(rows: list[dict]) -> list[str]:
+    """The detector's rows on many more held-out inputs (``bench_latency_heldout.paired_detection``):
+    both plans' mean detection score against the original on the same inputs, the inputs each plan
+    scores higher on, and whether that difference stands out of its noise (the sign test, McNemar's
+    form: |higher latency - higher MACs| > 2 sqrt(their sum))."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "**Detection rows on more held-out inputs.** The table's detection score is on 8 evaluation pages. Here "
+        "both plans of the row on the same larger set of realistic pages (`tools/bench_latency_heldout.py`, "
+        "`tools/corpus_inputs.py` seeds beside), paired: per page prune's detection score against the original "
+        "(its detections at score ≥ 0.25 matched by IoU; 1 where neither detects anything), the mean over pages; "
+        "*higher*: pages where that plan scores higher than the other; *difference*: the mean paired difference "
+        "(latency − MACs) ± its standard error; *stands out*: |higher latency − higher MACs| > 2·sqrt(their sum) "
+        "(the sign test, about 95%).",
+        "",
+        "| model | pages (seeds) | original's detections | latency plan: detection (cos) | MACs plan F: detection (cos) "
+        "| higher latency | higher MACs | difference | latency plan's detection better |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|:-:|",
+    ]
+    for r in rows:
+        h = r["heldout"]
+        a, b = h["higher_latency"], h["higher_macs"]
+        verdict = _paired_verdict(a, b)
+        if abs(_apart(r)) > 0.01:
+            verdict += " (not at equal latency)"
+        lines.append(
+            f"| {_label(r)} | {h['n']} ({h['seeds'][0]}–{h['seeds'][1]}) | {h['reference_detections']} "
+            f"| {h['latency']['detection']:.4f} ({h['latency']['cosine']:.4f}) "
+            f"| {h['macs_target']:.3f}: {h['macs']['detection']:.4f} ({h['macs']['cosine']:.4f}) | {a} | {b} "
+            f"| {h['mean_difference']:+.4f} ± {h['difference_se']:.4f} | {verdict} |"
+        )
+    return lines
+
+
 def _paired_verdict(only_latency: int, only_macs: int) -> str:
     """Whether the latency plan's paired count stands out of its noise: |a - b| > 2 sqrt(a + b)
     (McNemar, about 95%)."""
@@ -382,7 +418,9 @@ def phase_report(
                 f"| {_f(mp['fidelity'], '.4f')}, {b:.4f} | {centered_verdict(a, b)} |"
             )
     lines += labelled_table([r for r in rows if r.get("heldout", {}).get("labelled")])
-    lines += heldout_table([r for r in rows if r.get("heldout") and not r["heldout"].get("labelled")])
+    top1 = [r for r in rows if r.get("heldout") and not r["heldout"].get("labelled")]
+    lines += heldout_table([r for r in top1 if r["heldout"].get("metric") != "detection"])
+    lines += detection_heldout_table([r for r in top1 if r["heldout"].get("metric") == "detection"])
     kept = [r for r in rows if "kept_plan" in r]
     if kept:
         lines += [
