@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     staged = _json_to_stdout(args)
     try:
-        with _stdout_to_stderr(model is not None):  # nothing but the model's bytes on stdout
+        with _stdout_to_stderr(model is not None), _warnings_as_lines(args):  # nothing but the model's bytes on stdout
             code = _run(args)
         if code == 0 and model is not None:  # the model alone on stdout, once the run succeeded
             with open(model, "rb") as f:
@@ -41,6 +41,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in (staged, model):
             if path is not None:
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+
+
+@contextmanager
+def _warnings_as_lines(args: argparse.Namespace) -> Iterator[None]:
+    """While on, a warning raised during the run (a library's LeftoverWarning, or another
+    package's) is one line on stderr, ``onnxprune: warning: TEXT`` (another package's with its
+    category first), not Python's FILE:LINE: Category: TEXT and the source line. The library
+    warns as before; the filters decide, as always, which warnings are shown."""
+    import warnings
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        text = " ".join(str(message).split())
+        if not category.__module__.startswith("onnxprune"):
+            text = f"{category.__name__}: {text}"
+        print(f"onnxprune: warning: {_shown(args, text)}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _is_terminal(stream: object) -> bool:

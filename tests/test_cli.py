@@ -475,3 +475,34 @@ def test_prune_refuses_an_xml_output_it_would_fill_with_onnx(tmp_path: Path) -> 
         "onnxprune: error: p.xml: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_library_warning_during_a_run_is_one_onnxprune_line(tmp_path: Path) -> None:
+    """A LeftoverWarning raised inside a run (copies a killed run left beside an output, found
+    when the outputs are committed, after the CLI's early sweep) printed in Python's format
+    (FILE:LINE: LeftoverWarning: ... and the source line). The CLI now prints each library
+    warning as one line 'onnxprune: warning: ...' (another package's with its category); the
+    library still raises the warning."""
+    import os
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process that is no more: its copies are a killed run's
+    out = tmp_path / "p.onnx"
+    out.write_bytes(b"previous")
+    plant = tmp_path / "plant.py"  # called when the run loads its rules: after the early sweep
+    plant.write_text(
+        "import os\n"
+        "import warnings\n"
+        "def plant(registry):\n"
+        "    warnings.warn('another package\\'s warning,\\n on two lines', RuntimeWarning)\n"
+        f"    with open({str(tmp_path)!r} + '/.onnxprune-{gone.pid}-kept0-p.onnx', 'wb') as f:\n"
+        "        f.write(b'older')\n"
+    )
+    p = run_cli("prune", FIXTURES / "residual.onnx", "-o", out, "--rules", f"{plant}:plant", "--no-verify", "-q")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == (
+        "onnxprune: warning: RuntimeWarning: another package's warning, on two lines\n"
+        f"onnxprune: warning: {out}: removed .onnxprune-{gone.pid}-kept0-p.onnx, its previous version, left by "
+        f"process {gone.pid}, which was stopped after it had replaced all its files\n"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["p.onnx", "plant.py"]
