@@ -115,6 +115,10 @@ def test_heldout_table_says_a_tie_when_the_paired_difference_is_within_its_noise
     # at the edge: |9 - 1| = 8 > 2 sqrt(10) = 6.3 stands out, |8 - 2| = 6 < 2 sqrt(10) does not
     assert heldout_table([_row("b", 9, 1)])[-1].endswith("| yes |")
     assert heldout_table([_row("b", 8, 2)])[-1].endswith("| tie (within noise) |")
+    # a MACs plan further than the match from the latency plan's ratio: not a comparison at equal latency
+    assert heldout_table([{**_row("b", 9, 1), "macs_plan_gap": 0.02}])[-1].endswith("| yes (not at equal latency) |")
+    final = {"latency_plan_ratio": 0.69, "macs_plan_ratio": 0.695}  # apart +0.005: matched
+    assert heldout_table([{**_row("b", 9, 1), "final": final}])[-1].endswith("| 9 | 1 | yes |")
 
 
 def test_the_zoo_verdict_tells_no_plan_apart_when_both_kept_nothing_input_dependent() -> None:

@@ -155,6 +155,8 @@ def heldout_table(rows: list[dict]) -> list[str]:
         h = r["heldout"]
         a, b = h["only_latency"], h["only_macs"]
         verdict = _paired_verdict(a, b)
+        if ("final" in r or "macs_plan_gap" in r) and abs(_apart(r)) > 0.01:
+            verdict += " (not at equal latency)"
         lines.append(
             f"| {_label(r)} | {h['n']} ({h['seeds'][0]}–{h['seeds'][1]}) "
             f"| {h['latency']['top1']:.4f} ({h['latency']['cosine']:.4f}) "
