@@ -301,7 +301,7 @@ def prune(
     stages.check(pruned, loaded.source)
     with stages.staging(pruned, output, external_data, config) as staged:
         verified = stages.verify(loaded, analysis, planned.plan, comp, pruned, staged, data, run)
-        recovered = stages.recover(loaded, analysis, planned.plan, pruned, data, run)
+        recovered = stages.recover(loaded, analysis, planned.plan, pruned, data, run, planned.reconstruct_levels)
         measured = stages.measure(loaded, planned.plan, recovered.model, staged, verified, run, planned.cross_fitted)
         validation = stages.validated(planned, recovered)
         size_after = stages.write(recovered.model, staged, output, external_data, outputs)

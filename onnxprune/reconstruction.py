@@ -171,6 +171,7 @@ def reconstruct(
     progress: Callable[[int, int], None] | None = None,
     cache: ReconstructionCache | None = None,
     inputs: str = "original",
+    levels: int | None = None,
 ) -> tuple[onnx.ModelProto, tuple[ReconstructedLayer, ...]]:
     """A copy of ``pruned`` with the readers of removed channels refitted (see module doc);
     ``source``, the model file, names it in errors; ``progress(done, total)`` counts the
@@ -178,9 +179,14 @@ def reconstruct(
     with the same original and ``feeds`` (the result is the same with or without it).
     ``inputs``: what each reader is fitted on, "original" (the original's activations, every
     reader independently) or "pruned" (sequential: the pruned model's, with the readers
-    upstream already refitted; reconstruction_sequential)."""
+    upstream already refitted; reconstruction_sequential). ``levels`` (with "pruned"): only the
+    shallowest ``levels`` depth levels in sequence, the deeper readers on the original's
+    activations as the independent refit fits them (None: every level; 0 or 1: the independent
+    refit, level 0 reading what the original computed)."""
     if inputs not in INPUTS:
         raise ValueError(f"reconstruct: inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
+    if levels is not None and levels < 0:
+        raise ValueError(f"reconstruct: levels must be >= 0 or None, got {levels}")
     registry = registry or default_registry()
     cache = cache or ReconstructionCache()
     cache.bind(feeds, (positions, ridge, tuple(ridges), seed))
@@ -192,7 +198,7 @@ def reconstruct(
             plan,
             feeds,
             registry,
-            _Settings(positions, ridge, tuple(ridges), seed, source, inputs),
+            _Settings(positions, ridge, tuple(ridges), seed, source, inputs, levels),
             progress,
             cache,
         )
@@ -206,6 +212,7 @@ class _Settings:
     seed: int
     source: str
     inputs: str
+    levels: int | None = None  # sequential levels (inputs "pruned"); None: all
 
 
 @dataclass(frozen=True)
@@ -253,9 +260,27 @@ def _reconstruct(
     g_orig = {n.name: n for n in graph.nodes}
     halves = 2 if len(feeds) >= 2 and settings.ridges else 1
     steps = [todo] if settings.inputs == "original" else sequential.levels(original, analysis, removed_ids, todo)
-    # The first step's readers read what the original computed: the cached factors serve them.
+    cap = settings.levels
+    if cap is not None and len(steps) > max(cap, 1):
+        # Past the cap the deeper readers are one step fitted on the original's activations
+        # (the independent refit's): a bounded number of runs of the pruned model per refit.
+        steps = [*steps[: max(cap, 1)], [r for s in steps[max(cap, 1) :] for r in s]]
+        on_original = {0, len(steps) - 1}
+    else:
+        on_original = {0}
+    # Level 0 reads what the original computed, and the deeper step past a cap is fitted as
+    # if it did: the cached factors of the original's rows serve them.
     _cache_factors(
-        original, steps[0], g_orig, params, feeds, cache, settings.positions, halves, settings.seed, settings.source
+        original,
+        [r for i in sorted(on_original) for r in steps[i]],
+        g_orig,
+        params,
+        feeds,
+        cache,
+        settings.positions,
+        halves,
+        settings.seed,
+        settings.source,
     )
 
     pruned_graph = import_graph(out)  # the pruned model's weights, read through Constant nodes and chains
@@ -271,7 +296,7 @@ def _reconstruct(
         ]
         rows = (
             None
-            if depth == 0
+            if depth in on_original
             else sequential.sampled_rows(
                 original, out, [(r, s) for r, s in zip(step, starts) if s is not None], feeds, cache, settings, halves
             )

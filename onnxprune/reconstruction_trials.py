@@ -30,9 +30,14 @@ class ReconstructedTrials:
     same few samples, a fit looks better than it is). Re-calibration inside the search corrects
     the ``RECALIBRATION_PASSES`` shallowest depth levels exactly (a pass each) and leaves the
     deeper ones (recalibration's ``shallow_only``): a trial then judges a model no better
-    corrected than the delivered one, at a bounded cost."""
+    corrected than the delivered one, at a bounded cost. The sequential refit
+    (``reconstruct_from="pruned"``) likewise refits the ``sequential_levels`` shallowest depth
+    levels in sequence and the deeper readers independently (one run of the pruned model per
+    level: a detector's plan has dozens); ``final_judged`` judges the chosen plan with every
+    level in sequence, as the run delivers it."""
 
     RECALIBRATION_PASSES = 8
+    SEQUENTIAL_LEVELS = 8
 
     def __init__(
         self,
@@ -48,8 +53,11 @@ class ReconstructedTrials:
         reconstruct_from: str = "original",
         confidence: float = 0.95,
         batch: int | None = None,
+        sequential_levels: int | None = SEQUENTIAL_LEVELS,
     ) -> None:
         self.reconstruct, self.recalibrate, self.reconstruct_from = reconstruct, recalibrate, reconstruct_from
+        # the trials' cap on the sequential refit's levels (None: every level, or not sequential)
+        self.sequential_levels = sequential_levels if reconstruct and reconstruct_from == "pruned" else None
         self.confidence = confidence  # of the search's bound on discrete outputs (search_score)
         self.batch = batch  # --fidelity-batch: the batch the search's value predicts (search_score)
         if len(feeds) < 2:
@@ -95,15 +103,20 @@ class ReconstructedTrials:
         removed_groups: Sequence[int] | set[int],
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
+        *,
+        full: bool = False,
     ) -> SearchScore:
         """The search's judgement of the cross-fitted outputs (``fidelity.search_score``: its value,
         the pooled fidelity, the estimate on unseen inputs, the outputs' cosine), as
-        ``TrialRunner.judged``: the latency planner orders recovered plans by it."""
+        ``TrialRunner.judged``: the latency planner orders recovered plans by it. ``full``: with
+        every level of a sequential refit in sequence (the delivered refit), not the trials' cap."""
         from .fidelity import prepare_reference, search_score
 
-        key = (frozenset(int(g) for g in removed_groups), id(estimates), tuple(sorted((choices or {}).items())))
+        levels = None if full else self.sequential_levels
+        groups = frozenset(int(g) for g in removed_groups)
+        key = (groups, id(estimates), tuple(sorted((choices or {}).items())), levels)
         if key not in self._judged:
-            outs, parts = self._cross_fitted(removed_groups, estimates)
+            outs, parts = self._cross_fitted(removed_groups, estimates, levels)
             if self._prepared is None:
                 self._prepared = tuple(
                     prepare_reference(self.names, [[r] for r in ref], batch_axes=self.batch_axes)
@@ -123,11 +136,27 @@ class ReconstructedTrials:
             self._judged[key] = (judged, estimates)
         return self._judged[key][0]
 
+    def final_judged(
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        choices: Mapping[str, str] | None = None,
+    ) -> SearchScore | None:
+        """The chosen plan judged as the run delivers it, when the trials refit it otherwise (a
+        sequential refit capped at ``sequential_levels``): cross-fitted with every level in
+        sequence; None when the trials' refit is the delivered one."""
+        if self.sequential_levels is None:
+            return None
+        return self.judged(removed_groups, estimates, choices, full=True)
+
     def _cross_fitted(
-        self, removed_groups: Sequence[int] | set[int], estimates: Mapping[str, np.ndarray] | None
+        self,
+        removed_groups: Sequence[int] | set[int],
+        estimates: Mapping[str, np.ndarray] | None,
+        levels: int | None = None,
     ) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
         """The recovered outputs of every sample, each from the fold that did not fit on it:
-        joined, and per fold (its judged half)."""
+        joined, and per fold (its judged half); ``levels``: the sequential refit's (None: all)."""
         from .fidelity import join_outputs
         from .recovery import recover_model
         from .surgery import apply_pruning
@@ -145,6 +174,7 @@ class ReconstructedTrials:
                 reconstruct=self.reconstruct,
                 recalibrate=self.recalibrate,
                 reconstruct_from=self.reconstruct_from,
+                reconstruct_levels=levels,
                 registry=self.registry,
                 seed=self.seed,
                 recalibration_passes=self.RECALIBRATION_PASSES,

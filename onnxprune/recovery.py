@@ -59,6 +59,7 @@ def recover_model(
     reconstruct: bool,
     recalibrate: bool,
     reconstruct_from: str = "original",
+    reconstruct_levels: int | None = None,
     registry: RuleRegistry | None = None,
     seed: int = 0,
     recalibration_passes: int | None = None,
@@ -77,7 +78,7 @@ def recover_model(
     ``max_passes`` and ``shallow_only``; ``measure=False`` skips the re-calibration's measurements of the drift before and after (a
     search's trial does not report them: nan); ``carry_forward``: recalibration.recalibrate's;
     ``reconstruct_from``: reconstruction.reconstruct's ``inputs`` ("original", or "pruned":
-    sequential)."""
+    sequential); ``reconstruct_levels``: its ``levels`` (None: every level in sequence)."""
     model, layers, recalibrated = pruned, (), ()
     if cache is not None:
         cache.bind(feeds)
@@ -96,6 +97,7 @@ def recover_model(
             progress=progress,
             cache=None if cache is None else cache.reconstruction,
             inputs=reconstruct_from,
+            levels=reconstruct_levels,
         )
     if recalibrate:
         from .recalibration import recalibrate as correct

@@ -88,9 +88,9 @@ def test_the_delivered_plan_is_judged_once(tmp_path: Path) -> None:
     calls = []
     inner = trials._cross_fitted
 
-    def counted(groups, estimates):  # type: ignore[no-untyped-def]
+    def counted(groups, estimates, levels):  # type: ignore[no-untyped-def]
         calls.append(frozenset(groups))
-        return inner(groups, estimates)
+        return inner(groups, estimates, levels)
 
     trials._cross_fitted = counted  # type: ignore[method-assign]
     first = trials.judged([0, 1], None, COSINE)

@@ -29,3 +29,30 @@ def test_no_cross_fitted_value_without_recovery(tmp_path: Path) -> None:
     calib = _calib(tmp_path, (3, 6, 6), n=32)
     plain = _prune(calib).to_dict()
     assert "cross_fitted" not in (plain.get("generalisation") or {})
+
+
+def test_a_sequential_refit_judged_below_the_latency_floor_is_not_delivered(tmp_path: Path, monkeypatch) -> None:
+    """--reconstruct-from pruned: the floor's trials cap the sequential levels; the chosen plan is
+    judged again with every level (decide.final_refit). Made to judge below the floor here, the
+    result gets the trials' refit, the plan says so and the report shows the trials' judgement."""
+    from dataclasses import replace
+
+    from onnxprune.reconstruction_trials import ReconstructedTrials
+
+    calib = _calib(tmp_path, (3, 6, 6), n=32)
+    want = _prune(calib, reconstruct=True, reconstruct_from="pruned").to_dict()
+    real = ReconstructedTrials.final_judged
+    asked: list[frozenset[int]] = []
+
+    def below(self, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
+        asked.append(frozenset(groups))
+        judged = real(self, groups, *args, **kwargs)
+        return None if judged is None else replace(judged, value=0.5)
+
+    monkeypatch.setattr(ReconstructedTrials, "final_judged", below)
+    rec = _prune(calib, reconstruct=True, reconstruct_from="pruned").to_dict()
+    assert len(asked) == 1 and rec["channels_removed"] == want["channels_removed"] == 1
+    (note,) = [n for n in rec["notes"] if "sequential refit of every level judged 0.5 (cross-fitted)" in n]
+    assert "below the fidelity floor 0.9999" in note and "the shallowest 8 levels" in note
+    assert rec["generalisation"]["cross_fitted"]["fidelity"] == rec["latency"]["constraint_value"]
+    assert "sequential refit of every level" not in " ".join(want["notes"])

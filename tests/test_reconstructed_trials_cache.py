@@ -27,9 +27,9 @@ def _counted(trials: ReconstructedTrials) -> list[frozenset[int]]:
     calls: list[frozenset[int]] = []
     inner = trials._cross_fitted
 
-    def counted(groups, estimates):  # type: ignore[no-untyped-def]
+    def counted(groups, estimates, levels):  # type: ignore[no-untyped-def]
         calls.append(frozenset(groups))
-        return inner(groups, estimates)
+        return inner(groups, estimates, levels)
 
     trials._cross_fitted = counted  # type: ignore[method-assign]
     return calls
@@ -76,3 +76,31 @@ def test_recovery_kept_across_trials_judges_every_plan_as_a_fresh_runner() -> No
         want, got = fresh.judged(plan, None, COSINE), shared.judged(plan, None, COSINE)
         assert (got.value, got.pooled, got.worst_half) == (want.value, want.pooled, want.worst_half), plan
     assert all(len(c.measured) > 0 for c in shared.caches)  # the statistics were kept and reused
+
+
+def test_sequential_trials_refit_the_capped_levels_and_the_final_judgement_every_level() -> None:
+    """With --reconstruct-from pruned the trials refit the ``sequential_levels`` shallowest levels
+    in sequence: capped at 1 a trial is judged exactly as the independent refit's trial; the
+    chosen plan's ``final_judged`` is exactly an uncapped runner's judgement (every level in
+    sequence, the refit the run delivers), and differs from the capped one on a 3-level plan.
+    Without a cap (or with the independent refit) there is no second judgement."""
+    from test_reconstruction_sequential import _deep_chain
+
+    model, plan, feeds, _ = _deep_chain()
+    analysis = onnxprune.analyze(model)
+    groups = plan.removed_groups
+
+    def trials(**kw):  # type: ignore[no-untyped-def]
+        return ReconstructedTrials(model, analysis, feeds, **kw)
+
+    capped = trials(reconstruct_from="pruned", sequential_levels=1)
+    independent = trials(reconstruct_from="original")
+    full = trials(reconstruct_from="pruned", sequential_levels=None)
+    got, want = capped.judged(groups, None, COSINE), independent.judged(groups, None, COSINE)
+    assert (got.value, got.pooled, got.worst_half) == (want.value, want.pooled, want.worst_half)
+    final, whole = capped.final_judged(groups, None, COSINE), full.judged(groups, None, COSINE)
+    assert final is not None and (final.value, final.pooled) == (whole.value, whole.pooled)
+    assert abs(final.pooled - got.pooled) > 1e-4  # the sequential refit is another model here
+    assert capped.judged(groups, None, COSINE) is got  # the trial's judgement is kept beside the final one
+    assert full.final_judged(groups, None, COSINE) is None and independent.final_judged(groups, None, COSINE) is None
+    assert ReconstructedTrials.SEQUENTIAL_LEVELS == trials(reconstruct_from="pruned").sequential_levels == 8

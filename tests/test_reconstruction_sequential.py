@@ -173,3 +173,138 @@ def test_prune_with_reconstruct_from_pruned_refits_the_deeper_reader_on_the_prun
     wb_o, wb_p = _conv_weight(runs["original"], convs[2])[0], _conv_weight(runs["pruned"], convs[2])[0]
     assert np.abs(wb_o - wb_p).max() > 1e-3 * np.abs(wb_o).max()
     assert _output_error(runs["pruned"], model, feeds) < _output_error(runs["original"], model, feeds)
+
+
+def _deep_chain() -> tuple[onnx.ModelProto, PruningPlan, list[dict[str, np.ndarray]], list[str]]:
+    """x(4) -> conv0 -> Relu -> convA -> Relu -> convB -> Relu -> convC (3), every conv 1x1 with
+    4 outputs but the last; one channel removed from each of conv0, convA and convB: the readers
+    convA, convB, convC are at depth levels 0, 1, 2."""
+    b = GraphBuilder(opset=17, seed=7)
+    h = b.input("x", [None, 4, 3, 3])
+    for i, out in enumerate((4, 4, 4, 3)):
+        bias = np.random.default_rng(40 + i).standard_normal(out).astype(np.float32) * 0.1
+        h = b.conv(h, out, k=1, pads=0, weight=b.const(b.weights([out, 4, 1, 1]), f"W{i}"), bias=bias)
+        if i < 3:
+            h = b.op("Relu", h)
+    b.output(h)
+    model = b.build()
+    analysis = onnxprune.analyze(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    wanted = {((convs[0], 1),), ((convs[1], 2),), ((convs[2], 0),)}
+    groups = tuple(g.id for g in analysis.groups if g.members in wanted)
+    assert len(groups) == 3
+    feeds = [{"x": np.random.default_rng(30 + i).standard_normal((1, 4, 3, 3)).astype(np.float32)} for i in range(16)]
+    return model, PruningPlan("p", groups), feeds, convs
+
+
+def _weights(model: onnx.ModelProto, name: str) -> np.ndarray:
+    from onnxprune.analysis import import_graph
+    from onnxprune.params import ParamResolver
+
+    node = next(n for n in import_graph(model).nodes if n.name == name)
+    return np.asarray(ParamResolver()(node.inputs[1]).values)
+
+
+@pytest.mark.parametrize("cap", [0, 1, 2, 3, None])
+def test_a_cap_on_the_levels_refits_exactly_the_shallowest_levels_in_sequence(cap: int | None) -> None:
+    """``levels=K``: the readers of the K shallowest levels get the very weights of the full
+    sequential refit, the deeper ones the very weights of the independent refit (fitted on the
+    original's activations); 0 and 1 are the independent refit, 3 (every level) and None the
+    sequential one. Bit for bit."""
+    model, plan, feeds, convs = _deep_chain()
+    analysis = onnxprune.analyze(model)
+    pruned = apply_pruning(model, analysis, plan)
+    indep, _ = reconstruct(model, pruned, analysis, plan, feeds, inputs="original")
+    seq, _ = reconstruct(model, pruned, analysis, plan, feeds, inputs="pruned")
+    capped, done = reconstruct(model, pruned, analysis, plan, feeds, inputs="pruned", levels=cap)
+    assert [d.node for d in done] == convs[1:]
+    sequential_upto = 3 if cap is None else max(cap, 1)
+    for level, name in enumerate(convs[1:]):
+        expected = seq if level < sequential_upto else indep
+        assert np.array_equal(_weights(capped, name), _weights(expected, name)), (cap, name)
+    # the two refits do differ at levels 1 and 2 (so the comparison above tells them apart)
+    for name in convs[2:]:
+        assert np.abs(_weights(seq, name) - _weights(indep, name)).max() > 1e-4
+
+
+def test_levels_must_not_be_negative() -> None:
+    model, plan, feeds, _ = _deep_chain()
+    analysis = onnxprune.analyze(model)
+    with pytest.raises(ValueError, match="levels must be >= 0"):
+        reconstruct(model, apply_pruning(model, analysis, plan), analysis, plan, feeds, inputs="pruned", levels=-1)
+
+
+def _prune_deep(tmp_path, monkeypatch, cap: int):  # type: ignore[no-untyped-def]
+    """prune with --min-fidelity and --reconstruct-from pruned on the deep chain, the search's
+    trials capped at ``cap`` sequential levels; the result and the calibration samples it
+    refits on (calibration.split_calibration: every 4th sample is held out for evaluation)."""
+    from onnxprune.reconstruction_trials import ReconstructedTrials
+
+    monkeypatch.setattr(ReconstructedTrials, "SEQUENTIAL_LEVELS", cap)
+    model, _, feeds, _ = _deep_chain()
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.concatenate([f["x"] for f in feeds]))
+    r = onnxprune.prune(
+        model,
+        min_fidelity=0.3,
+        fidelity_metrics={"*": "cosine"},
+        calibration=str(calib),
+        compensation="none",
+        reconstruct=True,
+        reconstruct_from="pruned",
+    )
+    return model, r, [f for i, f in enumerate(feeds) if i % 4 != 3]
+
+
+def _same_weights(a: onnx.ModelProto, b: onnx.ModelProto, convs: list[str]) -> bool:
+    return all(np.array_equal(_weights(a, n), _weights(b, n)) for n in convs)
+
+
+def test_the_chosen_plan_gets_the_sequential_refit_of_every_level(tmp_path, monkeypatch) -> None:
+    """The trials refit 1 level in sequence (the independent refit); the delivered model is the
+    sequential refit of every level of the chosen plan, and the report's cross-fitted judgement
+    is that refit's (an uncapped runner's), not the trials'."""
+    from onnxprune.reconstruction_trials import ReconstructedTrials
+
+    model, r, feeds = _prune_deep(tmp_path, monkeypatch, 1)
+    analysis = onnxprune.analyze(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    plan = r.plan
+    pruned = apply_pruning(model, analysis, plan)
+    full, _ = reconstruct(model, pruned, analysis, plan, feeds, inputs="pruned")
+    capped, _ = reconstruct(model, pruned, analysis, plan, feeds, inputs="pruned", levels=1)
+    assert _same_weights(r.model, full, convs) and not _same_weights(r.model, capped, convs)
+    cross = r.report.to_dict()["generalisation"]["cross_fitted"]
+    want = ReconstructedTrials(model, analysis, feeds, reconstruct_from="pruned", sequential_levels=None)
+    judged = want.judged(plan.removed_groups, None, {"*": "cosine"})
+    assert (cross["judged"], cross["fidelity"]) == (judged.value, judged.pooled)
+    assert cross["judged"] >= 0.3 and not any("sequential refit of every level" in n for n in plan.notes)
+
+
+def test_a_final_refit_judged_below_the_floor_is_not_delivered(tmp_path, monkeypatch) -> None:
+    """When the full sequential refit of the chosen plan judges below the floor the trials' refit
+    met, the result gets the trials' refit (the capped one the search judged) and the plan says
+    why: the search never silently delivers a plan judged below its target."""
+    from dataclasses import replace
+
+    from onnxprune.reconstruction_trials import ReconstructedTrials
+
+    real = ReconstructedTrials.final_judged
+
+    def below(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        judged = real(self, *args, **kwargs)
+        return None if judged is None else replace(judged, value=0.25)
+
+    monkeypatch.setattr(ReconstructedTrials, "final_judged", below)
+    model, r, feeds = _prune_deep(tmp_path, monkeypatch, 1)
+    analysis = onnxprune.analyze(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    pruned = apply_pruning(model, analysis, r.plan)
+    capped, _ = reconstruct(model, pruned, analysis, r.plan, feeds, inputs="pruned", levels=1)
+    full, _ = reconstruct(model, pruned, analysis, r.plan, feeds, inputs="pruned")
+    assert _same_weights(r.model, capped, convs) and not _same_weights(r.model, full, convs)
+    (note,) = [n for n in r.plan.notes if "sequential refit of every level" in n]
+    assert "judged 0.25 (cross-fitted), below the fidelity floor 0.3" in note and "the shallowest 1 levels" in note
+    trial = ReconstructedTrials(model, analysis, feeds, reconstruct_from="pruned", sequential_levels=1)
+    judged = trial.judged(r.plan.removed_groups, None, {"*": "cosine"})
+    assert r.report.to_dict()["generalisation"]["cross_fitted"]["judged"] == judged.value >= 0.3

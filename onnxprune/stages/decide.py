@@ -36,7 +36,8 @@ from .trials import (
 )
 
 if TYPE_CHECKING:
-    from ..fidelity import CrossFitted
+    from ..fidelity import CrossFitted, SearchScore
+    from ..reconstruction_trials import ReconstructedTrials
     from ..sensitivity_analysis import SensitivityResult
     from ..trial_runner import TrialRunner
     from ..user_validation import Validator
@@ -51,6 +52,7 @@ __all__ = [
     "compensate",
     "compensation_mode",
     "estimates",
+    "final_refit",
     "known_macs",
     "layer_scores",
     "plan",
@@ -68,13 +70,16 @@ class Planned:
     a validation function the judge (its cache holds every plan it scored), and with a latency
     budget what was predicted and measured (``latency.LatencyOutcome``). With ``--reconstruct``
     / ``--recalibrate`` and a fidelity floor, ``cross_fitted``: the search's judgement of the
-    plan (the report shows it beside the final refit's in-sample fidelity)."""
+    plan (the report shows it beside the final refit's in-sample fidelity). ``reconstruct_levels``:
+    the sequential refit's levels the result gets (None: every level; the trials' cap when the
+    full refit of the chosen plan judged below the floor the trials' refit met)."""
 
     plan: PruningPlan
     sensitivity: SensitivityResult | None = None
     validator: Validator | None = field(default=None, repr=False, compare=False)
     latency: LatencyOutcome | None = None
     cross_fitted: CrossFitted | None = None
+    reconstruct_levels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -400,10 +405,41 @@ def _allocated_plan(
                     f"MACs target {config.macs_target:g} not reached: {reached:.3f}x, because {why}",
                 ),
             )
-    cross_fitted = None
+    cross_fitted, levels = None, None
     if runner is not trials.runner:  # judged recovered (ReconstructedTrials): what the search saw
         from ..fidelity import CrossFitted
 
         judged = runner.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)
+        the_plan, judged, levels = final_refit(runner, the_plan, judged, trials.estimates, config)
         cross_fitted = CrossFitted(judged, len(feeds))
-    return Planned(the_plan, trials.result, judge, cross_fitted=cross_fitted)
+    return Planned(the_plan, trials.result, judge, cross_fitted=cross_fitted, reconstruct_levels=levels)
+
+
+def final_refit(
+    runner: ReconstructedTrials,
+    the_plan: PruningPlan,
+    judged: SearchScore,
+    values: Mapping[str, np.ndarray] | None,
+    config: PruneConfig,
+) -> tuple[PruningPlan, SearchScore, int | None]:
+    """The refit the result gets and its judgement: the trials capped the sequential refit's
+    levels (ReconstructedTrials.SEQUENTIAL_LEVELS), so the chosen plan is judged again with every
+    level in sequence, the refit delivered; when that misses the floor the trials' refit met (or
+    judges below it when neither meets it), the result gets the trials' refit, which the search
+    judged, and the plan says so. Otherwise (no cap) the trials' judgement and refit stand."""
+    full = runner.final_judged(the_plan.removed_groups, values, config.fidelity_metrics)
+    if full is None:
+        return the_plan, judged, None
+    floor = config.fidelity_floor
+    if (floor is None or full.value >= floor) or full.value >= judged.value:
+        return the_plan, full, None
+    cap = runner.sequential_levels
+    note = (
+        f"the sequential refit of every level judged {full.value:.4g} (cross-fitted), below the fidelity floor "
+        f"{floor:g} that the search's refit (the shallowest {cap} levels in sequence, the deeper ones independently) "
+        f"met at {judged.value:.4g}: the result gets the search's refit"
+        if judged.value >= floor
+        else f"the sequential refit of every level judged {full.value:.4g} (cross-fitted), below the search's refit "
+        f"(the shallowest {cap} levels in sequence) at {judged.value:.4g}: the result gets the search's refit"
+    )
+    return replace(the_plan, notes=(*the_plan.notes, note)), judged, cap

@@ -231,11 +231,13 @@ def recover(
     pruned: DeferredModel,
     data: CalibrationData,
     run: Run,
+    levels: int | None = None,
 ) -> Recovered:
     """With ``config.reconstruct``: the readers of removed channels refitted by least squares on
     the calibration samples; with ``config.recalibrate``: then the kept channels' statistics
     corrected to the original's. The surgery is proven by then; this only changes kept weights'
-    values (and biases)."""
+    values (and biases). ``levels``: a sequential refit's levels in sequence (decide.Planned's
+    ``reconstruct_levels``; None: all)."""
     config = run.config
     if not ((config.reconstruct or config.recalibrate) and not pruning_plan.exact and data.calibration):
         return Recovered(pruned)
@@ -250,6 +252,7 @@ def recover(
         reconstruct=config.reconstruct,
         recalibrate=config.recalibrate,
         reconstruct_from=config.reconstruct_from,
+        reconstruct_levels=levels,
         registry=run.registry,
         seed=config.seed,
         source=loaded.source,

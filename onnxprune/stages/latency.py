@@ -20,7 +20,7 @@ from ..latency.evaluations import EvaluationBudget, Spender
 from ..latency.interactions import RECOVERED_SECONDS, MeasuredOrder, default_budget
 from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
-from .decide import Planned, SensitivityTrials, recovered_trials, sensitivity_trials
+from .decide import Planned, SensitivityTrials, final_refit, recovered_trials, sensitivity_trials
 from .prepare import CalibrationData, LoadedModel, Run
 
 if TYPE_CHECKING:
@@ -273,14 +273,19 @@ def latency_plan(
         limit_past_budget=limit.past if limit is not None else 0,
         limit_bound=limit.bound if limit is not None else None,
     )
-    cross_fitted = None
+    cross_fitted, levels = None, None
     if limit is not None:  # the fidelity floor judged the recovered model (see _constraint)
         # The floor judged the recovered model cross-fitted; the delivered one is refitted on all
         # the calibration samples (in-sample there): the report shows both, as decide's search does.
+        # A sequential refit capped in the trials is judged again uncapped (decide.final_refit).
         from ..fidelity import CrossFitted
 
-        cross_fitted = CrossFitted(judged(set(the_plan.removed_groups)), len(data.calibration or []))
-    return Planned(the_plan, sensitivity, validator=judge, latency=outcome, cross_fitted=cross_fitted)  # type: ignore[arg-type]
+        score = judged(set(the_plan.removed_groups))
+        the_plan, score, levels = final_refit(judging, the_plan, score, trials.estimates, config)  # type: ignore[union-attr]
+        cross_fitted = CrossFitted(score, len(data.calibration or []))
+    return Planned(
+        the_plan, sensitivity, validator=judge, latency=outcome, cross_fitted=cross_fitted, reconstruct_levels=levels
+    )  # type: ignore[arg-type]
 
 
 def _judging_runner(

@@ -170,4 +170,5 @@ def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feed
         reconstruct_from=config.reconstruct_from,
         confidence=config.fidelity_confidence,
         batch=config.fidelity_batch,
+        sequential_levels=ReconstructedTrials.SEQUENTIAL_LEVELS,  # read here: a test may change it
     )
