@@ -83,6 +83,9 @@ class QuantizeReport:
     size_after: int | None
     accuracy_control: AccuracyControl | None = None
     notes: tuple[str, ...] = field(default=())
+    # the weighted nodes whose weights were stored as int8 x scale (Cast -> Mul) and were
+    # folded to float32 for NNCF (quantization.fold_cast_weights), which quantized them again
+    folded_weights: tuple[str, ...] = field(default=())
 
     def to_json(self, **options: Any) -> str:
         """``to_dict()`` as strict JSON text, as the CLI writes it: a NaN or infinite number
@@ -114,6 +117,7 @@ class QuantizeReport:
             "size_after": self.size_after,
             "accuracy_control": None if self.accuracy_control is None else self.accuracy_control.to_dict(),
             "notes": list(self.notes),
+            "folded_weights": list(self.folded_weights),
         }
 
 

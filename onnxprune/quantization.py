@@ -192,9 +192,27 @@ def quantize(
         "validation": validation,
         "source": source,
     }
+    folded: tuple[str, ...] = ()
     if fmt == "onnx":
-        _constants_as_initializers(proto)  # onnxprune's own copy (load_model copies)
-        target, nncf_scope, backend = proto, list(ignored), "ONNX"
+        # NNCF's ONNX backend quantizes only weights stored as float initializers and fails on a
+        # Cast of an initializer: weights stored as int8 x scale (Cast -> Mul) are folded to
+        # float32 in the copy it is handed, and it quantizes them to int8 again. (The OpenVINO
+        # backend needs no fold: convert_model keeps them as int8 weights with their scales,
+        # which OpenVINO's CPU plugin runs in int8 kernels as they are.)
+        from .nncf_backend import fold_cast_weights, per_channel_opset
+
+        handed, folded = fold_cast_weights(proto)
+        if folded:
+            notes.append(
+                f"{len(folded)} weights stored as int8 x scale (Cast -> Mul) were folded to float32 in the copy handed "
+                "to NNCF's ONNX backend, which quantized them to int8 again (it quantizes only weights stored as float "
+                "initializers); -o OUT.xml keeps the stored int8 weights as they are"
+            )
+        handed, opset_note = per_channel_opset(handed)
+        notes += [opset_note] if opset_note else []
+        _constants_as_initializers(handed)  # onnxprune's own copy (load_model copies)
+        present = {n.name for n in handed.graph.node}
+        target, nncf_scope, backend = handed, [n for n in ignored if n in present], "ONNX"
     else:
         from .openvino_ir import convert_for_openvino
 
@@ -287,6 +305,7 @@ def quantize(
         size_after=size_after,
         accuracy_control=control,
         notes=tuple(notes),
+        folded_weights=folded,
     )
     return QuantizeResult(report=report, format=fmt, model=q, path=written)
 
