@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed, openvino_message
-from .file_writes import replace_together
+from .file_writes import output_target, replace_together
 from .saving import Outputs, check_output_folder, removing_leftovers
 
 __all__ = [
@@ -187,14 +187,22 @@ def convert_to_ir(
         outputs.add(tmp_xml, xml_path)
         _save(ov, ov_model, tmp_xml, fp16, xml_path)
         return check
-    tmp_xml = xml_path[: -len(".xml")] + f".tmp{os.getpid()}.xml"
-    tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
+    tmp_xml, tmp_bin = _staging(xml_path)
     with removing_leftovers(tmp_xml, tmp_bin):
         _save(ov, ov_model, tmp_xml, fp16, xml_path)
         # The .bin first, then the .xml: a reader never finds an .xml without its .bin, and a
         # failed .xml move puts the previous .bin back.
         replace_together([(tmp_bin, bin_path), (tmp_xml, xml_path)])
     return check
+
+
+def _staging(xml_path: str) -> tuple[str, str]:
+    """The temporary .xml and .bin an IR for ``xml_path`` is saved to: beside the file it
+    replaces (the link's target when it is a symbolic link: one rename on that file system),
+    under the hidden name the next run removes if this one is killed (recover_leftovers)."""
+    folder = os.path.dirname(os.path.abspath(output_target(xml_path)))
+    tmp_xml = os.path.join(folder, f".onnxprune-{os.getpid()}-0-{os.path.basename(xml_path)}")
+    return tmp_xml, tmp_xml[: -len(".xml")] + ".bin"
 
 
 def _save(ov: Any, ov_model: Any, tmp_xml: str, fp16: bool, xml_path: str) -> None:
@@ -383,13 +391,12 @@ def convert_for_openvino(model: onnx.ModelProto, input_shapes: Mapping[str, Sequ
 
 
 def write_ir(ov_model: Any, xml_path: str, *, fp16: bool = False) -> int:
-    """``save_model`` into temporary files beside ``xml_path``, then renamed: never a
+    """``save_model`` into temporary files beside ``xml_path`` (its target), then renamed: never a
     half-written IR. Returns the bytes written (.xml and .bin)."""
     ov = require_openvino()
     check_output_folder(xml_path, "IR")
     bin_path = xml_path[: -len(".xml")] + ".bin"
-    tmp_xml = xml_path[: -len(".xml")] + f".tmp{os.getpid()}.xml"
-    tmp_bin = tmp_xml[: -len(".xml")] + ".bin"
+    tmp_xml, tmp_bin = _staging(xml_path)
     with removing_leftovers(tmp_xml, tmp_bin):
         _save(ov, ov_model, tmp_xml, fp16, xml_path)
         # The .bin first, then the .xml: a reader never finds an .xml without its .bin, and a

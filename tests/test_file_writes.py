@@ -110,7 +110,7 @@ def test_a_failed_overwrite_of_an_ir_keeps_the_previous_xml_and_bin(
     before = _files(tmp_path)
     assert sorted(before) == ["m.bin", "m.xml"]
     with monkeypatch.context() as m:
-        _refuse_move_of(m, saving, f"m.tmp{__import__('os').getpid()}.xml")
+        _refuse_move_of(m, saving, "m.xml")
         with pytest.raises(WriteError, match=rf"^{xml}: Permission denied; nothing written$"):
             openvino_ir.convert_to_ir(wide_model(), xml)
     assert _files(tmp_path) == before
@@ -454,3 +454,43 @@ def test_the_cli_reports_what_it_did_with_a_killed_runs_copies(
     assert any("put back its previous version" in line for line in err)
     assert json.loads(report.read_text())["leftovers"] == [line.removeprefix("onnxprune: warning: ") for line in err]
     assert _kept(tmp_path) == []
+
+
+def test_the_ir_writer_stages_beside_the_links_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """openvino_ir's own writer (convert_to_ir without outputs=, and write_ir) staged
+    m.tmpPID.xml beside a symbolic link (work/m.xml -> ../data/real.xml), not beside its target:
+    with the target on another file system the final rename could not be atomic (a copy first).
+    It now stages beside the target, under the hidden name a killed run's next run removes."""
+    import os
+
+    pytest.importorskip("openvino")
+    from onnxprune import file_writes, openvino_ir
+
+    work, data = tmp_path / "work", tmp_path / "data"
+    work.mkdir()
+    data.mkdir()
+    real_replace = os.replace
+    moves: list[tuple[str, str]] = []
+
+    def spy(src, dst):
+        moves.append((str(src), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(file_writes.os, "replace", spy)
+    model = onnx.load(FIXTURES / "digits_cnn.onnx")
+    for name, write in (
+        ("m", lambda xml: openvino_ir.convert_to_ir(model, xml)),
+        ("w", lambda xml: openvino_ir.write_ir(openvino_ir.convert_for_openvino(model, {}, "digits"), xml)),
+    ):
+        (data / f"{name}-real.xml").write_bytes(b"stale")
+        os.symlink(f"../data/{name}-real.xml", work / f"{name}.xml")
+        moves.clear()
+        write(str(work / f"{name}.xml"))
+        staged = {dst: src for src, dst in moves}
+        assert os.path.dirname(staged[str(data / f"{name}-real.xml")]) == str(data)  # one rename on its file system
+        assert os.path.islink(work / f"{name}.xml") and (data / f"{name}-real.xml").read_bytes() != b"stale"
+    assert sorted(os.listdir(work)) == ["m.bin", "m.xml", "w.bin", "w.xml"]  # the .bin named after the given path
+    assert sorted(os.listdir(data)) == ["m-real.xml", "w-real.xml"]  # nothing staged left
+    import openvino as ov
+
+    assert ov.Core().read_model(str(work / "w.xml")).inputs[0].get_any_name() == "input"
