@@ -447,14 +447,13 @@ def _progress(quiet: bool):
 def _config_file(args: argparse.Namespace) -> tuple[tuple, str | None]:
     """``--config``'s layer rules, and the rules for custom ops: ``--rules`` or the config
     mapping's ``rules`` (both: refused)."""
-    from .errors import UsageError
-    from .layer_rules import load_config_file
+    from .layer_rules import config_file_options
 
     config = getattr(args, "config", None)
-    layer_rules, rules = load_config_file(config) if config else ((), None)
-    if rules is not None and args.rules:
-        raise UsageError(f"--rules {args.rules} and {config}'s rules {rules}: give one")
-    return layer_rules, args.rules or rules
+    if not config:
+        return (), args.rules
+    given = config_file_options(config, args.rules, "--rules")  # PruneConfig.from_file's reading
+    return given["layer_rules"], given["rules"]
 
 
 def _registry(args: argparse.Namespace):

@@ -4,10 +4,11 @@ option_checks, the config file's per-layer rules in layer_rules; both re-exporte
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .latency.table import LatencySettings
@@ -366,6 +367,20 @@ class PruneConfig:
             )
         if self.global_ranking:
             raise UsageError("--latency-target ranks all units together already: drop --global")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **options: Any) -> PruneConfig:
+        """A config with a config file's options (read as ``--config`` reads it: its entries as
+        ``layer_rules``, a mapping's ``rules``, a relative FILE.py beside the file; an unknown key
+        refused) and ``options``. ``rules`` given here and in the file, or ``layer_rules`` here and
+        entries in the file, is refused: give one."""
+        from .layer_rules import config_file_options
+
+        check_option_names(cls, options)
+        given = config_file_options(path, options.pop("rules", None))
+        if given["layer_rules"] and options.get("layer_rules"):
+            raise UsageError(f"layer_rules and {os.fspath(path)}'s entries: give one")
+        return cls(**{**given, **{k: v for k, v in options.items() if k != "layer_rules" or v}})
 
     def with_options(self, criterion: str | None = None, **options: object) -> PruneConfig:
         """This config with ``options`` replaced; a ``criterion`` of None keeps a criterion that

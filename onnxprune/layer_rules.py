@@ -13,7 +13,7 @@ from typing import Any
 from .errors import UsageError
 from .option_checks import check_regex, patterns
 
-__all__ = ["LayerRule", "load_config_file", "load_layer_rules"]
+__all__ = ["LayerRule", "config_file_options", "load_config_file", "load_layer_rules"]
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,27 @@ class LayerRule:
 
 
 def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:
-    """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]})."""
-    return load_config_file(path)[0]
+    """Read a JSON or YAML config file: a list of entries (or {"config_list": [...]}). A file
+    that also names ``rules`` (for custom ops) is refused rather than read without them: read
+    it with ``PruneConfig.from_file``, which takes both, as ``--config`` does."""
+    layer_rules, rules = load_config_file(path)
+    if rules is not None:
+        raise UsageError(
+            f"{os.fspath(path)}: its rules {rules} are not layer rules and load_layer_rules would drop them: "
+            "read the file with PruneConfig.from_file(path)"
+        )
+    return layer_rules
+
+
+def config_file_options(path: str | os.PathLike[str], rules: object = None, option: str = "rules") -> dict[str, Any]:
+    """The options a config file gives (``--config``, ``PruneConfig.from_file``):
+    ``layer_rules``, and ``rules`` (the file's, else ``rules``, the ones given beside it; both
+    given: refused, naming ``option``, the file and both)."""
+    layer_rules, found = load_config_file(path)
+    if found is not None and rules is not None:
+        shown = rules if isinstance(rules, str) else f"{rules!r:.60}"
+        raise UsageError(f"{option} {shown} and {os.fspath(path)}'s rules {found}: give one")
+    return {"layer_rules": layer_rules, "rules": rules if found is None else found}
 
 
 _CONFIG_KEYS = frozenset({"config_list", "layers", "rules"})

@@ -473,6 +473,56 @@ def test_config_file_may_name_the_rules(tmp_path: Path) -> None:
     assert "give one" in one_line_error(p)
 
 
+def test_python_reads_a_config_file_as_the_cli_does(tmp_path: Path) -> None:
+    """load_layer_rules (the Python way to a config file) dropped a mapping's ``rules`` without a
+    word: the run pruned without the user's rules for custom ops. PruneConfig.from_file reads the
+    file as --config does (layer rules and rules, a relative FILE.py beside the file, the same
+    refusals); load_layer_rules refuses a file whose rules it would drop."""
+    from cli_helpers import one_line_error, run_cli
+
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "my_rules.py").write_text(RULES_TEXT)
+    config = sub / "prune.yaml"
+    config.write_text("rules: my_rules.py:registry\nconfig_list:\n  - op_names: conv2\n    exclude: true\n")
+    loaded = onnxprune.PruneConfig.from_file(config, criterion="zero", verify=False)
+    assert loaded.rules == f"{sub}/my_rules.py:registry" and loaded.layer_rules[0].op_names == ("conv2",)
+    assert loaded.criterion == "zero" and loaded.verify is False
+    result = onnxprune.prune(onnx.load(CUSTOM_MODEL), config=loaded)
+    cli = run_cli(
+        "prune", CUSTOM_MODEL, "-o", tmp_path / "out.onnx", "--config", config, "--report", tmp_path / "r.json"
+    )
+    assert cli.returncode == 0, cli.stderr
+    removed = json.loads((tmp_path / "r.json").read_text())["channels_removed"]
+    assert result.report.channels_removed == removed == 2
+    with pytest.raises(onnxprune.UsageError) as caught:
+        onnxprune.config.load_layer_rules(config)
+    assert str(caught.value) == (
+        f"{config}: its rules {sub}/my_rules.py:registry are not layer rules and load_layer_rules would drop them: "
+        "read the file with PruneConfig.from_file(path)"
+    )
+    # rules given twice, and an unknown key: the same one line from Python and the CLI
+    with pytest.raises(onnxprune.UsageError) as twice:
+        onnxprune.PruneConfig.from_file(config, rules=f"{CUSTOM_RULES}:rule")
+    cli = run_cli(
+        "prune", CUSTOM_MODEL, "-o", tmp_path / "o2.onnx", "--config", config, "--rules", f"{CUSTOM_RULES}:rule"
+    )
+    assert str(twice.value) == f"rules {CUSTOM_RULES}:rule and {config}'s rules {sub}/my_rules.py:registry: give one"
+    assert one_line_error(cli) == f"onnxprune: error: --{twice.value}"
+    config.write_text("rule: my_rules.py:registry\nconfig_list: []\n")
+    with pytest.raises(onnxprune.UsageError) as unknown:
+        onnxprune.PruneConfig.from_file(config)
+    assert str(unknown.value).startswith(f"{config}: unknown key 'rule' in the config mapping")
+    cli = run_cli("prune", CUSTOM_MODEL, "-o", tmp_path / "o3.onnx", "--config", config)
+    assert one_line_error(cli) == f"onnxprune: error: {unknown.value}"
+    entries = sub / "l.json"
+    entries.write_text(json.dumps([{"op_names": "x", "exclude": True}]))
+    assert onnxprune.PruneConfig.from_file(entries).layer_rules == onnxprune.config.load_layer_rules(entries)
+    with pytest.raises(onnxprune.UsageError) as both:
+        onnxprune.PruneConfig.from_file(entries, layer_rules=[{"op_names": "y", "exclude": True}])
+    assert str(both.value) == f"layer_rules and {entries}'s entries: give one"
+
+
 def test_an_output_naming_the_rules_script_is_refused_and_the_script_kept(tmp_path: Path) -> None:
     """--rules runs a script, as --validate does: an output naming it would overwrite the user's code."""
     from cli_helpers import run_cli
