@@ -1,5 +1,6 @@
 """int8 quantization with NNCF (issue 16): QDQ ONNX and OpenVINO IR output, calibration checks,
-ignored scope, fidelity on held-out samples, accuracy control, CLI exit codes.
+ignored scope, fidelity on held-out samples, accuracy control, pruning for int8 (joint). The
+quantize command and the prune --quantize chain: tests/test_cli_quantize.py.
 
 Tiny graphs and small calibration sets keep NNCF fast. The int8 tolerance stated in the README:
 on these graphs the int8 model's outputs keep cosine >= 0.99 with the float model's and differ
@@ -7,65 +8,23 @@ by at most 0.1 x the output's scale."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import quantize_helpers
 from cli_helpers import one_line_error, run_cli
 from onnx import TensorProto, helper, numpy_helper
+from quantize_helpers import ir_weights_int8
 
-from onnxprune import cli
 from onnxprune.errors import UnsupportedModel, UsageError
 from onnxprune.quantization import quantize
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 COSINE_MIN, REL_MAX = 0.99, 0.1  # int8 vs float on the tiny graphs (see the module doc)
-
-
-def tiny_cnn(custom: bool = False) -> onnx.ModelProto:
-    """x[N,3,8,8] -> conv1 -> Relu -> conv2 -> Relu -> GlobalAveragePool -> Flatten -> fc -> [N,4]."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
-        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1"),
-        numpy_helper.from_array(rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2, "w2"),
-        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b2"),
-        numpy_helper.from_array(rng.standard_normal((4, 8)).astype(np.float32), "wf"),
-        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32) * 0.1, "bf"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node(
-            "MyOp" if custom else "Relu", ["c2"], ["r2"], name="relu2", **({"domain": "com.example"} if custom else {})
-        ),
-        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
-        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
-        helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], name="fc", transB=1),
-    ]
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.example", 1)] if custom else [])
-    return helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], inits), opset_imports=opsets)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("int8")
-    rng = np.random.default_rng(1)
-    onnx.save(tiny_cnn(), d / "tiny.onnx")
-    onnx.save(tiny_cnn(custom=True), d / "custom.onnx")
-    np.savez(d / "cal.npz", x=rng.random((24, 3, 8, 8)).astype(np.float32))
-    np.savez(d / "held.npz", x=rng.random((10, 3, 8, 8)).astype(np.float32))
-    np.savez(d / "few.npz", x=rng.random((8, 3, 8, 8)).astype(np.float32))
-    np.savez(d / "nhwc.npz", x=rng.random((24, 8, 8, 3)).astype(np.float32))
-    return {p.stem: p for p in d.iterdir()}
+files = quantize_helpers.files  # the module-scoped fixture: models and calibration sets
 
 
 def _session(path: Path, optimize: bool) -> ort.InferenceSession:
@@ -135,35 +94,13 @@ def test_ignored_scope_keeps_the_node_float_in_qdq(files: dict[str, Path]) -> No
     assert set(r2.report.float_layers) == {"conv1", "conv2"} and r2.report.quantized_layers == ("fc",)
 
 
-def _ir_weights_int8(xml: Path) -> dict[str, bool]:
-    """Per Convolution of an IR: is an 8-bit constant or a FakeQuantize on its weights' path?"""
-    import openvino as ov
-
-    m = ov.Core().read_model(str(xml))
-    out = {}
-    for op in m.get_ordered_ops():
-        if op.get_type_name() != "Convolution":
-            continue
-        stack, found = [op.input_value(1).get_node()], False
-        while stack:
-            cur = stack.pop()
-            t = cur.get_type_name()
-            if t == "FakeQuantize" or (
-                t == "Constant" and cur.get_output_element_type(0).get_type_name() in ("i8", "u8")
-            ):
-                found = True
-            stack.extend(cur.input_value(i).get_node() for i in range(cur.get_input_size()))
-        out[op.get_friendly_name()] = found
-    return out
-
-
 def test_ir_output_loads_in_openvino_and_honours_the_ignored_scope(files: dict[str, Path], tmp_path: Path) -> None:
     import openvino as ov
 
     out = tmp_path / "q.xml"
     r = quantize(files["tiny"], out, calibration=files["cal"], ignored_scope=("conv1",), subset_size=64)
     assert out.exists() and (tmp_path / "q.bin").exists() and r.report.backend == "OpenVINO"
-    weights = _ir_weights_int8(out)
+    weights = ir_weights_int8(out)
     assert sorted(weights.values()) == [False, True]  # conv1 float, conv2 int8
     assert "conv1" in r.report.float_layers
     compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -189,118 +126,6 @@ def test_accuracy_control_keeps_sensitive_layers_float(files: dict[str, Path]) -
         quantize(files["tiny"], calibration=files["cal"], max_drop=1e-9, fidelity_metrics=cosine, subset_size=64)
 
 
-@pytest.mark.parametrize(
-    ("model", "calibration", "extra", "message"),
-    [
-        ("tiny", "nhwc", [], "the inputs do not fit the model: input 'x' has shape [1, 8, 8, 3]"),
-        ("tiny", "few", [], "needs at least 16 (NNCF's default subset is 300 samples"),
-        ("tiny", "cal", ["--ignored-scope", "nosuchnode"], "--ignored-scope 'nosuchnode' names no node"),
-        ("custom", "cal", [], "onnxruntime cannot load the model"),
-        ("qdq", "cal", [], "the model is already quantized"),
-    ],
-)
-def test_bad_input_is_one_line_exit_2_nothing_written(
-    files: dict[str, Path],
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture,
-    model: str,
-    calibration: str,
-    extra: list,
-    message: str,
-) -> None:
-    path = FIXTURES / "residual_qdq.onnx" if model == "qdq" else files[model]
-    cal = files[calibration]
-    if model == "qdq":
-        shape = [d.dim_value or 1 for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim]
-        cal = tmp_path / "qdq_cal.npz"
-        np.savez(cal, **{onnx.load(path).graph.input[0].name: np.zeros([24, *shape[1:]], np.float32)})
-    out = tmp_path / "q.onnx"
-    code = cli.main(["quantize", str(path), "-o", str(out), "--calibration", str(cal), "--subset-size", "64", *extra])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and message in err and len(err.splitlines()) == 1
-    assert list(tmp_path.iterdir()) in ([], [cal])
-
-
-def test_cli_quantize_writes_model_and_report(files: dict[str, Path], tmp_path: Path) -> None:
-    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onnxprune",
-            "quantize",
-            str(files["tiny"]),
-            "-o",
-            str(out),
-            "--calibration",
-            str(files["cal"]),
-            "--inputs",
-            str(files["held"]),
-            "--subset-size",
-            "64",
-            "--report",
-            str(report),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert p.returncode == 0, p.stderr
-    assert "vs the float model" in p.stdout and p.stderr == ""
-    data = json.loads(report.read_text())
-    assert data["evaluation_samples"] == 10 and data["fidelity"][0]["reference"] == "float model"
-    # the report says what it is first; the int8 model's own format has its own key
-    assert next(iter(data.items())) == ("format", "onnxprune-quantize-report/1") and data["model_format"] == "onnx"
-    assert out.exists()
-
-
-def test_prune_quantize_int8_writes_qdq_and_ir_with_fidelity_against_both(
-    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
-    out, ir, report = tmp_path / "p8.onnx", tmp_path / "p8.xml", tmp_path / "r.json"
-    code = cli.main(
-        [
-            "prune",
-            str(files["tiny"]),
-            "-o",
-            str(out),
-            "--ratio",
-            "0.25",
-            "--calibration",
-            str(files["cal"]),
-            "--quantize",
-            "int8",
-            "--ir",
-            str(ir),
-            "--subset-size",
-            "64",
-            "--report",
-            str(report),
-            "-q",
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    data = json.loads(report.read_text())
-    for key in ("quantization", "quantization_ir"):
-        q = data[key]
-        assert [f["reference"] for f in q["fidelity"]] == ["float model", "original"]
-        assert q["evaluation_samples"] == 6
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
-    q = onnx.load(out)
-    producers = {o: n for n in q.graph.node for o in n.output}
-    weights = {i.name: i for i in q.graph.initializer}
-    conv1 = next(n for n in q.graph.node if n.name == "conv1")
-    assert weights[producers[conv1.input[1]].input[0]].dims[0] == 6  # pruned (8 -> 6), then int8
-    assert all(_ir_weights_int8(ir).values())
-    # Options of quantization without --quantize are a usage error; --max-drop on prune is the
-    # pruning search's budget (the drop of the validated metric), which needs calibration inputs.
-    assert cli.main(["prune", str(files["tiny"]), "-o", str(tmp_path / "x.onnx"), "--preset", "mixed"]) == 2
-    assert "add --quantize int8" in capsys.readouterr().err
-    assert cli.main(["prune", str(files["tiny"]), "-o", str(tmp_path / "x.onnx"), "--max-drop", "0.01"]) == 2
-    assert "need calibration inputs" in capsys.readouterr().err
-
-
 def test_min_fidelity_with_int8_prunes_less_where_int8_hurts(files: dict[str, Path], tmp_path: Path) -> None:
     from onnxprune.config import PruneConfig
     from onnxprune.joint import prune_for_int8
@@ -323,71 +148,6 @@ def test_min_fidelity_with_int8_prunes_less_where_int8_hurts(files: dict[str, Pa
     assert len(joint.steps) >= 2 and last.min_fidelity > first.min_fidelity and last.macs_ratio > first.macs_ratio
     assert joint.met and last.int8_fidelity >= 0.999
     assert joint.pruned.report.macs_after / joint.pruned.report.macs_before == last.macs_ratio
-
-
-def test_a_failure_inside_nncf_is_one_line_exit_2(
-    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import nncf
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Could not find the node 'conv2' in the graph\nmore context")
-
-    monkeypatch.setattr(nncf, "quantize", broken)
-    out = tmp_path / "q.onnx"
-    code = cli.main(
-        ["quantize", str(files["tiny"]), "-o", str(out), "--calibration", str(files["cal"]), "--subset-size", "64"]
-    )
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1
-    assert (
-        "NNCF cannot quantize the model: Could not find the node 'conv2' in the graph" in err
-        and "nothing written" in err
-    )
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_prune_quantize_bench_times_the_chain_side_by_side(
-    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from onnxprune import bench
-
-    real = bench.benchmark
-    monkeypatch.setattr(
-        bench,
-        "benchmark",
-        lambda paths, **kw: real(
-            paths, **{**kw, "rounds": 2, "runs_per_round": 2, "warmup": 1, "throughput_seconds": 0.05}
-        ),
-    )
-    out, report = tmp_path / "p8.onnx", tmp_path / "r.json"
-    code = cli.main(
-        [
-            "prune",
-            str(files["tiny"]),
-            "-o",
-            str(out),
-            "--ratio",
-            "0.25",
-            "--calibration",
-            str(files["cal"]),
-            "--quantize",
-            "int8",
-            "--subset-size",
-            "64",
-            "--bench",
-            "--report",
-            str(report),
-            "-q",
-        ]
-    )
-    assert code == 0
-    rows = json.loads(report.read_text())["benchmark"]
-    assert [r["label"] for r in rows] == ["original fp32", "pruned fp32", "pruned int8"]
-    assert rows[2]["path"] == str(out) and rows[0]["path"] == str(files["tiny"])
-    assert rows[2]["precision"].startswith("int8 + ") and not rows[1]["precision"].startswith("int8")
-    assert all(r["latency_p10_ms"] <= r["latency_median_ms"] <= r["latency_p90_ms"] for r in rows)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p8.onnx", "r.json"]
 
 
 # -- first-contact sweep of session 8 (was tests/test_contact7.py) --
