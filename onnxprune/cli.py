@@ -105,8 +105,14 @@ def _run(args: argparse.Namespace) -> int:
     from .errors import OnnxPruneError
 
     try:
-        from .cli_paths import check_outputs_distinct, check_outputs_spare_inputs, check_plot_format
+        from .cli_paths import (
+            check_no_empty_paths,
+            check_outputs_distinct,
+            check_outputs_spare_inputs,
+            check_plot_format,
+        )
 
+        check_no_empty_paths(args)
         check_plot_format(args)
         check_outputs_spare_inputs(args)
         check_outputs_distinct(args)

@@ -141,6 +141,14 @@ def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
                 )
 
 
+def check_no_empty_paths(args: argparse.Namespace) -> None:
+    """UsageError for a file option given an empty name (``--report "$R"`` with R unset): it
+    was taken for the option not given (no report, no calibration) or failed after the work."""
+    for attr, flag in (*_OUTPUTS, *_INPUTS):
+        if getattr(args, attr, None) == "":
+            raise UsageError(f"{flag.split()[0]}: an empty file name; give a file name")
+
+
 def check_outputs_distinct(args: argparse.Namespace) -> None:
     """UsageError when two outputs of the command are one file, companions included: a --report
     named like the IR's .bin would replace its weights (an IR that no longer loads, exit 0)."""

@@ -322,6 +322,10 @@ def check_output_folder(path: str, what: str = "output") -> None:
     """Refuse an output that names a folder or whose folder does not exist (a usage error,
     before any work). A symbolic link is written through (output_target): one that leads
     through /proc or /dev, or to no file (dangling), is refused."""
+    if not path:  # an unset shell variable: the folder it is in would have been taken
+        raise UsageError(f"an empty file name as {what}; give a file name")
+    if path.endswith(("/", os.sep)):  # a folder, existing or not: the rename would fail after the work
+        raise UsageError(f"{path}: {what} ends in '/', a folder; give a file name")
     linked = _process_file(path)
     if linked is not None:
         raise UsageError(

@@ -266,6 +266,42 @@ def test_external_data_behind_a_link_is_refused(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["-o", ""], "-o: an empty file name; give a file name"),
+        (["-o", "newdir/"], "newdir/: output ends in '/', a folder; give a file name"),
+        (["-o", "x.onnx/"], "x.onnx/: output ends in '/', a folder; give a file name"),
+        (["-o", "p.onnx", "--report", ""], "--report: an empty file name; give a file name"),
+        (["-o", "p.onnx", "--calibration", ""], "--calibration: an empty file name; give a file name"),
+    ],
+)
+def test_an_output_that_is_no_file_name_is_refused_before_any_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    """-o "" (an unset shell variable) and -o newdir/ passed the checks, the whole run was done
+    and then failed at the rename, saying ': Is a directory' (newdir does not even exist);
+    --report "" and --calibration "" were taken for the option not given (no report, no data)."""
+    import os
+
+    from onnxprune.file_writes import check_output_folder
+
+    src = tmp_path / "wide.onnx"
+    onnx.save(wide_model(), str(src))
+    (tmp_path / "x.onnx").write_bytes(b"a file")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prune", str(src), *options, "--ratio", "0.5", "--no-verify", "-q"]) == 2
+    assert capsys.readouterr().err == f"onnxprune: error: {message}\n"
+    assert sorted(os.listdir(tmp_path)) == ["wide.onnx", "x.onnx"]
+    if options[1] != "p.onnx":  # the library's check of an output path refuses it too
+        with pytest.raises(onnxprune.UsageError):
+            check_output_folder(options[1])
+
+
 def test_a_dangling_output_link_is_refused_before_any_work(tmp_path: Path) -> None:
     """A link to no file: refused with one line (as GNU cp refuses to write through a dangling
     link), the link left as it was; the companion files (.data, .bin) likewise."""
