@@ -43,6 +43,7 @@ __all__ = [
     "save_model",
     "serialize",
     "serialized_size",
+    "unused_data_file",
     "write_atomic",
 ]
 
@@ -85,6 +86,30 @@ def save_model(model: onnx.ModelProto, path: str, external_data: bool | None = N
     automatic above the protobuf limit) the weights go to ``<name>.data`` beside the model.
     Returns the bytes written (model and data file)."""
     return DeferredModel(model).save(path, external_data)
+
+
+def unused_data_file(path: str) -> str | None:
+    """A sentence when ``PATH.data`` (the name ``--external-data`` gives the weights) stands
+    beside the model ``path`` and the model does not read it: left from an earlier model
+    written there with its weights apart. None when there is none, or the model uses it. The
+    file is not removed: another model may use it."""
+    data = path + ".data"
+    if not os.path.isfile(data):
+        return None
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # not a model we can read: nothing to say
+        return None
+    name = os.path.basename(data)
+    for t in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(t) and any(
+            e.key == "location" and os.path.normpath(e.value) == name for e in t.external_data
+        ):
+            return None
+    return (
+        f"{data}: not used by {path} (written as one file): left from an earlier model; "
+        "remove it unless another model uses it"
+    )
 
 
 class Outputs:

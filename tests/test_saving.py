@@ -279,3 +279,24 @@ def test_a_write_error_survives_copy_and_pickle() -> None:
 
 # -- overwriting m.onnx + m.onnx.data: a failed model move removed the new data file after it had
 #    replaced the old one, leaving the old model without its data --
+
+
+def test_a_data_file_the_new_model_does_not_use_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """prune -o p.onnx --external-data, then prune -o p.onnx as one file: the first run's
+    p.onnx.data (the weights, as big as the model) stayed beside the new p.onnx without a word.
+    It is left (another model may use it) and said, once the outputs are in place."""
+    src = tmp_path / "wide.onnx"
+    onnx.save(wide_model(), str(src))
+    out = tmp_path / "p.onnx"
+    args = ["prune", str(src), "-o", str(out), "--ratio", "0.5", "--no-verify", "-q"]
+    assert cli.main([*args, "--external-data"]) == 0
+    assert capsys.readouterr().err == ""  # the model uses it
+    data = (tmp_path / "p.onnx.data").read_bytes()
+    assert cli.main(args) == 0
+    assert capsys.readouterr().err == (
+        f"onnxprune: warning: {out}.data: not used by {out} (written as one file): left from an earlier "
+        "model; remove it unless another model uses it\n"
+    )
+    assert (tmp_path / "p.onnx.data").read_bytes() == data
+    assert not any(t.external_data for t in onnx.load(str(out), load_external_data=False).graph.initializer)
+    assert cli.main([*args, "--external-data"]) == 0 and capsys.readouterr().err == ""
