@@ -133,3 +133,16 @@ def test_held_out_rows_go_to_the_table_of_their_metric(tmp_path: Path) -> None:
     assert "| pplcnet | 64 (3–4) | 0.7500 (0.8000) | 0.500: 0.6000 (0.7000) | 9 | 1 | yes |" in top1_part
     assert "yolo26n" not in top1_part
     assert "| yolo26n | 64 (3–4) | 70 | 0.2500 (0.7000) | 0.500: 0.1250 (0.6000) | 2 | 7 | +0.1250 ± 0.0500 " in md
+
+
+def test_the_headline_verdict_says_what_the_held_out_inputs_decide(tmp_path: Path) -> None:
+    top1, det, plain = _row(0.695), {**_row(0.681), "model": "yolo26n"}, {**_row(0.69), "model": "digits"}
+    top1["heldout"] = {"n": 1024, "only_latency": 60, "only_macs": 20}  # |40| > 2 sqrt(80)
+    det["heldout"] = {"n": 256, "metric": "detection", "higher_latency": 12, "higher_macs": 9}
+    lines = report.headline_table([top1, det, plain])
+    # equal top-1 on the 16 evaluation crops (0.4375 both): the cosine beneath, then the held-out verdict
+    assert lines[2].endswith("| equal score; cosine yes; 1024 inputs: yes |")
+    assert lines[3].endswith("| equal score; cosine yes; 256 more pages: tie (within noise) |")
+    assert lines[4].endswith("| equal score; cosine yes |")
+    labelled = {**top1, "heldout": {"n": 512, "labelled": True, "only_latency": 5, "only_macs": 30}}
+    assert report.headline_table([labelled])[2].endswith("; 512 labelled images: **no** |")

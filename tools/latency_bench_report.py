@@ -201,6 +201,15 @@ def detection_heldout_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def heldout_verdict(h: dict) -> str:
+    """A row's paired held-out comparison in a few words for the headline table: how many inputs,
+    and whether the latency plan is better beyond noise (the tables below give the figures)."""
+    if h.get("metric") == "detection":
+        return f"{h['n']} more pages: {_paired_verdict(h['higher_latency'], h['higher_macs'])}"
+    what = "labelled images" if h.get("labelled") else "inputs"
+    return f"{h['n']} {what}: {_paired_verdict(h['only_latency'], h['only_macs'])}"
+
+
 def _paired_verdict(only_latency: int, only_macs: int) -> str:
     """Whether the latency plan's paired count stands out of its noise: |a - b| > 2 sqrt(a + b)
     (McNemar, about 95%)."""
@@ -271,6 +280,8 @@ def headline_table(rows: list[dict]) -> list[str]:
         show_cos = metric != "cosine"
         if fin and abs(_apart(r)) > 0.01:
             better += " (not at equal latency)"
+        if r.get("heldout"):
+            better += f"; {heldout_verdict(r['heldout'])}"
         lines.append(
             f"| {_label(r)} | {r['target']:g} | {base_s} | {L['measured_ratio']:.3f} ({L['measured_p10']:.3f}–{L['measured_p90']:.3f}) "
             f"| {lr} | {ok} | {_f(lat['macs_ratio'])} | {metric} | {_score(fl, cl, show_cos)} "
