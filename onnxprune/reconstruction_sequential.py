@@ -32,14 +32,15 @@ from .runtime import session
 from .tensor_cones import cone_model, node_reads
 
 if TYPE_CHECKING:
-    from .reconstruction import ReconstructionCache, _Reader, _Settings, _Start
+    from .reconstruction import ReconstructionCache, _Settings
+    from .reconstruction_readers import Reader, RefitStart
 
 __all__ = ["SampledRows", "levels", "sampled_rows"]
 
 
 def levels(
-    original: onnx.ModelProto, analysis: ChannelAnalysis, removed_ids: np.ndarray, readers: Sequence[_Reader]
-) -> list[list[_Reader]]:
+    original: onnx.ModelProto, analysis: ChannelAnalysis, removed_ids: np.ndarray, readers: Sequence[Reader]
+) -> list[list[Reader]]:
     """``readers`` by depth level (see module doc), shallowest first, empty levels left out;
     readers sharing a weight are at the deepest of their nodes' levels."""
     changed = {s.node for s in analysis.sinks if removed_ids[analysis.layouts[s.tensor].axes[s.axis]].any()}
@@ -52,7 +53,7 @@ def levels(
         level[name] = d
         for o in node.output:
             depth[o] = d + (name in changed)
-    by_level: dict[int, list[_Reader]] = {}
+    by_level: dict[int, list[Reader]] = {}
     for r in readers:
         by_level.setdefault(max(level[n.name] for n in r.nodes), []).append(r)
     return [by_level[k] for k in sorted(by_level)]
@@ -73,7 +74,7 @@ class SampledRows:
         return sum(len(a) for a in self.inputs)
 
     def problems(self, has_bias: bool):  # type: ignore[no-untyped-def]
-        """reconstruction._refit_groups' ``problems`` for these rows."""
+        """reconstruction_fit.refit_groups' ``problems`` for these rows."""
 
         def make(g: int, select: np.ndarray, outs: np.ndarray, w_aug: np.ndarray) -> list[Problem] | None:
             width = self.inputs[0].shape[1] // self.groups
@@ -109,11 +110,11 @@ def _activations(
 def _halves(
     layer: object, x: np.ndarray, w_shape: tuple[int, ...], settings: _Settings, halves: int, node: str
 ) -> list[np.ndarray] | None:
-    """The reader's sampled input rows per half of the samples (reconstruction._factors'
+    """The reader's sampled input rows per half of the samples (reconstruction_fit.row_factors'
     sampling: the same positions for the same input shape without its channels)."""
-    from .reconstruction import _rng
+    from .reconstruction_fit import reader_rng
 
-    rng = _rng(settings.seed, node)
+    rng = reader_rng(settings.seed, node)
     parts = [x[: len(x) // 2], x[len(x) // 2 :]] if halves == 2 else [x]
     out = []
     for h in parts:
@@ -126,7 +127,7 @@ def _halves(
 
 def _targets(
     original: onnx.ModelProto,
-    step: Sequence[tuple[_Reader, _Start]],
+    step: Sequence[tuple[Reader, RefitStart]],
     feeds: Sequence[Mapping[str, np.ndarray]],
     cache: ReconstructionCache,
     settings: _Settings,
@@ -158,7 +159,7 @@ def _targets(
 def sampled_rows(
     original: onnx.ModelProto,
     model: onnx.ModelProto,
-    step: Sequence[tuple[_Reader, _Start]],
+    step: Sequence[tuple[Reader, RefitStart]],
     feeds: Sequence[Mapping[str, np.ndarray]],
     cache: ReconstructionCache,
     settings: _Settings,

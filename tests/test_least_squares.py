@@ -1,15 +1,14 @@
-"""Reconstruction's least squares (onnxprune.least_squares) and what reconstruction builds on it:
-row factors, the ridge solved over rows or columns, the cross-validated refusal of a refit that
-does worse on other samples, the cache across the search's trials, readers sharing a weight."""
+"""Reconstruction's least squares (onnxprune.least_squares): row factors, the ridge solved over
+rows or columns, the cross-validated refusal of a refit that does worse on other samples; and
+re-calibration's corrections built on the same cross-validation. What reconstruction builds on
+it is tested in test_reconstruction_fit and test_reconstruction_readers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from conftest import run
 from onnx import numpy_helper
 
 import onnxprune
@@ -66,110 +65,6 @@ def test_refit_that_does_worse_on_the_other_samples_is_refused() -> None:
     assert fit([problem(1.0, slice(0, 10)), problem(-1.0, slice(10, 20))], theta0, 1e-5) is None
     theta = fit([problem(1.0, slice(0, 10)), problem(1.0, slice(10, 20))], theta0, 1e-5)
     assert theta is not None and abs(theta[0, 0] - 1.0) <= 1e-4 and abs(theta[1, 0]) <= 1e-4
-
-
-def _mlp(sign_flip: bool) -> tuple[onnx.ModelProto, np.ndarray]:
-    """x [N, 3] -> Gemm (identity, feature 2 scaled 0.1: the lowest L2, removed) -> Gemm reader
-    (3 -> 1). The calibration samples' feature 2 is 5 x feature 0 on their first half and
-    -5 x (or, without ``sign_flip``, 5 x) feature 0 on their second (prune keeps every 4th
-    sample for its own check: the refit's two halves are the 12 + and the 12 - samples)."""
-    b = GraphBuilder(opset=17, seed=40)
-    x = b.input("x", [None, 3])
-    w1 = np.diag([1.0, 1.0, 0.1]).astype(np.float32)
-    h = b.op("Gemm", x, b.const(w1, "W1"), b.const(np.zeros(3, np.float32), "B1"), channels=3, transB=1)
-    w2 = np.array([[0.5, 0.3, 10.0]], np.float32)
-    b.output(b.op("Gemm", h, b.const(w2, "W2"), b.const(np.zeros(1, np.float32), "B2"), channels=1, transB=1))
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((32, 3)).astype(np.float32)
-    x[:, 2] = 5 * x[:, 0]
-    if sign_flip:
-        x[16:, 2] *= -1
-    return b.build(), x
-
-
-@pytest.mark.parametrize("sign_flip", [True, False])
-def test_reconstruction_never_keeps_a_refit_the_held_out_half_rejects(tmp_path: Path, sign_flip: bool) -> None:
-    model, x = _mlp(sign_flip)
-    calib = tmp_path / "c.npz"
-    np.savez(calib, x=x)
-    kw = {"ratio": 0.34, "calibration": str(calib), "compensation": "none"}
-    plain = onnxprune.prune(model, "l2", **kw)
-    rec = onnxprune.prune(model, "l2", reconstruct=True, **kw)
-    assert plain.report.channels_removed == rec.report.channels_removed == 1
-    reader = next(n for n in rec.model.graph.node if n.op_type == "Gemm" and n.input[0] != "x")
-    weights = {t.name: numpy_helper.to_array(t) for t in rec.model.graph.initializer}
-    plain_w = {t.name: numpy_helper.to_array(t) for t in plain.model.graph.initializer}
-    if sign_flip:  # left exactly as the surgery left it
-        assert rec.report.reconstructed_layers == ()
-        assert np.array_equal(weights[reader.input[1]], plain_w[reader.input[1]])
-    else:  # feature 0 takes over feature 2's weight: 0.5 + 10 x 0.1 x 5
-        assert [r.node for r in rec.report.reconstructed_layers] == [reader.name]
-        assert abs(float(weights[reader.input[1]][0, 0]) - 5.5) <= 1e-3
-
-
-def _steps_model() -> onnx.ModelProto:
-    """x [N, 4] -> MatMul (4 -> 3 features, feature 2 = 0.5 x feature 1) -> two "steps",
-    Relu(h) and Relu(-h) (feature 2 is still 0.5 x feature 1 in each) -> one Gemm weight and
-    bias shared by both steps, as an unrolled recurrent cell's -> Add."""
-    b = GraphBuilder(opset=17, seed=41)
-    x = b.input("x", [None, 4])
-    w1 = b.weights([4, 3], axis=1)
-    w1[:, 0] *= 3
-    w1[:, 1] *= 3
-    w1[:, 2] = 0.5 * w1[:, 1]
-    h = b.op("MatMul", x, b.const(w1, "W1"), channels=3)
-    w2, b2 = b.const(b.weights([2, 3]), "W2"), b.const(np.array([0.1, -0.2], np.float32), "B2")
-    steps = [b.op("Relu", h), b.op("Relu", b.op("Neg", h))]
-    outs = [b.op("Gemm", s, w2, b2, channels=2, transB=1) for s in steps]
-    b.output(b.op("Add", *outs))
-    return b.build()
-
-
-def test_readers_of_one_weight_at_different_steps_are_refitted_together(tmp_path: Path) -> None:
-    """An unrolled recurrent cell reads each time step with the same weight: the steps' rows are
-    pooled into one fit and the readers keep sharing one refitted weight (no copy per step)."""
-    model = _steps_model()
-    calib = tmp_path / "c.npz"
-    np.savez(calib, x=np.random.default_rng(4).standard_normal((32, 4)).astype(np.float32))
-    r = onnxprune.prune(model, "l2", ratio=0.34, calibration=str(calib), compensation="none", reconstruct=True)
-    readers = [n for n in r.model.graph.node if n.op_type == "Gemm"]
-    assert r.report.channels_removed == 1 and len(r.report.reconstructed_layers) == 2
-    assert len({n.input[1] for n in readers}) == 1 and len({n.input[2] for n in readers}) == 1
-    feeds = {"x": np.random.default_rng(5).standard_normal((8, 4)).astype(np.float32)}
-    ref, got = run(model, feeds)[0], run(r.model, feeds)[0]
-    assert float(np.abs(got - ref).max()) <= 1e-4 * float(np.abs(ref).max())
-    assert len(r.model.graph.initializer) <= len(model.graph.initializer)
-
-
-def test_cache_across_calls_gives_the_uncached_weights(tmp_path: Path) -> None:
-    """The search's trials share a ReconstructionCache per sample set: a plan refitted after
-    others, from cached row factors and fits, gets the very weights a fresh call gives."""
-    from onnxprune.planning import PruningPlan
-    from onnxprune.reconstruction import ReconstructionCache, reconstruct
-    from onnxprune.surgery import apply_pruning
-
-    b = GraphBuilder(opset=17, seed=42)
-    x = b.input("x", [None, 3, 6, 6])
-    h = b.op("Relu", b.conv(x, 6))
-    h = b.op("Relu", b.conv(h, 5))
-    b.output(b.conv(h, 4))
-    model = b.build()
-    analysis = onnxprune.analyze(model)
-    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 6, 6)).astype(np.float32)} for i in range(8)]
-    plans = [PruningPlan("p", tuple(g)) for g in ([0], [0, 7], [7], [0])]
-    cache = ReconstructionCache()
-    sizes = []
-    for plan in plans:
-        pruned = apply_pruning(model, analysis, plan)
-        cached, layers = reconstruct(model, pruned, analysis, plan, feeds, cache=cache)
-        fresh, fresh_layers = reconstruct(model, pruned, analysis, plan, feeds)
-        assert layers == fresh_layers and layers
-        for t, u in zip(cached.graph.initializer, fresh.graph.initializer, strict=True):
-            assert t.name == u.name and np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(u))
-        sizes.append(len(cache.fits))
-    assert sizes[0] < sizes[1] and sizes[3] == sizes[2]  # the first plan again: nothing solved anew
-    with pytest.raises(ValueError, match="one set of calibration samples"):
-        reconstruct(model, apply_pruning(model, analysis, plans[0]), analysis, plans[0], feeds[:4], cache=cache)
 
 
 def _moments_of(values: np.ndarray) -> _Moments:

@@ -76,11 +76,11 @@ def _output_error(model: onnx.ModelProto, original: onnx.ModelProto, feeds: list
 def test_levels_order_the_readers_by_the_changed_layers_before_them() -> None:
     model, _, analysis, plan, _, convs = _setup()
     from onnxprune.compensation import removed_id_mask
-    from onnxprune.reconstruction import _readers
+    from onnxprune.reconstruction_readers import find_readers
     from onnxprune.rules import default_registry
 
     removed = removed_id_mask(analysis, plan)
-    readers = _readers(model, analysis, removed, default_registry(), 17)
+    readers = find_readers(model, analysis, removed, default_registry(), 17)
     assert [[n.name for r in level for n in r.nodes] for level in levels(model, analysis, removed, readers)] == [
         [convs[1]],
         [convs[2]],

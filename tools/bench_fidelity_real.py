@@ -3,7 +3,8 @@
 (../shared/corpus/CORPUS.md) fed realistic inputs made without downloads (tools/corpus_inputs.py),
 32 calibration and 32 held-out inputs per model (different seeds).
 
-For every model and row (a row is a name and the ``prune`` options it adds; ROWS below):
+For every model and row (a row is a name and the ``prune`` options it adds; ROWS in
+tools/fidelity_real_rows.py):
 ``uniform`` rows scan ``ratio`` and keep the largest ratio whose *held-out* fidelity meets
 each target (an oracle choice, the best a uniform ratio can do); ``target`` rows run once per
 target with ``min_fidelity=TARGET``. Each run is ``onnxprune.prune`` (what the CLI's ``prune``
@@ -32,16 +33,12 @@ time. Each merged row keeps its own commit and date (and says which file it came
 from __future__ import annotations
 
 import argparse
-import datetime
-import fcntl
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,218 +47,29 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from corpus_inputs import MODELS, feeds, samples  # noqa: E402
-
-OUT = ROOT / "benchmarks" / "fidelity_real"
-TARGETS = (0.99, 0.95)
-N_CAL, N_HELD, SEED_CAL, SEED_HELD = 32, 32, 1, 2
-UNIFORM_RATIOS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
-DIGITS = "digits_cnn.onnx"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the table: ``prune`` options (a "{target}" value is replaced by the target)."""
-
-    name: str
-    kind: str  # "uniform": scan the ratio; "target": one run per fidelity target
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-ROWS = (
-    Row("uniform L2", "uniform", {"criterion": "l2"}),
-    Row("allocated L2", "target", {"criterion": "l2", "min_fidelity": "{target}"}),
-    Row("allocated + reconstruct", "target", {"criterion": "l2", "min_fidelity": "{target}", "reconstruct": True}),
-    Row(
-        "allocated + reconstruct + recalibrate",
-        "target",
-        {"criterion": "l2", "min_fidelity": "{target}", "reconstruct": True, "recalibrate": True},
-    ),
-    # Data-based criteria (session 5): the error a channel leaves replaced by its calibration
-    # mean (what the default compensation does), and the ThiNet selection with the refit it assumes.
-    Row("allocated contribution", "target", {"criterion": "contribution", "min_fidelity": "{target}"}),
-    Row(
-        "allocated reconstruction + reconstruct",
-        "target",
-        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True},
-    ),
-    # Session 8: the statistics re-calibration on top of the ThiNet selection and its refit.
-    Row(
-        "allocated reconstruction + reconstruct + recalibrate",
-        "target",
-        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True, "recalibrate": True},
-    ),
-    # Session 9: the same search, keeping only plans whose batch of 32 other inputs (the benchmark's
-    # held-out batch, as a user validating on 32 images would give it) reads >= the target in 95%
-    # of batches, the agreement at its bound (--fidelity-batch 32).
-    Row(
-        "allocated reconstruction + reconstruct + fidelity-batch 32",
-        "target",
-        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True, "fidelity_batch": 32},
-    ),
-    # Session 10: the refit sequential (--reconstruct-from pruned): each reader fitted on the pruned
-    # model's activations, the readers before it refitted first, in the search's trials and the result.
-    Row(
-        "allocated reconstruction + reconstruct sequential",
-        "target",
-        {"criterion": "reconstruction", "min_fidelity": "{target}", "reconstruct": True, "reconstruct_from": "pruned"},
-    ),
-    Row(
-        "allocated reconstruction + reconstruct sequential + recalibrate",
-        "target",
-        {
-            "criterion": "reconstruction",
-            "min_fidelity": "{target}",
-            "reconstruct": True,
-            "reconstruct_from": "pruned",
-            "recalibrate": True,
-        },
-    ),
+from fidelity_real_results import (  # noqa: E402
+    OUT,
+    load_results,
+    merge_results,
+    now,
+    package_commit,
+    update_results,
 )
-# The README's --validate example on the digits CNN (issue 12: at least 46% MACs cut at --max-drop 0.5%).
-DIGITS_ROWS = {
-    "validate, max-drop 0.5%": {"validate": "fixtures/digits_accuracy.py:accuracy", "max_drop": "0.5%"},
-    # the criterion the default replaced (without recovery, contribution since fdf4e16)
-    "validate, max-drop 0.5%, l2": {
-        "validate": "fixtures/digits_accuracy.py:accuracy",
-        "max_drop": "0.5%",
-        "criterion": "l2",
-    },
-    "validate, max-drop 0.5% + reconstruct": {
-        "validate": "fixtures/digits_accuracy.py:accuracy",
-        "max_drop": "0.5%",
-        "reconstruct": True,
-    },
-    "validate, max-drop 0.5%, contribution": {
-        "validate": "fixtures/digits_accuracy.py:accuracy",
-        "max_drop": "0.5%",
-        "criterion": "contribution",
-    },
-    "validate, max-drop 0.5% + reconstruct, reconstruction": {
-        "validate": "fixtures/digits_accuracy.py:accuracy",
-        "max_drop": "0.5%",
-        "reconstruct": True,
-        "criterion": "reconstruction",
-    },
-}
-
-# Models left out, and why (the rest of MODELS is benchmarked).
-LEFT_OUT = {
-    "dbnet_table_edge_paddle_convinteger.onnx": "ConvInteger (dynamic int8) layers: 3.6 s per run on 2 cores, "
-    "a --min-fidelity search cannot finish in 10 minutes",
-    "silero_vad_op18_torchdynamo_if.onnx": "all its convs are inside an If branch, which onnxprune does not prune; "
-    "its output is a probability fed back through a recurrent state",
-    "opennsfw_resnet50_tf2onnx_nhwc.onnx": "every input we can make without downloads (photos) is safe with p = 1.0, "
-    "so top-1 agreement holds even at uniform ratio 0.5 (72% MACs cut, held-out 1.000, measured on ba2fd0c): "
-    "it would only inflate the median; a --min-fidelity run takes 210 s",
-}
-# Cheapest first, so a partial run covers most models.
-ORDER = [
-    "crnn_captcha_torch.onnx",
-    "ppocrv6_rec_tiny_paddle_int8w.onnx",
-    "oww_speech_embedding_tf2onnx_nhwc.onnx",
-    "vcb_captcha_cnn_tf2onnx_nhwc.onnx",
-    "pplcnet_table_orient_cls_paddle.onnx",
-    "basic_pitch_nmp_tf2onnx.onnx",
-    "resnet18_malimg_torchdynamo_extdata.onnx",
-    "ppocrv6_det_tiny_paddle.onnx",
-    "yolo26n_isbn_det_torch.onnx",
-    "picodet_layout_cdla_paddle.onnx",
-    "opennsfw_resnet50_tf2onnx_nhwc.onnx",
-]
-# Static shapes for dynamic spatial dims (CORPUS.md's suggested shape, the size the inputs are made at).
-SHAPES = {
-    "yolo26n_isbn_det_torch.onnx": {"images": (1, 3, 640, 640)},
-    "ppocrv6_det_tiny_paddle.onnx": {"x": (1, 3, 640, 640)},
-    "ppocrv6_rec_tiny_paddle_int8w.onnx": {"x": (1, 3, 48, 320)},
-}
-
-
-def package_commit() -> str:
-    """The last commit that changed the package (the harness and the inputs may change apart)."""
-    try:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), "log", "-1", "--format=%h", "--", "onnxprune"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def update_results(fn: Callable[[dict], None]) -> None:
-    """Read-modify-write of the JSON under a lock (workers of ``--jobs 2`` write in turn)."""
-    path = OUT.with_suffix(".json")
-    with open(Path(tempfile.gettempdir()) / f"fidelity_real.{abs(hash(str(path)))}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        results = load_results()
-        fn(results)
-        path.write_text(json.dumps(results, indent=1))
-
-
-def load_results() -> dict[str, Any]:
-    path = OUT.with_suffix(".json")
-    return json.loads(path.read_text()) if path.exists() else {"models": {}}
-
-
-def _is_ancestor(a: str, b: str) -> bool:
-    """Commit ``a`` is an ancestor of ``b`` in this repository (False when unknown)."""
-    try:
-        return (
-            subprocess.run(
-                ["git", "-C", str(ROOT), "merge-base", "--is-ancestor", a, b], capture_output=True, check=False
-            ).returncode
-            == 0
-        )
-    except OSError:
-        return False
-
-
-def newer(theirs: dict, ours: dict | None) -> bool:
-    """``theirs`` (a row or digits cell) supersedes ``ours``: a later package commit, else
-    (the same commit, or commits neither of which contains the other) a later date."""
-    if ours is None:
-        return True
-    a, b = str(ours.get("commit") or ""), str(theirs.get("commit") or "")
-    if a and b and a != b:
-        if _is_ancestor(a, b):
-            return True
-        if _is_ancestor(b, a):
-            return False
-    return str(theirs.get("date") or "") > str(ours.get("date") or "")
-
-
-def _more_alone(row: dict, mine: dict | None) -> bool:
-    """The same run as ``mine`` (commit and date) with more of its runs repeated alone (``--alone``)."""
-
-    def alone(r: dict) -> int:
-        return sum(1 for c in (r.get("targets") or {}).values() if "alone" in c)
-
-    same = mine is not None and (row.get("commit"), row.get("date")) == (mine.get("commit"), mine.get("date"))
-    return same and alone(row) > alone(mine)  # type: ignore[arg-type]
-
-
-def merge_results(results: dict, other: dict, source: str) -> list[str]:
-    """Copy into ``results`` every (model, row) cell and digits line of ``other`` that is
-    newer (see ``newer``); returns what was taken, one line each."""
-    taken = []
-    for model, entry in other.get("models", {}).items():
-        mine = results["models"].setdefault(model, {"rows": {}})
-        if entry.get("inputs") and not mine.get("inputs"):
-            mine["inputs"] = entry["inputs"]
-        for name, row in entry.get("rows", {}).items():
-            if row.get("commit") and (newer(row, mine["rows"].get(name)) or _more_alone(row, mine["rows"].get(name))):
-                mine["rows"][name] = {**row, "merged_from": row.get("merged_from", source)}
-                taken.append(f"{model} / {name}: `{row.get('commit')}` {row.get('date', '')}")
-    for name, cell in (other.get("digits") or {}).items():
-        if cell.get("commit") and newer(cell, results.setdefault("digits", {}).get(name)):
-            results["digits"][name] = {**cell, "merged_from": cell.get("merged_from", source)}
-            taken.append(f"digits / {name}: `{cell.get('commit')}` {cell.get('date', '')}")
-    return taken
+from fidelity_real_rows import (  # noqa: E402
+    DIGITS,
+    DIGITS_ROWS,
+    LEFT_OUT,
+    N_CAL,
+    N_HELD,
+    ORDER,
+    ROWS,
+    SEED_CAL,
+    SEED_HELD,
+    SHAPES,
+    TARGETS,
+    UNIFORM_RATIOS,
+    Row,
+)
 
 
 def _short(r: dict) -> str:
@@ -313,7 +121,7 @@ def run_alone(name: str, corpus: str, rows: list[Row], timeout: float, commit: s
             r = prune_cell(model, opts, files, None, None, timeout)
             print(f"{name}: {row.name} @ {target} alone: {_short(r)}", flush=True)
             keys = ("exit", "error", "seconds", "cpu_seconds", "load_before", "load_after", "macs_cut", "heldout")
-            alone = {**{k: r[k] for k in keys if k in r}, "commit": commit, "date": _now()}
+            alone = {**{k: r[k] for k in keys if k in r}, "commit": commit, "date": now()}
 
             def put(results: dict, alone: dict = alone, row: Row = row) -> None:
                 cell = results["models"].get(name, {}).get("rows", {}).get(row.name, {}).get("targets", {})
@@ -369,7 +177,7 @@ def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: s
                 if pending_stop:
                     stopped = stopped or pending_stop
                 cell = {"targets": {str(t): cells[str(t)] for t in TARGETS}}
-            cell.update(commit=commit, options=row.options, seconds=round(time.perf_counter() - t0, 1), date=_now())
+            cell.update(commit=commit, options=row.options, seconds=round(time.perf_counter() - t0, 1), date=now())
 
             def put(results: dict, cell: dict = cell, row: Row = row) -> None:
                 entry = results["models"].setdefault(name, {"rows": {}})
@@ -405,7 +213,7 @@ def run_digits(timeout: float, commit: str) -> None:
             "seconds": round(time.perf_counter() - t0, 1),
             "commit": commit,
             "options": options,
-            "date": _now(),
+            "date": now(),
         }
         print(f"{DIGITS}: {name}: {cell}", flush=True)
 

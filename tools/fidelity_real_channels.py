@@ -30,8 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from bench_fidelity_real import N_CAL, N_HELD, ORDER, SEED_CAL, SEED_HELD, SHAPES  # noqa: E402
 from corpus_inputs import samples  # noqa: E402
+from fidelity_real_rows import N_CAL, N_HELD, ORDER, SEED_CAL, SEED_HELD, SHAPES  # noqa: E402
 
 DEAD, CONST, LINEAR = 0.999, 0.01, 1e-3
 

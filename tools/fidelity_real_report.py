@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench_fidelity_real import LEFT_OUT, N_CAL, N_HELD, ROWS, SEED_CAL, SEED_HELD, TARGETS, UNIFORM_RATIOS
+from fidelity_real_rows import LEFT_OUT, N_CAL, N_HELD, ROWS, SEED_CAL, SEED_HELD, TARGETS, UNIFORM_RATIOS
 
 __all__ = ["best_cut", "markdown", "summary", "targets_check"]
 
