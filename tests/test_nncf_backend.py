@@ -6,6 +6,8 @@ eliminate_nop_cast, and an opset 11 model's weights were quantized per tensor)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -189,3 +191,26 @@ def test_quantize_gives_the_int8_weights_back_per_channel(quantized: tuple[onnx.
     error = np.abs(conv_q.astype(np.float32) * conv_s.reshape(4, 1, 1, 1) - folded)
     assert np.all(error <= conv_s.reshape(4, 1, 1, 1) / 2 * (1 + 1e-5))  # ties (odd stored values) at half a step
     assert report.fidelity[0].score > 0.99  # the held-out samples: top-1 of 5 classes
+
+
+def test_the_ir_keeps_the_stored_int8_weights(tmp_path: Path) -> None:
+    """NNCF's OpenVINO backend is handed the model as stored: convert_model keeps the int8
+    weights with their scales (OpenVINO's CPU plugin runs int8 kernels on them), so nothing is
+    folded and the IR holds the stored int8 values, not a second rounding of them."""
+    from onnxprune.openvino_ir import require_openvino
+
+    model = tmp_path / "m.onnx"
+    onnx.save(int8_weight_model(opset=11), model)
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, x=np.random.default_rng(3).random((32, 3, 8, 8)).astype(np.float32))
+    report = quantize(model, tmp_path / "q.xml", calibration=cal).report
+    assert report.folded_weights == () and not any("folded" in n for n in report.notes)
+    ir = require_openvino().Core().read_model(tmp_path / "q.xml")
+    int8 = [
+        op.get_data()
+        for op in ir.get_ordered_ops()
+        if op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+    ]
+    conv, fc = _stored()
+    assert any(a.shape == conv.shape and np.array_equal(a, conv) for a in int8)
+    assert any(a.shape == fc.shape and np.array_equal(a, fc) for a in int8)
