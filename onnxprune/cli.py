@@ -16,6 +16,14 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # outside the run (_run says its own): no traceback either
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from .cli_paths import model_to_stdout
     from .errors import OnnxPruneError
@@ -152,8 +160,16 @@ def _run(args: argparse.Namespace) -> int:
     except OnnxPruneError as exc:
         print(f"onnxprune: error: {_shown(args, str(exc))}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("onnxprune: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        from .errors import InterruptedAfterWriting
+
+        if isinstance(exc, InterruptedAfterWriting):  # held while the outputs were moved into place
+            print(
+                "onnxprune: interrupted; the outputs were written (Ctrl-C came as they were moved into place)",
+                file=sys.stderr,
+            )
+        else:
+            print("onnxprune: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # the machine, not the model: a full disk, a folder it may not write
         print(

@@ -93,6 +93,12 @@ class InputsNotFound(UsageError, FileNotFoundError):
         return type(self), (self.filename, self.kind)
 
 
+class InterruptedAfterWriting(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) came while files were being moved into place: it was held until every
+    file was in place (a replacement is never left half done), then raised. The files were
+    written."""
+
+
 class LeftoverWarning(UserWarning):
     """A write found the hidden copies a killed run left beside its destination and dealt with
     them (put the previous files back, or removed copies no longer needed); the message says

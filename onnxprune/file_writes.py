@@ -13,13 +13,14 @@ import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from .errors import LeftoverWarning, UsageError, WriteError
+from .errors import InterruptedAfterWriting, LeftoverWarning, UsageError, WriteError
 
 __all__ = [
     "Replacement",
     "check_data_file",
     "check_output_folder",
     "check_writable",
+    "holding_interrupts",
     "output_target",
     "recover_leftovers",
     "removing_leftovers",
@@ -38,6 +39,34 @@ def removing_leftovers(*paths: str) -> Iterator[None]:
         for p in paths:
             if os.path.exists(p):
                 os.remove(p)
+
+
+@contextmanager
+def holding_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) while files are replaced: a KeyboardInterrupt between two renames,
+    or while the previous files' copies are taken or removed, left a replacement half done
+    (copies beside the files for the next run to sort out) and said 'interrupted' of a run
+    whose files were in place. Held, it is raised when the block ends: as
+    InterruptedAfterWriting when the block completed (the files are written), not at all when
+    the block failed (its error says what happened). Only in the main thread while Python's
+    own handler is installed: an application's handler is left alone."""
+    import signal
+    import threading
+
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise InterruptedAfterWriting("interrupted after the files were written")
 
 
 def output_target(path: str) -> str:
@@ -280,14 +309,15 @@ def replace_together(moves: Sequence[tuple[str, str]]) -> None:
     """Move each ``(staged, destination)`` in order, all or none (see Replacement); an OSError
     is a WriteError naming the destination that failed."""
     replacement = Replacement()
-    try:
-        replacement.keep([destination for _, destination in moves])
-        for staged, destination in moves:
-            replacement.move(staged, destination)
-    except BaseException:
-        replacement.undo()
-        raise
-    replacement.finish()
+    with holding_interrupts():
+        try:
+            replacement.keep([destination for _, destination in moves])
+            for staged, destination in moves:
+                replacement.move(staged, destination)
+        except BaseException:
+            replacement.undo()
+            raise
+        replacement.finish()
 
 
 def write_atomic(path: str, data: bytes | str) -> None:

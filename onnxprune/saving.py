@@ -25,6 +25,7 @@ from .file_writes import (
     check_data_file,
     check_output_folder,
     check_writable,
+    holding_interrupts,
     output_target,
     removing_leftovers,
     write_atomic,
@@ -180,19 +181,20 @@ class Outputs:
                     ".data), and stdout takes one file: give -o OUT.onnx; nothing written"
                 )
         replacement = Replacement()
-        try:
-            replacement.keep([*(d for m in self._models for d in m.destinations), *(d for _, d in self._moves)])
-            for model in self._models:
-                model.commit(replacement)
-            for staged, destination in self._moves:
-                replacement.move(staged, destination)
-        except BaseException:
-            replacement.undo()
-            raise
-        else:
-            replacement.finish()
-        finally:
-            self.discard()
+        with holding_interrupts():  # a Ctrl-C waits until every file is in place (or put back)
+            try:
+                replacement.keep([*(d for m in self._models for d in m.destinations), *(d for _, d in self._moves)])
+                for model in self._models:
+                    model.commit(replacement)
+                for staged, destination in self._moves:
+                    replacement.move(staged, destination)
+            except BaseException:
+                replacement.undo()
+                raise
+            else:
+                replacement.finish()
+            finally:
+                self.discard()
 
     def discard(self) -> None:
         for model in self._models:
@@ -423,24 +425,25 @@ class StagedModel:
         file, or none). Within ``replacement`` (an Outputs' commit) its owner keeps or undoes it."""
         own = replacement is None
         replacement = replacement or Replacement()
-        try:
-            if own:
-                replacement.keep(self.destinations)
-            for name in self._files:
-                target = os.path.join(self._folder, name)
-                replacement.move(
-                    os.path.join(self._tmpdir, name),
-                    target,
-                    target if name != os.path.basename(self.destination) else self.destination,
-                )
-            if own:
-                replacement.finish()
-        except BaseException:
-            if own:
-                replacement.undo()
-            raise
-        finally:
-            self.discard()
+        with holding_interrupts() if own else contextlib.nullcontext():  # an Outputs' commit holds them
+            try:
+                if own:
+                    replacement.keep(self.destinations)
+                for name in self._files:
+                    target = os.path.join(self._folder, name)
+                    replacement.move(
+                        os.path.join(self._tmpdir, name),
+                        target,
+                        target if name != os.path.basename(self.destination) else self.destination,
+                    )
+                if own:
+                    replacement.finish()
+            except BaseException:
+                if own:
+                    replacement.undo()
+                raise
+            finally:
+                self.discard()
 
     def discard(self) -> None:
         import shutil

@@ -506,3 +506,33 @@ def test_a_library_warning_during_a_run_is_one_onnxprune_line(tmp_path: Path) ->
         f"process {gone.pid}, which was stopped after it had replaced all its files\n"
     )
     assert sorted(os.listdir(tmp_path)) == ["p.onnx", "plant.py"]
+
+
+def test_ctrl_c_outside_the_run_is_one_line_too(tmp_path: Path) -> None:
+    """A Ctrl-C after the run returned (leaving main's own blocks, as the process exits) printed
+    Python's traceback of KeyboardInterrupt: main says 'onnxprune: interrupted', exit 130."""
+    code = (
+        "import sys\n"
+        "from onnxprune import cli\n"
+        "def ctrl_c(args):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli._json_to_stdout = ctrl_c\n"
+        f"raise SystemExit(cli.main(['analyze', {str(FIXTURES / 'residual.onnx')!r}, '-q']))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (130, "onnxprune: interrupted\n")
+
+
+def test_ctrl_c_while_python_exits_after_the_run_changes_nothing(tmp_path: Path) -> None:
+    """Ctrl-C in the 0.2 s Python takes to shut down after a run (onnxruntime, OpenVINO loaded)
+    killed the process by SIGINT (exit -2, a finished run's code lost) or printed a
+    KeyboardInterrupt traceback: once main returned, SIGINT is ignored."""
+    script = tmp_path / "exiting.py"
+    script.write_text(
+        "import atexit, os, runpy, signal, sys\n"
+        "atexit.register(lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C as the process exits\n"
+        f"sys.argv = ['onnxprune', 'analyze', {str(FIXTURES / 'residual.onnx')!r}, '-q']\n"
+        "runpy.run_module('onnxprune', run_name='__main__')\n"
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert (p.returncode, p.stderr) == (0, "")

@@ -530,3 +530,44 @@ def test_the_ir_writer_stages_beside_the_links_target(tmp_path: Path, monkeypatc
     import openvino as ov
 
     assert ov.Core().read_model(str(work / "w.xml")).inputs[0].get_any_name() == "input"
+
+
+def test_ctrl_c_while_outputs_are_moved_into_place_waits_for_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (SIGINT) as prune's outputs were moved into place (here: as the previous files'
+    copies are removed, the last step) said 'onnxprune: interrupted' of a run whose files were
+    all written, and left those copies beside them for the next run. It is now held until every
+    file is in place: all written, no copy left, and the message says the outputs were written."""
+    import json
+    import os
+    import signal
+
+    from onnxprune import file_writes
+
+    src = tmp_path / "in" / "wide.onnx"
+    src.parent.mkdir()
+    onnx.save(wide_model(), str(src))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, report = out_dir / "p.onnx", out_dir / "r.json"
+    out.write_bytes(b"previous model")
+    report.write_text("previous report")
+    real_finish = file_writes.Replacement.finish
+
+    def ctrl_c_then_finish(self: file_writes.Replacement) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the signal is taken between two bytecodes: give it some
+            pass
+        real_finish(self)
+
+    monkeypatch.setattr(file_writes.Replacement, "finish", ctrl_c_then_finish)
+    args = ["prune", str(src), "-o", str(out), "--report", str(report), "--ratio", "0.5", "--no-verify", "-q"]
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err == (
+        "onnxprune: interrupted; the outputs were written (Ctrl-C came as they were moved into place)\n"
+    )
+    assert sorted(os.listdir(out_dir)) == ["p.onnx", "r.json"]  # no copy of the previous files left
+    assert json.loads(report.read_text())["output"] == str(out)
+    assert len(onnx.load(str(out)).graph.node) == len(wide_model().graph.node)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
