@@ -372,6 +372,8 @@ def check_output_folder(path: str, what: str = "output") -> None:
         raise UsageError(f"{path}: {what} is not a regular file; give a file name")
     folder = os.path.dirname(os.path.abspath(output_target(path)))
     if not os.path.isdir(folder):
+        if os.path.exists(folder):  # -o m.onnx/x.onnx: m.onnx is there, as a file
+            raise UsageError(f"{path}: {what} folder {folder} is a file, not a folder")
         raise UsageError(f"{path}: {what} folder {folder} does not exist")
 
 

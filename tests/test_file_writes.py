@@ -274,6 +274,7 @@ def test_external_data_behind_a_link_is_refused(tmp_path: Path) -> None:
         (["-o", "x.onnx/"], "x.onnx/: output ends in '/', a folder; give a file name"),
         (["-o", "p.onnx", "--report", ""], "--report: an empty file name; give a file name"),
         (["-o", "p.onnx", "--calibration", ""], "--calibration: an empty file name; give a file name"),
+        (["-o", "x.onnx/p.onnx"], "x.onnx/p.onnx: output folder {tmp}/x.onnx is a file, not a folder"),
     ],
 )
 def test_an_output_that_is_no_file_name_is_refused_before_any_work(
@@ -285,7 +286,8 @@ def test_an_output_that_is_no_file_name_is_refused_before_any_work(
 ) -> None:
     """-o "" (an unset shell variable) and -o newdir/ passed the checks, the whole run was done
     and then failed at the rename, saying ': Is a directory' (newdir does not even exist);
-    --report "" and --calibration "" were taken for the option not given (no report, no data)."""
+    --report "" and --calibration "" were taken for the option not given (no report, no data);
+    -o x.onnx/p.onnx said x.onnx 'does not exist' (it is a file)."""
     import os
 
     from onnxprune.file_writes import check_output_folder
@@ -295,7 +297,7 @@ def test_an_output_that_is_no_file_name_is_refused_before_any_work(
     (tmp_path / "x.onnx").write_bytes(b"a file")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["prune", str(src), *options, "--ratio", "0.5", "--no-verify", "-q"]) == 2
-    assert capsys.readouterr().err == f"onnxprune: error: {message}\n"
+    assert capsys.readouterr().err == f"onnxprune: error: {message.format(tmp=tmp_path)}\n"
     assert sorted(os.listdir(tmp_path)) == ["wide.onnx", "x.onnx"]
     if options[1] != "p.onnx":  # the library's check of an output path refuses it too
         with pytest.raises(onnxprune.UsageError):
