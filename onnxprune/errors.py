@@ -7,6 +7,7 @@ import errno
 __all__ = [
     "BackendMissing",
     "InputsNotFound",
+    "InterruptedAfterWriting",
     "LeftoverWarning",
     "LoadError",
     "OnnxPruneError",
@@ -15,6 +16,7 @@ __all__ = [
     "ValidationFunctionFailed",
     "VerificationFailed",
     "WriteError",
+    "backend_import_error",
     "first_line",
     "openvino_message",
 ]
@@ -103,6 +105,27 @@ class LeftoverWarning(UserWarning):
     """A write found the hidden copies a killed run left beside its destination and dealt with
     them (put the previous files back, or removed copies no longer needed); the message says
     which. The library warns; the CLI prints it as ``onnxprune: warning: ...``."""
+
+
+def backend_import_error(name: str, exc: ImportError, missing: str) -> BaseException:
+    """What to raise for the ImportError ``exc`` of backend ``name``: a KeyboardInterrupt when
+    Ctrl-C came during the import (a C extension's import turns it into an ImportError: Ctrl-C
+    while onnxruntime loaded said 'onnxruntime is not installed'); ``BackendMissing(missing)``
+    when it is not installed; else a BackendMissing saying it is installed but cannot be imported."""
+    import importlib.util
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return KeyboardInterrupt()
+        cause = cause.__cause__ or cause.__context__
+    try:
+        installed = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a half-imported module in sys.modules
+        installed = True
+    if not installed:
+        return BackendMissing(missing)
+    return BackendMissing(f"{name} is installed but cannot be imported: {first_line(exc)}")
 
 
 def first_line(exc: BaseException) -> str:

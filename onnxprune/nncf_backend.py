@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BackendMissing, OnnxPruneError, UnsupportedModel, first_line
+from .errors import OnnxPruneError, UnsupportedModel, backend_import_error, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -35,8 +35,10 @@ Feeds = Mapping[str, np.ndarray]
 def require_nncf() -> Any:
     try:
         import nncf
-    except ImportError:
-        raise BackendMissing("nncf is not installed: pip install 'nncf>=3.0' (int8 quantization)") from None
+    except ImportError as exc:  # not installed, broken, or Ctrl-C while it loaded
+        raise backend_import_error(
+            "nncf", exc, "nncf is not installed: pip install 'nncf>=3.0' (int8 quantization)"
+        ) from None
     return nncf
 
 

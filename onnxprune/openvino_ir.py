@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import BackendMissing, UnsupportedModel, UsageError, VerificationFailed, openvino_message
+from .errors import (
+    UnsupportedModel,
+    UsageError,
+    VerificationFailed,
+    backend_import_error,
+    openvino_message,
+)
 from .file_writes import output_target, replace_together
 from .saving import Outputs, check_output_folder, removing_leftovers
 
@@ -43,8 +49,8 @@ IR_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 0.15}
 def require_openvino() -> Any:
     try:
         import openvino as ov
-    except ImportError:
-        raise BackendMissing("openvino is not installed: pip install openvino") from None
+    except ImportError as exc:  # not installed, broken, or Ctrl-C while it loaded
+        raise backend_import_error("openvino", exc, "openvino is not installed: pip install openvino") from None
     return ov
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .errors import BackendMissing, LoadError, OnnxPruneError, UsageError, VerificationFailed
+from .errors import LoadError, OnnxPruneError, UsageError, VerificationFailed, backend_import_error
 from .fake_quantize import FQ_DOMAIN, expand_fake_quantize, has_fake_quantize
 
 __all__ = ["EXPANDED", "ModelRunner", "describe", "onnxruntime_message", "paired_outputs", "run_model", "session"]
@@ -31,9 +31,11 @@ Feeds = Mapping[str, np.ndarray]
 def _onnxruntime() -> Any:
     try:
         import onnxruntime as ort
-    except ImportError:  # pragma: no cover - onnxruntime is a dependency
-        raise BackendMissing(
-            "onnxruntime is not installed (pip install onnxruntime); it runs the models to verify and calibrate"
+    except ImportError as exc:  # onnxruntime is a dependency: not installed, broken, or Ctrl-C while it loaded
+        raise backend_import_error(
+            "onnxruntime",
+            exc,
+            "onnxruntime is not installed (pip install onnxruntime); it runs the models to verify and calibrate",
         ) from None
     return ort
 

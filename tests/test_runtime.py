@@ -191,3 +191,52 @@ def test_runtime_names_dynamic_dimensions_as_question_marks(tmp_path: Path) -> N
         str(err.value)
         == "m.onnx: the inputs do not fit the model: input 'x' has shape [1, 3, 8], the model takes [?, 3, ?, ?]"
     )
+
+
+@pytest.mark.parametrize(
+    ("module", "load", "missing"),
+    [
+        ("onnxruntime", "onnxprune.runtime:_onnxruntime", "onnxruntime is not installed"),
+        ("openvino", "onnxprune.openvino_ir:require_openvino", "openvino is not installed"),
+        ("nncf", "onnxprune.nncf_backend:require_nncf", "nncf is not installed"),
+    ],
+)
+def test_ctrl_c_while_a_backend_loads_is_an_interrupt_not_a_missing_backend(
+    monkeypatch: pytest.MonkeyPatch, module: str, load: str, missing: str
+) -> None:
+    """Ctrl-C while onnxruntime loaded (its C extension's import turns the KeyboardInterrupt into
+    an ImportError: 'PyCapsule_Import could not import module "datetime"') said 'onnxruntime is
+    not installed (pip install onnxruntime)', exit 2, to a user who has it. Now an interrupt (the
+    CLI: 'onnxprune: interrupted', 130); an installed backend that fails to import says so."""
+    import builtins
+    import importlib
+
+    from onnxprune.errors import BackendMissing
+
+    where, _, name = load.partition(":")
+    loader = getattr(importlib.import_module(where), name)
+    real_import = builtins.__import__
+    failure: list[ImportError] = []
+
+    def failing(target: str, *args: object, **kwargs: object) -> object:
+        if target == module:
+            raise failure[0]
+        return real_import(target, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", failing)
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt as interrupt:
+        failure.append(ImportError('PyCapsule_Import could not import module "datetime"'))
+        failure[0].__cause__ = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        loader()
+    failure[0] = ImportError("libfoo.so: cannot open shared object file")  # installed, but broken
+    with pytest.raises(BackendMissing) as broken:
+        loader()
+    assert (
+        str(broken.value) == f"{module} is installed but cannot be imported: libfoo.so: cannot open shared object file"
+    )
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # not installed
+    with pytest.raises(BackendMissing, match=f"^{missing}"):
+        loader()
