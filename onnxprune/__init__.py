@@ -50,6 +50,7 @@ _EXPORTS = {
     "WriteError": "errors",
     "LeftoverWarning": "errors",
     "InputsNotFound": "errors",
+    "InterruptedAfterWriting": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .errors import (
         BackendMissing,
         InputsNotFound,
+        InterruptedAfterWriting,
         LeftoverWarning,
         LoadError,
         OnnxPruneError,
