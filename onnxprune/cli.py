@@ -379,12 +379,9 @@ def _prune(args: argparse.Namespace) -> int:
 
             outputs.add_text(args.report, json_text(data, indent=2))
         outputs.commit()
-    if getattr(args, "stdout_model", None) is None and args.output.lower().endswith(".onnx"):
-        from .saving import unused_data_file
+    from .cli_paths import say_unused_data_file
 
-        unused = unused_data_file(args.output)  # a previous model's weights, left beside the new one
-        if unused:
-            print(f"onnxprune: warning: {unused}", file=sys.stderr)
+    say_unused_data_file(args)
     if not args.quiet:
         from .cli_text import format_report
 

@@ -141,6 +141,19 @@ def check_outputs_spare_inputs(args: argparse.Namespace) -> None:
                 )
 
 
+def say_unused_data_file(args: argparse.Namespace) -> None:
+    """After the outputs are in place: one warning line when ``-o OUT.onnx``'s ``OUT.onnx.data``
+    is not read by the model written (an earlier model's weights, left: another may read them)."""
+    import sys
+
+    from .saving import unused_data_file
+
+    if getattr(args, "stdout_model", None) is None and args.output.lower().endswith(".onnx"):
+        unused = unused_data_file(args.output)
+        if unused:
+            print(f"onnxprune: warning: {unused}", file=sys.stderr)
+
+
 def check_no_empty_paths(args: argparse.Namespace) -> None:
     """UsageError for a file option given an empty name (``--report "$R"`` with R unset): it
     was taken for the option not given (no report, no calibration) or failed after the work."""

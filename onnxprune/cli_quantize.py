@@ -173,6 +173,9 @@ def quantize_command(args: argparse.Namespace, shapes: dict) -> int:
                 + "\n",
             )
         outputs.commit()
+    from .cli_paths import say_unused_data_file
+
+    say_unused_data_file(args)  # an earlier model's OUT.onnx.data beside the int8 model
     if not args.quiet:
         print(format_quantize(data))
     return 0
