@@ -80,14 +80,14 @@ def spread_warnings(timings: Sequence[ModelTiming]) -> list[str]:
 def _static_dims(path: str, name: str, dims: Sequence[object], given: Mapping[str, Sequence[int]]) -> list[int]:
     """The shape fed to input ``name``: the user's, else the model's with a dynamic batch set
     to 1; any other dynamic dimension is a usage error asking for --input-shape."""
-    from .shapes import batch_filled, shape_text
+    from .shapes import batch_filled, input_shape_hint
 
     # dims from the runtime: [] for an unknown rank (OpenVINO) or a scalar; nothing to check then
     shape = batch_filled(name, list(dims) or None, given, path, check_fixed=False)
     if None in shape:
         raise UsageError(
             f"{path}: input {name!r} dimension {shape.index(None)} is dynamic; give --input-shape "
-            f"{name}:{shape_text(shape)} (the size to time)"
+            f"{input_shape_hint(name, shape, 'to time')}"
         )
     return [int(d) for d in shape]  # type: ignore[arg-type]  # None refused above
 

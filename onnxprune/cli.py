@@ -433,7 +433,7 @@ def _static_shapes(
         proto = onnx.load(model, load_external_data=False)
     except Exception:
         return dict(given)  # not readable: prune's loader says why, in its words
-    from .shapes import batch_filled, data_input_shapes, input_dims, shape_text
+    from .shapes import batch_filled, data_input_shapes, input_dims, input_shape_hint
 
     shapes = data_input_shapes(proto, (inputs, calibration), given)
     inits = {i.name for i in proto.graph.initializer}
@@ -444,7 +444,7 @@ def _static_shapes(
         if None in shape:
             raise UsageError(
                 f"{model}: input {vi.name!r} dimension {shape.index(None)} is dynamic and {what} needs a static "
-                f"shape; give --input-shape {vi.name}:{shape_text(shape)}"
+                f"shape; give --input-shape {input_shape_hint(vi.name, shape, 'to use')}"
             )
     return shapes
 

@@ -82,6 +82,15 @@ def shape_text(shape: Sequence[int | None], dynamic: str = "?") -> str:
     return ",".join(dynamic.format(j) if d is None else str(d) for j, d in enumerate(shape))
 
 
+def input_shape_hint(name: str, shape: Sequence[int | None], purpose: str) -> str:
+    """The ``--input-shape`` to give for input ``name`` whose ``shape`` has unknown dimensions,
+    in a form that can be typed once its named sizes are chosen (a ``?`` cannot: it is refused):
+    ``x:1,3,d2,d3 with d2, d3 the sizes to time``."""
+    free = [f"d{j}" for j, d in enumerate(shape) if d is None]
+    sizes = "sizes" if len(free) > 1 else "size"
+    return f"{name}:{shape_text(shape, 'd{}')} with {', '.join(free)} the {sizes} {purpose}"
+
+
 def dynamic_batch_inputs(model: onnx.ModelProto) -> list[str]:
     """Graph inputs whose first dimension is symbolic (a dynamic batch)."""
     inits = {i.name for i in model.graph.initializer}

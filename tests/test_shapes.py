@@ -71,7 +71,9 @@ def test_every_copy_of_the_rule_now_goes_through_it() -> None:
     # each says in its own words what the width is needed for
     with pytest.raises(UsageError, match=r"--static needs every dimension of input 'x' \(1,3,8,\?\)"):
         _static_shapes(model, {}, (), "m.onnx")
-    with pytest.raises(UsageError, match=r"dimension 3 is dynamic; give --input-shape x:1,3,8,\? \(the size to time\)"):
+    with pytest.raises(
+        UsageError, match=r"dimension 3 is dynamic; give --input-shape x:1,3,8,d3 with d3 the size to time"
+    ):
         _static_dims("m.onnx", "x", ["N", 3, 8, "W"], {})
     with pytest.raises(UsageError, match=r"give --input-shape x:2,3,8,d3 with d3 the size to time"):
         resolve_input_shapes(model, {}, 2, "m.onnx")
@@ -114,3 +116,21 @@ def test_input_shape_must_name_an_input_of_its_rank(tmp_path: Path, command: str
     p = run_cli(name, str(model), *out.get(name, ["--rounds", "1"]), *flags, "--input-shape", shape)
     assert one_line_error(p) == f"onnxprune: error: {model}: {message}"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["cal.npz", "m.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("command", "purpose"), [(("prune", "-o", "{d}/p.onnx", "--ir", "{d}/p.xml"), "to use"), (("bench",), "to time")]
+)
+def test_a_dynamic_dimension_hint_can_be_typed(tmp_path: Path, command: tuple[str, ...], purpose: str) -> None:
+    """prune --ir / --bench and bench asked for '--input-shape x:1,3,?,?' of a model with a
+    dynamic height and width, a form --input-shape refuses ('dimensions must be integers'): now
+    'x:1,3,d2,d3 with d2, d3 the sizes to use' (as latency-table says since 7575223), which runs
+    once the sizes are typed in."""
+    model = tmp_path / "hw.onnx"
+    onnx.save(dynamic_hw_model(), model)
+    args = [a.format(d=tmp_path) for a in command]
+    err = one_line_error(run_cli(args[0], model, *args[1:], "-q"))
+    assert err.endswith(f"give --input-shape x:1,3,d2,d3 with d2, d3 the sizes {purpose}"), err
+    if args[0] == "prune":  # the form typed with the sizes chosen
+        p = run_cli(args[0], model, *args[1:], "--input-shape", "x:1,3,16,16", "-q")
+        assert p.returncode == 0, p.stderr
