@@ -80,9 +80,16 @@ def bench_command(args: argparse.Namespace) -> int:
 
         try:
             with np.load(args.inputs) as data:
-                inputs = {k: np.asarray(data[k][:1]) for k in data.files}
+                arrays = {k: data[k] for k in data.files}
         except Exception as exc:  # numpy and zipfile raise their own types
             raise UsageError(f"{args.inputs}: cannot read inputs ({' '.join(str(exc).split())[:200]})") from None
+        for name, array in arrays.items():  # no sample: OpenVINO said 'Batch size is zero', not which file
+            if array.ndim and not array.shape[0]:
+                raise UsageError(
+                    f"{args.inputs}: array {name!r} has no samples (shape {array.shape}); "
+                    "give at least one along its first axis"
+                )
+        inputs = {k: np.asarray(a[:1]) if a.ndim else a for k, a in arrays.items()}
     if args.json:
         from .saving import check_writable
 

@@ -195,6 +195,10 @@ def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source
     origin = f"array {name!r} of {path} has shape {tuple(array.shape)}, samples along its first axis"
     if array.ndim == 0:
         raise UsageError(f"{where}: input {name!r} is a scalar in {path}; give samples along the first axis")
+    if array.shape[0] == 0:  # was an internal error ('cannot reshape array of size 0'), exit 3
+        raise UsageError(
+            f"{path}: array {name!r} has no samples (shape {tuple(array.shape)}); give at least one along its first axis"
+        )
     if want is not None and array.dtype != want:
         if np.issubdtype(array.dtype, np.floating) and np.issubdtype(want, np.floating):
             array = array.astype(want)
