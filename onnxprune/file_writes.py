@@ -25,6 +25,7 @@ __all__ = [
     "recover_leftovers",
     "removing_leftovers",
     "replace_together",
+    "staging_name",
     "write_atomic",
 ]
 
@@ -69,6 +70,26 @@ def holding_interrupts() -> Iterator[None]:
         raise InterruptedAfterWriting("interrupted after the files were written")
 
 
+def _name_max(folder: str) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not POSIX, or not known: the common limit
+        return 255
+
+
+def staging_name(folder: str, prefix: str, name: str) -> str:
+    """``prefix + name`` in ``folder``, the name shortened from its start (its end, the
+    extension matplotlib and OpenVINO read, kept) to what the file system takes: a
+    destination of 240 bytes is valid, its staging name with the prefix was not ('File name
+    too long' after all the work)."""
+    room = _name_max(folder) - len(prefix.encode())
+    encoded = name.encode()
+    if len(encoded) > room:
+        name = encoded[len(encoded) - room :].decode("utf-8", "ignore")
+    return os.path.join(folder, prefix + name)
+
+
 def output_target(path: str) -> str:
     """The file a write to ``path`` replaces: ``path`` itself, or, when it is a symbolic link,
     the file the link leads to (every hop followed), as cp and editors write: the link stays
@@ -89,7 +110,7 @@ def _replace(staged: str, target: str) -> None:
         if exc.errno != errno.EXDEV:
             raise
     folder, base = os.path.split(target)
-    near = os.path.join(folder, f".onnxprune-{os.getpid()}-copy-{base}")
+    near = staging_name(folder, f".onnxprune-{os.getpid()}-copy-", base)
     with removing_leftovers(near):
         shutil.copyfile(staged, near)
         os.replace(near, target)
@@ -159,7 +180,7 @@ class Replacement:
         hard link (else ``destination`` was renamed to it)."""
         folder, base = os.path.split(os.path.abspath(destination))
         for n in range(1000):
-            kept = os.path.join(folder, f"{KEPT_PREFIX}{os.getpid()}-kept{n}-{base}")
+            kept = staging_name(folder, f"{KEPT_PREFIX}{os.getpid()}-kept{n}-", base)  # a long name: its end
             if not os.path.lexists(kept):
                 break
         try:
@@ -249,7 +270,11 @@ def recover_leftovers(destinations: Sequence[str]) -> list[str]:
         for name in names:
             m = _KEPT.match(name)
             if m and not _alive(int(m[1])):
-                groups.setdefault(int(m[1]), []).append((os.path.join(folder, name), os.path.join(folder, m[2])))
+                destination = os.path.join(folder, m[2])
+                if destination not in targets:  # a long name's copy keeps its end (staging_name)
+                    longer = [t for t in targets if os.path.dirname(t) == folder and t.endswith(m[2])]
+                    destination = longer[0] if len(longer) == 1 else destination
+                groups.setdefault(int(m[1]), []).append((os.path.join(folder, name), destination))
             m = _STAGED.match(name)
             if m and not _alive(int(m[1])):
                 path = os.path.join(folder, name)
@@ -325,7 +350,7 @@ def write_atomic(path: str, data: bytes | str) -> None:
     file. (Models are written by DeferredModel.save, through a staging folder.)"""
     check_output_folder(path)
     target = output_target(path)
-    tmp = f"{target}.tmp{os.getpid()}"
+    tmp = staging_name(os.path.dirname(os.path.abspath(target)), "", f"{os.path.basename(target)}.tmp{os.getpid()}")
     try:
         with removing_leftovers(tmp):
             with open(tmp, "w" if isinstance(data, str) else "wb") as f:
@@ -371,6 +396,12 @@ def check_output_folder(path: str, what: str = "output") -> None:
     if os.path.exists(path) and not os.path.isfile(path):  # a device or fifo: a rename would replace it
         raise UsageError(f"{path}: {what} is not a regular file; give a file name")
     folder = os.path.dirname(os.path.abspath(output_target(path)))
+    if os.path.isdir(folder):
+        name, limit = os.path.basename(output_target(path)), _name_max(folder)
+        if len(name.encode()) > limit:  # refused now, not by the rename after the work
+            raise UsageError(
+                f"{path}: {what} file name is {len(name.encode())} bytes long; this file system takes {limit}"
+            )
     if not os.path.isdir(folder):
         if os.path.exists(folder):  # -o m.onnx/x.onnx: m.onnx is there, as a file
             raise UsageError(f"{path}: {what} folder {folder} is a file, not a folder")

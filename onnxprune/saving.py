@@ -28,6 +28,7 @@ from .file_writes import (
     holding_interrupts,
     output_target,
     removing_leftovers,
+    staging_name,
     write_atomic,
 )
 from .wire import GRAPH_FIELD, INITIALIZER_FIELD, RAW_DATA_FIELD, RAW_DTYPES, encode_varint, field_key
@@ -127,9 +128,8 @@ class Outputs:
     def staging_path(self, path: str) -> str:
         """A temporary name beside ``path`` (beside its target when it is a symbolic link: one
         rename replaces it) that keeps its extension (matplotlib, OpenVINO read it)."""
-        name = os.path.basename(path)
         folder = os.path.dirname(os.path.abspath(output_target(path)))
-        return os.path.join(folder, f".onnxprune-{os.getpid()}-{len(self._moves)}-{name}")
+        return staging_name(folder, f".onnxprune-{os.getpid()}-{len(self._moves)}-", os.path.basename(path))
 
     def add(self, staged: str, destination: str) -> None:
         """Move file ``staged`` to ``destination`` on commit."""

@@ -573,3 +573,32 @@ def test_ctrl_c_while_outputs_are_moved_into_place_waits_for_the_last_one(
     assert json.loads(report.read_text())["output"] == str(out)
     assert len(onnx.load(str(out)).graph.node) == len(wide_model().graph.node)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+
+
+def test_long_file_names_are_written_or_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--report with a 250-byte name (valid: the file system takes 255) failed after all the work
+    with 'File name too long': its staging name adds '.onnxprune-PID-N-'. A name over the file
+    system's limit was refused only by the rename at the end, after the work."""
+    import json
+    import os
+
+    pytest.importorskip("openvino")
+    src = tmp_path / "wide.onnx"
+    onnx.save(wide_model(), str(src))
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    report, ir = tmp_path / ("r" * (limit - 5) + ".json"), tmp_path / ("m" * (limit - 4) + ".xml")
+    args = ["prune", str(src), "-o", str(tmp_path / "p.onnx"), "--ratio", "0.5", "--no-verify", "-q"]
+    assert cli.main([*args, "--report", str(report)]) == 0, capsys.readouterr().err
+    assert json.loads(report.read_text())["output"] == str(tmp_path / "p.onnx")
+    assert cli.main([*args, "--report", str(report)]) == 0, capsys.readouterr().err  # over it: its copy's name too
+    assert json.loads(report.read_text())["output"] == str(tmp_path / "p.onnx")
+    assert cli.main(["convert", str(tmp_path / "p.onnx"), "-o", str(ir), "-q"]) == 0, capsys.readouterr().err
+    assert ir.is_file() and ir.with_suffix(".bin").is_file()
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith(".")) == []  # nothing staged left
+    too_long = tmp_path / ("x" * limit + ".onnx")
+    assert cli.main(["prune", str(src), "-o", str(too_long), "--ratio", "0.5", "-q"]) == 2
+    assert capsys.readouterr().err == (
+        f"onnxprune: error: {too_long}: output file name is {limit + 5} bytes long; this file system takes {limit}\n"
+    )
