@@ -433,19 +433,30 @@ def _static_shapes(
         proto = onnx.load(model, load_external_data=False)
     except Exception:
         return dict(given)  # not readable: prune's loader says why, in its words
-    from .shapes import batch_filled, data_input_shapes, input_dims, input_shape_hint
+    from .shapes import batch_filled, data_input_shapes, input_dims, input_shape_hint, shape_text
 
     shapes = data_input_shapes(proto, (inputs, calibration), given)
     inits = {i.name for i in proto.graph.initializer}
+    missing = []  # every input still dynamic: all said at once, not one per run
     for vi in proto.graph.input:
         if vi.name in inits or vi.name in shapes:
             continue
         shape = batch_filled(vi.name, input_dims(vi), {}, model)
         if None in shape:
-            raise UsageError(
-                f"{model}: input {vi.name!r} dimension {shape.index(None)} is dynamic and {what} needs a static "
-                f"shape; give --input-shape {input_shape_hint(vi.name, shape, 'to use')}"
-            )
+            missing.append((vi.name, shape))
+    if len(missing) == 1:
+        name, shape = missing[0]
+        raise UsageError(
+            f"{model}: input {name!r} dimension {shape.index(None)} is dynamic and {what} needs a static "
+            f"shape; give --input-shape {input_shape_hint(name, shape, 'to use')}"
+        )
+    if missing:
+        names = ", ".join(repr(n) for n, _ in missing)
+        flags = " ".join(f"--input-shape {n}:{shape_text(s, 'd{}')}" for n, s in missing)
+        raise UsageError(
+            f"{model}: inputs {names} have dynamic dimensions and {what} needs static shapes; give {flags} "
+            "with each d<i> the size of that input's dimension i to use"
+        )
     return shapes
 
 

@@ -134,3 +134,24 @@ def test_a_dynamic_dimension_hint_can_be_typed(tmp_path: Path, command: tuple[st
     if args[0] == "prune":  # the form typed with the sizes chosen
         p = run_cli(args[0], model, *args[1:], "--input-shape", "x:1,3,16,16", "-q")
         assert p.returncode == 0, p.stderr
+
+
+def test_every_dynamic_input_is_named_at_once(tmp_path: Path) -> None:
+    """prune --ir of a model with two dynamic inputs (the corpus's Silero VAD: input, state) asked
+    for one --input-shape, then, once given, for the next: now both in one line."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])
+    w = onnx.numpy_helper.from_array(np.full((2, 3, 1, 1), 0.5, np.float32), "w")
+    nodes = [helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Conv", ["s", "w"], ["y"], name="conv")]
+    model = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "two", [x, z], [y], [w])), model)
+    ir = ("--ir", tmp_path / "p.xml")
+    err = one_line_error(run_cli("prune", model, "-o", tmp_path / "p.onnx", *ir, "-q"))
+    assert err == (
+        f"onnxprune: error: {model}: inputs 'x', 'z' have dynamic dimensions and --ir needs static shapes; give "
+        "--input-shape x:1,3,d2,d3 --input-shape z:1,3,d2,d3 with each d<i> the size of that input's dimension i to use"
+    )
+    typed = ("--input-shape", "x:1,3,8,8", "--input-shape", "z:1,3,8,8")
+    p = run_cli("prune", model, "-o", tmp_path / "p.onnx", *ir, *typed, "-q")
+    assert p.returncode == 0, p.stderr
