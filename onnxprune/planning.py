@@ -108,7 +108,9 @@ class PruningPlan:
         """The error for a plan that does not fit ``model`` (``reason``: resolve's UsageError),
         naming the plan's file (when read from one), the model and the reason."""
         where = f"{self.source}: the plan" if self.source else "the plan"
-        return UsageError(f"{where} does not fit {model}: {reason} (was it made for another model?)")
+        # A custom op without its rule pins its channels: the plan was made with rules given now without.
+        why = "made with rules for custom ops (--rules)? give the same" if "has no rule" in str(reason) else ""
+        return UsageError(f"{where} does not fit {model}: {reason} (was it {why or 'made for another model?'})")
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:

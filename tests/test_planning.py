@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,20 @@ def test_a_plan_for_another_model_names_the_plan_file_the_model_and_the_reason(t
     assert line.startswith(f"onnxprune: error: {edited}: the plan does not fit {model}: its layer {node!r} loses ")
     assert "output channel 999, but has " in line and line.endswith(" in the model (was it made for another model?)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edited.json", "p.json", "y.onnx"]
+
+
+def test_a_plan_made_with_rules_applied_without_them_says_so(tmp_path: Path) -> None:
+    """A plan saved with --rules (a custom op's rule lets its channels go) applied without them
+    asked '(was it made for another model?)' of the very model it was made for."""
+    from cli_helpers import one_line_error, run_cli
+
+    root = Path(__file__).resolve().parent.parent / "fixtures"
+    model, rules = root / "custom_activation.onnx", f"{root / 'custom_rules.py'}:registry"
+    plan = tmp_path / "plan.json"
+    p = run_cli("prune", model, "-o", tmp_path / "a.onnx", "--rules", rules, "--save-plan", plan, "-q")
+    assert p.returncode == 0, p.stderr
+    err = one_line_error(run_cli("prune", model, "-o", tmp_path / "b.onnx", "--plan", plan, "-q"))
+    assert err.startswith(f"onnxprune: error: {plan}: the plan does not fit {model}: ") and "has no rule" in err
+    assert err.endswith("(was it made with rules for custom ops (--rules)? give the same)"), err
+    p = run_cli("prune", model, "-o", tmp_path / "b.onnx", "--plan", plan, "--rules", rules, "-q")
+    assert p.returncode == 0, p.stderr
