@@ -154,9 +154,7 @@ def heldout_table(rows: list[dict]) -> list[str]:
     for r in rows:
         h = r["heldout"]
         a, b = h["only_latency"], h["only_macs"]
-        verdict = _paired_verdict(a, b)
-        if ("final" in r or "macs_plan_gap" in r) and abs(_apart(r)) > 0.01:
-            verdict += " (not at equal latency)"
+        verdict = _row_verdict(r, a, b)
         lines.append(
             f"| {_label(r)} | {h['n']} ({h['seeds'][0]}–{h['seeds'][1]}) "
             f"| {h['latency']['top1']:.4f} ({h['latency']['cosine']:.4f}) "
@@ -189,9 +187,7 @@ def detection_heldout_table(rows: list[dict]) -> list[str]:
     for r in rows:
         h = r["heldout"]
         a, b = h["higher_latency"], h["higher_macs"]
-        verdict = _paired_verdict(a, b)
-        if abs(_apart(r)) > 0.01:
-            verdict += " (not at equal latency)"
+        verdict = _row_verdict(r, a, b)
         lines.append(
             f"| {_label(r)} | {h['n']} ({h['seeds'][0]}–{h['seeds'][1]}) | {h['reference_detections']} "
             f"| {h['latency']['detection']:.4f} ({h['latency']['cosine']:.4f}) "
@@ -208,6 +204,15 @@ def heldout_verdict(h: dict) -> str:
         return f"{h['n']} more pages: {_paired_verdict(h['higher_latency'], h['higher_macs'])}"
     what = "labelled images" if h.get("labelled") else "inputs"
     return f"{h['n']} {what}: {_paired_verdict(h['only_latency'], h['only_macs'])}"
+
+
+def _row_verdict(row: dict, only_latency: int, only_macs: int) -> str:
+    """A held-out table's verdict for one row: the paired verdict, flagged when the row's MACs plan
+    measured more than 0.01 from the latency plan's ratio (then not a comparison at equal latency);
+    a row without a MACs plan measurement is not flagged."""
+    verdict = _paired_verdict(only_latency, only_macs)
+    measured = "final" in row or "macs_plan_gap" in row
+    return verdict + " (not at equal latency)" if measured and abs(_apart(row)) > 0.01 else verdict
 
 
 def _paired_verdict(only_latency: int, only_macs: int) -> str:
@@ -240,9 +245,7 @@ def labelled_table(rows: list[dict]) -> list[str]:
     for r in rows:
         h = r["heldout"]
         a, b = h["only_latency"], h["only_macs"]
-        verdict = _paired_verdict(a, b)
-        if abs(_apart(r)) > 0.01:
-            verdict += " (not at equal latency)"
+        verdict = _row_verdict(r, a, b)
         lat, mac = h["latency"], h["macs"]
         lines.append(
             f"| {_label(r)} | {h['n']} ({h['seeds'][0]}) | {h['original']['accuracy']:.4f} "
