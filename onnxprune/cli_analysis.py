@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import _registry, _shapes, _write_text
+from .cli_common import parse_shapes, rules_registry, write_text
 from .cli_text import reason_counts
 from .render import json_text
 
@@ -23,7 +23,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         from .saving import check_writable
 
         check_writable(args.json, "--json")
-    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape), registry=_registry(args))
+    analysis = analyze(args.model, input_shapes=parse_shapes(args.input_shape), registry=rules_registry(args))
     data = {
         "format": ANALYSIS_FORMAT,
         "model": args.model,
@@ -31,7 +31,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         "groups": [g.to_dict() for g in analysis.groups],
     }
     if args.json:
-        _write_text(args.json, json_text(data, indent=2))
+        write_text(args.json, json_text(data, indent=2))
     if not args.quiet:
         s = analysis.summary()
         print(f"{args.model}: {s['channels']} output channels in {s['groups']} channel groups")
@@ -55,7 +55,7 @@ def explain_command(args: argparse.Namespace) -> int:
         from .saving import check_writable
 
         check_writable(json_path, "--json")
-    analysis = analyze(args.model, input_shapes=_shapes(args.input_shape), registry=_registry(args))
+    analysis = analyze(args.model, input_shapes=parse_shapes(args.input_shape), registry=rules_registry(args))
     nodes = getattr(args, "node", None) or None
     if nodes:
         known = {s.node for s in analysis.sources}
@@ -72,7 +72,7 @@ def explain_command(args: argparse.Namespace) -> int:
                 raise UsageError(f"{args.model}: no weight-bearing layer named {name!r}{hint}")
     layers = explain_layers(analysis, nodes)
     if json_path:
-        _write_text(
+        write_text(
             json_path,
             json_text(
                 {

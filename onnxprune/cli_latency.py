@@ -6,7 +6,7 @@ import argparse
 import importlib
 import os
 
-from .cli import _progress, _registry, _shapes
+from .cli_common import parse_shapes, progress_bars, rules_registry
 from .render import json_text
 
 __all__ = ["latency_table_command", "settings_from_args"]
@@ -41,14 +41,14 @@ def latency_table_command(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_writable(path, what)
-    registry = _registry(args)  # your rules decide the units, as in prune
+    registry = rules_registry(args)  # your rules decide the units, as in prune
     settings = settings_from_args(args)
-    progress = _progress(args.quiet)
+    progress = progress_bars(args.quiet)
     table = build_table(
         args.model,
         settings,
         timer=_timer(args.timer, settings),
-        input_shapes=_shapes(args.input_shape),
+        input_shapes=parse_shapes(args.input_shape),
         registry=registry,
         cache=not args.no_cache,
         cache_dir=args.cache_dir,

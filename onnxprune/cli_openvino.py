@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .cli import _progress, _shapes, _write_text
+from .cli_common import parse_shapes, progress_bars, write_text
 from .cli_text import ir_check_text
 from .render import json_text
 
@@ -29,7 +29,7 @@ def convert_command(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.output}: the IR path must end in .xml (the .bin is written beside it)")
     check_writable(args.output, "IR")
     model = load(args.model)
-    shapes = _shapes(args.input_shape)
+    shapes = parse_shapes(args.input_shape)
     concrete_input_shapes(model, shapes, args.model)  # each names an input, of its rank and fixed sizes
     feeds = []
     if not args.no_verify:
@@ -94,7 +94,7 @@ def bench_command(args: argparse.Namespace) -> int:
         from .saving import check_writable
 
         check_writable(args.json, "--json")
-    progress = _progress(args.quiet)
+    progress = progress_bars(args.quiet)
     timings = benchmark(
         args.models,
         backend=args.backend,
@@ -102,7 +102,7 @@ def bench_command(args: argparse.Namespace) -> int:
         runs_per_round=args.runs,
         warmup=args.warmup,
         throughput_seconds=args.throughput_seconds,
-        input_shapes=_shapes(args.input_shape),
+        input_shapes=parse_shapes(args.input_shape),
         progress=progress and (lambda d, t: progress("benchmark", d, t)),
         seconds=args.time,
         precision=args.precision,
@@ -111,7 +111,7 @@ def bench_command(args: argparse.Namespace) -> int:
     warnings = spread_warnings(timings)
     if args.json:
         rows = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
-        _write_text(args.json, json_text({"format": BENCH_FORMAT, "models": rows}, indent=2))
+        write_text(args.json, json_text({"format": BENCH_FORMAT, "models": rows}, indent=2))
     if not args.quiet:
         print(
             f"{'model':36s} {'prec':>11s} {'runs':>5s} {'median ms':>10s} {'p10-p90 ms':>17s} {'per s':>9s} {'latency':>8s} {'thrpt':>7s}   ({args.backend}, CPU)"

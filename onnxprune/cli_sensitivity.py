@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import _progress, _shapes
+from .cli_common import parse_shapes, progress_bars
 
 __all__ = ["sensitivity_command"]
 
@@ -27,7 +27,7 @@ def sensitivity_command(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_writable(path, what)
-    progress = _progress(args.quiet)
+    progress = progress_bars(args.quiet)
     result = sensitivity(
         args.model,
         args.calibration,
@@ -35,7 +35,7 @@ def sensitivity_command(args: argparse.Namespace) -> int:
         sensitivity_ratios=ratios,
         compensation=args.compensation,
         fidelity_metrics=parse_metric_choices(args.fidelity_metric),
-        input_shapes=_shapes(args.input_shape),
+        input_shapes=parse_shapes(args.input_shape),
         exclude=tuple(args.exclude),
         preprocess=args.preprocess,
         rules=args.rules,
