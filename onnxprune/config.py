@@ -1,30 +1,21 @@
-"""One frozen options object shared by the Python API and the CLI (its value checks live in
-option_checks, the config file's per-layer rules in layer_rules; both re-exported here)."""
+"""One frozen options object shared by the Python API and the CLI (its checks and default
+criterion rule live in config_checks, the value checks it shares in option_checks, the config
+file's per-layer rules in layer_rules; all re-exported here)."""
 
 from __future__ import annotations
 
-import numbers
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from .config_checks import BUDGET_DEFAULT_CRITERION, COMPENSATION_MODES, check_config
+from .config_checks import DATA_DEFAULT_CRITERION as DATA_DEFAULT_CRITERION  # tests and callers read it here
 from .errors import UsageError
 from .latency.table import LatencySettings
 from .layer_rules import LayerRule, load_layer_rules
-from .option_checks import (
-    check_bools,
-    check_ints,
-    check_mapping,
-    check_numbers,
-    check_option_names,
-    check_paths,
-    check_regex,
-    frozen_shapes,
-    parse_input_shape,
-    patterns,
-)
+from .option_checks import check_option_names, check_regex, parse_input_shape
 
 if TYPE_CHECKING:
     from .user_validation import Candidate, MaxDrop
@@ -43,14 +34,6 @@ __all__ = [
     "parse_input_shape",
 ]
 
-COMPENSATION_MODES = ("auto", "none", "data-free", "calibration")
-# One rule for an unnamed criterion: a budget means lossy pruning by filter norm, no budget
-# means exact removal of provably constant channels.
-BUDGET_DEFAULT_CRITERION = "l2"
-# With calibration data the fidelity-budgeted search ranks channels by the error each leaves at
-# its readers when replaced by its calibration mean (what the default compensation leaves):
-# measured on the corpus models (benchmarks/fidelity_real.md, see PruneConfig.data_default).
-DATA_DEFAULT_CRITERION = "contribution"
 # The drop a validation function may show when none is given: NNCF's default max_drop.
 DEFAULT_MAX_DROP = 0.01
 SENSITIVITY_RATIOS = (0.1, 0.25, 0.5)
@@ -173,200 +156,7 @@ class PruneConfig:
     criterion_reason: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shapes", frozen_shapes(self.input_shapes))
-        # One pattern given as a string is that pattern, not its characters (as ignored_scope).
-        object.__setattr__(self, "exclude", patterns(self.exclude, "exclude"))
-        check_numbers(
-            self, ("ratio", "macs_target", "tolerance", "min_fidelity", "fidelity_confidence", "latency_target")
-        )
-        check_ints(self, ("seed", "round_to"), optional=("latency_evaluations",))
-        check_bools(self, ("global_ranking", "verify", "reconstruct", "recalibrate"))
-        if self.reconstruct_from not in ("original", "pruned"):
-            raise UsageError(f"reconstruct from must be 'original' or 'pruned', got {self.reconstruct_from!r}")
-        if self.reconstruct_from != "original" and not self.reconstruct:
-            raise UsageError(f"--reconstruct-from {self.reconstruct_from} given without --reconstruct")
-        check_paths(self, ("calibration", "verification_inputs"))
-        if self.preprocess is not None and not isinstance(self.preprocess, str):
-            raise UsageError(f"preprocess must be a string such as 'imagenet', got {type(self.preprocess).__name__}")
-        object.__setattr__(self, "layer_rules", _layer_rules(self.layer_rules))
-        if isinstance(self.latency, Mapping):  # LatencySettings' fields as a mapping: {"threads": 1}
-            check_option_names(LatencySettings, self.latency)
-            object.__setattr__(self, "latency", LatencySettings(**self.latency))
-        elif not isinstance(self.latency, LatencySettings):
-            raise UsageError(f"latency must be a latency.LatencySettings, got {type(self.latency).__name__}")
-        check_mapping(self.fidelity_metrics, "fidelity_metrics", "{'*': 'cosine'}")
-        for pattern in self.exclude:
-            check_regex(pattern, "--exclude")
-        if self.max_drop is not None:
-            from .user_validation import parse_max_drop
-
-            object.__setattr__(self, "max_drop", parse_max_drop(self.max_drop))
-            explicit = self.explicit_budget
-            if explicit:
-                raise UsageError(
-                    f"--max-drop is a budget of the pruning search itself: give it or {', '.join(explicit)}, not both"
-                )
-        if self.validate is not None and not (callable(self.validate) or isinstance(self.validate, str)):
-            raise UsageError(
-                f"validate must be a function or 'FILE.py:function' / 'module:function', got {type(self.validate).__name__}"
-            )
-        if self.rules is not None and isinstance(self.rules, (bytes, int, float, Mapping)):
-            raise UsageError(
-                "rules must be a RuleRegistry, a rule, a list of rules, a function that extends a registry or "
-                f"'FILE.py:NAME' / 'module:NAME', got {type(self.rules).__name__}"
-            )
-        budget = self.budget_options
-        if self.criterion is None:
-            if budget and self.data_default:
-                object.__setattr__(self, "criterion", DATA_DEFAULT_CRITERION)
-                object.__setattr__(
-                    self,
-                    "criterion_reason",
-                    f"default: a search judged on calibration data ({', '.join(budget)}) without --criterion and "
-                    f"without recovery means {DATA_DEFAULT_CRITERION} (at held-out fidelity 0.99 it cut more than "
-                    f"{BUDGET_DEFAULT_CRITERION} on 6 of 10 real models, less on 1: benchmarks/fidelity_real.md)",
-                )
-            elif budget:
-                object.__setattr__(self, "criterion", BUDGET_DEFAULT_CRITERION)
-                object.__setattr__(
-                    self,
-                    "criterion_reason",
-                    f"default: a budget ({', '.join(budget)}) without --criterion means {BUDGET_DEFAULT_CRITERION}",
-                )
-            else:
-                object.__setattr__(self, "criterion", "zero")
-                object.__setattr__(
-                    self, "criterion_reason", "default: no budget, so only provably constant channels go"
-                )
-        elif not self.criterion_reason:
-            object.__setattr__(self, "criterion_reason", "given")
-        if self.criterion == "zero" and budget:
-            raise UsageError(
-                f"criterion 'zero' removes only provably constant channels and takes no budget ({', '.join(budget)}); "
-                f"name a lossy criterion (e.g. --criterion {BUDGET_DEFAULT_CRITERION}) or drop the budget"
-            )
-        shaping = [
-            f for f, on in (("--global", self.global_ranking), (f"--round-to {self.round_to}", self.round_to > 1)) if on
-        ]
-        if shaping and not budget:  # they shape a budget's cut; without one they were silently ignored
-            raise UsageError(
-                f"{' and '.join(shaping)} shape{'s' if len(shaping) == 1 else ''} a budget's cut, and no budget is given: "
-                "give one (--ratio, --macs-target, --min-fidelity, --latency-target, --max-drop/--validate, a --config "
-                "sparsity) or drop it"
-            )
-        if self.tolerance is not None and not (0.0 < self.tolerance < 1.0):
-            raise UsageError(f"tolerance must be in (0, 1), got {self.tolerance}")
-        if self.ratio is not None and not (0.0 <= self.ratio < 1.0):
-            raise UsageError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.macs_target is not None and not (0.0 < self.macs_target <= 1.0):
-            raise UsageError(f"macs target must be in (0, 1], got {self.macs_target}")
-        if self.ratio is not None and self.min_fidelity is not None:
-            # The fidelity floor allocates per-layer ratios itself; the ratio was silently ignored.
-            raise UsageError(
-                f"--ratio {self.ratio:g} and --min-fidelity {self.min_fidelity:g} are two budgets for the same cut: give one"
-            )
-        if self.ratio is not None and self.macs_target is not None:
-            # Both decide how much goes; the MACs target would win and the ratio be ignored.
-            raise UsageError(
-                f"--ratio {self.ratio:g} and --macs-target {self.macs_target:g} are two budgets for the same cut: give one"
-            )
-        if (
-            isinstance(self.calibration_limit, bool)
-            or not isinstance(self.calibration_limit, int)
-            or self.calibration_limit < 1
-        ):
-            raise UsageError(f"calibration limit must be a positive integer, got {self.calibration_limit!r}")
-        if self.round_to < 1:
-            raise UsageError(f"round-to must be a positive integer, got {self.round_to}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UsageError(
-                f"seed must be a non-negative integer, got {self.seed!r}"
-            )  # numpy's generators take no other
-        object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
-        from .fidelity_metrics import check_metrics
-
-        check_metrics(self.fidelity_metrics)
-        if self.sensitivity_ratios is not None:
-            object.__setattr__(self, "sensitivity_ratios", _ratios(self.sensitivity_ratios))
-        if self.min_fidelity is not None and not (0.0 < self.min_fidelity <= 1.0):
-            raise UsageError(f"min fidelity must be in (0, 1], got {self.min_fidelity}")
-        if not (0.5 <= self.fidelity_confidence < 1.0):
-            raise UsageError(f"fidelity confidence must be in [0.5, 1), got {self.fidelity_confidence}")
-        self._check_fidelity_batch()
-        ratios = self.ratios
-        if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
-            raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")
-        if (self.min_fidelity is not None or self.reconstruct or self.recalibrate) and not self.calibration:
-            given = [
-                flag
-                for flag, on in (
-                    ("--min-fidelity", self.min_fidelity is not None),
-                    ("--reconstruct", self.reconstruct),
-                    ("--recalibrate", self.recalibrate),
-                )
-                if on
-            ]
-            raise UsageError(
-                f"{' and '.join(given)} given without --calibration: --min-fidelity, --reconstruct and --recalibrate "
-                "need calibration inputs (--calibration C.npz keyed by input name, or a folder of images)"
-            )
-        floor = self.fidelity_floor
-        if self.min_fidelity is None and floor is not None and floor <= 0.0:
-            raise UsageError(
-                f"--max-drop {self.max_drop}: fidelity is at most 1.0 (the original against itself), so its drop must be below 1"
-            )
-        if self.pruning_drop is not None and not self.calibration:
-            judge = "your --validate function" if self.validate is not None else "the fidelity"
-            raise UsageError(
-                f"--max-drop/--validate need calibration inputs (--calibration): the search orders its moves by the "
-                f"sensitivity measured on them, and {judge} judges them"
-            )
-        if self.latency_target is not None:
-            self._check_latency_target()
-        if self.compensation not in COMPENSATION_MODES:
-            raise UsageError(f"compensation must be one of {', '.join(COMPENSATION_MODES)}, got {self.compensation!r}")
-        if self.compensation == "calibration" and not self.calibration:
-            raise UsageError("compensation 'calibration' needs calibration data (--calibration FILE.npz)")
-
-    def _check_fidelity_batch(self) -> None:
-        """--fidelity-batch N: a whole number of inputs, and a search it can judge (the fidelity
-        floor's allocation search, which compares its value with the floor)."""
-        n = self.fidelity_batch
-        if n is None:
-            return
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise UsageError(f"--fidelity-batch must be a whole number of inputs >= 1, got {n!r}")
-        object.__setattr__(self, "fidelity_batch", int(n))
-        others = [
-            flag
-            for flag, on in (
-                ("--macs-target", self.macs_target is not None),
-                ("--latency-target", self.latency_target is not None),
-                ("--validate", self.validate is not None),
-            )
-            if on
-        ]
-        if self.fidelity_floor is None or others:
-            raise UsageError(
-                "--fidelity-batch judges the plans of the fidelity floor's search: give --min-fidelity F (or --max-drop "
-                "without --validate)" + (f", not {', '.join(others)}" if others else "")
-            )
-
-    def _check_latency_target(self) -> None:
-        """Refuse what cannot go with a latency budget: another budget, a bad fraction."""
-        if not (0.0 < self.latency_target < 1.0):  # type: ignore[operator]
-            raise UsageError(f"latency target must be in (0, 1), got {self.latency_target}")
-        if self.latency_evaluations is not None and self.latency_evaluations < 0:
-            raise UsageError(f"--latency-evaluations must be >= 0, got {self.latency_evaluations}")
-        keeps = ("--latency-target", "--min-fidelity", "--max-drop", "--validate")  # the answers it keeps
-        others = [b for b in self.budget_options if b not in keeps]
-        if others:
-            raise UsageError(
-                f"--latency-target is a budget of its own: it cannot go with {', '.join(others)} "
-                "(use --min-fidelity, --max-drop or --validate to keep the answers, --exclude to protect layers)"
-            )
-        if self.global_ranking:
-            raise UsageError("--latency-target ranks all units together already: drop --global")
+        check_config(self)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **options: Any) -> PruneConfig:
@@ -476,28 +266,3 @@ class PruneConfig:
         """Per-layer ratios come from the sensitivity analysis (a fidelity budget, or a drop
         judged by the user's validation function); a latency budget plans on its own."""
         return (self.fidelity_floor is not None or self.validated_search) and self.latency_target is None
-
-
-def _layer_rules(rules: object) -> tuple[LayerRule, ...]:
-    """``layer_rules`` as LayerRules: a config file's entries (mappings) read as the file's are."""
-    if isinstance(rules, (str, bytes, Mapping)) or not isinstance(rules, Iterable):
-        raise UsageError(
-            f"layer_rules must be a list of LayerRule (or of config entries such as {{'op_types': ['Conv'], "
-            f"'sparsity': 0.3}}), got {type(rules).__name__}; a config file: load_layer_rules(path)"
-        )
-    out = []
-    for i, rule in enumerate(rules):
-        if isinstance(rule, Mapping):
-            rule = LayerRule.from_dict(rule, f"layer_rules entry {i}")
-        elif not isinstance(rule, LayerRule):
-            raise UsageError(f"layer_rules entry {i} must be a LayerRule or a mapping, got {type(rule).__name__}")
-        out.append(rule)
-    return tuple(out)
-
-
-def _ratios(ratios: object) -> tuple[float, ...]:
-    """``sensitivity_ratios`` as a tuple of floats; a string ("0.1,0.2") or a non-number is refused."""
-    items = tuple(ratios) if isinstance(ratios, Iterable) and not isinstance(ratios, (str, bytes)) else None
-    if items is None or any(isinstance(r, bool) or not isinstance(r, numbers.Real) for r in items):
-        raise UsageError(f"sensitivity_ratios must be a sequence of numbers such as (0.1, 0.25, 0.5), got {ratios!r}")
-    return tuple(float(r) for r in items)
