@@ -89,29 +89,27 @@ def make_inputs(
     model: onnx.ModelProto, input_shapes: Mapping[str, tuple[int, ...]], batch: int | None, seed: int, source: str
 ) -> dict[str, np.ndarray]:
     """Seeded random inputs. A dynamic batch dimension takes ``batch``; any other dynamic
-    dimension must be given in ``input_shapes`` (else UnsupportedModel names the input)."""
+    dimension must be given in ``input_shapes`` (else UnsupportedModel names every such input)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
+    shapes: dict[str, list[int | None]] = {}
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type
-        dtype = _NP_TYPES.get(tt.elem_type)
-        if dtype is None:
+        if _NP_TYPES.get(tt.elem_type) is None:
             raise UnsupportedModel(f"{source}: input {vi.name!r} has a type verification cannot generate")
         if vi.name in input_shapes:
-            shape = list(input_shapes[vi.name])
+            shapes[vi.name] = list(input_shapes[vi.name])
             if batch is not None and tt.shape.dim and not tt.shape.dim[0].HasField("dim_value"):
-                shape[0] = batch
+                shapes[vi.name][0] = batch
         else:
-            shape = []
-            for i, d in enumerate(tt.shape.dim):
-                if d.HasField("dim_value") and d.dim_value > 0:
-                    shape.append(d.dim_value)
-                elif i == 0 and batch is not None:
-                    shape.append(batch)
-                else:
-                    raise UnsupportedModel(
-                        f"{source}: input {vi.name!r} dimension {i} is dynamic; give --input-shape {vi.name}:d0,d1,... to verify"
-                    )
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (batch if i == 0 else None)
+                for i, d in enumerate(tt.shape.dim)
+            ]
+    _refuse_dynamic(shapes, source)
+    feeds = {}
+    for vi in _graph_inputs(model):
+        dtype = _NP_TYPES[vi.type.tensor_type.elem_type]
+        shape = shapes[vi.name]
         count = math.prod(shape)
         if count * 8 > _RANDOM_INPUT_LIMIT:  # generated as float64 or int64 first
             raise UnsupportedModel(
@@ -126,6 +124,28 @@ def make_inputs(
         else:
             feeds[vi.name] = rng.integers(0, 4, shape).astype(dtype)
     return feeds
+
+
+def _refuse_dynamic(shapes: Mapping[str, list[int | None]], source: str) -> None:
+    """UnsupportedModel naming every input with a dynamic dimension at once (one run, not one per
+    input: the corpus's Silero VAD has two), each in a form --input-shape takes once its sizes are
+    typed in (``x:1,3,d2,d3``; a dynamic batch is the batch verified)."""
+    from .shapes import input_shape_hint, shape_text
+
+    missing = {name: shape for name, shape in shapes.items() if None in shape}
+    if len(missing) == 1:
+        ((name, shape),) = missing.items()
+        raise UnsupportedModel(
+            f"{source}: input {name!r} dimension {shape.index(None)} is dynamic; give --input-shape "
+            f"{input_shape_hint(name, shape, 'to verify at')}"
+        )
+    if missing:
+        names = ", ".join(repr(n) for n in missing)
+        flags = " ".join(f"--input-shape {n}:{shape_text(s, 'd{}')}" for n, s in missing.items())
+        raise UnsupportedModel(
+            f"{source}: inputs {names} have dynamic dimensions; give {flags} with each d<i> the size of that "
+            "input's dimension i to verify at"
+        )
 
 
 VERIFICATION_INPUTS = "verification"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from cli_helpers import one_line_error, run_cli
 
@@ -40,3 +41,33 @@ def test_bench_refuses_an_array_without_samples_naming_the_file(tmp_path: Path) 
         f"onnxprune: error: {data}: array 'input' has no samples (shape {(0, *shape[1:])}); "
         "give at least one along its first axis"
     )
+
+
+def test_verification_names_every_dynamic_input_at_once_in_a_typed_form(tmp_path: Path) -> None:
+    """prune (verifying) a model with two dynamic inputs (the corpus's Silero VAD: input [?,?],
+    state [2,?,128]) asked for 'input 'input' dimension 1 is dynamic; give --input-shape
+    input:d0,d1,... to verify', then, once given, in a second run for 'state', each in a form
+    --input-shape refuses as typed: now both at once, as x:1,3,d2,d3, which runs once typed in."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H", "W"])
+    w = numpy_helper.from_array(np.full((2, 3, 1, 1), 0.5, np.float32), "w")
+    nodes = [helper.make_node("Add", ["x", "z"], ["s"]), helper.make_node("Conv", ["s", "w"], ["y"], name="conv")]
+    model = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "two", [x, z], [y], [w])), model)
+    out = tmp_path / "p.onnx"
+    err = one_line_error(run_cli("prune", model, "-o", out, "-q"))
+    assert err == (
+        f"onnxprune: error: {model}: inputs 'x', 'z' have dynamic dimensions; give --input-shape x:1,3,d2,d3 "
+        "--input-shape z:1,3,d2,d3 with each d<i> the size of that input's dimension i to verify at"
+    )
+    err = one_line_error(run_cli("prune", model, "-o", out, "--input-shape", "x:1,3,8,8", "-q"))
+    assert err == (
+        f"onnxprune: error: {model}: input 'z' dimension 2 is dynamic; give --input-shape z:1,3,d2,d3 "
+        "with d2, d3 the sizes to verify at"
+    )
+    assert not out.exists()
+    p = run_cli("prune", model, "-o", out, "--input-shape", "x:1,3,8,8", "--input-shape", "z:1,3,8,8", "-q")
+    assert p.returncode == 0, p.stderr
