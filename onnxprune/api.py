@@ -338,14 +338,11 @@ def sensitivity(
     run = stages.with_data_shapes(loaded, run)
     config = run.config
     analysis = stages.analyse(loaded, run)
-    from .calibration import load_calibration, parse_preprocess
+    from .calibration import calibration_feeds
 
     # Sensitivity evaluates nothing afterwards: every sample is a calibration sample.
     proto, source = loaded.proto, loaded.source
-    pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    feeds = load_calibration(
-        calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source
-    )
+    feeds = calibration_feeds(config, proto, source)
     stats = None
     if run.criteria.is_data(criterion) or config.compensation in ("auto", "calibration"):
         stats = sink_statistics(proto, analysis, feeds, progress=run.progress_of("calibration"), source=source)

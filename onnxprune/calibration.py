@@ -19,10 +19,14 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import onnx
 
+    from .config import PruneConfig
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PRESETS",
     "Preprocess",
+    "calibration_feeds",
+    "calibration_samples",
     "load_calibration",
     "parse_preprocess",
     "shared_samples",
@@ -376,3 +380,31 @@ def split_calibration(feeds: Sequence[dict], evaluation: Sequence[dict] | None) 
         f"({len(calibration)} calibration, {len(held_out)} evaluation)"
     )
     return calibration, held_out, note
+
+
+def calibration_feeds(config: PruneConfig, model: onnx.ModelProto, source: str) -> list[dict[str, np.ndarray]]:
+    """The calibration feeds a pruning run's ``config`` names: ``config.calibration`` read with
+    its ``preprocess``, ``calibration_limit`` and ``seed``."""
+    pre = parse_preprocess(config.preprocess) if config.preprocess else None
+    return load_calibration(
+        config.calibration,  # type: ignore[arg-type]  # the callers run only with calibration data
+        model,
+        pre,
+        limit=config.calibration_limit,
+        seed=config.seed,
+        model_source=source,
+    )
+
+
+def calibration_samples(config: PruneConfig, model: onnx.ModelProto, source: str) -> tuple[list, list, str]:
+    """A pruning run's (calibration feeds, evaluation feeds, note): ``split_calibration`` of its
+    calibration feeds and, when given, its ``verification_inputs`` (read with the same limit)."""
+    from .verification_inputs import load_npz_inputs
+
+    feeds = calibration_feeds(config, model, source)
+    given = (
+        load_npz_inputs(config.verification_inputs, model, limit=config.calibration_limit, source=source)
+        if config.verification_inputs
+        else None
+    )
+    return split_calibration(feeds, given)

@@ -71,27 +71,17 @@ def prune_for_int8(
     ``qconfig``) keeps that fidelity against the original on the calibration samples; at most
     ``rounds`` prunings."""
     from .api import prune
-    from .calibration import load_calibration, parse_preprocess, split_calibration
+    from .calibration import calibration_samples
     from .fidelity import score_outputs
     from .loading import load_model
     from .quantization import quantize
     from .runtime import session
-    from .verification_inputs import load_npz_inputs
 
     if config.fidelity_floor is None:
         raise UsageError("choosing pruning and int8 together needs a fidelity budget (--min-fidelity or --max-drop)")
     source = os.fspath(model)
     proto = load_model(source)[0]
-    pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    feeds = load_calibration(
-        config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source
-    )
-    given = (
-        load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source)
-        if config.verification_inputs
-        else None
-    )
-    cal = split_calibration(feeds, given)[0]
+    cal = calibration_samples(config, proto, source)[0]
     run_orig = session(source, source=source)
     names = run_orig.output_names
     from .fidelity import output_batch_axes

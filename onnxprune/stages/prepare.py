@@ -22,7 +22,6 @@ from ..loading import load_model
 from ..params import InitializerCache
 from ..rules import RuleRegistry
 from ..shapes import data_input_shapes
-from ..verification_inputs import load_npz_inputs
 
 __all__ = [
     "CalibrationData",
@@ -164,20 +163,10 @@ def calibrate(loaded: LoadedModel, analysis: ChannelAnalysis, run: Run, *, lossy
     config = run.config
     if not config.calibration:
         return CalibrationData()
-    from ..calibration import load_calibration, parse_preprocess, split_calibration
+    from ..calibration import calibration_samples
 
-    proto = loaded.proto
-    pre = parse_preprocess(config.preprocess) if config.preprocess else None
-    source = loaded.source
-    feeds = load_calibration(
-        config.calibration, proto, pre, limit=config.calibration_limit, seed=config.seed, model_source=source
-    )
-    given = (
-        load_npz_inputs(config.verification_inputs, proto, limit=config.calibration_limit, source=source)
-        if config.verification_inputs
-        else None
-    )
-    cal, evaluation, note = split_calibration(feeds, given)
+    proto, source = loaded.proto, loaded.source
+    cal, evaluation, note = calibration_samples(config, proto, source)
     stats = None
     if (
         cal is not None
