@@ -16,6 +16,7 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, zero_plan
 from .criteria.activations import ActivationStats, sink_statistics
 from .errors import UsageError
+from .option_checks import check_plan_options
 from .planning import PruningPlan
 from .quantized import verification_form
 from .report import PruneReport
@@ -273,8 +274,8 @@ def prune(
     """
     _check_kinds(registry, criteria, pruning_plan, progress)
     config = (config or PruneConfig()).with_options(criterion, **options)
-    if pruning_plan is not None and config.latency_target is not None:
-        raise UsageError("--latency-target cannot go with --plan: a given plan is applied as it is")
+    if pruning_plan is not None:
+        check_plan_options(config, pruning_plan.criterion)
     run = stages.Run(config, load_rules(config.rules, registry), criteria or default_criteria(), progress, timer)
     if output is not None:
         check_output_path(output, model)

@@ -21,6 +21,7 @@ __all__ = [
     "check_numbers",
     "check_option_names",
     "check_paths",
+    "check_plan_options",
     "check_regex",
     "frozen_shapes",
     "parse_input_shape",
@@ -137,3 +138,28 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text!r}: dimensions must be positive")
     return name, shape
+
+
+def check_plan_options(config: object, plan_criterion: str) -> None:
+    """UsageError when a given plan (--plan, ``pruning_plan=``) comes with options only planning
+    reads: the plan says which channels go, and a --ratio, --criterion of another name, --exclude
+    ... beside it was dropped without a word (the header even said 'criterion: l2 (default: a
+    budget (--ratio) without --criterion means l2)' of a run that applied the plan)."""
+    given = [b for b in config.budget_options if b != "--validate"]  # type: ignore[attr-defined]
+    if config.criterion_reason == "given" and config.criterion != plan_criterion:  # type: ignore[attr-defined]
+        given.insert(0, f"--criterion {config.criterion}")  # type: ignore[attr-defined]
+    given += [
+        flag
+        for flag, on in (
+            ("--global", config.global_ranking),  # type: ignore[attr-defined]
+            ("--round-to", config.round_to != 1),  # type: ignore[attr-defined]
+            ("--exclude", bool(config.exclude)),  # type: ignore[attr-defined]
+        )
+        if on
+    ]
+    if given:
+        made = f" (it was made with --criterion {plan_criterion})" if given[0].startswith("--criterion") else ""
+        raise UsageError(
+            f"{', '.join(given)} cannot go with --plan: a given plan is applied as it is{made}; "
+            f"drop {'them' if len(given) > 1 else 'it'}, or plan anew without --plan"
+        )

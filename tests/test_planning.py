@@ -136,3 +136,34 @@ def test_a_plan_made_with_rules_applied_without_them_says_so(tmp_path: Path) -> 
     assert err.endswith("(was it made with rules for custom ops (--rules)? give the same)"), err
     p = run_cli("prune", model, "-o", tmp_path / "b.onnx", "--plan", plan, "--rules", rules, "-q")
     assert p.returncode == 0, p.stderr
+
+
+def test_options_a_given_plan_would_drop_are_refused(tmp_path: Path) -> None:
+    """prune --plan p.json --ratio 0.5 (or --criterion fpgm, --exclude, --macs-target)
+    applied the plan and dropped the option without a word, exit 0; with --ratio the header even
+    said 'criterion: l2 (default: a budget (--ratio) without --criterion means l2)'. Now refused
+    before any work, from the CLI and the library alike; the plan's own criterion may be given."""
+    from cli_helpers import one_line_error, run_cli
+
+    import onnxprune
+
+    model = Path(__file__).resolve().parent.parent / "fixtures" / "residual.onnx"
+    saved = tmp_path / "p.json"
+    made = run_cli("prune", model, "-o", tmp_path / "y.onnx", "--ratio", "0.3", "--save-plan", saved, "--no-verify")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "o.onnx"
+    plan = ("-o", out, "--plan", saved, "--no-verify", "-q")
+    assert one_line_error(run_cli("prune", model, *plan, "--ratio", "0.5")) == (
+        "onnxprune: error: --ratio cannot go with --plan: a given plan is applied as it is; "
+        "drop it, or plan anew without --plan"
+    )
+    line = one_line_error(run_cli("prune", model, *plan, "--criterion", "fpgm", "--exclude", "Conv_node_4"))
+    assert line == (
+        "onnxprune: error: --criterion fpgm, --exclude cannot go with --plan: a given plan is applied as "
+        "it is (it was made with --criterion l2); drop them, or plan anew without --plan"
+    )
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"^--macs-target cannot go with --plan"):
+        onnxprune.prune(str(model), pruning_plan=PruningPlan.load(saved), macs_target=0.5, verify=False)
+    p = run_cli("prune", model, *plan, "--criterion", "l2")
+    assert p.returncode == 0, p.stderr
