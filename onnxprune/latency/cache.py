@@ -112,26 +112,50 @@ def rules_key(registry: object) -> str | None:
 
     from ..rules import default_registry
 
-    def entries(reg: object) -> dict[tuple[str, str], list[tuple[int, int, type]]]:
-        return {k: [(lo, hi, type(r)) for lo, hi, r in v] for k, v in getattr(reg, "_rules", {}).items()}
+    def entries(reg: object) -> dict[tuple[str, str], list[tuple[int, int, type, str]]]:
+        return {k: [(lo, hi, type(r), _state(r)) for lo, hi, r in v] for k, v in getattr(reg, "_rules", {}).items()}
 
     mine, default = entries(registry), entries(default_registry())
     changed = []
     for op in sorted(set(mine) | set(default)):
         if mine.get(op) == default.get(op):
             continue
-        for lo, hi, cls in mine.get(op, []):
+        for lo, hi, cls, state in mine.get(op, []):
             try:
                 source = inspect.getsourcefile(cls)
                 digest = file_sha256(source) if source else ""
             except (TypeError, OSError):  # a class made at run time: its name alone
                 digest = ""
-            changed.append([*op, lo, hi, cls.__qualname__, digest])
+            changed.append([*op, lo, hi, cls.__qualname__, digest, state])
         if op not in mine:
             changed.append([*op, "removed"])
     if not changed:
         return None
     return hashlib.sha256(json.dumps(changed).encode()).hexdigest()[:16]
+
+
+def _state(rule: object) -> str:
+    """A rule object's own attributes (its constructor's arguments), as stable text: two objects
+    of one class with other arguments are other rules (they shared a table before). Functions
+    and classes by their qualified name, arrays by their bytes' digest, anything else by its
+    repr with memory addresses dropped."""
+    import re
+
+    def plain(value: object) -> object:
+        if callable(value) and hasattr(value, "__qualname__"):
+            return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+        if hasattr(value, "tobytes") and hasattr(value, "dtype"):
+            return f"{value.dtype}{getattr(value, 'shape', '')}:{hashlib.sha256(value.tobytes()).hexdigest()[:16]}"
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
+
+    attrs = dict(getattr(rule, "__dict__", {}))
+    for slot in getattr(type(rule), "__slots__", ()):
+        if hasattr(rule, slot):
+            attrs[slot] = getattr(rule, slot)
+    try:
+        return json.dumps(attrs, sort_keys=True, default=plain)
+    except (TypeError, ValueError):  # keys that are not strings, a cycle: the text of each item
+        return json.dumps(sorted((str(k), str(plain(v))) for k, v in attrs.items()))
 
 
 def table_key(
