@@ -22,6 +22,7 @@ __all__ = [
     "check_writable",
     "holding_interrupts",
     "output_target",
+    "own_prefix",
     "recover_leftovers",
     "removing_leftovers",
     "replace_together",
@@ -110,7 +111,7 @@ def _replace(staged: str, target: str) -> None:
         if exc.errno != errno.EXDEV:
             raise
     folder, base = os.path.split(target)
-    near = staging_name(folder, f".onnxprune-{os.getpid()}-copy-", base)
+    near = staging_name(folder, own_prefix(folder) + "copy-", base)
     with removing_leftovers(near):
         shutil.copyfile(staged, near)
         os.replace(near, target)
@@ -180,7 +181,7 @@ class Replacement:
         hard link (else ``destination`` was renamed to it)."""
         folder, base = os.path.split(os.path.abspath(destination))
         for n in range(1000):
-            kept = staging_name(folder, f"{KEPT_PREFIX}{os.getpid()}-kept{n}-", base)  # a long name: its end
+            kept = staging_name(folder, f"{own_prefix(folder)}kept{n}-", base)  # a long name: its end
             if not os.path.lexists(kept):
                 break
         try:
@@ -227,11 +228,33 @@ class Replacement:
         self._release()
 
 
-KEPT_PREFIX = ".onnxprune-"
-_KEPT = re.compile(r"^\.onnxprune-(\d+)-kept\d+-(.+)$")
+def _tag(folder: str, pid: int) -> str:
+    """What proves a hidden name in ``folder`` is one process ``pid`` of onnxprune made there: a
+    digest of the folder's identity (device and inode) and the PID. A file of yours merely
+    named like a killed run's leftovers (``.onnxprune-4242-0-notes.txt``) does not carry it, and
+    is never removed or moved."""
+    import hashlib
+
+    try:
+        st = os.stat(folder)
+        where = f"{st.st_dev}:{st.st_ino}"
+    except OSError:
+        where = os.path.abspath(folder)
+    return hashlib.blake2b(f"onnxprune-staging\0{where}\0{pid}".encode(), digest_size=6).hexdigest()
+
+
+def own_prefix(folder: str, pid: int | None = None) -> str:
+    """``.onnxprune-PID-TAG-``: how every hidden name process ``pid`` (default: this one) stages
+    or keeps in ``folder`` starts (see _tag); recover_leftovers deals only with names that carry
+    their folder's and PID's tag."""
+    pid = os.getpid() if pid is None else pid
+    return f".onnxprune-{pid}-{_tag(folder, pid)}-"
+
+
+_KEPT = re.compile(r"^\.onnxprune-(\d+)-([0-9a-f]{12})-kept\d+-(.+)$")
 # What a run stages (saving.Outputs.staging_path, StagedModel's folder, _replace's copy): of a
-# stopped process, never anyone's file.
-_STAGED = re.compile(r"^\.onnxprune-(\d+)-(?:\d+|staged|copy)-.+$")
+# stopped process, never anyone's file (its tag says so).
+_STAGED = re.compile(r"^\.onnxprune-(\d+)-([0-9a-f]{12})-(?:\d+|staged|copy)-.+$")
 
 
 def _alive(pid: int) -> bool:
@@ -249,8 +272,10 @@ def _alive(pid: int) -> bool:
 
 def recover_leftovers(destinations: Sequence[str]) -> list[str]:
     """Deal with the previous files a killed run kept beside ``destinations``
-    (``.onnxprune-PID-keptN-NAME``, see Replacement) and say what was done, one sentence each.
-    What a stopped process was staging there (never a file of its own) is removed.
+    (``.onnxprune-PID-TAG-keptN-NAME``, see Replacement) and say what was done, one sentence each.
+    What a stopped process was staging there (never a file of its own) is removed. Only names
+    whose TAG proves them this folder's and that PID's (own_prefix) are touched: a file merely
+    named like one is left alone.
 
     The copies of one process (in the destinations' folders) whose process is gone, one of
     them kept for one of ``destinations``, are one change. Complete (every destination differs
@@ -269,14 +294,14 @@ def recover_leftovers(destinations: Sequence[str]) -> list[str]:
             continue
         for name in names:
             m = _KEPT.match(name)
-            if m and not _alive(int(m[1])):
-                destination = os.path.join(folder, m[2])
+            if m and m[2] == _tag(folder, int(m[1])) and not _alive(int(m[1])):
+                destination = os.path.join(folder, m[3])
                 if destination not in targets:  # a long name's copy keeps its end (staging_name)
-                    longer = [t for t in targets if os.path.dirname(t) == folder and t.endswith(m[2])]
+                    longer = [t for t in targets if os.path.dirname(t) == folder and t.endswith(m[3])]
                     destination = longer[0] if len(longer) == 1 else destination
                 groups.setdefault(int(m[1]), []).append((os.path.join(folder, name), destination))
             m = _STAGED.match(name)
-            if m and not _alive(int(m[1])):
+            if m and m[2] == _tag(folder, int(m[1])) and not _alive(int(m[1])):
                 path = os.path.join(folder, name)
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path, ignore_errors=True)

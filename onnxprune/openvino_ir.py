@@ -21,7 +21,7 @@ from .errors import (
     backend_import_error,
     openvino_message,
 )
-from .file_writes import output_target, replace_together, staging_name
+from .file_writes import output_target, own_prefix, replace_together, staging_name
 from .saving import Outputs, check_output_folder, removing_leftovers
 
 __all__ = [
@@ -207,7 +207,7 @@ def _staging(xml_path: str) -> tuple[str, str]:
     replaces (the link's target when it is a symbolic link: one rename on that file system),
     under the hidden name the next run removes if this one is killed (recover_leftovers)."""
     folder = os.path.dirname(os.path.abspath(output_target(xml_path)))
-    tmp_xml = staging_name(folder, f".onnxprune-{os.getpid()}-0-", os.path.basename(xml_path))
+    tmp_xml = staging_name(folder, own_prefix(folder) + "0-", os.path.basename(xml_path))
     return tmp_xml, tmp_xml[: -len(".xml")] + ".bin"
 
 

@@ -27,6 +27,7 @@ from .file_writes import (
     check_writable,
     holding_interrupts,
     output_target,
+    own_prefix,
     removing_leftovers,
     staging_name,
     write_atomic,
@@ -129,7 +130,7 @@ class Outputs:
         """A temporary name beside ``path`` (beside its target when it is a symbolic link: one
         rename replaces it) that keeps its extension (matplotlib, OpenVINO read it)."""
         folder = os.path.dirname(os.path.abspath(output_target(path)))
-        return staging_name(folder, f".onnxprune-{os.getpid()}-{len(self._moves)}-", os.path.basename(path))
+        return staging_name(folder, f"{own_prefix(folder)}{len(self._moves)}-", os.path.basename(path))
 
     def add(self, staged: str, destination: str) -> None:
         """Move file ``staged`` to ``destination`` on commit."""
@@ -375,9 +376,8 @@ class StagedModel:
         self.destination = path
         self._folder = os.path.dirname(os.path.abspath(path))  # where the data file goes, as the model names it
         try:  # beside the file replaced (a link's target), so that the model's move is one rename
-            self._tmpdir = tempfile.mkdtemp(
-                prefix=f".onnxprune-{os.getpid()}-staged-", dir=os.path.dirname(os.path.abspath(output_target(path)))
-            )
+            folder = os.path.dirname(os.path.abspath(output_target(path)))
+            self._tmpdir = tempfile.mkdtemp(prefix=f"{own_prefix(folder)}staged-", dir=folder)
         except OSError as exc:  # a folder it may not write
             raise WriteError(path, exc) from None
         self.path = os.path.join(self._tmpdir, os.path.basename(path))

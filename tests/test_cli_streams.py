@@ -144,8 +144,11 @@ def test_a_library_warning_during_a_run_is_one_onnxprune_line(tmp_path: Path) ->
     library still raises the warning."""
     import os
 
+    from onnxprune.file_writes import own_prefix
+
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a process that is no more: its copies are a killed run's
+    kept = f"{own_prefix(str(tmp_path), gone.pid)}kept0-p.onnx"  # the name that run would have made
     out = tmp_path / "p.onnx"
     out.write_bytes(b"previous")
     plant = tmp_path / "plant.py"  # called when the run loads its rules: after the early sweep
@@ -154,14 +157,14 @@ def test_a_library_warning_during_a_run_is_one_onnxprune_line(tmp_path: Path) ->
         "import warnings\n"
         "def plant(registry):\n"
         "    warnings.warn('another package\\'s warning,\\n on two lines', RuntimeWarning)\n"
-        f"    with open({str(tmp_path)!r} + '/.onnxprune-{gone.pid}-kept0-p.onnx', 'wb') as f:\n"
+        f"    with open({str(tmp_path / kept)!r}, 'wb') as f:\n"
         "        f.write(b'older')\n"
     )
     p = run_cli("prune", FIXTURES / "residual.onnx", "-o", out, "--rules", f"{plant}:plant", "--no-verify", "-q")
     assert p.returncode == 0, p.stderr
     assert p.stderr == (
         "onnxprune: warning: RuntimeWarning: another package's warning, on two lines\n"
-        f"onnxprune: warning: {out}: removed .onnxprune-{gone.pid}-kept0-p.onnx, its previous version, left by "
+        f"onnxprune: warning: {out}: removed {kept}, its previous version, left by "
         f"process {gone.pid}, which was stopped after it had replaced all its files\n"
     )
     assert sorted(os.listdir(tmp_path)) == ["p.onnx", "plant.py"]

@@ -235,18 +235,51 @@ def test_a_save_killed_after_its_moves_is_completed_by_the_next_run(tmp_path: Pa
     assert _files(tmp_path) == after_kill  # the same new model written again, and no copy left
 
 
+def test_your_files_named_like_a_killed_runs_leftovers_are_left_alone(tmp_path: Path) -> None:
+    """The cleanup of a killed run's leftovers went by the name alone: a file of yours named
+    '.onnxprune-PID-0-notes.txt' or a folder '.onnxprune-PID-staged-x' (PID a process that is
+    gone) was deleted, and '.onnxprune-PID-kept0-m.onnx' moved over a missing m.onnx. Now only
+    names that carry their folder's and PID's tag (own_prefix) are the run's own; the run's
+    real leftovers are still dealt with."""
+    import subprocess
+    import sys
+
+    from onnxprune.file_writes import own_prefix, recover_leftovers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pid = gone.pid
+    yours = {
+        f".onnxprune-{pid}-0-notes.txt": b"notes",
+        f".onnxprune-{pid}-kept0-m.onnx": b"yours",  # m.onnx is missing: it was moved over it
+        f".onnxprune-{pid}-000000000000-copy-r.json": b"{}",  # a tag, but not this folder's
+    }
+    for name, data in yours.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / f".onnxprune-{pid}-staged-x").mkdir()
+    (tmp_path / f".onnxprune-{pid}-staged-x" / "keep.txt").write_text("yours")
+    staged = tmp_path / f"{own_prefix(str(tmp_path), pid)}1-r.json"  # what that run staged
+    staged.write_text("{}")
+    said = recover_leftovers([str(tmp_path / "m.onnx"), str(tmp_path / "r.json")])
+    assert said == [f"{staged}: removed, a file process {pid} was staging when it was stopped"]
+    assert {n: (tmp_path / n).read_bytes() for n in yours} == yours
+    assert (tmp_path / f".onnxprune-{pid}-staged-x" / "keep.txt").read_text() == "yours"
+    assert not (tmp_path / "m.onnx").exists() and not staged.exists()
+
+
 def test_copies_of_a_live_process_are_left_alone(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from onnxprune.file_writes import recover_leftovers
+    from onnxprune.file_writes import own_prefix, recover_leftovers
 
     (tmp_path / "m.onnx").write_bytes(b"new")
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
         try:
-            (tmp_path / f".onnxprune-{live.pid}-kept0-m.onnx").write_bytes(b"old")
+            kept = f"{own_prefix(str(tmp_path), live.pid)}kept0-m.onnx"
+            (tmp_path / kept).write_bytes(b"old")
             assert recover_leftovers([str(tmp_path / "m.onnx")]) == []
-            assert sorted(p.name for p in tmp_path.iterdir()) == [f".onnxprune-{live.pid}-kept0-m.onnx", "m.onnx"]
+            assert sorted(p.name for p in tmp_path.iterdir()) == [kept, "m.onnx"]
         finally:
             live.kill()
 
