@@ -198,23 +198,16 @@ def test_prune_quantize_bench_times_the_chain_side_by_side(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p8.onnx", "r.json"]
 
 
-def test_quantize_says_an_earlier_models_data_file_is_not_used(
+def test_quantize_removes_the_replaced_models_data_file(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     """quantize -o q.onnx over a q.onnx whose weights were in q.onnx.data left that file without a
-    word, as prune did: the same warning line (the file is left: another model may read it)."""
+    word, then with a warning: it goes with the model it belonged to now, as prune's does."""
     import onnxprune
 
     out = tmp_path / "q.onnx"
     onnxprune.save(onnx.load(files["tiny"]), out, external_data=True)
-    data = (tmp_path / "q.onnx.data").read_bytes()
     code = cli.main(["quantize", str(files["tiny"]), "-o", str(out), "--calibration", str(files["cal"]), "-q"])
-    assert code == 0
-    assert capsys.readouterr().err == (
-        f"onnxprune: warning: {out}.data: not used by {out} (written as one file): left from an earlier "
-        "model; remove it unless another model uses it\n"
-    )
-    assert (tmp_path / "q.onnx.data").read_bytes() == data and sorted(p.name for p in tmp_path.iterdir()) == [
-        "q.onnx",
-        "q.onnx.data",
-    ]
+    assert code == 0 and capsys.readouterr().err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx"]
+    onnx.load(str(out))  # one file

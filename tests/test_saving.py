@@ -281,22 +281,37 @@ def test_a_write_error_survives_copy_and_pickle() -> None:
 #    replaced the old one, leaving the old model without its data --
 
 
-def test_a_data_file_the_new_model_does_not_use_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_replaced_models_data_file_goes_with_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """prune -o p.onnx --external-data, then prune -o p.onnx as one file: the first run's
-    p.onnx.data (the weights, as big as the model) stayed beside the new p.onnx without a word.
-    It is left (another model may use it) and said, once the outputs are in place."""
+    p.onnx.data (the weights, as big as the model) stayed beside the new p.onnx, first without
+    a word, then with a warning. It was the replaced model's: it is removed with it now (CLI and
+    library). A p.onnx.data the replaced model did not read, or one another model in the folder
+    reads (a copy of the model), is left, and said."""
+    import shutil
+
     src = tmp_path / "wide.onnx"
     onnx.save(wide_model(), str(src))
     out = tmp_path / "p.onnx"
     args = ["prune", str(src), "-o", str(out), "--ratio", "0.5", "--no-verify", "-q"]
     assert cli.main([*args, "--external-data"]) == 0
     assert capsys.readouterr().err == ""  # the model uses it
-    data = (tmp_path / "p.onnx.data").read_bytes()
-    assert cli.main(args) == 0
-    assert capsys.readouterr().err == (
+    assert cli.main(args) == 0 and capsys.readouterr().err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx", "wide.onnx"]
+    assert not any(t.external_data for t in onnx.load(str(out), load_external_data=False).graph.initializer)
+    onnxprune.save(onnx.load(str(src)), out, external_data=True)  # the library alike
+    onnxprune.save(onnx.load(str(src)), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx", "wide.onnx"]
+
+    warning = (
         f"onnxprune: warning: {out}.data: not used by {out} (written as one file): left from an earlier "
         "model; remove it unless another model uses it\n"
     )
+    assert cli.main([*args, "--external-data"]) == 0
+    shutil.copy(out, tmp_path / "copy.onnx")  # reads p.onnx.data too
+    data = (tmp_path / "p.onnx.data").read_bytes()
+    assert cli.main(args) == 0 and capsys.readouterr().err == warning
     assert (tmp_path / "p.onnx.data").read_bytes() == data
-    assert not any(t.external_data for t in onnx.load(str(out), load_external_data=False).graph.initializer)
-    assert cli.main([*args, "--external-data"]) == 0 and capsys.readouterr().err == ""
+    onnx.load(str(tmp_path / "copy.onnx"))  # the copy still loads
+    (tmp_path / "copy.onnx").unlink()
+    assert cli.main(args) == 0 and capsys.readouterr().err == warning  # the model replaced did not read it
+    assert (tmp_path / "p.onnx.data").read_bytes() == data
