@@ -240,6 +240,8 @@ def _checked_array(path: str, vi: onnx.ValueInfoProto, array: np.ndarray, source
                 hint = "; the same sizes in another order: NHWC data for an NCHW input, or the other way round?"
             elif len(sample) == len(dims) and dims[0] not in (None, 1) and dims[0] != sample[0]:
                 hint = f"; the model's batch is fixed to {dims[0]}, samples are fed one at a time"
+            elif array.ndim == len(dims) - 1 and all(d is None or d == g for d, g in zip(dims[1:], array.shape)):
+                hint = f"; one sample without the samples axis? give it one: {name}[None], of shape {(1, *array.shape)}"
             raise UsageError(f"{where}: input {name!r} has shape {sample}, the model takes {takes} ({origin}{hint})")
     if np.issubdtype(array.dtype, np.floating):
         # NaN equals nothing: verification and fidelity would compare NaN with NaN and pass.

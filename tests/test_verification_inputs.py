@@ -71,3 +71,21 @@ def test_verification_names_every_dynamic_input_at_once_in_a_typed_form(tmp_path
     assert not out.exists()
     p = run_cli("prune", model, "-o", out, "--input-shape", "x:1,3,8,8", "--input-shape", "z:1,3,8,8", "-q")
     assert p.returncode == 0, p.stderr
+
+
+def test_one_sample_without_its_samples_axis_is_named(tmp_path: Path) -> None:
+    """An .npz holding one sample as the input's shape less its batch axis ((1, 8, 8) for an
+    input [?, 1, 8, 8]) was read with its first axis as samples: 'input 'input' has shape [1, 8],
+    the model takes [?, 1, 8, 8]', a shape the user never gave. The error now says what to add."""
+    shape = np.load(FIXTURES / "digits_calibration.npz")["input"].shape  # (N, 1, 8, 8)
+    data = tmp_path / "one.npz"
+    np.savez(data, input=np.zeros(shape[1:], np.float32))
+    out = tmp_path / "o.onnx"
+    model = FIXTURES / "digits_cnn.onnx"
+    line = one_line_error(run_cli("prune", model, "-o", out, "--inputs", data))
+    assert line == (
+        f"onnxprune: error: {model}: the inputs do not fit the model: input 'input' has shape [1, 8, 8], the model "
+        f"takes [?, 1, 8, 8] (array 'input' of {data} has shape (1, 8, 8), samples along its first axis; one sample "
+        "without the samples axis? give it one: input[None], of shape (1, 1, 8, 8))"
+    )
+    assert not out.exists()
