@@ -200,7 +200,12 @@ def _reconstruct(
     writer = WeightWriter(out)
     done: list[ReconstructedLayer] = []
     count = 0
+    # The level runs' values (the original's, the pruned model's), fed to the next level's runs.
+    carry = (sequential.Carry(), sequential.Carry())
     for depth, step in enumerate(steps):
+        if depth not in on_original:
+            ahead = {o for s in steps[depth:] for r in s for n in r.nodes for o in n.output}
+            carry[0].keep, carry[1].keep = sequential.frontier(original, ahead), sequential.frontier(out, ahead)
         starts = [
             refit_start(r, writer, g_orig, params, g_pruned, pruned_params, analysis, removed_ids, settings.source)
             for r in step
@@ -209,7 +214,14 @@ def _reconstruct(
             None
             if depth in on_original
             else sequential.sampled_rows(
-                original, out, [(r, s) for r, s in zip(step, starts) if s is not None], feeds, cache, settings, halves
+                original,
+                out,
+                [(r, s) for r, s in zip(step, starts) if s is not None],
+                feeds,
+                cache,
+                settings,
+                halves,
+                carry,
             )
         )
         for reader, start in zip(step, starts):

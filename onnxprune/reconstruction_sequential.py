@@ -10,7 +10,10 @@ reader of removed channels, refitted or not) on the longest path from the model'
 it. Level 0 reads exactly what the original computed (its kept channels): those are fitted on
 the cached factors of the original's rows, as the independent refit fits them. Each deeper
 level is fitted on one run of the model cut to its readers' inputs (tensor_cones.cone_model),
-the levels before it written into the model; its readers' input rows are sampled at the same
+the levels before it written into the model, and starting from the values earlier levels' runs
+computed that no refit still to come changes (``Carry``, by the digest of what computes them):
+a level runs the nodes between those and its readers' inputs, not the whole model before them
+again (the original's runs for the targets likewise); its readers' input rows are sampled at the same
 positions as the original's (the sampling depends on the seed, the reader and the input's
 shape without its channels), and the targets are the original layer's outputs there
 (computed once per reader and sample set, kept in the ReconstructionCache).
@@ -29,13 +32,13 @@ from .analysis import ChannelAnalysis
 from .least_squares import Problem
 from .node_names import unique_node_names
 from .runtime import session
-from .tensor_cones import cone_model, node_reads
+from .tensor_cones import cone_digests, cone_model, node_reads
 
 if TYPE_CHECKING:
     from .reconstruction import ReconstructionCache, _Settings
     from .reconstruction_readers import Reader, RefitStart
 
-__all__ = ["SampledRows", "levels", "sampled_rows"]
+__all__ = ["Carry", "SampledRows", "frontier", "levels", "sampled_rows"]
 
 
 def levels(
@@ -92,19 +95,81 @@ class SampledRows:
 
 
 def _activations(
-    model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]], source: str
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    feeds: Sequence[Mapping[str, np.ndarray]],
+    source: str,
+    carry: Carry | None = None,
 ) -> dict[str, np.ndarray]:
     """The tensors ``names`` of ``model`` on ``feeds`` (batch first, as computed), from one run
-    of the model cut to them."""
+    of the model cut to them. ``carry`` (values computed by the refit's earlier runs, by the
+    digest of what computes them) is fed instead of computing those again, and keeps the values
+    of this run its ``keep`` asks for."""
     names = sorted(set(names))
-    run = session(
-        cone_model(model, names), source=source, what="the model cut to the reconstructed layers' inputs", optimize=True
-    )
-    acts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        for n, v in zip(names, run.run(feed, names)):
+    given: dict[str, int] = {}
+    digests: dict[str, bytes] = {}
+    if carry is not None and CARRY:
+        digests = cone_digests(model)
+        given = {
+            n: onnx.helper.np_dtype_to_tensor_dtype(carry.values[d][0].dtype)
+            for n, d in digests.items()
+            if d in carry.values
+        }
+    cut = cone_model(model, names, given)
+    fed = [v.name for v in cut.graph.input if v.name in given]
+    extra: list[str] = []
+    if carry is not None and CARRY:
+        computed = {o for node in cut.graph.node for o in node.output}
+        extra = [n for n in sorted(carry.keep) if n in computed and n not in names and n in digests]
+        cut.graph.output.extend([onnx.ValueInfoProto(name=n) for n in extra])
+    run = session(cut, source=source, what="the model cut to the reconstructed layers' inputs", optimize=True)
+    acts: dict[str, list[np.ndarray]] = {n: [] for n in [*names, *extra]}
+    for i, feed in enumerate(feeds):
+        fed_values = {n: carry.values[digests[n]][i] for n in fed} if carry is not None else {}
+        for n, v in zip([*names, *extra], run.run({**feed, **fed_values}, [*names, *extra])):
             acts[n].append(v)
-    return {n: np.concatenate(v) if len(v) > 1 else v[0] for n, v in acts.items()}
+    if carry is not None and CARRY:
+        kept = {d: v for d, v in carry.values.items() if d in {digests.get(n) for n in carry.keep}}
+        kept.update(
+            {digests[n]: acts[n] for n in [*names, *extra] if n in carry.keep and n in digests and _arrays(acts[n])}
+        )
+        carry.values = kept
+    return {n: np.concatenate(acts[n]) if len(acts[n]) > 1 else acts[n][0] for n in names}
+
+
+def _arrays(values: list) -> bool:
+    return all(isinstance(v, np.ndarray) for v in values)
+
+
+# Feed the values an earlier level computed (by digest) instead of running the model from its
+# inputs again: the same tensors (tests turn it off to compare).
+CARRY = True
+
+
+class Carry:
+    """Per-sample values of tensors the level runs of one sequential refit computed, by the
+    digest of what computes them (tensor_cones.cone_digests: a value whose digest is unchanged
+    is the value), and the tensors worth keeping (``keep``, names: see ``frontier``)."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, list[np.ndarray]] = {}
+        self.keep: set[str] = set()
+
+
+def frontier(model: onnx.ModelProto, outputs: set[str]) -> set[str]:
+    """The tensors the nodes downstream of the nodes computing ``outputs`` (the readers still
+    to refit; included) read and none of them computes: their values stay as they are while
+    those readers are refitted (not weights, not the graph's inputs)."""
+    graph = model.graph
+    tensors: set[str] = set()
+    down = []
+    for node in graph.node:  # topological; an If / Loop also reads what its subgraphs read
+        reads = node_reads(node)
+        if any(o in outputs for o in node.output) or any(i in tensors for i in reads):
+            down.append(reads)
+            tensors.update(node.output)
+    skip = tensors | {t.name for t in graph.initializer} | {v.name for v in graph.input} | {""}
+    return {i for reads in down for i in reads} - skip
 
 
 def _halves(
@@ -132,13 +197,15 @@ def _targets(
     cache: ReconstructionCache,
     settings: _Settings,
     halves: int,
+    carry: Carry | None = None,
 ) -> None:
     """The original layers' outputs at the sampled positions, per node and half, for the nodes
-    of ``step`` not in ``cache.targets`` yet (float32, as the model computes them)."""
+    of ``step`` not in ``cache.targets`` yet (float32, as the model computes them); ``carry``:
+    the values of the original's earlier runs (``_activations``)."""
     missing = [(r, s, n) for r, s in step for n in r.nodes if n.name not in cache.targets]
     if not missing:
         return
-    acts = _activations(original, [n.input[r.layer.data_index] for r, _, n in missing], feeds, settings.source)
+    acts = _activations(original, [n.input[r.layer.data_index] for r, _, n in missing], feeds, settings.source, carry)
     for r, s, n in missing:
         layer = r.layer
         rows = _halves(layer, acts[n.input[layer.data_index]], s.w_shape_original, settings, halves, n.name)
@@ -164,16 +231,20 @@ def sampled_rows(
     cache: ReconstructionCache,
     settings: _Settings,
     halves: int,
+    carry: tuple[Carry, Carry] | None = None,
 ) -> dict[tuple[str, ...], SampledRows]:
     """Per reader of ``step`` (by its nodes' names), its rows on ``model`` (the pruned model,
     the levels before written into it) and the original's outputs there; a reader whose rows
-    do not have its pruned weight's columns is left out (not refitted)."""
-    _targets(original, step, feeds, cache, settings, halves)
+    do not have its pruned weight's columns is left out (not refitted). ``carry``: the values
+    the earlier levels' runs computed, of the original and of the pruned model (``Carry``)."""
+    carry_original, carry_pruned = carry if carry is not None else (None, None)
+    _targets(original, step, feeds, cache, settings, halves, carry_original)
     acts = _activations(
         model,
         [s.targets[i].input[r.layer.data_index] for r, s in step for i in range(len(r.nodes))],
         feeds,
         settings.source,
+        carry_pruned,
     )
     out: dict[tuple[str, ...], SampledRows] = {}
     for r, s in step:
