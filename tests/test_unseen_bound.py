@@ -64,6 +64,21 @@ def test_ctc_one_changed_string_in_32() -> None:
     assert unseen("cosine", {}, ref, got) is None
 
 
+def test_a_ctc_string_whose_closest_step_gained_counts_its_change_by_size() -> None:
+    """32 strings "ab" whose first step wins by 1, 1.125, ..., 4.875 (the other steps by 5);
+    the candidate raises string 0's first step by 2. Same strings, but the change counts by its
+    size: F(2) over the margins is (8 + 1) / 33 (8 margins below 2, interpolated to the 9th), so
+    the estimate is 1 - (9 / 33) / 32 (signed, it was 1: a gain flips nothing)."""
+    ref = np.zeros((32, 3, 3))
+    ref[:, 1, 0] = ref[:, 2, 2] = 5.0
+    ref[:, 0, 1] = 1.0 + 0.125 * np.arange(32)
+    got = ref.copy()
+    got[0, 0, 1] += 2.0
+    u = unseen("ctc", {"blank": 0}, ref, got, confidence=0.5)
+    assert u is not None and u.estimate == pytest.approx(1 - 9 / 33 / 32, abs=1e-12)
+    assert u.bound == pytest.approx(u.estimate, abs=1e-12)  # at 0.5: the point value
+
+
 def _replicated(copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """16 (margin, loss) pairs, no flip, ``copies`` times: the same distribution, more samples."""
     m = np.tile(np.linspace(0.5, 8.0, 16), copies)[:, None]
