@@ -16,7 +16,7 @@ from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, zero_plan
 from .criteria.activations import ActivationStats, sink_statistics
 from .errors import UsageError
-from .option_checks import check_plan_options
+from .option_checks import check_exclusions_apply, check_plan_options
 from .planning import PruningPlan
 from .quantized import verification_form
 from .report import PruneReport
@@ -276,6 +276,8 @@ def prune(
     config = (config or PruneConfig()).with_options(criterion, **options)
     if pruning_plan is not None:
         check_plan_options(config, pruning_plan.criterion)
+    else:
+        check_exclusions_apply(config)
     run = stages.Run(config, load_rules(config.rules, registry), criteria or default_criteria(), progress, timer)
     if output is not None:
         check_output_path(output, model)

@@ -16,6 +16,7 @@ from .errors import UsageError
 
 __all__ = [
     "check_bools",
+    "check_exclusions_apply",
     "check_ints",
     "check_mapping",
     "check_numbers",
@@ -162,4 +163,20 @@ def check_plan_options(config: object, plan_criterion: str) -> None:
         raise UsageError(
             f"{', '.join(given)} cannot go with --plan: a given plan is applied as it is{made}; "
             f"drop {'them' if len(given) > 1 else 'it'}, or plan anew without --plan"
+        )
+
+
+def check_exclusions_apply(config: object) -> None:
+    """UsageError when --exclude comes with the zero criterion: exact removal takes every
+    provably constant channel and never read it (prune --exclude Conv_4 removed Conv_4's zero
+    filters, exit 0, not a word). A --config file's exclusions are left alone: one file serves
+    the lossy runs and the exact one."""
+    if config.lossy:  # type: ignore[attr-defined]
+        return
+    given = [f"--exclude {p!r}" for p in config.exclude]  # type: ignore[attr-defined]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: exclusions protect layers from a budget's cut, and criterion 'zero' has none: it "
+            "removes only provably constant channels (exact, the outputs unchanged) and would ignore them; give a "
+            "budget (e.g. --ratio) or drop the exclusions"
         )

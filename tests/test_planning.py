@@ -167,3 +167,26 @@ def test_options_a_given_plan_would_drop_are_refused(tmp_path: Path) -> None:
         onnxprune.prune(str(model), pruning_plan=PruningPlan.load(saved), macs_target=0.5, verify=False)
     p = run_cli("prune", model, *plan, "--criterion", "l2")
     assert p.returncode == 0, p.stderr
+
+
+def test_exclude_with_the_zero_criterion_is_refused(tmp_path: Path) -> None:
+    """prune --exclude Conv_node_4 (no budget: the zero criterion) removed Conv_node_4's zero
+    filters all the same (16 -> 14), exit 0, not a word: exact removal never read the
+    exclusions. Now refused before any work, CLI and library; with a budget it applies."""
+    from cli_helpers import one_line_error, run_cli
+
+    import onnxprune
+
+    model = Path(__file__).resolve().parent.parent / "fixtures" / "residual.onnx"
+    out = tmp_path / "o.onnx"
+    line = one_line_error(run_cli("prune", model, "-o", out, "--exclude", "Conv_node_4"))
+    assert line == (
+        "onnxprune: error: --exclude 'Conv_node_4': exclusions protect layers from a budget's cut, and criterion "
+        "'zero' has none: it removes only provably constant channels (exact, the outputs unchanged) and would "
+        "ignore them; give a budget (e.g. --ratio) or drop the exclusions"
+    )
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"^--exclude 'Conv_node_4': exclusions protect"):
+        onnxprune.prune(str(model), exclude="Conv_node_4", verify=False)
+    result = onnxprune.prune(str(model), "l2", ratio=0.3, exclude="^Conv_node_4$", verify=False)
+    assert all(n != "Conv_node_4" for g in result.plan.to_dict()["removed"] for n, _ in g["members"])
