@@ -33,7 +33,7 @@ def test_fixture_is_current(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(make_fixtures.CUSTOM_OP_FIXTURES))
 def test_custom_op_fixture_is_current(name: str) -> None:
-    """Those with a custom op (pruned with fixtures/custom_rules.py: tests/test_extension.py)."""
+    """Those with a custom op (pruned with fixtures/custom_rules.py: tests/test_extension_loading.py)."""
     make = make_fixtures.CUSTOM_OP_FIXTURES[name]
     assert make().SerializeToString() == (ROOT / "fixtures" / f"{name}.onnx").read_bytes()
 
