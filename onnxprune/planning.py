@@ -135,7 +135,9 @@ class PruningPlan:
                 if not isinstance(v, list) or not all(isinstance(r, str) for r in v):
                     raise TypeError(f"group {k}'s kept reasons {v!r} are not a list of strings")
                 kept_reasons[int(k)] = tuple(v)
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:  # str(KeyError) is only the key's repr: say what it is
+            raise UsageError(f"malformed plan: missing key {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
             raise UsageError(f"malformed plan: {exc}") from None
         for g, s, _ in removed:  # null (a non-finite score as written) is no score
             if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float))):

@@ -61,6 +61,15 @@ def test_plan_with_malformed_kept_reasons_is_refused(kept: object, why: str) -> 
         PruningPlan.from_dict(data)
 
 
+@pytest.mark.parametrize("key", ["removed"])
+def test_plan_missing_a_key_names_it(key: str) -> None:
+    # before: "malformed plan: 'removed'" (a KeyError's bare text)
+    data = json.loads(PruningPlan(criterion="l2", removed_groups=(1,), kept_reasons={2: ("pinned",)}).to_json())
+    del data[key]
+    with pytest.raises(UsageError, match=rf"^malformed plan: missing key '{key}'$"):
+        PruningPlan.from_dict(data)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "why"),
     [
