@@ -146,7 +146,7 @@ def say_unused_data_file(args: argparse.Namespace) -> None:
     is not read by the model written (an earlier model's weights, left: another may read them)."""
     import sys
 
-    from .saving import unused_data_file
+    from .data_files import unused_data_file
 
     if getattr(args, "stdout_model", None) is None and args.output.lower().endswith(".onnx"):
         unused = unused_data_file(args.output)
