@@ -43,6 +43,10 @@ class FakeTable:
     def units(self) -> dict[str, UnitStep]:
         return {u: UnitStep(self.steps.get(u, 1)) for u in self.names}
 
+    def predicted_latency(self, kept: dict[str, int]) -> float:
+        """No shared layers: the baseline minus the units' savings."""
+        return max(self.baseline - sum(self.saving(u, k) for u, k in kept.items()), 0.0)
+
 
 @dataclass(frozen=True)
 class FakeMeasurement:

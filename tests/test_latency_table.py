@@ -154,3 +154,48 @@ def test_predicted_latency_corrects_shared_layers_exactly_for_bilinear_costs():
     assert table.saving_with("B", 24, {"A": 32}) == pytest.approx(true(32, 48) - true(32, 24), rel=1e-12)
     back = LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))
     assert back.predicted_latency({"A": 20, "B": 30}) == table.predicted_latency({"A": 20, "B": 30})
+
+
+def test_the_planners_predicted_ratio_is_the_tables_for_units_that_share_layers():
+    # three_unit_chain: conv1 (3 -> a), conv2 (a -> b), conv3 (b -> c), conv4 (c -> 4); latency in
+    # proportion to MACs, so the table's shared-layer correction is exact. The planner's ratio
+    # summed the units' savings (the corners of conv2 and conv3 counted twice): at aim 0.45 it
+    # stopped at a plan it predicted 0.449 that the table (and the true latency) put at 0.538.
+    from latency_helpers import three_unit_chain
+
+    import onnxprune
+    from onnxprune.config import PruneConfig
+    from onnxprune.latency.moves import move_space
+    from onnxprune.latency.planner import plan_for_latency
+    from onnxprune.sensitivity_analysis import find_units
+
+    analysis = onnxprune.analyze(three_unit_chain())
+    scores = {g.id: 1.0 + 0.01 * g.id for g in analysis.groups}
+    units = find_units(analysis, scores)
+    a, b, c = (u.name for u in units)
+    n, base = 32, 1e-3
+    w = {1: 2e-6, 2: 1e-6, 3: 1e-6, 4: 4e-6}  # seconds per MAC-unit of conv1..conv4
+
+    def true(ka: int, kb: int, kc: int) -> float:
+        return base + w[1] * 3 * ka + w[2] * ka * kb + w[3] * kb * kc + w[4] * kc * 4
+
+    full = true(n, n, n)
+    s1, s2, s3, s4 = w[1] * 3 * n, w[2] * n * n, w[3] * n * n, w[4] * n * 4  # each layer's full cost
+    ks = (8, 16, 24, 32)
+    ua = UnitLatency(a, ("conv1",), n, tuple((k, true(k, n, n)) for k in ks), 1, partners=((b, s2 / (s1 + s2)),))
+    ub = UnitLatency(
+        b, ("conv2",), n, tuple((k, true(n, k, n)) for k in ks), 1, partners=((a, s2 / (s2 + s3)), (c, s3 / (s2 + s3)))
+    )
+    uc = UnitLatency(c, ("conv3",), n, tuple((k, true(n, n, k)) for k in ks), 1, partners=((b, s3 / (s3 + s4)),))
+    table = LatencyTable({"model_sha256": "0"}, full, {a: ua, b: ub, c: uc})
+    space = move_space(analysis, PruneConfig(ratio=0.1), units, table, scores)
+    at = {a: 16, b: 16, c: 16}
+    assert space.predicted(at) == pytest.approx(true(16, 16, 16) / full, rel=1e-12)
+    naive = 1 - sum(table.saving(u, k) for u, k in at.items()) / full
+    assert space.predicted(at) - naive > 0.05  # where the sum went wrong
+    lp = plan_for_latency(analysis, PruneConfig(ratio=0.1), units, table, scores, aim=0.45)
+    kept = {ch.unit: ch.kept for ch in lp.units}
+    assert min(kept.values()) < n and sorted(kept.values())[1] < n  # at least two units shrunk together
+    assert lp.predicted_ratio == pytest.approx(table.predicted_latency(kept) / full, rel=1e-12)
+    assert lp.predicted_ratio == pytest.approx(true(kept[a], kept[b], kept[c]) / full, rel=1e-12)
+    assert lp.predicted_ratio <= 0.45 + 1e-9

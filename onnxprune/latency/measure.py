@@ -185,7 +185,8 @@ def build_table(
     ``calibrate=False``: no whole-model calibration (scale 1: the subgraphs' own savings; the
     original alone gives the baseline); None (default): calibrate unless the timer says its
     costs are additive by construction (``timer.additive``, the StepTimer), where the summed
-    savings are exact already."""
+    savings are exact already; then, unless calibrated, without the shared-layer correction
+    either (no ``partners``: its layers cost no in x out corner to count twice)."""
     settings = settings or LatencySettings()
     path = os.fspath(model)
     if not os.path.isfile(path):
@@ -199,8 +200,9 @@ def build_table(
         from .timers import RuntimeTimer
 
         timer = RuntimeTimer(settings)
+    additive = getattr(timer, "additive", False)
     if calibrate is None:
-        calibrate = not getattr(timer, "additive", False)
+        calibrate = not additive
     try:
         notes: list[str] = []
         folder = _cache.cache_dir(cache_dir)
@@ -210,8 +212,8 @@ def build_table(
             key["calibrated"] = "no"
         if cache:
             table, note = _cache.load_cached(key, folder)
-            if table is not None:
-                return replace(table, cached=True)
+            if table is not None:  # (one cached before 2026-12-01 with its partners: as measured now)
+                return replace(_summed(table) if additive and not calibrate else table, cached=True)
             if note:
                 notes.append(note)
         table = _measure(
@@ -228,6 +230,7 @@ def build_table(
             notes,
             calibrate,
         )
+        table = _summed(table) if additive and not calibrate else table
         if cache:
             try:
                 _cache.store(table, folder)
@@ -237,6 +240,12 @@ def build_table(
     finally:
         if own:
             timer.close()  # type: ignore[attr-defined]
+
+
+def _summed(table: LatencyTable) -> LatencyTable:
+    """``table`` without the shared-layer correction: a timer whose costs add up (the StepTimer)
+    has no in x out corner to count twice, the summed savings are its prediction."""
+    return replace(table, units={n: replace(u, partners=()) for n, u in table.units.items()})
 
 
 def _measure(

@@ -44,8 +44,10 @@ class _UnitStep(Protocol):
 
 class LatencySource(Protocol):
     """What the planner reads of a latency table (``LatencyTable``): the original's seconds,
-    the measured units (their ``step``: where latency drops; None: no measurable step) and the
-    seconds saved at a kept channel count."""
+    the measured units (their ``step``: where latency drops; None: no measurable step), the
+    seconds one unit saves at a kept channel count (a move's saving, the others full) and the
+    model's predicted seconds with several units shrunk (``predicted_latency``: the plan's
+    prediction, corrected where units share layers)."""
 
     @property
     def baseline(self) -> float: ...
@@ -54,6 +56,8 @@ class LatencySource(Protocol):
     def units(self) -> Mapping[str, _UnitStep]: ...
 
     def saving(self, unit: str, kept: int) -> float: ...
+
+    def predicted_latency(self, kept: Mapping[str, int]) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -171,10 +175,13 @@ class MoveSpace:
         return dict(self.sizes)
 
     def predicted(self, at: Mapping[str, int]) -> float:
-        """The table's ratio to the original with the units at these counts."""
+        """The table's ratio to the original with the units at these counts: its
+        ``predicted_latency`` (one computation for the planner, its report and the table's own
+        prediction; it corrects the savings of units that share layers, which a sum of the units'
+        savings counts twice) over its baseline."""
         baseline = float(self.table.baseline)
-        saved = sum(self.table.saving(name, k) for name, k in at.items() if k < self.sizes[name])
-        return max(baseline - saved, 0.0) / baseline if baseline > 0 else 1.0  # as LatencyTable.predicted_latency
+        shrunk = {name: k for name, k in at.items() if k < self.sizes[name]}
+        return self.table.predicted_latency(shrunk) / baseline if baseline > 0 else 1.0
 
     def chosen(self, at: Mapping[str, int]) -> list[int]:
         """The groups removed with the units at these counts, lowest-scored first in each unit."""
