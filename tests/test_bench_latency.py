@@ -333,3 +333,25 @@ def test_heldout_inputs_phase_makes_the_corpus_rows_inputs_ahead(tmp_path: Path,
     assert len(calls) == 4  # made once: read back the second time
     with pytest.raises(SystemExit):
         bench.main(argv)  # nowhere to keep them
+
+
+def test_data_files_say_the_inputs_also_when_they_were_already_made(tmp_path: Path) -> None:
+    # a second row of the same base (the + reconstruct row), or a re-run in the same work folder,
+    # finds the .npz made: its spec said "inputs: " (empty) in the report's per-model section
+    import bench_latency_models as models
+    from latency_bench_report_models import row_inputs
+
+    base = {"path": "/zoo/m.onnx", "input": "x", "shape": [1, 3, 4, 4], "kind": "zoo", "samples": 2}
+    first, again = dict(base), {**base, "base": "m", "reconstruct": True}
+    made = models.data_files("m", first, tmp_path, 2)
+    assert models.data_files("m+rc", again, tmp_path, 2) == made
+    note = "seeded standard-normal images (random-weight export)"
+    assert first["inputs_note"] == again["inputs_note"] == note
+    digits = models.model_spec("digits")
+    models.data_files("digits", digits, tmp_path, 2)
+    models.data_files("digits", digits, tmp_path, 2)
+    assert digits["inputs_note"].startswith("digits calibration split")
+    # rows recorded with the empty note: said from the spec in the report
+    assert row_inputs({"model": "m+rc", "inputs_note": ""}, {"m": base}) == note
+    assert row_inputs({"model": "m", "inputs_note": "as recorded"}, {"m": base}) == "as recorded"
+    assert row_inputs({"model": "m"}, {"m": {"kind": "zoo"}}) == "not recorded"

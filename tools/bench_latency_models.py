@@ -22,6 +22,7 @@ __all__ = [
     "data_files",
     "default_models",
     "input_shapes",
+    "inputs_note",
     "model_spec",
 ]
 
@@ -142,34 +143,49 @@ def default_models() -> list[str]:
     return names
 
 
+def inputs_note(spec: dict, seed: int = 2) -> str:
+    """What a row's evaluation inputs (``seed``) are, from its spec alone: the same whether this
+    run made the files or found them made (by an earlier run, or the + reconstruct row's base)."""
+    kind = spec["kind"]
+    if kind == "digits":
+        return "digits calibration split; evaluation and accuracy on the held-out test split"
+    if kind == "trained":
+        return f"tools/glyph_task.py glyph images (seed {seed}: never trained on)"
+    if kind == "corpus":
+        try:
+            from corpus_inputs import MODELS as CORPUS_INPUTS  # fidbench's realistic inputs
+
+            return f"tools/corpus_inputs.py: {CORPUS_INPUTS[os.path.basename(spec['path'])].what}"
+        except Exception as exc:  # not there: _samples falls back to seeded images
+            return f"seeded uniform [0,1] images (corpus_inputs unavailable: {type(exc).__name__})"
+    return "seeded standard-normal images (random-weight export)"
+
+
 def _samples(name: str, spec: dict, n: int, seed: int) -> np.ndarray:
     shape = spec["shape"]
     if spec["kind"] == "trained":
         from glyph_task import glyph_images
 
-        spec["inputs_note"] = f"tools/glyph_task.py glyph images (seed {seed}: never trained on)"
         return glyph_images(n, seed, shape[2])[0]
     if spec["kind"] == "corpus":
         try:
-            from corpus_inputs import MODELS as CORPUS_INPUTS  # fidbench's realistic inputs
             from corpus_inputs import feeds
 
-            spec["inputs_note"] = f"tools/corpus_inputs.py: {CORPUS_INPUTS[os.path.basename(spec['path'])].what}"
             return feeds(os.path.basename(spec["path"]), n, seed=seed)[spec["input"]]
         except Exception as exc:  # not there (or failing): seeded images, said in the JSON
             spec["inputs_note"] = f"seeded uniform [0,1] images (corpus_inputs unavailable: {type(exc).__name__})"
             return np.random.default_rng(seed).uniform(0, 1, (n, *shape[1:])).astype(np.float32)
-    spec["inputs_note"] = "seeded standard-normal images (random-weight export)"
     return np.random.default_rng(seed).standard_normal((n, *shape[1:])).astype(np.float32)
 
 
 def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
     """Calibration and held-out evaluation .npz for a model (8 of each for the big corpus
-    inputs: the sensitivity trials run on all of them)."""
+    inputs: the sensitivity trials run on all of them); ``spec["inputs_note"]`` says what the
+    evaluation inputs are (also when the files were already there)."""
     n = min(n, spec.get("samples", n)) if spec["kind"] != "trained" else spec["samples"]
     name = spec.get("base", name)
+    spec["inputs_note"] = inputs_note(spec)
     if spec["kind"] == "digits":
-        spec["inputs_note"] = "digits calibration split; evaluation and accuracy on the held-out test split"
         test = np.load(ROOT / "fixtures" / "digits_test.npz")
         ev = work / "digits_eval.npz"
         np.savez(ev, input=test["input"])
@@ -179,8 +195,6 @@ def data_files(name: str, spec: dict, work: Path, n: int) -> tuple[str, str]:
         np.savez(cal, **{spec["input"]: _samples(name, spec, n, seed=1)})
     if not ev.exists():
         np.savez(ev, **{spec["input"]: _samples(name, spec, n, seed=2)})
-    elif spec["kind"] == "trained":  # made by an earlier row of the same model (its + reconstruct row)
-        spec["inputs_note"] = "tools/glyph_task.py glyph images (seed 2: never trained on)"
     return str(cal), str(ev)
 
 

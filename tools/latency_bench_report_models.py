@@ -4,9 +4,20 @@ prune's notes."""
 
 from __future__ import annotations
 
+from bench_latency_models import inputs_note
 from latency_bench_report_cells import fmt, row_label
 
-__all__ = ["per_model"]
+__all__ = ["per_model", "row_inputs"]
+
+
+def row_inputs(r: dict, models: dict[str, dict]) -> str:
+    """What the row's evaluation inputs were: as recorded, else (rows recorded before
+    2026-12-01 14:00 with their files already made got an empty note) said from the row's spec,
+    else "not recorded"."""
+    if r.get("inputs_note"):
+        return r["inputs_note"]
+    spec = models.get(r["model"].removesuffix("+rc"), {})
+    return inputs_note(spec) if {"kind", "path"} <= spec.keys() else "not recorded"
 
 
 def per_model(rows: list[dict], models: dict[str, dict], state: float) -> list[str]:
@@ -17,9 +28,7 @@ def per_model(rows: list[dict], models: dict[str, dict], state: float) -> list[s
         L = r["latency_plan"]["latency"]
         lines.append(f"### {row_label(r)}")
         lines.append("")
-        lines.append(
-            f"- file: `{r['path']}`; inputs: {models.get(r['model'], {}).get('inputs_note', r.get('inputs_note', ''))}"
-        )
+        lines.append(f"- file: `{r['path']}`; inputs: {row_inputs(r, models)}")
         floor = L.get("floor_ratio")
         lines.append(
             f"- latency plan: predicted {L['predicted_ratio']:.3f}, measured {L['measured_ratio']:.3f} "
