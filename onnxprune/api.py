@@ -12,6 +12,7 @@ import onnx
 
 from . import stages
 from .analysis import ChannelAnalysis
+from .budget import check_layers_named
 from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, zero_plan
 from .criteria.activations import ActivationStats, sink_statistics
@@ -139,7 +140,9 @@ def plan(
     config = (config or PruneConfig()).with_options(criterion, **options)
     criterion = config.criterion
     criteria = criteria or default_criteria()
+    check_layers_named(analysis, config, "the model")
     if criterion == "zero":
+        check_exclusions_apply(config)
         return zero_plan(analysis)
     stages.check_budget(config, criteria)
     if model is None:

@@ -7,7 +7,7 @@ import json
 import numbers
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
@@ -26,6 +26,8 @@ class LayerRule:
     op_names: tuple[str, ...] = ()
     sparsity: float | None = None
     exclude: bool = False
+    # Where the entry came from, for messages: "prune.yaml: entry 2", "layer_rules entry 0".
+    origin: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # One op type or pattern given as a string is that one, not its characters: op_types
@@ -49,6 +51,10 @@ class LayerRule:
         for pattern in self.op_names:
             check_regex(pattern, "config entry op_names")
 
+    def named(self, index: int) -> str:
+        """The entry as messages name it: its file and place, else ``layer_rules entry N``."""
+        return self.origin or f"layer_rules entry {index}"
+
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any], where: str = "config entry") -> LayerRule:
         """One entry of a config file (``sparsity_per_layer`` is NNI's name for ``sparsity``);
@@ -70,6 +76,7 @@ class LayerRule:
                 op_names=entry.get("op_names", ()),
                 sparsity=sparsity,
                 exclude=entry.get("exclude", False),
+                origin=where,
             )
         except UsageError as exc:
             raise UsageError(f"{where}: {exc}") from None

@@ -155,6 +155,8 @@ def check_plan_options(config: object, plan_criterion: str) -> None:
             ("--global", config.global_ranking),  # type: ignore[attr-defined]
             ("--round-to", config.round_to != 1),  # type: ignore[attr-defined]
             ("--exclude", bool(config.exclude)),  # type: ignore[attr-defined]
+            # its exclusions (a sparsity is a budget, named above) were dropped the same way
+            ("--config", bool(config.layer_rules) and not config.explicit_budget),  # type: ignore[attr-defined]
         )
         if on
     ]
@@ -167,13 +169,18 @@ def check_plan_options(config: object, plan_criterion: str) -> None:
 
 
 def check_exclusions_apply(config: object) -> None:
-    """UsageError when --exclude comes with the zero criterion: exact removal takes every
-    provably constant channel and never read it (prune --exclude Conv_4 removed Conv_4's zero
-    filters, exit 0, not a word). A --config file's exclusions are left alone: one file serves
-    the lossy runs and the exact one."""
+    """UsageError when exclusions come with the zero criterion: exact removal takes every
+    provably constant channel and never read them (prune --exclude Conv_4 removed Conv_4's zero
+    filters, exit 0, not a word). The same for a --config file's entries (``exclude: true``, or
+    a sparsity of 0, the entries a run without a budget can have): ignored the same way, they
+    are refused the same way, by the API (``exclude=``, ``layer_rules=``) and the CLI."""
     if config.lossy:  # type: ignore[attr-defined]
         return
     given = [f"--exclude {p!r}" for p in config.exclude]  # type: ignore[attr-defined]
+    given += [
+        f"{rule.named(i)} ({'exclude: true' if rule.exclude else f'sparsity {rule.sparsity:g}'})"
+        for i, rule in enumerate(config.layer_rules)  # type: ignore[attr-defined]
+    ]
     if given:
         raise UsageError(
             f"{', '.join(given)}: exclusions protect layers from a budget's cut, and criterion 'zero' has none: it "

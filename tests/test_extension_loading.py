@@ -182,7 +182,19 @@ def test_config_file_may_name_the_rules(tmp_path: Path) -> None:
     (sub / "my_rules.py").write_text(RULES_TEXT)
     config = sub / "prune.yaml"
     config.write_text("rules: my_rules.py:registry\nconfig_list:\n  - op_names: conv2\n    exclude: true\n")
-    p = run_cli("prune", CUSTOM_MODEL, "-o", tmp_path / "out.onnx", "--config", config, "--report", tmp_path / "r.json")
+    # a budget: exclusions under the zero criterion are refused (tests/test_planning.py)
+    p = run_cli(
+        "prune",
+        CUSTOM_MODEL,
+        "-o",
+        tmp_path / "out.onnx",
+        "--config",
+        config,
+        "--ratio",
+        "0.25",
+        "--report",
+        tmp_path / "r.json",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "r.json").read_text())["channels_removed"] == 2
     p = run_cli(
@@ -203,12 +215,21 @@ def test_python_reads_a_config_file_as_the_cli_does(tmp_path: Path) -> None:
     (sub / "my_rules.py").write_text(RULES_TEXT)
     config = sub / "prune.yaml"
     config.write_text("rules: my_rules.py:registry\nconfig_list:\n  - op_names: conv2\n    exclude: true\n")
-    loaded = onnxprune.PruneConfig.from_file(config, criterion="zero", verify=False)
+    loaded = onnxprune.PruneConfig.from_file(config, criterion="l2", ratio=0.25, verify=False)
     assert loaded.rules == f"{sub}/my_rules.py:registry" and loaded.layer_rules[0].op_names == ("conv2",)
-    assert loaded.criterion == "zero" and loaded.verify is False
+    assert loaded.criterion == "l2" and loaded.verify is False
     result = onnxprune.prune(onnx.load(CUSTOM_MODEL), config=loaded)
     cli = run_cli(
-        "prune", CUSTOM_MODEL, "-o", tmp_path / "out.onnx", "--config", config, "--report", tmp_path / "r.json"
+        "prune",
+        CUSTOM_MODEL,
+        "-o",
+        tmp_path / "out.onnx",
+        "--config",
+        config,
+        "--ratio",
+        "0.25",
+        "--report",
+        tmp_path / "r.json",
     )
     assert cli.returncode == 0, cli.stderr
     removed = json.loads((tmp_path / "r.json").read_text())["channels_removed"]

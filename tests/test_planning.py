@@ -199,3 +199,71 @@ def test_exclude_with_the_zero_criterion_is_refused(tmp_path: Path) -> None:
         onnxprune.prune(str(model), exclude="Conv_node_4", verify=False)
     result = onnxprune.prune(str(model), "l2", ratio=0.3, exclude="^Conv_node_4$", verify=False)
     assert all(n != "Conv_node_4" for g in result.plan.to_dict()["removed"] for n, _ in g["members"])
+
+
+def test_config_file_exclusions_with_the_zero_criterion_are_refused_as_exclude_is(tmp_path: Path) -> None:
+    """--config with an 'exclude: true' entry and no budget (the zero criterion) removed the
+    excluded layer's zero filters (Conv_node_4 16 -> 14), exit 0, where --exclude of the same
+    layer was refused: the two routes now say the same, CLI and library (layer_rules=), naming
+    the file's entry; with a budget the entry applies. With --plan, the file is refused as
+    --exclude is."""
+    from cli_helpers import one_line_error, run_cli
+
+    import onnxprune
+
+    model = Path(__file__).resolve().parent.parent / "fixtures" / "residual.onnx"
+    config, out = tmp_path / "keep.yaml", tmp_path / "o.onnx"
+    config.write_text("- op_names: ['^Conv_node_4$']\n  exclude: true\n")
+    line = one_line_error(run_cli("prune", model, "-o", out, "--config", config))
+    assert line == (
+        f"onnxprune: error: {config}: entry 0 (exclude: true): exclusions protect layers from a budget's cut, and "
+        "criterion 'zero' has none: it removes only provably constant channels (exact, the outputs unchanged) and "
+        "would ignore them; give a budget (e.g. --ratio) or drop the exclusions"
+    )
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"^layer_rules entry 0 \(exclude: true\): exclusions protect"):
+        onnxprune.prune(str(model), layer_rules=[{"op_names": "^Conv_node_4$", "exclude": True}], verify=False)
+    with pytest.raises(UsageError, match=r"^layer_rules entry 0 \(sparsity 0\): exclusions protect"):
+        onnxprune.prune(str(model), layer_rules=[{"op_names": "^Conv_node_4$", "sparsity": 0.0}], verify=False)
+    p = run_cli("prune", model, "-o", out, "--config", config, "--ratio", "0.3", "--save-plan", tmp_path / "p.json")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert all(n != "Conv_node_4" for g in plan["removed"] for n, _ in g["members"])
+    line = one_line_error(
+        run_cli("prune", model, "-o", tmp_path / "o2.onnx", "--plan", tmp_path / "p.json", "--config", config)
+    )
+    assert line.startswith("onnxprune: error: --config cannot go with --plan: a given plan is applied as it is")
+
+
+def test_an_exclusion_that_names_no_layer_is_refused(tmp_path: Path) -> None:
+    """--exclude Conv_nod_4 (a typo) matched no layer and protected nothing, exit 0: the user
+    thought Conv_node_4 safe. Refused before any work, naming the pattern and the closest layer
+    names, CLI and library; a --config entry matching no layer too, naming its file."""
+    from cli_helpers import one_line_error, run_cli
+
+    import onnxprune
+
+    model = Path(__file__).resolve().parent.parent / "fixtures" / "residual.onnx"
+    out = tmp_path / "o.onnx"
+    line = one_line_error(run_cli("prune", model, "-o", out, "--ratio", "0.3", "--exclude", "Conv_nod_4$"))
+    assert line == (
+        f"onnxprune: error: {model}: --exclude 'Conv_nod_4$' matches no layer's node name, so it protects nothing "
+        "(its layers are 7 Conv/Gemm nodes; closest: 'Conv_node_4', 'Conv_node_64', 'Conv_node_54')"
+    )
+    assert not out.exists()
+    with pytest.raises(UsageError, match=r"--exclude 'nothing' matches no layer's node name"):
+        onnxprune.prune(str(model), ratio=0.3, exclude="nothing", verify=False)
+    analysis = onnxprune.analyze(str(model))
+    with pytest.raises(UsageError, match=r"--exclude 'nothing' matches no layer's node name"):
+        onnxprune.plan(analysis, "l2", model=str(model), ratio=0.3, exclude="nothing")
+    config = tmp_path / "c.yaml"
+    config.write_text("- op_types: [Conv]\n  sparsity: 0.3\n- op_names: ['Conv_node_44']\n  exclude: true\n")
+    line = one_line_error(run_cli("prune", model, "-o", out, "--config", config))
+    assert line == (
+        f"onnxprune: error: {config}: entry 1 (op_names ['Conv_node_44']) matches no layer of {model}, so it "
+        "protects nothing (its layers are 7 Conv/Gemm nodes; closest: 'Conv_node_4', 'Conv_node_64', 'Conv_node_54')"
+    )
+    config.write_text("- op_types: [ConvTranspose]\n  sparsity: 0.3\n")
+    line = one_line_error(run_cli("prune", model, "-o", out, "--config", config))
+    assert "entry 0 (op_types ['ConvTranspose']) matches no layer of" in line and "sets the sparsity of nothing" in line
+    assert not out.exists()

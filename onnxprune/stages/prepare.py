@@ -14,6 +14,7 @@ import onnx
 
 from ..analysis import ChannelAnalysis
 from ..analysis import analyze as _analyze
+from ..budget import check_layers_named
 from ..config import PruneConfig
 from ..criteria import CriterionRegistry
 from ..criteria.activations import ActivationStats, sink_statistics
@@ -147,14 +148,17 @@ def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
 
 
 def analyse(loaded: LoadedModel, run: Run) -> ChannelAnalysis:
-    """The channel groups; the weights read stay in ``loaded.initializers`` for the surgery."""
-    return _analyze(
+    """The channel groups; the weights read stay in ``loaded.initializers`` for the surgery.
+    An --exclude pattern or --config entry that matches no layer is refused here."""
+    analysis = _analyze(
         loaded.proto,
         input_shapes=run.config.input_shapes,
         registry=run.registry,
         source=loaded.source,
         initializers=loaded.initializers,
     )
+    check_layers_named(analysis, run.config, loaded.source)
+    return analysis
 
 
 def calibrate(loaded: LoadedModel, analysis: ChannelAnalysis, run: Run, *, lossy: bool) -> CalibrationData:
