@@ -193,7 +193,7 @@ def test_contribution_criterion_is_the_error_a_channel_leaves_replaced_by_its_me
     removed = {}
     for criterion in ("contribution", "l2"):
         r = onnxprune.prune(
-            model, criterion, ratio=0.25, calibration=str(calib), compensation="calibration", exclude=("Conv_node_1",)
+            model, criterion, ratio=0.25, calibration=str(calib), compensation="calibration", exclude=("Conv_node_8",)
         )
         assert r.report.channels_removed == 1 and r.report.verification.passed
         removed[criterion] = _removed_channels(r)
