@@ -200,3 +200,23 @@ def test_contribution_criterion_is_the_error_a_channel_leaves_replaced_by_its_me
     assert removed == {"contribution": [0], "l2": [3]}
     with pytest.raises(onnxprune.UsageError, match=r"'contribution' needs calibration inputs"):
         onnxprune.prune(model, "contribution", ratio=0.25)
+
+
+def test_contribution_errors_alone_match_the_covariance_path() -> None:
+    """Without the refit a block's errors alone come from each group's contribution x_J W_J^T
+    (no covariance of all the columns): the same numbers as tr(W_J S_JJ W_J^T) / tr(W S W^T)
+    from the covariance the refit path forms, to rounding."""
+    from onnxprune.criteria.reconstruction_error import _block
+
+    rng = np.random.default_rng(4)
+    k, channels = 9, 6
+    rows = rng.standard_normal((300, channels * k)) * rng.uniform(0.1, 3, channels * k) + 2.0
+    w = rng.standard_normal((5, channels * k))
+    roots = np.array([10, 11, 12, 12, 13, 14])  # one group on two channels
+    full, alone = _block(rows, w, roots, k, 1e-4), _block(rows, w, roots, k, 1e-4, refit=False)
+    assert full is not None and alone is not None
+    assert alone.energy == pytest.approx(full.energy, rel=1e-12)
+    assert alone.alone.keys() == full.alone.keys() == {10, 11, 12, 13, 14}
+    for r, v in full.alone.items():
+        assert alone.alone[r] == pytest.approx(v, rel=1e-10)
+    assert _block(np.ones((20, channels * k)), w, roots, k, 1e-4, refit=False) is None  # constant rows

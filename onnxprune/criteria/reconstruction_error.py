@@ -53,29 +53,59 @@ class _Block:
     alone: dict[int, float]  # root -> tr(W_J S_JJ W_J^T) / energy: its removal alone, no refit
 
 
-def _block(rows: np.ndarray, w: np.ndarray, roots: np.ndarray, k: int, ridge: float) -> _Block | None:
+def _block(
+    rows: np.ndarray, w: np.ndarray, roots: np.ndarray, k: int, ridge: float, refit: bool = True
+) -> _Block | None:
     """The greedy's start for input ``rows`` [positions, channels·k] read by ``w`` [out, channels·k]
-    whose input channel c carries group ``roots[c]``."""
+    whose input channel c carries group ``roots[c]``; without ``refit`` only the errors alone
+    (``_alone_block``: the contribution criterion reads nothing else)."""
     x = rows - rows.mean(axis=0)
     if x.shape[1] > MAX_COLUMNS:  # each channel as its contribution to the output: one column each
         x = x[:256]  # [channels, positions, outputs] stays small
         z = np.einsum("pck,ock->cpo", x.reshape(len(x), -1, k), w.reshape(len(w), -1, k)).reshape(len(roots), -1)
         s = z @ z.T / len(x)
         w, k = np.ones((1, len(roots))), 1
+    elif not refit:
+        return _alone_block(x, w, roots, k)
     else:
         s = x.T @ x / len(x)
     scale = float(np.mean(np.diag(s)))
     if scale <= 0:
         return None
     b = s @ w.T
-    p = np.linalg.inv(s + ridge * scale * np.eye(len(s)))
+    p = np.linalg.inv(s + ridge * scale * np.eye(len(s))) if refit else np.zeros((0, 0))
+    cols = _columns(roots, k)
+    energy = float(np.sum(w * b.T))
+    alone = {r: float(np.sum((w[:, j] @ s[np.ix_(j, j)]) * w[:, j])) / max(energy, 1e-30) for r, j in cols.items()}
+    return _Block(p, p @ b if refit else np.zeros((0, 0)), energy, cols, alone)
+
+
+def _columns(roots: np.ndarray, k: int) -> dict[int, np.ndarray]:
+    """Per group, its input columns (channel c holds columns c·k ... c·k + k - 1)."""
     columns: dict[int, list[int]] = defaultdict(list)
     for c, r in enumerate(roots):
         columns[int(r)].extend(range(c * k, (c + 1) * k))
-    cols = {r: np.asarray(v) for r, v in columns.items()}
-    energy = float(np.sum(w * b.T))
-    alone = {r: float(np.sum((w[:, j] @ s[np.ix_(j, j)]) * w[:, j])) / max(energy, 1e-30) for r, j in cols.items()}
-    return _Block(p, p @ b, energy, cols, alone)
+    return {r: np.asarray(v) for r, v in columns.items()}
+
+
+def _alone_block(x: np.ndarray, w: np.ndarray, roots: np.ndarray, k: int) -> _Block | None:
+    """``_block`` without the refit, from the centred rows ``x``: tr(W_J S_JJ W_J^T) from each
+    channel's own k x k covariance (and the whole contribution x_J W_J^T of a group on several
+    channels here), so the covariance of all the columns (its cost is columns² x positions) is
+    never formed."""
+    if not np.any(x):
+        return None
+    cols = _columns(roots, k)
+    n, channels = len(x), len(roots)
+    energy = float(np.sum(np.square(x @ w.T))) / n
+    xc, wc = x.reshape(n, channels, k), w.reshape(len(w), channels, k)
+    own = np.einsum("ock,ckl,ocl->c", wc, np.einsum("pck,pcl->ckl", xc, xc) / n, wc)  # per channel
+    alone = {}
+    for r, j in cols.items():
+        err = float(own[j[0] // k]) if len(j) == k else float(np.sum(np.square(x[:, j] @ w[:, j].T))) / n
+        alone[r] = err / max(energy, 1e-30)
+    empty = np.zeros((0, 0))
+    return _Block(empty, empty, energy, cols, alone)
 
 
 def _greedy(blocks: Sequence[_Block], candidates: Sequence[int]) -> dict[int, float]:
@@ -204,7 +234,12 @@ def reconstruction_scores(
                 if not mine & {int(r) for r in part}:
                     continue
                 blk = _block(
-                    rows[:, g * in_g * k : (g + 1) * in_g * k], w_mat[g * out_g : (g + 1) * out_g], part, k, ridge
+                    rows[:, g * in_g * k : (g + 1) * in_g * k],
+                    w_mat[g * out_g : (g + 1) * out_g],
+                    part,
+                    k,
+                    ridge,
+                    refit,
                 )
                 if blk is not None:
                     blocks.append(blk)
