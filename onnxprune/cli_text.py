@@ -157,7 +157,7 @@ def generalisation_lines(g: dict | None) -> list[str]:
     cal, held, est, cross = g["calibration"], g["held_out"], g.get("estimate"), g.get("cross_fitted")
     # With recovery the final refit was fitted on the calibration samples: their fidelity is
     # in-sample, and the search judged the cross-fitted one (shown first, labelled).
-    insample = "; in-sample: the final refit was fitted on them" if cross else ""
+    insample = f"; in-sample: {cross.get('in_sample', 'the final refit was fitted on them')}" if cross else ""
     estimated = (
         f"; estimated {est['fidelity']:.4f} on unseen inputs (from the calibration samples' margins{insample})"
         if est
@@ -173,7 +173,8 @@ def generalisation_lines(g: dict | None) -> list[str]:
     if cross:
         lines.append(
             f"fidelity cross-fitted (what the search judged): {cross['fidelity']:.4f} on the {cross['samples']} calibration "
-            f"samples, each scored by the model recovered on the other half; the search's value {cross['judged']:.4f}"
+            f"samples, each scored by {cross.get('scored_by', 'the model recovered on the other half')}; "
+            f"the search's value {cross['judged']:.4f}"
             + (f" (estimate on unseen inputs {cross['estimate']:.4f})" if cross.get("estimate") is not None else "")
         )
     lines.append(

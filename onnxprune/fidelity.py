@@ -370,12 +370,16 @@ class SearchScore:
 class CrossFitted:
     """The search's cross-fitted judgement of the delivered plan (``--reconstruct`` /
     ``--recalibrate`` with ``--min-fidelity``): every calibration sample scored by the model
-    recovered on the other half of them (reconstruction_trials.ReconstructedTrials). The final model is
-    refitted on all the calibration samples, so its fidelity on them is in-sample and overstates
-    what it keeps on other inputs; this is what the search saw."""
+    recovered on the other half of them (reconstruction_trials.ReconstructedTrials); with a data
+    criterion and no recovery, by the channels the criterion chose on the other half
+    (selection_trials.SelectionTrials). The final model is refitted (its channels chosen) on all
+    the calibration samples, so its fidelity on them is in-sample and overstates what it keeps on
+    other inputs; this is what the search saw."""
 
     score: SearchScore
     samples: int  # the calibration samples, each judged by the refit of the half without it
+    scored_by: str = "the model recovered on the other half"  # what judged each sample
+    in_sample: str = "the final refit was fitted on them"  # why the calibration fidelity is in-sample
 
     def to_dict(self) -> dict:
         s = self.score
@@ -386,7 +390,9 @@ class CrossFitted:
             "worst_half": s.worst_half,
             "estimate": s.estimate,
             "bound": s.bound,
-            "what": "cross-fitted: each calibration sample scored by the model recovered on the other half of "
+            "scored_by": self.scored_by,
+            "in_sample": self.in_sample,
+            "what": f"cross-fitted: each calibration sample scored by {self.scored_by} of "
             "the calibration samples (what the --min-fidelity search judged the plan by); fidelity: on all of them; "
             "judged: the search's value (continuous outputs: the worse half; top-1 / CTC / detection: the lower "
             "bound of the agreement and its estimate on unseen inputs)",

@@ -248,11 +248,12 @@ def to_markdown(d: dict[str, Any]) -> str:
     g = d.get("generalisation")
     if g:
         cross = g.get("cross_fitted")
-        insample = "; in-sample: the final refit was fitted on them" if cross else ""
+        insample = f"; in-sample: {cross.get('in_sample', 'the final refit was fitted on them')}" if cross else ""
         lines += ["", "| fidelity | samples | value |", "|---|---:|---:|"]
         if cross:  # what the search judged a recovered plan by
             lines += [
-                f"| cross-fitted on the calibration samples (each scored by the model recovered on the other half) "
+                f"| cross-fitted on the calibration samples (each scored by "
+                f"{cross.get('scored_by', 'the model recovered on the other half')}) "
                 f"| {cross['samples']} | {cross['fidelity']:.4f} |",
                 f"| cross-fitted, the search's value (what the search judged) | {cross['samples']} | {cross['judged']:.4f} |",
             ]

@@ -32,6 +32,7 @@ from .trials import (
     estimates,
     known_macs,
     recovered_trials,
+    selection_trials,
     sensitivity_trials,
 )
 
@@ -355,6 +356,14 @@ def _allocated_plan(
     if recovering and config.macs_target is None and len(feeds) >= 2 and not searched:
         # The budget is met by the recovered model: measure that, not the masked one.
         runner = recovered_trials(loaded, analysis, feeds, run)
+    elif run.criteria.is_data(config.criterion) and config.macs_target is None and len(feeds) >= 2 and not searched:
+        # The channels were chosen on the calibration samples: judge each half by the other's choice.
+        def scorer(stats: ActivationStats, fit: Feeds) -> Mapping[str, np.ndarray]:
+            return layer_scores(
+                analysis, loaded.proto, config, run.criteria, stats, run.registry, feeds=fit, source=loaded.source
+            )
+
+        runner = selection_trials(loaded, analysis, trials, data.stats, feeds, run, scorer)
     groups, _, _ = allocate(
         trials.result,
         analysis,
@@ -408,10 +417,14 @@ def _allocated_plan(
     cross_fitted, levels = None, None
     if runner is not trials.runner:  # judged recovered (ReconstructedTrials): what the search saw
         from ..fidelity import CrossFitted
+        from ..selection_trials import SCORED_BY, SelectionTrials
 
         judged = runner.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)
-        the_plan, judged, levels = final_refit(runner, the_plan, judged, trials.estimates, config)
-        cross_fitted = CrossFitted(judged, len(feeds))
+        if isinstance(runner, SelectionTrials):
+            cross_fitted = CrossFitted(judged, len(feeds), SCORED_BY, "the channels were chosen on them")
+        else:
+            the_plan, judged, levels = final_refit(runner, the_plan, judged, trials.estimates, config)
+            cross_fitted = CrossFitted(judged, len(feeds))
     return Planned(the_plan, trials.result, judge, cross_fitted=cross_fitted, reconstruct_levels=levels)
 
 

@@ -334,7 +334,7 @@ def measure(
                 + (
                     (": what the search judged" if judged else ": for information (no search judged the plan by it)")
                     if cross_fitted is None
-                    else ": in-sample (the final refit was fitted on these samples; the search judged cross_fitted)"
+                    else f": in-sample ({cross_fitted.in_sample}; the search judged cross_fitted)"
                 ),
                 judged_by_search=judged and cross_fitted is None,
                 batch=_batch_prediction(estimated, len(verified.feeds), config.fidelity_floor, cross_fitted),

@@ -6,7 +6,7 @@ them and calls ``sensitivity_trials`` through its own name (tools patch it there
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from .prepare import Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..reconstruction_trials import ReconstructedTrials
+    from ..selection_trials import SelectionTrials
     from ..sensitivity_analysis import SensitivityResult, TrialRunner
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "estimates",
     "known_macs",
     "recovered_trials",
+    "selection_trials",
     "sensitivity_trials",
 ]
 
@@ -171,4 +173,44 @@ def recovered_trials(loaded: LoadedModel, analysis: ChannelAnalysis, feeds: Feed
         confidence=config.fidelity_confidence,
         batch=config.fidelity_batch,
         sequential_levels=ReconstructedTrials.SEQUENTIAL_LEVELS,  # read here: a test may change it
+    )
+
+
+def selection_trials(
+    loaded: LoadedModel,
+    analysis: ChannelAnalysis,
+    trials: SensitivityTrials,
+    stats: ActivationStats | None,
+    feeds: Feeds,
+    run: Run,
+    scorer: Callable[[ActivationStats, Feeds], Mapping[str, np.ndarray]],
+) -> SelectionTrials:
+    """Trials of plans whose channels a data criterion chose, judged cross-fitted over ``feeds``
+    (selection_trials): each half judged with the channels ``scorer`` (the criterion's layer
+    scores from a half's statistics and samples) ranks first on the other half, and, with
+    calibration-mean compensation, that half's means."""
+    from ..criteria.activations import sink_statistics
+    from ..selection_trials import Fold, SelectionTrials
+    from ..shapes import dynamic_batch_inputs
+
+    config, proto = run.config, loaded.proto
+    half = len(feeds) // 2
+    indices = (tuple(range(half)), tuple(range(half, len(feeds))))
+    means = compensation_mode(config, stats) == "calibration"
+    folds = []
+    for judged, fitted in (indices, indices[::-1]):
+        fit = [feeds[i] for i in fitted]
+        fit_stats = sink_statistics(proto, analysis, fit, source=loaded.source)
+        scores = group_scores(analysis, scorer(fit_stats, fit))
+        folds.append(Fold(judged, scores, dict(fit_stats.mean) if means else None))
+    names_in = [i.name for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    return SelectionTrials(
+        trials.runner,
+        analysis,
+        [u.unit for u in trials.result.units],
+        feeds,
+        folds,
+        dynamic=set(dynamic_batch_inputs(proto)) >= set(names_in),
+        confidence=config.fidelity_confidence,
+        batch=config.fidelity_batch,
     )
