@@ -97,7 +97,9 @@ def test_the_bound_is_what_the_search_judged_only_after_a_fidelity_search(tmp_pa
     assert "at confidence 0.95" in line and "what the search judged" not in line, line
     md = (tmp_path / "a.md").read_text()
     assert "| lower bound at confidence 0.95 |" in md and "what the search judged" not in md
-    search = run_cli(*common, "-o", tmp_path / "b.onnx", "--min-fidelity", "0.99", "--report", tmp_path / "b.json")
+    # l2: the search judged the calibration samples themselves
+    l2 = ["--criterion", "l2", "--min-fidelity", "0.99", "--report", tmp_path / "b.json"]
+    search = run_cli(*common, "-o", tmp_path / "b.onnx", *l2)
     assert search.returncode == 0, search.stderr
     line = next(ln for ln in search.stdout.splitlines() if ln.startswith("fidelity: "))
     assert line.endswith("at confidence 0.95 (what the search judged)"), line
@@ -105,6 +107,14 @@ def test_the_bound_is_what_the_search_judged_only_after_a_fidelity_search(tmp_pa
 
     est = json.loads((tmp_path / "b.json").read_text())["generalisation"]["estimate"]
     assert est["judged_by_search"] is True and est["what"].endswith(": what the search judged")
+    # the default data criterion (contribution): the search judged each half by the other's choice
+    data = run_cli(*common, "-o", tmp_path / "c.onnx", "--min-fidelity", "0.99", "--report", tmp_path / "c.json")
+    assert data.returncode == 0, data.stderr
+    assert any(ln.startswith("fidelity cross-fitted (what the search judged): ") for ln in data.stdout.splitlines())
+    line = next(ln for ln in data.stdout.splitlines() if ln.startswith("fidelity: "))
+    assert "(what the search judged)" not in line and "in-sample: the channels were chosen on them" in line, line
+    est = json.loads((tmp_path / "c.json").read_text())["generalisation"]["estimate"]
+    assert est["judged_by_search"] is False and est["what"].endswith("the search judged cross_fitted)")
 
 
 # -- NaN in the data: verification compared NaN with NaN and passed --------------------------
