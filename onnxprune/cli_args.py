@@ -189,10 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --calibration: fidelity evaluations of combined plans spent ordering the moves by their cost "
         "on the plan they join (interactions between units); default 2 per unit (16-160), with --reconstruct/"
-        "--recalibrate one more per unit and at most 120 s of them (each refits the model; the --min-fidelity "
-        "floor's count too); "
-        "N given: N, no time bound; "
+        "--recalibrate one more per unit (each refits the model; the --min-fidelity floor's count too); "
         "0: each unit alone",
+    )
+    lat.add_argument(
+        "--latency-evaluation-seconds",
+        type=float,
+        metavar="S",
+        help="a time budget on those evaluations besides the count (default: none, so the plan does not depend "
+        "on the machine's speed or load)",
     )
     lat.add_argument("--timer", help=argparse.SUPPRESS)  # tests: MODULE:FACTORY of a stand-in timer
     latency_options(p)  # how the latency is measured (only with --latency-target)

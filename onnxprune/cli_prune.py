@@ -78,6 +78,7 @@ def prune_command(args: argparse.Namespace) -> int:
         latency_target=args.latency_target,
         latency=latency,
         latency_evaluations=args.latency_evaluations,
+        latency_evaluation_seconds=args.latency_evaluation_seconds,
     )
     if args.max_drop is not None and not (args.quantize and config.explicit_budget):
         # The pruning search's budget; with another budget and --quantize, int8's alone.

@@ -111,11 +111,13 @@ class PruneConfig:
     latency_evaluations: with latency_target and calibration, the fidelity evaluations of
         combined plans the planner may spend ordering its moves by their cost measured on the
         plan they join (interactions; see latency.interactions); None: 2 per unit, 16-160, and
-        with reconstruct / recalibrate (each evaluation refits the model) one more per unit (each
-        unit's first move measured on the recovered model) and at most
-        latency.interactions.RECOVERED_SECONDS (120 s) of them; a number: that many, no time
-        bound; 0: each unit's loss measured alone orders them. With reconstruct / recalibrate the
+        with reconstruct / recalibrate (each evaluation refits the model) one more per
+        unit (each unit's first move measured on the recovered model); a number: that many;
+        0: each unit's loss measured alone orders them. With reconstruct / recalibrate the
         fidelity floor's evaluations draw on the same budget (latency.evaluations).
+    latency_evaluation_seconds: a time budget on those evaluations besides the count (seconds
+        of evaluation; none is started once they took that long); None (default): the count
+        alone, so the plan does not depend on the machine's speed or load.
     rules: rules for your own ops, added to the registry the run uses (``registry=``, else the
         default one): a RuleRegistry (used as it is), a rule, a rule class or a list of them, a
         function ``f(registry)`` that extends the registry it is given (returning it or None), or
@@ -152,6 +154,7 @@ class PruneConfig:
     latency_target: float | None = None
     latency: LatencySettings = field(default_factory=LatencySettings)
     latency_evaluations: int | None = None
+    latency_evaluation_seconds: float | None = None
     rules: object = None
     criterion_reason: str = ""
 

@@ -230,6 +230,9 @@ def _check_latency_target(config: PruneConfig) -> None:
         raise UsageError(f"latency target must be in (0, 1), got {config.latency_target}")
     if config.latency_evaluations is not None and config.latency_evaluations < 0:
         raise UsageError(f"--latency-evaluations must be >= 0, got {config.latency_evaluations}")
+    seconds = config.latency_evaluation_seconds
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0):
+        raise UsageError(f"--latency-evaluation-seconds must be a positive number of seconds, got {seconds!r}")
     keeps = ("--latency-target", "--min-fidelity", "--max-drop", "--validate")  # the answers it keeps
     others = [b for b in config.budget_options if b not in keeps]
     if others:

@@ -172,3 +172,23 @@ def test_latency_table_takes_your_rules_and_keys_its_cache_by_them(tmp_path):
     # and the plain table is still the plain one
     plain_again = run_cli("latency-table", model, *FAKE, *cache)
     assert plain_again.stdout.startswith(f"{model}: 0 units") and "read from the cache" in plain_again.stdout
+
+
+def test_prune_takes_a_time_budget_for_the_latency_plans_evaluations(tmp_path):
+    # --latency-evaluation-seconds S reaches the plan's evaluation budget (the report's order says
+    # it); by default none: the count alone bounds the evaluations
+    import numpy as np
+
+    model = chain_model(str(tmp_path / "chain.onnx"), batch=1)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    base = ("prune", model, "-o", str(tmp_path / "out.onnx"), "--latency-target", "0.8", "--calibration", str(calib))
+    out = run_cli(*base, *FAKE, "--latency-evaluation-seconds", "45", "--report", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    order = json.loads((tmp_path / "r.json").read_text())["latency"]["order"]
+    assert order["seconds_budget"] == 45.0 and order["bound"] is None and "recovered" not in order
+    bad = run_cli(*base, *FAKE, "--latency-evaluation-seconds", "0")
+    assert (
+        bad.returncode == 2
+        and "--latency-evaluation-seconds must be a positive number of seconds, got 0.0" in bad.stderr
+    )

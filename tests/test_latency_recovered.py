@@ -73,14 +73,16 @@ def test_the_fidelity_floor_is_judged_on_the_recovered_model(tmp_path: Path, mon
     assert calls == []
 
 
-def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkeypatch) -> None:
+def test_recovered_evaluations_are_bounded_by_their_count_unless_a_time_budget_is_given(
+    tmp_path: Path, monkeypatch
+) -> None:
     # every recovered evaluation takes 30 fake seconds (StepTimer's clock, read before and after
-    # each): the default 120 s hold four of the 19 counted (2 per unit, at least 16, and one per
-    # unit for measuring each unit's first move on the recovered model); a count given is the only
-    # bound
+    # each). By default the count alone bounds them (19: 2 per unit, at least 16, and one per unit
+    # for measuring each unit's first move on the recovered model): the same plan however long an
+    # evaluation takes (until 2026-12-01 a default 120 s held 4 of them at 30 s, all 9 at 0 s: the
+    # plan depended on the machine's speed and load). A time budget given holds what it holds.
     from latency_helpers import three_unit_chain
 
-    from onnxprune.latency.interactions import RECOVERED_SECONDS
     from onnxprune.latency.report import latency_lines
 
     calib = tmp_path / "calib.npz"
@@ -96,36 +98,44 @@ def test_recovered_evaluations_have_a_default_time_budget(tmp_path: Path, monkey
             fidelity_metrics={"*": "cosine"},
             reconstruct=True,
             **options,
-        ).report
+        )
 
-    assert RECOVERED_SECONDS == 120.0
-    report = run(30.0)
-    order = report.latency.to_dict()["order"]
-    assert order["budget"] == 19 and order["evaluations"] == len(calls) == 4
-    assert order["recovered"] is True and order["seconds"] == pytest.approx(120.0)
-    assert order["seconds_budget"] == RECOVERED_SECONDS and order["bound"] == "time"
+    # the count alone: the plan without moves, each of the 3 units' first move, then the order: 9
+    slow = run(30.0)
+    order = slow.report.latency.to_dict()["order"]
+    assert order["budget"] == 19 and order["evaluations"] == len(calls) == 9
+    assert order["recovered"] is True and order["seconds"] == pytest.approx(270.0)
+    assert order["seconds_budget"] is None and order["bound"] is None
     assert (
         f"  moves ordered by their fidelity cost on the plan they join: {order['measured_moves']} measured so, "
-        "4 of 19 recovered evaluations in 120 s (bounded by its time budget, 120 s; --latency-evaluations N: N, "
-        "no time budget)"
+        "9 of 19 recovered evaluations in 270 s (--latency-evaluations, no time budget)"
+    ) in latency_lines(slow.report.to_dict())
+    calls.clear()
+    fast = run(0.0)
+    assert fast.report.latency.to_dict()["order"]["evaluations"] == len(calls) == 9
+    assert fast.plan.removed_groups == slow.plan.removed_groups
+    # a time budget given (latency_evaluation_seconds / --latency-evaluation-seconds): 120 s hold 4
+    calls.clear()
+    report = run(30.0, latency_evaluation_seconds=120.0).report
+    timed = report.latency.to_dict()["order"]
+    assert timed["evaluations"] == len(calls) == 4 and timed["seconds"] == pytest.approx(120.0)
+    assert timed["seconds_budget"] == 120.0 and timed["bound"] == "time"
+    assert (
+        f"  moves ordered by their fidelity cost on the plan they join: {timed['measured_moves']} measured so, "
+        "4 of 19 recovered evaluations in 120 s (bounded by its time budget, 120 s: --latency-evaluation-seconds)"
     ) in latency_lines(report.to_dict())
-    # no time passing: the count alone, as without recovery (the plan without moves, each of the 3
-    # units' first move, then the order: 9; the time budget above held too few to measure every unit)
+    # --latency-evaluations N: N evaluations at most (5: too few to measure every unit first)
     calls.clear()
-    free = run(0.0).latency.to_dict()["order"]
-    assert free["evaluations"] == len(calls) == 9 and free["bound"] is None and free["seconds"] == 0.0
-    # --latency-evaluations N: N evaluations at most, however long they take
-    calls.clear()
-    given = run(30.0, latency_evaluations=16).latency.to_dict()["order"]
-    assert given["evaluations"] == len(calls) == 9 and given["seconds_budget"] is None
-    assert given["seconds"] == pytest.approx(270.0) and given["bound"] is None
-    given_line = "9 of 16 recovered evaluations in 270 s (--latency-evaluations, no time budget)"
-    assert any(given_line in line for line in latency_lines(run(30.0, latency_evaluations=16).to_dict()))
+    given = run(30.0, latency_evaluations=5).report.latency.to_dict()["order"]
+    assert given["evaluations"] == len(calls) == 4 and given["budget"] == 5 and given["seconds_budget"] is None
+    for bad in (0, -1.0, True, "60"):
+        with pytest.raises(onnxprune.UsageError, match="--latency-evaluation-seconds must be a positive number"):
+            onnxprune.PruneConfig(latency_target=0.5, latency_evaluation_seconds=bad)
 
 
 def test_the_fidelity_floors_recovered_evaluations_share_the_time_budget(tmp_path: Path, monkeypatch) -> None:
     # every refit (ReconstructedTrials._cross_fitted) takes 30 fake seconds; the order spends the
-    # default 120 s; the floor's own evaluations are charged to the same budget: its check of the
+    # 120 s given; the floor's own evaluations are charged to the same budget: its check of the
     # plan still runs (past the budget, counted), the move past the limit is bisected no further
     from latency_helpers import three_unit_chain
 
@@ -152,6 +162,7 @@ def test_the_fidelity_floors_recovered_evaluations_share_the_time_budget(tmp_pat
             calibration=str(calib),
             fidelity_metrics={"*": "cosine"},
             reconstruct=True,
+            latency_evaluation_seconds=120.0,
         ).report
 
     report = run(30.0)

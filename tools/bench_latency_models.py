@@ -117,8 +117,9 @@ MODELS: dict[str, dict[str, Any]] = {
     },
 }
 # Rows with --reconstruct on both plans (the latency plan and its matched MACs plan), beside the
-# plain rows: a user of a trained model at 0.7x would add it. YOLO26n's plans in about 4 minutes
-# on the quiet machine since its recovered evaluations have a time budget (it took 21 before).
+# plain rows: a user of a trained model at 0.7x would add it. YOLO26n's recovered evaluations take
+# ~1.3 s each on the quiet Intel host (93 in 121 s, 2026-12-01): its 204 (the count; no time budget
+# by default since then) about 4.5 minutes.
 RECONSTRUCTED = ("mobilenet_v2_glyphs", "efficientnet_b0_glyphs", "resnet50_glyphs", "yolo26n", "pplcnet", "digits")
 RC = "+rc"
 

@@ -22,8 +22,9 @@ the evaluations left; the recovered default budget has one per unit for it), and
 unit's costs alone by what its own measured moves cost against them: ranked lazily by masked
 costs times one shared scale, a unit that masks badly and recovers well is never measured.
 Besides the count, the evaluations may be bounded by the seconds they take (``seconds``, on the
-``clock`` given): a recovered evaluation refits the model (YOLO26n: ~10 s each), and a count that
-suits masked trials made its plan take 21 minutes. The budget may be shared
+``clock`` given; the user's --latency-evaluation-seconds): a recovered evaluation refits the model
+(YOLO26n: 1.3 s each on a quiet Intel Xeon, ~3 s under load), but a plan bounded by seconds depends
+on the machine's speed and load, so by default only the count bounds them. The budget may be shared
 (``evaluations.EvaluationBudget``: the answers' limit draws on it too), then the order sizes its
 chunks for what the others left.
 Pure given ``score`` (and the clock): the same calls give the same order.
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from .evaluations import EvaluationBudget
 from .moves import Move, MoveSpace, rate
 
-__all__ = ["EVALUATIONS_PER_MOVE", "RECOVERED_SECONDS", "SEED_SHARE", "MeasuredOrder", "default_budget"]
+__all__ = ["EVALUATIONS_PER_MOVE", "SEED_SHARE", "MeasuredOrder", "default_budget"]
 
 # What a taken move costs in evaluations on average (itself, and a re-measured candidate that
 # fell behind): the chunk size is planned from it.
@@ -50,12 +51,6 @@ FIRST_AIM_SHARE = 0.7
 # ``rescaled``: the scale of the costs measured alone stays within these (a plan whose answers
 # are gone costs ~0 per move: a zero scale would make every unmeasured move look free)
 SCALE_RANGE = (0.05, 1.0)
-# The default time budget of recovered evaluations (--reconstruct / --recalibrate without
-# --latency-evaluations): each refits the model's readers on the calibration samples, seconds
-# apiece on a detector, where the count budget (2 per unit) alone took 21 minutes on YOLO26n.
-# Two minutes keeps a detector's plan within a few minutes; a small model spends its whole
-# count budget well within it.
-RECOVERED_SECONDS = 120.0
 # The share of the evaluations left that measuring every unit's first move (``seed``) may take at
 # most: the rest orders the moves (measured on the plans they join).
 SEED_SHARE = 0.5

@@ -38,17 +38,16 @@ def _ab_ms(attempt: dict) -> str:
 
 
 def _evaluations(order: dict) -> str:
-    """What the order's evaluations were and what bounded them: plain, or recovered (each a refit
-    of the model) within a time budget too."""
-    if not order.get("recovered"):
-        return "evaluations (--latency-evaluations)"
-    spent, limit = order["seconds"], order.get("seconds_budget")
+    """What the order's evaluations were and what bounded them: plain or recovered (each a refit
+    of the model), by their count alone or within the user's time budget too."""
+    kind = "recovered evaluations" if order.get("recovered") else "evaluations"
+    limit = order.get("seconds_budget")
     if limit is None:
-        return f"recovered evaluations in {spent:.0f} s (--latency-evaluations, no time budget)"
+        if not order.get("recovered"):
+            return "evaluations (--latency-evaluations)"
+        return f"{kind} in {order['seconds']:.0f} s (--latency-evaluations, no time budget)"
     bound = "bounded by its time budget" if order.get("bound") == "time" else "within its time budget"
-    return (
-        f"recovered evaluations in {spent:.0f} s ({bound}, {limit:.0f} s; --latency-evaluations N: N, no time budget)"
-    )
+    return f"{kind} in {order['seconds']:.0f} s ({bound}, {limit:g} s: --latency-evaluation-seconds)"
 
 
 def _limit(limit: dict) -> str:

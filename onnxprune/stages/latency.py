@@ -17,7 +17,7 @@ from ..budget import group_scores, layer_budgets
 from ..errors import UsageError
 from ..latency.confirm import Attempt, confirm
 from ..latency.evaluations import EvaluationBudget, Spender
-from ..latency.interactions import RECOVERED_SECONDS, MeasuredOrder, default_budget
+from ..latency.interactions import MeasuredOrder, default_budget
 from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
 from .decide import Planned, SensitivityTrials, final_refit, recovered_trials, sensitivity_trials
@@ -66,9 +66,10 @@ class LatencyOutcome:
     evaluations: int = 0
     evaluation_budget: int = 0
     measured_moves: int = 0
-    # with --reconstruct / --recalibrate the order's evaluations score the recovered model: the
-    # seconds they took, their time budget (None: the count alone bounds them) and which bound
-    # limited them ("count", "time": MeasuredOrder.bound; None: the plans were reached first)
+    # with --reconstruct / --recalibrate the order's evaluations score the recovered model; with
+    # those or a time budget (--latency-evaluation-seconds) the report has the seconds they took,
+    # their time budget (None: the count alone bounds them) and which bound limited them
+    # ("count", "time": MeasuredOrder.bound; None: the plans were reached first)
     recovered_order: bool = False
     evaluation_seconds: float = 0.0
     evaluation_seconds_budget: float | None = None
@@ -119,6 +120,12 @@ class LatencyOutcome:
                         "bound": self.order_bound,
                     }
                     if self.recovered_order
+                    else {
+                        "seconds": self.evaluation_seconds,
+                        "seconds_budget": self.evaluation_seconds_budget,
+                        "bound": self.order_bound,
+                    }
+                    if self.evaluation_seconds_budget is not None
                     else {}
                 ),
             },
@@ -304,10 +311,12 @@ def _judging_runner(
 def _evaluation_budget(run: Run, units: int, recovered: bool) -> EvaluationBudget:
     """The fidelity evaluations of combined plans the order and the answers' limit share: 2 per
     unit (``default_budget``), and a recovered runner's (each refits the model) one more per unit
-    (each unit's first move measured on the recovered model: ``MeasuredOrder``'s seeding) and
-    ``RECOVERED_SECONDS`` of them; a count the user gives (--latency-evaluations) is the only bound."""
+    (each unit's first move measured on the recovered model: ``MeasuredOrder``'s seeding), or the
+    count the user gives (--latency-evaluations); a time budget only when the user gives one
+    (--latency-evaluation-seconds): the same command makes the same plan on a slower or busier
+    machine."""
     given = run.config.latency_evaluations
-    seconds = RECOVERED_SECONDS if recovered and given is None else None
+    seconds = run.config.latency_evaluation_seconds
     # recovered: one more per unit, to measure each unit's first move on the recovered model
     # (MeasuredOrder's seeding) before ordering
     count = default_budget(units) + (units if recovered else 0) if given is None else given
