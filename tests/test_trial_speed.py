@@ -237,3 +237,59 @@ def test_with_recovery_a_screened_ratio_ends_the_units_ladder() -> None:
     for u in cut:  # no group beyond the screened ratio's is removed
         beyond = set(u.unit.groups) - set(_take(u.unit, max(u.screened), analysis))
         assert not beyond & set(ga)
+
+
+def _branched() -> onnx.ModelProto:
+    """x [1, 3, 8, 8] -> Conv+Relu (8) -> two branches, each Conv+Relu -> Conv+Relu -> pool ->
+    Gemm to an output of its own; five units, the second branch's beside the first's."""
+    b = GraphBuilder(opset=17, seed=7)
+    h = b.op("Relu", b.conv(b.input("x", [1, 3, 8, 8]), 8))
+    for _ in range(2):
+        t = b.op("Relu", b.conv(b.op("Relu", b.conv(h, 8)), 8))
+        b.output(b.gemm(b.op("Flatten", b.op("GlobalAveragePool", t), axis=1), 8, 4))
+    return b.build()
+
+
+def test_parts_leave_out_the_masking_of_ports_their_trials_never_mask_and_measure_the_same() -> None:
+    """The carried, side and unit parts drop x * keep + fill where keep is 1 and fill 0: the
+    same sensitivity, bit for bit, as the parts with every port's masking in (STRIP off), and
+    within float32 rounding of the whole instrumented model."""
+    model = _branched()
+    analysis, units, tracker = _setup(model)
+    assert len(units) == 5
+    feeds = _feeds(6)
+    cosine = {"*": "cosine"}
+    built: list[list[str]] = []
+    make = trial_segments.Segments._session
+
+    def spy(self, nodes, inputs, outputs, what):  # type: ignore[no-untyped-def]
+        built.append([n.name for n in nodes if n.name.startswith("__masked_")])
+        return make(self, nodes, inputs, outputs, what)
+
+    results = {}
+    trial_segments.Segments._session = spy  # type: ignore[method-assign]
+    try:
+        for strip in (False, True):
+            trial_segments.STRIP = strip
+            built.clear()
+            runner = TrialRunner(model, analysis, feeds)
+            results[strip] = measure_sensitivity(runner, analysis, units, tracker, RATIOS, None, "l2", cosine)
+            masking = [len(b) for b in built]  # per part built, its masking Mul and Add nodes
+            if strip:
+                # Carried part, unit part, in turn: a unit's part keeps its own readers' masking
+                # only (the first unit is read by both branches: two ports), a carried part none.
+                assert masking == [0, 4, 0, 2, 0, 2, 0, 2, 0, 2]
+            else:
+                assert masking == [0, 12, 2, 4, 2, 2, 4, 4, 2, 2]
+    finally:
+        trial_segments.STRIP = True
+        trial_segments.Segments._session = make  # type: ignore[method-assign]
+    whole = TrialRunner(model, analysis, feeds)
+    whole.segments = None
+    w = measure_sensitivity(whole, analysis, units, tracker, RATIOS, None, "l2", cosine)
+    assert results[True].trials == results[False].trials == w.trials == 15
+    for ua, ub, uw in zip(results[True].units, results[False].units, w.units):
+        assert ua.fidelity == ub.fidelity and ua.cosine == ub.cosine  # bit for bit
+        for r in RATIOS:
+            assert ua.fidelity[r] == pytest.approx(uw.fidelity[r], abs=1e-6)
+    assert min(u.fidelity[0.75] for u in results[True].units) < 0.999  # the trials do change something
