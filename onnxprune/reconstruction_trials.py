@@ -68,13 +68,13 @@ class ReconstructedTrials:
         from .recovery import RecoveryCache
 
         self.caches = [RecoveryCache() for _ in self.folds]  # the readers' rows, kept across trials
-        run = session(model, source=source)
-        self.names = run.output_names
-        from .fidelity import join_outputs, output_batch_axes
+        from .fidelity import output_batch_axes
 
+        self.names = [o.name for o in model.graph.output]
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
-        self.references = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
-        self.reference = join_outputs(self.names, self.batch_axes, self.references)
+        # The original's outputs on each fold's judged half, made by the first trial (inside the
+        # search's progress, not before it: a detector's are a whole run of the model).
+        self._references: tuple[list[list[np.ndarray]], list[np.ndarray]] | None = None
         # The references' side of every score, derived once (fidelity.prepare_reference): all
         # the samples, and each fold's judged half.
         self._prepared: tuple[Reference, ...] | None = None
@@ -82,6 +82,25 @@ class ReconstructedTrials:
         # alive with its entry, the metric choices): the delivered plan is the search's last
         # kept one, and its score goes into the report (decide.Planned.cross_fitted) without a re-run.
         self._judged: dict[tuple, tuple[SearchScore, object]] = {}
+
+    @property
+    def references(self) -> list[list[np.ndarray]]:
+        """Per fold, the original's outputs on its judged half."""
+        return self._reference_outputs()[0]
+
+    @property
+    def reference(self) -> list[np.ndarray]:
+        """The original's outputs on every sample, the folds' judged halves joined."""
+        return self._reference_outputs()[1]
+
+    def _reference_outputs(self) -> tuple[list[list[np.ndarray]], list[np.ndarray]]:
+        if self._references is None:
+            from .fidelity import join_outputs
+
+            run = session(self.model, source=self.source)
+            refs = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
+            self._references = (refs, join_outputs(self.names, self.batch_axes, refs))
+        return self._references
 
     def fidelity(
         self,

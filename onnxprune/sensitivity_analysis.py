@@ -384,6 +384,8 @@ def allocate(
     lo, hi = 0, size
     steps = max(1, math.ceil(math.log2(size + 1)))  # a bisection over size + 1 prefixes
     done = 0
+    if progress:
+        progress(0, steps)  # the bar shows from the start: a recovered step can take a minute
     best: set[int] = set()
     best_f = 1.0
     while lo < hi:  # longest prefix whose plan the judge keeps

@@ -4,7 +4,7 @@ budget from measured sensitivity, or a given plan), and what replaces them (comp
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -179,7 +179,12 @@ def score(
         return None
     if not config.allocated:  # a fidelity budget is a budget, and picks its criterion itself
         check_budget(config, run.criteria)
-    return layer_scores(
+    # The criteria that read the readers' inputs run the model and solve per layer (PicoDet's
+    # reconstruction criterion: a minute and a half): one step of their own on the progress.
+    progress = run.progress_of("criterion") if config.criterion in ("reconstruction", "contribution") else None
+    if progress:
+        progress(0, 1)
+    scores = layer_scores(
         analysis,
         loaded.proto,
         config,
@@ -189,6 +194,9 @@ def score(
         feeds=data.calibration,
         source=loaded.source,
     )
+    if progress:
+        progress(1, 1)
+    return scores
 
 
 def budget_plan(
@@ -423,7 +431,9 @@ def _allocated_plan(
         if isinstance(runner, SelectionTrials):
             cross_fitted = CrossFitted(judged, len(feeds), SCORED_BY, "the channels were chosen on them")
         else:
-            the_plan, judged, levels = final_refit(runner, the_plan, judged, trials.estimates, config)
+            the_plan, judged, levels = final_refit(
+                runner, the_plan, judged, trials.estimates, config, run.progress_of("final judgement")
+            )
             cross_fitted = CrossFitted(judged, len(feeds))
     return Planned(the_plan, trials.result, judge, cross_fitted=cross_fitted, reconstruct_levels=levels)
 
@@ -434,13 +444,19 @@ def final_refit(
     judged: SearchScore,
     values: Mapping[str, np.ndarray] | None,
     config: PruneConfig,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[PruningPlan, SearchScore, int | None]:
     """The refit the result gets and its judgement: the trials capped the sequential refit's
     levels (ReconstructedTrials.SEQUENTIAL_LEVELS), so the chosen plan is judged again with every
     level in sequence, the refit delivered; when that misses the floor the trials' refit met (or
     judges below it when neither meets it), the result gets the trials' refit, which the search
-    judged, and the plan says so. Otherwise (no cap) the trials' judgement and refit stand."""
+    judged, and the plan says so. Otherwise (no cap) the trials' judgement and refit stand. ``progress``
+    hears that judgement (one step: two refits of every level; PicoDet's take a minute or two)."""
+    if progress and runner.sequential_levels is not None:
+        progress(0, 1)
     full = runner.final_judged(the_plan.removed_groups, values, config.fidelity_metrics)
+    if progress and full is not None:
+        progress(1, 1)
     if full is None:
         return the_plan, judged, None
     floor = config.fidelity_floor

@@ -130,6 +130,9 @@ def sensitivity_trials(
     # fidelity floor's search only; a MACs target or the user's function ranks every trial.
     floored = config.macs_target is None and not config.validated_search
     screen = Screen.for_floor(config.fidelity_floor if floored else None, len(feeds))
+    progress = run.progress_of("sensitivity")
+    if progress:  # before the runner's own runs of the model (the reference, a detector's: seconds)
+        progress(0, len(units) * len(config.ratios))
     runner = TrialRunner(
         proto,
         analysis,
@@ -148,7 +151,7 @@ def sensitivity_trials(
         values,
         config.criterion,
         config.fidelity_metrics,
-        progress=run.progress_of("sensitivity"),
+        progress=progress,
         floor=floor,
     )
     return SensitivityTrials(result, runner, tracker, values, group, protected)
