@@ -19,6 +19,7 @@ from .option_checks import (
     check_numbers,
     check_option_names,
     check_paths,
+    check_preprocess,
     check_regex,
     frozen_shapes,
     patterns,
@@ -58,6 +59,7 @@ def check_config(config: PruneConfig) -> None:
     check_paths(config, ("calibration", "verification_inputs"))
     if config.preprocess is not None and not isinstance(config.preprocess, str):
         raise UsageError(f"preprocess must be a string such as 'imagenet', got {type(config.preprocess).__name__}")
+    check_preprocess(config.calibration, config.preprocess)
     object.__setattr__(config, "layer_rules", _layer_rules(config.layer_rules))
     if isinstance(config.latency, Mapping):  # LatencySettings' fields as a mapping: {"threads": 1}
         check_option_names(LatencySettings, config.latency)

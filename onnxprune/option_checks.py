@@ -23,6 +23,7 @@ __all__ = [
     "check_option_names",
     "check_paths",
     "check_plan_options",
+    "check_preprocess",
     "check_regex",
     "frozen_shapes",
     "parse_input_shape",
@@ -139,6 +140,35 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     if any(d <= 0 for d in shape):
         raise UsageError(f"--input-shape {text!r}: dimensions must be positive")
     return name, shape
+
+
+def check_preprocess(calibration: object, preprocess: str | None) -> None:
+    """UsageError for a preprocessing that cannot apply, or a folder of images without one: a
+    folder was read with x/255, RGB, no mean or std without a word (wrong for a model trained on
+    ImageNet-normalised or BGR 0..255 inputs, and the plan built on those inputs), and
+    --preprocess beside an .npz (arrays used as they are), or without --calibration, was dropped."""
+    if preprocess is not None and not isinstance(preprocess, str):
+        return  # the config's type check names it
+    given = bool(preprocess and preprocess.strip())
+    if calibration is None:
+        if given:
+            raise UsageError(
+                f"--preprocess {preprocess} given without --calibration: it says how a folder of calibration images "
+                "becomes the model's input; give --calibration FOLDER or drop it"
+            )
+        return
+    path = os.fspath(calibration)  # type: ignore[call-overload]
+    if given and not os.path.isdir(path) and path.lower().endswith(".npz"):
+        raise UsageError(
+            f"--preprocess {preprocess}: {path} is an .npz of input arrays, used as they are; a preprocessing "
+            "applies only to a folder of images: drop it"
+        )
+    if not given and os.path.isdir(path):
+        raise UsageError(
+            f"{path}: a folder of images needs --preprocess, how an image becomes the model's input (as in its "
+            "training): e.g. imagenet (x/255, then ImageNet mean/std, RGB, NCHW), scale=1/255 (x/255 alone), raw "
+            "(0..255), or keys size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC"
+        )
 
 
 def check_plan_options(config: object, plan_criterion: str) -> None:

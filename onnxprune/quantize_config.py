@@ -15,6 +15,7 @@ from .option_checks import (
     check_mapping,
     check_option_names,
     check_paths,
+    check_preprocess,
     check_regex,
     frozen_shapes,
     patterns,
@@ -76,6 +77,7 @@ class QuantizeConfig:
         check_mapping(self.fidelity_metrics, "fidelity_metrics", "{'*': 'cosine'}")
         check_bools(self, ("fast_bias_correction",))
         check_paths(self, ("calibration", "evaluation_inputs"))
+        check_preprocess(self.calibration, self.preprocess)
         object.__setattr__(self, "fidelity_metrics", MappingProxyType(dict(self.fidelity_metrics)))
         from .fidelity_metrics import check_metrics
 

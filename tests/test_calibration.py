@@ -396,7 +396,9 @@ def test_images_for_an_nhwc_model_say_which_preprocess_to_give(tmp_path: Path) -
     rng = np.random.default_rng(0)
     for i in range(24):
         Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8)).save(images / f"{i}.png")
-    p = run_cli("quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(images))
+    p = run_cli(
+        "quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", str(images), "--preprocess", "imagenet"
+    )
     assert one_line_error(p) == (
         f"onnxprune: error: {images}: input 'x' has 10 channels in NCHW layout; images give 1 (L) or 3 (RGB) "
         "(wrong layout? its shape [?, 10, 12, 3] looks NHWC: give --preprocess layout=NHWC, with your other preprocess keys)"
@@ -411,4 +413,46 @@ def test_images_for_an_nhwc_model_say_which_preprocess_to_give(tmp_path: Path) -
         "--preprocess",
         "layout=NHWC",
     )
+    assert p.returncode == 0, p.stderr
+
+
+def test_preprocess_must_fit_the_calibration_inputs(tmp_path: Path) -> None:
+    """A folder of images without --preprocess was read as x/255, RGB, no mean or std, without
+    a word (wrong for an ImageNet-normalised or BGR 0..255 model, and the plan built on it);
+    --preprocess beside an .npz, or without --calibration, was dropped without a word. Now each
+    is refused before any work, prune and quantize, CLI and library; a folder with a spec runs."""
+    import onnxprune
+    from onnxprune.quantize_config import QuantizeConfig
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        solid(images / f"{i}.png", (10 * i, 20, 30), (8, 8))
+    model = tmp_path / "m.onnx"
+    onnx.save(tiny_model(), model)
+    npz = tmp_path / "c.npz"
+    np.savez(npz, input=np.zeros((4, 3, 8, 8), np.float32))
+    out = tmp_path / "o.onnx"
+    folder = (
+        f"onnxprune: error: {images}: a folder of images needs --preprocess, how an image becomes the model's input "
+        "(as in its training): e.g. imagenet (x/255, then ImageNet mean/std, RGB, NCHW), scale=1/255 (x/255 alone), "
+        "raw (0..255), or keys size=HxW,scale=S,mean=a/b/c,std=a/b/c,order=RGB|BGR,layout=NCHW|NHWC"
+    )
+    for command in (["prune", "--ratio", "0.25"], ["quantize"]):
+        argv = [command[0], model, "-o", out, *command[1:]]
+        assert one_line_error(run_cli(*argv, "--calibration", images)) == folder
+        assert one_line_error(run_cli(*argv, "--calibration", npz, "--preprocess", "imagenet")) == (
+            f"onnxprune: error: --preprocess imagenet: {npz} is an .npz of input arrays, used as they are; a "
+            "preprocessing applies only to a folder of images: drop it"
+        )
+        assert not out.exists()
+    assert one_line_error(run_cli("prune", model, "-o", out, "--ratio", "0.25", "--preprocess", "raw")) == (
+        "onnxprune: error: --preprocess raw given without --calibration: it says how a folder of calibration images "
+        "becomes the model's input; give --calibration FOLDER or drop it"
+    )
+    with pytest.raises(onnxprune.UsageError, match="a folder of images needs"):
+        onnxprune.PruneConfig(ratio=0.25, calibration=str(images))
+    with pytest.raises(onnxprune.UsageError, match=r"is an \.npz of input arrays"):
+        QuantizeConfig(calibration=str(npz), preprocess="imagenet")
+    p = run_cli("prune", model, "-o", out, "--ratio", "0.25", "--calibration", images, "--preprocess", "scale=1/255")
     assert p.returncode == 0, p.stderr
