@@ -33,7 +33,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         model = args.stdout_model = model_to_stdout(args, _is_terminal(sys.stdout))
     except OnnxPruneError as exc:
-        print(f"onnxprune: error: {exc}", file=sys.stderr)
+        print(f"onnxprune: error: {exc.cli_text}", file=sys.stderr)
         return exc.exit_code
     staged = _json_to_stdout(args)
     try:
@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except OnnxPruneError as exc:
-        print(f"onnxprune: error: {_shown(args, str(exc))}", file=sys.stderr)
+        print(f"onnxprune: error: {_shown(args, exc.cli_text)}", file=sys.stderr)  # the flags' names
         return exc.exit_code
     except KeyboardInterrupt as exc:
         from .errors import InterruptedAfterWriting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 __all__ = [
     "BackendMissing",
@@ -16,16 +17,102 @@ __all__ = [
     "ValidationFunctionFailed",
     "VerificationFailed",
     "WriteError",
+    "api_words",
     "backend_import_error",
+    "cli_text",
     "first_line",
     "openvino_message",
 ]
 
 
+# The option each command-line flag in a message stands for, as the Python API names it. A
+# message is written once, in the command line's words; ``str(error)`` (what a library caller
+# sees) names the API's options instead, and the CLI prints ``error.cli_text``: prune(...,
+# input_shapes=...) said "--input-shape names 'x'", a flag the caller never gave.
+API_NAMES = {
+    "--calibration": "calibration",
+    "--calibration-limit": "calibration_limit",
+    "--compensation": "compensation",
+    "--config": "layer_rules",
+    "--criterion": "criterion",
+    "--exclude": "exclude",
+    "--external-data": "external_data",
+    "--fidelity-batch": "fidelity_batch",
+    "--fidelity-confidence": "fidelity_confidence",
+    "--fidelity-metric": "fidelity_metrics",
+    "--global": "global_ranking",
+    "--ignored-scope": "ignored_scope",
+    "--input-shape": "input_shapes",
+    "--inputs": "verification_inputs",
+    "--latency-evaluation-seconds": "latency_evaluation_seconds",
+    "--latency-evaluations": "latency_evaluations",
+    "--latency-target": "latency_target",
+    "--macs-target": "macs_target",
+    "--max-drop": "max_drop",
+    "--min-fidelity": "min_fidelity",
+    "--no-fast-bias-correction": "fast_bias_correction=False",
+    "--no-verify": "verify=False",
+    "--plan": "pruning_plan",
+    "--preprocess": "preprocess",
+    "--preset": "preset",
+    "--ratio": "ratio",
+    "--ratios": "sensitivity_ratios",
+    "--recalibrate": "recalibrate",
+    "--reconstruct": "reconstruct",
+    "--reconstruct-from": "reconstruct_from",
+    "--round-to": "round_to",
+    "--rules": "rules",
+    "--seed": "seed",
+    "--subset-size": "subset_size",
+    "--tolerance": "tolerance",
+    "--validate": "validate",
+    # the latency budget's deployment (latency=LatencySettings(...))
+    "--backend": "latency.backend",
+    "--batch": "latency.batch",
+    "--hint": "latency.hint",
+    "--precision": "latency.precision",
+    "--threads": "latency.threads",
+}
+# A flag as a word of its own: not inside a path ('/tmp/--x') or a longer word.
+_FLAG = re.compile(r"(?<![\w/.\\-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w-])")
+
+
+# "--input-shape x:1,3,d2,d3" (a shape to give) in the API's form: input_shapes={'x': (1, 3, d2, d3)}
+_SHAPE = re.compile(r"(?<![\w/.\\-])--input-shape ([^\s:'\"]+(?::[^\s:'\"]+)*):([0-9a-z?]+(?:,[0-9a-z?]+)*)(?![\w:])")
+
+
+def _api_shape(m: re.Match[str]) -> str:
+    dims = m.group(2).split(",")
+    return f"input_shapes={{{m.group(1)!r}: ({', '.join(dims)}{',' if len(dims) == 1 else ''})}}"
+
+
+def api_words(text: str) -> str:
+    """``text`` (a message in the command line's words) with each flag that is an option of
+    the Python API named as the API names it; flags of the command line alone stay."""
+    text = _SHAPE.sub(_api_shape, text)
+    return _FLAG.sub(lambda m: API_NAMES.get(m.group(0), m.group(0)), text)
+
+
+def cli_text(exc: BaseException) -> str:
+    """An error's text as the command line shows it: its flags (an OnnxPruneError's
+    ``cli_text``), else its own text."""
+    return exc.cli_text if isinstance(exc, OnnxPruneError) else str(exc)
+
+
 class OnnxPruneError(Exception):
-    """Base class of every error onnxprune raises on purpose."""
+    """Base class of every error onnxprune raises on purpose. Its text names the Python API's
+    options (``input_shapes``); ``cli_text`` is the same message with the command line's flags
+    (``--input-shape``), as the CLI prints it."""
 
     exit_code = 2
+
+    @property
+    def cli_text(self) -> str:
+        text = getattr(self, "text", None)  # the errors that keep their own text (WriteError, ...)
+        return text if isinstance(text, str) else Exception.__str__(self)
+
+    def __str__(self) -> str:
+        return api_words(self.cli_text)
 
 
 class LoadError(OnnxPruneError):
@@ -130,7 +217,7 @@ def backend_import_error(name: str, exc: ImportError, missing: str) -> BaseExcep
 
 def first_line(exc: BaseException) -> str:
     """The first non-blank line of an exception's text, for one-line error messages."""
-    text = str(exc).strip()
+    text = cli_text(exc).strip()  # ours in the command line's words: a wrapping error's str() renames them
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # onnx's checker puts the useful sentence first, then a context dump.
     return lines[0] if lines else type(exc).__name__

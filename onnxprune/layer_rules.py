@@ -79,7 +79,7 @@ class LayerRule:
                 origin=where,
             )
         except UsageError as exc:
-            raise UsageError(f"{where}: {exc}") from None
+            raise UsageError(f"{where}: {exc.cli_text}") from None
 
 
 def load_layer_rules(path: str | os.PathLike[str]) -> tuple[LayerRule, ...]:

@@ -12,7 +12,7 @@ from types import MappingProxyType
 import numpy as np
 
 from .analysis import Balance, ChannelAnalysis
-from .errors import UsageError
+from .errors import UsageError, cli_text
 from .render import json_text
 
 __all__ = ["PruningPlan", "blocked_balances", "enforce_constraints", "whole_group_units"]
@@ -102,7 +102,7 @@ class PruningPlan:
         try:
             return replace(cls.from_dict(data), source=name)
         except UsageError as exc:  # not a plan, or a malformed one
-            raise UsageError(f"{name}: {exc}") from None
+            raise UsageError(f"{name}: {exc.cli_text}") from None
 
     def mismatch(self, reason: object, model: str) -> UsageError:
         """The error for a plan that does not fit ``model`` (``reason``: resolve's UsageError),
@@ -110,7 +110,9 @@ class PruningPlan:
         where = f"{self.source}: the plan" if self.source else "the plan"
         # A custom op without its rule pins its channels: the plan was made with rules given now without.
         why = "made with rules for custom ops (--rules)? give the same" if "has no rule" in str(reason) else ""
-        return UsageError(f"{where} does not fit {model}: {reason} (was it {why or 'made for another model?'})")
+        return UsageError(
+            f"{where} does not fit {model}: {cli_text(reason) if isinstance(reason, BaseException) else reason} (was it {why or 'made for another model?'})"
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:

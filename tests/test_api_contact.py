@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 import onnxprune
@@ -13,14 +16,14 @@ DIGITS = "fixtures/digits_cnn.onnx"
 def test_ratio_and_macs_target_together_are_refused():
     # The MACs target decided the cut and the ratio was silently ignored.
     with pytest.raises(
-        UsageError, match=r"^--ratio 0.25 and --macs-target 0.5 are two budgets for the same cut: give one$"
+        UsageError, match=r"^ratio 0.25 and macs_target 0.5 are two budgets for the same cut: give one$"
     ):
         onnxprune.prune(DIGITS, "l2", ratio=0.25, macs_target=0.5)
     with pytest.raises(UsageError, match="two budgets"):
         onnxprune.PruneConfig(ratio=0.25, macs_target=0.5)
     # with a fidelity floor the ratio was ignored too (digits CNN: 20 channels with ratio 0.5, 0.05 or none)
     with pytest.raises(
-        UsageError, match=r"^--ratio 0.5 and --min-fidelity 0.9 are two budgets for the same cut: give one$"
+        UsageError, match=r"^ratio 0.5 and min_fidelity 0.9 are two budgets for the same cut: give one$"
     ):
         onnxprune.PruneConfig(ratio=0.5, min_fidelity=0.9, calibration="fixtures/digits_calibration.npz")
 
@@ -216,9 +219,11 @@ def test_quantize_report_to_json_is_strict_json():
 
 def test_global_and_round_to_without_a_budget_are_refused():
     # Both shape a budget's cut; without one the zero criterion ran and they were silently ignored.
-    with pytest.raises(UsageError, match=r"^--round-to 8 shapes a budget's cut, and no budget is given: give one \("):
+    with pytest.raises(UsageError, match=r"^round_to 8 shapes a budget's cut, and no budget is given: give one \("):
         onnxprune.prune("fixtures/shuffle.onnx", round_to=8)
-    with pytest.raises(UsageError, match=r"^--global and --round-to 4 shape a budget's cut, and no budget is given"):
+    with pytest.raises(
+        UsageError, match=r"^global_ranking and round_to 4 shape a budget's cut, and no budget is given"
+    ):
         onnxprune.PruneConfig(global_ranking=True, round_to=4)
     assert onnxprune.PruneConfig(ratio=0.2, global_ranking=True, round_to=4).criterion == "l2"
 
@@ -319,3 +324,42 @@ def test_report_to_dict_is_a_copy_the_caller_may_edit():
     again = report.to_dict()
     assert again["budget"]["ratio"] == 0.25 and "mine" not in again["budget"]
     assert report.budget is not None and report.budget.to_dict() == again["budget"]
+
+
+def test_library_errors_name_the_api_options_and_the_cli_its_flags(tmp_path: Path) -> None:
+    """prune(..., input_shapes=...) said "--input-shape names 'nope'", a flag the caller never
+    gave (and ratio= with macs_target= "--ratio 0.25 and --macs-target 0.5"). A message is
+    written once, in the command line's words: str(error) names the API's options, the CLI
+    prints error.cli_text with its flags; a flag of the command line alone stays, and a path
+    holding '--' is left as it is."""
+    from cli_helpers import one_line_error, run_cli
+
+    digits = str(Path(__file__).resolve().parent.parent / "fixtures" / "digits_cnn.onnx")
+    with pytest.raises(UsageError) as caught:
+        onnxprune.prune(digits, input_shapes={"nope": (1, 1, 28, 28)})
+    assert str(caught.value) == f"{digits}: input_shapes names 'nope', but the model's inputs are ['input']"
+    from onnxprune.errors import API_NAMES, api_words
+
+    assert caught.value.cli_text == f"{digits}: --input-shape names 'nope', but the model's inputs are ['input']"
+    line = one_line_error(run_cli("prune", digits, "-o", tmp_path / "o.onnx", "--input-shape", "nope:1,1,28,28"))
+    assert line == f"onnxprune: error: {caught.value.cli_text}"
+    with pytest.raises(UsageError, match=r"^ratio 0.25 and macs_target 0.5 are two budgets"):
+        onnxprune.PruneConfig(ratio=0.25, macs_target=0.5)
+    assert api_words("give --input-shape x:1,3,8,d3 or --ir m.xml; /tmp/--ratio/m.onnx") == (
+        "give input_shapes={'x': (1, 3, 8, d3)} or --ir m.xml; /tmp/--ratio/m.onnx"
+    )
+    # every flag named in the library's messages is an API option or a command line's own
+    package = Path(onnxprune.__file__).parent
+    cli_only = {
+        "--bench", "--cache-dir", "--compare-openvino", "--fp16", "--fp32", "--help", "--ir", "--json", "--layers",
+        "--markdown", "--no-cache", "--node", "--output", "--plot", "--quantize", "--quiet", "--report", "--rounds",
+        "--runs", "--save-plan", "--seconds-per-unit", "--static", "--throughput-seconds", "--time", "--timer",
+        "--warmup",
+    }  # fmt: skip
+    raised = set()
+    for file in package.rglob("*.py"):
+        if file.name.startswith("cli"):
+            continue
+        for block in re.findall(r"raise \w+\((.*?)\)\s*(?:from|\n\n|$)", file.read_text(), flags=re.S):
+            raised |= set(re.findall(r"(?<![\w/.-])--[a-z][a-z0-9-]*[a-z0-9]", block))
+    assert raised - set(API_NAMES) - cli_only == set()

@@ -259,14 +259,14 @@ def test_a_model_without_discrete_outputs_is_told_the_rule_changed_nothing(tmp_p
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"min_fidelity": 0.95, "fidelity_batch": 0}, "--fidelity-batch must be a whole number of inputs >= 1, got 0"),
+        ({"min_fidelity": 0.95, "fidelity_batch": 0}, "fidelity_batch must be a whole number of inputs >= 1, got 0"),
         (
             {"min_fidelity": 0.95, "fidelity_batch": 2.5},
-            "--fidelity-batch must be a whole number of inputs >= 1, got 2.5",
+            "fidelity_batch must be a whole number of inputs >= 1, got 2.5",
         ),
-        ({"min_fidelity": 0.95, "fidelity_batch": True}, "--fidelity-batch must be a whole number"),
-        ({"ratio": 0.3, "fidelity_batch": 32}, "--fidelity-batch judges the plans of the fidelity floor's search"),
-        ({"min_fidelity": 0.95, "macs_target": 0.5, "fidelity_batch": 32}, "not --macs-target"),
+        ({"min_fidelity": 0.95, "fidelity_batch": True}, "fidelity_batch must be a whole number"),
+        ({"ratio": 0.3, "fidelity_batch": 32}, "fidelity_batch judges the plans of the fidelity floor's search"),
+        ({"min_fidelity": 0.95, "macs_target": 0.5, "fidelity_batch": 32}, "not macs_target"),
     ],
 )
 def test_fidelity_batch_refusals(options: dict, message: str) -> None:

@@ -93,7 +93,7 @@ def test_bn_gamma_without_batchnorm_is_a_usage_error() -> None:
     instead of removing nothing silently."""
     model, _ = _two_conv(np.random.default_rng(5).standard_normal((6, 3, 3, 3)))
     with pytest.raises(
-        onnxprune.UsageError, match=r"'bn-gamma' has nothing to score.*BatchNormalization.*try --criterion l2"
+        onnxprune.UsageError, match=r"'bn-gamma' has nothing to score.*BatchNormalization.*try criterion l2"
     ):
         onnxprune.prune(model, "bn-gamma", ratio=0.5)
 

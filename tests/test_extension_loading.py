@@ -137,7 +137,7 @@ def test_rules_and_registry_together(tmp_path: Path) -> None:
     assert extended.lookup("MyAct", "com.example") is not None and mine.lookup("MyAct", "com.example") is None
     assert load_rules(None, mine) is mine
     with pytest.raises(
-        onnxprune.UsageError, match=r"^--rules .*custom_rules.py:registry: a rule registry, and registry="
+        onnxprune.UsageError, match=r"^rules .*custom_rules.py:registry: a rule registry, and registry="
     ):
         onnxprune.prune(onnx.load(CUSTOM_MODEL), registry=mine, rules=f"{CUSTOM_RULES}:registry")
     with pytest.raises(onnxprune.UsageError, match=r"^rules must be"):

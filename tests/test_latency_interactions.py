@@ -165,7 +165,7 @@ def test_prune_orders_by_measured_costs_within_the_budget(tmp_path) -> None:
     measured = run(latency_evaluations=5).latency.to_dict()["order"]
     assert 0 < measured["evaluations"] <= 5 and measured["budget"] == 5
     assert run(latency_evaluations=0).latency.to_dict()["order"] == {"evaluations": 0, "budget": 0, "measured_moves": 0}
-    with pytest.raises(onnxprune.UsageError, match="--latency-evaluations must be >= 0, got -1"):
+    with pytest.raises(onnxprune.UsageError, match="latency_evaluations must be >= 0, got -1"):
         PruneConfig(latency_target=0.7, latency_evaluations=-1)
 
 

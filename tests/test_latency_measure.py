@@ -169,7 +169,7 @@ def test_bad_input(tmp_path, model):
     with pytest.raises(UsageError, match="no such file"):
         build_table(str(tmp_path / "missing.onnx"), timer=StepTimer(), cache_dir=tmp_path)
     static = chain_model(str(tmp_path / "static.onnx"), batch=1)
-    with pytest.raises(UsageError, match="static batch of 1; --batch 4 needs a dynamic batch"):
+    with pytest.raises(UsageError, match=r"static batch of 1; latency\.batch 4 needs a dynamic batch"):
         build_table(static, LatencySettings(batch=4), timer=StepTimer(), cache_dir=tmp_path)
     with open(model, "rb") as f:
         before = f.read()

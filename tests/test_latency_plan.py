@@ -371,9 +371,9 @@ def test_confirmation_relaxes_a_plan_far_below_the_target() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"latency_target": 0.7, "ratio": 0.2}, "cannot go with --ratio"),
-        ({"latency_target": 0.7, "macs_target": 0.5}, "cannot go with --macs-target"),
-        ({"latency_target": 0.7, "global_ranking": True}, "drop --global"),
+        ({"latency_target": 0.7, "ratio": 0.2}, "cannot go with ratio"),
+        ({"latency_target": 0.7, "macs_target": 0.5}, "cannot go with macs_target"),
+        ({"latency_target": 0.7, "global_ranking": True}, "drop global_ranking"),
         ({"latency_target": 1.0}, r"latency target must be in \(0, 1\), got 1.0"),
         ({"latency_target": 0.0}, r"latency target must be in \(0, 1\)"),
         ({"latency_target": 0.7, "criterion": "zero"}, "criterion 'zero' removes only provably constant"),
@@ -388,7 +388,7 @@ def test_latency_target_usage_errors(options: dict, message: str) -> None:
 def test_latency_target_with_a_given_plan_is_refused() -> None:
     model = three_unit_chain()
     plan = onnxprune.prune(model, "l2", ratio=0.25, verify=False).plan
-    with pytest.raises(onnxprune.UsageError, match="cannot go with --plan"):
+    with pytest.raises(onnxprune.UsageError, match="cannot go with pruning_plan"):
         onnxprune.prune(model, pruning_plan=plan, latency_target=0.7)
 
 

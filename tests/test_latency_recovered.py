@@ -129,7 +129,7 @@ def test_recovered_evaluations_are_bounded_by_their_count_unless_a_time_budget_i
     given = run(30.0, latency_evaluations=5).report.latency.to_dict()["order"]
     assert given["evaluations"] == len(calls) == 4 and given["budget"] == 5 and given["seconds_budget"] is None
     for bad in (0, -1.0, True, "60"):
-        with pytest.raises(onnxprune.UsageError, match="--latency-evaluation-seconds must be a positive number"):
+        with pytest.raises(onnxprune.UsageError, match="latency_evaluation_seconds must be a positive number"):
             onnxprune.PruneConfig(latency_target=0.5, latency_evaluation_seconds=bad)
 
 

@@ -18,14 +18,14 @@ def _accuracy(model_path: str, run: object) -> float:  # never called: the confi
     ("options", "message"),
     [
         ({"preset": "fast"}, "quantization preset must be one of performance, mixed, got 'fast'"),
-        ({"subset_size": 0}, "--subset-size must be a positive integer, got 0"),
-        ({"subset_size": True}, "--subset-size must be a positive integer, got True"),
-        ({"subset_size": 2.0}, "--subset-size must be a positive integer, got 2.0"),
+        ({"subset_size": 0}, "subset_size must be a positive integer, got 0"),
+        ({"subset_size": True}, "subset_size must be a positive integer, got True"),
+        ({"subset_size": 2.0}, "subset_size must be a positive integer, got 2.0"),
         ({"validate": 3}, "validate must be a function or 'FILE.py:function' / 'module:function', got int"),
         ({"max_drop": 1.0}, "max drop must be in [0, 1), got 1.0"),
         ({"max_drop": "150"}, "max drop must be in [0, 1), got 150.0"),
-        ({"max_drop": "-1%"}, "--max-drop '-1%': must be >= 0 (and below 100%)"),
-        ({"ignored_scope": "conv["}, "--ignored-scope"),
+        ({"max_drop": "-1%"}, "max_drop '-1%': must be >= 0 (and below 100%)"),
+        ({"ignored_scope": "conv["}, "ignored_scope 'conv[' is not a valid regular expression"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(options: dict, message: str) -> None:

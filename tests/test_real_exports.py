@@ -96,9 +96,7 @@ def test_macs_unknown_in_text_json_and_markdown(tmp_path: Path) -> None:
 def test_macs_target_on_unknown_shapes_is_a_usage_error(tmp_path: Path) -> None:
     src = tmp_path / "m.onnx"
     onnx.save(_flatten_head(zero=()), src)
-    with pytest.raises(
-        UsageError, match=r"--macs-target needs the MACs of every layer.*give --input-shape for 'input'"
-    ):
+    with pytest.raises(UsageError, match=r"macs_target needs the MACs of every layer.*give input_shapes for 'input'"):
         onnxprune.prune(str(src), "l2", macs_target=0.7)
     p = subprocess.run(
         [sys.executable, "-m", "onnxprune", "prune", str(src), "-o", str(tmp_path / "o.onnx"), "--macs-target", "0.7"],

@@ -141,7 +141,7 @@ def test_cached_sequential_refits_are_the_uncached_ones() -> None:
 
 
 def test_reconstruct_from_pruned_needs_reconstruct_and_a_known_value() -> None:
-    with pytest.raises(UsageError, match="without --reconstruct"):
+    with pytest.raises(UsageError, match="without reconstruct"):
         onnxprune.PruneConfig(reconstruct_from="pruned")
     with pytest.raises(UsageError, match="'original' or 'pruned'"):
         onnxprune.PruneConfig(reconstruct=True, reconstruct_from="both")

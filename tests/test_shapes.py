@@ -36,9 +36,9 @@ def test_dynamic_batch_is_filled_and_nothing_else(dims: tuple | None, batch: int
 def test_the_given_shape_wins_and_must_fit() -> None:
     assert batch_filled("x", (None, 3, None, None), {"x": (2, 3, 16, 16)}, "m.onnx", batch=1) == (2, 3, 16, 16)
     assert batch_filled("x", None, {"x": (5,)}, "m.onnx") == (5,)  # unknown rank: nothing to check
-    with pytest.raises(UsageError, match=r"^m.onnx: --input-shape x: rank 3 but the model's input has rank 4$"):
+    with pytest.raises(UsageError, match=r"^m.onnx: input_shapes x: rank 3 but the model's input has rank 4$"):
         batch_filled("x", (None, 3, 8, 8), {"x": (1, 3, 8)}, "m.onnx")
-    with pytest.raises(UsageError, match=r"^m.onnx: --input-shape x: dimension 1 is fixed to 3 in the model, not 4$"):
+    with pytest.raises(UsageError, match=r"^m.onnx: input_shapes x: dimension 1 is fixed to 3 in the model, not 4$"):
         batch_filled("x", (None, 3, 8, 8), {"x": (1, 4, 8, 8)}, "m.onnx")
     # the checks a caller leaves to the runtime (OpenVINO's reshape, the latency measurement's own)
     assert batch_filled("x", (None, 3, 8, 8), {"x": (1, 4, 8, 8)}, "m", check_fixed=False) == (1, 4, 8, 8)
@@ -72,10 +72,10 @@ def test_every_copy_of_the_rule_now_goes_through_it() -> None:
     with pytest.raises(UsageError, match=r"--static needs every dimension of input 'x' \(1,3,8,\?\)"):
         _static_shapes(model, {}, (), "m.onnx")
     with pytest.raises(
-        UsageError, match=r"dimension 3 is dynamic; give --input-shape x:1,3,8,d3 with d3 the size to time"
+        UsageError, match=r"dimension 3 is dynamic; give input_shapes={'x': \(1, 3, 8, d3\)} with d3 the size to time"
     ):
         _static_dims("m.onnx", "x", ["N", 3, 8, "W"], {})
-    with pytest.raises(UsageError, match=r"give --input-shape x:2,3,8,d3 with d3 the size to time"):
+    with pytest.raises(UsageError, match=r"give input_shapes={'x': \(2, 3, 8, d3\)} with d3 the size to time"):
         resolve_input_shapes(model, {}, 2, "m.onnx")
     onnx.checker.check_model(model)
 

@@ -134,7 +134,7 @@ class RuntimeTimer:
         try:
             runner = _Runner(path, s.backend, dict(input_shapes), precision, threads=s.threads, hints=(hint,))
         except UsageError as exc:
-            raise UsageError(str(exc).replace(path, source, 1)) from None
+            raise UsageError(exc.cli_text.replace(path, source, 1)) from None
         feeds = _feeds(proto, runner.inputs)
         timed = _RunnerTimed(runner, feeds, hint == "THROUGHPUT")
         if isinstance(model, onnx.ModelProto):
