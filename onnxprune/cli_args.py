@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 __all__ = ["EXIT_CODES", "build_parser", "latency_options"]
 
@@ -40,8 +41,16 @@ RULES_HELP = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's, with its errors on one line: a mistyped value (--macs-target 50%) printed the
+    whole 35-line usage of prune above the one line that said what was wrong."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="onnxprune",
         description="Remove convolution filters (output channels) straight from ONNX models.",
         epilog=EXIT_CODES,

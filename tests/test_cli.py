@@ -354,3 +354,17 @@ def test_prune_refuses_an_xml_output_it_would_fill_with_onnx(tmp_path: Path) -> 
         "onnxprune: error: p.xml: prune writes an ONNX model, not an OpenVINO IR; give -o OUT.onnx, and --ir OUT.xml for the IR"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_argument_errors_are_one_line(tmp_path: Path) -> None:
+    """prune --macs-target 50% (or a missing -o, an unknown option) printed prune's whole usage,
+    35 lines, above the one line that said what was wrong; now that line alone, exit 2."""
+    digits = FIXTURES / "digits_cnn.onnx"
+    line = one_line_error(run_cli("prune", digits, "-o", tmp_path / "o.onnx", "--macs-target", "50%"))
+    assert line == (
+        "onnxprune prune: error: argument --macs-target: invalid float value: '50%' (see onnxprune prune --help)"
+    )
+    assert one_line_error(run_cli("prune", digits)) == (
+        "onnxprune prune: error: the following arguments are required: -o/--output (see onnxprune prune --help)"
+    )
+    assert one_line_error(run_cli("prnue", digits)).startswith("onnxprune: error: argument command: invalid choice")
