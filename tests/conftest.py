@@ -9,6 +9,14 @@ import onnxprune
 from onnxprune.testing import GraphBuilder
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every CLI it starts) keeps its latency tables in a folder of its own: a table
+    left in the user's ~/.cache/onnxprune by another version must not change a test's result, and
+    the suite must not write there."""
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path_factory.mktemp("onnxprune-cache")))
+
+
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
