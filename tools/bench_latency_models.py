@@ -106,13 +106,14 @@ MODELS: dict[str, dict[str, Any]] = {
         "headline": False,  # only in the table of targets where answers partly survive
     },
     # 0.08 ms, bound by per-inference overhead: with every prunable channel gone it still takes
-    # 0.77x, so it gets a target it can reach; its row is about accuracy at equal latency
+    # 0.77x, so it gets a target it can reach; its row is about accuracy at equal latency. 0.9 since
+    # 2026-12-01: on the Intel host its table's floor is 0.863x, so 0.85 was out of reach there
     "digits": {
         "path": str(ROOT / "fixtures" / "digits_cnn.onnx"),
         "input": "input",
         "shape": None,
         "kind": "digits",
-        "target": 0.85,
+        "target": 0.9,
         "keep": 0.99,
     },
 }
