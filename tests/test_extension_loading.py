@@ -65,6 +65,16 @@ def _conv1(model: onnx.ModelProto) -> np.ndarray:
     return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == conv1.input[1])
 
 
+def _config_beside_its_rules(tmp_path: Path) -> Path:
+    """A config file naming a rules script beside it (relative path) and excluding conv2."""
+    sub = tmp_path / "cfg"
+    sub.mkdir()
+    (sub / "my_rules.py").write_text(RULES_TEXT)
+    config = sub / "prune.yaml"
+    config.write_text("rules: my_rules.py:registry\nconfig_list:\n  - op_names: conv2\n    exclude: true\n")
+    return config
+
+
 def test_cli_rules_option_prunes_through_the_custom_op(tmp_path: Path) -> None:
     """Without --rules MyAct pins conv1's channels, and the report says why; with the rules file
     the two zero filters go and onnxruntime gives the original's outputs."""
@@ -177,11 +187,7 @@ def test_config_file_may_name_the_rules(tmp_path: Path) -> None:
     --rules as well it is refused."""
     from cli_helpers import one_line_error, run_cli
 
-    sub = tmp_path / "cfg"
-    sub.mkdir()
-    (sub / "my_rules.py").write_text(RULES_TEXT)
-    config = sub / "prune.yaml"
-    config.write_text("rules: my_rules.py:registry\nconfig_list:\n  - op_names: conv2\n    exclude: true\n")
+    config = _config_beside_its_rules(tmp_path)
     # a budget: exclusions under the zero criterion are refused (tests/test_planning.py)
     p = run_cli(
         "prune",
@@ -210,11 +216,8 @@ def test_python_reads_a_config_file_as_the_cli_does(tmp_path: Path) -> None:
     refusals); load_layer_rules refuses a file whose rules it would drop."""
     from cli_helpers import one_line_error, run_cli
 
-    sub = tmp_path / "cfg"
-    sub.mkdir()
-    (sub / "my_rules.py").write_text(RULES_TEXT)
-    config = sub / "prune.yaml"
-    config.write_text("rules: my_rules.py:registry\nconfig_list:\n  - op_names: conv2\n    exclude: true\n")
+    config = _config_beside_its_rules(tmp_path)
+    sub = config.parent
     loaded = onnxprune.PruneConfig.from_file(config, criterion="l2", ratio=0.25, verify=False)
     assert loaded.rules == f"{sub}/my_rules.py:registry" and loaded.layer_rules[0].op_names == ("conv2",)
     assert loaded.criterion == "l2" and loaded.verify is False
