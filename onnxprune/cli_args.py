@@ -41,6 +41,21 @@ RULES_HELP = (
 )
 
 
+def fraction(text: str) -> float:
+    """A fraction option's value (--ratio, --macs-target, --min-fidelity, ...): a number; a
+    percentage ('50%') is refused with the fraction to give, as 50 is by the config's checks
+    (not read as 0.5: in --max-drop a '%' means relative to the original's value)."""
+    from .option_checks import percent_fraction
+
+    share = percent_fraction(text)
+    if share is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} is a percentage; it takes a fraction: did you mean {share:g}?")
+    return float(text)
+
+
+fraction.__name__ = "float"  # argparse's "invalid float value: 'x'" for what is not a number
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's, with its errors on one line: a mistyped value (--macs-target 50%) printed the
     whole 35-line usage of prune above the one line that said what was wrong."""
@@ -82,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b = p.add_argument_group("budget (criteria other than zero)")
     b.add_argument(
-        "--ratio", type=float, help="fraction of each layer's output channels to remove (with --global: of all)"
+        "--ratio", type=fraction, help="fraction of each layer's output channels to remove (with --global: of all)"
     )
     b.add_argument(
         "--global", dest="global_ranking", action="store_true", help="rank the channel groups of all layers together"
     )
-    b.add_argument("--macs-target", type=float, metavar="F", help="remove until MACs <= F x the original's")
+    b.add_argument("--macs-target", type=fraction, metavar="F", help="remove until MACs <= F x the original's")
     b.add_argument("--round-to", type=int, default=1, metavar="N", help="keep channel counts that are multiples of N")
     b.add_argument(
         "--exclude", action="append", default=[], metavar="REGEX", help="never prune layers whose node name matches"
@@ -119,13 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--min-fidelity",
-        type=float,
+        type=fraction,
         metavar="F",
         help="largest MACs cut whose fidelity on the calibration inputs stays >= F (per-layer ratios from measured sensitivity)",
     )
     b.add_argument(
         "--fidelity-confidence",
-        type=float,
+        type=fraction,
         default=0.95,
         metavar="C",
         help="top-1 / CTC / detection outputs: the search keeps a plan when a lower bound at confidence C of their agreement on "
@@ -187,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     lat = p.add_argument_group("latency budget (measured on this machine, as deployed)")
     lat.add_argument(
         "--latency-target",
-        type=float,
+        type=fraction,
         metavar="F",
         help="remove until the measured latency is <= F x the original's (a per-unit latency table plans it, "
         "interleaved A/B runs confirm it); with --min-fidelity the fidelity floor wins",

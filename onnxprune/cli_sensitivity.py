@@ -14,7 +14,13 @@ def sensitivity_command(args: argparse.Namespace) -> int:
     from .api import sensitivity
     from .errors import UsageError
     from .fidelity import parse_metric_choices
+    from .option_checks import percent_fraction
 
+    shares = [percent_fraction(r) for r in args.ratios.split(",")]
+    if all(s is not None for s in shares):  # 10%,25%: the fractions to give
+        raise UsageError(
+            f"--ratios {args.ratios}: fractions, not percentages: did you mean {','.join(f'{s:g}' for s in shares)}?"
+        )
     try:
         ratios = tuple(float(r) for r in args.ratios.split(","))
     except ValueError:

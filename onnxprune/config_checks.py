@@ -14,6 +14,7 @@ from .latency.table import LatencySettings
 from .layer_rules import LayerRule
 from .option_checks import (
     check_bools,
+    check_fraction,
     check_ints,
     check_mapping,
     check_numbers,
@@ -128,10 +129,10 @@ def check_config(config: PruneConfig) -> None:
         )
     if config.tolerance is not None and not (0.0 < config.tolerance < 1.0):
         raise UsageError(f"tolerance must be in (0, 1), got {config.tolerance}")
-    if config.ratio is not None and not (0.0 <= config.ratio < 1.0):
-        raise UsageError(f"ratio must be in [0, 1), got {config.ratio}")
-    if config.macs_target is not None and not (0.0 < config.macs_target <= 1.0):
-        raise UsageError(f"macs target must be in (0, 1], got {config.macs_target}")
+    check_fraction(config.ratio, "--ratio", "the share of each layer's output channels removed", closed=(True, False))
+    check_fraction(
+        config.macs_target, "--macs-target", "the MACs kept, as a share of the original's", closed=(False, True)
+    )
     if config.ratio is not None and config.min_fidelity is not None:
         # The fidelity floor allocates per-layer ratios itself; the ratio was silently ignored.
         raise UsageError(
@@ -160,14 +161,20 @@ def check_config(config: PruneConfig) -> None:
     check_metrics(config.fidelity_metrics)
     if config.sensitivity_ratios is not None:
         object.__setattr__(config, "sensitivity_ratios", _ratios(config.sensitivity_ratios))
-    if config.min_fidelity is not None and not (0.0 < config.min_fidelity <= 1.0):
-        raise UsageError(f"min fidelity must be in (0, 1], got {config.min_fidelity}")
-    if not (0.5 <= config.fidelity_confidence < 1.0):
-        raise UsageError(f"fidelity confidence must be in [0.5, 1), got {config.fidelity_confidence}")
+    check_fraction(config.min_fidelity, "--min-fidelity", "the fidelity kept (1: the original's)", closed=(False, True))
+    check_fraction(
+        config.fidelity_confidence, "--fidelity-confidence", "a confidence level", (0.5, 1.0), closed=(True, False)
+    )
     _check_fidelity_batch(config)
     ratios = config.ratios
     if any(not (0.0 < r < 1.0) for r in ratios) or list(ratios) != sorted(ratios):
-        raise UsageError(f"sensitivity ratios must be increasing, in (0, 1): {ratios}")
+        shares = [r / 100 for r in ratios]
+        percent = all(0.0 < r < 1.0 for r in shares) and shares == sorted(shares) and any(r >= 1.0 for r in ratios)
+        hint = f": did you mean {','.join(f'{r:g}' for r in shares)}?" if percent else ""
+        raise UsageError(
+            f"--ratios {','.join(f'{r:g}' for r in ratios)}: the shares of each unit removed, increasing fractions "
+            f"in (0, 1){hint}"
+        )
     if (config.min_fidelity is not None or config.reconstruct or config.recalibrate) and not config.calibration:
         given = [
             flag
@@ -228,8 +235,7 @@ def _check_fidelity_batch(config: PruneConfig) -> None:
 
 def _check_latency_target(config: PruneConfig) -> None:
     """Refuse what cannot go with a latency budget: another budget, a bad fraction."""
-    if not (0.0 < config.latency_target < 1.0):  # type: ignore[operator]
-        raise UsageError(f"latency target must be in (0, 1), got {config.latency_target}")
+    check_fraction(config.latency_target, "--latency-target", "the latency kept, as a share of the original's")
     if config.latency_evaluations is not None and config.latency_evaluations < 0:
         raise UsageError(f"--latency-evaluations must be >= 0, got {config.latency_evaluations}")
     seconds = config.latency_evaluation_seconds

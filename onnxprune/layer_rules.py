@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
-from .option_checks import check_regex, patterns
+from .option_checks import check_fraction, check_regex, patterns
 
 __all__ = ["LayerRule", "config_file_options", "load_config_file", "load_layer_rules"]
 
@@ -44,8 +44,12 @@ class LayerRule:
             raise UsageError(
                 f"config entry exclude must be true or false, got {type(self.exclude).__name__} {self.exclude!r}"
             )
-        if self.sparsity is not None and not (0.0 <= self.sparsity < 1.0):
-            raise UsageError(f"config entry sparsity must be in [0, 1), got {self.sparsity}")
+        check_fraction(
+            self.sparsity,
+            "config entry sparsity",
+            "the share of the layer's output channels removed",
+            closed=(True, False),
+        )
         if self.sparsity is None and not self.exclude:
             raise UsageError("config entry needs 'sparsity' or 'exclude: true'")
         for pattern in self.op_names:

@@ -17,6 +17,7 @@ from .errors import UsageError
 __all__ = [
     "check_bools",
     "check_exclusions_apply",
+    "check_fraction",
     "check_ints",
     "check_mapping",
     "check_numbers",
@@ -28,6 +29,8 @@ __all__ = [
     "frozen_shapes",
     "parse_input_shape",
     "patterns",
+    "percent_fraction",
+    "unknown_criterion",
 ]
 
 
@@ -107,11 +110,78 @@ def check_ints(config: object, names: tuple[str, ...], *, optional: tuple[str, .
 
 def check_numbers(config: object, names: tuple[str, ...]) -> None:
     """Refuse a non-number for a numeric option ("0.5" from a YAML file or a form) with a
-    UsageError naming it, before a comparison deep inside fails with a TypeError."""
+    UsageError naming it, before a comparison deep inside fails with a TypeError; a percentage
+    ("50%") gets the fraction to give."""
     for name in names:
         value = getattr(config, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-            raise UsageError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+            share = percent_fraction(value)
+            hint = f" (a fraction, not a percentage: did you mean {share:g}?)" if share is not None else ""
+            raise UsageError(f"{name} must be a number, got {type(value).__name__} {value!r}{hint}")
+
+
+def percent_fraction(value: object) -> float | None:
+    """The fraction a percentage written as text stands for ('50%' -> 0.5), else None."""
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else None
+    except ValueError:
+        return None
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+
+
+def _inside(value: float, low: float, high: float, low_in: bool, high_in: bool) -> bool:
+    return (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+
+
+def check_fraction(
+    value: float | None,
+    flag: str,
+    what: str,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    closed: tuple[bool, bool] = (False, False),
+) -> None:
+    """Refuse ``value`` outside ``bounds`` (``closed``: whether each end is allowed) with a
+    UsageError naming ``flag`` (rendered as the API's name for library callers) and saying what
+    the fraction is of; a percentage given as a number (--ratio 50) gets the fraction to give
+    (did you mean 0.5?). Every fraction option is checked by this one function, so all speak
+    the same way."""
+    if value is None:
+        return
+    if _inside(value, *bounds, *closed):
+        return
+    interval = _interval(*bounds, *closed)
+    hint = ""
+    # 2 may mean "twice as fast" as well as 2%: only a value of 10 or more is likely a percentage
+    if value >= 10 and _inside(value / 100, *bounds, *closed):
+        hint = f": did you mean {value / 100:g} ({value:g}%)?"
+    raise UsageError(f"{flag} {value:g}: {what}, a fraction in {interval}{hint}")
+
+
+# A criterion as people write it elsewhere: "L2", "l2-norm", "L1Norm", "bn_gamma".
+_CRITERION_NOISE = re.compile(r"[\s_\-]+|norm$")
+
+
+def unknown_criterion(name: object, names: Iterable[str]) -> UsageError:
+    """The error for a criterion that is not registered, with the registered name it most
+    likely means (did you mean 'l2'?). Names are matched exactly, never case-folded: one
+    spelling in plans, reports and config files, and a user's registry may hold names that
+    differ only in case."""
+    known = list(names)
+    hint = ""
+    if isinstance(name, str):
+
+        def key(n: str) -> str:
+            return _CRITERION_NOISE.sub("", n.lower())
+
+        same = [n for n in known if key(n) == key(name)]
+        close = same or difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.7)
+        if close:
+            hint = f" (did you mean {close[0]!r}?)"
+    return UsageError(f"unknown criterion {name!r}{hint}; choose from {', '.join(known)}")
 
 
 def check_option_names(config_type: type, options: Mapping[str, object]) -> None:

@@ -103,7 +103,7 @@ def test_ratio_out_of_range_and_negative(tmp_path: Path, capsys: pytest.CaptureF
             )
             == 2
         )
-        assert "ratio must be in [0, 1)" in capsys.readouterr().err
+        assert "a fraction in [0, 1)" in capsys.readouterr().err
 
 
 def test_model_onnxruntime_cannot_run_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -362,7 +362,8 @@ def test_argument_errors_are_one_line(tmp_path: Path) -> None:
     digits = FIXTURES / "digits_cnn.onnx"
     line = one_line_error(run_cli("prune", digits, "-o", tmp_path / "o.onnx", "--macs-target", "50%"))
     assert line == (
-        "onnxprune prune: error: argument --macs-target: invalid float value: '50%' (see onnxprune prune --help)"
+        "onnxprune prune: error: argument --macs-target: '50%' is a percentage; it takes a fraction: did you mean 0.5? "
+        "(see onnxprune prune --help)"
     )
     assert one_line_error(run_cli("prune", digits)) == (
         "onnxprune prune: error: the following arguments are required: -o/--output (see onnxprune prune --help)"

@@ -130,7 +130,7 @@ def test_cli_fidelity_confidence(tmp_path: Path) -> None:
     args = ["prune", str(model), "-o", str(out), "--calibration", str(calib), "--inputs", str(calib)]
     args += ["--min-fidelity", "0.95", "--compensation", "none"]
     bad = run_cli(*args, "--fidelity-confidence", "1")
-    assert bad.returncode == 2 and "fidelity confidence must be in [0.5, 1)" in bad.stderr
+    assert bad.returncode == 2 and "--fidelity-confidence 1: a confidence level, a fraction in [0.5, 1)" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr and not out.exists()
     ok = run_cli(*args, "--fidelity-confidence", "0.5", "--markdown", str(tmp_path / "r.md"))
     assert ok.returncode == 0, ok.stderr

@@ -23,6 +23,7 @@ from ..config import PruneConfig
 from ..criteria import CriterionRegistry, source_filters, zero_plan
 from ..criteria.activations import ActivationStats, group_activation_scores
 from ..errors import UsageError
+from ..option_checks import unknown_criterion
 from ..planning import PruningPlan
 from ..rules import RuleRegistry, default_registry
 from .prepare import CalibrationData, Feeds, LoadedModel, Run
@@ -96,7 +97,7 @@ def check_budget(config: PruneConfig, criteria: CriterionRegistry) -> None:
     """Refuse a lossy criterion that is unknown or has no budget."""
     criterion = config.criterion
     if criterion not in criteria.names():
-        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
+        raise unknown_criterion(criterion, criteria.names())
     if (
         config.ratio is None
         and config.macs_target is None
@@ -148,7 +149,7 @@ def layer_scores(
             f"criterion 'zero' removes only provably constant channels and scores none; rank by a lossy criterion: {lossy}"
         )
     if fn is None:
-        raise UsageError(f"unknown criterion {criterion!r}; choose from {', '.join(criteria.names())}")
+        raise unknown_criterion(criterion, criteria.names())
     rng = np.random.default_rng(config.seed)
     budgets = layer_budgets(analysis, config)
     scores = {}
