@@ -56,3 +56,45 @@ def test_a_sequential_refit_judged_below_the_latency_floor_is_not_delivered(tmp_
     assert "below the fidelity floor 0.9999" in note and "the shallowest 8 levels" in note
     assert rec["generalisation"]["cross_fitted"]["fidelity"] == rec["latency"]["constraint_value"]
     assert "sequential refit of every level" not in " ".join(want["notes"])
+
+
+def test_with_a_data_criterion_the_latency_floor_judges_each_half_by_the_others_choice(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """--criterion contribution chooses the channels on the calibration samples: judged on the
+    same samples a plan looks better than elsewhere. The order's evaluations and the floor judge
+    each half by the channels the criterion chose on the other half (SelectionTrials, as the
+    --min-fidelity search does); the report shows that figure beside the in-sample one."""
+    from onnxprune.selection_trials import SCORED_BY, SelectionTrials
+
+    calls: list[frozenset[int]] = []
+    real = SelectionTrials.judged
+
+    def counted(self, groups, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(frozenset(groups))
+        return real(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(SelectionTrials, "judged", counted)
+    calib = _calib(tmp_path, (3, 6, 6), n=32)
+    from test_latency_recovered import _redundant_channel_model
+
+    import onnxprune
+    from onnxprune.testing import StepTimer
+
+    rep = onnxprune.prune(
+        _redundant_channel_model(),
+        "contribution",
+        latency_target=0.9,
+        min_fidelity=0.9999,
+        timer=StepTimer(step=1, base=1e-4, per_block=1e-5),
+        calibration=calib,
+        compensation="none",
+    ).report.to_dict()
+    assert calls and rep["latency"]["order"]["evaluations"] > 0
+    cross = rep["generalisation"]["cross_fitted"]
+    assert cross["scored_by"] == SCORED_BY
+    assert cross["samples"] == rep["generalisation"]["calibration"]["samples"] == 24
+    assert cross["fidelity"] == rep["latency"]["constraint_value"]
+    calls.clear()
+    plain = _prune(calib).to_dict()  # l2: the masked trials judge, in-sample (nothing was chosen on them)
+    assert calls == [] and "cross_fitted" not in (plain.get("generalisation") or {})

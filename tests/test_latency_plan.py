@@ -43,6 +43,10 @@ class FakeTable:
     def units(self) -> dict[str, UnitStep]:
         return {u: UnitStep(self.steps.get(u, 1)) for u in self.names}
 
+    def saving_with(self, unit: str, kept: int, others: dict[str, int]) -> float:
+        """No shared layers: a move saves what it saves alone."""
+        return self.saving(unit, kept) - self.saving(unit, others.get(unit, self.channels))
+
     def predicted_latency(self, kept: dict[str, int]) -> float:
         """No shared layers: the baseline minus the units' savings."""
         return max(self.baseline - sum(self.saving(u, k) for u, k in kept.items()), 0.0)

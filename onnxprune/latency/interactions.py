@@ -158,7 +158,7 @@ class MeasuredOrder:
         if self._base is None:
             self._base = self._evaluate(self._kept)
         for u in self._space.units:
-            m = self._space.chunk_move(u.name, self._kept[u.name], chunk)
+            m = self._space.chunk_move(u.name, self._kept[u.name], chunk, self._kept)
             if m is None or self.exhausted:
                 continue
             self._measure(m)
@@ -233,22 +233,23 @@ class MeasuredOrder:
         """The move's cost as last known: measured on some plan for this very move, else alone
         (times ``unit_scale``)."""
         known = self._known.get(m.unit)
-        return known.cost if known is not None and known.move == m else m.lost * self.unit_scale(m.unit)
+        same = known is not None and known.move.kept == m.kept  # its saving moves with the plan; its cost was measured
+        return known.cost if same else m.lost * self.unit_scale(m.unit)
 
     def _next(self, chunk: float) -> Move | None:
         space, kept = self._space, self._kept
         if self.exhausted:  # the budget is spent: costs measured alone, each unit's scaled as it measured
-            live = [m for u in space.units if (m := space.best_move(u.name, kept[u.name])) is not None]
+            live = [m for u in space.units if (m := space.best_move(u.name, kept[u.name], kept)) is not None]
             return max(
                 live, key=lambda m: (rate(m.saved, m.lost * self.unit_scale(m.unit)), m.saved, m.unit), default=None
             )
         if self._base is None:
             self._base = self._evaluate(kept)
-        proposals = [m for u in space.units if (m := space.chunk_move(u.name, kept[u.name], chunk)) is not None]
+        proposals = [m for u in space.units if (m := space.chunk_move(u.name, kept[u.name], chunk, kept)) is not None]
         while proposals:
             best = max(proposals, key=lambda m: (rate(m.saved, self._cost(m)), m.saved, m.unit))
             known = self._known.get(best.unit)
-            if known is not None and known.move == best and known.version == self._version:
+            if known is not None and known.move.kept == best.kept and known.version == self._version:
                 return Move(best.unit, best.kept, best.saved, known.cost)  # measured on this plan, still first
             if self.exhausted:
                 return best

@@ -2,13 +2,17 @@
 tied layers, the channel counts it may keep (multiples of its measured step), the seconds the
 latency table predicts a move saves and the fidelity it loses as measured with the unit alone
 (its sensitivity curve, the estimate on unseen inputs where lower, plus a share of the outputs'
-cosine loss); and the order that takes them greedily by seconds saved per fidelity lost."""
+cosine loss); and the order that takes them greedily by seconds saved per fidelity lost. A move's
+seconds are what it saves *in context*: with the units already lowered at their counts (a unit
+whose partner has shrunk saves less than alone, the corner of the layer they share being gone
+already), so moves rank by what they really save once their partners shrink."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Protocol
 
 from ..planning import enforce_constraints
@@ -45,9 +49,10 @@ class _UnitStep(Protocol):
 class LatencySource(Protocol):
     """What the planner reads of a latency table (``LatencyTable``): the original's seconds,
     the measured units (their ``step``: where latency drops; None: no measurable step), the
-    seconds one unit saves at a kept channel count (a move's saving, the others full) and the
-    model's predicted seconds with several units shrunk (``predicted_latency``: the plan's
-    prediction, corrected where units share layers)."""
+    seconds one unit saves at a kept channel count with the others full (``saving``) and with
+    the others at given counts (``saving_with``: a move's saving in its plan), and the model's
+    predicted seconds with several units shrunk (``predicted_latency``: the plan's prediction,
+    corrected where units share layers)."""
 
     @property
     def baseline(self) -> float: ...
@@ -56,6 +61,8 @@ class LatencySource(Protocol):
     def units(self) -> Mapping[str, _UnitStep]: ...
 
     def saving(self, unit: str, kept: int) -> float: ...
+
+    def saving_with(self, unit: str, kept: int, others: Mapping[str, int]) -> float: ...
 
     def predicted_latency(self, kept: Mapping[str, int]) -> float: ...
 
@@ -129,7 +136,7 @@ class MoveSpace:
     sensitivity: Mapping[str, UnitSensitivity]
     unmeasured: Mapping[int, str]  # group -> its unit the table has no measurement of
 
-    @property
+    @cached_property
     def by_name(self) -> dict[str, Unit]:
         return {u.name: u for u in self.units}
 
@@ -144,15 +151,20 @@ class MoveSpace:
         measured = _interp_loss(s, (size - k_to) / size) - _interp_loss(s, (size - k_from) / size)
         return max(measured, 0.0) + _SCORE_TIEBREAK * by_score
 
-    def saved(self, name: str, k_from: int, k_to: int) -> float:
-        return self.table.saving(name, k_to) - self.table.saving(name, k_from)
+    def saved(self, name: str, k_from: int, k_to: int, at: Mapping[str, int] | None = None) -> float:
+        """Seconds saved lowering ``name`` from ``k_from`` to ``k_to`` groups, the other units at
+        their counts in ``at`` (None: full): in context, so a move whose partner has shrunk
+        saves what it really saves then, not what it would alone."""
+        if at is None:
+            return self.table.saving(name, k_to) - self.table.saving(name, k_from)
+        return self.table.saving_with(name, k_to, {**at, name: k_from})
 
-    def best_move(self, name: str, k: int) -> Move | None:
-        """The unit's best move from ``k`` groups by seconds saved per importance lost; it may
-        skip a flat stretch of its curve to the count where it drops."""
+    def best_move(self, name: str, k: int, at: Mapping[str, int] | None = None) -> Move | None:
+        """The unit's best move from ``k`` groups by seconds saved (the others at ``at``) per
+        importance lost; it may skip a flat stretch of its curve to the count where it drops."""
         best: tuple[float, int, Move] | None = None
         for k_to in reversed([g for g in self.grids[name] if g < k]):
-            saved = self.saved(name, k, k_to)
+            saved = self.saved(name, k, k_to, at)
             if saved <= 0:
                 continue  # a flat stretch: look further down for the count where it drops
             cost = self.lost(name, k, k_to)
@@ -161,15 +173,16 @@ class MoveSpace:
                 best = (key[0], k_to, Move(name, k_to, saved, cost))
         return None if best is None else best[2]
 
-    def chunk_move(self, name: str, k: int, seconds: float) -> Move | None:
-        """The unit's move from ``k`` groups to the largest count saving >= ``seconds`` (where
-        none does, to the count saving the most), None when nothing saves time."""
-        counts = [g for g in self.grids[name] if g < k and self.saved(name, k, g) > 0]
-        if not counts:
+    def chunk_move(self, name: str, k: int, seconds: float, at: Mapping[str, int] | None = None) -> Move | None:
+        """The unit's move from ``k`` groups to the largest count saving >= ``seconds`` (the
+        others at ``at``; where none does, to the count saving the most), None when nothing
+        saves time."""
+        saved = {g: s for g in self.grids[name] if g < k and (s := self.saved(name, k, g, at)) > 0}
+        if not saved:
             return None
-        enough = [g for g in counts if self.saved(name, k, g) >= seconds]
-        k_to = max(enough) if enough else max(counts, key=lambda g: (self.saved(name, k, g), g))
-        return Move(name, k_to, self.saved(name, k, k_to), self.lost(name, k, k_to))
+        enough = [g for g, s in saved.items() if s >= seconds]
+        k_to = max(enough) if enough else max(saved, key=lambda g: (saved[g], g))
+        return Move(name, k_to, saved[k_to], self.lost(name, k, k_to))
 
     def full(self) -> dict[str, int]:
         return dict(self.sizes)
@@ -235,16 +248,27 @@ def move_space(
 
 
 def isolated_order(space: MoveSpace) -> list[Move]:
-    """Every move, greedily by seconds saved per importance lost, each unit's loss measured alone."""
+    """Every move, greedily by seconds saved in context per importance lost, each unit's loss
+    measured alone. Lazily: a move saves no more once other units have shrunk (their shared
+    layers' corners are gone), so a candidate's saving from an earlier plan is an upper bound;
+    the best is recomputed on the current plan and taken when it still ranks first."""
     kept = space.full()
     order: list[Move] = []
-    candidates = {u.name: space.best_move(u.name, kept[u.name]) for u in space.units}
+    # unit -> (its best move, the number of moves taken when it was computed)
+    candidates = {u.name: (space.best_move(u.name, kept[u.name], kept), 0) for u in space.units}
+
+    def key(m: Move) -> tuple[float, float, str]:
+        return (rate(m.saved, m.lost), m.saved, m.unit)
+
     while True:
-        live = [m for m in candidates.values() if m is not None]
+        live = [(m, when) for m, when in candidates.values() if m is not None]
         if not live:
             break
-        move = max(live, key=lambda m: (rate(m.saved, m.lost), m.saved, m.unit))
+        move, when = max(live, key=lambda mw: key(mw[0]))
+        if when != len(order):  # computed on an earlier plan: recompute it on this one
+            candidates[move.unit] = (space.best_move(move.unit, kept[move.unit], kept), len(order))
+            continue
         order.append(move)
         kept[move.unit] = move.kept
-        candidates[move.unit] = space.best_move(move.unit, move.kept)
+        candidates[move.unit] = (space.best_move(move.unit, move.kept, kept), len(order))
     return order

@@ -53,7 +53,7 @@ class Constraint:
 @dataclass(frozen=True)
 class UnitChoice:
     """One unit in the final plan: channel groups before and kept, its step, and the seconds
-    the table predicts it saves."""
+    the table predicts it saves in the plan (the other units at their kept counts)."""
 
     unit: str
     layers: tuple[str, ...]
@@ -140,7 +140,7 @@ def _part_of_move(space: MoveSpace, move: Move, at: dict[str, int], constraint: 
     limit can lose most of the way from the limit to the target. When ``constraint.refine``
     refuses (an evaluation budget spent), the smallest count measured to hold so far."""
     before = at[move.unit]
-    counts = [k for k in space.grids[move.unit] if move.kept < k < before and space.saved(move.unit, before, k) > 0]
+    counts = [k for k in space.grids[move.unit] if move.kept < k < before and space.saved(move.unit, before, k, at) > 0]
     lo, hi = 0, len(counts)  # counts[lo:] may hold, counts[hi] (if any) was measured to; more kept holds better
     while lo < hi:
         mid = (lo + hi) // 2
@@ -154,7 +154,7 @@ def _part_of_move(space: MoveSpace, move: Move, at: dict[str, int], constraint: 
     if hi == len(counts):
         return None
     k = counts[hi]
-    return Move(move.unit, k, space.saved(move.unit, before, k), space.lost(move.unit, before, k))
+    return Move(move.unit, k, space.saved(move.unit, before, k, at), space.lost(move.unit, before, k))
 
 
 def _plan_from_order(
@@ -276,7 +276,7 @@ def _plan_from_order(
             sizes[u.name],
             at[u.name],
             steps[u.name],
-            table.saving(u.name, at[u.name]) if at[u.name] < sizes[u.name] else 0.0,
+            space.saved(u.name, sizes[u.name], at[u.name], at) if at[u.name] < sizes[u.name] else 0.0,
         )
         for u in units
     )

@@ -157,6 +157,23 @@ class LatencyTable:
         object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
         if self.calibration is not None:
             object.__setattr__(self, "calibration", MappingProxyType(dict(self.calibration)))
+        # unit -> (a unit that names it among its partners, that weight): whose overlap its count moves
+        readers: dict[str, list[tuple[str, float]]] = {}
+        for name, u in self.units.items():
+            for p, w in u.partners:
+                if p != name:
+                    readers.setdefault(p, []).append((name, w))
+        object.__setattr__(self, "_readers", {p: tuple(vs) for p, vs in readers.items()})
+        # (unit, kept) -> the unit's curve's saving: a planner asks for the same ones many times
+        object.__setattr__(self, "_savings", {})
+
+    def _unit_saving(self, unit: str, kept: int) -> float:
+        """``UnitLatency.saving`` (unscaled), remembered."""
+        memo: dict[tuple[str, int], float] = self._savings  # type: ignore[attr-defined]
+        key = (unit, int(kept))
+        if key not in memo:
+            memo[key] = self.unit(unit).saving(kept)
+        return memo[key]
 
     def unit(self, name: str) -> UnitLatency:
         try:
@@ -170,7 +187,7 @@ class LatencyTable:
 
     def saving(self, unit: str, kept: int) -> float:
         """Predicted seconds saved by keeping ``kept`` of ``unit``'s channels, vs the full unit."""
-        return self.scale * self.unit(unit).saving(kept)
+        return self.scale * self._unit_saving(unit, kept)
 
     def predicted_latency(self, kept: Mapping[str, int]) -> float:
         """The model's predicted latency (s) with ``kept`` channels in the named units (others
@@ -188,15 +205,31 @@ class LatencyTable:
         for u, k in kept.items():
             unit = self.unit(u)
             overlap = 1.0 - sum(w * frac.get(p, 0.0) for p, w in unit.partners) / 2.0
-            total += unit.saving(k) * max(overlap, 0.0)
+            total += self._unit_saving(u, k) * max(overlap, 0.0)
         return max(self.baseline - self.scale * total, 0.0)
 
     def saving_with(self, unit: str, kept: int, others: Mapping[str, int]) -> float:
         """Predicted seconds saved by taking ``unit`` from its count in ``others`` (full if
-        absent) to ``kept``, the other units at their counts in ``others``."""
-        before = {**others}
-        after = {**others, unit: kept}
-        return self.predicted_latency(before) - self.predicted_latency(after)
+        absent) to ``kept``, the other units at their counts in ``others``: what the move saves
+        once its partners have shrunk (``predicted_latency`` before minus after, computed from
+        the terms the move changes: its own, and those of the units that name it a partner)."""
+        u = self.unit(unit)
+
+        def frac(name: str) -> float:
+            k = others.get(name)
+            return 0.0 if k is None else 1.0 - k / self.unit(name).channels
+
+        own = 1.0 - sum(w * frac(p) for p, w in u.partners if p != unit) / 2.0
+        k_from = others.get(unit, u.channels)
+        delta = (self._unit_saving(unit, kept) - self._unit_saving(unit, k_from)) * max(own, 0.0)
+        f_from, f_to = 1.0 - k_from / u.channels, 1.0 - kept / u.channels
+        for v, w in self._readers.get(unit, ()):  # type: ignore[attr-defined]
+            k_v = others.get(v)
+            if k_v is None:
+                continue  # a full unit saves nothing, whatever its overlap
+            rest = 1.0 - sum(wp * frac(p) for p, wp in self.unit(v).partners if p != unit) / 2.0
+            delta += self._unit_saving(v, k_v) * (max(rest - w * f_to / 2.0, 0.0) - max(rest - w * f_from / 2.0, 0.0))
+        return self.scale * delta
 
     def to_dict(self) -> dict:
         return {

@@ -20,8 +20,9 @@ from ..latency.evaluations import EvaluationBudget, Spender
 from ..latency.interactions import MeasuredOrder, default_budget
 from ..latency.moves import CONTINUOUS_WEIGHT, move_space
 from ..latency.planner import Constraint, LatencyPlan, UnitChoice, plan_for_latency
-from .decide import Planned, SensitivityTrials, final_refit, recovered_trials, sensitivity_trials
+from .decide import Planned, SensitivityTrials, final_refit, layer_scores, recovered_trials, sensitivity_trials
 from .prepare import CalibrationData, LoadedModel, Run
+from .trials import selection_trials
 
 if TYPE_CHECKING:
     from ..analysis import ChannelAnalysis
@@ -180,17 +181,17 @@ def latency_plan(
     trials = None
     judging = None
     limit = None
+    floored = False  # a fidelity floor judges the plans (not the user's validation function)
     if data.calibration:  # importance is the measured fidelity loss per unit, not the scores
         trials = sensitivity_trials(loaded, analysis, scores, data.stats, data.calibration, run)
         sensitivity = trials.result
         units = [us.unit for us in sensitivity.units]
         sens = {us.unit.name: us for us in sensitivity.units}
-        judging = _judging_runner(loaded, analysis, data, run, trials)
-        recovered = judging is not trials.runner
+        judging, recovered = _judging_runner(loaded, analysis, data, run, trials)
         ledger = _evaluation_budget(run, len(units), recovered)
         judged = _Judgements(judging, trials, run)
-        floor = not (judge is not None and config.validated_search) and config.fidelity_floor is not None
-        limit = Spender(ledger) if recovered and floor else None  # the floor's refits: on the order's budget
+        floored = not (judge is not None and config.validated_search) and config.fidelity_floor is not None
+        limit = Spender(ledger) if recovered and floored else None  # the floor's refits: on the order's budget
         constraint = _constraint(run, judge, judged, limit)
     else:
         units = [u for u in find_units(analysis, group) if not set(protected) & set(u.layers)]
@@ -281,6 +282,17 @@ def latency_plan(
         limit_bound=limit.bound if limit is not None else None,
     )
     cross_fitted, levels = None, None
+    if floored and judging is not trials.runner and not recovered:  # type: ignore[union-attr]
+        # The floor judged each half by the channels the criterion chose on the other (see
+        # _judging_runner); the delivered plan's channels were chosen on all of them (in-sample
+        # there): the report shows both, as decide's search does.
+        from ..fidelity import CrossFitted
+        from ..selection_trials import SCORED_BY
+
+        judged_plan = judged(set(the_plan.removed_groups))
+        cross_fitted = CrossFitted(
+            judged_plan, len(data.calibration or []), SCORED_BY, "the channels were chosen on them"
+        )
     if limit is not None:  # the fidelity floor judged the recovered model (see _constraint)
         # The floor judged the recovered model cross-fitted; the delivered one is refitted on all
         # the calibration samples (in-sample there): the report shows both, as decide's search does.
@@ -297,15 +309,29 @@ def latency_plan(
 
 def _judging_runner(
     loaded: LoadedModel, analysis: ChannelAnalysis, data: CalibrationData, run: Run, trials: SensitivityTrials
-) -> Any:
-    """What the order and the fidelity floor judge combined plans by: with --reconstruct or
-    --recalibrate the *recovered* model, cross-fitted on the calibration samples as the
-    --min-fidelity search judges it (the fidelity the user gets: recovery wins back much of what
-    masking loses, and not alike for every unit), else the sensitivity trials' masked runner."""
+) -> tuple[Any, bool]:
+    """What the order and the fidelity floor judge combined plans by, and whether it is a
+    recovered model: with --reconstruct or --recalibrate the *recovered* model, cross-fitted on
+    the calibration samples as the --min-fidelity search judges it (the fidelity the user gets:
+    recovery wins back much of what masking loses, and not alike for every unit); with a data
+    criterion (contribution, reconstruction, ...) each half of the samples by the channels the
+    criterion chose on the other half, as that search judges it (channels chosen on the samples
+    look better on them than elsewhere: a plan that holds only in-sample is not chosen; the same
+    number of sample runs per judgement); else the sensitivity trials' masked runner."""
     config, feeds = run.config, data.calibration or []
-    if not (config.reconstruct or config.recalibrate) or len(feeds) < 2:
-        return trials.runner
-    return recovered_trials(loaded, analysis, feeds, run)
+    if len(feeds) < 2:
+        return trials.runner, False
+    if config.reconstruct or config.recalibrate:
+        return recovered_trials(loaded, analysis, feeds, run), True
+    if not run.criteria.is_data(config.criterion):
+        return trials.runner, False
+
+    def scorer(stats: Any, fit: Any) -> Mapping[str, np.ndarray]:
+        return layer_scores(
+            analysis, loaded.proto, config, run.criteria, stats, run.registry, feeds=fit, source=loaded.source
+        )
+
+    return selection_trials(loaded, analysis, trials, data.stats, feeds, run, scorer), False
 
 
 def _evaluation_budget(run: Run, units: int, recovered: bool) -> EvaluationBudget:
