@@ -189,6 +189,10 @@ def generalisation_lines(g: dict | None) -> list[str]:
         from .render import batch_rule_text
 
         lines.append(batch_rule_text(g["batch_rule"]))
+    if g.get("batch_mean"):
+        from .render import batch_mean_text
+
+        lines.append(batch_mean_text(g["batch_mean"]))
     return lines
 
 

@@ -27,12 +27,14 @@ from .fidelity_metrics import (
     NothingToCompare,
     apply_metric,
     cosine,
+    cosine_samples,
     detect_metrics,
     parse_metric,
     prepare_metric,
     sample_norms,
     top1_agreement,
 )
+from .fidelity_metrics.batch_mean import BATCH_MEAN_METRICS, BatchMean, batch_mean_rule
 from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
 from .fidelity_metrics.unseen_bound import unseen as unseen_agreement
 
@@ -99,6 +101,9 @@ class OutputFidelity:
     # both; fidelity_metrics.unseen_bound), what the search judges; None with ``estimate``.
     bound: float | None = None
     confidence: float | None = None
+    # A continuous metric's (cosine, dense) score per sample, whose mean the score is (what the
+    # search's batch-mean bound reads: fidelity_metrics.batch_mean); None otherwise.
+    per_sample: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def score(self) -> float:
@@ -284,16 +289,17 @@ def fidelity_from_outputs(
         g = _samples(gs_, batch_axes.get(name))
         diff = np.abs(r - g)
         metric, params, reason = _chosen(name, choices) or (found.metric, found.params, found.reason)
-        cos = cosine(r, g, refs.norms[i])
+        cos_samples = cosine_samples(r, g, refs.norms[i])
+        cos = float(cos_samples.mean())
         try:
             result = (
                 apply_metric(metric, params, r, g, name, prepared=refs.metric_side(i, metric, params), abs_error=diff)
                 if metric != "cosine"
-                else MetricResult(cos)  # cosine_metric(r, g): the figure just computed
+                else MetricResult(cos, samples=cos_samples)  # cosine_metric(r, g): the figures just computed
             )
         except NothingToCompare as why:
             reason = f"{reason}; but {metric} has nothing to compare ({why}): cosine instead"
-            metric, result = "cosine", MetricResult(cos)
+            metric, result = "cosine", MetricResult(cos, samples=cos_samples)
         top1 = result.value if metric == "top1" else (top1_agreement(r, g) if found.metric == "top1" else None)
         unseen = unseen_agreement(metric, params, r, g, confidence) if estimate else None
         out.append(
@@ -310,6 +316,7 @@ def fidelity_from_outputs(
                 unseen.estimate if unseen else None,
                 unseen.bound if unseen else None,
                 unseen.confidence if unseen else None,
+                result.samples if metric in BATCH_MEAN_METRICS else None,
             )
         )
     return tuple(out)
@@ -364,6 +371,11 @@ class SearchScore:
     # (fidelity_metrics.batch_prediction.batch_reading); it caps their value. None: no rule, or
     # no discrete output.
     batch_reading: float | None = None
+    # The continuous outputs' (cosine, dense) batch-mean rule: the mean over a batch of
+    # ``--fidelity-batch`` (else as many as the samples) other inputs predicted >= its bound at
+    # ``confidence`` (fidelity_metrics.batch_mean); the bound caps their value. None: no
+    # continuous output, or outputs not one row per sample.
+    batch_mean: BatchMean | None = None
 
 
 @dataclass(frozen=True)
@@ -390,12 +402,14 @@ class CrossFitted:
             "worst_half": s.worst_half,
             "estimate": s.estimate,
             "bound": s.bound,
+            **({"batch_mean": s.batch_mean.bound} if s.batch_mean is not None else {}),
             "scored_by": self.scored_by,
             "in_sample": self.in_sample,
             "what": f"cross-fitted: each calibration sample scored by {self.scored_by} of "
             "the calibration samples (what the --min-fidelity search judged the plan by); fidelity: on all of them; "
-            "judged: the search's value (continuous outputs: the worse half; top-1 / CTC / detection: the lower "
-            "bound of the agreement and its estimate on unseen inputs)",
+            "judged: the search's value (continuous outputs: the lower of the worse half and batch_mean, the "
+            "predicted lower bound of a batch's mean; top-1 / CTC / detection: the lower bound of the agreement and "
+            "its estimate on unseen inputs)",
         }
 
 
@@ -422,8 +436,11 @@ def search_score(
     a discrete output's value is also at most what a batch of N other inputs reads with
     probability ``confidence`` if every discrete output's agreement is at its bound (binomial;
     their tails added up): ``value >= F`` then also means "a batch of N reads >= F in at least
-    that share of batches". Continuous outputs (cosine, dense) keep their worse half: their
-    score over a batch is an average, not a count of inputs (README, ``--fidelity-batch``)."""
+    that share of batches". A continuous output (cosine, dense) is judged by the lower of its
+    worse half and the batch-mean rule's bound: the mean over a batch of N (without ``batch``:
+    as many as the samples) other inputs predicted at ``confidence`` from the samples' scores
+    (``fidelity_metrics.batch_mean``; a two-level bootstrap: their score over a batch is an
+    average, not a count of inputs)."""
     pooled = fidelity_from_outputs(
         names,
         _per_feed(reference),
@@ -437,7 +454,7 @@ def search_score(
         fidelity_from_outputs(names, _per_feed(ref), [[g] for g in got], choices, batch_axes=batch_axes)
         for ref, got in (halves or ())
     ]
-    values, estimates, bounds = [], [], []
+    values, estimates, bounds, continuous = [], [], [], []
     for k, f in enumerate(pooled):
         if f.estimate is not None and f.bound is not None:
             estimates.append(f.estimate)
@@ -445,7 +462,20 @@ def search_score(
             values.append(bounds[-1])
         else:
             values.append(min((p[k].score for p in parts), default=f.score))
+            if f.per_sample is not None:
+                continuous.append(f)
     worst = min(run_score(p)[0] for p in parts) if parts else None
+    mean_rule = None
+    if continuous and len({len(f.per_sample) for f in continuous}) == 1:  # type: ignore[arg-type]
+        n = len(continuous[0].per_sample)  # type: ignore[arg-type]
+        mean_rule = batch_mean_rule(
+            [f.per_sample for f in continuous],  # type: ignore[misc]
+            [f.name for f in continuous],
+            batch or n,
+            confidence,
+        )
+        if mean_rule is not None:
+            values.append(mean_rule.bound)  # caps the continuous outputs' values
     reading = None
     if batch is not None and bounds:
         from .fidelity_metrics.batch_prediction import batch_reading
@@ -460,6 +490,7 @@ def search_score(
         min(bounds) if bounds else None,
         min((f.cosine for f in pooled), default=None),
         reading,
+        mean_rule,
     )
 
 

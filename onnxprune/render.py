@@ -50,6 +50,16 @@ def batch_rule_text(r: dict) -> str:
     )
 
 
+def batch_mean_text(r: dict) -> str:
+    """What the batch-mean rule judged continuous outputs by (generalisation.batch_mean)."""
+    met = "" if r.get("met") is None else f" >= the floor {r['floor']:g}: {'met' if r['met'] else 'NOT met'}"
+    return (
+        f"batch mean: a batch of {r['samples']} other inputs reads at least {r['bound']:.4f} on its continuous outputs "
+        f"in {r['confidence']:.0%} of such batches (bootstrap over the {r['calibration']} calibration samples' scores"
+        f"{', cross-fitted' if r.get('cross_fitted') else ''}, mean {r['mean']:.4f}){met}"
+    )
+
+
 def held_out_label(held: dict) -> str:
     """What the evaluation samples are: held out, or (given ones) partly calibration samples."""
     shared = held.get("also_calibration", 0)
@@ -279,6 +289,9 @@ def to_markdown(d: dict[str, Any]) -> str:
             r = g["batch_rule"]
             reading = f"{r['reading']:.4f}" if r["outputs"] else "-"
             lines.append(f"| {batch_rule_text(r)} | {r['samples']} | {reading} |")
+        if g.get("batch_mean"):
+            r = g["batch_mean"]
+            lines.append(f"| {batch_mean_text(r)} | {r['samples']} | {r['bound']:.4f} |")
     lines += validation_markdown(d.get("validation"))
     for key in ("quantization", "quantization_ir"):
         if d.get(key):

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
     from .config import PruneConfig
     from .fidelity import CrossFitted, OutputScore
+    from .fidelity_metrics.batch_mean import BatchMean
     from .fidelity_metrics.batch_prediction import BatchPrediction, BatchRule
     from .metrics import ModelCost
     from .planning import PruningPlan
@@ -162,13 +163,15 @@ class Generalisation:
     """A run with held-out evaluation samples: its fidelity on the calibration samples beside
     the held-out ones (``gap``: what choosing on them cost elsewhere); with discrete outputs the
     estimate on unseen inputs; with ``--reconstruct`` / ``--recalibrate`` and a floor the
-    search's cross-fitted judgement; with ``--fidelity-batch`` what its rule judged."""
+    search's cross-fitted judgement; with ``--fidelity-batch`` what its rule judged; with
+    continuous outputs and a floor, what the batch-mean rule judged."""
 
     calibration: CalibrationFidelity
     held_out: HeldOutFidelity
     estimate: UnseenEstimate | None = None
     cross_fitted: CrossFitted | None = None
     batch_rule: BatchRule | None = None
+    batch_mean: BatchMean | None = None
 
     @property
     def gap(self) -> float:
@@ -186,6 +189,8 @@ class Generalisation:
             d["cross_fitted"] = self.cross_fitted.to_dict()
         if self.batch_rule is not None:
             d["batch_rule"] = self.batch_rule.to_dict()
+        if self.batch_mean is not None:
+            d["batch_mean"] = self.batch_mean.to_dict()
         return d
 
 

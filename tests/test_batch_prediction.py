@@ -244,16 +244,22 @@ def test_the_search_applies_the_batch_rule(tmp_path: Path) -> None:
     assert f"| {line} | 8 | 0.8750 |" in to_markdown(d)
 
 
-def test_a_model_without_discrete_outputs_is_told_the_rule_changed_nothing(tmp_path: Path) -> None:
+def test_a_model_without_discrete_outputs_is_told_the_rule_judged_no_discrete_output(tmp_path: Path) -> None:
+    """Its continuous outputs are judged by the batch-mean rule for a batch of 32 instead (the
+    calibration rows are identical, so every batch reads their mean: the same plan)."""
     options = {**_identical_rows(tmp_path), "min_fidelity": 0.95, "fidelity_metrics": {"*": "cosine"}}
     plain = onnxprune.prune(margin_classifier(), "l2", **options)
     ruled = onnxprune.prune(margin_classifier(), "l2", fidelity_batch=32, **options)
     assert ruled.plan.removed_groups == plain.plan.removed_groups
     note = next(n for n in ruled.plan.notes if n.startswith("--fidelity-batch"))
-    assert note.startswith("--fidelity-batch 32 changed nothing: no top-1 / CTC / detection output (")
+    assert note.startswith("--fidelity-batch 32 judged no top-1 / CTC / detection output (")
+    assert note.endswith("judged by the predicted mean of a batch of 32 (the batch-mean rule)")
     assert ": cosine)" in note and not any(n.startswith("--fidelity-batch") for n in plain.plan.notes)
     rule = ruled.report.to_dict()["generalisation"]["batch_rule"]
     assert rule["outputs"] == [] and "judged nothing" in rule["what"] and "reading" not in rule
+    mean = ruled.report.to_dict()["generalisation"]["batch_mean"]
+    assert (mean["samples"], mean["calibration"], mean["met"]) == (32, 32, True)
+    assert mean["bound"] == pytest.approx(mean["mean"], abs=1e-12)  # identical rows: every batch reads the mean
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 
 import onnxprune
 from onnxprune.cli_text import generalisation_lines
+from onnxprune.fidelity_metrics.batch_mean import batch_mean_bound
 from onnxprune.selection_trials import fold_plan
 from onnxprune.sensitivity_analysis import Unit
 from onnxprune.testing import GraphBuilder
@@ -71,16 +72,22 @@ def test_the_plan_judged_in_sample_is_refused_cross_fitted(tmp_path: Path) -> No
 
 
 def test_the_cross_fitted_value_is_reported(tmp_path: Path) -> None:
-    """At a floor of 0.8 the plan is kept: the channels delivered are the ones the criterion
-    chose on all the samples (channel 1), and the report gives the value the search judged."""
-    r = _prune(tmp_path, 0.8)
+    """At a floor of 0.79 the plan is kept: the channels delivered are the ones the criterion
+    chose on all the samples (channel 1), and the report gives the value the search judged:
+    the batch-mean bound of the cross-fitted per-sample cosines (below the worse half)."""
+    r = _prune(tmp_path, 0.79)
     analysis = onnxprune.analyze(_identity_pair())
     conv1 = analysis.sources[0]
     assert [int(g) for g in r.plan.removed_groups] == [int(analysis.roots(conv1.ids)[1])]
     g = r.report.to_dict()["generalisation"]
     cross = g["cross_fitted"]
     assert cross["samples"] == 8
-    assert cross["judged"] == pytest.approx(CROSS_B, abs=1e-6)  # the worse half: B
+    # Each sample's cosine cross-fitted: half A's as in-sample, half B's by A's choice.
+    per_sample = [1.5 / (np.sqrt(1.25) * S2), 2.5 / (np.sqrt(3.25) * S2)] * 2 + [1 / S2, 3 / (np.sqrt(5.0) * S2)] * 2
+    bound = batch_mean_bound([per_sample], 8, 0.95)
+    assert 0.79 < bound < CROSS_B
+    assert cross["batch_mean"] == pytest.approx(bound, abs=1e-6)
+    assert cross["judged"] == pytest.approx(bound, abs=1e-6)  # below the worse half, B
     assert cross["worst_half"] == pytest.approx(CROSS_B, abs=1e-6)
     assert cross["fidelity"] == pytest.approx((IN_SAMPLE_A + CROSS_B) / 2, abs=1e-6)
     assert g["calibration"]["fidelity"] == pytest.approx((IN_SAMPLE_A + 1) / 2, abs=1e-6)  # in-sample

@@ -91,6 +91,10 @@ def _fmt_cell(c: dict | None, target: str) -> str:
         xfit += f" (batch of {rule['samples']}: ≥ {rule['reading']:.3f} in {rule['probability']:.0%})"
     elif rule:
         xfit += " (batch rule: no discrete output)"
+    # Continuous outputs: the mean of a batch of N other inputs predicted at confidence C (batch_mean).
+    mean = (c.get("generalisation") or {}).get("batch_mean")
+    if mean:
+        xfit += f" (batch mean of {mean['samples']}: ≥ {mean['bound']:.3f})"
     return (
         f"{c['macs_cut'] * 100:.1f}%{ratio} · {c['heldout']:.3f}{miss} / {c['calibration']:.3f}{xfit} · "
         f"{c['seconds']:.0f} s{cpu}"

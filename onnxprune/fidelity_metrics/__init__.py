@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..errors import UsageError
-from .basic import cosine, cosine_metric, sample_norms, top1, top1_agreement
+from .basic import cosine, cosine_metric, cosine_samples, sample_norms, top1, top1_agreement
 from .choose import Choice, detect_metric, detect_metrics
 from .dense import dense, dense_reference
 from .detection import detection
@@ -37,6 +37,7 @@ __all__ = [
     "check_metric",
     "check_metrics",
     "cosine",
+    "cosine_samples",
     "ctc",
     "ctc_decode",
     "dense",

@@ -6,7 +6,7 @@ import numpy as np
 
 from .result import MetricResult
 
-__all__ = ["cosine", "cosine_metric", "sample_norms", "top1", "top1_agreement"]
+__all__ = ["cosine", "cosine_metric", "cosine_samples", "sample_norms", "top1", "top1_agreement"]
 
 
 def sample_norms(reference: np.ndarray) -> np.ndarray:
@@ -14,10 +14,12 @@ def sample_norms(reference: np.ndarray) -> np.ndarray:
     return np.linalg.norm(reference.reshape(max(len(reference), 1), -1), axis=1)
 
 
-def cosine(reference: np.ndarray, candidate: np.ndarray, reference_norms: np.ndarray | None = None) -> float:
-    """Cosine similarity of each sample (flattened), mean over the samples. An all-zero sample
-    is identical to an all-zero one (1) and unlike any other (0): it has no direction.
-    ``reference_norms``: ``sample_norms(reference)``, made once for many candidates."""
+def cosine_samples(
+    reference: np.ndarray, candidate: np.ndarray, reference_norms: np.ndarray | None = None
+) -> np.ndarray:
+    """Cosine similarity of each sample (flattened), in [-1, 1]. An all-zero sample is identical
+    to an all-zero one (1) and unlike any other (0): it has no direction. ``reference_norms``:
+    ``sample_norms(reference)``, made once for many candidates."""
     r = reference.reshape(max(len(reference), 1), -1)
     g = candidate.reshape(max(len(candidate), 1), -1)
     norm_r = sample_norms(reference) if reference_norms is None else reference_norms
@@ -26,7 +28,12 @@ def cosine(reference: np.ndarray, candidate: np.ndarray, reference_norms: np.nda
     dot = (r * g).sum(axis=1)
     zero = np.where((norm_r == 0) & (norm_g == 0), 1.0, 0.0)
     cos = np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), zero)
-    return float(np.clip(cos, -1.0, 1.0).mean())
+    return np.clip(cos, -1.0, 1.0)
+
+
+def cosine(reference: np.ndarray, candidate: np.ndarray, reference_norms: np.ndarray | None = None) -> float:
+    """``cosine_samples``' mean over the samples."""
+    return float(cosine_samples(reference, candidate, reference_norms).mean())
 
 
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -45,4 +52,5 @@ def cosine_metric(reference: np.ndarray, candidate: np.ndarray) -> MetricResult:
     """Embeddings and everything else: cosine similarity per sample (flattened), mean over the
     samples. 1 is the same direction at any scale; it is kept signed (down to -1, opposite) as
     the score always was, so an opposite output ranks below an orthogonal one."""
-    return MetricResult(cosine(reference, candidate))
+    cos = cosine_samples(reference, candidate)
+    return MetricResult(float(cos.mean()), samples=cos)

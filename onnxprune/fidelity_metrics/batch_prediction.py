@@ -184,7 +184,8 @@ def batch_rule(
         f"floor {floor:g} on its top-1 / CTC / detection outputs in at least {probability:g} of such batches, each "
         "output's agreement taken at its lower bound (binomial, an input's answers flipping together; several "
         "outputs: their tails added up); reading: what such a batch reads at least with that chance; below_floor: "
-        "the chance it reads below the floor. Continuous outputs (cosine, dense) are judged as without the rule"
+        "the chance it reads below the floor. Continuous outputs (cosine, dense) are judged by the batch-mean rule "
+        f"(generalisation.batch_mean) for a batch of {samples}"
     )
     if not agreements:
         return BatchRule(
@@ -193,7 +194,8 @@ def batch_rule(
             probability,
             (),
             f"--fidelity-batch {samples} judged nothing: no top-1 / CTC / detection output (continuous scores "
-            "are averages over a batch, not counts of inputs; they are judged by the worse calibration half)",
+            "are averages over a batch, not counts of inputs; they are judged by the batch-mean rule for a batch of "
+            f"{samples}: generalisation.batch_mean)",
         )
     reading = batch_reading(agreements, samples, probability)
     below = predict_batch(agreements, samples, floor=floor).below_floor

@@ -92,4 +92,5 @@ def dense(
             "max_error_of_range": float(err.max() / span) if span > 0 else float(err.max() > 0),
             "mean_error_of_range": float(err.mean() / span) if span > 0 else float(err.mean() > 0),
         },
+        samples=iou,
     )

@@ -331,9 +331,9 @@ def batch_rule_unjudged(config: PruneConfig, runner: TrialRunner) -> str:
         return ""
     scored = ", ".join(f"{m.name}: {m.metric}" for m in metrics)
     return (
-        f"--fidelity-batch {config.fidelity_batch} changed nothing: no top-1 / CTC / detection output ({scored}); "
-        "a continuous score over a batch is an average, not a count of inputs, and is judged by the worse half of the "
-        "calibration samples as without it"
+        f"--fidelity-batch {config.fidelity_batch} judged no top-1 / CTC / detection output ({scored}); "
+        "a continuous score over a batch is an average, not a count of inputs: it is judged by the predicted mean of "
+        f"a batch of {config.fidelity_batch} (the batch-mean rule)"
     )
 
 

@@ -40,6 +40,7 @@ from .prepare import CalibrationData, Feeds, LoadedModel, Run
 
 if TYPE_CHECKING:
     from ..fidelity import OutputScore
+    from ..fidelity_metrics.batch_mean import BatchMean
     from ..fidelity_metrics.batch_prediction import BatchPrediction, BatchRule
     from ..recalibration import RecalibratedLayer
     from ..reconstruction import ReconstructedLayer
@@ -342,7 +343,8 @@ def measure(
         rule = None
         if config.fidelity_batch is not None and config.fidelity_floor is not None:
             rule = _batch_rule(estimated, config, cross_fitted)
-        general = replace(general, estimate=estimate, cross_fitted=cross_fitted, batch_rule=rule)
+        mean_rule = _batch_mean(calibrated, config, cross_fitted) if judged else None
+        general = replace(general, estimate=estimate, cross_fitted=cross_fitted, batch_rule=rule, batch_mean=mean_rule)
     return Measured(outputs, score, metrics, general)
 
 
@@ -365,6 +367,32 @@ def _batch_rule(
         config.fidelity_confidence,
         config.fidelity_floor,
         outputs=[o.name for o in estimated if o.bound is not None],
+    )
+
+
+def _batch_mean(
+    calibrated: Sequence[OutputFidelity], config: PruneConfig, cross_fitted: CrossFitted | None
+) -> BatchMean | None:
+    """What the batch-mean rule judged the delivered plan's continuous outputs by
+    (fidelity_metrics.batch_mean, as fidelity.search_score): the search's cross-fitted one for
+    a recovered plan or a data criterion's (the final model's own scores are in-sample), else
+    from the calibration samples' scores. None: no continuous output one row per sample."""
+    from ..fidelity_metrics.batch_mean import batch_mean_rule
+
+    assert config.fidelity_floor is not None
+    if cross_fitted is not None:
+        judged = cross_fitted.score.batch_mean
+        return None if judged is None else replace(judged, floor=config.fidelity_floor, cross_fitted=True)
+    continuous = [o for o in calibrated if o.per_sample is not None]
+    if not continuous or len({len(o.per_sample) for o in continuous}) != 1:  # type: ignore[arg-type]
+        return None
+    n = len(continuous[0].per_sample)  # type: ignore[arg-type]
+    return batch_mean_rule(
+        [o.per_sample for o in continuous],  # type: ignore[misc]
+        [o.name for o in continuous],
+        config.fidelity_batch or n,
+        config.fidelity_confidence,
+        floor=config.fidelity_floor,
     )
 
 
