@@ -181,7 +181,11 @@ def test_generalisation_is_typed(tmp_path: Path) -> None:
     d["estimate"]["batch"]["samples"] = 0
     assert g.to_dict()["estimate"]["batch"]["samples"] == 32
     cross = _cross_fitted(tmp_path).report.generalisation
-    assert cross is not None and cross.cross_fitted is not None and list(cross.to_dict())[3:] == ["cross_fitted"]
+    assert (
+        cross is not None
+        and cross.cross_fitted is not None
+        and list(cross.to_dict())[3:] == ["cross_fitted", "batch_mean"]
+    )
 
 
 def test_a_batch_rule_that_judged_nothing_keeps_its_short_form() -> None:

@@ -67,9 +67,11 @@ def test_trials_run_from_the_units_first_reader_and_measure_the_same() -> None:
     analysis, units, tracker = _setup(model)
     assert len(units) == 4
     feeds = _feeds(6)
-    whole = TrialRunner(model, analysis, feeds)
+    # confidence 0.5: plans judged by the mean (on 6 samples the batch-mean rule's bound keeps
+    # no cut at 0.99, and the two runners' allocations below must have something to compare)
+    whole = TrialRunner(model, analysis, feeds, confidence=0.5)
     whole.segments = None  # every trial runs the whole model (as before trial_segments)
-    parted = TrialRunner(model, analysis, feeds)
+    parted = TrialRunner(model, analysis, feeds, confidence=0.5)
     assert parted.segments is not None and parted.segments.usable
     frontiers: list[int] = []
     run = trial_segments.Segments.run
