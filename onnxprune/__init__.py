@@ -51,6 +51,7 @@ _EXPORTS = {
     "LeftoverWarning": "errors",
     "InputsNotFound": "errors",
     "InterruptedAfterWriting": "errors",
+    "Message": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         InterruptedAfterWriting,
         LeftoverWarning,
         LoadError,
+        Message,
         OnnxPruneError,
         UnsupportedModel,
         UsageError,

@@ -170,7 +170,7 @@ def prune_command(args: argparse.Namespace) -> int:
             data["benchmark"] = [{**t.to_dict(), "warning": spread_warning(timings[0], t)} for t in timings]
             data["benchmark"][1]["path"] = args.output  # timed where it was staged
         if not (args.quiet and not args.markdown and not args.plot and not args.report):
-            data = {**result.report.to_dict(), **data}
+            data = {**result.report.to_dict(words="cli"), **data}
         from .cli_paths import shown_paths
 
         data = shown_paths(data, getattr(args, "stdout_model", None))  # -o -: the model's path shown as '-'

@@ -162,7 +162,7 @@ def quantize_command(args: argparse.Namespace, shapes: dict) -> int:
     from .cli_paths import one_file, shown_paths
 
     with Outputs(one_file(args)) as outputs:  # the model and the reports are moved into place together
-        data = quantize(args.model, args.output, config=config, outputs=outputs).report.to_dict()
+        data = quantize(args.model, args.output, config=config, outputs=outputs).report.to_dict(words="cli")
         data = shown_paths(data, getattr(args, "stdout_model", None))  # -o -: shown as '-'
         if args.report:
             outputs.add_text(args.report, json_text(data, indent=2))
@@ -221,11 +221,11 @@ def quantize_pruned(args: argparse.Namespace, pruned: Any, prune_config: Any, ou
         dict(prune_config.fidelity_metrics),
     )
     qdq = quantize(pruned, args.output, config=config, reference=args.model, source=args.model, outputs=outputs)
-    data = {"quantization": qdq.report.to_dict()}
+    data = {"quantization": qdq.report.to_dict(words="cli")}
     timed = qdq.path
     if args.ir:
         ir = quantize(pruned, args.ir, config=config, reference=args.model, source=args.model, outputs=outputs)
-        data["quantization_ir"] = ir.report.to_dict()
+        data["quantization_ir"] = ir.report.to_dict(words="cli")
         timed = ir.path
     return data, timed
 

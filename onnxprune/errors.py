@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "BackendMissing",
@@ -11,6 +13,7 @@ __all__ = [
     "InterruptedAfterWriting",
     "LeftoverWarning",
     "LoadError",
+    "Message",
     "OnnxPruneError",
     "UnsupportedModel",
     "UsageError",
@@ -21,6 +24,7 @@ __all__ = [
     "backend_import_error",
     "cli_text",
     "first_line",
+    "in_words",
     "openvino_message",
 ]
 
@@ -73,6 +77,9 @@ API_NAMES = {
     "--precision": "latency.precision",
     "--threads": "latency.threads",
 }
+# Where QuantizeConfig names a flag otherwise than PruneConfig (its --inputs are held-out
+# samples for the int8 model's fidelity, not verification's).
+QUANTIZE_NAMES = {"--inputs": "evaluation_inputs"}
 # A flag as a word of its own: not inside a path ('/tmp/--x') or a longer word.
 _FLAG = re.compile(r"(?<![\w/.\\-])--[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?![\w-])")
 
@@ -86,17 +93,62 @@ def _api_shape(m: re.Match[str]) -> str:
     return f"input_shapes={{{m.group(1)!r}: ({', '.join(dims)}{',' if len(dims) == 1 else ''})}}"
 
 
-def api_words(text: str) -> str:
+def api_words(text: str, names: Mapping[str, str] | None = None) -> str:
     """``text`` (a message in the command line's words) with each flag that is an option of
-    the Python API named as the API names it; flags of the command line alone stay."""
+    the Python API named as the API names it; flags of the command line alone stay. ``names``:
+    flags another options object names otherwise (quantize's --inputs is evaluation_inputs)."""
+    table = API_NAMES if names is None else {**API_NAMES, **names}
     text = _SHAPE.sub(_api_shape, text)
-    return _FLAG.sub(lambda m: API_NAMES.get(m.group(0), m.group(0)), text)
+    return _FLAG.sub(lambda m: table.get(m.group(0), m.group(0)), text)
 
 
-def cli_text(exc: BaseException) -> str:
-    """An error's text as the command line shows it: its flags (an OnnxPruneError's
+def cli_text(exc: BaseException | str) -> str:
+    """An error's or a Message's text as the command line shows it: its flags (their
     ``cli_text``), else its own text."""
-    return exc.cli_text if isinstance(exc, OnnxPruneError) else str(exc)
+    return exc.cli_text if isinstance(exc, (OnnxPruneError, Message)) else str(exc)
+
+
+class Message(str):
+    """A text of a result (a report's note, the reason for its criterion, ...) written once, in
+    the command line's words, and rendered for its reader as errors are: its value (what
+    ``print``, ``==`` and ``json`` see) names the Python API's options, ``cli_text`` holds the
+    command line's flags, as the CLI shows it. A note said "give --inputs or --calibration" to
+    a caller of prune(...), who has neither flag."""
+
+    cli_text: str
+    names: Mapping[str, str] | None
+
+    def __new__(cls, text: str, names: Mapping[str, str] | None = None) -> Message:
+        source = cli_text(text)  # a Message given again keeps its command-line words
+        self = super().__new__(cls, api_words(source, names))
+        self.cli_text, self.names = source, names
+        return self
+
+    def __reduce__(self) -> tuple[type[Message], tuple[str, Mapping[str, str] | None]]:
+        return type(self), (self.cli_text, self.names)
+
+
+WORDS = ("api", "cli")
+
+
+def in_words(data: Any, words: str, names: Mapping[str, str] | None = None) -> Any:
+    """``data`` (a result's ``to_dict()``: dicts, lists, strings, numbers) with every text in
+    ``words``: 'api' names the Python API's options (``names`` as in api_words), 'cli' the
+    command line's flags; plain ``str`` throughout."""
+    if words not in WORDS:
+        raise UsageError(f"words must be 'api' (the Python API's option names) or 'cli' (its flags), got {words!r}")
+
+    def render(x: Any) -> Any:
+        if isinstance(x, str):
+            source = cli_text(x)
+            return source if words == "cli" else api_words(source, names)
+        if isinstance(x, Mapping):
+            return {k: render(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [render(v) for v in x]
+        return x
+
+    return render(data)
 
 
 class OnnxPruneError(Exception):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import QUANTIZE_NAMES, Message, in_words
 from .fidelity import OutputFidelity, OutputScore
 
 # The first key of the report as JSON (its "model_format" is the int8 model's: onnx or ir).
@@ -87,15 +88,28 @@ class QuantizeReport:
     # folded to float32 for NNCF (quantization.fold_cast_weights), which quantized them again
     folded_weights: tuple[str, ...] = field(default=())
 
-    def to_json(self, **options: Any) -> str:
-        """``to_dict()`` as strict JSON text, as the CLI writes it: a NaN or infinite number
+    def __post_init__(self) -> None:
+        # Texts in the command line's words, read in the API's (see errors.Message).
+        object.__setattr__(self, "evaluation", Message(self.evaluation, QUANTIZE_NAMES))
+        object.__setattr__(self, "notes", tuple(Message(n, QUANTIZE_NAMES) for n in self.notes))
+
+    def to_json(self, words: str = "api", **options: Any) -> str:
+        """``to_dict(words)`` as strict JSON text, as the CLI writes it: a NaN or infinite number
         (a model whose outputs are NaN) is null (``json.dumps`` would write a bare NaN, which
         is not JSON). ``options`` go to ``json.dumps`` (e.g. ``indent=2``)."""
         from .render import json_text
 
-        return json_text(self.to_dict(), **options)
+        return json_text(self.to_dict(words), **options)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, words: str = "api") -> dict:
+        """The report as plain data; its texts (notes, evaluation) name QuantizeConfig's options
+        (``words="api"``) or the command line's flags (``"cli"``), as the CLI writes them."""
+        data = self._data()
+        for key in ("evaluation", "notes"):
+            data[key] = in_words(data[key], words, QUANTIZE_NAMES)
+        return data
+
+    def _data(self) -> dict:
         return {
             "format": QUANTIZE_REPORT_FORMAT,
             "model": self.model,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import Message, in_words
 from .fidelity import OutputFidelity
 from .verification import VerificationResult
 
@@ -194,6 +195,10 @@ class Generalisation:
         return d
 
 
+# PruneReport's own texts, written in the command line's words (see its __post_init__).
+_TEXTS = ("criterion_reason", "data_note", "macs_unknown", "notes")
+
+
 @dataclass(frozen=True)
 class PruneReport:
     model: str
@@ -231,15 +236,33 @@ class PruneReport:
     generalisation: Generalisation | None = None  # fidelity on the calibration samples beside the held-out one
     latency: LatencyOutcome | None = None  # with a latency budget: predicted and measured
 
-    def to_json(self, **options: Any) -> str:
-        """``to_dict()`` as strict JSON text, as the CLI writes it: a NaN or infinite number
+    def __post_init__(self) -> None:
+        # Its texts are written in the command line's words; as Messages they read in the
+        # API's (report.notes[0] said "give --inputs or --calibration" to prune(...)'s caller),
+        # and the CLI shows their cli_text (to_dict(words="cli")).
+        for name in _TEXTS[:-1]:
+            object.__setattr__(self, name, Message(getattr(self, name)))
+        object.__setattr__(self, "notes", tuple(Message(n) for n in self.notes))
+
+    def to_json(self, words: str = "api", **options: Any) -> str:
+        """``to_dict(words)`` as strict JSON text, as the CLI writes it: a NaN or infinite number
         (a model whose outputs are NaN) is null (``json.dumps`` would write a bare NaN, which
         is not JSON). ``options`` go to ``json.dumps`` (e.g. ``indent=2``)."""
         from .render import json_text
 
-        return json_text(self.to_dict(), **options)
+        return json_text(self.to_dict(words), **options)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, words: str = "api") -> dict:
+        """The report as plain data; its own texts (notes, criterion_reason, data_note,
+        macs_unknown) name the Python API's options (``words="api"``: calibration,
+        verification_inputs) or the command line's flags (``"cli"``: --calibration, --inputs),
+        as the CLI writes them. Its parts' entries are their own ``to_dict()``'s."""
+        data = self._data()
+        for key in _TEXTS:
+            data[key] = in_words(data[key], words)
+        return data
+
+    def _data(self) -> dict:
         return {
             "format": REPORT_FORMAT,
             "model": self.model,

@@ -213,7 +213,7 @@ def test_report_to_json_is_strict_json_when_outputs_are_nan():
 def test_quantize_report_to_json_is_strict_json():
     from types import SimpleNamespace
 
-    duck = SimpleNamespace(to_dict=lambda: {"max_abs_error": float("nan"), "cosine": 0.5})
+    duck = SimpleNamespace(to_dict=lambda words="api": {"max_abs_error": float("nan"), "cosine": 0.5})
     assert onnxprune.QuantizeReport.to_json(duck) == '{"max_abs_error": null, "cosine": 0.5}'
 
 

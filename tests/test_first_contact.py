@@ -241,9 +241,10 @@ def test_macs_note_after_the_shape_was_given() -> None:
         _reshape_by_runtime_shape(None), input_shapes={"input": (1, 3, 8, 8), "target": (4,)}, verify=False
     )
     notes = [n for n in r.report.notes if "MACs" in n]
-    assert notes and all("give --input-shape" not in n and "computed at run time" in n for n in notes), notes
+    assert notes and all("give --input-shape" not in n.cli_text and "computed at run time" in n for n in notes), notes
     r = onnxprune.prune(_reshape_by_runtime_shape(None), verify=False)
-    assert any("give --input-shape for 'input'" in n for n in r.report.notes), r.report.notes
+    assert any("give --input-shape for 'input'" in n.cli_text for n in r.report.notes), r.report.notes
+    assert any("give input_shapes for 'input'" in n for n in r.report.notes), r.report.notes  # the API's words
 
 
 # -- 8: all outputs or none; every destination checked first; the user's paths in errors --------

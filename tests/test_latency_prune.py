@@ -80,7 +80,7 @@ def test_a_target_taking_most_of_the_removable_latency_says_so() -> None:
     assert near.latency.floor_ratio == pytest.approx(0.75)
     said = [n for n in near.notes if n.startswith("about 25% of this model's latency at most goes with its prunable")]
     assert len(said) == 1 and "floor 0.750x" in said[0] and "target 0.8x takes 80% of that" in said[0]
-    assert "add --min-fidelity" in said[0]
+    assert "add --min-fidelity" in said[0].cli_text and "add min_fidelity F" in said[0]  # CLI / API words
     far = onnxprune.prune(three_unit_chain(), latency_target=0.9, timer=_timer()).report  # 40% of it: no note
     assert far.latency.floor_ratio == pytest.approx(0.75)
     assert not [n for n in far.notes if "prunable channels" in n]
