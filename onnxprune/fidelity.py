@@ -235,8 +235,13 @@ class Reference:
     detected: tuple[Choice, ...]  # per output, the metric detected from the reference's values
     axes: tuple[int, ...]  # per output, the model's batch axis the samples came from
     norms: tuple[np.ndarray, ...]  # per output, each sample's norm (fidelity_metrics.sample_norms)
+    # per output, the arrays it was prepared from (one per feed, as given: not copied)
+    sources: tuple[tuple[np.ndarray, ...], ...] = field(default=(), repr=False)
     # per (output, metric, parameters): the metric's own reference side (prepare_metric), on first use
     _metrics: dict[tuple, object] = field(default_factory=dict, repr=False)
+    # per (output, metric, parameters, reason, estimate, confidence): the output's figures when the
+    # candidate's arrays are the reference's bit for bit (``self_score``), on first use
+    _same: dict[tuple, OutputFidelity] = field(default_factory=dict, repr=False)
 
     def metric_side(self, index: int, metric: str, params: Mapping[str, float | int]) -> object | None:
         """Output ``index``'s reference side of ``metric`` with ``params`` (see
@@ -245,6 +250,24 @@ class Reference:
         if key not in self._metrics:
             self._metrics[key] = prepare_metric(metric, params, self.samples[index])
         return self._metrics[key]
+
+    def unchanged(self, index: int, arrays: Sequence[np.ndarray]) -> bool:
+        """Whether ``arrays`` (a candidate's, one per feed) are output ``index``'s reference
+        arrays bit for bit: its figures are then the reference's against itself (a sensitivity
+        trial leaves every output its unit's part does not reach as the original's)."""
+        refs = self.sources[index] if index < len(self.sources) else None
+        return refs is not None and len(refs) == len(arrays) and all(map(_identical, refs, arrays))
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same dtype, shape and bytes (a -0.0 is not a 0.0, a NaN equals the same NaN)."""
+    if a is b:
+        return True
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype or a.shape != b.shape or a.dtype.kind not in "biuf":
+        return False
+    bits = f"u{a.itemsize}" if a.itemsize in (1, 2, 4, 8) else "u1"
+    return bool(np.array_equal(np.ascontiguousarray(a).view(bits), np.ascontiguousarray(b).view(bits)))
 
 
 def prepare_reference(
@@ -258,7 +281,10 @@ def prepare_reference(
     rs = tuple(_samples(r, a) for r, a in zip(refs, axes))
     for r in rs:
         r.flags.writeable = False  # shared by every candidate's score
-    return Reference(tuple(names), rs, tuple(detect_metrics(names, rs, axes)), axes, tuple(sample_norms(r) for r in rs))
+    sources = tuple(tuple(r) for r in refs)
+    return Reference(
+        tuple(names), rs, tuple(detect_metrics(names, rs, axes)), axes, tuple(sample_norms(r) for r in rs), sources
+    )
 
 
 def fidelity_from_outputs(
@@ -280,15 +306,24 @@ def fidelity_from_outputs(
     (``fidelity_metrics.unseen``) and its lower bound at ``confidence``
     (``fidelity_metrics.unseen_bound``)."""
     choices, batch_axes = choices or {}, batch_axes or {}
+    kept = isinstance(refs, Reference)  # prepared for many candidates: self-scores worth keeping
     if not isinstance(refs, Reference):
         refs = prepare_reference(names, refs, batch_axes=batch_axes)
     elif refs.names != tuple(names) or refs.axes != tuple(batch_axes.get(n, 0) for n in names):
         raise ValueError("the prepared reference was made for other outputs or batch axes")
     out = []
     for i, (name, r, gs_, found) in enumerate(zip(names, refs.samples, gots, refs.detected)):
+        metric, params, reason = _chosen(name, choices) or (found.metric, found.params, found.reason)
+        # A candidate output that is the reference's bit for bit scores what the reference
+        # scores against itself: computed once per metric (a trial's unreached outputs).
+        same = (i, metric, tuple(sorted(params.items())), reason, estimate, confidence if estimate else None)
+        if not kept or not refs.unchanged(i, gs_):
+            same = None
+        elif same in refs._same:
+            out.append(refs._same[same])
+            continue
         g = _samples(gs_, batch_axes.get(name))
         diff = np.abs(r - g)
-        metric, params, reason = _chosen(name, choices) or (found.metric, found.params, found.reason)
         cos_samples = cosine_samples(r, g, refs.norms[i])
         cos = float(cos_samples.mean())
         try:
@@ -302,23 +337,24 @@ def fidelity_from_outputs(
             metric, result = "cosine", MetricResult(cos, samples=cos_samples)
         top1 = result.value if metric == "top1" else (top1_agreement(r, g) if found.metric == "top1" else None)
         unseen = unseen_agreement(metric, params, r, g, confidence) if estimate else None
-        out.append(
-            OutputFidelity(
-                name,
-                float(diff.max()) if diff.size else 0.0,
-                float(diff.mean()) if diff.size else 0.0,
-                cos,
-                top1,
-                metric,
-                result.value,
-                reason,
-                result.details,
-                unseen.estimate if unseen else None,
-                unseen.bound if unseen else None,
-                unseen.confidence if unseen else None,
-                result.samples if metric in BATCH_MEAN_METRICS else None,
-            )
+        figures = OutputFidelity(
+            name,
+            float(diff.max()) if diff.size else 0.0,
+            float(diff.mean()) if diff.size else 0.0,
+            cos,
+            top1,
+            metric,
+            result.value,
+            reason,
+            result.details,
+            unseen.estimate if unseen else None,
+            unseen.bound if unseen else None,
+            unseen.confidence if unseen else None,
+            result.samples if metric in BATCH_MEAN_METRICS else None,
         )
+        if same is not None:
+            refs._same[same] = figures
+        out.append(figures)
     return tuple(out)
 
 

@@ -67,3 +67,103 @@ def test_scores_from_float32_activations_are_the_float64_ones_at_half_the_memory
     for name in scores:
         np.testing.assert_array_equal(scores[name], wide[name])  # bit for bit (NaN: a layer kept whole)
     assert sum(np.isfinite(s).sum() for s in scores.values()) == 2 * CHANNELS
+
+
+
+def _branches():
+    """x -> two 3x3 Conv+Relu (6 and 4 channels) -> Concat -> a 3x3 Conv (5) and a 1x1 Conv (3):
+    two readers of the same ten channels, each reading two sources."""
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("x", [1, 3, 12, 12])
+    left, right = b.op("Relu", b.conv(x, 6)), b.op("Relu", b.conv(x, 4))
+    joined = b.op("Concat", left, right, axis=1, channels=10)
+    b.output(b.op("Add", b.conv(joined, 5, 3), b.conv(b.op("Relu", b.conv(joined, 3, 1)), 5, 1)))
+    return b.build()
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_a_reader_of_several_sources_is_prepared_once_with_the_same_scores(
+    monkeypatch: pytest.MonkeyPatch, refit: bool
+) -> None:
+    """A Concat's reader feeds the greedy of every source in it: its start (covariance, inverse)
+    is made once and copied, and each source's scores are the unshared ones bit for bit. The
+    progress counts the samples run, then the sources scored."""
+    model = _branches()
+    analysis = onnxprune.analyze(model)
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(6)]
+    made = []
+    block = reconstruction_error._block
+    monkeypatch.setattr(reconstruction_error, "_block", lambda *a, **k: made.append(1) or block(*a, **k))
+    heard: list[tuple[int, int]] = []
+    shared = reconstruction_scores(model, analysis, feeds, refit=refit, progress=lambda d, t: heard.append((d, t)))
+    calls = len(made)
+    monkeypatch.setattr(reconstruction_error, "SHARE", False)
+    alone = reconstruction_scores(model, analysis, feeds, refit=refit)
+    assert calls == 3 and len(made) - calls == 5  # two readers read both sources: 2 of 5 starts shared
+    assert sorted(shared) == sorted(alone)
+    for name in shared:
+        np.testing.assert_array_equal(shared[name], alone[name])
+    assert sum(np.isfinite(s).sum() for s in shared.values()) >= 10
+    total = len(feeds) + len(analysis.sources)
+    assert heard == [(i, total) for i in range(total + 1)]
+
+
+def _dense_greedy(blocks, candidates):  # type: ignore[no-untyped-def]
+    """The greedy as it was before its blocks were cut to the candidates' columns: every
+    downdate over all the columns, in place."""
+    blocks = [reconstruction_error._Block(b.p.copy(), b.q.copy(), b.energy, b.columns, b.alone) for b in blocks]
+    left, total, order = list(candidates), 0.0, {}
+    while left:
+        costs = np.zeros(len(left))
+        for blk in blocks:
+            present = [(i, blk.columns[r]) for i, r in enumerate(left) if r in blk.columns]
+            if not present:
+                continue
+            if len({len(j) for _, j in present}) == 1:
+                idx = np.asarray([i for i, _ in present])
+                j = np.stack([j for _, j in present])
+                pj, qj = blk.p[j[:, :, None], j[:, None, :]], blk.q[j]
+                costs[idx] += np.sum(np.linalg.solve(pj, qj) * qj, axis=(1, 2)) / max(blk.energy, 1e-30)
+                continue
+            for i, j in present:
+                pj, qj = blk.p[np.ix_(j, j)], blk.q[j]
+                costs[i] += float(np.sum(np.linalg.solve(pj, qj) * qj)) / max(blk.energy, 1e-30)
+        best = int(np.argmin(costs))
+        root = left.pop(best)
+        total += max(float(costs[best]), 0.0)
+        order[root] = total
+        for blk in blocks:
+            j = blk.columns.get(root)
+            if j is None:
+                continue
+            s = np.linalg.inv(blk.p[np.ix_(j, j)])
+            pcol = blk.p[:, j]
+            blk.q -= pcol @ (s @ blk.q[j])
+            blk.p -= pcol @ s @ blk.p[j]
+    return order
+
+
+def test_the_greedy_on_its_candidates_columns_equals_the_dense_downdate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The greedy downdates only its candidates' columns (the only entries it reads again): the
+    same removal order as the downdate of every column, and the same errors but for rounding
+    (its products run over fewer rows), on readers of 3x3 and 1x1 kernels whose inputs hold
+    another source's channels (a Concat)."""
+    model = _branches()
+    analysis = onnxprune.analyze(model)
+    rng = np.random.default_rng(6)
+    feeds = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(6)]
+    orders: list[tuple[dict, dict]] = []
+    greedy = reconstruction_error._greedy
+
+    def both(blocks, candidates):  # type: ignore[no-untyped-def]
+        orders.append((_dense_greedy(blocks, candidates), greedy(blocks, candidates)))
+        return orders[-1][1]
+
+    monkeypatch.setattr(reconstruction_error, "_greedy", both)
+    reconstruction_scores(model, analysis, feeds)
+    assert len(orders) == 3 and sum(len(a) for a, _ in orders) == 13
+    for dense, cut in orders:
+        assert list(dense) == list(cut)  # the same roots in the same order
+        assert list(cut.values()) == pytest.approx(list(dense.values()), rel=1e-12, abs=1e-15)
+        assert len(set(dense.values())) == len(dense)

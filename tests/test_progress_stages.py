@@ -42,7 +42,9 @@ def test_every_long_phase_reports_from_its_start(tmp_path: Path) -> None:
     stages = list(dict.fromkeys(h[0] for h in heard))  # in the order first heard
     assert stages[:5] == ["calibration", "criterion", "sensitivity", "search", "final judgement"]
     of = {s: [(d, t) for st, d, t in heard if st == s] for s in stages}
-    assert of["criterion"] == [(0, 1), (1, 1)]
+    # The criterion: a step per calibration sample run, then per source layer scored.
+    total = of["criterion"][0][1]
+    assert total > 3 and of["criterion"] == [(i, total) for i in range(total + 1)]
     # Two units of 8 channels at the three default ratios: 6 trials, the bar shown at 0 first.
     assert of["sensitivity"][0] == (0, 6) and of["sensitivity"][-1] == (6, 6)
     steps = of["search"][-1][1]

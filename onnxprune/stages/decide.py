@@ -119,10 +119,12 @@ def layer_scores(
     *,
     feeds: Feeds | None = None,
     source: str = "<model>",
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every source layer's channel scores under ``config.criterion`` (higher = keep);
     ``registry``: the analysis' rules (their layer semantics give each layer's filters);
-    ``feeds``: the calibration samples (the ``reconstruction`` criterion reads activations)."""
+    ``feeds``: the calibration samples (the ``reconstruction`` criterion reads activations);
+    ``progress``: the reconstruction / contribution criterion's steps (reconstruction_scores)."""
     criterion = config.criterion
     if criteria.is_data(criterion):
         readers = criterion in ("reconstruction", "contribution")  # read the readers' inputs
@@ -139,6 +141,7 @@ def layer_scores(
                 seed=config.seed,
                 source=source,
                 refit=criterion == "reconstruction",
+                progress=progress,
             )
         per = stats.mean_abs if criterion == "mean-activation" else {k: 1.0 - v for k, v in stats.zero_fraction.items()}
         return group_activation_scores(analysis, per)
@@ -181,11 +184,10 @@ def score(
     if not config.allocated:  # a fidelity budget is a budget, and picks its criterion itself
         check_budget(config, run.criteria)
     # The criteria that read the readers' inputs run the model and solve per layer (PicoDet's
-    # reconstruction criterion: a minute and a half): one step of their own on the progress.
+    # reconstruction criterion: a minute and a half): a stage of their own on the progress, a
+    # step per sample run and per source layer scored.
     progress = run.progress_of("criterion") if config.criterion in ("reconstruction", "contribution") else None
-    if progress:
-        progress(0, 1)
-    scores = layer_scores(
+    return layer_scores(
         analysis,
         loaded.proto,
         config,
@@ -194,10 +196,8 @@ def score(
         run.registry,
         feeds=data.calibration,
         source=loaded.source,
+        progress=progress,
     )
-    if progress:
-        progress(1, 1)
-    return scores
 
 
 def budget_plan(
