@@ -8,6 +8,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import onnx
 import pytest
 
 import onnxprune
@@ -67,7 +68,6 @@ def test_scores_from_float32_activations_are_the_float64_ones_at_half_the_memory
     for name in scores:
         np.testing.assert_array_equal(scores[name], wide[name])  # bit for bit (NaN: a layer kept whole)
     assert sum(np.isfinite(s).sum() for s in scores.values()) == 2 * CHANNELS
-
 
 
 def _branches():
@@ -167,3 +167,39 @@ def test_the_greedy_on_its_candidates_columns_equals_the_dense_downdate(monkeypa
         assert list(dense) == list(cut)  # the same roots in the same order
         assert list(cut.values()) == pytest.approx(list(dense.values()), rel=1e-12, abs=1e-15)
         assert len(set(dense.values())) == len(dense)
+
+
+def test_later_samples_written_into_the_joined_activations_equal_the_joined_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """onnxruntime writes the later samples' activations into the joined arrays (io binding):
+    the same arrays as each sample's run joined, bit for bit; feeds of other shapes are joined."""
+    model = _branches()
+    analysis = onnxprune.analyze(model)
+    names = sorted({s.tensor for s in analysis.sinks})
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
+    run = reconstruction_error.session(probe, optimize=True)
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)} for _ in range(5)]
+    steps: list[int] = []
+    runs = []
+    each = run.run
+    run.run = lambda *a: runs.append(1) or each(*a)  # type: ignore[method-assign]
+    bound = reconstruction_error._joined_outputs(run, names, feeds, steps.append)
+    assert steps == [1, 2, 3, 4, 5] and len(runs) == 1  # the others written by io binding
+    run.run = each  # type: ignore[method-assign]
+    for name in names:
+        joined = np.concatenate([run.run(f, [name])[0] for f in feeds])
+        assert bound[name].shape == joined.shape and bound[name].tobytes() == joined.tobytes()
+    monkeypatch.setattr(reconstruction_error, "BIND", False)
+    plain = reconstruction_error._joined_outputs(run, names, feeds, lambda d: None)
+    assert all(plain[n].tobytes() == bound[n].tobytes() for n in names)
+    monkeypatch.setattr(reconstruction_error, "BIND", True)
+    assert reconstruction_scores(model, analysis, feeds).keys() == set(a.node for a in analysis.sources)
+    scores = reconstruction_scores(model, analysis, feeds)
+    monkeypatch.setattr(reconstruction_error, "BIND", False)
+    unbound = reconstruction_scores(model, analysis, feeds)
+    for name in scores:
+        np.testing.assert_array_equal(scores[name], unbound[name])
