@@ -203,3 +203,44 @@ def test_later_samples_written_into_the_joined_activations_equal_the_joined_runs
     unbound = reconstruction_scores(model, analysis, feeds)
     for name in scores:
         np.testing.assert_array_equal(scores[name], unbound[name])
+
+
+def _padded_patches(x, attrs, kernel, picks, rng):  # type: ignore[no-untyped-def]
+    """The sampled im2col rows from an explicitly zero-padded copy of the input (as before)."""
+    pads, strides, dil = attrs["pads"], attrs["strides"], attrs["dilations"]
+    kh, kw = kernel
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    out_h = (xp.shape[2] - (kh - 1) * dil[0] - 1) // strides[0] + 1
+    out_w = (xp.shape[3] - (kw - 1) * dil[1] - 1) // strides[1] + 1
+    n = x.shape[0] * out_h * out_w
+    flat = rng.choice(n, size=min(picks, n), replace=False)
+    b, rem = np.divmod(flat, out_h * out_w)
+    i, j = np.divmod(rem, out_w)
+    rows = np.empty((len(flat), x.shape[1], kh, kw), dtype=np.float64)
+    for a in range(kh):
+        for c in range(kw):
+            rows[:, :, a, c] = xp[b, :, i * strides[0] + a * dil[0], j * strides[1] + c * dil[1]]
+    return rows.reshape(len(flat), -1)
+
+
+@pytest.mark.parametrize(
+    ("pads", "strides", "dilations", "kernel"),
+    [
+        ([1, 1, 1, 1], [1, 1], [1, 1], (3, 3)),
+        ([2, 0, 1, 3], [2, 1], [1, 2], (3, 2)),
+        ([0, 0, 0, 0], [2, 2], [1, 1], (1, 1)),
+    ],
+)
+def test_conv_rows_read_zeros_outside_the_input_as_the_padded_copy_does(pads, strides, dilations, kernel) -> None:  # type: ignore[no-untyped-def]
+    """The criterion's and the refit's sampled Conv rows read 0 where a tap falls in the padding,
+    without making a padded copy of the input: the rows of the padded copy, bit for bit (a -0.0
+    in the input stays -0.0, the padding is +0.0), on most positions of a small input."""
+    from onnxprune.rules.conv import _conv_patches
+
+    x = np.random.default_rng(1).standard_normal((3, 4, 7, 6)).astype(np.float32)
+    x[0, 0, 0, 0] = -0.0
+    attrs = {"pads": pads, "strides": strides, "dilations": dilations}
+    got = _conv_patches(x, attrs, kernel, 100, np.random.default_rng(5))
+    want = _padded_patches(x, attrs, kernel, 100, np.random.default_rng(5))
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()
+    assert (got == 0).any() if any(pads) else True

@@ -305,16 +305,22 @@ def _conv_patches(
             begins.append(small if auto_pad == "SAME_UPPER" else large)
             ends.append(large if auto_pad == "SAME_UPPER" else small)
         pads = begins + ends
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    # Positions in the zero-padded input; the padding itself is never made (a copy of the whole
+    # input, gigabytes for a detector's 32 pages): a tap outside the input reads 0.
+    height, width = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
     eff_h, eff_w = (kh - 1) * dil[0] + 1, (kw - 1) * dil[1] + 1
-    out_h = (xp.shape[2] - eff_h) // strides[0] + 1
-    out_w = (xp.shape[3] - eff_w) // strides[1] + 1
+    out_h = (height - eff_h) // strides[0] + 1
+    out_w = (width - eff_w) // strides[1] + 1
     n = x.shape[0] * out_h * out_w
     flat = rng.choice(n, size=min(picks, n), replace=False)
     b, rem = np.divmod(flat, out_h * out_w)
     i, j = np.divmod(rem, out_w)
     rows = np.empty((len(flat), x.shape[1], kh, kw), dtype=np.float64)
     for a in range(kh):
+        y = i * strides[0] + a * dil[0] - pads[0]
         for c in range(kw):
-            rows[:, :, a, c] = xp[b, :, i * strides[0] + a * dil[0], j * strides[1] + c * dil[1]]
+            z = j * strides[1] + c * dil[1] - pads[1]
+            inside = (y >= 0) & (y < x.shape[2]) & (z >= 0) & (z < x.shape[3])
+            tap = x[b, :, np.clip(y, 0, x.shape[2] - 1), np.clip(z, 0, x.shape[3] - 1)]
+            rows[:, :, a, c] = np.where(inside[:, None], tap, 0)
     return rows.reshape(len(flat), -1)
