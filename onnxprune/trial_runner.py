@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -33,7 +34,39 @@ from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
 from .masking import instrument_readers, mask_feeds
 from .runtime import session
 
-__all__ = ["SCREEN_MARGIN", "SCREEN_MIN_SAMPLES", "Screen", "TrialRunner"]
+__all__ = ["SCREEN_MARGIN", "SCREEN_MIN_SAMPLES", "Judging", "Screen", "TrialRunner", "trial_score"]
+
+
+class Judging(Protocol):
+    """What a trial source (TrialRunner, SelectionTrials, ReconstructedTrials) holds that the
+    search's judgement of its outputs reads besides them."""
+
+    names: list[str]  # the graph outputs, in order
+    batch_axes: dict[str, int]  # output -> the axis of its samples, when not the first
+    confidence: float  # of the bound on discrete outputs
+    batch: int | None  # --fidelity-batch: the batch the judgement predicts
+
+
+def trial_score(
+    trials: Judging,
+    reference: Sequence[np.ndarray] | Reference,
+    outs: Sequence[np.ndarray],
+    halves: Sequence[tuple[Sequence[np.ndarray] | Reference, Sequence[np.ndarray]]] | None,
+    choices: Mapping[str, str] | None,
+) -> SearchScore:
+    """``fidelity.search_score`` of a trial's outputs with the trial source's outputs, batch
+    axes, confidence and batch: one call for every kind of trial."""
+    return search_score(
+        trials.names,
+        reference,
+        outs,
+        halves,
+        choices,
+        batch_axes=trials.batch_axes,
+        confidence=trials.confidence,
+        batch=trials.batch,
+    )
+
 
 # A sensitivity trial is screened on the first quarter of the samples when there are at least
 # this many (a quarter of 32 is 8: few enough to save most of a failing trial, enough that one
@@ -231,16 +264,7 @@ class TrialRunner:
             halves = self._halves(outs)
             cut = halves is not None and self._halves(self.reference) is not None
             pairs = list(zip((self._reference("0"), self._reference("1")), halves)) if cut and halves else None
-            judged = search_score(
-                self.names,
-                self._reference("all"),
-                outs,
-                pairs,
-                choices,
-                batch_axes=self.batch_axes,
-                confidence=self.confidence,
-                batch=self.batch,
-            )
+            judged = trial_score(self, self._reference("all"), outs, pairs, choices)
             self._cache[key] = (judged, estimates)
         return self._cache[key][0]
 
@@ -276,16 +300,7 @@ class TrialRunner:
                     return self._alone[key][0]
             outs = self._joined([*first, *self._parts(masks, range(len(first), len(self.batches)))])
             self.runs += 1
-            judged = search_score(
-                self.names,
-                self._reference("all"),
-                outs,
-                None,
-                choices,
-                batch_axes=self.batch_axes,
-                confidence=self.confidence,
-                batch=self.batch,
-            )
+            judged = trial_score(self, self._reference("all"), outs, None, choices)
             self._alone[key] = ((judged, False), estimates)
         return self._alone[key][0]
 
