@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from .cli_common import progress_option
+
 __all__ = ["EXIT_CODES", "build_parser", "latency_options"]
 
 
@@ -228,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--save-plan", metavar="PLAN.json", help="write the plan (groups removed, members, scores) as JSON")
     b.add_argument("--plan", metavar="PLAN.json", help="apply this plan instead of planning")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    progress_option(p)
     p.add_argument("--inputs", metavar="FILE.npz", help="verify on these inputs (arrays keyed by input name)")
     p.add_argument("--seed", type=int, default=0, help="seed of random scores and random verification inputs")
     p.add_argument(
@@ -318,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("--json", metavar="B.json", help="write the timings as JSON")
     bn.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    progress_option(bn)
 
     lt = sub.add_parser(
         "latency-table",
@@ -346,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lt.add_argument("--timer", help=argparse.SUPPRESS)  # tests: MODULE:FACTORY of a stand-in timer
     lt.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    progress_option(lt)
 
     se = sub.add_parser("sensitivity", help="fidelity after removing 10/25/50%% of each unit of tied layers alone")
     se.add_argument("model", help="input .onnx file")
@@ -371,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", metavar="S.json", help="write the table as JSON")
     se.add_argument("--plot", metavar="S.png", help="plot a sensitivity curve per unit")
     se.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    progress_option(se)
 
     a = sub.add_parser("analyze", help="show the channel groups and why channels are pinned")
     common(a)

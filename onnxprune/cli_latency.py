@@ -43,7 +43,7 @@ def latency_table_command(args: argparse.Namespace) -> int:
             check_writable(path, what)
     registry = rules_registry(args)  # your rules decide the units, as in prune
     settings = settings_from_args(args)
-    progress = progress_bars(args.quiet)
+    progress = progress_bars(args.quiet, args.progress)
     table = build_table(
         args.model,
         settings,

@@ -94,7 +94,7 @@ def bench_command(args: argparse.Namespace) -> int:
         from .saving import check_writable
 
         check_writable(args.json, "--json")
-    progress = progress_bars(args.quiet)
+    progress = progress_bars(args.quiet, args.progress)
     timings = benchmark(
         args.models,
         backend=args.backend,

@@ -95,7 +95,7 @@ def prune_command(args: argparse.Namespace) -> int:
     from .cli_quantize import check_prune_quantize
 
     check_prune_quantize(args)
-    progress = progress_bars(args.quiet)
+    progress = progress_bars(args.quiet, args.progress)
     from .cli_paths import one_file
 
     with Outputs(one_file(args)) as outputs:

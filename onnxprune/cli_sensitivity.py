@@ -33,7 +33,7 @@ def sensitivity_command(args: argparse.Namespace) -> int:
     for path, what in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_writable(path, what)
-    progress = progress_bars(args.quiet)
+    progress = progress_bars(args.quiet, args.progress)
     result = sensitivity(
         args.model,
         args.calibration,
