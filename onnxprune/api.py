@@ -12,11 +12,11 @@ import onnx
 
 from . import stages
 from .analysis import ChannelAnalysis
-from .budget import check_layers_named
 from .config import PruneConfig
 from .criteria import CriterionRegistry, default_criteria, zero_plan
 from .criteria.activations import ActivationStats, sink_statistics
 from .errors import UsageError
+from .layer_names import check_layers_named
 from .option_checks import check_exclusions_apply, check_plan_options
 from .planning import PruningPlan
 from .quantized import verification_form

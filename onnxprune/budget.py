@@ -14,7 +14,6 @@ loses its minimum sparsity together, and each layer its extra only from channels
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,8 +23,8 @@ import numpy as np
 import onnx
 
 from .analysis import ChannelAnalysis
-from .config import LayerRule, PruneConfig
-from .errors import UsageError
+from .config import PruneConfig
+from .layer_names import rule_matches
 from .node_names import nodes_by_name
 from .planning import PruningPlan, blocked_balances, enforce_constraints, whole_group_units
 from .rules import RuleRegistry
@@ -34,7 +33,6 @@ from .validation import model_opset
 __all__ = [
     "LayerBudget",
     "MacsTracker",
-    "check_layers_named",
     "finish_plan",
     "group_scores",
     "layer_budgets",
@@ -52,48 +50,6 @@ class LayerBudget:
     excluded_by: str | None  # the pattern or config entry that protects it
 
 
-def _matches(rule: LayerRule, node: str, op: str) -> bool:
-    if rule.op_types and op not in rule.op_types:
-        return False
-    return not rule.op_names or any(re.search(p, node) for p in rule.op_names)
-
-
-def check_layers_named(analysis: ChannelAnalysis, config: PruneConfig, source: str) -> None:
-    """UsageError when an --exclude pattern or a --config entry matches no layer of the model: a
-    typo ('--exclude Conv_node_44') protected nothing, exit 0, and the user thought the layer safe.
-    The message names the pattern and the closest layer names."""
-    layers = [(s.node, s.op) for s in analysis.sources]
-    names = [n for n, _ in layers]
-    if not names:
-        where = "the model has no layer onnxprune prunes (Conv, ConvTranspose, Gemm, MatMul)"
-    else:
-        ops = sorted({op for _, op in layers})
-        where = f"its layers are {len(names)} {'/'.join(ops)} nodes"
-
-    def closest(text: str) -> str:
-        near = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
-        return f"; closest: {', '.join(map(repr, near))}" if near else ""
-
-    for pattern in config.exclude:
-        if not any(re.search(pattern, n) for n in names):
-            raise UsageError(
-                f"{source}: --exclude {pattern!r} matches no layer's node name, so it protects nothing "
-                f"({where}{closest(pattern)})"
-            )
-    for i, rule in enumerate(config.layer_rules):
-        if not any(_matches(rule, n, op) for n, op in layers):
-            said = ", ".join(
-                f"{key} {list(value)}"
-                for key, value in (("op_types", rule.op_types), ("op_names", rule.op_names))
-                if value
-            )
-            does = "protects" if rule.exclude else "sets the sparsity of"
-            raise UsageError(
-                f"{rule.named(i)} ({said or 'every layer'}) matches no layer of {source}, so it {does} nothing "
-                f"({where}{closest(rule.op_names[0]) if rule.op_names else ''})"
-            )
-
-
 def layer_budgets(analysis: ChannelAnalysis, config: PruneConfig) -> dict[str, LayerBudget]:
     """Target sparsity of every source layer: --ratio, then config entries in order, --exclude."""
     out = {}
@@ -101,7 +57,7 @@ def layer_budgets(analysis: ChannelAnalysis, config: PruneConfig) -> dict[str, L
         sparsity = config.ratio or 0.0
         excluded = None
         for i, rule in enumerate(config.layer_rules):
-            if _matches(rule, src.node, src.op):
+            if rule_matches(rule, src.node, src.op):
                 if rule.exclude:
                     excluded, sparsity = f"config entry {i} excludes it", 0.0
                 else:

@@ -14,11 +14,11 @@ import onnx
 
 from ..analysis import ChannelAnalysis
 from ..analysis import analyze as _analyze
-from ..budget import check_layers_named
 from ..config import PruneConfig
 from ..criteria import CriterionRegistry
 from ..criteria.activations import ActivationStats, sink_statistics
 from ..errors import UsageError
+from ..layer_names import check_layers_named
 from ..loading import load_model
 from ..params import InitializerCache
 from ..rules import RuleRegistry
