@@ -62,8 +62,22 @@ class _Parser(argparse.ArgumentParser):
     """argparse's, with its errors on one line: a mistyped value (--macs-target 50%) printed the
     whole 35-line usage of prune above the one line that said what was wrong."""
 
+    _given: tuple[str, ...] = ()  # the arguments of the last parse_known_args, for error()'s hint
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        self._given = tuple(args) if args is not None else ()
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._output_hint(message)} (see {self.prog} --help)\n")
+
+    def _output_hint(self, message: str) -> str:
+        """'prune m.onnx out.onnx' (the output as a second positional, as cp takes it) said only
+        that -o is required: the hint names the -o to give."""
+        if "-o/--output" not in message:
+            return ""
+        files = [a for a in self._given if not a.startswith("-") and a.lower().endswith((".onnx", ".xml"))]
+        return f": did you mean -o {files[1]}?" if len(files) == 2 else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -170,6 +170,11 @@ def load_npz_inputs(
     import zipfile
 
     check_inputs_file(path)
+    if os.path.isdir(path):  # said "cannot read inputs ([Errno 21] Is a directory: 'imgs')"
+        raise UsageError(
+            f"{path}: a folder, but --inputs takes an .npz of arrays keyed by input name; a folder of images can be "
+            "--calibration (with --preprocess), which holds out every 4th image to measure the fidelity"
+        )
     if os.path.isfile(path) and not zipfile.is_zipfile(path):
         # np.load would take it for a pickle and speak of allow_pickle.
         raise UsageError(f"{path}: not an .npz file (a zip of .npy arrays keyed by input name, as numpy.savez writes)")

@@ -356,6 +356,28 @@ def test_prune_refuses_an_xml_output_it_would_fill_with_onnx(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_output_given_as_a_second_file_is_named(tmp_path: Path) -> None:
+    """prune m.onnx out.onnx (as cp takes it) said only '-o/--output is required'."""
+    digits = FIXTURES / "digits_cnn.onnx"
+    assert one_line_error(run_cli("prune", digits, tmp_path / "out.onnx", "--ratio", "0.3")) == (
+        "onnxprune prune: error: the following arguments are required: -o/--output: "
+        f"did you mean -o {tmp_path / 'out.onnx'}? (see onnxprune prune --help)"
+    )
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_folder_as_inputs_says_what_inputs_take(tmp_path: Path) -> None:
+    """prune --inputs FOLDER said "cannot read inputs ([Errno 21] Is a directory: 'imgs')"."""
+    (tmp_path / "imgs").mkdir()
+    args = ["prune", FIXTURES / "digits_cnn.onnx", "-o", tmp_path / "o.onnx", "--ratio", "0.3"]
+    assert one_line_error(run_cli(*args, "--inputs", tmp_path / "imgs")) == (
+        f"onnxprune: error: {tmp_path / 'imgs'}: a folder, but --inputs takes an .npz of arrays keyed by input name; "
+        "a folder of images can be --calibration (with --preprocess), which holds out every 4th image to measure "
+        "the fidelity"
+    )
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def test_argument_errors_are_one_line(tmp_path: Path) -> None:
     """prune --macs-target 50% (or a missing -o, an unknown option) printed prune's whole usage,
     35 lines, above the one line that said what was wrong; now that line alone, exit 2."""
