@@ -16,7 +16,8 @@ from .rules import RuleRegistry
 from .runtime import session
 
 if TYPE_CHECKING:
-    from .fidelity import Reference, SearchScore
+    from .fidelity import Reference
+    from .search_judgement import SearchScore
 
 __all__ = ["ReconstructedTrials"]
 
@@ -111,7 +112,7 @@ class ReconstructedTrials:
         search: bool = False,
     ) -> float:
         """The cross-fitted fidelity; with ``search`` the search's judgement of it
-        (``fidelity.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's).
+        (``search_judgement.search_score`` on the two judged halves, as sensitivity_analysis.TrialRunner's).
         Both come from the plan's kept judgement: a plan the latency planner's order judged and
         its floor then asks about (or the other way round) is recovered once, not twice."""
         judged = self.judged(removed_groups, estimates, choices)
@@ -125,11 +126,12 @@ class ReconstructedTrials:
         *,
         full: bool = False,
     ) -> SearchScore:
-        """The search's judgement of the cross-fitted outputs (``fidelity.search_score``: its value,
+        """The search's judgement of the cross-fitted outputs (``search_judgement.search_score``: its value,
         the pooled fidelity, the estimate on unseen inputs, the outputs' cosine), as
         ``TrialRunner.judged``: the latency planner orders recovered plans by it. ``full``: with
         every level of a sequential refit in sequence (the delivered refit), not the trials' cap."""
-        from .fidelity import prepare_reference, search_score
+        from .fidelity import prepare_reference
+        from .search_judgement import search_score
 
         levels = None if full else self.sequential_levels
         groups = frozenset(int(g) for g in removed_groups)

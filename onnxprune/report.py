@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from .analysis import ChannelAnalysis
     from .config import PruneConfig
-    from .fidelity import CrossFitted, OutputScore
+    from .fidelity import OutputScore
     from .fidelity_metrics.batch_mean import BatchMean
     from .fidelity_metrics.batch_prediction import BatchPrediction, BatchRule
     from .metrics import ModelCost
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .recalibration import RecalibratedLayer
     from .reconstruction import ReconstructedLayer
     from .rules import RuleRegistry
+    from .search_judgement import CrossFitted
     from .sensitivity_analysis import SensitivityResult
     from .stages.latency import LatencyOutcome
     from .user_validation import ValidationResult

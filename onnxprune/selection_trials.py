@@ -21,18 +21,20 @@ import numpy as np
 
 from .analysis import ChannelAnalysis
 from .compensation import reader_masks
-from .fidelity import join_outputs, prepare_reference, search_score
+from .fidelity import join_outputs, prepare_reference
 from .masking import mask_feeds
 from .planning import enforce_constraints
+from .search_judgement import search_score
 
 if TYPE_CHECKING:
-    from .fidelity import Reference, SearchScore
+    from .fidelity import Reference
+    from .search_judgement import SearchScore
     from .sensitivity_analysis import Unit
     from .trial_runner import TrialRunner
 
 __all__ = ["SCORED_BY", "Fold", "SelectionTrials", "fold_plan"]
 
-# What judged each calibration sample (the report's cross-fitted figure, fidelity.CrossFitted).
+# What judged each calibration sample (the report's cross-fitted figure, search_judgement.CrossFitted).
 SCORED_BY = "the plan the criterion chose on the other half"
 
 
@@ -129,7 +131,7 @@ class SelectionTrials:
         estimates: Mapping[str, np.ndarray] | None,
         choices: Mapping[str, str] | None = None,
     ) -> SearchScore:
-        """``fidelity.search_score`` of the cross-fitted outputs: every sample scored with the
+        """``search_judgement.search_score`` of the cross-fitted outputs: every sample scored with the
         channels (and compensation values) the other half chose."""
         groups = frozenset(int(g) for g in removed_groups)
         key = (groups, id(estimates), tuple(sorted((choices or {}).items())))

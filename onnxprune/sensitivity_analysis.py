@@ -286,7 +286,7 @@ def allocate(
 ) -> tuple[list[int], float, float]:
     """Per-unit ratios from the sensitivity curves: moves (raise one unit to its next ratio)
     are ordered greedily by fidelity lost per MAC saved (each unit alone; with min_fidelity
-    the estimate on unseen inputs where it is lower, see ``fidelity.search_score``); then the longest
+    the estimate on unseen inputs where it is lower, see ``search_judgement.search_score``); then the longest
     prefix of that order whose *measured* fidelity (all units together, on the calibration
     inputs, the worse of its two halves) stays >= min_fidelity is found by bisection; with
     macs_target, the shortest prefix that reaches it. ``judge`` (a plan's groups -> kept or not) replaces the fidelity test:
@@ -370,7 +370,7 @@ def allocate(
 
         def judge(groups: set[int]) -> bool:
             # The plan is chosen on the samples it is judged on, so the judge looks beyond
-            # them (fidelity.search_score): a continuous metric must keep the floor on each
+            # them (search_judgement.search_score): a continuous metric must keep the floor on each
             # half of the samples on its own (the pooled figure can pass on one lucky half
             # hiding one that fails), a discrete one (top-1, CTC) by its estimated agreement
             # on unseen inputs from the margins, as well as on the samples: on 16 samples a

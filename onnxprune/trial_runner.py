@@ -22,17 +22,16 @@ from .errors import UnsupportedModel
 from .fidelity import (
     OutputMetric,
     Reference,
-    SearchScore,
     fidelity_from_outputs,
     join_outputs,
     output_batch_axes,
     prepare_reference,
     run_score,
-    search_score,
 )
 from .fidelity_metrics.unseen_bound import DEFAULT_CONFIDENCE
 from .masking import instrument_readers, mask_feeds
 from .runtime import session
+from .search_judgement import SearchScore, search_score
 
 __all__ = ["SCREEN_MARGIN", "SCREEN_MIN_SAMPLES", "Judging", "Screen", "TrialRunner", "trial_score"]
 
@@ -54,7 +53,7 @@ def trial_score(
     halves: Sequence[tuple[Sequence[np.ndarray] | Reference, Sequence[np.ndarray]]] | None,
     choices: Mapping[str, str] | None,
 ) -> SearchScore:
-    """``fidelity.search_score`` of a trial's outputs with the trial source's outputs, batch
+    """``search_judgement.search_score`` of a trial's outputs with the trial source's outputs, batch
     axes, confidence and batch: one call for every kind of trial."""
     return search_score(
         trials.names,
@@ -242,7 +241,7 @@ class TrialRunner:
         search: bool = False,
     ) -> float:
         """The fidelity on the calibration samples with ``removed_groups`` masked; with
-        ``search`` the search's judgement of it (``fidelity.search_score``, see ``allocate``)."""
+        ``search`` the search's judgement of it (``search_judgement.search_score``, see ``allocate``)."""
         judged = self.judged(removed_groups, estimates, choices)
         return judged.value if search else judged.pooled
 

@@ -19,9 +19,10 @@ import onnxprune
 from onnxprune.cli_text import generalisation_lines
 from onnxprune.config import PruneConfig
 from onnxprune.errors import UsageError
-from onnxprune.fidelity import CrossFitted, OutputFidelity, SearchScore, search_score
+from onnxprune.fidelity import OutputFidelity
 from onnxprune.fidelity_metrics.batch_prediction import batch_reading, predict_batch
 from onnxprune.render import to_markdown
+from onnxprune.search_judgement import CrossFitted, SearchScore, search_score
 from onnxprune.stages.deliver import _batch_prediction
 
 

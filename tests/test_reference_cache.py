@@ -18,9 +18,10 @@ from onnxprune.budget import MacsTracker, group_scores
 from onnxprune.compensation import reader_masks
 from onnxprune.config import PruneConfig
 from onnxprune.criteria import default_criteria
-from onnxprune.fidelity import fidelity_from_outputs, prepare_reference, search_score
+from onnxprune.fidelity import fidelity_from_outputs, prepare_reference
 from onnxprune.reconstruction_trials import ReconstructedTrials
 from onnxprune.rules import default_registry
+from onnxprune.search_judgement import search_score
 from onnxprune.sensitivity_analysis import Screen, TrialRunner, allocate, find_units, measure_sensitivity
 from onnxprune.stages.decide import known_macs, layer_scores
 from onnxprune.testing import GraphBuilder

@@ -14,8 +14,9 @@ from onnxprune import fidelity as fidelity_module
 from onnxprune.budget import MacsTracker, group_scores
 from onnxprune.config import PruneConfig
 from onnxprune.criteria import default_criteria
-from onnxprune.fidelity import Reference, fidelity_from_outputs, prepare_reference, search_score
+from onnxprune.fidelity import Reference, fidelity_from_outputs, prepare_reference
 from onnxprune.rules import default_registry
+from onnxprune.search_judgement import search_score
 from onnxprune.sensitivity_analysis import Screen, TrialRunner, allocate, find_units, measure_sensitivity
 from onnxprune.stages.decide import known_macs, layer_scores
 from onnxprune.testing import GraphBuilder

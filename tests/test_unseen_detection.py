@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import onnxprune
-from onnxprune.fidelity import search_score
 from onnxprune.fidelity_metrics.detection import detection, detection_parts
 from onnxprune.fidelity_metrics.unseen_bound import bootstrap_bound, unseen
 from onnxprune.planning import PruningPlan
 from onnxprune.reconstruction_trials import ReconstructedTrials
 from onnxprune.recovery import recover_model
 from onnxprune.runtime import session
+from onnxprune.search_judgement import search_score
 from onnxprune.surgery import apply_pruning
 from onnxprune.testing import GraphBuilder
 

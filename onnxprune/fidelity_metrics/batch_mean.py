@@ -1,6 +1,6 @@
 """What the mean over a batch of other inputs reads, for continuous outputs (cosine, dense): a
 lower prediction bound from the calibration samples' per-sample scores. The search judges
-continuous outputs by it (``fidelity.search_score``), as ``--fidelity-batch`` judges the discrete
+continuous outputs by it (``search_judgement.search_score``), as ``--fidelity-batch`` judges the discrete
 ones by a binomial reading (``batch_prediction``).
 
 Why: a continuous score on a batch is the mean of its inputs' scores, so a plan whose true mean

@@ -126,7 +126,7 @@ def batch_reading(agreements: Sequence[float], samples: int, probability: float)
     (binomial, one-sided; several outputs: their lower tails added up, so the chance is at
     least ``probability``): the largest k / N with P(fewer than k kept) <= 1 - probability.
     ``batch_reading(...) >= F`` exactly when a batch reads >= F with that chance: the
-    acceptance rule of ``--fidelity-batch`` (fidelity.search_score)."""
+    acceptance rule of ``--fidelity-batch`` (search_judgement.search_score)."""
     if samples < 1 or not agreements:
         raise ValueError("a batch reading needs at least one input and one agreement")
     return _lowest_kept(_clipped(agreements, "agreement"), samples, 1.0 - probability) / samples

@@ -38,8 +38,8 @@ from .trials import (
 )
 
 if TYPE_CHECKING:
-    from ..fidelity import CrossFitted, SearchScore
     from ..reconstruction_trials import ReconstructedTrials
+    from ..search_judgement import CrossFitted, SearchScore
     from ..sensitivity_analysis import SensitivityResult
     from ..trial_runner import TrialRunner
     from ..user_validation import Validator
@@ -425,7 +425,7 @@ def _allocated_plan(
             )
     cross_fitted, levels = None, None
     if runner is not trials.runner:  # judged recovered (ReconstructedTrials): what the search saw
-        from ..fidelity import CrossFitted
+        from ..search_judgement import CrossFitted
         from ..selection_trials import SCORED_BY, SelectionTrials
 
         judged = runner.judged(the_plan.removed_groups, trials.estimates, config.fidelity_metrics)

@@ -16,7 +16,7 @@ from ..analysis import ChannelAnalysis
 from ..compensation import reader_masks, removed_id_mask
 from ..config import PruneConfig
 from ..errors import VerificationFailed
-from ..fidelity import CrossFitted, OutputFidelity
+from ..fidelity import OutputFidelity
 from ..masking import masked_reference
 from ..metrics import ModelCost, model_cost
 from ..planning import PruningPlan
@@ -31,6 +31,7 @@ from ..report import (
 )
 from ..rules import RuleRegistry
 from ..saving import DeferredModel, Outputs, StagedModel, serialized_size
+from ..search_judgement import CrossFitted
 from ..shapes import dynamic_batch_inputs
 from ..validation import check_structure
 from ..verification import SCALE_FLOOR, VerificationResult, compare_models, failure_text, limits
@@ -321,7 +322,7 @@ def measure(
         )
         estimate = None
         if estimated:
-            # What the search judged discrete outputs by (fidelity.search_score), for this plan:
+            # What the search judged discrete outputs by (search_judgement.search_score), for this plan:
             # the bound (of the lower of the estimate and the agreement on the samples).
             estimate = UnseenEstimate(
                 samples=len(verified.calibration),
@@ -374,7 +375,7 @@ def _batch_mean(
     calibrated: Sequence[OutputFidelity], config: PruneConfig, cross_fitted: CrossFitted | None
 ) -> BatchMean | None:
     """What the batch-mean rule judged the delivered plan's continuous outputs by
-    (fidelity_metrics.batch_mean, as fidelity.search_score): the search's cross-fitted one for
+    (fidelity_metrics.batch_mean, as search_judgement.search_score): the search's cross-fitted one for
     a recovered plan or a data criterion's (the final model's own scores are in-sample), else
     from the calibration samples' scores. None: no continuous output one row per sample."""
     from ..fidelity_metrics.batch_mean import batch_mean_rule

@@ -286,7 +286,7 @@ def latency_plan(
         # The floor judged each half by the channels the criterion chose on the other (see
         # _judging_runner); the delivered plan's channels were chosen on all of them (in-sample
         # there): the report shows both, as decide's search does.
-        from ..fidelity import CrossFitted
+        from ..search_judgement import CrossFitted
         from ..selection_trials import SCORED_BY
 
         judged_plan = judged(set(the_plan.removed_groups))
@@ -297,7 +297,7 @@ def latency_plan(
         # The floor judged the recovered model cross-fitted; the delivered one is refitted on all
         # the calibration samples (in-sample there): the report shows both, as decide's search does.
         # A sequential refit capped in the trials is judged again uncapped (decide.final_refit).
-        from ..fidelity import CrossFitted
+        from ..search_judgement import CrossFitted
 
         score = judged(set(the_plan.removed_groups))
         the_plan, score, levels = final_refit(judging, the_plan, score, trials.estimates, config)  # type: ignore[union-attr]
