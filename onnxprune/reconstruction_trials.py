@@ -131,7 +131,7 @@ class ReconstructedTrials:
         ``TrialRunner.judged``: the latency planner orders recovered plans by it. ``full``: with
         every level of a sequential refit in sequence (the delivered refit), not the trials' cap."""
         from .fidelity import prepare_reference
-        from .search_judgement import search_score
+        from .trial_runner import trial_score
 
         levels = None if full else self.sequential_levels
         groups = frozenset(int(g) for g in removed_groups)
@@ -144,16 +144,7 @@ class ReconstructedTrials:
                     for ref in (self.reference, *self.references)
                 )
             pairs = list(zip(self._prepared[1:], parts))
-            judged = search_score(
-                self.names,
-                self._prepared[0],
-                outs,
-                pairs,
-                choices,
-                batch_axes=self.batch_axes,
-                confidence=self.confidence,
-                batch=self.batch,
-            )
+            judged = trial_score(self, self._prepared[0], outs, pairs, choices)
             self._judged[key] = (judged, estimates)
         return self._judged[key][0]
 

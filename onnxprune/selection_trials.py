@@ -24,13 +24,12 @@ from .compensation import reader_masks
 from .fidelity import join_outputs, prepare_reference
 from .masking import mask_feeds
 from .planning import enforce_constraints
-from .search_judgement import search_score
+from .trial_runner import TrialRunner, trial_score
 
 if TYPE_CHECKING:
     from .fidelity import Reference
     from .search_judgement import SearchScore
     from .sensitivity_analysis import Unit
-    from .trial_runner import TrialRunner
 
 __all__ = ["SCORED_BY", "Fold", "SelectionTrials", "fold_plan"]
 
@@ -143,16 +142,7 @@ class SelectionTrials:
                 parts.append(self._outputs(k, reader_masks(self.analysis, ids, values) if plan else {}))
             self.runs += 1
             outs = join_outputs(self.names, self.batch_axes, parts)
-            judged = search_score(
-                self.names,
-                self._references[0],
-                outs,
-                list(zip(self._references[1:], parts)),
-                choices,
-                batch_axes=self.batch_axes,
-                confidence=self.confidence,
-                batch=self.batch,
-            )
+            judged = trial_score(self, self._references[0], outs, list(zip(self._references[1:], parts)), choices)
             self._judged[key] = (judged, estimates)
         return self._judged[key][0]
 
