@@ -76,20 +76,7 @@ def test_with_a_data_criterion_the_latency_floor_judges_each_half_by_the_others_
 
     monkeypatch.setattr(SelectionTrials, "judged", counted)
     calib = _calib(tmp_path, (3, 6, 6), n=32)
-    from test_latency_recovered import _redundant_channel_model
-
-    import onnxprune
-    from onnxprune.testing import StepTimer
-
-    rep = onnxprune.prune(
-        _redundant_channel_model(),
-        "contribution",
-        latency_target=0.9,
-        min_fidelity=0.9999,
-        timer=StepTimer(step=1, base=1e-4, per_block=1e-5),
-        calibration=calib,
-        compensation="none",
-    ).report.to_dict()
+    rep = _prune(calib, "contribution").to_dict()
     assert calls and rep["latency"]["order"]["evaluations"] > 0
     cross = rep["generalisation"]["cross_fitted"]
     assert cross["scored_by"] == SCORED_BY

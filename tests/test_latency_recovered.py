@@ -30,10 +30,10 @@ def test_reconstructed_trials_judged_is_what_fidelity_says() -> None:
     assert trials.judged(lossy, None).cosine < 0.99
 
 
-def _prune(calib: str, **options):
+def _prune(calib: str, criterion: str = "l2", **options):
     return onnxprune.prune(
         _redundant_channel_model(),
-        "l2",
+        criterion,
         latency_target=0.9,
         min_fidelity=0.9999,
         timer=StepTimer(step=1, base=1e-4, per_block=1e-5),
