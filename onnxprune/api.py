@@ -287,7 +287,7 @@ def prune(
     from .user_validation import check_spec
 
     check_spec(config.validate)  # before any work: a typo in the spec would surface minutes later
-    loaded = stages.load(model)
+    loaded = stages.load(model, run.progress_of("load"))
     stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)
     run = stages.with_data_shapes(loaded, run)
     config = run.config
@@ -339,7 +339,7 @@ def sensitivity(
         )
     config = (config or PruneConfig()).with_options(criterion, calibration=os.fspath(calibration), **options)
     run = stages.Run(config, load_rules(config.rules, registry), criteria or default_criteria(), progress)
-    loaded = stages.load(model)
+    loaded = stages.load(model, run.progress_of("load"))
     stages.check_metric_outputs(loaded.proto, config.fidelity_metrics, loaded.source)
     run = stages.with_data_shapes(loaded, run)
     config = run.config

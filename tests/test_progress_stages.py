@@ -1,7 +1,8 @@
 """Every long phase of a fidelity-budgeted run with a sequential refit is on the progress
-callback from its start (issue 12 item 5): the data criterion's scores, the sensitivity trials
-(before the runner's own runs), the search (before its first step, which also runs the
-original for the cross-fitted references) and the final judgement of the chosen plan."""
+callback from its start (issue 12 item 5): loading and the analysis (one step each), the data
+criterion's scores, the sensitivity trials (before the runner's own runs), the search (before
+its first step, which also runs the original for the cross-fitted references) and the final
+judgement of the chosen plan."""
 
 from __future__ import annotations
 
@@ -40,8 +41,12 @@ def test_every_long_phase_reports_from_its_start(tmp_path: Path) -> None:
         progress=lambda stage, done, total: heard.append((stage, done, total)),
     )
     stages = list(dict.fromkeys(h[0] for h in heard))  # in the order first heard
-    assert stages[:5] == ["calibration", "criterion", "sensitivity", "search", "final judgement"]
+    assert stages[:7] == ["load", "analysis", "calibration", "criterion", "sensitivity", "search", "final judgement"]
     of = {s: [(d, t) for st, d, t in heard if st == s] for s in stages}
+    # Loading and the analysis are shown before any data is read: one step each, ended before
+    # the calibration starts.
+    assert heard[:4] == [("load", 0, 1), ("load", 1, 1), ("analysis", 0, 1), ("analysis", 1, 1)]
+    assert of["load"] == [(0, 1), (1, 1)] and of["analysis"] == [(0, 1), (1, 1)]
     # The criterion: a step per calibration sample run, then per source layer scored.
     total = of["criterion"][0][1]
     assert total > 3 and of["criterion"] == [(i, total) for i in range(total + 1)]

@@ -93,9 +93,16 @@ class CalibrationData:
     stats: ActivationStats | None = None
 
 
-def load(model: onnx.ModelProto | str | os.PathLike[str]) -> LoadedModel:
-    """Load and check a model (a path, or a ModelProto that is copied)."""
+def load(
+    model: onnx.ModelProto | str | os.PathLike[str], progress: Callable[[int, int], None] | None = None
+) -> LoadedModel:
+    """Load and check a model (a path, or a ModelProto that is copied). ``progress`` hears one
+    step (0 then 1 of 1): a big model's load and check take a while with nothing else shown."""
+    if progress:
+        progress(0, 1)
     proto, source, size, initializers = load_model(model)
+    if progress:
+        progress(1, 1)
     return LoadedModel(proto, source, size, initializers)
 
 
@@ -149,7 +156,12 @@ def with_data_shapes(loaded: LoadedModel, run: Run) -> Run:
 
 def analyse(loaded: LoadedModel, run: Run) -> ChannelAnalysis:
     """The channel groups; the weights read stay in ``loaded.initializers`` for the surgery.
-    An --exclude pattern or --config entry that matches no layer is refused here."""
+    An --exclude pattern or --config entry that matches no layer is refused here. The run's
+    progress hears an "analysis" step (0 then 1 of 1; shape inference of a big model takes a
+    while before the first data-driven stage shows)."""
+    progress = run.progress_of("analysis")
+    if progress:
+        progress(0, 1)
     analysis = _analyze(
         loaded.proto,
         input_shapes=run.config.input_shapes,
@@ -158,6 +170,8 @@ def analyse(loaded: LoadedModel, run: Run) -> ChannelAnalysis:
         initializers=loaded.initializers,
     )
     check_layers_named(analysis, run.config, loaded.source)
+    if progress:
+        progress(1, 1)
     return analysis
 
 
