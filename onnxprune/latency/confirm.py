@@ -37,8 +37,12 @@ MAX_MEASUREMENTS = 5
 # changed in between (a cost added to every inference pulls ratios toward 1), worth a note.
 STATE_CHANGE = 0.1
 # A plan measured this far below the target removed more than needed: it is planned again
-# with a higher aim (better fidelity), keeping the faster one if that misses.
-BAND = 0.03
+# with a higher aim (better fidelity), keeping the faster one if that misses. 0.03 until
+# 2026-12-01: the table is optimistic about the deep cuts latency plans end with (YOLO26n: the
+# plans predicted 0.624 and 0.582 measured 0.714 and 0.690, 236 more channel groups for 0.024),
+# so a plan accepted 0.03 below had cut channels that bought little time; the relaxed plan is a
+# prefix of the same order (fewer of its last, least efficient moves) and costs one A/B run.
+BAND = 0.015
 # Before a plan on each side of the target is measured, one correction scales the predicted
 # saving by at most this factor (the table can be off by 2x and more: units timed alone).
 MAX_GAIN = 2.0
