@@ -355,3 +355,43 @@ def test_data_files_say_the_inputs_also_when_they_were_already_made(tmp_path: Pa
     assert row_inputs({"model": "m+rc", "inputs_note": ""}, {"m": base}) == note
     assert row_inputs({"model": "m", "inputs_note": "as recorded"}, {"m": base}) == "as recorded"
     assert row_inputs({"model": "m"}, {"m": {"kind": "zoo"}}) == "not recorded"
+
+
+def test_the_digits_row_is_timed_as_a_batch_of_digits_in_prune_and_in_the_final_run(monkeypatch, tmp_path):
+    # a 0.1 ms model timed one input at a time measures its runtime's per-call cost: the digits
+    # rows are planned (prune's table and A/B) and timed (scan, final run) as a batch of 64, at the
+    # 0.7 of every other row; the other rows stay at batch 1
+    import bench_latency_models as models
+    from latency_bench_report_cells import row_label
+
+    digits, pplcnet = models.model_spec("digits+rc"), models.model_spec("pplcnet")
+    assert bench.settings(digits).batch == 64 and bench.settings(digits).precision == "f32"
+    assert bench.settings(pplcnet) is bench.SETTINGS and bench.SETTINGS.batch == 1
+    assert "target" not in digits  # the run's --target (0.7), as every other row
+    seen: list = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_prune(path, criterion, **kw):
+        seen.append(("prune", kw["latency"].batch, kw["latency_target"]))
+        raise Stop
+
+    def fake_measure(files, settings, **kw):
+        seen.append(("timed", settings.batch, len(files)))
+        raise Stop
+
+    monkeypatch.setattr(bench.onnxprune, "prune", fake_prune)
+    monkeypatch.setattr(bench, "measure_models", fake_measure)
+    with pytest.raises(Stop):
+        bench.phase_plan("digits+rc", digits, tmp_path, 0.7, 4, 1.0)
+    with pytest.raises(Stop):
+        bench.timed(["o.onnx", "m.onnx", "l.onnx"], digits, 1.0, rounds=20)
+    with pytest.raises(Stop):
+        bench.timed(["o.onnx", "m.onnx"], pplcnet, 1.0, rounds=20)
+    assert seen == [("prune", 64, 0.7), ("timed", 64, 3), ("timed", 1, 2)]
+    # the report names the batch where it is not 1 (read from the latency plan's recorded deployment)
+    row = {"model": "digits+rc", "reconstruct": True, "latency_plan": {"latency": {"settings": {"batch": 64}}}}
+    assert row_label(row) == "digits + reconstruct (batch 64)"
+    assert row_label({"model": "pplcnet", "latency_plan": {"latency": {"settings": {"batch": 1}}}}) == "pplcnet"
+    assert row_label({"model": "pplcnet"}) == "pplcnet"

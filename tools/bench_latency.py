@@ -16,7 +16,8 @@ For each model:
    same with --reconstruct on both plans.
 2. ``time``: the scan's MACs plans nearest to the latency plan (up to 3: the closest too slow,
    the closest fast enough, the next), each timed with the original and the latency plan in one
-   interleaved run of the three (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1),
+   interleaved run of the three (OpenVINO CPU, LATENCY hint, f32 inference precision, batch 1; the
+   digits CNN as a batch of 64 digits, MODELS' ``batch``),
    the answers-kept plan with the original in a pair: few compiled models per run, as prune's
    A/B (one run of six measured MobileNetV2 35% slower than the runs of two and three minutes
    before, twice). The MACs plan closest to the latency plan *in its run* is the match (a match
@@ -82,6 +83,15 @@ from onnxprune.latency import LatencySettings  # noqa: E402
 from onnxprune.latency.ab import measure_models  # noqa: E402
 
 SETTINGS = LatencySettings(precision="f32")
+
+
+def settings(spec: dict) -> LatencySettings:
+    """How a row's models are deployed and timed, in prune's A/B and here: ``SETTINGS`` at the
+    row's ``batch`` (MODELS; 1 unless given: the digits CNN is timed as a batch of digits)."""
+    batch = int(spec.get("batch", 1))
+    return SETTINGS if batch == SETTINGS.batch else LatencySettings(precision=SETTINGS.precision, batch=batch)
+
+
 # The original's ms in the final run this far from prune's A/B run: the machine was in another
 # state (see README, "Measuring on a shared machine"), its ratios pulled toward 1 or away.
 STATE = 0.1
@@ -106,7 +116,7 @@ def _summary(result: Any) -> dict:
 def timed(files: list[str], spec: dict, seconds: float, rounds: int) -> Any:
     """``files`` timed together, ``seconds`` per model: prune's own measurement."""
     return measure_models(
-        files, SETTINGS, rounds=rounds, seconds=seconds * len(files), input_shapes=_shapes(spec) or None
+        files, settings(spec), rounds=rounds, seconds=seconds * len(files), input_shapes=_shapes(spec) or None
     )
 
 
@@ -135,7 +145,7 @@ def phase_plan(
     lat_path = str(work / f"{name}_latency.onnx")
     t0 = time.perf_counter()
     target = spec.get("target", target)
-    res = onnxprune.prune(spec["path"], "l2", latency_target=target, latency=SETTINGS, output=lat_path, **common)
+    res = onnxprune.prune(spec["path"], "l2", latency_target=target, latency=settings(spec), output=lat_path, **common)
     row: dict[str, Any] = {
         "model": name,
         "path": spec["path"],
@@ -158,7 +168,7 @@ def phase_plan(
             "l2",
             latency_target=target,
             min_fidelity=spec["keep"],
-            latency=SETTINGS,
+            latency=settings(spec),
             output=kept_path,
             **common,
         )

@@ -55,7 +55,7 @@ def phase_extra(
             path = str(work / f"{name}{tag}_latency.onnx")
             t0 = time.perf_counter()
             res = onnxprune.prune(
-                spec["path"], "l2", latency_target=target, latency=bench.SETTINGS, output=path, **common
+                spec["path"], "l2", latency_target=target, latency=bench.settings(spec), output=path, **common
             )
             row: dict[str, Any] = {
                 "model": name,

@@ -105,15 +105,18 @@ MODELS: dict[str, dict[str, Any]] = {
         "keep": 0.99,
         "headline": False,  # only in the table of targets where answers partly survive
     },
-    # 0.08 ms, bound by per-inference overhead: with every prunable channel gone it still takes
-    # 0.77x, so it gets a target it can reach; its row is about accuracy at equal latency. 0.9 since
-    # 2026-12-01: on the Intel host its table's floor is 0.863x, so 0.85 was out of reach there
+    # 8x8 digits: one digit takes 0.1 ms, mostly OpenVINO's per-inference cost (with every prunable
+    # channel gone still 0.82-0.86x), and an A/B median of 0.1 ms runs moved by +-0.05 between runs
+    # of one plan: the same command re-planned gave accuracy 0.98 or 0.27. A user of a 0.1 ms model
+    # who cares about its time classifies many digits per call (a form, a page): timed as a batch
+    # of 64 (1.3 ms, the channels' compute most of it; half width measures ~0.42x), at the 0.7 of
+    # every other row (0.9 at batch 1 before the 2026-12-01 21:38 window)
     "digits": {
         "path": str(ROOT / "fixtures" / "digits_cnn.onnx"),
         "input": "input",
         "shape": None,
         "kind": "digits",
-        "target": 0.9,
+        "batch": 64,
         "keep": 0.99,
     },
 }

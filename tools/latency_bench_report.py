@@ -74,12 +74,12 @@ def phase_report(
         f"Date: {meta['date']}  ",
         f"Machine: {meta['machine']}; load average during the final runs "
         + (f"{min(loads):.2f}–{max(loads):.2f}  " if loads else "–  "),
-        "Deployment measured: OpenVINO CPU, batch 1, LATENCY hint, threads: the plugin's, **f32 inference precision** "
+        "Deployment measured: OpenVINO CPU, batch 1 (rows marked *batch N*: N inputs per inference), LATENCY hint, threads: the plugin's, **f32 inference precision** "
         "(INFERENCE_PRECISION_HINT=f32)  ",
         f"Produced by: `{meta['command']}`",
         "",
         "Latency plan: `prune --criterion l2 --latency-target 0.7 --calibration C --inputs E` (table, planner ranking "
-        "moves by latency saved per measured fidelity lost, A/B confirmation; the digits CNN at 0.85, see below). MACs "
+        "moves by latency saved per measured fidelity lost, A/B confirmation; the digits CNN timed as a batch of 64 digits, see below). MACs "
         "plan: `prune --criterion l2 --macs-target F --calibration C --inputs E` at the same measured latency: F found "
         "by secant/bisection steps on the MACs target (each plan timed with the original and the latency plan in one "
         "interleaved run) until its ratio is within 0.01 of the latency plan's in the same run, 6 plans at most; *apart*: the MACs plan's ratio minus "

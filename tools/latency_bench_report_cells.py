@@ -16,6 +16,7 @@ __all__ = [
     "paired_verdict",
     "ratio_cell",
     "retimed_load",
+    "row_batch",
     "row_label",
     "row_verdict",
     "scan_ratio",
@@ -56,8 +57,15 @@ def apart_of(row: dict) -> float:
 
 
 def row_label(row: dict) -> str:
-    """The row's model, and the option both its plans were made with."""
-    return f"{row['model'].removesuffix('+rc')} + reconstruct" if row.get("reconstruct") else row["model"]
+    """The row's model, and the option both its plans were made with (and its batch, when not 1)."""
+    name = f"{row['model'].removesuffix('+rc')} + reconstruct" if row.get("reconstruct") else row["model"]
+    batch = row_batch(row)
+    return f"{name} (batch {batch})" if batch != 1 else name
+
+
+def row_batch(row: dict) -> int:
+    """The batch the row's plans were timed at (the latency plan's deployment; 1 if unrecorded)."""
+    return int(row.get("latency_plan", {}).get("latency", {}).get("settings", {}).get("batch", 1))
 
 
 def ratio_cell(fin: dict, i: int) -> str:
