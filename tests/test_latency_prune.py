@@ -212,3 +212,54 @@ def test_validation_function_within_its_drop_wins_over_the_latency_target(tmp_pa
     assert lat["constraint_value"] == pytest.approx(0.84)
     assert lat["measured_ratio"] == pytest.approx(0.22 / 0.24) and not lat["met"]
     assert result.report.validation is not None and result.report.validation.final == pytest.approx(0.84)
+
+
+class _ShapeTimer(StepTimer):
+    """A StepTimer that records the input shapes every model is timed at."""
+
+    def __init__(self) -> None:
+        super().__init__(step=16, base=1e-4, per_block=1e-5)
+        self.shapes: list[dict] = []
+
+    def load(self, model, input_shapes, source):
+        self.shapes.append(dict(input_shapes))
+        return super().load(model, input_shapes, source)
+
+
+def test_a_deployment_batch_is_timed_with_calibration_data_on_a_dynamic_batch_model(tmp_path: Path) -> None:
+    # --batch 4 with --calibration on a model with a dynamic batch was refused: the data's
+    # per-sample shape (batch 1, taken for the analysis) was passed as the user's --input-shape,
+    # "has batch 1, --batch says 4". Now the table and the A/B runs time batches of 4; the analysis
+    # and the fidelity still see the data's samples
+    from onnxprune.latency import LatencySettings
+    from onnxprune.latency.measure import timing_shapes
+    from onnxprune.testing import GraphBuilder
+
+    b = GraphBuilder(opset=17, seed=5)
+    x = b.input("x", [None, 3, 8, 8])
+    for _ in range(3):
+        x = b.op("Relu", b.conv(x, 32))
+    b.output(b.op("Flatten", b.op("GlobalAveragePool", b.conv(x, 4, k=1, pads=0)), axis=1))
+    model = b.build()
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    timer = _ShapeTimer()
+    result = onnxprune.prune(
+        model,
+        latency_target=0.85,
+        latency=LatencySettings(batch=4),
+        calibration=str(calib),
+        timer=timer,
+        **COSINE,
+    )
+    lat = result.report.latency.to_dict()
+    assert lat["met"] and lat["settings"]["batch"] == 4
+    ab = [s for s in timer.shapes if s]  # the whole models (the table's subgraphs have static shapes: {})
+    assert ab and all(s == {"x": (4, 3, 8, 8)} for s in ab)
+    # only a dynamic batch of 1 becomes the deployment's; a static batch or another size stays
+    static = onnx.helper.make_model(
+        onnx.helper.make_graph([], "g", [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])], [])
+    )
+    assert timing_shapes(model, {"x": (1, 3, 8, 8)}, 4) == {"x": (4, 3, 8, 8)}
+    assert timing_shapes(model, {"x": (2, 3, 8, 8)}, 4) == {"x": (2, 3, 8, 8)}
+    assert timing_shapes(static, {"y": (1, 3)}, 4) == {"y": (1, 3)}

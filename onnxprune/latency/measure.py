@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # the analysis and the runtimes load only when measuring, not
     from .subgraph import BoundaryTensor, UnitGraph
     from .timers import Timed, Timer
 
-__all__ = ["build_table", "measurement_counts", "partner_weights", "resolve_input_shapes"]
+__all__ = ["build_table", "measurement_counts", "partner_weights", "resolve_input_shapes", "timing_shapes"]
 
 Progress = Callable[[str, int, int], None]
 _STAGE = "latency table"
@@ -68,6 +68,26 @@ def measurement_counts(channels: int, removable: int) -> tuple[list[int], int]:
             reach = p
             break
     return sorted(k for k in counts if lo <= k <= channels), reach
+
+
+def timing_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], batch: int
+) -> dict[str, tuple[int, ...]]:
+    """The input shapes the table and the A/B runs time at: ``shapes`` (the user's
+    --input-shape, and for inputs with dynamic dimensions one sample's shape from the data:
+    ``stages.prepare.with_data_shapes``, batch 1) with a batch of 1 set to the deployment's ``batch``
+    where the model's batch (its first dimension) is dynamic. Without this, ``--batch 64`` with
+    --calibration on a dynamic-batch model was refused ("has batch 1, --batch says 64"): the
+    data's per-sample shape was taken for a batch the user asked for."""
+    dynamic = set()
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            dynamic.add(vi.name)
+    return {
+        name: ((batch, *shape[1:]) if name in dynamic and shape and shape[0] == 1 else tuple(shape))
+        for name, shape in shapes.items()
+    }
 
 
 def resolve_input_shapes(

@@ -168,7 +168,7 @@ def latency_plan(
     """The plan whose measured latency is <= ``config.latency_target`` x the original's
     (with ``min_fidelity`` or ``max_drop``: the fastest whose measured fidelity holds; with
     a validation function ``judge``: whose value stays within its drop)."""
-    from ..latency.measure import build_table
+    from ..latency.measure import build_table, timing_shapes
     from ..sensitivity_analysis import find_units
 
     config = run.config
@@ -203,11 +203,12 @@ def latency_plan(
         if not isinstance(original, str):  # the table and the A/B runs time files
             original = os.path.join(tmp, "original.onnx")
             _save(loaded.proto, original)
+        shapes = timing_shapes(loaded.proto, config.input_shapes, config.latency.batch)
         table = build_table(
             original,
             config.latency,
             timer=run.timer,
-            input_shapes=config.input_shapes,
+            input_shapes=shapes,
             criterion=config.criterion if config.criterion in ("l1", "l2", "fpgm") else "l2",
             registry=run.registry,
             progress=run.progress,
@@ -240,7 +241,7 @@ def latency_plan(
             count += 1
             path = os.path.join(tmp, f"candidate{count}.onnx")
             _candidate(loaded, analysis, lp, run).save(path)
-            return _measure(original, path, run)
+            return _measure(original, path, run, shapes)
 
         # what pruning can save at most (no constraint: the table's floor, nothing measured)
         floor = plan_for_latency(
@@ -476,7 +477,7 @@ def _candidate(loaded: LoadedModel, analysis: ChannelAnalysis, lp: LatencyPlan, 
     return prune_deferred(loaded.proto, analysis, lp.plan, registry=run.registry, initializers=loaded.initializers)
 
 
-def _measure(original: str, candidate: str, run: Run) -> Measurement:
+def _measure(original: str, candidate: str, run: Run, shapes: Mapping[str, tuple[int, ...]]) -> Measurement:
     from ..latency.ab import measure_ab
 
     return measure_ab(
@@ -484,5 +485,5 @@ def _measure(original: str, candidate: str, run: Run) -> Measurement:
         candidate,
         run.config.latency,
         timer=run.timer,  # type: ignore[arg-type]
-        input_shapes=run.config.input_shapes,
+        input_shapes=shapes,
     )
