@@ -72,10 +72,10 @@ def test_the_plan_judged_in_sample_is_refused_cross_fitted(tmp_path: Path) -> No
 
 
 def test_the_cross_fitted_value_is_reported(tmp_path: Path) -> None:
-    """At a floor of 0.79 the plan is kept: the channels delivered are the ones the criterion
+    """At a floor of 0.76 the plan is kept: the channels delivered are the ones the criterion
     chose on all the samples (channel 1), and the report gives the value the search judged:
     the batch-mean bound of the cross-fitted per-sample cosines (below the worse half)."""
-    r = _prune(tmp_path, 0.79)
+    r = _prune(tmp_path, 0.76)
     analysis = onnxprune.analyze(_identity_pair())
     conv1 = analysis.sources[0]
     assert [int(g) for g in r.plan.removed_groups] == [int(analysis.roots(conv1.ids)[1])]
@@ -85,7 +85,7 @@ def test_the_cross_fitted_value_is_reported(tmp_path: Path) -> None:
     # Each sample's cosine cross-fitted: half A's as in-sample, half B's by A's choice.
     per_sample = [1.5 / (np.sqrt(1.25) * S2), 2.5 / (np.sqrt(3.25) * S2)] * 2 + [1 / S2, 3 / (np.sqrt(5.0) * S2)] * 2
     bound = batch_mean_bound([per_sample], 8, 0.95)
-    assert 0.79 < bound < CROSS_B
+    assert 0.76 < bound < CROSS_B
     assert cross["batch_mean"] == pytest.approx(bound, abs=1e-6)
     assert cross["judged"] == pytest.approx(bound, abs=1e-6)  # below the worse half, B
     assert cross["worst_half"] == pytest.approx(CROSS_B, abs=1e-6)
