@@ -91,11 +91,15 @@ def cache_factors(
     names = sorted({n.input[layer.data_index] for n, layer in missing})
     probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
     run = session(
-        probe, source=source, what="the model with the reconstructed layers' inputs as outputs", optimize=True
+        probe,
+        source=source,
+        what="the model with the reconstructed layers' inputs as outputs",
+        optimize=True,
+        per_sample=True,
     )
     acts: dict[str, list[np.ndarray]] = defaultdict(list)
-    for feed in feeds:
-        for n, v in zip(names, run.run(feed, names)):
+    for got in run.run_each(feeds, names):
+        for n, v in zip(names, got):
             acts[n].append(v)
     # As the model computed them (float32): the layers' input_rows convert the sampled rows
     # to float64, which is exact, instead of a float64 copy of every activation.

@@ -122,11 +122,16 @@ def _activations(
         computed = {o for node in cut.graph.node for o in node.output}
         extra = [n for n in sorted(carry.keep) if n in computed and n not in names and n in digests]
         cut.graph.output.extend([onnx.ValueInfoProto(name=n) for n in extra])
-    run = session(cut, source=source, what="the model cut to the reconstructed layers' inputs", optimize=True)
+    run = session(
+        cut, source=source, what="the model cut to the reconstructed layers' inputs", optimize=True, per_sample=True
+    )
     acts: dict[str, list[np.ndarray]] = {n: [] for n in [*names, *extra]}
-    for i, feed in enumerate(feeds):
-        fed_values = {n: carry.values[digests[n]][i] for n in fed} if carry is not None else {}
-        for n, v in zip([*names, *extra], run.run({**feed, **fed_values}, [*names, *extra])):
+    runs = [
+        {**feed, **({n: carry.values[digests[n]][i] for n in fed} if carry is not None else {})}
+        for i, feed in enumerate(feeds)
+    ]
+    for got in run.run_each(runs, [*names, *extra]):
+        for n, v in zip([*names, *extra], got):
             acts[n].append(v)
     if carry is not None and CARRY:
         kept = {d: v for d, v in carry.values.items() if d in {digests.get(n) for n in carry.keep}}

@@ -98,7 +98,7 @@ class ReconstructedTrials:
         if self._references is None:
             from .fidelity import join_outputs
 
-            run = session(self.model, source=self.source)
+            run = session(self.model, source=self.source, per_sample=True)
             refs = [run.outputs(judge, self.batch_axes) for _, judge in self.folds]
             self._references = (refs, join_outputs(self.names, self.batch_axes, refs))
         return self._references
@@ -196,5 +196,6 @@ class ReconstructedTrials:
                 measure=False,
                 carry_forward=False,  # every trial's passes from the input: judged alike, bit for bit
             )
-            parts.append(session(rebuilt, source=self.source, pruned=True).outputs(judge, self.batch_axes))
+            run = session(rebuilt, source=self.source, pruned=True, per_sample=True)
+            parts.append(run.outputs(judge, self.batch_axes))
         return join_outputs(self.names, self.batch_axes, parts), parts

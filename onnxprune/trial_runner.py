@@ -116,18 +116,24 @@ class TrialRunner:
         instrumented, self.ports = instrument_readers(model, analysis)
         from .shapes import dynamic_batch_inputs
 
-        self.session = session(
-            instrumented, source=source, what="the model instrumented for sensitivity trials", optimize=True
-        )
         self.names = [o.name for o in model.graph.output]
         self.batch_axes = output_batch_axes(model)  # sequence-first outputs keep their samples on axis 1
         names_in = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-        # Samples go through in one batch when the batch is dynamic, else one by one; with a
-        # screen, the screened samples are a batch of their own (a sample's outputs do not
-        # depend on the batch it runs in).
+        # Samples go through in one batch when the batch is dynamic, else one by one (then
+        # several at once, each on one thread: runtime.session's per_sample); with a screen,
+        # the screened samples are a batch of their own (a sample's outputs do not depend on
+        # the batch it runs in).
         self.samples = len(feeds)
         screening = screen is not None and self.samples > screen.samples
-        if set(dynamic_batch_inputs(model)) >= set(names_in):
+        batched = set(dynamic_batch_inputs(model)) >= set(names_in)
+        self.session = session(
+            instrumented,
+            source=source,
+            what="the model instrumented for sensitivity trials",
+            optimize=True,
+            per_sample=not batched,
+        )
+        if batched:
             cuts = [0, screen.samples, self.samples] if screening and screen is not None else [0, self.samples]
             self.batches = [
                 {k: np.concatenate([f[k] for f in feeds[a:b]]) for k in names_in} for a, b in zip(cuts, cuts[1:])
@@ -145,7 +151,13 @@ class TrialRunner:
         from .trial_segments import Segments
 
         self.segments = Segments(
-            instrumented, self.ports, self.batches, self.names, self._reference_parts, source=source
+            instrumented,
+            self.ports,
+            self.batches,
+            self.names,
+            self._reference_parts,
+            source=source,
+            per_sample=not batched,
         )
         # A plan is never run twice (the search often re-measures a sensitivity trial): by
         # groups, the estimates object (kept alive with its entry) and the metric choices.
@@ -184,7 +196,7 @@ class TrialRunner:
         parts = self.segments.run(masks, extra, which) if carried else None
         if parts is not None:
             return parts
-        return [self.session.run({**self.batches[k], **extra}, self.names) for k in which]
+        return self.session.run_each([{**self.batches[k], **extra} for k in which], self.names)
 
     def _joined(self, parts: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
         """Per output, the batches' arrays joined on its batch axis."""

@@ -42,8 +42,10 @@ class Segments:
         reference: Sequence[Sequence[np.ndarray]],
         *,
         source: str = "<model>",
+        per_sample: bool = False,
     ) -> None:
         self.model, self.ports, self.names, self.source = instrumented, ports, list(names), source
+        self.per_sample = per_sample  # batches of one sample: parts run several at once (runtime.session)
         self.reference = reference  # per batch, the original's outputs
         graph = instrumented.graph
         self.nodes = list(graph.node)
@@ -103,10 +105,10 @@ class Segments:
             nodes = self._unmasked(range(self.at, cut), outputs)
             runner = self._session(nodes, live_now, outputs, "a segment of the instrumented model")
             needs = set(_sub_inputs(nodes, self.initializers))
-            for values in self.frontier:
-                feeds = {k: v for k, v in values.items() if k in needs}
-                feeds.update(_identity_masks(self.ports, needs))
-                values.update(zip(outputs, runner.run(feeds, outputs)))
+            masks = _identity_masks(self.ports, needs)
+            feeds = [{**{k: v for k, v in values.items() if k in needs}, **masks} for values in self.frontier]
+            for values, got in zip(self.frontier, runner.run_each(feeds, outputs)):
+                values.update(zip(outputs, got))
         for values in self.frontier:
             for k in [k for k in values if k not in live_then]:
                 del values[k]
@@ -150,8 +152,9 @@ class Segments:
             ins = [n for n in _sub_inputs(nodes, self.initializers) if n not in self.mask_inputs]
             runner = self._session(nodes, ins, side_out, "a branch of the instrumented model")
             masks = _identity_masks(self.ports, set(_sub_inputs(nodes, self.initializers)))
-            for values, got in zip(self.frontier, side_values):
-                got.update(zip(side_out, runner.run({**{k: values[k] for k in ins}, **masks}, side_out)))
+            feeds = [{**{k: values[k] for k in ins}, **masks} for values in self.frontier]
+            for got, ran in zip(side_values, runner.run_each(feeds, side_out)):
+                got.update(zip(side_out, ran))
         produced = [n for n in self.names if self.produced_at.get(n, -1) in down_set]
         downstream = self._unmasked(down, produced, ports)
         reads = [n for n in _sub_inputs(downstream, self.initializers) if n not in self.mask_inputs]
@@ -168,12 +171,17 @@ class Segments:
             return None
         focus = self._focus
         if focus is not None and set(masks) <= focus.ports:
+            feeds = [
+                {
+                    **{n: focus.side[k][n] if n in focus.side[k] else self.frontier[k][n] for n in focus.reads},
+                    **{n: extra[n] for n in focus.masks},
+                }
+                for k in which
+            ]
+            ran = focus.runner.run_each(feeds, focus.produced) if focus.produced else [[] for _ in feeds]
             out = []
-            for k in which:
-                values, side = self.frontier[k], focus.side[k]
-                feeds = {n: side[n] if n in side else values[n] for n in focus.reads}
-                feeds.update({n: extra[n] for n in focus.masks})
-                got = dict(zip(focus.produced, focus.runner.run(feeds, focus.produced))) if focus.produced else {}
+            for k, got_list in zip(which, ran):
+                got = dict(zip(focus.produced, got_list))
                 out.append([got[n] if n in got else self.reference[k][i] for i, n in enumerate(self.names)])
             return out
         if self.at not in self._suffix:
@@ -183,11 +191,15 @@ class Segments:
             self._suffix[self.at] = (runner, produced)
         runner, produced = self._suffix[self.at]
         needs = set(_sub_inputs(self.nodes[self.at :], self.initializers))
+        frontier = [self.frontier[k] for k in which]
+        feeds = [
+            {**{k: v for k, v in values.items() if k in needs}, **{k: v for k, v in extra.items() if k in needs}}
+            for values in frontier
+        ]
+        ran = runner.run_each(feeds, produced) if produced else [[] for _ in feeds]
         out = []
-        for values in (self.frontier[k] for k in which):
-            feeds = {k: v for k, v in values.items() if k in needs}
-            feeds.update({k: v for k, v in extra.items() if k in needs})
-            got = dict(zip(produced, runner.run(feeds, produced))) if produced else {}
+        for values, got_list in zip(frontier, ran):
+            got = dict(zip(produced, got_list))
             out.append([got[n] if n in got else values[n] for n in self.names])
         return out
 
@@ -256,7 +268,7 @@ class Segments:
         part = onnx.ModelProto()
         part.CopyFrom(self.model)
         part.graph.CopyFrom(graph)
-        return session(part, source=self.source, what=what, optimize=True)
+        return session(part, source=self.source, what=what, optimize=True, per_sample=self.per_sample)
 
 
 @dataclass(frozen=True)

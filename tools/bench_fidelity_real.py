@@ -20,8 +20,11 @@ written from it (tools/fidelity_real_report.py).
 
     . /work/venv/bin/activate
     PYTHONPATH=$PWD python tools/bench_fidelity_real.py [--corpus /work/corpus] [--only SUBSTR]...
-        [--rows NAME,...] [--force] [--timeout 600] [--jobs 1] [--markdown-only]
+        [--rows NAME,...] [--force] [--timeout 600] [--jobs 1] [--markdown-only] [--deadline HH:MM]
     PYTHONPATH=$PWD python tools/bench_fidelity_real.py --merge-from OTHER.json [--merge-from ...]
+
+``--deadline HH:MM[:SS]`` (UTC, today) starts no ``--min-fidelity`` run that its timeout could
+carry past that time (a quiet window's end): it is recorded as not run, saying so.
 
 ``--merge-from`` takes the (model, row) cells and digits lines of another run's JSON (e.g. a
 snapshot's ``benchmarks/fidelity_real.json``) where they are newer than this file's: measured
@@ -84,6 +87,14 @@ def _short(r: dict) -> str:
     return f"MACs -{(r.get('macs_cut') or 0) * 100:.1f}%, {held}, {r['seconds']} s{shared} (+{r.get('judge_seconds')} s judging)"
 
 
+def _deadline(text: str) -> float:
+    """HH:MM[:SS] UTC today, as epoch seconds."""
+    parts = [int(p) for p in text.split(":")]
+    h, m, sec = (parts + [0])[:3]
+    day = time.time() // 86400 * 86400
+    return day + h * 3600 + m * 60 + sec
+
+
 def _targets_order(row: Row) -> list[float]:
     """Lowest target first: its sensitivity runs the most trials, a higher floor re-derives."""
     return sorted(TARGETS)
@@ -133,11 +144,20 @@ def run_alone(name: str, corpus: str, rows: list[Row], timeout: float, commit: s
             update_results(put)
 
 
-def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: str, keep_going: bool = False) -> None:
+def run_model(
+    name: str,
+    corpus: str,
+    rows: list[Row],
+    timeout: float,
+    commit: str,
+    keep_going: bool = False,
+    deadline: float | None = None,
+) -> None:
     """The worker: every asked row of one model, in this process. After a run times out, the
     model's remaining ``--min-fidelity`` runs are recorded as not run (a time budget: the rows
     after add recovery on top), except the 0.99 run of the row whose 0.95 run timed out (its
-    sensitivity is a subset of the 0.95 run's), unless ``keep_going``."""
+    sensitivity is a subset of the 0.95 run's), unless ``keep_going``. A run that could last
+    past ``deadline`` (epoch seconds: its timeout from now) is not started (recorded so)."""
     from fidelity_real_cells import SharedSensitivity, prune_cell
 
     model = Path(corpus) / name
@@ -166,6 +186,11 @@ def run_model(name: str, corpus: str, rows: list[Row], timeout: float, commit: s
                 for target in _targets_order(row):
                     if stopped:  # see the docstring
                         cells[str(target)] = {"exit": "not run", "error": f"not run: {stopped}", "seconds": 0.0}
+                        continue
+                    if deadline is not None and time.time() + timeout > deadline:
+                        why = f"not run: its {timeout:g} s could pass the deadline {time.strftime('%H:%M:%S', time.gmtime(deadline))} UTC"
+                        cells[str(target)] = {"exit": "not run", "error": why, "seconds": 0.0}
+                        print(f"  @ {target}: {why}", flush=True)
                         continue
                     opts = {k: (target if v == "{target}" else v) for k, v in row.options.items()}
                     cells[str(target)] = r = prune_cell(model, opts, files, shared, (name, row.name), timeout)
@@ -234,6 +259,11 @@ def main() -> None:
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the .json")
     ap.add_argument("--keep-going", action="store_true", help="run a model's costlier runs after one timed out")
     ap.add_argument(
+        "--deadline",
+        metavar="HH:MM[:SS]",
+        help="UTC, today: start no --min-fidelity run whose timeout could carry it past this time (recorded as not run)",
+    )
+    ap.add_argument(
         "--merge-from",
         action="append",
         default=[],
@@ -255,8 +285,9 @@ def main() -> None:
         return run_digits(args.timeout, commit)
     if args.worker and args.alone is not None:
         return run_alone(args.worker, args.corpus, rows, args.timeout, commit, args.alone)
+    deadline = _deadline(args.deadline) if args.deadline else None
     if args.worker:
-        return run_model(args.worker, args.corpus, rows, args.timeout, commit, args.keep_going)
+        return run_model(args.worker, args.corpus, rows, args.timeout, commit, args.keep_going, deadline)
     if args.alone is not None:
         for name in MODELS:
             if name in LEFT_OUT or not args.only or not any(o in name for o in args.only):
@@ -296,6 +327,7 @@ def main() -> None:
             name, need = item
             cmd = [sys.executable, __file__, "--worker", name, "--corpus", args.corpus, "--timeout", str(args.timeout)]
             cmd += ["--keep-going"] if args.keep_going else []
+            cmd += ["--deadline", args.deadline] if args.deadline else []
             return subprocess.run([*cmd, "--rows", ",".join(need)] if need else cmd, check=False).returncode
 
         with ThreadPoolExecutor(args.jobs) as pool:
