@@ -7,17 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from test_trial_speed import _setup  # analysis, units and MACs tracker of a chain model
 
 import onnxprune
 from onnxprune import runtime
-from onnxprune.budget import MacsTracker, group_scores
-from onnxprune.config import PruneConfig
-from onnxprune.criteria import default_criteria
 from onnxprune.errors import UsageError
 from onnxprune.reconstruction_trials import ReconstructedTrials
-from onnxprune.rules import default_registry
-from onnxprune.sensitivity_analysis import Screen, TrialRunner, find_units, measure_sensitivity
-from onnxprune.stages.decide import known_macs, layer_scores
+from onnxprune.sensitivity_analysis import Screen, TrialRunner, measure_sensitivity
 from onnxprune.testing import GraphBuilder
 
 RATIOS = (0.25, 0.5, 0.75)
@@ -66,15 +62,6 @@ def test_run_each_raises_the_typed_error_of_a_bad_sample() -> None:
     feeds[3] = {"x": np.zeros((1, 3, 9, 8), np.float32)}  # not the model's shape
     with pytest.raises(UsageError, match=r"chain\.onnx"):
         pooled.run_each(feeds)
-
-
-def _setup(model: onnx.ModelProto):
-    analysis = onnxprune.analyze(model)
-    registry = default_registry()
-    scores = layer_scores(analysis, model, PruneConfig(criterion="l2"), default_criteria(), registry=registry)
-    units = find_units(analysis, group_scores(analysis, scores))
-    tracker = MacsTracker(analysis, known_macs(model, analysis, registry, "test", "chain"), model, registry)
-    return analysis, units, tracker
 
 
 def _sensitivity(model, analysis, units, tracker, feeds):  # type: ignore[no-untyped-def]
