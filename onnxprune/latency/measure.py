@@ -79,11 +79,9 @@ def timing_shapes(
     where the model's batch (its first dimension) is dynamic. Without this, ``--batch 64`` with
     --calibration on a dynamic-batch model was refused ("has batch 1, --batch says 64"): the
     data's per-sample shape was taken for a batch the user asked for."""
-    dynamic = set()
-    for vi in model.graph.input:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
-            dynamic.add(vi.name)
+    from ..shapes import dynamic_batch_inputs
+
+    dynamic = set(dynamic_batch_inputs(model))
     return {
         name: ((batch, *shape[1:]) if name in dynamic and shape and shape[0] == 1 else tuple(shape))
         for name, shape in shapes.items()
